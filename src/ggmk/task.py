@@ -86,7 +86,7 @@ def make(n: int = 1, *, type=0, flags=0, priority=None, tenant=0, channel=0, seq
     rec["type"] = type
     rec["flags"] = flags
     if priority is not None:
-        rec["flags"] = (rec["flags"] & ~PRIO_MASK) | (np.asarray(priority) & PRIO_MASK)
+        rec["flags"] = (rec["flags"] & (0xFFFF ^ PRIO_MASK)) | (np.asarray(priority) & PRIO_MASK)
     rec["tenant"] = tenant
     rec["channel"] = channel
     rec["seq"] = seq
