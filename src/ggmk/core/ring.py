@@ -1,0 +1,154 @@
+"""Record rings: fixed-capacity FIFO queues of task records with batch push/pop.
+
+A ring is a preallocated NumPy array of ``TASK_DTYPE`` with power-of-two capacity; push and pop
+move slices (at most two copies when the batch wraps around). One lock per ring serves both the
+SPSC uses (local queues, trace) and the MPMC ones (ready queues, channels): batching amortizes
+it, and an uncontended ``threading.Lock`` costs well under a microsecond.
+
+Example::
+
+    r = Ring(1024)
+    n = r.push(task.make(10, type=1))   # -> 10 (accepted count; never partial-silent)
+    batch = r.pop(64)                   # -> a copy of up to 64 records, FIFO
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ggmk.task import TASK_DTYPE, empty
+
+
+def _pow2(n: int) -> int:
+    if n < 1:
+        raise ValueError(f"ring capacity must be >= 1, got {n}")
+    return 1 << (int(n) - 1).bit_length()
+
+
+class Ring:
+    """FIFO ring of task records. ``capacity`` is rounded up to a power of two."""
+
+    __slots__ = ("buf", "capacity", "mask", "head", "tail", "lock", "high_watermark",
+                 "pushed", "popped", "rejected", "name")
+
+    def __init__(self, capacity: int, name: str = ""):
+        self.capacity = _pow2(capacity)
+        self.mask = self.capacity - 1
+        self.buf = empty(self.capacity)
+        self.head = 0  # next pop position (monotonic)
+        self.tail = 0  # next push position (monotonic)
+        self.lock = threading.Lock()
+        self.high_watermark = 0
+        self.pushed = 0
+        self.popped = 0
+        self.rejected = 0
+        self.name = name
+
+    def __len__(self) -> int:
+        return self.tail - self.head
+
+    @property
+    def free(self) -> int:
+        return self.capacity - (self.tail - self.head)
+
+    def _write(self, recs: np.ndarray) -> None:
+        n = len(recs)
+        start = self.tail & self.mask
+        first = min(n, self.capacity - start)
+        self.buf[start:start + first] = recs[:first]
+        if first < n:
+            self.buf[:n - first] = recs[first:]
+        self.tail += n
+        depth = self.tail - self.head
+        if depth > self.high_watermark:
+            self.high_watermark = depth
+        self.pushed += n
+
+    def _read(self, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        start = self.head & self.mask
+        first = min(n, self.capacity - start)
+        if first == n and out is None:
+            res = self.buf[start:start + n].copy()
+        else:
+            res = out[:n] if out is not None else empty(n)
+            res[:first] = self.buf[start:start + first]
+            res[first:n] = self.buf[:n - first]
+        self.head += n
+        self.popped += n
+        return res
+
+    def push(self, recs: np.ndarray, limit: int | None = None) -> int:
+        """Append as many of ``recs`` as fit (up to ``limit`` occupied slots); return how many."""
+        with self.lock:
+            room = (self.capacity if limit is None else min(limit, self.capacity)) - (self.tail - self.head)
+            n = len(recs)
+            if n > room:
+                self.rejected += n - max(room, 0)
+                n = max(room, 0)
+            if n:
+                self._write(recs[:n] if n < len(recs) else recs)
+            return n
+
+    def push_all(self, recs: np.ndarray, limit: int | None = None) -> bool:
+        """Append all of ``recs`` or none of them."""
+        with self.lock:
+            room = (self.capacity if limit is None else min(limit, self.capacity)) - (self.tail - self.head)
+            if len(recs) > room:
+                self.rejected += len(recs)
+                return False
+            if len(recs):
+                self._write(recs)
+            return True
+
+    def pop(self, max_n: int) -> np.ndarray:
+        """Remove and return up to ``max_n`` records (a fresh array; empty when the ring is)."""
+        with self.lock:
+            n = min(max_n, self.tail - self.head)
+            if n <= 0:
+                return self.buf[:0]
+            return self._read(n)
+
+    def peek(self, max_n: int | None = None) -> np.ndarray:
+        """A copy of up to ``max_n`` records from the head, without removing them."""
+        with self.lock:
+            n = self.tail - self.head if max_n is None else min(max_n, self.tail - self.head)
+            start = self.head & self.mask
+            idx = (start + np.arange(n)) & self.mask
+            return self.buf[idx]
+
+    def stats(self) -> dict:
+        return {"name": self.name, "capacity": self.capacity, "depth": len(self),
+                "high_watermark": self.high_watermark, "pushed": self.pushed,
+                "popped": self.popped, "rejected": self.rejected}
+
+
+class CodeRing(Ring):
+    """A ring whose records carry an int32 reason code beside each record (sys.error, sys.dropped)."""
+
+    __slots__ = ("codes",)
+
+    def __init__(self, capacity: int, name: str = ""):
+        super().__init__(capacity, name)
+        self.codes = np.zeros(self.capacity, dtype=np.int32)
+
+    def push_coded(self, recs: np.ndarray, codes) -> int:
+        with self.lock:
+            n = min(len(recs), self.capacity - (self.tail - self.head))
+            if n < len(recs):
+                self.rejected += len(recs) - n
+            if n:
+                start = self.tail & self.mask
+                idx = (start + np.arange(n)) & self.mask
+                self.codes[idx] = np.broadcast_to(np.asarray(codes, dtype=np.int32), (len(recs),))[:n]
+                self._write(recs[:n])
+            return n
+
+    def pop_coded(self, max_n: int) -> tuple[np.ndarray, np.ndarray]:
+        with self.lock:
+            n = min(max_n, self.tail - self.head)
+            if n <= 0:
+                return self.buf[:0], self.codes[:0]
+            idx = ((self.head & self.mask) + np.arange(n)) & self.mask
+            codes = self.codes[idx].copy()
+            return self._read(n), codes
