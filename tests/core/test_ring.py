@@ -85,3 +85,12 @@ def test_mpmc_many_producers_and_consumers_lose_nothing():
     for p in range(P):
         s = np.sort(allrec["seq"][allrec["type"] == p])
         assert np.array_equal(s, np.arange(N))
+
+
+def test_grow_keeps_order_and_contents():
+    r = Ring(4)
+    r.push(recs(0, 3)); r.pop(2); r.push(recs(3, 3))   # wrapped: seqs 2..5
+    assert r.grow(10, max_capacity=64) and r.capacity == 16
+    assert r.push(recs(6, 10)) == 10
+    assert list(r.pop(100)["seq"]) == list(range(2, 16))
+    assert not Ring(4).grow(10, max_capacity=8)

@@ -101,6 +101,23 @@ class Ring:
                 self._write(recs)
             return True
 
+    def grow(self, min_free: int, max_capacity: int) -> bool:
+        """Double the capacity (up to ``max_capacity``) until ``min_free`` slots are free."""
+        with self.lock:
+            depth = self.tail - self.head
+            cap = self.capacity
+            while cap - depth < min_free and cap < max_capacity:
+                cap *= 2
+            if cap == self.capacity:
+                return cap - depth >= min_free
+            live = self._read(depth) if depth else self.buf[:0]
+            self.popped -= depth
+            self.buf = empty(cap)
+            self.buf[:depth] = live
+            self.capacity, self.mask = cap, cap - 1
+            self.head, self.tail = 0, depth
+            return cap - depth >= min_free
+
     def pop(self, max_n: int) -> np.ndarray:
         """Remove and return up to ``max_n`` records (a fresh array; empty when the ring is)."""
         with self.lock:

@@ -1,0 +1,397 @@
+"""The scheduler: ready queues (type-bucketed, 4 weighted priorities, per tenant), per-worker
+local queues with the yield reserve, the shared yield-overflow queue, the bounded event queue,
+and THE enqueue core (``Scheduler.enqueue``) that every scheduling path goes through.
+
+Routes into the enqueue core (SPEC §3 "one enqueue core"):
+
+========  =============================================  ==================================
+route     who                                            where the records go
+========  =============================================  ==================================
+SUBMIT    the host (``system.submit``)                   ready queue, fresh seq
+EMIT      a handler's emit on worker ``w``               w's local queue (75%), then ready
+YIELD     a handler that yielded on worker ``w``          w's local queue incl. reserve, then
+                                                         the overflow queue, then sys.error
+EVENT     a due event fired by a worker                  ready queue
+CHANNEL   a channel delivering to its subscriber         ready queue, fresh seq
+BRIDGE    records arriving from the other kernel         ready queue, fresh seq
+RETRY     a handler that returned RETRY (``due`` tick)   event queue
+DEFER     anything scheduled for a later tick (``due``)  event queue
+========  =============================================  ==================================
+
+Before routing, the core sends records of unknown or poisoned types to ``sys.error`` with a
+reason, and (in determinism mode) hands deterministic records to the tick stage.
+"""
+from __future__ import annotations
+
+import heapq
+import threading
+from enum import IntEnum
+
+import numpy as np
+
+from ggmk.core.ring import Ring
+from ggmk.task import (FLAG_DETERMINISTIC, NUM_PRIORITIES, POISONED, PRIO_MASK, UNKNOWN_TYPE,
+                       YIELD_OVERFLOW, empty)
+
+PRIO_WEIGHTS = (8, 4, 2, 1)
+# The binary ruler interleaves priorities 8:4:2:1 over 15 pops: 0,1,0,2,0,1,0,3,...
+_PRIO_CYCLE = tuple((i & -i).bit_length() - 1 for i in range(1, 16))
+AGING_INTERVAL = 64
+EVENT_CAPACITY = 64 * 1024
+EVENT_DRAIN_MAX = 256
+MAX_TYPES = 1 << 16
+
+
+class Route(IntEnum):
+    SUBMIT = 0
+    EMIT = 1
+    YIELD = 2
+    EVENT = 3
+    CHANNEL = 4
+    BRIDGE = 5
+    RETRY = 6
+    DEFER = 7
+
+
+_FRESH_SEQ = frozenset({Route.SUBMIT, Route.EMIT, Route.CHANNEL, Route.BRIDGE})
+
+
+class _Bucket:
+    __slots__ = ("type", "rings", "last_pop", "size")
+
+    def __init__(self, type_id: int):
+        self.type = type_id
+        self.rings: list[Ring | None] = [None] * NUM_PRIORITIES
+        self.last_pop = 0
+        self.size = 0
+
+
+class ReadyQueue:
+    """Type-bucketed ready queue with 4 priorities (one per tenant).
+
+    ``pop`` returns a homogeneous batch (one type, one priority). Priorities are popped in the
+    weighted order 8:4:2:1; within a priority, types take turns. Every ``AGING_INTERVAL`` pops an
+    aging scan serves the non-empty bucket with the largest priority-weight x age (pops since it
+    was last served), so a cold type is never starved by a hot one.
+    """
+
+    def __init__(self, ring_capacity: int = 4096, max_capacity: int = 1 << 22):
+        self.ring_capacity = ring_capacity
+        self.max_capacity = max_capacity
+        self.buckets: dict[int, _Bucket] = {}
+        self.active: list[list[int]] = [[] for _ in range(NUM_PRIORITIES)]  # types non-empty per prio
+        self.rr = [0] * NUM_PRIORITIES
+        self.pops = 0
+        self.size = 0
+        self.high_watermark = 0
+        self.aging_picks = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _ring(self, t: int, p: int) -> Ring:
+        b = self.buckets.get(t)
+        if b is None:
+            b = self.buckets[t] = _Bucket(t)
+        r = b.rings[p]
+        if r is None:
+            r = b.rings[p] = Ring(self.ring_capacity, name=f"ready.t{t}.p{p}")
+        return r
+
+    def _push_one(self, t: int, p: int, recs: np.ndarray) -> int:
+        r = self._ring(t, p)
+        n = len(recs)
+        if r.free < n:
+            r.grow(n, self.max_capacity)
+        was_empty = len(r) == 0
+        n = r.push(recs)
+        if n:
+            if was_empty:
+                self.active[p].append(t)
+            self.buckets[t].size += n
+            self.size += n
+            if self.size > self.high_watermark:
+                self.high_watermark = self.size
+        return n
+
+    def push(self, recs: np.ndarray) -> int:
+        """Push records (any mix of types and priorities); return how many were accepted."""
+        n = len(recs)
+        if n == 0:
+            return 0
+        types = recs["type"]
+        prios = recs["flags"] & PRIO_MASK
+        t0, p0 = int(types[0]), int(prios[0])
+        if n == 1 or ((types == t0).all() and (prios == p0).all()):
+            return self._push_one(t0, p0, recs)
+        order = np.lexsort((prios, types))
+        srt = recs[order]
+        key = srt["type"].astype(np.int64) * NUM_PRIORITIES + (srt["flags"] & PRIO_MASK)
+        cuts = np.flatnonzero(np.diff(key)) + 1
+        accepted = 0
+        for seg in np.split(srt, cuts):
+            accepted += self._push_one(int(seg["type"][0]), int(seg["flags"][0]) & PRIO_MASK, seg)
+        return accepted
+
+    def _pick(self) -> tuple[int, int] | None:
+        self.pops += 1
+        if self.pops % AGING_INTERVAL == 0:
+            best, best_score = None, -1
+            for p in range(NUM_PRIORITIES):
+                for t in self.active[p]:
+                    score = PRIO_WEIGHTS[p] * (self.pops - self.buckets[t].last_pop)
+                    if score > best_score:
+                        best, best_score = (t, p), score
+            if best is not None:
+                self.aging_picks += 1
+                return best
+        want = _PRIO_CYCLE[self.pops % 15]
+        for dp in range(NUM_PRIORITIES):
+            p = (want + dp) % NUM_PRIORITIES
+            act = self.active[p]
+            if act:
+                i = self.rr[p] % len(act)
+                self.rr[p] = i + 1
+                return act[i], p
+        return None
+
+    def pop(self, max_n: int) -> np.ndarray:
+        pick = self._pick()
+        if pick is None:
+            return empty(0)
+        t, p = pick
+        b = self.buckets[t]
+        r = b.rings[p]
+        recs = r.pop(max_n)
+        n = len(recs)
+        b.size -= n
+        b.last_pop = self.pops
+        self.size -= n
+        if len(r) == 0:
+            self.active[p].remove(t)
+        return recs
+
+    def depth_by_type(self) -> dict[int, int]:
+        return {t: b.size for t, b in self.buckets.items() if b.size}
+
+
+class EventQueue:
+    """Bounded min-heap of record batches keyed by due tick (capacity counts records)."""
+
+    def __init__(self, capacity: int = EVENT_CAPACITY):
+        self.capacity = capacity
+        self.heap: list[tuple[int, int, np.ndarray]] = []
+        self.size = 0
+        self._n = 0
+        self.high_watermark = 0
+        self.lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def push(self, recs: np.ndarray, due: int) -> int:
+        with self.lock:
+            n = min(len(recs), self.capacity - self.size)
+            if n > 0:
+                self._n += 1
+                heapq.heappush(self.heap, (int(due), self._n, recs[:n].copy()))
+                self.size += n
+                self.high_watermark = max(self.high_watermark, self.size)
+            return max(n, 0)
+
+    def next_due(self) -> int | None:
+        with self.lock:
+            return self.heap[0][0] if self.heap else None
+
+    def pop_due(self, tick: int, max_n: int = EVENT_DRAIN_MAX) -> np.ndarray:
+        """Remove up to ``max_n`` records due at or before ``tick`` (earliest first)."""
+        with self.lock:
+            if not self.heap or self.heap[0][0] > tick:
+                return empty(0)
+            out = []
+            n = 0
+            while self.heap and self.heap[0][0] <= tick and n < max_n:
+                due, k, recs = heapq.heappop(self.heap)
+                take = min(len(recs), max_n - n)
+                out.append(recs[:take])
+                if take < len(recs):
+                    heapq.heappush(self.heap, (due, k, recs[take:]))
+                n += take
+            self.size -= n
+            return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+class Scheduler:
+    """Queues plus THE enqueue core. One per CPU kernel.
+
+    ``dead(recs, code)`` sends records to ``sys.error``; ``wake(n)`` wakes parked workers;
+    ``det`` (optional) is the determinism stage that takes deterministic records.
+    """
+
+    def __init__(self, nworkers: int, *, local_capacity: int = 4096, overflow_capacity: int = 8192,
+                 ready_capacity: int = 4096, policy=None, dead=None, wake=None, metrics=None,
+                 clock=None):
+        self.nworkers = nworkers
+        self.lock = threading.Lock()
+        self.tenants: dict[int, ReadyQueue] = {}
+        self.ready_capacity = ready_capacity
+        self.policy = policy
+        self.local = [Ring(local_capacity, name=f"local.w{w}") for w in range(nworkers)]
+        self.local_limit = self.local[0].capacity * 3 // 4   # last 25% kept for yields
+        self.overflow = Ring(overflow_capacity, name="yield.overflow")
+        self.events = EventQueue()
+        self.known = np.zeros(MAX_TYPES, dtype=bool)
+        self.poisoned = np.zeros(MAX_TYPES, dtype=bool)
+        self.det = None
+        self.dead = dead or (lambda recs, code: None)
+        self.wake = wake or (lambda n: None)
+        self.metrics = metrics
+        self.clock = clock
+        self.seq = 0
+        self.outstanding = 0          # accepted and not yet finished (idle detection)
+        self.count_lock = threading.Lock()
+        self.route_counts = np.zeros(len(Route), dtype=np.int64)
+
+    # -- tenants ------------------------------------------------------------------------------
+    def _rq(self, tenant: int) -> ReadyQueue:
+        rq = self.tenants.get(tenant)
+        if rq is None:
+            rq = self.tenants[tenant] = ReadyQueue(self.ready_capacity)
+            if self.policy is not None and tenant not in getattr(self.policy, "known", ()):
+                self.policy.add_tenant(tenant)
+        return rq
+
+    # -- the enqueue core -----------------------------------------------------------------------
+    def enqueue(self, recs: np.ndarray, route: Route, worker: int = -1, due: int = 0) -> int:
+        """Schedule ``recs``; return how many were accepted (the rest went to sys.error with a reason).
+
+        ``recs`` is consumed: the core may rewrite its ``seq`` column.
+        """
+        n = len(recs)
+        if n == 0:
+            return 0
+        self.route_counts[route] += n
+        types = recs["type"]
+        if types.max() >= MAX_TYPES or not self.known[types].all():
+            bad = (types >= MAX_TYPES) | ~self.known[np.minimum(types, MAX_TYPES - 1)]
+            self.dead(recs[bad], UNKNOWN_TYPE)
+            recs = recs[~bad]
+            types = recs["type"]
+        if self.poisoned[types].any():
+            bad = self.poisoned[types]
+            self.dead(recs[bad], POISONED)
+            recs = recs[~bad]
+        n = len(recs)
+        if n == 0:
+            return 0
+        if route in _FRESH_SEQ:
+            with self.count_lock:
+                s = self.seq
+                self.seq = s + n
+            recs["seq"] = np.arange(s + 1, s + n + 1, dtype=np.uint64).astype(np.uint32)
+        ndet = 0
+        if self.det is not None:
+            det_mask = (recs["flags"] & FLAG_DETERMINISTIC) != 0
+            if det_mask.any():
+                d = recs[det_mask]
+                ndet = len(d)
+                self._count(ndet)
+                self.det.take(d, route, due)
+                recs = recs[~det_mask]
+                if len(recs) == 0:
+                    self.wake(1)
+                    return ndet
+        accepted = self._route(recs, route, worker, due)
+        if self.metrics is not None:
+            self.metrics.add_types("enqueued", recs["type"][:accepted])
+        return accepted + ndet
+
+    def _count(self, n: int) -> None:
+        with self.count_lock:
+            self.outstanding += n
+
+    def _route(self, recs: np.ndarray, route: Route, worker: int, due: int) -> int:
+        n = len(recs)
+        self._count(n)
+        if route in (Route.RETRY, Route.DEFER):
+            k = self.events.push(recs, due)
+            if k < n:
+                self.dead(recs[k:], YIELD_OVERFLOW if route == Route.RETRY else UNKNOWN_TYPE)
+                self._count(k - n)
+            return k
+        if route == Route.YIELD:
+            k = self.local[worker].push(recs)
+            if k < n:
+                k2 = self.overflow.push(recs[k:])
+                if k + k2 < n:
+                    self.dead(recs[k + k2:], YIELD_OVERFLOW)
+                    self._count(k + k2 - n)
+                k += k2
+            return k
+        if route == Route.EMIT and worker >= 0:
+            k = self.local[worker].push(recs, limit=self.local_limit)
+            if k == n:
+                return n
+            recs = recs[k:]
+        else:
+            k = 0
+        self._push_ready(recs)
+        self.wake(len(recs))
+        return n
+
+    def _push_ready(self, recs: np.ndarray) -> None:
+        tenants = recs["tenant"]
+        with self.lock:
+            if len(self.tenants) <= 1 and (tenants == tenants[0]).all():
+                self._push_tenant(int(tenants[0]), recs)
+            else:
+                for t in np.unique(tenants):
+                    self._push_tenant(int(t), recs[tenants == t])
+
+    def _push_tenant(self, tenant: int, recs: np.ndarray) -> None:
+        rq = self._rq(tenant)
+        was_empty = len(rq) == 0
+        rq.push(recs)
+        if was_empty and self.policy is not None:
+            self.policy.wake(tenant, self.clock() if self.clock else 0)
+
+    # -- popping ------------------------------------------------------------------------------
+    def pop_ready(self, max_n: int) -> np.ndarray:
+        """Pop one homogeneous batch from the tenant the policy picks (or the only tenant)."""
+        with self.lock:
+            if self.policy is None or len(self.tenants) == 1:
+                for rq in self.tenants.values():
+                    if len(rq):
+                        return rq.pop(max_n)
+                return empty(0)
+            tenant = self.policy.pick(self.clock() if self.clock else 0)
+            if tenant is None:
+                return empty(0)
+            rq = self.tenants[tenant]
+            recs = rq.pop(max_n)
+            if len(rq) == 0:
+                self.policy.sleep(tenant, self.clock() if self.clock else 0)
+            return recs
+
+    def ready_len(self) -> int:
+        return sum(len(rq) for rq in self.tenants.values())
+
+    def done(self, n: int) -> None:
+        """Workers call this when ``n`` popped tasks are finished (whatever their outcome)."""
+        self._count(-n)
+
+    def idle(self) -> bool:
+        return self.outstanding == 0
+
+    def stats(self) -> dict:
+        ready_hw = sum(rq.high_watermark for rq in self.tenants.values())
+        return {
+            "outstanding": self.outstanding,
+            "ready_depth": self.ready_len(),
+            "ready_high_watermark": ready_hw,
+            "aging_picks": sum(rq.aging_picks for rq in self.tenants.values()),
+            "local": [r.stats() for r in self.local],
+            "overflow": self.overflow.stats(),
+            "events": {"depth": len(self.events), "high_watermark": self.events.high_watermark},
+            "routes": {r.name.lower(): int(self.route_counts[r]) for r in Route},
+        }

@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+
+from ggmk import task as T
+from ggmk.core.sched import AGING_INTERVAL, EventQueue, ReadyQueue, Route, Scheduler
+
+
+def test_ready_pop_is_homogeneous_and_fifo_per_bucket():
+    rq = ReadyQueue(8)
+    rq.push(T.make(6, type=np.array([1, 2, 1, 2, 1, 3]), seq=np.arange(6)))
+    seen = {}
+    while len(rq):
+        b = rq.pop(10)
+        assert len(set(b["type"])) == 1
+        seen.setdefault(int(b["type"][0]), []).extend(b["seq"])
+    assert seen == {1: [0, 2, 4], 2: [1, 3], 3: [5]}
+
+
+def test_weighted_priority_popping_8_4_2_1():
+    rq = ReadyQueue(1 << 12)
+    for p in range(4):
+        rq.push(T.make(2000, type=p + 1, priority=p))
+    counts = np.zeros(4)
+    for _ in range(1500):
+        b = rq.pop(1)
+        counts[T.priority_of(int(b["flags"][0]))] += 1
+    share = counts / counts.sum()
+    assert np.allclose(share, np.array([8, 4, 2, 1]) / 15, atol=0.02), share
+
+
+def test_grows_instead_of_losing():
+    rq = ReadyQueue(4)
+    assert rq.push(T.make(100, type=1)) == 100 and len(rq) == 100
+
+
+def test_aging_serves_cold_low_priority_type_under_hot_flood():
+    rq = ReadyQueue(1 << 10)
+    rq.push(T.make(1, type=99, priority=3))     # one cold task at the lowest priority
+    served_at = None
+    for i in range(1, 10 * AGING_INTERVAL):
+        rq.push(T.make(1, type=1, priority=0))  # hot type keeps the top priority busy
+        b = rq.pop(1)
+        if b["type"][0] == 99:
+            served_at = i
+            break
+    assert served_at is not None and served_at <= 2 * AGING_INTERVAL
+
+
+def test_event_queue_orders_by_due_and_bounds_drain():
+    eq = EventQueue(capacity=1000)
+    eq.push(T.make(300, type=1, meta0=5), due=5)
+    eq.push(T.make(2, type=1, meta0=3), due=3)
+    assert len(eq.pop_due(2)) == 0
+    got = eq.pop_due(10, max_n=256)
+    assert len(got) == 256 and list(got["meta0"][:3]) == [3, 3, 5]
+    assert len(eq.pop_due(10)) == 46 and len(eq) == 0
+    assert eq.push(T.make(2000, type=1), due=1) == 1000   # bounded: caller told
+
+
+def _sched(nworkers=2, **kw):
+    dead = []
+    s = Scheduler(nworkers, dead=lambda r, c: dead.append((r.copy(), c)), **kw)
+    s.known[:100] = True
+    return s, dead
+
+
+def test_enqueue_core_assigns_fresh_seqs_and_routes_unknown_and_poisoned():
+    s, dead = _sched()
+    s.poisoned[7] = True
+    n = s.enqueue(T.make(4, type=np.array([1, 7, 1, 5000])), Route.SUBMIT)
+    assert n == 2 and s.ready_len() == 2
+    codes = sorted(c for _, c in dead)
+    assert codes == sorted([T.POISONED, T.UNKNOWN_TYPE])
+    b = s.pop_ready(10)
+    assert list(b["seq"]) == [1, 2]
+    assert s.outstanding == 2
+
+
+def test_local_queue_keeps_25_percent_for_yields_then_overflow_then_error():
+    s, dead = _sched(local_capacity=8, overflow_capacity=4)
+    assert s.enqueue(T.make(8, type=1), Route.EMIT, worker=0) == 8
+    assert len(s.local[0]) == 6 and s.ready_len() == 2      # emits stop at 75%
+    assert s.enqueue(T.make(8, type=1), Route.YIELD, worker=0) == 6
+    assert len(s.local[0]) == 8 and len(s.overflow) == 4     # reserve used, then overflow
+    assert dead and dead[-1][1] == T.YIELD_OVERFLOW and len(dead[-1][0]) == 2
+
+
+def test_retry_and_defer_go_to_event_queue():
+    s, _ = _sched()
+    s.enqueue(T.make(3, type=1), Route.RETRY, due=4)
+    assert s.ready_len() == 0 and len(s.events) == 3 and s.outstanding == 3
