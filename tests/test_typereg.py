@@ -549,7 +549,7 @@ def test_bad_module_manifest_lists_every_problem():
     ('[module]\nname = "m"\nversion = "1"\n[[channel]]\nname = "a.b"\ndirection = "produce"\n'
      'type = "A"\nguarantee = "maybe"\n', ["channel 'a.b'", "'maybe'"]),
     ('[module]\nname = "m"\nversion = "1"\n[[channel]]\nname = "a.b"\ndirection = "produce"\n'
-     'type = "a"\n', ["channel 'a.b'", "invalid type name 'a'"]),
+     'type = "a"\n', ["channel 'a.b'", "invalid type 'a'", "UPPER_SNAKE"]),
     ('[module]\nname = "m"\nversion = "1"\n[[handler]]\ntype = "A"\nname = "h"\nbatch = 1\n',
      ["handler 'h'", "batch"]),
     ('[module]\nname = "m"\nversion = "1"\n[[handler]]\ntype = "A"\nname = "h"\n'
@@ -665,3 +665,19 @@ def test_all_problems_in_one_error(reg):
     for frag in ("NOPE", "'b.x' is lossy", "'c.x' is p2p", "deterministic type PHYS_STEP",
                  "declared twice"):
         assert frag in text
+
+
+def test_types_by_id_in_declarations(reg):
+    # a name and the id of the same type agree; an id of another type is a mismatch
+    validate_declarations(reg, [ChannelDecl("r.out", "produce", "COUNTER_INC_RESP", module="a"),
+                                ChannelDecl("r.out", "consume", 12, module="b")],
+                          [HandlerDecl(12, "h", "b")])
+    e = _boot_err(reg, [ChannelDecl("r.out", "produce", "COUNTER_INC_RESP", module="a"),
+                        ChannelDecl("r.out", "consume", 11, module="b")],
+                  [HandlerDecl(10, "h", "b"), HandlerDecl(4242, "g", "b")])
+    text = str(e)
+    assert len(e.problems) == 3
+    assert "'b' consumes COUNTER_INC" in text and "'a' produces COUNTER_INC_RESP" in text
+    assert "deterministic type PHYS_STEP" in text and "unknown type 4242" in text
+    with pytest.raises(BootError, match="invalid type 0"):
+        HandlerDecl(0, "h", "b")

@@ -1031,13 +1031,22 @@ def _channel_problems(name: Any, direction: Any, type: Any, mode: Any, guarantee
     if not isinstance(name, str) or not CHANNEL_NAME_RE.fullmatch(name):
         p.append(f"invalid channel name {name!r}: channel names are namespace.verb, lowercase"
                  " dotted (e.g. counter.in)")
-    if not isinstance(type, str) or not TYPE_NAME_RE.fullmatch(type):
-        p.append(f"invalid type name {type!r}: type names are UPPER_SNAKE (e.g. PHYS_STEP)")
+    p += _type_ref_problems(type)
     p += _one_of("direction", direction, DIRECTIONS)
     p += _one_of("mode", mode, MODES)
     p += _one_of("guarantee", guarantee, GUARANTEES)
     p += _module_name_problems(module)
     return p
+
+
+def _type_ref_problems(t: Any) -> list[str]:
+    """A declaration names its type by UPPER_SNAKE name or by id."""
+    if isinstance(t, str) and TYPE_NAME_RE.fullmatch(t):
+        return []
+    if _is_int(t) and 1 <= t <= MAX_TYPE_ID:
+        return []
+    return [f"invalid type {t!r}: a type is an UPPER_SNAKE name (e.g. PHYS_STEP) or an id"
+            f" 1..{MAX_TYPE_ID}"]
 
 
 def _module_name_problems(module: Any) -> list[str]:
@@ -1055,7 +1064,7 @@ class ChannelDecl:
 
     name: str
     direction: str                 # "produce" | "consume"
-    type: str                      # type name
+    type: str | int                # type name (or id)
     mode: str = "p2p"              # "p2p" | "fanout"
     guarantee: str = "lossless"    # "lossy" | "lossless"
     module: str = ""
@@ -1076,7 +1085,7 @@ class HandlerDecl:
     'batch'
     """
 
-    type: str
+    type: str | int                # type name (or id)
     name: str
     module: str = ""
     deterministic: bool = False
@@ -1103,8 +1112,7 @@ class HandlerDecl:
 def _handler_problems(type: Any, name: Any, module: Any, deterministic: Any, batch: Any,
                       granularity: Any, shared_mem: Any) -> list[str]:
     p: list[str] = []
-    if not isinstance(type, str) or not TYPE_NAME_RE.fullmatch(type):
-        p.append(f"invalid type name {type!r}: type names are UPPER_SNAKE (e.g. PHYS_STEP)")
+    p += _type_ref_problems(type)
     if not isinstance(name, str) or not HANDLER_NAME_RE.fullmatch(name):
         p.append(f"invalid handler name {name!r}: use an identifier")
     p += _module_name_problems(module)
@@ -1274,9 +1282,15 @@ def validate_declarations(reg: TypeRegistry, channel_decls: Iterable[ChannelDecl
     handlers = list(handler_decls)
     problems: list[str] = []
 
-    def unknown(t: str) -> str:
-        close = difflib.get_close_matches(t, reg.names(), n=1)
+    def unknown(t: str | int) -> str:
+        close = difflib.get_close_matches(t, reg.names(), n=1) if isinstance(t, str) else []
         return f"unknown type {t!r}" + (f" (did you mean {close[0]}?)" if close else "")
+
+    def key(t: str | int) -> str | int:      # a name and the id of the same type are equal
+        return reg.id(t) if isinstance(t, str) and t in reg else t
+
+    def tname(t: str | int) -> str:
+        return reg.name(t) if not isinstance(t, str) and t in reg else str(t)
 
     for d in chans:
         if d.type not in reg:
@@ -1290,19 +1304,20 @@ def validate_declarations(reg: TypeRegistry, channel_decls: Iterable[ChannelDecl
     for d in chans:
         by_chan.setdefault(d.name, []).append(d)
     for name, decls in by_chan.items():
-        if len({d.type for d in decls}) > 1:
-            who = ", ".join(f"module {d.module!r} {_verb(d.direction)} {d.type}"
-                            for d in _dedupe(decls, lambda d: (d.module, d.direction, d.type)))
+        if len({key(d.type) for d in decls}) > 1:
+            who = ", ".join(f"module {d.module!r} {_verb(d.direction)} {tname(d.type)}"
+                            for d in _dedupe(decls, lambda d: (d.module, d.direction,
+                                                               key(d.type))))
             problems.append(f"channel {name!r}: type mismatch: {who}")
         for attr in ("mode", "guarantee"):
             if len({getattr(d, attr) for d in decls}) > 1:
                 who = ", ".join(f"module {d.module!r} declares {getattr(d, attr)}"
                                 for d in _dedupe(decls, lambda d: (d.module, getattr(d, attr))))
                 problems.append(f"channel {name!r}: conflicting {attr}: {who}")
-        for d in _dedupe(decls, lambda d: (d.module, d.type, d.guarantee)):
+        for d in _dedupe(decls, lambda d: (d.module, key(d.type), d.guarantee)):
             if d.guarantee == "lossy" and d.type in reg and not reg.info(d.type).lossy:
                 problems.append(f"channel {name!r} is lossy (declared by module {d.module!r}) but"
-                                f" type {d.type} needs lossless delivery (lossy = false)")
+                                f" type {tname(d.type)} needs lossless delivery (lossy = false)")
         if {d.mode for d in decls} == {"p2p"}:
             consumers = list(dict.fromkeys(d.module for d in decls if d.direction == "consume"))
             if len(consumers) > 1:
@@ -1317,7 +1332,7 @@ def validate_declarations(reg: TypeRegistry, channel_decls: Iterable[ChannelDecl
         seen.add((h.module, h.name))
         if h.type in reg and reg.info(h.type).deterministic and not h.deterministic:
             problems.append(f"module {h.module!r}: handler {h.name!r} handles deterministic type"
-                            f" {h.type} but is not declared deterministic")
+                            f" {tname(h.type)} but is not declared deterministic")
 
     if problems:
         where = f" ({source})" if source else ""
