@@ -378,6 +378,8 @@ def test_encode_errors(reg, change, expect):
 def test_encode_missing_field_and_f32_overflow_and_bool(reg):
     with pytest.raises(PayloadError, match="PHYS_STEP: missing field 'tag'"):
         reg.info("PHYS_STEP").encode({"x": 1.0, "y": 2.0, "n": 3, "blob": b""})
+    with pytest.raises(PayloadError, match="PHYS_STEP: unknown field 'blobb'"):  # typo, not missing
+        reg.info("PHYS_STEP").encode({"x": 1.0, "y": 2.0, "n": 3, "tag": bytes(8), "blobb": b""})
     t = reg.info("ALL_SCALARS")
     base = t.decode(bytes(t.fixed_size))
     with pytest.raises(PayloadError, match="ALL_SCALARS: field 'a_f32' .*out of range"):

@@ -214,6 +214,7 @@ class TypeInfo:
     var_field: Field | None = dc_field(init=False, repr=False)
     _struct: struct.Struct = dc_field(init=False, repr=False)
     _by_name: dict = dc_field(init=False, repr=False)
+    _fixed_checks: tuple = dc_field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         fixed = [f for f in self.fields if not f.is_var]
@@ -234,6 +235,7 @@ class TypeInfo:
         set_(self, "var_field", var[0] if var else None)
         set_(self, "_struct", struct.Struct(fmt))
         set_(self, "_by_name", {f.name: f for f in self.fields})
+        set_(self, "_fixed_checks", tuple((f.name, _fast_check(self.name, f)) for f in fixed))
 
     # -- identity ----------------------------------------------------------------------------
     def _key(self) -> tuple:
@@ -325,21 +327,27 @@ class TypeInfo:
         return f"{self.name}: unknown field {name!r} (fields: {known})"
 
     def _args(self, values: Mapping[str, Any]) -> tuple[list, bytes | None]:
-        if not isinstance(values, Mapping):
+        if not isinstance(values, dict) and not isinstance(values, Mapping):
             raise PayloadError(f"{self.name}: payload must be a mapping of field names to values,"
                                f" got {type(values).__name__}")
-        for k in values:
-            if k not in self._by_name:
-                raise PayloadError(self._unknown_field_msg(k))
-        args, var = [], None
-        for f in self.fields:
-            if f.name not in values:
-                raise PayloadError(f"{self.name}: missing field {f.name!r} ({f.kind})")
-            v = _coerce(self.name, f, values[f.name])
-            if f.is_var:
-                var = v
-            else:
-                args.append(v)
+        if len(values) != len(self.fields):   # every field is required: extras are unknown
+            for k in values:
+                if k not in self._by_name:
+                    raise PayloadError(self._unknown_field_msg(k))
+        args = []
+        try:
+            for name, check in self._fixed_checks:
+                args.append(check(values[name]))
+            var = None
+            if self.var_field is not None:
+                name = self.var_field.name
+                var = _coerce(self.name, self.var_field, values[name])
+        except KeyError:
+            for k in values:  # a misspelt field is reported as unknown, not as missing
+                if k not in self._by_name:
+                    raise PayloadError(self._unknown_field_msg(k)) from None
+            f = self._by_name[name]
+            raise PayloadError(f"{self.name}: missing field {f.name!r} ({f.kind})") from None
         return args, var
 
     def encode(self, values: Mapping[str, Any]) -> bytes:
@@ -526,6 +534,36 @@ def _as_u8(buf: Any, tname: str) -> np.ndarray:
         return np.frombuffer(buf, np.uint8)
     raise PayloadError(f"{tname}: payload buffer must be a uint8 array or bytes, got"
                        f" {type(buf).__name__}")
+
+
+def _fast_check(tname: str, f: Field):
+    """A per-field checker: exact Python types take a short path; anything else (NumPy
+    scalars, errors) goes through ``_coerce``."""
+    cat = f.category
+    if cat == "int":
+        lo, hi = _SCALARS[f.kind][4:6]
+
+        def check(v: Any) -> Any:
+            if type(v) is int and lo <= v <= hi:
+                return v
+            return _coerce(tname, f, v)
+    elif cat == "float" and f.kind == "f64":
+        def check(v: Any) -> Any:
+            return v if type(v) is float else _coerce(tname, f, v)
+    elif cat == "bool":
+        def check(v: Any) -> Any:
+            return v if type(v) is bool else _coerce(tname, f, v)
+    elif cat == "bytes":
+        size = f.size
+
+        def check(v: Any) -> Any:
+            if type(v) is bytes and len(v) == size:
+                return v
+            return _coerce(tname, f, v)
+    else:  # f32: the range check needs a pack
+        def check(v: Any) -> Any:
+            return _coerce(tname, f, v)
+    return check
 
 
 def _coerce(tname: str, f: Field, v: Any) -> Any:
