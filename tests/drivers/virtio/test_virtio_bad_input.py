@@ -178,3 +178,28 @@ def test_display_socket_eof_is_backend_died(display_pair):
     peer.close()
     with pytest.raises(E.BackendDied, match="closed the connection"):
         d.service()
+
+
+def test_dmabuf_path_maps_the_buffer_and_acks_updates(display_pair):
+    # hosts with /dev/udmabuf or a render node make the back end share a dmabuf instead of
+    # sending pixels; a memfd stands in for the udmabuf here (both are mmap-able files)
+    import array
+    d, peer = display_pair
+    w, h, stride = 8, 4, 48                      # stride wider than the row, as GBM may do
+    fd = os.memfd_create("fake-dmabuf")
+    os.ftruncate(fd, stride * h)
+    noise = np.random.default_rng(3).integers(0, 256, (h, stride), dtype=np.uint8)
+    os.pwrite(fd, noise.tobytes(), 0)
+    body = struct.pack("<IIIIIIIIIi", 0, 0, 0, w, h, w, h, stride, 0, 0x34325258)
+    peer.sendmsg([struct.pack("<III", GpuRequest.DMABUF_SCANOUT, 0, len(body)) + body],
+                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())])
+    os.close(fd)
+    peer.sendall(struct.pack("<III", GpuRequest.DMABUF_UPDATE, 0, 20) + struct.pack("<5I", 0, 2, 1, 3, 2))
+    deadline = time.monotonic() + 2
+    while d.scanouts[0].updates == 0 and time.monotonic() < deadline:
+        d.service()
+    expect = noise[:, :w * 4].reshape(h, w, 4)
+    assert d.scanouts[0].fb[1:3, 2:5].tobytes() == expect[1:3, 2:5].tobytes()
+    assert not d.scanouts[0].fb[0].any()           # outside the damage: untouched
+    peer.settimeout(1)                             # the back end waits for this empty reply
+    assert peer.recv(12, socket.MSG_WAITALL) == struct.pack("<III", GpuRequest.DMABUF_UPDATE, 4, 0)
