@@ -6,6 +6,7 @@ import doctest
 import json
 import os
 import select
+import signal
 import struct
 from pathlib import Path
 
@@ -148,6 +149,8 @@ def test_unprivileged_read_of_real_sysfs():
         ready, _, _ = select.select([r], [], [], 30)
         data = os.read(r, 1 << 16) if ready else b""
         os.close(r)
+        if not data:
+            os.kill(pid, signal.SIGKILL)  # never leave a stuck child behind
         os.waitpid(pid, 0)
         assert data, "unprivileged child reported nothing"
         result = json.loads(data)
@@ -295,6 +298,9 @@ def test_built_nvidia_function_decodes_and_is_named():
     assert fn.pcie.port_type_name == "Endpoint" and fn.pcie.version == 2
     assert (fn.link_speed_gts, fn.link_width, fn.max_link_speed_gts) == (32.0, 16, 32.0)
     assert [c.id for c in fn.ext_capabilities] == [1, 3]
+    d = json.loads(json.dumps(fn.to_dict()))
+    assert d["ext_capabilities"][1]["decoded"] == {"serial": 0xDEADBEEF}
+    assert d["capabilities"][2]["decoded"]["link_speed_gts"] == 32.0 and d["is_nvidia_gpu"]
     text = pci.lspci_like([fn], verbose=True)
     assert "0000:41:00.0 3D controller [0302]: NVIDIA H200 SXM 141GB [10de:2335] (rev a1)" in text
     assert "Link: 32 GT/s x16" in text and "BAR1: Memory at 0x380000000000 (64-bit, prefetchable)" \
@@ -424,6 +430,12 @@ def test_list_functions_on_rebuilt_sysfs(fake_sysfs):
     assert pci.find_gpus(str(fake_sysfs), nvidia_only=True)[0].name == "NVIDIA H200 SXM 141GB"
     text = pci.lspci_like(sysfs_root=str(fake_sysfs))
     assert len(text.splitlines()) == len(fns)
+    d = json.loads(json.dumps(blk.to_dict()))
+    assert d["name"] == "virtio block (modern)" and d["bars"][0]["size"] == 512 << 10
+    assert d["capabilities"][3] == {
+        "offset": 0x70, "id": 9, "name": "Vendor Specific", "length": 0x14,
+        "decoded": {"cap_offset": 0x70, "cfg_type": 2, "bar": 0, "id": 0, "offset": 0x6000,
+                    "length": 0x1000, "notify_off_multiplier": 4, "cfg_name": "notify"}}
     assert "0000:00:04.0 Unassigned class [ffff]: virtio vsock (modern) [1af4:1053]" in text
 
 

@@ -954,6 +954,47 @@ class PciFunction:
                 f"{bar.size:#x}", cap.cap_offset)
         return bar, cap.offset, cap.length
 
+    def to_dict(self) -> dict:
+        """A JSON-ready summary (for ``ggmk`` hardware listings); ids as ints, no raw bytes.
+
+        >>> json.dumps(fn.to_dict())                     # doctest: +SKIP
+        """
+        def cap(c: Capability) -> dict:
+            d: dict = {"offset": c.offset, "id": c.id, "name": c.name}
+            if c.version is not None:
+                d["version"] = c.version
+            if c.length is not None:
+                d["length"] = c.length
+            if isinstance(c.decoded, dict):
+                d["decoded"] = dict(c.decoded)
+            elif c.decoded is not None:
+                d["decoded"] = dict(vars(c.decoded))
+                if isinstance(c.decoded, VirtioPciCap):
+                    d["decoded"]["cfg_name"] = c.decoded.cfg_name
+            return d
+
+        return {
+            "address": str(self.address), "name": self.name, "vendor": self.vendor,
+            "device": self.device, "subsystem_vendor": self.subsystem_vendor,
+            "subsystem_device": self.subsystem_device, "class_code": self.class_code,
+            "class_name": self.class_name, "revision": self.revision,
+            "header_type": self.header_type, "driver": self.driver,
+            "numa_node": self.numa_node, "irq": self.irq, "iommu_group": self.iommu_group,
+            "is_nvidia_gpu": self.is_nvidia_gpu,
+            "bars": [{"index": b.index, "kind": b.kind, "address": b.address, "size": b.size,
+                      "is_64bit": b.is_64bit, "prefetchable": b.prefetchable} for b in self.bars],
+            "capabilities": [cap(c) for c in self.capabilities],
+            "ext_capabilities": [cap(c) for c in self.ext_capabilities],
+            "capabilities_complete": self.capabilities_complete,
+            "config_length": self.config_length,
+            "link_speed_gts": self.link_speed_gts, "link_width": self.link_width,
+            "max_link_speed_gts": self.max_link_speed_gts, "max_link_width": self.max_link_width,
+            "virtio": None if self.virtio is None else {
+                "device_type": self.virtio.device_type, "type_name": self.virtio.type_name,
+                "transitional": self.virtio.transitional, "modern": self.virtio.modern},
+            "config_error": self.config_error, "notes": list(self.notes),
+        }
+
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def from_config(cls, raw: bytes, address: str | PciAddress = "0000:00:00.0",
