@@ -112,6 +112,25 @@ def test_bad_configuration_is_refused_with_names():
     assert parse_level(3) == Level.INFO and parse_level(" Warn ") == Level.WARN
 
 
+def test_batch_array_arguments_follow_the_surviving_records():
+    tr = two_modules(sample_rate=3)
+    flags = np.where(np.arange(60) % 7 == 0, T.FLAG_EMIT_TRACE, 0)
+    types = np.array([A_TYPE, B_TYPE] * 30)
+    recs = T.make(60, type=types, flags=flags, seq=np.arange(60))
+    i = np.arange(60)
+    n = tr.emit_batch(1, E.TASK_START, recs, arg0=1000 + i, arg1=2000 + i, ts=5000 + i)
+    ev = tr.drain()
+    assert len(ev) == n > 0
+    pos = ev["arg0"].astype(np.int64) - 1000
+    assert (ev["arg1"] == 2000 + pos).all() and (ev["ts"] == 5000 + pos).all()
+    assert (types[pos] == ev["task_type"]).all()
+    # module A is at ERROR: its TASK_STARTs are there only when flagged
+    assert (flags[pos][ev["task_type"] == A_TYPE] != 0).all()
+    sampled = (ev["event"] & SAMPLED_BIT) != 0
+    assert (flags[pos][sampled] == 0).all() and (flags[pos][~sampled] != 0).all()
+    assert tr.emit_batch(1, E.TASK_END, recs[:0]) == 0
+
+
 # -- forced tracing ----------------------------------------------------------------------------
 
 def test_emit_trace_flag_forces_tracing_whatever_the_level_and_sampling():
@@ -280,7 +299,7 @@ def test_drain_drops_slots_rewritten_while_it_copied():
     for i in range(8):
         tr.emit(0, E.TASK_START, 0, 1, arg0=i, ts=i)
     ring = tr._rings[0]
-    ring.buf = ring.buf.view(_WriterStepsInDuringCopy)
+    ring.raw = ring.raw.view(_WriterStepsInDuringCopy)
     _WriterStepsInDuringCopy.hook = lambda: [
         tr.emit(0, E.TASK_START, 0, 1, arg0=100 + j, ts=100 + j) for j in range(3)]
     ev = tr.drain()                    # copied slots 0..2 already hold positions 8..10
