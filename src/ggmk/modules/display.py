@@ -116,13 +116,15 @@ class DisplayModule:
              binary: str | os.PathLike | None = None, timeout: float = 5.0,
              mem_size: int | None = None) -> "DisplayModule":
         """Start a virtio-gpu back end with one virtual monitor per entry of ``displays`` (its
-        native mode) and return the module; the largest mode decides guest memory if not given."""
+        native mode) and return the module; guest memory is sized from the modes if not given."""
         monitors = [Monitor(m.width, m.height) for m in map(Mode.parse, displays)]
         if not monitors:
             raise DisplayError("open(): at least one display is needed")
         if mem_size is None:
+            # a mode switch holds the old and the new scanout resource at once; the memfd is
+            # sparse, so untouched room costs nothing
             fb = sum(m.width * m.height * 4 for m in monitors)
-            mem_size = -(-(fb + (8 << 20)) // (1 << 20)) << 20
+            mem_size = -(-(2 * fb + (8 << 20)) // (1 << 20)) << 20
         gpu = VirtioGpu.launch(monitors, workdir=workdir, binary=binary, timeout=timeout,
                                mem_size=mem_size)
         try:

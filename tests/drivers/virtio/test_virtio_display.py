@@ -120,3 +120,15 @@ def test_cursor_through_the_module(open_display):
     disp.hide_cursor()
     assert not disp.cursor_state().visible
     assert disp.counters()["cursor_updates"] == 1
+
+
+@pytest.mark.qemu
+@needs_backend
+def test_every_mode_switch_fits_default_guest_memory(open_display):
+    disp = open_display([(1280, 800)])
+    for i, m in enumerate(reversed(disp.modes(0))):     # largest first: old + new held at once
+        disp.set_mode(0, m)
+        frame = np.full((m.height, m.width, 4), i + 1, np.uint8)
+        disp.present(frame)
+        assert disp.snapshot().tobytes() == frame.tobytes()
+    assert len(disp.gpu.resources) == 1
