@@ -337,10 +337,60 @@ def test_tenant_that_empties_its_queue_every_batch_gets_only_its_share(name):
     assert share_b == pytest.approx(0.5, abs=0.03)
 
 
+def test_wake_lag_is_half_a_min_slice_and_debt_survives_sleep():
+    pol = EevdfBorePolicy(min_slice_us=300)
+    pol.add_tenant(0)
+    pol.add_tenant(1, weight=2048)
+    pol.wake(0, 0)
+    assert pol.stats()[0]["lag"] == 0                       # alone: lag is 0 by definition
+    pol.account(pol.pick(0), 5 * MS, 4, 5 * MS)
+    pol.wake(1, 5 * MS)
+    st = pol.stats()
+    assert st[1]["lag"] == pytest.approx(-150 * US * 1024 / 2048)   # -min_slice/2, virtual
+    assert st[1]["eligible"] is False and st[0]["eligible"] is True
+    assert pol.pick(5 * MS) == 0
+    # tenant 1 overruns (say on another worker), then its queue empties: it keeps its debt
+    pol.account(1, 20 * MS, 8, 6 * MS)
+    debt = pol.stats()[1]["lag"]
+    assert debt < -3 * MS                                     # 20 ms at 2x weight, 1 of 3 shares
+    pol.sleep(1, 6 * MS)
+    assert pol.stats()[1]["state"] == "delayed"
+    pol.wake(1, 6 * MS)
+    assert pol.stats()[1]["lag"] == pytest.approx(debt)       # not reset to -min_slice/2
+    # it is not served until tenant 0 has had the time it is owed
+    served0 = 0
+    while pol.pick(0) == 0:
+        pol.account(0, 100 * US, 1, 0)
+        served0 += 100 * US
+    assert served0 == pytest.approx(-debt * (1024 + 2048) / 1024, abs=200 * US)
+    # a delayed tenant whose debt is paid off while it sleeps leaves the competition
+    pol.sleep(1, 0)
+    pol.account(1, 2 * MS, 1, 0)
+    assert pol.stats()[1]["state"] == "delayed"
+    for _ in range(200):
+        pol.account(pol.pick(0), 100 * US, 1, 0)
+    assert pol.stats()[1]["state"] == "idle"
+    pol.wake(1, 0)
+    assert pol.stats()[1]["lag"] == pytest.approx(-150 * US * 1024 / 2048)
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_many_workers_keep_weights_and_debts(workers):
+    """With batches in flight on several workers, accounting arrives after later picks and
+    after sleeps; weights still hold, and a one-batch closed-loop tenant gets a whole worker
+    (it can use no more) without being charged for the floods' time."""
+    sim = Sim(EevdfBorePolicy(), workers=workers).tenant(0, weight=2048).tenant(1)
+    sim.flood(0, 40 * US).flood(1, 700 * US).run(1000 * MS)
+    assert sim.handler_time(0) / sim.handler_time(1) == pytest.approx(2.0, rel=0.05)
+    sim = Sim(EevdfBorePolicy(), workers=workers).tenant(0).tenant(1)
+    sim.flood(0, 100 * US).closed_loop(1, 2 * MS, n=4).run(1000 * MS)
+    assert sim.handler_time(1) / sim.now == pytest.approx(1.0, rel=0.02)
+
+
 # -- BORE and latency ------------------------------------------------------------------------------
 
-def _flood_vs_interactive(name, until=3000 * MS, floods=1, **kw):
-    sim = Sim(build(name, **kw), max_batch=4)
+def _flood_vs_interactive(name, until=3000 * MS, floods=1, workers=1, **kw):
+    sim = Sim(build(name, **kw), max_batch=4, workers=workers)
     for f in range(floods):
         sim.tenant(f).flood(f, (250 + 50 * f) * US)
     b = floods
@@ -407,12 +457,12 @@ def test_bore_cuts_an_interactive_tenants_latency_among_floods():
     assert sim.handler_time(0) / sim.handler_time(1) == pytest.approx(1.0, rel=0.05)
 
 
-@pytest.mark.parametrize("floods", [1, 3])
-def test_interactive_latency_much_lower_than_weighted_round_robin(floods):
+@pytest.mark.parametrize("floods,workers", [(1, 1), (3, 1), (3, 2)])
+def test_interactive_latency_much_lower_than_weighted_round_robin(floods, workers):
     """The benchmark's shape: floods of long-task batches plus a light, frequent tenant, the same
     workload under EEVDF+BORE and under weighted round robin."""
-    ev, b = _flood_vs_interactive("eevdf", floods=floods, until=2000 * MS)
-    rr, _ = _flood_vs_interactive("rr", floods=floods, until=2000 * MS)
+    ev, b = _flood_vs_interactive("eevdf", floods=floods, until=2000 * MS, workers=workers)
+    rr, _ = _flood_vs_interactive("rr", floods=floods, until=2000 * MS, workers=workers)
     ev_lat, rr_lat = np.array(ev.lat[b]), np.array(rr.lat[b])
     assert len(ev_lat) == len(rr_lat) > 300
     assert np.mean(ev_lat) * 2.5 < np.mean(rr_lat)
