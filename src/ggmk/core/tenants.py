@@ -493,7 +493,7 @@ class EevdfBorePolicy(_PolicyBase):
         over = min(max(t.score - self.bore_threshold, 0.0), _MAX_PENALTY_POINTS)
         return over * self.bore_penalty / 8.0 * self._vslice(t)
 
-    # -- queue transitions --------------------------------------------------------------------------
+    # -- queue transitions -------------------------------------------------------------------------
     def wake(self, tenant: int, now_ns: int) -> None:
         """Queue went non-empty: place the tenant at lag ``-min_slice/2`` (or its debt)."""
         t = self._get(tenant, "wake")
