@@ -246,6 +246,7 @@ class Scheduler:
         self.dead = dead or (lambda recs, code: None)
         self.wake = wake or (lambda n: None)
         self.metrics = metrics
+        self.on_enqueued = None       # (types, worker) -> None: per-type enqueue counters
         self.clock = clock
         self.seq = 0
         self.outstanding = 0          # accepted and not yet finished (idle detection)
@@ -297,13 +298,15 @@ class Scheduler:
                 ndet = len(d)
                 self._count(ndet)
                 self.det.take(d, route, due)
+                if self.on_enqueued is not None:
+                    self.on_enqueued(d["type"], worker)
                 recs = recs[~det_mask]
                 if len(recs) == 0:
                     self.wake(1)
                     return ndet
         accepted = self._route(recs, route, worker, due)
-        if self.metrics is not None:
-            self.metrics.add_types("enqueued", recs["type"][:accepted])
+        if self.on_enqueued is not None:
+            self.on_enqueued(recs["type"][:accepted], worker)
         return accepted + ndet
 
     def _count(self, n: int) -> None:

@@ -1,0 +1,50 @@
+"""The ``ggmk`` command line. Subcommands are at most two levels deep; common ones are one word.
+
+Implemented so far: ``demo``, ``hw`` (PCI discovery), ``version``. The live-system commands
+(boot, ps, top, emit, chan, ...) talk to a running system over its control socket once that lands.
+"""
+from __future__ import annotations
+
+import json
+
+import click
+
+import ggmk
+
+
+@click.group(help="ggmk: two peer microkernels (CPU and GPU) driven from Python.")
+def cli() -> None:
+    pass
+
+
+@cli.command(help="Print the ggmk version.")
+def version() -> None:
+    click.echo(ggmk.__version__)
+
+
+@cli.command(help="Run the demo workload and print its summary.")
+@click.option("--seconds", default=3.0, show_default=True, help="How long the source submits work.")
+@click.option("--workers", default=2, show_default=True)
+@click.option("--seed", default=1, show_default=True)
+def demo(seconds: float, workers: int, seed: int) -> None:
+    from ggmk.demo.workload import main as demo_main
+    demo_main(["--seconds", str(seconds), "--workers", str(workers), "--seed", str(seed)])
+
+
+@cli.command(help="List PCI functions (GPUs and virtio devices named) from the OS.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("-v", "--verbose", is_flag=True, help="Capabilities and BARs too.")
+def hw(as_json: bool, verbose: bool) -> None:
+    from ggmk.drivers import pci
+    if as_json:
+        click.echo(json.dumps([f.to_dict() for f in pci.list_functions()], indent=2))
+    else:
+        click.echo(pci.lspci_like(verbose=verbose))
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The handler context: one per worker, reused for every task (never built per task).
+
+A per-task handler reads ``ctx.task``; a batch handler receives ``batch`` (columns) and may also
+read ``ctx.batch``. Both emit with ``ctx.emit`` (one message) or ``ctx.emit_batch`` (columns).
+
+Example::
+
+    @mod.handler("STEP")
+    def step(ctx):
+        if ctx.task.yield_count < 3:
+            return ctx.yield_(phase=ctx.task.yield_count + 1)   # resume later, meta0 = phase
+        ctx.emit("DONE", meta0=ctx.task.meta0)
+        return ggmk.OK
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ggmk.task import FLAG_DETERMINISTIC, PRIO_MASK, TASK_DTYPE, YIELD, Task, TaskBatch, make
+
+
+class Context:
+    __slots__ = ("kernel", "worker", "task", "batch", "module", "_emits", "_retained",
+                 "_index", "_det", "_det_on", "_resolve")
+
+    def __init__(self, kernel, worker: int):
+        self.kernel = kernel
+        self.worker = worker
+        self.task = Task()
+        self.batch: TaskBatch | None = None
+        self.module = None
+        self._emits: list[tuple] = []
+        self._retained: set[int] = set()
+        self._index = 0
+        self._det_on = kernel.deterministic
+        self._resolve = kernel.resolve_target
+
+    # -- what a handler can see -----------------------------------------------------------------
+    @property
+    def tick(self) -> int:
+        return self.kernel.tick
+
+    @property
+    def arena(self):
+        return self.kernel.arena
+
+    @property
+    def system(self):
+        return self.kernel
+
+    @property
+    def payload(self):
+        """The current task's payload: a typed view when its type has a schema, else raw bytes."""
+        return self.kernel.payload_view(self.task)
+
+    # -- emitting -------------------------------------------------------------------------------
+    def emit(self, target, meta0: int = 0, meta1: int = 0, *, payload=None, priority: int | None = None,
+             tenant: int | None = None, flags: int = 0) -> int:
+        """Emit one task of ``target`` (a type name/id, or a channel declared with ``produces``).
+
+        Inherits the parent's tenant and priority unless given, and its deterministic flag.
+        Returns OK, or a channel code (CHAN_FULL on a full lossless channel).
+        """
+        kind, tid, chan = self._resolve(target)
+        r = self.task._r
+        if r is not None:
+            pflags = int(r["flags"])
+            if priority is None:
+                priority = pflags & PRIO_MASK
+            if tenant is None:
+                tenant = int(r["tenant"])
+            flags |= pflags & FLAG_DETERMINISTIC
+            seq = int(r["seq"]) if self._det_on else 0
+        else:
+            seq = 0
+        fl = (flags & ~PRIO_MASK) | ((priority or 0) & PRIO_MASK)
+        ptr = plen = 0
+        if payload is not None:
+            ptr, plen = self.kernel.store_payload(tid, payload)
+        if chan is not None:
+            return chan.emit_one(tid, fl, tenant or 0, ptr, plen, meta0, meta1, seq)
+        self._emits.append((tid, fl, tenant or 0, 0, seq, ptr, plen, 0, 0, meta0, meta1))
+        return 0
+
+    def emit_batch(self, target, meta0=0, meta1=0, *, count: int | None = None, priority=None,
+                   tenant=None, flags: int = 0, payload_ptr=0, payload_len=0) -> int:
+        """Emit many tasks at once; every keyword takes a scalar or a column (NumPy array).
+
+        Returns how many were accepted (for a lossless channel, the rest got CHAN_FULL).
+        """
+        kind, tid, chan = self._resolve(target)
+        n = count
+        if n is None:
+            for v in (meta0, meta1, payload_ptr):
+                if isinstance(v, np.ndarray):
+                    n = len(v)
+                    break
+            else:
+                n = 1
+        b = self.batch
+        parent = b.records if b is not None else None
+        if parent is not None and len(parent) == n:
+            if priority is None:
+                priority = parent["flags"] & PRIO_MASK
+            if tenant is None:
+                tenant = parent["tenant"]
+            flags = flags | (parent["flags"] & FLAG_DETERMINISTIC)
+            seq = parent["seq"] if self._det_on else 0
+        elif self.task._r is not None:
+            r = self.task._r
+            if priority is None:
+                priority = int(r["flags"]) & PRIO_MASK
+            if tenant is None:
+                tenant = int(r["tenant"])
+            flags |= int(r["flags"]) & FLAG_DETERMINISTIC
+            seq = int(r["seq"]) if self._det_on else 0
+        else:
+            seq = 0
+        recs = make(n, type=tid, flags=flags, priority=0 if priority is None else priority,
+                    tenant=0 if tenant is None else tenant, seq=seq, payload_ptr=payload_ptr,
+                    payload_len=payload_len, meta0=meta0, meta1=meta1)
+        if chan is not None:
+            return chan.emit(recs)
+        self.flush()   # keep emit order: earlier per-message emits go first
+        return self.kernel.sched.enqueue(recs, self.kernel.ROUTE_EMIT, self.worker)
+
+    def yield_(self, phase: int | None = None) -> int:
+        """Re-enqueue this task (meta0/meta1 kept); with ``phase``, set meta0 = phase first."""
+        if phase is not None:
+            self.task.meta0 = phase
+        return YIELD
+
+    def retain(self) -> None:
+        """Keep the current task's payload alive past the handler (release it later yourself)."""
+        self._retained.add(self._index)
+
+    def alloc(self, nbytes: int) -> int:
+        return self.kernel.arena.alloc_or_raise(nbytes)
+
+    def flush(self) -> None:
+        """Hand buffered per-message emits to the enqueue core (the worker calls this per batch)."""
+        if self._emits:
+            recs = np.array(self._emits, dtype=TASK_DTYPE)
+            self._emits.clear()
+            self.kernel.sched.enqueue(recs, self.kernel.ROUTE_EMIT, self.worker)

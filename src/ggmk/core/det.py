@@ -1,0 +1,138 @@
+"""Determinism mode (SPEC §3): deterministic tasks run tick by tick in canonical order.
+
+Each tick's set of deterministic tasks is sorted by (priority, type, seq) and handed out in that
+order; what they emit or yield runs in the next tick. Children get fresh seqs at the boundary in
+(parent seq, emit order), so the numbering does not depend on which worker ran the parent or how
+batches were split. At each boundary the finished tick is folded into the trace hash: one
+TASK_START (arg1 = low 32 bits of meta0) and one TASK_END (arg1 = result code) event per task,
+with ts = tick. Same seed + same input stream gives the same hash on any worker count and HAL.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ggmk.core.sched import Route
+from ggmk.events import TRACE_DTYPE, EventType
+from ggmk.task import PRIO_MASK, empty
+
+_KEEP_SEQ = frozenset({Route.YIELD, Route.RETRY, Route.DEFER, Route.EVENT})
+
+
+class DetStage:
+    def __init__(self, hasher, on_boundary=None):
+        self.lock = threading.Lock()
+        self.hasher = hasher
+        self.on_boundary = on_boundary      # (tick) -> None: drain deterministic channels
+        self.tick = 0
+        self.cur = empty(0)
+        self.codes = np.zeros(0, dtype=np.int32)
+        self.cursor = 0
+        self.inflight = 0
+        self.pending: dict[int, list[np.ndarray]] = {}
+        self.next_emit: list[np.ndarray] = []   # children: seq holds the parent's seq for ordering
+        self.next_keep: list[np.ndarray] = []   # yields: keep their seq
+        self.seq = 0
+        self.ticks_run = 0
+        self.tasks_run = 0
+
+    def take(self, recs: np.ndarray, route: Route, due: int = 0) -> None:
+        recs = recs.copy()
+        with self.lock:
+            if route == Route.EMIT:
+                self.next_emit.append(recs)
+            elif route == Route.YIELD:
+                self.next_keep.append(recs)
+            else:
+                if route not in _KEEP_SEQ:
+                    # external input: number it in arrival order (the input stream's order)
+                    recs["seq"] = np.arange(self.seq + 1, self.seq + 1 + len(recs)) & 0xFFFFFFFF
+                    self.seq += len(recs)
+                tick = max(int(due), self.tick + 1)
+                self.pending.setdefault(tick, []).append(recs)
+
+    def has_work(self) -> bool:
+        return (self.cursor < len(self.cur) or bool(self.pending) or bool(self.next_emit)
+                or bool(self.next_keep))
+
+    def pop(self, max_n: int):
+        """Return (records, start) of the next homogeneous run in canonical order, or None."""
+        with self.lock:
+            if self.cursor >= len(self.cur):
+                if self.inflight or not self._boundary():
+                    return None
+            start = self.cursor
+            types = self.cur["type"]
+            end = min(len(self.cur), start + max_n)
+            t = types[start]
+            run = np.flatnonzero(types[start:end] != t)
+            if len(run):
+                end = start + int(run[0])
+            self.cursor = end
+            self.inflight += end - start
+            return self.cur[start:end].copy(), start
+
+    def finish(self, start: int, codes: np.ndarray) -> None:
+        with self.lock:
+            self.codes[start:start + len(codes)] = codes
+            self.inflight -= len(codes)
+
+    def _boundary(self) -> bool:
+        """Close the current tick and open the next one that has work. Called under the lock."""
+        if len(self.cur):
+            self._fold()
+        if self.on_boundary is not None:
+            self.on_boundary(self.tick)
+        parts = []
+        if self.next_emit:
+            kids = np.concatenate(self.next_emit)
+            self.next_emit = []
+            order = np.argsort(kids["seq"], kind="stable")   # (parent seq, emit order)
+            kids = kids[order]
+            kids["seq"] = np.arange(self.seq + 1, self.seq + 1 + len(kids)) & 0xFFFFFFFF
+            self.seq += len(kids)
+            parts.append(kids)
+        if self.next_keep:
+            parts.extend(self.next_keep)
+            self.next_keep = []
+        if parts:
+            nxt = self.tick + 1
+        elif self.pending:
+            nxt = min(self.pending)
+        else:
+            self.cur = empty(0)
+            self.cursor = 0
+            return False
+        parts.extend(self.pending.pop(nxt, []))
+        cur = np.concatenate(parts)
+        order = np.lexsort((cur["seq"], cur["type"], cur["flags"] & PRIO_MASK))
+        self.cur = cur[order]
+        self.codes = np.zeros(len(self.cur), dtype=np.int32)
+        self.cursor = 0
+        self.tick = nxt
+        self.ticks_run += 1
+        return True
+
+    def _fold(self) -> None:
+        n = len(self.cur)
+        ev = np.zeros(2 * n, dtype=TRACE_DTYPE)
+        ev["ts"] = self.tick
+        ev["event"][:n] = EventType.TASK_START
+        ev["event"][n:] = EventType.TASK_END
+        for half in (slice(0, n), slice(n, 2 * n)):
+            ev["tenant"][half] = self.cur["tenant"]
+            ev["task_type"][half] = self.cur["type"]
+            ev["arg0"][half] = self.cur["seq"]
+        ev["arg1"][:n] = self.cur["meta0"] & 0xFFFFFFFF
+        ev["arg1"][n:] = self.codes.astype(np.int64) & 0xFFFFFFFF
+        self.hasher.update(ev)
+        self.tasks_run += n
+        self.cur = empty(0)
+
+    def flush(self) -> None:
+        """Fold a finished tick into the hash (at halt or before reading the hash)."""
+        with self.lock:
+            if len(self.cur) and self.cursor >= len(self.cur) and not self.inflight:
+                self._fold()
+                self.cursor = 0

@@ -1,0 +1,386 @@
+"""The CPU kernel: boot, the running system, halt.
+
+Boot order: arena -> type registry -> scheduler -> tracing/metrics -> modules (validated,
+dispatch table built) -> channels -> module init (in order) -> workers. ``halt`` stops the
+workers, joins every thread, then runs module fini in reverse order.
+
+Example::
+
+    with ggmk.boot([counter], workers=2) as system:
+        system.submit("COUNTER_INC", meta0=41)
+        system.run(until_idle=True, timeout=5)
+        print(system.stats()["types"]["COUNTER_INC"])
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from ggmk import task as T
+from ggmk.core.alloc import Arena
+from ggmk.core.det import DetStage
+from ggmk.core.faults import PoisonDetector
+from ggmk.core.metrics import Metrics, TypeCounter
+from ggmk.core.module import Module
+from ggmk.core.ring import CodeRing
+from ggmk.core.sched import MAX_TYPES, Route, Scheduler
+from ggmk.core.trace import TraceHasher, make_tracer
+from ggmk.core.worker import Worker
+from ggmk.errors import BootError, KernelStopped, PayloadError
+from ggmk.events import EventType
+from ggmk.hal import make_hal
+from ggmk.typereg import TypeRegistry
+
+DEFAULT_MAX_YIELDS = 16
+
+
+class System:
+    """A booted CPU kernel. Create it with :func:`boot`."""
+
+    ROUTE_EMIT = Route.EMIT
+
+    def __init__(self, modules, *, types: TypeRegistry | None = None, workers: int = 2,
+                 hal: str = "threads", seed: int = 0, deterministic: bool = False,
+                 tick_hz: int = 1000, arena_size: int = 64 << 20, debug: bool = False,
+                 trace: bool | None = None, trace_level="warn", sample_rate: int = 1,
+                 max_retries: int = 8, poison_threshold: int = 32, poison_window: int = 1000,
+                 max_batch: int = 256, policy=None, tenants: dict | None = None,
+                 dead_letter_capacity: int = 1 << 16):
+        if workers < 1:
+            raise BootError(f"workers must be >= 1, got {workers}")
+        self.modules: list[Module] = list(modules)
+        self.nworkers = workers
+        self.deterministic = deterministic
+        self.seed = seed
+        self.hal = make_hal(hal, seed=seed)
+        self.clock = self.hal.clock_ns
+        self.tick_ns = max(1, int(1e9 // tick_hz))
+        self.tick = 0
+        self.max_retries = max_retries
+        self.halted = False
+        self.running = False
+        # arena
+        self.arena = Arena(arena_size, debug=debug)
+        # types
+        self.types = types if types is not None else TypeRegistry()
+        self.max_yields = np.full(MAX_TYPES, DEFAULT_MAX_YIELDS, dtype=np.int64)
+        # observability
+        self.metrics = Metrics(workers + 1, max_types=MAX_TYPES)
+        self.metrics_shard = [self.metrics.shard(w) for w in range(workers + 1)]
+        self.host_shard = self.metrics_shard[workers]
+        self.h_batch_ns = self.metrics.histogram("handler_batch_ns")
+        self.tracer = make_tracer(trace, nworkers=workers + 1, default_level=trace_level,
+                                  sample_rate=sample_rate, seed=seed)
+        self.hasher = TraceHasher()
+        # dead letters (sys.error / sys.dropped until channels take them over)
+        self.sys_error = CodeRing(dead_letter_capacity, name="sys.error")
+        self.sys_dropped = CodeRing(dead_letter_capacity, name="sys.dropped")
+        self.exceptions: deque = deque(maxlen=64)
+        self.poison = PoisonDetector(poison_threshold, poison_window)
+        self._host_lock = threading.Lock()
+        # scheduler
+        self.sched = Scheduler(workers, policy=policy, dead=self._dead, wake=self.hal.wake,
+                               clock=self.clock)
+        self.sched.poisoned = self.poison.poisoned
+        self.sched.on_enqueued = self._count_enqueued
+        self.det = DetStage(self.hasher, self._det_boundary) if deterministic else None
+        self.sched.det = self.det
+        if tenants and policy is not None:
+            for tid, spec in tenants.items():
+                policy.add_tenant(int(tid), **(spec if isinstance(spec, dict) else {"nice": spec}))
+        # modules
+        self.handler_of: list = [None] * MAX_TYPES
+        self._type_cache: dict = {}
+        self._register_modules()
+        self.channels = None
+        self.workers = [Worker(self, w, max_batch) for w in range(workers)]
+        self.hal.next_event = self._next_event_ns
+        self.t0 = self.clock()
+        for m in self.modules:
+            if m._init:
+                m._init(self)
+        self.hal.start(self.workers)
+        self.running = True
+
+    # -- boot helpers ---------------------------------------------------------------------------
+    def _register_modules(self) -> None:
+        names = set()
+        for m in self.modules:
+            if not isinstance(m, Module):
+                raise BootError(f"boot: expected ggmk.Module instances, got {m!r}")
+            if m.name in names:
+                raise BootError(f"boot: two modules are named {m.name!r}")
+            names.add(m.name)
+            if m.trace_level is not None:
+                self.tracer.set_level(m.name, m.trace_level)
+            for h in m.handlers:
+                tid = self.type_id(h.type, register=True, where=f"module {m.name!r} handler {h.name!r}")
+                prev = self.handler_of[tid]
+                if prev is not None:
+                    raise BootError(
+                        f"boot: type {self.type_name(tid)!r} (id {tid}) has two handlers: "
+                        f"{prev.module.name}.{prev.name} and {m.name}.{h.name}")
+                info = self.types.info(tid)
+                if info.deterministic and not h.deterministic:
+                    raise BootError(
+                        f"boot: type {info.name!r} is deterministic (types.toml) but handler "
+                        f"{m.name}.{h.name} is not declared deterministic=True")
+                h.type_id = tid
+                self.handler_of[tid] = h
+                self.sched.known[tid] = True
+                self.max_yields[tid] = info.max_yields
+                self.tracer.register_type(tid, m.name)
+
+    def type_id(self, t, *, register: bool = False, where: str = "") -> int:
+        """Resolve a type name or id. Unknown names are registered when ``register`` is set."""
+        hit = self._type_cache.get(t)
+        if hit is not None:
+            return hit
+        if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+            tid = int(t)
+            if not 0 < tid < MAX_TYPES:
+                raise BootError(f"{where}: type id {tid} out of range 1..{MAX_TYPES - 1}")
+            if tid not in self.types:
+                self.types.register(f"TYPE_{tid}", id=tid)
+        elif isinstance(t, str):
+            if t not in self.types:
+                if not register:
+                    raise KeyError(f"unknown type {t!r}{' in ' + where if where else ''}; "
+                                   f"known: {sorted(i.name for i in self.types)[:20]}")
+                self.types.register(t)
+            tid = self.types.id(t)
+        else:
+            raise BootError(f"{where}: a type is a name or an id, got {t!r}")
+        self._type_cache[t] = tid
+        return tid
+
+    def type_name(self, tid: int) -> str:
+        try:
+            return self.types.name(int(tid))
+        except Exception:   # noqa: BLE001 - names are for display only
+            return f"TYPE_{tid}"
+
+    def resolve_target(self, target):
+        """(kind, type id, channel or None) for an emit target."""
+        hit = self._type_cache.get(target)
+        if hit is not None:
+            return "type", hit, None
+        decl_handle = getattr(target, "handle", None)
+        if decl_handle is not None:
+            return "chan", decl_handle.type_id, decl_handle
+        if hasattr(target, "emit_one"):
+            return "chan", target.type_id, target
+        return "type", self.type_id(target), None
+
+    # -- time -----------------------------------------------------------------------------------
+    def update_tick(self) -> int:
+        if self.det is not None:
+            self.tick = self.det.tick
+        else:
+            self.tick = (self.clock() - self.t0) // self.tick_ns
+        return self.tick
+
+    def _next_event_ns(self):
+        due = self.sched.events.next_due()
+        if due is None or self.det is not None:
+            return None
+        return self.t0 + due * self.tick_ns
+
+    def poll_idle(self, worker: int) -> None:
+        """Called by an idle worker: give channels a chance to drain."""
+        if self.channels is not None:
+            self.channels.drain_some(worker)
+
+    def _det_boundary(self, tick: int) -> None:
+        if self.channels is not None:
+            self.channels.tick_boundary(tick)
+
+    # -- results --------------------------------------------------------------------------------
+    def _dead(self, recs, code) -> None:
+        """Route records to sys.error with a reason (unknown/poisoned types, overflow, failures)."""
+        if len(recs) == 0:
+            return
+        ptrs = recs["payload_ptr"]
+        if ptrs.any():   # the dead copy does not keep the payload alive
+            self.arena.release_many(ptrs)
+            recs = recs.copy()
+            recs["payload_ptr"] = 0
+        with self._host_lock:
+            self.host_shard.add_types(TypeCounter.DROPPED, recs["type"])
+        self.tracer.emit_batch(self.nworkers, EventType.TASK_FAIL, recs, arg0=recs["seq"],
+                               arg1=np.full(len(recs), int(code) & 0xFFFFFFFF) if np.isscalar(code)
+                               else np.asarray(code).astype(np.int64) & 0xFFFFFFFF)
+        if self.channels is not None:
+            self.channels.to_sys_error(recs, code)
+        else:
+            self.sys_error.push_coded(recs, code)
+
+    def _count_enqueued(self, types, worker: int) -> None:
+        if worker >= 0:
+            self.metrics_shard[worker].add_types(TypeCounter.ENQUEUED, types)
+        else:
+            with self._host_lock:
+                self.host_shard.add_types(TypeCounter.ENQUEUED, types)
+
+    def fail(self, recs, codes, t: int, worker: int) -> None:
+        """A handler failed these tasks: count toward poison, then sys.error."""
+        if self.poison.record(t, len(recs), self.tick):
+            self.tracer.emit(worker, EventType.POISON, 0, t, self.poison.rate(t, self.tick), 0,
+                             force=True)
+        self._dead(recs, codes)
+
+    def report_exception(self, handler, exc, tb: str) -> None:
+        self.exceptions.append((handler.module.name, handler.name, repr(exc), tb))
+
+    def account(self, worker: int, recs, elapsed_ns: int) -> None:
+        self.metrics_shard[worker].observe(self.h_batch_ns, elapsed_ns)
+        pol = self.sched.policy
+        if pol is not None:
+            with self.sched.lock:
+                pol.account(int(recs["tenant"][0]), elapsed_ns, len(recs), self.clock())
+
+    def clear_poison(self, t) -> None:
+        """Let a poisoned type run again (after fixing what made it fail)."""
+        self.poison.clear(self.type_id(t))
+
+    # -- payloads -------------------------------------------------------------------------------
+    def store_payload(self, tid: int, payload) -> tuple[int, int]:
+        """Copy ``payload`` (bytes, NumPy array, or dict for typed payloads) into the arena."""
+        if isinstance(payload, dict):
+            data = self.types.info(tid).encode(payload)
+            buf = np.frombuffer(data, dtype=np.uint8)
+        elif isinstance(payload, (bytes, bytearray, memoryview)):
+            buf = np.frombuffer(payload, dtype=np.uint8)
+        elif isinstance(payload, np.ndarray):
+            buf = np.ascontiguousarray(payload).view(np.uint8).reshape(-1)
+        else:
+            raise PayloadError(f"payload for {self.type_name(tid)!r} must be bytes, a NumPy array "
+                               f"or a dict, got {type(payload).__name__}")
+        n = len(buf)
+        ptr = self.arena.alloc_or_raise(max(n, 1))
+        self.arena.view(ptr, n)[:] = buf
+        return ptr, n
+
+    def payload_view(self, task):
+        ptr, n = task.payload_ptr, task.payload_len
+        if not ptr:
+            return None
+        raw = self.arena.view(ptr, n)
+        info = self.types.info(task.type)
+        if info.fields:
+            return info.view(raw, n)
+        return raw
+
+    # -- the host API ---------------------------------------------------------------------------
+    def submit(self, type, meta0: int = 0, meta1: int = 0, *, payload=None, priority: int = 0,
+               tenant: int = 0, deterministic: bool = False, trace: bool = False, due: int | None = None,
+               count: int | None = None) -> int:
+        """Submit tasks of ``type`` (a name or id). Keywords take scalars or columns; returns
+        how many were accepted (the rest, if any, are on sys.error with a reason)."""
+        self._check_running()
+        tid = self.type_id(type)
+        flags = (T.FLAG_DETERMINISTIC if deterministic else 0) | (T.FLAG_EMIT_TRACE if trace else 0)
+        n = count or next((len(v) for v in (meta0, meta1) if isinstance(v, np.ndarray)), 1)
+        ptr = plen = 0
+        if payload is not None:
+            ptr, plen = self.store_payload(tid, payload)
+        recs = T.make(n, type=tid, flags=flags, priority=priority, tenant=tenant,
+                      payload_ptr=ptr, payload_len=plen, meta0=meta0, meta1=meta1)
+        return self.submit_batch(recs, due=due)
+
+    def submit_batch(self, recs: np.ndarray, *, due: int | None = None) -> int:
+        """Submit prepared records (``ggmk.task.make``); the hot path for feeding the kernel."""
+        self._check_running()
+        if due is not None:
+            return self.sched.enqueue(recs, Route.DEFER, due=due)
+        return self.sched.enqueue(recs, Route.SUBMIT)
+
+    def _check_running(self) -> None:
+        if self.halted:
+            raise KernelStopped("the system is halted; boot a new one")
+
+    def idle(self) -> bool:
+        return self.sched.idle()
+
+    def run(self, seconds: float | None = None, *, until_idle: bool = True,
+            timeout: float | None = 60.0) -> bool:
+        """Let the system work. With ``until_idle`` (default) return True once every accepted task
+        has finished, or False after ``timeout`` seconds. With ``seconds`` and ``until_idle=False``,
+        run for that long. On the sim HAL this is where the workers are stepped."""
+        if seconds is not None and not until_idle:
+            if self.hal.name == "sim":
+                self.hal.wait(lambda: False, seconds)
+                return self.idle()
+            end = time.monotonic() + seconds
+            self.hal.wait(lambda: time.monotonic() >= end, None)
+            return self.idle()
+        return self.hal.wait(self.idle, timeout if seconds is None else seconds)
+
+    wait_idle = run
+
+    def dead_letters(self, which: str = "sys.error") -> tuple[np.ndarray, np.ndarray]:
+        """Take (records, reason codes) from ``sys.error`` or ``sys.dropped``."""
+        if self.channels is not None:
+            return self.channels.take_dead(which)
+        ring = self.sys_error if which == "sys.error" else self.sys_dropped
+        return ring.pop_coded(ring.capacity)
+
+    def trace_hash(self) -> str:
+        """The run's identity in determinism mode (ts = tick); see ggmk.core.det."""
+        if self.det is not None:
+            self.det.flush()
+        return self.hasher.hexdigest()
+
+    def stats(self) -> dict:
+        snap = self.metrics.snapshot()
+        per_type = {}
+        tc = {c.name.lower(): self.metrics.type_counts(c) for c in TypeCounter}
+        for tid in np.flatnonzero(tc["enqueued"] + tc["dequeued"] + tc["dropped"]):
+            per_type[self.type_name(int(tid))] = {k: int(v[tid]) for k, v in tc.items()}
+        return {
+            "tick": self.tick,
+            "workers": [{"id": w.id, "tasks": w.tasks, "batches": w.batches, "parks": w.parks}
+                        for w in self.workers],
+            "types": per_type,
+            "sched": self.sched.stats(),
+            "arena": self.arena.stats(),
+            "trace": self.tracer.stats(),
+            "poisoned": [self.type_name(t) for t in np.flatnonzero(self.poison.poisoned)],
+            "sys_error": self.sys_error.stats(),
+            "sys_dropped": self.sys_dropped.stats(),
+            "exceptions": len(self.exceptions),
+            "histograms": snap.get("histograms", {}),
+            "det": None if self.det is None else {"tick": self.det.tick, "tasks": self.det.tasks_run},
+        }
+
+    # -- shutdown -------------------------------------------------------------------------------
+    def halt(self) -> None:
+        """Stop the workers, join every thread, run module fini in reverse order."""
+        if self.halted:
+            return
+        self.halted = True
+        self.hal.stop()
+        self.running = False
+        errors = []
+        for m in reversed(self.modules):
+            if m._fini:
+                try:
+                    m._fini(self)
+                except Exception as e:  # noqa: BLE001 - run every fini, then report
+                    errors.append((m.name, e))
+        if errors:
+            raise RuntimeError(f"module fini failed: {errors}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.halt()
+
+
+def boot(modules, **kw) -> System:
+    """Boot the CPU kernel with ``modules``. See :class:`System` for the options."""
+    return System(modules, **kw)

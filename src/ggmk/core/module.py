@@ -1,0 +1,108 @@
+"""Modules: a name, a version, handlers, channel declarations and optional init/fini.
+
+Example::
+
+    counter = ggmk.Module("counter", version="0.1.0")
+
+    @counter.handler("COUNTER_INC")              # per-task handler: ctx.task is the record
+    def inc(ctx):
+        ctx.emit("COUNTER_DONE", meta0=ctx.task.meta0 + 1)
+        return ggmk.OK
+
+    @counter.handler("SQUARE", batch=True)       # batch handler: columns are NumPy views
+    def square(ctx, batch):
+        ctx.emit_batch("COUNTER_DONE", meta0=batch.meta0 * batch.meta0)
+
+Types are named by string (resolved through the type registry at boot) or by integer id.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ggmk.errors import BootError
+from ggmk.events import Level
+
+
+@dataclass
+class Handler:
+    type: str | int
+    fn: Callable
+    name: str
+    module: "Module"
+    batch: bool = False
+    deterministic: bool = False
+    consumes: str | None = None
+    max_batch: int | None = None
+    type_id: int = -1              # resolved at boot
+
+
+@dataclass
+class ChannelDecl:
+    name: str
+    type: str | int
+    direction: str                 # "produce" | "consume"
+    module: "Module"
+    mode: str = "p2p"              # "p2p" | "fanout"
+    guarantee: str = "lossless"    # "lossy" | "lossless"
+    options: dict = field(default_factory=dict)
+    handle: Any = None             # the Channel, bound at boot
+
+
+class Module:
+    def __init__(self, name: str, version: str = "0.0.0", *, trace_level: str | Level | None = None):
+        if not name or not isinstance(name, str):
+            raise BootError(f"module name must be a non-empty string, got {name!r}")
+        self.name = name
+        self.version = version
+        self.trace_level = trace_level
+        self.handlers: list[Handler] = []
+        self.channels: list[ChannelDecl] = []
+        self._init: Callable | None = None
+        self._fini: Callable | None = None
+
+    def handler(self, type: str | int, *, batch: bool = False, deterministic: bool = False,
+                consumes: str | None = None, name: str | None = None, max_batch: int | None = None):
+        """Register ``fn`` as the handler of ``type``. ``batch=True``: ``fn(ctx, batch)``."""
+        if not isinstance(type, (str, int)) or isinstance(type, bool):
+            raise BootError(f"module {self.name!r}: handler type must be a type name or id, got {type!r}")
+
+        def deco(fn):
+            if not callable(fn):
+                raise BootError(f"module {self.name!r}: handler for {type!r} is not callable")
+            h = Handler(type=type, fn=fn, name=name or fn.__name__, module=self, batch=batch,
+                        deterministic=deterministic, consumes=consumes, max_batch=max_batch)
+            self.handlers.append(h)
+            if consumes is not None:
+                self.consumes(consumes, type)
+            return fn
+        return deco
+
+    def produces(self, channel: str, type: str | int, *, mode: str = "p2p",
+                 guarantee: str = "lossless", **options) -> ChannelDecl:
+        """Declare that this module emits ``type`` on ``channel``; pass the result to ``ctx.emit``."""
+        d = ChannelDecl(channel, type, "produce", self, mode, guarantee, options)
+        self.channels.append(d)
+        return d
+
+    def consumes(self, channel: str, type: str | int, *, mode: str = "p2p",
+                 guarantee: str = "lossless", **options) -> ChannelDecl:
+        for d in self.channels:
+            if d.name == channel and d.direction == "consume":
+                return d
+        d = ChannelDecl(channel, type, "consume", self, mode, guarantee, options)
+        self.channels.append(d)
+        return d
+
+    def init(self, fn):
+        """``fn(system)`` runs at boot, in module order."""
+        self._init = fn
+        return fn
+
+    def fini(self, fn):
+        """``fn(system)`` runs at halt, in reverse module order."""
+        self._fini = fn
+        return fn
+
+    def __repr__(self) -> str:
+        return f"Module({self.name!r}, version={self.version!r}, handlers={len(self.handlers)})"

@@ -1,0 +1,221 @@
+"""A worker: gather a batch -> group by type -> dispatch -> route results -> emit -> account.
+
+``step()`` does one round and says whether it found work; the HAL decides how steps are driven
+(a thread that spins then parks, or the seeded simulator). Gather order: the yield-overflow queue
+(top priority), the worker's local queue, due events (at most 256 per round, re-enqueued through
+the core), the deterministic tick stage, then the ready queue.
+"""
+from __future__ import annotations
+
+import traceback
+
+import numpy as np
+
+from ggmk.core.context import Context
+from ggmk.core.faults import backoff_ticks
+from ggmk.core.metrics import TypeCounter as C
+from ggmk.core.sched import EVENT_DRAIN_MAX, Route
+from ggmk.events import EventType
+from ggmk.task import (FAIL, HANDLER_EXCEPTION, MAX_YIELDS, OK, RETRY, RETRY_EXHAUSTED, YIELD,
+                       TaskBatch)
+
+
+class Worker:
+    def __init__(self, kernel, wid: int, max_batch: int = 256):
+        self.kernel = kernel
+        self.id = wid
+        self.max_batch = max_batch
+        self.ctx = Context(kernel, wid)
+        self.sched = kernel.sched
+        self.local = kernel.sched.local[wid]
+        self.tasks = 0
+        self.batches = 0
+        self.idle_steps = 0
+        self.parks = 0
+        self.gathers = 0
+
+    def on_park(self) -> None:
+        self.parks += 1
+
+    # -- gather ---------------------------------------------------------------------------------
+    def step(self) -> bool:
+        k = self.kernel
+        s = self.sched
+        tick = k.update_tick()
+        ev = s.events
+        if ev.size and ev.heap and ev.heap[0][0] <= tick:
+            due = ev.pop_due(tick, EVENT_DRAIN_MAX)
+            if len(due):
+                s.enqueue(due, Route.EVENT)
+                s.done(len(due))
+        B = self.max_batch
+        self.gathers += 1
+        if len(s.overflow):
+            recs = s.overflow.pop(B)
+        elif len(self.local) and self.gathers & 3:
+            # every 4th gather looks at the ready queue first, so a handler that keeps feeding
+            # its own local queue cannot starve the ready queue (and its aging scan)
+            recs = self.local.pop(B)
+        else:
+            recs = None
+        if recs is None or not len(recs):
+            det = k.det
+            if det is not None and det.has_work():
+                got = det.pop(B)
+                if got is not None:
+                    recs, start = got
+                    k.tick = det.tick   # the pop may have opened a new tick; it can't move while we run
+                    codes = self._dispatch_group(recs, want_codes=True)
+                    det.finish(start, codes)
+                    s.done(len(recs))
+                    return True
+            recs = s.pop_ready(B)
+            if not len(recs) and len(self.local):
+                recs = self.local.pop(B)
+            if not len(recs):
+                k.poll_idle(self.id)
+                self.idle_steps += 1
+                return False
+        self.dispatch(recs)
+        s.done(len(recs))
+        return True
+
+    def dispatch(self, recs: np.ndarray) -> None:
+        types = recs["type"]
+        if len(recs) == 1 or (types == types[0]).all():
+            self._dispatch_group(recs)
+            return
+        order = np.argsort(types, kind="stable")
+        srt = recs[order]
+        cuts = np.flatnonzero(np.diff(srt["type"])) + 1
+        for g in np.split(srt, cuts):
+            self._dispatch_group(g)
+
+    # -- dispatch -------------------------------------------------------------------------------
+    def _dispatch_group(self, recs: np.ndarray, want_codes: bool = False):
+        k = self.kernel
+        t = int(recs["type"][0])
+        h = k.handler_of[t]
+        ctx = self.ctx
+        n = len(recs)
+        trace = k.tracer
+        if trace.enabled:
+            trace.emit_batch(self.id, EventType.TASK_START, recs, arg0=recs["seq"])
+        ctx.module = h.module
+        codes = None
+        exc = None
+        t0 = k.clock()
+        if h.batch:
+            batch = TaskBatch(recs)
+            ctx.batch = batch
+            ctx.task._r = None
+            try:
+                r = h.fn(ctx, batch)
+            except Exception as e:  # noqa: BLE001 - a handler bug must not kill the worker
+                r, exc = HANDLER_EXCEPTION, e
+            ctx.batch = None
+            if r is not None and not (isinstance(r, (int, np.integer)) and r == OK):
+                codes = np.broadcast_to(np.asarray(r, dtype=np.int32), (n,)).copy()
+        else:
+            fn = h.fn
+            task = ctx.task
+            ctx.batch = None
+            bad = None
+            for i in range(n):
+                task._r = recs[i]
+                ctx._index = i
+                try:
+                    r = fn(ctx)
+                except Exception as e:  # noqa: BLE001
+                    r, exc = HANDLER_EXCEPTION, e
+                if r:
+                    if bad is None:
+                        bad = []
+                    bad.append((i, r))
+            task._r = None
+            if bad is not None:
+                codes = np.zeros(n, dtype=np.int32)
+                for i, r in bad:
+                    codes[i] = r
+        elapsed = k.clock() - t0
+        ctx.flush()
+        if exc is not None:
+            k.report_exception(h, exc, traceback.format_exc())
+        self._finish(recs, codes, h, t, elapsed)
+        self.tasks += n
+        self.batches += 1
+        if want_codes:
+            return codes if codes is not None else np.zeros(n, dtype=np.int32)
+        return None
+
+    def _finish(self, recs, codes, h, t, elapsed) -> None:
+        k = self.kernel
+        n = len(recs)
+        m = k.metrics_shard[self.id]
+        retained = self.ctx._retained
+        if codes is None:
+            m.add_type(C.DEQUEUED, t, n)
+            m.add_type(C.OK, t, n)
+            if k.tracer.enabled:
+                k.tracer.emit_batch(self.id, EventType.TASK_END, recs, arg0=recs["seq"])
+            self._release(recs, None, retained)
+        else:
+            m.add_type(C.DEQUEUED, t, n)
+            ok = codes == OK
+            m.add_type(C.OK, t, int(ok.sum()))
+            y = codes == YIELD
+            rt = codes == RETRY
+            fail = ~(ok | y | rt)
+            if y.any():
+                self._yield(recs[y], h, t)
+            if rt.any():
+                self._retry(recs[rt], t)
+            if fail.any():
+                f = recs[fail]
+                m.add_type(C.FAIL, t, len(f))
+                k.fail(f, codes[fail], t, self.id)
+            self._release(recs, ok, retained)   # failed ones: released by kernel.fail
+        retained.clear()
+        k.account(self.id, recs, elapsed)
+
+    def _release(self, recs, mask, retained) -> None:
+        ptrs = recs["payload_ptr"]
+        if mask is not None:
+            ptrs = np.where(mask, ptrs, 0)
+        if not ptrs.any():
+            return
+        if retained:
+            ptrs = ptrs.copy()
+            ptrs[list(retained)] = 0
+        self.kernel.arena.release_many(ptrs)
+
+    def _yield(self, recs, h, t) -> None:
+        k = self.kernel
+        recs["yield_count"] += 1
+        over = recs["yield_count"] > k.max_yields[t]
+        k.metrics_shard[self.id].add_type(C.YIELD, t, len(recs))
+        if k.tracer.enabled:
+            k.tracer.emit_batch(self.id, EventType.TASK_YIELD, recs, arg0=recs["seq"],
+                                arg1=recs["yield_count"])
+        if over.any():
+            k.fail(recs[over], MAX_YIELDS, t, self.id)
+            recs = recs[~over]
+        if len(recs):
+            k.sched.enqueue(recs, Route.YIELD, self.id)
+
+    def _retry(self, recs, t) -> None:
+        k = self.kernel
+        recs["_pad"] += 1     # _pad is the runtime's retry counter
+        k.metrics_shard[self.id].add_type(C.RETRY, t, len(recs))
+        if k.tracer.enabled:
+            k.tracer.emit_batch(self.id, EventType.TASK_RETRY, recs, arg0=recs["seq"], arg1=recs["_pad"])
+        over = recs["_pad"] > k.max_retries
+        if over.any():
+            k.fail(recs[over], RETRY_EXHAUSTED, t, self.id)
+            recs = recs[~over]
+        for attempt in np.unique(recs["_pad"]):
+            sel = recs[recs["_pad"] == attempt]
+            k.sched.enqueue(sel, Route.RETRY, self.id, due=k.tick + backoff_ticks(int(attempt)))
+
+
+__all__ = ["Worker", "FAIL"]

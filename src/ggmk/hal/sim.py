@@ -1,0 +1,78 @@
+"""One thread steps every worker in a seeded, reproducible interleaving: same seed, same
+schedule. Each step picks a worker and a batch limit from the seeded RNG and advances a virtual
+clock, so determinism tests, schedule exploration and replay of a failing seed need no threads.
+A failing run is reproduced by running again with the seed it reports."""
+from __future__ import annotations
+
+import random
+
+
+class SimHal:
+    name = "sim"
+
+    def __init__(self, seed: int = 0, step_ns: int = 1000, max_batch_choices=(1, 2, 7, 32, 256)):
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.step_ns = step_ns
+        self.now = 0
+        self.workers = []
+        self.max_batch_choices = max_batch_choices
+        self.steps = 0
+        self.running = False
+        self.next_event = None   # set by the kernel: () -> due time in ns of the next timer, or None
+
+    def clock_ns(self) -> int:
+        return self.now
+
+    def wake(self, n: int = 1) -> None:
+        pass
+
+    def start(self, workers) -> None:
+        self.workers = list(workers)
+        self.running = True
+
+    def step(self) -> bool:
+        """Run one worker step; return whether it did any work."""
+        w = self.workers[self.rng.randrange(len(self.workers))]
+        w.max_batch = self.rng.choice(self.max_batch_choices)
+        self.now += self.step_ns
+        self.steps += 1
+        return w.step()
+
+    def _step_worker(self, w) -> bool:
+        self.now += self.step_ns
+        self.steps += 1
+        return w.step()
+
+    def wait(self, predicate, timeout: float | None, max_steps: int = 50_000_000) -> bool:
+        """Step workers until ``predicate()`` holds. ``timeout`` is virtual seconds."""
+        limit = None if timeout is None else self.now + int(timeout * 1e9)
+        idle_rounds = 0
+        start = self.steps
+        while not predicate():
+            if self.steps - start > max_steps or (limit is not None and self.now >= limit):
+                return False
+            if self.step():
+                idle_rounds = 0
+                continue
+            idle_rounds += 1
+            if idle_rounds > 2 and any(self._step_worker(w) for w in self.workers):
+                idle_rounds = 0
+                continue
+            if idle_rounds > 2:
+                # nobody has work: jump the virtual clock to the next timer, as a tickless kernel would
+                due = self.next_event() if self.next_event else None
+                if due is None or (limit is not None and due > limit):
+                    if limit is None:
+                        return predicate()
+                    self.now = limit
+                    continue
+                self.now = max(self.now, due)
+                idle_rounds = 0
+        return True
+
+    def stop(self) -> None:
+        self.running = False
+
+    def alive_threads(self) -> int:
+        return 0

@@ -1,0 +1,8 @@
+import pytest
+
+HALS = ["threads", "sim"]
+
+
+@pytest.fixture(params=HALS)
+def hal(request):
+    return request.param
