@@ -353,7 +353,7 @@ class Tracer:
         cnt = self._counts[worker]
         rate = self.sample_rate
         idx = None           # indices of the records to write; None = all of them
-        sampled = None       # indices into idx of the sampled ones; None = none
+        sampled = None       # indices into idx of the sampled ones; None = none, True = all
         if force or (rate == 1 and evl <= self._min_level):
             pass                                     # everything is recorded
         elif evl > self._max_level:
@@ -365,28 +365,38 @@ class Tracer:
             idx = np.flatnonzero(forced)
             cnt[2] += n - len(idx)
         else:
-            forced = (records["flags"] & FLAG_EMIT_TRACE) != 0
+            fl = records["flags"] & FLAG_EMIT_TRACE
+            nforced = int(np.count_nonzero(fl))
+            forced = (fl != 0) if nforced else None   # None: no flagged task (the usual case)
             if evl <= self._min_level:
-                cand = ~forced                       # every type passes the level check
-                nfilt = 0
+                passing = None                       # every type passes the level check
             else:
-                types = records["type"]
                 lvl = self._lvl
-                passing = lvl[np.minimum(types, len(lvl) - 1)] >= evl
-                cand = passing & ~forced
-                nfilt = n - int(np.count_nonzero(passing | forced))
+                passing = lvl[np.minimum(records["type"], len(lvl) - 1)] >= evl
             if rate == 1:
-                if nfilt:
-                    idx = np.flatnonzero(cand | forced)
+                if passing is None:                  # only if a level changed meanwhile
+                    nfilt = 0
+                else:
+                    idx = np.flatnonzero(passing if forced is None else passing | forced)
+                    nfilt = n - len(idx)
+                    if nfilt == 0:
+                        idx = None
             else:
-                cidx = np.flatnonzero(cand)
+                if forced is None:
+                    cidx = np.arange(n) if passing is None else np.flatnonzero(passing)
+                else:
+                    cidx = np.flatnonzero(~forced if passing is None else passing & ~forced)
+                nfilt = n - nforced - len(cidx)
                 kept = cidx[self._samplers[worker].many(len(cidx))] if len(cidx) else cidx
                 cnt[1] += len(cidx) - len(kept)
-                keep = forced.copy()
-                keep[kept] = True
-                idx = np.flatnonzero(keep)
-                if len(kept):
-                    sampled = np.searchsorted(idx, kept)
+                if forced is None:
+                    idx, sampled = kept, True
+                else:
+                    keep = forced.copy()
+                    keep[kept] = True
+                    idx = np.flatnonzero(keep)
+                    if len(kept):
+                        sampled = np.searchsorted(idx, kept)
             cnt[2] += nfilt
             if idx is not None and len(idx) == 0:
                 return 0
@@ -397,9 +407,12 @@ class Tracer:
             out["ts"] = self.clock()
         else:
             out["ts"] = ts if (idx is None or np.ndim(ts) == 0) else np.asarray(ts)[idx]
-        out["event"] = code
-        if sampled is not None:
-            out["event"][sampled] = code | SAMPLED_BIT
+        if sampled is True:
+            out["event"] = code | SAMPLED_BIT
+        else:
+            out["event"] = code
+            if sampled is not None:
+                out["event"][sampled] = code | SAMPLED_BIT
         if idx is None:
             out["tenant"] = records["tenant"]
             out["task_type"] = records["type"]
