@@ -89,3 +89,21 @@ def test_retry_and_defer_go_to_event_queue():
     s, _ = _sched()
     s.enqueue(T.make(3, type=1), Route.RETRY, due=4)
     assert s.ready_len() == 0 and len(s.events) == 3 and s.outstanding == 3
+
+
+def test_tenant_policy_picks_tenant_and_reports_queueing_latency():
+    from ggmk.core.tenants import make_policy
+    clock = iter(range(0, 10**12, 1000)).__next__
+    pol = make_policy("eevdf")
+    s = Scheduler(1, policy=pol, clock=clock)
+    s.known[:10] = True
+    s.enqueue(T.make(4, type=1, tenant=0), Route.SUBMIT)
+    s.enqueue(T.make(4, type=2, tenant=1), Route.SUBMIT)
+    got = set()
+    while s.ready_len():
+        b = s.pop_ready(2)
+        got.add(int(b["tenant"][0]))
+        pol.account(int(b["tenant"][0]), 1000, len(b), clock())
+    st = pol.stats()
+    assert got == {0, 1} and st[0]["latency_count"] == 4 and st[1]["latency_count"] == 4
+    assert st[0]["latency_p50_ns"] > 0

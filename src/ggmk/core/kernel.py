@@ -27,6 +27,7 @@ from ggmk.core.metrics import Metrics, TypeCounter
 from ggmk.core.module import Module
 from ggmk.core.ring import CodeRing
 from ggmk.core.sched import MAX_TYPES, Route, Scheduler
+from ggmk.core.tenants import make_policy
 from ggmk.core.trace import TraceHasher, make_tracer
 from ggmk.core.worker import Worker
 from ggmk.errors import BootError, KernelStopped, PayloadError
@@ -82,15 +83,19 @@ class System:
         self.poison = PoisonDetector(poison_threshold, poison_window)
         self._host_lock = threading.Lock()
         # scheduler
-        self.sched = Scheduler(workers, policy=policy, dead=self._dead, wake=self.hal.wake,
+        self.sched = Scheduler(workers, dead=self._dead, wake=self.hal.wake,
                                clock=self.clock)
         self.sched.poisoned = self.poison.poisoned
         self.sched.on_enqueued = self._count_enqueued
         self.det = DetStage(self.hasher, self._det_boundary) if deterministic else None
         self.sched.det = self.det
-        if tenants and policy is not None:
-            for tid, spec in tenants.items():
-                policy.add_tenant(int(tid), **(spec if isinstance(spec, dict) else {"nice": spec}))
+        if isinstance(policy, str):
+            policy = make_policy(policy)
+        elif policy is None and tenants:
+            policy = make_policy("eevdf")
+        self.sched.policy = policy
+        for tid, spec in (tenants or {}).items():
+            policy.add_tenant(int(tid), **(spec if isinstance(spec, dict) else {"nice": spec}))
         # modules
         self.handler_of: list = [None] * MAX_TYPES
         self._type_cache: dict = {}
@@ -242,6 +247,14 @@ class System:
             with self.sched.lock:
                 pol.account(int(recs["tenant"][0]), elapsed_ns, len(recs), self.clock())
 
+    def set_tenant(self, tenant: int, *, nice: int | None = None, weight: int | None = None) -> None:
+        """Change a tenant's weight at run time (nice -20..19, or a raw weight; nice 0 = 1024)."""
+        with self.sched.lock:
+            if tenant not in self.sched.policy:
+                self.sched.policy.add_tenant(tenant, nice=nice or 0, weight=weight)
+            else:
+                self.sched.policy.set_weight(tenant, nice=nice, weight=weight)
+
     def clear_poison(self, t) -> None:
         """Let a poisoned type run again (after fixing what made it fail)."""
         self.poison.clear(self.type_id(t))
@@ -353,6 +366,7 @@ class System:
             "sys_dropped": self.sys_dropped.stats(),
             "exceptions": len(self.exceptions),
             "histograms": snap.get("histograms", {}),
+            "tenants": None if self.sched.policy is None else self.sched.policy.stats(),
             "det": None if self.det is None else {"tick": self.det.tick, "tasks": self.det.tasks_run},
         }
 

@@ -140,6 +140,48 @@ class Ring:
                 "popped": self.popped, "rejected": self.rejected}
 
 
+class TimedRing(Ring):
+    """A ring that remembers when each record was pushed (queueing latency per tenant)."""
+
+    __slots__ = ("stamps", "clock")
+
+    def __init__(self, capacity: int, name: str = "", clock=None):
+        super().__init__(capacity, name)
+        self.stamps = np.zeros(self.capacity, dtype=np.int64)
+        self.clock = clock
+
+    def _write(self, recs: np.ndarray) -> None:
+        n = len(recs)
+        start = self.tail & self.mask
+        first = min(n, self.capacity - start)
+        now = self.clock()
+        self.stamps[start:start + first] = now
+        self.stamps[:n - first] = now
+        super()._write(recs)
+
+    def pop_timed(self, max_n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pop up to ``max_n`` records and return them with their queueing latencies (ns)."""
+        with self.lock:
+            n = min(max_n, self.tail - self.head)
+            if n <= 0:
+                return self.buf[:0], self.stamps[:0]
+            idx = ((self.head & self.mask) + np.arange(n)) & self.mask
+            waited = self.clock() - self.stamps[idx]
+            return self._read(n), waited
+
+    def grow(self, min_free: int, max_capacity: int) -> bool:
+        with self.lock:
+            depth = self.tail - self.head
+            idx = ((self.head & self.mask) + np.arange(depth)) & self.mask
+            stamps = self.stamps[idx]
+        ok = super().grow(min_free, max_capacity)
+        with self.lock:
+            if len(self.stamps) != self.capacity:
+                self.stamps = np.zeros(self.capacity, dtype=np.int64)
+                self.stamps[:depth] = stamps
+        return ok
+
+
 class CodeRing(Ring):
     """A ring whose records carry an int32 reason code beside each record (sys.error, sys.dropped)."""
 

@@ -29,7 +29,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from ggmk.core.ring import Ring
+from ggmk.core.ring import Ring, TimedRing
 from ggmk.task import (FLAG_DETERMINISTIC, NUM_PRIORITIES, POISONED, PRIO_MASK, UNKNOWN_TYPE,
                        YIELD_OVERFLOW, empty)
 
@@ -75,7 +75,9 @@ class ReadyQueue:
     was last served), so a cold type is never starved by a hot one.
     """
 
-    def __init__(self, ring_capacity: int = 4096, max_capacity: int = 1 << 22):
+    def __init__(self, ring_capacity: int = 4096, max_capacity: int = 1 << 22, clock=None):
+        self.clock = clock          # set: rings stamp pushes so pops report queueing latency
+        self.last_waited = None
         self.ring_capacity = ring_capacity
         self.max_capacity = max_capacity
         self.buckets: dict[int, _Bucket] = {}
@@ -95,7 +97,9 @@ class ReadyQueue:
             b = self.buckets[t] = _Bucket(t)
         r = b.rings[p]
         if r is None:
-            r = b.rings[p] = Ring(self.ring_capacity, name=f"ready.t{t}.p{p}")
+            name = f"ready.t{t}.p{p}"
+            r = b.rings[p] = (TimedRing(self.ring_capacity, name, self.clock) if self.clock
+                              else Ring(self.ring_capacity, name))
         return r
 
     def _push_one(self, t: int, p: int, recs: np.ndarray) -> int:
@@ -162,7 +166,10 @@ class ReadyQueue:
         t, p = pick
         b = self.buckets[t]
         r = b.rings[p]
-        recs = r.pop(max_n)
+        if self.clock:
+            recs, self.last_waited = r.pop_timed(max_n)
+        else:
+            recs = r.pop(max_n)
         n = len(recs)
         b.size -= n
         b.last_pop = self.pops
@@ -257,8 +264,9 @@ class Scheduler:
     def _rq(self, tenant: int) -> ReadyQueue:
         rq = self.tenants.get(tenant)
         if rq is None:
-            rq = self.tenants[tenant] = ReadyQueue(self.ready_capacity)
-            if self.policy is not None and tenant not in getattr(self.policy, "known", ()):
+            rq = self.tenants[tenant] = ReadyQueue(
+                self.ready_capacity, clock=self.clock if self.policy is not None else None)
+            if self.policy is not None and tenant not in self.policy:
                 self.policy.add_tenant(tenant)
         return rq
 
@@ -356,24 +364,28 @@ class Scheduler:
         was_empty = len(rq) == 0
         rq.push(recs)
         if was_empty and self.policy is not None:
-            self.policy.wake(tenant, self.clock() if self.clock else 0)
+            self.policy.wake(tenant, self.clock())
 
     # -- popping ------------------------------------------------------------------------------
     def pop_ready(self, max_n: int) -> np.ndarray:
         """Pop one homogeneous batch from the tenant the policy picks (or the only tenant)."""
         with self.lock:
-            if self.policy is None or len(self.tenants) == 1:
+            pol = self.policy
+            if pol is None:
                 for rq in self.tenants.values():
                     if len(rq):
                         return rq.pop(max_n)
                 return empty(0)
-            tenant = self.policy.pick(self.clock() if self.clock else 0)
+            now = self.clock()
+            tenant = pol.pick(now)
             if tenant is None:
                 return empty(0)
             rq = self.tenants[tenant]
             recs = rq.pop(max_n)
+            if len(recs):
+                pol.observe_latency(tenant, rq.last_waited)
             if len(rq) == 0:
-                self.policy.sleep(tenant, self.clock() if self.clock else 0)
+                pol.sleep(tenant, now)
             return recs
 
     def ready_len(self) -> int:
