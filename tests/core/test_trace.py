@@ -205,6 +205,24 @@ def test_sampling_scales_back_within_tolerance_batches_mixed_types(seed):
     assert (types[ev["arg0"]] == ev["task_type"]).all()
 
 
+@pytest.mark.parametrize("rate", [2, 3, 10, 64])
+def test_sampling_keeps_exactly_one_per_block_across_any_batch_split(rate):
+    rng = np.random.default_rng(rate)
+    tr = Tracer(1, capacity=1 << 14, default_level="all", sample_rate=rate, seed=rate)
+    total = 0
+    while total < 6000:
+        m = int(rng.integers(1, 3 * rate))
+        if rng.random() < 0.2:
+            for j in range(m):          # scalar and batch calls share one sampler per worker
+                tr.emit(0, E.TASK_START, 0, 1, arg0=total + j)
+        else:
+            tr.emit_batch(0, E.TASK_START, T.make(m, type=1, seq=np.arange(total, total + m)))
+        total += m
+    blocks = tr.drain()["arg0"].astype(np.int64) // rate
+    assert len(np.unique(blocks)) == len(blocks)               # never two in one block
+    assert set(range(total // rate)) <= set(blocks.tolist())    # every full block has one
+
+
 def test_sampling_is_deterministic_per_seed():
     def run(seed):
         tr = Tracer(1, capacity=1 << 14, default_level="all", sample_rate=8, seed=seed,
