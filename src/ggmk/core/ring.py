@@ -20,6 +20,9 @@ import numpy as np
 from ggmk.task import TASK_DTYPE, empty
 
 
+_V = np.dtype("V48")
+
+
 def _pow2(n: int) -> int:
     if n < 1:
         raise ValueError(f"ring capacity must be >= 1, got {n}")
@@ -53,12 +56,15 @@ class Ring:
         return self.capacity - (self.tail - self.head)
 
     def _write(self, recs: np.ndarray) -> None:
+        # copy through an opaque 48-byte view: NumPy copies structured records field by field
+        # (~75 ns each), raw bytes ~25x faster
         n = len(recs)
         start = self.tail & self.mask
         first = min(n, self.capacity - start)
-        self.buf[start:start + first] = recs[:first]
+        raw, src = self.buf.view(_V), recs.view(_V)
+        raw[start:start + first] = src[:first]
         if first < n:
-            self.buf[:n - first] = recs[first:]
+            raw[:n - first] = src[first:]
         self.tail += n
         depth = self.tail - self.head
         if depth > self.high_watermark:
@@ -68,12 +74,14 @@ class Ring:
     def _read(self, n: int, out: np.ndarray | None = None) -> np.ndarray:
         start = self.head & self.mask
         first = min(n, self.capacity - start)
+        raw = self.buf.view(_V)
         if first == n and out is None:
-            res = self.buf[start:start + n].copy()
+            res = raw[start:start + n].copy().view(TASK_DTYPE)
         else:
             res = out[:n] if out is not None else empty(n)
-            res[:first] = self.buf[start:start + first]
-            res[first:n] = self.buf[:n - first]
+            dst = res.view(_V)
+            dst[:first] = raw[start:start + first]
+            dst[first:n] = raw[:n - first]
         self.head += n
         self.popped += n
         return res

@@ -12,7 +12,7 @@ import time
 class ThreadsHal:
     name = "threads"
 
-    def __init__(self, spin: int = 200, park_timeout: float = 0.002, seed: int = 0):
+    def __init__(self, spin: int = 50, park_timeout: float = 0.002, seed: int = 0):
         self.spin = spin
         self.park_timeout = park_timeout
         self.cond = threading.Condition(threading.Lock())
@@ -48,9 +48,12 @@ class ThreadsHal:
                 seen = self.wake_seq
                 if step():
                     continue
+                # spin without re-running step(): a spinning step holds the GIL and delays the
+                # very thread that would hand us work; sleep(0) releases it
                 for _ in range(self.spin):
-                    if not self.running or self.wake_seq != seen or step():
+                    if not self.running or self.wake_seq != seen:
                         break
+                    time.sleep(0)
                 else:
                     with self.cond:
                         if self.wake_seq == seen and self.running:
