@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ggmk.task import FLAG_DETERMINISTIC, PRIO_MASK, TASK_DTYPE, YIELD, Task, TaskBatch, make
+from ggmk.core.chan import Stager
+from ggmk.task import (CHAN_CLOSED, FLAG_DETERMINISTIC, PRIO_MASK, TASK_DTYPE, YIELD, Task,
+                       TaskBatch, make)
+
+_HDR_FLAGS = PRIO_MASK | FLAG_DETERMINISTIC
 
 
 class Context:
     __slots__ = ("kernel", "worker", "task", "batch", "module", "_emits", "_retained",
-                 "_index", "_det", "_det_on", "_resolve")
+                 "_index", "_det", "_det_on", "_resolve", "_stagers", "_stagers_active", "_pr",
+                 "_phdr")
 
     def __init__(self, kernel, worker: int):
         self.kernel = kernel
@@ -34,6 +39,10 @@ class Context:
         self._index = 0
         self._det_on = kernel.deterministic
         self._resolve = kernel.resolve_target
+        self._stagers: dict = {}          # channel target -> this worker's Stager
+        self._stagers_active: list = []
+        self._pr = None                   # the parent record _phdr was computed from
+        self._phdr = 0
 
     # -- what a handler can see -----------------------------------------------------------------
     @property
@@ -49,6 +58,24 @@ class Context:
         return self.kernel
 
     @property
+    def chan_seq(self) -> int:
+        """The channel sequence number of the current message (0 for a direct task);
+        consecutive per channel, so a gap means a message was dropped."""
+        return int(self.task._r["seq"]) if int(self.task._r["channel"]) else 0
+
+    @property
+    def channel(self):
+        """The Channel the current task came from, or None."""
+        cid = int(self.task._r["channel"])
+        return self.kernel.channels.by_id.get(cid) if cid else None
+
+    @property
+    def reason(self) -> int:
+        """For a message from sys.error / sys.dropped: why it landed there (a code)."""
+        v = int(self.task._r["_pad"])
+        return v - 0x10000 if v >= 0x8000 else v
+
+    @property
     def payload(self):
         """The current task's payload: a typed view when its type has a schema, else raw bytes."""
         return self.kernel.payload_view(self.task)
@@ -59,9 +86,33 @@ class Context:
         """Emit one task of ``target`` (a type name/id, or a channel declared with ``produces``).
 
         Inherits the parent's tenant and priority unless given, and its deterministic flag.
-        Returns OK, or a channel code (CHAN_FULL on a full lossless channel).
+        Returns OK, or a channel code (CHAN_FULL on a full lossless channel, CHAN_CLOSED); on a
+        non-OK code the message was not sent and its payload is released.
         """
+        st = self._stagers.get(target)
+        if st is not None and payload is None and priority is None and tenant is None and not flags:
+            # the hot path: per-message emit on a channel (credit already taken, no lock)
+            r = self.task._r
+            if r is not self._pr:
+                self._pr = r
+                self._phdr = 0 if r is None else (
+                    (int(r["flags"]) & _HDR_FLAGS) | (int(r["tenant"]) << 16)
+                    | ((int(r["seq"]) << 32) if self._det_on else 0))
+            hdr = self._phdr
+            if st.credit and hdr == st.hdr:
+                st.credit -= 1
+                st.m0.append(meta0)
+                st.m1.append(meta1)
+                return 0
+            code = st.slow(self, hdr, meta0, meta1)
+            if code == CHAN_CLOSED:
+                del self._stagers[target]
+            return code
         kind, tid, chan = self._resolve(target)
+        if chan is not None and st is None and payload is None:
+            self._stagers[target] = Stager(chan)     # next time: the hot path
+        elif st is not None:
+            st.commit()                              # keep this channel's emit order
         r = self.task._r
         if r is not None:
             pflags = int(r["flags"])
@@ -78,7 +129,10 @@ class Context:
         if payload is not None:
             ptr, plen = self.kernel.store_payload(tid, payload)
         if chan is not None:
-            return chan.emit_one(tid, fl, tenant or 0, ptr, plen, meta0, meta1, seq)
+            code = chan.emit_one(tid, fl, tenant or 0, ptr, plen, meta0, meta1, seq)
+            if code and ptr:
+                self.kernel.arena.release(ptr)
+            return code
         self._emits.append((tid, fl, tenant or 0, 0, seq, ptr, plen, 0, 0, meta0, meta1))
         return 0
 
@@ -89,6 +143,10 @@ class Context:
         Returns how many were accepted (for a lossless channel, the rest got CHAN_FULL).
         """
         kind, tid, chan = self._resolve(target)
+        if chan is not None:
+            st = self._stagers.get(target)
+            if st is not None:
+                st.commit()                          # keep this channel's emit order
         n = count
         if n is None:
             for v in (meta0, meta1, payload_ptr):
@@ -138,8 +196,18 @@ class Context:
         return self.kernel.arena.alloc_or_raise(nbytes)
 
     def flush(self) -> None:
-        """Hand buffered per-message emits to the enqueue core (the worker calls this per batch)."""
+        """Hand buffered per-message emits to the enqueue core and commit staged channel emits
+        (the worker calls this per batch), then drain channels opportunistically."""
         if self._emits:
             recs = np.array(self._emits, dtype=TASK_DTYPE)
             self._emits.clear()
             self.kernel.sched.enqueue(recs, self.kernel.ROUTE_EMIT, self.worker)
+        act = self._stagers_active
+        if act:
+            for st in act:
+                st.active = False
+                st.commit()
+            act.clear()
+        chans = self.kernel.channels
+        if chans is not None and chans._hot:
+            chans.drain_some(self.worker)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.core.alloc import Arena
+from ggmk.core.chan import Channels
 from ggmk.core.det import DetStage
 from ggmk.core.faults import PoisonDetector
 from ggmk.core.metrics import Metrics, TypeCounter
@@ -30,10 +31,12 @@ from ggmk.core.sched import MAX_TYPES, Route, Scheduler
 from ggmk.core.tenants import make_policy
 from ggmk.core.trace import TraceHasher, make_tracer
 from ggmk.core.worker import Worker
-from ggmk.errors import BootError, KernelStopped, PayloadError
+from ggmk.errors import BootError, ChannelError, KernelStopped, PayloadError
 from ggmk.events import EventType
 from ggmk.hal import make_hal
-from ggmk.typereg import TypeRegistry
+from ggmk.typereg import ChannelDecl as _TChan
+from ggmk.typereg import HandlerDecl as _THandler
+from ggmk.typereg import TypeRegistry, validate_declarations
 
 DEFAULT_MAX_YIELDS = 16
 
@@ -61,6 +64,7 @@ class System:
         self.tick_ns = max(1, int(1e9 // tick_hz))
         self.tick = 0
         self.max_retries = max_retries
+        self.max_batch = max_batch
         self.halted = False
         self.running = False
         # arena
@@ -88,6 +92,10 @@ class System:
         self.sched.poisoned = self.poison.poisoned
         self.sched.on_enqueued = self._count_enqueued
         self.det = DetStage(self.hasher, self._det_boundary) if deterministic else None
+        if self.det is not None:
+            # the boundary hook drains deterministic channels through the enqueue core, which
+            # hands them back to the stage (det.take) on the same thread: the lock must re-enter
+            self.det.lock = threading.RLock()
         self.sched.det = self.det
         if isinstance(policy, str):
             policy = make_policy(policy)
@@ -99,8 +107,14 @@ class System:
         # modules
         self.handler_of: list = [None] * MAX_TYPES
         self._type_cache: dict = {}
-        self._register_modules()
+        self._chan_cache: dict = {}
         self.channels = None
+        for m in self.modules:
+            if getattr(m, "manifest", None) is not None and len(m.manifest.types):
+                self.types.merge(m.manifest.types)
+        self._register_modules()
+        self.channels = Channels(self)
+        self._bind_channels()
         self.workers = [Worker(self, w, max_batch) for w in range(workers)]
         self.hal.next_event = self._next_event_ns
         self.t0 = self.clock()
@@ -173,12 +187,120 @@ class System:
         hit = self._type_cache.get(target)
         if hit is not None:
             return "type", hit, None
-        decl_handle = getattr(target, "handle", None)
-        if decl_handle is not None:
-            return "chan", decl_handle.type_id, decl_handle
-        if hasattr(target, "emit_one"):
-            return "chan", target.type_id, target
+        ch = self._chan_cache.get(target)
+        if ch is not None and not ch.closed:
+            return "chan", ch.type_id, ch
+        ch = self._resolve_channel(target)
+        if ch is not None:
+            return "chan", ch.type_id, ch
         return "type", self.type_id(target), None
+
+    def _resolve_channel(self, target):
+        """The Channel a target names (a declaration, a Channel, or a "dotted.name"), or None."""
+        if hasattr(target, "emit_one"):
+            ch = target
+        elif hasattr(target, "direction") and hasattr(target, "handle"):
+            ch = target.handle
+            if ch is None:
+                raise ChannelError(f"channel {target.name!r} (declared by module "
+                                   f"{target.module.name!r}) is not bound: boot a system with "
+                                   "that module first", T.CHAN_UNKNOWN)
+        elif isinstance(target, str) and "." in target and self.channels is not None:
+            ch = self.channels.get(target)
+        else:
+            return None
+        if ch.closed and isinstance(target, str):
+            ch = self.channels.get(target)
+        self._chan_cache[target] = ch
+        return ch
+
+    # -- channels -------------------------------------------------------------------------------
+    def _bind_channels(self) -> None:
+        """Validate every module's channel declarations, open the channels, subscribe consumers."""
+        decls = [d for m in self.modules for d in m.channels]
+        if not decls:
+            return
+        spec: dict[str, dict] = {}
+        for d in decls:
+            if d.direction == "produce":
+                sp = spec.setdefault(d.name, {})
+                sp.setdefault("mode", d.mode)
+                sp.setdefault("guarantee", d.guarantee)
+                for k, v in d.options.items():
+                    sp.setdefault(k, v)
+        for d in decls:
+            sp = spec.setdefault(d.name, {})
+            sp.setdefault("mode", d.mode or "p2p")
+            sp.setdefault("guarantee", d.guarantee or "lossless")
+        tchans, thandlers, problems, sources = [], [], [], []
+        for m in self.modules:
+            if not m.channels:
+                continue
+            if m.manifest is not None and m.manifest.path:
+                sources.append(str(m.manifest.path))
+            for d in m.channels:
+                where = f"module {m.name!r} channel {d.name!r}"
+                tid = self.type_id(d.type, register=True, where=where)
+                tchans.append(_TChan(d.name, d.direction, tid, d.mode or spec[d.name]["mode"],
+                                     d.guarantee or spec[d.name]["guarantee"], m.name))
+                if d.direction == "consume":
+                    ht = d.options.get("handler", d.type)
+                    htid = self.type_id(ht, register=True, where=where)
+                    h = self.handler_of[htid]
+                    if h is None or h.module is not m:
+                        problems.append(f"module {m.name!r} consumes channel {d.name!r} but has "
+                                        f"no handler for type {self.type_name(htid)!r}")
+                    elif (self.types.info(tid).deterministic and not h.deterministic):
+                        problems.append(f"module {m.name!r}: handler {h.name!r} consumes "
+                                        f"deterministic type {self.type_name(tid)} on channel "
+                                        f"{d.name!r} but is not declared deterministic")
+            for h in m.handlers:
+                hname = "".join(c if c.isalnum() or c == "_" else "_" for c in h.name) or "h"
+                if hname[0].isdigit():
+                    hname = "_" + hname
+                thandlers.append(_THandler(h.type_id, hname, m.name, h.deterministic, h.batch))
+        src = ", ".join(sources) or None
+        try:
+            validate_declarations(self.types, tchans, thandlers, source=src)
+        except BootError as e:
+            problems = list(getattr(e, "problems", [str(e)])) + problems
+        if problems:
+            where = f" ({src})" if src else ""
+            err = BootError(f"invalid channel declarations{where}: {len(problems)} problem"
+                            f"{'s' if len(problems) > 1 else ''}:\n"
+                            + "\n".join(f"  - {p}" for p in problems))
+            err.problems = problems
+            raise err
+        for d in decls:
+            sp = spec[d.name]
+            opts = {k: v for k, v in sp.items() if k not in ("mode", "guarantee", "handler")}
+            d.handle = self.channels.open(d.name, d.type, mode=sp["mode"],
+                                          guarantee=sp["guarantee"], **opts)
+        for d in decls:
+            if d.direction == "consume":
+                ht = d.options.get("handler", d.type)
+                h = self.handler_of[self.type_id(ht)]
+                d.handle.subscribe(ht, name=f"{d.module.name}.{h.name}")
+
+    def channel(self, name):
+        """The open channel ``name`` (ChannelError naming it when unknown).
+
+        Example::
+
+            ch = system.channel("metrics.out"); ch.publish(meta0=1); print(ch.stats())
+        """
+        return self.channels.get(name)
+
+    def open(self, name: str, type, *, mode: str = "p2p", guarantee: str = "lossless",
+             capacity: int = 4096, replay: int = 0, error_handler=None, window=None):
+        """Open a channel at run time (or return the open one of that name and type)."""
+        self._check_running()
+        return self.channels.open(name, type, mode=mode, guarantee=guarantee, capacity=capacity,
+                                  replay=replay, error_handler=error_handler, window=window)
+
+    def close(self, name) -> int:
+        """Close a channel; what it still holds goes to sys.dropped (CHAN_CLOSED)."""
+        return self.channels.close(name)
 
     # -- time -----------------------------------------------------------------------------------
     def update_tick(self) -> int:
@@ -231,10 +353,15 @@ class System:
                 self.host_shard.add_types(TypeCounter.ENQUEUED, types)
 
     def fail(self, recs, codes, t: int, worker: int) -> None:
-        """A handler failed these tasks: count toward poison, then sys.error."""
+        """A handler failed these tasks: count toward poison, then the channel's error handler
+        (channel messages on a channel that has one), else sys.error."""
         if self.poison.record(t, len(recs), self.tick):
             self.tracer.emit(worker, EventType.POISON, 0, t, self.poison.rate(t, self.tick), 0,
                              force=True)
+        if self.channels is not None and (recs["flags"] & T.FLAG_CHANNEL_MSG).any():
+            recs, codes = self.channels.route_failures(recs, codes)
+            if not len(recs):
+                return
         self._dead(recs, codes)
 
     def report_exception(self, handler, exc, tb: str) -> None:
@@ -283,6 +410,10 @@ class System:
             return None
         raw = self.arena.view(ptr, n)
         info = self.types.info(task.type)
+        if task.channel and not info.fields and self.channels is not None:
+            ch = self.channels.by_id.get(task.channel)     # delivered retyped: use the
+            if ch is not None and ch.type_id:              # channel's message schema
+                info = self.types.info(ch.type_id)
         if info.fields:
             return info.view(raw, n)
         return raw
@@ -316,7 +447,7 @@ class System:
             raise KernelStopped("the system is halted; boot a new one")
 
     def idle(self) -> bool:
-        return self.sched.idle()
+        return self.sched.idle() and (self.channels is None or self.channels.idle())
 
     def run(self, seconds: float | None = None, *, until_idle: bool = True,
             timeout: float | None = 60.0) -> bool:
@@ -364,6 +495,7 @@ class System:
             "poisoned": [self.type_name(t) for t in np.flatnonzero(self.poison.poisoned)],
             "sys_error": self.sys_error.stats(),
             "sys_dropped": self.sys_dropped.stats(),
+            "channels": None if self.channels is None else self.channels.stats(),
             "exceptions": len(self.exceptions),
             "histograms": snap.get("histograms", {}),
             "tenants": None if self.sched.policy is None else self.sched.policy.stats(),
@@ -378,6 +510,11 @@ class System:
         self.halted = True
         self.hal.stop()
         self.running = False
+        if self.channels is not None:
+            # what channels still hold goes to sys.dropped (CHAN_CLOSED), releasing payloads
+            for ch in self.channels:
+                if ch.name not in ("sys.error", "sys.dropped"):
+                    ch.close()
         errors = []
         for m in reversed(self.modules):
             if m._fini:

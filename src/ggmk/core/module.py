@@ -37,14 +37,20 @@ class Handler:
     type_id: int = -1              # resolved at boot
 
 
-@dataclass
+@dataclass(eq=False)               # identity hash: a declaration is an emit target
 class ChannelDecl:
+    """One end of a channel as a module declares it; ``handle`` is the Channel after boot.
+
+    ``options`` (produce side): ``capacity`` (ring slots per subscriber, default 4096),
+    ``replay`` (replay log size, lossless only), ``error_handler`` (``fn(records, codes)`` for
+    failed deliveries on this channel), ``window`` (max messages a subscriber has waiting in the
+    ready queue). Consume side: ``handler`` (the handler type messages are delivered as)."""
     name: str
     type: str | int
     direction: str                 # "produce" | "consume"
     module: "Module"
-    mode: str = "p2p"              # "p2p" | "fanout"
-    guarantee: str = "lossless"    # "lossy" | "lossless"
+    mode: str | None = "p2p"       # "p2p" | "fanout"; None on a consumer: as the producer says
+    guarantee: str | None = "lossless"   # "lossy" | "lossless"; None: as the producer says
     options: dict = field(default_factory=dict)
     handle: Any = None             # the Channel, bound at boot
 
@@ -60,10 +66,16 @@ class Module:
         self.channels: list[ChannelDecl] = []
         self._init: Callable | None = None
         self._fini: Callable | None = None
+        self.manifest = None               # the ModuleManifest it was loaded from, if any
 
     def handler(self, type: str | int, *, batch: bool = False, deterministic: bool = False,
-                consumes: str | None = None, name: str | None = None, max_batch: int | None = None):
-        """Register ``fn`` as the handler of ``type``. ``batch=True``: ``fn(ctx, batch)``."""
+                consumes: str | None = None, message: str | int | None = None,
+                name: str | None = None, max_batch: int | None = None):
+        """Register ``fn`` as the handler of ``type``. ``batch=True``: ``fn(ctx, batch)``.
+
+        ``consumes="chan.name"`` subscribes it to a channel; ``message`` names the channel's
+        type when it differs from ``type`` (fan-out: each subscriber has its own handler type,
+        and messages are delivered retyped to it)."""
         if not isinstance(type, (str, int)) or isinstance(type, bool):
             raise BootError(f"module {self.name!r}: handler type must be a type name or id, got {type!r}")
 
@@ -74,7 +86,7 @@ class Module:
                         deterministic=deterministic, consumes=consumes, max_batch=max_batch)
             self.handlers.append(h)
             if consumes is not None:
-                self.consumes(consumes, type)
+                self.consumes(consumes, message if message is not None else type, handler=type)
             return fn
         return deco
 
@@ -85,14 +97,49 @@ class Module:
         self.channels.append(d)
         return d
 
-    def consumes(self, channel: str, type: str | int, *, mode: str = "p2p",
-                 guarantee: str = "lossless", **options) -> ChannelDecl:
+    def consumes(self, channel: str, type: str | int, *, mode: str | None = None,
+                 guarantee: str | None = None, handler: str | int | None = None,
+                 **options) -> ChannelDecl:
+        """Declare that this module consumes ``type`` from ``channel``; its messages are
+        delivered to the handler of ``handler`` (default: of ``type``)."""
+        if handler is not None:
+            options["handler"] = handler
         for d in self.channels:
-            if d.name == channel and d.direction == "consume":
+            if (d.name == channel and d.direction == "consume"
+                    and d.options.get("handler") == options.get("handler")):
                 return d
         d = ChannelDecl(channel, type, "consume", self, mode, guarantee, options)
         self.channels.append(d)
         return d
+
+    @classmethod
+    def from_manifest(cls, path_or_text, functions, *, source: str | None = None) -> "Module":
+        """Build a module from a ``module.toml`` (see ggmk.typereg): its channel and handler
+        declarations, with handler functions looked up by name in ``functions`` (a dict or an
+        object such as a Python module). Types the manifest brings join the registry at boot.
+
+        Example::
+
+            counter = Module.from_manifest("modules/counter/module.toml", counter_impl)
+        """
+        from ggmk.typereg import load_module_manifest
+        man = load_module_manifest(path_or_text, source=source)
+        m = cls(man.name, man.version)
+        m.manifest = man
+        where = man.path or "module.toml"
+        for h in man.handlers:
+            fn = (functions.get(h.name) if isinstance(functions, dict)
+                  else getattr(functions, h.name, None))
+            if fn is None:
+                raise BootError(f"{where}: module {man.name!r}: handler {h.name!r} (type "
+                                f"{h.type!r}) has no function named {h.name!r}")
+            m.handler(h.type, batch=h.batch, deterministic=h.deterministic, name=h.name)(fn)
+        for c in man.channels:
+            if c.direction == "produce":
+                m.produces(c.name, c.type, mode=c.mode, guarantee=c.guarantee)
+            else:
+                m.consumes(c.name, c.type, mode=c.mode, guarantee=c.guarantee)
+        return m
 
     def init(self, fn):
         """``fn(system)`` runs at boot, in module order."""

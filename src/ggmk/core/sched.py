@@ -12,7 +12,7 @@ EMIT      a handler's emit on worker ``w``               w's local queue (75%), 
 YIELD     a handler that yielded on worker ``w``          w's local queue incl. reserve, then
                                                          the overflow queue, then sys.error
 EVENT     a due event fired by a worker                  ready queue
-CHANNEL   a channel delivering to its subscriber         ready queue, fresh seq
+CHANNEL   a channel delivering to its subscriber         ready queue, seq = channel seq
 BRIDGE    records arriving from the other kernel         ready queue, fresh seq
 RETRY     a handler that returned RETRY (``due`` tick)   event queue
 DEFER     anything scheduled for a later tick (``due``)  event queue
@@ -53,7 +53,8 @@ class Route(IntEnum):
     DEFER = 7
 
 
-_FRESH_SEQ = frozenset({Route.SUBMIT, Route.EMIT, Route.CHANNEL, Route.BRIDGE})
+# CHANNEL keeps seq: it is the channel's sequence number, which subscribers use to detect gaps
+_FRESH_SEQ = frozenset({Route.SUBMIT, Route.EMIT, Route.BRIDGE})
 
 
 class _Bucket:
