@@ -1,0 +1,206 @@
+"""The handler context API: what a GPU handler may call.
+
+A handler is a plain Python function in the numeric subset Numba compiles. It receives
+
+* ``ctx``: an opaque tuple (the device state arrays, the worker id, the tick and the running
+  task's header); pass it to the calls below, never index it yourself;
+* ``task``: the running task's six int64 words (a view into the worker's batch buffer); read
+  and change it with the accessors below (``meta0(task)``, ``set_meta0(task, v)``, ...).
+
+Write handlers against this module::
+
+    from ggmk.device import api as g
+    from ggmk import OK
+
+    @phys.handler("PHYS_STEP")
+    def step(ctx, task):
+        g.emit(ctx, PHYS_DONE, g.meta0(task) + 1, 0)
+        return OK
+
+``codegen`` compiles the functions below for the chosen target and rebinds ``g`` (or any of
+these functions imported by name) in the handler to the compiled versions; calling them from
+ordinary Python does nothing useful. Every call is non-blocking and bounded. ``g`` also offers
+the target's ``atomic_add(arr, i, v)``, ``atomic_cas`` and ``atomic_max`` for handlers whose
+lanes (warp/block granularity) combine results.
+
+Return codes: ``OK``; ``RETRY`` (re-run later with exponential backoff in ticks); ``YIELD``
+(re-enqueue now, meta kept; ``yield_at(task, phase)`` sets meta0 first); anything negative is a
+failure code and sends the task to ``sys.error`` (on the host, ``channel == CH_SYS_ERROR``).
+"""
+
+# Names used below (enqueue, to_host, trace_event, ...) come from kernel_src.py; this text is
+# executed in the same namespace.
+
+# --------------------------------------------------------------------------------- the task
+
+
+def task_type(task):
+    return task[0] & 0xFFFFFFFF
+
+
+def flags(task):
+    return (task[0] >> 32) & 0xFFFF
+
+
+def priority(task):
+    return (task[0] >> 32) & 3
+
+
+def tenant(task):
+    return (task[0] >> 48) & 0xFFFF
+
+
+def channel(task):
+    return task[1] & 0xFFFFFFFF
+
+
+def seq(task):
+    return (task[1] >> 32) & 0xFFFFFFFF
+
+
+def payload_ptr(task):
+    return task[2]
+
+
+def payload_len(task):
+    return task[3] & 0xFFFFFFFF
+
+
+def yield_count(task):
+    return (task[3] >> 32) & 0xFFFF
+
+
+def meta0(task):
+    return task[4]
+
+
+def meta1(task):
+    return task[5]
+
+
+def set_meta0(task, v):
+    task[4] = v
+
+
+def set_meta1(task, v):
+    task[5] = v
+
+
+def yield_at(task, phase):
+    """``return g.yield_at(task, 2)``: continue later at phase 2 (kept in meta0)."""
+    task[4] = phase
+    return YIELD
+
+
+# ------------------------------------------------------------------------------ the context
+
+
+def worker_id(ctx):
+    return ctx[1]
+
+
+def tick(ctx):
+    return ctx[2]
+
+
+def _child_w0(ctx, type_id, prio):
+    # children inherit the parent's tenant and flags; a priority >= 0 overrides
+    pw0 = ctx[3]
+    fl = (pw0 >> 32) & 0xFFFF
+    if prio >= 0:
+        fl = (fl & ~3) | (prio & 3)
+    return (type_id & 0xFFFFFFFF) | (fl << 32) | (pw0 & (0xFFFF << 48))
+
+
+def emit(ctx, type_id, m0, m1):
+    """Schedule a follow-on task of ``type_id`` (a device type: run here; otherwise it goes to
+    the host). Returns OK or CHAN_FULL."""
+    return enqueue(ctx[0], ctx[1], _child_w0(ctx, type_id, -1), 0, 0, 0, m0, m1, ENQ_NORMAL)
+
+
+def emit_full(ctx, type_id, m0, m1, ptr, nbytes, prio, chan):
+    """``emit`` with a payload (address from ``alloc``), a priority (-1 = inherit) and a
+    channel id."""
+    return enqueue(ctx[0], ctx[1], _child_w0(ctx, type_id, prio), chan & 0xFFFFFFFF, ptr,
+                   nbytes & 0xFFFFFFFF, m0, m1, ENQ_NORMAL)
+
+
+def emit_at(ctx, due_tick, type_id, m0, m1):
+    """Schedule a task on the event queue for tick ``due_tick``."""
+    return schedule_event(ctx[0], ctx[1], due_tick, _child_w0(ctx, type_id, -1), 0, 0, 0,
+                          m0, m1)
+
+
+def emit_host(ctx, type_id, m0, m1):
+    """Send a record straight to the host (``DeviceKernel.pull``). OK or CHAN_FULL."""
+    return to_host(ctx[0], ctx[1], _child_w0(ctx, type_id, -1), 0, 0, 0, m0, m1)
+
+
+def trace(ctx, event, a0, a1):
+    """Record a trace event (an ``events.EventType`` value) with two 32-bit arguments, subject
+    to the module's trace level (``info``)."""
+    trace_if(ctx[0], ctx[1], event, LV_INFO, ctx[3], a0, a1)
+
+
+def metric_add(ctx, k, v):
+    """Add ``v`` to user counter ``k`` (0..15): ``DeviceKernel.metrics()['user'][k]``."""
+    met_add(ctx[0][0], ctx[1], M_USER0 + (k & 15), v)
+
+
+def user_words(ctx):
+    """USER_WORDS (65536) int64 device words shared by all handlers (zero at boot): counters,
+    logs; combine lanes with ``atomic_add``."""
+    return ctx[0][0][O_USER:O_USER + USER_WORDS]
+
+
+# -------------------------------------------------------------------------------- the arena
+
+
+def arena(ctx):
+    """The device arena as a uint8 array; ``offset(ctx, ptr)`` indexes it."""
+    return ctx[0][2]
+
+
+def arena_base(ctx):
+    return ctx[0][1][O_CTL + C_ARENA_BASE]
+
+
+def offset(ctx, ptr):
+    return ptr - arena_base(ctx)
+
+
+def alloc(ctx, nbytes):
+    """A reference-counted block from the power-of-two bins: its address, or 0 (ALLOC_FAIL)."""
+    off = arena_alloc(ctx[0][0], ctx[1], nbytes)
+    if off < 0:
+        return 0
+    return arena_base(ctx) + off
+
+
+def slab(ctx):
+    """A 64-byte slab object (reference-counted like ``alloc``), or 0."""
+    off = slab_alloc(ctx[0][0], ctx[1])
+    if off < 0:
+        return 0
+    return arena_base(ctx) + off
+
+
+def bump(ctx, nbytes):
+    """Transient memory valid until the end of the current tick (no release), or 0."""
+    off = bump_alloc(ctx[0][0], ctx[1], nbytes)
+    if off < 0:
+        return 0
+    return arena_base(ctx) + off
+
+
+def retain(ctx, ptr, n):
+    arena_retain(ctx[0][0], ptr - arena_base(ctx), n)
+
+
+def release(ctx, ptr):
+    """Drop one reference; the last one frees. Returns the references left."""
+    return arena_release(ctx[0][0], ctx[1], ptr - arena_base(ctx))
+
+
+def refcount(ctx, ptr):
+    return ctx[0][0][O_AREF + (ptr - arena_base(ctx)) // GRANULE] & 0xFFFFFFFF

@@ -1,0 +1,296 @@
+"""The host interface of the device kernel: boot, push, pull, metrics, traces, heartbeats, stop.
+
+This is the transport the bridge builds on. None of these calls waits for the kernel: the host
+and the resident kernel meet only in the mapped control words and rings (``layout``).
+
+Example::
+
+    import numpy as np
+    import ggmk.device as gd
+    from ggmk import task
+    from ggmk.device import api as g
+
+    m = gd.Module("demo")
+
+    @m.handler(1)
+    def double(ctx, task_):
+        g.emit(ctx, 2, g.meta0(task_) * 2, 0)       # type 2 has no device handler: to host
+        return 0
+
+    with gd.DeviceKernel([m], target="cpu", workers=2) as k:
+        k.push(task.make(4, type=1, meta0=np.arange(4)))
+        out = k.pull_until(4, timeout=10)            # 4 records of type 2, meta0 0,2,4,6
+        print(k.metrics()["types"][1]["ok"])         # 4
+"""
+from __future__ import annotations
+
+import os
+import time
+import numpy as np
+
+from ggmk import task as taskmod
+from ggmk.device import codegen, layout
+from ggmk.errors import BootError, DeviceError, KernelStopped
+from ggmk.events import TRACE_DTYPE
+from ggmk.task import TASK_DTYPE
+
+SYS_ERROR = layout.CH_SYS_ERROR
+SYS_DROPPED = layout.CH_SYS_DROPPED
+
+
+def gpu_present() -> bool:
+    """Cheap check without importing any CUDA package: is an NVIDIA driver loaded?"""
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
+
+
+def resolve_target(target: str) -> str:
+    if target == "auto":
+        if gpu_present():
+            from ggmk.device.targets import cuda as cuda_target
+            ok, _ = cuda_target.available()
+            if ok:
+                return "cuda"
+        return "cpu"
+    if target not in ("cpu", "sim", "cuda"):
+        raise BootError(f"DeviceKernel: target {target!r} is not one of auto, cpu, sim, cuda")
+    return target
+
+
+def error_code(records: np.ndarray) -> np.ndarray:
+    """The error code carried by sys.error / sys.dropped records (the int16 in ``_pad``)."""
+    return records["_pad"].astype(np.int16).astype(np.int64)
+
+
+class DeviceKernel:
+    """The persistent device kernel for ``modules`` on ``target`` ("auto", "cpu", "sim",
+    "cuda"). ``workers`` is the number of worker blocks; any other :class:`DeviceConfig` field
+    can be given as a keyword (``batch=``, ``bucket_cap=``, ``aging_interval=``...).
+
+    Records the kernel sends to the host come back from :meth:`pull`: tasks emitted to types
+    with no device handler, ``g.emit_host`` records, and failures (``channel == SYS_ERROR``,
+    code in ``_pad``, see :func:`error_code`) or undeliverable tasks (``SYS_DROPPED``).
+    """
+
+    def __init__(self, modules, target: str = "auto", workers: int | None = None,
+                 threads: int | None = None, types=None, noinline=(), **config):
+        self.target_name = resolve_target(target)
+        self.target = codegen.target_module(self.target_name)
+        ok, why = self.target.available()
+        if not ok:
+            raise DeviceError(f"device target {self.target_name!r} is not usable: {why}")
+        self.handlers = codegen.resolve_handlers(modules, types)
+        base = dict(self.target.DEFAULTS)
+        if workers is not None:
+            base["blocks"] = workers
+        if threads is not None:
+            base["threads"] = threads
+        unknown = set(config) - set(layout.DeviceConfig.__dataclass_fields__)
+        if unknown:
+            raise BootError(f"DeviceKernel: unknown config keys {sorted(unknown)}")
+        base.update(config)
+        self.config = layout.DeviceConfig(**base).validate()
+        self.plan = layout.plan(self.config, len(self.handlers),
+                                codegen.smem_words(self.handlers, self.config.threads))
+        self.type_ids = [int(h.type) for h in self.handlers]
+        self._noinline = tuple(noinline)
+        self._built = None
+        self._launch = None
+        self._arrays = None
+        self._h = None
+        self._tr_cursor = 0
+        self.trace_lost = 0
+        self._stopped = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def build(self):
+        """Generate and compile (or load from the disk cache) the kernel."""
+        if self._built is None:
+            self._built = codegen.build(self.handlers, self.plan, self.target,
+                                        noinline=self._noinline)
+        return self._built
+
+    def start(self, timeout: float = 600.0) -> "DeviceKernel":
+        """Boot: build, allocate device state, launch once; returns when workers run."""
+        if self._launch is not None:
+            raise BootError("DeviceKernel.start: already started")
+        built = self.build()
+        args = layout.allocate(self.plan, self.target.alloc_dev, self.target.alloc_map,
+                               self.target.alloc_arena)
+        self._arrays = args
+        hm = self.target.host_view(args[1])
+        offs = layout.offsets(self.plan)
+        self._h = {n: hm[o:o + size] for n, (kind, o, size) in offs.items()
+                   if kind == "map"}
+        self._h["ctl"][layout.C_ARENA_BASE] = self.target.address_of(args[2])
+        self.target.prepare(built.kernel, args, self.plan)
+        self._launch = self.target.launch(built.kernel, args, self.plan)
+        self._wait(lambda: self._h["ctl"][layout.C_STARTED] >= 1, timeout, "start")
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Raise the stop flag and wait for every worker to leave the kernel."""
+        if self._launch is None or self._stopped:
+            return
+        self._h["ctl"][layout.C_STOP] = 1
+        done = self._launch.wait(timeout)
+        self._stopped = True
+        err = getattr(self._launch, "error", None)
+        if err is not None:
+            raise DeviceError(f"device kernel ({self.target_name}) failed: {err!r}") from err
+        if not done:
+            raise DeviceError(f"device kernel ({self.target_name}) did not stop within "
+                              f"{timeout} s (heartbeats {self.heartbeats().tolist()})")
+
+    def alive(self) -> bool:
+        return self._launch is not None and not self._stopped and self._launch.alive()
+
+    def __enter__(self) -> "DeviceKernel":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _wait(self, cond, timeout, what):
+        t_end = time.monotonic() + timeout
+        while not cond():
+            if self._launch is not None and not self._launch.alive():
+                err = getattr(self._launch, "error", None)
+                raise DeviceError(f"device kernel ({self.target_name}) exited during {what}: "
+                                  f"{err!r}")
+            if time.monotonic() > t_end:
+                raise DeviceError(f"device kernel ({self.target_name}): {what} timed out "
+                                  f"after {timeout} s")
+            time.sleep(0.0005)
+
+    def _check(self):
+        if self._launch is None:
+            raise KernelStopped("DeviceKernel: not started (call start() or use `with`)")
+
+    # ------------------------------------------------------------------ rings
+    def push(self, records: np.ndarray) -> int:
+        """Put task records on the host -> device ring; returns how many fitted (the rest
+        are for a later call: the ring is bounded and this never waits)."""
+        if not isinstance(records, np.ndarray) or records.dtype != TASK_DTYPE:
+            raise TypeError("DeviceKernel.push: records must be a TASK_DTYPE array "
+                            "(ggmk.task.make)")
+        self._check()
+        if self._stopped:
+            raise KernelStopped("DeviceKernel.push: the kernel is stopped")
+        ctl = self._h["ctl"]
+        cap = self.config.rx_cap
+        tail = int(ctl[layout.C_RX_TAIL])
+        free = cap - (tail - int(ctl[layout.C_RX_HEAD]))
+        n = min(free, len(records))
+        if n <= 0:
+            return 0
+        words = np.ascontiguousarray(records[:n]).view(np.int64).reshape(n, layout.W)
+        idx = (tail + np.arange(n)) & (cap - 1)
+        self._h["rx"].reshape(cap, layout.W)[idx] = words
+        ctl[layout.C_RX_TAIL] = tail + n    # after the records: the device reads tail first
+        return n
+
+    def push_all(self, records: np.ndarray, timeout: float = 30.0) -> None:
+        """Push every record, polling while the ring is full."""
+        done = 0
+        t_end = time.monotonic() + timeout
+        while done < len(records):
+            k = self.push(records[done:])
+            done += k
+            if k == 0:
+                if time.monotonic() > t_end:
+                    raise DeviceError(f"DeviceKernel.push_all: ring full for {timeout} s "
+                                      f"({done}/{len(records)} pushed)")
+                time.sleep(0.0001)
+
+    def pull(self, max_records: int | None = None) -> np.ndarray:
+        """Take the records the kernel has published so far (at most ``max_records``)."""
+        self._check()
+        ctl = self._h["ctl"]
+        cap = self.config.tx_cap
+        head = int(ctl[layout.C_TX_HEAD])
+        k = cap if max_records is None else min(cap, max_records)
+        pos = head + np.arange(k, dtype=np.int64)
+        ready = self._h["txseq"][pos & (cap - 1)] == pos + 1
+        n = k if ready.all() else int(np.argmin(ready))
+        out = taskmod.empty(n)
+        if n:
+            out.view(np.int64).reshape(n, layout.W)[:] = \
+                self._h["tx"].reshape(cap, layout.W)[pos[:n] & (cap - 1)]
+            ctl[layout.C_TX_HEAD] = head + n
+        return out
+
+    def pull_until(self, count: int, timeout: float = 30.0) -> np.ndarray:
+        """Pull until ``count`` records arrived (or raise after ``timeout``)."""
+        parts, got = [], 0
+        t_end = time.monotonic() + timeout
+        while got < count:
+            r = self.pull(count - got)
+            if len(r):
+                parts.append(r)
+                got += len(r)
+                continue
+            if not self.alive():
+                raise DeviceError(f"DeviceKernel.pull_until: kernel not running "
+                                  f"({got}/{count} records)")
+            if time.monotonic() > t_end:
+                raise DeviceError(f"DeviceKernel.pull_until: {got}/{count} records after "
+                                  f"{timeout} s; metrics {self.metrics()['global']}")
+            time.sleep(0.0002)
+        return np.concatenate(parts) if parts else taskmod.empty(0)
+
+    # ------------------------------------------------------------------ observability
+    def heartbeats(self) -> np.ndarray:
+        """Per-worker loop counters (they advance while a worker is alive)."""
+        self._check()
+        return self._h["hb"][:: 8][: self.config.blocks].copy()
+
+    def tick(self) -> int:
+        self._check()
+        return int(self._h["ctl"][layout.C_TICK])
+
+    def metrics(self) -> dict:
+        """The last published metrics: {'global': {...}, 'types': {type_id: {...}},
+        'user': [16 counters]} (published every few loops and when a worker parks/exits)."""
+        self._check()
+        rows = self._h["mpub"].reshape(self.config.blocks, self.plan.nmet).copy()
+        g = {}
+        for i, name in enumerate(layout.METRIC_NAMES):
+            if name.startswith("user"):
+                continue
+            col = rows[:, i]
+            g[name] = int(col.max() if name in layout.HWM_METRICS else col.sum())
+        types = {}
+        for ti, tid in enumerate(self.type_ids):
+            o = layout.NGLOBAL_METRICS + ti * layout.NPT
+            types[tid] = {n: int(rows[:, o + k].sum())
+                          for k, n in enumerate(layout.PER_TYPE_NAMES)}
+        u0 = layout.METRIC_NAMES.index("user0")
+        return {"global": g, "types": types,
+                "user": [int(rows[:, u0 + k].sum()) for k in range(16)],
+                "workers": self.config.blocks, "target": self.target_name}
+
+    def drain_trace(self) -> np.ndarray:
+        """Trace events recorded since the last drain, oldest first (TRACE_DTYPE). The ring
+        overwrites when the host falls behind; ``trace_lost`` counts what was overwritten."""
+        self._check()
+        seqs = self._h["trseq"].copy()
+        fresh = np.nonzero(seqs > self._tr_cursor)[0]
+        if len(fresh) == 0:
+            return np.zeros(0, TRACE_DTYPE)
+        order = fresh[np.argsort(seqs[fresh], kind="stable")]
+        recs = self._h["tr"].reshape(-1, layout.TW)[order].copy()
+        first = int(seqs[order[0]]) - 1
+        if first > self._tr_cursor:
+            self.trace_lost += first - self._tr_cursor
+        self._tr_cursor = int(seqs[order[-1]])
+        return recs.view(TRACE_DTYPE).reshape(-1)
+
+    # ------------------------------------------------------------------ conveniences
+    @property
+    def built(self):
+        return self._built
+
+    def __repr__(self) -> str:
+        state = "running" if self.alive() else ("stopped" if self._stopped else "new")
+        return (f"DeviceKernel(target={self.target_name}, workers={self.config.blocks}, "
+                f"handlers={len(self.handlers)}, {state})")

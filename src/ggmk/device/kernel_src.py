@@ -1,0 +1,783 @@
+"""THE persistent kernel: one source for the ``cuda``, ``cpu`` and ``sim`` targets.
+
+This file is not imported as a module. ``codegen`` reads its text and executes it in a namespace
+that already holds
+
+* the target's primitives (``targets/<target>.py``): ``atomic_add``, ``atomic_cas``,
+  ``atomic_max``, ``vload``/``vstore`` (volatile/atomic loads and stores of words another agent
+  writes), ``fence``, ``fence_system``, ``syncthreads``, ``lane_id``/``lane_step``,
+  ``block_id``/``block_step``, ``is_lead``, ``clock_ns``, ``nanosleep``, ``block_shared``,
+  ``block_smem``;
+* the layout constants (``layout.py``) and the configuration constants (``Plan.constants``);
+* the generated part (``codegen``): ``type_index``, ``type_of_index``, ``type_max_yields``,
+  ``type_level``, ``dispatch_segment``.
+
+Style ("barrier-phase", ARCHITECTURE.md): a worker iteration is a sequence of block-level
+phases separated by ``syncthreads()``. Work done by one lane is guarded by ``is_lead()``; work
+spread over lanes is a loop ``for lane in range(lane_id(), NT, lane_step())``. On ``cuda`` that
+loop runs once per thread and barriers are real; on ``cpu`` it runs every lane of the block in
+order on one host thread and barriers are no-ops, and the outer loop over blocks
+(``range(block_id(), NB, block_step())``) interleaves all blocks in a fixed order. Block-uniform
+values are passed between phases through the block's shared words ``sh``.
+
+State: ``S = (D, M, A)``: ``D`` the device words, ``M`` the mapped (host-visible) words, ``A``
+the arena bytes; region ``x`` of ``layout.REGIONS`` starts at constant ``O_X`` in its home array.
+
+Every path that schedules a task goes through ``enqueue`` (SPEC §3: one enqueue core).
+"""
+
+# ---------------------------------------------------------------------------------------------
+# record words
+
+
+def rec_type(w0):
+    return w0 & 0xFFFFFFFF
+
+
+def rec_prio(w0):
+    return (w0 >> 32) & 3
+
+
+def rec_flags(w0):
+    return (w0 >> 32) & 0xFFFF
+
+
+def rec_tenant(w0):
+    return (w0 >> 48) & 0xFFFF
+
+
+def rec_yields(w3):
+    return (w3 >> 32) & 0xFFFF
+
+
+def rec_retries(w3):
+    return (w3 >> 48) & 0xFFFF
+
+
+def set_pad(w3, v):
+    return (w3 & 0x0000FFFFFFFFFFFF) | ((v & 0xFFFF) << 48)
+
+
+def copy_rec(dst, do, src, so):
+    dst[do] = src[so]
+    dst[do + 1] = src[so + 1]
+    dst[do + 2] = src[so + 2]
+    dst[do + 3] = src[so + 3]
+    dst[do + 4] = src[so + 4]
+    dst[do + 5] = src[so + 5]
+
+
+def write_rec(dst, do, w0, w1, w2, w3, w4, w5):
+    dst[do] = w0
+    dst[do + 1] = w1
+    dst[do + 2] = w2
+    dst[do + 3] = w3
+    dst[do + 4] = w4
+    dst[do + 5] = w5
+
+
+def write_rec_volatile(dst, do, w0, w1, w2, w3, w4, w5):
+    vstore(dst, do, w0)
+    vstore(dst, do + 1, w1)
+    vstore(dst, do + 2, w2)
+    vstore(dst, do + 3, w3)
+    vstore(dst, do + 4, w4)
+    vstore(dst, do + 5, w5)
+
+
+# ---------------------------------------------------------------------------------------------
+# bounded MPMC record ring (per-slot sequence numbers): buckets, overflow, event inbox
+
+
+def rq_depth(D, qi):
+    c = O_QC + qi * QCS
+    return vload(D, c + QC_TAIL) - vload(D, c + QC_HEAD)
+
+
+def rq_push(D, qi, w0, w1, w2, w3, w4, w5, limit, due):
+    """Push one record unless the queue holds ``limit`` or more. Returns the depth before the
+    push, or -1 when full."""
+    base = D[O_QINFO + qi * 2]
+    cap = D[O_QINFO + qi * 2 + 1]
+    c = O_QC + qi * QCS
+    pos = 0
+    depth = 0
+    slot = 0
+    while True:
+        pos = vload(D, c + QC_TAIL)
+        depth = pos - vload(D, c + QC_HEAD)
+        if depth >= limit or depth >= cap:
+            return -1
+        slot = base + (pos & (cap - 1))
+        if vload(D, O_QSEQ + slot) == pos:
+            if atomic_cas(D, c + QC_TAIL, pos, pos + 1) == pos:
+                break
+        # otherwise a consumer that claimed this slot is still copying it out: retry
+    write_rec(D, O_Q + slot * W, w0, w1, w2, w3, w4, w5)
+    D[O_QDUE + slot] = due
+    fence()
+    vstore(D, O_QSEQ + slot, pos + 1)
+    return depth
+
+
+def rq_claim(D, qi, maxn):
+    """Claim up to ``maxn`` records (lead lane). Returns (first position, count)."""
+    c = O_QC + qi * QCS
+    while True:
+        h = vload(D, c + QC_HEAD)
+        n = vload(D, c + QC_TAIL) - h
+        if n > maxn:
+            n = maxn
+        if n <= 0:
+            return h, 0
+        if atomic_cas(D, c + QC_HEAD, h, h + n) == h:
+            return h, n
+
+
+def rq_take(D, qi, pos, dst, do):
+    """Copy the claimed record at ``pos`` to ``dst[do:do+6]`` and free its slot. Returns its
+    due tick (event inbox)."""
+    base = D[O_QINFO + qi * 2]
+    cap = D[O_QINFO + qi * 2 + 1]
+    slot = base + (pos & (cap - 1))
+    while vload(D, O_QSEQ + slot) != pos + 1:
+        pass  # its producer reserved the slot and is still writing it
+    copy_rec(dst, do, D, O_Q + slot * W)
+    due = D[O_QDUE + slot]
+    fence()
+    vstore(D, O_QSEQ + slot, pos + cap)
+    return due
+
+
+# ---------------------------------------------------------------------------------------------
+# per-worker local queue: pushed by the worker's own lanes (dispatch phase) and popped by its
+# lead (gather phase); the phases never overlap, so a reserving atomic add is enough.
+
+
+def lq_push(D, blk, w0, w1, w2, w3, w4, w5, limit):
+    qi = Q_LOCAL0 + blk
+    c = O_QC + qi * QCS
+    pos = atomic_add(D, c + QC_TAIL, 1)
+    depth = pos - D[c + QC_HEAD]
+    if depth >= limit:
+        atomic_add(D, c + QC_TAIL, -1)
+        return -1
+    write_rec(D, O_Q + (D[O_QINFO + qi * 2] + (pos & (LQ_CAP - 1))) * W, w0, w1, w2, w3, w4, w5)
+    return depth
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics, trace, host tx ring
+
+
+def met_add(D, blk, m, v):
+    atomic_add(D, O_MET + blk * NMET + m, v)
+
+
+def met_type(D, blk, ti, k, v):
+    atomic_add(D, O_MET + blk * NMET + NGLOBAL_METRICS + ti * NPT + k, v)
+
+
+def trace_event(S, ev, task_type, tenant, a0, a1):
+    """Append one 24-byte event to the trace ring (lossy: the ring overwrites the oldest)."""
+    D = S[0]
+    M = S[1]
+    pos = atomic_add(D, O_GLOB + G_TR_HEAD, 1)
+    slot = pos & (TR_CAP - 1)
+    o = O_TR + slot * TW
+    vstore(M, o, clock_ns())
+    vstore(M, o + 1, (ev & 0xFFFF) | ((tenant & 0xFFFF) << 16) | ((task_type & 0xFFFFFFFF) << 32))
+    vstore(M, o + 2, (a0 & 0xFFFFFFFF) | ((a1 & 0xFFFFFFFF) << 32))
+    fence_system()
+    vstore(M, O_TRSEQ + slot, pos + 1)
+
+
+def trace_if(S, blk, ev, ev_level, w0, a0, a1):
+    ti = type_index(rec_type(w0))
+    if ev_level <= type_level(ti) or (rec_flags(w0) & FLAG_EMIT_TRACE) != 0:
+        trace_event(S, ev, rec_type(w0), rec_tenant(w0), a0, a1)
+        met_add(S[0], blk, M_TRACE_EVENTS, 1)
+
+
+def to_host(S, blk, w0, w1, w2, w3, w4, w5):
+    """Publish a record on the device -> host ring. Returns OK or CHAN_FULL."""
+    D = S[0]
+    M = S[1]
+    pos = 0
+    while True:
+        pos = vload(D, O_GLOB + G_TX_RES)
+        if pos - vload(M, O_CTL + C_TX_HEAD) >= TX_CAP:
+            met_add(D, blk, M_TX_FULL, 1)
+            return CHAN_FULL
+        if atomic_cas(D, O_GLOB + G_TX_RES, pos, pos + 1) == pos:
+            break
+    slot = pos & (TX_CAP - 1)
+    write_rec_volatile(M, O_TX + slot * W, w0, w1, w2, w3, w4, w5)
+    fence_system()
+    vstore(M, O_TXSEQ + slot, pos + 1)
+    met_add(D, blk, M_TO_HOST, 1)
+    return OK
+
+
+def to_sys(S, blk, chan, code, w0, w1, w2, w3, w4, w5):
+    """Route a record to sys.error / sys.dropped on the host (code in _pad)."""
+    if chan == CH_SYS_ERROR:
+        met_add(S[0], blk, M_ERRORS, 1)
+    else:
+        met_add(S[0], blk, M_DROPPED, 1)
+    w1 = (w1 & ~0xFFFFFFFF) | chan
+    trace_if(S, blk, EV_TASK_FAIL, LV_ERROR, w0, code, 0)
+    return to_host(S, blk, w0, w1, w2, set_pad(w3, code), w4, w5)
+
+
+# ---------------------------------------------------------------------------------------------
+# THE enqueue core
+
+
+def enqueue(S, blk, w0, w1, w2, w3, w4, w5, mode):
+    """Schedule one task. ``mode``: ENQ_NORMAL (emit, event fire: the worker's local queue while
+    it is below half full, else the type's bucket), ENQ_SHARED (host arrival: the bucket first
+    so every worker can take it), ENQ_YIELD (local queue including its reserved last quarter,
+    then the overflow queue, then sys.error; never fails). Tasks of a type with no device
+    handler go to the host. Returns OK or CHAN_FULL."""
+    D = S[0]
+    ti = type_index(rec_type(w0))
+    b = O_BS + blk * BSS + B_SEQ
+    seq = D[b]
+    D[b] = seq + 1
+    w1 = (w1 & 0xFFFFFFFF) | (((seq * NB + blk) & 0xFFFFFFFF) << 32)
+    if ti < 0:
+        met_add(D, blk, M_FOREIGN_TYPE, 1)
+        return to_host(S, blk, w0, w1, w2, w3, w4, w5)
+    met_add(D, blk, M_ENQUEUED, 1)
+    met_type(D, blk, ti, PT_ENQ, 1)
+    if mode == ENQ_YIELD:
+        d = lq_push(D, blk, w0, w1, w2, w3, w4, w5, LQ_CAP)
+        if d >= 0:
+            return OK
+        d = rq_push(D, Q_OVF, w0, w1, w2, w3, w4, w5, OVF_CAP, 0)
+        if d >= 0:
+            met_add(D, blk, M_OVERFLOW_PUSH, 1)
+            return OK
+        met_add(D, blk, M_YIELD_OVERFLOW, 1)
+        to_sys(S, blk, CH_SYS_ERROR, YIELD_OVERFLOW, w0, w1, w2, w3, w4, w5)
+        return OK
+    if mode == ENQ_NORMAL:
+        d = lq_push(D, blk, w0, w1, w2, w3, w4, w5, LQ_SPILL)
+        if d >= 0:
+            atomic_max(D, O_MET + blk * NMET + M_LOCAL_HWM, d + 1)
+            return OK
+    # the type's bucket; its last 10% of slots are kept for priority-0 tasks
+    limit = BQ_CAP
+    if rec_prio(w0) != 0:
+        limit = BQ_CAP - BQ_PRIO_RESERVE
+    d = rq_push(D, ti, w0, w1, w2, w3, w4, w5, limit, 0)
+    if d >= 0:
+        atomic_max(D, O_MET + blk * NMET + M_BUCKET_HWM, d + 1)
+        return OK
+    if mode == ENQ_SHARED:
+        d = lq_push(D, blk, w0, w1, w2, w3, w4, w5, LQ_CAP - LQ_CAP // 4)
+        if d >= 0:
+            return OK
+    met_add(D, blk, M_BUCKET_FULL, 1)
+    return CHAN_FULL
+
+
+def schedule_event(S, blk, due, w0, w1, w2, w3, w4, w5):
+    """Put a task on the event queue, due at tick ``due`` (through the inbox; the heap belongs
+    to whichever lead holds the event lock)."""
+    D = S[0]
+    d = rq_push(D, Q_EVIN, w0, w1, w2, w3, w4, w5, EVIN_CAP, due)
+    if d < 0:
+        met_add(D, blk, M_EVENTS_DROPPED, 1)
+        to_sys(S, blk, CH_SYS_ERROR, CHAN_FULL, w0, w1, w2, w3, w4, w5)
+        return CHAN_FULL
+    met_add(D, blk, M_EVENTS_PUSHED, 1)
+    return OK
+
+
+# ---------------------------------------------------------------------------------------------
+# event queue: a min-heap on due tick, owned under a try-lock (no lane ever spins on it)
+
+
+def heap_push(D, key, so):
+    n = D[O_GLOB + G_EV_SIZE]
+    if n >= EV_CAP:
+        return False
+    i = n
+    while i > 0:
+        p = (i - 1) >> 1
+        if D[O_EVK + p] <= key:
+            break
+        D[O_EVK + i] = D[O_EVK + p]
+        copy_rec(D, O_EVR + i * W, D, O_EVR + p * W)
+        i = p
+    D[O_EVK + i] = key
+    copy_rec(D, O_EVR + i * W, D, so)
+    D[O_GLOB + G_EV_SIZE] = n + 1
+    return True
+
+
+def heap_pop_to(D, do):
+    n = D[O_GLOB + G_EV_SIZE] - 1
+    copy_rec(D, do, D, O_EVR)
+    D[O_GLOB + G_EV_SIZE] = n
+    if n == 0:
+        return
+    key = D[O_EVK + n]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and D[O_EVK + c + 1] < D[O_EVK + c]:
+            c += 1
+        if key <= D[O_EVK + c]:
+            break
+        D[O_EVK + i] = D[O_EVK + c]
+        copy_rec(D, O_EVR + i * W, D, O_EVR + c * W)
+        i = c
+    D[O_EVK + i] = key
+    copy_rec(D, O_EVR + i * W, D, O_EVR + n * W)
+
+
+def service_events(S, blk, tick):
+    """Lead lane: move the inbox into the heap, fire at most EV_DRAIN_MAX due events."""
+    D = S[0]
+    if atomic_cas(D, O_GLOB + G_EV_LOCK, 0, 1) != 0:
+        return
+    fence()
+    to = O_BAT + (blk * 2 * BATCH + 2 * BATCH - 1) * W   # last sort-buffer row: scratch
+    h, n = rq_claim(D, Q_EVIN, EVIN_CAP)
+    for k in range(n):
+        due = rq_take(D, Q_EVIN, h + k, D, to)
+        if not heap_push(D, due, to):
+            met_add(D, blk, M_EVENTS_DROPPED, 1)
+            to_sys(S, blk, CH_SYS_ERROR, CHAN_FULL, D[to], D[to + 1], D[to + 2], D[to + 3],
+                   D[to + 4], D[to + 5])
+    fired = 0
+    while fired < EV_DRAIN_MAX and D[O_GLOB + G_EV_SIZE] > 0 and D[O_EVK] <= tick:
+        heap_pop_to(D, to)
+        enqueue(S, blk, D[to], D[to + 1], D[to + 2], D[to + 3], D[to + 4], D[to + 5],
+                ENQ_NORMAL)
+        fired += 1
+    if fired > 0:
+        met_add(D, blk, M_EVENTS_FIRED, fired)
+    fence()
+    vstore(D, O_GLOB + G_EV_LOCK, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# arena: block bins (12 powers of two), slab, per-block bump; reference-counted payloads
+
+
+def fl_pop(D, k):
+    base = D[O_FLC + NFL * QCS + k * 2]
+    cap = D[O_FLC + NFL * QCS + k * 2 + 1]
+    c = O_FLC + k * QCS
+    while True:
+        h = vload(D, c + QC_HEAD)
+        if vload(D, c + QC_TAIL) - h <= 0:
+            return -1
+        slot = base + (h & (cap - 1))
+        if vload(D, O_FLSEQ + slot) == h + 1:
+            if atomic_cas(D, c + QC_HEAD, h, h + 1) == h:
+                v = D[O_FL + slot]
+                fence()
+                vstore(D, O_FLSEQ + slot, h + cap)
+                return v
+
+
+def fl_push(D, k, v):
+    base = D[O_FLC + NFL * QCS + k * 2]
+    cap = D[O_FLC + NFL * QCS + k * 2 + 1]
+    c = O_FLC + k * QCS
+    while True:
+        t = vload(D, c + QC_TAIL)
+        slot = base + (t & (cap - 1))
+        if vload(D, O_FLSEQ + slot) == t:
+            if atomic_cas(D, c + QC_TAIL, t, t + 1) == t:
+                D[O_FL + slot] = v
+                fence()
+                vstore(D, O_FLSEQ + slot, t + 1)
+                return
+
+
+def bin_of(nbytes):
+    k = 0
+    size = MIN_BLOCK
+    while size < nbytes and k < NBINS:
+        size <<= 1
+        k += 1
+    return k
+
+
+def arena_alloc(D, blk, nbytes):
+    """Block allocator: an arena offset with reference count 1, or -1 (ALLOC_FAIL)."""
+    k = bin_of(nbytes)
+    off = -1
+    if k < NBINS:
+        off = fl_pop(D, k)
+    if off < 0:
+        met_add(D, blk, M_ALLOC_FAIL, 1)
+        return -1
+    vstore(D, O_AREF + off // GRANULE, (k << 32) | 1)
+    met_add(D, blk, M_ALLOC, 1)
+    return off
+
+
+def slab_alloc(D, blk):
+    off = fl_pop(D, BIN_SLAB)
+    if off < 0:
+        met_add(D, blk, M_ALLOC_FAIL, 1)
+        return -1
+    vstore(D, O_AREF + off // GRANULE, (BIN_SLAB << 32) | 1)
+    met_add(D, blk, M_SLAB_ALLOC, 1)
+    return off
+
+
+def arena_retain(D, off, n):
+    atomic_add(D, O_AREF + off // GRANULE, n)
+
+
+def arena_release(D, blk, off):
+    """Drop one reference; the last one frees the block. Returns the references left."""
+    old = atomic_add(D, O_AREF + off // GRANULE, -1)
+    left = (old & 0xFFFFFFFF) - 1
+    if left == 0:
+        vstore(D, O_AREF + off // GRANULE, 0)
+        fl_push(D, old >> 32, off)
+        met_add(D, blk, M_FREE, 1)
+    return left
+
+
+def bump_alloc(D, blk, nbytes):
+    """Per-worker transient memory, reset at every tick. -1 when this tick's share is used."""
+    b = O_BS + blk * BSS + B_BUMP
+    cur = D[b]
+    need = (nbytes + 15) & ~15
+    if cur + need > BUMP_PER_BLOCK:
+        met_add(D, blk, M_BUMP_FAIL, 1)
+        return -1
+    D[b] = cur + need
+    met_add(D, blk, M_BUMP_ALLOC, 1)
+    return BUMP_BASE + blk * BUMP_PER_BLOCK + cur
+
+
+# ---------------------------------------------------------------------------------------------
+# task completion (the lane that ran the task, or lane 0 of its warp/block)
+
+
+def finish(S, blk, ti, tick, o, r):
+    D = S[0]
+    w0 = D[o]
+    w1 = D[o + 1]
+    w2 = D[o + 2]
+    w3 = D[o + 3]
+    w4 = D[o + 4]
+    w5 = D[o + 5]
+    if r == OK:
+        met_type(D, blk, ti, PT_OK, 1)
+        if TRACE_TASKS:
+            trace_if(S, blk, EV_TASK_END, LV_ALL, w0, 0, 0)
+        return
+    if r == YIELD:
+        y = rec_yields(w3) + 1
+        w3 = (w3 & ~(0xFFFF << 32)) | ((y & 0xFFFF) << 32)
+        met_type(D, blk, ti, PT_YIELD, 1)
+        trace_if(S, blk, EV_TASK_YIELD, LV_INFO, w0, y, 0)
+        if y > type_max_yields(ti):
+            met_add(D, blk, M_MAX_YIELDS, 1)
+            to_sys(S, blk, CH_SYS_ERROR, MAX_YIELDS, w0, w1, w2, w3, w4, w5)
+            return
+        enqueue(S, blk, w0, w1, w2, w3, w4, w5, ENQ_YIELD)
+        return
+    if r == RETRY:
+        n = rec_retries(w3) + 1
+        met_type(D, blk, ti, PT_RETRY, 1)
+        trace_if(S, blk, EV_TASK_RETRY, LV_WARN, w0, n, 0)
+        if n > MAX_RETRIES:
+            met_add(D, blk, M_RETRY_EXHAUSTED, 1)
+            to_sys(S, blk, CH_SYS_ERROR, RETRY_EXHAUSTED, w0, w1, w2, set_pad(w3, 0), w4, w5)
+            return
+        back = 1 << (n - 1)
+        if back > 64:
+            back = 64
+        met_add(D, blk, M_RETRY_SCHEDULED, 1)
+        schedule_event(S, blk, tick + back, w0, w1, w2, set_pad(w3, n), w4, w5)
+        return
+    met_type(D, blk, ti, PT_FAIL, 1)
+    code = r
+    if code >= 0:
+        code = FAIL
+    to_sys(S, blk, CH_SYS_ERROR, code, w0, w1, w2, w3, w4, w5)
+
+
+# ---------------------------------------------------------------------------------------------
+# gather (lead lane): choose one source, claim up to BATCH records
+
+
+def pick_bucket(D, blk, aging_now):
+    """Sticky bucket while it has work, else the next non-empty one; on aging turns the
+    non-empty bucket with the largest priority weight x age (pops since it was last served)."""
+    cur = D[O_BS + blk * BSS + B_CUR]
+    if aging_now:
+        now = vload(D, O_GLOB + G_GPOP)
+        best = -1
+        best_score = -1
+        for t in range(NTYPES):
+            if rq_depth(D, t) > 0:
+                hpos = vload(D, O_QC + t * QCS + QC_HEAD)
+                slot = D[O_QINFO + t * 2] + (hpos & (D[O_QINFO + t * 2 + 1] - 1))
+                weight = 4 - rec_prio(D[O_Q + slot * W])
+                score = weight * (now - D[O_BSTAMP + t] + 1)
+                if score > best_score:
+                    best_score = score
+                    best = t
+        if best >= 0 and best != cur:
+            met_add(D, blk, M_AGING_PICKS, 1)
+        return best
+    for k in range(NTYPES):
+        t = (cur + k) % NTYPES
+        if rq_depth(D, t) > 0:
+            D[O_BS + blk * BSS + B_CUR] = t
+            return t
+    return -1
+
+
+def gather_local(D, blk, sh):
+    qi = Q_LOCAL0 + blk
+    h = D[O_QC + qi * QCS + QC_HEAD]
+    n = D[O_QC + qi * QCS + QC_TAIL] - h
+    if n <= 0:
+        return False
+    if n > BATCH:
+        n = BATCH
+    sh[SH_SRC] = SRC_LOCAL
+    sh[SH_Q] = qi
+    sh[SH_POS] = h
+    sh[SH_N] = n
+    met_add(D, blk, M_GATHER_LOCAL, 1)
+    return True
+
+
+def gather(D, blk, sh):
+    """Lead lane: claim a batch. Sets sh[SH_SRC], sh[SH_Q], sh[SH_POS], sh[SH_N]."""
+    sh[SH_SRC] = SRC_NONE
+    sh[SH_N] = 0
+    # 1. the yield-overflow queue drains at top priority
+    if rq_depth(D, Q_OVF) > 0:
+        h, n = rq_claim(D, Q_OVF, BATCH)
+        if n > 0:
+            sh[SH_SRC] = SRC_OVF
+            sh[SH_Q] = Q_OVF
+            sh[SH_POS] = h
+            sh[SH_N] = n
+            met_add(D, blk, M_GATHER_OVERFLOW, 1)
+            return
+    g = D[O_BS + blk * BSS + B_GATHERS]
+    D[O_BS + blk * BSS + B_GATHERS] = g + 1
+    aging = D[O_GLOB + G_AGING]
+    aging_now = aging > 0 and g % aging == aging - 1
+    # 2. the local queue, except on aging turns
+    if not aging_now:
+        if gather_local(D, blk, sh):
+            return
+    # 3. a type bucket
+    t = pick_bucket(D, blk, aging_now)
+    if t < 0:
+        if aging_now:
+            gather_local(D, blk, sh)
+        return
+    h, n = rq_claim(D, t, BATCH)
+    if n > 0:
+        D[O_BSTAMP + t] = atomic_add(D, O_GLOB + G_GPOP, 1) + 1
+        sh[SH_SRC] = SRC_BUCKET
+        sh[SH_Q] = t
+        sh[SH_POS] = h
+        sh[SH_N] = n
+        met_add(D, blk, M_GATHER_BUCKET, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# one worker iteration (all lanes of a block call it)
+
+
+def publish(S, blk):
+    """Copy this block's metric row to the host-visible mirror."""
+    D = S[0]
+    M = S[1]
+    o = blk * NMET
+    for m in range(NMET):
+        vstore(M, O_MPUB + o + m, vload(D, O_MET + o + m))
+    fence_system()
+
+
+def trace_worker(S, ev, blk):
+    if TRACE_WORKER:
+        trace_event(S, ev, 0, 0, blk, 0)
+
+
+def worker_iteration(S, blk, sh, smem):
+    """Returns False once the host raised the stop flag."""
+    D = S[0]
+    M = S[1]
+    bo = O_BS + blk * BSS
+    # ---- phase 0 (lead): stop flag, clock, heartbeat, host arrivals, due events
+    if is_lead():
+        sh[SH_STOP] = vload(M, O_CTL + C_STOP)
+        tick = (clock_ns() - vload(D, O_GLOB + G_BOOT_NS)) // TICK_NS
+        sh[SH_TICK] = tick
+        if tick != D[bo + B_TICK]:
+            D[bo + B_TICK] = tick          # a new tick: this worker's bump region resets
+            D[bo + B_BUMP] = 0
+            if blk == 0:
+                vstore(M, O_CTL + C_TICK, tick)
+        loops = D[bo + B_LOOPS] + 1
+        D[bo + B_LOOPS] = loops
+        vstore(M, O_HB + blk * 8, loops)
+        sh[SH_RXN] = 0
+        if blk == 0:
+            h = M[O_CTL + C_RX_HEAD]
+            n = vload(M, O_CTL + C_RX_TAIL) - h
+            if n > RX_INGEST_MAX:
+                n = RX_INGEST_MAX
+            if n > 0:
+                sh[SH_RXN] = n
+                sh[SH_RXH] = h
+        service_events(S, blk, tick)
+    syncthreads()
+    if sh[SH_STOP] != 0:
+        return False
+    tick = sh[SH_TICK]
+    # ---- phase 1: host arrivals (worker 0) go through the enqueue core to the buckets
+    rxn = sh[SH_RXN]
+    if rxn > 0:
+        rxh = sh[SH_RXH]
+        for k in range(lane_id(), rxn, lane_step()):
+            o = O_RX + ((rxh + k) & (RX_CAP - 1)) * W
+            w0 = vload(M, o)
+            w1 = vload(M, o + 1)
+            w2 = vload(M, o + 2)
+            w3 = vload(M, o + 3)
+            w4 = vload(M, o + 4)
+            w5 = vload(M, o + 5)
+            r = enqueue(S, blk, w0, w1, w2, set_pad(w3, 0), w4, w5, ENQ_SHARED)
+            if r != OK:
+                to_sys(S, blk, CH_SYS_DROPPED, r, w0, w1, w2, w3, w4, w5)
+        syncthreads()
+        if is_lead():
+            met_add(D, blk, M_RX_IN, rxn)
+            fence_system()
+            vstore(M, O_CTL + C_RX_HEAD, rxh + rxn)
+    # ---- phase 2 (lead): gather
+    if is_lead():
+        gather(D, blk, sh)
+    syncthreads()
+    n = sh[SH_N]
+    if n == 0:
+        if is_lead():
+            idle = D[bo + B_IDLE] + 1
+            D[bo + B_IDLE] = idle
+            met_add(D, blk, M_IDLE_LOOPS, 1)
+            if idle == IDLE_SPIN:
+                met_add(D, blk, M_PARKS, 1)
+                trace_worker(S, EV_WORKER_PARK, blk)
+                publish(S, blk)
+            if idle >= IDLE_SPIN:
+                d = (idle - IDLE_SPIN + 1) * 1000
+                if d > IDLE_SLEEP_MAX:
+                    d = IDLE_SLEEP_MAX
+                nanosleep(d)
+        syncthreads()
+        return True
+    # ---- phase 3: copy the claimed records into the batch buffer
+    b0 = O_BAT + blk * 2 * BATCH * W
+    src = sh[SH_SRC]
+    qi = sh[SH_Q]
+    pos = sh[SH_POS]
+    if src == SRC_LOCAL:
+        lbase = O_Q + D[O_QINFO + qi * 2] * W
+        for k in range(lane_id(), n, lane_step()):
+            copy_rec(D, b0 + k * W, D, lbase + ((pos + k) & (LQ_CAP - 1)) * W)
+    else:
+        for k in range(lane_id(), n, lane_step()):
+            rq_take(D, qi, pos + k, D, b0 + k * W)
+    if is_lead():
+        if D[bo + B_IDLE] >= IDLE_SPIN:
+            trace_worker(S, EV_WORKER_WAKE, blk)
+        D[bo + B_IDLE] = 0
+        for t in range(NTYPES + 1):
+            sh[SH_CNT + t] = 0
+    syncthreads()
+    if is_lead() and src == SRC_LOCAL:
+        D[O_QC + qi * QCS + QC_HEAD] = pos + n     # copied out: the slots are free again
+    # count types (slot 0 = no device handler: never expected, the enqueue core sends those
+    # to the host)
+    for k in range(lane_id(), n, lane_step()):
+        ti = type_index(rec_type(D[b0 + k * W]))
+        atomic_add(sh, SH_CNT + ti + 1, 1)
+        if src == SRC_BUCKET and ti != qi:
+            met_add(D, blk, M_BUCKET_MIXED, 1)   # a bucket must hold one type only
+    syncthreads()
+    # ---- phase 4 (lead): offsets and cursors per type
+    if is_lead():
+        acc = 0
+        for t in range(NTYPES + 1):
+            c = sh[SH_CNT + t]
+            sh[SH_CNT + (NTYPES + 1) + t] = acc
+            sh[SH_CNT + 2 * (NTYPES + 1) + t] = acc
+            acc += c
+    syncthreads()
+    # ---- phase 5: scatter into the sort buffer, grouped by type
+    s0 = b0 + BATCH * W
+    for k in range(lane_id(), n, lane_step()):
+        o = b0 + k * W
+        p = atomic_add(sh, SH_CNT + 2 * (NTYPES + 1) + type_index(rec_type(D[o])) + 1, 1)
+        copy_rec(D, s0 + p * W, D, o)
+    syncthreads()
+    # ---- phase 6: dispatch each homogeneous sub-batch (a block-uniform loop)
+    for t in range(NTYPES + 1):
+        c = sh[SH_CNT + t]
+        if c > 0:
+            start = sh[SH_CNT + (NTYPES + 1) + t]
+            if t == 0:
+                if is_lead():
+                    for i in range(start, start + c):
+                        o = s0 + i * W
+                        to_sys(S, blk, CH_SYS_DROPPED, UNKNOWN_TYPE, D[o], D[o + 1], D[o + 2],
+                               D[o + 3], D[o + 4], D[o + 5])
+            else:
+                if is_lead():
+                    met_type(D, blk, t - 1, PT_RUN, c)
+                dispatch_segment(S, blk, tick, t - 1, s0 + start * W, c, smem)
+            syncthreads()
+    # ---- phase 7 (lead): bookkeeping
+    if is_lead():
+        met_add(D, blk, M_DISPATCHED, n)
+        met_add(D, blk, M_LOOPS, 1)
+        if D[bo + B_LOOPS] % PUBLISH_EVERY == 0:
+            publish(S, blk)
+    syncthreads()
+    return True
+
+
+def kernel_body(D, M, A):
+    S = (D, M, A)
+    if is_lead():
+        atomic_cas(D, O_GLOB + G_BOOT_NS, 0, clock_ns())
+        atomic_add(M, O_CTL + C_STARTED, 1)
+        fence_system()
+    # every worker needs the boot clock before its first tick
+    while vload(D, O_GLOB + G_BOOT_NS) == 0:
+        pass
+    running = True
+    while running:
+        for blk in range(block_id(), NB, block_step()):
+            if not worker_iteration(S, blk, block_shared(D, blk), block_smem(D, blk)):
+                running = False
+    for blk in range(block_id(), NB, block_step()):
+        if is_lead():
+            publish(S, blk)
+            atomic_add(M, O_CTL + C_EXITED, 1)
+            fence_system()

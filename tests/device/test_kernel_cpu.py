@@ -1,0 +1,189 @@
+"""The device kernel on the ``cpu`` target: host interface, completion codes, events, arena,
+trace, heartbeats, stop. One kernel (one compile) serves the whole file."""
+import time
+
+import numpy as np
+import pytest
+
+import ggmk.device as gd
+from ggmk import task as taskmod
+from ggmk.device import api as g
+from ggmk.device.host import SYS_ERROR, error_code
+from ggmk.events import EventType
+from ggmk.task import OK, RETRY, MAX_YIELDS
+
+feat = gd.Module("feat", trace_level="warn")
+traced = gd.Module("traced", trace_level="all")
+
+
+@feat.handler(200)
+def yield3(ctx, task):
+    phase = g.meta0(task)
+    if phase < 3:
+        return g.yield_at(task, phase + 1)
+    g.emit_host(ctx, 201, g.yield_count(task), g.meta1(task))
+    return OK
+
+
+@feat.handler(202)
+def retry2(ctx, task):
+    n = g.atomic_add(g.user_words(ctx), 100 + g.meta1(task), 1) + 1
+    if n <= 2:
+        return RETRY
+    g.emit_host(ctx, 203, n, g.tick(ctx))
+    return OK
+
+
+@feat.handler(204)
+def fail7(ctx, task):
+    return -7
+
+
+@feat.handler(205)
+def timer(ctx, task):
+    g.emit_at(ctx, g.tick(ctx) + g.meta0(task), 206, g.tick(ctx), g.meta0(task))
+    return OK
+
+
+@feat.handler(207)
+def allocs(ctx, task):
+    p = g.alloc(ctx, 1000)
+    if p == 0:
+        return -200
+    a = g.arena(ctx)
+    o = g.offset(ctx, p)
+    a[o] = 42
+    g.retain(ctx, p, 1)
+    r1 = g.release(ctx, p)
+    v = a[o]
+    r2 = g.release(ctx, p)
+    s = g.slab(ctx)
+    b = g.bump(ctx, 100)
+    g.emit_host(ctx, 208, r1 * 10 + r2, v + (s != 0) * 1000 + (b != 0) * 10000)
+    if s != 0:
+        g.release(ctx, s)
+    return OK
+
+
+@feat.handler(209, max_yields=4)
+def forever(ctx, task):
+    return 2  # YIELD, always
+
+
+@feat.handler(211)
+def fanout(ctx, task):
+    for i in range(g.meta0(task)):
+        g.emit(ctx, 210, i, 0)
+    return OK
+
+
+@traced.handler(210)
+def traced_ok(ctx, task):
+    g.metric_add(ctx, 3, 1)
+    return OK
+
+
+@pytest.fixture(scope="module")
+def kern():
+    k = gd.DeviceKernel([feat, traced], target="cpu", workers=2)
+    k.start()
+    yield k
+    k.stop()
+
+
+def test_push_rejects_bad_records(kern):
+    with pytest.raises(TypeError, match="TASK_DTYPE"):
+        kern.push(np.zeros(3, np.int64))
+
+
+def test_roundtrip_unknown_type_bounces_to_host(kern):
+    recs = taskmod.make(5, type=999, meta0=np.arange(5), meta1=7, tenant=3)
+    assert kern.push(recs) == 5
+    out = kern.pull_until(5, timeout=30)
+    assert sorted(out["meta0"].tolist()) == [0, 1, 2, 3, 4]
+    assert set(out["type"].tolist()) == {999} and set(out["tenant"].tolist()) == {3}
+
+
+def test_yield_three_times_keeps_meta(kern):
+    kern.push(taskmod.make(3, type=200, meta0=0, meta1=np.array([11, 12, 13])))
+    out = kern.pull_until(3, timeout=30)
+    assert out["type"].tolist() == [201] * 3
+    assert out["meta0"].tolist() == [3, 3, 3]          # yield_count in the header
+    assert sorted(out["meta1"].tolist()) == [11, 12, 13]
+
+
+def test_retry_backs_off_then_succeeds(kern):
+    kern.push(taskmod.make(1, type=202, meta1=1))
+    out = kern.pull_until(1, timeout=30)
+    assert out["type"][0] == 203 and out["meta0"][0] == 3
+
+
+def test_failure_goes_to_sys_error_with_code(kern):
+    kern.push(taskmod.make(2, type=204, meta0=5))
+    out = kern.pull_until(2, timeout=30)
+    assert (out["channel"] == SYS_ERROR).all()
+    assert error_code(out).tolist() == [-7, -7]
+    assert out["type"].tolist() == [204, 204] and out["meta0"].tolist() == [5, 5]
+
+
+def test_max_yields_circuit_breaker(kern):
+    kern.push(taskmod.make(1, type=209))
+    out = kern.pull_until(1, timeout=30)
+    assert out["channel"][0] == SYS_ERROR and error_code(out)[0] == MAX_YIELDS
+    assert out["yield_count"][0] == 5
+
+
+def test_event_fires_at_due_tick(kern):
+    kern.push(taskmod.make(1, type=205, meta0=20))        # 20 ticks of 1 ms
+    t0 = time.monotonic()
+    out = kern.pull_until(1, timeout=30)
+    assert out["type"][0] == 206 and out["meta1"][0] == 20
+    assert time.monotonic() - t0 >= 0.015
+    assert kern.tick() >= out["meta0"][0] + 20
+
+
+def test_arena_refcounts_slab_and_bump(kern):
+    kern.push(taskmod.make(4, type=207))
+    out = kern.pull_until(4, timeout=30)
+    assert out["meta0"].tolist() == [10] * 4             # 1 ref left, then 0 (freed)
+    assert out["meta1"].tolist() == [11042] * 4          # byte kept, slab and bump non-zero
+    kern.stop()                                          # the last test on this kernel
+    m = kern.metrics()
+    assert m["global"]["alloc"] == 4 and m["global"]["free"] >= 4 + 4
+    assert m["global"]["alloc_fail"] == 0
+    assert m["types"][202]["retry"] == 2 and m["global"]["retry_scheduled"] == 2
+    with pytest.raises(gd.host.KernelStopped):
+        kern.push(taskmod.make(1, type=200))
+
+
+def test_trace_levels_and_metrics_after_restart():
+    k = gd.DeviceKernel([feat, traced], target="cpu", workers=2)   # same handlers: cached
+    t0 = time.monotonic()
+    with k:
+        assert time.monotonic() - t0 < 30
+        k.push(taskmod.make(1, type=211, meta0=50))
+        k.push(taskmod.make(1, type=204))
+        k.pull_until(1, timeout=30)
+        deadline = time.monotonic() + 30
+        while k.metrics()["user"][3] < 50 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        hb1 = k.heartbeats()
+        deadline = time.monotonic() + 10
+        while not (k.heartbeats() > hb1).all() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert (k.heartbeats() > hb1).all()
+        ev = k.drain_trace()
+    m = k.metrics()
+    assert m["user"][3] == 50 and m["types"][210]["ok"] == 50
+    assert m["types"][211]["run"] == 1 and m["types"][204]["fail"] == 1
+    ends = ev[ev["event"] == EventType.TASK_END]
+    assert len(ends) >= 50 and set(ends["task_type"].tolist()) <= {210, 211}
+    assert 210 in set(ends["task_type"].tolist())
+    # feat is at level warn: its successful tasks leave no TASK_END, its failure is traced
+    assert 211 not in set(ends["task_type"].tolist())
+    fails = ev[ev["event"] == EventType.TASK_FAIL]
+    assert 204 in set(fails["task_type"].tolist())
+    assert k.drain_trace().size == 0
+    assert not k.alive()
+
+
