@@ -1,0 +1,349 @@
+"""Tenant scheduling through the real kernel (issue 6), on the ``threads`` and ``sim`` HALs.
+
+``tests/core/test_tenants.py`` checks the policies against a simulated worker; here the same
+properties are checked end to end: ``boot(tenants=..., policy=...)``, submissions into the
+per-tenant ready queues, ``Scheduler.pop_ready`` asking the policy, and ``System.account``
+charging the measured handler time.
+
+Handlers do real timed work: the ``WORK`` handler burns ``meta0`` µs per task. On ``threads``
+it busy-waits on the HAL clock (real CPU time, measured by the kernel); on ``sim`` the clock is
+virtual, so the handler advances it by the same amount, which the kernel measures the same way.
+Every handler logs (tenant, start, end) of its batch, an account independent of the policy's.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from ggmk import task as T
+from ggmk.core.kernel import boot
+from ggmk.core.module import Module
+from ggmk.core.tenants import EevdfBorePolicy
+
+US = 1_000
+MS = 1_000_000
+THREADS = "threads"
+
+
+class Log:
+    """(tenant, start ns, end ns, tasks) of every WORK batch, in HAL clock time."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, int, int, int]] = []
+        self.done = [0, 0, 0]                 # tasks finished per tenant (0, 1, 2)
+        self.lock = threading.Lock()          # += on a list item is not atomic across threads
+
+    def add(self, tenant: int, start: int, end: int, n: int) -> None:
+        with self.lock:
+            self.rows.append((tenant, start, end, n))
+            self.done[tenant] += n
+
+    def array(self) -> np.ndarray:
+        return np.array(self.rows, dtype=np.int64).reshape(-1, 4)
+
+    def handler_time(self, tenant: int, start: int = 0, end: int | None = None) -> int:
+        """Handler ns of ``tenant`` inside [start, end] (batches clipped to the window)."""
+        a = self.array()
+        a = a[a[:, 0] == tenant]
+        end = np.iinfo(np.int64).max if end is None else end
+        return int(np.maximum(0, np.minimum(a[:, 2], end) - np.maximum(a[:, 1], start)).sum())
+
+    def last_end(self, tenant: int, before: int | None = None) -> int:
+        """End of ``tenant``'s last batch that started before ``before``."""
+        a = self.array()
+        a = a[a[:, 0] == tenant]
+        if before is not None:
+            a = a[a[:, 1] < before]
+        return int(a[:, 2].max())
+
+
+def work_module(log: Log) -> Module:
+    m = Module("tenantwork")
+
+    @m.handler("WORK", batch=True)
+    def work(ctx, batch):
+        k = ctx.system
+        t0 = k.clock()
+        ns = int(batch.meta0.sum()) * US
+        if k.hal.name == "sim":
+            k.hal.now += ns                   # virtual time: the work takes ns of HAL clock
+        else:
+            # busy for ns of HAL clock; sleep(0) drops the GIL on every turn, as native work
+            # would, so two workers really run in parallel instead of taking 5 ms GIL turns
+            end = t0 + ns
+            while k.clock() < end:
+                time.sleep(0)
+        log.add(int(batch.tenant[0]), t0, k.clock(), len(batch))
+
+    return m
+
+
+def flood(system, n: dict[int, int], task_us: int) -> None:
+    """Backlogs of ``n[tenant]`` tasks, interleaved in one submission so that every tenant's
+    queue fills at the same instant (a second submit would give the first a head start)."""
+    tenants = np.concatenate([np.full(k, t, dtype=np.uint16) for t, k in n.items()])
+    order = np.argsort(np.arange(len(tenants)) % max(n.values()), kind="stable")
+    system.submit_batch(T.make(len(tenants), type=system.type_id("WORK"), meta0=task_us,
+                               tenant=tenants[order]))
+
+
+class Recorder(EevdfBorePolicy):
+    """EEVDF+BORE that also records who wins the picks made while tenant ``watch`` has queued
+    work (it learns that from the scheduler's own wake/sleep calls) and is eligible (not
+    behind on service: EEVDF's lag >= 0), i.e. the picks where deadlines, and so BORE, decide."""
+
+    def __init__(self, watch: int, **kw) -> None:
+        super().__init__(**kw)
+        self.watch = watch
+        self.queued: set[int] = set()
+        self.contested: list[int] = []
+
+    def wake(self, tenant, now_ns):
+        self.queued.add(tenant)
+        super().wake(tenant, now_ns)
+
+    def sleep(self, tenant, now_ns):
+        self.queued.discard(tenant)
+        super().sleep(tenant, now_ns)
+
+    def pick(self, now_ns):
+        w = self.watch
+        eligible = (w in self.queued and len(self.queued) > 1
+                    and self._t[w].v <= self._avg()[0] + 1.0)
+        t = super().pick(now_ns)
+        if eligible and t is not None:
+            self.contested.append(t)
+        return t
+
+
+@pytest.fixture(params=[THREADS, "sim"])
+def hal(request):
+    return request.param
+
+
+# -- weights ---------------------------------------------------------------------------------------
+
+def test_two_saturating_tenants_with_weights_2_to_1_get_2_to_1_handler_time(hal):
+    """Both tenants keep a backlog for the whole run; their handler time splits 2:1 (5%)."""
+    secs = 4.0 if hal == THREADS else 10.0
+    log = Log()
+    with boot([work_module(log)], hal=hal, workers=2, max_batch=8, policy="eevdf",
+              tenants={0: {"weight": 2048}, 1: {"weight": 1024}}) as s:
+        per_tenant = int(secs * 2 * 1e6 / 100)        # more than 2 workers can do in secs
+        flood(s, {0: per_tenant, 1: per_tenant}, task_us=100)
+        s.run(secs, until_idle=False)
+    st = s.stats()["tenants"]
+    # saturating: neither queue ran dry, so the split is the policy's doing, not demand's
+    assert st[0]["state"] == st[1]["state"] == "active"
+    assert log.done[0] < per_tenant and log.done[1] < per_tenant
+    t0, t1 = log.handler_time(0), log.handler_time(1)
+    # the run was busy (sim steps one worker at a time: its workers share one virtual clock)
+    assert t0 + t1 > (0.5 if hal == THREADS else 0.9) * secs * 1e9
+    assert t0 / t1 == pytest.approx(2.0, rel=0.05)
+    # the kernel's own measure (what it charged the policy) agrees with the handlers'
+    k0, k1 = st[0]["handler_time_ns"], st[1]["handler_time_ns"]
+    assert k0 / k1 == pytest.approx(2.0, rel=0.05)
+    assert k0 == pytest.approx(t0, rel=0.05) and k1 == pytest.approx(t1, rel=0.05)
+    assert st[0]["weight"] == 2048 and st[1]["weight"] == 1024
+
+
+# -- sleeping does not bank credit ------------------------------------------------------------------
+
+def _sleep_wake_run(hal, policy, cycles=2):
+    """Tenant 0 floods; tenant 1 (equal weight) sleeps ``nap`` while 0 runs alone, then wakes
+    with ``work`` of 500 µs tasks, ``cycles`` times. Returns the log and the wake times."""
+    nap, work = (0.4, 400 * MS) if hal == THREADS else (1.0, 1000 * MS)
+    log = Log()
+    wakes = []
+    with boot([work_module(log)], hal=hal, workers=2, max_batch=8, policy=policy,
+              tenants={0: 0, 1: 0}) as s:
+        secs = cycles * (nap + 2.5 * work / 1e9)
+        flood(s, {0: int(secs * 2e6 / 100)}, task_us=100)
+        want = 0
+        for _ in range(cycles):
+            s.run(nap, until_idle=False)                      # tenant 1 asleep
+            wakes.append(s.clock())
+            k = work // (500 * US)
+            want += k
+            s.submit("WORK", meta0=500, tenant=1, count=k)
+            assert s.hal.wait(lambda: log.done[1] >= want, timeout=30), "tenant 1 never drained"
+        assert s.stats()["tenants"][0]["state"] == "active"    # 0 flooded throughout
+    return log, wakes, work
+
+
+def test_a_tenant_that_sleeps_and_wakes_gets_no_more_than_its_share(hal):
+    """While tenant 1 sleeps, tenant 0 has both workers. Each time 1 wakes with a backlog it
+    gets its equal share (half the handler time) until it drains, never a catch-up burst for
+    the time it slept."""
+    log, wakes, work = _sleep_wake_run(hal, "eevdf")
+    # banking would give tenant 1 nearly all of both workers (share ~1.0) until drained; on
+    # threads allow for preemption on a loaded 2-core machine (windows are ~0.5 s)
+    tol = 0.1 if hal == THREADS else 0.03
+    got = total = 0
+    for i, at in enumerate(wakes):
+        # tenant 1's busy period after this wake: up to its last batch before the next wake
+        end = log.last_end(1, before=wakes[i + 1] if i + 1 < len(wakes) else None)
+        b = log.handler_time(1, at, end)
+        a = log.handler_time(0, at, end)
+        assert b / (a + b) <= 0.5 + tol, f"tenant 1 banked credit while asleep (wake {i})"
+        got, total = got + b, total + a + b
+        if hal == "sim":    # exact clock: all it asked for, at half the pace of 2 workers
+            assert b == pytest.approx(work, rel=0.01)
+            assert end - at >= 0.95 * 2 * work / 2
+    assert got / total == pytest.approx(0.5, abs=tol)
+
+
+def test_sleep_wake_test_detects_banked_credit():
+    """Control: a policy that keeps a sleeper's old virtual runtime (banks credit) fails the
+    share check above by a wide margin, so that check measures what it claims."""
+
+    class KeepVruntime(EevdfBorePolicy):
+        def wake(self, tenant, now_ns):
+            t = self._t[tenant]
+            old = t.v
+            super().wake(tenant, now_ns)
+            if self._avg()[0] > old:
+                t.v, t.vd = old, old + self._vslice(t)
+
+    log, wakes, work = _sleep_wake_run("sim", KeepVruntime(), cycles=2)
+    at, end = wakes[-1], log.last_end(1)
+    b, a = log.handler_time(1, at, end), log.handler_time(0, at, end)
+    assert b / (a + b) > 0.8
+
+
+# -- BORE: a bursty tenant against a short-burst tenant --------------------------------------------
+
+def _bursty_run(hal, bore_penalty):
+    """Tenants 0 and 2 flood 100 µs tasks without a break; tenant 1 (equal weight) sends 2
+    tasks of 50 µs every 3 ms (deferred submissions, released by the kernel's timer at their
+    tick). Batches are at most 4 tasks, so picks come every 0.4 ms of flood work or so.
+
+    Two floods, not one: with exactly two tenants EEVDF's eligibility rule alone decides every
+    contested pick (one of two is always behind the average, the other ahead), so the virtual
+    deadline, which is where BORE's penalty acts, only matters with three or more."""
+    secs = 1.5 if hal == THREADS else 3.0
+    pol = Recorder(1, bore_penalty=bore_penalty)
+    log = Log()
+    with boot([work_module(log)], hal=hal, workers=2, max_batch=4, policy=pol,
+              tenants={0: 0, 1: 0, 2: 0}, tick_hz=1000) as s:
+        if hal == "sim":
+            s.hal.max_batch_choices = (1, 2, 4)     # sim draws each step's batch limit
+        n = int(secs * 2e6 / 100)
+        flood(s, {0: n, 2: n}, task_us=100)
+        for tick in range(3, int(secs * 1000), 3):
+            s.submit("WORK", meta0=50, tenant=1, count=2, due=tick)
+        s.run(secs / 3, until_idle=False)
+        early = s.stats()["tenants"]
+        s.run(2 * secs / 3, until_idle=False)
+        late = s.stats()["tenants"]
+    return pol, early, late, log
+
+
+def test_a_bursty_tenants_score_rises_and_its_share_drops_against_a_short_burst_tenant(hal):
+    """The floods run without a break, so their BORE scores climb past the threshold and keep
+    climbing; the short-burst tenant's stays below it. With the penalty on, the floods win a
+    smaller share of the picks they contend for with the short-burst tenant than under plain
+    EEVDF (penalty 0), so it waits less; their shares of handler time stay equal."""
+    pol, early, late, log = _bursty_run(hal, bore_penalty=8)
+    thr = pol.bore_threshold
+    for f in (0, 2):
+        assert thr < early[f]["burst_score"] < late[f]["burst_score"]
+        assert late[f]["penalty"] > 0
+    for st in (early, late):
+        if hal == "sim":
+            assert st[1]["burst_score"] < thr and st[1]["penalty"] == 0
+        else:   # a worker preempted for a ms or two on a loaded machine looks like a burst
+            assert st[1]["burst_score"] < min(st[0]["burst_score"], st[2]["burst_score"]) - 3
+    assert log.done[1] > 200 and late[1]["latency_count"] == log.done[1]
+    plain, _, plain_late, _ = _bursty_run(hal, bore_penalty=0)
+    assert plain_late[0]["penalty"] == plain_late[2]["penalty"] == 0
+    shares = []
+    for p in (pol, plain):
+        assert len(p.contested) > 200
+        shares.append(sum(t != 1 for t in p.contested) / len(p.contested))
+    # once the short-burst tenant is eligible, the penalised floods (almost) never beat it;
+    # without the penalty they win about half of those picks on their earlier deadlines. On
+    # a loaded machine a preempted batch leaves one flood owed more than its penalty (lag
+    # beats the penalty, as it should), so there the drop is smaller and less regular.
+    assert shares[1] >= 0.25, shares
+    assert shares[0] <= (0.02 if hal == "sim" else 0.75 * shares[1]), shares
+    if hal == "sim":      # exact clock: the effects on waiting and on shares, undisturbed
+        assert late[1]["latency_mean_ns"] < 0.8 * plain_late[1]["latency_mean_ns"]
+        assert log.handler_time(0) / log.handler_time(2) == pytest.approx(1.0, rel=0.01)
+
+
+# -- determinism mode with tenants ----------------------------------------------------------------
+
+def _det_module(out: list) -> Module:
+    m = Module("dettenants")
+
+    @m.handler("STEP", deterministic=True)
+    def step(ctx):
+        t = ctx.task
+        x = (t.meta0 * 6364136223846793005 + 1442695040888963407) & 0xFFFFFFFFFFFFFFFF
+        if t.meta1 > 0:
+            ctx.emit("STEP", meta0=x, meta1=t.meta1 - 1)      # the child keeps the tenant
+        else:
+            out.append((t.tenant, x & 0xFFFF))
+
+    @m.handler("WORK", batch=True)
+    def work(ctx, batch):       # non-deterministic filler through the tenant policy
+        pass
+
+    return m
+
+
+def _det_run(hal, workers, policy="eevdf", tenant_of=lambda i: i % 2, seed=5):
+    out: list = []
+    with boot([_det_module(out)], hal=hal, workers=workers, seed=seed, deterministic=True,
+              policy=policy, tenants={0: 0, 1: {"weight": 2048}}) as s:
+        rng = np.random.default_rng(seed)
+        # one submission: on threads the workers run while the host submits, and a later
+        # submission may land in a later tick (arrival time is part of the input stream)
+        tenant = np.repeat([tenant_of(i) for i in range(6)], 20).astype(np.uint16)
+        s.submit_batch(T.make(120, type=s.type_id("STEP"), flags=T.FLAG_DETERMINISTIC,
+                              meta0=rng.integers(0, 2**62, 120, dtype=np.uint64), meta1=6,
+                              tenant=tenant))
+        for i in range(6):
+            s.submit("WORK", count=64, tenant=i % 2)
+        assert s.run(timeout=60)
+        st = s.stats()["tenants"]
+        # the policy picked both tenants' ready work alongside the deterministic stage
+        assert st[0]["latency_count"] == st[1]["latency_count"] == 3 * 64
+        return sorted(out), s.trace_hash()
+
+
+def test_determinism_mode_gives_identical_trace_hashes_with_tenants():
+    ref_out, ref = _det_run("sim", 1)
+    assert len(ref_out) == 120 and {t for t, _ in ref_out} == {0, 1}
+    for hal, workers, policy in [("sim", 1, "eevdf"), ("sim", 3, "eevdf"), ("sim", 2, "rr"),
+                                 (THREADS, 1, "eevdf"), (THREADS, 2, "eevdf"),
+                                 (THREADS, 2, "rr")]:
+        out, h = _det_run(hal, workers, policy)
+        assert out == ref_out, (hal, workers, policy)
+        assert h == ref, (hal, workers, policy)
+    # the hash covers the tenant: moving the same work to other tenants changes it
+    _, other = _det_run("sim", 2, tenant_of=lambda i: (i + 1) % 2)
+    assert other != ref
+
+
+@pytest.mark.xfail(strict=True, reason="System.account (core/kernel.py) charges a whole batch to "
+                   "its first record's tenant; deterministic runs (and local/overflow queue "
+                   "batches) can mix tenants, so it must split the charge by tenant")
+def test_a_batch_that_mixes_tenants_is_charged_to_each_tenant():
+    """The deterministic stage hands out runs of one type in canonical order, whatever their
+    tenants; each tenant must be charged for its own tasks."""
+    log = Log()
+    with boot([work_module(log)], hal="sim", workers=1, deterministic=True,
+              tenants={0: 0, 1: 0}) as s:
+        s.hal.max_batch_choices = (256,)
+        s.submit_batch(T.make(100, type=s.type_id("WORK"), flags=T.FLAG_DETERMINISTIC,
+                              meta0=100, tenant=np.arange(100) % 2))
+        assert s.run(timeout=60)
+        st = s.stats()["tenants"]
+    assert log.done[0] + log.done[1] == 100
+    assert st[0]["tasks"] == st[1]["tasks"] == 50
+    assert st[0]["handler_time_ns"] == pytest.approx(st[1]["handler_time_ns"], rel=0.05)
