@@ -330,9 +330,6 @@ def test_determinism_mode_gives_identical_trace_hashes_with_tenants():
     assert other != ref
 
 
-@pytest.mark.xfail(strict=True, reason="System.account (core/kernel.py) charges a whole batch to "
-                   "its first record's tenant; deterministic runs (and local/overflow queue "
-                   "batches) can mix tenants, so it must split the charge by tenant")
 def test_a_batch_that_mixes_tenants_is_charged_to_each_tenant():
     """The deterministic stage hands out runs of one type in canonical order, whatever their
     tenants; each tenant must be charged for its own tasks."""

@@ -371,8 +371,15 @@ class System:
         self.metrics_shard[worker].observe(self.h_batch_ns, elapsed_ns)
         pol = self.sched.policy
         if pol is not None:
+            tenants = recs["tenant"]
+            now = self.clock()
             with self.sched.lock:
-                pol.account(int(recs["tenant"][0]), elapsed_ns, len(recs), self.clock())
+                if (tenants == tenants[0]).all():
+                    pol.account(int(tenants[0]), elapsed_ns, len(recs), now)
+                else:   # a det-stage or local-queue batch can mix tenants: split by task count
+                    ids, counts = np.unique(tenants, return_counts=True)
+                    for t, c in zip(ids.tolist(), counts.tolist()):
+                        pol.account(t, elapsed_ns * c // len(recs), c, now)
 
     def set_tenant(self, tenant: int, *, nice: int | None = None, weight: int | None = None) -> None:
         """Change a tenant's weight at run time (nice -20..19, or a raw weight; nice 0 = 1024)."""
