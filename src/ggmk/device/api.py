@@ -109,7 +109,7 @@ def _child_w0(ctx, type_id, prio):
     fl = (pw0 >> 32) & 0xFFFF
     if prio >= 0:
         fl = (fl & ~3) | (prio & 3)
-    return (type_id & 0xFFFFFFFF) | (fl << 32) | (pw0 & (0xFFFF << 48))
+    return (type_id & 0xFFFFFFFF) | (fl << 32) | (pw0 & -281474976710656)   # tenant bits
 
 
 def emit(ctx, type_id, m0, m1):

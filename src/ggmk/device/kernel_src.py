@@ -54,8 +54,18 @@ def rec_retries(w3):
     return (w3 >> 48) & 0xFFFF
 
 
+def hi16(v):
+    """``(v & 0xFFFF) << 48`` as a signed 64-bit value on every target (no Python bigints)."""
+    return (((v & 0xFFFF) ^ 0x8000) - 0x8000) << 48
+
+
+def hi32(v):
+    """``(v & 0xFFFFFFFF) << 32`` as a signed 64-bit value on every target."""
+    return (((v & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000) << 32
+
+
 def set_pad(w3, v):
-    return (w3 & 0x0000FFFFFFFFFFFF) | ((v & 0xFFFF) << 48)
+    return (w3 & 0x0000FFFFFFFFFFFF) | hi16(v)
 
 
 def copy_rec(dst, do, src, so):
@@ -186,8 +196,8 @@ def trace_event(S, ev, task_type, tenant, a0, a1):
     slot = pos & (TR_CAP - 1)
     o = O_TR + slot * TW
     vstore(M, o, clock_ns())
-    vstore(M, o + 1, (ev & 0xFFFF) | ((tenant & 0xFFFF) << 16) | ((task_type & 0xFFFFFFFF) << 32))
-    vstore(M, o + 2, (a0 & 0xFFFFFFFF) | ((a1 & 0xFFFFFFFF) << 32))
+    vstore(M, o + 1, (ev & 0xFFFF) | ((tenant & 0xFFFF) << 16) | hi32(task_type))
+    vstore(M, o + 2, (a0 & 0xFFFFFFFF) | hi32(a1))
     fence_system()
     vstore(M, O_TRSEQ + slot, pos + 1)
 
@@ -245,7 +255,7 @@ def enqueue(S, blk, w0, w1, w2, w3, w4, w5, mode):
     b = O_BS + blk * BSS + B_SEQ
     seq = D[b]
     D[b] = seq + 1
-    w1 = (w1 & 0xFFFFFFFF) | (((seq * NB + blk) & 0xFFFFFFFF) << 32)
+    w1 = (w1 & 0xFFFFFFFF) | hi32(seq * NB + blk)
     if ti < 0:
         met_add(D, blk, M_FOREIGN_TYPE, 1)
         return to_host(S, blk, w0, w1, w2, w3, w4, w5)

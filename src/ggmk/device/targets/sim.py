@@ -1,0 +1,173 @@
+"""The ``sim`` target: numba-cuda's CUDA simulator running the ``cuda`` primitives.
+
+The simulator must be enabled before ``numba.cuda`` is first imported in the process
+(``NUMBA_ENABLE_CUDASIM=1`` in the environment); ``available()`` says so otherwise, and
+``ggmk.device.workloads.run(..., target="sim")`` starts a subprocess with it set.
+
+What runs exactly as on ``cuda``: every lane is a real thread, ``syncthreads`` is a real barrier,
+shared memory is shared, the atomics are the simulator's. What differs: the simulator runs the
+blocks of a grid one after the other, so a persistent grid of several blocks would never get
+past block 0; the simulated grid is therefore one block whose lanes interleave the workers in
+a fixed order (``block_id() == 0, block_step() == 1``, like ``cpu``). Volatile loads/stores are
+plain element accesses (the GIL orders them), the clock is ``time.perf_counter_ns`` and
+``nanosleep`` sleeps. Keep sizes tiny: one Python thread per lane.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+
+from ggmk.device.targets import cuda as _cuda
+
+NAME = "sim"
+DEFAULTS = dict(blocks=2, threads=32, batch=64)
+
+PRIM_SRC = _cuda.PRIM_SRC.replace('''def block_shared(D, blk):
+    return cuda.shared.array(SHW, int64)
+
+
+def block_smem(D, blk):
+    return cuda.shared.array(SMEM_WORDS, int64)
+''', '''def block_shared(D, blk):
+    # the simulator finds a shared array by walking the Python stack: once per thread is enough
+    a = getattr(_tls, "sh", None)
+    if a is None:
+        a = cuda.shared.array(SHW, int64)
+        _tls.sh = a
+    return a
+
+
+def block_smem(D, blk):
+    a = getattr(_tls, "smem", None)
+    if a is None:
+        a = cuda.shared.array(SMEM_WORDS, int64)
+        _tls.smem = a
+    return a
+''').replace('''def block_id():
+    return cuda.blockIdx.x
+
+
+def block_step():
+    return cuda.gridDim.x
+''', '''def block_id():
+    return 0
+
+
+def block_step():
+    return 1
+''').replace('''def nanosleep(ns):
+    cuda.nanosleep(uint32(ns))
+''', '''def nanosleep(ns):
+    _sleep(ns * 1e-9)
+''') + '''
+
+def vload(arr, i):
+    return arr[i]
+
+
+def vstore(arr, i, v):
+    arr[i] = v
+
+
+def clock_ns():
+    return _perf_ns()
+'''
+
+
+def namespace() -> dict:
+    from numba import cuda, int64, uint32
+    return dict(cuda=cuda, int64=int64, uint32=uint32, np=np, _sleep=time.sleep,
+                _tls=threading.local(),
+                _perf_ns=time.perf_counter_ns)
+
+
+def device_fn(fn):
+    # plain Python: the kernel's swapped `cuda` global is shared by the whole namespace
+    return fn
+
+
+def handler_fn(fn, noinline=False):
+    return fn
+
+
+def kernel_fn(fn):
+    from numba import cuda
+    return cuda.jit(fn)
+
+
+def available() -> tuple[bool, str]:
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        return False, ("set NUMBA_ENABLE_CUDASIM=1 before numba.cuda is imported (or use "
+                       "ggmk.device.workloads.run(..., target='sim'), which starts a subprocess)")
+    try:
+        from numba import cuda
+    except ImportError as e:
+        return False, f"numba-cuda is not installed ({e}); pip install 'ggmk[sim]'"
+    if not hasattr(cuda, "simulator_init"):   # only the simulator's numba.cuda has it
+        return False, "numba.cuda was imported before NUMBA_ENABLE_CUDASIM=1 was set"
+    return True, "CUDA simulator"
+
+
+def _fake(ary):
+    # wrap, don't copy: a plain NumPy argument would be copied in and back out at kernel
+    # exit, and the host could never see the resident kernel's words
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+    return FakeCUDAArray(ary)
+
+
+def alloc_dev(image):
+    return _fake(image.copy())
+
+
+alloc_map = alloc_dev
+
+
+def alloc_arena(nbytes):
+    return _fake(np.zeros(nbytes, np.uint8))
+
+
+def host_view(arr):
+    return arr._ary
+
+
+def address_of(arr) -> int:
+    return int(arr._ary.ctypes.data)
+
+
+def prepare(kernel, arrays, plan) -> None:
+    pass
+
+
+class Launch:
+    """The simulated launch blocks its caller, so it runs on a background thread."""
+
+    def __init__(self, kernel, arrays, plan):
+        import sys
+        # lanes are threads meeting at barriers: a short GIL switch interval makes each
+        # barrier round ~5x faster (the process is a sim-only subprocess in the tests)
+        if sys.getswitchinterval() > 1e-4:
+            sys.setswitchinterval(1e-4)
+        self.error = None
+        self._t = threading.Thread(target=self._run, args=(kernel, arrays, plan.cfg.threads),
+                                   name="ggmk-device-sim", daemon=True)
+        self._t.start()
+
+    def _run(self, kernel, arrays, threads):
+        try:
+            kernel[1, threads](*arrays)
+        except BaseException as e:
+            self.error = e
+
+    def alive(self) -> bool:
+        return self._t.is_alive()
+
+    def wait(self, timeout: float) -> bool:
+        self._t.join(timeout)
+        return not self._t.is_alive()
+
+
+def launch(kernel, arrays, plan) -> Launch:
+    return Launch(kernel, arrays, plan)
