@@ -14,12 +14,14 @@ Modes and guarantees
   subscriber's handler return (or a drop) releases one.
 * ``lossless``: emit is refused (CHAN_FULL, or a short count for batch emit) unless every
   subscriber's ring has room, so an accepted message is always delivered. The last 10% of each
-  ring is kept for priority-0 messages. With ``replay=N`` the channel also keeps the last N
+  ring is kept for priority-0 messages. With ``replay=N`` the channel also keeps up to N
   messages in a replay log: a subscriber whose ring is full falls *behind* and is fed from the
   log as it drains instead of blocking the producer; the log evicts what every subscriber has
-  acknowledged (drained); when the log must evict a message a behind subscriber has not had,
-  that subscriber degrades to lossy (its copy goes to ``sys.dropped`` with
-  CHAN_REPLAY_OVERFLOW, a REPLAY_OVERFLOW event is traced) until it catches up.
+  acknowledged (drained into the scheduler, or taken), and emit is refused when the log is full
+  of unacknowledged messages. A subscriber too far behind the others (by half the log or more)
+  no longer holds them back: the log evicts past it and it degrades to lossy (its copies go to
+  ``sys.dropped`` with CHAN_REPLAY_OVERFLOW, a REPLAY_OVERFLOW event is traced) until it
+  catches up.
 * ``lossy`` (drop-slow): emit always succeeds; a full subscriber's copy is dropped: traced
   (CHAN_DROP), put on ``sys.dropped`` with CHAN_FULL, its payload reference released.
 
@@ -259,7 +261,14 @@ class Channel:
             return 1 << 30
         res = 0 if prio0 else self.reserve
         if self.log is not None:
-            # replay: a behind subscriber is fed from the log, so only the fastest ring binds
+            # replay: the log keeps every message some subscriber has not acknowledged, and a
+            # subscriber whose ring is full is fed from it later, so the log's room binds
+            acks = [s.acked for s in self.subs]
+            lo = min(acks)
+            room = self.log.cap - (self.committed - lo) - res - self.granted - self.held_n
+            if room > 0 or max(acks) - lo < self.log.cap // 2:
+                return room
+            # the slowest is far behind the others: let the others go on, it degrades to lossy
             frees = [s.ring.capacity - len(s.ring) for s in self.subs if not s.behind]
             free = max(frees) if frees else 0
         else:
@@ -482,10 +491,11 @@ class Channel:
         if len(log) + n > log.cap:
             self._log_evict(force=False)
         over = len(log) + n - log.cap
-        if over > 0:
+        if over > 0 and len(log):
             self._log_force(min(over, len(log)))
         if n > log.cap:                        # bigger than the whole log: keep the newest
             extra = n - log.cap
+            log.evicted += extra
             self._log_force_recs(recs[:extra])
             recs = recs[extra:]
         log.append(recs)
@@ -507,6 +517,8 @@ class Channel:
 
     def _log_force_recs(self, gone: np.ndarray, popped: bool = False) -> None:
         """Evict entries some behind subscriber still needs: it degrades to lossy for them."""
+        if not len(gone):
+            return
         last = int(gone["seq"][-1])
         for sub in self.subs:
             if sub.behind and sub.next <= last:
