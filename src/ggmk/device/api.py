@@ -147,18 +147,21 @@ def metric_add(ctx, k, v):
     met_add(ctx[0][0], ctx[1], M_USER0 + (k & 15), v)
 
 
-def user_words(ctx):
-    """USER_WORDS (65536) int64 device words shared by all handlers (zero at boot): counters,
-    logs; combine lanes with ``atomic_add``."""
-    return ctx[0][0][O_USER:O_USER + USER_WORDS]
+def user_add(ctx, i, v):
+    """Atomically add ``v`` to user word ``i`` (USER_WORDS = 65536 int64 device words shared
+    by all handlers, zero at boot); returns the old value."""
+    return atomic_add(ctx[0][0], O_USER + (i & (USER_WORDS - 1)), v)
+
+
+def user_get(ctx, i):
+    return vload(ctx[0][0], O_USER + (i & (USER_WORDS - 1)))
+
+
+def user_set(ctx, i, v):
+    vstore(ctx[0][0], O_USER + (i & (USER_WORDS - 1)), v)
 
 
 # -------------------------------------------------------------------------------- the arena
-
-
-def arena(ctx):
-    """The device arena as a uint8 array; ``offset(ctx, ptr)`` indexes it."""
-    return ctx[0][2]
 
 
 def arena_base(ctx):
@@ -167,6 +170,32 @@ def arena_base(ctx):
 
 def offset(ctx, ptr):
     return ptr - arena_base(ctx)
+
+
+def load_u8(ctx, ptr):
+    """The byte at arena address ``ptr`` (device code cannot return the arena array itself)."""
+    return ctx[0][2][ptr - arena_base(ctx)]
+
+
+def store_u8(ctx, ptr, v):
+    ctx[0][2][ptr - arena_base(ctx)] = v
+
+
+def load_i64(ctx, ptr):
+    """A little-endian int64 at arena address ``ptr``."""
+    a = ctx[0][2]
+    o = ptr - arena_base(ctx)
+    v = 0
+    for k in range(8):
+        v |= int64(a[o + k]) << (8 * k)
+    return v
+
+
+def store_i64(ctx, ptr, v):
+    a = ctx[0][2]
+    o = ptr - arena_base(ctx)
+    for k in range(8):
+        a[o + k] = (v >> (8 * k)) & 0xFF
 
 
 def alloc(ctx, nbytes):

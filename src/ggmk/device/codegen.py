@@ -202,6 +202,7 @@ class Built:
     plan: layout.Plan
     target: object
     source: str
+    noinline: tuple = ()
 
 
 def build(handlers: list[Handler], plan: layout.Plan, target, *, noinline=()) -> Built:
@@ -241,7 +242,8 @@ def build(handlers: list[Handler], plan: layout.Plan, target, *, noinline=()) ->
     exec(compile(source, str(path), "exec"), ns)
     for name in _defined_functions(source):
         if name != "kernel_body":
-            ns[name] = target.device_fn(ns[name])
+            ns[name] = target.device_fn(ns[name],
+                                        inline=name in getattr(target, "INLINE_ALWAYS", ()))
     # the API view handlers see: compiled api functions + the atomic primitives
     view = pytypes.ModuleType("ggmk.device.api[" + target.NAME + "]")
     for name in _defined_functions(asrc):
@@ -253,7 +255,7 @@ def build(handlers: list[Handler], plan: layout.Plan, target, *, noinline=()) ->
         fn = _rebind(hd.fn, view, target, compiled_helpers)
         ns[f"h_{i}"] = target.handler_fn(fn, noinline=i in noinline)
     kernel = target.kernel_fn(ns["kernel_body"])
-    built = Built(key, path, kernel, ns, handlers, plan, target, source)
+    built = Built(key, path, kernel, ns, handlers, plan, target, source, tuple(noinline))
     mod._ggmk_built = built
     return built
 

@@ -88,6 +88,8 @@ class DeviceKernel:
         if unknown:
             raise BootError(f"DeviceKernel: unknown config keys {sorted(unknown)}")
         base.update(config)
+        if base.get("blocks") == 0:                     # cuda: one worker block per SM
+            self.target.resolve_config_dict(base)
         self.config = layout.DeviceConfig(**base).validate()
         self.plan = layout.plan(self.config, len(self.handlers),
                                 codegen.smem_words(self.handlers, self.config.threads))
@@ -122,7 +124,7 @@ class DeviceKernel:
         self._h = {n: hm[o:o + size] for n, (kind, o, size) in offs.items()
                    if kind == "map"}
         self._h["ctl"][layout.C_ARENA_BASE] = self.target.address_of(args[2])
-        self.target.prepare(built.kernel, args, self.plan)
+        self.target.prepare(built.kernel, args, self.plan, built)
         self._launch = self.target.launch(built.kernel, args, self.plan)
         self._wait(lambda: self._h["ctl"][layout.C_STARTED] >= 1, timeout, "start")
         return self

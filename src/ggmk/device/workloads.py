@@ -40,8 +40,7 @@ def ctx_word(ctx, task, own_type):
         ok = 0
     if g.worker_id(ctx) < 0 or g.tick(ctx) < 0:
         ok = 0
-    log = g.user_words(ctx)
-    pos = g.atomic_add(log, 0, 1)      # global execution order
+    pos = g.user_add(ctx, 0, 1)        # global execution order
     return (ok | (g.worker_id(ctx) << 1) | (g.tenant(task) << 8) | (g.priority(task) << 24)
             | (pos << 32))
 
@@ -300,7 +299,7 @@ def aging_module() -> Module:
 
     @m.handler(HOT_T)
     def hot(ctx, task):
-        g.atomic_add(g.user_words(ctx), 1, 1)          # hot executions so far
+        g.user_add(ctx, 1, 1)                           # hot executions so far
         left = g.meta0(task)
         if left > 0:
             g.emit(ctx, HOT_T, left - 1, 0)
@@ -310,7 +309,7 @@ def aging_module() -> Module:
 
     @m.handler(COLD_T)
     def cold(ctx, task):
-        g.emit_host(ctx, COLD_DONE, g.meta0(task), g.user_words(ctx)[1])
+        g.emit_host(ctx, COLD_DONE, g.meta0(task), g.user_get(ctx, 1))
         return OK
     return m
 

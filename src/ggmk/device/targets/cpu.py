@@ -157,14 +157,14 @@ def block_smem(D, blk):
 
 def namespace() -> dict:
     return {"vload": vload, "vstore": vstore, "clock_ns": clock_ns, "nanosleep": nanosleep,
-            "np": np}
+            "np": np, "int64": numba.int64}
 
 
 # helpers are only ever called from the kernel: no Python-callable wrappers to build
 _DEV_OPTS = dict(error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
 
 
-def device_fn(fn):
+def device_fn(fn, inline=False):
     return numba.njit(fn, **_DEV_OPTS)
 
 
@@ -222,7 +222,7 @@ class Launch:
         return not self._thread.is_alive()
 
 
-def prepare(kernel, arrays, plan) -> None:
+def prepare(kernel, arrays, plan, built=None) -> None:
     """Compile (or load from the disk cache) in the caller's thread so errors surface here."""
     kernel.compile(tuple(numba.typeof(a) for a in arrays))
 

@@ -143,9 +143,14 @@ def namespace() -> dict:
     return dict(_make_intrinsics(), cuda=cuda, int64=int64, uint32=uint32, np=np)
 
 
-def device_fn(fn):
+# device functions that return a shared array must be inlined at the Numba IR level (a CUDA
+# device function may only return arrays it was given)
+INLINE_ALWAYS = ("block_shared", "block_smem")
+
+
+def device_fn(fn, inline=False):
     from numba import cuda
-    return cuda.jit(device=True)(fn)
+    return cuda.jit(device=True, inline="always" if inline else "never")(fn)
 
 
 def handler_fn(fn, noinline=False):
@@ -168,11 +173,11 @@ def available() -> tuple[bool, str]:
         return False, f"numba-cuda unusable: {e!r} (pip install 'ggmk[gpu]')"
 
 
-def resolve_config(cfg) -> None:
+def resolve_config_dict(cfg: dict) -> None:
     """blocks=0 means one worker block per SM."""
-    if cfg.blocks == 0:
+    if cfg.get("blocks") == 0:
         from numba import cuda
-        cfg.blocks = cuda.get_current_device().MULTIPROCESSOR_COUNT
+        cfg["blocks"] = cuda.get_current_device().MULTIPROCESSOR_COUNT
 
 
 def alloc_dev(image):
@@ -201,10 +206,18 @@ def address_of(arr) -> int:
     return int(arr.device_ctypes_pointer.value)
 
 
-def prepare(kernel, arrays, plan) -> None:
+def prepare(kernel, arrays, plan, built=None) -> None:
+    """Compile (or load from the disk cache) before launch. Handlers listed as no-inline get
+    LLVM ``noinline`` first: a PTX compile creates their device functions, they are marked,
+    and the kernel compile then links the marked ones."""
     from numba import cuda
     from numba.cuda import typeof
-    kernel.compile(tuple(typeof(a) for a in arrays))
+    sig = tuple(typeof(a) for a in arrays)
+    if built is not None and built.noinline and not kernel.overloads:
+        from ggmk.device.build import mark_noinline
+        cuda.compile_ptx(built.ns["kernel_body"], sig)
+        mark_noinline(built)
+    kernel.compile(sig)
 
 
 class Launch:

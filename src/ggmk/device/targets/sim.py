@@ -84,7 +84,7 @@ def namespace() -> dict:
                 _perf_ns=time.perf_counter_ns)
 
 
-def device_fn(fn):
+def device_fn(fn, inline=False):
     # plain Python: the kernel's swapped `cuda` global is shared by the whole namespace
     return fn
 
@@ -137,7 +137,7 @@ def address_of(arr) -> int:
     return int(arr._ary.ctypes.data)
 
 
-def prepare(kernel, arrays, plan) -> None:
+def prepare(kernel, arrays, plan, built=None) -> None:
     pass
 
 
