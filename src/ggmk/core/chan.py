@@ -81,7 +81,7 @@ T.CODE_NAMES.setdefault(CHAN_NO_SUBSCRIBER, "CHAN_NO_SUBSCRIBER")
 MAX_FANOUT = 32
 DEFAULT_CAPACITY = 4096
 RESERVE_FRACTION = 10               # last 1/10 of a ring: priority 0 only
-STAGE_CREDIT = 256                  # per-worker emit credit taken from a channel at once
+STAGE_CREDIT = 1024                # per-worker emit credit taken from a channel at once
 SYS_CHANNELS = ("sys.error", "sys.dropped", "sys.trace", "sys.tick", "sys.heartbeat",
                 "host.rx", "host.tx")
 _SYS_TYPES = {"sys.trace": "SYS_TRACE", "sys.tick": "SYS_TICK", "sys.heartbeat": "SYS_HEARTBEAT"}
@@ -965,15 +965,14 @@ class Stager:
     (one array, one stamp, one push per subscriber). Backpressure stays synchronous: a message
     is accepted only against credit, i.e. room already reserved in every ring."""
 
-    __slots__ = ("chan", "hdr", "credit", "grant", "m0", "m1", "active")
+    __slots__ = ("chan", "hdr", "credit", "grant", "m", "active")
 
     def __init__(self, chan: Channel):
         self.chan = chan
         self.hdr = -1
         self.credit = 0
         self.grant = 0
-        self.m0: list = []
-        self.m1: list = []
+        self.m: list = []                 # (meta0, meta1) per staged message
         self.active = False
 
     def slow(self, ctx, hdr: int, meta0, meta1) -> int:
@@ -1003,12 +1002,11 @@ class Stager:
             ctx._stagers_active.append(self)
         self.hdr = hdr
         self.credit -= 1
-        self.m0.append(meta0)
-        self.m1.append(meta1)
+        self.m.append((meta0, meta1))
         return 0
 
     def commit(self) -> None:
-        n = len(self.m0)
+        n = len(self.m)
         ch = self.chan
         if n:
             hdr = self.hdr
@@ -1017,10 +1015,10 @@ class Stager:
             recs["flags"] = hdr & 0xFFFF
             recs["tenant"] = (hdr >> 16) & 0xFFFF
             recs["seq"] = hdr >> 32              # parent seq (determinism order); restamped
-            recs["meta0"] = self.m0
-            recs["meta1"] = self.m1
-            self.m0.clear()
-            self.m1.clear()
+            mm = np.array(self.m, dtype=np.uint64).reshape(n, 2)
+            recs["meta0"] = mm[:, 0]
+            recs["meta1"] = mm[:, 1]
+            self.m.clear()
         with ch.lock:
             ch.granted -= self.grant
             self.grant = self.credit = 0

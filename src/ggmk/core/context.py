@@ -101,8 +101,7 @@ class Context:
             hdr = self._phdr
             if st.credit and hdr == st.hdr:
                 st.credit -= 1
-                st.m0.append(meta0)
-                st.m1.append(meta1)
+                st.m.append((meta0, meta1))
                 return 0
             code = st.slow(self, hdr, meta0, meta1)
             if code == CHAN_CLOSED:

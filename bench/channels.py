@@ -1,0 +1,193 @@
+"""Channel throughput, with the same-run asyncio peer. Prints one JSON line.
+
+* ``p2p_batch_msgs_per_s``: a handler emits 8192-record batches (``ctx.emit_batch``) on a
+  lossless p2p channel; a batch handler consumes them. End to end: emit, ring, drain, ready
+  queue, dispatch, until idle. ``p2p_batch_emit_only_msgs_per_s``: the emit call alone (host
+  batch emit into a ring that is large enough).
+* ``p2p_msgs_per_s``: a handler emits one message per ``ctx.emit`` call (the per-message hot
+  path); a batch handler consumes them. End to end.
+* ``fanout3_msgs_per_s``: batch emit on a lossless fan-out channel to 3 batch subscribers,
+  counting messages emitted (each delivered 3 times); ``fanout3_lost`` must be 0.
+* ``asyncio_msgs_per_s``: one ``asyncio.Queue`` (maxsize 1024) producer/consumer pair.
+
+Usage: ``python bench/channels.py [--n 2000000] [--workers 2]``
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from ggmk import task as T  # noqa: E402
+from ggmk.core.kernel import boot  # noqa: E402
+from ggmk.core.module import Module  # noqa: E402
+
+BATCH = 8192
+CAPACITY = 1 << 18
+WAVE = CAPACITY // BATCH
+
+
+def asyncio_peer(n: int) -> float:
+    async def main():
+        q: asyncio.Queue = asyncio.Queue(maxsize=1024)
+
+        async def prod():
+            for i in range(n):
+                await q.put(i)
+
+        async def cons():
+            for _ in range(n):
+                await q.get()
+
+        t = time.perf_counter()
+        await asyncio.gather(prod(), cons())
+        return time.perf_counter() - t
+
+    return n / asyncio.run(main())
+
+
+def _waves(s, n: int) -> float:
+    """Submit the producer tasks in waves that fit the channel (a producer that met CHAN_FULL
+    yields, and yields are capped by max_yields), waiting for idle between waves."""
+    t = time.perf_counter()
+    left = n // BATCH
+    while left:
+        w = min(WAVE, left)
+        s.submit("GEN", meta1=np.full(w, BATCH, dtype=np.uint64))
+        left -= w
+        assert s.run(timeout=600)
+    dt = time.perf_counter() - t
+    assert not len(s.dead_letters("sys.error")[0])
+    return dt
+
+
+def p2p_batch(n: int, workers: int, hal: str = "threads") -> float:
+    got = [0]
+    p = Module("src")
+    out = p.produces("bench.p2p", "MSG", capacity=CAPACITY)
+
+    @p.handler("GEN")
+    def gen(ctx):
+        k = ctx.task.meta1
+        acc = ctx.emit_batch(out, meta0=np.arange(k, dtype=np.uint64))
+        if acc < k:                      # lossless backpressure: come back for the rest
+            ctx.task.meta1 = k - acc
+            return ctx.yield_()
+        return T.OK
+
+    c = Module("sink")
+
+    @c.handler("MSG", batch=True, consumes="bench.p2p", max_batch=BATCH)
+    def sink(ctx, batch):
+        got[0] += len(batch)
+
+    with boot([p, c], workers=workers, max_batch=BATCH, hal=hal) as s:
+        dt = _waves(s, n)
+    assert got[0] == n // BATCH * BATCH, got
+    return got[0] / dt
+
+
+def p2p_emit_only(n: int) -> float:
+    with boot([], hal="sim") as s:
+        ch = s.open("bench.raw", "MSG", capacity=1 << 17)
+        sub = ch.subscribe()
+        recs = [T.make(BATCH, type=s.type_id("MSG"), meta0=np.arange(BATCH)) for _ in range(8)]
+        done = 0
+        t = time.perf_counter()
+        while done < n:
+            for r in recs:
+                done += ch.emit(r)
+            sub.ring.head = sub.ring.tail            # discard what the 8 emits wrote (O(1))
+        return done / (time.perf_counter() - t)
+
+
+def p2p_per_message(n: int, workers: int) -> float:
+    got = [0]
+    per_task = 1000
+    p = Module("src")
+    out = p.produces("bench.one", "MSG", capacity=1 << 15)
+
+    @p.handler("GEN")
+    def gen(ctx):
+        emit = ctx.emit
+        i = ctx.task.meta1                   # resume point after backpressure
+        while i < per_task:
+            if emit(out, i):
+                ctx.task.meta1 = i
+                return ctx.yield_()
+            i += 1
+        return T.OK
+
+    c = Module("sink")
+
+    @c.handler("MSG", batch=True, consumes="bench.one")
+    def sink(ctx, batch):
+        got[0] += len(batch)
+
+    with boot([p, c], workers=workers, max_batch=1024) as s:
+        t = time.perf_counter()
+        s.submit("GEN", count=n // per_task)
+        assert s.run(timeout=600)
+        dt = time.perf_counter() - t
+    assert got[0] == n // per_task * per_task, got
+    return got[0] / dt
+
+
+def fanout3(n: int, workers: int) -> tuple[float, int]:
+    got = {t: 0 for t in ("SUB_A", "SUB_B", "SUB_C")}
+    c = Module("subs")
+    for t in got:
+        @c.handler(t, batch=True, consumes="bench.fan", message="MSG", name=t.lower(),
+                   max_batch=BATCH)
+        def f(ctx, batch, t=t):
+            got[t] += len(batch)
+
+    p = Module("src")
+    out = p.produces("bench.fan", "MSG", mode="fanout", capacity=CAPACITY)
+
+    @p.handler("GEN")
+    def gen(ctx):
+        k = ctx.task.meta1
+        acc = ctx.emit_batch(out, meta0=np.arange(k, dtype=np.uint64))
+        if acc < k:
+            ctx.task.meta1 = k - acc
+            return ctx.yield_()
+        return T.OK
+
+    with boot([p, c], workers=workers, max_batch=BATCH) as s:
+        dt = _waves(s, n)
+        dropped = len(s.dead_letters("sys.dropped")[0])
+    sent = n // BATCH * BATCH
+    lost = sum(sent - v for v in got.values()) + dropped
+    return sent / dt, lost
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=2_000_000)
+    ap.add_argument("--workers", type=int, default=2)
+    a = ap.parse_args()
+    n, w = a.n, a.workers
+    res = {
+        "n": n, "workers": w,
+        "p2p_batch_msgs_per_s": round(p2p_batch(n, w)),
+        "p2p_batch_emit_only_msgs_per_s": round(p2p_emit_only(n)),
+        "p2p_msgs_per_s": round(p2p_per_message(min(n, 500_000), w)),
+        "asyncio_msgs_per_s": round(asyncio_peer(min(n, 500_000))),
+    }
+    f, lost = fanout3(n, w)
+    res["fanout3_msgs_per_s"] = round(f)
+    res["fanout3_lost"] = lost
+    res["p2p_vs_asyncio"] = round(res["p2p_msgs_per_s"] / res["asyncio_msgs_per_s"], 2)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
