@@ -4,8 +4,9 @@
   lossless p2p channel; a batch handler consumes them. End to end: emit, ring, drain, ready
   queue, dispatch, until idle. ``p2p_batch_emit_only_msgs_per_s``: the emit call alone (host
   batch emit into a ring that is large enough).
-* ``p2p_msgs_per_s``: a handler emits one message per ``ctx.emit`` call (the per-message hot
-  path); a batch handler consumes them. End to end.
+* ``p2p_msgs_per_s``: a handler emits one message per call of ``send = ctx.emitter(out)``
+  (the per-message hot path); a batch handler consumes them. End to end.
+  ``p2p_ctx_emit_msgs_per_s``: the same with ``ctx.emit(out, i)`` per message.
 * ``fanout3_msgs_per_s``: batch emit on a lossless fan-out channel to 3 batch subscribers,
   counting messages emitted (each delivered 3 times); ``fanout3_lost`` must be 0.
 * ``asyncio_msgs_per_s``: one ``asyncio.Queue`` (maxsize 1024) producer/consumer pair.
@@ -31,7 +32,6 @@ from ggmk.core.module import Module  # noqa: E402
 
 BATCH = 8192
 CAPACITY = 1 << 18
-WAVE = CAPACITY // BATCH
 
 
 def asyncio_peer(n: int) -> float:
@@ -53,14 +53,14 @@ def asyncio_peer(n: int) -> float:
     return n / asyncio.run(main())
 
 
-def _waves(s, n: int) -> float:
+def _waves(s, n: int, per_task: int = BATCH, capacity: int = CAPACITY) -> float:
     """Submit the producer tasks in waves that fit the channel (a producer that met CHAN_FULL
     yields, and yields are capped by max_yields), waiting for idle between waves."""
     t = time.perf_counter()
-    left = n // BATCH
+    left = n // per_task
     while left:
-        w = min(WAVE, left)
-        s.submit("GEN", meta1=np.full(w, BATCH, dtype=np.uint64))
+        w = min(capacity // per_task, left)
+        s.submit("GEN", meta1=np.full(w, per_task if per_task == BATCH else 0, dtype=np.uint64))
         left -= w
         assert s.run(timeout=600)
     dt = time.perf_counter() - t
@@ -108,7 +108,7 @@ def p2p_emit_only(n: int) -> float:
         return done / (time.perf_counter() - t)
 
 
-def p2p_per_message(n: int, workers: int) -> float:
+def p2p_per_message(n: int, workers: int, lean: bool = False) -> float:
     got = [0]
     per_task = 1000
     p = Module("src")
@@ -116,8 +116,16 @@ def p2p_per_message(n: int, workers: int) -> float:
 
     @p.handler("GEN")
     def gen(ctx):
-        emit = ctx.emit
         i = ctx.task.meta1                   # resume point after backpressure
+        if lean:
+            send = ctx.emitter(out)
+            while i < per_task:
+                if send(i):
+                    ctx.task.meta1 = i
+                    return ctx.yield_()
+                i += 1
+            return T.OK
+        emit = ctx.emit
         while i < per_task:
             if emit(out, i):
                 ctx.task.meta1 = i
@@ -132,10 +140,7 @@ def p2p_per_message(n: int, workers: int) -> float:
         got[0] += len(batch)
 
     with boot([p, c], workers=workers, max_batch=1024) as s:
-        t = time.perf_counter()
-        s.submit("GEN", count=n // per_task)
-        assert s.run(timeout=600)
-        dt = time.perf_counter() - t
+        dt = _waves(s, n, per_task, 1 << 15)
     assert got[0] == n // per_task * per_task, got
     return got[0] / dt
 
@@ -179,7 +184,8 @@ def main() -> None:
         "n": n, "workers": w,
         "p2p_batch_msgs_per_s": round(p2p_batch(n, w)),
         "p2p_batch_emit_only_msgs_per_s": round(p2p_emit_only(n)),
-        "p2p_msgs_per_s": round(p2p_per_message(min(n, 500_000), w)),
+        "p2p_msgs_per_s": round(p2p_per_message(min(n, 500_000), w, lean=True)),
+        "p2p_ctx_emit_msgs_per_s": round(p2p_per_message(min(n, 500_000), w)),
         "asyncio_msgs_per_s": round(asyncio_peer(min(n, 500_000))),
     }
     f, lost = fanout3(n, w)

@@ -443,3 +443,36 @@ def test_channel_metrics():
         assert st["subscribers"] == 1 and st["emitted"] == 16 and st["emit_rate"] > 0
         assert s.run(timeout=5) and len(got["MSG"]) == 16
         assert s.stats()["channels"]["data.in"]["depth"] == 0
+
+
+def test_emitter_sends_per_message_with_backpressure(hal):
+    seen = []
+    p = Module("src")
+    out = p.produces("data.p2p", "MSG", capacity=64, window=4)
+    state = {"full": 0}
+
+    @p.handler("GEN")
+    def gen(ctx):
+        send = ctx.emitter(out)
+        i = ctx.task.meta1
+        while i < 500:
+            if send(i, 7) == T.CHAN_FULL:        # resume where it stopped
+                state["full"] += 1
+                ctx.task.meta1 = i
+                return ctx.yield_()
+            i += 1
+        return T.OK
+
+    c = Module("sink")
+
+    @c.handler("MSG", consumes="data.p2p")
+    def sink(ctx):
+        seen.append((ctx.chan_seq, ctx.task.meta0, ctx.task.meta1, ctx.task.priority))
+
+    reg = load_types("[types.GEN]\nid = 5\nmax_yields = 10000\n")   # it yields on every CHAN_FULL
+    with boot([p, c], hal=hal, workers=1, types=reg) as s:
+        s.submit("GEN", priority=2)
+        assert s.run(timeout=20)
+    assert [x[1] for x in seen] == list(range(500)) and state["full"] > 0
+    assert [x[0] for x in seen] == list(range(1, 501))
+    assert {(x[2], x[3]) for x in seen} == {(7, 2)}      # meta1 kept, parent priority inherited

@@ -965,7 +965,7 @@ class Stager:
     (one array, one stamp, one push per subscriber). Backpressure stays synchronous: a message
     is accepted only against credit, i.e. room already reserved in every ring."""
 
-    __slots__ = ("chan", "hdr", "credit", "grant", "m", "active")
+    __slots__ = ("chan", "hdr", "credit", "grant", "m", "active", "ctx", "want")
 
     def __init__(self, chan: Channel):
         self.chan = chan
@@ -974,6 +974,18 @@ class Stager:
         self.grant = 0
         self.m: list = []                 # (meta0, meta1) per staged message
         self.active = False
+        self.ctx = None                   # set by ctx.emitter(): send() uses its header
+        self.want = 0
+
+    def send(self, meta0, meta1=0) -> int:
+        """Per-message emit with the header fixed by ``ctx.emitter`` (the leanest path):
+        returns OK, CHAN_FULL or CHAN_CLOSED."""
+        c = self.credit
+        if c and self.hdr == self.want:
+            self.credit = c - 1
+            self.m.append((meta0, meta1))
+            return 0
+        return self.slow(self.ctx, self.want, meta0, meta1)
 
     def slow(self, ctx, hdr: int, meta0, meta1) -> int:
         """Header changed or credit ran out: commit, take new credit, emit one."""
