@@ -315,8 +315,38 @@ class VirtioInfo:
         return self.common is not None
 
 
+class _CapabilityShortcuts:
+    """Lookups shared by ConfigSpace and PciFunction (both carry ``capabilities``)."""
+
+    def capability(self, cap_id: int) -> Capability | None:
+        return next((c for c in self.capabilities if c.id == cap_id), None)
+
+    def ext_capability(self, cap_id: int) -> Capability | None:
+        return next((c for c in self.ext_capabilities if c.id == cap_id), None)
+
+    @property
+    def pm(self) -> PowerManagement | None:
+        c = self.capability(ids.CAP_PM)
+        return c.decoded if c else None  # type: ignore[return-value]
+
+    @property
+    def msi(self) -> Msi | None:
+        c = self.capability(ids.CAP_MSI)
+        return c.decoded if c else None  # type: ignore[return-value]
+
+    @property
+    def msix(self) -> MsiX | None:
+        c = self.capability(ids.CAP_MSIX)
+        return c.decoded if c else None  # type: ignore[return-value]
+
+    @property
+    def pcie(self) -> PciExpress | None:
+        c = self.capability(ids.CAP_PCIE)
+        return c.decoded if c else None  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
-class ConfigSpace:
+class ConfigSpace(_CapabilityShortcuts):
     """Decoded configuration space. Built by :func:`parse_config`."""
 
     raw: bytes
@@ -344,31 +374,6 @@ class ConfigSpace:
     def length(self) -> int:
         return len(self.raw)
 
-    def capability(self, cap_id: int) -> Capability | None:
-        return next((c for c in self.capabilities if c.id == cap_id), None)
-
-    def ext_capability(self, cap_id: int) -> Capability | None:
-        return next((c for c in self.ext_capabilities if c.id == cap_id), None)
-
-    @property
-    def pm(self) -> PowerManagement | None:
-        c = self.capability(ids.CAP_PM)
-        return c.decoded if c else None  # type: ignore[return-value]
-
-    @property
-    def msi(self) -> Msi | None:
-        c = self.capability(ids.CAP_MSI)
-        return c.decoded if c else None  # type: ignore[return-value]
-
-    @property
-    def msix(self) -> MsiX | None:
-        c = self.capability(ids.CAP_MSIX)
-        return c.decoded if c else None  # type: ignore[return-value]
-
-    @property
-    def pcie(self) -> PciExpress | None:
-        c = self.capability(ids.CAP_PCIE)
-        return c.decoded if c else None  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -818,7 +823,7 @@ def _link_name(path: str) -> str | None:
 
 
 @dataclass
-class PciFunction:
+class PciFunction(_CapabilityShortcuts):
     """One PCI function as the operating system and its config space describe it.
 
     ``name`` is the best human name (NVIDIA product from the device id, virtio device type,
@@ -896,29 +901,6 @@ class PciFunction:
         vendor = self.vendor_name
         return f"{vendor} {self.class_name}" if vendor else self.class_name
 
-    # -- capability shortcuts ---------------------------------------------------------------
-    def capability(self, cap_id: int) -> Capability | None:
-        return next((c for c in self.capabilities if c.id == cap_id), None)
-
-    @property
-    def msix(self) -> MsiX | None:
-        c = self.capability(ids.CAP_MSIX)
-        return c.decoded if c else None  # type: ignore[return-value]
-
-    @property
-    def msi(self) -> Msi | None:
-        c = self.capability(ids.CAP_MSI)
-        return c.decoded if c else None  # type: ignore[return-value]
-
-    @property
-    def pcie(self) -> PciExpress | None:
-        c = self.capability(ids.CAP_PCIE)
-        return c.decoded if c else None  # type: ignore[return-value]
-
-    @property
-    def pm(self) -> PowerManagement | None:
-        c = self.capability(ids.CAP_PM)
-        return c.decoded if c else None  # type: ignore[return-value]
 
     def bar(self, index: int) -> Bar | None:
         return next((b for b in self.bars if b.index == index), None)
