@@ -107,3 +107,11 @@ def test_tenant_policy_picks_tenant_and_reports_queueing_latency():
     st = pol.stats()
     assert got == {0, 1} and st[0]["latency_count"] == 4 and st[1]["latency_count"] == 4
     assert st[0]["latency_p50_ns"] > 0
+
+
+def test_ready_queue_past_its_cap_sends_the_excess_to_sys_error_not_nowhere():
+    s, dead = _sched(ready_capacity=4, ready_max_capacity=8)
+    assert s.enqueue(T.make(10, type=1, meta0=np.arange(10)), Route.SUBMIT) == 8
+    assert s.ready_len() == 8 and s.outstanding == 8
+    assert len(dead) == 1 and dead[0][1] == T.READY_FULL
+    assert list(dead[0][0]["meta0"]) == [8, 9]

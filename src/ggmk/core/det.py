@@ -22,7 +22,9 @@ _KEEP_SEQ = frozenset({Route.YIELD, Route.RETRY, Route.DEFER, Route.EVENT})
 
 class DetStage:
     def __init__(self, hasher, on_boundary=None):
-        self.lock = threading.Lock()
+        # re-entrant: the boundary hook drains deterministic channels through the enqueue core,
+        # which hands the records back to take() on the same thread
+        self.lock = threading.RLock()
         self.hasher = hasher
         self.on_boundary = on_boundary      # (tick) -> None: drain deterministic channels
         self.tick = 0

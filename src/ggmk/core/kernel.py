@@ -92,10 +92,6 @@ class System:
         self.sched.poisoned = self.poison.poisoned
         self.sched.on_enqueued = self._count_enqueued
         self.det = DetStage(self.hasher, self._det_boundary) if deterministic else None
-        if self.det is not None:
-            # the boundary hook drains deterministic channels through the enqueue core, which
-            # hands them back to the stage (det.take) on the same thread: the lock must re-enter
-            self.det.lock = threading.RLock()
         self.sched.det = self.det
         if isinstance(policy, str):
             policy = make_policy(policy)

@@ -30,8 +30,8 @@ from enum import IntEnum
 import numpy as np
 
 from ggmk.core.ring import Ring, TimedRing
-from ggmk.task import (FLAG_DETERMINISTIC, NUM_PRIORITIES, POISONED, PRIO_MASK, UNKNOWN_TYPE,
-                       YIELD_OVERFLOW, empty)
+from ggmk.task import (FLAG_DETERMINISTIC, NUM_PRIORITIES, POISONED, PRIO_MASK, READY_FULL,
+                       UNKNOWN_TYPE, YIELD_OVERFLOW, empty)
 
 PRIO_WEIGHTS = (8, 4, 2, 1)
 # The binary ruler interleaves priorities 8:4:2:1 over 15 pops: 0,1,0,2,0,1,0,3,...
@@ -88,6 +88,7 @@ class ReadyQueue:
         self.size = 0
         self.high_watermark = 0
         self.aging_picks = 0
+        self.rejected: list[np.ndarray] = []   # records refused at max_capacity, for the caller
 
     def __len__(self) -> int:
         return self.size
@@ -110,6 +111,8 @@ class ReadyQueue:
             r.grow(n, self.max_capacity)
         was_empty = len(r) == 0
         n = r.push(recs)
+        if n < len(recs):          # past max_capacity: the caller routes these to sys.error
+            self.rejected.append(recs[n:])
         if n:
             if was_empty:
                 self.active[p].append(t)
@@ -237,12 +240,14 @@ class Scheduler:
     """
 
     def __init__(self, nworkers: int, *, local_capacity: int = 4096, overflow_capacity: int = 8192,
-                 ready_capacity: int = 4096, policy=None, dead=None, wake=None, metrics=None,
+                 ready_capacity: int = 4096, ready_max_capacity: int = 1 << 22, policy=None,
+                 dead=None, wake=None,
                  clock=None):
         self.nworkers = nworkers
         self.lock = threading.Lock()
         self.tenants: dict[int, ReadyQueue] = {}
         self.ready_capacity = ready_capacity
+        self.ready_max_capacity = ready_max_capacity
         self.policy = policy
         self.local = [Ring(local_capacity, name=f"local.w{w}") for w in range(nworkers)]
         self.local_limit = self.local[0].capacity * 3 // 4   # last 25% kept for yields
@@ -253,7 +258,6 @@ class Scheduler:
         self.det = None
         self.dead = dead or (lambda recs, code: None)
         self.wake = wake or (lambda n: None)
-        self.metrics = metrics
         self.on_enqueued = None       # (types, worker) -> None: per-type enqueue counters
         self.clock = clock
         self.seq = 0
@@ -266,7 +270,8 @@ class Scheduler:
         rq = self.tenants.get(tenant)
         if rq is None:
             rq = self.tenants[tenant] = ReadyQueue(
-                self.ready_capacity, clock=self.clock if self.policy is not None else None)
+                self.ready_capacity, self.ready_max_capacity,
+                clock=self.clock if self.policy is not None else None)
             if self.policy is not None and tenant not in self.policy:
                 self.policy.add_tenant(tenant)
         return rq
@@ -347,23 +352,33 @@ class Scheduler:
             recs = recs[k:]
         else:
             k = 0
-        self._push_ready(recs)
+        refused = self._push_ready(recs)
         self.wake(len(recs))
+        if refused is not None:
+            self.dead(refused, READY_FULL)
+            self._count(-len(refused))
+            return n - len(refused)
         return n
 
-    def _push_ready(self, recs: np.ndarray) -> None:
+    def _push_ready(self, recs: np.ndarray) -> np.ndarray | None:
+        """Push to the tenants' ready queues; return the records refused at capacity, if any."""
         tenants = recs["tenant"]
+        refused = []
         with self.lock:
             if len(self.tenants) <= 1 and (tenants == tenants[0]).all():
-                self._push_tenant(int(tenants[0]), recs)
+                self._push_tenant(int(tenants[0]), recs, refused)
             else:
                 for t in np.unique(tenants):
-                    self._push_tenant(int(t), recs[tenants == t])
+                    self._push_tenant(int(t), recs[tenants == t], refused)
+        return np.concatenate(refused) if refused else None
 
-    def _push_tenant(self, tenant: int, recs: np.ndarray) -> None:
+    def _push_tenant(self, tenant: int, recs: np.ndarray, refused: list) -> None:
         rq = self._rq(tenant)
         was_empty = len(rq) == 0
         rq.push(recs)
+        if rq.rejected:
+            refused.extend(rq.rejected)
+            rq.rejected.clear()
         if was_empty and self.policy is not None:
             self.policy.wake(tenant, self.clock())
 
