@@ -1372,9 +1372,14 @@ def validate_declarations(reg: TypeRegistry, channel_decls: Iterable[ChannelDecl
             problems.append(f"module {h.module!r}: handler {h.name!r} handles deterministic type"
                             f" {tname(h.type)} but is not declared deterministic")
 
+    raise_boot_problems("declarations", problems, source)
+
+
+def raise_boot_problems(what: str, problems: list[str], source: str | None = None) -> None:
+    """Raise one BootError listing every problem (``err.problems`` keeps the list); no-op if none."""
     if problems:
         where = f" ({source})" if source else ""
-        err = BootError(f"invalid declarations{where}: {len(problems)} problem"
+        err = BootError(f"invalid {what}{where}: {len(problems)} problem"
                         f"{'s' if len(problems) > 1 else ''}:\n"
                         + "\n".join(f"  - {p}" for p in problems))
         err.problems = problems

@@ -36,7 +36,7 @@ from ggmk.events import EventType
 from ggmk.hal import make_hal
 from ggmk.typereg import ChannelDecl as _TChan
 from ggmk.typereg import HandlerDecl as _THandler
-from ggmk.typereg import TypeRegistry, validate_declarations
+from ggmk.typereg import TypeRegistry, raise_boot_problems, validate_declarations
 
 DEFAULT_MAX_YIELDS = 16
 
@@ -260,13 +260,7 @@ class System:
             validate_declarations(self.types, tchans, thandlers, source=src)
         except BootError as e:
             problems = list(getattr(e, "problems", [str(e)])) + problems
-        if problems:
-            where = f" ({src})" if src else ""
-            err = BootError(f"invalid channel declarations{where}: {len(problems)} problem"
-                            f"{'s' if len(problems) > 1 else ''}:\n"
-                            + "\n".join(f"  - {p}" for p in problems))
-            err.problems = problems
-            raise err
+        raise_boot_problems("channel declarations", problems, src)
         for d in decls:
             sp = spec[d.name]
             opts = {k: v for k, v in sp.items() if k not in ("mode", "guarantee", "handler")}
