@@ -45,6 +45,13 @@ def timer(ctx, task):
     return OK
 
 
+@feat.handler(206)
+def timer_fired(ctx, task):
+    # report the tick this worker fired at: the host's published tick may lag (block 0 writes it)
+    g.emit_host(ctx, 206, g.meta0(task), g.tick(ctx))
+    return OK
+
+
 @feat.handler(207)
 def allocs(ctx, task):
     p = g.alloc(ctx, 1000)
@@ -136,9 +143,9 @@ def test_event_fires_at_due_tick(kern):
     kern.push(taskmod.make(1, type=205, meta0=20))        # 20 ticks of 1 ms
     t0 = time.monotonic()
     out = kern.pull_until(1, timeout=30)
-    assert out["type"][0] == 206 and out["meta1"][0] == 20
+    assert out["type"][0] == 206
     assert time.monotonic() - t0 >= 0.015
-    assert kern.tick() >= out["meta0"][0] + 20
+    assert out["meta1"][0] >= out["meta0"][0] + 20         # fired no earlier than due
 
 
 def test_arena_refcounts_slab_and_bump(kern):
