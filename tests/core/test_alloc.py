@@ -64,6 +64,28 @@ def test_caller_buffer_is_used_in_place_even_when_misaligned():
     assert arena.size <= buf.size and arena.size % 64 == 0
 
 
+def test_fresh_arena_is_not_touched_at_boot_and_never_allocated_slots_are_free():
+    # our own zeroed buffer: headers stay zero (no page faulted in) until a slot is used
+    arena = Arena(5 * MiB)
+    assert not arena.buffer.any()
+    arena.check()
+    p = arena.alloc(100)
+    arena.release(p)
+    arena.check()
+    with pytest.raises(InvalidPointer, match="free slot"):
+        arena.release(p + A.HEADER_SIZE + 128)          # the next, never-allocated slot
+
+
+def test_caller_buffer_with_garbage_is_initialised():
+    buf = np.full(5 * MiB, 0xAB, dtype=np.uint8)       # not zero: every header must be written
+    arena = Arena(buffer=buf)
+    arena.check()
+    ptrs = [arena.alloc(n) for n in (10, 100, 1000, 10000)]
+    assert all(ptrs)
+    arena.release_many(np.array(ptrs, dtype=np.uint64))
+    arena.check()
+
+
 @pytest.mark.parametrize("bad, exc", [
     (np.zeros(8 * MiB, dtype=np.int32), ValueError),
     (np.zeros((2, 4 * MiB), dtype=np.uint8), ValueError),

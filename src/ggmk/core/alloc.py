@@ -104,6 +104,7 @@ _POISON64 = np.uint64(0xDBDBDBDBDBDBDBDB)
 
 MAGIC_LIVE = 0x4556494C                 # b"LIVE"
 MAGIC_FREE = 0x45455246                 # b"FREE": never allocated, or freed without debug
+MAGIC_NEVER = 0                         # a slot of a fresh (zeroed) arena never allocated yet
 MAGIC_DEAD = 0x44414544                 # b"DEAD": freed and poisoned (debug)
 _M32 = 0xFFFFFFFF
 
@@ -139,6 +140,7 @@ class Arena:
                                  f"(every block bin needs at least one {MAX_ALLOC}-byte slot)")
             buffer = np.zeros(size + 64, dtype=np.uint8)  # +64: room to align the origin
             usable = size
+            fresh = True
         else:
             if not isinstance(buffer, np.ndarray):
                 raise TypeError(f"Arena buffer must be a numpy uint8 array, got {type(buffer).__name__}")
@@ -147,6 +149,7 @@ class Arena:
             if not buffer.flags.c_contiguous or not buffer.flags.writeable:
                 raise ValueError("Arena buffer must be C-contiguous and writable")
             usable = None
+            fresh = False
         pad = (-buffer.ctypes.data) % 64
         if usable is None:
             usable = buffer.size - pad
@@ -192,10 +195,13 @@ class Arena:
             offs = starts[k] + HEADER_SIZE + _STRIDE[k] * np.arange(nslots[k], dtype=np.int64)
             # LIFO hands out the tail first: store descending so both modes start at low addresses
             self._rings.append(offs if self.debug else offs[::-1].copy())
-            # every slot starts FREE (headers are zero otherwise)
-            hdr = (offs - HEADER_SIZE) >> 3
-            self._q[hdr] = MAGIC_FREE
-            self._q[hdr + 1] = np.uint64(k) << np.uint64(32)
+            if not fresh:
+                # a caller's memory may hold anything: mark every slot FREE. Our own np.zeros
+                # buffer is left untouched (a zero header means "never allocated"), so its pages
+                # are only faulted in when used: boot stays fast for a 64 MiB arena.
+                hdr = (offs - HEADER_SIZE) >> 3
+                self._q[hdr] = MAGIC_FREE
+                self._q[hdr + 1] = np.uint64(k) << np.uint64(32)
 
         # statistics (Python ints: cheap scalar updates under the lock)
         self._used = [0] * NUM_CLASSES             # live slots per class
@@ -240,7 +246,7 @@ class Arena:
             if what == "release":
                 raise DoubleFree(f"{what}: 0x{ptr:x} was already freed (double free)")
             raise UseAfterFree(f"{what}: 0x{ptr:x} was freed (use after free)")
-        if state == MAGIC_FREE:
+        if state in (MAGIC_FREE, MAGIC_NEVER):
             raise InvalidPointer(f"{what}: 0x{ptr:x} is not a live allocation (free slot)")
         raise InvalidPointer(f"{what}: header of 0x{ptr:x} is corrupt (magic 0x{state:08x}); "
                              f"was the allocation before it written past its end?")
@@ -773,8 +779,9 @@ class Arena:
                 state = self._q[hdr] & np.uint64(_M32)
                 cls = self._q[hdr + 1] >> np.uint64(32)
                 name = _class_name(k)
-                assert (cls == k).all(), f"{name}: header with a wrong class"
-                ok = (state == MAGIC_LIVE) | (state == MAGIC_FREE) | (state == MAGIC_DEAD)
+                never = (self._q[hdr] == MAGIC_NEVER) & (self._q[hdr + 1] == 0)   # never allocated
+                assert ((cls == k) | never).all(), f"{name}: header with a wrong class"
+                ok = (state == MAGIC_LIVE) | (state == MAGIC_FREE) | (state == MAGIC_DEAD) | never
                 assert ok.all(), f"{name}: corrupt header at offset {int(offs[np.argmin(ok)])}"
                 live = int((state == MAGIC_LIVE).sum())
                 assert live == self._used[k], f"{name}: {live} live headers, stats say {self._used[k]}"
