@@ -6,9 +6,10 @@ per-tenant ready queues, ``Scheduler.pop_ready`` asking the policy, and ``System
 charging the measured handler time.
 
 Handlers do real timed work: the ``WORK`` handler burns ``meta0`` µs per task. On ``threads``
-it busy-waits on the HAL clock (real CPU time, measured by the kernel); on ``sim`` the clock is
-virtual, so the handler advances it by the same amount, which the kernel measures the same way.
-Every handler logs (tenant, start, end) of its batch, an account independent of the policy's.
+it busy-waits on the HAL clock; the kernel bills tenants the handler's thread CPU time, which
+the handler also measures itself. On ``sim`` the clock is virtual, so the handler advances it
+by the same amount, which the kernel bills the same way. Every handler logs (tenant, start,
+end, tasks, CPU ns) of its batch, an account independent of the policy's.
 """
 from __future__ import annotations
 
@@ -29,20 +30,26 @@ THREADS = "threads"
 
 
 class Log:
-    """(tenant, start ns, end ns, tasks) of every WORK batch, in HAL clock time."""
+    """(tenant, start ns, end ns, tasks, CPU ns) of every WORK batch, in HAL clock time (CPU:
+    the worker thread's CPU clock on threads, the HAL clock on sim)."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple[int, int, int, int]] = []
+        self.rows: list[tuple[int, int, int, int, int]] = []
         self.done = [0, 0, 0]                 # tasks finished per tenant (0, 1, 2)
         self.lock = threading.Lock()          # += on a list item is not atomic across threads
 
-    def add(self, tenant: int, start: int, end: int, n: int) -> None:
+    def add(self, tenant: int, start: int, end: int, n: int, cpu: int) -> None:
         with self.lock:
-            self.rows.append((tenant, start, end, n))
+            self.rows.append((tenant, start, end, n, cpu))
             self.done[tenant] += n
 
     def array(self) -> np.ndarray:
-        return np.array(self.rows, dtype=np.int64).reshape(-1, 4)
+        return np.array(self.rows, dtype=np.int64).reshape(-1, 5)
+
+    def cpu_time(self, tenant: int) -> int:
+        """Handler CPU ns of ``tenant`` (what the kernel bills)."""
+        a = self.array()
+        return int(a[a[:, 0] == tenant, 4].sum())
 
     def handler_time(self, tenant: int, start: int = 0, end: int | None = None) -> int:
         """Handler ns of ``tenant`` inside [start, end] (batches clipped to the window)."""
@@ -68,6 +75,7 @@ def work_module(log: Log) -> Module:
         k = ctx.system
         t0 = k.clock()
         ns = int(batch.meta0.sum()) * US
+        c0 = time.thread_time_ns()
         if k.hal.name == "sim":
             k.hal.now += ns                   # virtual time: the work takes ns of HAL clock
         else:
@@ -76,7 +84,8 @@ def work_module(log: Log) -> Module:
             end = t0 + ns
             while k.clock() < end:
                 time.sleep(0)
-        log.add(int(batch.tenant[0]), t0, k.clock(), len(batch))
+        cpu = ns if k.hal.name == "sim" else time.thread_time_ns() - c0   # sim: virtual = CPU
+        log.add(int(batch.tenant[0]), t0, k.clock(), len(batch), cpu)
 
     return m
 
@@ -142,11 +151,18 @@ def test_two_saturating_tenants_with_weights_2_to_1_get_2_to_1_handler_time(hal)
     t0, t1 = log.handler_time(0), log.handler_time(1)
     # the run was busy (sim steps one worker at a time: its workers share one virtual clock)
     assert t0 + t1 > (0.5 if hal == THREADS else 0.9) * secs * 1e9
-    assert t0 / t1 == pytest.approx(2.0, rel=0.05)
-    # the kernel's own measure (what it charged the policy) agrees with the handlers'
+    # the policy shares what it is billed, handler CPU time, 2:1
+    c0, c1 = log.cpu_time(0), log.cpu_time(1)
+    assert c0 / c1 == pytest.approx(2.0, rel=0.05)
+    # the kernel's own measure (what it charged the policy) agrees with the handlers'; on
+    # threads the kernel's window also holds the Python around the handler body (batch view,
+    # call, log), ~10% of these mostly GIL-waiting batches' CPU
     k0, k1 = st[0]["handler_time_ns"], st[1]["handler_time_ns"]
     assert k0 / k1 == pytest.approx(2.0, rel=0.05)
-    assert k0 == pytest.approx(t0, rel=0.05) and k1 == pytest.approx(t1, rel=0.05)
+    if hal == THREADS:
+        assert c0 <= k0 <= 1.3 * c0 and c1 <= k1 <= 1.3 * c1
+    else:
+        assert k0 == c0 and k1 == c1
     assert st[0]["weight"] == 2048 and st[1]["weight"] == 1024
 
 

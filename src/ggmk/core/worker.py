@@ -104,7 +104,12 @@ class Worker:
         ctx.module = h.module
         codes = None
         exc = None
+        # tenants are billed handler CPU time (SPEC §3): wall time would bill a tenant for the
+        # time its worker thread was preempted or blocked. cpu_clock is None where the HAL's
+        # clock already is the handler's time (sim: virtual time), and unused without a policy
+        cpu = k.cpu_clock if k.sched.policy is not None else None
         t0 = k.clock()
+        c0 = cpu() if cpu is not None else 0
         if h.batch:
             batch = TaskBatch(recs)
             ctx.batch = batch
@@ -138,17 +143,18 @@ class Worker:
                 for i, r in bad:
                     codes[i] = r
         elapsed = k.clock() - t0
+        cpu_ns = cpu() - c0 if cpu is not None else elapsed
         ctx.flush()
         if exc is not None:
             k.report_exception(h, exc, traceback.format_exc())
-        self._finish(recs, codes, h, t, elapsed)
+        self._finish(recs, codes, h, t, elapsed, cpu_ns)
         self.tasks += n
         self.batches += 1
         if want_codes:
             return codes if codes is not None else np.zeros(n, dtype=np.int32)
         return None
 
-    def _finish(self, recs, codes, h, t, elapsed) -> None:
+    def _finish(self, recs, codes, h, t, elapsed, cpu_ns) -> None:
         k = self.kernel
         n = len(recs)
         m = k.metrics_shard[self.id]
@@ -176,7 +182,7 @@ class Worker:
                 k.fail(f, codes[fail], t, self.id)
             self._release(recs, ok, retained)   # failed ones: released by kernel.fail
         retained.clear()
-        k.account(self.id, recs, elapsed)
+        k.account(self.id, recs, elapsed, cpu_ns)
 
     def _release(self, recs, mask, retained) -> None:
         ptrs = recs["payload_ptr"]
