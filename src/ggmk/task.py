@@ -73,28 +73,43 @@ def code_name(code: int) -> str:
     return CODE_NAMES.get(int(code), f"FAIL({int(code)})")
 
 
-def empty(n: int) -> np.ndarray:
-    """A zeroed, 16-byte aligned array of ``n`` task records."""
-    raw = np.zeros(n * TASK_SIZE + 16, dtype=np.uint8)
+def _aligned(n: int, alloc) -> np.ndarray:
+    raw = alloc(n * TASK_SIZE + 16, dtype=np.uint8)
     off = (-raw.ctypes.data) % 16
     return raw[off:off + n * TASK_SIZE].view(TASK_DTYPE)
+
+
+def empty(n: int) -> np.ndarray:
+    """A zeroed, 16-byte aligned array of ``n`` task records."""
+    return _aligned(n, np.zeros)
+
+
+_RAW = np.dtype("V48")
 
 
 def make(n: int = 1, *, type=0, flags=0, priority=None, tenant=0, channel=0, seq=0,
          payload_ptr=0, payload_len=0, meta0=0, meta1=0) -> np.ndarray:
     """Build ``n`` records; every keyword takes a scalar or an array of length ``n``."""
-    rec = empty(n)
-    rec["type"] = type
-    rec["flags"] = flags
     if priority is not None:
-        rec["flags"] = (rec["flags"] & (0xFFFF ^ PRIO_MASK)) | (np.asarray(priority) & PRIO_MASK)
-    rec["tenant"] = tenant
-    rec["channel"] = channel
-    rec["seq"] = seq
-    rec["payload_ptr"] = payload_ptr
-    rec["payload_len"] = payload_len
-    rec["meta0"] = meta0
-    rec["meta1"] = meta1
+        flags = (np.asarray(flags) & (0xFFFF ^ PRIO_MASK)) | (np.asarray(priority) & PRIO_MASK)
+    # scalar fields go into one template record copied n times (one fill instead of a pass
+    # per column); only array-valued fields are written column by column
+    tmpl = np.zeros(1, TASK_DTYPE)
+    columns = None
+    for name, v in (("type", type), ("flags", flags), ("tenant", tenant), ("channel", channel),
+                    ("seq", seq), ("payload_ptr", payload_ptr), ("payload_len", payload_len),
+                    ("meta0", meta0), ("meta1", meta1)):
+        if isinstance(v, np.ndarray) and v.ndim:
+            if columns is None:
+                columns = []
+            columns.append((name, v))
+        elif v is not None and (v != 0 if isinstance(v, int) else True):
+            tmpl[name] = v
+    rec = _aligned(n, np.empty)
+    rec.view(_RAW)[:] = tmpl.view(_RAW)[0]
+    if columns is not None:
+        for name, v in columns:
+            rec[name] = v
     return rec
 
 

@@ -113,6 +113,11 @@ class MetricsShard:
 
         ``types`` is typically ``records["type"]``; repeated types accumulate."""
         try:
+            types = np.asarray(types)
+            t0 = types[0] if len(types) else 0
+            if np.ndim(n) == 0 and (types == t0).all():
+                self.types[counter, t0] += n * len(types)   # one type: no scatter (np.add.at)
+                return
             np.add.at(self.types[counter], types, n)
         except (IndexError, ValueError, TypeError) as e:
             raise ValueError(self._type_error("add_types", counter, types)) from e

@@ -259,6 +259,7 @@ class Scheduler:
         self.dead = dead or (lambda recs, code: None)
         self.wake = wake or (lambda n: None)
         self.on_enqueued = None       # (types, worker) -> None: per-type enqueue counters
+        self.on_idle = lambda: None   # the last outstanding task finished (wakes a waiting host)
         self.clock = clock
         self.seq = 0
         self.outstanding = 0          # accepted and not yet finished (idle detection)
@@ -287,18 +288,28 @@ class Scheduler:
             return 0
         self.route_counts[route] += n
         types = recs["type"]
-        if types.max() >= MAX_TYPES or not self.known[types].all():
-            bad = (types >= MAX_TYPES) | ~self.known[np.minimum(types, MAX_TYPES - 1)]
-            self.dead(recs[bad], UNKNOWN_TYPE)
-            recs = recs[~bad]
-            types = recs["type"]
-        if self.poisoned[types].any():
-            bad = self.poisoned[types]
-            self.dead(recs[bad], POISONED)
-            recs = recs[~bad]
-        n = len(recs)
-        if n == 0:
-            return 0
+        t0 = int(types[0])
+        if (n == 1 or (types == t0).all()) and t0 < MAX_TYPES:
+            # one type (the usual batch: a channel drain, a handler's emit_batch): scalar checks
+            if not self.known[t0]:
+                self.dead(recs, UNKNOWN_TYPE)
+                return 0
+            if self.poisoned[t0]:
+                self.dead(recs, POISONED)
+                return 0
+        else:
+            if types.max() >= MAX_TYPES or not self.known[types].all():
+                bad = (types >= MAX_TYPES) | ~self.known[np.minimum(types, MAX_TYPES - 1)]
+                self.dead(recs[bad], UNKNOWN_TYPE)
+                recs = recs[~bad]
+                types = recs["type"]
+            if self.poisoned[types].any():
+                bad = self.poisoned[types]
+                self.dead(recs[bad], POISONED)
+                recs = recs[~bad]
+            n = len(recs)
+            if n == 0:
+                return 0
         if route in _FRESH_SEQ:
             with self.count_lock:
                 s = self.seq
@@ -409,7 +420,11 @@ class Scheduler:
 
     def done(self, n: int) -> None:
         """Workers call this when ``n`` popped tasks are finished (whatever their outcome)."""
-        self._count(-n)
+        with self.count_lock:
+            left = self.outstanding - n
+            self.outstanding = left
+        if left == 0:
+            self.on_idle()
 
     def idle(self) -> bool:
         return self.outstanding == 0

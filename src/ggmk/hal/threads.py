@@ -1,7 +1,9 @@
 """Real OS threads. An idle worker spins briefly, then parks on a condition variable; every
 enqueue bumps a wake sequence, so a worker that saw no work cannot sleep through a wake-up that
 happened after it looked (no lost wake-ups). Parking also times out, so due events and tick
-boundaries are serviced while nothing is enqueued."""
+boundaries are serviced while nothing is enqueued. The host side (``wait``) sleeps on its own
+condition, notified the moment the last outstanding task finishes, so ``run()`` returns without
+a polling delay."""
 from __future__ import annotations
 
 import itertools
@@ -24,6 +26,9 @@ class ThreadsHal:
         self.parks = 0
         self.wakes = 0
         self.errors: list[BaseException] = []
+        self.host_cond = threading.Condition(threading.Lock())
+        self.host_waiting = 0
+        self.host_poll = (0.0001, 0.005)   # the host's re-check backstop: first, longest (s)
 
     clock_ns = staticmethod(time.perf_counter_ns)
 
@@ -66,17 +71,33 @@ class ThreadsHal:
             self.errors.append(e)
             raise
 
+    def notify_host(self) -> None:
+        """Something a host-side ``wait`` may be waiting for happened (the system went idle)."""
+        if self.host_waiting:
+            with self.host_cond:
+                self.host_cond.notify_all()
+
     def wait(self, predicate, timeout: float | None) -> bool:
-        """Block the caller until ``predicate()`` holds or ``timeout`` seconds pass."""
+        """Block the caller until ``predicate()`` holds or ``timeout`` seconds pass.
+
+        Woken by ``notify_host``; the timed re-check (0.1 ms doubling to 5 ms) covers predicates
+        nothing notifies about."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.0001
+        delay, longest = self.host_poll
+        cond = self.host_cond
         while not predicate():
             if self.errors:
                 raise RuntimeError("a worker thread crashed") from self.errors[0]
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            time.sleep(delay)   # the host side polls; workers never sleep-wait on each other
-            delay = min(delay * 2, 0.005)
+            with cond:
+                self.host_waiting += 1
+                try:
+                    if not predicate():    # re-checked after registering: no lost notify
+                        cond.wait(delay)
+                finally:
+                    self.host_waiting -= 1
+            delay = min(delay * 2, longest)
         return True
 
     def stop(self) -> None:
