@@ -61,6 +61,12 @@ class System:
         self.seed = seed
         self.hal = make_hal(hal, seed=seed)
         self.clock = self.hal.clock_ns
+        # what a handler's CPU time is measured with (tenant billing, System.account): the
+        # calling thread's CPU clock on real threads; None where the HAL clock is already the
+        # handler's own time (sim: virtual time that only handlers and steps advance)
+        self.cpu_clock = getattr(self.hal, "cpu_clock_ns", None)
+        if self.cpu_clock is None and self.hal.name == "threads":
+            self.cpu_clock = time.thread_time_ns
         self.tick_ns = max(1, int(1e9 // tick_hz))
         self.tick = 0
         self.max_retries = max_retries
@@ -91,6 +97,7 @@ class System:
                                clock=self.clock)
         self.sched.poisoned = self.poison.poisoned
         self.sched.on_enqueued = self._count_enqueued
+        self.sched.on_idle = getattr(self.hal, "notify_host", self.sched.on_idle)
         self.sched.on_idle = getattr(self.hal, "notify_host", self.sched.on_idle)
         self.det = DetStage(self.hasher, self._det_boundary) if deterministic else None
         self.sched.det = self.det
@@ -358,19 +365,24 @@ class System:
     def report_exception(self, handler, exc, tb: str) -> None:
         self.exceptions.append((handler.module.name, handler.name, repr(exc), tb))
 
-    def account(self, worker: int, recs, elapsed_ns: int) -> None:
+    def account(self, worker: int, recs, elapsed_ns: int, cpu_ns: int | None = None) -> None:
+        """After a batch ran on ``worker``: record its wall time (``elapsed_ns``, the handler
+        histogram) and bill its tenants ``cpu_ns`` of handler CPU time (default: the wall
+        time). A batch that mixes tenants is split by task count."""
         self.metrics_shard[worker].observe(self.h_batch_ns, elapsed_ns)
         pol = self.sched.policy
         if pol is not None:
+            bill = elapsed_ns if cpu_ns is None else max(int(cpu_ns), 0)
             tenants = recs["tenant"]
+            n = len(tenants)
             now = self.clock()
             with self.sched.lock:
-                if (tenants == tenants[0]).all():
-                    pol.account(int(tenants[0]), elapsed_ns, len(recs), now)
+                if n == 1 or (tenants == tenants[0]).all():
+                    pol.account(int(tenants[0]), bill, n, now)
                 else:   # a det-stage or local-queue batch can mix tenants: split by task count
                     ids, counts = np.unique(tenants, return_counts=True)
                     for t, c in zip(ids.tolist(), counts.tolist()):
-                        pol.account(t, elapsed_ns * c // len(recs), c, now)
+                        pol.account(t, bill * c // n, c, now)
 
     def set_tenant(self, tenant: int, *, nice: int | None = None, weight: int | None = None) -> None:
         """Change a tenant's weight at run time (nice -20..19, or a raw weight; nice 0 = 1024)."""
