@@ -98,7 +98,6 @@ class System:
         self.sched.poisoned = self.poison.poisoned
         self.sched.on_enqueued = self._count_enqueued
         self.sched.on_idle = getattr(self.hal, "notify_host", self.sched.on_idle)
-        self.sched.on_idle = getattr(self.hal, "notify_host", self.sched.on_idle)
         self.det = DetStage(self.hasher, self._det_boundary) if deterministic else None
         self.sched.det = self.det
         if isinstance(policy, str):
