@@ -269,6 +269,25 @@ class _Tenant:
         self.lat_max = 0
 
 
+_SMALL_BATCH = 16     # observe_latency: up to this many values, a plain integer loop
+
+
+def _bucket(v: int) -> int:
+    """Histogram bucket of a latency of ``v`` >= 0 ns: 0 for 0, else 1 + 8 * octave + sub, with
+    the octave ``floor(log2 v)`` and sub the eighth of that octave ``v`` falls in (~9% wide)."""
+    if v <= 0:
+        return 0
+    o = v.bit_length() - 1
+    return 1 + _SUB * o + ((v << 3) >> o) - _SUB
+
+
+# Lowest latency (ns) of each bucket, for a vectorised lookup (searchsorted, right, minus 1):
+# the smallest v with _bucket(v) >= i. Buckets no integer falls in (low octaves) share their
+# successor's bound, so the lookup lands past them. Octave 63 is beyond an int64.
+_BUCKET_LOW = np.array([0] + [-((-(_SUB + sub) << o) // _SUB)
+                              for o in range(63) for sub in range(_SUB)], dtype=np.int64)
+
+
 def _bucket_mid(i: int) -> float:
     if i == 0:
         return 0.0
@@ -351,25 +370,45 @@ class _PolicyBase:
     def observe_latency(self, tenant: int, latencies_ns: np.ndarray) -> None:
         """Add a popped batch's queueing latencies (ns, enqueue -> pop) to ``tenant``'s histogram.
 
-        Negative values (clock skew between threads) count as 0.
+        Negative values (clock skew between threads) count as 0; fractions of a ns are dropped.
+        Called once per popped batch, so it is cheap: integer log2 on the few values of a small
+        batch (~1 µs for one), a vectorised pass over only the buckets touched for a large one.
         """
         t = self._get(tenant, "observe_latency")
-        lat = np.asarray(latencies_ns)
-        if lat.ndim != 1 or not (np.issubdtype(lat.dtype, np.integer)
-                                 or np.issubdtype(lat.dtype, np.floating)):
+        lat = latencies_ns
+        if type(lat) is not np.ndarray:
+            lat = np.asarray(lat)
+        if lat.ndim != 1 or lat.dtype.kind not in "iuf":
             raise TenantError(f"{self.name}.observe_latency({tenant}): latencies_ns must be a "
                               f"1-D numeric array, got shape {lat.shape} dtype {lat.dtype}")
-        if lat.size == 0:
+        n = lat.shape[0]
+        if n == 0:
             return
-        lat = np.maximum(lat.astype(np.float64), 0.0)
-        mant, exp = np.frexp(lat)            # lat = mant * 2**exp, mant in [0.5, 1)
-        idx = 1 + (exp.astype(np.int64) - 1) * _SUB + ((mant * 2.0 - 1.0) * _SUB).astype(np.int64)
-        idx[lat < 1.0] = 0
-        np.minimum(idx, _NBUCKETS - 1, out=idx)
-        t.hist += np.bincount(idx, minlength=_NBUCKETS)
-        t.lat_n += int(lat.size)
-        t.lat_sum += int(lat.sum())
-        t.lat_max = max(t.lat_max, int(lat.max()))
+        hist = t.hist
+        if n <= _SMALL_BATCH:
+            mx = t.lat_max
+            total = 0
+            for v in lat.tolist():
+                v = int(v) if v > 0 else 0
+                total += v
+                if v > mx:
+                    mx = v
+                hist[_bucket(v)] += 1
+            t.lat_max = mx
+        else:
+            v = lat.astype(np.int64)
+            np.maximum(v, 0, out=v)
+            mx = int(v.max())
+            t.lat_max = max(t.lat_max, mx)
+            # int64 sum unless it could wrap (latencies of centuries: exact in Python ints)
+            total = int(v.sum()) if mx < (1 << 62) // n else sum(v.tolist())
+            idx = np.searchsorted(_BUCKET_LOW, v, side="right")
+            idx -= 1
+            lo = int(idx.min())
+            counts = np.bincount(idx - lo)
+            hist[lo:lo + len(counts)] += counts
+        t.lat_n += n
+        t.lat_sum += total
 
     def latency_quantile(self, tenant: int, q: float) -> float:
         """Approximate ``q`` quantile (0..1) of ``tenant``'s queueing latency, ns (within ~5%).
