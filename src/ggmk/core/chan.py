@@ -73,7 +73,7 @@ from ggmk.errors import ChannelError
 from ggmk.events import EventType
 from ggmk.task import (CHAN_ALREADY_BOUND, CHAN_CLOSED, CHAN_FULL, CHAN_REPLAY_OVERFLOW,
                        CHAN_TYPE_MISMATCH, CHAN_UNKNOWN, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC,
-                       PRIO_MASK, TASK_DTYPE, empty)
+                       PRIO_MASK, TASK_DTYPE, empty, make)
 
 CHAN_NO_SUBSCRIBER = -106           # accepted on a channel nobody subscribes to: undeliverable
 T.CODE_NAMES.setdefault(CHAN_NO_SUBSCRIBER, "CHAN_NO_SUBSCRIBER")
@@ -965,14 +965,20 @@ class Stager:
     (one array, one stamp, one push per subscriber). Backpressure stays synchronous: a message
     is accepted only against credit, i.e. room already reserved in every ring."""
 
-    __slots__ = ("chan", "hdr", "credit", "grant", "m", "active", "ctx", "want")
+    __slots__ = ("chan", "hdr", "credit", "grant", "m0", "m1", "add0", "add1", "active", "ctx",
+                 "want")
 
     def __init__(self, chan: Channel):
         self.chan = chan
         self.hdr = -1
         self.credit = 0
         self.grant = 0
-        self.m: list = []                 # (meta0, meta1) per staged message
+        # meta0 / meta1 of the staged messages in two lists: two appends and two flat
+        # conversions cost ~60 ns a message, one list of pairs ~210 ns
+        self.m0: list = []
+        self.m1: list = []
+        self.add0 = self.m0.append
+        self.add1 = self.m1.append
         self.active = False
         self.ctx = None                   # set by ctx.emitter(): send() uses its header
         self.want = 0
@@ -983,7 +989,8 @@ class Stager:
         c = self.credit
         if c and self.hdr == self.want:
             self.credit = c - 1
-            self.m.append((meta0, meta1))
+            self.add0(meta0)
+            self.add1(meta1)
             return 0
         return self.slow(self.ctx, self.want, meta0, meta1)
 
@@ -1014,23 +1021,21 @@ class Stager:
             ctx._stagers_active.append(self)
         self.hdr = hdr
         self.credit -= 1
-        self.m.append((meta0, meta1))
+        self.add0(meta0)
+        self.add1(meta1)
         return 0
 
     def commit(self) -> None:
-        n = len(self.m)
+        n = len(self.m0)
         ch = self.chan
         if n:
             hdr = self.hdr
-            recs = empty(n)
-            recs["type"] = ch.type_id
-            recs["flags"] = hdr & 0xFFFF
-            recs["tenant"] = (hdr >> 16) & 0xFFFF
-            recs["seq"] = hdr >> 32              # parent seq (determinism order); restamped
-            mm = np.array(self.m, dtype=np.uint64).reshape(n, 2)
-            recs["meta0"] = mm[:, 0]
-            recs["meta1"] = mm[:, 1]
-            self.m.clear()
+            # seq: the parent's (determinism order), restamped by the channel
+            recs = make(n, type=ch.type_id, flags=hdr & 0xFFFF, tenant=(hdr >> 16) & 0xFFFF,
+                        seq=hdr >> 32, meta0=np.array(self.m0, dtype=np.uint64),
+                        meta1=np.array(self.m1, dtype=np.uint64))
+            self.m0.clear()
+            self.m1.clear()
         with ch.lock:
             ch.granted -= self.grant
             self.grant = self.credit = 0

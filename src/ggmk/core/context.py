@@ -101,7 +101,8 @@ class Context:
             hdr = self._phdr
             if st.credit and hdr == st.hdr:
                 st.credit -= 1
-                st.m.append((meta0, meta1))
+                st.add0(meta0)
+                st.add1(meta1)
                 return 0
             code = st.slow(self, hdr, meta0, meta1)
             if code == CHAN_CLOSED:
