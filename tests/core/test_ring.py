@@ -94,3 +94,16 @@ def test_grow_keeps_order_and_contents():
     assert r.push(recs(6, 10)) == 10
     assert list(r.pop(100)["seq"]) == list(range(2, 16))
     assert not Ring(4).grow(10, max_capacity=8)
+
+
+def test_head_view_is_in_place_stops_at_the_wrap_and_consume_frees():
+    r = Ring(8)
+    r.push(T.make(6, meta0=np.arange(6)))
+    r.consume(len(r.head_view(6)))                    # head now at 6
+    r.push(T.make(5, meta0=np.arange(10, 15)))            # slots 6, 7, then wraps to 0..2
+    v = r.head_view(100)
+    assert v["meta0"].tolist() == [10, 11]            # stops at the buffer's end
+    assert np.shares_memory(v, r.buf)                 # no copy
+    r.consume(len(v))
+    assert r.head_view(100)["meta0"].tolist() == [12, 13, 14]
+    assert len(r) == 3 and r.popped == 8

@@ -591,19 +591,22 @@ class Channel:
                 credit = (1 << 30) if all_ else sub.window - self._inflight(sub.type_id)
                 if credit <= 0:
                     break
-                recs = ring.pop(credit)
+                # in place: the enqueue core copies them into the ready queue, then they are
+                # consumed (one copy per delivery instead of two)
+                recs = ring.head_view(credit)
                 n = len(recs)
                 if not n:
                     break
                 sub.delivered += n
                 sub.acked = int(recs["seq"][-1]) if not self.det else sub.acked + n
                 self.kernel.sched.enqueue(recs, Route.CHANNEL)
+                ring.consume(n)
                 total += n
                 if self.log is not None:
                     with self.lock:
                         self._log_evict(force=False)
-                if not sub.behind:
-                    break
+                if not sub.behind and (n >= credit or ring.tail == ring.head):
+                    break           # else: the view stopped at the buffer's end; take the rest
             return total
         finally:
             sub.drain_lock.release()

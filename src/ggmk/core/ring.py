@@ -142,6 +142,22 @@ class Ring:
             idx = (start + np.arange(n)) & self.mask
             return self.buf[idx]
 
+    def head_view(self, max_n: int) -> np.ndarray:
+        """Up to ``max_n`` records from the head, in place (no copy; stops at the buffer's end).
+
+        For the ring's single consumer: the records stay valid until ``consume`` frees them, so
+        the caller copies them onward (e.g. into the enqueue core) and then consumes."""
+        with self.lock:
+            start = self.head & self.mask
+            n = min(max_n, self.tail - self.head, self.capacity - start)
+            return self.buf[start:start + max(n, 0)]
+
+    def consume(self, n: int) -> None:
+        """Free the first ``n`` records (those a ``head_view`` returned)."""
+        with self.lock:
+            self.head += n
+            self.popped += n
+
     def stats(self) -> dict:
         return {"name": self.name, "capacity": self.capacity, "depth": len(self),
                 "high_watermark": self.high_watermark, "pushed": self.pushed,
