@@ -290,24 +290,29 @@ class Channel:
                 f"it (CHAN_TYPE_MISMATCH; copies are on sys.dropped)", CHAN_TYPE_MISMATCH)
 
     # -- emitting -------------------------------------------------------------------------------
-    def emit(self, recs: np.ndarray) -> int:
+    def emit(self, recs: np.ndarray, *, built: bool = False, prio: int | None = None) -> int:
         """Batch emit (the hot path). Returns how many records were accepted: all of them on a
         lossy channel, a prefix on a lossless one (the rest got CHAN_FULL; the caller still owns
         their payloads). 0 on a closed channel. ``recs`` is consumed (its header is stamped).
-        A record of the wrong type raises ChannelError(CHAN_TYPE_MISMATCH), accepting nothing."""
+        A record of the wrong type raises ChannelError(CHAN_TYPE_MISMATCH), accepting nothing.
+
+        ``built=True`` (the runtime's own callers): the records were made for this channel, of
+        its type, with ``channel`` and FLAG_CHANNEL_MSG set, so those column passes are skipped;
+        ``prio`` says every record has that priority (skips the reserve's per-record check)."""
         n = len(recs)
         if n == 0:
             return 0
-        self._check_types(recs)
+        if not built:
+            self._check_types(recs)
         k = 0
         for attempt in (0, 1):
             with self.lock:
                 if self.closed:
                     return 0
-                k = self._admit(recs)
+                k = self._admit(recs, prio)
                 if k:
                     acc = recs[:k] if k < n else recs
-                    self._stamp_commit(acc)
+                    self._stamp_commit(acc, built)
             if k or attempt or self.lossy:
                 break
             self.reg._drain_channel(self)   # make room, then try once more
@@ -321,9 +326,9 @@ class Channel:
                  seq: int = 0) -> int:
         """Emit one message; returns OK, CHAN_FULL or CHAN_CLOSED (then the caller keeps the
         payload)."""
-        recs = T.make(1, type=tid, flags=fl, tenant=tenant, seq=seq, payload_ptr=ptr,
-                      payload_len=plen, meta0=meta0, meta1=meta1)
-        if self.emit(recs):
+        recs = T.make(1, type=tid, flags=fl | FLAG_CHANNEL_MSG, tenant=tenant, channel=self.id,
+                      seq=seq, payload_ptr=ptr, payload_len=plen, meta0=meta0, meta1=meta1)
+        if self.emit(recs, built=tid == self.type_id, prio=fl & PRIO_MASK):
             return 0
         return CHAN_CLOSED if self.closed else CHAN_FULL
 
@@ -354,16 +359,18 @@ class Channel:
             return 0 if acc else (CHAN_CLOSED if self.closed else CHAN_FULL)
         return acc
 
-    def _admit(self, recs: np.ndarray) -> int:
+    def _admit(self, recs: np.ndarray, prio: int | None = None) -> int:
         """How many of ``recs`` (a prefix) fit now (under the lock)."""
         n = len(recs)
         if self.lossy or not self.subs:
             return n
-        pr = recs["flags"] & PRIO_MASK
         room0 = self._room(True)
         if room0 <= 0:
             return 0
         room_hi = room0 - self.reserve
+        if prio is not None:
+            return min(n, room0) if prio == 0 else max(0, min(n, room_hi))
+        pr = recs["flags"] & PRIO_MASK
         if not pr.any():
             return min(n, room0)
         if (pr != 0).all():
@@ -376,11 +383,12 @@ class Channel:
         self.full += n
         self.reg._trace(EventType.CHAN_FULL, self.type_id, self.id, n)
 
-    def _stamp_commit(self, recs: np.ndarray) -> None:
+    def _stamp_commit(self, recs: np.ndarray, built: bool = False) -> None:
         """Stamp accepted records and hand them to the rings (under the lock)."""
         n = len(recs)
-        recs["channel"] = self.id
-        recs["flags"] |= FLAG_CHANNEL_MSG
+        if not built:
+            recs["channel"] = self.id
+            recs["flags"] |= FLAG_CHANNEL_MSG
         self.emitted += n
         if self.det:
             self.held.append(recs.copy())       # seq: the parent's, for canonical order
@@ -1034,8 +1042,8 @@ class Stager:
         if n:
             hdr = self.hdr
             # seq: the parent's (determinism order), restamped by the channel
-            recs = make(n, type=ch.type_id, flags=hdr & 0xFFFF, tenant=(hdr >> 16) & 0xFFFF,
-                        seq=hdr >> 32, meta0=np.array(self.m0, dtype=np.uint64),
+            recs = make(n, type=ch.type_id, flags=(hdr & 0xFFFF) | FLAG_CHANNEL_MSG,
+                        tenant=(hdr >> 16) & 0xFFFF, channel=ch.id, seq=hdr >> 32, meta0=np.array(self.m0, dtype=np.uint64),
                         meta1=np.array(self.m1, dtype=np.uint64))
             self.m0.clear()
             self.m1.clear()
@@ -1048,7 +1056,7 @@ class Stager:
                     for sub in ch.subs or [None]:
                         ch._drop(recs, CHAN_CLOSED, sub, release=False)
                 else:
-                    ch._stamp_commit(recs)
+                    ch._stamp_commit(recs, built=True)
         if n and not ch.det:
             ch._drain_channel()
 

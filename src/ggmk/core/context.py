@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from ggmk.core.chan import Stager
-from ggmk.task import (CHAN_CLOSED, FLAG_DETERMINISTIC, PRIO_MASK, TASK_DTYPE, YIELD, Task,
-                       TaskBatch, make)
+from ggmk.task import (CHAN_CLOSED, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC, PRIO_MASK, TASK_DTYPE,
+                       YIELD, Task, TaskBatch, make)
 
 _HDR_FLAGS = PRIO_MASK | FLAG_DETERMINISTIC
 
@@ -200,11 +200,20 @@ class Context:
             seq = int(r["seq"]) if self._det_on else 0
         else:
             seq = 0
-        recs = make(n, type=tid, flags=flags, priority=0 if priority is None else priority,
+        if priority is None:
+            priority = 0
+        if chan is not None:
+            # built for the channel (type, channel id, message flag in the one template fill), so
+            # the channel skips its per-record type check and stamping
+            recs = make(n, type=tid, flags=flags | FLAG_CHANNEL_MSG, priority=priority,
+                        tenant=0 if tenant is None else tenant, channel=chan.id, seq=seq,
+                        payload_ptr=payload_ptr, payload_len=payload_len, meta0=meta0,
+                        meta1=meta1)
+            uniform = isinstance(priority, (int, np.integer))
+            return chan.emit(recs, built=True, prio=int(priority) & PRIO_MASK if uniform else None)
+        recs = make(n, type=tid, flags=flags, priority=priority,
                     tenant=0 if tenant is None else tenant, seq=seq, payload_ptr=payload_ptr,
                     payload_len=payload_len, meta0=meta0, meta1=meta1)
-        if chan is not None:
-            return chan.emit(recs)
         self.flush()   # keep emit order: earlier per-message emits go first
         return self.kernel.sched.enqueue(recs, self.kernel.ROUTE_EMIT, self.worker)
 
