@@ -122,15 +122,16 @@ class ReadyQueue:
                 self.high_watermark = self.size
         return n
 
-    def push(self, recs: np.ndarray) -> int:
-        """Push records (any mix of types and priorities); return how many were accepted."""
+    def push(self, recs: np.ndarray, one_type: bool = False) -> int:
+        """Push records (any mix of types and priorities); return how many were accepted.
+        ``one_type``: the caller already knows they all have the same type."""
         n = len(recs)
         if n == 0:
             return 0
         types = recs["type"]
         prios = recs["flags"] & PRIO_MASK
         t0, p0 = int(types[0]), int(prios[0])
-        if n == 1 or ((types == t0).all() and (prios == p0).all()):
+        if n == 1 or ((one_type or (types == t0).all()) and (prios == p0).all()):
             return self._push_one(t0, p0, recs)
         order = np.lexsort((prios, types))
         srt = recs[order]
@@ -289,7 +290,8 @@ class Scheduler:
         self.route_counts[route] += n
         types = recs["type"]
         t0 = int(types[0])
-        if (n == 1 or (types == t0).all()) and t0 < MAX_TYPES:
+        one_type = n == 1 or bool((types == t0).all())
+        if one_type and t0 < MAX_TYPES:
             # one type (the usual batch: a channel drain, a handler's emit_batch): scalar checks
             if not self.known[t0]:
                 self.dead(recs, UNKNOWN_TYPE)
@@ -298,6 +300,7 @@ class Scheduler:
                 self.dead(recs, POISONED)
                 return 0
         else:
+            one_type = False
             if types.max() >= MAX_TYPES or not self.known[types].all():
                 bad = (types >= MAX_TYPES) | ~self.known[np.minimum(types, MAX_TYPES - 1)]
                 self.dead(recs[bad], UNKNOWN_TYPE)
@@ -329,7 +332,7 @@ class Scheduler:
                 if len(recs) == 0:
                     self.wake(1)
                     return ndet
-        accepted = self._route(recs, route, worker, due)
+        accepted = self._route(recs, route, worker, due, one_type)
         if self.on_enqueued is not None:
             self.on_enqueued(recs["type"][:accepted], worker)
         return accepted + ndet
@@ -338,7 +341,8 @@ class Scheduler:
         with self.count_lock:
             self.outstanding += n
 
-    def _route(self, recs: np.ndarray, route: Route, worker: int, due: int) -> int:
+    def _route(self, recs: np.ndarray, route: Route, worker: int, due: int,
+               one_type: bool = False) -> int:
         n = len(recs)
         self._count(n)
         if route in (Route.RETRY, Route.DEFER):
@@ -363,7 +367,7 @@ class Scheduler:
             recs = recs[k:]
         else:
             k = 0
-        refused = self._push_ready(recs)
+        refused = self._push_ready(recs, one_type)
         self.wake(len(recs))
         if refused is not None:
             self.dead(refused, READY_FULL)
@@ -371,22 +375,25 @@ class Scheduler:
             return n - len(refused)
         return n
 
-    def _push_ready(self, recs: np.ndarray) -> np.ndarray | None:
+    def _push_ready(self, recs: np.ndarray, one_type: bool = False) -> np.ndarray | None:
         """Push to the tenants' ready queues; return the records refused at capacity, if any."""
         tenants = recs["tenant"]
+        t0 = int(tenants[0])
+        one_tenant = len(recs) == 1 or bool((tenants == t0).all())   # outside the lock
         refused = []
         with self.lock:
-            if len(self.tenants) <= 1 and (tenants == tenants[0]).all():
-                self._push_tenant(int(tenants[0]), recs, refused)
+            if one_tenant:
+                self._push_tenant(t0, recs, refused, one_type)
             else:
                 for t in np.unique(tenants):
-                    self._push_tenant(int(t), recs[tenants == t], refused)
+                    self._push_tenant(int(t), recs[tenants == t], refused, one_type)
         return np.concatenate(refused) if refused else None
 
-    def _push_tenant(self, tenant: int, recs: np.ndarray, refused: list) -> None:
+    def _push_tenant(self, tenant: int, recs: np.ndarray, refused: list,
+                     one_type: bool = False) -> None:
         rq = self._rq(tenant)
         was_empty = len(rq) == 0
-        rq.push(recs)
+        rq.push(recs, one_type)
         if rq.rejected:
             refused.extend(rq.rejected)
             rq.rejected.clear()
