@@ -1,20 +1,12 @@
 """Children a handler emits and the tenant policy (issue 6, step 3).
 
-``ctx.emit`` goes through the enqueue core on ``Route.EMIT``, which puts the children on the
-emitting worker's *local* queue (up to 75% of it), and a worker pops its local queue on 3 of
-every 4 gathers without asking the tenant policy (core/worker.py ``step``). The policy is still
-billed for those batches (``System.account`` runs for every batch), but it only gets to choose
-on the remaining gathers. So a tenant whose handlers keep emitting takes more than its share:
-on the ``sim`` HAL below, a tenant running 64 self-feeding chains gets ~76% of the handler
-time against an equal-weight flood, where the policy alone would give 50%. (Checked: with
-EMIT routed to the ready queue when a policy is set, the same run gives 50.0%.)
+``ctx.emit`` goes through the enqueue core on ``Route.EMIT``. Without a tenant policy the
+children go to the emitting worker's *local* queue, which a worker pops on 3 of every 4 gathers;
+with a policy (core/sched.py ``Scheduler._route``) they go to their tenant's ready queue, so
+the policy chooses every batch. Before that change, a tenant running 64 self-feeding chains got
+~76% of the handler time against an equal-weight flood on the ``sim`` HAL below; now 50%.
 
-The benchmark (bench/tenants.py) does not hit this: neither of its tenants emits. The fix
-belongs to files this work does not own (core/sched.py: with a tenant policy set, route EMIT
-to the ready queue of the child's tenant -- one condition in ``Scheduler._route``, the single
-enqueue core kept; or core/worker.py ``step``: consult the policy before the local queue when
-more than one tenant is runnable). Until then the share test is a strict xfail, so that it
-turns red, and the marker gets removed, the day the fix lands.
+The benchmark (bench/tenants.py) does not hit this: neither of its tenants emits.
 """
 from __future__ import annotations
 
@@ -58,9 +50,6 @@ def test_emitted_children_are_billed_to_their_tenant(workers):
     assert st[1]["handler_time_ns"] == st[1]["tasks"] * 100 * US
 
 
-@pytest.mark.xfail(strict=True, reason="EMIT children go to the worker's local queue, which "
-                   "is popped 3 gathers in 4 without asking the tenant policy; needs a change "
-                   "in core/sched.py or core/worker.py step (see the module docstring)")
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_tenant_that_feeds_itself_gets_only_its_share(workers):
     _, share = _chain_vs_flood(workers)

@@ -360,7 +360,9 @@ class Scheduler:
                     self._count(k + k2 - n)
                 k += k2
             return k
-        if route == Route.EMIT and worker >= 0:
+        if route == Route.EMIT and worker >= 0 and self.policy is None:
+            # children stay on the emitting worker (cache-warm chains); with a tenant policy they
+            # go to their tenant's ready queue instead, so the policy chooses who runs next
             k = self.local[worker].push(recs, limit=self.local_limit)
             if k == n:
                 return n
