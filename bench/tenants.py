@@ -112,11 +112,12 @@ def make_module(lat: list, done: list, work) -> Module:
 
 
 def one_round(policy: str, seconds: float, batch_us: int, max_batch: int, workers: int,
-              work) -> dict:
+              work, policy_kw: dict | None = None) -> dict:
     lat: list[int] = []
     done = [0]
     with boot([make_module(lat, done, work)], workers=workers, max_batch=max_batch,
-              policy=make_policy(policy), tenants={INTERACTIVE: 0, BATCH: 0}) as s:
+              policy=make_policy(policy, **(policy_kw or {})),
+              tenants={INTERACTIVE: 0, BATCH: 0}) as s:
         n = int(seconds * workers * 1e6 / batch_us * 1.5) + 1000
         s.submit_batch(T.make(n, type=s.type_id("BATCH"), meta0=batch_us, tenant=BATCH))
         tid = s.type_id("INTERACTIVE")
@@ -164,6 +165,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", choices=("native", "wallspin"), default="native",
                     help="what a handler does for its duration (see the module docstring)")
+    ap.add_argument("--min-slice-us", type=float, default=None,
+                    help="EEVDF min_slice_us (wake lag -min_slice/2); default: the policy's")
     a = ap.parse_args(argv)
     if a.seconds <= 0 or a.rounds < 1 or a.batch_us < 1 or a.max_batch < 1 or a.workers < 1:
         ap.error("--seconds, --rounds, --batch-us, --max-batch and --workers must be positive")
@@ -171,8 +174,10 @@ def main(argv=None) -> dict:
     runs = {"eevdf": [], "rr": []}
     for _ in range(a.rounds):
         for pol in ("eevdf", "rr"):
+            kw = ({"min_slice_us": a.min_slice_us}
+                  if pol == "eevdf" and a.min_slice_us is not None else None)
             runs[pol].append(one_round(pol, a.seconds, a.batch_us, a.max_batch, a.workers,
-                                       work))
+                                       work, kw))
 
     def pooled(pol):
         rs = runs[pol]
@@ -209,6 +214,8 @@ def main(argv=None) -> dict:
             sum(r["batch_billed_ns"] for r in ev_runs + rr_runs)
             / max(1, sum(r["batch_billed_tasks"] for r in ev_runs + rr_runs)) / 1e3, 1),
         "work": a.work,
+        "eevdf_params": make_policy("eevdf", **({} if a.min_slice_us is None
+                                                else {"min_slice_us": a.min_slice_us})).params,
         "batch_us": a.batch_us, "max_batch": a.max_batch, "workers": a.workers,
         "seconds": a.seconds, "rounds": a.rounds, "cpus": os.cpu_count(),
         "python": sys.version.split()[0],

@@ -2,7 +2,10 @@
 
 The scheduler keeps one ready queue per tenant. In its gather step a worker asks the tenant
 policy which tenant to serve (:meth:`TenantPolicy.pick`), pops a batch from that tenant's queue,
-runs it, and reports the measured handler time (:meth:`TenantPolicy.account`). The scheduler
+runs it, and reports the measured handler time (:meth:`TenantPolicy.account`). That is handler
+*CPU* time: the worker thread's CPU clock on the ``threads`` HAL (the virtual clock on ``sim``),
+so a worker that the OS preempts, or a handler blocked off CPU, does not bill its tenant for
+the wait (``System.account``; wall time would put a 20 µs task 100 ms in debt on a busy box). The scheduler
 also reports queue transitions (:meth:`wake` when a tenant's queue goes empty -> non-empty,
 :meth:`sleep` when it goes empty) and the queueing latency of each popped batch
 (:meth:`observe_latency`). All calls are made under the scheduler's lock, once per *batch*, so a
