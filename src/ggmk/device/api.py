@@ -17,6 +17,22 @@ Write handlers against this module::
         g.emit(ctx, PHYS_DONE, g.meta0(task) + 1, 0)
         return OK
 
+Device channels (declared with ``Module.channel``, subscribed with ``handler(...,
+consumes=...)``)::
+
+    OUT = phys.channel("phys.out", message=30, mode="p2p", guarantee="lossless",
+                       capacity=64)
+
+    @phys.handler(20)
+    def produce(ctx, task):
+        if g.emit_chan(ctx, OUT, g.meta0(task), 0) == CHAN_FULL:
+            return RETRY                  # lossless: nothing was sent, try again later
+        return OK
+
+    @phys.handler(31, consumes="phys.out")
+    def consume(ctx, task):               # g.channel(task) == OUT's id, g.seq(task) = 0, 1, ..
+        return OK
+
 ``codegen`` compiles the functions below for the chosen target and rebinds ``g`` (or any of
 these functions imported by name) in the handler to the compiled versions; calling them from
 ordinary Python does nothing useful. Every call is non-blocking and bounded. ``g`` also offers
@@ -104,9 +120,10 @@ def tick(ctx):
 
 
 def _child_w0(ctx, type_id, prio):
-    # children inherit the parent's tenant and flags; a priority >= 0 overrides
+    # children inherit the parent's tenant and flags (not "channel message": a child of a
+    # delivery is not one); a priority >= 0 overrides
     pw0 = ctx[3]
-    fl = (pw0 >> 32) & 0xFFFF
+    fl = (pw0 >> 32) & 0xFFFF & ~FLAG_CHANNEL_MSG
     if prio >= 0:
         fl = (fl & ~3) | (prio & 3)
     return (type_id & 0xFFFFFFFF) | (fl << 32) | (pw0 & -281474976710656)   # tenant bits
@@ -123,6 +140,30 @@ def emit_full(ctx, type_id, m0, m1, ptr, nbytes, prio, chan):
     channel id."""
     return enqueue(ctx[0], ctx[1], _child_w0(ctx, type_id, prio), chan & 0xFFFFFFFF, ptr,
                    nbytes & 0xFFFFFFFF, m0, m1, ENQ_NORMAL)
+
+
+def emit_chan(ctx, chan, m0, m1):
+    """Emit a message on device channel ``chan`` (the channel's declaration object or
+    ``gd.chan(name)``, which the build turns into the id; or an id from
+    ``DeviceKernel.channel_id``). The message has the channel's type and the handler's
+    priority and tenant; each subscriber gets it as a task of its handler type with
+    ``channel(task) == id`` and ``seq(task)`` = the channel sequence number (0, 1, 2, ...).
+
+    Returns OK; CHAN_FULL on a lossless channel when a subscriber has ``capacity`` messages in
+    flight (``capacity - capacity // 10`` unless the message has priority 0): nothing was sent,
+    retry later (``return g.yield_at(task, i)``); CHAN_UNKNOWN for an id that is not a device
+    channel (the message goes to sys.error). On a lossy channel a full subscriber's copy goes
+    to sys.dropped with CHAN_FULL and the emit still returns OK."""
+    return emit_channel(ctx[0], ctx[1], chan, ctx[3], _child_w0(ctx, 0, -1), 0, 0, m0, m1)
+
+
+def emit_chan_full(ctx, chan, m0, m1, ptr, nbytes, prio):
+    """``emit_chan`` with a payload and a priority (-1 = inherit). ``ptr`` (from ``alloc``, 0
+    for none) is handed over on OK: its reference count becomes the number of subscribers
+    that got a copy, and the runtime releases one reference when each subscriber's handler
+    finishes (``retain`` to keep it longer). On CHAN_FULL the caller still owns ``ptr``."""
+    return emit_channel(ctx[0], ctx[1], chan, ctx[3], _child_w0(ctx, 0, prio), ptr,
+                        nbytes & 0xFFFFFFFF, m0, m1)
 
 
 def emit_at(ctx, due_tick, type_id, m0, m1):

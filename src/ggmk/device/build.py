@@ -227,15 +227,18 @@ def build_report(modules, *, reg_limit: int = 32, allow_spill: bool = False, typ
     from numba.cuda import types as ct
     from ggmk.device.targets import cuda as cuda_target
     ptxas = find_ptxas()
+    modules = list(modules)
     handlers = codegen.resolve_handlers(modules, types)
+    chans = codegen.resolve_channels(modules, handlers, types)
     base = dict(cuda_target.DEFAULTS)
     base["blocks"] = config.pop("workers", None) or 132
     base.update(config)
     cfg = layout.DeviceConfig(**base).validate()
-    plan = layout.plan(cfg, len(handlers), codegen.smem_words(handlers, cfg.threads))
+    plan = layout.plan(cfg, len(handlers), codegen.smem_words(handlers, cfg.threads),
+                       len(chans), sum(len(c.subs) for c in chans))
     sig = (ct.int64[::1], ct.int64[::1], ct.uint8[::1])
     rep = Report(arch, reg_limit)
-    built = codegen.build(handlers, plan, cuda_target)
+    built = codegen.build(handlers, plan, cuda_target, chans=chans)
     ns = built.ns
     costly = []
     for i, h in enumerate(handlers):
@@ -250,7 +253,8 @@ def build_report(modules, *, reg_limit: int = 32, allow_spill: bool = False, typ
             costly.append(i)
         rep.handlers.append(hc)
     if whole_kernel:
-        kbuilt = codegen.build(handlers, plan, cuda_target, noinline=tuple(costly))
+        kbuilt = codegen.build(handlers, plan, cuda_target, noinline=tuple(costly),
+                               chans=chans)
         ptx = kernel_ptx(kbuilt, sig, cc)
         stats = ptxas_stats(ptx, arch, ptxas, maxrregcount)
         entry = next(s for s in stats.values() if s["entry"])

@@ -30,11 +30,14 @@ import numba
 from ggmk import events, task
 from ggmk.device import api as api_mod
 from ggmk.device import layout
-from ggmk.device.module import Handler, Module
+from ggmk.device.module import (MAX_FANOUT, Chan, ChannelBootError, ChannelDecl, Handler,
+                                Module, _global_names)
+from ggmk.core.chan import CHAN_NO_SUBSCRIBER     # the CPU kernel's code, shared
 from ggmk.errors import BootError
+from ggmk.task import CHAN_ALREADY_BOUND, CHAN_TYPE_MISMATCH, CHAN_UNKNOWN
 
 SRC_DIR = Path(__file__).parent
-ENQ_NORMAL, ENQ_SHARED, ENQ_YIELD = 0, 1, 2
+ENQ_NORMAL, ENQ_SHARED, ENQ_YIELD, ENQ_CHANNEL = 0, 1, 2, 3
 
 
 def cache_dir() -> Path:
@@ -64,12 +67,116 @@ def resolve_handlers(modules, types_map=None) -> list[Handler]:
                 raise BootError(f"type {tid}: handled by both {o.module.name}.{o.name} and "
                                 f"{m.name}.{h.name}")
             h2 = Handler(tid, h.fn, h.name, h.granularity, h.shared_bytes, h.phases,
-                         h.deterministic, h.max_yields, m)
+                         h.deterministic, h.max_yields, m, h.consumes, h.message)
             seen[tid] = h2
             out.append(h2)
     if not out:
         raise BootError("DeviceKernel: no device handlers registered")
     return out
+
+
+@dataclass
+class ChanSpec:
+    """A device channel as built: ``id`` (1-based, a constant of the generated code),
+    ``message`` (type id), ``subs`` (handler indices, in subscription order) and ``slot0``
+    (its first subscriber slot; slots are global, in channel order)."""
+    id: int
+    name: str
+    message: int
+    mode: str
+    guarantee: str
+    capacity: int
+    reserve: int
+    module: str
+    subs: list
+    slot0: int = 0
+
+
+def resolve_channels(modules, handlers: list[Handler], types_map=None) -> list[ChanSpec]:
+    """The device channels of ``modules`` with ids, message types and subscribers resolved;
+    every declaration error is raised here, before anything compiles."""
+    specs: dict[str, ChanSpec] = {}
+    for m in modules:
+        for d in m.channels:
+            if d.name in specs:
+                raise ChannelBootError(f"device channel {d.name!r} is declared by both module "
+                                       f"{specs[d.name].module!r} and module {m.name!r}",
+                                       CHAN_ALREADY_BOUND)
+            where = f"module {m.name!r}, channel {d.name!r}"
+            msg = d.message
+            if isinstance(msg, str):
+                msg = _lookup_type(types_map, msg, where)
+            specs[d.name] = ChanSpec(len(specs) + 1, d.name, int(msg), d.mode, d.guarantee,
+                                     d.capacity, d.reserve, m.name, [])
+    for i, h in enumerate(handlers):
+        where = f"module {h.module.name!r}, handler {h.name!r} (type {h.type})"
+        for cname in h.consumes:
+            sp = specs.get(cname)
+            if sp is None:
+                raise ChannelBootError(f"{where}: consumes unknown device channel {cname!r}"
+                                       f"{_known(specs)}", CHAN_UNKNOWN)
+            if h.message is not None:
+                want = h.message
+                if isinstance(want, str):
+                    want = _lookup_type(types_map, want, where)
+                if int(want) != sp.message:
+                    raise ChannelBootError(
+                        f"{where}: expects message type {h.message!r} on channel {cname!r} "
+                        f"(module {sp.module!r}), which carries type {sp.message} "
+                        f"(CHAN_TYPE_MISMATCH)", CHAN_TYPE_MISMATCH)
+            limit = 1 if sp.mode == "p2p" else MAX_FANOUT
+            if len(sp.subs) >= limit:
+                bound = ", ".join(f"{handlers[j].module.name}.{handlers[j].name}"
+                                  for j in sp.subs)
+                raise ChannelBootError(
+                    f"{where}: cannot subscribe to {sp.mode} channel {cname!r} (module "
+                    f"{sp.module!r}): already bound to {bound} (CHAN_ALREADY_BOUND; "
+                    + ("declare mode='fanout' for more subscribers)" if sp.mode == "p2p"
+                       else f"fan-out allows at most {MAX_FANOUT})"), CHAN_ALREADY_BOUND)
+            sp.subs.append(i)
+    out = list(specs.values())
+    slot = 0
+    for sp in out:
+        sp.slot0 = slot
+        slot += len(sp.subs)
+    # channel references inside handlers (and their @func helpers) must name a channel
+    for h in handlers:
+        for v in _chan_refs(h.fn, set()):
+            if v.name not in specs:
+                raise ChannelBootError(f"module {h.module.name!r}, handler {h.name!r}: emits "
+                                       f"on unknown device channel {v.name!r}{_known(specs)}",
+                                       CHAN_UNKNOWN)
+    return out
+
+
+def _known(specs) -> str:
+    if not specs:
+        return " (no device channel is declared)"
+    return f" (declared: {', '.join(sorted(specs))})"
+
+
+def _cell(c):
+    try:
+        return c.cell_contents
+    except ValueError:          # an empty cell
+        return None
+
+
+def _chan_refs(fn, seen):
+    """Channel references a handler (or its @func helpers) holds as globals or closure
+    variables."""
+    if id(fn) in seen:
+        return
+    seen.add(id(fn))
+    for c in fn.__closure__ or ():
+        if isinstance(_cell(c), Chan):
+            yield _cell(c)
+    for name in _global_names(fn.__code__):
+        v = fn.__globals__.get(name)
+        if isinstance(v, Chan):
+            yield v
+        elif getattr(v, "_ggmk_device_func", False):
+            yield from _chan_refs(v, seen)
 
 
 def _lookup_type(types_map, name, where) -> int:
@@ -94,9 +201,38 @@ def smem_words(handlers, threads: int) -> int:
     return w
 
 
-def generate(handlers: list[Handler], plan: layout.Plan) -> str:
+def _chain(L, name, args, cases, default):
+    """``def name(args)`` as an if/elif chain over (condition, value) pairs."""
+    L.append(f"def {name}({args}):")
+    for k, (cond, val) in enumerate(cases):
+        L.append(f"    {'if' if k == 0 else 'elif'} {cond}:")
+        L.append(f"        return {val}")
+    L.append(f"    return {default}\n\n")
+
+
+def generate_channels(chans: list[ChanSpec], handlers: list[Handler]) -> list[str]:
+    """Channel tables: ids, modes, capacities and subscribers are literals of the generated
+    code (so they are part of the compile cache key)."""
+    L = ["# device channels: " + (", ".join(f"{c.id}={c.name!r}" for c in chans) or "none")]
+    _chain(L, "chan_lossless", "c", [(f"c == {c.id}", int(c.guarantee == "lossless"))
+                                     for c in chans], 0)
+    _chain(L, "chan_nsubs", "c", [(f"c == {c.id}", len(c.subs)) for c in chans], 0)
+    _chain(L, "chan_slot0", "c", [(f"c == {c.id}", c.slot0) for c in chans], 0)
+    _chain(L, "chan_cap", "c", [(f"c == {c.id}", c.capacity) for c in chans], 0)
+    _chain(L, "chan_reserve", "c", [(f"c == {c.id}", c.reserve) for c in chans], 0)
+    _chain(L, "chan_msg_type", "c", [(f"c == {c.id}", c.message) for c in chans], 0)
+    subs = [(c, k, i) for c in chans for k, i in enumerate(c.subs)]
+    _chain(L, "sub_type", "slot", [(f"slot == {c.slot0 + k}", handlers[i].type)
+                                   for c, k, i in subs], 0)
+    _chain(L, "sub_slot", "c, ti", [(f"c == {c.id} and ti == {i}", c.slot0 + k)
+                                    for c, k, i in subs], -1)
+    return L
+
+
+def generate(handlers: list[Handler], plan: layout.Plan, chans=()) -> str:
     """The generated source: type tables as if/elif chains and the dispatch switch."""
     L = ["# ---- generated by ggmk.device.codegen: do not edit", ""]
+    L += generate_channels(list(chans), handlers)
     L.append("def type_index(t):")
     for i, h in enumerate(handlers):
         L.append(f"    {'if' if i == 0 else 'elif'} t == {h.type}:")
@@ -174,6 +310,7 @@ def constants(plan: layout.Plan, handlers) -> dict:
     c = {k: v for k, v in vars(layout).items() if k.isupper() and isinstance(v, int)}
     c.update(plan.constants())
     for k in ("OK", "RETRY", "YIELD", "FAIL", "CHAN_FULL", "CHAN_CLOSED", "ALLOC_FAIL",
+              "CHAN_UNKNOWN", "FLAG_CHANNEL_MSG",
               "YIELD_OVERFLOW", "MAX_YIELDS", "UNKNOWN_TYPE", "RETRY_EXHAUSTED",
               "FLAG_EMIT_TRACE", "FLAG_DETERMINISTIC", "PRIO_MASK"):
         c[k] = getattr(task, k)
@@ -181,7 +318,8 @@ def constants(plan: layout.Plan, handlers) -> dict:
         c["EV_" + e.name] = int(e)
     for lv in events.Level:
         c["LV_" + lv.name] = int(lv)
-    c.update(ENQ_NORMAL=ENQ_NORMAL, ENQ_SHARED=ENQ_SHARED, ENQ_YIELD=ENQ_YIELD)
+    c.update(ENQ_NORMAL=ENQ_NORMAL, ENQ_SHARED=ENQ_SHARED, ENQ_YIELD=ENQ_YIELD,
+             ENQ_CHANNEL=ENQ_CHANNEL, CHAN_NO_SUBSCRIBER=CHAN_NO_SUBSCRIBER)
     c["TRACE_WORKER"] = any(h.module.trace_level >= events.Level.ALL for h in handlers)
     c["TRACE_TASKS"] = c["TRACE_WORKER"]
     return c
@@ -203,13 +341,20 @@ class Built:
     target: object
     source: str
     noinline: tuple = ()
+    chans: tuple = ()
 
 
-def build(handlers: list[Handler], plan: layout.Plan, target, *, noinline=()) -> Built:
-    """Generate, write and compile the kernel for ``target`` (a targets.* module)."""
+def build(handlers: list[Handler], plan: layout.Plan, target, *, noinline=(),
+          chans=()) -> Built:
+    """Generate, write and compile the kernel for ``target`` (a targets.* module);
+    ``chans``: the device channels (:func:`resolve_channels`)."""
+    chans = tuple(chans)
+    if len(chans) != plan.nchan or sum(len(c.subs) for c in chans) != plan.nsubs:
+        raise BootError(f"codegen.build: the plan was made for {plan.nchan} channel(s) and "
+                        f"{plan.nsubs} subscriber(s), got {len(chans)} channel(s)")
     ksrc = (SRC_DIR / "kernel_src.py").read_text()
     asrc = inspect.getsource(api_mod)
-    gsrc = generate(handlers, plan)
+    gsrc = generate(handlers, plan, chans)
     consts = constants(plan, handlers)
     source = "\n\n".join([target.PRIM_SRC, ksrc, asrc, gsrc])
     h = hashlib.sha256()
@@ -251,21 +396,27 @@ def build(handlers: list[Handler], plan: layout.Plan, target, *, noinline=()) ->
     for name in ("atomic_add", "atomic_cas", "atomic_max"):
         setattr(view, name, ns[name])
     compiled_helpers: dict = {}
+    ids = {c.name: c.id for c in chans}
     for i, hd in enumerate(handlers):
-        fn = _rebind(hd.fn, view, target, compiled_helpers)
+        fn = _rebind(hd.fn, view, target, compiled_helpers, ids)
         ns[f"h_{i}"] = target.handler_fn(fn, noinline=i in noinline)
     kernel = target.kernel_fn(ns["kernel_body"])
-    built = Built(key, path, kernel, ns, handlers, plan, target, source, tuple(noinline))
+    built = Built(key, path, kernel, ns, handlers, plan, target, source, tuple(noinline),
+                  chans)
     mod._ggmk_built = built
     return built
 
 
-def _rebind(fn, view, target, compiled):
+def _rebind(fn, view, target, compiled, chan_ids=None):
     """``fn`` with globals where ggmk.device.api (module or functions) and @func helpers are
-    replaced by their compiled versions for ``target``."""
+    replaced by their compiled versions for ``target``, and channel references by their
+    ids."""
+    chan_ids = chan_ids or {}
     g = dict(fn.__globals__)
     for name, v in fn.__globals__.items():
-        if v is api_mod:
+        if isinstance(v, Chan):
+            g[name] = chan_ids[v.name]         # checked by resolve_channels
+        elif v is api_mod:
             g[name] = view
         elif inspect.isfunction(v) and getattr(v, "__module__", None) == api_mod.__name__ \
                 and hasattr(view, v.__name__):
@@ -273,9 +424,14 @@ def _rebind(fn, view, target, compiled):
         elif getattr(v, "_ggmk_device_func", False):
             if id(v) not in compiled:
                 compiled[id(v)] = None  # recursion guard
-                compiled[id(v)] = target.device_fn(_rebind(v, view, target, compiled))
+                compiled[id(v)] = target.device_fn(_rebind(v, view, target, compiled,
+                                                           chan_ids))
             g[name] = compiled[id(v)]
-    new = pytypes.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__)
+    closure = fn.__closure__
+    if closure:
+        closure = tuple(pytypes.CellType(chan_ids[c.cell_contents.name])
+                        if isinstance(_cell(c), Chan) else c for c in closure)
+    new = pytypes.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, closure)
     new.__qualname__ = fn.__qualname__
     new.__module__ = fn.__module__
     return new

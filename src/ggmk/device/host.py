@@ -78,7 +78,9 @@ class DeviceKernel:
         ok, why = self.target.available()
         if not ok:
             raise DeviceError(f"device target {self.target_name!r} is not usable: {why}")
+        modules = list(modules)
         self.handlers = codegen.resolve_handlers(modules, types)
+        self.chans = codegen.resolve_channels(modules, self.handlers, types)
         base = dict(self.target.DEFAULTS)
         if workers is not None:
             base["blocks"] = workers
@@ -92,7 +94,8 @@ class DeviceKernel:
             self.target.resolve_config_dict(base)
         self.config = layout.DeviceConfig(**base).validate()
         self.plan = layout.plan(self.config, len(self.handlers),
-                                codegen.smem_words(self.handlers, self.config.threads))
+                                codegen.smem_words(self.handlers, self.config.threads),
+                                len(self.chans), sum(len(c.subs) for c in self.chans))
         self.type_ids = [int(h.type) for h in self.handlers]
         self._noinline = tuple(noinline)
         self._built = None
@@ -108,7 +111,7 @@ class DeviceKernel:
         """Generate and compile (or load from the disk cache) the kernel."""
         if self._built is None:
             self._built = codegen.build(self.handlers, self.plan, self.target,
-                                        noinline=self._noinline)
+                                        noinline=self._noinline, chans=self.chans)
         return self._built
 
     def start(self, timeout: float = 600.0) -> "DeviceKernel":
@@ -252,7 +255,12 @@ class DeviceKernel:
 
     def metrics(self) -> dict:
         """The last published metrics: {'global': {...}, 'types': {type_id: {...}},
-        'user': [16 counters]} (published every few loops and when a worker parks/exits)."""
+        'user': [16 counters], 'channels': {name: {...}}} (published every few loops and when a
+        worker parks/exits). A channel's entry: id, type, mode, guarantee, capacity, reserve,
+        depth (messages in flight: queued or running, the largest over subscribers),
+        high_watermark, emitted (accepted), full (refused with CHAN_FULL), dropped (copies
+        sent to sys.dropped), delivered (copies enqueued), subscribers (count) and subs (per
+        subscriber: type, handler, depth, delivered, dropped, high_watermark)."""
         self._check()
         rows = self._h["mpub"].reshape(self.config.blocks, self.plan.nmet).copy()
         g = {}
@@ -269,7 +277,46 @@ class DeviceKernel:
         u0 = layout.METRIC_NAMES.index("user0")
         return {"global": g, "types": types,
                 "user": [int(rows[:, u0 + k].sum()) for k in range(16)],
+                "channels": self._channel_metrics(rows),
                 "workers": self.config.blocks, "target": self.target_name}
+
+    @property
+    def channels(self) -> dict:
+        """{name: id} of the device channels (ids are fixed when the kernel is built)."""
+        return {c.name: c.id for c in self.chans}
+
+    def channel_id(self, name) -> int:
+        """The id of device channel ``name`` (a name or a declaration object)."""
+        key = getattr(name, "name", name)
+        for c in self.chans:
+            if c.name == key:
+                return c.id
+        known = ", ".join(c.name for c in self.chans) or "none declared"
+        raise KeyError(f"DeviceKernel: no device channel {key!r} (device channels: {known})")
+
+    def _channel_metrics(self, rows: np.ndarray) -> dict:
+        depth = self._h["cpub"]
+        out = {}
+        for c in self.chans:
+            o = self.plan.mch0 + (c.id - 1) * layout.NPC
+            d = {n: int(rows[:, o + k].max() if n == "high_watermark" else rows[:, o + k].sum())
+                 for k, n in enumerate(layout.PER_CHAN_NAMES)}
+            subs = []
+            for k, hi in enumerate(c.subs):
+                slot = c.slot0 + k
+                so = self.plan.msub0 + slot * layout.NPS
+                s = {n: int(rows[:, so + j].max() if n == "high_watermark"
+                            else rows[:, so + j].sum())
+                     for j, n in enumerate(layout.PER_SUB_NAMES)}
+                h = self.handlers[hi]
+                subs.append({"type": int(h.type), "handler": f"{h.module.name}.{h.name}",
+                             "depth": int(depth[slot])} | s)
+            out[c.name] = {"id": c.id, "type": c.message, "mode": c.mode,
+                           "guarantee": c.guarantee, "capacity": c.capacity,
+                           "reserve": c.reserve,
+                           "depth": max((x["depth"] for x in subs), default=0),
+                           "subscribers": len(subs), "subs": subs} | d
+        return out
 
     def drain_trace(self) -> np.ndarray:
         """Trace events recorded since the last drain, oldest first (TRACE_DTYPE). The ring

@@ -23,7 +23,16 @@ values are passed between phases through the block's shared words ``sh``.
 State: ``S = (D, M, A)``: ``D`` the device words, ``M`` the mapped (host-visible) words, ``A``
 the arena bytes; region ``x`` of ``layout.REGIONS`` starts at constant ``O_X`` in its home array.
 
-Every path that schedules a task goes through ``enqueue`` (SPEC §3: one enqueue core).
+Every path that schedules a task goes through ``enqueue`` (SPEC §3: one enqueue core),
+device channel deliveries included (``emit_channel`` -> ``enqueue(..., ENQ_CHANNEL)``).
+
+Device channels: per channel a sequence counter (``chs``), per subscriber slot an in-flight
+credit count (``csub``: messages waiting in a queue or running). An emit takes one credit per
+subscriber (the last ``chan_reserve(c)`` only for priority 0), numbers the message, sets the
+payload's reference count to the number of copies and enqueues one copy per subscriber, retyped
+to its handler type with ``channel`` = id, ``seq`` = channel sequence and FLAG_CHANNEL_MSG.
+When the copy's task reaches its last outcome (done, failed, dead-lettered) ``settle`` gives
+the credit and the payload reference back. The tables (``chan_*``, ``sub_*``) are generated.
 """
 
 # ---------------------------------------------------------------------------------------------
@@ -246,16 +255,21 @@ def to_sys(S, blk, chan, code, w0, w1, w2, w3, w4, w5):
 
 def enqueue(S, blk, w0, w1, w2, w3, w4, w5, mode):
     """Schedule one task. ``mode``: ENQ_NORMAL (emit, event fire: the worker's local queue while
-    it is below half full, else the type's bucket), ENQ_SHARED (host arrival: the bucket first
-    so every worker can take it), ENQ_YIELD (local queue including its reserved last quarter,
-    then the overflow queue, then sys.error; never fails). Tasks of a type with no device
-    handler go to the host. Returns OK or CHAN_FULL."""
+    it is below half full, else the type's bucket), ENQ_CHANNEL (a device channel delivery:
+    placed like ENQ_NORMAL), ENQ_SHARED (host arrival: the bucket first so every worker can
+    take it), ENQ_YIELD (local queue including its reserved last quarter, then the overflow
+    queue, then sys.error). The record's ``seq`` becomes the enqueue sequence, except on
+    channel messages (ENQ_CHANNEL, or FLAG_CHANNEL_MSG set: a yielded or retried delivery),
+    which keep their channel sequence. Tasks of a type with no device handler go to the host.
+    Returns OK, CHAN_FULL (queues full: the caller still has the record) or YIELD_OVERFLOW
+    (ENQ_YIELD only: the record went to sys.error)."""
     D = S[0]
     ti = type_index(rec_type(w0))
-    b = O_BS + blk * BSS + B_SEQ
-    seq = D[b]
-    D[b] = seq + 1
-    w1 = (w1 & 0xFFFFFFFF) | hi32(seq * NB + blk)
+    if mode != ENQ_CHANNEL and (rec_flags(w0) & FLAG_CHANNEL_MSG) == 0:
+        b = O_BS + blk * BSS + B_SEQ
+        seq = D[b]
+        D[b] = seq + 1
+        w1 = (w1 & 0xFFFFFFFF) | hi32(seq * NB + blk)
     if ti < 0:
         met_add(D, blk, M_FOREIGN_TYPE, 1)
         return to_host(S, blk, w0, w1, w2, w3, w4, w5)
@@ -271,8 +285,8 @@ def enqueue(S, blk, w0, w1, w2, w3, w4, w5, mode):
             return OK
         met_add(D, blk, M_YIELD_OVERFLOW, 1)
         to_sys(S, blk, CH_SYS_ERROR, YIELD_OVERFLOW, w0, w1, w2, w3, w4, w5)
-        return OK
-    if mode == ENQ_NORMAL:
+        return YIELD_OVERFLOW
+    if mode == ENQ_NORMAL or mode == ENQ_CHANNEL:
         d = lq_push(D, blk, w0, w1, w2, w3, w4, w5, LQ_SPILL)
         if d >= 0:
             atomic_max(D, O_MET + blk * NMET + M_LOCAL_HWM, d + 1)
@@ -291,6 +305,121 @@ def enqueue(S, blk, w0, w1, w2, w3, w4, w5, mode):
             return OK
     met_add(D, blk, M_BUCKET_FULL, 1)
     return CHAN_FULL
+
+
+# ---------------------------------------------------------------------------------------------
+# device channels
+
+
+def chan_take_credit(D, slot, limit):
+    """One in-flight credit of subscriber ``slot`` if fewer than ``limit`` are taken: the
+    count after taking it, or -1."""
+    o = O_CSUB + slot * CSS + CS_INFL
+    while True:
+        cur = vload(D, o)
+        if cur >= limit:
+            return -1
+        if atomic_cas(D, o, cur, cur + 1) == cur:
+            return cur + 1
+
+
+def chan_payload_release(S, blk, ptr):
+    if ptr != 0:
+        arena_release(S[0], blk, ptr - S[1][O_CTL + C_ARENA_BASE])
+
+
+def emit_channel(S, blk, c, pw0, w0, w2, w3, m0, m1):
+    """Emit one message on device channel ``c`` (``w0``: its flags and tenant; the type is the
+    channel's). ``pw0``: the producer's header (trace level). Returns OK, CHAN_FULL (lossless
+    and a subscriber has no credit left: nothing was taken, the caller keeps its payload) or
+    CHAN_UNKNOWN (no such channel: the message went to sys.error). On a lossy channel the copy
+    for a full subscriber goes to sys.dropped with CHAN_FULL; a copy the queues cannot take
+    goes there with the enqueue's code; with no subscriber at all, with CHAN_NO_SUBSCRIBER."""
+    D = S[0]
+    w0 = (w0 & -4294967296) | (FLAG_CHANNEL_MSG << 32) | chan_msg_type(c)
+    if c < 1 or c > NCHAN:
+        met_add(D, blk, M_CHAN_UNKNOWN, 1)
+        to_sys(S, blk, CH_SYS_ERROR, CHAN_UNKNOWN, w0, c & 0xFFFFFFFF, 0, w3, m0, m1)
+        return CHAN_UNKNOWN
+    n = chan_nsubs(c)
+    slot0 = chan_slot0(c)
+    limit = chan_cap(c)
+    if rec_prio(w0) != 0:
+        limit -= chan_reserve(c)          # the last 10%: priority 0 only
+    lossless = chan_lossless(c) != 0
+    mc = O_MET + blk * NMET + MCH0 + (c - 1) * NPC
+    # 1. one credit per subscriber; lossless is all or nothing
+    got = 0
+    ncopies = 0
+    hwm = 0
+    for k in range(n):
+        d = chan_take_credit(D, slot0 + k, limit)
+        if d >= 0:
+            got |= 1 << k
+            ncopies += 1
+            if d > hwm:
+                hwm = d
+            atomic_max(D, O_MET + blk * NMET + MSUB0 + (slot0 + k) * NPS + PS_HWM, d)
+        elif lossless:
+            for j in range(k):
+                atomic_add(D, O_CSUB + (slot0 + j) * CSS + CS_INFL, -1)
+            atomic_add(D, mc + PC_FULL, 1)
+            met_add(D, blk, M_CHAN_FULL, 1)
+            trace_if(S, blk, EV_CHAN_FULL, LV_WARN, pw0, c, 0)
+            return CHAN_FULL
+    # 2. accepted: the channel sequence number
+    seq = atomic_add(D, O_CHS + (c - 1) * CHS + CH_SEQ, 1)
+    w1 = c | hi32(seq)
+    atomic_add(D, mc + PC_EMITTED, 1)
+    atomic_max(D, mc + PC_HWM, hwm)
+    met_add(D, blk, M_CHAN_EMITTED, 1)
+    # 3. the producer's payload reference becomes one per copy (before any copy can run)
+    if w2 != 0:
+        if ncopies == 0:
+            chan_payload_release(S, blk, w2)
+        elif ncopies > 1:
+            arena_retain(D, w2 - S[1][O_CTL + C_ARENA_BASE], ncopies - 1)
+    if n == 0:
+        atomic_add(D, mc + PC_DROPPED, 1)
+        met_add(D, blk, M_CHAN_DROPPED, 1)
+        trace_if(S, blk, EV_CHAN_DROP, LV_WARN, pw0, c, CHAN_NO_SUBSCRIBER)
+        to_sys(S, blk, CH_SYS_DROPPED, CHAN_NO_SUBSCRIBER, w0, w1, 0, w3, m0, m1)
+        return OK
+    # 4. one copy per subscriber, through the enqueue core
+    for k in range(n):
+        slot = slot0 + k
+        ws0 = (w0 & -4294967296) | sub_type(slot)
+        ms = O_MET + blk * NMET + MSUB0 + slot * NPS
+        code = CHAN_FULL
+        if (got >> k) & 1:
+            r = enqueue(S, blk, ws0, w1, w2, w3, m0, m1, ENQ_CHANNEL)
+            if r == OK:
+                atomic_add(D, ms + PS_DELIVERED, 1)
+                atomic_add(D, mc + PC_DELIVERED, 1)
+                met_add(D, blk, M_CHAN_DELIVERED, 1)
+                continue
+            # the queues are full: this copy's credit and payload reference go back
+            atomic_add(D, O_CSUB + slot * CSS + CS_INFL, -1)
+            chan_payload_release(S, blk, w2)
+            code = r
+        atomic_add(D, ms + PS_DROPPED, 1)
+        atomic_add(D, mc + PC_DROPPED, 1)
+        met_add(D, blk, M_CHAN_DROPPED, 1)
+        trace_if(S, blk, EV_CHAN_DROP, LV_WARN, ws0, c, code)
+        to_sys(S, blk, CH_SYS_DROPPED, code, ws0, w1, 0, w3, m0, m1)
+    return OK
+
+
+def settle(S, blk, w0, w1, w2):
+    """A task reached its last outcome (done, failed, dead-lettered). If it is a device channel
+    delivery, its subscriber's credit and its payload reference are given back."""
+    if (rec_flags(w0) & FLAG_CHANNEL_MSG) == 0:
+        return
+    slot = sub_slot(w1 & 0xFFFFFFFF, type_index(rec_type(w0)))
+    if slot < 0:
+        return
+    atomic_add(S[0], O_CSUB + slot * CSS + CS_INFL, -1)
+    chan_payload_release(S, blk, w2)
 
 
 def schedule_event(S, blk, due, w0, w1, w2, w3, w4, w5):
@@ -365,11 +494,17 @@ def service_events(S, blk, tick):
             met_add(D, blk, M_EVENTS_DROPPED, 1)
             to_sys(S, blk, CH_SYS_ERROR, CHAN_FULL, D[to], D[to + 1], D[to + 2], D[to + 3],
                    D[to + 4], D[to + 5])
+            settle(S, blk, D[to], D[to + 1], D[to + 2])
     fired = 0
     while fired < EV_DRAIN_MAX and D[O_GLOB + G_EV_SIZE] > 0 and D[O_EVK] <= tick:
         heap_pop_to(D, to)
-        enqueue(S, blk, D[to], D[to + 1], D[to + 2], D[to + 3], D[to + 4], D[to + 5],
-                ENQ_NORMAL)
+        r = enqueue(S, blk, D[to], D[to + 1], D[to + 2], D[to + 3], D[to + 4], D[to + 5],
+                    ENQ_NORMAL)
+        if r != OK:
+            # the queues are full: the fired task is dead-lettered, not lost
+            to_sys(S, blk, CH_SYS_DROPPED, r, D[to], D[to + 1], D[to + 2], D[to + 3],
+                   D[to + 4], D[to + 5])
+            settle(S, blk, D[to], D[to + 1], D[to + 2])
         fired += 1
     if fired > 0:
         met_add(D, blk, M_EVENTS_FIRED, fired)
@@ -490,6 +625,7 @@ def finish(S, blk, ti, tick, o, r):
         met_type(D, blk, ti, PT_OK, 1)
         if TRACE_TASKS:
             trace_if(S, blk, EV_TASK_END, LV_ALL, w0, 0, 0)
+        settle(S, blk, w0, w1, w2)
         return
     if r == YIELD:
         y = rec_yields(w3) + 1
@@ -499,8 +635,10 @@ def finish(S, blk, ti, tick, o, r):
         if y > type_max_yields(ti):
             met_add(D, blk, M_MAX_YIELDS, 1)
             to_sys(S, blk, CH_SYS_ERROR, MAX_YIELDS, w0, w1, w2, w3, w4, w5)
+            settle(S, blk, w0, w1, w2)
             return
-        enqueue(S, blk, w0, w1, w2, w3, w4, w5, ENQ_YIELD)
+        if enqueue(S, blk, w0, w1, w2, w3, w4, w5, ENQ_YIELD) != OK:
+            settle(S, blk, w0, w1, w2)          # it went to sys.error
         return
     if r == RETRY:
         n = rec_retries(w3) + 1
@@ -509,18 +647,21 @@ def finish(S, blk, ti, tick, o, r):
         if n > MAX_RETRIES:
             met_add(D, blk, M_RETRY_EXHAUSTED, 1)
             to_sys(S, blk, CH_SYS_ERROR, RETRY_EXHAUSTED, w0, w1, w2, set_pad(w3, 0), w4, w5)
+            settle(S, blk, w0, w1, w2)
             return
         back = 1 << (n - 1)
         if back > 64:
             back = 64
         met_add(D, blk, M_RETRY_SCHEDULED, 1)
-        schedule_event(S, blk, tick + back, w0, w1, w2, set_pad(w3, n), w4, w5)
+        if schedule_event(S, blk, tick + back, w0, w1, w2, set_pad(w3, n), w4, w5) != OK:
+            settle(S, blk, w0, w1, w2)          # it went to sys.error
         return
     met_type(D, blk, ti, PT_FAIL, 1)
     code = r
     if code >= 0:
         code = FAIL
     to_sys(S, blk, CH_SYS_ERROR, code, w0, w1, w2, w3, w4, w5)
+    settle(S, blk, w0, w1, w2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -620,6 +761,8 @@ def publish(S, blk):
     o = blk * NMET
     for m in range(NMET):
         vstore(M, O_MPUB + o + m, vload(D, O_MET + o + m))
+    for s in range(NCSUB):
+        vstore(M, O_CPUB + s, vload(D, O_CSUB + s * CSS + CS_INFL))
     fence_system()
 
 
@@ -672,6 +815,10 @@ def worker_iteration(S, blk, sh, smem):
             w3 = vload(M, o + 3)
             w4 = vload(M, o + 4)
             w5 = vload(M, o + 5)
+            c = w1 & 0xFFFFFFFF
+            if c >= 1 and c <= NCHAN:
+                # a host record holds no device channel credit: not a delivery here
+                w0 = w0 & ~(FLAG_CHANNEL_MSG << 32)
             r = enqueue(S, blk, w0, w1, w2, set_pad(w3, 0), w4, w5, ENQ_SHARED)
             if r != OK:
                 to_sys(S, blk, CH_SYS_DROPPED, r, w0, w1, w2, w3, w4, w5)

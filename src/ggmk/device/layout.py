@@ -50,6 +50,8 @@ REGIONS = (
     ("flc", "dev"),      # free-list head/tail counters and (base, cap)
     ("scratch", "dev"),  # shared-memory stand-in for targets without shared memory
     ("user", "dev"),     # USER_WORDS words for handlers (g.user_words): counters, logs
+    ("chs", "dev"),      # per device channel: sequence counter (CHS words apart)
+    ("csub", "dev"),     # per channel subscriber slot: in-flight credit count (CSS apart)
     ("ctl", "map"),      # control words: stop flag, ring indices
     ("rx", "map"),       # host -> device ring records
     ("tx", "map"),       # device -> host ring records
@@ -58,6 +60,7 @@ REGIONS = (
     ("mpub", "map"),     # published metric rows (host reads these)
     ("tr", "map"),       # trace ring records
     ("trseq", "map"),    # trace ring per-slot sequence
+    ("cpub", "map"),     # published in-flight count per subscriber slot (channel depth)
 )
 # kernel arguments, in order: device words, mapped words, arena bytes
 STATE_NAMES = ("dev", "map", "arena")
@@ -126,7 +129,8 @@ METRIC_NAMES = (
     "free", "loops", "idle_loops", "bucket_full", "errors", "retry_exhausted",
     "gather_local", "gather_bucket", "gather_overflow", "local_hwm", "bucket_hwm", "dropped",
     "trace_events", "parks", "retry_scheduled", "events_pushed", "bump_alloc", "bump_fail",
-    "slab_alloc", "foreign_type", "chan_full", "bucket_mixed",
+    "slab_alloc", "foreign_type", "chan_full", "bucket_mixed", "chan_emitted",
+    "chan_delivered", "chan_dropped", "chan_unknown",
 ) + tuple(f"user{i}" for i in range(16))
 for _i, _n in enumerate(METRIC_NAMES):
     globals()["M_" + _n.upper()] = _i
@@ -135,6 +139,17 @@ HWM_METRICS = ("local_hwm", "bucket_hwm")
 PER_TYPE_NAMES = ("run", "ok", "fail", "retry", "yield", "enqueued")
 PT_RUN, PT_OK, PT_FAIL, PT_RETRY, PT_YIELD, PT_ENQ = range(6)
 NPT = len(PER_TYPE_NAMES)
+# per device channel and per subscriber slot (after the per-type block of a metric row)
+PER_CHAN_NAMES = ("emitted", "full", "dropped", "delivered", "high_watermark")
+PC_EMITTED, PC_FULL, PC_DROPPED, PC_DELIVERED, PC_HWM = range(5)
+NPC = len(PER_CHAN_NAMES)
+PER_SUB_NAMES = ("delivered", "dropped", "high_watermark")
+PS_DELIVERED, PS_DROPPED, PS_HWM = range(3)
+NPS = len(PER_SUB_NAMES)
+CHS = 8                        # words per channel in "chs" (one 64-byte line each)
+CH_SEQ = 0                     # next channel sequence number
+CSS = 8                        # words per subscriber slot in "csub"
+CS_INFL = 0                    # messages in flight (waiting in a queue or running)
 
 # ---- special channels on records sent to the host
 CH_SYS_ERROR = 0xFFFFFF01      # the record failed: _pad holds the (int16) error code
@@ -215,6 +230,8 @@ class Plan:
     cfg: DeviceConfig
     ntypes: int
     smem_words: int                    # handler shared memory, int64 words per block
+    nchan: int = 0                     # device channels
+    nsubs: int = 0                     # channel subscriber slots, all channels
     queues: list = field(default_factory=list)   # (name, base, cap)
     qtot: int = 0
     bins: list = field(default_factory=list)     # (size, arena offset, count, fl base, fl cap)
@@ -237,7 +254,16 @@ class Plan:
 
     @property
     def nmet(self) -> int:
+        return NGLOBAL_METRICS + self.ntypes * NPT + self.nchan * NPC + self.nsubs * NPS
+
+    @property
+    def mch0(self) -> int:
+        """Metric-row index of the first per-channel counter."""
         return NGLOBAL_METRICS + self.ntypes * NPT
+
+    @property
+    def msub0(self) -> int:
+        return self.mch0 + self.nchan * NPC
 
     def constants(self) -> dict:
         """The compile-time constants the kernel source sees (besides the fixed ones above)."""
@@ -256,6 +282,7 @@ class Plan:
             RX_INGEST_MAX=min(c.rx_ingest_max, c.batch * 4),
             SHW=self.sh_words, SMEM_WORDS=max(self.smem_words, 1), NMET=self.nmet,
             SCRATCH_PER_BLOCK=self.sh_words + max(self.smem_words, 1),
+            NCHAN=self.nchan, NCSUB=self.nsubs, MCH0=self.mch0, MSUB0=self.msub0,
         ) | {"O_" + name.upper(): o for name, (kind, o, n) in offsets(self).items()
              if name != "_total"}
 
@@ -271,12 +298,15 @@ class Plan:
             scratch=c.blocks * (self.sh_words + max(self.smem_words, 1)), user=USER_WORDS,
             ctl=NCTL, rx=c.rx_cap * W, tx=c.tx_cap * W, txseq=c.tx_cap, hb=c.blocks * 8,
             mpub=c.blocks * self.nmet, tr=c.trace_cap * TW, trseq=c.trace_cap,
+            chs=max(self.nchan, 1) * CHS, csub=max(self.nsubs, 1) * CSS,
+            cpub=max(self.nsubs, 1),
         )
 
 
-def plan(cfg: DeviceConfig, ntypes: int, smem_words: int) -> Plan:
+def plan(cfg: DeviceConfig, ntypes: int, smem_words: int, nchan: int = 0,
+         nsubs: int = 0) -> Plan:
     cfg.validate()
-    p = Plan(cfg=cfg, ntypes=ntypes, smem_words=smem_words)
+    p = Plan(cfg=cfg, ntypes=ntypes, smem_words=smem_words, nchan=nchan, nsubs=nsubs)
     base = 0
     for t in range(ntypes):
         p.queues.append((f"bucket{t}", base, cfg.bucket_cap))

@@ -21,6 +21,29 @@ Example::
     def solve(ctx, task, lane, nlanes, smem, phase):
         ...                                        # every lane of the block, phase 0 then 1
 
+Device channels (SPEC §5, local to the GPU kernel): a module declares a channel with
+:meth:`Module.channel` and a handler subscribes with ``consumes=``; a handler emits with
+``g.emit_chan(ctx, CHANNEL, m0, m1)`` where ``CHANNEL`` is the declaration object (or
+``gd.chan("name")``), replaced by the channel's id when the kernel is built::
+
+    src = gd.Module("src")
+    OUT = src.channel("phys.out", message=30, mode="fanout", guarantee="lossless",
+                      capacity=256)
+
+    @src.handler(20)
+    def produce(ctx, task):
+        i = g.meta0(task)
+        while i < g.meta1(task):
+            if g.emit_chan(ctx, OUT, i, 0) == CHAN_FULL:
+                return g.yield_at(task, i)           # lossless: retry what was refused
+            i += 1
+        return OK
+
+    @src.handler(31, consumes="phys.out")             # a subscriber: runs every message
+    def log_it(ctx, task):
+        g.emit_host(ctx, 99, g.seq(task), g.meta0(task))   # seq: the channel sequence
+        return OK
+
 Warp and block handlers are written barrier-phase style: the runtime calls the handler once per
 lane for phase 0, puts a barrier, then calls it for phase 1, and so on; ``smem`` is the shared
 memory the handler declared (int64 words; per warp for warp handlers). The return value of lane
@@ -35,10 +58,63 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ggmk.errors import BootError
+from ggmk.errors import BootError, ChannelError
 from ggmk.events import Level
+from ggmk.task import CHAN_TYPE_MISMATCH, CHAN_UNKNOWN
 
 GRANULARITIES = ("scalar", "warp", "block")
+CHAN_MODES = ("p2p", "fanout")
+CHAN_GUARANTEES = ("lossy", "lossless")
+MAX_FANOUT = 32                 # subscribers of one fan-out channel (SPEC §5)
+MIN_CHAN_CAPACITY = 8
+
+
+class ChannelBootError(ChannelError, BootError):
+    """A device channel declaration is invalid (raised when the kernel is built/constructed);
+    ``code`` is the CHAN_* code (CHAN_ALREADY_BOUND, CHAN_TYPE_MISMATCH, CHAN_UNKNOWN)."""
+
+
+class Chan:
+    """A reference to a device channel by name, usable as a constant inside device handlers
+    (``g.emit_chan(ctx, gd.chan("phys.out"), ...)``): the build replaces it by the channel's
+    id. Unknown names are reported when the kernel is constructed."""
+
+    def __init__(self, name: str):
+        if not isinstance(name, str) or not name:
+            raise BootError(f"device channel name must be a non-empty string, got {name!r}")
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"gd.chan({self.name!r})"
+
+
+def chan(name: str) -> Chan:
+    """A by-name reference to a device channel declared by any module of the kernel."""
+    return Chan(name)
+
+
+class ChannelDecl(Chan):
+    """A channel declared by a module (see :meth:`Module.channel`). ``id`` is set when a
+    :class:`~ggmk.device.DeviceKernel` is built from the module (1-based; 0 means direct
+    submit in the task record)."""
+
+    def __init__(self, module: "Module", name: str, message, mode: str, guarantee: str,
+                 capacity: int):
+        super().__init__(name)
+        self.module = module
+        self.message = message
+        self.mode = mode
+        self.guarantee = guarantee
+        self.capacity = capacity
+
+    @property
+    def reserve(self) -> int:
+        """Credits kept for priority-0 messages: the last 10% of the capacity (at least 1)."""
+        return max(1, self.capacity // 10)
+
+    def __repr__(self) -> str:
+        return (f"ChannelDecl({self.name!r}, message={self.message!r}, {self.mode}, "
+                f"{self.guarantee}, capacity={self.capacity}, module={self.module.name!r})")
 ARITY = {"scalar": 2, "warp": 6, "block": 6}
 SIGNATURES = {"scalar": "(ctx, task)", "warp": "(ctx, task, lane, nlanes, smem, phase)",
               "block": "(ctx, task, lane, nlanes, smem, phase)"}
@@ -61,17 +137,21 @@ class Handler:
     deterministic: bool = False
     max_yields: int = 16
     module: "Module | None" = field(default=None, repr=False)
+    consumes: tuple = ()              # channel names this handler type subscribes to
+    message: "int | str | None" = None   # the message type it expects on them (checked)
 
     def fingerprint(self) -> str:
         """A digest of everything that changes the compiled handler."""
         h = hashlib.sha256()
         _hash_code(h, self.fn.__code__, set())
-        for name in _global_names(self.fn.__code__):
+        for name in sorted(_global_names(self.fn.__code__)):   # stable across processes
             v = self.fn.__globals__.get(name)
             if getattr(v, "_ggmk_device_func", False):
                 _hash_code(h, v.__code__, set())
             elif isinstance(v, (int, float, bool, str)):
                 h.update(f"{name}={v!r}".encode())
+            elif isinstance(v, Chan):
+                h.update(f"{name}=chan:{v.name}".encode())   # its id is in the generated code
         for cell in self.fn.__closure__ or ():
             h.update(repr(cell.cell_contents).encode())
         h.update(repr(self.fn.__defaults__).encode())
@@ -114,13 +194,64 @@ class Module:
         self.version = version
         self.trace_level = _level(trace_level, f"module {name!r}")
         self.handlers: list[Handler] = []
+        self.channels: list[ChannelDecl] = []
+
+    def channel(self, name: str, message, mode: str = "p2p", guarantee: str = "lossless",
+                capacity: int = 256) -> ChannelDecl:
+        """Declare a device channel carrying messages of type ``message`` (an id or a type
+        name). ``mode``: "p2p" (one subscriber) or "fanout" (up to 32); ``guarantee``:
+        "lossless" (a full emit returns CHAN_FULL, nothing accepted is lost) or "lossy" (the
+        copy for a full subscriber goes to sys.dropped with CHAN_FULL). ``capacity``: messages
+        in flight per subscriber (waiting or running), the last 10% for priority 0.
+        Returns the declaration, which handlers pass to ``g.emit_chan``."""
+        where = f"module {self.name!r}, channel {name!r}"
+        if not isinstance(name, str) or not name:
+            raise BootError(f"module {self.name!r}: channel name must be a non-empty string, "
+                            f"got {name!r}")
+        if mode not in CHAN_MODES:
+            raise ChannelBootError(f"{where}: mode {mode!r} is not one of {CHAN_MODES}",
+                                   CHAN_UNKNOWN)
+        if guarantee not in CHAN_GUARANTEES:
+            raise ChannelBootError(f"{where}: guarantee {guarantee!r} is not one of "
+                                   f"{CHAN_GUARANTEES}", CHAN_UNKNOWN)
+        if isinstance(capacity, bool) or not isinstance(capacity, int) \
+                or not MIN_CHAN_CAPACITY <= capacity < 2**31:
+            raise BootError(f"{where}: capacity must be an int in {MIN_CHAN_CAPACITY}..2**31-1, "
+                            f"got {capacity!r}")
+        if isinstance(message, bool) or not isinstance(message, (int, str)) or (
+                isinstance(message, int) and not 0 < message < 2**32):
+            raise ChannelBootError(f"{where}: message must be a u32 type id (> 0) or a type "
+                                   f"name, got {message!r}", CHAN_TYPE_MISMATCH)
+        if any(c.name == name for c in self.channels):
+            raise BootError(f"{where}: declared twice")
+        decl = ChannelDecl(self, name, message, mode, guarantee, capacity)
+        self.channels.append(decl)
+        return decl
 
     def handler(self, type, granularity: str = "scalar", shared_bytes: int = 0,
                 deterministic: bool = False, phases: int = 1, max_yields: int = 16,
-                name: str | None = None):
+                name: str | None = None, consumes=None, message=None):
         """Register ``fn`` as the device handler of ``type`` (an id, or a name resolved
-        through ``DeviceKernel(types=...)``)."""
+        through ``DeviceKernel(types=...)``). ``consumes``: a channel (name or declaration,
+        or a tuple of them) this handler type subscribes to; its messages run as tasks of
+        ``type`` with ``g.channel(task)`` = the channel id and ``g.seq(task)`` = the channel
+        sequence number. ``message``: the message type the handler expects on them (a
+        mismatch with the channel's type is an error at build time)."""
         where = f"module {self.name!r}, handler for type {type!r}"
+        if consumes is None:
+            consumes = ()
+        elif isinstance(consumes, (str, Chan)):
+            consumes = (consumes,)
+        try:
+            consumes = tuple(c.name if isinstance(c, Chan) else c for c in consumes)
+        except TypeError:
+            raise BootError(f"{where}: consumes must be a channel name or a tuple of them, "
+                            f"got {consumes!r}") from None
+        for c in consumes:
+            if not isinstance(c, str) or not c:
+                raise BootError(f"{where}: consumes holds {c!r}, not a channel name")
+        if len(set(consumes)) != len(consumes):
+            raise BootError(f"{where}: consumes names a channel twice: {consumes}")
         if granularity not in GRANULARITIES:
             raise BootError(f"{where}: granularity {granularity!r} is not one of {GRANULARITIES}")
         if shared_bytes < 0 or (shared_bytes and granularity == "scalar"):
@@ -144,7 +275,8 @@ class Module:
                 if h.type == type:
                     raise BootError(f"{where}: already registered ({h.name})")
             self.handlers.append(Handler(type, fn, name or fn.__name__, granularity,
-                                         shared_bytes, phases, deterministic, max_yields, self))
+                                         shared_bytes, phases, deterministic, max_yields, self,
+                                         consumes, message))
             return fn
         return deco
 

@@ -339,9 +339,183 @@ def run_aging(target="cpu", hot=512, length=400, cold=8, workers=2, aging_interv
 
 
 # ------------------------------------------------------------------------------------------
+# "channels": device channels (P2P, fan-out with payloads, lossless backpressure, lossy
+# overflow, the priority-0 reserve, no subscriber, unknown id), several scenarios per boot
+
+PROD = 40                              # the producer: meta1 = scenario << 32 | end
+C_FAN = (43, 44, 45)                   # subscribers of t.fan; 43 also of the P2P channels
+MSG_T = 30                             # the message type of every test channel
+SC_FIFO, SC_FAN, SC_LL, SC_LOSSY, SC_PRIO, SC_MISC = range(6)
+O_CHAN = 900                           # a subscriber answers type 900 + 10 * chan + k
+O_LOSSY_REFUSED, O_PRIO, O_MISC = 990, 991, 992
+CHAN_CAPS = {"t.p2p": 256, "t.fan": 64, "t.ll": 8, "t.lossy": 16, "t.prio": 20, "t.none": 8}
+
+
+def channels_modules() -> list:
+    """A producer module declaring six channels and a consumer module subscribing to them
+    (four handlers in all: one compile stays short)."""
+    from ggmk.device.module import chan
+    from ggmk.task import CHAN_FULL
+    src = Module("chsrc")
+    P2P = src.channel("t.p2p", MSG_T, "p2p", "lossless", CHAN_CAPS["t.p2p"])
+    FAN = src.channel("t.fan", MSG_T, "fanout", "lossless", CHAN_CAPS["t.fan"])
+    LL = src.channel("t.ll", MSG_T, "p2p", "lossless", CHAN_CAPS["t.ll"])
+    LOSSY = src.channel("t.lossy", MSG_T, "p2p", "lossy", CHAN_CAPS["t.lossy"])
+    PRIO = src.channel("t.prio", MSG_T, "p2p", "lossless", CHAN_CAPS["t.prio"])
+    src.channel("t.none", MSG_T, "fanout", "lossy", CHAN_CAPS["t.none"])
+    NONE = chan("t.none")
+
+    @src.handler(PROD, max_yields=65000)
+    def produce(ctx, task):
+        sc = g.meta1(task) >> 32
+        end = g.meta1(task) & 0xFFFFFFFF
+        i = g.meta0(task)
+        if sc == SC_FIFO or sc == SC_LL:
+            # emit i .. end-1 in order; on CHAN_FULL continue there later (lossless: nothing
+            # refused is lost, the producer retries it)
+            c = P2P
+            if sc == SC_LL:
+                c = LL
+            while i < end:
+                if g.emit_chan(ctx, c, i, 0) == CHAN_FULL:
+                    g.metric_add(ctx, sc, 1)          # refusals the producer saw
+                    return g.yield_at(task, i)
+                i += 1
+        elif sc == SC_FAN:
+            while i < end:
+                p = g.alloc(ctx, 8)
+                if p == 0:
+                    return g.yield_at(task, i)
+                g.store_i64(ctx, p, i * 7 + 1)
+                if g.emit_chan_full(ctx, FAN, i, 0, p, 8, -1) == CHAN_FULL:
+                    g.release(ctx, p)                  # refused: still ours
+                    return g.yield_at(task, i)
+                i += 1
+        elif sc == SC_LOSSY:
+            bad = 0
+            while i < end:
+                if g.emit_chan(ctx, LOSSY, i, 0) != OK:
+                    bad += 1                          # a lossy emit never refuses
+                i += 1
+            g.emit_host(ctx, O_LOSSY_REFUSED, bad, 0)
+        elif sc == SC_PRIO:
+            # the task has priority != 0: its messages stop at capacity - reserve; priority-0
+            # messages may then use the reserve
+            lo = 0
+            while lo < 1000 and g.emit_chan(ctx, PRIO, lo, 0) == OK:
+                lo += 1
+            hi = 0
+            while hi < 1000 and g.emit_chan_full(ctx, PRIO, 100 + hi, 0, 0, 0, 0) == OK:
+                hi += 1
+            g.emit_host(ctx, O_PRIO, lo, hi)
+        else:
+            r0 = g.emit_chan(ctx, NONE, 5, 0)         # no subscriber: OK, copy on sys.dropped
+            r1 = g.emit_chan(ctx, 999, 6, 0)          # not a channel: CHAN_UNKNOWN, sys.error
+            g.emit_host(ctx, O_MISC, r0, r1)
+        return OK
+
+    dst = Module("chdst")
+
+    def consumer(t):
+        def h(ctx, task):
+            # answer: type 900 + 10 * channel + k; meta0 = channel seq; meta1 = message |
+            # payload-ok << 32 | priority << 40
+            ok = 1
+            p = g.payload_ptr(task)
+            if p != 0:
+                rc = g.refcount(ctx, p)
+                ok = 0
+                if g.load_i64(ctx, p) == g.meta0(task) * 7 + 1 and g.payload_len(task) == 8 \
+                        and 1 <= rc <= 3:
+                    ok = 2
+            g.emit_host(ctx, O_CHAN + 10 * g.channel(task) + t - C_FAN[0], g.seq(task),
+                        g.meta0(task) | (ok << 32) | (g.priority(task) << 40))
+            return OK
+        h.__name__ = f"consume_{t}"
+        return h
+    dst.handler(C_FAN[0], consumes=("t.p2p", FAN, "t.ll", "t.lossy", "t.prio"),
+                message=MSG_T)(consumer(C_FAN[0]))
+    for t in C_FAN[1:]:
+        dst.handler(t, consumes=FAN)(consumer(t))
+    return [src, dst]
+
+
+def _split(out):
+    """(records for the host by type, dead letters as (type, code, seq, meta0) tuples)."""
+    from ggmk.device.host import SYS_DROPPED
+    dead = out[(out["channel"] == SYS_ERROR) | (out["channel"] == SYS_DROPPED)]
+    live = out[(out["channel"] != SYS_ERROR) & (out["channel"] != SYS_DROPPED)]
+    codes = error_code(dead).tolist()
+    return live, [{"type": int(t), "code": int(c), "chan": "error" if ch == SYS_ERROR
+                   else "dropped", "seq": int(s), "meta0": int(m)}
+                  for t, c, ch, s, m in zip(dead["type"], codes, dead["channel"], dead["seq"],
+                                            dead["meta0"])]
+
+
+def run_channels(target="cpu", workers=2, n_fifo=60, n_multi=(4, 15), n_fan=20, n_ll=60,
+                 n_lossy=50, **cfg):
+    """Every channel scenario in one boot, one after the other; returns what each saw."""
+    k = DeviceKernel(channels_modules(), target=target, workers=workers, **cfg)
+    ids = k.channels
+    res = {"channels": ids, "workers": k.config.blocks}
+
+    def sub(live, name, j=0):
+        sel = live[live["type"] == O_CHAN + 10 * ids[name] + j]
+        m1 = sel["meta1"].astype(np.int64)
+        return {"seq": sel["meta0"].astype(np.int64).tolist(),
+                "value": (m1 & 0xFFFFFFFF).tolist(), "ok": ((m1 >> 32) & 0xFF).tolist(),
+                "prio": (m1 >> 40).tolist()}
+
+    def col(live, t, f):
+        return live[live["type"] == t][f].astype(np.int64).tolist()
+
+    def go(scenario, start, end, count, **kw):
+        k.push_all(taskmod.make(len(np.atleast_1d(start)), type=PROD, meta0=start,
+                                meta1=(scenario << 32) + np.asarray(end), **kw))
+        return _split(k.pull_until(count, timeout=300))
+
+    with k:
+        # 1. one producer, in order
+        live, dead = go(SC_FIFO, 0, n_fifo, n_fifo)
+        res["fifo"] = sub(live, "t.p2p") | {"dead": dead}
+        # 2. several producers at once (host arrivals go to the buckets: any worker)
+        np_, per = n_multi
+        live, dead = go(SC_FIFO, np.arange(np_) * 1000, np.arange(np_) * 1000 + per, np_ * per)
+        res["multi"] = sub(live, "t.p2p") | {"dead": dead}
+        # 3. fan-out to three subscribers with a shared payload
+        live, dead = go(SC_FAN, 0, n_fan, 3 * n_fan)
+        res["fan"] = {str(t): sub(live, "t.fan", j) for j, t in enumerate(C_FAN)}
+        res["fan"]["dead"] = dead
+        # 4. lossless backpressure: capacity 8, the producer retries what was refused
+        live, dead = go(SC_LL, 0, n_ll, n_ll)
+        res["lossless"] = sub(live, "t.ll") | {"dead": dead}
+        # 5. lossy overflow: n_lossy messages from one handler call into capacity 16
+        live, dead = go(SC_LOSSY, 0, n_lossy, n_lossy + 1)
+        res["lossy"] = sub(live, "t.lossy") | {"dead": dead,
+                                               "refused": col(live, O_LOSSY_REFUSED, "meta0")}
+        # 6. priority-0 reserve: the producer runs at priority 2
+        live, dead = go(SC_PRIO, 0, 0, 1 + CHAN_CAPS["t.prio"], priority=2)
+        res["prio"] = sub(live, "t.prio") | {
+            "dead": dead, "lo_hi": col(live, O_PRIO, "meta0") + col(live, O_PRIO, "meta1")}
+        # 7. no subscriber, unknown id
+        live, dead = go(SC_MISC, 0, 0, 3)
+        res["misc"] = {"codes": col(live, O_MISC, "meta0") + col(live, O_MISC, "meta1"),
+                       "dead": dead}
+        # wait until every credit is back (the last subscribers may still be finishing)
+        t_end = time.monotonic() + 60
+        while time.monotonic() < t_end:
+            if all(c["depth"] == 0 for c in k.metrics()["channels"].values()):
+                break
+            time.sleep(0.002)
+    m = k.metrics()
+    res["metrics"] = {"channels": m["channels"], "global": m["global"], "user": m["user"]}
+    return res
+
+
+# ------------------------------------------------------------------------------------------
 
 WORKLOADS = {"mixed": run_mixed, "spawn": run_spawn, "resident": run_resident,
-             "aging": run_aging}
+             "aging": run_aging, "channels": run_channels}
 
 
 def run(name: str, target: str, timeout: float = 900, **kw) -> dict:
