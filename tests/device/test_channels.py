@@ -103,6 +103,10 @@ def test_lossless_full_is_seen_retried_and_nothing_is_lost(run):
     assert ch["emitted"] == n and ch["delivered"] == n and ch["dropped"] == 0
     assert ch["high_watermark"] <= ch["capacity"] == 8
     assert ch["depth"] == 0                  # every credit back once the subscriber finished
+    # deliveries that yielded or retried once kept their seq (checked above) and credit
+    per = r["metrics"]["per_type"][str(W.C_FAN[0])]
+    n_yield = sum(1 for v in range(n) if v % 5 == 1)
+    assert per["yield"] == n_yield and per["retry"] == sum(1 for v in range(n) if v % 5 == 2)
 
 
 def test_lossy_overflow_goes_to_dead_letters_with_code(run):

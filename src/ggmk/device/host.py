@@ -21,6 +21,12 @@ Example::
         k.push(task.make(4, type=1, meta0=np.arange(4)))
         out = k.pull_until(4, timeout=10)            # 4 records of type 2, meta0 0,2,4,6
         print(k.metrics()["types"][1]["ok"])         # 4
+
+Device channels (declared on a module, see ``ggmk.device.module``) get ids when the kernel is
+built: ``k.channels`` ({name: id}), ``k.channel_id(name)``, and per-channel counters in
+``k.metrics()["channels"][name]`` (depth, high_watermark, emitted, full, dropped, delivered,
+subscribers, subs). Copies a lossy channel drops come back from :meth:`pull` with
+``channel == SYS_DROPPED``, the subscriber's type and ``error_code(...) == CHAN_FULL``.
 """
 from __future__ import annotations
 

@@ -355,7 +355,7 @@ def channels_modules() -> list:
     """A producer module declaring six channels and a consumer module subscribing to them
     (four handlers in all: one compile stays short)."""
     from ggmk.device.module import chan
-    from ggmk.task import CHAN_FULL
+    from ggmk.task import CHAN_FULL, RETRY, YIELD
     src = Module("chsrc")
     P2P = src.channel("t.p2p", MSG_T, "p2p", "lossless", CHAN_CAPS["t.p2p"])
     FAN = src.channel("t.fan", MSG_T, "fanout", "lossless", CHAN_CAPS["t.fan"])
@@ -420,6 +420,14 @@ def channels_modules() -> list:
         def h(ctx, task):
             # answer: type 900 + 10 * channel + k; meta0 = channel seq; meta1 = message |
             # payload-ok << 32 | priority << 40
+            if g.channel(task) == LL:           # a declaration compares as its id
+                # some deliveries yield or retry once first: they keep their channel seq
+                # and their credit until they finish
+                v = g.meta0(task)
+                if v % 5 == 1 and g.yield_count(task) == 0:
+                    return YIELD
+                if v % 5 == 2 and g.user_add(ctx, 2000 + (v & 1023), 1) == 0:
+                    return RETRY
             ok = 1
             p = g.payload_ptr(task)
             if p != 0:
@@ -508,7 +516,8 @@ def run_channels(target="cpu", workers=2, n_fifo=60, n_multi=(4, 15), n_fan=20, 
                 break
             time.sleep(0.002)
     m = k.metrics()
-    res["metrics"] = {"channels": m["channels"], "global": m["global"], "user": m["user"]}
+    res["metrics"] = {"channels": m["channels"], "global": m["global"], "user": m["user"],
+                      "per_type": {str(t): v for t, v in m["types"].items()}}
     return res
 
 
