@@ -28,7 +28,10 @@ GPU kernel can adopt either later:
     * **Waking.** A tenant whose queue goes non-empty is placed with a lag of
       ``-min_slice / 2`` (virtual, at its weight), *or its remaining debt if that is larger*:
       sleeping never banks credit, and a tenant cannot shed the debt of an overlong batch by
-      letting its queue run dry (see "debt" below).
+      letting its queue run dry (see "debt" below). The wake lag is what a light tenant waits
+      on when it wakes against a flood: with ``n`` equal tenants it becomes eligible once the
+      others have run ``n * min_slice / 2`` more (2 x 150 µs with the earlier default of 300
+      µs: two of bench/tenants.py's 250 µs flood batches, where one does at 100 µs).
     * **Debt (delayed dequeue).** A tenant that goes to sleep with negative lag stays in the
       average ``V`` (not pickable) until ``V`` has caught up with it, like Linux's
       DELAY_DEQUEUE. A batch accounted after its tenant went to sleep (the scheduler calls
@@ -89,7 +92,7 @@ parameter          default    meaning
 ``slice_us``       3000       EEVDF request size: the deadline is ``v + slice * 1024 / w``
                               (Linux's 0.75 ms base slice x (1 + log2 8 CPUs)); also the
                               time unit of the sleep decay of the burst score
-``min_slice_us``   300        a woken tenant starts at lag ``-min_slice / 2``
+``min_slice_us``   100        a woken tenant starts at lag ``-min_slice / 2``
 ``bore_threshold`` 20         burst score (bits of ``burst_unit``) above which the penalty
                               applies; 20 bits of 1 ns ~ 1.05 ms of uninterrupted burst
 ``bore_penalty``   8          penalty per point over the threshold, in eighths of a slice
@@ -473,7 +476,7 @@ class EevdfBorePolicy(_PolicyBase):
 
     name = "eevdf"
 
-    def __init__(self, *, slice_us: float = 3000, min_slice_us: float = 300,
+    def __init__(self, *, slice_us: float = 3000, min_slice_us: float = 100,
                  bore_threshold: float = 20, bore_penalty: float = 8,
                  burst_unit_us: float = 0.001, decay: float = 0.5) -> None:
         super().__init__()
