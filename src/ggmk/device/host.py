@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 from ggmk import task as taskmod
-from ggmk.device import codegen, layout
+from ggmk.device import codegen, diagnose, layout
 from ggmk.errors import BootError, DeviceError, KernelStopped
 from ggmk.events import TRACE_DTYPE
 from ggmk.task import TASK_DTYPE
@@ -133,7 +133,13 @@ class DeviceKernel:
         self._h = {n: hm[o:o + size] for n, (kind, o, size) in offs.items()
                    if kind == "map"}
         self._h["ctl"][layout.C_ARENA_BASE] = self.target.address_of(args[2])
-        self.target.prepare(built.kernel, args, self.plan, built)
+        try:
+            self.target.prepare(built.kernel, args, self.plan, built)
+        except Exception as e:      # name the handler that does not compile, if it is one
+            err = diagnose.explain(e, self.handlers, self.target.NAME)
+            if err is None:
+                raise
+            raise err from e
         self._launch = self.target.launch(built.kernel, args, self.plan)
         self._wait(lambda: self._h["ctl"][layout.C_STARTED] >= 1, timeout, "start")
         return self
