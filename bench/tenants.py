@@ -21,7 +21,7 @@ kernel bills each tenant (the worker thread's CPU clock) is the work done, whate
 a 2-core box), so under CPU billing it under-states the work and both policies see tenants
 running 5x more tasks per slice or quantum than nominal.
 
-Policies are compared on the same machine in alternating rounds (EEVDF, RR, EEVDF, RR, ...) of
+Policies are compared on the same machine in alternating rounds (EEVDF, RR, RR, EEVDF, ...) of
 ``--seconds`` each, so a change in background load hits both alike; samples are pooled per policy.
 Short rounds (0.5 s x 12 by default) interleave finely: on a shared box the load comes in bursts
 of seconds, and with 2 s rounds one policy's rounds could catch a burst the other's missed (the
@@ -174,8 +174,10 @@ def main(argv=None) -> dict:
         ap.error("--seconds, --rounds, --batch-us, --max-batch and --workers must be positive")
     work = NativeWork() if a.work == "native" else wallspin
     runs = {"eevdf": [], "rr": []}
-    for _ in range(a.rounds):
-        for pol in ("eevdf", "rr"):
+    for i in range(a.rounds):
+        # ABBA order (EEVDF, RR, RR, EEVDF, ...): a drift in load within a pair of rounds
+        # does not always favour the policy that runs first
+        for pol in (("eevdf", "rr") if i % 2 == 0 else ("rr", "eevdf")):
             kw = ({"min_slice_us": a.min_slice_us}
                   if pol == "eevdf" and a.min_slice_us is not None else None)
             runs[pol].append(one_round(pol, a.seconds, a.batch_us, a.max_batch, a.workers,
