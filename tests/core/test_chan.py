@@ -445,6 +445,38 @@ def test_channel_metrics():
         assert s.stats()["channels"]["data.in"]["depth"] == 0
 
 
+def test_per_message_emits_keep_sparse_meta1_and_each_parents_header(hal):
+    """The staged path stores meta1 only when it is not 0, and commits before the header
+    (tenant, priority) changes: every message keeps its own words and its parent's header."""
+    seen = []
+    p = Module("src")
+    out = p.produces("data.mix", "MSG", capacity=4096)
+
+    @p.handler("GEN", batch=False)
+    def gen(ctx):
+        send = ctx.emitter(out)
+        base = ctx.task.meta0
+        for i in range(50):
+            if i % 2:
+                send(base + i, base + i * 3)     # meta1 set on the odd ones
+            else:
+                ctx.emit(out, base + i)          # and the ctx.emit path on the even ones
+
+    c = Module("sink")
+
+    @c.handler("MSG", consumes="data.mix")
+    def sink(ctx):
+        seen.append((ctx.task.meta0, ctx.task.meta1, ctx.task.tenant, ctx.task.priority))
+
+    with boot([p, c], hal=hal, workers=1) as s:
+        for k, (tenant, prio) in enumerate([(1, 2), (2, 0), (1, 3)]):
+            s.submit("GEN", meta0=1000 * (k + 1), tenant=tenant, priority=prio)
+        assert s.run(timeout=20)
+    want = {(1000 * (k + 1) + i, (1000 * (k + 1) + i * 3) if i % 2 else 0, t, pr)
+            for k, (t, pr) in enumerate([(1, 2), (2, 0), (1, 3)]) for i in range(50)}
+    assert len(seen) == 150 and set(seen) == want
+
+
 def test_emitter_sends_per_message_with_backpressure(hal):
     seen = []
     p = Module("src")

@@ -974,40 +974,54 @@ class Stager:
     """A worker's per-channel emit buffer: credit taken from the channel under its lock, then
     per-message emits append to plain lists with no lock; the handler batch's end commits them
     (one array, one stamp, one push per subscriber). Backpressure stays synchronous: a message
-    is accepted only against credit, i.e. room already reserved in every ring."""
+    is accepted only against credit, i.e. room already reserved in every ring.
 
-    __slots__ = ("chan", "hdr", "credit", "grant", "m0", "m1", "add0", "add1", "active", "ctx",
-                 "want")
+    Everything staged shares one header (``hdr``: flags, tenant, parent seq); ``bind`` commits
+    before the header changes. ``send`` is a closure over the lists (no attribute lookups: ~30
+    ns a message against ~100 for a method): it stages while ``len(m0) < lim[0]``, the credit
+    granted, and meta1 only when it is not 0 (sparse: most messages carry one word)."""
+
+    __slots__ = ("chan", "hdr", "grant", "m0", "m1", "lim", "active", "ctx", "send")
 
     def __init__(self, chan: Channel):
         self.chan = chan
         self.hdr = -1
-        self.credit = 0
         self.grant = 0
-        # meta0 / meta1 of the staged messages in two lists: two appends and two flat
-        # conversions cost ~60 ns a message, one list of pairs ~210 ns
-        self.m0: list = []
-        self.m1: list = []
-        self.add0 = self.m0.append
-        self.add1 = self.m1.append
+        self.m0: list = []                # meta0 of each staged message
+        self.m1: list = []                # (index, meta1) of those whose meta1 != 0
+        self.lim = [0]                    # messages the current grant allows
         self.active = False
-        self.ctx = None                   # set by ctx.emitter(): send() uses its header
-        self.want = 0
+        self.ctx = None
+        self.send = self._sender()
 
-    def send(self, meta0, meta1=0) -> int:
-        """Per-message emit with the header fixed by ``ctx.emitter`` (the leanest path):
-        returns OK, CHAN_FULL or CHAN_CLOSED."""
-        c = self.credit
-        if c and self.hdr == self.want:
-            self.credit = c - 1
-            self.add0(meta0)
-            self.add1(meta1)
-            return 0
-        return self.slow(self.ctx, self.want, meta0, meta1)
+    def _sender(self):
+        m0, m1, lim = self.m0, self.m1, self.lim
+        add0, add1 = m0.append, m1.append
+        slow = self.slow
 
-    def slow(self, ctx, hdr: int, meta0, meta1) -> int:
-        """Header changed or credit ran out: commit, take new credit, emit one."""
+        def send(meta0, meta1=0) -> int:
+            """Per-message emit with the header bound by ``ctx.emitter`` (the leanest path):
+            returns OK, CHAN_FULL or CHAN_CLOSED."""
+            if len(m0) < lim[0]:
+                add0(meta0)
+                if meta1:
+                    add1((len(m0) - 1, meta1))
+                return 0
+            return slow(meta0, meta1)
+        return send
+
+    def bind(self, ctx, hdr: int) -> None:
+        """Stage under header ``hdr`` from now on (what was staged under another is committed)."""
+        self.ctx = ctx
+        if hdr != self.hdr:
+            if self.m0 or self.grant:
+                self.commit()
+            self.hdr = hdr
+
+    def slow(self, meta0, meta1=0) -> int:
+        """Credit ran out (or none yet): commit, take new credit, stage one."""
         ch = self.chan
+        hdr = self.hdr
         self.commit()
         prio0 = (hdr & PRIO_MASK) == 0
         for attempt in (0, 1):
@@ -1020,7 +1034,7 @@ class Stager:
                 g = min(STAGE_CREDIT, room)
                 if g > 0:
                     ch.granted += g
-                    self.grant = self.credit = g
+                    self.grant = self.lim[0] = g
                     break
             if attempt == 0:
                 ch.reg._drain_channel(ch)
@@ -1029,27 +1043,31 @@ class Stager:
             return CHAN_FULL
         if not self.active:
             self.active = True
-            ctx._stagers_active.append(self)
-        self.hdr = hdr
-        self.credit -= 1
-        self.add0(meta0)
-        self.add1(meta1)
+            self.ctx._stagers_active.append(self)
+        self.m0.append(meta0)
+        if meta1:
+            self.m1.append((0, meta1))
         return 0
 
     def commit(self) -> None:
-        n = len(self.m0)
+        m0, m1 = self.m0, self.m1
+        n = len(m0)
         ch = self.chan
         if n:
             hdr = self.hdr
+            meta1 = np.zeros(n, dtype=np.uint64)
+            if m1:
+                idx, val = zip(*m1)
+                meta1[list(idx)] = val
             # seq: the parent's (determinism order), restamped by the channel
             recs = make(n, type=ch.type_id, flags=(hdr & 0xFFFF) | FLAG_CHANNEL_MSG,
-                        tenant=(hdr >> 16) & 0xFFFF, channel=ch.id, seq=hdr >> 32, meta0=np.array(self.m0, dtype=np.uint64),
-                        meta1=np.array(self.m1, dtype=np.uint64))
-            self.m0.clear()
-            self.m1.clear()
+                        tenant=(hdr >> 16) & 0xFFFF, channel=ch.id, seq=hdr >> 32,
+                        meta0=np.array(m0, dtype=np.uint64), meta1=meta1)
+            m0.clear()                    # in place: the send closure holds these lists
+            m1.clear()
         with ch.lock:
             ch.granted -= self.grant
-            self.grant = self.credit = 0
+            self.grant = self.lim[0] = 0
             if n:
                 if ch.closed:
                     recs["channel"] = ch.id

@@ -99,12 +99,14 @@ class Context:
                     (int(r["flags"]) & _HDR_FLAGS) | (int(r["tenant"]) << 16)
                     | ((int(r["seq"]) << 32) if self._det_on else 0))
             hdr = self._phdr
-            if st.credit and hdr == st.hdr:
-                st.credit -= 1
-                st.add0(meta0)
-                st.add1(meta1)
+            m0 = st.m0
+            if hdr == st.hdr and len(m0) < st.lim[0]:
+                m0.append(meta0)
+                if meta1:
+                    st.m1.append((len(m0) - 1, meta1))
                 return 0
-            code = st.slow(self, hdr, meta0, meta1)
+            st.bind(self, hdr)
+            code = st.slow(meta0, meta1)
             if code == CHAN_CLOSED:
                 del self._stagers[target]
             return code
@@ -156,10 +158,9 @@ class Context:
                 raise TypeError(f"emitter: {target!r} is not a channel")
             st = self._stagers[target] = Stager(chan)
         r = self.task._r
-        st.want = 0 if r is None else (
+        st.bind(self, 0 if r is None else (
             (int(r["flags"]) & _HDR_FLAGS) | (int(r["tenant"]) << 16)
-            | ((int(r["seq"]) << 32) if self._det_on else 0))
-        st.ctx = self
+            | ((int(r["seq"]) << 32) if self._det_on else 0)))
         return st.send
 
     def emit_batch(self, target, meta0=0, meta1=0, *, count: int | None = None, priority=None,
