@@ -11,7 +11,8 @@
   counting messages emitted (each delivered 3 times); ``fanout3_lost`` must be 0.
 * ``asyncio_msgs_per_s``: one ``asyncio.Queue`` (maxsize 1024) producer/consumer pair.
 
-Usage: ``python bench/channels.py [--n 2000000] [--workers 2]``
+Usage: ``python bench/channels.py [--n 2000000] [--workers 2] [--rounds 3]`` (medians over the
+rounds; the asyncio ratio is taken per round, the peer running right after ours).
 """
 from __future__ import annotations
 
@@ -178,20 +179,34 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2_000_000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of every measurement; medians are reported, and the asyncio "
+                         "ratio per round (each round runs both back to back: the shared "
+                         "machine's load moves between rounds more than within one)")
     a = ap.parse_args()
     n, w = a.n, a.workers
-    res = {
-        "n": n, "workers": w,
-        "p2p_batch_msgs_per_s": round(p2p_batch(n, w)),
-        "p2p_batch_emit_only_msgs_per_s": round(p2p_emit_only(n)),
-        "p2p_msgs_per_s": round(p2p_per_message(min(n, 500_000), w, lean=True)),
-        "p2p_ctx_emit_msgs_per_s": round(p2p_per_message(min(n, 500_000), w)),
-        "asyncio_msgs_per_s": round(asyncio_peer(min(n, 500_000))),
-    }
-    f, lost = fanout3(n, w)
-    res["fanout3_msgs_per_s"] = round(f)
-    res["fanout3_lost"] = lost
-    res["p2p_vs_asyncio"] = round(res["p2p_msgs_per_s"] / res["asyncio_msgs_per_s"], 2)
+    m = min(n, 500_000)
+    rows = []
+    for _ in range(a.rounds):
+        f, lost = fanout3(n, w)
+        rows.append({
+            "p2p_batch_msgs_per_s": p2p_batch(n, w),
+            "p2p_batch_emit_only_msgs_per_s": p2p_emit_only(n),
+            "p2p_msgs_per_s": p2p_per_message(m, w, lean=True),
+            "asyncio_msgs_per_s": asyncio_peer(m),
+            "p2p_ctx_emit_msgs_per_s": p2p_per_message(m, w),
+            "fanout3_msgs_per_s": f,
+            "fanout3_lost": lost,
+        })
+    res = {"n": n, "workers": w, "rounds": a.rounds, "cpus": os.cpu_count(),
+           "loadavg": round(os.getloadavg()[0], 2)}
+    for k in rows[0]:
+        res[k] = round(float(np.median([r[k] for r in rows])))
+    res["fanout3_lost"] = sum(r["fanout3_lost"] for r in rows)
+    ratios = [r["p2p_msgs_per_s"] / r["asyncio_msgs_per_s"] for r in rows]
+    res["p2p_vs_asyncio"] = round(float(np.median(ratios)), 2)
+    res["p2p_vs_asyncio_rounds"] = [round(x, 2) for x in ratios]
+    res["p2p_batch_rounds"] = [round(r["p2p_batch_msgs_per_s"]) for r in rows]
     print(json.dumps(res))
 
 
