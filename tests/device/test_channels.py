@@ -27,8 +27,9 @@ def run(request):
     return target, KW[target], W.run("channels", target, **KW[target])
 
 
-def _contiguous(seqs, n, first=0):
-    """Every channel sequence number first..first+n-1 exactly once."""
+def _contiguous(seqs, n, first=1):
+    """Every channel sequence number first..first+n-1 exactly once (the first message of a
+    channel has seq 1, as on the CPU kernel's channels)."""
     return sorted(seqs) == list(range(first, first + n))
 
 
@@ -47,13 +48,13 @@ def test_p2p_delivers_every_message_once_with_its_sequence(run):
     assert f["dead"] == []
     assert _contiguous(f["seq"], n) and sorted(f["value"]) == list(range(n))
     # the message's sequence number is its emit order (one producer emits 0..n-1 in order)
-    assert sorted(zip(f["seq"], f["value"])) == [(i, i) for i in range(n)]
+    assert sorted(zip(f["seq"], f["value"])) == [(i + 1, i) for i in range(n)]
     if target == "cpu":
         # FIFO: the producer's worker runs its local queue in order and the cpu target runs
         # a batch's lanes in order. On sim/cuda the lanes of one batch run at once (and a
         # spilled part may be taken by another worker), so there only the sequence numbers
         # (no gap, no duplicate) carry the order.
-        assert f["seq"] == list(range(n)) and f["value"] == list(range(n))
+        assert f["seq"] == list(range(1, n + 1)) and f["value"] == list(range(n))
 
 
 def test_p2p_several_producers_no_gap_no_duplicate(run):
@@ -62,7 +63,7 @@ def test_p2p_several_producers_no_gap_no_duplicate(run):
     m = r["multi"]
     assert m["dead"] == []
     # sequence numbers continue after the first scenario's, atomically assigned
-    assert _contiguous(m["seq"], np_ * per, first=kw["n_fifo"])
+    assert _contiguous(m["seq"], np_ * per, first=kw["n_fifo"] + 1)
     assert sorted(m["value"]) == sorted(p * 1000 + i for p in range(np_) for i in range(per))
     # each producer's own messages keep its order in the channel sequence
     for p in range(np_):
@@ -78,7 +79,7 @@ def test_fanout_every_subscriber_gets_every_message_and_payload_refcounts(run):
     for t in W.C_FAN:
         s = f[str(t)]
         assert _contiguous(s["seq"], n), t
-        assert sorted(zip(s["seq"], s["value"])) == [(i, i) for i in range(n)]
+        assert sorted(zip(s["seq"], s["value"])) == [(i + 1, i) for i in range(n)]
         assert s["ok"] == [2] * n           # payload shared, right bytes, 1 <= refcount <= 3
     ch = r["metrics"]["channels"]["t.fan"]
     assert ch["subscribers"] == 3 and ch["emitted"] == n and ch["delivered"] == 3 * n
@@ -95,7 +96,7 @@ def test_lossless_full_is_seen_retried_and_nothing_is_lost(run):
     n = kw["n_ll"]
     ll = r["lossless"]
     assert ll["dead"] == []
-    assert sorted(zip(ll["seq"], ll["value"])) == [(i, i) for i in range(n)]
+    assert sorted(zip(ll["seq"], ll["value"])) == [(i + 1, i) for i in range(n)]
     ch = r["metrics"]["channels"]["t.ll"]
     refused_seen = r["metrics"]["user"][W.SC_LL]
     assert refused_seen > 0                  # the producer did get CHAN_FULL (capacity 8)
@@ -116,12 +117,12 @@ def test_lossy_overflow_goes_to_dead_letters_with_code(run):
     assert lo["refused"] == [0]              # a lossy emit never refuses the producer
     # one handler call emits n messages before any subscriber runs: the first `cap` (the
     # producer has priority 0: no reserve) are delivered, the rest dropped
-    assert sorted(lo["seq"]) == list(range(cap))
+    assert sorted(lo["seq"]) == list(range(1, cap + 1))
     dead = lo["dead"]
     assert len(dead) == n - cap
     assert {(d["chan"], d["code"], d["type"]) for d in dead} == {("dropped", CHAN_FULL,
                                                                   W.C_FAN[0])}
-    assert sorted(d["seq"] for d in dead) == list(range(cap, n))
+    assert sorted(d["seq"] for d in dead) == list(range(cap + 1, n + 1))
     ch = r["metrics"]["channels"]["t.lossy"]
     assert ch["emitted"] == n and ch["delivered"] + ch["dropped"] == n
     assert ch["dropped"] == n - cap and ch["full"] == 0

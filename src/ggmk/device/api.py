@@ -30,7 +30,7 @@ consumes=...)``)::
         return OK
 
     @phys.handler(31, consumes="phys.out")
-    def consume(ctx, task):               # g.channel(task) == OUT's id, g.seq(task) = 0, 1, ..
+    def consume(ctx, task):               # g.channel(task) == OUT's id, g.seq(task) = 1, 2, ..
         return OK
 
 ``codegen`` compiles the functions below for the chosen target and rebinds ``g`` (or any of
@@ -147,7 +147,7 @@ def emit_chan(ctx, chan, m0, m1):
     ``gd.chan(name)``, which the build turns into the id; or an id from
     ``DeviceKernel.channel_id``). The message has the channel's type and the handler's
     priority and tenant; each subscriber gets it as a task of its handler type with
-    ``channel(task) == id`` and ``seq(task)`` = the channel sequence number (0, 1, 2, ...).
+    ``channel(task) == id`` and ``seq(task)`` = the channel sequence number (1, 2, 3, ...).
 
     Returns OK; CHAN_FULL on a lossless channel when a subscriber has ``capacity`` messages in
     flight (``capacity - capacity // 10`` unless the message has priority 0): nothing was sent,

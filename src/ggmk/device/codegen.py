@@ -361,6 +361,8 @@ def build(handlers: list[Handler], plan: layout.Plan, target, *, noinline=(),
     h.update(source.encode())
     h.update(repr(sorted(consts.items())).encode())
     h.update(target.NAME.encode())
+    # the target's primitives and compile options (e.g. njit flags) change the machine code
+    h.update(inspect.getsource(target).encode())
     h.update(numba.__version__.encode())
     h.update(repr(sorted(noinline)).encode())
     for hd in handlers:

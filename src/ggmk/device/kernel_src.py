@@ -30,7 +30,8 @@ Device channels: per channel a sequence counter (``chs``), per subscriber slot a
 credit count (``csub``: messages waiting in a queue or running). An emit takes one credit per
 subscriber (the last ``chan_reserve(c)`` only for priority 0), numbers the message, sets the
 payload's reference count to the number of copies and enqueues one copy per subscriber, retyped
-to its handler type with ``channel`` = id, ``seq`` = channel sequence and FLAG_CHANNEL_MSG.
+to its handler type with ``channel`` = id, ``seq`` = channel sequence (1, 2, ...) and
+FLAG_CHANNEL_MSG.
 When the copy's task reaches its last outcome (done, failed, dead-lettered) ``settle`` gives
 the credit and the payload reference back. The tables (``chan_*``, ``sub_*``) are generated.
 """
@@ -270,6 +271,22 @@ def enqueue(S, blk, w0, w1, w2, w3, w4, w5, mode):
         seq = D[b]
         D[b] = seq + 1
         w1 = (w1 & 0xFFFFFFFF) | hi32(seq * NB + blk)
+    # the common case (a device task emitted by a handler: this worker's local queue) stays
+    # small enough to be inlined into every emit; everything else is enqueue_place
+    if ti >= 0 and (mode == ENQ_NORMAL or mode == ENQ_CHANNEL):
+        d = lq_push(D, blk, w0, w1, w2, w3, w4, w5, LQ_SPILL)
+        if d >= 0:
+            met_add(D, blk, M_ENQUEUED, 1)
+            met_type(D, blk, ti, PT_ENQ, 1)
+            atomic_max(D, O_MET + blk * NMET + M_LOCAL_HWM, d + 1)
+            return OK
+    return enqueue_place(S, blk, ti, w0, w1, w2, w3, w4, w5, mode)
+
+
+def enqueue_place(S, blk, ti, w0, w1, w2, w3, w4, w5, mode):
+    """The rest of ``enqueue`` (record already stamped; for ENQ_NORMAL/ENQ_CHANNEL the local
+    queue was full to its spill mark)."""
+    D = S[0]
     if ti < 0:
         met_add(D, blk, M_FOREIGN_TYPE, 1)
         return to_host(S, blk, w0, w1, w2, w3, w4, w5)
@@ -286,11 +303,6 @@ def enqueue(S, blk, w0, w1, w2, w3, w4, w5, mode):
         met_add(D, blk, M_YIELD_OVERFLOW, 1)
         to_sys(S, blk, CH_SYS_ERROR, YIELD_OVERFLOW, w0, w1, w2, w3, w4, w5)
         return YIELD_OVERFLOW
-    if mode == ENQ_NORMAL or mode == ENQ_CHANNEL:
-        d = lq_push(D, blk, w0, w1, w2, w3, w4, w5, LQ_SPILL)
-        if d >= 0:
-            atomic_max(D, O_MET + blk * NMET + M_LOCAL_HWM, d + 1)
-            return OK
     # the type's bucket; its last 10% of slots are kept for priority-0 tasks
     limit = BQ_CAP
     if rec_prio(w0) != 0:
@@ -367,8 +379,9 @@ def emit_channel(S, blk, c, pw0, w0, w2, w3, m0, m1):
             met_add(D, blk, M_CHAN_FULL, 1)
             trace_if(S, blk, EV_CHAN_FULL, LV_WARN, pw0, c, 0)
             return CHAN_FULL
-    # 2. accepted: the channel sequence number
-    seq = atomic_add(D, O_CHS + (c - 1) * CHS + CH_SEQ, 1)
+    # 2. accepted: the channel sequence number (1, 2, ...: the first message is 1, as on the
+    # CPU kernel's channels)
+    seq = atomic_add(D, O_CHS + (c - 1) * CHS + CH_SEQ, 1) + 1
     w1 = c | hi32(seq)
     atomic_add(D, mc + PC_EMITTED, 1)
     atomic_max(D, mc + PC_HWM, hwm)
@@ -772,7 +785,10 @@ def trace_worker(S, ev, blk):
 
 
 def worker_iteration(S, blk, sh, smem):
-    """Returns False once the host raised the stop flag."""
+    """Returns -1 once the host raised the stop flag, else the nanoseconds this worker would
+    like to sleep (0 when it found work). The caller sleeps once per round over its blocks,
+    the shortest wish: on ``cpu`` one host thread runs every block, and a sleep per idle block
+    would hold up the busy ones (and the host's arrivals) for the sum of them."""
     D = S[0]
     M = S[1]
     bo = O_BS + blk * BSS
@@ -801,7 +817,7 @@ def worker_iteration(S, blk, sh, smem):
         service_events(S, blk, tick)
     syncthreads()
     if sh[SH_STOP] != 0:
-        return False
+        return -1
     tick = sh[SH_TICK]
     # ---- phase 1: host arrivals (worker 0) go through the enqueue core to the buckets
     rxn = sh[SH_RXN]
@@ -841,22 +857,29 @@ def worker_iteration(S, blk, sh, smem):
                 met_add(D, blk, M_PARKS, 1)
                 trace_worker(S, EV_WORKER_PARK, blk)
                 publish(S, blk)
+            nap = 0
             if idle >= IDLE_SPIN:
-                d = (idle - IDLE_SPIN + 1) * 1000
-                if d > IDLE_SLEEP_MAX:
-                    d = IDLE_SLEEP_MAX
-                nanosleep(d)
+                nap = (idle - IDLE_SPIN + 1) * 1000
+                if nap > IDLE_SLEEP_MAX:
+                    nap = IDLE_SLEEP_MAX
+            sh[SH_NAP] = nap
         syncthreads()
-        return True
-    # ---- phase 3: copy the claimed records into the batch buffer
+        return sh[SH_NAP]
+    # ---- phase 3: records of a shared queue are copied into the batch buffer (their slots
+    # are freed for other producers); a local batch is read in place: only this worker pushes
+    # to its local queue, and not before phase 6, after the scatter has copied the batch out.
+    # Record k is at rb + ((rpos + k) & rmask) * W.
     b0 = O_BAT + blk * 2 * BATCH * W
     src = sh[SH_SRC]
     qi = sh[SH_Q]
     pos = sh[SH_POS]
+    rb = b0
+    rpos = 0
+    rmask = -1
     if src == SRC_LOCAL:
-        lbase = O_Q + D[O_QINFO + qi * 2] * W
-        for k in range(lane_id(), n, lane_step()):
-            copy_rec(D, b0 + k * W, D, lbase + ((pos + k) & (LQ_CAP - 1)) * W)
+        rb = O_Q + D[O_QINFO + qi * 2] * W
+        rpos = pos
+        rmask = LQ_CAP - 1
     else:
         for k in range(lane_id(), n, lane_step()):
             rq_take(D, qi, pos + k, D, b0 + k * W)
@@ -867,12 +890,10 @@ def worker_iteration(S, blk, sh, smem):
         for t in range(NTYPES + 1):
             sh[SH_CNT + t] = 0
     syncthreads()
-    if is_lead() and src == SRC_LOCAL:
-        D[O_QC + qi * QCS + QC_HEAD] = pos + n     # copied out: the slots are free again
     # count types (slot 0 = no device handler: never expected, the enqueue core sends those
     # to the host)
     for k in range(lane_id(), n, lane_step()):
-        ti = type_index(rec_type(D[b0 + k * W]))
+        ti = type_index(rec_type(D[rb + ((rpos + k) & rmask) * W]))
         atomic_add(sh, SH_CNT + ti + 1, 1)
         if src == SRC_BUCKET and ti != qi:
             met_add(D, blk, M_BUCKET_MIXED, 1)   # a bucket must hold one type only
@@ -889,9 +910,12 @@ def worker_iteration(S, blk, sh, smem):
     # ---- phase 5: scatter into the sort buffer, grouped by type
     s0 = b0 + BATCH * W
     for k in range(lane_id(), n, lane_step()):
-        o = b0 + k * W
+        o = rb + ((rpos + k) & rmask) * W
         p = atomic_add(sh, SH_CNT + 2 * (NTYPES + 1) + type_index(rec_type(D[o])) + 1, 1)
         copy_rec(D, s0 + p * W, D, o)
+    syncthreads()
+    if is_lead() and src == SRC_LOCAL:
+        D[O_QC + qi * QCS + QC_HEAD] = pos + n     # copied out: the slots are free again
     syncthreads()
     # ---- phase 6: dispatch each homogeneous sub-batch (a block-uniform loop)
     for t in range(NTYPES + 1):
@@ -916,7 +940,7 @@ def worker_iteration(S, blk, sh, smem):
         if D[bo + B_LOOPS] % PUBLISH_EVERY == 0:
             publish(S, blk)
     syncthreads()
-    return True
+    return 0
 
 
 def kernel_body(D, M, A):
@@ -930,9 +954,15 @@ def kernel_body(D, M, A):
         pass
     running = True
     while running:
+        nap = IDLE_SLEEP_MAX
         for blk in range(block_id(), NB, block_step()):
-            if not worker_iteration(S, blk, block_shared(D, blk), block_smem(D, blk)):
+            r = worker_iteration(S, blk, block_shared(D, blk), block_smem(D, blk))
+            if r < 0:
                 running = False
+            elif r < nap:
+                nap = r
+        if running and nap > 0:
+            nanosleep(nap)                  # every block of this round is parked
     for blk in range(block_id(), NB, block_step()):
         if is_lead():
             publish(S, blk)

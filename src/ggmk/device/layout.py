@@ -118,6 +118,7 @@ SH_OK = 8                 # per-segment result counters
 SH_FAIL = 9
 SH_RETRY = 10
 SH_YIELD = 11
+SH_NAP = 12               # an idle worker's wished sleep (ns)
 SH_CNT = 16               # per-type counts start here; then offsets, then cursors
 
 SRC_NONE, SRC_LOCAL, SRC_BUCKET, SRC_OVF = 0, 1, 2, 3

@@ -161,15 +161,20 @@ def namespace() -> dict:
 
 
 # helpers are only ever called from the kernel: no Python-callable wrappers to build
-_DEV_OPTS = dict(error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
+_DEV_OPTS = dict(error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True, _nrt=False)
+
+
+INLINE_ALWAYS = ("block_shared", "block_smem")
 
 
 def device_fn(fn, inline=False):
+    if inline:
+        return numba.njit(fn, inline="always", **_DEV_OPTS)
     return numba.njit(fn, **_DEV_OPTS)
 
 
 def kernel_fn(fn):
-    return numba.njit(fn, nogil=True, cache=True, error_model="numpy")
+    return numba.njit(fn, nogil=True, cache=True, error_model="numpy", _nrt=False)
 
 
 def handler_fn(fn, noinline=False):
