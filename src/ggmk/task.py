@@ -141,6 +141,8 @@ class Task:
     payload_ptr = property(lambda s: int(s._r["payload_ptr"]))
     payload_len = property(lambda s: int(s._r["payload_len"]))
     yield_count = property(lambda s: int(s._r["yield_count"]))
+    # how many times this task was retried so far (the runtime keeps it in ``_pad``)
+    retries = property(lambda s: int(s._r["_pad"]))
 
     @property
     def meta0(self) -> int:

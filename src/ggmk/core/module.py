@@ -79,6 +79,11 @@ class Module:
         if not isinstance(type, (str, int)) or isinstance(type, bool):
             raise BootError(f"module {self.name!r}: handler type must be a type name or id, got {type!r}")
 
+        if max_batch is not None and (not isinstance(max_batch, int) or isinstance(max_batch, bool)
+                                      or max_batch < 1):
+            raise BootError(f"module {self.name!r}: handler {type!r}: max_batch must be a "
+                            f"positive int, got {max_batch!r}")
+
         def deco(fn):
             if not callable(fn):
                 raise BootError(f"module {self.name!r}: handler for {type!r} is not callable")

@@ -96,8 +96,12 @@ class Worker:
         k = self.kernel
         t = int(recs["type"][0])
         h = k.handler_of[t]
-        ctx = self.ctx
         n = len(recs)
+        cap = h.max_batch
+        if cap and n > cap:               # the handler asked for batches of at most cap tasks
+            parts = [self._dispatch_group(recs[i:i + cap], want_codes) for i in range(0, n, cap)]
+            return np.concatenate(parts) if want_codes else None
+        ctx = self.ctx
         trace = k.tracer
         if trace.enabled:
             trace.emit_batch(self.id, EventType.TASK_START, recs, arg0=recs["seq"])

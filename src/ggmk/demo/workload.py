@@ -55,7 +55,7 @@ def build_modules():
         t = ctx.task
         if t.meta0 % 50 == 0:
             return FAIL                    # permanent: lands on sys.error with the code
-        if t.meta0 % 5 == 0 and t._r["_pad"] < 2:
+        if t.meta0 % 5 == 0 and t.retries < 2:
             return RETRY                   # transient: retried with backoff
         return OK
 
