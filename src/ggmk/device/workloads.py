@@ -327,15 +327,20 @@ def run_aging(target="cpu", hot=512, length=400, cold=8, workers=2, aging_interv
             if time.monotonic() > t_end:
                 break
             time.sleep(0.001)
+        # hot executions already done when the cold work arrives (published every few loops,
+        # so a lower bound): on a busy host much of the flood may run before this thread wakes
+        hot_at_push = k.metrics()["types"][HOT_T]["run"]
         k.push_all(taskmod.make(cold, type=COLD_T, meta0=np.arange(cold)))
         out = k.pull_until(hot + cold, timeout=600)
     m = k.metrics()
     cold_out = out[out["type"] == COLD_DONE]
-    return {"total_hot": hot * (length + 1), "cold_seen_at": sorted(
-        int(x) for x in cold_out["meta1"]), "cold_received": int(len(cold_out)),
-        "hot_received": int((out["type"] == HOT_DONE).sum()),
-        "aging_picks": m["global"]["aging_picks"], "bucket_mixed": m["global"]["bucket_mixed"],
-        "gather_bucket": m["global"]["gather_bucket"]}
+    return {"total_hot": hot * (length + 1), "hot_at_push": int(hot_at_push),
+            "cold_seen_at": sorted(int(x) for x in cold_out["meta1"]),
+            "cold_received": int(len(cold_out)),
+            "hot_received": int((out["type"] == HOT_DONE).sum()),
+            "aging_picks": m["global"]["aging_picks"],
+            "bucket_mixed": m["global"]["bucket_mixed"],
+            "gather_bucket": m["global"]["gather_bucket"]}
 
 
 # ------------------------------------------------------------------------------------------
