@@ -1,9 +1,12 @@
 """Benchmark: the persistent device kernel (GGMK/gpu). Prints one JSON line.
 
-    python bench/gpu_kernel.py [--target auto|cpu|cuda] [--seconds 3]
+    python bench/gpu_kernel.py [--target auto|cpu|cuda] [--seconds 3] [--workers N]
+                               [--host-threads N]
 
 * device_chain_tasks_per_s: handlers emitting follow-on tasks on the device (4 types in a cycle,
-  every task emits the next), counted from the kernel's own metrics.
+  every task emits the next), counted from the kernel's own metrics; chain_tasks_per_gather:
+  the mean batch a worker dispatched; on cpu chain_tasks_per_cpu_s: the same count per second
+  of CPU time the kernel's host threads got (what a shared machine's load does not change).
 * host_fed_tasks_per_s: batches of records pushed by the host through the rx ring to a handler
   that does nothing but count.
 * roundtrip_p50_us / p99_us: one task host -> device -> host (push, handler emits to the host,
@@ -55,21 +58,42 @@ def wait_metric(k, fn, target, timeout):
         time.sleep(0.0005)
 
 
-def bench_chain(target, seconds, workers):
-    k = gd.DeviceKernel([chain_module()], target=target, workers=workers)
+def _thread_cpu_s(k) -> float:
+    """CPU seconds the kernel's host threads have run (cpu target, Linux); 0 elsewhere."""
+    tot = 0.0
+    for tid in getattr(k._launch, "native_ids", ()):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        tot += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return tot
+
+
+def bench_chain(target, seconds, workers, **cfg):
+    k = gd.DeviceKernel([chain_module()], target=target, workers=workers, **cfg)
     with k:
         n = 64 * k.config.blocks
         k.push_all(taskmod.make(n, type=1 + np.arange(n) % 4, meta0=10_000_000))
         time.sleep(0.2)                                       # warm
         run = lambda m: sum(v["run"] for v in m["types"].values())  # noqa: E731
-        r0, t0 = run(k.metrics()), time.perf_counter()
+        m0, c0, t0 = k.metrics(), _thread_cpu_s(k), time.perf_counter()
         time.sleep(seconds)
-        r1, t1 = run(k.metrics()), time.perf_counter()
-    return (r1 - r0) / (t1 - t0)
+        m1, c1, t1 = k.metrics(), _thread_cpu_s(k), time.perf_counter()
+    tasks = run(m1) - run(m0)
+    gathers = sum(m1["global"][g] - m0["global"][g]
+                  for g in ("gather_local", "gather_bucket", "gather_overflow"))
+    out = {"device_chain_tasks_per_s": round(tasks / (t1 - t0)),
+           "chain_tasks_per_gather": round(tasks / max(gathers, 1), 1)}
+    if c1 > c0:
+        out["chain_tasks_per_cpu_s"] = round(tasks / (c1 - c0))
+        out["chain_kernel_cpus"] = round((c1 - c0) / (t1 - t0), 2)
+    return out
 
 
-def bench_fed_and_roundtrip(target, seconds, workers):
-    k = gd.DeviceKernel([fed], target=target, workers=workers)
+def bench_fed_and_roundtrip(target, seconds, workers, **cfg):
+    k = gd.DeviceKernel([fed], target=target, workers=workers, **cfg)
     with k:
         batch = taskmod.make(1024, type=SINK)
         pushed = 0
@@ -120,12 +144,20 @@ def main():
     ap.add_argument("--target", default="auto")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--host-threads", type=int, default=None,
+                    help="cpu target: host threads running the worker blocks (default: the "
+                         "target's, 2 on a machine with 2+ cores)")
     a = ap.parse_args()
     target = resolve_target(a.target)
+    cfg = {} if a.host_threads is None else {"host_threads": a.host_threads}
     res = {"bench": "gpu_kernel", "target": target, "machine": platform.machine(),
            "cpus": os.cpu_count()}
-    res["device_chain_tasks_per_s"] = round(bench_chain(target, a.seconds, a.workers))
-    fed_rate, p50, p99 = bench_fed_and_roundtrip(target, a.seconds, a.workers)
+    probe = gd.DeviceKernel([chain_module()], target=target, workers=a.workers, **cfg)
+    res["workers"] = probe.config.blocks
+    if target == "cpu":
+        res["host_threads"] = probe.config.host_threads
+    res.update(bench_chain(target, a.seconds, a.workers, **cfg))
+    fed_rate, p50, p99 = bench_fed_and_roundtrip(target, a.seconds, a.workers, **cfg)
     res["host_fed_tasks_per_s"] = round(fed_rate)
     res["roundtrip_p50_us"] = round(p50, 1)
     res["roundtrip_p99_us"] = round(p99, 1)

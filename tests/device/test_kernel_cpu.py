@@ -193,3 +193,42 @@ def test_trace_levels_and_metrics_after_restart():
     assert not k.alive()
 
 
+
+
+def test_two_host_threads_share_the_blocks_with_real_atomics():
+    """host_threads=2: each host thread runs its share of the blocks; free lists, reference
+    counts, the event lock and user words are touched from both threads at once."""
+    import threading
+    k = gd.DeviceKernel([feat, traced], target="cpu", workers=2, host_threads=2)  # cached
+    assert k.config.host_threads == 2
+    n_alloc, n_fan, n_retry = 400, 200, 40
+    with k:
+        names = {t.name for t in threading.enumerate() if t.is_alive()}
+        assert {"ggmk-device-cpu-0", "ggmk-device-cpu-1"} <= names
+        k.push_all(taskmod.make(n_alloc, type=207))
+        k.push_all(taskmod.make(n_fan, type=211, meta0=5))
+        k.push_all(taskmod.make(n_retry, type=202, meta1=np.arange(n_retry)))
+        out = k.pull_until(n_alloc + n_retry, timeout=60)
+        deadline = time.monotonic() + 30
+        while k.metrics()["user"][3] < n_fan * 5 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        hb1 = k.heartbeats()
+        deadline = time.monotonic() + 10
+        while not (k.heartbeats() > hb1).all() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert (k.heartbeats() > hb1).all()          # block 0 on one thread, block 1 on the other
+    a = out[out["type"] == 208]
+    assert len(a) == n_alloc
+    assert a["meta0"].tolist() == [10] * n_alloc and a["meta1"].tolist() == [11142] * n_alloc
+    r = out[out["type"] == 203]
+    assert r["meta0"].tolist() == [3] * n_retry      # each key's counter: exactly 3 runs
+    m = k.metrics()
+    assert m["user"][3] == n_fan * 5 and m["types"][210]["ok"] == n_fan * 5
+    assert m["global"]["alloc"] == n_alloc and m["global"]["slab_alloc"] == n_alloc
+    assert m["global"]["free"] == 2 * n_alloc and m["global"]["alloc_fail"] == 0
+    assert m["types"][202]["retry"] == 2 * n_retry
+
+
+def test_host_threads_cannot_exceed_blocks():
+    with pytest.raises(gd.host.BootError, match="host_threads=3"):
+        gd.DeviceKernel([feat, traced], target="cpu", workers=2, host_threads=3)

@@ -98,6 +98,8 @@ class DeviceKernel:
         base.update(config)
         if base.get("blocks") == 0:                     # cuda: one worker block per SM
             self.target.resolve_config_dict(base)
+        if "host_threads" not in config and "host_threads" in base:
+            base["host_threads"] = min(base["host_threads"], base["blocks"])   # cpu default
         self.config = layout.DeviceConfig(**base).validate()
         self.plan = layout.plan(self.config, len(self.handlers),
                                 codegen.smem_words(self.handlers, self.config.threads),
@@ -111,6 +113,8 @@ class DeviceKernel:
         self._tr_cursor = 0
         self.trace_lost = 0
         self._stopped = False
+        self._bell = None
+        self._bell_addr = 0
 
     # ------------------------------------------------------------------ lifecycle
     def build(self):
@@ -133,6 +137,8 @@ class DeviceKernel:
         self._h = {n: hm[o:o + size] for n, (kind, o, size) in offs.items()
                    if kind == "map"}
         self._h["ctl"][layout.C_ARENA_BASE] = self.target.address_of(args[2])
+        self._bell = getattr(self.target, "doorbell", None)
+        self._bell_addr = self._h["ctl"][layout.C_DOORBELL:].ctypes.data if self._bell else 0
         try:
             self.target.prepare(built.kernel, args, self.plan, built)
         except Exception as e:      # name the handler that does not compile, if it is one
@@ -149,6 +155,7 @@ class DeviceKernel:
         if self._launch is None or self._stopped:
             return
         self._h["ctl"][layout.C_STOP] = 1
+        self._ring()
         done = self._launch.wait(timeout)
         self._stopped = True
         err = getattr(self._launch, "error", None)
@@ -204,7 +211,15 @@ class DeviceKernel:
         idx = (tail + np.arange(n)) & (cap - 1)
         self._h["rx"].reshape(cap, layout.W)[idx] = words
         ctl[layout.C_RX_TAIL] = tail + n    # after the records: the device reads tail first
+        self._ring()
         return n
+
+    def _ring(self):
+        """Tell parked workers there is news (cpu: wake host threads asleep on the futex)."""
+        ctl = self._h["ctl"]
+        ctl[layout.C_DOORBELL] += 1
+        if ctl[layout.C_PARKED] != 0 and self._bell is not None:
+            self._bell(self._bell_addr)
 
     def push_all(self, records: np.ndarray, timeout: float = 30.0) -> None:
         """Push every record, polling while the ring is full."""

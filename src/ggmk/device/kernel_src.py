@@ -4,9 +4,13 @@ This file is not imported as a module. ``codegen`` reads its text and executes i
 that already holds
 
 * the target's primitives (``targets/<target>.py``): ``atomic_add``, ``atomic_cas``,
-  ``atomic_max``, ``vload``/``vstore`` (volatile/atomic loads and stores of words another agent
+  ``atomic_max`` (device scope: words several workers touch), ``blk_add``/``blk_max`` (block
+  scope: words only the lanes of one worker touch, e.g. its metric row, its local queue's
+  tail, its shared words; plain read-modify-writes on ``cpu``, where one host thread runs a
+  whole block), ``vload``/``vstore`` (volatile/atomic loads and stores of words another agent
   writes), ``fence``, ``fence_system``, ``syncthreads``, ``lane_id``/``lane_step``,
-  ``block_id``/``block_step``, ``is_lead``, ``clock_ns``, ``nanosleep``, ``block_shared``,
+  ``first_block``/``block_step``, ``is_lead``, ``clock_ns``, ``nanosleep``, ``idle_wait``
+  (sleep up to ``ns``; on ``cpu`` a host push or stop ends it early), ``block_shared``,
   ``block_smem``;
 * the layout constants (``layout.py``) and the configuration constants (``Plan.constants``);
 * the generated part (``codegen``): ``type_index``, ``type_of_index``, ``type_max_yields``,
@@ -17,7 +21,10 @@ phases separated by ``syncthreads()``. Work done by one lane is guarded by ``is_
 spread over lanes is a loop ``for lane in range(lane_id(), NT, lane_step())``. On ``cuda`` that
 loop runs once per thread and barriers are real; on ``cpu`` it runs every lane of the block in
 order on one host thread and barriers are no-ops, and the outer loop over blocks
-(``range(block_id(), NB, block_step())``) interleaves all blocks in a fixed order. Block-uniform
+(``range(first_block(D), NB, block_step(D))``) interleaves the blocks of one host thread in a
+fixed order (``cpu`` can run several such host threads, each with its share of the blocks: a
+block never spans two threads, so barriers stay no-ops and only device-scope atomics need to
+be real atomics). Block-uniform
 values are passed between phases through the block's shared words ``sh``.
 
 State: ``S = (D, M, A)``: ``D`` the device words, ``M`` the mapped (host-visible) words, ``A``
@@ -177,10 +184,10 @@ def rq_take(D, qi, pos, dst, do):
 def lq_push(D, blk, w0, w1, w2, w3, w4, w5, limit):
     qi = Q_LOCAL0 + blk
     c = O_QC + qi * QCS
-    pos = atomic_add(D, c + QC_TAIL, 1)
+    pos = blk_add(D, c + QC_TAIL, 1)
     depth = pos - D[c + QC_HEAD]
     if depth >= limit:
-        atomic_add(D, c + QC_TAIL, -1)
+        blk_add(D, c + QC_TAIL, -1)
         return -1
     write_rec(D, O_Q + (D[O_QINFO + qi * 2] + (pos & (LQ_CAP - 1))) * W, w0, w1, w2, w3, w4, w5)
     return depth
@@ -191,11 +198,11 @@ def lq_push(D, blk, w0, w1, w2, w3, w4, w5, limit):
 
 
 def met_add(D, blk, m, v):
-    atomic_add(D, O_MET + blk * NMET + m, v)
+    blk_add(D, O_MET + blk * NMET + m, v)
 
 
 def met_type(D, blk, ti, k, v):
-    atomic_add(D, O_MET + blk * NMET + NGLOBAL_METRICS + ti * NPT + k, v)
+    blk_add(D, O_MET + blk * NMET + NGLOBAL_METRICS + ti * NPT + k, v)
 
 
 def trace_event(S, ev, task_type, tenant, a0, a1):
@@ -278,7 +285,7 @@ def enqueue(S, blk, w0, w1, w2, w3, w4, w5, mode):
         if d >= 0:
             met_add(D, blk, M_ENQUEUED, 1)
             met_type(D, blk, ti, PT_ENQ, 1)
-            atomic_max(D, O_MET + blk * NMET + M_LOCAL_HWM, d + 1)
+            blk_max(D, O_MET + blk * NMET + M_LOCAL_HWM, d + 1)
             return OK
     return enqueue_place(S, blk, ti, w0, w1, w2, w3, w4, w5, mode)
 
@@ -309,7 +316,7 @@ def enqueue_place(S, blk, ti, w0, w1, w2, w3, w4, w5, mode):
         limit = BQ_CAP - BQ_PRIO_RESERVE
     d = rq_push(D, ti, w0, w1, w2, w3, w4, w5, limit, 0)
     if d >= 0:
-        atomic_max(D, O_MET + blk * NMET + M_BUCKET_HWM, d + 1)
+        blk_max(D, O_MET + blk * NMET + M_BUCKET_HWM, d + 1)
         return OK
     if mode == ENQ_SHARED:
         d = lq_push(D, blk, w0, w1, w2, w3, w4, w5, LQ_CAP - LQ_CAP // 4)
@@ -371,11 +378,11 @@ def emit_channel(S, blk, c, pw0, w0, w2, w3, m0, m1):
             ncopies += 1
             if d > hwm:
                 hwm = d
-            atomic_max(D, O_MET + blk * NMET + MSUB0 + (slot0 + k) * NPS + PS_HWM, d)
+            blk_max(D, O_MET + blk * NMET + MSUB0 + (slot0 + k) * NPS + PS_HWM, d)
         elif lossless:
             for j in range(k):
                 atomic_add(D, O_CSUB + (slot0 + j) * CSS + CS_INFL, -1)
-            atomic_add(D, mc + PC_FULL, 1)
+            blk_add(D, mc + PC_FULL, 1)
             met_add(D, blk, M_CHAN_FULL, 1)
             trace_if(S, blk, EV_CHAN_FULL, LV_WARN, pw0, c, 0)
             return CHAN_FULL
@@ -383,8 +390,8 @@ def emit_channel(S, blk, c, pw0, w0, w2, w3, m0, m1):
     # CPU kernel's channels)
     seq = atomic_add(D, O_CHS + (c - 1) * CHS + CH_SEQ, 1) + 1
     w1 = c | hi32(seq)
-    atomic_add(D, mc + PC_EMITTED, 1)
-    atomic_max(D, mc + PC_HWM, hwm)
+    blk_add(D, mc + PC_EMITTED, 1)
+    blk_max(D, mc + PC_HWM, hwm)
     met_add(D, blk, M_CHAN_EMITTED, 1)
     # 3. the producer's payload reference becomes one per copy (before any copy can run)
     if w2 != 0:
@@ -393,7 +400,7 @@ def emit_channel(S, blk, c, pw0, w0, w2, w3, m0, m1):
         elif ncopies > 1:
             arena_retain(D, w2 - S[1][O_CTL + C_ARENA_BASE], ncopies - 1)
     if n == 0:
-        atomic_add(D, mc + PC_DROPPED, 1)
+        blk_add(D, mc + PC_DROPPED, 1)
         met_add(D, blk, M_CHAN_DROPPED, 1)
         trace_if(S, blk, EV_CHAN_DROP, LV_WARN, pw0, c, CHAN_NO_SUBSCRIBER)
         to_sys(S, blk, CH_SYS_DROPPED, CHAN_NO_SUBSCRIBER, w0, w1, 0, w3, m0, m1)
@@ -407,16 +414,16 @@ def emit_channel(S, blk, c, pw0, w0, w2, w3, m0, m1):
         if (got >> k) & 1:
             r = enqueue(S, blk, ws0, w1, w2, w3, m0, m1, ENQ_CHANNEL)
             if r == OK:
-                atomic_add(D, ms + PS_DELIVERED, 1)
-                atomic_add(D, mc + PC_DELIVERED, 1)
+                blk_add(D, ms + PS_DELIVERED, 1)
+                blk_add(D, mc + PC_DELIVERED, 1)
                 met_add(D, blk, M_CHAN_DELIVERED, 1)
                 continue
             # the queues are full: this copy's credit and payload reference go back
             atomic_add(D, O_CSUB + slot * CSS + CS_INFL, -1)
             chan_payload_release(S, blk, w2)
             code = r
-        atomic_add(D, ms + PS_DROPPED, 1)
-        atomic_add(D, mc + PC_DROPPED, 1)
+        blk_add(D, ms + PS_DROPPED, 1)
+        blk_add(D, mc + PC_DROPPED, 1)
         met_add(D, blk, M_CHAN_DROPPED, 1)
         trace_if(S, blk, EV_CHAN_DROP, LV_WARN, ws0, c, code)
         to_sys(S, blk, CH_SYS_DROPPED, code, ws0, w1, 0, w3, m0, m1)
@@ -496,6 +503,12 @@ def heap_pop_to(D, do):
 def service_events(S, blk, tick):
     """Lead lane: move the inbox into the heap, fire at most EV_DRAIN_MAX due events."""
     D = S[0]
+    # look before taking the lock: an atomic on the one shared lock word every iteration of
+    # every worker would bounce its cache line between them (these reads are hints; the lock
+    # holder rechecks)
+    if rq_depth(D, Q_EVIN) <= 0 and (vload(D, O_GLOB + G_EV_SIZE) <= 0
+                                     or vload(D, O_EVK) > tick):
+        return
     if atomic_cas(D, O_GLOB + G_EV_LOCK, 0, 1) != 0:
         return
     fence()
@@ -894,7 +907,7 @@ def worker_iteration(S, blk, sh, smem):
     # to the host)
     for k in range(lane_id(), n, lane_step()):
         ti = type_index(rec_type(D[rb + ((rpos + k) & rmask) * W]))
-        atomic_add(sh, SH_CNT + ti + 1, 1)
+        blk_add(sh, SH_CNT + ti + 1, 1)
         if src == SRC_BUCKET and ti != qi:
             met_add(D, blk, M_BUCKET_MIXED, 1)   # a bucket must hold one type only
     syncthreads()
@@ -911,7 +924,7 @@ def worker_iteration(S, blk, sh, smem):
     s0 = b0 + BATCH * W
     for k in range(lane_id(), n, lane_step()):
         o = rb + ((rpos + k) & rmask) * W
-        p = atomic_add(sh, SH_CNT + 2 * (NTYPES + 1) + type_index(rec_type(D[o])) + 1, 1)
+        p = blk_add(sh, SH_CNT + 2 * (NTYPES + 1) + type_index(rec_type(D[o])) + 1, 1)
         copy_rec(D, s0 + p * W, D, o)
     syncthreads()
     if is_lead() and src == SRC_LOCAL:
@@ -952,18 +965,19 @@ def kernel_body(D, M, A):
     # every worker needs the boot clock before its first tick
     while vload(D, O_GLOB + G_BOOT_NS) == 0:
         pass
+    first = first_block(D)
     running = True
     while running:
         nap = IDLE_SLEEP_MAX
-        for blk in range(block_id(), NB, block_step()):
+        for blk in range(first, NB, block_step(D)):
             r = worker_iteration(S, blk, block_shared(D, blk), block_smem(D, blk))
             if r < 0:
                 running = False
             elif r < nap:
                 nap = r
         if running and nap > 0:
-            nanosleep(nap)                  # every block of this round is parked
-    for blk in range(block_id(), NB, block_step()):
+            idle_wait(M, nap)               # every block of this round is parked
+    for blk in range(first, NB, block_step(D)):
         if is_lead():
             publish(S, blk)
             atomic_add(M, O_CTL + C_EXITED, 1)

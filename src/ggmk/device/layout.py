@@ -82,7 +82,9 @@ C_EXITED = 32             # device: number of workers that have exited
 C_STARTED = 40            # device: number of workers that have started
 C_ARENA_BASE = 48         # host writes: address of arena byte 0 (payload_ptr = base + offset)
 C_TICK = 56               # device publishes its current tick
-NCTL = 64
+C_DOORBELL = 64           # host adds 1 after each push and at stop (cpu: a futex word)
+C_PARKED = 72             # device: host threads asleep on the doorbell (cpu)
+NCTL = 80
 
 # ---- glob words (device)
 G_EV_LOCK = 0
@@ -92,7 +94,10 @@ G_TR_HEAD = 24            # trace reservations
 G_GPOP = 32               # global bucket-pop counter (aging clock)
 G_BOOT_NS = 40            # first worker's clock at start: tick 0
 G_AGING = 48              # aging interval in gathers (0 = off): a run-time setting
-NGLOB = 64
+G_HOST_TICKET = 56        # cpu: host threads that entered the kernel (each takes a ticket)
+G_NHOST = 64              # cpu: host threads running the blocks (config host_threads, a
+                          # run-time word: the same compiled kernel serves any number)
+NGLOB = 72
 
 # ---- per-block private words (stride BSS)
 BSS = 16
@@ -204,6 +209,8 @@ class DeviceConfig:
     publish_every: int = 16           # iterations between metric publications
     max_retries: int = 8
     rx_ingest_max: int = 1024
+    host_threads: int = 1             # cpu: host threads running the blocks (block b on thread
+                                      # b % host_threads); the other targets ignore it
 
     def validate(self) -> "DeviceConfig":
         if self.blocks < 1:
@@ -213,6 +220,9 @@ class DeviceConfig:
         for name in ("batch", "bucket_cap", "local_cap", "overflow_cap", "event_inbox_cap",
                      "rx_cap", "tx_cap", "trace_cap"):
             _pow2(getattr(self, name), name)
+        if self.host_threads < 1 or self.host_threads > self.blocks:
+            raise BootError(f"device config: host_threads={self.host_threads} must be between "
+                            f"1 and blocks={self.blocks}")
         if self.batch > self.local_cap:
             raise BootError("device config: batch must not exceed local_cap")
         if self.arena_bytes < NBINS * (MIN_BLOCK << (NBINS - 1)) * 2:
@@ -255,7 +265,15 @@ class Plan:
 
     @property
     def nmet(self) -> int:
-        return NGLOBAL_METRICS + self.ntypes * NPT + self.nchan * NPC + self.nsubs * NPS
+        """Words per block metric row, rounded up to a 64-byte line: blocks on different host
+        threads (cpu) or SMs never write the same line."""
+        n = NGLOBAL_METRICS + self.ntypes * NPT + self.nchan * NPC + self.nsubs * NPS
+        return (n + 7) // 8 * 8
+
+    @property
+    def scratch_words(self) -> int:
+        """Per-block scratch (shared words + handler shared memory), whole 64-byte lines."""
+        return (self.sh_words + max(self.smem_words, 1) + 7) // 8 * 8
 
     @property
     def mch0(self) -> int:
@@ -282,7 +300,7 @@ class Plan:
             PUBLISH_EVERY=c.publish_every, MAX_RETRIES=c.max_retries,
             RX_INGEST_MAX=min(c.rx_ingest_max, c.batch * 4),
             SHW=self.sh_words, SMEM_WORDS=max(self.smem_words, 1), NMET=self.nmet,
-            SCRATCH_PER_BLOCK=self.sh_words + max(self.smem_words, 1),
+            SCRATCH_PER_BLOCK=self.scratch_words,
             NCHAN=self.nchan, NCSUB=self.nsubs, MCH0=self.mch0, MSUB0=self.msub0,
         ) | {"O_" + name.upper(): o for name, (kind, o, n) in offsets(self).items()
              if name != "_total"}
@@ -296,7 +314,7 @@ class Plan:
             glob=NGLOB, bstamp=max(self.ntypes, 1), evk=c.event_cap, evr=c.event_cap * W,
             aref=c.arena_bytes // GRANULE, fl=self.fltot,
             flseq=self.fltot, flc=NFL * QCS + NFL * 2,
-            scratch=c.blocks * (self.sh_words + max(self.smem_words, 1)), user=USER_WORDS,
+            scratch=c.blocks * self.scratch_words, user=USER_WORDS,
             ctl=NCTL, rx=c.rx_cap * W, tx=c.tx_cap * W, txseq=c.tx_cap, hb=c.blocks * 8,
             mpub=c.blocks * self.nmet, tr=c.trace_cap * TW, trseq=c.trace_cap,
             chs=max(self.nchan, 1) * CHS, csub=max(self.nsubs, 1) * CSS,
@@ -361,6 +379,7 @@ def images(p: Plan) -> dict:
         im["qinfo"][qi * 2] = base
         im["qinfo"][qi * 2 + 1] = cap
     im["glob"][G_AGING] = p.cfg.aging_interval
+    im["glob"][G_NHOST] = p.cfg.host_threads
     flc = im["flc"]
     for k, (size, off, count, fb, cap) in enumerate(p.bins):
         im["fl"][fb:fb + count] = off + np.arange(count, dtype=np.int64) * size

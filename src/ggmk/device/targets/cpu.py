@@ -1,17 +1,29 @@
 """The ``cpu`` target: the kernel source compiled for the host with Numba.
 
-One host thread runs the whole grid: the kernel's outer loop interleaves the worker blocks in a
-fixed order and every per-lane loop runs all lanes of a block in order, so barriers are no-ops
-and block-internal atomics are plain read-modify-writes. The kernel is called once and stays
-resident (``nogil``) on a background thread until the host raises the stop flag, exactly like
-the ``cuda`` launch. Words the host writes (ring tails, stop flag) and the device publishes
-(heads, heartbeats, tx/trace sequence words) are read and written with atomic acquire/release
-loads and stores (``vload``/``vstore``, LLVM intrinsics below) so Numba cannot hoist them out of
-the resident loop. Nothing GPU-specific is imported here.
+``host_threads`` host threads (default 1; at most the number of blocks) run the grid; thread ``j`` runs blocks ``j, j + host_threads, ...`` in a fixed
+interleaving, and every per-lane loop runs all lanes of a block in order. A block never spans
+two threads, so barriers are no-ops and block-scope atomics (``blk_add``/``blk_max``: a
+worker's metric row, its local queue, its shared words) are plain read-modify-writes, while
+device-scope atomics (``atomic_add``/``atomic_cas``/``atomic_max``: shared queues, free lists,
+reference counts, channel credits, trace/tx reservations) are LLVM ``atomicrmw``/``cmpxchg``.
+The kernel is called once per thread and stays resident (``nogil``) until the host raises the
+stop flag, exactly like the ``cuda`` launch. Words the host writes (ring tails, stop flag) and
+the device publishes (heads, heartbeats, tx/trace sequence words) are read and written with
+atomic acquire/release loads and stores (``vload``/``vstore``) so Numba cannot hoist them out
+of the resident loop. Nothing GPU-specific is imported here.
+
+Compiled without Numba's reference-counted runtime (``_nrt=False``): with it, every call that
+passes the state arrays (a handler, ``emit``, ``enqueue``...) did an atomic incref/decref per
+array, ~10x the useful work per task. The price: device code cannot allocate arrays (it could
+not on ``cuda`` either).
 """
 from __future__ import annotations
 
+import ctypes
+import platform
+import sys
 import threading
+import time
 
 import numba
 import numpy as np
@@ -21,8 +33,13 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 NAME = "cpu"
-# sizes that suit one host thread
-DEFAULTS = dict(blocks=4, threads=32, batch=1024)
+# Sizes that suit one host thread. Idle workers sleep on the doorbell (a host push wakes them)
+# for at most 1 ms, a tick: due events fire at most a tick late. One host thread by
+# default: on the 2-core reference machine a second one did not pay (~20% less work per CPU
+# second per thread, a chain workload's tasks stay on the workers that first took them so the
+# second thread often idles, and it competes with the host thread feeding the kernel).
+DEFAULTS = dict(blocks=4, threads=32, batch=1024, idle_sleep_max_ns=1_000_000,
+                host_threads=1)
 
 
 def _item_ptr(context, builder, aty, arr, idx):
@@ -56,6 +73,130 @@ def vstore(typingctx, arr, idx, val):
         builder.store_atomic(v, ptr, "release", aty.dtype.bitwidth // 8)
         return context.get_dummy_value()
     return types.none(arr, idx, val), codegen
+
+
+# Linux futex(2) on the doorbell word: an idle host thread sleeps until the host pushes (or
+# stops) instead of waking every few microseconds to look (a wake-up costs ~15 us of CPU in a
+# VM: at a 50 us nap that was 30% of a core for an idle kernel).
+_SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(
+    platform.machine().lower()) if sys.platform.startswith("linux") else None
+_FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 128, 129
+
+
+@intrinsic
+def futex_wait(typingctx, arr, idx, expected, timeout_ns):
+    """Sleep while the low 32 bits of ``arr[idx]`` equal ``expected``'s, at most
+    ``timeout_ns`` (a plain ``usleep`` where there is no futex)."""
+    if not _is_int_array(arr, idx):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        tmo = context.cast(builder, args[3], sig.args[3], types.int64)
+        if _SYS_FUTEX is None:
+            fn = cgutils.get_or_insert_function(builder.module,
+                                                ir.FunctionType(i32, [i32]), "usleep")
+            us = builder.sdiv(tmo, ir.Constant(i64, 1000))
+            builder.call(fn, [builder.trunc(us, i32)])
+            return context.get_dummy_value()
+        ptr = _item_ptr(context, builder, sig.args[0], args[0], args[1])
+        exp = builder.trunc(context.cast(builder, args[2], sig.args[2], types.int64), i32)
+        ts_t = ir.LiteralStructType([i64, i64])
+        ts = cgutils.alloca_once(builder, ts_t)
+        zero = ir.Constant(i32, 0)
+        bil = ir.Constant(i64, 1_000_000_000)
+        builder.store(builder.sdiv(tmo, bil), builder.gep(ts, [zero, zero]))
+        builder.store(builder.srem(tmo, bil), builder.gep(ts, [zero, ir.Constant(i32, 1)]))
+        fnty = ir.FunctionType(i64, [i64], var_arg=True)
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "syscall")
+        builder.call(fn, [ir.Constant(i64, _SYS_FUTEX), builder.ptrtoint(ptr, i64),
+                          ir.Constant(i64, _FUTEX_WAIT_PRIVATE), builder.sext(exp, i64),
+                          builder.ptrtoint(ts, i64), ir.Constant(i64, 0), ir.Constant(i64, 0)])
+        return context.get_dummy_value()
+    return types.none(arr, idx, expected, timeout_ns), codegen
+
+
+def doorbell(addr: int) -> None:
+    """Host side: wake every host thread of the kernel asleep on the doorbell word at
+    ``addr`` (call after changing it)."""
+    if _SYS_FUTEX is not None:
+        _libc().syscall(_SYS_FUTEX, ctypes.c_void_p(addr), _FUTEX_WAKE_PRIVATE, 1 << 30, 0,
+                        0, 0)
+
+
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.syscall.restype = ctypes.c_long
+    return _LIBC
+
+
+def _int_operands(context, builder, sig, args, first):
+    aty = sig.args[0]
+    ptr = _item_ptr(context, builder, aty, args[0], args[1])
+    vals = [context.cast(builder, args[k], sig.args[k], aty.dtype)
+            for k in range(first, len(args))]
+    return ptr, vals
+
+
+def _is_int_array(arr, idx):
+    return (isinstance(arr, types.Array) and isinstance(arr.dtype, types.Integer)
+            and isinstance(idx, types.Integer))
+
+
+@intrinsic
+def atomic_add(typingctx, arr, idx, val):
+    """Device-scope ``old = arr[idx]; arr[idx] += val`` (``atomicrmw add``, seq_cst)."""
+    if not _is_int_array(arr, idx):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr, (v,) = _int_operands(context, builder, sig, args, 2)
+        return builder.atomic_rmw("add", ptr, v, "seq_cst")
+    return arr.dtype(arr, idx, val), codegen
+
+
+@intrinsic
+def atomic_max(typingctx, arr, idx, val):
+    """Device-scope ``old = arr[idx]; arr[idx] = max(old, val)``; returns ``old``."""
+    if not _is_int_array(arr, idx):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr, (v,) = _int_operands(context, builder, sig, args, 2)
+        op = "max" if sig.args[0].dtype.signed else "umax"
+        return builder.atomic_rmw(op, ptr, v, "seq_cst")
+    return arr.dtype(arr, idx, val), codegen
+
+
+@intrinsic
+def atomic_cas(typingctx, arr, idx, old, new):
+    """Device-scope compare-and-swap; returns the value found (``old`` when it swapped)."""
+    if not _is_int_array(arr, idx):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr, (o, n) = _int_operands(context, builder, sig, args, 2)
+        pair = builder.cmpxchg(ptr, o, n, "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 0)
+    return arr.dtype(arr, idx, old, new), codegen
+
+
+@intrinsic
+def fence(typingctx):
+    """Orders this thread's earlier loads/stores before its later ones (acquire-release: on
+    x86 a compiler barrier; the queue protocols need no store-load ordering)."""
+    def codegen(context, builder, sig, args):
+        builder.fence("acq_rel")
+        return context.get_dummy_value()
+    return types.none(), codegen
+
+
+fence_system = fence
 
 
 @intrinsic
@@ -92,32 +233,17 @@ def nanosleep(typingctx, ns):
 
 # Primitives that need the kernel's constants: executed in the kernel namespace.
 PRIM_SRC = '''
-def atomic_add(arr, i, v):
+def blk_add(arr, i, v):
     old = arr[i]
     arr[i] = old + v
     return old
 
 
-def atomic_cas(arr, i, old, new):
-    cur = arr[i]
-    if cur == old:
-        arr[i] = new
-    return cur
-
-
-def atomic_max(arr, i, v):
+def blk_max(arr, i, v):
     old = arr[i]
     if v > old:
         arr[i] = v
     return old
-
-
-def fence():
-    pass
-
-
-def fence_system():
-    pass
 
 
 def syncthreads():
@@ -132,16 +258,29 @@ def lane_step():
     return 1
 
 
-def block_id():
-    return 0
+def first_block(D):
+    # one ticket per host thread: thread j runs blocks j, j + host_threads, ...
+    return atomic_add(D, O_GLOB + G_HOST_TICKET, 1)
 
 
-def block_step():
-    return 1
+def block_step(D):
+    return vload(D, O_GLOB + G_NHOST)
 
 
 def is_lead():
     return True
+
+
+def idle_wait(M, ns):
+    # park on the doorbell: the parked count is raised (a full barrier) before the last look at
+    # the rx ring and the stop flag, so a host that pushes after that look sees the count and
+    # rings; one that pushed before is seen here. A wake-up lost to a race costs one nap.
+    bell = vload(M, O_CTL + C_DOORBELL)
+    atomic_add(M, O_CTL + C_PARKED, 1)
+    if (vload(M, O_CTL + C_RX_TAIL) == vload(M, O_CTL + C_RX_HEAD)
+            and vload(M, O_CTL + C_STOP) == 0):
+        futex_wait(M, O_CTL + C_DOORBELL, bell, ns)
+    atomic_add(M, O_CTL + C_PARKED, -1)
 
 
 def block_shared(D, blk):
@@ -157,6 +296,8 @@ def block_smem(D, blk):
 
 def namespace() -> dict:
     return {"vload": vload, "vstore": vstore, "clock_ns": clock_ns, "nanosleep": nanosleep,
+            "atomic_add": atomic_add, "atomic_cas": atomic_cas, "atomic_max": atomic_max,
+            "fence": fence, "fence_system": fence_system, "futex_wait": futex_wait,
             "np": np, "int64": numba.int64}
 
 
@@ -204,27 +345,50 @@ def available() -> tuple[bool, str]:
     return True, "host CPU"
 
 
+_PR_SET_TIMERSLACK = 29
+
+
+def _tight_timer_slack():
+    """Let this thread's short sleeps end on time: Linux adds up to 50 us of timer slack to a
+    normal thread's sleep, which would be most of an idle worker's 1-50 us naps."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, 1000, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass                        # not Linux: sleeps are just longer
+
+
 class Launch:
-    """The resident kernel call on a background thread."""
+    """The resident kernel: one call per host thread (``plan.cfg.host_threads``)."""
 
     def __init__(self, kernel, arrays, plan):
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(kernel, arrays),
-                                        name="ggmk-device-cpu", daemon=True)
-        self._thread.start()
+        n = plan.cfg.host_threads
+        self._threads = [threading.Thread(target=self._run, args=(kernel, arrays),
+                                          name=f"ggmk-device-cpu-{j}", daemon=True)
+                         for j in range(n)]
+        for t in self._threads:
+            t.start()
 
     def _run(self, kernel, arrays):
+        _tight_timer_slack()
         try:
             kernel(*arrays)
         except BaseException as e:  # surfaced by DeviceKernel.stop()/alive()
             self.error = e
 
+    @property
+    def native_ids(self) -> list:
+        """OS thread ids of the kernel's host threads (for CPU-time accounting)."""
+        return [t.native_id for t in self._threads]
+
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return any(t.is_alive() for t in self._threads)
 
     def wait(self, timeout: float) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(deadline - time.monotonic(), 0))
+        return not self.alive()
 
 
 def prepare(kernel, arrays, plan, built=None) -> None:

@@ -37,6 +37,19 @@ def atomic_max(arr, i, v):
     return cuda.atomic.max(arr, i, v)
 
 
+def blk_add(arr, i, v):
+    # block scope: the lanes of one block still race, so an atomic here too
+    return cuda.atomic.add(arr, i, v)
+
+
+def blk_max(arr, i, v):
+    return cuda.atomic.max(arr, i, v)
+
+
+def first_block(D):
+    return cuda.blockIdx.x
+
+
 def fence():
     cuda.threadfence()
 
@@ -61,7 +74,7 @@ def block_id():
     return cuda.blockIdx.x
 
 
-def block_step():
+def block_step(D):
     return cuda.gridDim.x
 
 
@@ -79,6 +92,10 @@ def block_smem(D, blk):
 
 def nanosleep(ns):
     cuda.nanosleep(uint32(ns))
+
+
+def idle_wait(M, ns):
+    nanosleep(ns)
 '''
 
 _intrinsics = None

@@ -50,18 +50,22 @@ def block_smem(D, blk):
     return cuda.blockIdx.x
 
 
-def block_step():
+def block_step(D):
     return cuda.gridDim.x
 ''', '''def block_id():
     return 0
 
 
-def block_step():
+def block_step(D):
     return 1
 ''').replace('''def nanosleep(ns):
     cuda.nanosleep(uint32(ns))
 ''', '''def nanosleep(ns):
     _sleep(ns * 1e-9)
+''').replace('''def first_block(D):
+    return cuda.blockIdx.x
+''', '''def first_block(D):
+    return 0
 ''') + '''
 
 def vload(arr, i):
