@@ -1,6 +1,8 @@
 """The handler context API: what a GPU handler may call.
 
-A handler is a plain Python function in the numeric subset Numba compiles. It receives
+A handler is a plain Python function in the numeric subset Numba compiles (scalars, loops,
+indexing of the arrays it is given; no allocation of new arrays: the ``cuda`` target has none
+and the ``cpu`` target compiles without Numba's reference-counted runtime). It receives
 
 * ``ctx``: an opaque tuple (the device state arrays, the worker id, the tick and the running
   task's header); pass it to the calls below, never index it yourself;

@@ -261,11 +261,18 @@ def generate(handlers: list[Handler], plan: layout.Plan, chans=()) -> str:
         L.append("    D = S[0]")
         if h.granularity == "scalar":
             L += [
+                "    nok = 0",
                 "    for k in range(lane_id(), cnt, lane_step()):",
                 "        o = base + k * W",
                 "        ctx = (S, blk, tick, D[o], D[o + 1])",
                 f"        r = h_{i}(ctx, D[o:o + W])",
-                f"        finish(S, blk, {i}, tick, o, r)",
+                "        if r == OK:",
+                "            nok += 1",
+                "            finish_ok(S, blk, o)",
+                "        else:",
+                f"            finish(S, blk, {i}, tick, o, r)",
+                "    if nok > 0:",
+                f"        met_type(D, blk, {i}, PT_OK, nok)",
             ]
         elif h.granularity == "warp":
             per = max((h.shared_bytes + 7) // 8, 1)

@@ -301,6 +301,8 @@ class DeviceKernel:
             o = layout.NGLOBAL_METRICS + ti * layout.NPT
             types[tid] = {n: int(rows[:, o + k].sum())
                           for k, n in enumerate(layout.PER_TYPE_NAMES)}
+        # the kernel counts enqueues per type only (one counter less per task)
+        g["enqueued"] = sum(t["enqueued"] for t in types.values())
         u0 = layout.METRIC_NAMES.index("user0")
         return {"global": g, "types": types,
                 "user": [int(rows[:, u0 + k].sum()) for k in range(16)],

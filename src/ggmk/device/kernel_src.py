@@ -283,9 +283,7 @@ def enqueue(S, blk, w0, w1, w2, w3, w4, w5, mode):
     if ti >= 0 and (mode == ENQ_NORMAL or mode == ENQ_CHANNEL):
         d = lq_push(D, blk, w0, w1, w2, w3, w4, w5, LQ_SPILL)
         if d >= 0:
-            met_add(D, blk, M_ENQUEUED, 1)
-            met_type(D, blk, ti, PT_ENQ, 1)
-            blk_max(D, O_MET + blk * NMET + M_LOCAL_HWM, d + 1)
+            met_type(D, blk, ti, PT_ENQ, 1)     # (the host sums these into "enqueued")
             return OK
     return enqueue_place(S, blk, ti, w0, w1, w2, w3, w4, w5, mode)
 
@@ -297,7 +295,6 @@ def enqueue_place(S, blk, ti, w0, w1, w2, w3, w4, w5, mode):
     if ti < 0:
         met_add(D, blk, M_FOREIGN_TYPE, 1)
         return to_host(S, blk, w0, w1, w2, w3, w4, w5)
-    met_add(D, blk, M_ENQUEUED, 1)
     met_type(D, blk, ti, PT_ENQ, 1)
     if mode == ENQ_YIELD:
         d = lq_push(D, blk, w0, w1, w2, w3, w4, w5, LQ_CAP)
@@ -639,6 +636,14 @@ def bump_alloc(D, blk, nbytes):
 # task completion (the lane that ran the task, or lane 0 of its warp/block)
 
 
+def finish_ok(S, blk, o):
+    """The OK outcome less its counter (a scalar segment adds its OKs up once)."""
+    D = S[0]
+    if TRACE_TASKS:
+        trace_if(S, blk, EV_TASK_END, LV_ALL, D[o], 0, 0)
+    settle(S, blk, D[o], D[o + 1], D[o + 2])
+
+
 def finish(S, blk, ti, tick, o, r):
     D = S[0]
     w0 = D[o]
@@ -728,6 +733,9 @@ def gather_local(D, blk, sh):
     n = D[O_QC + qi * QCS + QC_TAIL] - h
     if n <= 0:
         return False
+    # the local queue only grows between two of its gathers: its depth now is its high
+    # watermark since the last one (kept here, not on every push)
+    blk_max(D, O_MET + blk * NMET + M_LOCAL_HWM, n)
     if n > BATCH:
         n = BATCH
     sh[SH_SRC] = SRC_LOCAL
