@@ -10,7 +10,9 @@ that already holds
   whole block), ``vload``/``vstore`` (volatile/atomic loads and stores of words another agent
   writes), ``fence``, ``fence_system``, ``syncthreads``, ``lane_id``/``lane_step``,
   ``first_block``/``block_step``, ``is_lead``, ``clock_ns``, ``nanosleep``, ``idle_wait``
-  (sleep up to ``ns``; on ``cpu`` a host push or stop ends it early), ``block_shared``,
+  (sleep up to ``ns``; on ``cpu`` a host push or stop ends it early), ``wake_idle`` (end the
+  sleep of parked workers while the shared queues hold work: ``cpu`` host threads that park
+  for up to a tick; a no-op on ``cuda``, whose blocks only nap briefly), ``block_shared``,
   ``block_smem``;
 * the layout constants (``layout.py``) and the configuration constants (``Plan.constants``);
 * the generated part (``codegen``): ``type_index``, ``type_of_index``, ``type_max_yields``,
@@ -983,6 +985,8 @@ def kernel_body(D, M, A):
                 running = False
             elif r < nap:
                 nap = r
+        if is_lead():
+            wake_idle(D, M)     # cpu: shared queues hold work and a host thread is parked
         if running and nap > 0:
             idle_wait(M, nap)               # every block of this round is parked
     for blk in range(first, NB, block_step(D)):

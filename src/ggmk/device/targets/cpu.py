@@ -116,6 +116,26 @@ def futex_wait(typingctx, arr, idx, expected, timeout_ns):
     return types.none(arr, idx, expected, timeout_ns), codegen
 
 
+@intrinsic
+def futex_wake(typingctx, arr, idx):
+    """Wake every thread asleep in ``futex_wait`` on ``arr[idx]``."""
+    if not _is_int_array(arr, idx):
+        return None
+
+    def codegen(context, builder, sig, args):
+        if _SYS_FUTEX is None:
+            return context.get_dummy_value()
+        i64 = ir.IntType(64)
+        ptr = _item_ptr(context, builder, sig.args[0], args[0], args[1])
+        fnty = ir.FunctionType(i64, [i64], var_arg=True)
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "syscall")
+        builder.call(fn, [ir.Constant(i64, _SYS_FUTEX), builder.ptrtoint(ptr, i64),
+                          ir.Constant(i64, _FUTEX_WAKE_PRIVATE), ir.Constant(i64, 1 << 30),
+                          ir.Constant(i64, 0), ir.Constant(i64, 0), ir.Constant(i64, 0)])
+        return context.get_dummy_value()
+    return types.none(arr, idx), codegen
+
+
 def doorbell(addr: int) -> None:
     """Host side: wake every host thread of the kernel asleep on the doorbell word at
     ``addr`` (call after changing it)."""
@@ -283,6 +303,19 @@ def idle_wait(M, ns):
     atomic_add(M, O_CTL + C_PARKED, -1)
 
 
+def wake_idle(D, M):
+    # a parked host thread is woken while a type bucket or the overflow queue holds work it
+    # could take (a look at a few words per round, and only while one is parked)
+    if vload(M, O_CTL + C_PARKED) > 0:
+        work = rq_depth(D, Q_OVF) > 0
+        for t in range(NTYPES):
+            if rq_depth(D, t) > 0:
+                work = True
+        if work:
+            atomic_add(M, O_CTL + C_DOORBELL, 1)
+            futex_wake(M, O_CTL + C_DOORBELL)
+
+
 def block_shared(D, blk):
     o = O_SCRATCH + blk * SCRATCH_PER_BLOCK
     return D[o:o + SHW]
@@ -298,6 +331,7 @@ def namespace() -> dict:
     return {"vload": vload, "vstore": vstore, "clock_ns": clock_ns, "nanosleep": nanosleep,
             "atomic_add": atomic_add, "atomic_cas": atomic_cas, "atomic_max": atomic_max,
             "fence": fence, "fence_system": fence_system, "futex_wait": futex_wait,
+            "futex_wake": futex_wake,
             "np": np, "int64": numba.int64}
 
 

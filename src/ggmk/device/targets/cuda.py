@@ -96,6 +96,10 @@ def nanosleep(ns):
 
 def idle_wait(M, ns):
     nanosleep(ns)
+
+
+def wake_idle(D, M):
+    pass
 '''
 
 _intrinsics = None
