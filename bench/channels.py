@@ -5,7 +5,8 @@
   queue, dispatch, until idle. ``p2p_batch_emit_only_msgs_per_s``: the emit call alone (host
   batch emit into a ring that is large enough).
 * ``p2p_msgs_per_s``: a handler emits one message per call of ``send = ctx.emitter(out)``
-  (the per-message hot path); a batch handler consumes them. End to end.
+  (the per-message hot path); a batch handler consumes them. End to end. ``p2p_msgs_per_s_1w``:
+  the same on one worker (like the single-threaded peer; two Python workers pay GIL hand-offs).
   ``p2p_ctx_emit_msgs_per_s``: the same with ``ctx.emit(out, i)`` per message.
 * ``fanout3_msgs_per_s``: batch emit on a lossless fan-out channel to 3 batch subscribers,
   counting messages emitted (each delivered 3 times); ``fanout3_lost`` must be 0.
@@ -194,6 +195,7 @@ def main() -> None:
             "p2p_batch_emit_only_msgs_per_s": p2p_emit_only(n),
             "p2p_msgs_per_s": p2p_per_message(m, w, lean=True),
             "asyncio_msgs_per_s": asyncio_peer(m),
+            "p2p_msgs_per_s_1w": p2p_per_message(m, 1, lean=True),
             "p2p_ctx_emit_msgs_per_s": p2p_per_message(m, w),
             "fanout3_msgs_per_s": f,
             "fanout3_lost": lost,
@@ -206,6 +208,10 @@ def main() -> None:
     ratios = [r["p2p_msgs_per_s"] / r["asyncio_msgs_per_s"] for r in rows]
     res["p2p_vs_asyncio"] = round(float(np.median(ratios)), 2)
     res["p2p_vs_asyncio_rounds"] = [round(x, 2) for x in ratios]
+    # one worker, like the single-threaded peer: no GIL hand-offs between two Python workers
+    r1 = [r["p2p_msgs_per_s_1w"] / r["asyncio_msgs_per_s"] for r in rows]
+    res["p2p_vs_asyncio_1w"] = round(float(np.median(r1)), 2)
+    res["p2p_vs_asyncio_1w_rounds"] = [round(x, 2) for x in r1]
     res["p2p_batch_rounds"] = [round(r["p2p_batch_msgs_per_s"]) for r in rows]
     print(json.dumps(res))
 
