@@ -7,7 +7,8 @@ import pytest
 
 import ggmk.device as gd
 from ggmk.device import api as g
-from ggmk.device.diagnose import HandlerCompileError, compiler_message
+from ggmk.device import HandlerCompileError
+from ggmk.device.diagnose import compiler_message
 from ggmk.errors import BootError
 
 
