@@ -7,7 +7,8 @@ from ggmk.device import workloads as W
 
 def _check(r, n):
     assert r["received"] == n
-    assert r["right_handler_and_value"]          # each output's type and value name its handler
+    # each output's type and value name its handler; on failure: which pairs were off
+    assert r["right_handler_and_value"], f"(type, value) pairs differ: {r.get('mismatch')}"
     assert r["context_ok"]                       # task type, worker id, tick seen in the handler
     assert r["tenant_priority_ok"]               # the header travelled intact
     assert r["errors"] == 0

@@ -184,11 +184,22 @@ def rq_take(D, qi, pos, dst, do):
 
 
 def lq_push(D, blk, w0, w1, w2, w3, w4, w5, limit):
+    """Push one record unless the queue holds ``limit`` or more (-1). The soft ``limit`` is a
+    look before reserving; the reservation itself is checked and undone against LQ_CAP only.
+    Undoing against ``limit`` would be wrong when lanes push with different limits at once (an
+    emit at the spill mark and a yield may go on to LQ_CAP): the emit's failed reservation p
+    and the yield's successful p + 1 would leave the tail at p + 1 after the undo, a stale
+    record in slot p and the yield's lost. With one limit every reservation after a failed one
+    fails too. Concurrent lanes may pass the soft look together: it is exceeded by fewer than
+    the block's lanes, far below LQ_CAP."""
     qi = Q_LOCAL0 + blk
     c = O_QC + qi * QCS
+    head = D[c + QC_HEAD]
+    if vload(D, c + QC_TAIL) - head >= limit:
+        return -1
     pos = blk_add(D, c + QC_TAIL, 1)
-    depth = pos - D[c + QC_HEAD]
-    if depth >= limit:
+    depth = pos - head
+    if depth >= LQ_CAP:
         blk_add(D, c + QC_TAIL, -1)
         return -1
     write_rec(D, O_Q + (D[O_QINFO + qi * 2] + (pos & (LQ_CAP - 1))) * W, w0, w1, w2, w3, w4, w5)
@@ -276,9 +287,9 @@ def enqueue(S, blk, w0, w1, w2, w3, w4, w5, mode):
     D = S[0]
     ti = type_index(rec_type(w0))
     if mode != ENQ_CHANNEL and (rec_flags(w0) & FLAG_CHANNEL_MSG) == 0:
-        b = O_BS + blk * BSS + B_SEQ
-        seq = D[b]
-        D[b] = seq + 1
+        # lanes of one block enqueue at once: a plain read-modify-write would hand two of
+        # them the same sequence number
+        seq = blk_add(D, O_BS + blk * BSS + B_SEQ, 1)
         w1 = (w1 & 0xFFFFFFFF) | hi32(seq * NB + blk)
     # the common case (a device task emitted by a handler: this worker's local queue) stays
     # small enough to be inlined into every emit; everything else is enqueue_place
@@ -624,12 +635,14 @@ def arena_release(D, blk, off):
 def bump_alloc(D, blk, nbytes):
     """Per-worker transient memory, reset at every tick. -1 when this tick's share is used."""
     b = O_BS + blk * BSS + B_BUMP
-    cur = D[b]
     need = (nbytes + 15) & ~15
+    # reserve atomically (lanes of one block allocate at once); a failed reservation is
+    # undone: any reservation made after it starts past the end and fails too
+    cur = blk_add(D, b, need)
     if cur + need > BUMP_PER_BLOCK:
+        blk_add(D, b, -need)
         met_add(D, blk, M_BUMP_FAIL, 1)
         return -1
-    D[b] = cur + need
     met_add(D, blk, M_BUMP_ALLOC, 1)
     return BUMP_BASE + blk * BUMP_PER_BLOCK + cur
 

@@ -144,6 +144,30 @@ def run_mixed(target="cpu", n=2000, seed=1, workers=2, threads=None, batch=None,
                                                              m["types"].items()}}
 
 
+def _type_name(t):
+    return {WARP_T: "WARP_T", BLOCK_T: "BLOCK_T", SPAWN_T: "SPAWN_T"}.get(t, str(t))
+
+
+def mixed_mismatch(itype, exp, otype, oval, first=8):
+    """The (type, value) pairs expected but not received and received but not expected (as
+    multisets; the first few of each, type names for the warp/block handlers), for a failure
+    message that says which handler went wrong: {} when they match."""
+    a = np.stack([itype, exp], 1)
+    b = np.stack([otype, oval], 1)
+    ua, ca = np.unique(a, axis=0, return_counts=True) if len(a) else (a, np.zeros(0, int))
+    ub, cb = np.unique(b, axis=0, return_counts=True) if len(b) else (b, np.zeros(0, int))
+    have = {(int(t), int(v)): int(c) for (t, v), c in zip(ub, cb)}
+    want = {(int(t), int(v)): int(c) for (t, v), c in zip(ua, ca)}
+    missing = [[_type_name(t), v] for (t, v), c in want.items() for _ in
+               range(c - have.get((t, v), 0))]
+    extra = [[_type_name(t), v] for (t, v), c in have.items() for _ in
+             range(c - want.get((t, v), 0))]
+    if not missing and not extra:
+        return {}
+    return {"missing": missing[:first], "n_missing": len(missing),
+            "extra": extra[:first], "n_extra": len(extra)}
+
+
 def summarize_mixed(recs, out, nlanes, workers):
     """Match outputs to inputs (by type and the value each handler computes) and check them."""
     n = len(recs)
@@ -155,6 +179,7 @@ def summarize_mixed(recs, out, nlanes, workers):
     a = np.sort(itype * (1 << 40) + exp)
     b = np.sort(otype * (1 << 40) + out["meta0"].astype(np.int64))
     res["right_handler_and_value"] = bool(len(a) == len(b) and np.array_equal(a, b))
+    res["mismatch"] = mixed_mismatch(itype, exp, otype, out["meta0"].astype(np.int64))
     cw = out["meta1"].astype(np.int64)
     ok = cw & 1
     worker = (cw >> 1) & 0x7F

@@ -5,7 +5,10 @@ The simulator must be enabled before ``numba.cuda`` is first imported in the pro
 ``ggmk.device.workloads.run(..., target="sim")`` starts a subprocess with it set.
 
 What runs exactly as on ``cuda``: every lane is a real thread, ``syncthreads`` is a real barrier,
-shared memory is shared, the atomics are the simulator's. What differs: the simulator runs the
+shared memory is shared (its first allocation per lane under a lock: the simulator's lookup
+races), the atomics are atomic with respect to each other (one lock for every kind: the
+simulator's own take one lock per kind, so its add and CAS on one word could interleave). What
+differs: the simulator runs the
 blocks of a grid one after the other, so a persistent grid of several blocks would never get
 past block 0; the simulated grid is therefore one block whose lanes interleave the workers in
 a fixed order (``block_id() == 0, block_step() == 1``, like ``cpu``). Volatile loads/stores are
@@ -25,17 +28,75 @@ from ggmk.device.targets import cuda as _cuda
 NAME = "sim"
 DEFAULTS = dict(blocks=2, threads=32, batch=64)
 
-PRIM_SRC = _cuda.PRIM_SRC.replace('''def block_shared(D, blk):
+_ATOMICS_CUDA = '''def atomic_add(arr, i, v):
+    return cuda.atomic.add(arr, i, v)
+
+
+def atomic_cas(arr, i, old, new):
+    return cuda.atomic.cas(arr, i, old, new)
+
+
+def atomic_max(arr, i, v):
+    return cuda.atomic.max(arr, i, v)
+
+
+def blk_add(arr, i, v):
+    # block scope: the lanes of one block still race, so an atomic here too
+    return cuda.atomic.add(arr, i, v)
+
+
+def blk_max(arr, i, v):
+    return cuda.atomic.max(arr, i, v)
+'''
+
+# The simulator's atomics take one lock per kind (add, cas, max, ...), so an add and a CAS on
+# the same word (a channel credit: taken by CAS, given back by add) are not atomic with
+# respect to each other as they are on a GPU. One lock for every kind here.
+_ATOMICS_SIM = '''def atomic_add(arr, i, v):
+    with _alock:
+        old = arr[i]
+        arr[i] = old + v
+    return old
+
+
+def atomic_cas(arr, i, old, new):
+    with _alock:
+        cur = arr[i]
+        if cur == old:
+            arr[i] = new
+    return cur
+
+
+def atomic_max(arr, i, v):
+    with _alock:
+        old = arr[i]
+        if v > old:
+            arr[i] = v
+    return old
+
+
+blk_add = atomic_add
+blk_max = atomic_max
+'''
+
+assert _ATOMICS_CUDA in _cuda.PRIM_SRC, "cuda.PRIM_SRC atomics changed: update sim.py"
+
+PRIM_SRC = _cuda.PRIM_SRC.replace(_ATOMICS_CUDA, _ATOMICS_SIM).replace('''def block_shared(D, blk):
     return cuda.shared.array(SHW, int64)
 
 
 def block_smem(D, blk):
     return cuda.shared.array(SMEM_WORDS, int64)
 ''', '''def block_shared(D, blk):
-    # the simulator finds a shared array by walking the Python stack: once per thread is enough
+    # the simulator finds a shared array by walking the Python stack: once per thread is
+    # enough. Its first allocation is a check-then-store on a dict with no lock: two lanes
+    # arriving together could each make an array, and the loser would keep a private "shared"
+    # array for the whole run (its smem writes lost: wrong block/warp sums), so the first
+    # call per lane goes under a lock
     a = getattr(_tls, "sh", None)
     if a is None:
-        a = cuda.shared.array(SHW, int64)
+        with _shlock:
+            a = cuda.shared.array(SHW, int64)
         _tls.sh = a
     return a
 
@@ -43,7 +104,8 @@ def block_smem(D, blk):
 def block_smem(D, blk):
     a = getattr(_tls, "smem", None)
     if a is None:
-        a = cuda.shared.array(SMEM_WORDS, int64)
+        with _shlock:
+            a = cuda.shared.array(SMEM_WORDS, int64)
         _tls.smem = a
     return a
 ''').replace('''def block_id():
@@ -84,7 +146,7 @@ def clock_ns():
 def namespace() -> dict:
     from numba import cuda, int64, uint32
     return dict(cuda=cuda, int64=int64, uint32=uint32, np=np, _sleep=time.sleep,
-                _tls=threading.local(),
+                _tls=threading.local(), _shlock=threading.Lock(), _alock=threading.Lock(),
                 _perf_ns=time.perf_counter_ns)
 
 
