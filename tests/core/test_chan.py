@@ -11,11 +11,6 @@ from ggmk.errors import BootError, ChannelError, TypesError
 from ggmk.typereg import load_types
 
 
-@pytest.fixture(params=["threads", "sim"])
-def hal(request):
-    return request.param
-
-
 def _sink(name="sink", types=("MSG",)):
     m = Module(name)
     got = {t: [] for t in types}

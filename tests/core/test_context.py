@@ -1,16 +1,10 @@
 """The handler context's per-message emits to task types: buffered per batch, handed to the
 enqueue core at the batch's end with every record's own header and words, in emit order."""
 import numpy as np
-import pytest
 
 from ggmk import task as T
 from ggmk.core.kernel import boot
 from ggmk.core.module import Module
-
-
-@pytest.fixture(params=["threads", "sim"])
-def hal(request):
-    return request.param
 
 
 def test_mixed_headers_in_one_batch_keep_their_own_fields(hal):

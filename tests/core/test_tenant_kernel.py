@@ -23,6 +23,7 @@ from ggmk import task as T
 from ggmk.core.kernel import boot
 from ggmk.core.module import Module
 from ggmk.core.tenants import EevdfBorePolicy
+from test_tenants import KeepVruntime  # the shared control policy
 
 US = 1_000
 MS = 1_000_000
@@ -128,11 +129,6 @@ class Recorder(EevdfBorePolicy):
         return t
 
 
-@pytest.fixture(params=[THREADS, "sim"])
-def hal(request):
-    return request.param
-
-
 # -- weights ---------------------------------------------------------------------------------------
 
 def test_two_saturating_tenants_with_weights_2_to_1_get_2_to_1_handler_time(hal):
@@ -215,14 +211,6 @@ def test_a_tenant_that_sleeps_and_wakes_gets_no_more_than_its_share(hal):
 def test_sleep_wake_test_detects_banked_credit():
     """Control: a policy that keeps a sleeper's old virtual runtime (banks credit) fails the
     share check above by a wide margin, so that check measures what it claims."""
-
-    class KeepVruntime(EevdfBorePolicy):
-        def wake(self, tenant, now_ns):
-            t = self._t[tenant]
-            old = t.v
-            super().wake(tenant, now_ns)
-            if self._avg()[0] > old:
-                t.v, t.vd = old, old + self._vslice(t)
 
     log, wakes, work = _sleep_wake_run("sim", KeepVruntime(), cycles=2)
     at, end = wakes[-1], log.last_end(1)

@@ -308,16 +308,20 @@ def test_sleeping_does_not_bank_credit(name):
     assert total_b == pytest.approx(40 * MS * len(wakes), rel=0.02)
 
 
+class KeepVruntime(EevdfBorePolicy):
+    """A broken policy for control tests: a waking tenant keeps its old virtual runtime (banks
+    credit while asleep) instead of starting near the average."""
+
+    def wake(self, tenant, now_ns):
+        t = self._t[tenant]
+        old = t.v
+        super().wake(tenant, now_ns)
+        if self._avg()[0] > old:
+            t.v, t.vd = old, old + self._vslice(t)
+
+
 def test_sleeping_banks_credit_without_the_wake_rule():
     """Control for the test above: keeping the old vruntime on wake would bank credit."""
-    class KeepVruntime(EevdfBorePolicy):
-        def wake(self, tenant, now_ns):
-            t = self._t[tenant]
-            old = t.v
-            super().wake(tenant, now_ns)
-            if self._avg()[0] > old:
-                t.v, t.vd = old, old + self._vslice(t)
-
     sim = Sim(KeepVruntime()).tenant(0).tenant(1)
     sim.flood(0, 250 * US)
     wakes = _wake_cycles(sim, 1, period=200 * MS, work=40 * MS, task=500 * US, until=1000 * MS)

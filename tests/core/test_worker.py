@@ -8,11 +8,6 @@ from ggmk.core.module import Module
 from ggmk.errors import BootError
 
 
-@pytest.fixture(params=["threads", "sim"])
-def hal(request):
-    return request.param
-
-
 def test_a_batch_handler_never_gets_more_than_its_max_batch(hal):
     sizes, seen = [], []
     m = Module("m")

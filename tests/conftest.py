@@ -1,3 +1,4 @@
+"""Shared fixtures: ``hal`` runs a test on both HALs (real threads, and the seeded sim)."""
 import pytest
 
 HALS = ["threads", "sim"]
