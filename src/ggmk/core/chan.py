@@ -85,8 +85,8 @@ STAGE_CREDIT = 1024                # per-worker emit credit taken from a channel
 SYS_CHANNELS = ("sys.error", "sys.dropped", "sys.trace", "sys.tick", "sys.heartbeat",
                 "host.rx", "host.tx")
 _SYS_TYPES = {"sys.trace": "SYS_TRACE", "sys.tick": "SYS_TICK", "sys.heartbeat": "SYS_HEARTBEAT"}
-_MODES = ("p2p", "fanout")
-_GUARANTEES = ("lossy", "lossless")
+MODES = ("p2p", "fanout")
+GUARANTEES = ("lossy", "lossless")
 
 
 class Subscriber:
@@ -172,10 +172,10 @@ class Channel:
                  guarantee: str = "lossless", capacity: int = DEFAULT_CAPACITY, replay: int = 0,
                  error_handler=None, window: int | None = None, deterministic: bool = False,
                  system: bool = False):
-        if mode not in _MODES:
+        if mode not in MODES:
             raise ChannelError(f"channel {name!r}: mode must be 'p2p' or 'fanout', got {mode!r}",
                                CHAN_UNKNOWN)
-        if guarantee not in _GUARANTEES:
+        if guarantee not in GUARANTEES:
             raise ChannelError(f"channel {name!r}: guarantee must be 'lossy' or 'lossless', got "
                                f"{guarantee!r}", CHAN_UNKNOWN)
         self.reg = reg

@@ -58,14 +58,12 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ggmk.core.chan import GUARANTEES as CHAN_GUARANTEES, MAX_FANOUT, MODES as CHAN_MODES
 from ggmk.errors import BootError, ChannelError
 from ggmk.events import Level
 from ggmk.task import CHAN_TYPE_MISMATCH, CHAN_UNKNOWN
 
 GRANULARITIES = ("scalar", "warp", "block")
-CHAN_MODES = ("p2p", "fanout")
-CHAN_GUARANTEES = ("lossy", "lossless")
-MAX_FANOUT = 32                 # subscribers of one fan-out channel (SPEC §5)
 MIN_CHAN_CAPACITY = 8
 
 

@@ -23,8 +23,8 @@ from ggmk.errors import DeviceError
 NAME = "cuda"
 DEFAULTS = dict(blocks=0, threads=256, batch=256)   # blocks=0: one per SM, set at boot
 
-# Shared by the sim target, which swaps the pieces a simulator cannot run.
-PRIM_SRC = '''
+# Shared by the sim target, which swaps the pieces a simulator cannot run (ATOMICS_SRC whole).
+ATOMICS_SRC = '''
 def atomic_add(arr, i, v):
     return cuda.atomic.add(arr, i, v)
 
@@ -44,7 +44,9 @@ def blk_add(arr, i, v):
 
 def blk_max(arr, i, v):
     return cuda.atomic.max(arr, i, v)
+'''
 
+PRIM_SRC = ATOMICS_SRC + '''
 
 def first_block(D):
     return cuda.blockIdx.x

@@ -28,27 +28,6 @@ from ggmk.device.targets import cuda as _cuda
 NAME = "sim"
 DEFAULTS = dict(blocks=2, threads=32, batch=64)
 
-_ATOMICS_CUDA = '''def atomic_add(arr, i, v):
-    return cuda.atomic.add(arr, i, v)
-
-
-def atomic_cas(arr, i, old, new):
-    return cuda.atomic.cas(arr, i, old, new)
-
-
-def atomic_max(arr, i, v):
-    return cuda.atomic.max(arr, i, v)
-
-
-def blk_add(arr, i, v):
-    # block scope: the lanes of one block still race, so an atomic here too
-    return cuda.atomic.add(arr, i, v)
-
-
-def blk_max(arr, i, v):
-    return cuda.atomic.max(arr, i, v)
-'''
-
 # The simulator's atomics take one lock per kind (add, cas, max, ...), so an add and a CAS on
 # the same word (a channel credit: taken by CAS, given back by add) are not atomic with
 # respect to each other as they are on a GPU. One lock for every kind here.
@@ -79,9 +58,7 @@ blk_add = atomic_add
 blk_max = atomic_max
 '''
 
-assert _ATOMICS_CUDA in _cuda.PRIM_SRC, "cuda.PRIM_SRC atomics changed: update sim.py"
-
-PRIM_SRC = _cuda.PRIM_SRC.replace(_ATOMICS_CUDA, _ATOMICS_SIM).replace('''def block_shared(D, blk):
+PRIM_SRC = _ATOMICS_SIM + _cuda.PRIM_SRC[len(_cuda.ATOMICS_SRC):].replace('''def block_shared(D, blk):
     return cuda.shared.array(SHW, int64)
 
 
