@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from ggmk import task as T
 
@@ -24,6 +25,22 @@ def test_make_and_views():
     t = T.Task(rec[2:3][0])
     t.meta0 = 99
     assert rec["meta0"][2] == 99 and t.type == 7 and t.priority == 2
+
+
+def test_make_takes_scalars_arrays_lists_and_ranges_alike():
+    rec = T.make(3, type=np.uint32(5), tenant=[1, 2, 3], seq=range(10, 13), meta0=np.arange(3),
+                 meta1=7, priority=1)
+    assert rec["type"].tolist() == [5, 5, 5] and rec["tenant"].tolist() == [1, 2, 3]
+    assert rec["seq"].tolist() == [10, 11, 12] and rec["meta0"].tolist() == [0, 1, 2]
+    assert rec["meta1"].tolist() == [7, 7, 7] and T.priority_of(rec["flags"]).tolist() == [1] * 3
+    assert not rec["channel"].any() and not rec["payload_ptr"].any()
+
+
+@pytest.mark.parametrize("bad", [dict(type=None), dict(meta0=-1), dict(tenant=1 << 16),
+                                 dict(meta0=np.arange(2))])
+def test_make_refuses_bad_values(bad):
+    with pytest.raises((TypeError, ValueError, OverflowError)):
+        T.make(3, **bad)
 
 
 def test_code_names():

@@ -99,11 +99,14 @@ def make(n: int = 1, *, type=0, flags=0, priority=None, tenant=0, channel=0, seq
     for name, v in (("type", type), ("flags", flags), ("tenant", tenant), ("channel", channel),
                     ("seq", seq), ("payload_ptr", payload_ptr), ("payload_len", payload_len),
                     ("meta0", meta0), ("meta1", meta1)):
-        if isinstance(v, np.ndarray) and v.ndim:
+        if isinstance(v, int):                     # the common case: a Python int
+            if v:
+                tmpl[name] = v
+        elif np.ndim(v):                           # an array, list or range: a column
             if columns is None:
                 columns = []
             columns.append((name, v))
-        elif v is not None and (v != 0 if isinstance(v, int) else True):
+        else:                                      # a NumPy scalar (bad values raise here)
             tmpl[name] = v
     rec = _aligned(n, np.empty)
     rec.view(_RAW)[:] = tmpl.view(_RAW)[0]
