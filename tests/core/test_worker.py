@@ -25,9 +25,11 @@ def test_a_batch_handler_never_gets_more_than_its_max_batch(hal):
 
 def test_max_batch_keeps_each_tasks_own_return_code(hal):
     m = Module("m")
+    sizes = []
 
     @m.handler("ODD_FAILS", batch=True, max_batch=3)
     def odd_fails(ctx, batch):
+        sizes.append(len(batch))
         return np.where(batch.meta0 % 2 == 1, -9, T.OK).astype(np.int32)
 
     with boot([m], hal=hal, workers=1) as s:
@@ -35,7 +37,7 @@ def test_max_batch_keeps_each_tasks_own_return_code(hal):
         assert s.run(timeout=30)
         recs, codes = s.dead_letters("sys.error")
     assert sorted(recs["meta0"].tolist()) == list(range(1, 20, 2))
-    assert set(codes.tolist()) == {-9}
+    assert set(codes.tolist()) == {-9} and max(sizes) <= 3 and sum(sizes) == 20
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
