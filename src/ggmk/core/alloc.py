@@ -371,22 +371,7 @@ class Arena:
             q[h + 1] = nbytes | (k << 32)
             if k != c:
                 self._spills[c] += 1
-            used = self._used
-            u = used[k] + 1
-            used[k] = u
-            if u > self._hw[k]:
-                self._hw[k] = u
-            self._allocs[k] += 1
-            b = _STRIDE[k]
-            if k:
-                bu = self._block_used + b
-                self._block_used = bu
-                if bu > self._block_hw:
-                    self._block_hw = bu
-            t = self._total_used + b
-            self._total_used = t
-            if t > self._total_hw:
-                self._total_hw = t
+            self._account_alloc(k, 1)
         finally:
             lock.release()
         return self.base + off
