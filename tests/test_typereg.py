@@ -683,3 +683,44 @@ def test_types_by_id_in_declarations(reg):
     assert "deterministic type PHYS_STEP" in text and "unknown type 4242" in text
     with pytest.raises(BootError, match="invalid type 0"):
         HandlerDecl(0, "h", "b")
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: type ids the kernels cannot index, and the any-type system channels
+
+
+def test_type_id_beyond_the_kernel_tables_is_refused_at_load(tmp_path):
+    f = tmp_path / "types.toml"
+    f.write_text('[types.OK_ONE]\nid = 65535\n\n[types.BIG]\nid = 70000\n')
+    with pytest.raises(TypesError) as ei:
+        load_types(f)
+    msg = str(ei.value)
+    assert str(f) in msg and "type BIG" in msg and "70000" in msg and "1..65535" in msg
+    assert f"{f}:4" in msg                                    # the line of [types.BIG]
+    assert len(ei.value.problems) == 1                        # 65535 itself is fine
+    assert load_types('[types.TOP]\nid = 65535\n').id("TOP") == 65535
+    with pytest.raises(TypesError, match=r"type BIG: 'id' 65536 is out of range 1\.\.65535"):
+        TypeRegistry().register("BIG", id=65536)
+    with pytest.raises(TypesError, match=r"m\.toml:4: type BIG: 'id' 70000 .*1\.\.65535"):
+        load_module_manifest('[module]\nname = "m"\nversion = "1"\n[types.BIG]\nid = 70000\n',
+                             source="m.toml")
+    with pytest.raises(BootError, match=r"invalid type 70000.*1\.\.65535"):
+        HandlerDecl(70000, "h", "m")
+
+
+@pytest.mark.parametrize("chan", ["sys.error", "sys.dropped"])
+def test_declaring_an_any_type_system_channel_says_what_it_carries(reg, chan):
+    e = _boot_err(reg, [ChannelDecl(chan, "consume", "COUNTER_INC", module="watch"),
+                        ChannelDecl(chan, "consume", "COUNTER_INC_RESP", module="other"),
+                        ChannelDecl(chan, "produce", "COUNTER_INC", module="src")], [])
+    assert len(e.problems) == 3                   # one each; no p2p / type-mismatch noise
+    watch, other, src = e.problems
+    assert f"module 'watch': channel '{chan}' (consumes COUNTER_INC)" in watch
+    assert "system channel" in watch and "any type" in watch and "reason code" in watch
+    assert f"system.channel('{chan}').subscribe('COUNTER_INC')" in watch and "ctx.reason" in watch
+    assert "TYPE_0" not in str(e)
+    assert "'other'" in other and "COUNTER_INC_RESP" in other
+    assert "module 'src'" in src and "only the kernel" in src
+    # by id too
+    e = _boot_err(reg, [ChannelDecl(chan, "consume", 11, module="watch")], [])
+    assert "(consumes COUNTER_INC)" in e.problems[0]

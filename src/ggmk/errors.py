@@ -26,6 +26,11 @@ class ChannelError(GgmkError):
         self.code = code
 
 
+class EmitError(GgmkError, ValueError):
+    """A handler emitted a value that does not fit the task record (raised inside the handler,
+    so the task that did it fails with HANDLER_EXCEPTION and the traceback is kept)."""
+
+
 class AllocError(GgmkError):
     """The arena could not satisfy an allocation."""
 

@@ -10,7 +10,7 @@ uses (SPEC §6, §11).
 One table per type under ``[types]``; the only top-level key is ``types``::
 
     [types.PHYS_STEP]
-    id = 10                   # required: 1 .. 0xFFFFFFFF, unique
+    id = 10                   # required: 1 .. 65535 (0xFFFF), unique
     deterministic = true      # policy, default false: handlers of it must be deterministic
     lossy = false             # policy, default true; false = needs lossless delivery
     max_yields = 8            # policy, default 16 (0 .. 65535): the yield circuit breaker
@@ -37,7 +37,9 @@ writes them), bools are ``true``/``false``, and both kinds of bytes field are lo
 strings (``"00ff10"``; uppercase and spaces between bytes are accepted on input).
 
 Type ids: 0 is never a type (a zeroed task record has type 0). Ids in types.toml may be anything in
-1 .. 0xFFFFFFFF; keep hand-assigned ids below ``AUTO_ID_FIRST`` (0x8000), because
+1 .. 0xFFFF (``MAX_TYPE_ID``: the record's ``type`` field is a u32, but the CPU kernel's per-type
+tables have ``1 << 16`` entries, so a larger id is refused when the file is loaded rather than
+failing the boot); keep hand-assigned ids below ``AUTO_ID_FIRST`` (0x8000), because
 ``TypeRegistry.register`` without an id takes the lowest free id in 0x8000 .. 0xFFFF.
 
 ``module.toml``
@@ -104,7 +106,7 @@ __all__ = [
 
 AUTO_ID_FIRST = 0x8000
 AUTO_ID_LAST = 0xFFFF
-MAX_TYPE_ID = 0xFFFF_FFFF
+MAX_TYPE_ID = 0xFFFF                # ids index the kernels' per-type tables (1 << 16 entries)
 DEFAULT_MAX_YIELDS = 16
 MAX_YIELDS_LIMIT = 0xFFFF          # yield_count is a u16 in the task record
 _MAX_PAYLOAD = 0xFFFF_FFFF         # payload_len is a u32
@@ -664,10 +666,15 @@ def _build_type(name: Any, body: Any, source: str, line: int | None,
     tid = body.get("id")
     if tid is None:
         if id_required:
-            probs.add("missing 'id' (an integer 1..0xFFFFFFFF)", line=line, tname=tname)
-    elif not _is_int(tid) or not 1 <= tid <= MAX_TYPE_ID:
+            probs.add(f"missing 'id' (an integer 1..{MAX_TYPE_ID})", line=line, tname=tname)
+    elif not _is_int(tid):
         probs.add(f"'id' must be an integer 1..{MAX_TYPE_ID}, got {tid!r}", line=line,
                   tname=tname)
+    elif not 1 <= tid <= MAX_TYPE_ID:
+        probs.add(f"'id' {tid} is out of range 1..{MAX_TYPE_ID}"
+                  + (" (0 is no type: a zeroed task record has type 0)" if tid == 0 else
+                     f" (the kernels' per-type tables have {MAX_TYPE_ID + 1} entries)"
+                     if tid > MAX_TYPE_ID else ""), line=line, tname=tname)
     pol = {"deterministic": False, "lossy": True, "max_yields": DEFAULT_MAX_YIELDS}
     for k in ("deterministic", "lossy"):
         if k in body:
@@ -1303,6 +1310,31 @@ def _verb(direction: str) -> str:
     return "produces" if direction == "produce" else "consumes"
 
 
+# System channels that carry tasks of every type (the kernel opens them with no type, and a
+# handler subscribed to one gets each task retyped to its own type, with the reason code in
+# ``ctx.reason``): what lands there. A module cannot declare them for one type.
+ANY_TYPE_CHANNELS = {
+    "sys.error": "tasks that failed (a handler returned FAIL or a negative code, retries ran "
+                 "out, an unknown or poisoned type, a full queue, ...)",
+    "sys.dropped": "channel messages that could not be delivered (a full or closed channel, "
+                   "no subscriber, ...)",
+}
+
+
+def _any_type_channel_problem(d: ChannelDecl, tname: str) -> str:
+    what = ANY_TYPE_CHANNELS[d.name]
+    head = (f"module {d.module!r}: channel {d.name!r} ({_verb(d.direction)} {tname}): "
+            f"{d.name} is a system channel carrying {what}, of any type, each with its reason "
+            f"code; ")
+    if d.direction == "produce":
+        return head + ("only the kernel puts tasks there (a handler sends its own task there "
+                       "by returning FAIL or a negative code), so a module cannot declare it as "
+                       "produced")
+    return head + (f"it cannot be declared for one type. To handle its tasks, subscribe a "
+                   f"handler at run time: system.channel({d.name!r}).subscribe({tname!r}) "
+                   f"(each task arrives retyped to {tname}, its reason in ctx.reason)")
+
+
 def validate_declarations(reg: TypeRegistry, channel_decls: Iterable[ChannelDecl],
                           handler_decls: Iterable[HandlerDecl], *,
                           source: str | None = None) -> None:
@@ -1312,7 +1344,8 @@ def validate_declarations(reg: TypeRegistry, channel_decls: Iterable[ChannelDecl
     unknown type names; modules disagreeing on a channel's type, mode or guarantee; a lossless
     type (``lossy = false``) on a lossy channel; a deterministic type handled by a handler not
     declared deterministic; a p2p channel consumed by two modules; a handler name used twice in
-    one module.
+    one module; a declaration of ``sys.error`` / ``sys.dropped`` (system channels carrying every
+    type, see ``ANY_TYPE_CHANNELS``).
 
     >>> validate_declarations(reg, counter.channels + printer.channels, counter.handlers)
     """
@@ -1330,6 +1363,13 @@ def validate_declarations(reg: TypeRegistry, channel_decls: Iterable[ChannelDecl
     def tname(t: str | int) -> str:
         return reg.name(t) if not isinstance(t, str) and t in reg else str(t)
 
+    # declarations of the any-type system channels: one problem each, left out of the checks
+    # below (which would only add type-mismatch and p2p noise about the same mistake)
+    sys_decls = [d for d in chans if d.name in ANY_TYPE_CHANNELS]
+    if sys_decls:
+        for d in _dedupe(sys_decls, lambda d: (d.module, d.name, d.direction, key(d.type))):
+            problems.append(_any_type_channel_problem(d, tname(d.type)))
+        chans = [d for d in chans if d.name not in ANY_TYPE_CHANNELS]
     for d in chans:
         if d.type not in reg:
             problems.append(f"module {d.module!r}: channel {d.name!r} ({d.direction}):"

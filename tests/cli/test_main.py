@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from ggmk.cli.main import cli
@@ -23,5 +24,45 @@ def test_demo_runs_and_prints_summary():
     out = subprocess.run([sys.executable, "-m", "ggmk.demo", "--seconds", "0.5"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for word in ("PARTICLE_STEP", "SOLVE", "FETCH", "trace hash", "sys.error", "arena"):
+    for word in ("PARTICLE_STEP", "SOLVE", "FETCH", "trace hash", "sys.error", "arena",
+                 "all work finished"):
         assert word in out.stdout
+
+
+# -- bad numeric options: a usage error naming the option and the allowed range (exit code 2) --
+
+@pytest.mark.parametrize("args, option, words", [
+    (["--workers", "0"], "--workers", ["0 is not in the range x>=1"]),
+    (["--workers", "-3"], "--workers", ["-3 is not in the range x>=1"]),
+    (["--workers", "two"], "--workers", ["'two' is not a valid integer"]),
+    (["--workers", "1.5"], "--workers", ["'1.5' is not a valid integer"]),
+    (["--seconds", "-1"], "--seconds", ["-1.0 is not in the range x>=0"]),
+    (["--seconds", "nan"], "--seconds", ["nan is not a finite number", "x>=0"]),
+    (["--seconds", "inf"], "--seconds", ["inf is not a finite number", "x>=0"]),
+    (["--seed", "-1"], "--seed", ["-1 is not in the range x>=0"]),
+])
+def test_demo_bad_numbers_are_usage_errors(args, option, words):
+    r = CliRunner().invoke(cli, ["demo", *args])
+    assert r.exit_code == 2, r.output
+    assert isinstance(r.exception, SystemExit)              # no traceback
+    assert "Usage: " in r.output and f"Invalid value for '{option}'" in r.output
+    for w in words:
+        assert w in r.output, (w, r.output)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--workers", "0"], ["argument --workers", "0 is not in the range >= 1"]),
+    (["--workers", "x"], ["argument --workers", "'x' is not a valid integer"]),
+    (["--seconds", "-2"], ["argument --seconds", "-2.0 is not in the range >= 0"]),
+    (["--seconds", "nan"], ["argument --seconds", "not a finite number"]),
+    (["--seed", "-1"], ["argument --seed", "-1 is not in the range >= 0"]),
+])
+def test_python_m_demo_bad_numbers_are_usage_errors(args, words, capsys):
+    from ggmk.demo.workload import main as demo_main
+    with pytest.raises(SystemExit) as ei:
+        demo_main(args)
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: ggmk-demo" in err
+    for w in words:
+        assert w in err, (w, err)

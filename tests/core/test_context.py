@@ -55,3 +55,44 @@ def test_children_of_one_batch_are_enqueued_in_emit_order():
         s.submit_batch(T.make(4, type=s.type_id("SRC"), meta0=np.arange(4)))
         assert s.run(timeout=30)
     assert order == [i * 10 + k for i in range(4) for k in range(3)]
+
+
+# -- the documented backpressure pattern, at capacities small enough to be hit all the time ------
+
+def _producer_consumer(hal, *, capacity, producers, per_producer, wait_for_room):
+    got = {}
+    m = Module("sensors")
+    out = m.produces("sensor.readings", "READING", mode="p2p", capacity=capacity)
+
+    @m.handler("SAMPLE")
+    def sample(ctx):
+        send = ctx.emitter(out)
+        for i in range(ctx.task.meta1, per_producer):       # meta1: where to resume
+            if send(ctx.task.meta0 * 100_000 + i):
+                return wait_for_room(ctx, i)
+        return T.OK
+
+    log = Module("log")
+
+    @log.handler("LOG_READING", consumes="sensor.readings", message="READING")
+    def log_reading(ctx):
+        v = ctx.task.meta0
+        got.setdefault(v // 100_000, []).append(v % 100_000)
+        return T.OK
+
+    s = boot([m, log], hal=hal, workers=2)
+    s.submit("SAMPLE", meta0=np.arange(producers))
+    return s, got
+
+
+def test_wait_resumes_where_it_stopped_and_is_not_a_runaway_yield(hal):
+    s, got = _producer_consumer(hal, capacity=16, producers=40, per_producer=200,
+                                wait_for_room=lambda ctx, i: ctx.wait_(meta1=i))
+    with s:
+        assert s.run(timeout=60)
+        assert s.dead_letters("sys.error")[0].size == 0
+        assert s.dead_letters("sys.dropped")[0].size == 0
+        assert {p: sorted(v) for p, v in got.items()} == {p: list(range(200)) for p in range(40)}
+        st = s.stats()["types"]["SAMPLE"]
+        assert st["wait"] > 16 and st["yield"] == 0        # the channel was full, often
+

@@ -13,7 +13,8 @@ from ggmk.core.metrics import (NBUCKETS, TYPE_COUNTERS, Metrics, TypeCounter, bu
 
 
 def test_type_counter_names():
-    assert TYPE_COUNTERS == ("enqueued", "dequeued", "ok", "fail", "retry", "yield", "dropped")
+    assert TYPE_COUNTERS == ("enqueued", "dequeued", "ok", "fail", "retry", "yield", "dropped",
+                              "wait")
 
 
 def test_shards_sum_correctly():

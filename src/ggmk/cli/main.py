@@ -6,10 +6,36 @@ Implemented so far: ``demo``, ``hw`` (PCI discovery), ``version``. The live-syst
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
 import ggmk
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses ``nan`` and ``inf`` (which pass a range check:
+    every comparison with nan is false)."""
+
+    name = "float"          # in messages: "'x' is not a valid float."
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{rv} is not a finite number (allowed: {self._describe_range()}).",
+                      param, ctx)
+        return rv
+
+
+# Numeric options are range-checked here, so a bad value is a usage error naming the option and
+# the allowed range (exit code 2), never a traceback from deep inside the kernel.
+class IntRange(click.IntRange):
+    name = "integer"        # in messages: "'x' is not a valid integer." (not "integer range")
+
+
+SECONDS = FiniteFloatRange(min=0)
+WORKERS = IntRange(min=1)
+SEED = IntRange(min=0)                  # numpy's default_rng takes non-negative seeds only
 
 
 @click.group(help="ggmk: two peer microkernels (CPU and GPU) driven from Python.")
@@ -23,9 +49,11 @@ def version() -> None:
 
 
 @cli.command(help="Run the demo workload and print its summary.")
-@click.option("--seconds", default=3.0, show_default=True, help="How long the source submits work.")
-@click.option("--workers", default=2, show_default=True)
-@click.option("--seed", default=1, show_default=True)
+@click.option("--seconds", type=SECONDS, default=3.0, show_default=True,
+              help="How long the source submits work.")
+@click.option("--workers", type=WORKERS, default=2, show_default=True,
+              help="Worker threads.")
+@click.option("--seed", type=SEED, default=1, show_default=True, help="Random seed.")
 def demo(seconds: float, workers: int, seed: int) -> None:
     from ggmk.demo.workload import main as demo_main
     demo_main(["--seconds", str(seconds), "--workers", str(workers), "--seed", str(seed)])

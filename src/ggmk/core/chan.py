@@ -18,10 +18,14 @@ Modes and guarantees
   messages in a replay log: a subscriber whose ring is full falls *behind* and is fed from the
   log as it drains instead of blocking the producer; the log evicts what every subscriber has
   acknowledged (drained into the scheduler, or taken), and emit is refused when the log is full
-  of unacknowledged messages. A subscriber too far behind the others (by half the log or more)
-  no longer holds them back: the log evicts past it and it degrades to lossy (its copies go to
-  ``sys.dropped`` with CHAN_REPLAY_OVERFLOW, a REPLAY_OVERFLOW event is traced) until it
-  catches up.
+  of unacknowledged messages. A subscriber far behind the others (by half the log or more,
+  while every other subscriber has caught up: acknowledged everything) no longer holds them
+  back: the producer goes on, and what gets past its reach (its ring plus the log) is evicted
+  past it: it degrades to lossy (those copies go to ``sys.dropped`` with CHAN_REPLAY_OVERFLOW,
+  a REPLAY_OVERFLOW event is traced) until it catches up. Only that subscriber degrades: what
+  every other one has not acknowledged stays in the log. While any other subscriber still has a
+  backlog, the producer waits instead (subscribers that lag together, or by a scheduling
+  hiccup, are not "far behind the others").
 * ``lossy`` (drop-slow): emit always succeeds; a full subscriber's copy is dropped: traced
   (CHAN_DROP), put on ``sys.dropped`` with CHAN_FULL, its payload reference released.
 
@@ -31,6 +35,23 @@ reason (CHAN_FULL, CHAN_CLOSED, CHAN_REPLAY_OVERFLOW, CHAN_NO_SUBSCRIBER).
 Drain is opportunistic: after an emit, at the end of each handler batch and whenever a worker
 finds no work. A subscriber never has more than ``window`` of its messages waiting in the ready
 queue, so a slow subscriber's backlog stays in its ring, where lossless backpressure sees it.
+
+Ordered delivery (``ordered=True``, the default for p2p and fan-out channels): a handler
+subscriber sees its messages in channel-sequence order, with any number of workers. The channel
+hands the scheduler at most one batch of the subscriber at a time: at most ``max_batch`` (the
+kernel's, a worker's pop size) messages, all of one tenant and one priority (the ready queue
+would split a mixed batch, and two workers could run the pieces at once), and the next batch
+only once the worker finished that one (``Worker._finish`` -> :meth:`Channels.on_batch_done`,
+one dict lookup per batch). So its handler runs on one worker at a time, in order; priorities
+do not overtake within an ordered subscriber. A message the handler yields (``ctx.yield_()``) or
+retries (``RETRY``) counts as finished for this purpose and comes back later: that message is
+naturally reordered (the others keep their order); a failed one goes to the error handler or
+sys.error. ``ordered=False`` (``produces(..., ordered=False)``, ``system.channels.open(...,
+ordered=False)``, or per subscriber ``ch.subscribe(type, ordered=False)``) opts out for
+throughput: up to ``window`` messages of the subscriber wait in the ready queue, and two
+workers may run two of its batches at once (each batch is consecutive, the handler calls
+interleave). Host-side subscribers (``take``) always pull in order.
+
 Channels of deterministic types (in determinism mode) hold their messages until the tick
 boundary, then sort them by their parent's sequence, number them and drain them whole, in
 ascending channel id order.
@@ -73,7 +94,7 @@ from ggmk.errors import ChannelError
 from ggmk.events import EventType
 from ggmk.task import (CHAN_ALREADY_BOUND, CHAN_CLOSED, CHAN_FULL, CHAN_REPLAY_OVERFLOW,
                        CHAN_TYPE_MISMATCH, CHAN_UNKNOWN, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC,
-                       PRIO_MASK, TASK_DTYPE, empty, make)
+                       PRIO_MASK, TASK_DTYPE, check_count, empty, make, word)
 
 CHAN_NO_SUBSCRIBER = -106           # accepted on a channel nobody subscribes to: undeliverable
 T.CODE_NAMES.setdefault(CHAN_NO_SUBSCRIBER, "CHAN_NO_SUBSCRIBER")
@@ -94,9 +115,11 @@ class Subscriber:
     :meth:`take`), and its position for replay (``next``: the next sequence its ring needs)."""
 
     __slots__ = ("chan", "type_id", "ring", "name", "next", "behind", "degraded", "acked",
-                 "delivered", "dropped", "overflows", "drain_lock", "window")
+                 "delivered", "dropped", "overflows", "drain_lock", "window", "ordered", "busy",
+                 "b_lo", "b_hi", "busy_lock")
 
-    def __init__(self, chan: "Channel", type_id: int, name: str, window: int):
+    def __init__(self, chan: "Channel", type_id: int, name: str, window: int,
+                 ordered: bool = False):
         self.chan = chan
         self.type_id = type_id
         self.name = name
@@ -110,6 +133,12 @@ class Subscriber:
         self.overflows = 0
         self.drain_lock = threading.Lock()
         self.window = window
+        # ordered delivery: at most one delivered batch in the scheduler at a time; ``busy``
+        # counts its messages not finished yet, ``b_lo``..``b_hi`` its channel seqs
+        self.ordered = ordered
+        self.busy = 0
+        self.b_lo = self.b_hi = 0
+        self.busy_lock = threading.Lock()
 
     @property
     def pull(self) -> bool:
@@ -124,7 +153,8 @@ class Subscriber:
         return {"name": self.name, "type": self.type_id, "depth": len(r),
                 "high_watermark": r.high_watermark, "delivered": self.delivered,
                 "dropped": self.dropped, "acked": self.acked, "behind": self.behind,
-                "degraded": self.degraded, "replay_overflows": self.overflows}
+                "degraded": self.degraded, "replay_overflows": self.overflows,
+                "ordered": self.ordered, "in_flight": self.busy if self.ordered else None}
 
 
 class _Log:
@@ -166,12 +196,19 @@ class _Log:
 
 class Channel:
     """A named, typed channel; see the module docstring. Create with ``system.open(...)`` or a
-    module's ``produces``/``consumes`` declarations."""
+    module's ``produces``/``consumes`` declarations.
+
+    ``ordered`` (default True; always False on a deterministic channel, which keeps its
+    tick-boundary drain, and on the system channels): each handler subscriber gets its
+    messages in channel-sequence order, one batch of at most ``max_batch`` in the scheduler at
+    a time; a yielded or retried message is the exception (it comes back later). False: up to
+    ``window`` in the scheduler, batches may run concurrently on several workers (throughput
+    for a handler that does not care about order)."""
 
     def __init__(self, reg: "Channels", cid: int, name: str, type_id: int, *, mode: str = "p2p",
                  guarantee: str = "lossless", capacity: int = DEFAULT_CAPACITY, replay: int = 0,
                  error_handler=None, window: int | None = None, deterministic: bool = False,
-                 system: bool = False):
+                 system: bool = False, ordered: bool | None = None):
         if mode not in MODES:
             raise ChannelError(f"channel {name!r}: mode must be 'p2p' or 'fanout', got {mode!r}",
                                CHAN_UNKNOWN)
@@ -195,6 +232,11 @@ class Channel:
         self.window = window
         self.det = deterministic             # holds messages until the tick boundary
         self.system = system
+        # ordered (default): each handler subscriber sees its messages in channel order, one
+        # batch in the scheduler at a time. Deterministic channels keep their tick drain.
+        self.ordered = (not deterministic and not system) if ordered is None else (
+            bool(ordered) and not deterministic)
+        self._osubs: dict[int, Subscriber] = {}   # ordered handler subscribers by handler type
         self.lock = threading.Lock()
         self.subs: list[Subscriber] = []
         self.seq = 0                         # last channel sequence handed out
@@ -215,9 +257,11 @@ class Channel:
                 f"{self.guarantee}, subscribers={len(self.subs)})")
 
     # -- subscribing ----------------------------------------------------------------------------
-    def subscribe(self, type=None, *, name: str | None = None, window: int | None = None) -> Subscriber:
+    def subscribe(self, type=None, *, name: str | None = None, window: int | None = None,
+                  ordered: bool | None = None) -> Subscriber:
         """Add a subscriber. ``type``: the handler type its messages are delivered as (a name
         or id with a handler); None: a host-side subscriber read with ``sub.take()``.
+        ``ordered``: this subscriber's delivery order (default: the channel's ``ordered``).
         Raises ChannelError(CHAN_ALREADY_BOUND) for a second p2p subscriber or a 33rd fan-out one."""
         k = self.kernel
         tid = 0
@@ -238,8 +282,11 @@ class Channel:
                     + ("declare mode='fanout' for more" if self.mode == "p2p"
                        else f"fan-out allows at most {MAX_FANOUT}"), CHAN_ALREADY_BOUND)
             win = window or self.window or max(2 * k.max_batch, 256)
-            sub = Subscriber(self, tid, name or (k.type_name(tid) if tid else "host"), win)
+            ordered = self.ordered if ordered is None else (bool(ordered) and not self.det)
+            sub = Subscriber(self, tid, name or (k.type_name(tid) if tid else "host"), win,
+                             ordered=bool(tid) and ordered)
             self.subs.append(sub)
+            self._osubs = {s.type_id: s for s in self.subs if s.ordered}
         self.reg._rebuild()
         self.reg._trace(EventType.CHAN_OPEN, self.type_id, self.id, len(self.subs))
         return sub
@@ -250,6 +297,7 @@ class Channel:
             if sub not in self.subs:
                 return
             self.subs.remove(sub)
+            self._osubs = {s.type_id: s for s in self.subs if s.ordered}
             self._flush_sub(sub, CHAN_CLOSED)
             self._log_evict(force=False)
         self.reg._rebuild()
@@ -263,14 +311,35 @@ class Channel:
         if self.log is not None:
             # replay: the log keeps every message some subscriber has not acknowledged, and a
             # subscriber whose ring is full is fed from it later, so the log's room binds
+            cap = self.log.cap
             acks = [s.acked for s in self.subs]
             lo = min(acks)
-            room = self.log.cap - (self.committed - lo) - res - self.granted - self.held_n
-            if room > 0 or max(acks) - lo < self.log.cap // 2:
+            base = cap - self.committed - res - self.granted - self.held_n
+            room = base + lo
+            if room > 0:
                 return room
-            # the slowest is far behind the others: let the others go on, it degrades to lossy
-            frees = [s.ring.capacity - len(s.ring) for s in self.subs if not s.behind]
-            free = max(frees) if frees else 0
+            # The slowest subscriber is far behind when it lags by half the log or more while
+            # every other one has caught up (acknowledged everything: they wait for the
+            # producer, which waits for the slowest). Then it alone holds the channel and no
+            # longer holds the others back: the producer goes on, and it degrades to lossy for
+            # what gets past its reach (its ring plus the log). While any other subscriber
+            # still has a backlog the producer waits (lossless backpressure): subscribers that
+            # lag together (equally fast ones, consumer-bound, or two slow ones) or by a
+            # scheduling hiccup are not far behind the others. Everyone else binds what the
+            # log must keep, so it is only ever forced past the far-behind one. (This used to
+            # size the room by ring room alone once the slowest was half a log behind the
+            # fastest, ignoring the log: a burst pushed the log past subscribers that kept up;
+            # they lost messages and the slow one did not.)
+            committed = self.committed
+            if committed - lo < cap // 2 or len(acks) < 2:
+                return room
+            behind = 0
+            for a in acks:
+                if a != committed:
+                    behind += 1
+                    if behind > 1:
+                        return room
+            return base + committed
         else:
             free = min(s.ring.capacity - len(s.ring) for s in self.subs)
         return free - res - self.granted - self.held_n
@@ -339,7 +408,7 @@ class Channel:
         count. A payload (bytes, array or dict) is copied into the arena (one per call)."""
         k = self.kernel
         tid = self.type_id if type is None else k.type_id(type)
-        n = count or next((len(v) for v in (meta0, meta1) if isinstance(v, np.ndarray)), 1)
+        n = check_count(count, meta0, meta1)
         ptr = plen = 0
         if payload is not None:
             ptr, plen = k.store_payload(tid, payload)
@@ -519,6 +588,17 @@ class Channel:
             gone = log.pop(k)
             self._release_log(gone)
 
+    def _log_evict_acked(self, wait: bool = False) -> None:
+        """Evict what every subscriber acknowledged. A drainer (``wait=False``) skips it when
+        the lock is taken: the next drain, an append that needs room or ``stats`` evicts."""
+        log = self.log
+        if len(log) and min((s.acked for s in self.subs), default=self.committed) >= log.first:
+            if self.lock.acquire(wait):
+                try:
+                    self._log_evict(force=False)
+                finally:
+                    self.lock.release()
+
     def _log_force(self, k: int) -> None:
         gone = self.log.pop(k)
         self._log_force_recs(gone, popped=True)
@@ -583,41 +663,140 @@ class Channel:
         return n
 
     def _drain_sub(self, sub: Subscriber, all_: bool = False) -> int:
-        """Move a subscriber's messages into the enqueue core (FIFO: one drainer at a time)."""
-        if not sub.drain_lock.acquire(False):
-            return 0
-        try:
-            total = 0
-            while True:
+        """Move a subscriber's messages into the enqueue core (FIFO: one drainer at a time).
+
+        A drainer never waits for the channel lock: a busy producer retakes it again and again,
+        and Python's locks are not fair, so a worker waiting for it (holding the subscriber's
+        drain lock, as it used to) could wait for milliseconds. Nobody could drain that
+        subscriber meanwhile; it fell a whole log behind subscribers just as fast as it and was
+        degraded. So a behind subscriber is fed from the log only when the lock is free (see
+        :meth:`_feed`), and acknowledged log entries are evicted the same way."""
+        if sub.ordered:
+            return self._drain_ordered(sub)
+        total = 0
+        while True:
+            if sub.behind:
+                self._feed(sub)
+            if not sub.drain_lock.acquire(False):
+                break
+            try:
+                n = self._drain_ring(sub, all_)
+            finally:
+                sub.drain_lock.release()
+            total += n
+            if not n or not sub.behind:
+                break                   # behind: more is waiting in the log
+        if total and self.log is not None:
+            self._log_evict_acked()
+        return total
+
+    def _feed(self, sub: Subscriber) -> None:
+        """Feed a behind subscriber's ring from the log if the channel lock is free. When it is
+        not, its holder is an emitter, which drains every subscriber after its emit (or a
+        drainer, which will release it soon: an idle worker drains again within a step)."""
+        if self.lock.acquire(False):
+            try:
                 if sub.behind:
-                    with self.lock:
-                        if sub.behind:
-                            self._catch_up(sub)
-                ring = sub.ring
-                if ring.tail == ring.head:
-                    break
-                credit = (1 << 30) if all_ else sub.window - self._inflight(sub.type_id)
-                if credit <= 0:
-                    break
-                # in place: the enqueue core copies them into the ready queue, then they are
-                # consumed (one copy per delivery instead of two)
-                recs = ring.head_view(credit)
-                n = len(recs)
-                if not n:
-                    break
-                sub.delivered += n
-                sub.acked = int(recs["seq"][-1]) if not self.det else sub.acked + n
-                self.kernel.sched.enqueue(recs, Route.CHANNEL)
-                ring.consume(n)
-                total += n
-                if self.log is not None:
-                    with self.lock:
-                        self._log_evict(force=False)
-                if not sub.behind and (n >= credit or ring.tail == ring.head):
-                    break           # else: the view stopped at the buffer's end; take the rest
-            return total
-        finally:
-            sub.drain_lock.release()
+                    self._catch_up(sub)
+            finally:
+                self.lock.release()
+
+    def _drain_ring(self, sub: Subscriber, all_: bool) -> int:
+        """Drain what the ring holds, up to the subscriber's window (holding its drain lock)."""
+        total = 0
+        ring = sub.ring
+        while ring.tail != ring.head:
+            credit = (1 << 30) if all_ else sub.window - self._inflight(sub.type_id)
+            if credit <= 0:
+                break
+            # in place: the enqueue core copies them into the ready queue, then they are
+            # consumed (one copy per delivery instead of two)
+            recs = ring.head_view(credit)
+            n = len(recs)
+            if not n:
+                break
+            sub.delivered += n
+            sub.acked = int(recs["seq"][-1]) if not self.det else sub.acked + n
+            self.kernel.sched.enqueue(recs, Route.CHANNEL)
+            ring.consume(n)
+            total += n
+            if n >= credit:
+                break                   # else: the view stopped at the buffer's end
+        return total
+
+    def _drain_ordered(self, sub: Subscriber) -> int:
+        """Ordered subscriber: hand the scheduler one batch (at most ``max_batch`` messages,
+        one tenant and priority, so the ready queue keeps it whole and one worker pops it), and
+        the next only once ``on_batch_done`` says that one is finished. Two workers can then
+        never run two of its batches at once, so its handler sees channel-sequence order."""
+        total = 0
+        if sub.behind and sub.busy:
+            self._feed(sub)             # fill its ring meanwhile: the log is forced past it later
+        while not sub.busy:
+            if sub.behind:
+                self._feed(sub)
+            if not sub.drain_lock.acquire(False):
+                break
+            n = 0
+            try:
+                if not sub.busy:
+                    n = self._deliver_one(sub)
+            finally:
+                sub.drain_lock.release()
+            total += n
+            # loop: a batch that finished while we held the drain lock could not deliver the
+            # next one (its worker's try-acquire failed), so look again unless the ring is
+            # empty (behind with the channel lock taken: its holder drains, see _feed)
+            if not n and sub.ring.tail == sub.ring.head:
+                break
+        if total and self.log is not None:
+            self._log_evict_acked()
+        return total
+
+    def _deliver_one(self, sub: Subscriber) -> int:
+        ring = sub.ring
+        if ring.tail == ring.head:
+            return 0
+        recs = ring.head_view(min(self.kernel.max_batch, sub.window))
+        n = len(recs)
+        if n > 1:
+            # one tenant and one priority: the ready queue splits a batch by those, and two
+            # pieces could run on two workers at once
+            ten = recs["tenant"]
+            pri = recs["flags"] & PRIO_MASK
+            diff = (ten != ten[0]) | (pri != pri[0])
+            if diff.any():
+                n = int(np.argmax(diff))
+                recs = recs[:n]
+        seq = recs["seq"]
+        last = int(seq[-1])
+        sub.b_lo, sub.b_hi = int(seq[0]), last
+        sub.busy = n                    # before the enqueue: a worker may finish it at once
+        sub.delivered += n
+        sub.acked = last
+        acc = self.kernel.sched.enqueue(recs, Route.CHANNEL)
+        ring.consume(n)
+        if acc < n:                     # refused ones went to sys.error: they never finish
+            with sub.busy_lock:
+                sub.busy = max(0, sub.busy - (n - acc))
+        return n
+
+    def _batch_done(self, sub: Subscriber, recs: np.ndarray) -> None:
+        """``recs`` (one worker batch of ``sub``'s handler type from this channel) finished."""
+        n = len(recs)
+        seq = recs["seq"]
+        lo, hi = sub.b_lo, sub.b_hi
+        if n == sub.busy and int(seq[0]) == lo and int(seq[-1]) == hi:
+            done = n                    # the usual case: the whole in-flight batch
+        else:                           # a piece of it, or other messages of the same type
+            done = int(((recs["channel"] == self.id) & (seq >= lo) & (seq <= hi)).sum())
+            if not done:
+                return
+        with sub.busy_lock:
+            left = sub.busy - done
+            sub.busy = left if left > 0 else 0
+        if left <= 0:
+            self._drain_ordered(sub)
 
     def _take(self, sub: Subscriber, max_n: int) -> np.ndarray:
         if sub.behind:
@@ -705,6 +884,8 @@ class Channel:
 
     # -- metrics --------------------------------------------------------------------------------
     def stats(self) -> dict:
+        if self.log is not None:
+            self._log_evict_acked(wait=True)
         dt = max(time.monotonic() - self.t_open, 1e-9)
         subs = [s.stats() for s in self.subs]
         return {
@@ -778,7 +959,11 @@ class SysChannel(Channel):
 
 class Channels:
     """The channel registry of one CPU kernel: names to ids, open/get/close, the system
-    channels, dead letters, draining and per-channel metrics."""
+    channels, dead letters, draining and per-channel metrics.
+
+    ``open(..., ordered=None)``: see :class:`Channel` (None: the default, True unless the
+    channel is deterministic). ``on_batch_done(recs)`` is the worker's hook after every
+    finished batch of channel messages: it lets an ordered subscriber's next batch go."""
 
     def __init__(self, kernel):
         self.kernel = kernel
@@ -788,6 +973,7 @@ class Channels:
         self.lock = threading.Lock()
         self._hot: list[Channel] = []        # channels with handler subscribers (drain targets)
         self._det: list[Channel] = []        # deterministic ones, ascending id
+        self._ordered: dict[int, Channel] = {}   # id -> channel with ordered handler subscribers
         self.closed: list[Channel] = []
         self.sys_error = self._add(SysChannel(self, self._take_id(), "sys.error", kernel.sys_error))
         self.sys_dropped = self._add(SysChannel(self, self._take_id(), "sys.dropped",
@@ -810,9 +996,14 @@ class Channels:
     # -- registry -------------------------------------------------------------------------------
     def open(self, name: str, type=0, *, mode: str = "p2p", guarantee: str = "lossless",
              capacity: int = DEFAULT_CAPACITY, replay: int = 0, error_handler=None,
-             window: int | None = None, system: bool = False, **_ignored) -> Channel:
+             window: int | None = None, system: bool = False, ordered: bool | None = None,
+             **_ignored) -> Channel:
         """Open (or return the already open) channel ``name`` carrying ``type``. Opening an
-        existing name with a different type, mode or guarantee raises ChannelError."""
+        existing name with a different type, mode, guarantee or ``ordered`` raises ChannelError.
+        ``ordered`` (default True; ignored on a deterministic channel): each handler subscriber
+        gets its messages in channel order, one batch of at most ``max_batch`` in flight at a
+        time; False lets several batches of one subscriber run at once, on several workers
+        (more throughput for a handler that does not care about order). See :class:`Channel`."""
         if not isinstance(name, str) or not name:
             raise ChannelError(f"channel name must be a non-empty string, got {name!r}",
                                CHAN_UNKNOWN)
@@ -825,8 +1016,8 @@ class Channels:
                     raise ChannelError(
                         f"channel {name!r} carries {k.type_name(ch.type_id)!r}, cannot open it "
                         f"for {k.type_name(tid)!r}", CHAN_TYPE_MISMATCH)
-                for attr, v in (("mode", mode), ("guarantee", guarantee)):
-                    if getattr(ch, attr) != v:
+                for attr, v in (("mode", mode), ("guarantee", guarantee), ("ordered", ordered)):
+                    if v is not None and not (attr == "ordered" and ch.det) and getattr(ch, attr) != v:
                         raise ChannelError(f"channel {name!r} is {getattr(ch, attr)}, cannot "
                                            f"open it as {v}", CHAN_TYPE_MISMATCH)
                 if error_handler is not None:
@@ -842,7 +1033,7 @@ class Channels:
             ch = self._add(Channel(self, self._take_id(), name, tid, mode=mode,
                                    guarantee=guarantee, capacity=capacity, replay=replay,
                                    error_handler=error_handler, window=window,
-                                   deterministic=det, system=system))
+                                   deterministic=det, system=system, ordered=ordered))
         self._rebuild()
         self._trace(EventType.CHAN_OPEN, tid, ch.id, 0)
         return ch
@@ -881,6 +1072,7 @@ class Channels:
         chans = sorted((c for c in self.by_name.values() if not c.closed), key=lambda c: c.id)
         self._hot = [c for c in chans if not c.det and any(s.type_id for s in c.subs)]
         self._det = [c for c in chans if c.det]
+        self._ordered = {c.id: c for c in chans if c._osubs}
 
     # -- dead letters ---------------------------------------------------------------------------
     def to_sys_error(self, recs, code) -> None:
@@ -922,6 +1114,17 @@ class Channels:
         return recs[keep], codes[keep]
 
     # -- draining -------------------------------------------------------------------------------
+    def on_batch_done(self, recs: np.ndarray) -> None:
+        """A worker finished a batch of channel messages (whatever their outcome: done, failed,
+        yielded or retried). An ordered subscriber's in-flight batch is over once all of its
+        messages were finished: deliver its next one now."""
+        r0 = recs[0]
+        ch = self._ordered.get(int(r0["channel"]))
+        if ch is not None:
+            sub = ch._osubs.get(int(r0["type"]))
+            if sub is not None and sub.busy:
+                ch._batch_done(sub, recs)
+
     def drain_some(self, worker: int = -1) -> int:
         """Opportunistic drain: called after each handler batch and by idle workers."""
         n = 0
@@ -1002,10 +1205,12 @@ class Stager:
         def send(meta0, meta1=0) -> int:
             """Per-message emit with the header bound by ``ctx.emitter`` (the leanest path):
             returns OK, CHAN_FULL or CHAN_CLOSED."""
-            if len(m0) < lim[0]:
-                add0(meta0)
+            # the word is checked here, inside the handler's guard (at commit it would
+            # fail outside it); anything but a plain int in range takes the slow path
+            if len(m0) < lim[0] and meta0.__class__ is int and not meta0 >> 64:
                 if meta1:
-                    add1((len(m0) - 1, meta1))
+                    add1((len(m0), word("meta1", meta1)))
+                add0(meta0)
                 return 0
             return slow(meta0, meta1)
         return send
@@ -1019,7 +1224,16 @@ class Stager:
             self.hdr = hdr
 
     def slow(self, meta0, meta1=0) -> int:
-        """Credit ran out (or none yet): commit, take new credit, stage one."""
+        """Credit ran out (or none yet): commit, take new credit, stage one. Also where a
+        word that is not a plain int comes (checked: EmitError names it; a NumPy integer is
+        staged while credit lasts)."""
+        meta0 = word("meta0", meta0)
+        meta1 = word("meta1", meta1)
+        if len(self.m0) < self.lim[0]:
+            if meta1:
+                self.m1.append((len(self.m0), meta1))
+            self.m0.append(meta0)
+            return 0
         ch = self.chan
         hdr = self.hdr
         self.commit()

@@ -17,10 +17,13 @@ from __future__ import annotations
 import numpy as np
 
 from ggmk.core.chan import Stager
-from ggmk.task import (CHAN_CLOSED, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC, PRIO_MASK,
-                       YIELD, Task, TaskBatch, make)
+from ggmk.errors import EmitError
+from ggmk.task import word
+from ggmk.task import (CHAN_CLOSED, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC, PRIO_MASK, WAIT,
+                       YIELD, Task, TaskBatch, check_count, make)
 
 _HDR_FLAGS = PRIO_MASK | FLAG_DETERMINISTIC
+_PRIORITIES = (0, 1, 2, 3)
 
 
 class Context:
@@ -104,21 +107,32 @@ class Context:
                     | ((int(r["seq"]) << 32) if self._det_on else 0))
             hdr = self._phdr
             m0 = st.m0
-            if hdr == st.hdr and len(m0) < st.lim[0]:
-                m0.append(meta0)
+            # a word is checked here, inside the handler's guard: a bad value fails the task
+            # that emitted it (converted later, at the batch's end, it would kill the worker)
+            if hdr == st.hdr and len(m0) < st.lim[0] and meta0.__class__ is int \
+                    and not meta0 >> 64:
                 if meta1:
-                    st.m1.append((len(m0) - 1, meta1))
+                    st.m1.append((len(m0), word("meta1", meta1)))
+                m0.append(meta0)
                 return 0
+            meta0 = word("meta0", meta0)
+            meta1 = word("meta1", meta1)
             st.bind(self, hdr)
             code = st.slow(meta0, meta1)
             if code == CHAN_CLOSED:
                 del self._stagers[target]
             return code
+        meta0 = word("meta0", meta0)
+        meta1 = word("meta1", meta1)
         kind, tid, chan = self._resolve(target)
         if chan is not None and st is None and payload is None:
             self._stagers[target] = Stager(chan)     # next time: the hot path
         elif st is not None:
             st.commit()                              # keep this channel's emit order
+        if priority is not None and priority not in _PRIORITIES:
+            raise EmitError(f"priority={priority!r}: allowed 0 (highest), 1, 2, 3 (lowest)")
+        if tenant is not None and (tenant.__class__ is not int or not 0 <= tenant <= 0xFFFF):
+            raise EmitError(f"tenant={tenant!r}: allowed an integer in 0..65535")
         r = self.task._r
         if r is not None:
             pflags = int(r["flags"])
@@ -180,14 +194,7 @@ class Context:
             st = self._stagers.get(target)
             if st is not None:
                 st.commit()                          # keep this channel's emit order
-        n = count
-        if n is None:
-            for v in (meta0, meta1, payload_ptr):
-                if isinstance(v, np.ndarray):
-                    n = len(v)
-                    break
-            else:
-                n = 1
+        n = check_count(count, meta0, meta1, payload_ptr)
         b = self.batch
         parent = b.records if b is not None else None
         if parent is not None and len(parent) == n:
@@ -229,6 +236,28 @@ class Context:
         if phase is not None:
             self.task.meta0 = phase
         return YIELD
+
+    def wait_(self, phase: int | None = None, *, meta1: int | None = None) -> int:
+        """Come back later because a channel was full (an emit returned CHAN_FULL): the task
+        runs again on a later tick with meta0/meta1 as left (``phase`` sets meta0, ``meta1``
+        meta1 first: where to resume). Unlike ``yield_`` this is not counted toward
+        ``max_yields``: waiting on a slow consumer is backpressure, not a runaway task.
+
+        Example (resume at the message that did not fit)::
+
+            @prod.handler("SAMPLE")
+            def sample(ctx):
+                send = ctx.emitter(out)
+                for i in range(ctx.task.meta1, 100):      # meta1: the next message to send
+                    if send(i):
+                        return ctx.wait_(meta1=i)
+                return OK
+        """
+        if phase is not None:
+            self.task.meta0 = phase
+        if meta1 is not None:
+            self.task.meta1 = meta1
+        return WAIT
 
     def retain(self) -> None:
         """Keep the current task's payload alive past the handler (release it later yourself)."""

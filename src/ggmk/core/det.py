@@ -6,6 +6,14 @@ order; what they emit or yield runs in the next tick. Children get fresh seqs at
 batches were split. At each boundary the finished tick is folded into the trace hash: one
 TASK_START (arg1 = low 32 bits of meta0) and one TASK_END (arg1 = result code) event per task,
 with ts = tick. Same seed + same input stream gives the same hash on any worker count and HAL.
+
+Which tick host input belongs to: deterministic tasks submitted without ``due`` are held until
+the next ``System.run()`` (or ``halt()``), which hands everything submitted since the previous
+one to the tick after the last tick opened, in submission order. So the input stream is "what
+was submitted between two ``run()`` calls", independent of what the workers were doing while
+the host called ``submit``. This holds when the previous ``run()`` finished (returned True); a
+``run()`` that timed out leaves the tick counter wherever the workers were. ``submit(...,
+due=T)`` puts input in tick T exactly (or the next tick, if T has already opened).
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ class DetStage:
         self.pending: dict[int, list[np.ndarray]] = {}
         self.next_emit: list[np.ndarray] = []   # children: seq holds the parent's seq for ordering
         self.next_keep: list[np.ndarray] = []   # yields: keep their seq
+        self.staged: list[np.ndarray] = []    # host submissions since the last run()
         self.seq = 0
         self.ticks_run = 0
         self.tasks_run = 0
@@ -44,8 +53,10 @@ class DetStage:
         with self.lock:
             if route == Route.EMIT:
                 self.next_emit.append(recs)
-            elif route == Route.YIELD:
+            elif route == Route.YIELD or route == Route.WAIT:
                 self.next_keep.append(recs)
+            elif route == Route.SUBMIT and not due:
+                self.staged.append(recs)        # host input: opened by release_input()
             else:
                 if route not in _KEEP_SEQ:
                     # external input: number it in arrival order (the input stream's order)
@@ -53,6 +64,29 @@ class DetStage:
                     self.seq += len(recs)
                 tick = max(int(due), self.tick + 1)
                 self.pending.setdefault(tick, []).append(recs)
+
+    def release_input(self) -> None:
+        """Hand the host's submissions since the last call to the tick stage, in submission
+        order, as one tick's input: the tick after the last one opened. ``System.run`` calls
+        this, so input given in several ``submit()`` calls before one ``run()`` lands in one
+        tick whatever the workers were doing meanwhile."""
+        with self.lock:
+            if not self.staged:
+                return
+            recs = np.concatenate(self.staged) if len(self.staged) > 1 else self.staged[0]
+            self.staged = []
+            recs["seq"] = np.arange(self.seq + 1, self.seq + 1 + len(recs)) & 0xFFFFFFFF
+            self.seq += len(recs)
+            self.pending.setdefault(self.tick + 1, []).append(recs)
+
+    def take_all(self) -> list[np.ndarray]:
+        """Remove every record the stage holds and has not handed out (for ``halt``)."""
+        with self.lock:
+            out = [self.cur[self.cursor:]] + self.staged + self.next_emit + self.next_keep
+            out += [r for parts in self.pending.values() for r in parts]
+            self.cur = self.cur[:self.cursor]
+            self.staged, self.next_emit, self.next_keep, self.pending = [], [], [], {}
+            return [r for r in out if len(r)]
 
     def has_work(self) -> bool:
         return (self.cursor < len(self.cur) or bool(self.pending) or bool(self.next_emit)

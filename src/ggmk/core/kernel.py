@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 
 import numpy as np
@@ -51,6 +50,7 @@ class System:
                  tick_hz: int = 1000, arena_size: int = 64 << 20, debug: bool = False,
                  trace: bool | None = None, trace_level="warn", sample_rate: int = 1,
                  max_retries: int = 8, poison_threshold: int = 32, poison_window: int = 1000,
+                 poison_fraction: float = 0.5,
                  max_batch: int = 256, policy=None, tenants: dict | None = None,
                  dead_letter_capacity: int = 1 << 16):
         if workers < 1:
@@ -61,17 +61,14 @@ class System:
         self.seed = seed
         self.hal = make_hal(hal, seed=seed)
         self.clock = self.hal.clock_ns
-        # what a handler's CPU time is measured with (tenant billing, System.account): the
-        # calling thread's CPU clock on real threads; None where the HAL clock is already the
-        # handler's own time (sim: virtual time that only handlers and steps advance)
-        self.cpu_clock = getattr(self.hal, "cpu_clock_ns", None)
-        if self.cpu_clock is None and self.hal.name == "threads":
-            self.cpu_clock = time.thread_time_ns
+        # what a handler's CPU time is measured with (tenant billing, System.account)
+        self.cpu_clock = self.hal.cpu_clock_ns
         self.tick_ns = max(1, int(1e9 // tick_hz))
         self.tick = 0
         self.max_retries = max_retries
         self.max_batch = max_batch
         self.halted = False
+        self.halt_report = None
         self.running = False
         # arena
         self.arena = Arena(arena_size, debug=debug)
@@ -90,14 +87,14 @@ class System:
         self.sys_error = CodeRing(dead_letter_capacity, name="sys.error")
         self.sys_dropped = CodeRing(dead_letter_capacity, name="sys.dropped")
         self.exceptions: deque = deque(maxlen=64)
-        self.poison = PoisonDetector(poison_threshold, poison_window)
+        self.poison = PoisonDetector(poison_threshold, poison_window, fraction=poison_fraction)
         self._host_lock = threading.Lock()
         # scheduler
         self.sched = Scheduler(workers, dead=self._dead, wake=self.hal.wake,
                                clock=self.clock)
         self.sched.poisoned = self.poison.poisoned
         self.sched.on_enqueued = self._count_enqueued
-        self.sched.on_idle = getattr(self.hal, "notify_host", self.sched.on_idle)
+        self.sched.on_idle = self.hal.notify_host
         self.det = DetStage(self.hasher, self._det_boundary) if deterministic else None
         self.sched.det = self.det
         if isinstance(policy, str):
@@ -161,10 +158,11 @@ class System:
         hit = self._type_cache.get(t)
         if hit is not None:
             return hit
-        if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+        if isinstance(t, (int, np.integer)) and not isinstance(t, (bool, np.bool_)):
             tid = int(t)
             if not 0 < tid < MAX_TYPES:
-                raise BootError(f"{where}: type id {tid} out of range 1..{MAX_TYPES - 1}")
+                raise (BootError if register else ValueError)(
+                    f"{where or 'type'}: type id {tid} is out of range: allowed 1..{MAX_TYPES - 1}")
             if tid not in self.types:
                 self.types.register(f"TYPE_{tid}", id=tid)
         elif isinstance(t, str):
@@ -175,7 +173,9 @@ class System:
                 self.types.register(t)
             tid = self.types.id(t)
         else:
-            raise BootError(f"{where}: a type is a name or an id, got {t!r}")
+            raise (BootError if register else TypeError)(
+                f"{where or 'type'}: a type is a name (str) or an id (int 1..{MAX_TYPES - 1}), "
+                f"got {t!r}")
         self._type_cache[t] = tid
         return tid
 
@@ -203,11 +203,15 @@ class System:
         if hasattr(target, "emit_one"):
             ch = target
         elif hasattr(target, "direction") and hasattr(target, "handle"):
-            ch = target.handle
-            if ch is None:
+            # a declaration names a channel of *this* system: one Module object may be booted
+            # in several live systems, and each emits into its own channel (``handle`` is only
+            # the most recent boot's)
+            if target.module not in self.modules or self.channels is None \
+                    or target.name not in self.channels:
                 raise ChannelError(f"channel {target.name!r} (declared by module "
-                                   f"{target.module.name!r}) is not bound: boot a system with "
-                                   "that module first", T.CHAN_UNKNOWN)
+                                   f"{target.module.name!r}) is not bound in this system: boot "
+                                   "it with that module", T.CHAN_UNKNOWN)
+            ch = self.channels.get(target.name)
         elif isinstance(target, str) and "." in target and self.channels is not None:
             ch = self.channels.get(target)
         else:
@@ -289,11 +293,15 @@ class System:
         return self.channels.get(name)
 
     def open(self, name: str, type, *, mode: str = "p2p", guarantee: str = "lossless",
-             capacity: int = 4096, replay: int = 0, error_handler=None, window=None):
-        """Open a channel at run time (or return the open one of that name and type)."""
+             capacity: int = 4096, replay: int = 0, error_handler=None, window=None,
+             ordered: bool | None = None):
+        """Open a channel at run time (or return the open one of that name and type).
+        ``ordered`` (default: yes) delivers each subscriber's messages one batch at a time, in
+        channel order; ``False`` trades that for parallel batches."""
         self._check_running()
         return self.channels.open(name, type, mode=mode, guarantee=guarantee, capacity=capacity,
-                                  replay=replay, error_handler=error_handler, window=window)
+                                  replay=replay, error_handler=error_handler, window=window,
+                                  ordered=ordered)
 
     def close(self, name) -> int:
         """Close a channel; what it still holds goes to sys.dropped (CHAN_CLOSED)."""
@@ -301,15 +309,23 @@ class System:
 
     # -- time -----------------------------------------------------------------------------------
     def update_tick(self) -> int:
+        """The tick handlers see: the tick stage's in determinism mode, else the wall tick."""
         if self.det is not None:
             self.tick = self.det.tick
         else:
             self.tick = (self.clock() - self.t0) // self.tick_ns
         return self.tick
 
+    def wall_tick(self) -> int:
+        """Ticks of the HAL clock since boot. The event queue (retries and deferred tasks that
+        are not deterministic) runs on it in every mode: in determinism mode the tick stage's
+        counter only moves with deterministic work, so a backoff measured in it could wait
+        forever."""
+        return (self.clock() - self.t0) // self.tick_ns
+
     def _next_event_ns(self):
         due = self.sched.events.next_due()
-        if due is None or self.det is not None:
+        if due is None:
             return None
         return self.t0 + due * self.tick_ns
 
@@ -434,9 +450,9 @@ class System:
         """Submit tasks of ``type`` (a name or id). Keywords take scalars or columns; returns
         how many were accepted (the rest, if any, are on sys.error with a reason)."""
         self._check_running()
-        tid = self.type_id(type)
+        tid = self.type_id(type, where="submit")
         flags = (T.FLAG_DETERMINISTIC if deterministic else 0) | (T.FLAG_EMIT_TRACE if trace else 0)
-        n = count or next((len(v) for v in (meta0, meta1) if isinstance(v, np.ndarray)), 1)
+        n = T.check_count(count, meta0, meta1)
         ptr = plen = 0
         if payload is not None:
             ptr, plen = self.store_payload(tid, payload)
@@ -448,6 +464,8 @@ class System:
         """Submit prepared records (``ggmk.task.make``); the hot path for feeding the kernel."""
         self._check_running()
         if due is not None:
+            if due.__class__ is not int or due < 0:
+                raise ValueError(f"due={due!r}: allowed a tick number, an int >= 0")
             return self.sched.enqueue(recs, Route.DEFER, due=due)
         return self.sched.enqueue(recs, Route.SUBMIT)
 
@@ -463,12 +481,11 @@ class System:
         """Let the system work. With ``until_idle`` (default) return True once every accepted task
         has finished, or False after ``timeout`` seconds. With ``seconds`` and ``until_idle=False``,
         run for that long. On the sim HAL this is where the workers are stepped."""
+        if self.det is not None:
+            self.det.release_input()
+            self.hal.wake(self.nworkers)
         if seconds is not None and not until_idle:
-            if self.hal.name == "sim":
-                self.hal.wait(lambda: False, seconds)
-                return self.idle()
-            end = time.monotonic() + seconds
-            self.hal.wait(lambda: time.monotonic() >= end, None)
+            self.hal.sleep(seconds)
             return self.idle()
         return self.hal.wait(self.idle, timeout if seconds is None else seconds)
 
@@ -512,18 +529,48 @@ class System:
         }
 
     # -- shutdown -------------------------------------------------------------------------------
-    def halt(self) -> None:
-        """Stop the workers, join every thread, run module fini in reverse order."""
+    def halt(self, timeout: float = 5.0) -> dict:
+        """Stop the system without losing anything it accepted.
+
+        From the call on, ``submit`` raises KernelStopped. The workers go on for up to
+        ``timeout`` seconds while accepted work remains (what handlers emit meanwhile is
+        accepted work too), then stop and are joined. Whatever is still queued then (ready,
+        local, overflow, event and tick-stage queues) goes to ``sys.error`` with ``HALTED``;
+        what channels still hold goes to ``sys.dropped`` with ``CHAN_CLOSED``. Module fini
+        runs last, in reverse order. Returns the accounting::
+
+            {"drained": True/False, "halted": tasks dead-lettered with HALTED,
+             "channel_dropped": channel messages dropped, "outstanding": 0}
+
+        ``dead_letters()`` still works after ``halt``. Calling ``halt`` again returns the same
+        accounting.
+        """
         if self.halted:
-            return
-        self.halted = True
+            return self.halt_report
+        self.halted = True                      # submit() refuses from here on
+        if self.det is not None:
+            self.det.release_input()
+            self.hal.wake(self.nworkers)
+        drained = self.idle() or (timeout > 0 and self.hal.wait(self.idle, timeout))
         self.hal.stop()
         self.running = False
+        left = self.sched.take_all()
+        if self.det is not None:
+            det_left = self.det.take_all()
+            with self.sched.count_lock:
+                self.sched.outstanding -= sum(len(r) for r in det_left)
+            left += det_left
+        halted = 0
+        for recs in left:
+            halted += len(recs)
+            self._dead(recs, T.HALTED)
+        dropped = 0
         if self.channels is not None:
-            # what channels still hold goes to sys.dropped (CHAN_CLOSED), releasing payloads
-            for ch in self.channels:
+            for ch in list(self.channels):
                 if ch.name not in ("sys.error", "sys.dropped"):
-                    ch.close()
+                    dropped += ch.close()
+        self.halt_report = {"drained": bool(drained), "halted": halted,
+                            "channel_dropped": dropped, "outstanding": self.sched.outstanding}
         errors = []
         for m in reversed(self.modules):
             if m._fini:
@@ -533,12 +580,14 @@ class System:
                     errors.append((m.name, e))
         if errors:
             raise RuntimeError(f"module fini failed: {errors}")
+        return self.halt_report
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.halt()
+    def __exit__(self, exc_type, *exc):
+        # leaving on an exception: don't wait for work to drain (it is dead-lettered instead)
+        self.halt(timeout=0 if exc_type is not None else 5.0)
 
 
 def boot(modules, **kw) -> System:

@@ -45,6 +45,7 @@ class TypeCounter(enum.IntEnum):
     RETRY = 4
     YIELD = 5
     DROPPED = 6
+    WAIT = 7          # ctx.wait_(): re-runs that waited for channel room (not yields)
 
 
 TYPE_COUNTERS = tuple(c.name.lower() for c in TypeCounter)

@@ -16,6 +16,7 @@ CHANNEL   a channel delivering to its subscriber         ready queue, seq = chan
 BRIDGE    records arriving from the other kernel         ready queue, fresh seq
 RETRY     a handler that returned RETRY (``due`` tick)   event queue
 DEFER     anything scheduled for a later tick (``due``)  event queue
+WAIT      a handler waiting for channel room             event queue, next tick
 ========  =============================================  ==================================
 
 Before routing, the core sends records of unknown or poisoned types to ``sys.error`` with a
@@ -30,7 +31,7 @@ from enum import IntEnum
 import numpy as np
 
 from ggmk.core.ring import Ring, TimedRing
-from ggmk.task import (FLAG_DETERMINISTIC, NUM_PRIORITIES, POISONED, PRIO_MASK, READY_FULL,
+from ggmk.task import (EVENT_FULL, FLAG_DETERMINISTIC, NUM_PRIORITIES, POISONED, PRIO_MASK, READY_FULL,
                        UNKNOWN_TYPE, YIELD_OVERFLOW, empty)
 
 PRIO_WEIGHTS = (8, 4, 2, 1)
@@ -51,6 +52,7 @@ class Route(IntEnum):
     BRIDGE = 5
     RETRY = 6
     DEFER = 7
+    WAIT = 8
 
 
 # CHANNEL keeps seq: it is the channel's sequence number, which subscribers use to detect gaps
@@ -313,27 +315,31 @@ class Scheduler:
             n = len(recs)
             if n == 0:
                 return 0
-        if route in _FRESH_SEQ:
-            with self.count_lock:
-                s = self.seq
-                self.seq = s + n
-            recs["seq"] = np.arange(s + 1, s + n + 1, dtype=np.uint64).astype(np.uint32)
         ndet = 0
         if self.det is not None:
+            # before any seq stamping: the tick stage numbers deterministic records itself, and
+            # an EMIT record's seq still holds its parent's seq, the canonical order of children
             det_mask = (recs["flags"] & FLAG_DETERMINISTIC) != 0
             if det_mask.any():
                 d = recs[det_mask]
                 ndet = len(d)
                 self._count(ndet)
                 self.det.take(d, route, due)
-                if self.on_enqueued is not None:
+                if self.on_enqueued is not None and route != Route.EVENT:
                     self.on_enqueued(d["type"], worker)
                 recs = recs[~det_mask]
-                if len(recs) == 0:
+                n = len(recs)
+                if n == 0:
                     self.wake(1)
                     return ndet
+        if route in _FRESH_SEQ:
+            with self.count_lock:
+                s = self.seq
+                self.seq = s + n
+            recs["seq"] = np.arange(s + 1, s + n + 1, dtype=np.uint64).astype(np.uint32)
         accepted = self._route(recs, route, worker, due, one_type)
-        if self.on_enqueued is not None:
+        if self.on_enqueued is not None and route != Route.EVENT:
+            # a due event was counted when it was scheduled (RETRY / DEFER): once per attempt
             self.on_enqueued(recs["type"][:accepted], worker)
         return accepted + ndet
 
@@ -345,10 +351,10 @@ class Scheduler:
                one_type: bool = False) -> int:
         n = len(recs)
         self._count(n)
-        if route in (Route.RETRY, Route.DEFER):
+        if route in (Route.RETRY, Route.DEFER, Route.WAIT):
             k = self.events.push(recs, due)
             if k < n:
-                self.dead(recs[k:], YIELD_OVERFLOW if route == Route.RETRY else UNKNOWN_TYPE)
+                self.dead(recs[k:], EVENT_FULL)
                 self._count(k - n)
             return k
         if route == Route.YIELD:
@@ -423,6 +429,30 @@ class Scheduler:
             if len(rq) == 0:
                 pol.sleep(tenant, now)
             return recs
+
+    def take_all(self) -> list[np.ndarray]:
+        """Remove every queued record (ready, local, overflow, event queues) for ``halt``;
+        call only once the workers are stopped. ``outstanding`` drops by what was taken."""
+        out = []
+        with self.lock:
+            for rq in self.tenants.values():
+                for b in rq.buckets.values():
+                    for r in b.rings:
+                        if r is not None and len(r):
+                            out.append(r.pop(len(r)))
+                    b.size = 0
+                rq.size = 0
+                rq.active = [[] for _ in range(NUM_PRIORITIES)]
+        for r in (*self.local, self.overflow):
+            if len(r):
+                out.append(r.pop(len(r)))
+        with self.events.lock:
+            out.extend(recs for _, _, recs in self.events.heap)
+            self.events.heap.clear()
+            self.events.size = 0
+        with self.count_lock:
+            self.outstanding -= sum(len(r) for r in out)
+        return out
 
     def ready_len(self) -> int:
         return sum(len(rq) for rq in self.tenants.values())

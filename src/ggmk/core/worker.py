@@ -16,8 +16,49 @@ from ggmk.core.faults import backoff_ticks
 from ggmk.core.metrics import TypeCounter as C
 from ggmk.core.sched import EVENT_DRAIN_MAX, Route
 from ggmk.events import EventType
-from ggmk.task import (FAIL, HANDLER_EXCEPTION, MAX_YIELDS, OK, RETRY, RETRY_EXHAUSTED, YIELD,
-                       TaskBatch)
+from ggmk.task import (BAD_RETURN, FAIL, FLAG_DETERMINISTIC, HANDLER_EXCEPTION, MAX_YIELDS, OK,
+                       RETRY, RETRY_EXHAUSTED, WAIT, YIELD, TaskBatch)
+
+
+_CODE_MIN = -(1 << 31)
+
+
+def _task_code(r):
+    """A per-task handler's return value as (code, None), or (BAD_RETURN, the error) when it
+    is not one: OK / RETRY / YIELD / WAIT, a negative int32 failure code, or None."""
+    if isinstance(r, (int, np.integer)) and not isinstance(r, (bool, np.bool_)):
+        r = int(r)
+        if r == OK or r == RETRY or r == YIELD or r == WAIT or _CODE_MIN <= r < 0:
+            return r, None
+    return BAD_RETURN, BadReturn(
+        f"handler returned {r!r} ({type(r).__name__}); allowed: ggmk.OK (0) or None, RETRY, "
+        f"ctx.yield_(), ctx.wait_(), or a negative failure code")
+
+
+def _batch_codes(r, n: int):
+    """A batch handler's return value as (codes, None): one code for the batch or one per
+    task; (codes with BAD_RETURN, the error) for anything else."""
+    if isinstance(r, np.ndarray) and r.dtype.kind in "iu" and r.shape in ((), (n,)):
+        codes = np.broadcast_to(r, (n,)).astype(np.int64)
+        ok = ((codes < 0) & (codes >= _CODE_MIN)) | (codes == OK) | (codes == RETRY) \
+            | (codes == YIELD) | (codes == WAIT)
+        if ok.all():
+            return codes.astype(np.int32), None
+        i = int(np.flatnonzero(~ok)[0])
+        code, err = _task_code(codes[i].item() if codes[i] < 1 << 63 else int(codes[i]))
+        codes = codes.astype(np.int32, casting="unsafe")
+        codes[~ok] = BAD_RETURN
+        return codes, err
+    if isinstance(r, (list, tuple)) and len(r) == n and n != 1:
+        pairs = [_task_code(x) for x in r]
+        err = next((e for _, e in pairs if e is not None), None)
+        return np.array([c for c, _ in pairs], dtype=np.int32), err
+    code, err = _task_code(r)
+    return np.full(n, code, dtype=np.int32), err
+
+
+class BadReturn(TypeError):
+    """What ``system.exceptions`` records for a handler that returned a non-code."""
 
 
 class Worker:
@@ -42,6 +83,8 @@ class Worker:
         k = self.kernel
         s = self.sched
         tick = k.update_tick()
+        if k.det is not None:
+            tick = k.wall_tick()      # the event queue runs on wall ticks (see wall_tick)
         ev = s.events
         if ev.size and ev.heap and ev.heap[0][0] <= tick:
             due = ev.pop_due(tick, EVENT_DRAIN_MAX)
@@ -109,8 +152,8 @@ class Worker:
         codes = None
         exc = None
         # tenants are billed handler CPU time (SPEC §3): wall time would bill a tenant for the
-        # time its worker thread was preempted or blocked. cpu_clock is None where the HAL's
-        # clock already is the handler's time (sim: virtual time), and unused without a policy
+        # time its worker thread was preempted or blocked (the HAL says what CPU time is);
+        # unused without a policy
         cpu = k.cpu_clock if k.sched.policy is not None else None
         t0 = k.clock()
         c0 = cpu() if cpu is not None else 0
@@ -123,8 +166,10 @@ class Worker:
             except Exception as e:  # noqa: BLE001 - a handler bug must not kill the worker
                 r, exc = HANDLER_EXCEPTION, e
             ctx.batch = None
-            if r is not None and not (isinstance(r, (int, np.integer)) and r == OK):
-                codes = np.broadcast_to(np.asarray(r, dtype=np.int32), (n,)).copy()
+            if r is not None and not (r.__class__ is int and r == OK):
+                codes, bad_return = _batch_codes(r, n)
+                if bad_return is not None:
+                    exc = bad_return
         else:
             fn = h.fn
             task = ctx.task
@@ -137,10 +182,15 @@ class Worker:
                     r = fn(ctx)
                 except Exception as e:  # noqa: BLE001
                     r, exc = HANDLER_EXCEPTION, e
-                if r:
-                    if bad is None:
-                        bad = []
-                    bad.append((i, r))
+                if r is not None and (r.__class__ is not int or r):
+                    if r.__class__ is not int or not _CODE_MIN <= r <= WAIT:
+                        r, e = _task_code(r)
+                        if e is not None:
+                            exc = e
+                    if r:
+                        if bad is None:
+                            bad = []
+                        bad.append((i, r))
             task._r = None
             if bad is not None:
                 codes = np.zeros(n, dtype=np.int32)
@@ -150,7 +200,7 @@ class Worker:
         cpu_ns = cpu() - c0 if cpu is not None else elapsed
         ctx.flush()
         if exc is not None:
-            k.report_exception(h, exc, traceback.format_exc())
+            k.report_exception(h, exc, "".join(traceback.format_exception(exc)))
         self._finish(recs, codes, h, t, elapsed, cpu_ns)
         self.tasks += n
         self.batches += 1
@@ -175,9 +225,12 @@ class Worker:
             m.add_type(C.OK, t, int(ok.sum()))
             y = codes == YIELD
             rt = codes == RETRY
-            fail = ~(ok | y | rt)
+            wt = codes == WAIT
+            fail = ~(ok | y | rt | wt)
             if y.any():
                 self._yield(recs[y], h, t)
+            if wt.any():
+                self._wait(recs[wt], t)
             if rt.any():
                 self._retry(recs[rt], t)
             if fail.any():
@@ -186,7 +239,12 @@ class Worker:
                 k.fail(f, codes[fail], t, self.id)
             self._release(recs, ok, retained)   # failed ones: released by kernel.fail
         retained.clear()
+        pd = k.poison
+        if t in pd.counts:        # a type that failed lately: count its attempts (poison rate)
+            pd.attempted(t, n if codes is None else int((codes >= 0).sum()), k.tick)
         k.account(self.id, recs, elapsed, cpu_ns)
+        if recs[0]["channel"] and k.channels is not None:
+            k.channels.on_batch_done(recs)   # ordered channels deliver the next batch
 
     def _release(self, recs, mask, retained) -> None:
         ptrs = recs["payload_ptr"]
@@ -213,6 +271,16 @@ class Worker:
         if len(recs):
             k.sched.enqueue(recs, Route.YIELD, self.id)
 
+    def _wait(self, recs, t) -> None:
+        """ctx.wait_(): the task waits for room on a full channel. Not a yield (it does not
+        count toward max_yields): it runs again on the next tick, meta0/meta1 as it left them."""
+        k = self.kernel
+        k.metrics_shard[self.id].add_type(C.WAIT, t, len(recs))
+        if k.det is not None:
+            k.sched.enqueue(recs, Route.WAIT, self.id)
+        else:
+            k.sched.enqueue(recs, Route.WAIT, self.id, due=k.wall_tick() + 1)
+
     def _retry(self, recs, t) -> None:
         k = self.kernel
         recs["_pad"] += 1     # _pad is the runtime's retry counter
@@ -223,9 +291,18 @@ class Worker:
         if over.any():
             k.fail(recs[over], RETRY_EXHAUSTED, t, self.id)
             recs = recs[~over]
-        for attempt in np.unique(recs["_pad"]):
-            sel = recs[recs["_pad"] == attempt]
-            k.sched.enqueue(sel, Route.RETRY, self.id, due=k.tick + backoff_ticks(int(attempt)))
+        if not len(recs):
+            return
+        if k.det is not None:
+            # deterministic tasks back off in the tick stage's ticks; the rest on the wall clock
+            det = (recs["flags"] & FLAG_DETERMINISTIC) != 0
+            groups = [(recs[det], k.tick), (recs[~det], k.wall_tick())]
+        else:
+            groups = [(recs, k.tick)]
+        for g, now in groups:
+            for attempt in np.unique(g["_pad"]):
+                sel = g[g["_pad"] == attempt]
+                k.sched.enqueue(sel, Route.RETRY, self.id, due=now + backoff_ticks(int(attempt)))
 
 
 __all__ = ["Worker", "FAIL"]

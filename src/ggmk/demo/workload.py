@@ -75,12 +75,15 @@ def run(seconds: float = 3.0, workers: int = 2, seed: int = 1) -> dict:
             system.submit("FETCH", meta0=np.arange(rounds * 100, rounds * 100 + 100))
             rounds += 1
             system.run(0.005, until_idle=False)
-        system.run(until_idle=True, timeout=30)
+        drained = system.run(until_idle=True, timeout=30)
+        trace_hash = system.trace_hash()       # folds the last tick, so stats count it too
         stats = system.stats()
+        stats["drained"] = drained
+        stats["trace_hash"] = trace_hash
         errors, codes = system.dead_letters("sys.error")
         stats["sys_error_codes"] = {ggmk.task.code_name(c): int((codes == c).sum())
                                     for c in np.unique(codes)}
-        stats["trace_hash"] = system.trace_hash()
+    stats["halt"] = system.halt_report
     return stats
 
 
@@ -106,13 +109,40 @@ def render(stats: dict, console: Console) -> None:
     q.add_row("deterministic ticks", f"{stats['det']['tick']:,} ({stats['det']['tasks']:,} tasks)")
     q.add_row("trace hash", stats["trace_hash"])
     console.print(q)
+    types = stats["types"].values()
+    halted = stats["halt"]["halted"]
+    console.print(f"accounting: {sum(c['ok'] for c in types):,} tasks finished OK, "
+                  f"{sum(c['dropped'] for c in types):,} on sys.error with a reason "
+                  f"({halted:,} of them halted before running); "
+                  f"{'all work finished' if stats['drained'] else 'NOT drained within 30 s'}")
+
+
+def _number(kind, least: int):
+    """An argparse ``type`` for a finite ``kind`` (int or float) >= ``least``: a bad value is a
+    usage error naming the option and the allowed range, not a traceback from the kernel."""
+    def convert(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a valid {'integer' if kind is int else 'number'}") from None
+        if v != v or v in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number (allowed: "
+                                             f">= {least})")
+        if v < least:
+            raise argparse.ArgumentTypeError(f"{v} is not in the range >= {least}")
+        return v
+    convert.__name__ = kind.__name__
+    return convert
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="ggmk-demo", description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seconds", type=_number(float, 0), default=3.0,
+                   help="how long the source submits work (>= 0, default 3)")
+    p.add_argument("--workers", type=_number(int, 1), default=2,
+                   help="worker threads (>= 1, default 2)")
+    p.add_argument("--seed", type=_number(int, 0), default=1, help="random seed (>= 0, default 1)")
     a = p.parse_args(argv)
     stats = run(a.seconds, a.workers, a.seed)
     render(stats, Console())

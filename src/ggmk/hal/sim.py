@@ -8,6 +8,7 @@ import random
 
 
 class SimHal:
+    """Implements ggmk.hal.base.Hal."""
     name = "sim"
 
     def __init__(self, seed: int = 0, step_ns: int = 1000, max_batch_choices=(1, 2, 7, 32, 256)):
@@ -24,8 +25,17 @@ class SimHal:
     def clock_ns(self) -> int:
         return self.now
 
+    def cpu_clock_ns(self) -> int:
+        return self.now              # virtual time: only handlers and steps advance it
+
     def wake(self, n: int = 1) -> None:
         pass
+
+    def notify_host(self) -> None:
+        pass                         # the host is the thread stepping the workers
+
+    def sleep(self, seconds: float) -> None:
+        self.wait(lambda: False, seconds)
 
     def start(self, workers) -> None:
         self.workers = list(workers)

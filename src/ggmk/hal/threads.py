@@ -12,6 +12,7 @@ import time
 
 
 class ThreadsHal:
+    """Implements ggmk.hal.base.Hal."""
     name = "threads"
 
     def __init__(self, spin: int = 50, park_timeout: float = 0.002, seed: int = 0):
@@ -31,6 +32,12 @@ class ThreadsHal:
         self.host_poll = (0.0001, 0.005)   # the host's re-check backstop: first, longest (s)
 
     clock_ns = staticmethod(time.perf_counter_ns)
+    cpu_clock_ns = staticmethod(time.thread_time_ns)
+    next_event = None            # real threads park with a timeout instead of jumping a clock
+
+    def sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        self.wait(lambda: time.monotonic() >= end, None)
 
     def wake(self, n: int = 1) -> None:
         self.wake_seq = next(self._ctr)

@@ -1,0 +1,45 @@
+"""The HAL contract: what the CPU kernel needs from its platform, and nothing else.
+
+Both HALs (``threads.ThreadsHal``, ``sim.SimHal``) implement every method here; the kernel
+calls only these, so nothing outside ``ggmk.hal`` asks which HAL it runs on.
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Hal(Protocol):
+    name: str
+    # set by the kernel after boot: () -> the HAL-clock time (ns) of the next due timer, or None.
+    # A HAL that can idle (sim) jumps its clock there instead of spinning.
+    next_event: Callable[[], int | None] | None
+
+    def clock_ns(self) -> int:
+        """Monotonic time in ns: wall time on threads, virtual time on sim."""
+
+    def cpu_clock_ns(self) -> int:
+        """The calling worker's handler CPU time in ns, what tenants are billed: the thread's
+        CPU clock on threads; on sim the virtual clock (only handlers and steps advance it)."""
+
+    def wake(self, n: int = 1) -> None:
+        """Work was enqueued: wake up to ``n`` parked workers (no lost wake-ups)."""
+
+    def notify_host(self) -> None:
+        """The system went idle: wake a host blocked in ``wait``."""
+
+    def start(self, workers) -> None:
+        """Start driving ``workers`` (each has ``step() -> bool`` and ``on_park()``)."""
+
+    def wait(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        """Block the host until ``predicate()`` or ``timeout`` seconds (HAL-clock seconds);
+        return the predicate's last value. On sim this is where workers are stepped."""
+
+    def sleep(self, seconds: float) -> None:
+        """Let the system run for ``seconds`` of HAL-clock time, whatever its state."""
+
+    def stop(self) -> None:
+        """Stop the workers and join every thread the HAL started."""
+
+    def alive_threads(self) -> int:
+        """OS threads still running (0 on sim)."""

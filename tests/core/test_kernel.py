@@ -1,0 +1,156 @@
+"""The running system (core/kernel.py): halt() in the middle of work loses nothing accepted;
+one Module object cannot be live in two systems at once."""
+import threading
+
+import numpy as np
+import pytest
+
+import ggmk
+from ggmk import OK
+from ggmk import task as T
+from ggmk.errors import BootError, KernelStopped
+
+
+def _slow_system(hal, started, workers=2, **kw):
+    m = ggmk.Module("m")
+    done = []
+    gate = threading.Event()
+
+    @m.handler("WORK")
+    def work(ctx):
+        started.set()
+        if ctx.task.meta0 % 2 == 0:
+            ctx.emit("CHILD", meta0=ctx.task.meta0)
+        gate.wait(0.0002)                       # a little blocking work per task
+        done.append(ctx.task.meta0)
+        return OK
+
+    @m.handler("CHILD", batch=True)
+    def child(ctx, batch):
+        done.extend((batch.meta0 + 1_000_000).tolist())
+
+    s = ggmk.boot([m], hal=hal, workers=workers, **kw)
+    return s, done
+
+
+@pytest.mark.parametrize("hal", ["threads"])
+def test_halt_in_the_middle_of_work_accounts_for_every_accepted_task(hal):
+    started = threading.Event()
+    s, done = _slow_system(hal, started)
+    n = 10_100
+    assert s.submit("WORK", meta0=np.arange(n)) == n
+    assert started.wait(10)
+    report = s.halt(timeout=0.02)
+    assert report["drained"] is False and report["halted"] > 0 and report["outstanding"] == 0
+    recs, codes = s.dead_letters("sys.error")
+    assert set(codes.tolist()) == {T.HALTED}
+    # every WORK task ran or is on sys.error; every child of a WORK that ran likewise
+    ran_work = {v for v in done if v < 1_000_000}
+    halted_work = {int(v) for v, t in zip(recs["meta0"], recs["type"]) if t == s.type_id("WORK")}
+    assert len(ran_work) + len(halted_work) == n and not ran_work & halted_work
+    kids = {v - 1_000_000 for v in done if v >= 1_000_000}
+    halted_kids = {int(v) for v, t in zip(recs["meta0"], recs["type"]) if t == s.type_id("CHILD")}
+    assert kids | halted_kids == {v for v in ran_work if v % 2 == 0}
+    assert report["halted"] == len(recs)
+    assert s.halt() == report                                 # idempotent
+    with pytest.raises(KernelStopped):
+        s.submit("WORK", meta0=1)
+
+
+def test_halt_with_time_drains_everything(hal):
+    started = threading.Event()
+    s, done = _slow_system(hal, started)
+    s.submit("WORK", meta0=np.arange(500))
+    report = s.halt(timeout=60)
+    assert report == {"drained": True, "halted": 0, "channel_dropped": 0, "outstanding": 0}
+    assert len(done) == 750
+
+
+def test_halt_dead_letters_retries_waiting_in_the_event_queue(hal):
+    m = ggmk.Module("m")
+
+    @m.handler("FLAKY")
+    def flaky(ctx):
+        return ggmk.RETRY
+
+    s = ggmk.boot([m], hal=hal, workers=2, max_retries=50)
+    s.submit("FLAKY", meta0=np.arange(20))
+    s.submit("FLAKY", meta0=np.arange(20, 30), due=10**9)    # deferred far into the future
+    report = s.halt(timeout=0.01)
+    recs, codes = s.dead_letters("sys.error")
+    assert sorted(recs["meta0"].tolist()) == list(range(30))
+    assert set(codes.tolist()) == {T.HALTED} and report["halted"] == 30
+
+
+def test_halt_of_a_deterministic_system_takes_its_tick_stage_too(hal):
+    m = ggmk.Module("m")
+
+    @m.handler("STEP", deterministic=True)
+    def step(ctx):
+        ctx.emit("STEP", meta0=ctx.task.meta0 + 1)             # never ends
+        return OK
+
+    s = ggmk.boot([m], hal=hal, workers=2, deterministic=True)
+    s.submit("STEP", meta0=np.arange(0, 1000, 10), deterministic=True)
+    report = s.halt(timeout=0.002 if hal == "sim" else 0.05)    # sim: virtual seconds
+    recs, codes = s.dead_letters("sys.error")
+    assert report["halted"] == len(recs) >= 100 and set(codes.tolist()) == {T.HALTED}
+    assert report["outstanding"] == 0
+
+
+def test_channel_messages_in_the_scheduler_are_accounted_at_halt(hal):
+    m = ggmk.Module("m")
+    out = m.produces("m.out", "MSG", capacity=64)
+    got = []
+    gate = threading.Event()
+
+    @m.handler("SRC")
+    def src(ctx):
+        send = ctx.emitter(out)
+        for i in range(ctx.task.meta1, 1000):
+            if send(ctx.task.meta0 * 1000 + i):
+                return ctx.wait_(meta1=i)
+        return OK
+
+    @m.handler("MSG", consumes="m.out")
+    def msg(ctx):
+        gate.wait(0.0002)
+        got.append(ctx.task.meta0)
+        return OK
+
+    s = ggmk.boot([m], hal=hal, workers=2)
+    s.submit("SRC", meta0=np.arange(5))
+    report = s.halt(timeout=0.05)
+    recs, codes = s.dead_letters("sys.error")
+    drecs, dcodes = s.dead_letters("sys.dropped")
+    srcs_halted = recs[recs["type"] == s.type_id("SRC")]
+    msgs = set(got) | set(recs[recs["type"] == s.type_id("MSG")]["meta0"].tolist()) \
+        | set(drecs["meta0"].tolist())
+    assert len(got) + int((recs["type"] == s.type_id("MSG")).sum()) + len(drecs) == len(msgs)
+    # every message a producer sent before it stopped is accounted for, once
+    for r in srcs_halted:
+        sent = {int(r["meta0"]) * 1000 + i for i in range(int(r["meta1"]))}
+        assert sent <= msgs
+    assert report["outstanding"] == 0
+
+
+def test_one_module_object_in_two_live_systems_does_not_cross_talk(hal):
+    m = ggmk.Module("m")
+    out = m.produces("m.out", "OUT")
+    got = {}
+
+    @m.handler("SRC")
+    def src(ctx):
+        assert ctx.emit(out, meta0=ctx.task.meta0) == OK          # by declaration
+        return OK
+
+    @m.handler("OUT", batch=True, consumes="m.out")
+    def sink(ctx, batch):
+        got.setdefault(id(ctx.system), []).extend(batch.meta0.tolist())
+
+    with ggmk.boot([m], hal=hal, workers=2) as s1, ggmk.boot([m], hal=hal, workers=2) as s2:
+        s1.submit("SRC", meta0=np.arange(10))
+        s2.submit("SRC", meta0=np.arange(100, 105))
+        assert s1.run(timeout=10) and s2.run(timeout=10)
+        assert sorted(got[id(s1)]) == list(range(10))
+        assert sorted(got[id(s2)]) == list(range(100, 105))
