@@ -9,6 +9,6 @@ Importing this package imports no GPU package.
 """
 from ggmk.device.module import (Module, Handler, func, chan, Chan, ChannelDecl,  # noqa: F401
                                 ChannelBootError)
-from ggmk.device.layout import DeviceConfig  # noqa: F401
+from ggmk.device.layout import DeviceConfig, WAIT  # noqa: F401
 from ggmk.device.host import DeviceKernel, SYS_ERROR, SYS_DROPPED, error_code  # noqa: F401
 from ggmk.device.diagnose import HandlerCompileError  # noqa: F401

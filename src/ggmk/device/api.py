@@ -28,7 +28,7 @@ consumes=...)``)::
     @phys.handler(20)
     def produce(ctx, task):
         if g.emit_chan(ctx, OUT, g.meta0(task), 0) == CHAN_FULL:
-            return RETRY                  # lossless: nothing was sent, try again later
+            return g.wait_at(task, g.meta0(task))   # lossless: nothing was sent, come back
         return OK
 
     @phys.handler(31, consumes="phys.out")
@@ -42,9 +42,14 @@ the target's ``atomic_add(arr, i, v)``, ``atomic_cas`` and ``atomic_max`` for ha
 lanes (warp/block granularity) combine results.
 
 Return codes: ``OK``; ``RETRY`` (re-run later with exponential backoff in ticks); ``YIELD``
-(re-enqueue now, meta kept; ``yield_at(task, phase)`` sets meta0 first); anything negative is a
-failure code and sends the task to ``sys.error`` (on the host, ``channel == CH_SYS_ERROR``).
+(re-enqueue now, meta kept; ``yield_at(task, phase)`` sets meta0 first; counted against the
+handler's ``max_yields``); ``WAIT`` (``wait_at(task, phase)``: re-enqueued like ``YIELD`` but
+not counted as a yield: the way to wait for a full lossless channel and resume where the
+handler stopped); anything negative is a failure code and sends the task to ``sys.error`` (on
+the host, ``channel == CH_SYS_ERROR``).
 """
+
+from ggmk.device.layout import WAIT  # noqa: F401  (3: a device-only handler return code)
 
 # Names used below (enqueue, to_host, trace_event, ...) come from kernel_src.py; this text is
 # executed in the same namespace.
@@ -105,9 +110,19 @@ def set_meta1(task, v):
 
 
 def yield_at(task, phase):
-    """``return g.yield_at(task, 2)``: continue later at phase 2 (kept in meta0)."""
+    """``return g.yield_at(task, 2)``: continue later at phase 2 (kept in meta0). Counts as a
+    yield (``max_yields`` ends a task that yields too often: a runaway)."""
     task[4] = phase
     return YIELD
+
+
+def wait_at(task, phase):
+    """``return g.wait_at(task, i)``: something this task needs is not available yet (a
+    lossless channel returned CHAN_FULL): continue later at phase ``i`` (kept in meta0).
+    Re-queued like a yield, but not counted as one: waiting for a consumer is not a runaway.
+    The task keeps its place behind the work already queued (the consumers it waits for)."""
+    task[4] = phase
+    return WAIT
 
 
 # ------------------------------------------------------------------------------ the context
@@ -153,8 +168,8 @@ def emit_chan(ctx, chan, m0, m1):
 
     Returns OK; CHAN_FULL on a lossless channel when a subscriber has ``capacity`` messages in
     flight (``capacity - capacity // 10`` unless the message has priority 0): nothing was sent,
-    retry later (``return g.yield_at(task, i)``); CHAN_UNKNOWN for an id that is not a device
-    channel (the message goes to sys.error). On a lossy channel a full subscriber's copy goes
+    come back later (``return g.wait_at(task, i)``, not counted as a yield); CHAN_UNKNOWN
+    for an id that is not a device channel (the message goes to sys.error). On a lossy channel a full subscriber's copy goes
     to sys.dropped with CHAN_FULL and the emit still returns OK."""
     return emit_channel(ctx[0], ctx[1], chan, ctx[3], _child_w0(ctx, 0, -1), 0, 0, m0, m1)
 
@@ -175,7 +190,10 @@ def emit_at(ctx, due_tick, type_id, m0, m1):
 
 
 def emit_host(ctx, type_id, m0, m1):
-    """Send a record straight to the host (``DeviceKernel.pull``). OK or CHAN_FULL."""
+    """Send a record straight to the host (``DeviceKernel.pull``). Returns OK: the record
+    waits in device memory while the tx ring is full, and while that spill area is full too
+    this call holds the handler back until the host pulls. CHAN_FULL only if the host stops
+    the kernel meanwhile (the record is then not delivered; ``tx_lost`` counts it)."""
     return to_host(ctx[0], ctx[1], _child_w0(ctx, type_id, -1), 0, 0, 0, m0, m1)
 
 

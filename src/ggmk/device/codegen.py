@@ -407,7 +407,8 @@ def build(handlers: list[Handler], plan: layout.Plan, target, *, noinline=(),
     compiled_helpers: dict = {}
     ids = {c.name: c.id for c in chans}
     for i, hd in enumerate(handlers):
-        fn = _rebind(hd.fn, view, target, compiled_helpers, ids)
+        fn = _rebind(hd.fn, view, target, compiled_helpers, ids,
+                     f"module {hd.module.name!r}, handler {hd.name!r}")
         ns[f"h_{i}"] = target.handler_fn(fn, noinline=i in noinline)
     kernel = target.kernel_fn(ns["kernel_body"])
     built = Built(key, path, kernel, ns, handlers, plan, target, source, tuple(noinline),
@@ -416,15 +417,26 @@ def build(handlers: list[Handler], plan: layout.Plan, target, *, noinline=(),
     return built
 
 
-def _rebind(fn, view, target, compiled, chan_ids=None):
+def _rebind(fn, view, target, compiled, chan_ids=None, where=None):
     """``fn`` with globals where ggmk.device.api (module or functions) and @func helpers are
     replaced by their compiled versions for ``target``, and channel references by their
-    ids."""
+    ids.
+
+    Only the global names ``fn``'s code loads (nested code objects included) are looked at: a
+    module's globals may hold channel objects of *other* modules defined in the same file
+    (which are not part of this kernel and which this handler never touches); rebinding those
+    made any two device modules in one file break each other (``KeyError``). A channel the
+    code does use but no module of the kernel declares is a build error naming ``where``
+    (module and handler) and the channel."""
     chan_ids = chan_ids or {}
+    where = where or f"handler {fn.__qualname__!r}"
     g = dict(fn.__globals__)
-    for name, v in fn.__globals__.items():
+    for name in sorted(_global_names(fn.__code__)):
+        if name not in fn.__globals__:
+            continue                            # a builtin (range, min, ...)
+        v = fn.__globals__[name]
         if isinstance(v, Chan):
-            g[name] = chan_ids[v.name]         # checked by resolve_channels
+            g[name] = _chan_id(chan_ids, v, where, fn)
         elif v is api_mod:
             g[name] = view
         elif inspect.isfunction(v) and getattr(v, "__module__", None) == api_mod.__name__ \
@@ -434,13 +446,25 @@ def _rebind(fn, view, target, compiled, chan_ids=None):
             if id(v) not in compiled:
                 compiled[id(v)] = None  # recursion guard
                 compiled[id(v)] = target.device_fn(_rebind(v, view, target, compiled,
-                                                           chan_ids))
+                                                           chan_ids, where))
             g[name] = compiled[id(v)]
     closure = fn.__closure__
     if closure:
-        closure = tuple(pytypes.CellType(chan_ids[c.cell_contents.name])
+        closure = tuple(pytypes.CellType(_chan_id(chan_ids, c.cell_contents, where, fn))
                         if isinstance(_cell(c), Chan) else c for c in closure)
     new = pytypes.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, closure)
     new.__qualname__ = fn.__qualname__
     new.__module__ = fn.__module__
     return new
+
+
+def _chan_id(chan_ids, ch, where, fn) -> int:
+    """The id of channel ``ch`` that ``fn`` (part of ``where``) uses; a clear error if the
+    kernel being built declares no such channel (``resolve_channels`` normally says so
+    first)."""
+    try:
+        return chan_ids[ch.name]
+    except KeyError:
+        known = ", ".join(sorted(chan_ids)) or "no device channel is declared"
+        raise ChannelBootError(f"{where}: {fn.__name__!r} emits on unknown device channel "
+                               f"{ch.name!r} (declared: {known})", CHAN_UNKNOWN) from None

@@ -74,7 +74,10 @@ class DeviceKernel:
 
     Records the kernel sends to the host come back from :meth:`pull`: tasks emitted to types
     with no device handler, ``g.emit_host`` records, and failures (``channel == SYS_ERROR``,
-    code in ``_pad``, see :func:`error_code`) or undeliverable tasks (``SYS_DROPPED``).
+    code in ``_pad``, see :func:`error_code`) or undeliverable tasks (``SYS_DROPPED``). None
+    of them is dropped when the host falls behind: while the tx ring (``tx_cap``) is full they
+    wait in a spill area in device memory (``tx_spill_cap``), and while that is full too their
+    producers are held back (``tx_held()``) until the host pulls.
     """
 
     def __init__(self, modules, target: str = "auto", workers: int | None = None,
@@ -115,6 +118,7 @@ class DeviceKernel:
         self._stopped = False
         self._bell = None
         self._bell_addr = 0
+        self._session = None
 
     # ------------------------------------------------------------------ lifecycle
     def build(self):
@@ -129,24 +133,36 @@ class DeviceKernel:
         if self._launch is not None:
             raise BootError("DeviceKernel.start: already started")
         built = self.build()
-        args = layout.allocate(self.plan, self.target.alloc_dev, self.target.alloc_map,
-                               self.target.alloc_arena)
-        self._arrays = args
-        hm = self.target.host_view(args[1])
-        offs = layout.offsets(self.plan)
-        self._h = {n: hm[o:o + size] for n, (kind, o, size) in offs.items()
-                   if kind == "map"}
-        self._h["ctl"][layout.C_ARENA_BASE] = self.target.address_of(args[2])
-        self._bell = getattr(self.target, "doorbell", None)
-        self._bell_addr = self._h["ctl"][layout.C_DOORBELL:].ctypes.data if self._bell else 0
+        # one session per kernel: the target's per-kernel resources (cuda: its non-blocking
+        # stream and the deferred-cleanup scope of the resident phase), closed after it exits
+        self._session = sess = self.target.open_session(self.plan)
         try:
-            self.target.prepare(built.kernel, args, self.plan, built)
-        except Exception as e:      # name the handler that does not compile, if it is one
-            err = diagnose.explain(e, self.handlers, self.target.NAME)
-            if err is None:
-                raise
-            raise err from e
-        self._launch = self.target.launch(built.kernel, args, self.plan)
+            args = layout.allocate(self.plan, sess.alloc_dev, sess.alloc_map, sess.alloc_arena)
+            self._arrays = args
+            hm = self.target.host_view(args[1])
+            if type(hm) is not np.ndarray:
+                # every host access while resident must be plain memory access (on cuda a device
+                # array's views, setitem and copies go through stream 0 and wait for the kernel)
+                raise DeviceError(f"device target {self.target_name!r}: host_view returned "
+                                  f"{type(hm).__name__}, not a NumPy array")
+            offs = layout.offsets(self.plan)
+            self._h = {n: hm[o:o + size] for n, (kind, o, size) in offs.items()
+                       if kind == "map"}
+            self._h["ctl"][layout.C_ARENA_BASE] = self.target.address_of(args[2])
+            self._bell = getattr(self.target, "doorbell", None)
+            self._bell_addr = self._h["ctl"][layout.C_DOORBELL:].ctypes.data if self._bell else 0
+            try:
+                sess.prepare(built.kernel, args, built)
+            except Exception as e:      # name the handler that does not compile, if it is one
+                err = diagnose.explain(e, self.handlers, self.target.NAME)
+                if err is None:
+                    raise
+                raise err from e
+            self._launch = sess.launch(built.kernel, args)
+        except BaseException:
+            self._session = None
+            sess.close()                 # nothing was launched: give the resources back
+            raise
         self._wait(lambda: self._h["ctl"][layout.C_STARTED] >= 1, timeout, "start")
         return self
 
@@ -158,6 +174,8 @@ class DeviceKernel:
         self._ring()
         done = self._launch.wait(timeout)
         self._stopped = True
+        if done:
+            self._session.close()       # never while the kernel may still run
         err = getattr(self._launch, "error", None)
         if err is not None:
             raise DeviceError(f"device kernel ({self.target_name}) failed: {err!r}") from err
@@ -249,7 +267,17 @@ class DeviceKernel:
             out.view(np.int64).reshape(n, layout.W)[:] = \
                 self._h["tx"].reshape(cap, layout.W)[pos[:n] & (cap - 1)]
             ctl[layout.C_TX_HEAD] = head + n
+            if n == cap or ctl[layout.C_TX_HELD] != 0:
+                # the ring was full: records may wait in its spill area (device memory) or
+                # producers be held back; wake parked workers to move them now (cpu)
+                self._ring()
         return out
+
+    def tx_held(self) -> int:
+        """Device producers held back right now because the device -> host ring and its
+        spill area are full (they continue as soon as the host pulls)."""
+        self._check()
+        return int(self._h["ctl"][layout.C_TX_HELD])
 
     def pull_until(self, count: int, timeout: float = 30.0) -> np.ndarray:
         """Pull until ``count`` records arrived (or raise after ``timeout``)."""

@@ -240,23 +240,122 @@ def trace_if(S, blk, ev, ev_level, w0, a0, a1):
 
 
 def to_host(S, blk, w0, w1, w2, w3, w4, w5):
-    """Publish a record on the device -> host ring. Returns OK or CHAN_FULL."""
+    """Publish a record on the device -> host ring. Never drops it: every record gets a
+    position (``G_TX_RES``, in reservation order: the host pulls in that order); while the
+    ring is full it waits in the spill area in device memory (``tx_spill``) and ``tx_move``
+    puts it on the ring when the host has pulled; while the spill area is full too, the
+    producing lane is held back here (it backs off and helps move) until the host pulls.
+    Returns OK, or CHAN_FULL only when the host stopped the kernel while the record was held
+    back (counted in ``tx_lost``)."""
     D = S[0]
     M = S[1]
     pos = 0
+    held = False
+    nap = 1000
     while True:
         pos = vload(D, O_GLOB + G_TX_RES)
-        if pos - vload(M, O_CTL + C_TX_HEAD) >= TX_CAP:
-            met_add(D, blk, M_TX_FULL, 1)
-            return CHAN_FULL
+        if pos - vload(M, O_CTL + C_TX_HEAD) >= TX_CAP + TXSP_CAP:
+            if not held:
+                held = True
+                met_add(D, blk, M_TX_HELD, 1)
+                atomic_add(M, O_CTL + C_TX_HELD, 1)
+            if vload(M, O_CTL + C_STOP) != 0:
+                atomic_add(M, O_CTL + C_TX_HELD, -1)
+                met_add(D, blk, M_TX_LOST, 1)
+                return CHAN_FULL
+            tx_move(S, True)
+            nanosleep(nap)
+            if nap < 64000:
+                nap *= 2
+            continue
         if atomic_cas(D, O_GLOB + G_TX_RES, pos, pos + 1) == pos:
             break
-    slot = pos & (TX_CAP - 1)
-    write_rec_volatile(M, O_TX + slot * W, w0, w1, w2, w3, w4, w5)
-    fence_system()
-    vstore(M, O_TXSEQ + slot, pos + 1)
+    if held:
+        atomic_add(M, O_CTL + C_TX_HELD, -1)
+    # the ring slot of ``pos`` is free once the host pulled ``pos - TX_CAP`` (head only grows:
+    # a later look can only turn "spill" into "ring", never the other way round)
+    if pos - vload(M, O_CTL + C_TX_HEAD) < TX_CAP:
+        slot = pos & (TX_CAP - 1)
+        write_rec_volatile(M, O_TX + slot * W, w0, w1, w2, w3, w4, w5)
+        fence_system()
+        vstore(M, O_TXSEQ + slot, pos + 1)
+    else:
+        tx_spill(S, blk, pos, w0, w1, w2, w3, w4, w5)
     met_add(D, blk, M_TO_HOST, 1)
     return OK
+
+
+def tx_spill(S, blk, pos, w0, w1, w2, w3, w4, w5):
+    """Park the record of tx position ``pos`` in spill slot ``pos % TXSP_CAP``. The slot is
+    this position's once every position up to ``pos - TXSP_CAP`` is on the ring (the mover's
+    cursor or the host's head is past it): its earlier occupant has then been moved out, and a
+    later position that maps to the same slot waits for this one (a plain "slot is free" test
+    let a later position take the slot first and the earlier one wait behind it forever).
+    ``pos`` was reserved below head + TX_CAP + TXSP_CAP, so ``pos - TXSP_CAP`` has room on the
+    ring: the wait needs other lanes to finish writing, never the host; it helps the mover."""
+    D = S[0]
+    M = S[1]
+    while True:
+        done = vload(D, O_GLOB + G_TX_MCUR)
+        h = vload(M, O_CTL + C_TX_HEAD)
+        if h > done:
+            done = h
+        if done > pos - TXSP_CAP:
+            break
+        tx_move(S, True)
+        nanosleep(1000)
+    ss = pos & (TXSP_CAP - 1)
+    write_rec(D, O_TXSP + ss * W, w0, w1, w2, w3, w4, w5)
+    fence()
+    vstore(D, O_TXSPSEQ + ss, pos + 1)
+    atomic_add(D, O_GLOB + G_TX_SPILLN, 1)
+    met_add(D, blk, M_TX_FULL, 1)
+
+
+def tx_move(S, force):
+    """Move spilled records onto the tx ring, in position order, while it has room (one mover
+    at a time: a try-lock; every worker's lead calls this once per iteration while records
+    are spilled, waiting producers with ``force``: they need the cursor to advance even over
+    positions written straight to the ring). Position p is settled when the host pulled it
+    (p < head), when its producer wrote it to the ring (txseq == p + 1), or once moved here
+    from the spill area (spill seq == p + 1); the first position that is none of these (its
+    producer is still writing) ends the pass."""
+    D = S[0]
+    M = S[1]
+    if not force and vload(D, O_GLOB + G_TX_SPILLN) <= 0:
+        return
+    if atomic_cas(D, O_GLOB + G_TX_MLOCK, 0, 1) != 0:
+        return
+    fence()
+    head = vload(M, O_CTL + C_TX_HEAD)
+    p = vload(D, O_GLOB + G_TX_MCUR)
+    if p < head:
+        p = head
+    res = vload(D, O_GLOB + G_TX_RES)
+    moved = 0
+    while p < res and p - head < TX_CAP:
+        slot = p & (TX_CAP - 1)
+        if vload(M, O_TXSEQ + slot) != p + 1:
+            ss = p & (TXSP_CAP - 1)
+            if vload(D, O_TXSPSEQ + ss) != p + 1:
+                break
+            # word by word: this is inlined into every emit_host, whose own record words are
+            # live here too (six more at once cost the light handlers their register budget)
+            for k in range(W):
+                vstore(M, O_TX + slot * W + k, D[O_TXSP + ss * W + k])
+            # the slot is free again: said *before* the record is published, since once the
+            # host has pulled p the next position of this slot may write it (freed after the
+            # publish, a late free wiped that next record)
+            vstore(D, O_TXSPSEQ + ss, 0)
+            fence_system()
+            vstore(M, O_TXSEQ + slot, p + 1)
+            moved += 1
+        p += 1
+    vstore(D, O_GLOB + G_TX_MCUR, p)
+    if moved > 0:
+        atomic_add(D, O_GLOB + G_TX_SPILLN, -moved)
+    fence()
+    vstore(D, O_GLOB + G_TX_MLOCK, 0)
 
 
 def to_sys(S, blk, chan, code, w0, w1, w2, w3, w4, w5):
@@ -686,6 +785,13 @@ def finish(S, blk, ti, tick, o, r):
         if enqueue(S, blk, w0, w1, w2, w3, w4, w5, ENQ_YIELD) != OK:
             settle(S, blk, w0, w1, w2)          # it went to sys.error
         return
+    if r == WAIT:
+        # come back later (a full channel): re-queued like a yield, but not a yield, so a
+        # producer waiting on a slow consumer never reaches max_yields
+        met_type(D, blk, ti, PT_WAIT, 1)
+        if enqueue(S, blk, w0, w1, w2, w3, w4, w5, ENQ_YIELD) != OK:
+            settle(S, blk, w0, w1, w2)          # it went to sys.error
+        return
     if r == RETRY:
         n = rec_retries(w3) + 1
         met_type(D, blk, ti, PT_RETRY, 1)
@@ -851,6 +957,7 @@ def worker_iteration(S, blk, sh, smem):
                 sh[SH_RXN] = n
                 sh[SH_RXH] = h
         service_events(S, blk, tick)
+        tx_move(S, False)                  # spilled host records onto the tx ring
     syncthreads()
     if sh[SH_STOP] != 0:
         return -1

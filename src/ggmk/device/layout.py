@@ -52,6 +52,8 @@ REGIONS = (
     ("user", "dev"),     # USER_WORDS words for handlers (g.user_words): counters, logs
     ("chs", "dev"),      # per device channel: sequence counter (CHS words apart)
     ("csub", "dev"),     # per channel subscriber slot: in-flight credit count (CSS apart)
+    ("txsp", "dev"),     # tx spill area: host-bound records waiting for room on the tx ring
+    ("txspseq", "dev"),  # per spill slot: position + 1 of the record in it, 0 when free
     ("ctl", "map"),      # control words: stop flag, ring indices
     ("rx", "map"),       # host -> device ring records
     ("tx", "map"),       # device -> host ring records
@@ -84,7 +86,8 @@ C_ARENA_BASE = 48         # host writes: address of arena byte 0 (payload_ptr = 
 C_TICK = 56               # device publishes its current tick
 C_DOORBELL = 64           # host adds 1 after each push and at stop (cpu: a futex word)
 C_PARKED = 72             # device: host threads asleep on the doorbell (cpu)
-NCTL = 80
+C_TX_HELD = 80            # device: producers held back right now (tx ring and spill full)
+NCTL = 88
 
 # ---- glob words (device)
 G_EV_LOCK = 0
@@ -97,7 +100,10 @@ G_AGING = 48              # aging interval in gathers (0 = off): a run-time sett
 G_HOST_TICKET = 56        # cpu: host threads that entered the kernel (each takes a ticket)
 G_NHOST = 64              # cpu: host threads running the blocks (config host_threads, a
                           # run-time word: the same compiled kernel serves any number)
-NGLOB = 72
+G_TX_MCUR = 72            # tx spill mover: first tx position not yet known to be on the ring
+G_TX_MLOCK = 80           # tx spill mover: try-lock (one mover at a time)
+G_TX_SPILLN = 88          # records waiting in the tx spill area
+NGLOB = 96
 
 # ---- per-block private words (stride BSS)
 BSS = 16
@@ -137,13 +143,18 @@ METRIC_NAMES = (
     "trace_events", "parks", "retry_scheduled", "events_pushed", "bump_alloc", "bump_fail",
     "slab_alloc", "foreign_type", "chan_full", "bucket_mixed", "chan_emitted",
     "chan_delivered", "chan_dropped", "chan_unknown",
+    # (tx_full, above, counts records that found the device -> host ring full and waited in
+    # its spill area in device memory; none is dropped.) tx_held: producers held back because
+    # the spill area was full too; tx_lost: records given up because the host stopped the
+    # kernel while their producer was held back (the only way a host record is not delivered)
+    "tx_held", "tx_lost",
 ) + tuple(f"user{i}" for i in range(16))
 for _i, _n in enumerate(METRIC_NAMES):
     globals()["M_" + _n.upper()] = _i
 NGLOBAL_METRICS = len(METRIC_NAMES)
 HWM_METRICS = ("local_hwm", "bucket_hwm")
-PER_TYPE_NAMES = ("run", "ok", "fail", "retry", "yield", "enqueued")
-PT_RUN, PT_OK, PT_FAIL, PT_RETRY, PT_YIELD, PT_ENQ = range(6)
+PER_TYPE_NAMES = ("run", "ok", "fail", "retry", "yield", "enqueued", "wait")
+PT_RUN, PT_OK, PT_FAIL, PT_RETRY, PT_YIELD, PT_ENQ, PT_WAIT = range(7)
 NPT = len(PER_TYPE_NAMES)
 # per device channel and per subscriber slot (after the per-type block of a metric row)
 PER_CHAN_NAMES = ("emitted", "full", "dropped", "delivered", "high_watermark")
@@ -156,6 +167,11 @@ CHS = 8                        # words per channel in "chs" (one 64-byte line ea
 CH_SEQ = 0                     # next channel sequence number
 CSS = 8                        # words per subscriber slot in "csub"
 CS_INFL = 0                    # messages in flight (waiting in a queue or running)
+
+# ---- device handler return code (besides ggmk.task's OK, RETRY, YIELD, failures): come back
+# later and resume (a full lossless channel): re-queued like YIELD but not counted as a yield,
+# so waiting on a slow consumer never trips the max_yields circuit breaker
+WAIT = 3
 
 # ---- special channels on records sent to the host
 CH_SYS_ERROR = 0xFFFFFF01      # the record failed: _pad holds the (int16) error code
@@ -199,6 +215,8 @@ class DeviceConfig:
     event_inbox_cap: int = 1 << 12
     rx_cap: int = 1 << 14
     tx_cap: int = 1 << 15
+    tx_spill_cap: int = 1 << 14       # device-memory spill area behind the tx ring (records
+                                      # for the host wait there while the ring is full)
     trace_cap: int = 1 << 14
     arena_bytes: int = 1 << 24
     bump_bytes_per_block: int = 1 << 16
@@ -218,7 +236,7 @@ class DeviceConfig:
         if self.threads < WARP or self.threads % WARP:
             raise BootError(f"device config: threads={self.threads} must be a multiple of {WARP}")
         for name in ("batch", "bucket_cap", "local_cap", "overflow_cap", "event_inbox_cap",
-                     "rx_cap", "tx_cap", "trace_cap"):
+                     "rx_cap", "tx_cap", "tx_spill_cap", "trace_cap"):
             _pow2(getattr(self, name), name)
         if self.host_threads < 1 or self.host_threads > self.blocks:
             raise BootError(f"device config: host_threads={self.host_threads} must be between "
@@ -293,7 +311,7 @@ class Plan:
             Q_EVIN=self.ntypes + c.blocks + 1, LQ_CAP=c.local_cap,
             LQ_SPILL=c.local_cap // 2, BQ_CAP=c.bucket_cap, BQ_PRIO_RESERVE=c.bucket_cap // 10,
             OVF_CAP=c.overflow_cap, EV_CAP=c.event_cap, EVIN_CAP=c.event_inbox_cap,
-            RX_CAP=c.rx_cap, TX_CAP=c.tx_cap, TR_CAP=c.trace_cap,
+            RX_CAP=c.rx_cap, TX_CAP=c.tx_cap, TXSP_CAP=c.tx_spill_cap, TR_CAP=c.trace_cap,
             ARENA_BYTES=c.arena_bytes, BUMP_BASE=self.bump_base,
             BUMP_PER_BLOCK=c.bump_bytes_per_block,
             TICK_NS=c.tick_ns, IDLE_SPIN=c.idle_spin, IDLE_SLEEP_MAX=c.idle_sleep_max_ns,
@@ -319,6 +337,7 @@ class Plan:
             mpub=c.blocks * self.nmet, tr=c.trace_cap * TW, trseq=c.trace_cap,
             chs=max(self.nchan, 1) * CHS, csub=max(self.nsubs, 1) * CSS,
             cpub=max(self.nsubs, 1),
+            txsp=c.tx_spill_cap * W, txspseq=c.tx_spill_cap,
         )
 
 

@@ -35,7 +35,7 @@ Device channels (SPEC §5, local to the GPU kernel): a module declares a channel
         i = g.meta0(task)
         while i < g.meta1(task):
             if g.emit_chan(ctx, OUT, i, 0) == CHAN_FULL:
-                return g.yield_at(task, i)           # lossless: retry what was refused
+                return g.wait_at(task, i)            # lossless: resume at i later
             i += 1
         return OK
 

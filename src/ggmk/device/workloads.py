@@ -552,9 +552,150 @@ def run_channels(target="cpu", workers=2, n_fifo=60, n_multi=(4, 15), n_fan=20, 
 
 
 # ------------------------------------------------------------------------------------------
+# "txfull": more records for the host than the device -> host ring and its spill area hold
+
+TX_EMIT_T, TX_FAIL_T, TX_SPAWN_T, TX_OUT_T = 120, 121, 123, 122
+TX_FAIL_CODE = -7
+
+
+def txfull_module() -> Module:
+    m = Module("txfull")
+
+    @m.handler(TX_EMIT_T)
+    def tx_emit(ctx, task):
+        g.emit_host(ctx, TX_OUT_T, g.meta0(task), 0)
+        return OK
+
+    @m.handler(TX_FAIL_T)
+    def tx_fail(ctx, task):
+        return TX_FAIL_CODE                     # a dead letter for sys.error
+
+    @m.handler(TX_SPAWN_T)
+    def tx_spawn(ctx, task):
+        # many host records from one task, the return codes ignored: none may be lost
+        for i in range(g.meta0(task), g.meta1(task)):
+            g.emit_host(ctx, TX_OUT_T, i, 0)
+        return OK
+    return m
+
+
+def run_txfull(target="cpu", n=100_000, spawners=20, per_spawn=1000, tx_cap=64,
+               tx_spill_cap=1024, hold=True, workers=2, timeout=600.0, **cfg):
+    """``n`` records bound for the host (ids 0..n-1 in meta0): ``spawners x per_spawn`` emitted
+    by spawner tasks in a loop, the rest one per host-pushed task, every other one of those a
+    failure (sys.error). A thread pushes the inputs. ``hold``: the host does not pull until
+    the device holds producers back (ring and spill area full), then pulls everything;
+    otherwise it pulls from the start. Returns what arrived, counted by id."""
+    import threading
+    nsp = spawners * per_spawn
+    if nsp > n:
+        raise ValueError("spawners x per_spawn > n")
+    ids = np.arange(nsp, n, dtype=np.int64)
+    types = np.where(ids % 2 == 0, TX_EMIT_T, TX_FAIL_T)
+    sp0 = np.arange(spawners, dtype=np.int64) * per_spawn
+    recs = np.concatenate([taskmod.make(spawners, type=TX_SPAWN_T, meta0=sp0,
+                                        meta1=sp0 + per_spawn),
+                           taskmod.make(len(ids), type=types, meta0=ids)])
+    k = DeviceKernel([txfull_module()], target=target, workers=workers, tx_cap=tx_cap,
+                     tx_spill_cap=tx_spill_cap, **cfg)
+    res = {"target": target, "n": n, "held_seen": 0}
+    push_err = []
+
+    def pusher():
+        try:
+            k.push_all(recs, timeout=timeout)
+        except BaseException as e:       # reported below
+            push_err.append(repr(e))
+    with k:
+        t = threading.Thread(target=pusher, daemon=True)
+        t.start()
+        if hold:
+            # the host pulls nothing until the device says producers are held back
+            t_end = time.monotonic() + timeout
+            while k.tx_held() == 0:
+                if time.monotonic() > t_end or not k.alive():
+                    raise RuntimeError(f"txfull: no producer held back after {timeout} s")
+                time.sleep(0.001)
+            res["held_seen"] = k.tx_held()
+        out = k.pull_until(n, timeout=timeout)
+        t.join(timeout)
+        extra = k.pull()                   # nothing more may come
+    m = k.metrics()["global"]
+    err = out["channel"] == SYS_ERROR
+    ok_out = (out["type"] == TX_OUT_T) & ~err
+    ok_err = err & (out["type"] == TX_FAIL_T) & (error_code(out) == TX_FAIL_CODE)
+    counts = np.bincount(out["meta0"][ok_out | ok_err].astype(np.int64), minlength=n)
+    want_err = np.zeros(n, bool)
+    want_err[ids[types == TX_FAIL_T]] = True
+    res.update(
+        pulled=int(len(out)), extra=int(len(extra)), push_errors=push_err,
+        bad_records=int((~(ok_out | ok_err)).sum()),
+        missing=int((counts[:n] == 0).sum()), duplicates=int((counts[:n] > 1).sum()),
+        errors_right=bool(np.array_equal(np.sort(out["meta0"][ok_err]),
+                                         np.nonzero(want_err)[0])),
+        tx_full=m["tx_full"], tx_held=m["tx_held"], tx_lost=m["tx_lost"],
+        to_host=m["to_host"], errors=m["errors"])
+    return res
+
+
+# ------------------------------------------------------------------------------------------
+# "wait_doc": the device-channel example of ggmk.device.module's docstring, run as written
+
+
+def doc_channel_example(capacity=None) -> str:
+    """The source of the device-channel example in ``ggmk.device.module``'s docstring (its
+    channel capacity replaced by ``capacity`` when given)."""
+    import re
+    import textwrap
+    from ggmk.device import module as modmod
+    doc = modmod.__doc__
+    start = doc.index('    src = gd.Module("src")')
+    end = doc.index("Warp and block handlers")
+    text = textwrap.dedent(doc[start:end])
+    if capacity is not None:
+        text, k = re.subn(r"capacity=\d+", f"capacity={capacity}", text)
+        assert k == 1, "the docstring example declares one channel capacity"
+    return text
+
+
+def run_wait_doc(target="cpu", producers=100, per=50, capacity=8, workers=2,
+                 timeout=300.0, **cfg):
+    """``producers`` tasks of the docstring's producer (type 20), producer p sending
+    p * 1000 + 0 .. per - 1 on a channel of ``capacity``; returns what the subscriber (type
+    31: ``emit_host(99, seq, value)``) delivered and the per-type counters."""
+    import ggmk.device as gd
+    from ggmk.task import CHAN_FULL
+    import sys
+    import types as pytypes
+    # a real (registered) module: Numba's on-disk cache of the kernel finds its handlers'
+    # globals by module name when it loads them again
+    mod = pytypes.ModuleType("ggmk_device_doc_example")
+    sys.modules[mod.__name__] = mod
+    ns = mod.__dict__
+    ns.update(gd=gd, g=g, OK=OK, CHAN_FULL=CHAN_FULL)
+    exec(compile(doc_channel_example(capacity), "<ggmk.device.module docstring>", "exec"), ns)
+    base = np.arange(producers, dtype=np.int64) * 1000
+    with DeviceKernel([ns["src"]], target=target, workers=workers, **cfg) as k:
+        k.push_all(taskmod.make(producers, type=20, meta0=base, meta1=base + per),
+                   timeout=timeout)
+        out = k.pull_until(producers * per, timeout=timeout)
+        k.stop()
+        m = k.metrics()
+    ok = (out["type"] == 99) & (out["channel"] != SYS_ERROR)
+    return {"target": target, "n": int(len(out)), "bad": int((~ok).sum()),
+            "codes": sorted(set(error_code(out[~ok]).tolist())),
+            "seq": out["meta0"][ok].tolist(), "value": out["meta1"][ok].tolist(),
+            "types": {str(t): v for t, v in m["types"].items()},
+            "max_yields": m["global"]["max_yields"],
+            "capacity": m["channels"]["phys.out"]["capacity"],
+            "chan_full": m["channels"]["phys.out"]["full"]}
+
+
+# ------------------------------------------------------------------------------------------
 
 WORKLOADS = {"mixed": run_mixed, "spawn": run_spawn, "resident": run_resident,
-             "aging": run_aging, "channels": run_channels}
+             "aging": run_aging, "channels": run_channels, "txfull": run_txfull,
+             "wait_doc": run_wait_doc}
 
 
 def run(name: str, target: str, timeout: float = 900, **kw) -> dict:

@@ -432,3 +432,10 @@ def prepare(kernel, arrays, plan, built=None) -> None:
 
 def launch(kernel, arrays, plan) -> Launch:
     return Launch(kernel, arrays, plan)
+
+
+def open_session(plan):
+    """No per-kernel resources on this target: the module's functions."""
+    import sys
+    from ggmk.device.targets import ModuleSession
+    return ModuleSession(sys.modules[__name__], plan)

@@ -11,9 +11,20 @@
   flag and synchronize that stream.
 * Clock: ``%globaltimer`` (ns). Idle workers ``nanosleep``.
 
+What keeps a *resident* kernel from deadlocking the host (each fix is explained where it lives):
+(a) the stream is created non-blocking and passed to every copy (``make_stream``, ``Session``);
+(b) everything the host touches while the kernel runs is allocated at boot, and the resident
+phase runs under ``cuda.defer_cleanup()`` (``Session``); (c) the host sees mapped memory only
+through ``np.asarray`` views (``host_view``); (d) mapped memory is plain ``cuda.mapped_array``
+(``alloc_map``); (e) host-written words are read with ``ld.volatile`` (``vload``), one writer
+per mapped word; (f) ``blocks`` is capped at what the device keeps co-resident
+(``check_blocks``).
+
 Imported only when the ``cuda`` target is chosen (or ``device="auto"`` finds a GPU).
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 from llvmlite import ir
@@ -119,6 +130,10 @@ def _make_intrinsics():
         ary = context.make_array(aty)(context, builder, arr)
         return cgutils.get_item_pointer(context, builder, aty, ary, [idx], wraparound=False)
 
+    # (e) words another agent writes (the host: stop flag, rx tail, tx head, doorbell; other
+    # blocks: queue counters) are read with ld.volatile, never cached in a register across the
+    # resident loop, and published with st.volatile after a fence. Every mapped word has one
+    # writer (the host or the device, never both): see layout's ctl words.
     @intrinsic
     def vload(typingctx, arr, idx):
         if not isinstance(arr, types.Array) or arr.dtype != types.int64:
@@ -203,26 +218,111 @@ def resolve_config_dict(cfg: dict) -> None:
         cfg["blocks"] = cuda.get_current_device().MULTIPROCESSOR_COUNT
 
 
-def alloc_dev(image):
-    from numba import cuda
-    return cuda.to_device(image)
+def stream_options():
+    """(a) The options of the kernel's stream: non-blocking. numba's ``cuda.stream()`` is
+    CU_STREAM_DEFAULT, which synchronizes with the legacy default stream: any later operation
+    on stream 0 (a ``to_device``, ``copy_to_host`` or device ``setitem`` without a stream, which
+    all default to stream 0) would wait for the resident kernel, i.e. forever."""
+    from cuda.core import StreamOptions        # cuda.core, never cuda.core.experimental
+    return StreamOptions(nonblocking=True)
 
 
-def alloc_map(image):
-    from numba import cuda
-    m = cuda.mapped_array(image.shape, image.dtype)
-    m[:] = image
-    return m
+def make_stream(device_id=None, device_cls=None, wrap=None):
+    """(a) A non-blocking stream for one kernel: ``(owner, numba_stream)``. ``owner`` is the
+    ``cuda.core`` Stream (keep it alive, ``close()`` it after the kernel exits); the numba
+    stream wraps its handle (``numba.cuda.external_stream``) for launches and copies.
+    ``device_cls``/``wrap`` default to ``cuda.core.Device`` and ``numba.cuda.external_stream``
+    (parameters so the flag can be checked without a GPU)."""
+    if device_cls is None:
+        from cuda.core import Device as device_cls
+    if wrap is None or device_id is None:
+        from numba import cuda
+        wrap = wrap or cuda.external_stream
+        if device_id is None:
+            device_id = cuda.get_current_device().id   # numba's (primary) context first
+    dev = device_cls(device_id)
+    dev.set_current()                        # the same primary context numba uses
+    owner = dev.create_stream(options=stream_options())
+    return owner, wrap(int(owner.handle))
 
 
-def alloc_arena(nbytes):
-    from numba import cuda
-    a = cuda.device_array(nbytes, np.uint8)
-    return a
+def resident_block_limit(active_per_sm: int, sm_count: int) -> int:
+    """(f) Blocks of one kernel that can be resident at once: blocks per SM (the occupancy
+    calculator's answer for this kernel's registers, shared memory and block size) x SMs."""
+    return max(int(active_per_sm), 0) * int(sm_count)
+
+
+def check_blocks(requested: int, allowed: int, what: str = "the device") -> None:
+    """(f) A persistent kernel whose blocks are not all resident at once never finishes: the
+    blocks that did not fit wait for a block that never exits, and blocks that did fit wait
+    for them (boot, stop). Refuse such a launch up front."""
+    if requested > allowed:
+        raise DeviceError(
+            f"device config: blocks={requested} requested, but at most {allowed} blocks of "
+            f"this kernel can be resident at once on {what} (more would never all run: the "
+            f"persistent kernel would hang); use blocks<={allowed} (blocks=0: one per SM)")
+
+
+class Session:
+    """The resources of one resident kernel: its non-blocking stream, its state arrays and
+    the deferred-cleanup scope of its resident phase.
+
+    (b) Everything the host touches while the kernel runs (the mapped words, the event that
+    tells whether it still runs) is allocated here at boot, and from boot until the kernel has
+    exited numba's deallocations are deferred (``cuda.defer_cleanup()``): a device array
+    garbage-collected meanwhile would otherwise be freed with ``cuMemFree``, which waits for
+    the device to be idle: for a resident kernel, forever."""
+
+    def __init__(self, plan):
+        from numba import cuda
+        self.plan = plan
+        self._cuda = cuda
+        self._scope = contextlib.ExitStack()
+        self._scope.enter_context(cuda.defer_cleanup())
+        self._owner, self.stream = make_stream()
+
+    def alloc_dev(self, image):
+        # (a) every copy names the kernel's stream (to_device defaults to stream 0); the image
+        # is a temporary host array, so wait for the copy before it can go
+        d = self._cuda.to_device(image, stream=self.stream)
+        self.stream.synchronize()
+        return d
+
+    def alloc_map(self, image):
+        # (d) plain mapped memory: numba's mapped_array accepts portable= and wc= but does not
+        # pass them to the driver (memhostalloc(mapped=True) only), so nothing may rely on them.
+        m = self._cuda.mapped_array(image.shape, image.dtype, stream=self.stream)
+        host_view(m)[:] = image        # (c) a host write, not a device setitem on stream 0
+        return m
+
+    def alloc_arena(self, nbytes):
+        return self._cuda.device_array(nbytes, np.uint8, stream=self.stream)
+
+    def prepare(self, kernel, arrays, built=None):
+        prepare(kernel, arrays, self.plan, built)
+
+    def launch(self, kernel, arrays):
+        return Launch(kernel, arrays, self.plan, self.stream)
+
+    def close(self):
+        """After the kernel has exited: deallocations may run again, the stream goes."""
+        self._scope.close()
+        try:
+            self._owner.close()
+        except Exception:       # already closed / context gone at interpreter exit
+            pass
+
+
+def open_session(plan) -> Session:
+    return Session(plan)
 
 
 def host_view(arr):
-    return arr          # mapped arrays are host NumPy arrays too
+    """(c) The host's view of a mapped array: a plain NumPy array over the same pinned memory.
+    A numba ``MappedNDArray`` is a device array too: its ``.view(dtype)`` returns a *device*
+    array, and device-array indexing, ``setitem`` and ``copy_to_host`` default to stream 0,
+    which waits for the resident kernel forever. ``np.asarray`` drops the device side."""
+    return np.asarray(arr)
 
 
 def address_of(arr) -> int:
@@ -232,7 +332,8 @@ def address_of(arr) -> int:
 def prepare(kernel, arrays, plan, built=None) -> None:
     """Compile (or load from the disk cache) before launch. Handlers listed as no-inline get
     LLVM ``noinline`` first: a PTX compile creates their device functions, they are marked,
-    and the kernel compile then links the marked ones."""
+    and the kernel compile then links the marked ones. Then (f) the block count is checked
+    against what the device can keep resident for this kernel."""
     from numba import cuda
     from numba.cuda import typeof
     sig = tuple(typeof(a) for a in arrays)
@@ -240,14 +341,21 @@ def prepare(kernel, arrays, plan, built=None) -> None:
         from ggmk.device.build import mark_noinline
         cuda.compile_ptx(built.ns["kernel_body"], sig)
         mark_noinline(built)
-    kernel.compile(sig)
+    compiled = kernel.compile(sig)
+    # (f) cooperative-grid limit = occupancy (blocks per SM for these registers, this static
+    # shared memory and block size) x SMs
+    dev = cuda.get_current_device()
+    allowed = compiled.max_cooperative_grid_blocks(plan.cfg.threads)
+    check_blocks(plan.cfg.blocks, allowed,
+                 f"{dev.name} ({dev.MULTIPROCESSOR_COUNT} SMs, {plan.cfg.threads} threads per "
+                 f"block)")
 
 
 class Launch:
-    def __init__(self, kernel, arrays, plan):
+    def __init__(self, kernel, arrays, plan, stream):
         from numba import cuda
         self.error = None
-        self.stream = cuda.stream()      # not the legacy default stream: nothing serializes
+        self.stream = stream             # (a) the session's non-blocking stream
         self._arrays = arrays            # keep the device memory alive while resident
         self._done = None
         kernel[plan.cfg.blocks, plan.cfg.threads, self.stream](*arrays)
@@ -278,5 +386,5 @@ class Launch:
         return True
 
 
-def launch(kernel, arrays, plan) -> Launch:
-    return Launch(kernel, arrays, plan)
+def launch(kernel, arrays, plan, stream) -> Launch:
+    return Launch(kernel, arrays, plan, stream)

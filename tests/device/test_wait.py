@@ -1,0 +1,93 @@
+"""The documented device pattern for "channel full -> come back later and resume where you
+stopped" (``g.wait_at``, the WAIT return code): waiting is not counted as a yield, so 100
+producers on a small lossless channel all finish, and every message arrives exactly once and
+in order per producer. The test runs the example of ``ggmk.device.module``'s docstring as
+written, only its channel capacity made small."""
+import pytest
+
+import ggmk.device as gd
+from ggmk import task as taskmod
+from ggmk.device import api as g
+from ggmk.device import layout
+from ggmk.device import workloads as W
+from ggmk.device.host import SYS_ERROR, error_code
+from ggmk.task import MAX_YIELDS, OK, YIELD
+
+
+def _check(r, producers, per, capacity):
+    assert r["bad"] == 0, f"sys.error/dropped codes {r['codes']}"
+    assert r["max_yields"] == 0
+    assert r["n"] == producers * per and r["capacity"] == capacity
+    seq, val = r["seq"], r["value"]
+    # exactly once: channel sequence numbers 1..N, values exactly the ones sent
+    assert sorted(seq) == list(range(1, producers * per + 1))
+    assert sorted(val) == sorted(p * 1000 + i for p in range(producers) for i in range(per))
+    # in order per producer: by channel sequence, each producer's values are 0, 1, 2, ...
+    by_seq = sorted(zip(seq, val))
+    for p in range(producers):
+        assert [v for _, v in by_seq if v // 1000 == p] == [p * 1000 + i for i in range(per)]
+    t = r["types"]["20"]
+    assert t["ok"] == producers and t["yield"] == 0
+    assert t["wait"] > 0 and r["chan_full"] == t["wait"]   # the channel was full, often
+
+
+def test_docstring_example_uses_wait_at():
+    src = W.doc_channel_example()
+    assert "g.wait_at(task, i)" in src and "yield_at" not in src
+
+
+def test_docstring_wait_pattern_cpu_100_producers():
+    _check(W.run("wait_doc", "cpu", producers=100, per=50, capacity=8), 100, 50, 8)
+
+
+def test_docstring_wait_pattern_sim():
+    _check(W.run("wait_doc", "sim", producers=8, per=12, capacity=8, workers=2, threads=32,
+                 batch=32), 8, 12, 8)
+
+
+@pytest.mark.cuda
+def test_docstring_wait_pattern_cuda():
+    from ggmk.device.host import resolve_target
+    if resolve_target("auto") != "cuda":
+        pytest.skip("no usable GPU")
+    _check(W.run("wait_doc", "cuda", producers=100, per=50, capacity=8), 100, 50, 8)
+
+
+# ---- WAIT is not YIELD: a task that waits more than max_yields times still finishes, one
+# that yields as often is stopped by the circuit breaker
+
+wy = gd.Module("waityield")
+
+
+@wy.handler(230, max_yields=3)
+def waits(ctx, task):
+    n = g.meta0(task)
+    if n < 10:
+        return g.wait_at(task, n + 1)
+    g.emit_host(ctx, 231, n, g.yield_count(task))
+    return OK
+
+
+@wy.handler(232, max_yields=3)
+def yields(ctx, task):
+    n = g.meta0(task)
+    if n < 10:
+        return g.yield_at(task, n + 1)
+    g.emit_host(ctx, 233, n, g.yield_count(task))
+    return OK
+
+
+def test_wait_is_not_counted_as_a_yield():
+    assert gd.WAIT == layout.WAIT == 3 and gd.WAIT not in (OK, YIELD)
+    with gd.DeviceKernel([wy], target="cpu", workers=1) as k:
+        k.push(taskmod.make(1, type=230))
+        k.push(taskmod.make(1, type=232))
+        out = k.pull_until(2, timeout=60)
+        k.stop()
+        m = k.metrics()
+    done = out[out["type"] == 231]
+    assert done["meta0"].tolist() == [10] and done["meta1"].tolist() == [0]   # 0 yields
+    dead = out[out["type"] == 232]
+    assert dead["channel"].tolist() == [SYS_ERROR] and error_code(dead).tolist() == [MAX_YIELDS]
+    assert m["types"][230]["wait"] == 10 and m["types"][230]["yield"] == 0
+    assert m["types"][232]["yield"] == 4
