@@ -1,4 +1,8 @@
-"""Shared fixtures: ``hal`` runs a test on both HALs (real threads, and the seeded sim)."""
+"""Shared fixtures and helpers: ``hal`` runs a test on both HALs (real threads, and the seeded
+sim); the ``wait_until`` fixture is the one way a test waits for something to happen (no sleeps as
+synchronization, no hand-written poll loops)."""
+import time
+
 import pytest
 
 HALS = ["threads", "sim"]
@@ -7,3 +11,27 @@ HALS = ["threads", "sim"]
 @pytest.fixture(params=HALS)
 def hal(request):
     return request.param
+
+
+def _wait_until(predicate, timeout: float = 10.0, *, step=None) -> bool:
+    """Call ``step()`` (if given, e.g. a driver's ``service``) and poll ``predicate()`` until it
+    holds or ``timeout`` seconds pass; return the predicate's last value. A test asserts on the
+    result: ``assert wait_until(lambda: d.updates, step=d.service)``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0001
+    while True:
+        if step is not None:
+            step()
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        if step is None:               # nothing to drive: back off instead of spinning
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+
+@pytest.fixture
+def wait_until():
+    """The ``_wait_until`` helper, as a fixture (conftest modules are not importable by name)."""
+    return _wait_until

@@ -22,9 +22,10 @@ Example::
 """
 from ggmk.core.kernel import System, boot  # noqa: F401
 from ggmk.core.module import Module  # noqa: F401
+from ggmk.errors import EmitError  # noqa: F401
 from ggmk.task import (  # noqa: F401
-    ALLOC_FAIL, CHAN_ALREADY_BOUND, CHAN_CLOSED, CHAN_FULL, CHAN_TYPE_MISMATCH, FAIL, OK, RETRY,
-    TASK_DTYPE, YIELD, Task, TaskBatch,
+    ALLOC_FAIL, BAD_RETURN, CHAN_ALREADY_BOUND, CHAN_CLOSED, CHAN_FULL, CHAN_TYPE_MISMATCH, FAIL,
+    HALTED, OK, RETRY, TASK_DTYPE, WAIT, YIELD, Task, TaskBatch, TaskTypeError, TaskValueError,
 )
 from ggmk.typereg import TypeRegistry, load_types  # noqa: F401
 

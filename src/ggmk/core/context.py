@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ggmk.core.chan import Stager
+from ggmk.core.emitter import Emitter   # the per-channel emit buffer
 from ggmk.errors import EmitError
 from ggmk.task import word
 from ggmk.task import (CHAN_CLOSED, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC, PRIO_MASK, WAIT,
@@ -28,8 +28,8 @@ _PRIORITIES = (0, 1, 2, 3)
 
 class Context:
     __slots__ = ("kernel", "worker", "task", "batch", "module", "_emits", "_emits0", "_emits1",
-                 "_retained", "_index", "_det", "_det_on", "_resolve", "_stagers",
-                 "_stagers_active", "_pr", "_phdr")
+                 "_retained", "_index", "_det", "_det_on", "_resolve", "_emitters",
+                 "_emitters_active", "_pr", "_phdr")
 
     def __init__(self, kernel, worker: int):
         self.kernel = kernel
@@ -46,8 +46,8 @@ class Context:
         self._index = 0
         self._det_on = kernel.deterministic
         self._resolve = kernel.resolve_target
-        self._stagers: dict = {}          # channel target -> this worker's Stager
-        self._stagers_active: list = []
+        self._emitters: dict = {}          # channel target -> this worker's Emitter
+        self._emitters_active: list = []
         self._pr = None                   # the parent record _phdr was computed from
         self._phdr = 0
 
@@ -96,7 +96,7 @@ class Context:
         Returns OK, or a channel code (CHAN_FULL on a full lossless channel, CHAN_CLOSED); on a
         non-OK code the message was not sent and its payload is released.
         """
-        st = self._stagers.get(target)
+        st = self._emitters.get(target)
         if st is not None and payload is None and priority is None and tenant is None and not flags:
             # the hot path: per-message emit on a channel (credit already taken, no lock)
             r = self.task._r
@@ -120,13 +120,13 @@ class Context:
             st.bind(self, hdr)
             code = st.slow(meta0, meta1)
             if code == CHAN_CLOSED:
-                del self._stagers[target]
+                del self._emitters[target]
             return code
         meta0 = word("meta0", meta0)
         meta1 = word("meta1", meta1)
         kind, tid, chan = self._resolve(target)
         if chan is not None and st is None and payload is None:
-            self._stagers[target] = Stager(chan)     # next time: the hot path
+            self._emitters[target] = Emitter(chan)     # next time: the hot path
         elif st is not None:
             st.commit()                              # keep this channel's emit order
         if priority is not None and priority not in _PRIORITIES:
@@ -171,12 +171,12 @@ class Context:
                 if send(i):           # CHAN_FULL: resume later
                     ...
         """
-        st = self._stagers.get(target)
+        st = self._emitters.get(target)
         if st is None:
             kind, tid, chan = self._resolve(target)
             if chan is None:
                 raise TypeError(f"emitter: {target!r} is not a channel")
-            st = self._stagers[target] = Stager(chan)
+            st = self._emitters[target] = Emitter(chan)
         r = self.task._r
         st.bind(self, 0 if r is None else (
             (int(r["flags"]) & _HDR_FLAGS) | (int(r["tenant"]) << 16)
@@ -191,7 +191,7 @@ class Context:
         """
         kind, tid, chan = self._resolve(target)
         if chan is not None:
-            st = self._stagers.get(target)
+            st = self._emitters.get(target)
             if st is not None:
                 st.commit()                          # keep this channel's emit order
         n = check_count(count, meta0, meta1, payload_ptr)
@@ -288,7 +288,7 @@ class Context:
             self._emits0.clear()
             self._emits1.clear()
             self.kernel.sched.enqueue(recs, self.kernel.ROUTE_EMIT, self.worker)
-        act = self._stagers_active
+        act = self._emitters_active
         if act:
             for st in act:
                 st.active = False

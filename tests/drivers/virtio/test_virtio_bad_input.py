@@ -136,7 +136,7 @@ def display_pair():
     theirs.close()
 
 
-def test_display_socket_answers_and_takes_updates(display_pair):
+def test_display_socket_answers_and_takes_updates(display_pair, wait_until):
     d, peer = display_pair
     peer.sendall(struct.pack("<III", GpuRequest.GET_PROTOCOL_FEATURES, 0, 0))
     peer.sendall(struct.pack("<IIIIII", GpuRequest.SCANOUT, 0, 12, 0, 8, 4))
@@ -144,9 +144,7 @@ def test_display_socket_answers_and_takes_updates(display_pair):
     # uninitialised flags on an UPDATE must not matter
     peer.sendall(struct.pack("<III", GpuRequest.UPDATE, 0xDEADBEEF, 20 + px.size)
                  + struct.pack("<5I", 0, 1, 1, 3, 2) + px.tobytes())
-    deadline = time.monotonic() + 2
-    while d.scanouts[0].updates == 0 and time.monotonic() < deadline:
-        d.service()
+    assert wait_until(lambda: d.scanouts[0].updates, 2, step=d.service)
     assert d.scanouts[0].fb[1:3, 1:4].tobytes() == px.tobytes()
     peer.settimeout(1)
     assert peer.recv(20, socket.MSG_WAITALL) == struct.pack("<IIIQ", 1, 4, 8, 0)
@@ -162,14 +160,12 @@ def test_display_socket_answers_and_takes_updates(display_pair):
     (struct.pack("<III", 99, 0, 0), "unknown request 99"),
     (struct.pack("<III", GpuRequest.SCANOUT, 0, 4) + b"\0" * 4, "has 4 payload bytes, needs 12"),
 ])
-def test_malformed_display_messages_are_protocol_errors(display_pair, msg, match):
+def test_malformed_display_messages_are_protocol_errors(display_pair, msg, match, wait_until):
     d, peer = display_pair
     peer.sendall(struct.pack("<IIIIII", GpuRequest.SCANOUT, 0, 12, 0, 8, 4))
     peer.sendall(msg)
     with pytest.raises(E.ProtocolError, match=match):
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            d.service()
+        wait_until(lambda: False, 2, step=d.service)
 
 
 def test_display_socket_eof_is_backend_died(display_pair):
@@ -180,7 +176,7 @@ def test_display_socket_eof_is_backend_died(display_pair):
         d.service()
 
 
-def test_dmabuf_path_maps_the_buffer_and_acks_updates(display_pair):
+def test_dmabuf_path_maps_the_buffer_and_acks_updates(display_pair, wait_until):
     # hosts with /dev/udmabuf or a render node make the back end share a dmabuf instead of
     # sending pixels; a memfd stands in for the udmabuf here (both are mmap-able files)
     import array
@@ -195,9 +191,7 @@ def test_dmabuf_path_maps_the_buffer_and_acks_updates(display_pair):
                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())])
     os.close(fd)
     peer.sendall(struct.pack("<III", GpuRequest.DMABUF_UPDATE, 0, 20) + struct.pack("<5I", 0, 2, 1, 3, 2))
-    deadline = time.monotonic() + 2
-    while d.scanouts[0].updates == 0 and time.monotonic() < deadline:
-        d.service()
+    assert wait_until(lambda: d.scanouts[0].updates, 2, step=d.service)
     expect = noise[:, :w * 4].reshape(h, w, 4)
     assert d.scanouts[0].fb[1:3, 2:5].tobytes() == expect[1:3, 2:5].tobytes()
     assert not d.scanouts[0].fb[0].any()           # outside the damage: untouched

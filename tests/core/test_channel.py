@@ -1,13 +1,16 @@
-"""Channels (ggmk.core.chan): registry, P2P/fan-out, lossless/lossy, reserve, replay, close,
-error handlers, deterministic drain, boot-time validation, metrics."""
+"""Channel (ggmk.core.channel): P2P/fan-out, lossless/lossy, the priority-0 reserve, close,
+no subscriber, wrong type, metrics, module declarations and boot-time validation; and the
+``ggmk.core.chan`` names other code imports. Ordered delivery: test_channel_order.py; the
+registry and system channels: test_channel_registry.py; replay: test_replay.py; per-message
+emits: test_emitter.py; modes, guarantees and limits: test_channel_spec.py."""
 import numpy as np
 import pytest
 
 from ggmk import task as T
-from ggmk.core.chan import CHAN_NO_SUBSCRIBER, SYS_CHANNELS
 from ggmk.core.kernel import boot
 from ggmk.core.module import Module
 from ggmk.errors import BootError, ChannelError, TypesError
+from ggmk.task import CHAN_NO_SUBSCRIBER
 from ggmk.typereg import load_types
 
 
@@ -20,28 +23,6 @@ def _sink(name="sink", types=("MSG",)):
         f.__name__ = t.lower()
         m.handler(t)(f)
     return m, got
-
-
-def test_system_channels_always_present():
-    with boot([], hal="sim") as s:
-        for name in SYS_CHANNELS:
-            assert s.channel(name).name == name
-        assert s.channel("sys.dropped").mode == "fanout"
-        assert s.channel("sys.error").mode == "fanout"
-        ids = [s.channel(n).id for n in SYS_CHANNELS]
-        assert len(set(ids)) == len(ids)
-
-
-def test_unknown_channel_name_is_a_clear_error_and_system_keeps_running():
-    m, got = _sink()
-    with boot([m], hal="sim") as s:
-        s.open("data.in", "MSG")
-        with pytest.raises(ChannelError) as e:
-            s.channel("data.inn")
-        assert e.value.code == T.CHAN_UNKNOWN
-        assert "data.inn" in str(e.value) and "did you mean 'data.in'" in str(e.value)
-        s.submit("MSG", meta0=1)
-        assert s.run(timeout=5) and got["MSG"] == [(0, 1)]
 
 
 def test_p2p_second_subscriber_gets_already_bound():
@@ -176,91 +157,6 @@ def test_close_sends_messages_in_flight_to_sys_dropped_and_refuses_emits():
         assert s.open("data.fan", "MSG").id != ch.id     # a name can be opened again
 
 
-def test_replay_behind_subscriber_catches_up_in_order_and_log_evicts_acked():
-    with boot([], hal="sim") as s:
-        ch = s.open("data.fan", "MSG", mode="fanout", capacity=8, replay=64)
-        fast, slow = ch.subscribe(name="fast"), ch.subscribe(name="slow")
-        tid = s.type_id("MSG")
-        for i in range(40):
-            assert ch.emit(T.make(1, type=tid, meta0=i)) == 1
-            fast.take()
-        assert slow.behind and not slow.degraded
-        assert ch.stats()["replay"]["depth"] == 40        # nothing evicted: slow acked nothing
-        got = []
-        while len(got) < 40:
-            got += slow.take(5)["seq"].tolist()
-        assert got == list(range(1, 41)) and not slow.behind
-        assert ch.stats()["replay"]["depth"] == 0 and ch.log.first == 41
-        assert len(s.dead_letters("sys.dropped")[0]) == 0
-
-
-def test_replay_overflow_degrades_to_lossy_then_recovers():
-    with boot([], hal="sim", trace=True, trace_level="all") as s:
-        ch = s.open("data.fan", "MSG", mode="fanout", capacity=8, replay=16)
-        fast, slow = ch.subscribe(name="fast"), ch.subscribe(name="slow")
-        tid = s.type_id("MSG")
-        for i in range(60):
-            assert ch.emit(T.make(1, type=tid, meta0=i)) == 1
-            fast.take()
-        assert slow.degraded
-        recs, codes = s.dead_letters("sys.dropped")
-        assert set(codes.tolist()) == {T.CHAN_REPLAY_OVERFLOW}
-        got = []
-        while slow.behind or len(slow.ring):
-            got += slow.take(3)["seq"].tolist()
-        # every message reached the slow subscriber or is on sys.dropped, once
-        assert sorted(got + recs["seq"].tolist()) == list(range(1, 61))
-        assert got == sorted(got) and not slow.degraded
-        ev = s.tracer.drain()
-        from ggmk.events import EventType
-        assert (ev["event"] & 0x7FFF == EventType.REPLAY_OVERFLOW).any()
-        assert ch.emit(T.make(1, type=tid, meta0=60)) == 1
-        assert slow.take()["seq"].tolist() == [61]
-
-
-def test_channel_error_handler_gets_failures_else_sys_error(hal):
-    seen = []
-    m = Module("bad")
-
-    @m.handler("MSG")
-    def fails(ctx):
-        return -7
-
-    @m.handler("OTHER")
-    def fails2(ctx):
-        return -8
-
-    with boot([m], hal=hal) as s:
-        a = s.open("with.handler", "MSG", error_handler=lambda r, c: seen.append(
-            (r["meta0"].tolist(), c.tolist())))
-        a.subscribe("MSG")
-        b = s.open("without.handler", "OTHER")
-        b.subscribe("OTHER")
-        a.publish(meta0=1)
-        b.publish(meta0=2)
-        assert s.run(timeout=5)
-        recs, codes = s.dead_letters("sys.error")
-    assert seen == [([1], [-7])]
-    assert codes.tolist() == [-8] and recs["meta0"].tolist() == [2]
-
-
-def test_sys_dropped_subscriber_sees_reason():
-    reasons = []
-    m = Module("watch")
-
-    @m.handler("DROP_SEEN")
-    def seen(ctx):
-        reasons.append(ctx.reason)
-
-    with boot([m], hal="sim") as s:
-        s.channel("sys.dropped").subscribe("DROP_SEEN")
-        ch = s.open("data.x", "MSG")
-        ch.publish(meta0=1)                       # no subscriber: undeliverable
-        assert s.run(timeout=5)
-        assert reasons == [CHAN_NO_SUBSCRIBER]
-        assert len(s.dead_letters("sys.dropped")[0]) == 1   # the store kept it too
-
-
 def test_module_declarations_bind_and_emit_by_declaration(hal):
     prod = Module("prod")
     out = prod.produces("nums.out", "NUM", mode="fanout", capacity=64)
@@ -383,48 +279,6 @@ def test_malformed_types_toml_names_file_and_field(tmp_path):
         assert s.open("still.up", "MSG").publish() == T.OK
 
 
-def test_deterministic_channel_drains_at_tick_boundaries_in_channel_id_order():
-    reg = load_types('[types.STEP]\nid = 11\ndeterministic = true\n'
-                     '[types.ON_A]\nid = 12\ndeterministic = true\n'
-                     '[types.ON_B]\nid = 13\ndeterministic = true\n')
-
-    def run(workers, hal, seed):
-        order = []
-        p = Module("prod")
-        a = p.produces("det.a", "STEP", mode="fanout")
-        b = p.produces("det.b", "STEP", mode="fanout")
-
-        @p.handler("STEP", deterministic=True)
-        def step(ctx):
-            m0 = ctx.task.meta0
-            if m0 < 40:
-                ctx.emit(b if m0 % 2 else a, meta0=m0 + 10)
-            return T.OK
-
-        c = Module("cons")
-
-        @c.handler("ON_A", consumes="det.a", message="STEP", deterministic=True)
-        def on_a(ctx):
-            order.append(("a", ctx.tick, ctx.task.meta0))
-
-        @c.handler("ON_B", consumes="det.b", message="STEP", deterministic=True)
-        def on_b(ctx):
-            order.append(("b", ctx.tick, ctx.task.meta0))
-
-        with boot([p, c], types=reg, hal=hal, workers=workers, deterministic=True, seed=seed) as s:
-            assert s.channel("det.a").det and s.channel("det.a").id < s.channel("det.b").id
-            s.submit("STEP", meta0=np.arange(8), deterministic=True)
-            assert s.run(timeout=20)
-            return order, s.trace_hash()
-
-    o1, h1 = run(1, "sim", 1)
-    o2, h2 = run(2, "threads", 2)
-    o3, h3 = run(2, "sim", 3)
-    assert len(o1) == 8 and o1 == o2 == o3 and h1 == h2 == h3
-    # handler ticks: everything emitted in tick t runs at a later tick than t
-    assert all(t >= 2 for _, t, _ in o1)
-
-
 def test_channel_metrics():
     m, got = _sink()
     with boot([m], hal="sim") as s:
@@ -440,66 +294,26 @@ def test_channel_metrics():
         assert s.stats()["channels"]["data.in"]["depth"] == 0
 
 
-def test_per_message_emits_keep_sparse_meta1_and_each_parents_header(hal):
-    """The staged path stores meta1 only when it is not 0, and commits before the header
-    (tenant, priority) changes: every message keeps its own words and its parent's header."""
-    seen = []
-    p = Module("src")
-    out = p.produces("data.mix", "MSG", capacity=4096)
-
-    @p.handler("GEN", batch=False)
-    def gen(ctx):
-        send = ctx.emitter(out)
-        base = ctx.task.meta0
-        for i in range(50):
-            if i % 2:
-                send(base + i, base + i * 3)     # meta1 set on the odd ones
-            else:
-                ctx.emit(out, base + i)          # and the ctx.emit path on the even ones
-
-    c = Module("sink")
-
-    @c.handler("MSG", consumes="data.mix")
-    def sink(ctx):
-        seen.append((ctx.task.meta0, ctx.task.meta1, ctx.task.tenant, ctx.task.priority))
-
-    with boot([p, c], hal=hal, workers=1) as s:
-        for k, (tenant, prio) in enumerate([(1, 2), (2, 0), (1, 3)]):
-            s.submit("GEN", meta0=1000 * (k + 1), tenant=tenant, priority=prio)
-        assert s.run(timeout=20)
-    want = {(1000 * (k + 1) + i, (1000 * (k + 1) + i * 3) if i % 2 else 0, t, pr)
-            for k, (t, pr) in enumerate([(1, 2), (2, 0), (1, 3)]) for i in range(50)}
-    assert len(seen) == 150 and set(seen) == want
+def test_chan_module_keeps_the_names_other_code_imports():
+    from ggmk.core import chan, channel, channel_registry, channel_spec, emitter
+    assert chan.Channel is channel.Channel and chan.Subscriber is channel.Subscriber
+    assert chan.Channels is channel_registry.Channels
+    assert chan.SysChannel is channel_registry.SysChannel
+    assert chan.SYS_CHANNELS is channel_registry.SYS_CHANNELS
+    assert chan.Emitter is emitter.Emitter
+    assert (chan.MODES, chan.GUARANTEES, chan.MAX_FANOUT) == (
+        channel_spec.MODES, channel_spec.GUARANTEES, channel_spec.MAX_FANOUT)
+    # the code lives with the others in ggmk.task, named there
+    assert chan.CHAN_NO_SUBSCRIBER == T.CHAN_NO_SUBSCRIBER == -106
+    assert T.code_name(T.CHAN_NO_SUBSCRIBER) == "CHAN_NO_SUBSCRIBER"
+    for name in chan.__all__:
+        assert hasattr(chan, name), name
 
 
-def test_emitter_sends_per_message_with_backpressure(hal):
-    seen = []
-    p = Module("src")
-    out = p.produces("data.p2p", "MSG", capacity=64, window=4)
-    state = {"full": 0}
-
-    @p.handler("GEN")
-    def gen(ctx):
-        send = ctx.emitter(out)
-        i = ctx.task.meta1
-        while i < 500:
-            if send(i, 7) == T.CHAN_FULL:        # resume where it stopped
-                state["full"] += 1
-                ctx.task.meta1 = i
-                return ctx.yield_()
-            i += 1
-        return T.OK
-
-    c = Module("sink")
-
-    @c.handler("MSG", consumes="data.p2p")
-    def sink(ctx):
-        seen.append((ctx.chan_seq, ctx.task.meta0, ctx.task.meta1, ctx.task.priority))
-
-    reg = load_types("[types.GEN]\nid = 5\nmax_yields = 10000\n")   # it yields on every CHAN_FULL
-    with boot([p, c], hal=hal, workers=1, types=reg) as s:
-        s.submit("GEN", priority=2)
-        assert s.run(timeout=20)
-    assert [x[1] for x in seen] == list(range(500)) and state["full"] > 0
-    assert [x[0] for x in seen] == list(range(1, 501))
-    assert {(x[2], x[3]) for x in seen} == {(7, 2)}      # meta1 kept, parent priority inherited
+def test_capacity_is_rounded_up_to_a_power_of_two_with_a_reserve():
+    with boot([], hal="sim") as s:
+        for want, (cap, reserve) in {0: (8, 1), 9: (16, 1), 100: (128, 12),
+                                     4096: (4096, 409)}.items():
+            ch = s.open(f"cap.c{want}", "MSG", capacity=want)
+            assert (ch.capacity, ch.reserve) == (cap, reserve)
+            assert ch.stats()["capacity"] == cap and ch.stats()["reserve"] == reserve

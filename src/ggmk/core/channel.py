@@ -1,0 +1,729 @@
+"""Channels (SPEC §5): named, typed pipes between modules, with nothing lost silently.
+
+A :class:`Channel` carries one task type (or any type, for the system channels). Each subscriber
+has its own record ring; emit copies records into the rings, and *drain* moves them from a ring
+into THE enqueue core (``sched.enqueue(recs, Route.CHANNEL)``) retyped to the subscriber's
+handler type, with ``channel`` = the channel id, ``FLAG_CHANNEL_MSG`` set and ``seq`` = the
+channel sequence number (``ctx.chan_seq``; the core keeps ``seq`` on CHANNEL routes).
+
+The other pieces live in their own modules: the modes, guarantees and limits a channel is
+declared with, and their validation, in ``core/channel_spec.py`` (p2p / fan-out, lossless /
+lossy, the priority-0 reserve); the replay log of a lossless channel in ``core/replay.py``; the
+registry (names to ids, the system channels, dead letters, draining every channel) in
+``core/channel_registry.py``; the per-message emit buffer behind ``ctx.emitter`` in
+``core/emitter.py``. ``ggmk.core.chan`` re-exports them all.
+
+Every accepted message is delivered to every subscriber or appears on ``sys.dropped`` with a
+reason (CHAN_FULL, CHAN_CLOSED, CHAN_REPLAY_OVERFLOW, CHAN_NO_SUBSCRIBER).
+
+Drain is opportunistic: after an emit, at the end of each handler batch and whenever a worker
+finds no work. A subscriber never has more than ``window`` of its messages waiting in the ready
+queue, so a slow subscriber's backlog stays in its ring, where lossless backpressure sees it.
+
+Ordered delivery (``ordered=True``, the default for p2p and fan-out channels): a handler
+subscriber sees its messages in channel-sequence order, with any number of workers. The channel
+hands the scheduler at most one batch of the subscriber at a time: at most ``max_batch`` (the
+kernel's, a worker's pop size) messages, all of one tenant and one priority (the ready queue
+would split a mixed batch, and two workers could run the pieces at once), and the next batch
+only once the worker finished that one (``Worker._finish`` -> :meth:`Channels.on_batch_done`,
+one dict lookup per batch). So its handler runs on one worker at a time, in order; priorities
+do not overtake within an ordered subscriber. A message the handler yields (``ctx.yield_()``) or
+retries (``RETRY``) counts as finished for this purpose and comes back later: that message is
+naturally reordered (the others keep their order); a failed one goes to the error handler or
+sys.error. ``ordered=False`` (``produces(..., ordered=False)``, ``system.channels.open(...,
+ordered=False)``, or per subscriber ``ch.subscribe(type, ordered=False)``) opts out for
+throughput: up to ``window`` messages of the subscriber wait in the ready queue, and two
+workers may run two of its batches at once (each batch is consecutive, the handler calls
+interleave). Host-side subscribers (``take``) always pull in order.
+
+Channels of deterministic types (in determinism mode) hold their messages until the tick
+boundary, then sort them by their parent's sequence, number them and drain them whole
+(:meth:`Channel.tick_boundary`; the registry calls it in ascending channel id order).
+
+Example::
+
+    prod = ggmk.Module("prod")
+    out = prod.produces("metrics.out", "METRIC", mode="fanout")
+
+    @prod.handler("TICK")
+    def tick(ctx):
+        if ctx.emit(out, meta0=ctx.task.meta0) == ggmk.CHAN_FULL:
+            return ggmk.RETRY
+        return ggmk.OK
+
+    cons = ggmk.Module("cons")
+
+    @cons.handler("LOG_METRIC", consumes="metrics.out", message="METRIC")
+    def log_metric(ctx):
+        print(ctx.chan_seq, ctx.task.meta0)
+
+    with ggmk.boot([prod, cons]) as system:
+        ch = system.channel("metrics.out")
+        ch.publish(meta0=1)                     # host-side emit of one message
+        system.run()
+        print(ch.stats())
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ggmk import task as T
+from ggmk.core.channel_spec import (DEFAULT_CAPACITY, MAX_FANOUT, max_subscribers,
+                                    priority_reserve, ring_capacity, validate_channel_spec)
+from ggmk.core.replay import ReplayLog, ReplayMixin
+from ggmk.core.ring import Ring
+from ggmk.core.sched import Route
+from ggmk.errors import ChannelError
+from ggmk.events import EventType
+from ggmk.task import (CHAN_ALREADY_BOUND, CHAN_CLOSED, CHAN_FULL, CHAN_NO_SUBSCRIBER,
+                       CHAN_REPLAY_OVERFLOW, CHAN_TYPE_MISMATCH, CHAN_UNKNOWN, FLAG_CHANNEL_MSG,
+                       FLAG_DETERMINISTIC, PRIO_MASK, check_count)
+
+if TYPE_CHECKING:
+    from ggmk.core.channel_registry import Channels
+
+
+class Subscriber:
+    """One subscriber of a channel: its ring, its handler type (0 = pulled by the host with
+    :meth:`take`), and its position for replay (``next``: the next sequence its ring needs)."""
+
+    __slots__ = ("chan", "type_id", "ring", "name", "next", "behind", "degraded", "acked",
+                 "delivered", "dropped", "overflows", "drain_lock", "window", "ordered", "busy",
+                 "b_lo", "b_hi", "busy_lock")
+
+    def __init__(self, chan: "Channel", type_id: int, name: str, window: int,
+                 ordered: bool = False):
+        self.chan = chan
+        self.type_id = type_id
+        self.name = name
+        self.ring = Ring(chan.capacity, name=f"{chan.name}->{name}")
+        self.next = chan.committed + 1
+        self.behind = False
+        self.degraded = False
+        self.acked = chan.committed
+        self.delivered = 0
+        self.dropped = 0
+        self.overflows = 0
+        self.drain_lock = threading.Lock()
+        self.window = window
+        # ordered delivery: at most one delivered batch in the scheduler at a time; ``busy``
+        # counts its messages not finished yet, ``b_lo``..``b_hi`` its channel seqs
+        self.ordered = ordered
+        self.busy = 0
+        self.b_lo = self.b_hi = 0
+        self.busy_lock = threading.Lock()
+
+    @property
+    def pull(self) -> bool:
+        return self.type_id == 0
+
+    def take(self, max_n: int = 1 << 30) -> np.ndarray:
+        """Pull up to ``max_n`` messages (host-side subscriber); acknowledges them."""
+        return self.chan._take(self, max_n)
+
+    def stats(self) -> dict:
+        r = self.ring
+        return {"name": self.name, "type": self.type_id, "depth": len(r),
+                "high_watermark": r.high_watermark, "delivered": self.delivered,
+                "dropped": self.dropped, "acked": self.acked, "behind": self.behind,
+                "degraded": self.degraded, "replay_overflows": self.overflows,
+                "ordered": self.ordered, "in_flight": self.busy if self.ordered else None}
+
+
+class Channel(ReplayMixin):
+    """A named, typed channel; see the module docstring. Create with ``system.open(...)`` or a
+    module's ``produces``/``consumes`` declarations.
+
+    ``ordered`` (default True; always False on a deterministic channel, which keeps its
+    tick-boundary drain, and on the system channels): each handler subscriber gets its
+    messages in channel-sequence order, one batch of at most ``max_batch`` in the scheduler at
+    a time; a yielded or retried message is the exception (it comes back later). False: up to
+    ``window`` in the scheduler, batches may run concurrently on several workers (throughput
+    for a handler that does not care about order).
+
+    With ``replay=N`` (lossless only) the replay log's half of the channel, admission against
+    the log, eviction and catching a behind subscriber up, comes from
+    :class:`~ggmk.core.replay.ReplayMixin`."""
+
+    def __init__(self, reg: "Channels", cid: int, name: str, type_id: int, *, mode: str = "p2p",
+                 guarantee: str = "lossless", capacity: int = DEFAULT_CAPACITY, replay: int = 0,
+                 error_handler=None, window: int | None = None, deterministic: bool = False,
+                 system: bool = False, ordered: bool | None = None):
+        validate_channel_spec(name, mode, guarantee)
+        self.reg = reg
+        self.kernel = reg.kernel
+        self.id = cid
+        self.name = name
+        self.type_id = type_id               # 0: any type (system channels)
+        self.mode = mode
+        self.guarantee = guarantee
+        self.lossy = guarantee == "lossy"
+        self.capacity = ring_capacity(capacity)
+        self.reserve = priority_reserve(self.capacity)
+        self.replay = int(replay)
+        self.log = ReplayLog.sized(self.replay) if self.replay > 0 and not self.lossy else None
+        self.error_handler = error_handler
+        self.window = window
+        self.det = deterministic             # holds messages until the tick boundary
+        self.system = system
+        # ordered (default): each handler subscriber sees its messages in channel order, one
+        # batch in the scheduler at a time. Deterministic channels keep their tick drain.
+        self.ordered = (not deterministic and not system) if ordered is None else (
+            bool(ordered) and not deterministic)
+        self._osubs: dict[int, Subscriber] = {}   # ordered handler subscribers by handler type
+        self.lock = threading.Lock()
+        self.subs: list[Subscriber] = []
+        self.seq = 0                         # last channel sequence handed out
+        self.committed = 0
+        self.granted = 0                     # emit credit handed to worker emitters
+        self.held: list[np.ndarray] = []     # deterministic: waiting for the tick boundary
+        self.held_n = 0
+        self.closed = False
+        self.t_open = time.monotonic()
+        # metrics
+        self.emitted = 0
+        self.full = 0
+        self.dropped = 0
+        self.drop_reasons: dict[int, int] = {}
+
+    def __repr__(self) -> str:
+        return (f"Channel({self.name!r}, id={self.id}, type={self.type_id}, {self.mode}, "
+                f"{self.guarantee}, subscribers={len(self.subs)})")
+
+    # -- subscribing ----------------------------------------------------------------------------
+    def subscribe(self, type=None, *, name: str | None = None, window: int | None = None,
+                  ordered: bool | None = None) -> Subscriber:
+        """Add a subscriber. ``type``: the handler type its messages are delivered as (a name
+        or id with a handler); None: a host-side subscriber read with ``sub.take()``.
+        ``ordered``: this subscriber's delivery order (default: the channel's ``ordered``).
+        Raises ChannelError(CHAN_ALREADY_BOUND) for a second p2p subscriber or a 33rd fan-out one."""
+        k = self.kernel
+        tid = 0
+        if type is not None:
+            tid = k.type_id(type)
+            if k.handler_of[tid] is None:
+                raise ChannelError(f"channel {self.name!r}: cannot subscribe type "
+                                   f"{k.type_name(tid)!r}: no handler is registered for it",
+                                   CHAN_UNKNOWN)
+        with self.lock:
+            if self.closed:
+                raise ChannelError(f"channel {self.name!r} is closed", CHAN_CLOSED)
+            if len(self.subs) >= max_subscribers(self.mode):
+                raise ChannelError(
+                    f"channel {self.name!r} is {self.mode} and already has {len(self.subs)} "
+                    f"subscriber(s) ({', '.join(s.name for s in self.subs)}); "
+                    + ("declare mode='fanout' for more" if self.mode == "p2p"
+                       else f"fan-out allows at most {MAX_FANOUT}"), CHAN_ALREADY_BOUND)
+            win = window or self.window or max(2 * k.max_batch, 256)
+            ordered = self.ordered if ordered is None else (bool(ordered) and not self.det)
+            sub = Subscriber(self, tid, name or (k.type_name(tid) if tid else "host"), win,
+                             ordered=bool(tid) and ordered)
+            self.subs.append(sub)
+            self._osubs = {s.type_id: s for s in self.subs if s.ordered}
+        self.reg._rebuild()
+        self.reg._trace(EventType.CHAN_OPEN, self.type_id, self.id, len(self.subs))
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        """Remove a subscriber; what its ring still holds goes to sys.dropped (CHAN_CLOSED)."""
+        with self.lock:
+            if sub not in self.subs:
+                return
+            self.subs.remove(sub)
+            self._osubs = {s.type_id: s for s in self.subs if s.ordered}
+            self._flush_sub(sub, CHAN_CLOSED)
+            self._log_evict(force=False)
+        self.reg._rebuild()
+
+    # -- admission ------------------------------------------------------------------------------
+    def _room(self, prio0: bool) -> int:
+        """Messages of one priority class the channel can accept now (under the lock)."""
+        if self.lossy or not self.subs:
+            return 1 << 30
+        res = 0 if prio0 else self.reserve
+        if self.log is not None:
+            return self._log_room(res)      # replay: the log's room binds (core/replay.py)
+        free = min(s.ring.capacity - len(s.ring) for s in self.subs)
+        return free - res - self.granted - self.held_n
+
+    def _check_types(self, recs: np.ndarray) -> None:
+        if self.type_id and (recs["type"] != self.type_id).any():
+            bad = recs[recs["type"] != self.type_id]
+            k = self.kernel
+            got = sorted({k.type_name(int(t)) for t in np.unique(bad["type"])})
+            copy = bad.copy()
+            copy["payload_ptr"] = 0       # not accepted: the caller still owns the payload
+            copy["channel"] = self.id
+            self.reg.to_sys_dropped(copy, CHAN_TYPE_MISMATCH, count_on=self)
+            raise ChannelError(
+                f"channel {self.name!r} carries {k.type_name(self.type_id)!r} but "
+                f"{len(bad)} record(s) of type {', '.join(repr(g) for g in got)} were emitted on "
+                f"it (CHAN_TYPE_MISMATCH; copies are on sys.dropped)", CHAN_TYPE_MISMATCH)
+
+    # -- emitting -------------------------------------------------------------------------------
+    def emit(self, recs: np.ndarray, *, built: bool = False, prio: int | None = None) -> int:
+        """Batch emit (the hot path). Returns how many records were accepted: all of them on a
+        lossy channel, a prefix on a lossless one (the rest got CHAN_FULL; the caller still owns
+        their payloads). 0 on a closed channel. ``recs`` is consumed (its header is stamped).
+        A record of the wrong type raises ChannelError(CHAN_TYPE_MISMATCH), accepting nothing.
+
+        ``built=True`` (the runtime's own callers): the records were made for this channel, of
+        its type, with ``channel`` and FLAG_CHANNEL_MSG set, so those column passes are skipped;
+        ``prio`` says every record has that priority (skips the reserve's per-record check)."""
+        n = len(recs)
+        if n == 0:
+            return 0
+        if not built:
+            self._check_types(recs)
+        k = 0
+        for attempt in (0, 1):
+            with self.lock:
+                if self.closed:
+                    return 0
+                k = self._admit(recs, prio)
+                if k:
+                    acc = recs[:k] if k < n else recs
+                    self._stamp_commit(acc, built)
+            if k or attempt or self.lossy:
+                break
+            self.reg._drain_channel(self)   # make room, then try once more
+        if k < n:
+            self._count_full(n - k, recs[k:k + 1])
+        if k and not self.det:
+            self._drain_channel()
+        return k
+
+    def emit_one(self, tid: int, fl: int, tenant: int, ptr: int, plen: int, meta0, meta1,
+                 seq: int = 0) -> int:
+        """Emit one message; returns OK, CHAN_FULL or CHAN_CLOSED (then the caller keeps the
+        payload)."""
+        recs = T.make(1, type=tid, flags=fl | FLAG_CHANNEL_MSG, tenant=tenant, channel=self.id,
+                      seq=seq, payload_ptr=ptr, payload_len=plen, meta0=meta0, meta1=meta1)
+        if self.emit(recs, built=tid == self.type_id, prio=fl & PRIO_MASK):
+            return 0
+        return CHAN_CLOSED if self.closed else CHAN_FULL
+
+    def publish(self, meta0=0, meta1=0, *, payload=None, priority: int = 0, tenant: int = 0,
+                count: int | None = None, type=None) -> int:
+        """Host-side emit: build the records (keywords take scalars or columns) and emit them.
+        Returns OK for one message, or CHAN_FULL / CHAN_CLOSED; for ``count`` > 1 the accepted
+        count. A payload (bytes, array or dict) is copied into the arena (one per call)."""
+        k = self.kernel
+        tid = self.type_id if type is None else k.type_id(type)
+        n = check_count(count, meta0, meta1)
+        ptr = plen = 0
+        if payload is not None:
+            ptr, plen = k.store_payload(tid, payload)
+            if n > 1:
+                k.arena.retain(ptr, n - 1)
+        recs = T.make(n, type=tid, priority=priority, tenant=tenant, payload_ptr=ptr,
+                      payload_len=plen, meta0=meta0, meta1=meta1)
+        try:
+            acc = self.emit(recs)
+        except ChannelError:
+            if ptr:
+                k.arena.release(ptr, n)
+            raise
+        if ptr and acc < n:
+            k.arena.release(ptr, n - acc)
+        if count is None and n == 1:
+            return 0 if acc else (CHAN_CLOSED if self.closed else CHAN_FULL)
+        return acc
+
+    def _admit(self, recs: np.ndarray, prio: int | None = None) -> int:
+        """How many of ``recs`` (a prefix) fit now (under the lock)."""
+        n = len(recs)
+        if self.lossy or not self.subs:
+            return n
+        room0 = self._room(True)
+        if room0 <= 0:
+            return 0
+        room_hi = room0 - self.reserve
+        if prio is not None:
+            return min(n, room0) if prio == 0 else max(0, min(n, room_hi))
+        pr = recs["flags"] & PRIO_MASK
+        if not pr.any():
+            return min(n, room0)
+        if (pr != 0).all():
+            return max(0, min(n, room_hi))
+        need = np.arange(1, n + 1)
+        ok = need <= np.where(pr == 0, room0, room_hi)
+        return n if ok.all() else int(np.argmin(ok))
+
+    def _count_full(self, n: int, first: np.ndarray) -> None:
+        self.full += n
+        self.reg._trace(EventType.CHAN_FULL, self.type_id, self.id, n)
+
+    def _stamp_commit(self, recs: np.ndarray, built: bool = False) -> None:
+        """Stamp accepted records and hand them to the rings (under the lock)."""
+        n = len(recs)
+        if not built:
+            recs["channel"] = self.id
+            recs["flags"] |= FLAG_CHANNEL_MSG
+        self.emitted += n
+        if self.det:
+            self.held.append(recs.copy())       # seq: the parent's, for canonical order
+            self.held_n += n
+            return
+        s = self.seq
+        recs["seq"] = np.arange(s + 1, s + n + 1, dtype=np.int64)
+        self.seq = s + n
+        self._deliver(recs)
+
+    def _deliver(self, recs: np.ndarray) -> None:
+        """Copy stamped, sequenced records into every subscriber's ring (under the lock)."""
+        n = len(recs)
+        self.committed = int(recs["seq"][-1])
+        subs = self.subs
+        if not subs:
+            self._drop(recs, CHAN_NO_SUBSCRIBER, None, release=True)
+            return
+        k = self.kernel
+        plan = []
+        for sub in subs:
+            if sub.behind:
+                plan.append(0)
+                continue
+            free = sub.ring.capacity - len(sub.ring)
+            if self.lossy:
+                m = self._lossy_fit(recs, free)
+            else:
+                m = min(n, free)
+            plan.append(m)
+        ptrs = recs["payload_ptr"]
+        if ptrs.any():
+            # references first, pushes second: a subscriber may run and release at once
+            copies = np.zeros(n, dtype=np.int64)
+            for m in plan:
+                if isinstance(m, np.ndarray):
+                    copies += m
+                else:
+                    copies[:m] += 1
+            if self.log is not None:
+                copies += 1
+            arena = k.arena
+            for j in np.flatnonzero(ptrs):
+                c = int(copies[j])
+                if c > 1:
+                    arena.retain(int(ptrs[j]), c - 1)
+                elif c == 0:
+                    arena.release(int(ptrs[j]))
+        for sub, m in zip(subs, plan):
+            if isinstance(m, np.ndarray):
+                got, lost = recs[m], recs[~m]
+            else:
+                got, lost = (recs if m == n else recs[:m]), recs[m:]
+            if len(got):
+                if sub.type_id and sub.type_id != got["type"][0]:
+                    got = got.copy()
+                    got["type"] = sub.type_id
+                sub.ring.push(got)
+                if not sub.behind:
+                    sub.next = int(got["seq"][-1]) + 1
+            if len(lost):
+                if self.log is not None and not self.lossy:
+                    sub.behind = True      # the log holds its copies; it catches up on drain
+                else:
+                    self._drop(lost, CHAN_FULL, sub, release=False)
+        if self.log is not None:
+            self._log_append(recs)
+
+    def _lossy_fit(self, recs: np.ndarray, free: int):
+        """Drop-slow admission for one ring: an int prefix when simple, else a bool mask."""
+        n = len(recs)
+        pr = recs["flags"] & PRIO_MASK
+        if not pr.any():
+            return min(n, free)
+        lim_hi = free - self.reserve
+        if (pr != 0).all():
+            return max(0, min(n, lim_hi))
+        mask = np.zeros(n, dtype=bool)
+        used = 0
+        for j, p in enumerate(pr.tolist()):
+            if used < (free if p == 0 else lim_hi):
+                mask[j] = True
+                used += 1
+        return mask
+
+    def _drop(self, recs: np.ndarray, code: int, sub: Subscriber | None, *, release: bool) -> None:
+        """Copies that will not be delivered: sys.dropped with ``code`` (payload ref released
+        when ``release``; a copy that never got a reference passes release=False)."""
+        n = len(recs)
+        if n == 0:
+            return
+        out = recs.copy()
+        if sub is not None:
+            sub.dropped += n
+            if sub.type_id:
+                out["type"] = sub.type_id     # whose copy it was
+        if release and out["payload_ptr"].any():
+            self.kernel.arena.release_many(out["payload_ptr"])
+        out["payload_ptr"] = 0
+        self.reg.to_sys_dropped(out, code, count_on=self)
+        ev = EventType.REPLAY_OVERFLOW if code == CHAN_REPLAY_OVERFLOW else EventType.CHAN_DROP
+        self.reg._trace(ev, self.type_id, self.id, code & 0xFFFFFFFF, recs=out)
+
+    # -- draining -------------------------------------------------------------------------------
+    def _drain_channel(self) -> int:
+        n = 0
+        for sub in self.subs:
+            if sub.type_id:
+                n += self._drain_sub(sub)
+        return n
+
+    def _inflight(self, t: int) -> int:
+        n = 0
+        for rq in self.kernel.sched.tenants.values():
+            b = rq.buckets.get(t)
+            if b is not None:
+                n += b.size
+        return n
+
+    def _drain_sub(self, sub: Subscriber, all_: bool = False) -> int:
+        """Move a subscriber's messages into the enqueue core (FIFO: one drainer at a time).
+
+        A drainer never waits for the channel lock: a busy producer retakes it again and again,
+        and Python's locks are not fair, so a worker waiting for it (holding the subscriber's
+        drain lock, as it used to) could wait for milliseconds. Nobody could drain that
+        subscriber meanwhile; it fell a whole log behind subscribers just as fast as it and was
+        degraded. So a behind subscriber is fed from the log only when the lock is free (see
+        :meth:`_feed`), and acknowledged log entries are evicted the same way."""
+        if sub.ordered:
+            return self._drain_ordered(sub)
+        total = 0
+        while True:
+            if sub.behind:
+                self._feed(sub)
+            if not sub.drain_lock.acquire(False):
+                break
+            try:
+                n = self._drain_ring(sub, all_)
+            finally:
+                sub.drain_lock.release()
+            total += n
+            if not n or not sub.behind:
+                break                   # behind: more is waiting in the log
+        if total and self.log is not None:
+            self._log_evict_acked()
+        return total
+
+    def _feed(self, sub: Subscriber) -> None:
+        """Feed a behind subscriber's ring from the log if the channel lock is free. When it is
+        not, its holder is an emitter, which drains every subscriber after its emit (or a
+        drainer, which will release it soon: an idle worker drains again within a step)."""
+        if self.lock.acquire(False):
+            try:
+                if sub.behind:
+                    self._catch_up(sub)
+            finally:
+                self.lock.release()
+
+    def _drain_ring(self, sub: Subscriber, all_: bool) -> int:
+        """Drain what the ring holds, up to the subscriber's window (holding its drain lock)."""
+        total = 0
+        ring = sub.ring
+        while ring.tail != ring.head:
+            credit = (1 << 30) if all_ else sub.window - self._inflight(sub.type_id)
+            if credit <= 0:
+                break
+            # in place: the enqueue core copies them into the ready queue, then they are
+            # consumed (one copy per delivery instead of two)
+            recs = ring.head_view(credit)
+            n = len(recs)
+            if not n:
+                break
+            sub.delivered += n
+            sub.acked = int(recs["seq"][-1]) if not self.det else sub.acked + n
+            self.kernel.sched.enqueue(recs, Route.CHANNEL)
+            ring.consume(n)
+            total += n
+            if n >= credit:
+                break                   # else: the view stopped at the buffer's end
+        return total
+
+    def _drain_ordered(self, sub: Subscriber) -> int:
+        """Ordered subscriber: hand the scheduler one batch (at most ``max_batch`` messages,
+        one tenant and priority, so the ready queue keeps it whole and one worker pops it), and
+        the next only once ``on_batch_done`` says that one is finished. Two workers can then
+        never run two of its batches at once, so its handler sees channel-sequence order."""
+        total = 0
+        if sub.behind and sub.busy:
+            self._feed(sub)             # fill its ring meanwhile: the log is forced past it later
+        while not sub.busy:
+            if sub.behind:
+                self._feed(sub)
+            if not sub.drain_lock.acquire(False):
+                break
+            n = 0
+            try:
+                if not sub.busy:
+                    n = self._deliver_one(sub)
+            finally:
+                sub.drain_lock.release()
+            total += n
+            # loop: a batch that finished while we held the drain lock could not deliver the
+            # next one (its worker's try-acquire failed), so look again unless the ring is
+            # empty (behind with the channel lock taken: its holder drains, see _feed)
+            if not n and sub.ring.tail == sub.ring.head:
+                break
+        if total and self.log is not None:
+            self._log_evict_acked()
+        return total
+
+    def _deliver_one(self, sub: Subscriber) -> int:
+        ring = sub.ring
+        if ring.tail == ring.head:
+            return 0
+        recs = ring.head_view(min(self.kernel.max_batch, sub.window))
+        n = len(recs)
+        if n > 1:
+            # one tenant and one priority: the ready queue splits a batch by those, and two
+            # pieces could run on two workers at once
+            ten = recs["tenant"]
+            pri = recs["flags"] & PRIO_MASK
+            diff = (ten != ten[0]) | (pri != pri[0])
+            if diff.any():
+                n = int(np.argmax(diff))
+                recs = recs[:n]
+        seq = recs["seq"]
+        last = int(seq[-1])
+        sub.b_lo, sub.b_hi = int(seq[0]), last
+        sub.busy = n                    # before the enqueue: a worker may finish it at once
+        sub.delivered += n
+        sub.acked = last
+        acc = self.kernel.sched.enqueue(recs, Route.CHANNEL)
+        ring.consume(n)
+        if acc < n:                     # refused ones went to sys.error: they never finish
+            with sub.busy_lock:
+                sub.busy = max(0, sub.busy - (n - acc))
+        return n
+
+    def _batch_done(self, sub: Subscriber, recs: np.ndarray) -> None:
+        """``recs`` (one worker batch of ``sub``'s handler type from this channel) finished."""
+        n = len(recs)
+        seq = recs["seq"]
+        lo, hi = sub.b_lo, sub.b_hi
+        if n == sub.busy and int(seq[0]) == lo and int(seq[-1]) == hi:
+            done = n                    # the usual case: the whole in-flight batch
+        else:                           # a piece of it, or other messages of the same type
+            done = int(((recs["channel"] == self.id) & (seq >= lo) & (seq <= hi)).sum())
+            if not done:
+                return
+        with sub.busy_lock:
+            left = sub.busy - done
+            sub.busy = left if left > 0 else 0
+        if left <= 0:
+            self._drain_ordered(sub)
+
+    def _take(self, sub: Subscriber, max_n: int) -> np.ndarray:
+        if sub.behind:
+            with self.lock:
+                self._catch_up(sub)
+        recs = sub.ring.pop(max_n)
+        if len(recs):
+            sub.delivered += len(recs)
+            sub.acked = int(recs["seq"][-1])
+            if self.log is not None:
+                with self.lock:
+                    self._log_evict(force=False)
+        return recs
+
+    def tick_boundary(self) -> None:
+        """Deterministic channel: number what this tick emitted in canonical order (parent seq,
+        then emit order) and move it all into the scheduler."""
+        with self.lock:
+            if self.held:
+                recs = np.concatenate(self.held) if len(self.held) > 1 else self.held[0]
+                self.held = []
+                self.held_n = 0
+                recs = recs[np.argsort(recs["seq"], kind="stable")]
+                s = self.seq
+                recs["seq"] = np.arange(s + 1, s + len(recs) + 1, dtype=np.int64)
+                self.seq = s + len(recs)
+                recs["flags"] |= FLAG_DETERMINISTIC
+                self._deliver(recs)
+        for sub in self.subs:
+            if sub.type_id:
+                self._drain_sub(sub, all_=True)
+
+    def pending(self) -> int:
+        """Messages the channel holds for handler subscribers (not yet in the scheduler)."""
+        n = self.held_n
+        for s in self.subs:
+            if s.type_id:
+                n += len(s.ring)
+                if s.behind:
+                    n += max(0, self.committed - s.next + 1)
+        return n
+
+    # -- closing --------------------------------------------------------------------------------
+    def close(self) -> int:
+        """Close the channel: later emits get CHAN_CLOSED; every message it still holds goes to
+        sys.dropped with CHAN_CLOSED (payload references released). Returns how many."""
+        with self.lock:
+            if self.closed:
+                return 0
+            self.closed = True
+            n = 0
+            if self.held:
+                recs = np.concatenate(self.held)
+                self.held, self.held_n = [], 0
+                n += len(recs)
+                # never delivered: each subscriber's copy is dropped; one reference to release
+                for sub in self.subs or [None]:
+                    self._drop(recs, CHAN_CLOSED if self.subs else CHAN_NO_SUBSCRIBER, sub,
+                               release=False)
+                if recs["payload_ptr"].any():
+                    self.kernel.arena.release_many(recs["payload_ptr"])
+            for sub in self.subs:
+                n += self._flush_sub(sub, CHAN_CLOSED)
+            if self.log is not None and len(self.log):
+                self._release_log(self.log.pop(len(self.log)))
+        self.reg._closed(self)
+        self.reg._trace(EventType.CHAN_CLOSE, self.type_id, self.id, n)
+        return n
+
+    def _flush_sub(self, sub: Subscriber, code: int) -> int:
+        """Drop everything a subscriber has not received yet (under the lock)."""
+        # no drain lock here (a drainer holds it while taking ours): a record is popped once,
+        # by the drainer (delivered) or by us (dropped)
+        recs = sub.ring.pop(sub.ring.capacity)
+        n = len(recs)
+        self._drop(recs, code, sub, release=True)
+        if sub.behind and self.log is not None:
+            lo = max(sub.next, self.log.first)
+            m = self.committed - lo + 1
+            if m > 0:
+                self._drop(self.log.get(lo, m), code, sub, release=False)
+                n += m
+            sub.behind = False
+        return n
+
+    # -- metrics --------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        if self.log is not None:
+            self._log_evict_acked(wait=True)
+        dt = max(time.monotonic() - self.t_open, 1e-9)
+        subs = [s.stats() for s in self.subs]
+        return {
+            "id": self.id, "name": self.name,
+            "type": self.kernel.type_name(self.type_id) if self.type_id else "*",
+            "mode": self.mode, "guarantee": self.guarantee, "capacity": self.capacity,
+            "reserve": self.reserve, "closed": self.closed, "deterministic": self.det,
+            "depth": max((s["depth"] for s in subs), default=0) + self.held_n,
+            "high_watermark": max((s["high_watermark"] for s in subs), default=0),
+            "emitted": self.emitted, "emit_rate": self.emitted / dt, "seq": self.seq,
+            "full": self.full, "dropped": self.dropped,
+            "drop_reasons": {T.code_name(c): v for c, v in self.drop_reasons.items()},
+            "subscribers": len(subs), "subs": subs,
+            "replay": None if self.log is None else {
+                "capacity": self.log.cap, "depth": len(self.log), "first_seq": self.log.first,
+                "evicted": self.log.evicted},
+        }
+
+
+__all__ = ["Channel", "Subscriber"]

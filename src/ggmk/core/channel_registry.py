@@ -1,0 +1,309 @@
+"""The channel registry of one CPU kernel (SPEC §5): names to ids, open/get/close, the system
+channels, dead letters, draining and per-channel metrics.
+
+:class:`Channels` (``system.channels``) opens a channel once per name (opening it again with
+another type, mode, guarantee or ``ordered`` is an error) and hands out ids in opening order.
+It owns the system channels, opened at boot:
+
+* ``sys.error`` and ``sys.dropped`` (:class:`SysChannel`): dead letters. Failed tasks go to
+  ``sys.error`` (or to their channel's ``error_handler``, see :meth:`Channels.route_failures`);
+  every message a channel accepted but could not deliver goes to ``sys.dropped`` with a reason
+  (CHAN_FULL, CHAN_CLOSED, CHAN_REPLAY_OVERFLOW, CHAN_NO_SUBSCRIBER, CHAN_TYPE_MISMATCH). Both
+  keep their records with the reason in a bounded store until ``system.dead_letters`` takes
+  them, never block the kernel, and cannot be closed.
+* ``sys.trace``, ``sys.tick``, ``sys.heartbeat``, ``host.rx``, ``host.tx``: lossy fan-out
+  channels any module may subscribe to.
+
+Draining: the registry keeps the channels that have handler subscribers (``_hot``), the
+deterministic ones (``_det``, ascending id) and those with ordered subscribers (``_ordered``).
+``drain_some`` is the opportunistic drain after each handler batch and from idle workers;
+``on_batch_done`` is the worker's hook after every finished batch of channel messages (it lets
+an ordered subscriber's next batch go); ``tick_boundary`` drains the deterministic channels, in
+ascending channel id order, when a tick ends (and ``drain_some`` opens the boundary itself
+when nothing runs in the tick).
+"""
+from __future__ import annotations
+
+import difflib
+import threading
+
+import numpy as np
+
+from ggmk import task as T
+from ggmk.core.channel import Channel
+from ggmk.core.channel_spec import DEFAULT_CAPACITY, validate_channel_name, validate_channel_spec
+from ggmk.core.replay import ReplayLog
+from ggmk.errors import ChannelError
+from ggmk.events import EventType
+from ggmk.task import CHAN_CLOSED, CHAN_TYPE_MISMATCH, CHAN_UNKNOWN, FLAG_CHANNEL_MSG
+
+SYS_CHANNELS = ("sys.error", "sys.dropped", "sys.trace", "sys.tick", "sys.heartbeat",
+                "host.rx", "host.tx")
+_SYS_TYPES = {"sys.trace": "SYS_TRACE", "sys.tick": "SYS_TICK", "sys.heartbeat": "SYS_HEARTBEAT"}
+
+
+class SysChannel(Channel):
+    """``sys.error`` / ``sys.dropped``: fan-out, never blocks the kernel. Records are kept with
+    their reason code in a bounded store until ``system.dead_letters`` takes them (overflow is
+    counted as ``rejected`` in stats); handler subscribers also get a copy (lossy) whose
+    ``_pad`` holds the reason (``ctx.reason``)."""
+
+    def __init__(self, reg, cid, name, store):
+        super().__init__(reg, cid, name, 0, mode="fanout", guarantee="lossy",
+                         capacity=store.capacity, system=True)
+        self.store = store
+
+    def put(self, recs: np.ndarray, codes) -> None:
+        n = len(recs)
+        if n == 0:
+            return
+        self.store.push_coded(recs, codes)
+        self.emitted += n
+        if self.subs:
+            out = recs.copy()
+            out["channel"] = self.id
+            out["flags"] |= FLAG_CHANNEL_MSG
+            out["_pad"] = np.broadcast_to(np.asarray(codes, dtype=np.int64), (n,)) & 0xFFFF
+            with self.lock:
+                s = self.seq
+                out["seq"] = np.arange(s + 1, s + n + 1, dtype=np.int64)
+                self.seq = s + n
+                self.committed = self.seq
+                for sub in self.subs:
+                    got = out.copy() if sub.type_id else out
+                    if sub.type_id:
+                        got["type"] = sub.type_id
+                    k = sub.ring.push(got)
+                    sub.dropped += n - k          # never blocks: the overflow is counted
+
+    def emit(self, recs: np.ndarray) -> int:
+        recs = recs.copy()
+        if recs["payload_ptr"].any():
+            self.kernel.arena.release_many(recs["payload_ptr"])
+            recs["payload_ptr"] = 0
+        self.put(recs, T.FAIL)
+        return len(recs)
+
+    def take_coded(self, max_n: int):
+        return self.store.pop_coded(max_n)
+
+    def stats(self) -> dict:
+        d = super().stats()
+        st = self.store.stats()
+        d.update(stored=st["depth"], overflow=st["rejected"])
+        return d
+
+
+class Channels:
+    """The channel registry of one CPU kernel: names to ids, open/get/close, the system
+    channels, dead letters, draining and per-channel metrics.
+
+    ``open(..., ordered=None)``: see :class:`Channel` (None: the default, True unless the
+    channel is deterministic). ``on_batch_done(recs)`` is the worker's hook after every
+    finished batch of channel messages: it lets an ordered subscriber's next batch go."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.by_name: dict[str, Channel] = {}
+        self.by_id: dict[int, Channel] = {}
+        self._next_id = 1
+        self.lock = threading.Lock()
+        self._hot: list[Channel] = []        # channels with handler subscribers (drain targets)
+        self._det: list[Channel] = []        # deterministic ones, ascending id
+        self._ordered: dict[int, Channel] = {}   # id -> channel with ordered handler subscribers
+        self.closed: list[Channel] = []
+        self.sys_error = self._add(SysChannel(self, self._take_id(), "sys.error", kernel.sys_error))
+        self.sys_dropped = self._add(SysChannel(self, self._take_id(), "sys.dropped",
+                                                kernel.sys_dropped))
+        for name in SYS_CHANNELS[2:]:
+            tname = _SYS_TYPES.get(name)
+            tid = kernel.type_id(tname, register=True) if tname else 0
+            self.open(name, tid, mode="fanout", guarantee="lossy", system=True)
+
+    def _take_id(self) -> int:
+        cid = self._next_id
+        self._next_id += 1
+        return cid
+
+    def _add(self, ch: Channel) -> Channel:
+        self.by_name[ch.name] = ch
+        self.by_id[ch.id] = ch
+        return ch
+
+    # -- registry -------------------------------------------------------------------------------
+    def open(self, name: str, type=0, *, mode: str = "p2p", guarantee: str = "lossless",
+             capacity: int = DEFAULT_CAPACITY, replay: int = 0, error_handler=None,
+             window: int | None = None, system: bool = False, ordered: bool | None = None,
+             **_ignored) -> Channel:
+        """Open (or return the already open) channel ``name`` carrying ``type``. Opening an
+        existing name with a different type, mode, guarantee or ``ordered`` raises ChannelError.
+        ``ordered`` (default True; ignored on a deterministic channel): each handler subscriber
+        gets its messages in channel order, one batch of at most ``max_batch`` in flight at a
+        time; False lets several batches of one subscriber run at once, on several workers
+        (more throughput for a handler that does not care about order). See :class:`Channel`."""
+        validate_channel_name(name)
+        k = self.kernel
+        tid = k.type_id(type, register=True, where=f"channel {name!r}") if type else 0
+        with self.lock:
+            ch = self.by_name.get(name)
+            if ch is not None:
+                if ch.type_id != tid:
+                    raise ChannelError(
+                        f"channel {name!r} carries {k.type_name(ch.type_id)!r}, cannot open it "
+                        f"for {k.type_name(tid)!r}", CHAN_TYPE_MISMATCH)
+                for attr, v in (("mode", mode), ("guarantee", guarantee), ("ordered", ordered)):
+                    if v is not None and not (attr == "ordered" and ch.det) and getattr(ch, attr) != v:
+                        raise ChannelError(f"channel {name!r} is {getattr(ch, attr)}, cannot "
+                                           f"open it as {v}", CHAN_TYPE_MISMATCH)
+                if error_handler is not None:
+                    ch.error_handler = error_handler
+                if replay and ch.log is None:
+                    ch.replay = replay
+                    ch.log = ReplayLog.sized(replay)
+                return ch
+            det = bool(tid) and k.det is not None and k.types.info(tid).deterministic
+            validate_channel_spec(name, mode, guarantee, replay=replay, deterministic=det)
+            ch = self._add(Channel(self, self._take_id(), name, tid, mode=mode,
+                                   guarantee=guarantee, capacity=capacity, replay=replay,
+                                   error_handler=error_handler, window=window,
+                                   deterministic=det, system=system, ordered=ordered))
+        self._rebuild()
+        self._trace(EventType.CHAN_OPEN, tid, ch.id, 0)
+        return ch
+
+    def get(self, name) -> Channel:
+        """The open channel ``name`` (or id); ChannelError(CHAN_UNKNOWN) naming it otherwise."""
+        ch = self.by_id.get(name) if isinstance(name, int) else self.by_name.get(name)
+        if ch is None:
+            close = difflib.get_close_matches(str(name), list(self.by_name), n=1)
+            raise ChannelError(
+                f"unknown channel {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                + f"; open channels: {', '.join(sorted(self.by_name))}", CHAN_UNKNOWN)
+        return ch
+
+    def __contains__(self, name) -> bool:
+        return name in self.by_name
+
+    def __iter__(self):
+        return iter(list(self.by_name.values()))
+
+    def close(self, name) -> int:
+        ch = self.get(name)
+        if ch.system and ch.name in ("sys.error", "sys.dropped"):
+            raise ChannelError(f"channel {ch.name!r} cannot be closed", CHAN_CLOSED)
+        return ch.close()
+
+    def _closed(self, ch: Channel) -> None:
+        with self.lock:
+            if self.by_name.get(ch.name) is ch:
+                del self.by_name[ch.name]
+            self.closed.append(ch)
+        self.kernel._chan_cache.clear()
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        chans = sorted((c for c in self.by_name.values() if not c.closed), key=lambda c: c.id)
+        self._hot = [c for c in chans if not c.det and any(s.type_id for s in c.subs)]
+        self._det = [c for c in chans if c.det]
+        self._ordered = {c.id: c for c in chans if c._osubs}
+
+    # -- dead letters ---------------------------------------------------------------------------
+    def to_sys_error(self, recs, code) -> None:
+        self.sys_error.put(recs, code)
+
+    def to_sys_dropped(self, recs, code, count_on: Channel | None = None) -> None:
+        if count_on is not None:
+            count_on.dropped += len(recs)
+            count_on.drop_reasons[code] = count_on.drop_reasons.get(code, 0) + len(recs)
+        self.sys_dropped.put(recs, code)
+
+    def take_dead(self, which: str = "sys.error"):
+        if which not in ("sys.error", "sys.dropped"):
+            raise ChannelError(f"dead letters live on 'sys.error' or 'sys.dropped', not {which!r}",
+                               CHAN_UNKNOWN)
+        ch = self.sys_error if which == "sys.error" else self.sys_dropped
+        return ch.take_coded(ch.store.capacity)
+
+    def route_failures(self, recs, codes):
+        """Failed channel messages go to their channel's error handler when it has one.
+        Returns (records, codes) left for sys.error."""
+        cids = recs["channel"]
+        codes = np.broadcast_to(np.asarray(codes, dtype=np.int32), (len(recs),))
+        keep = np.ones(len(recs), dtype=bool)
+        for cid in np.unique(cids[(recs["flags"] & FLAG_CHANNEL_MSG) != 0]).tolist():
+            ch = self.by_id.get(cid)
+            if ch is None or ch.error_handler is None:
+                continue
+            sel = cids == cid
+            try:
+                ch.error_handler(recs[sel], codes[sel].copy())
+            except Exception as e:   # noqa: BLE001 - a broken error handler: fall back to sys.error
+                self.kernel.exceptions.append((ch.name, "error_handler", repr(e), ""))
+                continue
+            keep &= ~sel
+            p = recs["payload_ptr"][sel]
+            if p.any():
+                self.kernel.arena.release_many(p)
+        return recs[keep], codes[keep]
+
+    # -- draining -------------------------------------------------------------------------------
+    def on_batch_done(self, recs: np.ndarray) -> None:
+        """A worker finished a batch of channel messages (whatever their outcome: done, failed,
+        yielded or retried). An ordered subscriber's in-flight batch is over once all of its
+        messages were finished: deliver its next one now."""
+        r0 = recs[0]
+        ch = self._ordered.get(int(r0["channel"]))
+        if ch is not None:
+            sub = ch._osubs.get(int(r0["type"]))
+            if sub is not None and sub.busy:
+                ch._batch_done(sub, recs)
+
+    def drain_some(self, worker: int = -1) -> int:
+        """Opportunistic drain: called after each handler batch and by idle workers."""
+        n = 0
+        for ch in self._hot:
+            for sub in ch.subs:
+                if sub.type_id and (sub.ring.tail != sub.ring.head or sub.behind):
+                    n += ch._drain_sub(sub)
+        if self._det:
+            det = self.kernel.det
+            if det is not None and any(c.held_n for c in self._det) and not det.has_work():
+                with det.lock:   # nothing runs this tick: open the boundary ourselves
+                    if not det.has_work() and not det.inflight:
+                        self.tick_boundary(det.tick)
+        return n
+
+    def _drain_channel(self, ch: Channel) -> int:
+        return 0 if ch.det else ch._drain_channel()
+
+    def tick_boundary(self, tick: int) -> None:
+        """Deterministic channels drain here only, in ascending channel id (under DetStage's lock)."""
+        for ch in self._det:
+            ch.tick_boundary()
+
+    def idle(self) -> bool:
+        for ch in self._hot:
+            if ch.pending():
+                return False
+        return not any(c.held_n for c in self._det)
+
+    def _trace(self, event, task_type: int, cid: int, arg1: int, recs=None) -> None:
+        k = self.kernel
+        tr = k.tracer
+        if not tr.enabled:
+            return
+        with k._host_lock:
+            if recs is not None:
+                tr.emit_batch(k.nworkers, event, recs, arg0=recs["seq"],
+                              arg1=np.full(len(recs), arg1 & 0xFFFFFFFF))
+            else:
+                tr.emit(k.nworkers, event, 0, task_type, cid, arg1 & 0xFFFFFFFF)
+
+    def stats(self) -> dict:
+        out = {ch.name: ch.stats() for ch in self.by_name.values()}
+        for ch in self.closed:
+            out.setdefault(ch.name, ch.stats())
+        return out
+
+
+__all__ = ["Channels", "SysChannel", "SYS_CHANNELS"]

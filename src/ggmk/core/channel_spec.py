@@ -1,0 +1,81 @@
+"""Channel specs (SPEC §5): what a channel is declared with, and its validation. The one home
+of the channel modes, guarantees and limits, shared by the CPU kernel (``core/channel.py``,
+``core/channel_registry.py``) and the device kernel's declarations (``device/module.py`` and
+``device/codegen.py`` import them through ``ggmk.core.chan``).
+
+Modes and guarantees
+--------------------
+* ``p2p``: one subscriber (a second gets CHAN_ALREADY_BOUND), FIFO.
+* ``fanout``: up to ``MAX_FANOUT`` (32) subscribers; each gets its own copy of the 48-byte
+  header, the payload is shared read-only: its reference count becomes the number of copies
+  handed out, and each subscriber's handler return (or a drop) releases one.
+* ``lossless``: emit is refused (CHAN_FULL, or a short count for batch emit) unless every
+  subscriber's ring has room, so an accepted message is always delivered. The last 10%
+  (``RESERVE_FRACTION``) of each ring is kept for priority-0 messages. With ``replay=N`` the
+  channel also keeps up to N messages in a replay log (see ``core/replay.py``): a subscriber
+  whose ring is full falls *behind* and is fed from the log instead of blocking the producer.
+* ``lossy`` (drop-slow): emit always succeeds; a full subscriber's copy is dropped: traced
+  (CHAN_DROP), put on ``sys.dropped`` with CHAN_FULL, its payload reference released.
+
+A deterministic channel (one carrying a deterministic type, in determinism mode) holds its
+messages until the tick boundary, so it has no replay log.
+
+An invalid spec raises :class:`ggmk.errors.ChannelError` with ``code`` CHAN_UNKNOWN (the
+device's ``ChannelBootError`` is a subclass of it).
+"""
+from __future__ import annotations
+
+from ggmk.errors import ChannelError
+from ggmk.task import CHAN_UNKNOWN
+
+MODES = ("p2p", "fanout")
+GUARANTEES = ("lossy", "lossless")
+MAX_FANOUT = 32                     # subscribers of a fan-out channel (p2p: 1)
+DEFAULT_CAPACITY = 4096             # messages per subscriber ring
+MIN_CAPACITY = 8                    # a smaller capacity is raised to this
+RESERVE_FRACTION = 10               # last 1/10 of a ring: priority 0 only
+
+
+def max_subscribers(mode: str) -> int:
+    """How many subscribers a channel of ``mode`` takes: 1 for p2p, MAX_FANOUT for fan-out."""
+    return 1 if mode == "p2p" else MAX_FANOUT
+
+
+def ring_capacity(capacity) -> int:
+    """A subscriber ring's capacity for a requested ``capacity``: at least MIN_CAPACITY,
+    rounded up to a power of two."""
+    return 1 << (max(int(capacity), MIN_CAPACITY) - 1).bit_length()
+
+
+def priority_reserve(capacity: int) -> int:
+    """Ring slots kept for priority-0 messages: the last RESERVE_FRACTION-th (at least 1)."""
+    return max(1, capacity // RESERVE_FRACTION)
+
+
+def validate_channel_name(name) -> None:
+    """A channel name is a non-empty string; ChannelError(CHAN_UNKNOWN) otherwise."""
+    if not isinstance(name, str) or not name:
+        raise ChannelError(f"channel name must be a non-empty string, got {name!r}",
+                           CHAN_UNKNOWN)
+
+
+def validate_channel_spec(name, mode, guarantee, *, replay=0,
+                          deterministic: bool = False) -> None:
+    """Check a channel's declaration: its name, ``mode`` (one of MODES), ``guarantee`` (one
+    of GUARANTEES), and that a deterministic channel asks for no replay log. Raises
+    ChannelError(CHAN_UNKNOWN) naming the channel and the bad value."""
+    validate_channel_name(name)
+    if deterministic and replay:
+        raise ChannelError(f"channel {name!r}: a deterministic channel has no replay log",
+                           CHAN_UNKNOWN)
+    if mode not in MODES:
+        raise ChannelError(f"channel {name!r}: mode must be 'p2p' or 'fanout', got {mode!r}",
+                           CHAN_UNKNOWN)
+    if guarantee not in GUARANTEES:
+        raise ChannelError(f"channel {name!r}: guarantee must be 'lossy' or 'lossless', got "
+                           f"{guarantee!r}", CHAN_UNKNOWN)
+
+
+__all__ = ["MODES", "GUARANTEES", "MAX_FANOUT", "DEFAULT_CAPACITY", "MIN_CAPACITY",
+           "RESERVE_FRACTION", "max_subscribers", "ring_capacity", "priority_reserve",
+           "validate_channel_name", "validate_channel_spec"]
