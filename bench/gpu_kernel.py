@@ -25,13 +25,15 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+_REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, os.path.join(_REPO, "src"))
+sys.path.insert(0, os.path.join(_REPO, "tests", "device"))    # workloads.py: the test workloads
 
 import ggmk.device as gd  # noqa: E402
 from ggmk import task as taskmod  # noqa: E402
 from ggmk.device import api as g  # noqa: E402
-from ggmk.device.host import resolve_target  # noqa: E402
-from ggmk.device.workloads import CHAIN_DONE, chain_module  # noqa: E402
+from ggmk.device.targets import get_target  # noqa: E402
+from workloads import chain_module  # noqa: E402
 
 SINK, ECHO, ECHO_BACK = 40, 41, 42
 
@@ -148,13 +150,13 @@ def main():
                     help="cpu target: host threads running the worker blocks (default: the "
                          "target's, 2 on a machine with 2+ cores)")
     a = ap.parse_args()
-    target = resolve_target(a.target)
+    target = get_target(a.target).NAME
     cfg = {} if a.host_threads is None else {"host_threads": a.host_threads}
     res = {"bench": "gpu_kernel", "target": target, "machine": platform.machine(),
            "cpus": os.cpu_count()}
     probe = gd.DeviceKernel([chain_module()], target=target, workers=a.workers, **cfg)
     res["workers"] = probe.config.blocks
-    if target == "cpu":
+    if "host_threads" in get_target(target).DEFAULTS:     # a target with host threads
         res["host_threads"] = probe.config.host_threads
     res.update(bench_chain(target, a.seconds, a.workers, **cfg))
     fed_rate, p50, p99 = bench_fed_and_roundtrip(target, a.seconds, a.workers, **cfg)

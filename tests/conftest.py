@@ -1,9 +1,17 @@
 """Shared fixtures and helpers: ``hal`` runs a test on both HALs (real threads, and the seeded
 sim); the ``wait_until`` fixture is the one way a test waits for something to happen (no sleeps as
 synchronization, no hand-written poll loops)."""
+import os
+import sys
 import time
 
 import pytest
+
+# The reference device workloads (test and benchmark scaffolding, not part of the package) are
+# imported as ``workloads`` by tests/device and tests/acceptance alike
+_DEVICE_TESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "device")
+if _DEVICE_TESTS not in sys.path:
+    sys.path.insert(0, _DEVICE_TESTS)
 
 HALS = ["threads", "sim"]
 

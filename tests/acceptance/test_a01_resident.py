@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from ggmk.device import workloads as W
+import workloads as W
 
 LONG = os.environ.get("GGMK_LONG") == "1"
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from ggmk.device import workloads as W
+import workloads as W
 
 CUDA = pytest.mark.cuda
 

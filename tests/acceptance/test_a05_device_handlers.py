@@ -2,7 +2,7 @@
 handler every time and a complete context (type, worker, tick, tenant, priority) in each."""
 import pytest
 
-from ggmk.device import workloads as W
+import workloads as W
 
 
 def _check(r, n):

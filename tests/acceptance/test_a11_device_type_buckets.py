@@ -2,7 +2,7 @@
 and the aging scan keeps a hot-type flood from starving a cold type."""
 import pytest
 
-from ggmk.device import workloads as W
+import workloads as W
 
 
 def _check(on, off):

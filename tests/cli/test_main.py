@@ -66,3 +66,29 @@ def test_python_m_demo_bad_numbers_are_usage_errors(args, words, capsys):
     assert "usage: ggmk-demo" in err
     for w in words:
         assert w in err, (w, err)
+
+
+# -- hw: the gpu_drv section ----------------------------------------------------------------------
+
+def test_hw_text_ends_with_the_gpu_drv_section():
+    r = CliRunner().invoke(cli, ["hw"])
+    assert r.exit_code == 0, r.output
+    pci_part, _, gpu_part = r.output.partition("\ngpu_drv:\n")
+    assert gpu_part, r.output
+    assert "  backend: " in gpu_part and "  device: " in gpu_part and "  NVML: " in gpu_part
+    assert "  config: memory_reservation=" in gpu_part
+    assert "displays" in gpu_part or "display " in gpu_part
+
+
+def test_hw_json_gpu_drv_section():
+    r = CliRunner().invoke(cli, ["hw", "--json", "--gpu-drv"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert set(d) == {"pci", "gpu_drv"} and isinstance(d["pci"], list)
+    g = d["gpu_drv"]
+    assert g["backend"] in ("cpu", "cuda") and g["kernel_target"] == g["backend"]
+    for key in ("device", "gpus", "nvml", "config", "displays", "backend_reason"):
+        assert key in g, key
+    assert g["device"]["sources"]                       # each fact says where it came from
+    plain = json.loads(CliRunner().invoke(cli, ["hw", "--json"]).output)
+    assert isinstance(plain, list) and len(plain) == len(d["pci"])   # the old shape is kept

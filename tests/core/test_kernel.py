@@ -154,3 +154,17 @@ def test_one_module_object_in_two_live_systems_does_not_cross_talk(hal):
         assert s1.run(timeout=10) and s2.run(timeout=10)
         assert sorted(got[id(s1)]) == list(range(10))
         assert sorted(got[id(s2)]) == list(range(100, 105))
+
+
+def test_gpu_modules_without_a_device_are_a_boot_error_naming_them():
+    import ggmk.device as gd
+    phys = gd.Module("physics")
+
+    @phys.handler(10)
+    def step(ctx, task):
+        return 0
+
+    with pytest.raises(BootError, match="physics.*device="):
+        ggmk.boot([ggmk.Module("m"), phys])
+    with pytest.raises(BootError, match="neither a ggmk.Module"):
+        ggmk.boot([object()])

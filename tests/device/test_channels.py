@@ -1,7 +1,7 @@
 """Local device channels in the persistent kernel (P2P, fan-out, lossless, lossy, the
 priority-0 reserve, dead letters, metrics, build-time errors) on the ``cpu`` and ``sim`` targets.
 
-Each target boots one kernel (``ggmk.device.workloads.run_channels``) and runs every scenario
+Each target boots one kernel (``workloads.run_channels``) and runs every scenario
 in it, one after the other; the tests below check what that run saw. ``sim`` runs in a
 subprocess (the CUDA simulator must be on before numba.cuda is imported) at small sizes.
 """
@@ -9,7 +9,7 @@ import pytest
 
 import ggmk.device as gd
 from ggmk.device import api as g
-from ggmk.device import workloads as W
+import workloads as W
 from ggmk.device.module import ChannelBootError
 from ggmk.errors import BootError, ChannelError
 from ggmk.task import (CHAN_ALREADY_BOUND, CHAN_FULL, CHAN_TYPE_MISMATCH, CHAN_UNKNOWN, OK)
@@ -259,10 +259,10 @@ def test_declaration_errors():
 
 
 def test_channel_ids_are_in_the_generated_code_and_cache_key():
-    from ggmk.device import codegen
+    from ggmk.device.codegen import source
     mods = W.channels_modules()
     k = gd.DeviceKernel(mods, target="cpu")
-    src = codegen.generate(k.handlers, k.plan, k.chans)
+    src = source.generate(k.handlers, k.plan, k.chans)
     assert "def chan_cap(c):" in src and "if c == 5:\n        return 20" in src
     assert "1='t.p2p'" in src
     with pytest.raises(KeyError, match="no device channel 'q'"):

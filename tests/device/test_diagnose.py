@@ -3,6 +3,8 @@ keeps the compiler's message (issue 4, bad input). Real compiles on the ``cpu`` 
 import subprocess
 import sys
 
+import workloads
+
 import pytest
 
 import ggmk.device as gd
@@ -44,11 +46,12 @@ def test_compiler_message_drops_banners_and_trail():
 
 def test_the_cpu_target_imports_nothing_from_cuda():
     code = ("import sys, ggmk.device as gd\n"
-            "from ggmk.device.workloads import chain_module\n"
+            "from workloads import chain_module\n"
             "k = gd.DeviceKernel([chain_module()], target='cpu', workers=1)\n"
             "k.start(); k.stop()\n"
             "bad = sorted(m for m in sys.modules if m.startswith(('numba.cuda', 'cuda', 'cupy', "
             "'pynvml')))\n"
             "print(bad); sys.exit(1 if bad else 0)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", code], env=workloads.subprocess_env(),
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
+HERE = str(Path(__file__).resolve().parent)           # workloads.py
 
 SHARED_RACE = r'''
 import json, time
@@ -37,7 +38,7 @@ def __init__(self, *a, **k):
     self._allocations = SlowMiss()
 KA.FakeCUDAShared.__init__ = __init__
 
-from ggmk.device import workloads as W
+import workloads as W
 r = W.run_mixed("sim", n=48, seed=3, workers=1, threads=32, batch=64)
 print(json.dumps({k: r[k] for k in ("received", "right_handler_and_value", "mismatch",
                                     "counts")}))
@@ -91,7 +92,7 @@ print(json.dumps({"total": arr.v, "max_old": int(bmax(arr, 0, 10 ** 6)), "after"
 
 def _run(code):
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1",
-               PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               PYTHONPATH=os.pathsep.join([SRC, HERE, os.environ.get("PYTHONPATH", "")]))
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=150)
     assert p.returncode == 0, p.stderr[-3000:]

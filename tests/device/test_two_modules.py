@@ -92,12 +92,12 @@ def test_rebind_names_only_what_the_code_uses():
     """The unit under the boot tests: a channel the handler does not reference is left alone
     even when unknown; a referenced one becomes its id; a referenced unknown one is an error
     naming the handler and the channel."""
-    from ggmk.device import codegen
+    from ggmk.device.codegen import compiler
     import types as pytypes
     view = pytypes.SimpleNamespace()
-    new = codegen._rebind(plain_double, view, None, {}, {})          # PIPE_OUT unknown: unused
+    new = compiler._rebind(plain_double, view, None, {}, {})          # PIPE_OUT unknown: unused
     assert new.__globals__["PIPE_OUT"] is PIPE_OUT
-    new = codegen._rebind(pipe_produce, view, None, {}, {"pipe.out": 7})
+    new = compiler._rebind(pipe_produce, view, None, {}, {"pipe.out": 7})
     assert new.__globals__["PIPE_OUT"] == 7
     with pytest.raises(ChannelBootError, match="pipe_produce.*'pipe.out'"):
-        codegen._rebind(pipe_produce, view, None, {}, {})
+        compiler._rebind(pipe_produce, view, None, {}, {})

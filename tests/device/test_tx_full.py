@@ -11,7 +11,7 @@ import pytest
 
 import ggmk.device as gd
 from ggmk import task as taskmod
-from ggmk.device import workloads as W
+import workloads as W
 from ggmk.task import CHAN_FULL
 
 CPU = dict(n=100_000, spawners=20, per_spawn=1000, tx_cap=64, tx_spill_cap=1024,

@@ -9,7 +9,7 @@ import ggmk.device as gd
 from ggmk import task as taskmod
 from ggmk.device import api as g
 from ggmk.device import layout
-from ggmk.device import workloads as W
+import workloads as W
 from ggmk.device.host import SYS_ERROR, error_code
 from ggmk.task import MAX_YIELDS, OK, YIELD
 

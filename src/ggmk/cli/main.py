@@ -59,15 +59,39 @@ def demo(seconds: float, workers: int, seed: int) -> None:
     demo_main(["--seconds", str(seconds), "--workers", str(workers), "--seed", str(seed)])
 
 
-@cli.command(help="List PCI functions (GPUs and virtio devices named) from the OS.")
+@cli.command(help="List PCI functions (GPUs and virtio devices named) from the OS, then what "
+                  "the GPU driver (gpu_drv) found: backend, device, GPUs with each fact's "
+                  "source, NVML, displays.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("-v", "--verbose", is_flag=True, help="Capabilities and BARs too.")
-def hw(as_json: bool, verbose: bool) -> None:
+@click.option("--gpu-drv", "gpu_drv_json", is_flag=True,
+              help="With --json: print {\"pci\": [...], \"gpu_drv\": {...}} instead of the "
+                   "PCI list alone.")
+def hw(as_json: bool, verbose: bool, gpu_drv_json: bool) -> None:
     from ggmk.drivers import pci
+    fns = pci.list_functions()
+    if as_json and not gpu_drv_json:
+        click.echo(json.dumps([f.to_dict() for f in fns], indent=2))   # the shape scripts use
+        return
+    gpu_info = _gpu_drv_info()
     if as_json:
-        click.echo(json.dumps([f.to_dict() for f in pci.list_functions()], indent=2))
-    else:
-        click.echo(pci.lspci_like(verbose=verbose))
+        click.echo(json.dumps({"pci": [f.to_dict() for f in fns], "gpu_drv": gpu_info},
+                              indent=2))
+        return
+    from ggmk.drivers.gpu import format_info
+    click.echo(pci.lspci_like(fns, verbose=verbose))
+    click.echo("")
+    click.echo(format_info(gpu_info) if "error" not in gpu_info
+               else f"gpu_drv:\n  error: {gpu_info['error']}")
+
+
+def _gpu_drv_info() -> dict:
+    """What gpu_drv found; a driver failure is reported, never a traceback."""
+    from ggmk.drivers import gpu
+    try:
+        return gpu.probe()
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def main() -> None:

@@ -33,8 +33,6 @@ from ggmk.core.worker import Worker
 from ggmk.errors import BootError, ChannelError, KernelStopped, PayloadError
 from ggmk.events import EventType
 from ggmk.hal import make_hal
-from ggmk.typereg import ChannelDecl as _TChan
-from ggmk.typereg import HandlerDecl as _THandler
 from ggmk.typereg import TypeRegistry, raise_boot_problems, validate_declarations
 
 DEFAULT_MAX_YIELDS = 16
@@ -248,8 +246,8 @@ class System:
             for d in m.channels:
                 where = f"module {m.name!r} channel {d.name!r}"
                 tid = self.type_id(d.type, register=True, where=where)
-                tchans.append(_TChan(d.name, d.direction, tid, d.mode or spec[d.name]["mode"],
-                                     d.guarantee or spec[d.name]["guarantee"], m.name))
+                tchans.append(d.resolved(type=tid, mode=d.mode or spec[d.name]["mode"],
+                                         guarantee=d.guarantee or spec[d.name]["guarantee"]))
                 if d.direction == "consume":
                     ht = d.options.get("handler", d.type)
                     htid = self.type_id(ht, register=True, where=where)
@@ -265,7 +263,7 @@ class System:
                 hname = "".join(c if c.isalnum() or c == "_" else "_" for c in h.name) or "h"
                 if hname[0].isdigit():
                     hname = "_" + hname
-                thandlers.append(_THandler(h.type_id, hname, m.name, h.deterministic, h.batch))
+                thandlers.append(h.declaration(type=h.type_id, name=hname))
         src = ", ".join(sources) or None
         try:
             validate_declarations(self.types, tchans, thandlers, source=src)
@@ -590,6 +588,13 @@ class System:
         self.halt(timeout=0 if exc_type is not None else 5.0)
 
 
-def boot(modules, **kw) -> System:
-    """Boot the CPU kernel with ``modules``. See :class:`System` for the options."""
+def boot(modules, *, device: str | None = None, **kw):
+    """Boot ``modules``. ``device=None`` (default): the CPU kernel alone, a :class:`System`
+    (see it for the options). ``device="auto"|"cpu"|"sim"|"cuda"``: both kernels, with CPU
+    (``ggmk.Module``) and GPU (``ggmk.device.Module``) modules in one list, joined by bridge
+    channels (:func:`ggmk.dual.boot`)."""
+    modules = list(modules)
+    if device is not None or any(not isinstance(m, Module) for m in modules):
+        from ggmk.dual import boot as dual_boot      # names GPU modules given without a device
+        return dual_boot(modules, device=device, **kw)
     return System(modules, **kw)

@@ -17,15 +17,18 @@ Types are named by string (resolved through the type registry at boot) or by int
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 from ggmk.errors import BootError
 from ggmk.events import Level
+from ggmk.typereg.decls import ChannelDecl, HandlerDecl
 
 
 @dataclass
-class Handler:
+class Handler(HandlerDecl):
+    """A CPU handler: its declaration (a ``HandlerDecl``: type, name, owning module,
+    deterministic, batch) plus the function and what the kernel resolves at boot."""
     type: str | int
     fn: Callable
     name: str
@@ -36,23 +39,17 @@ class Handler:
     max_batch: int | None = None
     type_id: int = -1              # resolved at boot
 
+    shared_mem = 0                 # (declaration field) CPU handlers have no shared memory
 
-@dataclass(eq=False)               # identity hash: a declaration is an emit target
-class ChannelDecl:
-    """One end of a channel as a module declares it; ``handle`` is the Channel after boot.
+    @property
+    def granularity(self) -> str:
+        """``"batch"`` for a batch handler, else ``"task"``."""
+        return "batch" if self.batch else "task"
 
-    ``options`` (produce side): ``capacity`` (ring slots per subscriber, default 4096),
-    ``replay`` (replay log size, lossless only), ``error_handler`` (``fn(records, codes)`` for
-    failed deliveries on this channel), ``window`` (max messages a subscriber has waiting in the
-    ready queue). Consume side: ``handler`` (the handler type messages are delivered as)."""
-    name: str
-    type: str | int
-    direction: str                 # "produce" | "consume"
-    module: "Module"
-    mode: str | None = "p2p"       # "p2p" | "fanout"; None on a consumer: as the producer says
-    guarantee: str | None = "lossless"   # "lossy" | "lossless"; None: as the producer says
-    options: dict = field(default_factory=dict)
-    handle: Any = None             # the Channel, bound at boot
+
+# A module's channel declarations are ggmk.typereg.ChannelDecl (one class for manifests, CPU and
+# device modules): ``module`` is the Module, ``handle`` the Channel after boot, ``options`` what
+# ``produces``/``consumes`` got beyond mode and guarantee. Checked at boot, not when declared.
 
 
 class Module:
@@ -98,7 +95,7 @@ class Module:
     def produces(self, channel: str, type: str | int, *, mode: str = "p2p",
                  guarantee: str = "lossless", **options) -> ChannelDecl:
         """Declare that this module emits ``type`` on ``channel``; pass the result to ``ctx.emit``."""
-        d = ChannelDecl(channel, type, "produce", self, mode, guarantee, options)
+        d = ChannelDecl(channel, "produce", type, mode, guarantee, self, options, check=False)
         self.channels.append(d)
         return d
 
@@ -113,7 +110,7 @@ class Module:
             if (d.name == channel and d.direction == "consume"
                     and d.options.get("handler") == options.get("handler")):
                 return d
-        d = ChannelDecl(channel, type, "consume", self, mode, guarantee, options)
+        d = ChannelDecl(channel, "consume", type, mode, guarantee, self, options, check=False)
         self.channels.append(d)
         return d
 

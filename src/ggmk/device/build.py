@@ -225,7 +225,8 @@ def build_report(modules, *, reg_limit: int = 32, allow_spill: bool = False, typ
     cc = (int(arch[3]), int(arch[4:]))
     cuda = prepare_numba_cuda(cc)
     from numba.cuda import types as ct
-    from ggmk.device.targets import cuda as cuda_target
+    from ggmk.device.targets import get_target
+    cuda_target = get_target("cuda")
     ptxas = find_ptxas()
     modules = list(modules)
     handlers = codegen.resolve_handlers(modules, types)

@@ -30,12 +30,12 @@ subscribers, subs). Copies a lossy channel drops come back from :meth:`pull` wit
 """
 from __future__ import annotations
 
-import os
 import time
 import numpy as np
 
 from ggmk import task as taskmod
 from ggmk.device import codegen, diagnose, layout
+from ggmk.device.targets import get_target, option
 from ggmk.errors import BootError, DeviceError, KernelStopped
 from ggmk.events import TRACE_DTYPE
 from ggmk.task import TASK_DTYPE
@@ -44,22 +44,11 @@ SYS_ERROR = layout.CH_SYS_ERROR
 SYS_DROPPED = layout.CH_SYS_DROPPED
 
 
-def gpu_present() -> bool:
-    """Cheap check without importing any CUDA package: is an NVIDIA driver loaded?"""
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
-
-
 def resolve_target(target: str) -> str:
-    if target == "auto":
-        if gpu_present():
-            from ggmk.device.targets import cuda as cuda_target
-            ok, _ = cuda_target.available()
-            if ok:
-                return "cuda"
-        return "cpu"
-    if target not in ("cpu", "sim", "cuda"):
-        raise BootError(f"DeviceKernel: target {target!r} is not one of auto, cpu, sim, cuda")
-    return target
+    """The name of the target ``target`` resolves to (``"auto"``: ``cuda`` where a usable GPU
+    is present, else ``cpu``); kept for callers that want only the name: see
+    ``ggmk.device.targets.get_target``."""
+    return get_target(target).NAME
 
 
 def error_code(records: np.ndarray) -> np.ndarray:
@@ -82,8 +71,8 @@ class DeviceKernel:
 
     def __init__(self, modules, target: str = "auto", workers: int | None = None,
                  threads: int | None = None, types=None, noinline=(), **config):
-        self.target_name = resolve_target(target)
-        self.target = codegen.target_module(self.target_name)
+        self.target = get_target(target)
+        self.target_name = self.target.NAME
         ok, why = self.target.available()
         if not ok:
             raise DeviceError(f"device target {self.target_name!r} is not usable: {why}")
@@ -99,10 +88,8 @@ class DeviceKernel:
         if unknown:
             raise BootError(f"DeviceKernel: unknown config keys {sorted(unknown)}")
         base.update(config)
-        if base.get("blocks") == 0:                     # cuda: one worker block per SM
-            self.target.resolve_config_dict(base)
-        if "host_threads" not in config and "host_threads" in base:
-            base["host_threads"] = min(base["host_threads"], base["blocks"])   # cpu default
+        # the target's own rules (cuda: blocks=0 is one per SM; cpu: its host threads)
+        option(self.target, "resolve_config")(base, frozenset(config))
         self.config = layout.DeviceConfig(**base).validate()
         self.plan = layout.plan(self.config, len(self.handlers),
                                 codegen.smem_words(self.handlers, self.config.threads),
@@ -116,8 +103,7 @@ class DeviceKernel:
         self._tr_cursor = 0
         self.trace_lost = 0
         self._stopped = False
-        self._bell = None
-        self._bell_addr = 0
+        self._notify = None
         self._session = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -137,7 +123,8 @@ class DeviceKernel:
         # stream and the deferred-cleanup scope of the resident phase), closed after it exits
         self._session = sess = self.target.open_session(self.plan)
         try:
-            args = layout.allocate(self.plan, sess.alloc_dev, sess.alloc_map, sess.alloc_arena)
+            args = layout.allocate(self.plan, sess.alloc_dev, sess.alloc_map, sess.alloc_arena,
+                                   option(self.target, "init_images"))
             self._arrays = args
             hm = self.target.host_view(args[1])
             if type(hm) is not np.ndarray:
@@ -149,8 +136,7 @@ class DeviceKernel:
             self._h = {n: hm[o:o + size] for n, (kind, o, size) in offs.items()
                        if kind == "map"}
             self._h["ctl"][layout.C_ARENA_BASE] = self.target.address_of(args[2])
-            self._bell = getattr(self.target, "doorbell", None)
-            self._bell_addr = self._h["ctl"][layout.C_DOORBELL:].ctypes.data if self._bell else 0
+            self._notify = option(self.target, "host_notifier")(self._h["ctl"])
             try:
                 sess.prepare(built.kernel, args, built)
             except Exception as e:      # name the handler that does not compile, if it is one
@@ -233,11 +219,10 @@ class DeviceKernel:
         return n
 
     def _ring(self):
-        """Tell parked workers there is news (cpu: wake host threads asleep on the futex)."""
-        ctl = self._h["ctl"]
-        ctl[layout.C_DOORBELL] += 1
-        if ctl[layout.C_PARKED] != 0 and self._bell is not None:
-            self._bell(self._bell_addr)
+        """Tell parked workers there is news (the target's ``host_notifier``, if it has one:
+        cpu wakes host threads asleep on its doorbell)."""
+        if self._notify is not None:
+            self._notify()
 
     def push_all(self, records: np.ndarray, timeout: float = 30.0) -> None:
         """Push every record, polling while the ring is full."""

@@ -3,7 +3,8 @@
 This file is not imported as a module. ``codegen`` reads its text and executes it in a namespace
 that already holds
 
-* the target's primitives (``targets/<target>.py``): ``atomic_add``, ``atomic_cas``,
+* the target's primitives (``Target.PRIM_SRC``, ``targets/<target>_prims.py``, and the
+  intrinsics of ``Target.namespace()``): ``atomic_add``, ``atomic_cas``,
   ``atomic_max`` (device scope: words several workers touch), ``blk_add``/``blk_max`` (block
   scope: words only the lanes of one worker touch, e.g. its metric row, its local queue's
   tail, its shared words; plain read-modify-writes on ``cpu``, where one host thread runs a
@@ -19,8 +20,8 @@ that already holds
   ``type_level``, ``dispatch_segment``.
 
 Style ("barrier-phase", ARCHITECTURE.md): a worker iteration is a sequence of block-level
-phases separated by ``syncthreads()``. Work done by one lane is guarded by ``is_lead()``; work
-spread over lanes is a loop ``for lane in range(lane_id(), NT, lane_step())``. On ``cuda`` that
+phases separated by ``syncthreads()``, one function each (``worker_iteration`` sequences
+them). Work done by one lane is guarded by ``is_lead()``; work spread over lanes is a loop ``for lane in range(lane_id(), NT, lane_step())``. On ``cuda`` that
 loop runs once per thread and barriers are real; on ``cpu`` it runs every lane of the block in
 order on one host thread and barriers are no-ops, and the outer loop over blocks
 (``range(first_block(D), NB, block_step(D))``) interleaves the blocks of one host thread in a
@@ -926,43 +927,42 @@ def trace_worker(S, ev, blk):
         trace_event(S, ev, 0, 0, blk, 0)
 
 
-def worker_iteration(S, blk, sh, smem):
-    """Returns -1 once the host raised the stop flag, else the nanoseconds this worker would
-    like to sleep (0 when it found work). The caller sleeps once per round over its blocks,
-    the shortest wish: on ``cpu`` one host thread runs every block, and a sleep per idle block
-    would hold up the busy ones (and the host's arrivals) for the sum of them."""
+def iteration_start(S, blk, sh):
+    """Phase 0 (lead): stop flag, clock, heartbeat, host arrivals to take (worker 0), due
+    events, spilled host records onto the tx ring. Leaves the stop flag and the tick in
+    ``sh``."""
     D = S[0]
     M = S[1]
     bo = O_BS + blk * BSS
-    # ---- phase 0 (lead): stop flag, clock, heartbeat, host arrivals, due events
-    if is_lead():
-        sh[SH_STOP] = vload(M, O_CTL + C_STOP)
-        tick = (clock_ns() - vload(D, O_GLOB + G_BOOT_NS)) // TICK_NS
-        sh[SH_TICK] = tick
-        if tick != D[bo + B_TICK]:
-            D[bo + B_TICK] = tick          # a new tick: this worker's bump region resets
-            D[bo + B_BUMP] = 0
-            if blk == 0:
-                vstore(M, O_CTL + C_TICK, tick)
-        loops = D[bo + B_LOOPS] + 1
-        D[bo + B_LOOPS] = loops
-        vstore(M, O_HB + blk * 8, loops)
-        sh[SH_RXN] = 0
+    sh[SH_STOP] = vload(M, O_CTL + C_STOP)
+    tick = (clock_ns() - vload(D, O_GLOB + G_BOOT_NS)) // TICK_NS
+    sh[SH_TICK] = tick
+    if tick != D[bo + B_TICK]:
+        D[bo + B_TICK] = tick          # a new tick: this worker's bump region resets
+        D[bo + B_BUMP] = 0
         if blk == 0:
-            h = M[O_CTL + C_RX_HEAD]
-            n = vload(M, O_CTL + C_RX_TAIL) - h
-            if n > RX_INGEST_MAX:
-                n = RX_INGEST_MAX
-            if n > 0:
-                sh[SH_RXN] = n
-                sh[SH_RXH] = h
-        service_events(S, blk, tick)
-        tx_move(S, False)                  # spilled host records onto the tx ring
-    syncthreads()
-    if sh[SH_STOP] != 0:
-        return -1
-    tick = sh[SH_TICK]
-    # ---- phase 1: host arrivals (worker 0) go through the enqueue core to the buckets
+            vstore(M, O_CTL + C_TICK, tick)
+    loops = D[bo + B_LOOPS] + 1
+    D[bo + B_LOOPS] = loops
+    vstore(M, O_HB + blk * 8, loops)
+    sh[SH_RXN] = 0
+    if blk == 0:
+        h = M[O_CTL + C_RX_HEAD]
+        n = vload(M, O_CTL + C_RX_TAIL) - h
+        if n > RX_INGEST_MAX:
+            n = RX_INGEST_MAX
+        if n > 0:
+            sh[SH_RXN] = n
+            sh[SH_RXH] = h
+    service_events(S, blk, tick)
+    tx_move(S, False)                  # spilled host records onto the tx ring
+
+
+def ingest_host(S, blk, sh):
+    """Phase 1 (all lanes, worker 0 only has any): the host arrivals phase 0 found go through
+    the enqueue core to the buckets; then the lead hands their ring slots back."""
+    D = S[0]
+    M = S[1]
     rxn = sh[SH_RXN]
     if rxn > 0:
         rxh = sh[SH_RXH]
@@ -986,44 +986,57 @@ def worker_iteration(S, blk, sh, smem):
             met_add(D, blk, M_RX_IN, rxn)
             fence_system()
             vstore(M, O_CTL + C_RX_HEAD, rxh + rxn)
-    # ---- phase 2 (lead): gather
+
+
+def idle_round(S, blk, sh):
+    """Phase 2 found no work (all lanes): count the idle round, park after IDLE_SPIN of them
+    (publishing the metrics once), and return the nap this worker wishes (ns)."""
+    D = S[0]
+    bo = O_BS + blk * BSS
     if is_lead():
-        gather(D, blk, sh)
+        idle = D[bo + B_IDLE] + 1
+        D[bo + B_IDLE] = idle
+        met_add(D, blk, M_IDLE_LOOPS, 1)
+        if idle == IDLE_SPIN:
+            met_add(D, blk, M_PARKS, 1)
+            trace_worker(S, EV_WORKER_PARK, blk)
+            publish(S, blk)
+        nap = 0
+        if idle >= IDLE_SPIN:
+            nap = (idle - IDLE_SPIN + 1) * 1000
+            if nap > IDLE_SLEEP_MAX:
+                nap = IDLE_SLEEP_MAX
+        sh[SH_NAP] = nap
     syncthreads()
-    n = sh[SH_N]
-    if n == 0:
-        if is_lead():
-            idle = D[bo + B_IDLE] + 1
-            D[bo + B_IDLE] = idle
-            met_add(D, blk, M_IDLE_LOOPS, 1)
-            if idle == IDLE_SPIN:
-                met_add(D, blk, M_PARKS, 1)
-                trace_worker(S, EV_WORKER_PARK, blk)
-                publish(S, blk)
-            nap = 0
-            if idle >= IDLE_SPIN:
-                nap = (idle - IDLE_SPIN + 1) * 1000
-                if nap > IDLE_SLEEP_MAX:
-                    nap = IDLE_SLEEP_MAX
-            sh[SH_NAP] = nap
-        syncthreads()
-        return sh[SH_NAP]
-    # ---- phase 3: records of a shared queue are copied into the batch buffer (their slots
-    # are freed for other producers); a local batch is read in place: only this worker pushes
-    # to its local queue, and not before phase 6, after the scatter has copied the batch out.
-    # Record k is at rb + ((rpos + k) & rmask) * W.
-    b0 = O_BAT + blk * 2 * BATCH * W
+    return sh[SH_NAP]
+
+
+def batch_base(blk):
+    """This worker's batch buffer (its first word in D); the sort buffer follows it."""
+    return O_BAT + blk * 2 * BATCH * W
+
+
+def batch_at(D, blk, sh):
+    """Where the gathered batch is read: record k is at rb + ((rpos + k) & rmask) * W. A
+    local batch is read in place (only this worker pushes to its local queue, and not before
+    the dispatch, after the scatter has copied the batch out); a shared queue's batch was
+    copied into the batch buffer. Returns (rb, rpos, rmask)."""
+    if sh[SH_SRC] == SRC_LOCAL:
+        return O_Q + D[O_QINFO + sh[SH_Q] * 2] * W, sh[SH_POS], LQ_CAP - 1
+    return batch_base(blk), 0, -1
+
+
+def load_batch(S, blk, sh, n):
+    """Phase 3 (all lanes): records of a shared queue are copied into the batch buffer (their
+    slots are freed for other producers); then the records are counted by type (slot 0 = no
+    device handler: never expected, the enqueue core sends those to the host)."""
+    D = S[0]
+    bo = O_BS + blk * BSS
     src = sh[SH_SRC]
     qi = sh[SH_Q]
-    pos = sh[SH_POS]
-    rb = b0
-    rpos = 0
-    rmask = -1
-    if src == SRC_LOCAL:
-        rb = O_Q + D[O_QINFO + qi * 2] * W
-        rpos = pos
-        rmask = LQ_CAP - 1
-    else:
+    if src != SRC_LOCAL:
+        b0 = batch_base(blk)
+        pos = sh[SH_POS]
         for k in range(lane_id(), n, lane_step()):
             rq_take(D, qi, pos + k, D, b0 + k * W)
     if is_lead():
@@ -1033,34 +1046,43 @@ def worker_iteration(S, blk, sh, smem):
         for t in range(NTYPES + 1):
             sh[SH_CNT + t] = 0
     syncthreads()
-    # count types (slot 0 = no device handler: never expected, the enqueue core sends those
-    # to the host)
+    rb, rpos, rmask = batch_at(D, blk, sh)
     for k in range(lane_id(), n, lane_step()):
         ti = type_index(rec_type(D[rb + ((rpos + k) & rmask) * W]))
         blk_add(sh, SH_CNT + ti + 1, 1)
         if src == SRC_BUCKET and ti != qi:
             met_add(D, blk, M_BUCKET_MIXED, 1)   # a bucket must hold one type only
-    syncthreads()
-    # ---- phase 4 (lead): offsets and cursors per type
-    if is_lead():
-        acc = 0
-        for t in range(NTYPES + 1):
-            c = sh[SH_CNT + t]
-            sh[SH_CNT + (NTYPES + 1) + t] = acc
-            sh[SH_CNT + 2 * (NTYPES + 1) + t] = acc
-            acc += c
-    syncthreads()
-    # ---- phase 5: scatter into the sort buffer, grouped by type
-    s0 = b0 + BATCH * W
+
+
+def type_offsets(sh):
+    """Phase 4 (lead): each type's first position in the sort buffer, and its cursor."""
+    acc = 0
+    for t in range(NTYPES + 1):
+        c = sh[SH_CNT + t]
+        sh[SH_CNT + (NTYPES + 1) + t] = acc
+        sh[SH_CNT + 2 * (NTYPES + 1) + t] = acc
+        acc += c
+
+
+def scatter_batch(D, blk, sh, n):
+    """Phase 5 (all lanes): the batch into the sort buffer, grouped by type; then the lead
+    frees a local batch's queue slots (copied out)."""
+    s0 = batch_base(blk) + BATCH * W
+    rb, rpos, rmask = batch_at(D, blk, sh)
     for k in range(lane_id(), n, lane_step()):
         o = rb + ((rpos + k) & rmask) * W
         p = blk_add(sh, SH_CNT + 2 * (NTYPES + 1) + type_index(rec_type(D[o])) + 1, 1)
         copy_rec(D, s0 + p * W, D, o)
     syncthreads()
-    if is_lead() and src == SRC_LOCAL:
-        D[O_QC + qi * QCS + QC_HEAD] = pos + n     # copied out: the slots are free again
-    syncthreads()
-    # ---- phase 6: dispatch each homogeneous sub-batch (a block-uniform loop)
+    if is_lead() and sh[SH_SRC] == SRC_LOCAL:
+        D[O_QC + sh[SH_Q] * QCS + QC_HEAD] = sh[SH_POS] + n   # the slots are free again
+
+
+def dispatch_batch(S, blk, sh, tick, smem):
+    """Phase 6 (all lanes): each homogeneous sub-batch of the sort buffer to its handler's
+    segment (a block-uniform loop); records of no device type to sys.dropped."""
+    D = S[0]
+    s0 = batch_base(blk) + BATCH * W
     for t in range(NTYPES + 1):
         c = sh[SH_CNT + t]
         if c > 0:
@@ -1076,12 +1098,47 @@ def worker_iteration(S, blk, sh, smem):
                     met_type(D, blk, t - 1, PT_RUN, c)
                 dispatch_segment(S, blk, tick, t - 1, s0 + start * W, c, smem)
             syncthreads()
-    # ---- phase 7 (lead): bookkeeping
+
+
+def iteration_end(S, blk, n):
+    """Phase 7 (lead): bookkeeping; the metric row is published every PUBLISH_EVERY loops."""
+    D = S[0]
+    met_add(D, blk, M_DISPATCHED, n)
+    met_add(D, blk, M_LOOPS, 1)
+    if D[O_BS + blk * BSS + B_LOOPS] % PUBLISH_EVERY == 0:
+        publish(S, blk)
+
+
+def worker_iteration(S, blk, sh, smem):
+    """One iteration of worker ``blk``, one function per phase (barriers between them).
+    Returns -1 once the host raised the stop flag, else the nanoseconds this worker would
+    like to sleep (0 when it found work). The caller sleeps once per round over its blocks,
+    the shortest wish: on ``cpu`` one host thread runs every block, and a sleep per idle block
+    would hold up the busy ones (and the host's arrivals) for the sum of them."""
+    D = S[0]
     if is_lead():
-        met_add(D, blk, M_DISPATCHED, n)
-        met_add(D, blk, M_LOOPS, 1)
-        if D[bo + B_LOOPS] % PUBLISH_EVERY == 0:
-            publish(S, blk)
+        iteration_start(S, blk, sh)        # 0: stop flag, clock, arrivals, events
+    syncthreads()
+    if sh[SH_STOP] != 0:
+        return -1
+    tick = sh[SH_TICK]
+    ingest_host(S, blk, sh)                # 1: host arrivals to the buckets
+    if is_lead():
+        gather(D, blk, sh)                 # 2: the next batch
+    syncthreads()
+    n = sh[SH_N]
+    if n == 0:
+        return idle_round(S, blk, sh)
+    load_batch(S, blk, sh, n)              # 3: batch buffer, counts per type
+    syncthreads()
+    if is_lead():
+        type_offsets(sh)                   # 4: offsets per type
+    syncthreads()
+    scatter_batch(D, blk, sh, n)           # 5: grouped by type
+    syncthreads()
+    dispatch_batch(S, blk, sh, tick, smem)  # 6: each type's handler
+    if is_lead():
+        iteration_end(S, blk, n)           # 7: bookkeeping
     syncthreads()
     return 0
 

@@ -84,8 +84,8 @@ C_EXITED = 32             # device: number of workers that have exited
 C_STARTED = 40            # device: number of workers that have started
 C_ARENA_BASE = 48         # host writes: address of arena byte 0 (payload_ptr = base + offset)
 C_TICK = 56               # device publishes its current tick
-C_DOORBELL = 64           # host adds 1 after each push and at stop (cpu: a futex word)
-C_PARKED = 72             # device: host threads asleep on the doorbell (cpu)
+C_TARGET0 = 64            # two words the target owns and names (Target.constants): cpu's
+C_TARGET1 = 72            # doorbell (host-written) and parked count (device-written)
 C_TX_HELD = 80            # device: producers held back right now (tx ring and spill full)
 NCTL = 88
 
@@ -97,9 +97,8 @@ G_TR_HEAD = 24            # trace reservations
 G_GPOP = 32               # global bucket-pop counter (aging clock)
 G_BOOT_NS = 40            # first worker's clock at start: tick 0
 G_AGING = 48              # aging interval in gathers (0 = off): a run-time setting
-G_HOST_TICKET = 56        # cpu: host threads that entered the kernel (each takes a ticket)
-G_NHOST = 64              # cpu: host threads running the blocks (config host_threads, a
-                          # run-time word: the same compiled kernel serves any number)
+G_TARGET0 = 56            # two words the target owns and names (Target.constants), set
+G_TARGET1 = 64            # up by its Target.init_images: cpu's host-thread ticket and count
 G_TX_MCUR = 72            # tx spill mover: first tx position not yet known to be on the ring
 G_TX_MLOCK = 80           # tx spill mover: try-lock (one mover at a time)
 G_TX_SPILLN = 88          # records waiting in the tx spill area
@@ -388,8 +387,9 @@ def offsets(p: Plan) -> dict:
     return out
 
 
-def images(p: Plan) -> dict:
-    """Initial contents of every region (host NumPy arrays)."""
+def images(p: Plan, init=None) -> dict:
+    """Initial contents of every region (host NumPy arrays); ``init(p, images)`` (the target's
+    ``init_images``) sets the target's own words."""
     sizes = p.sizes()
     im = {name: np.zeros(sizes[name], np.int64) for name, _ in REGIONS}
     for _, base, cap in p.queues:
@@ -398,7 +398,6 @@ def images(p: Plan) -> dict:
         im["qinfo"][qi * 2] = base
         im["qinfo"][qi * 2 + 1] = cap
     im["glob"][G_AGING] = p.cfg.aging_interval
-    im["glob"][G_NHOST] = p.cfg.host_threads
     flc = im["flc"]
     for k, (size, off, count, fb, cap) in enumerate(p.bins):
         im["fl"][fb:fb + count] = off + np.arange(count, dtype=np.int64) * size
@@ -408,13 +407,16 @@ def images(p: Plan) -> dict:
         flc[k * QCS + QC_TAIL] = count
         flc[NFL * QCS + k * 2] = fb
         flc[NFL * QCS + k * 2 + 1] = cap
+    if init is not None:
+        init(p, im)
     return im
 
 
-def allocate(p: Plan, dev_alloc, map_alloc, arena_alloc) -> tuple:
-    """(dev, map, arena) arrays made by the target's allocators from initial host images."""
+def allocate(p: Plan, dev_alloc, map_alloc, arena_alloc, init=None) -> tuple:
+    """(dev, map, arena) arrays made by the target's allocators from initial host images
+    (``init``: see :func:`images`)."""
     offs = offsets(p)
-    im = images(p)
+    im = images(p, init)
     _, ndev, nmap = offs["_total"]
     dev = np.zeros(ndev, np.int64)
     mp = np.zeros(nmap, np.int64)

@@ -62,6 +62,7 @@ from ggmk.core.chan import GUARANTEES as CHAN_GUARANTEES, MAX_FANOUT, MODES as C
 from ggmk.errors import BootError, ChannelError
 from ggmk.events import Level
 from ggmk.task import CHAN_TYPE_MISMATCH, CHAN_UNKNOWN
+from ggmk.typereg.decls import Chan, ChannelDecl, HandlerDecl
 
 GRANULARITIES = ("scalar", "warp", "block")
 MIN_CHAN_CAPACITY = 8
@@ -72,47 +73,17 @@ class ChannelBootError(ChannelError, BootError):
     ``code`` is the CHAN_* code (CHAN_ALREADY_BOUND, CHAN_TYPE_MISMATCH, CHAN_UNKNOWN)."""
 
 
-class Chan:
-    """A reference to a device channel by name, usable as a constant inside device handlers
-    (``g.emit_chan(ctx, gd.chan("phys.out"), ...)``): the build replaces it by the channel's
-    id. Unknown names are reported when the kernel is constructed."""
-
-    def __init__(self, name: str):
-        if not isinstance(name, str) or not name:
-            raise BootError(f"device channel name must be a non-empty string, got {name!r}")
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"gd.chan({self.name!r})"
-
-
 def chan(name: str) -> Chan:
     """A by-name reference to a device channel declared by any module of the kernel."""
     return Chan(name)
 
 
-class ChannelDecl(Chan):
-    """A channel declared by a module (see :meth:`Module.channel`). ``id`` is set when a
-    :class:`~ggmk.device.DeviceKernel` is built from the module (1-based; 0 means direct
-    submit in the task record)."""
+# ``Chan`` (a by-name reference, replaced by the channel's id when the kernel is built) and
+# ``ChannelDecl`` (a channel a module declares with :meth:`Module.channel`: a ``Chan`` too) are
+# ggmk.typereg's, the one declaration type of manifests, CPU and device modules. A device
+# channel's declaration has direction "produce" (the declaring module owns it), ``message`` is
+# its type, ``capacity`` (in ``options``) and ``reserve`` its credits.
 
-    def __init__(self, module: "Module", name: str, message, mode: str, guarantee: str,
-                 capacity: int):
-        super().__init__(name)
-        self.module = module
-        self.message = message
-        self.mode = mode
-        self.guarantee = guarantee
-        self.capacity = capacity
-
-    @property
-    def reserve(self) -> int:
-        """Credits kept for priority-0 messages: the last 10% of the capacity (at least 1)."""
-        return max(1, self.capacity // 10)
-
-    def __repr__(self) -> str:
-        return (f"ChannelDecl({self.name!r}, message={self.message!r}, {self.mode}, "
-                f"{self.guarantee}, capacity={self.capacity}, module={self.module.name!r})")
 ARITY = {"scalar": 2, "warp": 6, "block": 6}
 SIGNATURES = {"scalar": "(ctx, task)", "warp": "(ctx, task, lane, nlanes, smem, phase)",
               "block": "(ctx, task, lane, nlanes, smem, phase)"}
@@ -125,7 +96,9 @@ def func(fn: Callable) -> Callable:
 
 
 @dataclass
-class Handler:
+class Handler(HandlerDecl):
+    """A device handler: its declaration (a ``HandlerDecl``: type, name, owning module,
+    granularity, deterministic, shared memory) plus the function and how it runs."""
     type: int | str
     fn: Callable
     name: str
@@ -137,6 +110,13 @@ class Handler:
     module: "Module | None" = field(default=None, repr=False)
     consumes: tuple = ()              # channel names this handler type subscribes to
     message: "int | str | None" = None   # the message type it expects on them (checked)
+
+    batch = False                     # (declaration field) device handlers are not batch ones
+
+    @property
+    def shared_mem(self) -> int:
+        """The declaration's name for ``shared_bytes``."""
+        return self.shared_bytes
 
     def fingerprint(self) -> str:
         """A digest of everything that changes the compiled handler."""
@@ -222,7 +202,8 @@ class Module:
                                    f"name, got {message!r}", CHAN_TYPE_MISMATCH)
         if any(c.name == name for c in self.channels):
             raise BootError(f"{where}: declared twice")
-        decl = ChannelDecl(self, name, message, mode, guarantee, capacity)
+        decl = ChannelDecl(name, "produce", message, mode, guarantee, self,
+                           {"capacity": capacity}, check=False)
         self.channels.append(decl)
         return decl
 

@@ -32,6 +32,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ggmk.device import layout
+from ggmk.device.targets import ModuleSession, read_source
+
 NAME = "cpu"
 # Sizes that suit one host thread. Idle workers sleep on the doorbell (a host push wakes them)
 # for at most 1 ms, a tick: due events fire at most a tick late. One host thread by
@@ -251,80 +254,44 @@ def nanosleep(typingctx, ns):
     return types.none(ns), codegen
 
 
-# Primitives that need the kernel's constants: executed in the kernel namespace.
-PRIM_SRC = '''
-def blk_add(arr, i, v):
-    old = arr[i]
-    arr[i] = old + v
-    return old
+# Primitives that need the kernel's constants: their own file, executed in the kernel namespace.
+PRIM_SRC = read_source("cpu_prims.py")
+
+# The words only this target uses: two of layout's control words (mapped) and two of its
+# device words, named here.
+C_DOORBELL = layout.C_TARGET0   # host adds 1 after each push, after a pull that freed ring
+                                # room and at stop; the futex word parked host threads sleep on
+C_PARKED = layout.C_TARGET1     # device: host threads asleep on the doorbell
+G_HOST_TICKET = layout.G_TARGET0   # host threads that entered the kernel (each takes a ticket)
+G_NHOST = layout.G_TARGET1      # host threads running the blocks (config host_threads, a
+                                # run-time word: the same compiled kernel serves any number)
 
 
-def blk_max(arr, i, v):
-    old = arr[i]
-    if v > old:
-        arr[i] = v
-    return old
+def constants(plan) -> dict:
+    """The names of this target's words, for ``PRIM_SRC``."""
+    return dict(C_DOORBELL=C_DOORBELL, C_PARKED=C_PARKED, G_HOST_TICKET=G_HOST_TICKET,
+                G_NHOST=G_NHOST)
 
 
-def syncthreads():
-    pass
+def resolve_config(cfg: dict, given=()) -> None:
+    """The default ``host_threads`` is at most one per block."""
+    if "host_threads" not in given and "host_threads" in cfg:
+        cfg["host_threads"] = min(cfg["host_threads"], cfg["blocks"])
 
 
-def lane_id():
-    return 0
+def init_images(plan, images: dict) -> None:
+    images["glob"][G_NHOST] = plan.cfg.host_threads
 
 
-def lane_step():
-    return 1
+def host_notifier(ctl: np.ndarray):
+    """Ring the doorbell: count the news and wake the host threads parked on it (if any)."""
+    addr = ctl[C_DOORBELL:].ctypes.data
 
-
-def first_block(D):
-    # one ticket per host thread: thread j runs blocks j, j + host_threads, ...
-    return atomic_add(D, O_GLOB + G_HOST_TICKET, 1)
-
-
-def block_step(D):
-    return vload(D, O_GLOB + G_NHOST)
-
-
-def is_lead():
-    return True
-
-
-def idle_wait(M, ns):
-    # park on the doorbell: the parked count is raised (a full barrier) before the last look at
-    # the rx ring and the stop flag, so a host that pushes after that look sees the count and
-    # rings; one that pushed before is seen here. A wake-up lost to a race costs one nap.
-    bell = vload(M, O_CTL + C_DOORBELL)
-    atomic_add(M, O_CTL + C_PARKED, 1)
-    if (vload(M, O_CTL + C_RX_TAIL) == vload(M, O_CTL + C_RX_HEAD)
-            and vload(M, O_CTL + C_STOP) == 0):
-        futex_wait(M, O_CTL + C_DOORBELL, bell, ns)
-    atomic_add(M, O_CTL + C_PARKED, -1)
-
-
-def wake_idle(D, M):
-    # a parked host thread is woken while a type bucket or the overflow queue holds work it
-    # could take (a look at a few words per round, and only while one is parked)
-    if vload(M, O_CTL + C_PARKED) > 0:
-        work = rq_depth(D, Q_OVF) > 0
-        for t in range(NTYPES):
-            if rq_depth(D, t) > 0:
-                work = True
-        if work:
-            atomic_add(M, O_CTL + C_DOORBELL, 1)
-            futex_wake(M, O_CTL + C_DOORBELL)
-
-
-def block_shared(D, blk):
-    o = O_SCRATCH + blk * SCRATCH_PER_BLOCK
-    return D[o:o + SHW]
-
-
-def block_smem(D, blk):
-    o = O_SCRATCH + blk * SCRATCH_PER_BLOCK + SHW
-    return D[o:o + SMEM_WORDS]
-'''
+    def notify():
+        ctl[C_DOORBELL] += 1
+        if ctl[C_PARKED] != 0:
+            doorbell(addr)
+    return notify
 
 
 def namespace() -> dict:
@@ -436,6 +403,4 @@ def launch(kernel, arrays, plan) -> Launch:
 
 def open_session(plan):
     """No per-kernel resources on this target: the module's functions."""
-    import sys
-    from ggmk.device.targets import ModuleSession
     return ModuleSession(sys.modules[__name__], plan)

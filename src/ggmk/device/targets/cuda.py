@@ -29,91 +29,14 @@ import contextlib
 import numpy as np
 from llvmlite import ir
 
+from ggmk.device.targets import read_source
 from ggmk.errors import DeviceError
 
 NAME = "cuda"
 DEFAULTS = dict(blocks=0, threads=256, batch=256)   # blocks=0: one per SM, set at boot
 
-# Shared by the sim target, which swaps the pieces a simulator cannot run (ATOMICS_SRC whole).
-ATOMICS_SRC = '''
-def atomic_add(arr, i, v):
-    return cuda.atomic.add(arr, i, v)
-
-
-def atomic_cas(arr, i, old, new):
-    return cuda.atomic.cas(arr, i, old, new)
-
-
-def atomic_max(arr, i, v):
-    return cuda.atomic.max(arr, i, v)
-
-
-def blk_add(arr, i, v):
-    # block scope: the lanes of one block still race, so an atomic here too
-    return cuda.atomic.add(arr, i, v)
-
-
-def blk_max(arr, i, v):
-    return cuda.atomic.max(arr, i, v)
-'''
-
-PRIM_SRC = ATOMICS_SRC + '''
-
-def first_block(D):
-    return cuda.blockIdx.x
-
-
-def fence():
-    cuda.threadfence()
-
-
-def fence_system():
-    cuda.threadfence_system()
-
-
-def syncthreads():
-    cuda.syncthreads()
-
-
-def lane_id():
-    return cuda.threadIdx.x
-
-
-def lane_step():
-    return cuda.blockDim.x
-
-
-def block_id():
-    return cuda.blockIdx.x
-
-
-def block_step(D):
-    return cuda.gridDim.x
-
-
-def is_lead():
-    return cuda.threadIdx.x == 0
-
-
-def block_shared(D, blk):
-    return cuda.shared.array(SHW, int64)
-
-
-def block_smem(D, blk):
-    return cuda.shared.array(SMEM_WORDS, int64)
-
-
-def nanosleep(ns):
-    cuda.nanosleep(uint32(ns))
-
-
-def idle_wait(M, ns):
-    nanosleep(ns)
-
-
-def wake_idle(D, M):
-    pass
-'''
+# the primitives: their own file, read as text (the sim target applies its overrides to it)
+PRIM_SRC = read_source("cuda_prims.py")
 
 _intrinsics = None
 
@@ -211,8 +134,8 @@ def available() -> tuple[bool, str]:
         return False, f"numba-cuda unusable: {e!r} (pip install 'ggmk[gpu]')"
 
 
-def resolve_config_dict(cfg: dict) -> None:
-    """blocks=0 means one worker block per SM."""
+def resolve_config(cfg: dict, given=()) -> None:
+    """blocks=0 (the default) means one worker block per SM."""
     if cfg.get("blocks") == 0:
         from numba import cuda
         cfg["blocks"] = cuda.get_current_device().MULTIPROCESSOR_COUNT

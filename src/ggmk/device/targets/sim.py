@@ -1,8 +1,11 @@
 """The ``sim`` target: numba-cuda's CUDA simulator running the ``cuda`` primitives.
 
 The simulator must be enabled before ``numba.cuda`` is first imported in the process
-(``NUMBA_ENABLE_CUDASIM=1`` in the environment); ``available()`` says so otherwise, and
-``ggmk.device.workloads.run(..., target="sim")`` starts a subprocess with it set.
+(``NUMBA_ENABLE_CUDASIM=1`` in the environment, ``PROCESS_ENV``); ``available()`` says so
+otherwise, and the test workloads' ``run(..., target="sim")`` starts a subprocess with it set.
+
+The primitives are ``cuda``'s (``cuda_prims.py``) with the definitions of ``sim_prims.py`` in
+place of theirs.
 
 What runs exactly as on ``cuda``: every lane is a real thread, ``syncthreads`` is a real barrier,
 shared memory is shared (its first allocation per lane under a lock: the simulator's lookup
@@ -23,101 +26,16 @@ import time
 
 import numpy as np
 
-from ggmk.device.targets import cuda as _cuda
+from ggmk.device.targets import ModuleSession, override_source, read_source
 
 NAME = "sim"
 DEFAULTS = dict(blocks=2, threads=32, batch=64)
+# the simulator must be switched on before numba.cuda is first imported: a process that cannot
+# promise that (one that may also run cpu or cuda) runs this target in a fresh one with this
+PROCESS_ENV = {"NUMBA_ENABLE_CUDASIM": "1"}
 
-# The simulator's atomics take one lock per kind (add, cas, max, ...), so an add and a CAS on
-# the same word (a channel credit: taken by CAS, given back by add) are not atomic with
-# respect to each other as they are on a GPU. One lock for every kind here.
-_ATOMICS_SIM = '''def atomic_add(arr, i, v):
-    with _alock:
-        old = arr[i]
-        arr[i] = old + v
-    return old
-
-
-def atomic_cas(arr, i, old, new):
-    with _alock:
-        cur = arr[i]
-        if cur == old:
-            arr[i] = new
-    return cur
-
-
-def atomic_max(arr, i, v):
-    with _alock:
-        old = arr[i]
-        if v > old:
-            arr[i] = v
-    return old
-
-
-blk_add = atomic_add
-blk_max = atomic_max
-'''
-
-PRIM_SRC = _ATOMICS_SIM + _cuda.PRIM_SRC[len(_cuda.ATOMICS_SRC):].replace('''def block_shared(D, blk):
-    return cuda.shared.array(SHW, int64)
-
-
-def block_smem(D, blk):
-    return cuda.shared.array(SMEM_WORDS, int64)
-''', '''def block_shared(D, blk):
-    # the simulator finds a shared array by walking the Python stack: once per thread is
-    # enough. Its first allocation is a check-then-store on a dict with no lock: two lanes
-    # arriving together could each make an array, and the loser would keep a private "shared"
-    # array for the whole run (its smem writes lost: wrong block/warp sums), so the first
-    # call per lane goes under a lock
-    a = getattr(_tls, "sh", None)
-    if a is None:
-        with _shlock:
-            a = cuda.shared.array(SHW, int64)
-        _tls.sh = a
-    return a
-
-
-def block_smem(D, blk):
-    a = getattr(_tls, "smem", None)
-    if a is None:
-        with _shlock:
-            a = cuda.shared.array(SMEM_WORDS, int64)
-        _tls.smem = a
-    return a
-''').replace('''def block_id():
-    return cuda.blockIdx.x
-
-
-def block_step(D):
-    return cuda.gridDim.x
-''', '''def block_id():
-    return 0
-
-
-def block_step(D):
-    return 1
-''').replace('''def nanosleep(ns):
-    cuda.nanosleep(uint32(ns))
-''', '''def nanosleep(ns):
-    _sleep(ns * 1e-9)
-''').replace('''def first_block(D):
-    return cuda.blockIdx.x
-''', '''def first_block(D):
-    return 0
-''') + '''
-
-def vload(arr, i):
-    return arr[i]
-
-
-def vstore(arr, i, v):
-    arr[i] = v
-
-
-def clock_ns():
-    return _perf_ns()
-'''
+# the cuda primitives with the definitions of sim_prims.py in place of theirs (by name)
+PRIM_SRC = override_source(read_source("cuda_prims.py"), read_source("sim_prims.py"))
 
 
 def namespace() -> dict:
@@ -143,8 +61,8 @@ def kernel_fn(fn):
 
 def available() -> tuple[bool, str]:
     if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
-        return False, ("set NUMBA_ENABLE_CUDASIM=1 before numba.cuda is imported (or use "
-                       "ggmk.device.workloads.run(..., target='sim'), which starts a subprocess)")
+        return False, ("set NUMBA_ENABLE_CUDASIM=1 before numba.cuda is imported (or run "
+                       "the sim target in a fresh process with the target's PROCESS_ENV)")
     try:
         from numba import cuda
     except ImportError as e:
@@ -219,5 +137,4 @@ def launch(kernel, arrays, plan) -> Launch:
 def open_session(plan):
     """No per-kernel resources on this target: the module's functions."""
     import sys
-    from ggmk.device.targets import ModuleSession
     return ModuleSession(sys.modules[__name__], plan)

@@ -1,11 +1,17 @@
-"""Reference device workloads: shared by the tests, the acceptance files and the benchmark.
+"""Reference device workloads: shared by the tests, the acceptance files and the benchmark
+(test and benchmark scaffolding: not part of the installed package).
+
+Importable as ``workloads`` with this directory (``tests/device``) on ``sys.path``: pytest puts
+it there for the tests in it (and ``conftest.py`` here makes sure); a benchmark or a
+subprocess adds it itself.
 
 Each ``run_*`` function boots a :class:`DeviceKernel` on a target, drives it from the host and
-returns a JSON-able summary. ``run(name, target, **kw)`` runs ``sim`` in a subprocess (the CUDA
-simulator must be switched on before ``numba.cuda`` is first imported, which a test process
-that may also use ``cpu`` or ``cuda`` cannot promise)::
+returns a JSON-able summary. ``run(name, target, **kw)`` runs a target that needs a process of
+its own (``Target.PROCESS_ENV``: ``sim``, whose CUDA simulator must be switched on before
+``numba.cuda`` is first imported, which a test process that may also use ``cpu`` or ``cuda``
+cannot promise) in a subprocess::
 
-    python -m ggmk.device.workloads mixed --target sim --kw '{"n": 300}'
+    PYTHONPATH=src:tests/device python -m workloads mixed --target sim --kw '{"n": 300}'
 """
 from __future__ import annotations
 
@@ -21,7 +27,11 @@ from ggmk import task as taskmod
 from ggmk.device import api as g
 from ggmk.device.host import DeviceKernel, SYS_ERROR, error_code
 from ggmk.device.module import Module, func
+from ggmk.device.targets import get_target, option
 from ggmk.task import OK
+
+HERE = os.path.dirname(os.path.abspath(__file__))                    # tests/device
+SRC = os.path.join(os.path.dirname(os.path.dirname(HERE)), "src")    # the package's source
 
 # ------------------------------------------------------------------------------------------
 # "mixed": ten scalar handlers, one warp handler, one block handler, one spawner
@@ -698,19 +708,26 @@ WORKLOADS = {"mixed": run_mixed, "spawn": run_spawn, "resident": run_resident,
              "wait_doc": run_wait_doc}
 
 
+def subprocess_env(extra=None) -> dict:
+    """The environment of a subprocess that imports ``ggmk`` from this checkout and this
+    module as ``workloads`` (plus ``extra``)."""
+    env = dict(os.environ, **(extra or {}))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, HERE, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def run(name: str, target: str, timeout: float = 900, **kw) -> dict:
-    """Run workload ``name`` on ``target``; ``sim`` runs in a subprocess with the simulator
-    switched on."""
-    if target != "sim":
+    """Run workload ``name`` on ``target``; a target that needs a process of its own
+    (``PROCESS_ENV``: ``sim``, the simulator switched on) runs in a subprocess."""
+    penv = option(get_target(target), "PROCESS_ENV")
+    if not penv:
         return WORKLOADS[name](target=target, **kw)
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    p = subprocess.run([sys.executable, "-m", "ggmk.device.workloads", name, "--target", "sim",
-                        "--kw", json.dumps(kw)], env=env, capture_output=True, text=True,
-                       timeout=timeout)
+    p = subprocess.run([sys.executable, "-m", "workloads", name, "--target", target,
+                        "--kw", json.dumps(kw)], env=subprocess_env(penv),
+                       capture_output=True, text=True, timeout=timeout)
     if p.returncode != 0:
-        raise RuntimeError(f"sim workload {name} failed (rc {p.returncode}):\n{p.stderr[-4000:]}")
+        raise RuntimeError(f"{target} workload {name} failed (rc {p.returncode}):\n"
+                           f"{p.stderr[-4000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 

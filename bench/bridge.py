@@ -1,0 +1,133 @@
+"""Bridge benchmark: one JSON line.
+
+bridge_tasks_per_s: CPU module -> GPU module -> CPU module over two bridge channels (cpu.in,
+gpu.back), inline tasks; bridge_payload_4k_per_s: the same with 4 KB payloads;
+transfers_per_task; GPU -> CPU throughput at batch sizes 8/64/512; round trip p50/p99 (one
+message CPU -> GPU -> CPU); peers in the same run: multiprocessing.Queue (one record per
+message) and a multiprocessing pipe with 64-record numpy batches (send_bytes).
+
+    .venv/bin/python bench/bridge.py [--n 200000]
+"""
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from tests.bridge.dualkit import boot, gen, publish_all  # noqa: E402
+from ggmk.bridge import workloads as W  # noqa: E402
+from ggmk.task import TASK_DTYPE  # noqa: E402
+
+
+def _echo_q(qin, qout):
+    while True:
+        x = qin.get()
+        if x is None:
+            break
+        qout.put(x)
+
+
+def _echo_pipe(conn):
+    while True:
+        b = conn.recv_bytes()
+        if not b:
+            break
+        conn.send_bytes(b)
+
+
+def peer_queue(n):
+    qin, qout = mp.Queue(), mp.Queue()
+    p = mp.Process(target=_echo_q, args=(qin, qout))
+    p.start()
+    rec = np.zeros(1, TASK_DTYPE).tobytes()
+    t0 = time.perf_counter()
+    sent = got = 0
+    while got < n:
+        while sent < n and sent - got < 1024:
+            qin.put(rec)
+            sent += 1
+        qout.get()
+        got += 1
+    dt = time.perf_counter() - t0
+    qin.put(None)
+    p.join()
+    return n / dt
+
+
+def peer_pipe(n):
+    a, b = mp.Pipe()
+    p = mp.Process(target=_echo_pipe, args=(b,))
+    p.start()
+    batch = np.zeros(64, TASK_DTYPE)
+    t0 = time.perf_counter()
+    sent = got = 0
+    while got < n:
+        while sent < n and sent - got < 64 * 16:
+            a.send_bytes(batch.tobytes())
+            sent += 64
+        got += len(np.frombuffer(a.recv_bytes(), TASK_DTYPE))
+    dt = time.perf_counter() - t0
+    a.send_bytes(b"")
+    p.join()
+    return got / dt
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=200_000)
+    a = ap.parse_args()
+    n = a.n
+    out = {"target": "cpu"}
+    s = boot()
+    try:
+        out["target"] = s.target
+        b0 = s.stats()["bridge"]
+        t0 = time.perf_counter()
+        publish_all(s, "cpu.in", n, timeout=600)
+        assert s.run(timeout=600)
+        dt = time.perf_counter() - t0
+        assert W.REC.back_n == n
+        b1 = s.stats()["bridge"]
+        out["bridge_tasks_per_s"] = round(n / dt)
+        out["transfers_per_task"] = round((b1["transfers"] - b0["transfers"]) / (2 * n), 4)
+        W.REC.clear()
+        data = bytes(4096)
+        W.REC.expect_payload = data
+        m = max(200, n // 100)
+        t0 = time.perf_counter()
+        publish_all(s, "cpu.in", m, payload=data, timeout=600)
+        assert s.run(timeout=600)
+        out["bridge_payload_4k_per_s"] = round(m / (time.perf_counter() - t0))
+        lat = []
+        for i in range(300):
+            W.REC.clear()
+            t0 = time.perf_counter()
+            s.channel("cpu.in").publish(meta0=i)
+            while W.REC.back_n < 1:
+                time.sleep(0)            # let the pump and the workers have the GIL
+            lat.append((time.perf_counter() - t0) * 1e6)
+        out["roundtrip_p50_us"] = round(float(np.percentile(lat, 50)), 1)
+        out["roundtrip_p99_us"] = round(float(np.percentile(lat, 99)), 1)
+    finally:
+        s.halt()
+    for bs in (8, 64, 512):
+        s = boot(bridge={"batch": bs})
+        try:
+            t0 = time.perf_counter()
+            gen(s, "GEN", n)
+            assert s.run(timeout=600)
+            out[f"gpu_to_cpu_tasks_per_s_batch_{bs}"] = round(n / (time.perf_counter() - t0))
+        finally:
+            s.halt()
+    out["peer_mp_queue_tasks_per_s"] = round(peer_queue(min(n, 50_000)))
+    out["peer_pipe_batched_tasks_per_s"] = round(peer_pipe(n))
+    out["ratio_vs_pipe"] = round(out["bridge_tasks_per_s"] / out["peer_pipe_batched_tasks_per_s"], 3)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

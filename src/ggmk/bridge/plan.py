@@ -1,0 +1,205 @@
+"""Channel wiring across kernels: which channels are bridge channels, and are the two kernels'
+declarations of each one consistent?
+
+``plan(cpu_modules, gpu_modules, types)`` looks at every channel name declared on either
+kernel: CPU producers (``Module.produces``), CPU consumers (``consumes`` / ``handler(...,
+consumes=)``), GPU producers (``ggmk.device.Module.channel``) and GPU consumers (device
+``handler(..., consumes=)``). A channel whose producer lives on one kernel and which has a
+consumer on the other is a **bridge channel**; it is declared exactly like a local one.
+
+Every conflict is a boot error naming both modules, their kernels, the channel and the types:
+a producer and a consumer on different kernels with different message types, producers on
+both kernels, more subscribers than a p2p channel allows (counted over both kernels), a mode
+or guarantee one side declares differently, and (with ``types=``) a bridge channel whose type
+``types.toml`` does not know. All problems are reported at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ggmk.errors import BootError
+
+CPU, GPU = "CPU", "GPU"
+DEFAULT_DEVICE_CAPACITY = 256
+
+
+@dataclass
+class End:
+    kernel: str                 # CPU | GPU
+    module: str
+    type: object                # as declared (name or id; None: not stated)
+    what: str                   # "produces" | "consumes"
+    mode: str | None = None
+    guarantee: str | None = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class BridgeChannel:
+    """One bridge channel. ``direction``: "c2g" (CPU producer, GPU consumers) or "g2c"."""
+    k: int
+    name: str
+    direction: str
+    type_id: int
+    type_name: str
+    mode: str
+    guarantee: str
+    capacity: int
+    producer: End
+    consumers: list
+    deterministic: bool = False
+
+    @property
+    def lossless(self) -> bool:
+        return self.guarantee == "lossless"
+
+    def describe(self) -> str:
+        a, b = (CPU, GPU) if self.direction == "c2g" else (GPU, CPU)
+        return (f"{self.name!r} ({self.type_name}, {self.mode}, {self.guarantee}, "
+                f"{a} -> {b})")
+
+
+def _type_label(types, t) -> str:
+    if t is None:
+        return "?"
+    if isinstance(t, str):
+        return repr(t)
+    try:
+        return f"{types.name(int(t))!r} (id {int(t)})" if types is not None and int(t) in types \
+            else f"id {int(t)}"
+    except Exception:   # noqa: BLE001 - display only
+        return f"id {t}"
+
+
+def _resolve(types, t):
+    """A comparable key for a declared type: its id when the registry knows it, else the name."""
+    if t is None:
+        return None
+    if isinstance(t, str):
+        if types is not None and t in types:
+            return int(types.id(t))
+        return t
+    return int(t)
+
+
+def _ends(cpu_modules, gpu_modules):
+    chans: dict[str, dict] = {}
+
+    def slot(name):
+        return chans.setdefault(name, {"prod": [], "cons": []})
+
+    for m in cpu_modules:
+        for d in m.channels:
+            e = End(CPU, m.name, d.type, "produces" if d.direction == "produce" else "consumes",
+                    d.mode, d.guarantee, dict(getattr(d, "options", {}) or {}))
+            slot(d.name)["prod" if d.direction == "produce" else "cons"].append(e)
+    for m in gpu_modules:
+        for d in m.channels:
+            cap = getattr(d, "capacity", None)
+            if cap is None:
+                cap = (getattr(d, "options", None) or {}).get("capacity")
+            msg = getattr(d, "message", None)
+            if msg is None:
+                msg = getattr(d, "type", None)
+            slot(d.name)["prod"].append(End(GPU, m.name, msg, "produces", d.mode, d.guarantee,
+                                            {"capacity": cap}))
+        for h in m.handlers:
+            for cname in h.consumes:
+                slot(cname)["cons"].append(End(GPU, m.name, h.message, "consumes",
+                                               options={"handler": h.name,
+                                                        "handler_type": h.type}))
+    return chans
+
+
+def plan(cpu_modules, gpu_modules, types=None, *, types_given: bool = False) -> list:
+    """The bridge channels of a dual-kernel boot (ascending name order, ``k`` = 0, 1, ...),
+    or a BootError listing every cross-kernel declaration problem."""
+    problems: list[str] = []
+    out: list[BridgeChannel] = []
+    for name, ends in sorted(_ends(cpu_modules, gpu_modules).items()):
+        prods, cons = ends["prod"], ends["cons"]
+        pk = {e.kernel for e in prods}
+        ck = {e.kernel for e in cons}
+        if len(pk) > 1:
+            a = next(e for e in prods if e.kernel == CPU)
+            b = next(e for e in prods if e.kernel == GPU)
+            problems.append(f"channel {name!r} is produced on both kernels: CPU module "
+                            f"{a.module!r} and GPU module {b.module!r} (a channel's producer "
+                            "lives on one kernel)")
+            continue
+        if pk:
+            pkern = pk.pop()
+        elif CPU in ck and GPU in ck:
+            pkern = CPU                     # published by the host into the CPU channel
+        else:
+            continue
+        far = [e for e in cons if e.kernel != pkern]
+        mixed_kernels = bool(far)
+        # producer spec (mode, guarantee, capacity, type)
+        if prods:
+            p = prods[0]
+        else:
+            c0 = next(e for e in cons if e.kernel == CPU)
+            p = End(CPU, c0.module, c0.type, "consumes", c0.mode, c0.guarantee, {})
+        mode = p.mode or "p2p"
+        guarantee = p.guarantee or "lossless"
+        if not mixed_kernels:
+            continue
+        # types: every end's declared type must be the producer's
+        pt = _resolve(types, p.type)
+        for e in prods[1:] + cons:
+            if e.type is None:
+                continue
+            et = _resolve(types, e.type)
+            if pt is not None and et != pt and e.kernel != p.kernel:
+                problems.append(
+                    f"channel {name!r}: {p.kernel} module {p.module!r} {p.what} type "
+                    f"{_type_label(types, p.type)} but {e.kernel} module {e.module!r} "
+                    f"{e.what} type {_type_label(types, e.type)} (CHAN_TYPE_MISMATCH across "
+                    "kernels)")
+        # one declaration of mode / guarantee
+        for e in cons:
+            for attr, v in (("mode", e.mode), ("guarantee", e.guarantee)):
+                if v is not None and v != getattr(p, attr) and getattr(p, attr) is not None \
+                        and e.kernel != p.kernel:
+                    problems.append(f"channel {name!r}: {p.kernel} module {p.module!r} declares "
+                                    f"it {getattr(p, attr)} but {e.kernel} module {e.module!r} "
+                                    f"declares it {v}")
+        if mode == "p2p" and len(cons) > 1:
+            names = ", ".join(f"{e.kernel} module {e.module!r}" for e in cons)
+            problems.append(f"channel {name!r} is p2p but has {len(cons)} subscribers across "
+                            f"kernels ({names}) (CHAN_ALREADY_BOUND; declare mode='fanout')")
+        # the type must be known on both kernels
+        tname, tid = None, None
+        if isinstance(p.type, str):
+            tname = p.type
+            if types is not None and p.type in types:
+                tid = int(types.id(p.type))
+            elif types_given:
+                problems.append(f"bridge channel {name!r} ({p.kernel} module {p.module!r}) is "
+                                f"declared with unknown type {p.type!r}: types.toml has no such "
+                                "type (both kernels must know it)")
+                continue
+        elif p.type is not None:
+            tid = int(p.type)
+            if types is not None and tid in types:
+                tname = types.name(tid)
+            elif types_given:
+                problems.append(f"bridge channel {name!r} ({p.kernel} module {p.module!r}) is "
+                                f"declared with unknown type id {tid}: types.toml has no such "
+                                "type (both kernels must know it)")
+                continue
+        det = False
+        if types is not None and tid is not None and tid in types:
+            det = bool(getattr(types.info(tid), "deterministic", False))
+        cap = p.options.get("device_capacity") or p.options.get("capacity")
+        cap = min(int(cap or DEFAULT_DEVICE_CAPACITY), 4096)
+        out.append(BridgeChannel(len(out), name, "c2g" if pkern == CPU else "g2c",
+                                 tid if tid is not None else -1, tname or f"TYPE_{tid}",
+                                 mode, guarantee, cap, p,
+                                 list(cons), det))
+    if problems:
+        e = BootError("boot: cross-kernel channel wiring failed:\n  " + "\n  ".join(problems))
+        e.problems = problems
+        raise e
+    return out

@@ -1,0 +1,850 @@
+"""The bridge: carries bridge channels between the CPU kernel and the GPU kernel.
+
+What crosses, and how
+---------------------
+One pump thread (``ggmk-bridge``) moves **batches** of 48-byte task records over a
+:class:`~ggmk.bridge.transport.BridgeTransport`: host -> device on ``host.rx`` (``send``, one
+copy per batch) and device -> host on ``host.tx`` (``recv``, one copy per batch). A batch goes
+when it holds ``batch`` records (default 64) or when its oldest record has waited
+``flush_us`` (default 10 us). ``stats()["transfers"]`` / ``["records"]`` count them: never a
+transfer per task.
+
+CPU -> GPU channel (produced on the CPU kernel): the bridge is a host-side subscriber of the CPU
+channel (so the CPU producer's lossless backpressure sees the bridge's ring). It takes
+messages only against **credits**: at most ``window`` ingress tasks of the channel may be on
+the device unfinished (their completion is the device's published ``ok + fail`` count of the
+channel's ingress type). An ingress task that cannot emit on the full device channel waits
+there (WAIT), holding its credit, so a slow GPU consumer stops the bridge, the bridge's CPU
+ring fills and the CPU producer gets CHAN_FULL: lossless end to end.
+
+GPU -> CPU channel: the device egress handler needs a credit per message (a device user word
+the host raises with CREDIT records as the CPU channel *accepts* messages: ``window`` at most in
+flight). The host restores channel-sequence order (the device channel seq travels in the
+record's ``channel`` field) and emits into the CPU channel; a refused (CHAN_FULL) suffix waits
+and no credit is granted for it, so the device egress waits, the device channel fills and the
+GPU producer gets CHAN_FULL. Lossy channels skip credits; full subscribers drop to
+``sys.dropped`` on whichever kernel they live (device drops come back to the CPU kernel's
+``sys.dropped`` with their reason).
+
+Payloads: a payload crossing is copied into the receiving kernel's arena and ``payload_ptr``
+rewritten to the local address; the sender's reference is released (CPU -> GPU: the device
+block comes from an ALLOC request to the device, the bytes are written there, the CPU reference
+is released; GPU -> CPU: the egress handler retains the device block, the host copies it into
+the CPU arena and sends RELEASE). A full receiving arena: the message goes to ``sys.error``
+with ALLOC_FAIL. Inline-only tasks (``payload_len`` 0) cross with no payload copy
+(``stats()["payload_copies"]`` counts copies).
+
+Transfers that fail are retried (``max_retries`` times, with a short backoff); a batch that
+still fails goes to ``sys.error`` with BRIDGE_TRANSFER_FAILED.
+
+Deterministic bridge channels (a deterministic type, in determinism mode) are not pumped: the
+dual system moves them at **tick fences** (:class:`Fences`, ``DualSystem.run``).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from ggmk import task as T
+from ggmk.bridge import device_side as ds
+from ggmk.bridge.codes import (BRIDGE_DEVICE_STOPPED, BRIDGE_PAYLOAD_TOO_LARGE,
+                               BRIDGE_TRANSFER_FAILED)
+from ggmk.bridge.transport import TransferError
+from ggmk.device import layout
+from ggmk.errors import GgmkError, KernelStopped
+from ggmk.task import ALLOC_FAIL, CHAN_CLOSED, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC
+
+SYS_ERROR = layout.CH_SYS_ERROR
+SYS_DROPPED = layout.CH_SYS_DROPPED
+_CLEAR_FLAGS = np.uint16(0xFFFF ^ FLAG_CHANNEL_MSG)
+
+
+class BridgeError(GgmkError):
+    """Bad use of the bridge (e.g. pushing while the GPU kernel is being reset)."""
+
+
+class _Pay:
+    """A CPU -> GPU message with a payload, waiting for its device block."""
+    __slots__ = ("rec", "cptr", "n", "dptr", "done")
+
+    def __init__(self, rec, cptr, n):
+        self.rec = rec          # 1-record ingress array
+        self.cptr = cptr
+        self.n = n
+        self.dptr = 0
+        self.done = False
+
+
+class _In:
+    """A CPU -> GPU bridge channel."""
+
+    def __init__(self, bc, ch, sub, window):
+        self.bc = bc
+        self.k = bc.k
+        self.ch = ch
+        self.sub = sub
+        self.rx_type = ds.RX(bc.k)
+        self.window = window
+        self.fifo: deque = deque()     # ndarray (ready) or _Pay segments, in channel order
+        self.waiting = 0               # _Pay entries not resolved
+        self.pushed = 0
+        self.done = 0                  # ingress tasks finished on the device (ok + fail)
+        self.crossed = 0
+        self.dead = 0
+        self.det = False
+
+    def inflight(self) -> int:
+        return self.pushed - self.done
+
+
+class _Out:
+    """A GPU -> CPU bridge channel."""
+
+    def __init__(self, bc, ch, window):
+        self.bc = bc
+        self.k = bc.k
+        self.ch = ch
+        self.window = window
+        self.next_seq = 1
+        self.reorder: dict = {}        # device seq -> 1-record array, or None (dead)
+        self.ready: deque = deque()    # arrays in channel order, waiting for room
+        self.ready_n = 0
+        self.grant = 0
+        self.crossed = 0
+        self.dead = 0
+        self.full = 0
+        self.det = False
+        self.fence_buf: list = []      # deterministic: this epoch's records (any order)
+
+
+class Bridge:
+    """The bridge between a booted CPU ``System`` and a GPU kernel behind ``transport``.
+
+    ``channels``: the :class:`~ggmk.bridge.plan.BridgeChannel` list. ``batch`` records per
+    transfer (default 64), ``flush_us`` the longest a partial batch waits (10), ``window``
+    credits per channel and direction, ``max_retries`` per failed transfer."""
+
+    def __init__(self, system, transport, channels, *, batch: int = 64, flush_us: float = 10.0,
+                 window: int = 1024, max_retries: int = 8, retry_backoff_us: float = 50.0,
+                 deterministic: bool = False, autostart: bool = True):
+        if batch < 1:
+            raise ValueError(f"bridge: batch must be >= 1, got {batch}")
+        self.sys = system
+        self.tx = transport
+        self.batch = int(batch)
+        self.flush_ns = int(flush_us * 1000)
+        self.window = int(window)
+        self.max_retries = int(max_retries)
+        self.backoff = retry_backoff_us * 1e-6
+        self.lock = threading.RLock()
+        self.ins: list[_In] = []
+        self.outs: dict[int, _Out] = {}
+        self.by_name = {}
+        for bc in channels:
+            ch = system.channel(bc.name)
+            if bc.direction == "c2g":
+                sub = ch.subscribe(None, name="bridge->gpu")
+                st = _In(bc, ch, sub, self.window)
+                st.det = deterministic and bc.deterministic
+                self.ins.append(st)
+            else:
+                st = _Out(bc, ch, self.window)
+                st.det = deterministic and bc.deterministic
+                self.outs[bc.k] = st
+            self.by_name[bc.name] = st
+        self._in_by_k = {s.k: s for s in self.ins}
+        # staging (host -> device)
+        self._stage: list[np.ndarray] = []
+        self._stage_n = 0
+        self._stage_t = 0
+        self._pending_alloc: dict[int, tuple] = {}   # tag -> (_In, _Pay)
+        self._tag = 0
+        self._releases: list[int] = []
+        self._counts = {}
+        self._counts_t = 0.0
+        # host records from the device that are not bridge traffic
+        self.device_out: deque = deque()
+        self.errors: deque = deque(maxlen=256)
+        self.paused = None                 # a reason while the GPU kernel is being reset
+        self.failed = None
+        self.c = dict(transfers=0, transfers_out=0, transfers_in=0, records=0, records_out=0,
+                      records_in=0, retries=0, failed_transfers=0, payload_copies=0,
+                      payload_bytes=0, inline_crossings=0, alloc_fail=0, dead_lettered=0,
+                      credits_granted=0, service_records=0)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = None
+        self._stopped_device = False
+        if autostart:
+            self.start()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="ggmk-bridge", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the pump thread (after one last step)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        idle = 0
+        while not self._stop.is_set():
+            try:
+                did = self.step()
+            except Exception as e:   # noqa: BLE001 - keep pumping; report it
+                self.errors.append(f"bridge pump: {e!r}")
+                did = False
+                time.sleep(0.001)
+            if did:
+                idle = 0
+                continue
+            idle += 1
+            if self._stage_n:
+                # a partial batch waits at most flush_us
+                time.sleep(max(self.flush_ns / 1e9, 1e-6))
+            elif idle < 50:
+                time.sleep(0)           # let the CPU workers and the device thread run
+            else:
+                self._wake.wait(min(0.0002 * (idle // 50), 0.001))
+                self._wake.clear()
+
+    # -- one pump step --------------------------------------------------------------------------
+    def step(self, *, force_flush: bool = False) -> bool:
+        """Receive, deliver, take, send. Returns whether anything moved."""
+        if self.paused is not None:
+            return False
+        with self.lock:
+            did = self._receive()
+            did |= self._deliver_out()
+            did |= self._take_in()
+            did |= self._flush(force_flush)
+            return did
+
+    # -- device -> host -------------------------------------------------------------------------
+    def _receive(self) -> bool:
+        did = False
+        for _ in range(64):
+            try:
+                recs = self.tx.recv(self.batch)
+            except TransferError as e:
+                self.c["retries"] += 1
+                self.errors.append(f"bridge: receive failed, retried: {e}")
+                return did
+            except KernelStopped:
+                return did
+            n = len(recs)
+            if not n:
+                break
+            did = True
+            self.c["transfers"] += 1
+            self.c["transfers_in"] += 1
+            self.c["records"] += n
+            self.c["records_in"] += n
+            self._dispatch(recs)
+            if n < self.batch:
+                break
+        return did
+
+    def _dispatch(self, recs: np.ndarray) -> None:
+        types = recs["type"]
+        chans = recs["channel"]
+        sysm = (chans == SYS_ERROR) | (chans == SYS_DROPPED)
+        if sysm.any():
+            self._dead_from_device(recs[sysm])
+            recs = recs[~sysm]
+            types = recs["type"]
+            if not len(recs):
+                return
+        utypes = np.unique(types)
+        for t in utypes.tolist():
+            part = recs if len(utypes) == 1 else recs[types == t]
+            if ds.BASE + 0x3000 <= t < ds.BASE + 0x4000:
+                self._marks(self.outs[ds.mark_index(t)], part)
+            elif t == ds.ALLOC_REPLY:
+                self._alloc_replies(part)
+            else:
+                self._foreign(part)
+
+    def _marks(self, st: _Out, part: np.ndarray) -> None:
+        part = part.copy()
+        seqs = part["channel"].astype(np.int64)
+        part["type"] = st.bc.type_id
+        part["channel"] = 0
+        part["seq"] = 0
+        part["flags"] &= _CLEAR_FLAGS
+        dead = None
+        plen = part["payload_len"]
+        if plen.any():
+            dead = np.zeros(len(part), bool)
+            for i in np.flatnonzero(plen).tolist():
+                dead[i] = not self._copy_in(st, part, i)
+        if st.det:
+            keep = part if dead is None else part[~dead]
+            st.fence_buf.append(keep)
+            self._grant(st, len(part))
+            return
+        if dead is None and not st.reorder and len(seqs) and seqs[0] == st.next_seq and \
+                (len(seqs) == 1 or (np.diff(seqs) == 1).all()):
+            st.ready.append(part)                 # the common case: already in order
+            st.ready_n += len(part)
+            st.next_seq = int(seqs[-1]) + 1
+            return
+        for i, s in enumerate(seqs.tolist()):
+            st.reorder[s] = None if (dead is not None and dead[i]) else part[i:i + 1]
+        self._drain_reorder(st)
+
+    def _drain_reorder(self, st: _Out) -> None:
+        run = []
+        nxt = st.next_seq
+        ro = st.reorder
+        while nxt in ro:
+            r = ro.pop(nxt)
+            nxt += 1
+            if r is not None:
+                run.append(r)
+        st.next_seq = nxt
+        if run:
+            arr = np.concatenate(run) if len(run) > 1 else run[0]
+            st.ready.append(arr)
+            st.ready_n += len(arr)
+
+    def _copy_in(self, st: _Out, part: np.ndarray, i: int) -> bool:
+        """Copy message ``i``'s device payload into the CPU arena; False: ALLOC_FAIL."""
+        dptr = int(part["payload_ptr"][i])
+        n = int(part["payload_len"][i])
+        arena = self.sys.arena
+        cptr = arena.alloc(max(n, 1))
+        if cptr:
+            arena.view(cptr, n)[:] = self.tx.read_payload(dptr, n)
+            self.c["payload_copies"] += 1
+            self.c["payload_bytes"] += n
+        self._release_device(dptr)
+        if not cptr:
+            rec = part[i:i + 1].copy()
+            rec["payload_ptr"] = 0
+            self.c["alloc_fail"] += 1
+            self._to_sys_error(rec, ALLOC_FAIL)
+            st.dead += 1
+            self._grant(st, 1)
+            return False
+        part["payload_ptr"][i] = cptr
+        return True
+
+    def _release_device(self, dptr: int) -> None:
+        if dptr:
+            self._releases.append(dptr)
+            if len(self._releases) >= 2 * self.batch:
+                self._stage_releases()
+
+    def _stage_releases(self) -> None:
+        r = self._releases
+        if not r:
+            return
+        if len(r) % 2:
+            r.append(0)
+        m = len(r) // 2
+        arr = np.asarray(r, dtype=np.uint64).reshape(m, 2)
+        self._stage_add(T.make(m, type=ds.RELEASE, meta0=arr[:, 0], meta1=arr[:, 1]))
+        self.c["service_records"] += m
+        self._releases = []
+
+    def _grant(self, st: _Out, n: int) -> None:
+        if st.bc.lossless and n:
+            st.grant += n
+
+    def _stage_grants(self, force: bool = False) -> None:
+        recs = []
+        for st in self.outs.values():
+            if st.grant and (force or st.grant >= max(1, st.window // 8)):
+                recs.append((ds.limit_word(st.k), st.grant))
+                self.c["credits_granted"] += st.grant
+                st.grant = 0
+        if recs:
+            w, d = zip(*recs)
+            self._stage_add(T.make(len(recs), type=ds.CREDIT, meta0=np.array(w, np.uint64),
+                                   meta1=np.array(d, np.uint64)))
+            self.c["service_records"] += len(recs)
+
+    def _deliver_out(self) -> bool:
+        did = False
+        for st in self.outs.values():
+            while st.ready:
+                arr = st.ready[0]
+                try:
+                    acc = st.ch.emit(arr)
+                except GgmkError as e:
+                    self.errors.append(f"bridge: channel {st.bc.name!r}: {e}")
+                    acc = 0
+                    self._to_sys_dropped(arr, T.CHAN_TYPE_MISMATCH)
+                    st.ready.popleft()
+                    st.ready_n -= len(arr)
+                    continue
+                if acc == 0 and st.ch.closed:
+                    self._to_sys_dropped(arr, CHAN_CLOSED)
+                    st.ready.popleft()
+                    st.ready_n -= len(arr)
+                    self._grant(st, len(arr))
+                    continue
+                if acc:
+                    did = True
+                    st.crossed += acc
+                    self.c["inline_crossings"] += int((arr["payload_len"][:acc] == 0).sum())
+                    self._grant(st, acc)
+                if acc < len(arr):
+                    st.ready[0] = arr[acc:].copy()
+                    st.ready_n -= acc
+                    st.full += 1
+                    break
+                st.ready.popleft()
+                st.ready_n -= len(arr)
+        self._stage_grants(force=not did)
+        return did
+
+    def _alloc_replies(self, part: np.ndarray) -> None:
+        for ptr, tag in zip(part["meta0"].tolist(), part["meta1"].tolist()):
+            ent = self._pending_alloc.pop(int(tag), None)
+            if ent is None:
+                if ptr:
+                    self._release_device(int(ptr))
+                continue
+            st, pay = ent
+            st.waiting -= 1
+            arena = self.sys.arena
+            if not ptr:
+                self.c["alloc_fail"] += 1
+                rec = pay.rec.copy()
+                rec["type"] = st.bc.type_id
+                rec["payload_ptr"] = pay.cptr
+                self._to_sys_error(rec, ALLOC_FAIL, release=True)
+                st.dead += 1
+                pay.dptr = 0
+                pay.done = True
+                pay.rec = None
+                continue
+            self.tx.write_payload(int(ptr), arena.view(pay.cptr, pay.n))
+            arena.release(pay.cptr)
+            self.c["payload_copies"] += 1
+            self.c["payload_bytes"] += pay.n
+            pay.rec["payload_ptr"] = int(ptr)
+            pay.dptr = int(ptr)
+            pay.done = True
+
+    def _foreign(self, part: np.ndarray) -> None:
+        """Device records for the host that are not bridge traffic: tasks for a CPU handler go
+        to the CPU kernel (inline ones), everything else waits in ``device_out``."""
+        k = self.sys
+        t = int(part["type"][0])
+        if t < len(k.handler_of) and k.handler_of[t] is not None and \
+                not part["payload_len"].any() and not k.halted:
+            p = part.copy()
+            p["channel"] = 0
+            p["flags"] &= _CLEAR_FLAGS
+            k.submit_batch(p)
+            return
+        self.device_out.append(part.copy())
+
+    def _dead_from_device(self, recs: np.ndarray) -> None:
+        codes = recs["_pad"].astype(np.int16).astype(np.int64)
+        for i in range(len(recs)):
+            r = recs[i:i + 1].copy()
+            code = int(codes[i])
+            t = int(r["type"][0])
+            where = SYS_ERROR if int(r["channel"][0]) == SYS_ERROR else SYS_DROPPED
+            dptr = int(r["payload_ptr"][0])
+            r["payload_ptr"] = 0
+            r["_pad"] = 0
+            if ds.BASE + 0x2000 <= t < ds.BASE + 0x3000:         # egress copy of an outbound
+                st = self.outs[ds.tx_index(t)]
+                r["type"] = st.bc.type_id
+                r["channel"] = 0
+                seq = int(r["seq"][0])
+                st.dead += 1
+                if where == SYS_ERROR:
+                    self._grant(st, 1)    # the egress took its credit before it failed
+                if not st.det:
+                    st.reorder[seq] = None
+                    self._drain_reorder(st)
+            elif ds.BASE + 0x1000 <= t < ds.BASE + 0x2000:       # ingress failed on the device
+                st = self._in_by_k[ds.rx_index(t)]
+                r["type"] = st.bc.type_id
+                r["channel"] = 0
+                st.dead += 1
+                if dptr and code != ALLOC_FAIL:
+                    self._release_device(dptr)
+            elif ds.is_bridge_type(t):
+                self.errors.append(f"bridge: service record type {t:#x} failed with "
+                                   f"{T.code_name(code)}")
+                continue
+            else:
+                r["channel"] = 0
+            r["flags"] &= _CLEAR_FLAGS
+            if where == SYS_ERROR:
+                self._to_sys_error(r, code)
+            else:
+                self._to_sys_dropped(r, code)
+
+    def _to_sys_error(self, recs, code, release: bool = False) -> None:
+        if not release:
+            recs = recs.copy()
+            recs["payload_ptr"] = 0
+        self.c["dead_lettered"] += len(recs)
+        self.sys._dead(recs, code)          # hook wanted: System.dead_letter(recs, code)
+
+    def _to_sys_dropped(self, recs, code) -> None:
+        recs = recs.copy()
+        recs["payload_ptr"] = 0
+        self.c["dead_lettered"] += len(recs)
+        self.sys.channels.to_sys_dropped(recs, code)
+
+    # -- host -> device -------------------------------------------------------------------------
+    def _refresh_done(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._counts_t < 0.0001:
+            return
+        self._counts_t = now
+        try:
+            counts = self.tx.type_counts()
+        except Exception:   # noqa: BLE001 - a stopped kernel: keep the last counts
+            return
+        self._counts = counts
+        for st in self.ins:
+            c = counts.get(st.rx_type)
+            if c is not None:
+                st.done = int(c["ok"]) + int(c["fail"])
+
+    def _take_in(self) -> bool:
+        did = False
+        for st in self.ins:
+            if st.det:
+                continue
+            room = st.window - st.inflight() - self._fifo_len(st)
+            if room <= 0 or st.sub.ring.tail == st.sub.ring.head:
+                if room <= 0:
+                    self._refresh_done()
+                    room = st.window - st.inflight() - self._fifo_len(st)
+                if room <= 0 or st.sub.ring.tail == st.sub.ring.head:
+                    did |= self._fifo_to_stage(st)
+                    continue
+            recs = st.sub.take(min(room, self.batch * 4))
+            if len(recs):
+                did = True
+                self._admit_in(st, recs)
+            did |= self._fifo_to_stage(st)
+        return did
+
+    @staticmethod
+    def _fifo_len(st: _In) -> int:
+        return sum(len(x) if isinstance(x, np.ndarray) else 1 for x in st.fifo)
+
+    def _admit_in(self, st: _In, recs: np.ndarray) -> None:
+        """Turn taken CPU channel messages into ingress records (payloads: ask for blocks)."""
+        recs = recs.copy()
+        plen = recs["payload_len"]
+        recs["type"] = st.rx_type
+        recs["channel"] = 0
+        recs["seq"] = 0
+        recs["flags"] &= _CLEAR_FLAGS
+        if not plen.any():
+            st.fifo.append(recs)
+            return
+        start = 0
+        for i in np.flatnonzero(plen).tolist():
+            if i > start:
+                st.fifo.append(recs[start:i])
+            start = i + 1
+            n = int(plen[i])
+            cptr = int(recs["payload_ptr"][i])
+            if n > ds.DEVICE_MAX_PAYLOAD:
+                r = recs[i:i + 1].copy()
+                r["type"] = st.bc.type_id
+                self.errors.append(
+                    f"bridge channel {st.bc.name!r} (CPU -> GPU): a {n}-byte payload is larger "
+                    f"than the GPU kernel's largest payload block ({ds.DEVICE_MAX_PAYLOAD} "
+                    "bytes); the message is on sys.error with BRIDGE_PAYLOAD_TOO_LARGE")
+                self._to_sys_error(r, BRIDGE_PAYLOAD_TOO_LARGE, release=True)
+                st.dead += 1
+                continue
+            pay = _Pay(recs[i:i + 1].copy(), cptr, n)
+            pay.rec["payload_ptr"] = 0
+            self._tag += 1
+            tag = self._tag
+            self._pending_alloc[tag] = (st, pay)
+            st.waiting += 1
+            st.fifo.append(pay)
+            self._stage_add(T.make(1, type=ds.ALLOC, meta0=n, meta1=tag))
+            self.c["service_records"] += 1
+        if start < len(recs):
+            st.fifo.append(recs[start:])
+
+    def _fifo_to_stage(self, st: _In) -> bool:
+        did = False
+        fifo = st.fifo
+        while fifo:
+            x = fifo[0]
+            if isinstance(x, np.ndarray):
+                fifo.popleft()
+                self._stage_add(x)
+                st.pushed += len(x)          # counted at staging; un-counted if it fails
+                self.c["inline_crossings"] += len(x)
+                did = True
+                continue
+            if not x.done:
+                break
+            fifo.popleft()
+            if x.rec is not None:
+                self._stage_add(x.rec)
+                st.pushed += 1
+                did = True
+        return did
+
+    def _stage_add(self, recs: np.ndarray) -> None:
+        if not self._stage_n:
+            self._stage_t = time.monotonic_ns()
+        self._stage.append(recs)
+        self._stage_n += len(recs)
+
+    def _flush(self, force: bool) -> bool:
+        if self._releases:
+            self._stage_releases()           # they ride with the next batch
+        if not self._stage_n:
+            return False
+        if not force and self._stage_n < self.batch and \
+                time.monotonic_ns() - self._stage_t < self.flush_ns:
+            return False
+        allrec = np.concatenate(self._stage) if len(self._stage) > 1 else self._stage[0]
+        self._stage = []
+        self._stage_n = 0
+        pos = 0
+        n = len(allrec)
+        did = False
+        while pos < n:
+            chunk = allrec[pos:pos + self.batch]
+            sent = self._send(chunk)
+            if sent is None:                 # persistent failure: dead-lettered
+                pos += len(chunk)
+                continue
+            if sent == 0:
+                break                        # the rx ring is full: the rest waits
+            did = True
+            pos += sent
+        if pos < n:
+            rest = allrec[pos:]
+            self._stage = [rest]
+            self._stage_n = len(rest)
+            self._stage_t = time.monotonic_ns() - self.flush_ns   # due at once next time
+        return did
+
+    def _send(self, chunk: np.ndarray):
+        for attempt in range(self.max_retries + 1):
+            try:
+                k = self.tx.send(chunk)
+            except TransferError as e:
+                self.c["retries"] += 1
+                if attempt < self.max_retries:
+                    time.sleep(self.backoff * (1 << min(attempt, 6)))
+                    continue
+                self._failed_batch(chunk, f"{e}")
+                return None
+            except KernelStopped as e:
+                self._failed_batch(chunk, f"{e}", code=BRIDGE_DEVICE_STOPPED)
+                return None
+            if k:
+                self.c["transfers"] += 1
+                self.c["transfers_out"] += 1
+                self.c["records"] += k
+                self.c["records_out"] += k
+            return k
+        return None
+
+    def _failed_batch(self, chunk: np.ndarray, why: str, code: int = BRIDGE_TRANSFER_FAILED):
+        """A batch that could not be sent: its messages go to sys.error with ``code``."""
+        self.c["failed_transfers"] += 1
+        self.errors.append(f"bridge: a {len(chunk)}-record batch to the GPU kernel failed "
+                           f"{self.max_retries + 1} times ({why}): on sys.error with "
+                           f"{T.code_name(code)}")
+        types = chunk["type"]
+        for t in np.unique(types).tolist():
+            part = chunk[types == t].copy()
+            if ds.BASE + 0x1000 <= t < ds.BASE + 0x2000:
+                st = self._in_by_k[ds.rx_index(t)]
+                st.pushed -= len(part)
+                st.dead += len(part)
+                part["type"] = st.bc.type_id
+                self._to_sys_error(part, code)
+            elif t == ds.ALLOC:
+                for tag in part["meta1"].tolist():
+                    ent = self._pending_alloc.pop(int(tag), None)
+                    if ent is not None:
+                        st, pay = ent
+                        st.waiting -= 1
+                        rec = pay.rec.copy()
+                        rec["type"] = st.bc.type_id
+                        rec["payload_ptr"] = pay.cptr
+                        self._to_sys_error(rec, code, release=True)
+                        st.dead += 1
+                        pay.done = True
+                        pay.rec = None
+            elif t == ds.CREDIT:
+                for w, d in zip(part["meta0"].tolist(), part["meta1"].tolist()):
+                    k = (layout.USER_WORDS - 1 - int(w)) // 2
+                    if k in self.outs:
+                        self.outs[k].grant += int(d)       # grant again later
+            # RELEASE records: the device keeps those blocks (counted in errors)
+
+    # -- deterministic channels (tick fences) ----------------------------------------------------
+    def det_take_inbound(self) -> list:
+        """Every message waiting on deterministic CPU -> GPU channels, in (channel, seq) order,
+        as [(channel, records)]."""
+        out = []
+        with self.lock:
+            for st in self.ins:
+                if st.det:
+                    recs = st.sub.take()
+                    if len(recs):
+                        out.append((st, recs.copy()))
+        return out
+
+    def det_push(self, batches) -> int:
+        n = 0
+        with self.lock:
+            for st, recs in batches:
+                self._admit_in(st, recs)
+                n += len(recs)
+        return n
+
+    def det_pump_inbound(self) -> None:
+        with self.lock:
+            for st in self.ins:
+                if st.det:
+                    self._fifo_to_stage(st)
+            self._flush(True)
+
+    def det_take_outbound(self) -> list:
+        """This epoch's records of deterministic GPU -> CPU channels, per channel, sorted by
+        content (the device's own order depends on its worker interleaving)."""
+        out = []
+        with self.lock:
+            for st in self.outs.values():
+                if st.det and st.fence_buf:
+                    recs = np.concatenate(st.fence_buf)
+                    st.fence_buf = []
+                    order = np.lexsort((recs["payload_len"], recs["tenant"],
+                                        recs["flags"] & 3, recs["meta1"], recs["meta0"]))
+                    out.append((st, recs[order]))
+        return out
+
+    def det_deliver(self, st: _Out, recs: np.ndarray) -> int:
+        """Emit a fence's records into the CPU channel in the given order (canonical)."""
+        recs = recs.copy()
+        recs["seq"] = np.arange(len(recs), dtype=np.int64)
+        recs["flags"] |= FLAG_DETERMINISTIC
+        with self.lock:
+            st.ready.append(recs)
+            st.ready_n += len(recs)
+            self._deliver_out()
+        return len(recs)
+
+    # -- state ----------------------------------------------------------------------------------
+    def idle(self, *, refresh: bool = True) -> bool:
+        """Nothing on its way in either direction (device-side work aside)."""
+        with self.lock:
+            if self._stage_n or self._pending_alloc or self._releases:
+                return False
+            for st in self.outs.values():
+                if st.ready or st.reorder or st.grant:
+                    return False
+            if refresh:
+                self._refresh_done(force=True)
+            for st in self.ins:
+                if st.fifo or st.inflight() > 0:
+                    return False
+                if not st.det and st.sub.ring.tail != st.sub.ring.head:
+                    return False
+            return True
+
+    def stats(self) -> dict:
+        with self.lock:
+            d = dict(self.c)
+            d["batch"] = self.batch
+            d["flush_us"] = self.flush_ns / 1000
+            d["window"] = self.window
+            d["transfers_per_record"] = (d["transfers"] / d["records"]) if d["records"] else 0.0
+            chans = {}
+            for st in self.ins:
+                chans[st.bc.name] = {
+                    "direction": "cpu->gpu", "type": st.bc.type_name, "mode": st.bc.mode,
+                    "guarantee": st.bc.guarantee, "deterministic": st.det,
+                    "pushed": st.pushed, "done_on_device": st.done, "in_flight": st.inflight(),
+                    "waiting_payload": st.waiting, "dead": st.dead,
+                    "bridge_ring": len(st.sub.ring)}
+            for st in self.outs.values():
+                chans[st.bc.name] = {
+                    "direction": "gpu->cpu", "type": st.bc.type_name, "mode": st.bc.mode,
+                    "guarantee": st.bc.guarantee, "deterministic": st.det,
+                    "crossed": st.crossed, "next_seq": st.next_seq,
+                    "reorder": len(st.reorder), "waiting_for_room": st.ready_n,
+                    "refused_batches": st.full, "dead": st.dead}
+            d["channels"] = chans
+            d["device_out"] = sum(len(x) for x in self.device_out)
+            d["errors"] = len(self.errors)
+            d["paused"] = self.paused
+            return d
+
+    def drain_leftovers(self, code: int) -> int:
+        """After the GPU kernel stopped: whatever the bridge still holds goes to sys.error with
+        ``code`` (nothing accepted is lost silently). Returns how many."""
+        n = 0
+        with self.lock:
+            for st in self.ins:
+                for x in st.fifo:
+                    if isinstance(x, np.ndarray):
+                        r = x.copy()
+                        r["type"] = st.bc.type_id
+                        self._to_sys_error(r, code)
+                        n += len(r)
+                    elif x.rec is not None:
+                        r = x.rec.copy()
+                        r["type"] = st.bc.type_id
+                        if not x.done:
+                            r["payload_ptr"] = x.cptr
+                            self._to_sys_error(r, code, release=True)
+                        else:
+                            self._to_sys_error(r, code)
+                        n += 1
+                st.fifo.clear()
+                rest = st.sub.take()
+                if len(rest):
+                    self._to_sys_error(rest.copy(), code, release=True)
+                    n += len(rest)
+            self._pending_alloc.clear()
+            for st in self.outs.values():
+                for arr in list(st.ready) + [r for r in st.reorder.values() if r is not None] \
+                        + st.fence_buf:
+                    self._to_sys_error(arr, code, release=True)
+                    n += len(arr)
+                st.ready.clear()
+                st.reorder.clear()
+                st.fence_buf = []
+            if self._stage_n:
+                allrec = np.concatenate(self._stage)
+                self._stage, self._stage_n = [], 0
+                m = (allrec["type"] >= ds.BASE + 0x1000) & (allrec["type"] < ds.BASE + 0x2000)
+                for t in np.unique(allrec["type"][m]).tolist():
+                    st = self._in_by_k[ds.rx_index(t)]
+                    part = allrec[allrec["type"] == t].copy()
+                    part["type"] = st.bc.type_id
+                    self._to_sys_error(part, code)
+                    n += len(part)
+        return n

@@ -1,0 +1,167 @@
+"""One set of modules for the bridge's tests and benchmark (one compiled GPU kernel, reused).
+
+Types (ids fixed so the kernel cache key is stable):
+
+* GPU -> CPU, lossless p2p ``gpu.out`` (READING): GPU handler GEN (meta0 = first value,
+  meta1 = count) emits meta0, meta0+1, ... with ``wait_at`` on CHAN_FULL; CPU batch handler
+  SINK records (channel seq, value).
+* GPU -> CPU, lossy p2p ``gpu.lossy`` (LREADING): GPU handler GEN_LOSSY emits without waiting;
+  CPU handler LSINK records.
+* CPU -> GPU ``cpu.in`` (WORK), produced by CPU handler FEED (or the host's ``publish``),
+  consumed by GPU handler ECHO, which emits on GPU -> CPU ``gpu.back`` (BACK) the same words
+  (meta1 = byte sum of the payload, if any) and hands the payload on; CPU handler BACK_SINK
+  records (meta0, meta1, payload check).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+import ggmk
+import ggmk.device as gd
+from ggmk.device import api as g
+from ggmk.device.layout import WAIT
+from ggmk.typereg import TypeRegistry
+
+TYPES = {"READING": 101, "LREADING": 102, "WORK": 103, "BACK": 104, "GEN": 110,
+         "GEN_LOSSY": 111, "ECHO": 112, "SINK": 120, "LSINK": 121, "BACK_SINK": 122,
+         "FEED": 123}
+GPU_OUT_CAPACITY = 64
+
+
+def registry() -> TypeRegistry:
+    reg = TypeRegistry()
+    for name, tid in TYPES.items():
+        reg.register(name, id=tid)
+    return reg
+
+
+# ---------------------------------------------------------------------------- the GPU side
+gpu = gd.Module("gen")
+OUT = gpu.channel("gpu.out", message="READING", mode="p2p", guarantee="lossless",
+                  capacity=GPU_OUT_CAPACITY)
+LOSSY = gpu.channel("gpu.lossy", message="LREADING", mode="p2p", guarantee="lossy",
+                    capacity=GPU_OUT_CAPACITY)
+BACK = gpu.channel("gpu.back", message="BACK", mode="p2p", guarantee="lossless", capacity=256)
+
+
+@gpu.handler("GEN")
+def gen(ctx, task):
+    i = g.meta0(task)
+    end = g.meta1(task)
+    while i < end:
+        if g.emit_chan(ctx, OUT, i, 0) == -100:
+            return g.wait_at(task, i)
+        i += 1
+    return 0
+
+
+@gpu.handler("GEN_LOSSY")
+def gen_lossy(ctx, task):
+    i = g.meta0(task)
+    end = g.meta1(task)
+    while i < end:
+        g.emit_chan(ctx, LOSSY, i, 0)
+        i += 1
+    return 0
+
+
+@gpu.handler("ECHO", consumes="cpu.in", message="WORK")
+def echo(ctx, task):
+    ptr = g.payload_ptr(task)
+    n = g.payload_len(task)
+    s = 0
+    if ptr != 0:
+        off = g.offset(ctx, ptr)
+        if off < 0:
+            return -2            # not a device arena address: fail (sys.error, code -2)
+        for k in range(n):
+            s += g.load_u8(ctx, ptr + k)
+        g.retain(ctx, ptr, 1)    # our delivery's reference is released when we return
+        r = g.emit_chan_full(ctx, BACK, g.meta0(task), s, ptr, n, -1)
+        if r == -100:
+            g.release(ctx, ptr)
+            return WAIT
+        return 0
+    if g.emit_chan(ctx, BACK, g.meta0(task), g.meta1(task)) == -100:
+        return WAIT
+    return 0
+
+
+# ---------------------------------------------------------------------------- the CPU side
+class Recorder:
+    """What the CPU handlers saw; ``gate`` (set by default) holds SINK back while cleared."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.sink_seq: list = []
+        self.sink_val: list = []
+        self.lsink_val: list = []
+        self.back: list = []          # (meta0, meta1, payload ok, address ok)
+        self.back_n = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.expect_payload = None    # bytes expected on BACK_SINK payloads
+
+    def clear(self):
+        with self.lock:
+            self.sink_seq, self.sink_val, self.lsink_val, self.back = [], [], [], []
+            self.back_n = 0
+
+
+REC = Recorder()
+cpu = ggmk.Module("sink")
+IN = cpu.produces("cpu.in", "WORK", mode="p2p", guarantee="lossless")
+
+
+@cpu.handler("SINK", consumes="gpu.out", message="READING", batch=True)
+def sink(ctx, batch):
+    REC.gate.wait(60)
+    with REC.lock:
+        REC.sink_seq.extend(batch.seq.tolist())
+        REC.sink_val.extend(batch.meta0.tolist())
+
+
+@cpu.handler("LSINK", consumes="gpu.lossy", message="LREADING", batch=True)
+def lsink(ctx, batch):
+    REC.gate.wait(60)
+    with REC.lock:
+        REC.lsink_val.extend(batch.meta0.tolist())
+
+
+@cpu.handler("BACK_SINK", consumes="gpu.back", message="BACK")
+def back_sink(ctx):
+    t = ctx.task
+    ok = addr = True
+    if t.payload_len:
+        p = ctx.payload
+        exp = REC.expect_payload
+        ok = exp is not None and bytes(np.asarray(p, dtype=np.uint8)) == exp
+        a = ctx.arena.stats() if False else None   # noqa: F841
+        addr = bool(t.payload_ptr)
+    with REC.lock:
+        REC.back.append((int(t.meta0), int(t.meta1), ok, addr, int(t.payload_ptr)))
+        REC.back_n += 1
+
+
+@cpu.handler("BACK_SINK_FAST", batch=True)
+def _unused(ctx, batch):      # (keeps handler ids stable; never subscribed)
+    pass
+
+
+@cpu.handler("FEED")
+def feed(ctx):
+    """meta0 = first value, meta1 = count: emit WORK messages on cpu.in (waits when full)."""
+    send = ctx.emitter(IN)
+    t = ctx.task
+    i = t.meta0
+    while i < t.meta1:
+        if send(i):
+            return ctx.wait_(phase=i)
+        i += 1
+    return ggmk.OK
+
+
+def modules():
+    return [cpu, gpu]

@@ -1,0 +1,162 @@
+"""Resolution and validation: the handlers and device channels of a kernel's modules with their
+type ids, channel ids and subscribers resolved; every declaration error is raised here, before
+anything is generated or compiled."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ggmk.device import layout
+from ggmk.device.module import (MAX_FANOUT, Chan, ChannelBootError, Handler, Module,
+                                _global_names)
+from ggmk.errors import BootError
+from ggmk.task import CHAN_ALREADY_BOUND, CHAN_TYPE_MISMATCH, CHAN_UNKNOWN
+
+
+def resolve_handlers(modules, types_map=None) -> list[Handler]:
+    """All handlers of ``modules`` with their type resolved to an id; duplicates are errors."""
+    out: list[Handler] = []
+    seen: dict[int, Handler] = {}
+    for m in modules:
+        if not isinstance(m, Module):
+            raise BootError(f"DeviceKernel: {m!r} is not a ggmk.device.Module")
+        for h in m.handlers:
+            tid = h.type
+            if isinstance(tid, str):
+                tid = _lookup_type(types_map, tid, f"module {m.name!r} handler {h.name!r}")
+            if tid in seen:
+                o = seen[tid]
+                raise BootError(f"type {tid}: handled by both {o.module.name}.{o.name} and "
+                                f"{m.name}.{h.name}")
+            h2 = Handler(tid, h.fn, h.name, h.granularity, h.shared_bytes, h.phases,
+                         h.deterministic, h.max_yields, m, h.consumes, h.message)
+            seen[tid] = h2
+            out.append(h2)
+    if not out:
+        raise BootError("DeviceKernel: no device handlers registered")
+    return out
+
+
+@dataclass
+class ChanSpec:
+    """A device channel as built: ``id`` (1-based, a constant of the generated code),
+    ``message`` (type id), ``subs`` (handler indices, in subscription order) and ``slot0``
+    (its first subscriber slot; slots are global, in channel order)."""
+    id: int
+    name: str
+    message: int
+    mode: str
+    guarantee: str
+    capacity: int
+    reserve: int
+    module: str
+    subs: list
+    slot0: int = 0
+
+
+def resolve_channels(modules, handlers: list[Handler], types_map=None) -> list[ChanSpec]:
+    """The device channels of ``modules`` with ids, message types and subscribers resolved;
+    every declaration error is raised here, before anything compiles."""
+    specs: dict[str, ChanSpec] = {}
+    for m in modules:
+        for d in m.channels:
+            if d.name in specs:
+                raise ChannelBootError(f"device channel {d.name!r} is declared by both module "
+                                       f"{specs[d.name].module!r} and module {m.name!r}",
+                                       CHAN_ALREADY_BOUND)
+            where = f"module {m.name!r}, channel {d.name!r}"
+            msg = d.message
+            if isinstance(msg, str):
+                msg = _lookup_type(types_map, msg, where)
+            specs[d.name] = ChanSpec(len(specs) + 1, d.name, int(msg), d.mode, d.guarantee,
+                                     d.capacity, d.reserve, m.name, [])
+    for i, h in enumerate(handlers):
+        where = f"module {h.module.name!r}, handler {h.name!r} (type {h.type})"
+        for cname in h.consumes:
+            sp = specs.get(cname)
+            if sp is None:
+                raise ChannelBootError(f"{where}: consumes unknown device channel {cname!r}"
+                                       f"{_known(specs)}", CHAN_UNKNOWN)
+            if h.message is not None:
+                want = h.message
+                if isinstance(want, str):
+                    want = _lookup_type(types_map, want, where)
+                if int(want) != sp.message:
+                    raise ChannelBootError(
+                        f"{where}: expects message type {h.message!r} on channel {cname!r} "
+                        f"(module {sp.module!r}), which carries type {sp.message} "
+                        f"(CHAN_TYPE_MISMATCH)", CHAN_TYPE_MISMATCH)
+            limit = 1 if sp.mode == "p2p" else MAX_FANOUT
+            if len(sp.subs) >= limit:
+                bound = ", ".join(f"{handlers[j].module.name}.{handlers[j].name}"
+                                  for j in sp.subs)
+                raise ChannelBootError(
+                    f"{where}: cannot subscribe to {sp.mode} channel {cname!r} (module "
+                    f"{sp.module!r}): already bound to {bound} (CHAN_ALREADY_BOUND; "
+                    + ("declare mode='fanout' for more subscribers)" if sp.mode == "p2p"
+                       else f"fan-out allows at most {MAX_FANOUT})"), CHAN_ALREADY_BOUND)
+            sp.subs.append(i)
+    out = list(specs.values())
+    slot = 0
+    for sp in out:
+        sp.slot0 = slot
+        slot += len(sp.subs)
+    # channel references inside handlers (and their @func helpers) must name a channel
+    for h in handlers:
+        for v in _chan_refs(h.fn, set()):
+            if v.name not in specs:
+                raise ChannelBootError(f"module {h.module.name!r}, handler {h.name!r}: emits "
+                                       f"on unknown device channel {v.name!r}{_known(specs)}",
+                                       CHAN_UNKNOWN)
+    return out
+
+
+def _known(specs) -> str:
+    if not specs:
+        return " (no device channel is declared)"
+    return f" (declared: {', '.join(sorted(specs))})"
+
+
+def _cell(c):
+    try:
+        return c.cell_contents
+    except ValueError:          # an empty cell
+        return None
+
+
+def _chan_refs(fn, seen):
+    """Channel references a handler (or its @func helpers) holds as globals or closure
+    variables."""
+    if id(fn) in seen:
+        return
+    seen.add(id(fn))
+    for c in fn.__closure__ or ():
+        if isinstance(_cell(c), Chan):
+            yield _cell(c)
+    for name in _global_names(fn.__code__):
+        v = fn.__globals__.get(name)
+        if isinstance(v, Chan):
+            yield v
+        elif getattr(v, "_ggmk_device_func", False):
+            yield from _chan_refs(v, seen)
+
+
+def _lookup_type(types_map, name, where) -> int:
+    if types_map is None:
+        raise BootError(f"{where}: type name {name!r} needs DeviceKernel(types=...)")
+    try:
+        if hasattr(types_map, "id"):
+            return int(types_map.id(name))
+        return int(types_map[name])
+    except (KeyError, LookupError):
+        raise BootError(f"{where}: unknown type name {name!r}") from None
+
+
+def smem_words(handlers, threads: int) -> int:
+    """Shared int64 words handlers need per block (warp handlers: per warp x warps)."""
+    w = 1
+    for h in handlers:
+        words = max((h.shared_bytes + 7) // 8, 1)
+        if h.granularity == "warp":
+            words *= threads // layout.WARP
+        w = max(w, words)
+    return w

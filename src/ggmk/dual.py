@@ -1,0 +1,374 @@
+"""Dual-kernel boot: the CPU kernel and the GPU kernel as one system, joined by the bridge.
+
+Example::
+
+    import ggmk, ggmk.dual
+    import ggmk.device as gd
+    from ggmk.device import api as g
+
+    gpu = gd.Module("phys")
+    OUT = gpu.channel("phys.out", message="PHYS_DONE", guarantee="lossless")
+
+    @gpu.handler("PHYS_STEP", consumes="phys.in")           # fed by a CPU module
+    def step(ctx, task):
+        if g.emit_chan(ctx, OUT, g.meta0(task) + 1, 0) == -100:
+            return g.wait_at(task, g.meta0(task))
+        return 0
+
+    cpu = ggmk.Module("host")
+    IN = cpu.produces("phys.in", "PHYS_STEP")
+
+    @cpu.handler("PHYS_DONE", consumes="phys.out", batch=True)
+    def done(ctx, batch): ...
+
+    with ggmk.dual.boot([cpu, gpu], device="cpu", workers=2) as s:   # ggmk.boot(..., device=)
+        s.channel("phys.in").publish(meta0=41)
+        s.run()
+        print(s.stats()["bridge"]["records"])
+
+Boot order (``boot_log``): the cross-kernel declarations are checked first (nothing boots when
+they conflict), then the CPU kernel, ``gpu_drv`` (finds the device), the GPU kernel (the
+user's device modules plus the bridge's own device module), the channel wiring across kernels
+(the bridge), and "system ready" (a boot event and a log line on the ``ggmk`` logger).
+
+``device=None`` boots the CPU kernel alone and returns a plain ``System``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+
+import numpy as np
+
+from ggmk import task as T
+from ggmk.bridge import device_side as ds
+from ggmk.bridge.codes import BRIDGE_DEVICE_STOPPED
+from ggmk.bridge.fences import Fences
+from ggmk.bridge.gpu_drv import open_driver
+from ggmk.bridge.plan import plan as plan_bridge
+from ggmk.bridge.pump import Bridge, BridgeError
+from ggmk.bridge.transport import InProcessTransport
+from ggmk.core.kernel import System
+from ggmk.core.module import Module as CpuModule
+from ggmk.errors import BootError, KernelStopped
+from ggmk.typereg import TypeRegistry
+
+log = logging.getLogger("ggmk")
+
+BRIDGE_OPTS = ("batch", "flush_us", "window", "max_retries", "retry_backoff_us")
+
+
+def _split(modules):
+    import ggmk.device as gd
+    cpu, gpu = [], []
+    for m in modules:
+        if isinstance(m, CpuModule):
+            cpu.append(m)
+        elif isinstance(m, gd.Module):
+            gpu.append(m)
+        else:
+            raise BootError(f"boot: {m!r} is neither a ggmk.Module (CPU) nor a "
+                            "ggmk.device.Module (GPU)")
+        if m.name == "bridge":
+            raise BootError("boot: the module name 'bridge' is reserved for the bridge")
+    return cpu, gpu
+
+
+def _register_names(reg: TypeRegistry, cpu, gpu) -> None:
+    """Without types.toml, type names get ids on first sight, the same on both kernels."""
+    names = []
+    for m in cpu:
+        names += [h.type for h in m.handlers] + [d.type for d in m.channels]
+    for m in gpu:
+        names += [h.type for h in m.handlers] + [h.message for h in m.handlers]
+        names += [getattr(d, "message", None) for d in m.channels]
+    for n in names:
+        if isinstance(n, str) and n not in reg:
+            reg.register(n)
+
+
+class DualSystem:
+    """A CPU kernel and a GPU kernel joined by the bridge. Create with :func:`boot`."""
+
+    def __init__(self, modules, *, device: str = "auto", types=None, bridge: dict | None = None,
+                 device_config: dict | None = None, transport_wrap=None, **cpu_kw):
+        t0 = time.monotonic()
+        self.boot_log: list[tuple[str, float, str]] = []
+        cpu_mods, gpu_mods = _split(modules)
+        types_given = types is not None
+        reg = types if types_given else TypeRegistry()
+        if not types_given:
+            _register_names(reg, cpu_mods, gpu_mods)
+        bopts = dict(bridge or {})
+        unknown = set(bopts) - set(BRIDGE_OPTS)
+        if unknown:
+            raise BootError(f"boot: unknown bridge options {sorted(unknown)}; known: "
+                            f"{list(BRIDGE_OPTS)}")
+        window = int(bopts.get("window", 1024))
+        self.deterministic = bool(cpu_kw.get("deterministic", False))
+        # 0. the declarations of both kernels, checked together before anything boots
+        self.plan = plan_bridge(cpu_mods, gpu_mods, reg, types_given=types_given)
+        self._step("check", t0, f"{len(self.plan)} bridge channel(s)")
+        # a CPU-side producer declaration for every GPU -> CPU channel (mode, guarantee)
+        extra = []
+        g2c = [b for b in self.plan if b.direction == "g2c"]
+        if g2c:
+            bm = CpuModule("bridge", version="0.1.0")
+            for b in g2c:
+                opts = {"capacity": max(4096, b.capacity)}
+                bm.produces(b.name, b.type_id, mode=b.mode, guarantee=b.guarantee, **opts)
+            extra.append(bm)
+        # 1. the CPU kernel
+        self.cpu = System(cpu_mods + extra, types=reg, **cpu_kw)
+        self._step("cpu_kernel", t0, f"{len(cpu_mods)} module(s), {self.cpu.nworkers} worker(s)")
+        self.halted = False
+        self.halt_report = None
+        self.kernel = None
+        self.bridge = None
+        try:
+            # 2. gpu_drv: find the device
+            self.driver = open_driver(device)
+            self.device_info = self.driver.describe()
+            self._step("gpu_drv", t0, f"target {self.driver.target}: "
+                       f"{[d.get('name') for d in self.device_info.get('devices', [])]}")
+            # 3. the GPU kernel (user modules + the bridge's device module)
+            inbound = [(b.k, b.name, b.type_id, b.mode, b.guarantee, b.capacity)
+                       for b in self.plan if b.direction == "c2g"]
+            outbound = [(b.k, b.name, b.lossless) for b in g2c]
+            dmods = list(gpu_mods) + [ds.build_module(inbound, outbound, window)]
+            self.kernel = self.driver.launch(dmods, types=reg, **(device_config or {}))
+            self.target = self.kernel.target_name
+            self._step("gpu_kernel", t0, f"{len(gpu_mods)} module(s) on {self.target}")
+            # 4. channel wiring across kernels
+            tr = InProcessTransport(self.kernel)
+            self.transport = transport_wrap(tr) if transport_wrap is not None else tr
+            self.bridge = Bridge(self.cpu, self.transport, self.plan,
+                                 deterministic=self.deterministic, **bopts)
+            self._step("wiring", t0, ", ".join(b.describe() for b in self.plan) or "none")
+        except BaseException:
+            self._abort()
+            raise
+        self.fences = Fences()
+        self._step("ready", t0, f"system ready: CPU kernel + GPU kernel ({self.target}), "
+                   f"{len(self.plan)} bridge channel(s)")
+        log.info("ggmk: system ready (CPU kernel, GPU kernel on %s, %d bridge channel(s))",
+                 self.target, len(self.plan))
+
+    def _step(self, what, t0, detail) -> None:
+        self.boot_log.append((what, time.monotonic() - t0, detail))
+
+    def _abort(self) -> None:
+        if self.bridge is not None:
+            self.bridge.stop()
+        if self.kernel is not None:
+            try:
+                self.kernel.stop()
+            except Exception:   # noqa: BLE001 - already failing
+                pass
+        self.cpu.halt(timeout=0)
+
+    # -- the host API -----------------------------------------------------------------------------
+    def _check(self) -> None:
+        if self.halted:
+            raise KernelStopped("the system is halted; boot a new one")
+
+    def submit(self, type, *a, **kw) -> int:
+        self._check()
+        return self.cpu.submit(type, *a, **kw)
+
+    def submit_batch(self, recs, **kw) -> int:
+        self._check()
+        return self.cpu.submit_batch(recs, **kw)
+
+    def channel(self, name):
+        """The CPU kernel's end of channel ``name`` (bridge channels included)."""
+        return self.cpu.channel(name)
+
+    def dead_letters(self, which: str = "sys.error"):
+        if not self.halted:
+            self.bridge.step(force_flush=True)
+        return self.cpu.dead_letters(which)
+
+    def device_records(self) -> np.ndarray:
+        """Records the GPU kernel sent to the host that no bridge channel or CPU handler took
+        (``g.emit_host`` to a type with no CPU handler)."""
+        parts = []
+        with self.bridge.lock:
+            while self.bridge.device_out:
+                parts.append(self.bridge.device_out.popleft())
+        return np.concatenate(parts) if parts else T.empty(0)
+
+    def push_device(self, records) -> int:
+        """Push task records straight to the GPU kernel (host -> device ring)."""
+        self._check()
+        if self.bridge.paused is not None:
+            raise BridgeError(f"push_device: the GPU kernel is being reset "
+                              f"({self.bridge.paused}); nothing was pushed, push again after "
+                              "it is back")
+        return self.kernel.push(records)
+
+    def pause_device(self, reason: str) -> None:
+        """Hold every bridge transfer (the GPU kernel is being reset): nothing is sent or
+        lost meanwhile; ``push_device`` raises. ``resume_device`` goes on."""
+        self.bridge.paused = reason
+
+    def resume_device(self) -> None:
+        self.bridge.paused = None
+        self.bridge.poke()
+
+    # -- running ------------------------------------------------------------------------------
+    def device_quiet(self) -> bool:
+        """The GPU kernel has nothing queued or running (its published counters agree)."""
+        if not self.kernel.alive():
+            return True
+        if self.transport.rx_pending():
+            return False
+        c = self.transport.type_counts()
+        enq = sum(v["enqueued"] for v in c.values())
+        run = sum(v["run"] for v in c.values())
+        return enq == run
+
+    def idle(self) -> bool:
+        return (self.cpu.idle() and self.bridge.idle() and self.device_quiet()
+                and self.bridge.idle(refresh=False) and self.cpu.idle())
+
+    def run(self, seconds: float | None = None, *, until_idle: bool = True,
+            timeout: float | None = 60.0) -> bool:
+        """Let both kernels and the bridge work; with ``until_idle`` return True once nothing
+        is left anywhere (False after ``timeout``). In determinism mode deterministic bridge
+        channels move at tick fences (see ggmk.bridge.fences)."""
+        self._check()
+        if seconds is not None and not until_idle:
+            self.cpu.run(seconds, until_idle=False)
+            return self.idle()
+        limit = timeout if seconds is None else seconds
+        deadline = time.monotonic() + (limit if limit is not None else 1e9)
+        if self.deterministic and (any(st.det for st in self.bridge.ins) or
+                                   any(st.det for st in self.bridge.outs.values())):
+            return self._run_lockstep(deadline)
+        return self._wait_idle(deadline)
+
+    def _wait_idle(self, deadline) -> bool:
+        quiet = 0
+        while time.monotonic() < deadline:
+            self.cpu.run(until_idle=True, timeout=max(0.0, min(0.05, deadline - time.monotonic())))
+            self.bridge.poke()
+            if self.idle():
+                quiet += 1
+                if quiet >= 2:
+                    return True
+            else:
+                quiet = 0
+            time.sleep(0.0005)
+        return False
+
+    def _run_lockstep(self, deadline) -> bool:
+        b, f = self.bridge, self.fences
+        while time.monotonic() < deadline:
+            if not self.cpu.run(until_idle=True, timeout=max(0.0, deadline - time.monotonic())):
+                return False
+            tick = f.epoch
+            f.cpu_ack(tick)                    # the CPU's tick-`tick` tasks are delivered
+            ins = b.det_take_inbound()
+            if not ins:
+                if self._wait_idle(min(deadline, time.monotonic() + 0.2)):
+                    if not any(len(st.sub.ring) for st in b.ins if st.det):
+                        return True
+                continue
+            done = {st.bc.name: st.done for st in b.ins}
+            f.gpu_start(tick + 1, device_done=sum(done.values()),
+                        pushed=sum(st.pushed for st in b.ins))
+            for st, recs in ins:
+                f.fold(tick + 1, "in", st.bc.name, recs)
+            b.det_push(ins)
+            b.det_pump_inbound()
+            if not self._wait_idle(deadline):
+                return False
+            f.gpu_ack(tick + 1)
+            for st, recs in b.det_take_outbound():
+                f.fold(tick + 1, "out", st.bc.name, recs)
+                b.det_deliver(st, recs)
+            f.epoch = tick + 1
+        return False
+
+    def trace_hash(self) -> str:
+        """The CPU kernel's trace hash folded with the bridge's fence hash."""
+        h = hashlib.sha256()
+        h.update(self.cpu.trace_hash().encode())
+        h.update(self.fences.hexdigest().encode())
+        return h.hexdigest()
+
+    def stats(self) -> dict:
+        gpu = None
+        if self.kernel is not None and self.kernel.alive():
+            gpu = self.kernel.metrics()
+        elif getattr(self, "_last_gpu", None) is not None:
+            gpu = self._last_gpu
+        return {"cpu": self.cpu.stats(), "gpu": gpu,
+                "bridge": self.bridge.stats() if self.bridge is not None else None,
+                "target": self.target, "device": self.device_info,
+                "boot": [s[0] for s in self.boot_log]}
+
+    # -- shutdown -------------------------------------------------------------------------------
+    def halt(self, timeout: float = 5.0) -> dict:
+        """Stop the GPU kernel, then the CPU kernel, losing nothing accepted: wait up to
+        ``timeout`` for everything to finish; then stop the bridge pump and the GPU kernel,
+        take what the GPU kernel still sent, put what the bridge still holds on sys.error
+        (HALTED) and halt the CPU kernel (see ``System.halt``). Returns the CPU kernel's
+        accounting plus ``bridge_halted`` and ``device_unfinished`` (ingress tasks the GPU
+        kernel had not finished when it stopped)."""
+        if self.halted:
+            return self.halt_report
+        t_end = time.monotonic() + max(timeout, 0)
+        drained = timeout > 0 and self._wait_idle(t_end)
+        self.halted = True
+        b = self.bridge
+        b.stop()
+        try:
+            self._last_gpu = self.kernel.metrics()
+        except Exception:   # noqa: BLE001
+            self._last_gpu = None
+        err = None
+        try:
+            self.kernel.stop()
+        except Exception as e:   # noqa: BLE001 - report it after the CPU halted
+            err = e
+        with b.lock:
+            b._receive()                       # what the device published before it stopped
+            b._deliver_out()
+            b._refresh_done(force=True)
+        unfinished = sum(max(0, st.inflight()) for st in b.ins)
+        left = b.drain_leftovers(T.HALTED)
+        rep = dict(self.cpu.halt(timeout=max(0.0, t_end - time.monotonic())))
+        rep["drained"] = bool(drained) and rep.get("drained", True)
+        rep["bridge_halted"] = left
+        rep["device_unfinished"] = unfinished
+        self.halt_report = rep
+        try:
+            self.driver.close()
+        finally:
+            if err is not None:
+                raise err
+        return rep
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        self.halt(timeout=0 if exc_type is not None else 5.0)
+
+
+def boot(modules, *, device: str | None = "auto", **kw):
+    """Boot ``modules`` (CPU ``ggmk.Module`` and GPU ``ggmk.device.Module`` in one list).
+    ``device``: "auto" (cuda if usable, else the cpu target), "cpu", "sim", "cuda", or None
+    (the CPU kernel alone: a plain ``System``; GPU modules are then an error)."""
+    if device is None:
+        _, gpu = _split(modules)
+        if gpu:
+            raise BootError(f"boot(device=None) boots the CPU kernel alone, but GPU modules were "
+                            f"given: {[m.name for m in gpu]}; pass device='auto'")
+        for k in ("bridge", "device_config", "transport_wrap"):
+            kw.pop(k, None)
+        return System(modules, **kw)
+    return DualSystem(modules, device=device, **kw)

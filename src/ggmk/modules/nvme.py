@@ -1,0 +1,425 @@
+"""The ``nvme`` module (SPEC §10, §12): asynchronous file I/O for the CPU kernel.
+
+Channels (declared in ``nvme.toml`` next to this file, which also brings the types):
+
+=================  =========  ================  ==============================================
+channel            direction  type              payload
+=================  =========  ================  ==============================================
+``disk.read``      consume    DISK_READ         tag u64, offset u64, file u32, length u32
+``disk.write``     consume    DISK_WRITE        tag u64, offset u64, file u32, flags u32, data
+``disk.read.resp`` produce    DISK_READ_RESP    tag, offset, file, status, errno, requested,
+                                                length, part, parts, data (the bytes read)
+``disk.write.resp`` produce   DISK_WRITE_RESP   tag, offset, file, status, errno, length
+=================  =========  ================  ==============================================
+
+``file`` is an id from :meth:`NvmeModule.register` (a path the host registers). Responses carry
+``meta0 = tag`` and ``meta1 = length`` too. ``status`` is 0 or one of the codes below (a
+short read at end of file is status 0 with ``length < requested``); ``errno`` is the OS error.
+
+How requests are served without blocking kernel workers: the batch handler of ``disk.read``
+allocates each response payload in the arena (header + data), hands every request of the batch
+to the :class:`~ggmk.storage.Storage` thread pool in one submission (the data lands directly
+in the payloads), and returns ``WAIT`` for them: they come back on the next tick (``WAIT`` is
+backpressure, not a yield, so it never hits ``max_yields``), and while the I/O is in flight
+the system is not idle, so ``system.run()`` waits for the responses and ``halt`` drains them.
+When a request's I/O has completed its responses are published on ``disk.read.resp``; a full
+channel keeps them for the next tick. A read longer than ``PART_MAX`` bytes (the largest
+arena payload minus the header) comes back in several parts (``part``/``parts``, each with
+its own ``offset``). An arena that cannot hold the data gives a response with status
+``ALLOC_FAIL`` (if not even the header fits, the request goes to ``sys.error`` with
+ALLOC_FAIL).
+
+Example::
+
+    from ggmk.modules.nvme import NvmeModule
+    nvme = NvmeModule()
+    fid = nvme.register("/data/blob.bin")
+    app = ggmk.Module("app")
+    reqs = app.produces("disk.read", "DISK_READ")
+
+    @app.handler("GOT", batch=True, consumes="disk.read.resp", message="DISK_READ_RESP")
+    def got(ctx, batch): ...            # ctx.system.payload_view / arena.view(payload_ptr)
+
+    with ggmk.boot([nvme, app], workers=2) as system:
+        system.channel("disk.read").publish(payload={"tag": 1, "offset": 0, "file": fid,
+                                                     "length": 4096})
+        system.run()
+"""
+from __future__ import annotations
+
+import os
+import random
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ggmk import task as T
+from ggmk.core.alloc import MAX_ALLOC
+from ggmk.core.module import Module
+from ggmk.storage import ArenaDest, ReadRequest, Storage, WriteRequest
+from ggmk.storage.engine import FileHandle
+from ggmk.typereg import load_module_manifest
+
+__all__ = ["NvmeModule", "MANIFEST", "PART_MAX", "E_IO", "E_NOFILE", "E_PERM", "E_NOSPACE",
+           "E_TOOBIG", "E_CANCELLED", "E_BADREQ", "E_RANGE", "STATUS_OF_KIND"]
+
+MANIFEST = Path(__file__).with_name("nvme.toml")
+
+E_IO = -400
+E_NOFILE = -401
+E_PERM = -402
+E_NOSPACE = -403
+E_TOOBIG = -404
+E_CANCELLED = -405
+E_BADREQ = -406
+E_RANGE = -407          # destination too small
+for _c, _n in ((E_IO, "E_IO"), (E_NOFILE, "E_NOFILE"), (E_PERM, "E_PERM"),
+               (E_NOSPACE, "E_NOSPACE"), (E_TOOBIG, "E_TOOBIG"), (E_CANCELLED, "E_CANCELLED"),
+               (E_BADREQ, "E_BADREQ"), (E_RANGE, "E_RANGE")):
+    T.CODE_NAMES.setdefault(_c, _n)
+
+STATUS_OF_KIND = {"not_found": E_NOFILE, "permission": E_PERM, "no_space": E_NOSPACE,
+                  "file_too_large": E_TOOBIG, "cancelled": E_CANCELLED,
+                  "bad_request": E_BADREQ, "dest_too_small": E_RANGE,
+                  "alloc_fail": T.ALLOC_FAIL, "io": E_IO}
+
+_RESP_DTYPE = np.dtype([("tag", "<u8"), ("offset", "<u8"), ("file", "<u4"), ("status", "<i4"),
+                        ("errno", "<i4"), ("requested", "<u4"), ("length", "<u4"),
+                        ("part", "<u2"), ("parts", "<u2"), ("reserved", "<u4"),
+                        ("dlen", "<u4")])            # dlen: the bytes field's length prefix
+DATA_OFF = _RESP_DTYPE.itemsize                       # 48: data 16-byte aligned in the payload
+PART_MAX = (MAX_ALLOC - DATA_OFF) // 4096 * 4096      # 126976 bytes of data per response
+_REQ_DTYPE = np.dtype([("tag", "<u8"), ("offset", "<u8"), ("file", "<u4"), ("length", "<u4")])
+_WREQ_DTYPE = np.dtype([("tag", "<u8"), ("offset", "<u8"), ("file", "<u4"), ("flags", "<u4"),
+                        ("dlen", "<u4")])
+_WDATA_OFF = _WREQ_DTYPE.itemsize                     # 28
+WRITE_SYNC = 1                                        # DISK_WRITE flags: fdatasync first
+
+
+class _Ticket:
+    """One request in flight: its response payloads and storage results."""
+
+    __slots__ = ("op", "tag", "file", "offset", "length", "parts", "results", "left",
+                 "emitted", "retained", "filled")
+
+    def __init__(self, op, tag, file, offset, length):
+        self.op, self.tag, self.file, self.offset, self.length = op, tag, file, offset, length
+        self.parts: list = []          # read: [(ptr, file offset, part length)]
+        self.results: list = []
+        self.left = 0
+        self.emitted = 0
+        self.retained = 0              # write: the request payload we hold a reference to
+        self.filled = False            # read: response headers written
+
+
+class NvmeModule(Module):
+    """The nvme module; ``register(path)`` gives the file ids requests name.
+
+    ``workers``/``max_batch``/... are :class:`~ggmk.storage.Storage` options for the pool the
+    module creates at boot (``storage=`` passes one ready-made instead)."""
+
+    def __init__(self, name: str = "nvme", *, storage: Storage | None = None,
+                 **storage_options):
+        man = load_module_manifest(MANIFEST)
+        super().__init__(name, man.version)
+        self.manifest = man
+        fns = {"on_read": self._on_read, "on_write": self._on_write}
+        for h in man.handlers:
+            self.handler(h.type, batch=h.batch, name=h.name)(fns[h.name])
+        for c in man.channels:
+            if c.direction == "produce":
+                d = self.produces(c.name, c.type, mode=c.mode, guarantee=c.guarantee)
+                if c.name == "disk.read.resp":
+                    self._read_resp = d
+                else:
+                    self._write_resp = d
+            else:
+                self.consumes(c.name, c.type, mode=c.mode, guarantee=c.guarantee)
+        self.init(self._boot)
+        self.fini(self._halt)
+        self._given_storage = storage
+        self._options = {"workers": 4, **storage_options}
+        self.storage: Storage | None = None
+        self.system = None
+        self._files: dict[int, object] = {}
+        self._next_fid = 1
+        self._lock = threading.Lock()
+        self._tickets: dict[int, _Ticket] = {}
+        self._next_ticket = 1
+        self._nonce = random.SystemRandom().randrange(1, 1 << 31) << 32
+        self.counters = {"reads": 0, "writes": 0, "responses": 0, "errors": 0,
+                         "waits": 0, "resp_full": 0}
+
+    # ------------------------------------------------------------------ host API
+    def register(self, path, *, write: bool = False, create: bool = False,
+                 lazy: bool = False) -> int:
+        """A file id for requests. The file is opened now (OSError if it cannot be), or with
+        ``lazy=True`` by each batch that uses it (errors then come back as response statuses)."""
+        fh = path if lazy else FileHandle(path, write=write, create=create,
+                                          o_direct=self._options.get("o_direct", "auto"))
+        with self._lock:
+            fid = self._next_fid
+            self._next_fid += 1
+            self._files[fid] = fh
+        return fid
+
+    def unregister(self, fid: int) -> None:
+        with self._lock:
+            fh = self._files.pop(fid, None)
+        if isinstance(fh, FileHandle):
+            fh.close()
+
+    def stats(self) -> dict:
+        out = dict(self.counters, in_flight=len(self._tickets))
+        out["storage"] = self.storage.stats() if self.storage is not None else None
+        return out
+
+    # ------------------------------------------------------------------ lifecycle
+    def _boot(self, system) -> None:
+        self.system = system
+        self.storage = self._given_storage or Storage(arena=system.arena, **self._options)
+
+    def _halt(self, system) -> None:
+        st = self.storage
+        if st is not None and st is not self._given_storage:
+            st.close(cancel=True)
+        elif st is not None:
+            st.wait_idle(30)
+        arena = system.arena
+        with self._lock:
+            tickets = list(self._tickets.values())
+            self._tickets.clear()
+        for t in tickets:                 # never emitted: ours to give back
+            if t.op == "read":
+                for k, (ptr, _, _) in enumerate(t.parts):
+                    if k >= t.emitted and ptr:
+                        arena.release(ptr)
+        with self._lock:
+            files = list(self._files.values())
+        for fh in files:
+            if isinstance(fh, FileHandle):
+                fh.close()
+        self._files.clear()
+
+    # ------------------------------------------------------------------ helpers
+    def _file(self, fid: int):
+        with self._lock:
+            return self._files.get(fid)
+
+    def _new_ticket(self, t: _Ticket) -> int:
+        with self._lock:
+            tid = self._next_ticket
+            self._next_ticket += 1
+            self._tickets[tid] = t
+        return self._nonce | tid
+
+    def _ticket(self, word: int) -> tuple[int, _Ticket | None]:
+        if word & ~0xFFFFFFFF != self._nonce:
+            return 0, None
+        tid = word & 0xFFFFFFFF
+        with self._lock:
+            return tid, self._tickets.get(tid)
+
+    def _done_cb(self, ticket: _Ticket, k: int):
+        def cb(result):
+            ticket.results[k] = result
+            if ticket.retained and ticket.op == "write":
+                self.system.arena.release(ticket.retained)
+                ticket.retained = 0
+            with self._lock:
+                ticket.left -= 1
+        return cb
+
+    # ------------------------------------------------------------------ disk.read
+    def _on_read(self, ctx, batch):
+        recs = batch.records
+        n = len(recs)
+        codes = np.zeros(n, dtype=np.int32)
+        arena = ctx.system.arena
+        new = []
+        for i in range(n):
+            word = int(recs["meta1"][i])
+            tid, t = self._ticket(word) if word else (0, None)
+            if t is not None:
+                codes[i] = self._poll_read(ctx, tid, t)
+                continue
+            ptr, plen = int(recs["payload_ptr"][i]), int(recs["payload_len"][i])
+            if not ptr or plen != _REQ_DTYPE.itemsize:
+                codes[i] = T.FAIL                  # malformed: to sys.error
+                continue
+            q = np.frombuffer(arena.view(ptr, plen), dtype=_REQ_DTYPE)[0]
+            t = _Ticket("read", int(q["tag"]), int(q["file"]), int(q["offset"]),
+                        int(q["length"]))
+            code = self._start_read(arena, t, new)
+            if code:
+                codes[i] = code
+                continue
+            recs["meta1"][i] = self._new_ticket(t)
+            codes[i] = T.WAIT
+            self.counters["reads"] += 1
+        if new:
+            self.storage.submit(new)
+        w = int((codes == T.WAIT).sum())
+        self.counters["waits"] += w
+        return codes
+
+    def _start_read(self, arena, t: _Ticket, new: list) -> int:
+        """Allocate the response payloads and queue the storage requests (0), or a code."""
+        f = self._file(t.file)
+        nparts = max(1, -(-t.length // PART_MAX))
+        if f is None:
+            return self._error_part(arena, t, E_NOFILE, 0)
+        for k in range(nparts):
+            off = t.offset + k * PART_MAX
+            ln = min(PART_MAX, t.length - k * PART_MAX)
+            ptr = arena.alloc(DATA_OFF + ln)
+            if not ptr:                                   # arena full: give back, answer
+                for p, _, _ in t.parts:
+                    arena.release(p)
+                t.parts.clear()
+                return self._error_part(arena, t, T.ALLOC_FAIL, 0)
+            t.parts.append((ptr, off, ln))
+        t.results = [None] * nparts
+        t.left = nparts
+        for k, (ptr, off, ln) in enumerate(t.parts):
+            new.append(ReadRequest(f, off, ln, ArenaDest(arena, ptr, ln, offset=DATA_OFF),
+                                   tag=k, on_complete=self._done_cb(t, k)))
+        return 0
+
+    def _error_part(self, arena, t: _Ticket, status: int, err: int) -> int:
+        """A one-part error response waiting to be published (0), or ALLOC_FAIL."""
+        ptr = arena.alloc(DATA_OFF)
+        if not ptr:
+            return T.ALLOC_FAIL
+        t.parts = [(ptr, t.offset, 0)]
+        res = _Synthetic(status, err)
+        t.results = [res]
+        t.left = 0
+        return 0
+
+    def _poll_read(self, ctx, tid: int, t: _Ticket) -> int:
+        if t.left:
+            return T.WAIT
+        arena = ctx.system.arena
+        if not t.filled:
+            self._fill_read(arena, t)
+        parts = t.parts[t.emitted:]
+        if parts:
+            ptrs = np.array([p for p, _, _ in parts], dtype=np.uint64)
+            lens = np.array([DATA_OFF + int(np.frombuffer(arena.view(p, DATA_OFF),
+                                                          _RESP_DTYPE)[0]["length"])
+                             for p, _, _ in parts], dtype=np.uint32)
+            m1 = lens.astype(np.uint64) - DATA_OFF
+            acc = ctx.emit_batch(self._read_resp, meta0=t.tag, meta1=m1, payload_ptr=ptrs,
+                                 payload_len=lens)
+            t.emitted += acc
+            self.counters["responses"] += acc
+            if t.emitted < len(t.parts):
+                self.counters["resp_full"] += 1
+                return T.WAIT
+        with self._lock:
+            self._tickets.pop(tid, None)
+        return T.OK
+
+    def _fill_read(self, arena, t: _Ticket) -> None:
+        """Write every part's header; drop parts past the end of the file (keep one)."""
+        keep = []
+        for k, ((ptr, off, ln), r) in enumerate(zip(t.parts, t.results)):
+            status, err, nbytes = _status_of(r)
+            if k and status == 0 and nbytes == 0:
+                arena.release(ptr)                 # entirely past EOF: not published
+                continue
+            keep.append((ptr, off, ln, status, err, nbytes))
+            if status:
+                self.counters["errors"] += 1
+        t.parts = [(p, o, ln) for p, o, ln, *_ in keep]
+        for k, (ptr, off, ln, status, err, nbytes) in enumerate(keep):
+            h = np.frombuffer(arena.view(ptr, DATA_OFF), _RESP_DTYPE)
+            h[0] = (t.tag, off, t.file, status, err, ln, nbytes, k, len(keep), 0, nbytes)
+        t.filled = True
+
+    # ------------------------------------------------------------------ disk.write
+    def _on_write(self, ctx, batch):
+        recs = batch.records
+        n = len(recs)
+        codes = np.zeros(n, dtype=np.int32)
+        arena = ctx.system.arena
+        new = []
+        for i in range(n):
+            word = int(recs["meta1"][i])
+            tid, t = self._ticket(word) if word else (0, None)
+            if t is not None:
+                codes[i] = self._poll_write(ctx, tid, t)
+                continue
+            ptr, plen = int(recs["payload_ptr"][i]), int(recs["payload_len"][i])
+            if not ptr or plen < _WDATA_OFF:
+                codes[i] = T.FAIL
+                continue
+            q = np.frombuffer(arena.view(ptr, _WDATA_OFF), dtype=_WREQ_DTYPE)[0]
+            dlen = int(q["dlen"])
+            if _WDATA_OFF + dlen != plen:
+                codes[i] = T.FAIL
+                continue
+            t = _Ticket("write", int(q["tag"]), int(q["file"]), int(q["offset"]), dlen)
+            f = self._file(t.file)
+            if f is None:
+                t.results, t.left = [_Synthetic(E_NOFILE, 0)], 0
+            else:
+                arena.retain(ptr)                 # the request payload outlives a halt
+                t.retained = ptr
+                t.results, t.left = [None], 1
+                src = ArenaDest(arena, ptr, dlen, offset=_WDATA_OFF)
+                new.append(WriteRequest(f, t.offset, src, sync=bool(int(q["flags"]) & WRITE_SYNC),
+                                        create=False, on_complete=self._done_cb(t, 0)))
+            recs["meta1"][i] = self._new_ticket(t)
+            codes[i] = T.WAIT
+            self.counters["writes"] += 1
+        if new:
+            self.storage.submit(new)
+        return codes
+
+    def _poll_write(self, ctx, tid: int, t: _Ticket) -> int:
+        if t.left:
+            return T.WAIT
+        status, err, nbytes = _status_of(t.results[0])
+        if status:
+            self.counters["errors"] += 1
+        ch = ctx.system.channel("disk.write.resp")
+        if getattr(ch, "subs", True):             # nobody listening: nothing to publish
+            code = ctx.emit(self._write_resp, meta0=t.tag, meta1=nbytes, payload={
+                "tag": t.tag, "offset": t.offset, "file": t.file, "status": status,
+                "errno": err, "length": nbytes})
+            if code == T.CHAN_FULL:
+                self.counters["resp_full"] += 1
+                return T.WAIT
+            self.counters["responses"] += 1
+        with self._lock:
+            self._tickets.pop(tid, None)
+        return T.OK
+
+
+class _Synthetic:
+    """A result for a request that never reached the storage layer."""
+
+    def __init__(self, status: int, err: int):
+        self.status_code, self.errno_ = status, err
+
+
+def _status_of(r) -> tuple[int, int, int]:
+    """(status code, errno, bytes) of a storage result."""
+    if isinstance(r, _Synthetic):
+        return r.status_code, r.errno_, 0
+    if r is None:
+        return E_CANCELLED, 0, 0
+    if r.error is not None:
+        return STATUS_OF_KIND.get(r.error.kind, E_IO), int(r.error.errno or 0), 0
+    return 0, 0, int(r.nbytes)
+
+
+def module(**options) -> NvmeModule:
+    """``NvmeModule(**options)``."""
+    return NvmeModule(**options)
+
+
+del os

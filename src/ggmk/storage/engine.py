@@ -1,0 +1,1051 @@
+"""The storage engine: requests, batches, the worker pool, the per-I/O paths (see __init__)."""
+from __future__ import annotations
+
+import errno as E
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ggmk.storage import gds as _gds
+from ggmk.storage.buffers import (ALIGN, DONE, BouncePool, InlineCopy, ThreadCopy, align_down,
+                                  align_up)
+from ggmk.storage.dest import ArenaDest, DeviceDest, Destination, HostDest, as_destination
+from ggmk.storage.errors import StorageError, from_oserror
+from ggmk.storage.states import BLOCK_SIZE, Blocks, BlockState as BS, IoState as S, IoStateCell
+from ggmk.storage.stats import StorageStats
+
+__all__ = ["Storage", "FileHandle", "ReadRequest", "WriteRequest", "IoResult", "Batch"]
+
+_HAS_O_DIRECT = hasattr(os, "O_DIRECT")
+_INLINE = InlineCopy()
+
+
+class FileHandle:
+    """An open file for storage I/O: a buffered descriptor and, where the file system accepts
+    it, an ``O_DIRECT`` one (``direct_refused`` says why not). Reuse one across many requests
+    (a batch of 4 KiB reads); a request naming a path opens and closes its own."""
+
+    def __init__(self, path, *, write: bool = False, create: bool = False,
+                 o_direct: bool | str = "auto"):
+        self.path = os.fspath(path)
+        self.writable = write
+        flags = os.O_CLOEXEC | (os.O_RDWR if write else os.O_RDONLY)
+        self.fd = os.open(self.path, flags | (os.O_CREAT if create else 0), 0o644)
+        self.fd_direct = None
+        self.direct_refused = None
+        if o_direct is False:
+            self.direct_refused = "disabled"
+        elif not _HAS_O_DIRECT:
+            self.direct_refused = "no_o_direct"
+        else:
+            try:
+                self.fd_direct = os.open(self.path, flags | os.O_DIRECT)
+            except OSError as e:
+                if e.errno in (E.EINVAL, E.EOPNOTSUPP):
+                    self.direct_refused = "fs_refuses_o_direct"     # tmpfs, some FUSE, ...
+                else:
+                    os.close(self.fd)
+                    raise
+        self._gds = None
+        self._gds_error = None
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def gds(self):
+        with self._lock:
+            if self._gds is None and self._gds_error is None:
+                try:
+                    self._gds = _gds.CuFile(self.fd_direct, self.path, self.writable)
+                except Exception as e:  # noqa: BLE001
+                    self._gds_error = e
+            if self._gds is None:
+                raise OSError(E.EOPNOTSUPP, f"GPUDirect Storage: {self._gds_error!r}")
+            return self._gds
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._gds is not None:
+            self._gds.close()
+        for fd in (self.fd, self.fd_direct):
+            if fd is not None:
+                os.close(fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"FileHandle({self.path!r}, write={self.writable}, "
+                f"o_direct={self.fd_direct is not None})")
+
+
+@dataclass
+class ReadRequest:
+    """Read ``length`` bytes at ``offset`` of ``file`` (a path or FileHandle) into ``dest``
+    (a Destination, a NumPy array, a CUDA device array, ``"arena"``, ``"device"`` or None for
+    fresh page-aligned host memory) at ``dest_offset``."""
+    file: Any
+    offset: int
+    length: int
+    dest: Any = None
+    dest_offset: int = 0
+    tag: Any = None
+    on_complete: Callable | None = None
+
+
+@dataclass
+class WriteRequest:
+    """Write ``length`` bytes (default: all) of ``src`` (bytes, NumPy array, Destination, CUDA
+    device array) from ``src_offset`` to ``file`` at ``offset``; ``create`` the file if
+    missing; ``sync``: fdatasync before completing."""
+    file: Any
+    offset: int
+    src: Any
+    length: int | None = None
+    src_offset: int = 0
+    create: bool = True
+    sync: bool = False
+    tag: Any = None
+    on_complete: Callable | None = None
+
+
+@dataclass
+class IoResult:
+    """What one I/O did. ``status``: ``ok``, ``short`` (the file ended first: ``nbytes`` <
+    ``requested``; nothing past ``nbytes`` was written to the destination), ``error`` or
+    ``cancelled`` (``error`` holds the StorageError naming file and range)."""
+    op: str
+    path: str | None
+    offset: int
+    requested: int
+    index: int = 0
+    tag: Any = None
+    status: str = "pending"
+    nbytes: int = 0
+    io_path: str | None = None          # gds | bounce | direct | buffered
+    o_direct: bool = False
+    fallback: str | None = None         # why O_DIRECT was not used (counted in stats)
+    regions: list = field(default_factory=list)   # [(offset, length, "data" | "hole")]
+    holes: int = 0
+    hole_bytes: int = 0
+    data_regions: int = 0
+    dense_fallback: bool = False
+    dest: Destination | None = None
+    error: StorageError | None = None
+    latency_ns: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "short")
+
+    @property
+    def path_used(self) -> str | None:
+        return self.io_path
+
+    def data(self) -> np.ndarray:
+        """Host view of the ``nbytes`` read (host and arena destinations)."""
+        if self.dest is None:
+            raise ValueError(f"no data: {self.status} ({self.error})")
+        if isinstance(self.dest, DeviceDest) and self.dest.target == "cuda":
+            return self.dest.to_host()[:self.nbytes]
+        return self.dest.view(self._dest_off, self.nbytes)
+
+    _dest_off: int = 0
+
+    def raise_for_error(self) -> "IoResult":
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+class Batch:
+    """One submission: results by request index (``wait``) or in completion order
+    (``as_completed``); ``cancel`` cancels every I/O that has not finished."""
+
+    def __init__(self, n: int):
+        self.results: list[IoResult | None] = [None] * n
+        self.order: list[int] = []          # request indexes in completion order
+        self._ios: list = []
+        self._left = n
+        self._streaming = 0                 # as_completed() readers waiting
+        self._cond = threading.Condition()
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def _complete(self, i: int, r: IoResult) -> None:
+        with self._cond:
+            self.results[i] = r
+            self.order.append(i)
+            self._left -= 1
+            if self._left == 0 or self._streaming:     # wake waiters only when it matters
+                self._cond.notify_all()
+
+    def done(self) -> bool:
+        return self._left == 0
+
+    def wait(self, timeout: float | None = None) -> list[IoResult]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._left == 0, timeout):
+                raise TimeoutError(f"storage batch: {self._left} of {len(self.results)} I/Os "
+                                   f"not finished after {timeout} s")
+        return list(self.results)
+
+    def as_completed(self, timeout: float | None = None):
+        k = 0
+        while k < len(self.results):
+            with self._cond:
+                self._streaming += 1
+                try:
+                    if not self._cond.wait_for(lambda: len(self.order) > k, timeout):
+                        raise TimeoutError("storage batch: no completion in time")
+                finally:
+                    self._streaming -= 1
+                idx = self.order[k]
+            k += 1
+            yield self.results[idx]
+
+    def cancel(self) -> int:
+        return sum(io.cancel() for io in self._ios)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _FileRef:
+    """A file shared by the requests of one submission: opened once (in a worker), closed when
+    the last of them finishes; a FileHandle passed in is never closed here."""
+
+    def __init__(self, file, write: bool, create: bool, o_direct):
+        self.given = isinstance(file, FileHandle)
+        self.fh = file if self.given else None
+        self.path = file.path if self.given else os.fspath(file)
+        self.write, self.create, self.o_direct = write, create, o_direct
+        self.users = 0
+        self.error: OSError | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> FileHandle:
+        with self._lock:
+            if self.fh is None and self.error is None:
+                try:
+                    self.fh = FileHandle(self.path, write=self.write, create=self.create,
+                                         o_direct=self.o_direct)
+                except OSError as e:
+                    self.error = e
+            if self.error is not None:
+                raise self.error
+            return self.fh
+
+    def release(self) -> None:
+        with self._lock:
+            self.users -= 1
+            if self.users == 0 and not self.given and self.fh is not None:
+                self.fh.close()
+                self.fh = None
+
+
+class _Io:
+    """One I/O in flight (internal)."""
+
+    def __init__(self, storage, batch: Batch, index: int, op: str, fref: _FileRef, offset: int,
+                 length: int, dest: Destination | None, dest_off: int, req):
+        self.storage = storage
+        self.batch = batch
+        self.index = index
+        self.op = op
+        self.fref = fref
+        self.offset = offset
+        self.length = length
+        self.dest = dest
+        self.dest_off = dest_off
+        self.req = req
+        self.block_counts: dict = {}
+        self.io_counts: dict = {}
+        what = f"{op} {fref.path} [{offset}, {offset + length})" if fref else op
+        self.what = what
+        self.cell = IoStateCell(what, counts=self.io_counts)
+        self.blocks: Blocks | None = None
+        self.lock = threading.Lock()
+        self.segs_left = 0
+        self.short_at: int | None = None
+        self.limit = offset + length
+        self.error: StorageError | None = None
+        self.started = False
+        self.direct = False
+        self.engine = _INLINE
+        self.pool: BouncePool | None = None
+        self.t0 = time.perf_counter_ns()
+        self.result = IoResult(op, fref.path if fref else None, offset, length, index=index,
+                               tag=getattr(req, "tag", None), dest=dest)
+        self.result._dest_off = dest_off
+
+    def cancel(self) -> bool:
+        """Request termination: queued I/Os stop before starting, running ones at the next
+        chunk boundary. Returns False if it had already finished."""
+        return self.cell.to_if((S.READY, S.IN_PROGRESS), S.TERMINATE_REQ)
+
+    def fail(self, err: StorageError) -> None:
+        with self.lock:
+            if self.error is None:
+                self.error = err
+
+    def mark_short(self, at: int) -> None:
+        with self.lock:
+            if self.short_at is None or at < self.short_at:
+                self.short_at = at
+
+    def check(self) -> None:
+        if self.cell.state is S.TERMINATE_REQ:
+            raise _Cancelled()
+        if self.error is not None:
+            raise _Cancelled()
+
+    def blk(self, pos: int) -> int:          # block of file offset pos (rounded down)
+        return (pos - self.offset) // BLOCK_SIZE
+
+    def blk_up(self, pos: int) -> int:
+        return -(-(pos - self.offset) // BLOCK_SIZE)
+
+
+class Storage:
+    """File ranges to and from host memory, the CPU kernel's arena and device memory.
+
+    Options: ``workers`` (I/O threads), ``max_batch`` (I/Os in flight at once; more are
+    queued, in order), ``bounce_size``/``bounce_count`` (the preallocated aligned bounce
+    buffers), ``segment_size`` (a large I/O is split into segments that run on several
+    workers), ``direct_chunk`` (largest single read into the destination), ``o_direct``
+    (``"auto"``: where the file system and alignment allow, fallbacks counted; ``True``:
+    required; ``False``: never), ``sparse`` (find holes with SEEK_DATA/SEEK_HOLE), ``gds``
+    (``"auto"``/``False``: GPUDirect Storage for CUDA destinations), ``arena`` (for
+    ``dest="arena"``), ``device_target`` (for ``dest="device"``), ``chunk_hook`` (called as
+    ``hook(io_index, file_offset)`` after each chunk; tests use it to cancel mid-flight).
+    """
+
+    def __init__(self, *, workers: int = 4, max_batch: int = 256, bounce_size: int = 1 << 20,
+                 bounce_count: int = 8, segment_size: int = 8 << 20, direct_chunk: int = 4 << 20,
+                 o_direct: bool | str = "auto", sparse: bool = True, gds: bool | str = "auto",
+                 arena=None, device_target: str = "cpu", chunk_hook: Callable | None = None):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if segment_size < BLOCK_SIZE or segment_size % BLOCK_SIZE:
+            raise ValueError(f"segment_size must be a positive multiple of {BLOCK_SIZE}")
+        if o_direct not in ("auto", True, False):
+            raise ValueError(f"o_direct must be 'auto', True or False, got {o_direct!r}")
+        self.max_batch = max_batch
+        self.segment_size = segment_size
+        self.direct_chunk = align_up(max(direct_chunk, ALIGN))
+        self.bounce_size = bounce_size
+        self.bounce_count = bounce_count
+        self.o_direct = o_direct
+        self.sparse = sparse
+        self.gds_mode = gds
+        self.arena = arena
+        self.device_target = device_target
+        self.chunk_hook = chunk_hook
+        self.stats_ = StorageStats()
+        self.callback_errors: deque = deque(maxlen=64)
+        self._pool = BouncePool(bounce_size, bounce_count)
+        self._pinned_pool = None
+        self._thread_copy = None
+        self._cuda_copy = None
+        self._elock = threading.Lock()
+        self._cond = threading.Condition()
+        self._work: deque = deque()
+        self._pending: deque = deque()
+        self._inflight = 0
+        self._closed = False
+        self._threads = [threading.Thread(target=self._worker, name=f"ggmk-storage-{i}",
+                                          daemon=True) for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    # ------------------------------------------------------------------ public API
+    def open(self, path, *, write: bool = False, create: bool = False) -> FileHandle:
+        """A FileHandle to reuse across requests (close it when done)."""
+        return FileHandle(path, write=write, create=create, o_direct=self.o_direct)
+
+    def read(self, file, offset: int = 0, length: int | None = None, dest=None,
+             dest_offset: int = 0, timeout: float | None = None) -> IoResult:
+        """Read one range and wait; raises StorageError on failure (a short read is not one:
+        see ``result.status`` and ``result.nbytes``)."""
+        if length is None:
+            size = file.size() if isinstance(file, FileHandle) else os.stat(file).st_size
+            length = max(size - offset, 0)
+        r = self.submit([ReadRequest(file, offset, length, dest, dest_offset)]).wait(timeout)[0]
+        return r.raise_for_error()
+
+    def write(self, file, offset: int, src, length: int | None = None, *, sync: bool = False,
+              create: bool = True, timeout: float | None = None) -> IoResult:
+        """Write one range and wait; raises StorageError on failure."""
+        req = WriteRequest(file, offset, src, length, create=create, sync=sync)
+        return self.submit([req]).wait(timeout)[0].raise_for_error()
+
+    def submit(self, requests, on_complete: Callable | None = None) -> Batch:
+        """Submit many requests at once; returns a :class:`Batch` at once. Each I/O completes
+        on its own (any order) with its own status; ``on_complete(result)`` runs for each, in
+        a storage thread. At most ``max_batch`` I/Os are in flight; the rest wait in order."""
+        if self._closed:
+            raise RuntimeError("storage is closed")
+        reqs = list(requests)
+        batch = Batch(len(reqs))
+        self.stats_.batch(len(reqs))
+        refs: dict = {}
+        ready = []
+        for i, req in enumerate(reqs):
+            io = self._make_io(batch, i, req, refs, on_complete)
+            batch._ios.append(io)
+            if io is not None and io.cell.state is S.READY:
+                ready.append(io)
+        self._admit(ready)
+        return batch
+
+    def cancel_all(self) -> int:
+        with self._cond:
+            ios = list(self._pending) + [it[1] for it in self._work]
+        n = 0
+        for io in ios:
+            n += io.cancel()
+        return n
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._inflight == 0 and not self._pending,
+                                       timeout)
+
+    def close(self, cancel: bool = False, timeout: float | None = 30.0) -> None:
+        """Stop: optionally cancel what is queued or running, wait for the rest, stop threads."""
+        if self._closed:
+            return
+        if cancel:
+            self.cancel_all()
+        self.wait_idle(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout)
+        for eng in (self._thread_copy, self._cuda_copy):
+            if eng is not None:
+                eng.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close(cancel=exc[0] is not None)
+
+    def stats(self) -> dict:
+        s = self.stats_.snapshot()
+        ok, why = _gds.available() if self.gds_mode else (False, "disabled")
+        s["gds"] = {"available": ok, "why": why}
+        s["bounce"] = self._pool.stats()
+        with self._cond:
+            s["queued_now"] = len(self._pending)
+        return s
+
+    # ------------------------------------------------------------------ setup
+    def _make_io(self, batch, i, req, refs, on_complete):
+        if isinstance(req, ReadRequest):
+            op, write, create = "read", False, False
+        elif isinstance(req, WriteRequest):
+            op, write, create = "write", True, req.create
+        else:
+            raise TypeError(f"request {i}: expected ReadRequest or WriteRequest, got "
+                            f"{type(req).__name__}")
+        key = (id(req.file) if isinstance(req.file, FileHandle) else os.fspath(req.file),
+               write, create)
+        fref = refs.get(key)
+        if fref is None:
+            fref = refs[key] = _FileRef(req.file, write, create, self.o_direct)
+        fref.users += 1
+        offset, length = int(req.offset), int(req.length if req.length is not None else -1)
+        io = _Io(self, batch, i, op, fref, offset, max(length, 0), None, 0, req)
+        io.callbacks = [cb for cb in (req.on_complete, on_complete) if cb is not None]
+        io.cell.to(S.INIT)
+        try:
+            if op == "read":
+                dest, doff = self._read_dest(req, length)
+            else:
+                dest, doff, length = self._write_src(req)
+                io.length = length
+                io.limit = offset + length
+            io.dest, io.dest_off = dest, doff
+            io.result.dest, io.result._dest_off, io.result.requested = dest, doff, io.length
+            if offset < 0 or io.length < 0:
+                raise ValueError(f"offset {offset} and length {io.length} must be >= 0")
+        except StorageError as e:
+            return self._refuse(io, e)
+        except (ValueError, TypeError) as e:
+            return self._refuse(io, StorageError("bad_request", op, fref.path, offset,
+                                                 max(length, 0), str(e)))
+        io.blocks = Blocks(-(-io.length // BLOCK_SIZE), io.what, io.block_counts)
+        io.blocks.move_all(BS.ALLOC)
+        io.cell.to(S.READY)
+        return io
+
+    def _read_dest(self, req: ReadRequest, length: int):
+        d, doff = req.dest, int(req.dest_offset)
+        if length < 0:
+            raise ValueError(f"length {length} must be >= 0")
+        if isinstance(d, str):
+            if d == "arena":
+                if self.arena is None:
+                    raise ValueError('dest="arena" needs Storage(arena=...)')
+                dest = ArenaDest.alloc(self.arena, length)
+                if dest is None:
+                    raise StorageError("alloc_fail", "read", _path_of(req.file), req.offset,
+                                       length, f"the arena could not allocate {length} bytes "
+                                       f"(ALLOC_FAIL; largest allocation "
+                                       f"{_max_alloc()} bytes)")
+                return dest, 0
+            if d == "device":
+                return DeviceDest.alloc(length, self.device_target), 0
+            raise ValueError(f"dest={d!r}: expected 'arena', 'device' or a buffer")
+        dest = as_destination(d, length)
+        if doff < 0 or doff + length > dest.nbytes:
+            raise StorageError("dest_too_small", "read", _path_of(req.file), req.offset, length,
+                               f"destination {dest.describe()} from offset {doff} has room "
+                               f"for {max(dest.nbytes - doff, 0)} bytes, {length} requested")
+        if dest.host_addressable and not dest.view(0, 0).flags.writeable:
+            raise ValueError(f"destination {dest.describe()} is read-only")
+        return dest, doff
+
+    def _write_src(self, req: WriteRequest):
+        s = req.src
+        if isinstance(s, (bytes, bytearray, memoryview)):
+            s = np.frombuffer(s, dtype=np.uint8)
+        src = as_destination(s, 0)
+        soff = int(req.src_offset)
+        length = src.nbytes - soff if req.length is None else int(req.length)
+        if soff < 0 or length < 0 or soff + length > src.nbytes:
+            raise StorageError("bad_request", "write", _path_of(req.file), req.offset,
+                               max(length, 0), f"source {src.describe()} from offset {soff} "
+                               f"holds {max(src.nbytes - soff, 0)} bytes, {length} requested")
+        return src, soff, length
+
+    def _refuse(self, io: _Io, err: StorageError):
+        io.cell.to(S.FREE)                   # INIT -> FREE: refused at setup
+        io.error = err
+        r = io.result
+        r.status, r.error, r.dest = "error", err, None
+        r.latency_ns = time.perf_counter_ns() - io.t0
+        io.fref.users -= 1
+        self._callbacks(io)
+        self.stats_.finish(io, False)
+        io.batch._complete(io.index, r)
+        return io
+
+    # ------------------------------------------------------------------ scheduling
+    def _admit(self, ios) -> None:
+        if not ios:
+            return
+        excess = 0
+        with self._cond:
+            for io in ios:
+                if self._inflight < self.max_batch and not self._pending:
+                    self._inflight += 1
+                    self._work.append(("io", io, None))
+                else:
+                    self._pending.append(io)
+                    excess += 1
+            depth = len(self._pending)
+            self._cond.notify_all()
+        if excess:
+            self.stats_.queued(excess, depth)
+
+    def _io_done(self) -> None:
+        with self._cond:
+            self._inflight -= 1
+            if self._pending and self._inflight < self.max_batch:
+                self._inflight += 1
+                self._work.append(("io", self._pending.popleft(), None))
+            self._cond.notify_all()
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                while not self._work and not self._closed:
+                    self._cond.wait()
+                if not self._work:
+                    return
+                kind, io, seg = self._work.popleft()
+            try:
+                if kind == "io":
+                    self._start(io)
+                else:
+                    self._run_seg(io, seg)
+            except BaseException as e:  # noqa: BLE001 - never lose an I/O to a bug here
+                io.fail(StorageError("io", io.op, io.fref.path, io.offset, io.length,
+                                     f"internal error: {e!r}"))
+                if kind == "io" and io.segs_left == 0:
+                    self._finalize(io)
+
+    # ------------------------------------------------------------------ one I/O
+    def _start(self, io: _Io) -> None:
+        if not io.cell.to_if((S.READY,), S.IN_PROGRESS):     # cancelled while queued
+            self._finalize(io)
+            return
+        io.started = True
+        self.stats_.start()
+        try:
+            fh = io.fref.get()
+            segs = self._plan_read(io, fh) if io.op == "read" else self._plan_write(io, fh)
+        except OSError as e:
+            io.fail(from_oserror(e, io.op, io.fref.path, io.offset, io.length,
+                                 "open" if io.fref.fh is None else ""))
+            segs = []
+        except StorageError as e:
+            io.fail(e)
+            segs = []
+        if not segs:
+            self._finalize(io)
+            return
+        io.segs_left = len(segs)
+        if len(segs) > 1:
+            with self._cond:
+                for s in reversed(segs[1:]):
+                    self._work.appendleft(("seg", io, s))
+                self._cond.notify_all()
+        self._run_seg(io, segs[0])
+
+    def _run_seg(self, io: _Io, seg) -> None:
+        try:
+            io.check()
+            fh = io.fref.fh
+            if io.op == "read":
+                self._read_seg(io, fh, seg)
+            else:
+                self._write_seg(io, fh, seg)
+        except _Cancelled:
+            pass
+        except StorageError as e:
+            io.fail(e)
+        except OSError as e:
+            io.fail(from_oserror(e, io.op, io.fref.path, io.offset, io.length,
+                                 f"at file offset {getattr(e, 'ggmk_pos', '?')}"))
+        except Exception as e:  # noqa: BLE001
+            io.fail(StorageError("io", io.op, io.fref.path, io.offset, io.length,
+                                 f"{type(e).__name__}: {e}"))
+        with io.lock:
+            io.segs_left -= 1
+            last = io.segs_left == 0
+        if last:
+            self._finalize(io)
+
+    def _engine_for(self, dest: Destination):
+        """(copy engine, bounce pool) for a destination / source."""
+        if dest.host_addressable:
+            return _INLINE, self._pool
+        with self._elock:
+            if dest.target == "cuda":
+                if self._cuda_copy is None:
+                    self._cuda_copy = _gds.CudaCopy()
+                    self._pinned_pool = BouncePool(self.bounce_size, self.bounce_count,
+                                                   alloc=_gds.pinned_alloc)
+                return self._cuda_copy, self._pinned_pool
+            if self._thread_copy is None:
+                self._thread_copy = ThreadCopy()
+            return self._thread_copy, self._pool
+
+    def _choose_direct(self, io: _Io, fh: FileHandle, want: bool, reason: str | None = None):
+        """Use O_DIRECT for this I/O? Records the fallback (counted) when it cannot."""
+        if self.o_direct is False:
+            return False
+        if fh.fd_direct is not None and want:
+            return True
+        why = reason or fh.direct_refused or "unaligned"
+        if self.o_direct is True:
+            raise StorageError("bad_request", io.op, io.fref.path, io.offset, io.length,
+                               f"O_DIRECT required but not possible ({why})")
+        io.result.fallback = why
+        self.stats_.fallback(why)
+        return False
+
+    def _gds_ok(self, io: _Io, fh: FileHandle) -> bool:
+        """GPUDirect Storage for this CUDA I/O? (else the bounce path; a failure to register
+        the file is counted as a fallback, not hidden)."""
+        if not self.gds_mode or not _gds.available()[0]:
+            return False
+        try:
+            fh.gds()
+            return True
+        except OSError:
+            if self.gds_mode is True:
+                raise
+            self.stats_.fallback("gds_register_failed")
+            io.result.fallback = "gds_register_failed"
+            return False
+
+    def _plan_read(self, io: _Io, fh: FileHandle) -> list:
+        r = io.result
+        size = fh.size()
+        off, end = io.offset, io.offset + io.length
+        limit = min(end, size)
+        io.limit = limit
+        io.blocks.move_all(BS.INIT)
+        if limit <= off:
+            return []                                   # at or past EOF: a short read of 0
+        regions = self._regions(io, fh, off, limit)
+        dest = io.dest
+        if dest.kind == "device" and dest.target == "cuda" and self._gds_ok(io, fh):
+            r.io_path = "gds"
+            io.direct = fh.fd_direct is not None
+        elif dest.host_addressable:
+            io.direct = self._choose_direct(io, fh, True)
+            if io.direct:
+                congruent = (dest.address(io.dest_off) - off) % ALIGN == 0
+                r.io_path = "direct" if congruent else "bounce"
+            else:
+                r.io_path = "buffered"
+        else:
+            io.direct = self._choose_direct(io, fh, True)
+            r.io_path = "bounce"
+        r.o_direct = io.direct
+        io.engine, io.pool = self._engine_for(dest)
+        return self._segments(io, regions)
+
+    def _regions(self, io: _Io, fh: FileHandle, off: int, limit: int) -> list:
+        r = io.result
+        if not self.sparse:
+            out = [(off, limit, "data")]
+        else:
+            out, pos = [], off
+            try:
+                while pos < limit:
+                    try:
+                        d = os.lseek(fh.fd, pos, os.SEEK_DATA)
+                    except OSError as e:
+                        if e.errno != E.ENXIO:
+                            raise
+                        d = limit                   # no data after pos: a hole to the end
+                    d = min(d, limit)
+                    if d > pos:
+                        out.append((pos, d, "hole"))
+                    if d >= limit:
+                        break
+                    h = min(os.lseek(fh.fd, d, os.SEEK_HOLE), limit)
+                    out.append((d, h, "data"))
+                    pos = h
+            except OSError as e:
+                if e.errno not in (E.EINVAL, E.EOPNOTSUPP, E.ENOTSUP, E.ESPIPE):
+                    raise
+                out = [(off, limit, "data")]      # no hole support: dense read
+                r.dense_fallback = True
+        for a, b, kind in out:
+            if kind == "hole":
+                r.holes += 1
+                r.hole_bytes += b - a
+            else:
+                r.data_regions += 1
+        if len(r.regions) < 4096:
+            r.regions = [(a, b - a, k) for a, b, k in out[:4096]]
+        return out
+
+    def _segments(self, io: _Io, regions) -> list:
+        """Split regions into segments of about ``segment_size`` bytes, cut at the I/O's block
+        boundaries (so no two segments share a destination block)."""
+        size = self.segment_size
+        segs, cur, cur_n = [], [], 0
+        for a, b, kind in regions:
+            pos = a
+            while pos < b:
+                cut = min(b, pos + (size - cur_n))
+                full = cut < b
+                if full:              # round the cut up to a block boundary of the I/O
+                    rel = cut - io.offset
+                    cut = min(b, io.offset + -(-rel // BLOCK_SIZE) * BLOCK_SIZE)
+                cur.append((pos, cut, kind))
+                cur_n += cut - pos
+                pos = cut
+                if full or cur_n >= size:
+                    segs.append(cur)
+                    cur, cur_n = [], 0
+        if cur:
+            segs.append(cur)
+        return segs
+
+    # ------------------------------------------------------------------ reading
+    def _hook(self, io: _Io, pos: int) -> None:
+        if self.chunk_hook is not None:
+            self.chunk_hook(io.index, pos)
+        io.check()
+
+    def _read_seg(self, io: _Io, fh: FileHandle, seg) -> None:
+        fences = []
+        holes = []
+        first, last = io.blk(seg[0][0]), io.blk_up(seg[-1][1])
+        try:
+            for a, b, kind in seg:
+                if kind == "hole":
+                    fences.append(io.engine.zero(io.dest, io.dest_off + a - io.offset, b - a))
+                    holes.append((io.blk_up(a), io.blk(b) if b < io.limit else io.blk_up(b)))
+                    continue
+                path = io.result.io_path
+                if path == "gds":
+                    self._read_gds(io, fh, a, b)
+                elif path == "direct":
+                    self._read_direct(io, fh, a, b, fences)
+                elif path == "buffered" and io.dest.host_addressable:
+                    self._read_into(io, fh, False, a, b)
+                else:
+                    self._read_bounce(io, fh, io.direct, a, b, fences)
+                if io.short_at is not None:
+                    break
+        finally:
+            err = None
+            for f in fences:
+                try:
+                    f.wait()
+                except BaseException as e:  # noqa: BLE001
+                    err = err or e
+            bl = io.blocks
+            if err is not None:
+                bl.advance(first, last, BS.DMA_START, BS.DMA_ERROR)
+                io.fail(StorageError("io", "read", io.fref.path, io.offset, io.length,
+                                     f"copy to {io.dest.describe()} failed: {err!r}"))
+            else:
+                bl.advance(first, last, BS.DMA_START, BS.DONE)
+                for h0, h1 in holes:
+                    bl.advance(h0, h1, BS.INIT, BS.DONE)
+
+    def _pread(self, io: _Io, fh: FileHandle, direct: bool, buf: np.ndarray, pos: int) -> int:
+        fd = fh.fd_direct if direct else fh.fd
+        try:
+            return os.preadv(fd, [buf], pos)
+        except OSError as e:
+            if direct and e.errno == E.EINVAL:     # the fs refused this alignment after all
+                if io.result.fallback is None:
+                    io.result.fallback = "read_einval"
+                    self.stats_.fallback("read_einval")
+                return os.preadv(fh.fd, [buf], pos)
+            e.ggmk_pos = pos
+            raise
+
+    def _queue_blocks(self, io: _Io, a: int, b: int) -> None:
+        bl = io.blocks
+        f, l_ = io.blk(a), io.blk_up(b)
+        bl.advance(f, l_, BS.INIT, BS.QUEUED)
+        bl.advance(f, l_, BS.QUEUED, BS.DMA_START)
+
+    def _read_into(self, io: _Io, fh: FileHandle, direct: bool, a: int, b: int) -> None:
+        """Reads straight into a host destination (no copy)."""
+        pos = a
+        while pos < b:
+            n = min(self.direct_chunk, b - pos)
+            self._queue_blocks(io, pos, pos + n)
+            view = io.dest.view(io.dest_off + pos - io.offset, n)
+            got = self._pread(io, fh, direct, view, pos)
+            pos += got
+            if got < n:
+                io.mark_short(pos)
+                return
+            self._hook(io, pos)
+
+    def _read_direct(self, io: _Io, fh: FileHandle, a: int, b: int, fences) -> None:
+        """O_DIRECT straight into the destination (its address and the file offset agree
+        modulo 4096); the unaligned head and tail go through an aligned bounce buffer."""
+        ha = min(align_up(a), b)
+        if a < ha:
+            self._read_bounce(io, fh, True, a, ha, fences)
+            if io.short_at is not None:
+                return
+        mb = max(ha, align_down(b))
+        if ha < mb:
+            self._read_into(io, fh, True, ha, mb)
+            if io.short_at is not None:
+                return
+        if mb < b:
+            self._read_bounce(io, fh, True, mb, b, fences)
+
+    def _read_bounce(self, io: _Io, fh: FileHandle, direct: bool, a: int, b: int,
+                     fences) -> None:
+        """The pipelined path: read a chunk into a free bounce buffer, start its copy to the
+        destination, go on reading into the next buffer while the copy runs."""
+        pool, eng = io.pool, io.engine
+        pos = a
+        end_read = align_up(b) if direct else b
+        while pos < b:
+            i, buf = pool.acquire()
+            fence = DONE
+            try:
+                start = align_down(pos) if direct else pos
+                skip = pos - start
+                want = min(len(buf), end_read - start)
+                self._queue_blocks(io, pos, min(b, start + want))
+                got = self._pread(io, fh, direct, buf[:want], start)
+                useful = max(0, min(got - skip, b - pos))
+                if useful:
+                    fence = eng.to_dest(io.dest, io.dest_off + pos - io.offset,
+                                        buf[skip:skip + useful])
+                    fences.append(fence)
+            finally:
+                pool.release(i, fence)
+            pos += useful
+            if pos < b and got < want:
+                io.mark_short(pos)
+                return
+            if pos < b:
+                self._hook(io, pos)
+
+    def _read_gds(self, io: _Io, fh: FileHandle, a: int, b: int) -> None:
+        g = fh.gds()
+        pos = a
+        while pos < b:
+            n = min(self.direct_chunk, b - pos)
+            self._queue_blocks(io, pos, pos + n)
+            got = g.read(io.dest, io.dest_off + pos - io.offset, n, pos)
+            pos += got
+            if got < n:
+                io.mark_short(pos)
+                return
+            self._hook(io, pos)
+
+    # ------------------------------------------------------------------ writing
+    def _plan_write(self, io: _Io, fh: FileHandle) -> list:
+        r = io.result
+        src = io.dest
+        io.blocks.move_all(BS.INIT)
+        if io.length == 0:
+            return []
+        aligned = io.offset % ALIGN == 0 and io.length % ALIGN == 0
+        if src.kind == "device" and src.target == "cuda" and self._gds_ok(io, fh):
+            r.io_path = "gds"
+        elif src.host_addressable:
+            aligned = aligned and src.address(io.dest_off) % ALIGN == 0
+            io.direct = self._choose_direct(io, fh, aligned,
+                                            None if fh.fd_direct is None else "unaligned")
+            r.io_path = "direct" if io.direct else "buffered"
+        else:
+            io.direct = self._choose_direct(io, fh, aligned,
+                                            None if fh.fd_direct is None else "unaligned")
+            r.io_path = "bounce"
+        r.o_direct = io.direct
+        io.engine, io.pool = self._engine_for(src)
+        return self._segments(io, [(io.offset, io.offset + io.length, "data")])
+
+    def _pwrite_all(self, io: _Io, fh: FileHandle, buf: np.ndarray, pos: int) -> None:
+        fd = fh.fd_direct if io.direct else fh.fd
+        done = 0
+        while done < len(buf):
+            try:
+                n = os.pwritev(fd, [buf[done:]], pos + done)
+            except OSError as e:
+                if io.direct and e.errno == E.EINVAL:
+                    io.direct = False
+                    io.result.fallback = "write_einval"
+                    self.stats_.fallback("write_einval")
+                    fd = fh.fd
+                    continue
+                e.ggmk_pos = pos + done
+                raise
+            if n == 0:
+                err = OSError(E.EIO, "write returned 0 bytes")
+                err.ggmk_pos = pos + done
+                raise err
+            done += n
+
+    def _write_seg(self, io: _Io, fh: FileHandle, seg) -> None:
+        first, last = io.blk(seg[0][0]), io.blk_up(seg[-1][1])
+        bl = io.blocks
+        ok = False
+        try:
+            for a, b, _ in seg:
+                pos = a
+                while pos < b:
+                    n = min(self.direct_chunk, b - pos)
+                    self._queue_blocks(io, pos, pos + n)
+                    soff = io.dest_off + pos - io.offset
+                    if io.result.io_path == "gds":
+                        fh.gds().write(io.dest, soff, n, pos)
+                    elif io.dest.host_addressable:
+                        self._pwrite_all(io, fh, io.dest.view(soff, n), pos)
+                    else:
+                        n = min(n, io.pool.size)
+                        i, buf = io.pool.acquire()
+                        try:
+                            io.engine.from_src(io.dest, soff, buf[:n]).wait()
+                            self._pwrite_all(io, fh, buf[:n], pos)
+                        finally:
+                            io.pool.release(i)
+                    pos += n
+                    if pos < io.limit:
+                        self._hook(io, pos)
+            ok = True
+        finally:
+            bl.advance(first, last, BS.DMA_START, BS.DONE if ok else BS.DMA_ERROR)
+
+    # ------------------------------------------------------------------ completion
+    def _finalize(self, io: _Io) -> None:
+        r = io.result
+        cancelled = not io.cell.to_if((S.IN_PROGRESS,), S.CALLBACK_REQ)
+        if cancelled:
+            io.cell.to(S.TERMINATED)
+            io.cell.to(S.CALLBACK_REQ)
+        if io.op == "write" and not cancelled and io.error is None and io.req.sync \
+                and io.fref.fh is not None:
+            try:
+                os.fdatasync(io.fref.fh.fd)
+            except OSError as e:
+                io.fail(from_oserror(e, "write", io.fref.path, io.offset, io.length, "fdatasync"))
+        if cancelled:
+            r.status = "cancelled"
+            r.error = StorageError("cancelled", io.op, io.fref.path, io.offset, io.length,
+                                   "the I/O was cancelled"
+                                   + (" while queued" if not io.started else " mid-flight"))
+        elif io.error is not None:
+            r.status, r.error = "error", io.error
+        else:
+            end = io.limit if io.short_at is None else min(io.limit, io.short_at)
+            r.nbytes = max(end - io.offset, 0)
+            r.status = "ok" if r.nbytes == io.length else "short"
+        if io.blocks is not None:
+            bl = io.blocks
+            bl.move_where(BS.DMA_START, BS.DMA_ERROR)   # only if a copy never completed
+            for st in (BS.DONE, BS.DMA_ERROR, BS.QUEUED, BS.INIT, BS.ALLOC):
+                if bl.move_where(st, BS.FREE) == len(bl):
+                    break
+        if r.error is not None:
+            if io.op == "read" and io.dest is not None and io.dest.owned:
+                io.dest.release()                     # never left half-owned
+            if io.op == "read":
+                r.dest = None
+        r.latency_ns = time.perf_counter_ns() - io.t0
+        io.fref.release()
+        self._callbacks(io)                     # CALLBACK_REQ: user callbacks run
+        io.cell.to(S.CALLBACK_END)
+        io.cell.to(S.FREE)
+        self.stats_.finish(io, io.started)      # counted before any waiter wakes
+        io.batch._complete(io.index, r)
+        self._io_done()
+
+    def _callbacks(self, io: _Io) -> None:
+        for cb in getattr(io, "callbacks", ()):
+            try:
+                cb(io.result)
+            except Exception as e:  # noqa: BLE001 - a callback bug must not stop the pool
+                self.callback_errors.append((io.result, e))
+
+
+def _path_of(file) -> str:
+    return file.path if isinstance(file, FileHandle) else os.fspath(file)
+
+
+def _max_alloc() -> int:
+    from ggmk.core.alloc import MAX_ALLOC
+    return MAX_ALLOC

@@ -1,0 +1,142 @@
+"""Module manifests (``module.toml``): a module's identity, channel and handler declarations
+and the types it brings. See ``ggmk.typereg`` for the file's shape."""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field as dc_field
+
+from ggmk.typereg.decls import (MODULE_NAME_RE, ChannelDecl, HandlerDecl, _channel_problems,
+                                _handler_problems)
+from ggmk.typereg.registry import TypeRegistry
+from ggmk.typereg.schema import _Problems
+from ggmk.typereg.toml import _line_of, _parse_toml, _read_source, _types_from_table
+
+
+@dataclass(frozen=True)
+class ModuleManifest:
+    """A parsed ``module.toml``: the module's identity and declarations (and any types it
+    brings, as a TypeRegistry, empty when it brings none)."""
+
+    name: str
+    version: str
+    channels: list[ChannelDecl]
+    handlers: list[HandlerDecl]
+    path: str | None = None
+    types: TypeRegistry = dc_field(default_factory=TypeRegistry, compare=False)
+    description: str = ""
+
+
+def _nth_header_line(text: str, table: str, n: int) -> int | None:
+    ms = list(re.finditer(rf"^[ \t]*\[\[[ \t]*{table}[ \t]*\]\]", text, re.M))
+    return _line_of(text, ms[n].start()) if n < len(ms) else None
+
+
+def load_module_manifest(path_or_text: str | os.PathLike | bytes, *,
+                         source: str | None = None) -> ModuleManifest:
+    """Load a ``module.toml`` (see the module docstring for its shape). Every problem is
+    listed in one TypesError naming the file, line, module, and channel/handler.
+
+    >>> man = load_module_manifest("module.toml"); [c.name for c in man.channels]
+    """
+    text, src, path = _read_source(path_or_text, source)
+    data = _parse_toml(text, src)
+    probs = _Problems(src)
+    for k in data:
+        if k not in ("module", "channel", "handler", "types"):
+            hint = {"channels": "channel", "handlers": "handler"}.get(k)
+            probs.add(f"unknown top-level key {k!r}"
+                      + (f" (did you mean [[{hint}]]?)" if hint else "")
+                      + "; allowed: [module], [[channel]], [[handler]], [types.NAME]")
+    mod = data.get("module")
+    mname, version, desc = "?", "", ""
+    if not isinstance(mod, Mapping):
+        probs.add("missing [module] table (name, version)")
+    else:
+        for k in mod:
+            if k not in ("name", "version", "description"):
+                probs.add(f"[module]: unknown key {k!r}; allowed: name, version, description")
+        mname = mod.get("name")
+        if mname is None:
+            probs.add("[module]: missing 'name'")
+            mname = "?"
+        elif not isinstance(mname, str) or not MODULE_NAME_RE.fullmatch(mname):
+            probs.add(f"[module]: invalid module name {mname!r}: use lowercase letters,"
+                      " digits, '_' and '-'")
+            mname = str(mname)
+        version = mod.get("version")
+        if not isinstance(version, str) or not version.strip():
+            probs.add(f"module {mname}: 'version' must be a non-empty string, got {version!r}")
+            version = ""
+        desc = mod.get("description", "")
+        if not isinstance(desc, str):
+            probs.add(f"module {mname}: 'description' must be a string")
+            desc = ""
+
+    channels: list[ChannelDecl] = []
+    chan_keys = ("name", "direction", "type", "mode", "guarantee")
+    raw = data.get("channel", [])
+    if not isinstance(raw, list):
+        probs.add("'channel' must be an array of tables: write [[channel]]")
+        raw = []
+    for i, c in enumerate(raw):
+        line = _nth_header_line(text, "channel", i)
+        cname = c.get("name", f"#{i + 1}") if isinstance(c, Mapping) else f"#{i + 1}"
+        where = f"module {mname}, channel {cname!r}"
+        loc = f"{src}:{line}" if line else src
+        if not isinstance(c, Mapping):
+            probs.items.append(f"{loc}: {where}: must be a table")
+            continue
+        bad = [f"unknown key {k!r}; allowed: {', '.join(chan_keys)}" for k in c
+               if k not in chan_keys]
+        bad += [f"missing {k!r}" for k in ("name", "direction", "type") if k not in c]
+        if not bad:
+            args = dict(name=c["name"], direction=c["direction"], type=c["type"],
+                        mode=c.get("mode", "p2p"), guarantee=c.get("guarantee", "lossless"),
+                        module=mname)
+            bad = _channel_problems(**args)
+            if not bad:
+                channels.append(ChannelDecl(**args))
+        probs.items += [f"{loc}: {where}: {b}" for b in bad]
+
+    handlers: list[HandlerDecl] = []
+    h_keys = ("type", "name", "deterministic", "batch", "granularity", "shared_mem")
+    raw = data.get("handler", [])
+    if not isinstance(raw, list):
+        probs.add("'handler' must be an array of tables: write [[handler]]")
+        raw = []
+    seen: set[str] = set()
+    for i, h in enumerate(raw):
+        line = _nth_header_line(text, "handler", i)
+        hname = h.get("name", f"#{i + 1}") if isinstance(h, Mapping) else f"#{i + 1}"
+        where = f"module {mname}, handler {hname!r}"
+        loc = f"{src}:{line}" if line else src
+        if not isinstance(h, Mapping):
+            probs.items.append(f"{loc}: {where}: must be a table")
+            continue
+        bad = [f"unknown key {k!r}; allowed: {', '.join(h_keys)}" for k in h if k not in h_keys]
+        bad += [f"missing {k!r}" for k in ("type", "name") if k not in h]
+        if not bad:
+            args = dict(type=h["type"], name=h["name"], module=mname,
+                        deterministic=h.get("deterministic", False),
+                        batch=h.get("batch", False), granularity=h.get("granularity", "task"),
+                        shared_mem=h.get("shared_mem", 0))
+            bad = _handler_problems(**args)
+            if not bad and hname in seen:
+                bad = ["duplicate handler name in this module"]
+            if not bad:
+                handlers.append(HandlerDecl(**args))
+        if isinstance(hname, str):
+            seen.add(hname)
+        probs.items += [f"{loc}: {where}: {b}" for b in bad]
+
+    types = _types_from_table(data.get("types", {}), text, src, probs)
+    probs.raise_if_any()
+    reg = TypeRegistry()
+    for t in types:
+        reg._add(t)
+    if types:
+        reg.sources.append(src)
+    return ModuleManifest(name=mname, version=version, channels=channels, handlers=handlers,
+                          path=path or src, types=reg, description=desc)

@@ -1,0 +1,31 @@
+"""SPEC §14 item 19: >= 100K tasks/s on a bridge channel, fewer transfers than tasks,
+throughput grows with batch size (the property; figures in bench/bridge.py)."""
+import time
+
+from ggmk.bridge import workloads as W
+from tests.bridge.dualkit import LONG, boot, gen
+
+N = 1_000_000 if LONG else 200_000
+
+
+def _rate(batch, n):
+    s = boot(bridge={"batch": batch})
+    try:
+        t0 = time.perf_counter()
+        gen(s, "GEN", n)
+        assert s.run(timeout=600)
+        dt = time.perf_counter() - t0
+        b = s.stats()["bridge"]
+        assert W.REC.sink_val == list(range(n))
+        return n / dt, b
+    finally:
+        s.halt()
+
+
+def test_throughput_transfers_and_batch_size():
+    small, b_small = _rate(8, N // 4)
+    big, b_big = _rate(256, N)
+    assert big >= 100_000, f"{big:.0f} tasks/s"
+    assert b_big["transfers"] < b_big["records"] / 16
+    assert b_small["transfers"] > b_big["transfers"] / 4 * (8 / 256) * 4  # more per task
+    assert big > small, (small, big)

@@ -1,0 +1,50 @@
+"""Shared helpers for the bridge tests: one booted dual system of ggmk.bridge.workloads."""
+import os
+import time
+
+import numpy as np
+
+import ggmk.dual
+from ggmk import task as T
+from ggmk.bridge import workloads as W
+
+LONG = os.environ.get("GGMK_LONG") == "1"
+
+
+def boot(**kw):
+    W.REC.clear()
+    W.REC.gate.set()
+    W.REC.expect_payload = None
+    kw.setdefault("workers", 2)
+    return ggmk.dual.boot(W.modules(), device=kw.pop("device", "cpu"), types=W.registry(), **kw)
+
+
+def wait_for(pred, timeout=60.0, what="condition"):
+    t_end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > t_end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.001)
+
+
+def publish_all(s, name, n, *, payload=None, first=0, timeout=60.0):
+    """Publish meta0 = first..first+n-1 on CPU channel ``name``, waiting while it is full."""
+    ch = s.channel(name)
+    done = 0
+    t_end = time.monotonic() + timeout
+    while done < n:
+        if payload is None:
+            k = ch.publish(meta0=np.arange(first + done, first + n, dtype=np.uint64),
+                           count=n - done)
+        else:
+            k = 1 if ch.publish(meta0=first + done, payload=payload) == 0 else 0
+        done += k
+        if k == 0:
+            if time.monotonic() > t_end:
+                raise AssertionError(f"publish: {done}/{n} after {timeout} s")
+            time.sleep(0.0005)
+    return done
+
+
+def gen(s, type_name, n, first=0):
+    s.push_device(T.make(1, type=W.TYPES[type_name], meta0=first, meta1=first + n))

@@ -1,0 +1,75 @@
+"""``ggmk.device.host``: the DeviceKernel's configuration (target defaults, the target's own
+rules, user keys), its guards before start, and the record helpers. Nothing here compiles or
+launches a kernel (the boot paths are covered by test_kernel_cpu and the workloads)."""
+import numpy as np
+import pytest
+
+import ggmk.device as gd
+from ggmk import task as taskmod
+from ggmk.device import host, layout
+from ggmk.device.targets import get_target
+from ggmk.errors import BootError, KernelStopped
+
+m = gd.Module("hosttest")
+
+
+@m.handler(1)
+def one(ctx, task):
+    return 0
+
+
+def test_target_defaults_and_overrides():
+    k = gd.DeviceKernel([m], target="cpu")
+    cpu = get_target("cpu")
+    assert k.target is cpu and k.target_name == "cpu"
+    assert k.config.blocks == cpu.DEFAULTS["blocks"] and k.config.batch == cpu.DEFAULTS["batch"]
+    k = gd.DeviceKernel([m], target="cpu", workers=3, threads=64, batch=128)
+    assert (k.config.blocks, k.config.threads, k.config.batch) == (3, 64, 128)
+
+
+def test_the_targets_rules_apply_host_threads_default_clamped():
+    k = gd.DeviceKernel([m], target="cpu", workers=1)
+    assert k.config.host_threads == 1
+    k = gd.DeviceKernel([m], target="cpu", workers=2, host_threads=2)
+    assert k.config.host_threads == 2
+
+
+def test_unknown_config_keys_and_targets():
+    with pytest.raises(BootError, match=r"unknown config keys \['nope'\]"):
+        gd.DeviceKernel([m], target="cpu", nope=1)
+    with pytest.raises(BootError, match="not one of auto, cpu, sim, cuda"):
+        gd.DeviceKernel([m], target="gpu")
+
+
+def test_an_unusable_target_says_why():
+    # the simulator is not switched on in this process
+    with pytest.raises(gd.host.DeviceError, match="'sim' is not usable: .*NUMBA_ENABLE_CUDASIM"):
+        gd.DeviceKernel([m], target="sim")
+
+
+def test_plan_counts_handlers_and_channels():
+    k = gd.DeviceKernel([m], target="cpu")
+    assert k.plan.ntypes == 1 and k.plan.nchan == 0 and k.type_ids == [1]
+    assert k.channels == {}
+    with pytest.raises(KeyError, match="no device channel 'x'"):
+        k.channel_id("x")
+
+
+def test_calls_before_start_are_refused():
+    k = gd.DeviceKernel([m], target="cpu")
+    assert not k.alive() and "new" in repr(k)
+    for call in (k.pull, k.heartbeats, k.metrics, k.tick, k.drain_trace, k.tx_held):
+        with pytest.raises(KernelStopped, match="not started"):
+            call()
+    with pytest.raises(KernelStopped):
+        k.push(taskmod.make(1, type=1))
+    with pytest.raises(TypeError, match="TASK_DTYPE"):
+        k.push(np.zeros(3, np.int64))
+    k.stop()                                    # nothing to stop: no error
+
+
+def test_error_code_reads_the_pad_as_int16():
+    r = taskmod.make(2, type=1)
+    r["_pad"] = [np.uint16(0xFFF9), 5]          # -7, 5
+    assert host.error_code(r).tolist() == [-7, 5]
+    assert host.SYS_ERROR == layout.CH_SYS_ERROR and host.SYS_DROPPED == layout.CH_SYS_DROPPED
