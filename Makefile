@@ -12,13 +12,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
-# QEMU's vhost-user-gpu is the real virtio-gpu device the display driver is tested against.
+# QEMU's vhost-user-gpu is the real virtio-gpu device the display driver is tested against;
+# tmux is the real terminal `ggmk top` is tested in.
 system-deps:
-	@if [ ! -x /usr/lib/qemu/vhost-user-gpu ] && command -v apt-get >/dev/null; then \
-	  echo "installing qemu-system-gui (vhost-user-gpu)"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-gui >/dev/null) \
-	    || echo "warning: could not install qemu-system-gui; virtio-gpu tests will be skipped"; \
-	fi
+	@need() { [ -n "$$1" ] && command -v apt-get >/dev/null || return 0; echo "installing $$2"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$2 >/dev/null) \
+	    || echo "warning: could not install $$2; the tests that need it will be skipped"; }; \
+	need "$$([ -x /usr/lib/qemu/vhost-user-gpu ] || echo 1)" qemu-system-gui; \
+	need "$$(command -v tmux >/dev/null || echo 1)" tmux
 
 demo: $(VENV)/.installed
 	$(PY) -m ggmk.demo

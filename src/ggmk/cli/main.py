@@ -1,7 +1,21 @@
 """The ``ggmk`` command line. Subcommands are at most two levels deep; common ones are one word.
 
-Implemented so far: ``demo``, ``hw`` (PCI discovery), ``version``. The live-system commands
-(boot, ps, top, emit, chan, ...) talk to a running system over its control socket once that lands.
+``demo``, ``hw`` (PCI discovery) and ``version`` work on their own. The live-system commands talk
+to a running system over its control socket (``ggmk.control``)::
+
+    ggmk boot examples/demo_app.py      # detaches; prints where the control socket is
+    ggmk emit WORK --count 100 --meta0 5000
+    ggmk ps                             # state, uptime, workers, tick, tasks done, errors
+    ggmk top --once                     # one frame of the live view (``ggmk top``: q quits)
+    ggmk trace --level all --seconds 1 --perfetto trace.json
+    ggmk halt                           # prints the halt accounting
+
+Every listing takes ``--json``. Exit codes (``EXIT_*`` below): 0 ok, 1 the command failed (the
+system answered with an error: bad payload, unknown type/channel/module...), 2 usage error,
+3 no system is running at the state dir, 4 ``boot``: a system is already running there, 5 not
+allowed (socket permissions or another uid), 6 protocol error (the system did not answer).
+The state dir is ``$XDG_RUNTIME_DIR/ggmk`` (else ``/tmp/ggmk-$UID``), or ``--state-dir`` /
+``$GGMK_STATE_DIR``.
 """
 from __future__ import annotations
 
@@ -92,6 +106,12 @@ def _gpu_drv_info() -> dict:
         return gpu.probe()
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}"}
+
+
+# the live-system commands (boot, halt, ps, stats, emit, chan, mod, kern, log, trace, top)
+from ggmk.cli import control_cmds  # noqa: E402
+
+control_cmds.register(cli)
 
 
 def main() -> None:

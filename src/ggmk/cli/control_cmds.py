@@ -1,0 +1,505 @@
+"""The ``ggmk`` commands that drive a running system over its control socket.
+
+See ``ggmk.cli.main`` for the exit codes and ``ggmk.control`` for the socket and protocol.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+
+import click
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+EXIT_ALREADY = 4
+EXIT_REFUSED = 5
+EXIT_PROTOCOL = 6
+
+DEVICES = ("auto", "cpu", "sim", "cuda", "none")
+
+
+def _fail(msg: str, code: int):
+    click.echo(f"ggmk: {msg}", err=True)
+    sys.exit(code)
+
+
+def _paths(state_dir):
+    from ggmk.control.paths import StatePaths
+    return StatePaths.resolve(state_dir)
+
+
+def state_dir_option(fn):
+    return click.option("--state-dir", type=click.Path(file_okay=False), envvar="GGMK_STATE_DIR",
+                        default=None, help="Where the control socket lives (default "
+                        "$XDG_RUNTIME_DIR/ggmk or /tmp/ggmk-$UID; env GGMK_STATE_DIR).")(fn)
+
+
+def json_option(fn):
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(fn)
+
+
+def _client_errors(fn):
+    """Map control-plane failures to messages and exit codes."""
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        from ggmk.control.client import NotRunning, Refused
+        from ggmk.control.protocol import ControlError
+        try:
+            return fn(*a, **kw)
+        except NotRunning as e:
+            _fail(f"not running: {e}", EXIT_NOT_RUNNING)
+        except Refused as e:
+            _fail(f"refused: {e}", EXIT_REFUSED)
+        except ControlError as e:
+            if e.code in ("closed", "protocol"):
+                _fail(f"protocol error: {e.message}", EXIT_PROTOCOL)
+            _fail(f"error ({e.code}): {e.message}", EXIT_ERROR)
+        except (TimeoutError, ConnectionError) as e:
+            _fail(f"protocol error: the system did not answer: {e}", EXIT_PROTOCOL)
+    return wrapper
+
+
+def _call(state_dir, cmd, args=None, timeout=30.0):
+    from ggmk.control.client import Client
+    with Client(_paths(state_dir), timeout=timeout) as c:
+        return c.call(cmd, args)
+
+
+def _echo_json(obj) -> None:
+    from ggmk.control.protocol import dumps
+    click.echo(json.dumps(json.loads(dumps(obj)), indent=2))
+
+
+def _table(rows: list, cols: list) -> None:
+    cells = [[str(c) for c in cols]] + [["" if r.get(c) is None else str(r.get(c))
+                                         for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _uptime(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else \
+        f"{s // 60}m{s % 60:02d}s"
+
+
+# -- boot / _serve ---------------------------------------------------------------------------------
+
+def _boot_options(fn):
+    fn = click.option("--deterministic/--no-deterministic", default=None,
+                      help="Determinism mode (default: the app's choice).")(fn)
+    fn = click.option("--hal", type=click.Choice(["threads", "sim"]), default=None,
+                      help="Threads or the seeded simulator (default: the app's choice).")(fn)
+    fn = click.option("--workers", type=click.IntRange(min=1), default=None,
+                      help="CPU worker threads (default: the app's choice, else 2).")(fn)
+    fn = click.option("--device", type=click.Choice(DEVICES), default="none",
+                      show_default=True, help="none: the CPU kernel alone; auto/cpu/sim/cuda: "
+                      "both kernels (ggmk.dual) with the GPU kernel on that target.")(fn)
+    return fn
+
+
+@click.command(help="Boot APP (a Python file or module defining `modules`, or `app()` returning "
+                    "(modules, options)) and serve its control socket. Detaches unless "
+                    "--foreground; exit code 4 if a system already runs at the state dir.")
+@click.argument("app")
+@_boot_options
+@click.option("--foreground", is_flag=True, help="Stay attached (Ctrl-C halts the system).")
+@click.option("--boot-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
+              help="Seconds to wait for the detached system to answer.")
+@state_dir_option
+@json_option
+def boot(app, device, workers, hal, deterministic, foreground, boot_timeout, state_dir,
+         as_json):
+    from ggmk.control.client import Client, probe, remove_stale
+    paths = _paths(state_dir)
+    try:
+        paths.ensure()
+    except OSError as e:
+        _fail(f"state dir: {e}", EXIT_ERROR)
+    st = probe(paths)
+    if st in ("running", "booting"):
+        pid = paths.read_pid()
+        _fail(f"a system is already {st} at {paths.dir} (pid {pid}, socket {paths.sock}); "
+              "`ggmk halt` it first", EXIT_ALREADY)
+    if st == "stale":
+        gone = remove_stale(paths)
+        click.echo(f"ggmk: removed stale files of a dead system: {', '.join(gone)}", err=True)
+    if foreground:
+        from ggmk.control.runner import serve
+        sys.exit(serve(app, paths, device=device, workers=workers, hal=hal,
+                       deterministic=deterministic))
+    argv = [sys.executable, "-m", "ggmk.cli.main", "_serve", app, "--state-dir",
+            str(paths.dir), "--device", device]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    if hal is not None:
+        argv += ["--hal", hal]
+    if deterministic is not None:
+        argv.append("--deterministic" if deterministic else "--no-deterministic")
+    log = open(paths.log, "ab")
+    os.chmod(paths.log, 0o600)
+    start = log.tell()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, close_fds=True)
+    log.close()
+    deadline = time.monotonic() + boot_timeout
+    while True:
+        rc = proc.poll()
+        if rc is not None:
+            tail = _log_tail(paths.log, start)
+            click.echo(tail, err=True)
+            _fail(f"boot of {app} failed (exit code {rc}); log: {paths.log}",
+                  EXIT_ALREADY if rc == EXIT_ALREADY else EXIT_ERROR)
+        if paths.sock.exists():
+            try:
+                with Client(paths, timeout=5) as c:
+                    info = c.call("ping")
+                break
+            except Exception:   # noqa: BLE001 - not ready yet
+                pass
+        if time.monotonic() > deadline:
+            proc.terminate()
+            _fail(f"boot of {app} did not answer within {boot_timeout:g}s; log: {paths.log}",
+                  EXIT_ERROR)
+        time.sleep(0.02)   # polling with a deadline
+    if as_json:
+        _echo_json({"pid": info["pid"], "socket": str(paths.sock), "state_dir": str(paths.dir),
+                    "log": str(paths.log), "app": app, "device": device})
+    else:
+        click.echo(f"ggmk: booted {app} (pid {info['pid']}, device {device})")
+        click.echo(f"control socket: {paths.sock}")
+        click.echo(f"log: {paths.log}")
+
+
+def _log_tail(path, start: int, n: int = 4000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read()[-n:].decode(errors="replace").rstrip()
+    except OSError:
+        return ""
+
+
+@click.command("_serve", hidden=True)
+@click.argument("app")
+@_boot_options
+@state_dir_option
+def serve_cmd(app, device, workers, hal, deterministic, state_dir):
+    from ggmk.control.runner import serve
+    sys.exit(serve(app, _paths(state_dir), device=device, workers=workers, hal=hal,
+                   deterministic=deterministic))
+
+
+# -- halt / ps / stats -------------------------------------------------------------------------------
+
+@click.command(help="Halt the system (lose nothing accepted) and print the halt accounting.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds the workers may take to finish accepted work.")
+@state_dir_option
+@json_option
+@_client_errors
+def halt(timeout, state_dir, as_json):
+    from ggmk.control.paths import pid_alive
+    paths = _paths(state_dir)
+    pid = paths.read_pid()
+    res = _call(state_dir, "halt", {"timeout": timeout}, timeout=timeout + 120)
+    # wait (bounded) for the server process to go, so a following `ggmk boot` finds it gone
+    deadline = time.monotonic() + 10
+    while pid and pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    acc = res["accounting"]
+    if as_json:
+        _echo_json(acc)
+        return
+    click.echo("halted: " + ", ".join(f"{k} {v}" for k, v in acc.items()))
+
+
+@click.command(help="Show the running system: state, uptime, and per kernel the workers, tick, "
+                    "tasks done and errors. Exit code 3 when no system is running.")
+@state_dir_option
+@json_option
+@_client_errors
+def ps(state_dir, as_json):
+    from ggmk.control.client import probe
+    paths = _paths(state_dir)
+    try:
+        res = _call(state_dir, "ps")
+    except Exception as e:
+        from ggmk.control.client import NotRunning
+        if isinstance(e, NotRunning):
+            st = probe(paths)
+            if as_json:
+                _echo_json({"state": "not running" if st != "booting" else "booting",
+                            "stale": st == "stale", "state_dir": str(paths.dir)})
+            msg = {"stale": f"not running (a dead system left stale files in {paths.dir}; "
+                            "`ggmk boot` replaces them)",
+                   "booting": f"booting at {paths.dir} (not answering yet)"}.get(
+                st, f"not running (no system at {paths.dir})")
+            _fail(msg, EXIT_NOT_RUNNING)
+        raise
+    if as_json:
+        _echo_json(res)
+        return
+    click.echo(f"state {res['state']}  pid {res['pid']}  uptime {_uptime(res['uptime_s'])}  "
+               f"app {res['app']}  device {res['device']}")
+    _table(res["kernels"], ["name", "state", "workers", "tick", "tasks_done", "errors",
+                            "dropped", "queued"])
+
+
+@click.command(help="Print the system's statistics (JSON), or the Prometheus text exposition.")
+@click.option("--prometheus", is_flag=True, help="Prometheus text format.")
+@state_dir_option
+@json_option
+@_client_errors
+def stats(prometheus, state_dir, as_json):
+    if prometheus:
+        click.echo(_call(state_dir, "stats", {"format": "prometheus"})["text"], nl=False)
+        return
+    _echo_json(_call(state_dir, "stats"))
+
+
+# -- emit ------------------------------------------------------------------------------------------
+
+@click.command(help="Submit COUNT tasks of TYPE (a name or id), or publish them on --chan. The "
+                    "payload is checked against the type's schema (types.toml).")
+@click.argument("type_")
+@click.option("--payload", default=None, metavar="JSON",
+              help='The payload as a JSON object, e.g. \'{"x": 1.5, "n": 3}\'.')
+@click.option("--chan", default=None, metavar="NAME", help="Publish on this channel.")
+@click.option("--count", type=click.IntRange(1, 1_000_000), default=1, show_default=True)
+@click.option("--meta0", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True)
+@click.option("--meta1", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True)
+@state_dir_option
+@json_option
+@_client_errors
+def emit(type_, payload, chan, count, meta0, meta1, state_dir, as_json):
+    if payload is not None:
+        try:
+            obj = json.loads(payload)
+        except ValueError as e:
+            raise click.BadParameter(f"not valid JSON: {e}", param_hint="--payload")
+        if not isinstance(obj, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--payload")
+    res = _call(state_dir, "emit", {"type": type_, "payload": payload, "chan": chan,
+                                    "count": count, "meta0": meta0, "meta1": meta1})
+    if as_json:
+        _echo_json(res)
+    else:
+        where = f" on {chan}" if chan else ""
+        click.echo(f"accepted {res['accepted']} of {res['count']} {res['type']}{where}")
+    if res["accepted"] < res["count"]:
+        sys.exit(EXIT_ERROR)
+
+
+# -- chan / mod / kern -----------------------------------------------------------------------------
+
+@click.group(help="Channels: ls, inspect NAME.")
+def chan():
+    pass
+
+
+@chan.command("ls", help="List channels.")
+@state_dir_option
+@json_option
+@_client_errors
+def chan_ls(state_dir, as_json):
+    rows = _call(state_dir, "chan_ls")["channels"]
+    if as_json:
+        _echo_json(rows)
+    else:
+        _table(rows, ["name", "type", "mode", "guarantee", "capacity", "depth", "emitted",
+                      "dropped"])
+
+
+@chan.command("inspect", help="Everything about one channel.")
+@click.argument("name")
+@state_dir_option
+@json_option
+@_client_errors
+def chan_inspect(name, state_dir, as_json):
+    res = _call(state_dir, "chan_inspect", {"name": name})
+    if as_json:
+        _echo_json(res)
+    else:
+        for k, v in res.items():
+            click.echo(f"{k}: {json.dumps(v, default=str)}")
+
+
+@click.group(help="Modules: ls, info NAME.")
+def mod():
+    pass
+
+
+@mod.command("ls", help="List modules.")
+@state_dir_option
+@json_option
+@_client_errors
+def mod_ls(state_dir, as_json):
+    rows = _call(state_dir, "mod_ls")["modules"]
+    if as_json:
+        _echo_json(rows)
+        return
+    _table([{**r, "handlers": ",".join(h["type"] for h in r["handlers"]),
+             "channels": ",".join(f"{c['direction'][0]}:{c['name']}" for c in r["channels"])}
+            for r in rows], ["name", "version", "kernel", "handlers", "channels"])
+
+
+@mod.command("info", help="One module: handlers (with their counters) and channels.")
+@click.argument("name")
+@state_dir_option
+@json_option
+@_client_errors
+def mod_info(name, state_dir, as_json):
+    res = _call(state_dir, "mod_info", {"name": name})
+    if as_json:
+        _echo_json(res)
+        return
+    click.echo(f"module {res['name']} {res['version']} ({res['kernel']} kernel)")
+    click.echo("handlers:")
+    for h in res["handlers"]:
+        c = h.get("counters") or {}
+        click.echo(f"  {h['type']:<20} {h['name'] or '':<16} batch={h['batch']} "
+                   f"ok={c.get('ok', 0)} fail={c.get('fail', 0)}")
+    click.echo("channels:")
+    for c in res["channels"]:
+        click.echo(f"  {c['direction']:<8} {c['name']:<24} {c['type']} {c['mode'] or ''} "
+                   f"{c['guarantee'] or ''}")
+
+
+@click.group(help="Kernels: ls.")
+def kern():
+    pass
+
+
+@kern.command("ls", help="List the kernels (cpu, and gpu when dual).")
+@state_dir_option
+@json_option
+@_client_errors
+def kern_ls(state_dir, as_json):
+    rows = _call(state_dir, "kern_ls")["kernels"]
+    if as_json:
+        _echo_json(rows)
+    else:
+        _table(rows, ["name", "state", "workers", "tick", "tasks_done", "errors", "queued"])
+
+
+# -- log / trace / top -----------------------------------------------------------------------------
+
+def _print_log(lines):
+    for ln in lines:
+        ts = time.strftime("%H:%M:%S", time.localtime(ln["ts"]))
+        click.echo(f"{ts} {ln['level']:<5} {ln['source']}: {ln['msg']}")
+
+
+@click.command(help="The system's log (boot, halt, refused clients, handler exceptions, "
+                    "warning/error trace events); -f follows it.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
+@click.option("-n", "--lines", type=click.IntRange(0, 10_000), default=50, show_default=True)
+@state_dir_option
+@json_option
+@_client_errors
+def log(follow, lines, state_dir, as_json):
+    from ggmk.control.client import Client
+    if not follow:
+        res = _call(state_dir, "log", {"lines": lines})["lines"]
+        _echo_json(res) if as_json else _print_log(res)
+        return
+    try:
+        with Client(_paths(state_dir), timeout=None) as c:
+            for data in c.stream("log", {"lines": lines, "follow": True}):
+                if as_json:
+                    for ln in data["lines"]:
+                        click.echo(json.dumps(ln))
+                else:
+                    _print_log(data["lines"])
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+@click.command(help="Trace events of the CPU kernel: a summary, JSON, or (--perfetto FILE) "
+                    "Chrome trace-event JSON for Perfetto: one track per worker, task slices, "
+                    "instant events for drops. Task slices need --level all.")
+@click.option("--perfetto", type=click.Path(dir_okay=False, writable=True), default=None,
+              metavar="FILE", help="Write Chrome trace-event JSON to FILE.")
+@click.option("--level", type=click.Choice(["off", "error", "warn", "info", "all"]),
+              default=None, help="Set the system's default trace level first (it stays set).")
+@click.option("--seconds", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
+              help="Capture this long and show only those events (0: what is buffered).")
+@click.option("-f", "--follow", is_flag=True, help="Stream events as JSON lines.")
+@click.option("--max-events", type=click.IntRange(min=1), default=200_000, show_default=True)
+@state_dir_option
+@json_option
+@_client_errors
+def trace(perfetto, level, seconds, follow, max_events, state_dir, as_json):
+    from ggmk.control.client import Client
+    from ggmk.events import SAMPLED_BIT, EventType
+    args = {"level": level, "seconds": seconds, "max_events": max_events}
+    if follow:
+        try:
+            with Client(_paths(state_dir), timeout=None) as c:
+                for data in c.stream("trace", {**args, "follow": True}):
+                    for e in data.get("events", []):
+                        click.echo(json.dumps(e))
+                    sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+        return
+    res = _call(state_dir, "trace", args, timeout=seconds + 60)
+    if perfetto:
+        from ggmk.control.perfetto import to_chrome
+        doc = to_chrome(res)
+        with open(perfetto, "w") as f:
+            json.dump(doc, f)
+        click.echo(f"wrote {perfetto}: {len(doc['traceEvents'])} trace events from "
+                   f"{len(res['events'])} ggmk events (open in https://ui.perfetto.dev)")
+        return
+    if as_json:
+        _echo_json(res)
+        return
+    counts: dict = {}
+    for e in res["events"]:
+        code = e[2] & (SAMPLED_BIT - 1)
+        try:
+            name = EventType(code).name
+        except ValueError:
+            name = f"EVENT_{code}"
+        counts[name] = counts.get(name, 0) + 1
+    click.echo(f"{len(res['events'])} events ({res.get('dropped', 0)} dropped from the buffer)")
+    for name, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        click.echo(f"  {name:<16} {n}")
+
+
+@click.command(help="A live view of the system (both kernels: workers, queues, memory, "
+                    "channels, modules); q or Ctrl-C quits. --once prints one frame.")
+@click.option("--once", is_flag=True, help="Print one frame and exit.")
+@click.option("--interval", type=click.FloatRange(0.05, 60), default=1.0, show_default=True)
+@state_dir_option
+@json_option
+@_client_errors
+def top(once, interval, state_dir, as_json):
+    from rich.console import Console
+
+    from ggmk.control import top as top_mod
+    from ggmk.control.client import Client
+    if once or as_json:
+        frame = _call(state_dir, "top", {"once": True})
+        if as_json:
+            _echo_json(frame)
+        else:
+            Console().print(top_mod.render(frame))
+        return
+    c = Client(_paths(state_dir), timeout=None).connect()
+    top_mod.run_live(c, interval, Console())
+
+
+def register(cli: click.Group) -> None:
+    for cmd in (boot, serve_cmd, halt, ps, stats, emit, chan, mod, kern, log, trace, top):
+        cli.add_command(cmd)

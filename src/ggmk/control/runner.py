@@ -1,0 +1,84 @@
+"""``ggmk _serve``: boot an app and serve its control socket until halted."""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+
+from ggmk.control import app as app_mod
+from ggmk.control.paths import StatePaths
+from ggmk.control.server import ControlServer
+
+EXIT_ALREADY = 4
+
+
+def boot_system(modules, options: dict, device: str):
+    """Boot with ``ggmk.boot`` (device none) or ``ggmk.dual.boot``."""
+    if device == "none":
+        import ggmk
+        return ggmk.boot(modules, **options)
+    try:
+        import ggmk.dual as dual
+    except ImportError as e:
+        raise RuntimeError(f"--device {device} needs the dual-kernel system (ggmk.dual), which "
+                           f"cannot be imported here: {e}; use --device none") from None
+    return dual.boot(modules, device=device, **options)
+
+
+def serve(app: str, paths: StatePaths, *, device: str = "none", workers=None, hal=None,
+          deterministic=None, out=sys.stdout) -> int:
+    """Returns the exit code. Holds the state dir's lock for the process's lifetime."""
+    paths.ensure()
+    lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"ggmk: a system is already running at {paths.dir}", file=sys.stderr)
+        return EXIT_ALREADY
+    os.set_inheritable(lock_fd, False)
+    tmp = paths.pid.with_suffix(".pid.tmp")
+    tmp.write_text(f"{os.getpid()}\n")
+    os.replace(tmp, paths.pid)
+    server = None
+    try:
+        modules, options = app_mod.load(app)
+        if workers is not None:
+            options["workers"] = workers
+        if hal is not None:
+            options["hal"] = hal
+        if deterministic is not None:
+            options["deterministic"] = deterministic
+        system = boot_system(modules, options, device)
+    except Exception as e:   # noqa: BLE001 - a boot failure is reported, not a traceback
+        print(f"ggmk: boot failed: {type(e).__name__}: {e}", file=sys.stderr)
+        _unlink(paths.pid)
+        return 1
+    try:
+        server = ControlServer(system, paths, modules=modules, app=app, device=device,
+                               options=options)
+        server.start()
+    except Exception as e:   # noqa: BLE001
+        print(f"ggmk: control socket failed: {type(e).__name__}: {e}", file=sys.stderr)
+        system.halt(timeout=0)
+        _unlink(paths.pid)
+        return 1
+
+    def on_signal(signum, frame):
+        server.request_halt()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"ggmk: system running (pid {os.getpid()}); control socket {paths.sock}",
+          file=out, flush=True)
+    rep = server.serve()
+    print(f"ggmk: halted: {rep}", file=out, flush=True)
+    server._cleanup_files()
+    return 0
+
+
+def _unlink(p) -> None:
+    try:
+        os.unlink(p)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,842 @@
+"""The control server: the control socket of a running system (see ``ggmk.control``).
+
+One thread accepts connections; each connection gets a thread (at most ``max_clients`` at
+once; more are answered ``busy`` and closed). Everything that touches the system (submit,
+stats, halt) runs on the *driver* thread, the one that called :meth:`ControlServer.serve`, so
+the kernel only ever sees one host thread; connection threads hand it work and wait. A trace
+collector thread copies each worker's trace ring into a bounded buffer (``ggmk trace``) and
+turns warning/error events into log lines (``ggmk log``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+import time
+import traceback
+from collections import deque
+from concurrent.futures import Future
+from queue import Empty, SimpleQueue
+
+import numpy as np
+
+import ggmk
+from ggmk.control import protocol as P
+from ggmk.control.paths import StatePaths
+from ggmk.control.protocol import ControlError
+
+PARTIAL_REQUEST_TIMEOUT = 10.0      # seconds a half-sent request may sit idle
+IDLE_CONNECTION_TIMEOUT = 600.0     # seconds a connection may sit idle between requests
+SEND_TIMEOUT = 10.0                 # seconds a client may take to read a response
+TRACE_CAPACITY = 1 << 18            # trace events kept per system (oldest dropped)
+LOG_CAPACITY = 10_000               # log lines kept
+COLLECT_INTERVAL = 0.05             # seconds between trace collections
+
+_STOP = object()
+
+
+class LogRing:
+    """The last ``capacity`` log lines, numbered; followers wait on a condition."""
+
+    def __init__(self, capacity: int = LOG_CAPACITY):
+        self.lines: deque = deque(maxlen=capacity)
+        self.seq = 0
+        self.cond = threading.Condition()
+
+    def add(self, level: str, source: str, msg: str) -> None:
+        with self.cond:
+            self.seq += 1
+            self.lines.append({"seq": self.seq, "ts": time.time(), "level": level,
+                               "source": source, "msg": msg})
+            self.cond.notify_all()
+
+    def since(self, seq: int) -> list:
+        with self.cond:
+            return [ln for ln in self.lines if ln["seq"] > seq]
+
+    def tail(self, n: int) -> list:
+        with self.cond:
+            return list(self.lines)[-n:] if n > 0 else []
+
+
+class _LogHandler(logging.Handler):
+    def __init__(self, ring: LogRing):
+        super().__init__(logging.INFO)
+        self.ring = ring
+
+    def emit(self, record):
+        try:
+            self.ring.add(record.levelname.lower(), record.name, record.getMessage())
+        except Exception:   # noqa: BLE001 - logging must never raise
+            pass
+
+
+class ControlServer:
+    """Serve ``system`` on ``paths.sock``. ``start()`` binds and listens; ``serve()`` runs the
+    driver loop on the calling thread until halted; ``request_halt()`` (signal-safe) asks for
+    a halt."""
+
+    def __init__(self, system, paths: StatePaths, *, modules=(), app: str = "",
+                 device: str = "none", options: dict | None = None, socket_mode: int = 0o600,
+                 max_clients: int = 64, allowed_uids=None):
+        self.system = system
+        self.paths = paths
+        self.dual = hasattr(system, "cpu") and hasattr(system, "bridge")
+        self.cpu = system.cpu if self.dual else system
+        self.modules = list(modules) or list(getattr(self.cpu, "modules", []))
+        self.app = app
+        self.device = device
+        self.options = {k: v for k, v in (options or {}).items() if k != "types"}
+        self.socket_mode = socket_mode
+        self.max_clients = max_clients
+        self.allowed_uids = set(allowed_uids) if allowed_uids is not None else {os.geteuid()}
+        self.state = "running"
+        self.t0 = time.time()
+        self.m0 = time.monotonic()
+        self.halt_report = None
+        self.log = LogRing()
+        self._q: SimpleQueue = SimpleQueue()
+        self._stop = threading.Event()
+        self._driver = None
+        self._sock = None
+        self._threads: set = set()
+        self._nclients = 0
+        self._clients_lock = threading.Lock()
+        self._pump = self.dual or getattr(self.cpu, "deterministic", False) or \
+            type(self.cpu.hal).__name__.lower().find("sim") >= 0
+        # tracing
+        self.tracer = self.cpu.tracer
+        self.trace_enabled = bool(getattr(self.tracer, "enabled", False)) and \
+            not getattr(self.cpu, "deterministic", False)
+        self._trace_lock = threading.Lock()
+        self._trace_chunks: deque = deque()      # (worker, TRACE_DTYPE array)
+        self._trace_n = 0
+        self._trace_dropped = 0
+        self._trace_subs: list = []
+        self._seen_exc: set = set()
+        self._log_handler = _LogHandler(self.log)
+        logging.getLogger("ggmk").addHandler(self._log_handler)
+        self._prom = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        path = str(self.paths.sock)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)           # the socket is created 0600: no window with wider mode
+        try:
+            s.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, self.socket_mode)
+        s.listen(128)
+        self._sock = s
+        self._spawn(self._accept_loop, "ggmk-control-accept")
+        if self.trace_enabled:
+            self._spawn(self._collect_loop, "ggmk-control-trace")
+        self.log.add("info", "control", f"ggmk {ggmk.__version__}: system running (pid "
+                     f"{os.getpid()}, app {self.app or '-'}, device {self.device}); control "
+                     f"socket {path}")
+
+    def _spawn(self, fn, name, *args):
+        t = threading.Thread(target=fn, args=args, name=name, daemon=True)
+        self._threads.add(t)
+        t.start()
+        return t
+
+    def request_halt(self, timeout: float = 5.0) -> None:
+        """Ask the driver to halt the system (callable from a signal handler)."""
+        self._q.put((self._do_halt, (timeout,), Future()))
+
+    def serve(self) -> dict | None:
+        """The driver loop; returns the halt accounting once halted."""
+        self._driver = threading.current_thread()
+        last_check = 0.0
+        sys_ = self.system
+        while not self._stop.is_set():
+            busy = False
+            if self._pump:
+                try:
+                    busy = not sys_.idle()
+                except Exception:   # noqa: BLE001
+                    busy = False
+            try:
+                item = self._q.get_nowait() if busy else self._q.get(timeout=0.05)
+            except Empty:
+                item = None
+            while item is not None:
+                fn, args, fut = item
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn(*args))
+                    except BaseException as e:   # noqa: BLE001 - handed to the waiter
+                        fut.set_exception(e)
+                if self._stop.is_set():
+                    break
+                try:
+                    item = self._q.get_nowait()
+                except Empty:
+                    item = None
+            if self._stop.is_set():
+                break
+            if busy:
+                try:
+                    sys_.run(until_idle=True, timeout=0.005)
+                except Exception as e:   # noqa: BLE001
+                    self.log.add("error", "driver", f"run failed: {type(e).__name__}: {e}")
+            now = time.monotonic()
+            if now - last_check > 0.2:
+                last_check = now
+                self._check_exceptions()
+        self._shutdown()
+        return self.halt_report
+
+    def _shutdown(self) -> None:
+        # answer whatever is still queued
+        while True:
+            try:
+                fn, args, fut = self._q.get_nowait()
+            except Empty:
+                break
+            if fut.set_running_or_notify_cancel():
+                if fn == self._do_halt:
+                    fut.set_result(self.halt_report)
+                else:
+                    fut.set_exception(ControlError("halted", "the system halted"))
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        with self.log.cond:
+            self.log.cond.notify_all()
+        # give connection threads a moment to send their last responses
+        deadline = time.monotonic() + 2.0
+        for t in list(self._threads):
+            if t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
+        logging.getLogger("ggmk").removeHandler(self._log_handler)
+
+    def _cleanup_files(self) -> None:
+        for p in (self.paths.sock, self.paths.pid):
+            try:
+                if p == self.paths.pid and self.paths.read_pid() != os.getpid():
+                    continue
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    def _do_halt(self, timeout: float) -> dict:
+        if self.halt_report is not None:
+            return self.halt_report
+        self.state = "halting"
+        self.log.add("info", "control", f"halting (timeout {timeout}s)")
+        try:
+            rep = self.system.halt(timeout=timeout)
+        except Exception as e:   # noqa: BLE001 - halted anyway; report it
+            rep = {"error": f"{type(e).__name__}: {e}"}
+        self._collect_trace()
+        self.halt_report = dict(rep)
+        self.state = "halted"
+        self.log.add("info", "control", f"halted: {self.halt_report}")
+        self._cleanup_files()
+        self._stop.set()
+        return self.halt_report
+
+    def call(self, fn, *args, timeout: float = 60.0):
+        """Run ``fn(*args)`` on the driver thread and return its result."""
+        if threading.current_thread() is self._driver:
+            return fn(*args)
+        if self._stop.is_set():
+            raise ControlError("halted", "the system halted")
+        fut = Future()
+        self._q.put((fn, args, fut))
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            raise ControlError("internal", f"the system did not answer within {timeout}s")
+
+    # -- connections ---------------------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                r, _, _ = select.select([self._sock], [], [], 0.2)
+                if not r:
+                    continue
+                conn, _ = self._sock.accept()
+            except (OSError, ValueError):
+                if self._stop.is_set():
+                    return
+                time.sleep(0.01)
+                continue
+            with self._clients_lock:
+                full = self._nclients >= self.max_clients
+                if not full:
+                    self._nclients += 1
+            if full:
+                self._refuse(conn, "busy", f"too many clients (at most {self.max_clients})")
+                continue
+            self._spawn(self._serve_conn, "ggmk-control-conn", conn)
+
+    def _refuse(self, conn, code, msg) -> None:
+        try:
+            conn.settimeout(1.0)
+            conn.sendall(P.error(None, code, msg))
+            self._linger(conn, 0.5, 1 << 16)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _peer(self, conn) -> tuple[int, int, int]:
+        raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return struct.unpack("3i", raw)
+
+    def _serve_conn(self, conn) -> None:
+        try:
+            pid, uid, _gid = self._peer(conn)
+            if uid not in self.allowed_uids:
+                self.log.add("warn", "control", f"refused a client: pid {pid} uid {uid} "
+                             f"(allowed: uid {sorted(self.allowed_uids)})")
+                self._refuse(conn, "permission_denied",
+                             f"uid {uid} may not control this system (owner uid "
+                             f"{os.geteuid()})")
+                return
+            conn.settimeout(SEND_TIMEOUT)
+            buf = b""
+            while not self._stop.is_set():
+                line, buf, eof = self._read_line(conn, buf)
+                if line is None:
+                    return
+                if line.strip():
+                    if not self._handle(conn, line):
+                        return
+                if eof:
+                    return
+        except Exception:   # noqa: BLE001 - one connection never takes the server down
+            self.log.add("error", "control", "connection failed:\n" + traceback.format_exc())
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+            with self._clients_lock:
+                self._nclients -= 1
+            self._threads.discard(threading.current_thread())
+
+    def _read_line(self, conn, buf: bytes):
+        """(line, rest, eof). line None: close the connection (EOF, timeout, too large)."""
+        last = time.monotonic()
+        while True:
+            i = buf.find(b"\n")
+            if i >= 0:
+                if i + 1 > P.MAX_REQUEST:
+                    self._send(conn, P.error(None, "too_large",
+                                             f"request of {i + 1} bytes; at most "
+                                             f"{P.MAX_REQUEST}"))
+                    self._linger(conn)
+                    return None, b"", True
+                return buf[:i], buf[i + 1:], False
+            if len(buf) >= P.MAX_REQUEST:
+                self._send(conn, P.error(None, "too_large",
+                                         f"request longer than {P.MAX_REQUEST} bytes"))
+                self._linger(conn)
+                return None, b"", True
+            if self._stop.is_set():
+                return None, b"", True
+            r, _, _ = select.select([conn], [], [], 0.2)
+            now = time.monotonic()
+            if not r:
+                limit = PARTIAL_REQUEST_TIMEOUT if buf else IDLE_CONNECTION_TIMEOUT
+                if now - last > limit:
+                    if buf:
+                        self._send(conn, P.error(None, "timeout", "incomplete request "
+                                                 f"(no newline within {limit:g}s)"))
+                    return None, b"", True
+                continue
+            try:
+                data = conn.recv(65536)
+            except (ConnectionResetError, OSError):
+                return None, b"", True
+            if not data:
+                # half-closed: a last request without its newline is still answered
+                return (buf, b"", True) if buf.strip() else (None, b"", True)
+            buf += data
+            last = now
+
+    def _linger(self, conn, seconds: float = 1.0, limit: int = 4 << 20) -> None:
+        """Before closing on an error: stop writing and discard what the client still sends
+        (closing with unread input would reset the connection and lose the error line)."""
+        try:
+            conn.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + seconds
+            got = 0
+            while got < limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                r, _, _ = select.select([conn], [], [], left)
+                if not r:
+                    break
+                data = conn.recv(65536)
+                if not data:
+                    break
+                got += len(data)
+        except OSError:
+            pass
+
+    def _send(self, conn, data: bytes) -> bool:
+        try:
+            conn.sendall(data)
+            return True
+        except (OSError, socket.timeout):
+            return False
+
+    def _handle(self, conn, line: bytes) -> bool:
+        """Answer one request; False: close the connection."""
+        rid = None
+        try:
+            rid, cmd, args = P.parse_request(line)
+            if cmd not in P.COMMANDS:
+                raise ControlError("unknown_command", f"unknown command {cmd!r}; known: "
+                                   f"{', '.join(P.COMMANDS)}")
+            fn = getattr(self, "cmd_" + cmd)
+            result = fn(conn, rid, args)
+            if result is _STOP:
+                return True
+            return self._send(conn, P.ok(rid, result))
+        except ControlError as e:
+            return self._send(conn, P.error(rid, e.code, e.message))
+        except Exception as e:   # noqa: BLE001
+            self.log.add("error", "control", f"request failed:\n{traceback.format_exc()}")
+            return self._send(conn, P.error(rid, "internal", f"{type(e).__name__}: {e}"))
+
+    def _client_gone(self, conn, wait: float, rid=None) -> bool:
+        """Wait up to ``wait`` s; True when the stream must end: the client closed (nothing
+        more is sent) or sent anything (the stream's end line is sent; what it sent is read as
+        its next request)."""
+        try:
+            r, _, _ = select.select([conn], [], [], wait)
+            if not r:
+                return False
+            if conn.recv(1, socket.MSG_PEEK):
+                self._send(conn, P.end(rid))
+        except (OSError, ValueError):
+            pass
+        return True
+
+    # -- argument helpers ----------------------------------------------------------------------
+    @staticmethod
+    def _arg(args, name, kind, default=None, *, lo=None, hi=None):
+        v = args.get(name, default)
+        if v is None:
+            return default
+        if kind is int and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ControlError("bad_args", f"{name!r} must be an integer, got {v!r}")
+        if kind is float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+                raise ControlError("bad_args", f"{name!r} must be a number, got {v!r}")
+            v = float(v)
+        if kind is str and not isinstance(v, str):
+            raise ControlError("bad_args", f"{name!r} must be a string, got {v!r}")
+        if kind is bool and not isinstance(v, bool):
+            raise ControlError("bad_args", f"{name!r} must be true or false, got {v!r}")
+        if lo is not None and v < lo or hi is not None and v > hi:
+            raise ControlError("bad_args", f"{name!r} = {v!r} is out of range {lo}..{hi}")
+        return v
+
+    def _check_live(self) -> None:
+        if self.state != "running":
+            raise ControlError("halted", f"the system is {self.state}")
+
+    # -- commands ------------------------------------------------------------------------------
+    def cmd_ping(self, conn, rid, args):
+        return {"protocol": P.PROTOCOL_VERSION, "version": ggmk.__version__,
+                "pid": os.getpid(), "state": self.state, "socket": str(self.paths.sock)}
+
+    def _stats(self) -> dict:
+        return self.system.stats()
+
+    def _cpu_stats(self, s) -> dict:
+        return s["cpu"] if self.dual else s
+
+    def _kernels(self, s) -> list:
+        cs = self._cpu_stats(s)
+        types = cs.get("types", {})
+        done = sum(t.get("ok", 0) for t in types.values())
+        fail = sum(t.get("fail", 0) for t in types.values())
+        dropped = sum(t.get("dropped", 0) for t in types.values())
+        cpu = {"name": "cpu", "state": self.state, "workers": self.cpu.nworkers,
+               "hal": type(self.cpu.hal).__name__, "deterministic": self.cpu.deterministic,
+               "tick": cs.get("tick", 0), "tasks_done": done, "errors": fail,
+               "dropped": dropped, "exceptions": cs.get("exceptions", 0),
+               "queued": cs.get("sched", {}).get("outstanding", 0),
+               "tasks_by_worker": [w["tasks"] for w in cs.get("workers", [])]}
+        out = [cpu]
+        if self.dual:
+            g = s.get("gpu") or {}
+            gl = g.get("global", {}) if isinstance(g, dict) else {}
+            out.append({"name": "gpu", "state": self.state if g else "stopped",
+                        "target": s.get("target"), "workers": None,
+                        "tick": gl.get("loops", 0), "tasks_done": gl.get("dispatched", 0),
+                        "errors": gl.get("errors", 0), "dropped": gl.get("dropped", 0),
+                        "queued": max(0, gl.get("enqueued", 0) - gl.get("dispatched", 0))})
+        return out
+
+    def _ps(self) -> dict:
+        s = self._stats() if self.state == "running" else None
+        return {"state": self.state, "pid": os.getpid(), "app": self.app,
+                "device": self.device, "uptime_s": time.monotonic() - self.m0,
+                "started": self.t0, "socket": str(self.paths.sock),
+                "clients": self._nclients,
+                "kernels": self._kernels(s) if s is not None else []}
+
+    def cmd_ps(self, conn, rid, args):
+        return self.call(self._ps)
+
+    def cmd_stats(self, conn, rid, args):
+        fmt = self._arg(args, "format", str, "json")
+        if fmt == "json":
+            return self.call(self._stats)
+        if fmt == "prometheus":
+            if self._prom is None:
+                try:
+                    from ggmk.control.prom import make_registry
+                    self._prom = make_registry(self._prom_source)
+                except ImportError as e:
+                    raise ControlError("unsupported", "Prometheus output needs "
+                                       f"prometheus_client in the system's environment: {e}")
+            from prometheus_client import generate_latest
+            return {"text": generate_latest(self._prom).decode()}
+        raise ControlError("bad_args", f"format {fmt!r}: allowed json, prometheus")
+
+    def _prom_source(self) -> dict:
+        """What the Prometheus collector reads at scrape time."""
+        def snap():
+            s = self._stats()
+            return {"stats": s, "kernels": self._kernels(s),
+                    "uptime_s": time.monotonic() - self.m0, "dual": self.dual}
+        return self.call(snap)
+
+    def _emit(self, tname, payload_json, chan, count, meta0, meta1):
+        self._check_live()
+        cpu = self.cpu
+        try:
+            tid = cpu.type_id(tname) if not tname.isdigit() else cpu.type_id(int(tname))
+        except (KeyError, ValueError, TypeError) as e:
+            raise ControlError("unknown_type", str(e).strip("'\"")) from None
+        info = cpu.types.info(tid)
+        payload = None
+        if payload_json is not None:
+            try:
+                payload = info.encode_json(payload_json)
+            except Exception as e:   # noqa: BLE001 - PayloadError names the field
+                raise ControlError("payload", str(e)) from None
+        elif info.fields:
+            raise ControlError("payload", f"{info.name} has payload fields "
+                               f"{[f.name for f in info.fields]}; pass --payload JSON")
+        if chan is not None:
+            try:
+                ch = self.system.channel(chan)
+            except Exception as e:   # noqa: BLE001
+                raise ControlError("unknown_channel", f"no channel {chan!r}: {e}") from None
+            if ch.type_id and ch.type_id != tid:
+                raise ControlError("bad_args", f"channel {chan!r} carries "
+                                   f"{cpu.type_name(ch.type_id)}, not {info.name}")
+            r = ch.publish(meta0=meta0, meta1=meta1, payload=payload, count=count)
+            accepted = r if count > 1 else int(r == 0)
+            return {"accepted": int(accepted), "count": count, "type": info.name,
+                    "type_id": tid, "channel": chan}
+        if payload is None:
+            accepted = self.system.submit(tid, meta0, meta1, count=count)
+        else:
+            accepted = sum(self.system.submit(tid, meta0, meta1, payload=payload)
+                           for _ in range(count))
+        return {"accepted": int(accepted), "count": count, "type": info.name, "type_id": tid}
+
+    def cmd_emit(self, conn, rid, args):
+        tname = self._arg(args, "type", str)
+        if not tname:
+            raise ControlError("bad_args", "emit needs 'type'")
+        payload = args.get("payload")
+        if payload is not None and not isinstance(payload, str):
+            raise ControlError("bad_args", "'payload' must be the JSON text of an object")
+        count = self._arg(args, "count", int, 1, lo=1, hi=1_000_000)
+        meta0 = self._arg(args, "meta0", int, 0, lo=0, hi=2**64 - 1)
+        meta1 = self._arg(args, "meta1", int, 0, lo=0, hi=2**64 - 1)
+        chan = self._arg(args, "chan", str, None)
+        return self.call(self._emit, tname, payload, chan, count, meta0, meta1)
+
+    def _chans(self):
+        chs = getattr(self.cpu, "channels", None)
+        return [] if chs is None else list(chs.stats().values())
+
+    def cmd_chan_ls(self, conn, rid, args):
+        keys = ("name", "type", "mode", "guarantee", "capacity", "depth", "high_watermark",
+                "emitted", "dropped", "closed")
+        rows = self.call(self._chans)
+        return {"channels": [{k: c.get(k) for k in keys} for c in rows]}
+
+    def cmd_chan_inspect(self, conn, rid, args):
+        name = self._arg(args, "name", str)
+        for c in self.call(self._chans):
+            if c.get("name") == name:
+                return c
+        raise ControlError("unknown_channel", f"no channel {name!r}; known: "
+                           f"{[c.get('name') for c in self.call(self._chans)]}")
+
+    def _module_row(self, m) -> dict:
+        kernel = "cpu" if isinstance(m, ggmk.Module) else "gpu"
+        handlers = []
+        for h in getattr(m, "handlers", []):
+            handlers.append({"type": str(getattr(h, "type", "?")),
+                             "name": getattr(h, "name", None),
+                             "batch": bool(getattr(h, "batch", False)),
+                             "deterministic": bool(getattr(h, "deterministic", False))})
+        chans = []
+        for d in getattr(m, "channels", []):
+            chans.append({"name": getattr(d, "name", "?"),
+                          "direction": getattr(d, "direction", "?"),
+                          "type": str(getattr(d, "type", "?")),
+                          "mode": getattr(d, "mode", None),
+                          "guarantee": getattr(d, "guarantee", None)})
+        return {"name": m.name, "version": getattr(m, "version", None), "kernel": kernel,
+                "handlers": handlers, "channels": chans}
+
+    def cmd_mod_ls(self, conn, rid, args):
+        return {"modules": [self._module_row(m) for m in self.modules]}
+
+    def cmd_mod_info(self, conn, rid, args):
+        name = self._arg(args, "name", str)
+        for m in self.modules:
+            if m.name == name:
+                row = self._module_row(m)
+                types = self._cpu_stats(self.call(self._stats)).get("types", {})
+                for h in row["handlers"]:
+                    h["counters"] = types.get(h["type"], {})
+                return row
+        raise ControlError("unknown_module", f"no module {name!r}; known: "
+                           f"{[m.name for m in self.modules]}")
+
+    def cmd_kern_ls(self, conn, rid, args):
+        s = self.call(self._stats) if self.state == "running" else None
+        ks = self._kernels(s) if s is not None else []
+        return {"kernels": ks}
+
+    def cmd_log(self, conn, rid, args):
+        n = self._arg(args, "lines", int, 50, lo=0, hi=LOG_CAPACITY)
+        follow = self._arg(args, "follow", bool, False)
+        lines = self.log.tail(n)
+        if not follow:
+            return {"lines": lines}
+        seq = lines[-1]["seq"] if lines else self.log.seq
+        if lines and not self._send(conn, P.stream(rid, {"lines": lines})):
+            return _STOP
+        while not self._stop.is_set():
+            with self.log.cond:
+                if self.log.seq == seq:
+                    self.log.cond.wait(0.25)
+            new = self.log.since(seq)
+            if new:
+                seq = new[-1]["seq"]
+                if not self._send(conn, P.stream(rid, {"lines": new})):
+                    return _STOP
+            if self._client_gone(conn, 0, rid):
+                return _STOP
+        self._send(conn, P.end(rid))
+        return _STOP
+
+    # -- tracing -------------------------------------------------------------------------------
+    def _collect_loop(self) -> None:
+        while not self._stop.wait(COLLECT_INTERVAL):
+            try:
+                self._collect_trace()
+            except Exception:   # noqa: BLE001
+                self.log.add("error", "trace", traceback.format_exc())
+
+    def _collect_trace(self) -> None:
+        """Copy each worker's new trace events (reads the tracer's per-worker rings: the drain
+        API merges workers, and ``ggmk trace`` needs one track per worker)."""
+        if not self.trace_enabled:
+            return
+        tr = self.tracer
+        new = []
+        with self._trace_lock:
+            with tr._drain_lock:
+                for w, ring in enumerate(tr._rings):
+                    part = ring.read(None)
+                    if part is not None and len(part):
+                        new.append((w, part))
+            for w, part in new:
+                self._trace_chunks.append((w, part))
+                self._trace_n += len(part)
+            while self._trace_n > TRACE_CAPACITY and len(self._trace_chunks) > 1:
+                _, old = self._trace_chunks.popleft()
+                self._trace_n -= len(old)
+                self._trace_dropped += len(old)
+            subs = list(self._trace_subs)
+        if not new:
+            return
+        for q in subs:
+            q.append(new)
+        self._log_events(new)
+
+    def _log_events(self, new) -> None:
+        from ggmk.events import EVENT_LEVEL, SAMPLED_BIT, EventType, Level
+        agg: dict = {}
+        for w, part in new:
+            ev = part["event"] & (SAMPLED_BIT - 1)
+            for code in np.unique(ev):
+                try:
+                    e = EventType(int(code))
+                except ValueError:
+                    continue
+                if EVENT_LEVEL.get(e, Level.ALL) > Level.WARN:
+                    continue
+                sel = part[ev == code]
+                for t in np.unique(sel["task_type"]):
+                    k = (e, int(t))
+                    agg[k] = agg.get(k, 0) + int((sel["task_type"] == t).sum())
+        for (e, t), n in sorted(agg.items()):
+            lvl = "error" if EVENT_LEVEL.get(e) == Level.ERROR else "warn"
+            self.log.add(lvl, "trace", f"{e.name} {self.cpu.type_name(t)}: {n} event(s)")
+
+    def _check_exceptions(self) -> None:
+        exc = list(getattr(self.cpu, "exceptions", ()))
+        ids = {id(x) for x in exc}
+        for x in exc:
+            if id(x) not in self._seen_exc:
+                mod, h, r, tb = (list(x) + [None] * 4)[:4]
+                self.log.add("error", f"{mod}.{h}", f"handler raised {r}\n{tb or ''}".rstrip())
+        self._seen_exc = ids
+
+    def _type_names(self) -> dict:
+        return {int(i.id): i.name for i in self.cpu.types}
+
+    def _events_json(self, chunks, max_events: int) -> tuple[list, int]:
+        rows = []
+        for w, part in chunks:
+            for r in part.tolist():
+                rows.append([w, *r])
+        rows.sort(key=lambda r: r[1])
+        cut = max(0, len(rows) - max_events)
+        return rows[cut:], cut
+
+    def cmd_trace(self, conn, rid, args):
+        level = self._arg(args, "level", str, None)
+        seconds = self._arg(args, "seconds", float, 0.0, lo=0.0, hi=3600.0)
+        follow = self._arg(args, "follow", bool, False)
+        max_events = self._arg(args, "max_events", int, 200_000, lo=1, hi=TRACE_CAPACITY)
+        if not self.trace_enabled:
+            why = ("deterministic mode (the trace feeds the trace hash)"
+                   if getattr(self.cpu, "deterministic", False) else "tracing is off")
+            raise ControlError("unsupported", f"no trace to show: {why}")
+        if level is not None:
+            try:
+                self.tracer.set_default_level(level)
+            except Exception as e:   # noqa: BLE001
+                raise ControlError("bad_args", str(e)) from None
+            self.log.add("info", "control", f"trace level set to {level}")
+        meta = {"workers": self.tracer.nworkers, "nworkers": self.cpu.nworkers,
+                "types": self._type_names(), "pid": os.getpid(), "app": self.app}
+        if follow:
+            q: deque = deque(maxlen=1024)
+            with self._trace_lock:
+                self._trace_subs.append(q)
+            try:
+                if not self._send(conn, P.stream(rid, {"meta": meta})):
+                    return _STOP
+                while not self._stop.is_set():
+                    if self._client_gone(conn, 0.1, rid):
+                        return _STOP
+                    chunks = []
+                    while q:
+                        chunks.extend(q.popleft())
+                    if chunks:
+                        rows, _ = self._events_json(chunks, max_events)
+                        if not self._send(conn, P.stream(rid, {"events": rows})):
+                            return _STOP
+                self._send(conn, P.end(rid))
+                return _STOP
+            finally:
+                with self._trace_lock:
+                    self._trace_subs.remove(q)
+        if seconds:
+            with self._trace_lock:
+                mark = self._trace_n + self._trace_dropped
+            self._stop.wait(seconds)
+        self._collect_trace()
+        with self._trace_lock:
+            chunks = list(self._trace_chunks)
+            dropped = self._trace_dropped
+        if seconds:
+            # only what arrived during the capture window
+            skip = mark - dropped
+            kept = []
+            for w, part in chunks:
+                if skip >= len(part):
+                    skip -= len(part)
+                    continue
+                kept.append((w, part[max(0, skip):]))
+                skip = 0
+            chunks = kept
+        rows, cut = self._events_json(chunks, max_events)
+        return {**meta, "events": rows, "cut": cut, "dropped": dropped,
+                "tracer": self.tracer.stats()["total"]}
+
+    # -- top -----------------------------------------------------------------------------------
+    def _frame(self) -> dict:
+        s = self._stats()
+        cs = self._cpu_stats(s)
+        chans = sorted((c for c in (cs.get("channels") or {}).values() if isinstance(c, dict)),
+                       key=lambda c: -(c.get("depth") or 0))
+        arena = cs.get("arena", {}).get("total", {})
+        types = sorted(cs.get("types", {}).items(), key=lambda kv: -kv[1].get("ok", 0))[:12]
+        return {"t": time.monotonic(), "ps": {"state": self.state, "pid": os.getpid(),
+                                              "app": self.app, "device": self.device,
+                                              "uptime_s": time.monotonic() - self.m0},
+                "kernels": self._kernels(s), "workers": cs.get("workers", []),
+                "sched": {k: cs.get("sched", {}).get(k) for k in
+                          ("outstanding", "ready_depth", "ready_high_watermark")},
+                "arena": {k: arena.get(k) for k in ("total_bytes", "used_bytes",
+                                                     "high_watermark", "fails")},
+                "channels": [{k: c.get(k) for k in ("name", "type", "mode", "depth",
+                                                    "capacity", "emitted", "dropped")}
+                             for c in chans[:12]],
+                "types": [{"type": n, **v} for n, v in types],
+                "modules": [{"name": m.name, "kernel": "cpu" if isinstance(m, ggmk.Module)
+                             else "gpu", "handlers": len(getattr(m, "handlers", []))}
+                            for m in self.modules],
+                "bridge": s.get("bridge") if self.dual else None}
+
+    def cmd_top(self, conn, rid, args):
+        interval = self._arg(args, "interval", float, 1.0, lo=0.05, hi=60.0)
+        once = self._arg(args, "once", bool, False)
+        if once:
+            return self.call(self._frame)
+        while not self._stop.is_set():
+            try:
+                frame = self.call(self._frame)
+            except ControlError:
+                break
+            if not self._send(conn, P.stream(rid, frame)):
+                return _STOP
+            if self._client_gone(conn, interval, rid):
+                return _STOP
+        self._send(conn, P.end(rid))
+        return _STOP
+
+    def cmd_halt(self, conn, rid, args):
+        timeout = self._arg(args, "timeout", float, 5.0, lo=0.0, hi=3600.0)
+        if self.halt_report is not None:
+            return {"accounting": self.halt_report, "already": True}
+        fut = Future()
+        self._q.put((self._do_halt, (timeout,), fut))
+        rep = fut.result(timeout + 60)
+        return {"accounting": rep}

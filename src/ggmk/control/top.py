@@ -1,0 +1,127 @@
+"""``ggmk top``: a live view of a running system (rich), refreshed in place; q or Ctrl-C quits."""
+from __future__ import annotations
+
+import os
+import select
+import sys
+import threading
+import time
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+
+def _fmt_bytes(n) -> str:
+    n = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def render(frame: dict, prev: dict | None = None):
+    ps = frame["ps"]
+    dt = (frame["t"] - prev["t"]) if prev else 0.0
+    head = Text.assemble(
+        ("ggmk top", "bold"), f"  app {ps.get('app') or '-'}  pid {ps['pid']}  ",
+        (ps["state"], "green" if ps["state"] == "running" else "yellow"),
+        f"  device {ps.get('device')}  up {ps['uptime_s']:.1f}s  (q quits)")
+    kt = Table(title="kernels", expand=True)
+    for c in ("kernel", "state", "workers", "tick", "done", "rate/s", "errors", "queued"):
+        kt.add_column(c, justify="right" if c not in ("kernel", "state") else "left")
+    pk = {k["name"]: k for k in (prev or {}).get("kernels", [])}
+    for k in frame["kernels"]:
+        rate = ""
+        if dt > 0 and k["name"] in pk:
+            rate = f"{(k['tasks_done'] - pk[k['name']]['tasks_done']) / dt:,.0f}"
+        kt.add_row(k["name"], str(k.get("state")), str(k.get("workers") or "-"),
+                   str(k.get("tick")), f"{k.get('tasks_done', 0):,}", rate,
+                   str(k.get("errors", 0)), str(k.get("queued", 0)))
+    wt = Table(title="workers", expand=True)
+    for c in ("worker", "tasks", "batches", "parks"):
+        wt.add_column(c, justify="right")
+    for w in frame.get("workers", []):
+        wt.add_row(str(w["id"]), f"{w['tasks']:,}", f"{w['batches']:,}", f"{w['parks']:,}")
+    ct = Table(title="channels", expand=True)
+    chans = frame.get("channels", [])
+    wide = {"channel": max((len(str(c.get("name"))) for c in chans), default=7),
+            "type": max((len(str(c.get("type"))) for c in chans), default=4)}
+    for c in ("channel", "type", "mode", "depth", "capacity", "emitted", "dropped"):
+        ct.add_column(c, justify="left" if c in ("channel", "type", "mode") else "right",
+                      min_width=wide.get(c), no_wrap=c in wide)
+    for c in frame.get("channels", []):
+        ct.add_row(str(c.get("name")), str(c.get("type")), str(c.get("mode") or ""),
+                   str(c.get("depth")), str(c.get("capacity") or ""),
+                   str(c.get("emitted") or 0), str(c.get("dropped") or 0))
+    tt = Table(title="types", expand=True)
+    for c in ("type", "enqueued", "ok", "fail", "retry", "yield", "dropped"):
+        tt.add_column(c, justify="left" if c == "type" else "right")
+    for t in frame.get("types", []):
+        tt.add_row(t["type"], *(f"{t.get(k, 0):,}" for k in
+                                ("enqueued", "ok", "fail", "retry", "yield", "dropped")))
+    a = frame.get("arena", {})
+    s = frame.get("sched", {})
+    mem = Text(f"arena {_fmt_bytes(a.get('used_bytes'))} used of "
+               f"{_fmt_bytes(a.get('total_bytes'))} (high {_fmt_bytes(a.get('high_watermark'))})"
+               f"   scheduler: outstanding {s.get('outstanding')}, ready {s.get('ready_depth')}"
+               f" (high {s.get('ready_high_watermark')})")
+    mods = Text("modules: " + ", ".join(f"{m['name']} ({m['kernel']}, {m['handlers']} "
+                                          "handlers)" for m in frame.get("modules", [])))
+    return Panel(Group(head, kt, wt, mem, ct, tt, mods), title="ggmk", expand=True)
+
+
+def run_live(client, interval: float, console) -> None:
+    """Stream frames and redraw in place until q / Ctrl-C / the system halts."""
+    from rich.live import Live
+    latest: dict = {}
+    done = threading.Event()
+    err: list = []
+
+    def reader():
+        try:
+            for frame in client.stream("top", {"interval": interval}):
+                latest["prev"], latest["cur"] = latest.get("cur"), frame
+        except Exception as e:   # noqa: BLE001 - shown after the view closes
+            if not done.is_set():
+                err.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    fd = sys.stdin.fileno() if sys.stdin.isatty() else None
+    old = None
+    if fd is not None:
+        import termios
+        import tty
+        old = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+    shown = None
+    try:
+        with Live(Text("connecting..."), console=console, screen=False,
+                  auto_refresh=False, transient=False) as live:
+            while not done.is_set():
+                cur = latest.get("cur")
+                if cur is not None and cur is not shown:
+                    live.update(render(cur, latest.get("prev")), refresh=True)
+                    shown = cur
+                if fd is not None:
+                    r, _, _ = select.select([fd], [], [], 0.1)
+                    if r:
+                        ch = os.read(fd, 32)
+                        if b"q" in ch or b"Q" in ch or b"\x03" in ch:
+                            break
+                else:
+                    done.wait(0.1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        done.set()
+        if old is not None:
+            import termios
+            termios.tcsetattr(fd, termios.TCSADRAIN, old)
+        client.close()
+    if err:
+        raise err[0]
