@@ -21,8 +21,11 @@ system-deps:
 	need "$$([ -x /usr/lib/qemu/vhost-user-gpu ] || echo 1)" qemu-system-gui; \
 	need "$$(command -v tmux >/dev/null || echo 1)" tmux
 
+# the workload in-process (tables per type, queues, arena, accounting), then the same system
+# operated from a shell: ggmk boot / emit / ps / top / trace --perfetto / halt
 demo: $(VENV)/.installed
 	$(PY) -m ggmk.demo
+	$(PY) -m ggmk.demo.tour
 
 test: $(VENV)/.installed system-deps
 	$(PY) -m pytest -q
