@@ -92,3 +92,15 @@ def test_hw_json_gpu_drv_section():
     assert g["device"]["sources"]                       # each fact says where it came from
     plain = json.loads(CliRunner().invoke(cli, ["hw", "--json"]).output)
     assert isinstance(plain, list) and len(plain) == len(d["pci"])   # the old shape is kept
+
+
+def test_new_writes_a_module_whose_test_passes_with_ggmk_test(tmp_path):
+    r = CliRunner().invoke(cli, ["new", "greeter", "--dest", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "greeter" / "module.toml").is_file()
+    r = CliRunner().invoke(cli, ["test", str(tmp_path / "greeter")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["new", "greeter", "--dest", str(tmp_path)])   # no overwrite
+    assert r.exit_code == 2 and "greeter" in r.output
+    r = CliRunner().invoke(cli, ["new", "Bad-Name", "--dest", str(tmp_path)])
+    assert r.exit_code == 2 and "lowercase" in r.output

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import click
 
@@ -112,6 +113,32 @@ def _gpu_drv_info() -> dict:
 from ggmk.cli import control_cmds  # noqa: E402
 
 control_cmds.register(cli)
+
+
+@cli.command("new", help="Write a new module directory: handler file, module.toml, types "
+                         "fragment and a test that passes (run it with `ggmk test DIR`).")
+@click.argument("name")
+@click.option("--target", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="The kernel the module runs on.")
+@click.option("--dest", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Where the module directory goes.")
+def new(name: str, target: str, dest: str) -> None:
+    from ggmk import scaffold
+    try:
+        path = scaffold.new_module(name, target, dest)
+    except (ValueError, FileExistsError) as e:
+        raise click.UsageError(str(e)) from None
+    click.echo(f"wrote {path} (run its test: ggmk test {path})")
+
+
+@cli.command("test", help="Run a module's tests (a directory made by `ggmk new`, or a test "
+                          "file) in a sandbox: no kernel threads needed.")
+@click.argument("path", type=click.Path(exists=True), default=".")
+def test_cmd(path: str) -> None:
+    from ggmk.testing import run_module_tests
+    rc, out = run_module_tests(path)
+    click.echo(out, nl=False)
+    sys.exit(rc)
 
 
 def main() -> None:

@@ -1,0 +1,191 @@
+"""Standard modules (SPEC §10) for the CPU kernel, and the helpers they share.
+
+Each module is a factory returning a configured :class:`ggmk.Module`::
+
+    from ggmk.modules import kv, echo, reduce, timer, log, gate, stats, nic, nvme
+    system = ggmk.boot([kv.module(capacity=1024), timer.module()], workers=2)
+
+Type-id ranges (hand-assigned ids in each module's ``.toml`` fragment; 0x100 ids per module,
+all below ``AUTO_ID_FIRST`` 0x8000). Keep other modules' hand-assigned ids out of them:
+
+=========  ===============  =====
+module     ids              mnemonic
+=========  ===============  =====
+echo       0x4500 .. 0x45FF "E"
+gate       0x4700 .. 0x47FF "G"
+nic        0x4900 .. 0x49FF "I" (interface)
+kv         0x4B00 .. 0x4BFF "K"
+log        0x4C00 .. 0x4CFF "L"
+nvme       0x4E00 .. 0x4EFF "N"
+reduce     0x5200 .. 0x52FF "R"
+stats      0x5300 .. 0x53FF "S"
+timer      0x5400 .. 0x54FF "T"
+=========  ===============  =====
+
+Several instances of one standard module can be booted together: an instance not named like
+the module (``kv.module(name="cache")``) gets its own channel prefix (``cache.get`` ...) and
+handler types named ``<TYPE>_<NAME>`` (automatic ids); the message types stay the module's.
+
+Shared helpers (for module authors too):
+
+* :func:`std_module` - a ``ggmk.Module`` carrying a ``.toml`` fragment's types.
+* :class:`Outbox` - records waiting for room on a lossless channel: a handler that has
+  already done its work (a kv put applied, a gate opened) must not lose or redo the answer
+  when the channel is full, so the answer waits here in order and is flushed by the next
+  handler call or a deferred flush task; while it is non-empty the system is not idle, and at
+  halt what is left goes to ``sys.dropped`` with ``CHAN_CLOSED`` (never silently lost).
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from functools import lru_cache
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from ggmk import task as T
+from ggmk.core.module import Module
+from ggmk.errors import BootError
+
+__all__ = ["std_module", "Outbox", "instance_type", "check_instance_name", "defer", "RANGES"]
+
+_CHUNK = 4096
+RANGES = {"echo": 0x4500, "gate": 0x4700, "nic": 0x4900, "kv": 0x4B00, "log": 0x4C00,
+          "nvme": 0x4E00, "reduce": 0x5200, "stats": 0x5300, "timer": 0x5400}
+
+
+@lru_cache(maxsize=None)
+def _manifest(path: str):
+    from ggmk.typereg import load_module_manifest
+    return load_module_manifest(path)
+
+
+def check_instance_name(name) -> str:
+    import re
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise BootError(f"module name must be lowercase letters, digits and '_' (it becomes a "
+                        f"channel prefix and a type suffix), got {name!r}")
+    return name
+
+
+def std_module(name: str, toml: str, *, version: str = "0.1.0") -> Module:
+    """A Module named ``name`` that brings the types of the ``.toml`` fragment next to this
+    file (``toml`` = "kv" -> ``kv.toml``); they join the registry at boot."""
+    check_instance_name(name)
+    man = _manifest(str(Path(__file__).with_name(f"{toml}.toml")))
+    m = Module(name, version)
+    m.manifest = man
+    return m
+
+
+def instance_type(base: str, name: str, default: str) -> str:
+    """The handler type of an instance: ``base`` for the default instance, else
+    ``BASE_NAME`` (auto-registered at boot)."""
+    return base if name == default else f"{base}_{name.upper()}"
+
+
+def defer(system, type, meta0=0, meta1=0, *, due: int) -> bool:
+    """``system.submit(type, ..., due=due)`` unless the system is halting (then nothing can
+    be scheduled any more: False). For a module's own deferred tasks (timeouts, timers)."""
+    if system.halted:
+        return False
+    from ggmk.errors import KernelStopped
+    try:
+        system.submit(type, meta0=meta0, meta1=meta1, due=due)
+    except KernelStopped:
+        return False
+    return True
+
+
+class Outbox:
+    """Messages waiting for room on one channel, in order.
+
+    ``put(...)`` queues one message (a payload pointer it owns); ``flush(system)`` publishes as
+    many as fit and, when some are left, schedules one deferred ``flush_type`` task (whose
+    handler calls ``flush`` again). ``backlog`` lets a handler push back (``WAIT``) on new
+    requests while answers are waiting. ``drop_all(system)`` (module fini) puts what is left
+    on ``sys.dropped`` with ``CHAN_CLOSED`` and gives the payloads back.
+    """
+
+    def __init__(self, channel: str, flush_type: str, limit: int = 1024):
+        self.channel = channel
+        self.flush_type = flush_type
+        self.limit = limit
+        self._q: deque = deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+        self.published = 0
+        self.waits = 0
+        self.unheard = 0            # answers dropped because the channel had no subscriber
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    @property
+    def full(self) -> bool:
+        return len(self._q) >= self.limit
+
+    def put(self, meta0: int, meta1: int = 0, ptr: int = 0, plen: int = 0) -> None:
+        with self._lock:
+            self._q.append((meta0, meta1, ptr, plen))
+
+    def flush(self, system) -> int:
+        """Publish what fits; returns how many are still waiting."""
+        with self._lock:
+            if not self._q:
+                return 0
+            ch = system.channel(self.channel)
+            if not ch.subs and not ch.closed:        # nobody listening: nothing to publish
+                ptrs = [p for _, _, p, _ in self._q if p]
+                if ptrs:
+                    system.arena.release_many(np.array(ptrs, dtype=np.uint64))
+                self.unheard += len(self._q)
+                self._q.clear()
+                return 0
+            while self._q:                 # in chunks: a long backlog is not rebuilt per call
+                items = list(islice(self._q, 0, _CHUNK))
+                a = np.array(items, dtype=np.uint64)
+                recs = T.make(len(items), type=ch.type_id, meta0=a[:, 0], meta1=a[:, 1],
+                              payload_ptr=a[:, 2], payload_len=a[:, 3].astype(np.uint32))
+                k = ch.emit(recs)
+                if ch.closed:
+                    k = 0
+                for _ in range(k):
+                    self._q.popleft()
+                self.published += k
+                if k < len(items):
+                    break
+            left = len(self._q)
+            if left and not self._scheduled and not system.halted:
+                self._scheduled = defer(system, self.flush_type, due=system.wall_tick() + 1)
+                self.waits += 1
+            return left
+
+    def flushed(self, system) -> int:
+        """The flush task's body: clear the schedule mark, then flush."""
+        with self._lock:
+            self._scheduled = False
+        return self.flush(system)
+
+    def drop_all(self, system) -> int:
+        with self._lock:
+            items = list(self._q)
+            self._q.clear()
+        if not items:
+            return 0
+        a = np.array(items, dtype=np.uint64)
+        ptrs = a[:, 2]
+        if ptrs.any():
+            system.arena.release_many(ptrs)
+        try:
+            tid = system.channel(self.channel).type_id
+        except Exception:   # noqa: BLE001 - the channel is gone: keep the record's type 0
+            tid = 0
+        recs = T.make(len(items), type=tid, meta0=a[:, 0], meta1=a[:, 1])
+        if system.channels is not None:
+            system.channels.to_sys_dropped(recs, T.CHAN_CLOSED)
+        else:
+            system.sys_dropped.push_coded(recs, T.CHAN_CLOSED)
+        return len(items)

@@ -1,0 +1,212 @@
+"""Standard-module benchmark (SPEC §10) with same-run peers. Prints one JSON line.
+
+    .venv/bin/python bench/stdlib.py [--ops 200000] [--calls 5000] [--partials 1000000]
+                                     [--timers 2000] [--workers 2]
+
+* ``kv_cpu_ops_per_s``: the CPU ``kv`` module - ``--ops`` puts then ``--ops`` gets submitted
+  as columns, every response delivered on ``kv.resp`` to a batch consumer; ops / wall second
+  from the first submit to the last response. Peer: a Python ``dict`` in one thread doing the
+  same puts and gets (``dict_ops_per_s``); ratio ``kv_cpu_vs_dict``.
+* ``kv_device_ops_per_s``: the GPU-kernel kv module (``kv.device_module``) on the device
+  kernel's ``cpu`` target (no GPU here; ``--device-target`` to change): ``--ops`` puts and
+  ``--ops`` gets over 4000 keys (the device table lives in the kernel's 65536 user words),
+  pushed with ``push_all`` while the answers are pulled, compile time excluded (the kernel is
+  started and warmed first). Ratio ``kv_device_vs_dict`` against the same dict figure.
+* ``kv_reqreply_per_s``: synchronous request/reply through ``ggmk.sdk.KV.get`` (one request
+  in flight; a round trip through the kernel's channels and workers). Peer: an asyncio
+  request/reply loop in the same process (client awaits a future, server task answers from
+  a dict through an ``asyncio.Queue``) - ``asyncio_reqreply_per_s``; ratio
+  ``kv_reqreply_vs_asyncio``.
+* ``reduce_1m_s``: one group of ``--partials`` partials (sum, u64) published on
+  ``reduce.in`` in columns of 65536 until the result arrives; ``reduce_partials_per_s``.
+* ``timer_lateness_p50/p99_ticks``: ``--timers`` one-shot timers with delays 1..50 ticks
+  (1 tick = 1 ms), lateness = tick fired - tick due, measured by the timer module.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+import ggmk  # noqa: E402
+from ggmk import sdk  # noqa: E402
+from ggmk.modules import kv, reduce, timer  # noqa: E402
+
+
+def counter(name, chan, msg):
+    m = ggmk.Module(name)
+    m.n = 0
+    lock = threading.Lock()
+
+    @m.handler(f"{name.upper()}_IN", batch=True, consumes=chan, message=msg)
+    def take(ctx, batch):
+        nonlocal lock
+        with lock:
+            m.n += len(batch)
+    return m
+
+
+def bench_kv(ops, workers):
+    store = kv.module(capacity=ops, resp_capacity=65536, outbox_limit=65536)
+    c = counter("bk", "kv.resp", "KV_RESP")
+    keys = np.arange(ops, dtype=np.uint64) * 2654435761 % (1 << 40)
+    with ggmk.boot([store, c], workers=workers) as system:
+        t0 = time.perf_counter()
+        system.submit("KV_PUT", meta0=keys, meta1=np.arange(ops, dtype=np.uint64))
+        system.submit("KV_GET", meta0=keys, meta1=np.arange(ops, dtype=np.uint64))
+        system.run(timeout=300)
+        dt = time.perf_counter() - t0
+        assert c.n == 2 * ops, (c.n, system.dead_letters("sys.error"))
+    kv_rate = 2 * ops / dt
+    kl, vl = keys.tolist(), list(range(ops))
+    t0 = time.perf_counter()
+    d = {}
+    for k, v in zip(kl, vl):
+        d[k] = v
+    g = d.get
+    s = 0
+    for k in kl:
+        s += g(k)
+    dict_rate = 2 * ops / (time.perf_counter() - t0)
+    return kv_rate, dict_rate
+
+
+def bench_kv_device(ops, target):
+    import ggmk.device as gd
+    from ggmk import task as T
+    ids = kv.type_ids()
+    nkeys = 4000
+    keys = np.arange(ops, dtype=np.int64) % nkeys
+    puts = T.make(ops, type=ids["KV_PUT"], meta0=keys, meta1=np.arange(ops))
+    gets = T.make(ops, type=ids["KV_GET"], meta0=keys, meta1=np.arange(ops))
+    with gd.DeviceKernel([kv.device_module(capacity=nkeys, base=0)], target=target) as k:
+        k.push_all(T.make(1, type=ids["KV_GET"], meta0=1))
+        k.pull_until(1, timeout=600)                     # compiled and running
+        got = 0
+        bad = 0
+        t0 = time.perf_counter()
+        for recs in (puts, gets):
+            done = 0
+            while done < len(recs):
+                done += k.push(recs[done:done + 65536])
+                r = k.pull()
+                got += len(r)
+                bad += int(((r["meta0"] >> 56) != 0).sum())
+        while got < 2 * ops:
+            r = k.pull_until(min(65536, 2 * ops - got), timeout=120)
+            got += len(r)
+            bad += int(((r["meta0"] >> 56) != 0).sum())
+        dt = time.perf_counter() - t0
+    assert bad == 0, f"{bad} device kv answers were not OK"
+    return 2 * ops / dt
+
+
+def bench_reqreply(calls, workers):
+    store = kv.module(capacity=1024)
+    with ggmk.boot([store], workers=workers) as system:
+        cl = sdk.KV(system)
+        for k in range(100):
+            cl.put(k, k * 7)
+        t0 = time.perf_counter()
+        for i in range(calls):
+            assert cl.get(i % 100) == (i % 100) * 7
+        rate = calls / (time.perf_counter() - t0)
+        cl.close()
+
+    async def run():
+        q: asyncio.Queue = asyncio.Queue()
+        table = {k: k * 7 for k in range(100)}
+
+        async def server():
+            while True:
+                key, fut = await q.get()
+                fut.set_result(table.get(key))
+
+        srv = asyncio.create_task(server())
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        for i in range(calls):
+            fut = loop.create_future()
+            await q.put((i % 100, fut))
+            assert await fut == (i % 100) * 7
+        dt = time.perf_counter() - t0
+        srv.cancel()
+        return calls / dt
+    return rate, asyncio.run(run())
+
+
+def bench_reduce(partials, workers):
+    red = reduce.module(n=partials, op="sum")
+    got = []
+    app = ggmk.Module("app")
+
+    @app.handler("APP_RES", consumes="reduce.out", message="REDUCE_RESULT")
+    def res(ctx):
+        got.append(ctx.task.meta1)
+
+    vals = np.arange(partials, dtype=np.uint64)
+    with ggmk.boot([red, app], workers=workers) as system:
+        ch = system.channel("reduce.in")
+        t0 = time.perf_counter()
+        for i in range(0, partials, 65536):
+            col = vals[i:i + 65536]
+            sent = 0
+            while sent < len(col):
+                sent += ch.publish(meta0=1, meta1=col[sent:], count=len(col) - sent)
+                if sent < len(col):
+                    time.sleep(0.0005)
+        system.run(timeout=300)
+        dt = time.perf_counter() - t0
+    assert got == [int(vals.sum())], got
+    return dt
+
+
+def bench_timers(n, workers):
+    tm = timer.module(outbox_limit=1 << 16)
+    rng = np.random.default_rng(0)
+    with ggmk.boot([tm], workers=workers) as system:
+        system.submit("TIMER_SET", meta0=np.arange(n), meta1=rng.integers(1, 51, n))
+        system.run(timeout=120)
+    lat = np.array(tm.timer.lateness)
+    assert len(lat) == n
+    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ops", type=int, default=200_000)
+    ap.add_argument("--calls", type=int, default=5000)
+    ap.add_argument("--partials", type=int, default=1_000_000)
+    ap.add_argument("--timers", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device-target", default="cpu")
+    a = ap.parse_args()
+    kv_rate, dict_rate = bench_kv(a.ops, a.workers)
+    dev_rate = bench_kv_device(a.ops, a.device_target)
+    rr, arr = bench_reqreply(a.calls, a.workers)
+    red_s = bench_reduce(a.partials, a.workers)
+    p50, p99 = bench_timers(a.timers, a.workers)
+    print(json.dumps({
+        "bench": "stdlib", "workers": a.workers,
+        "kv_cpu_ops_per_s": round(kv_rate), "dict_ops_per_s": round(dict_rate),
+        "kv_cpu_vs_dict": round(kv_rate / dict_rate, 4),
+        "kv_device_target": a.device_target, "kv_device_ops_per_s": round(dev_rate),
+        "kv_device_vs_dict": round(dev_rate / dict_rate, 4),
+        "kv_reqreply_per_s": round(rr), "asyncio_reqreply_per_s": round(arr),
+        "kv_reqreply_vs_asyncio": round(rr / arr, 4),
+        "reduce_partials": a.partials, "reduce_1m_s": round(red_s, 4),
+        "reduce_partials_per_s": round(a.partials / red_s),
+        "timers": a.timers, "timer_lateness_p50_ticks": p50, "timer_lateness_p99_ticks": p99,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+"""The ``nic`` module (SPEC §10): ``net.rx`` / ``net.tx`` over real sockets (UDP or TCP).
+
+One task per datagram (UDP) or frame (TCP, each frame a 4-byte big-endian length then that
+many bytes) with the bytes as the payload:
+
+==========  =========  =======  =============================================================
+channel     direction  type     record
+==========  =========  =======  =============================================================
+net.rx      produce    NET_RX   meta0 = peer, meta1 = length, payload = the bytes
+net.tx      consume    NET_TX   meta0 = peer, payload = the bytes to send
+==========  =========  =======  =============================================================
+
+``peer``: for UDP the sender's address, ``ipv4 << 16 | port`` (:func:`peer` / :func:`addr`
+convert); for TCP a connection id (accepted connections, or ``m.nic.connect(host, port)``).
+The channel prefix is ``prefix`` (``net``). The socket binds ``bind`` (default
+``("127.0.0.1", 0)``: loopback, any free port; ``m.nic.address`` after boot).
+
+Feeding the kernel: a receiver thread per socket (UDP) or connection (TCP) publishes each
+datagram / frame on ``net.rx`` (``system.channel("net.rx").publish``). Overload is never
+silent: ``net.rx`` is ``lossy`` by default, so a message a full subscriber cannot take lands on
+``sys.dropped`` (CHAN_FULL) and the receiver never blocks; with ``rx_guarantee="lossless"``
+a message the channel refuses is put on ``sys.dropped`` by the module (CHAN_FULL). Datagrams
+the operating system dropped before we read them (its receive buffer overflowed: Linux
+``SO_RXQ_OVFL``, or the socket's ``drops`` in /proc/net/udp, checked when the socket is idle,
+every 256 datagrams and at halt) are put there too, one NET_RX record each with code
+``NET_OS_DROP``; an arena that cannot hold a payload gives ``ALLOC_FAIL`` there. ``m.nic.stats()`` counts all.
+
+Sending: ``NET_TX`` messages are sent by the consuming handler (UDP ``sendto``; TCP the frame,
+length-prefixed, on that connection). A send that fails (unknown connection, peer 0, message
+too large, socket error) fails that task with ``NET_ERROR`` on ``sys.error``. A TCP peer
+sending a frame longer than ``max_frame`` gets its connection closed (``bad_frames``), and so
+does one whose frame could not be sent whole (the socket's 0.1 s timeout or an error: the stream
+would be unframed).
+
+Example (a UDP echo server: net.rx retyped onto net.tx by the echo module)::
+
+    import socket
+    import ggmk
+    from ggmk.modules import echo, nic
+
+    n = nic.module("udp")
+    back = echo.module(to="net.tx", consumes="net.rx", message="NET_RX", retype="NET_TX")
+    with ggmk.boot([n, back], workers=2) as system:
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.settimeout(5)
+        c.sendto(b"ping", n.nic.address)
+        print(c.recvfrom(100)[0])      # b'ping'
+        c.close()
+"""
+from __future__ import annotations
+
+import errno as _errno
+import ipaddress
+import os
+import socket
+import struct
+import threading
+
+import numpy as np
+
+from ggmk import task as T
+from ggmk.errors import AllocError, BootError
+from ggmk.modules import instance_type, std_module
+
+__all__ = ["module", "peer", "addr", "NET_ERROR", "NET_OS_DROP", "frame"]
+
+NET_ERROR = -540
+NET_OS_DROP = -541
+T.CODE_NAMES.setdefault(NET_ERROR, "NET_ERROR")
+T.CODE_NAMES.setdefault(NET_OS_DROP, "NET_OS_DROP")
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+_LEN = struct.Struct(">I")
+
+
+def peer(address) -> int:
+    """``(ipv4, port)`` -> the peer word ``ipv4 << 16 | port``."""
+    host, port = address[0], address[1]
+    return int(ipaddress.IPv4Address(host)) << 16 | int(port)
+
+
+def addr(p: int) -> tuple[str, int]:
+    """The peer word -> ``(ipv4 string, port)``."""
+    p = int(p)
+    return str(ipaddress.IPv4Address(p >> 16)), p & 0xFFFF
+
+
+def frame(data: bytes) -> bytes:
+    """One TCP frame: 4-byte big-endian length, then the bytes."""
+    return _LEN.pack(len(data)) + bytes(data)
+
+
+class _Nic:
+    def __init__(self, proto, bind, prefix, rx_guarantee, max_frame, rcvbuf):
+        if proto not in ("udp", "tcp"):
+            raise BootError(f"nic: proto must be 'udp' or 'tcp', got {proto!r}")
+        if not (isinstance(bind, tuple) and len(bind) == 2 and isinstance(bind[0], str)
+                and isinstance(bind[1], int) and 0 <= bind[1] <= 65535):
+            raise BootError(f"nic: bind must be (host, port) with port 0..65535, got {bind!r}")
+        if not isinstance(max_frame, int) or not 1 <= max_frame <= 120 * 1024:
+            raise BootError(f"nic: max_frame must be 1..122880 bytes (an arena payload), "
+                            f"got {max_frame!r}")
+        self.proto, self.bind, self.prefix = proto, bind, prefix
+        self.rx_name = f"{prefix}.rx"
+        self.lossless = rx_guarantee == "lossless"
+        self.max_frame = max_frame
+        self.rcvbuf = rcvbuf
+        self.sock: socket.socket | None = None
+        self.address = None
+        self.system = None
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.conns: dict[int, socket.socket] = {}
+        self.send_locks: dict[int, threading.Lock] = {}
+        self.next_conn = 1
+        self.lock = threading.Lock()
+        self.count_lock = threading.Lock()
+        self.os_seen = 0
+        self.ovfl_total = None
+        self.counters = {"rx": 0, "rx_bytes": 0, "rx_refused": 0, "os_dropped": 0,
+                         "alloc_fail": 0, "tx": 0, "tx_bytes": 0, "tx_errors": 0,
+                         "bad_frames": 0, "accepted": 0, "closed": 0}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def boot(self, system):
+        self.system = system
+        self.stop.clear()
+        fam = socket.AF_INET
+        if self.proto == "udp":
+            s = socket.socket(fam, socket.SOCK_DGRAM)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+                self.ovfl = True
+            except OSError:
+                self.ovfl = False
+        else:
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        s.bind(self.bind)
+        if self.proto == "tcp":
+            s.listen(64)
+        s.settimeout(0.05)
+        self.sock = s
+        self.address = s.getsockname()[:2]
+        target = self._udp_loop if self.proto == "udp" else self._accept_loop
+        self._spawn(target, f"nic-{self.proto}-rx")
+
+    def _spawn(self, fn, name, *args):
+        t = threading.Thread(target=fn, args=args, name=name, daemon=True)
+        t.start()
+        with self.lock:
+            self.threads = [x for x in self.threads if x.is_alive()] + [t]
+
+    def halt(self, system):
+        self.stop.set()
+        if self.proto == "udp" and self.sock is not None:
+            self._check_os_drops()
+        with self.lock:
+            conns = list(self.conns.values())
+            threads = list(self.threads)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in threads:
+            t.join(timeout=2)
+        for c in conns:
+            c.close()
+        if self.sock is not None:
+            self.sock.close()
+        self.conns.clear()
+
+    # -- receive --------------------------------------------------------------------------------
+    def _publish(self, who: int, data: bytes) -> None:
+        system = self.system
+        if system is None or system.halted:
+            return
+        ch = system.channel(self.rx_name)
+        self._count("rx", 1, "rx_bytes", len(data))
+        try:
+            code = ch.publish(meta0=who, meta1=len(data), payload=data if data else None)
+        except AllocError:
+            self._count("alloc_fail", 1)
+            self._dead(who, len(data), T.ALLOC_FAIL)
+            return
+        except Exception:   # noqa: BLE001 - the channel closed under us (halt)
+            return
+        if code:
+            self._count("rx_refused", 1)
+            self._dead(who, len(data), code, count_on=ch)
+
+    def _dead(self, who, n, code, count=1, count_on=None):
+        system = self.system
+        recs = T.make(count, type=system.type_id("NET_RX"), meta0=who, meta1=n)
+        system.channels.to_sys_dropped(recs, code, count_on=count_on)
+
+    def _os_total(self) -> int | None:
+        """The socket's drop counter: SO_RXQ_OVFL where the kernel delivers it, else the
+        ``drops`` column of /proc/net/udp for this socket's inode (Linux)."""
+        if self.ovfl_total is not None:
+            return self.ovfl_total
+        try:
+            ino = str(os.fstat(self.sock.fileno()).st_ino)
+            with open("/proc/net/udp") as f:
+                for line in f:
+                    cols = line.split()
+                    if len(cols) > 12 and cols[9] == ino:
+                        return int(cols[-1])
+        except (OSError, ValueError):
+            return None
+        return None
+
+    def _check_os_drops(self) -> None:
+        total = self._os_total()
+        if total is None:
+            return
+        with self.lock:
+            lost = total - self.os_seen
+            if lost <= 0:
+                return
+            self.os_seen = total
+        self._count("os_dropped", lost)
+        self._dead(0, 0, NET_OS_DROP, count=lost)
+
+    def _udp_loop(self):
+        s = self.sock
+        anc = socket.CMSG_SPACE(4)
+        k = 0
+        while not self.stop.is_set():
+            try:
+                data, cmsgs, _flags, src = s.recvmsg(self.max_frame, anc)
+            except socket.timeout:
+                self._check_os_drops()
+                continue
+            except OSError:
+                if self.stop.is_set():
+                    return
+                continue
+            for level, typ, cdata in cmsgs:
+                if level == socket.SOL_SOCKET and typ == SO_RXQ_OVFL and len(cdata) >= 4:
+                    self.ovfl_total = struct.unpack("I", cdata[:4])[0]
+            self._publish(peer(src), data)
+            k += 1
+            if k & 255 == 0 or self.ovfl_total is not None:
+                self._check_os_drops()
+
+    def _accept_loop(self):
+        s = self.sock
+        while not self.stop.is_set():
+            try:
+                c, _ = s.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                if self.stop.is_set():
+                    return
+                continue
+            self._count("accepted", 1)
+            self._add_conn(c)
+
+    def _add_conn(self, c: socket.socket) -> int:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.lock:
+            cid = self.next_conn
+            self.next_conn += 1
+            self.conns[cid] = c
+            self.send_locks[cid] = threading.Lock()
+        self._spawn(self._conn_loop, f"nic-tcp-{cid}", cid, c)
+        return cid
+
+    def connect(self, host: str, port: int) -> int:
+        """Open a TCP connection (proto 'tcp'); its id is the peer for NET_TX / NET_RX."""
+        if self.proto != "tcp":
+            raise ValueError("nic: connect() is for proto='tcp'")
+        return self._add_conn(socket.create_connection((host, port), timeout=5))
+
+    def _read_exact(self, c, n):
+        buf = bytearray()
+        while len(buf) < n:
+            try:
+                chunk = c.recv(n - len(buf))
+            except socket.timeout:
+                if self.stop.is_set():
+                    return None
+                continue
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            buf += chunk
+        return bytes(buf)
+
+    def _conn_loop(self, cid, c):
+        c.settimeout(0.1)
+        while not self.stop.is_set():
+            hdr = self._read_exact(c, 4)
+            if hdr is None:
+                break
+            n = _LEN.unpack(hdr)[0]
+            if n > self.max_frame:
+                self._count("bad_frames", 1)
+                break
+            data = self._read_exact(c, n) if n else b""
+            if data is None:
+                break
+            self._publish(cid, data)
+        self._close(cid)
+
+    def _close(self, cid):
+        with self.lock:
+            c = self.conns.pop(cid, None)
+            self.send_locks.pop(cid, None)
+        if c is not None:
+            self._count("closed", 1)
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    # -- send -----------------------------------------------------------------------------------
+    def send(self, who: int, data: bytes) -> int:
+        """Send now (host side or from a handler): 0, or NET_ERROR."""
+        try:
+            if self.proto == "udp":
+                if not who:
+                    raise OSError(_errno.EDESTADDRREQ, "peer 0")
+                self.sock.sendto(data, addr(who))
+            else:
+                with self.lock:
+                    c = self.conns.get(who)
+                    lk = self.send_locks.get(who)
+                if c is None:
+                    raise OSError(_errno.ENOTCONN, f"no connection {who}")
+                if len(data) > 0xFFFFFFFF:
+                    raise OSError(_errno.EMSGSIZE, "frame too large")
+                with lk:
+                    try:
+                        c.sendall(frame(data))
+                    except OSError:
+                        # a frame cut short (timeout, reset) leaves the stream unframed: the
+                        # connection cannot be used any more
+                        self._close(who)
+                        raise
+        except OSError:
+            self._count("tx_errors", 1)
+            return NET_ERROR
+        self._count("tx", 1, "tx_bytes", len(data))
+        return 0
+
+    def _count(self, *pairs) -> None:
+        """Counters are bumped by several threads (receivers, workers): under a lock."""
+        with self.count_lock:
+            for k in range(0, len(pairs), 2):
+                self.counters[pairs[k]] += pairs[k + 1]
+
+    def on_tx(self, ctx, batch):
+        recs = batch.records
+        arena = ctx.system.arena
+        codes = np.zeros(len(recs), dtype=np.int32)
+        for i in range(len(recs)):
+            p, n = int(recs["payload_ptr"][i]), int(recs["payload_len"][i])
+            data = bytes(arena.view(p, n)) if p else b""
+            codes[i] = self.send(int(recs["meta0"][i]), data)
+        return codes if codes.any() else None
+
+    def stats(self) -> dict:
+        return dict(self.counters, connections=len(self.conns))
+
+
+def module(proto: str = "udp", *, bind=("127.0.0.1", 0), name: str = "nic",
+           prefix: str = "net", rx_capacity: int = 1024, rx_guarantee: str = "lossy",
+           max_frame: int = 65536, rcvbuf: int | None = None, rx_mode: str = "fanout"):
+    """A configured nic ``ggmk.Module`` (see the module docstring). ``m.nic``: the state
+    (``address``, ``connect``, ``send``, ``stats()``)."""
+    if rx_guarantee not in ("lossy", "lossless"):
+        raise BootError(f"nic: rx_guarantee must be 'lossy' or 'lossless', got {rx_guarantee!r}")
+    m = std_module(name, "nic")
+    st = _Nic(proto, bind, prefix, rx_guarantee, max_frame, rcvbuf)
+    m.nic = st
+    m.produces(st.rx_name, "NET_RX", mode=rx_mode, guarantee=rx_guarantee,
+               capacity=rx_capacity)
+    m.handler(instance_type("NET_TX", name, "nic"), batch=True, consumes=f"{prefix}.tx",
+              message="NET_TX", name="on_tx")(st.on_tx)
+    m.init(st.boot)
+    m.fini(st.halt)
+    return m

@@ -1,0 +1,231 @@
+"""The ``stats`` module (SPEC §10): counters, gauges, histograms and periodic snapshots.
+
+Input (channels ``NAME.add`` / ``NAME.set`` / ``NAME.obs``, or the types submitted directly):
+``STAT_ADD`` (counter += meta1), ``STAT_SET`` (gauge = meta1), ``STAT_OBS`` (histogram: one
+observation of meta1); ``meta0`` is the metric id. Names are optional: ``m.stats.name(id,
+"requests")`` (or ``names={id: "requests"}``); unnamed metrics show as ``"#<id>"``. Values are
+words (u64; a counter wraps at 2**64). A metric id used with two kinds is refused: that
+record fails with ``STATS_KIND`` (on ``sys.error``).
+
+Histograms: 65 power-of-two buckets (bucket ``b`` counts values in ``[2**(b-1), 2**b)``,
+bucket 0 the zeros), plus count, sum, min and max; ``quantile(h, q)`` estimates from buckets.
+
+Snapshots: every ``period`` ticks *in which something changed* a snapshot (a dict: tick,
+number, counters, gauges, histograms) is taken: kept in ``m.stats.snapshots`` (the last
+``keep``), passed to ``sink(snapshot)`` when given, and published as ``STATS_SNAPSHOT`` on
+``NAME.snapshot`` (meta0 = number, meta1 = tick, payload = JSON) when something subscribes.
+Nothing is scheduled while nothing changes, so an idle system stays idle.
+``m.stats.snapshot()`` takes one now.
+
+Example::
+
+    import ggmk
+    from ggmk.modules import stats
+
+    st = stats.module(period=10, names={1: "requests", 2: "latency_us"})
+    with ggmk.boot([st], workers=2) as system:
+        system.submit("STAT_ADD", meta0=1, meta1=[1, 1, 1])
+        system.submit("STAT_OBS", meta0=2, meta1=[3, 5, 900])
+        system.run()
+    snap = st.stats.snapshots[-1]
+    print(snap["counters"]["requests"], snap["histograms"]["latency_us"]["count"])   # 3 3
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+
+import numpy as np
+
+from ggmk import task as T
+from ggmk.errors import BootError
+from ggmk.modules import Outbox, defer, instance_type, std_module
+
+__all__ = ["module", "quantile", "STATS_KIND"]
+
+STATS_KIND = -530
+T.CODE_NAMES.setdefault(STATS_KIND, "STATS_KIND")
+_M64 = (1 << 64) - 1
+NBUCKETS = 65
+
+
+def quantile(h: dict, q: float) -> int:
+    """Upper bound of the bucket holding quantile ``q`` of histogram snapshot ``h``."""
+    b = h["buckets"]
+    total = sum(b)
+    if not total:
+        return 0
+    want = q * total
+    acc = 0
+    for i, c in enumerate(b):
+        acc += c
+        if acc >= want:
+            return 0 if i == 0 else min((1 << i) - 1, h["max"])
+    return h["max"]
+
+
+class _Hist:
+    __slots__ = ("buckets", "count", "sum", "min", "max")
+
+    def __init__(self):
+        self.buckets = np.zeros(NBUCKETS, dtype=np.int64)
+        self.count = self.sum = 0
+        self.min = self.max = None
+
+    def add(self, vals: np.ndarray):
+        v = vals.astype(np.uint64)
+        # bucket = bit length: 0 for 0, else floor(log2 v) + 1
+        bl = np.zeros(len(v), dtype=np.int64)
+        nz = v > 0
+        if nz.any():
+            bl[nz] = np.floor(np.log2(v[nz].astype(np.float64))).astype(np.int64) + 1
+            big = v >= (1 << 53)                       # float rounding near powers of two
+            if big.any():
+                bl[big] = [int(x).bit_length() for x in v[big].tolist()]
+        np.add.at(self.buckets, np.minimum(bl, NBUCKETS - 1), 1)
+        self.count += len(v)
+        self.sum = (self.sum + int(v.sum(dtype=np.uint64))) & _M64
+        lo, hi = int(v.min()), int(v.max())
+        self.min = lo if self.min is None else min(self.min, lo)
+        self.max = hi if self.max is None else max(self.max, hi)
+
+    def snap(self):
+        return {"count": self.count, "sum": self.sum, "min": self.min or 0,
+                "max": self.max or 0, "buckets": self.buckets.tolist()}
+
+
+class _Stats:
+    KINDS = ("counter", "gauge", "histogram")
+
+    def __init__(self, name, period, names, sink, keep, limit):
+        if not isinstance(period, int) or isinstance(period, bool) or period < 1:
+            raise BootError(f"stats: period must be a positive tick count, got {period!r}")
+        self.period = period
+        self.names = {int(k): str(v) for k, v in (names or {}).items()}
+        self.sink = sink
+        self.counters: dict[int, int] = {}
+        self.gauges: dict[int, int] = {}
+        self.hists: dict[int, _Hist] = {}
+        self.kind: dict[int, str] = {}
+        self.snapshots: deque = deque(maxlen=keep)
+        self.lock = threading.Lock()
+        self.dirty = False
+        self.scheduled = False
+        self.number = 0
+        self.system = None
+        self.tick_type = instance_type("STATS_TICK", name, "stats")
+        self.out = Outbox(f"{name}.snapshot", instance_type("STATS_FLUSH", name, "stats"), limit)
+        self.updates = 0
+
+    def name(self, mid: int, label: str) -> None:
+        with self.lock:
+            self.names[int(mid)] = str(label)
+
+    def _label(self, mid):
+        return self.names.get(mid, f"#{mid}")
+
+    def _update(self, ctx, batch, kind):
+        recs = batch.records
+        ids, vals = recs["meta0"], recs["meta1"]
+        codes = None
+        with self.lock:
+            uniq = np.unique(ids).tolist()
+            for mid in uniq:
+                have = self.kind.setdefault(mid, kind)
+                sel = ids == mid
+                if have != kind:
+                    if codes is None:
+                        codes = np.zeros(len(recs), dtype=np.int32)
+                    codes[sel] = STATS_KIND
+                    continue
+                v = vals[sel]
+                if kind == "counter":
+                    self.counters[mid] = (self.counters.get(mid, 0)
+                                          + int(v.sum(dtype=np.uint64))) & _M64
+                elif kind == "gauge":
+                    self.gauges[mid] = int(v[-1]) if len(v) else 0   # the last in batch order
+                else:
+                    h = self.hists.get(mid)
+                    if h is None:
+                        h = self.hists[mid] = _Hist()
+                    h.add(v)
+                self.updates += int(sel.sum())
+            self.dirty = True
+            need = not self.scheduled
+            self.scheduled = True
+        if need:
+            sysm = ctx.system
+            now = sysm.wall_tick()
+            if not defer(sysm, self.tick_type, due=(now // self.period + 1) * self.period):
+                with self.lock:
+                    self.scheduled = False      # halting: fini takes the last snapshot
+        return codes
+
+    def snapshot(self, tick: int | None = None) -> dict:
+        with self.lock:
+            return self._snapshot(tick)
+
+    def _snapshot(self, tick):
+        self.number += 1
+        s = {"number": self.number, "tick": tick,
+             "counters": {self._label(k): v for k, v in sorted(self.counters.items())},
+             "gauges": {self._label(k): v for k, v in sorted(self.gauges.items())},
+             "histograms": {self._label(k): h.snap() for k, h in sorted(self.hists.items())}}
+        self.snapshots.append(s)
+        self.dirty = False
+        return s
+
+    def on_tick(self, ctx):
+        system = ctx.system
+        tick = system.wall_tick()
+        with self.lock:
+            self.scheduled = False
+            if not self.dirty:
+                return
+            s = self._snapshot(tick)
+        if self.sink is not None:
+            self.sink(s)
+        ch = system.channel(self.out.channel)
+        if ch.subs:
+            data = json.dumps(s).encode()
+            p = system.arena.alloc(len(data))
+            if p:
+                system.arena.view(p, len(data))[:] = np.frombuffer(data, np.uint8)
+                self.out.put(s["number"], tick, p, len(data))
+            else:
+                s["dropped_publish"] = True
+        self.out.flush(system)
+
+    def fini(self, system):
+        with self.lock:
+            if self.dirty:
+                s = self._snapshot(system.wall_tick())
+            else:
+                s = None
+        if s is not None and self.sink is not None:
+            self.sink(s)
+        self.out.drop_all(system)
+
+
+def module(*, period: int = 100, names: dict | None = None, sink=None, keep: int = 100,
+           name: str = "stats", capacity: int = 256, outbox_limit: int = 256):
+    """A configured stats ``ggmk.Module`` (see the module docstring); ``m.stats``: state."""
+    m = std_module(name, "stats")
+    st = _Stats(name, period, names, sink, keep, outbox_limit)
+    m.stats = st
+    m.produces(f"{name}.snapshot", "STATS_SNAPSHOT", mode="fanout", capacity=capacity)
+    for base, verb, kind in (("STAT_ADD", "add", "counter"), ("STAT_SET", "set", "gauge"),
+                             ("STAT_OBS", "obs", "histogram")):
+        def fn(ctx, batch, _k=kind):
+            return st._update(ctx, batch, _k)
+        m.handler(instance_type(base, name, "stats"), batch=True, consumes=f"{name}.{verb}",
+                  message=base, name=f"on_{verb}")(fn)
+    m.handler(st.tick_type, name="on_tick")(st.on_tick)
+
+    @m.handler(st.out.flush_type, name="on_flush")
+    def on_flush(ctx):
+        st.out.flushed(ctx.system)
+
+    m.fini(st.fini)
+    return m

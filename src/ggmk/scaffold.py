@@ -1,0 +1,254 @@
+"""``ggmk.scaffold``: a new module's skeleton (what ``ggmk new NAME`` writes).
+
+:func:`new_module` writes ``DEST/NAME/``:
+
+==================  ===========================================================================
+file                what
+==================  ===========================================================================
+``NAME.py``         the handlers and a ``module()`` factory (CPU: ``ggmk.Module.from_manifest``;
+                    GPU: a ``ggmk.device.Module`` in the numeric subset Numba compiles)
+``module.toml``     name, version, channel and handler declarations (CPU)
+``types.toml``      the module's message types, with ids in a block derived from the name
+``test_NAME.py``    a passing pytest test (CPU: the ``ggmk.testing`` sandbox and a real boot with
+                    workers=2; GPU: the device kernel on the ``cpu`` target, ~1-2 min to compile)
+==================  ===========================================================================
+
+The generated module takes ``NAME_REQ`` on channel ``NAME.in`` (meta0 = a number) and answers
+``NAME_OUT`` on ``NAME.out`` with meta0 doubled, waiting (``ctx.wait_``) when that channel is
+full - the pattern to grow from. Type ids: 16 per module starting at
+``0x1000 + 16 * (crc32(NAME) % 768)`` (0x1000..0x3FFF, clear of the standard modules' 0x45xx..0x54xx
+and of automatic ids 0x8000..); change them in ``types.toml`` if they clash with yours.
+
+Example::
+
+    import tempfile
+    from ggmk import scaffold
+    from ggmk.testing import run_module_tests
+
+    with tempfile.TemporaryDirectory() as d:
+        path = scaffold.new_module("greeter", "cpu", d)
+        rc, out = run_module_tests(path)
+        print(rc)        # 0
+"""
+from __future__ import annotations
+
+import re
+import zlib
+from pathlib import Path
+
+__all__ = ["new_module", "type_base", "TARGETS"]
+
+TARGETS = ("cpu", "gpu")
+
+
+def type_base(name: str) -> int:
+    """The first of the 16 type ids a generated module uses."""
+    return 0x1000 + 16 * (zlib.crc32(name.encode()) % 768)
+
+
+def new_module(name: str, target: str = "cpu", dest_dir=".") -> Path:
+    """Write the skeleton of module ``name`` for ``target`` ("cpu" or "gpu") into
+    ``dest_dir/name``; returns that directory. Refuses a bad name, an unknown target and an
+    existing directory (nothing is overwritten)."""
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", name):
+        raise ValueError(f"module name must be lowercase letters, digits and '_', starting with "
+                         f"a letter, at most 40 characters (it names files, a channel prefix "
+                         f"and types), got {name!r}")
+    if name in ("ggmk", "test", "module", "types"):
+        raise ValueError(f"module name {name!r} is reserved")
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    d = Path(dest_dir) / name
+    if d.exists():
+        raise FileExistsError(f"{d} already exists; not overwriting it")
+    base = type_base(name)
+    up = name.upper()
+    files = {"types.toml": _TYPES.format(name=name, up=up, req=base, out=base + 1)}
+    if target == "cpu":
+        files["module.toml"] = _MANIFEST.format(name=name, up=up)
+        files[f"{name}.py"] = _CPU.format(name=name, up=up)
+        files[f"test_{name}.py"] = _CPU_TEST.format(name=name, up=up)
+    else:
+        files[f"{name}.py"] = _GPU.format(name=name, up=up, req=base, out=base + 1)
+        files[f"test_{name}.py"] = _GPU_TEST.format(name=name, up=up)
+    d.mkdir(parents=True)
+    for fn, text in files.items():
+        (d / fn).write_text(text)
+    return d
+
+
+_TYPES = '''\
+# Message types of module "{name}". Ids: a block of 16 from ggmk.scaffold.type_base("{name}").
+
+[types.{up}_REQ]
+id = {req}
+lossy = false
+doc = "a request: meta0 = the number to double"
+
+[types.{up}_OUT]
+id = {out}
+lossy = false
+doc = "the answer: meta0 = twice the request's meta0"
+'''
+
+_MANIFEST = '''\
+[module]
+name = "{name}"
+version = "0.1.0"
+description = "doubles numbers: {name}.in -> {name}.out"
+
+[[channel]]
+name = "{name}.in"
+direction = "consume"
+type = "{up}_REQ"
+
+[[channel]]
+name = "{name}.out"
+direction = "produce"
+type = "{up}_OUT"
+mode = "fanout"
+guarantee = "lossless"
+
+[[handler]]
+type = "{up}_REQ"
+name = "on_req"
+'''
+
+_CPU = '''\
+"""Module "{name}" (CPU kernel): {name}.in ({up}_REQ, meta0 = n) -> {name}.out ({up}_OUT, 2n).
+
+Example::
+
+    import ggmk
+    import {name}
+    with ggmk.boot([{name}.module()], workers=2) as system:
+        system.channel("{name}.in").publish(meta0=21)
+        system.run()
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import ggmk
+from ggmk import OK
+
+HERE = Path(__file__).resolve().parent
+
+
+def on_req(ctx):
+    """One request: emit twice meta0 on {name}.out; wait for room when it is full."""
+    if ctx.emit("{name}.out", 2 * ctx.task.meta0 & (2**64 - 1)):
+        return ctx.wait_()
+    return OK
+
+
+def module() -> ggmk.Module:
+    """The module, from module.toml and types.toml next to this file."""
+    text = (HERE / "module.toml").read_text() + "\\n" + (HERE / "types.toml").read_text()
+    return ggmk.Module.from_manifest(text, sys.modules[__name__],
+                                     source=str(HERE / "module.toml"))
+'''
+
+_CPU_TEST = '''\
+"""Tests of module "{name}": the ggmk.testing sandbox, then a real boot (workers=2)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import ggmk  # noqa: E402
+from ggmk.testing import Sandbox  # noqa: E402
+
+import {name}  # noqa: E402
+
+
+def test_sandbox_doubles_and_waits_when_full():
+    with Sandbox({name}.module()) as sb:
+        assert sb.feed("{up}_REQ", meta0=21) == ggmk.OK
+        assert [e.meta0 for e in sb.take("{name}.out")] == [42]
+        sb.capacity("{name}.out", 1)
+        assert sb.feed("{up}_REQ", meta0=[1, 2]) == [ggmk.OK, ggmk.WAIT]
+        assert [e.meta0 for e in sb.take("{name}.out")] == [2]
+        sb.advance(1)
+        assert [e.meta0 for e in sb.take("{name}.out")] == [4]
+
+
+def test_real_kernel():
+    got = []
+    app = ggmk.Module("{name}_client")
+
+    @app.handler("{up}_CLIENT", batch=True, consumes="{name}.out", message="{up}_OUT")
+    def take(ctx, batch):
+        got.extend(batch.meta0.tolist())
+
+    with ggmk.boot([{name}.module(), app], workers=2) as system:
+        system.channel("{name}.in").publish(meta0=list(range(100)))
+        assert system.run(timeout=30)
+        assert len(system.dead_letters("sys.error")[0]) == 0
+    assert sorted(got) == [2 * i for i in range(100)]
+'''
+
+_GPU = '''\
+"""Module "{name}" (GPU kernel): type {up}_REQ (id {req}, meta0 = n) -> {up}_OUT (id {out},
+2n) back to the host.
+
+Handlers are compiled by Numba (the numeric subset): integers, floats, arithmetic, ``if``,
+``while``/``for range``, calls to ``ggmk.device.api`` (``g.meta0``, ``g.emit``, ``g.emit_host``,
+``g.emit_chan``, ``g.alloc``, ...) and to other compiled functions. Not allowed: Python
+objects (lists, dicts, strings, classes), allocating arrays, exceptions, recursion, I/O,
+closures over Python state. Return a code (0 = OK).
+
+Example::
+
+    import numpy as np
+    import ggmk.device as gd
+    from ggmk import task
+    import {name}
+    with gd.DeviceKernel([{name}.module()], target="cpu") as k:
+        k.push(task.make(3, type={name}.REQ, meta0=np.array([1, 2, 3])))
+        print(sorted(k.pull_until(3, timeout=120)["meta0"].tolist()))    # [2, 4, 6]
+"""
+from __future__ import annotations
+
+import ggmk.device as gd
+from ggmk.device import api as g
+
+REQ = {req}
+OUT = {out}
+
+mod = gd.Module("{name}")
+
+
+@mod.handler(REQ)
+def on_req(ctx, task):
+    g.emit_host(ctx, OUT, g.meta0(task) * 2, g.meta1(task))
+    return 0
+
+
+def module():
+    return mod
+'''
+
+_GPU_TEST = '''\
+"""Test of module "{name}" on the device kernel's ``cpu`` target (compiling takes 1-2 min)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+import ggmk.device as gd  # noqa: E402
+from ggmk import task  # noqa: E402
+
+import {name}  # noqa: E402
+
+
+def test_doubles_on_the_device_kernel():
+    with gd.DeviceKernel([{name}.module()], target="cpu") as k:
+        k.push(task.make(3, type={name}.REQ, meta0=np.array([1, 2, 3])))
+        out = k.pull_until(3, timeout=300)
+    assert sorted(out["meta0"].tolist()) == [2, 4, 6]
+    assert set(out["type"].tolist()) == {{{name}.OUT}}
+'''

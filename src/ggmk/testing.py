@@ -1,0 +1,557 @@
+"""``ggmk.testing``: a sandbox that runs a module's handlers without kernel threads.
+
+:class:`Sandbox` takes one or more ``ggmk.Module`` objects and gives their handlers a context
+with the kernel's API (``ctx.task``, ``ctx.batch``, ``ctx.emit``, ``ctx.emitter``,
+``ctx.emit_batch``, ``ctx.yield_``, ``ctx.wait_``, ``ctx.retain``, ``ctx.payload``,
+``ctx.system.submit(..., due=)``, ``ctx.system.channel(name)``, the arena). Everything runs on
+the calling thread, in a fixed order, so a test is deterministic:
+
+* ``sb.feed(type, meta0, meta1, payload=...)`` runs the handler of ``type`` on that task and
+  returns its code(s); ``sb.publish(channel, ...)`` delivers a message as the channel would
+  (retyped to the consuming handler, with a channel sequence number).
+* What handlers emit is captured: ``sb.emitted`` (all, in order), ``sb.take(target)`` (and
+  forget) - :class:`Emitted` records with ``target``, ``type``, ``meta0``, ``meta1``,
+  ``payload`` (bytes or None). Emits to a type or channel that a sandboxed module handles are
+  also queued for it: ``sb.run()`` runs them (and yields, waits, retries) until nothing is
+  left; ``sb.advance(ticks)`` moves the clock, running deferred tasks as they fall due.
+* ``sb.capacity(channel, n)`` makes a channel hold at most ``n`` messages not taken yet:
+  emits past it get ``CHAN_FULL`` (test your backpressure path).
+* ``sb.trace`` lists ``(event, type name, meta0, code)`` per handler call; ``sb.errors`` the
+  (type, meta0, meta1, code) of failed tasks; ``sb.allocations()`` the arena's live count and
+  totals (a payload your handler leaked shows up there).
+* A handler that raises propagates the exception (``raise_exceptions=False`` records it as
+  ``HANDLER_EXCEPTION`` instead). ``init``/``fini`` run on enter/exit (``with Sandbox(...)``).
+
+Example (usable from pytest as is)::
+
+    import ggmk
+    from ggmk.testing import Sandbox
+
+    m = ggmk.Module("double")
+    out = m.produces("double.out", "DOUBLED")
+
+    @m.handler("DOUBLE")
+    def double(ctx):
+        if ctx.emit(out, ctx.task.meta0 * 2):
+            return ctx.wait_()
+        return ggmk.OK
+
+    with Sandbox(m) as sb:
+        assert sb.feed("DOUBLE", 21) == ggmk.OK
+        assert [e.meta0 for e in sb.take("double.out")] == [42]
+        sb.capacity("double.out", 1)
+        sb.feed("DOUBLE", meta0=[1, 2])              # the second finds the channel full
+        assert sb.pending() == 1 and sb.allocations()["live"] == 0
+    print("ok")
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from ggmk import task as T
+from ggmk.core.alloc import Arena
+from ggmk.task import (CHAN_FULL, FLAG_CHANNEL_MSG, HANDLER_EXCEPTION, OK, RETRY, WAIT, YIELD,
+                       Task, TaskBatch)
+from ggmk.typereg import TypeRegistry
+
+__all__ = ["Sandbox", "Emitted", "SandboxContext", "run_module_tests"]
+
+
+@dataclass
+class Emitted:
+    target: str          # the channel name, or the type name for a direct emit
+    type: str
+    meta0: int
+    meta1: int
+    payload: bytes | None
+    seq: int = 0
+
+
+class _Chan:
+    """A sandbox channel: what was emitted on it and not taken yet, and a capacity."""
+
+    def __init__(self, sb, name, type_id):
+        self.sb, self.name, self.type_id = sb, name, type_id
+        self.capacity = None
+        self.held = 0
+        self.seq = 0
+        self.closed = False
+        self.consumers: list[int] = []        # handler type ids of sandboxed consumers
+
+    @property
+    def subs(self):
+        return self.consumers or [None]       # the test itself always listens
+
+    def room(self) -> int:
+        return (1 << 30) if self.capacity is None else max(0, self.capacity - self.held)
+
+    def emit(self, recs) -> int:
+        k = min(len(recs), self.room())
+        for r in recs[:k]:
+            self.sb._emit_record(self, int(r["type"]) or self.type_id, int(r["meta0"]),
+                                 int(r["meta1"]), int(r["payload_ptr"]), int(r["payload_len"]))
+        return k
+
+    def publish(self, meta0=0, meta1=0, *, payload=None, count=None, type=None, **_):
+        return self.sb.publish(self.name, meta0, meta1, payload=payload)
+
+    def stats(self):
+        return {"name": self.name, "held": self.held, "capacity": self.capacity,
+                "emitted": self.seq}
+
+
+class _Chans:
+    def __init__(self, sb):
+        self.sb = sb
+        self._hot = False
+
+    def to_sys_dropped(self, recs, code, count_on=None):
+        for r in recs:
+            self.sb.dropped.append((self.sb.type_name(int(r["type"])), int(r["meta0"]),
+                                    int(r["meta1"]), int(code)))
+
+    def to_sys_error(self, recs, code):
+        for r in recs:
+            self.sb.errors.append((self.sb.type_name(int(r["type"])), int(r["meta0"]),
+                                   int(r["meta1"]), int(code)))
+
+    def drain_some(self, worker=-1):
+        return 0
+
+
+class _System:
+    """What ``ctx.system`` offers inside the sandbox (a subset of ggmk.System)."""
+
+    def __init__(self, sb):
+        self._sb = sb
+        self.arena = sb.arena
+        self.types = sb.types
+        self.channels = _Chans(sb)
+        self.halted = False
+        self.deterministic = False
+
+    def channel(self, name):
+        return self._sb._chan(name)
+
+    def submit(self, type, meta0=0, meta1=0, *, payload=None, due=None, count=None, **_):
+        return self._sb._submit(type, meta0, meta1, payload=payload, due=due)
+
+    def wall_tick(self) -> int:
+        return self._sb.tick
+
+    def clock(self) -> int:
+        return self._sb.tick * 1_000_000
+
+    def type_id(self, t, **_):
+        return self._sb.type_id(t)
+
+    def type_name(self, tid):
+        return self._sb.type_name(tid)
+
+    def store_payload(self, tid, payload):
+        return self._sb._store(tid, payload)
+
+    def payload_view(self, task):
+        return self._sb._view(task)
+
+    @property
+    def tick(self):
+        return self._sb.tick
+
+
+class SandboxContext:
+    """The handler context inside a :class:`Sandbox` (the kernel Context's API)."""
+
+    def __init__(self, sb):
+        self._sb = sb
+        self.system = sb.system
+        self.kernel = sb.system
+        self.task = Task()
+        self.batch = None
+        self.module = None
+        self._retain = False
+        self.worker = 0
+
+    tick = property(lambda s: s._sb.tick)
+    arena = property(lambda s: s._sb.arena)
+
+    @property
+    def chan_seq(self) -> int:
+        r = self.task._r
+        return int(r["seq"]) if r is not None and int(r["channel"]) else 0
+
+    @property
+    def channel(self):
+        r = self.task._r
+        if r is None or not int(r["channel"]):
+            return None
+        return self._sb._chan_by_id.get(int(r["channel"]))
+
+    @property
+    def payload(self):
+        return self._sb._view(self.task)
+
+    def emit(self, target, meta0: int = 0, meta1: int = 0, *, payload=None, priority=None,
+             tenant=None, flags: int = 0) -> int:
+        meta0, meta1 = T.word("meta0", meta0), T.word("meta1", meta1)
+        return self._sb._emit(target, meta0, meta1, payload)
+
+    def emitter(self, target):
+        return lambda meta0, meta1=0: self.emit(target, meta0, meta1)
+
+    def emit_batch(self, target, meta0=0, meta1=0, *, count=None, priority=None, tenant=None,
+                   flags: int = 0, payload_ptr=0, payload_len=0) -> int:
+        n = T.check_count(count, meta0, meta1, payload_ptr)
+        cols = [np.broadcast_to(np.asarray(c, dtype=np.uint64), (n,))
+                for c in (meta0, meta1, payload_ptr, payload_len)]
+        k = 0
+        for i in range(n):
+            code = self._sb._emit(target, int(cols[0][i]), int(cols[1][i]), None,
+                                  ptr=int(cols[2][i]), plen=int(cols[3][i]))
+            if code:
+                break
+            k += 1
+        return k
+
+    def yield_(self, phase=None) -> int:
+        if phase is not None:
+            self.task.meta0 = phase
+        return YIELD
+
+    def wait_(self, phase=None, *, meta1=None) -> int:
+        if phase is not None:
+            self.task.meta0 = phase
+        if meta1 is not None:
+            self.task.meta1 = meta1
+        return WAIT
+
+    def retain(self) -> None:
+        self._retain = True
+
+    def alloc(self, nbytes: int) -> int:
+        return self._sb.arena.alloc_or_raise(nbytes)
+
+
+class Sandbox:
+    """Run ``modules``' handlers on this thread; see the module docstring."""
+
+    def __init__(self, modules, *, types: TypeRegistry | None = None, arena_size: int = 8 << 20,
+                 raise_exceptions: bool = True, max_steps: int = 100_000):
+        if not isinstance(modules, (list, tuple)):
+            modules = [modules]
+        self.modules = list(modules)
+        self.types = types.copy() if types is not None else TypeRegistry()
+        for m in self.modules:
+            man = getattr(m, "manifest", None)
+            if man is not None and len(man.types):
+                self.types.merge(man.types)
+        self.arena = Arena(arena_size)
+        self.raise_exceptions = raise_exceptions
+        self.max_steps = max_steps
+        self.tick = 0
+        self.emitted: list[Emitted] = []
+        self.trace: list[tuple] = []
+        self.errors: list[tuple] = []
+        self.dropped: list[tuple] = []
+        self.exceptions: list[BaseException] = []
+        self._queue: list = []            # (due, n, record)
+        self._n = itertools.count()
+        self._chans: dict[str, _Chan] = {}
+        self._chan_by_id: dict[int, _Chan] = {}
+        self._held: dict[str, list] = {}
+        self.handlers: dict[int, object] = {}
+        self.system = _System(self)
+        for m in self.modules:
+            for h in m.handlers:
+                tid = self.type_id(h.type)
+                if tid in self.handlers:
+                    raise ValueError(f"sandbox: type {self.type_name(tid)!r} has two handlers")
+                self.handlers[tid] = h
+        for m in self.modules:
+            for d in m.channels:
+                ch = self._chan(d.name, d.type)
+                if d.direction == "consume":
+                    ch.consumers.append(self.type_id(d.options.get("handler", d.type)))
+        self.ctx = SandboxContext(self)
+        self._entered = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def __enter__(self):
+        for m in self.modules:
+            if m._init:
+                m._init(self.system)
+        self._entered = True
+        return self
+
+    def __exit__(self, *exc):
+        self.system.halted = True
+        for m in reversed(self.modules):
+            if m._fini:
+                m._fini(self.system)
+        return False
+
+    # -- types and channels ---------------------------------------------------------------------
+    def type_id(self, t) -> int:
+        if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+            if int(t) not in self.types:
+                self.types.register(f"TYPE_{int(t)}", id=int(t))
+            return int(t)
+        if not isinstance(t, str):
+            raise TypeError(f"sandbox: a type is a name or an id, got {t!r}")
+        if t not in self.types:
+            self.types.register(t)
+        return self.types.id(t)
+
+    def type_name(self, tid: int) -> str:
+        try:
+            return self.types.name(int(tid))
+        except Exception:   # noqa: BLE001
+            return f"TYPE_{tid}"
+
+    def _chan(self, name, type=None) -> _Chan:
+        ch = self._chans.get(name)
+        if ch is None:
+            if type is None:
+                raise KeyError(f"sandbox: unknown channel {name!r}; declared: "
+                               f"{sorted(self._chans)}")
+            ch = self._chans[name] = _Chan(self, name, self.type_id(type))
+            self._chan_by_id[len(self._chan_by_id) + 1] = ch
+            ch.id = len(self._chan_by_id)
+        return ch
+
+    def capacity(self, channel: str, n: int | None) -> None:
+        """At most ``n`` untaken messages on ``channel`` (None: unbounded)."""
+        self._chan(channel).capacity = n
+
+    # -- payloads -------------------------------------------------------------------------------
+    def _store(self, tid, payload):
+        if isinstance(payload, dict):
+            data = self.types.info(tid).encode(payload)
+        elif isinstance(payload, np.ndarray):
+            data = np.ascontiguousarray(payload).tobytes()
+        else:
+            data = bytes(payload)
+        ptr = self.arena.alloc_or_raise(max(len(data), 1))
+        self.arena.view(ptr, len(data))[:] = np.frombuffer(data, np.uint8)
+        return ptr, len(data)
+
+    def _view(self, task):
+        ptr, n = task.payload_ptr, task.payload_len
+        if not ptr:
+            return None
+        raw = self.arena.view(ptr, n)
+        info = self.types.info(task.type)
+        if not info.fields and task.channel:
+            ch = self._chan_by_id.get(task.channel)
+            if ch is not None:
+                info = self.types.info(ch.type_id)
+        return info.view(raw, n) if info.fields else raw
+
+    # -- emitting -------------------------------------------------------------------------------
+    def _target(self, target):
+        name = getattr(target, "name", None)
+        if name is not None and hasattr(target, "direction"):
+            return self._chan(name, target.type)
+        if isinstance(target, str) and "." in target:
+            return self._chan(target)
+        return self.type_id(target)
+
+    def _emit(self, target, meta0, meta1, payload, ptr=0, plen=0) -> int:
+        t = self._target(target)
+        if isinstance(t, _Chan):
+            if t.room() <= 0:
+                return CHAN_FULL
+            if payload is not None:
+                ptr, plen = self._store(t.type_id, payload)
+            self._emit_record(t, t.type_id, meta0, meta1, ptr, plen)
+            return OK
+        if payload is not None:
+            ptr, plen = self._store(t, payload)
+        data = bytes(self.arena.view(ptr, plen)) if ptr else None
+        self.emitted.append(Emitted(self.type_name(t), self.type_name(t), meta0, meta1, data))
+        self.trace.append(("emit", self.type_name(t), meta0, 0))
+        if t in self.handlers:
+            self._push(T.make(1, type=t, meta0=meta0, meta1=meta1, payload_ptr=ptr,
+                              payload_len=plen), self.tick)
+        elif ptr:
+            self.arena.release(ptr)
+        return OK
+
+    def _emit_record(self, ch, tid, meta0, meta1, ptr, plen):
+        ch.seq += 1
+        data = bytes(self.arena.view(ptr, plen)) if ptr else None
+        e = Emitted(ch.name, self.type_name(tid), meta0, meta1, data, ch.seq)
+        self.emitted.append(e)
+        self.trace.append(("emit", ch.name, meta0, 0))
+        ch.held += 1
+        self._held.setdefault(ch.name, []).append(e)
+        for h in ch.consumers:
+            if ptr:
+                self.arena.retain(ptr)
+            self._push(T.make(1, type=h, meta0=meta0, meta1=meta1, payload_ptr=ptr,
+                              payload_len=plen, channel=ch.id, seq=ch.seq,
+                              flags=FLAG_CHANNEL_MSG), self.tick)
+        if ptr:
+            self.arena.release(ptr)            # the captured copy is bytes
+
+    def take(self, target) -> list[Emitted]:
+        """What was emitted to ``target`` (a channel name/declaration or a type) since the
+        last ``take`` of it; frees that room on a channel with a capacity."""
+        t = self._target(target)
+        if isinstance(t, _Chan):
+            out = self._held.pop(t.name, [])
+            t.held = 0
+            return out
+        name = self.type_name(t)
+        return [e for e in self.emitted if e.target == name]
+
+    # -- feeding --------------------------------------------------------------------------------
+    def _submit(self, type, meta0=0, meta1=0, *, payload=None, due=None) -> int:
+        tid = self.type_id(type)
+        n = T.check_count(None, meta0, meta1)
+        ptr = plen = 0
+        if payload is not None:
+            ptr, plen = self._store(tid, payload)
+            if n > 1:
+                self.arena.retain(ptr, n - 1)
+        recs = T.make(n, type=tid, meta0=meta0, meta1=meta1, payload_ptr=ptr, payload_len=plen)
+        self._push(recs, self.tick if due is None else int(due))
+        return n
+
+    def _push(self, recs, due):
+        for r in recs:
+            heapq.heappush(self._queue, (due, next(self._n), np.array([r])))
+
+    def feed(self, type, meta0=0, meta1=0, *, payload=None):
+        """Run the handler of ``type`` on these task(s) now; returns the code (a list for
+        several). Follow-on work (emits to sandboxed handlers, yields, waits) is queued:
+        ``run()``."""
+        tid = self.type_id(type)
+        if tid not in self.handlers:
+            raise KeyError(f"sandbox: no handler for type {self.type_name(tid)!r}; handled: "
+                           f"{sorted(self.type_name(t) for t in self.handlers)}")
+        n = T.check_count(None, meta0, meta1)
+        ptr = plen = 0
+        if payload is not None:
+            ptr, plen = self._store(tid, payload)
+            if n > 1:
+                self.arena.retain(ptr, n - 1)
+        recs = T.make(n, type=tid, meta0=meta0, meta1=meta1, payload_ptr=ptr, payload_len=plen)
+        codes = self._dispatch(recs)
+        return codes[0] if n == 1 else codes
+
+    def publish(self, channel: str, meta0=0, meta1=0, *, payload=None):
+        """Emit on ``channel`` as the host would (consumers get it on ``run()``)."""
+        ch = self._chan(channel)
+        ptr = plen = 0
+        if ch.room() <= 0:
+            return CHAN_FULL
+        if payload is not None:
+            ptr, plen = self._store(ch.type_id, payload)
+        self._emit_record(ch, ch.type_id, T.word("meta0", meta0), T.word("meta1", meta1),
+                          ptr, plen)
+        return OK
+
+    def _dispatch(self, recs) -> list[int]:
+        tid = int(recs["type"][0])
+        h = self.handlers[tid]
+        ctx = self.ctx
+        ctx.module = h.module
+        name = self.type_name(tid)
+        codes = []
+        if h.batch:
+            ctx.batch = TaskBatch(recs)
+            ctx.task._r = None
+            self.trace.append(("start", name, int(recs["meta0"][0]), len(recs)))
+            r = self._call(h.fn, ctx, ctx.batch)
+            ctx.batch = None
+            arr = np.broadcast_to(np.asarray(OK if r is None else r), (len(recs),))
+            codes = [int(c) for c in arr]
+        else:
+            for i in range(len(recs)):
+                ctx.task._r = recs[i]
+                ctx._retain = False
+                self.trace.append(("start", name, int(recs["meta0"][i]), 1))
+                r = self._call(h.fn, ctx)
+                codes.append(OK if r is None else int(r))
+        ctx.task._r = None
+        for i, c in enumerate(codes):
+            r = recs[i:i + 1]
+            self.trace.append(("end", name, int(r["meta0"][0]), c))
+            ptr = int(r["payload_ptr"][0])
+            if c == OK:
+                if ptr and not (ctx._retain and not h.batch):
+                    self.arena.release(ptr)
+            elif c == YIELD:
+                r["yield_count"] += 1
+                self._push(r, self.tick)
+            elif c == WAIT:
+                self._push(r, self.tick + 1)
+            elif c == RETRY:
+                r["_pad"] += 1
+                self._push(r, self.tick + (1 << min(int(r["_pad"][0]) - 1, 10)))
+            else:
+                self.errors.append((name, int(r["meta0"][0]), int(r["meta1"][0]), c))
+                if ptr:
+                    self.arena.release(ptr)
+        return codes
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as e:   # noqa: BLE001
+            if self.raise_exceptions:
+                raise
+            self.exceptions.append(e)
+            return HANDLER_EXCEPTION
+
+    # -- running --------------------------------------------------------------------------------
+    def pending(self) -> int:
+        """Tasks queued (due now or later)."""
+        return len(self._queue)
+
+    def run(self) -> int:
+        """Run every task due now (and what they queue for now) until none is left; returns
+        how many handler calls ran. Later ones wait for ``advance``."""
+        steps = 0
+        while self._queue and self._queue[0][0] <= self.tick:
+            _, _, rec = heapq.heappop(self._queue)
+            self._dispatch(rec)
+            steps += 1
+            if steps > self.max_steps:
+                raise RuntimeError(f"sandbox: more than {self.max_steps} handler calls at tick "
+                                   f"{self.tick} (a task that never finishes?)")
+        return steps
+
+    def advance(self, ticks: int = 1) -> int:
+        """Move the clock ``ticks`` ticks, running what falls due at each; returns the calls."""
+        steps = self.run()
+        for _ in range(ticks):
+            self.tick += 1
+            steps += self.run()
+        return steps
+
+    def allocations(self) -> dict:
+        t = self.arena.stats()["total"]
+        return {"live": t["live"], "allocs": t["allocs"], "frees": t["frees"]}
+
+
+def run_module_tests(path, *args: str, timeout: float = 600) -> tuple[int, str]:
+    """Run pytest on ``path`` (a generated module's directory or a test file) in a fresh
+    interpreter; returns (exit code, output). What ``ggmk new`` users run to check a module.
+
+    Example::
+
+        rc, out = run_module_tests("modules/greeter")
+        assert rc == 0, out
+    """
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        str(path), *args], capture_output=True, text=True, timeout=timeout,
+                       cwd=str(path) if __import__("os").path.isdir(str(path)) else None)
+    return r.returncode, r.stdout + r.stderr

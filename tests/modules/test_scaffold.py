@@ -1,0 +1,59 @@
+"""ggmk.scaffold.new_module: generate into tmp_path, run the generated test in a subprocess."""
+from __future__ import annotations
+
+import os
+import py_compile
+import tomllib
+
+import pytest
+
+from ggmk import scaffold
+from ggmk.testing import run_module_tests
+
+
+def test_cpu_module_generated_test_passes(tmp_path):
+    d = scaffold.new_module("greeter", "cpu", tmp_path)
+    assert sorted(os.listdir(d)) == ["greeter.py", "module.toml", "test_greeter.py", "types.toml"]
+    types = tomllib.loads((d / "types.toml").read_text())["types"]
+    base = scaffold.type_base("greeter")
+    assert types["GREETER_REQ"]["id"] == base and 0x1000 <= base < 0x4000
+    rc, out = run_module_tests(d)
+    assert rc == 0, out
+    assert "2 passed" in out
+
+
+def test_gpu_module_is_generated_and_compiles_as_python(tmp_path):
+    d = scaffold.new_module("dbl", "gpu", tmp_path)
+    assert sorted(os.listdir(d)) == ["dbl.py", "test_dbl.py", "types.toml"]
+    for f in ("dbl.py", "test_dbl.py"):
+        py_compile.compile(str(d / f), doraise=True)
+    text = (d / "dbl.py").read_text()
+    assert "numeric subset" in text and "gd.Module(\"dbl\")" in text
+
+
+@pytest.mark.skipif(not os.environ.get("GGMK_LONG"), reason="compiles a device kernel "
+                    "(1-2 min); GGMK_LONG=1 runs it")
+def test_gpu_module_generated_test_passes(tmp_path):
+    d = scaffold.new_module("dbl", "gpu", tmp_path)
+    rc, out = run_module_tests(d, timeout=900)
+    assert rc == 0, out
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="lowercase"):
+        scaffold.new_module("Bad-Name", "cpu", tmp_path)
+    with pytest.raises(ValueError, match="target must be"):
+        scaffold.new_module("ok", "fpga", tmp_path)
+    with pytest.raises(ValueError, match="reserved"):
+        scaffold.new_module("ggmk", "cpu", tmp_path)
+    scaffold.new_module("twice", "cpu", tmp_path)
+    with pytest.raises(FileExistsError, match="not overwriting"):
+        scaffold.new_module("twice", "cpu", tmp_path)
+
+
+def test_run_module_tests_reports_a_failure(tmp_path):
+    d = scaffold.new_module("broken", "cpu", tmp_path)
+    src = (d / "broken.py").read_text().replace("2 * ctx.task.meta0", "3 * ctx.task.meta0")
+    (d / "broken.py").write_text(src)
+    rc, out = run_module_tests(d)
+    assert rc != 0 and "failed" in out
