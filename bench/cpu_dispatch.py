@@ -16,9 +16,18 @@ Cases:
   (c) chain      handlers that emit their own follow-on until ``meta0`` reaches ``--chain-len``,
                  over ``--lanes`` independent lanes: batch form (``ctx.emit_batch``, the headline
                  ``chain_tasks_per_s``) and per-task form (``ctx.emit``); plus one lane of the
-                 per-task form (a strictly sequential emit -> dispatch loop)
+                 per-task form (a strictly sequential emit -> dispatch loop, ``--lane-len`` hops)
   (d) latency    submit one task, wait until its handler has run (the handler sets a
                  ``threading.Event``; a second form spins on a counter with ``time.sleep(0)``)
+  (e) wake-up floor  two threads handing one token back and forth through the primitive the
+                 threads HAL parks on (a ``threading.Lock`` used as a binary semaphore): one
+                 round trip = two OS wake-ups, the least a submit -> worker -> waiting host
+                 round trip can cost (``wakeup_floor_us``, p50 of the round trip)
+
+Targets (ratios of figures measured in the same run): per-task >= 5x asyncio's msgs/s, per-task
+chain (1024 lanes) >= 2x asyncio, one-lane chain >= 1x asyncio, round trip p50 <= 30 us (or
+<= 1.5x the wake-up floor where that floor is above 30 us) and no worse than the
+ThreadPoolExecutor's, p99 <= 10x p50.
 """
 from __future__ import annotations
 
@@ -209,6 +218,36 @@ def peer_threadpool_latency(n: int, warmup: int) -> list[float]:
     return out[warmup:]
 
 
+def wakeup_floor(n: int, warmup: int) -> list[float]:
+    """(e): round trips (us) of a token handed to a second thread and back through two
+    ``threading.Lock`` semaphores (what the threads HAL parks a worker on): two wake-ups."""
+    ping, pong = threading.Lock(), threading.Lock()
+    ping.acquire()
+    pong.acquire()
+    stop = [False]
+
+    def peer():
+        while True:
+            ping.acquire()
+            if stop[0]:
+                return
+            pong.release()
+
+    t = threading.Thread(target=peer, daemon=True)
+    t.start()
+    out = []
+    clock = time.perf_counter_ns
+    for _ in range(n + warmup):
+        t0 = clock()
+        ping.release()
+        pong.acquire()
+        out.append((clock() - t0) / 1e3)
+    stop[0] = True
+    ping.release()
+    t.join()
+    return out[warmup:]
+
+
 def peer_dict_dispatch(n: int, reps: int) -> float:
     """The floor: ``handlers[type](task)`` over a list of (type, task) tuples; dispatches/s."""
     def h_a(task):
@@ -240,6 +279,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--lanes", type=int, default=4096)
     ap.add_argument("--chain-len", type=int, default=100)
     ap.add_argument("--pt-lanes", type=int, default=1024, help="lanes of the per-task chain")
+    ap.add_argument("--lane-len", type=int, default=20000, help="hops of the one-lane chain")
     ap.add_argument("--latency-n", type=int, default=3000)
     ap.add_argument("--no-trace", action="store_true", help="boot(trace=False) (default: on)")
     a = ap.parse_args(argv)
@@ -260,7 +300,9 @@ def main(argv=None) -> dict:
     r["chain_lanes"], r["chain_len"] = a.lanes, a.chain_len
     r["chain_per_task_tasks_per_s"] = kernel_chain(False, a.pt_lanes, a.chain_len, a.reps, tp)
     r["chain_per_task_lanes"] = a.pt_lanes
-    r["chain_single_lane_tasks_per_s"] = kernel_chain(False, 1, 2000, 1, {"trace": trace})
+    r["chain_single_lane_tasks_per_s"] = kernel_chain(False, 1, a.lane_len, a.reps,
+                                                      {"trace": trace})
+    r["chain_single_lane_len"] = a.lane_len
 
     lat = kernel_latency(a.latency_n, 300, "event", {"trace": trace})
     r["latency_p50_us"], r["latency_p99_us"] = pct(lat, 50), pct(lat, 99)
@@ -272,6 +314,8 @@ def main(argv=None) -> dict:
     tpl = peer_threadpool_latency(a.latency_n, 300)
     r["threadpool_latency_p50_us"], r["threadpool_latency_p99_us"] = pct(tpl, 50), pct(tpl, 99)
     r["dict_dispatch_per_s"] = peer_dict_dispatch(1 << 21, a.reps)
+    wf = wakeup_floor(a.latency_n, 300)
+    r["wakeup_floor_us"], r["wakeup_floor_p99_us"] = pct(wf, 50), pct(wf, 99)
 
     r["per_task_vs_asyncio"] = r["per_task_tasks_per_s"] / r["asyncio_msgs_per_s"]
     r["per_task_vs_threadpool"] = r["per_task_tasks_per_s"] / r["threadpool_tasks_per_s"]
@@ -279,13 +323,21 @@ def main(argv=None) -> dict:
     r["batch_vs_dict"] = r["batch_tasks_per_s"] / r["dict_dispatch_per_s"]
     r["chain_vs_asyncio"] = r["chain_tasks_per_s"] / r["asyncio_msgs_per_s"]
     r["chain_per_task_vs_asyncio"] = r["chain_per_task_tasks_per_s"] / r["asyncio_msgs_per_s"]
+    r["chain_single_lane_vs_asyncio"] = (r["chain_single_lane_tasks_per_s"]
+                                         / r["asyncio_msgs_per_s"])
     r["latency_p50_vs_threadpool"] = r["latency_p50_us"] / r["threadpool_latency_p50_us"]
+    r["latency_p50_vs_wakeup_floor"] = r["latency_p50_us"] / r["wakeup_floor_us"]
     r["latency_p99_over_p50"] = r["latency_p99_us"] / r["latency_p50_us"]
     r["targets_met"] = {
         "batch_ge_25M": r["batch_tasks_per_s"] >= 25e6,
-        "per_task_ge_3x_asyncio": r["per_task_vs_asyncio"] >= 3.0,
+        "per_task_ge_5x_asyncio": r["per_task_vs_asyncio"] >= 5.0,
         "chain_ge_2M": r["chain_tasks_per_s"] >= 2e6,
-        "latency_p50_le_30us": r["latency_p50_us"] <= 30.0,
+        "chain_per_task_ge_2x_asyncio": r["chain_per_task_vs_asyncio"] >= 2.0,
+        "chain_single_lane_ge_1x_asyncio": r["chain_single_lane_vs_asyncio"] >= 1.0,
+        # 30 us, or within 1.5x of two bare wake-ups where those alone cost more than 30 us
+        "latency_p50_le_30us": (r["latency_p50_us"] <= 30.0 if r["wakeup_floor_us"] <= 30.0
+                                else r["latency_p50_vs_wakeup_floor"] <= 1.5),
+        "latency_p50_le_threadpool": r["latency_p50_vs_threadpool"] <= 1.0,
         "latency_p99_le_10x_p50": r["latency_p99_over_p50"] <= 10.0,
     }
     r["loadavg_end"] = round(os.getloadavg()[0], 2)

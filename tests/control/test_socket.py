@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import DEMO_APP, Ggmk   # tests/control/conftest.py (imported at collection)
 from ggmk.cli.control_cmds import EXIT_REFUSED
 from ggmk.control import protocol as P
 
@@ -180,7 +181,6 @@ def test_fuzz_never_crashes_or_hangs_the_server(fuzz_system, data, close):
 
 @pytest.fixture(scope="module")
 def fuzz_system():
-    from conftest import DEMO_APP, Ggmk
     d = tempfile.mkdtemp(prefix="ggf-", dir="/tmp")
     g = Ggmk(d)
     assert g("boot", DEMO_APP).returncode == 0

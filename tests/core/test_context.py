@@ -96,3 +96,84 @@ def test_wait_resumes_where_it_stopped_and_is_not_a_runaway_yield(hal):
         st = s.stats()["types"]["SAMPLE"]
         assert st["wait"] > 16 and st["yield"] == 0        # the channel was full, often
 
+
+
+def test_follow_ons_inherit_each_parents_own_header(hal):
+    """A batch mixing tenants and priorities: every child (run in the same step or queued)
+    carries its own parent's tenant and priority."""
+    got = []
+    m = Module("m")
+
+    @m.handler("N")
+    def n(ctx):
+        t = ctx.task
+        got.append((t.meta1, t.meta0, t.tenant, t.priority))
+        if t.meta0 < 4:
+            ctx.emit("N", meta0=t.meta0 + 1, meta1=t.meta1)
+
+    with boot([m], hal=hal, workers=1) as s:
+        recs = T.make(6, type=s.type_id("N"), meta0=1, meta1=np.arange(6),
+                      tenant=np.arange(6) % 3, priority=np.arange(6) % 4)
+        s.submit_batch(recs)
+        assert s.run(timeout=30)
+    assert sorted(got) == [(lane, hop, lane % 3, lane % 4) for lane in range(6)
+                           for hop in range(1, 5)]
+
+
+def test_a_per_task_handler_sees_its_records_fields_as_plain_ints(hal):
+    got = []
+    m = Module("m")
+    out = m.produces("t.out", "MSG")
+
+    @m.handler("SRC")
+    def src(ctx):
+        assert ctx.chan_seq == 0 and ctx.channel is None
+        ctx.emit(out, meta0=ctx.task.meta0, payload=b"ab" * ctx.task.meta0)
+
+    @m.handler("MSG", consumes="t.out")
+    def msg(ctx):
+        t = ctx.task
+        vals = (t.type, t.flags, t.tenant, t.channel, t.seq, t.payload_ptr, t.payload_len,
+                t.yield_count, t.retries, t.meta0, t.meta1, ctx.chan_seq)
+        assert all(v.__class__ is int for v in vals), vals
+        r = t.record()
+        assert int(r["meta0"]) == t.meta0 and int(r["payload_len"]) == t.payload_len
+        got.append((t.meta0, bytes(ctx.payload), ctx.channel.name, ctx.chan_seq, ctx.reason))
+
+    with boot([m], hal=hal, workers=2) as s:
+        s.submit("SRC", meta0=np.arange(1, 4))
+        assert s.run(timeout=30)
+        assert s.arena.live_count() == 0
+    assert sorted(x[:3] for x in got) == [(i, b"ab" * i, "t.out") for i in range(1, 4)]
+    assert sorted(x[3] for x in got) == [1, 2, 3] and {x[4] for x in got} == {0}
+
+
+def test_bad_words_fail_the_emitting_task_on_every_emit_path(hal):
+    m = Module("m")
+    out = m.produces("w.out", "W")
+    bad = [-1, 2**64, 1.0, True, "1", None]
+
+    @m.handler("E")
+    def e(ctx):
+        i = ctx.task.meta0
+        kind, v = divmod(i, len(bad))
+        tgt = ("E", "OTHER", out)[kind]
+        ctx.emit(tgt, meta0=1, meta1=bad[v])       # meta1 wrong
+        return T.OK
+
+    @m.handler("OTHER")
+    def other(ctx):
+        pass
+
+    @m.handler("W", consumes="w.out")
+    def w(ctx):
+        pass
+
+    with boot([m], hal=hal, workers=1) as s:
+        s.submit("E", meta0=np.arange(3 * len(bad)))
+        assert s.run(timeout=30)
+        recs, codes = s.dead_letters("sys.error")
+        st = s.stats()["types"]
+    assert sorted(recs["meta0"].tolist()) == list(range(3 * len(bad)))
+    assert set(codes.tolist()) == {T.HANDLER_EXCEPTION}
+    assert "OTHER" not in st and st.get("W", {}).get("ok", 0) == 0

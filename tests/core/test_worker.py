@@ -163,3 +163,155 @@ def test_a_batch_handler_may_return_one_code_per_task(hal):
         recs, codes = s.dead_letters("sys.error")
         assert sorted(recs["meta0"].tolist()) == [1, 3, 5, 7, 9]
         assert set(codes.tolist()) == {T.FAIL}
+
+
+# -- per-task handlers: plain-value task rows, follow-ons run in the same step -----------------
+
+def _chain_module(log, length=6, fail_at=None, yield_at=None, retry_at=None):
+    m = Module("chain")
+
+    @m.handler("HOP")
+    def hop(ctx):
+        t = ctx.task
+        m0 = t.meta0
+        if m0 == yield_at and t.yield_count == 0:
+            return ctx.yield_()
+        if m0 == retry_at and t.retries == 0:
+            return T.RETRY
+        if m0 == fail_at:
+            return -7
+        log.append((t.meta1, m0, t.tenant, t.priority, t.yield_count, t.retries))
+        if m0 < length:
+            ctx.emit("HOP", meta0=m0 + 1, meta1=t.meta1)
+        return T.OK
+
+    return m
+
+
+@pytest.mark.parametrize("max_batch", [1, 4, 256])
+def test_a_chain_of_per_task_emits_keeps_every_hop_and_its_header(hal, max_batch):
+    log = []
+    with boot([_chain_module(log)], hal=hal, workers=2, max_batch=max_batch) as s:
+        s.submit("HOP", meta0=1, meta1=np.arange(5), priority=2, tenant=3)
+        assert s.run(timeout=30)
+        st = s.stats()["types"]["HOP"]
+        assert s.sched.outstanding == 0
+    assert sorted(log) == sorted((lane, hop, 3, 2, 0, 0) for lane in range(5)
+                                 for hop in range(1, 7))
+    assert st["ok"] == st["dequeued"] == st["enqueued"] == 30
+
+
+def test_follow_ons_run_in_the_same_step_and_count_like_queued_tasks():
+    """One step runs the seed and its follow-ons (up to the batch budget): the rest go through
+    the local queue. Counters, seqs and the trace see every hop."""
+    log = []
+    with boot([_chain_module(log, length=100)], hal="sim", workers=1, max_batch=256,
+              trace_level="all") as s:
+        s.hal.max_batch_choices = (256,)
+        s.submit("HOP", meta0=1)
+        w = s.workers[0]
+        assert w.step()
+        assert len(log) == 100 and s.sched.outstanding == 0
+        assert s.run(timeout=30)
+        st = s.stats()
+        assert st["types"]["HOP"]["ok"] == st["types"]["HOP"]["enqueued"] == 100
+        assert st["sched"]["routes"]["emit"] == 99
+        ev = s.tracer.drain()
+    assert [x[1] for x in log] == list(range(1, 101))
+    from ggmk.events import EventType
+    for e in (EventType.TASK_START, EventType.TASK_END):
+        assert sorted(ev["arg0"][ev["event"] == e].tolist()) == sorted(set(
+            ev["arg0"][ev["event"] == EventType.TASK_START].tolist())), e
+        assert (ev["event"] == e).sum() == 100, e
+
+
+def test_follow_ons_get_fresh_increasing_seqs():
+    seqs = []
+    m = Module("m")
+
+    @m.handler("S")
+    def s_(ctx):
+        seqs.append(ctx.task.seq)
+        if ctx.task.meta0 < 50:
+            ctx.emit("S", meta0=ctx.task.meta0 + 1)
+
+    with boot([m], hal="sim", workers=1) as s:
+        s.submit("S", meta0=1)
+        s.submit("S", meta0=50)
+        assert s.run(timeout=30)
+    assert len(seqs) == 51 and len(set(seqs)) == 51
+
+
+@pytest.mark.parametrize("max_batch", [1, 256])
+def test_follow_ons_yield_retry_and_fail_like_any_task(hal, max_batch):
+    log = []
+    m = _chain_module(log, length=8, yield_at=3, retry_at=5, fail_at=8)
+    with boot([m], hal=hal, workers=2, max_batch=max_batch) as s:
+        s.submit("HOP", meta0=1, meta1=np.arange(3))
+        assert s.run(timeout=30)
+        recs, codes = s.dead_letters("sys.error")
+        st = s.stats()["types"]["HOP"]
+    assert sorted(recs["meta0"].tolist()) == [8, 8, 8] and set(codes.tolist()) == {-7}
+    by_hop = {(lane, hop): (yc, rt) for lane, hop, _, _, yc, rt in log}
+    assert len(by_hop) == 21
+    assert all(by_hop[(lane, 3)] == (1, 0) and by_hop[(lane, 5)] == (0, 1) for lane in range(3))
+    assert st["yield"] == 3 and st["retry"] == 3 and st["fail"] == 3
+
+
+def test_a_handler_exception_in_a_follow_on_fails_only_that_hop(hal):
+    log = []
+    m = Module("m")
+
+    @m.handler("H")
+    def h(ctx):
+        n = ctx.task.meta0
+        if n == 4:
+            raise ValueError("hop 4")
+        log.append(n)
+        ctx.emit("H", meta0=n + 1)
+
+    with boot([m], hal=hal, workers=1) as s:
+        s.submit("H", meta0=1)
+        assert s.run(timeout=30)
+        recs, codes = s.dead_letters("sys.error")
+        assert codes.tolist() == [T.HANDLER_EXCEPTION] and recs["meta0"].tolist() == [4]
+        assert "hop 4" in s.exceptions[-1][2]
+    assert log == [1, 2, 3]
+
+
+def test_meta_written_by_a_per_task_handler_is_kept_on_yield_and_wait(hal):
+    got = []
+    m = Module("m")
+
+    @m.handler("P")
+    def p(ctx):
+        t = ctx.task
+        if t.yield_count == 0:
+            t.meta1 = t.meta0 * 10
+            return ctx.yield_(phase=t.meta0 + 1000)
+        if t.meta1 % 10 == 0:
+            return ctx.wait_(meta1=t.meta1 + 1)
+        got.append((t.meta0, t.meta1, t.yield_count, int(t.record()["meta0"])))
+
+    with boot([m], hal=hal, workers=2) as s:
+        s.submit("P", meta0=np.arange(1, 4))
+        assert s.run(timeout=30)
+    assert sorted(got) == [(1000 + i, 10 * i + 1, 1, 1000 + i) for i in range(1, 4)]
+
+
+def test_a_tenant_policy_or_determinism_keeps_follow_ons_out_of_the_step():
+    """With a tenant policy, emits go to their tenant's ready queue (the policy picks every
+    batch); in determinism mode they run next tick: nothing is run in the emitting step."""
+    for kw in ({"tenants": {0: 0}}, {"deterministic": True}):
+        log = []
+        with boot([_chain_module(log, length=20)], hal="sim", workers=1, **kw) as s:
+            s.hal.max_batch_choices = (256,)
+            s.submit("HOP", meta0=1, deterministic="deterministic" in kw)
+            if "deterministic" in kw:
+                s.det.release_input()
+            w = s.workers[0]
+            while not w.step():
+                pass
+            assert len(log) == 1, kw
+            assert s.run(timeout=30)
+        assert [x[1] for x in log] == list(range(1, 21))

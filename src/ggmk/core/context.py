@@ -14,42 +14,238 @@ Example::
 """
 from __future__ import annotations
 
+from array import array as _array
+
 import numpy as np
 
 from ggmk.core.emitter import Emitter   # the per-channel emit buffer
 from ggmk.errors import EmitError
 from ggmk.task import word
-from ggmk.task import (CHAN_CLOSED, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC, PRIO_MASK, WAIT,
-                       YIELD, Task, TaskBatch, check_count, make)
+from ggmk.task import (_U64, CHAN_CLOSED, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC, PRIO_MASK, WAIT,
+                       YIELD, Task, TaskBatch, _scalar, check_count, make)
 
 _HDR_FLAGS = PRIO_MASK | FLAG_DETERMINISTIC
+
+
+def u64(values: list) -> np.ndarray:
+    """A list of Python ints already known to be task words (0..2**64-1) as a uint64 array
+    (through ``array.array``: ~4x faster than ``np.array(values, np.uint64)``)."""
+    return np.frombuffer(_array("Q", values), np.uint64)
+
 _PRIORITIES = (0, 1, 2, 3)
+_M16 = 0xFFFF
+_M32 = 0xFFFF_FFFF
+# a buffered emit's key: the child's header as one int (fields that are not meta0/meta1)
+#   flags | tenant << 16 | seq << 32 | type << 64 | payload_len << 96 | payload_ptr << 128
+# ``hdr`` (the low 64 bits, what a parent passes on: priority and deterministic flag, tenant,
+# its seq in determinism mode) is what the channel emitters are bound to as well.
+
+
+class _NoRows:
+    """``TaskRow._m0`` / ``_m1`` while no batch is bound: index -1 reads the record the view
+    was given (``Task(rec)`` style), else says that there is no current task."""
+    __slots__ = ("row", "name")
+
+    def __init__(self, row, name):
+        self.row = row
+        self.name = name
+
+    def __getitem__(self, i):
+        r = self.row._r
+        if r is None:
+            raise AttributeError(f"ctx.task.{self.name}: no current task (a batch handler "
+                                 f"reads columns from its batch)")
+        return int(r[self.name])
+
+
+class TaskRow(Task):
+    """``ctx.task`` of a per-task handler: one row of the current batch, read and written
+    through plain Python values (no NumPy object per task).
+
+    The worker reads the batch's meta0 / meta1 columns once per batch (``.tolist()``); other
+    fields are read once per batch on first use; writes (``meta0`` / ``meta1``, checked like
+    ``Task``'s setters) go to the lists and back into the records once, at the batch's end.
+    Rows past ``_n0`` are follow-on tasks the worker runs in the same step (see
+    ``Context.emit``): their header is ``_khdr`` when the whole batch passes on one header,
+    else in ``_kids`` (one per follow-on); their seqs count up from ``_seq0``. ``record()`` builds the NumPy record on
+    demand (a snapshot: write fields through the view).
+    """
+
+    __slots__ = ("_i", "_n0", "_type", "_m0", "_m1", "_recs", "_cols", "_kids", "_dirty",
+                 "_lim", "_seq0", "_khdr", "_nr0", "_nr1")
+
+    def __init__(self):
+        super().__init__(None)
+        self._nr0 = _NoRows(self, "meta0")
+        self._nr1 = _NoRows(self, "meta1")
+        self._unbind()
+
+    def _unbind(self) -> None:
+        self._i = -1
+        self._n0 = 0
+        self._type = 0
+        self._m0 = self._nr0
+        self._m1 = self._nr1
+        self._recs = None
+        self._cols = None
+        self._kids = None
+        self._dirty = False
+        self._lim = 0
+        self._seq0 = 0
+        self._khdr = -1
+
+    def _start(self, recs, t: int, m0: list, m1: list, lim: int) -> None:
+        """Bind to a batch of records of type ``t`` (meta columns already read)."""
+        self._recs = recs
+        self._n0 = len(recs)
+        self._type = t
+        self._m0 = m0
+        self._m1 = m1
+        self._cols = {}
+        self._kids = []
+        self._dirty = False
+        self._lim = lim
+        self._seq0 = 0
+        self._khdr = -1
+        self._i = -1
+
+    def _col(self, name: str) -> list:
+        c = self._cols.get(name)
+        if c is None:
+            c = self._cols[name] = self._recs[name].tolist()
+        return c
+
+    def _get(self, name: str) -> int:
+        i = self._i
+        if i < 0:
+            if self._r is None:
+                raise AttributeError(f"ctx.task.{name}: no current task (a batch handler reads "
+                                     f"columns from its batch)")
+            return int(self._r[name])
+        if i < self._n0:
+            return self._col(name)[i]
+        j = i - self._n0                             # a follow-on run in the same step
+        hdr = self._khdr if self._khdr >= 0 else self._kids[j]
+        if name == "flags":
+            return hdr & _M16
+        if name == "tenant":
+            return (hdr >> 16) & _M16
+        if name == "seq":
+            return (self._seq0 + j) & _M32
+        return 0                                     # channel, payload, yields, retries
+
+    def _hdr(self, det: bool) -> int:
+        """The header a child inherits: priority and deterministic flag, tenant, seq (det)."""
+        i = self._i
+        if i < 0:
+            return 0
+        if i < self._n0:
+            fl = self._cols.get("flags") or self._col("flags")
+            tn = self._cols.get("tenant") or self._col("tenant")
+            h = (fl[i] & _HDR_FLAGS) | (tn[i] << 16)
+            if det:
+                h |= self._col("seq")[i] << 32
+            return h
+        return self._khdr if self._khdr >= 0 else self._kids[i - self._n0]
+
+    type = property(lambda s: s._type if s._i >= 0 else s._get("type"))
+    flags = property(lambda s: s._get("flags"))
+    priority = property(lambda s: s._get("flags") & PRIO_MASK)
+    tenant = property(lambda s: s._get("tenant"))
+    channel = property(lambda s: s._get("channel"))
+    seq = property(lambda s: s._get("seq"))
+    payload_ptr = property(lambda s: s._get("payload_ptr"))
+    payload_len = property(lambda s: s._get("payload_len"))
+    yield_count = property(lambda s: s._get("yield_count"))
+    retries = property(lambda s: s._get("_pad"))
+
+    # bound: the batch's list; unbound: _NoRows, which reads the record given to Task(rec)
+    meta0 = property(lambda s: s._m0[s._i])
+
+    @meta0.setter
+    def meta0(self, v: int) -> None:
+        if v.__class__ is not int or not 0 <= v <= _U64:
+            v = _scalar("meta0", v, _U64)
+        if self._i < 0:
+            self._r["meta0"] = v
+            return
+        self._m0[self._i] = v
+        self._dirty = True
+
+    meta1 = property(lambda s: s._m1[s._i])
+
+    @meta1.setter
+    def meta1(self, v: int) -> None:
+        if v.__class__ is not int or not 0 <= v <= _U64:
+            v = _scalar("meta1", v, _U64)
+        if self._i < 0:
+            self._r["meta1"] = v
+            return
+        self._m1[self._i] = v
+        self._dirty = True
+
+    def record(self):
+        """The current task as a NumPy record, built on demand (a snapshot)."""
+        i = self._i
+        if i < 0:
+            return self._r
+        if i < self._n0:
+            r = self._recs[i:i + 1].copy()
+        else:
+            hdr = self._khdr if self._khdr >= 0 else self._kids[i - self._n0]
+            r = make(1, type=self._type, flags=hdr & _M16, tenant=(hdr >> 16) & _M16,
+                     seq=(self._seq0 + i - self._n0) & _M32)
+        r["meta0"] = self._m0[i]
+        r["meta1"] = self._m1[i]
+        return r[0]
+
+    def _write_back(self) -> None:
+        """Store the meta0 / meta1 the handlers wrote into the batch's own records."""
+        n = self._n0
+        self._recs["meta0"] = u64(self._m0[:n])
+        self._recs["meta1"] = u64(self._m1[:n])
+        self._dirty = False
 
 
 class Context:
-    __slots__ = ("kernel", "worker", "task", "batch", "module", "_emits", "_emits0", "_emits1",
-                 "_retained", "_index", "_det", "_det_on", "_resolve", "_emitters",
-                 "_emitters_active", "_pr", "_phdr")
+    __slots__ = ("kernel", "worker", "task", "batch", "module", "_ek", "_e0", "_e1",
+                 "_retained", "_det", "_det_on", "_resolve", "_emitters",
+                 "_emitters_active", "_pi", "_phdr", "_bhdr", "_types", "_inl_t", "_sched",
+                 "_km0", "_klim", "_k0", "_k1", "_kh")
 
     def __init__(self, kernel, worker: int):
         self.kernel = kernel
         self.worker = worker
-        self.task = Task()
+        self.task = TaskRow()
         self.batch: TaskBatch | None = None
         self.module = None
-        # per-message emits to types, until the batch ends: (type, flags, tenant, seq,
-        # payload_ptr, payload_len) per emit, and meta0 / meta1 in flat lists
-        self._emits: list[tuple] = []
-        self._emits0: list = []
-        self._emits1: list = []
+        # per-message emits to types, until the batch ends: one key per emit (the child's
+        # header, see _key), and meta0 / meta1 in flat lists
+        self._ek: list = []
+        self._e0: list = []
+        self._e1: list = []
         self._retained: set[int] = set()
-        self._index = 0
         self._det_on = kernel.deterministic
         self._resolve = kernel.resolve_target
+        # target -> type id for targets that are types (the kernel's own cache: resolve_target
+        # answers from it first, so a hit here means exactly what resolve_target would say)
+        self._types = getattr(kernel, "_type_cache", None)
+        if self._types is None:
+            self._types = {}
+        self._sched = getattr(kernel, "sched", None)
         self._emitters: dict = {}          # channel target -> this worker's Emitter
         self._emitters_active: list = []
-        self._pr = None                   # the parent record _phdr was computed from
+        self._pi = -1                      # the row _phdr was computed for (-1: none)
         self._phdr = 0
+        self._bhdr = -1                    # the batch-wide header (-1: none, -2: not looked)
+        self._inl_t = -1                   # emits of this type run in this step (the worker)
+        self._km0 = ()                     # ... as rows appended to the batch's columns
+        self._klim = 0
+        self._k0 = self._k1 = self._kh = None
+
+    @property
+    def _index(self) -> int:
+        return self.task._i
 
     # -- what a handler can see -----------------------------------------------------------------
     @property
@@ -68,18 +264,19 @@ class Context:
     def chan_seq(self) -> int:
         """The channel sequence number of the current message (0 for a direct task);
         consecutive per channel, so a gap means a message was dropped."""
-        return int(self.task._r["seq"]) if int(self.task._r["channel"]) else 0
+        t = self.task
+        return t.seq if t.channel else 0
 
     @property
     def channel(self):
         """The Channel the current task came from, or None."""
-        cid = int(self.task._r["channel"])
+        cid = self.task.channel
         return self.kernel.channels.by_id.get(cid) if cid else None
 
     @property
     def reason(self) -> int:
         """For a message from sys.error / sys.dropped: why it landed there (a code)."""
-        v = int(self.task._r["_pad"])
+        v = self.task.retries
         return v - 0x10000 if v >= 0x8000 else v
 
     @property
@@ -88,6 +285,40 @@ class Context:
         return self.kernel.payload_view(self.task)
 
     # -- emitting -------------------------------------------------------------------------------
+    def _parent_hdr(self) -> int:
+        """The current task's header for its children (computed once per task)."""
+        t = self.task
+        i = t._i
+        if i < 0:
+            r = t._r
+            return 0 if r is None else (
+                (int(r["flags"]) & _HDR_FLAGS) | (int(r["tenant"]) << 16)
+                | ((int(r["seq"]) << 32) if self._det_on else 0))
+        if i != self._pi:
+            self._pi = i
+            self._phdr = t._hdr(self._det_on)
+        return self._phdr
+
+    def _row_hdr(self) -> int:
+        """``_parent_hdr`` for the emit paths: on the batch's first emit, look once whether
+        every task of the batch passes on the same header (the usual case: then ``_bhdr``
+        holds it and no task computes its own)."""
+        if self._bhdr == -2:
+            self._bhdr = -1
+            t = self.task
+            recs = t._recs
+            if t._i >= 0 and recs is not None:
+                fl = recs["flags"]
+                tn = recs["tenant"]
+                if (len(recs) == 1 or (((fl ^ fl[0]) & _HDR_FLAGS) == 0).all()
+                        and (tn == tn[0]).all()) and (len(recs) == 1 or not self._det_on):
+                    h = (int(fl[0]) & _HDR_FLAGS) | (int(tn[0]) << 16)
+                    if self._det_on:
+                        h |= int(recs["seq"][0]) << 32
+                    self._bhdr = t._khdr = h
+                    return h
+        return self._parent_hdr()
+
     def emit(self, target, meta0: int = 0, meta1: int = 0, *, payload=None, priority: int | None = None,
              tenant: int | None = None, flags: int = 0) -> int:
         """Emit one task of ``target`` (a type name/id, or a channel declared with ``produces``).
@@ -96,19 +327,41 @@ class Context:
         Returns OK, or a channel code (CHAN_FULL on a full lossless channel, CHAN_CLOSED); on a
         non-OK code the message was not sent and its payload is released.
         """
+        # words are checked here, inside the handler's guard: a bad value fails the task that
+        # emitted it (converted later, at the batch's end, it would kill the worker)
+        tid = self._types.get(target)
+        if tid is not None and payload is priority is tenant is None and not flags \
+                and meta0.__class__ is meta1.__class__ is int and not (meta0 | meta1) >> 64:
+            # the hot path: a list append (records are built once per batch, in flush)
+            hdr = self._bhdr
+            if hdr >= 0:                  # every task of the batch passes on the same header
+                if tid == self._inl_t and len(self._km0) < self._klim:
+                    # a follow-on the worker runs in this step, as the next row of the batch
+                    self._k0(meta0)
+                    self._k1(meta1)
+                    return 0
+            else:
+                hdr = self._row_hdr()
+                if tid == self._inl_t and len(self._km0) < self._klim:
+                    if self._bhdr >= 0:       # just found: the batch has one header
+                        self._k0(meta0)
+                        self._k1(meta1)
+                        return 0
+                    self._kh(hdr)
+                    self._k0(meta0)
+                    self._k1(meta1)
+                    return 0
+            self._ek.append(hdr | (tid << 64))
+            self._e0.append(meta0)
+            self._e1.append(meta1)
+            return 0
         st = self._emitters.get(target)
         if st is not None and payload is None and priority is None and tenant is None and not flags:
             # the hot path: per-message emit on a channel (credit already taken, no lock)
-            r = self.task._r
-            if r is not self._pr:
-                self._pr = r
-                self._phdr = 0 if r is None else (
-                    (int(r["flags"]) & _HDR_FLAGS) | (int(r["tenant"]) << 16)
-                    | ((int(r["seq"]) << 32) if self._det_on else 0))
-            hdr = self._phdr
+            hdr = self._bhdr
+            if hdr < 0:
+                hdr = self._row_hdr()
             m0 = st.m0
-            # a word is checked here, inside the handler's guard: a bad value fails the task
-            # that emitted it (converted later, at the batch's end, it would kill the worker)
             if hdr == st.hdr and len(m0) < st.lim[0] and meta0.__class__ is int \
                     and not meta0 >> 64:
                 if meta1:
@@ -133,29 +386,28 @@ class Context:
             raise EmitError(f"priority={priority!r}: allowed 0 (highest), 1, 2, 3 (lowest)")
         if tenant is not None and (tenant.__class__ is not int or not 0 <= tenant <= 0xFFFF):
             raise EmitError(f"tenant={tenant!r}: allowed an integer in 0..65535")
-        r = self.task._r
-        if r is not None:
-            pflags = int(r["flags"])
-            if priority is None:
-                priority = pflags & PRIO_MASK
-            if tenant is None:
-                tenant = int(r["tenant"])
-            flags |= pflags & FLAG_DETERMINISTIC
-            seq = int(r["seq"]) if self._det_on else 0
-        else:
-            seq = 0
-        fl = (flags & ~PRIO_MASK) | ((priority or 0) & PRIO_MASK)
+        if flags.__class__ is not int or not 0 <= flags <= 0xFFFF:
+            raise EmitError(f"flags={flags!r}: allowed an integer in 0..65535")
+        hdr = self._parent_hdr()
+        if priority is None:
+            priority = hdr & PRIO_MASK
+        if tenant is None:
+            tenant = (hdr >> 16) & _M16
+        flags |= hdr & FLAG_DETERMINISTIC
+        seq = hdr >> 32
+        fl = (flags & ~PRIO_MASK) | (priority & PRIO_MASK)
         ptr = plen = 0
         if payload is not None:
             ptr, plen = self.kernel.store_payload(tid, payload)
         if chan is not None:
-            code = chan.emit_one(tid, fl, tenant or 0, ptr, plen, meta0, meta1, seq)
+            code = chan.emit_one(tid, fl, tenant, ptr, plen, meta0, meta1, seq)
             if code and ptr:
                 self.kernel.arena.release(ptr)
             return code
-        self._emits.append((tid, fl, tenant or 0, seq, ptr, plen))
-        self._emits0.append(meta0)
-        self._emits1.append(meta1)
+        self._ek.append(fl | (tenant << 16) | (seq << 32) | (tid << 64) | (plen << 96)
+                        | (ptr << 128))
+        self._e0.append(meta0)
+        self._e1.append(meta1)
         return 0
 
     def emitter(self, target):
@@ -177,10 +429,7 @@ class Context:
             if chan is None:
                 raise TypeError(f"emitter: {target!r} is not a channel")
             st = self._emitters[target] = Emitter(chan)
-        r = self.task._r
-        st.bind(self, 0 if r is None else (
-            (int(r["flags"]) & _HDR_FLAGS) | (int(r["tenant"]) << 16)
-            | ((int(r["seq"]) << 32) if self._det_on else 0)))
+        st.bind(self, self._parent_hdr())
         return st.send
 
     def emit_batch(self, target, meta0=0, meta1=0, *, count: int | None = None, priority=None,
@@ -204,14 +453,14 @@ class Context:
                 tenant = parent["tenant"]
             flags = flags | (parent["flags"] & FLAG_DETERMINISTIC)
             seq = parent["seq"] if self._det_on else 0
-        elif self.task._r is not None:
-            r = self.task._r
+        elif self.task._i >= 0 or self.task._r is not None:
+            hdr = self._parent_hdr()
             if priority is None:
-                priority = int(r["flags"]) & PRIO_MASK
+                priority = hdr & PRIO_MASK
             if tenant is None:
-                tenant = int(r["tenant"])
-            flags |= int(r["flags"]) & FLAG_DETERMINISTIC
-            seq = int(r["seq"]) if self._det_on else 0
+                tenant = (hdr >> 16) & _M16
+            flags |= hdr & FLAG_DETERMINISTIC
+            seq = hdr >> 32
         else:
             seq = 0
         if priority is None:
@@ -261,7 +510,7 @@ class Context:
 
     def retain(self) -> None:
         """Keep the current task's payload alive past the handler (release it later yourself)."""
-        self._retained.add(self._index)
+        self._retained.add(self.task._i)
 
     def alloc(self, nbytes: int) -> int:
         return self.kernel.arena.alloc_or_raise(nbytes)
@@ -269,24 +518,29 @@ class Context:
     def flush(self) -> None:
         """Hand buffered per-message emits to the enqueue core and commit staged channel emits
         (the worker calls this per batch), then drain channels opportunistically."""
-        hdrs = self._emits
-        if hdrs:
-            # headers apart from meta0/meta1 (a list of 11-field tuples converted to records
-            # cost ~435 ns a record; usually every header of a batch is the same: one fill)
-            m0 = np.array(self._emits0, dtype=np.uint64)
-            m1 = np.array(self._emits1, dtype=np.uint64)
-            h = hdrs[0]
-            if hdrs.count(h) == len(hdrs):
-                recs = make(len(hdrs), type=h[0], flags=h[1], tenant=h[2], seq=h[3],
-                            payload_ptr=h[4], payload_len=h[5], meta0=m0, meta1=m1)
+        keys = self._ek
+        if keys:
+            # one record build per batch: usually every child of a batch has the same header
+            # (one template fill); else the header fields are split out of the keys
+            n = len(keys)
+            m0 = u64(self._e0)
+            m1 = u64(self._e1)
+            k = keys[0]
+            if keys.count(k) == n:
+                recs = make(n, type=(k >> 64) & _M32, flags=k & _M16, tenant=(k >> 16) & _M16,
+                            seq=(k >> 32) & _M32, payload_ptr=k >> 128,
+                            payload_len=(k >> 96) & _M32, meta0=m0, meta1=m1)
             else:
-                cols = np.array(hdrs, dtype=np.uint64)
-                recs = make(len(hdrs), type=cols[:, 0], flags=cols[:, 1], tenant=cols[:, 2],
-                            seq=cols[:, 3], payload_ptr=cols[:, 4], payload_len=cols[:, 5],
+                recs = make(n, type=np.array([x >> 64 & _M32 for x in keys], np.uint32),
+                            flags=np.array([x & _M16 for x in keys], np.uint16),
+                            tenant=np.array([x >> 16 & _M16 for x in keys], np.uint16),
+                            seq=np.array([x >> 32 & _M32 for x in keys], np.uint32),
+                            payload_ptr=np.array([x >> 128 for x in keys], np.uint64),
+                            payload_len=np.array([x >> 96 & _M32 for x in keys], np.uint32),
                             meta0=m0, meta1=m1)
-            hdrs.clear()
-            self._emits0.clear()
-            self._emits1.clear()
+            keys.clear()
+            self._e0.clear()
+            self._e1.clear()
             self.kernel.sched.enqueue(recs, self.kernel.ROUTE_EMIT, self.worker)
         act = self._emitters_active
         if act:

@@ -337,10 +337,14 @@ class Scheduler:
                 s = self.seq
                 self.seq = s + n
             recs["seq"] = np.arange(s + 1, s + n + 1, dtype=np.uint64).astype(np.uint32)
-        accepted = self._route(recs, route, worker, due, one_type)
+        accepted, ready = self._route(recs, route, worker, due, one_type)
         if self.on_enqueued is not None and route != Route.EVENT:
             # a due event was counted when it was scheduled (RETRY / DEFER): once per attempt
             self.on_enqueued(recs["type"][:accepted], worker)
+        if ready:
+            # one parked worker (it wakes the next if it leaves work behind: Worker.step), and
+            # last: the woken thread needs the GIL this one holds until it is done here
+            self.wake(1)
         return accepted + ndet
 
     def _count(self, n: int) -> None:
@@ -348,7 +352,8 @@ class Scheduler:
             self.outstanding += n
 
     def _route(self, recs: np.ndarray, route: Route, worker: int, due: int,
-               one_type: bool = False) -> int:
+               one_type: bool = False) -> tuple[int, bool]:
+        """Put ``recs`` where ``route`` says; (accepted, whether any went to a ready queue)."""
         n = len(recs)
         self._count(n)
         if route in (Route.RETRY, Route.DEFER, Route.WAIT):
@@ -356,7 +361,7 @@ class Scheduler:
             if k < n:
                 self.dead(recs[k:], EVENT_FULL)
                 self._count(k - n)
-            return k
+            return k, False
         if route == Route.YIELD:
             k = self.local[worker].push(recs)
             if k < n:
@@ -365,23 +370,22 @@ class Scheduler:
                     self.dead(recs[k + k2:], YIELD_OVERFLOW)
                     self._count(k + k2 - n)
                 k += k2
-            return k
+            return k, False
         if route == Route.EMIT and worker >= 0 and self.policy is None:
             # children stay on the emitting worker (cache-warm chains); with a tenant policy they
             # go to their tenant's ready queue instead, so the policy chooses who runs next
             k = self.local[worker].push(recs, limit=self.local_limit)
             if k == n:
-                return n
+                return n, False
             recs = recs[k:]
         else:
             k = 0
         refused = self._push_ready(recs, one_type)
-        self.wake(len(recs))
         if refused is not None:
             self.dead(refused, READY_FULL)
             self._count(-len(refused))
-            return n - len(refused)
-        return n
+            return n - len(refused), True
+        return n, True
 
     def _push_ready(self, recs: np.ndarray, one_type: bool = False) -> np.ndarray | None:
         """Push to the tenants' ready queues; return the records refused at capacity, if any."""

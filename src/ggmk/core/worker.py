@@ -4,23 +4,32 @@
 (a thread that spins then parks, or the seeded simulator). Gather order: the yield-overflow queue
 (top priority), the worker's local queue, due events (at most 256 per round, re-enqueued through
 the core), the deterministic tick stage, then the ready queue.
+
+Per-task handlers see their batch as plain Python values (``ctx.task`` is a ``TaskRow`` over
+the columns read once with ``.tolist()``), and what they ``ctx.emit`` to their own type runs in
+the same step as further rows of the batch (the worker would pop it from its local queue next
+anyway), up to the batch budget and never on the ready queue's turn, nor with a tenant policy
+or in determinism mode; those follow-ons become records once per step (``_follow_ons``) and are
+counted, traced and finished like any task of the batch.
 """
 from __future__ import annotations
 
 import traceback
+from itertools import count
 
 import numpy as np
 
-from ggmk.core.context import Context
+from ggmk.core.context import Context, u64
 from ggmk.core.faults import backoff_ticks
 from ggmk.core.metrics import TypeCounter as C
 from ggmk.core.sched import EVENT_DRAIN_MAX, Route
 from ggmk.events import EventType
 from ggmk.task import (BAD_RETURN, FAIL, FLAG_DETERMINISTIC, HANDLER_EXCEPTION, MAX_YIELDS, OK,
-                       RETRY, RETRY_EXHAUSTED, WAIT, YIELD, TaskBatch)
+                       RETRY, RETRY_EXHAUSTED, TASK_DTYPE, WAIT, YIELD, TaskBatch)
 
 
 _CODE_MIN = -(1 << 31)
+_V48 = np.dtype("V48")       # a record as raw bytes: copies without per-field work
 
 
 def _task_code(r):
@@ -57,6 +66,17 @@ def _batch_codes(r, n: int):
     return np.full(n, code, dtype=np.int32), err
 
 
+def _note_code(bad: list, i: int, r):
+    """Note a per-task handler's non-OK result ``r`` for row ``i`` in ``bad``; return the
+    error when ``r`` is not a code (BAD_RETURN), else None."""
+    e = None
+    if r.__class__ is not int or not _CODE_MIN <= r <= WAIT:
+        r, e = _task_code(r)
+    if r:
+        bad.append((i, r))
+    return e
+
+
 class BadReturn(TypeError):
     """What ``system.exceptions`` records for a handler that returned a non-code."""
 
@@ -74,6 +94,10 @@ class Worker:
         self.idle_steps = 0
         self.parks = 0
         self.gathers = 0
+        self._full = False
+        # the HAL's list of parked workers, where it has one: a worker that pops a batch and
+        # leaves work in the ready queue wakes the next parked worker
+        self._parked = getattr(kernel.hal, "parked_list", ())
 
     def on_park(self) -> None:
         self.parks += 1
@@ -113,20 +137,56 @@ class Worker:
                     s.done(len(recs))
                     return True
             recs = s.pop_ready(B)
-            if not len(recs) and len(self.local):
+            if len(recs):
+                if self._parked and s.ready_len():
+                    s.wake(1)     # more is ready: pass the wake-up on (a submit wakes one worker)
+            elif len(self.local):
                 recs = self.local.pop(B)
             if not len(recs):
                 k.poll_idle(self.id)
                 self.idle_steps += 1
                 return False
-        self.dispatch(recs)
-        s.done(len(recs))
+        n = len(recs)
+        self._full = n >= B
+        if n < B and k.det is None and s.policy is None and not len(self.local) \
+                and not len(s.overflow) and (self.gathers & 3 or not s.ready_len()):
+            # the worker may run what this batch emits to its own type in the same step (the
+            # next thing it would pop from its local queue anyway), up to the batch budget;
+            # never on the ready queue's turn (every 4th gather), so aging and tenants hold
+            self.dispatch(recs, B)
+        else:
+            self.dispatch(recs)
+        s.done(n)
         return True
 
-    def dispatch(self, recs: np.ndarray) -> None:
+    def has_work(self) -> bool:
+        """Whether a step now could find work (a cheap look, no pop): the HAL parks a worker
+        whose step did work and that sees nothing more, without an empty step first. Due
+        events are seen when due; later ones wake the worker by its park timeout."""
+        if self._full:                    # the last batch was a full one: likely more
+            return True
+        s = self.sched
+        if len(self.local) or len(s.overflow):
+            return True
+        for rq in s.tenants.values():
+            if rq.size:
+                return True
+        k = self.kernel
+        ev = s.events
+        if ev.size and ev.heap and ev.heap[0][0] <= k.wall_tick():
+            return True
+        if k.det is not None and k.det.has_work():
+            return True
+        ch = k.channels
+        return ch is not None and bool(ch._hot)
+
+    def dispatch(self, recs: np.ndarray, budget: int = 0) -> None:
+        if len(recs) == 1:
+            self._dispatch_group(recs, budget=budget)
+            return
         types = recs["type"]
-        if len(recs) == 1 or (types == types[0]).all():
-            self._dispatch_group(recs)
+        if (types == types[0]).all():
+            self._dispatch_group(recs, budget=budget)
             return
         order = np.argsort(types, kind="stable")
         srt = recs[order]
@@ -135,7 +195,7 @@ class Worker:
             self._dispatch_group(g)
 
     # -- dispatch -------------------------------------------------------------------------------
-    def _dispatch_group(self, recs: np.ndarray, want_codes: bool = False):
+    def _dispatch_group(self, recs: np.ndarray, want_codes: bool = False, budget: int = 0):
         k = self.kernel
         t = int(recs["type"][0])
         h = k.handler_of[t]
@@ -160,7 +220,7 @@ class Worker:
         if h.batch:
             batch = TaskBatch(recs)
             ctx.batch = batch
-            ctx.task._r = None
+            ctx._bhdr = -1
             try:
                 r = h.fn(ctx, batch)
             except Exception as e:  # noqa: BLE001 - a handler bug must not kill the worker
@@ -174,26 +234,72 @@ class Worker:
             fn = h.fn
             task = ctx.task
             ctx.batch = None
-            bad = None
+            bad = []
+            # the batch's columns as plain Python values, read once (TaskRow); meta0/meta1 are
+            # written back once at the end if a handler set them
+            m0 = recs["meta0"].tolist()
+            m1 = recs["meta1"].tolist()
+            lim = 0
+            if budget > n and not k.sched.poisoned[t]:
+                lim = min(budget, cap) if cap else budget
+                ctx._inl_t = t
+            task._start(recs, t, m0, m1, lim)
+            ctx._pi = -1
+            ctx._bhdr = -2
+            if lim:
+                ctx._km0, ctx._klim = m0, lim
+                ctx._k0, ctx._k1, ctx._kh = m0.append, m1.append, task._kids.append
             for i in range(n):
-                task._r = recs[i]
-                ctx._index = i
+                task._i = i
                 try:
                     r = fn(ctx)
                 except Exception as e:  # noqa: BLE001
                     r, exc = HANDLER_EXCEPTION, e
                 if r is not None and (r.__class__ is not int or r):
-                    if r.__class__ is not int or not _CODE_MIN <= r <= WAIT:
-                        r, e = _task_code(r)
+                    e = _note_code(bad, i, r)
+                    if e is not None:
+                        exc = e
+            seqs = 0
+            if len(m0) > n:
+                # follow-ons of this type, run in this step as further rows of the batch (each
+                # may add more, up to lim). They get fresh seqs from the enqueue core's counter:
+                # one block for what this step can run, the rest given back below if nobody
+                # took one meanwhile
+                seqs = lim - n
+                with k.sched.count_lock:
+                    base = k.sched.seq
+                    k.sched.seq = base + seqs
+                task._seq0 = base + 1
+                for i in count(n):
+                    if i == len(m0):
+                        break
+                    task._i = i
+                    try:
+                        r = fn(ctx)
+                    except Exception as e:  # noqa: BLE001
+                        r, exc = HANDLER_EXCEPTION, e
+                    if r is not None and (r.__class__ is not int or r):
+                        e = _note_code(bad, i, r)
                         if e is not None:
                             exc = e
-                    if r:
-                        if bad is None:
-                            bad = []
-                        bad.append((i, r))
-            task._r = None
-            if bad is not None:
-                codes = np.zeros(n, dtype=np.int32)
+            ctx._inl_t = -1
+            ctx._pi = -1
+            ctx._bhdr = -1
+            if lim:
+                ctx._km0, ctx._klim = (), 0
+                ctx._k0 = ctx._k1 = ctx._kh = None
+            if len(m0) > n:
+                used = len(m0) - n
+                if used < seqs:
+                    with k.sched.count_lock:
+                        if k.sched.seq == base + seqs:
+                            k.sched.seq = base + used
+                recs = self._follow_ons(recs, task, t)
+            elif task._dirty:
+                task._write_back()
+            task._unbind()
+            if bad:
+                codes = np.zeros(len(recs), dtype=np.int32)
                 for i, r in bad:
                     codes[i] = r
         elapsed = k.clock() - t0
@@ -201,14 +307,68 @@ class Worker:
         ctx.flush()
         if exc is not None:
             k.report_exception(h, exc, "".join(traceback.format_exception(exc)))
-        self._finish(recs, codes, h, t, elapsed, cpu_ns)
-        self.tasks += n
+        self._finish(recs, codes, h, t, elapsed, cpu_ns, n)
+        self.tasks += len(recs)
         self.batches += 1
         if want_codes:
             return codes if codes is not None else np.zeros(n, dtype=np.int32)
         return None
 
-    def _finish(self, recs, codes, h, t, elapsed, cpu_ns) -> None:
+    def _follow_ons(self, recs, task, t: int) -> np.ndarray:
+        """The records of the follow-ons this batch ran in the same step (``ctx.emit`` to the
+        batch's own type): built once, counted as emitted (route, per-type enqueue counter,
+        TASK_START) and returned appended to ``recs``, so that results, yields, retries,
+        failures, metrics and trace see them like any other task of the batch. They never sat
+        in a queue, so they never counted as outstanding."""
+        k = self.kernel
+        s = self.sched
+        n = len(recs)
+        kids = task._kids
+        nk = len(task._m0) - n
+        # one array for the batch and its follow-ons: the batch's records copied as raw bytes,
+        # the follow-ons' header as one template fill, then their columns
+        out = np.empty(n + nk, TASK_DTYPE)
+        raw = out.view(_V48)
+        if recs.flags.c_contiguous:
+            raw[:n] = recs.view(_V48)
+        else:
+            out[:n] = recs
+        if task._khdr >= 0:
+            h0, uniform = task._khdr, True
+        else:
+            h0 = kids[0]
+            uniform = kids.count(h0) == nk
+        tmpl = np.zeros(1, TASK_DTYPE)
+        tmpl["type"] = t
+        if uniform:
+            tmpl["flags"] = h0 & 0xFFFF
+            tmpl["tenant"] = (h0 >> 16) & 0xFFFF
+        raw[n:] = tmpl.view(_V48)[0]
+        ch = out[n:]
+        if not uniform:
+            ch["flags"] = np.array([x & 0xFFFF for x in kids], np.uint16)
+            ch["tenant"] = np.array([(x >> 16) & 0xFFFF for x in kids], np.uint16)
+        # fresh seqs (u4: they wrap like the enqueue core's)
+        ch["seq"] = np.arange(task._seq0, task._seq0 + nk, dtype=np.uint64) & 0xFFFF_FFFF
+        if task._dirty:       # a handler set meta0/meta1 of a task of the batch: all of them
+            out["meta0"] = u64(task._m0)
+            out["meta1"] = u64(task._m1)
+            task._dirty = False
+        else:
+            ch["meta0"] = u64(task._m0[n:])
+            ch["meta1"] = u64(task._m1[n:])
+        s.route_counts[Route.EMIT] += nk
+        oe = s.on_enqueued
+        if oe is not None:
+            if oe == k._count_enqueued:       # the kernel's per-type counter: one add
+                k.metrics_shard[self.id].add_type(C.ENQUEUED, t, nk)
+            else:
+                oe(ch["type"], self.id)
+        if k.tracer.enabled:
+            k.tracer.emit_batch(self.id, EventType.TASK_START, ch, arg0=ch["seq"])
+        return out
+
+    def _finish(self, recs, codes, h, t, elapsed, cpu_ns, n0: int | None = None) -> None:
         k = self.kernel
         n = len(recs)
         m = k.metrics_shard[self.id]
@@ -244,7 +404,8 @@ class Worker:
             pd.attempted(t, n if codes is None else int((codes >= 0).sum()), k.tick)
         k.account(self.id, recs, elapsed, cpu_ns)
         if recs[0]["channel"] and k.channels is not None:
-            k.channels.on_batch_done(recs)   # ordered channels deliver the next batch
+            # ordered channels deliver the next batch (follow-ons run in the step are not theirs)
+            k.channels.on_batch_done(recs if n0 is None or n0 == n else recs[:n0])
 
     def _release(self, recs, mask, retained) -> None:
         ptrs = recs["payload_ptr"]

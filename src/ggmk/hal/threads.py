@@ -1,9 +1,15 @@
-"""Real OS threads. An idle worker spins briefly, then parks on a condition variable; every
-enqueue bumps a wake sequence, so a worker that saw no work cannot sleep through a wake-up that
-happened after it looked (no lost wake-ups). Parking also times out, so due events and tick
-boundaries are serviced while nothing is enqueued. The host side (``wait``) sleeps on its own
-condition, notified the moment the last outstanding task finishes, so ``run()`` returns without
-a polling delay."""
+"""Real OS threads. An idle worker does not spin (a spinning Python thread takes the GIL from
+the very thread that would hand it work): it parks at once on its own lock, used as a binary
+semaphore (the cheapest real wait CPython has: one futex, no Condition bookkeeping). ``wake(n)``
+releases up to ``n`` parked workers, most recently parked first (cache-warm); the enqueue core
+asks for one per push to the ready queue, and a worker that pops a batch while more is ready
+wakes the next one (a cascade, so a big submit still gets every worker). Every wake-up bumps a
+wake sequence that a worker re-checks after registering as parked, so a worker that saw no work
+cannot sleep through a wake-up that happened after it looked (no lost wake-ups). Parking also
+times out, so due events and tick boundaries are serviced while nothing is enqueued. The host
+side (``wait``) sleeps on its own condition, notified the moment the last outstanding task
+finishes, so ``run()`` returns without a polling delay. A one-task round trip is two wake-ups:
+submit -> one parked worker, handler -> the waiting host."""
 from __future__ import annotations
 
 import itertools
@@ -15,11 +21,12 @@ class ThreadsHal:
     """Implements ggmk.hal.base.Hal."""
     name = "threads"
 
-    def __init__(self, spin: int = 50, park_timeout: float = 0.002, seed: int = 0):
-        self.spin = spin
+    def __init__(self, spin: int = 0, park_timeout: float = 0.002, seed: int = 0):
+        self.spin = spin                  # failed steps before parking (0: park at once)
         self.park_timeout = park_timeout
-        self.cond = threading.Condition(threading.Lock())
-        self.parked = 0
+        self._plock = threading.Lock()
+        self._parked: list = []           # parked workers' locks, most recent last
+        self.parked_list = self._parked   # read by workers: is anyone parked?
         self._ctr = itertools.count(1)
         self.wake_seq = 0
         self.threads: list[threading.Thread] = []
@@ -35,16 +42,23 @@ class ThreadsHal:
     cpu_clock_ns = staticmethod(time.thread_time_ns)
     next_event = None            # real threads park with a timeout instead of jumping a clock
 
+    @property
+    def parked(self) -> int:
+        return len(self._parked)
+
     def sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         self.wait(lambda: time.monotonic() >= end, None)
 
     def wake(self, n: int = 1) -> None:
         self.wake_seq = next(self._ctr)
-        if self.parked:
-            with self.cond:
-                self.wakes += 1
-                self.cond.notify(n)
+        if self._parked:
+            with self._plock:
+                parked = self._parked
+                while n > 0 and parked:
+                    parked.pop().release()
+                    self.wakes += 1
+                    n -= 1
 
     def start(self, workers) -> None:
         self.running = True
@@ -53,27 +67,45 @@ class ThreadsHal:
             self.threads.append(t)
             t.start()
 
+    def _unpark(self, lk) -> None:
+        """Leave the parked list after a wait that was not ended by a wake-up: if a waker
+        took us off meanwhile, it released our lock too: take that token back."""
+        with self._plock:
+            try:
+                self._parked.remove(lk)
+            except ValueError:
+                lk.acquire()
+
     def _loop(self, worker) -> None:
         step = worker.step
+        # after a step that did work, a cheap look for more (queues, due events, channels)
+        # instead of a whole empty step before parking: the GIL goes back sooner
+        more = getattr(worker, "has_work", None) or (lambda: True)
+        lk = threading.Lock()
+        lk.acquire()                      # held = "no wake-up pending"
+        plock = self._plock
+        parked = self._parked
+        idle = 0
         try:
             while self.running:
                 seen = self.wake_seq
                 if step():
-                    continue
-                # spin without re-running step(): a spinning step holds the GIL and delays the
-                # very thread that would hand us work; sleep(0) releases it
-                for _ in range(self.spin):
-                    if not self.running or self.wake_seq != seen:
-                        break
-                    time.sleep(0)
+                    idle = 0
+                    if more() or self.wake_seq != seen:
+                        continue
                 else:
-                    with self.cond:
-                        if self.wake_seq == seen and self.running:
-                            self.parked += 1
-                            self.parks += 1
-                            worker.on_park()
-                            self.cond.wait(self.park_timeout)
-                            self.parked -= 1
+                    idle += 1
+                    if idle <= self.spin:
+                        continue
+                with plock:
+                    parked.append(lk)
+                if self.wake_seq != seen or not self.running:
+                    self._unpark(lk)      # work came in after we looked
+                    continue
+                self.parks += 1
+                worker.on_park()
+                if not lk.acquire(True, self.park_timeout):
+                    self._unpark(lk)      # timed out: service events / ticks
         except BaseException as e:   # a runtime bug: surface it on halt instead of dying silently
             self.errors.append(e)
             raise
@@ -109,8 +141,9 @@ class ThreadsHal:
 
     def stop(self) -> None:
         self.running = False
-        with self.cond:
-            self.cond.notify_all()
+        with self._plock:
+            while self._parked:
+                self._parked.pop().release()
         for t in self.threads:
             t.join()
         self.threads.clear()
