@@ -58,14 +58,15 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ggmk.core.chan import GUARANTEES as CHAN_GUARANTEES, MAX_FANOUT, MODES as CHAN_MODES
+from ggmk.core.channel_spec import GUARANTEES as CHAN_GUARANTEES, MAX_FANOUT, MIN_CAPACITY
+from ggmk.core.channel_spec import MODES as CHAN_MODES
 from ggmk.errors import BootError, ChannelError
 from ggmk.events import Level
 from ggmk.task import CHAN_TYPE_MISMATCH, CHAN_UNKNOWN
 from ggmk.typereg.decls import Chan, ChannelDecl, HandlerDecl
 
 GRANULARITIES = ("scalar", "warp", "block")
-MIN_CHAN_CAPACITY = 8
+MIN_CHAN_CAPACITY = MIN_CAPACITY     # the CPU kernel's minimum; here smaller is refused
 
 
 class ChannelBootError(ChannelError, BootError):

@@ -204,8 +204,9 @@ class ChannelDecl(Chan):
     @property
     def reserve(self) -> int:
         """Credits a device channel keeps for priority-0 messages: the last 10% of the
-        capacity (at least 1)."""
-        return max(1, (self.capacity or 0) // 10)
+        capacity (at least 1), as on the CPU kernel."""
+        from ggmk.core.channel_spec import priority_reserve   # typereg loads before core
+        return priority_reserve(self.capacity or 0)
 
     # -- identity ---------------------------------------------------------------------------
     def _key(self) -> tuple:

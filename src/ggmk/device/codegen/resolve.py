@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ggmk.core.channel_spec import max_subscribers
 from ggmk.device import layout
 from ggmk.device.module import (MAX_FANOUT, Chan, ChannelBootError, Handler, Module,
                                 _global_names)
@@ -85,7 +86,7 @@ def resolve_channels(modules, handlers: list[Handler], types_map=None) -> list[C
                         f"{where}: expects message type {h.message!r} on channel {cname!r} "
                         f"(module {sp.module!r}), which carries type {sp.message} "
                         f"(CHAN_TYPE_MISMATCH)", CHAN_TYPE_MISMATCH)
-            limit = 1 if sp.mode == "p2p" else MAX_FANOUT
+            limit = max_subscribers(sp.mode)
             if len(sp.subs) >= limit:
                 bound = ", ".join(f"{handlers[j].module.name}.{handlers[j].name}"
                                   for j in sp.subs)
