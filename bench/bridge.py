@@ -3,7 +3,8 @@
 bridge_tasks_per_s: CPU module -> GPU module -> CPU module over two bridge channels (cpu.in,
 gpu.back), inline tasks; bridge_payload_4k_per_s: the same with 4 KB payloads;
 transfers_per_task; GPU -> CPU throughput at batch sizes 8/64/512; round trip p50/p99 (one
-message CPU -> GPU -> CPU); peers in the same run: multiprocessing.Queue (one record per
+message CPU -> GPU -> CPU, the host waiting on an Event the CPU handler sets); peers in the
+same run: multiprocessing.Queue (one record per
 message) and a multiprocessing pipe with 64-record numpy batches (send_bytes).
 
     .venv/bin/python bench/bridge.py [--n 200000]
@@ -81,7 +82,8 @@ def main():
     ap.add_argument("--n", type=int, default=200_000)
     a = ap.parse_args()
     n = a.n
-    out = {"target": "cpu"}
+    out = {"target": "cpu", "loadavg_1m": round(os.getloadavg()[0], 2),
+           "cpus": os.cpu_count()}
     s = boot()
     try:
         out["target"] = s.target
@@ -102,13 +104,15 @@ def main():
         publish_all(s, "cpu.in", m, payload=data, timeout=600)
         assert s.run(timeout=600)
         out["bridge_payload_4k_per_s"] = round(m / (time.perf_counter() - t0))
+        out["payload_4k_ok"] = sum(1 for r in W.REC.back if r[2])   # the rest: ALLOC_FAIL
         lat = []
         for i in range(300):
             W.REC.clear()
             t0 = time.perf_counter()
             s.channel("cpu.in").publish(meta0=i)
-            while W.REC.back_n < 1:
-                time.sleep(0)            # let the pump and the workers have the GIL
+            # a blocking wait: a spinning waiter would take one of the (two) cores the pump,
+            # the device thread and the workers share
+            assert W.REC.back_event.wait(10), "no round trip within 10 s"
             lat.append((time.perf_counter() - t0) * 1e6)
         out["roundtrip_p50_us"] = round(float(np.percentile(lat, 50)), 1)
         out["roundtrip_p99_us"] = round(float(np.percentile(lat, 99)), 1)

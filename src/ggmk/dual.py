@@ -206,7 +206,9 @@ class DualSystem:
             raise BridgeError(f"push_device: the GPU kernel is being reset "
                               f"({self.bridge.paused}); nothing was pushed, push again after "
                               "it is back")
-        return self.kernel.push(records)
+        n = self.kernel.push(records)
+        self.bridge.poke(expect_output=True)
+        return n
 
     def pause_device(self, reason: str) -> None:
         """Hold every bridge transfer (the GPU kernel is being reset): nothing is sent or
@@ -224,6 +226,9 @@ class DualSystem:
             return True
         if self.transport.rx_pending():
             return False
+        backlog = getattr(self.transport, "device_backlog", None)
+        if backlog is not None:
+            return backlog() == 0
         c = self.transport.type_counts()
         enq = sum(v["enqueued"] for v in c.values())
         run = sum(v["run"] for v in c.values())

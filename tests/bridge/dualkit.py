@@ -34,8 +34,9 @@ def publish_all(s, name, n, *, payload=None, first=0, timeout=60.0):
     t_end = time.monotonic() + timeout
     while done < n:
         if payload is None:
-            k = ch.publish(meta0=np.arange(first + done, first + n, dtype=np.uint64),
-                           count=n - done)
+            m = min(n - done, 8192)       # more than a channel holds would only be refused
+            k = ch.publish(meta0=np.arange(first + done, first + done + m, dtype=np.uint64),
+                           count=m)
         else:
             k = 1 if ch.publish(meta0=first + done, payload=payload) == 0 else 0
         done += k

@@ -1,4 +1,5 @@
-"""Error codes of the bridge (in the int16 ``_pad`` of a dead letter, like every other code).
+"""Error codes of the bridge (in the int16 ``_pad`` of a dead letter), defined in ggmk.task
+with every other code and re-exported here.
 
 * ``BRIDGE_TRANSFER_FAILED``: a batch transfer failed ``max_retries`` times in a row; the
   batch's records are on ``sys.error`` with this code.
@@ -7,15 +8,7 @@
 * ``BRIDGE_DEVICE_STOPPED``: the GPU kernel stopped (halt, or it died) while a record was on
   its way; on ``sys.error``.
 """
-from ggmk import task as T
-
-BRIDGE_TRANSFER_FAILED = -400
-BRIDGE_PAYLOAD_TOO_LARGE = -401
-BRIDGE_DEVICE_STOPPED = -402
-
-for _c, _n in ((BRIDGE_TRANSFER_FAILED, "BRIDGE_TRANSFER_FAILED"),
-               (BRIDGE_PAYLOAD_TOO_LARGE, "BRIDGE_PAYLOAD_TOO_LARGE"),
-               (BRIDGE_DEVICE_STOPPED, "BRIDGE_DEVICE_STOPPED")):
-    T.CODE_NAMES.setdefault(_c, _n)
+from ggmk.task import (BRIDGE_DEVICE_STOPPED, BRIDGE_PAYLOAD_TOO_LARGE,  # noqa: F401 (defined
+                       BRIDGE_TRANSFER_FAILED)                          # with every code)
 
 __all__ = ["BRIDGE_TRANSFER_FAILED", "BRIDGE_PAYLOAD_TOO_LARGE", "BRIDGE_DEVICE_STOPPED"]

@@ -5,9 +5,18 @@ What crosses, and how
 One pump thread (``ggmk-bridge``) moves **batches** of 48-byte task records over a
 :class:`~ggmk.bridge.transport.BridgeTransport`: host -> device on ``host.rx`` (``send``, one
 copy per batch) and device -> host on ``host.tx`` (``recv``, one copy per batch). A batch goes
-when it holds ``batch`` records (default 64) or when its oldest record has waited
-``flush_us`` (default 10 us). ``stats()["transfers"]`` / ``["records"]`` count them: never a
+when it holds ``batch`` records (default 256), when its oldest record has waited ``flush_us``
+(default 10 us), or at once when no more CPU -> GPU messages are waiting (a lone message does
+not wait for company). ``stats()["transfers"]`` / ``["records"]`` count them: never a
 transfer per task.
+
+Waking the pump: a CPU channel delivering to the bridge's subscriber ring wakes it at once
+(``_WakeRing``), and so do ``push_device``, ``resume_device`` and ``stop``. The device
+publishes into host memory without ringing a host bell, so after any transfer the pump polls
+the device -> host ring closely for ``HOT_S`` (5 ms: ``SPIN`` GIL yields, then waits of
+20..200 us), and while ingress tasks are unfinished on the device; otherwise it sleeps until
+woken (2 ms at most). Completions (credits) are read with ``done_counts`` (a few published
+counters), not ``metrics()``.
 
 CPU -> GPU channel (produced on the CPU kernel): the bridge is a host-side subscriber of the CPU
 channel (so the CPU producer's lossless backpressure sees the bridge's ring). It takes
@@ -31,7 +40,12 @@ rewritten to the local address; the sender's reference is released (CPU -> GPU: 
 block comes from an ALLOC request to the device, the bytes are written there, the CPU reference
 is released; GPU -> CPU: the egress handler retains the device block, the host copies it into
 the CPU arena and sends RELEASE). A full receiving arena: the message goes to ``sys.error``
-with ALLOC_FAIL. Inline-only tasks (``payload_len`` 0) cross with no payload copy
+with ALLOC_FAIL, except for a lossless CPU -> GPU channel whose device block request failed
+(the device arena is full for now: its blocks come back as GPU -> CPU copies finish): the
+request is repeated (at most every ``ALLOC_RETRY_S``, ``stats()["alloc_retries"]``) while the
+message holds its place and its credit (backpressure, nothing lost); messages behind it that
+got blocks give them back and ask again after it (CPU blocks are kept until a message is
+staged). Inline-only tasks (``payload_len`` 0) cross with no payload copy
 (``stats()["payload_copies"]`` counts copies).
 
 Transfers that fail are retried (``max_retries`` times, with a short backoff); a batch that
@@ -53,6 +67,7 @@ from ggmk.bridge import device_side as ds
 from ggmk.bridge.codes import (BRIDGE_DEVICE_STOPPED, BRIDGE_PAYLOAD_TOO_LARGE,
                                BRIDGE_TRANSFER_FAILED)
 from ggmk.bridge.transport import TransferError
+from ggmk.core.ring import Ring
 from ggmk.device import layout
 from ggmk.errors import GgmkError, KernelStopped
 from ggmk.task import ALLOC_FAIL, CHAN_CLOSED, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC
@@ -64,6 +79,30 @@ _CLEAR_FLAGS = np.uint16(0xFFFF ^ FLAG_CHANNEL_MSG)
 
 class BridgeError(GgmkError):
     """Bad use of the bridge (e.g. pushing while the GPU kernel is being reset)."""
+
+
+class _WakeRing(Ring):
+    """The ring of the bridge's host-side subscriber of a CPU -> GPU channel: a push (the CPU
+    channel delivering messages) wakes the pump at once instead of at its next poll.
+
+    Stand-in for a core hook (``Channel.subscribe(None, notify=callable)``, called after a
+    delivery into a host-side subscriber's ring); swapped in right after ``subscribe``."""
+    __slots__ = ("wake",)
+
+    def push(self, recs, limit=None):
+        n = Ring.push(self, recs, limit)
+        if n:
+            self.wake.set()
+        return n
+
+
+def _waking_ring(sub, wake) -> None:
+    old = sub.ring
+    if type(old) is not Ring or len(old):
+        return                          # not the plain empty ring just made: leave it
+    r = _WakeRing(old.capacity, name=old.name)
+    r.wake = wake
+    sub.ring = r
 
 
 class _Pay:
@@ -124,10 +163,10 @@ class Bridge:
     """The bridge between a booted CPU ``System`` and a GPU kernel behind ``transport``.
 
     ``channels``: the :class:`~ggmk.bridge.plan.BridgeChannel` list. ``batch`` records per
-    transfer (default 64), ``flush_us`` the longest a partial batch waits (10), ``window``
+    transfer (default 256), ``flush_us`` the longest a partial batch waits (10), ``window``
     credits per channel and direction, ``max_retries`` per failed transfer."""
 
-    def __init__(self, system, transport, channels, *, batch: int = 64, flush_us: float = 10.0,
+    def __init__(self, system, transport, channels, *, batch: int = 256, flush_us: float = 10.0,
                  window: int = 1024, max_retries: int = 8, retry_backoff_us: float = 50.0,
                  deterministic: bool = False, autostart: bool = True):
         if batch < 1:
@@ -143,10 +182,13 @@ class Bridge:
         self.ins: list[_In] = []
         self.outs: dict[int, _Out] = {}
         self.by_name = {}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
         for bc in channels:
             ch = system.channel(bc.name)
             if bc.direction == "c2g":
                 sub = ch.subscribe(None, name="bridge->gpu")
+                _waking_ring(sub, self._wake)
                 st = _In(bc, ch, sub, self.window)
                 st.det = deterministic and bc.deterministic
                 self.ins.append(st)
@@ -161,6 +203,9 @@ class Bridge:
         self._stage_n = 0
         self._stage_t = 0
         self._pending_alloc: dict[int, tuple] = {}   # tag -> (_In, _Pay)
+        self._alloc_retry: list = []                  # (bytes, tag): ALLOCs to ask again
+        self._cpu_done: list = []                     # CPU blocks of staged payloads
+        self._alloc_retry_t = 0.0
         self._tag = 0
         self._releases: list[int] = []
         self._counts = {}
@@ -173,9 +218,9 @@ class Bridge:
         self.c = dict(transfers=0, transfers_out=0, transfers_in=0, records=0, records_out=0,
                       records_in=0, retries=0, failed_transfers=0, payload_copies=0,
                       payload_bytes=0, inline_crossings=0, alloc_fail=0, dead_lettered=0,
-                      credits_granted=0, service_records=0)
-        self._stop = threading.Event()
-        self._wake = threading.Event()
+                      credits_granted=0, service_records=0, alloc_retries=0)
+        self._rx_types = [st.rx_type for st in self.ins]
+        self._last_io = 0.0                # monotonic time of the last transfer either way
         self._thread = None
         self._stopped_device = False
         if autostart:
@@ -195,12 +240,24 @@ class Bridge:
             self._thread.join(10)
             self._thread = None
 
-    def poke(self) -> None:
+    def poke(self, expect_output: bool = False) -> None:
+        """Wake the pump; ``expect_output``: the device was given work outside the bridge
+        (``push_device``), so poll its ring closely for a while."""
+        if expect_output:
+            self._last_io = time.monotonic()
         self._wake.set()
+
+    #: after a transfer, the pump polls the device -> host ring this long (s) before it only
+    #: waits for a wake-up (the device publishes into host memory and rings no host bell)
+    HOT_S = 0.005
+    #: polls that only yield the GIL (``sleep(0)``) before the waits between polls grow
+    SPIN = 32
 
     def _loop(self) -> None:
         idle = 0
+        wake = self._wake
         while not self._stop.is_set():
+            wake.clear()                 # before the step: a wake-up during it is not lost
             try:
                 did = self.step()
             except Exception as e:   # noqa: BLE001 - keep pumping; report it
@@ -212,13 +269,30 @@ class Bridge:
                 continue
             idle += 1
             if self._stage_n:
-                # a partial batch waits at most flush_us
-                time.sleep(max(self.flush_ns / 1e9, 1e-6))
-            elif idle < 50:
-                time.sleep(0)           # let the CPU workers and the device thread run
+                # a partial batch waits at most flush_us (new messages wake the pump sooner)
+                wake.wait(max(self.flush_ns / 1e9, 1e-6))
+            elif self._hot():
+                if idle < self.SPIN:
+                    time.sleep(0)        # let the CPU workers and the device thread run
+                else:
+                    wake.wait(min(20e-6 * (idle - self.SPIN + 1), 200e-6))
             else:
-                self._wake.wait(min(0.0002 * (idle // 50), 0.001))
-                self._wake.clear()
+                # nothing on its way: CPU -> GPU messages (the subscriber ring's push),
+                # push_device, resume and stop wake the pump; the timeout is a safety net
+                wake.wait(0.002)
+
+    def _hot(self) -> bool:
+        """Something is on its way through the device (poll its ring closely)."""
+        if time.monotonic() - self._last_io < self.HOT_S or self._pending_alloc:
+            return True
+        for st in self.outs.values():
+            if st.reorder or st.ready:
+                return True
+        if any(st.inflight() > 0 for st in self.ins):
+            with self.lock:
+                self._refresh_done()
+            return any(st.inflight() > 0 for st in self.ins)
+        return False
 
     # -- one pump step --------------------------------------------------------------------------
     def step(self, *, force_flush: bool = False) -> bool:
@@ -229,7 +303,9 @@ class Bridge:
             did = self._receive()
             did |= self._deliver_out()
             did |= self._take_in()
-            did |= self._flush(force_flush)
+            # a partial batch goes at once when no more CPU -> GPU messages are waiting
+            # (waiting flush_us would only add latency); else when full or flush_us old
+            did |= self._flush(force_flush or self._drained())
             return did
 
     # -- device -> host -------------------------------------------------------------------------
@@ -248,6 +324,7 @@ class Bridge:
             if not n:
                 break
             did = True
+            self._last_io = time.monotonic()
             self.c["transfers"] += 1
             self.c["transfers_in"] += 1
             self.c["records"] += n
@@ -420,6 +497,13 @@ class Bridge:
                     self._release_device(int(ptr))
                 continue
             st, pay = ent
+            if not ptr and st.bc.lossless and not self._stop.is_set():
+                # the device arena is full for now: ask again later (backpressure)
+                self._pending_alloc[int(tag)] = ent
+                self._alloc_retry.append((pay.n, int(tag)))
+                self.c["alloc_retries"] += 1
+                self._yield_blocks(st)
+                continue
             st.waiting -= 1
             arena = self.sys.arena
             if not ptr:
@@ -434,12 +518,34 @@ class Bridge:
                 pay.rec = None
                 continue
             self.tx.write_payload(int(ptr), arena.view(pay.cptr, pay.n))
-            arena.release(pay.cptr)
+            # the CPU block is kept until the message is staged (see _yield_blocks)
             self.c["payload_copies"] += 1
             self.c["payload_bytes"] += pay.n
             pay.rec["payload_ptr"] = int(ptr)
             pay.dptr = int(ptr)
             pay.done = True
+
+    def _yield_blocks(self, st: _In) -> None:
+        """A device block request of ``st`` failed (device arena full). Messages behind it in
+        channel order that got their blocks cannot go before it, and may hold the very blocks
+        it needs: give those blocks back and ask again for them after it (their bytes are
+        still in their CPU blocks)."""
+        behind = False
+        for x in st.fifo:
+            if isinstance(x, np.ndarray):
+                continue
+            if not x.done:
+                behind = True
+                continue
+            if behind and x.rec is not None and x.dptr:
+                self._release_device(x.dptr)
+                x.dptr = 0
+                x.rec["payload_ptr"] = 0
+                x.done = False
+                st.waiting += 1
+                self._tag += 1
+                self._pending_alloc[self._tag] = (st, x)
+                self._alloc_retry.append((x.n, self._tag))
 
     def _foreign(self, part: np.ndarray) -> None:
         """Device records for the host that are not bridge traffic: tasks for a CPU handler go
@@ -514,15 +620,21 @@ class Bridge:
         if not force and now - self._counts_t < 0.0001:
             return
         self._counts_t = now
+        if not self.ins:
+            return
+        dc = getattr(self.tx, "done_counts", None)
         try:
-            counts = self.tx.type_counts()
+            if dc is not None:
+                done = dc(self._rx_types).tolist()
+            else:
+                counts = self.tx.type_counts()
+                done = [int(counts[t]["ok"]) + int(counts[t]["fail"]) if t in counts else None
+                        for t in self._rx_types]
         except Exception:   # noqa: BLE001 - a stopped kernel: keep the last counts
             return
-        self._counts = counts
-        for st in self.ins:
-            c = counts.get(st.rx_type)
-            if c is not None:
-                st.done = int(c["ok"]) + int(c["fail"])
+        for st, d in zip(self.ins, done):
+            if d is not None:
+                st.done = int(d)
 
     def _take_in(self) -> bool:
         did = False
@@ -543,6 +655,12 @@ class Bridge:
                 self._admit_in(st, recs)
             did |= self._fifo_to_stage(st)
         return did
+
+    def _drained(self) -> bool:
+        for st in self.ins:
+            if st.fifo or (not st.det and st.sub.ring.tail != st.sub.ring.head):
+                return False
+        return True
 
     @staticmethod
     def _fifo_len(st: _In) -> int:
@@ -607,6 +725,10 @@ class Bridge:
                 self._stage_add(x.rec)
                 st.pushed += 1
                 did = True
+                self._cpu_done.append(x.cptr)    # its bytes are on the device now
+        if self._cpu_done:
+            done, self._cpu_done = self._cpu_done, []
+            self.sys.arena.release_many(done)
         return did
 
     def _stage_add(self, recs: np.ndarray) -> None:
@@ -615,9 +737,31 @@ class Bridge:
         self._stage.append(recs)
         self._stage_n += len(recs)
 
+    #: the shortest time between two repeats of device block requests that failed (s)
+    ALLOC_RETRY_S = 0.0002
+    #: at most this many repeated device block requests per round
+    ALLOC_RETRY_MAX = 32
+
+    def _stage_alloc_retries(self) -> None:
+        now = time.monotonic()
+        if now - self._alloc_retry_t < self.ALLOC_RETRY_S:
+            return
+        self._alloc_retry_t = now
+        # the oldest first (smallest tag ~ earliest in channel order), a few per round: a
+        # full device arena frees blocks a few at a time, more requests would only fail again
+        self._alloc_retry.sort(key=lambda e: e[1])
+        r = self._alloc_retry[:self.ALLOC_RETRY_MAX]
+        self._alloc_retry = self._alloc_retry[self.ALLOC_RETRY_MAX:]
+        n, tags = zip(*r)
+        self._stage_add(T.make(len(r), type=ds.ALLOC, meta0=np.array(n, np.uint64),
+                               meta1=np.array(tags, np.uint64)))
+        self.c["service_records"] += len(r)
+
     def _flush(self, force: bool) -> bool:
         if self._releases:
             self._stage_releases()           # they ride with the next batch
+        if self._alloc_retry:
+            self._stage_alloc_retries()
         if not self._stage_n:
             return False
         if not force and self._stage_n < self.batch and \
@@ -661,6 +805,7 @@ class Bridge:
                 self._failed_batch(chunk, f"{e}", code=BRIDGE_DEVICE_STOPPED)
                 return None
             if k:
+                self._last_io = time.monotonic()
                 self.c["transfers"] += 1
                 self.c["transfers_out"] += 1
                 self.c["records"] += k
@@ -815,13 +960,10 @@ class Bridge:
                         self._to_sys_error(r, code)
                         n += len(r)
                     elif x.rec is not None:
-                        r = x.rec.copy()
+                        r = x.rec.copy()             # its CPU block is still held
                         r["type"] = st.bc.type_id
-                        if not x.done:
-                            r["payload_ptr"] = x.cptr
-                            self._to_sys_error(r, code, release=True)
-                        else:
-                            self._to_sys_error(r, code)
+                        r["payload_ptr"] = x.cptr
+                        self._to_sys_error(r, code, release=True)
                         n += 1
                 st.fifo.clear()
                 rest = st.sub.take()
@@ -829,6 +971,7 @@ class Bridge:
                     self._to_sys_error(rest.copy(), code, release=True)
                     n += len(rest)
             self._pending_alloc.clear()
+            self._alloc_retry = []
             for st in self.outs.values():
                 for arr in list(st.ready) + [r for r in st.reorder.values() if r is not None] \
                         + st.fence_buf:
@@ -837,6 +980,7 @@ class Bridge:
                 st.ready.clear()
                 st.reorder.clear()
                 st.fence_buf = []
+
             if self._stage_n:
                 allrec = np.concatenate(self._stage)
                 self._stage, self._stage_n = [], 0

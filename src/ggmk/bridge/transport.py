@@ -9,7 +9,9 @@ A transport moves **batches** of 48-byte task records (``TASK_DTYPE`` arrays): `
 copy of one batch onto the host -> device ring (``host.rx``), ``recv`` one copy of what the
 device published on the device -> host ring (``host.tx``). Payload bytes move with
 ``write_payload`` / ``read_payload`` (device arena addresses). ``type_counts`` is the device's
-published per-type counters (how the bridge learns that its ingress tasks finished: credits).
+published per-type counters (how the bridge learns that its ingress tasks finished: credits);
+an optional ``done_counts(type_ids)`` (finished tasks of just those types) is its cheap form,
+used when the transport has it.
 
 :class:`InProcessTransport` is the transport over a ``DeviceKernel`` in this process.
 :class:`FaultyTransport` wraps any transport and injects transfer failures (tests).
@@ -20,8 +22,12 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from ggmk.device import layout
-from ggmk.errors import DeviceError, GgmkError, KernelStopped
+from ggmk.errors import GgmkError, KernelStopped
+from ggmk.task import TASK_DTYPE
+
+
+_EMPTY = np.zeros(0, TASK_DTYPE)
+_EMPTY.flags.writeable = False
 
 
 class TransferError(GgmkError):
@@ -57,19 +63,14 @@ class BridgeTransport(Protocol):
 
 
 class InProcessTransport:
-    """The transport over a started :class:`~ggmk.device.DeviceKernel` of this process.
-
-    Payload access (``write_payload`` / ``read_payload``): uses the kernel's
-    ``write_arena`` / ``read_arena`` when it has them (the hook the bridge asks the device
-    kernel for); until then it reads the arena through the target's host view, which is plain
-    memory on the ``cpu`` and ``sim`` targets (on ``cuda`` the device arena is device memory:
-    the hook is required there and its absence is a clear DeviceError)."""
+    """The transport over a started :class:`~ggmk.device.DeviceKernel` of this process: its
+    public host interface only (``push`` / ``pull`` / ``rx_pending`` / ``metrics`` and the
+    payload hooks ``write_arena`` / ``read_arena``: plain memory copies on the ``cpu`` and
+    ``sim`` targets, copies on a non-blocking stream of their own on ``cuda``)."""
 
     def __init__(self, kernel):
         self.kernel = kernel
         self.target = kernel.target_name
-        self._arena = None
-        self._base = None
 
     # -- records ---------------------------------------------------------------------------------
     def send(self, records: np.ndarray) -> int:
@@ -79,52 +80,36 @@ class InProcessTransport:
         return k.push(records)
 
     def recv(self, max_records: int) -> np.ndarray:
-        return self.kernel.pull(max_records)
+        k = self.kernel
+        if not k.tx_ready():
+            return _EMPTY
+        return k.pull(max_records)
 
     def rx_pending(self) -> int:
-        k = self.kernel
-        ctl = k._h["ctl"]               # hook wanted: DeviceKernel.rx_pending()
-        return int(ctl[layout.C_RX_TAIL]) - int(ctl[layout.C_RX_HEAD])
+        return self.kernel.rx_pending()
 
     def type_counts(self) -> dict:
         return self.kernel.metrics()["types"]
+
+    def done_counts(self, type_ids) -> np.ndarray:
+        """Finished tasks (ok + fail) of each of ``type_ids``, as last published."""
+        return self.kernel.type_totals(type_ids)
+
+    def device_backlog(self) -> int:
+        """Tasks enqueued on the device and not run yet (every type, as last published)."""
+        k = self.kernel
+        return int(k.type_totals(k.type_ids, ("enqueued",)).sum()
+                   - k.type_totals(k.type_ids, ("run",)).sum())
 
     def alive(self) -> bool:
         return self.kernel.alive()
 
     # -- payloads --------------------------------------------------------------------------------
-    def _host_arena(self):
-        if self._arena is None:
-            k = self.kernel
-            arena = k.target.host_view(k._arrays[2])
-            if not isinstance(arena, np.ndarray):
-                raise DeviceError(
-                    f"bridge: the device arena of target {self.target!r} is not host memory; "
-                    "payloads need DeviceKernel.write_arena/read_arena (bridge hook)")
-            self._arena = arena
-            self._base = int(k._h["ctl"][layout.C_ARENA_BASE])
-        return self._arena, self._base
-
-    def _span(self, ptr: int, n: int) -> slice:
-        arena, base = self._host_arena()
-        off = int(ptr) - base
-        if off < 0 or off + n > len(arena):
-            raise DeviceError(f"bridge: device payload address {ptr:#x} (+{n} bytes) is outside "
-                              f"the device arena ({base:#x}, {len(arena)} bytes)")
-        return slice(off, off + n)
-
     def write_payload(self, ptr: int, data: np.ndarray) -> None:
-        k = self.kernel
-        if hasattr(k, "write_arena"):
-            k.write_arena(ptr, data)
-            return
-        self._host_arena()[0][self._span(ptr, len(data))] = data
+        self.kernel.write_arena(ptr, data)
 
     def read_payload(self, ptr: int, n: int) -> np.ndarray:
-        k = self.kernel
-        if hasattr(k, "read_arena"):
-            return k.read_arena(ptr, n)
-        return self._host_arena()[0][self._span(ptr, n)].copy()
+        return self.kernel.read_arena(ptr, n)
 
 
 class FaultyTransport:

@@ -100,6 +100,7 @@ class Recorder:
         self.lsink_val: list = []
         self.back: list = []          # (meta0, meta1, payload ok, address ok)
         self.back_n = 0
+        self.back_event = threading.Event()   # set whenever BACK_SINK recorded something
         self.gate = threading.Event()
         self.gate.set()
         self.expect_payload = None    # bytes expected on BACK_SINK payloads
@@ -108,6 +109,7 @@ class Recorder:
         with self.lock:
             self.sink_seq, self.sink_val, self.lsink_val, self.back = [], [], [], []
             self.back_n = 0
+            self.back_event.clear()
 
 
 REC = Recorder()
@@ -130,19 +132,30 @@ def lsink(ctx, batch):
         REC.lsink_val.extend(batch.meta0.tolist())
 
 
-@cpu.handler("BACK_SINK", consumes="gpu.back", message="BACK")
-def back_sink(ctx):
-    t = ctx.task
-    ok = addr = True
-    if t.payload_len:
-        p = ctx.payload
+@cpu.handler("BACK_SINK", consumes="gpu.back", message="BACK", batch=True)
+def back_sink(ctx, batch):
+    """A batch handler (the bridge benchmark measures the bridge, not a per-task handler):
+    one (meta0, meta1, payload ok, address ok, payload_ptr) row per message."""
+    r = batch.records
+    m0 = r["meta0"].tolist()
+    m1 = r["meta1"].tolist()
+    ptrs = r["payload_ptr"].tolist()
+    if not r["payload_len"].any():
+        rows = [(a, b, True, True, p) for a, b, p in zip(m0, m1, ptrs)]
+    else:
         exp = REC.expect_payload
-        ok = exp is not None and bytes(np.asarray(p, dtype=np.uint8)) == exp
-        a = ctx.arena.stats() if False else None   # noqa: F841
-        addr = bool(t.payload_ptr)
+        arena = ctx.arena
+        rows = []
+        for a, b, p, n in zip(m0, m1, ptrs, r["payload_len"].tolist()):
+            ok = True
+            if n:
+                ok = exp is not None and p != 0 and \
+                    bytes(np.asarray(arena.view(p, n), dtype=np.uint8)) == exp
+            rows.append((a, b, ok, bool(p) if n else True, p))
     with REC.lock:
-        REC.back.append((int(t.meta0), int(t.meta1), ok, addr, int(t.payload_ptr)))
-        REC.back_n += 1
+        REC.back.extend(rows)
+        REC.back_n += len(rows)
+    REC.back_event.set()
 
 
 @cpu.handler("BACK_SINK_FAST", batch=True)

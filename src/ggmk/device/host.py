@@ -258,6 +258,71 @@ class DeviceKernel:
                 self._ring()
         return out
 
+    def tx_ready(self) -> bool:
+        """Whether the device published a record the host has not pulled yet (one word read:
+        the cheap check before :meth:`pull`)."""
+        self._check()
+        head = int(self._h["ctl"][layout.C_TX_HEAD])
+        return int(self._h["txseq"][head & (self.config.tx_cap - 1)]) == head + 1
+
+    def rx_pending(self) -> int:
+        """Records pushed on the host -> device ring that the device has not taken in yet."""
+        self._check()
+        ctl = self._h["ctl"]
+        return int(ctl[layout.C_RX_TAIL]) - int(ctl[layout.C_RX_HEAD])
+
+    # ------------------------------------------------------------------ the payload arena
+    def _arena_span(self, ptr: int, n: int) -> int:
+        self._check()
+        base = int(self._h["ctl"][layout.C_ARENA_BASE])
+        size = int(self._arrays[2].shape[0])
+        off = int(ptr) - base
+        if n < 0 or off < 0 or off + n > size:
+            raise DeviceError(f"DeviceKernel: arena address {int(ptr):#x} (+{n} bytes) is "
+                              f"outside the device arena ({base:#x}, {size} bytes)")
+        return off
+
+    def _copy_stream(self):
+        """cuda: a second non-blocking stream for host <-> arena copies (the kernel's own
+        stream is busy with the resident kernel for good: a copy queued on it never runs)."""
+        if getattr(self, "_cstream", None) is None:
+            self._cstream = self.target.make_stream()
+        return self._cstream[1]
+
+    def write_arena(self, ptr: int, data) -> None:
+        """Copy ``data`` (bytes or a uint8 array) to device arena address ``ptr`` (an address
+        the device gave out, e.g. from ``g.alloc``). cpu / sim: a plain memory copy; cuda: a
+        copy on a non-blocking stream of its own, complete when this returns."""
+        src = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) \
+            else np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        n = len(src)
+        off = self._arena_span(ptr, n)
+        if not n:
+            return
+        arena = self._arrays[2]
+        host = self.target.host_view(arena) if self.target_name != "cuda" else None
+        if isinstance(host, np.ndarray):
+            host[off:off + n] = src
+            return
+        s = self._copy_stream()
+        arena[off:off + n].copy_to_device(src, stream=s)
+        s.synchronize()
+
+    def read_arena(self, ptr: int, n: int) -> np.ndarray:
+        """A host copy (uint8 array) of ``n`` bytes at device arena address ``ptr``."""
+        n = int(n)
+        off = self._arena_span(ptr, n)
+        arena = self._arrays[2]
+        host = self.target.host_view(arena) if self.target_name != "cuda" else None
+        if isinstance(host, np.ndarray):
+            return host[off:off + n].copy()
+        out = np.empty(n, np.uint8)
+        if n:
+            s = self._copy_stream()
+            arena[off:off + n].copy_to_host(out, stream=s)
+            s.synchronize()
+        return out
+
     def tx_held(self) -> int:
         """Device producers held back right now because the device -> host ring and its
         spill area are full (they continue as soon as the host pulls)."""
@@ -321,6 +386,22 @@ class DeviceKernel:
                 "user": [int(rows[:, u0 + k].sum()) for k in range(16)],
                 "channels": self._channel_metrics(rows),
                 "workers": self.config.blocks, "target": self.target_name}
+
+    def type_totals(self, type_ids, names=("ok", "fail")) -> np.ndarray:
+        """For each of ``type_ids``: the sum of its published per-type counters ``names`` over
+        every worker (default: finished tasks, ok + fail). The cheap form of
+        ``metrics()["types"]`` for a caller that polls a few counters (the bridge's credits)."""
+        self._check()
+        key = (tuple(int(t) for t in type_ids), tuple(names))
+        cache = self.__dict__.setdefault("_tt_cols", {})
+        cols = cache.get(key)
+        if cols is None:
+            cols = np.array([layout.NGLOBAL_METRICS + self.type_ids.index(t) * layout.NPT
+                             + layout.PER_TYPE_NAMES.index(n) for t in key[0] for n in key[1]],
+                            dtype=np.intp)
+            cache[key] = cols
+        rows = self._h["mpub"].reshape(self.config.blocks, self.plan.nmet)
+        return rows[:, cols].sum(axis=0).reshape(len(key[0]), len(key[1])).sum(axis=1)
 
     @property
     def channels(self) -> dict:

@@ -14,6 +14,8 @@
   :class:`Fence`, ``wait`` with a timeout (:class:`FenceTimeout`, a ``TimeoutError``).
 * **The persistent kernel**: ``launch(modules)`` / ``reset()`` drive
   :class:`ggmk.device.DeviceKernel` on the backend's target (``cpu`` or ``cuda``).
+* **The dual-kernel boot's hook** (:func:`open_for_kernel`): the driver ``ggmk.dual.boot``
+  launches the GPU kernel through (``kernel_boot``).
 * **Displays**: ``displays()`` / ``set_mode()`` through the virtio-gpu display module when a
   virtio-gpu device (QEMU's vhost-user-gpu) exists; ``[]`` otherwise.
 * **Config** (:class:`GpuConfig`): memory reservation, command timeout, payload pool, compute /
@@ -46,11 +48,12 @@ from .config import GpuConfig, parse_size
 from .discovery import Discovery, GpuInfo, discover, host_info
 from .driver import Context, Fence, GpuDriver, GpuMemory, PayloadPool, PoolSlot, probe
 from .report import format_info
+from .kernel_boot import KernelDriver, open_for_kernel
 from .errors import (CommandError, ContextDestroyed, FenceTimeout, GpuAllocError, GpuConfigError,
                      GpuDriverError, PoolExhausted)
 
 __all__ = [
-    "GpuDriver", "Context", "GpuMemory", "Fence", "PayloadPool", "PoolSlot", "probe", "format_info",
+    "GpuDriver", "Context", "open_for_kernel", "KernelDriver", "GpuMemory", "Fence", "PayloadPool", "PoolSlot", "probe", "format_info",
     "GpuConfig", "parse_size", "discover", "Discovery", "GpuInfo", "host_info",
     "Backend", "BackendContext", "KINDS",
     "Nop", "Fill", "Write", "Read", "Copy", "Call", "OP_NOP", "OP_FENCE",

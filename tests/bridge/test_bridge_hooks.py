@@ -1,0 +1,104 @@
+"""The public hooks the bridge uses instead of private pokes: DeviceKernel.write_arena /
+read_arena / rx_pending / tx_ready / type_totals, gpu_drv's open_for_kernel, and the wake-up of
+the pump when a CPU channel delivers to the bridge."""
+import numpy as np
+import pytest
+
+from ggmk import task as T
+from ggmk.bridge import device_side as ds
+from ggmk.drivers.gpu import open_for_kernel
+from ggmk.errors import BootError, DeviceError
+from tests.bridge.dualkit import boot
+
+
+@pytest.fixture
+def quiet_dual():
+    s = boot()
+    s.bridge.stop()                 # the test talks to the GPU kernel itself
+    try:
+        yield s
+    finally:
+        s.halt(timeout=0)
+
+
+def test_arena_hooks_round_trip(quiet_dual):
+    k = quiet_dual.kernel
+    assert not k.tx_ready() and k.rx_pending() == 0
+    assert k.push(T.make(1, type=ds.ALLOC, meta0=300, meta1=7)) == 1
+    rep = k.pull_until(1, timeout=30)
+    assert int(rep["type"][0]) == ds.ALLOC_REPLY and int(rep["meta1"][0]) == 7
+    ptr = int(rep["meta0"][0])
+    assert ptr
+    data = np.arange(300, dtype=np.uint16).astype(np.uint8)
+    k.write_arena(ptr, data)
+    assert np.array_equal(k.read_arena(ptr, 300), data)
+    k.write_arena(ptr + 10, b"hello")
+    assert bytes(k.read_arena(ptr + 10, 5)) == b"hello"
+    assert len(k.read_arena(ptr, 0)) == 0
+    with pytest.raises(DeviceError, match="outside the device arena"):
+        k.read_arena(16, 4)
+    with pytest.raises(DeviceError, match="outside the device arena"):
+        k.write_arena(ptr + (1 << 40), data)
+    k.push(T.make(1, type=ds.RELEASE, meta0=ptr))
+    # the cheap counters agree with metrics() once the kernel published them
+    types = [ds.ALLOC, ds.RELEASE]
+    quiet_dual.run(timeout=30)
+    m = k.metrics()["types"]
+    want = [m[t]["ok"] + m[t]["fail"] for t in types]
+    assert k.type_totals(types).tolist() == want
+    assert k.type_totals(types, ("run",)).tolist() == [m[t]["run"] for t in types]
+
+
+def test_rx_pending_counts_what_the_device_has_not_taken(quiet_dual):
+    tr = quiet_dual.transport
+    assert tr.rx_pending() == quiet_dual.kernel.rx_pending() == 0
+    assert len(tr.recv(64)) == 0            # nothing published: no copy at all
+
+
+def test_open_for_kernel_is_the_boot_driver():
+    d = open_for_kernel("cpu")
+    try:
+        info = d.describe()
+        assert d.target == "cpu" and info["target"] == "cpu" and info["devices"]
+        assert info["backend"] == "cpu"
+    finally:
+        d.close()
+    with pytest.raises(BootError, match="'tpu'"):
+        open_for_kernel("tpu")
+
+
+def test_a_cpu_publish_wakes_the_pump():
+    s = boot()
+    try:
+        b = s.bridge
+        st = b.by_name["cpu.in"]
+        assert type(st.sub.ring).__name__ == "_WakeRing"
+        b.stop()
+        b._wake.clear()
+        assert s.channel("cpu.in").publish(meta0=1) == 0
+        assert b._wake.is_set()
+        b._stop.clear()
+        b.start()
+        assert s.run(timeout=30)
+    finally:
+        s.halt()
+
+
+def test_a_full_device_arena_is_backpressure_not_alloc_fail():
+    """More 4 KiB payloads in flight than the device arena's 4 KiB blocks: device block
+    requests that fail are asked again (lossless channel), none ends on sys.error."""
+    from ggmk.bridge import workloads as W
+    from tests.bridge.dualkit import publish_all
+    s = boot()
+    try:
+        data = bytes(range(256)) * 16
+        W.REC.expect_payload = data
+        publish_all(s, "cpu.in", 1000, payload=data, timeout=120)
+        assert s.run(timeout=120)
+        b = s.stats()["bridge"]
+        assert b["alloc_fail"] == 0 and b["dead_lettered"] == 0, b
+        assert W.REC.back_n == 1000 and all(r[2] and r[3] for r in W.REC.back)
+        assert sorted(r[0] for r in W.REC.back) == list(range(1000))
+        assert len(s.dead_letters()[0]) == 0
+    finally:
+        s.halt()
