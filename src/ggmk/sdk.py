@@ -62,8 +62,7 @@ __all__ = ["send", "send_all", "Requests", "Client", "KV", "kv_put", "kv_get", "
            "observe", "TIMEOUT", "DEFAULT_DEADLINE"]
 
 DEFAULT_DEADLINE = 10_000          # ticks a task may wait on one full channel (10 s at 1 kHz)
-TIMEOUT = -550
-T.CODE_NAMES.setdefault(TIMEOUT, "SDK_TIMEOUT")
+TIMEOUT = T.SDK_TIMEOUT
 
 _waiting: OrderedDict = OrderedDict()     # task identity -> tick of its first WAIT
 _wlock = threading.Lock()

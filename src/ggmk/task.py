@@ -64,7 +64,28 @@ BAD_RETURN = -307            # a handler returned something that is not a code (
 HALTED = -308                # accepted, still queued when halt() gave up waiting for it
 EVENT_FULL = -309            # the event queue (retries, deferred tasks) was full
 WAIT = 3                     # returned by ctx.wait_(): re-run when the channel may have room
+# the bridge between the kernels (ggmk.bridge): a batch transfer failed max_retries times; a
+# payload larger than the receiving kernel's largest block; the GPU kernel stopped mid-way
+BRIDGE_TRANSFER_FAILED = -400
+BRIDGE_PAYLOAD_TOO_LARGE = -401
+BRIDGE_DEVICE_STOPPED = -402
+# the nvme module's response statuses (ggmk.modules.nvme)
+NVME_IO = -410
+NVME_NOFILE = -411
+NVME_PERM = -412
+NVME_NOSPACE = -413
+NVME_TOOBIG = -414
+NVME_CANCELLED = -415
+NVME_BADREQ = -416
+NVME_RANGE = -417            # destination too small
+# the standard modules and the sdk
+REDUCE_LATE = -520           # a partial arrived after its group timed out
+STATS_KIND = -530            # a stats update of the wrong kind for its metric
+NET_ERROR = -540             # nic: a socket error
+NET_OS_DROP = -541           # nic: datagrams the OS dropped (receive buffer overflow)
+SDK_TIMEOUT = -550           # sdk request/reply: no reply in time
 
+# every code has one name here; a module never adds to this at import time
 CODE_NAMES = {
     OK: "OK", RETRY: "RETRY", YIELD: "YIELD", FAIL: "FAIL",
     CHAN_FULL: "CHAN_FULL", CHAN_CLOSED: "CHAN_CLOSED",
@@ -75,6 +96,14 @@ CODE_NAMES = {
     POISONED: "POISONED", UNKNOWN_TYPE: "UNKNOWN_TYPE", HANDLER_EXCEPTION: "HANDLER_EXCEPTION",
     RETRY_EXHAUSTED: "RETRY_EXHAUSTED", READY_FULL: "READY_FULL", BAD_RETURN: "BAD_RETURN",
     HALTED: "HALTED", EVENT_FULL: "EVENT_FULL", WAIT: "WAIT",
+    BRIDGE_TRANSFER_FAILED: "BRIDGE_TRANSFER_FAILED",
+    BRIDGE_PAYLOAD_TOO_LARGE: "BRIDGE_PAYLOAD_TOO_LARGE",
+    BRIDGE_DEVICE_STOPPED: "BRIDGE_DEVICE_STOPPED",
+    NVME_IO: "NVME_IO", NVME_NOFILE: "NVME_NOFILE", NVME_PERM: "NVME_PERM",
+    NVME_NOSPACE: "NVME_NOSPACE", NVME_TOOBIG: "NVME_TOOBIG", NVME_CANCELLED: "NVME_CANCELLED",
+    NVME_BADREQ: "NVME_BADREQ", NVME_RANGE: "NVME_RANGE", REDUCE_LATE: "REDUCE_LATE",
+    STATS_KIND: "STATS_KIND", NET_ERROR: "NET_ERROR", NET_OS_DROP: "NET_OS_DROP",
+    SDK_TIMEOUT: "SDK_TIMEOUT",
 }
 
 

@@ -64,10 +64,8 @@ from ggmk.modules import instance_type, std_module
 
 __all__ = ["module", "peer", "addr", "NET_ERROR", "NET_OS_DROP", "frame"]
 
-NET_ERROR = -540
-NET_OS_DROP = -541
-T.CODE_NAMES.setdefault(NET_ERROR, "NET_ERROR")
-T.CODE_NAMES.setdefault(NET_OS_DROP, "NET_OS_DROP")
+NET_ERROR = T.NET_ERROR
+NET_OS_DROP = T.NET_OS_DROP
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 _LEN = struct.Struct(">I")
 

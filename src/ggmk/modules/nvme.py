@@ -66,18 +66,14 @@ __all__ = ["NvmeModule", "MANIFEST", "PART_MAX", "E_IO", "E_NOFILE", "E_PERM", "
 
 MANIFEST = Path(__file__).with_name("nvme.toml")
 
-E_IO = -400
-E_NOFILE = -401
-E_PERM = -402
-E_NOSPACE = -403
-E_TOOBIG = -404
-E_CANCELLED = -405
-E_BADREQ = -406
-E_RANGE = -407          # destination too small
-for _c, _n in ((E_IO, "E_IO"), (E_NOFILE, "E_NOFILE"), (E_PERM, "E_PERM"),
-               (E_NOSPACE, "E_NOSPACE"), (E_TOOBIG, "E_TOOBIG"), (E_CANCELLED, "E_CANCELLED"),
-               (E_BADREQ, "E_BADREQ"), (E_RANGE, "E_RANGE")):
-    T.CODE_NAMES.setdefault(_c, _n)
+E_IO = T.NVME_IO                 # the response statuses, defined in ggmk.task
+E_NOFILE = T.NVME_NOFILE
+E_PERM = T.NVME_PERM
+E_NOSPACE = T.NVME_NOSPACE
+E_TOOBIG = T.NVME_TOOBIG
+E_CANCELLED = T.NVME_CANCELLED
+E_BADREQ = T.NVME_BADREQ
+E_RANGE = T.NVME_RANGE           # destination too small
 
 STATUS_OF_KIND = {"not_found": E_NOFILE, "permission": E_PERM, "no_space": E_NOSPACE,
                   "file_too_large": E_TOOBIG, "cancelled": E_CANCELLED,

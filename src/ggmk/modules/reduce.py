@@ -61,8 +61,7 @@ from ggmk.modules import Outbox, defer, instance_type, std_module
 
 __all__ = ["module", "REDUCE_LATE", "f64", "as_f64"]
 
-REDUCE_LATE = -520
-T.CODE_NAMES.setdefault(REDUCE_LATE, "REDUCE_LATE")
+REDUCE_LATE = T.REDUCE_LATE
 OPS = ("sum", "min", "max", "concat")
 DTYPES = ("u64", "i64", "f64")
 _M64 = (1 << 64) - 1

@@ -44,8 +44,7 @@ from ggmk.modules import Outbox, defer, instance_type, std_module
 
 __all__ = ["module", "quantile", "STATS_KIND"]
 
-STATS_KIND = -530
-T.CODE_NAMES.setdefault(STATS_KIND, "STATS_KIND")
+STATS_KIND = T.STATS_KIND
 _M64 = (1 << 64) - 1
 NBUCKETS = 65
 
