@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from tests.bridge.dualkit import boot, gen, publish_all  # noqa: E402
-from ggmk.bridge import workloads as W  # noqa: E402
+from tests.bridge import bridge_workloads as W  # noqa: E402
 from ggmk.task import TASK_DTYPE  # noqa: E402
 
 

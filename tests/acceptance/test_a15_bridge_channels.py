@@ -3,7 +3,7 @@ order, with backpressure; lossy and lossless both hold across the bridge (every 
 counted). 100K messages in CI; >= 1M with GGMK_LONG=1."""
 import pytest
 
-from ggmk.bridge import workloads as W
+from tests.bridge import bridge_workloads as W
 from ggmk.task import CHAN_FULL
 from tests.bridge.dualkit import LONG, boot, gen, wait_for
 

@@ -8,7 +8,7 @@ import ggmk
 import ggmk.device as gd
 import ggmk.dual
 from ggmk.bridge.plan import plan as bridge_plan
-from ggmk.bridge import workloads as W
+from tests.bridge import bridge_workloads as W
 from ggmk.device import api as g
 from ggmk.errors import BootError
 from tests.bridge.dualkit import boot

@@ -2,7 +2,7 @@
 local address; inline-only tasks cross without a payload copy."""
 import numpy as np
 
-from ggmk.bridge import workloads as W
+from tests.bridge import bridge_workloads as W
 from tests.bridge.dualkit import boot, publish_all, wait_for
 
 

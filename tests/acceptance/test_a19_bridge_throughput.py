@@ -2,7 +2,7 @@
 throughput grows with batch size (the property; figures in bench/bridge.py)."""
 import time
 
-from ggmk.bridge import workloads as W
+from tests.bridge import bridge_workloads as W
 from tests.bridge.dualkit import LONG, boot, gen
 
 N = 1_000_000 if LONG else 200_000

@@ -1,4 +1,4 @@
-"""Shared helpers for the bridge tests: one booted dual system of ggmk.bridge.workloads."""
+"""Shared helpers for the bridge tests: one booted dual system of tests/bridge/bridge_workloads.py."""
 import os
 import time
 
@@ -6,7 +6,7 @@ import numpy as np
 
 import ggmk.dual
 from ggmk import task as T
-from ggmk.bridge import workloads as W
+from tests.bridge import bridge_workloads as W
 
 LONG = os.environ.get("GGMK_LONG") == "1"
 

@@ -2,7 +2,7 @@
 import pytest
 
 from ggmk.bridge import BRIDGE_TRANSFER_FAILED, BridgeError, FaultyTransport
-from ggmk.bridge import workloads as W
+from tests.bridge import bridge_workloads as W
 from ggmk import task as T
 from tests.bridge.dualkit import boot, publish_all
 

@@ -87,7 +87,7 @@ def test_a_cpu_publish_wakes_the_pump():
 def test_a_full_device_arena_is_backpressure_not_alloc_fail():
     """More 4 KiB payloads in flight than the device arena's 4 KiB blocks: device block
     requests that fail are asked again (lossless channel), none ends on sys.error."""
-    from ggmk.bridge import workloads as W
+    from tests.bridge import bridge_workloads as W
     from tests.bridge.dualkit import publish_all
     s = boot()
     try:

@@ -122,10 +122,14 @@ class Handler(HandlerDecl):
     def fingerprint(self) -> str:
         """A digest of everything that changes the compiled handler."""
         h = hashlib.sha256()
+        # where the function lives too: the compiled kernel refers to it by module, so a cache
+        # entry made before a module was moved or renamed must not be loaded after
+        h.update(f"{self.fn.__module__}.{self.fn.__qualname__}".encode())
         _hash_code(h, self.fn.__code__, set())
         for name in sorted(_global_names(self.fn.__code__)):   # stable across processes
             v = self.fn.__globals__.get(name)
             if getattr(v, "_ggmk_device_func", False):
+                h.update(f"{v.__module__}.{v.__qualname__}".encode())
                 _hash_code(h, v.__code__, set())
             elif isinstance(v, (int, float, bool, str)):
                 h.update(f"{name}={v!r}".encode())

@@ -1,4 +1,5 @@
-"""One set of modules for the bridge's tests and benchmark (one compiled GPU kernel, reused).
+"""One set of modules for the bridge's tests and benchmark (one compiled GPU kernel, reused):
+scaffolding, kept out of the installed package (imported as ``tests.bridge.bridge_workloads``).
 
 Types (ids fixed so the kernel cache key is stable):
 
