@@ -162,7 +162,7 @@ def test_arena_refcounts_slab_and_bump(kern):
         kern.push(taskmod.make(1, type=200))
 
 
-def test_trace_levels_and_metrics_after_restart():
+def test_trace_levels_and_metrics_after_restart(wait_until):
     k = gd.DeviceKernel([feat, traced], target="cpu", workers=2)   # same handlers: cached
     t0 = time.monotonic()
     with k:
@@ -170,14 +170,9 @@ def test_trace_levels_and_metrics_after_restart():
         k.push(taskmod.make(1, type=211, meta0=50))
         k.push(taskmod.make(1, type=204))
         k.pull_until(1, timeout=30)
-        deadline = time.monotonic() + 30
-        while k.metrics()["user"][3] < 50 and time.monotonic() < deadline:
-            time.sleep(0.001)
+        wait_until(lambda: k.metrics()["user"][3] >= 50, 30)
         hb1 = k.heartbeats()
-        deadline = time.monotonic() + 10
-        while not (k.heartbeats() > hb1).all() and time.monotonic() < deadline:
-            time.sleep(0.001)
-        assert (k.heartbeats() > hb1).all()
+        assert wait_until(lambda: (k.heartbeats() > hb1).all(), 10)
         ev = k.drain_trace()
     m = k.metrics()
     assert m["user"][3] == 50 and m["types"][210]["ok"] == 50
@@ -195,7 +190,7 @@ def test_trace_levels_and_metrics_after_restart():
 
 
 
-def test_two_host_threads_share_the_blocks_with_real_atomics():
+def test_two_host_threads_share_the_blocks_with_real_atomics(wait_until):
     """host_threads=2: each host thread runs its share of the blocks; free lists, reference
     counts, the event lock and user words are touched from both threads at once."""
     import threading
@@ -209,14 +204,10 @@ def test_two_host_threads_share_the_blocks_with_real_atomics():
         k.push_all(taskmod.make(n_fan, type=211, meta0=5))
         k.push_all(taskmod.make(n_retry, type=202, meta1=np.arange(n_retry)))
         out = k.pull_until(n_alloc + n_retry, timeout=60)
-        deadline = time.monotonic() + 30
-        while k.metrics()["user"][3] < n_fan * 5 and time.monotonic() < deadline:
-            time.sleep(0.001)
+        wait_until(lambda: k.metrics()["user"][3] >= n_fan * 5, 30)
         hb1 = k.heartbeats()
-        deadline = time.monotonic() + 10
-        while not (k.heartbeats() > hb1).all() and time.monotonic() < deadline:
-            time.sleep(0.001)
-        assert (k.heartbeats() > hb1).all()          # block 0 on one thread, block 1 on the other
+        # block 0 on one thread, block 1 on the other
+        assert wait_until(lambda: (k.heartbeats() > hb1).all(), 10)
     a = out[out["type"] == 208]
     assert len(a) == n_alloc
     assert a["meta0"].tolist() == [10] * n_alloc and a["meta1"].tolist() == [11142] * n_alloc

@@ -295,7 +295,7 @@ def test_reduce_bad_config():
 
 
 # ------------------------------------------------------------------------------------ timer
-def test_timer_once_repeat_cancel_and_codes():
+def test_timer_once_repeat_cancel_and_codes(wait_until):
     tm = timer.module()
     fires = collector("cf", "timer.fire", "TIMER_FIRE")
     acks = collector("ca", "timer.ack", "TIMER_ACK")
@@ -303,9 +303,7 @@ def test_timer_once_repeat_cancel_and_codes():
         system.submit("TIMER_SET", meta0=1, meta1=timer.arg(5))
         system.submit("TIMER_SET", meta0=2, meta1=timer.arg(2, period=3))
         system.run(0.02, until_idle=False)
-        deadline = time.monotonic() + 5
-        while sum(1 for m0, _ in fires.got if m0 == 2) < 3 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_until(lambda: sum(1 for m0, _ in fires.got if m0 == 2) >= 3, 5)
         system.submit("TIMER_CANCEL", meta0=2)       # armed repeat: OK
         system.submit("TIMER_CANCEL", meta0=1)       # one-shot that fired: FIRED
         system.submit("TIMER_CANCEL", meta0=77)      # never set: UNKNOWN
