@@ -168,3 +168,24 @@ def test_gpu_modules_without_a_device_are_a_boot_error_naming_them():
         ggmk.boot([ggmk.Module("m"), phys])
     with pytest.raises(BootError, match="neither a ggmk.Module"):
         ggmk.boot([object()])
+
+
+def test_dead_letter_releases_payloads_and_names_its_destination(hal):
+    with ggmk.boot([ggmk.Module("m")], hal=hal, workers=2) as s:
+        ptr, n = s.store_payload(s.type_id("X", register=True), b"abc")
+        recs = T.make(2, type=s.type_id("X"), meta0=[1, 2], payload_ptr=[ptr, 0],
+                      payload_len=[n, 0])
+        assert s.dead_letter(recs, T.CHAN_CLOSED, which="sys.dropped") == 2
+        got, codes = s.dead_letters("sys.dropped")
+        assert got["meta0"].tolist() == [1, 2] and set(codes.tolist()) == {T.CHAN_CLOSED}
+        assert not got["payload_ptr"].any() and s.arena.live_count() == 0
+        with pytest.raises(ValueError, match="which='sys.oops'"):
+            s.dead_letter(recs, T.FAIL, which="sys.oops")
+
+
+@pytest.mark.parametrize("timeout", [-1, "5", None, float("nan")])
+def test_halt_refuses_a_bad_timeout_and_stays_usable(timeout):
+    s = ggmk.boot([ggmk.Module("m")], workers=2)
+    with pytest.raises(ValueError, match="timeout"):
+        s.halt(timeout=timeout)
+    assert s.halt()["outstanding"] == 0

@@ -606,13 +606,13 @@ class Bridge:
             recs = recs.copy()
             recs["payload_ptr"] = 0
         self.c["dead_lettered"] += len(recs)
-        self.sys._dead(recs, code)          # hook wanted: System.dead_letter(recs, code)
+        self.sys.dead_letter(recs, code)
 
     def _to_sys_dropped(self, recs, code) -> None:
         recs = recs.copy()
-        recs["payload_ptr"] = 0
+        recs["payload_ptr"] = 0             # the payload is not this copy's to release
         self.c["dead_lettered"] += len(recs)
-        self.sys.channels.to_sys_dropped(recs, code)
+        self.sys.dead_letter(recs, code, which="sys.dropped")
 
     # -- host -> device -------------------------------------------------------------------------
     def _refresh_done(self, force: bool = False) -> None:

@@ -356,6 +356,28 @@ class System:
         else:
             self.sys_error.push_coded(recs, code)
 
+    def dead_letter(self, recs, code, *, which: str = "sys.error", count_on=None) -> int:
+        """Records that leave the system unfinished (a module's queue at halt, a refused
+        datagram, a bridge transfer that failed) go to ``which`` (``sys.error`` or
+        ``sys.dropped``) with the reason ``code``; their payload references are released (the
+        dead copy keeps none). ``count_on``: a channel whose drop counters count them too.
+        Returns how many."""
+        if which not in ("sys.error", "sys.dropped"):
+            raise ValueError(f"dead_letter: which={which!r}: allowed 'sys.error', 'sys.dropped'")
+        if which == "sys.error":
+            self._dead(recs, code)
+            return len(recs)
+        ptrs = recs["payload_ptr"]
+        if ptrs.any():
+            self.arena.release_many(ptrs)
+            recs = recs.copy()
+            recs["payload_ptr"] = 0
+        if self.channels is not None:
+            self.channels.to_sys_dropped(recs, code, count_on=count_on)
+        else:
+            self.sys_dropped.push_coded(recs, code)
+        return len(recs)
+
     def _count_enqueued(self, types, worker: int) -> None:
         if worker >= 0:
             self.metrics_shard[worker].add_types(TypeCounter.ENQUEUED, types)
@@ -545,6 +567,9 @@ class System:
         """
         if self.halted:
             return self.halt_report
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not timeout >= 0:
+            raise ValueError(f"halt: timeout={timeout!r}: allowed a number of seconds >= 0")
         self.halted = True                      # submit() refuses from here on
         if self.det is not None:
             self.det.release_input()

@@ -176,16 +176,9 @@ class Outbox:
         if not items:
             return 0
         a = np.array(items, dtype=np.uint64)
-        ptrs = a[:, 2]
-        if ptrs.any():
-            system.arena.release_many(ptrs)
         try:
             tid = system.channel(self.channel).type_id
         except Exception:   # noqa: BLE001 - the channel is gone: keep the record's type 0
             tid = 0
-        recs = T.make(len(items), type=tid, meta0=a[:, 0], meta1=a[:, 1])
-        if system.channels is not None:
-            system.channels.to_sys_dropped(recs, T.CHAN_CLOSED)
-        else:
-            system.sys_dropped.push_coded(recs, T.CHAN_CLOSED)
-        return len(items)
+        recs = T.make(len(items), type=tid, meta0=a[:, 0], meta1=a[:, 1], payload_ptr=a[:, 2])
+        return system.dead_letter(recs, T.CHAN_CLOSED, which="sys.dropped")

@@ -105,12 +105,10 @@ class _Gates:
         if not items:
             return
         a = np.array(items, dtype=np.uint64)
-        if a[:, 2].any():
-            system.arena.release_many(a[:, 2])
         self.counters["halted"] += len(items)
         recs = T.make(len(items), type=system.type_id("GATE_ARRIVE"), meta0=a[:, 0],
-                      meta1=a[:, 1])
-        system.channels.to_sys_dropped(recs, T.CHAN_CLOSED)
+                      meta1=a[:, 1], payload_ptr=a[:, 2])
+        system.dead_letter(recs, T.CHAN_CLOSED, which="sys.dropped")
 
     def stats(self) -> dict:
         with self.lock:

@@ -192,7 +192,7 @@ class _Nic:
     def _dead(self, who, n, code, count=1, count_on=None):
         system = self.system
         recs = T.make(count, type=system.type_id("NET_RX"), meta0=who, meta1=n)
-        system.channels.to_sys_dropped(recs, code, count_on=count_on)
+        system.dead_letter(recs, code, which="sys.dropped", count_on=count_on)
 
     def _os_total(self) -> int | None:
         """The socket's drop counter: SO_RXQ_OVFL where the kernel delivers it, else the
