@@ -43,3 +43,31 @@ def _wait_until(predicate, timeout: float = 10.0, *, step=None) -> bool:
 def wait_until():
     """The ``_wait_until`` helper, as a fixture (conftest modules are not importable by name)."""
     return _wait_until
+
+
+@pytest.fixture
+def open_display(request, tmp_path):
+    """Factory: open_display(displays=[(w, h)], ...) -> DisplayModule over a real virtio-gpu back
+    end (QEMU's vhost-user-gpu, one process per test in tmp_path), closed and killed at teardown.
+    Skips the test when the back end is not installed (`make system-deps` installs it)."""
+    from ggmk.drivers.virtio.backend import BackendNotFound, find_backend
+    from ggmk.modules.display import DisplayModule
+
+    try:
+        find_backend()
+    except BackendNotFound:
+        pytest.skip("QEMU's vhost-user-gpu is not installed (/usr/lib/qemu/vhost-user-gpu); "
+                    "`apt-get install --no-install-recommends qemu-system-gui` or `make system-deps`")
+
+    def make(displays=((320, 200),), **kw):
+        d = DisplayModule.open(displays, workdir=tmp_path, **kw)
+
+        def fin():
+            d.close()
+            proc = d.gpu.backend.proc
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        request.addfinalizer(fin)
+        return d
+    return make

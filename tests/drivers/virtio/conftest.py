@@ -37,22 +37,3 @@ def _launch(request, tmp_path, **kw):
 def launch_gpu(request, tmp_path):
     """Factory: launch_gpu(monitors=[...], timeout=...) -> VirtioGpu, closed at teardown."""
     return lambda monitors=None, **kw: _launch(request, tmp_path, monitors=monitors, **kw)
-
-
-@pytest.fixture
-def open_display(request, tmp_path):
-    """Factory: open_display(displays=[(w, h)], ...) -> DisplayModule, closed at teardown."""
-    from ggmk.modules.display import DisplayModule
-
-    def make(displays=((320, 200),), **kw):
-        d = DisplayModule.open(displays, workdir=tmp_path, **kw)
-
-        def fin():
-            d.close()
-            proc = d.gpu.backend.proc
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
-        request.addfinalizer(fin)
-        return d
-    return make

@@ -1,10 +1,10 @@
-"""The display module (GhostNV display API) over the real back end."""
+"""The display module (GhostNV display API, ``ggmk.modules.display``) over the real virtio-gpu
+back end (QEMU's vhost-user-gpu; the ``open_display`` fixture skips when it is not installed)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from conftest import needs_backend
 from ggmk.drivers.virtio.errors import FrameError
 from ggmk.modules.display import (DisplayError, Mode, decode_png, encode_png)
 
@@ -34,7 +34,6 @@ def test_mode_parsing():
 
 
 @pytest.mark.qemu
-@needs_backend
 def test_displays_modes_and_set_mode(open_display):
     disp = open_display([(1024, 768), (320, 200)])
     events = []
@@ -56,7 +55,6 @@ def test_displays_modes_and_set_mode(open_display):
 
 
 @pytest.mark.qemu
-@needs_backend
 def test_present_full_and_damaged_frames_and_snapshot(open_display, tmp_path):
     disp = open_display([(320, 200)])
     frame = noise((200, 320, 4), 5)
@@ -82,7 +80,6 @@ def test_present_full_and_damaged_frames_and_snapshot(open_display, tmp_path):
 
 
 @pytest.mark.qemu
-@needs_backend
 def test_bad_frames_say_what_is_expected(open_display):
     disp = open_display([(320, 200)])
     with pytest.raises(FrameError, match=r"needs a uint8 array of shape \(200, 320, 4\).*got array "
@@ -107,7 +104,6 @@ def test_bad_frames_say_what_is_expected(open_display):
 
 
 @pytest.mark.qemu
-@needs_backend
 def test_cursor_through_the_module(open_display):
     disp = open_display([(320, 200)])
     img = noise((16, 24, 4), 8)
@@ -123,7 +119,6 @@ def test_cursor_through_the_module(open_display):
 
 
 @pytest.mark.qemu
-@needs_backend
 def test_every_mode_switch_fits_default_guest_memory(open_display):
     disp = open_display([(1280, 800)])
     for i, m in enumerate(reversed(disp.modes(0))):     # largest first: old + new held at once
