@@ -14,6 +14,7 @@ counted, traced and finished like any task of the batch.
 """
 from __future__ import annotations
 
+import struct
 import traceback
 from itertools import count
 
@@ -24,11 +25,14 @@ from ggmk.core.faults import backoff_ticks
 from ggmk.core.metrics import TypeCounter as C
 from ggmk.core.sched import EVENT_DRAIN_MAX, Route
 from ggmk.events import EventType
-from ggmk.task import (BAD_RETURN, FAIL, FLAG_DETERMINISTIC, HANDLER_EXCEPTION, MAX_YIELDS, OK,
-                       RETRY, RETRY_EXHAUSTED, TASK_DTYPE, WAIT, YIELD, TaskBatch)
+from ggmk.task import (BAD_RETURN, FAIL, FLAG_DETERMINISTIC, FLAG_EMIT_TRACE, HANDLER_EXCEPTION,
+                       MAX_YIELDS, OK, RETRY, RETRY_EXHAUSTED, TASK_DTYPE, WAIT, YIELD, TaskBatch)
 
 
 _CODE_MIN = -(1 << 31)
+# a whole record as plain ints (TASK_DTYPE, in field order): one struct call for one task
+_REC = struct.Struct("<IHHIIQIHHQQ")
+assert _REC.size == TASK_DTYPE.itemsize
 _V48 = np.dtype("V48")       # a record as raw bytes: copies without per-field work
 
 
@@ -75,6 +79,12 @@ def _note_code(bad: list, i: int, r):
     if r:
         bad.append((i, r))
     return e
+
+
+def _forced(recs) -> bool:
+    """Whether a task of ``recs`` is flagged FLAG_EMIT_TRACE (traced whatever the level)."""
+    fl = recs["flags"]
+    return bool((fl[0] if len(fl) == 1 else np.bitwise_or.reduce(fl)) & FLAG_EMIT_TRACE)
 
 
 class BadReturn(TypeError):
@@ -197,17 +207,25 @@ class Worker:
     # -- dispatch -------------------------------------------------------------------------------
     def _dispatch_group(self, recs: np.ndarray, want_codes: bool = False, budget: int = 0):
         k = self.kernel
-        t = int(recs["type"][0])
-        h = k.handler_of[t]
         n = len(recs)
+        # one task (a round trip, a lone chain): its fields as plain ints from one struct call
+        one = _REC.unpack_from(recs) if n == 1 and recs.flags.c_contiguous else None
+        t = one[0] if one is not None else int(recs["type"][0])
+        h = k.handler_of[t]
         cap = h.max_batch
         if cap and n > cap:               # the handler asked for batches of at most cap tasks
             parts = [self._dispatch_group(recs[i:i + cap], want_codes) for i in range(0, n, cap)]
             return np.concatenate(parts) if want_codes else None
         ctx = self.ctx
         trace = k.tracer
-        if trace.enabled:
-            trace.emit_batch(self.id, EventType.TASK_START, recs, arg0=recs["seq"])
+        traced = trace.enabled
+        if traced:
+            if trace.quiet_all and not (one[1] & FLAG_EMIT_TRACE if one is not None
+                                        else _forced(recs)):
+                traced = False            # nothing can pass: count, don't offer (same stats)
+                trace.skipped(self.id, n)
+            else:
+                trace.emit_batch(self.id, EventType.TASK_START, recs, arg0=recs["seq"])
         ctx.module = h.module
         codes = None
         exc = None
@@ -237,8 +255,12 @@ class Worker:
             bad = []
             # the batch's columns as plain Python values, read once (TaskRow); meta0/meta1 are
             # written back once at the end if a handler set them
-            m0 = recs["meta0"].tolist()
-            m1 = recs["meta1"].tolist()
+            if one is not None:
+                m0 = [one[9]]
+                m1 = [one[10]]
+            else:
+                m0 = recs["meta0"].tolist()
+                m1 = recs["meta1"].tolist()
             lim = 0
             if budget > n and not k.sched.poisoned[t]:
                 lim = min(budget, cap) if cap else budget
@@ -294,7 +316,8 @@ class Worker:
                     with k.sched.count_lock:
                         if k.sched.seq == base + seqs:
                             k.sched.seq = base + used
-                recs = self._follow_ons(recs, task, t)
+                recs = self._follow_ons(recs, task, t, traced)
+                one = None
             elif task._dirty:
                 task._write_back()
             task._unbind()
@@ -307,14 +330,14 @@ class Worker:
         ctx.flush()
         if exc is not None:
             k.report_exception(h, exc, "".join(traceback.format_exception(exc)))
-        self._finish(recs, codes, h, t, elapsed, cpu_ns, n)
+        self._finish(recs, codes, h, t, elapsed, cpu_ns, n, traced, one)
         self.tasks += len(recs)
         self.batches += 1
         if want_codes:
             return codes if codes is not None else np.zeros(n, dtype=np.int32)
         return None
 
-    def _follow_ons(self, recs, task, t: int) -> np.ndarray:
+    def _follow_ons(self, recs, task, t: int, traced: bool = True) -> np.ndarray:
         """The records of the follow-ons this batch ran in the same step (``ctx.emit`` to the
         batch's own type): built once, counted as emitted (route, per-type enqueue counter,
         TASK_START) and returned appended to ``recs``, so that results, yields, retries,
@@ -364,11 +387,17 @@ class Worker:
                 k.metrics_shard[self.id].add_type(C.ENQUEUED, t, nk)
             else:
                 oe(ch["type"], self.id)
-        if k.tracer.enabled:
+        if traced:
             k.tracer.emit_batch(self.id, EventType.TASK_START, ch, arg0=ch["seq"])
+        elif k.tracer.enabled:            # follow-ons never carry FLAG_EMIT_TRACE
+            k.tracer.skipped(self.id, nk)
         return out
 
-    def _finish(self, recs, codes, h, t, elapsed, cpu_ns, n0: int | None = None) -> None:
+    def _finish(self, recs, codes, h, t, elapsed, cpu_ns, n0: int | None = None,
+                traced: bool = True, one=None) -> None:
+        """Results, counters, trace, payloads, billing of a dispatched batch. ``one``: the
+        fields of the batch's only record, where the worker read them (``_REC``), so that its
+        payload pointer and channel are read without NumPy."""
         k = self.kernel
         n = len(recs)
         m = k.metrics_shard[self.id]
@@ -376,9 +405,12 @@ class Worker:
         if codes is None:
             m.add_type(C.DEQUEUED, t, n)
             m.add_type(C.OK, t, n)
-            if k.tracer.enabled:
+            if traced:
                 k.tracer.emit_batch(self.id, EventType.TASK_END, recs, arg0=recs["seq"])
-            self._release(recs, None, retained)
+            elif k.tracer.enabled:
+                k.tracer.skipped(self.id, n)
+            if one is None or one[5] or retained:
+                self._release(recs, None, retained)
         else:
             m.add_type(C.DEQUEUED, t, n)
             ok = codes == OK
@@ -403,7 +435,7 @@ class Worker:
         if t in pd.counts:        # a type that failed lately: count its attempts (poison rate)
             pd.attempted(t, n if codes is None else int((codes >= 0).sum()), k.tick)
         k.account(self.id, recs, elapsed, cpu_ns)
-        if recs[0]["channel"] and k.channels is not None:
+        if (one[3] if one is not None else recs["channel"][0]) and k.channels is not None:
             # ordered channels deliver the next batch (follow-ons run in the step are not theirs)
             k.channels.on_batch_done(recs if n0 is None or n0 == n else recs[:n0])
 
