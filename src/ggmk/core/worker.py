@@ -229,6 +229,7 @@ class Worker:
         ctx.module = h.module
         codes = None
         exc = None
+        extra = 0                         # follow-ons run in the step, counted, not built
         # tenants are billed handler CPU time (SPEC §3): wall time would bill a tenant for the
         # time its worker thread was preempted or blocked (the HAL says what CPU time is);
         # unused without a policy
@@ -271,6 +272,8 @@ class Worker:
             if lim:
                 ctx._km0, ctx._klim = m0, lim
                 ctx._k0, ctx._k1, ctx._kh = m0.append, m1.append, task._kids.append
+                room = [lim]
+                ctx.emit = ctx._inline_emit(t, m0, m1, room)
             for i in range(n):
                 task._i = i
                 try:
@@ -310,14 +313,20 @@ class Worker:
             if lim:
                 ctx._km0, ctx._klim = (), 0
                 ctx._k0 = ctx._k1 = ctx._kh = None
+                room[0] = 0
+                ctx.emit = ctx._general
             if len(m0) > n:
                 used = len(m0) - n
                 if used < seqs:
                     with k.sched.count_lock:
                         if k.sched.seq == base + seqs:
                             k.sched.seq = base + used
-                recs = self._follow_ons(recs, task, t, traced)
-                one = None
+                if bad or traced or ctx._retained:
+                    recs = self._follow_ons(recs, task, t, traced)
+                    one = None
+                else:
+                    # every task finished OK and no event needs their records: count them
+                    extra = self._count_follow_ons(task, t, used)
             elif task._dirty:
                 task._write_back()
             task._unbind()
@@ -330,8 +339,8 @@ class Worker:
         ctx.flush()
         if exc is not None:
             k.report_exception(h, exc, "".join(traceback.format_exception(exc)))
-        self._finish(recs, codes, h, t, elapsed, cpu_ns, n, traced, one)
-        self.tasks += len(recs)
+        self._finish(recs, codes, h, t, elapsed, cpu_ns, n, traced, one, extra)
+        self.tasks += len(recs) + extra
         self.batches += 1
         if want_codes:
             return codes if codes is not None else np.zeros(n, dtype=np.int32)
@@ -393,13 +402,35 @@ class Worker:
             k.tracer.skipped(self.id, nk)
         return out
 
+    def _count_follow_ons(self, task, t: int, nk: int) -> int:
+        """``_follow_ons`` for a batch whose tasks all returned OK, untraced, nothing
+        retained: the ``nk`` follow-ons are counted as emitted (route, per-type enqueue
+        counter, the tracer's filtered count) but no record is built: nothing would read it.
+        Their seqs were taken all the same, so later tasks are numbered as if they had been
+        built. Returns ``nk``."""
+        k = self.kernel
+        s = self.sched
+        if task._dirty:                   # a handler set meta0/meta1 of a task of the batch
+            task._write_back()
+        s.route_counts[Route.EMIT] += nk
+        oe = s.on_enqueued
+        if oe is not None:
+            if oe == k._count_enqueued:       # the kernel's per-type counter: one add
+                k.metrics_shard[self.id].add_type(C.ENQUEUED, t, nk)
+            else:
+                oe(np.full(nk, t, np.uint32), self.id)
+        if k.tracer.enabled:              # TASK_START, not offered (see Tracer.quiet_all)
+            k.tracer.skipped(self.id, nk)
+        return nk
+
     def _finish(self, recs, codes, h, t, elapsed, cpu_ns, n0: int | None = None,
-                traced: bool = True, one=None) -> None:
+                traced: bool = True, one=None, extra: int = 0) -> None:
         """Results, counters, trace, payloads, billing of a dispatched batch. ``one``: the
         fields of the batch's only record, where the worker read them (``_REC``), so that its
-        payload pointer and channel are read without NumPy."""
+        payload pointer and channel are read without NumPy. ``extra``: follow-ons that ran
+        OK in the step without records (``_count_follow_ons``; only with ``codes`` None)."""
         k = self.kernel
-        n = len(recs)
+        n = len(recs) + extra
         m = k.metrics_shard[self.id]
         retained = self.ctx._retained
         if codes is None:
@@ -409,7 +440,7 @@ class Worker:
                 k.tracer.emit_batch(self.id, EventType.TASK_END, recs, arg0=recs["seq"])
             elif k.tracer.enabled:
                 k.tracer.skipped(self.id, n)
-            if one is None or one[5] or retained:
+            if one is None or one[5] or retained:    # (follow-ons carry no payload)
                 self._release(recs, None, retained)
         else:
             m.add_type(C.DEQUEUED, t, n)
