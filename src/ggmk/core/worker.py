@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 import traceback
-from itertools import count
+from itertools import islice
 
 import numpy as np
 
@@ -273,8 +273,6 @@ class Worker:
             if lim:
                 ctx._km0, ctx._klim = m0, lim
                 ctx._k0, ctx._k1, ctx._kh = m0.append, m1.append, task._kids.append
-                room = [lim]
-                ctx.emit = ctx._inline_emit(t, m0, m1, room)
             for i in range(n):
                 task._i = i
                 try:
@@ -296,16 +294,18 @@ class Worker:
                     base = k.sched.seq
                     k.sched.seq = base + seqs
                 task._seq0 = base + 1
-                for i in count(n):
-                    if i == len(m0):
-                        break
+                i = n
+                # a list's iterator sees what is appended meanwhile: the follow-ons the
+                # handlers emit here run in this loop too (no length check per hop)
+                for _ in islice(m0, n, None):
                     task._i = i
+                    i += 1
                     try:
                         r = fn(ctx)
                     except Exception as e:  # noqa: BLE001
                         r, exc = HANDLER_EXCEPTION, e
                     if r is not None and (r.__class__ is not int or r):
-                        e = _note_code(bad, i, r)
+                        e = _note_code(bad, i - 1, r)
                         if e is not None:
                             exc = e
             ctx._inl_t = -1
@@ -314,8 +314,9 @@ class Worker:
             if lim:
                 ctx._km0, ctx._klim = (), 0
                 ctx._k0 = ctx._k1 = ctx._kh = None
-                room[0] = 0
-                ctx.emit = ctx._general
+                if ctx.emit is not ctx._general:     # the batch's sender: retire it
+                    ctx._room[0] = 0
+                    ctx.emit = ctx._general
             if len(m0) > n:
                 used = len(m0) - n
                 if used < seqs:
