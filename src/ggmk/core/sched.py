@@ -33,7 +33,7 @@ import numpy as np
 
 from ggmk.core.ring import Ring, TimedRing
 from ggmk.task import (EVENT_FULL, FLAG_DETERMINISTIC, NUM_PRIORITIES, POISONED, PRIO_MASK, READY_FULL,
-                       UNKNOWN_TYPE, YIELD_OVERFLOW, empty)
+                       TASK_DTYPE, UNKNOWN_TYPE, YIELD_OVERFLOW, empty)
 
 PRIO_WEIGHTS = (8, 4, 2, 1)
 # The binary ruler interleaves priorities 8:4:2:1 over 15 pops: 0,1,0,2,0,1,0,3,...
@@ -296,7 +296,7 @@ class Scheduler:
         ``recs`` is consumed: the core may rewrite its ``seq`` column.
         """
         n = len(recs)
-        if n == 1 and route in _ONE_ROUTES:
+        if n == 1 and route in _ONE_ROUTES and recs.dtype is TASK_DTYPE:
             k = self._enqueue_one(recs, route, worker)
             if k >= 0:
                 return k
