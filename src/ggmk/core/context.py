@@ -585,7 +585,8 @@ class Context:
                     (k >> 64) & _M32, k & _M16, (k >> 16) & _M16, 0, (k >> 32) & _M32,
                     k >> 128, (k >> 96) & _M32, 0, 0, 0, 0)
                 recs["meta0"] = u64(self._e0)
-                recs["meta1"] = u64(self._e1)
+                if self._e1.count(0) != n:        # (meta1 is mostly 0: the template's)
+                    recs["meta1"] = u64(self._e1)
             else:
                 m0 = u64(self._e0)
                 m1 = u64(self._e1)
