@@ -330,9 +330,10 @@ class Context:
     def _inline_emit(self, tgt, inl_t: int, m0: list, a0, a1, lim: list):
         """``ctx.emit`` while the worker runs emits of type ``inl_t`` as further rows of the
         batch (column ``m0`` and the appends ``a0`` / ``a1`` of meta0 / meta1, up to
-        ``lim[0]`` rows; ``tgt``: the target object it was made for, usually the very object
-        a handler passes again, so no lookup; the worker sets ``lim[0] = 0`` when the batch ends, so a sender kept
-        past it takes the general path). ``_emit`` makes it on the batch's first follow-on,
+        ``lim[0]`` rows; the worker sets ``lim[0] = 0`` when the batch ends, so a sender kept
+        past it takes the general path; ``tgt``: the target object it was made for, usually
+        the very object a handler passes again: no lookup). ``_emit`` makes it on the batch's
+        first follow-on,
         once it knows every task of the batch passes on one header (``_bhdr``): the general
         method's hot path with its state in closure cells, ~20% less per emit. Anything else
         (other targets, keywords, a word that is not a plain int in range) goes to the
