@@ -10,7 +10,11 @@ the columns read once with ``.tolist()``), and what they ``ctx.emit`` to their o
 the same step as further rows of the batch (the worker would pop it from its local queue next
 anyway), up to the batch budget and never on the ready queue's turn, nor with a tenant policy
 or in determinism mode; those follow-ons become records once per step (``_follow_ons``) and are
-counted, traced and finished like any task of the batch.
+counted, traced and finished like any task of the batch. When every task of the step returned
+OK, none is traced and none retained a payload, nothing would read those records: they are
+counted without being built (``_count_follow_ons``). A one-task batch (a round trip) is read
+with one ``struct`` call, and the tracer's ``quiet_all`` lets a batch skip TASK_START/TASK_END
+offers when no type is traced at that level and no task is flagged FLAG_EMIT_TRACE.
 """
 from __future__ import annotations
 
