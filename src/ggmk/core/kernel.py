@@ -379,6 +379,15 @@ class System:
         return len(recs)
 
     def _count_enqueued(self, types, worker: int) -> None:
+        """Per-type enqueue counters; ``types`` is a column, or one type id (an int: the
+        enqueue core's one-record path, a scalar add)."""
+        if types.__class__ is int:
+            if worker >= 0:
+                self.metrics_shard[worker].types[TypeCounter.ENQUEUED, types] += 1
+            else:
+                with self._host_lock:
+                    self.host_shard.types[TypeCounter.ENQUEUED, types] += 1
+            return
         if worker >= 0:
             self.metrics_shard[worker].add_types(TypeCounter.ENQUEUED, types)
         else:

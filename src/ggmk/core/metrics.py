@@ -165,7 +165,7 @@ class MetricsShard:
         """Add one value (e.g. a duration in ns) to a histogram."""
         if type(hist) is str:
             hist = self._m.histogram_id(hist)
-        v = int(value)
+        v = value if value.__class__ is int else int(value)
         if v < 0:
             v = 0
         self.hist[hist, v.bit_length()] += 1

@@ -21,6 +21,7 @@ from ggmk.task import TASK_DTYPE, empty
 
 
 _V = np.dtype("V48")
+_SIZE = TASK_DTYPE.itemsize
 
 
 def _pow2(n: int) -> int:
@@ -32,13 +33,15 @@ def _pow2(n: int) -> int:
 class Ring:
     """FIFO ring of task records. ``capacity`` is rounded up to a power of two."""
 
-    __slots__ = ("buf", "capacity", "mask", "head", "tail", "lock", "high_watermark",
+    __slots__ = ("buf", "raw", "mv", "capacity", "mask", "head", "tail", "lock", "high_watermark",
                  "pushed", "popped", "rejected", "name")
 
     def __init__(self, capacity: int, name: str = ""):
         self.capacity = _pow2(capacity)
         self.mask = self.capacity - 1
         self.buf = empty(self.capacity)
+        self.raw = self.buf.view(_V)      # made once: a view of a structured array costs ~1 us
+        self.mv = memoryview(self.buf.view(np.uint8))    # one record in or out as bytes
         self.head = 0  # next pop position (monotonic)
         self.tail = 0  # next push position (monotonic)
         self.lock = threading.Lock()
@@ -61,10 +64,15 @@ class Ring:
         n = len(recs)
         start = self.tail & self.mask
         first = min(n, self.capacity - start)
-        raw, src = self.buf.view(_V), recs.view(_V)
-        raw[start:start + first] = src[:first]
-        if first < n:
-            raw[:n - first] = src[first:]
+        raw = self.raw
+        if n == 1:                            # one record: bytes in, no NumPy view at all
+            o = start * _SIZE
+            self.mv[o:o + _SIZE] = recs.tobytes()
+        else:
+            src = recs.view(_V)
+            raw[start:start + first] = src[:first]
+            if first < n:
+                raw[:n - first] = src[first:]
         self.tail += n
         depth = self.tail - self.head
         if depth > self.high_watermark:
@@ -74,8 +82,11 @@ class Ring:
     def _read(self, n: int, out: np.ndarray | None = None) -> np.ndarray:
         start = self.head & self.mask
         first = min(n, self.capacity - start)
-        raw = self.buf.view(_V)
-        if first == n and out is None:
+        raw = self.raw
+        if n == 1 and out is None:            # one record (a round trip): bytes out, ~4x less
+            o = start * _SIZE
+            res = np.frombuffer(bytearray(self.mv[o:o + _SIZE]), TASK_DTYPE)
+        elif first == n and out is None:
             res = raw[start:start + n].copy().view(TASK_DTYPE)
         else:
             res = out[:n] if out is not None else empty(n)
@@ -121,6 +132,8 @@ class Ring:
             live = self._read(depth) if depth else self.buf[:0]
             self.popped -= depth
             self.buf = empty(cap)
+            self.raw = self.buf.view(_V)
+            self.mv = memoryview(self.buf.view(np.uint8))
             self.buf[:depth] = live
             self.capacity, self.mask = cap, cap - 1
             self.head, self.tail = 0, depth

@@ -302,6 +302,15 @@ class Tracer:
     def _refresh_bounds(self) -> None:
         self._min_level = int(self._lvl.min())
         self._max_level = int(self._lvl.max())
+        # no type is traced at level ALL (TASK_START / TASK_END): only tasks flagged
+        # FLAG_EMIT_TRACE can be recorded, so the kernel checks that flag once per batch and
+        # skips the call (``skipped``) instead of paying emit_batch's checks twice a batch
+        self.quiet_all = int(Level.ALL) > self._max_level
+
+    def skipped(self, worker: int, n: int) -> None:
+        """Count ``n`` level-ALL events the kernel did not offer to ``emit_batch`` because
+        ``quiet_all`` said none could pass (the same ``filtered`` count emit_batch keeps)."""
+        self._counts[worker][2] += n
 
     # -- hot path ----------------------------------------------------------------------------
 
@@ -494,6 +503,7 @@ class NullTracer:
     """
 
     enabled = False
+    quiet_all = True
     nworkers = 0
     capacity = 0
     sample_rate = 1
@@ -506,6 +516,9 @@ class NullTracer:
         pass
 
     def set_level(self, module: str, level) -> None:
+        pass
+
+    def skipped(self, worker: int, n: int) -> None:
         pass
 
     def set_default_level(self, level) -> None:

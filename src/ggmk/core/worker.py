@@ -10,12 +10,17 @@ the columns read once with ``.tolist()``), and what they ``ctx.emit`` to their o
 the same step as further rows of the batch (the worker would pop it from its local queue next
 anyway), up to the batch budget and never on the ready queue's turn, nor with a tenant policy
 or in determinism mode; those follow-ons become records once per step (``_follow_ons``) and are
-counted, traced and finished like any task of the batch.
+counted, traced and finished like any task of the batch. When every task of the step returned
+OK, none is traced and none retained a payload, nothing would read those records: they are
+counted without being built (``_count_follow_ons``). A one-task batch (a round trip) is read
+with one ``struct`` call, and the tracer's ``quiet_all`` lets a batch skip TASK_START/TASK_END
+offers when no type is traced at that level and no task is flagged FLAG_EMIT_TRACE.
 """
 from __future__ import annotations
 
+import struct
 import traceback
-from itertools import count
+from itertools import islice
 
 import numpy as np
 
@@ -24,11 +29,15 @@ from ggmk.core.faults import backoff_ticks
 from ggmk.core.metrics import TypeCounter as C
 from ggmk.core.sched import EVENT_DRAIN_MAX, Route
 from ggmk.events import EventType
-from ggmk.task import (BAD_RETURN, FAIL, FLAG_DETERMINISTIC, HANDLER_EXCEPTION, MAX_YIELDS, OK,
-                       RETRY, RETRY_EXHAUSTED, TASK_DTYPE, WAIT, YIELD, TaskBatch)
+from ggmk.task import (BAD_RETURN, FAIL, FLAG_DETERMINISTIC, FLAG_EMIT_TRACE, HANDLER_EXCEPTION,
+                       MAX_YIELDS, OK, RETRY, RETRY_EXHAUSTED, TASK_DTYPE, WAIT, YIELD, TaskBatch)
 
 
 _CODE_MIN = -(1 << 31)
+_DEQ, _OK = int(C.DEQUEUED), int(C.OK)
+# a whole record as plain ints (TASK_DTYPE, in field order): one struct call for one task
+_REC = struct.Struct("<IHHIIQIHHQQ")
+assert _REC.size == TASK_DTYPE.itemsize
 _V48 = np.dtype("V48")       # a record as raw bytes: copies without per-field work
 
 
@@ -75,6 +84,12 @@ def _note_code(bad: list, i: int, r):
     if r:
         bad.append((i, r))
     return e
+
+
+def _forced(recs) -> bool:
+    """Whether a task of ``recs`` is flagged FLAG_EMIT_TRACE (traced whatever the level)."""
+    fl = recs["flags"]
+    return bool((fl[0] if len(fl) == 1 else np.bitwise_or.reduce(fl)) & FLAG_EMIT_TRACE)
 
 
 class BadReturn(TypeError):
@@ -197,20 +212,29 @@ class Worker:
     # -- dispatch -------------------------------------------------------------------------------
     def _dispatch_group(self, recs: np.ndarray, want_codes: bool = False, budget: int = 0):
         k = self.kernel
-        t = int(recs["type"][0])
-        h = k.handler_of[t]
         n = len(recs)
+        # one task (a round trip, a lone chain): its fields as plain ints from one struct call
+        one = _REC.unpack_from(recs) if n == 1 and recs.flags.c_contiguous else None
+        t = one[0] if one is not None else int(recs["type"][0])
+        h = k.handler_of[t]
         cap = h.max_batch
         if cap and n > cap:               # the handler asked for batches of at most cap tasks
             parts = [self._dispatch_group(recs[i:i + cap], want_codes) for i in range(0, n, cap)]
             return np.concatenate(parts) if want_codes else None
         ctx = self.ctx
         trace = k.tracer
-        if trace.enabled:
-            trace.emit_batch(self.id, EventType.TASK_START, recs, arg0=recs["seq"])
+        traced = trace.enabled
+        if traced:
+            if trace.quiet_all and not (one[1] & FLAG_EMIT_TRACE if one is not None
+                                        else _forced(recs)):
+                traced = False            # nothing can pass: count, don't offer (same stats)
+                trace.skipped(self.id, n)
+            else:
+                trace.emit_batch(self.id, EventType.TASK_START, recs, arg0=recs["seq"])
         ctx.module = h.module
         codes = None
         exc = None
+        extra = 0                         # follow-ons run in the step, counted, not built
         # tenants are billed handler CPU time (SPEC §3): wall time would bill a tenant for the
         # time its worker thread was preempted or blocked (the HAL says what CPU time is);
         # unused without a policy
@@ -237,8 +261,12 @@ class Worker:
             bad = []
             # the batch's columns as plain Python values, read once (TaskRow); meta0/meta1 are
             # written back once at the end if a handler set them
-            m0 = recs["meta0"].tolist()
-            m1 = recs["meta1"].tolist()
+            if one is not None:
+                m0 = [one[9]]
+                m1 = [one[10]]
+            else:
+                m0 = recs["meta0"].tolist()
+                m1 = recs["meta1"].tolist()
             lim = 0
             if budget > n and not k.sched.poisoned[t]:
                 lim = min(budget, cap) if cap else budget
@@ -270,16 +298,18 @@ class Worker:
                     base = k.sched.seq
                     k.sched.seq = base + seqs
                 task._seq0 = base + 1
-                for i in count(n):
-                    if i == len(m0):
-                        break
+                i = n
+                # a list's iterator sees what is appended meanwhile: the follow-ons the
+                # handlers emit here run in this loop too (no length check per hop)
+                for _ in islice(m0, n, None):
                     task._i = i
+                    i += 1
                     try:
                         r = fn(ctx)
                     except Exception as e:  # noqa: BLE001
                         r, exc = HANDLER_EXCEPTION, e
                     if r is not None and (r.__class__ is not int or r):
-                        e = _note_code(bad, i, r)
+                        e = _note_code(bad, i - 1, r)
                         if e is not None:
                             exc = e
             ctx._inl_t = -1
@@ -288,13 +318,21 @@ class Worker:
             if lim:
                 ctx._km0, ctx._klim = (), 0
                 ctx._k0 = ctx._k1 = ctx._kh = None
+                if ctx.emit is not ctx._general:     # the batch's sender: retire it
+                    ctx._room[0] = 0
+                    ctx.emit = ctx._general
             if len(m0) > n:
                 used = len(m0) - n
                 if used < seqs:
                     with k.sched.count_lock:
                         if k.sched.seq == base + seqs:
                             k.sched.seq = base + used
-                recs = self._follow_ons(recs, task, t)
+                if bad or traced or ctx._retained:
+                    recs = self._follow_ons(recs, task, t, traced)
+                    one = None
+                else:
+                    # every task finished OK and no event needs their records: count them
+                    extra = self._count_follow_ons(task, t, used)
             elif task._dirty:
                 task._write_back()
             task._unbind()
@@ -307,14 +345,14 @@ class Worker:
         ctx.flush()
         if exc is not None:
             k.report_exception(h, exc, "".join(traceback.format_exception(exc)))
-        self._finish(recs, codes, h, t, elapsed, cpu_ns, n)
-        self.tasks += len(recs)
+        self._finish(recs, codes, h, t, elapsed, cpu_ns, n, traced, one, extra)
+        self.tasks += len(recs) + extra
         self.batches += 1
         if want_codes:
             return codes if codes is not None else np.zeros(n, dtype=np.int32)
         return None
 
-    def _follow_ons(self, recs, task, t: int) -> np.ndarray:
+    def _follow_ons(self, recs, task, t: int, traced: bool = True) -> np.ndarray:
         """The records of the follow-ons this batch ran in the same step (``ctx.emit`` to the
         batch's own type): built once, counted as emitted (route, per-type enqueue counter,
         TASK_START) and returned appended to ``recs``, so that results, yields, retries,
@@ -364,21 +402,53 @@ class Worker:
                 k.metrics_shard[self.id].add_type(C.ENQUEUED, t, nk)
             else:
                 oe(ch["type"], self.id)
-        if k.tracer.enabled:
+        if traced:
             k.tracer.emit_batch(self.id, EventType.TASK_START, ch, arg0=ch["seq"])
+        elif k.tracer.enabled:            # follow-ons never carry FLAG_EMIT_TRACE
+            k.tracer.skipped(self.id, nk)
         return out
 
-    def _finish(self, recs, codes, h, t, elapsed, cpu_ns, n0: int | None = None) -> None:
+    def _count_follow_ons(self, task, t: int, nk: int) -> int:
+        """``_follow_ons`` for a batch whose tasks all returned OK, untraced, nothing
+        retained: the ``nk`` follow-ons are counted as emitted (route, per-type enqueue
+        counter, the tracer's filtered count) but no record is built: nothing would read it.
+        Their seqs were taken all the same, so later tasks are numbered as if they had been
+        built. Returns ``nk``."""
         k = self.kernel
-        n = len(recs)
+        s = self.sched
+        if task._dirty:                   # a handler set meta0/meta1 of a task of the batch
+            task._write_back()
+        s.route_counts[Route.EMIT] += nk
+        oe = s.on_enqueued
+        if oe is not None:
+            if oe == k._count_enqueued:       # the kernel's per-type counter: one add
+                k.metrics_shard[self.id].add_type(C.ENQUEUED, t, nk)
+            else:
+                oe(np.full(nk, t, np.uint32), self.id)
+        if k.tracer.enabled:              # TASK_START, not offered (see Tracer.quiet_all)
+            k.tracer.skipped(self.id, nk)
+        return nk
+
+    def _finish(self, recs, codes, h, t, elapsed, cpu_ns, n0: int | None = None,
+                traced: bool = True, one=None, extra: int = 0) -> None:
+        """Results, counters, trace, payloads, billing of a dispatched batch. ``one``: the
+        fields of the batch's only record, where the worker read them (``_REC``), so that its
+        payload pointer and channel are read without NumPy. ``extra``: follow-ons that ran
+        OK in the step without records (``_count_follow_ons``; only with ``codes`` None)."""
+        k = self.kernel
+        n = len(recs) + extra
         m = k.metrics_shard[self.id]
         retained = self.ctx._retained
         if codes is None:
-            m.add_type(C.DEQUEUED, t, n)
-            m.add_type(C.OK, t, n)
-            if k.tracer.enabled:
+            tc = m.types                  # t is a dispatched type: in range, no check needed
+            tc[_DEQ, t] += n
+            tc[_OK, t] += n
+            if traced:
                 k.tracer.emit_batch(self.id, EventType.TASK_END, recs, arg0=recs["seq"])
-            self._release(recs, None, retained)
+            elif k.tracer.enabled:
+                k.tracer.skipped(self.id, n)
+            if one is None or one[5] or retained:    # (follow-ons carry no payload)
+                self._release(recs, None, retained)
         else:
             m.add_type(C.DEQUEUED, t, n)
             ok = codes == OK
@@ -402,8 +472,11 @@ class Worker:
         pd = k.poison
         if t in pd.counts:        # a type that failed lately: count its attempts (poison rate)
             pd.attempted(t, n if codes is None else int((codes >= 0).sum()), k.tick)
-        k.account(self.id, recs, elapsed, cpu_ns)
-        if recs[0]["channel"] and k.channels is not None:
+        if k.sched.policy is None:
+            m.observe(k.h_batch_ns, elapsed)      # all that account() does without tenants
+        else:
+            k.account(self.id, recs, elapsed, cpu_ns)
+        if (one[3] if one is not None else recs["channel"][0]) and k.channels is not None:
             # ordered channels deliver the next batch (follow-ons run in the step are not theirs)
             k.channels.on_batch_done(recs if n0 is None or n0 == n else recs[:n0])
 
