@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 
 import numpy as np
@@ -48,10 +49,11 @@ from ggmk.bridge.fences import Fences
 from ggmk.bridge.gpu_drv import open_driver
 from ggmk.bridge.plan import plan as plan_bridge
 from ggmk.bridge.pump import Bridge, BridgeError
+from ggmk.bridge.process import ProcessTransport
 from ggmk.bridge.transport import InProcessTransport
 from ggmk.core.kernel import System
 from ggmk.core.module import Module as CpuModule
-from ggmk.errors import BootError, KernelStopped
+from ggmk.errors import BootError, DeviceError, KernelStopped
 from ggmk.typereg import TypeRegistry
 
 log = logging.getLogger("ggmk")
@@ -92,8 +94,25 @@ class DualSystem:
     """A CPU kernel and a GPU kernel joined by the bridge. Create with :func:`boot`."""
 
     def __init__(self, modules, *, device: str = "auto", types=None, bridge: dict | None = None,
-                 device_config: dict | None = None, transport_wrap=None, **cpu_kw):
+                 device_config: dict | None = None, transport_wrap=None,
+                 device_process: bool = False, watchdog=None, **cpu_kw):
         t0 = time.monotonic()
+        if not isinstance(device_process, bool):
+            raise BootError(f"boot: device_process={device_process!r} must be True (the GPU "
+                            "kernel in a child process that can be reset) or False")
+        self.device_process = device_process
+        self.process = None
+        self.watchdog = None
+        self.resets = dict(resets=0, last_reason=None, last_error=None, lost_in_reset=0,
+                           redelivered=0, gpu_to_cpu_gaps=0, reset_s=0.0)
+        self._reset_lock = threading.Lock()
+        wd_cfg = None
+        if watchdog is not None and watchdog is not False:
+            from ggmk.modules import watchdog as wdmod
+            wd_cfg = wdmod.config(watchdog)          # bad config: named before anything boots
+            if not device_process:
+                raise BootError("boot: watchdog= needs device_process=True (a stuck GPU kernel "
+                                "can only be reset when it runs in a child process)")
         self.boot_log: list[tuple[str, float, str]] = []
         cpu_mods, gpu_mods = _split(modules)
         types_given = types is not None
@@ -136,20 +155,34 @@ class DualSystem:
             inbound = [(b.k, b.name, b.type_id, b.mode, b.guarantee, b.capacity)
                        for b in self.plan if b.direction == "c2g"]
             outbound = [(b.k, b.name, b.lossless) for b in g2c]
-            dmods = list(gpu_mods) + [ds.build_module(inbound, outbound, window)]
-            self.kernel = self.driver.launch(dmods, types=reg, **(device_config or {}))
+            self._dev_spec = dict(modules=list(gpu_mods), bridge=(inbound, outbound, window),
+                                  types=reg, config=dict(device_config or {}))
+            if device_process:
+                self.process = self._boot_process()
+                self.kernel = self.process.kernel
+                tr = ProcessTransport(self.process)
+            else:
+                dmods = list(gpu_mods) + [ds.build_module(inbound, outbound, window)]
+                self.kernel = self.driver.launch(dmods, types=reg, **(device_config or {}))
+                tr = InProcessTransport(self.kernel)
             self.target = self.kernel.target_name
-            self._step("gpu_kernel", t0, f"{len(gpu_mods)} module(s) on {self.target}")
+            self._step("gpu_kernel", t0, f"{len(gpu_mods)} module(s) on {self.target}"
+                       + (f" in device process {self.process.pid}" if self.process else ""))
             # 4. channel wiring across kernels
-            tr = InProcessTransport(self.kernel)
+            self.transport_base = tr
             self.transport = transport_wrap(tr) if transport_wrap is not None else tr
             self.bridge = Bridge(self.cpu, self.transport, self.plan,
                                  deterministic=self.deterministic, **bopts)
             self._step("wiring", t0, ", ".join(b.describe() for b in self.plan) or "none")
+            if wd_cfg is not None:
+                from ggmk.modules import watchdog as wdmod
+                self.watchdog = wdmod.Watchdog(self, **wd_cfg)
         except BaseException:
             self._abort()
             raise
         self.fences = Fences()
+        if self.watchdog is not None:
+            self.watchdog.start()
         self._step("ready", t0, f"system ready: CPU kernel + GPU kernel ({self.target}), "
                    f"{len(self.plan)} bridge channel(s)")
         log.info("ggmk: system ready (CPU kernel, GPU kernel on %s, %d bridge channel(s))",
@@ -158,7 +191,20 @@ class DualSystem:
     def _step(self, what, t0, detail) -> None:
         self.boot_log.append((what, time.monotonic() - t0, detail))
 
+    def _boot_process(self):
+        """A fresh device process running the GPU kernel (the kernel from the disk cache)."""
+        from ggmk.bridge.process import DeviceProcess
+        sp = self._dev_spec
+        try:
+            return DeviceProcess(sp["modules"], target=self.driver.target, types=sp["types"],
+                                 bridge=sp["bridge"], config=sp["config"]).start()
+        except DeviceError as e:
+            raise BootError(f"gpu_drv: cannot launch the GPU kernel on "
+                            f"{self.driver.target!r} in a device process: {e}") from e
+
     def _abort(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.bridge is not None:
             self.bridge.stop()
         if self.kernel is not None:
@@ -166,6 +212,8 @@ class DualSystem:
                 self.kernel.stop()
             except Exception:   # noqa: BLE001 - already failing
                 pass
+        if self.process is not None:
+            self.process.kill()
         self.cpu.halt(timeout=0)
 
     # -- the host API -----------------------------------------------------------------------------
@@ -203,7 +251,7 @@ class DualSystem:
         """Push task records straight to the GPU kernel (host -> device ring)."""
         self._check()
         if self.bridge.paused is not None:
-            raise BridgeError(f"push_device: the GPU kernel is being reset "
+            raise BridgeError(f"push_device: the GPU kernel is paused or being reset "
                               f"({self.bridge.paused}); nothing was pushed, push again after "
                               "it is back")
         n = self.kernel.push(records)
@@ -219,9 +267,67 @@ class DualSystem:
         self.bridge.paused = None
         self.bridge.poke()
 
+    # -- reset (the watchdog) -----------------------------------------------------------------
+    def resetting(self) -> bool:
+        return self.bridge is not None and self.bridge.paused is not None and \
+            str(self.bridge.paused).startswith("reset")
+
+    def reset_device(self, reason: str = "requested", *, graceful: bool = False) -> dict:
+        """Kill the device process and boot a fresh one (kernel from the disk cache), then
+        re-wire the bridge; the CPU kernel keeps running throughout. During the reset the
+        CPU -> GPU bridge channels refuse with CHAN_CLOSED and ``push_device`` raises.
+        Messages inside the old GPU kernel are accounted (``Bridge.reset_device``): records
+        it had not finished go to sys.error with BRIDGE_RESET; inline records the bridge had
+        staged but not sent are sent to the new kernel. Returns the reset's accounting."""
+        self._check()
+        if self.process is None:
+            raise BridgeError("reset_device: the GPU kernel runs in this process "
+                              "(device_process=False): only a device process can be reset")
+        with self._reset_lock:
+            t0 = time.monotonic()
+            b = self.bridge
+            b.begin_reset(f"reset: {reason}")
+            old = self.process
+            try:
+                self._last_gpu = self.kernel.metrics()
+            except Exception:   # noqa: BLE001
+                pass
+            if graceful:
+                try:
+                    old.stop(2.0)
+                except Exception:   # noqa: BLE001 - a stuck kernel: killed below
+                    pass
+            old.kill()                          # a stuck kernel cannot stop: SIGKILL
+            acct = b.reset_device(T.BRIDGE_RESET)
+            self.resets["resets"] += 1
+            self.resets["last_reason"] = reason
+            self.resets["lost_in_reset"] += acct["lost"]
+            self.resets["redelivered"] += acct["redelivered"]
+            self.resets["gpu_to_cpu_gaps"] += acct["gaps"]
+            try:
+                new = self._boot_process()
+            except BaseException as e:
+                self.resets["last_error"] = f"{type(e).__name__}: {e}"
+                log.error("ggmk: GPU kernel reset (%s) failed to boot a new kernel: %s",
+                          reason, e)
+                raise
+            self.process = new
+            self.kernel = new.kernel
+            self.transport_base.rewire(new)
+            b.end_reset()
+            self.resets["last_error"] = None
+            self.resets["reset_s"] = time.monotonic() - t0
+            log.warning("ggmk: GPU kernel reset (%s): device process %s -> %s in %.2f s; "
+                        "%d record(s) on sys.error with BRIDGE_RESET, %d redelivered",
+                        reason, getattr(old, "pid", None), new.pid, self.resets["reset_s"],
+                        acct["lost"], acct["redelivered"])
+            return acct
+
     # -- running ------------------------------------------------------------------------------
     def device_quiet(self) -> bool:
         """The GPU kernel has nothing queued or running (its published counters agree)."""
+        if self.bridge.paused is not None:
+            return False                 # being reset: not idle until it is back
         if not self.kernel.alive():
             return True
         if self.transport.rx_pending():
@@ -310,8 +416,12 @@ class DualSystem:
             gpu = self.kernel.metrics()
         elif getattr(self, "_last_gpu", None) is not None:
             gpu = self._last_gpu
+        wd = self.watchdog.stats() if self.watchdog is not None else None
         return {"cpu": self.cpu.stats(), "gpu": gpu,
                 "bridge": self.bridge.stats() if self.bridge is not None else None,
+                "device_process": None if self.process is None else {
+                    "pid": self.process.pid, "alive": self.process.alive(), **self.resets},
+                "watchdog": wd,
                 "target": self.target, "device": self.device_info,
                 "boot": [s[0] for s in self.boot_log]}
 
@@ -326,6 +436,8 @@ class DualSystem:
         if self.halted:
             return self.halt_report
         t_end = time.monotonic() + max(timeout, 0)
+        if self.watchdog is not None:
+            self.watchdog.stop()
         drained = timeout > 0 and self._wait_idle(t_end)
         self.halted = True
         b = self.bridge
@@ -336,7 +448,10 @@ class DualSystem:
             self._last_gpu = None
         err = None
         try:
-            self.kernel.stop()
+            if self.process is not None:
+                self.kernel.stop(timeout=5.0)    # a stuck device process is killed below
+            else:
+                self.kernel.stop()
         except Exception as e:   # noqa: BLE001 - report it after the CPU halted
             err = e
         with b.lock:
@@ -350,6 +465,8 @@ class DualSystem:
         rep["bridge_halted"] = left
         rep["device_unfinished"] = unfinished
         self.halt_report = rep
+        if self.process is not None:
+            self.process.kill()            # reaped, shared pages unlinked
         try:
             self.driver.close()
         finally:
@@ -373,7 +490,7 @@ def boot(modules, *, device: str | None = "auto", **kw):
         if gpu:
             raise BootError(f"boot(device=None) boots the CPU kernel alone, but GPU modules were "
                             f"given: {[m.name for m in gpu]}; pass device='auto'")
-        for k in ("bridge", "device_config", "transport_wrap"):
+        for k in ("bridge", "device_config", "transport_wrap", "device_process", "watchdog"):
             kw.pop(k, None)
         return System(modules, **kw)
     return DualSystem(modules, device=device, **kw)
