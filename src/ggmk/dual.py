@@ -254,6 +254,10 @@ class DualSystem:
             raise BridgeError(f"push_device: the GPU kernel is paused or being reset "
                               f"({self.bridge.paused}); nothing was pushed, push again after "
                               "it is back")
+        if not self.kernel.alive():
+            raise KernelStopped(f"push_device: the GPU kernel ({self.target}) is not running"
+                                + (" (its device process is gone: reset_device() or the "
+                                   "watchdog boots a new one)" if self.process else ""))
         n = self.kernel.push(records)
         self.bridge.poke(expect_output=True)
         return n
