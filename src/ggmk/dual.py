@@ -90,17 +90,38 @@ def _register_names(reg: TypeRegistry, cpu, gpu) -> None:
             reg.register(n)
 
 
+def _can_send(gpu_mods) -> tuple[bool, str]:
+    """Whether the device modules can reach a device process (pickle: handlers defined at
+    module level of an importable module), and if not, why (for the boot log)."""
+    import pickle
+    try:
+        blob = pickle.dumps(list(gpu_mods))
+    except Exception as e:   # noqa: BLE001 - any failure means "not by pickle"
+        log.info("ggmk: the GPU kernel runs in this process: its modules cannot be sent to a "
+                 "device process (%s: %s)", type(e).__name__, e)
+        return False, f" (modules not sendable to a device process: {type(e).__name__})"
+    if b"__main__" in blob:
+        # a spawn child re-runs the main script to find them: a script without a
+        # ``if __name__ == "__main__"`` guard would boot again in the child
+        log.info("ggmk: the GPU kernel runs in this process: its handlers are defined in "
+                 "__main__ (pass device_process=True from a guarded script)")
+        return False, " (handlers defined in __main__)"
+    return True, ""
+
+
 class DualSystem:
     """A CPU kernel and a GPU kernel joined by the bridge. Create with :func:`boot`."""
 
     def __init__(self, modules, *, device: str = "auto", types=None, bridge: dict | None = None,
                  device_config: dict | None = None, transport_wrap=None,
-                 device_process: bool = False, watchdog=None, **cpu_kw):
+                 device_process: bool | None = None, watchdog=None, **cpu_kw):
         t0 = time.monotonic()
-        if not isinstance(device_process, bool):
+        if device_process is not None and not isinstance(device_process, bool):
             raise BootError(f"boot: device_process={device_process!r} must be True (the GPU "
-                            "kernel in a child process that can be reset) or False")
-        self.device_process = device_process
+                            "kernel in a child process that can be reset), False (in this "
+                            "process) or None (a child process when the device modules can "
+                            "be sent to one)")
+        self._process_note = ""
         self.process = None
         self.watchdog = None
         self.resets = dict(resets=0, last_reason=None, last_error=None, lost_in_reset=0,
@@ -110,11 +131,16 @@ class DualSystem:
         if watchdog is not None and watchdog is not False:
             from ggmk.modules import watchdog as wdmod
             wd_cfg = wdmod.config(watchdog)          # bad config: named before anything boots
+            if device_process is None:
+                device_process = True                # the watchdog resets a device process
             if not device_process:
                 raise BootError("boot: watchdog= needs device_process=True (a stuck GPU kernel "
                                 "can only be reset when it runs in a child process)")
         self.boot_log: list[tuple[str, float, str]] = []
         cpu_mods, gpu_mods = _split(modules)
+        if device_process is None:
+            device_process, self._process_note = _can_send(gpu_mods)
+        self.device_process = device_process
         types_given = types is not None
         reg = types if types_given else TypeRegistry()
         if not types_given:
@@ -167,7 +193,8 @@ class DualSystem:
                 tr = InProcessTransport(self.kernel)
             self.target = self.kernel.target_name
             self._step("gpu_kernel", t0, f"{len(gpu_mods)} module(s) on {self.target}"
-                       + (f" in device process {self.process.pid}" if self.process else ""))
+                       + (f" in device process {self.process.pid}" if self.process else
+                          f" in this process{self._process_note}"))
             # 4. channel wiring across kernels
             self.transport_base = tr
             self.transport = transport_wrap(tr) if transport_wrap is not None else tr
@@ -336,6 +363,11 @@ class DualSystem:
             return True
         if self.transport.rx_pending():
             return False
+        try:
+            if self.kernel.tx_ready():       # published for the host, not received yet
+                return False
+        except KernelStopped:
+            return True
         backlog = getattr(self.transport, "device_backlog", None)
         if backlog is not None:
             return backlog() == 0

@@ -129,5 +129,6 @@ def test_bad_config_is_named(cfg, what):
 
 def test_the_watchdog_needs_a_device_process():
     with pytest.raises(BootError, match="watchdog= needs device_process=True"):
-        ggmk.dual.boot(WW.modules(), device="cpu", types=WW.registry(), watchdog=True)
+        ggmk.dual.boot(WW.modules(), device="cpu", types=WW.registry(), watchdog=True,
+                       device_process=False)
     assert W.config(True) == W.DEFAULTS
