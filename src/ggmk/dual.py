@@ -483,32 +483,51 @@ class DualSystem:
         except Exception:   # noqa: BLE001
             self._last_gpu = None
         err = None
-        try:
-            if self.process is not None:
-                self.kernel.stop(timeout=5.0)    # a stuck device process is killed below
-            else:
+        if self.process is not None:
+            with self._reset_lock:             # a reset in progress finishes first
+                rep_dev = self._halt_process(b)
+        else:
+            rep_dev = {}
+            try:
                 self.kernel.stop()
-        except Exception as e:   # noqa: BLE001 - report it after the CPU halted
-            err = e
-        with b.lock:
-            b._receive()                       # what the device published before it stopped
-            b._deliver_out()
-            b._refresh_done(force=True)
-        unfinished = sum(max(0, st.inflight()) for st in b.ins)
+            except Exception as e:   # noqa: BLE001 - report it after the CPU halted
+                err = e
+            with b.lock:
+                b._receive()                   # what the device published before it stopped
+                b._deliver_out()
+                b._refresh_done(force=True)
+        unfinished = rep_dev.get("unfinished", sum(max(0, st.inflight()) for st in b.ins))
         left = b.drain_leftovers(T.HALTED)
         rep = dict(self.cpu.halt(timeout=max(0.0, t_end - time.monotonic())))
         rep["drained"] = bool(drained) and rep.get("drained", True)
         rep["bridge_halted"] = left
         rep["device_unfinished"] = unfinished
-        self.halt_report = rep
         if self.process is not None:
-            self.process.kill()            # reaped, shared pages unlinked
+            rep["device_killed"] = rep_dev["killed"]
+            rep["device_halted"] = rep_dev["named"]
+        self.halt_report = rep
         try:
             self.driver.close()
         finally:
             if err is not None:
                 raise err
         return rep
+
+    def _halt_process(self, b) -> dict:
+        """Stop the device process (a kernel that does not stop within a few seconds is stuck:
+        the process is killed), then account for what was inside it exactly as a reset does,
+        with HALTED: named records on sys.error, nothing silently gone."""
+        killed = False
+        try:
+            self.kernel.stop(timeout=3.0)
+        except Exception as e:   # noqa: BLE001 - stuck or dead: killed below
+            killed = True
+            log.warning("ggmk: halt: the GPU kernel did not stop (%s); its device process is "
+                        "killed", e)
+        self.process.kill()                    # reaped, shared pages unlinked
+        unfinished = sum(max(0, st.inflight()) for st in b.ins)
+        acct = b.reset_device(T.HALTED, reset=False)
+        return {"killed": killed, "unfinished": unfinished, "named": acct["lost"]}
 
     def __enter__(self):
         return self

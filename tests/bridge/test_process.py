@@ -188,3 +188,38 @@ def test_parent_death_leaves_no_orphan_process_or_shared_memory(tmp_path, wait_u
     info = json.loads(r.stdout.strip().splitlines()[-1])
     assert wait_until(lambda: _gone(info["pid"]), timeout=30), "the device process outlived"
     assert wait_until(lambda: not any(P.shm_exists(x) for x in info["segs"]), timeout=30)
+
+
+def test_halt_with_a_stuck_kernel_kills_it_and_names_what_was_inside(wait_until):
+    s = WW.boot()                                   # no watchdog: halt finds it stuck
+    ch = s.channel("wd.in")
+    assert ch.publish(meta0=7, meta1=WW.HANG) == 0
+    for v in range(8, 20):
+        assert wait_until(lambda: ch.publish(meta0=v) == 0, timeout=30)
+    assert wait_until(lambda: s.bridge.stats()["channels"]["wd.in"]["pushed"] == 13, timeout=30)
+    pid, segs = s.process.pid, list(s.process.segments)
+    rep = s.halt(timeout=0.5)
+    assert rep["device_killed"]
+    err, codes = s.dead_letters("sys.error")
+    named = {int(m) for m, c in zip(err["meta0"].tolist(), codes.tolist()) if c == T.HALTED}
+    assert named == set(range(7, 20)) - set(WW.STATE.back)        # nothing silently gone
+    assert 7 in named and rep["device_halted"] == len(named)
+    assert _gone(pid) and not any(P.shm_exists(x) for x in segs)
+
+
+def test_the_default_is_a_device_process_when_the_modules_can_reach_one():
+    s = WW.boot(device_process=None)
+    try:
+        assert s.process is not None and isinstance(s.transport, P.ProcessTransport)
+        assert "in device process" in dict((a, c) for a, _, c in s.boot_log)["gpu_kernel"]
+    finally:
+        s.halt()
+    local = gd.Module("local_default")
+
+    @local.handler("WD_ECHO")
+    def inner(ctx, task):
+        return 0
+    # (the choice, without compiling a kernel for this module: boot asks exactly this)
+    ok, why = ggmk.dual._can_send([local])
+    assert not ok and "modules not sendable to a device process" in why
+    assert ggmk.dual._can_send(WW.modules()[1:]) == (True, "")

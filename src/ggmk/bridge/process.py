@@ -427,7 +427,7 @@ class DeviceProcess:
             err = None
             try:
                 self.conn.send(("stop", float(timeout)))
-                t_end = time.monotonic() + timeout + 5
+                t_end = time.monotonic() + timeout + 1
                 while time.monotonic() < t_end and p.is_alive():
                     if self.conn.poll(0.05):
                         msg = self.conn.recv()

@@ -902,7 +902,7 @@ class Bridge:
         self._last_io = time.monotonic()
         self.poke()
 
-    def reset_device(self, code: int) -> dict:
+    def reset_device(self, code: int, *, reset: bool = True) -> dict:
         """The GPU kernel behind the transport is gone (killed); the transport still reads its
         last published words. Account for everything that was inside it or on its way:
 
@@ -919,7 +919,8 @@ class Bridge:
         * GPU -> CPU: records waiting for a sequence gap are delivered in order (the gap was
           inside the old kernel: counted in ``gaps``); credits start again.
 
-        Returns {"lost", "redelivered", "gaps", "per_channel"}."""
+        ``reset=False``: the same accounting when the GPU kernel stopped for good (halt), not
+        counted as a reset. Returns {"lost", "redelivered", "gaps", "per_channel"}."""
         acct = {"lost": 0, "redelivered": 0, "gaps": 0, "per_channel": {}}
         with self.lock:
             try:
@@ -1014,10 +1015,10 @@ class Bridge:
                 st.next_seq = 1
                 st.grant = 0
             self._counts_t = 0.0
-            self.c["resets"] = self.c.get("resets", 0) + 1
-            self.c["reset_lost"] = self.c.get("reset_lost", 0) + acct["lost"]
-            self.c["reset_redelivered"] = self.c.get("reset_redelivered", 0) + \
-                acct["redelivered"]
+            if reset:                     # (halt uses the same accounting, with HALTED)
+                self.c["resets"] += 1
+                self.c["reset_lost"] += acct["lost"]
+                self.c["reset_redelivered"] += acct["redelivered"]
         return acct
 
     # -- deterministic channels (tick fences) ----------------------------------------------------
