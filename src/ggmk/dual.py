@@ -32,6 +32,20 @@ user's device modules plus the bridge's own device module), the channel wiring a
 (the bridge), and "system ready" (a boot event and a log line on the ``ggmk`` logger).
 
 ``device=None`` boots the CPU kernel alone and returns a plain ``System``.
+
+The device process (``ggmk.bridge.process``): with ``device_process=True`` (and by default,
+``None``, whenever the device modules can be sent to a child process: handlers defined at
+module level of an importable module, not ``__main__``) the GPU kernel runs in a ``spawn``
+child whose mapped words and arena are shared memory the bridge reads and writes directly;
+``device_process=False`` keeps it in this process. Only a device process can be reset:
+``reset_device(reason)`` kills it and boots a fresh one (kernel from the disk cache) while
+the CPU kernel keeps running; ``watchdog={...}`` (``ggmk.modules.watchdog``) does that when the
+GPU kernel's workers stop beating or the process dies. What was inside the old kernel is on
+``sys.error`` with ``BRIDGE_RESET`` (or redelivered, see ``Bridge.reset_device``)::
+
+    s = ggmk.dual.boot([cpu, gpu], device="cpu", workers=2,
+                       watchdog={"interval_s": 0.1, "warn_after": 2, "reset_after": 5})
+    print(s.stats()["watchdog"]["resets"], s.stats()["device_process"]["pid"])
 """
 from __future__ import annotations
 

@@ -407,7 +407,8 @@ class DeviceProcess:
         p = self.proc
         if p is None or self._closed or not p.is_alive():
             return False
-        if self.exit_info is None and self.conn is not None:
+        if self.exit_info is None and self.conn is not None and \
+                self._lock.acquire(blocking=False):     # (a stop in progress owns the pipe)
             try:
                 if self.conn.poll(0):
                     msg = self.conn.recv()
@@ -415,6 +416,8 @@ class DeviceProcess:
                         self.exit_info = msg[1]
             except (EOFError, OSError):
                 return False
+            finally:
+                self._lock.release()
         return self.exit_info is None
 
     def _stop_child(self, timeout: float) -> bool:
