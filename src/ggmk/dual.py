@@ -541,6 +541,9 @@ class DualSystem:
         self.process.kill()                    # reaped, shared pages unlinked
         unfinished = sum(max(0, st.inflight()) for st in b.ins)
         acct = b.reset_device(T.HALTED, reset=False)
+        for ch in b._suspended:                # a failed reset left them refusing: the CPU
+            ch.closed = False                  # kernel's halt closes (and drains) them
+        b._suspended = []
         return {"killed": killed, "unfinished": unfinished, "named": acct["lost"]}
 
     def __enter__(self):

@@ -223,3 +223,31 @@ def test_the_default_is_a_device_process_when_the_modules_can_reach_one():
     ok, why = ggmk.dual._can_send([local])
     assert not ok and "modules not sendable to a device process" in why
     assert ggmk.dual._can_send(WW.modules()[1:]) == (True, "")
+
+
+def test_a_failed_reboot_keeps_channels_closed_until_a_later_reset_succeeds(monkeypatch):
+    s = WW.boot()
+    try:
+        real = s._boot_process
+        calls = []
+
+        def flaky():
+            calls.append(1)
+            if len(calls) == 1:
+                raise BootError("gpu_drv: no device right now (test)")
+            return real()
+        monkeypatch.setattr(s, "_boot_process", flaky)
+        with pytest.raises(BootError, match="no device right now"):
+            s.reset_device("first")
+        ch = s.channel("wd.in")
+        assert s.resetting() and ch.publish(meta0=1) == T.CHAN_CLOSED
+        assert s.stats()["device_process"]["last_error"].startswith("BootError")
+        s.reset_device("second")                    # e.g. the watchdog, next threshold
+        assert not s.resetting() and s.process.alive() and len(calls) == 2
+        for v in range(10):
+            assert ch.publish(meta0=v) == 0
+        assert s.run(timeout=60)
+        assert sorted(WW.STATE.back) == list(range(10))
+        assert s.stats()["device_process"]["resets"] == 2
+    finally:
+        s.halt()

@@ -457,6 +457,8 @@ class DeviceProcess:
     def kill(self) -> None:
         """SIGKILL the child (a stuck kernel cannot stop), reap it, unlink the pages."""
         with self._lock:
+            if self._closed:
+                return
             p = self.proc
             if p is not None:
                 if p.is_alive():

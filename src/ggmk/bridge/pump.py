@@ -222,6 +222,7 @@ class Bridge:
         self.device_out: deque = deque()
         self.errors: deque = deque(maxlen=256)
         self.paused = None                 # a reason while the GPU kernel is being reset
+        self._suspended: list = []         # CPU channels closed by begin_reset
         self.failed = None
         self.c = dict(transfers=0, transfers_out=0, transfers_in=0, records=0, records_out=0,
                       records_in=0, retries=0, failed_transfers=0, payload_copies=0,
@@ -886,8 +887,7 @@ class Bridge:
         (The CPU channel's ``closed`` flag is raised and lowered here: a stand-in for a core
         ``Channel.suspend()`` / ``resume()`` hook.)"""
         self.paused = reason
-        self._suspended = []
-        for st in self.ins:
+        for st in self.ins:                 # (a retried reset keeps the first one's list)
             if not st.ch.closed:
                 st.ch.closed = True
                 self._suspended.append(st.ch)
@@ -895,7 +895,7 @@ class Bridge:
             pass
 
     def end_reset(self) -> None:
-        for ch in getattr(self, "_suspended", []):
+        for ch in self._suspended:
             ch.closed = False
         self._suspended = []
         self.paused = None

@@ -133,6 +133,9 @@ class Watchdog:
         proc = s.process
         if proc is None:
             return None
+        if getattr(s, "resetting", lambda: False)():
+            self._last, self._missed, self._warned = None, None, False
+            return None                      # a reset by hand is under way: new baseline after
         if not proc.alive():
             self.c["deaths"] += 1
             code = proc.proc.exitcode if proc.proc is not None and not proc._closed else None
