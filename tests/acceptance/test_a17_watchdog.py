@@ -125,3 +125,81 @@ def test_reset_by_hand_is_refused_in_process():
         assert s.stats()["device_process"] is None and s.stats()["watchdog"] is None
     finally:
         s.halt()
+
+
+_SIM_FLOW = r"""
+import json, sys, threading
+from ggmk import task as T
+from tests.bridge import watchdog_workloads as WW
+
+def main():
+    s = WW.boot(device="sim", device_config={"workers": 2},
+                watchdog={"interval_s": 0.2, "warn_after": 2, "reset_after": 5})
+    ch = s.channel("wd.in")
+    accepted, closed = [], 0
+    def publish(v, hang=False):
+        while True:
+            r = ch.publish(meta0=v, meta1=WW.HANG if hang else 0)
+            if r == 0:
+                accepted.append(v)
+                return
+            threading.Event().wait(0.002)
+    for v in range(20):
+        publish(v)
+    assert s.run(timeout=300)
+    publish(100, hang=True)
+    for v in range(101, 106):
+        publish(v)
+    wd = s.watchdog
+    ev = threading.Event()
+    v = 1000
+    while wd.c["resets"] < 1 or s.resetting():
+        s.submit("WD_LOCAL")
+        if s.resetting():
+            v += 1
+            r = ch.publish(meta0=v)
+            if r == T.CHAN_CLOSED:
+                closed += 1
+            elif r == 0:
+                accepted.append(v)          # the reset ended meanwhile: it counts
+        if ev.wait(0.01) or wd.c["ticks"] > 3000:
+            break
+    for v in range(200, 210):
+        publish(v)
+    assert s.run(timeout=300)
+    err, codes = s.dead_letters("sys.error")
+    out = dict(target=s.target, warnings=wd.c["warnings"], resets=wd.c["resets"],
+               accepted=accepted, back=WW.STATE.back, err=err["meta0"].tolist(),
+               codes=codes.tolist(), during=WW.STATE.local_during_reset, closed=closed)
+    s.halt()
+    print(json.dumps(out))
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_hang_reset_on_the_sim_target(tmp_path):
+    """The same on the CUDA simulator (a fresh process with the target's PROCESS_ENV, as every
+    sim test; the device processes inherit it): a stuck block stops beating, the others go on."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ggmk.device.targets import sim
+    root = Path(__file__).resolve().parents[2]
+    script = tmp_path / "a17_sim.py"
+    script.write_text(_SIM_FLOW)
+    env = dict(os.environ, **sim.PROCESS_ENV,
+               PYTHONPATH=os.pathsep.join([str(root / "src"), str(root)]))
+    r = subprocess.run([sys.executable, str(script)], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["target"] == "sim" and out["warnings"] >= 1 and out["resets"] >= 1
+    assert out["during"] > 0 and out["closed"] > 0
+    assert set(range(200, 210)) <= set(out["back"])            # traffic after the reset
+    assert len(out["back"]) == len(set(out["back"]))
+    assert 100 in out["err"] and set(out["codes"]) <= {T.BRIDGE_RESET}
+    assert not [v for v in out["accepted"] if v not in set(out["back"]) | set(out["err"])]

@@ -166,6 +166,9 @@ class _ShmAlloc:
         self._pins = []
 
     def _wrap(self, sess, arr):
+        if self.target == "sim":                     # the simulator's device array type
+            from ggmk.device.targets import sim
+            return sim._fake(arr)
         if self.target != "cuda":
             return arr
         from numba import cuda                       # written for cuda; not run in CI
@@ -327,9 +330,13 @@ class DeviceProcess:
         mods = list(self.modules)
         if bridge is not None:
             mods.append(ds.build_module(*bridge))
-        # the parent's host view: same modules, same plan (nothing compiled here)
-        self.kernel = gd.DeviceKernel(mods, target=target, types=types, **self.config)
+        # the parent's host view: same modules, same plan (nothing compiled here; the target
+        # need not be usable in this process: sim's simulator switch is set in the child)
+        self.kernel = gd.DeviceKernel(mods, target=target, types=types, view=True,
+                                      **self.config)
         self.target_name = self.kernel.target_name
+        from ggmk.device.targets import option
+        self.env = dict(option(self.kernel.target, "PROCESS_ENV") or {})
         self.nmap = layout.offsets(self.kernel.plan)["_total"][2]
         self.narena = self.kernel.config.arena_bytes
         self.proc = None
@@ -356,10 +363,11 @@ class DeviceProcess:
             spec = dict(ppid=os.getpid(), target=self.target_name, modules=self._mods_blob,
                         types=self._types_blob, bridge=self.bridge_args, config=self.config,
                         map_name=mname, arena_name=aname, nmap=self.nmap, narena=self.narena,
-                        start_timeout=self.boot_timeout)
+                        start_timeout=self.boot_timeout, env=self.env)
             ctx = mp.get_context("spawn")
             self.conn, child = ctx.Pipe(duplex=True)
-            self.proc = ctx.Process(target=_child_main, args=(child, spec),
+            from ggmk import _devproc
+            self.proc = ctx.Process(target=_devproc.main, args=(child, spec),
                                     name=f"ggmk-device-{self.target_name}", daemon=True)
             self.proc.start()
             child.close()

@@ -70,11 +70,14 @@ class DeviceKernel:
     """
 
     def __init__(self, modules, target: str = "auto", workers: int | None = None,
-                 threads: int | None = None, types=None, noinline=(), **config):
+                 threads: int | None = None, types=None, noinline=(), view: bool = False,
+                 **config):
+        # view=True: a host view of a kernel that runs in another process (``attach``): the
+        # target need not be usable here (sim's simulator switch is set in that process)
         self.target = get_target(target)
         self.target_name = self.target.NAME
         ok, why = self.target.available()
-        if not ok:
+        if not ok and not view:
             raise DeviceError(f"device target {self.target_name!r} is not usable: {why}")
         modules = list(modules)
         self.handlers = codegen.resolve_handlers(modules, types)
