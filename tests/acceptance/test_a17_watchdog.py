@@ -17,7 +17,7 @@ from ggmk.bridge.process import shm_exists
 from ggmk.modules.watchdog import RESET, WARN
 from tests.bridge import watchdog_workloads as WW
 
-WD = {"interval_s": 0.1, "warn_after": 2, "reset_after": 5}
+WD = {"interval_s": 0.1, "warn_after": 3, "reset_after": 10}   # 1 s: no false reset under load
 
 
 def _publish(s, values, accepted, wait_until):
@@ -134,7 +134,7 @@ from tests.bridge import watchdog_workloads as WW
 
 def main():
     s = WW.boot(device="sim", device_config={"workers": 2},
-                watchdog={"interval_s": 0.2, "warn_after": 2, "reset_after": 5})
+                watchdog={"interval_s": 0.2, "warn_after": 3, "reset_after": 8})
     ch = s.channel("wd.in")
     accepted, closed = [], 0
     def publish(v, hang=False):
