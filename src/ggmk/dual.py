@@ -32,11 +32,26 @@ user's device modules plus the bridge's own device module), the channel wiring a
 (the bridge), and "system ready" (a boot event and a log line on the ``ggmk`` logger).
 
 ``device=None`` boots the CPU kernel alone and returns a plain ``System``.
+
+The device process (``ggmk.bridge.process``): with ``device_process=True`` (and by default,
+``None``, whenever the device modules can be sent to a child process: handlers defined at
+module level of an importable module, not ``__main__``) the GPU kernel runs in a ``spawn``
+child whose mapped words and arena are shared memory the bridge reads and writes directly;
+``device_process=False`` keeps it in this process. Only a device process can be reset:
+``reset_device(reason)`` kills it and boots a fresh one (kernel from the disk cache) while
+the CPU kernel keeps running; ``watchdog={...}`` (``ggmk.modules.watchdog``) does that when the
+GPU kernel's workers stop beating or the process dies. What was inside the old kernel is on
+``sys.error`` with ``BRIDGE_RESET`` (or redelivered, see ``Bridge.reset_device``)::
+
+    s = ggmk.dual.boot([cpu, gpu], device="cpu", workers=2,
+                       watchdog={"interval_s": 0.1, "warn_after": 2, "reset_after": 5})
+    print(s.stats()["watchdog"]["resets"], s.stats()["device_process"]["pid"])
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 
 import numpy as np
@@ -48,10 +63,11 @@ from ggmk.bridge.fences import Fences
 from ggmk.bridge.gpu_drv import open_driver
 from ggmk.bridge.plan import plan as plan_bridge
 from ggmk.bridge.pump import Bridge, BridgeError
+from ggmk.bridge.process import ProcessTransport
 from ggmk.bridge.transport import InProcessTransport
 from ggmk.core.kernel import System
 from ggmk.core.module import Module as CpuModule
-from ggmk.errors import BootError, KernelStopped
+from ggmk.errors import BootError, DeviceError, KernelStopped
 from ggmk.typereg import TypeRegistry
 
 log = logging.getLogger("ggmk")
@@ -88,14 +104,57 @@ def _register_names(reg: TypeRegistry, cpu, gpu) -> None:
             reg.register(n)
 
 
+def _can_send(gpu_mods) -> tuple[bool, str]:
+    """Whether the device modules can reach a device process (pickle: handlers defined at
+    module level of an importable module), and if not, why (for the boot log)."""
+    import pickle
+    try:
+        blob = pickle.dumps(list(gpu_mods))
+    except Exception as e:   # noqa: BLE001 - any failure means "not by pickle"
+        log.info("ggmk: the GPU kernel runs in this process: its modules cannot be sent to a "
+                 "device process (%s: %s)", type(e).__name__, e)
+        return False, f" (modules not sendable to a device process: {type(e).__name__})"
+    if b"__main__" in blob:
+        # a spawn child re-runs the main script to find them: a script without a
+        # ``if __name__ == "__main__"`` guard would boot again in the child
+        log.info("ggmk: the GPU kernel runs in this process: its handlers are defined in "
+                 "__main__ (pass device_process=True from a guarded script)")
+        return False, " (handlers defined in __main__)"
+    return True, ""
+
+
 class DualSystem:
     """A CPU kernel and a GPU kernel joined by the bridge. Create with :func:`boot`."""
 
     def __init__(self, modules, *, device: str = "auto", types=None, bridge: dict | None = None,
-                 device_config: dict | None = None, transport_wrap=None, **cpu_kw):
+                 device_config: dict | None = None, transport_wrap=None,
+                 device_process: bool | None = None, watchdog=None, **cpu_kw):
         t0 = time.monotonic()
+        if device_process is not None and not isinstance(device_process, bool):
+            raise BootError(f"boot: device_process={device_process!r} must be True (the GPU "
+                            "kernel in a child process that can be reset), False (in this "
+                            "process) or None (a child process when the device modules can "
+                            "be sent to one)")
+        self._process_note = ""
+        self.process = None
+        self.watchdog = None
+        self.resets = dict(resets=0, last_reason=None, last_error=None, lost_in_reset=0,
+                           redelivered=0, gpu_to_cpu_gaps=0, reset_s=0.0)
+        self._reset_lock = threading.Lock()
+        wd_cfg = None
+        if watchdog is not None and watchdog is not False:
+            from ggmk.modules import watchdog as wdmod
+            wd_cfg = wdmod.config(watchdog)          # bad config: named before anything boots
+            if device_process is None:
+                device_process = True                # the watchdog resets a device process
+            if not device_process:
+                raise BootError("boot: watchdog= needs device_process=True (a stuck GPU kernel "
+                                "can only be reset when it runs in a child process)")
         self.boot_log: list[tuple[str, float, str]] = []
         cpu_mods, gpu_mods = _split(modules)
+        if device_process is None:
+            device_process, self._process_note = _can_send(gpu_mods)
+        self.device_process = device_process
         types_given = types is not None
         reg = types if types_given else TypeRegistry()
         if not types_given:
@@ -136,20 +195,35 @@ class DualSystem:
             inbound = [(b.k, b.name, b.type_id, b.mode, b.guarantee, b.capacity)
                        for b in self.plan if b.direction == "c2g"]
             outbound = [(b.k, b.name, b.lossless) for b in g2c]
-            dmods = list(gpu_mods) + [ds.build_module(inbound, outbound, window)]
-            self.kernel = self.driver.launch(dmods, types=reg, **(device_config or {}))
+            self._dev_spec = dict(modules=list(gpu_mods), bridge=(inbound, outbound, window),
+                                  types=reg, config=dict(device_config or {}))
+            if device_process:
+                self.process = self._boot_process()
+                self.kernel = self.process.kernel
+                tr = ProcessTransport(self.process)
+            else:
+                dmods = list(gpu_mods) + [ds.build_module(inbound, outbound, window)]
+                self.kernel = self.driver.launch(dmods, types=reg, **(device_config or {}))
+                tr = InProcessTransport(self.kernel)
             self.target = self.kernel.target_name
-            self._step("gpu_kernel", t0, f"{len(gpu_mods)} module(s) on {self.target}")
+            self._step("gpu_kernel", t0, f"{len(gpu_mods)} module(s) on {self.target}"
+                       + (f" in device process {self.process.pid}" if self.process else
+                          f" in this process{self._process_note}"))
             # 4. channel wiring across kernels
-            tr = InProcessTransport(self.kernel)
+            self.transport_base = tr
             self.transport = transport_wrap(tr) if transport_wrap is not None else tr
             self.bridge = Bridge(self.cpu, self.transport, self.plan,
                                  deterministic=self.deterministic, **bopts)
             self._step("wiring", t0, ", ".join(b.describe() for b in self.plan) or "none")
+            if wd_cfg is not None:
+                from ggmk.modules import watchdog as wdmod
+                self.watchdog = wdmod.Watchdog(self, **wd_cfg)
         except BaseException:
             self._abort()
             raise
         self.fences = Fences()
+        if self.watchdog is not None:
+            self.watchdog.start()
         self._step("ready", t0, f"system ready: CPU kernel + GPU kernel ({self.target}), "
                    f"{len(self.plan)} bridge channel(s)")
         log.info("ggmk: system ready (CPU kernel, GPU kernel on %s, %d bridge channel(s))",
@@ -158,7 +232,20 @@ class DualSystem:
     def _step(self, what, t0, detail) -> None:
         self.boot_log.append((what, time.monotonic() - t0, detail))
 
+    def _boot_process(self):
+        """A fresh device process running the GPU kernel (the kernel from the disk cache)."""
+        from ggmk.bridge.process import DeviceProcess
+        sp = self._dev_spec
+        try:
+            return DeviceProcess(sp["modules"], target=self.driver.target, types=sp["types"],
+                                 bridge=sp["bridge"], config=sp["config"]).start()
+        except DeviceError as e:
+            raise BootError(f"gpu_drv: cannot launch the GPU kernel on "
+                            f"{self.driver.target!r} in a device process: {e}") from e
+
     def _abort(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.bridge is not None:
             self.bridge.stop()
         if self.kernel is not None:
@@ -166,6 +253,8 @@ class DualSystem:
                 self.kernel.stop()
             except Exception:   # noqa: BLE001 - already failing
                 pass
+        if self.process is not None:
+            self.process.kill()
         self.cpu.halt(timeout=0)
 
     # -- the host API -----------------------------------------------------------------------------
@@ -203,9 +292,13 @@ class DualSystem:
         """Push task records straight to the GPU kernel (host -> device ring)."""
         self._check()
         if self.bridge.paused is not None:
-            raise BridgeError(f"push_device: the GPU kernel is being reset "
+            raise BridgeError(f"push_device: the GPU kernel is paused or being reset "
                               f"({self.bridge.paused}); nothing was pushed, push again after "
                               "it is back")
+        if not self.kernel.alive():
+            raise KernelStopped(f"push_device: the GPU kernel ({self.target}) is not running"
+                                + (" (its device process is gone: reset_device() or the "
+                                   "watchdog boots a new one)" if self.process else ""))
         n = self.kernel.push(records)
         self.bridge.poke(expect_output=True)
         return n
@@ -219,13 +312,76 @@ class DualSystem:
         self.bridge.paused = None
         self.bridge.poke()
 
+    # -- reset (the watchdog) -----------------------------------------------------------------
+    def resetting(self) -> bool:
+        return self.bridge is not None and self.bridge.paused is not None and \
+            str(self.bridge.paused).startswith("reset")
+
+    def reset_device(self, reason: str = "requested", *, graceful: bool = False) -> dict:
+        """Kill the device process and boot a fresh one (kernel from the disk cache), then
+        re-wire the bridge; the CPU kernel keeps running throughout. During the reset the
+        CPU -> GPU bridge channels refuse with CHAN_CLOSED and ``push_device`` raises.
+        Messages inside the old GPU kernel are accounted (``Bridge.reset_device``): records
+        it had not finished go to sys.error with BRIDGE_RESET; inline records the bridge had
+        staged but not sent are sent to the new kernel. Returns the reset's accounting."""
+        self._check()
+        if self.process is None:
+            raise BridgeError("reset_device: the GPU kernel runs in this process "
+                              "(device_process=False): only a device process can be reset")
+        with self._reset_lock:
+            t0 = time.monotonic()
+            b = self.bridge
+            b.begin_reset(f"reset: {reason}")
+            old = self.process
+            try:
+                self._last_gpu = self.kernel.metrics()
+            except Exception:   # noqa: BLE001
+                pass
+            if graceful:
+                try:
+                    old.stop(2.0)
+                except Exception:   # noqa: BLE001 - a stuck kernel: killed below
+                    pass
+            old.kill()                          # a stuck kernel cannot stop: SIGKILL
+            acct = b.reset_device(T.BRIDGE_RESET)
+            self.resets["resets"] += 1
+            self.resets["last_reason"] = reason
+            self.resets["lost_in_reset"] += acct["lost"]
+            self.resets["redelivered"] += acct["redelivered"]
+            self.resets["gpu_to_cpu_gaps"] += acct["gaps"]
+            try:
+                new = self._boot_process()
+            except BaseException as e:
+                self.resets["last_error"] = f"{type(e).__name__}: {e}"
+                log.error("ggmk: GPU kernel reset (%s) failed to boot a new kernel: %s",
+                          reason, e)
+                raise
+            self.process = new
+            self.kernel = new.kernel
+            self.transport_base.rewire(new)
+            b.end_reset()
+            self.resets["last_error"] = None
+            self.resets["reset_s"] = time.monotonic() - t0
+            log.warning("ggmk: GPU kernel reset (%s): device process %s -> %s in %.2f s; "
+                        "%d record(s) on sys.error with BRIDGE_RESET, %d redelivered",
+                        reason, getattr(old, "pid", None), new.pid, self.resets["reset_s"],
+                        acct["lost"], acct["redelivered"])
+            return acct
+
     # -- running ------------------------------------------------------------------------------
     def device_quiet(self) -> bool:
         """The GPU kernel has nothing queued or running (its published counters agree)."""
+        if self.bridge.paused is not None:
+            return False                 # being reset: not idle until it is back
         if not self.kernel.alive():
             return True
         if self.transport.rx_pending():
             return False
+        try:
+            if self.kernel.tx_ready():       # published for the host, not received yet
+                return False
+        except KernelStopped:
+            return True
         backlog = getattr(self.transport, "device_backlog", None)
         if backlog is not None:
             return backlog() == 0
@@ -310,8 +466,12 @@ class DualSystem:
             gpu = self.kernel.metrics()
         elif getattr(self, "_last_gpu", None) is not None:
             gpu = self._last_gpu
+        wd = self.watchdog.stats() if self.watchdog is not None else None
         return {"cpu": self.cpu.stats(), "gpu": gpu,
                 "bridge": self.bridge.stats() if self.bridge is not None else None,
+                "device_process": None if self.process is None else {
+                    "pid": self.process.pid, "alive": self.process.alive(), **self.resets},
+                "watchdog": wd,
                 "target": self.target, "device": self.device_info,
                 "boot": [s[0] for s in self.boot_log]}
 
@@ -326,6 +486,8 @@ class DualSystem:
         if self.halted:
             return self.halt_report
         t_end = time.monotonic() + max(timeout, 0)
+        if self.watchdog is not None:
+            self.watchdog.stop()
         drained = timeout > 0 and self._wait_idle(t_end)
         self.halted = True
         b = self.bridge
@@ -335,20 +497,28 @@ class DualSystem:
         except Exception:   # noqa: BLE001
             self._last_gpu = None
         err = None
-        try:
-            self.kernel.stop()
-        except Exception as e:   # noqa: BLE001 - report it after the CPU halted
-            err = e
-        with b.lock:
-            b._receive()                       # what the device published before it stopped
-            b._deliver_out()
-            b._refresh_done(force=True)
-        unfinished = sum(max(0, st.inflight()) for st in b.ins)
+        if self.process is not None:
+            with self._reset_lock:             # a reset in progress finishes first
+                rep_dev = self._halt_process(b)
+        else:
+            rep_dev = {}
+            try:
+                self.kernel.stop()
+            except Exception as e:   # noqa: BLE001 - report it after the CPU halted
+                err = e
+            with b.lock:
+                b._receive()                   # what the device published before it stopped
+                b._deliver_out()
+                b._refresh_done(force=True)
+        unfinished = rep_dev.get("unfinished", sum(max(0, st.inflight()) for st in b.ins))
         left = b.drain_leftovers(T.HALTED)
         rep = dict(self.cpu.halt(timeout=max(0.0, t_end - time.monotonic())))
         rep["drained"] = bool(drained) and rep.get("drained", True)
         rep["bridge_halted"] = left
         rep["device_unfinished"] = unfinished
+        if self.process is not None:
+            rep["device_killed"] = rep_dev["killed"]
+            rep["device_halted"] = rep_dev["named"]
         self.halt_report = rep
         try:
             self.driver.close()
@@ -356,6 +526,25 @@ class DualSystem:
             if err is not None:
                 raise err
         return rep
+
+    def _halt_process(self, b) -> dict:
+        """Stop the device process (a kernel that does not stop within a few seconds is stuck:
+        the process is killed), then account for what was inside it exactly as a reset does,
+        with HALTED: named records on sys.error, nothing silently gone."""
+        killed = False
+        try:
+            self.kernel.stop(timeout=3.0)
+        except Exception as e:   # noqa: BLE001 - stuck or dead: killed below
+            killed = True
+            log.warning("ggmk: halt: the GPU kernel did not stop (%s); its device process is "
+                        "killed", e)
+        self.process.kill()                    # reaped, shared pages unlinked
+        unfinished = sum(max(0, st.inflight()) for st in b.ins)
+        acct = b.reset_device(T.HALTED, reset=False)
+        for ch in b._suspended:                # a failed reset left them refusing: the CPU
+            ch.closed = False                  # kernel's halt closes (and drains) them
+        b._suspended = []
+        return {"killed": killed, "unfinished": unfinished, "named": acct["lost"]}
 
     def __enter__(self):
         return self
@@ -373,7 +562,7 @@ def boot(modules, *, device: str | None = "auto", **kw):
         if gpu:
             raise BootError(f"boot(device=None) boots the CPU kernel alone, but GPU modules were "
                             f"given: {[m.name for m in gpu]}; pass device='auto'")
-        for k in ("bridge", "device_config", "transport_wrap"):
+        for k in ("bridge", "device_config", "transport_wrap", "device_process", "watchdog"):
             kw.pop(k, None)
         return System(modules, **kw)
     return DualSystem(modules, device=device, **kw)

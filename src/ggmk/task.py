@@ -69,6 +69,9 @@ WAIT = 3                     # returned by ctx.wait_(): re-run when the channel 
 BRIDGE_TRANSFER_FAILED = -400
 BRIDGE_PAYLOAD_TOO_LARGE = -401
 BRIDGE_DEVICE_STOPPED = -402
+# the GPU kernel was reset (the watchdog, or DualSystem.reset_device) while the record was inside
+# it or on its way to it: accounted on sys.error with this code (see ggmk.bridge.process)
+BRIDGE_RESET = -403
 # the nvme module's response statuses (ggmk.modules.nvme)
 NVME_IO = -410
 NVME_NOFILE = -411
@@ -99,6 +102,7 @@ CODE_NAMES = {
     BRIDGE_TRANSFER_FAILED: "BRIDGE_TRANSFER_FAILED",
     BRIDGE_PAYLOAD_TOO_LARGE: "BRIDGE_PAYLOAD_TOO_LARGE",
     BRIDGE_DEVICE_STOPPED: "BRIDGE_DEVICE_STOPPED",
+    BRIDGE_RESET: "BRIDGE_RESET",
     NVME_IO: "NVME_IO", NVME_NOFILE: "NVME_NOFILE", NVME_PERM: "NVME_PERM",
     NVME_NOSPACE: "NVME_NOSPACE", NVME_TOOBIG: "NVME_TOOBIG", NVME_CANCELLED: "NVME_CANCELLED",
     NVME_BADREQ: "NVME_BADREQ", NVME_RANGE: "NVME_RANGE", REDUCE_LATE: "REDUCE_LATE",

@@ -72,6 +72,8 @@ from ggmk.device import layout
 from ggmk.errors import GgmkError, KernelStopped
 from ggmk.task import ALLOC_FAIL, CHAN_CLOSED, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC
 
+_RX0 = ds.BASE + 0x1000              # ingress record types: RX(0) .. RX(0xFFF)
+_RX1 = ds.BASE + 0x2000
 SYS_ERROR = layout.CH_SYS_ERROR
 SYS_DROPPED = layout.CH_SYS_DROPPED
 _CLEAR_FLAGS = np.uint16(0xFFFF ^ FLAG_CHANNEL_MSG)
@@ -134,6 +136,12 @@ class _In:
         self.crossed = 0
         self.dead = 0
         self.det = False
+        # the last records sent to the device (ingress, in send order), kept so that a reset
+        # can name what was inside the GPU kernel: at most window + the device channel's
+        # capacity can be unfinished there (credits), so that many are kept
+        self.sent: deque = deque()
+        self.sent_n = 0
+        self.log_cap = window + max(int(getattr(bc, "capacity", 0) or 0), 64)
 
     def inflight(self) -> int:
         return self.pushed - self.done
@@ -214,11 +222,13 @@ class Bridge:
         self.device_out: deque = deque()
         self.errors: deque = deque(maxlen=256)
         self.paused = None                 # a reason while the GPU kernel is being reset
+        self._suspended: list = []         # CPU channels closed by begin_reset
         self.failed = None
         self.c = dict(transfers=0, transfers_out=0, transfers_in=0, records=0, records_out=0,
                       records_in=0, retries=0, failed_transfers=0, payload_copies=0,
                       payload_bytes=0, inline_crossings=0, alloc_fail=0, dead_lettered=0,
-                      credits_granted=0, service_records=0, alloc_retries=0)
+                      credits_granted=0, service_records=0, alloc_retries=0, resets=0,
+                      reset_lost=0, reset_redelivered=0)
         self._rx_types = [st.rx_type for st in self.ins]
         self._last_io = 0.0                # monotonic time of the last transfer either way
         self._thread = None
@@ -805,6 +815,7 @@ class Bridge:
                 self._failed_batch(chunk, f"{e}", code=BRIDGE_DEVICE_STOPPED)
                 return None
             if k:
+                self._log_sent(chunk[:k])
                 self._last_io = time.monotonic()
                 self.c["transfers"] += 1
                 self.c["transfers_out"] += 1
@@ -812,6 +823,25 @@ class Bridge:
                 self.c["records_out"] += k
             return k
         return None
+
+    def _log_sent(self, recs: np.ndarray) -> None:
+        """Keep the ingress records of a sent batch (see ``_In.sent``): one copy per batch."""
+        t = recs["type"]
+        m = (t >= _RX0) & (t < _RX1)
+        if not m.any():
+            return
+        part = recs[m]
+        pt = part["type"]
+        groups = [(int(pt[0]), part)] if (pt == pt[0]).all() else \
+            [(int(u), part[pt == u]) for u in np.unique(pt).tolist()]
+        for tid, g in groups:
+            st = self._in_by_k.get(ds.rx_index(tid))
+            if st is None:
+                continue
+            st.sent.append(g.copy())
+            st.sent_n += len(g)
+            while st.sent_n - len(st.sent[0]) >= st.log_cap:
+                st.sent_n -= len(st.sent.popleft())
 
     def _failed_batch(self, chunk: np.ndarray, why: str, code: int = BRIDGE_TRANSFER_FAILED):
         """A batch that could not be sent: its messages go to sys.error with ``code``."""
@@ -847,6 +877,149 @@ class Bridge:
                     if k in self.outs:
                         self.outs[k].grant += int(d)       # grant again later
             # RELEASE records: the device keeps those blocks (counted in errors)
+
+    # -- reset of the GPU kernel (the watchdog) --------------------------------------------------
+    def begin_reset(self, reason: str) -> None:
+        """Hold every transfer and make the CPU -> GPU bridge channels refuse new messages with
+        CHAN_CLOSED (their producers retry or report it) until :meth:`end_reset`. What the
+        channels already accepted stays queued on the CPU side and crosses afterwards.
+
+        (The CPU channel's ``closed`` flag is raised and lowered here: a stand-in for a core
+        ``Channel.suspend()`` / ``resume()`` hook.)"""
+        self.paused = reason
+        for st in self.ins:                 # (a retried reset keeps the first one's list)
+            if not st.ch.closed:
+                st.ch.closed = True
+                self._suspended.append(st.ch)
+        with self.lock:                  # a pump step in progress finishes first
+            pass
+
+    def end_reset(self) -> None:
+        for ch in self._suspended:
+            ch.closed = False
+        self._suspended = []
+        self.paused = None
+        self._last_io = time.monotonic()
+        self.poke()
+
+    def reset_device(self, code: int, *, reset: bool = True) -> dict:
+        """The GPU kernel behind the transport is gone (killed); the transport still reads its
+        last published words. Account for everything that was inside it or on its way:
+
+        * what it published before it died is received and delivered first;
+        * CPU -> GPU: the records it had not finished (ingress tasks not done, plus messages
+          still queued or running on the device channel: ``chan_depth``) go to sys.error with
+          ``code``, named from the send log (the most recent ones: the device finishes out of
+          order, so which ones is exact only when it had finished none of the later ones);
+          their device payloads are gone (``payload_ptr`` 0);
+        * staged, unsent records: inline ingress records are kept and sent to the new kernel
+          (redelivered); ones whose payload was already in the old device arena go to
+          sys.error with ``code``; service records (ALLOC, RELEASE, CREDIT) are dropped and
+          block requests still waiting are asked again of the new kernel;
+        * GPU -> CPU: records waiting for a sequence gap are delivered in order (the gap was
+          inside the old kernel: counted in ``gaps``); credits start again.
+
+        ``reset=False``: the same accounting when the GPU kernel stopped for good (halt), not
+        counted as a reset. Returns {"lost", "redelivered", "gaps", "per_channel"}."""
+        acct = {"lost": 0, "redelivered": 0, "gaps": 0, "per_channel": {}}
+        with self.lock:
+            try:
+                for _ in range(8):
+                    if not self._receive():
+                        break
+                self._deliver_out()
+            except Exception as e:   # noqa: BLE001 - the pages may be unreadable: go on
+                self.errors.append(f"bridge: reading the reset kernel's ring: {e!r}")
+            self._refresh_done(force=True)
+            staged = np.concatenate(self._stage) if self._stage_n else T.empty(0)
+            self._stage, self._stage_n = [], 0
+            st_types = staged["type"]
+            is_rx = (st_types >= _RX0) & (st_types < _RX1)
+            kernel = getattr(self.tx, "kernel", None)
+            for st in self.ins:
+                mine = is_rx & (st_types == st.rx_type)
+                n_staged = int(mine.sum())
+                sent_total = st.pushed - n_staged
+                depth = 0
+                if kernel is not None:
+                    try:
+                        depth = kernel.chan_depth(st.bc.name)
+                    except Exception:   # noqa: BLE001
+                        depth = 0
+                lost = max(0, sent_total - st.done) + max(0, depth)
+                lost = min(lost, max(0, sent_total))
+                named = min(lost, st.sent_n)
+                if named:
+                    log = np.concatenate(list(st.sent))[-named:].copy()
+                    log["type"] = st.bc.type_id
+                    log["payload_ptr"] = 0
+                    self._to_sys_error(log, code)
+                if lost > named:
+                    self.errors.append(
+                        f"bridge channel {st.bc.name!r}: {lost - named} record(s) lost in the "
+                        f"GPU kernel reset could not be named (older than the send log)")
+                st.dead += lost
+                acct["lost"] += named
+                acct["per_channel"][st.bc.name] = {"lost": lost, "named": named}
+                st.sent.clear()
+                st.sent_n = 0
+                st.done = 0
+                st.pushed = 0
+            if len(staged):
+                keep = ~is_rx.copy()
+                plen = staged["payload_len"]
+                keep[:] = False
+                for st in self.ins:
+                    mine = is_rx & (st_types == st.rx_type)
+                    ok = mine & (plen == 0)
+                    bad = mine & (plen != 0)
+                    keep |= ok
+                    st.pushed += int(ok.sum())
+                    if bad.any():
+                        r = staged[bad].copy()
+                        r["type"] = st.bc.type_id
+                        self._to_sys_error(r, code)
+                        st.dead += len(r)
+                        acct["lost"] += len(r)
+                    acct["redelivered"] += int(ok.sum())
+                if keep.any():
+                    rest = staged[keep]
+                    self._stage = [rest]
+                    self._stage_n = len(rest)
+                    self._stage_t = time.monotonic_ns() - self.flush_ns
+            # payload messages: block requests are asked again; blocks of the old arena too
+            self._releases = []
+            for st in self.ins:
+                for x in st.fifo:
+                    if isinstance(x, np.ndarray) or x.rec is None or not x.done:
+                        continue
+                    x.dptr = 0
+                    x.rec["payload_ptr"] = 0
+                    x.done = False
+                    st.waiting += 1
+                    self._tag += 1
+                    self._pending_alloc[self._tag] = (st, x)
+            self._alloc_retry = [(pay.n, tag) for tag, (st, pay)
+                                 in sorted(self._pending_alloc.items())]
+            self._alloc_retry_t = 0.0
+            for st in self.outs.values():
+                if st.reorder:
+                    keys = sorted(st.reorder)
+                    acct["gaps"] += (keys[-1] - st.next_seq + 1) - len(keys)
+                    run = [st.reorder[k] for k in keys if st.reorder[k] is not None]
+                    st.reorder.clear()
+                    if run:
+                        arr = np.concatenate(run)
+                        st.ready.append(arr)
+                        st.ready_n += len(arr)
+                st.next_seq = 1
+                st.grant = 0
+            self._counts_t = 0.0
+            if reset:                     # (halt uses the same accounting, with HALTED)
+                self.c["resets"] += 1
+                self.c["reset_lost"] += acct["lost"]
+                self.c["reset_redelivered"] += acct["redelivered"]
+        return acct
 
     # -- deterministic channels (tick fences) ----------------------------------------------------
     def det_take_inbound(self) -> list:

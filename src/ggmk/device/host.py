@@ -70,11 +70,14 @@ class DeviceKernel:
     """
 
     def __init__(self, modules, target: str = "auto", workers: int | None = None,
-                 threads: int | None = None, types=None, noinline=(), **config):
+                 threads: int | None = None, types=None, noinline=(), view: bool = False,
+                 **config):
+        # view=True: a host view of a kernel that runs in another process (``attach``): the
+        # target need not be usable here (sim's simulator switch is set in that process)
         self.target = get_target(target)
         self.target_name = self.target.NAME
         ok, why = self.target.available()
-        if not ok:
+        if not ok and not view:
             raise DeviceError(f"device target {self.target_name!r} is not usable: {why}")
         modules = list(modules)
         self.handlers = codegen.resolve_handlers(modules, types)
@@ -114,14 +117,21 @@ class DeviceKernel:
                                         noinline=self._noinline, chans=self.chans)
         return self._built
 
-    def start(self, timeout: float = 600.0) -> "DeviceKernel":
-        """Boot: build, allocate device state, launch once; returns when workers run."""
+    def start(self, timeout: float = 600.0, *, alloc=None) -> "DeviceKernel":
+        """Boot: build, allocate device state, launch once; returns when workers run.
+
+        ``alloc``: optional allocation hooks for the mapped words and the arena (an object
+        with ``alloc_map(session, image)`` and ``alloc_arena(session, nbytes)``), used in
+        place of the target session's own: the device process (``ggmk.bridge.process``)
+        puts both in shared memory so its parent reads and writes them directly."""
         if self._launch is not None:
             raise BootError("DeviceKernel.start: already started")
         built = self.build()
         # one session per kernel: the target's per-kernel resources (cuda: its non-blocking
         # stream and the deferred-cleanup scope of the resident phase), closed after it exits
         self._session = sess = self.target.open_session(self.plan)
+        if alloc is not None:
+            sess = _HookedSession(sess, alloc)
         try:
             args = layout.allocate(self.plan, sess.alloc_dev, sess.alloc_map, sess.alloc_arena,
                                    option(self.target, "init_images"))
@@ -152,6 +162,30 @@ class DeviceKernel:
         self._wait(lambda: self._h["ctl"][layout.C_STARTED] >= 1, timeout, "start")
         return self
 
+    def attach(self, map_words: np.ndarray, arena: np.ndarray, launch, notify=None) -> \
+            "DeviceKernel":
+        """Make this (not started) kernel a *host view* of a kernel that runs elsewhere (the
+        device process): ``map_words`` and ``arena`` are this process's NumPy views of the
+        kernel's mapped words and arena (shared memory), ``launch`` answers ``alive()`` /
+        ``wait(timeout)`` / ``error`` for the remote kernel, ``notify`` wakes its parked
+        workers. Every host call (push, pull, metrics, heartbeats, arena copies) then works
+        on the shared words exactly as in-process: no round trip per call."""
+        if self._launch is not None:
+            raise BootError("DeviceKernel.attach: already started")
+        nmap = layout.offsets(self.plan)["_total"][2]
+        if map_words.dtype != np.int64 or len(map_words) < nmap or \
+                arena.dtype != np.uint8 or len(arena) != self.config.arena_bytes:
+            raise DeviceError(f"DeviceKernel.attach: need >= {nmap} int64 map words and "
+                              f"{self.config.arena_bytes} arena bytes, got {len(map_words)} "
+                              f"{map_words.dtype} and {len(arena)} {arena.dtype}")
+        self._arrays = (None, map_words, arena)
+        offs = layout.offsets(self.plan)
+        self._h = {n: map_words[o:o + size] for n, (kind, o, size) in offs.items()
+                   if kind == "map"}
+        self._notify = notify
+        self._launch = launch
+        return self
+
     def stop(self, timeout: float = 60.0) -> None:
         """Raise the stop flag and wait for every worker to leave the kernel."""
         if self._launch is None or self._stopped:
@@ -160,7 +194,7 @@ class DeviceKernel:
         self._ring()
         done = self._launch.wait(timeout)
         self._stopped = True
-        if done:
+        if done and self._session is not None:
             self._session.close()       # never while the kernel may still run
         err = getattr(self._launch, "error", None)
         if err is not None:
@@ -300,7 +334,8 @@ class DeviceKernel:
         if not n:
             return
         arena = self._arrays[2]
-        host = self.target.host_view(arena) if self.target_name != "cuda" else None
+        host = arena if isinstance(arena, np.ndarray) else (
+            self.target.host_view(arena) if self.target_name != "cuda" else None)
         if isinstance(host, np.ndarray):
             host[off:off + n] = src
             return
@@ -313,7 +348,8 @@ class DeviceKernel:
         n = int(n)
         off = self._arena_span(ptr, n)
         arena = self._arrays[2]
-        host = self.target.host_view(arena) if self.target_name != "cuda" else None
+        host = arena if isinstance(arena, np.ndarray) else (
+            self.target.host_view(arena) if self.target_name != "cuda" else None)
         if isinstance(host, np.ndarray):
             return host[off:off + n].copy()
         out = np.empty(n, np.uint8)
@@ -403,6 +439,18 @@ class DeviceKernel:
         rows = self._h["mpub"].reshape(self.config.blocks, self.plan.nmet)
         return rows[:, cols].sum(axis=0).reshape(len(key[0]), len(key[1])).sum(axis=1)
 
+    def chan_depth(self, name) -> int:
+        """Messages in flight (queued or running) on device channel ``name``, the largest
+        over its subscribers, as last published (one word per subscriber)."""
+        self._check()
+        key = getattr(name, "name", name)
+        for c in self.chans:
+            if c.name == key:
+                if not c.subs:
+                    return 0
+                return int(self._h["cpub"][c.slot0:c.slot0 + len(c.subs)].max())
+        raise KeyError(f"DeviceKernel: no device channel {key!r}")
+
     @property
     def channels(self) -> dict:
         """{name: id} of the device channels (ids are fixed when the kernel is built)."""
@@ -466,3 +514,21 @@ class DeviceKernel:
         state = "running" if self.alive() else ("stopped" if self._stopped else "new")
         return (f"DeviceKernel(target={self.target_name}, workers={self.config.blocks}, "
                 f"handlers={len(self.handlers)}, {state})")
+
+
+class _HookedSession:
+    """A target session whose ``alloc_map`` / ``alloc_arena`` are replaced by hooks (see
+    ``DeviceKernel.start(alloc=)``); everything else is the session's own."""
+
+    def __init__(self, sess, hooks):
+        self._sess = sess
+        self._hooks = hooks
+
+    def alloc_map(self, image):
+        return self._hooks.alloc_map(self._sess, image)
+
+    def alloc_arena(self, nbytes):
+        return self._hooks.alloc_arena(self._sess, nbytes)
+
+    def __getattr__(self, name):
+        return getattr(self._sess, name)
