@@ -189,6 +189,36 @@ class _ShmAlloc:
         return self._wrap(sess, self.arena_np[:nbytes])
 
 
+def _file_modules(blob: bytes) -> list:
+    """(name, file) of the modules the pickled device modules refer to, so the child can load
+    one that was imported from a path under a name no import finds (``ggmk boot app.py`` loads
+    the app as ``ggmk_app_<stem>``); a name that is importable is imported as usual."""
+    out = []
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if f and name != "__main__" and not name.startswith(("ggmk.", "numba", "numpy")) \
+                and name.encode() in blob:
+            out.append((name, f))
+    return out
+
+
+def _preload(modules: list) -> None:
+    import importlib
+    import importlib.util
+    for name, f in modules:
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            spec = importlib.util.spec_from_file_location(name, f)
+            if spec is None or spec.loader is None:
+                raise
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            spec.loader.exec_module(mod)
+
+
 def _child_main(conn, spec: dict) -> None:
     """The device process: build and launch the kernel on the shared pages, then serve the
     control pipe until told to stop (or until the parent is gone)."""
@@ -206,6 +236,7 @@ def _child_main(conn, spec: dict) -> None:
     try:
         import ggmk.device as gd
         from ggmk.bridge import device_side as ds
+        _preload(spec["preload"])
         mods = pickle.loads(spec["modules"])
         types = _types_from(spec["types"])
         if spec["bridge"] is not None:
@@ -361,6 +392,7 @@ class DeviceProcess:
             map_mm = _shm_map(mname, (self.nmap + RELAY_WORDS) * 8)
             arena_mm = _shm_map(aname, self.narena)
             spec = dict(ppid=os.getpid(), target=self.target_name, modules=self._mods_blob,
+                        preload=_file_modules(self._mods_blob),
                         types=self._types_blob, bridge=self.bridge_args, config=self.config,
                         map_name=mname, arena_name=aname, nmap=self.nmap, narena=self.narena,
                         start_timeout=self.boot_timeout, env=self.env)
