@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ggmk.storage import fast as _fast
 from ggmk.storage import gds as _gds
 from ggmk.storage.buffers import (ALIGN, DONE, BouncePool, InlineCopy, ThreadCopy, align_down,
                                   align_up)
@@ -338,7 +339,8 @@ class Storage:
     def __init__(self, *, workers: int = 4, max_batch: int = 256, bounce_size: int = 1 << 20,
                  bounce_count: int = 8, segment_size: int = 8 << 20, direct_chunk: int = 4 << 20,
                  o_direct: bool | str = "auto", sparse: bool = True, gds: bool | str = "auto",
-                 arena=None, device_target: str = "cpu", chunk_hook: Callable | None = None):
+                 arena=None, device_target: str = "cpu", chunk_hook: Callable | None = None,
+                 fast_threads: int = 16):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if max_batch < 1:
@@ -361,6 +363,7 @@ class Storage:
         self.stats_ = StorageStats()
         self.callback_errors: deque = deque(maxlen=64)
         self._pool = BouncePool(bounce_size, bounce_count)
+        self._fast = _fast.FastPool(fast_threads)
         self._pinned_pool = None
         self._thread_copy = None
         self._cuda_copy = None
@@ -415,6 +418,85 @@ class Storage:
         self._admit(ready)
         return batch
 
+    def read_batch(self, file, offsets, lengths=4096, dest=None, dest_offsets=None, *,
+                   file_ids=None, wait: bool = True, timeout: float | None = None):
+        """The batch fast path for many small reads (see :mod:`ggmk.storage.fast`): one
+        vectorized submission, the reads run in native code on ``fast_threads`` threads.
+
+        ``file``: a FileHandle or path, or a list of them with ``file_ids`` (an index into it
+        per I/O). ``offsets``, ``lengths`` (an int for all, or one per I/O), ``dest_offsets``:
+        integer arrays. ``dest``: host memory (a NumPy array, HostDest, ArenaDest) or None for
+        fresh page-aligned host memory with the reads packed in order. Returns a
+        :class:`~ggmk.storage.fast.FastBatch` (finished unless ``wait=False``) whose arrays
+        hold each I/O's status, bytes, errno and path; a bad request (negative offset, no room
+        in the destination, a file that does not open) fails alone, not the batch."""
+        if self._closed:
+            raise RuntimeError("storage is closed")
+        offs = _int_array("offsets", offsets)
+        n = len(offs)
+        lens = _int_array("lengths", lengths, n)
+        files = list(file) if isinstance(file, (list, tuple)) else [file]
+        if file_ids is None:
+            if len(files) != 1:
+                raise ValueError(f"file: {len(files)} files given without file_ids; pass "
+                                 f"file_ids (an index into file per I/O)")
+            fids = np.zeros(n, np.int64)
+        else:
+            fids = _int_array("file_ids", file_ids, n)
+            if n and (fids.min() < 0 or fids.max() >= len(files)):
+                raise ValueError(f"file_ids: values must be in [0, {len(files)}), got "
+                                 f"[{fids.min()}, {fids.max()}]")
+        if dest is None:
+            dest = HostDest.alloc(max(int(np.maximum(lens, 0).sum()), 1))
+        elif isinstance(dest, str) or not as_destination(dest).host_addressable:
+            raise ValueError(f"dest: the fast path reads into host memory (a NumPy array, "
+                             f"HostDest, ArenaDest, None), got {dest!r}; use submit() for "
+                             f"device memory")
+        dest = as_destination(dest)
+        if dest_offsets is None:
+            pos = np.maximum(lens, 0)
+            doffs = np.cumsum(pos) - pos
+        else:
+            doffs = _int_array("dest_offsets", dest_offsets, n)
+        # the files: opened once per batch (a path), or the caller's handles
+        paths, fd_d, fd_b, close_fds, why_reasons = [], [], [], [], [None, "unaligned"]
+        open_err = np.zeros(len(files), np.int32)
+        file_why = np.zeros(len(files), np.int8)
+        for k, f in enumerate(files):
+            paths.append(_path_of(f))
+            fh = f
+            if not isinstance(f, FileHandle):
+                try:
+                    fh = FileHandle(f, o_direct=self.o_direct)
+                except OSError as e:
+                    open_err[k] = e.errno or E.EIO
+                    fd_d.append(-1)
+                    fd_b.append(-1)
+                    continue
+                close_fds += [x for x in (fh.fd, fh.fd_direct) if x is not None]
+            fd_b.append(fh.fd)
+            fd_d.append(-1 if fh.fd_direct is None or self.o_direct is False else fh.fd_direct)
+            if fd_d[-1] < 0 and self.o_direct is not False:
+                why_reasons.append(fh.direct_refused or "no_o_direct")
+                file_why[k] = len(why_reasons) - 1
+        fd_d, fd_b = np.asarray(fd_d, np.int32)[fids], np.asarray(fd_b, np.int32)[fids]
+        refused = np.zeros(n, np.int8)
+        refused[(offs < 0) | (lens < 0) | (doffs < 0)] = _fast._R_BAD
+        refused[(refused == 0) & (doffs + lens > dest.nbytes)] = _fast._R_DEST
+        refused[(refused == 0) & (open_err[fids] != 0)] = _fast._R_OPEN
+        addr = dest.address(0) + doffs
+        aligned = (offs % ALIGN == 0) & (lens % ALIGN == 0) & (addr % ALIGN == 0)
+        why = np.where(fd_d < 0, file_why[fids], np.where(aligned, 0, 1)).astype(np.int8)
+        fd_d = np.where(why == 0, fd_d, -1).astype(np.int32)
+        if self.o_direct is True:
+            refused[(refused == 0) & (why != 0)] = _fast._R_NODIRECT
+        b = _fast.FastBatch(self, paths, fids, fd_d, fd_b, offs, lens, dest, doffs, refused,
+                            open_err[fids], why, why_reasons, close_fds,
+                            chunk=min(256, max(8, n // (self._fast.n * 8))))
+        self.stats_.batch(n)
+        b._start(self._fast)
+        return b.wait(timeout) if wait else b
+
     def cancel_all(self) -> int:
         with self._cond:
             ios = list(self._pending) + [it[1] for it in self._work]
@@ -440,6 +522,7 @@ class Storage:
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout)
+        self._fast.close(timeout)
         for eng in (self._thread_copy, self._cuda_copy):
             if eng is not None:
                 eng.close()
@@ -1044,6 +1127,20 @@ class Storage:
 
 def _path_of(file) -> str:
     return file.path if isinstance(file, FileHandle) else os.fspath(file)
+
+
+def _int_array(name: str, v, n: int | None = None) -> np.ndarray:
+    """``v`` as a 1-D int64 array (of ``n`` entries; an int is repeated), or a ValueError
+    naming the argument."""
+    a = np.asarray(v)
+    if a.ndim == 0 and n is not None:
+        a = np.full(n, a)
+    if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+        raise ValueError(f"{name}: expected a 1-D array of integers{'' if n is None else f' (or one int)'}, "
+                         f"got {a.dtype} of shape {a.shape}")
+    if n is not None and len(a) != n:
+        raise ValueError(f"{name}: {len(a)} entries, expected {n} (one per offset)")
+    return a.astype(np.int64, copy=False)
 
 
 def _max_alloc() -> int:
