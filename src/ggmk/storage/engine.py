@@ -304,6 +304,13 @@ class _Io:
             if self.error is None:
                 self.error = err
 
+    def make_error(self, kind: str, detail: str) -> StorageError:
+        """A StorageError of this I/O (its operation, file and range)."""
+        return StorageError(kind, self.op, self.fref.path, self.offset, self.length, detail)
+
+    def make_os_error(self, e: OSError, what: str = "") -> StorageError:
+        return from_oserror(e, self.op, self.fref.path, self.offset, self.length, what)
+
     def mark_short(self, at: int) -> None:
         with self.lock:
             if self.short_at is None or at < self.short_at:
@@ -674,8 +681,7 @@ class Storage:
                 else:
                     self._run_seg(io, seg)
             except BaseException as e:  # noqa: BLE001 - never lose an I/O to a bug here
-                io.fail(StorageError("io", io.op, io.fref.path, io.offset, io.length,
-                                     f"internal error: {e!r}"))
+                io.fail(io.make_error("io", f"internal error: {e!r}"))
                 if kind == "io" and io.segs_left == 0:
                     self._finalize(io)
 
@@ -690,8 +696,7 @@ class Storage:
             fh = io.fref.get()
             segs = self._plan_read(io, fh) if io.op == "read" else self._plan_write(io, fh)
         except OSError as e:
-            io.fail(from_oserror(e, io.op, io.fref.path, io.offset, io.length,
-                                 "open" if io.fref.fh is None else ""))
+            io.fail(io.make_os_error(e, "open" if io.fref.fh is None else ""))
             segs = []
         except StorageError as e:
             io.fail(e)
@@ -720,11 +725,9 @@ class Storage:
         except StorageError as e:
             io.fail(e)
         except OSError as e:
-            io.fail(from_oserror(e, io.op, io.fref.path, io.offset, io.length,
-                                 f"at file offset {getattr(e, 'ggmk_pos', '?')}"))
+            io.fail(io.make_os_error(e, f"at file offset {getattr(e, 'ggmk_pos', '?')}"))
         except Exception as e:  # noqa: BLE001
-            io.fail(StorageError("io", io.op, io.fref.path, io.offset, io.length,
-                                 f"{type(e).__name__}: {e}"))
+            io.fail(io.make_error("io", f"{type(e).__name__}: {e}"))
         with io.lock:
             io.segs_left -= 1
             last = io.segs_left == 0
@@ -754,8 +757,7 @@ class Storage:
             return True
         why = reason or fh.direct_refused or "unaligned"
         if self.o_direct is True:
-            raise StorageError("bad_request", io.op, io.fref.path, io.offset, io.length,
-                               f"O_DIRECT required but not possible ({why})")
+            raise io.make_error("bad_request", f"O_DIRECT required but not possible ({why})")
         io.result.fallback = why
         self.stats_.fallback(why)
         return False
@@ -900,8 +902,7 @@ class Storage:
             bl = io.blocks
             if err is not None:
                 bl.advance(first, last, BS.DMA_START, BS.DMA_ERROR)
-                io.fail(StorageError("io", "read", io.fref.path, io.offset, io.length,
-                                     f"copy to {io.dest.describe()} failed: {err!r}"))
+                io.fail(io.make_error("io", f"copy to {io.dest.describe()} failed: {err!r}"))
             else:
                 bl.advance(first, last, BS.DMA_START, BS.DONE)
                 for h0, h1 in holes:
@@ -926,19 +927,25 @@ class Storage:
         bl.advance(f, l_, BS.INIT, BS.QUEUED)
         bl.advance(f, l_, BS.QUEUED, BS.DMA_START)
 
-    def _read_into(self, io: _Io, fh: FileHandle, direct: bool, a: int, b: int) -> None:
-        """Reads straight into a host destination (no copy)."""
+    def _read_chunks(self, io: _Io, a: int, b: int, read) -> None:
+        """[a, b) in chunks of ``direct_chunk``: ``read(pos, n)`` returns the bytes read; a
+        short one ends the I/O (end of file) and is recorded; the hook runs between chunks."""
         pos = a
         while pos < b:
             n = min(self.direct_chunk, b - pos)
             self._queue_blocks(io, pos, pos + n)
-            view = io.dest.view(io.dest_off + pos - io.offset, n)
-            got = self._pread(io, fh, direct, view, pos)
+            got = read(pos, n)
             pos += got
             if got < n:
                 io.mark_short(pos)
                 return
             self._hook(io, pos)
+
+    def _read_into(self, io: _Io, fh: FileHandle, direct: bool, a: int, b: int) -> None:
+        """Reads straight into a host destination (no copy)."""
+        base = io.dest_off - io.offset
+        self._read_chunks(io, a, b, lambda pos, n: self._pread(
+            io, fh, direct, io.dest.view(base + pos, n), pos))
 
     def _read_direct(self, io: _Io, fh: FileHandle, a: int, b: int, fences) -> None:
         """O_DIRECT straight into the destination (its address and the file offset agree
@@ -988,16 +995,8 @@ class Storage:
 
     def _read_gds(self, io: _Io, fh: FileHandle, a: int, b: int) -> None:
         g = fh.gds()
-        pos = a
-        while pos < b:
-            n = min(self.direct_chunk, b - pos)
-            self._queue_blocks(io, pos, pos + n)
-            got = g.read(io.dest, io.dest_off + pos - io.offset, n, pos)
-            pos += got
-            if got < n:
-                io.mark_short(pos)
-                return
-            self._hook(io, pos)
+        base = io.dest_off - io.offset
+        self._read_chunks(io, a, b, lambda pos, n: g.read(io.dest, base + pos, n, pos))
 
     # ------------------------------------------------------------------ writing
     def _plan_write(self, io: _Io, fh: FileHandle) -> list:
@@ -1085,12 +1084,11 @@ class Storage:
             try:
                 os.fdatasync(io.fref.fh.fd)
             except OSError as e:
-                io.fail(from_oserror(e, "write", io.fref.path, io.offset, io.length, "fdatasync"))
+                io.fail(io.make_os_error(e, "fdatasync"))
         if cancelled:
             r.status = "cancelled"
-            r.error = StorageError("cancelled", io.op, io.fref.path, io.offset, io.length,
-                                   "the I/O was cancelled"
-                                   + (" while queued" if not io.started else " mid-flight"))
+            r.error = io.make_error("cancelled", "the I/O was cancelled"
+                               + (" while queued" if not io.started else " mid-flight"))
         elif io.error is not None:
             r.status, r.error = "error", io.error
         else:
