@@ -1,0 +1,150 @@
+"""nvme over the bridge (issue 17): a GPU module (device kernel, ``cpu`` target) asks for file
+data on ``disk.read`` and receives it on ``disk.read.resp`` as a payload in the device arena;
+the bytes at that device address are verified byte for byte against the file.
+
+GPU module ``nvreader``: handler NV_ASK (pushed by the test: meta0 = file offset, meta1 =
+length | file << 32 | tag << 40) allocates the 24-byte DISK_READ request in the device arena
+and emits it on ``disk.read`` (GPU -> CPU); handler NV_GOT consumes ``disk.read.resp``
+(CPU -> GPU), keeps a reference to the payload and reports its device address on ``nv.got``
+(GPU -> CPU: meta0 = tag | payload length << 32, meta1 = address); handler NV_FREE (pushed by
+the test, meta0 = address) drops that reference once the test has read the bytes.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import ggmk
+import ggmk.dual
+import ggmk.device as gd
+from ggmk import task as T
+from ggmk.device import api as g
+from ggmk.device.layout import WAIT
+from ggmk.modules.nvme import DATA_OFF, E_NOFILE, MANIFEST, NvmeModule, _RESP_DTYPE
+from ggmk.typereg import TypeRegistry, load_module_manifest
+
+OWN_TYPES = {"NV_ASK": 0x4E40, "NV_GOT": 0x4E41, "NV_FREE": 0x4E42, "NV_GOT_AT": 0x4E43,
+             "NV_SINK": 0x4E44}
+
+
+def _registry() -> TypeRegistry:
+    reg = TypeRegistry()
+    reg.merge(load_module_manifest(MANIFEST).types)
+    for name, tid in OWN_TYPES.items():
+        reg.register(name, id=tid)
+    return reg
+
+
+# ---------------------------------------------------------------------------- the GPU side
+gpu = gd.Module("nvreader")
+ASK = gpu.channel("disk.read", message="DISK_READ", mode="p2p", guarantee="lossless",
+                  capacity=64)
+GOT_AT = gpu.channel("nv.got", message="NV_GOT_AT", mode="p2p", guarantee="lossless",
+                     capacity=64)
+
+
+@gpu.handler("NV_ASK")
+def nv_ask(ctx, task):
+    ptr = g.alloc(ctx, 24)
+    if ptr == 0:
+        return g.wait_at(task, 0)
+    m1 = g.meta1(task)
+    tag = m1 >> 40
+    g.store_i64(ctx, ptr, tag)                                   # tag       u64
+    g.store_i64(ctx, ptr + 8, g.meta0(task))                     # offset    u64
+    g.store_i64(ctx, ptr + 16, ((m1 >> 32) & 0xFF) | ((m1 & 0xFFFFFFFF) << 32))  # file, length
+    if g.emit_chan_full(ctx, ASK, tag, 0, ptr, 24, -1) == -100:  # our reference goes with it
+        g.release(ctx, ptr)
+        return g.wait_at(task, 0)
+    return 0
+
+
+@gpu.handler("NV_GOT", consumes="disk.read.resp", message="DISK_READ_RESP")
+def nv_got(ctx, task):
+    ptr = g.payload_ptr(task)
+    n = g.payload_len(task)
+    if ptr == 0 or g.offset(ctx, ptr) < 0:
+        return -2                                                # not in the device arena
+    if g.emit_chan(ctx, GOT_AT, (g.meta0(task) & 0xFFFFFFFF) | (n << 32), ptr) == -100:
+        return WAIT
+    g.retain(ctx, ptr, 1)             # kept for the test to read; NV_FREE drops it
+    return 0
+
+
+@gpu.handler("NV_FREE")
+def nv_free(ctx, task):
+    g.release(ctx, g.meta0(task))
+    return 0
+
+
+# ---------------------------------------------------------------------------- the CPU side
+class _Seen:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.rows: list = []              # (tag, payload length, device address)
+
+
+SEEN = _Seen()
+cpu = ggmk.Module("nvsink")
+
+
+@cpu.handler("NV_SINK", consumes="nv.got", message="NV_GOT_AT", batch=True)
+def nv_sink(ctx, batch):
+    r = batch.records
+    with SEEN.lock:
+        for m0, m1 in zip(r["meta0"].tolist(), r["meta1"].tolist()):
+            SEEN.rows.append((m0 & 0xFFFFFFFF, m0 >> 32, m1))
+
+
+def _ask(s, tag, fid, offset, length):
+    s.push_device(T.make(1, type=OWN_TYPES["NV_ASK"], meta0=offset,
+                         meta1=length | (fid << 32) | (tag << 40)))
+
+
+def test_gpu_module_reads_file_into_device_arena(tmp_path, wait_until):
+    data = np.random.default_rng(17).integers(0, 256, 300_000, dtype=np.uint8)
+    path = tmp_path / "blob.bin"
+    data.tofile(path)
+    nvme = NvmeModule(workers=2, fast_threads=2)
+    fid = nvme.register(path)
+    SEEN.rows.clear()
+    s = ggmk.dual.boot([nvme, cpu, gpu], device="cpu", types=_registry(), workers=2)
+    try:
+        asks = {1: (0, 4096), 2: (4097, 10_000), 3: (123_456, 100_000),   # unaligned, large
+                4: (299_000, 4096),                                       # short: 1000 bytes
+                5: (0, 4096)}
+        for tag, (off, ln) in asks.items():
+            _ask(s, tag, fid if tag != 5 else 99, off, ln)               # 5: unknown file id
+        assert s.run(timeout=300)
+        assert wait_until(lambda: len(SEEN.rows) >= len(asks), timeout=60)
+        with SEEN.lock:
+            rows = sorted(SEEN.rows)
+        assert [t for t, _, _ in rows] == sorted(asks)
+        for tag, plen, addr in rows:
+            raw = s.kernel.read_arena(addr, plen)                 # the bytes in device memory
+            h = np.frombuffer(raw[:DATA_OFF].tobytes(), _RESP_DTYPE)[0]
+            off, ln = asks[tag]
+            assert int(h["tag"]) == tag and int(h["offset"]) == off
+            if tag == 5:
+                assert int(h["status"]) == E_NOFILE and int(h["length"]) == 0
+                continue
+            want = data[off:off + ln]
+            assert int(h["status"]) == 0 and int(h["file"]) == fid
+            assert int(h["requested"]) == ln and int(h["length"]) == len(want)
+            assert plen == DATA_OFF + len(want)
+            assert np.array_equal(raw[DATA_OFF:], want)           # byte for byte
+        for _, _, addr in rows:
+            s.push_device(T.make(1, type=OWN_TYPES["NV_FREE"], meta0=addr))
+        assert s.run(timeout=120)
+        st = nvme.stats()
+        assert st["reads"] == 5 and st["responses"] == 5 and st["in_flight"] == 0
+        assert st["errors"] == 1                                  # the unknown file id
+        assert st["storage"]["ops"]["read"] == 4
+        err, _ = s.dead_letters("sys.error")
+        assert len(err) == 0
+        b = s.stats()["bridge"]
+        assert b["payload_copies"] >= 10                          # 5 requests up, 5 answers down
+    finally:
+        s.halt()
