@@ -39,8 +39,6 @@ import threading
 import time
 
 import numpy as np
-from numba import njit, types
-
 from ggmk.storage.dest import Destination, as_destination
 from ggmk.storage.errors import StorageError, kind_of_errno
 from ggmk.storage.states import BLOCK_SIZE, BlockState as BS, IoState as S, StateVector
@@ -53,68 +51,22 @@ _ALIGN = 4096
 _CANCEL_MARK = -1               # err[] of an I/O the cancel flag stopped before it started
 _R_OK, _R_BAD, _R_DEST, _R_OPEN, _R_NODIRECT = 0, 1, 2, 3, 4   # why a request was refused
 
-# libc, bound by symbol name (so the compiled loop is cacheable across processes)
-_pread = types.ExternalFunction(
-    "pread", types.intp(types.int32, types.voidptr, types.uintp, types.int64))
-_errno_location = types.ExternalFunction("__errno_location", types.CPointer(types.int32)())
-_clock_gettime = types.ExternalFunction("clock_gettime", types.int32(types.int32, types.voidptr))
-_CLOCK_MONOTONIC = 1
-_EINTR, _EINVAL = E.EINTR, E.EINVAL
+_native = None
 
 
-@njit(nogil=True, cache=True)
-def _read_range(fd_direct, fd_buffered, offs, lens, addrs, got, err, lat, fell_back,
-                first, stop, cancel):  # pragma: no cover - compiled
-    """pread every I/O in [first, stop): into addrs[i], lens[i] bytes at offs[i] of
-    fd_direct[i] (O_DIRECT; -1: none) or fd_buffered[i]. Records bytes read, errno, latency;
-    an O_DIRECT read the file system refuses (EINVAL) is retried buffered (fell_back[i] = 1)."""
-    ts = np.zeros(2, np.int64)
-    for i in range(first, stop):
-        if cancel[0] != 0:
-            err[i] = -1
-            continue
-        _clock_gettime(_CLOCK_MONOTONIC, ts.ctypes.data)
-        t0 = ts[0] * 1000000000 + ts[1]
-        fd = fd_direct[i]
-        direct = fd >= 0
-        if not direct:
-            fd = fd_buffered[i]
-        n = lens[i]
-        done = 0
-        e = 0
-        while done < n:
-            r = _pread(fd, addrs[i] + done, n - done, offs[i] + done)
-            if r > 0:
-                done += r
-                if direct and done < n:
-                    break              # O_DIRECT returns short only at end of file
-            elif r == 0:
-                break                  # end of file
-            else:
-                e = _errno_location()[0]
-                if e == _EINTR:
-                    e = 0
-                    continue
-                if e == _EINVAL and direct:
-                    direct = False     # the fs refused this alignment after all
-                    fd = fd_buffered[i]
-                    fell_back[i] = 1
-                    e = 0
-                    continue
-                break
-        got[i] = done
-        err[i] = e
-        _clock_gettime(_CLOCK_MONOTONIC, ts.ctypes.data)
-        lat[i] = ts[0] * 1000000000 + ts[1] - t0
-    return 0
+def native():
+    """The compiled read loop (:mod:`ggmk.storage._native`), imported on first use so that
+    ``import ggmk.storage`` does not pay for importing Numba."""
+    global _native
+    if _native is None:
+        from ggmk.storage import _native as m
+        _native = m
+    return _native
 
 
 def warm_up() -> None:
     """Compile (or load from Numba's cache) the read loop now rather than in the first batch."""
-    z = np.zeros(1, np.int64)
-    _read_range(np.full(1, -1, np.int32), np.full(1, -1, np.int32), z, np.zeros(1, np.uint64),
-                np.zeros(1, np.uint64), np.zeros(1, np.int64), np.zeros(1, np.int32),
-                np.zeros(1, np.int64), np.zeros(1, np.uint8), 0, 0, np.zeros(1, np.int32))
+    native().warm_up()
 
 
 class FastPool:
@@ -339,7 +291,7 @@ class FastBatch:
                 return
             a, b = c * self._chunk, min(n, (c + 1) * self._chunk)
             try:
-                _read_range(self._fd_direct, self._fd_buffered, self._run_offs, self._run_lens,
+                native().read_range(self._fd_direct, self._fd_buffered, self._run_offs, self._run_lens,
                             self._addrs, self.nbytes, self.errno, self.latency_ns,
                             self._fell_back, a, b, self._cancel)
             except BaseException as e:  # noqa: BLE001 - never lose an I/O to a bug here
