@@ -340,7 +340,9 @@ class Storage:
     required; ``False``: never), ``sparse`` (find holes with SEEK_DATA/SEEK_HOLE), ``gds``
     (``"auto"``/``False``: GPUDirect Storage for CUDA destinations), ``arena`` (for
     ``dest="arena"``), ``device_target`` (for ``dest="device"``), ``chunk_hook`` (called as
-    ``hook(io_index, file_offset)`` after each chunk; tests use it to cancel mid-flight).
+    ``hook(io_index, file_offset)`` after each chunk; tests use it to cancel mid-flight),
+    ``fast_threads`` (threads of the batch fast path, :meth:`read_batch`: how many small
+    reads are in flight at once; started on the first fast batch).
     """
 
     def __init__(self, *, workers: int = 4, max_batch: int = 256, bounce_size: int = 1 << 20,
