@@ -214,6 +214,8 @@ def test_bad_arguments_name_the_argument(fst, disk_dir, rng):
         fst.read_batch(p, [0, 4096], [1, 2, 3])
     with pytest.raises(ValueError, match="dest: the fast path reads into host memory"):
         fst.read_batch(p, [0], 4096, dest=DeviceDest.alloc(4096, target="cpu"))
+    with pytest.raises(ValueError, match="dest: host memory .* is read-only"):
+        fst.read_batch(p, [0], 16, dest=np.frombuffer(bytes(64), np.uint8))
     with pytest.raises(ValueError, match="file: 2 files given without file_ids"):
         fst.read_batch([p, p], [0], 4096)
     with pytest.raises(ValueError, match=r"file_ids: values must be in \[0, 1\)"):

@@ -462,6 +462,8 @@ class Storage:
                              f"HostDest, ArenaDest, None), got {dest!r}; use submit() for "
                              f"device memory")
         dest = as_destination(dest)
+        if not dest.view(0, 0).flags.writeable:
+            raise ValueError(f"dest: {dest.describe()} is read-only")
         if dest_offsets is None:
             pos = np.maximum(lens, 0)
             doffs = np.cumsum(pos) - pos
