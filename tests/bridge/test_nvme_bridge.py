@@ -22,7 +22,7 @@ import ggmk.device as gd
 from ggmk import task as T
 from ggmk.device import api as g
 from ggmk.device.layout import WAIT
-from ggmk.modules.nvme import DATA_OFF, E_NOFILE, MANIFEST, NvmeModule, _RESP_DTYPE
+from ggmk.modules.nvme import DATA_OFF, E_NOFILE, MANIFEST, PART_MAX, NvmeModule, _RESP_DTYPE
 from ggmk.typereg import TypeRegistry, load_module_manifest
 
 OWN_TYPES = {"NV_ASK": 0x4E40, "NV_GOT": 0x4E41, "NV_FREE": 0x4E42, "NV_GOT_AT": 0x4E43,
@@ -114,37 +114,44 @@ def test_gpu_module_reads_file_into_device_arena(tmp_path, wait_until):
     try:
         asks = {1: (0, 4096), 2: (4097, 10_000), 3: (123_456, 100_000),   # unaligned, large
                 4: (299_000, 4096),                                       # short: 1000 bytes
-                5: (0, 4096)}
+                5: (0, 4096),                                             # unknown file
+                6: (10, 200_000)}                          # two parts: PART_MAX + the rest
         for tag, (off, ln) in asks.items():
             _ask(s, tag, fid if tag != 5 else 99, off, ln)               # 5: unknown file id
         assert s.run(timeout=300)
-        assert wait_until(lambda: len(SEEN.rows) >= len(asks), timeout=60)
+        assert wait_until(lambda: len(SEEN.rows) >= len(asks) + 1, timeout=60)
         with SEEN.lock:
             rows = sorted(SEEN.rows)
-        assert [t for t, _, _ in rows] == sorted(asks)
+        assert [t for t, _, _ in rows] == sorted(list(asks) + [6])
+        got: dict = {}
         for tag, plen, addr in rows:
             raw = s.kernel.read_arena(addr, plen)                 # the bytes in device memory
             h = np.frombuffer(raw[:DATA_OFF].tobytes(), _RESP_DTYPE)[0]
             off, ln = asks[tag]
-            assert int(h["tag"]) == tag and int(h["offset"]) == off
+            part, parts = int(h["part"]), int(h["parts"])
+            assert int(h["tag"]) == tag and int(h["offset"]) == off + part * PART_MAX
+            assert parts == (2 if tag == 6 else 1)
             if tag == 5:
                 assert int(h["status"]) == E_NOFILE and int(h["length"]) == 0
                 continue
-            want = data[off:off + ln]
+            po = int(h["offset"])
+            want = data[po:min(po + int(h["requested"]), off + ln)]
             assert int(h["status"]) == 0 and int(h["file"]) == fid
-            assert int(h["requested"]) == ln and int(h["length"]) == len(want)
-            assert plen == DATA_OFF + len(want)
+            assert int(h["requested"]) == min(PART_MAX, ln - part * PART_MAX)
+            assert int(h["length"]) == len(want) and plen == DATA_OFF + len(want)
             assert np.array_equal(raw[DATA_OFF:], want)           # byte for byte
+            got[tag] = got.get(tag, 0) + len(want)
+        assert got == {1: 4096, 2: 10_000, 3: 100_000, 4: 1000, 6: 200_000}
         for _, _, addr in rows:
             s.push_device(T.make(1, type=OWN_TYPES["NV_FREE"], meta0=addr))
         assert s.run(timeout=120)
         st = nvme.stats()
-        assert st["reads"] == 5 and st["responses"] == 5 and st["in_flight"] == 0
+        assert st["reads"] == 6 and st["responses"] == 7 and st["in_flight"] == 0
         assert st["errors"] == 1                                  # the unknown file id
-        assert st["storage"]["ops"]["read"] == 4
+        assert st["storage"]["ops"]["read"] == 6                  # tag 6: two parts
         err, _ = s.dead_letters("sys.error")
         assert len(err) == 0
         b = s.stats()["bridge"]
-        assert b["payload_copies"] >= 10                          # 5 requests up, 5 answers down
+        assert b["payload_copies"] >= 13                          # 6 requests up, 7 answers down
     finally:
         s.halt()
