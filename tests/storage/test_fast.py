@@ -234,3 +234,47 @@ def test_state_vector_rejects_illegal_naming_both_states():
     assert v.counts == {"FREE->INIT": 4, "INIT->READY": 2}
     with pytest.raises(ValueError, match="machine must be 'io' or 'block'"):
         StateVector("disk", 1)
+
+
+def test_concurrent_batches_from_threads(disk_dir, rng):
+    import threading
+    data = rng.integers(0, 256, 2 << 20, dtype=np.uint8)
+    p = make_file(disk_dir / "m.bin", data)
+    blocks = data.reshape(-1, 4096)
+    out, errs = {}, []
+    with Storage(workers=2, fast_threads=3) as st, st.open(p) as fh:
+        def one(k):
+            try:
+                offs = np.random.default_rng(k).integers(0, len(blocks), 2000) * 4096
+                b = st.read_batch(fh, offs, 4096)
+                out[k] = (offs, b)
+            except BaseException as e:  # noqa: BLE001
+                errs.append(e)
+        ts = [threading.Thread(target=one, args=(k,)) for k in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        assert not errs and len(out) == 4
+        for offs, b in out.values():
+            assert b.ok
+            got = b.dest.view()[:len(offs) * 4096].reshape(-1, 4096)
+            assert np.array_equal(got, blocks[offs // 4096])
+        s = _accounted(next(iter(out.values()))[1], st)
+        assert s["fast_batches"] == 4 and s["ops"]["read"] == 8000
+        assert s["bytes"]["read"] == 8000 * 4096
+
+
+def test_close_finishes_a_batch_in_flight(disk_dir, rng):
+    data = rng.integers(0, 256, 4 << 20, dtype=np.uint8)
+    p = make_file(disk_dir / "z.bin", data)
+    offs = rng.integers(0, len(data) // 4096, 5000) * 4096
+    st = Storage(workers=2, fast_threads=2)
+    b = st.read_batch(p, offs, 4096, wait=False)
+    st.close()                                        # the pool drains its queue first
+    b.wait(60)
+    assert b.count(OK) == len(offs)
+    got = b.dest.view()[:len(offs) * 4096].reshape(-1, 4096)
+    assert np.array_equal(got, data.reshape(-1, 4096)[offs // 4096])
+    with pytest.raises(RuntimeError, match="storage is closed"):
+        st.read_batch(p, offs, 4096)
