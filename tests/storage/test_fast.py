@@ -271,7 +271,11 @@ def test_close_finishes_a_batch_in_flight(disk_dir, rng):
     offs = rng.integers(0, len(data) // 4096, 5000) * 4096
     st = Storage(workers=2, fast_threads=2)
     b = st.read_batch(p, offs, 4096, wait=False)
+    assert st.wait_idle(60) and b.done()              # idle counts fast batches too
+    b2 = st.read_batch(p, offs, 4096, wait=False)
     st.close()                                        # the pool drains its queue first
+    b2.wait(60)
+    assert b2.count(OK) == len(offs)
     b.wait(60)
     assert b.count(OK) == len(offs)
     got = b.dest.view()[:len(offs) * 4096].reshape(-1, 4096)

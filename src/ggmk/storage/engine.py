@@ -381,6 +381,7 @@ class Storage:
         self._work: deque = deque()
         self._pending: deque = deque()
         self._inflight = 0
+        self._fast_inflight = 0                  # fast batches not finished
         self._closed = False
         self._threads = [threading.Thread(target=self._worker, name=f"ggmk-storage-{i}",
                                           daemon=True) for i in range(workers)]
@@ -505,6 +506,8 @@ class Storage:
                             open_err[fids], why, why_reasons, close_fds,
                             chunk=min(256, max(8, n // (self._fast.n * 8))))
         self.stats_.batch(n)
+        with self._cond:
+            self._fast_inflight += 1
         b._start(self._fast)
         return b.wait(timeout) if wait else b
 
@@ -518,8 +521,14 @@ class Storage:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         with self._cond:
-            return self._cond.wait_for(lambda: self._inflight == 0 and not self._pending,
-                                       timeout)
+            return self._cond.wait_for(lambda: self._inflight == 0 and not self._pending
+                                       and self._fast_inflight == 0, timeout)
+
+    def _fast_done(self) -> None:
+        """A fast batch finished (wait_idle counts them too)."""
+        with self._cond:
+            self._fast_inflight -= 1
+            self._cond.notify_all()
 
     def close(self, cancel: bool = False, timeout: float | None = 30.0) -> None:
         """Stop: optionally cancel what is queued or running, wait for the rest, stop threads."""

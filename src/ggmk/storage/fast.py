@@ -342,3 +342,4 @@ class FastBatch:
                 pass
         self.storage.stats_.finish_fast(self)
         self._done.set()
+        self.storage._fast_done()
