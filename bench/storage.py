@@ -26,7 +26,8 @@ need about 2x that) in a temp dir under ``--dir``:
   has), KvikIO where installed, and ``dd iflag=direct bs=8M`` (raw figure).
 * ratios: ``seq_read_vs_best_peer`` (host read / best sequential peer, dd excluded),
   ``random4k_vs_threadpool`` (vs the ``--workers`` pool; ``random4k_vs_threadpool_same_threads``
-  vs the pool with ``--fast-threads`` threads), ``sparse90_vs_dense`` (sparse / dense host read throughput).
+  vs the pool with ``--fast-threads`` threads), ``sparse90_vs_dense`` (sparse / dense host
+  read throughput).
 """
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import pytest
 
 import ggmk
 import ggmk.dual

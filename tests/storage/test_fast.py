@@ -68,7 +68,8 @@ def test_random_4k_direct_byte_for_byte(fst, disk_dir, rng):
     assert s["batches"]["max"] == len(offs)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st_.lists(st_.tuples(st_.integers(0, 300_000), st_.integers(0, 20_000)), min_size=1,
                  max_size=60))
 def test_hypothesis_random_ranges(fst, disk_dir, ranges):

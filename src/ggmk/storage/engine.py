@@ -1147,7 +1147,8 @@ def _int_array(name: str, v, n: int | None = None) -> np.ndarray:
     if a.ndim == 0 and n is not None:
         a = np.full(n, a)
     if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
-        raise ValueError(f"{name}: expected a 1-D array of integers{'' if n is None else f' (or one int)'}, "
+        alt = "" if n is None else " (or one int)"
+        raise ValueError(f"{name}: expected a 1-D array of integers{alt}, "
                          f"got {a.dtype} of shape {a.shape}")
     if n is not None and len(a) != n:
         raise ValueError(f"{name}: {len(a)} entries, expected {n} (one per offset)")

@@ -39,7 +39,7 @@ import threading
 import time
 
 import numpy as np
-from ggmk.storage.dest import Destination, as_destination
+from ggmk.storage.dest import Destination
 from ggmk.storage.errors import StorageError, kind_of_errno
 from ggmk.storage.states import BLOCK_SIZE, BlockState as BS, IoState as S, StateVector
 
@@ -291,9 +291,9 @@ class FastBatch:
                 return
             a, b = c * self._chunk, min(n, (c + 1) * self._chunk)
             try:
-                native().read_range(self._fd_direct, self._fd_buffered, self._run_offs, self._run_lens,
-                            self._addrs, self.nbytes, self.errno, self.latency_ns,
-                            self._fell_back, a, b, self._cancel)
+                native().read_range(self._fd_direct, self._fd_buffered, self._run_offs,
+                                    self._run_lens, self._addrs, self.nbytes, self.errno,
+                                    self.latency_ns, self._fell_back, a, b, self._cancel)
             except BaseException as e:  # noqa: BLE001 - never lose an I/O to a bug here
                 self.errno[a:b] = np.where(self.errno[a:b] == 0, E.EIO, self.errno[a:b])
                 self.callback_error = e
