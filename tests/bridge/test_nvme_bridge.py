@@ -97,9 +97,34 @@ def nv_sink(ctx, batch):
             SEEN.rows.append((m0 & 0xFFFFFFFF, m0 >> 32, m1))
 
 
-def _ask(s, tag, fid, offset, length):
-    s.push_device(T.make(1, type=OWN_TYPES["NV_ASK"], meta0=offset,
-                         meta1=length | (fid << 32) | (tag << 40)))
+def _diag(s, nvme) -> str:
+    """What each side saw, for a failure message."""
+    st = nvme.stats()
+    st.pop("storage", None)
+    b = s.stats()["bridge"]
+    return (f"rows {sorted(SEEN.rows)}; nvme {st}; bridge "
+            f"{ {k: v for k, v in b.items() if not isinstance(v, (dict, list))} }; "
+            f"sys.error {len(s.dead_letters('sys.error')[0])}; "
+            f"sys.dropped {len(s.dead_letters('sys.dropped')[0])}; device channels "
+            f"{ {k: v for k, v in s.kernel.metrics().get('channels', {}).items()} }; "
+            f"device quiet {s.device_quiet()}")
+
+
+def _ask(tag, fid, offset, length):
+    return T.make(1, type=OWN_TYPES["NV_ASK"], meta0=offset,
+                  meta1=length | (fid << 32) | (tag << 40))
+
+
+def _push_all(s, recs, wait_until) -> None:
+    """Push every record to the GPU kernel: the host -> device ring is bounded and shared with
+    the bridge, so ``push_device`` takes what fits now (the rest is pushed again)."""
+    left = [recs]
+
+    def step():
+        if len(left[0]):
+            left[0] = left[0][s.push_device(left[0]):]
+    assert wait_until(lambda: len(left[0]) == 0, timeout=60, step=step), \
+        f"{len(left[0])} of {len(recs)} records not pushed"
 
 
 def test_gpu_module_reads_file_into_device_arena(tmp_path, wait_until):
@@ -115,10 +140,13 @@ def test_gpu_module_reads_file_into_device_arena(tmp_path, wait_until):
                 4: (299_000, 4096),                                       # short: 1000 bytes
                 5: (0, 4096),                                             # unknown file
                 6: (10, 200_000)}                          # two parts: PART_MAX + the rest
-        for tag, (off, ln) in asks.items():
-            _ask(s, tag, fid if tag != 5 else 99, off, ln)               # 5: unknown file id
+        _push_all(s, np.concatenate([_ask(tag, fid if tag != 5 else 99, off, ln)
+                                     for tag, (off, ln) in asks.items()]), wait_until)
         assert s.run(timeout=300)
-        assert wait_until(lambda: len(SEEN.rows) >= len(asks) + 1, timeout=60)
+        # every answer has arrived once the system is idle; the wait (driving run()) is a
+        # safety net that turns a lost answer into a failure naming what each side saw
+        assert wait_until(lambda: len(SEEN.rows) >= len(asks) + 1, timeout=120,
+                          step=lambda: s.run(timeout=2)), _diag(s, nvme)
         with SEEN.lock:
             rows = sorted(SEEN.rows)
         assert [t for t, _, _ in rows] == sorted(list(asks) + [6])
@@ -141,8 +169,8 @@ def test_gpu_module_reads_file_into_device_arena(tmp_path, wait_until):
             assert np.array_equal(raw[DATA_OFF:], want)           # byte for byte
             got[tag] = got.get(tag, 0) + len(want)
         assert got == {1: 4096, 2: 10_000, 3: 100_000, 4: 1000, 6: 200_000}
-        for _, _, addr in rows:
-            s.push_device(T.make(1, type=OWN_TYPES["NV_FREE"], meta0=addr))
+        _push_all(s, T.make(len(rows), type=OWN_TYPES["NV_FREE"],
+                            meta0=np.array([a for _, _, a in rows], np.uint64)), wait_until)
         assert s.run(timeout=120)
         st = nvme.stats()
         assert st["reads"] == 6 and st["responses"] == 7 and st["in_flight"] == 0
