@@ -227,38 +227,46 @@ class NvmeModule(Module):
                 ticket.left -= 1
         return cb
 
-    # ------------------------------------------------------------------ disk.read
-    def _on_read(self, ctx, batch):
+    # ------------------------------------------------------------------ serving
+    def _serve(self, ctx, batch, poll, start) -> np.ndarray:
+        """The shared shape of both batch handlers: a record that carries one of our tickets
+        (``meta1``) is a request already in flight: ``poll`` it; a new one is parsed and
+        started by ``start(arena, ptr, plen, new)``, which returns its ticket (the record then
+        WAITs for it, ``meta1`` = the ticket) or a code to finish it with at once; the storage
+        requests of the whole batch go in one submission."""
         recs = batch.records
-        n = len(recs)
-        codes = np.zeros(n, dtype=np.int32)
+        codes = np.zeros(len(recs), dtype=np.int32)
         arena = ctx.system.arena
-        new = []
-        for i in range(n):
+        new: list = []
+        for i in range(len(recs)):
             word = int(recs["meta1"][i])
             tid, t = self._ticket(word) if word else (0, None)
             if t is not None:
-                codes[i] = self._poll_read(ctx, tid, t)
+                codes[i] = poll(ctx, tid, t)
                 continue
-            ptr, plen = int(recs["payload_ptr"][i]), int(recs["payload_len"][i])
-            if not ptr or plen != _REQ_DTYPE.itemsize:
-                codes[i] = T.FAIL                  # malformed: to sys.error
-                continue
-            q = np.frombuffer(arena.view(ptr, plen), dtype=_REQ_DTYPE)[0]
-            t = _Ticket("read", int(q["tag"]), int(q["file"]), int(q["offset"]),
-                        int(q["length"]))
-            code = self._start_read(arena, t, new)
-            if code:
-                codes[i] = code
-                continue
-            recs["meta1"][i] = self._new_ticket(t)
-            codes[i] = T.WAIT
-            self.counters["reads"] += 1
+            t = start(arena, int(recs["payload_ptr"][i]), int(recs["payload_len"][i]), new)
+            if isinstance(t, _Ticket):
+                recs["meta1"][i] = self._new_ticket(t)
+                codes[i] = T.WAIT
+                self.counters["reads" if t.op == "read" else "writes"] += 1
+            else:
+                codes[i] = t
         if new:
             self.storage.submit(new)
-        w = int((codes == T.WAIT).sum())
-        self.counters["waits"] += w
+        self.counters["waits"] += int((codes == T.WAIT).sum())
         return codes
+
+    # ------------------------------------------------------------------ disk.read
+    def _on_read(self, ctx, batch):
+        return self._serve(ctx, batch, self._poll_read, self._parse_read)
+
+    def _parse_read(self, arena, ptr: int, plen: int, new: list):
+        """A new disk.read request: its ticket, or the code to finish it with."""
+        if not ptr or plen != _REQ_DTYPE.itemsize:
+            return T.FAIL                              # malformed: to sys.error
+        q = np.frombuffer(arena.view(ptr, plen), dtype=_REQ_DTYPE)[0]
+        t = _Ticket("read", int(q["tag"]), int(q["file"]), int(q["offset"]), int(q["length"]))
+        return self._start_read(arena, t, new) or t
 
     def _start_read(self, arena, t: _Ticket, new: list) -> int:
         """Allocate the response payloads and queue the storage requests (0), or a code."""
@@ -337,43 +345,28 @@ class NvmeModule(Module):
 
     # ------------------------------------------------------------------ disk.write
     def _on_write(self, ctx, batch):
-        recs = batch.records
-        n = len(recs)
-        codes = np.zeros(n, dtype=np.int32)
-        arena = ctx.system.arena
-        new = []
-        for i in range(n):
-            word = int(recs["meta1"][i])
-            tid, t = self._ticket(word) if word else (0, None)
-            if t is not None:
-                codes[i] = self._poll_write(ctx, tid, t)
-                continue
-            ptr, plen = int(recs["payload_ptr"][i]), int(recs["payload_len"][i])
-            if not ptr or plen < _WDATA_OFF:
-                codes[i] = T.FAIL
-                continue
-            q = np.frombuffer(arena.view(ptr, _WDATA_OFF), dtype=_WREQ_DTYPE)[0]
-            dlen = int(q["dlen"])
-            if _WDATA_OFF + dlen != plen:
-                codes[i] = T.FAIL
-                continue
-            t = _Ticket("write", int(q["tag"]), int(q["file"]), int(q["offset"]), dlen)
-            f = self._file(t.file)
-            if f is None:
-                t.results, t.left = [_Synthetic(E_NOFILE, 0)], 0
-            else:
-                arena.retain(ptr)                 # the request payload outlives a halt
-                t.retained = ptr
-                t.results, t.left = [None], 1
-                src = ArenaDest(arena, ptr, dlen, offset=_WDATA_OFF)
-                new.append(WriteRequest(f, t.offset, src, sync=bool(int(q["flags"]) & WRITE_SYNC),
-                                        create=False, on_complete=self._done_cb(t, 0)))
-            recs["meta1"][i] = self._new_ticket(t)
-            codes[i] = T.WAIT
-            self.counters["writes"] += 1
-        if new:
-            self.storage.submit(new)
-        return codes
+        return self._serve(ctx, batch, self._poll_write, self._parse_write)
+
+    def _parse_write(self, arena, ptr: int, plen: int, new: list):
+        """A new disk.write request: its ticket, or the code to finish it with."""
+        if not ptr or plen < _WDATA_OFF:
+            return T.FAIL
+        q = np.frombuffer(arena.view(ptr, _WDATA_OFF), dtype=_WREQ_DTYPE)[0]
+        dlen = int(q["dlen"])
+        if _WDATA_OFF + dlen != plen:
+            return T.FAIL
+        t = _Ticket("write", int(q["tag"]), int(q["file"]), int(q["offset"]), dlen)
+        f = self._file(t.file)
+        if f is None:
+            t.results, t.left = [_Synthetic(E_NOFILE, 0)], 0
+            return t
+        arena.retain(ptr)                          # the request payload outlives a halt
+        t.retained = ptr
+        t.results, t.left = [None], 1
+        src = ArenaDest(arena, ptr, dlen, offset=_WDATA_OFF)
+        new.append(WriteRequest(f, t.offset, src, sync=bool(int(q["flags"]) & WRITE_SYNC),
+                                create=False, on_complete=self._done_cb(t, 0)))
+        return t
 
     def _poll_write(self, ctx, tid: int, t: _Ticket) -> int:
         if t.left:

@@ -14,7 +14,14 @@ Example::
         st.read("data.bin", 0, 64 << 20, dest=d).io_path       # "bounce" (pipelined)
         b = st.submit([ReadRequest("data.bin", off, 4096) for off in offsets])
         for r in b.as_completed(): ...                         # any order, own status each
+        fb = st.read_batch("data.bin", offsets, 4096)          # the fast path (arrays)
+        fb.status, fb.nbytes, fb.data(0), fb.errors()          # per I/O
         st.stats()["latency"]
+
+The batch fast path (:meth:`Storage.read_batch`, :mod:`ggmk.storage.fast`): many small reads
+(4 KiB random reads) given as arrays run in a native loop (Numba, GIL released) on
+``fast_threads`` threads, with no Python object per I/O; state machines and statistics are
+updated once per batch; results (status, bytes, errno, path) stay per I/O, as arrays.
 
 Paths (chosen per I/O, reported as ``result.io_path`` and counted in ``stats()["paths"]``):
 
@@ -57,6 +64,7 @@ from ggmk.storage.dest import (ArenaDest, Destination, DeviceDest, HostDest,  # 
 from ggmk.storage.engine import (Batch, FileHandle, IoResult, ReadRequest, Storage,  # noqa: F401
                                  WriteRequest)
 from ggmk.storage.errors import KINDS, StorageError  # noqa: F401
+from ggmk.storage.fast import FastBatch  # noqa: F401
 from ggmk.storage.gds import available as gds_available  # noqa: F401
 from ggmk.storage.states import (BLOCK_TRANSITIONS, IO_TRANSITIONS, BlockState,  # noqa: F401
                                  IllegalTransition, IoState)

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ggmk.storage import fast as _fast
 from ggmk.storage import gds as _gds
 from ggmk.storage.buffers import (ALIGN, DONE, BouncePool, InlineCopy, ThreadCopy, align_down,
                                   align_up)
@@ -303,6 +304,13 @@ class _Io:
             if self.error is None:
                 self.error = err
 
+    def make_error(self, kind: str, detail: str) -> StorageError:
+        """A StorageError of this I/O (its operation, file and range)."""
+        return StorageError(kind, self.op, self.fref.path, self.offset, self.length, detail)
+
+    def make_os_error(self, e: OSError, what: str = "") -> StorageError:
+        return from_oserror(e, self.op, self.fref.path, self.offset, self.length, what)
+
     def mark_short(self, at: int) -> None:
         with self.lock:
             if self.short_at is None or at < self.short_at:
@@ -332,13 +340,16 @@ class Storage:
     required; ``False``: never), ``sparse`` (find holes with SEEK_DATA/SEEK_HOLE), ``gds``
     (``"auto"``/``False``: GPUDirect Storage for CUDA destinations), ``arena`` (for
     ``dest="arena"``), ``device_target`` (for ``dest="device"``), ``chunk_hook`` (called as
-    ``hook(io_index, file_offset)`` after each chunk; tests use it to cancel mid-flight).
+    ``hook(io_index, file_offset)`` after each chunk; tests use it to cancel mid-flight),
+    ``fast_threads`` (threads of the batch fast path, :meth:`read_batch`: how many small
+    reads are in flight at once; started on the first fast batch).
     """
 
     def __init__(self, *, workers: int = 4, max_batch: int = 256, bounce_size: int = 1 << 20,
                  bounce_count: int = 8, segment_size: int = 8 << 20, direct_chunk: int = 4 << 20,
                  o_direct: bool | str = "auto", sparse: bool = True, gds: bool | str = "auto",
-                 arena=None, device_target: str = "cpu", chunk_hook: Callable | None = None):
+                 arena=None, device_target: str = "cpu", chunk_hook: Callable | None = None,
+                 fast_threads: int = 16):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if max_batch < 1:
@@ -361,6 +372,7 @@ class Storage:
         self.stats_ = StorageStats()
         self.callback_errors: deque = deque(maxlen=64)
         self._pool = BouncePool(bounce_size, bounce_count)
+        self._fast = _fast.FastPool(fast_threads)
         self._pinned_pool = None
         self._thread_copy = None
         self._cuda_copy = None
@@ -369,6 +381,7 @@ class Storage:
         self._work: deque = deque()
         self._pending: deque = deque()
         self._inflight = 0
+        self._fast_inflight = 0                  # fast batches not finished
         self._closed = False
         self._threads = [threading.Thread(target=self._worker, name=f"ggmk-storage-{i}",
                                           daemon=True) for i in range(workers)]
@@ -415,6 +428,89 @@ class Storage:
         self._admit(ready)
         return batch
 
+    def read_batch(self, file, offsets, lengths=4096, dest=None, dest_offsets=None, *,
+                   file_ids=None, wait: bool = True, timeout: float | None = None):
+        """The batch fast path for many small reads (see :mod:`ggmk.storage.fast`): one
+        vectorized submission, the reads run in native code on ``fast_threads`` threads.
+
+        ``file``: a FileHandle or path, or a list of them with ``file_ids`` (an index into it
+        per I/O). ``offsets``, ``lengths`` (an int for all, or one per I/O), ``dest_offsets``:
+        integer arrays. ``dest``: host memory (a NumPy array, HostDest, ArenaDest) or None for
+        fresh page-aligned host memory with the reads packed in order. Returns a
+        :class:`~ggmk.storage.fast.FastBatch` (finished unless ``wait=False``) whose arrays
+        hold each I/O's status, bytes, errno and path; a bad request (negative offset, no room
+        in the destination, a file that does not open) fails alone, not the batch."""
+        if self._closed:
+            raise RuntimeError("storage is closed")
+        offs = _int_array("offsets", offsets)
+        n = len(offs)
+        lens = _int_array("lengths", lengths, n)
+        files = list(file) if isinstance(file, (list, tuple)) else [file]
+        if file_ids is None:
+            if len(files) != 1:
+                raise ValueError(f"file: {len(files)} files given without file_ids; pass "
+                                 f"file_ids (an index into file per I/O)")
+            fids = np.zeros(n, np.int64)
+        else:
+            fids = _int_array("file_ids", file_ids, n)
+            if n and (fids.min() < 0 or fids.max() >= len(files)):
+                raise ValueError(f"file_ids: values must be in [0, {len(files)}), got "
+                                 f"[{fids.min()}, {fids.max()}]")
+        if dest is None:
+            dest = HostDest.alloc(max(int(np.maximum(lens, 0).sum()), 1))
+        elif isinstance(dest, str) or not as_destination(dest).host_addressable:
+            raise ValueError(f"dest: the fast path reads into host memory (a NumPy array, "
+                             f"HostDest, ArenaDest, None), got {dest!r}; use submit() for "
+                             f"device memory")
+        dest = as_destination(dest)
+        if not dest.view(0, 0).flags.writeable:
+            raise ValueError(f"dest: {dest.describe()} is read-only")
+        if dest_offsets is None:
+            pos = np.maximum(lens, 0)
+            doffs = np.cumsum(pos) - pos
+        else:
+            doffs = _int_array("dest_offsets", dest_offsets, n)
+        # the files: opened once per batch (a path), or the caller's handles
+        paths, fd_d, fd_b, close_fds, why_reasons = [], [], [], [], [None, "unaligned"]
+        open_err = np.zeros(len(files), np.int32)
+        file_why = np.zeros(len(files), np.int8)
+        for k, f in enumerate(files):
+            paths.append(_path_of(f))
+            fh = f
+            if not isinstance(f, FileHandle):
+                try:
+                    fh = FileHandle(f, o_direct=self.o_direct)
+                except OSError as e:
+                    open_err[k] = e.errno or E.EIO
+                    fd_d.append(-1)
+                    fd_b.append(-1)
+                    continue
+                close_fds += [x for x in (fh.fd, fh.fd_direct) if x is not None]
+            fd_b.append(fh.fd)
+            fd_d.append(-1 if fh.fd_direct is None or self.o_direct is False else fh.fd_direct)
+            if fd_d[-1] < 0 and self.o_direct is not False:
+                why_reasons.append(fh.direct_refused or "no_o_direct")
+                file_why[k] = len(why_reasons) - 1
+        fd_d, fd_b = np.asarray(fd_d, np.int32)[fids], np.asarray(fd_b, np.int32)[fids]
+        refused = np.zeros(n, np.int8)
+        refused[(offs < 0) | (lens < 0) | (doffs < 0)] = _fast._R_BAD
+        refused[(refused == 0) & (doffs + lens > dest.nbytes)] = _fast._R_DEST
+        refused[(refused == 0) & (open_err[fids] != 0)] = _fast._R_OPEN
+        addr = dest.address(0) + doffs
+        aligned = (offs % ALIGN == 0) & (lens % ALIGN == 0) & (addr % ALIGN == 0)
+        why = np.where(fd_d < 0, file_why[fids], np.where(aligned, 0, 1)).astype(np.int8)
+        fd_d = np.where(why == 0, fd_d, -1).astype(np.int32)
+        if self.o_direct is True:
+            refused[(refused == 0) & (why != 0)] = _fast._R_NODIRECT
+        b = _fast.FastBatch(self, paths, fids, fd_d, fd_b, offs, lens, dest, doffs, refused,
+                            open_err[fids], why, why_reasons, close_fds,
+                            chunk=min(256, max(8, n // (self._fast.n * 8))))
+        self.stats_.batch(n)
+        with self._cond:
+            self._fast_inflight += 1
+        b._start(self._fast)
+        return b.wait(timeout) if wait else b
+
     def cancel_all(self) -> int:
         with self._cond:
             ios = list(self._pending) + [it[1] for it in self._work]
@@ -425,8 +521,14 @@ class Storage:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         with self._cond:
-            return self._cond.wait_for(lambda: self._inflight == 0 and not self._pending,
-                                       timeout)
+            return self._cond.wait_for(lambda: self._inflight == 0 and not self._pending
+                                       and self._fast_inflight == 0, timeout)
+
+    def _fast_done(self) -> None:
+        """A fast batch finished (wait_idle counts them too)."""
+        with self._cond:
+            self._fast_inflight -= 1
+            self._cond.notify_all()
 
     def close(self, cancel: bool = False, timeout: float | None = 30.0) -> None:
         """Stop: optionally cancel what is queued or running, wait for the rest, stop threads."""
@@ -440,6 +542,7 @@ class Storage:
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout)
+        self._fast.close(timeout)
         for eng in (self._thread_copy, self._cuda_copy):
             if eng is not None:
                 eng.close()
@@ -591,8 +694,7 @@ class Storage:
                 else:
                     self._run_seg(io, seg)
             except BaseException as e:  # noqa: BLE001 - never lose an I/O to a bug here
-                io.fail(StorageError("io", io.op, io.fref.path, io.offset, io.length,
-                                     f"internal error: {e!r}"))
+                io.fail(io.make_error("io", f"internal error: {e!r}"))
                 if kind == "io" and io.segs_left == 0:
                     self._finalize(io)
 
@@ -607,8 +709,7 @@ class Storage:
             fh = io.fref.get()
             segs = self._plan_read(io, fh) if io.op == "read" else self._plan_write(io, fh)
         except OSError as e:
-            io.fail(from_oserror(e, io.op, io.fref.path, io.offset, io.length,
-                                 "open" if io.fref.fh is None else ""))
+            io.fail(io.make_os_error(e, "open" if io.fref.fh is None else ""))
             segs = []
         except StorageError as e:
             io.fail(e)
@@ -637,11 +738,9 @@ class Storage:
         except StorageError as e:
             io.fail(e)
         except OSError as e:
-            io.fail(from_oserror(e, io.op, io.fref.path, io.offset, io.length,
-                                 f"at file offset {getattr(e, 'ggmk_pos', '?')}"))
+            io.fail(io.make_os_error(e, f"at file offset {getattr(e, 'ggmk_pos', '?')}"))
         except Exception as e:  # noqa: BLE001
-            io.fail(StorageError("io", io.op, io.fref.path, io.offset, io.length,
-                                 f"{type(e).__name__}: {e}"))
+            io.fail(io.make_error("io", f"{type(e).__name__}: {e}"))
         with io.lock:
             io.segs_left -= 1
             last = io.segs_left == 0
@@ -671,8 +770,7 @@ class Storage:
             return True
         why = reason or fh.direct_refused or "unaligned"
         if self.o_direct is True:
-            raise StorageError("bad_request", io.op, io.fref.path, io.offset, io.length,
-                               f"O_DIRECT required but not possible ({why})")
+            raise io.make_error("bad_request", f"O_DIRECT required but not possible ({why})")
         io.result.fallback = why
         self.stats_.fallback(why)
         return False
@@ -817,8 +915,7 @@ class Storage:
             bl = io.blocks
             if err is not None:
                 bl.advance(first, last, BS.DMA_START, BS.DMA_ERROR)
-                io.fail(StorageError("io", "read", io.fref.path, io.offset, io.length,
-                                     f"copy to {io.dest.describe()} failed: {err!r}"))
+                io.fail(io.make_error("io", f"copy to {io.dest.describe()} failed: {err!r}"))
             else:
                 bl.advance(first, last, BS.DMA_START, BS.DONE)
                 for h0, h1 in holes:
@@ -843,19 +940,25 @@ class Storage:
         bl.advance(f, l_, BS.INIT, BS.QUEUED)
         bl.advance(f, l_, BS.QUEUED, BS.DMA_START)
 
-    def _read_into(self, io: _Io, fh: FileHandle, direct: bool, a: int, b: int) -> None:
-        """Reads straight into a host destination (no copy)."""
+    def _read_chunks(self, io: _Io, a: int, b: int, read) -> None:
+        """[a, b) in chunks of ``direct_chunk``: ``read(pos, n)`` returns the bytes read; a
+        short one ends the I/O (end of file) and is recorded; the hook runs between chunks."""
         pos = a
         while pos < b:
             n = min(self.direct_chunk, b - pos)
             self._queue_blocks(io, pos, pos + n)
-            view = io.dest.view(io.dest_off + pos - io.offset, n)
-            got = self._pread(io, fh, direct, view, pos)
+            got = read(pos, n)
             pos += got
             if got < n:
                 io.mark_short(pos)
                 return
             self._hook(io, pos)
+
+    def _read_into(self, io: _Io, fh: FileHandle, direct: bool, a: int, b: int) -> None:
+        """Reads straight into a host destination (no copy)."""
+        base = io.dest_off - io.offset
+        self._read_chunks(io, a, b, lambda pos, n: self._pread(
+            io, fh, direct, io.dest.view(base + pos, n), pos))
 
     def _read_direct(self, io: _Io, fh: FileHandle, a: int, b: int, fences) -> None:
         """O_DIRECT straight into the destination (its address and the file offset agree
@@ -905,16 +1008,8 @@ class Storage:
 
     def _read_gds(self, io: _Io, fh: FileHandle, a: int, b: int) -> None:
         g = fh.gds()
-        pos = a
-        while pos < b:
-            n = min(self.direct_chunk, b - pos)
-            self._queue_blocks(io, pos, pos + n)
-            got = g.read(io.dest, io.dest_off + pos - io.offset, n, pos)
-            pos += got
-            if got < n:
-                io.mark_short(pos)
-                return
-            self._hook(io, pos)
+        base = io.dest_off - io.offset
+        self._read_chunks(io, a, b, lambda pos, n: g.read(io.dest, base + pos, n, pos))
 
     # ------------------------------------------------------------------ writing
     def _plan_write(self, io: _Io, fh: FileHandle) -> list:
@@ -1002,12 +1097,11 @@ class Storage:
             try:
                 os.fdatasync(io.fref.fh.fd)
             except OSError as e:
-                io.fail(from_oserror(e, "write", io.fref.path, io.offset, io.length, "fdatasync"))
+                io.fail(io.make_os_error(e, "fdatasync"))
         if cancelled:
             r.status = "cancelled"
-            r.error = StorageError("cancelled", io.op, io.fref.path, io.offset, io.length,
-                                   "the I/O was cancelled"
-                                   + (" while queued" if not io.started else " mid-flight"))
+            r.error = io.make_error("cancelled", "the I/O was cancelled"
+                               + (" while queued" if not io.started else " mid-flight"))
         elif io.error is not None:
             r.status, r.error = "error", io.error
         else:
@@ -1044,6 +1138,21 @@ class Storage:
 
 def _path_of(file) -> str:
     return file.path if isinstance(file, FileHandle) else os.fspath(file)
+
+
+def _int_array(name: str, v, n: int | None = None) -> np.ndarray:
+    """``v`` as a 1-D int64 array (of ``n`` entries; an int is repeated), or a ValueError
+    naming the argument."""
+    a = np.asarray(v)
+    if a.ndim == 0 and n is not None:
+        a = np.full(n, a)
+    if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+        alt = "" if n is None else " (or one int)"
+        raise ValueError(f"{name}: expected a 1-D array of integers{alt}, "
+                         f"got {a.dtype} of shape {a.shape}")
+    if n is not None and len(a) != n:
+        raise ValueError(f"{name}: {len(a)} entries, expected {n} (one per offset)")
+    return a.astype(np.int64, copy=False)
 
 
 def _max_alloc() -> int:

@@ -42,6 +42,7 @@ class StorageStats:
         self.active_ns = 0
         self._active_since = None
         self.inflight = 0
+        self.fast_batches = 0
 
     # -- updates (callers hold no lock) ------------------------------------------------------
     def batch(self, n: int) -> None:
@@ -64,6 +65,15 @@ class StorageStats:
             if self.inflight == 0:
                 self._active_since = time.perf_counter_ns()
             self.inflight += 1
+
+    def start_many(self, n: int) -> None:
+        """``n`` I/Os of a fast batch started (one update for the batch)."""
+        if n <= 0:
+            return
+        with self.lock:
+            if self.inflight == 0:
+                self._active_since = time.perf_counter_ns()
+            self.inflight += n
 
     def fallback(self, reason: str) -> None:
         with self.lock:
@@ -111,6 +121,66 @@ class StorageStats:
                 self.block_transitions[k] = self.block_transitions.get(k, 0) + v
             for k, v in io.io_counts.items():
                 self.io_transitions[k] = self.io_transitions.get(k, 0) + v
+
+    def finish_fast(self, b) -> None:
+        """Account a finished fast batch (:class:`~ggmk.storage.fast.FastBatch`) at once:
+        the same counters as :meth:`finish` gives its I/Os one by one, from its arrays."""
+        import numpy as np
+
+        from ggmk.storage.fast import CANCELLED, ERROR, SHORT
+        st = b.status
+        acc = b._refused == 0
+        ran = acc & (st != CANCELLED)
+        short = st == SHORT
+        bad = np.flatnonzero(st >= ERROR)
+        kinds: dict = {}
+        if len(bad):
+            for i in bad:                       # errors are few; their kinds one by one
+                k = b.error(int(i)).kind
+                kinds[k] = kinds.get(k, 0) + 1
+        good = st <= SHORT
+        nbytes = int(b.nbytes[good].sum())
+        n_direct = int((b.direct & ran).sum())
+        n_buf = int(ran.sum()) - n_direct
+        fallbacks = b.fallbacks()
+        lat_us = b.latency_ns[ran] // 1000
+        idx = np.minimum(np.where(lat_us > 0, np.floor(np.log2(np.maximum(lat_us, 1))) + 1, 0)
+                         .astype(np.int64), len(self.lat) - 1)
+        hist = np.bincount(idx, minlength=len(self.lat))
+        with self.lock:
+            started = int(acc.sum())
+            if started:
+                self.inflight -= started
+                if self.inflight == 0 and self._active_since is not None:
+                    self.active_ns += time.perf_counter_ns() - self._active_since
+                    self._active_since = None
+            self.ops["read"] += len(st)
+            for k, v in kinds.items():
+                self.errors[k] = self.errors.get(k, 0) + v
+            self.bytes["read"] += nbytes
+            ns = int(short.sum())
+            if ns:
+                self.short_reads += ns
+                self.short_bytes += int((b.lengths[short] - b.nbytes[short]).sum())
+            self.paths["direct"] += n_direct
+            self.paths["buffered"] += n_buf
+            self.o_direct["used"] += n_direct
+            for reason, c in fallbacks.items():
+                if c:
+                    self.o_direct["fallbacks"] += c
+                    self.o_direct["fallback"][reason] = self.o_direct["fallback"].get(reason, 0) + c
+            self.sparse["data_regions"] += int(ran.sum())
+            for i in np.flatnonzero(hist):
+                self.lat[int(i)] += int(hist[i])
+            if len(lat_us):
+                self.lat_n += len(lat_us)
+                self.lat_sum_ns += int(b.latency_ns[ran].sum())
+                self.lat_max_ns = max(self.lat_max_ns, int(b.latency_ns[ran].max()))
+            for src, dst in ((b.blocks.counts, self.block_transitions),
+                             (b.ios.counts, self.io_transitions)):
+                for k, v in src.items():
+                    dst[k] = dst.get(k, 0) + v
+            self.fast_batches += 1
 
     # -- snapshot ----------------------------------------------------------------------------
     def _quantile(self, q: float) -> float | None:
@@ -160,4 +230,5 @@ class StorageStats:
                 "states": {"block": dict(self.block_transitions),
                            "io": dict(self.io_transitions)},
                 "inflight": self.inflight,
+                "fast_batches": self.fast_batches,
             }
