@@ -182,3 +182,58 @@ class Outbox:
             tid = 0
         recs = T.make(len(items), type=tid, meta0=a[:, 0], meta1=a[:, 1], payload_ptr=a[:, 2])
         return system.dead_letter(recs, T.CHAN_CLOSED, which="sys.dropped")
+
+
+# ------------------------------------------------------------------ GPU-kernel helpers
+# Shared by the device versions (``device_module()``) of the standard modules. ``g`` is the
+# device API once :func:`device_api` ran (imported lazily: it loads Numba); the helpers below
+# are device functions (compiled for the target with the handlers that call them).
+g = None
+
+
+def device_api():
+    """Import ``ggmk.device.api`` (Numba) and make it the ``g`` the helpers here see."""
+    global g
+    from ggmk.device import api
+    g = api
+    return api
+
+
+def try_lock(ctx, w):
+    """Take the lock in user word ``w`` (a fetch-add try-lock: the device API has no
+    compare-and-swap on user words): spin a bounded number of times, then give up (False:
+    the caller returns YIELD and runs again later; no lane ever spins without bound, which
+    on a GPU could starve the holder sharing its warp)."""
+    for _ in range(64):
+        if g.user_add(ctx, w, 1) == 0:
+            return True
+        g.user_add(ctx, w, -1)
+    return False
+
+
+def unlock(ctx, w):
+    g.user_add(ctx, w, -1)
+
+
+def slot_key(key, mask):
+    """The home slot of a 64-bit key: Fibonacci hashing, as the CPU kv table's."""
+    return ((key * -7046029254386353131) >> 40) & mask
+
+
+for _f in (try_lock, unlock, slot_key):
+    _f._ggmk_device_func = True          # what ggmk.device.func marks (without importing it)
+del _f
+
+
+def device_check(what, value, lo, hi):
+    """A boot-time range check with the clear message every device factory gives."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BootError(f"{what} must be an int in {lo}..{hi}, got {value!r}")
+    return value
+
+
+def pow2(n: int) -> int:
+    p = 1
+    while p < n:
+        p <<= 1
+    return p
