@@ -352,11 +352,30 @@ def scenario_kv(k, c):
     push(k, 1, type=KIDS["KV_GET"], meta0=stored[0], meta1=3)
     c.until(lambda: c.n(resp) == 1, what="get after del")
     out["after_del"] = [kv.unpack(a)[0] for a, _ in c.take(resp)]
+    # a batch: one task, many operations in a device buffer, answered in place
+    push(k, 1, type=KIDS["KV_ALLOC"], meta0=24 * 6, meta1=77)
+    c.until(lambda: c.n(KIDS["KV_BUFFER"]) == 1, what="a batch buffer")
+    (ptr, tag), = c.take(KIDS["KV_BUFFER"])
+    out["buffer"] = [ptr != 0, tag]
+    k.write_arena(ptr, kv.batch_encode([kv.OP_DEL, kv.OP_PUT, kv.OP_GET, kv.OP_GET, 9, kv.OP_DEL],
+                                       [stored[1], stored[1], stored[1], 123456, 1, 123456],
+                                       [0, 4242, 0, 0, 0, 0], tags=range(6)))
+    push(k, 1, type=KIDS["KV_BATCH"], meta0=6, payload_ptr=ptr, payload_len=24 * 6)
+    c.until(lambda: c.n(KIDS["KV_BATCH_DONE"]) == 1, what="the batch")
+    (dptr, dn), = c.take(KIDS["KV_BATCH_DONE"])
+    d = kv.batch_decode(k.read_arena(ptr, 24 * 6))
+    out["batch"] = [dptr == ptr, dn, d["status"].tolist(), d["tag"].tolist(),
+                    int(d["value"][2])]
     out["errors"] = c.take_errors()
     return out
 
 
 def check_kv(r):
+    S = kv
+    assert r["buffer"] == [True, 77]
+    same, n, st, tags, v = r["batch"]
+    assert same and n == 6 and tags == list(range(6))
+    assert st == [S.OK, S.OK, S.OK, S.NOT_FOUND, S.BAD_REQUEST, S.NOT_FOUND] and v == 4242
     assert r["put_status"] == [kv.OK] * KV_CAP + [kv.FULL] * 4     # full: never overwrites
     assert r["get_ok_values_right"]
     assert r["get_status"] == [kv.OK] * KV_CAP + [kv.NOT_FOUND] * 4
