@@ -203,6 +203,9 @@ class Requests:
         return len(self._open)
 
 
+SPIN_YIELDS = 200     # Client.wait: GIL yields before it starts sleeping
+
+
 class Client:
     """Host-side request/reply: publish on ``request`` (a channel name), read replies from a
     host-side subscription of ``reply``; ``reply_tag(meta0, meta1)`` gives a reply's tag.
@@ -264,7 +267,8 @@ class Client:
     def wait(self, tag):
         """The reply for ``tag`` (blocks up to ``timeout`` seconds)."""
         deadline = time.monotonic() + self.timeout
-        delay = 0.00005
+        delay = 0.0
+        spins = 0
         while True:
             with self._lock:
                 q = self._stash.get(tag)
@@ -282,8 +286,12 @@ class Client:
                     self._expect.discard(tag)
                 raise TimeoutError(f"no reply for tag {tag} on {self.reply_name!r} within "
                                    f"{self.timeout} s")
+            # the reply is usually a worker's wake-up away: give the GIL up without sleeping
+            # first (sleep(0) lets a worker that waits for it run now), then back off
             time.sleep(delay)
-            delay = min(delay * 2, 0.0002)
+            spins += 1
+            if spins > SPIN_YIELDS:
+                delay = min(max(delay * 2, 0.00005), 0.0002)
 
     def call(self, meta0=0, meta1=0, *, tag, payload=None, type=None):
         self.publish(meta0, meta1, tag=tag, payload=payload, type=type)

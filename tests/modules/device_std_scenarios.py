@@ -221,7 +221,8 @@ def scenario_log(k, c):
             c.pull()
             if c.n(line) == before:
                 time.sleep(0.001)
-    c.until(lambda: True)
+    last = 1000 + sent - 1            # the line that brought the report follows it
+    c.until(lambda: any(n == last for _, n in c.by_type.get(line, ())), what="the last line")
     lines = c.take(line)
     reports = c.take(dropped)
     out.update(sent=sent, passed=len(lines), reports=reports,
