@@ -53,6 +53,7 @@ import threading
 import time
 from collections import OrderedDict
 
+import numpy as np
 
 from ggmk import task as T
 from ggmk.task import CHAN_FULL, OK, WAIT
@@ -203,9 +204,6 @@ class Requests:
         return len(self._open)
 
 
-SPIN_YIELDS = 200     # Client.wait: GIL yields before it starts sleeping
-
-
 class Client:
     """Host-side request/reply: publish on ``request`` (a channel name), read replies from a
     host-side subscription of ``reply``; ``reply_tag(meta0, meta1)`` gives a reply's tag.
@@ -267,8 +265,7 @@ class Client:
     def wait(self, tag):
         """The reply for ``tag`` (blocks up to ``timeout`` seconds)."""
         deadline = time.monotonic() + self.timeout
-        delay = 0.0
-        spins = 0
+        delay = 0.00005
         while True:
             with self._lock:
                 q = self._stash.get(tag)
@@ -286,12 +283,8 @@ class Client:
                     self._expect.discard(tag)
                 raise TimeoutError(f"no reply for tag {tag} on {self.reply_name!r} within "
                                    f"{self.timeout} s")
-            # the reply is usually a worker's wake-up away: give the GIL up without sleeping
-            # first (sleep(0) lets a worker that waits for it run now), then back off
             time.sleep(delay)
-            spins += 1
-            if spins > SPIN_YIELDS:
-                delay = min(max(delay * 2, 0.00005), 0.0002)
+            delay = min(delay * 2, 0.0002)
 
     def call(self, meta0=0, meta1=0, *, tag, payload=None, type=None):
         self.publish(meta0, meta1, tag=tag, payload=payload, type=type)
@@ -357,9 +350,26 @@ class KV:
         return self._check(m0, f"del {key}") == self._kv.OK
 
     def get_many(self, keys) -> list:
-        tags = [self._tag() for _ in keys]
-        for k, t in zip(keys, tags):
-            self.client.publish(int(k), t, tag=t)
+        """Values (or None) of ``keys``, pipelined: every request goes out as one column (one
+        publish: the per-message cost of the channel path is paid once per column), then the
+        replies are matched by tag."""
+        n = len(keys)
+        tags = [self._tag() for _ in range(n)]
+        with self.client._lock:
+            self.client._expect.update(tags)
+        col_k = np.asarray(keys, dtype=np.uint64)
+        col_t = np.asarray(tags, dtype=np.uint64)
+        sent = 0
+        deadline = time.monotonic() + self.client.timeout
+        while sent < n:
+            acc = self.client.request.publish(meta0=col_k[sent:], meta1=col_t[sent:],
+                                              count=n - sent)
+            sent += acc
+            if sent < n:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"request channel {self.client.request.name!r}: full "
+                                       f"for {self.client.timeout} s ({sent}/{n} sent)")
+                time.sleep(0.0002)
         out = []
         for t in tags:
             m0, m1, data = self.client.wait(t)
