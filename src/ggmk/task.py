@@ -80,7 +80,7 @@ NVME_BADREQ = -416
 NVME_RANGE = -417            # destination too small
 # the standard modules and the sdk
 REDUCE_LATE = -520           # a partial arrived after its group timed out
-REDUCE_TABLE_FULL = -521     # device reduce: a partial of a new group while every group slot is open
+REDUCE_TABLE_FULL = -521     # device reduce: a new group's partial while every group slot is open
 REDUCE_BAD_GROUP = -522      # device reduce: a group id outside 0..2**62-1
 GATE_TABLE_FULL = -523       # device gate: an arrival at a new gate while every gate slot is busy
 GATE_BAD_ID = -524           # device gate: a gate id outside 0..2**31-1

@@ -237,3 +237,17 @@ def pow2(n: int) -> int:
     while p < n:
         p <<= 1
     return p
+
+
+def registry(*names: str):
+    """A ``TypeRegistry`` holding the types of the standard modules ``names`` (their ``.toml``
+    fragments' ids): pass it as ``types=`` to ``ggmk.dual.boot`` when a standard module runs
+    on the GPU kernel (its device handlers are registered by id) and its channels cross to
+    the CPU kernel, so both kernels agree on every id."""
+    from ggmk.typereg import TypeRegistry
+    reg = TypeRegistry()
+    for n in names:
+        if n not in RANGES:
+            raise BootError(f"registry: {n!r} is not a standard module; known: {sorted(RANGES)}")
+        reg.merge(_manifest(str(Path(__file__).with_name(f"{n}.toml"))).types)
+    return reg

@@ -250,7 +250,7 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
                 unlock(ctx, LOCK)
                 return WAITC
             unlock(ctx, LOCK)
-            g.set_meta0(task, gid | ((r + 1) << 32) | WAITING)  # (its pass below, like the waiters')
+            g.set_meta0(task, gid | ((r + 1) << 32) | WAITING)  # passes below, as a waiter
         else:
             # waiting for round rnd - 1 to open: the round word of its slot moved past it
             r = rnd - 1

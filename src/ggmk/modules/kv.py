@@ -346,9 +346,19 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
     ``2 * capacity`` slots rounded up to a power of two; ``base + 1 + 4 * slots`` must fit in
     65536 (``capacity`` <= 2048 at the default base, <= 4096 with ``base=0``). A slot is
     claimed with an atomic fetch-add on its claim word (the device API has no
-    compare-and-swap on user words), then published by setting its state: a lane that finds a slot claimed but not yet published
-    yields and looks again. Deleted slots are tombstones reused only by the same key, so
+    compare-and-swap on user words), then published by setting its state: a lane that finds
+    a slot claimed but not yet published yields and looks again. Deleted slots are tombstones reused only by the same key, so
     churning through many distinct keys exhausts the table (``FULL``), never overwrites.
+
+    Put, get and del find their slot with one probe loop (:func:`kv_find`, a device
+    function). Batches: a ``KV_BATCH`` task applies many operations from a device buffer in
+    one handler call (payload = ``batch_encode(ops, keys, values, tags)``: 24 bytes per
+    operation; meta0 = their count) and answers them in place (``batch_decode`` of the bytes
+    read back: status, op, tag, key, value), then sends ``KV_BATCH_DONE`` (meta0 = the
+    buffer, which the host keeps and reuses; meta1 = the count). Buffers come from
+    ``KV_ALLOC`` (meta0 = bytes, at most 128 KiB: 5461 operations; answered by ``KV_BUFFER``
+    with the address, 0 if the arena is full). One task per operation pays the kernel's
+    per-task path (queue, dispatch, one host record) for each; a batch pays it once.
 
     What the numeric subset forbids here (and in every device handler): Python objects
     (dicts, lists, strings, classes), allocating arrays, exceptions, recursion, I/O; values
@@ -451,7 +461,8 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
             g.emit_host(ctx, RESP, (NOT_FOUND << 56) | (OP_DEL << 48) | tag, key)
         return 0
 
-    BATCH, DONE, ALLOC, BUF = ids["KV_BATCH"], ids["KV_BATCH_DONE"], ids["KV_ALLOC"], ids["KV_BUFFER"]
+    BATCH, DONE = ids["KV_BATCH"], ids["KV_BATCH_DONE"]
+    ALLOC, BUF = ids["KV_ALLOC"], ids["KV_BUFFER"]
 
     @m.handler(ALLOC, max_yields=0)
     def kv_alloc(ctx, task):

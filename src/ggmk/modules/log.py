@@ -201,7 +201,7 @@ def type_ids() -> dict[str, int]:
 
 def device_module(*, level="info", rate: float = 1000.0, burst: int | None = None,
                   tick_ns: int = 1_000_000, base: int = 16384, name: str = "log",
-                  channels: bool = False, capacity: int = 256):
+                  channels: bool = False, capacity: int = 256, out: str | None = None):
     """The log module for the GPU kernel (``ggmk.device``): filters and rate-limits on the
     device, formats on the host.
 
@@ -214,9 +214,10 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
     line that passes is preceded by ``LOG_DROPPED`` (meta0 = lines dropped since the last
     report, meta1 = the total), so a flood costs the host a bounded number of records and the
     loss is never silent. ``channels=True`` subscribes to ``NAME.in`` and sends the lines that
-    pass, as ``LOG`` records, on the device channel ``NAME.host`` (a CPU ``log.module``
-    consuming it through the bridge formats them; a drop report is a ``WARN`` line whose
-    number is the count); a line that finds it full is dropped and counted.
+    pass, as ``LOG`` records, on the device channel ``out`` (default ``NAME.host``; name it
+    ``"hostlog.in"`` and a CPU ``log.module(name="hostlog")`` formats them through the
+    bridge; a drop report is a ``WARN`` line whose number is the count); a line that finds
+    it full is dropped and counted.
 
     State: user words ``base .. base + 8``: lock, milli-tokens, last refill tick, dropped
     since the report, dropped total, filtered, lines passed, bucket-initialised flag.
@@ -264,7 +265,7 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
     m = gd.Module(name)
     C_HOST = 0
     if CH:
-        C_HOST = m.channel(f"{name}.host", message=LOGT, mode="p2p", capacity=capacity)
+        C_HOST = m.channel(out or f"{name}.host", message=LOGT, mode="p2p", capacity=capacity)
     INITW = base + 7                                  # 1 once the bucket was filled
 
     @m.handler(LOGT, max_yields=60000, consumes=f"{name}.in" if CH else None)
