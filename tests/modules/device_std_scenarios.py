@@ -236,9 +236,9 @@ def check_log(r):
     assert r["levels"] and set(r["levels"]) <= {log.WARN, log.ERROR}   # DEBUG filtered
     assert r["numbers_unique"]
     rep = [tuple(x) for x in r["reports"]]
-    assert len(rep) == 1
-    since, total = rep[0]
-    assert since == total > 0                                # the flood was rate-limited
+    assert rep                                               # the flood was rate-limited
+    total = max(t for _, t in rep)                           # (a slow target lets some pass
+    assert total > 0 and sum(n for n, _ in rep) == total    # mid-flood: several reports)
     # every line accounted for: passed to the host or dropped and counted
     assert r["passed"] + total == r["sent"]
     assert r["passed"] >= LOG_BURST
@@ -404,11 +404,97 @@ def run_all(target: str) -> dict:
             except Exception as e:        # noqa: BLE001 - reported to the test, which fails
                 res[name] = {"exception": repr(e)}
             res[name]["_s"] = round(time.monotonic() - t1, 1)
+            res[name]["_left"] = c.take_errors()     # failures no scenario expected
     return json.loads(json.dumps(res, default=int))
+
+
+# ------------------------------------------------------------------ placed on the GPU kernel
+
+def _app(modname, toml, prod, cons, got, lock):
+    from ggmk.modules import std_module
+    m = std_module(modname, toml)
+    for ch, t in prod:
+        m.produces(ch, t)
+    for ch, t in cons:
+        def h(ctx, batch, _ch=ch):
+            with lock:
+                got.setdefault(_ch, []).extend(zip(batch.meta0.tolist(), batch.meta1.tolist()))
+        m.handler(f"APP_{ch.upper().replace('.', '_')}", batch=True, consumes=ch, message=t,
+                  name=f"on_{ch}")(h)
+    return m
+
+
+def _poll(pred, timeout):
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def run_dual() -> dict:
+    """reduce, timer, gate and log on the GPU kernel (``channels=True``) in a dual boot, fed
+    and read by CPU modules through the standard channels, which the bridge carries."""
+    import threading
+
+    import ggmk.dual
+    from ggmk.modules import registry
+    got, lock, lines = {}, threading.Lock(), []
+    cpu = [_app("app_r", "reduce", [("reduce.in", "REDUCE_PART")],
+                [("reduce.out", "REDUCE_RESULT"), ("reduce.missing", "REDUCE_MISSING")], got,
+                lock),
+           _app("app_t", "timer", [("timer.set", "TIMER_SET"), ("timer.cancel", "TIMER_CANCEL")],
+                [("timer.fire", "TIMER_FIRE"), ("timer.ack", "TIMER_ACK")], got, lock),
+           _app("app_g", "gate", [("gate.arrive", "GATE_ARRIVE")], [("gate.open", "GATE_PASS")],
+                got, lock),
+           _app("app_l", "log", [("log.in", "LOG")], [], got, lock),
+           log.module(name="hostlog", level="info", sink=lambda lv, ln: lines.append((lv, ln)))]
+    gpu = [reduce.device_module(n=4, timeout=200, channels=True),
+           timer.device_module(channels=True), gate.device_module(n=3, channels=True),
+           log.device_module(channels=True, rate=1000, burst=2, out="hostlog.in")]
+    out = {}
+    with ggmk.dual.boot(cpu + gpu, device="cpu", workers=2,
+                        types=registry("reduce", "timer", "gate", "log")) as s:
+        s.channel("reduce.in").publish(meta0=7, meta1=[1, 2, 3, 4], count=4)
+        s.channel("reduce.in").publish(meta0=8, meta1=[1, 2], count=2)     # short: missing
+        s.channel("timer.set").publish(meta0=1, meta1=timer.arg(delay=3))
+        s.channel("gate.arrive").publish(meta0=1, meta1=[10, 11, 12], count=3)
+        s.channel("log.in").publish(meta0=log.WARN, meta1=[101, 102, 103, 104, 105], count=5)
+
+        def have():
+            with lock:
+                return (len(got.get("reduce.out", ())) == 1 and len(got.get("gate.open", ())) == 3
+                        and len(got.get("reduce.missing", ())) == 1
+                        and len(got.get("timer.fire", ())) == 1 and len(lines) >= 2)
+        out["arrived"] = _poll(have, 120)
+        s.channel("log.in").publish(meta0=log.ERROR, meta1=106)     # brings the drop report
+        out["last_line"] = _poll(lambda: any(ln == "106" for _, ln in lines), 60)
+        out["idle"] = s.run(timeout=60)
+        out["errors"] = len(s.dead_letters("sys.error")[0])
+    out["got"] = got
+    out["lines"] = lines
+    return json.loads(json.dumps(out))
+
+
+def check_dual(r):
+    assert r["arrived"] and r["last_line"] and r["idle"], r
+    got = {k: [tuple(x) for x in v] for k, v in r["got"].items()}
+    assert got["reduce.out"] == [(7, 10)] and got["reduce.missing"] == [(8, 2)]
+    assert got["timer.ack"] == [(1, timer.OP_SET << 32 | timer.OK)]
+    assert got["timer.fire"] == [(1, 1)]
+    assert sorted(got["gate.open"]) == [(1, 10), (1, 11), (1, 12)]
+    # 6 lines against a bucket of 2: every line formatted on the host or counted as dropped
+    # on the device, the count reported (a WARN line whose number is the count, < 100)
+    passed = [int(ln) for _, ln in r["lines"] if int(ln) > 100]
+    reports = [int(ln) for _, ln in r["lines"] if int(ln) < 100]
+    assert len(set(passed)) == len(passed) and 106 in passed and len(passed) >= 2
+    assert len(passed) + sum(reports) == 6
+    assert r["errors"] == 0
 
 
 if __name__ == "__main__":
     target = sys.argv[1] if len(sys.argv) > 1 else "sim"
     if target == "sim":
         os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-    print(json.dumps(run_all(target)))
+    print(json.dumps(run_dual() if target == "dual" else run_all(target)))

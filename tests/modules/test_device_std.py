@@ -34,30 +34,37 @@ from ggmk.modules import gate, kv, log, reduce, stats, timer  # noqa: E402
 NAMES = list(S.SCENARIOS)
 
 
+def _run(target: str) -> dict:
+    """The scenarios on ``target`` in a fresh process (sim: the simulator must be on before
+    numba.cuda is imported; cpu and dual: a kernel built after other kernels in the same
+    process is not what these tests are about - see the report of issue 16)."""
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
+    if target == "sim":
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    p = subprocess.run([sys.executable, str(HERE / "device_std_scenarios.py"), target], env=env,
+                       capture_output=True, text=True, timeout=1500)
+    assert p.returncode == 0, p.stderr[-4000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
-def cpu_kernel():
-    with S.kernel("cpu") as k:
-        yield k, S.Collector(k)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_cpu_target(cpu_kernel, name):
-    k, c = cpu_kernel
-    run, check = S.SCENARIOS[name]
-    r = json.loads(json.dumps(run(k, c), default=int))
-    check(r)
-    assert c.errors == []                      # every failure was one the scenario expected
+def cpu_results():
+    return _run("cpu")
 
 
 @pytest.fixture(scope="module")
 def sim_results():
     pytest.importorskip("numba.cuda")
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1",
-               PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
-    p = subprocess.run([sys.executable, str(HERE / "device_std_scenarios.py"), "sim"], env=env,
-                       capture_output=True, text=True, timeout=1500)
-    assert p.returncode == 0, p.stderr[-4000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return _run("sim")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cpu_target(cpu_results, name):
+    r = cpu_results[name]
+    assert "exception" not in r, r
+    S.SCENARIOS[name][1](r)
+    assert r["_left"] == []                   # every failure was one the scenario expected
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -65,6 +72,17 @@ def test_sim_target(sim_results, name):
     r = sim_results[name]
     assert "exception" not in r, r
     S.SCENARIOS[name][1](r)
+    assert r["_left"] == []
+
+
+def test_dual_boot_standard_channels_cross_the_bridge():
+    """The device versions with ``channels=True`` in a dual boot: CPU modules publish on the
+    standard channels (reduce.in, timer.set, gate.arrive, log.in) and consume the standard
+    outputs (reduce.out, reduce.missing, timer.fire, timer.ack, gate.open), which the bridge
+    carries across; a CPU log module formats the lines the device log let through."""
+    r = _run("dual")
+    assert "exception" not in r, r
+    S.check_dual(r)
 
 
 def test_device_factories_refuse_bad_config():
@@ -106,68 +124,3 @@ def test_log_decode():
     assert log.decode(b"\x01")[0] == log.ERROR
 
 
-# ------------------------------------------------------------------ placed on the GPU kernel
-# The device versions with ``channels=True`` in a dual boot: CPU modules publish on the
-# standard channels (reduce.in, timer.set, gate.arrive, log.in) and consume the standard
-# outputs (reduce.out, reduce.missing, timer.fire, timer.ack, gate.open), which the bridge
-# carries across; a CPU log module formats the lines the device log let through.
-
-def _app(modname, toml, prod, cons, got, lock):
-    from ggmk.modules import std_module
-    m = std_module(modname, toml)
-    for ch, t in prod:
-        m.produces(ch, t)
-    for ch, t in cons:
-        def h(ctx, batch, _ch=ch):
-            with lock:
-                got.setdefault(_ch, []).extend(zip(batch.meta0.tolist(), batch.meta1.tolist()))
-        m.handler(f"APP_{ch.upper().replace('.', '_')}", batch=True, consumes=ch, message=t,
-                  name=f"on_{ch}")(h)
-    return m
-
-
-def test_dual_boot_standard_channels_cross_the_bridge(wait_until):
-    import threading
-
-    import ggmk.dual
-    from ggmk.modules import registry
-    got, lock = {}, threading.Lock()
-    lines = []
-    cpu = [_app("app_r", "reduce", [("reduce.in", "REDUCE_PART")],
-                [("reduce.out", "REDUCE_RESULT"), ("reduce.missing", "REDUCE_MISSING")], got, lock),
-           _app("app_t", "timer", [("timer.set", "TIMER_SET"), ("timer.cancel", "TIMER_CANCEL")],
-                [("timer.fire", "TIMER_FIRE"), ("timer.ack", "TIMER_ACK")], got, lock),
-           _app("app_g", "gate", [("gate.arrive", "GATE_ARRIVE")], [("gate.open", "GATE_PASS")],
-                got, lock),
-           _app("app_l", "log", [("log.in", "LOG")], [], got, lock),
-           log.module(name="hostlog", level="info", sink=lambda lv, ln: lines.append((lv, ln)))]
-    gpu = [reduce.device_module(n=4, timeout=200, channels=True),
-           timer.device_module(channels=True), gate.device_module(n=3, channels=True),
-           log.device_module(channels=True, rate=1000, burst=2, out="hostlog.in")]
-    with ggmk.dual.boot(cpu + gpu, device="cpu", workers=2,
-                        types=registry("reduce", "timer", "gate", "log")) as s:
-        s.channel("reduce.in").publish(meta0=7, meta1=[1, 2, 3, 4], count=4)
-        s.channel("reduce.in").publish(meta0=8, meta1=[1, 2], count=2)     # short: missing
-        s.channel("timer.set").publish(meta0=1, meta1=timer.arg(delay=3))
-        s.channel("gate.arrive").publish(meta0=1, meta1=[10, 11, 12], count=3)
-        s.channel("log.in").publish(meta0=log.WARN, meta1=[101, 102, 103, 104, 105], count=5)
-
-        def have():
-            with lock:
-                return (len(got.get("reduce.out", ())) == 1 and len(got.get("gate.open", ())) == 3
-                        and len(got.get("reduce.missing", ())) == 1
-                        and len(got.get("timer.fire", ())) == 1 and len(lines) >= 2)
-        assert wait_until(have, timeout=120), (got, lines)
-        s.channel("log.in").publish(meta0=log.ERROR, meta1=106)     # brings the drop report
-        assert wait_until(lambda: any(ln == "106" for _, ln in lines), timeout=60), lines
-        assert s.run(timeout=60)
-    assert got["reduce.out"] == [(7, 10)] and got["reduce.missing"] == [(8, 2)]
-    assert got["timer.ack"] == [(1, timer.OP_SET << 32 | timer.OK)]
-    assert got["timer.fire"] == [(1, 1)]
-    assert sorted(got["gate.open"]) == [(1, 10), (1, 11), (1, 12)]
-    # 6 lines against a bucket of 2: every line formatted on the host or counted as dropped
-    # on the device, the count reported (a WARN line whose number is the count, < 100)
-    passed = [int(ln) for _, ln in lines if int(ln) > 100]
-    reports = [int(ln) for lv, ln in lines if int(ln) < 100]
-    assert len(set(passed)) == len(passed) and 106 in passed and len(passed) >= 2
-    assert len(passed) + sum(reports) == 6
