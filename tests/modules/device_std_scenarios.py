@@ -210,22 +210,24 @@ def scenario_log(k, c):
     flood = 40
     push(k, flood, type=LIDS["LOG"], meta0=log.WARN, meta1=range(100, 100 + flood))
     c.until(lambda: c.n(line) >= 1, what="first lines")
+    # every line of the flood handled (counters published by the device: passed or dropped)
+    lt = LIDS["LOG"]
+    c.until(lambda: int(k.type_totals([lt])[0]) >= flood + 4, what="the flood handled")
     sent = flood
-    # one line at a time until one passes after drops: it brings the drop report
-    while c.n(dropped) == 0:
+    # then one line at a time until one passes: it brings the report of the drops left
+    ndrop = c.n(dropped)
+    handled = flood + 4
+    while True:
         push(k, 1, type=LIDS["LOG"], meta0=log.ERROR, meta1=1000 + sent)
         sent += 1
-        before = c.n(line) + 0
-        end = time.monotonic() + 240
-        while c.n(line) == before and c.n(dropped) == 0 and time.monotonic() < end:
-            c.pull()
-            if c.n(line) == before:
-                time.sleep(0.001)
-    last = 1000 + sent - 1            # the line that brought the report follows it
-    c.until(lambda: any(n == last for _, n in c.by_type.get(line, ())), what="the last line")
+        handled += 1
+        c.until(lambda: int(k.type_totals([lt])[0]) >= handled, what="a single line")
+        c.pull()                  # its line (if it passed) went out before it finished
+        if any(n == 1000 + sent - 1 for _, n in c.by_type.get(line, ())):
+            break
     lines = c.take(line)
     reports = c.take(dropped)
-    out.update(sent=sent, passed=len(lines), reports=reports,
+    out.update(sent=sent, passed=len(lines), reports=reports, reports_before=ndrop,
                levels=sorted({lv for lv, _ in lines}),
                numbers_unique=len({n for _, n in lines}) == len(lines),
                errors=c.take_errors())
