@@ -29,6 +29,11 @@ handler types named ``<TYPE>_<NAME>`` (automatic ids); the message types stay th
 Shared helpers (for module authors too):
 
 * :func:`std_module` - a ``ggmk.Module`` carrying a ``.toml`` fragment's types.
+* :func:`registry` - a TypeRegistry with standard modules' ids, for ``ggmk.dual.boot(...,
+  types=)`` when a standard module runs on the GPU kernel (``device_module(channels=True)``).
+* Device helpers for the ``device_module()`` factories: :func:`device_api` (imports the
+  device API lazily: it loads Numba), :func:`try_lock` / :func:`unlock` (a bounded fetch-add
+  try-lock on a user word), :func:`slot_key` (the hash every device table uses).
 * :class:`Outbox` - records waiting for room on a lossless channel: a handler that has
   already done its work (a kv put applied, a gate opened) must not lose or redo the answer
   when the channel is full, so the answer waits here in order and is flushed by the next
@@ -49,7 +54,8 @@ from ggmk import task as T
 from ggmk.core.module import Module
 from ggmk.errors import BootError
 
-__all__ = ["std_module", "Outbox", "instance_type", "check_instance_name", "defer", "RANGES"]
+__all__ = ["std_module", "Outbox", "instance_type", "check_instance_name", "defer", "RANGES",
+           "registry", "device_api", "try_lock", "unlock", "slot_key"]
 
 _CHUNK = 4096
 RANGES = {"echo": 0x4500, "gate": 0x4700, "nic": 0x4900, "kv": 0x4B00, "log": 0x4C00,
