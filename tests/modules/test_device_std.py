@@ -59,6 +59,7 @@ def sim_results():
     return _run("sim")
 
 
+@pytest.mark.timeout(900)          # the first one builds the kernel: minutes on a cold cache
 @pytest.mark.parametrize("name", NAMES)
 def test_cpu_target(cpu_results, name):
     r = cpu_results[name]
@@ -67,6 +68,7 @@ def test_cpu_target(cpu_results, name):
     assert r["_left"] == []                   # every failure was one the scenario expected
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("name", NAMES)
 def test_sim_target(sim_results, name):
     r = sim_results[name]
@@ -75,10 +77,11 @@ def test_sim_target(sim_results, name):
     assert r["_left"] == []
 
 
+@pytest.mark.timeout(900)
 def test_dual_boot_standard_channels_cross_the_bridge():
     """The device versions with ``channels=True`` in a dual boot: CPU modules publish on the
-    standard channels (reduce.in, timer.set, gate.arrive, log.in) and consume the standard
-    outputs (reduce.out, reduce.missing, timer.fire, timer.ack, gate.open), which the bridge
+    standard channels (reduce.in, gate.arrive, log.in) and consume the standard outputs
+    (reduce.out, reduce.missing, gate.open), which the bridge
     carries across; a CPU log module formats the lines the device log let through."""
     r = _run("dual")
     assert "exception" not in r, r
