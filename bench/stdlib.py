@@ -7,16 +7,21 @@
   as columns, every response delivered on ``kv.resp`` to a batch consumer; ops / wall second
   from the first submit to the last response. Peer: a Python ``dict`` in one thread doing the
   same puts and gets (``dict_ops_per_s``); ratio ``kv_cpu_vs_dict``.
-* ``kv_device_ops_per_s``: the GPU-kernel kv module (``kv.device_module``) on the device
+* ``kv_device_ops_per_s`` (``kv_device_vs_dict``): the batched device kv - the same puts then
+  gets as below, 5000 operations per ``KV_BATCH`` task in device buffers (8 in flight),
+  answers read back and checked (``bench_kv_device_batched``).
+* ``kv_device_task_ops_per_s``: the GPU-kernel kv module (``kv.device_module``) on the device
   kernel's ``cpu`` target (no GPU here; ``--device-target`` to change): ``--ops`` puts and
   ``--ops`` gets over 4000 keys (the device table lives in the kernel's 65536 user words),
   pushed with ``push_all`` while the answers are pulled, compile time excluded (the kernel is
-  started and warmed first). Ratio ``kv_device_vs_dict`` against the same dict figure.
+  started and warmed first), one task per operation. Ratio ``kv_device_task_vs_dict``.
 * ``kv_reqreply_per_s``: synchronous request/reply through ``ggmk.sdk.KV.get`` (one request
   in flight; a round trip through the kernel's channels and workers). Peer: an asyncio
   request/reply loop in the same process (client awaits a future, server task answers from
   a dict through an ``asyncio.Queue``) - ``asyncio_reqreply_per_s``; ratio
-  ``kv_reqreply_vs_asyncio``.
+  ``kv_reqreply_vs_asyncio``. ``kv_reqreply_pipelined_per_s``: 100 requests in flight
+  (``KV.get_many``: one column publish) against asyncio with 100 concurrent requests
+  (``asyncio_pipelined_per_s``); ratio ``kv_reqreply_pipelined_vs_asyncio``.
 * ``reduce_1m_s``: one group of ``--partials`` partials (sum, u64) published on
   ``reduce.in`` in columns of 65536 until the result arrives; ``reduce_partials_per_s``.
 * ``timer_lateness_p50/p99_ticks``: ``--timers`` one-shot timers with delays 1..50 ticks
@@ -109,6 +114,102 @@ def bench_kv_device(ops, target):
     return 2 * ops / dt
 
 
+def bench_kv_device_batched(ops, target, per=5000, inflight=8):
+    """The same puts then gets as ``bench_kv_device``, ``per`` operations per KV_BATCH task
+    (one device buffer each, ``inflight`` buffers in flight, reused); the answers are read
+    back from the buffers and every status checked. Compile and buffer allocation excluded;
+    encoding the requests is done before the clock starts (the dict's keys are prepared
+    lists too)."""
+    import ggmk.device as gd
+    from ggmk import task as T
+    ids = kv.type_ids()
+    nkeys = 4000
+    keys = np.arange(ops, dtype=np.int64) % nkeys
+    phases = []
+    for op in (kv.OP_PUT, kv.OP_GET):
+        ph = []
+        for i in range(0, ops, per):
+            kk = keys[i:i + per]
+            ph.append((kv.batch_encode(op, kk, np.arange(i, i + len(kk))), len(kk)))
+        phases.append(ph)
+    BATCH, DONE = ids["KV_BATCH"], ids["KV_BATCH_DONE"]
+    with gd.DeviceKernel([kv.device_module(capacity=nkeys, base=0)], target=target) as k:
+        k.push_all(T.make(inflight, type=ids["KV_ALLOC"], meta0=24 * per))
+        bufs = [int(p) for p in k.pull_until(inflight, timeout=600)["meta0"]]
+        assert all(bufs), "device arena too small for the batch buffers"
+        bad = done_ops = 0
+        t0 = time.perf_counter()
+        for ph in phases:
+            free, sizes, idx, pending = list(bufs), {}, 0, 0
+            while idx < len(ph) or pending:
+                while free and idx < len(ph):
+                    p = free.pop()
+                    raw, n = ph[idx]
+                    idx += 1
+                    k.write_arena(p, raw)
+                    k.push_all(T.make(1, type=BATCH, meta0=n, payload_ptr=p, payload_len=len(raw)))
+                    sizes[p] = n
+                    pending += 1
+                for r in k.pull_until(1, timeout=120):
+                    assert int(r["type"]) == DONE, r
+                    p = int(r["meta0"])
+                    n = sizes.pop(p)
+                    w = np.frombuffer(k.read_arena(p, 24 * n).tobytes(), kv.BATCH_ENTRY)["w"]
+                    bad += int(((w >> np.uint64(56)) != 0).sum())
+                    done_ops += n
+                    free.append(p)
+                    pending -= 1
+        dt = time.perf_counter() - t0
+    assert bad == 0 and done_ops == 2 * ops, (bad, done_ops)
+    return 2 * ops / dt
+
+
+def bench_reqreply_pipelined(calls, workers, depth=100):
+    """``depth`` requests in flight: ``sdk.KV.get_many`` (one column publish, replies matched
+    by tag) against asyncio with ``depth`` concurrent requests (``gather``) to the same
+    one-queue server."""
+    store = kv.module(capacity=1024)
+    with ggmk.boot([store], workers=workers) as system:
+        cl = sdk.KV(system)
+        for k in range(100):
+            cl.put(k, k * 7)
+        batch = [i % 100 for i in range(depth)]
+        want = [k * 7 for k in batch]
+        t0 = time.perf_counter()
+        n = 0
+        while n < calls:
+            assert cl.get_many(batch) == want
+            n += depth
+        rate = n / (time.perf_counter() - t0)
+        cl.close()
+
+    async def run():
+        q: asyncio.Queue = asyncio.Queue()
+        table = {k: k * 7 for k in range(100)}
+
+        async def server():
+            while True:
+                key, fut = await q.get()
+                fut.set_result(table.get(key))
+
+        srv = asyncio.create_task(server())
+        loop = asyncio.get_running_loop()
+
+        async def one(key):
+            fut = loop.create_future()
+            await q.put((key, fut))
+            return await fut
+        t0 = time.perf_counter()
+        n = 0
+        while n < calls:
+            assert await asyncio.gather(*(one(k) for k in batch)) == want
+            n += depth
+        dt = time.perf_counter() - t0
+        srv.cancel()
+        return n / dt
+    return rate, asyncio.run(run())
+
+
 def bench_reqreply(calls, workers):
     store = kv.module(capacity=1024)
     with ggmk.boot([store], workers=workers) as system:
@@ -191,17 +292,23 @@ def main():
     a = ap.parse_args()
     kv_rate, dict_rate = bench_kv(a.ops, a.workers)
     dev_rate = bench_kv_device(a.ops, a.device_target)
+    dev_batched = bench_kv_device_batched(a.ops, a.device_target)
     rr, arr = bench_reqreply(a.calls, a.workers)
+    prr, parr = bench_reqreply_pipelined(20 * a.calls, a.workers)
     red_s = bench_reduce(a.partials, a.workers)
     p50, p99 = bench_timers(a.timers, a.workers)
     print(json.dumps({
         "bench": "stdlib", "workers": a.workers,
         "kv_cpu_ops_per_s": round(kv_rate), "dict_ops_per_s": round(dict_rate),
         "kv_cpu_vs_dict": round(kv_rate / dict_rate, 4),
-        "kv_device_target": a.device_target, "kv_device_ops_per_s": round(dev_rate),
-        "kv_device_vs_dict": round(dev_rate / dict_rate, 4),
+        "kv_device_target": a.device_target, "kv_device_ops_per_s": round(dev_batched),
+        "kv_device_vs_dict": round(dev_batched / dict_rate, 4),
+        "kv_device_task_ops_per_s": round(dev_rate),
+        "kv_device_task_vs_dict": round(dev_rate / dict_rate, 4),
         "kv_reqreply_per_s": round(rr), "asyncio_reqreply_per_s": round(arr),
         "kv_reqreply_vs_asyncio": round(rr / arr, 4),
+        "kv_reqreply_pipelined_per_s": round(prr), "asyncio_pipelined_per_s": round(parr),
+        "kv_reqreply_pipelined_vs_asyncio": round(prr / parr, 4),
         "reduce_partials": a.partials, "reduce_1m_s": round(red_s, 4),
         "reduce_partials_per_s": round(a.partials / red_s),
         "timers": a.timers, "timer_lateness_p50_ticks": p50, "timer_lateness_p99_ticks": p99,

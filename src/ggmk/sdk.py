@@ -53,6 +53,7 @@ import threading
 import time
 from collections import OrderedDict
 
+import numpy as np
 
 from ggmk import task as T
 from ggmk.task import CHAN_FULL, OK, WAIT
@@ -349,9 +350,26 @@ class KV:
         return self._check(m0, f"del {key}") == self._kv.OK
 
     def get_many(self, keys) -> list:
-        tags = [self._tag() for _ in keys]
-        for k, t in zip(keys, tags):
-            self.client.publish(int(k), t, tag=t)
+        """Values (or None) of ``keys``, pipelined: every request goes out as one column (one
+        publish: the per-message cost of the channel path is paid once per column), then the
+        replies are matched by tag."""
+        n = len(keys)
+        tags = [self._tag() for _ in range(n)]
+        with self.client._lock:
+            self.client._expect.update(tags)
+        col_k = np.asarray(keys, dtype=np.uint64)
+        col_t = np.asarray(tags, dtype=np.uint64)
+        sent = 0
+        deadline = time.monotonic() + self.client.timeout
+        while sent < n:
+            acc = self.client.request.publish(meta0=col_k[sent:], meta1=col_t[sent:],
+                                              count=n - sent)
+            sent += acc
+            if sent < n:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"request channel {self.client.request.name!r}: full "
+                                       f"for {self.client.timeout} s ({sent}/{n} sent)")
+                time.sleep(0.0002)
         out = []
         for t in tags:
             m0, m1, data = self.client.wait(t)

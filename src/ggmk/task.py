@@ -83,7 +83,12 @@ NVME_BADREQ = -416
 NVME_RANGE = -417            # destination too small
 # the standard modules and the sdk
 REDUCE_LATE = -520           # a partial arrived after its group timed out
+REDUCE_TABLE_FULL = -521     # device reduce: a new group's partial while every group slot is open
+REDUCE_BAD_GROUP = -522      # device reduce: a group id outside 0..2**62-1
+GATE_TABLE_FULL = -523       # device gate: an arrival at a new gate while every gate slot is busy
+GATE_BAD_ID = -524           # device gate: a gate id outside 0..2**31-1
 STATS_KIND = -530            # a stats update of the wrong kind for its metric
+STATS_BAD_METRIC = -531      # device stats: a metric id outside 0..metrics-1
 NET_ERROR = -540             # nic: a socket error
 NET_OS_DROP = -541           # nic: datagrams the OS dropped (receive buffer overflow)
 SDK_TIMEOUT = -550           # sdk request/reply: no reply in time
@@ -106,6 +111,9 @@ CODE_NAMES = {
     NVME_IO: "NVME_IO", NVME_NOFILE: "NVME_NOFILE", NVME_PERM: "NVME_PERM",
     NVME_NOSPACE: "NVME_NOSPACE", NVME_TOOBIG: "NVME_TOOBIG", NVME_CANCELLED: "NVME_CANCELLED",
     NVME_BADREQ: "NVME_BADREQ", NVME_RANGE: "NVME_RANGE", REDUCE_LATE: "REDUCE_LATE",
+    REDUCE_TABLE_FULL: "REDUCE_TABLE_FULL", REDUCE_BAD_GROUP: "REDUCE_BAD_GROUP",
+    GATE_TABLE_FULL: "GATE_TABLE_FULL", GATE_BAD_ID: "GATE_BAD_ID",
+    STATS_BAD_METRIC: "STATS_BAD_METRIC",
     STATS_KIND: "STATS_KIND", NET_ERROR: "NET_ERROR", NET_OS_DROP: "NET_OS_DROP",
     SDK_TIMEOUT: "SDK_TIMEOUT",
 }

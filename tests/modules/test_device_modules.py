@@ -55,6 +55,7 @@ def _status(out):
     return [kv.unpack(int(x))[0] for x in out["meta0"]]
 
 
+@pytest.mark.timeout(900)            # builds the kernel: minutes on a cold cache
 def test_device_kv_put_full_get_del(k):
     resp = IDS["KV_RESP"]
     k.push(task.make(100, type=IDS["KV_PUT"], meta0=np.arange(100) + 1000,

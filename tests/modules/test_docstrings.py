@@ -35,8 +35,9 @@ def test_docstring_example_runs(name, capsys):
 
 
 @pytest.mark.skipif(not os.environ.get("GGMK_LONG"), reason="compiles a device kernel; "
-                    "GGMK_LONG=1 runs it (test_device_modules.py covers the same code)")
-@pytest.mark.parametrize("fn", ["kv", "echo"])
+                    "GGMK_LONG=1 runs it (test_device_modules.py and test_device_std.py "
+                    "cover the same code)")
+@pytest.mark.parametrize("fn", ["kv", "echo", "reduce", "timer", "log", "gate", "stats"])
 def test_device_module_docstring_example_runs(fn, capsys):
     mod = importlib.import_module(f"ggmk.modules.{fn}")
     doc = mod.device_module.__doc__

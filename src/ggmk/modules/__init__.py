@@ -29,6 +29,11 @@ handler types named ``<TYPE>_<NAME>`` (automatic ids); the message types stay th
 Shared helpers (for module authors too):
 
 * :func:`std_module` - a ``ggmk.Module`` carrying a ``.toml`` fragment's types.
+* :func:`registry` - a TypeRegistry with standard modules' ids, for ``ggmk.dual.boot(...,
+  types=)`` when a standard module runs on the GPU kernel (``device_module(channels=True)``).
+* Device helpers for the ``device_module()`` factories: :func:`device_api` (imports the
+  device API lazily: it loads Numba), :func:`try_lock` / :func:`unlock` (a bounded fetch-add
+  try-lock on a user word), :func:`slot_key` (the hash every device table uses).
 * :class:`Outbox` - records waiting for room on a lossless channel: a handler that has
   already done its work (a kv put applied, a gate opened) must not lose or redo the answer
   when the channel is full, so the answer waits here in order and is flushed by the next
@@ -49,7 +54,8 @@ from ggmk import task as T
 from ggmk.core.module import Module
 from ggmk.errors import BootError
 
-__all__ = ["std_module", "Outbox", "instance_type", "check_instance_name", "defer", "RANGES"]
+__all__ = ["std_module", "Outbox", "instance_type", "check_instance_name", "defer", "RANGES",
+           "registry", "device_api", "try_lock", "unlock", "slot_key"]
 
 _CHUNK = 4096
 RANGES = {"echo": 0x4500, "gate": 0x4700, "nic": 0x4900, "kv": 0x4B00, "log": 0x4C00,
@@ -182,3 +188,72 @@ class Outbox:
             tid = 0
         recs = T.make(len(items), type=tid, meta0=a[:, 0], meta1=a[:, 1], payload_ptr=a[:, 2])
         return system.dead_letter(recs, T.CHAN_CLOSED, which="sys.dropped")
+
+
+# ------------------------------------------------------------------ GPU-kernel helpers
+# Shared by the device versions (``device_module()``) of the standard modules. ``g`` is the
+# device API once :func:`device_api` ran (imported lazily: it loads Numba); the helpers below
+# are device functions (compiled for the target with the handlers that call them).
+g = None
+
+
+def device_api():
+    """Import ``ggmk.device.api`` (Numba) and make it the ``g`` the helpers here see."""
+    global g
+    from ggmk.device import api
+    g = api
+    return api
+
+
+def try_lock(ctx, w):
+    """Take the lock in user word ``w`` (a fetch-add try-lock: the device API has no
+    compare-and-swap on user words): spin a bounded number of times, then give up (False:
+    the caller returns YIELD and runs again later; no lane ever spins without bound, which
+    on a GPU could starve the holder sharing its warp)."""
+    for _ in range(64):
+        if g.user_add(ctx, w, 1) == 0:
+            return True
+        g.user_add(ctx, w, -1)
+    return False
+
+
+def unlock(ctx, w):
+    g.user_add(ctx, w, -1)
+
+
+def slot_key(key, mask):
+    """The home slot of a 64-bit key: Fibonacci hashing, as the CPU kv table's."""
+    return ((key * -7046029254386353131) >> 40) & mask
+
+
+for _f in (try_lock, unlock, slot_key):
+    _f._ggmk_device_func = True          # what ggmk.device.func marks (without importing it)
+del _f
+
+
+def device_check(what, value, lo, hi):
+    """A boot-time range check with the clear message every device factory gives."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BootError(f"{what} must be an int in {lo}..{hi}, got {value!r}")
+    return value
+
+
+def pow2(n: int) -> int:
+    p = 1
+    while p < n:
+        p <<= 1
+    return p
+
+
+def registry(*names: str):
+    """A ``TypeRegistry`` holding the types of the standard modules ``names`` (their ``.toml``
+    fragments' ids): pass it as ``types=`` to ``ggmk.dual.boot`` when a standard module runs
+    on the GPU kernel (its device handlers are registered by id) and its channels cross to
+    the CPU kernel, so both kernels agree on every id."""
+    from ggmk.typereg import TypeRegistry
+    reg = TypeRegistry()
+    for n in names:
+        if n not in RANGES:
+            raise BootError(f"registry: {n!r} is not a standard module; known: {sorted(RANGES)}")
+        reg.merge(_manifest(str(Path(__file__).with_name(f"{n}.toml"))).types)
+    return reg

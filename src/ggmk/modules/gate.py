@@ -41,7 +41,7 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.errors import BootError
-from ggmk.modules import Outbox, instance_type, std_module
+from ggmk.modules import Outbox, instance_type, slot_key, std_module, try_lock, unlock
 
 __all__ = ["module"]
 
@@ -132,4 +132,153 @@ def module(n: int, *, sizes: dict | None = None, name: str = "gate", capacity: i
         st.out.flushed(ctx.system)
 
     m.fini(st.fini)
+    return m
+
+
+# ------------------------------------------------------------------------------ GPU kernel
+g = None          # ggmk.device.api once device_module() ran (imported lazily: it loads Numba)
+
+
+def type_ids() -> dict[str, int]:
+    """The gate types' ids (from gate.toml)."""
+    from pathlib import Path
+
+    from ggmk.modules import _manifest
+    return {t.name: t.id for t in _manifest(str(Path(__file__).with_name("gate.toml"))).types}
+
+
+def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gate",
+                  channels: bool = False, capacity: int = 256):
+    """The gate module for the GPU kernel (``ggmk.device``): the same types and ids.
+
+    A ``GATE_ARRIVE`` task (meta0 = gate id 0..2**31-1, meta1 = tag, any payload) counts
+    itself in and then *waits* (``WAIT``: re-queued behind the work already queued, not
+    counted as a yield, its payload kept) until ``n`` arrivals of its round are in; the
+    ``n``-th one opens the gate, every waiting arrival of that round then sends its
+    ``GATE_PASS`` (meta0 = gate id, meta1 = tag, the payload handed on) and finishes, and the
+    gate is closed again for the next round (reusable: arrivals after the ``n``-th belong to
+    the next round). Out: to the host (``channels=False``; a payload is then the host's to
+    release), or subscribed to ``NAME.arrive`` and published on the device channel
+    ``NAME.open`` (``channels=True``, the CPU version's channels; a full channel makes the
+    arrival wait).
+
+    State: user words ``base .. base + 1 + 4 * gates`` (a lock, then 4 words per gate slot:
+    state, id, arrivals, round; ``gates`` rounded up to a power of two). A slot stays bound
+    to its gate id (its round counter lives there), so a kernel serves at most ``gates``
+    distinct gate ids. Bad input: ``GATE_BAD_ID`` (an id outside 0..2**31-1: a waiting
+    arrival keeps its round in meta0's high bits, marked by bit 62, so meta0 values with bit
+    62 set are reserved), ``GATE_TABLE_FULL`` (an arrival at one
+    gate id more than ``gates``); both on sys.error.
+
+    What the numeric subset forbids here: keeping the arrivals in a Python list (they wait as
+    tasks instead, so the gate needs no storage), per-gate sizes as a dict (one ``n``), and
+    the CPU version's release in sequence order (each waiter passes when it next runs, in
+    queue order). A task still waiting at kernel stop is not reported (the device kernel has
+    no drain of waiting tasks to sys.dropped).
+
+    Example::
+
+        import ggmk.device as gd
+        from ggmk import task
+        from ggmk.modules import gate
+
+        ids = gate.type_ids()
+        with gd.DeviceKernel([gate.device_module(n=3)], target="cpu") as k:
+            k.push(task.make(3, type=ids["GATE_ARRIVE"], meta0=1, meta1=[10, 11, 12]))
+            got = k.pull_until(3, timeout=300)
+        print(sorted(got["meta1"].tolist()))      # [10, 11, 12]
+    """
+    global g
+    import ggmk.device as gd
+    from ggmk.modules import device_api, device_check, pow2
+    g = device_api()
+    device_check("gate (device): n", n, 1, 2**31)
+    device_check("gate (device): gates", gates, 1, 8192)
+    GN = pow2(gates)
+    device_check("gate (device): base", base, 0, 65536 - (1 + 4 * GN))
+    ids = type_ids()
+    ARR, PASS = ids["GATE_ARRIVE"], ids["GATE_PASS"]
+    LOCK, T0, GMK, N = base, base + 1, GN - 1, n
+    CH = bool(channels)
+    YIELD, WAITC, BADID, FULLC = T.YIELD, T.WAIT, T.GATE_BAD_ID, T.GATE_TABLE_FULL
+    WAITING = 1 << 62
+    m = gd.Module(name)
+    C_OPEN = 0
+    if CH:
+        C_OPEN = m.channel(f"{name}.open", message=PASS, mode="fanout", capacity=capacity)
+
+    @m.handler(ARR, max_yields=60000, consumes=f"{name}.arrive" if CH else None)
+    def gate_arrive(ctx, task):
+        m0 = g.meta0(task)
+        gid = m0 & 0x7FFFFFFF
+        rnd = 0                                       # 0: a new arrival; r + 1: waits for r
+        if (m0 >> 62) == 1:
+            rnd = (m0 >> 32) & 0x3FFFFFFF             # a waiter (bit 62: set by this handler)
+        elif m0 != gid:
+            return BADID
+        h = slot_key(gid, GMK)
+        if rnd == 0:
+            if not try_lock(ctx, LOCK):
+                return YIELD
+            found = -1
+            free = -1
+            for p in range(GN):
+                s = T0 + 4 * ((h + p) & GMK)
+                st = g.user_get(ctx, s)
+                if st == 0:
+                    if free < 0:
+                        free = s
+                elif g.user_get(ctx, s + 1) == gid:
+                    found = s
+                    break
+            if found < 0:
+                found = free
+                if found < 0:
+                    unlock(ctx, LOCK)
+                    return FULLC
+                g.user_set(ctx, found + 1, gid)
+                g.user_set(ctx, found + 2, 0)
+                g.user_set(ctx, found, 1)
+            r = g.user_get(ctx, found + 3)
+            c = g.user_get(ctx, found + 2) + 1
+            if c >= N:
+                g.user_set(ctx, found + 2, 0)
+                g.user_set(ctx, found + 3, r + 1)     # open: round r's waiters pass
+            else:
+                g.user_set(ctx, found + 2, c)
+                g.set_meta0(task, gid | ((r + 1) << 32) | WAITING)
+                unlock(ctx, LOCK)
+                return WAITC
+            unlock(ctx, LOCK)
+            g.set_meta0(task, gid | ((r + 1) << 32) | WAITING)  # passes below, as a waiter
+        else:
+            # waiting for round rnd - 1 to open: the round word of its slot moved past it
+            r = rnd - 1
+            opened = False
+            for p in range(GN):
+                s = T0 + 4 * ((h + p) & GMK)
+                if g.user_get(ctx, s) == 0:
+                    break
+                if g.user_get(ctx, s + 1) == gid:
+                    opened = g.user_get(ctx, s + 3) > r
+                    break
+            if not opened:
+                return WAITC
+        if CH:
+            ptr = g.payload_ptr(task)
+            if ptr != 0:
+                g.retain(ctx, ptr, 1)
+            if g.emit_chan_full(ctx, C_OPEN, gid, g.meta1(task), ptr, g.payload_len(task),
+                                -1) != 0:
+                if ptr != 0:
+                    g.release(ctx, ptr)
+                return WAITC                          # full: pass on the next run
+        else:
+            ptr = g.payload_ptr(task)
+            if ptr != 0:
+                g.retain(ctx, ptr, 1)
+            g.emit_full(ctx, PASS, gid, g.meta1(task), ptr, g.payload_len(task), -1, 0)
+        return 0
+
+    m.gate_layout = {"lock": LOCK, "table": T0, "gates": GN}
     return m

@@ -57,9 +57,10 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.errors import BootError
-from ggmk.modules import Outbox, instance_type, std_module
+from ggmk.modules import Outbox, instance_type, slot_key, std_module
 
-__all__ = ["module", "KVTable", "pack", "unpack", "OK", "NOT_FOUND", "FULL", "TOO_BIG",
+__all__ = ["module", "KVTable", "pack", "unpack", "device_module", "type_ids", "batch_encode",
+           "batch_decode", "BATCH_ENTRY", "OK", "NOT_FOUND", "FULL", "TOO_BIG",
            "BAD_REQUEST", "STATUS_NAMES", "OP_PUT", "OP_GET", "OP_DEL", "TAG_MASK"]
 
 OK, NOT_FOUND, FULL, TOO_BIG, BAD_REQUEST = 0, 1, 2, 3, 4
@@ -284,6 +285,56 @@ def type_ids() -> dict[str, int]:
     return {t.name: t.id for t in man.types}
 
 
+BATCH_ENTRY = np.dtype([("w", "<u8"), ("key", "<i8"), ("value", "<i8")])   # 24 bytes
+
+
+def batch_encode(ops, keys, values=0, tags=0) -> bytes:
+    """A ``KV_BATCH`` payload: one entry per op (``OP_PUT``/``OP_GET``/``OP_DEL``, columns or
+    scalars), key and value words (int64), 48-bit tags."""
+    keys = np.asarray(keys, dtype=np.int64)
+    e = np.zeros(len(keys), BATCH_ENTRY)
+    e["w"] = (np.asarray(ops, dtype=np.uint64) << np.uint64(48)) | \
+        (np.asarray(tags, dtype=np.uint64) & np.uint64(TAG_MASK))
+    e["key"] = keys
+    e["value"] = values
+    return e.tobytes()
+
+
+def batch_decode(raw) -> np.ndarray:
+    """The entries of an answered batch: fields ``status``, ``op``, ``tag``, ``key``,
+    ``value`` (the value read by a get)."""
+    e = np.frombuffer(bytes(raw), BATCH_ENTRY)
+    out = np.zeros(len(e), [("status", "u1"), ("op", "u1"), ("tag", "<u8"), ("key", "<i8"),
+                            ("value", "<i8")])
+    out["status"] = e["w"] >> np.uint64(56)
+    out["op"] = (e["w"] >> np.uint64(48)) & np.uint64(0xFF)
+    out["tag"] = e["w"] & np.uint64(TAG_MASK)
+    out["key"], out["value"] = e["key"], e["value"]
+    return out
+
+
+def kv_find(ctx, key, t0, mask, nslot):
+    """The one probe loop of the device table (put, get and del share it): the first word of
+    the slot holding ``key`` (live or a tombstone: the caller reads its state), or -1 when a
+    slot on the chain is claimed but not yet published (the caller yields and looks again),
+    or ``-2 - e`` when ``key`` is absent: ``e`` is the first empty slot of the chain (where a
+    put claims), 0 when every slot was probed (the table is full of other keys)."""
+    h = slot_key(key, mask)
+    for probe in range(nslot):
+        s = t0 + 4 * ((h + probe) & mask)
+        if g.user_get(ctx, s + 1) != 0:
+            if g.user_get(ctx, s + 2) == key:
+                return s
+            continue
+        if g.user_get(ctx, s) != 0:
+            return -1
+        return -2 - s
+    return -2
+
+
+kv_find._ggmk_device_func = True         # what ggmk.device.func marks (without importing it)
+
+
 def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
     """The kv module for the GPU kernel (``ggmk.device``): the same types and ids (KV_PUT,
     KV_GET, KV_DEL requests as device tasks, inline values only: meta0 = key, meta1 = value
@@ -295,9 +346,19 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
     ``2 * capacity`` slots rounded up to a power of two; ``base + 1 + 4 * slots`` must fit in
     65536 (``capacity`` <= 2048 at the default base, <= 4096 with ``base=0``). A slot is
     claimed with an atomic fetch-add on its claim word (the device API has no
-    compare-and-swap on user words), then published by setting its state: a lane that finds a slot claimed but not yet published
-    yields and looks again. Deleted slots are tombstones reused only by the same key, so
+    compare-and-swap on user words), then published by setting its state: a lane that finds
+    a slot claimed but not yet published yields and looks again. Deleted slots are tombstones reused only by the same key, so
     churning through many distinct keys exhausts the table (``FULL``), never overwrites.
+
+    Put, get and del find their slot with one probe loop (:func:`kv_find`, a device
+    function). Batches: a ``KV_BATCH`` task applies many operations from a device buffer in
+    one handler call (payload = ``batch_encode(ops, keys, values, tags)``: 24 bytes per
+    operation; meta0 = their count) and answers them in place (``batch_decode`` of the bytes
+    read back: status, op, tag, key, value), then sends ``KV_BATCH_DONE`` (meta0 = the
+    buffer, which the host keeps and reuses; meta1 = the count). Buffers come from
+    ``KV_ALLOC`` (meta0 = bytes, at most 128 KiB: 5461 operations; answered by ``KV_BUFFER``
+    with the address, 0 if the arena is full). One task per operation pays the kernel's
+    per-task path (queue, dispatch, one host record) for each; a batch pays it once.
 
     What the numeric subset forbids here (and in every device handler): Python objects
     (dicts, lists, strings, classes), allocating arrays, exceptions, recursion, I/O; values
@@ -322,7 +383,8 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
     """
     global g                       # handlers must see the device API as a global (codegen)
     import ggmk.device as gd
-    from ggmk.device import api as g
+    from ggmk.modules import device_api
+    g = device_api()
     if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
         raise BootError(f"kv: capacity must be a positive int, got {capacity!r}")
     slots = 1
@@ -338,7 +400,6 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
     YIELD = T.YIELD
     m = gd.Module(name)
 
-    # home slot: Fibonacci hashing, 0x9E3779B97F4A7C15 as an int64 (wraps like the CPU's)
     @m.handler(PUT, max_yields=60000)
     def kv_put(ctx, task):
         key = g.meta0(task)
@@ -346,78 +407,126 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
         if g.payload_ptr(task) != 0:
             g.emit_host(ctx, RESP, (BAD_REQUEST << 56) | (OP_PUT << 48), key)
             return 0
-        h = ((key * -7046029254386353131) >> 40) & MASK
-        for probe in range(NSLOT):
-            s = T0 + 4 * ((h + probe) & MASK)
-            st = g.user_get(ctx, s + 1)
-            if st != 0:
-                if g.user_get(ctx, s + 2) == key:
-                    if st == 2:                         # a tombstone of this key: revive
-                        if g.user_get(ctx, COUNT) >= CAP:
-                            g.emit_host(ctx, RESP, (FULL << 56) | (OP_PUT << 48), key)
-                            return 0
-                        g.user_add(ctx, COUNT, 1)
-                    g.user_set(ctx, s + 3, val)
-                    g.user_set(ctx, s + 1, 1)
-                    g.emit_host(ctx, RESP, OP_PUT << 48, key)
+        r = kv_find(ctx, key, T0, MASK, NSLOT)
+        if r == -1:
+            return YIELD                                # a slot on the chain is being written
+        if r >= 0:
+            if g.user_get(ctx, r + 1) == 2:             # a tombstone of this key: revive
+                if g.user_get(ctx, COUNT) >= CAP:
+                    g.emit_host(ctx, RESP, (FULL << 56) | (OP_PUT << 48), key)
                     return 0
-                continue
-            if g.user_get(ctx, s) != 0:
-                return YIELD                            # being written: look again later
-            if g.user_get(ctx, COUNT) >= CAP:
-                g.emit_host(ctx, RESP, (FULL << 56) | (OP_PUT << 48), key)
-                return 0
-            if g.user_add(ctx, s, 1) != 0:
-                return YIELD                            # another lane claimed it first
-            g.user_add(ctx, COUNT, 1)
-            g.user_set(ctx, s + 2, key)
-            g.user_set(ctx, s + 3, val)
-            g.user_set(ctx, s + 1, 1)
+                g.user_add(ctx, COUNT, 1)
+            g.user_set(ctx, r + 3, val)
+            g.user_set(ctx, r + 1, 1)
             g.emit_host(ctx, RESP, OP_PUT << 48, key)
             return 0
-        g.emit_host(ctx, RESP, (FULL << 56) | (OP_PUT << 48), key)
+        s = -2 - r
+        if s == 0 or g.user_get(ctx, COUNT) >= CAP:
+            g.emit_host(ctx, RESP, (FULL << 56) | (OP_PUT << 48), key)
+            return 0
+        if g.user_add(ctx, s, 1) != 0:
+            return YIELD                                # another lane claimed it first
+        g.user_add(ctx, COUNT, 1)
+        g.user_set(ctx, s + 2, key)
+        g.user_set(ctx, s + 3, val)
+        g.user_set(ctx, s + 1, 1)
+        g.emit_host(ctx, RESP, OP_PUT << 48, key)
         return 0
 
     @m.handler(GET, max_yields=60000)
     def kv_get(ctx, task):
         key = g.meta0(task)
         tag = g.meta1(task) & TAGM
-        h = ((key * -7046029254386353131) >> 40) & MASK
-        for probe in range(NSLOT):
-            s = T0 + 4 * ((h + probe) & MASK)
-            st = g.user_get(ctx, s + 1)
-            if st == 0:
-                if g.user_get(ctx, s) != 0:
-                    return YIELD
-                break
-            if g.user_get(ctx, s + 2) == key:
-                if st == 1:
-                    g.emit_host(ctx, RESP, (OP_GET << 48) | tag, g.user_get(ctx, s + 3))
-                    return 0
-                break
-        g.emit_host(ctx, RESP, (NOT_FOUND << 56) | (OP_GET << 48) | tag, key)
+        r = kv_find(ctx, key, T0, MASK, NSLOT)
+        if r == -1:
+            return YIELD
+        if r >= 0 and g.user_get(ctx, r + 1) == 1:
+            g.emit_host(ctx, RESP, (OP_GET << 48) | tag, g.user_get(ctx, r + 3))
+        else:
+            g.emit_host(ctx, RESP, (NOT_FOUND << 56) | (OP_GET << 48) | tag, key)
         return 0
 
     @m.handler(DEL, max_yields=60000)
     def kv_del(ctx, task):
         key = g.meta0(task)
         tag = g.meta1(task) & TAGM
-        h = ((key * -7046029254386353131) >> 40) & MASK
-        for probe in range(NSLOT):
-            s = T0 + 4 * ((h + probe) & MASK)
-            st = g.user_get(ctx, s + 1)
-            if st == 0:
-                if g.user_get(ctx, s) != 0:
-                    return YIELD
-                break
-            if g.user_get(ctx, s + 2) == key:
-                if st == 1:
-                    g.user_set(ctx, s + 1, 2)
+        r = kv_find(ctx, key, T0, MASK, NSLOT)
+        if r == -1:
+            return YIELD
+        if r >= 0 and g.user_get(ctx, r + 1) == 1:
+            g.user_set(ctx, r + 1, 2)
+            g.user_add(ctx, COUNT, -1)
+            g.emit_host(ctx, RESP, (OP_DEL << 48) | tag, key)
+        else:
+            g.emit_host(ctx, RESP, (NOT_FOUND << 56) | (OP_DEL << 48) | tag, key)
+        return 0
+
+    BATCH, DONE = ids["KV_BATCH"], ids["KV_BATCH_DONE"]
+    ALLOC, BUF = ids["KV_ALLOC"], ids["KV_BUFFER"]
+
+    @m.handler(ALLOC, max_yields=0)
+    def kv_alloc(ctx, task):
+        g.emit_host(ctx, BUF, g.alloc(ctx, g.meta0(task)), g.meta1(task))
+        return 0
+
+    @m.handler(BATCH, max_yields=60000)
+    def kv_batch(ctx, task):
+        # the entries in place: (pack(0, op, tag), key, value) -> (pack(st, op, tag), key, v)
+        ptr = g.payload_ptr(task)
+        n = g.meta0(task)
+        if ptr == 0 or n < 0 or n * 24 > g.payload_len(task):
+            g.emit_host(ctx, RESP, (BAD_REQUEST << 56), n)
+            return 0
+        i = g.meta1(task)                               # where a yield left off
+        while i < n:
+            e = ptr + 24 * i
+            w = g.load_i64(ctx, e)
+            op = (w >> 48) & 0xFF
+            key = g.load_i64(ctx, e + 8)
+            r = kv_find(ctx, key, T0, MASK, NSLOT)
+            if r == -1:
+                g.set_meta1(task, i)
+                return YIELD                            # resume at entry i
+            st = OK
+            if op == OP_GET:
+                if r >= 0 and g.user_get(ctx, r + 1) == 1:
+                    g.store_i64(ctx, e + 16, g.user_get(ctx, r + 3))
+                else:
+                    st = NOT_FOUND
+            elif op == OP_PUT:
+                if r >= 0:
+                    if g.user_get(ctx, r + 1) == 2:
+                        if g.user_get(ctx, COUNT) >= CAP:
+                            st = FULL
+                        else:
+                            g.user_add(ctx, COUNT, 1)
+                    if st == OK:
+                        g.user_set(ctx, r + 3, g.load_i64(ctx, e + 16))
+                        g.user_set(ctx, r + 1, 1)
+                else:
+                    s = -2 - r
+                    if s == 0 or g.user_get(ctx, COUNT) >= CAP:
+                        st = FULL
+                    else:
+                        if g.user_add(ctx, s, 1) != 0:
+                            g.set_meta1(task, i)
+                            return YIELD
+                        g.user_add(ctx, COUNT, 1)
+                        g.user_set(ctx, s + 2, key)
+                        g.user_set(ctx, s + 3, g.load_i64(ctx, e + 16))
+                        g.user_set(ctx, s + 1, 1)
+            elif op == OP_DEL:
+                if r >= 0 and g.user_get(ctx, r + 1) == 1:
+                    g.user_set(ctx, r + 1, 2)
                     g.user_add(ctx, COUNT, -1)
-                    g.emit_host(ctx, RESP, (OP_DEL << 48) | tag, key)
-                    return 0
-                break
-        g.emit_host(ctx, RESP, (NOT_FOUND << 56) | (OP_DEL << 48) | tag, key)
+                else:
+                    st = NOT_FOUND
+            else:
+                st = BAD_REQUEST
+            g.store_i64(ctx, e, (st << 56) | (w & 0xFFFFFFFFFFFFFF))
+            i += 1
+        g.retain(ctx, ptr, 1)                           # the host's reference: it reuses it
+        g.emit_host(ctx, DONE, ptr, n)
         return 0
 
     m.kv_layout = {"count": COUNT, "table": T0, "slots": NSLOT, "capacity": CAP}

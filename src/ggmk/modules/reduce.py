@@ -57,7 +57,7 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.errors import BootError
-from ggmk.modules import Outbox, defer, instance_type, std_module
+from ggmk.modules import Outbox, defer, instance_type, slot_key, std_module, try_lock, unlock
 
 __all__ = ["module", "REDUCE_LATE", "f64", "as_f64"]
 
@@ -272,4 +272,196 @@ def module(n: int, op="sum", *, name: str = "reduce", dtype: str = "u64",
     def _fini(system):
         st.out.drop_all(system)
         st.missing.drop_all(system)
+    return m
+
+
+# ------------------------------------------------------------------------------ GPU kernel
+g = None          # ggmk.device.api once device_module() ran (imported lazily: it loads Numba)
+DEVICE_OPS = ("sum", "min", "max")
+_GMASK = (1 << 62) - 1
+
+
+def type_ids() -> dict[str, int]:
+    """The reduce types' ids (from reduce.toml)."""
+    from pathlib import Path
+
+    from ggmk.modules import _manifest
+    return {t.name: t.id for t in _manifest(str(Path(__file__).with_name("reduce.toml"))).types}
+
+
+def device_module(n: int, op: str = "sum", *, dtype: str = "u64", timeout: int | None = None,
+                  groups: int = 64, base: int = 1024, name: str = "reduce",
+                  channels: bool = False, capacity: int = 256):
+    """The reduce module for the GPU kernel (``ggmk.device``): the same types and ids.
+
+    ``REDUCE_PART`` tasks (meta0 = group, meta1 = a word) fold into their group; after ``n``
+    partials ``REDUCE_RESULT`` (meta0 = group, meta1 = the result) goes out. With
+    ``timeout=T`` ticks, a group still short of ``n`` partials T ticks after its first one is
+    reported as ``REDUCE_MISSING`` (meta0 = group, meta1 = partials received; a check task on
+    the device event queue, nothing polls) and a partial of it arriving later fails with
+    ``REDUCE_LATE``. Out: with ``channels=False`` (a kernel of its own) the results go to the
+    host (``emit_host``); with ``channels=True`` the handler subscribes to ``NAME.in`` and
+    publishes on device channels ``NAME.out`` / ``NAME.missing`` (lossless; a full one is
+    retried by a ``REDUCE_FLUSH`` task), the CPU version's channels, so an application places
+    reduce on either kernel and the bridge carries them.
+
+    State: user words ``base .. base + 2 + 6 * groups`` (a lock, a round counter, 6 words per
+    group slot; ``groups`` rounded up to a power of two): at most ``groups`` groups open at
+    once; a partial of one more fails with ``REDUCE_TABLE_FULL`` (sys.error). Timed-out groups
+    are remembered (for ``REDUCE_LATE``) until their slot is needed.
+
+    What the numeric subset forbids here: ``concat`` and custom Python reducers (no bytes, no
+    Python objects, no calls the compiler cannot see), and f64 (folding on arrival is not in
+    sequence order, so float sums would differ run to run); integer sum (wrapping), min and
+    max of u64 or i64 words are order-free, so the result is deterministic anyway. Group ids
+    are 0..2**62-1 (``REDUCE_BAD_GROUP`` otherwise: the top bits tag retried outputs).
+
+    Example::
+
+        import ggmk.device as gd
+        from ggmk import task
+        from ggmk.modules import reduce
+
+        ids = reduce.type_ids()
+        with gd.DeviceKernel([reduce.device_module(n=4, op="max")], target="cpu") as k:
+            k.push(task.make(4, type=ids["REDUCE_PART"], meta0=9, meta1=[3, 1, 7, 2]))
+            r = k.pull_until(1, timeout=300)
+        print(int(r["meta0"][0]), int(r["meta1"][0]))      # 9 7
+    """
+    global g
+    import ggmk.device as gd
+    from ggmk.modules import device_api, device_check, pow2
+    g = device_api()
+    device_check("reduce (device): n", n, 1, 2**62)
+    if op not in DEVICE_OPS:
+        raise BootError(f"reduce (device): op must be one of {DEVICE_OPS} (concat, f64 and "
+                        f"custom reducers are CPU-kernel only), got {op!r}")
+    if dtype not in ("u64", "i64"):
+        raise BootError(f"reduce (device): dtype must be 'u64' or 'i64', got {dtype!r}")
+    if timeout is not None:
+        device_check("reduce (device): timeout", timeout, 1, 2**31)
+    device_check("reduce (device): groups", groups, 1, 4096)
+    G = pow2(groups)
+    device_check("reduce (device): base", base, 0, 65536 - (2 + 6 * G))
+    ids = type_ids()
+    PART, RES, MISS, CHECK, FLUSH = (ids["REDUCE_PART"], ids["REDUCE_RESULT"],
+                                     ids["REDUCE_MISSING"], ids["REDUCE_CHECK"],
+                                     ids["REDUCE_FLUSH"])
+    LOCK, GEN, T0, GM, N = base, base + 1, base + 2, G - 1, n
+    OPK = DEVICE_OPS.index(op)
+    SIGN = -(1 << 63) if dtype == "u64" else 0    # u64 order: compare with the sign bit flipped
+    TMO = timeout or 0
+    CH = bool(channels)
+    LATE, FULLC, BADG, YIELD, WAITC = (REDUCE_LATE, T.REDUCE_TABLE_FULL, T.REDUCE_BAD_GROUP,
+                                       T.YIELD, T.WAIT)
+    GMASK = _GMASK
+    m = gd.Module(name)
+    C_OUT = C_MISS = 0
+    if CH:
+        C_OUT = m.channel(f"{name}.out", message=RES, mode="fanout", capacity=capacity)
+        C_MISS = m.channel(f"{name}.missing", message=MISS, mode="fanout", capacity=capacity)
+
+    @m.handler(PART, max_yields=60000, consumes=f"{name}.in" if CH else None)
+    def reduce_part(ctx, task):
+        gid = g.meta0(task)
+        v = g.meta1(task)
+        if gid < 0 or gid > GMASK:
+            return BADG
+        if not try_lock(ctx, LOCK):
+            return YIELD
+        h = slot_key(gid, GM)
+        found = -1
+        free = -1
+        old = -1
+        for p in range(G):
+            s = T0 + 6 * ((h + p) & GM)
+            st = g.user_get(ctx, s)
+            if st == 0:
+                if free < 0:
+                    free = s
+            elif g.user_get(ctx, s + 1) == gid:
+                found = s
+                break
+            elif st == 2 and old < 0:
+                old = s
+        if found >= 0 and g.user_get(ctx, found) == 2:
+            unlock(ctx, LOCK)
+            return LATE                               # its group timed out: never folded
+        new = found < 0
+        if new:
+            s = free if free >= 0 else old
+            if s < 0:
+                unlock(ctx, LOCK)
+                return FULLC
+            rnd = g.user_add(ctx, GEN, 1) + 1
+            g.user_set(ctx, s + 1, gid)
+            g.user_set(ctx, s + 4, rnd)
+            g.user_set(ctx, s, 1)
+            acc = v
+            c = 1
+        else:
+            s = found
+            rnd = g.user_get(ctx, s + 4)
+            acc = g.user_get(ctx, s + 3)
+            c = g.user_get(ctx, s + 2) + 1
+            if OPK == 0:
+                acc = acc + v
+            elif OPK == 1:
+                if (v ^ SIGN) < (acc ^ SIGN):
+                    acc = v
+            elif (v ^ SIGN) > (acc ^ SIGN):
+                acc = v
+        if c >= N:
+            g.user_set(ctx, s, 0)                     # done: the slot is free again
+        else:
+            g.user_set(ctx, s + 2, c)
+            g.user_set(ctx, s + 3, acc)
+        unlock(ctx, LOCK)
+        if new and TMO > 0 and c < N:
+            g.emit_at(ctx, g.tick(ctx) + TMO, CHECK, gid, rnd)
+        if c >= N:
+            if CH:
+                if g.emit_chan(ctx, C_OUT, gid, acc) != 0:
+                    g.emit(ctx, FLUSH, gid, acc)      # full: a flush task retries
+            else:
+                g.emit_host(ctx, RES, gid, acc)
+        return 0
+
+    @m.handler(CHECK, max_yields=60000)
+    def reduce_check(ctx, task):
+        gid = g.meta0(task)
+        rnd = g.meta1(task)
+        if not try_lock(ctx, LOCK):
+            return YIELD
+        h = slot_key(gid, GM)
+        got = -1
+        for p in range(G):
+            s = T0 + 6 * ((h + p) & GM)
+            if g.user_get(ctx, s) == 1 and g.user_get(ctx, s + 1) == gid:
+                if g.user_get(ctx, s + 4) == rnd:
+                    got = g.user_get(ctx, s + 2)
+                    g.user_set(ctx, s, 2)             # expired: later partials are LATE
+                break
+        unlock(ctx, LOCK)
+        if got >= 0:
+            if CH:
+                if g.emit_chan(ctx, C_MISS, gid, got) != 0:
+                    g.emit(ctx, FLUSH, gid | (1 << 62), got)
+            else:
+                g.emit_host(ctx, MISS, gid, got)
+        return 0
+
+    if CH:
+        @m.handler(FLUSH, max_yields=0)
+        def reduce_flush(ctx, task):
+            m0 = g.meta0(task)
+            if (m0 >> 62) == 0:
+                c = g.emit_chan(ctx, C_OUT, m0 & GMASK, g.meta1(task))
+            else:
+                c = g.emit_chan(ctx, C_MISS, m0 & GMASK, g.meta1(task))
+            if c != 0:
+                return WAITC                          # still full: come back, meta kept
+            return 0
+
+    m.reduce_layout = {"lock": LOCK, "table": T0, "groups": G}
     return m

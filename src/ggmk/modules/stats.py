@@ -40,9 +40,9 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.errors import BootError
-from ggmk.modules import Outbox, defer, instance_type, std_module
+from ggmk.modules import Outbox, defer, instance_type, std_module, try_lock, unlock
 
-__all__ = ["module", "quantile", "STATS_KIND"]
+__all__ = ["module", "quantile", "STATS_KIND", "device_module", "collect", "type_ids"]
 
 STATS_KIND = T.STATS_KIND
 _M64 = (1 << 64) - 1
@@ -227,4 +227,185 @@ def module(*, period: int = 100, names: dict | None = None, sink=None, keep: int
         st.out.flushed(ctx.system)
 
     m.fini(st.fini)
+    return m
+
+
+# ------------------------------------------------------------------------------ GPU kernel
+g = None          # ggmk.device.api once device_module() ran (imported lazily: it loads Numba)
+KIND_CODES = {"counter": 1, "gauge": 2, "histogram": 3}
+F_VALUE, F_COUNT, F_SUM, F_MIN, F_MAX, F_BUCKET0 = 1, 3, 4, 5, 6, 16
+_MW = 72                          # words per metric: kind, value, count, sum, min, max, 65 buckets
+
+
+def type_ids() -> dict[str, int]:
+    """The stats types' ids (from stats.toml)."""
+    from pathlib import Path
+
+    from ggmk.modules import _manifest
+    return {t.name: t.id for t in _manifest(str(Path(__file__).with_name("stats.toml"))).types}
+
+
+def collect(records, names: dict | None = None) -> list[dict]:
+    """The snapshots in device records (``DeviceKernel.pull`` output; other records are
+    ignored), as the CPU version's dicts: ``{"number", "tick", "counters", "gauges",
+    "histograms"}`` (a histogram: count, sum, min, max, 65 buckets). A snapshot is complete
+    when its ``STATS_SNAPSHOT`` record (sent after its rows) is among ``records``."""
+    ids = type_ids()
+    names = {int(k): str(v) for k, v in (names or {}).items()}
+    rows: dict[int, list] = {}
+    heads = {}
+    for r in records:
+        t = int(r["type"])
+        m0, m1 = int(r["meta0"]) & ((1 << 64) - 1), int(r["meta1"]) & ((1 << 64) - 1)
+        if t == ids["STATS_ROW"]:
+            rows.setdefault(m0 >> 40, []).append(((m0 >> 32) & 0xFF, m0 & 0xFFFFFFFF, m1))
+        elif t == ids["STATS_SNAPSHOT"]:
+            heads[m0] = m1
+    out = []
+    for num in sorted(heads):
+        s = {"number": num, "tick": heads[num], "counters": {}, "gauges": {}, "histograms": {}}
+        for field, mid, v in sorted(rows.get(num, []), key=lambda x: (x[1], x[0])):
+            label = names.get(mid, f"#{mid}")
+            if field == F_VALUE:
+                s["counters"][label] = v
+            elif field == 2:
+                s["gauges"][label] = v
+            else:
+                h = s["histograms"].setdefault(label, {"count": 0, "sum": 0, "min": 0, "max": 0,
+                                                       "buckets": [0] * NBUCKETS})
+                if field >= F_BUCKET0:
+                    h["buckets"][field - F_BUCKET0] = v
+                else:
+                    h[{F_COUNT: "count", F_SUM: "sum", F_MIN: "min", F_MAX: "max"}[field]] = v
+        out.append(s)
+    return out
+
+
+def device_module(*, period: int = 100, metrics: int = 64, base: int = 12288,
+                  name: str = "stats", channels: bool = False):
+    """The stats module for the GPU kernel (``ggmk.device``): the same types and ids.
+
+    ``STAT_ADD`` (counter += meta1), ``STAT_SET`` (gauge = meta1), ``STAT_OBS`` (histogram:
+    65 power-of-two buckets, count, sum, min, max); meta0 = metric id, 0..``metrics``-1. A
+    metric used with two kinds fails with ``STATS_KIND``, an id out of range with
+    ``STATS_BAD_METRIC`` (both on sys.error, as on the CPU). Every ``period`` ticks in which
+    something changed, a snapshot goes to the host: one ``STATS_ROW`` record per value
+    (meta0 = number << 40 | field << 32 | metric id: field 1 a counter, 2 a gauge, 3..6 a
+    histogram's count, sum, min, max, 16 + b its non-zero bucket b), then ``STATS_SNAPSHOT``
+    (meta0 = number, meta1 = tick); :func:`collect` turns them into the CPU version's
+    snapshot dicts. Nothing is scheduled while nothing changes. ``channels=True`` subscribes
+    to ``NAME.add``/``NAME.set``/``NAME.obs`` (the CPU version's input channels).
+
+    State: user words ``base .. base + 4 + 72 * metrics`` (a lock, the snapshot number, the
+    schedule flag, then 72 words per metric). Counters and buckets are atomic adds; a
+    histogram's min/max take the lock.
+
+    What the numeric subset forbids here: names (strings) and the JSON payload of the CPU
+    version's ``NAME.snapshot`` (the device ships numbers; :func:`collect` labels them on
+    the host), a dict of metrics (ids are indexes into a fixed table), and an atomic snapshot
+    (rows are read while updates go on: a snapshot is a consistent view per word, not across
+    words).
+
+    Example::
+
+        import ggmk.device as gd
+        from ggmk import task
+        from ggmk.modules import stats
+
+        ids = stats.type_ids()
+        with gd.DeviceKernel([stats.device_module(period=5)], target="cpu") as k:
+            k.push(task.make(3, type=ids["STAT_ADD"], meta0=1, meta1=[1, 2, 3]))
+            got = k.pull_until(2, timeout=300)            # one row, then the snapshot
+        print(stats.collect(got, {1: "requests"})[0]["counters"])     # {'requests': 6}
+    """
+    global g
+    import ggmk.device as gd
+    from ggmk.modules import device_api, device_check
+    g = device_api()
+    device_check("stats (device): period", period, 1, 2**31)
+    device_check("stats (device): metrics", metrics, 1, 900)
+    device_check("stats (device): base", base, 0, 65536 - (4 + _MW * metrics))
+    ids = type_ids()
+    ADD, SET, OBS, SNAP, TICK, ROW = (ids["STAT_ADD"], ids["STAT_SET"], ids["STAT_OBS"],
+                                      ids["STATS_SNAPSHOT"], ids["STATS_TICK"], ids["STATS_ROW"])
+    LOCK, NUM, SCHED, M0, NM, MW, P = base, base + 1, base + 2, base + 4, metrics, _MW, period
+    KINDC, BADM, YIELD = STATS_KIND, T.STATS_BAD_METRIC, T.YIELD
+    CH = bool(channels)
+    m = gd.Module(name)
+
+    def make(kind, verb):
+        K = KIND_CODES[kind]
+
+        def update(ctx, task):
+            mid = g.meta0(task)
+            v = g.meta1(task)
+            if mid < 0 or mid >= NM:
+                return BADM
+            w = M0 + MW * mid
+            k = g.user_get(ctx, w)
+            if k == 0:                                # first use: claim the kind
+                if not try_lock(ctx, LOCK):
+                    return YIELD
+                k = g.user_get(ctx, w)
+                if k == 0:
+                    g.user_set(ctx, w, K)
+                    k = K
+                unlock(ctx, LOCK)
+            if k != K:
+                return KINDC
+            if K == 1:
+                g.user_add(ctx, w + 1, v)
+            elif K == 2:
+                g.user_set(ctx, w + 1, v)
+            else:
+                if not try_lock(ctx, LOCK):
+                    return YIELD
+                b = 0
+                x = v
+                while x != 0:                         # bit length of v as a u64
+                    b += 1
+                    x = (x >> 1) & 0x7FFFFFFFFFFFFFFF
+                n0 = g.user_get(ctx, w + 2)
+                if n0 == 0 or (v ^ -9223372036854775808) < (g.user_get(ctx, w + 4)
+                                                         ^ -9223372036854775808):
+                    g.user_set(ctx, w + 4, v)
+                if n0 == 0 or (v ^ -9223372036854775808) > (g.user_get(ctx, w + 5)
+                                                         ^ -9223372036854775808):
+                    g.user_set(ctx, w + 5, v)
+                g.user_set(ctx, w + 2, n0 + 1)
+                g.user_set(ctx, w + 3, g.user_get(ctx, w + 3) + v)
+                g.user_set(ctx, w + 6 + b, g.user_get(ctx, w + 6 + b) + 1)
+                unlock(ctx, LOCK)
+            if g.user_add(ctx, SCHED, 1) == 0:        # the first change since a snapshot
+                g.emit_at(ctx, (g.tick(ctx) // P + 1) * P, TICK, 0, 0)
+            return 0
+        update.__name__ = update.__qualname__ = f"stats_{verb}"
+        return update
+
+    for t, kind, verb in ((ADD, "counter", "add"), (SET, "gauge", "set"),
+                          (OBS, "histogram", "obs")):
+        m.handler(t, max_yields=60000, consumes=f"{name}.{verb}" if CH else None,
+                  name=f"stats_{verb}")(make(kind, verb))
+
+    @m.handler(TICK, max_yields=0)
+    def stats_tick(ctx, task):
+        g.user_set(ctx, SCHED, 0)                     # a change from now on schedules again
+        num = g.user_add(ctx, NUM, 1) + 1
+        hi = num << 40
+        for mid in range(NM):
+            w = M0 + MW * mid
+            k = g.user_get(ctx, w)
+            if k == 1 or k == 2:
+                g.emit_host(ctx, ROW, hi | (k << 32) | mid, g.user_get(ctx, w + 1))
+            elif k == 3:
+                for f in range(4):
+                    g.emit_host(ctx, ROW, hi | ((3 + f) << 32) | mid, g.user_get(ctx, w + 2 + f))
+                for b in range(65):
+                    c = g.user_get(ctx, w + 6 + b)
+                    if c != 0:
+                        g.emit_host(ctx, ROW, hi | ((16 + b) << 32) | mid, c)
+        g.emit_host(ctx, SNAP, num, g.tick(ctx))
+        return 0
+
+    m.stats_layout = {"lock": LOCK, "metrics": M0, "words_per_metric": MW}
     return m

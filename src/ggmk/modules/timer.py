@@ -51,13 +51,16 @@ from collections import OrderedDict, deque
 
 import numpy as np
 
-from ggmk.modules import Outbox, defer, instance_type, std_module
+from ggmk import task as T
+from ggmk.modules import (Outbox, defer, instance_type, slot_key, std_module, try_lock,
+                          unlock)
 
 __all__ = ["module", "arg", "ack_status", "OK", "UNKNOWN", "FIRED", "EXISTS", "BAD",
-           "STATUS_NAMES", "OP_SET", "OP_CANCEL"]
+           "STATUS_NAMES", "OP_SET", "OP_CANCEL", "FULL", "device_module", "type_ids"]
 
-OK, UNKNOWN, FIRED, EXISTS, BAD = 0, 1, 2, 3, 4
-STATUS_NAMES = {OK: "OK", UNKNOWN: "UNKNOWN", FIRED: "FIRED", EXISTS: "EXISTS", BAD: "BAD"}
+OK, UNKNOWN, FIRED, EXISTS, BAD, FULL = 0, 1, 2, 3, 4, 5
+STATUS_NAMES = {OK: "OK", UNKNOWN: "UNKNOWN", FIRED: "FIRED", EXISTS: "EXISTS", BAD: "BAD",
+                FULL: "FULL"}      # FULL: the device version's timer table (fixed size)
 OP_SET, OP_CANCEL = 1, 2
 _M32 = 0xFFFFFFFF
 
@@ -194,4 +197,211 @@ def module(*, name: str = "timer", capacity: int = 1024, outbox_limit: int = 409
     def _fini(system):
         st.fire_out.drop_all(system)
         st.ack_out.drop_all(system)
+    return m
+
+
+# ------------------------------------------------------------------------------ GPU kernel
+g = None          # ggmk.device.api once device_module() ran (imported lazily: it loads Numba)
+_IDMASK = (1 << 62) - 1
+
+
+def type_ids() -> dict[str, int]:
+    """The timer types' ids (from timer.toml)."""
+    from pathlib import Path
+
+    from ggmk.modules import _manifest
+    return {t.name: t.id for t in _manifest(str(Path(__file__).with_name("timer.toml"))).types}
+
+
+def device_module(*, timers: int = 64, base: int = 4096, name: str = "timer",
+                  channels: bool = False, capacity: int = 256):
+    """The timer module for the GPU kernel (``ggmk.device``): the same types, ids, statuses.
+
+    ``TIMER_SET`` (meta0 = timer id, meta1 = ``arg(delay, period)``) arms a timer on the
+    device event queue (``g.emit_at``: a ``TIMER_TICK`` task due at tick now + delay; nothing
+    polls); ``TIMER_CANCEL`` (meta0 = id) disarms it. Each firing sends ``TIMER_FIRE``
+    (meta0 = id, meta1 = fire number 1, 2, ...); a repeating timer is re-armed at due +
+    period (missed periods skipped, no drift). Every set and cancel is answered with
+    ``TIMER_ACK`` (meta0 = id, meta1 = op << 32 | status): ``OK``; ``UNKNOWN`` (cancel of an
+    id never set or already cancelled); ``FIRED`` (cancel of a one-shot timer that already
+    fired); ``EXISTS`` (set of an armed id); ``BAD`` (delay 0, or an id outside 0..2**62-1);
+    ``FULL`` (device only: all ``timers`` slots hold armed timers). Out: to the host
+    (``channels=False``), or subscribed to ``NAME.set``/``NAME.cancel`` and published on
+    device channels ``NAME.fire``/``NAME.ack`` (``channels=True``: the CPU version's channels;
+    a full one is retried by a ``TIMER_FLUSH`` task).
+
+    State: user words ``base .. base + 4 + 6 * timers`` (a lock, a generation counter, the
+    largest lateness seen, the fire count, then 6 words per slot; ``timers`` rounded up to a
+    power of two). A fired one-shot slot is remembered (for ``FIRED``) until a new timer
+    needs it. Lateness (tick fired - tick due) is in user word ``base + 2`` (the maximum).
+
+    What the numeric subset forbids here: nothing a timer needs, but the table is fixed at
+    build (no dict: ``FULL`` instead of growing) and lateness is a maximum, not the CPU
+    version's list of samples.
+
+    Example::
+
+        import ggmk.device as gd
+        from ggmk import task
+        from ggmk.modules import timer
+
+        ids = timer.type_ids()
+        with gd.DeviceKernel([timer.device_module()], target="cpu") as k:
+            k.push(task.make(1, type=ids["TIMER_SET"], meta0=5, meta1=timer.arg(delay=3)))
+            got = k.pull_until(2, timeout=300)             # the ack, then the fire
+        print(sorted(int(t) - ids["TIMER_FIRE"] for t in got["type"]))    # [0, 1]
+    """
+    global g
+    import ggmk.device as gd
+    from ggmk.modules import device_api, device_check, pow2
+    g = device_api()
+    device_check("timer (device): timers", timers, 1, 4096)
+    TN = pow2(timers)
+    device_check("timer (device): base", base, 0, 65536 - (4 + 6 * TN))
+    ids = type_ids()
+    SET, CAN, FIRE, ACK, TICK, FLUSH = (ids["TIMER_SET"], ids["TIMER_CANCEL"], ids["TIMER_FIRE"],
+                                        ids["TIMER_ACK"], ids["TIMER_TICK"], ids["TIMER_FLUSH"])
+    LOCK, GEN, LATE, NFIRE, T0, TM = base, base + 1, base + 2, base + 3, base + 4, TN - 1
+    IDM = _IDMASK
+    CH = bool(channels)
+    YIELD, WAITC = T.YIELD, T.WAIT
+    A_SET, A_CAN = OP_SET << 32, OP_CANCEL << 32
+    S_OK, S_UNK, S_FIRED, S_EX, S_BAD, S_FULL = OK, UNKNOWN, FIRED, EXISTS, BAD, FULL
+    m = gd.Module(name)
+    C_FIRE = C_ACK = 0
+    if CH:
+        C_FIRE = m.channel(f"{name}.fire", message=FIRE, mode="fanout", capacity=capacity)
+        C_ACK = m.channel(f"{name}.ack", message=ACK, mode="fanout", capacity=capacity)
+
+    @m.handler(SET, max_yields=60000, consumes=f"{name}.set" if CH else None)
+    def timer_set(ctx, task):
+        tid = g.meta0(task)
+        arg_ = g.meta1(task)
+        delay = arg_ & 0xFFFFFFFF
+        period = (arg_ >> 32) & 0xFFFFFFFF
+        st = S_OK
+        if delay == 0 or tid < 0 or tid > IDM:
+            st = S_BAD
+        else:
+            if not try_lock(ctx, LOCK):
+                return YIELD
+            h = slot_key(tid, TM)
+            found = -1
+            free = -1
+            old = -1
+            for p in range(TN):
+                s = T0 + 6 * ((h + p) & TM)
+                state = g.user_get(ctx, s)
+                if state == 0:
+                    if free < 0:
+                        free = s
+                elif g.user_get(ctx, s + 1) == tid:
+                    found = s
+                    break
+                elif state == 2 and old < 0:
+                    old = s
+            if found >= 0 and g.user_get(ctx, found) == 1:
+                st = S_EX
+            else:
+                s = found
+                if s < 0:
+                    s = free if free >= 0 else old
+                if s < 0:
+                    st = S_FULL
+                else:
+                    gen = g.user_add(ctx, GEN, 1) + 1
+                    due = g.tick(ctx) + delay
+                    g.user_set(ctx, s + 1, tid)
+                    g.user_set(ctx, s + 2, gen)
+                    g.user_set(ctx, s + 3, period)
+                    g.user_set(ctx, s + 4, due)
+                    g.user_set(ctx, s + 5, 0)
+                    g.user_set(ctx, s, 1)
+                    g.emit_at(ctx, due, TICK, tid, gen)
+            unlock(ctx, LOCK)
+        if CH:
+            if g.emit_chan(ctx, C_ACK, tid, A_SET | st) != 0:
+                g.emit(ctx, FLUSH, (tid & IDM) | (1 << 62), A_SET | st)
+        else:
+            g.emit_host(ctx, ACK, tid, A_SET | st)
+        return 0
+
+    @m.handler(CAN, max_yields=60000, consumes=f"{name}.cancel" if CH else None)
+    def timer_cancel(ctx, task):
+        tid = g.meta0(task)
+        if not try_lock(ctx, LOCK):
+            return YIELD
+        h = slot_key(tid, TM)
+        st = S_UNK
+        for p in range(TN):
+            s = T0 + 6 * ((h + p) & TM)
+            state = g.user_get(ctx, s)
+            if state != 0 and g.user_get(ctx, s + 1) == tid:
+                if state == 1:
+                    st = S_OK
+                    g.user_set(ctx, s, 0)             # its pending tick finds no match
+                else:
+                    st = S_FIRED
+                break
+        unlock(ctx, LOCK)
+        if CH:
+            if g.emit_chan(ctx, C_ACK, tid, A_CAN | st) != 0:
+                g.emit(ctx, FLUSH, (tid & IDM) | (1 << 62), A_CAN | st)
+        else:
+            g.emit_host(ctx, ACK, tid, A_CAN | st)
+        return 0
+
+    @m.handler(TICK, max_yields=60000)
+    def timer_tick(ctx, task):
+        tid = g.meta0(task)
+        gen = g.meta1(task)
+        if not try_lock(ctx, LOCK):
+            return YIELD
+        h = slot_key(tid, TM)
+        fires = 0
+        for p in range(TN):
+            s = T0 + 6 * ((h + p) & TM)
+            if g.user_get(ctx, s) == 1 and g.user_get(ctx, s + 1) == tid:
+                if g.user_get(ctx, s + 2) != gen:
+                    break                             # re-set meanwhile: not this one
+                now = g.tick(ctx)
+                due = g.user_get(ctx, s + 4)
+                if now - due > g.user_get(ctx, LATE):
+                    g.user_set(ctx, LATE, now - due)
+                fires = g.user_get(ctx, s + 5) + 1
+                g.user_set(ctx, s + 5, fires)
+                period = g.user_get(ctx, s + 3)
+                if period > 0:
+                    nxt = due + period
+                    if nxt <= now:
+                        nxt = due + ((now - due) // period + 1) * period
+                    g.user_set(ctx, s + 4, nxt)
+                    g.emit_at(ctx, nxt, TICK, tid, gen)
+                else:
+                    g.user_set(ctx, s, 2)             # fired: a cancel now answers FIRED
+                break
+        unlock(ctx, LOCK)
+        if fires > 0:
+            g.user_add(ctx, NFIRE, 1)
+            if CH:
+                if g.emit_chan(ctx, C_FIRE, tid, fires) != 0:
+                    g.emit(ctx, FLUSH, tid, fires)
+            else:
+                g.emit_host(ctx, FIRE, tid, fires)
+        return 0
+
+    if CH:
+        @m.handler(FLUSH, max_yields=0)
+        def timer_flush(ctx, task):
+            m0 = g.meta0(task)
+            if (m0 >> 62) == 0:
+                c = g.emit_chan(ctx, C_FIRE, m0 & IDM, g.meta1(task))
+            else:
+                c = g.emit_chan(ctx, C_ACK, m0 & IDM, g.meta1(task))
+            if c != 0:
+                return WAITC
+            return 0
+
+    m.timer_layout = {"lock": LOCK, "lateness_max": LATE, "fires": NFIRE, "table": T0,
+                      "timers": TN}
     return m
