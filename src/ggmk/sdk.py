@@ -217,7 +217,11 @@ class Client:
         self.system = system
         self.request = system.channel(request)
         self.reply_name = reply
-        self.sub = system.channel(reply).subscribe(name=f"client-{id(self):x}")
+        # set on every delivery to our subscription and whenever a reply is stashed: waiters
+        # block on it instead of polling
+        self._arrived = threading.Event()
+        self.sub = system.channel(reply).subscribe(name=f"client-{id(self):x}",
+                                                   notify=self._arrived.set)
         self.reply_tag = reply_tag or (lambda m0, m1: m0)
         self.timeout = timeout
         self._stash: dict = {}
@@ -242,6 +246,7 @@ class Client:
                 self.ignored += 1
                 continue
             self._stash.setdefault(tag, []).append((m0, m1, data))
+            self._arrived.set()            # another thread may be waiting for this tag
 
     def expect(self, tag) -> None:
         """Say a reply with ``tag`` is awaited (``publish(..., tag=)`` does it)."""
@@ -265,8 +270,9 @@ class Client:
     def wait(self, tag):
         """The reply for ``tag`` (blocks up to ``timeout`` seconds)."""
         deadline = time.monotonic() + self.timeout
-        delay = 0.00005
         while True:
+            # cleared before looking: a delivery or a stash after this point sets it again
+            self._arrived.clear()
             with self._lock:
                 q = self._stash.get(tag)
                 if not q:
@@ -278,13 +284,15 @@ class Client:
                         del self._stash[tag]
                         self._expect.discard(tag)
                     return out
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 with self._lock:
                     self._expect.discard(tag)
                 raise TimeoutError(f"no reply for tag {tag} on {self.reply_name!r} within "
                                    f"{self.timeout} s")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.0002)
+            # woken by the delivery; the 10 ms bound only matters when several threads wait
+            # on one client (one thread's clear can swallow the wake-up meant for another)
+            self._arrived.wait(min(left, 0.01))
 
     def call(self, meta0=0, meta1=0, *, tag, payload=None, type=None):
         self.publish(meta0, meta1, tag=tag, payload=payload, type=type)

@@ -11,7 +11,7 @@ not wait for company). ``stats()["transfers"]`` / ``["records"]`` count them: ne
 transfer per task.
 
 Waking the pump: a CPU channel delivering to the bridge's subscriber ring wakes it at once
-(``_WakeRing``), and so do ``push_device``, ``resume_device`` and ``stop``. The device
+(its notify hook, ``Subscriber.add_notify``), and so do ``push_device``, ``resume_device`` and ``stop``. The device
 publishes into host memory without ringing a host bell, so after any transfer the pump polls
 the device -> host ring closely for ``HOT_S`` (5 ms: ``SPIN`` GIL yields, then waits of
 20..200 us), and while ingress tasks are unfinished on the device; otherwise it sleeps until
@@ -67,7 +67,6 @@ from ggmk.bridge import device_side as ds
 from ggmk.bridge.codes import (BRIDGE_DEVICE_STOPPED, BRIDGE_PAYLOAD_TOO_LARGE,
                                BRIDGE_TRANSFER_FAILED)
 from ggmk.bridge.transport import TransferError
-from ggmk.core.ring import Ring
 from ggmk.device import layout
 from ggmk.errors import GgmkError, KernelStopped
 from ggmk.task import ALLOC_FAIL, CHAN_CLOSED, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC
@@ -81,30 +80,6 @@ _CLEAR_FLAGS = np.uint16(0xFFFF ^ FLAG_CHANNEL_MSG)
 
 class BridgeError(GgmkError):
     """Bad use of the bridge (e.g. pushing while the GPU kernel is being reset)."""
-
-
-class _WakeRing(Ring):
-    """The ring of the bridge's host-side subscriber of a CPU -> GPU channel: a push (the CPU
-    channel delivering messages) wakes the pump at once instead of at its next poll.
-
-    Stand-in for a core hook (``Channel.subscribe(None, notify=callable)``, called after a
-    delivery into a host-side subscriber's ring); swapped in right after ``subscribe``."""
-    __slots__ = ("wake",)
-
-    def push(self, recs, limit=None):
-        n = Ring.push(self, recs, limit)
-        if n:
-            self.wake.set()
-        return n
-
-
-def _waking_ring(sub, wake) -> None:
-    old = sub.ring
-    if type(old) is not Ring or len(old):
-        return                          # not the plain empty ring just made: leave it
-    r = _WakeRing(old.capacity, name=old.name)
-    r.wake = wake
-    sub.ring = r
 
 
 class _Pay:
@@ -195,8 +170,7 @@ class Bridge:
         for bc in channels:
             ch = system.channel(bc.name)
             if bc.direction == "c2g":
-                sub = ch.subscribe(None, name="bridge->gpu")
-                _waking_ring(sub, self._wake)
+                sub = ch.subscribe(None, name="bridge->gpu", notify=self._wake.set)
                 st = _In(bc, ch, sub, self.window)
                 st.det = deterministic and bc.deterministic
                 self.ins.append(st)

@@ -75,7 +75,7 @@ from ggmk import task as T
 from ggmk.core.channel_spec import (DEFAULT_CAPACITY, MAX_FANOUT, max_subscribers,
                                     priority_reserve, ring_capacity, validate_channel_spec)
 from ggmk.core.replay import ReplayLog, ReplayMixin
-from ggmk.core.ring import Ring
+from ggmk.core.ring import Ring, WakingRing
 from ggmk.core.sched import Route
 from ggmk.errors import ChannelError
 from ggmk.events import EventType
@@ -100,7 +100,8 @@ class Subscriber:
         self.chan = chan
         self.type_id = type_id
         self.name = name
-        self.ring = Ring(chan.capacity, name=f"{chan.name}->{name}")
+        # a host-side subscriber's ring wakes its reader (wait(), notify hooks) on each push
+        self.ring = (Ring if type_id else WakingRing)(chan.capacity, name=f"{chan.name}->{name}")
         self.next = chan.committed + 1
         self.behind = False
         self.degraded = False
@@ -124,6 +125,35 @@ class Subscriber:
     def take(self, max_n: int = 1 << 30) -> np.ndarray:
         """Pull up to ``max_n`` messages (host-side subscriber); acknowledges them."""
         return self.chan._take(self, max_n)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Host-side subscriber: block until :meth:`take` has something (True) or ``timeout``
+        seconds passed (False). A real wake-up on delivery, not a poll::
+
+            sub = system.channel("results").subscribe()
+            while sub.wait(1.0):
+                handle(sub.take())
+        """
+        r = self.ring
+        if self.type_id:
+            raise ChannelError(f"channel {self.chan.name!r}: subscriber {self.name!r} is "
+                               "delivered to a handler; only a host-side subscriber waits",
+                               CHAN_UNKNOWN)
+        if r.tail != r.head or self.behind:
+            return True
+        r.ready.clear()
+        if r.tail != r.head or self.behind:       # a push between the check and the clear
+            return True
+        return r.ready.wait(timeout) or r.tail != r.head or self.behind
+
+    def add_notify(self, fn) -> None:
+        """Host-side subscriber: call ``fn()`` after each delivery into its ring (under the
+        ring's lock: keep it as cheap as ``Event.set``)."""
+        if self.type_id:
+            raise ChannelError(f"channel {self.chan.name!r}: subscriber {self.name!r} is "
+                               "delivered to a handler; notify hooks are for host-side "
+                               "subscribers", CHAN_UNKNOWN)
+        self.ring.hooks = self.ring.hooks + (fn,)
 
     def stats(self) -> dict:
         r = self.ring
@@ -196,9 +226,11 @@ class Channel(ReplayMixin):
 
     # -- subscribing ----------------------------------------------------------------------------
     def subscribe(self, type=None, *, name: str | None = None, window: int | None = None,
-                  ordered: bool | None = None) -> Subscriber:
+                  ordered: bool | None = None, notify=None) -> Subscriber:
         """Add a subscriber. ``type``: the handler type its messages are delivered as (a name
-        or id with a handler); None: a host-side subscriber read with ``sub.take()``.
+        or id with a handler); None: a host-side subscriber read with ``sub.take()`` (block
+        for messages with ``sub.wait(timeout)``; ``notify``: a cheap callable run after each
+        delivery into its ring, see :meth:`Subscriber.add_notify`).
         ``ordered``: this subscriber's delivery order (default: the channel's ``ordered``).
         Raises ChannelError(CHAN_ALREADY_BOUND) for a second p2p subscriber or a 33rd fan-out one."""
         k = self.kernel
@@ -222,6 +254,8 @@ class Channel(ReplayMixin):
             ordered = self.ordered if ordered is None else (bool(ordered) and not self.det)
             sub = Subscriber(self, tid, name or (k.type_name(tid) if tid else "host"), win,
                              ordered=bool(tid) and ordered)
+            if notify is not None:
+                sub.add_notify(notify)
             self.subs.append(sub)
             self._osubs = {s.type_id: s for s in self.subs if s.ordered}
         self.reg._rebuild()

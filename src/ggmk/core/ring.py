@@ -177,6 +177,27 @@ class Ring:
                 "popped": self.popped, "rejected": self.rejected}
 
 
+
+class WakingRing(Ring):
+    """The ring of a host-side channel subscriber: every push sets ``ready`` (what
+    :meth:`~ggmk.core.channel.Subscriber.wait` blocks on) and calls the ``hooks`` (cheap
+    callables such as ``Event.set``: they run under the ring's lock and often the channel's),
+    so a host reading a channel waits on a real wake-up instead of polling."""
+
+    __slots__ = ("ready", "hooks")
+
+    def __init__(self, capacity: int, name: str = ""):
+        super().__init__(capacity, name)
+        self.ready = threading.Event()
+        self.hooks: tuple = ()
+
+    def _write(self, recs: np.ndarray) -> None:
+        Ring._write(self, recs)
+        self.ready.set()
+        for h in self.hooks:
+            h()
+
+
 class TimedRing(Ring):
     """A ring that remembers when each record was pushed (queueing latency per tenant)."""
 
