@@ -32,7 +32,7 @@ MAX_REQUEST = 64 * 1024          # bytes, one request line
 MAX_RESPONSE = 256 * 1024 * 1024 # bytes, one response line (the client refuses more)
 
 COMMANDS = ("ping", "ps", "stats", "emit", "chan_ls", "chan_inspect", "mod_ls", "mod_info",
-            "kern_ls", "log", "trace", "top", "halt")
+            "mod_reset", "kern_ls", "kern_info", "kv", "log", "trace", "top", "halt")
 
 
 class ControlError(Exception):
