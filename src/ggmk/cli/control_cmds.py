@@ -356,7 +356,8 @@ def emit(type_, payload, chan, count, meta0, meta1, state_dir, as_json):
         _echo_json(res)
     else:
         where = f" on {chan}" if chan else ""
-        click.echo(f"accepted {res['accepted']} of {res['count']} {res['type']}{where}")
+        why = f" (refused: {res['refused']})" if res.get("refused") else ""
+        click.echo(f"accepted {res['accepted']} of {res['count']} {res['type']}{where}{why}")
     if res["accepted"] < res["count"]:
         sys.exit(EXIT_ERROR)
 
@@ -617,10 +618,12 @@ def trace(perfetto, level, seconds, follow, max_events, module, type_, sample, s
                     "channels, modules); q or Ctrl-C quits. --once prints one frame.")
 @click.option("--once", is_flag=True, help="Print one frame and exit.")
 @click.option("--interval", type=click.FloatRange(0.05, 60), default=1.0, show_default=True)
+@click.option("--seconds", type=click.FloatRange(0.1, 86400), default=None,
+              help="Quit by itself after this long (non-interactive use, e.g. make demo).")
 @state_dir_option
 @json_option
 @_client_errors
-def top(once, interval, state_dir, as_json):
+def top(once, interval, seconds, state_dir, as_json):
     from rich.console import Console
 
     from ggmk.control import top as top_mod
@@ -633,7 +636,7 @@ def top(once, interval, state_dir, as_json):
             Console().print(top_mod.render(frame))
         return
     c = Client(_paths(state_dir), timeout=None).connect()
-    top_mod.run_live(c, interval, Console())
+    top_mod.run_live(c, interval, Console(), seconds=seconds)
 
 
 # -- build / typegen (no running system needed) -----------------------------------------------

@@ -562,10 +562,13 @@ class ControlServer:
             if ch.type_id and ch.type_id != tid:
                 raise ControlError("bad_args", f"channel {chan!r} carries "
                                    f"{cpu.type_name(ch.type_id)}, not {info.name}")
-            r = ch.publish(meta0=meta0, meta1=meta1, payload=payload, count=count)
-            accepted = r if count > 1 else int(r == 0)
-            return {"accepted": int(accepted), "count": count, "type": info.name,
-                    "type_id": tid, "channel": chan}
+            # with count given, publish returns how many were accepted (a prefix)
+            accepted = int(ch.publish(meta0=meta0, meta1=meta1, payload=payload, count=count))
+            out = {"accepted": accepted, "count": count, "type": info.name,
+                   "type_id": tid, "channel": chan}
+            if accepted < count:       # the rest was refused, nothing of it kept: try again
+                out["refused"] = "CHAN_CLOSED" if getattr(ch, "closed", False) else "CHAN_FULL"
+            return out
         if payload is None:
             accepted = self.system.submit(tid, meta0, meta1, count=count)
         else:

@@ -95,8 +95,9 @@ def render(frame: dict, prev: dict | None = None):
     return Panel(Group(head, kt, wt, mem, ct, *parts, tt, mods), title="ggmk", expand=True)
 
 
-def run_live(client, interval: float, console) -> None:
-    """Stream frames and redraw in place until q / Ctrl-C / the system halts."""
+def run_live(client, interval: float, console, seconds: float | None = None) -> None:
+    """Stream frames and redraw in place until q / Ctrl-C / the system halts (or, with
+    ``seconds``, until that long has passed)."""
     from rich.live import Live
     latest: dict = {}
     done = threading.Event()
@@ -124,7 +125,10 @@ def run_live(client, interval: float, console) -> None:
     try:
         with Live(Text("connecting..."), console=console, screen=False,
                   auto_refresh=False, transient=False) as live:
+            t_end = None if seconds is None else time.monotonic() + seconds
             while not done.is_set():
+                if t_end is not None and time.monotonic() >= t_end:
+                    break
                 cur = latest.get("cur")
                 if cur is not None and cur is not shown:
                     live.update(render(cur, latest.get("prev")), refresh=True)
