@@ -57,9 +57,9 @@ def serve(app: str, paths: StatePaths, *, device: str = "none", workers=None, ha
     try:
         server = ControlServer(system, paths, modules=modules, app=app, device=device,
                                options=options)
-        server.start()
-        if metrics_port is not None:
+        if metrics_port is not None:     # before the socket: a ping then knows the port
             server.start_metrics(metrics_port)
+        server.start()
     except Exception as e:   # noqa: BLE001
         print(f"ggmk: control socket failed: {type(e).__name__}: {e}", file=sys.stderr)
         system.halt(timeout=0)
