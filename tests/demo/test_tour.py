@@ -44,7 +44,13 @@ def _check(r):
     trace = re.search(r"Perfetto trace: (\S+)", out).group(1)
     with open(trace) as f:
         doc = json.load(f)
-    assert any(e.get("ph") == "X" for e in doc["traceEvents"])      # task slices
+    evs = doc["traceEvents"]
+    assert any(e.get("ph") == "X" for e in evs)                      # task slices
+    # counter tracks: the GPU kernel and the bridge as a second process
+    procs = {e["args"]["name"] for e in evs if e.get("name") == "process_name"}
+    assert any("GPU kernel" in p and "bridge" in p for p in procs), procs
+    counters = {e["name"] for e in evs if e.get("ph") == "C"}
+    assert {"cpu queued", "gpu queued", "bridge scale.in crossed"} <= counters, counters
     # nothing left running: the tour's state dir has no socket and its server is gone
     state = os.path.dirname(trace)
     assert not os.path.exists(os.path.join(state, "control.sock"))

@@ -128,6 +128,7 @@ class ControlServer:
         self._full = (-1e9, None)            # (monotonic time, System.stats()) for watchers
         self._full_lock = threading.Lock()
         self._build_report = None
+        self._counters: deque = deque(maxlen=1 << 16)   # (ts_ns, kernel, name, value)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -846,8 +847,30 @@ class ControlServer:
         while not self._stop.wait(COLLECT_INTERVAL):
             try:
                 self._collect_trace()
+                self._sample_counters()
             except Exception:   # noqa: BLE001
                 self.log.add("error", "trace", traceback.format_exc())
+
+    def _sample_counters(self) -> None:
+        """Queue depths of both kernels and the bridge's per-channel counters, on the trace's
+        clock (perf_counter_ns), for the Perfetto counter tracks: a few counter reads per
+        collection, nothing on the kernels' hot path."""
+        if self.state != "running":
+            return
+        ts = time.perf_counter_ns()
+        rows = [(ts, "cpu", "queued", int(self.cpu.sched.outstanding))]
+        if self.dual:
+            gm = views.gpu_metrics(self)
+            gl = (gm or {}).get("global", {})
+            rows.append((ts, "gpu", "queued",
+                         max(0, gl.get("enqueued", 0) - gl.get("dispatched", 0))))
+            b = views.bridge_summary(self) or {}
+            for name, c in (b.get("channels") or {}).items():
+                rows.append((ts, "bridge", f"{name} crossed", c.get("pushed", c.get("crossed", 0))))
+                rows.append((ts, "bridge", f"{name} in flight",
+                             c.get("in_flight", c.get("waiting_for_room", 0))))
+        with self._trace_lock:
+            self._counters.extend(rows)
 
     def _collect_trace(self) -> None:
         """Copy each worker's new trace events (reads the tracer's per-worker rings: the drain
@@ -988,8 +1011,13 @@ class ControlServer:
                 skip = 0
             chunks = kept
         rows, cut = self._events_json(view(chunks), max_events)
+        with self._trace_lock:
+            counters = list(self._counters)
+        t_first = rows[0][1] if rows else 0
+        counters = [list(c) for c in counters if c[0] >= t_first]
         return {**meta, "events": rows, "cut": cut, "dropped": dropped,
-                "tracer": self.tracer.stats()["total"]}
+                "tracer": self.tracer.stats()["total"], "counters": counters,
+                "target": getattr(self.system, "target", None) if self.dual else None}
 
     def _trace_types(self, module, tname):
         """The task types ``ggmk trace --module/--type`` keep (None: all)."""
