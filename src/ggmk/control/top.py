@@ -92,7 +92,8 @@ def render(frame: dict, prev: dict | None = None):
                f" (high {s.get('ready_high_watermark')})")
     mods = Text("modules: " + ", ".join(f"{m['name']} ({m['kernel']}, {m['handlers']} "
                                           "handlers)" for m in frame.get("modules", [])))
-    return Panel(Group(head, kt, wt, mem, ct, *parts, tt, mods), title="ggmk", expand=True)
+    # the most telling first: a short terminal crops the bottom
+    return Panel(Group(head, kt, *parts, ct, wt, mem, tt, mods), title="ggmk", expand=True)
 
 
 def run_live(client, interval: float, console, seconds: float | None = None) -> None:
