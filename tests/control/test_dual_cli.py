@@ -99,6 +99,26 @@ def test_dual_listings_show_both_kernels_and_the_bridge(dual, wait_until):
     assert r.returncode == EXIT_ERROR and "GPU kernel" in r.stderr
 
 
+def test_build_report_of_the_running_gpu_kernel(dual):
+    """``ggmk build`` without APP and ``ggmk kern info --report``: the ptxas report of the GPU
+    kernel the system runs (its modules plus the bridge's), compiled once and kept."""
+    from ggmk.device.build import ToolchainMissing, find_ptxas
+    try:
+        find_ptxas()
+    except ToolchainMissing as e:
+        pytest.skip(f"no ptxas here: {e}")
+    g = dual
+    r = g("build", "--json", timeout=900)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    names = {h["module"] + "." + h["name"] for h in rep["handlers"]}
+    assert "gpu_scale.scale" in names and rep["kernel"]["registers"] > 0
+    info = g.json("kern", "info")                    # kept: no second compile
+    assert info["gpu"]["report"]["handlers"] == rep["handlers"]
+    assert "(persistent kernel)" in g("kern", "info").stdout
+
+
+# last: it halts the module's system
 def test_dual_halt_stops_both_kernels_and_leaves_nothing(dual, wait_until):
     g = dual
     pid = g.pid()
