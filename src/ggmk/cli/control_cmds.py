@@ -458,7 +458,9 @@ listing(kern, "ls", "kern_ls", "List the kernels (cpu, and gpu when dual).", key
 listing(kern, "info", "kern_info", "Both kernels: options, gpu_drv's device facts, the GPU "
         "kernel's boot steps and build (--report: the ptxas register/spill report).",
         text=_kern_info, options=[click.option("--report", is_flag=True, help="Compile the "
-                                               "GPU kernel's ptxas report (slow, cached).")],
+                                               "GPU kernel's ptxas report (tens of seconds, "
+                                               "in the system's process: it slows the system "
+                                               "meanwhile; kept after).")],
         args_of=lambda kw: {"report": kw["report"]})
 
 
