@@ -43,7 +43,9 @@ OPS_APP = textwrap.dedent('''
 
     def app():
         return [kv.module(capacity=4), flaky, fixer], {
-            "workers": 2, "poison_threshold": 2}
+            # poisoned after failures in 2 of the window's 10 buckets (2000 ticks each): slow
+            # `ggmk emit` processes on a loaded machine still land in one window
+            "workers": 2, "poison_threshold": 2, "poison_window": 20000}
 ''')
 
 

@@ -29,7 +29,10 @@ def to_chrome(trace: dict) -> dict:
     nworkers = int(trace.get("nworkers", 0))
     nrings = int(trace.get("workers", nworkers + 1))
     pid = int(trace.get("pid", 1))
-    t0 = min((e[1] for e in events), default=0)
+    counters = trace.get("counters") or []
+    t0 = min(min((e[1] for e in events), default=1 << 64),
+             min((c[0] for c in counters), default=1 << 64))
+    t0 = 0 if t0 == 1 << 64 else t0
     out = [{"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
             "args": {"name": f"ggmk CPU kernel ({trace.get('app') or 'app'})"}}]
     for w in range(nrings):
@@ -62,7 +65,6 @@ def to_chrome(trace: dict) -> dict:
         out.append({"ph": "X", "name": types.get(ttype, f"TYPE_{ttype}"), "cat": "task",
                     "pid": pid, "tid": w, "ts": (start - t0) / 1000.0,
                     "dur": max(0, end - start) / 1000.0, "args": {"n": n}})
-    counters = [c for c in trace.get("counters") or [] if c[0] >= t0]
     if any(c[1] != "cpu" for c in counters):
         out.append({"ph": "M", "name": "process_name", "pid": pid + 1, "tid": 0,
                     "args": {"name": f"ggmk GPU kernel ({trace.get('target') or 'device'}) "

@@ -991,9 +991,11 @@ class ControlServer:
             finally:
                 with self._trace_lock:
                     self._trace_subs.remove(q)
+        t_from = None
         if seconds:
             with self._trace_lock:
                 mark = self._trace_n + self._trace_dropped
+            t_from = time.perf_counter_ns()          # the trace's clock: counters from here
             self._stop.wait(seconds)
         self._collect_trace()
         with self._trace_lock:
@@ -1013,8 +1015,9 @@ class ControlServer:
         rows, cut = self._events_json(view(chunks), max_events)
         with self._trace_lock:
             counters = list(self._counters)
-        t_first = rows[0][1] if rows else 0
-        counters = [list(c) for c in counters if c[0] >= t_first]
+        if t_from is None:
+            t_from = rows[0][1] if rows else 0
+        counters = [list(c) for c in counters if c[0] >= t_from]
         return {**meta, "events": rows, "cut": cut, "dropped": dropped,
                 "tracer": self.tracer.stats()["total"], "counters": counters,
                 "target": getattr(self.system, "target", None) if self.dual else None}
