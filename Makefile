@@ -21,8 +21,11 @@ system-deps:
 	need "$$([ -x /usr/lib/qemu/vhost-user-gpu ] || echo 1)" qemu-system-gui; \
 	need "$$(command -v tmux >/dev/null || echo 1)" tmux
 
-# the workload in-process (tables per type, queues, arena, accounting), then the same system
-# operated from a shell: ggmk boot / emit / ps / top / trace --perfetto / halt
+# the CPU kernel's workload in-process (tables per type, queues, arena, accounting), then both
+# kernels operated from a shell (src/ggmk/demo/tour.py): ggmk boot examples/dual_app.py
+# --device auto (cuda on a GPU machine, else the GPU kernel's cpu target; the first run builds
+# the GPU kernel, ~100 s, cached after), emit across the bridge both ways with payloads, ps,
+# kern info, chan ls, 3 s of top, trace --perfetto, halt
 demo: $(VENV)/.installed
 	$(PY) -m ggmk.demo
 	$(PY) -m ggmk.demo.tour

@@ -65,6 +65,44 @@ def _client_errors(fn):
     return wrapper
 
 
+def _show(state_dir, cmd, args=None, *, as_json: bool, key: str | None = None,
+          table: list | None = None, text=None, timeout: float = 30.0, fail_if=None):
+    """The one shape of a listing command: request ``cmd`` over the socket, take ``key`` of the
+    result, print it as JSON (``--json``), a table of columns ``table``, or with ``text(res)``;
+    exit EXIT_ERROR when ``fail_if(res)`` says the command did not do what was asked.
+    Control-plane failures become exit codes in ``_client_errors``."""
+    res = _call(state_dir, cmd, args, timeout=timeout)
+    data = res[key] if key else res
+    if as_json:
+        _echo_json(data)
+    elif table is not None:
+        _table(data, table)
+    elif text is not None:
+        text(data)
+    else:
+        for k, v in data.items():
+            click.echo(f"{k}: {json.dumps(v, default=str)}")
+    if fail_if is not None and fail_if(data):
+        sys.exit(EXIT_ERROR)
+    return data
+
+
+def listing(group, name, cmd, help, *, key=None, table=None, text=None, arg=None,
+            options=(), args_of=None):
+    """Register ``group name [ARG] [--json]``: one request, printed by ``_show``."""
+    def body(state_dir, as_json, **kw):
+        args = args_of(kw) if args_of else ({arg: kw[arg]} if arg else None)
+        _show(state_dir, cmd, args, as_json=as_json, key=key, table=table, text=text)
+    f = _client_errors(body)
+    f = json_option(f)
+    f = state_dir_option(f)
+    for opt in reversed(options):
+        f = opt(f)
+    if arg:
+        f = click.argument(arg)(f)
+    return group.command(name, help=help)(f)
+
+
 def _call(state_dir, cmd, args=None, timeout=30.0):
     from ggmk.control.client import Client
     with Client(_paths(state_dir), timeout=timeout) as c:
@@ -99,6 +137,9 @@ def _boot_options(fn):
                       help="Threads or the seeded simulator (default: the app's choice).")(fn)
     fn = click.option("--workers", type=click.IntRange(min=1), default=None,
                       help="CPU worker threads (default: the app's choice, else 2).")(fn)
+    fn = click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+                      help="Also serve Prometheus /metrics on 127.0.0.1:PORT (0: any free "
+                      "port; `ggmk ps` shows it).")(fn)
     fn = click.option("--device", type=click.Choice(DEVICES), default="none",
                       show_default=True, help="none: the CPU kernel alone; auto/cpu/sim/cuda: "
                       "both kernels (ggmk.dual) with the GPU kernel on that target.")(fn)
@@ -115,8 +156,8 @@ def _boot_options(fn):
               help="Seconds to wait for the detached system to answer.")
 @state_dir_option
 @json_option
-def boot(app, device, workers, hal, deterministic, foreground, boot_timeout, state_dir,
-         as_json):
+def boot(app, device, workers, hal, deterministic, metrics_port, foreground, boot_timeout,
+         state_dir, as_json):
     from ggmk.control.client import Client, probe, remove_stale
     paths = _paths(state_dir)
     try:
@@ -134,7 +175,7 @@ def boot(app, device, workers, hal, deterministic, foreground, boot_timeout, sta
     if foreground:
         from ggmk.control.runner import serve
         sys.exit(serve(app, paths, device=device, workers=workers, hal=hal,
-                       deterministic=deterministic))
+                       deterministic=deterministic, metrics_port=metrics_port))
     argv = [sys.executable, "-m", "ggmk.cli.main", "_serve", app, "--state-dir",
             str(paths.dir), "--device", device]
     if workers is not None:
@@ -143,6 +184,12 @@ def boot(app, device, workers, hal, deterministic, foreground, boot_timeout, sta
         argv += ["--hal", hal]
     if deterministic is not None:
         argv.append("--deterministic" if deterministic else "--no-deterministic")
+    if metrics_port is not None:
+        argv += ["--metrics-port", str(metrics_port)]
+    if device != "none":
+        click.echo(f"ggmk: booting {app} with the GPU kernel (device {device}): building the "
+                   "GPU kernel, cached after the first run (a cold build takes about 100 s)",
+                   err=True)
     log = open(paths.log, "ab")
     os.chmod(paths.log, 0o600)
     start = log.tell()
@@ -171,10 +218,13 @@ def boot(app, device, workers, hal, deterministic, foreground, boot_timeout, sta
         time.sleep(0.02)   # polling with a deadline
     if as_json:
         _echo_json({"pid": info["pid"], "socket": str(paths.sock), "state_dir": str(paths.dir),
-                    "log": str(paths.log), "app": app, "device": device})
+                    "log": str(paths.log), "app": app, "device": device,
+                    "metrics_port": info.get("metrics_port")})
     else:
         click.echo(f"ggmk: booted {app} (pid {info['pid']}, device {device})")
         click.echo(f"control socket: {paths.sock}")
+        if info.get("metrics_port"):
+            click.echo(f"metrics: http://127.0.0.1:{info['metrics_port']}/metrics")
         click.echo(f"log: {paths.log}")
 
 
@@ -191,10 +241,10 @@ def _log_tail(path, start: int, n: int = 4000) -> str:
 @click.argument("app")
 @_boot_options
 @state_dir_option
-def serve_cmd(app, device, workers, hal, deterministic, state_dir):
+def serve_cmd(app, device, workers, hal, deterministic, metrics_port, state_dir):
     from ggmk.control.runner import serve
     sys.exit(serve(app, _paths(state_dir), device=device, workers=workers, hal=hal,
-                   deterministic=deterministic))
+                   deterministic=deterministic, metrics_port=metrics_port))
 
 
 # -- halt / ps / stats -------------------------------------------------------------------------------
@@ -249,8 +299,21 @@ def ps(state_dir, as_json):
         return
     click.echo(f"state {res['state']}  pid {res['pid']}  uptime {_uptime(res['uptime_s'])}  "
                f"app {res['app']}  device {res['device']}")
-    _table(res["kernels"], ["name", "state", "workers", "tick", "tasks_done", "errors",
-                            "dropped", "queued"])
+    _table(res["kernels"], KERN_COLS)
+    _print_bridge(res.get("bridge"))
+
+
+def _print_bridge(b):
+    if not b:
+        return
+    click.echo(f"bridge: {b['transfers']} transfers, {b['records']} records, "
+               f"{b['payload_copies']} payload copies ({b['payload_bytes']} B), retries "
+               f"{b['retries']}, dead-lettered {b['dead_lettered']}"
+               + (f", PAUSED ({b['paused']})" if b.get("paused") else ""))
+    rows = [{"channel": n, **c, "crossed": c.get("pushed", c.get("crossed")),
+             "in_flight": c.get("in_flight", c.get("waiting_for_room"))}
+            for n, c in b.get("channels", {}).items()]
+    _table(rows, ["channel", "direction", "type", "guarantee", "crossed", "in_flight", "dead"])
 
 
 @click.command(help="Print the system's statistics (JSON), or the Prometheus text exposition.")
@@ -293,74 +356,43 @@ def emit(type_, payload, chan, count, meta0, meta1, state_dir, as_json):
         _echo_json(res)
     else:
         where = f" on {chan}" if chan else ""
-        click.echo(f"accepted {res['accepted']} of {res['count']} {res['type']}{where}")
+        why = f" (refused: {res['refused']})" if res.get("refused") else ""
+        click.echo(f"accepted {res['accepted']} of {res['count']} {res['type']}{where}{why}")
     if res["accepted"] < res["count"]:
         sys.exit(EXIT_ERROR)
 
 
-# -- chan / mod / kern -----------------------------------------------------------------------------
+# -- chan / mod / kern / kv -------------------------------------------------------------------
 
-@click.group(help="Channels: ls, inspect NAME.")
+CHAN_COLS = ["name", "kernel", "type", "mode", "guarantee", "capacity", "depth", "emitted",
+             "dropped", "crossed", "in_flight"]
+KERN_COLS = ["name", "state", "target", "workers", "tick", "tasks_done", "errors", "dropped",
+             "queued"]
+
+
+@click.group(help="Channels: ls, inspect NAME (bridge channels show their direction and "
+                  "the bridge's counters).")
 def chan():
     pass
 
 
-@chan.command("ls", help="List channels.")
-@state_dir_option
-@json_option
-@_client_errors
-def chan_ls(state_dir, as_json):
-    rows = _call(state_dir, "chan_ls")["channels"]
-    if as_json:
-        _echo_json(rows)
-    else:
-        _table(rows, ["name", "type", "mode", "guarantee", "capacity", "depth", "emitted",
-                      "dropped"])
+listing(chan, "ls", "chan_ls", "List the channels of both kernels.", key="channels",
+        table=CHAN_COLS)
+listing(chan, "inspect", "chan_inspect", "Everything about one channel.", arg="name")
 
 
-@chan.command("inspect", help="Everything about one channel.")
-@click.argument("name")
-@state_dir_option
-@json_option
-@_client_errors
-def chan_inspect(name, state_dir, as_json):
-    res = _call(state_dir, "chan_inspect", {"name": name})
-    if as_json:
-        _echo_json(res)
-    else:
-        for k, v in res.items():
-            click.echo(f"{k}: {json.dumps(v, default=str)}")
-
-
-@click.group(help="Modules: ls, info NAME.")
+@click.group(help="Modules: ls, info NAME, reset NAME.")
 def mod():
     pass
 
 
-@mod.command("ls", help="List modules.")
-@state_dir_option
-@json_option
-@_client_errors
-def mod_ls(state_dir, as_json):
-    rows = _call(state_dir, "mod_ls")["modules"]
-    if as_json:
-        _echo_json(rows)
-        return
+def _mod_rows(rows):
     _table([{**r, "handlers": ",".join(h["type"] for h in r["handlers"]),
              "channels": ",".join(f"{c['direction'][0]}:{c['name']}" for c in r["channels"])}
             for r in rows], ["name", "version", "kernel", "handlers", "channels"])
 
 
-@mod.command("info", help="One module: handlers (with their counters) and channels.")
-@click.argument("name")
-@state_dir_option
-@json_option
-@_client_errors
-def mod_info(name, state_dir, as_json):
-    res = _call(state_dir, "mod_info", {"name": name})
-    if as_json:
-        _echo_json(res)
-        return
+def _mod_info(res):
     click.echo(f"module {res['name']} {res['version']} ({res['kernel']} kernel)")
     click.echo("handlers:")
     for h in res["handlers"]:
@@ -373,21 +405,121 @@ def mod_info(name, state_dir, as_json):
                    f"{c['guarantee'] or ''}")
 
 
-@click.group(help="Kernels: ls.")
+def _mod_reset(res):
+    click.echo(f"reset {res['module']}: poison cleared on "
+               f"{', '.join(res['cleared']) or 'no type (none was poisoned)'}; init "
+               f"{'re-run' if res['init'] else 'none to run'}")
+
+
+listing(mod, "ls", "mod_ls", "List modules (both kernels).", key="modules", text=_mod_rows)
+listing(mod, "info", "mod_info", "One module: handlers (with their counters) and channels.",
+        arg="name", text=_mod_info)
+listing(mod, "reset", "mod_reset", "Clear a CPU module's poison and run its init again.",
+        arg="name", text=_mod_reset)
+
+
+@click.group(help="Kernels: ls, info.")
 def kern():
     pass
 
 
-@kern.command("ls", help="List the kernels (cpu, and gpu when dual).")
+def _kern_info(res):
+    for name, k in res.items():
+        click.echo(f"{name} kernel: state {k.get('state')}, workers {k.get('workers')}, "
+                   f"tick {k.get('tick')}, tasks done {k.get('tasks_done')}, errors "
+                   f"{k.get('errors')}, queued {k.get('queued')}")
+        click.echo(f"  modules: {', '.join(k.get('modules', [])) or '-'}")
+        if name == "cpu":
+            click.echo(f"  hal {k.get('hal')}, deterministic {k.get('deterministic')}")
+            continue
+        click.echo(f"  target {k.get('target')}; boot: " + ", ".join(
+            f"{b['step']} {b['t_s']:.3f}s" for b in k.get("boot", [])))
+        drv = k.get("gpu_drv") or {}
+        for d in drv.get("devices", []) or []:
+            click.echo("  gpu_drv device: " + ", ".join(f"{a} {v}" for a, v in d.items()
+                                                        if not isinstance(v, (dict, list))))
+        for a, v in drv.items():
+            if a != "devices" and not isinstance(v, (dict, list)):
+                click.echo(f"  gpu_drv {a}: {v}")
+        b = k.get("build")
+        if b:
+            click.echo(f"  build: key {b['key'][:16]}, {len(b['handlers'])} handlers "
+                       f"({', '.join(h['module'] + '.' + h['name'] for h in b['handlers'])}), "
+                       f"{b['blocks']} blocks x {b['threads']} threads, cached at {b['path']}")
+        rep = k.get("report")
+        if rep:
+            click.echo(rep.get("table") or f"  build report: {rep.get('error')}")
+        else:
+            click.echo("  (ptxas build report: `ggmk kern info --report`)")
+
+
+listing(kern, "ls", "kern_ls", "List the kernels (cpu, and gpu when dual).", key="kernels",
+        table=KERN_COLS)
+listing(kern, "info", "kern_info", "Both kernels: options, gpu_drv's device facts, the GPU "
+        "kernel's boot steps and build (--report: the ptxas register/spill report).",
+        text=_kern_info, options=[click.option("--report", is_flag=True, help="Compile the "
+                                               "GPU kernel's ptxas report (tens of seconds, "
+                                               "in the system's process: it slows the system "
+                                               "meanwhile; kept after).")],
+        args_of=lambda kw: {"report": kw["report"]})
+
+
+@click.group(help="The running system's kv module (ggmk.modules.kv): get KEY, put KEY VALUE, "
+                  "ls.")
+def kv():
+    pass
+
+
+_KV_NAME = click.option("--name", default=None, help="The kv module (when there are several).")
+
+
+def _kv_get(res):
+    if not res["found"]:
+        click.echo(f"{res['key']}: not found")
+    else:
+        click.echo(f"{res['key']}: {res.get('value', res.get('value_hex'))}")
+
+
+def _kv_ls(res):
+    click.echo(f"{res['module']}: {res['size']} of {res['capacity']} keys")
+    for it in res["items"]:
+        click.echo(f"  {it['key']}: {it.get('value', it.get('value_hex'))}")
+
+
+@kv.command("get", help="The value of KEY (exit code 1 when it is not there).")
+@click.argument("key", type=click.IntRange(0, 2**64 - 1))
+@_KV_NAME
 @state_dir_option
 @json_option
 @_client_errors
-def kern_ls(state_dir, as_json):
-    rows = _call(state_dir, "kern_ls")["kernels"]
-    if as_json:
-        _echo_json(rows)
-    else:
-        _table(rows, ["name", "state", "workers", "tick", "tasks_done", "errors", "queued"])
+def kv_get(key, name, state_dir, as_json):
+    _show(state_dir, "kv", {"op": "get", "key": key, "name": name}, as_json=as_json,
+          text=_kv_get, fail_if=lambda r: not r["found"])
+
+
+@kv.command("put", help="Store VALUE (an integer, or --text) under KEY through the module's "
+                        "put channel.")
+@click.argument("key", type=click.IntRange(0, 2**64 - 1))
+@click.argument("value", required=False, type=click.IntRange(0, 2**64 - 1))
+@click.option("--text", default=None, help="Store this string (as bytes) instead of VALUE.")
+@_KV_NAME
+@state_dir_option
+@json_option
+@_client_errors
+def kv_put(key, value, text, name, state_dir, as_json):
+    if (value is None) == (text is None):
+        raise click.UsageError("give exactly one of VALUE (an integer) and --text")
+    args = {"op": "put", "key": key, "name": name}
+    args.update({"value": value} if text is None else {"text": text})
+    _show(state_dir, "kv", args, as_json=as_json,
+          text=lambda r: click.echo(f"{r['key']}: {r['status']}"),
+          fail_if=lambda r: not r["stored"])
+
+
+listing(kv, "ls", "kv", "Every key and value.", text=_kv_ls, options=[
+    _KV_NAME, click.option("--limit", type=click.IntRange(1, 1_000_000), default=1000,
+                           show_default=True)],
+        args_of=lambda kw: {"op": "ls", "name": kw["name"], "limit": kw["limit"]})
 
 
 # -- log / trace / top -----------------------------------------------------------------------------
@@ -435,13 +567,20 @@ def log(follow, lines, state_dir, as_json):
               help="Capture this long and show only those events (0: what is buffered).")
 @click.option("-f", "--follow", is_flag=True, help="Stream events as JSON lines.")
 @click.option("--max-events", type=click.IntRange(min=1), default=200_000, show_default=True)
+@click.option("--module", default=None, metavar="M",
+              help="Only module M's task types (with --level: set M's level only).")
+@click.option("--type", "type_", default=None, metavar="T", help="Only task type T (name/id).")
+@click.option("--sample", type=click.IntRange(1, 1_000_000), default=1, show_default=True,
+              metavar="N", help="Show 1 of every N events of each worker.")
 @state_dir_option
 @json_option
 @_client_errors
-def trace(perfetto, level, seconds, follow, max_events, state_dir, as_json):
+def trace(perfetto, level, seconds, follow, max_events, module, type_, sample, state_dir,
+          as_json):
     from ggmk.control.client import Client
     from ggmk.events import SAMPLED_BIT, EventType
-    args = {"level": level, "seconds": seconds, "max_events": max_events}
+    args = {"level": level, "seconds": seconds, "max_events": max_events, "module": module,
+            "type": type_, "sample": sample}
     if follow:
         try:
             with Client(_paths(state_dir), timeout=None) as c:
@@ -481,10 +620,12 @@ def trace(perfetto, level, seconds, follow, max_events, state_dir, as_json):
                     "channels, modules); q or Ctrl-C quits. --once prints one frame.")
 @click.option("--once", is_flag=True, help="Print one frame and exit.")
 @click.option("--interval", type=click.FloatRange(0.05, 60), default=1.0, show_default=True)
+@click.option("--seconds", type=click.FloatRange(0.1, 86400), default=None,
+              help="Quit by itself after this long (non-interactive use, e.g. make demo).")
 @state_dir_option
 @json_option
 @_client_errors
-def top(once, interval, state_dir, as_json):
+def top(once, interval, seconds, state_dir, as_json):
     from rich.console import Console
 
     from ggmk.control import top as top_mod
@@ -497,9 +638,82 @@ def top(once, interval, state_dir, as_json):
             Console().print(top_mod.render(frame))
         return
     c = Client(_paths(state_dir), timeout=None).connect()
-    top_mod.run_live(c, interval, Console())
+    top_mod.run_live(c, interval, Console(), seconds=seconds)
+
+
+# -- build / typegen (no running system needed) -----------------------------------------------
+
+@click.command(help="The build report of the GPU kernel (ggmk.device.build: registers, spills, "
+                    "shared memory per handler; --kernel: the persistent kernel too): of APP's "
+                    "GPU modules plus the bridge's, or, without APP, of the running system's "
+                    "GPU kernel. Needs numba-cuda's compiler and ptxas; takes a while.")
+@click.argument("app", required=False)
+@click.option("--kernel", "whole", is_flag=True, help="Also the whole persistent kernel.")
+@click.option("--arch", default="sm_90", show_default=True, help="The GPU architecture.")
+@state_dir_option
+@json_option
+@_client_errors
+def build(app, whole, arch, state_dir, as_json):
+    if app is None:
+        res = _call(state_dir, "kern_info", {"report": True}, timeout=900)
+        rep = (res.get("gpu") or {}).get("report")
+        if rep is None:
+            _fail("the running system has no GPU kernel (boot it with --device)", EXIT_ERROR)
+    else:
+        from ggmk.control import app as app_mod
+        from ggmk.control import buildinfo
+        try:
+            modules, options = app_mod.load(app)
+            rep = buildinfo.report(modules, options, arch=arch, whole_kernel=whole)
+        except app_mod.AppError as e:
+            _fail(str(e), EXIT_ERROR)
+        except Exception as e:   # noqa: BLE001 - no toolchain, a bad module: say which
+            rep = {"error": f"{type(e).__name__}: {e}"}
+    if as_json:
+        _echo_json(rep)
+    elif "error" in rep:
+        click.echo(f"ggmk: build report failed: {rep['error']}", err=True)
+    else:
+        click.echo(f"GPU kernel build report ({rep['arch']}, register limit "
+                   f"{rep['reg_limit']}):")
+        click.echo(rep["table"])
+        if rep.get("spills"):
+            click.echo(f"local-memory spills in: {', '.join(rep['spills'])}")
+    if "error" in rep:
+        sys.exit(EXIT_ERROR)
+
+
+@click.command(help="Write typed payload accessors (a Python module: one class per type with "
+                    "a payload, encode()/decode()) generated from TYPES (a types.toml file, or "
+                    "an app whose options carry `types`).")
+@click.argument("types_src")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write here (default: stdout).")
+def typegen(types_src, output):
+    from ggmk.control.typegen import generate
+    try:
+        if types_src.endswith(".toml"):
+            from ggmk.typereg import load_types
+            reg = load_types(types_src)
+        else:
+            from ggmk.control import app as app_mod
+            _, options = app_mod.load(types_src)
+            reg = options.get("types")
+            if reg is None:
+                _fail(f"{types_src}: the app's options have no `types` (a types.toml "
+                      "registry)", EXIT_ERROR)
+    except Exception as e:   # noqa: BLE001 - TypesError names file, line and field
+        _fail(f"typegen: {e}", EXIT_ERROR)
+    src = generate(reg, source=types_src)
+    if output is None:
+        click.echo(src, nl=False)
+        return
+    with open(output, "w") as f:
+        f.write(src)
+    click.echo(f"wrote {output}: {src.count(chr(10) + 'class ')} payload classes")
 
 
 def register(cli: click.Group) -> None:
-    for cmd in (boot, serve_cmd, halt, ps, stats, emit, chan, mod, kern, log, trace, top):
+    for cmd in (boot, serve_cmd, halt, ps, stats, emit, chan, mod, kern, kv, log, trace, top,
+                build, typegen):
         cli.add_command(cmd)

@@ -4,7 +4,10 @@ One process (the CPU kernel), one track (thread) per worker plus one for the hos
 becomes a complete slice ("X") from its TASK_START to its TASK_END on the worker that ran it
 (tasks of one batch with the same type and times are one slice with ``n`` in its args);
 everything else (drops, full channels, failures, retries, yields, parks) is an instant event
-("i") on the worker's track. Timestamps are microseconds from the first event.
+("i") on the worker's track. Counter tracks ("C", sampled by the server every 50 ms): the CPU
+kernel's queue depth, and for a dual system a second process, the GPU kernel and the bridge,
+with the GPU kernel's queue depth and each bridge channel's crossed and in-flight messages.
+Timestamps are microseconds from the first event.
 """
 from __future__ import annotations
 
@@ -26,7 +29,10 @@ def to_chrome(trace: dict) -> dict:
     nworkers = int(trace.get("nworkers", 0))
     nrings = int(trace.get("workers", nworkers + 1))
     pid = int(trace.get("pid", 1))
-    t0 = min((e[1] for e in events), default=0)
+    counters = trace.get("counters") or []
+    t0 = min(min((e[1] for e in events), default=1 << 64),
+             min((c[0] for c in counters), default=1 << 64))
+    t0 = 0 if t0 == 1 << 64 else t0
     out = [{"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
             "args": {"name": f"ggmk CPU kernel ({trace.get('app') or 'app'})"}}]
     for w in range(nrings):
@@ -59,6 +65,14 @@ def to_chrome(trace: dict) -> dict:
         out.append({"ph": "X", "name": types.get(ttype, f"TYPE_{ttype}"), "cat": "task",
                     "pid": pid, "tid": w, "ts": (start - t0) / 1000.0,
                     "dur": max(0, end - start) / 1000.0, "args": {"n": n}})
+    if any(c[1] != "cpu" for c in counters):
+        out.append({"ph": "M", "name": "process_name", "pid": pid + 1, "tid": 0,
+                    "args": {"name": f"ggmk GPU kernel ({trace.get('target') or 'device'}) "
+                                     "+ bridge"}})
+    for ts, kernel, name, value in counters:
+        out.append({"ph": "C", "name": f"{kernel} {name}", "cat": "counter",
+                    "pid": pid if kernel == "cpu" else pid + 1, "tid": 0,
+                    "ts": (ts - t0) / 1000.0, "args": {"value": value}})
     body = [e for e in out if e["ph"] != "M"]
     body.sort(key=lambda e: e["ts"])
     return {"traceEvents": [e for e in out if e["ph"] == "M"] + body,

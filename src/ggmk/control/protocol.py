@@ -19,7 +19,7 @@ Error codes: ``bad_json``, ``bad_request``, ``bad_version``, ``too_large`` (the 
 closed after it), ``timeout`` (a partial request sat idle; closed), ``unknown_command``,
 ``bad_args``, ``unknown_type``, ``unknown_channel``, ``unknown_module``, ``payload`` (the
 payload does not fit the type: the message names the field), ``halted``, ``busy`` (too many
-clients; closed), ``permission_denied`` (another uid; closed), ``unsupported``, ``internal``.
+clients: closed; or, for ``kv`` put, the module's put channel is full: try again), ``permission_denied`` (another uid; closed), ``unsupported``, ``internal``.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ MAX_REQUEST = 64 * 1024          # bytes, one request line
 MAX_RESPONSE = 256 * 1024 * 1024 # bytes, one response line (the client refuses more)
 
 COMMANDS = ("ping", "ps", "stats", "emit", "chan_ls", "chan_inspect", "mod_ls", "mod_info",
-            "kern_ls", "log", "trace", "top", "halt")
+            "mod_reset", "kern_ls", "kern_info", "kv", "log", "trace", "top", "halt")
 
 
 class ControlError(Exception):

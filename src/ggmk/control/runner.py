@@ -27,7 +27,7 @@ def boot_system(modules, options: dict, device: str):
 
 
 def serve(app: str, paths: StatePaths, *, device: str = "none", workers=None, hal=None,
-          deterministic=None, out=sys.stdout) -> int:
+          deterministic=None, metrics_port=None, out=sys.stdout) -> int:
     """Returns the exit code. Holds the state dir's lock for the process's lifetime."""
     paths.ensure()
     lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -57,10 +57,13 @@ def serve(app: str, paths: StatePaths, *, device: str = "none", workers=None, ha
     try:
         server = ControlServer(system, paths, modules=modules, app=app, device=device,
                                options=options)
+        if metrics_port is not None:     # before the socket: a ping then knows the port
+            server.start_metrics(metrics_port)
         server.start()
     except Exception as e:   # noqa: BLE001
         print(f"ggmk: control socket failed: {type(e).__name__}: {e}", file=sys.stderr)
         system.halt(timeout=0)
+        _unlink(paths.sock)
         _unlink(paths.pid)
         return 1
 

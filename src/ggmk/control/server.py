@@ -25,6 +25,7 @@ import numpy as np
 
 import ggmk
 from ggmk.control import protocol as P
+from ggmk.control import views
 from ggmk.control.paths import StatePaths
 from ggmk.control.protocol import ControlError
 
@@ -34,6 +35,7 @@ SEND_TIMEOUT = 10.0                 # seconds a client may take to read a respon
 TRACE_CAPACITY = 1 << 18            # trace events kept per system (oldest dropped)
 LOG_CAPACITY = 10_000               # log lines kept
 COLLECT_INTERVAL = 0.05             # seconds between trace collections
+FULL_STATS_MAX_AGE = 0.5            # seconds a full System.stats() is shared by watchers
 
 _STOP = object()
 
@@ -120,6 +122,13 @@ class ControlServer:
         self._log_handler = _LogHandler(self.log)
         logging.getLogger("ggmk").addHandler(self._log_handler)
         self._prom = None
+        self._metrics_http = None
+        self.metrics_port = None
+        self.gpu_types = views.gpu_user_types(self.modules, self.cpu.type_id)
+        self._full = (-1e9, None)            # (monotonic time, System.stats()) for watchers
+        self._full_lock = threading.Lock()
+        self._build_report = None
+        self._counters: deque = deque(maxlen=1 << 16)   # (ts_ns, kernel, name, value)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -143,6 +152,18 @@ class ControlServer:
         self.log.add("info", "control", f"ggmk {ggmk.__version__}: system running (pid "
                      f"{os.getpid()}, app {self.app or '-'}, device {self.device}); control "
                      f"socket {path}")
+
+    def start_metrics(self, port: int) -> int:
+        """Serve ``/metrics`` (Prometheus text) on 127.0.0.1:``port`` (0: any free port) with
+        a collector that reads the counters at scrape time; returns the port."""
+        from prometheus_client import start_http_server
+        from ggmk.control.prom import make_registry
+        httpd, _ = start_http_server(port, addr="127.0.0.1",
+                                     registry=make_registry(self._prom_source))
+        self._metrics_http = httpd
+        self.metrics_port = httpd.server_address[1]
+        self.log.add("info", "control", f"/metrics on http://127.0.0.1:{self.metrics_port}/")
+        return self.metrics_port
 
     def _spawn(self, fn, name, *args):
         t = threading.Thread(target=fn, args=args, name=name, daemon=True)
@@ -214,6 +235,9 @@ class ControlServer:
                 self._sock.close()
             except OSError:
                 pass
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
         with self.log.cond:
             self.log.cond.notify_all()
         # give connection threads a moment to send their last responses
@@ -458,7 +482,8 @@ class ControlServer:
     # -- commands ------------------------------------------------------------------------------
     def cmd_ping(self, conn, rid, args):
         return {"protocol": P.PROTOCOL_VERSION, "version": ggmk.__version__,
-                "pid": os.getpid(), "state": self.state, "socket": str(self.paths.sock)}
+                "pid": os.getpid(), "state": self.state, "socket": str(self.paths.sock),
+                "metrics_port": self.metrics_port}
 
     def _stats(self) -> dict:
         return self.system.stats()
@@ -466,39 +491,31 @@ class ControlServer:
     def _cpu_stats(self, s) -> dict:
         return s["cpu"] if self.dual else s
 
-    def _kernels(self, s) -> list:
-        cs = self._cpu_stats(s)
-        types = cs.get("types", {})
-        done = sum(t.get("ok", 0) for t in types.values())
-        fail = sum(t.get("fail", 0) for t in types.values())
-        dropped = sum(t.get("dropped", 0) for t in types.values())
-        cpu = {"name": "cpu", "state": self.state, "workers": self.cpu.nworkers,
-               "hal": type(self.cpu.hal).__name__, "deterministic": self.cpu.deterministic,
-               "tick": cs.get("tick", 0), "tasks_done": done, "errors": fail,
-               "dropped": dropped, "exceptions": cs.get("exceptions", 0),
-               "queued": cs.get("sched", {}).get("outstanding", 0),
-               "tasks_by_worker": [w["tasks"] for w in cs.get("workers", [])]}
-        out = [cpu]
-        if self.dual:
-            g = s.get("gpu") or {}
-            gl = g.get("global", {}) if isinstance(g, dict) else {}
-            out.append({"name": "gpu", "state": self.state if g else "stopped",
-                        "target": s.get("target"), "workers": None,
-                        "tick": gl.get("loops", 0), "tasks_done": gl.get("dispatched", 0),
-                        "errors": gl.get("errors", 0), "dropped": gl.get("dropped", 0),
-                        "queued": max(0, gl.get("enqueued", 0) - gl.get("dispatched", 0))})
-        return out
+    def _stats_cached(self, max_age: float = FULL_STATS_MAX_AGE) -> dict:
+        """The full stats, rebuilt at most every ``max_age`` s however many clients watch."""
+        with self._full_lock:
+            t, st = self._full
+            if st is None or time.monotonic() - t > max_age:
+                st = self.call(self._stats)
+                self._full = (time.monotonic(), st)
+            return st
+
+    def _summary(self) -> dict:
+        """Per-kernel rows and bridge totals from counters (cheap; read on the connection's
+        thread: whole-word reads of counters the workers keep writing)."""
+        if self.state != "running":
+            return {"kernels": [], "bridge": None}
+        return views.summary(self)
 
     def _ps(self) -> dict:
-        s = self._stats() if self.state == "running" else None
         return {"state": self.state, "pid": os.getpid(), "app": self.app,
                 "device": self.device, "uptime_s": time.monotonic() - self.m0,
                 "started": self.t0, "socket": str(self.paths.sock),
-                "clients": self._nclients,
-                "kernels": self._kernels(s) if s is not None else []}
+                "clients": self._nclients, "metrics_port": self.metrics_port,
+                **self._summary()}
 
     def cmd_ps(self, conn, rid, args):
-        return self.call(self._ps)
+        return self._ps()
 
     def cmd_stats(self, conn, rid, args):
         fmt = self._arg(args, "format", str, "json")
@@ -518,11 +535,8 @@ class ControlServer:
 
     def _prom_source(self) -> dict:
         """What the Prometheus collector reads at scrape time."""
-        def snap():
-            s = self._stats()
-            return {"stats": s, "kernels": self._kernels(s),
-                    "uptime_s": time.monotonic() - self.m0, "dual": self.dual}
-        return self.call(snap)
+        return {"stats": self.call(self._stats), "kernels": self._summary()["kernels"],
+                "uptime_s": time.monotonic() - self.m0, "dual": self.dual}
 
     def _emit(self, tname, payload_json, chan, count, meta0, meta1):
         self._check_live()
@@ -549,10 +563,13 @@ class ControlServer:
             if ch.type_id and ch.type_id != tid:
                 raise ControlError("bad_args", f"channel {chan!r} carries "
                                    f"{cpu.type_name(ch.type_id)}, not {info.name}")
-            r = ch.publish(meta0=meta0, meta1=meta1, payload=payload, count=count)
-            accepted = r if count > 1 else int(r == 0)
-            return {"accepted": int(accepted), "count": count, "type": info.name,
-                    "type_id": tid, "channel": chan}
+            # with count given, publish returns how many were accepted (a prefix)
+            accepted = int(ch.publish(meta0=meta0, meta1=meta1, payload=payload, count=count))
+            out = {"accepted": accepted, "count": count, "type": info.name,
+                   "type_id": tid, "channel": chan}
+            if accepted < count:       # the rest was refused, nothing of it kept: try again
+                out["refused"] = "CHAN_CLOSED" if getattr(ch, "closed", False) else "CHAN_FULL"
+            return out
         if payload is None:
             accepted = self.system.submit(tid, meta0, meta1, count=count)
         else:
@@ -573,23 +590,37 @@ class ControlServer:
         chan = self._arg(args, "chan", str, None)
         return self.call(self._emit, tname, payload, chan, count, meta0, meta1)
 
-    def _chans(self):
+    def _chans(self) -> list:
+        if self.state != "running":
+            return []
         chs = getattr(self.cpu, "channels", None)
-        return [] if chs is None else list(chs.stats().values())
+        cpu = {} if chs is None else chs.stats()
+        return views.channel_rows(self, cpu, views.gpu_metrics(self) if self.dual else None,
+                                  views.bridge_summary(self))
 
     def cmd_chan_ls(self, conn, rid, args):
-        keys = ("name", "type", "mode", "guarantee", "capacity", "depth", "high_watermark",
-                "emitted", "dropped", "closed")
-        rows = self.call(self._chans)
-        return {"channels": [{k: c.get(k) for k in keys} for c in rows]}
+        return {"channels": self._chans()}
 
     def cmd_chan_inspect(self, conn, rid, args):
         name = self._arg(args, "name", str)
-        for c in self.call(self._chans):
+        rows = self._chans()
+        for c in rows:
             if c.get("name") == name:
-                return c
+                out = dict(c)
+                chs = getattr(self.cpu, "channels", None)
+                full = (chs.stats() if chs is not None else {}).get(name)
+                if isinstance(full, dict):
+                    out.update(full)
+                b = (views.bridge_summary(self) or {}).get("channels", {}).get(name)
+                if b is not None:
+                    out["bridge"] = b
+                if self.dual:
+                    g = ((views.gpu_metrics(self) or {}).get("channels") or {}).get(name)
+                    if g is not None:
+                        out["gpu"] = g
+                return out
         raise ControlError("unknown_channel", f"no channel {name!r}; known: "
-                           f"{[c.get('name') for c in self.call(self._chans)]}")
+                           f"{[c.get('name') for c in rows]}")
 
     def _module_row(self, m) -> dict:
         kernel = "cpu" if isinstance(m, ggmk.Module) else "gpu"
@@ -617,7 +648,7 @@ class ControlServer:
         for m in self.modules:
             if m.name == name:
                 row = self._module_row(m)
-                types = self._cpu_stats(self.call(self._stats)).get("types", {})
+                types = self._cpu_stats(self._stats_cached()).get("types", {})
                 for h in row["handlers"]:
                     h["counters"] = types.get(h["type"], {})
                 return row
@@ -625,9 +656,168 @@ class ControlServer:
                            f"{[m.name for m in self.modules]}")
 
     def cmd_kern_ls(self, conn, rid, args):
-        s = self.call(self._stats) if self.state == "running" else None
-        ks = self._kernels(s) if s is not None else []
-        return {"kernels": ks}
+        return {"kernels": self._summary()["kernels"]}
+
+    def _find_module(self, name):
+        for m in self.modules:
+            if m.name == name:
+                return m
+        raise ControlError("unknown_module", f"no module {name!r}; known: "
+                           f"{[m.name for m in self.modules]}")
+
+    def cmd_mod_reset(self, conn, rid, args):
+        name = self._arg(args, "name", str)
+        self._check_live()
+        m = self._find_module(name)
+        if not isinstance(m, ggmk.Module):
+            raise ControlError("unsupported", f"module {name!r} runs on the GPU kernel: a GPU "
+                               "module is reset with its kernel (the watchdog resets and "
+                               "reboots the GPU kernel); `ggmk mod reset` resets CPU modules")
+        rep = self.call(self.cpu.reset_module, name)
+        self.log.add("info", "control", f"module {name} reset: poison cleared on "
+                     f"{rep['cleared'] or 'no type'}; init {'re-run' if rep['init'] else 'none'}")
+        return rep
+
+    def _kern_info(self) -> dict:
+        cpu = self.cpu
+        ks = {k["name"]: k for k in self._summary()["kernels"]}
+        info = {"cpu": {**ks.get("cpu", {}), "nworkers": cpu.nworkers,
+                        "modules": [m.name for m in self.modules if isinstance(m, ggmk.Module)],
+                        "options": {k: v for k, v in self.options.items()
+                                    if isinstance(v, (int, float, str, bool, type(None)))}}}
+        if self.dual:
+            sys_ = self.system
+            kern = sys_.kernel
+            built = getattr(kern, "built", None)
+            cfg = getattr(kern, "config", None)
+            info["gpu"] = {
+                **ks.get("gpu", {}),
+                "modules": [m.name for m in self.modules if not isinstance(m, ggmk.Module)],
+                "boot": [{"step": a, "t_s": round(t, 4), "detail": d}
+                         for a, t, d in sys_.boot_log],
+                "gpu_drv": sys_.device_info,
+                "build": None if built is None else {
+                    "key": built.key, "path": str(built.path), "target": sys_.target,
+                    "handlers": [{"module": h.module.name, "name": h.name, "type": int(h.type),
+                                  "granularity": getattr(h, "granularity", None)}
+                                 for h in built.handlers],
+                    "noinline": list(built.noinline),
+                    "channels": [c.name for c in built.chans],
+                    "blocks": getattr(cfg, "blocks", None),
+                    "threads": getattr(cfg, "threads", None)},
+                "report": self._build_report}
+        return info
+
+    def cmd_kern_info(self, conn, rid, args):
+        self._check_live()
+        if self._arg(args, "report", bool, False) and self.dual and self._build_report is None:
+            # the ptxas report of the running GPU kernel: compiled on this connection's thread
+            # (it touches no kernel state), once per system
+            from ggmk.control import buildinfo
+            try:
+                self._build_report = buildinfo.report(self.modules, self._types_opts())
+            except Exception as e:   # noqa: BLE001 - no toolchain: say so, do not fail kern info
+                self._build_report = {"error": f"{type(e).__name__}: {e}"}
+        return self._kern_info()
+
+    def _types_opts(self) -> dict:
+        return {"types": self.cpu.types}
+
+    # -- kv ------------------------------------------------------------------------------------
+    def _kv(self, name):
+        from ggmk.modules.kv import _KV
+        found = [m for m in self.modules if isinstance(getattr(m, "kv", None), _KV)]
+        if not found:
+            raise ControlError("unsupported", "this system has no kv module "
+                               "(ggmk.modules.kv.module())")
+        if name is None:
+            if len(found) > 1:
+                raise ControlError("bad_args", f"{len(found)} kv modules: pass --name (one of "
+                                   f"{[m.name for m in found]})")
+            return found[0]
+        for m in found:
+            if m.name == name:
+                return m
+        raise ControlError("unknown_module", f"no kv module {name!r}; known: "
+                           f"{[m.name for m in found]}")
+
+    @staticmethod
+    def _kv_value(v):
+        if isinstance(v, int):
+            return {"value": v}
+        b = bytes(v)
+        try:
+            return {"value": b.decode("utf-8"), "bytes": len(b)}
+        except UnicodeDecodeError:
+            return {"value_hex": b.hex(), "bytes": len(b)}
+
+    def cmd_kv(self, conn, rid, args):
+        op = self._arg(args, "op", str)
+        m = self._kv(self._arg(args, "name", str, None))
+        st = m.kv
+        if op == "ls":
+            limit = self._arg(args, "limit", int, 1000, lo=1, hi=1_000_000)
+            with st.table.lock:
+                items = sorted(st.table.items())
+            return {"module": m.name, "size": len(items), "capacity": st.table.capacity,
+                    "items": [{"key": k, **self._kv_value(v)} for k, v in items[:limit]],
+                    "stats": st.stats()}
+        key = self._arg(args, "key", int, None, lo=0, hi=2**64 - 1)
+        if key is None:
+            raise ControlError("bad_args", f"kv {op} needs 'key' (an integer 0..2**64-1)")
+        if op == "get":
+            with st.table.lock:
+                v = st.table.get(key)
+            if v is None:
+                return {"module": m.name, "key": key, "found": False}
+            return {"module": m.name, "key": key, "found": True, **self._kv_value(v)}
+        if op != "put":
+            raise ControlError("bad_args", f"kv op {op!r}: allowed get, put, ls")
+        self._check_live()
+        value = args.get("value")
+        text = args.get("text")
+        if (value is None) == (text is None):
+            raise ControlError("bad_args", "kv put needs exactly one of 'value' (an integer) "
+                               "and 'text' (a string stored as bytes)")
+        if value is not None:
+            value = self._arg(args, "value", int, lo=0, hi=2**64 - 1)
+        else:
+            value = self._arg(args, "text", str)
+        return self._kv_put(m, key, value)
+
+    def _kv_put(self, m, key, value):
+        """Through the module's own ``NAME.put`` channel (its handler applies it and answers
+        on NAME.resp), then wait until the handler has run it."""
+        st = m.kv
+        if isinstance(value, str):
+            data = value.encode()
+            if len(data) > st.value_size:
+                raise ControlError("bad_args", f"text of {len(data)} bytes; kv {m.name!r} keeps "
+                                   f"values of at most {st.value_size} bytes")
+        elif st.inline and value > st.vmax:
+            raise ControlError("bad_args", f"value {value} does not fit kv {m.name!r}'s "
+                               f"{st.value_size}-byte values (at most {st.vmax})")
+        before = st.counters["put"]
+
+        def publish():
+            ch = self.system.channel(f"{m.name}.put")
+            if isinstance(value, str):
+                return ch.publish(meta0=key, meta1=0, payload=value.encode())
+            return ch.publish(meta0=key, meta1=value)
+        r = self.call(publish)
+        if r != 0:
+            raise ControlError("busy", f"{m.name}.put refused the request: "
+                               f"{ggmk.task.code_name(r)}; try again")
+        deadline = time.monotonic() + 10.0
+        while st.counters["put"] <= before and time.monotonic() < deadline:
+            self._stop.wait(0.001)      # polling the module's counter, with a deadline
+        with st.table.lock:
+            got = st.table.get(key)
+        want = value if not isinstance(value, str) or not st.inline else \
+            int.from_bytes(value.encode(), "little")
+        stored = got == want or (isinstance(value, str) and got == value.encode())
+        return {"module": m.name, "key": key, "stored": bool(stored),
+                "status": "ok" if stored else "not stored (table full?)", "stats": st.stats()}
 
     def cmd_log(self, conn, rid, args):
         n = self._arg(args, "lines", int, 50, lo=0, hi=LOG_CAPACITY)
@@ -657,8 +847,30 @@ class ControlServer:
         while not self._stop.wait(COLLECT_INTERVAL):
             try:
                 self._collect_trace()
+                self._sample_counters()
             except Exception:   # noqa: BLE001
                 self.log.add("error", "trace", traceback.format_exc())
+
+    def _sample_counters(self) -> None:
+        """Queue depths of both kernels and the bridge's per-channel counters, on the trace's
+        clock (perf_counter_ns), for the Perfetto counter tracks: a few counter reads per
+        collection, nothing on the kernels' hot path."""
+        if self.state != "running":
+            return
+        ts = time.perf_counter_ns()
+        rows = [(ts, "cpu", "queued", int(self.cpu.sched.outstanding))]
+        if self.dual:
+            gm = views.gpu_metrics(self)
+            gl = (gm or {}).get("global", {})
+            rows.append((ts, "gpu", "queued",
+                         max(0, gl.get("enqueued", 0) - gl.get("dispatched", 0))))
+            b = views.bridge_summary(self) or {}
+            for name, c in (b.get("channels") or {}).items():
+                rows.append((ts, "bridge", f"{name} crossed", c.get("pushed", c.get("crossed", 0))))
+                rows.append((ts, "bridge", f"{name} in flight",
+                             c.get("in_flight", c.get("waiting_for_room", 0))))
+        with self._trace_lock:
+            self._counters.extend(rows)
 
     def _collect_trace(self) -> None:
         """Copy each worker's new trace events (reads the tracer's per-worker rings: the drain
@@ -733,16 +945,27 @@ class ControlServer:
         seconds = self._arg(args, "seconds", float, 0.0, lo=0.0, hi=3600.0)
         follow = self._arg(args, "follow", bool, False)
         max_events = self._arg(args, "max_events", int, 200_000, lo=1, hi=TRACE_CAPACITY)
+        module = self._arg(args, "module", str, None)
+        tname = self._arg(args, "type", str, None)
+        sample = self._arg(args, "sample", int, 1, lo=1, hi=1_000_000)
+        keep = self._trace_types(module, tname)
         if not self.trace_enabled:
             why = ("deterministic mode (the trace feeds the trace hash)"
                    if getattr(self.cpu, "deterministic", False) else "tracing is off")
             raise ControlError("unsupported", f"no trace to show: {why}")
         if level is not None:
             try:
-                self.tracer.set_default_level(level)
+                if module is not None:
+                    self.tracer.set_level(module, level)
+                else:
+                    self.tracer.set_default_level(level)
             except Exception as e:   # noqa: BLE001
                 raise ControlError("bad_args", str(e)) from None
-            self.log.add("info", "control", f"trace level set to {level}")
+            self.log.add("info", "control", f"trace level set to {level}"
+                         + (f" for module {module}" if module else ""))
+
+        def view(chunks):
+            return views.sample_events(views.filter_events(chunks, keep), sample)
         meta = {"workers": self.tracer.nworkers, "nworkers": self.cpu.nworkers,
                 "types": self._type_names(), "pid": os.getpid(), "app": self.app}
         if follow:
@@ -758,6 +981,7 @@ class ControlServer:
                     chunks = []
                     while q:
                         chunks.extend(q.popleft())
+                    chunks = view(chunks)
                     if chunks:
                         rows, _ = self._events_json(chunks, max_events)
                         if not self._send(conn, P.stream(rid, {"events": rows})):
@@ -767,9 +991,11 @@ class ControlServer:
             finally:
                 with self._trace_lock:
                     self._trace_subs.remove(q)
+        t_from = None
         if seconds:
             with self._trace_lock:
                 mark = self._trace_n + self._trace_dropped
+            t_from = time.perf_counter_ns()          # the trace's clock: counters from here
             self._stop.wait(seconds)
         self._collect_trace()
         with self._trace_lock:
@@ -786,43 +1012,70 @@ class ControlServer:
                 kept.append((w, part[max(0, skip):]))
                 skip = 0
             chunks = kept
-        rows, cut = self._events_json(chunks, max_events)
+        rows, cut = self._events_json(view(chunks), max_events)
+        with self._trace_lock:
+            counters = list(self._counters)
+        if t_from is None:
+            t_from = rows[0][1] if rows else 0
+        counters = [list(c) for c in counters if c[0] >= t_from]
         return {**meta, "events": rows, "cut": cut, "dropped": dropped,
-                "tracer": self.tracer.stats()["total"]}
+                "tracer": self.tracer.stats()["total"], "counters": counters,
+                "target": getattr(self.system, "target", None) if self.dual else None}
+
+    def _trace_types(self, module, tname):
+        """The task types ``ggmk trace --module/--type`` keep (None: all)."""
+        keep = None
+        if module is not None:
+            m = self._find_module(module)
+            keep = set()
+            for h in getattr(m, "handlers", []):
+                try:
+                    keep.add(int(self.cpu.type_id(h.type)))
+                except (KeyError, ValueError, TypeError):
+                    pass
+        if tname is not None:
+            try:
+                tid = int(self.cpu.type_id(int(tname) if tname.isdigit() else tname))
+            except (KeyError, ValueError, TypeError) as e:
+                raise ControlError("unknown_type", str(e).strip("'\"")) from None
+            keep = {tid} if keep is None else keep & {tid}
+        return keep
 
     # -- top -----------------------------------------------------------------------------------
     def _frame(self) -> dict:
-        s = self._stats()
+        """One ``top`` frame: kernels, bridge and channels fresh from the counters; workers,
+        types, scheduler and arena from the shared full stats (at most FULL_STATS_MAX_AGE
+        old), so any number of watchers costs the system one stats build per interval."""
+        summ = self._summary()
+        s = self._stats_cached()
         cs = self._cpu_stats(s)
-        chans = sorted((c for c in (cs.get("channels") or {}).values() if isinstance(c, dict)),
-                       key=lambda c: -(c.get("depth") or 0))
+        chans = sorted(self._chans(), key=lambda c: (c.get("kernel") == "cpu",
+                                                     -(c.get("emitted") or 0)))
         arena = cs.get("arena", {}).get("total", {})
         types = sorted(cs.get("types", {}).items(), key=lambda kv: -kv[1].get("ok", 0))[:12]
         return {"t": time.monotonic(), "ps": {"state": self.state, "pid": os.getpid(),
                                               "app": self.app, "device": self.device,
                                               "uptime_s": time.monotonic() - self.m0},
-                "kernels": self._kernels(s), "workers": cs.get("workers", []),
+                "kernels": summ["kernels"], "workers": cs.get("workers", []),
                 "sched": {k: cs.get("sched", {}).get(k) for k in
                           ("outstanding", "ready_depth", "ready_high_watermark")},
                 "arena": {k: arena.get(k) for k in ("total_bytes", "used_bytes",
                                                      "high_watermark", "fails")},
-                "channels": [{k: c.get(k) for k in ("name", "type", "mode", "depth",
-                                                    "capacity", "emitted", "dropped")}
-                             for c in chans[:12]],
+                "channels": chans[:14],
                 "types": [{"type": n, **v} for n, v in types],
                 "modules": [{"name": m.name, "kernel": "cpu" if isinstance(m, ggmk.Module)
                              else "gpu", "handlers": len(getattr(m, "handlers", []))}
                             for m in self.modules],
-                "bridge": s.get("bridge") if self.dual else None}
+                "bridge": summ["bridge"]}
 
     def cmd_top(self, conn, rid, args):
         interval = self._arg(args, "interval", float, 1.0, lo=0.05, hi=60.0)
         once = self._arg(args, "once", bool, False)
         if once:
-            return self.call(self._frame)
+            return self._frame()
         while not self._stop.is_set():
             try:
-                frame = self.call(self._frame)
+                frame = self._frame()
             except ControlError:
                 break
             if not self._send(conn, P.stream(rid, frame)):

@@ -49,13 +49,35 @@ def render(frame: dict, prev: dict | None = None):
     chans = frame.get("channels", [])
     wide = {"channel": max((len(str(c.get("name"))) for c in chans), default=7),
             "type": max((len(str(c.get("type"))) for c in chans), default=4)}
-    for c in ("channel", "type", "mode", "depth", "capacity", "emitted", "dropped"):
-        ct.add_column(c, justify="left" if c in ("channel", "type", "mode") else "right",
-                      min_width=wide.get(c), no_wrap=c in wide)
+    pc = {c.get("name"): c for c in (prev or {}).get("channels", [])}
+    for c in ("channel", "kernel", "type", "depth", "emitted", "rate/s", "dropped"):
+        ct.add_column(c, justify="left" if c in ("channel", "type", "kernel") else "right",
+                      min_width=wide.get(c), no_wrap=c in wide or c == "kernel")
     for c in frame.get("channels", []):
-        ct.add_row(str(c.get("name")), str(c.get("type")), str(c.get("mode") or ""),
-                   str(c.get("depth")), str(c.get("capacity") or ""),
-                   str(c.get("emitted") or 0), str(c.get("dropped") or 0))
+        rate = ""
+        p = pc.get(c.get("name"))
+        if dt > 0 and p is not None:
+            rate = f"{((c.get('emitted') or 0) - (p.get('emitted') or 0)) / dt:,.0f}"
+        ct.add_row(str(c.get("name")), str(c.get("kernel") or ""), str(c.get("type")),
+                   str(c.get("depth")), f"{c.get('emitted') or 0:,}", rate,
+                   str(c.get("dropped") or 0))
+    parts = []
+    b = frame.get("bridge")
+    if b:
+        bt = Table(title="bridge", expand=True)
+        for c in ("channel", "direction", "type", "crossed", "in flight", "dead"):
+            bt.add_column(c, justify="left" if c in ("channel", "direction", "type")
+                          else "right")
+        for name, bc in (b.get("channels") or {}).items():
+            bt.add_row(name, str(bc.get("direction")), str(bc.get("type")),
+                       f"{bc.get('pushed', bc.get('crossed', 0)):,}",
+                       str(bc.get("in_flight", bc.get("waiting_for_room", 0))),
+                       str(bc.get("dead", 0)))
+        parts = [bt, Text(f"bridge: {b.get('transfers', 0):,} transfers, "
+                          f"{b.get('records', 0):,} records, {b.get('payload_copies', 0):,} "
+                          f"payload copies, retries {b.get('retries', 0)}, dead-lettered "
+                          f"{b.get('dead_lettered', 0)}"
+                          + (f", PAUSED ({b['paused']})" if b.get("paused") else ""))]
     tt = Table(title="types", expand=True)
     for c in ("type", "enqueued", "ok", "fail", "retry", "yield", "dropped"):
         tt.add_column(c, justify="left" if c == "type" else "right")
@@ -70,11 +92,13 @@ def render(frame: dict, prev: dict | None = None):
                f" (high {s.get('ready_high_watermark')})")
     mods = Text("modules: " + ", ".join(f"{m['name']} ({m['kernel']}, {m['handlers']} "
                                           "handlers)" for m in frame.get("modules", [])))
-    return Panel(Group(head, kt, wt, mem, ct, tt, mods), title="ggmk", expand=True)
+    # the most telling first: a short terminal crops the bottom
+    return Panel(Group(head, kt, *parts, ct, wt, mem, tt, mods), title="ggmk", expand=True)
 
 
-def run_live(client, interval: float, console) -> None:
-    """Stream frames and redraw in place until q / Ctrl-C / the system halts."""
+def run_live(client, interval: float, console, seconds: float | None = None) -> None:
+    """Stream frames and redraw in place until q / Ctrl-C / the system halts (or, with
+    ``seconds``, until that long has passed)."""
     from rich.live import Live
     latest: dict = {}
     done = threading.Event()
@@ -102,7 +126,10 @@ def run_live(client, interval: float, console) -> None:
     try:
         with Live(Text("connecting..."), console=console, screen=False,
                   auto_refresh=False, transient=False) as live:
+            t_end = None if seconds is None else time.monotonic() + seconds
             while not done.is_set():
+                if t_end is not None and time.monotonic() >= t_end:
+                    break
                 cur = latest.get("cur")
                 if cur is not None and cur is not shown:
                     live.update(render(cur, latest.get("prev")), refresh=True)

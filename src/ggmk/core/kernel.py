@@ -440,6 +440,22 @@ class System:
         """Let a poisoned type run again (after fixing what made it fail)."""
         self.poison.clear(self.type_id(t))
 
+    def reset_module(self, name: str) -> dict:
+        """Bring module ``name`` back after fixing what made it fail (``ggmk mod reset``):
+        clear the poison of its handlers' types and run its init again. Returns
+        ``{"module", "cleared": [poisoned type names], "init": ran an init}``."""
+        m = next((m for m in self.modules if m.name == name), None)
+        if m is None:
+            raise KeyError(f"reset_module: no module {name!r}; known: "
+                           f"{[m.name for m in self.modules]}")
+        tids = [self.type_id(h.type) for h in m.handlers]
+        cleared = [self.type_name(t) for t in tids if self.poison.poisoned[t]]
+        for t in tids:
+            self.poison.clear(t)
+        if m._init:
+            m._init(self)
+        return {"module": name, "cleared": cleared, "init": m._init is not None}
+
     # -- payloads -------------------------------------------------------------------------------
     def store_payload(self, tid: int, payload) -> tuple[int, int]:
         """Copy ``payload`` (bytes, NumPy array, or dict for typed payloads) into the arena."""
