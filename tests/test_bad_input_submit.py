@@ -53,6 +53,19 @@ def test_submit_refuses_bad_input_and_submits_nothing(system, kw, exc, words):
     assert _enqueued(system) == 0 and system.got == []
 
 
+@pytest.mark.parametrize("bad, words", [
+    (T.make(1, type=1), ["submit", "ndarray", "records go to submit_batch"]),
+    ([1, 2], ["submit", "list", "a name (str) or an id"]),
+    (2.5, ["submit", "float"]),
+])
+def test_submit_names_a_type_that_is_not_a_name_or_id(system, bad, words):
+    with pytest.raises(TypeError) as ei:
+        system.submit(bad)
+    for w in words:
+        assert w in str(ei.value), (w, str(ei.value))
+    assert system.run(timeout=10) and _enqueued(system) == 0
+
+
 def test_submit_takes_lists_as_columns_and_keeps_values_exactly(system):
     assert system.submit("WORK", meta0=[1, 2, 3]) == 3            # the list sets the count
     assert system.submit("WORK", meta0=np.array([2**64 - 1], np.uint64), priority=3) == 1

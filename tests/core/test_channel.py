@@ -317,3 +317,31 @@ def test_capacity_is_rounded_up_to_a_power_of_two_with_a_reserve():
             ch = s.open(f"cap.c{want}", "MSG", capacity=want)
             assert (ch.capacity, ch.reserve) == (cap, reserve)
             assert ch.stats()["capacity"] == cap and ch.stats()["reserve"] == reserve
+
+
+def test_host_subscriber_waits_for_a_delivery_from_a_worker_and_notifies():
+    """A host reading a channel blocks on a real wake-up: a handler on another worker thread
+    emits to the channel, the host's wait returns, nothing is lost; small ring, 2 workers."""
+    m = Module("relay")
+    out = m.produces("relay.out", "MSG")
+
+    @m.handler("MSG")
+    def relay(ctx):
+        ctx.emit(out, meta0=ctx.task.meta0)
+    kicks = []
+    with boot([m], workers=2) as s:
+        sub = s.channel("relay.out").subscribe(name="reader", notify=lambda: kicks.append(1))
+        assert sub.wait(0.01) is False                 # nothing yet: times out, says so
+        got = []
+        for i in range(200):
+            assert s.submit("MSG", meta0=i) == 1
+            while len(got) <= i:                       # one in flight: each wait is a wake-up
+                assert sub.wait(10)
+                got += sub.take()["meta0"].tolist()
+        assert got == list(range(200)) and len(kicks) >= 200
+        h = s.open("h.in", "MSG")
+        hs = h.subscribe("MSG")
+        with pytest.raises(ChannelError, match="only a host-side subscriber waits"):
+            hs.wait(0)
+        with pytest.raises(ChannelError, match="notify hooks are for host-side"):
+            hs.add_notify(lambda: None)

@@ -153,7 +153,10 @@ class System:
 
     def type_id(self, t, *, register: bool = False, where: str = "") -> int:
         """Resolve a type name or id. Unknown names are registered when ``register`` is set."""
-        hit = self._type_cache.get(t)
+        try:
+            hit = self._type_cache.get(t)
+        except TypeError:                 # unhashable (an array, a list): named below
+            hit = None
         if hit is not None:
             return hit
         if isinstance(t, (int, np.integer)) and not isinstance(t, (bool, np.bool_)):
@@ -171,9 +174,11 @@ class System:
                 self.types.register(t)
             tid = self.types.id(t)
         else:
+            hint = (" (records go to submit_batch)" if isinstance(t, np.ndarray)
+                    and t.dtype == T.TASK_DTYPE else "")
             raise (BootError if register else TypeError)(
                 f"{where or 'type'}: a type is a name (str) or an id (int 1..{MAX_TYPES - 1}), "
-                f"got {t!r}")
+                f"got {type(t).__name__} {t!r:.80}{hint}")
         self._type_cache[t] = tid
         return tid
 
