@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import ROOT, Ggmk
+from conftest import GGMK, ROOT, Ggmk
 
 from ggmk.cli.control_cmds import EXIT_ERROR
 
@@ -97,6 +97,40 @@ def test_dual_listings_show_both_kernels_and_the_bridge(dual, wait_until):
     # a GPU module cannot be reset from here: a clear error and exit code 1
     r = g("mod", "reset", "gpu_scale")
     assert r.returncode == EXIT_ERROR and "GPU kernel" in r.stderr
+
+
+def test_perfetto_trace_draws_bridge_crossings_as_flows(dual, wait_until, tmp_path):
+    """`ggmk trace --perfetto` of a dual system: each batch the bridge moved during the window
+    is a slice at both ends (the CPU kernel's bridge track, the GPU process's host.rx/host.tx
+    track) joined by a flow arrow (s -> f, same id) in the direction the records went."""
+    g = dual
+    out = tmp_path / "dual.json"
+    p = subprocess.Popen([GGMK, "trace", "--seconds", "1.5", "--perfetto", str(out)],
+                         env=g.env, stdout=subprocess.PIPE, text=True)
+
+    def fed_until_done():
+        assert g("emit", "BURST", "--meta0", "0", "--meta1", "200").returncode == 0
+        return p.poll() is not None
+    assert wait_until(fed_until_done, 120)
+    assert p.wait(60) == 0
+    ev = json.loads(out.read_text())["traceEvents"]
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in ev
+             if e["ph"] == "M" and e["name"] == "thread_name"}
+    starts = {e["id"]: e for e in ev if e["ph"] == "s" and e["cat"] == "bridge"}
+    ends = {e["id"]: e for e in ev if e["ph"] == "f" and e["cat"] == "bridge"}
+    assert starts and set(starts) == set(ends)
+    dirs = set()
+    for i, s_ in starts.items():
+        f = ends[i]
+        a, b = names[(s_["pid"], s_["tid"])], names[(f["pid"], f["tid"])]
+        assert f["bp"] == "e" and f["ts"] >= s_["ts"]
+        dirs.add((a, b))
+        # the flow binds to a slice at each end
+        for e in (s_, f):
+            assert any(x["ph"] == "X" and x["cat"] == "bridge" and x["pid"] == e["pid"]
+                       and x["tid"] == e["tid"] and x["ts"] <= e["ts"] <= x["ts"] + x["dur"]
+                       for x in ev)
+    assert dirs == {("bridge", "host.rx (CPU -> GPU)"), ("host.tx (GPU -> CPU)", "bridge")}
 
 
 def test_build_report_of_the_running_gpu_kernel(dual):

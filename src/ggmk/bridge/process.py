@@ -259,7 +259,8 @@ def _child_main(conn, spec: dict) -> None:
             conn.send(("error", traceback.format_exc()))
         finally:
             os._exit(2)
-    conn.send(("started", {"pid": os.getpid(), "target": kernel.target_name}))
+    conn.send(("started", {"pid": os.getpid(), "target": kernel.target_name,
+                           "built": {"key": kernel.built.key, "path": str(kernel.built.path)}}))
 
     def relay_loop() -> None:
         """Parent pushes bump relay[0] and wake it (shared futex): ring the kernel's own
@@ -412,7 +413,8 @@ class DeviceProcess:
             self._relay = words[self.nmap:]
             arena = np.frombuffer(arena_mm, np.uint8, self.narena)
             self.launch = _RemoteLaunch(self)
-            self.kernel.attach(words[:self.nmap], arena, self.launch, self._notify)
+            self.kernel.attach(words[:self.nmap], arena, self.launch, self._notify,
+                               built=msg[1].get("built"))
         except BaseException:
             self.kill()
             raise

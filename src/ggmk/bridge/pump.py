@@ -198,6 +198,9 @@ class Bridge:
         self.paused = None                 # a reason while the GPU kernel is being reset
         self._suspended: list = []         # CPU channels closed by begin_reset
         self.failed = None
+        # each transfer as (perf_counter_ns, "out" | "in", records): the control plane draws
+        # them as flows between the kernels in a Perfetto trace (bounded: the newest 8192)
+        self.crossings: deque = deque(maxlen=8192)
         self.c = dict(transfers=0, transfers_out=0, transfers_in=0, records=0, records_out=0,
                       records_in=0, retries=0, failed_transfers=0, payload_copies=0,
                       payload_bytes=0, inline_crossings=0, alloc_fail=0, dead_lettered=0,
@@ -313,6 +316,7 @@ class Bridge:
             self.c["transfers_in"] += 1
             self.c["records"] += n
             self.c["records_in"] += n
+            self.crossings.append((time.perf_counter_ns(), "in", n))
             self._dispatch(recs)
             if n < self.batch:
                 break
@@ -795,6 +799,7 @@ class Bridge:
                 self.c["transfers_out"] += 1
                 self.c["records"] += k
                 self.c["records_out"] += k
+                self.crossings.append((time.perf_counter_ns(), "out", k))
             return k
         return None
 

@@ -7,6 +7,9 @@ everything else (drops, full channels, failures, retries, yields, parks) is an i
 ("i") on the worker's track. Counter tracks ("C", sampled by the server every 50 ms): the CPU
 kernel's queue depth, and for a dual system a second process, the GPU kernel and the bridge,
 with the GPU kernel's queue depth and each bridge channel's crossed and in-flight messages.
+Bridge crossings (each batch transfer the bridge made, as it made it): a slice on the CPU
+kernel's "bridge" track and one on the GPU process's "host.rx" (CPU -> GPU) or "host.tx"
+(GPU -> CPU) track, joined by a flow arrow in the direction the records went.
 Timestamps are microseconds from the first event.
 """
 from __future__ import annotations
@@ -30,8 +33,10 @@ def to_chrome(trace: dict) -> dict:
     nrings = int(trace.get("workers", nworkers + 1))
     pid = int(trace.get("pid", 1))
     counters = trace.get("counters") or []
+    crossings = trace.get("crossings") or []
     t0 = min(min((e[1] for e in events), default=1 << 64),
-             min((c[0] for c in counters), default=1 << 64))
+             min((c[0] for c in counters), default=1 << 64),
+             min((c[0] for c in crossings), default=1 << 64))
     t0 = 0 if t0 == 1 << 64 else t0
     out = [{"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
             "args": {"name": f"ggmk CPU kernel ({trace.get('app') or 'app'})"}}]
@@ -65,10 +70,11 @@ def to_chrome(trace: dict) -> dict:
         out.append({"ph": "X", "name": types.get(ttype, f"TYPE_{ttype}"), "cat": "task",
                     "pid": pid, "tid": w, "ts": (start - t0) / 1000.0,
                     "dur": max(0, end - start) / 1000.0, "args": {"n": n}})
-    if any(c[1] != "cpu" for c in counters):
+    if any(c[1] != "cpu" for c in counters) or crossings:
         out.append({"ph": "M", "name": "process_name", "pid": pid + 1, "tid": 0,
                     "args": {"name": f"ggmk GPU kernel ({trace.get('target') or 'device'}) "
                                      "+ bridge"}})
+    out.extend(_crossings(crossings, pid, nrings, t0))
     for ts, kernel, name, value in counters:
         out.append({"ph": "C", "name": f"{kernel} {name}", "cat": "counter",
                     "pid": pid if kernel == "cpu" else pid + 1, "tid": 0,
@@ -79,3 +85,33 @@ def to_chrome(trace: dict) -> dict:
             "displayTimeUnit": "ns",
             "otherData": {"source": "ggmk trace", "events": len(events),
                           "dropped": trace.get("dropped", 0), "cut": trace.get("cut", 0)}}
+
+
+def _crossings(crossings, pid: int, bridge_tid: int, t0: int) -> list:
+    """Slices and flow arrows for the bridge's batch transfers (see the module docstring)."""
+    if not crossings:
+        return []
+    gpu = pid + 1
+    rx, tx = 1, 2                     # the GPU process's host ring tracks
+    out = [{"ph": "M", "name": "thread_name", "pid": pid, "tid": bridge_tid,
+            "args": {"name": "bridge"}},
+           {"ph": "M", "name": "thread_name", "pid": gpu, "tid": rx,
+            "args": {"name": "host.rx (CPU -> GPU)"}},
+           {"ph": "M", "name": "thread_name", "pid": gpu, "tid": tx,
+            "args": {"name": "host.tx (GPU -> CPU)"}}]
+    for i, (ts, direction, n) in enumerate(crossings):
+        t = (ts - t0) / 1000.0
+        out_ = direction == "out"
+        src = (pid, bridge_tid) if out_ else (gpu, tx)
+        dst = (gpu, rx) if out_ else (pid, bridge_tid)
+        name = f"{n} records " + ("CPU -> GPU" if out_ else "GPU -> CPU")
+        # a 1 us slice at each end (the flow binds to them), the arrow from sender to receiver
+        for (p, tid), ph in ((src, "s"), (dst, "f")):
+            out.append({"ph": "X", "name": name, "cat": "bridge", "pid": p, "tid": tid,
+                        "ts": t, "dur": 1.0, "args": {"records": n}})
+            ev = {"ph": ph, "name": "crossing", "cat": "bridge", "id": i, "pid": p,
+                  "tid": tid, "ts": t}
+            if ph == "f":
+                ev["bp"] = "e"
+            out.append(ev)
+    return out

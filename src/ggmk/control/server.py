@@ -129,6 +129,8 @@ class ControlServer:
         self._full_lock = threading.Lock()
         self._build_report = None
         self._counters: deque = deque(maxlen=1 << 16)   # (ts_ns, kernel, name, value)
+        self._crossings: deque = deque(maxlen=1 << 14)  # bridge transfers (ts_ns, dir, n)
+        self._crossed_upto = 0                           # newest ts_ns taken from the bridge
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -869,8 +871,15 @@ class ControlServer:
                 rows.append((ts, "bridge", f"{name} crossed", c.get("pushed", c.get("crossed", 0))))
                 rows.append((ts, "bridge", f"{name} in flight",
                              c.get("in_flight", c.get("waiting_for_room", 0))))
+        new = []
+        b = getattr(self.system, "bridge", None) if self.dual else None
+        if b is not None and getattr(b, "crossings", None):
+            new = [c for c in list(b.crossings) if c[0] > self._crossed_upto]
+            if new:
+                self._crossed_upto = new[-1][0]
         with self._trace_lock:
             self._counters.extend(rows)
+            self._crossings.extend(new)
 
     def _collect_trace(self) -> None:
         """Copy each worker's new trace events (reads the tracer's per-worker rings: the drain
@@ -1015,11 +1024,14 @@ class ControlServer:
         rows, cut = self._events_json(view(chunks), max_events)
         with self._trace_lock:
             counters = list(self._counters)
+            crossings = list(self._crossings)
         if t_from is None:
             t_from = rows[0][1] if rows else 0
         counters = [list(c) for c in counters if c[0] >= t_from]
+        crossings = [list(c) for c in crossings if c[0] >= t_from]
         return {**meta, "events": rows, "cut": cut, "dropped": dropped,
                 "tracer": self.tracer.stats()["total"], "counters": counters,
+                "crossings": crossings,
                 "target": getattr(self.system, "target", None) if self.dual else None}
 
     def _trace_types(self, module, tname):

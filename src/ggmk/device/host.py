@@ -31,6 +31,7 @@ subscribers, subs). Copies a lossy channel drops come back from :meth:`pull` wit
 from __future__ import annotations
 
 import time
+from pathlib import Path
 import numpy as np
 
 from ggmk import task as taskmod
@@ -162,14 +163,16 @@ class DeviceKernel:
         self._wait(lambda: self._h["ctl"][layout.C_STARTED] >= 1, timeout, "start")
         return self
 
-    def attach(self, map_words: np.ndarray, arena: np.ndarray, launch, notify=None) -> \
-            "DeviceKernel":
+    def attach(self, map_words: np.ndarray, arena: np.ndarray, launch, notify=None, *,
+               built: dict | None = None) -> "DeviceKernel":
         """Make this (not started) kernel a *host view* of a kernel that runs elsewhere (the
         device process): ``map_words`` and ``arena`` are this process's NumPy views of the
         kernel's mapped words and arena (shared memory), ``launch`` answers ``alive()`` /
         ``wait(timeout)`` / ``error`` for the remote kernel, ``notify`` wakes its parked
         workers. Every host call (push, pull, metrics, heartbeats, arena copies) then works
-        on the shared words exactly as in-process: no round trip per call."""
+        on the shared words exactly as in-process: no round trip per call. ``built``:
+        ``{"key", "path"}`` of the kernel the other process built, so :attr:`built` describes
+        it (without its code: nothing is compiled or loaded here)."""
         if self._launch is not None:
             raise BootError("DeviceKernel.attach: already started")
         nmap = layout.offsets(self.plan)["_total"][2]
@@ -184,6 +187,11 @@ class DeviceKernel:
                    if kind == "map"}
         self._notify = notify
         self._launch = launch
+        if built is not None:
+            self._built = codegen.Built(
+                key=built["key"], path=Path(built["path"]), kernel=None, ns={},
+                handlers=self.handlers, plan=self.plan, target=self.target, source="",
+                noinline=self._noinline, chans=tuple(self.chans))
         return self
 
     def stop(self, timeout: float = 60.0) -> None:
