@@ -289,7 +289,9 @@ class DualSystem:
         return np.concatenate(parts) if parts else T.empty(0)
 
     def push_device(self, records) -> int:
-        """Push task records straight to the GPU kernel (host -> device ring)."""
+        """Push task records straight to the GPU kernel (host -> device ring); returns how many
+        fitted (the ring is bounded: push the rest again). Safe from any thread while the
+        bridge pump sends on the same ring (``DeviceKernel.push`` is one critical section)."""
         self._check()
         if self.bridge.paused is not None:
             raise BridgeError(f"push_device: the GPU kernel is paused or being reset "

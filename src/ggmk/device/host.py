@@ -30,6 +30,7 @@ subscribers, subs). Copies a lossy channel drops come back from :meth:`pull` wit
 """
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 import numpy as np
@@ -109,6 +110,13 @@ class DeviceKernel:
         self._stopped = False
         self._notify = None
         self._session = None
+        # the rings have one device end each, but the host end may be used by several threads
+        # (the bridge pump sends while a caller's ``push_device`` pushes): read index, copy,
+        # publish index must not interleave, or two pushes claim the same slots (one record
+        # overwritten) and C_RX_TAIL can even move back below C_RX_HEAD (records written where
+        # the device already read: skipped). See ``push``.
+        self._rx_lock = threading.Lock()
+        self._tx_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     def build(self):
@@ -239,7 +247,13 @@ class DeviceKernel:
     # ------------------------------------------------------------------ rings
     def push(self, records: np.ndarray) -> int:
         """Put task records on the host -> device ring; returns how many fitted (the rest
-        are for a later call: the ring is bounded and this never waits)."""
+        are for a later call: the ring is bounded and this never waits).
+
+        Safe from several host threads at once: the ring's host end (read C_RX_TAIL, copy
+        the records, publish C_RX_TAIL) is one critical section. Without it two threads
+        (e.g. the bridge pump and ``DualSystem.push_device``) read the same tail, copy into
+        the same slots and publish tail + n twice: a record is silently overwritten, and a
+        stale tail published after the device consumed past it hides the next records."""
         if not isinstance(records, np.ndarray) or records.dtype != TASK_DTYPE:
             raise TypeError("DeviceKernel.push: records must be a TASK_DTYPE array "
                             "(ggmk.task.make)")
@@ -248,15 +262,16 @@ class DeviceKernel:
             raise KernelStopped("DeviceKernel.push: the kernel is stopped")
         ctl = self._h["ctl"]
         cap = self.config.rx_cap
-        tail = int(ctl[layout.C_RX_TAIL])
-        free = cap - (tail - int(ctl[layout.C_RX_HEAD]))
-        n = min(free, len(records))
-        if n <= 0:
-            return 0
-        words = np.ascontiguousarray(records[:n]).view(np.int64).reshape(n, layout.W)
-        idx = (tail + np.arange(n)) & (cap - 1)
-        self._h["rx"].reshape(cap, layout.W)[idx] = words
-        ctl[layout.C_RX_TAIL] = tail + n    # after the records: the device reads tail first
+        with self._rx_lock:
+            tail = int(ctl[layout.C_RX_TAIL])
+            free = cap - (tail - int(ctl[layout.C_RX_HEAD]))
+            n = min(free, len(records))
+            if n <= 0:
+                return 0
+            words = np.ascontiguousarray(records[:n]).view(np.int64).reshape(n, layout.W)
+            idx = (tail + np.arange(n)) & (cap - 1)
+            self._h["rx"].reshape(cap, layout.W)[idx] = words
+            ctl[layout.C_RX_TAIL] = tail + n    # after the records: the device reads tail first
         self._ring()
         return n
 
@@ -280,24 +295,28 @@ class DeviceKernel:
                 time.sleep(0.0001)
 
     def pull(self, max_records: int | None = None) -> np.ndarray:
-        """Take the records the kernel has published so far (at most ``max_records``)."""
+        """Take the records the kernel has published so far (at most ``max_records``).
+        Safe from several host threads at once (read C_TX_HEAD, copy, publish C_TX_HEAD is one
+        critical section: two pullers never both take the same records)."""
         self._check()
         ctl = self._h["ctl"]
         cap = self.config.tx_cap
-        head = int(ctl[layout.C_TX_HEAD])
         k = cap if max_records is None else min(cap, max_records)
-        pos = head + np.arange(k, dtype=np.int64)
-        ready = self._h["txseq"][pos & (cap - 1)] == pos + 1
-        n = k if ready.all() else int(np.argmin(ready))
-        out = taskmod.empty(n)
-        if n:
+        with self._tx_lock:
+            head = int(ctl[layout.C_TX_HEAD])
+            pos = head + np.arange(k, dtype=np.int64)
+            ready = self._h["txseq"][pos & (cap - 1)] == pos + 1
+            n = k if ready.all() else int(np.argmin(ready))
+            out = taskmod.empty(n)
+            if not n:
+                return out
             out.view(np.int64).reshape(n, layout.W)[:] = \
                 self._h["tx"].reshape(cap, layout.W)[pos[:n] & (cap - 1)]
             ctl[layout.C_TX_HEAD] = head + n
-            if n == cap or ctl[layout.C_TX_HELD] != 0:
-                # the ring was full: records may wait in its spill area (device memory) or
-                # producers be held back; wake parked workers to move them now (cpu)
-                self._ring()
+        if n == cap or ctl[layout.C_TX_HELD] != 0:
+            # the ring was full: records may wait in its spill area (device memory) or
+            # producers be held back; wake parked workers to move them now (cpu)
+            self._ring()
         return out
 
     def tx_ready(self) -> bool:
