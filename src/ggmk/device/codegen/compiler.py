@@ -74,6 +74,9 @@ def build(handlers: list[Handler], plan: layout.Plan, target, *, noinline=(),
     h.update(inspect.getsource(target).encode())
     h.update(numba.__version__.encode())
     h.update(repr(sorted(noinline)).encode())
+    # how handlers are rebound and named (below) changes the machine code too: a kernel
+    # cached by an older compiler.py may hold symbol names that collide (see _rebind)
+    h.update(inspect.getsource(sys.modules[__name__]).encode())
     for hd in handlers:
         h.update(hd.fingerprint().encode())
     key = h.hexdigest()[:24]
@@ -110,7 +113,7 @@ def build(handlers: list[Handler], plan: layout.Plan, target, *, noinline=(),
     ids = {c.name: c.id for c in chans}
     for i, hd in enumerate(handlers):
         fn = _rebind(hd.fn, view, target, compiled_helpers, ids,
-                     f"module {hd.module.name!r}, handler {hd.name!r}")
+                     f"module {hd.module.name!r}, handler {hd.name!r}", owner=modname)
         ns[f"h_{i}"] = target.handler_fn(fn, noinline=i in noinline)
     kernel = target.kernel_fn(ns["kernel_body"])
     built = Built(key, path, kernel, ns, handlers, plan, target, source, tuple(noinline),
@@ -119,7 +122,7 @@ def build(handlers: list[Handler], plan: layout.Plan, target, *, noinline=(),
     return built
 
 
-def _rebind(fn, view, target, compiled, chan_ids=None, where=None):
+def _rebind(fn, view, target, compiled, chan_ids=None, where=None, owner=None):
     """``fn`` with globals where ggmk.device.api (module or functions) and @func helpers are
     replaced by their compiled versions for ``target``, and channel references by their
     ids.
@@ -129,7 +132,16 @@ def _rebind(fn, view, target, compiled, chan_ids=None, where=None):
     (which are not part of this kernel and which this handler never touches); rebinding those
     made any two device modules in one file break each other (``KeyError``). A channel the
     code does use but no module of the kernel declares is a build error naming ``where``
-    (module and handler) and the channel."""
+    (module and handler) and the channel.
+
+    ``owner``: the kernel's module name (it hashes the whole kernel), given to the copy as its
+    ``__module__``. Numba names a compiled function's symbol after its module, qualname and a
+    per-process counter, and the JIT resolves a symbol by name across every kernel loaded in
+    the process. Kept in the user's module, the same handler (or ``@func`` helper) built into
+    two kernels, each compiled (and disk-cached) in its own process, got the *same* symbol in
+    both when the counters happened to agree; loaded into one process, the second kernel's
+    calls ran the first kernel's copy, compiled against the first kernel's layout constants
+    (the second kernel hung). In the kernel's module the symbol is unique to the kernel."""
     chan_ids = chan_ids or {}
     where = where or f"handler {fn.__qualname__!r}"
     g = dict(fn.__globals__)
@@ -148,7 +160,7 @@ def _rebind(fn, view, target, compiled, chan_ids=None, where=None):
             if id(v) not in compiled:
                 compiled[id(v)] = None  # recursion guard
                 compiled[id(v)] = target.device_fn(_rebind(v, view, target, compiled,
-                                                           chan_ids, where))
+                                                           chan_ids, where, owner))
             g[name] = compiled[id(v)]
     closure = fn.__closure__
     if closure:
@@ -156,7 +168,7 @@ def _rebind(fn, view, target, compiled, chan_ids=None, where=None):
                         if isinstance(_cell(c), Chan) else c for c in closure)
     new = pytypes.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, closure)
     new.__qualname__ = fn.__qualname__
-    new.__module__ = fn.__module__
+    new.__module__ = owner or fn.__module__
     return new
 
 
