@@ -382,6 +382,8 @@ class DualSystem:
         try:
             if self.kernel.tx_ready():       # published for the host, not received yet
                 return False
+            if self.kernel.rx_unpublished() > 0:   # taken in, counters not published yet
+                return False
         except KernelStopped:
             return True
         backlog = getattr(self.transport, "device_backlog", None)

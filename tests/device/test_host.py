@@ -73,3 +73,34 @@ def test_error_code_reads_the_pad_as_int16():
     r["_pad"] = [np.uint16(0xFFF9), 5]          # -7, 5
     assert host.error_code(r).tolist() == [-7, 5]
     assert host.SYS_ERROR == layout.CH_SYS_ERROR and host.SYS_DROPPED == layout.CH_SYS_DROPPED
+
+
+class _Launch:
+    """A stand-in for the remote kernel's launch (the view's liveness), edge of the unit."""
+    error = None
+
+    def alive(self):
+        return True
+
+    def wait(self, timeout):
+        return False
+
+
+def test_rx_unpublished_counts_records_taken_in_that_published_metrics_miss():
+    """A view over the mapped words (as the device process's parent holds): records the device
+    took from host.rx (C_RX_HEAD) are not in the published counters until a block publishes
+    its row; until then the counters cannot say the device is idle."""
+    k = gd.DeviceKernel([m], target="cpu", workers=2, view=True)
+    nmap = layout.offsets(k.plan)["_total"][2]
+    words = np.zeros(nmap, np.int64)
+    k.attach(words, np.zeros(k.config.arena_bytes, np.uint8), _Launch())
+    assert k.rx_unpublished() == 0
+    ctl = k._h["ctl"]
+    rows = k._h["mpub"].reshape(k.config.blocks, k.plan.nmet)
+    col = layout.METRIC_NAMES.index("rx_in")
+    ctl[layout.C_RX_TAIL] = ctl[layout.C_RX_HEAD] = 5      # pushed 5, the device took them
+    assert k.rx_pending() == 0 and k.rx_unpublished() == 5
+    rows[0, col] = 3                                       # block 0 published 3 of them
+    assert k.rx_unpublished() == 2
+    rows[1, col] = 2
+    assert k.rx_unpublished() == 0

@@ -326,6 +326,17 @@ class DeviceKernel:
         head = int(self._h["ctl"][layout.C_TX_HEAD])
         return int(self._h["txseq"][head & (self.config.tx_cap - 1)]) == head + 1
 
+    def rx_unpublished(self) -> int:
+        """Records the device took from the host -> device ring that its published metrics do
+        not show yet (a block publishes its counters when it parks or every few loops): while
+        this is > 0 the published per-type counters miss tasks the device already holds, so
+        they cannot say the device is idle."""
+        self._check()
+        taken = int(self._h["ctl"][layout.C_RX_HEAD])
+        col = layout.METRIC_NAMES.index("rx_in")
+        rows = self._h["mpub"].reshape(self.config.blocks, self.plan.nmet)
+        return taken - int(rows[:, col].sum())
+
     def rx_pending(self) -> int:
         """Records pushed on the host -> device ring that the device has not taken in yet."""
         self._check()
