@@ -29,7 +29,7 @@ RIDS, TIDS, LIDS, GIDS, SIDS, KIDS = (reduce.type_ids(), timer.type_ids(), log.t
                                       gate.type_ids(), stats.type_ids(), kv.type_ids())
 RED_N, RED_TIMEOUT, RED_GROUPS = 4, 300, 4
 TIMERS, GATE_N, GATES, LOG_BURST = 4, 3, 4, 3
-STATS_PERIOD, KV_CAP = 5, 16
+STATS_PERIOD, KV_CAP, KV_OVER = 5, 16, 48
 
 
 def modules():
@@ -339,7 +339,7 @@ def check_stats(r):
 def scenario_kv(k, c):
     resp = KIDS["KV_RESP"]
     out = {}
-    n = KV_CAP + 4
+    n = KV_CAP + KV_OVER          # many lanes racing for the last places
     push(k, n, type=KIDS["KV_PUT"], meta0=np.arange(n) + 50, meta1=np.arange(n) * 3)
     c.until(lambda: c.n(resp) == n, what="puts")
     out["put_status"] = sorted(kv.unpack(a)[0] for a, _ in c.take(resp))
@@ -379,9 +379,9 @@ def check_kv(r):
     same, n, st, tags, v = r["batch"]
     assert same and n == 6 and tags == list(range(6))
     assert st == [S.OK, S.OK, S.OK, S.NOT_FOUND, S.BAD_REQUEST, S.NOT_FOUND] and v == 4242
-    assert r["put_status"] == [kv.OK] * KV_CAP + [kv.FULL] * 4     # full: never overwrites
+    assert r["put_status"] == [kv.OK] * KV_CAP + [kv.FULL] * KV_OVER   # never overfills
     assert r["get_ok_values_right"]
-    assert r["get_status"] == [kv.OK] * KV_CAP + [kv.NOT_FOUND] * 4
+    assert r["get_status"] == [kv.OK] * KV_CAP + [kv.NOT_FOUND] * KV_OVER
     assert r["del_status"] == [kv.OK, kv.NOT_FOUND]
     assert r["after_del"] == [kv.NOT_FOUND]
     assert r["errors"] == []

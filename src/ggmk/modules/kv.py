@@ -335,6 +335,19 @@ def kv_find(ctx, key, t0, mask, nslot):
 kv_find._ggmk_device_func = True         # what ggmk.device.func marks (without importing it)
 
 
+def kv_reserve(ctx, count, cap):
+    """Take one of the table's ``cap`` places (1), or none when it is full (0). The check and
+    the increment are one fetch-add, so lanes putting at the same time cannot both see the
+    last place free and overfill the table (a check, then an add, did: 18 keys in 16)."""
+    if g.user_add(ctx, count, 1) >= cap:
+        g.user_add(ctx, count, -1)
+        return 0
+    return 1
+
+
+kv_reserve._ggmk_device_func = True
+
+
 def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
     """The kv module for the GPU kernel (``ggmk.device``): the same types and ids (KV_PUT,
     KV_GET, KV_DEL requests as device tasks, inline values only: meta0 = key, meta1 = value
@@ -412,10 +425,9 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
             return YIELD                                # a slot on the chain is being written
         if r >= 0:
             if g.user_get(ctx, r + 1) == 2:             # a tombstone of this key: revive
-                if g.user_get(ctx, COUNT) >= CAP:
+                if kv_reserve(ctx, COUNT, CAP) == 0:
                     g.emit_host(ctx, RESP, (FULL << 56) | (OP_PUT << 48), key)
                     return 0
-                g.user_add(ctx, COUNT, 1)
             g.user_set(ctx, r + 3, val)
             g.user_set(ctx, r + 1, 1)
             g.emit_host(ctx, RESP, OP_PUT << 48, key)
@@ -426,7 +438,10 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
             return 0
         if g.user_add(ctx, s, 1) != 0:
             return YIELD                                # another lane claimed it first
-        g.user_add(ctx, COUNT, 1)
+        if kv_reserve(ctx, COUNT, CAP) == 0:
+            g.user_set(ctx, s, 0)                       # unclaim: the slot stays empty
+            g.emit_host(ctx, RESP, (FULL << 56) | (OP_PUT << 48), key)
+            return 0
         g.user_set(ctx, s + 2, key)
         g.user_set(ctx, s + 3, val)
         g.user_set(ctx, s + 1, 1)
@@ -495,11 +510,8 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
                     st = NOT_FOUND
             elif op == OP_PUT:
                 if r >= 0:
-                    if g.user_get(ctx, r + 1) == 2:
-                        if g.user_get(ctx, COUNT) >= CAP:
-                            st = FULL
-                        else:
-                            g.user_add(ctx, COUNT, 1)
+                    if g.user_get(ctx, r + 1) == 2 and kv_reserve(ctx, COUNT, CAP) == 0:
+                        st = FULL
                     if st == OK:
                         g.user_set(ctx, r + 3, g.load_i64(ctx, e + 16))
                         g.user_set(ctx, r + 1, 1)
@@ -511,10 +523,13 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
                         if g.user_add(ctx, s, 1) != 0:
                             g.set_meta1(task, i)
                             return YIELD
-                        g.user_add(ctx, COUNT, 1)
-                        g.user_set(ctx, s + 2, key)
-                        g.user_set(ctx, s + 3, g.load_i64(ctx, e + 16))
-                        g.user_set(ctx, s + 1, 1)
+                        if kv_reserve(ctx, COUNT, CAP) == 0:
+                            g.user_set(ctx, s, 0)
+                            st = FULL
+                        else:
+                            g.user_set(ctx, s + 2, key)
+                            g.user_set(ctx, s + 3, g.load_i64(ctx, e + 16))
+                            g.user_set(ctx, s + 1, 1)
             elif op == OP_DEL:
                 if r >= 0 and g.user_get(ctx, r + 1) == 1:
                     g.user_set(ctx, r + 1, 2)
