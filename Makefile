@@ -31,7 +31,7 @@ demo: $(VENV)/.installed
 	$(PY) -m ggmk.demo.tour
 
 test: $(VENV)/.installed system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 bench: $(VENV)/.installed
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

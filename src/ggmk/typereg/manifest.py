@@ -33,6 +33,27 @@ def _nth_header_line(text: str, table: str, n: int) -> int | None:
     return _line_of(text, ms[n].start()) if n < len(ms) else None
 
 
+def _entries(data, text, src, mname, table, keys, required, probs):
+    """Each entry of the array of tables ``[[table]]`` that is a table: yields (entry, its
+    problems with unknown or missing keys, a function that files problems under the entry's
+    file:line and name). The one preamble of [[channel]] and [[handler]]."""
+    raw = data.get(table, [])
+    if not isinstance(raw, list):
+        probs.add(f"'{table}' must be an array of tables: write [[{table}]]")
+        return
+    for i, e in enumerate(raw):
+        line = _nth_header_line(text, table, i)
+        ename = e.get("name", f"#{i + 1}") if isinstance(e, Mapping) else f"#{i + 1}"
+        prefix = f"{src}:{line}" if line else src
+        prefix += f": module {mname}, {table} {ename!r}: "
+        if not isinstance(e, Mapping):
+            probs.items.append(prefix + "must be a table")
+            continue
+        bad = [f"unknown key {k!r}; allowed: {', '.join(keys)}" for k in e if k not in keys]
+        bad += [f"missing {k!r}" for k in required if k not in e]
+        yield e, bad, (lambda b, _p=prefix: probs.items.extend(_p + x for x in b))
+
+
 def load_module_manifest(path_or_text: str | os.PathLike | bytes, *,
                          source: str | None = None) -> ModuleManifest:
     """Load a ``module.toml`` (see the module docstring for its shape). Every problem is
@@ -75,22 +96,9 @@ def load_module_manifest(path_or_text: str | os.PathLike | bytes, *,
             desc = ""
 
     channels: list[ChannelDecl] = []
-    chan_keys = ("name", "direction", "type", "mode", "guarantee")
-    raw = data.get("channel", [])
-    if not isinstance(raw, list):
-        probs.add("'channel' must be an array of tables: write [[channel]]")
-        raw = []
-    for i, c in enumerate(raw):
-        line = _nth_header_line(text, "channel", i)
-        cname = c.get("name", f"#{i + 1}") if isinstance(c, Mapping) else f"#{i + 1}"
-        where = f"module {mname}, channel {cname!r}"
-        loc = f"{src}:{line}" if line else src
-        if not isinstance(c, Mapping):
-            probs.items.append(f"{loc}: {where}: must be a table")
-            continue
-        bad = [f"unknown key {k!r}; allowed: {', '.join(chan_keys)}" for k in c
-               if k not in chan_keys]
-        bad += [f"missing {k!r}" for k in ("name", "direction", "type") if k not in c]
+    for c, bad, report in _entries(data, text, src, mname, "channel",
+                                   ("name", "direction", "type", "mode", "guarantee"),
+                                   ("name", "direction", "type"), probs):
         if not bad:
             args = dict(name=c["name"], direction=c["direction"], type=c["type"],
                         mode=c.get("mode", "p2p"), guarantee=c.get("guarantee", "lossless"),
@@ -98,38 +106,26 @@ def load_module_manifest(path_or_text: str | os.PathLike | bytes, *,
             bad = _channel_problems(**args)
             if not bad:
                 channels.append(ChannelDecl(**args))
-        probs.items += [f"{loc}: {where}: {b}" for b in bad]
+        report(bad)
 
     handlers: list[HandlerDecl] = []
-    h_keys = ("type", "name", "deterministic", "batch", "granularity", "shared_mem")
-    raw = data.get("handler", [])
-    if not isinstance(raw, list):
-        probs.add("'handler' must be an array of tables: write [[handler]]")
-        raw = []
     seen: set[str] = set()
-    for i, h in enumerate(raw):
-        line = _nth_header_line(text, "handler", i)
-        hname = h.get("name", f"#{i + 1}") if isinstance(h, Mapping) else f"#{i + 1}"
-        where = f"module {mname}, handler {hname!r}"
-        loc = f"{src}:{line}" if line else src
-        if not isinstance(h, Mapping):
-            probs.items.append(f"{loc}: {where}: must be a table")
-            continue
-        bad = [f"unknown key {k!r}; allowed: {', '.join(h_keys)}" for k in h if k not in h_keys]
-        bad += [f"missing {k!r}" for k in ("type", "name") if k not in h]
+    for h, bad, report in _entries(data, text, src, mname, "handler",
+                                   ("type", "name", "deterministic", "batch", "granularity",
+                                    "shared_mem"), ("type", "name"), probs):
         if not bad:
             args = dict(type=h["type"], name=h["name"], module=mname,
                         deterministic=h.get("deterministic", False),
                         batch=h.get("batch", False), granularity=h.get("granularity", "task"),
                         shared_mem=h.get("shared_mem", 0))
             bad = _handler_problems(**args)
-            if not bad and hname in seen:
+            if not bad and h["name"] in seen:
                 bad = ["duplicate handler name in this module"]
             if not bad:
                 handlers.append(HandlerDecl(**args))
-        if isinstance(hname, str):
-            seen.add(hname)
-        probs.items += [f"{loc}: {where}: {b}" for b in bad]
+        if isinstance(h.get("name"), str):
+            seen.add(h["name"])
+        report(bad)
 
     types = _types_from_table(data.get("types", {}), text, src, probs)
     probs.raise_if_any()
