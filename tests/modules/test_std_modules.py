@@ -359,11 +359,12 @@ def test_log_levels_format_and_bad_format():
 
 def test_log_flood_is_rate_limited_and_drop_count_reported():
     lines = []
-    lg = log.module(rate=50, burst=10, sink=lambda lv, s: lines.append((lv, s)))
+    # 5 lines/s: a flood processed in under 18 s (a slow, loaded CI machine) drops > 400
+    lg = log.module(rate=5, burst=10, sink=lambda lv, s: lines.append((lv, s)))
     with ggmk.boot([lg], workers=2) as system:
         system.channel("log.in").publish(meta0=log.INFO, meta1=np.arange(500))
         system.run()
-        time.sleep(0.1)                      # tokens refill
+        time.sleep(0.25)                     # tokens refill: at least one (5/s)
         system.submit("LOG", payload=log.encode("warn", "after the flood"))
         system.run()
     s = lg.log.stats()
