@@ -16,7 +16,8 @@ helper                 what
 send / send_all        emit with backpressure (``send_all`` resumes at meta1 after a WAIT)
 Requests               in-kernel request/reply: correlation tags, replies, timeouts
 Client                 host-side request/reply over a request channel and a reply channel
-KV                     host-side kv client (put/get/delete, synchronous, correlated by tag)
+KV                     host-side kv client (put/get/delete, correlated by tag; get_many /
+                       get_array: a block of gets in one column, replies matched in bulk)
 kv_put/kv_get/kv_del   in-handler requests to a kv module
 log / logf             a line to the log module (``logf``: format + up to 4 ints, host-formatted)
 timer_once/_every      timers (the timer module); ``timer_cancel``
@@ -44,7 +45,16 @@ Example (a handler that counts, logs and answers through kv, all with backpressu
     with ggmk.boot(mods, workers=2) as system:
         system.submit("APP_WORK", meta0=7)
         system.run()
-        print(sdk.KV(system).get(7))        # 42
+        kvc = sdk.KV(system)
+        print(kvc.get(7))                   # 42: one request, one reply
+        print(kvc.get_many([7, 8, 7]))      # [42, None, 42]: one column out, matched in bulk
+        kvc.close()
+
+Request/reply from the host: ``KV.get`` (and ``Client.call``) is one request in flight, two
+OS-thread wake-ups per round trip (publish -> a parked worker, reply -> the waiting caller);
+``KV.get_many`` / ``get_array`` (and ``Client.publish_many``/``wait_many``) send a block of
+requests as one column and file the block of replies by tag with NumPy: use them whenever
+there is more than one request to make.
 """
 from __future__ import annotations
 
@@ -415,6 +425,8 @@ class Client:
     # -- publishing -----------------------------------------------------------------------
     def _send_one(self, ch, meta0, meta1) -> int:
         """One request without a payload through a reused record (no per-call array)."""
+        if not ch.type_id:                      # an any-type channel: the general path
+            return ch.publish(meta0, meta1)
         with self._plock:
             rec = self._rec
             if rec is None or rec["channel"][0] != ch.id:
