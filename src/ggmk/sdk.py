@@ -74,6 +74,7 @@ __all__ = ["send", "send_all", "Requests", "Client", "KV", "kv_put", "kv_get", "
 
 _U64 = (1 << 64) - 1
 _FEW = 8                           # replies filed with plain ints when no block is awaited
+_BLOCK = 4096                      # requests a client's reused emit buffer holds
 _FULL_NAP = 0.002                  # s: longest wait for a reply while a request ring is full
 DEFAULT_DEADLINE = 10_000          # ticks a task may wait on one full channel (10 s at 1 kHz)
 TIMEOUT = T.SDK_TIMEOUT
@@ -217,6 +218,28 @@ class Requests:
         return len(self._open)
 
 
+def _u64_column(name: str, v, n: int | None = None) -> np.ndarray:
+    """``v`` (a column, or a scalar when ``n`` is given) as uint64, or a ValueError naming
+    the argument and the value."""
+    try:
+        if n is not None and np.ndim(v) == 0:
+            a = np.full(n, v, dtype=np.uint64)
+        else:
+            a = np.asarray(v)
+            if a.dtype != np.uint64:
+                if a.size and (a.dtype.kind not in "iu" or (a.dtype.kind == "i" and a.min() < 0)):
+                    raise ValueError
+                a = a.astype(np.uint64)
+    except (ValueError, TypeError, OverflowError):
+        raise ValueError(f"{name}: expected integers in 0..2**64-1 (a column), got "
+                         f"{v!r:.80}") from None
+    if a.ndim != 1 or (n is not None and len(a) != n):
+        raise ValueError(f"{name}: expected a 1-D column" +
+                         (f" of {n} values" if n is not None else "") +
+                         f", got shape {a.shape}")
+    return a
+
+
 class _Pending:
     """One awaited request, or a run of requests with consecutive tags ``lo .. lo + n - 1``:
     replies land in its columns by ``tag - lo`` (one NumPy scatter per taken block, not a
@@ -224,12 +247,13 @@ class _Pending:
 
     __slots__ = ("lo", "n", "left", "m0", "m1", "data", "got")
 
-    def __init__(self, lo: int, n: int):
+    def __init__(self, lo: int, n: int, m0=None, m1=None):
         self.lo = lo
         self.n = n
         self.left = n
-        self.m0 = np.zeros(n, np.uint64)
-        self.m1 = np.zeros(n, np.uint64)
+        # the caller's columns (views of a longer stream) or fresh ones
+        self.m0 = np.zeros(n, np.uint64) if m0 is None else m0
+        self.m1 = np.zeros(n, np.uint64) if m1 is None else m1
         self.got = np.zeros(n, np.bool_)
         self.data = None            # a list of bytes/None once a reply carried a payload
 
@@ -290,6 +314,7 @@ class Client:
         self._runs: list[_Pending] = []             # consecutive-tag blocks
         self._plock = threading.Lock()              # the reusable one-record request
         self._rec = None
+        self._blk = None                            # the reusable block of requests
         self.ignored = 0            # replies nobody here waited for (other clients' tags)
         self.sub = system.channel(reply).subscribe(name=f"client-{id(self):x}",
                                                    notify=self._wake)
@@ -543,21 +568,69 @@ class Client:
         self.publish(meta0, meta1, tag=tag, payload=payload, type=type)
         return self.wait(tag)
 
-    def publish_many(self, meta0, meta1, lo: int, *, channel=None) -> _Pending:
-        """Send ``len(meta0)`` requests as columns (one publish per block the channel takes)
+    def stream(self, meta0, meta1, lo: int, depth: int, *, parts: int = 2, channel=None):
+        """Many requests with at most ``depth`` in flight: sent in ``parts`` slices of
+        ``depth // parts``, a new slice as soon as the oldest one's replies are all in, so
+        the caller files one slice while the kernel answers the next (the window a
+        pipelining client keeps; ``depth`` is what an asyncio peer would have in flight).
+        Tags ``lo, lo + 1, ...``; returns (meta0s, meta1s, data) like :meth:`wait_many`."""
+        meta0 = _u64_column("meta0", meta0)
+        n = len(meta0)
+        meta1 = _u64_column("meta1", meta1, n)
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+            raise ValueError(f"stream: depth must be a positive int, got {depth!r}")
+        if not isinstance(parts, int) or isinstance(parts, bool) or not 1 <= parts <= depth:
+            raise ValueError(f"stream: parts must be an int in 1..depth ({depth}), "
+                             f"got {parts!r}")
+        if n <= depth:
+            return self.wait_many(self.publish_many(meta0, meta1, lo, channel=channel))
+        step = depth // parts
+        r0 = np.zeros(n, np.uint64)
+        r1 = np.zeros(n, np.uint64)
+        data = None
+        flight: list = []                              # (handle, offset), oldest first
+        try:
+            for i in range(0, n, step):
+                if len(flight) == parts:
+                    data = self._merge(*flight.pop(0), data, n)
+                j = min(n, i + step)
+                flight.append((self.publish_many(meta0[i:j], meta1[i:j], lo + i,
+                                                 channel=channel, _out=(r0[i:j], r1[i:j])), i))
+            while flight:
+                data = self._merge(*flight.pop(0), data, n)
+        finally:
+            with self._lock:
+                for p, _ in flight:                    # an error: stop awaiting the rest
+                    self._unregister(p)
+        return r0, r1, data
+
+    def _merge(self, p: _Pending, off: int, data, n: int):
+        """Wait for slice ``p`` (its columns are views of the stream's); place its payloads."""
+        self.wait_many(p)
+        if p.data is not None:
+            if data is None:
+                data = [None] * n
+            data[off:off + p.n] = p.data
+        return data
+
+    def publish_many(self, meta0, meta1, lo: int, *, channel=None, _out=None) -> _Pending:
+        """Send ``len(meta0)`` requests as columns (one emit per block the channel takes)
         whose replies carry the consecutive tags ``lo, lo + 1, ...``; returns the handle for
         :meth:`wait_many`. Waits for room (taking replies meanwhile) up to ``timeout``."""
-        meta0 = np.asarray(meta0, dtype=np.uint64)
+        meta0 = _u64_column("meta0", meta0)
         n = len(meta0)
-        p = _Pending(lo, n)
+        meta1 = _u64_column("meta1", meta1, n)
+        if not isinstance(lo, (int, np.integer)) or not 0 <= int(lo) <= _U64 - n:
+            raise ValueError(f"publish_many: lo must be an int in 0..2**64-1-len(meta0), "
+                             f"got {lo!r}")
+        p = _Pending(int(lo), n) if _out is None else _Pending(int(lo), n, *_out)
         self._register(p)
         ch = channel or self.request
         try:
             sent = 0
             deadline = time.monotonic() + self.timeout
             while sent < n:
-                m1 = meta1 if np.ndim(meta1) == 0 else meta1[sent:]
-                sent += ch.publish(meta0=meta0[sent:], meta1=m1, count=n - sent)
+                sent += self._send_block(ch, meta0[sent:], meta1[sent:])
                 if sent < n:
                     if ch.closed:
                         raise TimeoutError(f"request channel {ch.name!r}: CHAN_CLOSED "
@@ -569,6 +642,23 @@ class Client:
                 self._unregister(p)
             raise
         return p
+
+    def _send_block(self, ch, m0: np.ndarray, m1: np.ndarray) -> int:
+        """Emit a block of requests through a reused record buffer (the columns are already
+        validated: no per-call ``make``); how many the channel took."""
+        n = len(m0)
+        if not ch.type_id or n > _BLOCK:
+            return ch.publish(meta0=m0, meta1=m1, count=n)
+        with self._plock:
+            blk = self._blk
+            if blk is None or blk["channel"][0] != ch.id:
+                blk = self._blk = T.make(_BLOCK, type=ch.type_id, flags=T.FLAG_CHANNEL_MSG,
+                                         channel=ch.id)
+            recs = blk[:n]
+            recs["meta0"] = m0
+            recs["meta1"] = m1
+            recs["seq"] = 0
+            return ch.emit(recs, built=True, prio=0) if n else 0
 
     def wait_many(self, p: _Pending) -> tuple:
         """(meta0s, meta1s, data) of a :meth:`publish_many` block, in request order: two
@@ -647,13 +737,18 @@ class KV:
         m0, _, _ = self.client.wait(tag)
         return self._check(m0, f"del {key}") == self._kv.OK
 
-    def _get_block(self, keys):
-        keys = np.asarray(keys, dtype=np.uint64)
+    def _get_block(self, keys, depth):
+        keys = _u64_column("keys", keys)
         n = len(keys)
         lo = self._tags(n)
-        p = self.client.publish_many(keys, np.arange(lo, lo + n, dtype=np.uint64), lo)
-        m0, m1, data = self.client.wait_many(p)
+        tags = np.arange(lo, lo + n, dtype=np.uint64)
+        if depth is None:
+            m0, m1, data = self.client.wait_many(self.client.publish_many(keys, tags, lo))
+        else:
+            m0, m1, data = self.client.stream(keys, tags, lo, depth)
         st = m0 >> np.uint64(56)
+        if not st.any():                                 # all found: the usual case
+            return m1, None, data
         bad = st > np.uint64(self._kv.NOT_FOUND)
         if bad.any():
             i = int(np.argmax(bad))
@@ -662,25 +757,29 @@ class KV:
                              f"({int(bad.sum())} of {n} gets failed)")
         return m1, st == np.uint64(self._kv.OK), data
 
-    def get_array(self, keys) -> tuple[np.ndarray, np.ndarray]:
+    def get_array(self, keys, *, depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(values, found) of ``keys`` (inline tables): two columns, no Python per reply.
-        ``values[i]`` is meaningful where ``found[i]``. Example::
+        ``values[i]`` is meaningful where ``found[i]``. ``depth``: at most that many requests
+        in flight (see :meth:`Client.stream`); None: all at once. Example::
 
-            vals, found = kvc.get_array(np.arange(1000))
+            vals, found = kvc.get_array(np.arange(100_000), depth=1000)
         """
-        m1, found, data = self._get_block(keys)
+        m1, found, data = self._get_block(keys, depth)
+        if found is None:
+            found = np.ones(len(m1), np.bool_)
         if data is not None:
             raise KV.KVError(f"kv {self.prefix!r}: get_array is for inline (word) values; "
                              "this table answers with payloads: use get_many")
         return m1, found
 
-    def get_many(self, keys) -> list:
-        """Values (or None) of ``keys``, pipelined: every request goes out as one column (one
-        publish while the channel has room), then the replies are matched by tag in bulk."""
-        m1, found, data = self._get_block(keys)
+    def get_many(self, keys, *, depth: int | None = None) -> list:
+        """Values (or None) of ``keys``, pipelined: the requests go out as columns (one emit
+        while the channel has room) and the replies are matched by tag in bulk. ``depth``:
+        at most that many in flight, kept full (see :meth:`Client.stream`); None: all."""
+        m1, found, data = self._get_block(keys, depth)
         out = m1.tolist() if data is None else \
             [d if d is not None else v for d, v in zip(data, m1.tolist())]
-        if not found.all():
+        if found is not None:
             for i in np.flatnonzero(~found).tolist():
                 out[i] = None
         return out
