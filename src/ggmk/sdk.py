@@ -568,40 +568,31 @@ class Client:
         self.publish(meta0, meta1, tag=tag, payload=payload, type=type)
         return self.wait(tag)
 
-    def stream(self, meta0, meta1, lo: int, depth: int, *, parts: int = 2, channel=None):
-        """Many requests with at most ``depth`` in flight: sent in ``parts`` slices of
-        ``depth // parts``, a new slice as soon as the oldest one's replies are all in, so
-        the caller files one slice while the kernel answers the next (the window a
-        pipelining client keeps; ``depth`` is what an asyncio peer would have in flight).
-        Tags ``lo, lo + 1, ...``; returns (meta0s, meta1s, data) like :meth:`wait_many`."""
+    def stream(self, meta0, meta1, lo: int, depth: int, *, channel=None):
+        """Many requests with at most ``depth`` in flight: blocks of ``depth``, the next sent
+        once the replies of the one before are all in. Tags ``lo, lo + 1, ...``; returns
+        (meta0s, meta1s, data) like :meth:`wait_many`.
+
+        Why not overlap blocks (send the next half while the first is answered)? Measured:
+        slower (78 K/s against 170 K/s at depth 100, half-blocks of 50): the caller and the
+        worker are both Python, so overlapping them only makes them take the GIL from each
+        other (a thread asking for it waits up to the 5 ms switch interval) and doubles the
+        per-block costs; one block out, one block back keeps each hand-off a clean wake-up."""
         meta0 = _u64_column("meta0", meta0)
         n = len(meta0)
         meta1 = _u64_column("meta1", meta1, n)
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
             raise ValueError(f"stream: depth must be a positive int, got {depth!r}")
-        if not isinstance(parts, int) or isinstance(parts, bool) or not 1 <= parts <= depth:
-            raise ValueError(f"stream: parts must be an int in 1..depth ({depth}), "
-                             f"got {parts!r}")
         if n <= depth:
             return self.wait_many(self.publish_many(meta0, meta1, lo, channel=channel))
-        step = depth // parts
         r0 = np.zeros(n, np.uint64)
         r1 = np.zeros(n, np.uint64)
         data = None
-        flight: list = []                              # (handle, offset), oldest first
-        try:
-            for i in range(0, n, step):
-                if len(flight) == parts:
-                    data = self._merge(*flight.pop(0), data, n)
-                j = min(n, i + step)
-                flight.append((self.publish_many(meta0[i:j], meta1[i:j], lo + i,
-                                                 channel=channel, _out=(r0[i:j], r1[i:j])), i))
-            while flight:
-                data = self._merge(*flight.pop(0), data, n)
-        finally:
-            with self._lock:
-                for p, _ in flight:                    # an error: stop awaiting the rest
-                    self._unregister(p)
+        for i in range(0, n, depth):
+            j = min(n, i + depth)
+            p = self.publish_many(meta0[i:j], meta1[i:j], lo + i, channel=channel,
+                                  _out=(r0[i:j], r1[i:j]))
+            data = self._merge(p, i, data, n)
         return r0, r1, data
 
     def _merge(self, p: _Pending, off: int, data, n: int):

@@ -206,3 +206,54 @@ def test_full_request_channel_is_bounded_and_nothing_is_lost():
         assert taken == accepted and cl.ignored == 0   # and its answer reached the client
         cl.close()
         no_errors(system)
+
+
+def test_depth_bounds_requests_in_flight_and_bad_input_is_named():
+    srv = tripler(ask_cap=16, ans_cap=16)
+    with ggmk.boot([srv], workers=2) as system:
+        cl = sdk.Client(system, "ask.q", "ans.q", timeout=60)
+        x = np.arange(1000, dtype=np.uint64)
+        m0, m1, data = cl.stream(x, np.arange(10_000, 11_000), 10_000, 64)
+        assert m0.tolist() == list(range(10_000, 11_000))
+        assert m1.tolist() == (x * np.uint64(3)).tolist() and data is None
+        assert srv.asked == 1000 and cl.ignored == 0 and not cl._runs
+        with pytest.raises(ValueError, match="depth must be a positive int, got 0"):
+            cl.stream(x, x, 0, 0)
+        with pytest.raises(ValueError, match=r"meta0: expected integers in 0..2\*\*64-1"):
+            cl.publish_many([-1, 2], [1, 2], 5)
+        with pytest.raises(ValueError, match="meta1: expected a 1-D column of 2 values"):
+            cl.publish_many([1, 2], [1, 2, 3], 5)
+        cl.close()
+        no_errors(system)
+    store = kv.module(capacity=16, resp_capacity=8)
+    with ggmk.boot([store], workers=2) as system:
+        c = sdk.KV(system, timeout=60)
+        for k in range(10):
+            c.put(k, k + 1)
+        keys = [i % 13 for i in range(500)]
+        assert c.get_many(keys, depth=32) == [k + 1 if k < 10 else None for k in keys]
+        vals, found = c.get_array(keys, depth=7)
+        assert found.tolist() == [k < 10 for k in keys] and vals[found].tolist() == \
+            [k + 1 for k in keys if k < 10]
+        with pytest.raises(ValueError, match="keys: expected integers"):
+            c.get_many(["a"])
+        assert store.kv.stats()["get"] == 1000 and c.client.ignored == 0
+        c.close()
+        no_errors(system)
+
+
+def test_get_many_of_payload_values_copies_and_releases_every_payload(wait_until):
+    store = kv.module(capacity=32, value_size=16, name="blob", resp_capacity=8)
+    with ggmk.boot([store], workers=2) as system:
+        c = sdk.KV(system, "blob", timeout=60)
+        for k in range(20):
+            c.put(k, bytes([k]) * 16)
+        keys = [k % 25 for k in range(300)]
+        assert c.get_many(keys, depth=50) == [bytes([k]) * 16 if k < 20 else None for k in keys]
+        with pytest.raises(sdk.KV.KVError, match="get_array is for inline"):
+            c.get_array([1, 2])
+        # every payload given back: the requests' (by the workers, once each put finished)
+        # and the replies' (by the client, copied out as it filed them)
+        assert wait_until(lambda: system.arena.live_count() == 0, 60)
+        c.close()
+        no_errors(system)
