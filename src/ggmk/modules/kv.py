@@ -294,7 +294,7 @@ class _KV:
                 if nmiss < n:
                     m1[hit] = [v for v in vals if v is not None]
                 out["meta1"] = m1
-            done = ch.emit(out, built=True, prio=0) if live else 0
+            done = ch.emit(out) if live else 0
             if done < n:                               # the rest waits in the outbox, in order
                 for a, b in zip(out["meta0"][done:].tolist(), out["meta1"][done:].tolist()):
                     self.outbox.put(a, b)
@@ -336,7 +336,7 @@ class _KV:
                 rec["meta0"] = m0
                 rec["meta1"] = m1
                 rec["seq"] = 0
-                done = ch.emit(rec, built=True, prio=0)
+                done = ch.emit(rec)          # the plain form: the sandbox channel too
             finally:
                 if mine:
                     self._one_lock.release()
