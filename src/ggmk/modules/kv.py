@@ -262,13 +262,13 @@ class _KV:
         if n == 1:
             return self._get_one(system, int(recs["meta0"][0]), int(recs["meta1"][0]))
         keys = recs["meta0"]
-        with self.table.lock:
-            vals = self.table.get_many(keys.tolist())
-        nmiss = vals.count(None)
         c = self.counters
-        c["get"] += n
-        c["hit"] += n - nmiss
-        c["miss"] += nmiss
+        with self.table.lock:                          # the counters too: del counts misses
+            vals = self.table.get_many(keys.tolist())
+            nmiss = vals.count(None)
+            c["get"] += n
+            c["hit"] += n - nmiss
+            c["miss"] += nmiss
         ch = system.channel(self.resp)
         live = bool(ch.subs) and not ch.closed
         mine = live and n <= _RESP_BLOCK and self._one_lock.acquire(False)
@@ -312,15 +312,17 @@ class _KV:
         """One get (a caller with one request in flight): scalars, and the answer goes out
         through a reused one-record array when no other worker is using it."""
         tab = self.table
-        with tab.lock:
-            v = tab.get(key)
         c = self.counters
-        c["get"] += 1
+        with tab.lock:                                 # the counters too: del counts misses
+            v = tab.get(key)
+            c["get"] += 1
+            if v is None:
+                c["miss"] += 1
+            else:
+                c["hit"] += 1
         if v is None:
-            c["miss"] += 1
             m0, m1 = pack(NOT_FOUND, OP_GET, tag), key
         else:
-            c["hit"] += 1
             m0, m1 = pack(OK, OP_GET, tag), v
         ch = system.channel(self.resp)
         done = 0
