@@ -19,9 +19,16 @@
   in flight; a round trip through the kernel's channels and workers). Peer: an asyncio
   request/reply loop in the same process (client awaits a future, server task answers from
   a dict through an ``asyncio.Queue``) - ``asyncio_reqreply_per_s``; ratio
-  ``kv_reqreply_vs_asyncio``. ``kv_reqreply_pipelined_per_s``: 100 requests in flight
-  (``KV.get_many``: one column publish) against asyncio with 100 concurrent requests
-  (``asyncio_pipelined_per_s``); ratio ``kv_reqreply_pipelined_vs_asyncio``.
+  ``kv_reqreply_vs_asyncio``. One request crosses two OS threads (two wake-ups) where the
+  asyncio loop stays in one, so the figure is also set against the wake-up floor:
+  ``wakeup_floor_us`` (p50 round trip of a token between two threads through plain locks,
+  the primitive both ends sleep on), ``kv_reqreply_us`` (mean per request) and
+  ``kv_reqreply_vs_floor`` (floor / per-request time: 1.0 = only the two wake-ups).
+* ``kv_reqreply_pipelined_per_s``: 100 requests in flight (``KV.get_many``: one column
+  publish, the kv module's batch handler answers with one emit, replies matched by tag with
+  NumPy) against asyncio with 100 requests in flight (``asyncio_pipelined_per_s``: the better
+  of 100 client coroutines and ``gather`` blocks of 100); ratio
+  ``kv_reqreply_pipelined_vs_asyncio``. The same at depth 1000: ``..._1k_...``.
 * ``reduce_1m_s``: one group of ``--partials`` partials (sum, u64) published on
   ``reduce.in`` in columns of 65536 until the result arrives; ``reduce_partials_per_s``.
 * ``timer_lateness_p50/p99_ticks``: ``--timers`` one-shot timers with delays 1..50 ticks
@@ -164,36 +171,43 @@ def bench_kv_device_batched(ops, target, per=5000, inflight=8):
     return 2 * ops / dt
 
 
-def bench_reqreply_pipelined(calls, workers, depth=100):
-    """``depth`` requests in flight: ``sdk.KV.get_many`` (one column publish, replies matched
-    by tag) against asyncio with ``depth`` concurrent requests (``gather``) to the same
-    one-queue server."""
-    store = kv.module(capacity=1024)
-    with ggmk.boot([store], workers=workers) as system:
-        cl = sdk.KV(system)
-        for k in range(100):
-            cl.put(k, k * 7)
+async def _asyncio_server(q, table):
+    while True:
+        key, fut = await q.get()
+        fut.set_result(table.get(key))
+
+
+def asyncio_pipelined(calls, depth):
+    """The asyncio peer with ``depth`` requests in flight, the better of two forms measured
+    in the same run: ``depth`` client coroutines each awaiting its requests one after the
+    other (no task created per request), and blocks of ``depth`` requests (``gather``). The
+    server is one task answering from a dict through an ``asyncio.Queue``."""
+    want_of = {k: k * 7 for k in range(100)}
+
+    async def clients():
+        q: asyncio.Queue = asyncio.Queue()
+        srv = asyncio.create_task(_asyncio_server(q, want_of))
+        loop = asyncio.get_running_loop()
+        per = max(1, calls // depth)
+
+        async def client(c):
+            for i in range(per):
+                k = (c + i) % 100
+                fut = loop.create_future()
+                await q.put((k, fut))
+                assert await fut == k * 7
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(c) for c in range(depth)))
+        dt = time.perf_counter() - t0
+        srv.cancel()
+        return per * depth / dt
+
+    async def blocks():
+        q: asyncio.Queue = asyncio.Queue()
+        srv = asyncio.create_task(_asyncio_server(q, want_of))
+        loop = asyncio.get_running_loop()
         batch = [i % 100 for i in range(depth)]
         want = [k * 7 for k in batch]
-        t0 = time.perf_counter()
-        n = 0
-        while n < calls:
-            assert cl.get_many(batch) == want
-            n += depth
-        rate = n / (time.perf_counter() - t0)
-        cl.close()
-
-    async def run():
-        q: asyncio.Queue = asyncio.Queue()
-        table = {k: k * 7 for k in range(100)}
-
-        async def server():
-            while True:
-                key, fut = await q.get()
-                fut.set_result(table.get(key))
-
-        srv = asyncio.create_task(server())
-        loop = asyncio.get_running_loop()
 
         async def one(key):
             fut = loop.create_future()
@@ -207,7 +221,61 @@ def bench_reqreply_pipelined(calls, workers, depth=100):
         dt = time.perf_counter() - t0
         srv.cancel()
         return n / dt
-    return rate, asyncio.run(run())
+    return max(asyncio.run(clients()), asyncio.run(blocks()))
+
+
+def bench_reqreply_pipelined(calls, workers, depth=100):
+    """``depth`` requests in flight: ``sdk.KV.get_many`` (one column publish, replies matched
+    by tag in bulk) against asyncio with ``depth`` requests in flight (``asyncio_pipelined``)
+    to the same one-queue server."""
+    store = kv.module(capacity=1024)
+    with ggmk.boot([store], workers=workers) as system:
+        cl = sdk.KV(system)
+        for k in range(100):
+            cl.put(k, k * 7)
+        batch = [i % 100 for i in range(depth)]
+        want = [k * 7 for k in batch]
+        assert cl.get_many(batch) == want                # warm
+        t0 = time.perf_counter()
+        n = 0
+        while n < calls:
+            assert cl.get_many(batch) == want
+            n += depth
+        rate = n / (time.perf_counter() - t0)
+        cl.close()
+    return rate, asyncio_pipelined(calls, depth)
+
+
+def wakeup_floor_us(n=5000, warmup=200) -> float:
+    """p50 round trip (us) of a token handed to a second thread and back through two plain
+    locks used as semaphores: the primitive both ends of a ggmk request sleep on (a parked
+    worker; ``sdk.Client``'s waiter), so two wake-ups, as in one request/reply (the same
+    measure as bench/cpu_dispatch.py's ``wakeup_floor_us``)."""
+    ping, pong = threading.Lock(), threading.Lock()
+    ping.acquire()
+    pong.acquire()
+    stop = [False]
+
+    def peer():
+        while True:
+            ping.acquire()
+            if stop[0]:
+                return
+            pong.release()
+
+    t = threading.Thread(target=peer, daemon=True)
+    t.start()
+    out = []
+    clock = time.perf_counter_ns
+    for _ in range(n + warmup):
+        t0 = clock()
+        ping.release()
+        pong.acquire()
+        out.append((clock() - t0) / 1e3)
+    stop[0] = True
+    ping.release()
+    t.join()
+    return float(np.percentile(out[warmup:], 50))
 
 
 def bench_reqreply(calls, workers):
@@ -294,7 +362,9 @@ def main():
     dev_rate = bench_kv_device(a.ops, a.device_target)
     dev_batched = bench_kv_device_batched(a.ops, a.device_target)
     rr, arr = bench_reqreply(a.calls, a.workers)
-    prr, parr = bench_reqreply_pipelined(20 * a.calls, a.workers)
+    floor_us = wakeup_floor_us()
+    prr, parr = bench_reqreply_pipelined(20 * a.calls, a.workers, 100)
+    prr1k, parr1k = bench_reqreply_pipelined(40 * a.calls, a.workers, 1000)
     red_s = bench_reduce(a.partials, a.workers)
     p50, p99 = bench_timers(a.timers, a.workers)
     print(json.dumps({
@@ -307,8 +377,13 @@ def main():
         "kv_device_task_vs_dict": round(dev_rate / dict_rate, 4),
         "kv_reqreply_per_s": round(rr), "asyncio_reqreply_per_s": round(arr),
         "kv_reqreply_vs_asyncio": round(rr / arr, 4),
+        "kv_reqreply_us": round(1e6 / rr, 1), "wakeup_floor_us": round(floor_us, 1),
+        "kv_reqreply_vs_floor": round(rr * floor_us / 1e6, 4),
         "kv_reqreply_pipelined_per_s": round(prr), "asyncio_pipelined_per_s": round(parr),
         "kv_reqreply_pipelined_vs_asyncio": round(prr / parr, 4),
+        "kv_reqreply_pipelined_1k_per_s": round(prr1k),
+        "asyncio_pipelined_1k_per_s": round(parr1k),
+        "kv_reqreply_pipelined_1k_vs_asyncio": round(prr1k / parr1k, 4),
         "reduce_partials": a.partials, "reduce_1m_s": round(red_s, 4),
         "reduce_partials_per_s": round(a.partials / red_s),
         "timers": a.timers, "timer_lateness_p50_ticks": p50, "timer_lateness_p99_ticks": p99,

@@ -16,7 +16,8 @@ helper                 what
 send / send_all        emit with backpressure (``send_all`` resumes at meta1 after a WAIT)
 Requests               in-kernel request/reply: correlation tags, replies, timeouts
 Client                 host-side request/reply over a request channel and a reply channel
-KV                     host-side kv client (put/get/delete, synchronous, correlated by tag)
+KV                     host-side kv client (put/get/delete, correlated by tag; get_many /
+                       get_array: a block of gets in one column, replies matched in bulk)
 kv_put/kv_get/kv_del   in-handler requests to a kv module
 log / logf             a line to the log module (``logf``: format + up to 4 ints, host-formatted)
 timer_once/_every      timers (the timer module); ``timer_cancel``
@@ -44,7 +45,16 @@ Example (a handler that counts, logs and answers through kv, all with backpressu
     with ggmk.boot(mods, workers=2) as system:
         system.submit("APP_WORK", meta0=7)
         system.run()
-        print(sdk.KV(system).get(7))        # 42
+        kvc = sdk.KV(system)
+        print(kvc.get(7))                   # 42: one request, one reply
+        print(kvc.get_many([7, 8, 7]))      # [42, None, 42]: one column out, matched in bulk
+        kvc.close()
+
+Request/reply from the host: ``KV.get`` (and ``Client.call``) is one request in flight, two
+OS-thread wake-ups per round trip (publish -> a parked worker, reply -> the waiting caller);
+``KV.get_many`` / ``get_array`` (and ``Client.publish_many``/``wait_many``) send a block of
+requests as one column and file the block of replies by tag with NumPy: use them whenever
+there is more than one request to make.
 """
 from __future__ import annotations
 
@@ -62,6 +72,10 @@ __all__ = ["send", "send_all", "Requests", "Client", "KV", "kv_put", "kv_get", "
            "logf", "timer_once", "timer_every", "timer_cancel", "gate_arrive", "count", "gauge",
            "observe", "TIMEOUT", "DEFAULT_DEADLINE"]
 
+_U64 = (1 << 64) - 1
+_FEW = 8                           # replies filed with plain ints when no block is awaited
+_BLOCK = 4096                      # requests a client's reused emit buffer holds
+_FULL_NAP = 0.002                  # s: longest wait for a reply while a request ring is full
 DEFAULT_DEADLINE = 10_000          # ticks a task may wait on one full channel (10 s at 1 kHz)
 TIMEOUT = T.SDK_TIMEOUT
 
@@ -204,99 +218,445 @@ class Requests:
         return len(self._open)
 
 
+def _u64_column(name: str, v, n: int | None = None) -> np.ndarray:
+    """``v`` (a column, or a scalar when ``n`` is given) as uint64, or a ValueError naming
+    the argument and the value."""
+    try:
+        if n is not None and np.ndim(v) == 0:
+            a = np.full(n, v, dtype=np.uint64)
+        else:
+            a = np.asarray(v)
+            if a.dtype != np.uint64:
+                if a.size and (a.dtype.kind not in "iu" or (a.dtype.kind == "i" and a.min() < 0)):
+                    raise ValueError
+                a = a.astype(np.uint64)
+    except (ValueError, TypeError, OverflowError):
+        raise ValueError(f"{name}: expected integers in 0..2**64-1 (a column), got "
+                         f"{v!r:.80}") from None
+    if a.ndim != 1 or (n is not None and len(a) != n):
+        raise ValueError(f"{name}: expected a 1-D column" +
+                         (f" of {n} values" if n is not None else "") +
+                         f", got shape {a.shape}")
+    return a
+
+
+class _Pending:
+    """One awaited request, or a run of requests with consecutive tags ``lo .. lo + n - 1``:
+    replies land in its columns by ``tag - lo`` (one NumPy scatter per taken block, not a
+    Python step per reply)."""
+
+    __slots__ = ("lo", "n", "left", "m0", "m1", "data", "got")
+
+    def __init__(self, lo: int, n: int, m0=None, m1=None):
+        self.lo = lo
+        self.n = n
+        self.left = n
+        # the caller's columns (views of a longer stream) or fresh ones
+        self.m0 = np.zeros(n, np.uint64) if m0 is None else m0
+        self.m1 = np.zeros(n, np.uint64) if m1 is None else m1
+        self.got = np.zeros(n, np.bool_)
+        self.data = None            # a list of bytes/None once a reply carried a payload
+
+
+class _One:
+    """One awaited reply with any tag (a dict look-up files it)."""
+
+    __slots__ = ("lo", "n", "left", "m0", "m1", "data")
+
+    def __init__(self, tag):
+        self.lo = tag
+        self.n = self.left = 1
+        self.m0 = self.m1 = 0
+        self.data = None
+
+
 class Client:
     """Host-side request/reply: publish on ``request`` (a channel name), read replies from a
-    host-side subscription of ``reply``; ``reply_tag(meta0, meta1)`` gives a reply's tag.
-    ``call(meta0, meta1, tag=..., payload=...)`` -> (meta0, meta1, payload bytes or None);
-    ``TimeoutError`` after ``timeout`` seconds. Replies for other tags are kept for their
-    callers. Thread-safe.
+    host-side subscription of ``reply``; ``reply_tag(meta0, meta1)`` gives a reply's tag
+    (``reply_tags(m0s, m1s)``, its column form, lets whole blocks of replies be matched
+    with NumPy). ``call(meta0, meta1, tag=..., payload=...)`` -> (meta0, meta1, payload
+    bytes or None); ``TimeoutError`` after ``timeout`` seconds. Thread-safe: replies for
+    another thread's tags are kept for it.
+
+    ``publish_many`` + ``wait_many`` pipeline a block of requests with consecutive tags:
+    one column publish, and the replies matched by tag in bulk.
+
+    How a caller waits (no polling): one waiting thread at a time (the *pumper*) sleeps on a
+    plain lock that the reply subscription's delivery hook releases (the same primitive a
+    parked worker sleeps on: one wake-up per delivery, nothing allocated per wait), takes
+    what arrived, files it by tag and wakes the other waiters (a Condition); when its own
+    replies are in it hands the role on. A full request channel is backpressure: the caller
+    keeps taking replies (which is what frees the kernel's side) and retries, up to
+    ``timeout`` seconds, then raises ``TimeoutError`` naming CHAN_FULL.
     """
 
-    def __init__(self, system, request: str, reply: str, *, reply_tag=None,
+    def __init__(self, system, request: str, reply: str, *, reply_tag=None, reply_tags=None,
                  timeout: float = 5.0):
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+            raise ValueError(f"Client: timeout must be a positive number of seconds, "
+                             f"got {timeout!r}")
         self.system = system
+        self.arena = system.arena
         self.request = system.channel(request)
         self.reply_name = reply
-        # set on every delivery to our subscription and whenever a reply is stashed: waiters
-        # block on it instead of polling
-        self._arrived = threading.Event()
-        self.sub = system.channel(reply).subscribe(name=f"client-{id(self):x}",
-                                                   notify=self._arrived.set)
         self.reply_tag = reply_tag or (lambda m0, m1: m0)
+        if reply_tags is None and reply_tag is None:
+            reply_tags = lambda m0, m1: m0          # noqa: E731 - the default: tag = meta0
+        self.reply_tags = reply_tags
         self.timeout = timeout
-        self._stash: dict = {}
-        self._expect: set = set()
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._pumping = False
+        self._sem = threading.Lock()                # released by the delivery hook
+        self._sem.acquire()
+        self._sleeping = False
+        self._single: dict = {}                     # tag -> _Pending (n == 1, any tag)
+        self._runs: list[_Pending] = []             # consecutive-tag blocks
+        self._plock = threading.Lock()              # the reusable one-record request
+        self._rec = None
+        self._blk = None                            # the reusable block of requests
         self.ignored = 0            # replies nobody here waited for (other clients' tags)
+        self.sub = system.channel(reply).subscribe(name=f"client-{id(self):x}",
+                                                   notify=self._wake)
 
-    def _pump(self) -> None:
+    # -- waking ---------------------------------------------------------------------------
+    def _wake(self) -> None:
+        """The subscription's delivery hook (runs under the ring's lock: keep it tiny)."""
+        if self._sleeping:
+            self._sleeping = False
+            try:
+                self._sem.release()
+            except RuntimeError:                    # released already: one token is enough
+                pass
+
+    def _sleep(self, left: float) -> None:
+        """Block until a delivery (or ``left`` seconds). A stale token only makes one wake-up
+        spurious: the caller looks again."""
+        self._sleeping = True
+        r = self.sub.ring
+        if r.tail == r.head and not self.sub.behind:
+            self._sem.acquire(True, left)
+        self._sleeping = False
+
+    # -- filing replies -------------------------------------------------------------------
+    def _pump(self) -> int:
+        """Take what the subscription holds and file it by tag (holding ``_lock``). Every
+        payload taken is copied out and its arena reference released, matched or not."""
         recs = self.sub.take()
-        if not len(recs):
-            return
-        arena = self.system.arena
-        for r in recs:
-            m0, m1 = int(r["meta0"]), int(r["meta1"])
-            p, n = int(r["payload_ptr"]), int(r["payload_len"])
-            data = None
-            if p:
-                data = bytes(arena.view(p, n))
-                arena.release(p)
-            tag = self.reply_tag(m0, m1)
-            if tag not in self._expect:
+        n = len(recs)
+        if not n:
+            return 0
+        m0, m1 = recs["meta0"], recs["meta1"]
+        ptrs = recs["payload_ptr"]
+        if n <= _FEW and not self._runs:
+            return self._pump_few(recs, m0.tolist(), m1.tolist(), ptrs.tolist())
+        has_data = bool(ptrs.any())
+        if self.reply_tags is not None:
+            tags = np.asarray(self.reply_tags(m0, m1), dtype=np.uint64)
+        else:
+            tags = np.fromiter((self.reply_tag(int(a), int(b)) for a, b in zip(m0, m1)),
+                               dtype=np.uint64, count=n)
+        left = None                                 # mask of the records not filed yet
+        for p in self._runs:
+            rel = tags - np.uint64(p.lo)            # wraps for tags below lo: out of range
+            hit = rel < np.uint64(p.n)
+            if not hit.any():
+                continue
+            idx = rel[hit].astype(np.intp)
+            fresh = ~p.got[idx]                     # a duplicate reply fills nothing twice
+            idx = idx[fresh]
+            p.m0[idx] = m0[hit][fresh]
+            p.m1[idx] = m1[hit][fresh]
+            p.got[idx] = True
+            p.left -= len(idx)
+            if has_data:
+                src = np.flatnonzero(hit)[fresh]
+                for i, j in zip(src.tolist(), idx.tolist()):
+                    if ptrs[i]:
+                        if p.data is None:
+                            p.data = [None] * p.n
+                        p.data[j] = self._copy(recs[i])
+            left = ~hit if left is None else left & ~hit
+        rest = range(n) if left is None else np.flatnonzero(left).tolist()
+        single = self._single
+        for i in rest:                              # single requests: a dict look-up each
+            p = single.get(int(tags[i]))
+            if p is None or p.left == 0:
                 self.ignored += 1
                 continue
-            self._stash.setdefault(tag, []).append((m0, m1, data))
-            self._arrived.set()            # another thread may be waiting for this tag
+            p.m0, p.m1 = int(m0[i]), int(m1[i])
+            if has_data and ptrs[i]:
+                p.data = [self._copy(recs[i])]
+            p.left = 0
+        if has_data:                                # every reference taken is given back
+            self.arena.release_many(ptrs[ptrs != 0])
+        return n
 
-    def expect(self, tag) -> None:
-        """Say a reply with ``tag`` is awaited (``publish(..., tag=)`` does it)."""
+    def _pump_few(self, recs, m0s, m1s, ptrs) -> int:
+        """A few replies and no block awaited (one request in flight): plain ints."""
+        tag_of = self.reply_tag
+        single = self._single
+        release = None
+        for i, (a, b, ptr) in enumerate(zip(m0s, m1s, ptrs)):
+            p = single.get(tag_of(a, b))
+            if p is None or p.left == 0:
+                self.ignored += 1
+            else:
+                p.m0, p.m1 = a, b
+                if ptr:
+                    p.data = [self._copy(recs[i])]
+                p.left = 0
+            if ptr:
+                release = release or []
+                release.append(ptr)
+        if release:
+            self.arena.release_many(np.array(release, dtype=np.uint64))
+        return len(m0s)
+
+    def _copy(self, r) -> bytes:
+        return bytes(self.arena.view(int(r["payload_ptr"]), int(r["payload_len"])))
+
+    def _await(self, p: _Pending, what) -> None:
+        """Block until every reply of ``p`` is in, or raise TimeoutError (``what()``: the
+        message) after ``timeout`` seconds. ``p`` is unregistered either way."""
+        deadline = time.monotonic() + self.timeout
+        cond = self._cond
+        with cond:
+            try:
+                while p.left:
+                    if self._pumping:               # another thread takes: wait for its news
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        cond.wait(left)
+                        continue
+                    if self._pump():
+                        cond.notify_all()
+                        continue
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._pumping = True
+                    cond.release()
+                    try:
+                        self._sleep(left)
+                    finally:
+                        cond.acquire()
+                        self._pumping = False
+                    self._pump()
+                    cond.notify_all()               # news, or the pumper role is free
+            finally:
+                self._unregister(p)
+                cond.notify_all()                   # leaving: someone else may pump now
+        if p.left:
+            raise TimeoutError(what())
+
+    def _register(self, p: _Pending, tag=None) -> None:
         with self._lock:
-            self._expect.add(tag)
+            if tag is None:
+                self._runs.append(p)
+            else:
+                if tag in self._single:
+                    raise ValueError(f"Client: tag {tag} is already awaited on "
+                                     f"{self.reply_name!r}; tags must be unique in flight")
+                self._single[tag] = p
+
+    def _unregister(self, p: _Pending) -> None:       # holding _lock
+        if p.__class__ is _One:
+            if self._single.get(p.lo) is p:
+                del self._single[p.lo]
+        else:
+            try:
+                self._runs.remove(p)
+            except ValueError:
+                pass
+
+    # -- publishing -----------------------------------------------------------------------
+    def _send_one(self, ch, meta0, meta1) -> int:
+        """One request without a payload through a reused record (no per-call array)."""
+        if not ch.type_id:                      # an any-type channel: the general path
+            return ch.publish(meta0, meta1)
+        with self._plock:
+            rec = self._rec
+            if rec is None or rec["channel"][0] != ch.id:
+                rec = self._rec = T.make(1, type=ch.type_id, flags=T.FLAG_CHANNEL_MSG,
+                                         channel=ch.id)
+            rec["meta0"] = meta0
+            rec["meta1"] = meta1
+            rec["seq"] = 0
+            if ch.emit(rec, built=True, prio=0):
+                return OK
+        return T.CHAN_CLOSED if ch.closed else CHAN_FULL
+
+    def _backoff(self, deadline: float, what) -> None:
+        """The request channel is full: take replies meanwhile (that is what drains the
+        kernel's side) and let the kernel run; TimeoutError past the deadline."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(what())
+        # no hook reports room in a request ring, but replies do come back as the kernel
+        # works through it: wait for the next delivery, bounded (room can also come without
+        # a reply to us, e.g. another client's requests were taken)
+        nap = min(left, _FULL_NAP)
+        cond = self._cond
+        with cond:
+            if self._pump():
+                cond.notify_all()
+                return
+            if self._pumping:
+                cond.wait(nap)
+                return
+            self._pumping = True
+            cond.release()
+            try:
+                self._sleep(nap)
+            finally:
+                cond.acquire()
+                self._pumping = False
+            self._pump()
+            cond.notify_all()
 
     def publish(self, meta0=0, meta1=0, *, tag=None, payload=None, type=None, channel=None) -> None:
         """Send a request without waiting for the reply (waits up to ``timeout`` for room)."""
         if tag is not None:
             self.expect(tag)
         ch = channel or self.request
+        fast = (payload is None and type is None and meta0.__class__ is int
+                and meta1.__class__ is int and 0 <= meta0 <= _U64 and 0 <= meta1 <= _U64)
         deadline = time.monotonic() + self.timeout
         while True:
-            code = ch.publish(meta0, meta1, payload=payload, type=type)
+            if fast:
+                code = self._send_one(ch, meta0, meta1)
+            else:
+                code = ch.publish(meta0, meta1, payload=payload, type=type)
             if code == OK:
                 return
-            if code != CHAN_FULL or time.monotonic() > deadline:
-                raise TimeoutError(f"request channel {ch.name!r}: {T.CODE_NAMES.get(code, code)}")
-            time.sleep(0.0002)
+            if code != CHAN_FULL:
+                self.forget(tag)
+                raise TimeoutError(f"request channel {ch.name!r}: "
+                                   f"{T.CODE_NAMES.get(code, code)}")
+            try:
+                self._backoff(deadline, lambda: f"request channel {ch.name!r}: CHAN_FULL for "
+                              f"{self.timeout} s")
+            except TimeoutError:
+                self.forget(tag)
+                raise
+
+    def expect(self, tag) -> None:
+        """Say a reply with ``tag`` is awaited (``publish(..., tag=)`` does it)."""
+        self._register(_One(tag), tag)
+
+    def forget(self, tag) -> None:
+        """Stop awaiting ``tag`` (a reply that comes later is counted in ``ignored``)."""
+        if tag is None:
+            return
+        with self._lock:
+            self._single.pop(tag, None)
 
     def wait(self, tag):
         """The reply for ``tag`` (blocks up to ``timeout`` seconds)."""
-        deadline = time.monotonic() + self.timeout
-        while True:
-            # cleared before looking: a delivery or a stash after this point sets it again
-            self._arrived.clear()
-            with self._lock:
-                q = self._stash.get(tag)
-                if not q:
-                    self._pump()
-                    q = self._stash.get(tag)
-                if q:
-                    out = q.pop(0)
-                    if not q:
-                        del self._stash[tag]
-                        self._expect.discard(tag)
-                    return out
-            left = deadline - time.monotonic()
-            if left <= 0:
-                with self._lock:
-                    self._expect.discard(tag)
-                raise TimeoutError(f"no reply for tag {tag} on {self.reply_name!r} within "
-                                   f"{self.timeout} s")
-            # woken by the delivery; the 10 ms bound only matters when several threads wait
-            # on one client (one thread's clear can swallow the wake-up meant for another)
-            self._arrived.wait(min(left, 0.01))
+        with self._lock:
+            p = self._single.get(tag)
+        if p is None:                    # not announced: wait for it anyway
+            p = _One(tag)
+            self._register(p, tag)
+        self._await(p, lambda: f"no reply for tag {tag} on {self.reply_name!r} within "
+                               f"{self.timeout} s")
+        return p.m0, p.m1, None if p.data is None else p.data[0]
 
     def call(self, meta0=0, meta1=0, *, tag, payload=None, type=None):
         self.publish(meta0, meta1, tag=tag, payload=payload, type=type)
         return self.wait(tag)
+
+    def stream(self, meta0, meta1, lo: int, depth: int, *, channel=None):
+        """Many requests with at most ``depth`` in flight: blocks of ``depth``, the next sent
+        once the replies of the one before are all in. Tags ``lo, lo + 1, ...``; returns
+        (meta0s, meta1s, data) like :meth:`wait_many`.
+
+        Why not overlap blocks (send the next half while the first is answered)? Measured:
+        slower (78 K/s against 170 K/s at depth 100, half-blocks of 50): the caller and the
+        worker are both Python, so overlapping them only makes them take the GIL from each
+        other (a thread asking for it waits up to the 5 ms switch interval) and doubles the
+        per-block costs; one block out, one block back keeps each hand-off a clean wake-up."""
+        meta0 = _u64_column("meta0", meta0)
+        n = len(meta0)
+        meta1 = _u64_column("meta1", meta1, n)
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+            raise ValueError(f"stream: depth must be a positive int, got {depth!r}")
+        if n <= depth:
+            return self.wait_many(self.publish_many(meta0, meta1, lo, channel=channel))
+        r0 = np.zeros(n, np.uint64)
+        r1 = np.zeros(n, np.uint64)
+        data = None
+        for i in range(0, n, depth):
+            j = min(n, i + depth)
+            p = self.publish_many(meta0[i:j], meta1[i:j], lo + i, channel=channel,
+                                  _out=(r0[i:j], r1[i:j]))
+            data = self._merge(p, i, data, n)
+        return r0, r1, data
+
+    def _merge(self, p: _Pending, off: int, data, n: int):
+        """Wait for slice ``p`` (its columns are views of the stream's); place its payloads."""
+        self.wait_many(p)
+        if p.data is not None:
+            if data is None:
+                data = [None] * n
+            data[off:off + p.n] = p.data
+        return data
+
+    def publish_many(self, meta0, meta1, lo: int, *, channel=None, _out=None) -> _Pending:
+        """Send ``len(meta0)`` requests as columns (one emit per block the channel takes)
+        whose replies carry the consecutive tags ``lo, lo + 1, ...``; returns the handle for
+        :meth:`wait_many`. Waits for room (taking replies meanwhile) up to ``timeout``."""
+        meta0 = _u64_column("meta0", meta0)
+        n = len(meta0)
+        meta1 = _u64_column("meta1", meta1, n)
+        if not isinstance(lo, (int, np.integer)) or not 0 <= int(lo) <= _U64 - n:
+            raise ValueError(f"publish_many: lo must be an int in 0..2**64-1-len(meta0), "
+                             f"got {lo!r}")
+        p = _Pending(int(lo), n) if _out is None else _Pending(int(lo), n, *_out)
+        self._register(p)
+        ch = channel or self.request
+        try:
+            sent = 0
+            deadline = time.monotonic() + self.timeout
+            while sent < n:
+                sent += self._send_block(ch, meta0[sent:], meta1[sent:])
+                if sent < n:
+                    if ch.closed:
+                        raise TimeoutError(f"request channel {ch.name!r}: CHAN_CLOSED "
+                                           f"({sent}/{n} sent)")
+                    self._backoff(deadline, lambda: f"request channel {ch.name!r}: CHAN_FULL "
+                                  f"for {self.timeout} s ({sent}/{n} sent)")
+        except BaseException:
+            with self._lock:
+                self._unregister(p)
+            raise
+        return p
+
+    def _send_block(self, ch, m0: np.ndarray, m1: np.ndarray) -> int:
+        """Emit a block of requests through a reused record buffer (the columns are already
+        validated: no per-call ``make``); how many the channel took."""
+        n = len(m0)
+        if not ch.type_id or n > _BLOCK:
+            return ch.publish(meta0=m0, meta1=m1, count=n)
+        with self._plock:
+            blk = self._blk
+            if blk is None or blk["channel"][0] != ch.id:
+                blk = self._blk = T.make(_BLOCK, type=ch.type_id, flags=T.FLAG_CHANNEL_MSG,
+                                         channel=ch.id)
+            recs = blk[:n]
+            recs["meta0"] = m0
+            recs["meta1"] = m1
+            recs["seq"] = 0
+            return ch.emit(recs, built=True, prio=0) if n else 0
+
+    def wait_many(self, p: _Pending) -> tuple:
+        """(meta0s, meta1s, data) of a :meth:`publish_many` block, in request order: two
+        uint64 columns and None (no reply carried a payload) or a list of bytes/None."""
+        self._await(p, lambda: f"{p.left} of {p.n} replies (tags {p.lo}..{p.lo + p.n - 1}) "
+                               f"missing on {self.reply_name!r} after {self.timeout} s")
+        return p.m0, p.m1, p.data
 
     def close(self) -> None:
         try:
@@ -307,8 +667,10 @@ class Client:
 
 class KV:
     """Host-side client of a kv module (``prefix`` = its name): synchronous ``put``, ``get``,
-    ``delete`` correlated by tag; ``put_many``/``get_many`` pipeline many requests. Values are
-    ints (inline tables) or bytes. A status other than OK/NOT_FOUND raises ``KVError``."""
+    ``delete`` correlated by tag; ``get_many`` / ``get_array`` pipeline a block of gets (one
+    column publish, replies matched by tag with NumPy). Values are ints (inline tables) or
+    bytes. A status other than OK/NOT_FOUND raises ``KVError``; no reply within ``timeout``
+    seconds raises ``TimeoutError``. Thread-safe (several threads may share one client)."""
 
     class KVError(RuntimeError):
         pass
@@ -318,24 +680,33 @@ class KV:
         self._kv = _kv
         self.system = system
         self.prefix = prefix
-        self._tags = itertools.count(1)
-        tag_of = lambda m0, m1: m0 & _kv.TAG_MASK   # noqa: E731
-        self.client = Client(system, f"{prefix}.get", f"{prefix}.resp", reply_tag=tag_of,
-                             timeout=timeout)
+        self._next = 1
+        self._tlock = threading.Lock()
+        mask = _kv.TAG_MASK
+        umask = np.uint64(mask)
+        self.client = Client(system, f"{prefix}.get", f"{prefix}.resp",
+                             reply_tag=lambda m0, m1: m0 & mask,
+                             reply_tags=lambda m0, m1: m0 & umask, timeout=timeout)
         self.put_ch = system.channel(f"{prefix}.put")
         self.del_ch = system.channel(f"{prefix}.del")
 
-    def _tag(self):
-        return next(self._tags) & self._kv.TAG_MASK
+    def _tags(self, n: int = 1) -> int:
+        """The first of ``n`` fresh consecutive tags (48-bit, never 0, never wrapping)."""
+        with self._tlock:
+            lo = self._next
+            if lo + n > self._kv.TAG_MASK:
+                lo = 1
+            self._next = lo + n
+        return lo
 
     def _check(self, m0, what):
-        st = self._kv.unpack(m0)[0]
-        if st not in (self._kv.OK, self._kv.NOT_FOUND):
+        st = int(m0) >> 56
+        if st > self._kv.NOT_FOUND:
             raise KV.KVError(f"kv {what}: {self._kv.STATUS_NAMES.get(st, st)}")
         return st
 
     def put(self, key: int, value) -> None:
-        tag = self._tag()
+        tag = self._tags()
         if isinstance(value, (bytes, bytearray)):
             data = value
         else:                      # the shortest little-endian form: fits any value_size
@@ -345,44 +716,63 @@ class KV:
         self._check(m0, f"put {key}")
 
     def get(self, key: int, default=None):
-        tag = self._tag()
+        tag = self._tags()
         m0, m1, data = self.client.call(key, tag, tag=tag)
         if self._check(m0, f"get {key}") != self._kv.OK:
             return default
         return data if data is not None else m1
 
     def delete(self, key: int) -> bool:
-        tag = self._tag()
+        tag = self._tags()
         self.client.publish(key, tag, tag=tag, channel=self.del_ch)
         m0, _, _ = self.client.wait(tag)
         return self._check(m0, f"del {key}") == self._kv.OK
 
-    def get_many(self, keys) -> list:
-        """Values (or None) of ``keys``, pipelined: every request goes out as one column (one
-        publish: the per-message cost of the channel path is paid once per column), then the
-        replies are matched by tag."""
+    def _get_block(self, keys, depth):
+        keys = _u64_column("keys", keys)
         n = len(keys)
-        tags = [self._tag() for _ in range(n)]
-        with self.client._lock:
-            self.client._expect.update(tags)
-        col_k = np.asarray(keys, dtype=np.uint64)
-        col_t = np.asarray(tags, dtype=np.uint64)
-        sent = 0
-        deadline = time.monotonic() + self.client.timeout
-        while sent < n:
-            acc = self.client.request.publish(meta0=col_k[sent:], meta1=col_t[sent:],
-                                              count=n - sent)
-            sent += acc
-            if sent < n:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"request channel {self.client.request.name!r}: full "
-                                       f"for {self.client.timeout} s ({sent}/{n} sent)")
-                time.sleep(0.0002)
-        out = []
-        for t in tags:
-            m0, m1, data = self.client.wait(t)
-            out.append((data if data is not None else m1)
-                       if self._kv.unpack(m0)[0] == self._kv.OK else None)
+        lo = self._tags(n)
+        tags = np.arange(lo, lo + n, dtype=np.uint64)
+        if depth is None:
+            m0, m1, data = self.client.wait_many(self.client.publish_many(keys, tags, lo))
+        else:
+            m0, m1, data = self.client.stream(keys, tags, lo, depth)
+        st = m0 >> np.uint64(56)
+        if not st.any():                                 # all found: the usual case
+            return m1, None, data
+        bad = st > np.uint64(self._kv.NOT_FOUND)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise KV.KVError(f"kv get {int(keys[i])}: "
+                             f"{self._kv.STATUS_NAMES.get(int(st[i]), int(st[i]))} "
+                             f"({int(bad.sum())} of {n} gets failed)")
+        return m1, st == np.uint64(self._kv.OK), data
+
+    def get_array(self, keys, *, depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(values, found) of ``keys`` (inline tables): two columns, no Python per reply.
+        ``values[i]`` is meaningful where ``found[i]``. ``depth``: at most that many requests
+        in flight (see :meth:`Client.stream`); None: all at once. Example::
+
+            vals, found = kvc.get_array(np.arange(100_000), depth=1000)
+        """
+        m1, found, data = self._get_block(keys, depth)
+        if found is None:
+            found = np.ones(len(m1), np.bool_)
+        if data is not None:
+            raise KV.KVError(f"kv {self.prefix!r}: get_array is for inline (word) values; "
+                             "this table answers with payloads: use get_many")
+        return m1, found
+
+    def get_many(self, keys, *, depth: int | None = None) -> list:
+        """Values (or None) of ``keys``, pipelined: the requests go out as columns (one emit
+        while the channel has room) and the replies are matched by tag in bulk. ``depth``:
+        at most that many in flight, kept full (see :meth:`Client.stream`); None: all."""
+        m1, found, data = self._get_block(keys, depth)
+        out = m1.tolist() if data is None else \
+            [d if d is not None else v for d, v in zip(data, m1.tolist())]
+        if found is not None:
+            for i in np.flatnonzero(~found).tolist():
+                out[i] = None
         return out
 
     def close(self):
