@@ -448,7 +448,8 @@ class Storage:
         return batch
 
     def read_batch(self, file, offsets, lengths=4096, dest=None, dest_offsets=None, *,
-                   file_ids=None, wait: bool = True, timeout: float | None = None):
+                   file_ids=None, wait: bool = True, timeout: float | None = None,
+                   on_done: Callable | None = None):
         """The batch fast path for many small reads (see :mod:`ggmk.storage.fast`): one
         vectorized submission, the reads run in native code on ``fast_threads`` threads.
 
@@ -458,7 +459,9 @@ class Storage:
         fresh page-aligned host memory with the reads packed in order. Returns a
         :class:`~ggmk.storage.fast.FastBatch` (finished unless ``wait=False``) whose arrays
         hold each I/O's status, bytes, errno and path; a bad request (negative offset, no room
-        in the destination, a file that does not open) fails alone, not the batch."""
+        in the destination, a file that does not open) fails alone, not the batch.
+        ``on_done(batch)`` runs once when every I/O has finished (in a storage thread, before
+        ``wait`` returns; an exception it raises is kept in ``batch.callback_error``)."""
         if self._closed:
             raise RuntimeError("storage is closed")
         offs = _int_array("offsets", offsets)
@@ -523,7 +526,7 @@ class Storage:
             refused[(refused == 0) & (why != 0)] = _fast._R_NODIRECT
         b = _fast.FastBatch(self, paths, fids, fd_d, fd_b, offs, lens, dest, doffs, refused,
                             open_err[fids], why, why_reasons, close_fds,
-                            chunk=min(256, max(8, n // (self._fast.n * 8))))
+                            chunk=min(256, max(8, n // (self._fast.n * 8))), on_done=on_done)
         self.stats_.batch(n)
         with self._cond:
             self._fast_inflight += 1

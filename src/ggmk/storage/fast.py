@@ -127,7 +127,7 @@ class FastBatch:
 
     def __init__(self, storage, paths, file_ids, fd_direct, fd_buffered, offsets, lengths,
                  dest: Destination, dest_offsets, refused, open_errno, why_buffered,
-                 why_reasons, close_fds, chunk: int):
+                 why_reasons, close_fds, chunk: int, on_done=None):
         n = len(offsets)
         self.storage = storage
         self.paths = paths
@@ -165,6 +165,7 @@ class FastBatch:
         self.blocks_per_io = -(-self._run_lens // BLOCK_SIZE)
         self.blocks = StateVector("block", int(self.blocks_per_io.sum()))
         self.callback_error: BaseException | None = None
+        self._on_done = on_done
 
     # ------------------------------------------------------------------ public
     def __len__(self) -> int:
@@ -343,6 +344,11 @@ class FastBatch:
             except OSError:
                 pass
         self.storage.stats_.finish_fast(self)
+        if self._on_done is not None:
+            try:
+                self._on_done(self)
+            except BaseException as e:  # noqa: BLE001 - a callback bug must not lose the batch
+                self.callback_error = e
         self._done.set()
         self.storage._fast_done()
 
