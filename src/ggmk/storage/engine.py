@@ -533,6 +533,13 @@ class Storage:
         b._start(self._fast)
         return b.wait(timeout) if wait else b
 
+    def warm_up(self) -> "Storage":
+        """Start the fast pool's threads and load (or compile) its native read loop now;
+        otherwise the first ``direct`` read or ``read_batch`` pays for it (a Numba cache load,
+        a fraction of a second; a compile on a cold cache, seconds)."""
+        self._fast.start()
+        return self
+
     def cancel_all(self) -> int:
         with self._cond:
             ios = list(self._pending) + [it[1] for it in self._work]
