@@ -70,7 +70,7 @@ def read_range(fd_direct, fd_buffered, offs, lens, addrs, got, err, lat, fell_ba
 
 def warm_up() -> None:
     """Compile (or load from Numba's cache) the read loop now rather than in the first batch."""
-    z = np.zeros(1, np.int64)
-    read_range(np.full(1, -1, np.int32), np.full(1, -1, np.int32), z, np.zeros(1, np.uint64),
+    z = np.zeros(1, np.int64)          # the dtypes of the real calls (one specialization)
+    read_range(np.full(1, -1, np.int32), np.full(1, -1, np.int32), z, np.zeros(1, np.int64),
                 np.zeros(1, np.uint64), np.zeros(1, np.int64), np.zeros(1, np.int32),
                 np.zeros(1, np.int64), np.zeros(1, np.uint8), 0, 0, np.zeros(1, np.int32))
