@@ -203,3 +203,20 @@ def test_aligned_empty_huge_and_small():
     assert len(big) == HUGE + 5 and big.ctypes.data % HUGE == 0 and not big.any()
     small = aligned_empty(5000)
     assert len(small) == 5000 and small.ctypes.data % 4096 == 0
+
+
+def test_read_batch_on_done_runs_once_and_keeps_its_error(seq_file):
+    """read_batch(on_done=): called once with the finished batch (before wait returns); an
+    exception in it is kept on the batch, the reads and the accounting are unaffected."""
+    path, data = seq_file
+    seen = []
+
+    def cb(b):
+        seen.append((b, b.count(0)))
+        raise RuntimeError("callback bug")
+
+    with Storage(workers=1, fast_threads=2) as st:
+        b = st.read_batch(path, [0, 8192, 5000], 4096, on_done=cb, wait=False).wait(60)
+        assert seen == [(b, 3)] and isinstance(b.callback_error, RuntimeError)
+        assert b.data(2).tobytes() == data[5000:9096].tobytes()
+        assert st.wait_idle(60) and st.stats()["fast_batches"] == 1
