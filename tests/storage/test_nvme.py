@@ -84,7 +84,9 @@ def test_reads_multi_part_sparse_short_and_errors(disk_dir, rng):
         assert by[7][0]["status"] == 0 and by[7][0]["length"] == 0
         s = nvme.stats()
         assert s["reads"] == 7 and s["in_flight"] == 0
-        assert s["storage"]["sparse"]["holes"] >= 1
+        # every handler batch's reads went as one read_batch (fast path), none one by one
+        assert 1 <= s["read_batches"] <= 6 and s["storage"]["fast_batches"] == s["read_batches"]
+        assert s["storage"]["ops"]["read"] == 9      # parts: 1 + 1 + 4 + 1 + 1 + 1 (tag 6: none)
         assert s["storage"]["errors"]["not_found"] == 1
         assert system.arena.live_count() == base            # every payload released
         recs, codes = system.dead_letters()
@@ -143,3 +145,53 @@ def test_nvme_boots_with_gpu_present(disk_dir, rng):
         assert system.run(timeout=60)
         assert bytes(got[0]["data"]) == data.tobytes()
         assert "available" in nvme.stats()["storage"]["gds"]
+
+
+def test_many_reads_one_batch_byte_for_byte(disk_dir, rng):
+    """64 reads published at once (random unaligned ranges over two files, with bad ones in
+    the middle: an unregistered id, a missing lazy file, past the end): every request gets its
+    own response, the data byte for byte, the errors per request; the storage saw them as
+    fast-path batches (many reads per batch), and every payload went back to the arena."""
+    a = rng.integers(0, 256, 400_000, dtype=np.uint8)
+    b = rng.integers(0, 256, 123_457, dtype=np.uint8)
+    pa, pb = make_file(disk_dir / "a.bin", a), make_file(disk_dir / "b.bin", b)
+    nvme = NvmeModule(workers=2, fast_threads=4)
+    fa, fb = nvme.register(pa), nvme.register(pb, lazy=True)
+    gone = nvme.register(disk_dir / "gone.bin", lazy=True)
+    files = {fa: a, fb: b}
+    reqs = []
+    for tag in range(64):
+        fid = (fa, fb)[tag % 2]
+        n = len(files[fid])
+        off = int(rng.integers(0, n + 100))
+        reqs.append({"tag": tag, "offset": off, "file": fid,
+                     "length": int(rng.integers(0, 20_000))})
+    reqs[20]["file"] = 777                               # unknown id
+    reqs[31]["file"] = gone                              # missing file
+    reqs[40].update(offset=10 ** 9)                      # past the end
+    app, got, _ = _client(reqs)
+    with ggmk.boot([nvme, app], workers=2) as system:
+        base = system.arena.live_count()
+        system.submit("KICK")
+        assert system.run(timeout=60)
+        by = {d["tag"]: d for d in got}
+        assert len(got) == len(reqs) == len(by)              # one part each (< PART_MAX)
+        for q in reqs:
+            d = by[q["tag"]]
+            if q["tag"] == 20:
+                assert d["status"] == E_NOFILE and d["length"] == 0
+            elif q["tag"] == 31:
+                assert d["status"] == E_NOFILE and d["errno"] == 2
+            else:
+                want = files[q["file"]][q["offset"]:q["offset"] + q["length"]].tobytes()
+                assert d["status"] == 0 and d["requested"] == q["length"]
+                assert bytes(d["data"]) == want and d["length"] == len(want)
+        s = nvme.stats()
+        assert s["reads"] == 64 and s["in_flight"] == 0 and s["errors"] == 2
+        st = s["storage"]
+        assert st["fast_batches"] == s["read_batches"] and st["ops"]["read"] == 63
+        assert st["batches"]["max"] > 1                       # several reads in one batch
+        assert st["errors"]["not_found"] == 1
+        assert system.arena.live_count() == base
+        recs, codes = system.dead_letters()
+        assert len(recs) == 0

@@ -17,9 +17,11 @@ channel            direction  type              payload
 short read at end of file is status 0 with ``length < requested``); ``errno`` is the OS error.
 
 How requests are served without blocking kernel workers: the batch handler of ``disk.read``
-allocates each response payload in the arena (header + data), hands every request of the batch
-to the :class:`~ggmk.storage.Storage` thread pool in one submission (the data lands directly
-in the payloads), and returns ``WAIT`` for them: they come back on the next tick (``WAIT`` is
+allocates each response payload in the arena (header + data) and hands every read of the batch
+to the storage batch fast path as one :meth:`~ggmk.storage.Storage.read_batch` (arrays of file,
+offset, length and payload address; the reads run in native code on the storage's fast
+threads, the data lands directly in the payloads, each read keeps its own status, errno and
+length), and returns ``WAIT`` for them: they come back on the next tick (``WAIT`` is
 backpressure, not a yield, so it never hits ``max_yields``), and while the I/O is in flight
 the system is not idle, so ``system.run()`` waits for the responses and ``halt`` drains them.
 When a request's I/O has completed its responses are published on ``disk.read.resp``; a full
@@ -57,7 +59,7 @@ import numpy as np
 from ggmk import task as T
 from ggmk.core.alloc import MAX_ALLOC
 from ggmk.core.module import Module
-from ggmk.storage import ArenaDest, ReadRequest, Storage, WriteRequest
+from ggmk.storage import ArenaDest, Storage, WriteRequest
 from ggmk.storage.engine import FileHandle
 from ggmk.typereg import load_module_manifest
 
@@ -145,7 +147,7 @@ class NvmeModule(Module):
         self._next_ticket = 1
         self._nonce = random.SystemRandom().randrange(1, 1 << 31) << 32
         self.counters = {"reads": 0, "writes": 0, "responses": 0, "errors": 0,
-                         "waits": 0, "resp_full": 0}
+                         "waits": 0, "resp_full": 0, "read_batches": 0}
 
     # ------------------------------------------------------------------ host API
     def register(self, path, *, write: bool = False, create: bool = False,
@@ -252,9 +254,39 @@ class NvmeModule(Module):
             else:
                 codes[i] = t
         if new:
-            self.storage.submit(new)
+            reads = [q for q in new if isinstance(q, _Part)]
+            if reads:
+                self._submit_reads(arena, reads)
+            if len(reads) < len(new):
+                self.storage.submit([q for q in new if not isinstance(q, _Part)])
         self.counters["waits"] += int((codes == T.WAIT).sum())
         return codes
+
+    def _submit_reads(self, arena, parts: list) -> None:
+        """Every read part of a batch as one fast-path batch into the arena (one array per
+        field; the files deduplicated); each part's ticket learns its result at the end."""
+        files, fidx = [], {}
+        ids = np.empty(len(parts), np.int64)
+        for i, q in enumerate(parts):
+            k = fidx.get(id(q.file))
+            if k is None:
+                k = fidx[id(q.file)] = len(files)
+                files.append(q.file)
+            ids[i] = k
+        offs = np.fromiter((q.offset for q in parts), np.int64, len(parts))
+        lens = np.fromiter((q.length for q in parts), np.int64, len(parts))
+        base = arena.base - DATA_OFF
+        doffs = np.fromiter((q.ptr - base for q in parts), np.int64, len(parts))
+
+        def done(b):
+            for i, q in enumerate(parts):
+                q.ticket.results[q.k] = (b, i)
+            with self._lock:
+                for q in parts:
+                    q.ticket.left -= 1
+        self.counters["read_batches"] += 1
+        self.storage.read_batch(files, offs, lens, arena.buffer, doffs, file_ids=ids,
+                                wait=False, on_done=done)
 
     # ------------------------------------------------------------------ disk.read
     def _on_read(self, ctx, batch):
@@ -274,6 +306,8 @@ class NvmeModule(Module):
         nparts = max(1, -(-t.length // PART_MAX))
         if f is None:
             return self._error_part(arena, t, E_NOFILE, 0)
+        if t.offset + t.length >= 1 << 63:            # past any file: pread would refuse it
+            return self._error_part(arena, t, E_BADREQ, 22)
         for k in range(nparts):
             off = t.offset + k * PART_MAX
             ln = min(PART_MAX, t.length - k * PART_MAX)
@@ -287,8 +321,7 @@ class NvmeModule(Module):
         t.results = [None] * nparts
         t.left = nparts
         for k, (ptr, off, ln) in enumerate(t.parts):
-            new.append(ReadRequest(f, off, ln, ArenaDest(arena, ptr, ln, offset=DATA_OFF),
-                                   tag=k, on_complete=self._done_cb(t, k)))
+            new.append(_Part(f, off, ln, ptr, t, k))
         return 0
 
     def _error_part(self, arena, t: _Ticket, status: int, err: int) -> int:
@@ -388,6 +421,16 @@ class NvmeModule(Module):
         return T.OK
 
 
+class _Part:
+    """One read part waiting for the batch's fast-path submission."""
+
+    __slots__ = ("file", "offset", "length", "ptr", "ticket", "k")
+
+    def __init__(self, file, offset, length, ptr, ticket, k):
+        self.file, self.offset, self.length = file, offset, length
+        self.ptr, self.ticket, self.k = ptr, ticket, k
+
+
 class _Synthetic:
     """A result for a request that never reached the storage layer."""
 
@@ -401,6 +444,12 @@ def _status_of(r) -> tuple[int, int, int]:
         return r.status_code, r.errno_, 0
     if r is None:
         return E_CANCELLED, 0, 0
+    if isinstance(r, tuple):                     # (FastBatch, index): the read fast path
+        b, i = r
+        err = b.error(i)
+        if err is not None:
+            return STATUS_OF_KIND.get(err.kind, E_IO), int(err.errno or 0), 0
+        return 0, 0, int(b.nbytes[i])
     if r.error is not None:
         return STATUS_OF_KIND.get(r.error.kind, E_IO), int(r.error.errno or 0), 0
     return 0, 0, int(r.nbytes)

@@ -14,6 +14,7 @@ Example::
         st.read("data.bin", 0, 64 << 20, dest=d).io_path       # "bounce" (pipelined)
         b = st.submit([ReadRequest("data.bin", off, 4096) for off in offsets])
         for r in b.as_completed(): ...                         # any order, own status each
+        r = st.read("big.bin")            # whole file, 16 x 4 MiB O_DIRECT reads in flight
         fb = st.read_batch("data.bin", offsets, 4096)          # the fast path (arrays)
         fb.status, fb.nbytes, fb.data(0), fb.errors()          # per I/O
         st.stats()["latency"]
@@ -34,7 +35,12 @@ Paths (chosen per I/O, reported as ``result.io_path`` and counted in ``stats()["
   Also host destinations whose address does not agree with the file offset modulo 4096 (O_DIRECT
   needs that), which get O_DIRECT into a bounce buffer plus a memcpy.
 * ``direct``: host memory with O_DIRECT straight into the destination (head and tail that are
-  not 4096-aligned through a bounce buffer).
+  not 4096-aligned through a bounce buffer). The range is cut into ``seq_chunk`` (4 MiB)
+  aligned chunks that ``seq_depth`` (16) fast-path threads read at once, so several large
+  reads are always queued at the device (one ``pread`` at a time leaves the disk idle between
+  requests); memory the storage allocates (``HostDest.alloc``, ``dest=None``) is huge-page
+  backed from 2 MiB up, so each O_DIRECT request is as large as the device takes instead of
+  ~1 MiB of 4 KiB pages.
 * ``buffered``: host memory through the page cache, when O_DIRECT is off or refused.
 
 O_DIRECT (``o_direct="auto"``) is used where the file system accepts it; where it does not
@@ -43,7 +49,10 @@ fallback is counted with its reason (``stats()["o_direct"]["fallback"]``,
 ``result.fallback``): never silently.
 
 Sparse files: before reading, ``SEEK_DATA``/``SEEK_HOLE`` map the range; holes are
-zero-filled in the destination without reading, data regions are read; ``result.regions``
+zero-filled in the destination without reading (in memory the storage allocated, the whole
+pages of a large hole are dropped with ``MADV_DONTNEED`` and read back as zeros; a caller's
+array gets a memset), data regions are read (on the ``direct`` path, all of them as one set of
+chunks in flight together); ``result.regions``
 lists them and ``stats()["sparse"]`` counts holes and bytes skipped. A file system without
 hole support (``lseek`` refuses SEEK_DATA) gets a dense read (``result.dense_fallback``).
 

@@ -23,7 +23,10 @@ def read_range(fd_direct, fd_buffered, offs, lens, addrs, got, err, lat, fell_ba
                first, stop, cancel):  # pragma: no cover - compiled
     """pread every I/O in [first, stop): into addrs[i], lens[i] bytes at offs[i] of
     fd_direct[i] (O_DIRECT; -1: none) or fd_buffered[i]. Records bytes read, errno, latency;
-    an O_DIRECT read the file system refuses (EINVAL) is retried buffered (fell_back[i] = 1)."""
+    an O_DIRECT read the file system refuses (EINVAL) is retried buffered (fell_back[i] = 1).
+    A read that returns short on a block boundary is continued (the next pread returns 0 at
+    end of file, or the error that cut it short, e.g. EFAULT for an unmapped destination
+    page), so a short count always means end of file."""
     ts = np.zeros(2, np.int64)
     for i in range(first, stop):
         if cancel[0] != 0:
@@ -42,8 +45,8 @@ def read_range(fd_direct, fd_buffered, offs, lens, addrs, got, err, lat, fell_ba
             r = _pread(fd, addrs[i] + done, n - done, offs[i] + done)
             if r > 0:
                 done += r
-                if direct and done < n:
-                    break              # O_DIRECT returns short only at end of file
+                if direct and done < n and (offs[i] + done) % 4096 != 0:
+                    break              # O_DIRECT ends short off a block boundary only at EOF
             elif r == 0:
                 break                  # end of file
             else:
@@ -67,7 +70,7 @@ def read_range(fd_direct, fd_buffered, offs, lens, addrs, got, err, lat, fell_ba
 
 def warm_up() -> None:
     """Compile (or load from Numba's cache) the read loop now rather than in the first batch."""
-    z = np.zeros(1, np.int64)
-    read_range(np.full(1, -1, np.int32), np.full(1, -1, np.int32), z, np.zeros(1, np.uint64),
+    z = np.zeros(1, np.int64)          # the dtypes of the real calls (one specialization)
+    read_range(np.full(1, -1, np.int32), np.full(1, -1, np.int32), z, np.zeros(1, np.int64),
                 np.zeros(1, np.uint64), np.zeros(1, np.int64), np.zeros(1, np.int32),
                 np.zeros(1, np.int64), np.zeros(1, np.uint8), 0, 0, np.zeros(1, np.int32))

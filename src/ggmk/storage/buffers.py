@@ -1,7 +1,8 @@
 """Aligned memory, bounce-buffer pools and copy engines (the pipelined path's moving parts).
 
-* :func:`aligned_empty`: page-aligned host memory (an anonymous ``mmap``), usable with
-  ``O_DIRECT`` (which needs the buffer address, the file offset and the length aligned).
+* :func:`aligned_empty`: page-aligned host memory (an anonymous ``mmap``; huge pages from
+  2 MiB up), usable with ``O_DIRECT`` (which needs the buffer address, the file offset and the
+  length aligned).
 * :class:`BouncePool`: ``count`` preallocated aligned buffers of ``size`` bytes (page-locked
   when a CUDA copy engine uses them). ``acquire`` blocks until a buffer is free *and* the copy
   that last used it has finished (its :class:`Fence`); ``release(buf, fence)`` hands it back
@@ -34,11 +35,34 @@ def align_up(x: int, a: int = ALIGN) -> int:
     return (x + a - 1) & ~(a - 1)
 
 
+HUGE = 2 << 20                 # a transparent huge page (x86-64, arm64 with 4 KiB pages)
+_MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
+
+
 def aligned_empty(nbytes: int) -> np.ndarray:
-    """``nbytes`` of page-aligned, zero-filled host memory (an anonymous mmap) as a uint8 array."""
+    """``nbytes`` of page-aligned, zero-filled host memory (a private anonymous mmap) as a
+    uint8 array.
+
+    From ``HUGE`` (2 MiB) up the memory starts on a 2 MiB boundary and is advised
+    ``MADV_HUGEPAGE``. Why: an O_DIRECT read pins the destination's pages and hands the device
+    one scatter-gather segment per physically contiguous run; with 4 KiB pages a request holds
+    at most ``max_segments`` (254 on virtio-blk) pages, about 1 MiB, so a large read becomes
+    many small device requests. Huge pages make each request as large as the device allows
+    (``max_sectors_kb``): measured on this VM's virtio disk, 1 GiB of O_DIRECT reads went from
+    1.6-2.1 to 2.4-2.8 GB/s. Where THP is off the advice is ignored (plain pages)."""
     n = max(int(nbytes), 1)
-    m = mmap.mmap(-1, align_up(n), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    return np.frombuffer(m, dtype=np.uint8, count=n)
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    if n < HUGE or _MADV_HUGEPAGE is None:
+        m = mmap.mmap(-1, align_up(n), flags=flags)
+        return np.frombuffer(m, dtype=np.uint8, count=n)
+    m = mmap.mmap(-1, align_up(n, HUGE) + HUGE, flags=flags)
+    a = np.frombuffer(m, dtype=np.uint8)
+    skip = -a.ctypes.data % HUGE
+    try:
+        m.madvise(_MADV_HUGEPAGE, skip, align_up(n, HUGE))
+    except OSError:
+        pass                      # THP disabled in this kernel: plain pages
+    return a[skip:skip + n]
 
 
 def is_aligned(arr_or_addr, a: int = ALIGN) -> bool:

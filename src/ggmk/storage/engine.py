@@ -289,6 +289,7 @@ class _Io:
         self.direct = False
         self.engine = _INLINE
         self.pool: BouncePool | None = None
+        self.cancel_flag: np.ndarray | None = None   # the sequential path's ChunkJob flag
         self.t0 = time.perf_counter_ns()
         self.result = IoResult(op, fref.path if fref else None, offset, length, index=index,
                                tag=getattr(req, "tag", None), dest=dest)
@@ -297,7 +298,12 @@ class _Io:
     def cancel(self) -> bool:
         """Request termination: queued I/Os stop before starting, running ones at the next
         chunk boundary. Returns False if it had already finished."""
-        return self.cell.to_if((S.READY, S.IN_PROGRESS), S.TERMINATE_REQ)
+        if not self.cell.to_if((S.READY, S.IN_PROGRESS), S.TERMINATE_REQ):
+            return False
+        flag = self.cancel_flag
+        if flag is not None:
+            flag[0] = 1                  # chunks on the fast pool that have not started stop
+        return True
 
     def fail(self, err: StorageError) -> None:
         with self.lock:
@@ -315,6 +321,10 @@ class _Io:
         with self.lock:
             if self.short_at is None or at < self.short_at:
                 self.short_at = at
+
+    def check_quiet(self) -> bool:
+        """True if the I/O should stop (cancelled or failed)."""
+        return self.cell.state is S.TERMINATE_REQ or self.error is not None
 
     def check(self) -> None:
         if self.cell.state is S.TERMINATE_REQ:
@@ -342,25 +352,34 @@ class Storage:
     ``dest="arena"``), ``device_target`` (for ``dest="device"``), ``chunk_hook`` (called as
     ``hook(io_index, file_offset)`` after each chunk; tests use it to cancel mid-flight),
     ``fast_threads`` (threads of the batch fast path, :meth:`read_batch`: how many small
-    reads are in flight at once; started on the first fast batch).
+    reads are in flight at once; started on the first fast batch), ``seq_chunk`` and
+    ``seq_depth`` (the sequential path: a host read on the ``direct`` path is cut into aligned
+    chunks of ``seq_chunk`` bytes that ``seq_depth`` fast-path threads read at once, so that
+    several large O_DIRECT reads are always in flight; see :class:`~ggmk.storage.fast.ChunkJob`).
     """
 
     def __init__(self, *, workers: int = 4, max_batch: int = 256, bounce_size: int = 1 << 20,
                  bounce_count: int = 8, segment_size: int = 8 << 20, direct_chunk: int = 4 << 20,
                  o_direct: bool | str = "auto", sparse: bool = True, gds: bool | str = "auto",
                  arena=None, device_target: str = "cpu", chunk_hook: Callable | None = None,
-                 fast_threads: int = 16):
+                 fast_threads: int = 16, seq_chunk: int = 4 << 20, seq_depth: int = 16):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if segment_size < BLOCK_SIZE or segment_size % BLOCK_SIZE:
             raise ValueError(f"segment_size must be a positive multiple of {BLOCK_SIZE}")
+        if seq_chunk < ALIGN or seq_chunk % ALIGN:
+            raise ValueError(f"seq_chunk must be a positive multiple of {ALIGN}, got {seq_chunk}")
+        if seq_depth < 1:
+            raise ValueError(f"seq_depth must be >= 1, got {seq_depth}")
         if o_direct not in ("auto", True, False):
             raise ValueError(f"o_direct must be 'auto', True or False, got {o_direct!r}")
         self.max_batch = max_batch
         self.segment_size = segment_size
         self.direct_chunk = align_up(max(direct_chunk, ALIGN))
+        self.seq_chunk = seq_chunk
+        self.seq_depth = seq_depth
         self.bounce_size = bounce_size
         self.bounce_count = bounce_count
         self.o_direct = o_direct
@@ -429,7 +448,8 @@ class Storage:
         return batch
 
     def read_batch(self, file, offsets, lengths=4096, dest=None, dest_offsets=None, *,
-                   file_ids=None, wait: bool = True, timeout: float | None = None):
+                   file_ids=None, wait: bool = True, timeout: float | None = None,
+                   on_done: Callable | None = None):
         """The batch fast path for many small reads (see :mod:`ggmk.storage.fast`): one
         vectorized submission, the reads run in native code on ``fast_threads`` threads.
 
@@ -439,7 +459,9 @@ class Storage:
         fresh page-aligned host memory with the reads packed in order. Returns a
         :class:`~ggmk.storage.fast.FastBatch` (finished unless ``wait=False``) whose arrays
         hold each I/O's status, bytes, errno and path; a bad request (negative offset, no room
-        in the destination, a file that does not open) fails alone, not the batch."""
+        in the destination, a file that does not open) fails alone, not the batch.
+        ``on_done(batch)`` runs once when every I/O has finished (in a storage thread, before
+        ``wait`` returns; an exception it raises is kept in ``batch.callback_error``)."""
         if self._closed:
             raise RuntimeError("storage is closed")
         offs = _int_array("offsets", offsets)
@@ -504,12 +526,19 @@ class Storage:
             refused[(refused == 0) & (why != 0)] = _fast._R_NODIRECT
         b = _fast.FastBatch(self, paths, fids, fd_d, fd_b, offs, lens, dest, doffs, refused,
                             open_err[fids], why, why_reasons, close_fds,
-                            chunk=min(256, max(8, n // (self._fast.n * 8))))
+                            chunk=min(256, max(8, n // (self._fast.n * 8))), on_done=on_done)
         self.stats_.batch(n)
         with self._cond:
             self._fast_inflight += 1
         b._start(self._fast)
         return b.wait(timeout) if wait else b
+
+    def warm_up(self) -> "Storage":
+        """Start the fast pool's threads and load (or compile) its native read loop now;
+        otherwise the first ``direct`` read or ``read_batch`` pays for it (a Numba cache load,
+        a fraction of a second; a compile on a cold cache, seconds)."""
+        self._fast.start()
+        return self
 
     def cancel_all(self) -> int:
         with self._cond:
@@ -816,6 +845,8 @@ class Storage:
             r.io_path = "bounce"
         r.o_direct = io.direct
         io.engine, io.pool = self._engine_for(dest)
+        if r.io_path == "direct":
+            return [regions]          # one segment: the fast pool reads its chunks in parallel
         return self._segments(io, regions)
 
     def _regions(self, io: _Io, fh: FileHandle, off: int, limit: int) -> list:
@@ -889,6 +920,9 @@ class Storage:
         holes = []
         first, last = io.blk(seg[0][0]), io.blk_up(seg[-1][1])
         try:
+            if io.result.io_path == "direct":
+                self._read_seq(io, fh, seg, fences, holes)
+                return
             for a, b, kind in seg:
                 if kind == "hole":
                     fences.append(io.engine.zero(io.dest, io.dest_off + a - io.offset, b - a))
@@ -897,8 +931,6 @@ class Storage:
                 path = io.result.io_path
                 if path == "gds":
                     self._read_gds(io, fh, a, b)
-                elif path == "direct":
-                    self._read_direct(io, fh, a, b, fences)
                 elif path == "buffered" and io.dest.host_addressable:
                     self._read_into(io, fh, False, a, b)
                 else:
@@ -960,21 +992,89 @@ class Storage:
         self._read_chunks(io, a, b, lambda pos, n: self._pread(
             io, fh, direct, io.dest.view(base + pos, n), pos))
 
-    def _read_direct(self, io: _Io, fh: FileHandle, a: int, b: int, fences) -> None:
-        """O_DIRECT straight into the destination (its address and the file offset agree
-        modulo 4096); the unaligned head and tail go through an aligned bounce buffer."""
-        ha = min(align_up(a), b)
-        if a < ha:
-            self._read_bounce(io, fh, True, a, ha, fences)
-            if io.short_at is not None:
-                return
-        mb = max(ha, align_down(b))
-        if ha < mb:
-            self._read_into(io, fh, True, ha, mb)
-            if io.short_at is not None:
-                return
-        if mb < b:
-            self._read_bounce(io, fh, True, mb, b, fences)
+    def _read_seq(self, io: _Io, fh: FileHandle, seg, fences, holes) -> None:
+        """The ``direct`` path (host memory whose address agrees with the file offset modulo
+        4096): the aligned part of every data region is cut into ``seq_chunk`` chunks that the
+        fast pool reads with O_DIRECT straight into the destination, ``seq_depth`` at once
+        (:class:`~ggmk.storage.fast.ChunkJob`); meanwhile this thread zero-fills the holes
+        and reads the unaligned head and tail (under 4 KiB each) through a bounce buffer.
+        Results per chunk: the lowest failing chunk fails the I/O (naming its file offset),
+        the lowest short one ends it (end of file)."""
+        base = io.dest.address(io.dest_off - io.offset)
+        edges, offs, lens = [], [], []
+        step = self.seq_chunk
+        for a, b, kind in seg:
+            if kind == "hole":
+                continue
+            ha = min(align_up(a), b)
+            mb = max(ha, align_down(b))
+            if a < ha:
+                edges.append((a, ha))
+            if ha < mb:
+                starts = np.arange(ha, mb, step, dtype=np.int64)
+                offs.append(starts)
+                lens.append(np.minimum(starts + step, mb) - starts)
+            if mb < b:
+                edges.append((mb, b))
+        offs = np.concatenate(offs) if offs else np.zeros(0, np.int64)
+        lens = np.concatenate(lens) if lens else np.zeros(0, np.int64)
+        bl = io.blocks
+        chunks = list(zip(offs.tolist(), (offs + lens).tolist()))
+        for c0, c1 in chunks:
+            bl.advance(io.blk(c0), io.blk_up(c1), BS.INIT, BS.QUEUED)
+        io.cancel_flag = np.zeros(1, np.int32)
+        io.check()                               # cancelled before the flag existed
+        job = _fast.ChunkJob(fh.fd_direct, fh.fd, offs, lens, base + offs.astype(np.uint64),
+                             io.cancel_flag)
+        if len(chunks):
+            self._fast.dispatch(job, self.seq_depth)
+        edge_error: BaseException | None = None
+        try:
+            for a, b, kind in seg:               # holes and edges while the chunks run
+                if kind == "hole":
+                    fences.append(io.engine.zero(io.dest, io.dest_off + a - io.offset, b - a))
+                    holes.append((io.blk_up(a), io.blk(b) if b < io.limit else io.blk_up(b)))
+            for a, b in edges:
+                if io.check_quiet():
+                    break
+                self._read_bounce(io, fh, True, a, b, fences)
+        except BaseException as e:  # noqa: BLE001 - raised after the chunks are accounted
+            edge_error = e
+            io.cancel_flag[0] = 1
+        job.wait()
+        got, err = job.got.tolist(), job.err.tolist()
+        first_err = first_short = None
+        for k, (c0, c1) in enumerate(chunks):
+            e = err[k]
+            if e < 0:
+                continue                         # not started (cancelled / after a failure)
+            f, l_ = io.blk(c0), io.blk_up(c1)
+            bl.advance(f, l_, BS.QUEUED, BS.DMA_START)
+            if e == 0:
+                bl.advance(f, io.blk_up(c0 + got[k]), BS.DMA_START, BS.DONE)
+                if got[k] < c1 - c0 and first_short is None:
+                    first_short = c0 + got[k]
+            elif first_err is None:
+                first_err = k
+            bl.advance(f, l_, BS.DMA_START, BS.DMA_ERROR)
+        if job.fell_back.any() and io.result.fallback is None:
+            io.result.fallback = "read_einval"
+            self.stats_.fallback("read_einval")
+        if job.callback_error is not None:
+            raise io.make_error("io", f"internal error in the chunk reader: "
+                                      f"{job.callback_error!r}")
+        if edge_error is not None and (first_err is None or isinstance(edge_error, _Cancelled)):
+            raise edge_error
+        if first_err is not None:
+            e, c0 = err[first_err], chunks[first_err][0]
+            ex = OSError(e, os.strerror(e))
+            raise io.make_os_error(ex, f"pread of [{c0}, {chunks[first_err][1]}) at file "
+                                       f"offset {c0 + got[first_err]}")
+        if first_short is not None:
+            io.mark_short(first_short)
+        io.check()
+        if chunks and chunks[-1][1] < io.limit and io.short_at is None:
+            self._hook(io, chunks[-1][1])
 
     def _read_bounce(self, io: _Io, fh: FileHandle, direct: bool, a: int, b: int,
                      fences) -> None:

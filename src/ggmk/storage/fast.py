@@ -43,7 +43,7 @@ from ggmk.storage.dest import Destination
 from ggmk.storage.errors import StorageError, kind_of_errno
 from ggmk.storage.states import BLOCK_SIZE, BlockState as BS, IoState as S, StateVector
 
-__all__ = ["FastBatch", "FastPool", "OK", "SHORT", "ERROR", "CANCELLED", "STATUS_NAMES"]
+__all__ = ["FastBatch", "FastPool", "ChunkJob", "OK", "SHORT", "ERROR", "CANCELLED", "STATUS_NAMES"]
 
 OK, SHORT, ERROR, CANCELLED = 0, 1, 2, 3
 STATUS_NAMES = ("ok", "short", "error", "cancelled")
@@ -93,9 +93,11 @@ class FastPool:
             for t in self._threads:
                 t.start()
 
-    def dispatch(self, job: "FastBatch") -> None:
+    def dispatch(self, job, depth: int | None = None) -> None:
+        """Run ``job`` (a :class:`FastBatch` or :class:`ChunkJob`) on up to ``depth`` (default
+        all) of the threads at once: each thread that takes it works until its chunks run out."""
         self.start()
-        for _ in range(min(self.n, job._nchunks)):
+        for _ in range(min(self.n if depth is None else max(1, depth), job._nchunks)):
             self._q.put(job)
 
     def close(self, timeout: float | None = 30.0) -> None:
@@ -125,7 +127,7 @@ class FastBatch:
 
     def __init__(self, storage, paths, file_ids, fd_direct, fd_buffered, offsets, lengths,
                  dest: Destination, dest_offsets, refused, open_errno, why_buffered,
-                 why_reasons, close_fds, chunk: int):
+                 why_reasons, close_fds, chunk: int, on_done=None):
         n = len(offsets)
         self.storage = storage
         self.paths = paths
@@ -163,6 +165,7 @@ class FastBatch:
         self.blocks_per_io = -(-self._run_lens // BLOCK_SIZE)
         self.blocks = StateVector("block", int(self.blocks_per_io.sum()))
         self.callback_error: BaseException | None = None
+        self._on_done = on_done
 
     # ------------------------------------------------------------------ public
     def __len__(self) -> int:
@@ -341,5 +344,76 @@ class FastBatch:
             except OSError:
                 pass
         self.storage.stats_.finish_fast(self)
+        if self._on_done is not None:
+            try:
+                self._on_done(self)
+            except BaseException as e:  # noqa: BLE001 - a callback bug must not lose the batch
+                self.callback_error = e
         self._done.set()
         self.storage._fast_done()
+
+
+class ChunkJob:
+    """One large read cut into aligned chunks run by the fast pool (the sequential path).
+
+    Why: a single ``pread`` keeps one request in flight, and a Python worker per chunk adds a
+    GIL hand-off per chunk; here the chunks (``offs``/``lens``/``addrs`` arrays, O_DIRECT
+    aligned) are pulled one at a time by up to ``depth`` pool threads running the native loop,
+    so ``depth`` large reads are always queued at the device, which is what it takes to reach
+    the disk's (or the host cache's) speed; see ``Storage(seq_chunk=, seq_depth=)``.
+
+    Per chunk: ``got`` (bytes), ``err`` (0, an errno, or ``-1``: not run because the job was
+    cancelled or an earlier chunk failed), ``fell_back`` (O_DIRECT refused, read buffered).
+    ``cancel`` (an int32 array of one) stops chunks that have not started; a failing chunk
+    sets it too (``failed`` then says so), as the I/O has failed anyway."""
+
+    def __init__(self, fd_direct: int, fd_buffered: int, offs, lens, addrs, cancel):
+        n = len(offs)
+        self.fd_direct = np.full(n, fd_direct, np.int32)
+        self.fd_buffered = np.full(n, fd_buffered, np.int32)
+        self.offs = np.ascontiguousarray(offs, np.int64)
+        self.lens = np.ascontiguousarray(lens, np.int64)
+        self.addrs = np.ascontiguousarray(addrs, np.uint64)
+        self.got = np.zeros(n, np.int64)
+        self.err = np.zeros(n, np.int32)
+        self.lat = np.zeros(n, np.int64)
+        self.fell_back = np.zeros(n, np.uint8)
+        self.cancel = cancel
+        self.failed = False
+        self.callback_error: BaseException | None = None
+        self._nchunks = n
+        self._next = itertools.count()
+        self._left = n
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        if n == 0:
+            self._done.set()
+
+    def wait(self, timeout: float | None = None) -> "ChunkJob":
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"storage chunk job of {self._nchunks} reads not finished after "
+                               f"{timeout} s")
+        return self
+
+    def _work(self) -> None:
+        n = self._nchunks
+        while True:
+            c = next(self._next)
+            if c >= n:
+                return
+            try:
+                native().read_range(self.fd_direct, self.fd_buffered, self.offs, self.lens,
+                                    self.addrs, self.got, self.err, self.lat, self.fell_back,
+                                    c, c + 1, self.cancel)
+            except BaseException as e:  # noqa: BLE001 - never lose a chunk to a bug here
+                if self.err[c] <= 0:
+                    self.err[c] = E.EIO
+                self.callback_error = e
+            if self.err[c] > 0:
+                self.failed = True
+                self.cancel[0] = 1          # the I/O failed: do not start its other chunks
+            with self._lock:
+                self._left -= 1
+                last = self._left == 0
+            if last:
+                self._done.set()
