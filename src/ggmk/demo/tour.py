@@ -4,7 +4,7 @@ Boots ``examples/dual_app.py`` with ``ggmk boot --device auto`` (a detached proc
 own control socket in a temporary state directory; the GPU kernel runs on ``cuda`` where a GPU
 is usable, else on its ``cpu`` target), then, every step the real ``ggmk`` executable:
 
-* ``ggmk emit BURST``: a CPU handler publishes 20,000 SAMPLEs (16-byte payloads) on the bridge
+* ``ggmk trace --level all`` (task tracing on), then ``ggmk emit BURST``: a CPU handler publishes 20,000 SAMPLEs (16-byte payloads) on the bridge
   channel ``scale.in`` (CPU -> GPU); the GPU handler sums each payload and hands it back on
   ``scale.out`` (GPU -> CPU), where a CPU batch handler checks it: the bridge, both ways, with
   payloads;
@@ -41,8 +41,11 @@ def steps(trace: str, device: str = "auto") -> list[list[str]]:
         ["boot", str(APP), "--device", device, "--workers", "2", "--boot-timeout", "600"],
         ["emit", "SAMPLE", "--chan", "scale.in", "--payload",
          '{"x": 1.5, "n": 3, "tag": "cafe0001"}'],
+        # task tracing on before the burst, so its slices are in the buffer whatever the
+        # machine's speed (a 1 s capture after the burst missed it when it had finished)
+        ["trace", "--level", "all"],
         ["emit", "BURST", "--meta0", "0", "--meta1", str(BURST)],
-        ["trace", "--level", "all", "--seconds", "1", "--perfetto", trace],
+        ["trace", "--perfetto", trace],
         ["ps"],
         ["kern", "info"],
         ["chan", "ls"],
