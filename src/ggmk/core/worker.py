@@ -288,8 +288,9 @@ class Worker:
             ctx._bhdr = -2
             if lim:
                 ctx._km0, ctx._klim = m0, lim
-            for i in range(n):
+            for i, v in enumerate(islice(m0, n)):
                 task._i = i
+                task._v0 = v
                 try:
                     r = fn(ctx)
                 except Exception as e:  # noqa: BLE001
@@ -311,8 +312,9 @@ class Worker:
                 task._seq0 = base + 1
                 # a list's iterator sees what is appended meanwhile: the follow-ons the
                 # handlers emit here run in this loop too (no length check per hop)
-                for i, _ in enumerate(islice(m0, n, None), n):
+                for i, v in enumerate(islice(m0, n, None), n):
                     task._i = i
+                    task._v0 = v
                     try:
                         r = fn(ctx)
                     except Exception as e:  # noqa: BLE001
