@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import struct
 from array import array as _array
-from operator import attrgetter
 
 import numpy as np
 
@@ -76,7 +75,7 @@ class TaskRow(Task):
     """
 
     __slots__ = ("_i", "_n0", "_type", "_m0", "_m1", "_recs", "_cols", "_kids", "_dirty",
-                 "_lim", "_seq0", "_khdr", "_nr0", "_nr1", "_v0")
+                 "_lim", "_seq0", "_khdr", "_nr0", "_nr1")
 
     def __init__(self):
         super().__init__(None)
@@ -91,10 +90,6 @@ class TaskRow(Task):
 
     def _unbind(self) -> None:
         """No current task; the batch's lists are let go (``_start`` sets the rest)."""
-        try:
-            del self._v0                  # meta0 reads fall to __getattr__ (no current task)
-        except AttributeError:
-            pass
         self._i = -1
         self._m0 = self._nr0
         self._m1 = self._nr1
@@ -168,11 +163,8 @@ class TaskRow(Task):
     yield_count = property(lambda s: s._get("yield_count"))
     retries = property(lambda s: s._get("_pad"))
 
-    # bound: the current row's meta0, which the worker stores in ``_v0`` before each handler
-    # call (read by a C getter: no Python frame per read, the most read field); unbound: no
-    # ``_v0``, so the read falls to __getattr__, which reads the record given to Task(rec) or
-    # says that there is no current task
-    meta0 = property(attrgetter("_v0"))
+    # bound: the batch's list; unbound: _NoRows, which reads the record given to Task(rec)
+    meta0 = property(lambda s: s._m0[s._i])
 
     @meta0.setter
     def meta0(self, v: int) -> None:
@@ -182,13 +174,7 @@ class TaskRow(Task):
             self._r["meta0"] = v
             return
         self._m0[self._i] = v
-        self._v0 = v
         self._dirty = True
-
-    def __getattr__(self, name):
-        if name == "meta0":               # unbound (see meta0)
-            return self._m0[self._i]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _meta1(self) -> int:
         try:

@@ -288,9 +288,8 @@ class Worker:
             ctx._bhdr = -2
             if lim:
                 ctx._km0, ctx._klim = m0, lim
-            for i, v in enumerate(islice(m0, n)):
+            for i in range(n):
                 task._i = i
-                task._v0 = v
                 try:
                     r = fn(ctx)
                 except Exception as e:  # noqa: BLE001
@@ -312,9 +311,8 @@ class Worker:
                 task._seq0 = base + 1
                 # a list's iterator sees what is appended meanwhile: the follow-ons the
                 # handlers emit here run in this loop too (no length check per hop)
-                for i, v in enumerate(islice(m0, n, None), n):
+                for i, _ in enumerate(islice(m0, n, None), n):
                     task._i = i
-                    task._v0 = v
                     try:
                         r = fn(ctx)
                     except Exception as e:  # noqa: BLE001
