@@ -8,7 +8,16 @@ Prints one JSON line.
 Throughput figures are the best of ``--reps`` runs, for the kernel and the peers alike (the
 machine is shared, so the best run is the least disturbed one). Every kernel case boots a fresh
 ``ggmk.boot([...], workers=2, hal="threads")`` and counts from the first submit until the system
-is idle again (the host polls ``system.idle()`` with 0.2 ms sleeps, which release the GIL).
+is idle again (the host blocks in ``system.run()``, the kernel's own wait: woken by the worker
+that finishes the last task, with a backstop re-check; ``--poll`` restores the old harness, a
+host polling ``system.idle()`` with 0.2 ms sleeps: each poll takes the GIL from a worker).
+
+The headline ratios pair figures measured side by side: the per-task chain and asyncio, and the
+three round trips (kernel, ThreadPoolExecutor, wake-up floor), run alternately ``--rounds``
+times, so a burst of load from other processes hits both sides of a ratio. On a shared machine
+the wall-clock ratio still swings with the load; ``chain_per_task_cpu_vs_asyncio`` divides
+tasks per CPU-second (``time.process_time``, all threads of the process) instead, which the
+other processes disturb far less.
 
 Cases:
   (a) batch      trivial ``batch=True`` handler, fed with ``submit_batch`` of 64 Ki records
@@ -49,7 +58,14 @@ from ggmk import task as T
 CHUNK = 1 << 16
 
 
+POLL = False                 # --poll: the host polls with sleeps instead of system.run()
+
+
 def wait_idle(system, timeout: float = 120.0) -> None:
+    if not POLL:
+        if not system.run(timeout=timeout):
+            raise RuntimeError(f"kernel not idle after {timeout}s: {system.sched.stats()}")
+        return
     end = time.monotonic() + timeout
     while not system.idle():
         if time.monotonic() > end:
@@ -92,8 +108,10 @@ def kernel_feed(batch_handler: bool, n: int, reps: int, boot_kw: dict) -> float:
     return best
 
 
-def kernel_chain(batch_form: bool, lanes: int, length: int, reps: int, boot_kw: dict) -> float:
-    """(c): ``lanes`` lanes each run ``length`` tasks, every task emitting the next; tasks/s."""
+def kernel_chain(batch_form: bool, lanes: int, length: int, reps: int, boot_kw: dict,
+                 cpu: list | None = None) -> float:
+    """(c): ``lanes`` lanes each run ``length`` tasks, every task emitting the next; tasks/s.
+    ``cpu``: a list that gets the best tasks per CPU-second (process time, all threads)."""
     m = ggmk.Module("bench_chain")
     if batch_form:
         @m.handler("CHAIN", batch=True)
@@ -108,24 +126,31 @@ def kernel_chain(batch_form: bool, lanes: int, length: int, reps: int, boot_kw: 
             m0 = ctx.task.meta0
             if m0 < length:
                 ctx.emit("CHAIN", meta0=m0 + 1)
-    best = 0.0
+    best = best_cpu = 0.0
     with ggmk.boot([m], workers=2, **boot_kw) as system:
         tid = system.type_id("CHAIN")
         for rep in range(reps + 1):                  # rep 0 is warm-up
             seeds = T.make(lanes, type=tid, meta0=1)
+            c0 = time.process_time()
             t0 = time.perf_counter()
             system.submit_batch(seeds)
             wait_idle(system)
             dt = time.perf_counter() - t0
+            dc = time.process_time() - c0
             if rep:
                 best = max(best, lanes * length / dt)
+                best_cpu = max(best_cpu, lanes * length / max(dc, 1e-9))
+    if cpu is not None:
+        cpu.append(best_cpu)
         ok = system.stats()["types"]["CHAIN"]["ok"]
         assert ok == (reps + 1) * lanes * length, (ok, lanes, length)
     return best
 
 
-def kernel_latency(n: int, warmup: int, mode: str, boot_kw: dict) -> list[float]:
-    """(d): n round trips (us): submit one task, wait until its handler ran."""
+def kernel_latency(n: int, warmup: int, mode: str, boot_kw: dict,
+                   wakes: list | None = None) -> list[float]:
+    """(d): n round trips (us): submit one task, wait until its handler ran. ``wakes``: a list
+    that gets (worker wake-ups, worker parks) per round trip, counted by the threads HAL."""
     m = ggmk.Module("bench_latency")
     done = threading.Event()
     count = [0]
@@ -140,6 +165,8 @@ def kernel_latency(n: int, warmup: int, mode: str, boot_kw: dict) -> list[float]
         rec = T.make(1, type=system.type_id("PING"))
         bufs = [rec.copy() for _ in range(n + warmup)]
         clock = time.perf_counter_ns
+        hal = system.hal
+        w0, p0 = hal.wakes, hal.parks
         for b in bufs:
             if mode == "event":
                 done.clear()
@@ -154,14 +181,17 @@ def kernel_latency(n: int, warmup: int, mode: str, boot_kw: dict) -> list[float]
                 while count[0] < target:
                     time.sleep(0)                    # spin, but let the workers have the GIL
             out.append((clock() - t0) / 1e3)
+        if wakes is not None:
+            wakes.append(((hal.wakes - w0) / len(bufs), (hal.parks - p0) / len(bufs)))
         wait_idle(system)
     return out[warmup:]
 
 
 # -- peers ----------------------------------------------------------------------------------------
 
-def peer_asyncio(n: int, reps: int) -> float:
-    """asyncio.Queue(maxsize=1024) producer -> consumer calling a trivial handler; msgs/s."""
+def peer_asyncio(n: int, reps: int, cpu: list | None = None) -> float:
+    """asyncio.Queue(maxsize=1024) producer -> consumer calling a trivial handler; msgs/s.
+    ``cpu``: a list that gets the best msgs per CPU-second."""
     def handler(x):
         return None
 
@@ -180,11 +210,15 @@ def peer_asyncio(n: int, reps: int) -> float:
                     return
                 handler(x)
 
+        c0 = time.process_time()
         t0 = time.perf_counter()
         await asyncio.gather(producer(), consumer())
-        return n / (time.perf_counter() - t0)
+        return n / (time.perf_counter() - t0), n / max(time.process_time() - c0, 1e-9)
 
-    return max(asyncio.run(run()) for _ in range(reps))
+    runs = [asyncio.run(run()) for _ in range(reps)]
+    if cpu is not None:
+        cpu.append(max(c for _, c in runs))
+    return max(w for w, _ in runs)
 
 
 def peer_threadpool(n: int, reps: int) -> float:
@@ -282,7 +316,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--lane-len", type=int, default=20000, help="hops of the one-lane chain")
     ap.add_argument("--latency-n", type=int, default=3000)
     ap.add_argument("--no-trace", action="store_true", help="boot(trace=False) (default: on)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternate rounds of the paired cases (chain vs asyncio, round trips)")
+    ap.add_argument("--poll", action="store_true",
+                    help="the host polls system.idle() with 0.2 ms sleeps (the old harness)")
     a = ap.parse_args(argv)
+    global POLL
+    POLL = a.poll
 
     trace = False if a.no_trace else None
     tp = {"max_batch": a.max_batch, "trace": trace}
@@ -290,7 +330,8 @@ def main(argv=None) -> dict:
     r: dict = {"bench": "cpu_dispatch", "python": platform.python_version(),
                "numpy": np.__version__, "cpus": os.cpu_count(),
                "loadavg_start": round(os.getloadavg()[0], 2), "max_batch": a.max_batch,
-               "trace": not a.no_trace, "reps": a.reps}
+               "trace": not a.no_trace, "reps": a.reps, "rounds": a.rounds,
+               "host_wait": "poll" if a.poll else "run"}
 
     r["batch_tasks_per_s"] = kernel_feed(True, a.batch_tasks, a.reps, tp)
     r["batch_tasks_per_s_max_batch_256"] = kernel_feed(True, a.batch_tasks // 2, a.reps,
@@ -298,23 +339,34 @@ def main(argv=None) -> dict:
     r["per_task_tasks_per_s"] = kernel_feed(False, a.per_task_tasks, a.reps, tp)
     r["chain_tasks_per_s"] = kernel_chain(True, a.lanes, a.chain_len, a.reps, tp)
     r["chain_lanes"], r["chain_len"] = a.lanes, a.chain_len
-    r["chain_per_task_tasks_per_s"] = kernel_chain(False, a.pt_lanes, a.chain_len, a.reps, tp)
+    # paired cases, alternated (see the module docstring): best throughput of each side,
+    # round-trip percentiles over every round's samples
+    pt, pt_cpu, one, aio, aio_cpu = [], [], [], [], []
+    lat, tpl, wf, wk = [], [], [], []
+    per_round = max(1, a.latency_n // a.rounds)
+    for _ in range(a.rounds):
+        pt.append(kernel_chain(False, a.pt_lanes, a.chain_len, a.reps, tp, pt_cpu))
+        one.append(kernel_chain(False, 1, a.lane_len, a.reps, {"trace": trace}))
+        aio.append(peer_asyncio(1 << 19, a.reps, aio_cpu))
+        lat += kernel_latency(per_round, 300, "event", {"trace": trace}, wk)
+        tpl += peer_threadpool_latency(per_round, 300)
+        wf += wakeup_floor(per_round, 300)
+    r["chain_per_task_tasks_per_s"] = max(pt)
     r["chain_per_task_lanes"] = a.pt_lanes
-    r["chain_single_lane_tasks_per_s"] = kernel_chain(False, 1, a.lane_len, a.reps,
-                                                      {"trace": trace})
+    r["chain_single_lane_tasks_per_s"] = max(one)
     r["chain_single_lane_len"] = a.lane_len
-
-    lat = kernel_latency(a.latency_n, 300, "event", {"trace": trace})
+    r["chain_per_task_cpu_tasks_per_s"] = max(pt_cpu)
     r["latency_p50_us"], r["latency_p99_us"] = pct(lat, 50), pct(lat, 99)
+    r["latency_worker_wakeups_per_rt"] = max(w for w, _ in wk)
+    r["latency_worker_parks_per_rt"] = max(p for _, p in wk)
     lat_spin = kernel_latency(a.latency_n, 300, "spin", {"trace": trace})
     r["latency_spin_p50_us"], r["latency_spin_p99_us"] = pct(lat_spin, 50), pct(lat_spin, 99)
 
-    r["asyncio_msgs_per_s"] = peer_asyncio(1 << 19, a.reps)
+    r["asyncio_msgs_per_s"] = max(aio)
+    r["asyncio_cpu_msgs_per_s"] = max(aio_cpu)
     r["threadpool_tasks_per_s"] = peer_threadpool(1 << 17, a.reps)
-    tpl = peer_threadpool_latency(a.latency_n, 300)
     r["threadpool_latency_p50_us"], r["threadpool_latency_p99_us"] = pct(tpl, 50), pct(tpl, 99)
     r["dict_dispatch_per_s"] = peer_dict_dispatch(1 << 21, a.reps)
-    wf = wakeup_floor(a.latency_n, 300)
     r["wakeup_floor_us"], r["wakeup_floor_p99_us"] = pct(wf, 50), pct(wf, 99)
 
     r["per_task_vs_asyncio"] = r["per_task_tasks_per_s"] / r["asyncio_msgs_per_s"]
@@ -323,6 +375,8 @@ def main(argv=None) -> dict:
     r["batch_vs_dict"] = r["batch_tasks_per_s"] / r["dict_dispatch_per_s"]
     r["chain_vs_asyncio"] = r["chain_tasks_per_s"] / r["asyncio_msgs_per_s"]
     r["chain_per_task_vs_asyncio"] = r["chain_per_task_tasks_per_s"] / r["asyncio_msgs_per_s"]
+    r["chain_per_task_cpu_vs_asyncio"] = (r["chain_per_task_cpu_tasks_per_s"]
+                                          / r["asyncio_cpu_msgs_per_s"])
     r["chain_single_lane_vs_asyncio"] = (r["chain_single_lane_tasks_per_s"]
                                          / r["asyncio_msgs_per_s"])
     r["latency_p50_vs_threadpool"] = r["latency_p50_us"] / r["threadpool_latency_p50_us"]

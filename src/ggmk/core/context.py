@@ -81,21 +81,22 @@ class TaskRow(Task):
         super().__init__(None)
         self._nr0 = _NoRows(self, "meta0")
         self._nr1 = _NoRows(self, "meta1")
+        self._n0 = 0
+        self._type = 0
+        self._lim = 0
+        self._seq0 = 0
+        self._khdr = -1
         self._unbind()
 
     def _unbind(self) -> None:
+        """No current task; the batch's lists are let go (``_start`` sets the rest)."""
         self._i = -1
-        self._n0 = 0
-        self._type = 0
         self._m0 = self._nr0
         self._m1 = self._nr1
         self._recs = None
         self._cols = None
         self._kids = None
         self._dirty = False
-        self._lim = 0
-        self._seq0 = 0
-        self._khdr = -1
 
     def _start(self, recs, t: int, m0: list, m1: list, lim: int) -> None:
         """Bind to a batch of records of type ``t`` (meta columns already read)."""
@@ -175,17 +176,36 @@ class TaskRow(Task):
         self._m0[self._i] = v
         self._dirty = True
 
-    meta1 = property(lambda s: s._m1[s._i])
+    def _meta1(self) -> int:
+        try:
+            return self._m1[self._i]
+        except IndexError:      # a follow-on row past the meta1 column: sparse, it is 0
+            return 0
+
+    meta1 = property(_meta1)
 
     @meta1.setter
     def meta1(self, v: int) -> None:
         if v.__class__ is not int or not 0 <= v <= _U64:
             v = _scalar("meta1", v, _U64)
-        if self._i < 0:
+        i = self._i
+        if i < 0:
             self._r["meta1"] = v
             return
-        self._m1[self._i] = v
+        m1 = self._m1
+        if i >= len(m1):
+            m1.extend([0] * (i + 1 - len(m1)))
+        m1[i] = v
         self._dirty = True
+
+    def _m1_full(self) -> list:
+        """The meta1 column as long as meta0's: follow-ons emitted with meta1 = 0 append
+        nothing to it (``Context._inline_emit``), so it is padded with 0 here."""
+        m1 = self._m1
+        n = len(self._m0)
+        if len(m1) < n:
+            m1.extend([0] * (n - len(m1)))
+        return m1
 
     def record(self):
         """The current task as a NumPy record, built on demand (a snapshot)."""
@@ -199,7 +219,7 @@ class TaskRow(Task):
             r = make(1, type=self._type, flags=hdr & _M16, tenant=(hdr >> 16) & _M16,
                      seq=(self._seq0 + i - self._n0) & _M32)
         r["meta0"] = self._m0[i]
-        r["meta1"] = self._m1[i]
+        r["meta1"] = self.meta1
         return r[0]
 
     def _write_back(self) -> None:
@@ -214,7 +234,7 @@ class Context:
     __slots__ = ("kernel", "worker", "task", "batch", "module", "_ek", "_e0", "_e1",
                  "_retained", "_det", "_det_on", "_resolve", "_emitters",
                  "_emitters_active", "_pi", "_phdr", "_bhdr", "_types", "_inl_t", "_sched",
-                 "_km0", "_klim", "_k0", "_k1", "_kh", "emit", "_general", "_room")
+                 "_km0", "_klim", "emit", "_general", "_room")
 
     def __init__(self, kernel, worker: int):
         self.kernel = kernel
@@ -244,7 +264,6 @@ class Context:
         self._inl_t = -1                   # emits of this type run in this step (the worker)
         self._km0 = ()                     # ... as rows appended to the batch's columns
         self._klim = 0
-        self._k0 = self._k1 = self._kh = None
         # ``ctx.emit``: the general method, or while the worker runs follow-ons in the step,
         # the sender ``_inline_emit`` made for the batch (a closure: no attribute lookups)
         self._general = self._emit
@@ -327,35 +346,49 @@ class Context:
                     return h
         return self._parent_hdr()
 
-    def _inline_emit(self, tgt, inl_t: int, m0: list, a0, a1, lim: list):
+    def _inline_emit(self, tgt, inl_t: int, m0: list, m1: list, lim: list):
         """``ctx.emit`` while the worker runs emits of type ``inl_t`` as further rows of the
-        batch (column ``m0`` and the appends ``a0`` / ``a1`` of meta0 / meta1, up to
-        ``lim[0]`` rows; the worker sets ``lim[0] = 0`` when the batch ends, so a sender kept
-        past it takes the general path; ``tgt``: the target object it was made for, usually
-        the very object a handler passes again: no lookup). ``_emit`` makes it on the batch's
-        first follow-on,
+        batch (appended to the task view's columns ``m0`` / ``m1``, up to ``lim[0]`` rows; the
+        worker sets ``lim[0] = 0`` when the batch ends, so a sender kept past it takes the
+        general path; ``tgt``: the target object it was made for, usually the very object a
+        handler passes again: no lookup). ``_emit`` makes it on the batch's first follow-on,
         once it knows every task of the batch passes on one header (``_bhdr``): the general
-        method's hot path with its state in closure cells, ~20% less per emit. Anything else
-        (other targets, keywords, a word that is not a plain int in range) goes to the
-        general method unchanged."""
+        method's hot path with its state in closure cells. meta1 is sparse: a follow-on with
+        meta1 = 0 (most of them) appends to meta0 only, and the column is padded when a
+        nonzero one comes (``TaskRow._m1_full``). Anything else (other targets, keywords, a
+        word that is not a plain int in range) goes to the general method unchanged."""
         general = self._general
         get = self._types.get
         key = self._bhdr | (inl_t << 64)   # made once the batch is known to have one header
         k, k0, k1 = self._ek.append, self._e0.append, self._e1.append
+        a0, a1 = m0.append, m1.append
+        zero = 0                           # (the int 0 is one object in CPython: an `is` test)
 
         def emit(target, meta0=0, meta1=0, **kw):
             """ctx.emit while follow-ons run in the step (see Context._emit)."""
             if not kw and (target is tgt or get(target) == inl_t) and meta0.__class__ is int \
-                    and meta1.__class__ is int and not (meta0 | meta1) >> 64:
-                if len(m0) < lim[0]:
-                    a0(meta0)
-                    a1(meta1)
-                    return 0
-                if lim[0]:                 # past the step's budget: queued, as in _emit
-                    k(key)
-                    k0(meta0)
-                    k1(meta1)
-                    return 0
+                    and not meta0 >> 64:
+                if meta1 is zero:
+                    if len(m0) < lim[0]:
+                        a0(meta0)
+                        return 0
+                    if lim[0]:             # past the step's budget: queued, as in _emit
+                        k(key)
+                        k0(meta0)
+                        k1(0)
+                        return 0
+                elif meta1.__class__ is int and not meta1 >> 64:
+                    if len(m0) < lim[0]:
+                        if len(m1) < len(m0):
+                            m1.extend([0] * (len(m0) - len(m1)))
+                        a1(meta1)
+                        a0(meta0)
+                        return 0
+                    if lim[0]:
+                        k(key)
+                        k0(meta0)
+                        k1(meta1)
+                        return 0
             return general(target, meta0, meta1, **kw)
         return emit
 
@@ -377,26 +410,28 @@ class Context:
             if hdr >= 0:                  # every task of the batch passes on the same header
                 if tid == self._inl_t and len(self._km0) < self._klim:
                     # a follow-on the worker runs in this step, as the next row of the batch
-                    self._k0(meta0)
-                    self._k1(meta1)
+                    # (the task view's columns: _km0 is its _m0)
+                    self.task._m1_full().append(meta1)
+                    self._km0.append(meta0)
                     return 0
             else:
                 hdr = self._row_hdr()
                 if tid == self._inl_t and len(self._km0) < self._klim:
+                    t = self.task
                     if self._bhdr >= 0:       # just found: the batch has one header
-                        self._k0(meta0)
-                        self._k1(meta1)
+                        t._m1_full().append(meta1)
+                        self._km0.append(meta0)
                         if self.emit is self._general:
                             # the batch's first follow-on: from now on ctx.emit is the
                             # batch's sender (made here, so batches that emit nothing
                             # don't pay for it)
                             self._room = [self._klim]
-                            self.emit = self._inline_emit(target, tid, self._km0, self._k0,
-                                                          self._k1, self._room)
+                            self.emit = self._inline_emit(target, tid, self._km0, t._m1,
+                                                          self._room)
                         return 0
-                    self._kh(hdr)
-                    self._k0(meta0)
-                    self._k1(meta1)
+                    t._kids.append(hdr)
+                    t._m1_full().append(meta1)
+                    self._km0.append(meta0)
                     return 0
             self._ek.append(hdr | (tid << 64))
             self._e0.append(meta0)

@@ -35,6 +35,8 @@ from ggmk.events import EventType
 from ggmk.hal import make_hal
 from ggmk.typereg import TypeRegistry, raise_boot_problems, validate_declarations
 
+_ENQ = int(TypeCounter.ENQUEUED)
+
 DEFAULT_MAX_YIELDS = 16
 
 
@@ -388,10 +390,10 @@ class System:
         enqueue core's one-record path, a scalar add)."""
         if types.__class__ is int:
             if worker >= 0:
-                self.metrics_shard[worker].types[TypeCounter.ENQUEUED, types] += 1
+                self.metrics_shard[worker].tv[_ENQ, types] += 1
             else:
                 with self._host_lock:
-                    self.host_shard.types[TypeCounter.ENQUEUED, types] += 1
+                    self.host_shard.tv[_ENQ, types] += 1
             return
         if worker >= 0:
             self.metrics_shard[worker].add_types(TypeCounter.ENQUEUED, types)

@@ -96,7 +96,7 @@ class MetricsShard:
     ``gauge()`` / ``histogram()`` returned, or by name."""
 
     __slots__ = ("worker", "types", "counters", "gauges", "hist", "hist_sum", "hist_max",
-                 "_m")
+                 "_m", "tv", "_hv", "_hsv", "_hmv")
 
     def __init__(self, metrics: "Metrics", worker: int):
         self._m = metrics
@@ -107,6 +107,12 @@ class MetricsShard:
         self.hist = np.zeros((metrics.max_names, NBUCKETS), dtype=np.int64)
         self.hist_sum = np.zeros(metrics.max_names, dtype=np.int64)
         self.hist_max = np.zeros(metrics.max_names, dtype=np.int64)
+        # the same arrays as memoryviews: an element read or add through one is plain Python
+        # ints (~2x cheaper than a NumPy scalar index), for the one-task paths (``tv[c, t]``)
+        self.tv = memoryview(self.types)
+        self._hv = memoryview(self.hist)
+        self._hsv = memoryview(self.hist_sum)
+        self._hmv = memoryview(self.hist_max)
 
     # per-type counters
     def add_types(self, counter: int, types: np.ndarray, n=1) -> None:
@@ -161,6 +167,18 @@ class MetricsShard:
             g[gauge] = value
 
     # histograms
+    def observe_int(self, hist: int, v: int) -> None:
+        """``observe`` for a histogram id and a plain int (a worker's batch time): the same
+        sums, through memoryviews instead of NumPy scalars."""
+        if v.__class__ is not int:
+            v = int(v)
+        if v < 0:
+            v = 0
+        self._hv[hist, v.bit_length()] += 1
+        self._hsv[hist] += v
+        if v > self._hmv[hist]:
+            self._hmv[hist] = v
+
     def observe(self, hist, value) -> None:
         """Add one value (e.g. a duration in ns) to a histogram."""
         if type(hist) is str:

@@ -97,6 +97,34 @@ class Ring:
         self.popped += n
         return res
 
+    def push1(self, rec) -> bool:
+        """Append one record given as its 48 bytes (``rec.tobytes()``) if there is room:
+        ``push`` without the slicing and the general bookkeeping (a round trip's submit).
+        Only for a plain ``Ring``: subclasses stamp or signal in ``_write``."""
+        with self.lock:
+            tail = self.tail
+            if tail - self.head >= self.capacity:
+                return False
+            o = (tail & self.mask) * _SIZE
+            self.mv[o:o + _SIZE] = rec
+            self.tail = tail = tail + 1
+            if tail - self.head > self.high_watermark:
+                self.high_watermark = tail - self.head
+            self.pushed += 1
+            return True
+
+    def pop1(self):
+        """Remove the head record as a fresh 1-record array, or None when empty (``pop(1)``
+        without the general path: a round trip's gather)."""
+        with self.lock:
+            h = self.head
+            if h == self.tail:
+                return None
+            o = (h & self.mask) * _SIZE
+            self.head = h + 1
+            self.popped += 1
+            return np.frombuffer(bytearray(self.mv[o:o + _SIZE]), TASK_DTYPE)
+
     def push(self, recs: np.ndarray, limit: int | None = None) -> int:
         """Append as many of ``recs`` as fit (up to ``limit`` occupied slots); return how many."""
         with self.lock:

@@ -184,13 +184,15 @@ class ReadyQueue:
         r = b.rings[p]
         if self.clock:
             recs, self.last_waited = r.pop_timed(max_n)
+        elif r.tail - r.head == 1:        # one record (a round trip): no general pop
+            recs = r.pop1()
         else:
             recs = r.pop(max_n)
         n = len(recs)
         b.size -= n
         b.last_pop = self.pops
         self.size -= n
-        if len(r) == 0:
+        if r.tail == r.head:
             self.active[p].remove(t)
         return recs
 
@@ -276,7 +278,7 @@ class Scheduler:
         self.seq = 0
         self.outstanding = 0          # accepted and not yet finished (idle detection)
         self.count_lock = threading.Lock()
-        self.route_counts = np.zeros(len(Route), dtype=np.int64)
+        self.route_counts = [0] * len(Route)   # Python ints: one add per one-record enqueue
 
     # -- tenants ------------------------------------------------------------------------------
     def _rq(self, tenant: int) -> ReadyQueue:
@@ -371,13 +373,15 @@ class Scheduler:
                 or (fl & FLAG_DETERMINISTIC and self.det is not None):
             return -1
         self.route_counts[route] += 1
-        if route in _FRESH_SEQ:
-            with self.count_lock:
+        with self.count_lock:             # one lock round: the seq and the outstanding count
+            if route in _FRESH_SEQ:
                 seq = self.seq + 1
                 self.seq = seq
-            _SEQ.pack_into(recs, _SEQ_OFF, seq & 0xFFFF_FFFF)
-        with self.count_lock:
+            else:
+                seq = -1
             self.outstanding += 1
+        if seq >= 0:
+            _SEQ.pack_into(recs, _SEQ_OFF, seq & 0xFFFF_FFFF)
         ready = True
         if route == Route.EMIT and worker >= 0 and self.policy is None \
                 and self.local[worker].push(recs, limit=self.local_limit):
@@ -393,15 +397,28 @@ class Scheduler:
         return 1
 
     def _push_ready_one(self, rec: np.ndarray, t: int, p: int, tenant: int) -> bool:
-        """``_push_ready`` for one record whose header is known; False: refused (full)."""
+        """``_push_ready`` for one record whose header is known; False: refused (full). A
+        plain ring with room takes it through ``Ring.push1`` (the round trip's path); a full
+        ring (it grows), a new bucket or a timed ring take the general ``_push_one``."""
         with self.lock:
             rq = self.tenants.get(tenant)
             if rq is None:
                 rq = self._rq(tenant)
             was_empty = rq.size == 0
-            k = rq._push_one(t, p, rec)
-            if rq.rejected:
-                rq.rejected.clear()
+            b = rq.buckets.get(t)
+            r = b.rings[p] if b is not None else None
+            if r is not None and r.__class__ is Ring and r.tail == r.head and r.push1(rec.tobytes()):
+                # (an empty ring: the usual round trip; a deeper one keeps the general path)
+                rq.active[p].append(t)
+                b.size += 1
+                n = rq.size = rq.size + 1
+                if n > rq.high_watermark:
+                    rq.high_watermark = n
+                k = 1
+            else:
+                k = rq._push_one(t, p, rec)
+                if rq.rejected:
+                    rq.rejected.clear()
             if was_empty and self.policy is not None:
                 self.policy.wake(tenant, self.clock())
         return k == 1
@@ -519,6 +536,13 @@ class Scheduler:
 
     def ready_len(self) -> int:
         return sum(len(rq) for rq in self.tenants.values())
+
+    def ready_any(self) -> bool:
+        """Whether any ready queue holds a record (``ready_len() > 0`` without the sum)."""
+        for rq in self.tenants.values():
+            if rq.size:
+                return True
+        return False
 
     def done(self, n: int) -> None:
         """Workers call this when ``n`` popped tasks are finished (whatever their outcome)."""

@@ -132,12 +132,15 @@ class Worker:
                 s.done(len(due))
         B = self.max_batch
         self.gathers += 1
-        if len(s.overflow):
-            recs = s.overflow.pop(B)
-        elif len(self.local) and self.gathers & 3:
+        ov = s.overflow
+        loc = self.local
+        # (ring depths read as tail - head: Ring.__len__ is a Python call, ~4 per step)
+        if ov.tail != ov.head:
+            recs = ov.pop(B)
+        elif loc.tail != loc.head and self.gathers & 3:
             # every 4th gather looks at the ready queue first, so a handler that keeps feeding
             # its own local queue cannot starve the ready queue (and its aging scan)
-            recs = self.local.pop(B)
+            recs = loc.pop(B)
         else:
             recs = None
         if recs is None or not len(recs):
@@ -153,22 +156,25 @@ class Worker:
                     return True
             recs = s.pop_ready(B)
             if len(recs):
-                if self._parked and s.ready_len():
+                if self._parked and s.ready_any():
                     s.wake(1)     # more is ready: pass the wake-up on (a submit wakes one worker)
-            elif len(self.local):
-                recs = self.local.pop(B)
+            elif loc.tail != loc.head:
+                recs = loc.pop(B)
             if not len(recs):
                 k.poll_idle(self.id)
                 self.idle_steps += 1
                 return False
         n = len(recs)
         self._full = n >= B
-        if n < B and k.det is None and s.policy is None and not len(self.local) \
-                and not len(s.overflow) and (self.gathers & 3 or not s.ready_len()):
+        if n < B and k.det is None and s.policy is None and loc.tail == loc.head \
+                and ov.tail == ov.head and (self.gathers & 3 or not s.ready_any()):
             # the worker may run what this batch emits to its own type in the same step (the
             # next thing it would pop from its local queue anyway), up to the batch budget;
             # never on the ready queue's turn (every 4th gather), so aging and tenants hold
-            self.dispatch(recs, B)
+            if n == 1:
+                self._dispatch_group(recs, False, B)
+            else:
+                self.dispatch(recs, B)
         else:
             self.dispatch(recs)
         s.done(n)
@@ -181,7 +187,8 @@ class Worker:
         if self._full:                    # the last batch was a full one: likely more
             return True
         s = self.sched
-        if len(self.local) or len(s.overflow):
+        loc, ov = self.local, s.overflow
+        if loc.tail != loc.head or ov.tail != ov.head:
             return True
         for rq in s.tenants.values():
             if rq.size:
@@ -214,7 +221,12 @@ class Worker:
         k = self.kernel
         n = len(recs)
         # one task (a round trip, a lone chain): its fields as plain ints from one struct call
-        one = _REC.unpack_from(recs) if n == 1 and recs.flags.c_contiguous else None
+        one = None
+        if n == 1:
+            try:
+                one = _REC.unpack_from(recs)
+            except (BufferError, TypeError, ValueError):   # a strided 1-record view
+                pass
         t = one[0] if one is not None else int(recs["type"][0])
         h = k.handler_of[t]
         cap = h.max_batch
@@ -276,7 +288,6 @@ class Worker:
             ctx._bhdr = -2
             if lim:
                 ctx._km0, ctx._klim = m0, lim
-                ctx._k0, ctx._k1, ctx._kh = m0.append, m1.append, task._kids.append
             for i in range(n):
                 task._i = i
                 try:
@@ -298,18 +309,16 @@ class Worker:
                     base = k.sched.seq
                     k.sched.seq = base + seqs
                 task._seq0 = base + 1
-                i = n
                 # a list's iterator sees what is appended meanwhile: the follow-ons the
                 # handlers emit here run in this loop too (no length check per hop)
-                for _ in islice(m0, n, None):
+                for i, _ in enumerate(islice(m0, n, None), n):
                     task._i = i
-                    i += 1
                     try:
                         r = fn(ctx)
                     except Exception as e:  # noqa: BLE001
                         r, exc = HANDLER_EXCEPTION, e
                     if r is not None and (r.__class__ is not int or r):
-                        e = _note_code(bad, i - 1, r)
+                        e = _note_code(bad, i, r)
                         if e is not None:
                             exc = e
             ctx._inl_t = -1
@@ -317,7 +326,6 @@ class Worker:
             ctx._bhdr = -1
             if lim:
                 ctx._km0, ctx._klim = (), 0
-                ctx._k0 = ctx._k1 = ctx._kh = None
                 if ctx.emit is not ctx._general:     # the batch's sender: retire it
                     ctx._room[0] = 0
                     ctx.emit = ctx._general
@@ -342,10 +350,26 @@ class Worker:
                     codes[i] = r
         elapsed = k.clock() - t0
         cpu_ns = cpu() - c0 if cpu is not None else elapsed
-        ctx.flush()
+        if ctx._ek or ctx._emitters_active or k.channels is not None:
+            ctx.flush()
         if exc is not None:
             k.report_exception(h, exc, "".join(traceback.format_exception(exc)))
-        self._finish(recs, codes, h, t, elapsed, cpu_ns, n, traced, one, extra)
+        if codes is None and one is not None and not traced and cpu is None \
+                and not (one[5] or one[3] or ctx._retained) and t not in k.poison.counts:
+            # one task (and its counted follow-ons) finished OK, untraced, no payload, no
+            # channel, no tenants: what _finish does for it, without its general checks (this
+            # runs between the handler and the park, while a host the handler woke may be
+            # waiting for the GIL)
+            nn = 1 + extra
+            m = k.metrics_shard[self.id]
+            tv = m.tv
+            tv[_DEQ, t] += nn
+            tv[_OK, t] += nn
+            if trace.enabled:
+                trace.skipped(self.id, nn)
+            m.observe_int(k.h_batch_ns, elapsed)
+        else:
+            self._finish(recs, codes, h, t, elapsed, cpu_ns, n, traced, one, extra)
         self.tasks += len(recs) + extra
         self.batches += 1
         if want_codes:
@@ -363,6 +387,7 @@ class Worker:
         n = len(recs)
         kids = task._kids
         nk = len(task._m0) - n
+        task._m1_full()                   # (follow-ons with meta1 = 0 left it short)
         # one array for the batch and its follow-ons: the batch's records copied as raw bytes,
         # the follow-ons' header as one template fill, then their columns
         out = np.empty(n + nk, TASK_DTYPE)
@@ -440,9 +465,9 @@ class Worker:
         m = k.metrics_shard[self.id]
         retained = self.ctx._retained
         if codes is None:
-            tc = m.types                  # t is a dispatched type: in range, no check needed
-            tc[_DEQ, t] += n
-            tc[_OK, t] += n
+            tv = m.tv                     # t is a dispatched type: in range, no check needed
+            tv[_DEQ, t] += n
+            tv[_OK, t] += n
             if traced:
                 k.tracer.emit_batch(self.id, EventType.TASK_END, recs, arg0=recs["seq"])
             elif k.tracer.enabled:
@@ -473,7 +498,7 @@ class Worker:
         if t in pd.counts:        # a type that failed lately: count its attempts (poison rate)
             pd.attempted(t, n if codes is None else int((codes >= 0).sum()), k.tick)
         if k.sched.policy is None:
-            m.observe(k.h_batch_ns, elapsed)      # all that account() does without tenants
+            m.observe_int(k.h_batch_ns, elapsed)  # all that account() does without tenants
         else:
             k.account(self.id, recs, elapsed, cpu_ns)
         if (one[3] if one is not None else recs["channel"][0]) and k.channels is not None:
