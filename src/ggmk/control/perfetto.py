@@ -132,6 +132,8 @@ def _gpu(trace: dict, gpu_events, types: dict, gpid: int, t0: int) -> list:
                     "args": {"name": label}})
         out.append({"ph": "M", "name": "thread_sort_index", "pid": gpid, "tid": GPU_TID0 + w,
                     "args": {"sort_index": w}})
+    handlers = {int(k): v for k, v in (trace.get("gpu_handlers") or {}).items()}
+    names = {**{t: h for t, h in handlers.items()}, **types}   # a type's name, else handler's
     open_: dict = {}
     for w, ts, ev, tenant, ttype, a0, a1, n in gpu_events:
         code = ev & (SAMPLED_BIT - 1)
@@ -143,12 +145,13 @@ def _gpu(trace: dict, gpu_events, types: dict, gpid: int, t0: int) -> list:
             if n > 0:
                 start = open_.pop((w, ttype), None)
                 if start is not None and start <= ts:
-                    out.append({"ph": "X", "name": types.get(ttype, f"TYPE_{ttype}"),
+                    out.append({"ph": "X", "name": names.get(ttype, f"TYPE_{ttype}"),
                                 "cat": "gpu_task", "pid": gpid, "tid": tid,
                                 "ts": (start - t0) / 1000.0, "dur": (ts - start) / 1000.0,
-                                "args": {"n": n}})
+                                "args": {"n": n, "type": ttype,
+                                         "handler": handlers.get(ttype, "?")}})
             continue
-        args = {"type": types.get(ttype, ttype), "tenant": tenant, "arg0": a0, "arg1": a1}
+        args = {"type": names.get(ttype, ttype), "tenant": tenant, "arg0": a0, "arg1": a1}
         if code == EventType.TASK_FAIL:
             args["code"] = code_name(a0 - (1 << 32) if a0 >= 1 << 31 else a0)
         out.append({"ph": "i", "s": "t", "name": _ev_name(code), "cat": "gpu", "pid": gpid,

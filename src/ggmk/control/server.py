@@ -1014,7 +1014,10 @@ class ControlServer:
         if k is None:
             return {}
         cfg = getattr(k, "config", None)
+        handlers = {str(int(h.type)): f"{h.module.name}.{h.name}"
+                    for h in getattr(k, "handlers", ())}
         return {"gpu_nworkers": int(getattr(cfg, "blocks", 0) or 0),
+                "gpu_handlers": handlers,
                 "gpu_host_threads": int(getattr(cfg, "host_threads", 0) or 0),
                 "gpu_trace_tasks": bool(getattr(cfg, "trace_tasks", False)),
                 "gpu_lost": int(getattr(k, "trace_lost", 0))}
