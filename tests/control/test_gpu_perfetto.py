@@ -7,7 +7,9 @@ the GPU kernel ran) and instant events, valid trace-event JSON. The first tests 
 ``perfetto.to_chrome`` on hand-made GPU events (no system)."""
 import json
 import os
+import signal
 import subprocess
+import threading
 
 import pytest
 from conftest import GGMK, ROOT, Ggmk
@@ -210,6 +212,30 @@ def test_perfetto_window_shows_gpu_slices_next_to_bridge_flows(traced, wait_unti
     assert slices and all(e["tid"] >= GPU_TID0 for e in slices)
     assert any(e["ph"] == "s" and e["cat"] == "bridge" for e in ev)
     assert any(e["ph"] == "C" and e["name"].startswith("gpu") for e in ev)
+
+
+def test_trace_follow_streams_gpu_rows(traced, wait_until):
+    """`ggmk trace -f` streams the GPU kernel's events too, as ["gpu", worker, ts, ...]."""
+    g = traced
+    p = subprocess.Popen([GGMK, "trace", "-f"], env=g.env, stdout=subprocess.PIPE, text=True)
+    lines: list = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")),
+                              daemon=True)
+    reader.start()
+    nworkers = g.json("ps")["kernels"][1]["workers"]
+    try:
+        def fed_until_seen():
+            assert g("emit", "BURST", "--meta0", "0", "--meta1", "100").returncode == 0
+            return any(ln.startswith('["gpu"') and json.loads(ln)[3] == EventType.TASK_START
+                       for ln in list(lines))
+        assert wait_until(fed_until_seen, 120)
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.wait(30)
+    reader.join(30)
+    rows = [json.loads(ln) for ln in lines if ln.startswith('["gpu"')]
+    assert rows and all(len(r) == 9 and 0 <= r[1] < nworkers for r in rows)
+    assert any(r[3] == EventType.TASK_START and r[8] >= 1 for r in rows)
 
 
 # last: it halts the module's system

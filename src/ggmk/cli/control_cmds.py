@@ -567,9 +567,11 @@ def log(follow, lines, state_dir, as_json):
         pass
 
 
-@click.command(help="Trace events of the CPU kernel: a summary, JSON, or (--perfetto FILE) "
-                    "Chrome trace-event JSON for Perfetto: one track per worker, task slices, "
-                    "instant events for drops. Task slices need --level all.")
+@click.command(help="Trace events of both kernels: a summary, JSON, or (--perfetto FILE) "
+                    "Chrome trace-event JSON for Perfetto: one track per worker of each "
+                    "kernel, task slices, instant events for drops, failures and the watchdog, "
+                    "counters, bridge flows. CPU task slices need --level all; GPU task slices "
+                    "a GPU kernel booted with --trace-tasks.")
 @click.option("--perfetto", type=click.Path(dir_okay=False, writable=True), default=None,
               metavar="FILE", help="Write Chrome trace-event JSON to FILE.")
 @click.option("--level", type=click.Choice(["off", "error", "warn", "info", "all"]),
