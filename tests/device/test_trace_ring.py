@@ -65,9 +65,19 @@ def test_drain_sees_complete_records_in_order_and_waits_for_a_reserved_slot():
     assert len(recs) == 0 and cur2 == cur and lost == 0
 
 
+def _kernel_view(tr, seq):
+    """Just what ``DeviceKernel.drain_trace`` uses of a kernel (its ring cursor and lock)."""
+    return types.SimpleNamespace(_h={"tr": tr, "trseq": seq}, _tr_cursor=0, _tr_pending={},
+                                 _tr_lock=threading.Lock(), trace_lost=0,
+                                 _check=lambda: None)
+
+
 def test_writers_wrap_the_ring_while_the_host_drains():
-    """3 writer threads, 20,000 records through a 64-slot ring, a drainer thread: drained +
-    lost == written, every drained record intact, positions strictly increasing."""
+    """3 writer threads, 20,000 records through a 64-slot ring, a drainer thread
+    (``DeviceKernel.drain_trace``): drained + lost == written, every drained record intact,
+    positions strictly increasing. (Writers a lap apart can race for one slot and the older
+    one write it last: the newer position never appears, and drain_trace skips it after
+    ``TRACE_STALL_S`` as lost; without that the drain would wait for it forever.)"""
     tr = np.zeros(CAP * layout.TW, np.int64)
     seq = np.zeros(CAP, np.int64)
     total = 20_000
@@ -90,15 +100,15 @@ def test_writers_wrap_the_ring_while_the_host_drains():
             tr[s * layout.TW:(s + 1) * layout.TW] = _record(p)
             seq[s] = p + 1
 
+    k = _kernel_view(tr, seq)
+
     def drainer():
-        cur = 0
         try:
             while True:
                 done = writers_done.is_set()
-                recs, cur, lost, _ = host.drain_trace_ring(tr, seq, cur)
-                got.append(_check(recs, -1))
-                lost_total[0] += lost
-                if done and cur == total:
+                got.append(_check(host.DeviceKernel.drain_trace(k), -1))
+                if done and k._tr_cursor == total:
+                    lost_total[0] = k.trace_lost
                     return
         except BaseException as e:   # noqa: BLE001 - reported below
             errors.append(e)
@@ -128,10 +138,40 @@ def test_drain_trace_skips_a_slot_left_unwritten(monkeypatch):
     for p in (0, 2, 3):                # position 1 never written
         tr[p * layout.TW:(p + 1) * layout.TW] = _record(p)
         seq[p] = p + 1
-    k = types.SimpleNamespace(_h={"tr": tr, "trseq": seq}, _tr_cursor=0, _tr_pending={},
-                              _tr_lock=threading.Lock(), trace_lost=0, _check=lambda: None)
+    k = _kernel_view(tr, seq)
     drain = host.DeviceKernel.drain_trace
     assert _check(drain(k), -1) == [0]
     assert len(drain(k)) == 0 and k.trace_lost == 0            # first seen unwritten
     assert len(drain(k)) == 0 and k.trace_lost == 1            # stalled: skipped, lost
     assert _check(drain(k), 1) == [2, 3] and k._tr_cursor == 4
+
+
+def test_a_slot_won_by_the_older_of_two_writers_a_lap_apart(monkeypatch):
+    """Position 1 reserved, the ring wraps, position 1 + CAP writes the same slot, then the
+    slow writer of position 1 finishes last: 1 + CAP never appears and is skipped as lost
+    once stalled; every position is drained or lost, once."""
+    monkeypatch.setattr(host, "TRACE_STALL_S", -1.0)
+    tr = np.zeros(CAP * layout.TW, np.int64)
+    seq = np.zeros(CAP, np.int64)
+
+    def write(p):
+        s = p % CAP
+        seq[s] = 0
+        tr[s * layout.TW:(s + 1) * layout.TW] = _record(p)
+        seq[s] = p + 1
+
+    k = _kernel_view(tr, seq)
+    drain = host.DeviceKernel.drain_trace
+    write(0)
+    assert _check(drain(k), -1) == [0]
+    for p in range(2, CAP + 5):
+        write(p)
+    write(1)                                   # the slow writer of position 1, last
+    got = _check(drain(k), 0)
+    # positions 1..4 are older than the ring's last lap: lost (1's record was, in fact, there);
+    # then up to the slot that position 1 + CAP never got
+    assert got == list(range(5, CAP + 1)) and k.trace_lost == 4
+    assert len(drain(k)) == 0 and k.trace_lost == 4        # first seen unwritten
+    assert len(drain(k)) == 0 and k.trace_lost == 5        # stalled: skipped, lost
+    assert _check(drain(k), CAP + 1) == list(range(CAP + 2, CAP + 5))
+    assert 1 + len(got) + (CAP + 5 - (CAP + 2)) + k.trace_lost == CAP + 5

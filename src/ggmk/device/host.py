@@ -534,8 +534,10 @@ class DeviceKernel:
         it, and ``n``, the task count of a task slice's TASK_START / TASK_END). The ring
         overwrites when the host falls behind; ``trace_lost`` counts what was overwritten.
         A record whose slot is reserved but not yet written stops the drain there (the next
-        drain takes it), unless it stays unwritten for ``TRACE_STALL_S`` (a worker killed in
-        the middle of writing it): then it is counted lost and skipped. Thread-safe."""
+        drain takes it), unless it stays unwritten for ``TRACE_STALL_S``: then it is counted
+        lost and skipped. That happens when a worker was killed in the middle of writing it,
+        or when the ring wrapped under two writers a lap apart and the older one wrote the
+        slot last (its position is then drained, the newer one's never appears). Thread-safe."""
         self._check()
         with self._tr_lock:
             recs, cursor, lost, pending = drain_trace_ring(self._h["tr"], self._h["trseq"],
