@@ -537,7 +537,7 @@ class DeviceKernel:
         drain takes it), unless it stays unwritten for ``TRACE_STALL_S``: then it is counted
         lost and skipped. That happens when a worker was killed in the middle of writing it,
         or when the ring wrapped under two writers a lap apart and the older one wrote the
-        slot last (its position is then drained, the newer one's never appears). Thread-safe."""
+        slot last (the newer position never appears). Thread-safe."""
         self._check()
         with self._tr_lock:
             recs, cursor, lost, pending = drain_trace_ring(self._h["tr"], self._h["trseq"],
@@ -574,9 +574,11 @@ TRACE_STALL_S = 0.5      # a reserved trace slot unwritten this long is skipped 
 
 def drain_trace_ring(tr: np.ndarray, trseq: np.ndarray, cursor: int):
     """The host half of the trace ring protocol (the device half: ``trace_event`` in
-    ``kernel_src``): a writer reserves position ``p`` (a global fetch-add), writes the record
-    in slot ``p % cap``, then, after a system fence, ``trseq[slot] = p + 1``. Positions up to
-    ``cursor`` were drained. Returns ``(records, new_cursor, lost, pending)``: the complete
+    ``kernel_src``): a writer reserves position ``p`` (a global fetch-add), clears
+    ``trseq[slot]`` of slot ``p % cap``, writes the record there, then sets ``trseq[slot] =
+    p + 1``, with a system fence before each sequence store after the first; a copy is kept
+    only if the slot's sequence is the same after it as before. Positions up to ``cursor``
+    were drained. Returns ``(records, new_cursor, lost, pending)``: the complete
     records after ``cursor`` in position order, as far as the first position whose slot
     holds an older sequence (reserved, not yet written: ``pending`` is that position, the
     next drain resumes there; None if there is none); ``lost`` counts positions overwritten
