@@ -575,10 +575,9 @@ TRACE_STALL_S = 0.5      # a reserved trace slot unwritten this long is skipped 
 def drain_trace_ring(tr: np.ndarray, trseq: np.ndarray, cursor: int):
     """The host half of the trace ring protocol (the device half: ``trace_event`` in
     ``kernel_src``): a writer reserves position ``p`` (a global fetch-add), clears
-    ``trseq[slot]`` of slot ``p % cap``, writes the record there, then sets ``trseq[slot] =
-    p + 1``, with a system fence before each sequence store after the first; a copy is kept
-    only if the slot's sequence is the same after it as before. Positions up to ``cursor``
-    were drained. Returns ``(records, new_cursor, lost, pending)``: the complete
+    ``trseq[slot]`` of slot ``p % cap``, fences, writes the record there, fences, and sets
+    ``trseq[slot] = p + 1``; a copy is kept only if the slot's sequence is the same after it
+    as before. Positions up to ``cursor`` were drained. Returns ``(records, new_cursor, lost, pending)``: the complete
     records after ``cursor`` in position order, as far as the first position whose slot
     holds an older sequence (reserved, not yet written: ``pending`` is that position, the
     next drain resumes there; None if there is none); ``lost`` counts positions overwritten
