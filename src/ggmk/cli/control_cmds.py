@@ -140,6 +140,10 @@ def _boot_options(fn):
     fn = click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
                       help="Also serve Prometheus /metrics on 127.0.0.1:PORT (0: any free "
                       "port; `ggmk ps` shows it).")(fn)
+    fn = click.option("--trace-tasks", is_flag=True, default=False,
+                      help="Compile task slices into the GPU kernel (TASK_START/END per batch "
+                      "a worker runs, every type) for `ggmk trace --perfetto`; needs --device. "
+                      "A separate kernel build (cached); off: the default kernel, no cost.")(fn)
     fn = click.option("--device", type=click.Choice(DEVICES), default="none",
                       show_default=True, help="none: the CPU kernel alone; auto/cpu/sim/cuda: "
                       "both kernels (ggmk.dual) with the GPU kernel on that target.")(fn)
@@ -156,9 +160,12 @@ def _boot_options(fn):
               help="Seconds to wait for the detached system to answer.")
 @state_dir_option
 @json_option
-def boot(app, device, workers, hal, deterministic, metrics_port, foreground, boot_timeout,
-         state_dir, as_json):
+def boot(app, device, workers, hal, deterministic, metrics_port, trace_tasks, foreground,
+         boot_timeout, state_dir, as_json):
     from ggmk.control.client import Client, probe, remove_stale
+    if trace_tasks and device == "none":
+        _fail("--trace-tasks compiles task slices into the GPU kernel: it needs --device "
+              "auto|cpu|sim|cuda (got --device none)", EXIT_ERROR)
     paths = _paths(state_dir)
     try:
         paths.ensure()
@@ -175,7 +182,8 @@ def boot(app, device, workers, hal, deterministic, metrics_port, foreground, boo
     if foreground:
         from ggmk.control.runner import serve
         sys.exit(serve(app, paths, device=device, workers=workers, hal=hal,
-                       deterministic=deterministic, metrics_port=metrics_port))
+                       deterministic=deterministic, metrics_port=metrics_port,
+                       trace_tasks=trace_tasks))
     argv = [sys.executable, "-m", "ggmk.cli.main", "_serve", app, "--state-dir",
             str(paths.dir), "--device", device]
     if workers is not None:
@@ -186,6 +194,8 @@ def boot(app, device, workers, hal, deterministic, metrics_port, foreground, boo
         argv.append("--deterministic" if deterministic else "--no-deterministic")
     if metrics_port is not None:
         argv += ["--metrics-port", str(metrics_port)]
+    if trace_tasks:
+        argv.append("--trace-tasks")
     if device != "none":
         click.echo(f"ggmk: booting {app} with the GPU kernel (device {device}): building the "
                    "GPU kernel, cached after the first run (a cold build takes about 100 s)",
@@ -241,10 +251,11 @@ def _log_tail(path, start: int, n: int = 4000) -> str:
 @click.argument("app")
 @_boot_options
 @state_dir_option
-def serve_cmd(app, device, workers, hal, deterministic, metrics_port, state_dir):
+def serve_cmd(app, device, workers, hal, deterministic, metrics_port, trace_tasks, state_dir):
     from ggmk.control.runner import serve
     sys.exit(serve(app, _paths(state_dir), device=device, workers=workers, hal=hal,
-                   deterministic=deterministic, metrics_port=metrics_port))
+                   deterministic=deterministic, metrics_port=metrics_port,
+                   trace_tasks=trace_tasks))
 
 
 # -- halt / ps / stats -------------------------------------------------------------------------------
@@ -556,9 +567,11 @@ def log(follow, lines, state_dir, as_json):
         pass
 
 
-@click.command(help="Trace events of the CPU kernel: a summary, JSON, or (--perfetto FILE) "
-                    "Chrome trace-event JSON for Perfetto: one track per worker, task slices, "
-                    "instant events for drops. Task slices need --level all.")
+@click.command(help="Trace events of both kernels: a summary, JSON, or (--perfetto FILE) "
+                    "Chrome trace-event JSON for Perfetto: one track per worker of each "
+                    "kernel, task slices, instant events for drops, failures and the watchdog, "
+                    "counters, bridge flows. CPU task slices need --level all; GPU task slices "
+                    "a GPU kernel booted with --trace-tasks.")
 @click.option("--perfetto", type=click.Path(dir_okay=False, writable=True), default=None,
               metavar="FILE", help="Write Chrome trace-event JSON to FILE.")
 @click.option("--level", type=click.Choice(["off", "error", "warn", "info", "all"]),
@@ -587,6 +600,8 @@ def trace(perfetto, level, seconds, follow, max_events, module, type_, sample, s
                 for data in c.stream("trace", {**args, "follow": True}):
                     for e in data.get("events", []):
                         click.echo(json.dumps(e))
+                    for e in data.get("gpu_events", []):       # ["gpu", worker, ts, ...]
+                        click.echo(json.dumps(["gpu", *e]))
                     sys.stdout.flush()
         except KeyboardInterrupt:
             pass
@@ -598,22 +613,29 @@ def trace(perfetto, level, seconds, follow, max_events, module, type_, sample, s
         with open(perfetto, "w") as f:
             json.dump(doc, f)
         click.echo(f"wrote {perfetto}: {len(doc['traceEvents'])} trace events from "
-                   f"{len(res['events'])} ggmk events (open in https://ui.perfetto.dev)")
+                   f"{len(res['events'])} ggmk events"
+                   + (f" and {len(res['gpu_events'])} GPU kernel events"
+                      if res.get("gpu_events") else "")
+                   + " (open in https://ui.perfetto.dev)")
         return
     if as_json:
         _echo_json(res)
         return
-    counts: dict = {}
-    for e in res["events"]:
-        code = e[2] & (SAMPLED_BIT - 1)
-        try:
-            name = EventType(code).name
-        except ValueError:
-            name = f"EVENT_{code}"
-        counts[name] = counts.get(name, 0) + 1
-    click.echo(f"{len(res['events'])} events ({res.get('dropped', 0)} dropped from the buffer)")
-    for name, n in sorted(counts.items(), key=lambda kv: -kv[1]):
-        click.echo(f"  {name:<16} {n}")
+    for key, what, dropped in (("events", "events", res.get("dropped", 0)),
+                               ("gpu_events", "GPU kernel events", res.get("gpu_dropped", 0))):
+        if key == "gpu_events" and key not in res:
+            continue
+        counts: dict = {}
+        for e in res[key]:
+            code = e[2] & (SAMPLED_BIT - 1)
+            try:
+                name = EventType(code).name
+            except ValueError:
+                name = f"EVENT_{code}"
+            counts[name] = counts.get(name, 0) + 1
+        click.echo(f"{len(res[key])} {what} ({dropped} dropped from the buffer)")
+        for name, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+            click.echo(f"  {name:<16} {n}")
 
 
 @click.command(help="A live view of the system (both kernels: workers, queues, memory, "

@@ -27,8 +27,9 @@ def boot_system(modules, options: dict, device: str):
 
 
 def serve(app: str, paths: StatePaths, *, device: str = "none", workers=None, hal=None,
-          deterministic=None, metrics_port=None, out=sys.stdout) -> int:
-    """Returns the exit code. Holds the state dir's lock for the process's lifetime."""
+          deterministic=None, metrics_port=None, trace_tasks=False, out=sys.stdout) -> int:
+    """Returns the exit code. Holds the state dir's lock for the process's lifetime.
+    ``trace_tasks``: the GPU kernel is built with task slices (``DeviceConfig.trace_tasks``)."""
     paths.ensure()
     lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -49,6 +50,11 @@ def serve(app: str, paths: StatePaths, *, device: str = "none", workers=None, ha
             options["hal"] = hal
         if deterministic is not None:
             options["deterministic"] = deterministic
+        if trace_tasks:
+            if device == "none":
+                raise ValueError("trace_tasks needs a GPU kernel (--device auto|cpu|sim|cuda)")
+            options["device_config"] = {**(options.get("device_config") or {}),
+                                        "trace_tasks": True}
         system = boot_system(modules, options, device)
     except Exception as e:   # noqa: BLE001 - a boot failure is reported, not a traceback
         print(f"ggmk: boot failed: {type(e).__name__}: {e}", file=sys.stderr)

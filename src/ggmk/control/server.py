@@ -76,6 +76,17 @@ class _LogHandler(logging.Handler):
             pass
 
 
+def _device_clock_offset(target: str) -> int:
+    """Nanoseconds to add to a GPU kernel trace timestamp to put it on the trace's clock
+    (``time.perf_counter_ns``, CLOCK_MONOTONIC). ``cpu`` and ``sim`` read CLOCK_MONOTONIC
+    themselves (same machine, also from a device process): 0. ``cuda`` reads ``%globaltimer``,
+    nanoseconds since the Unix epoch: the offset between the wall clock and the monotonic
+    clock, taken now (good to the timer's microsecond resolution)."""
+    if target != "cuda":
+        return 0
+    return time.perf_counter_ns() - time.time_ns()
+
+
 class ControlServer:
     """Serve ``system`` on ``paths.sock``. ``start()`` binds and listens; ``serve()`` runs the
     driver loop on the calling thread until halted; ``request_halt()`` (signal-safe) asks for
@@ -118,6 +129,9 @@ class ControlServer:
         self._trace_n = 0
         self._trace_dropped = 0
         self._trace_subs: list = []
+        self._gpu_chunks: deque = deque()        # DEVICE_TRACE_DTYPE arrays, trace clock
+        self._gpu_n = 0
+        self._gpu_dropped = 0
         self._seen_exc: set = set()
         self._log_handler = _LogHandler(self.log)
         logging.getLogger("ggmk").addHandler(self._log_handler)
@@ -901,14 +915,45 @@ class ControlServer:
                 _, old = self._trace_chunks.popleft()
                 self._trace_n -= len(old)
                 self._trace_dropped += len(old)
+            gpu = self._drain_gpu()
             subs = list(self._trace_subs)
+        if gpu is not None:
+            for q in subs:
+                q.append([("gpu", gpu)])
+            self._log_events([(None, gpu)], "GPU ")
         if not new:
             return
         for q in subs:
             q.append(new)
         self._log_events(new)
 
-    def _log_events(self, new) -> None:
+    def _drain_gpu(self):
+        """The GPU kernel's new trace records (``DeviceKernel.drain_trace``: each says which
+        worker recorded it), their timestamps moved to the trace's clock, kept like the CPU
+        kernel's (bounded, oldest dropped). Called with ``_trace_lock`` held. The kernel is
+        looked up each time: a watchdog reset replaces it (what the old one had not handed
+        over is lost with it)."""
+        k = getattr(self.system, "kernel", None) if self.dual else None
+        if k is None or not hasattr(k, "drain_trace"):
+            return None
+        try:
+            part = k.drain_trace()
+        except Exception:   # noqa: BLE001 - not started / gone: nothing to take
+            return None
+        if not len(part):
+            return None
+        off = _device_clock_offset(getattr(k, "target_name", ""))
+        if off:
+            part["ts"] = (part["ts"].astype(np.int64) + off).astype(np.uint64)
+        self._gpu_chunks.append(part)
+        self._gpu_n += len(part)
+        while self._gpu_n > TRACE_CAPACITY and len(self._gpu_chunks) > 1:
+            old = self._gpu_chunks.popleft()
+            self._gpu_n -= len(old)
+            self._gpu_dropped += len(old)
+        return part
+
+    def _log_events(self, new, kernel: str = "") -> None:
         from ggmk.events import EVENT_LEVEL, SAMPLED_BIT, EventType, Level
         agg: dict = {}
         for w, part in new:
@@ -926,7 +971,8 @@ class ControlServer:
                     agg[k] = agg.get(k, 0) + int((sel["task_type"] == t).sum())
         for (e, t), n in sorted(agg.items()):
             lvl = "error" if EVENT_LEVEL.get(e) == Level.ERROR else "warn"
-            self.log.add(lvl, "trace", f"{e.name} {self.cpu.type_name(t)}: {n} event(s)")
+            self.log.add(lvl, "trace", f"{kernel}{e.name} {self.cpu.type_name(t)}: {n} "
+                         "event(s)")
 
     def _check_exceptions(self) -> None:
         exc = list(getattr(self.cpu, "exceptions", ()))
@@ -948,6 +994,33 @@ class ControlServer:
         rows.sort(key=lambda r: r[1])
         cut = max(0, len(rows) - max_events)
         return rows[cut:], cut
+
+    @staticmethod
+    def _gpu_rows(parts, max_events: int, t_from=None) -> tuple[list, int]:
+        """GPU trace rows ``[worker, ts, event, tenant, type, arg0, arg1, n]`` (n: the task
+        count of a task slice's start/end), oldest first, the newest ``max_events``."""
+        rows = []
+        for part in parts:
+            if t_from is not None:
+                part = part[part["ts"] >= t_from]
+            for ts, ev, ten, ty, a0, a1, w, n in part.tolist():
+                rows.append([w, ts, ev, ten, ty, a0, a1, n])
+        rows.sort(key=lambda r: r[1])
+        cut = max(0, len(rows) - max_events)
+        return rows[cut:], cut
+
+    def _gpu_meta(self) -> dict:
+        k = getattr(self.system, "kernel", None) if self.dual else None
+        if k is None:
+            return {}
+        cfg = getattr(k, "config", None)
+        handlers = {str(int(h.type)): f"{h.module.name}.{h.name}"
+                    for h in getattr(k, "handlers", ())}
+        return {"gpu_nworkers": int(getattr(cfg, "blocks", 0) or 0),
+                "gpu_handlers": handlers,
+                "gpu_host_threads": int(getattr(cfg, "host_threads", 0) or 0),
+                "gpu_trace_tasks": bool(getattr(cfg, "trace_tasks", False)),
+                "gpu_lost": int(getattr(k, "trace_lost", 0))}
 
     def cmd_trace(self, conn, rid, args):
         level = self._arg(args, "level", str, None)
@@ -976,7 +1049,8 @@ class ControlServer:
         def view(chunks):
             return views.sample_events(views.filter_events(chunks, keep), sample)
         meta = {"workers": self.tracer.nworkers, "nworkers": self.cpu.nworkers,
-                "types": self._type_names(), "pid": os.getpid(), "app": self.app}
+                "types": self._type_names(), "pid": os.getpid(), "app": self.app,
+                **self._gpu_meta()}
         if follow:
             q: deque = deque(maxlen=1024)
             with self._trace_lock:
@@ -991,9 +1065,15 @@ class ControlServer:
                     while q:
                         chunks.extend(q.popleft())
                     chunks = view(chunks)
+                    gpu = [p for w, p in chunks if w == "gpu"]
+                    chunks = [(w, p) for w, p in chunks if w != "gpu"]
                     if chunks:
                         rows, _ = self._events_json(chunks, max_events)
                         if not self._send(conn, P.stream(rid, {"events": rows})):
+                            return _STOP
+                    if gpu:
+                        rows, _ = self._gpu_rows(gpu, max_events)
+                        if not self._send(conn, P.stream(rid, {"gpu_events": rows})):
                             return _STOP
                 self._send(conn, P.end(rid))
                 return _STOP
@@ -1010,6 +1090,8 @@ class ControlServer:
         with self._trace_lock:
             chunks = list(self._trace_chunks)
             dropped = self._trace_dropped
+            gpu = list(self._gpu_chunks)
+            gpu_dropped = self._gpu_dropped
         if seconds:
             # only what arrived during the capture window
             skip = mark - dropped
@@ -1022,6 +1104,8 @@ class ControlServer:
                 skip = 0
             chunks = kept
         rows, cut = self._events_json(view(chunks), max_events)
+        gpu_rows, gpu_cut = self._gpu_rows([p for _, p in view([("gpu", p) for p in gpu])],
+                                           max_events, t_from)
         with self._trace_lock:
             counters = list(self._counters)
             crossings = list(self._crossings)
@@ -1029,8 +1113,10 @@ class ControlServer:
             t_from = rows[0][1] if rows else 0
         counters = [list(c) for c in counters if c[0] >= t_from]
         crossings = [list(c) for c in crossings if c[0] >= t_from]
-        return {**meta, "events": rows, "cut": cut, "dropped": dropped,
-                "tracer": self.tracer.stats()["total"], "counters": counters,
+        gpu_part = {"gpu_events": gpu_rows, "gpu_cut": gpu_cut,
+                    "gpu_dropped": gpu_dropped} if self.dual else {}
+        return {**meta, **self._gpu_meta(), "events": rows, "cut": cut, "dropped": dropped,
+                **gpu_part, "tracer": self.tracer.stats()["total"], "counters": counters,
                 "crossings": crossings,
                 "target": getattr(self.system, "target", None) if self.dual else None}
 

@@ -39,7 +39,6 @@ from ggmk import task as taskmod
 from ggmk.device import codegen, diagnose, layout
 from ggmk.device.targets import get_target, option
 from ggmk.errors import BootError, DeviceError, KernelStopped
-from ggmk.events import TRACE_DTYPE
 from ggmk.task import TASK_DTYPE
 
 SYS_ERROR = layout.CH_SYS_ERROR
@@ -106,6 +105,8 @@ class DeviceKernel:
         self._arrays = None
         self._h = None
         self._tr_cursor = 0
+        self._tr_pending: dict = {}       # {position: monotonic time first seen unwritten}
+        self._tr_lock = threading.Lock()
         self.trace_lost = 0
         self._stopped = False
         self._notify = None
@@ -528,20 +529,34 @@ class DeviceKernel:
         return out
 
     def drain_trace(self) -> np.ndarray:
-        """Trace events recorded since the last drain, oldest first (TRACE_DTYPE). The ring
-        overwrites when the host falls behind; ``trace_lost`` counts what was overwritten."""
+        """Trace records written since the last drain, oldest first (``layout.
+        DEVICE_TRACE_DTYPE``: the 24-byte trace event plus ``worker``, the block that recorded
+        it, and ``n``, the task count of a task slice's TASK_START / TASK_END). The ring
+        overwrites when the host falls behind; ``trace_lost`` counts what was overwritten.
+        A record whose slot is reserved but not yet written stops the drain there (the next
+        drain takes it), unless it stays unwritten for ``TRACE_STALL_S``: then it is counted
+        lost and skipped. That happens when a worker was killed in the middle of writing it,
+        or when the ring wrapped under two writers a lap apart and the older one wrote the
+        slot last (the newer position never appears). Thread-safe."""
         self._check()
-        seqs = self._h["trseq"].copy()
-        fresh = np.nonzero(seqs > self._tr_cursor)[0]
-        if len(fresh) == 0:
-            return np.zeros(0, TRACE_DTYPE)
-        order = fresh[np.argsort(seqs[fresh], kind="stable")]
-        recs = self._h["tr"].reshape(-1, layout.TW)[order].copy()
-        first = int(seqs[order[0]]) - 1
-        if first > self._tr_cursor:
-            self.trace_lost += first - self._tr_cursor
-        self._tr_cursor = int(seqs[order[-1]])
-        return recs.view(TRACE_DTYPE).reshape(-1)
+        with self._tr_lock:
+            recs, cursor, lost, pending = drain_trace_ring(self._h["tr"], self._h["trseq"],
+                                                           self._tr_cursor)
+            now = time.monotonic()
+            if pending is not None and len(recs) == 0:
+                since = self._tr_pending.get(pending)
+                if since is None:
+                    self._tr_pending = {pending: now}
+                elif now - since > TRACE_STALL_S:
+                    # skip the stuck slot: everything after it is drained next time
+                    self._tr_pending = {}
+                    lost += 1
+                    cursor = pending
+            else:
+                self._tr_pending = {}
+            self._tr_cursor = cursor
+            self.trace_lost += lost
+            return recs
 
     # ------------------------------------------------------------------ conveniences
     @property
@@ -552,6 +567,46 @@ class DeviceKernel:
         state = "running" if self.alive() else ("stopped" if self._stopped else "new")
         return (f"DeviceKernel(target={self.target_name}, workers={self.config.blocks}, "
                 f"handlers={len(self.handlers)}, {state})")
+
+
+TRACE_STALL_S = 0.5      # a reserved trace slot unwritten this long is skipped (lost)
+
+
+def drain_trace_ring(tr: np.ndarray, trseq: np.ndarray, cursor: int):
+    """The host half of the trace ring protocol (the device half: ``trace_event`` in
+    ``kernel_src``): a writer reserves position ``p`` (a global fetch-add), clears
+    ``trseq[slot]`` of slot ``p % cap``, fences, writes the record there, fences, and sets
+    ``trseq[slot] = p + 1``; a copy is kept only if the slot's sequence is the same after it
+    as before. Positions up to ``cursor`` were drained. Returns ``(records, new_cursor, lost, pending)``: the complete
+    records after ``cursor`` in position order, as far as the first position whose slot
+    holds an older sequence (reserved, not yet written: ``pending`` is that position, the
+    next drain resumes there; None if there is none); ``lost`` counts positions overwritten
+    before they were drained, and records the device overwrote while they were copied."""
+    cap = len(trseq)
+    seqs = trseq.copy()
+    top = int(seqs.max()) if cap else 0
+    if top <= cursor:
+        return np.zeros(0, layout.DEVICE_TRACE_DTYPE), cursor, 0, None
+    lo = max(cursor + 1, top - cap + 1)          # older positions: their slots were reused
+    lost = lo - (cursor + 1)
+    q = np.arange(lo, top + 1, dtype=np.int64)  # the positions the ring can still hold
+    slots = (q - 1) % cap
+    at = seqs[slots]
+    waiting = np.nonzero(at < q)[0]
+    pending = None
+    if len(waiting):
+        end = int(waiting[0])
+        pending = int(q[end])
+        q, slots, at = q[:end], slots[:end], at[:end]
+    here = at == q
+    lost += int((~here).sum())                    # overwritten by a newer position
+    take = slots[here]
+    recs = tr.reshape(-1, layout.TW)[take].copy()
+    again = trseq[take]                           # a slot rewritten while we copied it
+    same = again == q[here]
+    lost += int((~same).sum())
+    out = recs[same].reshape(-1).view(layout.DEVICE_TRACE_DTYPE)
+    return out, (int(q[-1]) if len(q) else lo - 1), lost, pending
 
 
 class _HookedSession:

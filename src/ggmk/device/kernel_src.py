@@ -219,16 +219,25 @@ def met_type(D, blk, ti, k, v):
     blk_add(D, O_MET + blk * NMET + NGLOBAL_METRICS + ti * NPT + k, v)
 
 
-def trace_event(S, ev, task_type, tenant, a0, a1):
-    """Append one 24-byte event to the trace ring (lossy: the ring overwrites the oldest)."""
+def trace_event(S, blk, ev, task_type, tenant, a0, a1, n):
+    """Append one 32-byte record to the trace ring (lossy: the ring overwrites the oldest):
+    the 24-byte trace event (SPEC §7) and a fourth word, the worker that recorded it (``blk``;
+    the host's Perfetto export draws one track per worker) and ``n``, the number of tasks a
+    task slice stands for (0 for every other event). A sequence lock per slot: the slot's
+    sequence is cleared before the record is rewritten and set (position + 1) after it, each
+    behind a system fence, so the host (``host.drain_trace_ring``) takes a slot only when
+    its sequence is the same before and after its copy: never a record half overwritten."""
     D = S[0]
     M = S[1]
     pos = atomic_add(D, O_GLOB + G_TR_HEAD, 1)
     slot = pos & (TR_CAP - 1)
     o = O_TR + slot * TW
+    vstore(M, O_TRSEQ + slot, 0)
+    fence_system()
     vstore(M, o, clock_ns())
     vstore(M, o + 1, (ev & 0xFFFF) | ((tenant & 0xFFFF) << 16) | hi32(task_type))
     vstore(M, o + 2, (a0 & 0xFFFFFFFF) | hi32(a1))
+    vstore(M, o + 3, (blk & 0xFFFFFFFF) | hi32(n))
     fence_system()
     vstore(M, O_TRSEQ + slot, pos + 1)
 
@@ -236,7 +245,20 @@ def trace_event(S, ev, task_type, tenant, a0, a1):
 def trace_if(S, blk, ev, ev_level, w0, a0, a1):
     ti = type_index(rec_type(w0))
     if ev_level <= type_level(ti) or (rec_flags(w0) & FLAG_EMIT_TRACE) != 0:
-        trace_event(S, ev, rec_type(w0), rec_tenant(w0), a0, a1)
+        trace_event(S, blk, ev, rec_type(w0), rec_tenant(w0), a0, a1, 0)
+        met_add(S[0], blk, M_TRACE_EVENTS, 1)
+
+
+def trace_segment(S, blk, ev, ti, cnt):
+    """A task slice's start or end (lead lane): worker ``blk`` runs (ran) ``cnt`` tasks of
+    type index ``ti`` as one homogeneous segment. Compiled in only when ``TRACE_TASKS`` (the
+    device config's ``trace_tasks``, or a module at trace level ``all``); then recorded for
+    every type (``TRACE_TASKS_ALL``, the config option) or for the types whose module traces
+    at ``all``. One START/END pair per segment, not per task: the lanes of a segment run at
+    once (on ``cuda``), so per-task slices would only overlap on the worker's track, and a
+    pair per task would double the trace traffic of a segment of one record."""
+    if TRACE_TASKS_ALL or type_level(ti) >= LV_ALL:
+        trace_event(S, blk, ev, type_of_index(ti), 0, cnt, 0, cnt)
         met_add(S[0], blk, M_TRACE_EVENTS, 1)
 
 
@@ -924,7 +946,7 @@ def publish(S, blk):
 
 def trace_worker(S, ev, blk):
     if TRACE_WORKER:
-        trace_event(S, ev, 0, 0, blk, 0)
+        trace_event(S, blk, ev, 0, 0, blk, 0, 0)
 
 
 def iteration_start(S, blk, sh):
@@ -1096,8 +1118,13 @@ def dispatch_batch(S, blk, sh, tick, smem):
             else:
                 if is_lead():
                     met_type(D, blk, t - 1, PT_RUN, c)
+                    if TRACE_TASKS:
+                        trace_segment(S, blk, EV_TASK_START, t - 1, c)
                 dispatch_segment(S, blk, tick, t - 1, s0 + start * W, c, smem)
             syncthreads()
+            if TRACE_TASKS:
+                if t > 0 and is_lead():    # after the barrier: every lane's task is done
+                    trace_segment(S, blk, EV_TASK_END, t - 1, c)
 
 
 def iteration_end(S, blk, n):

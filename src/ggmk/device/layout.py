@@ -26,8 +26,17 @@ import numpy as np
 from ggmk.errors import BootError
 
 W = 6                      # int64 words per task record
-TW = 3                     # int64 words per trace record (24 bytes, TRACE_DTYPE)
+TW = 4                     # int64 words per trace ring record (32 bytes, DEVICE_TRACE_DTYPE:
+                           # the 24-byte TRACE_DTYPE event, then worker and slice task count)
 WARP = 32
+
+# a trace ring record as the host drains it (``DeviceKernel.drain_trace``): the 24-byte
+# ``events.TRACE_DTYPE`` event, then the worker (block) that recorded it and, for a task
+# slice's TASK_START / TASK_END, the number of tasks of the segment (0 for other events)
+DEVICE_TRACE_DTYPE = np.dtype([("ts", "<u8"), ("event", "<u2"), ("tenant", "<u2"),
+                               ("task_type", "<u4"), ("arg0", "<u4"), ("arg1", "<u4"),
+                               ("worker", "<u4"), ("n", "<u4")])
+assert DEVICE_TRACE_DTYPE.itemsize == TW * 8
 
 # ---- the state: three flat arrays. Regions (name, dtype, kind) in region order; each region's
 # offset within its home array is the compile-time constant O_<NAME>.
@@ -228,6 +237,8 @@ class DeviceConfig:
     rx_ingest_max: int = 1024
     host_threads: int = 1             # cpu: host threads running the blocks (block b on thread
                                       # b % host_threads); the other targets ignore it
+    trace_tasks: bool = False         # compile in task slices (TASK_START/END per segment, every
+                                      # type) for the Perfetto export; off: no cost at all
 
     def validate(self) -> "DeviceConfig":
         if self.blocks < 1:
@@ -240,6 +251,9 @@ class DeviceConfig:
         if self.host_threads < 1 or self.host_threads > self.blocks:
             raise BootError(f"device config: host_threads={self.host_threads} must be between "
                             f"1 and blocks={self.blocks}")
+        if not isinstance(self.trace_tasks, bool):
+            raise BootError(f"device config: trace_tasks={self.trace_tasks!r} must be True or "
+                            "False")
         if self.batch > self.local_cap:
             raise BootError("device config: batch must not exceed local_cap")
         if self.arena_bytes < NBINS * (MIN_BLOCK << (NBINS - 1)) * 2:

@@ -140,6 +140,10 @@ def constants(plan: layout.Plan, handlers) -> dict:
         c["LV_" + lv.name] = int(lv)
     c.update(ENQ_NORMAL=ENQ_NORMAL, ENQ_SHARED=ENQ_SHARED, ENQ_YIELD=ENQ_YIELD,
              ENQ_CHANNEL=ENQ_CHANNEL, CHAN_NO_SUBSCRIBER=CHAN_NO_SUBSCRIBER)
-    c["TRACE_WORKER"] = any(h.module.trace_level >= events.Level.ALL for h in handlers)
-    c["TRACE_TASKS"] = c["TRACE_WORKER"]
+    c["TRACE_WORKER"] = any(h.module.trace_level >= events.Level.ALL for h in handlers) or \
+        bool(plan.cfg.trace_tasks)
+    # task slices: the device config's ``trace_tasks`` (every type) or a module at ``all``
+    # (its types); compile-time, so the default build pays nothing, and part of the cache key
+    c["TRACE_TASKS_ALL"] = bool(plan.cfg.trace_tasks)
+    c["TRACE_TASKS"] = c["TRACE_WORKER"] or c["TRACE_TASKS_ALL"]
     return c
