@@ -860,22 +860,19 @@ class Bridge:
     # -- reset of the GPU kernel (the watchdog) --------------------------------------------------
     def begin_reset(self, reason: str) -> None:
         """Hold every transfer and make the CPU -> GPU bridge channels refuse new messages with
-        CHAN_CLOSED (their producers retry or report it) until :meth:`end_reset`. What the
-        channels already accepted stays queued on the CPU side and crosses afterwards.
-
-        (The CPU channel's ``closed`` flag is raised and lowered here: a stand-in for a core
-        ``Channel.suspend()`` / ``resume()`` hook.)"""
+        CHAN_CLOSED (their producers retry or report it) until :meth:`end_reset`
+        (``Channel.suspend`` / ``resume``). What the channels already accepted stays queued on
+        the CPU side and crosses afterwards."""
         self.paused = reason
         for st in self.ins:                 # (a retried reset keeps the first one's list)
-            if not st.ch.closed:
-                st.ch.closed = True
+            if st.ch.suspend():
                 self._suspended.append(st.ch)
         with self.lock:                  # a pump step in progress finishes first
             pass
 
     def end_reset(self) -> None:
         for ch in self._suspended:
-            ch.closed = False
+            ch.resume()
         self._suspended = []
         self.paused = None
         self._last_io = time.monotonic()
