@@ -434,8 +434,9 @@ class Bridge:
             types = recs["type"]
             if not len(recs):
                 return
-        utypes = np.unique(types)
-        for t in utypes.tolist():
+        t0 = types[0]
+        utypes = [int(t0)] if (types == t0).all() else np.unique(types).tolist()
+        for t in utypes:
             part = recs if len(utypes) == 1 else recs[types == t]
             if ds.BASE + 0x3000 <= t < ds.BASE + 0x4000:
                 self._marks(self.outs[ds.mark_index(t)], part)
@@ -906,18 +907,22 @@ class Bridge:
     def _log_sent(self, recs: np.ndarray) -> None:
         """Keep the ingress records of a sent batch (see ``_In.sent``): one copy per batch."""
         t = recs["type"]
-        m = (t >= _RX0) & (t < _RX1)
-        if not m.any():
-            return
-        part = recs[m]
-        pt = part["type"]
-        groups = [(int(pt[0]), part)] if (pt == pt[0]).all() else \
-            [(int(u), part[pt == u]) for u in np.unique(pt).tolist()]
+        t0 = int(t[0])
+        if _RX0 <= t0 < _RX1 and (t == t0).all():
+            groups = [(t0, recs)]              # the common case: one channel's ingress only
+        else:
+            m = (t >= _RX0) & (t < _RX1)
+            if not m.any():
+                return
+            part = recs[m]                     # (a fancy index: already a copy)
+            pt = part["type"]
+            groups = [(int(pt[0]), part)] if (pt == pt[0]).all() else \
+                [(int(u), part[pt == u]) for u in np.unique(pt).tolist()]
         for tid, g in groups:
             st = self._in_by_k.get(ds.rx_index(tid))
             if st is None:
                 continue
-            st.sent.append(g.copy())
+            st.sent.append(g.copy() if g.base is not None or g is recs else g)
             st.sent_n += len(g)
             while st.sent_n - len(st.sent[0]) >= st.log_cap:
                 st.sent_n -= len(st.sent.popleft())

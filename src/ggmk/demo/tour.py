@@ -41,8 +41,11 @@ def steps(trace: str, device: str = "auto") -> list[list[str]]:
         ["boot", str(APP), "--device", device, "--workers", "2", "--boot-timeout", "600"],
         ["emit", "SAMPLE", "--chan", "scale.in", "--payload",
          '{"x": 1.5, "n": 3, "tag": "cafe0001"}'],
+        # tracing on before the burst, the whole trace after it: a capture window opened
+        # after the emit returns may start when a fast bridge has already carried the burst
+        ["trace", "--level", "all", "--seconds", "0.01", "--perfetto", trace],
         ["emit", "BURST", "--meta0", "0", "--meta1", str(BURST)],
-        ["trace", "--level", "all", "--seconds", "1", "--perfetto", trace],
+        ["trace", "--perfetto", trace],
         ["ps"],
         ["kern", "info"],
         ["chan", "ls"],
