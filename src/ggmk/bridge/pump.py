@@ -314,12 +314,15 @@ class Bridge:
     SPIN = 32
     #: while hot, the longest sleep (s) between two looks at the next device -> host slot
     WATCH_MAX_S = 100e-6
+    #: ... and the longest watch (s) before the next whole pump step
+    WATCH_SPAN_S = 200e-6
 
     def _loop(self) -> None:
         _tight_timer_slack()             # its short sleeps (_watch) end on time
         idle = 0
         wake = self._wake
         ready = getattr(self.tx, "tx_ready", None)    # the cheap "anything to receive?" look
+        self._pause = 5e-6
         while not self._stop.is_set():
             wake.clear()                 # before the step: a wake-up during it is not lost
             try:
@@ -330,6 +333,7 @@ class Bridge:
                 time.sleep(0.001)
             if did:
                 idle = 0
+                self._pause = 5e-6
                 continue
             idle += 1
             if self._stage_n:
@@ -351,14 +355,18 @@ class Bridge:
         """Wait for the device's next record without a whole pump step per look: the next
         device -> host slot's sequence word is read between short waits on the wake event (5 us
         growing to ``WATCH_MAX_S``; the thread's timer slack is 1 us) until a record is there,
-        a CPU -> GPU message woke the pump (at once), or the hot period is over. Why sleeps and not a yield
-        loop: a thread that drops the GIL and takes it straight back (``sleep(0)``,
+        a CPU -> GPU message woke the pump (at once), or ``WATCH_SPAN_S`` passed. Why sleeps
+        and not a yield loop: a thread that drops the GIL and takes it straight back (``sleep(0)``,
         ``sched_yield``) keeps it from the thread that wants it for up to the switch interval
         (5 ms): the CPU worker that must run the reply. A sleep leaves the GIL free for its
         whole length. (A real bell from the device would remove even these looks: the device
         publishes into host memory and rings no host bell today.)"""
-        end = max(self._last_io + self.HOT_S, time.monotonic() + self.WATCH_MAX_S)
-        pause = 5e-6
+        # at most WATCH_SPAN_S per call: a step is still due that often for what no tx record
+        # announces (CPU channel room for waiting GPU -> CPU records, finished ingress credits)
+        # the pause grows across calls and starts again at 5 us after a step that moved
+        # something (_loop): a long wait on the device costs a look per 100 us, not 40 per ms
+        end = time.monotonic() + self.WATCH_SPAN_S
+        pause = self._pause
         mono = time.monotonic
         try:
             while not ready() and not wake.is_set():
@@ -366,7 +374,7 @@ class Bridge:
                     return
                 wake.wait(pause)
                 if pause < self.WATCH_MAX_S:
-                    pause *= 1.5
+                    pause = self._pause = min(pause * 1.5, self.WATCH_MAX_S)
         except Exception:   # noqa: BLE001 - a stopped kernel: the step reports it
             return
 
