@@ -378,7 +378,6 @@ class DeviceProcess:
         self._closed = False
         self._lock = threading.Lock()
         self.exit_info = None
-        self._parked = None
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> "DeviceProcess":
@@ -416,11 +415,6 @@ class DeviceProcess:
             self.launch = _RemoteLaunch(self)
             self.kernel.attach(words[:self.nmap], arena, self.launch, self._notify,
                                built=msg[1].get("built"))
-            # cpu target: the control word counting the kernel's parked host threads (_notify)
-            parked = getattr(self.kernel.target, "C_PARKED", None) \
-                if self.target_name == "cpu" else None
-            if parked is not None:
-                self._parked = (self.kernel._h["ctl"], int(parked))
         except BaseException:
             self.kill()
             raise
@@ -446,17 +440,9 @@ class DeviceProcess:
                 return ("error", f"boot timed out after {self.boot_timeout} s")
 
     def _notify(self) -> None:
-        """After a push: wake the child's relay, which rings the kernel's doorbell. On ``cpu``
-        only while one of the kernel's host threads is parked (the same rule as the in-process
-        notifier): a futex syscall per batch while the device is busy anyway was the pump's
-        largest single cost. The push published its tail under a lock (its release is a full
-        barrier), and a parking thread raises the parked count before its last look at the
-        ring: one of the two sees the other."""
         r = self._relay
         r[0] += 1
-        pk = self._parked
-        if pk is None or pk[0][pk[1]] != 0:
-            futex_wake(r.ctypes.data)
+        futex_wake(r.ctypes.data)
 
     def alive(self) -> bool:
         """The child runs and its kernel has not exited (never blocks)."""
