@@ -1,13 +1,18 @@
 """Bridge benchmark: one JSON line.
 
 bridge_tasks_per_s: CPU module -> GPU module -> CPU module over two bridge channels (cpu.in,
-gpu.back), inline tasks; bridge_payload_4k_per_s: the same with 4 KB payloads;
+gpu.back), inline tasks; bridge_payload_4k_per_s: the same with 4 KB payloads; cpu_us_per_task: CPU time (both processes) per
+task of the bridge_tasks_per_s run (less sensitive to the machine's load than throughput);
 transfers_per_task; GPU -> CPU throughput at batch sizes 8/64/512; round trip p50/p99 (one
 message CPU -> GPU -> CPU, the host waiting on an Event the CPU handler sets); peers in the
 same run: multiprocessing.Queue (one record per
 message) and a multiprocessing pipe with 64-record numpy batches (send_bytes).
 
-    .venv/bin/python bench/bridge.py [--n 200000]
+    .venv/bin/python bench/bridge.py [--n 200000] [--mode process|inproc]
+
+``--mode process`` (default, as ``ggmk.dual.boot``): the GPU kernel in a device process, the
+bridge's host side in shared memory; ``inproc``: the GPU kernel in this process
+(``device_process=False``).
 """
 import argparse
 import json
@@ -77,21 +82,41 @@ def peer_pipe(n):
     return got / dt
 
 
+def _cpu_s(s) -> float:
+    """CPU seconds used so far by this process and the device process (if any): a figure the
+    machine's load disturbs far less than wall-clock throughput."""
+    t = time.process_time()
+    proc = getattr(s, "process", None)
+    pid = getattr(proc, "pid", None)
+    if pid:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            t += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return t
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--mode", choices=("process", "inproc"), default="process")
     a = ap.parse_args()
     n = a.n
-    out = {"target": "cpu", "loadavg_1m": round(os.getloadavg()[0], 2),
+    dp = a.mode == "process"
+    out = {"target": "cpu", "mode": a.mode, "loadavg_1m": round(os.getloadavg()[0], 2),
            "cpus": os.cpu_count()}
-    s = boot()
+    s = boot(device_process=dp)
     try:
         out["target"] = s.target
         b0 = s.stats()["bridge"]
+        c0 = _cpu_s(s)
         t0 = time.perf_counter()
         publish_all(s, "cpu.in", n, timeout=600)
         assert s.run(timeout=600)
         dt = time.perf_counter() - t0
+        out["cpu_us_per_task"] = round((_cpu_s(s) - c0) / n * 1e6, 3)
         assert W.REC.back_n == n
         b1 = s.stats()["bridge"]
         out["bridge_tasks_per_s"] = round(n / dt)
@@ -119,7 +144,7 @@ def main():
     finally:
         s.halt()
     for bs in (8, 64, 512):
-        s = boot(bridge={"batch": bs})
+        s = boot(bridge={"batch": bs}, device_process=dp)
         try:
             t0 = time.perf_counter()
             gen(s, "GEN", n)
@@ -130,6 +155,7 @@ def main():
     out["peer_mp_queue_tasks_per_s"] = round(peer_queue(min(n, 50_000)))
     out["peer_pipe_batched_tasks_per_s"] = round(peer_pipe(n))
     out["ratio_vs_pipe"] = round(out["bridge_tasks_per_s"] / out["peer_pipe_batched_tasks_per_s"], 3)
+    out["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out))
 
 

@@ -546,7 +546,7 @@ class DualSystem:
         unfinished = sum(max(0, st.inflight()) for st in b.ins)
         acct = b.reset_device(T.HALTED, reset=False)
         for ch in b._suspended:                # a failed reset left them refusing: the CPU
-            ch.closed = False                  # kernel's halt closes (and drains) them
+            ch.resume()                        # kernel's halt closes (and drains) them
         b._suspended = []
         return {"killed": killed, "unfinished": unfinished, "named": acct["lost"]}
 

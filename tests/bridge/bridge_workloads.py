@@ -95,11 +95,11 @@ class Recorder:
     """What the CPU handlers saw; ``gate`` (set by default) holds SINK back while cleared."""
 
     def __init__(self):
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()     # (re-entered: callers read .back under it)
         self.sink_seq: list = []
         self.sink_val: list = []
         self.lsink_val: list = []
-        self.back: list = []          # (meta0, meta1, payload ok, address ok)
+        self._back: list = []         # chunks: (meta0, meta1, payload ok, address ok, ptr)
         self.back_n = 0
         self.back_event = threading.Event()   # set whenever BACK_SINK recorded something
         self.gate = threading.Event()
@@ -108,9 +108,21 @@ class Recorder:
 
     def clear(self):
         with self.lock:
-            self.sink_seq, self.sink_val, self.lsink_val, self.back = [], [], [], []
+            self.sink_seq, self.sink_val, self.lsink_val, self._back = [], [], [], []
             self.back_n = 0
             self.back_event.clear()
+
+    @property
+    def back(self) -> list:
+        """One (meta0, meta1, payload ok, address ok, payload_ptr) tuple per BACK_SINK message,
+        in arrival order (built on demand: the handler keeps columns, so the benchmark's CPU
+        side costs a few array copies per batch, not a tuple per message)."""
+        with self.lock:
+            chunks = list(self._back)
+        out = []
+        for m0, m1, ok, addr, ptr in chunks:
+            out.extend(zip(m0.tolist(), m1.tolist(), ok.tolist(), addr.tolist(), ptr.tolist()))
+        return out
 
 
 REC = Recorder()
@@ -138,24 +150,24 @@ def back_sink(ctx, batch):
     """A batch handler (the bridge benchmark measures the bridge, not a per-task handler):
     one (meta0, meta1, payload ok, address ok, payload_ptr) row per message."""
     r = batch.records
-    m0 = r["meta0"].tolist()
-    m1 = r["meta1"].tolist()
-    ptrs = r["payload_ptr"].tolist()
-    if not r["payload_len"].any():
-        rows = [(a, b, True, True, p) for a, b, p in zip(m0, m1, ptrs)]
+    n = len(r)
+    plen = r["payload_len"]
+    ptrs = r["payload_ptr"].copy()
+    if not plen.any():
+        ok = np.ones(n, bool)
+        addr = ok
     else:
         exp = REC.expect_payload
         arena = ctx.arena
-        rows = []
-        for a, b, p, n in zip(m0, m1, ptrs, r["payload_len"].tolist()):
-            ok = True
-            if n:
-                ok = exp is not None and p != 0 and \
-                    bytes(np.asarray(arena.view(p, n), dtype=np.uint8)) == exp
-            rows.append((a, b, ok, bool(p) if n else True, p))
+        ok = np.ones(n, bool)
+        for i in np.flatnonzero(plen).tolist():
+            p, m = int(ptrs[i]), int(plen[i])
+            ok[i] = exp is not None and p != 0 and \
+                bytes(np.asarray(arena.view(p, m), dtype=np.uint8)) == exp
+        addr = (ptrs != 0) | (plen == 0)
     with REC.lock:
-        REC.back.extend(rows)
-        REC.back_n += len(rows)
+        REC._back.append((r["meta0"].copy(), r["meta1"].copy(), ok, addr, ptrs))
+        REC.back_n += n
     REC.back_event.set()
 
 

@@ -78,6 +78,16 @@ SYS_DROPPED = layout.CH_SYS_DROPPED
 _CLEAR_FLAGS = np.uint16(0xFFFF ^ FLAG_CHANNEL_MSG)
 
 
+def _tight_timer_slack() -> None:
+    """1 us of timer slack for the calling thread (Linux adds up to 50 us to a normal
+    thread's sleep: most of the pump's 5-100 us looks)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(29, 1000, 0, 0, 0)     # PR_SET_TIMERSLACK
+    except (OSError, AttributeError):
+        pass
+
+
 class BridgeError(GgmkError):
     """Bad use of the bridge (e.g. pushing while the GPU kernel is being reset)."""
 
@@ -122,6 +132,68 @@ class _In:
         return self.pushed - self.done
 
 
+class _Reorder:
+    """GPU -> CPU records that arrived ahead of a sequence gap, as NumPy columns (the device's
+    workers forward a channel's messages out of order; restoring the order must not cost a
+    Python dict entry per record). Chunks are kept as they come (records, their device channel
+    seqs, live mask: False = the message died on the device, its seq only closes the gap) and
+    sorted together when a run may be complete: one ``argsort`` per batch."""
+
+    __slots__ = ("recs", "seqs", "live", "n")
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self.recs: list = []
+        self.seqs: list = []
+        self.live: list = []
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def add(self, recs: np.ndarray, seqs: np.ndarray, live: np.ndarray | None = None) -> None:
+        self.recs.append(recs)
+        self.seqs.append(np.asarray(seqs, np.int64))
+        self.live.append(np.ones(len(recs), bool) if live is None else live)
+        self.n += len(recs)
+
+    def merged(self):
+        """(records, seqs, live) of everything held, sorted by seq (kept merged)."""
+        if len(self.recs) > 1 or (self.recs and len(self.seqs[0]) > 1
+                                  and (np.diff(self.seqs[0]) < 0).any()):
+            recs = np.concatenate(self.recs) if len(self.recs) > 1 else self.recs[0]
+            seqs = np.concatenate(self.seqs) if len(self.seqs) > 1 else self.seqs[0]
+            live = np.concatenate(self.live) if len(self.live) > 1 else self.live[0]
+            o = np.argsort(seqs, kind="stable")
+            self.recs, self.seqs, self.live = [recs[o]], [seqs[o]], [live[o]]
+        if not self.recs:
+            return T.empty(0), np.zeros(0, np.int64), np.zeros(0, bool)
+        return self.recs[0], self.seqs[0], self.live[0]
+
+    def pop_run(self, nxt: int):
+        """Take the run of consecutive seqs starting at ``nxt``: (live records of it, the seq
+        after it). A seq seen twice (cannot happen: the device numbers each message once) would
+        end the run."""
+        recs, seqs, live = self.merged()
+        if not len(seqs) or seqs[0] != nxt:
+            return None, nxt
+        k = len(seqs)
+        bad = np.flatnonzero(seqs != nxt + np.arange(k, dtype=np.int64))
+        if len(bad):
+            k = int(bad[0])
+        run, rl = recs[:k], live[:k]
+        if k == len(seqs):
+            self.clear()
+        else:
+            self.recs, self.seqs, self.live = [recs[k:]], [seqs[k:]], [live[k:]]
+            self.n = len(seqs) - k
+        if not rl.all():
+            run = run[rl]
+        return run, nxt + k
+
+
 class _Out:
     """A GPU -> CPU bridge channel."""
 
@@ -131,7 +203,7 @@ class _Out:
         self.ch = ch
         self.window = window
         self.next_seq = 1
-        self.reorder: dict = {}        # device seq -> 1-record array, or None (dead)
+        self.reorder = _Reorder()      # ahead of a sequence gap (columns)
         self.ready: deque = deque()    # arrays in channel order, waiting for room
         self.ready_n = 0
         self.grant = 0
@@ -238,11 +310,19 @@ class Bridge:
     #: waits for a wake-up (the device publishes into host memory and rings no host bell)
     HOT_S = 0.005
     #: polls that only yield the GIL (``sleep(0)``) before the waits between polls grow
+    #: (transports without ``tx_ready``)
     SPIN = 32
+    #: while hot, the longest sleep (s) between two looks at the next device -> host slot
+    WATCH_MAX_S = 100e-6
+    #: ... and the longest watch (s) before the next whole pump step
+    WATCH_SPAN_S = 200e-6
 
     def _loop(self) -> None:
+        _tight_timer_slack()             # its short sleeps (_watch) end on time
         idle = 0
         wake = self._wake
+        ready = getattr(self.tx, "tx_ready", None)    # the cheap "anything to receive?" look
+        self._pause = 5e-6
         while not self._stop.is_set():
             wake.clear()                 # before the step: a wake-up during it is not lost
             try:
@@ -253,13 +333,16 @@ class Bridge:
                 time.sleep(0.001)
             if did:
                 idle = 0
+                self._pause = 5e-6
                 continue
             idle += 1
             if self._stage_n:
                 # a partial batch waits at most flush_us (new messages wake the pump sooner)
                 wake.wait(max(self.flush_ns / 1e9, 1e-6))
             elif self._hot():
-                if idle < self.SPIN:
+                if ready is not None:
+                    self._watch(ready, wake)
+                elif idle < self.SPIN:
                     time.sleep(0)        # let the CPU workers and the device thread run
                 else:
                     wake.wait(min(20e-6 * (idle - self.SPIN + 1), 200e-6))
@@ -267,6 +350,33 @@ class Bridge:
                 # nothing on its way: CPU -> GPU messages (the subscriber ring's push),
                 # push_device, resume and stop wake the pump; the timeout is a safety net
                 wake.wait(0.002)
+
+    def _watch(self, ready, wake) -> None:
+        """Wait for the device's next record without a whole pump step per look: the next
+        device -> host slot's sequence word is read between short waits on the wake event (5 us
+        growing to ``WATCH_MAX_S``; the thread's timer slack is 1 us) until a record is there,
+        a CPU -> GPU message woke the pump (at once), or ``WATCH_SPAN_S`` passed. Why sleeps
+        and not a yield loop: a thread that drops the GIL and takes it straight back (``sleep(0)``,
+        ``sched_yield``) keeps it from the thread that wants it for up to the switch interval
+        (5 ms): the CPU worker that must run the reply. A sleep leaves the GIL free for its
+        whole length. (A real bell from the device would remove even these looks: the device
+        publishes into host memory and rings no host bell today.)"""
+        # at most WATCH_SPAN_S per call: a step is still due that often for what no tx record
+        # announces (CPU channel room for waiting GPU -> CPU records, finished ingress credits)
+        # the pause grows across calls and starts again at 5 us after a step that moved
+        # something (_loop): a long wait on the device costs a look per 100 us, not 40 per ms
+        end = time.monotonic() + self.WATCH_SPAN_S
+        pause = self._pause
+        mono = time.monotonic
+        try:
+            while not ready() and not wake.is_set():
+                if mono() >= end or self._stop.is_set():
+                    return
+                wake.wait(pause)
+                if pause < self.WATCH_MAX_S:
+                    pause = self._pause = min(pause * 1.5, self.WATCH_MAX_S)
+        except Exception:   # noqa: BLE001 - a stopped kernel: the step reports it
+            return
 
     def _hot(self) -> bool:
         """Something is on its way through the device (poll its ring closely)."""
@@ -332,8 +442,9 @@ class Bridge:
             types = recs["type"]
             if not len(recs):
                 return
-        utypes = np.unique(types)
-        for t in utypes.tolist():
+        t0 = types[0]
+        utypes = [int(t0)] if (types == t0).all() else np.unique(types).tolist()
+        for t in utypes:
             part = recs if len(utypes) == 1 else recs[types == t]
             if ds.BASE + 0x3000 <= t < ds.BASE + 0x4000:
                 self._marks(self.outs[ds.mark_index(t)], part)
@@ -366,22 +477,12 @@ class Bridge:
             st.ready_n += len(part)
             st.next_seq = int(seqs[-1]) + 1
             return
-        for i, s in enumerate(seqs.tolist()):
-            st.reorder[s] = None if (dead is not None and dead[i]) else part[i:i + 1]
+        st.reorder.add(part, seqs, None if dead is None else ~dead)
         self._drain_reorder(st)
 
     def _drain_reorder(self, st: _Out) -> None:
-        run = []
-        nxt = st.next_seq
-        ro = st.reorder
-        while nxt in ro:
-            r = ro.pop(nxt)
-            nxt += 1
-            if r is not None:
-                run.append(r)
-        st.next_seq = nxt
-        if run:
-            arr = np.concatenate(run) if len(run) > 1 else run[0]
+        arr, st.next_seq = st.reorder.pop_run(st.next_seq)
+        if arr is not None and len(arr):
             st.ready.append(arr)
             st.ready_n += len(arr)
 
@@ -442,9 +543,17 @@ class Bridge:
                                    meta1=np.array(d, np.uint64)))
             self.c["service_records"] += len(recs)
 
+    #: GPU -> CPU arrays waiting for one channel are joined into one emit up to this many
+    COALESCE = 8192
+
     def _deliver_out(self) -> bool:
         did = False
         for st in self.outs.values():
+            if len(st.ready) > 1 and st.ready_n <= self.COALESCE:
+                # one emit (one channel lock, one scheduler wake-up) for what arrived this round
+                arr = np.concatenate(st.ready)
+                st.ready.clear()
+                st.ready.append(arr)
             while st.ready:
                 arr = st.ready[0]
                 try:
@@ -568,7 +677,7 @@ class Bridge:
                 if where == SYS_ERROR:
                     self._grant(st, 1)    # the egress took its credit before it failed
                 if not st.det:
-                    st.reorder[seq] = None
+                    st.reorder.add(r, np.array([seq], np.int64), np.zeros(1, bool))
                     self._drain_reorder(st)
             elif ds.BASE + 0x1000 <= t < ds.BASE + 0x2000:       # ingress failed on the device
                 st = self._in_by_k[ds.rx_index(t)]
@@ -806,18 +915,22 @@ class Bridge:
     def _log_sent(self, recs: np.ndarray) -> None:
         """Keep the ingress records of a sent batch (see ``_In.sent``): one copy per batch."""
         t = recs["type"]
-        m = (t >= _RX0) & (t < _RX1)
-        if not m.any():
-            return
-        part = recs[m]
-        pt = part["type"]
-        groups = [(int(pt[0]), part)] if (pt == pt[0]).all() else \
-            [(int(u), part[pt == u]) for u in np.unique(pt).tolist()]
+        t0 = int(t[0])
+        if _RX0 <= t0 < _RX1 and (t == t0).all():
+            groups = [(t0, recs)]              # the common case: one channel's ingress only
+        else:
+            m = (t >= _RX0) & (t < _RX1)
+            if not m.any():
+                return
+            part = recs[m]                     # (a fancy index: already a copy)
+            pt = part["type"]
+            groups = [(int(pt[0]), part)] if (pt == pt[0]).all() else \
+                [(int(u), part[pt == u]) for u in np.unique(pt).tolist()]
         for tid, g in groups:
             st = self._in_by_k.get(ds.rx_index(tid))
             if st is None:
                 continue
-            st.sent.append(g.copy())
+            st.sent.append(g.copy() if g.base is not None or g is recs else g)
             st.sent_n += len(g)
             while st.sent_n - len(st.sent[0]) >= st.log_cap:
                 st.sent_n -= len(st.sent.popleft())
@@ -860,22 +973,19 @@ class Bridge:
     # -- reset of the GPU kernel (the watchdog) --------------------------------------------------
     def begin_reset(self, reason: str) -> None:
         """Hold every transfer and make the CPU -> GPU bridge channels refuse new messages with
-        CHAN_CLOSED (their producers retry or report it) until :meth:`end_reset`. What the
-        channels already accepted stays queued on the CPU side and crosses afterwards.
-
-        (The CPU channel's ``closed`` flag is raised and lowered here: a stand-in for a core
-        ``Channel.suspend()`` / ``resume()`` hook.)"""
+        CHAN_CLOSED (their producers retry or report it) until :meth:`end_reset`
+        (``Channel.suspend`` / ``resume``). What the channels already accepted stays queued on
+        the CPU side and crosses afterwards."""
         self.paused = reason
         for st in self.ins:                 # (a retried reset keeps the first one's list)
-            if not st.ch.closed:
-                st.ch.closed = True
+            if st.ch.suspend():
                 self._suspended.append(st.ch)
         with self.lock:                  # a pump step in progress finishes first
             pass
 
     def end_reset(self) -> None:
         for ch in self._suspended:
-            ch.closed = False
+            ch.resume()
         self._suspended = []
         self.paused = None
         self._last_io = time.monotonic()
@@ -983,12 +1093,11 @@ class Bridge:
             self._alloc_retry_t = 0.0
             for st in self.outs.values():
                 if st.reorder:
-                    keys = sorted(st.reorder)
-                    acct["gaps"] += (keys[-1] - st.next_seq + 1) - len(keys)
-                    run = [st.reorder[k] for k in keys if st.reorder[k] is not None]
+                    recs, keys, live = st.reorder.merged()
+                    acct["gaps"] += (int(keys[-1]) - st.next_seq + 1) - len(keys)
                     st.reorder.clear()
-                    if run:
-                        arr = np.concatenate(run)
+                    arr = recs[live]
+                    if len(arr):
                         st.ready.append(arr)
                         st.ready_n += len(arr)
                 st.next_seq = 1
@@ -1125,8 +1234,10 @@ class Bridge:
             self._pending_alloc.clear()
             self._alloc_retry = []
             for st in self.outs.values():
-                for arr in list(st.ready) + [r for r in st.reorder.values() if r is not None] \
-                        + st.fence_buf:
+                recs, _, live = st.reorder.merged()
+                for arr in list(st.ready) + [recs[live]] + st.fence_buf:
+                    if not len(arr):
+                        continue
                     self._to_sys_error(arr, code, release=True)
                     n += len(arr)
                 st.ready.clear()

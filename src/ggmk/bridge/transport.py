@@ -85,6 +85,10 @@ class InProcessTransport:
             return _EMPTY
         return k.pull(max_records)
 
+    def tx_ready(self) -> bool:
+        """Whether the device published a record ``recv`` would take (one word read)."""
+        return self.kernel.tx_ready()
+
     def rx_pending(self) -> int:
         return self.kernel.rx_pending()
 

@@ -213,6 +213,7 @@ class Channel(ReplayMixin):
         self.held: list[np.ndarray] = []     # deterministic: waiting for the tick boundary
         self.held_n = 0
         self.closed = False
+        self.suspended = False               # closed by suspend(), reopened by resume()
         self.t_open = time.monotonic()
         # metrics
         self.emitted = 0
@@ -694,13 +695,48 @@ class Channel(ReplayMixin):
                     n += max(0, self.committed - s.next + 1)
         return n
 
+    # -- suspending -----------------------------------------------------------------------------
+    def suspend(self) -> bool:
+        """Refuse new messages for a while without losing any: producers get CHAN_CLOSED
+        (``emit`` accepts 0, ``publish`` returns CHAN_CLOSED) until :meth:`resume`; what the
+        channel already accepted stays queued and subscribers keep receiving it. Why not
+        ``close``: close drops what it holds and is for good. The bridge suspends its CPU -> GPU
+        channels while the GPU kernel is reset, so their producers see the far side gone
+        instead of filling a ring nobody reads. Taken under the channel lock: once this returns
+        no emit can still be admitting. Returns False (nothing done) on a closed channel or one
+        already suspended::
+
+            ch.suspend()
+            assert ch.publish(meta0=1) == CHAN_CLOSED
+            ch.resume()
+            assert ch.publish(meta0=1) == OK
+        """
+        with self.lock:
+            if self.closed:
+                return False
+            self.suspended = True
+            self.closed = True            # the flag every producer path already checks
+            return True
+
+    def resume(self) -> bool:
+        """Accept messages again after :meth:`suspend`. Returns False if it was not suspended
+        (a channel closed for good stays closed)."""
+        with self.lock:
+            if not self.suspended:
+                return False
+            self.suspended = False
+            self.closed = False
+            return True
+
     # -- closing --------------------------------------------------------------------------------
     def close(self) -> int:
         """Close the channel: later emits get CHAN_CLOSED; every message it still holds goes to
-        sys.dropped with CHAN_CLOSED (payload references released). Returns how many."""
+        sys.dropped with CHAN_CLOSED (payload references released). Returns how many. A
+        suspended channel is closed for good (no resume)."""
         with self.lock:
-            if self.closed:
+            if self.closed and not self.suspended:
                 return 0
+            self.suspended = False
             self.closed = True
             n = 0
             if self.held:
@@ -747,7 +783,8 @@ class Channel(ReplayMixin):
             "id": self.id, "name": self.name,
             "type": self.kernel.type_name(self.type_id) if self.type_id else "*",
             "mode": self.mode, "guarantee": self.guarantee, "capacity": self.capacity,
-            "reserve": self.reserve, "closed": self.closed, "deterministic": self.det,
+            "reserve": self.reserve, "closed": self.closed, "suspended": self.suspended,
+            "deterministic": self.det,
             "depth": max((s["depth"] for s in subs), default=0) + self.held_n,
             "high_watermark": max((s["high_watermark"] for s in subs), default=0),
             "emitted": self.emitted, "emit_rate": self.emitted / dt, "seq": self.seq,

@@ -270,8 +270,12 @@ class DeviceKernel:
             if n <= 0:
                 return 0
             words = np.ascontiguousarray(records[:n]).view(np.int64).reshape(n, layout.W)
-            idx = (tail + np.arange(n)) & (cap - 1)
-            self._h["rx"].reshape(cap, layout.W)[idx] = words
+            ring = self._h["rx"].reshape(cap, layout.W)
+            s0 = tail & (cap - 1)
+            k = min(n, cap - s0)             # up to the ring's end, then from its start:
+            ring[s0:s0 + k] = words[:k]      # two slice copies, no index array
+            if k < n:
+                ring[:n - k] = words[k:]
             ctl[layout.C_RX_TAIL] = tail + n    # after the records: the device reads tail first
         self._ring()
         return n
@@ -305,14 +309,25 @@ class DeviceKernel:
         k = cap if max_records is None else min(cap, max_records)
         with self._tx_lock:
             head = int(ctl[layout.C_TX_HEAD])
-            pos = head + np.arange(k, dtype=np.int64)
-            ready = self._h["txseq"][pos & (cap - 1)] == pos + 1
+            # the records at head, head+1, ... are there while their sequence word says so;
+            # the ring as (up to) two slices from head: no index arrays
+            s0 = head & (cap - 1)
+            k1 = min(k, cap - s0)
+            seq = self._h["txseq"]
+            exp = np.arange(head + 1, head + 1 + k, dtype=np.int64)
+            ready = seq[s0:s0 + k1] == exp[:k1]
+            if k1 < k:
+                ready = np.concatenate((ready, seq[:k - k1] == exp[k1:]))
             n = k if ready.all() else int(np.argmin(ready))
             out = taskmod.empty(n)
             if not n:
                 return out
-            out.view(np.int64).reshape(n, layout.W)[:] = \
-                self._h["tx"].reshape(cap, layout.W)[pos[:n] & (cap - 1)]
+            dst = out.view(np.int64).reshape(n, layout.W)
+            ring = self._h["tx"].reshape(cap, layout.W)
+            m = min(n, k1)
+            dst[:m] = ring[s0:s0 + m]
+            if m < n:
+                dst[m:] = ring[:n - m]
             ctl[layout.C_TX_HEAD] = head + n
         if n == cap or ctl[layout.C_TX_HELD] != 0:
             # the ring was full: records may wait in its spill area (device memory) or
