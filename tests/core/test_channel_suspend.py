@@ -7,7 +7,7 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.core.kernel import boot
-from ggmk.task import CHAN_CLOSED, OK
+from ggmk.task import CHAN_CLOSED, CHAN_FULL, OK
 
 
 def test_suspend_refuses_keeps_queue_and_resume_restores():
@@ -43,12 +43,13 @@ def test_two_producers_while_another_thread_suspends_and_resumes(wait_until):
     delivered exactly once, every refusal was CHAN_CLOSED, and each suspension is seen by both
     producers (waited on, not timed)."""
     rounds = 8
-    per = 4000                       # messages per producer: under the capacity, so a refusal
-    with boot([], hal="threads", workers=2) as s:   # can only be the suspension's
+    per = 4000                       # messages per producer
+    with boot([], hal="threads", workers=2) as s:
         ch = s.open("data.in", "MSG", capacity=2 * per)
         sub = ch.subscribe()
         stop = threading.Event()
-        refusals = [[], []]          # (code, suspended_round) per producer
+        refusals = [[], []]          # codes other than CHAN_FULL, per producer
+        fulls = [0, 0]
         accepted = [[], []]
         got = []
         errors = []
@@ -61,6 +62,8 @@ def test_two_producers_while_another_thread_suspends_and_resumes(wait_until):
                     if r == OK:
                         accepted[p].append(p * per + i)
                         i += 1
+                    elif r == CHAN_FULL:
+                        fulls[p] += 1             # the consumer is behind: retried
                     else:
                         refusals[p].append(r)     # retried until accepted
             except BaseException as e:   # noqa: BLE001 - reported by the test thread
@@ -101,7 +104,7 @@ def test_two_producers_while_another_thread_suspends_and_resumes(wait_until):
         assert not any(t.is_alive() for t in ts + [tc])
         assert done_rounds >= 1
         # accounting: every accepted message delivered once, in each producer's order;
-        # every refusal was CHAN_CLOSED; nothing dropped
+        # every refusal but a full channel's was CHAN_CLOSED; nothing dropped
         assert sorted(got) == sorted(accepted[0] + accepted[1]) == list(range(2 * per))
         for p in (0, 1):
             mine = [v for v in got if p * per <= v < (p + 1) * per]
@@ -111,3 +114,32 @@ def test_two_producers_while_another_thread_suspends_and_resumes(wait_until):
         st = ch.stats()
         assert st["dropped"] == 0 and st["emitted"] == 2 * per and not st["suspended"]
         assert len(s.dead_letters("sys.dropped")[0]) == 0
+
+
+def test_messages_a_handler_staged_before_a_suspension_are_delivered():
+    """A worker's emitter takes credit and stages messages without the lock; a suspension
+    between the staging and the commit must not drop what emit already accepted (0)."""
+    from ggmk.core.module import Module
+    codes = []
+    p = Module("prod")
+    p.produces("data.out", "MSG", capacity=64)
+    holder = {}
+
+    @p.handler("GO")
+    def go(ctx):
+        codes.append(ctx.emit("data.out", meta0=1))
+        codes.append(ctx.emit("data.out", meta0=2))      # takes a credit: staged from here
+        codes.append(ctx.emit("data.out", meta0=3))
+        holder["ch"].suspend()
+        codes.append(ctx.emit("data.out", meta0=4))      # inside the credit: accepted
+
+    with boot([p], hal="threads", workers=2) as s:
+        ch = holder["ch"] = s.channel("data.out")
+        sub = ch.subscribe()
+        s.submit("GO")
+        assert s.run(timeout=30)
+        assert codes == [0, 0, 0, 0]
+        assert ch.suspended and ch.resume()
+        got = sub.take()["meta0"].tolist()
+        drops, _ = s.dead_letters("sys.dropped")
+    assert got == [1, 2, 3, 4] and len(drops) == 0

@@ -142,7 +142,9 @@ class Emitter:
             ch.granted -= self.grant
             self.grant = self.lim[0] = 0
             if n:
-                if ch.closed:
+                # staged under credit before a suspend(): accepted, so delivered; only a
+                # channel closed for good drops what was staged
+                if ch.closed and not ch.suspended:
                     recs["channel"] = ch.id
                     for sub in ch.subs or [None]:
                         ch._drop(recs, CHAN_CLOSED, sub, release=False)
