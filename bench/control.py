@@ -50,7 +50,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--rounds", type=int, default=3, help="unwatched/watched pairs (medians)")
+    ap.add_argument("--rounds", type=int, default=7,
+                    help="unwatched/watched pairs (medians; one 3 s round swings +-10%%)")
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="ggb-", dir="/tmp")
     env = {**os.environ, "GGMK_STATE_DIR": d}
