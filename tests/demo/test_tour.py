@@ -26,6 +26,7 @@ def _run(env=None, timeout=600):
 def _check(r):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
+    assert "trace level set to all (it stays set)" in out
     for step in ("$ ggmk boot", "--device auto", "building the GPU kernel, cached after the "
                  "first run", "$ ggmk emit SAMPLE --chan scale.in", "$ ggmk emit BURST",
                  "$ ggmk ps", "$ ggmk kern info", "$ ggmk chan ls", "$ ggmk top --seconds",

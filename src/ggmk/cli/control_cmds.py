@@ -621,6 +621,9 @@ def trace(perfetto, level, seconds, follow, max_events, module, type_, sample, s
     if as_json:
         _echo_json(res)
         return
+    if level:
+        click.echo(f"trace level set to {level}" + (f" for module {module}" if module else "")
+                   + " (it stays set); buffered now:")
     for key, what, dropped in (("events", "events", res.get("dropped", 0)),
                                ("gpu_events", "GPU kernel events", res.get("gpu_dropped", 0))):
         if key == "gpu_events" and key not in res:
