@@ -60,7 +60,6 @@ def counter(name, chan, msg):
 
     @m.handler(f"{name.upper()}_IN", batch=True, consumes=chan, message=msg)
     def take(ctx, batch):
-        nonlocal lock
         with lock:
             m.n += len(batch)
     return m
@@ -248,34 +247,11 @@ def bench_reqreply_pipelined(calls, workers, depth=100):
 
 def wakeup_floor_us(n=5000, warmup=200) -> float:
     """p50 round trip (us) of a token handed to a second thread and back through two plain
-    locks used as semaphores: the primitive both ends of a ggmk request sleep on (a parked
-    worker; ``sdk.Client``'s waiter), so two wake-ups, as in one request/reply (the same
-    measure as bench/cpu_dispatch.py's ``wakeup_floor_us``)."""
-    ping, pong = threading.Lock(), threading.Lock()
-    ping.acquire()
-    pong.acquire()
-    stop = [False]
-
-    def peer():
-        while True:
-            ping.acquire()
-            if stop[0]:
-                return
-            pong.release()
-
-    t = threading.Thread(target=peer, daemon=True)
-    t.start()
-    out = []
-    clock = time.perf_counter_ns
-    for _ in range(n + warmup):
-        t0 = clock()
-        ping.release()
-        pong.acquire()
-        out.append((clock() - t0) / 1e3)
-    stop[0] = True
-    ping.release()
-    t.join()
-    return float(np.percentile(out[warmup:], 50))
+    locks: the primitive both ends of a ggmk request sleep on (a parked worker;
+    ``sdk.Client``'s waiter), so two wake-ups, as in one request/reply. The same measure as
+    bench/cpu_dispatch.py's ``wakeup_floor_us``, from the same function."""
+    from cpu_dispatch import wakeup_floor          # bench/ is sys.path[0] when run as a script
+    return float(np.percentile(wakeup_floor(n, warmup), 50))
 
 
 def bench_reqreply(calls, workers):

@@ -43,6 +43,16 @@ class Ggmk:
         except (OSError, ValueError):
             return None
 
+    def stop(self):
+        """Test cleanup: halt what this state dir runs, and kill it if the halt did not."""
+        pid = self.pid()
+        if pid:
+            self("halt", "--timeout", "1")
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
 
 @pytest.fixture
 def state_dir():
@@ -62,10 +72,4 @@ def booted(g):
     r = g("boot", DEMO_APP)
     assert r.returncode == 0, r.stdout + r.stderr
     yield g
-    pid = g.pid()
-    if pid:
-        g("halt", "--timeout", "1")
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    g.stop()

@@ -24,13 +24,7 @@ def dual():
     assert r.returncode == 0, r.stdout + r.stderr
     assert "building the GPU kernel, cached after the first run" in r.stderr
     yield g
-    pid = g.pid()
-    if pid:
-        g("halt", "--timeout", "1")
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
+    g.stop()
     subprocess.run(["rm", "-rf", short])
 
 

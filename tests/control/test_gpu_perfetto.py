@@ -118,13 +118,7 @@ def traced():
           timeout=700)
     assert r.returncode == 0, r.stdout + r.stderr
     yield g
-    pid = g.pid()
-    if pid:
-        g("halt", "--timeout", "1")
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
+    g.stop()
     subprocess.run(["rm", "-rf", short])
 
 

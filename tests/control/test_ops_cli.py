@@ -56,13 +56,7 @@ def ops(g, tmp_path):
     r = g("boot", str(path))
     assert r.returncode == 0, r.stdout + r.stderr
     yield g
-    pid = g.pid()
-    if pid:
-        g("halt", "--timeout", "1")
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
+    g.stop()
 
 
 def _types(g):
