@@ -109,18 +109,29 @@ def scenario_reduce(k, c):
     c.until(lambda: c.n(RIDS["REDUCE_RESULT"]) == 3 and len(c.errors) == 1, what="3 results")
     out["results"] = sorted(c.take(RIDS["REDUCE_RESULT"]))
     out["bad"] = [e[:2] for e in c.take_errors()]
-    # 4 slots: group 100 (2 of 4 partials) and 101..104 (one each): one of them finds the
-    # table full; the others time out and are reported with their counts
+    # 4 slots: group 100 (2 of 4 partials) and 101..104 (one each): one group finds the
+    # table full (which one depends on which worker runs first: usually a later one, but
+    # group 100, with both its partials, when the other worker fills the table first); the
+    # others time out and are reported with their counts
+    groups = (100, 101, 102, 103, 104)
     push(k, 2, type=RIDS["REDUCE_PART"], meta0=100, meta1=[7, 8])
     push(k, 4, type=RIDS["REDUCE_PART"], meta0=[101, 102, 103, 104], meta1=1)
-    c.until(lambda: c.n(RIDS["REDUCE_MISSING"]) == 4 and len(c.errors) == 1,
-            what="4 missing + 1 table full")
+
+    def refused():
+        left = set(groups) - {gid for gid, _ in c.by_type.get(RIDS["REDUCE_MISSING"], ())}
+        return left.pop() if len(left) == 1 else None
+
+    c.until(lambda: c.n(RIDS["REDUCE_MISSING"]) == 4
+            and len(c.errors) == (2 if refused() == 100 else 1),
+            what="4 missing + 1 group refused (table full)")
     out["missing"] = sorted(c.take(RIDS["REDUCE_MISSING"]))
     out["full"] = [e[:2] + (e[3],) for e in c.take_errors()]
     # a partial of a timed-out group: REDUCE_LATE, not folded into a new round
-    push(k, 1, type=RIDS["REDUCE_PART"], meta0=100, meta1=9)
+    late = 100 if any(gid == 100 for gid, _ in out["missing"]) else out["missing"][0][0]
+    push(k, 1, type=RIDS["REDUCE_PART"], meta0=late, meta1=9)
     c.until(lambda: len(c.errors) == 1, what="late partial")
     out["late"] = [e[:2] + (e[3],) for e in c.take_errors()]
+    out["late_group"] = late
     return out
 
 
@@ -128,14 +139,14 @@ def check_reduce(r):
     assert r["results"] == [[1, 10], [2, 100], [3, 20]]
     assert [tuple(e) for e in r["bad"]] == [("error", T.REDUCE_BAD_GROUP)]
     full = [tuple(e) for e in r["full"]]
-    assert len(full) == 1 and full[0][:2] == ("error", T.REDUCE_TABLE_FULL)
-    assert full[0][2] in (101, 102, 103, 104)
-    missing = [tuple(x) for x in r["missing"]]
-    assert (100, 2) in missing                              # 2 of 4 arrived, reported
-    others = {g for g, n in missing if g != 100}
-    assert others == {101, 102, 103, 104} - {full[0][2]} and \
-        all(n == 1 for g, n in missing if g != 100)
-    assert [tuple(e) for e in r["late"]] == [("error", T.REDUCE_LATE, 100)]
+    refused = full[0][2]
+    assert all(e[:2] == ("error", T.REDUCE_TABLE_FULL) and e[2] == refused for e in full)
+    assert len(full) == (2 if refused == 100 else 1)        # every partial of it refused
+    missing = dict(tuple(x) for x in r["missing"])
+    assert set(missing) == {100, 101, 102, 103, 104} - {refused}
+    assert all(n == (2 if g == 100 else 1) for g, n in missing.items())   # counts reported
+    assert [tuple(e) for e in r["late"]] == [("error", T.REDUCE_LATE, r["late_group"])]
+    assert r["late_group"] in missing
 
 
 # ----------------------------------------------------------------------------------- timer
