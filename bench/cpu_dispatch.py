@@ -27,7 +27,9 @@ Cases:
                  ``chain_tasks_per_s``) and per-task form (``ctx.emit``); plus one lane of the
                  per-task form (a strictly sequential emit -> dispatch loop, ``--lane-len`` hops)
   (d) latency    submit one task, wait until its handler has run (the handler sets a
-                 ``threading.Event``; a second form spins on a counter with ``time.sleep(0)``)
+                 ``threading.Event``; a second form spins on a counter with ``time.sleep(0)``;
+                 a third, ``latency_helps_*``, boots with ``host_helps=True`` and calls
+                 ``system.submit_and_run``: the host runs the handler itself, no wake-up)
   (e) wake-up floor  two threads handing one token back and forth through the primitive the
                  threads HAL parks on (a ``threading.Lock`` used as a binary semaphore): one
                  round trip = two OS wake-ups, the least a submit -> worker -> waiting host
@@ -162,13 +164,19 @@ def kernel_latency(n: int, warmup: int, mode: str, boot_kw: dict,
 
     out = []
     with ggmk.boot([m], workers=2, **boot_kw) as system:
-        rec = T.make(1, type=system.type_id("PING"))
+        tid = system.type_id("PING")
+        rec = T.make(1, type=tid)
         bufs = [rec.copy() for _ in range(n + warmup)]
         clock = time.perf_counter_ns
         hal = system.hal
         w0, p0 = hal.wakes, hal.parks
         for b in bufs:
-            if mode == "event":
+            if mode == "run":                        # submit_and_run (with host_helps the
+                target = count[0] + 1                # host runs the handler itself)
+                t0 = clock()
+                if not system.submit_and_run(tid, timeout=10) or count[0] < target:
+                    raise RuntimeError("PING handler did not run within 10 s")
+            elif mode == "event":
                 done.clear()
                 t0 = clock()
                 system.submit_batch(b)
@@ -342,13 +350,14 @@ def main(argv=None) -> dict:
     # paired cases, alternated (see the module docstring): best throughput of each side,
     # round-trip percentiles over every round's samples
     pt, pt_cpu, one, aio, aio_cpu = [], [], [], [], []
-    lat, tpl, wf, wk = [], [], [], []
+    lat, tpl, wf, wk, lat_help = [], [], [], [], []
     per_round = max(1, a.latency_n // a.rounds)
     for _ in range(a.rounds):
         pt.append(kernel_chain(False, a.pt_lanes, a.chain_len, a.reps, tp, pt_cpu))
         one.append(kernel_chain(False, 1, a.lane_len, a.reps, {"trace": trace}))
         aio.append(peer_asyncio(1 << 19, a.reps, aio_cpu))
         lat += kernel_latency(per_round, 300, "event", {"trace": trace}, wk)
+        lat_help += kernel_latency(per_round, 300, "run", {"trace": trace, "host_helps": True})
         tpl += peer_threadpool_latency(per_round, 300)
         wf += wakeup_floor(per_round, 300)
     r["chain_per_task_tasks_per_s"] = max(pt)
@@ -359,6 +368,7 @@ def main(argv=None) -> dict:
     r["latency_p50_us"], r["latency_p99_us"] = pct(lat, 50), pct(lat, 99)
     r["latency_worker_wakeups_per_rt"] = max(w for w, _ in wk)
     r["latency_worker_parks_per_rt"] = max(p for _, p in wk)
+    r["latency_helps_p50_us"], r["latency_helps_p99_us"] = pct(lat_help, 50), pct(lat_help, 99)
     lat_spin = kernel_latency(a.latency_n, 300, "spin", {"trace": trace})
     r["latency_spin_p50_us"], r["latency_spin_p99_us"] = pct(lat_spin, 50), pct(lat_spin, 99)
 
@@ -381,6 +391,7 @@ def main(argv=None) -> dict:
                                          / r["asyncio_msgs_per_s"])
     r["latency_p50_vs_threadpool"] = r["latency_p50_us"] / r["threadpool_latency_p50_us"]
     r["latency_p50_vs_wakeup_floor"] = r["latency_p50_us"] / r["wakeup_floor_us"]
+    r["latency_helps_p50_vs_wakeup_floor"] = r["latency_helps_p50_us"] / r["wakeup_floor_us"]
     r["latency_p99_over_p50"] = r["latency_p99_us"] / r["latency_p50_us"]
     r["targets_met"] = {
         "batch_ge_25M": r["batch_tasks_per_s"] >= 25e6,

@@ -29,6 +29,9 @@
   NumPy) against asyncio with 100 requests in flight (``asyncio_pipelined_per_s``: the better
   of 100 client coroutines and ``gather`` blocks of 100); ratio
   ``kv_reqreply_pipelined_vs_asyncio``. The same at depth 1000: ``..._1k_...``.
+* ``..._helps_...``: the same request/reply figures booted with ``host_helps=True`` (caller
+  runs: while a worker is idle the calling thread runs the kv handler itself, no wake-up),
+  against the asyncio figure of the same depth measured in the same run.
 * ``reduce_1m_s``: one group of ``--partials`` partials (sum, u64) published on
   ``reduce.in`` in columns of 65536 until the result arrives; ``reduce_partials_per_s``.
 * ``timer_lateness_p50/p99_ticks``: ``--timers`` one-shot timers with delays 1..50 ticks
@@ -223,12 +226,12 @@ def asyncio_pipelined(calls, depth):
     return max(asyncio.run(clients()), asyncio.run(blocks()))
 
 
-def bench_reqreply_pipelined(calls, workers, depth=100):
+def bench_reqreply_pipelined(calls, workers, depth=100, helps=False):
     """``depth`` requests in flight: ``sdk.KV.get_many`` (one column publish, replies matched
     by tag in bulk) against asyncio with ``depth`` requests in flight (``asyncio_pipelined``)
     to the same one-queue server."""
     store = kv.module(capacity=1024)
-    with ggmk.boot([store], workers=workers) as system:
+    with ggmk.boot([store], workers=workers, host_helps=helps) as system:
         cl = sdk.KV(system)
         for k in range(100):
             cl.put(k, k * 7)
@@ -254,9 +257,9 @@ def wakeup_floor_us(n=5000, warmup=200) -> float:
     return float(np.percentile(wakeup_floor(n, warmup), 50))
 
 
-def bench_reqreply(calls, workers):
+def bench_reqreply(calls, workers, helps=False):
     store = kv.module(capacity=1024)
-    with ggmk.boot([store], workers=workers) as system:
+    with ggmk.boot([store], workers=workers, host_helps=helps) as system:
         cl = sdk.KV(system)
         for k in range(100):
             cl.put(k, k * 7)
@@ -341,6 +344,9 @@ def main():
     floor_us = wakeup_floor_us()
     prr, parr = bench_reqreply_pipelined(20 * a.calls, a.workers, 100)
     prr1k, parr1k = bench_reqreply_pipelined(40 * a.calls, a.workers, 1000)
+    hrr, _ = bench_reqreply(a.calls, a.workers, helps=True)
+    hprr, _ = bench_reqreply_pipelined(20 * a.calls, a.workers, 100, helps=True)
+    hprr1k, _ = bench_reqreply_pipelined(40 * a.calls, a.workers, 1000, helps=True)
     red_s = bench_reduce(a.partials, a.workers)
     p50, p99 = bench_timers(a.timers, a.workers)
     print(json.dumps({
@@ -360,6 +366,10 @@ def main():
         "kv_reqreply_pipelined_1k_per_s": round(prr1k),
         "asyncio_pipelined_1k_per_s": round(parr1k),
         "kv_reqreply_pipelined_1k_vs_asyncio": round(prr1k / parr1k, 4),
+        "kv_reqreply_helps_per_s": round(hrr), "kv_reqreply_helps_us": round(1e6 / hrr, 1),
+        "kv_reqreply_helps_vs_asyncio": round(hrr / arr, 4),
+        "kv_reqreply_pipelined_helps_vs_asyncio": round(hprr / parr, 4),
+        "kv_reqreply_pipelined_1k_helps_vs_asyncio": round(hprr1k / parr1k, 4),
         "reduce_partials": a.partials, "reduce_1m_s": round(red_s, 4),
         "reduce_partials_per_s": round(a.partials / red_s),
         "timers": a.timers, "timer_lateness_p50_ticks": p50, "timer_lateness_p99_ticks": p99,

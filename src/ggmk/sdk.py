@@ -318,6 +318,8 @@ class Client:
         self.ignored = 0            # replies nobody here waited for (other clients' tags)
         self.sub = system.channel(reply).subscribe(name=f"client-{id(self):x}",
                                                    notify=self._wake)
+        self._hal_of = system.hal
+        self._help = system.hal.help
 
     # -- waking ---------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -329,12 +331,18 @@ class Client:
             except RuntimeError:                    # released already: one token is enough
                 pass
 
-    def _sleep(self, left: float) -> None:
-        """Block until a delivery (or ``left`` seconds). A stale token only makes one wake-up
-        spurious: the caller looks again."""
-        self._sleeping = True
+    def _arrived(self) -> bool:
         r = self.sub.ring
-        if r.tail == r.head and not self.sub.behind:
+        return r.tail != r.head or self.sub.behind
+
+    def _sleep(self, left: float) -> None:
+        """Block until a delivery (or ``left`` seconds). First the caller runs: while a worker
+        is idle, this thread runs the steps that answer it (``hal.help``: no wake-up either
+        way). A stale token only makes one wake-up spurious: the caller looks again."""
+        if self._help(self._arrived, time.monotonic() + left):
+            return
+        self._sleeping = True
+        if not self._arrived():
             self._sem.acquire(True, left)
         self._sleeping = False
 
@@ -516,19 +524,26 @@ class Client:
             self._pump()
             cond.notify_all()
 
+    def _try_send(self, ch, meta0, meta1, payload, type) -> int:
+        """One attempt to publish a request: OK or the channel's code."""
+        if (payload is None and type is None and meta0.__class__ is int
+                and meta1.__class__ is int and 0 <= meta0 <= _U64 and 0 <= meta1 <= _U64):
+            return self._send_one(ch, meta0, meta1)
+        return ch.publish(meta0, meta1, payload=payload, type=type)
+
     def publish(self, meta0=0, meta1=0, *, tag=None, payload=None, type=None, channel=None) -> None:
         """Send a request without waiting for the reply (waits up to ``timeout`` for room)."""
         if tag is not None:
             self.expect(tag)
         ch = channel or self.request
-        fast = (payload is None and type is None and meta0.__class__ is int
-                and meta1.__class__ is int and 0 <= meta0 <= _U64 and 0 <= meta1 <= _U64)
+        self._send(ch, meta0, meta1, payload, type, tag, self._try_send(ch, meta0, meta1,
+                                                                        payload, type))
+
+    def _send(self, ch, meta0, meta1, payload, type, tag, code) -> None:
+        """The first attempt answered ``code``: retry while the channel is full (taking
+        replies meanwhile) up to ``timeout``; a refused request forgets ``tag``."""
         deadline = time.monotonic() + self.timeout
         while True:
-            if fast:
-                code = self._send_one(ch, meta0, meta1)
-            else:
-                code = ch.publish(meta0, meta1, payload=payload, type=type)
             if code == OK:
                 return
             if code != CHAN_FULL:
@@ -541,6 +556,7 @@ class Client:
             except TimeoutError:
                 self.forget(tag)
                 raise
+            code = self._try_send(ch, meta0, meta1, payload, type)
 
     def expect(self, tag) -> None:
         """Say a reply with ``tag`` is awaited (``publish(..., tag=)`` does it)."""
@@ -564,8 +580,26 @@ class Client:
                                f"{self.timeout} s")
         return p.m0, p.m1, None if p.data is None else p.data[0]
 
-    def call(self, meta0=0, meta1=0, *, tag, payload=None, type=None):
-        self.publish(meta0, meta1, tag=tag, payload=payload, type=type)
+    def call(self, meta0=0, meta1=0, *, tag, payload=None, type=None, channel=None):
+        """``publish`` + ``wait``: the reply ``(meta0, meta1, payload bytes or None)``.
+
+        Booted with ``host_helps=True``, the calling thread runs the handler that answers
+        (``hal.help``) while a worker is idle: no thread wake-up on the round trip."""
+        hal = self._hal_of
+        if not hal.helping:
+            self.publish(meta0, meta1, tag=tag, payload=payload, type=type, channel=channel)
+            return self.wait(tag)
+        self.expect(tag)
+        ch = channel or self.request
+        sent = []
+        try:
+            hal.help(self._arrived, time.monotonic() + self.timeout,
+                     before=lambda: sent.append(self._try_send(ch, meta0, meta1, payload, type)))
+            if sent[0] != OK:                       # full (backoff) or closed: the slow path
+                self._send(ch, meta0, meta1, payload, type, tag, sent[0])
+        except BaseException:
+            self.forget(tag)
+            raise
         return self.wait(tag)
 
     def stream(self, meta0, meta1, lo: int, depth: int, *, channel=None):
@@ -651,6 +685,18 @@ class Client:
             recs["seq"] = 0
             return ch.emit(recs, built=True, prio=0) if n else 0
 
+    def call_many(self, meta0, meta1, lo: int, *, channel=None) -> tuple:
+        """``publish_many`` + ``wait_many``. Booted with ``host_helps=True``, the calling
+        thread runs the handlers that answer while a worker is idle (as in :meth:`call`)."""
+        hal = self._hal_of
+        if not hal.helping:
+            return self.wait_many(self.publish_many(meta0, meta1, lo, channel=channel))
+        out = []
+        hal.help(self._arrived, time.monotonic() + self.timeout,
+                 before=lambda: out.append(self.publish_many(meta0, meta1, lo,
+                                                             channel=channel)))
+        return self.wait_many(out[0])
+
     def wait_many(self, p: _Pending) -> tuple:
         """(meta0s, meta1s, data) of a :meth:`publish_many` block, in request order: two
         uint64 columns and None (no reply carried a payload) or a list of bytes/None."""
@@ -711,8 +757,7 @@ class KV:
             data = value
         else:                      # the shortest little-endian form: fits any value_size
             data = int(value).to_bytes(8, "little").rstrip(b"\0") or b"\0"
-        self.client.publish(key, tag, tag=tag, payload=bytes(data), channel=self.put_ch)
-        m0, _, _ = self.client.wait(tag)
+        m0, _, _ = self.client.call(key, tag, tag=tag, payload=bytes(data), channel=self.put_ch)
         self._check(m0, f"put {key}")
 
     def get(self, key: int, default=None):
@@ -724,8 +769,7 @@ class KV:
 
     def delete(self, key: int) -> bool:
         tag = self._tags()
-        self.client.publish(key, tag, tag=tag, channel=self.del_ch)
-        m0, _, _ = self.client.wait(tag)
+        m0, _, _ = self.client.call(key, tag, tag=tag, channel=self.del_ch)
         return self._check(m0, f"del {key}") == self._kv.OK
 
     def _get_block(self, keys, depth):
@@ -734,7 +778,7 @@ class KV:
         lo = self._tags(n)
         tags = np.arange(lo, lo + n, dtype=np.uint64)
         if depth is None:
-            m0, m1, data = self.client.wait_many(self.client.publish_many(keys, tags, lo))
+            m0, m1, data = self.client.call_many(keys, tags, lo)
         else:
             m0, m1, data = self.client.stream(keys, tags, lo, depth)
         st = m0 >> np.uint64(56)

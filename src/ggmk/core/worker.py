@@ -180,10 +180,12 @@ class Worker:
         s.done(n)
         return True
 
-    def has_work(self) -> bool:
+    def has_work(self, exact: bool = False) -> bool:
         """Whether a step now could find work (a cheap look, no pop): the HAL parks a worker
         whose step did work and that sees nothing more, without an empty step first. Due
-        events are seen when due; later ones wake the worker by its park timeout."""
+        events are seen when due; later ones wake the worker by its park timeout. Channels
+        with handler subscribers count as work unless ``exact`` (then: if one has messages
+        pending; what the HAL asks before it parks a worker a host borrowed)."""
         if self._full:                    # the last batch was a full one: likely more
             return True
         s = self.sched
@@ -200,7 +202,9 @@ class Worker:
         if k.det is not None and k.det.has_work():
             return True
         ch = k.channels
-        return ch is not None and bool(ch._hot)
+        if ch is None or not ch._hot:
+            return False
+        return not exact or not ch.idle()
 
     def dispatch(self, recs: np.ndarray, budget: int = 0) -> None:
         if len(recs) == 1:

@@ -35,6 +35,15 @@ class Hal(Protocol):
         """Block the host until ``predicate()`` or ``timeout`` seconds (HAL-clock seconds);
         return the predicate's last value. On sim this is where workers are stepped."""
 
+    def help(self, predicate: Callable[[], bool], deadline: float | None = None,
+             before: Callable[[], object] | None = None) -> bool:
+        """Caller runs: a host thread about to wait lends a hand, running an idle worker's
+        steps itself while they find work and ``predicate()`` is false (``deadline``: a
+        time.monotonic() bound, threads only); return ``predicate()``. ``before()`` is called
+        exactly once, first (e.g. the publish of a request: no worker is woken for what the
+        helping thread will run itself). Threads: only with ``helping`` set (boot's
+        ``host_helps``) and a worker parked; sim: always (nothing else steps its workers)."""
+
     def sleep(self, seconds: float) -> None:
         """Let the system run for ``seconds`` of HAL-clock time, whatever its state."""
 

@@ -54,6 +54,17 @@ class SimHal:
         self.steps += 1
         return w.step()
 
+    def help(self, predicate, deadline: float | None = None, before=None) -> bool:
+        """Caller runs: ``before()`` (if given), then step the workers (in the seeded order)
+        while one finds work and ``predicate()`` is false. ``deadline`` is ignored: virtual
+        time has no wall clock."""
+        if before is not None:
+            before()
+        while not predicate():
+            if not (self.step() or any(self._step_worker(w) for w in self.workers)):
+                break
+        return predicate()
+
     def wait(self, predicate, timeout: float | None, max_steps: int = 50_000_000) -> bool:
         """Step workers until ``predicate()`` holds. ``timeout`` is virtual seconds."""
         limit = None if timeout is None else self.now + int(timeout * 1e9)

@@ -8,13 +8,28 @@ wake sequence that a worker re-checks after registering as parked, so a worker t
 cannot sleep through a wake-up that happened after it looked (no lost wake-ups). Parking also
 times out, so due events and tick boundaries are serviced while nothing is enqueued. The host
 side (``wait``) sleeps on its own condition, notified the moment the last outstanding task
-finishes, so ``run()`` returns without a polling delay. A one-task round trip is two wake-ups:
-submit -> one parked worker, handler -> the waiting host."""
+finishes, so ``run()`` returns without a polling delay.
+
+Caller runs (``help``): a host thread about to wait for the system (``run()``, a request's
+reply) first borrows a *parked* worker and runs that worker's steps itself, while they find
+work and what it waits for has not happened. A one-task round trip is then no wake-up at all
+(the host runs the handler), against two (submit -> a parked worker, handler -> the host)
+otherwise. Only a parked worker is borrowed, so a busy system gets no third thread fighting
+for the GIL. The borrower takes the worker's park lock off the parked list (no wake-up can
+reach it, and its thread cannot leave its park: the lock's token is what it waits for) and
+gives it back parked, or released when its thread must run (its park timed out meanwhile, or
+work is left in its local queue, or a wake-up found nobody). While the main thread helps,
+SIGINT is held back and raised when the step is over: a KeyboardInterrupt inside a step would
+leave a batch half finished."""
 from __future__ import annotations
 
+import _signal          # the C module: signal.signal's enum wrapping costs 3 us a call
 import itertools
 import threading
 import time
+
+_SIGINT = 2
+_MAIN = threading.main_thread().ident
 
 
 class ThreadsHal:
@@ -37,6 +52,11 @@ class ThreadsHal:
         self.host_cond = threading.Condition(threading.Lock())
         self.host_waiting = 0
         self.host_poll = (0.0001, 0.005)   # the host's re-check backstop: first, longest (s)
+        self.helping = True               # caller runs (see the module docstring)
+        self.helped = 0                   # steps a host thread ran for a borrowed worker
+        self._worker_of: dict = {}        # park lock -> its worker
+        self._lent: dict = {}             # park lock -> whether its thread waits for it back
+        self._quiet: set = set()          # threads in help(before=): their wake-ups are moot
 
     clock_ns = staticmethod(time.perf_counter_ns)
     cpu_clock_ns = staticmethod(time.thread_time_ns)
@@ -51,6 +71,8 @@ class ThreadsHal:
         self.wait(lambda: time.monotonic() >= end, None)
 
     def wake(self, n: int = 1) -> None:
+        if self._quiet and threading.get_ident() in self._quiet:
+            return                        # help(before=): this thread runs what it enqueues
         self.wake_seq = next(self._ctr)
         if self._parked:
             with self._plock:
@@ -68,13 +90,70 @@ class ThreadsHal:
             t.start()
 
     def _unpark(self, lk) -> None:
-        """Leave the parked list after a wait that was not ended by a wake-up: if a waker
-        took us off meanwhile, it released our lock too: take that token back."""
+        """Leave the parked list after a wait that was not ended by a wake-up. If a waker took
+        us off meanwhile, it released our lock too: take that token back; if a host borrowed
+        us (``help``), say so and wait (outside ``_plock``) until it gives us back."""
         with self._plock:
             try:
                 self._parked.remove(lk)
+                return
             except ValueError:
-                lk.acquire()
+                if lk in self._lent:
+                    self._lent[lk] = True
+        lk.acquire()
+
+    def help(self, predicate, deadline: float | None = None, before=None) -> bool:
+        """Caller runs: borrow a parked worker and run its steps on this thread until
+        ``predicate()`` holds, a step finds no work, or ``deadline`` (time.monotonic) passes;
+        return ``predicate()``. Nothing to borrow (every worker busy): return at once.
+        ``before()`` (called exactly once, e.g. the publish of a request) runs first, once a
+        worker is borrowed: the wake-up its enqueue would cost is skipped, this thread runs
+        the work (left over, it is woken for at the end)."""
+        if not self._parked or not self.helping or not self.running:
+            if before is not None:
+                before()
+            return predicate()
+        with self._plock:
+            lk = self._parked.pop() if self._parked else None
+            if lk is not None:
+                self._lent[lk] = False
+        if lk is None:
+            if before is not None:
+                before()
+            return predicate()
+        worker = self._worker_of[lk]
+        step = worker.step
+        held = None
+        if threading.get_ident() == _MAIN:
+            prev = _signal.getsignal(_SIGINT)
+            if callable(prev):
+                held = []
+                _signal.signal(_SIGINT, lambda *a: held.append(a))
+        try:
+            if before is not None:
+                me = threading.get_ident()
+                self._quiet.add(me)
+                try:
+                    before()
+                finally:
+                    self._quiet.discard(me)
+            while not predicate() and step():
+                self.helped += 1
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        finally:
+            seen = self.wake_seq              # a wake-up that found nobody while it was lent
+            more = worker.has_work(True)
+            with self._plock:
+                if self._lent.pop(lk) or more or self.wake_seq != seen or not self.running:
+                    lk.release()              # its thread runs
+                else:
+                    self._parked.append(lk)   # parked again, no wake-up
+            if held is not None:
+                _signal.signal(_SIGINT, prev)
+                if held:
+                    prev(*held[0])
+        return predicate()
 
     def _loop(self, worker) -> None:
         step = worker.step
@@ -83,6 +162,7 @@ class ThreadsHal:
         more = getattr(worker, "has_work", None) or (lambda: True)
         lk = threading.Lock()
         lk.acquire()                      # held = "no wake-up pending"
+        self._worker_of[lk] = worker
         plock = self._plock
         parked = self._parked
         idle = 0
@@ -124,7 +204,7 @@ class ThreadsHal:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay, longest = self.host_poll
         cond = self.host_cond
-        while not predicate():
+        while not (self.help(predicate, deadline) if self._parked else predicate()):
             if self.errors:
                 raise RuntimeError("a worker thread crashed") from self.errors[0]
             if deadline is not None and time.monotonic() >= deadline:
