@@ -6,6 +6,8 @@ handler asks for them.
 """
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 from ggmk.errors import EmitError, GgmkError
@@ -27,6 +29,9 @@ TASK_DTYPE = np.dtype(
     align=True,
 )
 assert TASK_DTYPE.itemsize == 48
+# one record as plain ints, in field order (one struct call packs or reads a whole record)
+RECORD_STRUCT = struct.Struct("<IHHIIQIHHQQ")
+assert RECORD_STRUCT.size == TASK_DTYPE.itemsize
 TASK_SIZE = 48
 FIELDS = TASK_DTYPE.names
 

@@ -512,6 +512,14 @@ class System:
         self._check_running()
         tid = self.type_id(type, where="submit")
         flags = (T.FLAG_DETERMINISTIC if deterministic else 0) | (T.FLAG_EMIT_TRACE if trace else 0)
+        if count is None and payload is None and due is None and meta0.__class__ is int \
+                and meta1.__class__ is int and priority.__class__ is int \
+                and tenant.__class__ is int and 0 <= meta0 < 1 << 64 and 0 <= meta1 < 1 << 64 \
+                and 0 <= priority <= T.PRIO_MASK and 0 <= tenant <= 0xFFFF:
+            # one task of plain ints (a round trip's submit): packed, not built column-wise
+            rec = np.frombuffer(bytearray(T.RECORD_STRUCT.pack(
+                tid, flags | priority, tenant, 0, 0, 0, 0, 0, 0, meta0, meta1)), T.TASK_DTYPE)
+            return self.sched.enqueue(rec, Route.SUBMIT)
         n = T.check_count(count, meta0, meta1)
         ptr = plen = 0
         if payload is not None:

@@ -18,7 +18,6 @@ offers when no type is traced at that level and no task is flagged FLAG_EMIT_TRA
 """
 from __future__ import annotations
 
-import struct
 import traceback
 from itertools import islice
 
@@ -30,14 +29,13 @@ from ggmk.core.metrics import TypeCounter as C
 from ggmk.core.sched import EVENT_DRAIN_MAX, Route
 from ggmk.events import EventType
 from ggmk.task import (BAD_RETURN, FAIL, FLAG_DETERMINISTIC, FLAG_EMIT_TRACE, HANDLER_EXCEPTION,
-                       MAX_YIELDS, OK, RETRY, RETRY_EXHAUSTED, TASK_DTYPE, WAIT, YIELD, TaskBatch)
+                       MAX_YIELDS, OK, RECORD_STRUCT, RETRY, RETRY_EXHAUSTED, TASK_DTYPE, WAIT,
+                       YIELD, TaskBatch)
 
 
 _CODE_MIN = -(1 << 31)
 _DEQ, _OK = int(C.DEQUEUED), int(C.OK)
-# a whole record as plain ints (TASK_DTYPE, in field order): one struct call for one task
-_REC = struct.Struct("<IHHIIQIHHQQ")
-assert _REC.size == TASK_DTYPE.itemsize
+_REC = RECORD_STRUCT        # a whole record as plain ints: one struct call for one task
 _V48 = np.dtype("V48")       # a record as raw bytes: copies without per-field work
 
 

@@ -20,7 +20,8 @@ reach it, and its thread cannot leave its park: the lock's token is what it wait
 gives it back parked, or released when its thread must run (its park timed out meanwhile, or
 work is left in its local queue, or a wake-up found nobody). While the main thread helps,
 SIGINT is held back and raised when the step is over: a KeyboardInterrupt inside a step would
-leave a batch half finished."""
+leave a batch half finished (``_SigintGuard``: installed around the handler in place at the
+first help, forwarding to it, and put back at ``stop``)."""
 from __future__ import annotations
 
 import _signal          # the C module: signal.signal's enum wrapping costs 3 us a call
@@ -30,6 +31,53 @@ import time
 
 _SIGINT = 2
 _MAIN = threading.main_thread().ident
+
+
+class _SigintGuard:
+    """The SIGINT handler while a system with caller runs is up: forwards to the handler it
+    replaced, except while the main thread runs a worker's step (``held``), when the signal
+    waits for the step's end (``release``). Swapping handlers per help instead costs two
+    sigaction calls (~2 us) on every round trip."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.held = 0
+        self.pending = None
+
+    def __call__(self, signum, frame):
+        if self.held:
+            self.pending = (signum, frame)
+            return None
+        return self.inner(signum, frame)
+
+    @staticmethod
+    def enter():
+        """The guard, held, when called on the main thread with a Python SIGINT handler in
+        place (installing the guard the first time); else None."""
+        if threading.get_ident() != _MAIN:
+            return None
+        g = _signal.getsignal(_SIGINT)
+        if g.__class__ is not _SigintGuard:
+            if not callable(g):            # SIG_IGN / SIG_DFL: no KeyboardInterrupt to hold
+                return None
+            g = _SigintGuard(g)
+            _signal.signal(_SIGINT, g)
+        g.held += 1
+        return g
+
+    def leave(self) -> None:
+        self.held -= 1
+        if not self.held and self.pending is not None:
+            p, self.pending = self.pending, None
+            self.inner(*p)
+
+    @staticmethod
+    def remove() -> None:
+        """Put the replaced handler back (main thread only; elsewhere the guard stays and
+        keeps forwarding)."""
+        g = _signal.getsignal(_SIGINT)
+        if g.__class__ is _SigintGuard and not g.held and threading.get_ident() == _MAIN:
+            _signal.signal(_SIGINT, g.inner)
 
 
 class ThreadsHal:
@@ -123,12 +171,7 @@ class ThreadsHal:
             return predicate()
         worker = self._worker_of[lk]
         step = worker.step
-        held = None
-        if threading.get_ident() == _MAIN:
-            prev = _signal.getsignal(_SIGINT)
-            if callable(prev):
-                held = []
-                _signal.signal(_SIGINT, lambda *a: held.append(a))
+        guard = _SigintGuard.enter()
         try:
             if before is not None:
                 me = threading.get_ident()
@@ -149,10 +192,8 @@ class ThreadsHal:
                     lk.release()              # its thread runs
                 else:
                     self._parked.append(lk)   # parked again, no wake-up
-            if held is not None:
-                _signal.signal(_SIGINT, prev)
-                if held:
-                    prev(*held[0])
+            if guard is not None:
+                guard.leave()
         return predicate()
 
     def _loop(self, worker) -> None:
@@ -221,6 +262,7 @@ class ThreadsHal:
 
     def stop(self) -> None:
         self.running = False
+        _SigintGuard.remove()             # (another system's next help puts it back)
         with self._plock:
             while self._parked:
                 self._parked.pop().release()
