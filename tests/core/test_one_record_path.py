@@ -221,3 +221,33 @@ def test_one_message_deliveries_keep_the_channel_seq_and_full_is_accounted(hal):
     assert len(sent) + len(full) == 200
     assert sorted(x[1] for x in got) == sorted(sent)
     assert sorted(x[0] for x in got) == list(range(1, len(sent) + 1))
+
+
+@pytest.mark.parametrize("hal", ["threads", "sim"])
+def test_a_one_task_submit_of_plain_ints_gives_the_same_record_as_the_column_path(hal):
+    """System.submit packs one task of plain ints with one struct call; what the handler
+    sees (every header field) is what the column path (``count=1``) builds."""
+    seen = []
+    m = Module("m")
+
+    @m.handler("REC")
+    def rec(ctx):
+        t = ctx.task
+        seen.append({f: getattr(t, f) for f in ("type", "flags", "tenant", "channel",
+                                                "payload_ptr", "payload_len", "meta0", "meta1")})
+
+    with boot([m], workers=2, hal=hal) as s:
+        for kw in ({}, {"priority": 3, "tenant": 7, "trace": True},
+                   {"meta0": (1 << 64) - 1, "meta1": 5}):
+            s.submit("REC", **kw)
+            assert s.run(timeout=30)
+            s.submit("REC", count=1, **kw)
+            assert s.run(timeout=30)
+            assert seen[-2] == seen[-1]
+        assert seen[-1]["meta0"] == (1 << 64) - 1
+        with pytest.raises(ValueError, match="meta0"):
+            s.submit("REC", meta0=-1)
+        with pytest.raises(ValueError, match="priority"):
+            s.submit("REC", priority=4)
+        assert s.run(timeout=30) and len(seen) == 6
+        assert len(s.dead_letters("sys.error")[0]) == 0
