@@ -286,7 +286,9 @@ class Channel(ReplayMixin):
         return free - res - self.granted - self.held_n
 
     def _check_types(self, recs: np.ndarray) -> None:
-        if self.type_id and (recs["type"] != self.type_id).any():
+        # (one record, a round trip's: an index instead of a ~1.5 us .any())
+        if self.type_id and (recs["type"][0] != self.type_id if len(recs) == 1
+                             else (recs["type"] != self.type_id).any()):
             bad = recs[recs["type"] != self.type_id]
             k = self.kernel
             got = sorted({k.type_name(int(t)) for t in np.unique(bad["type"])})
@@ -380,6 +382,8 @@ class Channel(ReplayMixin):
         room_hi = room0 - self.reserve
         if prio is not None:
             return min(n, room0) if prio == 0 else max(0, min(n, room_hi))
+        if n == 1:
+            return min(1, room0) if not recs["flags"][0] & PRIO_MASK else max(0, min(1, room_hi))
         pr = recs["flags"] & PRIO_MASK
         if not pr.any():
             return min(n, room0)
@@ -405,7 +409,9 @@ class Channel(ReplayMixin):
             self.held_n += n
             return
         s = self.seq
-        recs["seq"] = np.arange(s + 1, s + n + 1, dtype=np.int64)
+        # (the u4 column keeps the low 32 bits, as the int64 column's cast does)
+        recs["seq"] = (s + 1) & 0xFFFF_FFFF if n == 1 else np.arange(s + 1, s + n + 1,
+                                                                      dtype=np.int64)
         self.seq = s + n
         self._deliver(recs)
 
@@ -430,7 +436,7 @@ class Channel(ReplayMixin):
                 m = min(n, free)
             plan.append(m)
         ptrs = recs["payload_ptr"]
-        if ptrs.any():
+        if (ptrs[0] if n == 1 else ptrs.any()):
             # references first, pushes second: a subscriber may run and release at once
             copies = np.zeros(n, dtype=np.int64)
             for m in plan:
