@@ -89,7 +89,8 @@ class _Chan:
     def room(self) -> int:
         return (1 << 30) if self.capacity is None else max(0, self.capacity - self.held)
 
-    def emit(self, recs) -> int:
+    def emit(self, recs, *, built: bool = False, prio: int | None = None) -> int:
+        """Channel.emit's signature (``built`` / ``prio`` only spare the kernel checks)."""
         k = min(len(recs), self.room())
         for r in recs[:k]:
             self.sb._emit_record(self, int(r["type"]) or self.type_id, int(r["meta0"]),

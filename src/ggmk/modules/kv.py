@@ -338,7 +338,7 @@ class _KV:
                 rec["meta0"] = m0
                 rec["meta1"] = m1
                 rec["seq"] = 0
-                done = ch.emit(rec)          # the plain form: the sandbox channel too
+                done = ch.emit(rec, built=True, prio=0)   # made for ch: no column passes
             finally:
                 if mine:
                     self._one_lock.release()
