@@ -6,10 +6,11 @@
 * ``kv_cpu_ops_per_s``: the CPU ``kv`` module - ``--ops`` puts then ``--ops`` gets submitted
   as columns, every response delivered on ``kv.resp`` to a batch consumer; ops / wall second
   from the first submit to the last response. Peer: a Python ``dict`` in one thread doing the
-  same puts and gets (``dict_ops_per_s``); ratio ``kv_cpu_vs_dict``.
+  same puts and gets (``dict_ops_per_s``, best of 3 passes); ratio ``kv_cpu_vs_dict``.
 * ``kv_device_ops_per_s`` (``kv_device_vs_dict``): the batched device kv - the same puts then
   gets as below, 5000 operations per ``KV_BATCH`` task in device buffers (8 in flight),
-  answers read back and checked (``bench_kv_device_batched``).
+  answers read back and checked (``bench_kv_device_batched``; best of 3 passes, like the
+  dict: each pass is a ~20 ms window).
 * ``kv_device_task_ops_per_s``: the GPU-kernel kv module (``kv.device_module``) on the device
   kernel's ``cpu`` target (no GPU here; ``--device-target`` to change): ``--ops`` puts and
   ``--ops`` gets over 4000 keys (the device table lives in the kernel's 65536 user words),
@@ -56,6 +57,9 @@ from ggmk import sdk  # noqa: E402
 from ggmk.modules import kv, reduce, timer  # noqa: E402
 
 
+REPS = 3       # the short kv windows (dict and batched device kv): best of 3 each
+
+
 def counter(name, chan, msg):
     m = ggmk.Module(name)
     m.n = 0
@@ -81,16 +85,18 @@ def bench_kv(ops, workers):
         assert c.n == 2 * ops, (c.n, system.dead_letters("sys.error"))
     kv_rate = 2 * ops / dt
     kl, vl = keys.tolist(), list(range(ops))
-    t0 = time.perf_counter()
-    d = {}
-    for k, v in zip(kl, vl):
-        d[k] = v
-    g = d.get
-    s = 0
-    for k in kl:
-        s += g(k)
-    dict_rate = 2 * ops / (time.perf_counter() - t0)
-    return kv_rate, dict_rate
+    best = float("inf")
+    for _ in range(REPS):                 # best of REPS, as the device kv below
+        t0 = time.perf_counter()
+        d = {}
+        for k, v in zip(kl, vl):
+            d[k] = v
+        g = d.get
+        s = 0
+        for k in kl:
+            s += g(k)
+        best = min(best, time.perf_counter() - t0)
+    return kv_rate, 2 * ops / best
 
 
 def bench_kv_device(ops, target):
@@ -147,30 +153,34 @@ def bench_kv_device_batched(ops, target, per=5000, inflight=8):
         bufs = [int(p) for p in k.pull_until(inflight, timeout=600)["meta0"]]
         assert all(bufs), "device arena too small for the batch buffers"
         bad = done_ops = 0
-        t0 = time.perf_counter()
-        for ph in phases:
-            free, sizes, idx, pending = list(bufs), {}, 0, 0
-            while idx < len(ph) or pending:
-                while free and idx < len(ph):
-                    p = free.pop()
-                    raw, n = ph[idx]
-                    idx += 1
-                    k.write_arena(p, raw)
-                    k.push_all(T.make(1, type=BATCH, meta0=n, payload_ptr=p, payload_len=len(raw)))
-                    sizes[p] = n
-                    pending += 1
-                for r in k.pull_until(1, timeout=120):
-                    assert int(r["type"]) == DONE, r
-                    p = int(r["meta0"])
-                    n = sizes.pop(p)
-                    w = np.frombuffer(k.read_arena(p, 24 * n).tobytes(), kv.BATCH_ENTRY)["w"]
-                    bad += int(((w >> np.uint64(56)) != 0).sum())
-                    done_ops += n
-                    free.append(p)
-                    pending -= 1
-        dt = time.perf_counter() - t0
-    assert bad == 0 and done_ops == 2 * ops, (bad, done_ops)
-    return 2 * ops / dt
+        best = float("inf")
+        for _ in range(REPS):             # best of REPS (a ~20 ms window: one preemption
+            t0 = time.perf_counter()      # on a shared machine moves it by half)
+            for ph in phases:
+                free, sizes, idx, pending = list(bufs), {}, 0, 0
+                while idx < len(ph) or pending:
+                    while free and idx < len(ph):
+                        p = free.pop()
+                        raw, n = ph[idx]
+                        idx += 1
+                        k.write_arena(p, raw)
+                        k.push_all(T.make(1, type=BATCH, meta0=n, payload_ptr=p,
+                                          payload_len=len(raw)))
+                        sizes[p] = n
+                        pending += 1
+                    for r in k.pull_until(1, timeout=120):
+                        assert int(r["type"]) == DONE, r
+                        p = int(r["meta0"])
+                        n = sizes.pop(p)
+                        w = np.frombuffer(k.read_arena(p, 24 * n).tobytes(),
+                                          kv.BATCH_ENTRY)["w"]
+                        bad += int(((w >> np.uint64(56)) != 0).sum())
+                        done_ops += n
+                        free.append(p)
+                        pending -= 1
+            best = min(best, time.perf_counter() - t0)
+    assert bad == 0 and done_ops == 2 * ops * REPS, (bad, done_ops)
+    return 2 * ops / best
 
 
 async def _asyncio_server(q, table):
