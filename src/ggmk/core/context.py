@@ -14,7 +14,6 @@ Example::
 """
 from __future__ import annotations
 
-import struct
 from array import array as _array
 
 import numpy as np
@@ -23,7 +22,8 @@ from ggmk.core.emitter import Emitter   # the per-channel emit buffer
 from ggmk.errors import EmitError
 from ggmk.task import word
 from ggmk.task import (_U64, CHAN_CLOSED, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC, PRIO_MASK,
-                       TASK_DTYPE, WAIT, YIELD, Task, TaskBatch, _scalar, check_count, make)
+                       RECORD_STRUCT, TASK_DTYPE, WAIT, YIELD, Task, TaskBatch, _scalar,
+                       check_count, make)
 
 _HDR_FLAGS = PRIO_MASK | FLAG_DETERMINISTIC
 
@@ -34,7 +34,7 @@ def u64(values: list) -> np.ndarray:
     return np.frombuffer(_array("Q", values), np.uint64)
 
 _PRIORITIES = (0, 1, 2, 3)
-_REC = struct.Struct("<IHHIIQIHHQQ")      # one TASK_DTYPE record, fields in order
+_REC = RECORD_STRUCT                        # one TASK_DTYPE record, fields in order
 _V48 = np.dtype((np.void, _REC.size))       # a record as raw bytes
 _M16 = 0xFFFF
 _M32 = 0xFFFF_FFFF
