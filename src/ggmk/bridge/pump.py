@@ -88,6 +88,71 @@ def _tight_timer_slack() -> None:
         pass
 
 
+def _no_bell():
+    return None
+
+
+class _Wake:
+    """The pump's wake-up: a ``threading.Event`` for the host's wakers (CPU -> GPU messages,
+    ``push_device``, resume, stop: ``set``) joined with the device -> host bell where the
+    transport has one (``tx_bell``: the ``cpu`` target), so one wait ends on either, at once.
+
+    No lost wake-up: :meth:`wait` reads the bell, says it sleeps (``_sleeping`` for host
+    wakers, the bell's waiting word for the device), looks at the event and the tx ring once
+    more, and sleeps only while the bell still reads what it read first. A host waker sets
+    the event, then rings the bell if the pump says it sleeps (the GIL orders the two
+    threads' steps); the device adds to the bell after it publishes a record and wakes the
+    sleeper while the waiting word is up."""
+
+    __slots__ = ("_ev", "_bell_of", "_sleeping")
+
+    def __init__(self, bell_of=None):
+        self._ev = threading.Event()
+        self._bell_of = bell_of          # () -> the transport's bell or None
+        self._sleeping = None            # the bell the pump sleeps on right now
+
+    def set(self) -> None:
+        self._ev.set()
+        b = self._sleeping
+        if b is not None:
+            b.ring()
+
+    def clear(self) -> None:
+        self._ev.clear()
+
+    def is_set(self) -> bool:
+        return self._ev.is_set()
+
+    def bell(self):
+        f = self._bell_of
+        if f is None:
+            return None
+        try:
+            return f()
+        except Exception:   # noqa: BLE001 - a stopped kernel: plain event waits
+            return None
+
+    def wait(self, timeout: float, ready=None) -> bool:
+        """Until set, the device rings (when ``ready`` is given: ``ready()`` says a record is
+        there) or ``timeout`` s. Returns whether the event is set."""
+        b = self.bell() if ready is not None else None
+        if b is None:
+            return self._ev.wait(timeout)
+        if self._ev.is_set():
+            return True
+        seen = b.value()
+        self._sleeping = b
+        b.waiting(True)
+        try:
+            if self._ev.is_set() or ready():
+                return self._ev.is_set()
+            b.wait(seen, timeout)
+        finally:
+            b.waiting(False)
+            self._sleeping = None
+        return self._ev.is_set()
+
+
 class BridgeError(GgmkError):
     """Bad use of the bridge (e.g. pushing while the GPU kernel is being reset)."""
 
@@ -238,7 +303,7 @@ class Bridge:
         self.outs: dict[int, _Out] = {}
         self.by_name = {}
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._wake = _Wake(lambda: getattr(self.tx, "tx_bell", _no_bell)())
         for bc in channels:
             ch = system.channel(bc.name)
             if bc.direction == "c2g":
@@ -316,6 +381,10 @@ class Bridge:
     WATCH_MAX_S = 100e-6
     #: ... and the longest watch (s) before the next whole pump step
     WATCH_SPAN_S = 200e-6
+    #: with a device -> host bell (cpu): the longest sleep on it (s) before the next whole
+    #: pump step (one is due that often for what no tx record announces: room in a CPU
+    #: channel for waiting GPU -> CPU records, finished ingress tasks' credits)
+    BELL_SPAN_S = 500e-6
 
     def _loop(self) -> None:
         _tight_timer_slack()             # its short sleeps (_watch) end on time
@@ -348,8 +417,9 @@ class Bridge:
                     wake.wait(min(20e-6 * (idle - self.SPIN + 1), 200e-6))
             else:
                 # nothing on its way: CPU -> GPU messages (the subscriber ring's push),
-                # push_device, resume and stop wake the pump; the timeout is a safety net
-                wake.wait(0.002)
+                # push_device, resume and stop wake the pump, and so does the device's bell
+                # where it has one (cpu); the timeout is a safety net
+                wake.wait(0.002, None if ready is None else self._safe_ready)
 
     def _watch(self, ready, wake) -> None:
         """Wait for the device's next record without a whole pump step per look: the next
@@ -365,6 +435,10 @@ class Bridge:
         # announces (CPU channel room for waiting GPU -> CPU records, finished ingress credits)
         # the pause grows across calls and starts again at 5 us after a step that moved
         # something (_loop): a long wait on the device costs a look per 100 us, not 40 per ms
+        if wake.bell() is not None:
+            # the device rings when it publishes: one sleep, no looks in between
+            wake.wait(self.BELL_SPAN_S, self._safe_ready)
+            return
         end = time.monotonic() + self.WATCH_SPAN_S
         pause = self._pause
         mono = time.monotonic
@@ -377,6 +451,14 @@ class Bridge:
                     pause = self._pause = min(pause * 1.5, self.WATCH_MAX_S)
         except Exception:   # noqa: BLE001 - a stopped kernel: the step reports it
             return
+
+    def _safe_ready(self) -> bool:
+        """``tx_ready`` of the transport; True (look now) when it cannot say (a stopped
+        kernel: the step reports it)."""
+        try:
+            return self.tx.tx_ready()
+        except Exception:   # noqa: BLE001
+            return True
 
     def _hot(self) -> bool:
         """Something is on its way through the device (poll its ring closely)."""
