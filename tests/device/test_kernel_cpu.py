@@ -110,6 +110,41 @@ def test_roundtrip_unknown_type_bounces_to_host(kern):
     assert set(out["type"].tolist()) == {999} and set(out["tenant"].tolist()) == {3}
 
 
+def test_tx_bell_wakes_a_host_thread_asleep_on_the_tx_ring(kern, wait_until):
+    """The device -> host bell: a host thread that raised C_HOST_WAIT and sleeps on the bell
+    (a futex, for far longer than the test waits) is woken by the device's tx publish, round
+    after round; a lost wake-up would leave it asleep past the deadline."""
+    import threading
+    from ggmk.device import layout
+    bell = kern.tx_bell()
+    assert bell is not None and kern.tx_bell() is bell
+    kern.pull(1 << 20)
+    rounds, got, armed, errors = 20, [], threading.Semaphore(0), []
+
+    def sleeper():
+        try:
+            while len(got) < rounds:
+                seen = bell.value()
+                bell.waiting(True)
+                armed.release()                      # the host may push now
+                if not kern.tx_ready():
+                    bell.wait(seen, 120.0)
+                bell.waiting(False)
+                got.append(len(kern.pull_until(1, timeout=30)))
+        except Exception as e:   # noqa: BLE001
+            errors.append(e)
+
+    t = threading.Thread(target=sleeper, daemon=True)
+    t.start()
+    for i in range(rounds):
+        assert armed.acquire(timeout=60)
+        # an unknown type: the device sends it straight back to the host (a tx publish)
+        assert kern.push(taskmod.make(1, type=999, meta0=i)) == 1
+    assert wait_until(lambda: not t.is_alive(), 60), f"woken {len(got)}/{rounds} times"
+    assert errors == [] and got == [1] * rounds
+    assert kern._h["ctl"][layout.C_HOST_WAIT] == 0
+
+
 def test_yield_three_times_keeps_meta(kern):
     kern.push(taskmod.make(3, type=200, meta0=0, meta1=np.array([11, 12, 13])))
     out = kern.pull_until(3, timeout=30)
