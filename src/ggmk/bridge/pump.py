@@ -11,12 +11,16 @@ not wait for company). ``stats()["transfers"]`` / ``["records"]`` count them: ne
 transfer per task.
 
 Waking the pump: a CPU channel delivering to the bridge's subscriber ring wakes it at once
-(its notify hook, ``Subscriber.add_notify``), and so do ``push_device``, ``resume_device`` and ``stop``. The device
-publishes into host memory without ringing a host bell, so after any transfer the pump polls
-the device -> host ring closely for ``HOT_S`` (5 ms: ``SPIN`` GIL yields, then waits of
-20..200 us), and while ingress tasks are unfinished on the device; otherwise it sleeps until
-woken (2 ms at most). Completions (credits) are read with ``done_counts`` (a few published
-counters), not ``metrics()``.
+(its notify hook, ``Subscriber.add_notify``), and so do ``push_device``, ``resume_device`` and
+``stop``. The device wakes it too where the target rings a device -> host bell (``cpu``:
+``DeviceKernel.tx_bell``, a futex the device rings after a tx publish while the pump says it
+sleeps): host wake-ups and the bell meet in one wait (:class:`_Wake`), so a record the device
+publishes is taken at once, not at the next look. Without a bell (``sim``, ``cuda``) the device
+publishes into host memory silently, and after any transfer the pump watches the device ->
+host ring closely for ``HOT_S`` (5 ms: waits of 5..100 us between looks at the next slot),
+and while ingress tasks are unfinished on the device. Otherwise it sleeps until woken (2 ms at
+most). Completions (credits) are read with ``done_counts`` (a few published counters), not
+``metrics()``.
 
 CPU -> GPU channel (produced on the CPU kernel): the bridge is a host-side subscriber of the CPU
 channel (so the CPU producer's lossless backpressure sees the bridge's ring). It takes
@@ -371,8 +375,8 @@ class Bridge:
             self._last_io = time.monotonic()
         self._wake.set()
 
-    #: after a transfer, the pump polls the device -> host ring this long (s) before it only
-    #: waits for a wake-up (the device publishes into host memory and rings no host bell)
+    #: after a transfer, the pump watches the device -> host ring this long (s) before it only
+    #: waits for a wake-up (with a bell: sleeps of BELL_SPAN_S on it, without: short looks)
     HOT_S = 0.005
     #: polls that only yield the GIL (``sleep(0)``) before the waits between polls grow
     #: (transports without ``tx_ready``)
@@ -429,8 +433,8 @@ class Bridge:
         and not a yield loop: a thread that drops the GIL and takes it straight back (``sleep(0)``,
         ``sched_yield``) keeps it from the thread that wants it for up to the switch interval
         (5 ms): the CPU worker that must run the reply. A sleep leaves the GIL free for its
-        whole length. (A real bell from the device would remove even these looks: the device
-        publishes into host memory and rings no host bell today.)"""
+        whole length. With a device -> host bell (``cpu``) there are no looks: one sleep on the
+        bell, which the device rings when it publishes, of ``BELL_SPAN_S`` at most."""
         # at most WATCH_SPAN_S per call: a step is still due that often for what no tx record
         # announces (CPU channel room for waiting GPU -> CPU records, finished ingress credits)
         # the pause grows across calls and starts again at 5 us after a step that moved
