@@ -110,6 +110,67 @@ def test_roundtrip_unknown_type_bounces_to_host(kern):
     assert set(out["type"].tolist()) == {999} and set(out["tenant"].tolist()) == {3}
 
 
+def _asleep_on(tid: int, addr: int) -> bool:
+    """Thread ``tid`` of this process is blocked in futex(2) on ``addr`` (its current system
+    call, as Linux reports it)."""
+    try:
+        with open(f"/proc/self/task/{tid}/syscall") as f:
+            parts = f.read().split()
+    except OSError:
+        return False
+    return len(parts) > 1 and parts[0] == "202" and int(parts[1], 16) == addr
+
+
+def test_tx_bell_wakes_a_host_thread_asleep_on_the_tx_ring(kern, wait_until):
+    """The device -> host bell: a host thread that raised C_HOST_WAIT and sleeps on the bell
+    (a futex, for far longer than the test waits) is woken by the device's tx publish, round
+    after round. Each push waits until the thread is really asleep in the futex (so the wake,
+    not a bell value that moved on before the sleep, ends it): a lost wake-up would leave it
+    asleep past the deadline."""
+    import platform
+    import threading
+    from ggmk.device import layout
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("reads the x86-64 futex system call number")
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/syscall") as f:
+            f.read()
+    except OSError as e:
+        pytest.skip(f"cannot read a thread's current system call here: {e}")
+    bell = kern.tx_bell()
+    assert bell is not None and kern.tx_bell() is bell
+    addr = kern._h["ctl"][layout.C_HOST_BELL:].ctypes.data
+    kern.pull(1 << 20)
+    rounds, got, seen_ids, armed, errors = 10, [], [], threading.Semaphore(0), []
+
+    def sleeper():
+        try:
+            while len(got) < rounds:
+                seen = bell.value()
+                bell.waiting(True)
+                armed.release()
+                if not kern.tx_ready():
+                    bell.wait(seen, 120.0)
+                bell.waiting(False)
+                r = kern.pull_until(1, timeout=30)
+                got.append(len(r))
+                seen_ids.extend(r["meta0"].tolist())
+        except Exception as e:   # noqa: BLE001
+            errors.append(e)
+
+    t = threading.Thread(target=sleeper, daemon=True)
+    t.start()
+    for i in range(rounds):
+        assert armed.acquire(timeout=60)
+        assert wait_until(lambda: _asleep_on(t.native_id, addr), 60), "never fell asleep"
+        # an unknown type: the device sends it straight back to the host (a tx publish)
+        assert kern.push(taskmod.make(1, type=999, meta0=i)) == 1
+        assert wait_until(lambda: len(got) > i or errors, 60), f"round {i}: not woken"
+    assert wait_until(lambda: not t.is_alive(), 60), f"woken {len(got)}/{rounds} times"
+    assert errors == [] and got == [1] * rounds and seen_ids == list(range(rounds))
+    assert kern._h["ctl"][layout.C_HOST_WAIT] == 0 and not kern.tx_ready()
+
+
 def test_yield_three_times_keeps_meta(kern):
     kern.push(taskmod.make(3, type=200, meta0=0, meta1=np.array([11, 12, 13])))
     out = kern.pull_until(3, timeout=30)

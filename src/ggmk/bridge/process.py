@@ -28,9 +28,12 @@ control pipe carries only lifecycle: build / start (or the child's traceback), s
   child is gone (halt, a failed boot, a reset), so a child that dies leaves nothing behind.
   The child watches its parent (pipe EOF, ``getppid``): if the parent dies, the child unlinks
   the segments and exits (the resource tracker would too).
-* Wake-ups: the ``cpu`` target's idle workers sleep on a *process-private* futex. The parent's
-  notifier bumps a relay word after the layout's words and wakes it with a *shared* futex; a
-  relay thread in the child rings the kernel's own doorbell.
+* Wake-ups: the ``cpu`` target's idle workers sleep on its doorbell, a *shared* futex in the
+  shared pages: the parent rings it directly (the target's ``host_notifier`` over its view).
+  A target without a notifier usable from here is served by a relay: the parent bumps a relay
+  word after the layout's words and wakes it with a shared futex; a relay thread in the child
+  rings the kernel's own doorbell. The other way, the device rings the parent's bridge pump
+  on the ``cpu`` target's device -> host bell (``DeviceKernel.tx_bell``), also a shared futex.
 * Child death: ``alive()`` is the child's liveness (and its kernel's), so a dead child makes
   the transport raise ``KernelStopped`` (the bridge puts the batch on ``sys.error``) instead of
   pushing into a ring nobody reads; the watchdog resets it.
@@ -264,7 +267,7 @@ def _child_main(conn, spec: dict) -> None:
 
     def relay_loop() -> None:
         """Parent pushes bump relay[0] and wake it (shared futex): ring the kernel's own
-        doorbell (the cpu target's workers sleep on a process-private futex)."""
+        doorbell (for a target whose notifier the parent cannot use on the shared pages)."""
         addr = relay.ctypes.data
         seen = int(relay[0])
         while not gone.is_set():
@@ -378,6 +381,7 @@ class DeviceProcess:
         self._closed = False
         self._lock = threading.Lock()
         self.exit_info = None
+        self._direct = None
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> "DeviceProcess":
@@ -415,6 +419,10 @@ class DeviceProcess:
             self.launch = _RemoteLaunch(self)
             self.kernel.attach(words[:self.nmap], arena, self.launch, self._notify,
                                built=msg[1].get("built"))
+            # cpu: its doorbell is a shared futex in the shared pages: ring it from here (one
+            # wake-up, not two through the child's relay thread)
+            from ggmk.device.targets import option
+            self._direct = option(self.kernel.target, "host_notifier")(self.kernel._h["ctl"])
         except BaseException:
             self.kill()
             raise
@@ -440,6 +448,10 @@ class DeviceProcess:
                 return ("error", f"boot timed out after {self.boot_timeout} s")
 
     def _notify(self) -> None:
+        d = self._direct
+        if d is not None:
+            d()
+            return
         r = self._relay
         r[0] += 1
         futex_wake(r.ctypes.data)

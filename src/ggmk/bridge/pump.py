@@ -11,12 +11,16 @@ not wait for company). ``stats()["transfers"]`` / ``["records"]`` count them: ne
 transfer per task.
 
 Waking the pump: a CPU channel delivering to the bridge's subscriber ring wakes it at once
-(its notify hook, ``Subscriber.add_notify``), and so do ``push_device``, ``resume_device`` and ``stop``. The device
-publishes into host memory without ringing a host bell, so after any transfer the pump polls
-the device -> host ring closely for ``HOT_S`` (5 ms: ``SPIN`` GIL yields, then waits of
-20..200 us), and while ingress tasks are unfinished on the device; otherwise it sleeps until
-woken (2 ms at most). Completions (credits) are read with ``done_counts`` (a few published
-counters), not ``metrics()``.
+(its notify hook, ``Subscriber.add_notify``), and so do ``push_device``, ``resume_device`` and
+``stop``. The device wakes it too where the target rings a device -> host bell (``cpu``:
+``DeviceKernel.tx_bell``, a futex the device rings after a tx publish while the pump says it
+sleeps): host wake-ups and the bell meet in one wait (:class:`_Wake`), so a record the device
+publishes is taken at once, not at the next look. Without a bell (``sim``, ``cuda``) the device
+publishes into host memory silently, and after any transfer the pump watches the device ->
+host ring closely for ``HOT_S`` (5 ms: waits of 5..100 us between looks at the next slot),
+and while ingress tasks are unfinished on the device. Otherwise it sleeps until woken (2 ms at
+most). Completions (credits) are read with ``done_counts`` (a few published counters), not
+``metrics()``.
 
 CPU -> GPU channel (produced on the CPU kernel): the bridge is a host-side subscriber of the CPU
 channel (so the CPU producer's lossless backpressure sees the bridge's ring). It takes
@@ -86,6 +90,71 @@ def _tight_timer_slack() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(29, 1000, 0, 0, 0)     # PR_SET_TIMERSLACK
     except (OSError, AttributeError):
         pass
+
+
+def _no_bell():
+    return None
+
+
+class _Wake:
+    """The pump's wake-up: a ``threading.Event`` for the host's wakers (CPU -> GPU messages,
+    ``push_device``, resume, stop: ``set``) joined with the device -> host bell where the
+    transport has one (``tx_bell``: the ``cpu`` target), so one wait ends on either, at once.
+
+    No lost wake-up: :meth:`wait` reads the bell, says it sleeps (``_sleeping`` for host
+    wakers, the bell's waiting word for the device), looks at the event and the tx ring once
+    more, and sleeps only while the bell still reads what it read first. A host waker sets
+    the event, then rings the bell if the pump says it sleeps (the GIL orders the two
+    threads' steps); the device adds to the bell after it publishes a record and wakes the
+    sleeper while the waiting word is up."""
+
+    __slots__ = ("_ev", "_bell_of", "_sleeping")
+
+    def __init__(self, bell_of=None):
+        self._ev = threading.Event()
+        self._bell_of = bell_of          # () -> the transport's bell or None
+        self._sleeping = None            # the bell the pump sleeps on right now
+
+    def set(self) -> None:
+        self._ev.set()
+        b = self._sleeping
+        if b is not None:
+            b.ring()
+
+    def clear(self) -> None:
+        self._ev.clear()
+
+    def is_set(self) -> bool:
+        return self._ev.is_set()
+
+    def bell(self):
+        f = self._bell_of
+        if f is None:
+            return None
+        try:
+            return f()
+        except Exception:   # noqa: BLE001 - a stopped kernel: plain event waits
+            return None
+
+    def wait(self, timeout: float, ready=None) -> bool:
+        """Until set, the device rings (when ``ready`` is given: ``ready()`` says a record is
+        there) or ``timeout`` s. Returns whether the event is set."""
+        b = self.bell() if ready is not None else None
+        if b is None:
+            return self._ev.wait(timeout)
+        if self._ev.is_set():
+            return True
+        seen = b.value()
+        self._sleeping = b
+        b.waiting(True)
+        try:
+            if self._ev.is_set() or ready():
+                return self._ev.is_set()
+            b.wait(seen, timeout)
+        finally:
+            b.waiting(False)
+            self._sleeping = None
+        return self._ev.is_set()
 
 
 class BridgeError(GgmkError):
@@ -238,7 +307,7 @@ class Bridge:
         self.outs: dict[int, _Out] = {}
         self.by_name = {}
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._wake = _Wake(lambda: getattr(self.tx, "tx_bell", _no_bell)())
         for bc in channels:
             ch = system.channel(bc.name)
             if bc.direction == "c2g":
@@ -306,8 +375,8 @@ class Bridge:
             self._last_io = time.monotonic()
         self._wake.set()
 
-    #: after a transfer, the pump polls the device -> host ring this long (s) before it only
-    #: waits for a wake-up (the device publishes into host memory and rings no host bell)
+    #: after a transfer, the pump watches the device -> host ring this long (s) before it only
+    #: waits for a wake-up (with a bell: sleeps of BELL_SPAN_S on it, without: short looks)
     HOT_S = 0.005
     #: polls that only yield the GIL (``sleep(0)``) before the waits between polls grow
     #: (transports without ``tx_ready``)
@@ -316,6 +385,10 @@ class Bridge:
     WATCH_MAX_S = 100e-6
     #: ... and the longest watch (s) before the next whole pump step
     WATCH_SPAN_S = 200e-6
+    #: with a device -> host bell (cpu): the longest sleep on it (s) before the next whole
+    #: pump step (one is due that often for what no tx record announces: room in a CPU
+    #: channel for waiting GPU -> CPU records, finished ingress tasks' credits)
+    BELL_SPAN_S = 500e-6
 
     def _loop(self) -> None:
         _tight_timer_slack()             # its short sleeps (_watch) end on time
@@ -348,8 +421,9 @@ class Bridge:
                     wake.wait(min(20e-6 * (idle - self.SPIN + 1), 200e-6))
             else:
                 # nothing on its way: CPU -> GPU messages (the subscriber ring's push),
-                # push_device, resume and stop wake the pump; the timeout is a safety net
-                wake.wait(0.002)
+                # push_device, resume and stop wake the pump, and so does the device's bell
+                # where it has one (cpu); the timeout is a safety net
+                wake.wait(0.002, None if ready is None else self._safe_ready)
 
     def _watch(self, ready, wake) -> None:
         """Wait for the device's next record without a whole pump step per look: the next
@@ -359,12 +433,16 @@ class Bridge:
         and not a yield loop: a thread that drops the GIL and takes it straight back (``sleep(0)``,
         ``sched_yield``) keeps it from the thread that wants it for up to the switch interval
         (5 ms): the CPU worker that must run the reply. A sleep leaves the GIL free for its
-        whole length. (A real bell from the device would remove even these looks: the device
-        publishes into host memory and rings no host bell today.)"""
+        whole length. With a device -> host bell (``cpu``) there are no looks: one sleep on the
+        bell, which the device rings when it publishes, of ``BELL_SPAN_S`` at most."""
         # at most WATCH_SPAN_S per call: a step is still due that often for what no tx record
         # announces (CPU channel room for waiting GPU -> CPU records, finished ingress credits)
         # the pause grows across calls and starts again at 5 us after a step that moved
         # something (_loop): a long wait on the device costs a look per 100 us, not 40 per ms
+        if wake.bell() is not None:
+            # the device rings when it publishes: one sleep, no looks in between
+            wake.wait(self.BELL_SPAN_S, self._safe_ready)
+            return
         end = time.monotonic() + self.WATCH_SPAN_S
         pause = self._pause
         mono = time.monotonic
@@ -377,6 +455,14 @@ class Bridge:
                     pause = self._pause = min(pause * 1.5, self.WATCH_MAX_S)
         except Exception:   # noqa: BLE001 - a stopped kernel: the step reports it
             return
+
+    def _safe_ready(self) -> bool:
+        """``tx_ready`` of the transport; True (look now) when it cannot say (a stopped
+        kernel: the step reports it)."""
+        try:
+            return self.tx.tx_ready()
+        except Exception:   # noqa: BLE001
+            return True
 
     def _hot(self) -> bool:
         """Something is on its way through the device (poll its ring closely)."""

@@ -92,6 +92,10 @@ class InProcessTransport:
     def rx_pending(self) -> int:
         return self.kernel.rx_pending()
 
+    def tx_bell(self):
+        """The device -> host bell of the kernel (``DeviceKernel.tx_bell``) or None."""
+        return self.kernel.tx_bell()
+
     def type_counts(self) -> dict:
         return self.kernel.metrics()["types"]
 

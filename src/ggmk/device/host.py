@@ -280,6 +280,19 @@ class DeviceKernel:
         self._ring()
         return n
 
+    def tx_bell(self):
+        """The host's end of the device -> host bell (the target's ``host_bell``: ``cpu``), or
+        None where the device rings none (``sim``, ``cuda``: the host watches the tx ring).
+        A host thread with nothing to do until the device publishes sleeps on it (the bridge
+        pump): ``b.value()``, ``b.waiting(True)``, a last look at :meth:`tx_ready`,
+        ``b.wait(seen, timeout_s)``, ``b.waiting(False)``; another host thread wakes it with
+        ``b.ring()``."""
+        self._check()
+        b = getattr(self, "_bell", False)
+        if b is False:
+            b = self._bell = option(self.target, "host_bell")(self._h["ctl"])
+        return b
+
     def _ring(self):
         """Tell parked workers there is news (the target's ``host_notifier``, if it has one:
         cpu wakes host threads asleep on its doorbell)."""

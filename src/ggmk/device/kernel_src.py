@@ -302,6 +302,7 @@ def to_host(S, blk, w0, w1, w2, w3, w4, w5):
         write_rec_volatile(M, O_TX + slot * W, w0, w1, w2, w3, w4, w5)
         fence_system()
         vstore(M, O_TXSEQ + slot, pos + 1)
+        host_bell(M)                   # wake a host thread asleep on the tx ring (cpu)
     else:
         tx_spill(S, blk, pos, w0, w1, w2, w3, w4, w5)
     met_add(D, blk, M_TO_HOST, 1)
@@ -377,6 +378,7 @@ def tx_move(S, force):
     vstore(D, O_GLOB + G_TX_MCUR, p)
     if moved > 0:
         atomic_add(D, O_GLOB + G_TX_SPILLN, -moved)
+        host_bell(M)
     fence()
     vstore(D, O_GLOB + G_TX_MLOCK, 0)
 

@@ -96,7 +96,14 @@ C_TICK = 56               # device publishes its current tick
 C_TARGET0 = 64            # two words the target owns and names (Target.constants): cpu's
 C_TARGET1 = 72            # doorbell (host-written) and parked count (device-written)
 C_TX_HELD = 80            # device: producers held back right now (tx ring and spill full)
-NCTL = 88
+C_HOST_WAIT = 88          # host writes: 1 while a host thread (the bridge pump) sleeps on the
+                          # device -> host bell (C_HOST_BELL); the device rings only then
+C_HOST_BELL = 96          # the device -> host bell: the device adds 1 after each tx publish
+                          # (a locked add on ``cpu``: it orders the record before it), the
+                          # host adds 1 (atomically, in the kernel: FUTEX_WAKE_OP) to wake its
+                          # own sleeper; a futex word on ``cpu`` (low 32 bits), unused
+                          # on ``sim`` / ``cuda`` (no device atomics on host-mapped words there)
+NCTL = 104
 
 # ---- glob words (device)
 G_EV_LOCK = 0

@@ -104,6 +104,10 @@ class Target(Protocol):
     * optional ``host_notifier(ctl) -> callable | None``: given the host's view of the ctl
       words, a function the host calls after each push, after a pull that freed ring room
       and at stop, to wake parked workers (``cpu``: the doorbell futex). Default ``None``.
+    * optional ``host_bell(ctl) -> bell | None``: the host's end of a device -> host bell
+      (``cpu``: ``HostBell``, a futex the device rings after a tx publish while a host thread
+      says it sleeps: ``value()``, ``waiting(on)``, ``wait(seen, timeout_s)``, ``ring()``).
+      Default ``None``: the device rings no host bell, the host watches the tx ring.
     * optional ``PROCESS_ENV``: environment a process needs *before* it imports anything for
       this target (``sim``: the simulator switch); a caller that cannot promise that (a test
       process that also runs other targets) runs the target in a fresh process with it.
@@ -154,6 +158,7 @@ OPTIONAL: dict[str, Any] = {
     "resolve_config": _no_config,
     "init_images": _no_images,
     "host_notifier": _no_notifier,
+    "host_bell": _no_notifier,
     "PROCESS_ENV": None,
 }
 

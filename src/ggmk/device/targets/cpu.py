@@ -83,7 +83,10 @@ def vstore(typingctx, arr, idx, val):
 # VM: at a 50 us nap that was 30% of a core for an idle kernel).
 _SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(
     platform.machine().lower()) if sys.platform.startswith("linux") else None
-_FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 128, 129
+# shared futexes (not FUTEX_PRIVATE_FLAG): the mapped words may be shared memory between the
+# parent and a device process (``ggmk.bridge.process``), and the host side that waits or wakes
+# (the parent's bridge pump on the tx bell, its pushes on the doorbell) is the other process
+_FUTEX_WAIT_SHARED, _FUTEX_WAKE_SHARED = 0, 1
 
 
 @intrinsic
@@ -113,7 +116,7 @@ def futex_wait(typingctx, arr, idx, expected, timeout_ns):
         fnty = ir.FunctionType(i64, [i64], var_arg=True)
         fn = cgutils.get_or_insert_function(builder.module, fnty, "syscall")
         builder.call(fn, [ir.Constant(i64, _SYS_FUTEX), builder.ptrtoint(ptr, i64),
-                          ir.Constant(i64, _FUTEX_WAIT_PRIVATE), builder.sext(exp, i64),
+                          ir.Constant(i64, _FUTEX_WAIT_SHARED), builder.sext(exp, i64),
                           builder.ptrtoint(ts, i64), ir.Constant(i64, 0), ir.Constant(i64, 0)])
         return context.get_dummy_value()
     return types.none(arr, idx, expected, timeout_ns), codegen
@@ -133,7 +136,7 @@ def futex_wake(typingctx, arr, idx):
         fnty = ir.FunctionType(i64, [i64], var_arg=True)
         fn = cgutils.get_or_insert_function(builder.module, fnty, "syscall")
         builder.call(fn, [ir.Constant(i64, _SYS_FUTEX), builder.ptrtoint(ptr, i64),
-                          ir.Constant(i64, _FUTEX_WAKE_PRIVATE), ir.Constant(i64, 1 << 30),
+                          ir.Constant(i64, _FUTEX_WAKE_SHARED), ir.Constant(i64, 1 << 30),
                           ir.Constant(i64, 0), ir.Constant(i64, 0), ir.Constant(i64, 0)])
         return context.get_dummy_value()
     return types.none(arr, idx), codegen
@@ -143,7 +146,7 @@ def doorbell(addr: int) -> None:
     """Host side: wake every host thread of the kernel asleep on the doorbell word at
     ``addr`` (call after changing it)."""
     if _SYS_FUTEX is not None:
-        _libc().syscall(_SYS_FUTEX, ctypes.c_void_p(addr), _FUTEX_WAKE_PRIVATE, 1 << 30, 0,
+        _libc().syscall(_SYS_FUTEX, ctypes.c_void_p(addr), _FUTEX_WAKE_SHARED, 1 << 30, 0,
                         0, 0)
 
 
@@ -292,6 +295,59 @@ def host_notifier(ctl: np.ndarray):
         if ctl[C_PARKED] != 0:
             doorbell(addr)
     return notify
+
+
+_FUTEX_WAKE_OP = 5
+# FUTEX_WAKE_OP's operation word: *uaddr2 += 1 (FUTEX_OP_ADD = 1, oparg 1); its comparison
+# (FUTEX_OP_CMP_EQ against 0) only decides whether uaddr2's waiters are woken too, and uaddr2
+# is uaddr here: those are woken unconditionally (val = all of them)
+_WAKE_OP_ADD1 = (1 << 28) | (0 << 24) | (1 << 12) | 0
+
+
+class HostBell:
+    """The host's end of the device -> host bell (``C_HOST_WAIT`` / ``C_HOST_BELL``): a host
+    thread that has nothing to do until the device publishes (the bridge pump) reads
+    :meth:`value`, raises the waiting word, looks at the tx ring once more and sleeps in
+    :meth:`wait` (a shared futex: the device may be another process); the device adds 1 to the
+    bell after each publish and wakes it while the waiting word is up (``host_bell`` in
+    ``cpu_prims``). Another host thread wakes the sleeper with :meth:`ring` (an atomic add in
+    the kernel, FUTEX_WAKE_OP: the device adds to the same word)."""
+
+    def __init__(self, ctl: np.ndarray):
+        self._ctl = ctl
+        self._addr = ctl[layout.C_HOST_BELL:].ctypes.data
+
+    def value(self) -> int:
+        return int(self._ctl[layout.C_HOST_BELL]) & 0xFFFFFFFF
+
+    def waiting(self, on: bool) -> None:
+        self._ctl[layout.C_HOST_WAIT] = 1 if on else 0
+
+    def wait(self, seen: int, timeout_s: float) -> None:
+        """Sleep while the bell still reads ``seen`` (at most ``timeout_s``; ctypes releases
+        the GIL meanwhile)."""
+        if _SYS_FUTEX is None:
+            time.sleep(min(timeout_s, 0.001))
+            return
+        ts = _Timespec(int(timeout_s), int((timeout_s % 1) * 1e9))
+        exp = seen - (1 << 32) if seen & 0x80000000 else seen
+        _libc().syscall(_SYS_FUTEX, ctypes.c_void_p(self._addr), _FUTEX_WAIT_SHARED,
+                        ctypes.c_int(exp), ctypes.byref(ts), 0, 0)
+
+    def ring(self) -> None:
+        """Change the bell (atomically: the device adds to it too) and wake its sleeper."""
+        if _SYS_FUTEX is not None:
+            _libc().syscall(_SYS_FUTEX, ctypes.c_void_p(self._addr), _FUTEX_WAKE_OP,
+                            1 << 30, 0, ctypes.c_void_p(self._addr), _WAKE_OP_ADD1)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("s", ctypes.c_long), ("ns", ctypes.c_long)]
+
+
+def host_bell(ctl: np.ndarray) -> HostBell:
+    """The host's end of the device -> host bell over the host view of the ctl words."""
+    return HostBell(ctl)
 
 
 def namespace() -> dict:

@@ -56,6 +56,17 @@ def idle_wait(M, ns):
     atomic_add(M, O_CTL + C_PARKED, -1)
 
 
+def host_bell(M):
+    # the device -> host bell, after a record is published on the tx ring: the locked add
+    # orders the record before the bell's new value, so a host that read the bell, raised
+    # C_HOST_WAIT and found no record either sleeps on the old value (and this add makes its
+    # futex wait return or this thread see C_HOST_WAIT and wake it) or sees the record; the
+    # system call only while a host thread says it sleeps
+    atomic_add(M, O_CTL + C_HOST_BELL, 1)
+    if vload(M, O_CTL + C_HOST_WAIT) != 0:
+        futex_wake(M, O_CTL + C_HOST_BELL)
+
+
 def wake_idle(D, M):
     # a parked host thread is woken while a type bucket or the overflow queue holds work it
     # could take (a look at a few words per round, and only while one is parked)

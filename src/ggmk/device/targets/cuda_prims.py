@@ -79,5 +79,11 @@ def idle_wait(M, ns):
     nanosleep(ns)
 
 
+def host_bell(M):
+    # no device -> host bell on a GPU (no device atomics on host-mapped words, no system
+    # call): the host watches the tx ring itself
+    pass
+
+
 def wake_idle(D, M):
     pass
