@@ -318,7 +318,7 @@ class Client:
         self.ignored = 0            # replies nobody here waited for (other clients' tags)
         self.sub = system.channel(reply).subscribe(name=f"client-{id(self):x}",
                                                    notify=self._wake)
-        self._hal_of = system.hal
+        self._hal = system.hal
         self._help = system.hal.help
 
     # -- waking ---------------------------------------------------------------------------
@@ -585,7 +585,7 @@ class Client:
 
         Booted with ``host_helps=True``, the calling thread runs the handler that answers
         (``hal.help``) while a worker is idle: no thread wake-up on the round trip."""
-        hal = self._hal_of
+        hal = self._hal
         if not hal.helping:
             self.publish(meta0, meta1, tag=tag, payload=payload, type=type, channel=channel)
             return self.wait(tag)
@@ -688,7 +688,7 @@ class Client:
     def call_many(self, meta0, meta1, lo: int, *, channel=None) -> tuple:
         """``publish_many`` + ``wait_many``. Booted with ``host_helps=True``, the calling
         thread runs the handlers that answer while a worker is idle (as in :meth:`call`)."""
-        hal = self._hal_of
+        hal = self._hal
         if not hal.helping:
             return self.wait_many(self.publish_many(meta0, meta1, lo, channel=channel))
         out = []

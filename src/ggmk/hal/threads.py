@@ -36,7 +36,7 @@ _MAIN = threading.main_thread().ident
 class _SigintGuard:
     """The SIGINT handler while a system with caller runs is up: forwards to the handler it
     replaced, except while the main thread runs a worker's step (``held``), when the signal
-    waits for the step's end (``release``). Swapping handlers per help instead costs two
+    waits for the step's end (``leave``). Swapping handlers per help instead costs two
     sigaction calls (~2 us) on every round trip."""
 
     def __init__(self, inner):
@@ -100,7 +100,8 @@ class ThreadsHal:
         self.host_cond = threading.Condition(threading.Lock())
         self.host_waiting = 0
         self.host_poll = (0.0001, 0.005)   # the host's re-check backstop: first, longest (s)
-        self.helping = True               # caller runs (see the module docstring)
+        self.helping = False              # caller runs (see the module docstring; boot's
+                                          # host_helps sets it)
         self.helped = 0                   # steps a host thread ran for a borrowed worker
         self._worker_of: dict = {}        # park lock -> its worker
         self._lent: dict = {}             # park lock -> whether its thread waits for it back
