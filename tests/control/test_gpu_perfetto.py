@@ -143,9 +143,20 @@ def test_perfetto_has_a_track_per_gpu_worker_and_task_slices(traced, wait_until,
                       120)
     assert wait_until(lambda: sample("ok") == N, 60)
     # a SAMPLE that found scale.out full waits and runs again: runs = N + waits; the GPU
-    # workers publish their counters when they park, the trace is drained every 50 ms
-    assert wait_until(lambda: sample("run") == sliced() == N + sample("wait"), 60)
-    ran = sample("run")
+    # workers publish their counters when they park, the trace is drained every 50 ms. The
+    # trace ring may lose records on a loaded machine (it overwrites when the host falls
+    # behind, and skips a slot a preempted worker left unwritten for TRACE_STALL_S), never
+    # silently: every run is in a slice, or the trace counts lost records
+    seen = {}
+
+    def settled():
+        run = sample("run")
+        seen.update(run=run, wait=sample("wait"), sliced=sliced(),
+                    lost=g.json("trace")["gpu_lost"])
+        return run == N + seen["wait"] and (seen["sliced"] == run
+                                            or (seen["lost"] > 0 and seen["sliced"] < run))
+    assert wait_until(settled, 60), seen
+    ran, lost = seen["run"], seen["lost"]
     stats = g.json("stats")
     assert stats["gpu"]["types"][str(SAMPLE)]["ok"] == N            # every task done, once
     assert stats["gpu"]["global"]["errors"] == 0 and stats["cpu"]["types"]["COLLECT"]["ok"] == N
@@ -157,7 +168,7 @@ def test_perfetto_has_a_track_per_gpu_worker_and_task_slices(traced, wait_until,
     doc = json.loads(out.read_text())
     ev = check_trace_event_format(doc)
     od = doc["otherData"]
-    assert od["gpu_trace_tasks"] and od["gpu_lost"] == 0 and od["gpu_dropped"] == 0
+    assert od["gpu_trace_tasks"] and od["gpu_lost"] >= lost and od["gpu_dropped"] == 0
     pids = {e["pid"]: e["args"]["name"] for e in ev
             if e["ph"] == "M" and e["name"] == "process_name"}
     gpid = next(p for p, n in pids.items() if "GPU kernel" in n)
@@ -167,11 +178,13 @@ def test_perfetto_has_a_track_per_gpu_worker_and_task_slices(traced, wait_until,
     assert workers == set(range(nworkers))                 # one track per GPU worker
     slices = [e for e in _gpu(ev, "X") if e["pid"] == gpid]
     assert slices and all(e["tid"] - GPU_TID0 in workers for e in slices)
-    # every SAMPLE the GPU kernel ran is in exactly one slice (nothing was lost or cut)
+    # every SAMPLE the GPU kernel ran is in exactly one slice (nothing cut, nothing lost but
+    # what the trace counts as lost)
     mine = [e for e in slices if e["args"]["type"] == SAMPLE]
     assert {e["name"] for e in mine} == {"SAMPLE"}
     assert {e["args"]["handler"] for e in mine} == {"gpu_scale.scale"}
-    assert sum(e["args"]["n"] for e in mine) == ran
+    in_slices = sum(e["args"]["n"] for e in mine)
+    assert in_slices == ran if not od["gpu_lost"] else 0 < in_slices <= ran
     # a worker runs one batch at a time: its slices never overlap on its track
     for w in workers:
         mine_w = sorted((e["ts"], e["ts"] + e["dur"]) for e in slices
@@ -184,7 +197,9 @@ def test_perfetto_has_a_track_per_gpu_worker_and_task_slices(traced, wait_until,
     rows = res["gpu_events"]
     assert rows and all(0 <= r[0] < nworkers and len(r) == 8 for r in rows)
     starts = [r for r in rows if r[2] == EventType.TASK_START and r[4] == SAMPLE]
-    assert sum(r[7] for r in starts) == ran and all(r[5] == r[7] >= 1 for r in starts)
+    assert all(r[5] == r[7] >= 1 for r in starts)
+    assert sum(r[7] for r in starts) == ran if not res["gpu_lost"] else \
+        sum(r[7] for r in starts) <= ran
 
 
 def test_perfetto_window_shows_gpu_slices_next_to_bridge_flows(traced, wait_until,
