@@ -444,15 +444,7 @@ class Client:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    self._pumping = True
-                    cond.release()
-                    try:
-                        self._sleep(left)
-                    finally:
-                        cond.acquire()
-                        self._pumping = False
-                    self._pump()
-                    cond.notify_all()               # news, or the pumper role is free
+                    self._pump_after_sleep(left)
             finally:
                 self._unregister(p)
                 cond.notify_all()                   # leaving: someone else may pump now
@@ -514,15 +506,22 @@ class Client:
             if self._pumping:
                 cond.wait(nap)
                 return
-            self._pumping = True
-            cond.release()
-            try:
-                self._sleep(nap)
-            finally:
-                cond.acquire()
-                self._pumping = False
-            self._pump()
-            cond.notify_all()
+            self._pump_after_sleep(nap)
+
+    def _pump_after_sleep(self, left: float) -> None:
+        """Holding ``_cond``, nobody else pumping: take the pumper role, sleep (or run the
+        answering steps: ``_sleep``) outside the lock for at most ``left`` s, then file what
+        came and wake the other waiters (news, or the pumper role is free)."""
+        cond = self._cond
+        self._pumping = True
+        cond.release()
+        try:
+            self._sleep(left)
+        finally:
+            cond.acquire()
+            self._pumping = False
+        self._pump()
+        cond.notify_all()
 
     def _try_send(self, ch, meta0, meta1, payload, type) -> int:
         """One attempt to publish a request: OK or the channel's code."""

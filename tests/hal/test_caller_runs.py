@@ -112,12 +112,18 @@ def test_a_busy_system_is_waited_on_not_helped():
 def test_work_the_caller_leaves_behind_is_run_by_the_workers(wait_until):
     srv = echo_server(follow_ons=64)
     with ggmk.boot([srv], workers=2, host_helps=True) as system:
+        hal = system.hal
+        # no park timeout to fall back on: both workers park again with an hour's timeout,
+        # so only the hand-back's release can get the borrowed worker's leftovers run
+        hal.park_timeout = 3600.0
+        hal.wake(2)
+        assert wait_until(lambda: len(hal._parked) == 2, 30)
         cl = sdk.Client(system, "echo.ask", "echo.ans")
-        for i in range(10):
-            assert cl.call(i, i, tag=i) == (i, i + 1, None)
-        # each call returned once its reply was in; its 64 hops were left in the borrowed
-        # worker's queues: that worker is released to run them, with no one waiting
-        assert wait_until(lambda: srv.hops == 640, 60)
+        assert cl.call(1, 1, tag=1) == (1, 2, None)
+        assert threading.get_ident() in srv.threads          # the caller ran the request
+        # the call returned once its reply was in; the request's 64 hops were left in the
+        # borrowed worker's local queue: that worker is released to run them
+        assert wait_until(lambda: srv.hops == 64, 30)
         cl.close()
         accounted(system)
 
