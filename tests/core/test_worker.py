@@ -315,3 +315,56 @@ def test_a_tenant_policy_or_determinism_keeps_follow_ons_out_of_the_step():
             assert len(log) == 1, kw
             assert s.run(timeout=30)
         assert [x[1] for x in log] == list(range(1, 21))
+
+
+def test_follow_ons_past_the_budget_keep_their_emit_order():
+    """Past the step's budget the batch's sender queues meta0-only follow-ons apart from other
+    buffered emits (one template fill at the batch's end); the two kinds must still reach the
+    queue in the order they were emitted. max_batch 2: the seed and child 1 run in the step;
+    child 2 is queued by the fast sender, then 3..10 alternately by the general path and the
+    sender (which then queues behind the general path's emits)."""
+    log = []
+    m = Module("order")
+
+    @m.handler("O")
+    def o(ctx):
+        v = ctx.task.meta0
+        log.append(v)
+        if v == 0:
+            for c in range(1, 11):
+                if c > 2 and c % 2:
+                    ctx.emit("O", meta0=c, tenant=0)     # a keyword: the general path
+                else:
+                    ctx.emit("O", meta0=c)               # the batch's sender
+
+    with boot([m], hal="sim", workers=1, max_batch=2) as s:
+        s.hal.max_batch_choices = (2,)
+        s.submit("O", meta0=0)
+        assert s.run(timeout=30)
+        st = s.stats()["types"]["O"]
+    assert log == list(range(11))
+    assert st["ok"] == st["enqueued"] == 11
+
+
+def test_ctx_task_meta0_in_a_batch_handler_is_a_clear_error(hal):
+    """A batch handler has no current task: using ``ctx.task.meta0`` fails its batch with the
+    reason, and the worker carries on."""
+    m = Module("b")
+    seen = []
+
+    @m.handler("B", batch=True)
+    def b(ctx, batch):
+        return ctx.task.meta0 + 1
+
+    @m.handler("P")
+    def p(ctx):
+        seen.append(ctx.task.meta0)
+
+    with boot([m], hal=hal, workers=2) as s:
+        s.submit("B", meta0=5)
+        s.submit("P", meta0=7)
+        assert s.run(timeout=30)
+        recs, codes = s.dead_letters("sys.error")
+        assert codes.tolist() == [T.HANDLER_EXCEPTION] and recs["meta0"].tolist() == [5]
+        assert "ctx.task.meta0: no current task" in s.exceptions[-1][2]
+    assert seen == [7]

@@ -290,7 +290,8 @@ class Worker:
             ctx._bhdr = -2
             if lim:
                 ctx._km0, ctx._klim = m0, lim
-            for i in range(n):
+            d = task._d                  # the current row's meta0 lives here (_Meta0)
+            for i, d["meta0"] in zip(range(n), m0):
                 task._i = i
                 try:
                     r = fn(ctx)
@@ -313,7 +314,7 @@ class Worker:
                 task._seq0 = base + 1
                 # a list's iterator sees what is appended meanwhile: the follow-ons the
                 # handlers emit here run in this loop too (no length check per hop)
-                for i, _ in enumerate(islice(m0, n, None), n):
+                for i, d["meta0"] in enumerate(islice(m0, n, None), n):
                     task._i = i
                     try:
                         r = fn(ctx)
@@ -352,7 +353,7 @@ class Worker:
                     codes[i] = r
         elapsed = k.clock() - t0
         cpu_ns = cpu() - c0 if cpu is not None else elapsed
-        if ctx._ek or ctx._emitters_active or k.channels is not None:
+        if ctx._ek or ctx._q0 or ctx._emitters_active or k.channels is not None:
             ctx.flush()
         if exc is not None:
             k.report_exception(h, exc, "".join(traceback.format_exception(exc)))
