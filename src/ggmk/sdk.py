@@ -582,8 +582,9 @@ class Client:
     def call(self, meta0=0, meta1=0, *, tag, payload=None, type=None, channel=None):
         """``publish`` + ``wait``: the reply ``(meta0, meta1, payload bytes or None)``.
 
-        Booted with ``host_helps=True``, the calling thread runs the handler that answers
-        (``hal.help``) while a worker is idle: no thread wake-up on the round trip."""
+        With caller runs (boot's ``host_helps``, on by default), the calling thread runs the
+        handler that answers (``hal.help``) while a worker is idle: no thread wake-up on the
+        round trip."""
         hal = self._hal
         if not hal.helping:
             self.publish(meta0, meta1, tag=tag, payload=payload, type=type, channel=channel)
@@ -685,7 +686,7 @@ class Client:
             return ch.emit(recs, built=True, prio=0) if n else 0
 
     def call_many(self, meta0, meta1, lo: int, *, channel=None) -> tuple:
-        """``publish_many`` + ``wait_many``. Booted with ``host_helps=True``, the calling
+        """``publish_many`` + ``wait_many``. With caller runs (the default), the calling
         thread runs the handlers that answer while a worker is idle (as in :meth:`call`)."""
         hal = self._hal
         if not hal.helping:

@@ -71,9 +71,11 @@ def test_the_caller_runs_the_handler_with_no_wake_up():
         accounted(system)
 
 
-def test_off_by_default_and_in_determinism_mode():
+def test_on_by_default_off_on_request_and_in_determinism_mode():
+    with ggmk.boot([echo_server()], workers=2) as system:
+        assert system.hal.helping
     srv = echo_server()
-    with ggmk.boot([srv], workers=2) as system:
+    with ggmk.boot([srv], workers=2, host_helps=False) as system:
         assert not system.hal.helping
         cl = sdk.Client(system, "echo.ask", "echo.ans")
         for i in range(20):

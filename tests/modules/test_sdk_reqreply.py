@@ -160,7 +160,9 @@ def test_client_correlates_blocks_and_singles_from_two_threads():
 def test_timeouts_name_what_is_missing_and_late_replies_are_counted():
     gate = threading.Event()
     srv = tripler(gate, ask_cap=64, ans_cap=64)
-    with ggmk.boot([srv], workers=2) as system:
+    # the server blocks until this thread opens the gate: the host must not run it itself
+    # (caller runs would: the one case host_helps=False is for)
+    with ggmk.boot([srv], workers=2, host_helps=False) as system:
         cl = sdk.Client(system, "ask.q", "ans.q", timeout=0.2)
         try:
             with pytest.raises(TimeoutError, match="tag 77 on 'ans.q'"):
@@ -185,7 +187,9 @@ def test_timeouts_name_what_is_missing_and_late_replies_are_counted():
 def test_full_request_channel_is_bounded_and_nothing_is_lost():
     gate = threading.Event()
     srv = tripler(gate, ask_cap=8, ans_cap=256)
-    with ggmk.boot([srv], workers=2) as system:
+    # the server blocks until this thread opens the gate: the host must not run it itself
+    # (caller runs would: the one case host_helps=False is for)
+    with ggmk.boot([srv], workers=2, host_helps=False) as system:
         cl = sdk.Client(system, "ask.q", "ans.q", timeout=0.3)
         try:
             n = 100

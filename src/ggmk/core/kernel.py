@@ -53,7 +53,7 @@ class System:
                  max_retries: int = 8, poison_threshold: int = 32, poison_window: int = 1000,
                  poison_fraction: float = 0.5,
                  max_batch: int = 256, policy=None, tenants: dict | None = None,
-                 dead_letter_capacity: int = 1 << 16, host_helps: bool = False):
+                 dead_letter_capacity: int = 1 << 16, host_helps: bool = True):
         if workers < 1:
             raise BootError(f"workers must be >= 1, got {workers}")
         self.modules: list[Module] = list(modules)
@@ -61,12 +61,13 @@ class System:
         self.deterministic = deterministic
         self.seed = seed
         self.hal = make_hal(hal, seed=seed)
-        # caller runs (host_helps=True): a host thread that waits on the system (run(), an
-        # sdk reply) first runs an idle worker's steps itself (ggmk.hal.threads): no wake-ups
-        # on a round trip. Opt-in: a handler the host runs delays the host's timeout by as
-        # long as it runs, and one that blocks until the waiting host acts never returns.
-        # Off in determinism mode: which thread runs a step must not depend on when the host
-        # happens to wait.
+        # caller runs (host_helps, on by default): a host thread that waits on the system
+        # (run(), submit_and_run, an sdk reply) first runs an idle worker's steps itself
+        # (ggmk.hal.threads): no wake-ups on a round trip, as a fork-join pool's join helps.
+        # The price, why it can be turned off: a handler the host runs delays the host's
+        # timeout by as long as it runs, and one that blocks until that very host thread acts
+        # never returns. Off in determinism mode: which thread runs a step must not depend on
+        # when the host happens to wait.
         self.hal.helping = bool(host_helps) and not deterministic
         self.clock = self.hal.clock_ns
         # what a handler's CPU time is measured with (tenant billing, System.account)
@@ -561,9 +562,10 @@ class System:
 
     def submit_and_run(self, type, meta0: int = 0, meta1: int = 0, *,
                        timeout: float | None = 60.0, **submit_kw) -> bool:
-        """``submit(type, meta0, meta1, **submit_kw)`` then ``run(timeout=timeout)``. Booted
-        with ``host_helps=True``, the calling thread runs the work itself while a worker is
-        idle, and no worker is woken for it: a one-task round trip with no thread wake-up.
+        """``submit(type, meta0, meta1, **submit_kw)`` then ``run(timeout=timeout)``. With caller
+        runs (boot's ``host_helps``, on by default), the calling thread runs the work itself
+        while a worker is idle, and no worker is woken for it: a one-task round trip with no
+        thread wake-up.
 
         >>> import ggmk
         >>> m = ggmk.Module("sq")
@@ -571,7 +573,7 @@ class System:
         >>> @m.handler("SQ")
         ... def sq(ctx):
         ...     out.append(ctx.task.meta0 ** 2)
-        >>> with ggmk.boot([m], host_helps=True) as system:
+        >>> with ggmk.boot([m]) as system:
         ...     system.submit_and_run("SQ", 7)
         True
         >>> out

@@ -42,7 +42,7 @@ class Hal(Protocol):
         time.monotonic() bound, threads only); return ``predicate()``. ``before()`` is called
         exactly once, first (e.g. the publish of a request: no worker is woken for what the
         helping thread will run itself). Threads: only with ``helping`` set (boot's
-        ``host_helps``) and a worker parked; sim: always (nothing else steps its workers)."""
+        ``host_helps``, on by default) and a worker parked; sim: always (nothing else steps its workers)."""
 
     def sleep(self, seconds: float) -> None:
         """Let the system run for ``seconds`` of HAL-clock time, whatever its state."""

@@ -101,7 +101,7 @@ class ThreadsHal:
         self.host_waiting = 0
         self.host_poll = (0.0001, 0.005)   # the host's re-check backstop: first, longest (s)
         self.helping = False              # caller runs (see the module docstring; boot's
-                                          # host_helps sets it)
+                                          # host_helps sets it, on by default)
         self.helped = 0                   # steps a host thread ran for a borrowed worker
         self._worker_of: dict = {}        # park lock -> its worker
         self._lent: dict = {}             # park lock -> whether its thread waits for it back
