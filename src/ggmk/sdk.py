@@ -320,6 +320,8 @@ class Client:
                                                    notify=self._wake)
         self._hal = system.hal
         self._help = system.hal.help
+        # the direct request path (System.direct), where the system has one
+        self._direct = getattr(system, "direct", None) if hasattr(system.hal, "lend") else None
 
     # -- waking ---------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -590,6 +592,16 @@ class Client:
             return self.wait(tag)
         self.expect(tag)
         ch = channel or self.request
+        direct = self._direct
+        if direct is not None and type is None and meta0.__class__ is int \
+                and meta1.__class__ is int and 0 <= meta0 <= _U64 and 0 <= meta1 <= _U64:
+            try:
+                ran = direct(ch, meta0, meta1, payload)
+            except BaseException:
+                self.forget(tag)
+                raise
+            if ran:                                 # answered on this thread: file the reply
+                return self.wait(tag)
         sent = []
         try:
             hal.help(self._arrived, time.monotonic() + self.timeout,

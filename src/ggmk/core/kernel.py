@@ -37,6 +37,9 @@ from ggmk.hal import make_hal
 from ggmk.typereg import TypeRegistry, raise_boot_problems, validate_declarations
 
 _ENQ = int(TypeCounter.ENQUEUED)
+_DEQ = int(TypeCounter.DEQUEUED)
+_REC = T.RECORD_STRUCT
+_M32 = 0xFFFF_FFFF
 
 DEFAULT_MAX_YIELDS = 16
 
@@ -68,6 +71,7 @@ class System:
         # Off in determinism mode: which thread runs a step must not depend on when the host
         # happens to wait.
         self.hal.helping = bool(host_helps) and not deterministic
+        self.direct_runs = 0              # requests run by System.direct (the caller's thread)
         self.clock = self.hal.clock_ns
         # what a handler's CPU time is measured with (tenant billing, System.account)
         self.cpu_clock = self.hal.cpu_clock_ns
@@ -583,6 +587,100 @@ class System:
         return self.run(timeout=None if deadline is None
                         else max(0.0, deadline - time.monotonic()))
 
+    def direct(self, ch, meta0: int, meta1: int = 0, payload=None) -> bool:
+        """The direct request path: run one message of channel ``ch`` (a Channel of this
+        system; ``meta0``/``meta1`` plain ints) on the calling thread, as a task, when that
+        can be done without changing what anyone observes; True once it ran (the task's
+        outcome is whatever its handler made of it: done, failed onto sys.error, yielded or
+        retried onto the normal path), False when it could not (nothing was done: publish it
+        the normal way). What ``sdk.Client.call`` tries first.
+
+        It runs when the channel has exactly one subscriber and that is a handler; caller
+        runs is on (``boot(host_helps=True)``, the threads HAL, not determinism mode) and a
+        worker is parked (``hal.lend`` borrows it: the task runs in that worker's context,
+        counted in its metrics shard, traced in its slot); no tenant policy; the channel is
+        open, not deterministic, without a replay log; nothing of the subscriber is waiting
+        (its ring empty, no batch of an ordered subscriber in flight, no emit credit out)
+        and no task of its handler type is queued or running anywhere (so the direct task
+        overtakes none and, like an ordered delivery, never runs beside another of its
+        subscriber's batches). The message is then accepted exactly as a delivery: channel
+        seq, emitted / delivered counts, the per-type enqueue count, and run as the worker
+        runs a one-record batch (``Worker._dispatch_group``: trace events, metrics,
+        exceptions, codes, yields and retries, sys.error, the ordered subscriber's next batch).
+
+        Why not a step of the borrowed worker (``help``)? A round trip through the rings, the
+        ready queue and a gather costs ~3x the handler itself; and why a borrowed worker
+        rather than a context of its own: the worker's shard and trace slot are written by
+        one thread at a time, as they must be."""
+        subs = ch.subs
+        if len(subs) != 1 or not subs[0].type_id or ch.log is not None or ch.det \
+                or ch.closed or self.halted or self.sched.policy is not None:
+            return False
+        ptr = plen = 0
+        if payload is not None:
+            ptr, plen = self.store_payload(ch.type_id, payload)
+        if self.hal.lend(self._direct_run, ch, subs[0], meta0, meta1, ptr, plen):
+            return True
+        if ptr:
+            self.arena.release(ptr)
+        return False
+
+    def _pending_of_type(self, t: int) -> int:
+        """Tasks of type ``t`` enqueued and not finished (queued anywhere, or running): the
+        per-type enqueue count less the dequeue count (counted at a batch's end), over every
+        shard."""
+        n = 0
+        for m in self.metrics_shard:
+            tv = m.tv
+            n += int(tv[_ENQ, t]) - int(tv[_DEQ, t])
+        return n
+
+    def _direct_run(self, worker, ch, sub, meta0, meta1, ptr, plen) -> bool:
+        """``direct``'s part on the borrowed ``worker`` (see there)."""
+        t = sub.type_id
+        s = self.sched
+        if s.poisoned[t] or self.halted or (s.outstanding and self._pending_of_type(t)):
+            return False
+        ring = sub.ring
+        with ch.lock:
+            if ch.closed or ch.granted or ch.held_n or len(ch.subs) != 1 or ch.subs[0] is not sub \
+                    or sub.behind or ring.tail != ring.head:
+                return False
+            seq = (ch.seq + 1) & _M32
+            if sub.ordered:
+                if not sub.drain_lock.acquire(False):
+                    return False
+                try:
+                    if sub.busy:
+                        return False
+                    # the subscriber's one batch in flight, as _deliver_one marks it: the
+                    # channel delivers nothing else to it until this one is finished
+                    sub.b_lo = sub.b_hi = seq
+                    sub.busy = 1
+                finally:
+                    sub.drain_lock.release()
+            ch.seq += 1
+            ch.emitted += 1
+            ch.committed = seq
+            sub.next = seq + 1
+            sub.delivered += 1
+            sub.acked = seq
+        # accepted: a channel delivery into the enqueue core, counted as one
+        s.route_counts[Route.CHANNEL] += 1
+        with s.count_lock:
+            s.outstanding += 1
+            self.direct_runs += 1
+        if s.on_enqueued is not None:
+            s.on_enqueued(t, worker.id)
+        rec = np.frombuffer(bytearray(_REC.pack(t, T.FLAG_CHANNEL_MSG, 0, ch.id, seq, ptr, plen,
+                                                0, 0, meta0, meta1)), T.TASK_DTYPE)
+        self.update_tick()
+        try:
+            worker._dispatch_group(rec)
+        finally:
+            s.done(1)
+        return True
+
     def dead_letters(self, which: str = "sys.error") -> tuple[np.ndarray, np.ndarray]:
         """Take (records, reason codes) from ``sys.error`` or ``sys.dropped``."""
         if self.channels is not None:
@@ -618,6 +716,7 @@ class System:
             "histograms": snap.get("histograms", {}),
             "tenants": None if self.sched.policy is None else self.sched.policy.stats(),
             "det": None if self.det is None else {"tick": self.det.tick, "tasks": self.det.tasks_run},
+            "direct_runs": self.direct_runs,
         }
 
     # -- shutdown -------------------------------------------------------------------------------
