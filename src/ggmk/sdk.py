@@ -601,7 +601,7 @@ class Client:
                 self.forget(tag)
                 raise
             if ran:                                 # answered on this thread: file the reply
-                return self.wait(tag)
+                return self._filed(tag) or self.wait(tag)
         sent = []
         try:
             hal.help(self._arrived, time.monotonic() + self.timeout,
@@ -612,6 +612,21 @@ class Client:
             self.forget(tag)
             raise
         return self.wait(tag)
+
+    def _filed(self, tag):
+        """The reply of ``tag`` if it is in already (a request ``System.direct`` ran on this
+        thread: its reply was delivered before ``direct`` returned, unless the handler
+        yielded, retried or failed): one pump under the lock, none of ``_await``'s waiting.
+        None: not in (``wait`` for it)."""
+        cond = self._cond
+        with cond:
+            if not self._pumping and self._pump():
+                cond.notify_all()                   # others' replies may have come too
+            p = self._single.get(tag)
+            if p is None or p.left:
+                return None
+            del self._single[tag]
+        return p.m0, p.m1, None if p.data is None else p.data[0]
 
     def stream(self, meta0, meta1, lo: int, depth: int, *, channel=None):
         """Many requests with at most ``depth`` in flight: blocks of ``depth``, the next sent
