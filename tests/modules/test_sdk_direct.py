@@ -320,3 +320,31 @@ def test_a_waiting_task_of_the_type_is_never_overtaken(wait_until):
         st = system.stats()["types"]["D_ASK"]
         assert st["enqueued"] == st["dequeued"] == st["ok"] == 3
         assert len(system.dead_letters("sys.error")[0]) == 0
+
+
+def test_direct_names_bad_arguments_and_declines_off_the_threads_hal(wait_until):
+    app = echo()
+    with ggmk.boot([app], workers=2, host_helps=True) as system:
+        with pytest.raises(ggmk.errors.EmitError, match="meta0=-1"):
+            system.direct("d.ask", -1)
+        with pytest.raises(ggmk.errors.EmitError, match="meta1="):
+            system.direct("d.ask", 1, 1 << 64)
+        with pytest.raises(ValueError, match="ch=3"):
+            system.direct(3, 1)
+        with pytest.raises(ggmk.errors.ChannelError, match="unknown channel"):
+            system.direct("d.nope", 1)
+        cl = sdk.Client(system, "d.ask", "d.ans")
+        cl.expect(9)
+        assert wait_until(lambda: system.direct("d.ask", 8, 9), 30)     # by name
+        assert cl.wait(9) == (9, 9, None)
+        cl.close()
+        _clean(system)
+    for kw in ({"hal": "sim"}, {"deterministic": True}, {}):
+        app = echo()
+        with ggmk.boot([app], workers=2, host_helps=True if kw else False, **kw) as system:
+            cl = sdk.Client(system, "d.ask", "d.ans")
+            assert not system.direct("d.ask", 1, 2)         # never on this system
+            assert cl.call(3, 4, tag=4) == (4, 4, None)     # the normal path answers
+            assert system.direct_runs == 0
+            cl.close()
+            _clean(system)

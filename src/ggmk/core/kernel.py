@@ -72,6 +72,7 @@ class System:
         # happens to wait.
         self.hal.helping = bool(host_helps) and not deterministic
         self.direct_runs = 0              # requests run by System.direct (the caller's thread)
+        self._lend = getattr(self.hal, "lend", None)   # (threads only: borrows a parked worker)
         self.clock = self.hal.clock_ns
         # what a handler's CPU time is measured with (tenant billing, System.account)
         self.cpu_clock = self.hal.cpu_clock_ns
@@ -612,14 +613,25 @@ class System:
         ready queue and a gather costs ~3x the handler itself; and why a borrowed worker
         rather than a context of its own: the worker's shard and trace slot are written by
         one thread at a time, as they must be."""
+        if getattr(ch, "kernel", None) is not self:
+            if ch.__class__ is str:
+                ch = self.channel(ch)
+            else:
+                raise ValueError(f"direct: ch={ch!r} is not a channel of this system (a "
+                                 f"Channel from system.channel(name), or its name)")
+        if meta0.__class__ is not int or meta0 >> 64 or meta0 < 0:
+            meta0 = T.word("meta0", meta0)
+        if meta1.__class__ is not int or meta1 >> 64 or meta1 < 0:
+            meta1 = T.word("meta1", meta1)
         subs = ch.subs
-        if len(subs) != 1 or not subs[0].type_id or ch.log is not None or ch.det \
-                or ch.closed or self.halted or self.sched.policy is not None:
+        lend = self._lend
+        if lend is None or len(subs) != 1 or not subs[0].type_id or ch.log is not None \
+                or ch.det or ch.closed or self.halted or self.sched.policy is not None:
             return False
         ptr = plen = 0
         if payload is not None:
             ptr, plen = self.store_payload(ch.type_id, payload)
-        if self.hal.lend(self._direct_run, ch, subs[0], meta0, meta1, ptr, plen):
+        if lend(self._direct_run, ch, subs[0], meta0, meta1, ptr, plen):
             return True
         if ptr:
             self.arena.release(ptr)
