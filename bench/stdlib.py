@@ -32,7 +32,10 @@
   ``kv_reqreply_pipelined_vs_asyncio``. The same at depth 1000: ``..._1k_...``.
 * ``..._helps_...``: the same request/reply figures booted with ``host_helps=True`` (caller
   runs: while a worker is idle the calling thread runs the kv handler itself, no wake-up),
-  against the asyncio figure of the same depth measured in the same run.
+  against the asyncio figure of the same depth measured in the same run. One request in
+  flight then takes the direct request path (``System.direct``: the request runs on the
+  calling thread as a borrowed worker's one-record batch, no ring, gather or hand-off);
+  ``kv_reqreply_helps_direct_share``: the share of those calls that took it.
 * ``reduce_1m_s``: one group of ``--partials`` partials (sum, u64) published on
   ``reduce.in`` in columns of 65536 until the result arrives; ``reduce_partials_per_s``.
 * ``timer_lateness_p50/p99_ticks``: ``--timers`` one-shot timers with delays 1..50 ticks
@@ -273,10 +276,12 @@ def bench_reqreply(calls, workers, helps=False):
         cl = sdk.KV(system)
         for k in range(100):
             cl.put(k, k * 7)
+        d0 = system.direct_runs
         t0 = time.perf_counter()
         for i in range(calls):
             assert cl.get(i % 100) == (i % 100) * 7
         rate = calls / (time.perf_counter() - t0)
+        bench_reqreply.direct = (system.direct_runs - d0) / calls
         cl.close()
 
     async def run():
@@ -355,6 +360,7 @@ def main():
     prr, parr = bench_reqreply_pipelined(20 * a.calls, a.workers, 100)
     prr1k, parr1k = bench_reqreply_pipelined(40 * a.calls, a.workers, 1000)
     hrr, _ = bench_reqreply(a.calls, a.workers, helps=True)
+    hdirect = getattr(bench_reqreply, "direct", 0.0)
     hprr, _ = bench_reqreply_pipelined(20 * a.calls, a.workers, 100, helps=True)
     hprr1k, _ = bench_reqreply_pipelined(40 * a.calls, a.workers, 1000, helps=True)
     red_s = bench_reduce(a.partials, a.workers)
@@ -378,6 +384,7 @@ def main():
         "kv_reqreply_pipelined_1k_vs_asyncio": round(prr1k / parr1k, 4),
         "kv_reqreply_helps_per_s": round(hrr), "kv_reqreply_helps_us": round(1e6 / hrr, 1),
         "kv_reqreply_helps_vs_asyncio": round(hrr / arr, 4),
+        "kv_reqreply_helps_direct_share": round(hdirect, 4),
         "kv_reqreply_pipelined_helps_vs_asyncio": round(hprr / parr, 4),
         "kv_reqreply_pipelined_1k_helps_vs_asyncio": round(hprr1k / parr1k, 4),
         "reduce_partials": a.partials, "reduce_1m_s": round(red_s, 4),
