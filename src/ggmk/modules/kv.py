@@ -261,7 +261,11 @@ class _KV:
         per-answer outbox is only for what the reply channel cannot take now)."""
         n = len(recs)
         if n == 1:
-            return self._get_one(system, int(recs["meta0"][0]), int(recs["meta1"][0]))
+            try:                                       # one struct call, no NumPy scalars
+                f = _REC.unpack_from(recs)
+                return self._get_one(system, f[9], f[10])
+            except (BufferError, TypeError, ValueError):     # a strided 1-record view
+                return self._get_one(system, int(recs["meta0"][0]), int(recs["meta1"][0]))
         keys = recs["meta0"]
         c = self.counters
         with self.table.lock:                          # the counters too: del counts misses
