@@ -51,7 +51,11 @@ Example (a handler that counts, logs and answers through kv, all with backpressu
         kvc.close()
 
 Request/reply from the host: ``KV.get`` (and ``Client.call``) is one request in flight, two
-OS-thread wake-ups per round trip (publish -> a parked worker, reply -> the waiting caller);
+OS-thread wake-ups per round trip (publish -> a parked worker, reply -> the waiting caller).
+Booted with ``host_helps=True`` the calling thread runs the request itself while a worker is
+idle: first the direct request path (``System.direct``: when the request channel's only
+subscriber is a handler with nothing waiting, the request runs as a task on the caller's
+thread, no ring, gather or hand-off), else the idle worker's steps (``hal.help``);
 ``KV.get_many`` / ``get_array`` (and ``Client.publish_many``/``wait_many``) send a block of
 requests as one column and file the block of replies by tag with NumPy: use them whenever
 there is more than one request to make.
@@ -599,7 +603,11 @@ class Client:
         """``publish`` + ``wait``: the reply ``(meta0, meta1, payload bytes or None)``.
 
         Booted with ``host_helps=True``, the calling thread runs the handler that answers
-        (``hal.help``) while a worker is idle: no thread wake-up on the round trip."""
+        while a worker is idle: no thread wake-up on the round trip. First the direct path
+        (``System.direct``: the request, payload and all, runs as a task
+        on this thread when the channel's only subscriber is a handler with nothing of its
+        waiting; its reply is then usually in before ``direct`` returns), else the idle
+        worker's steps (``hal.help``)."""
         hal = self._hal
         if not hal.helping:
             self.publish(meta0, meta1, tag=tag, payload=payload, type=type, channel=channel)
