@@ -612,7 +612,17 @@ class System:
         Why not a step of the borrowed worker (``help``)? A round trip through the rings, the
         ready queue and a gather costs ~3x the handler itself; and why a borrowed worker
         rather than a context of its own: the worker's shard and trace slot are written by
-        one thread at a time, as they must be."""
+        one thread at a time, as they must be.
+
+        Example (what ``sdk.Client.call`` does: direct, else the normal way)::
+
+            from ggmk.modules import kv
+            with ggmk.boot([kv.module()], workers=2, host_helps=True) as system:
+                put = system.channel("kv.put")
+                if not system.direct(put, 7, 700):
+                    put.publish(meta0=7, meta1=700)
+                system.run()
+        """
         if getattr(ch, "kernel", None) is not self:
             if ch.__class__ is str:
                 ch = self.channel(ch)
