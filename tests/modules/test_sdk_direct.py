@@ -348,3 +348,27 @@ def test_direct_names_bad_arguments_and_declines_off_the_threads_hal(wait_until)
             assert system.direct_runs == 0
             cl.close()
             _clean(system)
+
+
+def test_a_runtime_error_around_the_handler_leaves_the_subscriber_usable(wait_until):
+    """Not the handler's error (those fail the task): one raised by the dispatch machinery
+    itself reaches the caller, and the ordered subscriber is not left marked busy."""
+    app = echo()
+    with ggmk.boot([app], workers=2, host_helps=True) as system:
+        _parked_for_good(system, wait_until)
+        ch = system.channel("d.ask")
+        for w in system.workers:
+            def boom(*a, **k):
+                for x in system.workers:               # once: every worker's is put back
+                    x.__dict__.pop("_finish", None)
+                raise RuntimeError("boom")
+            w._finish = boom
+        with pytest.raises(RuntimeError, match="boom"):
+            system.direct(ch, 1, 1)
+        assert ch.subs[0].busy == 0 and system.sched.outstanding == 0
+        cl = sdk.Client(system, "d.ask", "d.ans")
+        d0 = system.direct_runs
+        assert cl.call(2, 22, tag=22) == (22, 3, None)
+        assert system.direct_runs == d0 + 1
+        cl.close()
+        assert system.run(timeout=60)

@@ -699,6 +699,14 @@ class System:
         self.update_tick()
         try:
             worker._dispatch_group(rec)
+        except BaseException:
+            # a runtime error around the handler (the handler's own are caught and fail the
+            # task): an ordered subscriber must not stay marked busy with this batch
+            if sub.ordered and sub.busy and sub.b_lo == seq == sub.b_hi:
+                with sub.busy_lock:
+                    sub.busy = 0
+                ch._drain_ordered(sub)
+            raise
         finally:
             s.done(1)
         return True
