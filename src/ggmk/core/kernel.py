@@ -778,6 +778,11 @@ class System:
         drained = self.idle() or (timeout > 0 and self.hal.wait(self.idle, timeout))
         self.hal.stop()
         self.running = False
+        # nothing runs the queues from here on: what a host thread still delivers (a publish
+        # its channel admitted just before the channels close below, a caller of
+        # sdk.Client racing the halt) is dead-lettered HALTED at once instead of queued
+        # where nobody would run it (it would stay outstanding for good)
+        self.sched.enqueue = self._enqueue_after_halt
         left = self.sched.take_all()
         if self.det is not None:
             det_left = self.det.take_all()
@@ -793,6 +798,9 @@ class System:
             for ch in list(self.channels):
                 if ch.name not in ("sys.error", "sys.dropped"):
                     dropped += ch.close()
+        for recs in self.sched.take_all():   # queued by an enqueue already under way above
+            halted += len(recs)
+            self._dead(recs, T.HALTED)
         self.halt_report = {"drained": bool(drained), "halted": halted,
                             "channel_dropped": dropped, "outstanding": self.sched.outstanding}
         errors = []
@@ -805,6 +813,14 @@ class System:
         if errors:
             raise RuntimeError(f"module fini failed: {errors}")
         return self.halt_report
+
+    def _enqueue_after_halt(self, recs, route=None, worker: int = -1, due: int = 0) -> int:
+        """``sched.enqueue`` once the workers are stopped (see ``halt``): every record goes
+        to sys.error with HALTED; 0 accepted (the enqueue core's word for "the rest went to
+        sys.error with a reason")."""
+        if len(recs):
+            self._dead(recs.copy(), T.HALTED)
+        return 0
 
     def __enter__(self):
         return self
