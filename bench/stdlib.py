@@ -20,19 +20,24 @@
   in flight; a round trip through the kernel's channels and workers). Peer: an asyncio
   request/reply loop in the same process (client awaits a future, server task answers from
   a dict through an ``asyncio.Queue``) - ``asyncio_reqreply_per_s``; ratio
-  ``kv_reqreply_vs_asyncio``. One request crosses two OS threads (two wake-ups) where the
-  asyncio loop stays in one, so the figure is also set against the wake-up floor:
+  ``kv_reqreply_vs_asyncio``. Booted as a user boots (caller runs on): the request takes the
+  direct request path (``System.direct``: it runs on the calling thread as a borrowed
+  worker's one-record batch, no ring, gather or hand-off); ``kv_reqreply_direct_share``: the
+  share of calls that took it. Without caller runs one request crosses two OS threads (two
+  wake-ups) where the asyncio loop stays in one, so the figure is also set against the
+  wake-up floor:
   ``wakeup_floor_us`` (p50 round trip of a token between two threads through plain locks,
   the primitive both ends sleep on), ``kv_reqreply_us`` (mean per request) and
-  ``kv_reqreply_vs_floor`` (floor / per-request time: 1.0 = only the two wake-ups).
+  ``kv_reqreply_nohelp_vs_floor`` (floor / per-request time without caller runs: 1.0 = only
+  the two wake-ups).
 * ``kv_reqreply_pipelined_per_s``: 100 requests in flight (``KV.get_many``: one column
   publish, the kv module's batch handler answers with one emit, replies matched by tag with
   NumPy) against asyncio with 100 requests in flight (``asyncio_pipelined_per_s``: the better
   of 100 client coroutines and ``gather`` blocks of 100); ratio
   ``kv_reqreply_pipelined_vs_asyncio``. The same at depth 1000: ``..._1k_...``.
-* ``..._helps_...``: the same request/reply figures booted with ``host_helps=True`` (caller
-  runs: while a worker is idle the calling thread runs the kv handler itself, no wake-up),
-  against the asyncio figure of the same depth measured in the same run.
+* ``..._nohelp_...``: the same request/reply figures booted with ``host_helps=False`` (no
+  caller runs: a worker is woken for each request and the caller for its reply), against
+  the asyncio figure of the same depth measured in the same run.
 * ``reduce_1m_s``: one group of ``--partials`` partials (sum, u64) published on
   ``reduce.in`` in columns of 65536 until the result arrives; ``reduce_partials_per_s``.
 * ``timer_lateness_p50/p99_ticks``: ``--timers`` one-shot timers with delays 1..50 ticks
@@ -273,10 +278,12 @@ def bench_reqreply(calls, workers, helps=False):
         cl = sdk.KV(system)
         for k in range(100):
             cl.put(k, k * 7)
+        d0 = system.direct_runs
         t0 = time.perf_counter()
         for i in range(calls):
             assert cl.get(i % 100) == (i % 100) * 7
         rate = calls / (time.perf_counter() - t0)
+        bench_reqreply.direct = (system.direct_runs - d0) / calls
         cl.close()
 
     async def run():
@@ -350,13 +357,15 @@ def main():
     kv_rate, dict_rate = bench_kv(a.ops, a.workers)
     dev_rate = bench_kv_device(a.ops, a.device_target)
     dev_batched = bench_kv_device_batched(a.ops, a.device_target)
-    rr, arr = bench_reqreply(a.calls, a.workers)
+    # the headline keys boot as a user does (caller runs on); *_nohelp_*: host_helps=False
+    rr, arr = bench_reqreply(a.calls, a.workers, helps=True)
+    direct = getattr(bench_reqreply, "direct", 0.0)
     floor_us = wakeup_floor_us()
-    prr, parr = bench_reqreply_pipelined(20 * a.calls, a.workers, 100)
-    prr1k, parr1k = bench_reqreply_pipelined(40 * a.calls, a.workers, 1000)
-    hrr, _ = bench_reqreply(a.calls, a.workers, helps=True)
-    hprr, _ = bench_reqreply_pipelined(20 * a.calls, a.workers, 100, helps=True)
-    hprr1k, _ = bench_reqreply_pipelined(40 * a.calls, a.workers, 1000, helps=True)
+    prr, parr = bench_reqreply_pipelined(20 * a.calls, a.workers, 100, helps=True)
+    prr1k, parr1k = bench_reqreply_pipelined(40 * a.calls, a.workers, 1000, helps=True)
+    nrr, _ = bench_reqreply(a.calls, a.workers, helps=False)
+    nprr, _ = bench_reqreply_pipelined(20 * a.calls, a.workers, 100, helps=False)
+    nprr1k, _ = bench_reqreply_pipelined(40 * a.calls, a.workers, 1000, helps=False)
     red_s = bench_reduce(a.partials, a.workers)
     p50, p99 = bench_timers(a.timers, a.workers)
     print(json.dumps({
@@ -370,16 +379,17 @@ def main():
         "kv_reqreply_per_s": round(rr), "asyncio_reqreply_per_s": round(arr),
         "kv_reqreply_vs_asyncio": round(rr / arr, 4),
         "kv_reqreply_us": round(1e6 / rr, 1), "wakeup_floor_us": round(floor_us, 1),
-        "kv_reqreply_vs_floor": round(rr * floor_us / 1e6, 4),
+        "kv_reqreply_nohelp_vs_floor": round(nrr * floor_us / 1e6, 4),
         "kv_reqreply_pipelined_per_s": round(prr), "asyncio_pipelined_per_s": round(parr),
         "kv_reqreply_pipelined_vs_asyncio": round(prr / parr, 4),
         "kv_reqreply_pipelined_1k_per_s": round(prr1k),
         "asyncio_pipelined_1k_per_s": round(parr1k),
         "kv_reqreply_pipelined_1k_vs_asyncio": round(prr1k / parr1k, 4),
-        "kv_reqreply_helps_per_s": round(hrr), "kv_reqreply_helps_us": round(1e6 / hrr, 1),
-        "kv_reqreply_helps_vs_asyncio": round(hrr / arr, 4),
-        "kv_reqreply_pipelined_helps_vs_asyncio": round(hprr / parr, 4),
-        "kv_reqreply_pipelined_1k_helps_vs_asyncio": round(hprr1k / parr1k, 4),
+        "kv_reqreply_direct_share": round(direct, 4),
+        "kv_reqreply_nohelp_per_s": round(nrr), "kv_reqreply_nohelp_us": round(1e6 / nrr, 1),
+        "kv_reqreply_nohelp_vs_asyncio": round(nrr / arr, 4),
+        "kv_reqreply_pipelined_nohelp_vs_asyncio": round(nprr / parr, 4),
+        "kv_reqreply_pipelined_1k_nohelp_vs_asyncio": round(nprr1k / parr1k, 4),
         "reduce_partials": a.partials, "reduce_1m_s": round(red_s, 4),
         "reduce_partials_per_s": round(a.partials / red_s),
         "timers": a.timers, "timer_lateness_p50_ticks": p50, "timer_lateness_p99_ticks": p99,

@@ -50,8 +50,13 @@ Example (a handler that counts, logs and answers through kv, all with backpressu
         print(kvc.get_many([7, 8, 7]))      # [42, None, 42]: one column out, matched in bulk
         kvc.close()
 
-Request/reply from the host: ``KV.get`` (and ``Client.call``) is one request in flight, two
-OS-thread wake-ups per round trip (publish -> a parked worker, reply -> the waiting caller);
+Request/reply from the host: ``KV.get`` (and ``Client.call``) is one request in flight. With
+caller runs (boot's ``host_helps``, on by default) the calling thread runs the request itself
+while a worker is idle: first the direct request path (``System.direct``: when the request
+channel's only subscriber is a handler with nothing waiting, the request runs as a task on
+the caller's thread, no ring, gather or hand-off), else the idle worker's steps
+(``hal.help``); without it, two OS-thread wake-ups per round trip (publish -> a parked
+worker, reply -> the waiting caller);
 ``KV.get_many`` / ``get_array`` (and ``Client.publish_many``/``wait_many``) send a block of
 requests as one column and file the block of replies by tag with NumPy: use them whenever
 there is more than one request to make.
@@ -73,6 +78,7 @@ __all__ = ["send", "send_all", "Requests", "Client", "KV", "kv_put", "kv_get", "
            "observe", "TIMEOUT", "DEFAULT_DEADLINE"]
 
 _U64 = (1 << 64) - 1
+_REC = T.RECORD_STRUCT            # one record as plain ints (seq at 4, payload_ptr at 5, ...)
 _FEW = 8                           # replies filed with plain ints when no block is awaited
 _BLOCK = 4096                      # requests a client's reused emit buffer holds
 _FULL_NAP = 0.002                  # s: longest wait for a reply while a request ring is full
@@ -320,6 +326,8 @@ class Client:
                                                    notify=self._wake)
         self._hal = system.hal
         self._help = system.hal.help
+        # the direct request path (System.direct), where the system has one
+        self._direct = getattr(system, "direct", None) if hasattr(system.hal, "lend") else None
 
     # -- waking ---------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -350,7 +358,20 @@ class Client:
     def _pump(self) -> int:
         """Take what the subscription holds and file it by tag (holding ``_lock``). Every
         payload taken is copied out and its arena reference released, matched or not."""
-        recs = self.sub.take()
+        sub = self.sub
+        r = sub.ring
+        if r.tail - r.head == 1 and not self._runs and not sub.behind \
+                and sub.chan.log is None:
+            # one reply (one request in flight): popped as one record and read with one
+            # struct call, acknowledged as Subscriber.take does
+            rec = r.pop1()
+            if rec is None:
+                return 0
+            f = _REC.unpack_from(rec)
+            sub.delivered += 1
+            sub.acked = f[4]
+            return self._pump_few(rec, (f[9],), (f[10],), (f[5],))
+        recs = sub.take()
         n = len(recs)
         if not n:
             return 0
@@ -583,14 +604,27 @@ class Client:
         """``publish`` + ``wait``: the reply ``(meta0, meta1, payload bytes or None)``.
 
         With caller runs (boot's ``host_helps``, on by default), the calling thread runs the
-        handler that answers (``hal.help``) while a worker is idle: no thread wake-up on the
-        round trip."""
+        handler that answers while a worker is idle: no thread wake-up on the round trip.
+        First the direct path (``System.direct``: the request, payload and all, runs as a
+        task on this thread when the channel's only subscriber is a handler with nothing of
+        its waiting; its reply is then usually in before ``direct`` returns), else the idle
+        worker's steps (``hal.help``)."""
         hal = self._hal
         if not hal.helping:
             self.publish(meta0, meta1, tag=tag, payload=payload, type=type, channel=channel)
             return self.wait(tag)
         self.expect(tag)
         ch = channel or self.request
+        direct = self._direct
+        if direct is not None and type is None and meta0.__class__ is int \
+                and meta1.__class__ is int and 0 <= meta0 <= _U64 and 0 <= meta1 <= _U64:
+            try:
+                ran = direct(ch, meta0, meta1, payload)
+            except BaseException:
+                self.forget(tag)
+                raise
+            if ran:                                 # answered on this thread: file the reply
+                return self._filed(tag) or self.wait(tag)
         sent = []
         try:
             hal.help(self._arrived, time.monotonic() + self.timeout,
@@ -601,6 +635,21 @@ class Client:
             self.forget(tag)
             raise
         return self.wait(tag)
+
+    def _filed(self, tag):
+        """The reply of ``tag`` if it is in already (a request ``System.direct`` ran on this
+        thread: its reply was delivered before ``direct`` returned, unless the handler
+        yielded, retried or failed): one pump under the lock, none of ``_await``'s waiting.
+        None: not in (``wait`` for it)."""
+        cond = self._cond
+        with cond:
+            if not self._pumping and self._pump():
+                cond.notify_all()                   # others' replies may have come too
+            p = self._single.get(tag)
+            if p is None or p.left:
+                return None
+            del self._single[tag]
+        return p.m0, p.m1, None if p.data is None else p.data[0]
 
     def stream(self, meta0, meta1, lo: int, depth: int, *, channel=None):
         """Many requests with at most ``depth`` in flight: blocks of ``depth``, the next sent

@@ -37,6 +37,9 @@ from ggmk.hal import make_hal
 from ggmk.typereg import TypeRegistry, raise_boot_problems, validate_declarations
 
 _ENQ = int(TypeCounter.ENQUEUED)
+_DEQ = int(TypeCounter.DEQUEUED)
+_REC = T.RECORD_STRUCT
+_M32 = 0xFFFF_FFFF
 
 DEFAULT_MAX_YIELDS = 16
 
@@ -69,6 +72,8 @@ class System:
         # never returns. Off in determinism mode: which thread runs a step must not depend on
         # when the host happens to wait.
         self.hal.helping = bool(host_helps) and not deterministic
+        self.direct_runs = 0              # requests run by System.direct (the caller's thread)
+        self._lend = getattr(self.hal, "lend", None)   # (threads only: borrows a parked worker)
         self.clock = self.hal.clock_ns
         # what a handler's CPU time is measured with (tenant billing, System.account)
         self.cpu_clock = self.hal.cpu_clock_ns
@@ -585,6 +590,129 @@ class System:
         return self.run(timeout=None if deadline is None
                         else max(0.0, deadline - time.monotonic()))
 
+    def direct(self, ch, meta0: int, meta1: int = 0, payload=None) -> bool:
+        """The direct request path: run one message of channel ``ch`` (a Channel of this
+        system; ``meta0``/``meta1`` plain ints) on the calling thread, as a task, when that
+        can be done without changing what anyone observes; True once it ran (the task's
+        outcome is whatever its handler made of it: done, failed onto sys.error, yielded or
+        retried onto the normal path), False when it could not (nothing was done: publish it
+        the normal way). What ``sdk.Client.call`` tries first.
+
+        It runs when the channel has exactly one subscriber and that is a handler; caller
+        runs is on (boot's ``host_helps``, the default; the threads HAL, not determinism mode) and a
+        worker is parked (``hal.lend`` borrows it: the task runs in that worker's context,
+        counted in its metrics shard, traced in its slot); no tenant policy; the channel is
+        open, not deterministic, without a replay log; nothing of the subscriber is waiting
+        (its ring empty, no batch of an ordered subscriber in flight, no emit credit out)
+        and no task of its handler type is queued or running anywhere (so the direct task
+        overtakes none and, like an ordered delivery, never runs beside another of its
+        subscriber's batches). The message is then accepted exactly as a delivery: channel
+        seq, emitted / delivered counts, the per-type enqueue count, and run as the worker
+        runs a one-record batch (``Worker._dispatch_group``: trace events, metrics,
+        exceptions, codes, yields and retries, sys.error, the ordered subscriber's next batch).
+
+        Why not a step of the borrowed worker (``help``)? A round trip through the rings, the
+        ready queue and a gather costs ~3x the handler itself; and why a borrowed worker
+        rather than a context of its own: the worker's shard and trace slot are written by
+        one thread at a time, as they must be.
+
+        Example (what ``sdk.Client.call`` does: direct, else the normal way)::
+
+            from ggmk.modules import kv
+            with ggmk.boot([kv.module()], workers=2) as system:
+                put = system.channel("kv.put")
+                if not system.direct(put, 7, 700):
+                    put.publish(meta0=7, meta1=700)
+                system.run()
+        """
+        if getattr(ch, "kernel", None) is not self:
+            if ch.__class__ is str:
+                ch = self.channel(ch)
+            else:
+                raise ValueError(f"direct: ch={ch!r} is not a channel of this system (a "
+                                 f"Channel from system.channel(name), or its name)")
+        if meta0.__class__ is not int or meta0 >> 64 or meta0 < 0:
+            meta0 = T.word("meta0", meta0)
+        if meta1.__class__ is not int or meta1 >> 64 or meta1 < 0:
+            meta1 = T.word("meta1", meta1)
+        subs = ch.subs
+        lend = self._lend
+        if lend is None or len(subs) != 1 or not subs[0].type_id or ch.log is not None \
+                or ch.det or ch.closed or self.halted or self.sched.policy is not None:
+            return False
+        ptr = plen = 0
+        if payload is not None:
+            ptr, plen = self.store_payload(ch.type_id, payload)
+        if lend(self._direct_run, ch, subs[0], meta0, meta1, ptr, plen):
+            return True
+        if ptr:
+            self.arena.release(ptr)
+        return False
+
+    def _pending_of_type(self, t: int) -> int:
+        """Tasks of type ``t`` enqueued and not finished (queued anywhere, or running): the
+        per-type enqueue count less the dequeue count (counted at a batch's end), over every
+        shard."""
+        n = 0
+        for m in self.metrics_shard:
+            tv = m.tv
+            n += int(tv[_ENQ, t]) - int(tv[_DEQ, t])
+        return n
+
+    def _direct_run(self, worker, ch, sub, meta0, meta1, ptr, plen) -> bool:
+        """``direct``'s part on the borrowed ``worker`` (see there)."""
+        t = sub.type_id
+        s = self.sched
+        if s.poisoned[t] or self.halted or (s.outstanding and self._pending_of_type(t)):
+            return False
+        ring = sub.ring
+        with ch.lock:
+            if ch.closed or ch.granted or ch.held_n or len(ch.subs) != 1 or ch.subs[0] is not sub \
+                    or sub.behind or ring.tail != ring.head:
+                return False
+            seq = (ch.seq + 1) & _M32
+            if sub.ordered:
+                if not sub.drain_lock.acquire(False):
+                    return False
+                try:
+                    if sub.busy:
+                        return False
+                    # the subscriber's one batch in flight, as _deliver_one marks it: the
+                    # channel delivers nothing else to it until this one is finished
+                    sub.b_lo = sub.b_hi = seq
+                    sub.busy = 1
+                finally:
+                    sub.drain_lock.release()
+            ch.seq += 1
+            ch.emitted += 1
+            ch.committed = seq
+            sub.next = seq + 1
+            sub.delivered += 1
+            sub.acked = seq
+        # accepted: a channel delivery into the enqueue core, counted as one
+        s.route_counts[Route.CHANNEL] += 1
+        with s.count_lock:
+            s.outstanding += 1
+            self.direct_runs += 1
+        if s.on_enqueued is not None:
+            s.on_enqueued(t, worker.id)
+        rec = np.frombuffer(bytearray(_REC.pack(t, T.FLAG_CHANNEL_MSG, 0, ch.id, seq, ptr, plen,
+                                                0, 0, meta0, meta1)), T.TASK_DTYPE)
+        self.update_tick()
+        try:
+            worker._dispatch_group(rec)
+        except BaseException:
+            # a runtime error around the handler (the handler's own are caught and fail the
+            # task): an ordered subscriber must not stay marked busy with this batch
+            if sub.ordered and sub.busy and sub.b_lo == seq == sub.b_hi:
+                with sub.busy_lock:
+                    sub.busy = 0
+                ch._drain_ordered(sub)
+            raise
+        finally:
+            s.done(1)
+        return True
+
     def dead_letters(self, which: str = "sys.error") -> tuple[np.ndarray, np.ndarray]:
         """Take (records, reason codes) from ``sys.error`` or ``sys.dropped``."""
         if self.channels is not None:
@@ -620,6 +748,7 @@ class System:
             "histograms": snap.get("histograms", {}),
             "tenants": None if self.sched.policy is None else self.sched.policy.stats(),
             "det": None if self.det is None else {"tick": self.det.tick, "tasks": self.det.tasks_run},
+            "direct_runs": self.direct_runs,
         }
 
     # -- shutdown -------------------------------------------------------------------------------
@@ -651,6 +780,11 @@ class System:
         drained = self.idle() or (timeout > 0 and self.hal.wait(self.idle, timeout))
         self.hal.stop()
         self.running = False
+        # nothing runs the queues from here on: what a host thread still delivers (a publish
+        # its channel admitted just before the channels close below, a caller of
+        # sdk.Client racing the halt) is dead-lettered HALTED at once instead of queued
+        # where nobody would run it (it would stay outstanding for good)
+        self.sched.enqueue = self._enqueue_after_halt
         left = self.sched.take_all()
         if self.det is not None:
             det_left = self.det.take_all()
@@ -666,6 +800,9 @@ class System:
             for ch in list(self.channels):
                 if ch.name not in ("sys.error", "sys.dropped"):
                     dropped += ch.close()
+        for recs in self.sched.take_all():   # queued by an enqueue already under way above
+            halted += len(recs)
+            self._dead(recs, T.HALTED)
         self.halt_report = {"drained": bool(drained), "halted": halted,
                             "channel_dropped": dropped, "outstanding": self.sched.outstanding}
         errors = []
@@ -678,6 +815,14 @@ class System:
         if errors:
             raise RuntimeError(f"module fini failed: {errors}")
         return self.halt_report
+
+    def _enqueue_after_halt(self, recs, route=None, worker: int = -1, due: int = 0) -> int:
+        """``sched.enqueue`` once the workers are stopped (see ``halt``): every record goes
+        to sys.error with HALTED; 0 accepted (the enqueue core's word for "the rest went to
+        sys.error with a reason")."""
+        if len(recs):
+            self._dead(recs.copy(), T.HALTED)
+        return 0
 
     def __enter__(self):
         return self

@@ -197,6 +197,40 @@ class ThreadsHal:
                 guard.leave()
         return predicate()
 
+    def lend(self, fn, *args):
+        """Caller runs, for one call: borrow a parked worker, run ``fn(worker, *args)`` on this
+        thread as that worker (its context, metrics shard, trace slot and local queue: its
+        thread is parked and cannot run meanwhile), give it back as ``help`` does (released
+        if work was left for it); return what ``fn`` returned. None, without calling ``fn``,
+        when caller runs is off or no worker is parked (every worker busy). What
+        ``System.direct`` (the direct request path) runs a request on; a truthy result
+        counts in ``helped``."""
+        if not self._parked or not self.helping or not self.running:
+            return None
+        with self._plock:
+            lk = self._parked.pop() if self._parked and self.running else None
+            if lk is not None:
+                self._lent[lk] = False
+        if lk is None:
+            return None
+        worker = self._worker_of[lk]
+        guard = _SigintGuard.enter()
+        try:
+            r = fn(worker, *args)
+            if r:
+                self.helped += 1              # (a one-record batch: counted as a step)
+            return r
+        finally:
+            seen = self.wake_seq
+            more = worker.has_work(True)
+            with self._plock:
+                if self._lent.pop(lk) or more or self.wake_seq != seen or not self.running:
+                    lk.release()
+                else:
+                    self._parked.append(lk)
+            if guard is not None:
+                guard.leave()
+
     def _loop(self, worker) -> None:
         step = worker.step
         # after a step that did work, a cheap look for more (queues, due events, channels)

@@ -69,6 +69,7 @@ STATUS_NAMES = {OK: "OK", NOT_FOUND: "NOT_FOUND", FULL: "FULL", TOO_BIG: "TOO_BI
 OP_PUT, OP_GET, OP_DEL = 1, 2, 3
 TAG_MASK = (1 << 48) - 1
 _RESP_BLOCK = 4096                 # answers the reused emit buffer of a kv module holds
+_REC = T.RECORD_STRUCT             # one record as plain ints (type, flags, ..., meta0, meta1)
 _EMPTY = object()
 
 
@@ -175,7 +176,7 @@ class _KV:
         self.name = name
         self.resp = f"{name}.resp"
         self.outbox = Outbox(self.resp, instance_type("KV_FLUSH", name, "kv"), outbox_limit)
-        self._one = None                    # the reused one-answer record (_get_one)
+        self._resp_ch = None                # the reply channel (_get_one), looked up once
         self._blk = None                    # the reused block of answers (_get_inline)
         self._one_lock = threading.Lock()
         self.counters = {"put": 0, "get": 0, "del": 0, "hit": 0, "miss": 0, "full": 0,
@@ -260,7 +261,11 @@ class _KV:
         per-answer outbox is only for what the reply channel cannot take now)."""
         n = len(recs)
         if n == 1:
-            return self._get_one(system, int(recs["meta0"][0]), int(recs["meta1"][0]))
+            try:                                       # one struct call, no NumPy scalars
+                f = _REC.unpack_from(recs)
+                return self._get_one(system, f[9], f[10])
+            except (BufferError, TypeError, ValueError):     # a strided 1-record view
+                return self._get_one(system, int(recs["meta0"][0]), int(recs["meta1"][0]))
         keys = recs["meta0"]
         c = self.counters
         with self.table.lock:                          # the counters too: del counts misses
@@ -310,7 +315,8 @@ class _KV:
 
     def _get_one(self, system, key: int, tag: int):
         """One get (a caller with one request in flight): scalars, and the answer goes out
-        through a reused one-record array when no other worker is using it."""
+        as one record packed from plain ints (a struct call: ~4x cheaper than setting the
+        fields of a reused array, and no lock to share one)."""
         tab = self.table
         c = self.counters
         with tab.lock:                                 # the counters too: del counts misses
@@ -324,25 +330,14 @@ class _KV:
             m0, m1 = pack(NOT_FOUND, OP_GET, tag), key
         else:
             m0, m1 = pack(OK, OP_GET, tag), v
-        ch = system.channel(self.resp)
-        done = 0
+        ch = self._resp_ch
+        if ch is None or ch.closed or ch.kernel is not system:
+            ch = self._resp_ch = system.channel(self.resp)
         if ch.subs and not ch.closed:
-            mine = self._one_lock.acquire(False)
-            try:
-                rec = self._one
-                if not mine or rec is None or rec["channel"][0] != ch.id or \
-                        rec["type"][0] != ch.type_id:
-                    rec = T.make(1, type=ch.type_id, flags=T.FLAG_CHANNEL_MSG, channel=ch.id)
-                    if mine:
-                        self._one = rec
-                rec["meta0"] = m0
-                rec["meta1"] = m1
-                rec["seq"] = 0
-                done = ch.emit(rec, built=True, prio=0)   # made for ch: no column passes
-            finally:
-                if mine:
-                    self._one_lock.release()
-            if done:
+            # one record packed from plain ints (made for ch: no column passes in emit)
+            rec = np.frombuffer(bytearray(_REC.pack(ch.type_id, T.FLAG_CHANNEL_MSG, 0, ch.id, 0,
+                                                    0, 0, 0, 0, m0, m1)), T.TASK_DTYPE)
+            if ch.emit(rec, built=True, prio=0):
                 with self.outbox._lock:
                     self.outbox.published += 1
                 return None
