@@ -96,6 +96,10 @@ def _no_bell():
     return None
 
 
+def _never() -> bool:
+    return False
+
+
 class _Wake:
     """The pump's wake-up: a ``threading.Event`` for the host's wakers (CPU -> GPU messages,
     ``push_device``, resume, stop: ``set``) joined with the device -> host bell where the
@@ -228,6 +232,10 @@ class _Reorder:
         self.live.append(np.ones(len(recs), bool) if live is None else live)
         self.n += len(recs)
 
+    def live_n(self) -> int:
+        """Live records held (not the dead markers that only close a gap)."""
+        return sum(int(x.sum()) for x in self.live)
+
     def merged(self):
         """(records, seqs, live) of everything held, sorted by seq (kept merged)."""
         if len(self.recs) > 1 or (self.recs and len(self.seqs[0]) > 1
@@ -276,6 +284,8 @@ class _Out:
         self.ready: deque = deque()    # arrays in channel order, waiting for room
         self.ready_n = 0
         self.grant = 0
+        # credits granted ahead for live records held in ``reorder`` (see _Bridge._hold_credit)
+        self.pregranted = 0
         self.crossed = 0
         self.dead = 0
         self.full = 0
@@ -308,12 +318,18 @@ class Bridge:
         self.by_name = {}
         self._stop = threading.Event()
         self._wake = _Wake(lambda: getattr(self.tx, "tx_bell", _no_bell)())
+        self.direct = self.DIRECT
+        self._pump_ident = None            # the pump thread's ident (see _after_emit)
+        self._asleep = False               # the pump waits (it is not in a step)
+        self._handoff = False              # the last step emitted into CPU channels
         for bc in channels:
             ch = system.channel(bc.name)
             if bc.direction == "c2g":
-                sub = ch.subscribe(None, name="bridge->gpu", notify=self._wake.set)
-                st = _In(bc, ch, sub, self.window)
+                st = _In(bc, ch, None, self.window)
                 st.det = deterministic and bc.deterministic
+                st.sub = ch.subscribe(None, name="bridge->gpu",
+                                      notify=lambda st=st: self._on_push(st))
+                st.sub.add_after(lambda st=st: self._after_emit(st))
                 self.ins.append(st)
             else:
                 st = _Out(bc, ch, self.window)
@@ -346,7 +362,7 @@ class Bridge:
                       records_in=0, retries=0, failed_transfers=0, payload_copies=0,
                       payload_bytes=0, inline_crossings=0, alloc_fail=0, dead_lettered=0,
                       credits_granted=0, service_records=0, alloc_retries=0, resets=0,
-                      reset_lost=0, reset_redelivered=0)
+                      reset_lost=0, reset_redelivered=0, direct_sends=0, helped=0)
         self._rx_types = [st.rx_type for st in self.ins]
         self._last_io = 0.0                # monotonic time of the last transfer either way
         self._thread = None
@@ -390,8 +406,58 @@ class Bridge:
     #: channel for waiting GPU -> CPU records, finished ingress tasks' credits)
     BELL_SPAN_S = 500e-6
 
+    #: CPU -> GPU messages go to the device from the emitting thread when it can take the
+    #: bridge's lock at once (``_after_emit``); False: the pump sends everything (set
+    #: ``bridge.direct`` on one bridge)
+    DIRECT = True
+    #: caller runs (the CPU kernel booted with ``host_helps=True``): after emitting GPU ->
+    #: CPU messages, the pump runs a parked CPU worker's steps itself for at most this long
+    #: (s) instead of waking the worker
+    HELP_S = 0.0002
+
+    # -- CPU -> GPU from the emitting thread ------------------------------------------------------
+    def _on_push(self, st: _In) -> None:
+        """The notify hook of a CPU -> GPU channel's bridge ring (under the channel's lock).
+        While the pump sleeps, the emitting thread sends the message itself right after the
+        emit (``_after_emit``, outside the lock): waking the pump would cost a thread wake-up
+        (~100 us on this VM) before the message even leaves. Otherwise wake the pump."""
+        if self._asleep and self.direct and not st.det and self.paused is None and \
+                threading.get_ident() != self._pump_ident:
+            return
+        self._wake.set()
+
+    def _after_emit(self, st: _In) -> None:
+        """After an emit into a CPU -> GPU bridge channel, on the emitting thread, outside the
+        channel's lock: take the bridge's lock if it is free at once and do the pump's host ->
+        device half (take against credits, stage, send: the same code under the same lock as a
+        pump step, so order, credits and the send log stay the pump's). Whenever it cannot (the
+        lock is busy: the pump or another emitter is in a step; paused; the pump's own thread)
+        or something is left (no credit, a full rx ring, payloads waiting for device blocks),
+        the pump is woken, so nothing waits on a wake-up that ``_on_push`` skipped."""
+        ring = st.sub.ring
+        if ring.tail == ring.head:
+            return                        # taken already (the pump or another emitter)
+        if not self.direct or st.det or self.paused is not None or self._stop.is_set() or \
+                threading.get_ident() == self._pump_ident or not self.lock.acquire(False):
+            self._wake.set()
+            return
+        try:
+            if self.paused is None:
+                self._take_in()
+                self._flush(self._drained())
+                self.c["direct_sends"] += 1
+        except Exception as e:   # noqa: BLE001 - the emit was accepted: the pump goes on
+            self.errors.append(f"bridge: sending from the emitting thread: {e!r}")
+        finally:
+            self.lock.release()
+        if self._stage_n or ring.tail != ring.head or self._pending_alloc or \
+                self._wake.bell() is None:
+            # without a device -> host bell the pump must watch the ring for the reply
+            self._wake.set()
+
     def _loop(self) -> None:
         _tight_timer_slack()             # its short sleeps (_watch) end on time
+        self._pump_ident = threading.get_ident()
         idle = 0
         wake = self._wake
         ready = getattr(self.tx, "tx_ready", None)    # the cheap "anything to receive?" look
@@ -407,23 +473,53 @@ class Bridge:
             if did:
                 idle = 0
                 self._pause = 5e-6
+                if self._handoff:
+                    self._handoff = False
+                    self._hand_off(wake, ready)
                 continue
             idle += 1
-            if self._stage_n:
-                # a partial batch waits at most flush_us (new messages wake the pump sooner)
-                wake.wait(max(self.flush_ns / 1e9, 1e-6))
-            elif self._hot():
-                if ready is not None:
-                    self._watch(ready, wake)
-                elif idle < self.SPIN:
-                    time.sleep(0)        # let the CPU workers and the device thread run
-                else:
-                    wake.wait(min(20e-6 * (idle - self.SPIN + 1), 200e-6))
+            self._asleep = True
+            try:
+                self._idle_wait(idle, wake, ready)
+            finally:
+                self._asleep = False
+
+    #: after a step that emitted into CPU channels, the pump sleeps this long at most (s)
+    #: unless the device rings or a host waker comes (see ``_hand_off``)
+    HANDOFF_S = 100e-6
+
+    def _hand_off(self, wake, ready) -> None:
+        """The step just emitted into CPU channels: a CPU worker was woken for the messages (or,
+        caller runs, the pump ran their handler, which may have woken a host thread). That
+        thread needs the GIL, which this thread holds until it blocks; another whole pump
+        step first (~50-100 us of Python here: the credits it grants, a send) would be paid
+        by every GPU -> CPU round trip. So block now, for ``HANDOFF_S`` at most, unless a
+        device record is already waiting (throughput: no sleep then)."""
+        if ready is not None and self._safe_ready():
+            return
+        self._asleep = True
+        try:
+            wake.wait(self.HANDOFF_S, None if ready is None else self._safe_ready)
+        finally:
+            self._asleep = False
+
+    def _idle_wait(self, idle, wake, ready) -> None:
+        """One wait of the pump between steps that moved nothing."""
+        if self._stage_n:
+            # a partial batch waits at most flush_us (new messages wake the pump sooner)
+            wake.wait(max(self.flush_ns / 1e9, 1e-6))
+        elif self._hot():
+            if ready is not None:
+                self._watch(ready, wake)
+            elif idle < self.SPIN:
+                time.sleep(0)        # let the CPU workers and the device thread run
             else:
-                # nothing on its way: CPU -> GPU messages (the subscriber ring's push),
-                # push_device, resume and stop wake the pump, and so does the device's bell
-                # where it has one (cpu); the timeout is a safety net
-                wake.wait(0.002, None if ready is None else self._safe_ready)
+                wake.wait(min(20e-6 * (idle - self.SPIN + 1), 200e-6))
+        else:
+            # nothing on its way: CPU -> GPU messages (the subscriber ring's push),
+            # push_device, resume and stop wake the pump, and so does the device's bell
+            # where it has one (cpu); the timeout is a safety net
+            wake.wait(0.002, None if ready is None else self._safe_ready)
 
     def _watch(self, ready, wake) -> None:
         """Wait for the device's next record without a whole pump step per look: the next
@@ -484,12 +580,53 @@ class Bridge:
             return False
         with self.lock:
             did = self._receive()
-            did |= self._deliver_out()
+            hal = self._helper()
+            if hal is None:
+                did |= self._deliver_out()
+        if hal is not None:               # (the bridge's lock let go: handlers run here)
+            did |= self._deliver_helping(hal)
+        with self.lock:
+            if self.paused is not None:    # begin_reset came between (it waits for the lock)
+                return did
             did |= self._take_in()
             # a partial batch goes at once when no more CPU -> GPU messages are waiting
             # (waiting flush_us would only add latency); else when full or flush_us old
             did |= self._flush(force_flush or self._drained())
             return did
+
+    def _helper(self):
+        """The CPU kernel's HAL when the pump may run a parked CPU worker's steps itself
+        (caller runs: booted with ``host_helps=True``, a worker parked, GPU -> CPU messages
+        waiting to be emitted, on the pump's own thread); else None."""
+        hal = self.sys.hal
+        if not getattr(hal, "helping", False) or not getattr(hal, "parked", 0) or \
+                threading.get_ident() != self._pump_ident:
+            return None
+        for st in self.outs.values():
+            if st.ready and not st.det:
+                return hal
+        return None
+
+    def _deliver_helping(self, hal) -> bool:
+        """``_deliver_out`` as the ``before`` of a caller-runs help: the emits into the CPU
+        channels wake no worker; the pump thread then runs the borrowed worker's steps (the
+        handlers of what it emitted, at most ``HELP_S``), with the bridge's lock let go
+        meanwhile (a handler may emit into a CPU -> GPU bridge channel, or wait on the
+        bridge). One thread wake-up less per GPU -> CPU message that finds an idle CPU
+        kernel; a busy one (no worker parked) is woken as before."""
+        got = [False]
+
+        def deliver():
+            got[0] = self._deliver_out()
+
+        hal.help(_never, time.monotonic() + self.HELP_S,
+                 before=lambda: self._locked(deliver))
+        self.c["helped"] += 1
+        return got[0]
+
+    def _locked(self, fn):
+        with self.lock:
+            return fn()
 
     # -- device -> host -------------------------------------------------------------------------
     def _receive(self) -> bool:
@@ -571,6 +708,36 @@ class Bridge:
         if arr is not None and len(arr):
             st.ready.append(arr)
             st.ready_n += len(arr)
+        if st.reorder and st.bc.lossless:
+            self._hold_credit(st)
+
+    def _hold_credit(self, st: _Out) -> None:
+        """Records held for a sequence gap get their credits now, not when the CPU channel
+        accepts them. Why: the device's egress tasks take credits out of channel order, so
+        the records behind a gap can hold every credit of the window while the gap's own
+        message waits for one on the device: a stall (seen with an 8-credit window and three
+        publishers). ``pregranted`` counts these early credits; acceptances use them up first
+        (``_grant_taken``), so the credits granted are the messages accepted plus
+        ``pregranted`` (at least the live records held), and at most ``window`` + the live
+        records held for a gap are on the host. What is left of ``pregranted`` once the gap
+        closed is used up by the next acceptances."""
+        held = st.reorder.live_n()
+        if held > st.pregranted:
+            st.grant += held - st.pregranted
+            st.pregranted = held
+
+    def _grant_taken(self, st: _Out, n: int) -> None:
+        """Credits for ``n`` records the CPU channel took (or dropped, closed), less the ones
+        granted ahead while they were held for a gap."""
+        if st.pregranted and n:
+            k = min(n, st.pregranted)
+            st.pregranted -= k
+            n -= k
+            if st.reorder:
+                # (the early credits are counted, not tied to records: ones used up by
+                # records that had none leave held records without: top them up)
+                self._hold_credit(st)
+        self._grant(st, n)
 
     def _copy_in(self, st: _Out, part: np.ndarray, i: int) -> bool:
         """Copy message ``i``'s device payload into the CPU arena; False: ALLOC_FAIL."""
@@ -655,13 +822,14 @@ class Bridge:
                     self._to_sys_dropped(arr, CHAN_CLOSED)
                     st.ready.popleft()
                     st.ready_n -= len(arr)
-                    self._grant(st, len(arr))
+                    self._grant_taken(st, len(arr))
                     continue
                 if acc:
                     did = True
+                    self._handoff = True
                     st.crossed += acc
                     self.c["inline_crossings"] += int((arr["payload_len"][:acc] == 0).sum())
-                    self._grant(st, acc)
+                    self._grant_taken(st, acc)
                 if acc < len(arr):
                     st.ready[0] = arr[acc:].copy()
                     st.ready_n -= acc
@@ -1188,6 +1356,7 @@ class Bridge:
                         st.ready_n += len(arr)
                 st.next_seq = 1
                 st.grant = 0
+                st.pregranted = 0
             self._counts_t = 0.0
             if reset:                     # (halt uses the same accounting, with HALTED)
                 self.c["resets"] += 1
