@@ -428,17 +428,21 @@ class Bridge:
 
     def _after_emit(self, st: _In) -> None:
         """After an emit into a CPU -> GPU bridge channel, on the emitting thread, outside the
-        channel's lock: take the bridge's lock if it is free at once and do the pump's host ->
-        device half (take against credits, stage, send: the same code under the same lock as a
-        pump step, so order, credits and the send log stay the pump's). Whenever it cannot (the
-        lock is busy: the pump or another emitter is in a step; paused; the pump's own thread)
+        channel's lock: while the pump sleeps, take the bridge's lock if it is free at once and
+        do the pump's host -> device half (take against credits, stage, send: the same code
+        under the same lock as a pump step, so order, credits and the send log stay the
+        pump's). A pump that is awake (a busy bridge) does it itself: two threads taking turns
+        at the lock cost more than they save there (~10% CPU per task in bench/bridge.py's
+        throughput run). Whenever it does not send (the pump is awake; the lock is busy:
+        another emitter is in a step; paused; the pump's own thread)
         or something is left (no credit, a full rx ring, payloads waiting for device blocks),
         the pump is woken, so nothing waits on a wake-up that ``_on_push`` skipped."""
         ring = st.sub.ring
         if ring.tail == ring.head:
             return                        # taken already (the pump or another emitter)
-        if not self.direct or st.det or self.paused is not None or self._stop.is_set() or \
-                threading.get_ident() == self._pump_ident or not self.lock.acquire(False):
+        if not self._asleep or not self.direct or st.det or self.paused is not None or \
+                self._stop.is_set() or threading.get_ident() == self._pump_ident or \
+                not self.lock.acquire(False):
             self._wake.set()
             return
         try:
