@@ -28,7 +28,8 @@ from tests.bridge.dualkit import boot
 RX_CAP = 16          # the host -> device ring: small, so sends meet a full ring
 WINDOW = 8           # credits per bridge channel and direction: small, so they run out
 PUBLISHERS = 3
-PER = 120            # messages per publisher thread
+ROUNDS = 4
+PER = 30             # messages per publisher thread and round
 
 
 class _Recording:
@@ -130,29 +131,35 @@ def test_publishers_racing_the_pump_deliver_each_message_once_in_order(
         ch = s.channel("cpu.in")
         outs = [[] for _ in range(PUBLISHERS)]
         errs: list = []
-        threads = [threading.Thread(target=_publisher, name=f"publisher-{i}",
-                                    args=(ch, (i + 1) * 100_000, PER, wait_until, outs[i], errs))
-                   for i in range(PUBLISHERS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(180)
-        assert not errs, errs
-        want = sorted(v for o in outs for v in o)
-        assert len(want) == PUBLISHERS * PER
-        ok = wait_until(lambda: W.REC.back_n >= len(want), timeout=60,
-                        step=lambda: s.run(timeout=0.5))
-        got = sorted(r[0] for r in W.REC.back)
-        missing = sorted(set(want) - set(got))
-        assert ok, (f"{len(missing)} published message(s) never came back (first: "
-                    f"{missing[:8]}); bridge "
-                    f"{ {k: v for k, v in b.stats().items() if k != 'channels'} }")
+        for rnd in range(ROUNDS):
+            # each round starts while the pump sleeps, so its first publishes are sent by
+            # the publishers (an awake pump sends them itself), then they race the pump
+            assert wait_until(lambda: b._asleep, timeout=30)
+            threads = [threading.Thread(
+                target=_publisher, name=f"publisher-{i}",
+                args=(ch, (i + 1) * 100_000 + rnd * PER, PER, wait_until, outs[i], errs))
+                for i in range(PUBLISHERS)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(180)
+            assert not errs, errs
+            n = sum(len(o) for o in outs)
+            ok = wait_until(lambda: W.REC.back_n >= n, timeout=60,
+                            step=lambda: s.run(timeout=0.5))
+            want = sorted(v for o in outs for v in o)
+            got = sorted(r[0] for r in W.REC.back)
+            missing = sorted(set(want) - set(got))
+            assert ok, (f"round {rnd}: {len(missing)} published message(s) never came back "
+                        f"(first: {missing[:8]}); bridge "
+                        f"{ {k: v for k, v in b.stats().items() if k != 'channels'} }")
+        assert len(want) == PUBLISHERS * PER * ROUNDS
         assert got == want                       # each message echoed exactly once
         # on the wire: each message sent exactly once, each publisher's in its order
         assert sorted(rec.sent) == want
         for i, o in enumerate(outs):
             lo = (i + 1) * 100_000
-            mine = [v for v in rec.sent if lo <= v < lo + PER]
+            mine = [v for v in rec.sent if lo <= v < lo + ROUNDS * PER]
             assert mine == o, f"publisher {i}: sent out of its order or twice"
         assert s.run(timeout=60)
         _no_dead_letters(s)
@@ -160,7 +167,7 @@ def test_publishers_racing_the_pump_deliver_each_message_once_in_order(
         c = st["channels"]["cpu.in"]
         assert c["in_flight"] == 0 and c["dead"] == 0 and c["pushed"] == len(want)
         assert st["channels"]["gpu.back"]["crossed"] == len(want)
-        # the publishers sent some themselves (hundreds of tries of a free lock)
+        # the publishers sent some themselves (each round began while the pump slept)
         assert st["direct_sends"] > 0, st
         if not host_helps:
             assert st["helped"] == 0

@@ -96,10 +96,6 @@ def _no_bell():
     return None
 
 
-def _never() -> bool:
-    return False
-
-
 class _Wake:
     """The pump's wake-up: a ``threading.Event`` for the host's wakers (CPU -> GPU messages,
     ``push_device``, resume, stop: ``set``) joined with the device -> host bell where the
@@ -497,13 +493,16 @@ class Bridge:
         caller runs, the pump ran their handler, which may have woken a host thread). That
         thread needs the GIL, which this thread holds until it blocks; another whole pump
         step first (~50-100 us of Python here: the credits it grants, a send) would be paid
-        by every GPU -> CPU round trip. So block now, for ``HANDOFF_S`` at most, unless a
-        device record is already waiting (throughput: no sleep then)."""
-        if ready is not None and self._safe_ready():
+        by every GPU -> CPU round trip. So block now, for ``HANDOFF_S`` at most (the device's
+        bell or a host waker ends it sooner), unless a device record is already waiting
+        (throughput: no sleep then)."""
+        if ready is None or wake.bell() is None or self._safe_ready():
+            # (no device -> host bell: sim, cuda: a sleep here would not end when the device
+            # publishes, so the pump goes on as before)
             return
         self._asleep = True
         try:
-            wake.wait(self.HANDOFF_S, None if ready is None else self._safe_ready)
+            wake.wait(self.HANDOFF_S, self._safe_ready)
         finally:
             self._asleep = False
 
@@ -613,8 +612,8 @@ class Bridge:
 
     def _deliver_helping(self, hal) -> bool:
         """``_deliver_out`` as the ``before`` of a caller-runs help: the emits into the CPU
-        channels wake no worker; the pump thread then runs the borrowed worker's steps (the
-        handlers of what it emitted, at most ``HELP_S``), with the bridge's lock let go
+        channels wake no worker; the pump thread then runs one step of the borrowed worker
+        (the handler of what it emitted; at most ``HELP_S``), with the bridge's lock let go
         meanwhile (a handler may emit into a CPU -> GPU bridge channel, or wait on the
         bridge). One thread wake-up less per GPU -> CPU message that finds an idle CPU
         kernel; a busy one (no worker parked) is woken as before."""
@@ -623,7 +622,16 @@ class Bridge:
         def deliver():
             got[0] = self._deliver_out()
 
-        hal.help(_never, time.monotonic() + self.HELP_S,
+        looks = [0]
+
+        def one_step() -> bool:          # help's predicate: True once one step ran
+            looks[0] += 1
+            return looks[0] > 1
+
+        # one step: the handler batch of what was emitted (a bigger delivery's leftovers
+        # wake the worker, as help hands it back): a look for more work that finds none
+        # costs ~70 us here, all of it before the thread the handler woke gets the GIL
+        hal.help(one_step, time.monotonic() + self.HELP_S,
                  before=lambda: self._locked(deliver))
         self.c["helped"] += 1
         return got[0]
