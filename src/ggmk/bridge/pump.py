@@ -317,7 +317,7 @@ class Bridge:
         self.direct = self.DIRECT
         self._pump_ident = None            # the pump thread's ident (see _after_emit)
         self._asleep = False               # the pump waits (it is not in a step)
-        self._handoff = False              # the last step emitted into CPU channels
+        self._handoff = 0                  # messages the last step emitted into CPU channels
         for bc in channels:
             ch = system.channel(bc.name)
             if bc.direction == "c2g":
@@ -406,6 +406,9 @@ class Bridge:
     #: bridge's lock at once (``_after_emit``); False: the pump sends everything (set
     #: ``bridge.direct`` on one bridge)
     DIRECT = True
+    #: ... for at most this many messages waiting in the bridge's ring (a bulk emit is left to
+    #: the pump, which batches it with what follows: the figure is about latency)
+    DIRECT_MAX = 64
     #: caller runs (the CPU kernel booted with ``host_helps=True``): after emitting GPU ->
     #: CPU messages, the pump runs a parked CPU worker's steps itself for at most this long
     #: (s) instead of waking the worker
@@ -436,7 +439,7 @@ class Bridge:
         ring = st.sub.ring
         if ring.tail == ring.head:
             return                        # taken already (the pump or another emitter)
-        if not self._asleep or not self.direct or st.det or self.paused is not None or \
+        if len(ring) > self.DIRECT_MAX or not self._asleep or not self.direct or st.det or self.paused is not None or \
                 self._stop.is_set() or threading.get_ident() == self._pump_ident or \
                 not self.lock.acquire(False):
             self._wake.set()
@@ -473,8 +476,8 @@ class Bridge:
             if did:
                 idle = 0
                 self._pause = 5e-6
-                if self._handoff:
-                    self._handoff = False
+                n, self._handoff = self._handoff, 0
+                if 0 < n <= self.HANDOFF_MAX:
                     self._hand_off(wake, ready)
                 continue
             idle += 1
@@ -487,6 +490,9 @@ class Bridge:
     #: after a step that emitted into CPU channels, the pump sleeps this long at most (s)
     #: unless the device rings or a host waker comes (see ``_hand_off``)
     HANDOFF_S = 100e-6
+    #: ... when it emitted at most this many (a latency hand-off: a busy bridge goes on
+    #: stepping, as its sleeps would cost more wake-ups and smaller batches)
+    HANDOFF_MAX = 64
 
     def _hand_off(self, wake, ready) -> None:
         """The step just emitted into CPU channels: a CPU worker was woken for the messages (or,
@@ -838,7 +844,7 @@ class Bridge:
                     continue
                 if acc:
                     did = True
-                    self._handoff = True
+                    self._handoff += acc
                     st.crossed += acc
                     self.c["inline_crossings"] += int((arr["payload_len"][:acc] == 0).sum())
                     self._grant_taken(st, acc)
