@@ -55,8 +55,8 @@ class _Recording:
 def _no_dead_letters(s):
     err, ecodes = s.dead_letters("sys.error")
     drop, dcodes = s.dead_letters("sys.dropped")
-    assert len(err) == 0, f"sys.error: {len(err)} record(s), codes {set(np.asarray(ecodes).tolist())}"
-    assert len(drop) == 0, f"sys.dropped: {len(drop)} record(s), codes {set(np.asarray(dcodes).tolist())}"
+    assert len(err) == 0, f"sys.error: {len(err)}, codes {set(np.asarray(ecodes).tolist())}"
+    assert len(drop) == 0, f"sys.dropped: {len(drop)}, codes {set(np.asarray(dcodes).tolist())}"
 
 
 def test_a_publish_while_the_pump_sleeps_is_sent_by_the_publisher(wait_until):

@@ -12,7 +12,13 @@ transfer per task.
 
 Waking the pump: a CPU channel delivering to the bridge's subscriber ring wakes it at once
 (its notify hook, ``Subscriber.add_notify``), and so do ``push_device``, ``resume_device`` and
-``stop``. The device wakes it too where the target rings a device -> host bell (``cpu``:
+``stop``. While the pump sleeps, a small emit is not a wake-up: the emitting thread sends it
+to the device itself once the channel's lock is let go (``Subscriber.add_after``,
+:meth:`Bridge._after_emit`), one thread wake-up less per round trip. GPU -> CPU, with the CPU
+kernel booted ``host_helps=True``, the pump runs the handler of a small delivery itself on a
+parked worker (caller runs) instead of waking it, and after a small delivery it blocks at
+once (``_hand_off``) so the thread it woke gets the GIL.
+The device wakes the pump too where the target rings a device -> host bell (``cpu``:
 ``DeviceKernel.tx_bell``, a futex the device rings after a tx publish while the pump says it
 sleeps): host wake-ups and the bell meet in one wait (:class:`_Wake`), so a record the device
 publishes is taken at once, not at the next look. Without a bell (``sim``, ``cuda``) the device
@@ -35,7 +41,9 @@ the host raises with CREDIT records as the CPU channel *accepts* messages: ``win
 flight). The host restores channel-sequence order (the device channel seq travels in the
 record's ``channel`` field) and emits into the CPU channel; a refused (CHAN_FULL) suffix waits
 and no credit is granted for it, so the device egress waits, the device channel fills and the
-GPU producer gets CHAN_FULL. Lossy channels skip credits; full subscribers drop to
+GPU producer gets CHAN_FULL. Records held for a sequence gap get their credits when held (the
+device's egress tasks take credits out of order: held records must not keep the gap's own
+message from getting one, :meth:`Bridge._hold_credit`). Lossy channels skip credits; full subscribers drop to
 ``sys.dropped`` on whichever kernel they live (device drops come back to the CPU kernel's
 ``sys.dropped`` with their reason).
 
@@ -430,18 +438,19 @@ class Bridge:
         channel's lock: while the pump sleeps, take the bridge's lock if it is free at once and
         do the pump's host -> device half (take against credits, stage, send: the same code
         under the same lock as a pump step, so order, credits and the send log stay the
-        pump's). A pump that is awake (a busy bridge) does it itself: two threads taking turns
-        at the lock cost more than they save there (~10% CPU per task in bench/bridge.py's
-        throughput run). Whenever it does not send (the pump is awake; the lock is busy:
-        another emitter is in a step; paused; the pump's own thread)
-        or something is left (no credit, a full rx ring, payloads waiting for device blocks),
-        the pump is woken, so nothing waits on a wake-up that ``_on_push`` skipped."""
+        pump's). A pump that is awake (a busy bridge) or a bulk emit (more than
+        ``DIRECT_MAX`` waiting) is left to the pump, which batches: two threads taking turns
+        at the lock cost more than they save there. Whenever it does not send (the pump is
+        awake; a bulk emit; the lock is busy: another emitter is in a step; paused; the pump's
+        own thread) or something is left (no credit, a full rx ring, payloads waiting for
+        device blocks), the pump is woken, so nothing waits on a wake-up that ``_on_push``
+        skipped."""
         ring = st.sub.ring
         if ring.tail == ring.head:
             return                        # taken already (the pump or another emitter)
-        if len(ring) > self.DIRECT_MAX or not self._asleep or not self.direct or st.det or self.paused is not None or \
-                self._stop.is_set() or threading.get_ident() == self._pump_ident or \
-                not self.lock.acquire(False):
+        if len(ring) > self.DIRECT_MAX or not self._asleep or not self.direct or st.det or \
+                self.paused is not None or self._stop.is_set() or \
+                threading.get_ident() == self._pump_ident or not self.lock.acquire(False):
             self._wake.set()
             return
         try:
