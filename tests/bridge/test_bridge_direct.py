@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from ggmk.bridge import device_side as ds
+from ggmk.errors import ChannelError
 from tests.bridge import bridge_workloads as W
 from tests.bridge.dualkit import boot
 
@@ -96,10 +97,21 @@ def test_a_publish_while_the_pump_sleeps_is_sent_by_the_publisher(wait_until):
         b.start()                    # the pump takes 8 and 9 and receives all three replies
         assert wait_until(lambda: W.REC.back_n == 3, timeout=60)
         assert sorted(r[0] for r in W.REC.back) == [7, 8, 9]
+
+        # the core hook: run on the emitting thread with the channel's lock let go; only for
+        # host-side subscribers
+        seen = []
+        b.by_name["cpu.in"].sub.add_after(lambda: seen.append(ch.lock.locked()))
+        assert ch.publish(meta0=10) == 0
+        assert seen == [False]
+        handler_sub = next(x for x in s.channel("gpu.back").subs if x.type_id)
+        with pytest.raises(ChannelError, match="after-emit hooks are for host-side"):
+            handler_sub.add_after(lambda: None)
+        assert wait_until(lambda: W.REC.back_n == 4, timeout=60)
         assert s.run(timeout=60)
         _no_dead_letters(s)
         c = s.stats()["bridge"]["channels"]["cpu.in"]
-        assert c["in_flight"] == 0 and c["dead"] == 0 and c["pushed"] == 3
+        assert c["in_flight"] == 0 and c["dead"] == 0 and c["pushed"] == 4
     finally:
         s.halt()
 

@@ -43,9 +43,9 @@ record's ``channel`` field) and emits into the CPU channel; a refused (CHAN_FULL
 and no credit is granted for it, so the device egress waits, the device channel fills and the
 GPU producer gets CHAN_FULL. Records held for a sequence gap get their credits when held (the
 device's egress tasks take credits out of order: held records must not keep the gap's own
-message from getting one, :meth:`Bridge._hold_credit`). Lossy channels skip credits; full subscribers drop to
-``sys.dropped`` on whichever kernel they live (device drops come back to the CPU kernel's
-``sys.dropped`` with their reason).
+message from getting one, :meth:`Bridge._hold_credit`). Lossy channels skip credits; full
+subscribers drop to ``sys.dropped`` on whichever kernel they live (device drops come back to
+the CPU kernel's ``sys.dropped`` with their reason).
 
 Payloads: a payload crossing is copied into the receiving kernel's arena and ``payload_ptr``
 rewritten to the local address; the sender's reference is released (CPU -> GPU: the device
@@ -288,7 +288,7 @@ class _Out:
         self.ready: deque = deque()    # arrays in channel order, waiting for room
         self.ready_n = 0
         self.grant = 0
-        # credits granted ahead for live records held in ``reorder`` (see _Bridge._hold_credit)
+        # credits granted ahead for live records held in ``reorder`` (see Bridge._hold_credit)
         self.pregranted = 0
         self.crossed = 0
         self.dead = 0
@@ -418,8 +418,8 @@ class Bridge:
     #: the pump, which batches it with what follows: the figure is about latency)
     DIRECT_MAX = 64
     #: caller runs (the CPU kernel booted with ``host_helps=True``): after emitting GPU ->
-    #: CPU messages, the pump runs a parked CPU worker's steps itself for at most this long
-    #: (s) instead of waking the worker
+    #: CPU messages, the pump runs one step of a parked CPU worker itself instead of waking
+    #: the worker, for at most this long (s)
     HELP_S = 0.0002
 
     # -- CPU -> GPU from the emitting thread ------------------------------------------------------
