@@ -104,12 +104,25 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--mode", choices=("process", "inproc"), default="process")
+    ap.add_argument("--host-helps", action="store_true",
+                    help="boot the CPU kernel with host_helps=True (the pump runs the CPU "
+                         "handler of a GPU -> CPU message itself while a worker is parked)")
+    ap.add_argument("--no-direct", action="store_true",
+                    help="the pump sends every CPU -> GPU message (no send from the "
+                         "publishing thread)")
     a = ap.parse_args()
     n = a.n
     dp = a.mode == "process"
     out = {"target": "cpu", "mode": a.mode, "loadavg_1m": round(os.getloadavg()[0], 2),
-           "cpus": os.cpu_count()}
-    s = boot(device_process=dp)
+           "cpus": os.cpu_count(), "host_helps": a.host_helps, "direct": not a.no_direct}
+
+    def _boot(**kw):
+        s = boot(device_process=dp, host_helps=a.host_helps, **kw)
+        if a.no_direct and hasattr(s.bridge, "direct"):
+            s.bridge.direct = False
+        return s
+
+    s = _boot()
     try:
         out["target"] = s.target
         b0 = s.stats()["bridge"]
@@ -153,10 +166,13 @@ def main():
             lat.append((time.perf_counter() - t0) * 1e6)
         out["roundtrip_p50_us"] = round(float(np.percentile(lat, 50)), 1)
         out["roundtrip_p99_us"] = round(float(np.percentile(lat, 99)), 1)
+        bs_ = s.stats()["bridge"]
+        out["direct_sends"] = bs_.get("direct_sends")
+        out["pump_helps"] = bs_.get("helped")
     finally:
         s.halt()
     for bs in (8, 64, 512):
-        s = boot(bridge={"batch": bs}, device_process=dp)
+        s = _boot(bridge={"batch": bs})
         try:
             t0 = time.perf_counter()
             gen(s, "GEN", n)

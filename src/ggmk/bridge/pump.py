@@ -12,7 +12,13 @@ transfer per task.
 
 Waking the pump: a CPU channel delivering to the bridge's subscriber ring wakes it at once
 (its notify hook, ``Subscriber.add_notify``), and so do ``push_device``, ``resume_device`` and
-``stop``. The device wakes it too where the target rings a device -> host bell (``cpu``:
+``stop``. While the pump sleeps, a small emit is not a wake-up: the emitting thread sends it
+to the device itself once the channel's lock is let go (``Subscriber.add_after``,
+:meth:`Bridge._after_emit`), one thread wake-up less per round trip. GPU -> CPU, with the CPU
+kernel booted ``host_helps=True``, the pump runs the handler of a small delivery itself on a
+parked worker (caller runs) instead of waking it, and after a small delivery it blocks at
+once (``_hand_off``) so the thread it woke gets the GIL.
+The device wakes the pump too where the target rings a device -> host bell (``cpu``:
 ``DeviceKernel.tx_bell``, a futex the device rings after a tx publish while the pump says it
 sleeps): host wake-ups and the bell meet in one wait (:class:`_Wake`), so a record the device
 publishes is taken at once, not at the next look. Without a bell (``sim``, ``cuda``) the device
@@ -35,9 +41,11 @@ the host raises with CREDIT records as the CPU channel *accepts* messages: ``win
 flight). The host restores channel-sequence order (the device channel seq travels in the
 record's ``channel`` field) and emits into the CPU channel; a refused (CHAN_FULL) suffix waits
 and no credit is granted for it, so the device egress waits, the device channel fills and the
-GPU producer gets CHAN_FULL. Lossy channels skip credits; full subscribers drop to
-``sys.dropped`` on whichever kernel they live (device drops come back to the CPU kernel's
-``sys.dropped`` with their reason).
+GPU producer gets CHAN_FULL. Records held for a sequence gap get their credits when held (the
+device's egress tasks take credits out of order: held records must not keep the gap's own
+message from getting one, :meth:`Bridge._hold_credit`). Lossy channels skip credits; full
+subscribers drop to ``sys.dropped`` on whichever kernel they live (device drops come back to
+the CPU kernel's ``sys.dropped`` with their reason).
 
 Payloads: a payload crossing is copied into the receiving kernel's arena and ``payload_ptr``
 rewritten to the local address; the sender's reference is released (CPU -> GPU: the device
@@ -228,6 +236,10 @@ class _Reorder:
         self.live.append(np.ones(len(recs), bool) if live is None else live)
         self.n += len(recs)
 
+    def live_n(self) -> int:
+        """Live records held (not the dead markers that only close a gap)."""
+        return sum(int(x.sum()) for x in self.live)
+
     def merged(self):
         """(records, seqs, live) of everything held, sorted by seq (kept merged)."""
         if len(self.recs) > 1 or (self.recs and len(self.seqs[0]) > 1
@@ -276,6 +288,8 @@ class _Out:
         self.ready: deque = deque()    # arrays in channel order, waiting for room
         self.ready_n = 0
         self.grant = 0
+        # credits granted ahead for live records held in ``reorder`` (see Bridge._hold_credit)
+        self.pregranted = 0
         self.crossed = 0
         self.dead = 0
         self.full = 0
@@ -308,12 +322,18 @@ class Bridge:
         self.by_name = {}
         self._stop = threading.Event()
         self._wake = _Wake(lambda: getattr(self.tx, "tx_bell", _no_bell)())
+        self.direct = self.DIRECT
+        self._pump_ident = None            # the pump thread's ident (see _after_emit)
+        self._asleep = False               # the pump waits (it is not in a step)
+        self._handoff = 0                  # messages the last step emitted into CPU channels
         for bc in channels:
             ch = system.channel(bc.name)
             if bc.direction == "c2g":
-                sub = ch.subscribe(None, name="bridge->gpu", notify=self._wake.set)
-                st = _In(bc, ch, sub, self.window)
+                st = _In(bc, ch, None, self.window)
                 st.det = deterministic and bc.deterministic
+                st.sub = ch.subscribe(None, name="bridge->gpu",
+                                      notify=lambda st=st: self._on_push(st))
+                st.sub.add_after(lambda st=st: self._after_emit(st))
                 self.ins.append(st)
             else:
                 st = _Out(bc, ch, self.window)
@@ -346,7 +366,7 @@ class Bridge:
                       records_in=0, retries=0, failed_transfers=0, payload_copies=0,
                       payload_bytes=0, inline_crossings=0, alloc_fail=0, dead_lettered=0,
                       credits_granted=0, service_records=0, alloc_retries=0, resets=0,
-                      reset_lost=0, reset_redelivered=0)
+                      reset_lost=0, reset_redelivered=0, direct_sends=0, helped=0)
         self._rx_types = [st.rx_type for st in self.ins]
         self._last_io = 0.0                # monotonic time of the last transfer either way
         self._thread = None
@@ -390,8 +410,66 @@ class Bridge:
     #: channel for waiting GPU -> CPU records, finished ingress tasks' credits)
     BELL_SPAN_S = 500e-6
 
+    #: CPU -> GPU messages go to the device from the emitting thread when it can take the
+    #: bridge's lock at once (``_after_emit``); False: the pump sends everything (set
+    #: ``bridge.direct`` on one bridge)
+    DIRECT = True
+    #: ... for at most this many messages waiting in the bridge's ring (a bulk emit is left to
+    #: the pump, which batches it with what follows: the figure is about latency)
+    DIRECT_MAX = 64
+    #: caller runs (the CPU kernel booted with ``host_helps=True``): after emitting GPU ->
+    #: CPU messages, the pump runs one step of a parked CPU worker itself instead of waking
+    #: the worker, for at most this long (s)
+    HELP_S = 0.0002
+
+    # -- CPU -> GPU from the emitting thread ------------------------------------------------------
+    def _on_push(self, st: _In) -> None:
+        """The notify hook of a CPU -> GPU channel's bridge ring (under the channel's lock).
+        While the pump sleeps, the emitting thread sends the message itself right after the
+        emit (``_after_emit``, outside the lock): waking the pump would cost a thread wake-up
+        (~100 us on this VM) before the message even leaves. Otherwise wake the pump."""
+        if self._asleep and self.direct and not st.det and self.paused is None and \
+                threading.get_ident() != self._pump_ident:
+            return
+        self._wake.set()
+
+    def _after_emit(self, st: _In) -> None:
+        """After an emit into a CPU -> GPU bridge channel, on the emitting thread, outside the
+        channel's lock: while the pump sleeps, take the bridge's lock if it is free at once and
+        do the pump's host -> device half (take against credits, stage, send: the same code
+        under the same lock as a pump step, so order, credits and the send log stay the
+        pump's). A pump that is awake (a busy bridge) or a bulk emit (more than
+        ``DIRECT_MAX`` waiting) is left to the pump, which batches: two threads taking turns
+        at the lock cost more than they save there. Whenever it does not send (the pump is
+        awake; a bulk emit; the lock is busy: another emitter is in a step; paused; the pump's
+        own thread) or something is left (no credit, a full rx ring, payloads waiting for
+        device blocks), the pump is woken, so nothing waits on a wake-up that ``_on_push``
+        skipped."""
+        ring = st.sub.ring
+        if ring.tail == ring.head:
+            return                        # taken already (the pump or another emitter)
+        if len(ring) > self.DIRECT_MAX or not self._asleep or not self.direct or st.det or \
+                self.paused is not None or self._stop.is_set() or \
+                threading.get_ident() == self._pump_ident or not self.lock.acquire(False):
+            self._wake.set()
+            return
+        try:
+            if self.paused is None:
+                self._take_in()
+                self._flush(self._drained())
+                self.c["direct_sends"] += 1
+        except Exception as e:   # noqa: BLE001 - the emit was accepted: the pump goes on
+            self.errors.append(f"bridge: sending from the emitting thread: {e!r}")
+        finally:
+            self.lock.release()
+        if self._stage_n or ring.tail != ring.head or self._pending_alloc or \
+                self._wake.bell() is None:
+            # without a device -> host bell the pump must watch the ring for the reply
+            self._wake.set()
+
     def _loop(self) -> None:
         _tight_timer_slack()             # its short sleeps (_watch) end on time
+        self._pump_ident = threading.get_ident()
         idle = 0
         wake = self._wake
         ready = getattr(self.tx, "tx_ready", None)    # the cheap "anything to receive?" look
@@ -407,23 +485,59 @@ class Bridge:
             if did:
                 idle = 0
                 self._pause = 5e-6
+                n, self._handoff = self._handoff, 0
+                if 0 < n <= self.HANDOFF_MAX:
+                    self._hand_off(wake, ready)
                 continue
             idle += 1
-            if self._stage_n:
-                # a partial batch waits at most flush_us (new messages wake the pump sooner)
-                wake.wait(max(self.flush_ns / 1e9, 1e-6))
-            elif self._hot():
-                if ready is not None:
-                    self._watch(ready, wake)
-                elif idle < self.SPIN:
-                    time.sleep(0)        # let the CPU workers and the device thread run
-                else:
-                    wake.wait(min(20e-6 * (idle - self.SPIN + 1), 200e-6))
+            self._asleep = True
+            try:
+                self._idle_wait(idle, wake, ready)
+            finally:
+                self._asleep = False
+
+    #: after a step that emitted into CPU channels, the pump sleeps this long at most (s)
+    #: unless the device rings or a host waker comes (see ``_hand_off``)
+    HANDOFF_S = 100e-6
+    #: ... when it emitted at most this many (a latency hand-off: a busy bridge goes on
+    #: stepping, as its sleeps would cost more wake-ups and smaller batches)
+    HANDOFF_MAX = 64
+
+    def _hand_off(self, wake, ready) -> None:
+        """The step just emitted into CPU channels: a CPU worker was woken for the messages (or,
+        caller runs, the pump ran their handler, which may have woken a host thread). That
+        thread needs the GIL, which this thread holds until it blocks; another whole pump
+        step first (~50-100 us of Python here: the credits it grants, a send) would be paid
+        by every GPU -> CPU round trip. So block now, for ``HANDOFF_S`` at most (the device's
+        bell or a host waker ends it sooner), unless a device record is already waiting
+        (throughput: no sleep then)."""
+        if ready is None or wake.bell() is None or self._safe_ready():
+            # (no device -> host bell: sim, cuda: a sleep here would not end when the device
+            # publishes, so the pump goes on as before)
+            return
+        self._asleep = True
+        try:
+            wake.wait(self.HANDOFF_S, self._safe_ready)
+        finally:
+            self._asleep = False
+
+    def _idle_wait(self, idle, wake, ready) -> None:
+        """One wait of the pump between steps that moved nothing."""
+        if self._stage_n:
+            # a partial batch waits at most flush_us (new messages wake the pump sooner)
+            wake.wait(max(self.flush_ns / 1e9, 1e-6))
+        elif self._hot():
+            if ready is not None:
+                self._watch(ready, wake)
+            elif idle < self.SPIN:
+                time.sleep(0)        # let the CPU workers and the device thread run
             else:
-                # nothing on its way: CPU -> GPU messages (the subscriber ring's push),
-                # push_device, resume and stop wake the pump, and so does the device's bell
-                # where it has one (cpu); the timeout is a safety net
-                wake.wait(0.002, None if ready is None else self._safe_ready)
+                wake.wait(min(20e-6 * (idle - self.SPIN + 1), 200e-6))
+        else:
+            # nothing on its way: CPU -> GPU messages (the subscriber ring's push),
+            # push_device, resume and stop wake the pump, and so does the device's bell
+            # where it has one (cpu); the timeout is a safety net
+            wake.wait(0.002, None if ready is None else self._safe_ready)
 
     def _watch(self, ready, wake) -> None:
         """Wait for the device's next record without a whole pump step per look: the next
@@ -484,12 +598,62 @@ class Bridge:
             return False
         with self.lock:
             did = self._receive()
-            did |= self._deliver_out()
+            hal = self._helper()
+            if hal is None:
+                did |= self._deliver_out()
+        if hal is not None:               # (the bridge's lock let go: handlers run here)
+            did |= self._deliver_helping(hal)
+        with self.lock:
+            if self.paused is not None:    # begin_reset came between (it waits for the lock)
+                return did
             did |= self._take_in()
             # a partial batch goes at once when no more CPU -> GPU messages are waiting
             # (waiting flush_us would only add latency); else when full or flush_us old
             did |= self._flush(force_flush or self._drained())
             return did
+
+    def _helper(self):
+        """The CPU kernel's HAL when the pump may run a parked CPU worker's steps itself
+        (caller runs: booted with ``host_helps=True``, a worker parked, GPU -> CPU messages
+        waiting to be emitted, on the pump's own thread); else None."""
+        hal = self.sys.hal
+        if not getattr(hal, "helping", False) or not getattr(hal, "parked", 0) or \
+                threading.get_ident() != self._pump_ident:
+            return None
+        for st in self.outs.values():
+            if st.ready and not st.det:
+                return hal
+        return None
+
+    def _deliver_helping(self, hal) -> bool:
+        """``_deliver_out`` as the ``before`` of a caller-runs help: the emits into the CPU
+        channels wake no worker; the pump thread then runs one step of the borrowed worker
+        (the handler of what it emitted; at most ``HELP_S``), with the bridge's lock let go
+        meanwhile (a handler may emit into a CPU -> GPU bridge channel, or wait on the
+        bridge). One thread wake-up less per GPU -> CPU message that finds an idle CPU
+        kernel; a busy one (no worker parked) is woken as before."""
+        got = [False]
+
+        def deliver():
+            got[0] = self._deliver_out()
+
+        looks = [0]
+
+        def one_step() -> bool:          # help's predicate: True once one step ran
+            looks[0] += 1
+            return looks[0] > 1
+
+        # one step: the handler batch of what was emitted (a bigger delivery's leftovers
+        # wake the worker, as help hands it back): a look for more work that finds none
+        # costs ~70 us here, all of it before the thread the handler woke gets the GIL
+        hal.help(one_step, time.monotonic() + self.HELP_S,
+                 before=lambda: self._locked(deliver))
+        self.c["helped"] += 1
+        return got[0]
+
+    def _locked(self, fn):
+        with self.lock:
+            return fn()
 
     # -- device -> host -------------------------------------------------------------------------
     def _receive(self) -> bool:
@@ -571,6 +735,36 @@ class Bridge:
         if arr is not None and len(arr):
             st.ready.append(arr)
             st.ready_n += len(arr)
+        if st.reorder and st.bc.lossless:
+            self._hold_credit(st)
+
+    def _hold_credit(self, st: _Out) -> None:
+        """Records held for a sequence gap get their credits now, not when the CPU channel
+        accepts them. Why: the device's egress tasks take credits out of channel order, so
+        the records behind a gap can hold every credit of the window while the gap's own
+        message waits for one on the device: a stall (seen with an 8-credit window and three
+        publishers). ``pregranted`` counts these early credits; acceptances use them up first
+        (``_grant_taken``), so the credits granted are the messages accepted plus
+        ``pregranted`` (at least the live records held), and at most ``window`` + the live
+        records held for a gap are on the host. What is left of ``pregranted`` once the gap
+        closed is used up by the next acceptances."""
+        held = st.reorder.live_n()
+        if held > st.pregranted:
+            st.grant += held - st.pregranted
+            st.pregranted = held
+
+    def _grant_taken(self, st: _Out, n: int) -> None:
+        """Credits for ``n`` records the CPU channel took (or dropped, closed), less the ones
+        granted ahead while they were held for a gap."""
+        if st.pregranted and n:
+            k = min(n, st.pregranted)
+            st.pregranted -= k
+            n -= k
+            if st.reorder:
+                # (the early credits are counted, not tied to records: ones used up by
+                # records that had none leave held records without: top them up)
+                self._hold_credit(st)
+        self._grant(st, n)
 
     def _copy_in(self, st: _Out, part: np.ndarray, i: int) -> bool:
         """Copy message ``i``'s device payload into the CPU arena; False: ALLOC_FAIL."""
@@ -655,13 +849,14 @@ class Bridge:
                     self._to_sys_dropped(arr, CHAN_CLOSED)
                     st.ready.popleft()
                     st.ready_n -= len(arr)
-                    self._grant(st, len(arr))
+                    self._grant_taken(st, len(arr))
                     continue
                 if acc:
                     did = True
+                    self._handoff += acc
                     st.crossed += acc
                     self.c["inline_crossings"] += int((arr["payload_len"][:acc] == 0).sum())
-                    self._grant(st, acc)
+                    self._grant_taken(st, acc)
                 if acc < len(arr):
                     st.ready[0] = arr[acc:].copy()
                     st.ready_n -= acc
@@ -1188,6 +1383,7 @@ class Bridge:
                         st.ready_n += len(arr)
                 st.next_seq = 1
                 st.grant = 0
+                st.pregranted = 0
             self._counts_t = 0.0
             if reset:                     # (halt uses the same accounting, with HALTED)
                 self.c["resets"] += 1

@@ -93,7 +93,7 @@ class Subscriber:
 
     __slots__ = ("chan", "type_id", "ring", "name", "next", "behind", "degraded", "acked",
                  "delivered", "dropped", "overflows", "drain_lock", "window", "ordered", "busy",
-                 "b_lo", "b_hi", "busy_lock")
+                 "b_lo", "b_hi", "busy_lock", "after")
 
     def __init__(self, chan: "Channel", type_id: int, name: str, window: int,
                  ordered: bool = False):
@@ -117,6 +117,7 @@ class Subscriber:
         self.busy = 0
         self.b_lo = self.b_hi = 0
         self.busy_lock = threading.Lock()
+        self.after: tuple = ()            # host-side: called after an emit, outside the lock
 
     @property
     def pull(self) -> bool:
@@ -154,6 +155,18 @@ class Subscriber:
                                "delivered to a handler; notify hooks are for host-side "
                                "subscribers", CHAN_UNKNOWN)
         self.ring.hooks = self.ring.hooks + (fn,)
+
+    def add_after(self, fn) -> None:
+        """Host-side subscriber: call ``fn()`` on the emitting thread once an emit (or a
+        handler's emitter commit) has delivered and let go of the channel's lock. Why: a
+        notify hook runs under the lock, so it can only wake a reader; this one may do the
+        reader's work itself (the bridge sends the message to the GPU kernel from the
+        publisher's thread instead of waking its pump: one thread wake-up less)."""
+        if self.type_id:
+            raise ChannelError(f"channel {self.chan.name!r}: subscriber {self.name!r} is "
+                               "delivered to a handler; after-emit hooks are for host-side "
+                               "subscribers", CHAN_UNKNOWN)
+        self.after = self.after + (fn,)
 
     def stats(self) -> dict:
         r = self.ring
@@ -514,6 +527,9 @@ class Channel(ReplayMixin):
         for sub in self.subs:
             if sub.type_id:
                 n += self._drain_sub(sub)
+            elif sub.after:
+                for fn in sub.after:
+                    fn()
         return n
 
     def _inflight(self, t: int) -> int:
