@@ -105,8 +105,8 @@ def main():
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--mode", choices=("process", "inproc"), default="process")
     ap.add_argument("--host-helps", action="store_true",
-                    help="boot the CPU kernel with host_helps=True (the pump runs the CPU "
-                         "handler of a GPU -> CPU message itself while a worker is parked)")
+                    help="bridge={'pump_helps': True} (the pump runs the CPU handler of a "
+                         "GPU -> CPU message itself while a CPU worker is parked)")
     ap.add_argument("--no-direct", action="store_true",
                     help="the pump sends every CPU -> GPU message (no send from the "
                          "publishing thread)")
@@ -117,7 +117,8 @@ def main():
            "cpus": os.cpu_count(), "host_helps": a.host_helps, "direct": not a.no_direct}
 
     def _boot(**kw):
-        s = boot(device_process=dp, host_helps=a.host_helps, **kw)
+        kw["bridge"] = {**kw.get("bridge", {}), "pump_helps": a.host_helps}
+        s = boot(device_process=dp, **kw)
         if a.no_direct and hasattr(s.bridge, "direct"):
             s.bridge.direct = False
         return s

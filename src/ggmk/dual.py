@@ -72,7 +72,7 @@ from ggmk.typereg import TypeRegistry
 
 log = logging.getLogger("ggmk")
 
-BRIDGE_OPTS = ("batch", "flush_us", "window", "max_retries", "retry_backoff_us")
+BRIDGE_OPTS = ("batch", "flush_us", "window", "max_retries", "retry_backoff_us", "pump_helps")
 
 
 def _split(modules):

@@ -1,8 +1,9 @@
 """Issue 12, fewer host hops per round trip: CPU -> GPU messages sent from the emitting thread
 (``Bridge._after_emit``: the publisher takes the bridge's lock when it is free and does the
-pump's host -> device half itself, instead of waking the pump) and, booted with
-``host_helps=True``, the pump running the CPU handler of a GPU -> CPU message itself (caller
-runs) instead of waking a CPU worker.
+pump's host -> device half itself, instead of waking the pump) and, with
+``bridge={"pump_helps": True}``, the pump running the CPU handler of a GPU -> CPU message
+itself (caller runs) instead of waking a CPU worker (off by default, also when the CPU
+kernel's own caller runs is on, as here).
 
 Both race with the pump: several publisher threads, a 16-slot host -> device ring and an
 8-credit window, so sends meet a full ring, no credit and a busy lock. (The 8-credit window
@@ -126,13 +127,13 @@ def _publisher(ch, first, n, wait_until, out, errs):
         errs.append(e)
 
 
-@pytest.mark.parametrize("device_process,host_helps",
+@pytest.mark.parametrize("device_process,pump_helps",
                          [(False, False), (False, True), (True, True)],
-                         ids=["in_process", "in_process_host_helps", "device_process_host_helps"])
+                         ids=["in_process", "in_process_pump_helps", "device_process_pump_helps"])
 def test_publishers_racing_the_pump_deliver_each_message_once_in_order(
-        device_process, host_helps, wait_until):
-    s = boot(device_process=device_process, host_helps=host_helps,
-             device_config={"rx_cap": RX_CAP}, bridge={"window": WINDOW})
+        device_process, pump_helps, wait_until):
+    s = boot(device_process=device_process, device_config={"rx_cap": RX_CAP},
+             bridge={"window": WINDOW, "pump_helps": pump_helps})
     old_switch = sys.getswitchinterval()
     # switch threads every 10 us (default 5 ms): publishers and the pump interleave inside
     # their sends as often as a loaded machine makes them
@@ -181,19 +182,19 @@ def test_publishers_racing_the_pump_deliver_each_message_once_in_order(
         assert st["channels"]["gpu.back"]["crossed"] == len(want)
         # the publishers sent some themselves (each round began while the pump slept)
         assert st["direct_sends"] > 0, st
-        if not host_helps:
-            assert st["helped"] == 0
+        if not pump_helps:
+            assert st["helped"] == 0       # the CPU kernel helps its hosts, not the pump
         assert s.kernel.rx_pending() == 0
     finally:
         sys.setswitchinterval(old_switch)
         s.halt()
 
 
-def test_with_host_helps_the_pump_runs_the_cpu_handler(wait_until):
+def test_with_pump_helps_the_pump_runs_the_cpu_handler(wait_until):
     """One round trip at a time while the CPU workers are parked: the pump borrows a parked
     worker and runs BACK_SINK itself (the CPU kernel's ``hal.helped`` counts its steps; no
     other thread helps here: the test waits on the recorder, not on ``run()``)."""
-    s = boot(device_process=False, host_helps=True)
+    s = boot(device_process=False, host_helps=True, bridge={"pump_helps": True})
     try:
         hal = s.cpu.hal
         ch = s.channel("cpu.in")

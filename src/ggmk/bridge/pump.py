@@ -302,11 +302,13 @@ class Bridge:
 
     ``channels``: the :class:`~ggmk.bridge.plan.BridgeChannel` list. ``batch`` records per
     transfer (default 256), ``flush_us`` the longest a partial batch waits (10), ``window``
-    credits per channel and direction, ``max_retries`` per failed transfer."""
+    credits per channel and direction, ``max_retries`` per failed transfer. ``pump_helps``:
+    the pump runs the CPU handler of what it delivers itself (see ``_helper``; off by
+    default: a CPU handler that waits on the bridge would then wait on its own thread)."""
 
     def __init__(self, system, transport, channels, *, batch: int = 256, flush_us: float = 10.0,
                  window: int = 1024, max_retries: int = 8, retry_backoff_us: float = 50.0,
-                 deterministic: bool = False, autostart: bool = True):
+                 deterministic: bool = False, autostart: bool = True, pump_helps: bool = False):
         if batch < 1:
             raise ValueError(f"bridge: batch must be >= 1, got {batch}")
         self.sys = system
@@ -323,6 +325,7 @@ class Bridge:
         self._stop = threading.Event()
         self._wake = _Wake(lambda: getattr(self.tx, "tx_bell", _no_bell)())
         self.direct = self.DIRECT
+        self.pump_helps = bool(pump_helps)
         self._pump_ident = None            # the pump thread's ident (see _after_emit)
         self._asleep = False               # the pump waits (it is not in a step)
         self._handoff = 0                  # messages the last step emitted into CPU channels
@@ -417,7 +420,7 @@ class Bridge:
     #: ... for at most this many messages waiting in the bridge's ring (a bulk emit is left to
     #: the pump, which batches it with what follows: the figure is about latency)
     DIRECT_MAX = 64
-    #: caller runs (the CPU kernel booted with ``host_helps=True``): after emitting GPU ->
+    #: ``pump_helps`` (with the CPU kernel's caller runs): after emitting GPU ->
     #: CPU messages, the pump runs one step of a parked CPU worker itself instead of waking
     #: the worker, for at most this long (s)
     HELP_S = 0.0002
@@ -614,10 +617,13 @@ class Bridge:
 
     def _helper(self):
         """The CPU kernel's HAL when the pump may run a parked CPU worker's steps itself
-        (caller runs: booted with ``host_helps=True``, a worker parked, GPU -> CPU messages
-        waiting to be emitted, on the pump's own thread); else None."""
+        (``bridge={"pump_helps": True}`` and the CPU kernel's caller runs on, a worker parked,
+        GPU -> CPU messages waiting to be emitted, on the pump's own thread); else None.
+        Opt-in, unlike a host's caller runs: the pump is no host waiting for its own work,
+        and a CPU handler that waits for the GPU (a request over the bridge) would wait for
+        the very thread it runs on."""
         hal = self.sys.hal
-        if not getattr(hal, "helping", False) or not getattr(hal, "parked", 0) or \
+        if not self.pump_helps or not getattr(hal, "helping", False) or not getattr(hal, "parked", 0) or \
                 threading.get_ident() != self._pump_ident:
             return None
         for st in self.outs.values():
