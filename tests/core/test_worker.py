@@ -368,3 +368,64 @@ def test_ctx_task_meta0_in_a_batch_handler_is_a_clear_error(hal):
         assert codes.tolist() == [T.HANDLER_EXCEPTION] and recs["meta0"].tolist() == [5]
         assert "ctx.task.meta0: no current task" in s.exceptions[-1][2]
     assert seen == [7]
+
+
+def test_a_step_grows_its_follow_on_budget_while_nothing_else_waits():
+    """Past the budget, a step runs another budget's worth of follow-ons when nothing else
+    waits (what the next step would run anyway), up to GROW_ROUNDS times; seqs stay unique
+    and contiguous, counts as for queued tasks."""
+    from ggmk.core.worker import GROW_ROUNDS
+    log, seqs = [], []
+    m = Module("grow")
+
+    @m.handler("G")
+    def g(ctx):
+        log.append(ctx.task.meta0)
+        seqs.append(ctx.task.seq)
+        if ctx.task.meta0 < 5000:
+            ctx.emit("G", meta0=ctx.task.meta0 + 1)
+
+    with boot([m], hal="sim", workers=1, max_batch=256) as s:
+        s.hal.max_batch_choices = (256,)
+        s.submit("G", meta0=1)
+        assert s.workers[0].step()
+        assert len(log) == 256 * (1 + GROW_ROUNDS)          # grown 7 times, then queued
+        assert s.run(timeout=30)
+        st = s.stats()["types"]["G"]
+    assert log == list(range(1, 5001))
+    assert len(set(seqs)) == 5000
+    first = seqs[1:256 * (1 + GROW_ROUNDS)]                 # the step's follow-ons: one block
+    assert first == list(range(first[0], first[0] + len(first)))
+    assert st["ok"] == st["enqueued"] == st["dequeued"] == 5000
+
+
+def test_a_step_does_not_grow_its_budget_while_other_work_waits():
+    """Work that arrives meanwhile (a submit to the ready queue) ends the growing: the step
+    stops at the end of the budget round it is in, and the other task runs before the chain
+    is done."""
+    log = []
+    m = Module("nogrow")
+    box = {}
+
+    @m.handler("G")
+    def g(ctx):
+        v = ctx.task.meta0
+        log.append(("G", v))
+        if v == 300:                       # in the step's first grown round
+            box["s"].submit("OTHER")
+        if v < 3000:
+            ctx.emit("G", meta0=v + 1)
+
+    @m.handler("OTHER")
+    def other(ctx):
+        log.append(("OTHER", 0))
+
+    with boot([m], hal="sim", workers=1, max_batch=256) as s:
+        box["s"] = s
+        s.hal.max_batch_choices = (256,)
+        s.submit("G", meta0=1)
+        assert s.workers[0].step()
+        assert len(log) == 512                               # 256, one grown round, no more
+        assert s.run(timeout=30)
+    assert [v for t, v in log if t == "G"] == list(range(1, 3001))
+    assert log.index(("OTHER", 0)) < len(log) - 1

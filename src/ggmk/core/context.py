@@ -262,7 +262,7 @@ class Context:
     __slots__ = ("kernel", "worker", "task", "batch", "module", "_ek", "_e0", "_e1",
                  "_retained", "_det", "_det_on", "_resolve", "_emitters",
                  "_emitters_active", "_pi", "_phdr", "_bhdr", "_types", "_inl_t", "_sched",
-                 "_km0", "_klim", "emit", "_general", "_room", "_q0", "_qkey")
+                 "_km0", "_klim", "emit", "_general", "_room", "_q0", "_qkey", "_grow")
 
     def __init__(self, kernel, worker: int):
         self.kernel = kernel
@@ -279,6 +279,8 @@ class Context:
         # first (they came first), as one template fill
         self._q0: list = []
         self._qkey = 0
+        # [the worker's _grow] while the step may grow its follow-on budget, else [None]
+        self._grow = [None]
         self._e1: list = []
         self._retained: set[int] = set()
         self._det_on = kernel.deterministic
@@ -397,6 +399,7 @@ class Context:
         k, k0, k1 = ek.append, self._e0.append, self._e1.append
         q = self._q0.append
         self._qkey = key
+        grow = self._grow
         a0, a1 = m0.append, m1.append
         zero = 0                           # (the int 0 is one object in CPython: an `is` test)
 
@@ -409,6 +412,10 @@ class Context:
                         a0(meta0)
                         return 0
                     if lim[0]:             # past the step's budget: queued, as in _emit
+                        g = grow[0]        # (unless the step can run more: Worker._grow)
+                        if g is not None and g() and len(m0) < lim[0]:
+                            a0(meta0)
+                            return 0
                         if ek:             # (after other buffered emits: keep their order)
                             k(key)
                             k0(meta0)
