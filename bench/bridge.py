@@ -104,7 +104,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--mode", choices=("process", "inproc"), default="process")
-    ap.add_argument("--host-helps", action="store_true",
+    ap.add_argument("--pump-helps", "--host-helps", dest="host_helps", action="store_true",
                     help="bridge={'pump_helps': True} (the pump runs the CPU handler of a "
                          "GPU -> CPU message itself while a CPU worker is parked)")
     ap.add_argument("--no-direct", action="store_true",
@@ -114,7 +114,7 @@ def main():
     n = a.n
     dp = a.mode == "process"
     out = {"target": "cpu", "mode": a.mode, "loadavg_1m": round(os.getloadavg()[0], 2),
-           "cpus": os.cpu_count(), "host_helps": a.host_helps, "direct": not a.no_direct}
+           "cpus": os.cpu_count(), "pump_helps_on": a.host_helps, "direct": not a.no_direct}
 
     def _boot(**kw):
         kw["bridge"] = {**kw.get("bridge", {}), "pump_helps": a.host_helps}
