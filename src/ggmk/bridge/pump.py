@@ -14,10 +14,10 @@ Waking the pump: a CPU channel delivering to the bridge's subscriber ring wakes 
 (its notify hook, ``Subscriber.add_notify``), and so do ``push_device``, ``resume_device`` and
 ``stop``. While the pump sleeps, a small emit is not a wake-up: the emitting thread sends it
 to the device itself once the channel's lock is let go (``Subscriber.add_after``,
-:meth:`Bridge._after_emit`), one thread wake-up less per round trip. GPU -> CPU, with the CPU
-kernel booted ``host_helps=True``, the pump runs the handler of a small delivery itself on a
-parked worker (caller runs) instead of waking it, and after a small delivery it blocks at
-once (``_hand_off``) so the thread it woke gets the GIL.
+:meth:`Bridge._after_emit`), one thread wake-up less per round trip. GPU -> CPU, with
+``bridge={"pump_helps": True}`` (and the CPU kernel's caller runs on), the pump runs the
+handler of a small delivery itself on a parked worker instead of waking it; after a small
+delivery it blocks at once (``_hand_off``) so the thread it woke gets the GIL.
 The device wakes the pump too where the target rings a device -> host bell (``cpu``:
 ``DeviceKernel.tx_bell``, a futex the device rings after a tx publish while the pump says it
 sleeps): host wake-ups and the bell meet in one wait (:class:`_Wake`), so a record the device
