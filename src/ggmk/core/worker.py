@@ -98,6 +98,7 @@ class BadReturn(TypeError):
 #: budget, a few milliseconds of a long chain before the worker is back in its loop
 GROW_ROUNDS = 7
 
+
 class Worker:
     def __init__(self, kernel, wid: int, max_batch: int = 256):
         self.kernel = kernel
@@ -411,20 +412,16 @@ class Worker:
         k = self.kernel
         ev = s.events
         ch = k.channels
-        if self._grow_left <= 0 or s.ready_any() or self.local.tail != self.local.head \
-                or s.overflow.tail != s.overflow.head \
-                or (ev.size and ev.heap and ev.heap[0][0] <= k.wall_tick()) \
-                or (ch is not None and not ch.idle()):
-            self._grow_left = 0
-            self.ctx._grow[0] = None
-            return False
         by = self._grow_by
-        with s.count_lock:
-            if s.seq != self._grow_base + self._grow_seqs:
-                ok = False
-            else:
-                s.seq += by
-                ok = True
+        ok = not (self._grow_left <= 0 or s.ready_any() or self.local.tail != self.local.head
+                  or s.overflow.tail != s.overflow.head
+                  or (ev.size and ev.heap and ev.heap[0][0] <= k.wall_tick())
+                  or (ch is not None and not ch.idle()))
+        if ok:
+            with s.count_lock:
+                ok = s.seq == self._grow_base + self._grow_seqs
+                if ok:
+                    s.seq += by
         if not ok:
             self._grow_left = 0
             self.ctx._grow[0] = None
