@@ -429,3 +429,35 @@ def test_a_step_does_not_grow_its_budget_while_other_work_waits():
         assert s.run(timeout=30)
     assert [v for t, v in log if t == "G"] == list(range(1, 3001))
     assert log.index(("OTHER", 0)) < len(log) - 1
+
+
+def test_grown_steps_with_real_threads_and_host_submits_lose_nothing():
+    """The grown budget on 2 real workers while the host keeps submitting other work and a
+    second chain type: every task runs once, chain seqs are unique, counts add up."""
+    import threading
+    seen, others = [], []
+    lock = threading.Lock()
+    m = Module("growt")
+
+    @m.handler("C")
+    def c(ctx):
+        v = ctx.task.meta0
+        with lock:
+            seen.append((v >> 20, ctx.task.seq))
+        if v & 0xFFFFF < 2000:
+            ctx.emit("C", meta0=v + 1)
+
+    @m.handler("X")
+    def x(ctx):
+        with lock:
+            others.append(ctx.task.meta0)
+
+    with boot([m], hal="threads", workers=2, max_batch=64) as s:
+        s.submit("C", meta0=np.arange(8, dtype=np.uint64) << np.uint64(20))
+        for i in range(500):
+            s.submit("X", meta0=i)
+        assert s.run(timeout=60)
+        st = s.stats()["types"]
+    assert len(seen) == 8 * 2001 and len({q for _, q in seen}) == len(seen)
+    assert sorted(others) == list(range(500))
+    assert st["C"]["ok"] == st["C"]["enqueued"] == 8 * 2001 and st["X"]["ok"] == 500

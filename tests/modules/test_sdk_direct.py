@@ -391,3 +391,14 @@ def test_a_delivery_that_races_the_halt_is_dead_lettered_not_left_queued():
     errs, codes = system.dead_letters("sys.error")
     assert errs["meta0"].tolist() == [1, 2, 3] and set(codes.tolist()) == {T.HALTED}
     assert system.stats()["types"]["D_ASK"]["dropped"] == 3
+
+
+def test_the_direct_docstring_example_runs():
+    import doctest
+
+    from ggmk.core.kernel import System
+    runner = doctest.DocTestRunner()
+    for t in doctest.DocTestFinder().find(System.direct, "direct"):
+        runner.run(t)
+    assert runner.summarize(verbose=False).attempted == 3
+    assert runner.summarize(verbose=False).failed == 0

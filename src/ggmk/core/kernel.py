@@ -616,14 +616,18 @@ class System:
         rather than a context of its own: the worker's shard and trace slot are written by
         one thread at a time, as they must be.
 
-        Example (what ``sdk.Client.call`` does: direct, else the normal way)::
+        Example (what ``sdk.Client.call`` does: direct, else the normal way):
 
-            from ggmk.modules import kv
-            with ggmk.boot([kv.module()], workers=2) as system:
-                put = system.channel("kv.put")
-                if not system.direct(put, 7, 700):
-                    put.publish(meta0=7, meta1=700)
-                system.run()
+        >>> import ggmk
+        >>> from ggmk.modules import kv
+        >>> with ggmk.boot([kv.module()], workers=2) as system:
+        ...     put = system.channel("kv.put")
+        ...     if not system.direct(put, 7, 700):
+        ...         _ = put.publish(meta0=7, meta1=700)
+        ...     system.run()
+        ...     system.stats()["types"]["KV_PUT"]["ok"]
+        True
+        1
         """
         if getattr(ch, "kernel", None) is not self:
             if ch.__class__ is str:
