@@ -139,6 +139,47 @@ def test_failed_boot_in_the_child_is_reported_with_its_traceback(monkeypatch):
     assert after <= before
 
 
+def test_a_child_that_cannot_even_start_is_a_boot_error_and_leaves_nothing(monkeypatch):
+    """The spawn itself fails (e.g. a script without the ``if __name__ == "__main__"`` guard):
+    the boot error names the cause, and the clean-up does not trip over the never-started
+    process (it used to raise "can only join a started process" instead)."""
+    import multiprocessing.context as mpc
+    made = []
+    real = P._shm_create
+
+    def spy(n):
+        name, seg = real(n)
+        made.append(name)
+        return name, seg
+
+    def refuse(self):
+        raise RuntimeError("spawn refused (on purpose)")
+    monkeypatch.setattr(P, "_shm_create", spy)
+    monkeypatch.setattr(mpc.SpawnProcess, "start", refuse)
+    with pytest.raises(BootError, match=r"spawn refused.*__name__ == \"__main__\""):
+        ggmk.dual.boot(WW.modules(), device="cpu", types=WW.registry(), device_process=True,
+                       workers=2)
+    assert made and not any(P.shm_exists(x) for x in made)
+
+
+def test_a_script_without_the_main_guard_gets_the_hint(tmp_path):
+    """A user's script that boots a device process at module level (no ``__main__`` guard):
+    the child re-imports it and cannot boot; the parent's error says what to do."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("import ggmk.dual\n"
+                      "from tests.bridge import watchdog_workloads as WW\n"
+                      "s = ggmk.dual.boot(WW.modules(), device='cpu', types=WW.registry(),\n"
+                      "                   device_process=True, workers=2)\n"
+                      "s.halt()\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])}
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode != 0
+    assert 'if __name__ == "__main__":' in r.stderr, r.stderr[-3000:]
+    assert "can only join a started process" not in r.stderr, r.stderr[-3000:]
+
+
 def test_modules_that_cannot_reach_the_child_are_named():
     local = gd.Module("local_handlers")
 

@@ -345,3 +345,46 @@ def test_host_subscriber_waits_for_a_delivery_from_a_worker_and_notifies():
             hs.wait(0)
         with pytest.raises(ChannelError, match="notify hooks are for host-side"):
             hs.add_notify(lambda: None)
+
+
+def test_publish_of_a_column_larger_than_the_room_builds_and_accepts_a_prefix(monkeypatch):
+    """A column bigger than the channel's room: the accepted prefix is the room, in order,
+    and only that many records are built (the rest is the caller's to publish again); a
+    payload is referenced once per accepted record; a column of another length is still
+    make()'s error, naming the field."""
+    built = []
+    real_make = T.make
+
+    def counting_make(n, **kw):
+        built.append(n)
+        return real_make(n, **kw)
+    from ggmk.core import channel as channel_mod
+    monkeypatch.setattr(channel_mod.T, "make", counting_make)
+    with boot([], hal="sim") as s:
+        ch = s.open("data.in", "MSG", capacity=16)
+        sub = ch.subscribe()                           # host-side: nothing drains it
+        room = 16                                      # (priority 0 may take the reserve)
+        assert ch.publish(meta0=np.arange(1000), meta1=list(range(1000)), count=None) == room
+        assert built[-1] == room
+        got = sub.take(100)
+        assert got["meta0"].tolist() == list(range(room))
+        assert got["meta1"].tolist() == list(range(room))
+        assert got["seq"].tolist() == list(range(1, room + 1))
+        # the rest, published again as a user's loop does: all of it arrives, in order
+        done, out = room, [got]
+        while done < 1000:
+            k = ch.publish(meta0=np.arange(done, 1000))
+            done += k
+            out.append(sub.take(100))
+        allm = np.concatenate(out)["meta0"].tolist()
+        assert allm == list(range(1000))
+        # with a payload: one reference per accepted record, none left behind for the rest
+        used0 = s.arena.stats()["total"]["live"]
+        k = ch.publish(meta0=np.arange(50), payload=b"x" * 100)
+        assert k == room
+        recs = sub.take(100)
+        assert len(recs) == room and len(set(recs["payload_ptr"].tolist())) == 1
+        s.arena.release(int(recs["payload_ptr"][0]), room)
+        assert s.arena.stats()["total"]["live"] == used0
+        with pytest.raises(T.TaskValueError, match="meta1"):
+            ch.publish(meta0=np.arange(40), meta1=np.arange(41))

@@ -333,6 +333,13 @@ class _RemoteLaunch:
         return self.p._stop_child(timeout)
 
 
+#: why a device process most often dies before it reports: the child is a ``spawn`` process,
+#: which imports the parent's main script again
+_SPAWN_HINT = ("a script that boots a device process must boot it under "
+               "`if __name__ == \"__main__\":` (the child is a multiprocessing 'spawn' process, "
+               "which imports the main script again)")
+
+
 class DeviceProcess:
     """A child process owning one GPU kernel; its parent's host view is :attr:`kernel`.
 
@@ -406,7 +413,11 @@ class DeviceProcess:
             from ggmk import _devproc
             self.proc = ctx.Process(target=_devproc.main, args=(child, spec),
                                     name=f"ggmk-device-{self.target_name}", daemon=True)
-            self.proc.start()
+            try:
+                self.proc.start()
+            except Exception as e:  # noqa: BLE001 - any spawn failure is a boot failure
+                raise DeviceError(f"device process ({self.target_name}) could not be started: "
+                                  f"{e}; {_SPAWN_HINT}") from e
             child.close()
             msg = self._await_boot()
             if msg[0] != "started":
@@ -443,7 +454,7 @@ class DeviceProcess:
                     except (EOFError, OSError):
                         pass
                 return ("error", f"the device process exited during boot (exit code "
-                                 f"{self.proc.exitcode}) without a report")
+                                 f"{self.proc.exitcode}) without a report; {_SPAWN_HINT}")
             if time.monotonic() > t_end:
                 return ("error", f"boot timed out after {self.boot_timeout} s")
 
@@ -514,7 +525,7 @@ class DeviceProcess:
             if self._closed:
                 return
             p = self.proc
-            if p is not None:
+            if p is not None and p.pid is not None:     # (None: start() itself failed)
                 if p.is_alive():
                     p.kill()
                 p.join(10)

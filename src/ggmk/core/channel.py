@@ -364,7 +364,9 @@ class Channel(ReplayMixin):
         count. A payload (bytes, array or dict) is copied into the arena (one per call)."""
         k = self.kernel
         tid = self.type_id if type is None else k.type_id(type)
-        n = check_count(count, meta0, meta1)
+        n = n0 = check_count(count, meta0, meta1)
+        if n > 1:
+            n, (meta0, meta1, priority, tenant) = self._fitting(n, meta0, meta1, priority, tenant)
         ptr = plen = 0
         if payload is not None:
             ptr, plen = k.store_payload(tid, payload)
@@ -380,9 +382,32 @@ class Channel(ReplayMixin):
             raise
         if ptr and acc < n:
             k.arena.release(ptr, n - acc)
-        if count is None and n == 1:
+        if count is None and n0 == 1:
             return 0 if acc else (CHAN_CLOSED if self.closed else CHAN_FULL)
         return acc
+
+    def _fitting(self, n: int, *cols) -> tuple:
+        """``publish``'s columns cut to the records the channel has room for now (at least
+        one: its emit then makes room if it can): a big column published into a small channel
+        would otherwise build every record on every call, only to have a prefix accepted
+        (the caller publishes the rest again: ``publish`` returns the accepted count). The
+        room is read without the lock, an estimate: the emit's admission decides. Columns of
+        another length are left as they are, for ``make`` to name."""
+        try:
+            m = self._room(True)
+        except ValueError:         # (the last subscriber left meanwhile: min() of nothing)
+            return n, cols
+        if m >= n:
+            return n, cols
+        m = max(1, m)
+        out = []
+        for v in cols:
+            if v.__class__ is not int and np.ndim(v):
+                if len(v) != n:
+                    return n, cols
+                v = v[:m]
+            out.append(v)
+        return m, out
 
     def _admit(self, recs: np.ndarray, prio: int | None = None) -> int:
         """How many of ``recs`` (a prefix) fit now (under the lock)."""
