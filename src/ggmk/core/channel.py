@@ -361,7 +361,10 @@ class Channel(ReplayMixin):
                 count: int | None = None, type=None) -> int:
         """Host-side emit: build the records (keywords take scalars or columns) and emit them.
         Returns OK for one message, or CHAN_FULL / CHAN_CLOSED; for ``count`` > 1 the accepted
-        count. A payload (bytes, array or dict) is copied into the arena (one per call)."""
+        count, a prefix (publish the rest again: only what the channel has room for is built,
+        so a loop over a big column into a small channel costs the records accepted, not the
+        column per call). A payload (bytes, array or dict) is copied into the arena (one per
+        call)."""
         k = self.kernel
         tid = self.type_id if type is None else k.type_id(type)
         n = n0 = check_count(count, meta0, meta1)
