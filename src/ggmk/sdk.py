@@ -364,13 +364,12 @@ class Client:
                 and sub.chan.log is None:
             # one reply (one request in flight): popped as one record and read with one
             # struct call, acknowledged as Subscriber.take does
-            rec = r.pop1()
-            if rec is None:
+            f = r.pop1_fields()
+            if f is None:
                 return 0
-            f = _REC.unpack_from(rec)
             sub.delivered += 1
             sub.acked = f[4]
-            return self._pump_few(rec, (f[9],), (f[10],), (f[5],))
+            return self._pump_one(f)
         recs = sub.take()
         n = len(recs)
         if not n:
@@ -420,6 +419,22 @@ class Client:
         if has_data:                                # every reference taken is given back
             self.arena.release_many(ptrs[ptrs != 0])
         return n
+
+    def _pump_one(self, f) -> int:
+        """One reply given as its fields (``Ring.pop1_fields``): ``_pump_few`` for one,
+        without the lists and the loop (the one-request-in-flight round trip)."""
+        a, b, ptr = f[9], f[10], f[5]
+        p = self._single.get(self.reply_tag(a, b))
+        if p is None or p.left == 0:
+            self.ignored += 1
+        else:
+            p.m0, p.m1 = a, b
+            if ptr:
+                p.data = [bytes(self.arena.view(ptr, f[6]))]
+            p.left = 0
+        if ptr:
+            self.arena.release(ptr)
+        return 1
 
     def _pump_few(self, recs, m0s, m1s, ptrs) -> int:
         """A few replies and no block awaited (one request in flight): plain ints."""
@@ -497,6 +512,8 @@ class Client:
         """One request without a payload through a reused record (no per-call array)."""
         if not ch.type_id:                      # an any-type channel: the general path
             return ch.publish(meta0, meta1)
+        if ch.kernel is self.system:            # one record from plain ints, no array
+            return ch.emit_one(ch.type_id, 0, 0, 0, 0, meta0, meta1)
         with self._plock:
             rec = self._rec
             if rec is None or rec["channel"][0] != ch.id:
