@@ -378,7 +378,7 @@ class Client:
         ptrs = recs["payload_ptr"]
         if n <= _FEW and not self._runs:
             return self._pump_few(recs, m0.tolist(), m1.tolist(), ptrs.tolist())
-        has_data = bool(ptrs.any())
+        has_data = bool(np.count_nonzero(ptrs))
         if self.reply_tags is not None:
             tags = np.asarray(self.reply_tags(m0, m1), dtype=np.uint64)
         else:
@@ -388,7 +388,7 @@ class Client:
         for p in self._runs:
             rel = tags - np.uint64(p.lo)            # wraps for tags below lo: out of range
             hit = rel < np.uint64(p.n)
-            if not hit.any():
+            if not np.count_nonzero(hit):
                 continue
             idx = rel[hit].astype(np.intp)
             fresh = ~p.got[idx]                     # a duplicate reply fills nothing twice
@@ -848,7 +848,7 @@ class KV:
         else:
             m0, m1, data = self.client.stream(keys, tags, lo, depth)
         st = m0 >> np.uint64(56)
-        if not st.any():                                 # all found: the usual case
+        if not np.count_nonzero(st):                     # all found: the usual case
             return m1, None, data
         bad = st > np.uint64(self._kv.NOT_FOUND)
         if bad.any():

@@ -306,7 +306,7 @@ class Channel(ReplayMixin):
     def _check_types(self, recs: np.ndarray) -> None:
         # (one record, a round trip's: an index instead of a ~1.5 us .any())
         if self.type_id and (recs["type"][0] != self.type_id if len(recs) == 1
-                             else (recs["type"] != self.type_id).any()):
+                             else np.count_nonzero(recs["type"] != self.type_id)):
             bad = recs[recs["type"] != self.type_id]
             k = self.kernel
             got = sorted({k.type_name(int(t)) for t in np.unique(bad["type"])})
@@ -480,9 +480,10 @@ class Channel(ReplayMixin):
         if n == 1:
             return min(1, room0) if not recs["flags"][0] & PRIO_MASK else max(0, min(1, room_hi))
         pr = recs["flags"] & PRIO_MASK
-        if not pr.any():
+        hi = np.count_nonzero(pr)
+        if not hi:
             return min(n, room0)
-        if (pr != 0).all():
+        if hi == n:
             return max(0, min(n, room_hi))
         need = np.arange(1, n + 1)
         ok = need <= np.where(pr == 0, room0, room_hi)
@@ -531,7 +532,7 @@ class Channel(ReplayMixin):
                 m = min(n, free)
             plan.append(m)
         ptrs = recs["payload_ptr"]
-        if (ptrs[0] if n == 1 else ptrs.any()):
+        if (ptrs[0] if n == 1 else np.count_nonzero(ptrs)):
             # references first, pushes second: a subscriber may run and release at once
             copies = np.zeros(n, dtype=np.int64)
             for m in plan:
@@ -725,7 +726,7 @@ class Channel(ReplayMixin):
             ten = recs["tenant"]
             pri = recs["flags"] & PRIO_MASK
             diff = (ten != ten[0]) | (pri != pri[0])
-            if diff.any():
+            if np.count_nonzero(diff):
                 n = int(np.argmax(diff))
                 recs = recs[:n]
         seq = recs["seq"]

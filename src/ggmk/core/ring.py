@@ -86,8 +86,9 @@ class Ring:
         if n == 1 and out is None:            # one record (a round trip): bytes out, ~4x less
             o = start * _SIZE
             res = np.frombuffer(bytearray(self.mv[o:o + _SIZE]), TASK_DTYPE)
-        elif first == n and out is None:
-            res = raw[start:start + n].copy().view(TASK_DTYPE)
+        elif first == n and out is None:      # (bytes out: a structured view costs ~1 us)
+            o = start * _SIZE
+            res = np.frombuffer(bytearray(self.mv[o:o + n * _SIZE]), TASK_DTYPE)
         else:
             res = out[:n] if out is not None else empty(n)
             dst = res.view(_V)
