@@ -313,6 +313,7 @@ class Client:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._pumping = False
+        self._waiters = 0           # threads in _cond.wait (under _lock): whom a notify wakes
         self._sem = threading.Lock()                # released by the delivery hook
         self._sem.acquire()
         self._sleeping = False
@@ -388,8 +389,25 @@ class Client:
         for p in self._runs:
             rel = tags - np.uint64(p.lo)            # wraps for tags below lo: out of range
             hit = rel < np.uint64(p.n)
-            if not np.count_nonzero(hit):
+            nh = np.count_nonzero(hit)
+            if not nh:
                 continue
+            idx = rel.astype(np.intp) if nh == n and left is None else None
+            if idx is not None and not np.count_nonzero(p.got[idx]):
+                # every reply taken is of this block and none came before (the usual case
+                # of one block in flight): no masks to apply
+                p.m0[idx] = m0
+                p.m1[idx] = m1
+                p.got[idx] = True
+                p.left -= n
+                if has_data:
+                    for i, j in enumerate(idx.tolist()):
+                        if ptrs[i]:
+                            if p.data is None:
+                                p.data = [None] * p.n
+                            p.data[j] = self._copy(recs[i])
+                left = ~hit
+                break                               # (nothing is left for the others)
             idx = rel[hit].astype(np.intp)
             fresh = ~p.got[idx]                     # a duplicate reply fills nothing twice
             idx = idx[fresh]
@@ -472,7 +490,11 @@ class Client:
                         left = deadline - time.monotonic()
                         if left <= 0:
                             break
-                        cond.wait(left)
+                        self._waiters += 1
+                        try:
+                            cond.wait(left)
+                        finally:
+                            self._waiters -= 1
                         continue
                     if self._pump():
                         cond.notify_all()
@@ -542,7 +564,11 @@ class Client:
                 cond.notify_all()
                 return
             if self._pumping:
-                cond.wait(nap)
+                self._waiters += 1
+                try:
+                    cond.wait(nap)
+                finally:
+                    self._waiters -= 1
                 return
             self._pump_after_sleep(nap)
 
@@ -660,7 +686,7 @@ class Client:
         None: not in (``wait`` for it)."""
         cond = self._cond
         with cond:
-            if not self._pumping and self._pump():
+            if not self._pumping and self._pump() and self._waiters:
                 cond.notify_all()                   # others' replies may have come too
             p = self._single.get(tag)
             if p is None or p.left:
@@ -829,8 +855,10 @@ class KV:
     def get(self, key: int, default=None):
         tag = self._tags()
         m0, m1, data = self.client.call(key, tag, tag=tag)
-        if self._check(m0, f"get {key}") != self._kv.OK:
-            return default
+        st = m0 >> 56
+        if st:                                  # (the message is built only when needed)
+            if self._check(m0, f"get {key}") != self._kv.OK:
+                return default
         return data if data is not None else m1
 
     def delete(self, key: int) -> bool:
