@@ -313,6 +313,7 @@ class Client:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._pumping = False
+        self._waiters = 0           # threads in _cond.wait (under _lock): whom a notify wakes
         self._sem = threading.Lock()                # released by the delivery hook
         self._sem.acquire()
         self._sleeping = False
@@ -364,13 +365,12 @@ class Client:
                 and sub.chan.log is None:
             # one reply (one request in flight): popped as one record and read with one
             # struct call, acknowledged as Subscriber.take does
-            rec = r.pop1()
-            if rec is None:
+            f = r.pop1_fields()
+            if f is None:
                 return 0
-            f = _REC.unpack_from(rec)
             sub.delivered += 1
             sub.acked = f[4]
-            return self._pump_few(rec, (f[9],), (f[10],), (f[5],))
+            return self._pump_one(f)
         recs = sub.take()
         n = len(recs)
         if not n:
@@ -379,7 +379,7 @@ class Client:
         ptrs = recs["payload_ptr"]
         if n <= _FEW and not self._runs:
             return self._pump_few(recs, m0.tolist(), m1.tolist(), ptrs.tolist())
-        has_data = bool(ptrs.any())
+        has_data = bool(np.count_nonzero(ptrs))
         if self.reply_tags is not None:
             tags = np.asarray(self.reply_tags(m0, m1), dtype=np.uint64)
         else:
@@ -389,8 +389,25 @@ class Client:
         for p in self._runs:
             rel = tags - np.uint64(p.lo)            # wraps for tags below lo: out of range
             hit = rel < np.uint64(p.n)
-            if not hit.any():
+            nh = np.count_nonzero(hit)
+            if not nh:
                 continue
+            idx = rel.astype(np.intp) if nh == n and left is None else None
+            if idx is not None and not np.count_nonzero(p.got[idx]):
+                # every reply taken is of this block and none came before (the usual case
+                # of one block in flight): no masks to apply
+                p.m0[idx] = m0
+                p.m1[idx] = m1
+                p.got[idx] = True
+                p.left -= n
+                if has_data:
+                    for i, j in enumerate(idx.tolist()):
+                        if ptrs[i]:
+                            if p.data is None:
+                                p.data = [None] * p.n
+                            p.data[j] = self._copy(recs[i])
+                left = ~hit
+                break                               # (nothing is left for the others)
             idx = rel[hit].astype(np.intp)
             fresh = ~p.got[idx]                     # a duplicate reply fills nothing twice
             idx = idx[fresh]
@@ -420,6 +437,22 @@ class Client:
         if has_data:                                # every reference taken is given back
             self.arena.release_many(ptrs[ptrs != 0])
         return n
+
+    def _pump_one(self, f) -> int:
+        """One reply given as its fields (``Ring.pop1_fields``): ``_pump_few`` for one,
+        without the lists and the loop (the one-request-in-flight round trip)."""
+        a, b, ptr = f[9], f[10], f[5]
+        p = self._single.get(self.reply_tag(a, b))
+        if p is None or p.left == 0:
+            self.ignored += 1
+        else:
+            p.m0, p.m1 = a, b
+            if ptr:
+                p.data = [bytes(self.arena.view(ptr, f[6]))]
+            p.left = 0
+        if ptr:
+            self.arena.release(ptr)
+        return 1
 
     def _pump_few(self, recs, m0s, m1s, ptrs) -> int:
         """A few replies and no block awaited (one request in flight): plain ints."""
@@ -457,7 +490,11 @@ class Client:
                         left = deadline - time.monotonic()
                         if left <= 0:
                             break
-                        cond.wait(left)
+                        self._waiters += 1
+                        try:
+                            cond.wait(left)
+                        finally:
+                            self._waiters -= 1
                         continue
                     if self._pump():
                         cond.notify_all()
@@ -497,6 +534,8 @@ class Client:
         """One request without a payload through a reused record (no per-call array)."""
         if not ch.type_id:                      # an any-type channel: the general path
             return ch.publish(meta0, meta1)
+        if ch.kernel is self.system:            # one record from plain ints, no array
+            return ch.emit_one(ch.type_id, 0, 0, 0, 0, meta0, meta1)
         with self._plock:
             rec = self._rec
             if rec is None or rec["channel"][0] != ch.id:
@@ -525,7 +564,11 @@ class Client:
                 cond.notify_all()
                 return
             if self._pumping:
-                cond.wait(nap)
+                self._waiters += 1
+                try:
+                    cond.wait(nap)
+                finally:
+                    self._waiters -= 1
                 return
             self._pump_after_sleep(nap)
 
@@ -643,7 +686,7 @@ class Client:
         None: not in (``wait`` for it)."""
         cond = self._cond
         with cond:
-            if not self._pumping and self._pump():
+            if not self._pumping and self._pump() and self._waiters:
                 cond.notify_all()                   # others' replies may have come too
             p = self._single.get(tag)
             if p is None or p.left:
@@ -812,8 +855,10 @@ class KV:
     def get(self, key: int, default=None):
         tag = self._tags()
         m0, m1, data = self.client.call(key, tag, tag=tag)
-        if self._check(m0, f"get {key}") != self._kv.OK:
-            return default
+        st = m0 >> 56
+        if st:                                  # (the message is built only when needed)
+            if self._check(m0, f"get {key}") != self._kv.OK:
+                return default
         return data if data is not None else m1
 
     def delete(self, key: int) -> bool:
@@ -831,7 +876,7 @@ class KV:
         else:
             m0, m1, data = self.client.stream(keys, tags, lo, depth)
         st = m0 >> np.uint64(56)
-        if not st.any():                                 # all found: the usual case
+        if not np.count_nonzero(st):                     # all found: the usual case
             return m1, None, data
         bad = st > np.uint64(self._kv.NOT_FOUND)
         if bad.any():

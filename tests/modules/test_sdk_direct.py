@@ -359,12 +359,15 @@ def test_a_runtime_error_around_the_handler_leaves_the_subscriber_usable(wait_un
     with ggmk.boot([app], workers=2, host_helps=True) as system:
         _parked_for_good(system, wait_until)
         ch = system.channel("d.ask")
-        for w in system.workers:
-            def boom(*a, **k):
-                for x in system.workers:               # once: every worker's is put back
-                    x.__dict__.pop("_finish", None)
-                raise RuntimeError("boom")
-            w._finish = boom
+        # the batch's end as the worker reports it to the channels (the one-record fast
+        # path's on_batch_done1 or _finish's on_batch_done): raises once
+        reg = system.channels
+
+        def boom(*a, **k):
+            reg.__dict__.pop("on_batch_done1", None)   # once: put back
+            reg.__dict__.pop("on_batch_done", None)
+            raise RuntimeError("boom")
+        reg.on_batch_done1 = reg.on_batch_done = boom
         with pytest.raises(RuntimeError, match="boom"):
             system.direct(ch, 1, 1)
         assert ch.subs[0].busy == 0 and system.sched.outstanding == 0

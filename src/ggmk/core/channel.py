@@ -65,6 +65,7 @@ Example::
 """
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -82,6 +83,10 @@ from ggmk.events import EventType
 from ggmk.task import (CHAN_ALREADY_BOUND, CHAN_CLOSED, CHAN_FULL, CHAN_NO_SUBSCRIBER,
                        CHAN_REPLAY_OVERFLOW, CHAN_TYPE_MISMATCH, CHAN_UNKNOWN, FLAG_CHANNEL_MSG,
                        FLAG_DETERMINISTIC, PRIO_MASK, check_count)
+
+_REC = T.RECORD_STRUCT            # one record as plain ints (emit_one)
+_U32 = struct.Struct("<I")        # a record's type (offset 0) or seq (offset 12)
+_M32 = 0xFFFF_FFFF
 
 if TYPE_CHECKING:
     from ggmk.core.channel_registry import Channels
@@ -301,7 +306,7 @@ class Channel(ReplayMixin):
     def _check_types(self, recs: np.ndarray) -> None:
         # (one record, a round trip's: an index instead of a ~1.5 us .any())
         if self.type_id and (recs["type"][0] != self.type_id if len(recs) == 1
-                             else (recs["type"] != self.type_id).any()):
+                             else np.count_nonzero(recs["type"] != self.type_id)):
             bad = recs[recs["type"] != self.type_id]
             k = self.kernel
             got = sorted({k.type_name(int(t)) for t in np.unique(bad["type"])})
@@ -350,7 +355,59 @@ class Channel(ReplayMixin):
     def emit_one(self, tid: int, fl: int, tenant: int, ptr: int, plen: int, meta0, meta1,
                  seq: int = 0) -> int:
         """Emit one message; returns OK, CHAN_FULL or CHAN_CLOSED (then the caller keeps the
-        payload)."""
+        payload).
+
+        The usual case (a lossless channel without a replay log, not deterministic, open,
+        with room in every subscriber's ring, the message of the channel's type) is what
+        ``emit`` does for one record, with plain ints: the record is packed once as bytes,
+        given its channel seq under the lock and copied into each ring (retyped to a handler
+        subscriber's type), the payload retained once per extra subscriber, then drained.
+        Why: a request's reply is one record, and ``emit``'s NumPy column passes, plan list
+        and generator cost several times what the copy does. Anything else (full, closed, a
+        log, lossy, a behind subscriber, a word out of range) takes ``emit``'s general path."""
+        if self.log is None and not self.det and not self.lossy and (
+                tid == self.type_id or not self.type_id):
+            try:
+                buf = bytearray(_REC.pack(tid, fl | FLAG_CHANNEL_MSG, tenant, self.id, 0, ptr,
+                                          plen, 0, 0, meta0, meta1))
+            except struct.error:
+                buf = None                # a bad word: make() names it
+            if buf is not None:
+                subs = self.subs
+                done = False
+                with self.lock:
+                    if not self.closed and subs:
+                        room = 1 << 62
+                        for sub in subs:
+                            r = sub.ring
+                            free = r.capacity - (r.tail - r.head)
+                            if sub.behind:
+                                free = 0
+                            if free < room:
+                                room = free
+                        room -= self.granted + self.held_n
+                        if fl & PRIO_MASK:
+                            room -= self.reserve
+                        if room > 0:
+                            q = (self.seq + 1) & _M32
+                            self.seq += 1
+                            self.emitted += 1
+                            self.committed = q
+                            _U32.pack_into(buf, 12, q)
+                            if ptr and len(subs) > 1:   # references first: a subscriber may
+                                self.kernel.arena.retain(ptr, len(subs) - 1)   # release at once
+                            cur = tid
+                            for sub in subs:
+                                t = sub.type_id or tid
+                                if t != cur:
+                                    _U32.pack_into(buf, 0, t)
+                                    cur = t
+                                sub.ring.push1(buf)
+                                sub.next = q + 1
+                            done = True
+                if done:
+                    self._drain_channel()
+                    return 0
         recs = T.make(1, type=tid, flags=fl | FLAG_CHANNEL_MSG, tenant=tenant, channel=self.id,
                       seq=seq, payload_ptr=ptr, payload_len=plen, meta0=meta0, meta1=meta1)
         if self.emit(recs, built=tid == self.type_id, prio=fl & PRIO_MASK):
@@ -426,9 +483,10 @@ class Channel(ReplayMixin):
         if n == 1:
             return min(1, room0) if not recs["flags"][0] & PRIO_MASK else max(0, min(1, room_hi))
         pr = recs["flags"] & PRIO_MASK
-        if not pr.any():
+        hi = np.count_nonzero(pr)
+        if not hi:
             return min(n, room0)
-        if (pr != 0).all():
+        if hi == n:
             return max(0, min(n, room_hi))
         need = np.arange(1, n + 1)
         ok = need <= np.where(pr == 0, room0, room_hi)
@@ -477,7 +535,7 @@ class Channel(ReplayMixin):
                 m = min(n, free)
             plan.append(m)
         ptrs = recs["payload_ptr"]
-        if (ptrs[0] if n == 1 else ptrs.any()):
+        if (ptrs[0] if n == 1 else np.count_nonzero(ptrs)):
             # references first, pushes second: a subscriber may run and release at once
             copies = np.zeros(n, dtype=np.int64)
             for m in plan:
@@ -671,7 +729,7 @@ class Channel(ReplayMixin):
             ten = recs["tenant"]
             pri = recs["flags"] & PRIO_MASK
             diff = (ten != ten[0]) | (pri != pri[0])
-            if diff.any():
+            if np.count_nonzero(diff):
                 n = int(np.argmax(diff))
                 recs = recs[:n]
         seq = recs["seq"]
@@ -700,6 +758,16 @@ class Channel(ReplayMixin):
                 return
         with sub.busy_lock:
             left = sub.busy - done
+            sub.busy = left if left > 0 else 0
+        if left <= 0:
+            self._drain_ordered(sub)
+
+    def _batch_done1(self, sub: Subscriber, seq: int) -> None:
+        """``_batch_done`` for one record of this channel with channel seq ``seq``."""
+        if not sub.b_lo <= seq <= sub.b_hi:
+            return                      # not of the batch in flight
+        with sub.busy_lock:
+            left = sub.busy - 1
             sub.busy = left if left > 0 else 0
         if left <= 0:
             self._drain_ordered(sub)

@@ -258,6 +258,16 @@ class Channels:
             if sub is not None and sub.busy:
                 ch._batch_done(sub, recs)
 
+    def on_batch_done1(self, cid: int, t: int, seq: int) -> None:
+        """``on_batch_done`` for a batch of one record, given as its channel id, type and
+        seq (plain ints: the worker read them with one struct call): a request run on the
+        direct path or a lone round trip, without NumPy indexing."""
+        ch = self._ordered.get(cid)
+        if ch is not None:
+            sub = ch._osubs.get(t)
+            if sub is not None and sub.busy:
+                ch._batch_done1(sub, seq)
+
     def drain_some(self, worker: int = -1) -> int:
         """Opportunistic drain: called after each handler batch and by idle workers."""
         n = 0
@@ -282,9 +292,17 @@ class Channels:
             ch.tick_boundary()
 
     def idle(self) -> bool:
+        """Whether no channel holds a message for a handler subscriber (``Channel.pending``
+        is 0 for all): asked before a borrowed worker parks again, once per direct request,
+        so the rings' indices are read in place instead of through ``pending``/``len``."""
         for ch in self._hot:
-            if ch.pending():
+            if ch.held_n:
                 return False
+            for s in ch.subs:
+                if s.type_id:
+                    r = s.ring
+                    if r.tail != r.head or (s.behind and ch.committed >= s.next):
+                        return False
         return not any(c.held_n for c in self._det)
 
     def _trace(self, event, task_type: int, cid: int, arg1: int, recs=None) -> None:

@@ -122,7 +122,7 @@ class MetricsShard:
         try:
             types = np.asarray(types)
             t0 = types[0] if len(types) else 0
-            if np.ndim(n) == 0 and (types == t0).all():
+            if (n.__class__ is int or np.ndim(n) == 0) and not np.count_nonzero(types != t0):
                 self.types[counter, t0] += n * len(types)   # one type: no scatter (np.add.at)
                 return
             np.add.at(self.types[counter], types, n)

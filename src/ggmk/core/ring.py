@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 
-from ggmk.task import TASK_DTYPE, empty
+from ggmk.task import RECORD_STRUCT as _REC, TASK_DTYPE, empty
 
 
 _V = np.dtype("V48")
@@ -86,8 +86,9 @@ class Ring:
         if n == 1 and out is None:            # one record (a round trip): bytes out, ~4x less
             o = start * _SIZE
             res = np.frombuffer(bytearray(self.mv[o:o + _SIZE]), TASK_DTYPE)
-        elif first == n and out is None:
-            res = raw[start:start + n].copy().view(TASK_DTYPE)
+        elif first == n and out is None:      # (bytes out: a structured view costs ~1 us)
+            o = start * _SIZE
+            res = np.frombuffer(bytearray(self.mv[o:o + n * _SIZE]), TASK_DTYPE)
         else:
             res = out[:n] if out is not None else empty(n)
             dst = res.view(_V)
@@ -100,7 +101,8 @@ class Ring:
     def push1(self, rec) -> bool:
         """Append one record given as its 48 bytes (``rec.tobytes()``) if there is room:
         ``push`` without the slicing and the general bookkeeping (a round trip's submit).
-        Only for a plain ``Ring``: subclasses stamp or signal in ``_write``."""
+        For a plain ``Ring`` and a ``WakingRing`` (its own, which signals); not for the
+        other subclasses (they stamp in ``_write``)."""
         with self.lock:
             tail = self.tail
             if tail - self.head >= self.capacity:
@@ -124,6 +126,18 @@ class Ring:
             self.head = h + 1
             self.popped += 1
             return np.frombuffer(bytearray(self.mv[o:o + _SIZE]), TASK_DTYPE)
+
+    def pop1_fields(self):
+        """Remove the head record and return its fields as plain ints (``RECORD_STRUCT``
+        order), or None when empty: ``pop1`` without building an array, for a reader that
+        only wants the fields (a client taking its one reply)."""
+        with self.lock:
+            h = self.head
+            if h == self.tail:
+                return None
+            self.head = h + 1
+            self.popped += 1
+            return _REC.unpack_from(self.mv, (h & self.mask) * _SIZE)
 
     def push(self, recs: np.ndarray, limit: int | None = None) -> int:
         """Append as many of ``recs`` as fit (up to ``limit`` occupied slots); return how many."""
@@ -221,9 +235,29 @@ class WakingRing(Ring):
 
     def _write(self, recs: np.ndarray) -> None:
         Ring._write(self, recs)
-        self.ready.set()
+        if not self.ready.is_set():       # (set() notifies under a Condition: ~1 us when
+            self.ready.set()              # nobody can be waiting, as no one can while set)
         for h in self.hooks:
             h()
+
+    def push1(self, rec) -> bool:
+        """``Ring.push1`` that signals like ``_write`` (the reader's Event, the hooks, under
+        the lock): one record as bytes, for a one-record emit (``Channel.emit_one``)."""
+        with self.lock:
+            tail = self.tail
+            if tail - self.head >= self.capacity:
+                return False
+            o = (tail & self.mask) * _SIZE
+            self.mv[o:o + _SIZE] = rec
+            self.tail = tail = tail + 1
+            if tail - self.head > self.high_watermark:
+                self.high_watermark = tail - self.head
+            self.pushed += 1
+            if not self.ready.is_set():
+                self.ready.set()
+            for h in self.hooks:
+                h()
+            return True
 
 
 class TimedRing(Ring):

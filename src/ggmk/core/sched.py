@@ -142,7 +142,8 @@ class ReadyQueue:
         types = recs["type"]
         prios = recs["flags"] & PRIO_MASK
         t0, p0 = int(types[0]), int(prios[0])
-        if n == 1 or ((one_type or (types == t0).all()) and (prios == p0).all()):
+        if n == 1 or ((one_type or not np.count_nonzero(types != t0))
+                       and not np.count_nonzero(prios != p0)):
             return self._push_one(t0, p0, recs)
         order = np.lexsort((prios, types))
         srt = recs[order]
@@ -307,7 +308,7 @@ class Scheduler:
         self.route_counts[route] += n
         types = recs["type"]
         t0 = int(types[0])
-        one_type = n == 1 or bool((types == t0).all())
+        one_type = n == 1 or not np.count_nonzero(types != t0)
         if one_type and t0 < MAX_TYPES:
             # one type (the usual batch: a channel drain, a handler's emit_batch): scalar checks
             if not self.known[t0]:
@@ -467,7 +468,7 @@ class Scheduler:
         """Push to the tenants' ready queues; return the records refused at capacity, if any."""
         tenants = recs["tenant"]
         t0 = int(tenants[0])
-        one_tenant = len(recs) == 1 or bool((tenants == t0).all())   # outside the lock
+        one_tenant = len(recs) == 1 or not np.count_nonzero(tenants != t0)   # outside the lock
         refused = []
         with self.lock:
             if one_tenant:
