@@ -104,16 +104,20 @@ class Ring:
         For a plain ``Ring`` and a ``WakingRing`` (its own, which signals); not for the
         other subclasses (they stamp in ``_write``)."""
         with self.lock:
-            tail = self.tail
-            if tail - self.head >= self.capacity:
-                return False
-            o = (tail & self.mask) * _SIZE
-            self.mv[o:o + _SIZE] = rec
-            self.tail = tail = tail + 1
-            if tail - self.head > self.high_watermark:
-                self.high_watermark = tail - self.head
-            self.pushed += 1
-            return True
+            return self._put1(rec)
+
+    def _put1(self, rec) -> bool:
+        """``push1``'s copy, the lock held."""
+        tail = self.tail
+        if tail - self.head >= self.capacity:
+            return False
+        o = (tail & self.mask) * _SIZE
+        self.mv[o:o + _SIZE] = rec
+        self.tail = tail = tail + 1
+        if tail - self.head > self.high_watermark:
+            self.high_watermark = tail - self.head
+        self.pushed += 1
+        return True
 
     def pop1(self):
         """Remove the head record as a fresh 1-record array, or None when empty (``pop(1)``
@@ -244,15 +248,8 @@ class WakingRing(Ring):
         """``Ring.push1`` that signals like ``_write`` (the reader's Event, the hooks, under
         the lock): one record as bytes, for a one-record emit (``Channel.emit_one``)."""
         with self.lock:
-            tail = self.tail
-            if tail - self.head >= self.capacity:
+            if not self._put1(rec):
                 return False
-            o = (tail & self.mask) * _SIZE
-            self.mv[o:o + _SIZE] = rec
-            self.tail = tail = tail + 1
-            if tail - self.head > self.high_watermark:
-                self.high_watermark = tail - self.head
-            self.pushed += 1
             if not self.ready.is_set():
                 self.ready.set()
             for h in self.hooks:
