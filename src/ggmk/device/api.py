@@ -214,6 +214,16 @@ def user_add(ctx, i, v):
     return atomic_add(ctx[0][0], O_USER + (i & (USER_WORDS - 1)), v)
 
 
+def wake_waiters(ctx):
+    """Tell the workers that something a waiting task (one that returned ``WAIT``) may need
+    has become available, so they run their waiting tasks again. A waiting task is not
+    re-run before that (a stalled consumer must not burn a core); a channel credit given back
+    does it by itself, so only a handler that unblocks waiters some other way (e.g. a user
+    word they poll) calls it; without it they are retried after a growing number of worker
+    iterations (16 .. 256)."""
+    atomic_add(ctx[0][0], O_GLOB + G_WGEN, 1)
+
+
 def user_get(ctx, i):
     return vload(ctx[0][0], O_USER + (i & (USER_WORDS - 1)))
 
