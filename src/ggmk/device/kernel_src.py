@@ -572,8 +572,11 @@ def settle(S, blk, w0, w1, w2):
     slot = sub_slot(w1 & 0xFFFFFFFF, type_index(rec_type(w0)))
     if slot < 0:
         return
-    atomic_add(S[0], O_CSUB + slot * CSS + CS_INFL, -1)
-    atomic_add(S[0], O_GLOB + G_WGEN, 1)    # a credit is back: waiting producers may go on
+    old = atomic_add(S[0], O_CSUB + slot * CSS + CS_INFL, -1)
+    c = w1 & 0xFFFFFFFF
+    if old >= chan_cap(c) - chan_reserve(c):
+        # the subscriber was full (a producer may have been refused): waiting tasks may go on
+        atomic_add(S[0], O_GLOB + G_WGEN, 1)
     chan_payload_release(S, blk, w2)
 
 
@@ -818,9 +821,12 @@ def finish(S, blk, ti, tick, o, r):
         # it at once, like a yield, burnt a core while the consumer stalled
         met_type(D, blk, ti, PT_WAIT, 1)
         blk_add(D, O_BS + blk * BSS + B_WAITS, 1)
-        if rq_push(D, Q_WAIT0 + blk, w0, w1, w2, w3, w4, w5, WQ_CAP, 0) >= 0:
-            met_type(D, blk, ti, PT_ENQ, 1)
-            return
+        # this worker's wait queue, else another's (any worker opens its own when the
+        # generation moves); only when all are full, the local queue (re-run at once)
+        for k in range(NB):
+            if rq_push(D, Q_WAIT0 + (blk + k) % NB, w0, w1, w2, w3, w4, w5, WQ_CAP, 0) >= 0:
+                met_type(D, blk, ti, PT_ENQ, 1)
+                return
         if enqueue(S, blk, w0, w1, w2, w3, w4, w5, ENQ_YIELD) != OK:
             settle(S, blk, w0, w1, w2)          # it went to sys.error
         return
@@ -959,8 +965,8 @@ def wait_close(D, blk, sh, n):
 
 def gather(D, blk, sh):
     """Lead lane: claim a batch. Sets sh[SH_SRC], sh[SH_Q], sh[SH_POS], sh[SH_N]. Order: the
-    overflow queue, the local queue, the wait queue (tasks that returned WAIT, while open),
-    a type bucket."""
+    overflow queue, the wait queue (tasks that returned WAIT, while open), the local queue, a
+    type bucket."""
     sh[SH_SRC] = SRC_NONE
     sh[SH_N] = 0
     # 1. the yield-overflow queue drains at top priority
@@ -977,11 +983,13 @@ def gather(D, blk, sh):
     D[O_BS + blk * BSS + B_GATHERS] = g + 1
     aging = D[O_GLOB + G_AGING]
     aging_now = aging > 0 and g % aging == aging - 1
-    # 2. the local queue, then the wait queue, except on aging turns
+    # 2. the wait queue while open (it opens when something its tasks wait for happened: a
+    # local queue that holds waiting tasks must not keep it closed), then the local queue,
+    # except on aging turns
     if not aging_now:
-        if gather_local(D, blk, sh):
-            return
         if gather_wait(D, blk, sh):
+            return
+        if gather_local(D, blk, sh):
             return
     # 3. a type bucket
     t = pick_bucket(D, blk, aging_now)
