@@ -43,9 +43,9 @@ lanes (warp/block granularity) combine results.
 
 Return codes: ``OK``; ``RETRY`` (re-run later with exponential backoff in ticks); ``YIELD``
 (re-enqueue now, meta kept; ``yield_at(task, phase)`` sets meta0 first; counted against the
-handler's ``max_yields``); ``WAIT`` (``wait_at(task, phase)``: re-enqueued like ``YIELD`` but
-not counted as a yield: the way to wait for a full lossless channel and resume where the
-handler stopped); anything negative is a failure code and sends the task to ``sys.error`` (on
+handler's ``max_yields``); ``WAIT`` (``wait_at(task, phase)``: not counted as a yield; the task
+runs again once something it may wait for happened, e.g. a channel credit came back: the way
+to wait for a full lossless channel and resume where the handler stopped); anything negative is a failure code and sends the task to ``sys.error`` (on
 the host, ``channel == CH_SYS_ERROR``).
 """
 
@@ -119,8 +119,9 @@ def yield_at(task, phase):
 def wait_at(task, phase):
     """``return g.wait_at(task, i)``: something this task needs is not available yet (a
     lossless channel returned CHAN_FULL): continue later at phase ``i`` (kept in meta0).
-    Re-queued like a yield, but not counted as one: waiting for a consumer is not a runaway.
-    The task keeps its place behind the work already queued (the consumers it waits for)."""
+    Not counted as a yield: waiting for a consumer is not a runaway. The task waits on its
+    worker's wait queue and runs again once a channel credit came back (or a handler called
+    ``wake_waiters``), not on every worker iteration; the consumers run meanwhile."""
     task[4] = phase
     return WAIT
 

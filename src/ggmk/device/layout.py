@@ -198,8 +198,9 @@ CSS = 8                        # words per subscriber slot in "csub"
 CS_INFL = 0                    # messages in flight (waiting in a queue or running)
 
 # ---- device handler return code (besides ggmk.task's OK, RETRY, YIELD, failures): come back
-# later and resume (a full lossless channel): re-queued like YIELD but not counted as a yield,
-# so waiting on a slow consumer never trips the max_yields circuit breaker
+# later and resume (a full lossless channel): not counted as a yield, so waiting on a slow
+# consumer never trips the max_yields circuit breaker; the task waits on its worker's wait
+# queue until G_WGEN moves (kernel_src.wait_open), not re-run on every iteration
 WAIT = 3
 
 # ---- special channels on records sent to the host
