@@ -37,8 +37,10 @@ def test_queues_and_their_images():
     p = _plan(ntypes=2, blocks=2, bucket_cap=64, local_cap=32, overflow_cap=16,
               event_inbox_cap=8, batch=16)
     assert [q[0] for q in p.queues] == ["bucket0", "bucket1", "local0", "local1", "overflow",
-                                        "evinbox"]
-    assert p.qtot == 2 * 64 + 2 * 32 + 16 + 8
+                                        "evinbox", "wait0", "wait1"]
+    assert p.qtot == 2 * 64 + 2 * 32 + 16 + 8 + 2 * 32     # wait queues: local_cap each
+    c = p.constants()
+    assert c["Q_WAIT0"] == p.qindex("wait0") and c["WQ_CAP"] == 32
     im = layout.images(p)
     for qi, (_, base, cap) in enumerate(p.queues):
         assert im["qinfo"][qi * 2] == base and im["qinfo"][qi * 2 + 1] == cap

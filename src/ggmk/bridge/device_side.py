@@ -23,7 +23,8 @@ GPU -> CPU (produced on the GPU kernel, consumed on the CPU kernel):
   bytes) and forwards the message to the host as a record of type ``MARK(k)`` whose
   ``channel`` field carries the device channel sequence number (the host restores channel
   order from it). No credit: WAIT, so the device channel fills and the GPU producer gets
-  CHAN_FULL.
+  CHAN_FULL; the waiting egress tasks run again when a ``CREDIT`` record arrives (it calls
+  ``wake_waiters``), not on every worker iteration.
 
 Service handlers: ``ALLOC`` (meta0 bytes, meta1 tag: allocates a block in the device arena and
 answers ``ALLOC_REPLY`` (address or 0 = ALLOC_FAIL, tag)), ``RELEASE`` (meta0/meta1: device
@@ -132,6 +133,7 @@ def bridge_release(ctx, task):
 _CREDIT = '''
 def bridge_credit(ctx, task):
     g.user_add(ctx, g.meta0(task), g.meta1(task))
+    g.wake_waiters(ctx)          # egress tasks waiting for credit run again
     return 0
 '''
 

@@ -43,9 +43,9 @@ lanes (warp/block granularity) combine results.
 
 Return codes: ``OK``; ``RETRY`` (re-run later with exponential backoff in ticks); ``YIELD``
 (re-enqueue now, meta kept; ``yield_at(task, phase)`` sets meta0 first; counted against the
-handler's ``max_yields``); ``WAIT`` (``wait_at(task, phase)``: re-enqueued like ``YIELD`` but
-not counted as a yield: the way to wait for a full lossless channel and resume where the
-handler stopped); anything negative is a failure code and sends the task to ``sys.error`` (on
+handler's ``max_yields``); ``WAIT`` (``wait_at(task, phase)``: not counted as a yield; the task
+runs again once something it may wait for happened, e.g. a channel credit came back: the way
+to wait for a full lossless channel and resume where the handler stopped); anything negative is a failure code and sends the task to ``sys.error`` (on
 the host, ``channel == CH_SYS_ERROR``).
 """
 
@@ -119,8 +119,9 @@ def yield_at(task, phase):
 def wait_at(task, phase):
     """``return g.wait_at(task, i)``: something this task needs is not available yet (a
     lossless channel returned CHAN_FULL): continue later at phase ``i`` (kept in meta0).
-    Re-queued like a yield, but not counted as one: waiting for a consumer is not a runaway.
-    The task keeps its place behind the work already queued (the consumers it waits for)."""
+    Not counted as a yield: waiting for a consumer is not a runaway. The task waits on its
+    worker's wait queue and runs again once a channel credit came back (or a handler called
+    ``wake_waiters``), not on every worker iteration; the consumers run meanwhile."""
     task[4] = phase
     return WAIT
 
@@ -212,6 +213,16 @@ def user_add(ctx, i, v):
     """Atomically add ``v`` to user word ``i`` (USER_WORDS = 65536 int64 device words shared
     by all handlers, zero at boot); returns the old value."""
     return atomic_add(ctx[0][0], O_USER + (i & (USER_WORDS - 1)), v)
+
+
+def wake_waiters(ctx):
+    """Tell the workers that something a waiting task (one that returned ``WAIT``) may need
+    has become available, so they run their waiting tasks again. A waiting task is not
+    re-run before that (a stalled consumer must not burn a core); a channel credit given back
+    does it by itself, so only a handler that unblocks waiters some other way (e.g. a user
+    word they poll) calls it; without it they are retried after a growing number of worker
+    iterations (16 .. 256)."""
+    atomic_add(ctx[0][0], O_GLOB + G_WGEN, 1)
 
 
 def user_get(ctx, i):

@@ -572,7 +572,11 @@ def settle(S, blk, w0, w1, w2):
     slot = sub_slot(w1 & 0xFFFFFFFF, type_index(rec_type(w0)))
     if slot < 0:
         return
-    atomic_add(S[0], O_CSUB + slot * CSS + CS_INFL, -1)
+    old = atomic_add(S[0], O_CSUB + slot * CSS + CS_INFL, -1)
+    c = w1 & 0xFFFFFFFF
+    if old >= chan_cap(c) - chan_reserve(c):
+        # the subscriber was full (a producer may have been refused): waiting tasks may go on
+        atomic_add(S[0], O_GLOB + G_WGEN, 1)
     chan_payload_release(S, blk, w2)
 
 
@@ -811,9 +815,18 @@ def finish(S, blk, ti, tick, o, r):
             settle(S, blk, w0, w1, w2)          # it went to sys.error
         return
     if r == WAIT:
-        # come back later (a full channel): re-queued like a yield, but not a yield, so a
-        # producer waiting on a slow consumer never reaches max_yields
+        # come back later (a full channel): not a yield, so a producer waiting on a slow
+        # consumer never reaches max_yields; parked on this worker's wait queue, which it
+        # looks at again only when the wake-up generation moved (``wait_open``): re-running
+        # it at once, like a yield, burnt a core while the consumer stalled
         met_type(D, blk, ti, PT_WAIT, 1)
+        blk_add(D, O_BS + blk * BSS + B_WAITS, 1)
+        # this worker's wait queue, else another's (any worker opens its own when the
+        # generation moves); only when all are full, the local queue (re-run at once)
+        for k in range(NB):
+            if rq_push(D, Q_WAIT0 + (blk + k) % NB, w0, w1, w2, w3, w4, w5, WQ_CAP, 0) >= 0:
+                met_type(D, blk, ti, PT_ENQ, 1)
+                return
         if enqueue(S, blk, w0, w1, w2, w3, w4, w5, ENQ_YIELD) != OK:
             settle(S, blk, w0, w1, w2)          # it went to sys.error
         return
@@ -892,8 +905,68 @@ def gather_local(D, blk, sh):
     return True
 
 
+def wait_open(D, blk):
+    """Whether this worker may run its waiting tasks again: its wait queue is open, or the
+    wake-up generation moved since the batch that closed it (a credit came back), or, as a
+    fallback for a wait no bump announces, it stayed closed for WGATE_LOOPS_FIRST, then twice
+    as many, ... up to WGATE_LOOPS_MAX of its gathers."""
+    bo = O_BS + blk * BSS
+    if D[bo + B_WGATED] == 0:
+        return True
+    if vload(D, O_GLOB + G_WGEN) != D[bo + B_WGATE]:
+        D[bo + B_WGATED] = 0
+        D[bo + B_WNEXT] = WGATE_LOOPS_FIRST
+        D[bo + B_WLOOPS] = 0
+        return True
+    k = D[bo + B_WLOOPS] + 1
+    nxt = D[bo + B_WNEXT]
+    if nxt < WGATE_LOOPS_FIRST:
+        nxt = WGATE_LOOPS_FIRST
+    if k >= nxt:
+        nxt = nxt * 2
+        if nxt > WGATE_LOOPS_MAX:
+            nxt = WGATE_LOOPS_MAX
+        D[bo + B_WNEXT] = nxt
+        D[bo + B_WLOOPS] = 0
+        return True
+    D[bo + B_WLOOPS] = k
+    return False
+
+
+def gather_wait(D, blk, sh):
+    """The wait queue, if open: the generation is read before the claim, so a bump during
+    the batch reopens it."""
+    qi = Q_WAIT0 + blk
+    if rq_depth(D, qi) <= 0 or not wait_open(D, blk):
+        return False
+    D[O_BS + blk * BSS + B_WGEN_AT] = vload(D, O_GLOB + G_WGEN)
+    h, n = rq_claim(D, qi, BATCH)
+    if n <= 0:
+        return False
+    sh[SH_SRC] = SRC_WAIT
+    sh[SH_Q] = qi
+    sh[SH_POS] = h
+    sh[SH_N] = n
+    return True
+
+
+def wait_close(D, blk, sh, n):
+    """Lead, after a batch: a batch of the wait queue in which every task came back WAIT
+    closes it until the generation it was gathered at moves; any progress keeps it open."""
+    if sh[SH_SRC] == SRC_WAIT:
+        bo = O_BS + blk * BSS
+        if D[bo + B_WAITS] >= n:
+            D[bo + B_WGATED] = 1
+            D[bo + B_WGATE] = D[bo + B_WGEN_AT]
+            D[bo + B_WLOOPS] = 0
+        else:
+            D[bo + B_WGATED] = 0
+
+
 def gather(D, blk, sh):
-    """Lead lane: claim a batch. Sets sh[SH_SRC], sh[SH_Q], sh[SH_POS], sh[SH_N]."""
+    """Lead lane: claim a batch. Sets sh[SH_SRC], sh[SH_Q], sh[SH_POS], sh[SH_N]. Order: the
+    overflow queue, the wait queue (tasks that returned WAIT, while open), the local queue, a
+    type bucket."""
     sh[SH_SRC] = SRC_NONE
     sh[SH_N] = 0
     # 1. the yield-overflow queue drains at top priority
@@ -910,15 +983,20 @@ def gather(D, blk, sh):
     D[O_BS + blk * BSS + B_GATHERS] = g + 1
     aging = D[O_GLOB + G_AGING]
     aging_now = aging > 0 and g % aging == aging - 1
-    # 2. the local queue, except on aging turns
+    # 2. the wait queue while open (it opens when something its tasks wait for happened: a
+    # local queue that holds waiting tasks must not keep it closed), then the local queue,
+    # except on aging turns
     if not aging_now:
+        if gather_wait(D, blk, sh):
+            return
         if gather_local(D, blk, sh):
             return
     # 3. a type bucket
     t = pick_bucket(D, blk, aging_now)
     if t < 0:
         if aging_now:
-            gather_local(D, blk, sh)
+            if not gather_local(D, blk, sh):
+                gather_wait(D, blk, sh)
         return
     h, n = rq_claim(D, t, BATCH)
     if n > 0:
@@ -1067,6 +1145,7 @@ def load_batch(S, blk, sh, n):
         if D[bo + B_IDLE] >= IDLE_SPIN:
             trace_worker(S, EV_WORKER_WAKE, blk)
         D[bo + B_IDLE] = 0
+        D[bo + B_WAITS] = 0
         for t in range(NTYPES + 1):
             sh[SH_CNT + t] = 0
     syncthreads()
@@ -1167,7 +1246,8 @@ def worker_iteration(S, blk, sh, smem):
     syncthreads()
     dispatch_batch(S, blk, sh, tick, smem)  # 6: each type's handler
     if is_lead():
-        iteration_end(S, blk, n)           # 7: bookkeeping
+        wait_close(D, blk, sh, n)          # 7: bookkeeping
+        iteration_end(S, blk, n)
     syncthreads()
     return 0
 

@@ -118,7 +118,11 @@ G_TARGET1 = 64            # up by its Target.init_images: cpu's host-thread tick
 G_TX_MCUR = 72            # tx spill mover: first tx position not yet known to be on the ring
 G_TX_MLOCK = 80           # tx spill mover: try-lock (one mover at a time)
 G_TX_SPILLN = 88          # records waiting in the tx spill area
-NGLOB = 96
+G_WGEN = 96               # wake-up generation: bumped whenever something a WAIT-ing task may
+                          # need became available (a channel credit given back by ``settle``,
+                          # the bridge's CREDIT, ``api.wake_waiters``); a worker whose waiting
+                          # tasks all came back WAIT runs them again only once it changed
+NGLOB = 104
 
 # ---- per-block private words (stride BSS)
 BSS = 16
@@ -130,6 +134,12 @@ B_LOOPS = 4
 B_TICK = 5                # last tick this block saw (bump reset)
 B_BUMP = 6                # bump allocator offset within this block's bump region
 B_PARKED = 7
+B_WGATED = 8              # 1 while this block's wait queue is closed (its last batch all WAIT)
+B_WGATE = 9               # the G_WGEN value that batch was gathered at
+B_WGEN_AT = 10            # G_WGEN read when the wait queue was last gathered
+B_WAITS = 11              # WAIT outcomes of the current batch
+B_WLOOPS = 12             # gathers while closed with G_WGEN unchanged
+B_WNEXT = 13              # ... at which it opens anyway (doubling up to WGATE_LOOPS_MAX)
 
 # ---- shared-memory words of the worker loop
 SH_N = 0                  # batch size
@@ -147,7 +157,11 @@ SH_YIELD = 11
 SH_NAP = 12               # an idle worker's wished sleep (ns)
 SH_CNT = 16               # per-type counts start here; then offsets, then cursors
 
-SRC_NONE, SRC_LOCAL, SRC_BUCKET, SRC_OVF = 0, 1, 2, 3
+SRC_NONE, SRC_LOCAL, SRC_BUCKET, SRC_OVF, SRC_WAIT = 0, 1, 2, 3, 4
+# a closed wait queue opens anyway after this many of its block's gathers, doubling from the
+# first to the max (tasks waiting for something no G_WGEN bump announces are not stranded)
+WGATE_LOOPS_FIRST = 16
+WGATE_LOOPS_MAX = 256
 
 # ---- per-block metric row
 METRIC_NAMES = (
@@ -184,8 +198,9 @@ CSS = 8                        # words per subscriber slot in "csub"
 CS_INFL = 0                    # messages in flight (waiting in a queue or running)
 
 # ---- device handler return code (besides ggmk.task's OK, RETRY, YIELD, failures): come back
-# later and resume (a full lossless channel): re-queued like YIELD but not counted as a yield,
-# so waiting on a slow consumer never trips the max_yields circuit breaker
+# later and resume (a full lossless channel): not counted as a yield, so waiting on a slow
+# consumer never trips the max_yields circuit breaker; the task waits on its worker's wait
+# queue until G_WGEN moves (kernel_src.wait_open), not re-run on every iteration
 WAIT = 3
 
 # ---- special channels on records sent to the host
@@ -328,7 +343,8 @@ class Plan:
         return dict(
             NB=c.blocks, NT=c.threads, NWARPS=c.threads // WARP, BATCH=c.batch,
             NTYPES=self.ntypes, NQ=self.nq, Q_LOCAL0=self.ntypes, Q_OVF=self.ntypes + c.blocks,
-            Q_EVIN=self.ntypes + c.blocks + 1, LQ_CAP=c.local_cap,
+            Q_EVIN=self.ntypes + c.blocks + 1, Q_WAIT0=self.ntypes + c.blocks + 2,
+            WQ_CAP=c.local_cap, LQ_CAP=c.local_cap,
             LQ_SPILL=c.local_cap // 2, BQ_CAP=c.bucket_cap, BQ_PRIO_RESERVE=c.bucket_cap // 10,
             OVF_CAP=c.overflow_cap, EV_CAP=c.event_cap, EVIN_CAP=c.event_inbox_cap,
             RX_CAP=c.rx_cap, TX_CAP=c.tx_cap, TXSP_CAP=c.tx_spill_cap, TR_CAP=c.trace_cap,
@@ -376,6 +392,10 @@ def plan(cfg: DeviceConfig, ntypes: int, smem_words: int, nchan: int = 0,
     base += cfg.overflow_cap
     p.queues.append(("evinbox", base, cfg.event_inbox_cap))
     base += cfg.event_inbox_cap
+    for b in range(cfg.blocks):
+        # tasks that returned WAIT: looked at only when G_WGEN moved (see kernel_src.gather)
+        p.queues.append((f"wait{b}", base, cfg.local_cap))
+        base += cfg.local_cap
     p.qtot = base
     # arena: bump regions first, then one equal share per bin, then the slab
     bump = cfg.bump_bytes_per_block * cfg.blocks

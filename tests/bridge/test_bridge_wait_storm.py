@@ -1,0 +1,55 @@
+"""Issue 12, the WAIT storm: a device task that returns WAIT (a GPU producer on a full bridge
+channel, a bridge egress task without credit) is not re-run on every worker iteration while
+the CPU consumer is stuck. It waits on its worker's wait queue until something that can
+unblock it happened (a channel credit came back, a CREDIT record from the host), so a
+stalled consumer does not make the device burn a core (on 2 cores it starved the host: 40x
+slower). The test counts WAIT outcomes, not time: while the consumer is stuck the device runs
+a fixed number of worker iterations; before the fix every iteration re-ran every waiting task
+(up to ~65 here), so the WAIT count grew with the iterations, not with the messages."""
+import pytest
+
+from tests.bridge import bridge_workloads as W
+from tests.bridge.dualkit import boot, gen, wait_for
+
+N = 5000
+STALL_LOOPS = 20_000        # worker iterations (all blocks) the device runs while stuck
+
+
+@pytest.fixture(scope="module")
+def system():
+    s = boot()
+    yield s
+    s.halt()
+
+
+def _waits(s) -> int:
+    return sum(int(t.get("wait", 0)) for t in s.kernel.metrics()["types"].values())
+
+
+def test_waiting_tasks_do_not_spin_while_the_cpu_consumer_is_stuck(system):
+    s = system
+    W.REC.clear()
+    W.REC.gate.clear()                       # the CPU consumer is stuck
+    waits0 = _waits(s)
+    gen(s, "GEN", N)
+    wait_for(lambda: s.kernel.metrics()["channels"]["gpu.out"]["full"] > 0, 120,
+             "the GPU producer to get CHAN_FULL from the bridge channel")
+    hb0 = int(s.kernel.heartbeats().sum())
+    wait_for(lambda: int(s.kernel.heartbeats().sum()) >= hb0 + STALL_LOOPS, 300,
+             f"the device to run {STALL_LOOPS} more worker iterations")
+    assert len(W.REC.sink_val) == 0          # still stuck: nothing reached the CPU handler
+    W.REC.gate.set()
+    assert s.run(timeout=300)
+    # every message exactly once, in channel-sequence order, nothing dead-lettered
+    assert W.REC.sink_val == list(range(N))
+    assert W.REC.sink_seq == list(range(1, N + 1))
+    err, _ = s.dead_letters("sys.error")
+    drop, _ = s.dead_letters("sys.dropped")
+    assert not (err["type"] == W.TYPES["READING"]).any()
+    assert not (drop["type"] == W.TYPES["READING"]).any()
+    m = s.kernel.metrics()["types"]
+    assert m[W.TYPES["GEN"]]["ok"] == 1 and m[W.TYPES["GEN"]]["wait"] > 0   # it did wait
+    waits = _waits(s) - waits0
+    # bounded by the messages, not by how long the consumer was stuck (before the fix: more
+    # than 15 WAITs per round of the workers: 84568 in one run)
+    assert 0 < waits < 3 * N, f"{waits} WAIT outcomes for {N} messages"
