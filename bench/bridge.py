@@ -5,7 +5,9 @@ gpu.back), inline tasks; bridge_payload_4k_per_s: the same with 4 KB payloads, c
 those delivered intact (payload_4k_ok of payload_4k_sent; payload_4k_alloc_fail: refused by a
 full arena, on sys.error with ALLOC_FAIL: accounted for, not lost, and not counted as done);
 cpu_us_per_task: CPU time (both processes) per task of the bridge_tasks_per_s run (less
-sensitive to the machine's load than throughput); transfers_per_task; GPU -> CPU throughput
+sensitive to the machine's load than throughput), and cpu_us_per_task_by_thread: the same
+split by where it ran (the bridge pump thread, the CPU kernel's workers, the other host
+threads: publisher and main; the device process); transfers_per_task; GPU -> CPU throughput
 at batch sizes 8/64/512; round trip p50/p99 (one message CPU -> GPU -> CPU, the host waiting
 on an Event the CPU handler sets); peers in the same run: multiprocessing.Queue (one record
 per message) and a multiprocessing pipe with 64-record numpy batches (send_bytes).
@@ -21,6 +23,7 @@ import json
 import multiprocessing as mp
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -100,6 +103,25 @@ def _cpu_s(s) -> float:
     return t
 
 
+def _thread_cpu_s() -> dict:
+    """CPU seconds per thread of this process by role (the bridge pump, the CPU kernel's
+    workers, the rest: the publisher and the waiting main thread), from
+    /proc/self/task/<native id>/stat: which host thread a message's cost lands on (the host
+    is one interpreter: its threads share one GIL)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    out = {"pump": 0.0, "cpu_workers": 0.0, "other": 0.0}
+    for th in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{th.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, TypeError):
+            continue
+        role = "pump" if th.name.startswith("ggmk-bridge") else \
+            "cpu_workers" if th.name.startswith("ggmk-worker") else "other"
+        out[role] += (int(fields[11]) + int(fields[12])) / tck
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200_000)
@@ -128,11 +150,18 @@ def main():
         out["target"] = s.target
         b0 = s.stats()["bridge"]
         c0 = _cpu_s(s)
+        p0 = time.process_time()
+        th0 = _thread_cpu_s()
         t0 = time.perf_counter()
         publish_all(s, "cpu.in", n, timeout=600)
         assert s.run(timeout=600)
         dt = time.perf_counter() - t0
-        out["cpu_us_per_task"] = round((_cpu_s(s) - c0) / n * 1e6, 3)
+        c1, p1, th1 = _cpu_s(s), time.process_time(), _thread_cpu_s()
+        out["cpu_us_per_task"] = round((c1 - c0) / n * 1e6, 3)
+        # where it goes (clock-tick resolution: meaningful for runs of a second or more)
+        split = {k: round((th1[k] - th0[k]) / n * 1e6, 3) for k in th1}
+        split["device_process"] = round(((c1 - c0) - (p1 - p0)) / n * 1e6, 3)
+        out["cpu_us_per_task_by_thread"] = split
         assert W.REC.back_n == n
         b1 = s.stats()["bridge"]
         out["bridge_tasks_per_s"] = round(n / dt)
