@@ -51,5 +51,16 @@ def publish_all(s, name, n, *, payload=None, first=0, timeout=60.0):
     return done
 
 
+def assert_sink_exact(s, n) -> None:
+    """Every one of the n GEN messages reached SINK exactly once, in channel-sequence order,
+    and none of them is on sys.error or sys.dropped."""
+    assert W.REC.sink_val == list(range(n))
+    assert W.REC.sink_seq == list(range(1, n + 1))
+    err, _ = s.dead_letters("sys.error")
+    drop, _ = s.dead_letters("sys.dropped")
+    assert not (err["type"] == W.TYPES["READING"]).any()
+    assert not (drop["type"] == W.TYPES["READING"]).any()
+
+
 def gen(s, type_name, n, first=0):
     s.push_device(T.make(1, type=W.TYPES[type_name], meta0=first, meta1=first + n))

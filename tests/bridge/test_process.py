@@ -117,8 +117,9 @@ def test_the_watchdog_resets_a_dead_device_process(wait_until):
         s.halt()
 
 
-def test_failed_boot_in_the_child_is_reported_with_its_traceback(monkeypatch):
-    from tests.bridge import watchdog_broken
+@pytest.fixture
+def shm_made(monkeypatch):
+    """The names of the shared-memory segments the boot creates (to check none is left)."""
     made = []
     real = P._shm_create
 
@@ -127,6 +128,11 @@ def test_failed_boot_in_the_child_is_reported_with_its_traceback(monkeypatch):
         made.append(name)
         return name, seg
     monkeypatch.setattr(P, "_shm_create", spy)
+    return made
+
+
+def test_failed_boot_in_the_child_is_reported_with_its_traceback(shm_made):
+    from tests.bridge import watchdog_broken
     before = {p.pid for p in __import__("multiprocessing").active_children()}
     with pytest.raises(BootError) as ei:
         ggmk.dual.boot([watchdog_broken.gpu], device="cpu", types=WW.registry(),
@@ -134,32 +140,25 @@ def test_failed_boot_in_the_child_is_reported_with_its_traceback(monkeypatch):
     msg = str(ei.value)
     assert "Traceback" in msg and "broken in the device process (on purpose)" in msg
     assert "device process" in msg and "'cpu'" in msg
-    assert made and not any(P.shm_exists(x) for x in made)          # nothing left behind
+    assert shm_made and not any(P.shm_exists(x) for x in shm_made)    # nothing left behind
     after = {p.pid for p in __import__("multiprocessing").active_children()}
     assert after <= before
 
 
-def test_a_child_that_cannot_even_start_is_a_boot_error_and_leaves_nothing(monkeypatch):
+def test_a_child_that_cannot_even_start_is_a_boot_error_and_leaves_nothing(monkeypatch,
+                                                                          shm_made):
     """The spawn itself fails (e.g. a script without the ``if __name__ == "__main__"`` guard):
     the boot error names the cause, and the clean-up does not trip over the never-started
     process (it used to raise "can only join a started process" instead)."""
     import multiprocessing.context as mpc
-    made = []
-    real = P._shm_create
-
-    def spy(n):
-        name, seg = real(n)
-        made.append(name)
-        return name, seg
 
     def refuse(self):
         raise RuntimeError("spawn refused (on purpose)")
-    monkeypatch.setattr(P, "_shm_create", spy)
     monkeypatch.setattr(mpc.SpawnProcess, "start", refuse)
     with pytest.raises(BootError, match=r"spawn refused.*__name__ == \"__main__\""):
         ggmk.dual.boot(WW.modules(), device="cpu", types=WW.registry(), device_process=True,
                        workers=2)
-    assert made and not any(P.shm_exists(x) for x in made)
+    assert shm_made and not any(P.shm_exists(x) for x in shm_made)
 
 
 def test_a_script_without_the_main_guard_gets_the_hint(tmp_path):
