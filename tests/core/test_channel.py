@@ -388,3 +388,26 @@ def test_publish_of_a_column_larger_than_the_room_builds_and_accepts_a_prefix(mo
         assert s.arena.stats()["total"]["live"] == used0
         with pytest.raises(T.TaskValueError, match="meta1"):
             ch.publish(meta0=np.arange(40), meta1=np.arange(41))
+
+
+def test_publishing_a_big_column_into_a_small_channel_on_real_threads():
+    """The same with 2 real workers draining while the host publishes: each call is accepted
+    as a prefix of what is left, and every message is handled once, in channel order."""
+    got = []
+    m = Module("slow")
+    m.produces("data.in", "MSG", capacity=64)
+
+    @m.handler("MSG", consumes="data.in", message="MSG", batch=True)
+    def take(ctx, batch):
+        got.extend(batch.meta0.tolist())
+    with boot([m], workers=2) as s:
+        ch = s.channel("data.in")
+        assert ch.capacity == 64
+        col = np.arange(20_000, dtype=np.uint64)
+        done = calls = 0
+        while done < len(col):
+            done += ch.publish(meta0=col[done:])
+            calls += 1
+        assert s.run(timeout=60)
+    assert calls > 1                                   # the channel was full at times
+    assert got == list(range(20_000))
