@@ -199,3 +199,30 @@ def test_task_meta_setters_refuse_what_they_cannot_store():
                 setattr(t, field, bad)
     t.meta0, t.meta1 = 2**64 - 1, np.uint32(7)
     assert (t.meta0, t.meta1) == (2**64 - 1, 7)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 256, 257, 3000])
+def test_copy_concat_select_equal_numpy_and_are_fresh_writable_arrays(n):
+    """The raw-byte record copies (task.copy / concat / select) give what NumPy's structured
+    copies give, on contiguous and strided inputs, small (through bytes) and large."""
+    rng = np.random.default_rng(n)
+    a = T.make(n, type=7, meta0=rng.integers(0, 1 << 63, n, dtype=np.uint64),
+               meta1=np.arange(n, dtype=np.uint64), seq=np.arange(n, dtype=np.uint32))
+    for src in (a, a[::3], a[1:]):
+        c = T.copy(src)
+        assert c.dtype == T.TASK_DTYPE and c.flags.writeable and c.flags.c_contiguous
+        assert np.array_equal(c, src.copy())
+        if len(c):
+            c["meta1"][0] += 1                     # a copy, not a view
+            assert src["meta1"][0] != c["meta1"][0]
+    parts = [a[:n // 3], a[n // 3:], a[::2]]
+    assert np.array_equal(T.concat(parts), np.concatenate(parts))
+    assert np.array_equal(T.concat([a]), a) and T.concat([a]) is not a
+    mask = a["meta0"] % 3 == 0
+    assert np.array_equal(T.select(a, mask), a[mask])
+    idx = rng.permutation(n)
+    assert np.array_equal(T.select(a, idx), a[idx])
+    s = T.select(a, mask)
+    if len(s):
+        s["meta0"][0] += 1
+        assert not np.array_equal(s, a[mask])

@@ -286,7 +286,7 @@ class DualSystem:
         with self.bridge.lock:
             while self.bridge.device_out:
                 parts.append(self.bridge.device_out.popleft())
-        return np.concatenate(parts) if parts else T.empty(0)
+        return T.concat(parts) if parts else T.empty(0)
 
     def push_device(self, records) -> int:
         """Push task records straight to the GPU kernel (host -> device ring); returns how many

@@ -141,6 +141,47 @@ def empty(n: int) -> np.ndarray:
 
 _RAW = np.dtype("V48")
 
+# -- copies of records --------------------------------------------------------------------------
+#
+# NumPy (2.x) copies a structured array field by field: ``recs.copy()``, ``recs[mask]``,
+# ``recs[idx]``, ``np.concatenate`` of record arrays and ``dst[:] = recs`` cost ~40-75 ns a
+# record (10 us for 256). The same bytes as opaque 48-byte items are one memcpy (2 us for 256,
+# 25x less for 8192). Hot paths copy records with these; small arrays go through ``bytes``
+# (a view of a structured array alone costs ~1 us).
+_SMALL = 256
+
+
+def copy(recs: np.ndarray) -> np.ndarray:
+    """A fresh, writable, contiguous copy of task records ``recs`` (``recs.copy()``, fast).
+
+    >>> r = make(3, meta0=[1, 2, 3]); c = copy(r); c["meta0"][0] = 9
+    >>> int(r["meta0"][0]), int(c["meta0"][0])
+    (1, 9)
+    """
+    if len(recs) <= _SMALL:
+        return np.frombuffer(bytearray(recs.tobytes()), TASK_DTYPE)
+    return recs.view(_RAW).copy().view(TASK_DTYPE)
+
+
+def concat(parts) -> np.ndarray:
+    """The records of ``parts`` (a sequence of task record arrays) one after another, as one
+    fresh array (``np.concatenate(parts)``, fast)."""
+    if len(parts) == 1:
+        return copy(parts[0])
+    if sum(len(p) for p in parts) <= _SMALL:
+        return np.frombuffer(bytearray(b"".join([p.tobytes() for p in parts])), TASK_DTYPE)
+    return np.concatenate([p.view(_RAW) for p in parts]).view(TASK_DTYPE)
+
+
+def select(recs: np.ndarray, which) -> np.ndarray:
+    """``recs[which]`` for a boolean mask or an index array (a fresh array), fast.
+
+    >>> r = make(4, meta0=[5, 6, 7, 8])
+    >>> select(r, r["meta0"] % 2 == 0)["meta0"].tolist()
+    [6, 8]
+    """
+    return recs.view(_RAW)[which].view(TASK_DTYPE)
+
 
 # -- validation ---------------------------------------------------------------------------------
 #

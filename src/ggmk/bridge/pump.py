@@ -244,11 +244,11 @@ class _Reorder:
         """(records, seqs, live) of everything held, sorted by seq (kept merged)."""
         if len(self.recs) > 1 or (self.recs and len(self.seqs[0]) > 1
                                   and (np.diff(self.seqs[0]) < 0).any()):
-            recs = np.concatenate(self.recs) if len(self.recs) > 1 else self.recs[0]
+            recs = T.concat(self.recs) if len(self.recs) > 1 else self.recs[0]
             seqs = np.concatenate(self.seqs) if len(self.seqs) > 1 else self.seqs[0]
             live = np.concatenate(self.live) if len(self.live) > 1 else self.live[0]
             o = np.argsort(seqs, kind="stable")
-            self.recs, self.seqs, self.live = [recs[o]], [seqs[o]], [live[o]]
+            self.recs, self.seqs, self.live = [T.select(recs, o)], [seqs[o]], [live[o]]
         if not self.recs:
             return T.empty(0), np.zeros(0, np.int64), np.zeros(0, bool)
         return self.recs[0], self.seqs[0], self.live[0]
@@ -271,7 +271,7 @@ class _Reorder:
             self.recs, self.seqs, self.live = [recs[k:]], [seqs[k:]], [live[k:]]
             self.n = len(seqs) - k
         if not rl.all():
-            run = run[rl]
+            run = T.select(run, rl)
         return run, nxt + k
 
 
@@ -693,15 +693,15 @@ class Bridge:
         chans = recs["channel"]
         sysm = (chans == SYS_ERROR) | (chans == SYS_DROPPED)
         if sysm.any():
-            self._dead_from_device(recs[sysm])
-            recs = recs[~sysm]
+            self._dead_from_device(T.select(recs, sysm))
+            recs = T.select(recs, ~sysm)
             types = recs["type"]
             if not len(recs):
                 return
         t0 = types[0]
         utypes = [int(t0)] if (types == t0).all() else np.unique(types).tolist()
         for t in utypes:
-            part = recs if len(utypes) == 1 else recs[types == t]
+            part = recs if len(utypes) == 1 else T.select(recs, types == t)
             if ds.BASE + 0x3000 <= t < ds.BASE + 0x4000:
                 self._marks(self.outs[ds.mark_index(t)], part)
             elif t == ds.ALLOC_REPLY:
@@ -710,7 +710,7 @@ class Bridge:
                 self._foreign(part)
 
     def _marks(self, st: _Out, part: np.ndarray) -> None:
-        part = part.copy()
+        part = T.copy(part)
         seqs = part["channel"].astype(np.int64)
         part["type"] = st.bc.type_id
         part["channel"] = 0
@@ -723,7 +723,7 @@ class Bridge:
             for i in np.flatnonzero(plen).tolist():
                 dead[i] = not self._copy_in(st, part, i)
         if st.det:
-            keep = part if dead is None else part[~dead]
+            keep = part if dead is None else T.select(part, ~dead)
             st.fence_buf.append(keep)
             self._grant(st, len(part))
             return
@@ -784,7 +784,7 @@ class Bridge:
             self.c["payload_bytes"] += n
         self._release_device(dptr)
         if not cptr:
-            rec = part[i:i + 1].copy()
+            rec = T.copy(part[i:i + 1])
             rec["payload_ptr"] = 0
             self.c["alloc_fail"] += 1
             self._to_sys_error(rec, ALLOC_FAIL)
@@ -837,7 +837,7 @@ class Bridge:
         for st in self.outs.values():
             if len(st.ready) > 1 and st.ready_n <= self.COALESCE:
                 # one emit (one channel lock, one scheduler wake-up) for what arrived this round
-                arr = np.concatenate(st.ready)
+                arr = T.concat(st.ready)
                 st.ready.clear()
                 st.ready.append(arr)
             while st.ready:
@@ -864,7 +864,7 @@ class Bridge:
                     self.c["inline_crossings"] += int((arr["payload_len"][:acc] == 0).sum())
                     self._grant_taken(st, acc)
                 if acc < len(arr):
-                    st.ready[0] = arr[acc:].copy()
+                    st.ready[0] = T.copy(arr[acc:])
                     st.ready_n -= acc
                     st.full += 1
                     break
@@ -892,7 +892,7 @@ class Bridge:
             arena = self.sys.arena
             if not ptr:
                 self.c["alloc_fail"] += 1
-                rec = pay.rec.copy()
+                rec = T.copy(pay.rec)
                 rec["type"] = st.bc.type_id
                 rec["payload_ptr"] = pay.cptr
                 self._to_sys_error(rec, ALLOC_FAIL, release=True)
@@ -938,17 +938,17 @@ class Bridge:
         t = int(part["type"][0])
         if t < len(k.handler_of) and k.handler_of[t] is not None and \
                 not part["payload_len"].any() and not k.halted:
-            p = part.copy()
+            p = T.copy(part)
             p["channel"] = 0
             p["flags"] &= _CLEAR_FLAGS
             k.submit_batch(p)
             return
-        self.device_out.append(part.copy())
+        self.device_out.append(T.copy(part))
 
     def _dead_from_device(self, recs: np.ndarray) -> None:
         codes = recs["_pad"].astype(np.int16).astype(np.int64)
         for i in range(len(recs)):
-            r = recs[i:i + 1].copy()
+            r = T.copy(recs[i:i + 1])
             code = int(codes[i])
             t = int(r["type"][0])
             where = SYS_ERROR if int(r["channel"][0]) == SYS_ERROR else SYS_DROPPED
@@ -987,13 +987,13 @@ class Bridge:
 
     def _to_sys_error(self, recs, code, release: bool = False) -> None:
         if not release:
-            recs = recs.copy()
+            recs = T.copy(recs)
             recs["payload_ptr"] = 0
         self.c["dead_lettered"] += len(recs)
         self.sys.dead_letter(recs, code)
 
     def _to_sys_dropped(self, recs, code) -> None:
-        recs = recs.copy()
+        recs = T.copy(recs)
         recs["payload_ptr"] = 0             # the payload is not this copy's to release
         self.c["dead_lettered"] += len(recs)
         self.sys.dead_letter(recs, code, which="sys.dropped")
@@ -1052,7 +1052,7 @@ class Bridge:
 
     def _admit_in(self, st: _In, recs: np.ndarray) -> None:
         """Turn taken CPU channel messages into ingress records (payloads: ask for blocks)."""
-        recs = recs.copy()
+        recs = T.copy(recs)
         plen = recs["payload_len"]
         recs["type"] = st.rx_type
         recs["channel"] = 0
@@ -1069,7 +1069,7 @@ class Bridge:
             n = int(plen[i])
             cptr = int(recs["payload_ptr"][i])
             if n > ds.DEVICE_MAX_PAYLOAD:
-                r = recs[i:i + 1].copy()
+                r = T.copy(recs[i:i + 1])
                 r["type"] = st.bc.type_id
                 self.errors.append(
                     f"bridge channel {st.bc.name!r} (CPU -> GPU): a {n}-byte payload is larger "
@@ -1078,7 +1078,7 @@ class Bridge:
                 self._to_sys_error(r, BRIDGE_PAYLOAD_TOO_LARGE, release=True)
                 st.dead += 1
                 continue
-            pay = _Pay(recs[i:i + 1].copy(), cptr, n)
+            pay = _Pay(T.copy(recs[i:i + 1]), cptr, n)
             pay.rec["payload_ptr"] = 0
             self._tag += 1
             tag = self._tag
@@ -1151,7 +1151,7 @@ class Bridge:
         if not force and self._stage_n < self.batch and \
                 time.monotonic_ns() - self._stage_t < self.flush_ns:
             return False
-        allrec = np.concatenate(self._stage) if len(self._stage) > 1 else self._stage[0]
+        allrec = T.concat(self._stage) if len(self._stage) > 1 else self._stage[0]
         self._stage = []
         self._stage_n = 0
         pos = 0
@@ -1209,15 +1209,15 @@ class Bridge:
             m = (t >= _RX0) & (t < _RX1)
             if not m.any():
                 return
-            part = recs[m]                     # (a fancy index: already a copy)
+            part = T.select(recs, m)           # (already a copy)
             pt = part["type"]
             groups = [(int(pt[0]), part)] if (pt == pt[0]).all() else \
-                [(int(u), part[pt == u]) for u in np.unique(pt).tolist()]
+                [(int(u), T.select(part, pt == u)) for u in np.unique(pt).tolist()]
         for tid, g in groups:
             st = self._in_by_k.get(ds.rx_index(tid))
             if st is None:
                 continue
-            st.sent.append(g.copy() if g.base is not None or g is recs else g)
+            st.sent.append(T.copy(g) if g.base is not None or g is recs else g)
             st.sent_n += len(g)
             while st.sent_n - len(st.sent[0]) >= st.log_cap:
                 st.sent_n -= len(st.sent.popleft())
@@ -1230,7 +1230,7 @@ class Bridge:
                            f"{T.code_name(code)}")
         types = chunk["type"]
         for t in np.unique(types).tolist():
-            part = chunk[types == t].copy()
+            part = T.select(chunk, types == t)
             if ds.BASE + 0x1000 <= t < ds.BASE + 0x2000:
                 st = self._in_by_k[ds.rx_index(t)]
                 st.pushed -= len(part)
@@ -1243,7 +1243,7 @@ class Bridge:
                     if ent is not None:
                         st, pay = ent
                         st.waiting -= 1
-                        rec = pay.rec.copy()
+                        rec = T.copy(pay.rec)
                         rec["type"] = st.bc.type_id
                         rec["payload_ptr"] = pay.cptr
                         self._to_sys_error(rec, code, release=True)
@@ -1307,7 +1307,7 @@ class Bridge:
             except Exception as e:   # noqa: BLE001 - the pages may be unreadable: go on
                 self.errors.append(f"bridge: reading the reset kernel's ring: {e!r}")
             self._refresh_done(force=True)
-            staged = np.concatenate(self._stage) if self._stage_n else T.empty(0)
+            staged = T.concat(self._stage) if self._stage_n else T.empty(0)
             self._stage, self._stage_n = [], 0
             st_types = staged["type"]
             is_rx = (st_types >= _RX0) & (st_types < _RX1)
@@ -1326,7 +1326,7 @@ class Bridge:
                 lost = min(lost, max(0, sent_total))
                 named = min(lost, st.sent_n)
                 if named:
-                    log = np.concatenate(list(st.sent))[-named:].copy()
+                    log = T.copy(T.concat(list(st.sent))[-named:])
                     log["type"] = st.bc.type_id
                     log["payload_ptr"] = 0
                     self._to_sys_error(log, code)
@@ -1352,14 +1352,14 @@ class Bridge:
                     keep |= ok
                     st.pushed += int(ok.sum())
                     if bad.any():
-                        r = staged[bad].copy()
+                        r = T.select(staged, bad)
                         r["type"] = st.bc.type_id
                         self._to_sys_error(r, code)
                         st.dead += len(r)
                         acct["lost"] += len(r)
                     acct["redelivered"] += int(ok.sum())
                 if keep.any():
-                    rest = staged[keep]
+                    rest = T.select(staged, keep)
                     self._stage = [rest]
                     self._stage_n = len(rest)
                     self._stage_t = time.monotonic_ns() - self.flush_ns
@@ -1407,7 +1407,7 @@ class Bridge:
                 if st.det:
                     recs = st.sub.take()
                     if len(recs):
-                        out.append((st, recs.copy()))
+                        out.append((st, T.copy(recs)))
         return out
 
     def det_push(self, batches) -> int:
@@ -1432,7 +1432,7 @@ class Bridge:
         with self.lock:
             for st in self.outs.values():
                 if st.det and st.fence_buf:
-                    recs = np.concatenate(st.fence_buf)
+                    recs = T.concat(st.fence_buf)
                     st.fence_buf = []
                     order = np.lexsort((recs["payload_len"], recs["tenant"],
                                         recs["flags"] & 3, recs["meta1"], recs["meta0"]))
@@ -1441,7 +1441,7 @@ class Bridge:
 
     def det_deliver(self, st: _Out, recs: np.ndarray) -> int:
         """Emit a fence's records into the CPU channel in the given order (canonical)."""
-        recs = recs.copy()
+        recs = T.copy(recs)
         recs["seq"] = np.arange(len(recs), dtype=np.int64)
         recs["flags"] |= FLAG_DETERMINISTIC
         with self.lock:
@@ -1504,12 +1504,12 @@ class Bridge:
             for st in self.ins:
                 for x in st.fifo:
                     if isinstance(x, np.ndarray):
-                        r = x.copy()
+                        r = T.copy(x)
                         r["type"] = st.bc.type_id
                         self._to_sys_error(r, code)
                         n += len(r)
                     elif x.rec is not None:
-                        r = x.rec.copy()             # its CPU block is still held
+                        r = T.copy(x.rec)             # its CPU block is still held
                         r["type"] = st.bc.type_id
                         r["payload_ptr"] = x.cptr
                         self._to_sys_error(r, code, release=True)
@@ -1517,7 +1517,7 @@ class Bridge:
                 st.fifo.clear()
                 rest = st.sub.take()
                 if len(rest):
-                    self._to_sys_error(rest.copy(), code, release=True)
+                    self._to_sys_error(T.copy(rest), code, release=True)
                     n += len(rest)
             self._pending_alloc.clear()
             self._alloc_retry = []
@@ -1533,12 +1533,12 @@ class Bridge:
                 st.fence_buf = []
 
             if self._stage_n:
-                allrec = np.concatenate(self._stage)
+                allrec = T.concat(self._stage)
                 self._stage, self._stage_n = [], 0
                 m = (allrec["type"] >= ds.BASE + 0x1000) & (allrec["type"] < ds.BASE + 0x2000)
                 for t in np.unique(allrec["type"][m]).tolist():
                     st = self._in_by_k[ds.rx_index(t)]
-                    part = allrec[allrec["type"] == t].copy()
+                    part = T.select(allrec, allrec["type"] == t)
                     part["type"] = st.bc.type_id
                     self._to_sys_error(part, code)
                     n += len(part)

@@ -504,7 +504,7 @@ class Channel(ReplayMixin):
             recs["flags"] |= FLAG_CHANNEL_MSG
         self.emitted += n
         if self.det:
-            self.held.append(recs.copy())       # seq: the parent's, for canonical order
+            self.held.append(T.copy(recs))       # seq: the parent's, for canonical order
             self.held_n += n
             return
         s = self.seq
@@ -554,12 +554,12 @@ class Channel(ReplayMixin):
                     arena.release(int(ptrs[j]))
         for sub, m in zip(subs, plan):
             if isinstance(m, np.ndarray):
-                got, lost = recs[m], recs[~m]
+                got, lost = T.select(recs, m), T.select(recs, ~m)
             else:
                 got, lost = (recs if m == n else recs[:m]), recs[m:]
             if len(got):
                 if sub.type_id and sub.type_id != got["type"][0]:
-                    got = got.copy()
+                    got = T.copy(got)
                     got["type"] = sub.type_id
                 sub.ring.push(got)
                 if not sub.behind:
@@ -595,7 +595,7 @@ class Channel(ReplayMixin):
         n = len(recs)
         if n == 0:
             return
-        out = recs.copy()
+        out = T.copy(recs)
         if sub is not None:
             sub.dropped += n
             if sub.type_id:
@@ -790,7 +790,7 @@ class Channel(ReplayMixin):
         then emit order) and move it all into the scheduler."""
         with self.lock:
             if self.held:
-                recs = np.concatenate(self.held) if len(self.held) > 1 else self.held[0]
+                recs = T.concat(self.held) if len(self.held) > 1 else self.held[0]
                 self.held = []
                 self.held_n = 0
                 recs = recs[np.argsort(recs["seq"], kind="stable")]
@@ -858,7 +858,7 @@ class Channel(ReplayMixin):
             self.closed = True
             n = 0
             if self.held:
-                recs = np.concatenate(self.held)
+                recs = T.concat(self.held)
                 self.held, self.held_n = [], 0
                 n += len(recs)
                 # never delivered: each subscriber's copy is dropped; one reference to release

@@ -60,7 +60,7 @@ class SysChannel(Channel):
         self.store.push_coded(recs, codes)
         self.emitted += n
         if self.subs:
-            out = recs.copy()
+            out = T.copy(recs)
             out["channel"] = self.id
             out["flags"] |= FLAG_CHANNEL_MSG
             out["_pad"] = np.broadcast_to(np.asarray(codes, dtype=np.int64), (n,)) & 0xFFFF
@@ -70,14 +70,14 @@ class SysChannel(Channel):
                 self.seq = s + n
                 self.committed = self.seq
                 for sub in self.subs:
-                    got = out.copy() if sub.type_id else out
+                    got = T.copy(out) if sub.type_id else out
                     if sub.type_id:
                         got["type"] = sub.type_id
                     k = sub.ring.push(got)
                     sub.dropped += n - k          # never blocks: the overflow is counted
 
     def emit(self, recs: np.ndarray) -> int:
-        recs = recs.copy()
+        recs = T.copy(recs)
         if recs["payload_ptr"].any():
             self.kernel.arena.release_many(recs["payload_ptr"])
             recs["payload_ptr"] = 0
@@ -236,7 +236,7 @@ class Channels:
                 continue
             sel = cids == cid
             try:
-                ch.error_handler(recs[sel], codes[sel].copy())
+                ch.error_handler(T.select(recs, sel), codes[sel].copy())
             except Exception as e:   # noqa: BLE001 - a broken error handler: fall back to sys.error
                 self.kernel.exceptions.append((ch.name, "error_handler", repr(e), ""))
                 continue
@@ -244,7 +244,7 @@ class Channels:
             p = recs["payload_ptr"][sel]
             if p.any():
                 self.kernel.arena.release_many(p)
-        return recs[keep], codes[keep]
+        return T.select(recs, keep), codes[keep]
 
     # -- draining -------------------------------------------------------------------------------
     def on_batch_done(self, recs: np.ndarray) -> None:

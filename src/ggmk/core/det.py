@@ -21,6 +21,7 @@ import threading
 
 import numpy as np
 
+from ggmk import task as T
 from ggmk.core.sched import Route
 from ggmk.events import TRACE_DTYPE, EventType
 from ggmk.task import PRIO_MASK, empty
@@ -49,7 +50,7 @@ class DetStage:
         self.tasks_run = 0
 
     def take(self, recs: np.ndarray, route: Route, due: int = 0) -> None:
-        recs = recs.copy()
+        recs = T.copy(recs)
         with self.lock:
             if route == Route.EMIT:
                 self.next_emit.append(recs)
@@ -73,7 +74,7 @@ class DetStage:
         with self.lock:
             if not self.staged:
                 return
-            recs = np.concatenate(self.staged) if len(self.staged) > 1 else self.staged[0]
+            recs = T.concat(self.staged) if len(self.staged) > 1 else self.staged[0]
             self.staged = []
             recs["seq"] = np.arange(self.seq + 1, self.seq + 1 + len(recs)) & 0xFFFFFFFF
             self.seq += len(recs)
@@ -107,7 +108,7 @@ class DetStage:
                 end = start + int(run[0])
             self.cursor = end
             self.inflight += end - start
-            return self.cur[start:end].copy(), start
+            return T.copy(self.cur[start:end]), start
 
     def finish(self, start: int, codes: np.ndarray) -> None:
         with self.lock:
@@ -122,7 +123,7 @@ class DetStage:
             self.on_boundary(self.tick)
         parts = []
         if self.next_emit:
-            kids = np.concatenate(self.next_emit)
+            kids = T.concat(self.next_emit)
             self.next_emit = []
             order = np.argsort(kids["seq"], kind="stable")   # (parent seq, emit order)
             kids = kids[order]
@@ -141,7 +142,7 @@ class DetStage:
             self.cursor = 0
             return False
         parts.extend(self.pending.pop(nxt, []))
-        cur = np.concatenate(parts)
+        cur = T.concat(parts)
         order = np.lexsort((cur["seq"], cur["type"], cur["flags"] & PRIO_MASK))
         self.cur = cur[order]
         self.codes = np.zeros(len(self.cur), dtype=np.int32)

@@ -365,7 +365,7 @@ class System:
         ptrs = recs["payload_ptr"]
         if ptrs.any():   # the dead copy does not keep the payload alive
             self.arena.release_many(ptrs)
-            recs = recs.copy()
+            recs = T.copy(recs)
             recs["payload_ptr"] = 0
         with self._host_lock:
             self.host_shard.add_types(TypeCounter.DROPPED, recs["type"])
@@ -391,7 +391,7 @@ class System:
         ptrs = recs["payload_ptr"]
         if ptrs.any():
             self.arena.release_many(ptrs)
-            recs = recs.copy()
+            recs = T.copy(recs)
             recs["payload_ptr"] = 0
         if self.channels is not None:
             self.channels.to_sys_dropped(recs, code, count_on=count_on)
@@ -825,7 +825,7 @@ class System:
         to sys.error with HALTED; 0 accepted (the enqueue core's word for "the rest went to
         sys.error with a reason")."""
         if len(recs):
-            self._dead(recs.copy(), T.HALTED)
+            self._dead(T.copy(recs), T.HALTED)
         return 0
 
     def __enter__(self):

@@ -31,6 +31,7 @@ from enum import IntEnum
 
 import numpy as np
 
+from ggmk import task as T
 from ggmk.core.ring import Ring, TimedRing
 from ggmk.task import (EVENT_FULL, FLAG_DETERMINISTIC, NUM_PRIORITIES, POISONED, PRIO_MASK, READY_FULL,
                        TASK_DTYPE, UNKNOWN_TYPE, YIELD_OVERFLOW, empty)
@@ -146,7 +147,7 @@ class ReadyQueue:
                        and not np.count_nonzero(prios != p0)):
             return self._push_one(t0, p0, recs)
         order = np.lexsort((prios, types))
-        srt = recs[order]
+        srt = T.select(recs, order)
         key = srt["type"].astype(np.int64) * NUM_PRIORITIES + (srt["flags"] & PRIO_MASK)
         cuts = np.flatnonzero(np.diff(key)) + 1
         accepted = 0
@@ -244,7 +245,7 @@ class EventQueue:
                     heapq.heappush(self.heap, (due, k, recs[take:]))
                 n += take
             self.size -= n
-            return out[0] if len(out) == 1 else np.concatenate(out)
+            return out[0] if len(out) == 1 else T.concat(out)
 
 
 class Scheduler:
@@ -321,13 +322,13 @@ class Scheduler:
             one_type = False
             if types.max() >= MAX_TYPES or not self.known[types].all():
                 bad = (types >= MAX_TYPES) | ~self.known[np.minimum(types, MAX_TYPES - 1)]
-                self.dead(recs[bad], UNKNOWN_TYPE)
-                recs = recs[~bad]
+                self.dead(T.select(recs, bad), UNKNOWN_TYPE)
+                recs = T.select(recs, ~bad)
                 types = recs["type"]
             if self.poisoned[types].any():
                 bad = self.poisoned[types]
-                self.dead(recs[bad], POISONED)
-                recs = recs[~bad]
+                self.dead(T.select(recs, bad), POISONED)
+                recs = T.select(recs, ~bad)
             n = len(recs)
             if n == 0:
                 return 0
@@ -337,13 +338,13 @@ class Scheduler:
             # an EMIT record's seq still holds its parent's seq, the canonical order of children
             det_mask = (recs["flags"] & FLAG_DETERMINISTIC) != 0
             if det_mask.any():
-                d = recs[det_mask]
+                d = T.select(recs, det_mask)
                 ndet = len(d)
                 self._count(ndet)
                 self.det.take(d, route, due)
                 if self.on_enqueued is not None and route != Route.EVENT:
                     self.on_enqueued(d["type"], worker)
-                recs = recs[~det_mask]
+                recs = T.select(recs, ~det_mask)
                 n = len(recs)
                 if n == 0:
                     self.wake(1)
@@ -475,8 +476,8 @@ class Scheduler:
                 self._push_tenant(t0, recs, refused, one_type)
             else:
                 for t in np.unique(tenants):
-                    self._push_tenant(int(t), recs[tenants == t], refused, one_type)
-        return np.concatenate(refused) if refused else None
+                    self._push_tenant(int(t), T.select(recs, tenants == t), refused, one_type)
+        return T.concat(refused) if refused else None
 
     def _push_tenant(self, tenant: int, recs: np.ndarray, refused: list,
                      one_type: bool = False) -> None:

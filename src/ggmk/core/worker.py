@@ -23,6 +23,7 @@ from itertools import islice
 
 import numpy as np
 
+from ggmk import task as T
 from ggmk.core.context import Context, u64
 from ggmk.core.faults import backoff_ticks
 from ggmk.core.metrics import TypeCounter as C
@@ -223,7 +224,7 @@ class Worker:
             self._dispatch_group(recs, budget=budget)
             return
         order = np.argsort(types, kind="stable")
-        srt = recs[order]
+        srt = T.select(recs, order)
         cuts = np.flatnonzero(np.diff(srt["type"])) + 1
         for g in np.split(srt, cuts):
             self._dispatch_group(g)
@@ -543,13 +544,13 @@ class Worker:
             wt = codes == WAIT
             fail = ~(ok | y | rt | wt)
             if y.any():
-                self._yield(recs[y], h, t)
+                self._yield(T.select(recs, y), h, t)
             if wt.any():
-                self._wait(recs[wt], t)
+                self._wait(T.select(recs, wt), t)
             if rt.any():
-                self._retry(recs[rt], t)
+                self._retry(T.select(recs, rt), t)
             if fail.any():
-                f = recs[fail]
+                f = T.select(recs, fail)
                 m.add_type(C.FAIL, t, len(f))
                 k.fail(f, codes[fail], t, self.id)
             self._release(recs, ok, retained)   # failed ones: released by kernel.fail
@@ -588,8 +589,8 @@ class Worker:
             k.tracer.emit_batch(self.id, EventType.TASK_YIELD, recs, arg0=recs["seq"],
                                 arg1=recs["yield_count"])
         if over.any():
-            k.fail(recs[over], MAX_YIELDS, t, self.id)
-            recs = recs[~over]
+            k.fail(T.select(recs, over), MAX_YIELDS, t, self.id)
+            recs = T.select(recs, ~over)
         if len(recs):
             k.sched.enqueue(recs, Route.YIELD, self.id)
 
@@ -611,14 +612,14 @@ class Worker:
             k.tracer.emit_batch(self.id, EventType.TASK_RETRY, recs, arg0=recs["seq"], arg1=recs["_pad"])
         over = recs["_pad"] > k.max_retries
         if over.any():
-            k.fail(recs[over], RETRY_EXHAUSTED, t, self.id)
-            recs = recs[~over]
+            k.fail(T.select(recs, over), RETRY_EXHAUSTED, t, self.id)
+            recs = T.select(recs, ~over)
         if not len(recs):
             return
         if k.det is not None:
             # deterministic tasks back off in the tick stage's ticks; the rest on the wall clock
             det = (recs["flags"] & FLAG_DETERMINISTIC) != 0
-            groups = [(recs[det], k.tick), (recs[~det], k.wall_tick())]
+            groups = [(T.select(recs, det), k.tick), (T.select(recs, ~det), k.wall_tick())]
         else:
             groups = [(recs, k.tick)]
         for g, now in groups:
