@@ -204,3 +204,43 @@ def test_channels_idle_sees_a_message_waiting_in_a_handler_ring(wait_until):
         assert s.run(timeout=60)
         assert s.channels.idle() and ch.pending() == 0
         assert s.stats()["types"]["SLOW"]["ok"] == 2
+
+
+def test_publish_of_one_message_of_plain_ints_takes_the_scalar_path_and_accounts(no_arrays):
+    """``Channel.publish(meta0=, meta1=, priority=, tenant=)`` of one message (what a host
+    sends per request or tick) is ``emit_one``: no array is built. It is accepted exactly as
+    before: channel seq, priority and tenant on the record, the host subscriber's notify and
+    after-emit hooks run once per message, the returns (OK, then CHAN_FULL on the full channel,
+    CHAN_CLOSED once closed) and the full count."""
+    with boot([], hal="sim") as s:
+        ch = s.open("data.in", "MSG", capacity=8)
+        sub = ch.subscribe()
+        notes, afters = [], []
+        sub.add_notify(lambda: notes.append(1))
+        sub.add_after(lambda: afters.append(1))
+        for i in range(7):
+            assert ch.publish(meta0=i, meta1=100 + i, priority=2, tenant=3) == T.OK
+        assert len(notes) == len(afters) == 7
+        no_arrays()                # the full and closed answers come from the general path
+        assert ch.publish(meta0=7) == T.OK                         # the reserve: priority 0
+        assert ch.publish(meta0=99) == T.CHAN_FULL
+        got = sub.take()
+        assert got["meta0"].tolist() == list(range(8))
+        assert got["meta1"].tolist() == [100 + i for i in range(7)] + [0]
+        assert got["seq"].tolist() == list(range(1, 9))
+        assert (got["flags"] & T.PRIO_MASK).tolist() == [2] * 7 + [0]
+        assert got["tenant"].tolist() == [3] * 7 + [0]
+        assert ch.stats()["full"] == 1 and ch.stats()["emitted"] == 8
+        ch.close()
+        assert ch.publish(meta0=1) == T.CHAN_CLOSED
+
+
+@pytest.mark.parametrize("kw", [{"meta0": -1}, {"meta1": 1 << 64}, {"tenant": -2},
+                                {"tenant": 1 << 16}])
+def test_publish_of_one_bad_word_is_named_and_accepts_nothing(kw):
+    with boot([], hal="sim") as s:
+        ch = s.open("data.in", "MSG", capacity=8)
+        ch.subscribe()
+        with pytest.raises((ValueError, OverflowError), match=next(iter(kw))):
+            ch.publish(**kw)
+        assert ch.stats()["emitted"] == 0

@@ -422,6 +422,12 @@ class Channel(ReplayMixin):
         so a loop over a big column into a small channel costs the records accepted, not the
         column per call). A payload (bytes, array or dict) is copied into the arena (one per
         call)."""
+        if count is None and payload is None and type is None and meta0.__class__ is int \
+                and meta1.__class__ is int and priority.__class__ is int and \
+                0 <= priority <= PRIO_MASK and tenant.__class__ is int:
+            # one message of plain ints (a request, a tick, a round trip): emit_one packs it
+            # as bytes (bad words fall back to make(), which names them)
+            return self.emit_one(self.type_id, priority, tenant, 0, 0, meta0, meta1)
         k = self.kernel
         tid = self.type_id if type is None else k.type_id(type)
         n = n0 = check_count(count, meta0, meta1)
