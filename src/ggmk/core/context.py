@@ -24,6 +24,7 @@ from ggmk.task import word
 from ggmk.task import (_U64, CHAN_CLOSED, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC, PRIO_MASK,
                        RECORD_STRUCT, TASK_DTYPE, WAIT, YIELD, Task, TaskBatch, _scalar,
                        check_count, make)
+from ggmk.task import copy as copy_records
 
 _HDR_FLAGS = PRIO_MASK | FLAG_DETERMINISTIC
 
@@ -241,7 +242,7 @@ class TaskRow(Task):
         if i < 0:
             return self._r
         if i < self._n0:
-            r = self._recs[i:i + 1].copy()
+            r = copy_records(self._recs[i:i + 1])
         else:
             hdr = self._khdr if self._khdr >= 0 else self._kids[i - self._n0]
             r = make(1, type=self._type, flags=hdr & _M16, tenant=(hdr >> 16) & _M16,

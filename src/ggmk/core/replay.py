@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ggmk.events import EventType
-from ggmk.task import CHAN_REPLAY_OVERFLOW, empty
+from ggmk.task import _RAW, CHAN_REPLAY_OVERFLOW, TASK_DTYPE, empty
 
 if TYPE_CHECKING:
     from ggmk.core.channel import Subscriber
@@ -43,6 +43,7 @@ class ReplayLog:
     def __init__(self, capacity: int):
         self.cap = capacity
         self.buf = empty(capacity)
+        self.raw = self.buf.view(_RAW)     # records copied as raw bytes (see task.copy)
         self.head = 0           # monotonic positions
         self.tail = 0
         self.first = 1          # seq at head
@@ -60,8 +61,9 @@ class ReplayLog:
         n = len(recs)
         i = self.tail % self.cap
         first = min(n, self.cap - i)
-        self.buf[i:i + first] = recs[:first]
-        self.buf[:n - first] = recs[first:]
+        src = recs.view(_RAW)
+        self.raw[i:i + first] = src[:first]
+        self.raw[:n - first] = src[first:]
         if self.tail == self.head:
             self.first = int(recs["seq"][0])
         self.tail += n
@@ -69,7 +71,7 @@ class ReplayLog:
     def get(self, seq: int, n: int) -> np.ndarray:
         start = self.head + (seq - self.first)
         idx = (start + np.arange(n)) % self.cap
-        return self.buf[idx]
+        return self.raw[idx].view(TASK_DTYPE)
 
     def pop(self, n: int) -> np.ndarray:
         out = self.get(self.first, n)

@@ -124,7 +124,7 @@ class _Reduce:
             return T.WAIT
         recs = batch.records
         order = np.argsort(recs["seq"], kind="stable")
-        recs = recs[order]                    # fold in seq order (a copy: codes re-ordered)
+        recs = T.select(recs, order)        # fold in seq order (a copy: codes re-ordered)
         n = len(recs)
         codes = np.zeros(n, dtype=np.int32)
         g0 = recs["meta0"]
