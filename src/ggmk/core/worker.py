@@ -453,10 +453,7 @@ class Worker:
         # the follow-ons' header as one template fill, then their columns
         out = np.empty(n + nk, TASK_DTYPE)
         raw = out.view(_V48)
-        if recs.flags.c_contiguous:
-            raw[:n] = recs.view(_V48)
-        else:
-            out[:n] = recs
+        raw[:n] = recs.view(_V48)         # (a same-size view: strided records too)
         if task._khdr >= 0:
             h0, uniform = task._khdr, True
         else:

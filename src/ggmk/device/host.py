@@ -449,7 +449,7 @@ class DeviceKernel:
                 raise DeviceError(f"DeviceKernel.pull_until: {got}/{count} records after "
                                   f"{timeout} s; metrics {self.metrics()['global']}")
             time.sleep(0.0002)
-        return np.concatenate(parts) if parts else taskmod.empty(0)
+        return taskmod.concat(parts) if parts else taskmod.empty(0)
 
     # ------------------------------------------------------------------ observability
     def heartbeats(self) -> np.ndarray:
