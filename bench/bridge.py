@@ -9,7 +9,9 @@ sensitive to the machine's load than throughput), and cpu_us_per_task_by_thread:
 split by where it ran (the bridge pump thread, the CPU kernel's workers, the other host
 threads: publisher and main; the device process); transfers_per_task; GPU -> CPU throughput
 at batch sizes 8/64/512; round trip p50/p99 (one message CPU -> GPU -> CPU, the host waiting
-on an Event the CPU handler sets); peers in the same run: multiprocessing.Queue (one record
+on an Event the CPU handler sets) and roundtrip_stages_p50_us (the time from the publish call
+to: its transfer to the device, the publish call's return, the transfer back, the CPU handler,
+the publisher woken); peers in the same run: multiprocessing.Queue (one record
 per message) and a multiprocessing pipe with 64-record numpy batches (send_bytes).
 
     .venv/bin/python bench/bridge.py [--n 200000] [--mode process|inproc]
@@ -185,17 +187,44 @@ def main():
         out["payload_4k_ok"] = ok
         out["payload_4k_alloc_fail"] = int((codes == ALLOC_FAIL).sum())
         out["payload_4k_other_errors"] = int((codes != ALLOC_FAIL).sum())
-        lat = []
-        for i in range(300):
-            W.REC.clear()
-            t0 = time.perf_counter()
-            s.channel("cpu.in").publish(meta0=i)
-            # a blocking wait: a spinning waiter would take one of the (two) cores the pump,
-            # the device thread and the workers share
-            assert W.REC.back_event.wait(10), "no round trip within 10 s"
-            lat.append((time.perf_counter() - t0) * 1e6)
+        lat, stages = [], []
+        ev = W.REC.back_event
+        handled = [0]
+
+        def handled_set(real=ev.set):           # the CPU handler saw the message
+            handled[0] = time.perf_counter_ns()
+            real()
+        ev.set = handled_set
+        crossings = s.bridge.crossings
+        ch = s.channel("cpu.in")
+        try:
+            for i in range(300):
+                W.REC.clear()
+                handled[0] = 0
+                t0 = time.perf_counter_ns()
+                ch.publish(meta0=i)
+                t1 = time.perf_counter_ns()
+                # a blocking wait: a spinning waiter would take one of the (two) cores the
+                # pump, the device thread and the workers share
+                assert ev.wait(10), "no round trip within 10 s"
+                t4 = time.perf_counter_ns()
+                lat.append((t4 - t0) / 1e3)
+                sent = next((c[0] for c in list(crossings) if c[0] >= t0 and c[1] == "out"), 0)
+                got = next((c[0] for c in list(crossings) if c[0] >= t0 and c[1] == "in"), 0)
+                if sent and got and handled[0]:
+                    stages.append([(x - t0) / 1e3 for x in (sent, t1, got, handled[0], t4)])
+        finally:
+            del ev.set
         out["roundtrip_p50_us"] = round(float(np.percentile(lat, 50)), 1)
         out["roundtrip_p99_us"] = round(float(np.percentile(lat, 99)), 1)
+        if stages:
+            # where a round trip's time goes: p50 of the time from the publish call to each
+            # point (the first transfer each way after it)
+            p50 = np.percentile(np.array(stages), 50, axis=0)
+            out["roundtrip_stages_p50_us"] = {
+                k: round(float(v), 1) for k, v in zip(
+                    ("sent_to_device", "publish_returned", "received_from_device",
+                     "cpu_handler_ran", "publisher_woke"), p50)}
         bs_ = s.stats()["bridge"]
         out["direct_sends"] = bs_.get("direct_sends")
         out["pump_helps"] = bs_.get("helped")
