@@ -208,6 +208,35 @@ def test_halt_leaves_no_process_and_no_shared_memory(wait_until):
     assert _gone(pid) and not any(P.shm_exists(x) for x in segs)
 
 
+
+def test_alive_trusts_a_recent_yes_and_a_seen_death_is_final(monkeypatch, wait_until):
+    """``DeviceProcess.alive`` (checked on every transfer) does its waitpid and pipe poll at
+    most once per ``ALIVE_TRUST_S`` while the child lives; a death, once seen, stays seen:
+    the transport refuses at once, however long a yes would be trusted."""
+    s = WW.boot()
+    try:
+        dp = s.process
+        looks = [0]
+        real = dp._alive_now
+
+        def counted(p):
+            looks[0] += 1
+            return real(p)
+        monkeypatch.setattr(dp, "_alive_now", counted)
+        monkeypatch.setattr(dp, "ALIVE_TRUST_S", 3600.0)
+        dp._trusted_until = 0.0
+        assert all(dp.alive() for _ in range(100)) and looks[0] == 1
+        dp.ALIVE_TRUST_S = 0.0                # from here every call looks
+        dp._trusted_until = 0.0
+        os.kill(dp.pid, signal.SIGKILL)
+        assert wait_until(lambda: not dp.alive(), timeout=30)
+        dp.ALIVE_TRUST_S = 3600.0
+        assert not dp.alive() and not s.kernel.alive()
+        with pytest.raises(KernelStopped):
+            s.transport.send(T.make(1, type=WW.TYPES["WD_LOCAL"]))
+    finally:
+        s.halt()
+
 _ORPHAN = r"""
 import json, os, signal, sys
 from tests.bridge import watchdog_workloads as WW
