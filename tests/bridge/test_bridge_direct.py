@@ -211,3 +211,34 @@ def test_with_pump_helps_the_pump_runs_the_cpu_handler(wait_until):
         _no_dead_letters(s)
     finally:
         s.halt()
+
+
+def test_a_lone_gpu_to_cpu_message_is_emitted_as_plain_ints_and_accounted(wait_until):
+    """The pump emits a one-record GPU -> CPU delivery (a round trip's) through
+    ``Channel.emit_one``, not the NumPy path: each message still arrives once, in order,
+    nothing dead-lettered. (emit_one's full and closed answers: tests/core/
+    test_one_record_emit.py; the pump's handling of them is the same for both paths.)"""
+    s = boot(device_process=False)
+    try:
+        back = s.channel("gpu.back")
+        calls = {"one": 0, "array_of_1": 0}
+        real_one, real_emit = back.emit_one, back.emit
+
+        def one(*a, **k):
+            calls["one"] += 1
+            return real_one(*a, **k)
+
+        def emit(recs, *a, **k):
+            if len(recs) == 1:
+                calls["array_of_1"] += 1
+            return real_emit(recs, *a, **k)
+        back.emit_one, back.emit = one, emit
+        ch = s.channel("cpu.in")
+        for v in range(40):                      # one in flight: one-record deliveries
+            assert ch.publish(meta0=v) == 0
+            assert wait_until(lambda: W.REC.back_n == v + 1, timeout=60)
+        assert [r[0] for r in W.REC.back] == list(range(40))
+        assert calls["one"] >= 40 and calls["array_of_1"] == 0
+        _no_dead_letters(s)
+    finally:
+        s.halt()

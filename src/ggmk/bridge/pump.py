@@ -88,6 +88,7 @@ _RX1 = ds.BASE + 0x2000
 SYS_ERROR = layout.CH_SYS_ERROR
 SYS_DROPPED = layout.CH_SYS_DROPPED
 _CLEAR_FLAGS = np.uint16(0xFFFF ^ FLAG_CHANNEL_MSG)
+_REC = T.RECORD_STRUCT
 
 
 def _tight_timer_slack() -> None:
@@ -843,7 +844,7 @@ class Bridge:
             while st.ready:
                 arr = st.ready[0]
                 try:
-                    acc = st.ch.emit(arr)
+                    acc = self._emit(st.ch, arr)
                 except GgmkError as e:
                     self.errors.append(f"bridge: channel {st.bc.name!r}: {e}")
                     acc = 0
@@ -872,6 +873,20 @@ class Bridge:
                 st.ready_n -= len(arr)
         self._stage_grants(force=not did)
         return did
+
+    @staticmethod
+    def _emit(ch, arr: np.ndarray) -> int:
+        """Emit GPU -> CPU records into their CPU channel; the accepted count (a prefix).
+        One record (a round trip's) goes as plain ints through ``emit_one``: no NumPy
+        column passes (~20-40 us of a round trip here)."""
+        if len(arr) == 1:
+            try:
+                f = _REC.unpack_from(arr)
+            except (BufferError, TypeError, ValueError):   # (a strided view)
+                f = None
+            if f is not None and not f[7]:                  # (no yield count to carry)
+                return 1 if ch.emit_one(f[0], f[1], f[2], f[5], f[6], f[9], f[10]) == 0 else 0
+        return ch.emit(arr)
 
     def _alloc_replies(self, part: np.ndarray) -> None:
         for ptr, tag in zip(part["meta0"].tolist(), part["meta1"].tolist()):
