@@ -275,3 +275,40 @@ def test_module_declaration_passes_ordered(tmp_path):
     with boot([p, m], hal="sim") as s:
         ch = s.channel("x.p2p")
         assert ch.ordered is False and not ch.subs[0].ordered
+
+
+
+def test_the_worker_that_finishes_an_ordered_batch_runs_the_next_without_waking_another(
+        wait_until):
+    """An ordered subscriber has one batch in flight; when it finishes, the thread that ran it
+    hands the next to the scheduler *without* waking a parked worker: that thread looks for
+    work right after (the worker loop's has_work, or a borrowed worker's give-back), and a
+    woken worker could only race it for that one batch (a futex wake-up, a GIL hand-off and a
+    park per batch). Here the host runs a borrowed worker's steps (caller runs) while the
+    other worker is parked: all 128 batches run on the host's thread, each message once and
+    in order, and the parked worker is never woken (without the hand-over: woken at the
+    first batch's end)."""
+    n, batch = 8192, 64
+    seen = []
+    m = Module("sink")
+
+    @m.handler("MSG", consumes="data.p2p", batch=True)
+    def sink(ctx, b):
+        seen.extend(b.records["seq"].tolist())
+        return T.OK
+    p = Module("src")
+    p.produces("data.p2p", "MSG", capacity=n)
+    with boot([p, m], hal="threads", workers=2, max_batch=batch) as s:
+        ch = s.channel("data.p2p")
+        hal = s.hal
+        assert wait_until(lambda: len(hal._parked) == 2, timeout=30)
+        w0 = hal.wakes
+        hal.help(lambda: len(seen) == n, time.monotonic() + DEADLINE,
+                 before=lambda: ch.emit(T.make(n, type=s.type_id("MSG"))))
+        wakes = hal.wakes - w0
+        assert s.run(timeout=DEADLINE)
+        st = ch.stats()
+        assert len(s.dead_letters("sys.error")[0]) == 0
+    assert seen == list(range(1, n + 1))
+    assert st["emitted"] == n and st["subs"][0]["in_flight"] == 0
+    assert wakes == 0, f"{wakes} wake-up(s) of the parked worker"

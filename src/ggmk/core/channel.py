@@ -694,7 +694,7 @@ class Channel(ReplayMixin):
                 break                   # else: the view stopped at the buffer's end
         return total
 
-    def _drain_ordered(self, sub: Subscriber) -> int:
+    def _drain_ordered(self, sub: Subscriber, wake: bool = True) -> int:
         """Ordered subscriber: hand the scheduler one batch (at most ``max_batch`` messages,
         one tenant and priority, so the ready queue keeps it whole and one worker pops it), and
         the next only once ``on_batch_done`` says that one is finished. Two workers can then
@@ -710,7 +710,7 @@ class Channel(ReplayMixin):
             n = 0
             try:
                 if not sub.busy:
-                    n = self._deliver_one(sub)
+                    n = self._deliver_one(sub, wake)
             finally:
                 sub.drain_lock.release()
             total += n
@@ -723,7 +723,7 @@ class Channel(ReplayMixin):
             self._log_evict_acked()
         return total
 
-    def _deliver_one(self, sub: Subscriber) -> int:
+    def _deliver_one(self, sub: Subscriber, wake: bool = True) -> int:
         ring = sub.ring
         if ring.tail == ring.head:
             return 0
@@ -744,7 +744,7 @@ class Channel(ReplayMixin):
         sub.busy = n                    # before the enqueue: a worker may finish it at once
         sub.delivered += n
         sub.acked = last
-        acc = self.kernel.sched.enqueue(recs, Route.CHANNEL)
+        acc = self.kernel.sched.enqueue(recs, Route.CHANNEL, wake=wake)
         ring.consume(n)
         if acc < n:                     # refused ones went to sys.error: they never finish
             with sub.busy_lock:
@@ -766,7 +766,12 @@ class Channel(ReplayMixin):
             left = sub.busy - done
             sub.busy = left if left > 0 else 0
         if left <= 0:
-            self._drain_ordered(sub)
+            # the next batch, without waking a parked worker: this thread runs worker steps
+            # and looks for work right after (the worker loop's has_work, or the give-back of
+            # a borrowed worker), and the subscriber has one batch in flight at a time: a
+            # woken worker would only race it for that batch (a futex wake-up, a GIL hand-off
+            # and a park per batch)
+            self._drain_ordered(sub, wake=False)
 
     def _batch_done1(self, sub: Subscriber, seq: int) -> None:
         """``_batch_done`` for one record of this channel with channel seq ``seq``."""
@@ -776,7 +781,7 @@ class Channel(ReplayMixin):
             left = sub.busy - 1
             sub.busy = left if left > 0 else 0
         if left <= 0:
-            self._drain_ordered(sub)
+            self._drain_ordered(sub, wake=False)      # (see _batch_done)
 
     def _take(self, sub: Subscriber, max_n: int) -> np.ndarray:
         if sub.behind:

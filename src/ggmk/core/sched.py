@@ -294,14 +294,18 @@ class Scheduler:
         return rq
 
     # -- the enqueue core -----------------------------------------------------------------------
-    def enqueue(self, recs: np.ndarray, route: Route, worker: int = -1, due: int = 0) -> int:
+    def enqueue(self, recs: np.ndarray, route: Route, worker: int = -1, due: int = 0,
+                wake: bool = True) -> int:
         """Schedule ``recs``; return how many were accepted (the rest went to sys.error with a reason).
 
-        ``recs`` is consumed: the core may rewrite its ``seq`` column.
+        ``recs`` is consumed: the core may rewrite its ``seq`` column. ``wake=False``: no
+        parked worker is woken for what goes to a ready queue; only for a caller that runs
+        worker steps and looks for work right after (the worker loop's ``has_work``, the
+        give-back of a borrowed worker), see ``Channel._batch_done``.
         """
         n = len(recs)
         if n == 1 and route in _ONE_ROUTES and recs.dtype is TASK_DTYPE:
-            k = self._enqueue_one(recs, route, worker)
+            k = self._enqueue_one(recs, route, worker, wake)
             if k >= 0:
                 return k
         if n == 0:
@@ -358,13 +362,13 @@ class Scheduler:
         if self.on_enqueued is not None and route != Route.EVENT:
             # a due event was counted when it was scheduled (RETRY / DEFER): once per attempt
             self.on_enqueued(recs["type"][:accepted], worker)
-        if ready:
+        if ready and wake:
             # one parked worker (it wakes the next if it leaves work behind: Worker.step), and
             # last: the woken thread needs the GIL this one holds until it is done here
             self.wake(1)
         return accepted + ndet
 
-    def _enqueue_one(self, recs: np.ndarray, route: Route, worker: int) -> int:
+    def _enqueue_one(self, recs: np.ndarray, route: Route, worker: int, wake: bool = True) -> int:
         """One record to a ready or local queue (a host's ``submit`` of one task, one emit, a
         due event, one channel delivery): what ``enqueue`` does, with the header read as plain
         ints (one struct call) instead of NumPy reductions over columns, ~3x cheaper. Returns
@@ -394,7 +398,7 @@ class Scheduler:
             return 0
         if self.on_enqueued is not None and route != Route.EVENT:
             self.on_enqueued(t, worker)
-        if ready:
+        if ready and wake:
             self.wake(1)
         return 1
 
