@@ -401,11 +401,7 @@ class Client:
                 p.got[idx] = True
                 p.left -= n
                 if has_data:
-                    for i, j in enumerate(idx.tolist()):
-                        if ptrs[i]:
-                            if p.data is None:
-                                p.data = [None] * p.n
-                            p.data[j] = self._copy(recs[i])
+                    self._file_data(p, range(n), idx.tolist(), recs, ptrs)
                 left = ~hit
                 break                               # (nothing is left for the others)
             idx = rel[hit].astype(np.intp)
@@ -416,12 +412,8 @@ class Client:
             p.got[idx] = True
             p.left -= len(idx)
             if has_data:
-                src = np.flatnonzero(hit)[fresh]
-                for i, j in zip(src.tolist(), idx.tolist()):
-                    if ptrs[i]:
-                        if p.data is None:
-                            p.data = [None] * p.n
-                        p.data[j] = self._copy(recs[i])
+                self._file_data(p, np.flatnonzero(hit)[fresh].tolist(), idx.tolist(), recs,
+                                ptrs)
             left = ~hit if left is None else left & ~hit
         rest = range(n) if left is None else np.flatnonzero(left).tolist()
         single = self._single
@@ -474,6 +466,15 @@ class Client:
         if release:
             self.arena.release_many(np.array(release, dtype=np.uint64))
         return len(m0s)
+
+    def _file_data(self, p, src, dst, recs, ptrs) -> None:
+        """The payloads of replies ``src`` (positions in ``recs``) copied out into block
+        ``p``'s slots ``dst``."""
+        for i, j in zip(src, dst):
+            if ptrs[i]:
+                if p.data is None:
+                    p.data = [None] * p.n
+                p.data[j] = self._copy(recs[i])
 
     def _copy(self, r) -> bytes:
         return bytes(self.arena.view(int(r["payload_ptr"]), int(r["payload_len"])))
