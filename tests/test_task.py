@@ -226,3 +226,15 @@ def test_copy_concat_select_equal_numpy_and_are_fresh_writable_arrays(n):
     if len(s):
         s["meta0"][0] += 1
         assert not np.array_equal(s, a[mask])
+
+
+def test_the_record_copy_examples_run():
+    """The docstring examples of task.copy / task.select (what a reader copies) run."""
+    import doctest
+    runner = doctest.DocTestRunner()
+    finder = doctest.DocTestFinder()
+    tests = [t for f in (T.copy, T.select) for t in finder.find(f, f.__name__)]
+    assert sum(len(t.examples) for t in tests) >= 4
+    for t in tests:
+        runner.run(t)
+    assert runner.summarize(verbose=False).failed == 0
