@@ -62,7 +62,7 @@ from ggmk.bridge.codes import BRIDGE_DEVICE_STOPPED
 from ggmk.bridge.fences import Fences
 from ggmk.bridge.gpu_drv import open_driver
 from ggmk.bridge.plan import plan as plan_bridge
-from ggmk.bridge.pump import Bridge, BridgeError
+from ggmk.bridge.pump import Bridge, BridgeError, check_arena_reserve
 from ggmk.bridge.process import ProcessTransport
 from ggmk.bridge.transport import InProcessTransport
 from ggmk.core.kernel import System
@@ -72,7 +72,8 @@ from ggmk.typereg import TypeRegistry
 
 log = logging.getLogger("ggmk")
 
-BRIDGE_OPTS = ("batch", "flush_us", "window", "max_retries", "retry_backoff_us", "pump_helps")
+BRIDGE_OPTS = ("batch", "flush_us", "window", "max_retries", "retry_backoff_us", "pump_helps",
+               "arena_reserve")
 
 
 def _split(modules):
@@ -164,6 +165,11 @@ class DualSystem:
         if unknown:
             raise BootError(f"boot: unknown bridge options {sorted(unknown)}; known: "
                             f"{list(BRIDGE_OPTS)}")
+        if "arena_reserve" in bopts:
+            try:
+                check_arena_reserve(bopts["arena_reserve"])
+            except ValueError as e:
+                raise BootError(f"boot: {e}") from None
         window = int(bopts.get("window", 1024))
         self.deterministic = bool(cpu_kw.get("deterministic", False))
         # 0. the declarations of both kernels, checked together before anything boots

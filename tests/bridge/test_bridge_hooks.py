@@ -104,3 +104,43 @@ def test_a_full_device_arena_is_backpressure_not_alloc_fail():
         assert len(s.dead_letters()[0]) == 0
     finally:
         s.halt()
+
+
+def test_a_full_cpu_arena_is_backpressure_not_alloc_fail():
+    """The host producer fills a small CPU arena with 4 KiB payloads waiting to cross while
+    their echoes come back: the GPU -> CPU copies of a lossless channel take the arena's
+    reserve, and one that finds no room waits (its credit withheld) instead of ending on
+    sys.error with ALLOC_FAIL. Every payload arrives intact, exactly once."""
+    from tests.bridge import bridge_workloads as W
+    from tests.bridge.dualkit import publish_all
+    n = 3000
+    s = boot(arena_size=4 << 20)        # the 4 KiB bin holds ~200 blocks: n overfill it
+    try:
+        data = bytes(range(256)) * 16
+        W.REC.expect_payload = data
+        publish_all(s, "cpu.in", n, payload=data, timeout=120)
+        assert s.run(timeout=120)
+        b = s.stats()["bridge"]
+        assert b["alloc_fail"] == 0 and b["dead_lettered"] == 0, b
+        assert W.REC.back_n == n and all(r[2] and r[3] for r in W.REC.back)
+        assert sorted(r[0] for r in W.REC.back) == list(range(n))
+        assert len(s.dead_letters()[0]) == 0
+        assert s.cpu.arena.stats()["total"]["live"] == 0
+    finally:
+        s.halt()
+
+
+@pytest.mark.parametrize("bad", [0, 1, -0.5, "0.1", True])
+def test_a_bad_arena_reserve_fails_the_boot_naming_it(bad):
+    with pytest.raises(BootError, match=r"arena_reserve must be a share of the CPU arena in "
+                                        r"\(0, 1\), got " + repr(bad).replace(".", r"\.")):
+        boot(bridge={"arena_reserve": bad})
+
+
+def test_the_bridge_reserves_cpu_memory_for_arriving_payloads():
+    s = boot(bridge={"arena_reserve": 0.25})
+    try:
+        bins = s.cpu.arena.stats()["block"]["bins"]
+        assert all(b["reserve_slots"] == max(1, b["slots"] // 4) for b in bins)
+    finally:
+        s.halt()

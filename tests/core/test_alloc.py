@@ -184,6 +184,51 @@ def test_spill_order_and_counts_in_a_small_chain():
     arena.check()
 
 
+
+def test_the_reserve_is_out_of_reach_of_plain_allocations_and_spills():
+    """set_reserve keeps a share of every class for alloc(reserve=True): plain alloc and
+    alloc_many stop (and spill, then fail) at it; reserved allocations take it, then fail."""
+    arena = Arena(size=A.MIN_SIZE)
+    arena.set_reserve(0.25)
+    bins = arena.stats()["block"]["bins"]
+    n64k, n128k = bins[10]["slots"], bins[11]["slots"]
+    r64k, r128k = max(1, n64k // 4), max(1, n128k // 4)
+    assert (bins[10]["reserve_slots"], bins[11]["reserve_slots"]) == (r64k, r128k)
+    plain = [arena.alloc(40_000) for _ in range(n64k + n128k)]
+    got = [p for p in plain if p]
+    assert len(got) == (n64k - r64k) + (n128k - r128k)     # the 64K bin, then the spill
+    many = arena.alloc_many(100_000, 4)
+    assert not many.any()                                  # (the 128K bin is down to its reserve)
+    res = [arena.alloc(40_000, reserve=True) for _ in range(r64k + r128k + 1)]
+    assert all(res[:-1]) and res[-1] == 0
+    st = arena.stats()["block"]["bins"]
+    assert st[10]["free_slots"] == 0 and st[11]["free_slots"] == 0
+    arena.release_many(np.array(got + res[:-1], dtype=np.uint64))
+    arena.set_reserve(0)                                   # gone: everything is plain again
+    assert arena.stats()["block"]["bins"][11]["reserve_slots"] == 0
+    ps = arena.alloc_many(100_000, n128k)
+    assert ps.all()
+    arena.release_many(ps)
+    assert arena.live_count() == 0
+    arena.check()
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1, 1.5, "0.1", None, True])
+def test_a_bad_reserve_is_named(bad):
+    with pytest.raises(ValueError, match=r"set_reserve: fraction must be a number in \[0, 1\)"):
+        Arena(size=A.MIN_SIZE).set_reserve(bad)
+
+
+def test_the_reserve_example_runs():
+    import doctest
+    runner = doctest.DocTestRunner()
+    for t in doctest.DocTestFinder().find(Arena.set_reserve, "set_reserve",
+                                          globs=vars(A).copy()):
+        runner.run(t)
+    s = runner.summarize(verbose=False)
+    assert s.attempted >= 4 and s.failed == 0
+
+
 # ----------------------------------------------------------------------------- view
 def test_view_is_the_payload_memory(big):
     p = big.alloc(100)

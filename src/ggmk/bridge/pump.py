@@ -51,14 +51,18 @@ Payloads: a payload crossing is copied into the receiving kernel's arena and ``p
 rewritten to the local address; the sender's reference is released (CPU -> GPU: the device
 block comes from an ALLOC request to the device, the bytes are written there, the CPU reference
 is released; GPU -> CPU: the egress handler retains the device block, the host copies it into
-the CPU arena and sends RELEASE). A full receiving arena: the message goes to ``sys.error``
-with ALLOC_FAIL, except for a lossless CPU -> GPU channel whose device block request failed
-(the device arena is full for now: its blocks come back as GPU -> CPU copies finish): the
-request is repeated (at most every ``ALLOC_RETRY_S``, ``stats()["alloc_retries"]``) while the
-message holds its place and its credit (backpressure, nothing lost); messages behind it that
-got blocks give them back and ask again after it (CPU blocks are kept until a message is
-staged). Inline-only tasks (``payload_len`` 0) cross with no payload copy
-(``stats()["payload_copies"]`` counts copies).
+the CPU arena, in channel order, when the message is next in line for its CPU channel, and
+sends RELEASE). A full receiving arena on a lossless channel is backpressure, not a loss:
+CPU -> GPU, a device block request that failed (the device arena is full for now: its blocks
+come back as GPU -> CPU copies finish) is repeated (at most every ``ALLOC_RETRY_S``,
+``stats()["alloc_retries"]``) while the message holds its place and its credit; messages
+behind it that got blocks give them back and ask again after it (CPU blocks are kept until a
+message is staged). GPU -> CPU, a copy that finds no host memory waits with everything behind
+it and no credit is granted for it (``_copy_waiting``); the copies may take the CPU arena's
+reserve (``arena_reserve``, 1/16 by default: ``Arena.set_reserve``), which host producers
+cannot, so the two directions never wait on each other's memory. On a lossy channel the
+message goes to ``sys.error`` with ALLOC_FAIL. Inline-only tasks (``payload_len`` 0) cross
+with no payload copy (``stats()["payload_copies"]`` counts copies).
 
 Transfers that fail are retried (``max_retries`` times, with a short backoff); a batch that
 still fails goes to ``sys.error`` with BRIDGE_TRANSFER_FAILED.
@@ -295,6 +299,10 @@ class _Out:
         self.reorder = _Reorder()      # ahead of a sequence gap (columns)
         self.ready: deque = deque()    # arrays in channel order, waiting for room
         self.ready_n = 0
+        # in channel order, before ``ready``: records whose payloads are still in the device
+        # arena (a lossless channel's, from the first that found no host memory on)
+        self.uncopied: deque = deque()
+        self.uncopied_n = 0
         self.grant = 0
         # credits granted ahead for live records held in ``reorder`` (see Bridge._hold_credit)
         self.pregranted = 0
@@ -305,6 +313,13 @@ class _Out:
         self.fence_buf: list = []      # deterministic: this epoch's records (any order)
 
 
+def check_arena_reserve(share) -> None:
+    """The bridge's ``arena_reserve`` option (ValueError naming it unless a share in (0, 1))."""
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 < share < 1:
+        raise ValueError(f"bridge: arena_reserve must be a share of the CPU arena in (0, 1), "
+                         f"got {share!r}")
+
+
 class Bridge:
     """The bridge between a booted CPU ``System`` and a GPU kernel behind ``transport``.
 
@@ -312,13 +327,16 @@ class Bridge:
     transfer (default 256), ``flush_us`` the longest a partial batch waits (10), ``window``
     credits per channel and direction, ``max_retries`` per failed transfer. ``pump_helps``:
     the pump runs the CPU handler of what it delivers itself (see ``_helper``; off by
-    default: a CPU handler that waits on the bridge would then wait on its own thread)."""
+    default: a CPU handler that waits on the bridge would then wait on its own thread).
+    ``arena_reserve``: the share of the CPU arena kept for payloads arriving from the GPU."""
 
     def __init__(self, system, transport, channels, *, batch: int = 256, flush_us: float = 10.0,
                  window: int = 1024, max_retries: int = 8, retry_backoff_us: float = 50.0,
-                 deterministic: bool = False, autostart: bool = True, pump_helps: bool = False):
+                 deterministic: bool = False, autostart: bool = True, pump_helps: bool = False,
+                 arena_reserve: float = 1 / 16):
         if batch < 1:
             raise ValueError(f"bridge: batch must be >= 1, got {batch}")
+        check_arena_reserve(arena_reserve)
         self.sys = system
         self.tx = transport
         self.batch = int(batch)
@@ -352,6 +370,10 @@ class Bridge:
                 self.outs[bc.k] = st
             self.by_name[bc.name] = st
         self._in_by_k = {s.k: s for s in self.ins}
+        if self.outs:
+            # host memory for payloads arriving from the GPU that a host producer cannot take
+            # (see _copy_waiting and Arena.set_reserve)
+            system.arena.set_reserve(arena_reserve)
         # staging (host -> device)
         self._stage: list[np.ndarray] = []
         self._stage_n = 0
@@ -594,7 +616,7 @@ class Bridge:
         if time.monotonic() - self._last_io < self.HOT_S or self._pending_alloc:
             return True
         for st in self.outs.values():
-            if st.reorder or st.ready:
+            if st.reorder or st.ready or st.uncopied:
                 return True
         if any(st.inflight() > 0 for st in self.ins):
             with self.lock:
@@ -724,33 +746,58 @@ class Bridge:
         part["channel"] = 0
         part["seq"] = 0
         part["flags"] &= _CLEAR_FLAGS
-        dead = None
-        plen = part["payload_len"]
-        if plen.any():
-            dead = np.zeros(len(part), bool)
-            for i in np.flatnonzero(plen).tolist():
-                dead[i] = not self._copy_in(st, part, i)
         if st.det:
-            keep = part if dead is None else T.select(part, ~dead)
-            st.fence_buf.append(keep)
+            st.fence_buf.append(part)
             self._grant(st, len(part))
             return
-        if dead is None and not st.reorder and len(seqs) and seqs[0] == st.next_seq and \
+        if not st.reorder and len(seqs) and seqs[0] == st.next_seq and \
                 (len(seqs) == 1 or (np.diff(seqs) == 1).all()):
-            st.ready.append(part)                 # the common case: already in order
-            st.ready_n += len(part)
+            self._in_order(st, part)              # the common case: already in order
             st.next_seq = int(seqs[-1]) + 1
             return
-        st.reorder.add(part, seqs, None if dead is None else ~dead)
+        st.reorder.add(part, seqs)
         self._drain_reorder(st)
 
     def _drain_reorder(self, st: _Out) -> None:
         arr, st.next_seq = st.reorder.pop_run(st.next_seq)
         if arr is not None and len(arr):
-            st.ready.append(arr)
-            st.ready_n += len(arr)
+            self._in_order(st, arr)
         if st.reorder and st.bc.lossless:
             self._hold_credit(st)
+
+    def _in_order(self, st: _Out, arr: np.ndarray) -> None:
+        """GPU -> CPU records now in channel order: to ``ready`` once their payloads are in
+        the CPU arena (``_copy_waiting``)."""
+        if st.uncopied or arr["payload_len"].any():
+            st.uncopied.append(arr)
+            st.uncopied_n += len(arr)
+            self._copy_waiting(st)
+        else:
+            st.ready.append(arr)
+            st.ready_n += len(arr)
+
+    def _copy_waiting(self, st: _Out, final: int | None = None) -> None:
+        """Copy the payloads of ``st.uncopied`` into the CPU arena, in channel order, and move
+        the records to ``ready``. Why here, in order, and not as they arrive: host memory is
+        then only held by records next in line for the CPU channel, whose handlers free it,
+        never by records parked behind a sequence gap (which could hold all of it while the
+        gap's own message waits). The copies may take the arena's reserve (the host producer
+        cannot: ``Arena.set_reserve``). A copy that finds no memory: a lossy channel's record
+        goes to sys.error with ALLOC_FAIL; a lossless channel's waits with every record behind
+        it (its credit is not granted, so the device's egress stops in time) and is tried
+        again each pump step. ``final`` (a reset or halt: the device arena is going): whatever
+        cannot be copied now goes to sys.error with that code."""
+        while st.uncopied:
+            arr = st.uncopied.popleft()
+            st.uncopied_n -= len(arr)
+            ready, rest = self._copy_in(st, arr, final)
+            if len(ready):
+                st.ready.append(ready)
+                st.ready_n += len(ready)
+            if rest is not None:
+                st.uncopied.appendleft(rest)
+                st.uncopied_n += len(rest)
+                return
 
     def _hold_credit(self, st: _Out) -> None:
         """Records held for a sequence gap get their credits now, not when the CPU channel
@@ -780,27 +827,48 @@ class Bridge:
                 self._hold_credit(st)
         self._grant(st, n)
 
-    def _copy_in(self, st: _Out, part: np.ndarray, i: int) -> bool:
-        """Copy message ``i``'s device payload into the CPU arena; False: ALLOC_FAIL."""
-        dptr = int(part["payload_ptr"][i])
-        n = int(part["payload_len"][i])
+    def _copy_in(self, st: _Out, part: np.ndarray, final: int | None):
+        """Copy ``part``'s device payloads into the CPU arena in order (``_copy_waiting``):
+        (the records copied, with local addresses; the rest, still uncopied, or None)."""
         arena = self.sys.arena
-        cptr = arena.alloc(max(n, 1))
-        if cptr:
-            arena.view(cptr, n)[:] = self.tx.read_payload(dptr, n)
-            self.c["payload_copies"] += 1
-            self.c["payload_bytes"] += n
-        self._release_device(dptr)
-        if not cptr:
-            rec = T.copy(part[i:i + 1])
-            rec["payload_ptr"] = 0
-            self.c["alloc_fail"] += 1
-            self._to_sys_error(rec, ALLOC_FAIL)
-            st.dead += 1
-            self._grant(st, 1)
-            return False
-        part["payload_ptr"][i] = cptr
-        return True
+        ptrs = part["payload_ptr"]
+        lens = part["payload_len"]
+        dead = None
+        for i in np.flatnonzero(lens).tolist():
+            dptr = int(ptrs[i])
+            n = int(lens[i])
+            cptr = arena.alloc(max(n, 1), reserve=True)
+            code = ALLOC_FAIL
+            if cptr:
+                try:
+                    arena.view(cptr, n)[:] = self.tx.read_payload(dptr, n)
+                except Exception as e:   # noqa: BLE001 - unreadable (a stopped kernel)
+                    if final is None:
+                        raise
+                    self.errors.append(f"bridge channel {st.bc.name!r}: payload at "
+                                       f"0x{dptr:x} unreadable after the GPU kernel stopped: "
+                                       f"{e!r}")
+                    arena.release(cptr)
+                    cptr, code = 0, final
+            if cptr:
+                self.c["payload_copies"] += 1
+                self.c["payload_bytes"] += n
+                ptrs[i] = cptr
+            elif final is None and st.bc.lossless:
+                return part[:i], part[i:]           # (no record died before: lossless)
+            else:
+                # lossy, or the device arena is going: sys.error, accounted for
+                if code == ALLOC_FAIL:
+                    self.c["alloc_fail"] += 1
+                self._to_sys_error(part[i:i + 1], code)
+                st.dead += 1
+                self._grant(st, 1)
+                if dead is None:
+                    dead = np.zeros(len(part), bool)
+                dead[i] = True
+            if final is None:
+                self._release_device(dptr)
+        return (part if dead is None else T.select(part, ~dead)), None
 
     def _release_device(self, dptr: int) -> None:
         if dptr:
@@ -841,6 +909,8 @@ class Bridge:
     def _deliver_out(self) -> bool:
         did = False
         for st in self.outs.values():
+            if st.uncopied:
+                self._copy_waiting(st)
             if len(st.ready) > 1 and st.ready_n <= self.COALESCE:
                 # one emit (one channel lock, one scheduler wake-up) for what arrived this round
                 arr = T.concat(st.ready)
@@ -1384,7 +1454,6 @@ class Bridge:
                     self._stage_n = len(rest)
                     self._stage_t = time.monotonic_ns() - self.flush_ns
             # payload messages: block requests are asked again; blocks of the old arena too
-            self._releases = []
             for st in self.ins:
                 for x in st.fifo:
                     if isinstance(x, np.ndarray) or x.rec is None or not x.done:
@@ -1405,11 +1474,17 @@ class Bridge:
                     st.reorder.clear()
                     arr = recs[live]
                     if len(arr):
-                        st.ready.append(arr)
-                        st.ready_n += len(arr)
+                        st.uncopied.append(arr)
+                        st.uncopied_n += len(arr)
+                # payloads still in the old device arena: copied now or on sys.error
+                dead0 = st.dead
+                self._copy_waiting(st, final=code)
+                st.fence_buf = [self._copy_in(st, a, code)[0] for a in st.fence_buf]
+                acct["lost"] += st.dead - dead0
                 st.next_seq = 1
                 st.grant = 0
                 st.pregranted = 0
+            self._releases = []           # (blocks of the old device arena)
             self._counts_t = 0.0
             if reset:                     # (halt uses the same accounting, with HALTED)
                 self.c["resets"] += 1
@@ -1465,8 +1540,7 @@ class Bridge:
         recs["seq"] = np.arange(len(recs), dtype=np.int64)
         recs["flags"] |= FLAG_DETERMINISTIC
         with self.lock:
-            st.ready.append(recs)
-            st.ready_n += len(recs)
+            self._in_order(st, recs)
             self._deliver_out()
         return len(recs)
 
@@ -1477,7 +1551,7 @@ class Bridge:
             if self._stage_n or self._pending_alloc or self._releases:
                 return False
             for st in self.outs.values():
-                if st.ready or st.reorder or st.grant:
+                if st.ready or st.uncopied or st.reorder or st.grant:
                     return False
             if refresh:
                 self._refresh_done(force=True)
@@ -1509,6 +1583,7 @@ class Bridge:
                     "guarantee": st.bc.guarantee, "deterministic": st.det,
                     "crossed": st.crossed, "next_seq": st.next_seq,
                     "reorder": len(st.reorder), "waiting_for_room": st.ready_n,
+                    "waiting_for_memory": st.uncopied_n,
                     "refused_batches": st.full, "dead": st.dead}
             d["channels"] = chans
             d["device_out"] = sum(len(x) for x in self.device_out)
@@ -1543,12 +1618,16 @@ class Bridge:
             self._alloc_retry = []
             for st in self.outs.values():
                 recs, _, live = st.reorder.merged()
-                for arr in list(st.ready) + [recs[live]] + st.fence_buf:
-                    if not len(arr):
-                        continue
+                for arr in st.ready:              # (payloads in the CPU arena: theirs now)
                     self._to_sys_error(arr, code, release=True)
                     n += len(arr)
+                for arr in list(st.uncopied) + [recs[live]] + st.fence_buf:
+                    if len(arr):                  # (payloads in the stopped device's arena)
+                        self._to_sys_error(arr, code)
+                        n += len(arr)
                 st.ready.clear()
+                st.uncopied.clear()
+                st.ready_n = st.uncopied_n = 0
                 st.reorder.clear()
                 st.fence_buf = []
 

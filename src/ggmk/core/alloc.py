@@ -34,6 +34,10 @@ free slot (counted as ``spills`` on the class asked for); when every candidate i
 ``n > 128 KiB`` (``MAX_ALLOC``), the allocation fails: ``alloc`` returns 0 and counts a fail,
 it never raises (``alloc_or_raise`` raises :class:`~ggmk.errors.AllocError`).
 
+Reserve. ``set_reserve(fraction)`` keeps that share of every class's slots for
+``alloc(n, reserve=True)``: plain allocations fail (and spill) as if those slots were taken. The
+bridge reserves host memory for payloads arriving from the GPU this way (see ``set_reserve``).
+
 Reference counts. ``alloc(n, refs=k)`` starts the count at ``k``; ``retain`` adds, ``release``
 subtracts and frees at zero; ``set_refs`` overwrites it (fan-out sets it to the number of
 subscribers that received the task; 0 frees). Releasing more references than are held raises
@@ -107,6 +111,7 @@ MAGIC_FREE = 0x45455246                 # b"FREE": never allocated, or freed wit
 MAGIC_NEVER = 0                         # a slot of a fresh (zeroed) arena never allocated yet
 MAGIC_DEAD = 0x44414544                 # b"DEAD": freed and poisoned (debug)
 _M32 = 0xFFFFFFFF
+_NO_FLOOR = (0,) * (NUM_BINS + 1)
 
 _CAPACITY = (SLAB_PAYLOAD,) + BIN_SIZES
 _STRIDE = tuple(c + HEADER_SIZE for c in _CAPACITY)
@@ -202,6 +207,9 @@ class Arena:
                 hdr = (offs - HEADER_SIZE) >> 3
                 self._q[hdr] = MAGIC_FREE
                 self._q[hdr + 1] = np.uint64(k) << np.uint64(32)
+
+        # the reserve: free slots per class that plain allocations leave alone (set_reserve)
+        self._floor = [0] * NUM_CLASSES
 
         # statistics (Python ints: cheap scalar updates under the lock)
         self._used = [0] * NUM_CLASSES             # live slots per class
@@ -320,13 +328,42 @@ class Arena:
             self._block_used -= b
         self._total_used -= b
 
+    # ------------------------------------------------------------------ the reserve
+    def set_reserve(self, fraction: float) -> None:
+        """Keep ``fraction`` of every class's slots (at least one where ``fraction`` > 0) out
+        of reach of :meth:`alloc` and :meth:`alloc_many`; ``alloc(n, reserve=True)`` may take
+        them.
+
+        Why: a producer that fills the arena with payloads waiting to leave must not take the
+        memory that arriving payloads need, or the two wait on each other (the bridge: CPU ->
+        GPU payloads wait for device blocks, which come back only when the GPU -> CPU copies
+        they turned into find host memory). ``stats()["<class>"]["reserve_slots"]``.
+
+        >>> a = Arena()
+        >>> a.set_reserve(0.5)
+        >>> a.stats()["block"]["bins"][-1]["slots"]              # the 128 KiB bin
+        29
+        >>> sum(1 for _ in range(29) if a.alloc(MAX_ALLOC))      # 14 slots are the reserve's
+        15
+        >>> a.alloc(MAX_ALLOC) == 0, a.alloc(MAX_ALLOC, reserve=True) != 0
+        (True, True)
+        """
+        if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or \
+                not 0 <= fraction < 1:
+            raise ValueError(f"Arena.set_reserve: fraction must be a number in [0, 1), "
+                             f"got {fraction!r}")
+        with self._lock:
+            self._floor = [0 if not fraction else max(1, int(n * fraction))
+                           for n in self._nslots]
+
     # ------------------------------------------------------------------ allocation
-    def alloc(self, nbytes: int, refs: int = 1) -> int:
+    def alloc(self, nbytes: int, refs: int = 1, *, reserve: bool = False) -> int:
         """Allocate ``nbytes`` with reference count ``refs``; the payload address, or 0.
 
-        Failure (too large, or the class and every larger one exhausted) is counted in
-        ``stats()`` and returns 0; it never raises except for bad arguments or, in debug mode,
-        a detected write-after-free.
+        Failure (too large, or the class and every larger one exhausted down to their reserve,
+        :meth:`set_reserve`; ``reserve=True`` may take that too) is counted in ``stats()`` and
+        returns 0; it never raises except for bad arguments or, in debug mode, a detected
+        write-after-free.
         """
         if nbytes.__class__ is not int or refs.__class__ is not int:
             nbytes, refs = operator.index(nbytes), operator.index(refs)
@@ -346,8 +383,9 @@ class Arena:
                 self._oversize += 1
                 return 0
             count = self._count
+            floor = _NO_FLOOR if reserve else self._floor
             k = c
-            while not count[k]:
+            while count[k] <= floor[k]:
                 k += 1
                 if k == NUM_CLASSES:
                     self._fails[c] += 1
@@ -408,8 +446,8 @@ class Arena:
             # debug write-after-free found in any class hands nothing out
             taken, got, k = [], 0, c
             while got < count and k < NUM_CLASSES:
-                m = min(self._count[k], count - got)
-                if m:
+                m = min(self._count[k] - self._floor[k], count - got)
+                if m > 0:
                     taken.append((k, self._pop_many(k, m)))
                     got += m
                 k += 1
@@ -709,6 +747,7 @@ class Arena:
                 bins.append({
                     "size": _CAPACITY[k], "slot_bytes": s, "slots": self._nslots[k],
                     "live": self._used[k], "free_slots": self._count[k],
+                    "reserve_slots": self._floor[k],
                     "total_bytes": self._span[k], "used_bytes": self._used[k] * s,
                     "free_bytes": self._count[k] * s, "high_watermark": self._hw[k] * s,
                     "allocs": self._allocs[k], "frees": self._frees[k],
@@ -716,7 +755,8 @@ class Arena:
                 })
             slab = {
                 "object_size": SLAB_PAYLOAD, "slot_bytes": SLAB_SLOT, "slots": self._nslots[0],
-                "live": self._used[0], "total_bytes": self._span[0],
+                "live": self._used[0], "reserve_slots": self._floor[0],
+                "total_bytes": self._span[0],
                 "used_bytes": self._used[0] * SLAB_SLOT,
                 "free_bytes": self._count[0] * SLAB_SLOT,
                 "high_watermark": self._hw[0] * SLAB_SLOT,
