@@ -126,6 +126,8 @@ def test_a_full_cpu_arena_is_backpressure_not_alloc_fail():
         assert sorted(r[0] for r in W.REC.back) == list(range(n))
         assert len(s.dead_letters()[0]) == 0
         assert s.cpu.arena.stats()["total"]["live"] == 0
+        st = s.bridge.by_name["cpu.in"]
+        assert (st.fifo_n, st.asked_bytes, st.unasked, st.waiting) == (0, 0, 0, 0)
     finally:
         s.halt()
 
@@ -142,5 +144,33 @@ def test_the_bridge_reserves_cpu_memory_for_arriving_payloads():
     try:
         bins = s.cpu.arena.stats()["block"]["bins"]
         assert all(b["reserve_slots"] == max(1, b["slots"] // 4) for b in bins)
+    finally:
+        s.halt()
+
+
+def test_device_blocks_are_asked_for_a_bounded_amount_ahead():
+    """CPU -> GPU payload messages ask the device for blocks at most ``ASK_AHEAD_BYTES`` ahead
+    (in channel order); the rest are asked for as those are sent, and all arrive."""
+    from tests.bridge import bridge_workloads as W
+    s = boot()
+    try:
+        b = s.bridge
+        b.stop()                        # one step at a time, by hand
+        b.ASK_AHEAD_BYTES = 4 * 4096
+        data = bytes(range(256)) * 16
+        W.REC.expect_payload = data
+        ch = s.channel("cpu.in")
+        for i in range(20):
+            assert ch.publish(meta0=i, payload=data) == 0
+        b.step()
+        st = b.by_name["cpu.in"]
+        assert (len(b._pending_alloc), st.asked_bytes, st.unasked, st.fifo_n) == \
+            (4, 4 * 4096, 16, 20)
+        b._stop.clear()
+        b.start()
+        assert s.run(timeout=60)
+        assert sorted(r[0] for r in W.REC.back) == list(range(20))
+        assert all(r[2] and r[3] for r in W.REC.back)
+        assert s.stats()["bridge"]["payload_copies"] == 40
     finally:
         s.halt()

@@ -244,3 +244,31 @@ def test_publish_of_one_bad_word_is_named_and_accepts_nothing(kw):
         with pytest.raises((ValueError, OverflowError), match=next(iter(kw))):
             ch.publish(**kw)
         assert ch.stats()["emitted"] == 0
+
+
+def test_publish_of_one_message_with_a_payload_takes_the_scalar_path_and_gives_refusals_back(
+        no_arrays):
+    """``publish(meta0=, payload=)`` of one message (a host sending a frame, a request with
+    data) is ``store_payload`` + ``emit_one``: no array is built. The payload arrives intact at
+    an arena address; a refused message (CHAN_FULL, CHAN_CLOSED) or a bad word gives its
+    payload back, so the arena holds nothing once the taken ones are released."""
+    with boot([], hal="sim") as s:
+        ch = s.open("data.in", "MSG", capacity=8)
+        sub = ch.subscribe()
+        for i in range(8):
+            assert ch.publish(meta0=i, payload=bytes([i]) * (100 + i)) == T.OK
+        no_arrays()                # the full and closed answers come from the general path
+        assert ch.publish(meta0=9, payload=b"x" * 64) == T.CHAN_FULL
+        with pytest.raises((ValueError, OverflowError), match="meta1"):
+            ch.publish(meta0=1, meta1=-1, payload=b"y")
+        got = sub.take()
+        assert got["meta0"].tolist() == list(range(8))
+        with pytest.raises((ValueError, OverflowError), match="meta1"):   # (columns: general)
+            ch.publish(meta0=[1, 2], meta1=[0, -1], count=2, payload=b"y")
+        for i, r in enumerate(got):
+            ptr, n = int(r["payload_ptr"]), int(r["payload_len"])
+            assert n == 100 + i and bytes(s.arena.view(ptr, n)) == bytes([i]) * n
+        s.arena.release_many(got["payload_ptr"])
+        ch.close()
+        assert ch.publish(meta0=5, payload=b"z") == T.CHAN_CLOSED
+        assert s.arena.live_count() == 0

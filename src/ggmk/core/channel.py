@@ -422,12 +422,15 @@ class Channel(ReplayMixin):
         so a loop over a big column into a small channel costs the records accepted, not the
         column per call). A payload (bytes, array or dict) is copied into the arena (one per
         call)."""
-        if count is None and payload is None and type is None and meta0.__class__ is int \
+        if count is None and type is None and meta0.__class__ is int \
                 and meta1.__class__ is int and priority.__class__ is int and \
                 0 <= priority <= PRIO_MASK and tenant.__class__ is int:
-            # one message of plain ints (a request, a tick, a round trip): emit_one packs it
-            # as bytes (bad words fall back to make(), which names them)
-            return self.emit_one(self.type_id, priority, tenant, 0, 0, meta0, meta1)
+            # one message of plain ints (a request, a tick, a round trip), with or without a
+            # payload: emit_one packs it as bytes (bad words fall back to make(), which names
+            # them)
+            if payload is None:
+                return self.emit_one(self.type_id, priority, tenant, 0, 0, meta0, meta1)
+            return self._publish_one(payload, priority, tenant, meta0, meta1)
         k = self.kernel
         tid = self.type_id if type is None else k.type_id(type)
         n = n0 = check_count(count, meta0, meta1)
@@ -438,11 +441,11 @@ class Channel(ReplayMixin):
             ptr, plen = k.store_payload(tid, payload)
             if n > 1:
                 k.arena.retain(ptr, n - 1)
-        recs = T.make(n, type=tid, priority=priority, tenant=tenant, payload_ptr=ptr,
-                      payload_len=plen, meta0=meta0, meta1=meta1)
         try:
+            recs = T.make(n, type=tid, priority=priority, tenant=tenant, payload_ptr=ptr,
+                          payload_len=plen, meta0=meta0, meta1=meta1)
             acc = self.emit(recs)
-        except ChannelError:
+        except BaseException:              # (a bad word or column: nothing accepted)
             if ptr:
                 k.arena.release(ptr, n)
             raise
@@ -451,6 +454,20 @@ class Channel(ReplayMixin):
         if count is None and n0 == 1:
             return 0 if acc else (CHAN_CLOSED if self.closed else CHAN_FULL)
         return acc
+
+    def _publish_one(self, payload, priority: int, tenant: int, meta0: int, meta1: int) -> int:
+        """``publish`` of one message with a payload: stored, then ``emit_one``; a refused
+        message gives its payload back."""
+        arena = self.kernel.arena
+        ptr, plen = self.kernel.store_payload(self.type_id, payload)
+        try:
+            code = self.emit_one(self.type_id, priority, tenant, ptr, plen, meta0, meta1)
+        except BaseException:              # (a bad word, named by make(): nothing accepted)
+            arena.release(ptr)
+            raise
+        if code:
+            arena.release(ptr)
+        return code
 
     def _fitting(self, n: int, *cols) -> tuple:
         """``publish``'s columns cut to the records the channel has room for now (at least
