@@ -174,3 +174,36 @@ def test_device_blocks_are_asked_for_a_bounded_amount_ahead():
         assert s.stats()["bridge"]["payload_copies"] == 40
     finally:
         s.halt()
+
+
+def test_gpu_payloads_that_can_never_be_copied_go_to_sys_error_and_do_not_stall(quiet_dual):
+    """A lossless GPU -> CPU channel waits for host memory, but a payload no host block can
+    hold (longer than the largest bin) or a span the device arena does not have (a GPU
+    handler's bad emit) will never copy: each goes to sys.error (BRIDGE_PAYLOAD_TOO_LARGE,
+    BRIDGE_TRANSFER_FAILED) and the messages around it are delivered, intact and in order."""
+    from ggmk.core.alloc import MAX_ALLOC
+    from ggmk.task import BRIDGE_PAYLOAD_TOO_LARGE, BRIDGE_TRANSFER_FAILED
+    from tests.bridge import bridge_workloads as W
+    s, k, b = quiet_dual, quiet_dual.kernel, quiet_dual.bridge
+    k.push(T.make(3, type=ds.ALLOC, meta0=4096, meta1=np.array([1, 2, 3], np.uint64)))
+    rep = k.pull_until(3, timeout=30)
+    blocks = rep["meta0"][np.argsort(rep["meta1"])].tolist()
+    data = bytes(range(256)) * 16
+    for p in blocks:
+        k.write_arena(p, np.frombuffer(data, np.uint8))
+    W.REC.expect_payload = data
+    st = b.by_name["gpu.back"]
+    marks = T.make(4, type=ds.MARK(st.k), channel=np.arange(1, 5, dtype=np.uint64),
+                   meta0=np.arange(4, dtype=np.uint64),
+                   payload_ptr=np.array([blocks[0], blocks[1], 1 << 40, blocks[2]], np.uint64),
+                   payload_len=np.array([4096, MAX_ALLOC + 1, 4096, 4096], np.uint64))
+    with b.lock:
+        b._dispatch(marks)
+        b._deliver_out()
+    assert not st.uncopied and not st.ready
+    assert s.cpu.run(timeout=30)
+    assert [(r[0], r[2], r[3]) for r in W.REC.back] == [(0, True, True), (3, True, True)]
+    err, codes = s.cpu.dead_letters("sys.error")
+    assert err["meta0"].tolist() == [1, 2] and not err["payload_ptr"].any()
+    assert np.asarray(codes).tolist() == [BRIDGE_PAYLOAD_TOO_LARGE, BRIDGE_TRANSFER_FAILED]
+    assert any("cannot be read" in e for e in b.errors)

@@ -83,6 +83,7 @@ from ggmk.bridge import device_side as ds
 from ggmk.bridge.codes import (BRIDGE_DEVICE_STOPPED, BRIDGE_PAYLOAD_TOO_LARGE,
                                BRIDGE_TRANSFER_FAILED)
 from ggmk.bridge.transport import TransferError
+from ggmk.core.alloc import MAX_ALLOC
 from ggmk.device import layout
 from ggmk.errors import GgmkError, KernelStopped
 from ggmk.task import ALLOC_FAIL, CHAN_CLOSED, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC
@@ -841,27 +842,28 @@ class Bridge:
         for i in np.flatnonzero(lens).tolist():
             dptr = int(ptrs[i])
             n = int(lens[i])
-            cptr = arena.alloc(max(n, 1), reserve=True)
-            code = ALLOC_FAIL
+            # a span no host block can hold, or one the device's arena does not have (a GPU
+            # handler's bad emit) can never be copied: sys.error whatever the guarantee
+            cptr, code = 0, BRIDGE_PAYLOAD_TOO_LARGE
+            if n <= MAX_ALLOC:
+                cptr, code = arena.alloc(max(n, 1), reserve=True), ALLOC_FAIL
             if cptr:
                 try:
                     arena.view(cptr, n)[:] = self.tx.read_payload(dptr, n)
-                except Exception as e:   # noqa: BLE001 - unreadable (a stopped kernel)
-                    if final is None:
-                        raise
-                    self.errors.append(f"bridge channel {st.bc.name!r}: payload at "
-                                       f"0x{dptr:x} unreadable after the GPU kernel stopped: "
-                                       f"{e!r}")
+                except Exception as e:   # noqa: BLE001 - see above; or a stopped kernel
+                    self.errors.append(f"bridge channel {st.bc.name!r}: the {n}-byte payload "
+                                       f"at device address 0x{dptr:x} cannot be read: {e!r}")
                     arena.release(cptr)
-                    cptr, code = 0, final
+                    cptr, code = 0, BRIDGE_TRANSFER_FAILED if final is None else final
             if cptr:
                 self.c["payload_copies"] += 1
                 self.c["payload_bytes"] += n
                 ptrs[i] = cptr
-            elif final is None and st.bc.lossless:
-                return part[:i], part[i:]           # (no record died before: lossless)
+            elif code == ALLOC_FAIL and final is None and st.bc.lossless:
+                done = part[:i] if dead is None else T.select(part[:i], ~dead[:i])
+                return done, part[i:]
             else:
-                # lossy, or the device arena is going: sys.error, accounted for
+                # lossy, never copyable, or the device arena is going: sys.error
                 if code == ALLOC_FAIL:
                     self.c["alloc_fail"] += 1
                 self._to_sys_error(part[i:i + 1], code)
