@@ -69,6 +69,39 @@ def test_kv_table_matches_dict_under_random_ops():
     assert sorted(t.items()) == sorted(ref.items())
 
 
+
+def test_kv_a_column_of_puts_answers_as_one_by_one_would_past_a_full_table():
+    """A column of inline puts (the batch path) applies in order: new keys until the table
+    is full, FULL for new keys after (nothing changed), updates of keys already in still OK;
+    each answered once with its key, as the per-operation path answers. A value wider than
+    value_size in a column is answered TOO_BIG (the general path), the others applied."""
+    store = kv.module(capacity=8)
+    app = collector("app", "kv.resp", "KV_RESP")
+    keys = [1, 2, 3, 4, 5, 6, 1, 7, 8, 9, 10, 2, 11]        # 8 new ones fit; 9, 10, 11 do not
+    vals = [k * 10 + i for i, k in enumerate(keys)]
+    with ggmk.boot([store, app], workers=2) as system:
+        assert system.channel("kv.put").publish(meta0=keys, meta1=vals, count=len(keys)) == \
+            len(keys)
+        system.run()
+        no_dead(system)
+        ref = kv.KVTable(8)
+        want = [(kv.pack(ref.put(k, v), kv.OP_PUT, 0), k) for k, v in zip(keys, vals)]
+        assert sorted(app.got) == sorted(want)
+        assert sorted(store.kv.table.items()) == sorted(ref.items())
+        st = store.kv.stats()
+        assert st["put"] == len(keys) and st["full"] == 3 and st["size"] == 8
+    small = kv.module(capacity=8, value_size=1)
+    app2 = collector("app2", "kv.resp", "KV_RESP")
+    with ggmk.boot([small, app2], workers=2) as system:
+        system.channel("kv.put").publish(meta0=[1, 2, 3], meta1=[5, 300, 7], count=3)
+        system.run()
+        no_dead(system)
+        assert sorted(app2.got) == sorted([(kv.pack(kv.OK, kv.OP_PUT, 0), 1),
+                                           (kv.pack(kv.TOO_BIG, kv.OP_PUT, 0), 2),
+                                           (kv.pack(kv.OK, kv.OP_PUT, 0), 3)])
+        assert sorted(small.kv.table.items()) == [(1, 5), (3, 7)]
+
+
 def test_kv_put_get_del_with_tags():
     store = kv.module(capacity=16)
     app = collector("app", "kv.resp", "KV_RESP")

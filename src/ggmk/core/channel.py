@@ -303,6 +303,16 @@ class Channel(ReplayMixin):
         free = min(s.ring.capacity - len(s.ring) for s in self.subs)
         return free - res - self.granted - self.held_n
 
+    def room(self) -> int:
+        """How many priority-0 messages the channel could accept now (0 when full; a lossy
+        channel, or one without subscribers, takes any number: 2**30). An estimate read
+        without the lock, the emit decides: what a producer with a backlog sizes its next
+        emit by."""
+        try:
+            return max(0, self._room(True))
+        except ValueError:         # (the last subscriber left meanwhile: min() of nothing)
+            return 1 << 30
+
     def _check_types(self, recs: np.ndarray) -> None:
         # (one record, a round trip's: an index instead of a ~1.5 us .any())
         if self.type_id and (recs["type"][0] != self.type_id if len(recs) == 1
@@ -476,10 +486,7 @@ class Channel(ReplayMixin):
         (the caller publishes the rest again: ``publish`` returns the accepted count). The
         room is read without the lock, an estimate: the emit's admission decides. Columns of
         another length are left as they are, for ``make`` to name."""
-        try:
-            m = self._room(True)
-        except ValueError:         # (the last subscriber left meanwhile: min() of nothing)
-            return n, cols
+        m = self.room()
         if m >= n:
             return n, cols
         m = max(1, m)

@@ -45,7 +45,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from functools import lru_cache
-from itertools import islice
+from itertools import chain, islice, repeat
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +137,11 @@ class Outbox:
         with self._lock:
             self._q.append((meta0, meta1, ptr, plen))
 
+    def put_many(self, meta0s, meta1s) -> None:
+        """Queue messages without payloads from two columns (uint64 arrays), in order."""
+        with self._lock:
+            self._q.extend(zip(meta0s.tolist(), meta1s.tolist(), repeat(0), repeat(0)))
+
     def flush(self, system) -> int:
         """Publish what fits; returns how many are still waiting."""
         with self._lock:
@@ -151,8 +156,11 @@ class Outbox:
                 self._q.clear()
                 return 0
             while self._q:                 # in chunks: a long backlog is not rebuilt per call
-                items = list(islice(self._q, 0, _CHUNK))
-                a = np.array(items, dtype=np.uint64)
+                # as many as the channel has room for (at least one: its emit makes room if
+                # it can): a backlog behind a full channel is not rebuilt per flush
+                items = list(islice(self._q, 0, max(1, min(ch.room(), _CHUNK))))
+                a = np.fromiter(chain.from_iterable(items), np.uint64,       # (2x np.array's
+                                count=4 * len(items)).reshape(-1, 4)        # speed on tuples)
                 recs = T.make(len(items), type=ch.type_id, meta0=a[:, 0], meta1=a[:, 1],
                               payload_ptr=a[:, 2], payload_len=a[:, 3].astype(np.uint32))
                 k = ch.emit(recs)

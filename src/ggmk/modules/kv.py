@@ -17,10 +17,10 @@ PREFIX.resp   produce    KV_RESP   meta0 = ``pack(status, op, tag)``; meta1 = th
 The same types may also be submitted directly (``system.submit("KV_GET", meta0=key)``).
 Tags are 48 bits (``unpack(meta0) -> (status, op, tag)``).
 
-The table is fixed at boot: ``capacity`` keys, open addressing with linear probing over
-``2 * capacity`` slots (rounded up to a power of two), backward-shift deletion (no tombstones),
-no resizing. A put of a new key into a full table answers ``FULL`` and changes nothing (an
-existing key is always updated). Values are at most ``value_size`` bytes: ``value_size <= 8``
+The table is fixed at boot: ``capacity`` keys (the CPU kernel's is a bounded dict; the
+device table's open addressing over ``2 * capacity`` slots answers the same). A put of a new
+key into a full table answers ``FULL`` and changes nothing (an existing key is always
+updated). Values are at most ``value_size`` bytes: ``value_size <= 8``
 keeps words (inline; a payload value is read little-endian), larger sizes keep bytes; a
 longer value answers ``TOO_BIG``. Statuses: ``OK``, ``NOT_FOUND``, ``FULL``, ``TOO_BIG``,
 ``BAD_REQUEST`` (``STATUS_NAMES``).
@@ -71,6 +71,7 @@ TAG_MASK = (1 << 48) - 1
 _RESP_BLOCK = 4096                 # answers the reused emit buffer of a kv module holds
 _REC = T.RECORD_STRUCT             # one record as plain ints (type, flags, ..., meta0, meta1)
 _EMPTY = object()
+_U64 = (1 << 64) - 1
 
 
 def pack(status: int, op: int, tag: int) -> int:
@@ -85,50 +86,42 @@ def unpack(meta0: int) -> tuple[int, int, int]:
 
 
 class KVTable:
-    """Open addressing, linear probing, backward-shift delete; fixed slots, never resized.
+    """A map of at most ``capacity`` keys: ``put(key, value) -> status`` (a new key when
+    ``capacity`` keys are in answers FULL and changes nothing; an existing key is always
+    updated), ``get(key) -> value or None``, ``delete(key) -> bool``; ``put_many`` /
+    ``get_many`` for columns. Thread-safe (one lock, held by the callers of the column forms).
 
-    ``put(key, value) -> status``, ``get(key) -> value or None``, ``delete(key) -> bool``.
-    Thread-safe (one lock). The slots decide what fits (the same rule as the device table);
-    reads go through a dict kept beside them (``get_many``: one C-level pass over a column
-    of keys, the request/reply hot path, instead of a Python probe loop per key)."""
+    A dict: what fits is decided by the count alone (the device table's rule: its open
+    addressing over ``2 * capacity`` slots always has a free slot below capacity), so slots
+    here would only add a Python probe loop per operation."""
 
     def __init__(self, capacity: int):
         if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
             raise BootError(f"kv: capacity must be a positive int, got {capacity!r}")
         self.capacity = capacity
-        slots = 1
-        while slots < 2 * capacity:
-            slots <<= 1
-        self.slots = slots
-        self.mask = slots - 1
-        self.keys = [0] * slots
-        self.vals: list = [_EMPTY] * slots
-        self.count = 0
         self.lock = threading.Lock()
         self._map: dict = {}
 
-    def _home(self, key: int) -> int:
-        return ((key * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 40 & self.mask
-
-    def _find(self, key: int) -> tuple[int, bool]:
-        i = self._home(key)
-        keys, vals, mask = self.keys, self.vals, self.mask
-        while vals[i] is not _EMPTY:
-            if keys[i] == key:
-                return i, True
-            i = (i + 1) & mask
-        return i, False
-
     def put(self, key: int, value) -> int:
-        i, found = self._find(key)
-        if not found:
-            if self.count >= self.capacity:
-                return FULL
-            self.keys[i] = key
-            self.count += 1
-        self.vals[i] = value
-        self._map[key] = value
+        m = self._map
+        if len(m) >= self.capacity and key not in m:
+            return FULL
+        m[key] = value
         return OK
+
+    def put_many(self, keys: list, values: list) -> int:
+        """Put ``keys[i] = values[i]`` in order; the number applied, a prefix: the rest would
+        start with a new key into a full table (FULL: the caller answers it and goes on with
+        ``put`` one by one, as a later key may still be an update)."""
+        m = self._map
+        if len(m) + len(keys) <= self.capacity:        # every key fits, new or not
+            m.update(zip(keys, values))
+            return len(keys)
+        for i, (k, v) in enumerate(zip(keys, values)):
+            if len(m) >= self.capacity and k not in m:
+                return i
+            m[k] = v
+        return len(keys)
 
     def get(self, key: int):
         return self._map.get(key)
@@ -138,30 +131,13 @@ class KVTable:
         return list(map(self._map.get, keys))
 
     def delete(self, key: int) -> bool:
-        i, found = self._find(key)
-        if not found:
-            return False
-        keys, vals, mask = self.keys, self.vals, self.mask
-        vals[i] = _EMPTY
-        self.count -= 1
-        del self._map[key]
-        j = i
-        while True:                       # backward shift: keep every probe chain unbroken
-            j = (j + 1) & mask
-            if vals[j] is _EMPTY:
-                return True
-            h = self._home(keys[j])
-            # move j into the hole i when its home is not cyclically in (i, j]
-            if (i <= j and not (i < h <= j)) or (i > j and (j < h <= i)):
-                keys[i], vals[i] = keys[j], vals[j]
-                vals[j] = _EMPTY
-                i = j
+        return self._map.pop(key, _EMPTY) is not _EMPTY
 
     def __len__(self) -> int:
-        return self.count
+        return len(self._map)
 
     def items(self):
-        return [(k, v) for k, v in zip(self.keys, self.vals) if v is not _EMPTY]
+        return list(self._map.items())
 
 
 class _KV:
@@ -190,8 +166,11 @@ class _KV:
             self.counters["waits"] += len(batch)
             return T.WAIT
         recs = batch.records
-        if op == OP_GET and self.inline and not len(out):
-            return self._get_inline(system, recs)
+        if self.inline:                    # (answers waiting go first: see _answer)
+            if op == OP_GET:
+                return self._get_inline(system, recs)
+            if op == OP_PUT and len(recs) > 1 and self._put_inline(system, recs):
+                return None
         n = len(recs)
         codes = None
         tab = self.table
@@ -274,6 +253,57 @@ class _KV:
             c["get"] += n
             c["hit"] += n - nmiss
             c["miss"] += nmiss
+        m0 = np.bitwise_and(recs["meta1"], np.uint64(TAG_MASK))
+        m0 |= np.uint64(OP_GET << 48)
+        if not nmiss:
+            m1 = np.array(vals, np.uint64)
+        else:
+            hit = np.fromiter((v is not None for v in vals), np.bool_, count=n)
+            m0[~hit] |= np.uint64(NOT_FOUND << 56)
+            m1 = keys.copy()                           # a miss answers with the key
+            if nmiss < n:
+                m1[hit] = [v for v in vals if v is not None]
+        self._answer(system, m0, m1)
+        return None
+
+    def _put_inline(self, system, recs) -> bool:
+        """Puts of word values without payloads, as columns: applied in order under the table
+        lock (``KVTable.put_many``: one C-level update while every key fits), answered with one
+        emit. False (nothing done): a value wider than ``value_size``, for the general loop to
+        answer TOO_BIG one by one."""
+        if recs["payload_ptr"].any():
+            return False
+        vals = recs["meta1"]
+        if self.vmax < _U64 and (vals > np.uint64(self.vmax)).any():
+            return False
+        n = len(recs)
+        keys = recs["meta0"]
+        kl, vl = keys.tolist(), vals.tolist()
+        tab = self.table
+        full = []
+        with tab.lock:
+            done = tab.put_many(kl, vl)
+            for i in range(done, n):                   # the table filled up on the way
+                if tab.put(kl[i], vl[i]) == FULL:
+                    full.append(i)
+            c = self.counters
+            c["put"] += n
+            c["full"] += len(full)
+        m0 = np.full(n, OP_PUT << 48, np.uint64)       # status OK, tag 0 (inline puts)
+        if full:
+            m0[full] |= np.uint64(FULL << 56)
+        self._answer(system, m0, keys.copy())          # a put answers with the key
+        return True
+
+    def _answer(self, system, m0, m1) -> None:
+        """Answer columns ``m0`` / ``m1`` on the reply channel with one emit, from a reused
+        block of records; what the channel cannot take now waits in the outbox, in order."""
+        n = len(m0)
+        out = self.outbox
+        if len(out):                       # after the answers already waiting, in order
+            out.put_many(m0, m1)
+            out.flush(system)
+            return
         ch = system.channel(self.resp)
         live = bool(ch.subs) and not ch.closed
         mine = live and n <= _RESP_BLOCK and self._one_lock.acquire(False)
@@ -283,35 +313,23 @@ class _KV:
                 if blk is None or blk["channel"][0] != ch.id or blk["type"][0] != ch.type_id:
                     blk = self._blk = T.make(_RESP_BLOCK, type=ch.type_id,
                                              flags=T.FLAG_CHANNEL_MSG, channel=ch.id)
-                out = blk[:n]
-                out["seq"] = 0
+                recs = blk[:n]
+                recs["seq"] = 0
             else:
-                out = T.make(n, type=ch.type_id, flags=T.FLAG_CHANNEL_MSG, channel=ch.id)
-            m0 = out["meta0"]
-            np.bitwise_and(recs["meta1"], np.uint64(TAG_MASK), out=m0)
-            m0 |= np.uint64(OP_GET << 48)
-            if not nmiss:
-                out["meta1"] = vals
-            else:
-                hit = np.fromiter((v is not None for v in vals), np.bool_, count=n)
-                m0[~hit] |= np.uint64(NOT_FOUND << 56)
-                m1 = keys.copy()                       # a miss answers with the key
-                if nmiss < n:
-                    m1[hit] = [v for v in vals if v is not None]
-                out["meta1"] = m1
-            done = ch.emit(out) if live else 0
+                recs = T.make(n, type=ch.type_id, flags=T.FLAG_CHANNEL_MSG, channel=ch.id)
+            recs["meta0"] = m0
+            recs["meta1"] = m1
+            done = ch.emit(recs) if live else 0
             if done < n:                               # the rest waits in the outbox, in order
-                for a, b in zip(out["meta0"][done:].tolist(), out["meta1"][done:].tolist()):
-                    self.outbox.put(a, b)
+                out.put_many(m0[done:], m1[done:])
         finally:
             if mine:
                 self._one_lock.release()
         if done:
-            with self.outbox._lock:                    # the outbox's count of answers out
-                self.outbox.published += done
+            with out._lock:                            # the outbox's count of answers out
+                out.published += done
         if done < n:
-            self.outbox.flush(system)
-        return None
+            out.flush(system)
 
     def _get_one(self, system, key: int, tag: int):
         """One get (a caller with one request in flight): scalars, and the answer goes out
