@@ -207,3 +207,33 @@ def test_gpu_payloads_that_can_never_be_copied_go_to_sys_error_and_do_not_stall(
     assert err["meta0"].tolist() == [1, 2] and not err["payload_ptr"].any()
     assert np.asarray(codes).tolist() == [BRIDGE_PAYLOAD_TOO_LARGE, BRIDGE_TRANSFER_FAILED]
     assert any("cannot be read" in e for e in b.errors)
+
+
+def test_a_payload_message_that_dies_makes_room_to_ask_for_the_next_blocks():
+    """Blocks are asked for a bounded amount ahead; when the messages asked for end without
+    being sent (a refused block while the bridge stops: sys.error), the next ones are asked
+    for, so none waits for a request that never goes out."""
+    from tests.bridge import bridge_workloads as W
+    s = boot()
+    try:
+        b = s.bridge
+        b.stop()                                  # one step at a time; refusals are final
+        b.ASK_AHEAD_BYTES = 2 * 4096
+        data = bytes(4096)
+        W.REC.expect_payload = data
+        ch = s.channel("cpu.in")
+        for i in range(5):
+            assert ch.publish(meta0=i, payload=data) == 0
+        b.step()
+        st = b.by_name["cpu.in"]
+        tags = sorted(b._pending_alloc)
+        assert len(tags) == 2 and st.unasked == 3
+        with b.lock:                              # the device refuses both blocks
+            b._alloc_replies(T.make(2, type=ds.ALLOC_REPLY, meta0=0,
+                                    meta1=np.array(tags, np.uint64)))
+            b._fifo_to_stage(st)
+        assert len(b._pending_alloc) == 2 and st.unasked == 1 and st.fifo_n == 3
+        err, codes = s.cpu.dead_letters("sys.error")
+        assert err["meta0"].tolist() == [0, 1]
+    finally:
+        s.halt()

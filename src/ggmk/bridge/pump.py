@@ -1195,7 +1195,7 @@ class Bridge:
             return
         pairs = []
         for x in st.fifo:
-            if st.asked_bytes >= self.ASK_AHEAD_BYTES and (pairs or st.asked_bytes):
+            if st.asked_bytes >= self.ASK_AHEAD_BYTES:
                 break
             if isinstance(x, np.ndarray) or x.asked or x.rec is None:
                 continue
@@ -1212,7 +1212,7 @@ class Bridge:
             self.c["service_records"] += len(pairs)
 
     def _fifo_to_stage(self, st: _In) -> bool:
-        did = False
+        did = asked = False
         fifo = st.fifo
         while fifo:
             x = fifo[0]
@@ -1229,6 +1229,7 @@ class Bridge:
             fifo.popleft()
             st.fifo_n -= 1
             st.asked_bytes -= x.n
+            asked = True                     # (room to ask for the next blocks)
             if x.rec is not None:
                 self._stage_add(x.rec)
                 st.pushed += 1
@@ -1237,6 +1238,7 @@ class Bridge:
         if self._cpu_done:
             done, self._cpu_done = self._cpu_done, []
             self.sys.arena.release_many(done)
+        if asked:
             self._ask_blocks(st)
         return did
 
