@@ -182,6 +182,29 @@ def test_kv_backpressure_small_response_channel_slow_consumer():
     assert s["waits"] > 0 or store.kv.outbox.waits > 0      # it really pushed back
 
 
+
+def test_kv_answers_keep_request_order_while_some_wait_for_room():
+    """Gets published one at a time on the (ordered) request channel while a slow consumer
+    keeps the reply channel full: the answers waiting in the outbox go first, so every
+    answer comes out once, in request order (a lone get must not overtake them)."""
+    store = kv.module(capacity=128, resp_capacity=8, outbox_limit=10_000)
+    app = collector("app", "kv.resp", "KV_RESP", slow=0.001)
+    with ggmk.boot([store, app], workers=2, max_batch=1) as system:   # (lone gets)
+        system.channel("kv.put").publish(meta0=np.arange(100), meta1=np.arange(100) * 3,
+                                         count=100)
+        system.run(timeout=60)
+        ch = system.channel("kv.get")
+        for i in range(300):
+            while ch.publish(meta0=i % 100, meta1=1000 + i) != 0:
+                time.sleep(0.0005)                 # (the request channel is full: retry)
+        assert system.run(timeout=60)
+        no_dead(system)
+    gets = [(kv.unpack(m0), m1) for m0, m1 in app.got if kv.unpack(m0)[1] == kv.OP_GET]
+    assert [t for (_, _, t), _ in gets] == [1000 + i for i in range(300)]
+    assert all(st == kv.OK and m1 == (t - 1000) % 100 * 3 for (st, _, t), m1 in gets)
+    assert store.kv.outbox.waits > 0 or store.kv.stats()["waits"] > 0    # it did wait
+
+
 def test_kv_two_instances_and_bad_config():
     a, b = kv.module(capacity=4), kv.module(capacity=4, name="cache")
     ca = collector("ca", "kv.resp", "KV_RESP")

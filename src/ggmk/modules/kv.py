@@ -239,7 +239,7 @@ class _KV:
         the table lock, the answers are built as columns and published with one emit (the
         per-answer outbox is only for what the reply channel cannot take now)."""
         n = len(recs)
-        if n == 1:
+        if n == 1 and not len(self.outbox):            # (else after the answers waiting)
             try:                                       # one struct call, no NumPy scalars
                 f = _REC.unpack_from(recs)
                 return self._get_one(system, f[9], f[10])
@@ -269,8 +269,8 @@ class _KV:
     def _put_inline(self, system, recs) -> bool:
         """Puts of word values without payloads, as columns: applied in order under the table
         lock (``KVTable.put_many``: one C-level update while every key fits), answered with one
-        emit. False (nothing done): a value wider than ``value_size``, for the general loop to
-        answer TOO_BIG one by one."""
+        emit. False (nothing done): a payload, or a value wider than ``value_size``: the
+        general loop answers those one by one."""
         if recs["payload_ptr"].any():
             return False
         vals = recs["meta1"]
