@@ -58,7 +58,6 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.bridge import device_side as ds
-from ggmk.bridge.codes import BRIDGE_DEVICE_STOPPED
 from ggmk.bridge.fences import Fences
 from ggmk.bridge.gpu_drv import open_driver
 from ggmk.bridge.plan import plan as plan_bridge
