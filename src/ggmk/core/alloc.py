@@ -330,9 +330,10 @@ class Arena:
 
     # ------------------------------------------------------------------ the reserve
     def set_reserve(self, fraction: float) -> None:
-        """Keep ``fraction`` of every class's slots (at least one where ``fraction`` > 0) out
-        of reach of :meth:`alloc` and :meth:`alloc_many`; ``alloc(n, reserve=True)`` may take
-        them.
+        """Keep ``fraction`` of every class's slots out of reach of :meth:`alloc` and
+        :meth:`alloc_many` (at least one slot where ``fraction`` > 0, but never a class's
+        only slot: a small arena's 128 KiB bin stays usable); ``alloc(n, reserve=True)`` may
+        take them.
 
         Why: a producer that fills the arena with payloads waiting to leave must not take the
         memory that arriving payloads need, or the two wait on each other (the bridge: CPU ->
@@ -353,7 +354,7 @@ class Arena:
             raise ValueError(f"Arena.set_reserve: fraction must be a number in [0, 1), "
                              f"got {fraction!r}")
         with self._lock:
-            self._floor = [0 if not fraction else max(1, int(n * fraction))
+            self._floor = [0 if not fraction or n < 2 else max(1, int(n * fraction))
                            for n in self._nslots]
 
     # ------------------------------------------------------------------ allocation
