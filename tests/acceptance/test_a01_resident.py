@@ -29,12 +29,14 @@ def test_a01_sim_small():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)          # 600 s of running: past the suite's 300 s default
 @pytest.mark.skipif(not LONG, reason="10-minute form: set GGMK_LONG=1")
 def test_a01_cpu_ten_minutes():
     _check(W.run("resident", "cpu", seconds=600.0, workers=2, chain=200))
 
 
 @pytest.mark.cuda
+@pytest.mark.timeout(900)          # the long form runs 600 s
 def test_a01_cuda():
     from ggmk.device.host import resolve_target
     if resolve_target("auto") != "cuda":
