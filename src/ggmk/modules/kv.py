@@ -113,6 +113,9 @@ class KVTable:
         """Put ``keys[i] = values[i]`` in order; the number applied, a prefix: the rest would
         start with a new key into a full table (FULL: the caller answers it and goes on with
         ``put`` one by one, as a later key may still be an update)."""
+        if len(keys) != len(values):
+            raise ValueError(f"KVTable.put_many: {len(keys)} keys but {len(values)} values; "
+                             f"one value per key")
         m = self._map
         if len(m) + len(keys) <= self.capacity:        # every key fits, new or not
             m.update(zip(keys, values))
@@ -239,7 +242,7 @@ class _KV:
         the table lock, the answers are built as columns and published with one emit (the
         per-answer outbox is only for what the reply channel cannot take now)."""
         n = len(recs)
-        if n == 1 and not len(self.outbox):            # (else after the answers waiting)
+        if n == 1:
             try:                                       # one struct call, no NumPy scalars
                 f = _REC.unpack_from(recs)
                 return self._get_one(system, f[9], f[10])
@@ -351,7 +354,8 @@ class _KV:
         ch = self._resp_ch
         if ch is None or ch.closed or ch.kernel is not system:
             ch = self._resp_ch = system.channel(self.resp)
-        if ch.subs and not ch.closed:
+        if ch.subs and not ch.closed and not len(self.outbox):
+            # (answers waiting go first: behind them in the outbox, below)
             # one record from plain ints (Channel.emit_one: no array, no column passes; a
             # channel without it, e.g. ggmk.testing's sandbox, takes the record)
             one = getattr(ch, "emit_one", None)
