@@ -148,22 +148,29 @@ def test_the_bridge_reserves_cpu_memory_for_arriving_payloads():
         s.halt()
 
 
+def _payloads_stepped_by_hand(s, n, ahead_blocks, data):
+    """Stop ``s``'s pump (its steps are run by hand), let it ask for ``ahead_blocks`` 4 KiB
+    device blocks ahead, publish ``n`` messages with ``data`` on cpu.in and run one step:
+    (the bridge, cpu.in's state). A stopped bridge's refused blocks are final."""
+    from tests.bridge import bridge_workloads as W
+    b = s.bridge
+    b.stop()
+    b.ASK_AHEAD_BYTES = ahead_blocks * 4096
+    W.REC.expect_payload = data
+    ch = s.channel("cpu.in")
+    for i in range(n):
+        assert ch.publish(meta0=i, payload=data) == 0
+    b.step()
+    return b, b.by_name["cpu.in"]
+
+
 def test_device_blocks_are_asked_for_a_bounded_amount_ahead():
     """CPU -> GPU payload messages ask the device for blocks at most ``ASK_AHEAD_BYTES`` ahead
     (in channel order); the rest are asked for as those are sent, and all arrive."""
     from tests.bridge import bridge_workloads as W
     s = boot()
     try:
-        b = s.bridge
-        b.stop()                        # one step at a time, by hand
-        b.ASK_AHEAD_BYTES = 4 * 4096
-        data = bytes(range(256)) * 16
-        W.REC.expect_payload = data
-        ch = s.channel("cpu.in")
-        for i in range(20):
-            assert ch.publish(meta0=i, payload=data) == 0
-        b.step()
-        st = b.by_name["cpu.in"]
+        b, st = _payloads_stepped_by_hand(s, 20, 4, bytes(range(256)) * 16)
         assert (len(b._pending_alloc), st.asked_bytes, st.unasked, st.fifo_n) == \
             (4, 4 * 4096, 16, 20)
         b._stop.clear()
@@ -213,19 +220,9 @@ def test_a_payload_message_that_dies_makes_room_to_ask_for_the_next_blocks():
     """Blocks are asked for a bounded amount ahead; when the messages asked for end without
     being sent (a refused block while the bridge stops: sys.error), the next ones are asked
     for, so none waits for a request that never goes out."""
-    from tests.bridge import bridge_workloads as W
     s = boot()
     try:
-        b = s.bridge
-        b.stop()                                  # one step at a time; refusals are final
-        b.ASK_AHEAD_BYTES = 2 * 4096
-        data = bytes(4096)
-        W.REC.expect_payload = data
-        ch = s.channel("cpu.in")
-        for i in range(5):
-            assert ch.publish(meta0=i, payload=data) == 0
-        b.step()
-        st = b.by_name["cpu.in"]
+        b, st = _payloads_stepped_by_hand(s, 5, 2, bytes(4096))
         tags = sorted(b._pending_alloc)
         assert len(tags) == 2 and st.unasked == 3
         with b.lock:                              # the device refuses both blocks

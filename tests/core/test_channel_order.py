@@ -277,7 +277,6 @@ def test_module_declaration_passes_ordered(tmp_path):
         assert ch.ordered is False and not ch.subs[0].ordered
 
 
-
 def test_the_worker_that_finishes_an_ordered_batch_runs_the_next_without_waking_another(
         wait_until):
     """An ordered subscriber has one batch in flight; when it finishes, the thread that ran it
