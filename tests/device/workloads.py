@@ -698,7 +698,8 @@ def run_wait_doc(target="cpu", producers=100, per=50, capacity=8, workers=2,
             "types": {str(t): v for t, v in m["types"].items()},
             "max_yields": m["global"]["max_yields"],
             "capacity": m["channels"]["phys.out"]["capacity"],
-            "chan_full": m["channels"]["phys.out"]["full"]}
+            "chan_full": m["channels"]["phys.out"]["full"],
+            "waits_skipped": m["global"]["waits_skipped"]}
 
 
 # ------------------------------------------------------------------------------------------

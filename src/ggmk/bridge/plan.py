@@ -20,7 +20,11 @@ from dataclasses import dataclass, field
 from ggmk.errors import BootError
 
 CPU, GPU = "CPU", "GPU"
-DEFAULT_DEVICE_CAPACITY = 256
+# the device side of a CPU -> GPU channel declared with no capacity holds as many messages as
+# a CPU channel does (channel_spec.DEFAULT_CAPACITY): the bridge sends it at most that many
+# (Bridge: its credit window is capped there), and 256 left the 1024-credit window's other
+# 768 ingress tasks waiting on the device
+DEFAULT_DEVICE_CAPACITY = 4096
 
 
 @dataclass

@@ -30,8 +30,8 @@ most). Completions (credits) are read with ``done_counts`` (a few published coun
 
 CPU -> GPU channel (produced on the CPU kernel): the bridge is a host-side subscriber of the CPU
 channel (so the CPU producer's lossless backpressure sees the bridge's ring). It takes
-messages only against **credits**: at most ``window`` ingress tasks of the channel may be on
-the device unfinished (their completion is the device's published ``ok + fail`` count of the
+messages only against **credits**: at most ``window`` (and at most the device channel's
+capacity) ingress tasks of the channel may be on the device unfinished (their completion is the device's published ``ok + fail`` count of the
 channel's ingress type). An ingress task that cannot emit on the full device channel waits
 there (WAIT), holding its credit, so a slow GPU consumer stops the bridge, the bridge's CPU
 ring fills and the CPU producer gets CHAN_FULL: lossless end to end.
@@ -363,7 +363,10 @@ class Bridge:
         for bc in channels:
             ch = system.channel(bc.name)
             if bc.direction == "c2g":
-                st = _In(bc, ch, None, self.window)
+                # no more in flight than the device side of the channel holds: the rest
+                # would wait on the device, re-run at every wake-up (an 8192-credit window
+                # into a 256-message channel: ~40 ingress runs a message, 0.33 M tasks/s)
+                st = _In(bc, ch, None, max(1, min(self.window, int(bc.capacity))))
                 st.det = deterministic and bc.deterministic
                 st.sub = ch.subscribe(None, name="bridge->gpu",
                                       notify=lambda st=st: self._on_push(st))
@@ -1611,7 +1614,8 @@ class Bridge:
                 chans[st.bc.name] = {
                     "direction": "cpu->gpu", "type": st.bc.type_name, "mode": st.bc.mode,
                     "guarantee": st.bc.guarantee, "deterministic": st.det,
-                    "pushed": st.pushed, "done_on_device": st.done, "in_flight": st.inflight(),
+                    "window": st.window, "pushed": st.pushed, "done_on_device": st.done,
+                    "in_flight": st.inflight(),
                     "waiting_payload": st.waiting, "dead": st.dead,
                     "bridge_ring": len(st.sub.ring)}
             for st in self.outs.values():

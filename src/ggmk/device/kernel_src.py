@@ -564,6 +564,19 @@ def emit_channel(S, blk, c, pw0, w0, w2, w3, m0, m1):
     return OK
 
 
+def chan_refuses(D, c, w0):
+    """Whether lossless device channel ``c`` would refuse a message of the task with header
+    ``w0`` now: a subscriber at its credit limit (the test ``emit_channel`` makes)."""
+    limit = chan_cap(c)
+    if rec_prio(w0) != 0:
+        limit -= chan_reserve(c)
+    slot0 = chan_slot0(c)
+    for k in range(chan_nsubs(c)):
+        if vload(D, O_CSUB + (slot0 + k) * CSS + CS_INFL) >= limit:
+            return True
+    return False
+
+
 def settle(S, blk, w0, w1, w2):
     """A task reached its last outcome (done, failed, dead-lettered). If it is a device channel
     delivery, its subscriber's credit and its payload reference are given back."""

@@ -177,6 +177,10 @@ METRIC_NAMES = (
     # the spill area was full too; tx_lost: records given up because the host stopped the
     # kernel while their producer was held back (the only way a host record is not delivered)
     "tx_held", "tx_lost",
+    # waits_skipped: tasks put back on a wait queue unrun, behind a task of the same handler
+    # that came back WAIT with the one channel it emits on refusing (see codegen.source;
+    # counted in their type's "run" and "wait", so run == enqueued still means idle)
+    "waits_skipped",
 ) + tuple(f"user{i}" for i in range(16))
 for _i, _n in enumerate(METRIC_NAMES):
     globals()["M_" + _n.upper()] = _i
