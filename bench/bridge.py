@@ -4,6 +4,9 @@ bridge_tasks_per_s: CPU module -> GPU module -> CPU module over two bridge chann
 gpu.back), inline tasks; bridge_payload_4k_per_s: the same with 4 KB payloads, counting only
 those delivered intact (payload_4k_ok of payload_4k_sent; payload_4k_alloc_fail: refused by a
 full arena, on sys.error with ALLOC_FAIL: accounted for, not lost, and not counted as done);
+bridge_tasks_per_s_sized (cpu_us_per_task_sized, ratio_vs_pipe_sized): the same pipeline
+sized for throughput (the device's gpu.back holding 4096 messages, bridge={"batch": 4096,
+"window": 4096}, boot max_batch=4096: CPU handler batches of up to 4096);
 cpu_us_per_task: CPU time (both processes) per task of the bridge_tasks_per_s run (less
 sensitive to the machine's load than throughput), and cpu_us_per_task_by_thread: the same
 split by where it ran (the bridge pump thread, the CPU kernel's workers, the other host
@@ -230,6 +233,22 @@ def main():
         out["pump_helps"] = bs_.get("helped")
     finally:
         s.halt()
+    # sized for throughput: the same pipeline with the device's GPU -> CPU channel holding
+    # 4096 messages, 4096-record transfers and credits, CPU handler batches of up to 4096
+    s = _boot(sized=True, max_batch=4096, bridge={"batch": 4096, "window": 4096})
+    try:
+        publish_all(s, "cpu.in", 1000)
+        assert s.run(timeout=600)
+        W.REC.clear()
+        c0, t0 = _cpu_s(s), time.perf_counter()
+        publish_all(s, "cpu.in", n, timeout=600)
+        assert s.run(timeout=600)
+        dt = time.perf_counter() - t0
+        assert W.REC.back_n == n
+        out["bridge_tasks_per_s_sized"] = round(n / dt)
+        out["cpu_us_per_task_sized"] = round((_cpu_s(s) - c0) / n * 1e6, 3)
+    finally:
+        s.halt()
     for bs in (8, 64, 512):
         s = _boot(bridge={"batch": bs})
         try:
@@ -242,6 +261,8 @@ def main():
     out["peer_mp_queue_tasks_per_s"] = round(peer_queue(min(n, 50_000)))
     out["peer_pipe_batched_tasks_per_s"] = round(peer_pipe(n))
     out["ratio_vs_pipe"] = round(out["bridge_tasks_per_s"] / out["peer_pipe_batched_tasks_per_s"], 3)
+    out["ratio_vs_pipe_sized"] = round(out["bridge_tasks_per_s_sized"] /
+                                       out["peer_pipe_batched_tasks_per_s"], 3)
     out["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out))
 

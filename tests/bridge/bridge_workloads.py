@@ -191,3 +191,20 @@ def feed(ctx):
 
 def modules():
     return [cpu, gpu]
+
+
+# the same GPU module with its GPU -> CPU channel sized for throughput (bench/bridge.py's
+# sized run: a device channel that holds as many messages as the bridge sends ahead)
+gpu_sized = gd.Module("gen")
+gpu_sized.channel("gpu.out", message="READING", mode="p2p", guarantee="lossless",
+                  capacity=GPU_OUT_CAPACITY)
+gpu_sized.channel("gpu.lossy", message="LREADING", mode="p2p", guarantee="lossy",
+                  capacity=GPU_OUT_CAPACITY)
+gpu_sized.channel("gpu.back", message="BACK", mode="p2p", guarantee="lossless", capacity=4096)
+for _h in gpu.handlers:
+    gpu_sized.handler(_h.type, name=_h.name, consumes=_h.consumes or None,
+                      message=_h.message)(_h.fn)
+
+
+def sized_modules():
+    return [cpu, gpu_sized]

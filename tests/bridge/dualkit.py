@@ -17,7 +17,8 @@ def boot(**kw):
     W.REC.gate.set()
     W.REC.expect_payload = None
     kw.setdefault("workers", 2)
-    return ggmk.dual.boot(W.modules(), device=kw.pop("device", "cpu"), types=W.registry(), **kw)
+    mods = W.sized_modules() if kw.pop("sized", False) else W.modules()
+    return ggmk.dual.boot(mods, device=kw.pop("device", "cpu"), types=W.registry(), **kw)
 
 
 def wait_for(pred, timeout=60.0, what="condition"):

@@ -3,6 +3,8 @@ stopped" (``g.wait_at``, the WAIT return code): waiting is not counted as a yiel
 producers on a small lossless channel all finish, and every message arrives exactly once and
 in order per producer. The test runs the example of ``ggmk.device.module``'s docstring as
 written, only its channel capacity made small."""
+import time
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from ggmk.device import api as g
 from ggmk.device import layout
 import workloads as W
 from ggmk.device.host import SYS_ERROR, error_code
+from ggmk.errors import BootError
 from ggmk.task import MAX_YIELDS, OK, YIELD
 
 
@@ -135,3 +138,53 @@ def test_tasks_behind_a_wait_on_a_full_channel_are_not_run_again_and_again():
     assert t["run"] == runs + skipped     # "run" counts dispatches: the skipped ones too
     assert t["wait"] == m["global"]["chan_full"] + m["global"]["waits_skipped"]
     assert runs <= 3 * n, f"{runs} producer runs for {n} messages"
+
+
+# ---- a handler declared waits_together: after one WAIT the rest of the batch waits unrun
+
+wt = gd.Module("waitstogether")
+OPEN_WORD = 7
+
+
+@wt.handler(250, waits_together=True)
+def until_open(ctx, task):
+    g.metric_add(ctx, 1, 1)                  # (counts the runs)
+    if g.user_get(ctx, OPEN_WORD) == 0:
+        return gd.WAIT                       # every task waits for the same word
+    g.emit_host(ctx, 252, g.meta0(task), 0)
+    return OK
+
+
+@wt.handler(251)
+def open_gate(ctx, task):
+    g.user_set(ctx, OPEN_WORD, 1)
+    g.wake_waiters(ctx)
+    return OK
+
+
+def test_a_waits_together_handler_runs_one_task_per_wake_up_while_blocked():
+    """600 tasks wait for one shared word while the device runs 3,000 worker iterations
+    (their wait queue opens now and then, for a wait nothing announces): one task runs at
+    each opening, not all 600 (without waits_together: 10,200 runs in one run, 616 with)."""
+    n = 600
+    with gd.DeviceKernel([wt], target="cpu", workers=1, batch=1024) as k:
+        k.push(taskmod.make(n, type=250, meta0=np.arange(n, dtype=np.uint64)))
+        hb0 = int(k.heartbeats().sum())
+        t_end = time.monotonic() + 120
+        while int(k.heartbeats().sum()) < hb0 + 3000:
+            assert time.monotonic() < t_end, "the device did not run 3,000 iterations"
+            time.sleep(0.01)
+        k.push(taskmod.make(1, type=251))
+        out = k.pull_until(n, timeout=60)
+        k.stop()
+        m = k.metrics()
+    assert sorted(out[out["type"] == 252]["meta0"].tolist()) == list(range(n))
+    runs = m["user"][1]
+    assert m["types"][250]["ok"] == n and m["global"]["waits_skipped"] > 0
+    assert runs < 2 * n, f"{runs} runs for {n} tasks"
+
+
+def test_waits_together_is_for_scalar_handlers():
+    m = gd.Module("wtbad")
+    with pytest.raises(BootError, match="waits_together is for scalar handlers only"):
+        m.handler(253, granularity="warp", waits_together=True)

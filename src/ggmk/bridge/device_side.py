@@ -161,7 +161,8 @@ def build_module(inbound: list, outbound: list, window: int) -> "gd.Module":
                        LIMIT_W=limit_word(k), WINDOW=int(window), MARK_T=MARK(k))
         else:
             fn = _make(_EGRESS_FREE, f"bridge_tx_{k}", MARK_T=MARK(k))
-        m.handler(TX(k), name=f"tx_{k}", consumes=name)(fn)
+        # every egress task of a lossless channel waits for the same credits
+        m.handler(TX(k), name=f"tx_{k}", consumes=name, waits_together=lossless)(fn)
     m.handler(ALLOC, name="alloc")(_make(_ALLOC, "bridge_alloc", ALLOC_REPLY_T=ALLOC_REPLY))
     m.handler(RELEASE, name="release")(_make(_RELEASE, "bridge_release"))
     m.handler(CREDIT, name="credit")(_make(_CREDIT, "bridge_credit"))

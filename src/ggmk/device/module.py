@@ -111,6 +111,7 @@ class Handler(HandlerDecl):
     module: "Module | None" = field(default=None, repr=False)
     consumes: tuple = ()              # channel names this handler type subscribes to
     message: "int | str | None" = None   # the message type it expects on them (checked)
+    waits_together: bool = False      # one WAIT means the others of a batch would wait too
 
     batch = False                     # (declaration field) device handlers are not batch ones
 
@@ -214,13 +215,18 @@ class Module:
 
     def handler(self, type, granularity: str = "scalar", shared_bytes: int = 0,
                 deterministic: bool = False, phases: int = 1, max_yields: int = 16,
-                name: str | None = None, consumes=None, message=None):
+                name: str | None = None, consumes=None, message=None,
+                waits_together: bool = False):
         """Register ``fn`` as the device handler of ``type`` (an id, or a name resolved
         through ``DeviceKernel(types=...)``). ``consumes``: a channel (name or declaration,
         or a tuple of them) this handler type subscribes to; its messages run as tasks of
         ``type`` with ``g.channel(task)`` = the channel id and ``g.seq(task)`` = the channel
         sequence number. ``message``: the message type the handler expects on them (a
-        mismatch with the channel's type is an error at build time)."""
+        mismatch with the channel's type is an error at build time). ``waits_together``
+        (scalar handlers): every task of this type waits for the same thing (a shared credit,
+        one resource), so once one returns WAIT the rest of its batch goes back on a wait
+        queue unrun until the next wake-up (a handler that refers to one lossless channel
+        gets this for that channel without asking, checked task by task)."""
         where = f"module {self.name!r}, handler for type {type!r}"
         if consumes is None:
             consumes = ()
@@ -240,6 +246,8 @@ class Module:
             raise BootError(f"{where}: granularity {granularity!r} is not one of {GRANULARITIES}")
         if shared_bytes < 0 or (shared_bytes and granularity == "scalar"):
             raise BootError(f"{where}: shared_bytes is for warp and block handlers only")
+        if waits_together and granularity != "scalar":
+            raise BootError(f"{where}: waits_together is for scalar handlers only")
         if phases < 1 or (phases > 1 and granularity == "scalar"):
             raise BootError(f"{where}: phases must be >= 1 (and 1 for scalar handlers)")
         if not isinstance(type, (int, str)) or (isinstance(type, int) and not 0 <= type < 2**32):
@@ -260,7 +268,7 @@ class Module:
                     raise BootError(f"{where}: already registered ({h.name})")
             self.handlers.append(Handler(type, fn, name or fn.__name__, granularity,
                                          shared_bytes, phases, deterministic, max_yields, self,
-                                         consumes, message))
+                                         consumes, message, bool(waits_together)))
             return fn
         return deco
 

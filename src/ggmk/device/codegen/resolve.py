@@ -29,7 +29,8 @@ def resolve_handlers(modules, types_map=None) -> list[Handler]:
                 raise BootError(f"type {tid}: handled by both {o.module.name}.{o.name} and "
                                 f"{m.name}.{h.name}")
             h2 = Handler(tid, h.fn, h.name, h.granularity, h.shared_bytes, h.phases,
-                         h.deterministic, h.max_yields, m, h.consumes, h.message)
+                         h.deterministic, h.max_yields, m, h.consumes, h.message,
+                         h.waits_together)
             seen[tid] = h2
             out.append(h2)
     if not out:

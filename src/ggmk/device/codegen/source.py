@@ -89,9 +89,11 @@ def generate(handlers: list[Handler], plan: layout.Plan, chans=()) -> str:
             # a handler that emits on one lossless channel only: once one of its tasks came
             # back WAIT with that channel refusing, the next ones would too; they go back on
             # a wait queue unrun while it refuses (a batch of 1024 into a full channel ran
-            # every task of it, again at each wake-up: up to ~75 runs a message)
+            # every task of it, again at each wake-up: up to ~75 runs a message). A handler
+            # declared waits_together: the rest of the segment after its first WAIT
             only = _only_channel(h, chans)
-            skip = only is not None
+            skip = only is not None or h.waits_together
+            recheck = f"chan_refuses(D, {only}, D[o])" if only is not None else "True"
             L += ["    nok = 0"] + (["    full = False"] if skip else []) + [
                 "    for k in range(lane_id(), cnt, lane_step()):",
                 "        o = base + k * W",
@@ -99,7 +101,7 @@ def generate(handlers: list[Handler], plan: layout.Plan, chans=()) -> str:
             if skip:
                 L += [
                     "        if full:",
-                    f"            full = chan_refuses(D, {only}, D[o])",
+                    f"            full = {recheck}",
                     "            if full:",
                     "                met_add(D, blk, M_WAITS_SKIPPED, 1)",
                     f"                finish(S, blk, {i}, tick, o, WAIT)",
@@ -115,8 +117,7 @@ def generate(handlers: list[Handler], plan: layout.Plan, chans=()) -> str:
                 f"            finish(S, blk, {i}, tick, o, r)",
             ]
             if skip:
-                L += ["            if r == WAIT:",
-                      f"                full = chan_refuses(D, {only}, D[o])"]
+                L += ["            if r == WAIT:", f"                full = {recheck}"]
             L += ["    if nok > 0:", f"        met_type(D, blk, {i}, PT_OK, nok)"]
         elif h.granularity == "warp":
             per = max((h.shared_bytes + 7) // 8, 1)
