@@ -31,10 +31,11 @@ most). Completions (credits) are read with ``done_counts`` (a few published coun
 CPU -> GPU channel (produced on the CPU kernel): the bridge is a host-side subscriber of the CPU
 channel (so the CPU producer's lossless backpressure sees the bridge's ring). It takes
 messages only against **credits**: at most ``window`` (and at most the device channel's
-capacity) ingress tasks of the channel may be on the device unfinished (their completion is the device's published ``ok + fail`` count of the
-channel's ingress type). An ingress task that cannot emit on the full device channel waits
-there (WAIT), holding its credit, so a slow GPU consumer stops the bridge, the bridge's CPU
-ring fills and the CPU producer gets CHAN_FULL: lossless end to end.
+capacity) ingress tasks of the channel may be on the device unfinished (their completion is
+the device's published ``ok + fail`` count of the channel's ingress type). An ingress task
+that cannot emit on the full device channel waits there (WAIT), holding its credit, so a slow
+GPU consumer stops the bridge, the bridge's CPU ring fills and the CPU producer gets
+CHAN_FULL: lossless end to end.
 
 GPU -> CPU channel: the device egress handler needs a credit per message (a device user word
 the host raises with CREDIT records as the CPU channel *accepts* messages: ``window`` at most in

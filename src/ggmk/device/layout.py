@@ -179,8 +179,8 @@ METRIC_NAMES = (
     "tx_held", "tx_lost",
     # waits_skipped: tasks put back on a wait queue unrun, behind a task of the same handler
     # that came back WAIT with the one channel it emits on refusing, or of a handler declared
-    # waits_together (see codegen.source;
-    # counted in their type's "run" and "wait", so run == enqueued still means idle)
+    # waits_together (see codegen.source); counted in their type's "run" and "wait" too, so
+    # run == enqueued still means idle
     "waits_skipped",
 ) + tuple(f"user{i}" for i in range(16))
 for _i, _n in enumerate(METRIC_NAMES):
