@@ -60,7 +60,7 @@ from ggmk import task as T
 from ggmk.bridge import device_side as ds
 from ggmk.bridge.fences import Fences
 from ggmk.bridge.gpu_drv import open_driver
-from ggmk.bridge.plan import plan as plan_bridge
+from ggmk.bridge.plan import credit_window, plan as plan_bridge
 from ggmk.bridge.pump import Bridge, BridgeError, check_arena_reserve
 from ggmk.bridge.process import ProcessTransport
 from ggmk.bridge.transport import InProcessTransport
@@ -169,7 +169,11 @@ class DualSystem:
                 check_arena_reserve(bopts["arena_reserve"])
             except ValueError as e:
                 raise BootError(f"boot: {e}") from None
-        window = int(bopts.get("window", 1024))
+        window = bopts.get("window")
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                                   or window < 1):
+            raise BootError(f"boot: bridge option window must be an int >= 1 (credits per "
+                            f"bridge channel), got {window!r}")
         self.deterministic = bool(cpu_kw.get("deterministic", False))
         # 0. the declarations of both kernels, checked together before anything boots
         self.plan = plan_bridge(cpu_mods, gpu_mods, reg, types_given=types_given)
@@ -199,15 +203,15 @@ class DualSystem:
             # 3. the GPU kernel (user modules + the bridge's device module)
             inbound = [(b.k, b.name, b.type_id, b.mode, b.guarantee, b.capacity)
                        for b in self.plan if b.direction == "c2g"]
-            outbound = [(b.k, b.name, b.lossless) for b in g2c]
-            self._dev_spec = dict(modules=list(gpu_mods), bridge=(inbound, outbound, window),
+            outbound = [(b.k, b.name, b.lossless, credit_window(b, window)) for b in g2c]
+            self._dev_spec = dict(modules=list(gpu_mods), bridge=(inbound, outbound),
                                   types=reg, config=dict(device_config or {}))
             if device_process:
                 self.process = self._boot_process()
                 self.kernel = self.process.kernel
                 tr = ProcessTransport(self.process)
             else:
-                dmods = list(gpu_mods) + [ds.build_module(inbound, outbound, window)]
+                dmods = list(gpu_mods) + [ds.build_module(inbound, outbound)]
                 self.kernel = self.driver.launch(dmods, types=reg, **(device_config or {}))
                 tr = InProcessTransport(self.kernel)
             self.target = self.kernel.target_name

@@ -70,3 +70,35 @@ def test_a_window_larger_than_the_device_channel_sends_no_more_than_it_holds():
         assert rx["run"] < 2 * n, f"{rx['run']} ingress runs for {n} messages"
     finally:
         s.halt()
+
+
+def test_default_credit_windows_follow_the_device_channels():
+    """No window given: a CPU -> GPU channel gets as many credits as its device side holds,
+    a GPU -> CPU channel 1024 or its device side's capacity if larger (fewer credits than that
+    left egress tasks waiting on the device, woken at each credit). A given window is kept (CPU -> GPU: at most the device side); a bad one is a
+    boot error naming the option."""
+    import ggmk.dual
+    from ggmk.errors import BootError
+    s = boot(sized=True)
+    try:
+        ch = s.stats()["bridge"]["channels"]
+        assert ch["cpu.in"]["window"] == 4096 and ch["gpu.back"]["window"] == 4096
+        assert ch["gpu.out"]["window"] == 1024
+        publish_all(s, "cpu.in", 20_000)
+        assert s.run(timeout=300)
+        assert sorted(b[0] for b in W.REC.back) == list(range(20_000))
+        # three device tasks a message (ingress, ECHO, egress), few waits (with 1024 credits
+        # for gpu.back: ~100 K in one run, 40 K of them skipped unrun)
+        assert s.kernel.metrics()["global"]["dispatched"] < 4 * 20_000
+    finally:
+        s.halt()
+    s = boot(bridge={"window": 8})
+    try:
+        ch = s.stats()["bridge"]["channels"]
+        assert ch["cpu.in"]["window"] == 8 and ch["gpu.back"]["window"] == 8
+    finally:
+        s.halt()
+    for bad in (0, -1, 2.5, "8", True):
+        with pytest.raises(BootError, match="window must be an int >= 1"):
+            ggmk.dual.boot(W.modules(), device="cpu", types=W.registry(),
+                           bridge={"window": bad})

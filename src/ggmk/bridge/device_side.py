@@ -145,17 +145,17 @@ def _make(src: str, name: str, **consts):
     return glb[name]
 
 
-def build_module(inbound: list, outbound: list, window: int) -> "gd.Module":
+def build_module(inbound: list, outbound: list) -> "gd.Module":
     """The "bridge" device module. ``inbound``: [(k, name, type id, mode, guarantee, capacity)]
     for CPU -> GPU channels (a proxy channel + an ingress handler each); ``outbound``:
-    [(k, name, lossless)] for GPU -> CPU channels (an egress subscriber each)."""
+    [(k, name, lossless, credit window)] for GPU -> CPU channels (an egress subscriber each)."""
     m = gd.Module("bridge", version="0.1.0", trace_level="warn")
     for k, name, tid, mode, guarantee, capacity in inbound:
         ch = m.channel(name, message=int(tid), mode=mode, guarantee=guarantee,
                        capacity=int(capacity))
         fn = _make(_INGRESS, f"bridge_rx_{k}", CH=ch)
         m.handler(RX(k), name=f"rx_{k}")(fn)
-    for k, name, lossless in outbound:
+    for k, name, lossless, window in outbound:
         if lossless:
             fn = _make(_EGRESS_CREDIT, f"bridge_tx_{k}", SENT_W=sent_word(k),
                        LIMIT_W=limit_word(k), WINDOW=int(window), MARK_T=MARK(k))

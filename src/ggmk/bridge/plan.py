@@ -25,6 +25,20 @@ CPU, GPU = "CPU", "GPU"
 # (Bridge: its credit window is capped there), and 256 left the 1024-credit window's other
 # 768 ingress tasks waiting on the device
 DEFAULT_DEVICE_CAPACITY = 4096
+DEFAULT_WINDOW = 1024
+
+
+def credit_window(bc, window: int | None = None) -> int:
+    """The credits of bridge channel ``bc`` (messages in flight to or on the far kernel):
+    ``window`` as given (``bridge={"window": ...}``), or by default 1024 raised to the
+    capacity of the channel's device side. A CPU -> GPU channel gets no more than its device
+    side holds either way. Why: tasks beyond the credits (GPU -> CPU egress) or beyond the
+    device channel's room (CPU -> GPU ingress) wait on the device, woken at every credit: a
+    GPU -> CPU channel of 4096 behind 1024 credits ran ~19 device tasks a message (0.37 M
+    tasks/s against 0.71 M with the window at its capacity)."""
+    cap = max(1, int(bc.capacity))
+    w = max(DEFAULT_WINDOW, cap) if window is None else int(window)
+    return min(w, cap) if bc.direction == "c2g" else w
 
 
 @dataclass

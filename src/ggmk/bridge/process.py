@@ -243,8 +243,7 @@ def _child_main(conn, spec: dict) -> None:
         mods = pickle.loads(spec["modules"])
         types = _types_from(spec["types"])
         if spec["bridge"] is not None:
-            inbound, outbound, window = spec["bridge"]
-            mods = list(mods) + [ds.build_module(inbound, outbound, window)]
+            mods = list(mods) + [ds.build_module(*spec["bridge"])]
         cfg = dict(spec["config"])
         kernel = gd.DeviceKernel(mods, target=spec["target"], types=types, **cfg)
         nmap = layout.offsets(kernel.plan)["_total"][2]
@@ -344,7 +343,7 @@ class DeviceProcess:
     """A child process owning one GPU kernel; its parent's host view is :attr:`kernel`.
 
     ``modules``: the user's device modules (picklable: defined at module level of an
-    importable module); ``bridge``: ``(inbound, outbound, window)`` for the bridge's own
+    importable module); ``bridge``: ``(inbound, outbound)`` for the bridge's own
     device module (rebuilt in the child) or None; ``config``: ``DeviceKernel`` keywords."""
 
     #: seconds the child gets to build (or load from the disk cache) and launch the kernel

@@ -83,6 +83,7 @@ from ggmk import task as T
 from ggmk.bridge import device_side as ds
 from ggmk.bridge.codes import (BRIDGE_DEVICE_STOPPED, BRIDGE_PAYLOAD_TOO_LARGE,
                                BRIDGE_TRANSFER_FAILED)
+from ggmk.bridge.plan import credit_window
 from ggmk.bridge.transport import TransferError
 from ggmk.core.alloc import MAX_ALLOC
 from ggmk.device import layout
@@ -331,13 +332,13 @@ class Bridge:
 
     ``channels``: the :class:`~ggmk.bridge.plan.BridgeChannel` list. ``batch`` records per
     transfer (default 256), ``flush_us`` the longest a partial batch waits (10), ``window``
-    credits per channel and direction, ``max_retries`` per failed transfer. ``pump_helps``:
+    credits per channel (default: per channel, ``plan.credit_window``), ``max_retries`` per failed transfer. ``pump_helps``:
     the pump runs the CPU handler of what it delivers itself (see ``_helper``; off by
     default: a CPU handler that waits on the bridge would then wait on its own thread).
     ``arena_reserve``: the share of the CPU arena kept for payloads arriving from the GPU."""
 
     def __init__(self, system, transport, channels, *, batch: int = 256, flush_us: float = 10.0,
-                 window: int = 1024, max_retries: int = 8, retry_backoff_us: float = 50.0,
+                 window: int | None = None, max_retries: int = 8, retry_backoff_us: float = 50.0,
                  deterministic: bool = False, autostart: bool = True, pump_helps: bool = False,
                  arena_reserve: float = 1 / 16):
         if batch < 1:
@@ -347,7 +348,7 @@ class Bridge:
         self.tx = transport
         self.batch = int(batch)
         self.flush_ns = int(flush_us * 1000)
-        self.window = int(window)
+        self.window = None if window is None else int(window)   # None: per channel
         self.max_retries = int(max_retries)
         self.backoff = retry_backoff_us * 1e-6
         self.lock = threading.RLock()
@@ -364,17 +365,14 @@ class Bridge:
         for bc in channels:
             ch = system.channel(bc.name)
             if bc.direction == "c2g":
-                # no more in flight than the device side of the channel holds: the rest
-                # would wait on the device, re-run at every wake-up (an 8192-credit window
-                # into a 256-message channel: ~40 ingress runs a message, 0.33 M tasks/s)
-                st = _In(bc, ch, None, max(1, min(self.window, int(bc.capacity))))
+                st = _In(bc, ch, None, credit_window(bc, self.window))
                 st.det = deterministic and bc.deterministic
                 st.sub = ch.subscribe(None, name="bridge->gpu",
                                       notify=lambda st=st: self._on_push(st))
                 st.sub.add_after(lambda st=st: self._after_emit(st))
                 self.ins.append(st)
             else:
-                st = _Out(bc, ch, self.window)
+                st = _Out(bc, ch, credit_window(bc, self.window))
                 st.det = deterministic and bc.deterministic
                 self.outs[bc.k] = st
             self.by_name[bc.name] = st
@@ -1623,7 +1621,7 @@ class Bridge:
                 chans[st.bc.name] = {
                     "direction": "gpu->cpu", "type": st.bc.type_name, "mode": st.bc.mode,
                     "guarantee": st.bc.guarantee, "deterministic": st.det,
-                    "crossed": st.crossed, "next_seq": st.next_seq,
+                    "window": st.window, "crossed": st.crossed, "next_seq": st.next_seq,
                     "reorder": len(st.reorder), "waiting_for_room": st.ready_n,
                     "waiting_for_memory": st.uncopied_n,
                     "refused_batches": st.full, "dead": st.dead}

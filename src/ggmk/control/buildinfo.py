@@ -20,16 +20,17 @@ def split(modules):
     return cpu, gpu
 
 
-def device_modules(modules, types, window: int = 1024) -> list:
+def device_modules(modules, types, window: int | None = None) -> list:
     """The device modules the dual boot hands the GPU kernel (same wiring as ggmk.dual)."""
     from ggmk.bridge import device_side as ds
-    from ggmk.bridge.plan import plan as plan_bridge
+    from ggmk.bridge.plan import credit_window, plan as plan_bridge
     cpu, gpu = split(modules)
     bplan = plan_bridge(cpu, gpu, types, types_given=True)
     inbound = [(b.k, b.name, b.type_id, b.mode, b.guarantee, b.capacity)
                for b in bplan if b.direction == "c2g"]
-    outbound = [(b.k, b.name, b.lossless) for b in bplan if b.direction == "g2c"]
-    return list(gpu) + [ds.build_module(inbound, outbound, window)]
+    outbound = [(b.k, b.name, b.lossless, credit_window(b, window)) for b in bplan
+                if b.direction == "g2c"]
+    return list(gpu) + [ds.build_module(inbound, outbound)]
 
 
 def report(modules, options: dict, *, arch: str = "sm_90", reg_limit: int = 32,
