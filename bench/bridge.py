@@ -5,8 +5,8 @@ gpu.back), inline tasks; bridge_payload_4k_per_s: the same with 4 KB payloads, c
 those delivered intact (payload_4k_ok of payload_4k_sent; payload_4k_alloc_fail: refused by a
 full arena, on sys.error with ALLOC_FAIL: accounted for, not lost, and not counted as done);
 bridge_tasks_per_s_sized (cpu_us_per_task_sized, ratio_vs_pipe_sized): the same pipeline
-sized for throughput (the device's gpu.back holding 4096 messages, hence 4096 credits each
-way, bridge={"batch": 4096}, boot max_batch=4096: CPU handler batches of up to 4096);
+sized for throughput (the device's gpu.back holding 4096 messages, bridge={"batch": 4096,
+"window": 4096}, boot max_batch=4096: CPU handler batches of up to 4096);
 cpu_us_per_task: CPU time (both processes) per task of the bridge_tasks_per_s run (less
 sensitive to the machine's load than throughput), and cpu_us_per_task_by_thread: the same
 split by where it ran (the bridge pump thread, the CPU kernel's workers, the other host
@@ -234,9 +234,8 @@ def main():
     finally:
         s.halt()
     # sized for throughput: the same pipeline with the device's GPU -> CPU channel holding
-    # 4096 messages (so 4096 credits each way by default), 4096-record transfers, CPU
-    # handler batches of up to 4096
-    s = _boot(sized=True, max_batch=4096, bridge={"batch": 4096})
+    # 4096 messages, 4096-record transfers and credits, CPU handler batches of up to 4096
+    s = _boot(sized=True, max_batch=4096, bridge={"batch": 4096, "window": 4096})
     try:
         publish_all(s, "cpu.in", 1000)
         assert s.run(timeout=600)

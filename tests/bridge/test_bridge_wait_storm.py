@@ -73,8 +73,8 @@ def test_a_window_larger_than_the_device_channel_sends_no_more_than_it_holds():
 
 
 def test_default_credit_windows_follow_the_device_channels():
-    """No window given: a CPU -> GPU channel gets as many credits as its device side holds,
-    a GPU -> CPU channel 1024 or its device side's capacity if larger (fewer credits than that
+    """No window given: a CPU -> GPU channel gets 1024 credits (at most what its device side
+    holds), a GPU -> CPU channel 1024 or its device side's capacity if larger (fewer credits than that
     left egress tasks waiting on the device, woken at each credit). A given window is kept (CPU -> GPU: at most the device side); a bad one is a
     boot error naming the option."""
     import ggmk.dual
@@ -82,7 +82,7 @@ def test_default_credit_windows_follow_the_device_channels():
     s = boot(sized=True)
     try:
         ch = s.stats()["bridge"]["channels"]
-        assert ch["cpu.in"]["window"] == 4096 and ch["gpu.back"]["window"] == 4096
+        assert ch["cpu.in"]["window"] == 1024 and ch["gpu.back"]["window"] == 4096
         assert ch["gpu.out"]["window"] == 1024
         publish_all(s, "cpu.in", 20_000)
         assert s.run(timeout=300)
