@@ -102,3 +102,22 @@ def test_default_credit_windows_follow_the_device_channels():
         with pytest.raises(BootError, match="window must be an int >= 1"):
             ggmk.dual.boot(W.modules(), device="cpu", types=W.registry(),
                            bridge={"window": bad})
+
+
+def test_a_gpu_to_cpu_channel_keeps_its_declared_device_capacity():
+    """A GPU module's channel of 8192: the bridge plans with 8192 (it clamped to 4096 without
+    saying so, and the credits followed the clamp), and its default credits are 8192."""
+    import ggmk
+    import ggmk.device as gd
+    from ggmk.bridge.plan import credit_window, plan
+    g = gd.Module("big")
+    g.channel("big.out", message="READING", mode="p2p", guarantee="lossless", capacity=8192)
+    c = ggmk.Module("bigsink")
+
+    @c.handler("SINK", consumes="big.out", message="READING", batch=True)
+    def _sink(ctx, batch):
+        pass
+
+    bc, = plan([c], [g], W.registry(), types_given=True)
+    assert bc.direction == "g2c" and bc.capacity == 8192
+    assert credit_window(bc) == 8192 and credit_window(bc, 16) == 16

@@ -213,7 +213,12 @@ def plan(cpu_modules, gpu_modules, types=None, *, types_given: bool = False) -> 
         if types is not None and tid is not None and tid in types:
             det = bool(getattr(types.info(tid), "deterministic", False))
         cap = p.options.get("device_capacity") or p.options.get("capacity")
-        cap = min(int(cap or DEFAULT_DEVICE_CAPACITY), 4096)
+        if pkern == CPU:
+            # the bridge's own device channel (the proxy): as many as the CPU channel holds,
+            # up to 4096 (the CPU channel's ring is where more wait)
+            cap = min(int(cap or DEFAULT_DEVICE_CAPACITY), 4096)
+        else:
+            cap = int(cap or DEFAULT_DEVICE_CAPACITY)   # the GPU module's declaration as is
         out.append(BridgeChannel(len(out), name, "c2g" if pkern == CPU else "g2c",
                                  tid if tid is not None else -1, tname or f"TYPE_{tid}",
                                  mode, guarantee, cap, p,
