@@ -3,8 +3,6 @@ stopped" (``g.wait_at``, the WAIT return code): waiting is not counted as a yiel
 producers on a small lossless channel all finish, and every message arrives exactly once and
 in order per producer. The test runs the example of ``ggmk.device.module``'s docstring as
 written, only its channel capacity made small."""
-import time
-
 import numpy as np
 import pytest
 
@@ -162,7 +160,11 @@ def open_gate(ctx, task):
     return OK
 
 
-def test_a_waits_together_handler_runs_one_task_per_wake_up_while_blocked():
+def m_runs(k) -> int:
+    return k.metrics()["user"][1]
+
+
+def test_a_waits_together_handler_runs_one_task_per_wake_up_while_blocked(wait_until):
     """600 tasks wait for one shared word while the device runs 3,000 worker iterations
     (their wait queue opens now and then, for a wait nothing announces): one task runs at
     each opening, not all 600 (without waits_together: 10,200 runs in one run, 616 with)."""
@@ -170,10 +172,9 @@ def test_a_waits_together_handler_runs_one_task_per_wake_up_while_blocked():
     with gd.DeviceKernel([wt], target="cpu", workers=1, batch=1024) as k:
         k.push(taskmod.make(n, type=250, meta0=np.arange(n, dtype=np.uint64)))
         hb0 = int(k.heartbeats().sum())
-        t_end = time.monotonic() + 120
-        while int(k.heartbeats().sum()) < hb0 + 3000:
-            assert time.monotonic() < t_end, "the device did not run 3,000 iterations"
-            time.sleep(0.01)
+        assert wait_until(lambda: int(k.heartbeats().sum()) >= hb0 + 3000, 120), \
+            "the device did not run 3,000 iterations"
+        assert m_runs(k) < n, "the waiting tasks ran as a batch"   # still blocked here
         k.push(taskmod.make(1, type=251))
         out = k.pull_until(n, timeout=60)
         k.stop()
