@@ -60,7 +60,7 @@ from ggmk import task as T
 from ggmk.bridge import device_side as ds
 from ggmk.bridge.fences import Fences
 from ggmk.bridge.gpu_drv import open_driver
-from ggmk.bridge.plan import credit_window, plan as plan_bridge
+from ggmk.bridge.plan import credit_window, ingress_room, plan as plan_bridge
 from ggmk.bridge.pump import Bridge, BridgeError, check_arena_reserve
 from ggmk.bridge.process import ProcessTransport
 from ggmk.bridge.transport import InProcessTransport
@@ -222,7 +222,8 @@ class DualSystem:
             self.transport_base = tr
             self.transport = transport_wrap(tr) if transport_wrap is not None else tr
             self.bridge = Bridge(self.cpu, self.transport, self.plan,
-                                 deterministic=self.deterministic, **bopts)
+                                 deterministic=self.deterministic,
+                                 ingress_room=ingress_room(self.kernel.config), **bopts)
             self._step("wiring", t0, ", ".join(b.describe() for b in self.plan) or "none")
             if wd_cfg is not None:
                 from ggmk.modules import watchdog as wdmod

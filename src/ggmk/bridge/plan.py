@@ -28,19 +28,32 @@ DEFAULT_DEVICE_CAPACITY = 4096
 DEFAULT_WINDOW = 1024
 
 
-def credit_window(bc, window: int | None = None) -> int:
+def credit_window(bc, window: int | None = None, room: int | None = None) -> int:
     """The credits of bridge channel ``bc`` (messages in flight to or on the far kernel):
     ``window`` as given (``bridge={"window": ...}``), or by default 1024, raised for a GPU ->
     CPU channel to the capacity of its device side. A CPU -> GPU channel gets no more than its
-    device side holds either way. Why: tasks beyond the credits (GPU -> CPU egress) or beyond
-    the device channel's room (CPU -> GPU ingress) wait on the device, woken at every credit:
-    a GPU -> CPU channel of 4096 behind 1024 credits ran ~5 device tasks a message (3 with
-    4096 credits). (CPU -> GPU credits at the device side's 4096 by default measured slower:
-    more ingress tasks then wait on the device for a consumer's own full channel.)"""
+    device side holds, nor than ``room`` (the GPU kernel's ingress room: ``ingress_room``)
+    either way. Why: tasks beyond the credits (GPU -> CPU egress) or beyond the device
+    channel's room (CPU -> GPU ingress) wait on the device, woken at every credit: a GPU -> CPU
+    channel of 4096 behind 1024 credits ran ~5 device tasks a message (3 with 4096 credits).
+    (CPU -> GPU credits at the device side's 4096 by default measured slower: more ingress
+    tasks then wait on the device for a consumer's own full channel.) And an ingress task
+    the device's bucket cannot take is dropped at the door: more credits than ``room`` would
+    lose messages of a lossless channel."""
     cap = max(1, int(bc.capacity))
     if bc.direction == "c2g":
-        return min(DEFAULT_WINDOW if window is None else int(window), cap)
+        w = min(DEFAULT_WINDOW if window is None else int(window), cap)
+        return w if room is None else max(1, min(w, int(room)))
     return max(DEFAULT_WINDOW, cap) if window is None else int(window)
+
+
+def ingress_room(device_config) -> int:
+    """How many ingress tasks of one CPU -> GPU channel the GPU kernel can hold without
+    dropping any: its type bucket (``bucket_cap``) less the tenth kept for priority-0 tasks
+    (a message of any other priority is refused there). Host records that find no room are
+    dropped at the door (``sys.dropped``, CHAN_FULL), so a channel's credits stay within it."""
+    cap = int(device_config.bucket_cap)
+    return cap - cap // 10
 
 
 @dataclass

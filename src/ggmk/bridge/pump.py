@@ -214,6 +214,7 @@ class _In:
         self.unasked = 0               # _Pay entries in fifo not asked for yet
         self.pushed = 0
         self.done = 0                  # ingress tasks finished on the device (ok + fail)
+        self.shed = 0                  # ingress records the device dropped at its door
         self.crossed = 0
         self.dead = 0
         self.det = False
@@ -225,7 +226,8 @@ class _In:
         self.log_cap = window + max(int(getattr(bc, "capacity", 0) or 0), 64)
 
     def inflight(self) -> int:
-        return self.pushed - self.done
+        # a record dropped at the door never runs: it is neither ok nor fail on the device
+        return self.pushed - self.done - self.shed
 
 
 class _Reorder:
@@ -335,12 +337,14 @@ class Bridge:
     credits per channel (default: per channel, ``plan.credit_window``), ``max_retries`` per failed transfer. ``pump_helps``:
     the pump runs the CPU handler of what it delivers itself (see ``_helper``; off by
     default: a CPU handler that waits on the bridge would then wait on its own thread).
-    ``arena_reserve``: the share of the CPU arena kept for payloads arriving from the GPU."""
+    ``arena_reserve``: the share of the CPU arena kept for payloads arriving from the GPU.
+    ``ingress_room``: how many ingress tasks of one channel the GPU kernel holds
+    (``plan.ingress_room``; None: no bound but the channel's)."""
 
     def __init__(self, system, transport, channels, *, batch: int = 256, flush_us: float = 10.0,
                  window: int | None = None, max_retries: int = 8, retry_backoff_us: float = 50.0,
                  deterministic: bool = False, autostart: bool = True, pump_helps: bool = False,
-                 arena_reserve: float = 1 / 16):
+                 arena_reserve: float = 1 / 16, ingress_room: int | None = None):
         if batch < 1:
             raise ValueError(f"bridge: batch must be >= 1, got {batch}")
         check_arena_reserve(arena_reserve)
@@ -365,7 +369,7 @@ class Bridge:
         for bc in channels:
             ch = system.channel(bc.name)
             if bc.direction == "c2g":
-                st = _In(bc, ch, None, credit_window(bc, self.window))
+                st = _In(bc, ch, None, credit_window(bc, self.window, ingress_room))
                 st.det = deterministic and bc.deterministic
                 st.sub = ch.subscribe(None, name="bridge->gpu",
                                       notify=lambda st=st: self._on_push(st))
@@ -1069,6 +1073,8 @@ class Bridge:
                 r["type"] = st.bc.type_id
                 r["channel"] = 0
                 st.dead += 1
+                if where == SYS_DROPPED:
+                    st.shed += 1          # refused at the door (its bucket was full): never run
                 if dptr and code != ALLOC_FAIL:
                     self._release_device(dptr)
             elif ds.is_bridge_type(t):
@@ -1451,7 +1457,7 @@ class Bridge:
                         depth = kernel.chan_depth(st.bc.name)
                     except Exception:   # noqa: BLE001
                         depth = 0
-                lost = max(0, sent_total - st.done) + max(0, depth)
+                lost = max(0, sent_total - st.done - st.shed) + max(0, depth)
                 lost = min(lost, max(0, sent_total))
                 named = min(lost, st.sent_n)
                 if named:
@@ -1469,6 +1475,7 @@ class Bridge:
                 st.sent.clear()
                 st.sent_n = 0
                 st.done = 0
+                st.shed = 0
                 st.pushed = 0
             if len(staged):
                 keep = ~is_rx.copy()
@@ -1614,7 +1621,7 @@ class Bridge:
                     "direction": "cpu->gpu", "type": st.bc.type_name, "mode": st.bc.mode,
                     "guarantee": st.bc.guarantee, "deterministic": st.det,
                     "window": st.window, "pushed": st.pushed, "done_on_device": st.done,
-                    "in_flight": st.inflight(),
+                    "in_flight": st.inflight(), "dropped_on_device": st.shed,
                     "waiting_payload": st.waiting, "dead": st.dead,
                     "bridge_ring": len(st.sub.ring)}
             for st in self.outs.values():

@@ -248,7 +248,11 @@ class DeviceKernel:
     # ------------------------------------------------------------------ rings
     def push(self, records: np.ndarray) -> int:
         """Put task records on the host -> device ring; returns how many fitted (the rest
-        are for a later call: the ring is bounded and this never waits).
+        are for a later call: the ring is bounded and this never waits). The kernel takes
+        them in as tasks of their types; one that finds its type's bucket full then is
+        dropped at the door (``sys.dropped``, CHAN_FULL), so a producer that must lose none
+        keeps fewer in flight than ``bucket_cap`` (the bridge's credits do:
+        ``ggmk.bridge.plan.ingress_room``).
 
         Safe from several host threads at once: the ring's host end (read C_RX_TAIL, copy
         the records, publish C_RX_TAIL) is one critical section. Without it two threads

@@ -427,18 +427,21 @@ def enqueue(S, blk, w0, w1, w2, w3, w4, w5, mode):
 
 def enqueue_place(S, blk, ti, w0, w1, w2, w3, w4, w5, mode):
     """The rest of ``enqueue`` (record already stamped; for ENQ_NORMAL/ENQ_CHANNEL the local
-    queue was full to its spill mark)."""
+    queue was full to its spill mark). A task counts as enqueued once placed: one refused
+    (CHAN_FULL, YIELD_OVERFLOW) never runs, and "enqueued == run" is how the host knows the
+    kernel is idle (a host record dropped at the door kept a dual system from ever idling)."""
     D = S[0]
     if ti < 0:
         met_add(D, blk, M_FOREIGN_TYPE, 1)
         return to_host(S, blk, w0, w1, w2, w3, w4, w5)
-    met_type(D, blk, ti, PT_ENQ, 1)
     if mode == ENQ_YIELD:
         d = lq_push(D, blk, w0, w1, w2, w3, w4, w5, LQ_CAP)
         if d >= 0:
+            met_type(D, blk, ti, PT_ENQ, 1)
             return OK
         d = rq_push(D, Q_OVF, w0, w1, w2, w3, w4, w5, OVF_CAP, 0)
         if d >= 0:
+            met_type(D, blk, ti, PT_ENQ, 1)
             met_add(D, blk, M_OVERFLOW_PUSH, 1)
             return OK
         met_add(D, blk, M_YIELD_OVERFLOW, 1)
@@ -450,11 +453,13 @@ def enqueue_place(S, blk, ti, w0, w1, w2, w3, w4, w5, mode):
         limit = BQ_CAP - BQ_PRIO_RESERVE
     d = rq_push(D, ti, w0, w1, w2, w3, w4, w5, limit, 0)
     if d >= 0:
+        met_type(D, blk, ti, PT_ENQ, 1)
         blk_max(D, O_MET + blk * NMET + M_BUCKET_HWM, d + 1)
         return OK
     if mode == ENQ_SHARED:
         d = lq_push(D, blk, w0, w1, w2, w3, w4, w5, LQ_CAP - LQ_CAP // 4)
         if d >= 0:
+            met_type(D, blk, ti, PT_ENQ, 1)
             return OK
     met_add(D, blk, M_BUCKET_FULL, 1)
     return CHAN_FULL
