@@ -17,7 +17,13 @@ to: its transfer to the device, the publish call's return, the transfer back, th
 the publisher woken); peers in the same run: multiprocessing.Queue (one record
 per message) and a multiprocessing pipe with 64-record numpy batches (send_bytes).
 
-    .venv/bin/python bench/bridge.py [--n 200000] [--mode process|inproc]
+    .venv/bin/python bench/bridge.py [--n 200000] [--mode process|inproc] [--device cpu|cuda|...]
+
+``--device``: the GPU kernel's target (default ``cpu``; ``auto`` = ``cuda`` where a GPU is
+present). On ``cuda`` the same run also measures ``peer_cuda_copy_tasks_per_s``: the loop a
+Python user would write without ggmk, each 64-record batch sent with numba-cuda's
+``to_device`` and read back with ``copy_to_host`` on its own stream (transfers only, no
+kernel), and ``ratio_vs_cuda_copy``.
 
 ``--mode process`` (default, as ``ggmk.dual.boot``): the GPU kernel in a device process, the
 bridge's host side in shared memory; ``inproc``: the GPU kernel in this process
@@ -92,6 +98,28 @@ def peer_pipe(n):
     return got / dt
 
 
+def peer_cuda_copy(n, batch=64):
+    """The same records carried to a GPU and back the naive way: per 64-record batch one
+    ``cuda.to_device`` and one ``copy_to_host`` (a non-blocking stream of this process's own
+    context; the ggmk system is halted by then), synchronized per batch as a round trip is."""
+    from numba import cuda
+    from ggmk.device.targets.cuda import make_stream
+    owner, stream = make_stream()            # (owner: keep the cuda.core stream alive)
+    raw = np.zeros(batch, TASK_DTYPE).view(np.uint8)
+    back = np.empty_like(raw)
+    cuda.to_device(raw, stream=stream).copy_to_host(back, stream=stream)   # warm-up
+    stream.synchronize()
+    got = 0
+    t0 = time.perf_counter()
+    while got < n:
+        cuda.to_device(raw, stream=stream).copy_to_host(back, stream=stream)
+        stream.synchronize()
+        got += batch
+    rate = got / (time.perf_counter() - t0)
+    owner.close()
+    return rate
+
+
 def _cpu_s(s) -> float:
     """CPU seconds used so far by this process and the device process (if any): a figure the
     machine's load disturbs far less than wall-clock throughput."""
@@ -131,6 +159,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--mode", choices=("process", "inproc"), default="process")
+    ap.add_argument("--device", default="cpu",
+                    help="the GPU kernel's target: cpu (default), sim, cuda or auto")
     ap.add_argument("--pump-helps", "--host-helps", dest="host_helps", action="store_true",
                     help="bridge={'pump_helps': True} (the pump runs the CPU handler of a "
                          "GPU -> CPU message itself while a CPU worker is parked)")
@@ -145,7 +175,7 @@ def main():
 
     def _boot(**kw):
         kw["bridge"] = {**kw.get("bridge", {}), "pump_helps": a.host_helps}
-        s = boot(device_process=dp, **kw)
+        s = boot(device_process=dp, device=a.device, **kw)
         if a.no_direct and hasattr(s.bridge, "direct"):
             s.bridge.direct = False
         return s
@@ -263,6 +293,10 @@ def main():
     out["ratio_vs_pipe"] = round(out["bridge_tasks_per_s"] / out["peer_pipe_batched_tasks_per_s"], 3)
     out["ratio_vs_pipe_sized"] = round(out["bridge_tasks_per_s_sized"] /
                                        out["peer_pipe_batched_tasks_per_s"], 3)
+    if out["target"] == "cuda":
+        out["peer_cuda_copy_tasks_per_s"] = round(peer_cuda_copy(min(n, 200_000)))
+        out["ratio_vs_cuda_copy"] = round(out["bridge_tasks_per_s"] /
+                                          out["peer_cuda_copy_tasks_per_s"], 3)
     out["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out))
 

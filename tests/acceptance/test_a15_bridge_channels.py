@@ -1,19 +1,21 @@
 """SPEC §14 item 15: a GPU module emits on a bridge channel and a CPU module receives it, in
 order, with backpressure; lossy and lossless both hold across the bridge (every message
-counted). 100K messages in CI; >= 1M with GGMK_LONG=1."""
+counted). 100K messages in CI; >= 1M with GGMK_LONG=1. On ``cpu``, and on ``cuda`` where a GPU
+is present (marked)."""
 import numpy as np
 import pytest
 
 from tests.bridge import bridge_workloads as W
 from ggmk.task import CHAN_FULL
-from tests.bridge.dualkit import assert_sink_exact, LONG, boot, gen, wait_for
+from tests.bridge.dualkit import TARGETS, assert_sink_exact, LONG, boot, gen, need, wait_for
 
 N = 1_000_000 if LONG else 100_000
 
 
-@pytest.fixture(scope="module")
-def system():
-    s = boot()
+@pytest.fixture(scope="module", params=TARGETS)
+def system(request):
+    s = boot(device=need(request.param))
+    assert s.target == request.param
     yield s
     s.halt()
 

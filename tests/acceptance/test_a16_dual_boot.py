@@ -11,20 +11,21 @@ from ggmk.bridge.plan import plan as bridge_plan
 from tests.bridge import bridge_workloads as W
 from ggmk.device import api as g
 from ggmk.errors import BootError
-from tests.bridge.dualkit import boot
+from tests.bridge.dualkit import TARGETS, boot, need
 
 
-def test_boot_order_driver_and_ready(caplog):
+@pytest.mark.parametrize("target", TARGETS)
+def test_boot_order_driver_and_ready(caplog, target):
     with caplog.at_level(logging.INFO, logger="ggmk"):
-        s = boot()
+        s = boot(device=need(target))
     try:
         steps = [b[0] for b in s.boot_log]
         assert steps == ["check", "cpu_kernel", "gpu_drv", "gpu_kernel", "wiring", "ready"]
-        assert s.device_info["target"] == "cpu" and s.device_info["devices"]
+        assert s.device_info["target"] == target and s.device_info["devices"]
         assert s.kernel.alive()
         assert any("system ready" in r.getMessage() for r in caplog.records)
         st = s.stats()
-        assert st["boot"] == steps and st["gpu"]["target"] == "cpu"
+        assert st["boot"] == steps and st["gpu"]["target"] == target
         assert set(st["bridge"]["channels"]) == {"cpu.in", "gpu.back", "gpu.lossy", "gpu.out"}
     finally:
         rep = s.halt()

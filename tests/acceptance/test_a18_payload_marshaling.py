@@ -1,13 +1,15 @@
 """SPEC §14 item 18: a 4 KB payload crosses the bridge both ways and arrives intact at a valid
 local address; inline-only tasks cross without a payload copy."""
 import numpy as np
+import pytest
 
 from tests.bridge import bridge_workloads as W
-from tests.bridge.dualkit import boot, publish_all, wait_for
+from tests.bridge.dualkit import TARGETS, boot, need, publish_all, wait_for
 
 
-def test_4k_payload_both_ways_and_inline_without_copies():
-    s = boot()
+@pytest.mark.parametrize("target", TARGETS)
+def test_4k_payload_both_ways_and_inline_without_copies(target):
+    s = boot(device=need(target))
     try:
         data = (np.arange(4096) * 7 % 251).astype(np.uint8).tobytes()
         W.REC.expect_payload = data

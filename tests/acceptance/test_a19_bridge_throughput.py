@@ -2,14 +2,16 @@
 throughput grows with batch size (the property; figures in bench/bridge.py)."""
 import time
 
+import pytest
+
 from tests.bridge import bridge_workloads as W
-from tests.bridge.dualkit import LONG, boot, gen
+from tests.bridge.dualkit import LONG, TARGETS, boot, gen, need
 
 N = 1_000_000 if LONG else 200_000
 
 
-def _rate(batch, n):
-    s = boot(bridge={"batch": batch})
+def _rate(batch, n, target="cpu"):
+    s = boot(bridge={"batch": batch}, device=target)
     try:
         t0 = time.perf_counter()
         gen(s, "GEN", n)
@@ -22,13 +24,15 @@ def _rate(batch, n):
         s.halt()
 
 
-def test_throughput_transfers_and_batch_size():
+@pytest.mark.parametrize("target", TARGETS)
+def test_throughput_transfers_and_batch_size(target):
+    need(target)
     # rates are wall-clock: a machine busy with other work can halve one run, so the floor and
     # the ordering are judged on the best of up to 3 tries (the counts hold in every run)
     rates = []
     for _ in range(3):
-        small, b_small = _rate(8, N // 4)
-        big, b_big = _rate(256, N)
+        small, b_small = _rate(8, N // 4, target)
+        big, b_big = _rate(256, N, target)
         assert b_big["transfers"] < b_big["records"] / 16
         assert b_small["transfers"] > b_big["transfers"] / 4 * (8 / 256) * 4  # more per task
         rates.append((small, big))

@@ -3,6 +3,7 @@ import os
 import time
 
 import numpy as np
+import pytest
 
 import ggmk.dual
 from ggmk.errors import AllocError
@@ -19,6 +20,20 @@ def boot(**kw):
     kw.setdefault("workers", 2)
     mods = W.sized_modules() if kw.pop("sized", False) else W.modules()
     return ggmk.dual.boot(mods, device=kw.pop("device", "cpu"), types=W.registry(), **kw)
+
+
+# the GPU kernel targets an acceptance test runs on: ``cpu`` everywhere (CI), ``cuda`` where a
+# GPU is present (marked; skipped otherwise by ``need``)
+TARGETS = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def need(target: str) -> str:
+    """``target``, or skip the test when it is ``cuda`` and no usable GPU is here."""
+    if target == "cuda":
+        from ggmk.device.host import resolve_target
+        if resolve_target("auto") != "cuda":
+            pytest.skip("no usable NVIDIA GPU here (the cuda target)")
+    return target
 
 
 def wait_for(pred, timeout=60.0, what="condition"):
