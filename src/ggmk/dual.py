@@ -60,7 +60,7 @@ from ggmk import task as T
 from ggmk.bridge import device_side as ds
 from ggmk.bridge.fences import Fences
 from ggmk.bridge.gpu_drv import open_driver
-from ggmk.bridge.plan import credit_window, ingress_room, plan as plan_bridge
+from ggmk.bridge.plan import device_spec, ingress_room, plan as plan_bridge
 from ggmk.bridge.pump import Bridge, BridgeError, check_arena_reserve
 from ggmk.bridge.process import ProcessTransport
 from ggmk.bridge.transport import InProcessTransport
@@ -201,9 +201,7 @@ class DualSystem:
             self._step("gpu_drv", t0, f"target {self.driver.target}: "
                        f"{[d.get('name') for d in self.device_info.get('devices', [])]}")
             # 3. the GPU kernel (user modules + the bridge's device module)
-            inbound = [(b.k, b.name, b.type_id, b.mode, b.guarantee, b.capacity)
-                       for b in self.plan if b.direction == "c2g"]
-            outbound = [(b.k, b.name, b.lossless, credit_window(b, window)) for b in g2c]
+            inbound, outbound = device_spec(self.plan, window)
             self._dev_spec = dict(modules=list(gpu_mods), bridge=(inbound, outbound),
                                   types=reg, config=dict(device_config or {}))
             if device_process:

@@ -56,6 +56,18 @@ def ingress_room(device_config) -> int:
     return cap - cap // 10
 
 
+def device_spec(channels, window: int | None = None) -> tuple[list, list]:
+    """What the bridge's device module is built from (``device_side.build_module``), for the
+    bridge channels ``channels``: ``inbound`` [(k, name, type id, mode, guarantee, capacity)]
+    of the CPU -> GPU ones, ``outbound`` [(k, name, lossless, credit window)] of the GPU ->
+    CPU ones (``window``: the ``bridge={"window": ...}`` option or None)."""
+    inbound = [(b.k, b.name, b.type_id, b.mode, b.guarantee, b.capacity)
+               for b in channels if b.direction == "c2g"]
+    outbound = [(b.k, b.name, b.lossless, credit_window(b, window))
+                for b in channels if b.direction == "g2c"]
+    return inbound, outbound
+
+
 @dataclass
 class End:
     kernel: str                 # CPU | GPU

@@ -23,14 +23,10 @@ def split(modules):
 def device_modules(modules, types, window: int | None = None) -> list:
     """The device modules the dual boot hands the GPU kernel (same wiring as ggmk.dual)."""
     from ggmk.bridge import device_side as ds
-    from ggmk.bridge.plan import credit_window, plan as plan_bridge
+    from ggmk.bridge.plan import device_spec, plan as plan_bridge
     cpu, gpu = split(modules)
     bplan = plan_bridge(cpu, gpu, types, types_given=True)
-    inbound = [(b.k, b.name, b.type_id, b.mode, b.guarantee, b.capacity)
-               for b in bplan if b.direction == "c2g"]
-    outbound = [(b.k, b.name, b.lossless, credit_window(b, window)) for b in bplan
-                if b.direction == "g2c"]
-    return list(gpu) + [ds.build_module(inbound, outbound)]
+    return list(gpu) + [ds.build_module(*device_spec(bplan, window))]
 
 
 def report(modules, options: dict, *, arch: str = "sm_90", reg_limit: int = 32,
