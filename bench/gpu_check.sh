@@ -11,7 +11,8 @@
 #   3. bench/gpu_kernel.py --target cuda (chain, host-fed, round trip);
 #   4. bench/bridge.py --device cuda (the bridge figures and the to_device/copy_to_host peer).
 # Every step's output is kept in $OUT (pytest.txt, gpu_kernel.json, bridge.json); a step that
-# fails or times out is reported and the next one still runs.
+# fails or times out is reported and the next one still runs. Without a usable GPU it stops
+# after step 1 with exit code 2 (every cuda test would skip and read as a pass).
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -31,6 +32,11 @@ step() {                        # step NAME SECONDS FILE CMD...
 
 step machine 60 machine.txt bash -c "nvidia-smi -L; \
     $PY -c 'from ggmk.device.host import resolve_target; print(\"auto ->\", resolve_target(\"auto\"))'"
+if ! grep -q "auto -> cuda" "$OUT/machine.txt"; then
+    # without a usable GPU every cuda test skips and would read as a pass: say so and stop
+    echo "gpu_check: no usable NVIDIA GPU here (the target 'auto' is not cuda); nothing run" >&2
+    exit 2
+fi
 step cuda-tests 300 pytest.txt $PY -m pytest -m cuda -q -x -p no:cacheprovider --timeout 280
 step gpu-kernel 120 gpu_kernel.json $PY bench/gpu_kernel.py --target cuda
 step bridge 150 bridge.json $PY bench/bridge.py --device cuda --n 200000
