@@ -15,6 +15,28 @@ if _DEVICE_TESTS not in sys.path:
 
 HALS = ["threads", "sim"]
 
+_GPU_WHY: list = []        # cached: why the cuda target is not usable here ("" = it is)
+
+
+def _no_gpu_why() -> str:
+    if not _GPU_WHY:
+        from ggmk.device.host import resolve_target
+        why = ""
+        if resolve_target("auto") != "cuda":
+            from ggmk.drivers.gpu import cuda
+            why = cuda.available(0)[1] or "the cuda target is not usable here"
+        _GPU_WHY.append(why)
+    return _GPU_WHY[0]
+
+
+def pytest_runtest_setup(item):
+    """The ``cuda`` marker's promise, in one place: a test marked ``cuda`` (or a ``cuda``
+    parameter of one) needs a real NVIDIA GPU and is skipped, with the reason, without one."""
+    if item.get_closest_marker("cuda") is not None:
+        why = _no_gpu_why()
+        if why:
+            pytest.skip(f"no usable NVIDIA GPU here: {why}")
+
 
 @pytest.fixture(params=HALS)
 def hal(request):

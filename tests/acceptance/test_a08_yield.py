@@ -1,6 +1,5 @@
 """SPEC §14.8: a handler that yields 3 times produces the right result; yield under a full local
 queue uses the reserve; the overflow queue drains correctly under stress."""
-import threading
 
 import numpy as np
 import pytest

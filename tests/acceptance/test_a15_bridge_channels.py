@@ -7,14 +7,14 @@ import pytest
 
 from tests.bridge import bridge_workloads as W
 from ggmk.task import CHAN_FULL
-from tests.bridge.dualkit import TARGETS, assert_sink_exact, LONG, boot, gen, need, wait_for
+from tests.bridge.dualkit import TARGETS, assert_sink_exact, LONG, boot, gen, wait_for
 
 N = 1_000_000 if LONG else 100_000
 
 
 @pytest.fixture(scope="module", params=TARGETS)
 def system(request):
-    s = boot(device=need(request.param))
+    s = boot(device=request.param)
     assert s.target == request.param
     yield s
     s.halt()

@@ -11,13 +11,13 @@ from ggmk.bridge.plan import plan as bridge_plan
 from tests.bridge import bridge_workloads as W
 from ggmk.device import api as g
 from ggmk.errors import BootError
-from tests.bridge.dualkit import TARGETS, boot, need
+from tests.bridge.dualkit import TARGETS, boot
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_boot_order_driver_and_ready(caplog, target):
     with caplog.at_level(logging.INFO, logger="ggmk"):
-        s = boot(device=need(target))
+        s = boot(device=target)
     try:
         steps = [b[0] for b in s.boot_log]
         assert steps == ["check", "cpu_kernel", "gpu_drv", "gpu_kernel", "wiring", "ready"]

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from tests.bridge import bridge_workloads as W
-from tests.bridge.dualkit import TARGETS, boot, need, publish_all, wait_for
+from tests.bridge.dualkit import TARGETS, boot, publish_all, wait_for
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_4k_payload_both_ways_and_inline_without_copies(target):
-    s = boot(device=need(target))
+    s = boot(device=target)
     try:
         data = (np.arange(4096) * 7 % 251).astype(np.uint8).tobytes()
         W.REC.expect_payload = data

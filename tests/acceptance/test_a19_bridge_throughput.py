@@ -5,7 +5,7 @@ import time
 import pytest
 
 from tests.bridge import bridge_workloads as W
-from tests.bridge.dualkit import LONG, TARGETS, boot, gen, need
+from tests.bridge.dualkit import LONG, TARGETS, boot, gen
 
 N = 1_000_000 if LONG else 200_000
 
@@ -26,7 +26,6 @@ def _rate(batch, n, target="cpu"):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_throughput_transfers_and_batch_size(target):
-    need(target)
     # rates are wall-clock: a machine busy with other work can halve one run, so the floor and
     # the ordering are judged on the best of up to 3 tries (the counts hold in every run)
     rates = []

@@ -23,17 +23,8 @@ def boot(**kw):
 
 
 # the GPU kernel targets an acceptance test runs on: ``cpu`` everywhere (CI), ``cuda`` where a
-# GPU is present (marked; skipped otherwise by ``need``)
+# GPU is present (marked: tests/conftest.py skips it without one)
 TARGETS = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
-
-
-def need(target: str) -> str:
-    """``target``, or skip the test when it is ``cuda`` and no usable GPU is here."""
-    if target == "cuda":
-        from ggmk.device.host import resolve_target
-        if resolve_target("auto") != "cuda":
-            pytest.skip("no usable NVIDIA GPU here (the cuda target)")
-    return target
 
 
 def wait_for(pred, timeout=60.0, what="condition"):

@@ -581,16 +581,8 @@ def test_displays_and_mode_set_through_virtio(tmp_path):
 
 # ------------------------------------------------------------------------------------ cuda
 
-def _cuda_or_skip():
-    from ggmk.drivers.gpu import cuda
-    ok, why = cuda.available(0)
-    if not ok:
-        pytest.skip(f"no usable GPU: {why}")
-
-
 @pytest.mark.cuda
 def test_cuda_backend_memory_commands_and_fences():
-    _cuda_or_skip()
     with GpuDriver(backend="cuda", display=None, memory_reservation="64M") as d:
         assert d.backend.name == "cuda" and d.device.get("pci_bus_id")
         ctx = d.create_context()
@@ -620,7 +612,6 @@ def test_cuda_backend_memory_commands_and_fences():
 
 @pytest.mark.cuda
 def test_cuda_backend_launch_and_reset():
-    _cuda_or_skip()
     with GpuDriver(backend="cuda", display=None) as d:
         m = _probe_module()
         k1 = d.launch([m], workers=2)
