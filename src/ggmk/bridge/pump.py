@@ -88,7 +88,7 @@ from ggmk.bridge.transport import TransferError
 from ggmk.core.alloc import MAX_ALLOC
 from ggmk.device import layout
 from ggmk.errors import GgmkError, KernelStopped
-from ggmk.task import ALLOC_FAIL, CHAN_CLOSED, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC
+from ggmk.task import ALLOC_FAIL, CHAN_CLOSED, CHAN_FULL, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC
 
 _RX0 = ds.BASE + 0x1000              # ingress record types: RX(0) .. RX(0xFFF)
 _RX1 = ds.BASE + 0x2000
@@ -409,8 +409,8 @@ class Bridge:
         self.c = dict(transfers=0, transfers_out=0, transfers_in=0, records=0, records_out=0,
                       records_in=0, retries=0, failed_transfers=0, payload_copies=0,
                       payload_bytes=0, inline_crossings=0, alloc_fail=0, dead_lettered=0,
-                      credits_granted=0, service_records=0, alloc_retries=0, resets=0,
-                      reset_lost=0, reset_redelivered=0, direct_sends=0, helped=0)
+                      credits_granted=0, service_records=0, service_resent=0, alloc_retries=0,
+                      resets=0, reset_lost=0, reset_redelivered=0, direct_sends=0, helped=0)
         self._rx_types = [st.rx_type for st in self.ins]
         self._last_io = 0.0                # monotonic time of the last transfer either way
         self._thread = None
@@ -1078,6 +1078,14 @@ class Bridge:
                 if dptr and code != ALLOC_FAIL:
                     self._release_device(dptr)
             elif ds.is_bridge_type(t):
+                if where == SYS_DROPPED and code == CHAN_FULL:
+                    # refused at the device's door (its type bucket was full), never run: a
+                    # lost RELEASE would leak a device block, a lost CREDIT or ALLOC stall a
+                    # channel for good; CREDIT adds up, RELEASE and ALLOC (matched by tag) need
+                    # no order, so the same record simply goes again with the next batch
+                    self._stage_add(T.make(1, type=t, meta0=r["meta0"], meta1=r["meta1"]))
+                    self.c["service_resent"] += 1
+                    continue
                 self.errors.append(f"bridge: service record type {t:#x} failed with "
                                    f"{T.code_name(code)}")
                 continue
