@@ -50,7 +50,7 @@ def test_ingress_dropped_at_the_device_door_is_accounted_and_the_system_goes_idl
         dropped, codes = s.cpu.dead_letters("sys.dropped")
         assert len(dropped) > 0, "no drop forced: the test no longer shows the door"
         assert set(np.asarray(codes).tolist()) == {T.CHAN_FULL}
-        assert (dropped["type"] == W.TYPES["WORK"]).all()
+        assert (dropped["type"] == W.TYPES["WORK"]).all(), np.unique(dropped["type"], return_counts=True)
         got = sorted([b[0] for b in W.REC.back] + dropped["meta0"].tolist())
         assert got == list(range(N))
         st = s.stats()["bridge"]["channels"]["cpu.in"]

@@ -439,10 +439,7 @@ def enqueue_place(S, blk, ti, w0, w1, w2, w3, w4, w5, mode):
         if d >= 0:
             met_type(D, blk, ti, PT_ENQ, 1)
             return OK
-        d = rq_push(D, Q_OVF, w0, w1, w2, w3, w4, w5, OVF_CAP, 0)
-        if d >= 0:
-            met_type(D, blk, ti, PT_ENQ, 1)
-            met_add(D, blk, M_OVERFLOW_PUSH, 1)
+        if overflow_push(D, blk, ti, w0, w1, w2, w3, w4, w5) == OK:
             return OK
         met_add(D, blk, M_YIELD_OVERFLOW, 1)
         to_sys(S, blk, CH_SYS_ERROR, YIELD_OVERFLOW, w0, w1, w2, w3, w4, w5)
@@ -463,6 +460,17 @@ def enqueue_place(S, blk, ti, w0, w1, w2, w3, w4, w5, mode):
             return OK
     met_add(D, blk, M_BUCKET_FULL, 1)
     return CHAN_FULL
+
+
+def overflow_push(D, blk, ti, w0, w1, w2, w3, w4, w5):
+    """Place a task on the overflow queue (any type; drained by every worker): a yield that
+    found its local queue full, or a lossless channel copy its type's queues refused. OK, or
+    CHAN_FULL when the overflow queue is full too."""
+    if rq_push(D, Q_OVF, w0, w1, w2, w3, w4, w5, OVF_CAP, 0) < 0:
+        return CHAN_FULL
+    met_type(D, blk, ti, PT_ENQ, 1)
+    met_add(D, blk, M_OVERFLOW_PUSH, 1)
+    return OK
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,7 +500,9 @@ def emit_channel(S, blk, c, pw0, w0, w2, w3, m0, m1):
     and a subscriber has no credit left: nothing was taken, the caller keeps its payload) or
     CHAN_UNKNOWN (no such channel: the message went to sys.error). On a lossy channel the copy
     for a full subscriber goes to sys.dropped with CHAN_FULL; a copy the queues cannot take
-    goes there with the enqueue's code; with no subscriber at all, with CHAN_NO_SUBSCRIBER."""
+    goes there with the enqueue's code (on a lossless one it waits in the overflow queue, and
+    only a full overflow queue drops it); with no subscriber at all, with
+    CHAN_NO_SUBSCRIBER."""
     D = S[0]
     w0 = (w0 & -4294967296) | (FLAG_CHANNEL_MSG << 32) | chan_msg_type(c)
     if c < 1 or c > NCHAN:
@@ -552,6 +562,11 @@ def emit_channel(S, blk, c, pw0, w0, w2, w3, m0, m1):
         code = CHAN_FULL
         if (got >> k) & 1:
             r = enqueue(S, blk, ws0, w1, w2, w3, m0, m1, ENQ_CHANNEL)
+            if r == CHAN_FULL and lossless:
+                # its type's bucket and the local queue are full (a bucket smaller than the
+                # channel, or shared with other tasks of the type): a lossless copy was promised
+                # delivery when its credit was taken, so it waits in the overflow queue
+                r = overflow_push(D, blk, type_index(rec_type(ws0)), ws0, w1, w2, w3, m0, m1)
             if r == OK:
                 blk_add(D, ms + PS_DELIVERED, 1)
                 blk_add(D, mc + PC_DELIVERED, 1)
