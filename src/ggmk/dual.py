@@ -61,7 +61,7 @@ from ggmk.bridge import device_side as ds
 from ggmk.bridge.fences import Fences
 from ggmk.bridge.gpu_drv import open_driver
 from ggmk.bridge.plan import device_spec, ingress_room, plan as plan_bridge
-from ggmk.bridge.pump import Bridge, BridgeError, check_arena_reserve
+from ggmk.bridge.pump import Bridge, BridgeError, check_options as check_bridge_options
 from ggmk.bridge.process import ProcessTransport
 from ggmk.bridge.transport import InProcessTransport
 from ggmk.core.kernel import System
@@ -164,16 +164,10 @@ class DualSystem:
         if unknown:
             raise BootError(f"boot: unknown bridge options {sorted(unknown)}; known: "
                             f"{list(BRIDGE_OPTS)}")
-        if "arena_reserve" in bopts:
-            try:
-                check_arena_reserve(bopts["arena_reserve"])
-            except ValueError as e:
-                raise BootError(f"boot: {e}") from None
-        window = bopts.get("window")
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int)
-                                   or window < 1):
-            raise BootError(f"boot: bridge option window must be an int >= 1 (credits per "
-                            f"bridge channel), got {window!r}")
+        try:
+            check_bridge_options(bopts)
+        except ValueError as e:
+            raise BootError(f"boot: {e}") from None
         self.deterministic = bool(cpu_kw.get("deterministic", False))
         # 0. the declarations of both kernels, checked together before anything boots
         self.plan = plan_bridge(cpu_mods, gpu_mods, reg, types_given=types_given)
@@ -201,9 +195,12 @@ class DualSystem:
             self._step("gpu_drv", t0, f"target {self.driver.target}: "
                        f"{[d.get('name') for d in self.device_info.get('devices', [])]}")
             # 3. the GPU kernel (user modules + the bridge's device module)
-            inbound, outbound = device_spec(self.plan, window)
+            inbound, outbound = device_spec(self.plan, bopts.get("window"))
             self._dev_spec = dict(modules=list(gpu_mods), bridge=(inbound, outbound),
                                   types=reg, config=dict(device_config or {}))
+            # what push_device may send: a type some handler of either kernel takes
+            self._device_types = {reg.id(h.type) if isinstance(h.type, str) else int(h.type)
+                                  for m in gpu_mods for h in m.handlers}
             if device_process:
                 self.process = self._boot_process()
                 self.kernel = self.process.kernel
@@ -301,6 +298,7 @@ class DualSystem:
         fitted (the ring is bounded: push the rest again). Safe from any thread while the
         bridge pump sends on the same ring (``DeviceKernel.push`` is one critical section)."""
         self._check()
+        self._check_push_types(records)
         if self.bridge.paused is not None:
             raise BridgeError(f"push_device: the GPU kernel is paused or being reset "
                               f"({self.bridge.paused}); nothing was pushed, push again after "
@@ -312,6 +310,24 @@ class DualSystem:
         n = self.kernel.push(records)
         self.bridge.poke(expect_output=True)
         return n
+
+    def _check_push_types(self, records) -> None:
+        """ValueError, nothing pushed, for a record type that would only get lost or do harm on
+        the GPU kernel: one no handler of either kernel takes (it would end up in
+        ``device_records()`` unnoticed) or one of the bridge's own (a host that pushed the
+        bridge's CREDIT would change its credit counters)."""
+        if not isinstance(records, np.ndarray) or records.dtype != T.TASK_DTYPE:
+            return                        # (DeviceKernel.push names that problem)
+        cpu = self.cpu.handler_of
+        for t in np.unique(records["type"]).tolist():
+            if ds.is_bridge_type(t):
+                raise ValueError(f"push_device: type {t:#x} is reserved for the bridge's own "
+                                 f"records ({ds.BASE:#x}..{ds.BASE + 0x3FFF:#x}); nothing was "
+                                 "pushed")
+            if t not in self._device_types and not (t < len(cpu) and cpu[t] is not None):
+                known = self.cpu.types.name(t) if t in self.cpu.types else "not registered"
+                raise ValueError(f"push_device: no handler of either kernel takes type {t} "
+                                 f"({known}); nothing was pushed")
 
     def pause_device(self, reason: str) -> None:
         """Hold every bridge transfer (the GPU kernel is being reset): nothing is sent or

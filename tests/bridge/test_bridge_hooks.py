@@ -139,6 +139,21 @@ def test_a_bad_arena_reserve_fails_the_boot_naming_it(bad):
         boot(bridge={"arena_reserve": bad})
 
 
+@pytest.mark.parametrize("name,bad,must", [
+    ("max_retries", -1, "an int >= 0"),      # booted, then sent no batch: every message lost
+    ("max_retries", 1.5, "an int >= 0"),
+    ("batch", "8", "an int >= 1"),            # a raw TypeError from deep inside, before
+    ("batch", 0, "an int >= 1"),
+    ("flush_us", -1, "a number >= 0"),        # accepted without a word, before
+    ("flush_us", float("nan"), "a number >= 0"),
+    ("retry_backoff_us", "50", "a number >= 0"),
+    ("pump_helps", "yes", "True or False"),
+])
+def test_a_bad_bridge_option_fails_the_boot_naming_it(name, bad, must):
+    with pytest.raises(BootError, match=rf"bridge: {name} must be {must}.*, got {bad!r}"):
+        boot(bridge={name: bad})
+
+
 def test_the_bridge_reserves_cpu_memory_for_arriving_payloads():
     s = boot(bridge={"arena_reserve": 0.25})
     try:

@@ -329,6 +329,40 @@ def check_arena_reserve(share) -> None:
                          f"got {share!r}")
 
 
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _amount(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
+#: the bridge's tunable options: (what it must be, the check)
+OPTION_RULES = {
+    "batch": ("an int >= 1 (records per transfer)", lambda v: _count(v) and v >= 1),
+    "flush_us": ("a number >= 0 (us a partial batch may wait)", lambda v: _amount(v) and v >= 0),
+    "window": ("None or an int >= 1 (credits per bridge channel)",
+               lambda v: v is None or (_count(v) and v >= 1)),
+    "max_retries": ("an int >= 0 (retries of a failed transfer)", lambda v: _count(v) and v >= 0),
+    "retry_backoff_us": ("a number >= 0 (us before the first retry)",
+                         lambda v: _amount(v) and v >= 0),
+    "pump_helps": ("True or False", lambda v: isinstance(v, bool)),
+}
+
+
+def check_options(opts: dict) -> None:
+    """ValueError naming the first bridge option whose value is not allowed (the option, the
+    value and what it must be): a bad value must not boot a bridge that then misbehaves (a
+    negative ``max_retries`` sent no batch at all and lost every CPU -> GPU message)."""
+    for name, v in opts.items():
+        if name == "arena_reserve":
+            check_arena_reserve(v)
+            continue
+        rule = OPTION_RULES.get(name)
+        if rule is not None and not rule[1](v):
+            raise ValueError(f"bridge: {name} must be {rule[0]}, got {v!r}")
+
+
 class Bridge:
     """The bridge between a booted CPU ``System`` and a GPU kernel behind ``transport``.
 
@@ -345,9 +379,9 @@ class Bridge:
                  window: int | None = None, max_retries: int = 8, retry_backoff_us: float = 50.0,
                  deterministic: bool = False, autostart: bool = True, pump_helps: bool = False,
                  arena_reserve: float = 1 / 16, ingress_room: int | None = None):
-        if batch < 1:
-            raise ValueError(f"bridge: batch must be >= 1, got {batch}")
-        check_arena_reserve(arena_reserve)
+        check_options(dict(batch=batch, flush_us=flush_us, window=window,
+                           max_retries=max_retries, retry_backoff_us=retry_backoff_us,
+                           pump_helps=pump_helps, arena_reserve=arena_reserve))
         self.sys = system
         self.tx = transport
         self.batch = int(batch)
