@@ -509,8 +509,9 @@ class DualSystem:
         ``timeout`` for everything to finish; then stop the bridge pump and the GPU kernel,
         take what the GPU kernel still sent, put what the bridge still holds on sys.error
         (HALTED) and halt the CPU kernel (see ``System.halt``). Returns the CPU kernel's
-        accounting plus ``bridge_halted`` and ``device_unfinished`` (ingress tasks the GPU
-        kernel had not finished when it stopped)."""
+        accounting plus ``bridge_halted``, ``device_unfinished`` (ingress tasks the GPU
+        kernel had not finished when it stopped) and ``device_halted`` (the messages inside
+        the stopped GPU kernel, each named on sys.error with HALTED)."""
         if self.halted:
             return self.halt_report
         t_end = time.monotonic() + max(timeout, 0)
@@ -520,33 +521,33 @@ class DualSystem:
         self.halted = True
         b = self.bridge
         b.stop()
-        try:
-            self._last_gpu = self.kernel.metrics()
-        except Exception:   # noqa: BLE001
-            self._last_gpu = None
+        self._keep_gpu_metrics()            # (the running kernel's, if it never stops)
         err = None
         if self.process is not None:
             with self._reset_lock:             # a reset in progress finishes first
                 rep_dev = self._halt_process(b)
         else:
-            rep_dev = {}
             try:
                 self.kernel.stop()
+                self._keep_gpu_metrics()
             except Exception as e:   # noqa: BLE001 - report it after the CPU halted
                 err = e
+            # what the stopped kernel still held, accounted as for a device process: what it
+            # published is delivered, what it had not finished is named on sys.error
             with b.lock:
-                b._receive()                   # what the device published before it stopped
-                b._deliver_out()
                 b._refresh_done(force=True)
-        unfinished = rep_dev.get("unfinished", sum(max(0, st.inflight()) for st in b.ins))
+            unfinished = sum(max(0, st.inflight()) for st in b.ins)
+            acct = b.reset_device(T.HALTED, reset=False)
+            rep_dev = {"unfinished": unfinished, "named": acct["lost"]}
+        unfinished = rep_dev["unfinished"]
         left = b.drain_leftovers(T.HALTED)
         rep = dict(self.cpu.halt(timeout=max(0.0, t_end - time.monotonic())))
         rep["drained"] = bool(drained) and rep.get("drained", True)
         rep["bridge_halted"] = left
         rep["device_unfinished"] = unfinished
+        rep["device_halted"] = rep_dev["named"]
         if self.process is not None:
             rep["device_killed"] = rep_dev["killed"]
-            rep["device_halted"] = rep_dev["named"]
         self.halt_report = rep
         try:
             self.driver.close()
@@ -555,6 +556,14 @@ class DualSystem:
                 raise err
         return rep
 
+    def _keep_gpu_metrics(self) -> None:
+        """Keep the GPU kernel's metrics for stats() after halt: a stopped kernel's are final
+        (it publishes them on its way out)."""
+        try:
+            self._last_gpu = self.kernel.metrics()
+        except Exception:   # noqa: BLE001 - unreadable: keep what was kept
+            self._last_gpu = getattr(self, "_last_gpu", None)
+
     def _halt_process(self, b) -> dict:
         """Stop the device process (a kernel that does not stop within a few seconds is stuck:
         the process is killed), then account for what was inside it exactly as a reset does,
@@ -562,6 +571,7 @@ class DualSystem:
         killed = False
         try:
             self.kernel.stop(timeout=3.0)
+            self._keep_gpu_metrics()
         except Exception as e:   # noqa: BLE001 - stuck or dead: killed below
             killed = True
             log.warning("ggmk: halt: the GPU kernel did not stop (%s); its device process is "

@@ -1469,8 +1469,11 @@ class Bridge:
           (redelivered); ones whose payload was already in the old device arena go to
           sys.error with ``code``; service records (ALLOC, RELEASE, CREDIT) are dropped and
           block requests still waiting are asked again of the new kernel;
-        * GPU -> CPU: records waiting for a sequence gap are delivered in order (the gap was
-          inside the old kernel: counted in ``gaps``); credits start again.
+        * GPU -> CPU: records waiting for a sequence gap are delivered in order; the messages
+          of the gaps and those still on the device channel for the bridge's egress were
+          inside the old kernel: each goes to sys.error with ``code`` as a record carrying
+          its channel seq (``_lost_on_device``; the gaps also counted in ``gaps``); credits
+          start again.
 
         ``reset=False``: the same accounting when the GPU kernel stopped for good (halt), not
         counted as a reset. Returns {"lost", "redelivered", "gaps", "per_channel"}."""
@@ -1556,14 +1559,21 @@ class Bridge:
                                  in sorted(self._pending_alloc.items())]
             self._alloc_retry_t = 0.0
             for st in self.outs.values():
+                seen = st.next_seq - 1         # the last channel seq delivered in order
+                missing: list = []
                 if st.reorder:
                     recs, keys, live = st.reorder.merged()
-                    acct["gaps"] += (int(keys[-1]) - st.next_seq + 1) - len(keys)
+                    # the gaps before the records that wait for them were inside the old kernel
+                    missing = sorted(set(range(st.next_seq, int(keys[-1]) + 1))
+                                     - set(keys.tolist()))
+                    acct["gaps"] += len(missing)
+                    seen = int(keys[-1])
                     st.reorder.clear()
                     arr = recs[live]
                     if len(arr):
                         st.uncopied.append(arr)
                         st.uncopied_n += len(arr)
+                self._lost_on_device(st, missing, seen, kernel, code, acct)
                 # payloads still in the old device arena: copied now or on sys.error
                 dead0 = st.dead
                 self._copy_waiting(st, final=code)
@@ -1579,6 +1589,32 @@ class Bridge:
                 self.c["reset_lost"] += acct["lost"]
                 self.c["reset_redelivered"] += acct["redelivered"]
         return acct
+
+    def _lost_on_device(self, st: _Out, missing: list, seen: int, kernel, code: int,
+                        acct: dict) -> None:
+        """``reset_device``'s GPU -> CPU part: messages the old GPU kernel had accepted on the
+        device channel but never forwarded are gone with it. They are the sequence gaps
+        before what the host holds (``missing``, exact) and the messages still on the
+        channel for the bridge's egress subscriber (its published in-flight count: exact
+        once the kernel stopped, the last publication if it was killed), taken as the seqs
+        after ``seen``. Their contents are gone; each goes to sys.error with ``code`` as a
+        record of the channel's type carrying its seq, so every one is accounted."""
+        depth = 0
+        if kernel is not None:
+            try:
+                depth = max(0, kernel.chan_depth(st.bc.name, ds.TX(st.k)))
+            except Exception:   # noqa: BLE001 - the pages may be unreadable: count the gaps
+                depth = 0
+        seqs = list(missing) + list(range(seen + 1, seen + 1 + depth))
+        if not seqs:
+            return
+        recs = T.make(len(seqs), type=st.bc.type_id,
+                      seq=np.array(seqs, np.int64) & 0xFFFFFFFF)
+        self._to_sys_error(recs, code)
+        st.dead += len(seqs)
+        acct["lost"] += len(seqs)
+        acct["per_channel"][st.bc.name] = {"lost": len(seqs), "named": len(seqs),
+                                           "gaps": len(missing)}
 
     # -- deterministic channels (tick fences) ----------------------------------------------------
     def det_take_inbound(self) -> list:

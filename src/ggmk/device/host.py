@@ -510,16 +510,22 @@ class DeviceKernel:
         rows = self._h["mpub"].reshape(self.config.blocks, self.plan.nmet)
         return rows[:, cols].sum(axis=0).reshape(len(key[0]), len(key[1])).sum(axis=1)
 
-    def chan_depth(self, name) -> int:
+    def chan_depth(self, name, sub_type: int | None = None) -> int:
         """Messages in flight (queued or running) on device channel ``name``, the largest
-        over its subscribers, as last published (one word per subscriber)."""
+        over its subscribers (or the subscriber handler of type ``sub_type``'s), as last
+        published (one word per subscriber; exact once the kernel has stopped)."""
         self._check()
         key = getattr(name, "name", name)
         for c in self.chans:
             if c.name == key:
-                if not c.subs:
-                    return 0
-                return int(self._h["cpub"][c.slot0:c.slot0 + len(c.subs)].max())
+                pub = self._h["cpub"][c.slot0:c.slot0 + len(c.subs)]
+                if sub_type is not None:
+                    for k, hi in enumerate(c.subs):
+                        if self.type_ids[hi] == int(sub_type):
+                            return int(pub[k])
+                    raise KeyError(f"DeviceKernel: device channel {key!r} has no subscriber "
+                                   f"of type {sub_type}")
+                return int(pub.max()) if len(pub) else 0
         raise KeyError(f"DeviceKernel: no device channel {key!r}")
 
     @property
