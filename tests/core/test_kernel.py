@@ -8,7 +8,7 @@ import pytest
 import ggmk
 from ggmk import OK
 from ggmk import task as T
-from ggmk.errors import BootError, KernelStopped
+from ggmk.errors import BootError, ChannelError, KernelStopped
 
 
 def _slow_system(hal, started, workers=2, **kw):
@@ -62,7 +62,8 @@ def test_halt_with_time_drains_everything(hal):
     s, done = _slow_system(hal, started)
     s.submit("WORK", meta0=np.arange(500))
     report = s.halt(timeout=60)
-    assert report == {"drained": True, "halted": 0, "channel_dropped": 0, "outstanding": 0}
+    assert report == {"drained": True, "halted": 0, "channel_dropped": 0, "outstanding": 0,
+                      "stuck_workers": 0}
     assert len(done) == 750
 
 
@@ -189,3 +190,38 @@ def test_halt_refuses_a_bad_timeout_and_stays_usable(timeout):
     with pytest.raises(ValueError, match="timeout"):
         s.halt(timeout=timeout)
     assert s.halt()["outstanding"] == 0
+
+
+def test_halt_goes_on_without_a_handler_that_never_returns(monkeypatch, wait_until):
+    """A handler blocked for good used to hold ``halt`` for good (the workers are joined);
+    now halt leaves such a worker behind after ``STUCK_AFTER_S``, says so in its report and
+    keeps the stuck task outstanding; if the handler ever returns, what it emits is refused."""
+    monkeypatch.setattr(ggmk.System, "STUCK_AFTER_S", 0.2)
+    release = threading.Event()
+    entered = threading.Event()
+    emitted = []
+    m = ggmk.Module("stuck")
+    OUT = m.produces("stuck.out", "STUCK_OUT")
+
+    @m.handler("STUCK")
+    def stuck(ctx):
+        entered.set()
+        release.wait()                       # a handler that does not return (until the test says)
+        try:
+            emitted.append(ctx.emit(OUT, meta0=1))
+        except Exception as e:  # noqa: BLE001
+            emitted.append(e)
+        return OK
+
+    s = ggmk.boot([m], workers=2)
+    try:
+        s.submit("STUCK")
+        assert entered.wait(10)
+        rep = s.halt(timeout=0.1)
+        assert rep["stuck_workers"] == 1 and rep["outstanding"] == 1 and not rep["drained"]
+        assert s.hal.alive_threads() == 1
+    finally:
+        release.set()
+    assert wait_until(lambda: s.hal.alive_threads() == 0, timeout=10)
+    assert len(emitted) == 1 and isinstance(emitted[0], ChannelError)
+    assert emitted[0].code == T.CHAN_CLOSED and "halted" in str(emitted[0])

@@ -13,6 +13,7 @@ Example::
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -36,6 +37,8 @@ from ggmk.events import EventType
 from ggmk.hal import make_hal
 from ggmk.typereg import TypeRegistry, raise_boot_problems, validate_declarations
 
+log = logging.getLogger("ggmk")
+
 _ENQ = int(TypeCounter.ENQUEUED)
 _DEQ = int(TypeCounter.DEQUEUED)
 _REC = T.RECORD_STRUCT
@@ -48,6 +51,9 @@ class System:
     """A booted CPU kernel. Create it with :func:`boot`."""
 
     ROUTE_EMIT = Route.EMIT
+    #: ``halt`` waits this long for the workers to leave their handlers, then goes on without
+    #: the ones still inside one (a handler that never returns would hold halt for good)
+    STUCK_AFTER_S = 5.0
 
     def __init__(self, modules, *, types: TypeRegistry | None = None, workers: int = 2,
                  hal: str = "threads", seed: int = 0, deterministic: bool = False,
@@ -225,6 +231,9 @@ class System:
             # a declaration names a channel of *this* system: one Module object may be booted
             # in several live systems, and each emits into its own channel (``handle`` is only
             # the most recent boot's)
+            if self.halted and target.module in self.modules:
+                raise ChannelError(f"channel {target.name!r}: closed, the system has halted "
+                                   "(nothing was emitted)", T.CHAN_CLOSED)
             if target.module not in self.modules or self.channels is None \
                     or target.name not in self.channels:
                 raise ChannelError(f"channel {target.name!r} (declared by module "
@@ -767,7 +776,13 @@ class System:
         runs last, in reverse order. Returns the accounting::
 
             {"drained": True/False, "halted": tasks dead-lettered with HALTED,
-             "channel_dropped": channel messages dropped, "outstanding": 0}
+             "channel_dropped": channel messages dropped, "outstanding": 0,
+             "stuck_workers": 0}
+
+        A worker still inside a handler ``STUCK_AFTER_S`` seconds after the stop (a handler
+        that never returns: Python cannot end a thread) is left behind instead of waited for
+        forever: counted in ``stuck_workers``, its tasks in ``outstanding`` (they finish if
+        the handler ever returns; what it emits then is refused: the channels are closed).
 
         ``dead_letters()`` still works after ``halt``. Calling ``halt`` again returns the same
         accounting.
@@ -782,7 +797,12 @@ class System:
             self.det.release_input()
             self.hal.wake(self.nworkers)
         drained = self.idle() or (timeout > 0 and self.hal.wait(self.idle, timeout))
-        self.hal.stop()
+        stuck = self.hal.stop(join_timeout=self.STUCK_AFTER_S)
+        if stuck:
+            log.warning("ggmk: halt: %d worker(s) still in a handler that did not return "
+                        "within %.1f s; halt goes on without them (their tasks stay "
+                        "outstanding, what they emit later is refused)", stuck,
+                        self.STUCK_AFTER_S)
         self.running = False
         # nothing runs the queues from here on: what a host thread still delivers (a publish
         # its channel admitted just before the channels close below, a caller of
@@ -808,7 +828,8 @@ class System:
             halted += len(recs)
             self._dead(recs, T.HALTED)
         self.halt_report = {"drained": bool(drained), "halted": halted,
-                            "channel_dropped": dropped, "outstanding": self.sched.outstanding}
+                            "channel_dropped": dropped, "outstanding": self.sched.outstanding,
+                            "stuck_workers": stuck}
         errors = []
         for m in reversed(self.modules):
             if m._fini:

@@ -47,8 +47,10 @@ class Hal(Protocol):
     def sleep(self, seconds: float) -> None:
         """Let the system run for ``seconds`` of HAL-clock time, whatever its state."""
 
-    def stop(self) -> None:
-        """Stop the workers and join every thread the HAL started."""
+    def stop(self, join_timeout: float | None = None) -> int:
+        """Stop the workers and join every thread the HAL started, waiting at most
+        ``join_timeout`` seconds in all (None: as long as it takes); returns how many are still
+        running then (a handler that does not return: Python cannot end a thread)."""
 
     def alive_threads(self) -> int:
         """OS threads still running (0 on sim)."""

@@ -92,8 +92,9 @@ class SimHal:
                 idle_rounds = 0
         return True
 
-    def stop(self) -> None:
+    def stop(self, join_timeout: float | None = None) -> int:
         self.running = False
+        return 0
 
     def alive_threads(self) -> int:
         return 0

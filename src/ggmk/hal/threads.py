@@ -295,15 +295,18 @@ class ThreadsHal:
             delay = min(delay * 2, longest)
         return True
 
-    def stop(self) -> None:
+    def stop(self, join_timeout: float | None = None) -> int:
         self.running = False
         _SigintGuard.remove()             # (another system's next help puts it back)
         with self._plock:
             while self._parked:
                 self._parked.pop().release()
+        deadline = None if join_timeout is None else time.monotonic() + join_timeout
         for t in self.threads:
-            t.join()
-        self.threads.clear()
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        # a worker whose handler never returns stays listed (alive_threads counts it)
+        self.threads = [t for t in self.threads if t.is_alive()]
+        return len(self.threads)
 
     def alive_threads(self) -> int:
         return sum(t.is_alive() for t in self.threads)
