@@ -1,8 +1,10 @@
 """The nic module with real sockets on 127.0.0.1 only (UDP and length-prefixed TCP)."""
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import threading
 
 import time
 
@@ -170,3 +172,100 @@ def test_halt_stops_threads_and_closes_socket():
     s.bind(addr)                    # the port is free again
     s.close()
 
+
+
+def test_udp_datagram_longer_than_max_frame_is_dropped_not_truncated(wait_until):
+    n = nic.module("udp", max_frame=100)
+    app = ggmk.Module("app")
+    got = []
+
+    @app.handler("APP_RX", batch=True, consumes="net.rx", message="NET_RX")
+    def rx(ctx, batch):
+        for r in batch.records:
+            p, ln = int(r["payload_ptr"]), int(r["payload_len"])
+            got.append((int(r["meta1"]), bytes(ctx.system.arena.view(p, ln)) if p else b""))
+
+    with ggmk.boot([n, app], workers=2) as system:
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.bind((LOOP, 0))
+        c.sendto(b"x" * 250, n.nic.address)            # longer than max_frame: not delivered
+        c.sendto(b"y" * 100, n.nic.address)            # exactly max_frame: whole
+        c.sendto(b"z" * 50, n.nic.address)
+        assert wait_until(lambda: len(got) == 2 and n.nic.stats()["truncated"] == 1,
+                          step=lambda: system.run(0.05, until_idle=False))
+        me = nic.peer(c.getsockname())
+        c.close()
+        assert system.run(timeout=10)
+        drop, codes = system.dead_letters("sys.dropped")
+    assert got == [(100, b"y" * 100), (50, b"z" * 50)]
+    assert codes.tolist() == [nic.NET_ERROR]
+    assert drop["meta0"].tolist() == [me] and drop["meta1"].tolist() == [100]
+    s = n.nic.stats()
+    assert s["truncated"] == 1 and s["rx"] == 2 and s["rx_bytes"] == 150
+
+
+def test_udp_bad_peer_fails_only_its_record():
+    n = nic.module("udp")
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r.bind((LOOP, 0))
+    good = nic.peer(r.getsockname())
+    with ggmk.boot([n], workers=2) as system:
+        # one batch: good, a peer word wider than ipv4 << 16 | port, good
+        system.channel("net.tx").publish(meta0=[good, 1 << 60, good], meta1=[0, 1, 2])
+        assert system.run(timeout=10)
+        err, codes = system.dead_letters("sys.error")
+        assert not system.exceptions
+    assert list(zip(err["meta0"].tolist(), codes.tolist())) == [(1 << 60, nic.NET_ERROR)]
+    s = n.nic.stats()
+    assert s["tx"] == 2 and s["tx_errors"] == 1
+    r.settimeout(5)
+    assert [r.recv(100) for _ in range(2)] == [b"", b""]
+    r.setblocking(False)
+    with pytest.raises(BlockingIOError):                 # each good record sent exactly once
+        r.recv(100)
+    r.close()
+    with pytest.raises(ValueError, match="peer"):
+        nic.addr(1 << 60)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/udp"), reason="needs Linux /proc/net/udp")
+def test_udp_os_drops_after_the_last_datagram_read_are_counted(wait_until):
+    n = nic.module("udp", rcvbuf=4096)
+    sent = 300
+    holds = {0: threading.Event(), sent: threading.Event()}
+    publish = n.nic._publish
+
+    def held(who, data):
+        # the receiver stalls on the first datagram of each flood: the OS buffer fills and the
+        # rest of the flood is dropped after the datagrams it holds were stamped
+        hold = holds.get(struct.unpack(">I", data[:4])[0])
+        if hold is not None:
+            hold.wait(10)
+        publish(who, data)
+
+    def flood(first):
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for i in range(first, first + sent):
+            c.sendto(struct.pack(">I", i) + b"p" * 200, n.nic.address)
+        c.close()
+        holds[first].set()
+
+    def accounted():
+        s = n.nic.stats()
+        return s["rx"] + s["os_dropped"]
+
+    n.nic._publish = held
+    system = ggmk.boot([n], workers=2)
+    flood(0)            # no drops yet when its datagrams were queued: no SO_RXQ_OVFL with them
+    ok1 = wait_until(lambda: accounted() >= sent, 5)
+    flood(sent)         # its queued datagrams carry the first flood's drops (SO_RXQ_OVFL)
+    # the second flood's drops are counted when the receiver next looks (idle), not only at halt
+    ok2 = wait_until(lambda: accounted() >= 2 * sent, 5)
+    s_idle = n.nic.stats()
+    system.halt()
+    drop, codes = system.dead_letters("sys.dropped")
+    s = n.nic.stats()
+    assert ok1 and ok2, s_idle
+    assert s["os_dropped"] > 0                          # it really did overflow
+    assert s["rx"] + s["os_dropped"] == 2 * sent, s
+    assert int((codes == nic.NET_OS_DROP).sum()) == s["os_dropped"]

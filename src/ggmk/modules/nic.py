@@ -20,14 +20,21 @@ datagram / frame on ``net.rx`` (``system.channel("net.rx").publish``). Overload 
 silent: ``net.rx`` is ``lossy`` by default, so a message a full subscriber cannot take lands on
 ``sys.dropped`` (CHAN_FULL) and the receiver never blocks; with ``rx_guarantee="lossless"``
 a message the channel refuses is put on ``sys.dropped`` by the module (CHAN_FULL). Datagrams
-the operating system dropped before we read them (its receive buffer overflowed: Linux
-``SO_RXQ_OVFL``, or the socket's ``drops`` in /proc/net/udp, checked when the socket is idle,
-every 256 datagrams and at halt) are put there too, one NET_RX record each with code
-``NET_OS_DROP``; an arena that cannot hold a payload gives ``ALLOC_FAIL`` there. ``m.nic.stats()`` counts all.
+the operating system dropped before we read them (its receive buffer overflowed) are put there
+too, one NET_RX record each with code ``NET_OS_DROP``: the drop count Linux sends with a
+datagram (``SO_RXQ_OVFL``) is the fast path, and the socket's live ``drops`` in /proc/net/udp
+(Linux; elsewhere only what ``SO_RXQ_OVFL`` reports) is read when the socket is idle, every 256
+datagrams and at halt, so drops after the last datagram read are counted too. A UDP datagram
+longer than ``max_frame`` is never delivered cut short: it goes there as one NET_RX record
+(meta0 = peer, meta1 = ``max_frame``, the bytes read) with code ``NET_ERROR``, counted in
+``truncated``. An arena that cannot hold a payload gives ``ALLOC_FAIL`` there.
+``m.nic.stats()`` counts all (UDP: every datagram that reached the socket is one of ``rx``,
+``os_dropped``, ``truncated``).
 
 Sending: ``NET_TX`` messages are sent by the consuming handler (UDP ``sendto``; TCP the frame,
-length-prefixed, on that connection). A send that fails (unknown connection, peer 0, message
-too large, socket error) fails that task with ``NET_ERROR`` on ``sys.error``. A TCP peer
+length-prefixed, on that connection). A send that fails (unknown connection, peer 0 or a peer word
+that is no ``ipv4 << 16 | port``, message too large, socket error) fails that task only, with
+``NET_ERROR`` on ``sys.error`` (``tx_errors``); the other records of the batch are sent. A TCP peer
 sending a frame longer than ``max_frame`` gets its connection closed (``bad_frames``), and so
 does one whose frame could not be sent whole (the socket's 0.1 s timeout or an error: the stream
 would be unframed).
@@ -67,6 +74,8 @@ __all__ = ["module", "peer", "addr", "NET_ERROR", "NET_OS_DROP", "frame"]
 NET_ERROR = T.NET_ERROR
 NET_OS_DROP = T.NET_OS_DROP
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+MSG_TRUNC = getattr(socket, "MSG_TRUNC", 0x20)
+_PROC_UDP = ("/proc/net/udp", "/proc/net/udp6")
 _LEN = struct.Struct(">I")
 
 
@@ -77,8 +86,11 @@ def peer(address) -> int:
 
 
 def addr(p: int) -> tuple[str, int]:
-    """The peer word -> ``(ipv4 string, port)``."""
+    """The peer word -> ``(ipv4 string, port)``; ValueError if it is not one."""
     p = int(p)
+    if not 0 <= p < 1 << 48:
+        raise ValueError(f"nic: peer {p} is not a peer word: ipv4 << 16 | port, "
+                         f"in 0..2**48-1")
     return str(ipaddress.IPv4Address(p >> 16)), p & 0xFFFF
 
 
@@ -113,9 +125,9 @@ class _Nic:
         self.lock = threading.Lock()
         self.count_lock = threading.Lock()
         self.os_seen = 0
-        self.ovfl_total = None
+        self.ovfl_total = None          # the SO_RXQ_OVFL that came with the last datagram
         self.counters = {"rx": 0, "rx_bytes": 0, "rx_refused": 0, "os_dropped": 0,
-                         "alloc_fail": 0, "tx": 0, "tx_bytes": 0, "tx_errors": 0,
+                         "truncated": 0, "alloc_fail": 0, "tx": 0, "tx_bytes": 0, "tx_errors": 0,
                          "bad_frames": 0, "accepted": 0, "closed": 0}
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -152,8 +164,6 @@ class _Nic:
 
     def halt(self, system):
         self.stop.set()
-        if self.proto == "udp" and self.sock is not None:
-            self._check_os_drops()
         with self.lock:
             conns = list(self.conns.values())
             threads = list(self.threads)
@@ -164,6 +174,8 @@ class _Nic:
                 pass
         for t in threads:
             t.join(timeout=2)
+        if self.proto == "udp" and self.sock is not None:
+            self._check_os_drops()      # after the receiver stopped: every drop until now
         for c in conns:
             c.close()
         if self.sock is not None:
@@ -194,31 +206,38 @@ class _Nic:
         recs = T.make(count, type=system.type_id("NET_RX"), meta0=who, meta1=n)
         system.dead_letter(recs, code, which="sys.dropped", count_on=count_on)
 
-    def _os_total(self) -> int | None:
-        """The socket's drop counter: SO_RXQ_OVFL where the kernel delivers it, else the
-        ``drops`` column of /proc/net/udp for this socket's inode (Linux)."""
-        if self.ovfl_total is not None:
-            return self.ovfl_total
+    def _proc_drops(self) -> int | None:
+        """The socket's live drop counter: the ``drops`` column of /proc/net/udp (udp6) for
+        this socket's inode (Linux); None where there is none."""
         try:
             ino = str(os.fstat(self.sock.fileno()).st_ino)
-            with open("/proc/net/udp") as f:
-                for line in f:
-                    cols = line.split()
-                    if len(cols) > 12 and cols[9] == ino:
-                        return int(cols[-1])
+            for path in _PROC_UDP:
+                with open(path) as f:
+                    for line in f:
+                        cols = line.split()
+                        if len(cols) > 12 and cols[9] == ino:
+                            return int(cols[-1])
         except (OSError, ValueError):
             return None
         return None
 
-    def _check_os_drops(self) -> None:
-        total = self._os_total()
+    def _check_os_drops(self, live: bool = True) -> None:
+        """Count the datagrams the OS dropped since the last look. ``live``: read the live
+        counter (/proc); else, or where there is none, the last SO_RXQ_OVFL, which is blind to
+        drops after the datagram it came with."""
+        total = self._proc_drops() if live else None
+        if total is None:
+            total = self.ovfl_total
         if total is None:
             return
         with self.lock:
-            lost = total - self.os_seen
-            if lost <= 0:
+            # one 32-bit counter that only grows (sk_drops): the difference mod 2**32; a reading
+            # older than one already counted (the stamp on a datagram queued before the last
+            # /proc read) is behind it, not 2**32 ahead
+            lost = (total - self.os_seen) & 0xFFFFFFFF
+            if lost == 0 or lost >= 1 << 31:
                 return
-            self.os_seen = total
+            self.os_seen = total & 0xFFFFFFFF
         self._count("os_dropped", lost)
         self._dead(0, 0, NET_OS_DROP, count=lost)
 
@@ -228,7 +247,7 @@ class _Nic:
         k = 0
         while not self.stop.is_set():
             try:
-                data, cmsgs, _flags, src = s.recvmsg(self.max_frame, anc)
+                data, cmsgs, flags, src = s.recvmsg(self.max_frame, anc)
             except socket.timeout:
                 self._check_os_drops()
                 continue
@@ -236,13 +255,23 @@ class _Nic:
                 if self.stop.is_set():
                     return
                 continue
+            stamped = False
             for level, typ, cdata in cmsgs:
                 if level == socket.SOL_SOCKET and typ == SO_RXQ_OVFL and len(cdata) >= 4:
                     self.ovfl_total = struct.unpack("I", cdata[:4])[0]
-            self._publish(peer(src), data)
+                    stamped = True
+            if flags & MSG_TRUNC:
+                # longer than max_frame: the rest is gone, and a cut datagram must not pass
+                # for a whole one
+                self._count("truncated", 1)
+                self._dead(peer(src), len(data), NET_ERROR)
+            else:
+                self._publish(peer(src), data)
             k += 1
-            if k & 255 == 0 or self.ovfl_total is not None:
+            if k & 255 == 0:
                 self._check_os_drops()
+            elif stamped:
+                self._check_os_drops(live=False)
 
     def _accept_loop(self):
         s = self.sock
@@ -324,7 +353,12 @@ class _Nic:
             if self.proto == "udp":
                 if not who:
                     raise OSError(_errno.EDESTADDRREQ, "peer 0")
-                self.sock.sendto(data, addr(who))
+                try:
+                    to = addr(who)
+                except ValueError as e:
+                    # a bad peer word fails this record only, not the rest of its batch
+                    raise OSError(_errno.EINVAL, str(e)) from None
+                self.sock.sendto(data, to)
             else:
                 with self.lock:
                     c = self.conns.get(who)
