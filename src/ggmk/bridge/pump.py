@@ -1596,8 +1596,8 @@ class Bridge:
         device channel but never forwarded are gone with it. They are the sequence gaps
         before what the host holds (``missing``, exact) and the messages still on the
         channel for the bridge's egress subscriber (its published in-flight count: exact
-        once the kernel stopped, the last publication if it was killed), taken as the seqs
-        after ``seen``. Their contents are gone; each goes to sys.error with ``code`` as a
+        once the kernel stopped, the last publication if it was killed), the gaps among
+        them, the rest taken as the seqs after ``seen``. Their contents are gone; each goes to sys.error with ``code`` as a
         record of the channel's type carrying its seq, so every one is accounted."""
         depth = 0
         if kernel is not None:
@@ -1605,7 +1605,9 @@ class Bridge:
                 depth = max(0, kernel.chan_depth(st.bc.name, ds.TX(st.k)))
             except Exception:   # noqa: BLE001 - the pages may be unreadable: count the gaps
                 depth = 0
-        seqs = list(missing) + list(range(seen + 1, seen + 1 + depth))
+        # a gap is an egress task still in flight that later ones overtook (the old kernel's
+        # ring was read first), so it is one of ``depth`` too: the rest come after ``seen``
+        seqs = list(missing) + list(range(seen + 1, seen + 1 + max(0, depth - len(missing))))
         if not seqs:
             return
         recs = T.make(len(seqs), type=st.bc.type_id,
