@@ -845,11 +845,17 @@ class KV:
         return st
 
     def put(self, key: int, value) -> None:
-        tag = self._tags()
+        """Store ``value`` (bytes, or an int 0..2**64-1) under ``key``."""
         if isinstance(value, (bytes, bytearray)):
             data = value
-        else:                      # the shortest little-endian form: fits any value_size
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) \
+                and 0 <= int(value) < 1 << 64:
+            # the shortest little-endian form: fits any value_size
             data = int(value).to_bytes(8, "little").rstrip(b"\0") or b"\0"
+        else:                      # (a float or a str was converted: 3.9 came back as 3)
+            raise TypeError(f"KV.put: value={value!r}: allowed bytes or an int "
+                            f"0..2**64-1")
+        tag = self._tags()
         m0, _, _ = self.client.call(key, tag, tag=tag, payload=bytes(data), channel=self.put_ch)
         self._check(m0, f"put {key}")
 

@@ -57,6 +57,21 @@ def test_event_queue_orders_by_due_and_bounds_drain():
     assert eq.push(T.make(2000, type=1), due=1) == 1000   # bounded: caller told
 
 
+def test_event_queue_withdraw_takes_back_only_the_named_records():
+    eq = EventQueue(capacity=1000)
+    eq.push(T.make(3, type=7, meta0=[1, 2, 3], meta1=[0, 0, 0]), due=10)
+    eq.push(T.make(2, type=8, meta0=[1, 2], meta1=[0, 0]), due=10)
+    eq.push(T.make(1, type=7, meta0=[4], meta1=[1]), due=20)
+    eq.push(T.make(1, type=7, meta0=[5], meta1=[0]), due=5)
+    # (1, 0) and (3, 0) of type 7 at tick 10, and the whole tick-20 batch; not type 8's (1, 0)
+    assert eq.withdraw(7, {10: {(1, 0), (3, 0)}, 20: {(4, 1)}, 99: {(5, 0)}}) == 3
+    assert len(eq) == 4
+    got = eq.pop_due(100)
+    assert list(zip(got["type"].tolist(), got["meta0"].tolist())) == \
+        [(7, 5), (7, 2), (8, 1), (8, 2)]                      # due order kept
+    assert len(eq) == 0
+
+
 def _sched(nworkers=2, **kw):
     dead = []
     s = Scheduler(nworkers, dead=lambda r, c: dead.append((r.copy(), c)), **kw)

@@ -56,3 +56,27 @@ def test_channel_room_is_what_an_emit_would_accept():
         assert ch.room() == 0
         sub.take()
         assert ch.room() == 8
+
+
+def test_results_nobody_subscribes_to_go_to_sys_dropped_not_away():
+    """A reduce result and a gate release (with its payload) on channels nobody subscribes
+    to were discarded, counted only in ``unheard``; a plain publish there lands on
+    sys.dropped with CHAN_NO_SUBSCRIBER, and so do they now. Optional answers (kv responses,
+    timer acks, stats snapshots: documented as sent "when something subscribes") are still
+    only counted."""
+    from ggmk.modules import gate, kv, reduce
+    red, g, store = reduce.module(n=2), gate.module(n=2), kv.module()
+    with boot([red, g, store], workers=2) as system:
+        system.channel("reduce.in").publish(meta0=[1, 1], meta1=[10, 20])
+        system.channel("gate.arrive").publish(meta0=5, meta1=[1, 2], payload=b"held")
+        system.channel("kv.put").publish(meta0=3, meta1=30)
+        assert system.run(timeout=10)
+        drop, codes = system.dead_letters("sys.dropped")
+        assert set(codes.tolist()) == {T.CHAN_NO_SUBSCRIBER}
+        res = drop[drop["type"] == system.type_id("REDUCE_RESULT")]
+        rel = drop[drop["type"] == system.type_id("GATE_PASS")]
+        assert res["meta0"].tolist() == [1] and res["meta1"].tolist() == [30]
+        assert sorted(rel["meta1"].tolist()) == [1, 2] and len(drop) == 3
+        assert red.reduce.out.unheard == 1 and g.gate.out.unheard == 2
+        assert store.kv.outbox.unheard == 1                           # optional: counted only
+        assert system.arena.stats()["total"]["live"] == 0             # payloads given back

@@ -126,6 +126,20 @@ def test_host_kv_client():
             c.put(6, b"x" * 17)
 
 
+@pytest.mark.parametrize("bad", [3.9, True, "12", -1, 1 << 64, None])
+def test_kv_put_refuses_a_value_it_would_convert(bad):
+    """3.9 was stored as 3, True as 1, "12" as 12; -1 and 2**64 raised a bare OverflowError."""
+    with ggmk.boot([kv.module(capacity=4)], workers=2) as system:
+        c = sdk.KV(system, timeout=5)
+        with pytest.raises(TypeError, match=r"KV.put: value=.*: allowed bytes or an int "
+                                            r"0\.\.2\*\*64-1"):
+            c.put(1, bad)
+        assert c.get(1) is None                       # nothing stored
+        c.put(1, np.uint64((1 << 64) - 1))
+        assert c.get(1) == (1 << 64) - 1
+        c.close()
+
+
 def test_client_timeout_names_the_tag():
     with ggmk.boot([kv.module(capacity=4)], workers=2) as system:
         cl = sdk.Client(system, "kv.get", "kv.resp", timeout=0.05)

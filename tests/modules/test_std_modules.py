@@ -449,6 +449,44 @@ def test_log_levels_format_and_bad_format():
         log.encode("info", "%d%d%d%d%d", 1, 2, 3, 4, 5)
 
 
+@pytest.mark.parametrize("kw,what", [
+    ({"burst": 0}, "burst must be None"),         # accepted: every line dropped for good
+    ({"burst": -5}, "burst must be None"),
+    ({"rate": True}, "rate must be a number > 0"),
+    ({"keep": -1}, "keep must be an int >= 0"),
+    ({"keep": 1.5}, "keep must be an int >= 0"),
+])
+def test_log_refuses_bad_settings_naming_them(kw, what):
+    with pytest.raises(BootError, match=what):
+        log.module(**kw)
+
+
+def test_log_a_level_out_of_range_is_written_with_why_not_truncated():
+    """meta0 = 0x114 was read as 0x114 & 0xFF = 20 (INFO) and filtered under level warn."""
+    lines = []
+    lg = log.module(level="warn", sink=lambda lv, s: lines.append((lv, s)))
+    with ggmk.boot([lg], workers=2) as system:
+        system.submit("LOG", meta0=0x114, meta1=7)
+        system.run()
+        no_dead(system)
+    assert lines == [(log.ERROR, "7 [bad level 276: allowed 0..255]")]
+    assert lg.log.stats()["bad_format"] == 1 and lg.log.stats()["filtered"] == 0
+
+
+@pytest.mark.parametrize("make,what", [
+    (lambda: gate.module(n=2, sizes={1.7: 2}), r"gate 'gate' sizes: key 1\.7"),   # was {1: 2}
+    (lambda: gate.module(n=2, sizes={-1: 2}), r"gate 'gate' sizes: key -1"),
+    (lambda: gate.module(n=2, sizes={"x": 2}), r"gate 'gate' sizes: key 'x'"),
+    (lambda: stats.module(names={"a": "x"}), r"stats 'stats' names: key 'a'"),
+    (lambda: reduce.module(n=2, outbox_limit=-3), r"reduce.out: outbox_limit must be"),
+    (lambda: gate.module(n=2, outbox_limit=0), r"gate.open: outbox_limit must be"),
+    (lambda: timer.module(outbox_limit=0), r"timer.fire: outbox_limit must be"),
+])
+def test_module_settings_with_a_bad_id_or_limit_are_refused_naming_them(make, what):
+    with pytest.raises(BootError, match=what):
+        make()
+
+
 def test_log_flood_is_rate_limited_and_drop_count_reported():
     lines = []
     # 5 lines/s: a flood processed in under 18 s (a slow, loaded CI machine) drops > 400
@@ -538,6 +576,39 @@ def test_stats_counters_gauges_histograms_and_snapshots():
         stats.module(period=0)
 
 
+def test_stats_histogram_buckets_are_exact_bit_lengths():
+    """Bucket k holds [2**(k-1), 2**k): 2**k - 1 for k >= 49 landed in k + 1 (log2 through
+    float64 rounds it up to 2**k)."""
+    vals = [0, 1, 2, 3] + [(1 << k) - 1 for k in range(44, 65)] + [1 << k for k in range(44, 64)]
+    st = stats.module(period=1000)
+    with ggmk.boot([st], workers=2) as system:
+        system.channel("stats.obs").publish(meta0=9, meta1=vals)
+        assert system.run(timeout=10)
+    got = st.stats.snapshot()["histograms"]["#9"]["buckets"]
+    want = np.zeros(len(got), np.int64)
+    for v in vals:
+        want[min(v.bit_length(), len(got) - 1)] += 1
+    assert got == want.tolist()
+    assert stats.bit_length(np.array(vals, np.uint64)).tolist() == [v.bit_length() for v in vals]
+
+
+@pytest.mark.parametrize("timeout", [None, 10_000])
+def test_a_group_still_open_at_halt_is_reported_on_sys_dropped(timeout, wait_until):
+    """An open group's partials were folded away and the group forgotten at halt: no
+    result, nothing on reduce.missing, sys.error or sys.dropped, and ``drained: True``."""
+    red = reduce.module(n=5, timeout=timeout)
+    system = ggmk.boot([red], workers=2)
+    system.channel("reduce.in").publish(meta0=7, meta1=[1, 2, 3])       # 3 of 5
+    system.channel("reduce.in").publish(meta0=8, meta1=[4, 5, 6, 7, 8])  # complete
+    assert wait_until(lambda: red.reduce.stats()["partials"] == 8)
+    system.halt(timeout=0)
+    drop, codes = system.dead_letters("sys.dropped")
+    mine = drop["type"] == system.type_id("REDUCE_MISSING")
+    assert drop["meta0"][mine].tolist() == [7] and drop["meta1"][mine].tolist() == [3]
+    assert set(codes[mine].tolist()) == {ggmk.CHAN_CLOSED}
+    assert red.reduce.stats()["halted"] == 1 and red.reduce.stats()["open"] == 0
+
+
 def test_halt_with_armed_timers_and_open_groups_is_clean():
     tm, red, st = timer.module(), reduce.module(n=5, timeout=10_000), stats.module(period=1000)
     fires = collector("cf", "timer.fire", "TIMER_FIRE")
@@ -559,8 +630,11 @@ def test_modules_on_both_hals(hal):
     """The conftest ``hal`` fixture: real threads and the seeded sim HAL."""
     res = collector("cr", "reduce.out", "REDUCE_RESULT")
     resp = collector("ck", "kv.resp", "KV_RESP")
+    # (a fire or a release nobody subscribes to is on sys.dropped: test_outbox.py)
+    fires = collector("cf2", "timer.fire", "TIMER_FIRE")
+    passed = collector("cg", "gate.open", "GATE_PASS")
     mods = [kv.module(capacity=64, resp_capacity=8), reduce.module(n=10), timer.module(),
-            gate.module(n=3), res, resp]
+            gate.module(n=3), res, resp, fires, passed]
     with ggmk.boot(mods, workers=2, hal=hal, seed=3) as system:
         system.submit("KV_PUT", meta0=np.arange(50), meta1=np.arange(50))
         system.channel("reduce.in").publish(meta0=1, meta1=np.arange(10))
@@ -570,3 +644,4 @@ def test_modules_on_both_hals(hal):
         no_dead(system)
     assert res.got == [(1, 45)] and len(resp.got) == 50
     assert mods[3].gate.rounds == {1: 1} and mods[2].timer.stats()["fires"] == 1
+    assert len(fires.got) == 1 and sorted(m1 for _, m1 in passed.got) == [1, 2, 3]

@@ -386,6 +386,22 @@ class System:
         else:
             self.sys_error.push_coded(recs, code)
 
+    def withdraw_deferred(self, type, wanted: dict) -> int:
+        """Take back deferred tasks (``submit(..., due=tick)``) not yet due: those of
+        ``type`` whose (meta0, meta1) is in ``wanted[due]`` ({due tick: {(meta0, meta1)}}).
+        They are finished as no-ops (counted dequeued and OK), so nothing waits for them: a
+        deferred task cannot be unsubmitted otherwise, and one left there keeps the system
+        from idling until it falls due and lands on sys.error (HALTED) at halt. Returns how
+        many were taken back (one already popped runs as usual). What a timer's cancel does."""
+        t = self.type_id(type)
+        n = self.sched.events.withdraw(t, wanted)
+        if n:
+            with self._host_lock:
+                self.host_shard.add_type(TypeCounter.DEQUEUED, t, n)
+                self.host_shard.add_type(TypeCounter.OK, t, n)
+            self.sched.done(n)            # outstanding; wakes a host waiting for idle
+        return n
+
     def dead_letter(self, recs, code, *, which: str = "sys.error", count_on=None) -> int:
         """Records that leave the system unfinished (a module's queue at halt, a refused
         datagram, a bridge transfer that failed) go to ``which`` (``sys.error`` or

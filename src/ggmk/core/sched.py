@@ -230,6 +230,34 @@ class EventQueue:
         with self.lock:
             return self.heap[0][0] if self.heap else None
 
+    def withdraw(self, type_id: int, wanted: dict) -> int:
+        """Remove the records of type ``type_id`` whose (meta0, meta1) is in ``wanted[due]``
+        from the batches due at ``due`` (only those ticks' entries are looked into); returns
+        how many were removed."""
+        n = 0
+        with self.lock:
+            heap = self.heap
+            emptied = False
+            for i, (due, k, recs) in enumerate(heap):
+                want = wanted.get(due)
+                if want is None:
+                    continue
+                hit = np.flatnonzero(recs["type"] == type_id)
+                drop = [j for j, m0, m1 in zip(hit.tolist(), recs["meta0"][hit].tolist(),
+                                                recs["meta1"][hit].tolist()) if (m0, m1) in want]
+                if not drop:
+                    continue
+                keep = np.ones(len(recs), dtype=bool)
+                keep[drop] = False
+                heap[i] = (due, k, recs[keep])        # same key: the heap order holds
+                emptied |= not keep.any()
+                n += len(drop)
+            if emptied:
+                heap[:] = [e for e in heap if len(e[2])]
+                heapq.heapify(heap)
+            self.size -= n
+        return n
+
     def pop_due(self, tick: int, max_n: int = EVENT_DRAIN_MAX) -> np.ndarray:
         """Remove up to ``max_n`` records due at or before ``tick`` (earliest first)."""
         with self.lock:

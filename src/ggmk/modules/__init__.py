@@ -86,6 +86,14 @@ def std_module(name: str, toml: str, *, version: str = "0.1.0") -> Module:
     return m
 
 
+def word_key(k, what: str) -> int:
+    """An id given as a dict key (a gate id, a metric id): an int 0..2**64-1, else a BootError
+    naming it (``int()`` turned 1.7 into 1 and -1 into an id no task can carry)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) < 1 << 64:
+        raise BootError(f"{what}: key {k!r}: allowed an int 0..2**64-1")
+    return int(k)
+
+
 def instance_type(base: str, name: str, default: str) -> str:
     """The handler type of an instance: ``base`` for the default instance, else
     ``BASE_NAME`` (auto-registered at boot)."""
@@ -113,10 +121,20 @@ class Outbox:
     handler calls ``flush`` again). ``backlog`` lets a handler push back (``WAIT``) on new
     requests while answers are waiting. ``drop_all(system)`` (module fini) puts what is left
     on ``sys.dropped`` with ``CHAN_CLOSED`` and gives the payloads back.
+
+    With nobody subscribed to the channel, messages go to ``sys.dropped`` with
+    ``CHAN_NO_SUBSCRIBER``, as a plain publish's would (a result, a release, a fire is the
+    module's product); ``optional=True`` (acks, snapshots a module also keeps: documented as
+    sent "when something subscribes") only counts them in ``unheard``.
     """
 
-    def __init__(self, channel: str, flush_type: str, limit: int = 1024):
+    def __init__(self, channel: str, flush_type: str, limit: int = 1024, *,
+                 optional: bool = False):
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise BootError(f"{channel}: outbox_limit must be an int >= 1 (messages waiting "
+                            f"for room), got {limit!r}")
         self.channel = channel
+        self.optional = optional
         self.flush_type = flush_type
         self.limit = limit
         self._q: deque = deque()
@@ -124,7 +142,7 @@ class Outbox:
         self._scheduled = False
         self.published = 0
         self.waits = 0
-        self.unheard = 0            # answers dropped because the channel had no subscriber
+        self.unheard = 0            # messages nobody subscribed to (see the class doc)
 
     def __len__(self) -> int:
         return len(self._q)
@@ -148,12 +166,19 @@ class Outbox:
             if not self._q:
                 return 0
             ch = system.channel(self.channel)
-            if not ch.subs and not ch.closed:        # nobody listening: nothing to publish
-                ptrs = [p for _, _, p, _ in self._q if p]
-                if ptrs:
-                    system.arena.release_many(np.array(ptrs, dtype=np.uint64))
+            if not ch.subs and not ch.closed:         # nobody listening (see the class doc)
+                a = np.array(self._q, dtype=np.uint64)
                 self.unheard += len(self._q)
                 self._q.clear()
+                if self.optional:
+                    ptrs = a[:, 2][a[:, 2] != 0]
+                    if len(ptrs):
+                        system.arena.release_many(ptrs)
+                    return 0
+                recs = T.make(len(a), type=ch.type_id, meta0=a[:, 0], meta1=a[:, 1],
+                              payload_ptr=a[:, 2], payload_len=a[:, 3].astype(np.uint32))
+                system.dead_letter(recs, T.CHAN_NO_SUBSCRIBER, which="sys.dropped",
+                                   count_on=ch)
                 return 0
             while self._q:                 # in chunks: a long backlog is not rebuilt per call
                 # as many as the channel has room for (at least one: its emit makes room if

@@ -41,7 +41,8 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.errors import BootError
-from ggmk.modules import Outbox, instance_type, slot_key, std_module, try_lock, unlock
+from ggmk.modules import (Outbox, instance_type, slot_key, std_module, try_lock, unlock,
+                          word_key)
 
 __all__ = ["module"]
 
@@ -55,7 +56,8 @@ def _check_n(n, what="n"):
 class _Gates:
     def __init__(self, name, n, sizes, limit):
         self.n = _check_n(n)
-        self.sizes = {int(k): _check_n(v, f"sizes[{k!r}]") for k, v in (sizes or {}).items()}
+        self.sizes = {word_key(k, f"gate {name!r} sizes"): _check_n(v, f"sizes[{k!r}]")
+                      for k, v in (sizes or {}).items()}
         self.waiting: dict[int, list] = {}
         self.rounds: dict[int, int] = {}
         self.lock = threading.Lock()

@@ -27,7 +27,9 @@ longer value answers ``TOO_BIG``. Statuses: ``OK``, ``NOT_FOUND``, ``FULL``, ``T
 
 Backpressure: a response that finds ``PREFIX.resp`` full waits in the module's outbox (the
 operation is not redone); while ``outbox_limit`` responses wait, new requests are answered
-with ``WAIT`` (they run again later), so nothing is lost and memory stays bounded.
+with ``WAIT`` (they run again later), so nothing is lost and memory stays bounded. Responses
+go out only while something subscribes to ``PREFIX.resp`` (a put nobody awaits is not
+answered; counted in the outbox's ``unheard``).
 
 Example::
 
@@ -154,7 +156,9 @@ class _KV:
         self.vmax = (1 << (8 * value_size)) - 1 if self.inline else None
         self.name = name
         self.resp = f"{name}.resp"
-        self.outbox = Outbox(self.resp, instance_type("KV_FLUSH", name, "kv"), outbox_limit)
+        # (responses are for whoever asked: none go out while nothing subscribes)
+        self.outbox = Outbox(self.resp, instance_type("KV_FLUSH", name, "kv"), outbox_limit,
+                             optional=True)
         self._resp_ch = None                # the reply channel (_get_one), looked up once
         self._blk = None                    # the reused block of answers (_get_inline)
         self._one_lock = threading.Lock()

@@ -49,6 +49,10 @@ LEVELS = {"debug": DEBUG, "info": INFO, "warn": WARN, "warning": WARN, "error": 
 _HDR = np.dtype([("level", "u1"), ("nargs", "u1"), ("a", "<i8", (4,)), ("tlen", "<u4")])
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _level(level) -> int:
     if isinstance(level, str) and level.lower() in LEVELS:
         return LEVELS[level.lower()]
@@ -94,8 +98,15 @@ def decode(payload: bytes) -> tuple[int, str]:
 class _Log:
     def __init__(self, level, rate, burst, sink, keep, clock):
         self.level = _level(level)
-        if not isinstance(rate, (int, float)) or rate <= 0:
-            raise BootError(f"log: rate must be > 0 lines per second, got {rate!r}")
+        if not _number(rate) or not rate > 0:
+            raise BootError(f"log: rate must be a number > 0 (lines per second), got {rate!r}")
+        if burst is not None and (not _number(burst) or not burst >= 1):
+            # below one token no line could ever pass: every line dropped, silently in effect
+            raise BootError(f"log: burst must be None (= rate) or a number >= 1 (lines), "
+                            f"got {burst!r}")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise BootError(f"log: keep must be an int >= 0 (lines kept in m.log.lines), "
+                            f"got {keep!r}")
         self.rate = float(rate)
         self.burst = float(burst if burst is not None else max(rate, 1))
         self.tokens = self.burst
@@ -146,7 +157,11 @@ class _Log:
         for r in recs:
             ptr, ln = int(r["payload_ptr"]), int(r["payload_len"])
             if not ptr:
-                lv = int(r["meta0"]) & 0xFF
+                lv = int(r["meta0"])
+                if lv > 0xFF:              # not a level: written, with why, not truncated
+                    self.counters["bad_format"] += 1
+                    self.line(now, ERROR, f"{int(r['meta1'])} [bad level {lv}: allowed 0..255]")
+                    continue
                 self.line(now, lv, f"{int(r['meta1'])}")
                 continue
             raw = bytes(arena.view(ptr, ln))

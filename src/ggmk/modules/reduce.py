@@ -29,7 +29,9 @@ its first one is reported on ``NAME.missing`` and discarded; a partial of it tha
 later fails with ``REDUCE_LATE`` (on ``sys.error``: never silently folded into a new round).
 A group id is reusable once its result is out. Each group's check is a task deferred on the
 event queue: until it falls due the system is not idle (``system.run()`` waits for it), so
-pick a timeout in proportion to how long a group takes.
+pick a timeout in proportion to how long a group takes. A group still open at ``halt`` is
+reported on ``sys.dropped`` with ``CHAN_CLOSED`` (a REDUCE_MISSING record: meta0 = group,
+meta1 = partials received; ``stats()["halted"]``).
 
 Example::
 
@@ -106,7 +108,8 @@ class _Reduce:
         self.check_type = instance_type("REDUCE_CHECK", name, "reduce")
         self.out = Outbox(f"{name}.out", self.flush_type, limit)
         self.missing = Outbox(f"{name}.missing", self.flush_type, limit)
-        self.counters = {"partials": 0, "results": 0, "missing": 0, "late": 0, "waits": 0}
+        self.counters = {"partials": 0, "results": 0, "missing": 0, "late": 0, "waits": 0,
+                         "halted": 0}
 
     # values of a batch as Python objects in the dtype's interpretation
     def _values(self, m1: np.ndarray):
@@ -183,6 +186,22 @@ class _Reduce:
         if self.timeout is not None:
             defer(ctx.system, self.check_type, gid, rnd, due=ctx.system.wall_tick() + self.timeout)
         return g
+
+    def halt_open(self, system) -> None:
+        """At halt: each group still open (fewer than ``n`` partials) can never complete; its
+        partials are folded away (only the running value is kept), so the group is reported,
+        as ``NAME.missing`` would report it (meta0 = group, meta1 = partials received), on
+        ``sys.dropped`` with ``CHAN_CLOSED``: nothing the module accepted vanishes."""
+        with self.lock:
+            items = [(gid, g.count) for gid, g in self.groups.items()]
+            self.groups.clear()
+        if not items:
+            return
+        a = np.array(items, dtype=np.uint64)
+        self.counters["halted"] += len(items)
+        recs = T.make(len(items), type=system.type_id("REDUCE_MISSING"), meta0=a[:, 0],
+                      meta1=a[:, 1])
+        system.dead_letter(recs, T.CHAN_CLOSED, which="sys.dropped")
 
     def _fold_many(self, g, vals):
         op = self.op
@@ -272,6 +291,7 @@ def module(n: int, op="sum", *, name: str = "reduce", dtype: str = "u64",
     def _fini(system):
         st.out.drop_all(system)
         st.missing.drop_all(system)
+        st.halt_open(system)
     return m
 
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.errors import BootError
-from ggmk.modules import Outbox, defer, instance_type, std_module, try_lock, unlock
+from ggmk.modules import Outbox, defer, instance_type, std_module, try_lock, unlock, word_key
 
 __all__ = ["module", "quantile", "STATS_KIND", "device_module", "collect", "type_ids"]
 
@@ -64,6 +64,18 @@ def quantile(h: dict, q: float) -> int:
     return h["max"]
 
 
+def bit_length(v: np.ndarray) -> np.ndarray:
+    """Each uint64's bit length (0 for 0), exactly: a binary search on shifts. (log2 through
+    float64 rounds 2**k - 1 up to 2**k for k >= 49: one bucket too high.)"""
+    x = v.astype(np.uint64)
+    bl = np.zeros(len(x), dtype=np.int64)
+    for s in (32, 16, 8, 4, 2, 1):
+        m = x >= np.uint64(1 << s)
+        bl[m] += s
+        x[m] >>= np.uint64(s)
+    return bl + (x > 0)
+
+
 class _Hist:
     __slots__ = ("buckets", "count", "sum", "min", "max")
 
@@ -74,15 +86,7 @@ class _Hist:
 
     def add(self, vals: np.ndarray):
         v = vals.astype(np.uint64)
-        # bucket = bit length: 0 for 0, else floor(log2 v) + 1
-        bl = np.zeros(len(v), dtype=np.int64)
-        nz = v > 0
-        if nz.any():
-            bl[nz] = np.floor(np.log2(v[nz].astype(np.float64))).astype(np.int64) + 1
-            big = v >= (1 << 53)                       # float rounding near powers of two
-            if big.any():
-                bl[big] = [int(x).bit_length() for x in v[big].tolist()]
-        np.add.at(self.buckets, np.minimum(bl, NBUCKETS - 1), 1)
+        np.add.at(self.buckets, np.minimum(bit_length(v), NBUCKETS - 1), 1)
         self.count += len(v)
         self.sum = (self.sum + int(v.sum(dtype=np.uint64))) & _M64
         lo, hi = int(v.min()), int(v.max())
@@ -101,7 +105,8 @@ class _Stats:
         if not isinstance(period, int) or isinstance(period, bool) or period < 1:
             raise BootError(f"stats: period must be a positive tick count, got {period!r}")
         self.period = period
-        self.names = {int(k): str(v) for k, v in (names or {}).items()}
+        self.names = {word_key(k, f"stats {name!r} names"): str(v)
+                      for k, v in (names or {}).items()}
         self.sink = sink
         self.counters: dict[int, int] = {}
         self.gauges: dict[int, int] = {}
@@ -114,7 +119,8 @@ class _Stats:
         self.number = 0
         self.system = None
         self.tick_type = instance_type("STATS_TICK", name, "stats")
-        self.out = Outbox(f"{name}.snapshot", instance_type("STATS_FLUSH", name, "stats"), limit)
+        self.out = Outbox(f"{name}.snapshot", instance_type("STATS_FLUSH", name, "stats"), limit,
+                          optional=True)     # (kept in snapshots / the sink as well)
         self.updates = 0
 
     def name(self, mid: int, label: str) -> None:

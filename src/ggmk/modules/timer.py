@@ -16,7 +16,14 @@ NAME.ack       produce    TIMER_ACK     meta0 = timer id, meta1 = op << 32 | sta
 on the kernel's event queue (``submit(..., due=tick)``, wall ticks): nothing polls. A
 repeating timer is re-armed at ``due + period`` (no drift; if it fired more than a period
 late, missed periods are skipped and counted in ``skipped``). While a timer is armed the
-system is not idle, so ``system.run()`` returns only when every timer fired or was cancelled.
+system is not idle, so ``system.run()`` returns only when every timer fired or was cancelled:
+a cancel takes the timer's pending tick off the event queue (nothing of it is left to wait
+for, nor to land on ``sys.error`` at halt).
+
+Acks and fires that find their channel full wait in order in the module's outboxes (never
+lost); at most ``outbox_limit`` of each wait: a set or cancel whose ack, or a due tick whose
+fire, would go past it is pushed back with ``WAIT`` and runs again later, as it was (nothing
+done twice); ``waits`` counts those push-backs.
 
 Statuses in acks (``ack_status(meta1)``): ``OK``; ``UNKNOWN`` (cancel of an id never set,
 or already cancelled); ``FIRED`` (cancel of a one-shot timer that already fired); ``EXISTS``
@@ -63,6 +70,7 @@ STATUS_NAMES = {OK: "OK", UNKNOWN: "UNKNOWN", FIRED: "FIRED", EXISTS: "EXISTS", 
                 FULL: "FULL"}      # FULL: the device version's timer table (fixed size)
 OP_SET, OP_CANCEL = 1, 2
 _M32 = 0xFFFFFFFF
+_STALE = 10_000     # ticks: a pushed-back set/cancel not run again for this long is gone
 
 
 def arg(delay: int, period: int = 0) -> int:
@@ -76,6 +84,27 @@ def arg(delay: int, period: int = 0) -> int:
 def ack_status(meta1: int) -> tuple[int, int]:
     """(op, status) of a TIMER_ACK's meta1."""
     return int(meta1) >> 32, int(meta1) & _M32
+
+
+def _wait_codes(n: int, wait: list):
+    """A batch handler's result when the tasks at ``wait`` (of ``n``) wait, the rest done."""
+    if not wait:
+        return None
+    if len(wait) == n:
+        return T.WAIT
+    codes = np.zeros(n, dtype=np.int32)
+    codes[wait] = T.WAIT
+    return codes
+
+
+def _withdraw(system, tick_type: str, gone: dict) -> int:
+    """Take the deferred ticks of cancelled timers (``gone``: {due: {(id, generation)}}) back
+    (``System.withdraw_deferred``): left on the event queue, one keeps the system from idling
+    until its due tick (hours, for a long timeout) and lands on sys.error with HALTED at halt.
+    A tick not found was already popped: it runs, finds no armed timer of its generation and
+    is dropped. The ``ggmk.testing`` sandbox has no event queue: its clock runs the tick."""
+    withdraw = getattr(system, "withdraw_deferred", None)
+    return withdraw(tick_type, gone) if withdraw is not None else 0
 
 
 class _Timer:
@@ -95,17 +124,87 @@ class _Timers:
         self.tick_type = instance_type("TIMER_TICK", name, "timer")
         flush = instance_type("TIMER_FLUSH", name, "timer")
         self.fire_out = Outbox(f"{name}.fire", flush, limit)
-        self.ack_out = Outbox(f"{name}.ack", flush, limit)
+        self.ack_out = Outbox(f"{name}.ack", flush, limit, optional=True)   # (see the doc)
         self.lateness: deque = deque(maxlen=100_000)
-        self.counters = {"set": 0, "cancel": 0, "fires": 0, "skipped": 0, "bad": 0}
+        # sets/cancels pushed back (WAIT): key -> [id, tick last seen]; id -> {key: None}
+        # in the order they were first pushed back (see _admit)
+        self.held: dict[tuple, list] = {}
+        self.held_ids: dict[int, dict] = {}
+        self.counters = {"set": 0, "cancel": 0, "fires": 0, "skipped": 0, "bad": 0,
+                         "waits": 0}
+
+    def _room(self, system, out: Outbox) -> int:
+        """How many more messages ``out`` may take (under ``self.lock``, which every ``put``
+        holds: a flush meanwhile only makes room). ``outbox_limit`` bounds what waits for a
+        stalled consumer; nobody subscribed: no bound (``flush`` drops them, nothing waits)."""
+        ch = system.channel(out.channel)
+        if not ch.subs and not ch.closed:
+            return 1 << 62
+        return out.limit - len(out)
+
+    def _admit(self, system, op, batch, ids, m1s, now) -> tuple[list, list]:
+        """Under ``self.lock``: which tasks of a set/cancel batch run now and which WAIT (both
+        lists of indices, in order). A task waits when its ack finds no room (``outbox_limit``)
+        or behind a set/cancel of the same id pushed back before it: an id's sets and cancels
+        keep their order (a cancel does not overtake the pushed-back set it cancels). A
+        waiting task runs again as it was (nothing done twice, no ack lost)."""
+        room = self._room(system, self.ack_out)
+        held = self.held_ids
+        run, wait = [], []
+        keys = None
+        for i, tid in enumerate(ids):
+            if room > 0 and tid not in held:      # (the usual case: nothing pushed back)
+                run.append(i)
+                room -= 1
+                continue
+            if keys is None:                      # a task's identity across its re-runs
+                r = batch.records
+                keys = list(zip(r["channel"].tolist(), r["seq"].tolist()))
+            key = (op, *keys[i], tid, m1s[i])
+            if room > 0 and not self._behind(key, tid, now):
+                self._unhold(key, tid)
+                run.append(i)
+                room -= 1
+            else:
+                h = self.held.get(key)
+                if h is None:
+                    self.held[key] = [tid, now]
+                    held.setdefault(tid, {})[key] = None
+                else:
+                    h[1] = now
+                wait.append(i)
+        self.counters["waits"] += len(wait)
+        return run, wait
+
+    def _behind(self, key, tid, now) -> bool:
+        """Whether a pushed-back set/cancel of ``tid`` came before the task ``key``. One not
+        seen for ``_STALE`` ticks is forgotten (its task is gone: sys.error), so that it can
+        not hold its id's later ones for ever."""
+        for k in list(self.held_ids.get(tid, ())):
+            if k == key:
+                return False
+            if now - self.held[k][1] <= _STALE:
+                return True
+            self._unhold(k, tid)
+        return False
+
+    def _unhold(self, key, tid) -> None:
+        if self.held.pop(key, None) is not None:
+            q = self.held_ids[tid]
+            del q[key]
+            if not q:
+                del self.held_ids[tid]
 
     def on_set(self, ctx, batch):
         system = ctx.system
+        self.ack_out.flush(system)
         ids, m1s = batch.meta0.tolist(), batch.meta1.tolist()
         now = system.wall_tick()
         arm: dict[int, list] = {}                 # due -> [(id, generation)]
         with self.lock:
-            for tid, m1 in zip(ids, m1s):
+            run, wait = self._admit(system, OP_SET, batch, ids, m1s, now)
+            for i in run:
+                tid, m1 = ids[i], m1s[i]
                 delay, period = m1 & _M32, m1 >> 32
                 self.counters["set"] += 1
                 if delay == 0 or period > _M32:
@@ -121,33 +220,58 @@ class _Timers:
                     arm.setdefault(due, []).append((tid, self.gen))
                     st = OK
                 self.ack_out.put(tid, OP_SET << 32 | st)
-        for due, items in arm.items():            # one deferred submission per due tick
-            a = np.array(items, dtype=np.uint64)
-            defer(system, self.tick_type, a[:, 0], a[:, 1], due=due)
-        self.ack_out.flush(system)
+            # one deferred submission per due tick, under the lock: a cancel that takes a
+            # timer out of ``armed`` finds its tick on the event queue (or already popped)
+            for due, items in arm.items():
+                a = np.array(items, dtype=np.uint64)
+                defer(system, self.tick_type, a[:, 0], a[:, 1], due=due)
+        if run:
+            self.ack_out.flush(system)
+        return _wait_codes(len(ids), wait)
 
-    def on_cancel(self, ctx):
-        tid = ctx.task.meta0
+    def on_cancel(self, ctx, batch):
+        system = ctx.system
+        self.ack_out.flush(system)
+        ids = batch.meta0.tolist()
+        gone: dict[int, set] = {}                 # due -> {(id, generation)}: their ticks
         with self.lock:
-            self.counters["cancel"] += 1
-            if self.armed.pop(tid, None) is not None:
-                st = OK
-            elif tid in self.fired:
-                st = FIRED
-            else:
-                st = UNKNOWN
-            self.ack_out.put(tid, OP_CANCEL << 32 | st)
-        self.ack_out.flush(ctx.system)
+            run, wait = self._admit(system, OP_CANCEL, batch, ids, batch.meta1.tolist(),
+                                    system.wall_tick())
+            for i in run:
+                tid = ids[i]
+                self.counters["cancel"] += 1
+                t = self.armed.pop(tid, None)
+                if t is not None:
+                    gone.setdefault(t.due, set()).add((tid, t.gen))
+                    st = OK
+                elif tid in self.fired:
+                    st = FIRED
+                else:
+                    st = UNKNOWN
+                self.ack_out.put(tid, OP_CANCEL << 32 | st)
+        if gone:
+            _withdraw(system, self.tick_type, gone)
+        if run:
+            self.ack_out.flush(system)
+        return _wait_codes(len(ids), wait)
 
     def on_tick(self, ctx, batch):
         system = ctx.system
+        self.fire_out.flush(system)
         now = system.wall_tick()
+        ticks = list(zip(batch.meta0.tolist(), batch.meta1.tolist()))
         again: dict[int, list] = {}               # repeating timers: next due -> [(id, gen)]
+        wait = []                                 # ticks with no room for their fire: WAIT
         with self.lock:
-            for tid, gen in zip(batch.meta0.tolist(), batch.meta1.tolist()):
+            room = self._room(system, self.fire_out)
+            for i, (tid, gen) in enumerate(ticks):
                 t = self.armed.get(tid)
                 if t is None or t.gen != gen:
                     continue                      # cancelled (or re-set) meanwhile
+                if room <= 0:
+                    wait.append(i)                # fires next time, as it is (nothing done)
+                    continue
+                room -= 1
                 self.lateness.append(now - t.due)
                 t.fires += 1
                 self.counters["fires"] += 1
@@ -165,10 +289,12 @@ class _Timers:
                     self.fired[tid] = True
                     if len(self.fired) > 65536:
                         self.fired.popitem(last=False)
-        for due, items in again.items():
-            a = np.array(items, dtype=np.uint64)
-            defer(system, self.tick_type, a[:, 0], a[:, 1], due=due)
+            self.counters["waits"] += len(wait)
+            for due, items in again.items():      # under the lock, as in on_set
+                a = np.array(items, dtype=np.uint64)
+                defer(system, self.tick_type, a[:, 0], a[:, 1], due=due)
         self.fire_out.flush(system)
+        return _wait_codes(len(ticks), wait)
 
     def stats(self) -> dict:
         return dict(self.counters, armed=len(self.armed),
@@ -184,8 +310,8 @@ def module(*, name: str = "timer", capacity: int = 1024, outbox_limit: int = 409
     m.produces(f"{name}.ack", "TIMER_ACK", mode="fanout", capacity=capacity)
     m.handler(instance_type("TIMER_SET", name, "timer"), batch=True, consumes=f"{name}.set",
               message="TIMER_SET", name="on_set")(st.on_set)
-    m.handler(instance_type("TIMER_CANCEL", name, "timer"), consumes=f"{name}.cancel",
-              message="TIMER_CANCEL", name="on_cancel")(st.on_cancel)
+    m.handler(instance_type("TIMER_CANCEL", name, "timer"), batch=True,
+              consumes=f"{name}.cancel", message="TIMER_CANCEL", name="on_cancel")(st.on_cancel)
     m.handler(st.tick_type, batch=True, name="on_tick")(st.on_tick)
 
     @m.handler(st.fire_out.flush_type, name="on_flush")
