@@ -427,6 +427,11 @@ def test_timer_set_twice_is_exists_and_arg_checks():
     assert codes == [timer.OK, timer.EXISTS]
     with pytest.raises(ValueError, match="delay must be"):
         timer.arg(0)
+    # (1.5 and "5" raised bare TypeErrors, True was taken as 1)
+    for bad in [dict(delay=1.5), dict(delay="5"), dict(delay=True), dict(delay=5, period=True)]:
+        with pytest.raises(ValueError, match=r"delay must be 1\.\.2\*\*32-1 and period"):
+            timer.arg(**bad)
+    assert timer.arg(np.int64(5), period=np.uint32(2)) == 2 << 32 | 5
 
 
 # ------------------------------------------------------------------------------------ log

@@ -75,10 +75,13 @@ _STALE = 10_000     # ticks: a pushed-back set/cancel not run again for this lon
 
 def arg(delay: int, period: int = 0) -> int:
     """TIMER_SET's meta1 for ``delay`` ticks (>= 1) and ``period`` ticks (0: once)."""
-    if not 1 <= delay <= _M32 or not 0 <= period <= _M32:
+    def tick_count(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+    if not (tick_count(delay) and tick_count(period)) or not 1 <= delay <= _M32 \
+            or not 0 <= period <= _M32:
         raise ValueError(f"timer: delay must be 1..2**32-1 and period 0..2**32-1 ticks, got "
                          f"delay={delay!r} period={period!r}")
-    return period << 32 | delay
+    return int(period) << 32 | int(delay)
 
 
 def ack_status(meta1: int) -> tuple[int, int]:
