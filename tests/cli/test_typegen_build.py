@@ -84,6 +84,14 @@ def test_typegen_bad_input_is_a_clear_error(tmp_path):
     assert r.returncode == 1 and "missing.toml" in r.stderr
     r = ggmk("typegen", str(ROOT / "examples" / "particles.py"))
     assert r.returncode == 1
+    good = tmp_path / "good.toml"
+    good.write_text(TYPES)
+    # an output file in a directory that is not there: a usage error naming it, before any
+    # work (``trace --perfetto`` takes the same option type: it drained the trace buffer,
+    # then died in a traceback)
+    r = ggmk("typegen", str(good), "-o", str(tmp_path / "nodir" / "out.py"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "'--output'" in r.stderr and "nodir' does not exist" in r.stderr
 
 
 def test_build_report_of_an_apps_gpu_kernel():

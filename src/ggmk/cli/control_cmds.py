@@ -24,6 +24,24 @@ EXIT_PROTOCOL = 6
 DEVICES = ("auto", "cpu", "sim", "cuda", "none")
 
 
+class OutFile(click.Path):
+    """A file the command will write: checked before any work is done (click's ``writable``
+    checks an existing file only, so a missing directory surfaced as a traceback from
+    ``open`` after the trace buffer was already drained)."""
+
+    def __init__(self):
+        super().__init__(dir_okay=False, writable=True)
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        d = os.path.dirname(os.path.abspath(value))
+        if not os.path.isdir(d):
+            self.fail(f"{value!r}: its directory {d!r} does not exist", param, ctx)
+        if not os.path.exists(value) and not os.access(d, os.W_OK):
+            self.fail(f"{value!r}: its directory {d!r} is not writable", param, ctx)
+        return value
+
+
 def _fail(msg: str, code: int):
     click.echo(f"ggmk: {msg}", err=True)
     sys.exit(code)
@@ -572,7 +590,7 @@ def log(follow, lines, state_dir, as_json):
                     "kernel, task slices, instant events for drops, failures and the watchdog, "
                     "counters, bridge flows. CPU task slices need --level all; GPU task slices "
                     "a GPU kernel booted with --trace-tasks.")
-@click.option("--perfetto", type=click.Path(dir_okay=False, writable=True), default=None,
+@click.option("--perfetto", type=OutFile(), default=None,
               metavar="FILE", help="Write Chrome trace-event JSON to FILE.")
 @click.option("--level", type=click.Choice(["off", "error", "warn", "info", "all"]),
               default=None, help="Set the system's default trace level first (it stays set).")
@@ -712,7 +730,7 @@ def build(app, whole, arch, state_dir, as_json):
                     "a payload, encode()/decode()) generated from TYPES (a types.toml file, or "
                     "an app whose options carry `types`).")
 @click.argument("types_src")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+@click.option("-o", "--output", type=OutFile(), default=None,
               help="Write here (default: stdout).")
 def typegen(types_src, output):
     from ggmk.control.typegen import generate
