@@ -24,6 +24,7 @@ __all__ = ["Storage", "FileHandle", "ReadRequest", "WriteRequest", "IoResult", "
 
 _HAS_O_DIRECT = hasattr(os, "O_DIRECT")
 _INLINE = InlineCopy()
+_MAX_OFF = (1 << 63) - 1                # the largest file offset (off_t), 2**63 - 1
 
 
 class FileHandle:
@@ -273,6 +274,7 @@ class _Io:
         self.length = length
         self.dest = dest
         self.dest_off = dest_off
+        self.own_dest = False            # dest allocated here (released if the I/O fails)
         self.req = req
         self.block_counts: dict = {}
         self.io_counts: dict = {}
@@ -416,9 +418,9 @@ class Storage:
              dest_offset: int = 0, timeout: float | None = None) -> IoResult:
         """Read one range and wait; raises StorageError on failure (a short read is not one:
         see ``result.status`` and ``result.nbytes``)."""
-        if length is None:
+        if length is None and _is_int(offset):      # a bad offset is refused by submit
             size = file.size() if isinstance(file, FileHandle) else os.stat(file).st_size
-            length = max(size - offset, 0)
+            length = max(size - int(offset), 0)
         r = self.submit([ReadRequest(file, offset, length, dest, dest_offset)]).wait(timeout)[0]
         return r.raise_for_error()
 
@@ -435,6 +437,16 @@ class Storage:
         if self._closed:
             raise RuntimeError("storage is closed")
         reqs = list(requests)
+        for i, req in enumerate(reqs):      # before any I/O is set up: nothing to undo
+            if not isinstance(req, (ReadRequest, WriteRequest)):
+                raise TypeError(f"request {i}: expected ReadRequest or WriteRequest, got "
+                                f"{type(req).__name__}")
+            if not isinstance(req.file, FileHandle):
+                try:
+                    os.fspath(req.file)
+                except TypeError:
+                    raise TypeError(f"request {i}: file: expected a path or FileHandle, got "
+                                    f"{type(req.file).__name__} {req.file!r}") from None
         batch = Batch(len(reqs))
         self.stats_.batch(len(reqs))
         refs: dict = {}
@@ -479,7 +491,13 @@ class Storage:
                 raise ValueError(f"file_ids: values must be in [0, {len(files)}), got "
                                  f"[{fids.min()}, {fids.max()}]")
         if dest is None:
-            dest = HostDest.alloc(max(int(np.maximum(lens, 0).sum()), 1))
+            pos = np.maximum(lens, 0)
+            # an int64 sum could wrap (to a tiny destination): add in Python past 2**62
+            big = float(pos.sum(dtype=np.float64)) >= 2.0 ** 62
+            total = int(pos.astype(object).sum()) if big else int(pos.sum())
+            dest = _alloc(_path_of(files[0]) if len(files) == 1 else None, 0, total,
+                          f"host memory (dest=None: {n} reads packed in order)",
+                          lambda: HostDest.alloc(max(total, 1)))
         elif isinstance(dest, str) or not as_destination(dest).host_addressable:
             raise ValueError(f"dest: the fast path reads into host memory (a NumPy array, "
                              f"HostDest, ArenaDest, None), got {dest!r}; use submit() for "
@@ -516,7 +534,9 @@ class Storage:
         fd_d, fd_b = np.asarray(fd_d, np.int32)[fids], np.asarray(fd_b, np.int32)[fids]
         refused = np.zeros(n, np.int8)
         refused[(offs < 0) | (lens < 0) | (doffs < 0)] = _fast._R_BAD
-        refused[(refused == 0) & (doffs + lens > dest.nbytes)] = _fast._R_DEST
+        # doffs + lens could wrap in int64: compare with what is left past doffs instead
+        room = np.int64(dest.nbytes)
+        refused[(refused == 0) & ((lens > room) | (doffs > room - lens))] = _fast._R_DEST
         refused[(refused == 0) & (open_err[fids] != 0)] = _fast._R_OPEN
         addr = dest.address(0) + doffs
         aligned = (offs % ALIGN == 0) & (lens % ALIGN == 0) & (addr % ALIGN == 0)
@@ -595,78 +615,100 @@ class Storage:
     def _make_io(self, batch, i, req, refs, on_complete):
         if isinstance(req, ReadRequest):
             op, write, create = "read", False, False
-        elif isinstance(req, WriteRequest):
-            op, write, create = "write", True, req.create
         else:
-            raise TypeError(f"request {i}: expected ReadRequest or WriteRequest, got "
-                            f"{type(req).__name__}")
+            op, write, create = "write", True, req.create
         key = (id(req.file) if isinstance(req.file, FileHandle) else os.fspath(req.file),
                write, create)
         fref = refs.get(key)
         if fref is None:
             fref = refs[key] = _FileRef(req.file, write, create, self.o_direct)
         fref.users += 1
-        offset, length = int(req.offset), int(req.length if req.length is not None else -1)
-        io = _Io(self, batch, i, op, fref, offset, max(length, 0), None, 0, req)
+        # only ints, never truncated; a bad one is refused below (0 stands in for it)
+        args = {"offset": req.offset, "length": req.length}
+        if op == "read":
+            args["dest_offset"] = req.dest_offset
+        else:
+            args["src_offset"] = req.src_offset
+            if req.length is None:
+                del args["length"]                     # the whole source
+        vals, bad = {}, None
+        for name, v in args.items():
+            vals[name] = int(v) if _is_int(v) else 0
+            if bad is None and not _is_int(v):
+                bad = (f"{name}: expected an int (a Python or NumPy integer, not bool), got "
+                       f"{type(v).__name__} {v!r}")
+        offset, length = vals["offset"], vals.get("length")
+        io = _Io(self, batch, i, op, fref, offset, max(length or 0, 0), None, 0, req)
         io.callbacks = [cb for cb in (req.on_complete, on_complete) if cb is not None]
         io.cell.to(S.INIT)
         try:
+            if bad is not None:
+                raise ValueError(bad)
             if op == "read":
-                dest, doff = self._read_dest(req, length)
+                _check_range(offset, length)           # before the destination is allocated
+                dest, doff = self._read_dest(req, offset, length, vals["dest_offset"])
+                io.own_dest = req.dest is None or isinstance(req.dest, str)
             else:
-                dest, doff, length = self._write_src(req)
+                dest, doff, length = self._write_src(req, offset, length, vals["src_offset"])
                 io.length = length
                 io.limit = offset + length
+                _check_range(offset, length)
             io.dest, io.dest_off = dest, doff
             io.result.dest, io.result._dest_off, io.result.requested = dest, doff, io.length
-            if offset < 0 or io.length < 0:
-                raise ValueError(f"offset {offset} and length {io.length} must be >= 0")
         except StorageError as e:
             return self._refuse(io, e)
         except (ValueError, TypeError) as e:
             return self._refuse(io, StorageError("bad_request", op, fref.path, offset,
-                                                 max(length, 0), str(e)))
+                                                 io.length, str(e)))
         io.blocks = Blocks(-(-io.length // BLOCK_SIZE), io.what, io.block_counts)
         io.blocks.move_all(BS.ALLOC)
         io.cell.to(S.READY)
         return io
 
-    def _read_dest(self, req: ReadRequest, length: int):
-        d, doff = req.dest, int(req.dest_offset)
-        if length < 0:
-            raise ValueError(f"length {length} must be >= 0")
+    def _read_dest(self, req: ReadRequest, offset: int, length: int, doff: int):
+        """(destination, offset in it); checks come first, an allocation last (so a refused
+        request never holds one)."""
+        d = req.dest
+        path = _path_of(req.file)
         if isinstance(d, str):
             if d == "arena":
                 if self.arena is None:
                     raise ValueError('dest="arena" needs Storage(arena=...)')
-                dest = ArenaDest.alloc(self.arena, length)
+                dest = _alloc(path, offset, length, "arena memory",
+                              lambda: ArenaDest.alloc(self.arena, length))
                 if dest is None:
-                    raise StorageError("alloc_fail", "read", _path_of(req.file), req.offset,
+                    raise StorageError("alloc_fail", "read", path, offset,
                                        length, f"the arena could not allocate {length} bytes "
                                        f"(ALLOC_FAIL; largest allocation "
                                        f"{_max_alloc()} bytes)")
                 return dest, 0
             if d == "device":
-                return DeviceDest.alloc(length, self.device_target), 0
+                return _alloc(path, offset, length, f"{self.device_target} device memory",
+                              lambda: DeviceDest.alloc(length, self.device_target)), 0
             raise ValueError(f"dest={d!r}: expected 'arena', 'device' or a buffer")
-        dest = as_destination(d, length)
-        if doff < 0 or doff + length > dest.nbytes:
-            raise StorageError("dest_too_small", "read", _path_of(req.file), req.offset, length,
-                               f"destination {dest.describe()} from offset {doff} has room "
-                               f"for {max(dest.nbytes - doff, 0)} bytes, {length} requested")
+        dest = None if d is None else as_destination(d, length)
+        nbytes = length if dest is None else dest.nbytes       # None: fresh, of length bytes
+        if doff < 0 or doff + length > nbytes:
+            what = (f"fresh host memory ({length} bytes)" if dest is None
+                    else dest.describe())
+            raise StorageError("dest_too_small", "read", path, offset, length,
+                               f"destination {what} from offset {doff} has room "
+                               f"for {max(nbytes - doff, 0)} bytes, {length} requested")
+        if dest is None:
+            return _alloc(path, offset, length, "host memory",
+                          lambda: HostDest.alloc(length)), doff
         if dest.host_addressable and not dest.view(0, 0).flags.writeable:
             raise ValueError(f"destination {dest.describe()} is read-only")
         return dest, doff
 
-    def _write_src(self, req: WriteRequest):
+    def _write_src(self, req: WriteRequest, offset: int, length: int | None, soff: int):
         s = req.src
         if isinstance(s, (bytes, bytearray, memoryview)):
             s = np.frombuffer(s, dtype=np.uint8)
         src = as_destination(s, 0)
-        soff = int(req.src_offset)
-        length = src.nbytes - soff if req.length is None else int(req.length)
+        length = src.nbytes - soff if length is None else length
         if soff < 0 or length < 0 or soff + length > src.nbytes:
-            raise StorageError("bad_request", "write", _path_of(req.file), req.offset,
+            raise StorageError("bad_request", "write", _path_of(req.file), offset,
                                max(length, 0), f"source {src.describe()} from offset {soff} "
                                f"holds {max(src.nbytes - soff, 0)} bytes, {length} requested")
         return src, soff, length
@@ -675,6 +717,8 @@ class Storage:
         io.cell.to(S.FREE)                   # INIT -> FREE: refused at setup
         io.error = err
         r = io.result
+        if io.own_dest and io.dest is not None:
+            io.dest.release()                # ours: a refused request holds nothing
         r.status, r.error, r.dest = "error", err, None
         r.latency_ns = time.perf_counter_ns() - io.t0
         io.fref.users -= 1
@@ -1215,8 +1259,8 @@ class Storage:
                 if bl.move_where(st, BS.FREE) == len(bl):
                     break
         if r.error is not None:
-            if io.op == "read" and io.dest is not None and io.dest.owned:
-                io.dest.release()                     # never left half-owned
+            if io.op == "read" and io.dest is not None and io.own_dest:
+                io.dest.release()                     # ours: never left half-owned
             if io.op == "read":
                 r.dest = None
         r.latency_ns = time.perf_counter_ns() - io.t0
@@ -1240,18 +1284,53 @@ def _path_of(file) -> str:
     return file.path if isinstance(file, FileHandle) else os.fspath(file)
 
 
+def _is_int(v) -> bool:
+    """A Python or NumPy integer (a bool is not one: True is no offset)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _check_range(offset: int, length: int) -> None:
+    """A file range: ValueError (refused as bad_request) unless it fits in a file offset."""
+    if offset < 0 or length < 0:
+        raise ValueError(f"offset {offset} and length {length} must be >= 0")
+    if offset + length > _MAX_OFF:
+        raise ValueError(f"offset {offset} + length {length} = {offset + length} is past the "
+                         f"largest file offset, {_MAX_OFF} (2**63 - 1)")
+
+
+def _alloc(path, offset: int, length: int, what: str, fn):
+    """``fn()`` (a destination's allocation), its failure an alloc_fail StorageError naming
+    the length: never a raw exception out of submit()."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - ENOMEM, OverflowError, a CUDA out-of-memory
+        raise StorageError("alloc_fail", "read", path, offset, length,
+                           f"could not allocate {length} bytes of {what} for the "
+                           f"destination: {type(e).__name__}: {e}") from e
+
+
 def _int_array(name: str, v, n: int | None = None) -> np.ndarray:
     """``v`` as a 1-D int64 array (of ``n`` entries; an int is repeated), or a ValueError
-    naming the argument."""
+    naming the argument (and a value past 2**63 - 1, which int64 would wrap)."""
     a = np.asarray(v)
+    if a.dtype.kind in "fO" and not isinstance(v, np.ndarray):
+        o = np.asarray(v, dtype=object)    # NumPy makes ints past int64 float or object
+        if o.size and all(_is_int(x) for x in o.ravel()):
+            a = o
     if a.ndim == 0 and n is not None:
         a = np.full(n, a)
-    if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+    if (a.ndim != 1 or (a.size and a.dtype.kind not in "iuO")
+            or (a.dtype.kind == "O" and not all(_is_int(x) for x in a))):
         alt = "" if n is None else " (or one int)"
         raise ValueError(f"{name}: expected a 1-D array of integers{alt}, "
                          f"got {a.dtype} of shape {a.shape}")
     if n is not None and len(a) != n:
         raise ValueError(f"{name}: {len(a)} entries, expected {n} (one per offset)")
+    if a.size and a.dtype.kind in "uO":
+        for i in (int(np.argmax(a)), int(np.argmin(a))):
+            if not -_MAX_OFF - 1 <= int(a[i]) <= _MAX_OFF:
+                raise ValueError(f"{name}: {int(a[i])} (entry {i}) is outside 0..{_MAX_OFF} "
+                                 f"(2**63 - 1, the largest file offset)")
     return a.astype(np.int64, copy=False)
 
 
