@@ -380,6 +380,18 @@ def scenario_kv(k, c):
     d = kv.batch_decode(k.read_arena(ptr, 24 * 6))
     out["batch"] = [dptr == ptr, dn, d["status"].tolist(), d["tag"].tolist(),
                     int(d["value"][2])]
+    # bad batches, each answered BAD_REQUEST with the buffer untouched: a count the payload
+    # cannot hold (2**62 + 1: n * 24 wrapped past the check and the handler ran off the
+    # arena, a bus error), a host meta1 (3 skipped three entries that then read OK; 2**64 - 1,
+    # i = -1, wrote before the buffer)
+    before = k.read_arena(ptr, 24 * 6).copy()
+    for m0, m1 in (((1 << 62) + 1, 0), (6, 3), (6, (1 << 64) - 1)):
+        push(k, 1, type=KIDS["KV_BATCH"], meta0=m0, meta1=m1, payload_ptr=ptr,
+             payload_len=24 * 6)
+    c.until(lambda: c.n(resp) == 3, what="the bad batches' answers")
+    out["bad_batches"] = [kv.unpack(a)[0] for a, _ in c.take(resp)]
+    out["bad_untouched"] = bool(np.array_equal(before, k.read_arena(ptr, 24 * 6)))
+    out["bad_done"] = c.take(KIDS["KV_BATCH_DONE"])
     out["errors"] = c.take_errors()
     return out
 
@@ -395,6 +407,8 @@ def check_kv(r):
     assert r["get_status"] == [kv.OK] * KV_CAP + [kv.NOT_FOUND] * KV_OVER
     assert r["del_status"] == [kv.OK, kv.NOT_FOUND]
     assert r["after_del"] == [kv.NOT_FOUND]
+    assert r["bad_batches"] == [kv.BAD_REQUEST] * 3 and r["bad_untouched"]
+    assert r["bad_done"] == []
     assert r["errors"] == []
 
 

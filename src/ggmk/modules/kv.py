@@ -499,7 +499,8 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
     Put, get and del find their slot with one probe loop (:func:`kv_find`, a device
     function). Batches: a ``KV_BATCH`` task applies many operations from a device buffer in
     one handler call (payload = ``batch_encode(ops, keys, values, tags)``: 24 bytes per
-    operation; meta0 = their count) and answers them in place (``batch_decode`` of the bytes
+    operation; meta0 = their count, meta1 = 0: anything else is ``BAD_REQUEST``, as is a
+    count the payload cannot hold) and answers them in place (``batch_decode`` of the bytes
     read back: status, op, tag, key, value), then sends ``KV_BATCH_DONE`` (meta0 = the
     buffer, which the host keeps and reuses; meta1 = the count). Buffers come from
     ``KV_ALLOC`` (meta0 = bytes, at most 128 KiB: 5461 operations; answered by ``KV_BUFFER``
@@ -610,6 +611,7 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
         return 0
 
     BATCH, DONE = ids["KV_BATCH"], ids["KV_BATCH_DONE"]
+    RESUME = 1 << 62
     ALLOC, BUF = ids["KV_ALLOC"], ids["KV_BUFFER"]
 
     @m.handler(ALLOC, max_yields=0)
@@ -622,10 +624,17 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
         # the entries in place: (pack(0, op, tag), key, value) -> (pack(st, op, tag), key, v)
         ptr = g.payload_ptr(task)
         n = g.meta0(task)
-        if ptr == 0 or n < 0 or n * 24 > g.payload_len(task):
+        # (n * 24 could wrap past the check: a count of 2**62 + 1 ran off the arena)
+        if ptr == 0 or n < 0 or n > g.payload_len(task) // 24:
             g.emit_host(ctx, RESP, (BAD_REQUEST << 56), n)
             return 0
-        i = g.meta1(task)                               # where a yield left off
+        # meta1: 0 from the host; RESUME | i where a yield left off (a host value would skip
+        # entries that then read OK, or, negative, write outside the buffer)
+        m1 = g.meta1(task)
+        i = m1 & (RESUME - 1)
+        if (m1 != 0 and m1 - i != RESUME) or i > n:
+            g.emit_host(ctx, RESP, (BAD_REQUEST << 56), n)
+            return 0
         while i < n:
             e = ptr + 24 * i
             w = g.load_i64(ctx, e)
@@ -633,7 +642,7 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
             key = g.load_i64(ctx, e + 8)
             r = kv_find(ctx, key, T0, MASK, NSLOT)
             if r == -1:
-                g.set_meta1(task, i)
+                g.set_meta1(task, RESUME | i)
                 return YIELD                            # resume at entry i
             st = OK
             if op == OP_GET:
@@ -654,7 +663,7 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
                         st = FULL
                     else:
                         if g.user_add(ctx, s, 1) != 0:
-                            g.set_meta1(task, i)
+                            g.set_meta1(task, RESUME | i)
                             return YIELD
                         if kv_reserve(ctx, COUNT, CAP) == 0:
                             g.user_set(ctx, s, 0)
