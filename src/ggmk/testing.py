@@ -255,6 +255,7 @@ class Sandbox:
         self.max_steps = max_steps
         self.tick = 0
         self.emitted: list[Emitted] = []
+        self._taken: dict[str, int] = {}     # type name -> len(emitted) at its last take
         self.trace: list[tuple] = []
         self.errors: list[tuple] = []
         self.dropped: list[tuple] = []
@@ -408,7 +409,11 @@ class Sandbox:
             t.held = 0
             return out
         name = self.type_name(t)
-        return [e for e in self.emitted if e.target == name]
+        # (the type's records were handed back every time: "since the last take" held only
+        # for channels)
+        out = [e for e in self.emitted[self._taken.get(name, 0):] if e.target == name]
+        self._taken[name] = len(self.emitted)
+        return out
 
     # -- feeding --------------------------------------------------------------------------------
     def _submit(self, type, meta0=0, meta1=0, *, payload=None, due=None) -> int:
@@ -472,20 +477,22 @@ class Sandbox:
             ctx.batch = None
             arr = np.broadcast_to(np.asarray(OK if r is None else r), (len(recs),))
             codes = [int(c) for c in arr]
-        else:
+        retained = [False] * len(recs)        # per task: ctx.retain() of that task only
+        if not h.batch:
             for i in range(len(recs)):
                 ctx.task._r = recs[i]
                 ctx._retain = False
                 self.trace.append(("start", name, int(recs["meta0"][i]), 1))
                 r = self._call(h.fn, ctx)
                 codes.append(OK if r is None else int(r))
+                retained[i] = ctx._retain
         ctx.task._r = None
         for i, c in enumerate(codes):
             r = recs[i:i + 1]
             self.trace.append(("end", name, int(r["meta0"][0]), c))
             ptr = int(r["payload_ptr"][0])
             if c == OK:
-                if ptr and not (ctx._retain and not h.batch):
+                if ptr and not retained[i]:
                     self.arena.release(ptr)
             elif c == YIELD:
                 r["yield_count"] += 1
@@ -550,9 +557,13 @@ def run_module_tests(path, *args: str, timeout: float = 600) -> tuple[int, str]:
         rc, out = run_module_tests("modules/greeter")
         assert rc == 0, out
     """
+    import os
     import subprocess
     import sys
+    # absolute: run in a module's own directory, a relative path would be looked up from
+    # there ("widget/widget": what `ggmk new widget` told the user to run failed)
+    path = os.path.abspath(str(path))
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        str(path), *args], capture_output=True, text=True, timeout=timeout,
-                       cwd=str(path) if __import__("os").path.isdir(str(path)) else None)
+                        path, *args], capture_output=True, text=True, timeout=timeout,
+                       cwd=path if os.path.isdir(path) else None)
     return r.returncode, r.stdout + r.stderr

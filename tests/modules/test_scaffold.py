@@ -22,6 +22,16 @@ def test_cpu_module_generated_test_passes(tmp_path):
     assert "2 passed" in out
 
 
+def test_the_relative_path_ggmk_new_prints_runs_the_test(tmp_path, monkeypatch):
+    """`ggmk new widget` says "run its test: ggmk test widget"; that ran pytest on
+    widget/widget from inside widget (no tests ran, exit 4)."""
+    scaffold.new_module("widget", "cpu", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    rc, out = run_module_tests("widget")
+    assert rc == 0, out
+    assert "2 passed" in out
+
+
 def test_gpu_module_is_generated_and_compiles_as_python(tmp_path):
     d = scaffold.new_module("dbl", "gpu", tmp_path)
     assert sorted(os.listdir(d)) == ["dbl.py", "test_dbl.py", "types.toml"]

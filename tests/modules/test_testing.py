@@ -33,6 +33,30 @@ def test_feed_emit_trace_and_errors():
         assert sb.allocations()["live"] == 0
 
 
+def test_take_of_a_type_forgets_and_retain_is_per_task():
+    """take(type) handed the same records back every time; ctx.retain() in one task of a fed
+    batch applied the last task's choice to all of them (a kept payload freed under it)."""
+    m = ggmk.Module("probe")
+
+    @m.handler("PROBE")
+    def probe(ctx):
+        ctx.emit("PROBE_NOTE", ctx.task.meta0)
+        if ctx.task.meta1 == 1:
+            ctx.retain()
+        return ggmk.OK
+
+    with Sandbox(m) as sb:
+        sb.feed("PROBE", meta0=[1, 2])
+        assert [e.meta0 for e in sb.take("PROBE_NOTE")] == [1, 2]
+        assert sb.take("PROBE_NOTE") == []
+        sb.feed("PROBE", meta0=3)
+        assert [e.meta0 for e in sb.take("PROBE_NOTE")] == [3]
+        for keep in ([1, 0], [0, 1], [0, 0, 1]):
+            live = sb.allocations()["live"]
+            sb.feed("PROBE", meta0=list(range(len(keep))), meta1=keep, payload=b"abcdefgh")
+            assert sb.allocations()["live"] - live == 1, keep
+
+
 def test_exception_propagates_or_is_recorded():
     m = ggmk.Module("m")
 
