@@ -110,9 +110,16 @@ def test_equally_fast_subscribers_all_get_everything(capacity, replay):
     n = 200_000
     res, fulls, _ = _fanout("threads", n, capacity=capacity, replay=replay)
     # whether the producer hit CHAN_FULL here depends on the OS scheduler (the sim forms below
-    # assert that it did); the property must hold either way
+    # assert that it did, and that nobody degrades); on real threads a loaded machine can
+    # starve one of the "equally fast" long enough to fall a replay window behind (768 of
+    # 200,000 in a CI-like run beside another test run): then it alone degrades, each message
+    # it missed on sys.dropped with CHAN_REPLAY_OVERFLOW. What must hold either way: every
+    # message delivered or accounted, once, and the others get everything
     for t in SUBS:
-        assert res[t] == (n, {}), (t, res[t])
+        got, dead = res[t]
+        assert got + sum(dead.values()) == n and set(dead) <= {"CHAN_REPLAY_OVERFLOW"}, \
+            (t, res[t])
+    assert sum(res[t] == (n, {}) for t in SUBS) >= len(SUBS) - 1, res
 
 
 @pytest.mark.parametrize("seed", range(16))
