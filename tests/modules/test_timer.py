@@ -229,3 +229,41 @@ def test_timer_repeats_cancelled_while_their_fires_wait(wait_until):
     for i, ks in per.items():
         assert sorted(ks) == list(range(1, len(ks) + 1)), (i, ks)
     assert sum(len(ks) for ks in per.values()) == tm.timer.stats()["fires"]
+
+
+def test_device_timer_set_that_cannot_queue_its_tick_is_acked_full_not_ok():
+    """The GPU kernel's timer acked OK even when its tick could not be queued (the event inbox
+    full: the tick went to sys.error), so the timer never fired. Now such a set is acked FULL
+    and left unarmed; every timer acked OK fires once. A 4-slot event inbox, 32 sets in one
+    batch."""
+    import time as _time
+
+    import ggmk.device as gd
+    from ggmk import task as taskmod
+    from ggmk.device.host import SYS_ERROR, error_code
+    ids = timer.type_ids()
+    k = gd.DeviceKernel([timer.device_module(timers=64)], target="cpu", workers=1,
+                        event_inbox_cap=4)
+    n = 32
+    acks, fires, errs = {}, {}, []
+    with k:
+        k.push_all(taskmod.make(n, type=ids["TIMER_SET"], meta0=np.arange(n),
+                                meta1=timer.arg(5)))
+        end = _time.monotonic() + 120
+        while _time.monotonic() < end:
+            for r in k.pull():
+                if int(r["channel"]) == SYS_ERROR:
+                    errs.append((int(r["type"]), int(error_code(r[None])[0])))
+                elif int(r["type"]) == ids["TIMER_ACK"]:
+                    acks[int(r["meta0"])] = timer.ack_status(int(r["meta1"]))[1]
+                elif int(r["type"]) == ids["TIMER_FIRE"]:
+                    fires[int(r["meta0"])] = fires.get(int(r["meta0"]), 0) + 1
+            ok = [t for t, st in acks.items() if st == timer.OK]
+            if len(acks) == n and len(fires) == len(ok):
+                break
+            _time.sleep(0.001)
+    full = [t for t, st in acks.items() if st == timer.FULL]
+    assert len(acks) == n and len(ok) + len(full) == n, acks
+    assert full, "no set found the event inbox full: the test no longer reaches it"
+    assert fires == {t: 1 for t in ok}
+    assert errs == [(ids["TIMER_TICK"], taskmod.CHAN_FULL)] * len(full)

@@ -354,7 +354,9 @@ def device_module(*, timers: int = 64, base: int = 4096, name: str = "timer",
     ``TIMER_ACK`` (meta0 = id, meta1 = op << 32 | status): ``OK``; ``UNKNOWN`` (cancel of an
     id never set or already cancelled); ``FIRED`` (cancel of a one-shot timer that already
     fired); ``EXISTS`` (set of an armed id); ``BAD`` (delay 0, or an id outside 0..2**62-1);
-    ``FULL`` (device only: all ``timers`` slots hold armed timers). Out: to the host
+    ``FULL`` (device only: all ``timers`` slots hold armed timers, or the kernel's event inbox
+    could not take the tick: that tick is on ``sys.error`` with CHAN_FULL and the timer is not
+    armed; a repeating timer whose next tick finds it full stops). Out: to the host
     (``channels=False``), or subscribed to ``NAME.set``/``NAME.cancel`` and published on
     device channels ``NAME.fire``/``NAME.ack`` (``channels=True``: the CPU version's channels;
     a full one is retried by a ``TIMER_FLUSH`` task).
@@ -446,7 +448,11 @@ def device_module(*, timers: int = 64, base: int = 4096, name: str = "timer",
                     g.user_set(ctx, s + 4, due)
                     g.user_set(ctx, s + 5, 0)
                     g.user_set(ctx, s, 1)
-                    g.emit_at(ctx, due, TICK, tid, gen)
+                    if g.emit_at(ctx, due, TICK, tid, gen) != 0:
+                        # the event inbox is full (the tick is on sys.error): not armed, and
+                        # the ack says so (it said OK for a timer that would never fire)
+                        g.user_set(ctx, s, 0)
+                        st = S_FULL
             unlock(ctx, LOCK)
         if CH:
             if g.emit_chan(ctx, C_ACK, tid, A_SET | st) != 0:
@@ -505,7 +511,8 @@ def device_module(*, timers: int = 64, base: int = 4096, name: str = "timer",
                     if nxt <= now:
                         nxt = due + ((now - due) // period + 1) * period
                     g.user_set(ctx, s + 4, nxt)
-                    g.emit_at(ctx, nxt, TICK, tid, gen)
+                    if g.emit_at(ctx, nxt, TICK, tid, gen) != 0:
+                        g.user_set(ctx, s, 2)         # no next tick (on sys.error): stopped
                 else:
                     g.user_set(ctx, s, 2)             # fired: a cancel now answers FIRED
                 break
