@@ -94,6 +94,18 @@ def word_key(k, what: str) -> int:
     return int(k)
 
 
+def drop_rows(system, type_id: int, rows, code: int = T.CHAN_CLOSED) -> int:
+    """What a module still holds at halt, as records on ``sys.dropped`` with ``code``:
+    ``rows`` of (meta0, meta1[, payload_ptr]) of type ``type_id`` (the payloads are released
+    by the dead letter). Returns how many."""
+    if not rows:
+        return 0
+    a = np.array(rows, dtype=np.uint64)
+    recs = T.make(len(a), type=type_id, meta0=a[:, 0], meta1=a[:, 1],
+                  payload_ptr=a[:, 2] if a.shape[1] > 2 else 0)
+    return system.dead_letter(recs, code, which="sys.dropped")
+
+
 def instance_type(base: str, name: str, default: str) -> str:
     """The handler type of an instance: ``base`` for the default instance, else
     ``BASE_NAME`` (auto-registered at boot)."""
@@ -210,17 +222,15 @@ class Outbox:
 
     def drop_all(self, system) -> int:
         with self._lock:
-            items = list(self._q)
+            items = [(m0, m1, p) for m0, m1, p, _ in self._q]
             self._q.clear()
         if not items:
             return 0
-        a = np.array(items, dtype=np.uint64)
         try:
             tid = system.channel(self.channel).type_id
         except Exception:   # noqa: BLE001 - the channel is gone: keep the record's type 0
             tid = 0
-        recs = T.make(len(items), type=tid, meta0=a[:, 0], meta1=a[:, 1], payload_ptr=a[:, 2])
-        return system.dead_letter(recs, T.CHAN_CLOSED, which="sys.dropped")
+        return drop_rows(system, tid, items)
 
 
 # ------------------------------------------------------------------ GPU-kernel helpers

@@ -41,8 +41,8 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.errors import BootError
-from ggmk.modules import (Outbox, instance_type, slot_key, std_module, try_lock, unlock,
-                          word_key)
+from ggmk.modules import (Outbox, drop_rows, instance_type, slot_key, std_module, try_lock,
+                          unlock, word_key)
 
 __all__ = ["module"]
 
@@ -104,13 +104,7 @@ class _Gates:
         with self.lock:
             items = [(g, tag, p) for g, w in self.waiting.items() for tag, p, _ in w]
             self.waiting.clear()
-        if not items:
-            return
-        a = np.array(items, dtype=np.uint64)
-        self.counters["halted"] += len(items)
-        recs = T.make(len(items), type=system.type_id("GATE_ARRIVE"), meta0=a[:, 0],
-                      meta1=a[:, 1], payload_ptr=a[:, 2])
-        system.dead_letter(recs, T.CHAN_CLOSED, which="sys.dropped")
+        self.counters["halted"] += drop_rows(system, system.type_id("GATE_ARRIVE"), items)
 
     def stats(self) -> dict:
         with self.lock:

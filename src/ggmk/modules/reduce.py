@@ -59,7 +59,8 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.errors import BootError
-from ggmk.modules import Outbox, defer, instance_type, slot_key, std_module, try_lock, unlock
+from ggmk.modules import (Outbox, defer, drop_rows, instance_type, slot_key, std_module,
+                          try_lock, unlock)
 
 __all__ = ["module", "REDUCE_LATE", "f64", "as_f64"]
 
@@ -195,13 +196,7 @@ class _Reduce:
         with self.lock:
             items = [(gid, g.count) for gid, g in self.groups.items()]
             self.groups.clear()
-        if not items:
-            return
-        a = np.array(items, dtype=np.uint64)
-        self.counters["halted"] += len(items)
-        recs = T.make(len(items), type=system.type_id("REDUCE_MISSING"), meta0=a[:, 0],
-                      meta1=a[:, 1])
-        system.dead_letter(recs, T.CHAN_CLOSED, which="sys.dropped")
+        self.counters["halted"] += drop_rows(system, system.type_id("REDUCE_MISSING"), items)
 
     def _fold_many(self, g, vals):
         op = self.op
