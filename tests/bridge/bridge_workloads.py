@@ -104,6 +104,8 @@ class Recorder:
         self.back_event = threading.Event()   # set whenever BACK_SINK recorded something
         self.gate = threading.Event()
         self.gate.set()
+        self.back_gate = threading.Event()    # BACK_SINK's (cleared: gpu.back backs up)
+        self.back_gate.set()
         self.expect_payload = None    # bytes expected on BACK_SINK payloads
 
     def clear(self):
@@ -149,6 +151,7 @@ def lsink(ctx, batch):
 def back_sink(ctx, batch):
     """A batch handler (the bridge benchmark measures the bridge, not a per-task handler):
     one (meta0, meta1, payload ok, address ok, payload_ptr) row per message."""
+    REC.back_gate.wait(60)
     r = batch.records
     n = len(r)
     plen = r["payload_len"]

@@ -16,6 +16,7 @@ LONG = os.environ.get("GGMK_LONG") == "1"
 def boot(**kw):
     W.REC.clear()
     W.REC.gate.set()
+    W.REC.back_gate.set()
     W.REC.expect_payload = None
     kw.setdefault("workers", 2)
     mods = W.sized_modules() if kw.pop("sized", False) else W.modules()

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 
 from ggmk import task as T
+from ggmk.bridge import device_side as ds
 from tests.bridge import bridge_workloads as W
 from tests.bridge.dualkit import boot, wait_for
 
@@ -33,7 +34,13 @@ def test_a_reset_mid_traffic_accounts_for_every_accepted_message():
     try:
         th.start()
         wait_for(lambda: W.REC.back_n >= N // 3, what="a third of the traffic back")
+        # the CPU consumer stalls: replies back up into the GPU kernel's gpu.back, where the
+        # reset finds them (the messages the accounting missed)
+        W.REC.back_gate.clear()
+        wait_for(lambda: s.kernel.chan_depth("gpu.back", ds.TX(s.bridge.by_name["gpu.back"].k))
+                 > 0, what="replies waiting on the device's gpu.back")
         acct = s.reset_device("test")
+        W.REC.back_gate.set()
         th.join(120)
         assert not th.is_alive() and len(accepted) == N
         assert s.run(timeout=120)
@@ -49,5 +56,6 @@ def test_a_reset_mid_traffic_accounts_for_every_accepted_message():
         assert s.resets["lost_in_reset"] == acct["lost"] == int(mine.sum())
     finally:
         stop.set()
+        W.REC.back_gate.set()
         th.join(10)
         s.halt()

@@ -36,9 +36,12 @@ def consume(ctx, task):
     return OK
 
 
-@pytest.fixture(scope="module")
-def kern():
-    k = gd.DeviceKernel([m], target="cpu", workers=1, bucket_cap=64, local_cap=256, batch=128)
+@pytest.fixture(scope="module", params=[1, 4], ids=["1-worker", "4-workers"])
+def kern(request):
+    """One worker runs a whole batch of producers before any consumer (the overflow is
+    reached for sure); four race producers against consumers across the shared queues."""
+    k = gd.DeviceKernel([m], target="cpu", workers=request.param, bucket_cap=64,
+                        local_cap=256, batch=128)
     k.start()
     yield k
     k.stop()
@@ -57,6 +60,7 @@ def test_a_lossless_copy_its_consumer_queues_cannot_take_waits_and_is_delivered(
                           f"{np.unique(bad['type']).tolist()})"
     assert sorted(out["meta0"].tolist()) == list(range(n * PER))       # each once
     mt = kern.metrics()
-    assert mt["global"]["overflow_push"] > 0, "no copy reached the overflow queue"
+    if kern.config.blocks == 1:
+        assert mt["global"]["overflow_push"] > 0, "no copy reached the overflow queue"
     c = mt["types"][11]
     assert c["enqueued"] == c["run"] == c["ok"] == n * PER

@@ -231,13 +231,11 @@ def test_timer_repeats_cancelled_while_their_fires_wait(wait_until):
     assert sum(len(ks) for ks in per.values()) == tm.timer.stats()["fires"]
 
 
-def test_device_timer_set_that_cannot_queue_its_tick_is_acked_full_not_ok():
+def test_device_timer_set_that_cannot_queue_its_tick_is_acked_full_not_ok(wait_until):
     """The GPU kernel's timer acked OK even when its tick could not be queued (the event inbox
     full: the tick went to sys.error), so the timer never fired. Now such a set is acked FULL
     and left unarmed; every timer acked OK fires once. A 4-slot event inbox, 32 sets in one
     batch."""
-    import time as _time
-
     import ggmk.device as gd
     from ggmk import task as taskmod
     from ggmk.device.host import SYS_ERROR, error_code
@@ -245,25 +243,26 @@ def test_device_timer_set_that_cannot_queue_its_tick_is_acked_full_not_ok():
     k = gd.DeviceKernel([timer.device_module(timers=64)], target="cpu", workers=1,
                         event_inbox_cap=4)
     n = 32
-    acks, fires, errs = {}, {}, []
+    acks, fires, errs = {}, Counter(), []
+
+    def pull():
+        for r in k.pull():
+            if int(r["channel"]) == SYS_ERROR:
+                errs.append((int(r["type"]), int(error_code(r[None])[0])))
+            elif int(r["type"]) == ids["TIMER_ACK"]:
+                acks[int(r["meta0"])] = timer.ack_status(int(r["meta1"]))[1]
+            elif int(r["type"]) == ids["TIMER_FIRE"]:
+                fires[int(r["meta0"])] += 1
+
+    def ok():
+        return [t for t, st in acks.items() if st == timer.OK]
     with k:
         k.push_all(taskmod.make(n, type=ids["TIMER_SET"], meta0=np.arange(n),
                                 meta1=timer.arg(5)))
-        end = _time.monotonic() + 120
-        while _time.monotonic() < end:
-            for r in k.pull():
-                if int(r["channel"]) == SYS_ERROR:
-                    errs.append((int(r["type"]), int(error_code(r[None])[0])))
-                elif int(r["type"]) == ids["TIMER_ACK"]:
-                    acks[int(r["meta0"])] = timer.ack_status(int(r["meta1"]))[1]
-                elif int(r["type"]) == ids["TIMER_FIRE"]:
-                    fires[int(r["meta0"])] = fires.get(int(r["meta0"]), 0) + 1
-            ok = [t for t, st in acks.items() if st == timer.OK]
-            if len(acks) == n and len(fires) == len(ok):
-                break
-            _time.sleep(0.001)
+        assert wait_until(lambda: len(acks) == n and len(fires) == len(ok()), 120, step=pull), \
+            (acks, fires)
     full = [t for t, st in acks.items() if st == timer.FULL]
-    assert len(acks) == n and len(ok) + len(full) == n, acks
+    assert len(ok()) + len(full) == n, acks
     assert full, "no set found the event inbox full: the test no longer reaches it"
-    assert fires == {t: 1 for t in ok}
+    assert fires == {t: 1 for t in ok()}
     assert errs == [(ids["TIMER_TICK"], taskmod.CHAN_FULL)] * len(full)
