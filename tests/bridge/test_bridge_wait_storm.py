@@ -53,8 +53,13 @@ def test_waiting_tasks_do_not_spin_while_the_cpu_consumer_is_stuck(system):
 def test_a_window_larger_than_the_device_channel_sends_no_more_than_it_holds():
     """``bridge={"window": 8192}`` on a CPU -> GPU channel whose device side holds 4096: at
     most 4096 ingress tasks are sent ahead (before: 8192, and the ones the device channel
-    could not take waited there, re-run at each wake-up: ~40 runs a message, 0.33 M tasks/s
-    against ~0.9 M). Every message arrives once."""
+    could not take waited there, re-run at each wake-up). Every message arrives once.
+
+    How often ingress tasks run is not asserted: they also wait, legitimately, while the
+    device channel is full because its consumer waits for the CPU's ``BACK`` sink, so the count
+    follows how fast the host drains (30,000 messages: 1.0-1.05 runs a message on an idle
+    2-core machine, up to 5.6 with a CPU hog beside it; 3.3-7.4 idle without the clamp). The
+    throughput it costs is measured by ``bench/bridge.py``."""
     from ggmk.bridge import device_side as ds
     n = 30_000
     s = boot(bridge={"window": 8192})
@@ -67,7 +72,6 @@ def test_a_window_larger_than_the_device_channel_sends_no_more_than_it_holds():
         assert sorted(b[0] for b in W.REC.back) == list(range(n))
         rx = s.kernel.metrics()["types"][ds.RX(s.bridge.by_name["cpu.in"].k)]
         assert rx["ok"] == n
-        assert rx["run"] < 2 * n, f"{rx['run']} ingress runs for {n} messages"
     finally:
         s.halt()
 
