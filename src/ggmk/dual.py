@@ -141,6 +141,8 @@ class DualSystem:
         self.resets = dict(resets=0, last_reason=None, last_error=None, lost_in_reset=0,
                            redelivered=0, gpu_to_cpu_gaps=0, reset_s=0.0)
         self._reset_lock = threading.Lock()
+        self._resetting = False             # inside reset_device (a failed one ends it too)
+        self._halt_lock = threading.RLock()
         wd_cfg = None
         if watchdog is not None and watchdog is not False:
             from ggmk.modules import watchdog as wdmod
@@ -159,7 +161,7 @@ class DualSystem:
         reg = types if types_given else TypeRegistry()
         if not types_given:
             _register_names(reg, cpu_mods, gpu_mods)
-        bopts = dict(bridge or {})
+        bopts = _options("bridge", bridge)
         unknown = set(bopts) - set(BRIDGE_OPTS)
         if unknown:
             raise BootError(f"boot: unknown bridge options {sorted(unknown)}; known: "
@@ -197,7 +199,7 @@ class DualSystem:
             # 3. the GPU kernel (user modules + the bridge's device module)
             inbound, outbound = device_spec(self.plan, bopts.get("window"))
             self._dev_spec = dict(modules=list(gpu_mods), bridge=(inbound, outbound),
-                                  types=reg, config=dict(device_config or {}))
+                                  types=reg, config=_options("device_config", device_config))
             # what push_device may send: a type some handler of either kernel takes
             self._device_types = {reg.id(h.type) if isinstance(h.type, str) else int(h.type)
                                   for m in gpu_mods for h in m.handlers}
@@ -340,8 +342,15 @@ class DualSystem:
 
     # -- reset (the watchdog) -----------------------------------------------------------------
     def resetting(self) -> bool:
+        """The GPU kernel is being reset: bridge channels refuse with CHAN_CLOSED (also after a
+        reset whose reboot failed, until a later one boots)."""
         return self.bridge is not None and self.bridge.paused is not None and \
             str(self.bridge.paused).startswith("reset")
+
+    def reset_in_progress(self) -> bool:
+        """A ``reset_device`` call is running now (a failed one has ended: the watchdog's
+        later tick tries again; ``resetting()`` stays true meanwhile)."""
+        return self._resetting
 
     def reset_device(self, reason: str = "requested", *, graceful: bool = False) -> dict:
         """Kill the device process and boot a fresh one (kernel from the disk cache), then
@@ -355,44 +364,51 @@ class DualSystem:
             raise BridgeError("reset_device: the GPU kernel runs in this process "
                               "(device_process=False): only a device process can be reset")
         with self._reset_lock:
-            t0 = time.monotonic()
-            b = self.bridge
-            b.begin_reset(f"reset: {reason}")
-            old = self.process
+            self._resetting = True
             try:
-                self._last_gpu = self.kernel.metrics()
-            except Exception:   # noqa: BLE001
+                return self._reset_device(reason, graceful)
+            finally:
+                self._resetting = False
+
+    def _reset_device(self, reason: str, graceful: bool) -> dict:
+        t0 = time.monotonic()
+        b = self.bridge
+        b.begin_reset(f"reset: {reason}")
+        old = self.process
+        try:
+            self._last_gpu = self.kernel.metrics()
+        except Exception:   # noqa: BLE001
+            pass
+        if graceful:
+            try:
+                old.stop(2.0)
+            except Exception:   # noqa: BLE001 - a stuck kernel: killed below
                 pass
-            if graceful:
-                try:
-                    old.stop(2.0)
-                except Exception:   # noqa: BLE001 - a stuck kernel: killed below
-                    pass
-            old.kill()                          # a stuck kernel cannot stop: SIGKILL
-            acct = b.reset_device(T.BRIDGE_RESET)
-            self.resets["resets"] += 1
-            self.resets["last_reason"] = reason
-            self.resets["lost_in_reset"] += acct["lost"]
-            self.resets["redelivered"] += acct["redelivered"]
-            self.resets["gpu_to_cpu_gaps"] += acct["gaps"]
-            try:
-                new = self._boot_process()
-            except BaseException as e:
-                self.resets["last_error"] = f"{type(e).__name__}: {e}"
-                log.error("ggmk: GPU kernel reset (%s) failed to boot a new kernel: %s",
-                          reason, e)
-                raise
-            self.process = new
-            self.kernel = new.kernel
-            self.transport_base.rewire(new)
-            b.end_reset()
-            self.resets["last_error"] = None
-            self.resets["reset_s"] = time.monotonic() - t0
-            log.warning("ggmk: GPU kernel reset (%s): device process %s -> %s in %.2f s; "
-                        "%d record(s) on sys.error with BRIDGE_RESET, %d redelivered",
-                        reason, getattr(old, "pid", None), new.pid, self.resets["reset_s"],
-                        acct["lost"], acct["redelivered"])
-            return acct
+        old.kill()                          # a stuck kernel cannot stop: SIGKILL
+        acct = b.reset_device(T.BRIDGE_RESET)
+        self.resets["resets"] += 1
+        self.resets["last_reason"] = reason
+        self.resets["lost_in_reset"] += acct["lost"]
+        self.resets["redelivered"] += acct["redelivered"]
+        self.resets["gpu_to_cpu_gaps"] += acct["gaps"]
+        try:
+            new = self._boot_process()
+        except BaseException as e:
+            self.resets["last_error"] = f"{type(e).__name__}: {e}"
+            log.error("ggmk: GPU kernel reset (%s) failed to boot a new kernel: %s",
+                      reason, e)
+            raise
+        self.process = new
+        self.kernel = new.kernel
+        self.transport_base.rewire(new)
+        b.end_reset()
+        self.resets["last_error"] = None
+        self.resets["reset_s"] = time.monotonic() - t0
+        log.warning("ggmk: GPU kernel reset (%s): device process %s -> %s in %.2f s; "
+                    "%d record(s) on sys.error with BRIDGE_RESET, %d redelivered",
+                    reason, getattr(old, "pid", None), new.pid, self.resets["reset_s"],
+                    acct["lost"], acct["redelivered"])
+        return acct
 
     # -- running ------------------------------------------------------------------------------
     def device_quiet(self) -> bool:
@@ -428,6 +444,9 @@ class DualSystem:
         is left anywhere (False after ``timeout``). In determinism mode deterministic bridge
         channels move at tick fences (see ggmk.bridge.fences)."""
         self._check()
+        _check_timeout("run", timeout, none_ok=True)
+        if seconds is not None:
+            _check_timeout("run", seconds, none_ok=False, name="seconds")
         if seconds is not None and not until_idle:
             self.cpu.run(seconds, until_idle=False)
             return self.idle()
@@ -510,10 +529,22 @@ class DualSystem:
         take what the GPU kernel still sent, put what the bridge still holds on sys.error
         (HALTED) and halt the CPU kernel (see ``System.halt``). Returns the CPU kernel's
         accounting plus ``bridge_halted``, ``device_unfinished`` (ingress tasks the GPU
-        kernel had not finished when it stopped) and ``device_halted`` (the messages inside
-        the stopped GPU kernel, each named on sys.error with HALTED)."""
-        if self.halted:
-            return self.halt_report
+        kernel had not finished when it stopped), ``device_halted`` (the messages and tasks
+        inside the stopped GPU kernel, each named on sys.error with HALTED) and
+        ``device_tasks`` (of those, the GPU kernel's own tasks per type: see
+        ``Bridge._lost_tasks_on_device``). A second call, from any
+        thread, waits for the first and returns its accounting."""
+        _check_timeout("halt", timeout, none_ok=False)
+        if not self._halt_lock.acquire(blocking=not self.cpu.on_worker_thread()):
+            return self.halt_report         # (a handler: see System.halt)
+        try:
+            if self.halted:
+                return self.halt_report
+            return self._halt(timeout)
+        finally:
+            self._halt_lock.release()
+
+    def _halt(self, timeout: float) -> dict:
         t_end = time.monotonic() + max(timeout, 0)
         if self.watchdog is not None:
             self.watchdog.stop()
@@ -538,7 +569,8 @@ class DualSystem:
                 b._refresh_done(force=True)
             unfinished = sum(max(0, st.inflight()) for st in b.ins)
             acct = b.reset_device(T.HALTED, reset=False)
-            rep_dev = {"unfinished": unfinished, "named": acct["lost"]}
+            rep_dev = {"unfinished": unfinished, "named": acct["lost"],
+                       "tasks": acct["device_tasks"]}
         unfinished = rep_dev["unfinished"]
         left = b.drain_leftovers(T.HALTED)
         rep = dict(self.cpu.halt(timeout=max(0.0, t_end - time.monotonic())))
@@ -546,6 +578,7 @@ class DualSystem:
         rep["bridge_halted"] = left
         rep["device_unfinished"] = unfinished
         rep["device_halted"] = rep_dev["named"]
+        rep["device_tasks"] = rep_dev["tasks"]
         if self.process is not None:
             rep["device_killed"] = rep_dev["killed"]
         self.halt_report = rep
@@ -577,18 +610,39 @@ class DualSystem:
             log.warning("ggmk: halt: the GPU kernel did not stop (%s); its device process is "
                         "killed", e)
         self.process.kill()                    # reaped, shared pages unlinked
+        with b.lock:                           # its last published counts: final if it stopped
+            b._refresh_done(force=True)
         unfinished = sum(max(0, st.inflight()) for st in b.ins)
         acct = b.reset_device(T.HALTED, reset=False)
         for ch in b._suspended:                # a failed reset left them refusing: the CPU
             ch.resume()                        # kernel's halt closes (and drains) them
         b._suspended = []
-        return {"killed": killed, "unfinished": unfinished, "named": acct["lost"]}
+        return {"killed": killed, "unfinished": unfinished, "named": acct["lost"],
+                "tasks": acct["device_tasks"]}
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, *exc):
         self.halt(timeout=0 if exc_type is not None else 5.0)
+
+
+def _options(name: str, value) -> dict:
+    """``bridge=`` / ``device_config=``: None or a dict of options (a BootError otherwise)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BootError(f"boot: {name}={value!r}: allowed None or a dict of options "
+                        f"(e.g. {name}={{...}})")
+    return dict(value)
+
+
+def _check_timeout(what: str, value, *, none_ok: bool, name: str = "timeout") -> None:
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        allowed = "None or " if none_ok else ""
+        raise ValueError(f"{what}: {name}={value!r}: allowed {allowed}a number of seconds >= 0")
 
 
 def boot(modules, *, device: str | None = "auto", **kw):

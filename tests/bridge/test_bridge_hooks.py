@@ -1,6 +1,8 @@
 """The public hooks the bridge uses instead of private pokes: DeviceKernel.write_arena /
 read_arena / rx_pending / tx_ready / type_totals, gpu_drv's open_for_kernel, and the wake-up of
 the pump when a CPU channel delivers to the bridge."""
+import re
+
 import numpy as np
 import pytest
 
@@ -144,14 +146,46 @@ def test_a_bad_arena_reserve_fails_the_boot_naming_it(bad):
     ("max_retries", 1.5, "an int >= 0"),
     ("batch", "8", "an int >= 1"),            # a raw TypeError from deep inside, before
     ("batch", 0, "an int >= 1"),
-    ("flush_us", -1, "a number >= 0"),        # accepted without a word, before
-    ("flush_us", float("nan"), "a number >= 0"),
-    ("retry_backoff_us", "50", "a number >= 0"),
+    ("flush_us", -1, "a finite number >= 0"),        # accepted without a word, before
+    ("flush_us", float("nan"), "a finite number >= 0"),
+    ("flush_us", float("inf"), "a finite number >= 0"),      # a bare OverflowError, before
+    ("retry_backoff_us", float("inf"), "a finite number >= 0"),   # booted: a retry never ended
+    ("retry_backoff_us", "50", "a finite number >= 0"),
     ("pump_helps", "yes", "True or False"),
 ])
 def test_a_bad_bridge_option_fails_the_boot_naming_it(name, bad, must):
     with pytest.raises(BootError, match=rf"bridge: {name} must be {must}.*, got {bad!r}"):
         boot(bridge={name: bad})
+
+
+@pytest.mark.parametrize("name", ["bridge", "device_config"])
+@pytest.mark.parametrize("bad", ["window=8", [("window", 8)], 8])
+def test_options_that_are_not_a_dict_fail_the_boot_naming_the_argument(name, bad):
+    """(before: a ValueError about a "dictionary update sequence", or a list of pairs booted
+    as if it were a dict)"""
+    with pytest.raises(BootError, match=rf"boot: {name}={re.escape(repr(bad))}: allowed None "
+                                        rf"or a dict of options"):
+        boot(**{name: bad})
+
+
+def test_a_numpy_int_window_is_taken():
+    s = boot(bridge={"window": np.int64(8)})
+    try:
+        assert s.stats()["bridge"]["channels"]["cpu.in"]["window"] == 8
+    finally:
+        s.halt()
+
+
+@pytest.mark.parametrize("call", ["halt", "run"])
+@pytest.mark.parametrize("bad", ["1", -1, float("nan")])
+def test_a_bad_timeout_is_named(call, bad):
+    s = boot()
+    try:
+        with pytest.raises(ValueError, match=rf"{call}: timeout={re.escape(repr(bad))}: "
+                                             rf"allowed .*a number of seconds >= 0"):
+            getattr(s, call)(timeout=bad)
+    finally:
+        s.halt()
 
 
 def test_the_bridge_reserves_cpu_memory_for_arriving_payloads():

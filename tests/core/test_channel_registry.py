@@ -169,3 +169,22 @@ def test_a_deterministic_channel_has_no_replay_log():
             s.open("det.x", "STEP", replay=8)
         assert e.value.code == T.CHAN_UNKNOWN and "replay" in str(e.value)
         assert s.open("det.x", "STEP").det
+
+
+def test_a_closed_channel_is_named_closed_not_unknown():
+    """(before: after ``halt`` every channel was an "unknown channel", the list of open
+    channels empty, as if the name had been mistyped)"""
+    s = boot([], hal="sim")
+    s.open("data.in", "MSG")
+    s.open("data.out", "MSG")
+    s.close("data.out")
+    with pytest.raises(ChannelError, match=r"channel 'data.out' is closed$") as e:
+        s.channel("data.out")
+    assert e.value.code == T.CHAN_CLOSED
+    s.halt()
+    with pytest.raises(ChannelError, match=r"channel 'data.in' is closed \(the system was "
+                                           r"halted\)") as e:
+        s.channel("data.in")
+    assert e.value.code == T.CHAN_CLOSED
+    with pytest.raises(ChannelError, match="unknown channel 'data.nope'"):
+        s.channel("data.nope")

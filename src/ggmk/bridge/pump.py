@@ -73,6 +73,7 @@ dual system moves them at **tick fences** (:class:`Fences`, ``DualSystem.run``).
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -81,6 +82,7 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.bridge import device_side as ds
+from ggmk.bridge import device_tasks
 from ggmk.bridge.codes import (BRIDGE_DEVICE_STOPPED, BRIDGE_PAYLOAD_TOO_LARGE,
                                BRIDGE_TRANSFER_FAILED)
 from ggmk.bridge.plan import credit_window
@@ -330,21 +332,23 @@ def check_arena_reserve(share) -> None:
 
 
 def _count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def _amount(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+    # finite: an infinite flush_us or retry_backoff_us would wait forever
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+        and math.isfinite(v)
 
 
 #: the bridge's tunable options: (what it must be, the check)
 OPTION_RULES = {
     "batch": ("an int >= 1 (records per transfer)", lambda v: _count(v) and v >= 1),
-    "flush_us": ("a number >= 0 (us a partial batch may wait)", lambda v: _amount(v) and v >= 0),
+    "flush_us": ("a finite number >= 0 (us a partial batch may wait)", lambda v: _amount(v) and v >= 0),
     "window": ("None or an int >= 1 (credits per bridge channel)",
                lambda v: v is None or (_count(v) and v >= 1)),
     "max_retries": ("an int >= 0 (retries of a failed transfer)", lambda v: _count(v) and v >= 0),
-    "retry_backoff_us": ("a number >= 0 (us before the first retry)",
+    "retry_backoff_us": ("a finite number >= 0 (us before the first retry)",
                          lambda v: _amount(v) and v >= 0),
     "pump_helps": ("True or False", lambda v: isinstance(v, bool)),
 }
@@ -1469,14 +1473,18 @@ class Bridge:
           (redelivered); ones whose payload was already in the old device arena go to
           sys.error with ``code``; service records (ALLOC, RELEASE, CREDIT) are dropped and
           block requests still waiting are asked again of the new kernel;
-        * GPU -> CPU: records waiting for a sequence gap are delivered in order; the messages
-          of the gaps and those still on the device channel for the bridge's egress were
+        * GPU -> CPU: records waiting for a sequence gap are delivered in order; every seq the
+          device channel assigned (as last published) that the host never received was
           inside the old kernel: each goes to sys.error with ``code`` as a record carrying
           its channel seq (``_lost_on_device``; the gaps also counted in ``gaps``); credits
-          start again.
+          start again;
+        * the GPU kernel's own unfinished tasks (``push_device``, follow-ons, device-only
+          channels) go to sys.error with ``code``, one record of their type each
+          (``_lost_tasks_on_device``).
 
         ``reset=False``: the same accounting when the GPU kernel stopped for good (halt), not
-        counted as a reset. Returns {"lost", "redelivered", "gaps", "per_channel"}."""
+        counted as a reset. Returns {"lost", "redelivered", "gaps", "per_channel",
+        "device_tasks"}."""
         acct = {"lost": 0, "redelivered": 0, "gaps": 0, "per_channel": {}}
         with self.lock:
             try:
@@ -1584,6 +1592,7 @@ class Bridge:
                 st.pregranted = 0
             self._releases = []           # (blocks of the old device arena)
             self._counts_t = 0.0
+            self._lost_tasks_on_device(kernel, code, acct)
             if reset:                     # (halt uses the same accounting, with HALTED)
                 self.c["resets"] += 1
                 self.c["reset_lost"] += acct["lost"]
@@ -1593,21 +1602,29 @@ class Bridge:
     def _lost_on_device(self, st: _Out, missing: list, seen: int, kernel, code: int,
                         acct: dict) -> None:
         """``reset_device``'s GPU -> CPU part: messages the old GPU kernel had accepted on the
-        device channel but never forwarded are gone with it. They are the sequence gaps
-        before what the host holds (``missing``, exact) and the messages still on the
-        channel for the bridge's egress subscriber (its published in-flight count: exact
-        once the kernel stopped, the last publication if it was killed), the gaps among
-        them, the rest taken as the seqs after ``seen``. Their contents are gone; each goes to sys.error with ``code`` as a
-        record of the channel's type carrying its seq, so every one is accounted."""
-        depth = 0
+        device channel but never forwarded are gone with it: every seq up to the channel's
+        last assigned one (``chan_seq``, as the kernel last published it) or the highest the
+        host received (``seen``), whichever is higher, that the host never received: the gaps
+        (``missing``) and the seqs after ``seen``. Each of them was assigned and none was
+        received: no message is counted twice. Seqs assigned after the last publication and
+        never forwarded cannot be known (a killed kernel publishes every few loops): they are
+        missed; once the kernel stopped (halt) the publication is final and this is exact.
+        Deterministic channels keep no seqs on the host: their egress depth is counted
+        instead. Their contents are gone; each goes to sys.error with ``code`` as a record of
+        the channel's type carrying its seq, so every one is accounted."""
+        top = seen
+        extra = []
         if kernel is not None:
             try:
-                depth = max(0, kernel.chan_depth(st.bc.name, ds.TX(st.k)))
+                if st.det:
+                    # (fence_buf holds their records unnumbered: ``seen`` is not theirs)
+                    depth = max(0, kernel.chan_depth(st.bc.name, ds.TX(st.k)))
+                    extra = list(range(seen + 1, seen + 1 + max(0, depth - len(missing))))
+                else:
+                    top = max(seen, kernel.chan_seq(st.bc.name))
             except Exception:   # noqa: BLE001 - the pages may be unreadable: count the gaps
-                depth = 0
-        # a gap is an egress task still in flight that later ones overtook (the old kernel's
-        # ring was read first), so it is one of ``depth`` too: the rest come after ``seen``
-        seqs = list(missing) + list(range(seen + 1, seen + 1 + max(0, depth - len(missing))))
+                top = seen
+        seqs = list(missing) + extra + list(range(seen + 1, top + 1))
         if not seqs:
             return
         recs = T.make(len(seqs), type=st.bc.type_id,
@@ -1617,6 +1634,25 @@ class Bridge:
         acct["lost"] += len(seqs)
         acct["per_channel"][st.bc.name] = {"lost": len(seqs), "named": len(seqs),
                                            "gaps": len(missing)}
+
+    def _lost_tasks_on_device(self, kernel, code: int, acct: dict) -> None:
+        """``reset_device``'s last part: the old GPU kernel's own unfinished tasks (given with
+        ``push_device``, emitted by its handlers, on device-only channels: nothing the bridge
+        names) go to sys.error with ``code``, one record of its type per task (contents died
+        with the kernel; type 0: a task on its event queue), counted in ``acct["lost"]`` and
+        ``acct["device_tasks"]`` ({type: n}). See ``device_tasks.unfinished_tasks``."""
+        acct["device_tasks"] = {}
+        if kernel is None:
+            return
+        try:
+            left = device_tasks.unfinished_tasks(kernel, [st.bc.name for st in self.ins])
+        except Exception as e:   # noqa: BLE001 - its pages may be unreadable: say so
+            self.errors.append(f"bridge: counting the GPU kernel's unfinished tasks: {e!r}")
+            return
+        for t, n in sorted(left.items()):
+            self._to_sys_error(T.make(n, type=t), code)
+            acct["lost"] += n
+        acct["device_tasks"] = left
 
     # -- deterministic channels (tick fences) ----------------------------------------------------
     def det_take_inbound(self) -> list:

@@ -175,6 +175,9 @@ class Channels:
         """The open channel ``name`` (or id); ChannelError(CHAN_UNKNOWN) naming it otherwise."""
         ch = self.by_id.get(name) if isinstance(name, int) else self.by_name.get(name)
         if ch is None:
+            if any(c.name == name for c in self.closed):
+                why = " (the system was halted)" if self.kernel.halted else ""
+                raise ChannelError(f"channel {name!r} is closed{why}", CHAN_CLOSED)
             close = difflib.get_close_matches(str(name), list(self.by_name), n=1)
             raise ChannelError(
                 f"unknown channel {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")

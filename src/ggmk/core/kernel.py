@@ -89,6 +89,7 @@ class System:
         self.max_batch = max_batch
         self.halted = False
         self.halt_report = None
+        self._halt_lock = threading.RLock()     # (a handler or fini may call halt itself)
         self.running = False
         # arena
         self.arena = Arena(arena_size, debug=debug)
@@ -801,13 +802,27 @@ class System:
         the handler ever returns; what it emits then is refused: the channels are closed).
 
         ``dead_letters()`` still works after ``halt``. Calling ``halt`` again returns the same
-        accounting.
+        accounting (a call from another thread while the first runs waits for it).
         """
-        if self.halted:
-            return self.halt_report
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
                 or not timeout >= 0:
             raise ValueError(f"halt: timeout={timeout!r}: allowed a number of seconds >= 0")
+        # a handler halting while another thread halts does not wait: the other halt waits
+        # for the handler's worker
+        if not self._halt_lock.acquire(blocking=not self.on_worker_thread()):
+            return self.halt_report
+        try:
+            if self.halted:
+                return self.halt_report
+            return self._halt(timeout)
+        finally:
+            self._halt_lock.release()
+
+    def on_worker_thread(self) -> bool:
+        """The calling thread is one of this kernel's worker threads."""
+        return threading.current_thread() in getattr(self.hal, "threads", ())
+
+    def _halt(self, timeout: float) -> dict:
         self.halted = True                      # submit() refuses from here on
         if self.det is not None:
             self.det.release_input()

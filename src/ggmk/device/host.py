@@ -90,7 +90,8 @@ class DeviceKernel:
             base["threads"] = threads
         unknown = set(config) - set(layout.DeviceConfig.__dataclass_fields__)
         if unknown:
-            raise BootError(f"DeviceKernel: unknown config keys {sorted(unknown)}")
+            raise BootError(f"DeviceKernel: unknown config keys {sorted(unknown)}; known: "
+                            f"{sorted(layout.DeviceConfig.__dataclass_fields__)}")
         base.update(config)
         # the target's own rules (cuda: blocks=0 is one per SM; cpu: its host threads)
         option(self.target, "resolve_config")(base, frozenset(config))
@@ -527,6 +528,13 @@ class DeviceKernel:
                                    f"of type {sub_type}")
                 return int(pub.max()) if len(pub) else 0
         raise KeyError(f"DeviceKernel: no device channel {key!r}")
+
+    def chan_seq(self, name) -> int:
+        """The last sequence number device channel ``name`` assigned (0: none yet), as last
+        published, with its depth (:meth:`chan_depth`): every seq up to it was assigned; a
+        killed kernel may have assigned more since; exact once the kernel has stopped."""
+        self._check()
+        return int(self._h["chpub"][self.channel_id(name) - 1])
 
     @property
     def channels(self) -> dict:

@@ -1054,6 +1054,8 @@ def publish(S, blk):
         vstore(M, O_MPUB + o + m, vload(D, O_MET + o + m))
     for s in range(NCSUB):
         vstore(M, O_CPUB + s, vload(D, O_CSUB + s * CSS + CS_INFL))
+    for c in range(NCHAN):
+        vstore(M, O_CHPUB + c, vload(D, O_CHS + c * CHS + CH_SEQ))
     fence_system()
 
 

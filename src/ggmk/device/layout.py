@@ -72,6 +72,7 @@ REGIONS = (
     ("tr", "map"),       # trace ring records
     ("trseq", "map"),    # trace ring per-slot sequence
     ("cpub", "map"),     # published in-flight count per subscriber slot (channel depth)
+    ("chpub", "map"),    # published last assigned sequence number per device channel
 )
 # kernel arguments, in order: device words, mapped words, arena bytes
 STATE_NAMES = ("dev", "map", "arena")
@@ -269,7 +270,8 @@ class DeviceConfig:
 
     def validate(self) -> "DeviceConfig":
         if self.blocks < 1:
-            raise BootError(f"device config: blocks={self.blocks} must be >= 1")
+            raise BootError(f"device config: blocks={self.blocks} (workers: one per block) "
+                            f"must be >= 1")
         if self.threads < WARP or self.threads % WARP:
             raise BootError(f"device config: threads={self.threads} must be a multiple of {WARP}")
         for name in ("batch", "bucket_cap", "local_cap", "overflow_cap", "event_inbox_cap",
@@ -377,7 +379,7 @@ class Plan:
             ctl=NCTL, rx=c.rx_cap * W, tx=c.tx_cap * W, txseq=c.tx_cap, hb=c.blocks * 8,
             mpub=c.blocks * self.nmet, tr=c.trace_cap * TW, trseq=c.trace_cap,
             chs=max(self.nchan, 1) * CHS, csub=max(self.nsubs, 1) * CSS,
-            cpub=max(self.nsubs, 1),
+            cpub=max(self.nsubs, 1), chpub=max(self.nchan, 1),
             txsp=c.tx_spill_cap * W, txspseq=c.tx_spill_cap,
         )
 

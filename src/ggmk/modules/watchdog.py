@@ -16,7 +16,9 @@ counter did not move since the previous tick *missed* a heartbeat:
   ``sys.error`` with ``BRIDGE_RESET`` or redelivered (see ``Bridge.reset_device``).
 
 A device process that died (crashed, killed) is reset at the next tick (``reason``: "device
-process died"). A failed reboot is retried at the following ``reset_after`` threshold.
+process died"). A failed reboot leaves the old process dead and the bridge paused; it is
+retried ``reset_after`` ticks later, then after twice as many, ... (at most 64 x), until one
+boots.
 
 Why a host thread, not a CPU-kernel handler: a reset takes as long as a process start and a
 kernel load from the disk cache (seconds); a handler doing it would hold a CPU worker that long.
@@ -98,6 +100,8 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread = None
         self.c = dict(ticks=0, warnings=0, resets=0, failed_resets=0, deaths=0)
+        self._fails_in_row = 0
+        self._retry_tick = 0             # after a failed reboot: no retry before this tick
         self.last_reset_reason = None
         self.last_warning = None
         self.events: list = []          # (monotonic time, "warn" | "reset" | "reset_failed", text)
@@ -133,10 +137,12 @@ class Watchdog:
         proc = s.process
         if proc is None:
             return None
-        if getattr(s, "resetting", lambda: False)():
+        if getattr(s, "reset_in_progress", lambda: False)():
             self._last, self._missed, self._warned = None, None, False
             return None                      # a reset by hand is under way: new baseline after
         if not proc.alive():
+            if self.c["ticks"] < self._retry_tick:
+                return None                  # a failed reboot: the next try is not due yet
             self.c["deaths"] += 1
             code = proc.proc.exitcode if proc.proc is not None and not proc._closed else None
             return self._reset(f"device process died (exit code {code}, "
@@ -202,7 +208,11 @@ class Watchdog:
             self.events.append((time.monotonic(), "reset_failed", f"{type(e).__name__}: {e}"))
             log.error("ggmk: watchdog: reset failed: %s", e)
             self._last, self._missed, self._warned = None, None, False
+            self._fails_in_row += 1
+            self._retry_tick = self.c["ticks"] + \
+                self.reset_after * min(1 << (self._fails_in_row - 1), 64)
             return "reset_failed"
+        self._fails_in_row = 0
         self.c["resets"] += 1
         self.last_reset_reason = reason
         self._last, self._missed, self._warned = None, None, False

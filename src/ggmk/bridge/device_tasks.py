@@ -1,0 +1,59 @@
+"""The GPU kernel's own unfinished tasks when it stops for good (halt) or is reset.
+
+The bridge names what crosses it (``Bridge.reset_device``); a GPU kernel also holds tasks that
+never crossed: tasks given with ``push_device``, follow-on tasks its handlers emitted, copies
+on device-only channels, tasks waiting for a full channel. Their records die with the kernel
+(device memory); their number does not: every task placed on a device queue counts once in its
+type's ``enqueued``, every run ends in exactly one of ok / fail / retry / yield / wait (a yield
+or a wait is placed again, counted again), so per type
+
+    unfinished = enqueued - (ok + fail + retry + yield + wait)
+
+is what was queued or running when it stopped (exact once the kernel stopped; the last
+publication if it was killed). Retried tasks waiting on the device's event queue are not in a
+type's count until they fire: they are counted globally (``events_pushed - events_fired -
+events_dropped``) and named with type 0. Bridge types are left to the bridge; copies on a
+CPU -> GPU channel's device side the bridge already names (``chan_depth``) are taken off their
+subscriber type's count, so no message is named twice.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ggmk.bridge import device_side as ds
+
+_OUTCOMES = ("ok", "fail", "retry", "yield", "wait")
+
+
+def unfinished_tasks(kernel, bridged_channels=()) -> dict[int, int]:
+    """{type id: tasks of that type queued or running in ``kernel``} (type 0: pending events),
+    leaving out bridge types and the subscriber copies of ``bridged_channels`` (names of CPU ->
+    GPU channels whose messages the bridge accounts itself). Types with none are left out."""
+    types = [t for t in kernel.type_ids if not ds.is_bridge_type(t)]
+    out: dict[int, int] = {}
+    if types:
+        left = kernel.type_totals(types, ("enqueued",)).astype(np.int64) \
+            - kernel.type_totals(types, _OUTCOMES).astype(np.int64)      # (summed per type)
+        for t, n in zip(types, left.tolist()):
+            for name in bridged_channels:
+                if n > 0:
+                    n -= max(0, _sub_depth(kernel, name, t))
+            if n > 0:
+                out[int(t)] = int(n)
+    g = kernel.metrics()["global"]
+    events = int(g.get("events_pushed", 0)) - int(g.get("events_fired", 0)) \
+        - int(g.get("events_dropped", 0))
+    if events > 0:
+        out[0] = events
+    return out
+
+
+def _sub_depth(kernel, name: str, type_id: int) -> int:
+    """Copies of channel ``name`` queued or running for its subscriber of ``type_id`` (0 when
+    that type does not subscribe to it)."""
+    for c in kernel.chans:
+        if c.name == name:
+            if any(kernel.type_ids[h] == type_id for h in c.subs):
+                return int(kernel.chan_depth(name, type_id))
+            return 0
+    return 0
