@@ -1,7 +1,7 @@
 """An example app for ``ggmk boot`` (the app convention: ``app()`` returns (modules, options)).
 
     ggmk boot examples/demo_app.py
-    ggmk emit WORK --count 1000 --meta0 200         # busy work; each emits READINGs
+    ggmk emit WORK --count 1000 --meta0 249         # busy work; each emits 49 READINGs
     ggmk emit POINT --payload '{"x": 1.5, "n": 3, "tag": "cafe0001"}'
     ggmk emit BOOM                                    # a handler that raises: see `ggmk log`
     ggmk ps; ggmk top --once; ggmk chan ls; ggmk mod ls

@@ -3,13 +3,14 @@
 payloads::
 
     ggmk boot examples/dual_app.py --device auto     # the cpu target here, cuda on a GPU
-    ggmk emit SAMPLE --payload '{"x": 1.5, "n": 3, "tag": "cafe0001"}' --count 100
+    ggmk emit SAMPLE --chan scale.in --payload '{"x": 1.5, "n": 3, "tag": "cafe0001"}' --count 100
     ggmk emit BURST --meta0 0 --meta1 5000            # a CPU handler feeds 5000 SAMPLEs
     ggmk ps; ggmk kern ls; ggmk chan ls; ggmk top --once
     ggmk halt
 
 * CPU -> GPU, lossless bridge channel ``scale.in`` (SAMPLE, a 16-byte payload): published by
-  ``ggmk emit SAMPLE --chan scale.in`` or by the CPU handler BURST;
+  ``ggmk emit SAMPLE --chan scale.in --payload JSON`` (as above; SAMPLE has no CPU handler, so
+  it goes on the channel) or by the CPU handler BURST;
 * the GPU handler SCALE (module ``gpu_scale``) consumes it, sums the payload's bytes into meta1
   and hands the payload on, on the GPU -> CPU lossless bridge channel ``scale.out`` (SCALED);
 * the CPU batch handler COLLECT (module ``collect``) checks that every payload came back intact

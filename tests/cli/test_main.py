@@ -104,3 +104,20 @@ def test_new_writes_a_module_whose_test_passes_with_ggmk_test(tmp_path):
     assert r.exit_code == 2 and "greeter" in r.output
     r = CliRunner().invoke(cli, ["new", "Bad-Name", "--dest", str(tmp_path)])
     assert r.exit_code == 2 and "lowercase" in r.output
+
+
+def test_ggmk_test_maps_pytest_exit_codes_to_ggmks(tmp_path):
+    # pytest's 5 (no tests) and 4 (usage error) would read as "refused" / "already running"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = CliRunner().invoke(cli, ["test", str(empty)])
+    assert r.exit_code == 1 and f"no tests found in {empty}" in r.output, r.output
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "pytest.ini").write_text("[pytest]\naddopts = --no-such-pytest-option\n")
+    (bad / "test_x.py").write_text("def test_x():\n    pass\n")
+    r = CliRunner().invoke(cli, ["test", str(bad)])
+    assert r.exit_code == 2 and "--no-such-pytest-option" in r.output, r.output
+    (bad / "pytest.ini").unlink()
+    (bad / "test_y.py").write_text("def test_y():\n    assert False\n")
+    assert CliRunner().invoke(cli, ["test", str(bad)]).exit_code == 1

@@ -80,8 +80,8 @@ def test_typegen_bad_input_is_a_clear_error(tmp_path):
     bad.write_text('[types.point]\nid = 1\npayload = { x = "f65" }\n')
     r = ggmk("typegen", str(bad))
     assert r.returncode == 1 and "typegen:" in r.stderr and "f65" in r.stderr
-    r = ggmk("typegen", str(tmp_path / "missing.toml"))
-    assert r.returncode == 1 and "missing.toml" in r.stderr
+    r = ggmk("typegen", str(tmp_path / "missing.toml"))      # before any work: usage
+    assert r.returncode == 2 and "missing.toml': no such file" in r.stderr
     r = ggmk("typegen", str(ROOT / "examples" / "particles.py"))
     assert r.returncode == 1
     good = tmp_path / "good.toml"

@@ -147,8 +147,8 @@ def test_boot_errors_are_clear(g, tmp_path):
     bad.write_text("x = 1\n")
     r = g("boot", str(bad))
     assert r.returncode == EXIT_ERROR and "defines neither `modules`" in r.stderr
-    r = g("boot", str(tmp_path / "missing.py"))
-    assert r.returncode == EXIT_ERROR and "does not exist" in r.stderr
+    r = g("boot", str(tmp_path / "missing.py"))       # checked before anything starts
+    assert r.returncode == EXIT_USAGE and "missing.py': no such file" in r.stderr
     boom = tmp_path / "boom_app.py"
     boom.write_text("raise ImportError('no such thing')\n")
     r = g("boot", str(boom))

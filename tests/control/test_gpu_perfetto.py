@@ -124,7 +124,7 @@ def traced():
 
 def test_trace_tasks_needs_a_gpu_kernel(g):
     r = g("boot", DUAL_APP, "--trace-tasks")
-    assert r.returncode == 1 and "--trace-tasks" in r.stderr and "--device" in r.stderr
+    assert r.returncode == 2 and "'--trace-tasks'" in r.stderr and "--device" in r.stderr
     assert g.pid() is None
 
 

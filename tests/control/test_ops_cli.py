@@ -137,6 +137,7 @@ def test_metrics_port_serves_loopback_only_and_reads_at_scrape_time(g, wait_unti
     try:
         port = g.json("ps")["metrics_port"]
         assert port and f"http://127.0.0.1:{port}/metrics" in r.stdout
+        assert f"metrics: http://127.0.0.1:{port}/metrics" in g("ps").stdout   # as --help says
 
         def work_ok():
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
@@ -167,8 +168,19 @@ def test_metrics_port_in_use_fails_the_boot_cleanly(g):
     s.bind(("127.0.0.1", 0))
     s.listen(1)
     try:
-        r = g("boot", DEMO_APP, "--metrics-port", str(s.getsockname()[1]))
-        assert r.returncode == EXIT_ERROR and "Address already in use" in r.stderr
+        port = s.getsockname()[1]
+        r = g("boot", DEMO_APP, "--metrics-port", str(port))
+        # checked before booting: a usage error naming the option, the port and what to do
+        assert r.returncode == EXIT_USAGE and "Traceback" not in r.stderr, r.stderr
+        assert "'--metrics-port'" in r.stderr and f"port {port} on 127.0.0.1 is in use" \
+            in r.stderr and "or 0 for any free port" in r.stderr
+        assert "control socket" not in r.stderr and "booting" not in r.stderr
+        assert not os.path.exists(g.sock) and g.pid() is None
+        # taken after that check (the server itself): its own message, not the socket's
+        r = g("_serve", DEMO_APP, "--metrics-port", str(port), "--state-dir", g.dir)
+        assert r.returncode == EXIT_ERROR and "Traceback" not in r.stderr, r.stderr
+        assert f"--metrics-port {port}: cannot serve /metrics" in r.stderr
+        assert "control socket failed" not in r.stderr
         assert not os.path.exists(g.sock) and g.pid() is None
     finally:
         s.close()

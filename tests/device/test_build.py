@@ -84,3 +84,18 @@ def test_build_report_registers_spill_smem_noinline(tmp_path):
     assert "heavy" in out["table"]
     # capped at 16 registers the heavy handler spills: the build fails and says where
     assert out["spill_error"] and "heavy" in out["spill_error"] and "spill" in out["spill_error"]
+
+
+@pytest.mark.parametrize("arch, cc", [("sm_80", (8, 0)), ("sm_90", (9, 0)), ("sm_89", (8, 9)),
+                                      ("sm_100", (10, 0)), ("sm_120", (12, 0))])
+def test_the_compute_capability_of_an_arch(arch, cc):
+    """(before: sm_100 was read as compute capability 1.0)"""
+    from ggmk.device.build import compute_capability
+    assert compute_capability(arch) == cc
+
+
+@pytest.mark.parametrize("bad", ["bogus", "sm_9x", "sm_", "sm_9", "compute_90"])
+def test_a_bad_arch_is_named(bad):
+    from ggmk.device.build import compute_capability
+    with pytest.raises(ValueError, match=rf"arch='{bad}': allowed sm_"):
+        compute_capability(bad)

@@ -4,14 +4,20 @@ See ``ggmk.cli.main`` for the exit codes and ``ggmk.control`` for the socket and
 """
 from __future__ import annotations
 
+import errno
 import functools
+import importlib.util
 import json
 import os
+import select
+import socket
 import subprocess
 import sys
 import time
 
 import click
+
+from ggmk.cli.params import FiniteFloatRange
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -20,6 +26,10 @@ EXIT_NOT_RUNNING = 3
 EXIT_ALREADY = 4
 EXIT_REFUSED = 5
 EXIT_PROTOCOL = 6
+# stdout's reader went away (`ggmk kv ls | head -1`): 128 + SIGPIPE, what a tool killed by
+# SIGPIPE (ls, cat) reports, so `set -o pipefail` scripts see what they see for coreutils;
+# click's own EPIPE exit (1) would read as "the command failed" in the table above
+EXIT_PIPE = 128 + 13
 
 DEVICES = ("auto", "cpu", "sim", "cuda", "none")
 
@@ -40,6 +50,52 @@ class OutFile(click.Path):
         if not os.path.exists(value) and not os.access(d, os.W_OK):
             self.fail(f"{value!r}: its directory {d!r} is not writable", param, ctx)
         return value
+
+
+class AppArg(click.ParamType):
+    """APP (or a types file): a path must name a file, a module name must be importable; checked
+    before anything starts (a missing file used to surface from the detached server's log)."""
+
+    name = "app"
+
+    def __init__(self, exts=(".py",)):
+        self.exts = exts
+
+    def convert(self, value, param, ctx):
+        if value.endswith(self.exts) or os.sep in value or os.path.exists(value):
+            if not os.path.isfile(value):
+                self.fail(f"{value!r}: no such file", param, ctx)
+            return value
+        # a module name: found the way the server finds it (`python -m` puts the cwd first)
+        sys.path.insert(0, os.getcwd())
+        try:
+            found = importlib.util.find_spec(value) is not None
+        except (ImportError, ValueError):
+            found = False
+        finally:
+            sys.path.pop(0)
+        if not found:
+            self.fail(f"{value!r}: no such file, and no importable module of that name "
+                      f"(allowed: a {' or '.join(self.exts)} file, or a module such as "
+                      "pkg.app)", param, ctx)
+        return value
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout's reader is gone (the write end of a pipe then polls POLLERR): tells a
+    closed stdout from a BrokenPipeError of the control socket."""
+    try:
+        p = select.poll()
+        p.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in p.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _exit_closed_stdout():
+    # point stdout at /dev/null so the interpreter's final flush does not complain
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(EXIT_PIPE)
 
 
 def _fail(msg: str, code: int):
@@ -70,6 +126,10 @@ def _client_errors(fn):
         from ggmk.control.protocol import ControlError
         try:
             return fn(*a, **kw)
+        except BrokenPipeError:
+            if _stdout_closed():
+                _exit_closed_stdout()
+            _fail("protocol error: the system closed the connection", EXIT_PROTOCOL)
         except NotRunning as e:
             _fail(f"not running: {e}", EXIT_NOT_RUNNING)
         except Refused as e:
@@ -171,19 +231,22 @@ def _boot_options(fn):
 @click.command(help="Boot APP (a Python file or module defining `modules`, or `app()` returning "
                     "(modules, options)) and serve its control socket. Detaches unless "
                     "--foreground; exit code 4 if a system already runs at the state dir.")
-@click.argument("app")
+@click.argument("app", type=AppArg())
 @_boot_options
 @click.option("--foreground", is_flag=True, help="Stay attached (Ctrl-C halts the system).")
-@click.option("--boot-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
-              help="Seconds to wait for the detached system to answer.")
+@click.option("--boot-timeout", type=FiniteFloatRange(1, 86400), default=120.0,
+              show_default=True, help="Seconds to wait for the detached system to answer.")
 @state_dir_option
 @json_option
 def boot(app, device, workers, hal, deterministic, metrics_port, trace_tasks, foreground,
          boot_timeout, state_dir, as_json):
     from ggmk.control.client import Client, probe, remove_stale
     if trace_tasks and device == "none":
-        _fail("--trace-tasks compiles task slices into the GPU kernel: it needs --device "
-              "auto|cpu|sim|cuda (got --device none)", EXIT_ERROR)
+        raise click.BadParameter("compiles task slices into the GPU kernel: it needs --device "
+                                 "auto|cpu|sim|cuda (got --device none)",
+                                 param_hint="'--trace-tasks'")
+    if metrics_port:
+        _check_port_free(metrics_port)
     paths = _paths(state_dir)
     try:
         paths.ensure()
@@ -256,6 +319,22 @@ def boot(app, device, workers, hal, deterministic, metrics_port, trace_tasks, fo
         click.echo(f"log: {paths.log}")
 
 
+def _check_port_free(port: int) -> None:
+    """A test bind, as prometheus_client's server binds (SO_REUSEADDR), before anything boots:
+    a busy port then is a usage error, not a failed boot."""
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+    except OSError as e:
+        why = "in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        raise click.BadParameter(f"port {port} on 127.0.0.1 is {why}: pick a free port, or 0 "
+                                 "for any free port (`ggmk ps` shows which)",
+                                 param_hint="'--metrics-port'") from None
+    finally:
+        s.close()
+
+
 def _log_tail(path, start: int, n: int = 4000) -> str:
     try:
         with open(path, "rb") as f:
@@ -279,7 +358,7 @@ def serve_cmd(app, device, workers, hal, deterministic, metrics_port, trace_task
 # -- halt / ps / stats -------------------------------------------------------------------------------
 
 @click.command(help="Halt the system (lose nothing accepted) and print the halt accounting.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=5.0, show_default=True,
+@click.option("--timeout", type=FiniteFloatRange(0, 3600), default=5.0, show_default=True,
               help="Seconds the workers may take to finish accepted work.")
 @state_dir_option
 @json_option
@@ -328,6 +407,8 @@ def ps(state_dir, as_json):
         return
     click.echo(f"state {res['state']}  pid {res['pid']}  uptime {_uptime(res['uptime_s'])}  "
                f"app {res['app']}  device {res['device']}")
+    if res.get("metrics_port"):
+        click.echo(f"metrics: http://127.0.0.1:{res['metrics_port']}/metrics")
     _table(res["kernels"], KERN_COLS)
     _print_bridge(res.get("bridge"))
 
@@ -361,7 +442,7 @@ def stats(prometheus, state_dir, as_json):
 
 @click.command(help="Submit COUNT tasks of TYPE (a name or id), or publish them on --chan. The "
                     "payload is checked against the type's schema (types.toml).")
-@click.argument("type_")
+@click.argument("type_", metavar="TYPE")
 @click.option("--payload", default=None, metavar="JSON",
               help='The payload as a JSON object, e.g. \'{"x": 1.5, "n": 3}\'.')
 @click.option("--chan", default=None, metavar="NAME", help="Publish on this channel.")
@@ -484,13 +565,18 @@ def _kern_info(res):
 
 listing(kern, "ls", "kern_ls", "List the kernels (cpu, and gpu when dual).", key="kernels",
         table=KERN_COLS)
-listing(kern, "info", "kern_info", "Both kernels: options, gpu_drv's device facts, the GPU "
-        "kernel's boot steps and build (--report: the ptxas register/spill report).",
-        text=_kern_info, options=[click.option("--report", is_flag=True, help="Compile the "
-                                               "GPU kernel's ptxas report (tens of seconds, "
-                                               "in the system's process: it slows the system "
-                                               "meanwhile; kept after).")],
-        args_of=lambda kw: {"report": kw["report"]})
+@kern.command("info", help="Both kernels: options, gpu_drv's device facts, the GPU kernel's boot "
+                           "steps and build (--report: the ptxas register/spill report; exit "
+                           "code 1 when it failed or there is no GPU kernel).")
+@click.option("--report", is_flag=True, help="Compile the GPU kernel's ptxas report (tens of "
+              "seconds, in the system's process: it slows the system meanwhile; kept after).")
+@state_dir_option
+@json_option
+@_client_errors
+def kern_info(report, state_dir, as_json):
+    _show(state_dir, "kern_info", {"report": report}, as_json=as_json, text=_kern_info,
+          timeout=900 if report else 30.0,
+          fail_if=lambda r: report and "error" in ((r.get("gpu") or {}).get("report") or {}))
 
 
 @click.group(help="The running system's kv module (ggmk.modules.kv): get KEY, put KEY VALUE, "
@@ -594,7 +680,7 @@ def log(follow, lines, state_dir, as_json):
               metavar="FILE", help="Write Chrome trace-event JSON to FILE.")
 @click.option("--level", type=click.Choice(["off", "error", "warn", "info", "all"]),
               default=None, help="Set the system's default trace level first (it stays set).")
-@click.option("--seconds", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
+@click.option("--seconds", type=FiniteFloatRange(0, 3600), default=0.0, show_default=True,
               help="Capture this long and show only those events (0: what is buffered).")
 @click.option("-f", "--follow", is_flag=True, help="Stream events as JSON lines.")
 @click.option("--max-events", type=click.IntRange(min=1), default=200_000, show_default=True)
@@ -662,8 +748,8 @@ def trace(perfetto, level, seconds, follow, max_events, module, type_, sample, s
 @click.command(help="A live view of the system (both kernels: workers, queues, memory, "
                     "channels, modules); q or Ctrl-C quits. --once prints one frame.")
 @click.option("--once", is_flag=True, help="Print one frame and exit.")
-@click.option("--interval", type=click.FloatRange(0.05, 60), default=1.0, show_default=True)
-@click.option("--seconds", type=click.FloatRange(0.1, 86400), default=None,
+@click.option("--interval", type=FiniteFloatRange(0.05, 60), default=1.0, show_default=True)
+@click.option("--seconds", type=FiniteFloatRange(0.1, 86400), default=None,
               help="Quit by itself after this long (non-interactive use, e.g. make demo).")
 @state_dir_option
 @json_option
@@ -686,13 +772,25 @@ def top(once, interval, seconds, state_dir, as_json):
 
 # -- build / typegen (no running system needed) -----------------------------------------------
 
+def _check_arch(ctx, param, value):
+    from ggmk.device.build import compute_capability
+    try:
+        compute_capability(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a GPU architecture (allowed: sm_ and the "
+                                 "compute capability's digits, e.g. sm_80, sm_90, sm_100)") \
+            from None
+    return value
+
+
 @click.command(help="The build report of the GPU kernel (ggmk.device.build: registers, spills, "
                     "shared memory per handler; --kernel: the persistent kernel too): of APP's "
                     "GPU modules plus the bridge's, or, without APP, of the running system's "
                     "GPU kernel. Needs numba-cuda's compiler and ptxas; takes a while.")
-@click.argument("app", required=False)
+@click.argument("app", required=False, type=AppArg())
 @click.option("--kernel", "whole", is_flag=True, help="Also the whole persistent kernel.")
-@click.option("--arch", default="sm_90", show_default=True, help="The GPU architecture.")
+@click.option("--arch", default="sm_90", show_default=True, callback=_check_arch,
+              help="The GPU architecture (sm_80, sm_90, sm_100).")
 @state_dir_option
 @json_option
 @_client_errors
@@ -729,7 +827,7 @@ def build(app, whole, arch, state_dir, as_json):
 @click.command(help="Write typed payload accessors (a Python module: one class per type with "
                     "a payload, encode()/decode()) generated from TYPES (a types.toml file, or "
                     "an app whose options carry `types`).")
-@click.argument("types_src")
+@click.argument("types_src", type=AppArg((".toml", ".py")))
 @click.option("-o", "--output", type=OutFile(), default=None,
               help="Write here (default: stdout).")
 def typegen(types_src, output):

@@ -20,33 +20,12 @@ The state dir is ``$XDG_RUNTIME_DIR/ggmk`` (else ``/tmp/ggmk-$UID``), or ``--sta
 from __future__ import annotations
 
 import json
-import math
 import sys
 
 import click
 
 import ggmk
-
-
-class FiniteFloatRange(click.FloatRange):
-    """``click.FloatRange`` that also refuses ``nan`` and ``inf`` (which pass a range check:
-    every comparison with nan is false)."""
-
-    name = "float"          # in messages: "'x' is not a valid float."
-
-    def convert(self, value, param, ctx):
-        rv = super().convert(value, param, ctx)
-        if not math.isfinite(rv):
-            self.fail(f"{rv} is not a finite number (allowed: {self._describe_range()}).",
-                      param, ctx)
-        return rv
-
-
-# Numeric options are range-checked here, so a bad value is a usage error naming the option and
-# the allowed range (exit code 2), never a traceback from deep inside the kernel.
-class IntRange(click.IntRange):
-    name = "integer"        # in messages: "'x' is not a valid integer." (not "integer range")
-
+from ggmk.cli.params import FiniteFloatRange, IntRange
 
 SECONDS = FiniteFloatRange(min=0)
 WORKERS = IntRange(min=1)
@@ -138,7 +117,11 @@ def test_cmd(path: str) -> None:
     from ggmk.testing import run_module_tests
     rc, out = run_module_tests(path)
     click.echo(out, nl=False)
-    sys.exit(rc)
+    # pytest's own codes clash with ggmk's table (5 = refused, 4 = already running): 0 passed,
+    # 2 pytest's usage error, 1 anything else (tests failed, none found, interrupted)
+    if rc == 5:
+        click.echo(f"ggmk: no tests found in {path}", err=True)
+    sys.exit({0: 0, 4: 2}.get(rc, 1))
 
 
 def main() -> None:

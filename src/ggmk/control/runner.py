@@ -13,10 +13,20 @@ from ggmk.control.server import ControlServer
 EXIT_ALREADY = 4
 
 
+class _MetricsFailed(Exception):
+    pass
+
+
 def boot_system(modules, options: dict, device: str):
     """Boot with ``ggmk.boot`` (device none) or ``ggmk.dual.boot``."""
     if device == "none":
         import ggmk
+        from ggmk.control.buildinfo import split
+        gpu = split(modules)[1]
+        if gpu:      # (ggmk.boot's own message names its Python spelling, device='auto')
+            raise app_mod.AppError(f"the app has GPU modules {[m.name for m in gpu]}: boot it "
+                                   "with --device auto (or cpu, sim, cuda); --device none "
+                                   "boots the CPU kernel alone")
         return ggmk.boot(modules, **options)
     try:
         import ggmk.dual as dual
@@ -64,10 +74,16 @@ def serve(app: str, paths: StatePaths, *, device: str = "none", workers=None, ha
         server = ControlServer(system, paths, modules=modules, app=app, device=device,
                                options=options)
         if metrics_port is not None:     # before the socket: a ping then knows the port
-            server.start_metrics(metrics_port)
+            try:
+                server.start_metrics(metrics_port)
+            except Exception as e:   # noqa: BLE001 - taken since `ggmk boot` checked it
+                raise _MetricsFailed(f"--metrics-port {metrics_port}: cannot serve /metrics "
+                                     f"on 127.0.0.1:{metrics_port}: {type(e).__name__}: {e}; "
+                                     "pick a free port, or 0 for any") from None
         server.start()
     except Exception as e:   # noqa: BLE001
-        print(f"ggmk: control socket failed: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"ggmk: {e}" if isinstance(e, _MetricsFailed) else
+              f"ggmk: control socket failed: {type(e).__name__}: {e}", file=sys.stderr)
         system.halt(timeout=0)
         _unlink(paths.sock)
         _unlink(paths.pid)

@@ -562,6 +562,14 @@ class ControlServer:
         except (KeyError, ValueError, TypeError) as e:
             raise ControlError("unknown_type", str(e).strip("'\"")) from None
         info = cpu.types.info(tid)
+        if chan is None and cpu.handler_of[tid] is None:
+            # submitted anyway, every task would land on sys.error (UNKNOWN_TYPE)
+            chans = [c["name"] for c in self._chans()
+                     if c.get("type") == info.name and c.get("kernel") != "gpu"]
+            hint = (f"; it is carried by channel {', '.join(chans)}: pass --chan "
+                    f"{chans[0]}" if chans else "")
+            raise ControlError("no_handler", f"no CPU handler takes {info.name}: submitted, "
+                               f"each task would go to sys.error (UNKNOWN_TYPE){hint}")
         payload = None
         if payload_json is not None:
             try:
@@ -653,6 +661,17 @@ class ControlServer:
                           "type": str(getattr(d, "type", "?")),
                           "mode": getattr(d, "mode", None),
                           "guarantee": getattr(d, "guarantee", None)})
+        if kernel == "gpu":
+            # a GPU module declares what it consumes on its handlers only
+            seen = {(c["name"], c["direction"]) for c in chans}
+            for h in getattr(m, "handlers", []):
+                cons = getattr(h, "consumes", None) or ()
+                for name in (cons,) if isinstance(cons, str) else cons:
+                    if (name, "consume") not in seen:
+                        seen.add((name, "consume"))
+                        chans.append({"name": name, "direction": "consume",
+                                      "type": str(getattr(h, "message", None) or h.type),
+                                      "mode": None, "guarantee": None})
         return {"name": m.name, "version": getattr(m, "version", None), "kernel": kernel,
                 "handlers": handlers, "channels": chans}
 
@@ -664,6 +683,17 @@ class ControlServer:
         for m in self.modules:
             if m.name == name:
                 row = self._module_row(m)
+                if row["kernel"] == "gpu":
+                    # the GPU kernel's own counters, keyed by type id (the CPU kernel's
+                    # stats never see a GPU handler run)
+                    gtypes = (views.gpu_metrics(self) or {}).get("types", {})
+                    for h in row["handlers"]:
+                        try:
+                            tid = self.cpu.type_id(h["type"])
+                        except (KeyError, ValueError, TypeError):
+                            tid = None
+                        h["counters"] = gtypes.get(str(tid), gtypes.get(tid, {}))
+                    return row
                 types = self._cpu_stats(self._stats_cached()).get("types", {})
                 for h in row["handlers"]:
                     h["counters"] = types.get(h["type"], {})
@@ -726,7 +756,13 @@ class ControlServer:
 
     def cmd_kern_info(self, conn, rid, args):
         self._check_live()
-        if self._arg(args, "report", bool, False) and self.dual and self._build_report is None:
+        want = self._arg(args, "report", bool, False)
+        if want and not self.dual:
+            raise ControlError("unsupported", "--report: this system has no GPU kernel (booted "
+                               f"with --device {self.device}): there is no ptxas report to "
+                               "build; boot with --device auto|cpu|sim|cuda, or use `ggmk "
+                               "build APP`")
+        if want and self._build_report is None:
             # the ptxas report of the running GPU kernel: compiled on this connection's thread
             # (it touches no kernel state), once per system
             from ggmk.control import buildinfo

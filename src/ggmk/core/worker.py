@@ -74,6 +74,15 @@ def _batch_codes(r, n: int):
     return np.full(n, code, dtype=np.int32), err
 
 
+def _keep(excs, e) -> list:
+    """Add a failed task's exception to ``excs`` (None until the first failure: nothing to
+    allocate on the success path)."""
+    if excs is None:
+        return [e]
+    excs.append(e)
+    return excs
+
+
 def _note_code(bad: list, i: int, r):
     """Note a per-task handler's non-OK result ``r`` for row ``i`` in ``bad``; return the
     error when ``r`` is not a code (BAD_RETURN), else None."""
@@ -273,12 +282,12 @@ class Worker:
             try:
                 r = h.fn(ctx, batch)
             except Exception as e:  # noqa: BLE001 - a handler bug must not kill the worker
-                r, exc = HANDLER_EXCEPTION, e
+                r, exc = HANDLER_EXCEPTION, [e]
             ctx.batch = None
             if r is not None and not (r.__class__ is int and r == OK):
                 codes, bad_return = _batch_codes(r, n)
                 if bad_return is not None:
-                    exc = bad_return
+                    exc = [bad_return]
         else:
             fn = h.fn
             task = ctx.task
@@ -307,11 +316,11 @@ class Worker:
                 try:
                     r = fn(ctx)
                 except Exception as e:  # noqa: BLE001
-                    r, exc = HANDLER_EXCEPTION, e
+                    r, exc = HANDLER_EXCEPTION, _keep(exc, e)
                 if r is not None and (r.__class__ is not int or r):
                     e = _note_code(bad, i, r)
                     if e is not None:
-                        exc = e
+                        exc = _keep(exc, e)
             seqs = 0
             growing = False
             if len(m0) > n:
@@ -336,11 +345,11 @@ class Worker:
                     try:
                         r = fn(ctx)
                     except Exception as e:  # noqa: BLE001
-                        r, exc = HANDLER_EXCEPTION, e
+                        r, exc = HANDLER_EXCEPTION, _keep(exc, e)
                     if r is not None and (r.__class__ is not int or r):
                         e = _note_code(bad, i, r)
                         if e is not None:
-                            exc = e
+                            exc = _keep(exc, e)
             if growing:
                 seqs = self._grow_seqs        # grown or not: the block taken (contiguous)
                 self._grow_left = 0
@@ -377,7 +386,10 @@ class Worker:
         if ctx._ek or ctx._q0 or ctx._emitters_active or k.channels is not None:
             ctx.flush()
         if exc is not None:
-            k.report_exception(h, exc, "".join(traceback.format_exception(exc)))
+            # one entry per failed task; only the newest the bounded deque keeps are formatted
+            keep = k.exceptions.maxlen
+            for e in exc[-keep:] if keep else exc:
+                k.report_exception(h, e, "".join(traceback.format_exception(e)))
         if codes is None and one is not None and not traced and cpu is None \
                 and not (one[5] or ctx._retained) and t not in k.poison.counts:
             # one task (and its counted follow-ons) finished OK, untraced, no payload, no

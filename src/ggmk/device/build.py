@@ -217,12 +217,21 @@ def _probe_source(i, h, plan) -> str:
             f"    ctx = (S, D[3], D[4], D[0], D[1])\n    {call}\n    D[5] = r\n")
 
 
+def compute_capability(arch: str) -> tuple[int, int]:
+    """``sm_90`` -> (9, 0), ``sm_100`` -> (10, 0): the last digit is the minor version."""
+    m = re.fullmatch(r"sm_([1-9][0-9]*)([0-9])", str(arch))
+    if m is None:
+        raise ValueError(f"arch={arch!r}: allowed sm_ and the compute capability's digits "
+                         f"(sm_80, sm_90, sm_100)")
+    return int(m.group(1)), int(m.group(2))
+
+
 def build_report(modules, *, reg_limit: int = 32, allow_spill: bool = False, types=None,
                  arch: str = "sm_90", whole_kernel: bool = True, maxrregcount: int | None = None,
                  **config) -> Report:
     """Compile every handler (and the persistent kernel) for ``arch`` and report its costs.
     Raises :class:`BuildError` on a local-memory spill unless ``allow_spill``."""
-    cc = (int(arch[3]), int(arch[4:]))
+    cc = compute_capability(arch)
     cuda = prepare_numba_cuda(cc)
     from numba.cuda import types as ct
     from ggmk.device.targets import get_target
