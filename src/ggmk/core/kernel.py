@@ -29,7 +29,7 @@ from ggmk.core.metrics import Metrics, TypeCounter
 from ggmk.core.module import Module
 from ggmk.core.ring import CodeRing
 from ggmk.core.sched import MAX_TYPES, Route, Scheduler
-from ggmk.core.tenants import make_policy
+from ggmk.core.tenants import TenantError, make_policy
 from ggmk.core.trace import TraceHasher, make_tracer
 from ggmk.core.worker import Worker
 from ggmk.errors import BootError, ChannelError, KernelStopped, PayloadError
@@ -45,6 +45,20 @@ _REC = T.RECORD_STRUCT
 _M32 = 0xFFFF_FFFF
 
 DEFAULT_MAX_YIELDS = 16
+
+
+_POLICY_METHODS = ("add_tenant", "set_weight", "wake", "sleep", "pick", "account",
+                   "observe_latency", "stats", "__contains__")
+
+
+def _check_policy(policy) -> None:
+    """A tenant policy object must have what the scheduler calls (``TenantPolicy``): one
+    without (``policy=5``) booted, then crashed every worker at its first pick."""
+    missing = [m for m in _POLICY_METHODS if not callable(getattr(policy, m, None))]
+    if missing:
+        raise TenantError(f"boot: policy={policy!r}: allowed a policy name ('eevdf', "
+                          f"'eevdf-gentle', 'rr', 'wrr') or a TenantPolicy object (it lacks "
+                          f"{', '.join(missing)})")
 
 
 class System:
@@ -122,8 +136,16 @@ class System:
             policy = make_policy(policy)
         elif policy is None and tenants:
             policy = make_policy("eevdf")
+        elif policy is not None:
+            _check_policy(policy)
         self.sched.policy = policy
+        if tenants is not None and not isinstance(tenants, dict):
+            raise TenantError(f"boot: tenants={tenants!r}: allowed a dict {{tenant id: nice, "
+                              f"or {{'nice': n}} / {{'weight': w}}}}")
         for tid, spec in (tenants or {}).items():
+            if isinstance(tid, bool) or not isinstance(tid, (int, np.integer)):
+                raise TenantError(f"boot: tenants key {tid!r}: allowed an int tenant id "
+                                  f"0..65535")
             policy.add_tenant(int(tid), **(spec if isinstance(spec, dict) else {"nice": spec}))
         # modules
         self.handler_of: list = [None] * MAX_TYPES
@@ -477,6 +499,9 @@ class System:
 
     def set_tenant(self, tenant: int, *, nice: int | None = None, weight: int | None = None) -> None:
         """Change a tenant's weight at run time (nice -20..19, or a raw weight; nice 0 = 1024)."""
+        if self.sched.policy is None:
+            raise TenantError("set_tenant: this system has no tenant policy: boot it with "
+                              "policy='eevdf' (or 'rr') or tenants={...}")
         with self.sched.lock:
             if tenant not in self.sched.policy:
                 self.sched.policy.add_tenant(tenant, nice=nice or 0, weight=weight)
@@ -827,7 +852,12 @@ class System:
         if self.det is not None:
             self.det.release_input()
             self.hal.wake(self.nworkers)
-        drained = self.idle() or (timeout > 0 and self.hal.wait(self.idle, timeout))
+        worker_error = None
+        try:
+            drained = self.idle() or (timeout > 0 and self.hal.wait(self.idle, timeout))
+        except RuntimeError as e:   # a worker thread crashed: halt still accounts everything
+            drained, worker_error = False, repr(e.__cause__ or e)
+            log.error("ggmk: halt: %s", worker_error)
         stuck = self.hal.stop(join_timeout=self.STUCK_AFTER_S)
         if stuck:
             log.warning("ggmk: halt: %d worker(s) still in a handler that did not return "
@@ -861,6 +891,11 @@ class System:
         self.halt_report = {"drained": bool(drained), "halted": halted,
                             "channel_dropped": dropped, "outstanding": self.sched.outstanding,
                             "stuck_workers": stuck}
+        if worker_error is not None:
+            # (a crashed worker's batch in hand stays outstanding: its records are gone)
+            self.halt_report["worker_errors"] = [repr(e) for e in
+                                                 getattr(self.hal, "errors", ())] or \
+                [worker_error]
         errors = []
         for m in reversed(self.modules):
             if m._fini:
@@ -872,7 +907,8 @@ class System:
             raise RuntimeError(f"module fini failed: {errors}")
         return self.halt_report
 
-    def _enqueue_after_halt(self, recs, route=None, worker: int = -1, due: int = 0) -> int:
+    def _enqueue_after_halt(self, recs, route=None, worker: int = -1, due: int = 0,
+                            wake: bool = True) -> int:
         """``sched.enqueue`` once the workers are stopped (see ``halt``): every record goes
         to sys.error with HALTED; 0 accepted (the enqueue core's word for "the rest went to
         sys.error with a reason")."""

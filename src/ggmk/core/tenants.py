@@ -244,6 +244,9 @@ class TenantPolicy(Protocol):
     def stats(self) -> dict[int, dict]:
         """Per tenant: weight, nice, vruntime, lag, burst_score, tasks, handler_time_ns, ..."""
 
+    def __contains__(self, tenant: int) -> bool:
+        """Whether ``tenant`` was added."""
+
 
 class _Tenant:
     """One tenant's scheduling state and metrics (one object per tenant, not per task)."""

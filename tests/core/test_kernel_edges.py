@@ -1,0 +1,88 @@
+"""Edges of the CPU kernel's boot and halt found by an audit of real-thread runs: a policy
+that is not one, tenant ids that are not ints, ``set_tenant`` with no policy, a worker thread
+that crashed before ``halt``, and the halted kernel's stand-in for the enqueue core taking what
+the enqueue core takes (a host publish racing ``halt`` got a TypeError: ``wake=``)."""
+import inspect
+
+import numpy as np
+import pytest
+
+import ggmk
+from ggmk import task as T
+from ggmk.core.sched import Scheduler
+from ggmk.core.tenants import TenantError, make_policy
+
+
+@pytest.mark.parametrize("bad", [5, object(), [("eevdf",)]])
+def test_a_policy_that_is_not_one_fails_the_boot(bad):
+    """(before: ``policy=5`` booted, then every worker died at its first pick)"""
+    with pytest.raises(TenantError, match=r"boot: policy=.*allowed a policy name .* or a "
+                                          r"TenantPolicy object \(it lacks add_tenant"):
+        ggmk.boot([], policy=bad, workers=2)
+
+
+@pytest.mark.parametrize("tenants, what", [
+    ({1.7: 0}, "tenants key 1.7"), ({"1": 0}, "tenants key '1'"), ({True: 0}, "tenants key True"),
+    ([0, 1], r"tenants=\[0, 1\]"),
+])
+def test_tenant_ids_that_are_not_ints_fail_the_boot(tenants, what):
+    """(before: 1.7, "1" and True all became tenant 1; a list raised AttributeError)"""
+    with pytest.raises(TenantError, match=what):
+        ggmk.boot([], tenants=tenants, workers=2)
+
+
+def test_set_tenant_without_a_policy_says_how_to_get_one():
+    with ggmk.boot([], workers=2) as s:
+        with pytest.raises(TenantError, match="no tenant policy: boot it with policy="):
+            s.set_tenant(3, nice=1)
+
+
+def test_the_halted_enqueue_takes_what_the_enqueue_core_takes():
+    core = inspect.signature(Scheduler.enqueue).parameters
+    halted = inspect.signature(ggmk.System._enqueue_after_halt).parameters
+    assert list(halted) == list(core)
+    app = ggmk.Module("edge")
+
+    @app.handler("EDGE")
+    def edge(ctx):
+        return ggmk.OK
+    s = ggmk.boot([app], workers=2)
+    s.halt()
+    recs = T.make(3, type=s.type_id("EDGE"))
+    assert s._enqueue_after_halt(recs, None, -1, 0, wake=False) == 0
+    err, codes = s.dead_letters("sys.error")
+    assert len(err) == 3 and set(np.asarray(codes).tolist()) == {T.HALTED}
+
+
+class _CrashingPolicy:
+    """A real policy whose pick fails (a bug in a custom policy): the workers die."""
+
+    def __init__(self):
+        self.inner = make_policy("eevdf")
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __contains__(self, tenant):
+        return tenant in self.inner
+
+    def pick(self, now_ns):
+        raise RuntimeError("policy bug (test)")
+
+
+def test_halt_after_a_worker_crashed_still_accounts_everything(wait_until):
+    """(before: halt raised "a worker thread crashed", left the tasks outstanding, nothing on
+    sys.error, channels open; a second halt returned None)"""
+    app = ggmk.Module("edge")
+
+    @app.handler("EDGE")
+    def edge(ctx):
+        return ggmk.OK
+    s = ggmk.boot([app], workers=2, policy=_CrashingPolicy())
+    for _ in range(5):
+        s.submit("EDGE")
+    assert wait_until(lambda: len(s.hal.errors) > 0, timeout=30)
+    rep = s.halt(timeout=1)
+    assert rep["drained"] is False and "policy bug (test)" in rep["worker_errors"][0]
+    assert rep["halted"] == 5 and rep["outstanding"] == 0
+    assert s.halt() is rep
