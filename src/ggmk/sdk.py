@@ -18,6 +18,7 @@ Requests               in-kernel request/reply: correlation tags, replies, timeo
 Client                 host-side request/reply over a request channel and a reply channel
 KV                     host-side kv client (put/get/delete, correlated by tag; get_many /
                        get_array: a block of gets in one column, replies matched in bulk)
+new_tags               request tags unique in the process (clients of a reply channel share it)
 kv_put/kv_get/kv_del   in-handler requests to a kv module
 log / logf             a line to the log module (``logf``: format + up to 4 ints, host-formatted)
 timer_once/_every      timers (the timer module); ``timer_cancel``
@@ -64,18 +65,22 @@ there is more than one request to make.
 from __future__ import annotations
 
 import itertools
+import math
+import operator
 import threading
 import time
+import weakref
 from collections import OrderedDict
 
 import numpy as np
 
 from ggmk import task as T
+from ggmk.errors import KernelStopped
 from ggmk.task import CHAN_FULL, OK, WAIT
 
-__all__ = ["send", "send_all", "Requests", "Client", "KV", "kv_put", "kv_get", "kv_del", "log",
-           "logf", "timer_once", "timer_every", "timer_cancel", "gate_arrive", "count", "gauge",
-           "observe", "TIMEOUT", "DEFAULT_DEADLINE"]
+__all__ = ["send", "send_all", "Requests", "Client", "KV", "new_tags", "TAG_MASK", "kv_put",
+           "kv_get", "kv_del", "log", "logf", "timer_once", "timer_every", "timer_cancel",
+           "gate_arrive", "count", "gauge", "observe", "TIMEOUT", "DEFAULT_DEADLINE"]
 
 _U64 = (1 << 64) - 1
 _REC = T.RECORD_STRUCT            # one record as plain ints (seq at 4, payload_ptr at 5, ...)
@@ -229,13 +234,25 @@ def _u64_column(name: str, v, n: int | None = None) -> np.ndarray:
     the argument and the value."""
     try:
         if n is not None and np.ndim(v) == 0:
-            a = np.full(n, v, dtype=np.uint64)
+            x = operator.index(v)               # (np.full would truncate a float)
+            if not 0 <= x <= _U64:
+                raise ValueError
+            a = np.full(n, x, dtype=np.uint64)
         else:
             a = np.asarray(v)
             if a.dtype != np.uint64:
-                if a.size and (a.dtype.kind not in "iu" or (a.dtype.kind == "i" and a.min() < 0)):
+                if a.dtype.kind in "fO" and not isinstance(v, np.ndarray):
+                    # Python ints past 2**63 make a list float64 (past 2**64 object) to
+                    # NumPy: range-check them as ints and convert exactly
+                    xs = [operator.index(x) for x in v]
+                    if xs and (min(xs) < 0 or max(xs) > _U64):
+                        raise ValueError
+                    a = np.array(xs, dtype=np.uint64)
+                elif a.size and (a.dtype.kind not in "iu" or
+                                 (a.dtype.kind == "i" and a.min() < 0)):
                     raise ValueError
-                a = a.astype(np.uint64)
+                else:
+                    a = a.astype(np.uint64)
     except (ValueError, TypeError, OverflowError):
         raise ValueError(f"{name}: expected integers in 0..2**64-1 (a column), got "
                          f"{v!r:.80}") from None
@@ -244,6 +261,54 @@ def _u64_column(name: str, v, n: int | None = None) -> np.ndarray:
                          (f" of {n} values" if n is not None else "") +
                          f", got shape {a.shape}")
     return a
+
+
+def _check_timeout(who: str, timeout) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"{who}: timeout={timeout!r}: allowed a finite number of seconds > 0")
+    return timeout
+
+
+# ------------------------------------------------------------------------------- tags
+TAG_MASK = (1 << 48) - 1                # tags are 48-bit (what a kv reply carries)
+_tag_lock = threading.Lock()
+_tag_next = 1
+
+
+def new_tags(n: int = 1) -> int:
+    """The first of ``n`` consecutive request tags (48-bit, never 0, a run never wraps) that
+    no other call in this process gets (until 2**48 tags later): what ``KV`` numbers its
+    requests with. Clients of one reply channel share its replies, so their tags must not
+    collide: take them here (a tag already awaited on the channel raises ValueError)."""
+    global _tag_next
+    if n.__class__ is not int:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise ValueError(f"new_tags: n={n!r}: allowed an int in 0..2**48-1")
+        n = int(n)
+    if not 0 <= n <= TAG_MASK:
+        raise ValueError(f"new_tags: n={n!r}: allowed an int in 0..2**48-1")
+    with _tag_lock:
+        lo = _tag_next
+        if lo + n - 1 > TAG_MASK:
+            lo = 1
+        _tag_next = lo + n
+    return lo
+
+
+def _tag_m0(m0, m1):
+    return m0
+
+
+def _tag48(m0, m1):
+    return m0 & TAG_MASK
+
+
+_U48 = np.uint64(TAG_MASK)
+
+
+def _tags48(m0, m1):
+    return m0 & _U48
 
 
 class _Pending:
@@ -276,92 +341,109 @@ class _One:
         self.data = None
 
 
-class Client:
-    """Host-side request/reply: publish on ``request`` (a channel name), read replies from a
-    host-side subscription of ``reply``; ``reply_tag(meta0, meta1)`` gives a reply's tag
-    (``reply_tags(m0s, m1s)``, its column form, lets whole blocks of replies be matched
-    with NumPy). ``call(meta0, meta1, tag=..., payload=...)`` -> (meta0, meta1, payload
-    bytes or None); ``TimeoutError`` after ``timeout`` seconds. Thread-safe: replies for
-    another thread's tags are kept for it.
+def _tags_of(p) -> str:
+    return f"tag {p.lo}" if p.n == 1 else f"tags {p.lo}..{p.lo + p.n - 1}"
 
-    ``publish_many`` + ``wait_many`` pipeline a block of requests with consecutive tags:
-    one column publish, and the replies matched by tag in bulk.
 
-    How a caller waits (no polling): one waiting thread at a time (the *pumper*) sleeps on a
-    plain lock that the reply subscription's delivery hook releases (the same primitive a
-    parked worker sleeps on: one wake-up per delivery, nothing allocated per wait), takes
-    what arrived, files it by tag and wakes the other waiters (a Condition); when its own
-    replies are in it hands the role on. A full request channel is backpressure: the caller
-    keeps taking replies (which is what frees the kernel's side) and retries, up to
-    ``timeout`` seconds, then raises ``TimeoutError`` naming CHAN_FULL.
-    """
+_hubs: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_hubs_lock = threading.Lock()
 
-    def __init__(self, system, request: str, reply: str, *, reply_tag=None, reply_tags=None,
-                 timeout: float = 5.0):
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-            raise ValueError(f"Client: timeout must be a positive number of seconds, "
-                             f"got {timeout!r}")
+
+class _Hub:
+    """The reply side shared by every ``Client`` of one reply channel of a system (and one
+    pair of tag functions): one host-side subscription, drained by whichever client waits,
+    each reply filed by tag to the request that awaits it, whichever client sent it (one
+    that nobody awaits is counted in ``ignored`` and dropped). Why shared: the reply channel
+    is a lossless fan-out, so a subscription per client would fill with the others' replies
+    while its client is idle, and then refuse, stalling the replier and every other client.
+    Reference-counted by its clients: the last ``close`` unsubscribes."""
+
+    def __init__(self, system, chan, key, reply_tag, reply_tags):
         self.system = system
+        self.chan = chan
+        self.key = key
+        self.name = chan.name
         self.arena = system.arena
-        self.request = system.channel(request)
-        self.reply_name = reply
-        self.reply_tag = reply_tag or (lambda m0, m1: m0)
-        if reply_tags is None and reply_tag is None:
-            reply_tags = lambda m0, m1: m0          # noqa: E731 - the default: tag = meta0
+        self.reply_tag = reply_tag
         self.reply_tags = reply_tags
-        self.timeout = timeout
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._pumping = False
-        self._waiters = 0           # threads in _cond.wait (under _lock): whom a notify wakes
-        self._sem = threading.Lock()                # released by the delivery hook
-        self._sem.acquire()
-        self._sleeping = False
-        self._single: dict = {}                     # tag -> _Pending (n == 1, any tag)
-        self._runs: list[_Pending] = []             # consecutive-tag blocks
-        self._plock = threading.Lock()              # the reusable one-record request
-        self._rec = None
-        self._blk = None                            # the reusable block of requests
-        self.ignored = 0            # replies nobody here waited for (other clients' tags)
-        self.sub = system.channel(reply).subscribe(name=f"client-{id(self):x}",
-                                                   notify=self._wake)
-        self._hal = system.hal
-        self._help = system.hal.help
-        # the direct request path (System.direct), where the system has one
-        self._direct = getattr(system, "direct", None) if hasattr(system.hal, "lend") else None
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.pumping = False
+        self.waiters = 0            # threads in cond.wait (under lock): whom a notify wakes
+        self.sem = threading.Lock()                 # released by the delivery hook
+        self.sem.acquire()
+        self.sleeping = False
+        self.single: dict = {}                      # tag -> _One
+        self.runs: list[_Pending] = []              # consecutive-tag blocks
+        self.ignored = 0
+        self.users = 0
+        self.closed = False
+        self.help = system.hal.help
+        self.sub = chan.subscribe(name=f"clients-{id(self):x}", notify=self.wake)
+
+    @staticmethod
+    def join(system, reply: str, reply_tag, reply_tags) -> "_Hub":
+        ch = system.channel(reply)
+        # (ids: the hub holds the channel and the functions, so none is reused while it lives)
+        key = (id(ch), id(reply_tag), id(reply_tags))
+        with _hubs_lock:
+            hub = _hubs.get(key)
+            if hub is None or hub.closed:
+                hub = _hubs[key] = _Hub(system, ch, key, reply_tag, reply_tags)
+            hub.users += 1
+        return hub
+
+    def leave(self) -> None:
+        with _hubs_lock:
+            self.users -= 1
+            if self.users > 0:
+                return
+            self.closed = True
+            if _hubs.get(self.key) is self:
+                del _hubs[self.key]
+        try:
+            self.chan.unsubscribe(self.sub)     # what its ring holds goes to sys.dropped
+        except Exception:   # noqa: BLE001 - closed at halt
+            pass
 
     # -- waking ---------------------------------------------------------------------------
-    def _wake(self) -> None:
+    def wake(self) -> None:
         """The subscription's delivery hook (runs under the ring's lock: keep it tiny)."""
-        if self._sleeping:
-            self._sleeping = False
+        if self.sleeping:
+            self.sleeping = False
             try:
-                self._sem.release()
+                self.sem.release()
             except RuntimeError:                    # released already: one token is enough
                 pass
 
-    def _arrived(self) -> bool:
+    def arrived(self) -> bool:
         r = self.sub.ring
         return r.tail != r.head or self.sub.behind
 
-    def _sleep(self, left: float) -> None:
+    def gone(self) -> bool:
+        """No reply can come any more: the reply channel is closed (halt), not suspended."""
+        ch = self.chan
+        return ch.closed and not ch.suspended
+
+    def sleep(self, left: float) -> None:
         """Block until a delivery (or ``left`` seconds). First the caller runs: while a worker
         is idle, this thread runs the steps that answer it (``hal.help``: no wake-up either
         way). A stale token only makes one wake-up spurious: the caller looks again."""
-        if self._help(self._arrived, time.monotonic() + left):
+        if self.help(self.arrived, time.monotonic() + left):
             return
-        self._sleeping = True
-        if not self._arrived():
-            self._sem.acquire(True, left)
-        self._sleeping = False
+        self.sleeping = True
+        # (a close wakes a sleeper like a delivery: looked at after ``sleeping`` is set)
+        if not self.arrived() and not self.gone():
+            self.sem.acquire(True, left)
+        self.sleeping = False
 
     # -- filing replies -------------------------------------------------------------------
-    def _pump(self) -> int:
-        """Take what the subscription holds and file it by tag (holding ``_lock``). Every
+    def pump(self) -> int:
+        """Take what the subscription holds and file it by tag (holding ``lock``). Every
         payload taken is copied out and its arena reference released, matched or not."""
         sub = self.sub
         r = sub.ring
-        if r.tail - r.head == 1 and not self._runs and not sub.behind \
+        if r.tail - r.head == 1 and not self.runs and not sub.behind \
                 and sub.chan.log is None:
             # one reply (one request in flight): popped as one record and read with one
             # struct call, acknowledged as Subscriber.take does
@@ -377,7 +459,7 @@ class Client:
             return 0
         m0, m1 = recs["meta0"], recs["meta1"]
         ptrs = recs["payload_ptr"]
-        if n <= _FEW and not self._runs:
+        if n <= _FEW and not self.runs:
             return self._pump_few(recs, m0.tolist(), m1.tolist(), ptrs.tolist())
         has_data = bool(np.count_nonzero(ptrs))
         if self.reply_tags is not None:
@@ -386,7 +468,7 @@ class Client:
             tags = np.fromiter((self.reply_tag(int(a), int(b)) for a, b in zip(m0, m1)),
                                dtype=np.uint64, count=n)
         left = None                                 # mask of the records not filed yet
-        for p in self._runs:
+        for p in self.runs:
             rel = tags - np.uint64(p.lo)            # wraps for tags below lo: out of range
             hit = rel < np.uint64(p.n)
             nh = np.count_nonzero(hit)
@@ -416,7 +498,7 @@ class Client:
                                 ptrs)
             left = ~hit if left is None else left & ~hit
         rest = range(n) if left is None else np.flatnonzero(left).tolist()
-        single = self._single
+        single = self.single
         for i in rest:                              # single requests: a dict look-up each
             p = single.get(int(tags[i]))
             if p is None or p.left == 0:
@@ -434,7 +516,7 @@ class Client:
         """One reply given as its fields (``Ring.pop1_fields``): ``_pump_few`` for one,
         without the lists and the loop (the one-request-in-flight round trip)."""
         a, b, ptr = f[9], f[10], f[5]
-        p = self._single.get(self.reply_tag(a, b))
+        p = self.single.get(self.reply_tag(a, b))
         if p is None or p.left == 0:
             self.ignored += 1
         else:
@@ -449,7 +531,7 @@ class Client:
     def _pump_few(self, recs, m0s, m1s, ptrs) -> int:
         """A few replies and no block awaited (one request in flight): plain ints."""
         tag_of = self.reply_tag
-        single = self._single
+        single = self.single
         release = None
         for i, (a, b, ptr) in enumerate(zip(m0s, m1s, ptrs)):
             p = single.get(tag_of(a, b))
@@ -479,56 +561,213 @@ class Client:
     def _copy(self, r) -> bytes:
         return bytes(self.arena.view(int(r["payload_ptr"]), int(r["payload_len"])))
 
-    def _await(self, p: _Pending, what) -> None:
-        """Block until every reply of ``p`` is in, or raise TimeoutError (``what()``: the
-        message) after ``timeout`` seconds. ``p`` is unregistered either way."""
-        deadline = time.monotonic() + self.timeout
-        cond = self._cond
+    def filed(self, tag):
+        """The reply of ``tag`` if it is in already: one pump under the lock, none of
+        ``wait``'s waiting. None: not in."""
+        cond = self.cond
+        with cond:
+            if not self.pumping and self.pump() and self.waiters:
+                cond.notify_all()                   # others' replies may have come too
+            p = self.single.get(tag)
+            if p is None or p.left:
+                return None
+            del self.single[tag]
+        return p.m0, p.m1, None if p.data is None else p.data[0]
+
+    def wait(self, p, timeout: float, what) -> None:
+        """Block until every reply of ``p`` is in; TimeoutError (``what()``: the message)
+        after ``timeout`` seconds, KernelStopped once the reply channel closed (the system
+        halted: no reply can come). ``p`` is unregistered either way."""
+        deadline = time.monotonic() + timeout
+        cond = self.cond
         with cond:
             try:
                 while p.left:
-                    if self._pumping:               # another thread takes: wait for its news
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._waiters += 1
-                        try:
-                            cond.wait(left)
-                        finally:
-                            self._waiters -= 1
+                    if not self.pumping and self.pump():
+                        if self.waiters:
+                            cond.notify_all()
                         continue
-                    if self._pump():
-                        cond.notify_all()
-                        continue
+                    if self.gone():
+                        break
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    self._pump_after_sleep(left)
+                    if self.pumping:                # another thread takes: wait for its news
+                        self.waiters += 1
+                        try:
+                            cond.wait(left)
+                        finally:
+                            self.waiters -= 1
+                    else:
+                        self._pump_after_sleep(left)
             finally:
-                self._unregister(p)
-                cond.notify_all()                   # leaving: someone else may pump now
+                self.unregister(p)
+                if self.waiters:
+                    cond.notify_all()               # leaving: someone else may pump now
         if p.left:
+            if self.gone():
+                raise self.stopped(p.left, p.n, _tags_of(p))
             raise TimeoutError(what())
 
-    def _register(self, p: _Pending, tag=None) -> None:
-        with self._lock:
-            if tag is None:
-                self._runs.append(p)
-            else:
-                if tag in self._single:
-                    raise ValueError(f"Client: tag {tag} is already awaited on "
-                                     f"{self.reply_name!r}; tags must be unique in flight")
-                self._single[tag] = p
+    def stopped(self, left: int, n: int, tags: str):
+        """The error of a wait the halt ended: how many requests it left unanswered."""
+        why = "the system halted" if getattr(self.system, "halted", False) \
+            else "the channel was closed"
+        return KernelStopped(f"{why}: {left} of {n} request(s) ({tags}) left unanswered on "
+                             f"{self.name!r} (the requests are on sys.error / sys.dropped, or "
+                             f"ran and their replies were dropped)")
 
-    def _unregister(self, p: _Pending) -> None:       # holding _lock
+    def register(self, p, tag=None) -> None:
+        """Await ``p`` (a run when ``tag`` is None); ValueError when its tags are awaited
+        already on this channel (by this client or another one)."""
+        with self.lock:
+            if self.closed:
+                raise ValueError(f"Client: closed (its reply channel {self.name!r} is "
+                                 "unsubscribed)")
+            if tag is None:
+                lo, hi = p.lo, p.lo + p.n
+                clash = next((max(lo, q.lo) for q in self.runs
+                              if q.lo < hi and lo < q.lo + q.n), None)
+                if clash is None and p.n:
+                    single = self.single
+                    if len(single) < p.n:
+                        clash = next((t for t in single if lo <= t < hi), None)
+                    else:
+                        clash = next((t for t in range(lo, hi) if t in single), None)
+                if clash is not None:
+                    raise ValueError(f"Client: tags {lo}..{hi - 1} overlap tags already "
+                                     f"awaited on {self.name!r} (at {clash}); tags must be "
+                                     f"unique in flight (sdk.new_tags)")
+                self.runs.append(p)
+            else:
+                if tag in self.single or \
+                        (self.runs and any(0 <= tag - q.lo < q.n for q in self.runs)):
+                    raise ValueError(f"Client: tag {tag} is already awaited on {self.name!r}; "
+                                     f"tags must be unique in flight (sdk.new_tags)")
+                self.single[tag] = p
+
+    def unregister(self, p) -> None:       # holding lock
         if p.__class__ is _One:
-            if self._single.get(p.lo) is p:
-                del self._single[p.lo]
+            if self.single.get(p.lo) is p:
+                del self.single[p.lo]
         else:
             try:
-                self._runs.remove(p)
+                self.runs.remove(p)
             except ValueError:
                 pass
+
+    def backoff(self, deadline: float, what) -> None:
+        """A request channel is full: take replies meanwhile (that is what drains the
+        kernel's side) and let the kernel run; TimeoutError past the deadline."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(what())
+        # no hook reports room in a request ring, but replies do come back as the kernel
+        # works through it: wait for the next delivery, bounded (room can also come without
+        # a reply to us, e.g. another client's requests were taken)
+        nap = min(left, _FULL_NAP)
+        cond = self.cond
+        with cond:
+            if self.pump():
+                cond.notify_all()
+                return
+            if self.pumping:
+                self.waiters += 1
+                try:
+                    cond.wait(nap)
+                finally:
+                    self.waiters -= 1
+                return
+            self._pump_after_sleep(nap)
+
+    def _pump_after_sleep(self, left: float) -> None:
+        """Holding ``cond``, nobody else pumping: take the pumper role, sleep (or run the
+        answering steps: ``sleep``) outside the lock for at most ``left`` s, then file what
+        came and wake the other waiters (news, or the pumper role is free)."""
+        cond = self.cond
+        self.pumping = True
+        cond.release()
+        try:
+            self.sleep(left)
+        finally:
+            cond.acquire()
+            self.pumping = False
+        self.pump()
+        cond.notify_all()
+
+
+class Client:
+    """Host-side request/reply: publish on ``request`` (a channel name), read replies from a
+    host-side subscription of ``reply``; ``reply_tag(meta0, meta1)`` gives a reply's tag
+    (``reply_tags(m0s, m1s)``, its column form, lets whole blocks of replies be matched
+    with NumPy). ``call(meta0, meta1, tag=..., payload=...)`` -> (meta0, meta1, payload
+    bytes or None); ``TimeoutError`` after ``timeout`` seconds; ``KernelStopped`` as soon as
+    the system halts (no reply can come). Thread-safe: replies for another thread's tags
+    are kept for it.
+
+    Every client of one reply channel (with the same tag functions: module-level ones, or
+    the defaults) shares one subscription: whichever waits takes the replies and files them
+    by tag for whoever awaits them, so an idle client holds nothing up. Their tags must
+    therefore be unique across them: take them from :func:`new_tags` (a tag already awaited
+    on the channel raises ValueError). ``close()`` leaves it (the last one unsubscribes).
+
+    ``publish_many`` + ``wait_many`` pipeline a block of requests with consecutive tags:
+    one column publish, and the replies matched by tag in bulk.
+
+    How a caller waits (no polling): one waiting thread at a time (the *pumper*) sleeps on a
+    plain lock that the reply subscription's delivery hook releases (the same primitive a
+    parked worker sleeps on: one wake-up per delivery, nothing allocated per wait), takes
+    what arrived, files it by tag and wakes the other waiters (a Condition); when its own
+    replies are in it hands the role on (a halt closes the reply channel, which wakes it like
+    a delivery). A full request channel is backpressure: the caller keeps taking
+    replies (which is what frees the kernel's side) and retries, up to ``timeout`` seconds,
+    then raises ``TimeoutError`` naming CHAN_FULL.
+    """
+
+    def __init__(self, system, request: str, reply: str, *, reply_tag=None, reply_tags=None,
+                 timeout: float = 5.0):
+        self.timeout = _check_timeout("Client", timeout)
+        self.system = system
+        self.arena = system.arena
+        self.request = system.channel(request)
+        self.reply_name = reply
+        if reply_tags is None and reply_tag is None:
+            reply_tag = reply_tags = _tag_m0        # the default: tag = meta0
+        self.reply_tag = reply_tag or _tag_m0
+        self.reply_tags = reply_tags
+        hub = self._hub = _Hub.join(system, reply, self.reply_tag, reply_tags)
+        # the shared reply side's state, under the names this class always had
+        self._cond = hub.cond
+        self._lock = hub.lock
+        self._single = hub.single
+        self._runs = hub.runs
+        self._pump = hub.pump
+        self._arrived = hub.arrived
+        self._plock = threading.Lock()              # the reusable one-record request
+        self._rec = None
+        self._blk = None                            # the reusable block of requests
+        self._closed = False
+        self._hal = system.hal
+        # the direct request path (System.direct), where the system has one
+        self._direct = getattr(system, "direct", None) if hasattr(system.hal, "lend") else None
+
+    @property
+    def sub(self):
+        """The reply channel's subscription (shared by every client of it)."""
+        return self._hub.sub
+
+    @property
+    def ignored(self) -> int:
+        """Replies taken that nobody awaited (late, or of requests sent by others)."""
+        return self._hub.ignored
+
+    def _stopped_sending(self, ch, sent: str = ""):
+        """The error of a request refused with CHAN_CLOSED."""
+        if getattr(self.system, "halted", False):
+            return KernelStopped(f"the system halted: request channel {ch.name!r} is closed"
+                                 + (f" ({sent} sent)" if sent else ""))
+        return TimeoutError(f"request channel {ch.name!r}: CHAN_CLOSED"
+                            + (f" ({sent} sent)" if sent else ""))
 
     # -- publishing -----------------------------------------------------------------------
     def _send_one(self, ch, meta0, meta1) -> int:
@@ -549,45 +788,6 @@ class Client:
                 return OK
         return T.CHAN_CLOSED if ch.closed else CHAN_FULL
 
-    def _backoff(self, deadline: float, what) -> None:
-        """The request channel is full: take replies meanwhile (that is what drains the
-        kernel's side) and let the kernel run; TimeoutError past the deadline."""
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(what())
-        # no hook reports room in a request ring, but replies do come back as the kernel
-        # works through it: wait for the next delivery, bounded (room can also come without
-        # a reply to us, e.g. another client's requests were taken)
-        nap = min(left, _FULL_NAP)
-        cond = self._cond
-        with cond:
-            if self._pump():
-                cond.notify_all()
-                return
-            if self._pumping:
-                self._waiters += 1
-                try:
-                    cond.wait(nap)
-                finally:
-                    self._waiters -= 1
-                return
-            self._pump_after_sleep(nap)
-
-    def _pump_after_sleep(self, left: float) -> None:
-        """Holding ``_cond``, nobody else pumping: take the pumper role, sleep (or run the
-        answering steps: ``_sleep``) outside the lock for at most ``left`` s, then file what
-        came and wake the other waiters (news, or the pumper role is free)."""
-        cond = self._cond
-        self._pumping = True
-        cond.release()
-        try:
-            self._sleep(left)
-        finally:
-            cond.acquire()
-            self._pumping = False
-        self._pump()
-        cond.notify_all()
-
     def _try_send(self, ch, meta0, meta1, payload, type) -> int:
         """One attempt to publish a request: OK or the channel's code."""
         if (payload is None and type is None and meta0.__class__ is int
@@ -600,31 +800,34 @@ class Client:
         if tag is not None:
             self.expect(tag)
         ch = channel or self.request
-        self._send(ch, meta0, meta1, payload, type, tag, self._try_send(ch, meta0, meta1,
-                                                                        payload, type))
+        try:
+            self._send(ch, meta0, meta1, payload, type,
+                       self._try_send(ch, meta0, meta1, payload, type))
+        except BaseException:                   # refused: nothing will answer the tag
+            self.forget(tag)
+            raise
 
-    def _send(self, ch, meta0, meta1, payload, type, tag, code) -> None:
+    def _send(self, ch, meta0, meta1, payload, type, code) -> None:
         """The first attempt answered ``code``: retry while the channel is full (taking
-        replies meanwhile) up to ``timeout``; a refused request forgets ``tag``."""
+        replies meanwhile) up to ``timeout``."""
+        if code == OK:
+            return
         deadline = time.monotonic() + self.timeout
         while True:
-            if code == OK:
-                return
+            if code == T.CHAN_CLOSED:
+                raise self._stopped_sending(ch)
             if code != CHAN_FULL:
-                self.forget(tag)
                 raise TimeoutError(f"request channel {ch.name!r}: "
                                    f"{T.CODE_NAMES.get(code, code)}")
-            try:
-                self._backoff(deadline, lambda: f"request channel {ch.name!r}: CHAN_FULL for "
+            self._hub.backoff(deadline, lambda: f"request channel {ch.name!r}: CHAN_FULL for "
                               f"{self.timeout} s")
-            except TimeoutError:
-                self.forget(tag)
-                raise
             code = self._try_send(ch, meta0, meta1, payload, type)
+            if code == OK:
+                return
 
     def expect(self, tag) -> None:
         """Say a reply with ``tag`` is awaited (``publish(..., tag=)`` does it)."""
-        self._register(_One(tag), tag)
+        self._hub.register(_One(tag), tag)
 
     def forget(self, tag) -> None:
         """Stop awaiting ``tag`` (a reply that comes later is counted in ``ignored``)."""
@@ -639,9 +842,9 @@ class Client:
             p = self._single.get(tag)
         if p is None:                    # not announced: wait for it anyway
             p = _One(tag)
-            self._register(p, tag)
-        self._await(p, lambda: f"no reply for tag {tag} on {self.reply_name!r} within "
-                               f"{self.timeout} s")
+            self._hub.register(p, tag)
+        self._hub.wait(p, self.timeout, lambda: f"no reply for tag {tag} on "
+                                                f"{self.reply_name!r} within {self.timeout} s")
         return p.m0, p.m1, None if p.data is None else p.data[0]
 
     def call(self, meta0=0, meta1=0, *, tag, payload=None, type=None, channel=None):
@@ -660,40 +863,20 @@ class Client:
         self.expect(tag)
         ch = channel or self.request
         direct = self._direct
-        if direct is not None and type is None and meta0.__class__ is int \
-                and meta1.__class__ is int and 0 <= meta0 <= _U64 and 0 <= meta1 <= _U64:
-            try:
-                ran = direct(ch, meta0, meta1, payload)
-            except BaseException:
-                self.forget(tag)
-                raise
-            if ran:                                 # answered on this thread: file the reply
-                return self._filed(tag) or self.wait(tag)
-        sent = []
         try:
+            if direct is not None and type is None and meta0.__class__ is int \
+                    and meta1.__class__ is int and 0 <= meta0 <= _U64 and 0 <= meta1 <= _U64:
+                if direct(ch, meta0, meta1, payload):   # answered on this thread: file it
+                    return self._hub.filed(tag) or self.wait(tag)
+            sent = []
             hal.help(self._arrived, time.monotonic() + self.timeout,
                      before=lambda: sent.append(self._try_send(ch, meta0, meta1, payload, type)))
             if sent[0] != OK:                       # full (backoff) or closed: the slow path
-                self._send(ch, meta0, meta1, payload, type, tag, sent[0])
+                self._send(ch, meta0, meta1, payload, type, sent[0])
         except BaseException:
             self.forget(tag)
             raise
         return self.wait(tag)
-
-    def _filed(self, tag):
-        """The reply of ``tag`` if it is in already (a request ``System.direct`` ran on this
-        thread: its reply was delivered before ``direct`` returned, unless the handler
-        yielded, retried or failed): one pump under the lock, none of ``_await``'s waiting.
-        None: not in (``wait`` for it)."""
-        cond = self._cond
-        with cond:
-            if not self._pumping and self._pump() and self._waiters:
-                cond.notify_all()                   # others' replies may have come too
-            p = self._single.get(tag)
-            if p is None or p.left:
-                return None
-            del self._single[tag]
-        return p.m0, p.m1, None if p.data is None else p.data[0]
 
     def stream(self, meta0, meta1, lo: int, depth: int, *, channel=None):
         """Many requests with at most ``depth`` in flight: blocks of ``depth``, the next sent
@@ -715,11 +898,19 @@ class Client:
         r0 = np.zeros(n, np.uint64)
         r1 = np.zeros(n, np.uint64)
         data = None
-        for i in range(0, n, depth):
-            j = min(n, i + depth)
-            p = self.publish_many(meta0[i:j], meta1[i:j], lo + i, channel=channel,
-                                  _out=(r0[i:j], r1[i:j]))
-            data = self._merge(p, i, data, n)
+        done = 0
+        try:
+            for i in range(0, n, depth):
+                j = min(n, i + depth)
+                p = self.publish_many(meta0[i:j], meta1[i:j], lo + i, channel=channel,
+                                      _out=(r0[i:j], r1[i:j]))
+                try:
+                    data = self._merge(p, i, data, n)
+                finally:
+                    done = i + p.n - p.left
+        except KernelStopped as e:                  # name what the whole stream lost
+            raise KernelStopped(f"stream of {n} requests (tags {lo}..{lo + n - 1}): "
+                                f"{n - done} left unanswered: {e}") from None
         return r0, r1, data
 
     def _merge(self, p: _Pending, off: int, data, n: int):
@@ -731,39 +922,48 @@ class Client:
             data[off:off + p.n] = p.data
         return data
 
+    def _prepare_many(self, meta0, meta1, lo, _out):
+        """The validated columns and the registered block handle of a publish_many."""
+        meta0 = _u64_column("meta0", meta0)
+        n = len(meta0)
+        meta1 = _u64_column("meta1", meta1, n)
+        if not isinstance(lo, (int, np.integer)) or isinstance(lo, bool) \
+                or not 0 <= int(lo) <= _U64 - n:
+            raise ValueError(f"publish_many: lo must be an int in 0..2**64-1-len(meta0), "
+                             f"got {lo!r}")
+        p = _Pending(int(lo), n) if _out is None else _Pending(int(lo), n, *_out)
+        self._hub.register(p)
+        return meta0, meta1, p
+
     def publish_many(self, meta0, meta1, lo: int, *, channel=None, _out=None) -> _Pending:
         """Send ``len(meta0)`` requests as columns (one emit per block the channel takes)
         whose replies carry the consecutive tags ``lo, lo + 1, ...``; returns the handle for
         :meth:`wait_many`. Waits for room (taking replies meanwhile) up to ``timeout``."""
-        meta0 = _u64_column("meta0", meta0)
+        meta0, meta1, p = self._prepare_many(meta0, meta1, lo, _out)
+        self._send_many(p, channel or self.request, meta0, meta1, 0)
+        return p
+
+    def _send_many(self, p, ch, meta0, meta1, sent: int) -> None:
+        """Send ``meta0[sent:]``: a block per emit, backing off while the channel is full;
+        ``p`` is unregistered on any error."""
         n = len(meta0)
-        meta1 = _u64_column("meta1", meta1, n)
-        if not isinstance(lo, (int, np.integer)) or not 0 <= int(lo) <= _U64 - n:
-            raise ValueError(f"publish_many: lo must be an int in 0..2**64-1-len(meta0), "
-                             f"got {lo!r}")
-        p = _Pending(int(lo), n) if _out is None else _Pending(int(lo), n, *_out)
-        self._register(p)
-        ch = channel or self.request
         try:
-            sent = 0
             deadline = time.monotonic() + self.timeout
             while sent < n:
                 sent += self._send_block(ch, meta0[sent:], meta1[sent:])
                 if sent < n:
                     if ch.closed:
-                        raise TimeoutError(f"request channel {ch.name!r}: CHAN_CLOSED "
-                                           f"({sent}/{n} sent)")
-                    self._backoff(deadline, lambda: f"request channel {ch.name!r}: CHAN_FULL "
-                                  f"for {self.timeout} s ({sent}/{n} sent)")
+                        raise self._stopped_sending(ch, f"{sent}/{n}")
+                    self._hub.backoff(deadline, lambda: f"request channel {ch.name!r}: "
+                                      f"CHAN_FULL for {self.timeout} s ({sent}/{n} sent)")
         except BaseException:
             with self._lock:
-                self._unregister(p)
+                self._hub.unregister(p)
             raise
-        return p
 
     def _send_block(self, ch, m0: np.ndarray, m1: np.ndarray) -> int:
         """Emit a block of requests through a reused record buffer (the columns are already
-        validated: no per-call ``make``); how many the channel took."""
+        validated: no per-call ``make``); how many the channel took (no waiting)."""
         n = len(m0)
         if not ch.type_id or n > _BLOCK:
             return ch.publish(meta0=m0, meta1=m1, count=n)
@@ -784,24 +984,42 @@ class Client:
         hal = self._hal
         if not hal.helping:
             return self.wait_many(self.publish_many(meta0, meta1, lo, channel=channel))
-        out = []
-        hal.help(self._arrived, time.monotonic() + self.timeout,
-                 before=lambda: out.append(self.publish_many(meta0, meta1, lo,
-                                                             channel=channel)))
-        return self.wait_many(out[0])
+        meta0, meta1, p = self._prepare_many(meta0, meta1, lo, None)
+        ch = channel or self.request
+        n = len(meta0)
+        if n:
+            # the borrowed worker is the only one that may drain the request ring (workers=1):
+            # while it is held, send only what fits; the rest once it is given back
+            sent = [0]
+
+            def first():
+                sent[0] = self._send_block(ch, meta0, meta1)
+            try:
+                hal.help(self._arrived, time.monotonic() + self.timeout, before=first)
+            except BaseException:
+                with self._lock:
+                    self._hub.unregister(p)
+                raise
+            if sent[0] < n:
+                self._send_many(p, ch, meta0, meta1, sent[0])
+        return self.wait_many(p)
 
     def wait_many(self, p: _Pending) -> tuple:
         """(meta0s, meta1s, data) of a :meth:`publish_many` block, in request order: two
         uint64 columns and None (no reply carried a payload) or a list of bytes/None."""
-        self._await(p, lambda: f"{p.left} of {p.n} replies (tags {p.lo}..{p.lo + p.n - 1}) "
+        self._hub.wait(p, self.timeout,
+                       lambda: f"{p.left} of {p.n} replies (tags {p.lo}..{p.lo + p.n - 1}) "
                                f"missing on {self.reply_name!r} after {self.timeout} s")
         return p.m0, p.m1, p.data
 
     def close(self) -> None:
-        try:
-            self.system.channel(self.reply_name).unsubscribe(self.sub)
-        except Exception:   # noqa: BLE001 - closed at halt
-            pass
+        """Leave the reply channel's shared subscription (the last client unsubscribes it:
+        what it still holds goes to sys.dropped)."""
+        with self._plock:
+            if self._closed:
+                return
+            self._closed = True
+        self._hub.leave()
 
 
 class KV:
@@ -809,34 +1027,24 @@ class KV:
     ``delete`` correlated by tag; ``get_many`` / ``get_array`` pipeline a block of gets (one
     column publish, replies matched by tag with NumPy). Values are ints (inline tables) or
     bytes. A status other than OK/NOT_FOUND raises ``KVError``; no reply within ``timeout``
-    seconds raises ``TimeoutError``. Thread-safe (several threads may share one client)."""
+    seconds raises ``TimeoutError``; a halt, ``KernelStopped``. Thread-safe (several threads
+    may share one client); any number of clients may share one kv module (their tags come
+    from :func:`new_tags`, their replies from one shared subscription)."""
 
     class KVError(RuntimeError):
         pass
 
     def __init__(self, system, prefix: str = "kv", *, timeout: float = 5.0):
         from ggmk.modules import kv as _kv
+        _check_timeout("KV", timeout)
+        assert _kv.TAG_MASK == TAG_MASK
         self._kv = _kv
         self.system = system
         self.prefix = prefix
-        self._next = 1
-        self._tlock = threading.Lock()
-        mask = _kv.TAG_MASK
-        umask = np.uint64(mask)
         self.client = Client(system, f"{prefix}.get", f"{prefix}.resp",
-                             reply_tag=lambda m0, m1: m0 & mask,
-                             reply_tags=lambda m0, m1: m0 & umask, timeout=timeout)
+                             reply_tag=_tag48, reply_tags=_tags48, timeout=timeout)
         self.put_ch = system.channel(f"{prefix}.put")
         self.del_ch = system.channel(f"{prefix}.del")
-
-    def _tags(self, n: int = 1) -> int:
-        """The first of ``n`` fresh consecutive tags (48-bit, never 0, never wrapping)."""
-        with self._tlock:
-            lo = self._next
-            if lo + n > self._kv.TAG_MASK:
-                lo = 1
-            self._next = lo + n
-        return lo
 
     def _check(self, m0, what):
         st = int(m0) >> 56
@@ -855,12 +1063,12 @@ class KV:
         else:                      # (a float or a str was converted: 3.9 came back as 3)
             raise TypeError(f"KV.put: value={value!r}: allowed bytes or an int "
                             f"0..2**64-1")
-        tag = self._tags()
+        tag = new_tags()
         m0, _, _ = self.client.call(key, tag, tag=tag, payload=bytes(data), channel=self.put_ch)
         self._check(m0, f"put {key}")
 
     def get(self, key: int, default=None):
-        tag = self._tags()
+        tag = new_tags()
         m0, m1, data = self.client.call(key, tag, tag=tag)
         st = m0 >> 56
         if st:                                  # (the message is built only when needed)
@@ -869,14 +1077,14 @@ class KV:
         return data if data is not None else m1
 
     def delete(self, key: int) -> bool:
-        tag = self._tags()
+        tag = new_tags()
         m0, _, _ = self.client.call(key, tag, tag=tag, channel=self.del_ch)
         return self._check(m0, f"del {key}") == self._kv.OK
 
     def _get_block(self, keys, depth):
         keys = _u64_column("keys", keys)
         n = len(keys)
-        lo = self._tags(n)
+        lo = new_tags(n)
         tags = np.arange(lo, lo + n, dtype=np.uint64)
         if depth is None:
             m0, m1, data = self.client.call_many(keys, tags, lo)

@@ -908,6 +908,9 @@ class Channel(ReplayMixin):
                 self._release_log(self.log.pop(len(self.log)))
         self.reg._closed(self)
         self.reg._trace(EventType.CHAN_CLOSE, self.type_id, self.id, n)
+        for sub in self.subs:
+            if not sub.type_id:       # a host reader waiting for a message that cannot come
+                sub.ring.signal()
         return n
 
     def _flush_sub(self, sub: Subscriber, code: int) -> int:

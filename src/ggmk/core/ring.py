@@ -244,6 +244,13 @@ class WakingRing(Ring):
         for h in self.hooks:
             h()
 
+    def signal(self) -> None:
+        """Wake the reader without a record (its channel closed: nothing more will come)."""
+        with self.lock:
+            self.ready.set()
+            for h in self.hooks:
+                h()
+
     def push1(self, rec) -> bool:
         """``Ring.push1`` that signals like ``_write`` (the reader's Event, the hooks, under
         the lock): one record as bytes, for a one-record emit (``Channel.emit_one``)."""
