@@ -100,7 +100,7 @@ def test_sigkill_mid_traffic_is_detected_and_a_reset_recovers(wait_until):
 
 
 def test_the_watchdog_resets_a_dead_device_process(wait_until):
-    s = WW.boot(watchdog={"interval_s": 0.05, "warn_after": 40, "reset_after": 80})
+    s = WW.boot(watchdog={"interval_s": 0.05, "warn_after": 200, "reset_after": 400})
     try:
         pid = s.process.pid
         os.kill(pid, signal.SIGKILL)

@@ -176,13 +176,14 @@ def test_backend_killed_between_commands(launch_gpu):
 
 
 def test_unanswered_command_times_out(launch_gpu):
-    gpu = launch_gpu([Monitor(64, 64)], timeout=0.5)
+    gpu = launch_gpu([Monitor(64, 64)])      # (start and connect with the default timeout)
     gpu.get_display_info()
+    gpu.timeout = 0.5                         # what each command waits for its completion
     gpu.display.hooks[GpuRequest.GET_DISPLAY_INFO] = lambda payload: True   # never answer
     t0 = time.monotonic()
     with pytest.raises(E.BackendTimeout, match="GET_DISPLAY_INFO: no completion.*0.5s"):
         gpu.get_display_info()
-    assert 0.4 < time.monotonic() - t0 < 2.0
+    assert 0.4 < time.monotonic() - t0 < 5.0        # bounded: the point, not how tightly
 
 
 def test_pipelined_frames_keep_up(launch_gpu):
