@@ -983,17 +983,24 @@ def gather_wait(D, blk, sh):
     return True
 
 
-def wait_close(D, blk, sh, n):
+def wait_close(S, blk, sh, n):
     """Lead, after a batch: a batch of the wait queue in which every task came back WAIT
-    closes it until the generation it was gathered at moves; any progress keeps it open."""
-    if sh[SH_SRC] == SRC_WAIT:
-        bo = O_BS + blk * BSS
-        if D[bo + B_WAITS] >= n:
-            D[bo + B_WGATED] = 1
-            D[bo + B_WGATE] = D[bo + B_WGEN_AT]
-            D[bo + B_WLOOPS] = 0
-        else:
-            D[bo + B_WGATED] = 0
+    closes it until the generation it was gathered at moves; any progress keeps it open.
+    Returns the nap this worker wishes: such a batch is an idle round (nothing moved), so a
+    worker whose only work is tasks waiting for a stalled consumer naps like an idle one
+    instead of re-running them flat out (millions of runs a second, a core burnt)."""
+    if sh[SH_SRC] != SRC_WAIT:
+        return 0
+    D = S[0]
+    bo = O_BS + blk * BSS
+    if D[bo + B_WAITS] >= n:
+        D[bo + B_WGATED] = 1
+        D[bo + B_WGATE] = D[bo + B_WGEN_AT]
+        D[bo + B_WLOOPS] = 0
+        return idle_nap(S, blk)
+    D[bo + B_WGATED] = 0
+    worker_woke(S, blk)
+    return 0
 
 
 def gather(D, blk, sh):
@@ -1126,26 +1133,41 @@ def ingest_host(S, blk, sh):
 
 
 def idle_round(S, blk, sh):
-    """Phase 2 found no work (all lanes): count the idle round, park after IDLE_SPIN of them
-    (publishing the metrics once), and return the nap this worker wishes (ns)."""
-    D = S[0]
-    bo = O_BS + blk * BSS
+    """Phase 2 found no work (all lanes): count the idle round and return the nap this
+    worker wishes (ns)."""
     if is_lead():
-        idle = D[bo + B_IDLE] + 1
-        D[bo + B_IDLE] = idle
-        met_add(D, blk, M_IDLE_LOOPS, 1)
-        if idle == IDLE_SPIN:
-            met_add(D, blk, M_PARKS, 1)
-            trace_worker(S, EV_WORKER_PARK, blk)
-            publish(S, blk)
-        nap = 0
-        if idle >= IDLE_SPIN:
-            nap = (idle - IDLE_SPIN + 1) * 1000
-            if nap > IDLE_SLEEP_MAX:
-                nap = IDLE_SLEEP_MAX
-        sh[SH_NAP] = nap
+        sh[SH_NAP] = idle_nap(S, blk)
     syncthreads()
     return sh[SH_NAP]
+
+
+def idle_nap(S, blk):
+    """Lead: one more idle round; park after IDLE_SPIN of them (publishing the metrics once).
+    The nap this worker wishes (ns)."""
+    D = S[0]
+    bo = O_BS + blk * BSS
+    idle = D[bo + B_IDLE] + 1
+    D[bo + B_IDLE] = idle
+    met_add(D, blk, M_IDLE_LOOPS, 1)
+    if idle == IDLE_SPIN:
+        met_add(D, blk, M_PARKS, 1)
+        trace_worker(S, EV_WORKER_PARK, blk)
+        publish(S, blk)
+    nap = 0
+    if idle >= IDLE_SPIN:
+        nap = (idle - IDLE_SPIN + 1) * 1000
+        if nap > IDLE_SLEEP_MAX:
+            nap = IDLE_SLEEP_MAX
+    return nap
+
+
+def worker_woke(S, blk):
+    """Lead: this worker moved something: no longer idle (a parked one says so)."""
+    D = S[0]
+    bo = O_BS + blk * BSS
+    if D[bo + B_IDLE] >= IDLE_SPIN:
+        trace_worker(S, EV_WORKER_WAKE, blk)
+    D[bo + B_IDLE] = 0
 
 
 def batch_base(blk):
@@ -1177,9 +1199,8 @@ def load_batch(S, blk, sh, n):
         for k in range(lane_id(), n, lane_step()):
             rq_take(D, qi, pos + k, D, b0 + k * W)
     if is_lead():
-        if D[bo + B_IDLE] >= IDLE_SPIN:
-            trace_worker(S, EV_WORKER_WAKE, blk)
-        D[bo + B_IDLE] = 0
+        if src != SRC_WAIT:            # (a wait-queue batch: wait_close knows if it moved)
+            worker_woke(S, blk)
         D[bo + B_WAITS] = 0
         for t in range(NTYPES + 1):
             sh[SH_CNT + t] = 0
@@ -1281,10 +1302,10 @@ def worker_iteration(S, blk, sh, smem):
     syncthreads()
     dispatch_batch(S, blk, sh, tick, smem)  # 6: each type's handler
     if is_lead():
-        wait_close(D, blk, sh, n)          # 7: bookkeeping
+        sh[SH_NAP] = wait_close(S, blk, sh, n)   # 7: bookkeeping (all WAIT: an idle round)
         iteration_end(S, blk, n)
     syncthreads()
-    return 0
+    return sh[SH_NAP]
 
 
 def kernel_body(D, M, A):
