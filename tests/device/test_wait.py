@@ -186,3 +186,33 @@ def test_waits_together_is_for_scalar_handlers():
     m = gd.Module("wtbad")
     with pytest.raises(BootError, match="waits_together is for scalar handlers only"):
         m.handler(253, granularity="warp", waits_together=True)
+
+
+def test_waiting_tasks_beyond_the_wait_queues_wait_a_tick_not_a_loop(wait_until):
+    """More tasks waiting than the wait queues hold (``local_cap`` each): the rest wait for the
+    next tick on the event queue. Before, they went back to the local queue and ran again on
+    every loop: 48 tasks waiting behind a consumer that never finishes ran ~16,000 times a
+    tick (16 M a second) against ~33 now. Counted per tick of the kernel's clock."""
+    m = gd.Module("overflowing")
+    out = m.channel("ovf.out", message=0x7101, mode="p2p", guarantee="lossless", capacity=8)
+
+    @m.handler(0x7100)
+    def produce(ctx, task):
+        if g.emit_chan(ctx, out, g.meta0(task), 0) != 0:
+            return g.wait_at(task, g.meta0(task))
+        return OK
+
+    @m.handler(0x7102, consumes="ovf.out", message=0x7101)
+    def never_done(ctx, task):                 # the consumer never finishes a message
+        return g.wait_at(task, g.meta0(task))
+
+    n = 64                                     # 8 fit the channel, 56 wait: > local_cap 32
+    with gd.DeviceKernel([m], target="cpu", workers=1, batch=32, local_cap=32,
+                         bucket_cap=64) as k:
+        k.push_all(taskmod.make(n, type=0x7100, meta0=np.arange(n)))
+        runs = lambda: k.metrics()["types"][0x7100]["run"]       # noqa: E731
+        assert wait_until(lambda: runs() >= 2 * n, 300)          # all pushed, waiting
+        r0, t0 = runs(), k.tick()
+        assert wait_until(lambda: k.tick() >= t0 + 200, 300)
+        per_tick = (runs() - r0) / (k.tick() - t0)
+    assert per_tick < 1000, f"{per_tick:.0f} runs of waiting producers a tick"
