@@ -64,7 +64,7 @@ from ggmk.bridge.plan import device_spec, ingress_room, plan as plan_bridge
 from ggmk.bridge.pump import Bridge, BridgeError, check_options as check_bridge_options
 from ggmk.bridge.process import ProcessTransport
 from ggmk.bridge.transport import InProcessTransport
-from ggmk.core.kernel import System
+from ggmk.core.kernel import System, halt_once
 from ggmk.core.module import Module as CpuModule
 from ggmk.errors import BootError, DeviceError, KernelStopped
 from ggmk.typereg import TypeRegistry
@@ -535,14 +535,7 @@ class DualSystem:
         ``Bridge._lost_tasks_on_device``). A second call, from any
         thread, waits for the first and returns its accounting."""
         _check_timeout("halt", timeout, none_ok=False)
-        if not self._halt_lock.acquire(blocking=not self.cpu.on_worker_thread()):
-            return self.halt_report         # (a handler: see System.halt)
-        try:
-            if self.halted:
-                return self.halt_report
-            return self._halt(timeout)
-        finally:
-            self._halt_lock.release()
+        return halt_once(self, self.cpu.on_worker_thread(), lambda: self._halt(timeout))
 
     def _halt(self, timeout: float) -> dict:
         t_end = time.monotonic() + max(timeout, 0)

@@ -47,6 +47,21 @@ _M32 = 0xFFFF_FFFF
 DEFAULT_MAX_YIELDS = 16
 
 
+def halt_once(owner, on_worker: bool, halt):
+    """Run ``halt()`` for ``owner`` (a ``System`` or ``DualSystem``: its ``_halt_lock``,
+    ``halted``, ``halt_report``) once: a later call, from any thread, waits for the first and
+    returns its report. A call from a kernel worker (a handler) does not wait: the halt
+    running waits for that worker, so waiting here would hold both up."""
+    if not owner._halt_lock.acquire(blocking=not on_worker):
+        return owner.halt_report
+    try:
+        if owner.halted:
+            return owner.halt_report
+        return halt()
+    finally:
+        owner._halt_lock.release()
+
+
 _POLICY_METHODS = ("add_tenant", "set_weight", "wake", "sleep", "pick", "account",
                    "observe_latency", "stats", "__contains__")
 
@@ -832,16 +847,7 @@ class System:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
                 or not timeout >= 0:
             raise ValueError(f"halt: timeout={timeout!r}: allowed a number of seconds >= 0")
-        # a handler halting while another thread halts does not wait: the other halt waits
-        # for the handler's worker
-        if not self._halt_lock.acquire(blocking=not self.on_worker_thread()):
-            return self.halt_report
-        try:
-            if self.halted:
-                return self.halt_report
-            return self._halt(timeout)
-        finally:
-            self._halt_lock.release()
+        return halt_once(self, self.on_worker_thread(), lambda: self._halt(timeout))
 
     def on_worker_thread(self) -> bool:
         """The calling thread is one of this kernel's worker threads."""
