@@ -209,28 +209,23 @@ def test_halt_leaves_no_process_and_no_shared_memory(wait_until):
 
 
 
-def test_alive_trusts_a_recent_yes_and_a_seen_death_is_final(monkeypatch, wait_until):
-    """``DeviceProcess.alive`` (checked on every transfer) does its waitpid and pipe poll at
-    most once per ``ALIVE_TRUST_S`` while the child lives; a death, once seen, stays seen:
-    the transport refuses at once, however long a yes would be trusted."""
+def test_alive_reads_a_flag_and_a_death_is_seen_at_once_and_is_final(monkeypatch, wait_until):
+    """``DeviceProcess.alive`` (checked on every transfer) does no ``waitpid`` or pipe poll
+    per call: a thread waiting on the child's sentinel flags its end. A SIGKILLed child is
+    seen as gone, for good, and the transport refuses at once."""
     s = WW.boot()
     try:
         dp = s.process
         looks = [0]
-        real = dp._alive_now
+        real = dp.proc.is_alive
 
-        def counted(p):
+        def counted():
             looks[0] += 1
-            return real(p)
-        monkeypatch.setattr(dp, "_alive_now", counted)
-        monkeypatch.setattr(dp, "ALIVE_TRUST_S", 3600.0)
-        dp._trusted_until = 0.0
-        assert all(dp.alive() for _ in range(100)) and looks[0] == 1
-        dp.ALIVE_TRUST_S = 0.0                # from here every call looks
-        dp._trusted_until = 0.0
+            return real()
+        monkeypatch.setattr(dp.proc, "is_alive", counted)
+        assert all(dp.alive() for _ in range(1000)) and looks[0] == 0
         os.kill(dp.pid, signal.SIGKILL)
         assert wait_until(lambda: not dp.alive(), timeout=30)
-        dp.ALIVE_TRUST_S = 3600.0
         assert not dp.alive() and not s.kernel.alive()
         with pytest.raises(KernelStopped):
             s.transport.send(T.make(1, type=WW.TYPES["WD_LOCAL"]))

@@ -51,6 +51,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import pickle
 import platform
@@ -388,7 +389,7 @@ class DeviceProcess:
         self._lock = threading.Lock()
         self.exit_info = None
         self._direct = None
-        self._trusted_until = 0.0
+        self._exited = False              # set by the exit watcher the moment the child ends
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> "DeviceProcess":
@@ -424,6 +425,8 @@ class DeviceProcess:
                 raise DeviceError(f"device process ({self.target_name}) failed to boot the GPU "
                                   f"kernel; its traceback:\n{msg[1]}")
             self.pid = msg[1]["pid"]
+            threading.Thread(target=self._watch_exit, args=(self.proc.sentinel,),
+                             name="ggmk-devproc-exit", daemon=True).start()
             words = np.frombuffer(map_mm, np.int64, self.nmap + RELAY_WORDS)
             self._relay = words[self.nmap:]
             arena = np.frombuffer(arena_mm, np.uint8, self.narena)
@@ -467,28 +470,28 @@ class DeviceProcess:
         r[0] += 1
         futex_wake(r.ctypes.data)
 
-    #: a True answer of :meth:`alive` is trusted this long (s): the check is a ``waitpid``
-    #: and a pipe poll, paid on every transfer (~6 % of the bridge pump's time, ~20 us of a
-    #: round trip's publish here). A death is seen at most this much later; once seen, it is
-    #: final (every later call checks again, and a dead child stays dead).
-    ALIVE_TRUST_S = 0.001
+    def _watch_exit(self, sentinel) -> None:
+        """Wait for the child to end (its process sentinel), then say so: :meth:`alive` is
+        checked on every transfer, so it reads a flag this thread sets rather than doing a
+        ``waitpid`` and a pipe poll each time (~20-40 us of a round trip's publish here).
+        The child also ends when its kernel dies (it reports why, then exits)."""
+        try:
+            mp.connection.wait([sentinel])
+        except (OSError, ValueError):     # (the process object was closed: it had ended)
+            pass
+        self._exited = True
 
     def alive(self) -> bool:
         """The child runs and its kernel has not exited (never blocks)."""
-        p = self.proc
-        if p is None or self._closed:
+        if self.proc is None or self._closed:
             return False
-        now = time.monotonic()
-        if now < self._trusted_until:
-            return True
-        if self._alive_now(p):
-            self._trusted_until = now + self.ALIVE_TRUST_S
-            return True
-        return False
+        if self._exited:
+            self._read_exit_info()
+            return False
+        return self.exit_info is None
 
-    def _alive_now(self, p) -> bool:
-        if not p.is_alive():
-            return False
+    def _read_exit_info(self) -> None:
+        """The child's report of why its kernel exited, if it sent one (once)."""
         if self.exit_info is None and self.conn is not None and \
                 self._lock.acquire(blocking=False):     # (a stop in progress owns the pipe)
             try:
@@ -497,10 +500,9 @@ class DeviceProcess:
                     if msg[0] == "exited":
                         self.exit_info = msg[1]
             except (EOFError, OSError):
-                return False
+                pass
             finally:
                 self._lock.release()
-        return self.exit_info is None
 
     def _stop_child(self, timeout: float) -> bool:
         """Ask the child to stop its kernel (stop flag already raised by the view), wait for
