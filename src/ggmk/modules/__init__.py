@@ -33,7 +33,9 @@ Shared helpers (for module authors too):
   types=)`` when a standard module runs on the GPU kernel (``device_module(channels=True)``).
 * Device helpers for the ``device_module()`` factories: :func:`device_api` (imports the
   device API lazily: it loads Numba), :func:`try_lock` / :func:`unlock` (a bounded fetch-add
-  try-lock on a user word), :func:`slot_key` (the hash every device table uses).
+  try-lock on a user word), :func:`slot_key` (the hash every device table uses),
+  :func:`emit_or_later` (a follow-on that must not be lost: the event queue when the run
+  queues are full).
 * :class:`Outbox` - records waiting for room on a lossless channel: a handler that has
   already done its work (a kv put applied, a gate opened) must not lose or redo the answer
   when the channel is full, so the answer waits here in order and is flushed by the next
@@ -55,7 +57,7 @@ from ggmk.core.module import Module
 from ggmk.errors import BootError
 
 __all__ = ["std_module", "Outbox", "instance_type", "check_instance_name", "defer", "RANGES",
-           "registry", "device_api", "try_lock", "unlock", "slot_key"]
+           "registry", "device_api", "emit_or_later", "try_lock", "unlock", "slot_key"]
 
 _CHUNK = 4096
 RANGES = {"echo": 0x4500, "gate": 0x4700, "nic": 0x4900, "kv": 0x4B00, "log": 0x4C00,
@@ -248,6 +250,15 @@ def device_api():
     return api
 
 
+def emit_or_later(ctx, type_id, m0, m1):
+    """``g.emit`` of a follow-on that must not be lost (a result, an ack): where the run
+    queues are full (CHAN_FULL: the caller still holds the record) it goes on the event queue
+    for the next tick instead, and where that is full too the event queue puts it on
+    sys.error with CHAN_FULL, words and all: late or accounted for, never silently gone."""
+    if g.emit(ctx, type_id, m0, m1) != 0:
+        g.emit_at(ctx, g.tick(ctx) + 1, type_id, m0, m1)
+
+
 def try_lock(ctx, w):
     """Take the lock in user word ``w`` (a fetch-add try-lock: the device API has no
     compare-and-swap on user words): spin a bounded number of times, then give up (False:
@@ -269,7 +280,7 @@ def slot_key(key, mask):
     return ((key * -7046029254386353131) >> 40) & mask
 
 
-for _f in (try_lock, unlock, slot_key):
+for _f in (emit_or_later, try_lock, unlock, slot_key):
     _f._ggmk_device_func = True          # what ggmk.device.func marks (without importing it)
 del _f
 

@@ -273,7 +273,11 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
             ptr = g.payload_ptr(task)
             if ptr != 0:
                 g.retain(ctx, ptr, 1)
-            g.emit_full(ctx, PASS, gid, g.meta1(task), ptr, g.payload_len(task), -1, 0)
+            if g.emit_full(ctx, PASS, gid, g.meta1(task), ptr, g.payload_len(task), -1,
+                           0) != 0:
+                if ptr != 0:
+                    g.release(ctx, ptr)
+                return WAITC                          # queues full: pass on the next run
         return 0
 
     m.gate_layout = {"lock": LOCK, "table": T0, "gates": GN}

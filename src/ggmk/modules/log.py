@@ -337,7 +337,12 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
                 g.emit_host(ctx, DROPT, pend, total)
             if ptr != 0:
                 g.retain(ctx, ptr, 1)
-            g.emit_full(ctx, LINE, lvl, g.meta1(task), ptr, nb, -1, 0)
+            if g.emit_full(ctx, LINE, lvl, g.meta1(task), ptr, nb, -1, 0) != 0:
+                if ptr != 0:
+                    g.release(ctx, ptr)
+                g.user_add(ctx, PEND, 1)              # queues full: dropped, counted, reported
+                g.user_add(ctx, DTOT, 1)
+                g.user_add(ctx, NLINES, -1)
         return 0
 
     m.log_layout = {"lock": LOCK, "dropped_total": DTOT, "filtered": FILT, "lines": NLINES}

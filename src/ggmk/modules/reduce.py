@@ -59,8 +59,8 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.errors import BootError
-from ggmk.modules import (Outbox, defer, drop_rows, instance_type, slot_key, std_module,
-                          try_lock, unlock)
+from ggmk.modules import (Outbox, defer, drop_rows, emit_or_later, instance_type, slot_key,
+                          std_module, try_lock, unlock)
 
 __all__ = ["module", "REDUCE_LATE", "f64", "as_f64"]
 
@@ -437,7 +437,7 @@ def device_module(n: int, op: str = "sum", *, dtype: str = "u64", timeout: int |
         if c >= N:
             if CH:
                 if g.emit_chan(ctx, C_OUT, gid, acc) != 0:
-                    g.emit(ctx, FLUSH, gid, acc)      # full: a flush task retries
+                    emit_or_later(ctx, FLUSH, gid, acc)      # full: a flush task retries
             else:
                 g.emit_host(ctx, RES, gid, acc)
         return 0
@@ -461,7 +461,7 @@ def device_module(n: int, op: str = "sum", *, dtype: str = "u64", timeout: int |
         if got >= 0:
             if CH:
                 if g.emit_chan(ctx, C_MISS, gid, got) != 0:
-                    g.emit(ctx, FLUSH, gid | (1 << 62), got)
+                    emit_or_later(ctx, FLUSH, gid | (1 << 62), got)
             else:
                 g.emit_host(ctx, MISS, gid, got)
         return 0

@@ -383,7 +383,8 @@ def device_module(*, period: int = 100, metrics: int = 64, base: int = 12288,
                 g.user_set(ctx, w + 6 + b, g.user_get(ctx, w + 6 + b) + 1)
                 unlock(ctx, LOCK)
             if g.user_add(ctx, SCHED, 1) == 0:        # the first change since a snapshot
-                g.emit_at(ctx, (g.tick(ctx) // P + 1) * P, TICK, 0, 0)
+                if g.emit_at(ctx, (g.tick(ctx) // P + 1) * P, TICK, 0, 0) != 0:
+                    g.user_set(ctx, SCHED, 0)         # (on sys.error) the next change tries again
             return 0
         update.__name__ = update.__qualname__ = f"stats_{verb}"
         return update

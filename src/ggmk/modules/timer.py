@@ -59,8 +59,8 @@ from collections import OrderedDict, deque
 import numpy as np
 
 from ggmk import task as T
-from ggmk.modules import (Outbox, defer, instance_type, slot_key, std_module, try_lock,
-                          unlock)
+from ggmk.modules import (Outbox, defer, emit_or_later, instance_type, slot_key, std_module,
+                          try_lock, unlock)
 
 __all__ = ["module", "arg", "ack_status", "OK", "UNKNOWN", "FIRED", "EXISTS", "BAD",
            "STATUS_NAMES", "OP_SET", "OP_CANCEL", "FULL", "device_module", "type_ids"]
@@ -456,7 +456,7 @@ def device_module(*, timers: int = 64, base: int = 4096, name: str = "timer",
             unlock(ctx, LOCK)
         if CH:
             if g.emit_chan(ctx, C_ACK, tid, A_SET | st) != 0:
-                g.emit(ctx, FLUSH, (tid & IDM) | (1 << 62), A_SET | st)
+                emit_or_later(ctx, FLUSH, (tid & IDM) | (1 << 62), A_SET | st)
         else:
             g.emit_host(ctx, ACK, tid, A_SET | st)
         return 0
@@ -481,7 +481,7 @@ def device_module(*, timers: int = 64, base: int = 4096, name: str = "timer",
         unlock(ctx, LOCK)
         if CH:
             if g.emit_chan(ctx, C_ACK, tid, A_CAN | st) != 0:
-                g.emit(ctx, FLUSH, (tid & IDM) | (1 << 62), A_CAN | st)
+                emit_or_later(ctx, FLUSH, (tid & IDM) | (1 << 62), A_CAN | st)
         else:
             g.emit_host(ctx, ACK, tid, A_CAN | st)
         return 0
@@ -521,7 +521,7 @@ def device_module(*, timers: int = 64, base: int = 4096, name: str = "timer",
             g.user_add(ctx, NFIRE, 1)
             if CH:
                 if g.emit_chan(ctx, C_FIRE, tid, fires) != 0:
-                    g.emit(ctx, FLUSH, tid, fires)
+                    emit_or_later(ctx, FLUSH, tid, fires)
             else:
                 g.emit_host(ctx, FIRE, tid, fires)
         return 0
