@@ -32,7 +32,10 @@ Example::
 """
 from __future__ import annotations
 
+import importlib.util
+import keyword
 import re
+import sys
 import zlib
 from pathlib import Path
 
@@ -46,16 +49,41 @@ def type_base(name: str) -> int:
     return 0x1000 + 16 * (zlib.crc32(name.encode()) % 768)
 
 
+def _unimportable(name: str) -> str:
+    """Why ``import name`` would not load a generated ``name.py`` ("" when it would): a
+    keyword is a syntax error there; a standard library or installed module of that name
+    is found (or already imported) instead of it."""
+    if keyword.iskeyword(name):
+        return f"is a Python keyword (`import {name}` in the generated test is a syntax error)"
+    if name in sys.stdlib_module_names or name in sys.builtin_module_names:
+        return (f"is the name of a standard library module (`import {name}` in the "
+                f"generated test would load that one, not the new module)")
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    # (a bare directory on sys.path, a namespace package, is not a module that shadows)
+    if spec is not None and spec.origin not in (None, "namespace"):
+        return (f"is the name of an installed module, {spec.origin} (`import {name}` in the "
+                f"generated test would load that one, not the new module)")
+    return ""
+
+
 def new_module(name: str, target: str = "cpu", dest_dir=".") -> Path:
     """Write the skeleton of module ``name`` for ``target`` ("cpu" or "gpu") into
-    ``dest_dir/name``; returns that directory. Refuses a bad name, an unknown target and an
-    existing directory (nothing is overwritten)."""
+    ``dest_dir/name``; returns that directory. Refuses a bad name (not lowercase letters,
+    digits and '_'; a Python keyword; the name of a standard library or installed module,
+    which ``import name`` would load instead), an unknown target and an existing directory
+    (nothing is written then; nothing is overwritten)."""
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", name):
         raise ValueError(f"module name must be lowercase letters, digits and '_', starting with "
                          f"a letter, at most 40 characters (it names files, a channel prefix "
                          f"and types), got {name!r}")
     if name in ("ggmk", "test", "module", "types"):
         raise ValueError(f"module name {name!r} is reserved")
+    why = _unimportable(name)
+    if why:
+        raise ValueError(f"module name {name!r} {why}; choose another name")
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     d = Path(dest_dir) / name

@@ -3,8 +3,9 @@
 :class:`Sandbox` takes one or more ``ggmk.Module`` objects and gives their handlers a context
 with the kernel's API (``ctx.task``, ``ctx.batch``, ``ctx.emit``, ``ctx.emitter``,
 ``ctx.emit_batch``, ``ctx.yield_``, ``ctx.wait_``, ``ctx.retain``, ``ctx.payload``,
-``ctx.system.submit(..., due=)``, ``ctx.system.channel(name)``, the arena). Everything runs on
-the calling thread, in a fixed order, so a test is deterministic:
+``ctx.reason``, ``ctx.flush``, ``ctx.system.submit(..., due=)``, ``ctx.system.channel(name)``,
+``ctx.system.dead_letter``, the arena). Everything runs on the calling thread, in a fixed
+order, so a test is deterministic:
 
 * ``sb.feed(type, meta0, meta1, payload=...)`` runs the handler of ``type`` on that task and
   returns its code(s); ``sb.publish(channel, ...)`` delivers a message as the channel would
@@ -19,8 +20,18 @@ the calling thread, in a fixed order, so a test is deterministic:
 * ``sb.trace`` lists ``(event, type name, meta0, code)`` per handler call; ``sb.errors`` the
   (type, meta0, meta1, code) of failed tasks; ``sb.allocations()`` the arena's live count and
   totals (a payload your handler leaked shows up there).
+* What a handler returns is judged as the kernel judges it (``ggmk.core.worker``): a value
+  that is not a code (``5``, ``True``, ``"x"``, a list from a batch handler of one task) fails
+  the task with ``BAD_RETURN`` (the ``BadReturn`` is in ``sb.exceptions``); ``RETRY`` backs off
+  (1, 2, 4, ... 64 ticks) and fails with ``RETRY_EXHAUSTED`` after ``max_retries`` (8, as
+  boot's); yields past the type's ``max_yields`` (16 unless its types.toml says) fail with
+  ``MAX_YIELDS``. ``ctx.emit`` refuses what the kernel refuses (an unknown type name:
+  KeyError; a bad priority, tenant or flags: EmitError).
 * A handler that raises propagates the exception (``raise_exceptions=False`` records it as
-  ``HANDLER_EXCEPTION`` instead). ``init``/``fini`` run on enter/exit (``with Sandbox(...)``).
+  ``HANDLER_EXCEPTION`` instead). ``init`` runs on enter; on exit (``with Sandbox(...)``),
+  as a halting kernel does, tasks still queued go to ``sb.errors`` with ``HALTED`` (not run)
+  and every ``fini`` runs in reverse order (what a module still holds lands on ``sb.dropped`` /
+  ``sb.errors`` through ``system.dead_letter``).
 
 Example (usable from pytest as is)::
 
@@ -54,8 +65,14 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.core.alloc import Arena
-from ggmk.task import (CHAN_FULL, FLAG_CHANNEL_MSG, HANDLER_EXCEPTION, OK, RETRY, WAIT, YIELD,
-                       Task, TaskBatch)
+from ggmk.core.context import _PRIORITIES, Context
+from ggmk.core.faults import backoff_ticks
+from ggmk.core.kernel import System
+from ggmk.core.worker import _batch_codes, _task_code
+from ggmk.errors import EmitError
+from ggmk.task import (CHAN_FULL, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC, HALTED,
+                       HANDLER_EXCEPTION, MAX_YIELDS, OK, PRIO_MASK, RETRY, RETRY_EXHAUSTED, WAIT,
+                       YIELD, Task, TaskBatch)
 from ggmk.typereg import TypeRegistry
 
 __all__ = ["Sandbox", "Emitted", "SandboxContext", "run_module_tests"]
@@ -94,7 +111,9 @@ class _Chan:
         k = min(len(recs), self.room())
         for r in recs[:k]:
             self.sb._emit_record(self, int(r["type"]) or self.type_id, int(r["meta0"]),
-                                 int(r["meta1"]), int(r["payload_ptr"]), int(r["payload_len"]))
+                                 int(r["meta1"]), int(r["payload_ptr"]), int(r["payload_len"]),
+                                 flags=int(r["flags"]) & ~FLAG_CHANNEL_MSG,
+                                 tenant=int(r["tenant"]))
         return k
 
     def publish(self, meta0=0, meta1=0, *, payload=None, count=None, type=None, **_):
@@ -111,14 +130,16 @@ class _Chans:
         self._hot = False
 
     def to_sys_dropped(self, recs, code, count_on=None):
-        for r in recs:
-            self.sb.dropped.append((self.sb.type_name(int(r["type"])), int(r["meta0"]),
-                                    int(r["meta1"]), int(code)))
+        self.sb.dropped.extend(self._rows(recs, code))
 
     def to_sys_error(self, recs, code):
-        for r in recs:
-            self.sb.errors.append((self.sb.type_name(int(r["type"])), int(r["meta0"]),
-                                   int(r["meta1"]), int(code)))
+        self.sb.errors.extend(self._rows(recs, code))
+
+    def _rows(self, recs, code):
+        """(type name, meta0, meta1, code) per record; ``code``: one for all or one each."""
+        codes = np.broadcast_to(np.asarray(code, dtype=np.int64), (len(recs),)).tolist()
+        return [(self.sb.type_name(int(r["type"])), int(r["meta0"]), int(r["meta1"]), c)
+                for r, c in zip(recs, codes)]
 
     def drain_some(self, worker=-1):
         return 0
@@ -147,8 +168,8 @@ class _System:
     def clock(self) -> int:
         return self._sb.tick * 1_000_000
 
-    def type_id(self, t, **_):
-        return self._sb.type_id(t)
+    def type_id(self, t, *, register: bool = False, where: str = ""):
+        return self._sb.type_id(t, register=register, where=where)
 
     def type_name(self, tid):
         return self._sb.type_name(tid)
@@ -158,6 +179,22 @@ class _System:
 
     def payload_view(self, task):
         return self._sb._view(task)
+
+    def dead_letter(self, recs, code, *, which: str = "sys.error", count_on=None) -> int:
+        """``System.dead_letter``: records that leave unfinished (what a module holds at
+        halt, say) go to ``which`` with the reason ``code`` - here ``sb.errors`` (sys.error)
+        or ``sb.dropped`` (sys.dropped); their payload references are released. Returns how
+        many."""
+        if which not in ("sys.error", "sys.dropped"):
+            raise ValueError(f"dead_letter: which={which!r}: allowed 'sys.error', 'sys.dropped'")
+        ptrs = recs["payload_ptr"]
+        if ptrs.any():
+            self.arena.release_many(ptrs)
+        if which == "sys.error":
+            self.channels.to_sys_error(recs, code)
+        else:
+            self.channels.to_sys_dropped(recs, code, count_on=count_on)
+        return len(recs)
 
     @property
     def tick(self):
@@ -196,27 +233,75 @@ class SandboxContext:
     def payload(self):
         return self._sb._view(self.task)
 
+    reason = Context.reason               # (the kernel's: read from ctx.task.retries)
+
+    def flush(self) -> None:
+        """The kernel Context's ``flush``: nothing to do here (emits are delivered as made)."""
+
+    def _parent(self) -> tuple[int, int]:
+        """The current task's (flags, tenant) for its children; (0, 0) in a batch handler."""
+        r = self.task._r
+        return (0, 0) if r is None else (int(r["flags"]), int(r["tenant"]))
+
     def emit(self, target, meta0: int = 0, meta1: int = 0, *, payload=None, priority=None,
              tenant=None, flags: int = 0) -> int:
+        """``Context.emit``: the same checks (words, target, priority, tenant, flags), the
+        same header (the parent's priority and tenant unless given, its deterministic flag)."""
         meta0, meta1 = T.word("meta0", meta0), T.word("meta1", meta1)
-        return self._sb._emit(target, meta0, meta1, payload)
+        t = self._sb._target(target)        # an unknown type name: KeyError, as the kernel's
+        if priority is not None and priority not in _PRIORITIES:
+            raise EmitError(f"priority={priority!r}: allowed 0 (highest), 1, 2, 3 (lowest)")
+        if tenant is not None and (tenant.__class__ is not int or not 0 <= tenant <= 0xFFFF):
+            raise EmitError(f"tenant={tenant!r}: allowed an integer in 0..65535")
+        if flags.__class__ is not int or not 0 <= flags <= 0xFFFF:
+            raise EmitError(f"flags={flags!r}: allowed an integer in 0..65535")
+        pflags, ptenant = self._parent()
+        if priority is None:
+            priority = pflags & PRIO_MASK
+        if tenant is None:
+            tenant = ptenant
+        flags |= pflags & FLAG_DETERMINISTIC
+        fl = (flags & ~PRIO_MASK) | (priority & PRIO_MASK)
+        return self._sb._emit(t, meta0, meta1, payload, flags=fl, tenant=tenant)
 
     def emitter(self, target):
+        """``Context.emitter``: a per-message sender for a channel (TypeError for a type)."""
+        if not isinstance(self._sb._target(target), _Chan):
+            raise TypeError(f"emitter: {target!r} is not a channel")
         return lambda meta0, meta1=0: self.emit(target, meta0, meta1)
 
     def emit_batch(self, target, meta0=0, meta1=0, *, count=None, priority=None, tenant=None,
                    flags: int = 0, payload_ptr=0, payload_len=0) -> int:
+        """``Context.emit_batch``: records built (and checked) as the kernel builds them;
+        returns how many were accepted (a channel's capacity may refuse the rest)."""
+        sb = self._sb
+        t = sb._target(target)
         n = T.check_count(count, meta0, meta1, payload_ptr)
-        cols = [np.broadcast_to(np.asarray(c, dtype=np.uint64), (n,))
-                for c in (meta0, meta1, payload_ptr, payload_len)]
-        k = 0
-        for i in range(n):
-            code = self._sb._emit(target, int(cols[0][i]), int(cols[1][i]), None,
-                                  ptr=int(cols[2][i]), plen=int(cols[3][i]))
-            if code:
-                break
-            k += 1
-        return k
+        b = self.batch
+        parent = b.records if b is not None else None
+        if parent is not None and len(parent) == n:
+            if priority is None:
+                priority = parent["flags"] & PRIO_MASK
+            if tenant is None:
+                tenant = parent["tenant"]
+            flags = flags | (parent["flags"] & FLAG_DETERMINISTIC)
+        elif self.task._r is not None:
+            pflags, ptenant = self._parent()
+            if priority is None:
+                priority = pflags & PRIO_MASK
+            if tenant is None:
+                tenant = ptenant
+            flags |= pflags & FLAG_DETERMINISTIC
+        recs = T.make(n, type=t.type_id if isinstance(t, _Chan) else t, flags=flags,
+                      priority=0 if priority is None else priority,
+                      tenant=0 if tenant is None else tenant, payload_ptr=payload_ptr,
+                      payload_len=payload_len, meta0=meta0, meta1=meta1)
+        if isinstance(t, _Chan):
+            return t.emit(recs)
+        for r in recs:
+            sb._emit(t, int(r["meta0"]), int(r["meta1"]), None, ptr=int(r["payload_ptr"]),
+                     plen=int(r["payload_len"]), flags=int(r["flags"]), tenant=int(r["tenant"]))
+        return n
 
     def yield_(self, phase=None) -> int:
         if phase is not None:
@@ -241,7 +326,10 @@ class Sandbox:
     """Run ``modules``' handlers on this thread; see the module docstring."""
 
     def __init__(self, modules, *, types: TypeRegistry | None = None, arena_size: int = 8 << 20,
-                 raise_exceptions: bool = True, max_steps: int = 100_000):
+                 raise_exceptions: bool = True, max_steps: int = 100_000, max_retries: int = 8):
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"sandbox: max_retries={max_retries!r}: allowed an int >= 0 (as "
+                             f"boot's: RETRY_EXHAUSTED after that many retries)")
         if not isinstance(modules, (list, tuple)):
             modules = [modules]
         self.modules = list(modules)
@@ -253,6 +341,9 @@ class Sandbox:
         self.arena = Arena(arena_size)
         self.raise_exceptions = raise_exceptions
         self.max_steps = max_steps
+        self.max_retries = max_retries
+        self._type_cache: dict = {}         # (System.type_id's cache: that method is reused)
+        self._max_yields: dict[int, int] = {}   # handler type id -> its type's max_yields
         self.tick = 0
         self.emitted: list[Emitted] = []
         self._taken: dict[str, int] = {}     # type name -> len(emitted) at its last take
@@ -269,15 +360,17 @@ class Sandbox:
         self.system = _System(self)
         for m in self.modules:
             for h in m.handlers:
-                tid = self.type_id(h.type)
+                tid = self.type_id(h.type, register=True)
                 if tid in self.handlers:
                     raise ValueError(f"sandbox: type {self.type_name(tid)!r} has two handlers")
                 self.handlers[tid] = h
+                self._max_yields[tid] = self.types.info(tid).max_yields
         for m in self.modules:
             for d in m.channels:
                 ch = self._chan(d.name, d.type)
                 if d.direction == "consume":
-                    ch.consumers.append(self.type_id(d.options.get("handler", d.type)))
+                    ch.consumers.append(self.type_id(d.options.get("handler", d.type),
+                                                     register=True))
         self.ctx = SandboxContext(self)
         self._entered = False
 
@@ -290,23 +383,24 @@ class Sandbox:
         return self
 
     def __exit__(self, *exc):
+        """As ``System.halt`` ends: what is still queued (not run: the test moves the clock)
+        goes to ``errors`` with HALTED, its payloads released; then every module's fini, in
+        reverse order (what a module still holds lands on ``dropped`` / ``errors`` through
+        ``system.dead_letter``)."""
         self.system.halted = True
+        while self._queue:
+            _, _, rec = heapq.heappop(self._queue)
+            self.system.dead_letter(rec, HALTED)
         for m in reversed(self.modules):
             if m._fini:
                 m._fini(self.system)
         return False
 
     # -- types and channels ---------------------------------------------------------------------
-    def type_id(self, t) -> int:
-        if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
-            if int(t) not in self.types:
-                self.types.register(f"TYPE_{int(t)}", id=int(t))
-            return int(t)
-        if not isinstance(t, str):
-            raise TypeError(f"sandbox: a type is a name or an id, got {t!r}")
-        if t not in self.types:
-            self.types.register(t)
-        return self.types.id(t)
+    def type_id(self, t, *, register: bool = False, where: str = "") -> int:
+        """``System.type_id`` (that very method): a type name or id; an unknown name is a
+        KeyError unless ``register`` (what boot does for handler and channel types)."""
+        return System.type_id(self, t, register=register, where=where)
 
     def type_name(self, tid: int) -> str:
         try:
@@ -320,7 +414,7 @@ class Sandbox:
             if type is None:
                 raise KeyError(f"sandbox: unknown channel {name!r}; declared: "
                                f"{sorted(self._chans)}")
-            ch = self._chans[name] = _Chan(self, name, self.type_id(type))
+            ch = self._chans[name] = _Chan(self, name, self.type_id(type, register=True))
             self._chan_by_id[len(self._chan_by_id) + 1] = ch
             ch.id = len(self._chan_by_id)
         return ch
@@ -362,14 +456,14 @@ class Sandbox:
             return self._chan(target)
         return self.type_id(target)
 
-    def _emit(self, target, meta0, meta1, payload, ptr=0, plen=0) -> int:
-        t = self._target(target)
+    def _emit(self, t, meta0, meta1, payload, ptr=0, plen=0, *, flags=0, tenant=0) -> int:
+        """Emit one message to ``t`` (a resolved target: a _Chan or a type id)."""
         if isinstance(t, _Chan):
             if t.room() <= 0:
                 return CHAN_FULL
             if payload is not None:
                 ptr, plen = self._store(t.type_id, payload)
-            self._emit_record(t, t.type_id, meta0, meta1, ptr, plen)
+            self._emit_record(t, t.type_id, meta0, meta1, ptr, plen, flags=flags, tenant=tenant)
             return OK
         if payload is not None:
             ptr, plen = self._store(t, payload)
@@ -377,13 +471,13 @@ class Sandbox:
         self.emitted.append(Emitted(self.type_name(t), self.type_name(t), meta0, meta1, data))
         self.trace.append(("emit", self.type_name(t), meta0, 0))
         if t in self.handlers:
-            self._push(T.make(1, type=t, meta0=meta0, meta1=meta1, payload_ptr=ptr,
-                              payload_len=plen), self.tick)
+            self._push(T.make(1, type=t, flags=flags, tenant=tenant, meta0=meta0, meta1=meta1,
+                              payload_ptr=ptr, payload_len=plen), self.tick)
         elif ptr:
             self.arena.release(ptr)
         return OK
 
-    def _emit_record(self, ch, tid, meta0, meta1, ptr, plen):
+    def _emit_record(self, ch, tid, meta0, meta1, ptr, plen, *, flags=0, tenant=0):
         ch.seq += 1
         data = bytes(self.arena.view(ptr, plen)) if ptr else None
         e = Emitted(ch.name, self.type_name(tid), meta0, meta1, data, ch.seq)
@@ -395,14 +489,16 @@ class Sandbox:
             if ptr:
                 self.arena.retain(ptr)
             self._push(T.make(1, type=h, meta0=meta0, meta1=meta1, payload_ptr=ptr,
-                              payload_len=plen, channel=ch.id, seq=ch.seq,
-                              flags=FLAG_CHANNEL_MSG), self.tick)
+                              payload_len=plen, channel=ch.id, seq=ch.seq, tenant=tenant,
+                              flags=flags | FLAG_CHANNEL_MSG), self.tick)
         if ptr:
             self.arena.release(ptr)            # the captured copy is bytes
 
     def take(self, target) -> list[Emitted]:
         """What was emitted to ``target`` (a channel name/declaration or a type) since the
         last ``take`` of it; frees that room on a channel with a capacity."""
+        if isinstance(target, str) and "." not in target and target not in self.types:
+            return []                         # a type nothing could emit (unknown)
         t = self._target(target)
         if isinstance(t, _Chan):
             out = self._held.pop(t.name, [])
@@ -417,7 +513,7 @@ class Sandbox:
 
     # -- feeding --------------------------------------------------------------------------------
     def _submit(self, type, meta0=0, meta1=0, *, payload=None, due=None) -> int:
-        tid = self.type_id(type)
+        tid = self.type_id(type, where="submit")
         n = T.check_count(None, meta0, meta1)
         ptr = plen = 0
         if payload is not None:
@@ -436,9 +532,13 @@ class Sandbox:
         """Run the handler of ``type`` on these task(s) now; returns the code (a list for
         several). Follow-on work (emits to sandboxed handlers, yields, waits) is queued:
         ``run()``."""
-        tid = self.type_id(type)
+        try:
+            tid = self.type_id(type)
+        except KeyError:
+            tid = None
         if tid not in self.handlers:
-            raise KeyError(f"sandbox: no handler for type {self.type_name(tid)!r}; handled: "
+            shown = type if tid is None else self.type_name(tid)
+            raise KeyError(f"sandbox: no handler for type {shown!r}; handled: "
                            f"{sorted(self.type_name(t) for t in self.handlers)}")
         n = T.check_count(None, meta0, meta1)
         ptr = plen = 0
@@ -475,8 +575,13 @@ class Sandbox:
             self.trace.append(("start", name, int(recs["meta0"][0]), len(recs)))
             r = self._call(h.fn, ctx, ctx.batch)
             ctx.batch = None
-            arr = np.broadcast_to(np.asarray(OK if r is None else r), (len(recs),))
-            codes = [int(c) for c in arr]
+            if r is None or (r.__class__ is int and r == OK):
+                codes = [OK] * len(recs)
+            else:                             # the kernel's check (Worker._dispatch_group)
+                arr, err = _batch_codes(r, len(recs))
+                codes = arr.tolist()
+                if err is not None:
+                    self.exceptions.append(err)
         retained = [False] * len(recs)        # per task: ctx.retain() of that task only
         if not h.batch:
             for i in range(len(recs)):
@@ -484,7 +589,13 @@ class Sandbox:
                 ctx._retain = False
                 self.trace.append(("start", name, int(recs["meta0"][i]), 1))
                 r = self._call(h.fn, ctx)
-                codes.append(OK if r is None else int(r))
+                if r is None:
+                    c = OK
+                else:                         # the kernel's check: a code, else BAD_RETURN
+                    c, err = _task_code(r)
+                    if err is not None:
+                        self.exceptions.append(err)
+                codes.append(c)
                 retained[i] = ctx._retain
         ctx.task._r = None
         for i, c in enumerate(codes):
@@ -494,19 +605,30 @@ class Sandbox:
             if c == OK:
                 if ptr and not retained[i]:
                     self.arena.release(ptr)
-            elif c == YIELD:
+            elif c == YIELD:                  # as Worker._yield: at most max_yields
                 r["yield_count"] += 1
-                self._push(r, self.tick)
+                if int(r["yield_count"][0]) > self._max_yields[tid]:
+                    self._fail(name, r, MAX_YIELDS)
+                else:
+                    self._push(r, self.tick)
             elif c == WAIT:
                 self._push(r, self.tick + 1)
-            elif c == RETRY:
+            elif c == RETRY:                  # as Worker._retry: backoff, at most max_retries
                 r["_pad"] += 1
-                self._push(r, self.tick + (1 << min(int(r["_pad"][0]) - 1, 10)))
+                attempt = int(r["_pad"][0])
+                if attempt > self.max_retries:
+                    self._fail(name, r, RETRY_EXHAUSTED)
+                else:
+                    self._push(r, self.tick + backoff_ticks(attempt))
             else:
-                self.errors.append((name, int(r["meta0"][0]), int(r["meta1"][0]), c))
-                if ptr:
-                    self.arena.release(ptr)
+                self._fail(name, r, c)
         return codes
+
+    def _fail(self, name, r, code) -> None:
+        self.errors.append((name, int(r["meta0"][0]), int(r["meta1"][0]), int(code)))
+        ptr = int(r["payload_ptr"][0])
+        if ptr:
+            self.arena.release(ptr)
 
     def _call(self, fn, *args):
         try:

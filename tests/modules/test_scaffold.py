@@ -67,3 +67,15 @@ def test_run_module_tests_reports_a_failure(tmp_path):
     (d / "broken.py").write_text(src)
     rc, out = run_module_tests(d)
     assert rc != 0 and "failed" in out
+
+
+@pytest.mark.parametrize("name,why", [("class", "keyword"), ("import", "keyword"),
+                                      ("queue", "standard library"),
+                                      ("json", "standard library"),
+                                      ("numpy", "installed module")])
+def test_names_python_cannot_import_are_refused(tmp_path, name, why):
+    """`ggmk new class` wrote a module whose test fails with a SyntaxError; `ggmk new queue`
+    one whose `import queue` finds the standard library's (module() missing)."""
+    with pytest.raises(ValueError, match=f"module name {name!r}.*{why}"):
+        scaffold.new_module(name, "cpu", tmp_path)
+    assert list(tmp_path.iterdir()) == []
