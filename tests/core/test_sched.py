@@ -130,3 +130,44 @@ def test_ready_queue_past_its_cap_sends_the_excess_to_sys_error_not_nowhere():
     assert s.ready_len() == 8 and s.outstanding == 8
     assert len(dead) == 1 and dead[0][1] == T.READY_FULL
     assert list(dead[0][0]["meta0"]) == [8, 9]
+
+
+def test_with_a_tenant_policy_yields_go_to_their_tenants_ready_queue():
+    """As emits: the policy must pick every batch, so a yield may not wait in the worker's local
+    queue (served before the ready queue 3 gathers in 4). A yield keeps its seq (the same task),
+    is counted on the YIELD route and in ``outstanding``, wakes a parked worker, and is not held
+    to the local queue's capacity (no overflow: the ready queue grows)."""
+    from ggmk.core.tenants import make_policy
+    clock = iter(range(0, 10**12, 1000)).__next__
+    pol = make_policy("eevdf")
+    dead, woke, counted = [], [], []
+    s = Scheduler(2, policy=pol, clock=clock, local_capacity=8, overflow_capacity=4,
+                  dead=lambda r, c: dead.append((r.copy(), c)), wake=woke.append)
+    s.known[:10] = True
+    s.on_enqueued = lambda types, w: counted.append((len(types), w))
+    recs = T.make(20, type=1, tenant=np.arange(20) % 2, seq=np.arange(100, 120))
+    assert s.enqueue(recs, Route.YIELD, worker=1) == 20
+    assert not dead and len(s.local[1]) == 0 and len(s.overflow) == 0
+    assert s.ready_len() == 20 and s.outstanding == 20 and woke == [1]
+    assert s.stats()["routes"]["yield"] == 20 and counted == [(20, 1)]
+    got = {0: [], 1: []}
+    while s.ready_len():
+        b = s.pop_ready(4)
+        t = int(b["tenant"][0])
+        assert (b["tenant"] == t).all()
+        got[t] += b["seq"].tolist()
+        pol.account(t, 1000, len(b), clock())
+    assert got == {0: list(range(100, 120, 2)), 1: list(range(101, 120, 2))}   # seq, FIFO
+    st = pol.stats()
+    assert st[0]["picks"] == st[0]["batches"] and st[0]["latency_count"] == 10
+    assert st[1]["picks"] == st[1]["batches"] and st[1]["latency_count"] == 10
+
+
+def test_with_a_tenant_policy_a_yield_past_the_ready_queues_cap_is_a_yield_overflow():
+    from ggmk.core.tenants import make_policy
+    s, dead = _sched(policy=make_policy("eevdf"), clock=iter(range(10**9)).__next__,
+                     ready_capacity=4, ready_max_capacity=8)
+    assert s.enqueue(T.make(10, type=1, meta0=np.arange(10)), Route.YIELD, worker=0) == 8
+    assert s.ready_len() == 8 and s.outstanding == 8 and len(s.local[0]) == 0
+    assert len(dead) == 1 and dead[0][1] == T.YIELD_OVERFLOW
+    assert list(dead[0][0]["meta0"]) == [8, 9]

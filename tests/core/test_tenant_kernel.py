@@ -13,6 +13,7 @@ end, tasks, CPU ns) of its batch, an account independent of the policy's.
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -22,7 +23,7 @@ import pytest
 from ggmk import task as T
 from ggmk.core.kernel import boot
 from ggmk.core.module import Module
-from ggmk.core.tenants import EevdfBorePolicy
+from ggmk.core.tenants import EevdfBorePolicy, TenantError
 from test_tenants import KeepVruntime  # the shared control policy
 
 US = 1_000
@@ -349,3 +350,78 @@ def test_a_batch_that_mixes_tenants_is_charged_to_each_tenant():
     assert log.done[0] + log.done[1] == 100
     assert st[0]["tasks"] == st[1]["tasks"] == 50
     assert st[0]["handler_time_ns"] == pytest.approx(st[1]["handler_time_ns"], rel=0.05)
+
+
+# -- bad tenant input through boot and set_tenant -------------------------------------------------
+
+@pytest.mark.parametrize("spec, what", [
+    # (before: a raw TypeError from add_tenant)
+    ({"wieght": 512}, r"boot: tenants\[0\]: unknown key 'wieght' \(value 512\): allowed "
+                      r".*exactly one of 'nice' .* or 'weight'"),
+    # (before: accepted as weight 512; set_tenant refuses the same pair)
+    ({"nice": 0, "weight": 512}, r"boot: tenants\[0\]: \{'nice': 0, 'weight': 512\} gives both "
+                                 r"nice and weight: allowed .*exactly one"),
+    ({}, r"boot: tenants\[0\]: \{\} gives neither nice nor weight: allowed"),
+    # (before: accepted as nice 0)
+    (None, r"boot: tenants\[0\]: None: allowed .*'nice'.*'weight'"),
+    ({"nice": None}, r"boot: tenants\[0\]: nice None: allowed"),
+    ({"weight": 0}, r"boot: tenants\[0\]: weight 0 is out of range 1\.\.16777216"),
+    ({"weight": 2.0}, r"boot: tenants\[0\]: weight must be a positive integer, got 2\.0"),
+    (3.5, r"boot: tenants\[0\]: nice must be an integer in -20\.\.19, got 3\.5"),
+    (True, r"boot: tenants\[0\]: nice must be an integer in -20\.\.19, got True"),
+    ({"nice": -21}, r"boot: tenants\[0\]: nice -21 is out of range"),
+])
+def test_a_bad_tenant_spec_fails_the_boot_naming_the_entry(spec, what):
+    with pytest.raises(TenantError, match=what):
+        boot([], workers=1, tenants={0: spec})
+
+
+@pytest.mark.parametrize("tid", [-1, 65536, 70000])
+def test_a_tenant_id_out_of_range_fails_the_boot_naming_the_key(tid):
+    with pytest.raises(TenantError, match=rf"boot: tenants key {tid}: allowed an int tenant "
+                                          r"id 0\.\.65535"):
+        boot([], workers=1, tenants={tid: 0})
+
+
+def test_good_tenant_specs_boot_with_their_weights():
+    with boot([], workers=1, policy="rr",
+              tenants={0: -5, np.uint16(1): {"weight": 512}, 2: {"nice": 3}, 3: np.int64(0),
+                       65535: {"weight": np.int32(1024)}}) as s:
+        st = s.stats()["tenants"]
+    assert {t: (v["weight"], v["nice"]) for t, v in st.items()} == {
+        0: (3121, -5), 1: (512, None), 2: (526, 3), 3: (1024, 0), 65535: (1024, 0)}
+
+
+@pytest.mark.parametrize("bad", [True, 1.0, np.float64(1.0), "1", None, -1, 65536])
+def test_set_tenant_wants_an_int_tenant_id(bad):
+    """(before: True and 1.0 changed tenant 1, their hashes matching its dict key)"""
+    with boot([], workers=1, tenants={0: 0, 1: 0}) as s:
+        with pytest.raises(TenantError, match=rf"set_tenant: tenant={re.escape(repr(bad))}: "
+                                              r"allowed an int tenant id 0\.\.65535"):
+            s.set_tenant(bad, nice=5)
+        st = s.stats()["tenants"]
+    assert {t: v["weight"] for t, v in st.items()} == {0: 1024, 1: 1024}
+
+
+@pytest.mark.parametrize("tenant", [0, 9])          # a known tenant, an unknown one
+def test_set_tenant_wants_exactly_one_of_nice_or_weight_known_tenant_or_not(tenant):
+    """(before: ``set_tenant(9)`` silently added tenant 9 at nice 0, ``set_tenant(8, nice=0,
+    weight=100)`` added 8 at weight 100 while a known tenant refused it, and an unknown
+    tenant's errors were labelled ``eevdf.add_tenant(7)``)"""
+    with boot([], workers=1, tenants={0: 0, 1: 0}) as s:
+        for kw, what in [({}, r"give nice= \(-20\.\.19\) or weight= \(1\.\.16777216\)"),
+                         ({"nice": 0, "weight": 100}, r"give nice= or weight=, not both "
+                                                      r"\(got nice=0, weight=100\)"),
+                         ({"weight": 0}, r"weight 0 is out of range 1\.\.16777216"),
+                         ({"weight": 2.5}, r"weight must be a positive integer, got 2\.5"),
+                         ({"nice": 40}, r"nice 40 is out of range"),
+                         ({"nice": True}, r"nice must be an integer in -20\.\.19, got True")]:
+            with pytest.raises(TenantError, match=rf"^set_tenant\({tenant}\): {what}"):
+                s.set_tenant(tenant, **kw)
+        st = s.stats()["tenants"]
+        assert {t: v["weight"] for t, v in st.items()} == {0: 1024, 1: 1024}   # none changed
+        s.set_tenant(np.uint16(tenant), weight=100)
+        s.set_tenant(tenant + 1, nice=5)
+        st = s.stats()["tenants"]
+    assert (st[tenant]["weight"], st[tenant]["nice"]) == (100, None)
+    assert (st[tenant + 1]["weight"], st[tenant + 1]["nice"]) == (335, 5)

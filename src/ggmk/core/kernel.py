@@ -29,7 +29,8 @@ from ggmk.core.metrics import Metrics, TypeCounter
 from ggmk.core.module import Module
 from ggmk.core.ring import CodeRing
 from ggmk.core.sched import MAX_TYPES, Route, Scheduler
-from ggmk.core.tenants import TenantError, make_policy
+from ggmk.core.tenants import (TenantError, check_tenant_id, make_policy, tenant_spec,
+                               tenant_weight)
 from ggmk.core.trace import TraceHasher, make_tracer
 from ggmk.core.worker import Worker
 from ggmk.errors import BootError, ChannelError, KernelStopped, PayloadError
@@ -157,11 +158,11 @@ class System:
         if tenants is not None and not isinstance(tenants, dict):
             raise TenantError(f"boot: tenants={tenants!r}: allowed a dict {{tenant id: nice, "
                               f"or {{'nice': n}} / {{'weight': w}}}}")
+        # every entry checked here, naming it, before the policy sees it: a misspelt key was a
+        # raw TypeError from add_tenant, {'nice': 0, 'weight': 512} became weight 512, None nice 0
         for tid, spec in (tenants or {}).items():
-            if isinstance(tid, bool) or not isinstance(tid, (int, np.integer)):
-                raise TenantError(f"boot: tenants key {tid!r}: allowed an int tenant id "
-                                  f"0..65535")
-            policy.add_tenant(int(tid), **(spec if isinstance(spec, dict) else {"nice": spec}))
+            tid = check_tenant_id(tid, "boot", "tenants key ")
+            policy.add_tenant(tid, **tenant_spec(f"boot: tenants[{tid}]", spec))
         # modules
         self.handler_of: list = [None] * MAX_TYPES
         self._type_cache: dict = {}
@@ -513,15 +514,23 @@ class System:
                         pol.account(t, bill * c // n, c, now)
 
     def set_tenant(self, tenant: int, *, nice: int | None = None, weight: int | None = None) -> None:
-        """Change a tenant's weight at run time (nice -20..19, or a raw weight; nice 0 = 1024)."""
+        """Change a tenant's weight at run time (exactly one of nice -20..19 or a raw weight
+        1..2**24; nice 0 = 1024); a tenant the policy does not know yet is added. ``tenant``
+        is an int 0..65535. Bad input raises TenantError naming ``set_tenant``."""
         if self.sched.policy is None:
             raise TenantError("set_tenant: this system has no tenant policy: boot it with "
                               "policy='eevdf' (or 'rr') or tenants={...}")
+        # checked before branching on whether the tenant is known, so a known and an unknown
+        # tenant get the same answer (True or 1.0 would find tenant 1 by its hash)
+        tenant = check_tenant_id(tenant, "set_tenant")
+        tenant_weight(f"set_tenant({tenant})", nice=nice, weight=weight)
+        kw = {"nice": nice} if weight is None else {"weight": weight}
+        pol = self.sched.policy
         with self.sched.lock:
-            if tenant not in self.sched.policy:
-                self.sched.policy.add_tenant(tenant, nice=nice or 0, weight=weight)
+            if tenant not in pol:
+                pol.add_tenant(tenant, **kw)
             else:
-                self.sched.policy.set_weight(tenant, nice=nice, weight=weight)
+                pol.set_weight(tenant, **kw)
 
     def clear_poison(self, t) -> None:
         """Let a poisoned type run again (after fixing what made it fail)."""

@@ -8,9 +8,11 @@ Routes into the enqueue core (SPEC §3 "one enqueue core"):
 route     who                                            where the records go
 ========  =============================================  ==================================
 SUBMIT    the host (``system.submit``)                   ready queue, fresh seq
-EMIT      a handler's emit on worker ``w``               w's local queue (75%), then ready
+EMIT      a handler's emit on worker ``w``               w's local queue (75%), then ready;
+                                                         with a tenant policy: ready
 YIELD     a handler that yielded on worker ``w``          w's local queue incl. reserve, then
-                                                         the overflow queue, then sys.error
+                                                         the overflow queue, then sys.error;
+                                                         with a tenant policy: ready (seq kept)
 EVENT     a due event fired by a worker                  ready queue
 CHANNEL   a channel delivering to its subscriber         ready queue, seq = channel seq
 BRIDGE    records arriving from the other kernel         ready queue, fresh seq
@@ -18,6 +20,9 @@ RETRY     a handler that returned RETRY (``due`` tick)   event queue
 DEFER     anything scheduled for a later tick (``due``)  event queue
 WAIT      a handler waiting for channel room             event queue, next tick
 ========  =============================================  ==================================
+
+With a tenant policy nothing goes to a local queue: emits and yields go to their tenant's
+ready queue, so the policy picks every batch a worker pops.
 
 Before routing, the core sends records of unknown or poisoned types to ``sys.error`` with a
 reason, and (in determinism mode) hands deterministic records to the tick stage.
@@ -472,7 +477,12 @@ class Scheduler:
                 self.dead(recs[k:], EVENT_FULL)
                 self._count(k - n)
             return k, False
-        if route == Route.YIELD:
+        if route == Route.YIELD and self.policy is None:
+            # a yield runs again soon on the worker that ran it (the local queue's reserve);
+            # with a tenant policy it goes to its tenant's ready queue below instead, as an
+            # emit does: the gather serves the local queue first 3 gathers in 4, so a yield
+            # kept there would run without the policy picking it (a tenant that yields would
+            # escape its share, and an interactive tenant waited ~2x as long behind it)
             k = self.local[worker].push(recs)
             if k < n:
                 k2 = self.overflow.push(recs[k:])
@@ -492,7 +502,9 @@ class Scheduler:
             k = 0
         refused = self._push_ready(recs, one_type)
         if refused is not None:
-            self.dead(refused, READY_FULL)
+            # (a yield the ready queue refuses, past its max capacity, did not fit anywhere:
+            # the code a yield without room gets)
+            self.dead(refused, YIELD_OVERFLOW if route == Route.YIELD else READY_FULL)
             self._count(-len(refused))
             return n - len(refused), True
         return n, True

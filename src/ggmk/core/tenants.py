@@ -134,7 +134,7 @@ from ggmk.errors import GgmkError
 __all__ = [
     "NICE_TO_WEIGHT", "NICE_0_WEIGHT", "MAX_TENANT", "TenantError", "UnknownTenantError",
     "TenantPolicy", "EevdfBorePolicy", "WeightedRoundRobinPolicy", "make_policy",
-    "nice_to_weight", "POLICIES",
+    "nice_to_weight", "POLICIES", "check_tenant_id", "tenant_weight", "tenant_spec",
 ]
 
 NICE_0_WEIGHT = 1024
@@ -190,9 +190,10 @@ def _check_weight(weight, where: str) -> int:
 
 
 def _resolve(where: str, nice, weight) -> tuple[int, int | None]:
-    """(weight, nice or None) from exactly one of nice= / weight=."""
+    """(weight, nice or None) from at most one of nice= / weight= (neither: nice 0)."""
     if nice is not None and weight is not None:
-        raise TenantError(f"{where}: give nice= or weight=, not both")
+        raise TenantError(f"{where}: give nice= or weight=, not both "
+                          f"(got nice={nice!r}, weight={weight!r})")
     if weight is not None:
         w = _check_weight(weight, where)
         return w, _WEIGHT_TO_NICE.get(w)
@@ -201,6 +202,54 @@ def _resolve(where: str, nice, weight) -> tuple[int, int | None]:
         return nice_to_weight(n), int(n)
     except TenantError as e:
         raise TenantError(f"{where}: {e}") from None
+
+
+def check_tenant_id(tenant, where: str, name: str = "tenant=") -> int:
+    """``tenant`` as an int, if it is a tenant id: an integer (not a bool, not a float that
+    hashes like one) in 0..65535, the task record's u16 field; else a TenantError that reads
+    ``{where}: {name}{tenant!r}: allowed ...``."""
+    if isinstance(tenant, bool) or not isinstance(tenant, (int, np.integer)) \
+            or not 0 <= int(tenant) <= MAX_TENANT:
+        raise TenantError(f"{where}: {name}{tenant!r}: allowed an int tenant id "
+                          f"0..{MAX_TENANT} (the task record's u16 field)")
+    return int(tenant)
+
+
+def tenant_weight(where: str, *, nice=None, weight=None) -> tuple[int, int | None]:
+    """(weight, nice or None) from exactly one of ``nice`` (-20..19) / ``weight``
+    (1..2**24), checked; a TenantError naming ``where`` otherwise. What ``System.set_tenant``
+    checks before it adds or changes a tenant."""
+    if nice is None and weight is None:
+        raise TenantError(f"{where}: give nice= (-20..19) or weight= (1..{_MAX_WEIGHT})")
+    return _resolve(where, nice, weight)
+
+
+_SPEC_ALLOWED = (f"allowed a nice value (an int -20..19) or a dict with exactly one of "
+                 f"'nice' (-20..19) or 'weight' (1..{_MAX_WEIGHT}), e.g. {{'nice': -5}} or "
+                 f"{{'weight': 2048}}")
+
+
+def tenant_spec(where: str, spec) -> dict:
+    """One entry of ``boot(tenants={id: spec})``: a nice value, or ``{'nice': n}`` /
+    ``{'weight': w}``. Returns the checked keyword for ``add_tenant`` (``{'nice': n}`` or
+    ``{'weight': w}``); a TenantError naming ``where``, the bad key or value and what is
+    allowed otherwise."""
+    if isinstance(spec, dict):
+        for k, v in spec.items():
+            if k not in ("nice", "weight"):
+                raise TenantError(f"{where}: unknown key {k!r} (value {v!r}): {_SPEC_ALLOWED}")
+        if len(spec) != 1:
+            how = "both nice and weight" if spec else "neither nice nor weight"
+            raise TenantError(f"{where}: {spec!r} gives {how}: {_SPEC_ALLOWED}")
+        (key, value), = spec.items()
+        if value is None:
+            raise TenantError(f"{where}: {key} None: {_SPEC_ALLOWED}")
+    elif spec is None:
+        raise TenantError(f"{where}: None: {_SPEC_ALLOWED}")
+    else:
+        key, value = "nice", spec
+    w, n = _resolve(where, value if key == "nice" else None, value if key == "weight" else None)
+    return {"nice": n} if key == "nice" else {"weight": w}
 
 
 def _positive(name: str, value, *, allow_zero: bool = False) -> float:
@@ -335,11 +384,7 @@ class _PolicyBase:
         >>> pol = make_policy("eevdf"); pol.add_tenant(3, nice=-20); pol.stats()[3]["weight"]
         88761
         """
-        if isinstance(tenant, bool) or not isinstance(tenant, (int, np.integer)) \
-                or not 0 <= int(tenant) <= MAX_TENANT:
-            raise TenantError(f"{self.name}.add_tenant: tenant must be an integer in "
-                              f"0..{MAX_TENANT} (the task record's u16 field), got {tenant!r}")
-        tenant = int(tenant)
+        tenant = check_tenant_id(tenant, f"{self.name}.add_tenant")
         if tenant in self._t:
             raise TenantError(f"{self.name}.add_tenant: tenant {tenant} is already added; "
                               f"use set_weight() to change its weight")
