@@ -238,10 +238,17 @@ class SandboxContext:
     def flush(self) -> None:
         """The kernel Context's ``flush``: nothing to do here (emits are delivered as made)."""
 
-    def _parent(self) -> tuple[int, int]:
-        """The current task's (flags, tenant) for its children; (0, 0) in a batch handler."""
+    def _inherit(self, priority, tenant, flags: int) -> tuple:
+        """A child's (priority, tenant, flags): what is not given comes from the current task
+        (its priority and tenant; its deterministic flag always), as ``Context.emit`` does;
+        nothing is inherited in a batch handler."""
         r = self.task._r
-        return (0, 0) if r is None else (int(r["flags"]), int(r["tenant"]))
+        pflags, ptenant = (0, 0) if r is None else (int(r["flags"]), int(r["tenant"]))
+        if priority is None:
+            priority = pflags & PRIO_MASK
+        if tenant is None:
+            tenant = ptenant
+        return priority, tenant, flags | (pflags & FLAG_DETERMINISTIC)
 
     def emit(self, target, meta0: int = 0, meta1: int = 0, *, payload=None, priority=None,
              tenant=None, flags: int = 0) -> int:
@@ -255,12 +262,7 @@ class SandboxContext:
             raise EmitError(f"tenant={tenant!r}: allowed an integer in 0..65535")
         if flags.__class__ is not int or not 0 <= flags <= 0xFFFF:
             raise EmitError(f"flags={flags!r}: allowed an integer in 0..65535")
-        pflags, ptenant = self._parent()
-        if priority is None:
-            priority = pflags & PRIO_MASK
-        if tenant is None:
-            tenant = ptenant
-        flags |= pflags & FLAG_DETERMINISTIC
+        priority, tenant, flags = self._inherit(priority, tenant, flags)
         fl = (flags & ~PRIO_MASK) | (priority & PRIO_MASK)
         return self._sb._emit(t, meta0, meta1, payload, flags=fl, tenant=tenant)
 
@@ -286,12 +288,7 @@ class SandboxContext:
                 tenant = parent["tenant"]
             flags = flags | (parent["flags"] & FLAG_DETERMINISTIC)
         elif self.task._r is not None:
-            pflags, ptenant = self._parent()
-            if priority is None:
-                priority = pflags & PRIO_MASK
-            if tenant is None:
-                tenant = ptenant
-            flags |= pflags & FLAG_DETERMINISTIC
+            priority, tenant, flags = self._inherit(priority, tenant, flags)
         recs = T.make(n, type=t.type_id if isinstance(t, _Chan) else t, flags=flags,
                       priority=0 if priority is None else priority,
                       tenant=0 if tenant is None else tenant, payload_ptr=payload_ptr,
