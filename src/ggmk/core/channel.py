@@ -38,7 +38,9 @@ interleave). Host-side subscribers (``take``) always pull in order.
 
 Channels of deterministic types (in determinism mode) hold their messages until the tick
 boundary, then sort them by their parent's sequence, number them and drain them whole
-(:meth:`Channel.tick_boundary`; the registry calls it in ascending channel id order).
+(:meth:`Channel.tick_boundary`; the registry calls it in ascending channel id order). A
+channel of another type becomes one at the first deterministic task's message on it (see
+:meth:`Channel._det_message`).
 
 Example::
 
@@ -376,7 +378,8 @@ class Channel(ReplayMixin):
         and generator cost several times what the copy does. Anything else (full, closed, a
         log, lossy, a behind subscriber, a word out of range) takes ``emit``'s general path."""
         if self.log is None and not self.det and not self.lossy and (
-                tid == self.type_id or not self.type_id):
+                tid == self.type_id or not self.type_id) and not (
+                fl & FLAG_DETERMINISTIC and self.kernel.det is not None):
             try:
                 buf = bytearray(_REC.pack(tid, fl | FLAG_CHANNEL_MSG, tenant, self.id, 0, ptr,
                                           plen, 0, 0, meta0, meta1))
@@ -533,6 +536,9 @@ class Channel(ReplayMixin):
             recs["channel"] = self.id
             recs["flags"] |= FLAG_CHANNEL_MSG
         self.emitted += n
+        if not self.det and self.kernel.det is not None and not self.system and np.count_nonzero(
+                recs["flags"] & FLAG_DETERMINISTIC):
+            self._det_message(recs)
         if self.det:
             self.held.append(T.copy(recs))       # seq: the parent's, for canonical order
             self.held_n += n
@@ -543,6 +549,27 @@ class Channel(ReplayMixin):
                                                                       dtype=np.int64)
         self.seq = s + n
         self._deliver(recs)
+
+    def _det_message(self, recs: np.ndarray) -> None:
+        """A deterministic task's message on a channel that is not deterministic, in
+        determinism mode (under the lock). Its subscribers' tasks would inherit the flag and
+        run on the tick stage, but in the order the workers happened to emit, and an ordered
+        subscriber would never see its batch finish (the stage renumbers seqs). So the channel
+        becomes deterministic from here on: it holds its messages until the tick boundary and
+        numbers them in canonical order, like a channel of a deterministic type (no ordered
+        subscribers: the tick stage's order is the order). A channel with a replay log cannot
+        (a deterministic channel has none): its messages lose the flag and are delivered as
+        ordinary ones."""
+        if self.log is not None:
+            recs["flags"] &= ~FLAG_DETERMINISTIC & 0xFFFF
+            return
+        self.det = True
+        self.ordered = False
+        for sub in self.subs:
+            sub.ordered = False
+            sub.busy = 0
+        self._osubs = {}
+        self.reg._rebuild()
 
     def _deliver(self, recs: np.ndarray) -> None:
         """Copy stamped, sequenced records into every subscriber's ring (under the lock)."""
@@ -822,7 +849,20 @@ class Channel(ReplayMixin):
 
     def tick_boundary(self) -> None:
         """Deterministic channel: number what this tick emitted in canonical order (parent seq,
-        then emit order) and move it all into the scheduler."""
+        then emit order) and move it all into the scheduler.
+
+        While they move (out of ``held``, into the rings, into the scheduler) the system counts
+        one task outstanding: ``held_n`` is 0 before the drain counts them, and a host waiting
+        in ``run()`` must not see the system idle in between (it read the trace hash before
+        the last tick had opened)."""
+        sched = self.kernel.sched
+        sched._count(1)
+        try:
+            self._tick_boundary()
+        finally:
+            sched.done(1)
+
+    def _tick_boundary(self) -> None:
         with self.lock:
             if self.held:
                 recs = T.concat(self.held) if len(self.held) > 1 else self.held[0]

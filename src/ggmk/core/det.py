@@ -13,7 +13,16 @@ one to the tick after the last tick opened, in submission order. So the input st
 was submitted between two ``run()`` calls", independent of what the workers were doing while
 the host called ``submit``. This holds when the previous ``run()`` finished (returned True); a
 ``run()`` that timed out leaves the tick counter wherever the workers were. ``submit(...,
-due=T)`` puts input in tick T exactly (or the next tick, if T has already opened).
+due=T)`` puts input in tick T exactly (or the next tick, if T has already opened; T is
+0..2**63-1).
+
+Poison: the enqueue core lets deterministic records of a poisoned type through; the stage
+refuses them (sys.error, POISONED) when it opens their tick, from the poison flags as of then,
+so a type poisoned mid-tick refuses the same tasks on any worker count.
+
+Limits: a deterministic channel that runs out of room, or an arena that runs out, inside a
+tick refuses whichever emits come last in real time (CHAN_FULL, ALLOC_FAIL): the hash then
+depends on the worker count.
 """
 from __future__ import annotations
 
@@ -24,9 +33,31 @@ import numpy as np
 from ggmk import task as T
 from ggmk.core.sched import Route
 from ggmk.events import TRACE_DTYPE, EventType
-from ggmk.task import PRIO_MASK, empty
+from ggmk.task import POISONED, PRIO_MASK, empty
 
 _KEEP_SEQ = frozenset({Route.YIELD, Route.RETRY, Route.DEFER, Route.EVENT})
+
+MAX_DUE = (1 << 63) - 1       # the last tick a trace event's ts (and the event queue) holds
+
+
+def check_flag(name: str, value, err=ValueError) -> bool:
+    """``value`` of the option ``name`` as a bool: True or False (or a NumPy bool) only, so
+    ``deterministic="no"`` or ``2`` is refused instead of turning the mode on."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise err(f"{name}={value!r}: allowed True or False")
+
+
+def check_int(name: str, value, lo: int, hi: int | None = None, err=ValueError,
+              what: str = "") -> int:
+    """``value`` of the option ``name`` as an int in ``lo``..``hi``: an int or a NumPy
+    integer (not a bool, a float or a string)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        v = int(value)
+        if v >= lo and (hi is None or v <= hi):
+            return v
+    rng = f"an int >= {lo}" if hi is None else f"an int {lo}..{hi}"
+    raise err(f"{name}={value!r}: allowed {rng}{what}")
 
 
 class DetStage:
@@ -48,10 +79,13 @@ class DetStage:
         self.seq = 0
         self.ticks_run = 0
         self.tasks_run = 0
+        self.sched = None                   # the scheduler whose enqueue core hands us records
 
-    def take(self, recs: np.ndarray, route: Route, due: int = 0) -> None:
+    def take(self, recs: np.ndarray, route: Route, due: int = 0, sched=None) -> None:
         recs = T.copy(recs)
         with self.lock:
+            if sched is not None:
+                self.sched = sched          # its poison flags, dead letters and task count
             if route == Route.EMIT:
                 self.next_emit.append(recs)
             elif route == Route.YIELD or route == Route.WAIT:
@@ -86,6 +120,7 @@ class DetStage:
             out = [self.cur[self.cursor:]] + self.staged + self.next_emit + self.next_keep
             out += [r for parts in self.pending.values() for r in parts]
             self.cur = self.cur[:self.cursor]
+            self.codes = self.codes[:self.cursor]     # (the hash folds the two side by side)
             self.staged, self.next_emit, self.next_keep, self.pending = [], [], [], {}
             return [r for r in out if len(r)]
 
@@ -149,6 +184,20 @@ class DetStage:
         self.cursor = 0
         self.tick = nxt
         self.ticks_run += 1
+        sched = self.sched
+        if sched is not None:
+            # poison is applied here, at the boundary, from the flags as of the end of the
+            # previous tick (the enqueue core lets deterministic records of a poisoned type
+            # through): a flag set mid-tick refuses the same tasks on any number of workers
+            bad = sched.poisoned[self.cur["type"]]
+            if bad.any():
+                gone = T.select(self.cur, bad)
+                self.cur = T.select(self.cur, ~bad)
+                self.codes = np.zeros(len(self.cur), dtype=np.int32)
+                sched.dead(gone, POISONED)
+                sched.done(len(gone))
+                if not len(self.cur):
+                    return self._boundary()
         return True
 
     def _fold(self) -> None:

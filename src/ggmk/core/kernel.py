@@ -23,7 +23,7 @@ import numpy as np
 from ggmk import task as T
 from ggmk.core.alloc import Arena
 from ggmk.core.chan import Channels
-from ggmk.core.det import DetStage
+from ggmk.core.det import MAX_DUE, DetStage, check_flag, check_int
 from ggmk.core.faults import PoisonDetector
 from ggmk.core.metrics import Metrics, TypeCounter
 from ggmk.core.module import Module
@@ -93,8 +93,12 @@ class System:
                  poison_fraction: float = 0.5,
                  max_batch: int = 256, policy=None, tenants: dict | None = None,
                  dead_letter_capacity: int = 1 << 16, host_helps: bool = True):
-        if workers < 1:
-            raise BootError(f"workers must be >= 1, got {workers}")
+        workers = check_int("workers", workers, 1, err=BootError)
+        deterministic = check_flag("deterministic", deterministic, BootError)
+        seed = check_int("seed", seed, 0, err=BootError)
+        if not (isinstance(tick_hz, (int, float, np.integer, np.floating))
+                and not isinstance(tick_hz, (bool, np.bool_)) and 0 < tick_hz < float("inf")):
+            raise BootError(f"tick_hz={tick_hz!r}: allowed a number > 0 (ticks per second)")
         self.modules: list[Module] = list(modules)
         self.nworkers = workers
         self.deterministic = deterministic
@@ -592,6 +596,8 @@ class System:
         how many were accepted (the rest, if any, are on sys.error with a reason)."""
         self._check_running()
         tid = self.type_id(type, where="submit")
+        if deterministic.__class__ is not bool:
+            deterministic = check_flag("deterministic", deterministic)
         flags = (T.FLAG_DETERMINISTIC if deterministic else 0) | (T.FLAG_EMIT_TRACE if trace else 0)
         if count is None and payload is None and due is None and meta0.__class__ is int \
                 and meta1.__class__ is int and priority.__class__ is int \
@@ -613,8 +619,8 @@ class System:
         """Submit prepared records (``ggmk.task.make``); the hot path for feeding the kernel."""
         self._check_running()
         if due is not None:
-            if due.__class__ is not int or due < 0:
-                raise ValueError(f"due={due!r}: allowed a tick number, an int >= 0")
+            if due.__class__ is not int or not 0 <= due <= MAX_DUE:
+                due = check_int("due", due, 0, MAX_DUE, what=" (a tick number)")
             return self.sched.enqueue(recs, Route.DEFER, due=due)
         return self.sched.enqueue(recs, Route.SUBMIT)
 

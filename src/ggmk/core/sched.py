@@ -353,8 +353,19 @@ class Scheduler:
                 self.dead(recs, UNKNOWN_TYPE)
                 return 0
             if self.poisoned[t0]:
-                self.dead(recs, POISONED)
-                return 0
+                if self.det is None:
+                    self.dead(recs, POISONED)
+                    return 0
+                # deterministic records: the tick stage refuses them at the tick boundary
+                # (DetStage._boundary), so what a poison flag set mid-tick refuses does not
+                # depend on which worker got there first
+                keep = (recs["flags"] & FLAG_DETERMINISTIC) != 0
+                if not keep.all():
+                    self.dead(T.select(recs, ~keep), POISONED)
+                    recs = T.select(recs, keep)
+                    n = len(recs)
+                    if n == 0:
+                        return 0
         else:
             one_type = False
             if types.max() >= MAX_TYPES or not self.known[types].all():
@@ -364,6 +375,8 @@ class Scheduler:
                 types = recs["type"]
             if self.poisoned[types].any():
                 bad = self.poisoned[types]
+                if self.det is not None:      # (deterministic ones: at the tick boundary)
+                    bad &= (recs["flags"] & FLAG_DETERMINISTIC) == 0
                 self.dead(T.select(recs, bad), POISONED)
                 recs = T.select(recs, ~bad)
             n = len(recs)
@@ -378,7 +391,7 @@ class Scheduler:
                 d = T.select(recs, det_mask)
                 ndet = len(d)
                 self._count(ndet)
-                self.det.take(d, route, due)
+                self.det.take(d, route, due, self)
                 if self.on_enqueued is not None and route != Route.EVENT:
                     self.on_enqueued(d["type"], worker)
                 recs = T.select(recs, ~det_mask)
