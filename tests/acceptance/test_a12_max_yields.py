@@ -24,7 +24,7 @@ def test_past_max_yields_goes_to_sys_error(hal):
     assert calls == [0, 1, 2, 3, 4, 5]
     assert len(recs) == 1 and codes[0] == T.MAX_YIELDS
     assert recs["yield_count"][0] == 6 and recs["meta0"][0] == 7   # the header carries the count
-    assert st["fail"] == 0 and st["dropped"] == 1
+    assert st["fail"] == 1 and st["dropped"] == 0     # a failure (counted once), not a drop
 
 
 def test_default_max_yields_is_16(hal):

@@ -121,3 +121,20 @@ def test_ggmk_test_maps_pytest_exit_codes_to_ggmks(tmp_path):
     (bad / "pytest.ini").unlink()
     (bad / "test_y.py").write_text("def test_y():\n    assert False\n")
     assert CliRunner().invoke(cli, ["test", str(bad)]).exit_code == 1
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--perfetto", "out.json"], ["--perfetto"]),
+    (["--seconds", "2"], ["--seconds"]),
+    (["--seconds", "0", "--perfetto", "out.json"], ["--perfetto", "--seconds"]),
+])
+def test_trace_follow_refuses_options_it_would_ignore(args, named, tmp_path):
+    """``ggmk trace -f`` streams: --perfetto and --seconds would be ignored, so they are a
+    usage error naming them, before any connection (no system runs here)."""
+    r = CliRunner().invoke(cli, ["trace", "-f", "--state-dir", str(tmp_path),
+                                 *[str(tmp_path / a) if a == "out.json" else a for a in args]])
+    assert r.exit_code == 2, r.output
+    assert "Usage: " in r.output and "-f/--follow" in r.output
+    for opt in named:
+        assert opt in r.output, (opt, r.output)
+    assert not (tmp_path / "out.json").exists()

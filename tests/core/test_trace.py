@@ -504,3 +504,122 @@ def test_env_var_strips_tracing_in_a_fresh_process(value, stripped):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=60, check=True).stdout.split()
     assert out == (["NullTracer", "False", "False"] if stripped else ["Tracer", "True", "True"])
+
+
+def _hammer(tr, ring, nthreads=4, per=20000):
+    """``nthreads`` threads write ``per`` events each to ``ring`` (half one by one, half in
+    batches of 10), with thread switches as frequent as the interpreter allows."""
+    go = threading.Barrier(nthreads)
+
+    def writer(i):
+        go.wait()
+        base = i * per
+        for j in range(0, per // 2):
+            tr.emit(ring, E.TASK_FAIL, 0, A_TYPE, arg0=base + j)
+        for j in range(per // 2, per, 10):
+            tr.emit_batch(ring, E.TASK_FAIL, T.make(10, type=A_TYPE),
+                          arg0=np.arange(base + j, base + j + 10))
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        ths = [threading.Thread(target=writer, args=(i,)) for i in range(nthreads)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    return nthreads * per
+
+
+def test_a_shared_ring_keeps_every_event_of_concurrent_writers():
+    tr = Tracer(3, capacity=1 << 17, default_level="all", shared=(2,))
+    total = _hammer(tr, 2)
+    ev = tr.drain()
+    st = tr.stats()["workers"][2]
+    assert st["emitted"] == total and st["overwritten"] == 0
+    assert len(ev) == total and len(np.unique(ev["arg0"])) == total
+
+
+def test_a_shared_ring_has_one_writer_at_a_time():
+    """The ring write itself is single-producer (read tail, write, publish): two threads inside
+    it at once lose records. A shared ring lets one in at a time: the first writer holds the
+    ring open until a second one gets in or 0.5 s pass; none may get in."""
+    tr = Tracer(2, capacity=1024, default_level="all", shared=(1,))
+    inside, most = [0], [0]
+    second_in = threading.Event()
+
+    class Watched:
+        """The ring, counting the writers inside its write at once."""
+
+        def __init__(self, ring):
+            self.ring = ring
+
+        def __getattr__(self, name):
+            return getattr(self.ring, name)
+
+        def _in(self, real, data):
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            if inside[0] > 1:
+                second_in.set()
+            elif not second_in.is_set():
+                second_in.wait(0.5)       # (the second writer, if it could get in)
+            real(data)
+            inside[0] -= 1
+
+        def write_one(self, rec):
+            self._in(self.ring.write_one, rec)
+
+        def write(self, data):
+            self._in(self.ring.write, data)
+    tr._rings[1] = Watched(tr._rings[1])
+    ths = [threading.Thread(target=tr.emit, args=(1, E.TASK_FAIL, 0, A_TYPE)),
+           threading.Thread(target=tr.emit_batch, args=(1, E.TASK_FAIL, T.make(3)))]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    assert most[0] == 1 and len(tr.drain()) == 4
+
+
+def test_shared_rings_are_checked():
+    with pytest.raises(ValueError, match="shared ring"):
+        Tracer(2, shared=(2,))
+
+
+def test_kernel_traces_failures_and_channel_drops_on_the_workers_own_ring():
+    """TASK_FAIL (a handler's failure) and CHAN_DROP (a lossy channel's full subscriber), both
+    on the worker that ran the handler: its ring, its Perfetto track; the host ring (shared by
+    every other thread) gets none of them."""
+    import ggmk
+    from ggmk import FAIL
+    prod = ggmk.Module("prod")
+    out = prod.produces("c.lossy", "MSG", mode="fanout", guarantee="lossy", capacity=4)
+
+    @prod.handler("GEN")
+    def gen(ctx):
+        for i in range(20):
+            ctx.emit(out, meta0=i)
+        return FAIL
+
+    sink = ggmk.Module("sink")
+
+    @sink.handler("SINK", consumes="c.lossy", message="MSG", batch=True)
+    def sinkh(ctx, batch):
+        pass
+
+    with ggmk.boot([prod, sink], workers=2, hal="threads", host_helps=False,
+                   poison_threshold=10**9) as s:
+        s.submit("GEN", meta0=np.arange(200))
+        assert s.run(timeout=30)
+        nw = s.nworkers
+        per_ring = [r.read(None) for r in s.tracer._rings]
+        dropped = s.stats()["channels"]["c.lossy"]["dropped"]
+        assert s.tracer.stats()["total"]["overwritten"] == 0
+    code = lambda ev: (ev["event"] & (SAMPLED_BIT - 1)) if ev is not None else np.empty(0)  # noqa: E731
+    host = code(per_ring[nw])
+    assert not np.isin(host, [E.TASK_FAIL, E.CHAN_DROP]).any()
+    workers = np.concatenate([code(r) for r in per_ring[:nw]])
+    assert int((workers == E.TASK_FAIL).sum()) == 200
+    assert dropped > 0 and int((workers == E.CHAN_DROP).sum()) == dropped

@@ -461,3 +461,100 @@ def test_grown_steps_with_real_threads_and_host_submits_lose_nothing():
     assert len(seen) == 8 * 2001 and len({q for _, q in seen}) == len(seen)
     assert sorted(others) == list(range(500))
     assert st["C"]["ok"] == st["C"]["enqueued"] == 8 * 2001 and st["X"]["ok"] == 500
+
+
+# -- outcome accounting and trace closure (every task counted once; every START closed) ----------
+
+FAIL_CODE = T.FAIL
+
+
+def _mixed_module():
+    """WORK by meta0 % 6: 0 FAIL, 1 yields forever (MAX_YIELDS), 2 RETRY forever
+    (RETRY_EXHAUSTED), 3 waits once, 4 yields once, 5 OK."""
+    from ggmk import FAIL, OK, RETRY
+    m = Module("mix")
+
+    @m.handler("WORK")
+    def work(ctx):
+        v = ctx.task.meta0 % 6
+        if v == 0:
+            return FAIL
+        if v == 1:
+            return ctx.yield_()
+        if v == 2:
+            return RETRY
+        if v == 3 and ctx.task.meta1 == 0:
+            return ctx.wait_(meta1=1)
+        if v == 4 and ctx.task.yield_count == 0:
+            return ctx.yield_()
+        return OK
+    return m
+
+
+def _rings(s):
+    """Each trace ring's undrained events (index = worker; the last one is the host's)."""
+    from ggmk.events import TRACE_DTYPE
+    out = []
+    for ring in s.tracer._rings:
+        r = ring.read(None)
+        out.append(np.empty(0, TRACE_DTYPE) if r is None else r)
+    return out
+
+
+def test_every_task_outcome_counts_once_per_type():
+    from ggmk.typereg import TypeRegistry
+    reg = TypeRegistry()
+    reg.register("WORK", max_yields=2)
+    n = 600
+    with boot([_mixed_module()], types=reg, hal="threads", workers=2, max_retries=2) as s:
+        s.submit("WORK", meta0=np.arange(n))
+        assert s.run(timeout=30)
+        st = s.stats()["types"]["WORK"]
+        recs, codes = s.dead_letters("sys.error")
+    per = n // 6
+    # tasks: 1 in 6 OK, 1 in 6 waits then OK, 1 in 6 yields then OK; 3 in 6 fail for good
+    assert st["ok"] == 3 * per and st["fail"] == 3 * per and st["dropped"] == 0, st
+    assert st["ok"] + st["fail"] + st["dropped"] == n, st
+    assert len(recs) == st["fail"]
+    assert set(codes.tolist()) == {FAIL_CODE, T.MAX_YIELDS, T.RETRY_EXHAUSTED}
+    # a run that was re-enqueued (retry, yield, wait) is one outcome of its own: the attempts
+    # that ended the task (too many retries / yields) count in fail only
+    assert st["retry"] == 2 * per and st["yield"] == 2 * per + per and st["wait"] == per, st
+    assert st["dequeued"] == st["ok"] + st["fail"] + st["retry"] + st["yield"] + st["wait"]
+    assert st["enqueued"] == (st["ok"] + st["fail"] + st["dropped"]
+                              + st["retry"] + st["yield"] + st["wait"]), st
+
+
+def test_mixed_batches_close_every_task_start_on_the_workers_own_track():
+    from ggmk.events import SAMPLED_BIT, EventType as E
+    from ggmk.typereg import TypeRegistry
+    reg = TypeRegistry()
+    reg.register("WORK", max_yields=2)
+    n = 1200
+    with boot([_mixed_module()], types=reg, hal="threads", workers=2, max_retries=2,
+              trace_level="all", host_helps=False) as s:
+        s.submit("WORK", meta0=np.arange(n))
+        assert s.run(timeout=30)
+        st = s.stats()["types"]["WORK"]
+        rings = _rings(s)
+        tstats = s.tracer.stats()
+        nw = s.nworkers
+    assert tstats["total"]["overwritten"] == 0
+    host = rings[nw]
+    code = lambda ev: ev["event"] & (SAMPLED_BIT - 1)          # noqa: E731
+    assert not np.isin(code(host), [E.TASK_START, E.TASK_END, E.TASK_FAIL]).any()
+    chained = [T.MAX_YIELDS & 0xFFFFFFFF, T.RETRY_EXHAUSTED & 0xFFFFFFFF]
+    ends = fails = 0
+    for ev in rings[:nw]:
+        c = code(ev)
+        # what closes a run: END (OK, wait), YIELD, RETRY, or a handler's failure code (a
+        # task past max_yields / max_retries closed with its TASK_YIELD / TASK_RETRY first)
+        closing = (np.isin(c, [E.TASK_END, E.TASK_YIELD, E.TASK_RETRY])
+                   | ((c == E.TASK_FAIL) & ~np.isin(ev["arg1"], chained)))
+        su, sn = np.unique(ev["arg0"][c == E.TASK_START], return_counts=True)
+        cu, cn = np.unique(ev["arg0"][closing], return_counts=True)
+        assert np.array_equal(su, cu) and np.array_equal(sn, cn)
+        ends += int((c == E.TASK_END).sum())
+        fails += int((c == E.TASK_FAIL).sum())
+    assert ends == st["ok"] + st["wait"], (ends, st)
+    assert fails == st["fail"] == n // 2

@@ -682,7 +682,10 @@ def log(follow, lines, state_dir, as_json):
               default=None, help="Set the system's default trace level first (it stays set).")
 @click.option("--seconds", type=FiniteFloatRange(0, 3600), default=0.0, show_default=True,
               help="Capture this long and show only those events (0: what is buffered).")
-@click.option("-f", "--follow", is_flag=True, help="Stream events as JSON lines.")
+@click.option("-f", "--follow", is_flag=True,
+              help="Stream events as JSON lines (not with --perfetto or --seconds). A line "
+                   '{"dropped": N} says N events were lost because this client read slower '
+                   "than the trace grew (the server keeps the newest 1024 batches per client).")
 @click.option("--max-events", type=click.IntRange(min=1), default=200_000, show_default=True)
 @click.option("--module", default=None, metavar="M",
               help="Only module M's task types (with --level: set M's level only).")
@@ -699,9 +702,18 @@ def trace(perfetto, level, seconds, follow, max_events, module, type_, sample, s
     args = {"level": level, "seconds": seconds, "max_events": max_events, "module": module,
             "type": type_, "sample": sample}
     if follow:
+        ctx = click.get_current_context()
+        given = click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT
+        bad = [opt for opt, name in (("--perfetto", "perfetto"), ("--seconds", "seconds"))
+               if ctx.get_parameter_source(name) in given]
+        if bad:
+            raise click.UsageError(f"-f/--follow streams events as they come: it cannot be "
+                                   f"combined with {' or '.join(bad)}", ctx)
         try:
             with Client(_paths(state_dir), timeout=None) as c:
                 for data in c.stream("trace", {**args, "follow": True}):
+                    if data.get("dropped"):          # this client fell behind: events lost
+                        click.echo(json.dumps({"dropped": data["dropped"]}))
                     for e in data.get("events", []):
                         click.echo(json.dumps(e))
                     for e in data.get("gpu_events", []):       # ["gpu", worker, ts, ...]

@@ -64,6 +64,32 @@ class LogRing:
             return list(self.lines)[-n:] if n > 0 else []
 
 
+class _TraceFollower:
+    """A ``ggmk trace -f`` client's queue of trace chunks (lists of (worker, events)): the
+    newest ``capacity`` chunks; what falls off the old end (a client that reads slower than
+    the trace grows) is counted, in events, and told to the client (``{"dropped": n}``)."""
+
+    def __init__(self, capacity: int = 1024):
+        self.q: deque = deque()
+        self.capacity = capacity
+        self.dropped = 0
+        self.lock = threading.Lock()
+
+    def push(self, chunk: list) -> None:
+        with self.lock:
+            if len(self.q) >= self.capacity:
+                self.dropped += sum(len(part) for _, part in self.q.popleft())
+            self.q.append(chunk)
+
+    def take(self) -> tuple[list, int]:
+        """Everything queued (flattened) and the events dropped since the last take."""
+        with self.lock:
+            out = [x for chunk in self.q for x in chunk]
+            self.q.clear()
+            lost, self.dropped = self.dropped, 0
+        return out, lost
+
+
 class _LogHandler(logging.Handler):
     def __init__(self, ring: LogRing):
         super().__init__(logging.INFO)
@@ -912,8 +938,10 @@ class ControlServer:
         ts = time.perf_counter_ns()
         rows = [(ts, "cpu", "queued", int(self.cpu.sched.outstanding))]
         if self.dual:
-            gm = views.gpu_metrics(self)
-            gl = (gm or {}).get("global", {})
+            gm = views.gpu_metrics(self) or {}
+            # (the live kernel's own counters: the cumulative ones keep what a reset-away kernel
+            # never dispatched, which is not queued anywhere now)
+            gl = gm.get("live_global", gm.get("global", {}))
             rows.append((ts, "gpu", "queued",
                          max(0, gl.get("enqueued", 0) - gl.get("dispatched", 0))))
             b = views.bridge_summary(self) or {}
@@ -955,12 +983,12 @@ class ControlServer:
             subs = list(self._trace_subs)
         if gpu is not None:
             for q in subs:
-                q.append([("gpu", gpu)])
+                q.push([("gpu", gpu)])
             self._log_events([(None, gpu)], "GPU ")
         if not new:
             return
         for q in subs:
-            q.append(new)
+            q.push(new)
         self._log_events(new)
 
     def _drain_gpu(self):
@@ -1088,7 +1116,7 @@ class ControlServer:
                 "types": self._type_names(), "pid": os.getpid(), "app": self.app,
                 **self._gpu_meta()}
         if follow:
-            q: deque = deque(maxlen=1024)
+            q = _TraceFollower()
             with self._trace_lock:
                 self._trace_subs.append(q)
             try:
@@ -1097,9 +1125,11 @@ class ControlServer:
                 while not self._stop.is_set():
                     if self._client_gone(conn, 0.1, rid):
                         return _STOP
-                    chunks = []
-                    while q:
-                        chunks.extend(q.popleft())
+                    chunks, lost = q.take()
+                    # the oldest chunks fell off while the client was slow: say how many
+                    # events (before --module/--type/--sample filtering) it will not see
+                    if lost and not self._send(conn, P.stream(rid, {"dropped": lost})):
+                        return _STOP
                     chunks = view(chunks)
                     gpu = [p for w, p in chunks if w == "gpu"]
                     chunks = [(w, p) for w, p in chunks if w != "gpu"]

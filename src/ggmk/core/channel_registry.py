@@ -308,17 +308,22 @@ class Channels:
                         return False
         return not any(c.held_n for c in self._det)
 
-    def _trace(self, event, task_type: int, cid: int, arg1: int, recs=None) -> None:
+    def _trace(self, event, task_type: int, cid: int, arg1: int, recs=None,
+               worker: int | None = None) -> None:
+        """A channel event on the calling worker's ring (``worker``, or the worker whose
+        thread calls), else on the host ring (shared: the tracer takes its lock)."""
         k = self.kernel
         tr = k.tracer
         if not tr.enabled:
             return
-        with k._host_lock:
-            if recs is not None:
-                tr.emit_batch(k.nworkers, event, recs, arg0=recs["seq"],
-                              arg1=np.full(len(recs), arg1 & 0xFFFFFFFF))
-            else:
-                tr.emit(k.nworkers, event, 0, task_type, cid, arg1 & 0xFFFFFFFF)
+        if worker is None:
+            worker = k.calling_worker()
+        w = worker if worker >= 0 else k.nworkers
+        if recs is not None:
+            tr.emit_batch(w, event, recs, arg0=recs["seq"],
+                          arg1=np.full(len(recs), arg1 & 0xFFFFFFFF))
+        else:
+            tr.emit(w, event, 0, task_type, cid, arg1 & 0xFFFFFFFF)
 
     def stats(self) -> dict:
         out = {ch.name: ch.stats() for ch in self.by_name.values()}

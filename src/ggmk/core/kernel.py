@@ -135,8 +135,9 @@ class System:
         self.metrics_shard = [self.metrics.shard(w) for w in range(workers + 1)]
         self.host_shard = self.metrics_shard[workers]
         self.h_batch_ns = self.metrics.histogram("handler_batch_ns")
+        # ring `workers` is the host's: every thread that is not a worker writes it (its lock)
         self.tracer = make_tracer(trace, nworkers=workers + 1, default_level=trace_level,
-                                  sample_rate=sample_rate, seed=seed)
+                                  sample_rate=sample_rate, seed=seed, shared=(workers,))
         self.hasher = TraceHasher()
         # dead letters (sys.error / sys.dropped until channels take them over)
         self.sys_error = CodeRing(dead_letter_capacity, name="sys.error")
@@ -410,8 +411,23 @@ class System:
             self.channels.tick_boundary(tick)
 
     # -- results --------------------------------------------------------------------------------
-    def _dead(self, recs, code) -> None:
-        """Route records to sys.error with a reason (unknown/poisoned types, overflow, failures)."""
+    def calling_worker(self) -> int:
+        """The id of the worker whose own thread calls this, else -1 (a host thread; also one
+        running a borrowed worker's steps). What a caller that is not told which worker it runs
+        on (a channel's drop, the scheduler's dead letters) uses to pick a trace ring: the
+        worker's own (its thread is its only writer) or the shared host ring."""
+        me = threading.current_thread()
+        for w, th in enumerate(getattr(self.hal, "threads", ())):
+            if th is me:
+                return w
+        return -1
+
+    def _dead(self, recs, code, worker: int | None = None, failed: bool = False) -> None:
+        """Route records to sys.error with a reason (unknown/poisoned types, overflow, failures).
+
+        ``worker``: the worker calling (its trace ring and metrics shard), -1 for a host
+        thread, None: look it up (``calling_worker``). ``failed``: a handler failed them and
+        ``fail`` counted them (``fail``); otherwise they count as ``dropped``."""
         if len(recs) == 0:
             return
         ptrs = recs["payload_ptr"]
@@ -419,9 +435,16 @@ class System:
             self.arena.release_many(ptrs)
             recs = T.copy(recs)
             recs["payload_ptr"] = 0
-        with self._host_lock:
-            self.host_shard.add_types(TypeCounter.DROPPED, recs["type"])
-        self.tracer.emit_batch(self.nworkers, EventType.TASK_FAIL, recs, arg0=recs["seq"],
+        if worker is None:
+            worker = self.calling_worker()
+        if not failed:
+            if worker >= 0:
+                self.metrics_shard[worker].add_types(TypeCounter.DROPPED, recs["type"])
+            else:
+                with self._host_lock:
+                    self.host_shard.add_types(TypeCounter.DROPPED, recs["type"])
+        self.tracer.emit_batch(worker if worker >= 0 else self.nworkers, EventType.TASK_FAIL,
+                               recs, arg0=recs["seq"],
                                arg1=np.full(len(recs), int(code) & 0xFFFFFFFF) if np.isscalar(code)
                                else np.asarray(code).astype(np.int64) & 0xFFFFFFFF)
         if self.channels is not None:
@@ -484,8 +507,11 @@ class System:
                 self.host_shard.add_types(TypeCounter.ENQUEUED, types)
 
     def fail(self, recs, codes, t: int, worker: int) -> None:
-        """A handler failed these tasks: count toward poison, then the channel's error handler
-        (channel messages on a channel that has one), else sys.error."""
+        """A handler failed these tasks of type ``t`` for good (a failure code, exhausted
+        retries, too many yields), on ``worker`` (its metrics shard and trace ring): count them
+        in ``fail`` (once: not in ``dropped`` too) and toward poison, then the channel's error
+        handler (channel messages on a channel that has one), else sys.error."""
+        self.metrics_shard[worker].add_type(TypeCounter.FAIL, t, len(recs))
         if self.poison.record(t, len(recs), self.tick):
             self.tracer.emit(worker, EventType.POISON, 0, t, self.poison.rate(t, self.tick), 0,
                              force=True)
@@ -493,7 +519,7 @@ class System:
             recs, codes = self.channels.route_failures(recs, codes)
             if not len(recs):
                 return
-        self._dead(recs, codes)
+        self._dead(recs, codes, worker, failed=True)
 
     def report_exception(self, handler, exc, tb: str) -> None:
         self.exceptions.append((handler.module.name, handler.name, repr(exc), tb))

@@ -1,8 +1,9 @@
 """Tracing for the CPU kernel (SPEC §7): per-worker rings of 24-byte trace events.
 
-Each worker owns one ring (it is the only writer); one drainer reads all rings. Neither ever
-waits for the other: a full ring overwrites its oldest records and the drainer counts what it
-missed. Cost control, cheapest first:
+Each worker owns one ring (it is the only writer; a ring that several threads write, the
+kernel's host ring, is declared ``shared`` and its writers take its lock); one drainer reads all
+rings. Writers never wait for the drainer, nor the drainer for them: a full ring overwrites its
+oldest records and the drainer counts what it missed. Cost control, cheapest first:
 
 * stripping: ``make_tracer(False)`` (or ``GGMK_TRACE=0`` in the environment) returns a
   ``NullTracer`` whose methods do nothing, and ``tracer.enabled`` lets the kernel skip even
@@ -211,7 +212,9 @@ class Tracer:
     """Per-worker trace rings with level filtering, sampling and forced tracing.
 
     ``nworkers`` rings of ``capacity`` records (a power of two). Worker ``w`` must be the only
-    thread emitting with ``worker=w``; ``drain`` may run concurrently from any one thread.
+    thread emitting with ``worker=w``, except for the rings listed in ``shared`` (the kernel's
+    host ring, which any non-worker thread may write): emits to one of those serialize on that
+    ring's lock. ``drain`` may run concurrently from any one thread.
 
     Example::
 
@@ -224,7 +227,7 @@ class Tracer:
 
     def __init__(self, nworkers: int, capacity: int = DEFAULT_CAPACITY,
                  default_level=Level.WARN, sample_rate: int = 1, seed: int = 0,
-                 clock: Callable[[], int] = time.perf_counter_ns):
+                 clock: Callable[[], int] = time.perf_counter_ns, shared: Iterable[int] = ()):
         if not isinstance(nworkers, (int, np.integer)) or nworkers < 1:
             raise ValueError(f"Tracer: nworkers must be a positive int, got {nworkers!r}")
         if (not isinstance(capacity, (int, np.integer)) or capacity < 2
@@ -241,6 +244,12 @@ class Tracer:
         self._samplers = [_Sampler(self.sample_rate, self.seed, w) for w in range(self.nworkers)]
         # per worker: [emitted, sampled_out, filtered]; each list is written by its worker only
         self._counts = [[0, 0, 0] for _ in range(self.nworkers)]
+        # rings written by several threads: a lock each (the ring, its counts and its sampler)
+        self._locks: list = [None] * self.nworkers
+        for w in shared:
+            if not 0 <= w < self.nworkers:
+                raise ValueError(f"Tracer: shared ring {w!r} out of range 0..{self.nworkers - 1}")
+            self._locks[w] = threading.Lock()
         self._drain_lock = threading.Lock()   # drainers only; writers never take it
         self._drain_start = 0
         self._cfg_lock = threading.Lock()
@@ -310,6 +319,11 @@ class Tracer:
     def skipped(self, worker: int, n: int) -> None:
         """Count ``n`` level-ALL events the kernel did not offer to ``emit_batch`` because
         ``quiet_all`` said none could pass (the same ``filtered`` count emit_batch keeps)."""
+        lk = self._locks[worker]
+        if lk is not None:
+            with lk:
+                self._counts[worker][2] += n
+            return
         self._counts[worker][2] += n
 
     # -- hot path ----------------------------------------------------------------------------
@@ -323,6 +337,13 @@ class Tracer:
         ``sample_rate > 1`` non-forced events are sampled and carry SAMPLED_BIT."""
         if not 0 <= worker < self.nworkers:
             raise IndexError(f"Tracer.emit: worker {worker!r} out of range 0..{self.nworkers - 1}")
+        lk = self._locks[worker]
+        if lk is not None:
+            with lk:
+                return self._emit(worker, event, tenant, task_type, arg0, arg1, ts, force)
+        return self._emit(worker, event, tenant, task_type, arg0, arg1, ts, force)
+
+    def _emit(self, worker, event, tenant, task_type, arg0, arg1, ts, force) -> bool:
         cnt = self._counts[worker]
         code = int(event)
         if not force:
@@ -358,6 +379,13 @@ class Tracer:
         if not 0 <= worker < self.nworkers:
             raise IndexError(
                 f"Tracer.emit_batch: worker {worker!r} out of range 0..{self.nworkers - 1}")
+        lk = self._locks[worker]
+        if lk is not None:
+            with lk:
+                return self._emit_batch(worker, event, records, arg0, arg1, ts, force)
+        return self._emit_batch(worker, event, records, arg0, arg1, ts, force)
+
+    def _emit_batch(self, worker, event, records, arg0, arg1, ts, force) -> int:
         if records.dtype != TASK_DTYPE:
             raise TypeError(f"Tracer.emit_batch: records must be TASK_DTYPE, got {records.dtype}")
         n = len(records)

@@ -15,6 +15,14 @@ OK, none is traced and none retained a payload, nothing would read those records
 counted without being built (``_count_follow_ons``). A one-task batch (a round trip) is read
 with one ``struct`` call, and the tracer's ``quiet_all`` lets a batch skip TASK_START/TASK_END
 offers when no type is traced at that level and no task is flagged FLAG_EMIT_TRACE.
+
+Per-type outcome counters: each run of a task (``dequeued``) counts once in ``ok``, ``fail``
+(it failed for good: a failure code, a retry past max_retries, a yield past max_yields; counted
+by ``kernel.fail``), ``retry``, ``yield`` or ``wait`` (re-enqueued: ``enqueued`` counts it
+again); ``dropped`` counts tasks dead-lettered without failing in a handler (refused, poisoned
+or unknown types, halted). So at quiescence, per type: enqueued == ok + fail + retry + yield +
+wait + (dropped after they were enqueued), and every TASK_START a worker traces is closed on
+its own ring by a TASK_END (ok, wait), TASK_YIELD, TASK_RETRY or TASK_FAIL.
 """
 from __future__ import annotations
 
@@ -552,16 +560,25 @@ class Worker:
             rt = codes == RETRY
             wt = codes == WAIT
             fail = ~(ok | y | rt | wt)
+            # every TASK_START is closed on this track: TASK_END for the ones that finished OK
+            # and for the waiting ones (no event of their own; they start again when re-run);
+            # yields, retries and failures close theirs with TASK_YIELD / _RETRY / _FAIL
+            done = ok | wt
+            nd = int(done.sum())
+            if nd:
+                if traced:
+                    d = recs if nd == len(recs) else T.select(recs, done)
+                    k.tracer.emit_batch(self.id, EventType.TASK_END, d, arg0=d["seq"])
+                elif k.tracer.enabled:
+                    k.tracer.skipped(self.id, nd)
             if y.any():
                 self._yield(T.select(recs, y), h, t)
             if wt.any():
                 self._wait(T.select(recs, wt), t)
             if rt.any():
                 self._retry(T.select(recs, rt), t)
-            if fail.any():
-                f = T.select(recs, fail)
-                m.add_type(C.FAIL, t, len(f))
-                k.fail(f, codes[fail], t, self.id)
+            if fail.any():            # (kernel.fail counts them in `fail`)
+                k.fail(T.select(recs, fail), codes[fail], t, self.id)
             self._release(recs, ok, retained)   # failed ones: released by kernel.fail
         retained.clear()
         pd = k.poison
@@ -593,11 +610,14 @@ class Worker:
         k = self.kernel
         recs["yield_count"] += 1
         over = recs["yield_count"] > k.max_yields[t]
-        k.metrics_shard[self.id].add_type(C.YIELD, t, len(recs))
+        nover = int(over.sum())
+        # a yield past max_yields is a failure (counted in `fail` by kernel.fail), not a yield
+        if len(recs) > nover:
+            k.metrics_shard[self.id].add_type(C.YIELD, t, len(recs) - nover)
         if k.tracer.enabled:
             k.tracer.emit_batch(self.id, EventType.TASK_YIELD, recs, arg0=recs["seq"],
                                 arg1=recs["yield_count"])
-        if over.any():
+        if nover:
             k.fail(T.select(recs, over), MAX_YIELDS, t, self.id)
             recs = T.select(recs, ~over)
         if len(recs):
@@ -616,11 +636,14 @@ class Worker:
     def _retry(self, recs, t) -> None:
         k = self.kernel
         recs["_pad"] += 1     # _pad is the runtime's retry counter
-        k.metrics_shard[self.id].add_type(C.RETRY, t, len(recs))
         if k.tracer.enabled:
             k.tracer.emit_batch(self.id, EventType.TASK_RETRY, recs, arg0=recs["seq"], arg1=recs["_pad"])
         over = recs["_pad"] > k.max_retries
-        if over.any():
+        nover = int(over.sum())
+        # a retry past max_retries is a failure (counted in `fail` by kernel.fail), not a retry
+        if len(recs) > nover:
+            k.metrics_shard[self.id].add_type(C.RETRY, t, len(recs) - nover)
+        if nover:
             k.fail(T.select(recs, over), RETRY_EXHAUSTED, t, self.id)
             recs = T.select(recs, ~over)
         if not len(recs):

@@ -177,6 +177,7 @@ class Watchdog:
     def _event(self, kind: int, worker: int, missed: int) -> None:
         cpu = self.sys.cpu
         try:
+            # the host ring (index nworkers) is shared: the tracer serializes its writers
             cpu.tracer.emit(cpu.nworkers, EventType.WATCHDOG, 0, 0, arg0=kind, arg1=missed,
                             force=True)
         except Exception:   # noqa: BLE001 - tracing is best effort
