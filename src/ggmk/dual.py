@@ -229,12 +229,36 @@ class DualSystem:
             self._abort()
             raise
         self.fences = Fences()
+        self._hook_det_boundary()
         if self.watchdog is not None:
             self.watchdog.start()
         self._step("ready", t0, f"system ready: CPU kernel + GPU kernel ({self.target}), "
                    f"{len(self.plan)} bridge channel(s)")
         log.info("ggmk: system ready (CPU kernel, GPU kernel on %s, %d bridge channel(s))",
                  self.target, len(self.plan))
+
+    def _fenced(self) -> bool:
+        """Determinism mode with deterministic bridge channels: they move at tick fences."""
+        return self.deterministic and self.bridge is not None and (
+            any(st.det for st in self.bridge.ins) or
+            any(st.det for st in self.bridge.outs.values()))
+
+    def _hook_det_boundary(self) -> None:
+        """At each CPU tick boundary (after the CPU channels delivered the tick) the bridge
+        takes what deterministic CPU -> GPU channels hold, for the next fence
+        (``Bridge.det_hold_inbound``): a producer that found such a channel full gets in on a
+        later CPU tick instead of waiting for a fence that only comes once the CPU is idle."""
+        det = getattr(self.cpu, "det", None)
+        if det is None or not any(st.det for st in self.bridge.ins):
+            return
+        inner = det.on_boundary
+        hold = self.bridge.det_hold_inbound
+
+        def on_boundary(tick):
+            if inner is not None:
+                inner(tick)
+            hold()
+        det.on_boundary = on_boundary
 
     def _step(self, what, t0, detail) -> None:
         self.boot_log.append((what, time.monotonic() - t0, detail))
@@ -375,15 +399,12 @@ class DualSystem:
         b = self.bridge
         b.begin_reset(f"reset: {reason}")
         old = self.process
-        try:
-            self._last_gpu = self.kernel.metrics()
-        except Exception:   # noqa: BLE001
-            pass
         if graceful:
             try:
                 old.stop(2.0)
             except Exception:   # noqa: BLE001 - a stuck kernel: killed below
                 pass
+        self._fold_gpu_metrics(self.kernel)     # (after a graceful stop: its final counts)
         old.kill()                          # a stuck kernel cannot stop: SIGKILL
         acct = b.reset_device(T.BRIDGE_RESET)
         self.resets["resets"] += 1
@@ -434,9 +455,12 @@ class DualSystem:
         run = sum(v["run"] for v in c.values())
         return enq == run
 
-    def idle(self) -> bool:
-        return (self.cpu.idle() and self.bridge.idle() and self.device_quiet()
-                and self.bridge.idle(refresh=False) and self.cpu.idle())
+    def idle(self, *, fenced: bool = True) -> bool:
+        """Nothing left anywhere: both kernels and the bridge (deterministic traffic waiting
+        for a tick fence included; ``fenced=False``: not counted, the fence loop's own wait)."""
+        b = self.bridge
+        return (self.cpu.idle() and b.idle(fenced=fenced) and self.device_quiet()
+                and b.idle(refresh=False, fenced=fenced) and self.cpu.idle())
 
     def run(self, seconds: float | None = None, *, until_idle: bool = True,
             timeout: float | None = 60.0) -> bool:
@@ -452,17 +476,16 @@ class DualSystem:
             return self.idle()
         limit = timeout if seconds is None else seconds
         deadline = time.monotonic() + (limit if limit is not None else 1e9)
-        if self.deterministic and (any(st.det for st in self.bridge.ins) or
-                                   any(st.det for st in self.bridge.outs.values())):
+        if self._fenced():
             return self._run_lockstep(deadline)
         return self._wait_idle(deadline)
 
-    def _wait_idle(self, deadline) -> bool:
+    def _wait_idle(self, deadline, *, fenced: bool = True) -> bool:
         quiet = 0
         while time.monotonic() < deadline:
             self.cpu.run(until_idle=True, timeout=max(0.0, min(0.05, deadline - time.monotonic())))
             self.bridge.poke()
-            if self.idle():
+            if self.idle(fenced=fenced):
                 quiet += 1
                 if quiet >= 2:
                     return True
@@ -472,6 +495,12 @@ class DualSystem:
         return False
 
     def _run_lockstep(self, deadline) -> bool:
+        """Tick fences: run the CPU kernel until idle (its tick boundaries hold what its
+        deterministic tasks emitted into deterministic bridge channels), acknowledge, then
+        give the GPU kernel that epoch's input, wait for it, and deliver its deterministic
+        output in canonical order. GPU output on a deterministic GPU -> CPU channel that
+        answers no CPU input (a task given with ``push_device``) closes an epoch of its own.
+        True once nothing is left anywhere."""
         b, f = self.bridge, self.fences
         while time.monotonic() < deadline:
             if not self.cpu.run(until_idle=True, timeout=max(0.0, deadline - time.monotonic())):
@@ -480,22 +509,27 @@ class DualSystem:
             f.cpu_ack(tick)                    # the CPU's tick-`tick` tasks are delivered
             ins = b.det_take_inbound()
             if not ins:
-                if self._wait_idle(min(deadline, time.monotonic() + 0.2)):
-                    if not any(len(st.sub.ring) for st in b.ins if st.det):
+                # nothing for the GPU kernel: let the rest settle (plain channels, tasks given
+                # with push_device), then deliver any deterministic GPU output it left
+                if not self._wait_idle(min(deadline, time.monotonic() + 0.2), fenced=False):
+                    continue
+                if not any(st.det and st.fence_buf for st in b.outs.values()):
+                    if not b.det_pending() and self.idle():
                         return True
-                continue
-            done = {st.bc.name: st.done for st in b.ins}
-            f.gpu_start(tick + 1, device_done=sum(done.values()),
+                    continue
+            f.gpu_start(tick + 1, device_done=sum(st.done for st in b.ins),
                         pushed=sum(st.pushed for st in b.ins))
             for st, recs in ins:
-                f.fold(tick + 1, "in", st.bc.name, recs)
-            b.det_push(ins)
-            b.det_pump_inbound()
-            if not self._wait_idle(deadline):
-                return False
+                f.fold(tick + 1, "in", st.bc.name, recs,
+                       digests=b.det_digests(recs, device=False))
+            if ins:
+                b.det_push(ins)
+                b.det_pump_inbound()
+                if not self._wait_idle(deadline, fenced=False):
+                    return False
             f.gpu_ack(tick + 1)
-            for st, recs in b.det_take_outbound():
-                f.fold(tick + 1, "out", st.bc.name, recs)
+            for st, recs, dig in b.det_take_outbound():
+                f.fold(tick + 1, "out", st.bc.name, recs, digests=dig)
                 b.det_deliver(st, recs)
             f.epoch = tick + 1
         return False
@@ -507,12 +541,56 @@ class DualSystem:
         h.update(self.fences.hexdigest().encode())
         return h.hexdigest()
 
+    # -- the GPU kernel's counters across resets -------------------------------------------------
+    _gpu_base = None                   # the dead kernels' counters, added up (_merge_gpu)
+    _gpu_folded = None                 # the last kernel added there (not read again)
+    _last_gpu = None                   # the last metrics kept (halt, a reset) ...
+    _last_gpu_kernel = None            # ... and whose they are
+
+    def _fold_gpu_metrics(self, kernel) -> None:
+        """A reset is about to kill ``kernel``: add its last published counters to the base,
+        so ``gpu_metrics()`` (stats()["gpu"], the control plane) never goes back."""
+        if kernel is None or kernel is self._gpu_folded:
+            return
+        try:
+            m = kernel.metrics()
+        except Exception:   # noqa: BLE001 - unreadable: what was kept of it
+            m = self._last_gpu if self._last_gpu_kernel is kernel else None
+        self._gpu_folded = kernel
+        self._last_gpu, self._last_gpu_kernel = m, kernel    # (the dead kernel's own)
+        if m is not None:
+            self._gpu_base = _merge_gpu(self._gpu_base, m)
+
+    def gpu_metrics(self, *, cumulative: bool = True) -> dict | None:
+        """The GPU kernel's published metrics (``DeviceKernel.metrics()``; after halt its
+        final ones). ``cumulative`` (default): counters summed over every GPU kernel this
+        system ran (a reset boots a new one that counts from 0): the dead kernels' final
+        counters plus the live one's, so they never go back; high watermarks are the largest
+        seen; gauges (channel depths) the live kernel's. Adds ``kernel_resets`` (how many
+        kernels were replaced) and ``live_global`` (the live kernel's own global counters:
+        what its queue depth and loop count are computed from)."""
+        k = self.kernel
+        live = None
+        if k is not None and k is not self._gpu_folded:
+            try:
+                live = k.metrics() if k.alive() else None
+            except Exception:   # noqa: BLE001 - a stopping kernel: the last kept
+                live = None
+            if live is None and self._last_gpu_kernel is k:
+                live = self._last_gpu
+        if not cumulative:
+            return live
+        base = self._gpu_base
+        if base is None and live is None:
+            return None
+        out = _merge_gpu(base, live) if base is not None and live is not None else \
+            _merge_gpu(None, live if live is not None else base)
+        out["kernel_resets"] = self.resets["resets"]
+        out["live_global"] = dict((live or {}).get("global", {}))
+        return out
+
     def stats(self) -> dict:
-        gpu = None
-        if self.kernel is not None and self.kernel.alive():
-            gpu = self.kernel.metrics()
-        elif getattr(self, "_last_gpu", None) is not None:
-            gpu = self._last_gpu
+        gpu = self.gpu_metrics()
         wd = self.watchdog.stats() if self.watchdog is not None else None
         return {"cpu": self.cpu.stats(), "gpu": gpu,
                 "bridge": self.bridge.stats() if self.bridge is not None else None,
@@ -541,7 +619,9 @@ class DualSystem:
         t_end = time.monotonic() + max(timeout, 0)
         if self.watchdog is not None:
             self.watchdog.stop()
-        drained = timeout > 0 and self._wait_idle(t_end)
+        # (deterministic bridge channels move at tick fences only: halt runs them too)
+        drained = timeout > 0 and (self._run_lockstep(t_end) if self._fenced()
+                                   else self._wait_idle(t_end))
         self.halted = True
         b = self.bridge
         b.stop()
@@ -585,10 +665,13 @@ class DualSystem:
     def _keep_gpu_metrics(self) -> None:
         """Keep the GPU kernel's metrics for stats() after halt: a stopped kernel's are final
         (it publishes them on its way out)."""
+        if self.kernel is self._gpu_folded:
+            return                          # (a reset whose reboot failed: counted already)
         try:
             self._last_gpu = self.kernel.metrics()
+            self._last_gpu_kernel = self.kernel
         except Exception:   # noqa: BLE001 - unreadable: keep what was kept
-            self._last_gpu = getattr(self, "_last_gpu", None)
+            pass
 
     def _halt_process(self, b) -> dict:
         """Stop the device process (a kernel that does not stop within a few seconds is stuck:
@@ -618,6 +701,52 @@ class DualSystem:
 
     def __exit__(self, exc_type, *exc):
         self.halt(timeout=0 if exc_type is not None else 5.0)
+
+
+def _merge_gpu(a: dict | None, b: dict) -> dict:
+    """GPU kernel metrics ``a`` (None: nothing yet) followed by ``b`` (a later kernel's):
+    counters added, high watermarks the larger, everything else (gauges such as channel
+    depths, static fields) ``b``'s. A new dict; neither argument is changed."""
+    from ggmk.device import layout
+    hwm = set(layout.HWM_METRICS) | {"high_watermark"}
+    a = a or {}
+
+    def add(x: dict, y: dict, counters) -> dict:
+        out = dict(y)
+        for key, v in x.items():
+            if key not in counters or isinstance(v, bool) or not isinstance(v, (int, float)):
+                out.setdefault(key, v)
+                continue
+            w = y.get(key, 0)
+            out[key] = max(v, w) if key in hwm else v + w
+        return out
+
+    gcount = set(layout.METRIC_NAMES) | {"enqueued"}
+    out = {k: v for k, v in b.items()}
+    out["global"] = add(a.get("global", {}), b.get("global", {}), gcount)
+    types = {t: dict(v) for t, v in b.get("types", {}).items()}
+    for t, v in a.get("types", {}).items():
+        types[t] = add(v, types.get(t, {}), set(layout.PER_TYPE_NAMES))
+    out["types"] = types
+    ua, ub = list(a.get("user") or []), list(b.get("user") or [])
+    n = max(len(ua), len(ub))
+    out["user"] = [(ua[i] if i < len(ua) else 0) + (ub[i] if i < len(ub) else 0)
+                   for i in range(n)]
+    chans = {}
+    for name, cb in (b.get("channels") or {}).items():
+        ca = (a.get("channels") or {}).get(name)
+        if ca is None:
+            chans[name] = cb
+            continue
+        c = add(ca, cb, set(layout.PER_CHAN_NAMES))
+        sa, sb = ca.get("subs") or [], cb.get("subs") or []
+        c["subs"] = [add(sa[i], x, set(layout.PER_SUB_NAMES)) if i < len(sa) else x
+                     for i, x in enumerate(sb)]
+        chans[name] = c
+    for name, ca in (a.get("channels") or {}).items():
+        chans.setdefault(name, ca)
+    out["channels"] = chans
+    return out
 
 
 def _options(name: str, value) -> dict:

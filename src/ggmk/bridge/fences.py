@@ -52,8 +52,10 @@ class Fences:
             self._add(event="gpu_ack", tick=tick, **info)
 
     def fold(self, tick: int, direction: str, name: str, recs: np.ndarray,
-             payloads: list | None = None) -> None:
-        """Fold one fence's crossing records (canonical order) into the bridge hash."""
+             payloads: list | None = None, digests: np.ndarray | None = None) -> None:
+        """Fold one fence's crossing records (canonical order) into the bridge hash: their
+        inline words, then ``digests`` (one 64-bit digest of each record's payload bytes, 0
+        for none: ``Bridge.det_digests``), then any ``payloads`` (bytes) as given."""
         h = self.hash
         h.update(f"{tick}:{direction}:{name}:{len(recs)}".encode())
         cols = np.stack([recs["flags"].astype(np.uint64) & 3, recs["tenant"].astype(np.uint64),
@@ -61,6 +63,8 @@ class Fences:
                          recs["payload_len"].astype(np.uint64)], axis=1) if len(recs) else \
             np.zeros((0, 5), np.uint64)
         h.update(np.ascontiguousarray(cols).tobytes())
+        if digests is not None:
+            h.update(np.ascontiguousarray(np.asarray(digests, np.uint64)).tobytes())
         for p in payloads or ():
             h.update(bytes(p))
 

@@ -73,6 +73,7 @@ dual system moves them at **tick fences** (:class:`Fences`, ``DualSystem.run``).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
@@ -214,12 +215,22 @@ class _In:
         self.waiting = 0               # _Pay entries not resolved
         self.asked_bytes = 0           # payload bytes of the _Pay entries asked for, unstaged
         self.unasked = 0               # _Pay entries in fifo not asked for yet
+        # per GPU kernel (credits, in flight; zeroed when a reset boots a new kernel):
         self.pushed = 0
         self.done = 0                  # ingress tasks finished on the device (ok + fail)
         self.shed = 0                  # ingress records the device dropped at its door
+        # what the kernels before the current one did (reset_device adds the dead kernel's
+        # counts here): stats() shows base + current, so its counters never go back
+        self.base_pushed = 0
+        self.base_done = 0
+        self.base_shed = 0
         self.crossed = 0
         self.dead = 0
         self.det = False
+        # deterministic: messages taken off the bridge ring at the CPU kernel's tick
+        # boundaries (``Bridge.det_hold_inbound``), for the next fence, in channel order
+        self.det_held: list = []
+        self.det_held_n = 0
         # the last records sent to the device (ingress, in send order), kept so that a reset
         # can name what was inside the GPU kernel: at most window + the device channel's
         # capacity can be unfinished there (credits), so that many are kept
@@ -394,6 +405,7 @@ class Bridge:
         self.max_retries = int(max_retries)
         self.backoff = retry_backoff_us * 1e-6
         self.lock = threading.RLock()
+        self._det_lock = threading.Lock()  # deterministic bridge rings (det_hold_inbound)
         self.ins: list[_In] = []
         self.outs: dict[int, _Out] = {}
         self.by_name = {}
@@ -448,7 +460,8 @@ class Bridge:
                       records_in=0, retries=0, failed_transfers=0, payload_copies=0,
                       payload_bytes=0, inline_crossings=0, alloc_fail=0, dead_lettered=0,
                       credits_granted=0, service_records=0, service_resent=0, alloc_retries=0,
-                      resets=0, reset_lost=0, reset_redelivered=0, direct_sends=0, helped=0)
+                      resets=0, reset_lost=0, reset_redelivered=0, direct_sends=0, helped=0,
+                      halt_leftovers=0)
         self._rx_types = [st.rx_type for st in self.ins]
         self._last_io = 0.0                # monotonic time of the last transfer either way
         self._thread = None
@@ -1174,6 +1187,10 @@ class Bridge:
         did = False
         for st in self.ins:
             if st.det:
+                # (a fence's messages are taken by det_take_inbound; those whose payload
+                # blocks came later go on to the device here, in channel order)
+                if st.fifo:
+                    did |= self._fifo_to_stage(st)
                 continue
             room = st.window - st.inflight() - st.fifo_n
             if room <= 0 or st.sub.ring.tail == st.sub.ring.head:
@@ -1527,6 +1544,11 @@ class Bridge:
                 acct["per_channel"][st.bc.name] = {"lost": lost, "named": named}
                 st.sent.clear()
                 st.sent_n = 0
+                # the dead kernel's counts go to the cumulative base; the new kernel's
+                # bookkeeping (credits, in flight) starts from 0
+                st.base_pushed += max(0, sent_total)
+                st.base_done += st.done
+                st.base_shed += st.shed
                 st.done = 0
                 st.shed = 0
                 st.pushed = 0
@@ -1655,16 +1677,38 @@ class Bridge:
         acct["device_tasks"] = left
 
     # -- deterministic channels (tick fences) ----------------------------------------------------
-    def det_take_inbound(self) -> list:
-        """Every message waiting on deterministic CPU -> GPU channels, in (channel, seq) order,
-        as [(channel, records)]."""
-        out = []
-        with self.lock:
+    def det_hold_inbound(self) -> int:
+        """At a CPU kernel tick boundary (``DualSystem`` hooks it into the tick stage's
+        boundary, after the CPU channels delivered the tick): take what deterministic CPU ->
+        GPU channels' bridge rings hold and keep it for the next fence, in channel order. The
+        ring has room again, so a producer that found it full (CHAN_FULL, ``wait_``) gets in on
+        a later CPU tick instead of keeping the CPU kernel busy forever; which messages are
+        held depends only on the CPU's deterministic ticks. Returns how many were taken."""
+        n = 0
+        with self._det_lock:
             for st in self.ins:
                 if st.det:
                     recs = st.sub.take()
                     if len(recs):
-                        out.append((st, T.copy(recs)))
+                        st.det_held.append(T.copy(recs))
+                        st.det_held_n += len(recs)
+                        n += len(recs)
+        return n
+
+    def det_take_inbound(self) -> list:
+        """Every message waiting on deterministic CPU -> GPU channels (held at CPU tick
+        boundaries, then what the bridge ring holds), in (channel, seq) order, as
+        [(channel, records)]."""
+        out = []
+        with self.lock, self._det_lock:
+            for st in self.ins:
+                if st.det:
+                    parts, st.det_held, st.det_held_n = st.det_held, [], 0
+                    recs = st.sub.take()
+                    if len(recs):
+                        parts.append(T.copy(recs))
+                    if parts:
+                        out.append((st, T.concat(parts) if len(parts) > 1 else parts[0]))
         return out
 
     def det_push(self, batches) -> int:
@@ -1682,19 +1726,48 @@ class Bridge:
                     self._fifo_to_stage(st)
             self._flush(True)
 
+    def det_digests(self, recs: np.ndarray, *, device: bool) -> np.ndarray:
+        """A 64-bit digest of each record's payload bytes (0: none), read from the GPU
+        kernel's arena (``device``: a GPU -> CPU record not copied in yet) or the CPU
+        kernel's: what the fences sort and hash by, besides the inline words. A payload that
+        cannot be read digests as its length only (the bridge names it when it copies)."""
+        out = np.zeros(len(recs), np.uint64)
+        lens = recs["payload_len"]
+        ptrs = recs["payload_ptr"]
+        for i in np.flatnonzero(lens).tolist():
+            n, ptr = int(lens[i]), int(ptrs[i])
+            try:
+                b = bytes(self.tx.read_payload(ptr, n) if device
+                          else self.sys.arena.view(ptr, n))
+            except Exception:   # noqa: BLE001 - unreadable: the copy names it
+                b = b""
+            out[i] = int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little")
+        return out
+
     def det_take_outbound(self) -> list:
         """This epoch's records of deterministic GPU -> CPU channels, per channel, sorted by
-        content (the device's own order depends on its worker interleaving)."""
+        content, payload bytes included (the device's own order depends on its worker
+        interleaving), as [(channel, records, payload digests)]."""
         out = []
         with self.lock:
             for st in self.outs.values():
                 if st.det and st.fence_buf:
                     recs = T.concat(st.fence_buf)
                     st.fence_buf = []
-                    order = np.lexsort((recs["payload_len"], recs["tenant"],
+                    dig = self.det_digests(recs, device=True)
+                    order = np.lexsort((dig, recs["payload_len"], recs["tenant"],
                                         recs["flags"] & 3, recs["meta1"], recs["meta0"]))
-                    out.append((st, recs[order]))
+                    out.append((st, recs[order], dig[order]))
         return out
+
+    def det_pending(self) -> bool:
+        """Deterministic traffic waits for a fence: messages on a deterministic CPU -> GPU
+        channel's bridge ring or held at a CPU tick boundary, or GPU output of a deterministic
+        GPU -> CPU channel not delivered yet."""
+        for st in self.ins:
+            if st.det and (st.det_held_n or st.sub.ring.tail != st.sub.ring.head):
+                return True
+        return any(st.det and st.fence_buf for st in self.outs.values())
 
     def det_deliver(self, st: _Out, recs: np.ndarray) -> int:
         """Emit a fence's records into the CPU channel in the given order (canonical)."""
@@ -1707,10 +1780,14 @@ class Bridge:
         return len(recs)
 
     # -- state ----------------------------------------------------------------------------------
-    def idle(self, *, refresh: bool = True) -> bool:
-        """Nothing on its way in either direction (device-side work aside)."""
+    def idle(self, *, refresh: bool = True, fenced: bool = True) -> bool:
+        """Nothing on its way in either direction (device-side work aside). ``fenced``
+        (default): deterministic traffic waiting for a tick fence (``det_pending``) counts as
+        on its way; False: it does not (the fence loop's wait for one fence's transfers)."""
         with self.lock:
             if self._stage_n or self._pending_alloc or self._releases:
+                return False
+            if fenced and self.det_pending():
                 return False
             for st in self.outs.values():
                 if st.ready or st.uncopied or st.reorder or st.grant:
@@ -1736,10 +1813,11 @@ class Bridge:
                 chans[st.bc.name] = {
                     "direction": "cpu->gpu", "type": st.bc.type_name, "mode": st.bc.mode,
                     "guarantee": st.bc.guarantee, "deterministic": st.det,
-                    "window": st.window, "pushed": st.pushed, "done_on_device": st.done,
-                    "in_flight": st.inflight(), "dropped_on_device": st.shed,
+                    "window": st.window, "pushed": st.base_pushed + st.pushed,
+                    "done_on_device": st.base_done + st.done,
+                    "in_flight": st.inflight(), "dropped_on_device": st.base_shed + st.shed,
                     "waiting_payload": st.waiting, "dead": st.dead,
-                    "bridge_ring": len(st.sub.ring)}
+                    "bridge_ring": len(st.sub.ring), "fence_held": st.det_held_n}
             for st in self.outs.values():
                 chans[st.bc.name] = {
                     "direction": "gpu->cpu", "type": st.bc.type_name, "mode": st.bc.mode,
@@ -1747,7 +1825,8 @@ class Bridge:
                     "window": st.window, "crossed": st.crossed, "next_seq": st.next_seq,
                     "reorder": len(st.reorder), "waiting_for_room": st.ready_n,
                     "waiting_for_memory": st.uncopied_n,
-                    "refused_batches": st.full, "dead": st.dead}
+                    "refused_batches": st.full, "dead": st.dead,
+                    "fence_held": sum(len(a) for a in st.fence_buf)}
             d["channels"] = chans
             d["device_out"] = sum(len(x) for x in self.device_out)
             d["errors"] = len(self.errors)
@@ -1758,8 +1837,9 @@ class Bridge:
         """After the GPU kernel stopped: whatever the bridge still holds goes to sys.error with
         ``code`` (nothing accepted is lost silently). Returns how many."""
         n = 0
-        with self.lock:
+        with self.lock, self._det_lock:
             for st in self.ins:
+                n0 = n
                 for x in st.fifo:
                     if isinstance(x, np.ndarray):
                         r = T.copy(x)
@@ -1773,14 +1853,17 @@ class Bridge:
                         self._to_sys_error(r, code, release=True)
                         n += 1
                 st.fifo.clear()
-                st.fifo_n = st.asked_bytes = st.unasked = 0
-                rest = st.sub.take()
-                if len(rest):
-                    self._to_sys_error(T.copy(rest), code, release=True)
-                    n += len(rest)
+                st.fifo_n = st.asked_bytes = st.unasked = st.waiting = 0
+                for rest in st.det_held + [st.sub.take()]:
+                    if len(rest):                 # (CPU channel messages: payloads theirs)
+                        self._to_sys_error(T.copy(rest), code, release=True)
+                        n += len(rest)
+                st.det_held, st.det_held_n = [], 0
+                st.dead += n - n0
             self._pending_alloc.clear()
             self._alloc_retry = []
             for st in self.outs.values():
+                n0 = n
                 recs, _, live = st.reorder.merged()
                 for arr in st.ready:              # (payloads in the CPU arena: theirs now)
                     self._to_sys_error(arr, code, release=True)
@@ -1789,6 +1872,7 @@ class Bridge:
                     if len(arr):                  # (payloads in the stopped device's arena)
                         self._to_sys_error(arr, code)
                         n += len(arr)
+                st.dead += n - n0
                 st.ready.clear()
                 st.uncopied.clear()
                 st.ready_n = st.uncopied_n = 0
@@ -1805,4 +1889,8 @@ class Bridge:
                     part["type"] = st.bc.type_id
                     self._to_sys_error(part, code)
                     n += len(part)
+                    st.dead += len(part)
+                    # (counted in ``pushed`` when staged, never sent: not pushed after all)
+                    st.pushed = max(0, st.pushed - len(part))
+            self.c["halt_leftovers"] += n
         return n

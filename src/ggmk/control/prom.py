@@ -86,13 +86,20 @@ class GgmkCollector:
             tr.add_metric([fate], v)
         yield tr
         if snap["dual"]:
-            g = (s.get("gpu") or {}).get("global", {})
-            gm = GaugeMetricFamily("ggmk_gpu_metric", "GPU kernel global metrics (published)",
-                                   labels=["name"])
+            gpu = s.get("gpu") or {}
+            g = gpu.get("global", {})
+            # (cumulative over device resets: DualSystem.gpu_metrics; high watermarks the
+            # largest seen)
+            gm = GaugeMetricFamily("ggmk_gpu_metric", "GPU kernel global metrics (published; "
+                                   "counters summed over device resets)", labels=["name"])
             for name, v in g.items():
                 if _num(v):
                     gm.add_metric([_NAME_RE.sub("_", name)], v)
             yield gm
+            if _num(gpu.get("kernel_resets")):
+                yield CounterMetricFamily("ggmk_gpu_kernel_resets",
+                                          "GPU kernels replaced by a device reset",
+                                          value=gpu["kernel_resets"])
             b = s.get("bridge") or {}
             bm = GaugeMetricFamily("ggmk_bridge_metric", "Bridge counters", labels=["name"])
             for name, v in b.items():

@@ -57,19 +57,28 @@ def gpu_row(srv, gm: dict | None) -> dict:
     kern = getattr(sys_, "kernel", None)
     alive = kern is not None and kern.alive() and srv.state == "running"
     gl = (gm or {}).get("global", {})
+    # gauges (its loop count, tasks queued) are the live kernel's own; the counters are
+    # cumulative over resets when ``gm`` is (``DualSystem.gpu_metrics``)
+    live = (gm or {}).get("live_global", gl)
     types = (gm or {}).get("types", {})
     user = set(srv.gpu_types)
     done = sum(v.get("ok", 0) for t, v in types.items() if int(t) in user)
     fail = sum(v.get("fail", 0) for t, v in types.items() if int(t) in user)
     return {"name": "gpu", "state": srv.state if alive else "stopped",
             "target": getattr(sys_, "target", None), "workers": (gm or {}).get("workers"),
-            "tick": gl.get("loops", 0), "tasks_done": done, "errors": fail,
+            "tick": live.get("loops", 0), "tasks_done": done, "errors": fail,
             "dropped": gl.get("dropped", 0) + gl.get("chan_dropped", 0),
             "dispatched": gl.get("dispatched", 0),
-            "queued": max(0, gl.get("enqueued", 0) - gl.get("dispatched", 0))}
+            "queued": max(0, live.get("enqueued", 0) - live.get("dispatched", 0)),
+            "resets": (gm or {}).get("kernel_resets", 0)}
 
 
 def gpu_metrics(srv) -> dict | None:
+    """The GPU kernel's metrics: counters cumulative over device resets where the system
+    keeps them (``DualSystem.gpu_metrics``), else the kernel's own."""
+    cum = getattr(srv.system, "gpu_metrics", None)
+    if callable(cum):
+        return cum()
     kern = getattr(srv.system, "kernel", None)
     if kern is None:
         return None
