@@ -14,10 +14,12 @@ threads: publisher and main; the device process); transfers_per_task; GPU -> CPU
 at batch sizes 8/64/512; round trip p50/p99 (one message CPU -> GPU -> CPU, the host waiting
 on an Event the CPU handler sets) and roundtrip_stages_p50_us (the time from the publish call
 to: its transfer to the device, the publish call's return, the transfer back, the CPU handler,
-the publisher woken); peers in the same run: multiprocessing.Queue (one record
+the publisher woken), back to back or ``--rt-gap-ms`` apart (a sporadic request, every
+thread asleep when it comes); peers in the same run: multiprocessing.Queue (one record
 per message) and a multiprocessing pipe with 64-record numpy batches (send_bytes).
 
     .venv/bin/python bench/bridge.py [--n 200000] [--mode process|inproc] [--device cpu|cuda|...]
+                                     [--rt-gap-ms 0]
 
 ``--device``: the GPU kernel's target (default ``cpu``; ``auto`` = ``cuda`` where a GPU is
 present). On ``cuda`` the same run also measures ``peer_cuda_copy_tasks_per_s``: the loop a
@@ -167,10 +169,16 @@ def main():
     ap.add_argument("--no-direct", action="store_true",
                     help="the pump sends every CPU -> GPU message (no send from the "
                          "publishing thread)")
+    ap.add_argument("--rt-gap-ms", type=float, default=0.0,
+                    help="idle time between the round trips (ms; default 0: back to back): "
+                         "a sporadic request finds every thread asleep")
     a = ap.parse_args()
+    if not 0 <= a.rt_gap_ms < 1000:
+        ap.error(f"--rt-gap-ms {a.rt_gap_ms}: allowed 0 <= ms < 1000")
     n = a.n
     dp = a.mode == "process"
     out = {"target": "cpu", "mode": a.mode, "loadavg_1m": round(os.getloadavg()[0], 2),
+           "roundtrip_gap_ms": a.rt_gap_ms,
            "cpus": os.cpu_count(), "pump_helps_on": a.host_helps, "direct": not a.no_direct}
 
     def _boot(**kw):
@@ -232,6 +240,8 @@ def main():
         ch = s.channel("cpu.in")
         try:
             for i in range(300):
+                if a.rt_gap_ms:
+                    time.sleep(a.rt_gap_ms / 1e3)
                 W.REC.clear()
                 handled[0] = 0
                 t0 = time.perf_counter_ns()
