@@ -558,3 +558,44 @@ def test_mixed_batches_close_every_task_start_on_the_workers_own_track():
         fails += int((c == E.TASK_FAIL).sum())
     assert ends == st["ok"] + st["wait"], (ends, st)
     assert fails == st["fail"] == n // 2
+
+
+def test_a_failure_a_channels_error_handler_takes_is_traced_on_the_workers_track():
+    """A failed channel message that the channel's error handler takes (not sys.error) still
+    gets its TASK_FAIL on the worker's own ring, closing its TASK_START; one that goes to
+    sys.error gets exactly one."""
+    from ggmk.core.module import Module
+    from ggmk.events import SAMPLED_BIT, EventType as E
+    m = Module("failing")
+
+    @m.handler("MSG")
+    def fails(ctx):
+        return -7
+
+    @m.handler("OTHER")
+    def fails2(ctx):
+        return -8
+
+    seen = []
+    with boot([m], hal="threads", workers=2, trace_level="all", host_helps=False) as s:
+        a = s.open("with.handler", "MSG", error_handler=lambda r, c: seen.extend(c.tolist()))
+        a.subscribe("MSG")
+        b = s.open("without.handler", "OTHER")
+        b.subscribe("OTHER")
+        for i in range(50):
+            assert a.publish(meta0=i) == 0 and b.publish(meta0=i) == 0
+        assert s.run(timeout=30)
+        rings = _rings(s)
+        nw = s.nworkers
+    assert seen == [-7] * 50
+    code = lambda ev: ev["event"] & (SAMPLED_BIT - 1)          # noqa: E731
+    fails = {-7 & 0xFFFFFFFF: 0, -8 & 0xFFFFFFFF: 0}
+    for ev in rings[:nw]:
+        c = code(ev)
+        starts = int((c == E.TASK_START).sum())
+        f = c == E.TASK_FAIL
+        assert starts == int(f.sum())                  # every start closed by its failure
+        for v in ev["arg1"][f].tolist():
+            fails[v] += 1
+    assert fails == {-7 & 0xFFFFFFFF: 50, -8 & 0xFFFFFFFF: 50}
+    assert not (code(rings[nw]) == E.TASK_FAIL).any()

@@ -437,16 +437,13 @@ class System:
             recs["payload_ptr"] = 0
         if worker is None:
             worker = self.calling_worker()
-        if not failed:
+        if not failed:                  # (a failure's count and TASK_FAIL came from `fail`)
             if worker >= 0:
                 self.metrics_shard[worker].add_types(TypeCounter.DROPPED, recs["type"])
             else:
                 with self._host_lock:
                     self.host_shard.add_types(TypeCounter.DROPPED, recs["type"])
-        self.tracer.emit_batch(worker if worker >= 0 else self.nworkers, EventType.TASK_FAIL,
-                               recs, arg0=recs["seq"],
-                               arg1=np.full(len(recs), int(code) & 0xFFFFFFFF) if np.isscalar(code)
-                               else np.asarray(code).astype(np.int64) & 0xFFFFFFFF)
+            self._trace_fail(worker, recs, code)
         if self.channels is not None:
             self.channels.to_sys_error(recs, code)
         else:
@@ -506,12 +503,23 @@ class System:
             with self._host_lock:
                 self.host_shard.add_types(TypeCounter.ENQUEUED, types)
 
+    def _trace_fail(self, worker: int, recs, code) -> None:
+        """TASK_FAIL per record (arg0 = seq, arg1 = its code) on ``worker``'s ring (-1: the
+        host's)."""
+        self.tracer.emit_batch(worker if worker >= 0 else self.nworkers, EventType.TASK_FAIL,
+                               recs, arg0=recs["seq"],
+                               arg1=np.full(len(recs), int(code) & 0xFFFFFFFF) if np.isscalar(code)
+                               else np.asarray(code).astype(np.int64) & 0xFFFFFFFF)
+
     def fail(self, recs, codes, t: int, worker: int) -> None:
         """A handler failed these tasks of type ``t`` for good (a failure code, exhausted
         retries, too many yields), on ``worker`` (its metrics shard and trace ring): count them
         in ``fail`` (once: not in ``dropped`` too) and toward poison, then the channel's error
         handler (channel messages on a channel that has one), else sys.error."""
         self.metrics_shard[worker].add_type(TypeCounter.FAIL, t, len(recs))
+        # TASK_FAIL here, for those a channel's error handler takes too: each closes its
+        # TASK_START on this worker's track
+        self._trace_fail(worker, recs, codes)
         if self.poison.record(t, len(recs), self.tick):
             self.tracer.emit(worker, EventType.POISON, 0, t, self.poison.rate(t, self.tick), 0,
                              force=True)
