@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import threading
 from dataclasses import dataclass
 
 from .errors import GpuConfigError
@@ -38,6 +39,19 @@ def parse_size(option: str, value) -> int:
         if m:
             return int(m.group(1)) * _UNITS[m.group(2).upper()]
     raise GpuConfigError(option, value, "must be a number of bytes (int, or '512M', '2G')")
+
+
+def _same(a, b) -> bool:
+    """Do two values of one option agree (``"64M"`` and ``67108864`` do; ``True`` and ``1``
+    do not)?"""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    try:
+        if a == b:
+            return True
+        return parse_size("", a) == parse_size("", b)
+    except (GpuConfigError, TypeError, ValueError):
+        return False
 
 
 def _int(option: str, value, minimum: int) -> int:
@@ -75,24 +89,36 @@ class GpuConfig:
     @classmethod
     def make(cls, config: "GpuConfig | dict | None" = None, **options) -> "GpuConfig":
         """A validated config from a GpuConfig, a dict and/or keywords (GhostNV names such as
-        ``gpu_memory_size`` are accepted); unknown options are an error naming them."""
+        ``gpu_memory_size`` are accepted; a keyword overrides ``config``); unknown options are
+        an error naming them, and so is an option given twice in one place (dict or keywords)
+        under its name and its GhostNV alias with different values."""
         base: dict = {}
         if isinstance(config, GpuConfig):
             base = dataclasses.asdict(config)
         elif isinstance(config, dict):
-            base = dict(config)
+            base = cls._normalize(config)
         elif config is not None:
             raise GpuConfigError("config", config, "must be a GpuConfig, a dict or None")
-        base.update(options)
+        base.update(cls._normalize(options))
+        return cls(**base).validate()
+
+    @classmethod
+    def _normalize(cls, options: dict) -> dict:
+        """``options`` under canonical names; an unknown name, or a name and its alias that
+        disagree, is a :class:`GpuConfigError` naming them."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        norm = {}
-        for k, v in base.items():
+        norm: dict = {}
+        given: dict = {}                # canonical name -> the name it was given under
+        for k, v in options.items():
             key = ALIASES.get(k, k)
             if key not in fields:
                 raise GpuConfigError(k, v, "unknown option; known: " + ", ".join(sorted(fields))
                                      + " (GhostNV aliases: " + ", ".join(sorted(ALIASES)) + ")")
-            norm[key] = v
-        return cls(**norm).validate()
+            if key in norm and not _same(norm[key], v):
+                raise GpuConfigError(k, v, f"conflicts with {given[key]}={norm[key]!r} (the "
+                                           f"same option under two names); give one of them")
+            norm[key], given[key] = v, k
+        return norm
 
     def validate(self) -> "GpuConfig":
         """Check every option; returns a copy with sizes as ints and the timeout as a float."""
@@ -107,6 +133,10 @@ class GpuConfig:
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
             raise GpuConfigError("command_timeout_ms", t,
                                  "must be a finite number of milliseconds > 0")
+        if t / 1000.0 > threading.TIMEOUT_MAX:     # the platform's waits overflow past it
+            raise GpuConfigError("command_timeout_ms", t,
+                                 f"is too large: must be at most "
+                                 f"{threading.TIMEOUT_MAX * 1000:g} ms (threading.TIMEOUT_MAX)")
         slots = _int("payload_slots", self.payload_slots, 1)
         size = parse_size("payload_slot_size", self.payload_slot_size)
         if size < 8 or size % 8:

@@ -27,11 +27,16 @@ def _is_int(v) -> bool:
 
 
 def _timeout(value, default: float, what: str) -> float:
+    """``value`` (seconds) checked, or ``default`` when None. Above ``threading.TIMEOUT_MAX``
+    (about 292 years) the platform's waits overflow, so such a value is refused, not capped."""
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not math.isfinite(value) or value < 0:
         raise GpuDriverError(f"{what}: timeout={value!r} must be a finite number of seconds >= 0")
+    if value > threading.TIMEOUT_MAX:
+        raise GpuDriverError(f"{what}: timeout={value!r} is too large: must be at most "
+                             f"{threading.TIMEOUT_MAX:g} s (threading.TIMEOUT_MAX)")
     return float(value)
 
 
@@ -94,7 +99,10 @@ class Fence:
             return None
         i, exc = err
         if isinstance(exc, ContextDestroyed):
-            return exc
+            e = ContextDestroyed(f"gpu_drv: {self.name}: {exc}")   # names fence and context
+            e.fence = self
+            e.__cause__ = exc
+            return e
         cmd = self._cmds[i] if i < len(self._cmds) else None
         e = CommandError(self, i, cmd, exc)
         e.__cause__ = exc
@@ -195,7 +203,7 @@ class PayloadPool:
     def put(self, data) -> PoolSlot:
         """Take a slot and upload ``data`` (bytes or an array) into it with a Write command;
         ``slot.fence`` signals when it landed."""
-        raw = _as_bytes(data, "put")
+        raw = _as_bytes(data, f"payload pool {self.name!r}: put")
         slot = self.alloc(len(raw))
         try:
             slot.fence = self.context.submit([C.Write(self.mem, raw, slot.offset)])
@@ -222,7 +230,14 @@ class PayloadPool:
 def _as_bytes(data, what: str) -> np.ndarray:
     """A private uint8 copy of host data."""
     if isinstance(data, np.ndarray):
-        return np.ascontiguousarray(data).reshape(-1).view(np.uint8).copy()
+        if data.dtype.hasobject:
+            raise GpuDriverError(f"{what}: data is a NumPy array of dtype {data.dtype}; it must "
+                                 f"hold plain numbers or bytes (no Python objects)")
+        try:
+            return np.ascontiguousarray(data).reshape(-1).view(np.uint8).copy()
+        except (TypeError, ValueError) as e:
+            raise GpuDriverError(f"{what}: data (a NumPy array of dtype {data.dtype}, shape "
+                                 f"{data.shape}) cannot be taken as bytes: {e}") from None
     if isinstance(data, (bytes, bytearray, memoryview)):
         return np.frombuffer(bytes(data), np.uint8).copy()
     raise GpuDriverError(f"{what}: data must be bytes, bytearray, memoryview or a NumPy array, "
@@ -328,7 +343,7 @@ class Context:
     def payload_pool(self, slots: int | None = None, slot_size: int | None = None,
                      name: str = "payload", kind: str = "device") -> PayloadPool:
         """Create the pool ``name`` (defaults: config ``payload_slots`` x ``payload_slot_size``),
-        or return it if it exists with the same shape."""
+        or return it if it exists with the same shape and ``kind``."""
         cfg = self.driver.config
         slots = cfg.payload_slots if slots is None else slots
         slot_size = cfg.payload_slot_size if slot_size is None else slot_size
@@ -337,13 +352,18 @@ class Context:
         if not _is_int(slot_size) or slot_size < 8 or slot_size % 8:
             raise GpuConfigError("payload_slot_size", slot_size,
                                  "must be a positive multiple of 8 bytes")
+        if kind not in KINDS:
+            raise GpuDriverError(f"payload_pool {name!r}: kind={kind!r} must be one of "
+                                 f"{', '.join(KINDS)}")
         with self._lock:
             self._check_alive("payload_pool")
             pool = self._pools.get(name)
             if pool is not None:
-                if (pool.slots, pool.slot_size) != (slots, slot_size):
+                if (pool.slots, pool.slot_size, pool.mem.kind) != (slots, slot_size, kind):
                     raise GpuDriverError(f"payload_pool: context {self.id} already has pool "
-                                         f"{name!r} with {pool.slots} x {pool.slot_size} B")
+                                         f"{name!r} with {pool.slots} x {pool.slot_size} B of "
+                                         f"{pool.mem.kind} memory (asked: {slots} x {slot_size} B "
+                                         f"of {kind} memory)")
                 return pool
             pool = self._pools[name] = PayloadPool(self, name, int(slots), int(slot_size), kind)
             return pool
@@ -360,15 +380,30 @@ class Context:
                 self._free(pool.mem)
 
     # -- commands -------------------------------------------------------------------------------
-    def _range(self, i, cmd, mem, off, n, what):
+    @staticmethod
+    def _field_int(i, cmd, field: str, value) -> int:
+        """A command's byte offset / count: an integer >= 0 (the error names command and field)."""
+        if not _is_int(value) or value < 0:
+            raise GpuDriverError(f"command {i} ({type(cmd).__name__}): {field}={value!r} must be "
+                                 f"an integer >= 0")
+        return int(value)
+
+    def _offset(self, i, cmd, mem: GpuMemory, field: str, value) -> int:
+        """A checked offset into ``mem``: 0 .. mem.nbytes (the end itself is an empty range)."""
+        off = self._field_int(i, cmd, field, value)
+        if off > mem.nbytes:
+            raise GpuDriverError(f"command {i} ({type(cmd).__name__}): {field}={off} is past the "
+                                 f"end of {mem!r} (allowed 0..{mem.nbytes})")
+        return off
+
+    def _range(self, i, cmd, mem, off, n, what, field="offset"):
         mem = self._own(mem, f"command {i} ({type(cmd).__name__})")
-        if not _is_int(off) or off < 0 or not _is_int(n) or n < 0:
-            raise GpuDriverError(f"command {i} ({type(cmd).__name__}): {what} offset={off!r}, "
-                                 f"nbytes={n!r} must be integers >= 0")
+        off = self._offset(i, cmd, mem, field, off)
+        n = self._field_int(i, cmd, "nbytes", n)
         if off + n > mem.nbytes:
             raise GpuDriverError(f"command {i} ({type(cmd).__name__}): {what} bytes "
                                  f"[{off}, {off + n}) are outside {mem!r}")
-        return mem._h, int(off), int(n)
+        return mem._h, off, n
 
     def _resolve(self, i: int, cmd) -> tuple:
         if _is_int(cmd):
@@ -383,7 +418,8 @@ class Context:
                 raise GpuDriverError(f"command {i} (Fill): value={cmd.value!r} must be a byte "
                                      f"(0..255)")
             mem = self._own(cmd.mem, f"command {i} (Fill)")
-            n = mem.nbytes - cmd.offset if cmd.nbytes is None else cmd.nbytes
+            n = mem.nbytes - self._offset(i, cmd, mem, "offset", cmd.offset) \
+                if cmd.nbytes is None else cmd.nbytes
             h, off, n = self._range(i, cmd, mem, cmd.offset, n, "fill")
             return ("fill", h, off, n, int(cmd.value))
         if isinstance(cmd, C.Write):
@@ -396,14 +432,24 @@ class Context:
                     or not out.flags.writeable:
                 raise GpuDriverError(f"command {i} (Read): out must be a writable C-contiguous "
                                      f"NumPy array")
-            flat = out.reshape(-1).view(np.uint8)
+            if out.dtype.hasobject:
+                raise GpuDriverError(f"command {i} (Read): out is a NumPy array of dtype "
+                                     f"{out.dtype}; it must hold plain numbers or bytes (no "
+                                     f"Python objects)")
+            try:
+                flat = out.reshape(-1).view(np.uint8)
+            except (TypeError, ValueError) as e:
+                raise GpuDriverError(f"command {i} (Read): out (dtype {out.dtype}, shape "
+                                     f"{out.shape}) cannot be filled as bytes: {e}") from None
             h, off, _ = self._range(i, cmd, cmd.mem, cmd.offset, len(flat), "read")
             return ("read", h, off, flat)
         if isinstance(cmd, C.Copy):
             src = self._own(cmd.src, f"command {i} (Copy)")
-            n = src.nbytes - cmd.src_offset if cmd.nbytes is None else cmd.nbytes
-            sh, soff, n = self._range(i, cmd, src, cmd.src_offset, n, "source")
-            dh, doff, _ = self._range(i, cmd, cmd.dst, cmd.dst_offset, n, "destination")
+            n = src.nbytes - self._offset(i, cmd, src, "src_offset", cmd.src_offset) \
+                if cmd.nbytes is None else cmd.nbytes
+            sh, soff, n = self._range(i, cmd, src, cmd.src_offset, n, "source", "src_offset")
+            dh, doff, _ = self._range(i, cmd, cmd.dst, cmd.dst_offset, n, "destination",
+                                      "dst_offset")
             return ("copy", dh, doff, sh, soff, n)
         if isinstance(cmd, C.Call):
             if not self._b.supports_call:
@@ -466,40 +512,57 @@ class Context:
         the accounting: freed allocations and bytes, pools, fences waited for, cancelled (never
         ran) and still running (a batch that started cannot be interrupted: its fence signals
         when it returns; ``stopped`` is False then)."""
+        t = _timeout(timeout, self.driver.config.command_timeout, f"destroy(context {self.id})")
         with self._lock:
             if not self.alive:
                 return dict(self.report or {})
             self.alive = False
             pending = [f for f in self._pending if not f.done()]
-        t = _timeout(timeout, self.driver.config.command_timeout, f"destroy(context {self.id})")
         deadline = time.monotonic() + t
-        for f in pending:
-            self._b.wait(f._token, max(0.0, deadline - time.monotonic()))
-        cancelled = self._b.cancel_pending()
-        running = sum(1 for f in pending if not f.done())     # started, cannot be interrupted
-        with self._lock:
-            pools = len(self._pools)
-            for p in list(self._pools.values()):
-                with p._lock:
-                    p.destroyed = True
-            self._pools.clear()
-            for mem, view in list(self._maps.items()):
-                try:
-                    self._b.unmap(mem._h, view)
-                except Exception:       # destroy frees regardless
-                    pass
-            self._maps.clear()
-            n = len(self._mems)
-            nbytes = sum(m.nbytes for m in self._mems.values())
-            for mem in list(self._mems.values()):
-                self._free(mem)
-            self._pending.clear()
-        stopped = self._b.close(max(0.0, deadline - time.monotonic()) or 0.001)
-        self.driver._forget(self)
-        self.report = {"context": self.id, "freed_allocations": n, "freed_bytes": nbytes,
-                       "pools": pools, "fences_waited": len(pending),
-                       "fences_cancelled": cancelled, "fences_running": running,
-                       "stopped": stopped}
+        cancelled = running = pools = n = nbytes = 0
+        stopped = False
+        errors: list[BaseException] = []
+        try:
+            for f in pending:
+                self._b.wait(f._token, max(0.0, deadline - time.monotonic()))
+            cancelled = self._b.cancel_pending()
+            running = sum(1 for f in pending if not f.done())  # started, cannot be interrupted
+        finally:                # whatever failed above, the context's memory and worker go
+            with self._lock:
+                pools = len(self._pools)
+                for p in list(self._pools.values()):
+                    with p._lock:
+                        p.destroyed = True
+                self._pools.clear()
+                for mem, view in list(self._maps.items()):
+                    try:
+                        self._b.unmap(mem._h, view)
+                    except Exception:       # destroy frees regardless
+                        pass
+                self._maps.clear()
+                n = len(self._mems)
+                nbytes = sum(m.nbytes for m in self._mems.values())
+                for mem in list(self._mems.values()):
+                    try:
+                        self._b.free(mem._h)
+                    except Exception as e:  # noqa: BLE001 - the accounting is released anyway
+                        errors.append(e)
+                    mem.freed = True
+                    del self._mems[id(mem)]
+                    self.driver._release(mem.nbytes)
+                self._pending.clear()
+            try:
+                stopped = self._b.close(max(0.0, deadline - time.monotonic()) or 0.001)
+            finally:
+                self.driver._forget(self)
+                self.report = {"context": self.id, "freed_allocations": n, "freed_bytes": nbytes,
+                               "pools": pools, "fences_waited": len(pending),
+                               "fences_cancelled": cancelled, "fences_running": running,
+                               "stopped": stopped}
+        if errors:
+            raise GpuDriverError(f"destroy(context {self.id}): freeing {len(errors)} of {n} "
+                                 f"allocations failed in the backend (first: "
+                                 f"{type(errors[0]).__name__}: {errors[0]})") from errors[0]
         return dict(self.report)
 
     def __enter__(self) -> "Context":
@@ -661,10 +724,14 @@ class GpuDriver:
                **kernel_config):
         """Build (or load from cache) and start the persistent device kernel for ``modules`` on
         this backend's target; returns the running :class:`ggmk.device.DeviceKernel`."""
+        if self.closed:
+            raise GpuDriverError("launch: the driver is closed")
         if not self.config.enable_compute:
             raise GpuDriverError("launch: compute is disabled (config enable_compute=False)")
         from ggmk.device import DeviceKernel
         with self._klock:
+            if self.closed:
+                raise GpuDriverError("launch: the driver is closed")
             if self._kernel is not None and self._kernel.alive():
                 raise GpuDriverError("launch: the persistent kernel is already running; "
                                      "reset() relaunches it, stop_kernel() stops it")
@@ -691,8 +758,12 @@ class GpuDriver:
         """Stop the persistent kernel (a kernel that does not stop within ``timeout`` is
         abandoned: its state is never reused) and launch it again with the same modules and
         options; returns the new DeviceKernel. ``last_reset`` says how the stop went."""
+        if self.closed:
+            raise GpuDriverError("reset: the driver is closed")
         from ggmk.device import DeviceKernel
         with self._klock:
+            if self.closed:
+                raise GpuDriverError("reset: the driver is closed")
             if self._kernel_args is None:
                 raise GpuDriverError("reset: no kernel was launched (call launch(modules) first)")
             err = None
@@ -769,20 +840,34 @@ class GpuDriver:
         return out
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop the kernel, destroy every context, close an owned display."""
+        """Stop the kernel, destroy every context (each waits up to ``timeout`` s, default
+        ``command_timeout_ms``), close an owned display. A bad ``timeout`` changes nothing; a
+        step that fails does not stop the others: the first error is raised at the end."""
         if self.closed:
             return
+        t = _timeout(timeout, self.config.command_timeout, "close")
         self.closed = True
-        try:
+        first: BaseException | None = None
+
+        def step(fn, *args):
+            nonlocal first
+            try:
+                fn(*args)
+            except BaseException as e:      # noqa: BLE001 - raised after the other steps
+                if first is None:
+                    first = e
+
+        with self._klock:
             if self._kernel is not None:
-                self._kernel.stop()
-        finally:
-            for ctx in self.contexts:
-                ctx.destroy(timeout)
-            if self._display_owned and self._display is not None:
-                self._display.close()
-                self._display = None
-            self.backend.close()
+                step(self._kernel.stop)
+        for ctx in self.contexts:
+            step(ctx.destroy, t)
+        if self._display_owned and self._display is not None:
+            step(self._display.close)
+            self._display = None
+        step(self.backend.close)
+        if first is not None:
+            raise first
 
     def __enter__(self) -> "GpuDriver":
         return self

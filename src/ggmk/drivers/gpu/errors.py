@@ -57,7 +57,11 @@ class CommandError(GpuDriverError):
 
 
 class ContextDestroyed(GpuDriverError):
-    """The context was destroyed (a request on it, or a batch that never ran)."""
+    """The context was destroyed (a request on it, or a batch that never ran). For a batch,
+    ``Fence.error`` / ``wait`` give one whose message names the fence and its context and whose
+    ``fence`` is the :class:`Fence` (None otherwise)."""
+
+    fence = None
 
 
 def _short(command) -> str:

@@ -71,10 +71,17 @@ class KernelDriver:
         return k
 
     def close(self) -> None:
+        """Stop a kernel this object started next to the driver (the ``sim`` target: the driver
+        never saw it), then ``GpuDriver.close`` (which stops the driver's own kernel)."""
+        k = self.kernel
         try:
-            self.driver.close()
+            if k is not None and k is not self.driver.kernel:
+                k.stop()
         finally:
-            self.kernel = None
+            try:
+                self.driver.close()
+            finally:
+                self.kernel = None
 
 
 def open_for_kernel(target: str = "auto", **options) -> KernelDriver:
