@@ -94,6 +94,21 @@ def test_hw_json_gpu_drv_section():
     assert isinstance(plain, list) and len(plain) == len(d["pci"])   # the old shape is kept
 
 
+@pytest.mark.parametrize("args", [["hw"], ["hw", "-v"], ["hw", "--json"],
+                                  ["hw", "--json", "--gpu-drv"]])
+def test_hw_reports_a_pci_discovery_failure_without_a_traceback(monkeypatch, args):
+    from ggmk.drivers import pci
+
+    def boom(*a, **k):
+        raise PermissionError(13, "Permission denied", "/sys/bus/pci/devices")
+    monkeypatch.setattr(pci, "list_functions", boom)
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1, r.output                    # EXIT 1: the command failed
+    assert not isinstance(r.exception, PermissionError)  # handled, not a traceback
+    assert "Traceback" not in r.output
+    assert "PCI discovery failed" in r.output and "Permission denied" in r.output, r.output
+
+
 def test_new_writes_a_module_whose_test_passes_with_ggmk_test(tmp_path):
     r = CliRunner().invoke(cli, ["new", "greeter", "--dest", str(tmp_path)])
     assert r.exit_code == 0, r.output

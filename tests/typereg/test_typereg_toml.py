@@ -157,3 +157,69 @@ def test_type_id_beyond_the_kernel_tables_is_refused_at_load(tmp_path):
                              source="m.toml")
     with pytest.raises(BootError, match=r"invalid type 70000.*1\.\.65535"):
         HandlerDecl(70000, "h", "m")
+
+
+# ---------------------------------------------------------------------------------------------
+# limits and reserved names, path vs. text
+
+
+@pytest.mark.parametrize("payload, field, expect", [
+    ('{ b = "bytes[2000000000]", c = "bytes[2000000000]" }', "c", "fixed part"),
+    ('{ b = "bytes[2147483647]", n = "u8" }', "n", "fixed part"),
+    ('{ b = "bytes[3000000000]" }', "b", "bytes[3000000000]"),
+    ('{ b = "bytes[4294967295]" }', "b", "bytes[4294967295]"),
+])
+def test_fixed_part_over_2_31_is_refused_at_load(tmp_path, payload, field, expect):
+    p = tmp_path / "big.toml"
+    p.write_text(f"# big\n[types.BIG]\nid = 1\npayload = {payload}\n")
+    with pytest.raises(TypesError) as ei:
+        load_types(p)
+    msg = str(ei.value)
+    assert f"{p}:2: type BIG, field '{field}': " in msg and expect in msg, msg
+    assert "2147483647" in msg, msg                          # says what is allowed
+
+
+def test_fixed_part_at_2_31_minus_1_loads():
+    t = load_types('[types.BIG]\nid = 1\npayload = { b = "bytes[2147483646]", n = "u8" }\n'
+                   ).info("BIG")
+    assert t.fixed_size == 2**31 - 1 == t.dtype.itemsize and t.min_size == 2**31 - 1
+
+
+def test_register_refuses_a_fixed_part_over_2_31():
+    with pytest.raises(TypesError, match=r"register\(\): type BIG2, field 'b': .*fixed part"):
+        TypeRegistry().register("BIG2", payload={"a": "bytes[1500000000]",
+                                                 "b": "bytes[1500000000]"})
+
+
+@pytest.mark.parametrize("name", ["type", "record", "var", "keys", "to_dict", "__x"])
+def test_field_names_a_payload_view_shadows_are_refused(name):
+    with pytest.raises(TypesError) as ei:
+        load_types(f'[types.A]\nid = 1\npayload = {{ ok = "u8", {name} = "u8" }}\n')
+    msg = str(ei.value)
+    assert f"<string>:1: type A, field '{name}': " in msg and "reserved" in msg, msg
+    for word in ("type", "record", "var", "keys", "to_dict"):
+        assert word in msg
+    with pytest.raises(TypesError, match="reserved"):
+        TypeRegistry().register("B", payload={name: "u8"})
+
+
+def test_single_underscore_field_reads_as_attribute():
+    t = load_types('[types.A]\nid = 1\npayload = { _x = "u16" }\n').info("A")
+    assert t.view(t.encode({"_x": 7}))._x == 7
+
+
+def test_a_path_with_equals_or_bracket_is_a_path(tmp_path):
+    for name in ("x=1.toml", "a[1].toml"):
+        p = tmp_path / name
+        p.write_text("[types.A]\nid = 1\n")
+        reg = load_types(str(p))
+        assert reg.names() == ["A"] and reg.info("A").source == str(p)
+        man = tmp_path / ("m" + name)
+        man.write_text('[module]\nname = "m"\nversion = "1"\n')
+        assert load_module_manifest(str(man)).name == "m"
+    # one-line TOML text is still text; a missing plain path still says it cannot be read
+    assert load_types("types.PING.id = 5").id("PING") == 5
+    with pytest.raises(TypesError, match=r"nothere\.toml: cannot read"):
+        load_types(str(tmp_path / "nothere.toml"))
+    with pytest.raises(TypesError, match=r"invalid TOML.*no file of that name"):
+        load_types(str(tmp_path / "gone=1.toml"))

@@ -63,7 +63,10 @@ def demo(seconds: float, workers: int, seed: int) -> None:
                    "PCI list alone.")
 def hw(as_json: bool, verbose: bool, gpu_drv_json: bool) -> None:
     from ggmk.drivers import pci
-    fns = pci.list_functions()
+    try:
+        fns = pci.list_functions()
+    except Exception as e:   # e.g. sysfs unreadable: a clear message (exit 1), no traceback
+        raise click.ClickException(f"PCI discovery failed: {type(e).__name__}: {e}") from None
     if as_json and not gpu_drv_json:
         click.echo(json.dumps([f.to_dict() for f in fns], indent=2))   # the shape scripts use
         return

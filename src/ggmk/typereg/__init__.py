@@ -28,6 +28,10 @@ TOML order either way. A type without ``payload`` has an empty payload (inline-o
 
 Field types: ``u8 u16 u32 u64 i8 i16 i32 i64 f32 f64 bool`` (bool is one byte, 0 or 1),
 ``bytes[N]`` (exactly N bytes, N >= 1) and ``bytes`` (variable length; at most one, and last).
+The fixed part (all fields but ``bytes``) is at most ``MAX_FIXED_SIZE`` = 2**31-1 bytes (NumPy's
+record size is a C int). Field names are identifiers; ``type``, ``record``, ``var``, ``keys``,
+``to_dict`` and names starting with ``__`` are reserved (``PayloadView`` has attributes of those
+names, and ``v.name`` must read the field).
 
 Payload layout (the same bytes on CPU and GPU)::
 

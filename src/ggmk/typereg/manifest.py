@@ -11,7 +11,8 @@ from ggmk.typereg.decls import (MODULE_NAME_RE, ChannelDecl, HandlerDecl, _chann
                                 _handler_problems)
 from ggmk.typereg.registry import TypeRegistry
 from ggmk.typereg.schema import _Problems
-from ggmk.typereg.toml import _line_of, _parse_toml, _read_source, _types_from_table
+from ggmk.typereg.toml import (_line_of, _maybe_path, _parse_toml, _read_source,
+                               _types_from_table)
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,14 @@ def load_module_manifest(path_or_text: str | os.PathLike | bytes, *,
     """Load a ``module.toml`` (see the module docstring for its shape). Every problem is
     listed in one TypesError naming the file, line, module, and channel/handler.
 
+    ``path_or_text`` is read as in :func:`load_types`: a str with a newline is TOML text, a
+    one-line str naming an existing file is a path (``"/tmp/x=1.toml"`` too), else TOML text
+    if it contains '=' or '[', else a path; ``os.PathLike`` is a path, bytes are text.
+
     >>> man = load_module_manifest("module.toml"); [c.name for c in man.channels]
     """
     text, src, path = _read_source(path_or_text, source)
-    data = _parse_toml(text, src)
+    data = _parse_toml(text, src, maybe_path=_maybe_path(path_or_text, path))
     probs = _Problems(src)
     for k in data:
         if k not in ("module", "channel", "handler", "types"):

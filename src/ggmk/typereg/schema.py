@@ -23,6 +23,9 @@ MAX_TYPE_ID = 0xFFFF                # ids index the kernels' per-type tables (1 
 DEFAULT_MAX_YIELDS = 16
 MAX_YIELDS_LIMIT = 0xFFFF          # yield_count is a u16 in the task record
 _MAX_PAYLOAD = 0xFFFF_FFFF         # payload_len is a u32
+MAX_FIXED_SIZE = 2**31 - 1         # the fixed part is a NumPy record: its itemsize is a C int
+# PayloadView's own attributes: a field of one of these names would not read as ``v.name``
+RESERVED_FIELD_NAMES = ("type", "record", "var", "keys", "to_dict")
 
 TYPE_NAME_RE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*")
 FIELD_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -384,7 +387,7 @@ class PayloadView:
             self.record[name] = v
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name in PayloadView.__slots__:
+        if name.startswith("__") or name in PayloadView.__slots__:
             raise AttributeError(name)
         try:
             return self[name]
@@ -624,6 +627,11 @@ def _build_fields(payload: Any, line: int | None, tname: str,
             probs.add("invalid field name: use letters, digits and '_' (not first a digit)",
                       line=line, tname=tname, what=what)
             continue
+        if fname in RESERVED_FIELD_NAMES or fname.startswith("__"):
+            probs.add(f"field name {fname!r} is reserved: a payload view has its own "
+                      f"{', '.join(RESERVED_FIELD_NAMES)} (and '__' names), so v.{fname} would "
+                      f"not read the field; rename it", line=line, tname=tname, what=what)
+            continue
         if fname in seen:
             probs.add("duplicate field name", line=line, tname=tname, what=what)
             continue
@@ -633,6 +641,17 @@ def _build_fields(payload: Any, line: int | None, tname: str,
         except ValueError as e:
             probs.add(str(e), line=line, tname=tname, what=what)
             continue
+        if size > MAX_FIXED_SIZE:
+            probs.add(f"{kind}: N = {size} is too large: a fixed bytes field holds at most "
+                      f"{MAX_FIXED_SIZE} (2**31-1) bytes (use a variable 'bytes' field)",
+                      line=line, tname=tname, what=what)
+            continue
+        if offset + size > MAX_FIXED_SIZE:
+            probs.add(f"fixed part reaches {offset + size} bytes with this field: at most "
+                      f"{MAX_FIXED_SIZE} (2**31-1) bytes are allowed (the NumPy record size is"
+                      f" a C int); use a variable 'bytes' field", line=line, tname=tname,
+                      what=what)
+            break
         if var_name is not None:
             probs.add(f"variable-length field {var_name!r} (bytes) must be the last field, and"
                       " there can be only one", line=line, tname=tname,
@@ -642,9 +661,7 @@ def _build_fields(payload: Any, line: int | None, tname: str,
             var_name = fname
         fields.append(Field(fname, kind, offset, size))
         offset += size
-    if offset > _MAX_PAYLOAD - 4:
-        probs.add(f"fixed part is {offset} bytes, more than a u32 payload_len allows",
-                  line=line, tname=tname)
+    # (MAX_FIXED_SIZE also keeps min_size = fixed part + 4 within the u32 payload_len)
     # the variable field's offset is where its length prefix starts
     return tuple(Field(f.name, f.kind, offset, 0) if f.is_var else f for f in fields)
 

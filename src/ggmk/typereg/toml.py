@@ -19,15 +19,19 @@ from ggmk.typereg.schema import TypeInfo, _build_type, _Problems
 
 
 def _read_source(path_or_text: Any, source: str | None) -> tuple[str, str, str | None]:
-    """(text, source name for messages, path or None). A str is TOML text when it contains a
-    newline, '=' or '[', else a path; ``os.PathLike`` is always a path; bytes are text."""
+    """(text, source name for messages, path or None). ``os.PathLike`` is always a path and
+    bytes are always text. A str is TOML text when it contains a newline or is empty; else it
+    is a path when a file of that name exists (so ``/tmp/x=1.toml`` is a path); else TOML text
+    when it contains '=' or '[' (a one-line ``types.A.id = 1``), and a path (that cannot be
+    read) otherwise."""
     if isinstance(path_or_text, (bytes, bytearray)):
         try:
             return bytes(path_or_text).decode("utf-8"), source or "<string>", None
         except UnicodeDecodeError as e:
             raise TypesError(f"{source or '<string>'}: not UTF-8: {e}") from None
     if isinstance(path_or_text, str) and (
-            not path_or_text.strip() or any(c in path_or_text for c in "\n=[")):
+            not path_or_text.strip() or "\n" in path_or_text
+            or (any(c in path_or_text for c in "=[") and not os.path.exists(path_or_text))):
         return path_or_text, source or "<string>", None
     if not isinstance(path_or_text, (str, os.PathLike)):
         raise TypesError(f"expected a path or TOML text, got {type(path_or_text).__name__}")
@@ -41,11 +45,17 @@ def _read_source(path_or_text: Any, source: str | None) -> tuple[str, str, str |
         raise TypesError(f"{src}: not UTF-8: {e}") from None
 
 
+def _maybe_path(path_or_text: Any, path: str | None) -> bool:
+    return isinstance(path_or_text, str) and path is None and "\n" not in path_or_text
+
+
 _TYPE_HEADER_RE = re.compile(
     r"""^[ \t]*\[[ \t]*types[ \t]*\.[ \t]*["']?([^\]."'\s]+)["']?[ \t]*\]""", re.M)
 
 
-def _parse_toml(text: str, src: str) -> dict:
+def _parse_toml(text: str, src: str, *, maybe_path: bool = False) -> dict:
+    """``maybe_path``: the text was a one-line str argument, which may have been meant as a
+    path; an invalid-TOML message then says no file of that name exists."""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -56,7 +66,9 @@ def _parse_toml(text: str, src: str) -> dict:
                 raise TypesError(f"{src}:{ln}: type {m.group(1)}: duplicate type name (first"
                                  f" defined at line {seen[m.group(1)]})") from None
             seen[m.group(1)] = ln
-        raise TypesError(f"{src}: invalid TOML: {e}") from None
+        hint = (f" (read as TOML text: no file of that name exists: {text!r})"
+                if maybe_path else "")
+        raise TypesError(f"{src}: invalid TOML: {e}{hint}") from None
 
 
 def _line_of(text: str, pos: int) -> int:
@@ -100,14 +112,18 @@ def load_types(path_or_text: str | os.PathLike | bytes, *, source: str | None = 
                ) -> TypeRegistry:
     """Load a ``types.toml`` (a path, or the TOML text itself) into a TypeRegistry.
 
+    ``os.PathLike`` is a path and bytes are TOML text. A str is TOML text when it contains a
+    newline; a one-line str is a path when that file exists (``"/tmp/x=1.toml"`` too), else
+    TOML text if it contains '=' or '[' (``"types.PING.id = 5"``), else a path.
+
     Every problem in the file is reported in one TypesError naming the file, the line where it
     can be found, the type and the field or policy.
 
     >>> reg = load_types("types.toml"); reg.id("PHYS_STEP")
     10
     """
-    text, src, _ = _read_source(path_or_text, source)
-    data = _parse_toml(text, src)
+    text, src, path = _read_source(path_or_text, source)
+    data = _parse_toml(text, src, maybe_path=_maybe_path(path_or_text, path))
     probs = _Problems(src)
     for k in data:
         if k != "types":

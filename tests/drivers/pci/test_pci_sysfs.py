@@ -166,7 +166,8 @@ def test_malformed_and_short_config_in_sysfs(fake_sysfs):
 
     (d / "config").unlink()  # config unreadable altogether: sysfs ids and resources remain
     fn = pci.read_function(str(d))
-    assert fn.config is None and "config" in fn.config_error
+    assert fn.config is None and fn.config_error is None   # unreadable, not malformed
+    assert any(n.startswith("config space unreadable: ") for n in fn.notes), fn.notes
     assert fn.bars[0].is_64bit and fn.name == "virtio entropy (modern)"
 
 
@@ -232,3 +233,85 @@ def test_real_virtio_functions_match_the_virtio_bus():
     text = pci.lspci_like(verbose=True)
     for f in virtio:
         assert str(f.address) in text and f"virtio {f.virtio.type_name}" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# One odd function must not take the whole listing down (non-strict)
+# ---------------------------------------------------------------------------------------------
+def _listed(root: Path) -> dict:
+    fns = pci.list_functions(str(root))
+    assert len(fns) == len(SYSFS) + 1            # every function is still listed
+    pci.lspci_like(fns, verbose=True)             # and the listing formats
+    return {str(f.address): f for f in fns}
+
+
+def test_malformed_resource_line_is_a_note_not_a_crash(fake_sysfs):
+    d = fake_sysfs / "0000:00:02.0"
+    good = (d / "resource").read_text().splitlines()
+    (d / "resource").write_text("\n".join(good[:1] + ["0x1000 0x1fff"] + good[2:]) + "\n")
+    (fake_sysfs / "0000:00:03.0" / "resource").write_text("zz yy xx\n")
+    by = _listed(fake_sysfs)
+    blk = by["0000:00:02.0"]
+    assert blk.bars[0].size == 512 << 10          # the good lines still size the BARs
+    assert any("resource line 1" in n and "'0x1000 0x1fff'" in n for n in blk.notes), blk.notes
+    net = by["0000:00:03.0"]
+    assert any("not hex" in n and "'zz yy xx'" in n for n in net.notes), net.notes
+    assert net.name == "virtio net (modern)" and net.bars[0].is_64bit   # from config
+    with pytest.raises(PciParseError, match=r"0000:00:02\.0: .*resource line 1"):
+        pci.read_function(str(d), strict=True)
+
+
+def test_undecodable_attribute_is_unreadable(fake_sysfs):
+    d = fake_sysfs / "0000:00:02.0"
+    (d / "vendor").write_bytes(b"\xff\xfe\x00garbage")
+    (d / "resource").write_bytes(b"\xff\xfe\n")
+    by = _listed(fake_sysfs)
+    blk = by["0000:00:02.0"]
+    assert blk.vendor == 0x1AF4                   # from config space, as when unreadable
+    assert any("vendor" in n and "not text" in n for n in blk.notes), blk.notes
+    assert any("resource" in n and "not text" in n for n in blk.notes), blk.notes
+
+
+def test_bad_device_number_in_a_name_is_listed_with_a_note(fake_sysfs):
+    src = fake_sysfs / "0000:00:05.0"
+    src.rename(fake_sysfs / "0000:00:3f.0")
+    fns = pci.list_functions(str(fake_sysfs))
+    assert len(fns) == len(SYSFS) + 1
+    bad = next(f for f in fns if "3f" in str(f.address))
+    assert str(bad.address) == "0000:00:3f.0" and bad.name == "virtio entropy (modern)"
+    assert any("device number 0x3f > 0x1f" in n for n in bad.notes), bad.notes
+    with pytest.raises(PciParseError, match="device number 0x3f"):
+        pci.list_functions(str(fake_sysfs), strict=True)
+
+
+def test_unreadable_config_is_not_called_malformed(fake_sysfs):
+    d = fake_sysfs / "0000:00:02.0"
+    (d / "config").unlink()
+    (d / "config").mkdir()
+    fn = pci.read_function(str(d))
+    assert fn.config is None and fn.config_error is None
+    assert [n for n in fn.notes if "malformed" in n] == []
+    assert any(n.startswith("config space unreadable: ") and "Is a directory" in n
+               for n in fn.notes), fn.notes
+    assert fn.name == "virtio block (modern)" and fn.bars[0].size == 512 << 10
+    assert "Error:" not in pci.lspci_like([fn], verbose=True)
+
+
+def test_out_of_range_ids_are_noted_and_shown_as_read(fake_sysfs):
+    d = fake_sysfs / "0000:00:02.0"
+    (d / "class").write_text("0xffffffff\n")
+    (d / "vendor").write_text("-0x1\n")
+    (d / "revision").write_text("0x1ff\n")
+    fn = pci.read_function(str(d))
+    assert fn.vendor == -1 and fn.class_code == 0xFFFFFFFF and fn.revision == 0x1FF
+    notes = " | ".join(fn.notes)
+    assert "vendor -0x1 out of range (16 bits)" in notes, notes
+    assert "class 0xffffffff out of range (24 bits)" in notes, notes
+    assert "revision 0x1ff out of range (8 bits)" in notes, notes
+    head = pci.lspci_like([fn]).splitlines()[0]
+    assert "[-0x1:1042]" in head and "[0xffffffff]" in head and "(rev 0x1ff)" in head, head
+    assert "Unassigned class [ffffff]" not in head
+    # in-range values format as before
+    ok = pci.read_function(str(fake_sysfs / "0000:00:03.0"))
+    assert not any("out of range" in n for n in ok.notes)
+    assert "[0200]: virtio net (modern) [1af4:1041] (rev 01)" in pci.lspci_like([ok])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ggmk.drivers.pci.records import _fmt_link, _fmt_size
-from ggmk.drivers.pci.sysfs import SYSFS_PCI_DEVICES, PciFunction, list_functions
+from ggmk.drivers.pci.sysfs import SYSFS_PCI_DEVICES, PciFunction, _fmt_id, list_functions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -19,15 +19,19 @@ def lspci_like(functions: list[PciFunction] | None = None, *, verbose: bool = Fa
         functions = list_functions(sysfs_root)
     lines: list[str] = []
     for f in functions:
-        head = (f"{f.address} {f.class_name} [{f.class_code >> 8:04x}]: {f.name} "
-                f"[{f.vendor:04x}:{f.device:04x}] (rev {f.revision:02x})")
+        cls = (f"{f.class_code >> 8:04x}" if 0 <= f.class_code <= 0xFFFFFF
+               else _fmt_id(f.class_code, 24))   # out of range: as read (a note says so)
+        head = (f"{f.address} {f.class_name} [{cls}]: {f.name} "
+                f"[{_fmt_id(f.vendor, 16)}:{_fmt_id(f.device, 16)}] "
+                f"(rev {_fmt_id(f.revision, 8)})")
         if f.driver:
             head += f" driver={f.driver}"
         lines.append(head)
         if not verbose:
             continue
         if f.subsystem_vendor is not None:
-            lines.append(f"\tSubsystem: [{f.subsystem_vendor:04x}:{f.subsystem_device or 0:04x}]")
+            lines.append(f"\tSubsystem: [{_fmt_id(f.subsystem_vendor, 16)}:"
+                         f"{_fmt_id(f.subsystem_device or 0, 16)}]")
         numa = "-" if f.numa_node is None else str(f.numa_node)
         irq = "-" if f.irq is None else str(f.irq)
         lines.append(f"\tNUMA node: {numa}, IRQ: {irq}, config: {f.config_length} bytes")

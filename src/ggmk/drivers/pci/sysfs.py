@@ -32,19 +32,32 @@ def parse_resource(text: str) -> list[tuple[int, int, int]]:
     >>> parse_resource("0x0000004000000000 0x000000400007ffff 0x0000000000140204\\n")
     [(274877906944, 274878431231, 1311236)]
     """
-    out = []
+    out, problems = _parse_resource_lines(text)
+    if problems:
+        raise PciParseError(problems[0])
+    return out
+
+
+def _parse_resource_lines(text: str) -> tuple[list[tuple[int, int, int]], list[str]]:
+    """``parse_resource`` that keeps going: a bad line becomes (0, 0, 0) (an unsized resource,
+    so the line numbers of the others still match their BARs) plus a problem message."""
+    out: list[tuple[int, int, int]] = []
+    problems: list[str] = []
     for lineno, line in enumerate(text.splitlines()):
         if not line.strip():
             continue
         parts = line.split()
         if len(parts) != 3:
-            raise PciParseError(f"sysfs resource line {lineno}: want 'start end flags', "
-                                f"got {line!r}")
+            problems.append(f"sysfs resource line {lineno}: want 'start end flags', "
+                            f"got {line!r}")
+            out.append((0, 0, 0))
+            continue
         try:
             out.append(tuple(int(p, 16) for p in parts))  # type: ignore[arg-type]
         except ValueError:
-            raise PciParseError(f"sysfs resource line {lineno}: not hex: {line!r}") from None
-    return out  # type: ignore[return-value]
+            problems.append(f"sysfs resource line {lineno}: not hex: {line!r}")
+            out.append((0, 0, 0))
+    return out, problems
 
 
 def _res_size(start: int, end: int) -> int:
@@ -83,22 +96,45 @@ def _merge_bars(cfg_bars: tuple[Bar, ...] | None, resources: list[tuple[int, int
     return tuple(out)
 
 
-def _read_text(path: str) -> str | None:
+def _read_text(path: str, notes: list[str] | None = None) -> str | None:
+    """The stripped text of a sysfs attribute; None when missing or unreadable. A file that is
+    not UTF-8 text counts as unreadable (and, given ``notes``, says so there)."""
     try:
-        with open(path) as f:
-            return f.read().strip()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError:
+        return None
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        if notes is not None:
+            notes.append(f"{os.path.basename(path)}: not text (undecodable bytes {data[:16]!r}),"
+                         f" ignored")
         return None
 
 
-def _read_int(path: str, base: int = 0) -> int | None:
-    text = _read_text(path)
+def _read_int(path: str, base: int = 0, notes: list[str] | None = None) -> int | None:
+    text = _read_text(path, notes)
     if text is None or text == "":
         return None
     try:
         return int(text, base)
     except ValueError:
         return None
+
+
+# sysfs id attributes and how many bits the PCI field holds
+_ID_BITS = {"vendor": 16, "device": 16, "subsystem_vendor": 16, "subsystem_device": 16,
+            "class_code": 24, "revision": 8}
+
+
+def _fmt_id(value: int | None, bits: int) -> str:
+    """An id as lspci shows it (zero-padded hex); an out-of-range value as read (``-0x1``)."""
+    if value is None:
+        return "-"
+    if 0 <= value < (1 << bits):
+        return f"{value:0{bits // 4}x}"
+    return hex(value)
 
 
 def _parse_speed(text: str | None) -> float | None:
@@ -123,7 +159,9 @@ class PciFunction(_CapabilityShortcuts):
     ``name`` is the best human name (NVIDIA product from the device id, virtio device type,
     vendor + class); ``config`` is the decoded :class:`ConfigSpace` (None when unreadable);
     ``config_error`` holds the :class:`PciParseError` message when config space was malformed
-    (``list_functions(strict=True)`` raises instead).
+    (``list_functions(strict=True)`` raises instead); ``notes`` say what else was odd (config
+    space unreadable or short, a bad ``resource`` line, an attribute that is not text, an id out
+    of range - kept as read).
     """
 
     address: PciAddress
@@ -158,6 +196,8 @@ class PciFunction(_CapabilityShortcuts):
     # -- names ------------------------------------------------------------------------------
     @property
     def class_name(self) -> str:
+        if not 0 <= self.class_code <= 0xFFFFFF:
+            return f"Invalid class {self.class_code:#x}"
         return ids.class_name(self.class_code)
 
     @property
@@ -283,7 +323,8 @@ class PciFunction(_CapabilityShortcuts):
 
     @classmethod
     def _assemble(cls, addr: PciAddress, cs: ConfigSpace | None, error: str | None,
-                  resources: list[tuple[int, int, int]], s: dict) -> "PciFunction":
+                  resources: list[tuple[int, int, int]], s: dict,
+                  sysfs_notes: list[str] | None = None) -> "PciFunction":
         def pick(key, cfg_value):
             v = s.get(key)
             return v if v is not None else cfg_value
@@ -318,6 +359,7 @@ class PciFunction(_CapabilityShortcuts):
         notes = list(cs.notes) if cs else []
         if error:
             notes.append(f"config space malformed: {error}")
+        notes.extend(sysfs_notes or ())
         return cls(
             address=addr, vendor=vendor, device=device, subsystem_vendor=sub_vendor,
             subsystem_device=sub_device, class_code=class_code, revision=revision,
@@ -337,19 +379,37 @@ class PciFunction(_CapabilityShortcuts):
 def read_function(path: str, *, strict: bool = False) -> PciFunction:
     """Read one function from its sysfs directory (``/sys/bus/pci/devices/0000:00:01.0``).
 
-    With ``strict`` a malformed config space raises :class:`PciParseError`; otherwise the
-    function is still returned (ids, driver, BAR sizes from sysfs) with ``config_error`` set.
+    With ``strict`` a malformed config space, ``resource`` file or directory name raises
+    :class:`PciParseError`. Otherwise the function is still returned: a malformed config space
+    sets ``config_error`` (ids, driver, BAR sizes come from sysfs); an unreadable one leaves
+    ``config`` None with a "config space unreadable" note; a malformed ``resource`` line, an
+    attribute that is not text, an id out of range (class 24 bits, ids 16, revision 8 - kept as
+    read) or a device number above 0x1f in the name become ``notes``.
     """
-    addr = PciAddress.parse(os.path.basename(os.path.normpath(path)))
+    name = os.path.basename(os.path.normpath(path))
+    notes: list[str] = []
+    try:
+        addr = PciAddress.parse(name)
+    except PciParseError as exc:
+        m = _ADDR_RE.match(name.strip())
+        if strict or not m:
+            raise
+        # the name has the sysfs shape but a device number above 0x1f: keep it as read
+        addr = PciAddress(*(int(g, 16) for g in m.groups()))
+        notes.append(str(exc))
     j = lambda name: os.path.join(path, name)  # noqa: E731
     s: dict = {"sysfs_path": path}
     for key, fname in (("vendor", "vendor"), ("device", "device"),
                        ("subsystem_vendor", "subsystem_vendor"),
                        ("subsystem_device", "subsystem_device"), ("class_code", "class"),
                        ("revision", "revision")):
-        s[key] = _read_int(j(fname), 16)
-    s["irq"] = _read_int(j("irq"), 10)
-    numa = _read_int(j("numa_node"), 10)
+        v = _read_int(j(fname), 16, notes)
+        bits = _ID_BITS[key]
+        if v is not None and not 0 <= v < (1 << bits):
+            notes.append(f"{fname} {v:#x} out of range ({bits} bits), shown as read")
+        s[key] = v
+    s["irq"] = _read_int(j("irq"), 10, notes)
+    numa = _read_int(j("numa_node"), 10, notes)
     s["numa_node"] = numa if numa is not None and numa >= 0 else None
     s["driver"] = _link_name(j("driver"))
     group = _link_name(j("iommu_group"))
@@ -361,9 +421,12 @@ def read_function(path: str, *, strict: bool = False) -> PciFunction:
         s[key] = w if w else None  # 0 = no link trained
 
     resources: list[tuple[int, int, int]] = []
-    res_text = _read_text(j("resource"))
+    res_text = _read_text(j("resource"), notes)
     if res_text:
-        resources = parse_resource(res_text)
+        resources, problems = _parse_resource_lines(res_text)
+        if problems and strict:
+            raise PciParseError(f"{addr}: {problems[0]}")
+        notes.extend(problems)
 
     cs: ConfigSpace | None = None
     error: str | None = None
@@ -372,7 +435,7 @@ def read_function(path: str, *, strict: bool = False) -> PciFunction:
             raw = f.read(CFG_SPACE_EXP_SIZE)
     except OSError as exc:
         raw = b""
-        error = f"{j('config')}: {exc.strerror or exc}"
+        notes.append(f"config space unreadable: {j('config')}: {exc.strerror or exc}")
     if raw:
         s["config_length"] = len(raw)
         try:
@@ -381,12 +444,15 @@ def read_function(path: str, *, strict: bool = False) -> PciFunction:
             if strict:
                 raise PciParseError(f"{addr}: {exc}", exc.offset) from exc
             error = str(exc)
-    return PciFunction._assemble(addr, cs, error, resources, s)
+    return PciFunction._assemble(addr, cs, error, resources, s, notes)
 
 
 def list_functions(sysfs_root: str = SYSFS_PCI_DEVICES, *, strict: bool = False
                    ) -> list[PciFunction]:
     """Every PCI function under ``sysfs_root``, sorted by address; [] when there is none.
+
+    Non-strict (the default), one odd function does not stop the walk: what is wrong with it is
+    in its ``notes`` / ``config_error`` (see :func:`read_function`).
 
     >>> [str(f.address) for f in list_functions()]      # doctest: +SKIP
     ['0000:00:00.0', '0000:00:01.0', '0000:00:02.0']
