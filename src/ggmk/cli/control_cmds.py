@@ -248,10 +248,13 @@ def boot(app, device, workers, hal, deterministic, metrics_port, trace_tasks, fo
     if metrics_port:
         _check_port_free(metrics_port)
     paths = _paths(state_dir)
+    from ggmk.control.paths import StateDirError
     try:
         paths.ensure()
+    except StateDirError as e:
+        _fail(str(e), EXIT_ERROR)
     except OSError as e:
-        _fail(f"state dir: {e}", EXIT_ERROR)
+        _fail(f"state dir {paths.dir}: {e.strerror or e}", EXIT_ERROR)
     st = probe(paths)
     if st in ("running", "booting"):
         pid = paths.read_pid()
@@ -281,8 +284,12 @@ def boot(app, device, workers, hal, deterministic, metrics_port, trace_tasks, fo
         click.echo(f"ggmk: booting {app} with the GPU kernel (device {device}): building the "
                    "GPU kernel, cached after the first run (a cold build takes about 100 s)",
                    err=True)
-    log = open(paths.log, "ab")
-    os.chmod(paths.log, 0o600)
+    try:
+        log = open(paths.log, "ab")
+        os.chmod(paths.log, 0o600)
+    except OSError as e:
+        _fail(f"state dir {paths.dir}: cannot write the server log {paths.log} "
+              f"({e.strerror or e})", EXIT_ERROR)
     start = log.tell()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, close_fds=True)
@@ -390,7 +397,9 @@ def ps(state_dir, as_json):
     try:
         res = _call(state_dir, "ps")
     except Exception as e:
-        from ggmk.control.client import NotRunning
+        from ggmk.control.client import NotRunning, SocketPathTooLong
+        if isinstance(e, SocketPathTooLong):
+            _fail(f"not running: {e}", EXIT_NOT_RUNNING)
         if isinstance(e, NotRunning):
             st = probe(paths)
             if as_json:

@@ -30,6 +30,12 @@ class AppError(Exception):
     pass
 
 
+def _describe(e: BaseException) -> str:
+    """``Type: message`` of what an app raised (``SystemExit: 4`` for ``sys.exit(4)``)."""
+    msg = str(e)
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
 def load(app: str):
     """Import APP and return ``(modules, options)``."""
     if app.endswith(".py") or os.sep in app or os.path.exists(app):
@@ -45,18 +51,18 @@ def load(app: str):
         sys.path.insert(0, str(path.parent))
         try:
             spec.loader.exec_module(mod)
-        except Exception as e:
-            raise AppError(f"importing {app} failed: {type(e).__name__}: {e}") from e
+        except BaseException as e:   # noqa: BLE001 - sys.exit()/KeyboardInterrupt too
+            raise AppError(f"importing {app} failed: {_describe(e)}") from e
     else:
         try:
             mod = importlib.import_module(app)
-        except Exception as e:
-            raise AppError(f"cannot import app module {app!r}: {type(e).__name__}: {e}") from e
+        except BaseException as e:   # noqa: BLE001
+            raise AppError(f"cannot import app module {app!r}: {_describe(e)}") from e
     if callable(getattr(mod, "app", None)):
         try:
             got = mod.app()
-        except Exception as e:
-            raise AppError(f"{app}: app() failed: {type(e).__name__}: {e}") from e
+        except BaseException as e:   # noqa: BLE001
+            raise AppError(f"{app}: app() failed: {_describe(e)}") from e
         if isinstance(got, tuple) and len(got) == 2:
             modules, options = got
         else:

@@ -8,12 +8,16 @@ import socket
 from typing import Iterator
 
 from ggmk.control import protocol as P
-from ggmk.control.paths import StatePaths, pid_alive
+from ggmk.control.paths import SOCK_PATH_MAX, StatePaths, pid_alive
 from ggmk.control.protocol import ControlError
 
 
 class NotRunning(Exception):
     """No system answers at this state dir."""
+
+
+class SocketPathTooLong(NotRunning):
+    """The state dir's control socket path is too long for a Unix socket."""
 
 
 class Refused(Exception):
@@ -29,6 +33,13 @@ class Client:
         self.rfile = None
 
     def connect(self) -> "Client":
+        n = len(os.fsencode(self.paths.sock))
+        if n > SOCK_PATH_MAX:
+            # (no system can listen there: `ggmk boot` refuses such a state dir)
+            raise SocketPathTooLong(f"no system can run at {self.paths.dir}: its control socket "
+                                    f"path {self.paths.sock} is {n} bytes, longer than the "
+                                    f"{SOCK_PATH_MAX} a Unix socket allows; use a shorter "
+                                    "--state-dir")
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(self.timeout)
         try:
@@ -39,6 +50,10 @@ class Client:
         except PermissionError as e:
             s.close()
             raise Refused(f"not allowed to connect to {self.paths.sock}: {e.strerror}") from None
+        except OSError as e:      # not a socket, a bad path component, ...: nothing answers
+            s.close()
+            raise NotRunning(f"no system is running at {self.paths.dir} (connecting to "
+                             f"{self.paths.sock}: {e.strerror or e})") from None
         self.sock = s
         self.rfile = s.makefile("rb")
         return self
@@ -110,8 +125,8 @@ class Client:
 
 
 def probe(paths: StatePaths) -> str:
-    """'running' (answers), 'booting' (its server holds the lock, no answer yet), 'stale'
-    (files of a dead server) or 'absent'."""
+    """'running' (answers, perhaps only ``busy``), 'booting' (its server holds the lock, no
+    answer yet), 'stale' (files of a dead server) or 'absent'."""
     try:
         fd = os.open(paths.lock, os.O_RDONLY)
     except FileNotFoundError:
@@ -132,7 +147,10 @@ def probe(paths: StatePaths) -> str:
             with Client(paths, timeout=5).connect() as c:
                 c.call("ping")
             return "running"
-        except (NotRunning, ControlError, OSError):
+        except ControlError as e:
+            # busy: it answers (every client slot taken), so it runs
+            return "running" if e.code == "busy" else "booting"
+        except (NotRunning, OSError):
             return "booting"
         except Refused:
             return "running"

@@ -1,8 +1,10 @@
 """Where a running system's control files live."""
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,14 @@ def default_state_dir() -> Path:
     if xdg and os.path.isdir(xdg):
         return Path(xdg) / "ggmk"
     return Path(f"/tmp/ggmk-{os.getuid()}")
+
+
+class StateDirError(OSError):
+    """The state dir cannot be used (its message names it and why; ``errno`` the cause)."""
+
+    def __init__(self, err, message: str):
+        super().__init__(message)
+        self.errno = err
 
 
 @dataclass(frozen=True)
@@ -43,17 +53,35 @@ class StatePaths:
         return self.dir / "serve.log"
 
     def ensure(self) -> None:
-        """Create the directory 0700; refuse one owned by another user or writable by others."""
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = self.dir.stat()
-        if st.st_uid != os.geteuid():
-            raise PermissionError(f"state dir {self.dir} belongs to uid {st.st_uid}, not to "
-                                  f"you (uid {os.geteuid()})")
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            os.chmod(self.dir, 0o700)
+        """Create the directory 0700; refuse one owned by another user or writable by others,
+        one that cannot be written, or one whose socket path is too long. Raises
+        StateDirError ("state dir DIR: ...")."""
         if len(os.fsencode(self.sock)) > SOCK_PATH_MAX:
-            raise OSError(f"control socket path {self.sock} is longer than {SOCK_PATH_MAX} "
-                          "bytes (the Unix socket limit); use a shorter --state-dir")
+            raise StateDirError(errno.ENAMETOOLONG, f"state dir {self.dir}: its control socket "
+                                f"path {self.sock} is {len(os.fsencode(self.sock))} bytes, "
+                                f"longer than the {SOCK_PATH_MAX} a Unix socket allows; use a "
+                                "shorter --state-dir")
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = self.dir.stat()
+        except OSError as e:
+            raise StateDirError(e.errno, f"state dir {self.dir}: cannot create it "
+                                f"({e.strerror or e})") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise StateDirError(errno.ENOTDIR, f"state dir {self.dir}: not a directory")
+        if st.st_uid != os.geteuid():
+            raise StateDirError(errno.EPERM, f"state dir {self.dir} belongs to uid "
+                                f"{st.st_uid}, not to you (uid {os.geteuid()})")
+        try:
+            if stat.S_IMODE(st.st_mode) & 0o077:
+                os.chmod(self.dir, 0o700)
+            # writable? (a read-only mount, or mode 0500: the lock, pid and socket go here)
+            fd, probe = tempfile.mkstemp(prefix=".ggmk-write-test-", dir=self.dir)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise StateDirError(e.errno, f"state dir {self.dir}: not writable "
+                                f"({e.strerror or e})") from None
 
     def read_pid(self) -> int | None:
         try:

@@ -13,7 +13,9 @@ Streaming commands (``log`` / ``trace`` with ``follow``, ``top``) answer with an
 ``{"v": 1, "id": 7, "ok": true, "stream": true, "data": {...}}`` lines and end with
 ``{"v": 1, "id": 7, "ok": true, "end": true}`` (or when the client closes the connection; any
 line the client sends during a stream ends it too). A connection may carry any number of
-requests, one at a time.
+requests, one at a time. A new connection has 10 s to start its first request (then 600 s
+between requests); when every client slot is taken, the connection waiting longest for a
+request (never-used ones first) is closed to serve a new one.
 
 Error codes: ``bad_json``, ``bad_request``, ``bad_version``, ``too_large`` (the connection is
 closed after it), ``timeout`` (a partial request sat idle; closed), ``unknown_command``,
@@ -93,6 +95,8 @@ def parse_request(line: bytes) -> tuple[object, str, dict]:
         msg = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise ControlError("bad_json", f"request is not valid UTF-8 JSON: {e}") from None
+    except RecursionError:
+        raise ControlError("bad_json", "request JSON is nested too deeply") from None
     if not isinstance(msg, dict):
         raise ControlError("bad_request", "a request is a JSON object "
                            '{"v": 1, "id": N, "cmd": NAME, "args": {...}}')

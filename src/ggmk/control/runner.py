@@ -7,7 +7,7 @@ import signal
 import sys
 
 from ggmk.control import app as app_mod
-from ggmk.control.paths import StatePaths
+from ggmk.control.paths import StateDirError, StatePaths
 from ggmk.control.server import ControlServer
 
 EXIT_ALREADY = 4
@@ -40,8 +40,16 @@ def serve(app: str, paths: StatePaths, *, device: str = "none", workers=None, ha
           deterministic=None, metrics_port=None, trace_tasks=False, out=sys.stdout) -> int:
     """Returns the exit code. Holds the state dir's lock for the process's lifetime.
     ``trace_tasks``: the GPU kernel is built with task slices (``DeviceConfig.trace_tasks``)."""
-    paths.ensure()
-    lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        paths.ensure()
+        lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except StateDirError as e:
+        print(f"ggmk: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"ggmk: state dir {paths.dir}: cannot open the lock file {paths.lock} "
+              f"({e.strerror or e})", file=sys.stderr)
+        return 1
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -66,8 +74,12 @@ def serve(app: str, paths: StatePaths, *, device: str = "none", workers=None, ha
             options["device_config"] = {**(options.get("device_config") or {}),
                                         "trace_tasks": True}
         system = boot_system(modules, options, device)
-    except Exception as e:   # noqa: BLE001 - a boot failure is reported, not a traceback
-        print(f"ggmk: boot failed: {type(e).__name__}: {e}", file=sys.stderr)
+    except BaseException as e:   # noqa: BLE001 - a boot failure is reported, not a traceback
+        # (an app's sys.exit(4) or KeyboardInterrupt too: its code must not read as
+        # EXIT_ALREADY, and the pid file must go)
+        msg = str(e)
+        print(f"ggmk: boot failed: {type(e).__name__}" + (f": {msg}" if msg else ""),
+              file=sys.stderr)
         _unlink(paths.pid)
         return 1
     try:

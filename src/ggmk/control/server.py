@@ -1,9 +1,11 @@
 """The control server: the control socket of a running system (see ``ggmk.control``).
 
 One thread accepts connections; each connection gets a thread (at most ``max_clients`` at
-once; more are answered ``busy`` and closed). Everything that touches the system (submit,
-stats, halt) runs on the *driver* thread, the one that called :meth:`ControlServer.serve`, so
-the kernel only ever sees one host thread; connection threads hand it work and wait. A trace
+once: past that, the oldest connection waiting for a request makes room, and when every one
+is busy with a request the new one is answered ``busy`` and closed). Everything that touches
+the system (submit, stats, halt) runs on the *driver* thread, the one that called
+:meth:`ControlServer.serve`, so the kernel only ever sees one host thread; connection threads
+hand it work and wait. A trace
 collector thread copies each worker's trace ring into a bounded buffer (``ggmk trace``) and
 turns warning/error events into log lines (``ggmk log``).
 """
@@ -30,7 +32,10 @@ from ggmk.control.paths import StatePaths
 from ggmk.control.protocol import ControlError
 
 PARTIAL_REQUEST_TIMEOUT = 10.0      # seconds a half-sent request may sit idle
+FIRST_REQUEST_TIMEOUT = 10.0        # seconds a new connection may take to send its first byte
 IDLE_CONNECTION_TIMEOUT = 600.0     # seconds a connection may sit idle between requests
+EVICT_GRACE = 0.5                   # seconds idle before a connection may be closed for a new one
+KV_PUT_TIMEOUT = 10.0               # seconds `kv put` waits for the module to apply the put
 SEND_TIMEOUT = 10.0                 # seconds a client may take to read a response
 TRACE_CAPACITY = 1 << 18            # trace events kept per system (oldest dropped)
 LOG_CAPACITY = 10_000               # log lines kept
@@ -38,6 +43,15 @@ COLLECT_INTERVAL = 0.05             # seconds between trace collections
 FULL_STATS_MAX_AGE = 0.5            # seconds a full System.stats() is shared by watchers
 
 _STOP = object()
+
+
+def _claim(fut: Future) -> bool:
+    """Take ``fut`` to settle it: True for exactly one caller (the driver running a job, or a
+    thread answering a job queued after the driver stopped), False for the others."""
+    try:
+        return fut.set_running_or_notify_cancel()
+    except RuntimeError:          # already taken (running or done)
+        return False
 
 
 class LogRing:
@@ -144,6 +158,10 @@ class ControlServer:
         self._threads: set = set()
         self._nclients = 0
         self._clients_lock = threading.Lock()
+        # connections waiting for their next request: conn -> (never used, since); when every
+        # slot is taken, the oldest of these is closed to make room (never-used ones first),
+        # so `ggmk halt` / `ggmk ps` always get in
+        self._waiting: dict = {}
         self._pump = self.dual or getattr(self.cpu, "deterministic", False) or \
             type(self.cpu.hal).__name__.lower().find("sim") >= 0
         # tracing
@@ -235,7 +253,7 @@ class ControlServer:
                 item = None
             while item is not None:
                 fn, args, fut = item
-                if fut.set_running_or_notify_cancel():
+                if _claim(fut):
                     try:
                         fut.set_result(fn(*args))
                     except BaseException as e:   # noqa: BLE001 - handed to the waiter
@@ -267,7 +285,7 @@ class ControlServer:
                 fn, args, fut = self._q.get_nowait()
             except Empty:
                 break
-            if fut.set_running_or_notify_cancel():
+            if _claim(fut):
                 if fn == self._do_halt:
                     fut.set_result(self.halt_report)
                 else:
@@ -323,10 +341,20 @@ class ControlServer:
             raise ControlError("halted", "the system halted")
         fut = Future()
         self._q.put((fn, args, fut))
+        if self._stop.is_set():
+            # the driver may have drained the queue (``_shutdown``) before this job got in:
+            # nobody would run it. Answer it here unless the driver already took it.
+            self._answer_halted(fut)
         try:
             return fut.result(timeout)
         except TimeoutError:
             raise ControlError("internal", f"the system did not answer within {timeout}s")
+
+    def _answer_halted(self, fut: Future) -> None:
+        """Settle ``fut`` (a job the driver will never run) as refused by the halt, unless the
+        driver took it first (then its answer stands)."""
+        if _claim(fut):
+            fut.set_exception(ControlError("halted", "the system halted"))
 
     # -- connections ---------------------------------------------------------------------------
     def _accept_loop(self) -> None:
@@ -343,12 +371,36 @@ class ControlServer:
                 continue
             with self._clients_lock:
                 full = self._nclients >= self.max_clients
-                if not full:
+                victim = self._pick_idle() if full else None
+                if not full or victim is not None:
                     self._nclients += 1
-            if full:
-                self._refuse(conn, "busy", f"too many clients (at most {self.max_clients})")
+            if victim is not None:
+                # every slot taken: the oldest connection waiting for a request (never-used
+                # ones first) makes room, so a halt or ps always gets in
+                self.log.add("warn", "control", f"{self.max_clients} clients: closed the "
+                             f"oldest idle connection to serve a new one")
+                try:
+                    victim.shutdown(socket.SHUT_RDWR)   # its thread sees EOF and ends
+                except OSError:
+                    pass
+            elif full:
+                self._refuse(conn, "busy", f"too many clients (at most {self.max_clients}, "
+                             "all of them busy with a request)")
                 continue
             self._spawn(self._serve_conn, "ggmk-control-conn", conn)
+
+    def _pick_idle(self):
+        """The connection to close for a new one (called with ``_clients_lock``): the oldest
+        never-used one, else the oldest waiting between requests; None when all are busy."""
+        # (one that connected or answered a moment ago is about to send: not taken)
+        upto = time.monotonic() - EVICT_GRACE
+        idle = [(not fresh, since, i, c) for i, (c, (fresh, since))
+                in enumerate(self._waiting.items()) if since <= upto]
+        if not idle:
+            return None
+        conn = min(idle)[3]
+        del self._waiting[conn]
+        return conn
 
     def _refuse(self, conn, code, msg) -> None:
         try:
@@ -376,8 +428,10 @@ class ControlServer:
                 return
             conn.settimeout(SEND_TIMEOUT)
             buf = b""
+            used = False
             while not self._stop.is_set():
-                line, buf, eof = self._read_line(conn, buf)
+                line, buf, eof = self._read_line(conn, buf, used)
+                used = True
                 if line is None:
                     return
                 if line.strip():
@@ -388,6 +442,8 @@ class ControlServer:
         except Exception:   # noqa: BLE001 - one connection never takes the server down
             self.log.add("error", "control", "connection failed:\n" + traceback.format_exc())
         finally:
+            with self._clients_lock:
+                self._waiting.pop(conn, None)
             try:
                 conn.close()
             except OSError:
@@ -396,10 +452,29 @@ class ControlServer:
                 self._nclients -= 1
             self._threads.discard(threading.current_thread())
 
-    def _read_line(self, conn, buf: bytes):
-        """(line, rest, eof). line None: close the connection (EOF, timeout, too large)."""
+    def _read_line(self, conn, buf: bytes, used: bool = True):
+        """(line, rest, eof). line None: close the connection (EOF, timeout, too large).
+        ``used``: the connection sent a request before (a new one has FIRST_REQUEST_TIMEOUT
+        to start its first, then IDLE_CONNECTION_TIMEOUT between requests). While nothing of
+        a request has come, the connection is listed as waiting (``_pick_idle``)."""
         last = time.monotonic()
+        try:
+            return self._read_line_waiting(conn, buf, used, last)
+        finally:
+            with self._clients_lock:
+                self._waiting.pop(conn, None)
+
+    def _read_line_waiting(self, conn, buf: bytes, used: bool, last: float):
+        waiting = False
         while True:
+            if not buf.strip() and not waiting:
+                with self._clients_lock:
+                    self._waiting[conn] = (not used, last)
+                waiting = True
+            elif buf.strip() and waiting:
+                with self._clients_lock:
+                    self._waiting.pop(conn, None)
+                waiting = False
             i = buf.find(b"\n")
             if i >= 0:
                 if i + 1 > P.MAX_REQUEST:
@@ -419,7 +494,8 @@ class ControlServer:
             r, _, _ = select.select([conn], [], [], 0.2)
             now = time.monotonic()
             if not r:
-                limit = PARTIAL_REQUEST_TIMEOUT if buf else IDLE_CONNECTION_TIMEOUT
+                limit = PARTIAL_REQUEST_TIMEOUT if buf else \
+                    IDLE_CONNECTION_TIMEOUT if used else FIRST_REQUEST_TIMEOUT
                 if now - last > limit:
                     if buf:
                         self._send(conn, P.error(None, "timeout", "incomplete request "
@@ -484,13 +560,19 @@ class ControlServer:
             return self._send(conn, P.error(rid, "internal", f"{type(e).__name__}: {e}"))
 
     def _client_gone(self, conn, wait: float, rid=None) -> bool:
-        """Wait up to ``wait`` s; True when the stream must end: the client closed (nothing
-        more is sent) or sent anything (the stream's end line is sent; what it sent is read as
-        its next request)."""
+        """Wait up to ``wait`` s (in slices of at most 0.1 s: a halt cuts the wait short, so
+        the stream's end line goes out while the server still waits for its connections);
+        True when the stream must end: the client closed (nothing more is sent) or sent
+        anything (the stream's end line is sent; what it sent is read as its next request)."""
+        deadline = time.monotonic() + wait
         try:
-            r, _, _ = select.select([conn], [], [], wait)
-            if not r:
-                return False
+            while True:
+                left = deadline - time.monotonic()
+                r, _, _ = select.select([conn], [], [], max(0.0, min(left, 0.1)))
+                if r:
+                    break
+                if left <= 0.1 or self._stop.is_set():
+                    return False
             if conn.recv(1, socket.MSG_PEEK):
                 self._send(conn, P.end(rid))
         except (OSError, ValueError):
@@ -605,7 +687,14 @@ class ControlServer:
         elif info.fields:
             raise ControlError("payload", f"{info.name} has payload fields "
                                f"{[f.name for f in info.fields]}; pass --payload JSON")
+        out = {"accepted": 0, "count": count, "type": info.name, "type_id": tid}
         if chan is not None:
+            if chan.startswith("sys."):
+                # the system's own untyped channels (sys.error, sys.dropped): what lands there
+                # is the kernel's accounting, not something to publish
+                raise ControlError("bad_args", f"--chan {chan!r}: the sys.* channels carry the "
+                                   "system's own dead letters and cannot be published to; "
+                                   "allowed: a module's channel (`ggmk chan ls`)")
             try:
                 ch = self.system.channel(chan)
             except Exception as e:   # noqa: BLE001
@@ -613,19 +702,41 @@ class ControlServer:
             if ch.type_id and ch.type_id != tid:
                 raise ControlError("bad_args", f"channel {chan!r} carries "
                                    f"{cpu.type_name(ch.type_id)}, not {info.name}")
-            # with count given, publish returns how many were accepted (a prefix)
-            accepted = int(ch.publish(meta0=meta0, meta1=meta1, payload=payload, count=count))
-            out = {"accepted": accepted, "count": count, "type": info.name,
-                   "type_id": tid, "channel": chan}
+            out["channel"] = chan
+            # with count given, publish returns how many were accepted (a prefix); it stores
+            # the payload once and shares it (retained) among the messages
+            try:
+                accepted = int(ch.publish(meta0=meta0, meta1=meta1, payload=payload,
+                                          count=count, type=tid))
+            except ggmk.errors.AllocError:
+                out["refused"] = "ALLOC_FAIL"
+                return out
+            out["accepted"] = accepted
             if accepted < count:       # the rest was refused, nothing of it kept: try again
                 out["refused"] = "CHAN_CLOSED" if getattr(ch, "closed", False) else "CHAN_FULL"
             return out
         if payload is None:
-            accepted = self.system.submit(tid, meta0, meta1, count=count)
-        else:
-            accepted = sum(self.system.submit(tid, meta0, meta1, payload=payload)
-                           for _ in range(count))
-        return {"accepted": int(accepted), "count": count, "type": info.name, "type_id": tid}
+            out["accepted"] = int(self.system.submit(tid, meta0, meta1, count=count))
+            return out
+        # one copy of the payload in the arena, shared by the count tasks (retained count - 1
+        # times, as Channel.publish does): fast, and all or nothing when the arena is full
+        arena = cpu.arena
+        try:
+            ptr, plen = cpu.store_payload(tid, payload)
+        except ggmk.errors.AllocError:
+            out["refused"] = "ALLOC_FAIL"
+            return out
+        if count > 1:
+            arena.retain(ptr, count - 1)
+        try:
+            recs = ggmk.task.make(count, type=tid, payload_ptr=ptr, payload_len=plen,
+                                  meta0=meta0, meta1=meta1)
+        except BaseException:
+            arena.release(ptr, count)
+            raise
+        # (what the scheduler does not accept goes to sys.error with a reason, payload and all)
+        out["accepted"] = int(self.system.submit_batch(recs))
+        return out
 
     def cmd_emit(self, conn, rid, args):
         tname = self._arg(args, "type", str)
@@ -875,27 +986,38 @@ class ControlServer:
         elif st.inline and value > st.vmax:
             raise ControlError("bad_args", f"value {value} does not fit kv {m.name!r}'s "
                                f"{st.value_size}-byte values (at most {st.vmax})")
-        before = st.counters["put"]
+        want = value if not isinstance(value, str) else \
+            int.from_bytes(value.encode(), "little") if st.inline else value.encode()
+        tab = st.table
 
         def publish():
+            with tab.lock:
+                full0 = st.counters["full"]
             ch = self.system.channel(f"{m.name}.put")
             if isinstance(value, str):
-                return ch.publish(meta0=key, meta1=0, payload=value.encode())
-            return ch.publish(meta0=key, meta1=value)
-        r = self.call(publish)
+                return ch.publish(meta0=key, meta1=0, payload=value.encode()), full0
+            return ch.publish(meta0=key, meta1=value), full0
+        r, full0 = self.call(publish)
         if r != 0:
             raise ControlError("busy", f"{m.name}.put refused the request: "
                                f"{ggmk.task.code_name(r)}; try again")
-        deadline = time.monotonic() + 10.0
-        while st.counters["put"] <= before and time.monotonic() < deadline:
-            self._stop.wait(0.001)      # polling the module's counter, with a deadline
-        with st.table.lock:
-            got = st.table.get(key)
-        want = value if not isinstance(value, str) or not st.inline else \
-            int.from_bytes(value.encode(), "little")
-        stored = got == want or (isinstance(value, str) and got == value.encode())
-        return {"module": m.name, "key": key, "stored": bool(stored),
-                "status": "ok" if stored else "not stored (table full?)", "stats": st.stats()}
+        # Wait for this put itself: its value in the table. (The module's put counter says
+        # that *a* put ran, perhaps another client's: not this one.) It cannot be stored when
+        # the table is full without the key and a put was refused FULL since ours went in.
+        deadline = time.monotonic() + KV_PUT_TIMEOUT
+        while True:
+            with tab.lock:
+                got = tab.get(key)
+                refused = got is None and len(tab) >= tab.capacity and \
+                    st.counters["full"] > full0
+            stored = got == want
+            if stored or refused or time.monotonic() >= deadline or self._stop.is_set():
+                break
+            self._stop.wait(0.001)      # polling the table, with a deadline
+        status = "ok" if stored else "not stored (table full)" if refused else \
+            f"not stored within {KV_PUT_TIMEOUT:g}s (table full, or another put of the key)"
+        return {"module": m.name, "key": key, "stored": bool(stored), "status": status,
+                "stats": st.stats()}
 
     def cmd_log(self, conn, rid, args):
         n = self._arg(args, "lines", int, 50, lo=0, hi=LOG_CAPACITY)
@@ -1255,5 +1377,8 @@ class ControlServer:
             return {"accounting": self.halt_report, "already": True}
         fut = Future()
         self._q.put((self._do_halt, (timeout,), fut))
+        if self._stop.is_set() and _claim(fut):
+            # halted meanwhile (its queue may be drained already): the report is final
+            fut.set_result(self.halt_report)
         rep = fut.result(timeout + 60)
         return {"accounting": rep}
