@@ -642,11 +642,26 @@ class System:
                 tid, flags | priority, tenant, 0, 0, 0, 0, 0, 0, meta0, meta1)), T.TASK_DTYPE)
             return self.sched.enqueue(rec, Route.SUBMIT)
         n = T.check_count(count, meta0, meta1)
+        if due is not None and (due.__class__ is not int or not 0 <= due <= MAX_DUE):
+            due = check_int("due", due, 0, MAX_DUE, what=" (a tick number)")   # (before storing)
         ptr = plen = 0
         if payload is not None:
             ptr, plen = self.store_payload(tid, payload)
-        recs = T.make(n, type=tid, flags=flags, priority=priority, tenant=tenant,
-                      payload_ptr=ptr, payload_len=plen, meta0=meta0, meta1=meta1)
+            # one copy shared by the n tasks: a reference each (every finished task releases
+            # one; with one reference for all, the second release was a DoubleFree)
+            if n != 1:
+                if n > 1:
+                    self.arena.retain(ptr, n - 1)
+                else:
+                    self.arena.release(ptr)
+                    ptr = plen = 0
+        try:
+            recs = T.make(n, type=tid, flags=flags, priority=priority, tenant=tenant,
+                          payload_ptr=ptr, payload_len=plen, meta0=meta0, meta1=meta1)
+        except BaseException:                   # (a bad column: nothing was submitted)
+            if ptr:
+                self.arena.release_many(np.full(n, ptr, dtype=np.uint64))
+            raise
         return self.submit_batch(recs, due=due)
 
     def submit_batch(self, recs: np.ndarray, *, due: int | None = None) -> int:
