@@ -15,8 +15,10 @@ at batch sizes 8/64/512; round trip p50/p99 (one message CPU -> GPU -> CPU, the 
 on an Event the CPU handler sets) and roundtrip_stages_p50_us (the time from the publish call
 to: its transfer to the device, the publish call's return, the transfer back, the CPU handler,
 the publisher woken), back to back or ``--rt-gap-ms`` apart (a sporadic request, every
-thread asleep when it comes); peers in the same run: multiprocessing.Queue (one record
-per message) and a multiprocessing pipe with 64-record numpy batches (send_bytes).
+thread asleep when it comes), and roundtrip_device_cpu_share (the device process's CPU over
+that loop, in cores: what an idle GPU kernel between sporadic requests costs); peers in the
+same run: multiprocessing.Queue (one record per message) and a multiprocessing pipe with
+64-record numpy batches (send_bytes).
 
     .venv/bin/python bench/bridge.py [--n 200000] [--mode process|inproc] [--device cpu|cuda|...]
                                      [--rt-gap-ms 0]
@@ -238,6 +240,7 @@ def main():
         ev.set = handled_set
         crossings = s.bridge.crossings
         ch = s.channel("cpu.in")
+        dev0, rt0 = _cpu_s(s) - time.process_time(), time.monotonic()
         try:
             for i in range(300):
                 if a.rt_gap_ms:
@@ -260,6 +263,10 @@ def main():
             del ev.set
         out["roundtrip_p50_us"] = round(float(np.percentile(lat, 50)), 1)
         out["roundtrip_p99_us"] = round(float(np.percentile(lat, 99)), 1)
+        # what the round trips (and the idle gaps between them) cost the device process: the
+        # share of one core its threads used over the loop
+        out["roundtrip_device_cpu_share"] = round(
+            (_cpu_s(s) - time.process_time() - dev0) / (time.monotonic() - rt0), 3)
         if stages:
             # where a round trip's time goes: p50 of the time from the publish call to each
             # point (the first transfer each way after it)
