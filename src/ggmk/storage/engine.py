@@ -57,9 +57,32 @@ class FileHandle:
         self._gds_error = None
         self._lock = threading.Lock()
         self.closed = False
+        self._users = 0                 # I/Os queued or running on it (see _acquire)
+        self._fds_open = True
 
     def size(self) -> int:
+        if not self._fds_open:
+            raise OSError(E.EBADF, f"{self.path}: the FileHandle is closed")
         return os.fstat(self.fd).st_size
+
+    def _acquire(self) -> bool:
+        """One more I/O uses the descriptors (False if the handle is closed): until the
+        matching :meth:`_release`, ``close`` defers closing them, so that a queued read never
+        uses a descriptor number that a file opened meanwhile has been given."""
+        with self._lock:
+            if self.closed:
+                return False
+            self._users += 1
+            return True
+
+    def _release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._users == 0 and self.closed and self._fds_open
+            if last:
+                self._fds_open = False
+        if last:
+            self._close_fds()
 
     def gds(self):
         with self._lock:
@@ -73,9 +96,19 @@ class FileHandle:
             return self._gds
 
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
+        """Close the file. I/Os already queued or running on it still use it; its descriptors
+        are closed when the last of them finishes (new requests on it fail with EBADF)."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            now = self._users == 0 and self._fds_open
+            if now:
+                self._fds_open = False
+        if now:
+            self._close_fds()
+
+    def _close_fds(self) -> None:
         if self._gds is not None:
             self._gds.close()
         for fd in (self.fd, self.fd_direct):
@@ -252,12 +285,23 @@ class _FileRef:
                 raise self.error
             return self.fh
 
+    def acquire(self) -> bool:
+        """One more request uses the file; False if it is a FileHandle already closed (its
+        descriptors then stay in use until the last request releases it)."""
+        if self.given and not self.fh._acquire():
+            return False
+        with self._lock:
+            self.users += 1
+        return True
+
     def release(self) -> None:
         with self._lock:
             self.users -= 1
             if self.users == 0 and not self.given and self.fh is not None:
                 self.fh.close()
                 self.fh = None
+        if self.given:
+            self.fh._release()
 
 
 class _Io:
@@ -419,7 +463,10 @@ class Storage:
         """Read one range and wait; raises StorageError on failure (a short read is not one:
         see ``result.status`` and ``result.nbytes``)."""
         if length is None and _is_int(offset):      # a bad offset is refused by submit
-            size = file.size() if isinstance(file, FileHandle) else os.stat(file).st_size
+            try:
+                size = file.size() if isinstance(file, FileHandle) else os.stat(file).st_size
+            except OSError as e:                    # the documented StorageError, not_found
+                raise from_oserror(e, "read", _path_of(file), int(offset), 0, "stat") from None
             length = max(size - int(offset), 0)
         r = self.submit([ReadRequest(file, offset, length, dest, dest_offset)]).wait(timeout)[0]
         return r.raise_for_error()
@@ -511,9 +558,12 @@ class Storage:
         else:
             doffs = _int_array("dest_offsets", dest_offsets, n)
         # the files: opened once per batch (a path), or the caller's handles
-        paths, fd_d, fd_b, close_fds, why_reasons = [], [], [], [], [None, "unaligned"]
+        # (a caller's handle is held, so that closing it defers closing its descriptors
+        # until this batch finishes: its reads never use a number reused by another file)
+        paths, fd_d, fd_b, releases, why_reasons = [], [], [], [], [None, "unaligned"]
         open_err = np.zeros(len(files), np.int32)
         file_why = np.zeros(len(files), np.int8)
+        held: dict = {}
         for k, f in enumerate(files):
             paths.append(_path_of(f))
             fh = f
@@ -525,7 +575,16 @@ class Storage:
                     fd_d.append(-1)
                     fd_b.append(-1)
                     continue
-                close_fds += [x for x in (fh.fd, fh.fd_direct) if x is not None]
+                releases.append(fh.close)
+            elif id(f) not in held:
+                held[id(f)] = f._acquire()
+                if held[id(f)]:
+                    releases.append(f._release)
+            if isinstance(f, FileHandle) and not held[id(f)]:
+                open_err[k] = E.EBADF                  # closed: refused, never read
+                fd_d.append(-1)
+                fd_b.append(-1)
+                continue
             fd_b.append(fh.fd)
             fd_d.append(-1 if fh.fd_direct is None or self.o_direct is False else fh.fd_direct)
             if fd_d[-1] < 0 and self.o_direct is not False:
@@ -545,7 +604,7 @@ class Storage:
         if self.o_direct is True:
             refused[(refused == 0) & (why != 0)] = _fast._R_NODIRECT
         b = _fast.FastBatch(self, paths, fids, fd_d, fd_b, offs, lens, dest, doffs, refused,
-                            open_err[fids], why, why_reasons, close_fds,
+                            open_err[fids], why, why_reasons, releases,
                             chunk=min(256, max(8, n // (self._fast.n * 8))), on_done=on_done)
         self.stats_.batch(n)
         with self._cond:
@@ -583,14 +642,18 @@ class Storage:
         """Stop: optionally cancel what is queued or running, wait for the rest, stop threads."""
         if self._closed:
             return
+        me = threading.current_thread()
+        inside = me in self._threads or self._fast.owns(me)   # from a callback
         if cancel:
             self.cancel_all()
-        self.wait_idle(timeout)
+        if not inside:              # a storage thread would wait for its own I/O (and hang)
+            self.wait_idle(timeout)
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         for t in self._threads:
-            t.join(timeout)
+            if t is not me:         # this thread finishes the queue itself (never joined)
+                t.join(timeout)
         self._fast.close(timeout)
         for eng in (self._thread_copy, self._cuda_copy):
             if eng is not None:
@@ -622,7 +685,7 @@ class Storage:
         fref = refs.get(key)
         if fref is None:
             fref = refs[key] = _FileRef(req.file, write, create, self.o_direct)
-        fref.users += 1
+        held = fref.acquire()
         # only ints, never truncated; a bad one is refused below (0 stands in for it)
         args = {"offset": req.offset, "length": req.length}
         if op == "read":
@@ -640,8 +703,12 @@ class Storage:
         offset, length = vals["offset"], vals.get("length")
         io = _Io(self, batch, i, op, fref, offset, max(length or 0, 0), None, 0, req)
         io.callbacks = [cb for cb in (req.on_complete, on_complete) if cb is not None]
+        io.held = held
         io.cell.to(S.INIT)
         try:
+            if not held:
+                raise from_oserror(OSError(E.EBADF, "the FileHandle is closed"), op,
+                                   fref.path, offset, max(length or 0, 0))
             if bad is not None:
                 raise ValueError(bad)
             if op == "read":
@@ -721,7 +788,8 @@ class Storage:
             io.dest.release()                # ours: a refused request holds nothing
         r.status, r.error, r.dest = "error", err, None
         r.latency_ns = time.perf_counter_ns() - io.t0
-        io.fref.users -= 1
+        if io.held:
+            io.fref.release()
         self._callbacks(io)
         self.stats_.finish(io, False)
         io.batch._complete(io.index, r)
@@ -733,6 +801,12 @@ class Storage:
             return
         excess = 0
         with self._cond:
+            if self._closed:             # closed while this submit was being set up: the
+                late = list(ios)         # workers are gone, so these end cancelled here
+                self._inflight += len(late)
+                ios = ()
+            else:
+                late = ()
             for io in ios:
                 if self._inflight < self.max_batch and not self._pending:
                     self._inflight += 1
@@ -744,6 +818,9 @@ class Storage:
             self._cond.notify_all()
         if excess:
             self.stats_.queued(excess, depth)
+        for io in late:
+            io.cancel()
+            self._finalize(io)               # cancelled while queued (counts _inflight down)
 
     def _io_done(self) -> None:
         with self._cond:

@@ -100,13 +100,20 @@ class FastPool:
         for _ in range(min(self.n if depth is None else max(1, depth), job._nchunks)):
             self._q.put(job)
 
+    def owns(self, thread) -> bool:
+        """``thread`` is one of the pool's (a callback running on it)."""
+        with self._lock:
+            return thread in self._threads
+
     def close(self, timeout: float | None = 30.0) -> None:
         with self._lock:
             threads, self._threads = self._threads, []
         for _ in threads:
             self._q.put(None)
+        me = threading.current_thread()
         for t in threads:
-            t.join(timeout)
+            if t is not me:            # closed from one of its own callbacks: not joined
+                t.join(timeout)
 
     def _run(self) -> None:
         while True:
@@ -127,7 +134,7 @@ class FastBatch:
 
     def __init__(self, storage, paths, file_ids, fd_direct, fd_buffered, offsets, lengths,
                  dest: Destination, dest_offsets, refused, open_errno, why_buffered,
-                 why_reasons, close_fds, chunk: int, on_done=None):
+                 why_reasons, releases, chunk: int, on_done=None):
         n = len(offsets)
         self.storage = storage
         self.paths = paths
@@ -150,7 +157,7 @@ class FastBatch:
         self._addrs = np.where(acc, dest.address(0) + dest_offsets, 0).astype(np.uint64)
         self._refused = refused                    # int8 per I/O: _R_OK or why refused
         self._open_errno = open_errno
-        self._close_fds = close_fds
+        self._releases = releases                  # the files' closes / handle releases
         self._why_buffered = why_buffered          # int8 per I/O: index into why_reasons
         self._why_reasons = why_reasons            # [None (direct), reason, ...]
         self._cancel = np.zeros(1, np.int32)
@@ -338,9 +345,9 @@ class FastBatch:
         self.blocks.move(BS.FREE, np.repeat(acc, bpi))
         self.ios.move(S.CALLBACK_END, acc)
         self.ios.move(S.FREE, acc)
-        for fd in self._close_fds:
+        for rel in self._releases:                 # after the last read of the batch
             try:
-                os.close(fd)
+                rel()
             except OSError:
                 pass
         self.storage.stats_.finish_fast(self)
