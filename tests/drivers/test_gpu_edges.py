@@ -5,7 +5,6 @@ are unambiguous, and the boot's ``KernelDriver`` stops a kernel it started itsel
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest

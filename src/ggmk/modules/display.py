@@ -27,6 +27,8 @@ Example::
 """
 from __future__ import annotations
 
+import functools
+import operator
 import os
 import struct
 import time
@@ -54,6 +56,31 @@ class DisplayError(VirtioError):
     """A display request names an unknown display or an unsupported mode."""
 
 
+MAX_MODE = 16384       # largest width / height of a virtio-gpu 2D resource
+
+
+def _api(method):
+    """Run a public method holding the device lock (one caller at a time, close() waits for it)
+    after checking the device is open; events it emits reach subscribers after the lock is
+    released."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.gpu.lock:
+            self.gpu._check()
+            outer = self._depth == 0
+            self._depth += 1
+            try:
+                result = method(self, *args, **kwargs)
+            finally:
+                self._depth -= 1
+                events, self._events = (self._events, []) if outer else ([], self._events)
+        for event in events:
+            for cb in list(self._subscribers):
+                cb(event)
+        return result
+    return wrapper
+
+
 @dataclass(frozen=True, order=True)
 class Mode:
     """A display mode (RGBA 32 bits per pixel)."""
@@ -70,13 +97,18 @@ class Mode:
             return value
         try:
             if isinstance(value, str):
-                w, h = value.lower().split("x")
-                return cls(int(w), int(h))
-            w, h = value
-            return cls(int(w), int(h))
+                w, h = (int(v) for v in value.lower().split("x"))
+            else:
+                w, h = value
+                if isinstance(w, bool) or isinstance(h, bool):
+                    raise TypeError
+                w, h = operator.index(w), operator.index(h)
         except (ValueError, TypeError):
-            raise DisplayError(f"mode {value!r}: expected Mode, 'WIDTHxHEIGHT' or (width, height)") \
-                from None
+            raise DisplayError(f"mode {value!r}: expected Mode, 'WIDTHxHEIGHT' or (width, height) "
+                               "with integer width and height") from None
+        if not (1 <= w <= MAX_MODE and 1 <= h <= MAX_MODE):
+            raise DisplayError(f"mode {value!r}: width and height must be 1..{MAX_MODE}")
+        return cls(w, h)
 
 
 @dataclass(frozen=True)
@@ -104,6 +136,8 @@ class DisplayModule:
         self._presented = 0
         self._presented_bytes = 0
         self._present_ns = 0
+        self._depth = 0
+        self._events: list[dict] = []
         info = gpu.get_display_info()
         self._preferred = {m.scanout: Mode(m.width, m.height) for m in info if m.enabled}
         if auto_mode:
@@ -139,7 +173,10 @@ class DisplayModule:
         self._subscribers.append(callback)
 
     def _emit(self, **event: Any) -> None:
-        for cb in self._subscribers:
+        if self._depth:
+            self._events.append(event)          # delivered once the device lock is released
+            return
+        for cb in list(self._subscribers):
             cb(event)
 
     def handle_frame(self, msg: dict) -> int:
@@ -163,6 +200,7 @@ class DisplayModule:
         out.add(native)
         return sorted(out)
 
+    @_api
     def displays(self) -> list[DisplayInfo]:
         """Enabled displays as the device reports them now (a GET_DISPLAY_INFO round trip)."""
         out = []
@@ -180,6 +218,7 @@ class DisplayModule:
         res = self._res.get(display)
         return Mode(res.width, res.height) if res else None
 
+    @_api
     def set_mode(self, display: int, mode: "Mode | str | Sequence[int]") -> None:
         """Switch ``display`` to ``mode``: a new scanout resource, SET_SCANOUT, old one freed."""
         mode = Mode.parse(mode)
@@ -202,6 +241,7 @@ class DisplayModule:
         self._emit(type="mode_set", display=display, width=mode.width, height=mode.height)
 
     # ---- frames --------------------------------------------------------------------------------
+    @_api
     def present(self, frame: np.ndarray, display: int = 0,
                 damage: Sequence[int] | None = None) -> int:
         """Show ``frame`` on ``display``; with ``damage=(x, y, w, h)`` only that rectangle is
@@ -238,6 +278,7 @@ class DisplayModule:
         return self._presented
 
     # ---- cursor --------------------------------------------------------------------------------
+    @_api
     def set_cursor(self, image: np.ndarray, hot: Sequence[int] = (0, 0),
                    display: int | None = None) -> None:
         """Set the cursor shape from an RGBA uint8 image up to 64x64 (padded with transparency)."""
@@ -265,6 +306,7 @@ class DisplayModule:
         self.gpu.update_cursor(self._cursor_display, x, y, rid, hx, hy)
         self._emit(type="cursor", display=self._cursor_display, x=x, y=y, shape=True)
 
+    @_api
     def move_cursor(self, x: int, y: int, display: int | None = None) -> None:
         """Move the cursor (set a shape first with :meth:`set_cursor`)."""
         if display is not None:
@@ -272,18 +314,19 @@ class DisplayModule:
             self._cursor_display = display
         if self._cursor_res is None:
             raise DisplayError("move_cursor(): no cursor shape yet; call set_cursor() first")
-        if x < 0 or y < 0:
-            raise FrameError(f"cursor position ({x}, {y}) must not be negative")
-        self._cursor_pos = (int(x), int(y))
-        self.gpu.move_cursor(self._cursor_display, int(x), int(y), self._cursor_res.id)
-        self._emit(type="cursor", display=self._cursor_display, x=int(x), y=int(y), shape=False)
+        x, y = _position(x, "x"), _position(y, "y")
+        self.gpu.move_cursor(self._cursor_display, x, y, self._cursor_res.id)
+        self._cursor_pos = (x, y)
+        self._emit(type="cursor", display=self._cursor_display, x=x, y=y, shape=False)
 
+    @_api
     def hide_cursor(self) -> None:
         """Hide the cursor (MOVE_CURSOR with resource 0)."""
         x, y = self._cursor_pos
         self.gpu.move_cursor(self._cursor_display, x, y, 0)
 
     # ---- what the monitor shows ----------------------------------------------------------------
+    @_api
     def snapshot(self, display: int = 0) -> np.ndarray:
         """A copy of the pixels the display received, (height, width, 4) RGBA uint8."""
         self._display(display)
@@ -300,11 +343,13 @@ class DisplayModule:
         path.write_bytes(encode_png(img if alpha else img[..., :3]))
         return path
 
+    @_api
     def cursor_state(self):
         """The cursor as the display last saw it (position, hot spot, RGBA image, visible)."""
         self.gpu.poll_events()
         return self.gpu.display.cursor
 
+    @_api
     def counters(self) -> dict:
         """Frame counters: presented (front end) and received (display side), bytes, commands."""
         self.gpu.poll_events()
@@ -322,10 +367,13 @@ class DisplayModule:
         }
 
     def close(self) -> None:
-        """Stop the back end and free everything (resources go with the process)."""
-        self._res.clear()
-        self._cursor_res = None
-        self.gpu.close()
+        """Stop the back end and free everything (resources go with the process). Waits for a
+        command in flight in another thread; later calls raise BackendError "closed"."""
+        self.gpu._closed = True             # other threads stop at their next call
+        with self.gpu.lock:
+            self._res.clear()
+            self._cursor_res = None
+            self.gpu.close()
 
     def __enter__(self) -> "DisplayModule":
         return self
@@ -338,6 +386,19 @@ def _describe(a: Any) -> str:
     if isinstance(a, np.ndarray):
         return f"array of shape {a.shape} dtype {a.dtype}"
     return type(a).__name__
+
+
+def _position(v: Any, what: str) -> int:
+    if isinstance(v, bool):
+        raise FrameError(f"cursor {what} {v!r}: expected an integer 0..{0xFFFFFFFF}")
+    try:
+        v = operator.index(v)
+    except TypeError:
+        raise FrameError(f"cursor {what} {v!r}: expected an integer 0..{0xFFFFFFFF}, got "
+                         f"{type(v).__name__}") from None
+    if not 0 <= v <= 0xFFFFFFFF:
+        raise FrameError(f"cursor {what} {v} out of range (allowed 0..{0xFFFFFFFF})")
+    return v
 
 
 def _check_frame(frame: Any, h: int, w: int, display: int) -> None:

@@ -81,7 +81,10 @@ class Scanout:
     fb: np.ndarray | None = None              # (height, width, 4) uint8, resource byte order
     updates: int = 0                           # UPDATE messages received
     bytes: int = 0                             # pixel bytes received
-    last_rect: tuple[int, int, int, int] = (0, 0, 0, 0)
+    last_rect: tuple[int, int, int, int] = (0, 0, 0, 0)      # in scanout coordinates
+    # where the scanout's rectangle starts in its resource (SET_SCANOUT's rect.x, rect.y): the
+    # back end sends UPDATE rectangles in resource coordinates, already clipped to the scanout
+    origin: tuple[int, int] = (0, 0)
     dmabuf: tuple | None = None                # (mmap, stride, fd_width, fd_height) on the dmabuf path
 
 
@@ -255,7 +258,19 @@ class DisplaySocket:
         if nbytes != w * h * 4:
             raise ProtocolError(f"display socket: UPDATE {w}x{h} carries {nbytes} pixel bytes, "
                                 f"expected {w * h * 4}")
-        s = self._check_rect(sid, x, y, w, h)
+        if sid < MAX_SCANOUTS and nbytes:
+            ox, oy = self.scanouts[sid].origin
+            x, y = x - ox, y - oy               # resource -> scanout coordinates
+            if x < 0 or y < 0:
+                raise ProtocolError(
+                    f"display socket: update rect ({x + ox},{y + oy})+{w}x{h} starts before the "
+                    f"origin ({ox},{oy}) of scanout {sid}")
+            s = self._check_rect(sid, x, y, w, h)
+        elif sid >= MAX_SCANOUTS:
+            s = self._check_rect(sid, x, y, w, h)
+        else:
+            s = self.scanouts[sid]              # empty update (flush outside the scanout)
+            x = y = w = h = 0
         if nbytes:
             if x == 0 and w == s.width:
                 # full-width damage: rows are contiguous in our framebuffer, receive in place

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import select
 import socket
+import operator
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from enum import IntEnum
@@ -36,8 +38,9 @@ import numpy as np
 from .backend import BackendProcess
 from .display_socket import (CURSOR_SIZE, DISPLAY_INFO_SIZE, MAX_SCANOUTS, PMODE, DisplaySocket,
                              Monitor, socketpair)
-from .errors import (RESPONSE_ERRORS, BackendDied, BackendError, BackendTimeout, FeatureError,
-                     FrameError, GpuResponseError, ProtocolError, VirtioError)
+from .errors import (RESPONSE_ERRORS, BackendDied, BackendError, BackendTimeout,
+                     ErrInvalidResourceId, FeatureError, FrameError, GpuResponseError,
+                     ProtocolError, VirtioError)
 from .memory import GuestMemory
 from .vhost_user import (PROTOCOL_F_REPLY_ACK, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1,
                          VhostUserFrontend)
@@ -118,6 +121,31 @@ U32 = struct.Struct("<I")
 SLOT = 4096            # one in-flight control command: request then response
 RESP_AT = 3584         # response offset within a slot (display info is 408 bytes)
 MAX_ENTRIES = (RESP_AT - ATTACH.size) // MEM_ENTRY.size
+MIN_QUEUE_SIZE = 4     # two control slots: transfer_and_flush keeps two commands in flight
+U32_MAX = 0xFFFFFFFF
+
+
+def _u32(value, what: str, lo: int = 0, hi: int = U32_MAX) -> int:
+    """``value`` as an int in ``lo..hi`` (bools and floats refused), or a FrameError naming it."""
+    if isinstance(value, bool):
+        raise FrameError(f"{what} {value!r}: expected an integer {lo}..{hi}, not a bool")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise FrameError(f"{what} {value!r}: expected an integer {lo}..{hi}, got "
+                         f"{type(value).__name__}") from None
+    if not lo <= v <= hi:
+        raise FrameError(f"{what} {v} out of range (allowed {lo}..{hi})")
+    return v
+
+
+def _rect(rect, what: str = "rect") -> tuple[int, int, int, int]:
+    try:
+        x, y, w, h = rect
+    except (TypeError, ValueError):
+        raise FrameError(f"{what} {rect!r}: expected (x, y, width, height)") from None
+    return (_u32(x, f"{what} x"), _u32(y, f"{what} y"), _u32(w, f"{what} width"),
+            _u32(h, f"{what} height"))
 
 
 @dataclass
@@ -146,6 +174,11 @@ class VirtioGpu:
     def __init__(self, frontend: VhostUserFrontend, monitors: Sequence[Monitor] | None = None, *,
                  mem_size: int = 64 << 20, queue_size: int = 64, timeout: float = 5.0,
                  spin_s: float = 0.0005, backend: BackendProcess | None = None):
+        self._closed = False
+        self._torn_down = False
+        # serialises commands (one thread in the event loop at a time) and close(); reentrant so
+        # a caller (the display module) can hold it across several commands
+        self.lock = threading.RLock()
         self.fe = frontend
         self.backend = backend
         self.timeout = timeout
@@ -164,6 +197,10 @@ class VirtioGpu:
         self.display: DisplaySocket | None = None
         self.queues: list[SplitQueue] = []
         try:
+            if isinstance(queue_size, bool) or not isinstance(queue_size, int) \
+                    or queue_size < MIN_QUEUE_SIZE:
+                raise VirtioError(f"queue_size {queue_size!r}: must be at least {MIN_QUEUE_SIZE} "
+                                  "(half of it are control slots and a flush needs two)")
             self.queues = [SplitQueue(self.mem, CONTROLQ, queue_size),
                            SplitQueue(self.mem, CURSORQ, queue_size)]
             nctrl = queue_size // 2
@@ -251,17 +288,21 @@ class VirtioGpu:
         return exc
 
     def _check(self) -> None:
+        if self._closed:
+            raise BackendError("virtio-gpu device is closed; launch a new one")
         if self.broken is not None:
             raise BackendError(f"virtio-gpu device is unusable after an earlier failure "
                                f"({self.broken}); close it and launch a new one")
 
     def poll_events(self, timeout: float = 0.0) -> None:
         """Serve the display socket and drain call eventfds; ``timeout`` seconds at most."""
-        self._check()
-        try:
-            self._poll_once(time.monotonic() + max(timeout, 0) + self.timeout, int(timeout * 1000))
-        except VirtioError as e:
-            raise self._fail(e) from None
+        with self.lock:
+            self._check()
+            try:
+                self._poll_once(time.monotonic() + max(timeout, 0) + self.timeout,
+                                int(timeout * 1000))
+            except VirtioError as e:
+                raise self._fail(e) from None
 
     def _poll_once(self, deadline: float, timeout_ms: int) -> None:
         for fd, _ev in self._poller.poll(timeout_ms):
@@ -312,8 +353,6 @@ class VirtioGpu:
     # ---- control queue -------------------------------------------------------------------------
     def _ctrl_submit(self, fmt: struct.Struct, args: tuple, resp_len: int = HDR.size,
                      extra: bytes = b"") -> int:
-        if not self._ctrl_slots:
-            raise VirtioError("control queue: too many commands in flight")
         slot = self._ctrl_slots.pop()
         buf = self.mem.buf
         fmt.pack_into(buf, slot, *args)
@@ -330,13 +369,27 @@ class VirtioGpu:
     def _ctrl_run(self, cmds: list[tuple[struct.Struct, tuple, int, bytes, str]]) -> list[int]:
         """Submit commands as chains, kick once, wait for all; return response slots' offsets
         (valid until the next command). Raises the first error response, typed."""
-        self._check()
+        with self.lock:
+            self._check()
+            return self._ctrl_run_locked(cmds)
+
+    def _ctrl_run_locked(self, cmds) -> list[int]:
         q = self.queues[CONTROLQ]
+        if len(cmds) > len(self._ctrl_slots) or 2 * len(cmds) > q.free_descriptors:
+            # checked before anything is published, so a refusal leaves the queue as it was
+            raise VirtioError(f"control queue: {len(cmds)} commands need {len(cmds)} free slots, "
+                              f"{len(self._ctrl_slots)} free (too many commands in flight)")
         heads = [self._ctrl_submit(fmt, args, rl, ex) for fmt, args, rl, ex, _ in cmds]
         q.kick()
         self.commands += len(cmds)
         what = cmds[0][4] if len(cmds) == 1 else " + ".join(c[4].split(" ")[0] for c in cmds)
-        done = self._wait(q, set(heads), what)
+        try:
+            done = self._wait(q, set(heads), what)
+        except BaseException as e:
+            # the chains may still be in the device's hands: their slots cannot be reused safely
+            if self.broken is None:
+                self.broken = f"{what}: interrupted by {type(e).__name__}: {e}"
+            raise
         slots = []
         first_err = None
         for head, (_, args, rl, _, desc) in zip(heads, cmds):
@@ -362,6 +415,10 @@ class VirtioGpu:
 
     def get_display_info(self) -> list[DisplayMode]:
         """GET_DISPLAY_INFO: the 16 scanouts' modes as the device reports them."""
+        with self.lock:           # the response slot is ours until the next command
+            return self._get_display_info()
+
+    def _get_display_info(self) -> list[DisplayMode]:
         (resp,) = self._ctrl_run([(HDR, self._hdr(Cmd.GET_DISPLAY_INFO), DISPLAY_INFO_SIZE, b"",
                                    "GET_DISPLAY_INFO")])
         rtype = U32.unpack_from(self.mem.buf, resp)[0]
@@ -376,16 +433,21 @@ class VirtioGpu:
 
     def resource_create_2d(self, resource_id: int, width: int, height: int,
                            fmt: int = Format.R8G8B8A8) -> None:
+        resource_id, width, height = (_u32(resource_id, "resource_id"), _u32(width, "width"),
+                                      _u32(height, "height"))
+        fmt = _u32(fmt, "format")
         self._ctrl_run([(CREATE_2D, self._hdr(Cmd.RESOURCE_CREATE_2D) +
                          (resource_id, int(fmt), width, height), HDR.size, b"",
                          f"RESOURCE_CREATE_2D id {resource_id} {width}x{height} format {int(fmt)}")])
 
     def resource_unref(self, resource_id: int) -> None:
+        resource_id = _u32(resource_id, "resource_id")
         self._ctrl_run([(RES_ID, self._hdr(Cmd.RESOURCE_UNREF) + (resource_id, 0), HDR.size, b"",
                          f"RESOURCE_UNREF id {resource_id}")])
 
     def resource_attach_backing(self, resource_id: int, entries: Sequence[tuple[int, int]]) -> None:
         """``entries``: (guest physical address, length) pieces of the backing store."""
+        resource_id = _u32(resource_id, "resource_id")
         if not 1 <= len(entries) <= MAX_ENTRIES:
             raise VirtioError(f"RESOURCE_ATTACH_BACKING: {len(entries)} entries "
                               f"(1..{MAX_ENTRIES} fit one command)")
@@ -395,21 +457,33 @@ class VirtioGpu:
                          f"RESOURCE_ATTACH_BACKING id {resource_id}")])
 
     def resource_detach_backing(self, resource_id: int) -> None:
+        resource_id = _u32(resource_id, "resource_id")
         self._ctrl_run([(RES_ID, self._hdr(Cmd.RESOURCE_DETACH_BACKING) + (resource_id, 0),
                          HDR.size, b"", f"RESOURCE_DETACH_BACKING id {resource_id}")])
 
     def set_scanout(self, scanout_id: int, resource_id: int, rect: Rect) -> None:
         """Show ``rect`` of a resource on a scanout (resource 0 disables the scanout)."""
-        self._ctrl_run([(SET_SCANOUT, self._hdr(Cmd.SET_SCANOUT) + tuple(rect) +
-                         (scanout_id, resource_id), HDR.size, b"",
-                         f"SET_SCANOUT scanout {scanout_id} resource {resource_id} {tuple(rect)}")])
+        scanout_id = _u32(scanout_id, "scanout_id")
+        resource_id = _u32(resource_id, "resource_id")
+        rect = _rect(rect)
+        with self.lock:
+            self._ctrl_run([(SET_SCANOUT, self._hdr(Cmd.SET_SCANOUT) + rect +
+                             (scanout_id, resource_id), HDR.size, b"",
+                             f"SET_SCANOUT scanout {scanout_id} resource {resource_id} {rect}")])
+            if scanout_id < MAX_SCANOUTS and self.display is not None:
+                # UPDATEs for this scanout come in resource coordinates, offset by rect's origin
+                self.display.scanouts[scanout_id].origin = \
+                    (rect[0], rect[1]) if resource_id else (0, 0)
 
     def _transfer_cmd(self, resource_id: int, rect: Rect, offset: int):
-        return (TRANSFER, self._hdr(Cmd.TRANSFER_TO_HOST_2D) + tuple(rect) + (offset, resource_id, 0),
+        resource_id, rect = _u32(resource_id, "resource_id"), _rect(rect)
+        offset = _u32(offset, "offset", 0, 2**64 - 1)
+        return (TRANSFER, self._hdr(Cmd.TRANSFER_TO_HOST_2D) + rect + (offset, resource_id, 0),
                 HDR.size, b"", f"TRANSFER_TO_HOST_2D resource {resource_id} {tuple(rect)}")
 
     def _flush_cmd(self, resource_id: int, rect: Rect):
-        return (FLUSH, self._hdr(Cmd.RESOURCE_FLUSH) + tuple(rect) + (resource_id, 0), HDR.size,
+        resource_id, rect = _u32(resource_id, "resource_id"), _rect(rect)
+        return (FLUSH, self._hdr(Cmd.RESOURCE_FLUSH) + rect + (resource_id, 0), HDR.size,
                 b"", f"RESOURCE_FLUSH resource {resource_id} {tuple(rect)}")
 
     def transfer_to_host_2d(self, resource_id: int, rect: Rect, offset: int = 0) -> None:
@@ -422,60 +496,90 @@ class VirtioGpu:
 
     def transfer_and_flush(self, res: Resource2D, rect: Rect) -> None:
         """TRANSFER_TO_HOST_2D + RESOURCE_FLUSH of one rectangle, both in flight at once."""
-        offset = rect.y * res.stride + rect.x * 4
+        x, y, _w, _h = _rect(rect)
+        offset = y * res.stride + x * 4
         self._ctrl_run([self._transfer_cmd(res.id, rect, offset), self._flush_cmd(res.id, rect)])
 
     # ---- resources with backing in guest memory ------------------------------------------------
     def create_resource(self, width: int, height: int, fmt: int = Format.R8G8B8A8) -> Resource2D:
         """Allocate backing memory, RESOURCE_CREATE_2D and RESOURCE_ATTACH_BACKING it."""
-        if not (0 < width <= 16384 and 0 < height <= 16384):
-            raise FrameError(f"resource size {width}x{height} (1..16384 each)")
+        # validated before anything is allocated
+        width = _u32(width, "resource width", 1, 16384)
+        height = _u32(height, "resource height", 1, 16384)
+        try:
+            fmt = Format(_u32(fmt, "resource format"))
+        except ValueError:
+            raise FrameError(f"resource format {fmt}: not one of "
+                             + ", ".join(f"{f.name}={f.value}" for f in Format)) from None
         nbytes = width * height * 4
-        off = self.mem.alloc(nbytes, 4096)
-        rid = self._next_resource_id
-        self._next_resource_id += 1
-        try:
-            self.resource_create_2d(rid, width, height, fmt)
-        except BaseException:
-            self.mem.free(off)
-            raise
-        try:
-            self.resource_attach_backing(rid, [(self.mem.gpa(off), nbytes)])
-        except BaseException:
-            self.mem.free(off)
-            if self.broken is None:
-                self.resource_unref(rid)
-            raise
-        res = Resource2D(rid, width, height, int(fmt), off,
-                         self.mem.view(off, nbytes).reshape(height, width, 4))
-        self.resources[rid] = res
-        return res
+        with self.lock:
+            self._check()
+            off = self.mem.alloc(nbytes, 4096)
+            rid = self._next_resource_id
+            self._next_resource_id += 1
+            try:
+                self.resource_create_2d(rid, width, height, fmt)
+            except BaseException:
+                self.mem.free(off)
+                raise
+            try:
+                self.resource_attach_backing(rid, [(self.mem.gpa(off), nbytes)])
+            except BaseException:
+                self.mem.free(off)
+                if self.broken is None:
+                    self.resource_unref(rid)
+                raise
+            res = Resource2D(rid, width, height, int(fmt), off,
+                             self.mem.view(off, nbytes).reshape(height, width, 4))
+            self.resources[rid] = res
+            return res
 
     def destroy_resource(self, res: Resource2D) -> None:
-        """RESOURCE_DETACH_BACKING + RESOURCE_UNREF, then free the backing memory."""
-        self.resources.pop(res.id, None)
-        try:
-            self.resource_detach_backing(res.id)
-            self.resource_unref(res.id)
-        finally:
-            res.pixels = None
-            if self.broken is None:
-                self.mem.free(res.offset)
+        """RESOURCE_DETACH_BACKING + RESOURCE_UNREF, then free the backing memory.
+
+        UNREF is sent even when DETACH fails (say the backing was detached by hand already), so
+        the device never keeps the resource. A resource destroyed before (or not made by this
+        device's :meth:`create_resource`) raises ErrInvalidResourceId and touches nothing: its
+        guest memory may already belong to another resource."""
+        with self.lock:
+            self._check()
+            if self.resources.get(res.id) is not res or res.pixels is None:
+                raise ErrInvalidResourceId(
+                    f"destroy_resource: resource {res.id} was already destroyed (or was not "
+                    "created by this device's create_resource)", command=int(Cmd.RESOURCE_UNREF))
+            del self.resources[res.id]
+            try:
+                try:
+                    self.resource_detach_backing(res.id)
+                finally:
+                    if self.broken is None:
+                        self.resource_unref(res.id)
+            finally:
+                res.pixels = None
+                if self.broken is None:
+                    self.mem.free(res.offset)
 
     # ---- cursor queue --------------------------------------------------------------------------
     def _cursor_run(self, cmd: Cmd, scanout: int, x: int, y: int, resource_id: int,
                     hot_x: int = 0, hot_y: int = 0) -> None:
-        self._check()
-        q = self.queues[CURSORQ]
-        slot = self._cursor_slots.pop()
-        try:
+        scanout, x, y = _u32(scanout, "cursor scanout"), _u32(x, "cursor x"), _u32(y, "cursor y")
+        resource_id = _u32(resource_id, "cursor resource_id")
+        hot_x, hot_y = _u32(hot_x, "cursor hot_x"), _u32(hot_y, "cursor hot_y")
+        with self.lock:
+            self._check()
+            q = self.queues[CURSORQ]
+            slot = self._cursor_slots.pop()
             CURSOR.pack_into(self.mem.buf, slot, int(cmd), 0, 0, 0, 0, scanout, x, y, 0,
                              resource_id, hot_x, hot_y, 0)
             head = q.add([(self.mem.gpa(slot), CURSOR.size, False)])
             q.kick()
             self.commands += 1
-            self._wait(q, {head}, f"{cmd.name} scanout {scanout} ({x},{y})")
-        finally:
+            try:
+                self._wait(q, {head}, f"{cmd.name} scanout {scanout} ({x},{y})")
+            except BaseException as e:
+                if self.broken is None:
+                    self.broken = f"{cmd.name}: interrupted by {type(e).__name__}: {e}"
+                raise
             self._cursor_slots.append(slot)
 
     def update_cursor(self, scanout: int, x: int, y: int, resource_id: int,
@@ -490,9 +594,17 @@ class VirtioGpu:
     # ---- teardown ------------------------------------------------------------------------------
     def close(self) -> None:
         """Disconnect (the back end exits on disconnect) and release every resource."""
-        if getattr(self, "_closed", False):
+        lock = getattr(self, "lock", None)
+        if lock is None or getattr(self, "_torn_down", False):
             return
-        self._closed = True
+        self._closed = True           # callers waiting for the lock see "closed" once they get it
+        with lock:                    # waits for the command in flight (bounded by its deadline)
+            if self._torn_down:
+                return
+            self._torn_down = True
+            self._teardown()
+
+    def _teardown(self) -> None:
         self.fe.close()
         if self.display is not None:
             self.display.close()
