@@ -76,7 +76,8 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.core.channel_spec import (DEFAULT_CAPACITY, MAX_FANOUT, max_subscribers,
-                                    priority_reserve, ring_capacity, validate_channel_spec)
+                                    priority_reserve, ring_capacity, validate_channel_spec,
+                                    validate_window)
 from ggmk.core.replay import ReplayLog, ReplayMixin
 from ggmk.core.ring import Ring, WakingRing
 from ggmk.core.sched import Route
@@ -117,7 +118,7 @@ class Subscriber:
         self.dropped = 0
         self.overflows = 0
         self.drain_lock = threading.Lock()
-        self.window = window
+        self.window = validate_window(name, window)
         # ordered delivery: at most one delivered batch in the scheduler at a time; ``busy``
         # counts its messages not finished yet, ``b_lo``..``b_hi`` its channel seqs
         self.ordered = ordered
@@ -255,6 +256,7 @@ class Channel(ReplayMixin):
         ``ordered``: this subscriber's delivery order (default: the channel's ``ordered``).
         Raises ChannelError(CHAN_ALREADY_BOUND) for a second p2p subscriber or a 33rd fan-out one."""
         k = self.kernel
+        window = validate_window(self.name, window)
         tid = 0
         if type is not None:
             tid = k.type_id(type)
@@ -271,6 +273,11 @@ class Channel(ReplayMixin):
                     f"subscriber(s) ({', '.join(s.name for s in self.subs)}); "
                     + ("declare mode='fanout' for more" if self.mode == "p2p"
                        else f"fan-out allows at most {MAX_FANOUT}"), CHAN_ALREADY_BOUND)
+            if tid and any(s.type_id == tid for s in self.subs):
+                raise ChannelError(
+                    f"channel {self.name!r}: handler type {k.type_name(tid)!r} is already "
+                    f"subscribed to it; a type subscribes to a channel once (deliveries and "
+                    f"ordered bookkeeping are per type)", CHAN_ALREADY_BOUND)
             win = window or self.window or max(2 * k.max_batch, 256)
             ordered = self.ordered if ordered is None else (bool(ordered) and not self.det)
             sub = Subscriber(self, tid, name or (k.type_name(tid) if tid else "host"), win,
@@ -955,9 +962,12 @@ class Channel(ReplayMixin):
 
     def _flush_sub(self, sub: Subscriber, code: int) -> int:
         """Drop everything a subscriber has not received yet (under the lock)."""
-        # no drain lock here (a drainer holds it while taking ours): a record is popped once,
-        # by the drainer (delivered) or by us (dropped)
-        recs = sub.ring.pop(sub.ring.capacity)
+        # the drain lock too: a drainer holds only it between head_view and consume, so
+        # without it a record could be both delivered and dropped (payload released twice).
+        # Lock order: channel lock, then drain lock; a drainer holding the drain lock never
+        # waits for the channel lock (_feed only try-acquires it, outside the drain lock).
+        with sub.drain_lock:
+            recs = sub.ring.pop(sub.ring.capacity)
         n = len(recs)
         self._drop(recs, code, sub, release=True)
         if sub.behind and self.log is not None:

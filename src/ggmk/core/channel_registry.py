@@ -31,7 +31,8 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.core.channel import Channel
-from ggmk.core.channel_spec import DEFAULT_CAPACITY, validate_channel_name, validate_channel_spec
+from ggmk.core.channel_spec import (DEFAULT_CAPACITY, validate_channel_name, validate_channel_spec,
+                                    validate_window)
 from ggmk.core.replay import ReplayLog
 from ggmk.errors import ChannelError
 from ggmk.events import EventType
@@ -142,6 +143,7 @@ class Channels:
         time; False lets several batches of one subscriber run at once, on several workers
         (more throughput for a handler that does not care about order). See :class:`Channel`."""
         validate_channel_name(name)
+        window = validate_window(name, window)
         k = self.kernel
         tid = k.type_id(type, register=True, where=f"channel {name!r}") if type else 0
         with self.lock:
@@ -254,12 +256,29 @@ class Channels:
         """A worker finished a batch of channel messages (whatever their outcome: done, failed,
         yielded or retried). An ordered subscriber's in-flight batch is over once all of its
         messages were finished: deliver its next one now."""
-        r0 = recs[0]
-        ch = self._ordered.get(int(r0["channel"]))
-        if ch is not None:
-            sub = ch._osubs.get(int(r0["type"]))
+        if not len(recs) or not self._ordered:
+            return
+        cids = recs["channel"]
+        types = recs["type"]
+        c0, t0 = cids[0], types[0]
+        if (cids == c0).all() and (types == t0).all():     # the usual batch: one channel
+            ch = self._ordered.get(int(c0))
+            if ch is not None:
+                sub = ch._osubs.get(int(t0))
+                if sub is not None and sub.busy:
+                    ch._batch_done(sub, recs)
+            return
+        # a mixed batch (one handler type on several channels, direct tasks among them):
+        # each channel's ordered subscriber finishes its own records
+        msg = (recs["flags"] & FLAG_CHANNEL_MSG) != 0
+        for cid, t in {(int(c), int(y)) for c, y in zip(cids[msg].tolist(),
+                                                       types[msg].tolist())}:
+            ch = self._ordered.get(cid)
+            if ch is None:
+                continue
+            sub = ch._osubs.get(t)
             if sub is not None and sub.busy:
-                ch._batch_done(sub, recs)
+                ch._batch_done(sub, T.select(recs, msg & (cids == cid) & (types == t)))
 
     def on_batch_done1(self, cid: int, t: int, seq: int) -> None:
         """``on_batch_done`` for a batch of one record, given as its channel id, type and

@@ -25,6 +25,8 @@ device's ``ChannelBootError`` is a subclass of it).
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ggmk.errors import ChannelError
 from ggmk.task import CHAN_UNKNOWN
 
@@ -76,6 +78,19 @@ def validate_channel_spec(name, mode, guarantee, *, replay=0,
                            f"{guarantee!r}", CHAN_UNKNOWN)
 
 
-__all__ = ["MODES", "GUARANTEES", "MAX_FANOUT", "DEFAULT_CAPACITY", "MIN_CAPACITY",
-           "RESERVE_FRACTION", "max_subscribers", "ring_capacity", "priority_reserve",
-           "validate_channel_name", "validate_channel_spec"]
+__all__ = ["validate_window", "MODES", "GUARANTEES", "MAX_FANOUT", "DEFAULT_CAPACITY",
+           "MIN_CAPACITY", "RESERVE_FRACTION", "max_subscribers", "ring_capacity",
+           "priority_reserve", "validate_channel_name", "validate_channel_spec"]
+
+
+def validate_window(name, window):
+    """``window=`` (open / subscribe): None (the default) or a positive int; returned as an
+    int (or None). ChannelError(CHAN_UNKNOWN) naming the channel and the value otherwise."""
+    if window is None:
+        return None
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ChannelError(f"channel {name!r}: window={window!r} is not allowed: a positive "
+                           "int (messages of one subscriber in the scheduler at once) or None "
+                           "(the default)", CHAN_UNKNOWN)
+    return int(window)
+

@@ -101,9 +101,14 @@ class Emitter:
             with ch.lock:
                 if ch.closed:
                     return CHAN_CLOSED
-                room = ch._room(True)
-                if not prio0:
-                    room -= 0 if (ch.lossy or not ch.subs) else ch.reserve
+                if ch.lossy or ch.subs:
+                    room = ch._room(True)
+                    if not prio0 and not ch.lossy:
+                        room -= ch.reserve
+                else:
+                    # lossless, no subscriber yet: one may join before the commit and gets
+                    # at most a ring's worth, so grant no more than a ring holds
+                    room = ch.capacity - ch.reserve - ch.granted - ch.held_n
                 g = min(STAGE_CREDIT, room)
                 if g > 0:
                     ch.granted += g
@@ -146,6 +151,7 @@ class Emitter:
                 # channel closed for good drops what was staged
                 if ch.closed and not ch.suspended:
                     recs["channel"] = ch.id
+                    ch.emitted += n       # send() said OK: emitted, then dropped
                     for sub in ch.subs or [None]:
                         ch._drop(recs, CHAN_CLOSED, sub, release=False)
                 else:
