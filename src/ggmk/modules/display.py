@@ -41,7 +41,7 @@ import numpy as np
 
 from ggmk.drivers.virtio.display_socket import CURSOR_SIZE, Monitor
 from ggmk.drivers.virtio.errors import FrameError, VirtioError
-from ggmk.drivers.virtio.gpu import Format, Rect, Resource2D, VirtioGpu
+from ggmk.drivers.virtio.gpu import Format, Rect, Resource2D, VirtioGpu, check_u32
 
 NAME = "display"
 CHANNEL_IN = "display.frame"
@@ -314,7 +314,7 @@ class DisplayModule:
             self._cursor_display = display
         if self._cursor_res is None:
             raise DisplayError("move_cursor(): no cursor shape yet; call set_cursor() first")
-        x, y = _position(x, "x"), _position(y, "y")
+        x, y = check_u32(x, "cursor x"), check_u32(y, "cursor y")
         self.gpu.move_cursor(self._cursor_display, x, y, self._cursor_res.id)
         self._cursor_pos = (x, y)
         self._emit(type="cursor", display=self._cursor_display, x=x, y=y, shape=False)
@@ -386,19 +386,6 @@ def _describe(a: Any) -> str:
     if isinstance(a, np.ndarray):
         return f"array of shape {a.shape} dtype {a.dtype}"
     return type(a).__name__
-
-
-def _position(v: Any, what: str) -> int:
-    if isinstance(v, bool):
-        raise FrameError(f"cursor {what} {v!r}: expected an integer 0..{0xFFFFFFFF}")
-    try:
-        v = operator.index(v)
-    except TypeError:
-        raise FrameError(f"cursor {what} {v!r}: expected an integer 0..{0xFFFFFFFF}, got "
-                         f"{type(v).__name__}") from None
-    if not 0 <= v <= 0xFFFFFFFF:
-        raise FrameError(f"cursor {what} {v} out of range (allowed 0..{0xFFFFFFFF})")
-    return v
 
 
 def _check_frame(frame: Any, h: int, w: int, display: int) -> None:

@@ -125,7 +125,7 @@ MIN_QUEUE_SIZE = 4     # two control slots: transfer_and_flush keeps two command
 U32_MAX = 0xFFFFFFFF
 
 
-def _u32(value, what: str, lo: int = 0, hi: int = U32_MAX) -> int:
+def check_u32(value, what: str, lo: int = 0, hi: int = U32_MAX) -> int:
     """``value`` as an int in ``lo..hi`` (bools and floats refused), or a FrameError naming it."""
     if isinstance(value, bool):
         raise FrameError(f"{what} {value!r}: expected an integer {lo}..{hi}, not a bool")
@@ -144,8 +144,8 @@ def _rect(rect, what: str = "rect") -> tuple[int, int, int, int]:
         x, y, w, h = rect
     except (TypeError, ValueError):
         raise FrameError(f"{what} {rect!r}: expected (x, y, width, height)") from None
-    return (_u32(x, f"{what} x"), _u32(y, f"{what} y"), _u32(w, f"{what} width"),
-            _u32(h, f"{what} height"))
+    return (check_u32(x, f"{what} x"), check_u32(y, f"{what} y"), check_u32(w, f"{what} width"),
+            check_u32(h, f"{what} height"))
 
 
 @dataclass
@@ -433,21 +433,21 @@ class VirtioGpu:
 
     def resource_create_2d(self, resource_id: int, width: int, height: int,
                            fmt: int = Format.R8G8B8A8) -> None:
-        resource_id, width, height = (_u32(resource_id, "resource_id"), _u32(width, "width"),
-                                      _u32(height, "height"))
-        fmt = _u32(fmt, "format")
+        resource_id, width, height = (check_u32(resource_id, "resource_id"), check_u32(width, "width"),
+                                      check_u32(height, "height"))
+        fmt = check_u32(fmt, "format")
         self._ctrl_run([(CREATE_2D, self._hdr(Cmd.RESOURCE_CREATE_2D) +
                          (resource_id, int(fmt), width, height), HDR.size, b"",
                          f"RESOURCE_CREATE_2D id {resource_id} {width}x{height} format {int(fmt)}")])
 
     def resource_unref(self, resource_id: int) -> None:
-        resource_id = _u32(resource_id, "resource_id")
+        resource_id = check_u32(resource_id, "resource_id")
         self._ctrl_run([(RES_ID, self._hdr(Cmd.RESOURCE_UNREF) + (resource_id, 0), HDR.size, b"",
                          f"RESOURCE_UNREF id {resource_id}")])
 
     def resource_attach_backing(self, resource_id: int, entries: Sequence[tuple[int, int]]) -> None:
         """``entries``: (guest physical address, length) pieces of the backing store."""
-        resource_id = _u32(resource_id, "resource_id")
+        resource_id = check_u32(resource_id, "resource_id")
         if not 1 <= len(entries) <= MAX_ENTRIES:
             raise VirtioError(f"RESOURCE_ATTACH_BACKING: {len(entries)} entries "
                               f"(1..{MAX_ENTRIES} fit one command)")
@@ -457,14 +457,14 @@ class VirtioGpu:
                          f"RESOURCE_ATTACH_BACKING id {resource_id}")])
 
     def resource_detach_backing(self, resource_id: int) -> None:
-        resource_id = _u32(resource_id, "resource_id")
+        resource_id = check_u32(resource_id, "resource_id")
         self._ctrl_run([(RES_ID, self._hdr(Cmd.RESOURCE_DETACH_BACKING) + (resource_id, 0),
                          HDR.size, b"", f"RESOURCE_DETACH_BACKING id {resource_id}")])
 
     def set_scanout(self, scanout_id: int, resource_id: int, rect: Rect) -> None:
         """Show ``rect`` of a resource on a scanout (resource 0 disables the scanout)."""
-        scanout_id = _u32(scanout_id, "scanout_id")
-        resource_id = _u32(resource_id, "resource_id")
+        scanout_id = check_u32(scanout_id, "scanout_id")
+        resource_id = check_u32(resource_id, "resource_id")
         rect = _rect(rect)
         with self.lock:
             self._ctrl_run([(SET_SCANOUT, self._hdr(Cmd.SET_SCANOUT) + rect +
@@ -476,13 +476,13 @@ class VirtioGpu:
                     (rect[0], rect[1]) if resource_id else (0, 0)
 
     def _transfer_cmd(self, resource_id: int, rect: Rect, offset: int):
-        resource_id, rect = _u32(resource_id, "resource_id"), _rect(rect)
-        offset = _u32(offset, "offset", 0, 2**64 - 1)
+        resource_id, rect = check_u32(resource_id, "resource_id"), _rect(rect)
+        offset = check_u32(offset, "offset", 0, 2**64 - 1)
         return (TRANSFER, self._hdr(Cmd.TRANSFER_TO_HOST_2D) + rect + (offset, resource_id, 0),
                 HDR.size, b"", f"TRANSFER_TO_HOST_2D resource {resource_id} {tuple(rect)}")
 
     def _flush_cmd(self, resource_id: int, rect: Rect):
-        resource_id, rect = _u32(resource_id, "resource_id"), _rect(rect)
+        resource_id, rect = check_u32(resource_id, "resource_id"), _rect(rect)
         return (FLUSH, self._hdr(Cmd.RESOURCE_FLUSH) + rect + (resource_id, 0), HDR.size,
                 b"", f"RESOURCE_FLUSH resource {resource_id} {tuple(rect)}")
 
@@ -504,10 +504,10 @@ class VirtioGpu:
     def create_resource(self, width: int, height: int, fmt: int = Format.R8G8B8A8) -> Resource2D:
         """Allocate backing memory, RESOURCE_CREATE_2D and RESOURCE_ATTACH_BACKING it."""
         # validated before anything is allocated
-        width = _u32(width, "resource width", 1, 16384)
-        height = _u32(height, "resource height", 1, 16384)
+        width = check_u32(width, "resource width", 1, 16384)
+        height = check_u32(height, "resource height", 1, 16384)
         try:
-            fmt = Format(_u32(fmt, "resource format"))
+            fmt = Format(check_u32(fmt, "resource format"))
         except ValueError:
             raise FrameError(f"resource format {fmt}: not one of "
                              + ", ".join(f"{f.name}={f.value}" for f in Format)) from None
@@ -562,9 +562,9 @@ class VirtioGpu:
     # ---- cursor queue --------------------------------------------------------------------------
     def _cursor_run(self, cmd: Cmd, scanout: int, x: int, y: int, resource_id: int,
                     hot_x: int = 0, hot_y: int = 0) -> None:
-        scanout, x, y = _u32(scanout, "cursor scanout"), _u32(x, "cursor x"), _u32(y, "cursor y")
-        resource_id = _u32(resource_id, "cursor resource_id")
-        hot_x, hot_y = _u32(hot_x, "cursor hot_x"), _u32(hot_y, "cursor hot_y")
+        scanout, x, y = check_u32(scanout, "cursor scanout"), check_u32(x, "cursor x"), check_u32(y, "cursor y")
+        resource_id = check_u32(resource_id, "cursor resource_id")
+        hot_x, hot_y = check_u32(hot_x, "cursor hot_x"), check_u32(hot_y, "cursor hot_y")
         with self.lock:
             self._check()
             q = self.queues[CURSORQ]
