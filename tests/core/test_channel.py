@@ -312,7 +312,7 @@ def test_chan_module_keeps_the_names_other_code_imports():
 
 def test_capacity_is_rounded_up_to_a_power_of_two_with_a_reserve():
     with boot([], hal="sim") as s:
-        for want, (cap, reserve) in {0: (8, 1), 9: (16, 1), 100: (128, 12),
+        for want, (cap, reserve) in {1: (8, 1), 9: (16, 1), 100: (128, 12),
                                      4096: (4096, 409)}.items():
             ch = s.open(f"cap.c{want}", "MSG", capacity=want)
             assert (ch.capacity, ch.reserve) == (cap, reserve)

@@ -59,3 +59,42 @@ def test_the_cpu_kernel_validates_with_it():
         with pytest.raises(ChannelError) as e:
             fan.subscribe()
         assert e.value.code == T.CHAN_ALREADY_BOUND and str(spec.MAX_FANOUT) in str(e.value)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.7, True, None, float("nan"), "8", 2**40])
+def test_a_bad_capacity_is_refused_by_name(bad):
+    # (0, -5, 2.7 and True were taken as 8; None and nan gave bare TypeError/ValueError; 2**40
+    # failed later, when a subscriber's ring was allocated)
+    with boot([], hal="sim") as s:
+        with pytest.raises(ChannelError) as e:
+            s.open("data.in", "MSG", capacity=bad)
+        assert e.value.code == T.CHAN_UNKNOWN
+        assert "data.in" in str(e.value) and f"capacity={bad!r}" in str(e.value)
+
+
+@pytest.mark.parametrize("bad", [-3, 2.5, "16", True])
+def test_a_bad_replay_is_refused_by_name(bad):
+    with boot([], hal="sim") as s:
+        with pytest.raises(ChannelError) as e:
+            s.open("data.in", "MSG", replay=bad)
+        assert e.value.code == T.CHAN_UNKNOWN and f"replay={bad!r}" in str(e.value)
+
+
+def test_replay_on_a_lossy_channel_is_refused():
+    # (it was ignored without a word, and reopening the channel with replay= then attached
+    # a log the constructor refuses)
+    with boot([], hal="sim") as s:
+        with pytest.raises(ChannelError, match="lossy"):
+            s.open("data.in", "MSG", guarantee="lossy", replay=64)
+        s.open("data.in", "MSG", guarantee="lossy")
+        with pytest.raises(ChannelError, match="lossy"):
+            s.open("data.in", "MSG", guarantee="lossy", replay=64)
+        assert s.channel("data.in").log is None
+
+
+def test_good_capacities_and_replays_open():
+    import numpy as np
+    with boot([], hal="sim") as s:
+        assert s.open("a.x", "MSG", capacity=3).capacity == 8
+        assert s.open("b.x", "MSG", capacity=np.int64(100)).capacity == 128
+        assert s.open("c.x", "MSG", replay=np.int32(16)).log is not None

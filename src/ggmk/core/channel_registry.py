@@ -31,8 +31,8 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.core.channel import Channel
-from ggmk.core.channel_spec import (DEFAULT_CAPACITY, validate_channel_name, validate_channel_spec,
-                                    validate_window)
+from ggmk.core.channel_spec import (DEFAULT_CAPACITY, validate_capacity, validate_channel_name,
+                                    validate_channel_spec, validate_replay, validate_window)
 from ggmk.core.replay import ReplayLog
 from ggmk.errors import ChannelError
 from ggmk.events import EventType
@@ -144,6 +144,8 @@ class Channels:
         (more throughput for a handler that does not care about order). See :class:`Channel`."""
         validate_channel_name(name)
         window = validate_window(name, window)
+        capacity = validate_capacity(name, capacity)
+        replay = validate_replay(name, replay, guarantee)
         k = self.kernel
         tid = k.type_id(type, register=True, where=f"channel {name!r}") if type else 0
         with self.lock:

@@ -78,9 +78,41 @@ def validate_channel_spec(name, mode, guarantee, *, replay=0,
                            f"{guarantee!r}", CHAN_UNKNOWN)
 
 
-__all__ = ["validate_window", "MODES", "GUARANTEES", "MAX_FANOUT", "DEFAULT_CAPACITY",
-           "MIN_CAPACITY", "RESERVE_FRACTION", "max_subscribers", "ring_capacity",
-           "priority_reserve", "validate_channel_name", "validate_channel_spec"]
+__all__ = ["validate_window", "validate_capacity", "validate_replay", "MAX_CAPACITY", "MODES",
+           "GUARANTEES", "MAX_FANOUT", "DEFAULT_CAPACITY", "MIN_CAPACITY", "RESERVE_FRACTION",
+           "max_subscribers", "ring_capacity", "priority_reserve", "validate_channel_name",
+           "validate_channel_spec"]
+
+
+MAX_CAPACITY = 1 << 30               # messages a ring or a replay log may be asked to hold
+
+
+def validate_capacity(name, capacity) -> int:
+    """``capacity=`` (open / declaration): an int 1..MAX_CAPACITY (rounded up to a power of
+    two, at least MIN_CAPACITY: ``ring_capacity``); ChannelError(CHAN_UNKNOWN) naming the
+    channel and the value otherwise (0, -5, 2.7 and True were taken as 8)."""
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) \
+            or not 1 <= capacity <= MAX_CAPACITY:
+        raise ChannelError(f"channel {name!r}: capacity={capacity!r} is not allowed: an int "
+                           f"1..{MAX_CAPACITY} (messages per subscriber ring; rounded up to a "
+                           f"power of two, at least {MIN_CAPACITY})", CHAN_UNKNOWN)
+    return int(capacity)
+
+
+def validate_replay(name, replay, guarantee) -> int:
+    """``replay=``: an int 0..MAX_CAPACITY (messages kept for subscribers that fall behind;
+    0: no log), and only on a lossless channel (a lossy one drops what a subscriber cannot
+    take: a log would never be read, and was ignored without a word)."""
+    if isinstance(replay, bool) or not isinstance(replay, (int, np.integer)) \
+            or not 0 <= replay <= MAX_CAPACITY:
+        raise ChannelError(f"channel {name!r}: replay={replay!r} is not allowed: an int "
+                           f"0..{MAX_CAPACITY} (messages kept for a subscriber that falls "
+                           f"behind; 0: none)", CHAN_UNKNOWN)
+    if replay and guarantee == "lossy":
+        raise ChannelError(f"channel {name!r}: replay={replay} on a lossy channel: a replay "
+                           f"log is for lossless channels (a lossy one drops what a full "
+                           f"subscriber cannot take)", CHAN_UNKNOWN)
+    return int(replay)
 
 
 def validate_window(name, window):
