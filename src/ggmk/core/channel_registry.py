@@ -261,6 +261,8 @@ class Channels:
         if not len(recs) or not self._ordered:
             return
         cids = recs["channel"]
+        if not cids.any():                   # direct tasks only
+            return
         types = recs["type"]
         c0, t0 = cids[0], types[0]
         if (cids == c0).all() and (types == t0).all():     # the usual batch: one channel

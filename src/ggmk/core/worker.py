@@ -591,9 +591,10 @@ class Worker:
         if one is not None:
             if one[3] and k.channels is not None:    # (the record's fields: no NumPy)
                 k.channels.on_batch_done1(one[3], t, one[4])
-        elif k.channels is not None and recs["channel"].any():
+        elif k.channels is not None:
             # ordered channels deliver the next batch (follow-ons run in the step are not theirs;
-            # a batch may mix channels, or direct tasks with messages, of one handler type)
+            # a batch may mix channels, or direct tasks with messages, of one handler type;
+            # nothing to do, and no column pass, without ordered channels)
             k.channels.on_batch_done(recs if n0 is None or n0 == n else recs[:n0])
 
     def _release(self, recs, mask, retained) -> None:
