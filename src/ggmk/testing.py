@@ -65,7 +65,7 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.core.alloc import Arena
-from ggmk.core.context import _PRIORITIES, Context
+from ggmk.core.context import _PRIORITIES, Context, inherit_columns
 from ggmk.core.faults import backoff_ticks
 from ggmk.core.kernel import System
 from ggmk.core.worker import _batch_codes, _task_code
@@ -282,11 +282,7 @@ class SandboxContext:
         b = self.batch
         parent = b.records if b is not None else None
         if parent is not None and len(parent) == n:
-            if priority is None:
-                priority = parent["flags"] & PRIO_MASK
-            if tenant is None:
-                tenant = parent["tenant"]
-            flags = flags | (parent["flags"] & FLAG_DETERMINISTIC)
+            priority, tenant, flags = inherit_columns(parent, priority, tenant, flags)
         elif self.task._r is not None:
             priority, tenant, flags = self._inherit(priority, tenant, flags)
         recs = T.make(n, type=t.type_id if isinstance(t, _Chan) else t, flags=flags,

@@ -259,6 +259,17 @@ class TaskRow(Task):
         self._dirty = False
 
 
+def inherit_columns(parent, priority, tenant, flags: int):
+    """A batch emit's header from its parent batch, one child per parent record: what is not
+    given is the parent's priority and tenant (columns), and the deterministic flag always
+    comes along. Returns (priority, tenant, flags)."""
+    if priority is None:
+        priority = parent["flags"] & PRIO_MASK
+    if tenant is None:
+        tenant = parent["tenant"]
+    return priority, tenant, flags | (parent["flags"] & FLAG_DETERMINISTIC)
+
+
 class Context:
     __slots__ = ("kernel", "worker", "task", "batch", "module", "_ek", "_e0", "_e1",
                  "_retained", "_det", "_det_on", "_resolve", "_emitters",
@@ -576,11 +587,7 @@ class Context:
         b = self.batch
         parent = b.records if b is not None else None
         if parent is not None and len(parent) == n:
-            if priority is None:
-                priority = parent["flags"] & PRIO_MASK
-            if tenant is None:
-                tenant = parent["tenant"]
-            flags = flags | (parent["flags"] & FLAG_DETERMINISTIC)
+            priority, tenant, flags = inherit_columns(parent, priority, tenant, flags)
             seq = parent["seq"] if self._det_on else 0
         elif self.task._i >= 0 or self.task._r is not None:
             hdr = self._parent_hdr()
