@@ -63,7 +63,12 @@ def test_flush_while_draining_is_delivered_xor_dropped(monkeypatch, what, ordere
         flusher = threading.Thread(target=(lambda: ch.unsubscribe(sub)) if what == "unsubscribe"
                                    else ch.close)
         flusher.start()
-        time.sleep(0.05)              # the flusher now pops the ring (bug) or waits (fixed)
+        # the flusher holds the channel lock waiting for the drain lock (fixed), or has popped
+        # the ring without it and is done (the bug)
+        t_end = time.monotonic() + 5
+        while flusher.is_alive() and not ch.lock.locked():
+            assert time.monotonic() < t_end, "the flusher never got to the ring"
+            time.sleep(0.0005)
         go_on.set()
         flusher.join(5)
         pub.join(5)
