@@ -73,6 +73,9 @@ log = logging.getLogger("ggmk")
 
 BRIDGE_OPTS = ("batch", "flush_us", "window", "max_retries", "retry_backoff_us", "pump_helps",
                "arena_reserve")
+# how long reset_device waits for the old GPU kernel to stop before it kills it: a live kernel
+# stops within a few loops; a hung one is not worth waiting for
+STOP_GRACE_S = 0.25
 
 
 def _split(modules):
@@ -382,7 +385,14 @@ class DualSystem:
         CPU -> GPU bridge channels refuse with CHAN_CLOSED and ``push_device`` raises.
         Messages inside the old GPU kernel are accounted (``Bridge.reset_device``): records
         it had not finished go to sys.error with BRIDGE_RESET; inline records the bridge had
-        staged but not sent are sent to the new kernel. Returns the reset's accounting."""
+        staged but not sent are sent to the new kernel. Returns the reset's accounting.
+
+        The kernel is asked to stop first (its stop flag; ``graceful``: up to 2 s, otherwise
+        ``STOP_GRACE_S``) and killed after: a kernel that still answers publishes its final
+        counts when it stops, so the accounting is exact (no message both delivered and on
+        sys.error, none missed). A hung kernel does not stop: its counts are the ones last
+        published (each worker every few loops, at different times), so the accounting of
+        what it was doing at the end is approximate."""
         self._check()
         if self.process is None:
             raise BridgeError("reset_device: the GPU kernel runs in this process "
@@ -399,12 +409,11 @@ class DualSystem:
         b = self.bridge
         b.begin_reset(f"reset: {reason}")
         old = self.process
-        if graceful:
-            try:
-                old.stop(2.0)
-            except Exception:   # noqa: BLE001 - a stuck kernel: killed below
-                pass
-        self._fold_gpu_metrics(self.kernel)     # (after a graceful stop: its final counts)
+        try:
+            old.stop(2.0 if graceful else STOP_GRACE_S)
+        except Exception:   # noqa: BLE001 - a stuck kernel: killed below
+            pass
+        self._fold_gpu_metrics(self.kernel)     # (after a stop: its final counts)
         old.kill()                          # a stuck kernel cannot stop: SIGKILL
         acct = b.reset_device(T.BRIDGE_RESET)
         self.resets["resets"] += 1
