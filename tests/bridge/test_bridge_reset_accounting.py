@@ -5,7 +5,7 @@ finished), or as a BACK reply still on the device channel gpu.back (its contents
 kernel: a record of the channel's type carrying its seq). Those replies were counted nowhere
 before: 256 of 30,000 were missing in an audit run, exactly gpu.back's capacity. The kernel is stopped before it is killed, so the counts it
 publishes are final: killed while running, its workers' counters (published each at its own
-time) counted up to 257 messages both delivered and lost (1 CI run in 2, 1 run in 30 here)."""
+time) counted up to 257 messages both delivered and lost (a CI run, and 1 run in 30 here)."""
 import threading
 
 import numpy as np
