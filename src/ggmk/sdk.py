@@ -451,7 +451,7 @@ class _Hub:
             if f is None:
                 return 0
             sub.delivered += 1
-            sub.acked = f[4]
+            sub.acked = sub.chan.unwrap(f[4])
             return self._pump_one(f)
         recs = sub.take()
         n = len(recs)

@@ -173,6 +173,7 @@ def test_batch_done1_ignores_a_seq_outside_the_batch_in_flight():
     with boot([m], hal="sim") as s:
         ch = s.open("data.in", "MSG")
         sub = ch.subscribe("ONE")
+        ch.seq = ch.committed = 10                # (as if 10 messages had passed)
         sub.busy, sub.b_lo, sub.b_hi = 2, 5, 6
         s.channels.on_batch_done1(ch.id, s.type_id("ONE"), 9)     # not of the batch
         assert sub.busy == 2

@@ -409,10 +409,10 @@ class Channel(ReplayMixin):
                         if fl & PRIO_MASK:
                             room -= self.reserve
                         if room > 0:
-                            q = (self.seq + 1) & _M32
                             self.seq += 1
+                            q = self.seq & _M32
                             self.emitted += 1
-                            self.committed = q
+                            self.committed = self.seq
                             _U32.pack_into(buf, 12, q)
                             if ptr and len(subs) > 1:   # references first: a subscriber may
                                 self.kernel.arena.retain(ptr, len(subs) - 1)   # release at once
@@ -423,7 +423,7 @@ class Channel(ReplayMixin):
                                     _U32.pack_into(buf, 0, t)
                                     cur = t
                                 sub.ring.push1(buf)
-                                sub.next = q + 1
+                                sub.next = self.seq + 1
                             done = True
                 if done:
                     self._drain_channel()
@@ -581,7 +581,7 @@ class Channel(ReplayMixin):
     def _deliver(self, recs: np.ndarray) -> None:
         """Copy stamped, sequenced records into every subscriber's ring (under the lock)."""
         n = len(recs)
-        self.committed = int(recs["seq"][-1])
+        self.committed = self.unwrap(int(recs["seq"][-1]))
         subs = self.subs
         if not subs:
             self._drop(recs, CHAN_NO_SUBSCRIBER, None, release=True)
@@ -627,7 +627,7 @@ class Channel(ReplayMixin):
                     got["type"] = sub.type_id
                 sub.ring.push(got)
                 if not sub.behind:
-                    sub.next = int(got["seq"][-1]) + 1
+                    sub.next = self.unwrap(int(got["seq"][-1])) + 1
             if len(lost):
                 if self.log is not None and not self.lossy:
                     sub.behind = True      # the log holds its copies; it catches up on drain
@@ -744,7 +744,7 @@ class Channel(ReplayMixin):
             if not n:
                 break
             sub.delivered += n
-            sub.acked = int(recs["seq"][-1]) if not self.det else sub.acked + n
+            sub.acked = self.unwrap(int(recs["seq"][-1])) if not self.det else sub.acked + n
             self.kernel.sched.enqueue(recs, Route.CHANNEL)
             ring.consume(n)
             total += n
@@ -797,8 +797,8 @@ class Channel(ReplayMixin):
                 n = int(np.argmax(diff))
                 recs = recs[:n]
         seq = recs["seq"]
-        last = int(seq[-1])
-        sub.b_lo, sub.b_hi = int(seq[0]), last
+        last = self.unwrap(int(seq[-1]))
+        sub.b_lo, sub.b_hi = self.unwrap(int(seq[0])), last
         sub.busy = n                    # before the enqueue: a worker may finish it at once
         sub.delivered += n
         sub.acked = last
@@ -814,9 +814,10 @@ class Channel(ReplayMixin):
         n = len(recs)
         seq = recs["seq"]
         lo, hi = sub.b_lo, sub.b_hi
-        if n == sub.busy and int(seq[0]) == lo and int(seq[-1]) == hi:
+        if n == sub.busy and int(seq[0]) == lo & _M32 and int(seq[-1]) == hi & _M32:
             done = n                    # the usual case: the whole in-flight batch
         else:                           # a piece of it, or other messages of the same type
+            seq = self.unwrap(seq)
             done = int(((recs["channel"] == self.id) & (seq >= lo) & (seq <= hi)).sum())
             if not done:
                 return
@@ -832,8 +833,9 @@ class Channel(ReplayMixin):
             self._drain_ordered(sub, wake=False)
 
     def _batch_done1(self, sub: Subscriber, seq: int) -> None:
-        """``_batch_done`` for one record of this channel with channel seq ``seq``."""
-        if not sub.b_lo <= seq <= sub.b_hi:
+        """``_batch_done`` for one record of this channel with channel seq ``seq`` (as the
+        record carries it: its low 32 bits)."""
+        if not sub.b_lo <= self.unwrap(seq) <= sub.b_hi:
             return                      # not of the batch in flight
         with sub.busy_lock:
             left = sub.busy - 1
@@ -848,7 +850,7 @@ class Channel(ReplayMixin):
         recs = sub.ring.pop(max_n)
         if len(recs):
             sub.delivered += len(recs)
-            sub.acked = int(recs["seq"][-1])
+            sub.acked = self.unwrap(int(recs["seq"][-1]))
             if self.log is not None:
                 with self.lock:
                     self._log_evict(force=False)
@@ -884,6 +886,19 @@ class Channel(ReplayMixin):
         for sub in self.subs:
             if sub.type_id:
                 self._drain_sub(sub, all_=True)
+
+    def unwrap(self, seq):
+        """The channel's own sequence number (unbounded, as ``seq``, ``committed`` and the
+        subscribers' ``next``/``acked`` count) of ``seq``, a record's ``seq`` column (its low
+        32 bits; an int or an array): the nearest at or below the last one handed out. A
+        record in flight is always fewer than 2**32 messages behind it. Comparing the column
+        itself broke after 2**32 messages: an ordered subscriber whose batch straddled the
+        wrap never saw it finish, and a replay log took the wrap for 4 billion messages of
+        room."""
+        top = self.seq
+        if isinstance(seq, np.ndarray):
+            return top - ((top - seq.astype(np.int64)) & _M32)
+        return top - ((top - seq) & _M32)
 
     def pending(self) -> int:
         """Messages the channel holds for handler subscribers (not yet in the scheduler)."""

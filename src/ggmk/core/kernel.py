@@ -804,7 +804,8 @@ class System:
             if ch.closed or ch.granted or ch.held_n or len(ch.subs) != 1 or ch.subs[0] is not sub \
                     or sub.behind or ring.tail != ring.head:
                 return False
-            seq = (ch.seq + 1) & _M32
+            cseq = ch.seq + 1                # the channel's own (unbounded) sequence
+            seq = cseq & _M32                # the record's column
             if sub.ordered:
                 if not sub.drain_lock.acquire(False):
                     return False
@@ -813,16 +814,16 @@ class System:
                         return False
                     # the subscriber's one batch in flight, as _deliver_one marks it: the
                     # channel delivers nothing else to it until this one is finished
-                    sub.b_lo = sub.b_hi = seq
+                    sub.b_lo = sub.b_hi = cseq
                     sub.busy = 1
                 finally:
                     sub.drain_lock.release()
             ch.seq += 1
             ch.emitted += 1
-            ch.committed = seq
-            sub.next = seq + 1
+            ch.committed = cseq
+            sub.next = cseq + 1
             sub.delivered += 1
-            sub.acked = seq
+            sub.acked = cseq
         # accepted: a channel delivery into the enqueue core, counted as one
         s.route_counts[Route.CHANNEL] += 1
         with s.count_lock:
@@ -838,7 +839,7 @@ class System:
         except BaseException:
             # a runtime error around the handler (the handler's own are caught and fail the
             # task): an ordered subscriber must not stay marked busy with this batch
-            if sub.ordered and sub.busy and sub.b_lo == seq == sub.b_hi:
+            if sub.ordered and sub.busy and sub.b_lo == cseq == sub.b_hi:
                 with sub.busy_lock:
                     sub.busy = 0
                 ch._drain_ordered(sub)

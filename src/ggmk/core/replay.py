@@ -19,8 +19,9 @@ are not "far behind the others").
 subscriber) and catching a behind subscriber up. It is mixed into
 :class:`ggmk.core.channel.Channel` and works on the channel's state: ``log``, ``subs`` (each
 with ``acked``, ``next``, ``behind``, ``degraded``, ``overflows``, ``ring``), ``committed``,
-``granted``, ``held_n``, ``lock``, ``kernel`` (its arena), ``reg`` (tracing) and ``_drop``.
-Every method but ``_log_evict_acked`` runs under the channel lock.
+``granted``, ``held_n``, ``lock``, ``kernel`` (its arena), ``reg`` (tracing), ``_drop`` and
+``unwrap`` (sequence numbers here are the channel's unbounded ones; a record's ``seq`` column
+holds their low 32 bits). Every method but ``_log_evict_acked`` runs under the channel lock.
 """
 from __future__ import annotations
 
@@ -57,7 +58,9 @@ class ReplayLog:
     def __len__(self) -> int:
         return self.tail - self.head
 
-    def append(self, recs: np.ndarray) -> None:
+    def append(self, recs: np.ndarray, seq0: int | None = None) -> None:
+        """Add ``recs`` (the channel's next messages, contiguous); ``seq0``: the channel
+        seq of ``recs[0]`` (unbounded; default its ``seq`` column)."""
         n = len(recs)
         i = self.tail % self.cap
         first = min(n, self.cap - i)
@@ -65,7 +68,7 @@ class ReplayLog:
         self.raw[i:i + first] = src[:first]
         self.raw[:n - first] = src[first:]
         if self.tail == self.head:
-            self.first = int(recs["seq"][0])
+            self.first = int(recs["seq"][0]) if seq0 is None else seq0
         self.tail += n
 
     def get(self, seq: int, n: int) -> np.ndarray:
@@ -131,7 +134,7 @@ class ReplayMixin:
             log.evicted += extra
             self._log_force_recs(recs[:extra])
             recs = recs[extra:]
-        log.append(recs)
+        log.append(recs, self.unwrap(int(recs["seq"][0])))
 
     def _log_evict(self, force: bool) -> None:
         """Evict log entries every subscriber has acknowledged."""
@@ -163,10 +166,11 @@ class ReplayMixin:
         """Evict entries some behind subscriber still needs: it degrades to lossy for them."""
         if not len(gone):
             return
-        last = int(gone["seq"][-1])
+        seqs = self.unwrap(gone["seq"])
+        last = int(seqs[-1])
         for sub in self.subs:
             if sub.behind and sub.next <= last:
-                lost = gone[gone["seq"] >= sub.next]
+                lost = gone[seqs >= sub.next]
                 sub.next = last + 1
                 sub.overflows += len(lost)
                 sub.degraded = True
