@@ -192,6 +192,10 @@ def _mod():
     ({"tick_hz": -10}, "tick_hz=-10: allowed a number > 0"),
     ({"workers": "2"}, "workers='2': allowed an int >= 1"),
     ({"workers": 0}, "workers=0: allowed an int >= 1"),
+    # max_batch=0 ran nothing (run() never returned), 2.5 crashed a worker thread
+    ({"max_batch": 0}, "max_batch=0: allowed an int 1..1073741824"),
+    ({"max_batch": 2.5}, "max_batch=2.5: allowed an int 1..1073741824"),
+    ({"max_batch": "4"}, "max_batch='4': allowed an int 1..1073741824"),
 ])
 def test_bad_boot_options_are_named(kw, msg):
     with pytest.raises(BootError) as e:

@@ -23,6 +23,7 @@ import numpy as np
 from ggmk import task as T
 from ggmk.core.alloc import Arena
 from ggmk.core.chan import Channels
+from ggmk.core.channel_spec import MAX_CAPACITY
 from ggmk.core.det import MAX_DUE, DetStage, check_flag, check_int
 from ggmk.core.faults import PoisonDetector
 from ggmk.core.metrics import Metrics, TypeCounter
@@ -96,6 +97,9 @@ class System:
         workers = check_int("workers", workers, 1, err=BootError)
         deterministic = check_flag("deterministic", deterministic, BootError)
         seed = check_int("seed", seed, 0, err=BootError)
+        # (0 ran nothing, run() never returned; 2.5 crashed a worker thread)
+        max_batch = check_int("max_batch", max_batch, 1, MAX_CAPACITY, err=BootError,
+                              what=" (the most tasks one handler call gets)")
         if not (isinstance(tick_hz, (int, float, np.integer, np.floating))
                 and not isinstance(tick_hz, (bool, np.bool_)) and 0 < tick_hz < float("inf")):
             raise BootError(f"tick_hz={tick_hz!r}: allowed a number > 0 (ticks per second)")
