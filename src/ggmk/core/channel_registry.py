@@ -43,6 +43,24 @@ SYS_CHANNELS = ("sys.error", "sys.dropped", "sys.trace", "sys.tick", "sys.heartb
 _SYS_TYPES = {"sys.trace": "SYS_TRACE", "sys.tick": "SYS_TICK", "sys.heartbeat": "SYS_HEARTBEAT"}
 
 
+# the keywords Channels.open takes (besides ``name``): what an unknown one is checked against
+OPEN_OPTIONS = ("type", "mode", "guarantee", "capacity", "replay", "error_handler", "window",
+                "ordered", "system")
+
+
+def _unknown_options(name, unknown) -> str:
+    """The message for options ``Channels.open`` does not take: each one, with its close match
+    among OPEN_OPTIONS where there is one, and the allowed options."""
+    parts = []
+    for key in sorted(unknown):
+        close = difflib.get_close_matches(key, OPEN_OPTIONS, n=1)
+        parts.append(f"{key}={unknown[key]!r}"
+                     + (f" (did you mean {close[0]!r}?)" if close else ""))
+    s = "s" if len(parts) > 1 else ""
+    return (f"channel {name!r}: unknown option{s} {', '.join(parts)}; allowed options: "
+            f"{', '.join(OPEN_OPTIONS)}")
+
+
 class SysChannel(Channel):
     """``sys.error`` / ``sys.dropped``: fan-out, never blocks the kernel. Records are kept with
     their reason code in a bounded store until ``system.dead_letters`` takes them (overflow is
@@ -135,14 +153,18 @@ class Channels:
     def open(self, name: str, type=0, *, mode: str = "p2p", guarantee: str = "lossless",
              capacity: int = DEFAULT_CAPACITY, replay: int = 0, error_handler=None,
              window: int | None = None, system: bool = False, ordered: bool | None = None,
-             **_ignored) -> Channel:
+             **unknown) -> Channel:
         """Open (or return the already open) channel ``name`` carrying ``type``. Opening an
         existing name with a different type, mode, guarantee or ``ordered`` raises ChannelError.
         ``ordered`` (default True; ignored on a deterministic channel): each handler subscriber
         gets its messages in channel order, one batch of at most ``max_batch`` in flight at a
         time; False lets several batches of one subscriber run at once, on several workers
-        (more throughput for a handler that does not care about order). See :class:`Channel`."""
+        (more throughput for a handler that does not care about order). See :class:`Channel`.
+        Any other keyword (e.g. a ``produces(...)`` typo) is ChannelError(CHAN_UNKNOWN)."""
         validate_channel_name(name)
+        if unknown:
+            # a typo such as capcity=16 would otherwise open a channel the caller did not ask for
+            raise ChannelError(_unknown_options(name, unknown), CHAN_UNKNOWN)
         window = validate_window(name, window)
         capacity = validate_capacity(name, capacity)
         replay = validate_replay(name, replay, guarantee)

@@ -1,0 +1,69 @@
+"""Channels.open (``system.channels.open`` and a module's ``produces(...)`` options) refuses
+options it does not know: a typo such as ``capcity=16`` is a ChannelError naming the channel,
+the option, its value, the close match and the allowed options, not a silently ignored key."""
+import pytest
+
+import ggmk
+from ggmk import task as T
+from ggmk.errors import ChannelError
+
+
+def _allowed_named(msg):
+    allowed = msg.split("allowed options: ", 1)[1].split(", ")
+    for word in ("type", "mode", "guarantee", "capacity", "replay", "error_handler", "window",
+                 "ordered"):
+        assert word in allowed, (word, msg)
+
+
+def test_a_misspelt_option_at_run_time_is_a_clear_error_and_nothing_opens():
+    with ggmk.boot([], workers=2) as s:
+        with pytest.raises(ChannelError) as e:
+            s.channels.open("data.in", "MSG", capcity=16)
+        msg = str(e.value)
+        assert e.value.code == T.CHAN_UNKNOWN
+        assert "'data.in'" in msg and "capcity=16" in msg and "did you mean 'capacity'" in msg
+        _allowed_named(msg)
+        assert "data.in" not in s.channels                   # nothing was opened
+        # several unknown ones are all named; one with no close match has no suggestion
+        with pytest.raises(ChannelError) as e:
+            s.channels.open("data.in", "MSG", guarantee_="lossy", flavour="x")
+        msg = str(e.value)
+        assert "unknown options" in msg and "guarantee_='lossy'" in msg
+        assert "did you mean 'guarantee'" in msg and "flavour='x'" in msg
+        assert "flavour='x' (did" not in msg
+        _allowed_named(msg)
+        # an already open channel is not returned either when the call has a typo
+        ch = s.channels.open("data.in", "MSG", mode="fanout")
+        with pytest.raises(ChannelError, match=r"'data.in': unknown option windw=4 "
+                                               r"\(did you mean 'window'\?\)"):
+            s.channels.open("data.in", "MSG", mode="fanout", windw=4)
+        assert s.channels.get("data.in") is ch
+
+
+def test_a_misspelt_produces_option_fails_the_boot_naming_it():
+    m = ggmk.Module("prod")
+    m.produces("prod.out", "MSG", mode="fanout", capcity=16)
+    with pytest.raises(ChannelError) as e:
+        ggmk.boot([m], workers=2)
+    msg = str(e.value)
+    assert "'prod.out'" in msg and "capcity=16" in msg and "did you mean 'capacity'" in msg
+    _allowed_named(msg)
+
+
+def test_the_allowed_options_still_work():
+    failed = []
+    m = ggmk.Module("prod")
+    m.produces("prod.out", "MSG", mode="fanout", capacity=64, window=8, ordered=False)
+    with ggmk.boot([m], workers=2) as s:
+        out = s.channel("prod.out")
+        assert (out.capacity, out.window, out.ordered) == (64, 8, False)
+        ch = s.channels.open("data.in", "MSG", mode="p2p", guarantee="lossless", capacity=32,
+                             replay=16, error_handler=lambda r, c: failed.append(c),
+                             window=4, ordered=True)
+        assert (ch.mode, ch.guarantee, ch.capacity, ch.replay, ch.window, ch.ordered) == (
+            "p2p", "lossless", 32, 16, 4, True)
+        assert s.channels.open("data.in", "MSG", mode="p2p", capacity=32) is ch
+        assert s.open("data.more", "MSG", capacity=16, window=2).window == 2
+        sub = ch.subscribe(name="reader")
+        assert ch.publish(meta0=7) == T.OK
+        assert sub.take()["meta0"].tolist() == [7]
