@@ -462,6 +462,7 @@ class Storage:
              dest_offset: int = 0, timeout: float | None = None) -> IoResult:
         """Read one range and wait; raises StorageError on failure (a short read is not one:
         see ``result.status`` and ``result.nbytes``)."""
+        self._check_open("read()")                  # before the stat of length=None
         if length is None and _is_int(offset):      # a bad offset is refused by submit
             try:
                 size = file.size() if isinstance(file, FileHandle) else os.stat(file).st_size
@@ -474,6 +475,7 @@ class Storage:
     def write(self, file, offset: int, src, length: int | None = None, *, sync: bool = False,
               create: bool = True, timeout: float | None = None) -> IoResult:
         """Write one range and wait; raises StorageError on failure."""
+        self._check_open("write()")
         req = WriteRequest(file, offset, src, length, create=create, sync=sync)
         return self.submit([req]).wait(timeout)[0].raise_for_error()
 
@@ -481,8 +483,7 @@ class Storage:
         """Submit many requests at once; returns a :class:`Batch` at once. Each I/O completes
         on its own (any order) with its own status; ``on_complete(result)`` runs for each, in
         a storage thread. At most ``max_batch`` I/Os are in flight; the rest wait in order."""
-        if self._closed:
-            raise RuntimeError("storage is closed")
+        self._check_open("submit()")
         reqs = list(requests)
         for i, req in enumerate(reqs):      # before any I/O is set up: nothing to undo
             if not isinstance(req, (ReadRequest, WriteRequest)):
@@ -520,9 +521,10 @@ class Storage:
         hold each I/O's status, bytes, errno and path; a bad request (negative offset, no room
         in the destination, a file that does not open) fails alone, not the batch.
         ``on_done(batch)`` runs once when every I/O has finished (in a storage thread, before
-        ``wait`` returns; an exception it raises is kept in ``batch.callback_error``)."""
-        if self._closed:
-            raise RuntimeError("storage is closed")
+        ``wait`` returns; an exception it raises is kept in ``batch.callback_error``).
+        A batch that close() overtakes (it ran after this check) ends with every read
+        CANCELLED."""
+        self._check_open("read_batch()")
         offs = _int_array("offsets", offsets)
         n = len(offs)
         lens = _int_array("lengths", lengths, n)
@@ -562,6 +564,7 @@ class Storage:
         # until this batch finishes: its reads never use a number reused by another file)
         paths, fd_d, fd_b, releases, why_reasons = [], [], [], [], [None, "unaligned"]
         open_err = np.zeros(len(files), np.int32)
+        file_closed = np.zeros(len(files), bool)
         file_why = np.zeros(len(files), np.int8)
         held: dict = {}
         for k, f in enumerate(files):
@@ -582,6 +585,7 @@ class Storage:
                     releases.append(f._release)
             if isinstance(f, FileHandle) and not held[id(f)]:
                 open_err[k] = E.EBADF                  # closed: refused, never read
+                file_closed[k] = True
                 fd_d.append(-1)
                 fd_b.append(-1)
                 continue
@@ -596,6 +600,7 @@ class Storage:
         # doffs + lens could wrap in int64: compare with what is left past doffs instead
         room = np.int64(dest.nbytes)
         refused[(refused == 0) & ((lens > room) | (doffs > room - lens))] = _fast._R_DEST
+        refused[(refused == 0) & file_closed[fids]] = _fast._R_CLOSED
         refused[(refused == 0) & (open_err[fids] != 0)] = _fast._R_OPEN
         addr = dest.address(0) + doffs
         aligned = (offs % ALIGN == 0) & (lens % ALIGN == 0) & (addr % ALIGN == 0)
@@ -616,8 +621,17 @@ class Storage:
         """Start the fast pool's threads and load (or compile) its native read loop now;
         otherwise the first ``direct`` read or ``read_batch`` pays for it (a Numba cache load,
         a fraction of a second; a compile on a cold cache, seconds)."""
-        self._fast.start()
+        self._check_open("warm_up()")
+        if not self._fast.start():              # close() ran since the check
+            self._check_open("warm_up()", closed=True)
         return self
+
+    def _check_open(self, what: str, closed: bool = False) -> None:
+        """RuntimeError naming the call if the storage is closed: after close() nothing reads,
+        writes or starts a storage thread again."""
+        if closed or self._closed:
+            raise RuntimeError(f"storage is closed: {what} after Storage.close() is not "
+                               f"allowed; open a new Storage")
 
     def cancel_all(self) -> int:
         with self._cond:
@@ -1147,8 +1161,10 @@ class Storage:
         io.check()                               # cancelled before the flag existed
         job = _fast.ChunkJob(fh.fd_direct, fh.fd, offs, lens, base + offs.astype(np.uint64),
                              io.cancel_flag)
-        if len(chunks):
-            self._fast.dispatch(job, self.seq_depth)
+        if len(chunks) and not self._fast.dispatch(job, self.seq_depth):
+            # close() ran from a callback with this read still queued: this worker finishes
+            # the queue, so it reads the chunks itself rather than start the pool again
+            job._work()
         edge_error: BaseException | None = None
         try:
             for a, b, kind in seg:               # holes and edges while the chunks run

@@ -49,7 +49,7 @@ OK, SHORT, ERROR, CANCELLED = 0, 1, 2, 3
 STATUS_NAMES = ("ok", "short", "error", "cancelled")
 _ALIGN = 4096
 _CANCEL_MARK = -1               # err[] of an I/O the cancel flag stopped before it started
-_R_OK, _R_BAD, _R_DEST, _R_OPEN, _R_NODIRECT = 0, 1, 2, 3, 4   # why a request was refused
+_R_OK, _R_BAD, _R_DEST, _R_OPEN, _R_NODIRECT, _R_CLOSED = range(6)   # why a request was refused
 
 _native = None
 
@@ -73,7 +73,9 @@ class FastPool:
     """``n`` threads that run chunks of fast batches (started on first use). Each batch is
     cut into chunks; the threads pull chunk numbers from the batch (an ``itertools.count``,
     atomic under the GIL), so a slow read delays only its own chunk, and run the native loop
-    on each with the GIL released. At most ``n`` reads are in flight at once."""
+    on each with the GIL released. At most ``n`` reads are in flight at once. Once
+    :meth:`close` has run, the threads are never started again (``start`` and ``dispatch``
+    return False)."""
 
     def __init__(self, n: int):
         if n < 1:
@@ -82,23 +84,36 @@ class FastPool:
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._threads: list = []
         self._lock = threading.Lock()
+        self.closed = False
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Start the threads (once); False, starting none, if the pool is closed."""
         with self._lock:
-            if self._threads:
-                return
+            return self._start_locked()
+
+    def _start_locked(self) -> bool:
+        if self.closed:
+            return False
+        if not self._threads:
             warm_up()
             self._threads = [threading.Thread(target=self._run, name=f"ggmk-storage-fast-{i}",
                                               daemon=True) for i in range(self.n)]
             for t in self._threads:
                 t.start()
+        return True
 
-    def dispatch(self, job, depth: int | None = None) -> None:
+    def dispatch(self, job, depth: int | None = None) -> bool:
         """Run ``job`` (a :class:`FastBatch` or :class:`ChunkJob`) on up to ``depth`` (default
-        all) of the threads at once: each thread that takes it works until its chunks run out."""
-        self.start()
-        for _ in range(min(self.n if depth is None else max(1, depth), job._nchunks)):
-            self._q.put(job)
+        all) of the threads at once: each thread that takes it works until its chunks run out.
+        False, queueing nothing, if the pool is closed (the caller finishes the job)."""
+        # under the lock: a job queued behind close()'s stop marks would never run, and a
+        # start after close() would leave threads nobody stops
+        with self._lock:
+            if not self._start_locked():
+                return False
+            for _ in range(min(self.n if depth is None else max(1, depth), job._nchunks)):
+                self._q.put(job)
+        return True
 
     def owns(self, thread) -> bool:
         """``thread`` is one of the pool's (a callback running on it)."""
@@ -106,10 +121,12 @@ class FastPool:
             return thread in self._threads
 
     def close(self, timeout: float | None = 30.0) -> None:
+        """Stop the threads once the jobs already queued are done; for good (see start)."""
         with self._lock:
+            self.closed = True
             threads, self._threads = self._threads, []
-        for _ in threads:
-            self._q.put(None)
+            for _ in threads:
+                self._q.put(None)
         me = threading.current_thread()
         for t in threads:
             if t is not me:            # closed from one of its own callbacks: not joined
@@ -242,6 +259,9 @@ class FastBatch:
                                 "O_DIRECT required (o_direct=True) but not possible "
                                 f"({self._why_reasons[int(self._why_buffered[i])]})")
         e = int(self.errno[i])
+        if why == _R_CLOSED:        # the words read() and submit() use for a closed handle
+            return StorageError("bad_request", "read", path, off, ln,
+                                f"[Errno {e}] the FileHandle is closed", errno=e)
         what = "open" if why == _R_OPEN else f"pread at file offset {off}"
         return StorageError(kind_of_errno(e), "read", path, off, ln,
                             f"{what}: [Errno {e}] {os.strerror(e)}", errno=e)
@@ -288,10 +308,14 @@ class FastBatch:
         self.blocks.move(BS.QUEUED, bacc)
         self._acc, self._bacc = acc, bacc
         self.storage.stats_.start_many(int(acc.sum()))
-        if self._nchunks == 0:
+        if self._nchunks == 0 or not acc.any():
+            # nothing to read (e.g. only closed FileHandles): done here, no pool thread started
             self._finish()
-        else:
-            pool.dispatch(self)
+        elif not pool.dispatch(self):
+            # the storage closed after read_batch's check: like a submit that close() beat,
+            # every read ends cancelled, unread, and no thread is started for it
+            self.errno[acc] = _CANCEL_MARK
+            self._finish()
 
     def _work(self) -> None:
         n = len(self)
@@ -325,7 +349,8 @@ class FastBatch:
         st[~acc] = ERROR
         self.nbytes[~acc | failed | cancelled] = 0
         self.errno[cancelled] = 0
-        self.errno[~acc] = np.where(self._refused[~acc] == _R_OPEN, self._open_errno[~acc], 0)
+        self.errno[~acc] = np.where(np.isin(self._refused[~acc], (_R_OPEN, _R_CLOSED)),
+                                    self._open_errno[~acc], 0)
         self.direct &= self._fell_back == 0
         self.direct[~acc] = False
         # state machines, once for the batch
