@@ -10,6 +10,10 @@ order, so a test is deterministic:
 * ``sb.feed(type, meta0, meta1, payload=...)`` runs the handler of ``type`` on that task and
   returns its code(s); ``sb.publish(channel, ...)`` delivers a message as the channel would
   (retyped to the consuming handler, with a channel sequence number).
+* Tasks fed together run in the batches a worker would run them in: at most ``max_batch``
+  (256, as boot's option of that name) per handler call, cut further to the handler's own
+  ``max_batch=``, in order; each batch's codes are handled before the next batch runs.
+  (Queued work - emits, yields, waits, retries - runs one task per call.)
 * What handlers emit is captured: ``sb.emitted`` (all, in order), ``sb.take(target)`` (and
   forget) - :class:`Emitted` records with ``target``, ``type``, ``meta0``, ``meta1``,
   ``payload`` (bytes or None). Emits to a type or channel that a sandboxed module handles are
@@ -319,10 +323,15 @@ class Sandbox:
     """Run ``modules``' handlers on this thread; see the module docstring."""
 
     def __init__(self, modules, *, types: TypeRegistry | None = None, arena_size: int = 8 << 20,
-                 raise_exceptions: bool = True, max_steps: int = 100_000, max_retries: int = 8):
+                 raise_exceptions: bool = True, max_steps: int = 100_000, max_retries: int = 8,
+                 max_batch: int = 256):
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"sandbox: max_retries={max_retries!r}: allowed an int >= 0 (as "
                              f"boot's: RETRY_EXHAUSTED after that many retries)")
+        # (boot takes any value here: 0 runs nothing, 2.5 crashes a worker; refused up front)
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"sandbox: max_batch={max_batch!r}: allowed an int >= 1 (as "
+                             f"boot's: the most tasks one handler call gets)")
         if not isinstance(modules, (list, tuple)):
             modules = [modules]
         self.modules = list(modules)
@@ -335,6 +344,7 @@ class Sandbox:
         self.raise_exceptions = raise_exceptions
         self.max_steps = max_steps
         self.max_retries = max_retries
+        self.max_batch = max_batch
         self._type_cache: dict = {}         # (System.type_id's cache: that method is reused)
         self._max_yields: dict[int, int] = {}   # handler type id -> its type's max_yields
         self.tick = 0
@@ -556,6 +566,25 @@ class Sandbox:
         return OK
 
     def _dispatch(self, recs) -> list[int]:
+        """Run ``recs`` (tasks of one type) in the batches a worker would: ``max_batch`` at a
+        time (Worker.step's pop), each cut to the handler's own ``max_batch``
+        (Worker._dispatch_group); every batch's codes are handled before the next runs.
+        Returns the codes, in order."""
+        n, B = len(recs), self.max_batch
+        cap = self.handlers[int(recs["type"][0])].max_batch
+        if n <= B and (not cap or n <= cap):
+            return self._dispatch_batch(recs)
+        codes: list[int] = []
+        for i in range(0, n, B):
+            part = recs[i:i + B]
+            step = cap or len(part)
+            for j in range(0, len(part), step):
+                codes += self._dispatch_batch(part[j:j + step])
+        return codes
+
+    def _dispatch_batch(self, recs) -> list[int]:
+        """One handler call on ``recs`` (a batch handler) or one per task, then each task's
+        outcome (release, yield, wait, retry, failure) as Worker._finish handles it."""
         tid = int(recs["type"][0])
         h = self.handlers[tid]
         ctx = self.ctx
