@@ -39,12 +39,16 @@ class SimHal:
 
     def start(self, workers) -> None:
         self.workers = list(workers)
+        self._booted_batch = [w.max_batch for w in self.workers]
         self.running = True
 
     def step(self) -> bool:
         """Run one worker step; return whether it did any work."""
-        w = self.workers[self.rng.randrange(len(self.workers))]
-        w.max_batch = self.rng.choice(self.max_batch_choices)
+        i = self.rng.randrange(len(self.workers))
+        w = self.workers[i]
+        # a drawn limit, never above the one the system was booted with (a handler must not
+        # see a bigger batch on sim than it could on threads)
+        w.max_batch = min(self.rng.choice(self.max_batch_choices), self._booted_batch[i])
         self.now += self.step_ns
         self.steps += 1
         return w.step()
