@@ -67,3 +67,30 @@ def test_the_allowed_options_still_work():
         sub = ch.subscribe(name="reader")
         assert ch.publish(meta0=7) == T.OK
         assert sub.take()["meta0"].tolist() == [7]
+
+
+def test_consumes_takes_window_and_ordered_and_names_anything_else():
+    """``consumes(...)`` options other than handler were ignored without a word (a
+    ``capcity=3`` there did nothing); now window and ordered reach the subscription and any
+    other option is a boot error naming the module, the channel and the option."""
+    from ggmk.errors import BootError
+
+    def mod(**opts):
+        m = ggmk.Module("sink")
+
+        @m.handler("MSG")
+        def sink(ctx):
+            return T.OK
+        m.consumes("data.in", "MSG", **opts)
+        return m
+
+    with pytest.raises(BootError) as e:
+        ggmk.boot([mod(capcity=3)], workers=2)
+    msg = str(e.value)
+    assert "module 'sink' consumes channel 'data.in'" in msg and "capcity=3" in msg
+    assert "handler, window, ordered" in msg
+    with ggmk.boot([mod(window=2, ordered=False)], workers=2) as s:
+        sub = s.channel("data.in").subs[0]
+        assert sub.window == 2 and sub.ordered is False
+        assert s.channel("data.in").publish(meta0=1) == 0
+        assert s.run(timeout=30)

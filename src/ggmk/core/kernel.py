@@ -39,6 +39,9 @@ from ggmk.events import EventType
 from ggmk.hal import make_hal
 from ggmk.typereg import TypeRegistry, raise_boot_problems, validate_declarations
 
+# what Module.consumes(..., **options) may say about its subscription (Channel.subscribe's)
+CONSUME_OPTIONS = ("handler", "window", "ordered")
+
 log = logging.getLogger("ggmk")
 
 _ENQ = int(TypeCounter.ENQUEUED)
@@ -327,6 +330,13 @@ class System:
                 tchans.append(d.resolved(type=tid, mode=d.mode or spec[d.name]["mode"],
                                          guarantee=d.guarantee or spec[d.name]["guarantee"]))
                 if d.direction == "consume":
+                    bad = sorted(set(d.options) - set(CONSUME_OPTIONS))
+                    if bad:     # (a typo such as capcity=3 was ignored without a word)
+                        problems.append(
+                            f"module {m.name!r} consumes channel {d.name!r} with unknown "
+                            f"option(s) {', '.join(f'{k}={d.options[k]!r}' for k in bad)}; a "
+                            f"consumer takes {', '.join(CONSUME_OPTIONS)} (channel options "
+                            f"such as capacity belong to produces)")
                     ht = d.options.get("handler", d.type)
                     htid = self.type_id(ht, register=True, where=where)
                     h = self.handler_of[htid]
@@ -357,7 +367,9 @@ class System:
             if d.direction == "consume":
                 ht = d.options.get("handler", d.type)
                 h = self.handler_of[self.type_id(ht)]
-                d.handle.subscribe(ht, name=f"{d.module.name}.{h.name}")
+                d.handle.subscribe(ht, name=f"{d.module.name}.{h.name}",
+                                   window=d.options.get("window"),
+                                   ordered=d.options.get("ordered"))
 
     def channel(self, name):
         """The open channel ``name`` (ChannelError naming it when unknown).

@@ -103,7 +103,9 @@ class Module:
                  guarantee: str | None = None, handler: str | int | None = None,
                  **options) -> ChannelDecl:
         """Declare that this module consumes ``type`` from ``channel``; its messages are
-        delivered to the handler of ``handler`` (default: of ``type``)."""
+        delivered to the handler of ``handler`` (default: of ``type``). ``options``: the
+        subscription's ``window`` and ``ordered`` (see ``Channel.subscribe``); any other is a
+        boot error naming it."""
         if handler is not None:
             options["handler"] = handler
         for d in self.channels:
