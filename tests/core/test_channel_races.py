@@ -100,7 +100,7 @@ def test_unsubscribe_churn_delivered_xor_dropped():
 
     with boot([m], workers=2) as s:
         live0 = s.arena.live_count()
-        ch = s.open("f", "MSG", mode="fanout", capacity=256, ordered=False)
+        ch = s.open("t.f", "MSG", mode="fanout", capacity=256, ordered=False)
         ch.subscribe("A")
         stop = threading.Event()
         errs = []
@@ -137,11 +137,11 @@ def test_unsubscribe_churn_delivered_xor_dropped():
 def test_one_handler_two_ordered_channels_no_stall(mix_submit):
     m, got = _sink()
     with boot([m], workers=2) as s:
-        a = s.open("a", "MSG", capacity=64)
+        a = s.open("t.a", "MSG", capacity=64)
         a.subscribe("MSG", name="on_a")
         chans = [a]
         if not mix_submit:
-            b = s.open("b", "MSG", capacity=64)
+            b = s.open("t.b", "MSG", capacity=64)
             b.subscribe("MSG", name="on_b")
             chans.append(b)
         N = 1000
@@ -166,8 +166,8 @@ def test_on_batch_done_mixed_batch_clears_every_channel():
     still finishes each ordered subscriber's in-flight batch."""
     m, _got = _sink()
     with boot([m], workers=1) as s:
-        a = s.open("a", "MSG", capacity=64)
-        b = s.open("b", "MSG", capacity=64)
+        a = s.open("t.a", "MSG", capacity=64)
+        b = s.open("t.b", "MSG", capacity=64)
         sa, sb = a.subscribe("MSG"), b.subscribe("MSG")
         reg = s.channels
         t = s.type_id("MSG")
@@ -264,17 +264,17 @@ def test_bad_window_refused(where, bad):
     with boot([m], workers=1) as s:
         with pytest.raises(ChannelError) as ei:
             if where == "open":
-                s.open("c", "MSG", window=bad)
+                s.open("t.c", "MSG", window=bad)
             else:
-                s.open("c", "MSG").subscribe("MSG", window=bad)
+                s.open("t.c", "MSG").subscribe("MSG", window=bad)
         msg = str(ei.value)
-        assert "'c'" in msg and "window=" in msg and repr(bad) in msg
+        assert "'t.c'" in msg and "window=" in msg and repr(bad) in msg
 
 
 def test_good_window_accepted():
     m, got = _sink()
     with boot([m], workers=1) as s:
-        ch = s.open("c", "MSG", window=4)
+        ch = s.open("t.c", "MSG", window=4)
         ch.subscribe("MSG", window=np.int64(2))
         assert ch.publish(meta0=np.arange(10), count=10) == 10
         assert s.run(timeout=5)

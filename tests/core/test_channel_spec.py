@@ -35,8 +35,11 @@ def test_every_valid_spec_passes(mode, guarantee):
     (("data.in", "p2p", "exact"), {}, ("'data.in'", "guarantee", "'exact'")),
     (("data.in", "p2p", "lossless"), {"replay": 8, "deterministic": True},
      ("'data.in'", "deterministic", "replay")),
-    (("", "p2p", "lossless"), {}, ("non-empty",)),
+    (("", "p2p", "lossless"), {}, ("''", "namespace.verb")),
     ((None, "p2p", "lossless"), {}, ("None",)),
+    # a run-time open took any string before; declarations were checked by this rule already
+    (("c", "p2p", "lossless"), {}, ("'c'", "namespace.verb", "counter.in")),
+    (("Data.In", "p2p", "lossless"), {}, ("'Data.In'", "lowercase dotted")),
 ])
 def test_an_invalid_spec_is_one_channel_error_naming_what(args, kw, words):
     with pytest.raises(ChannelError) as e:

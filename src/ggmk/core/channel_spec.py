@@ -29,6 +29,7 @@ import numpy as np
 
 from ggmk.errors import ChannelError
 from ggmk.task import CHAN_UNKNOWN
+from ggmk.typereg.decls import CHANNEL_NAME_RE
 
 MODES = ("p2p", "fanout")
 GUARANTEES = ("lossy", "lossless")
@@ -55,10 +56,12 @@ def priority_reserve(capacity: int) -> int:
 
 
 def validate_channel_name(name) -> None:
-    """A channel name is a non-empty string; ChannelError(CHAN_UNKNOWN) otherwise."""
-    if not isinstance(name, str) or not name:
-        raise ChannelError(f"channel name must be a non-empty string, got {name!r}",
-                           CHAN_UNKNOWN)
+    """A channel name is ``namespace.verb`` (lowercase dotted, e.g. ``counter.in``: SPEC §5,
+    the rule declarations are checked by); ChannelError(CHAN_UNKNOWN) otherwise. Channels
+    opened at run time follow it too (``open("c")`` used to be accepted there)."""
+    if not isinstance(name, str) or not CHANNEL_NAME_RE.fullmatch(name):
+        raise ChannelError(f"invalid channel name {name!r}: channel names are namespace.verb, "
+                           f"lowercase dotted (e.g. counter.in)", CHAN_UNKNOWN)
 
 
 def validate_channel_spec(name, mode, guarantee, *, replay=0,
