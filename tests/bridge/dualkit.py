@@ -50,12 +50,14 @@ def publish_all(s, name, n, *, payload=None, first=0, timeout=60.0):
             try:
                 k = 1 if ch.publish(meta0=first + done, payload=payload) == 0 else 0
             except AllocError:
-                k = 0      # the CPU arena is full for now (payloads in flight): wait, retry
+                # the CPU arena is full for now (payloads in flight): wait, retry
+                if time.monotonic() > t_end:
+                    raise AssertionError(f"publish: {done}/{n} after {timeout} s")
+                time.sleep(0.0005)
+                continue
         done += k
-        if k == 0:
-            if time.monotonic() > t_end:
-                raise AssertionError(f"publish: {done}/{n} after {timeout} s")
-            time.sleep(0.0005)
+        if k == 0 and not ch.wait_room(max(0.0, t_end - time.monotonic())):
+            raise AssertionError(f"publish: {done}/{n} after {timeout} s")
     return done
 
 

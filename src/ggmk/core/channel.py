@@ -322,6 +322,34 @@ class Channel(ReplayMixin):
         except ValueError:         # (the last subscriber left meanwhile: min() of nothing)
             return 1 << 30
 
+    def wait_room(self, timeout: float | None = None) -> bool:
+        """Block until the channel could accept a priority-0 message: True; False when
+        ``timeout`` seconds passed first or the channel is closed. What a host producer with a
+        backlog does on CHAN_FULL instead of polling with sleeps: each pop from a subscriber
+        ring wakes it (``Ring.on_free``, then the HAL's host wait, which also runs a parked
+        worker's steps on this thread while the system is idle and steps the workers on
+        ``sim``).
+
+        Example::
+
+            while off < n:
+                off += ch.publish(meta0=col[off:], count=n - off)
+                if off < n and not ch.wait_room(timeout=10):
+                    raise TimeoutError(f"{ch.name}: no room for 10 s")
+        """
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+                timeout, (int, float)) or not timeout >= 0):
+            raise ValueError(f"channel {self.name!r}: wait_room(timeout={timeout!r}): allowed "
+                             f"None or a number of seconds >= 0")
+        if self.closed:
+            return False
+        if self.room() > 0:
+            return True
+        hal = self.kernel.hal
+        for sub in self.subs:       # (left set: from now on a pop costs one call more)
+            sub.ring.on_free = hal.notify_host
+        return hal.wait(lambda: self.closed or self.room() > 0, timeout) and not self.closed
+
     def _check_types(self, recs: np.ndarray) -> None:
         # (one record, a round trip's: an index instead of a ~1.5 us .any())
         if self.type_id and (recs["type"][0] != self.type_id if len(recs) == 1

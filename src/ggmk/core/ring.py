@@ -34,7 +34,7 @@ class Ring:
     """FIFO ring of task records. ``capacity`` is rounded up to a power of two."""
 
     __slots__ = ("buf", "raw", "mv", "capacity", "mask", "head", "tail", "lock", "high_watermark",
-                 "pushed", "popped", "rejected", "name")
+                 "pushed", "popped", "rejected", "name", "on_free")
 
     def __init__(self, capacity: int, name: str = ""):
         self.capacity = _pow2(capacity)
@@ -50,6 +50,9 @@ class Ring:
         self.popped = 0
         self.rejected = 0
         self.name = name
+        # called (outside the lock) after a pop or consume freed slots; None: nobody asked
+        # (Channel.wait_room sets it: a producer waiting for room is woken, not polling)
+        self.on_free = None
 
     def __len__(self) -> int:
         return self.tail - self.head
@@ -129,7 +132,10 @@ class Ring:
             o = (h & self.mask) * _SIZE
             self.head = h + 1
             self.popped += 1
-            return np.frombuffer(bytearray(self.mv[o:o + _SIZE]), TASK_DTYPE)
+            rec = np.frombuffer(bytearray(self.mv[o:o + _SIZE]), TASK_DTYPE)
+        if self.on_free is not None:
+            self.on_free()
+        return rec
 
     def pop1_fields(self):
         """Remove the head record and return its fields as plain ints (``RECORD_STRUCT``
@@ -141,7 +147,10 @@ class Ring:
                 return None
             self.head = h + 1
             self.popped += 1
-            return _REC.unpack_from(self.mv, (h & self.mask) * _SIZE)
+            f = _REC.unpack_from(self.mv, (h & self.mask) * _SIZE)
+        if self.on_free is not None:
+            self.on_free()
+        return f
 
     def push(self, recs: np.ndarray, limit: int | None = None) -> int:
         """Append as many of ``recs`` as fit (up to ``limit`` occupied slots); return how many."""
@@ -191,7 +200,10 @@ class Ring:
             n = min(max_n, self.tail - self.head)
             if n <= 0:
                 return self.buf[:0]
-            return self._read(n)
+            recs = self._read(n)
+        if self.on_free is not None:
+            self.on_free()
+        return recs
 
     def peek(self, max_n: int | None = None) -> np.ndarray:
         """A copy of up to ``max_n`` records from the head, without removing them."""
@@ -216,6 +228,8 @@ class Ring:
         with self.lock:
             self.head += n
             self.popped += n
+        if self.on_free is not None:
+            self.on_free()
 
     def stats(self) -> dict:
         return {"name": self.name, "capacity": self.capacity, "depth": len(self),

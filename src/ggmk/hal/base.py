@@ -26,7 +26,8 @@ class Hal(Protocol):
         """Work was enqueued: wake up to ``n`` parked workers (no lost wake-ups)."""
 
     def notify_host(self) -> None:
-        """The system went idle: wake a host blocked in ``wait``."""
+        """The system went idle, or a subscriber ring of a channel a host waits on for room
+        freed slots (``Channel.wait_room``): wake a host blocked in ``wait``."""
 
     def start(self, workers) -> None:
         """Start driving ``workers`` (each has ``step() -> bool`` and ``on_park()``)."""
