@@ -162,9 +162,10 @@ def send_all(ctx, target, meta0s, meta1s=None, *, deadline: int | None = DEFAULT
 # -------------------------------------------------------------------------- request / reply
 class Requests:
     """In-kernel request/reply with correlation: ``tag = req.start(ctx)``, send the request
-    with the tag; the reply handler calls ``req.complete(tag, value)``; the waiting task polls
-    ``req.poll(ctx, tag)``: the value, ``None`` (not yet: ``return ctx.wait_()``) or raises
-    nothing but returns :data:`TIMEOUT` after ``timeout`` ticks. Tags are 48-bit.
+    with the tag; the reply handler calls ``req.complete(tag, value)`` (any value but None:
+    ValueError); the waiting task polls ``req.poll(ctx, tag)``: the value, ``None`` (not
+    yet: ``return ctx.wait_()``) or raises nothing but returns :data:`TIMEOUT` after
+    ``timeout`` ticks. Tags are 48-bit.
 
     Example::
 
@@ -204,7 +205,11 @@ class Requests:
         return tag
 
     def complete(self, tag: int, value) -> bool:
-        """Record the reply of ``tag``; False for an unknown or timed-out tag (counted)."""
+        """Record the reply of ``tag``; False for an unknown or timed-out tag (counted).
+        ``value`` may be anything but None (``poll``'s None means "not yet")."""
+        if value is None:           # poll would read it as "not yet", then say TIMEOUT
+            raise ValueError(f"Requests.complete: tag={tag!r}, value=None: allowed any value "
+                             "but None (poll's None means 'not yet'): pass a value of your own")
         with self._lock:
             if self._open.pop(tag, None) is None:
                 self.late += 1
@@ -235,7 +240,7 @@ def _u64_column(name: str, v, n: int | None = None) -> np.ndarray:
     try:
         if n is not None and np.ndim(v) == 0:
             x = operator.index(v)               # (np.full would truncate a float)
-            if not 0 <= x <= _U64:
+            if isinstance(v, (bool, np.bool_)) or not 0 <= x <= _U64:
                 raise ValueError
             a = np.full(n, x, dtype=np.uint64)
         else:
@@ -253,8 +258,12 @@ def _u64_column(name: str, v, n: int | None = None) -> np.ndarray:
                     raise ValueError
                 else:
                     a = a.astype(np.uint64)
+            if isinstance(v, (list, tuple)):
+                types = set(map(type, v))       # NumPy made True a 1: refuse it as get(True) is
+                if bool in types or np.bool_ in types:
+                    raise ValueError
     except (ValueError, TypeError, OverflowError):
-        raise ValueError(f"{name}: expected integers in 0..2**64-1 (a column), got "
+        raise ValueError(f"{name}: expected integers in 0..2**64-1 (a column, no bools), got "
                          f"{v!r:.80}") from None
     if a.ndim != 1 or (n is not None and len(a) != n):
         raise ValueError(f"{name}: expected a 1-D column" +
@@ -345,27 +354,49 @@ def _tags_of(p) -> str:
     return f"tag {p.lo}" if p.n == 1 else f"tags {p.lo}..{p.lo + p.n - 1}"
 
 
+def _all_new(got, idx) -> bool:
+    """Set ``got[idx]`` (all unset) when ``idx`` names each slot once: True; False (``got``
+    left as it was) when a slot comes twice (a duplicated reply in one take)."""
+    a, b = int(idx.min()), int(idx.max()) + 1
+    before = np.count_nonzero(got[a:b])
+    got[idx] = True
+    if np.count_nonzero(got[a:b]) - before == len(idx):
+        return True
+    got[idx] = False
+    return False
+
+
+_RUN = object()                     # register's "a run of tags" (None is a bad tag, not this)
 _hubs: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _hubs_lock = threading.Lock()
 
 
 class _Hub:
-    """The reply side shared by every ``Client`` of one reply channel of a system (and one
-    pair of tag functions): one host-side subscription, drained by whichever client waits,
-    each reply filed by tag to the request that awaits it, whichever client sent it (one
-    that nobody awaits is counted in ``ignored`` and dropped). Why shared: the reply channel
-    is a lossless fan-out, so a subscription per client would fill with the others' replies
-    while its client is idle, and then refuse, stalling the replier and every other client.
-    Reference-counted by its clients: the last ``close`` unsubscribes."""
+    """The reply side shared by every ``Client`` of one reply channel of a system: one
+    host-side subscription, drained by whichever client waits, each reply filed by tag to
+    the request that awaits it, whichever client sent it (one that nobody awaits is counted
+    in ``ignored`` and dropped). Why shared: the reply channel is a lossless fan-out, so a
+    subscription per client would fill with the others' replies while its client is idle,
+    and then refuse, stalling the replier and every other client. So one hub per channel,
+    and its clients must pass the same tag functions (``fns``; another pair: ValueError).
+    Reference-counted by its clients: the last ``close`` unsubscribes and wakes the waiters
+    (they fail at once: nothing files their replies any more)."""
 
-    def __init__(self, system, chan, key, reply_tag, reply_tags):
+    def __init__(self, system, chan, key, fns):
         self.system = system
         self.chan = chan
         self.key = key
         self.name = chan.name
         self.arena = system.arena
+        self.fns = fns                              # (reply_tag, reply_tags) as given
+        reply_tag, reply_tags = fns
+        if reply_tag is None:                       # only the column form: one reply of it
+            def reply_tag(m0, m1, _f=reply_tags):
+                return int(_f(np.array([m0], np.uint64), np.array([m1], np.uint64))[0])
         self.reply_tag = reply_tag
         self.reply_tags = reply_tags
+        # KV's tags are 48-bit (the reply carries no more): a wider one could never match
+        self.tag_max = TAG_MASK if reply_tag is _tag48 else _U64
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.pumping = False
@@ -383,13 +414,23 @@ class _Hub:
 
     @staticmethod
     def join(system, reply: str, reply_tag, reply_tags) -> "_Hub":
+        """The hub of channel ``reply`` (made on first use); ValueError when it files
+        replies with other tag functions (a second subscription would fill while idle and
+        stall the replier)."""
         ch = system.channel(reply)
-        # (ids: the hub holds the channel and the functions, so none is reused while it lives)
-        key = (id(ch), id(reply_tag), id(reply_tags))
+        key = id(ch)                # (the hub holds the channel: its id is not reused)
+        fns = (reply_tag, reply_tags)
         with _hubs_lock:
             hub = _hubs.get(key)
             if hub is None or hub.closed:
-                hub = _hubs[key] = _Hub(system, ch, key, reply_tag, reply_tags)
+                hub = _hubs[key] = _Hub(system, ch, key, fns)
+            elif hub.fns != fns:
+                raise ValueError(
+                    f"Client: reply channel {reply!r} already has clients with "
+                    f"reply_tag={hub.fns[0]!r}, reply_tags={hub.fns[1]!r}; got "
+                    f"reply_tag={reply_tag!r}, reply_tags={reply_tags!r}: all clients of one "
+                    f"reply channel share its subscription, so they must pass the same tag "
+                    f"functions (module-level functions, not a lambda per client)")
             hub.users += 1
         return hub
 
@@ -401,10 +442,32 @@ class _Hub:
             self.closed = True
             if _hubs.get(self.key) is self:
                 del _hubs[self.key]
+        with self.cond:             # (no pump runs meanwhile: pump looks at closed first)
+            try:
+                self.chan.unsubscribe(self.sub)     # what its ring holds goes to sys.dropped
+            except Exception:   # noqa: BLE001 - closed at halt
+                pass
+            self.cond.notify_all()                  # the waiters fail at once, not at timeout
         try:
-            self.chan.unsubscribe(self.sub)     # what its ring holds goes to sys.dropped
-        except Exception:   # noqa: BLE001 - closed at halt
+            self.sem.release()                      # and so does the sleeping pumper
+        except RuntimeError:
             pass
+
+    def closed_error(self, what: str) -> ValueError:
+        return ValueError(f"Client: closed (the last client of {self.name!r} left, its "
+                          f"subscription is gone): {what}")
+
+    def check_tag(self, who: str, tag) -> int:
+        """``tag`` as an int, or a ValueError naming it and what is allowed."""
+        if tag.__class__ is not int:
+            if isinstance(tag, (bool, np.bool_)) or not isinstance(tag, (int, np.integer)):
+                raise ValueError(f"{who}: tag={tag!r}: allowed an int in 0..{self.tag_max}")
+            tag = int(tag)
+        if not 0 <= tag <= self.tag_max:
+            raise ValueError(f"{who}: tag={tag!r}: allowed an int in 0..{self.tag_max}" +
+                             (" (the tags of a kv reply are 48-bit: sdk.new_tags)"
+                              if self.tag_max == TAG_MASK else ""))
+        return tag
 
     # -- waking ---------------------------------------------------------------------------
     def wake(self) -> None:
@@ -417,6 +480,8 @@ class _Hub:
                 pass
 
     def arrived(self) -> bool:
+        if self.closed:                             # (stop helping: nothing will come)
+            return True
         r = self.sub.ring
         return r.tail != r.head or self.sub.behind
 
@@ -441,6 +506,8 @@ class _Hub:
     def pump(self) -> int:
         """Take what the subscription holds and file it by tag (holding ``lock``). Every
         payload taken is copied out and its arena reference released, matched or not."""
+        if self.closed:                             # unsubscribed: its ring is not ours
+            return 0
         sub = self.sub
         r = sub.ring
         if r.tail - r.head == 1 and not self.runs and not sub.behind \
@@ -475,27 +542,30 @@ class _Hub:
             if not nh:
                 continue
             idx = rel.astype(np.intp) if nh == n and left is None else None
-            if idx is not None and not np.count_nonzero(p.got[idx]):
-                # every reply taken is of this block and none came before (the usual case
-                # of one block in flight): no masks to apply
+            if idx is not None and not np.count_nonzero(p.got[idx]) and _all_new(p.got, idx):
+                # every reply taken is of this block, none came before and none twice (the
+                # usual case of one block in flight): no masks to apply
                 p.m0[idx] = m0
                 p.m1[idx] = m1
-                p.got[idx] = True
                 p.left -= n
                 if has_data:
                     self._file_data(p, range(n), idx.tolist(), recs, ptrs)
                 left = ~hit
                 break                               # (nothing is left for the others)
-            idx = rel[hit].astype(np.intp)
-            fresh = ~p.got[idx]                     # a duplicate reply fills nothing twice
-            idx = idx[fresh]
-            p.m0[idx] = m0[hit][fresh]
-            p.m1[idx] = m1[hit][fresh]
+            src = np.flatnonzero(hit)
+            idx = rel[src].astype(np.intp)
+            fresh = ~p.got[idx]                     # a reply that came before fills nothing
+            src, idx = src[fresh], idx[fresh]
+            if len(idx) > 1:                        # nor one twice in this take: first copies
+                idx, first = np.unique(idx, return_index=True)
+                src = src[first]
+            p.m0[idx] = m0[src]
+            p.m1[idx] = m1[src]
             p.got[idx] = True
             p.left -= len(idx)
+            self.ignored += nh - len(idx)           # the duplicates: awaited by nobody now
             if has_data:
-                self._file_data(p, np.flatnonzero(hit)[fresh].tolist(), idx.tolist(), recs,
-                                ptrs)
+                self._file_data(p, src.tolist(), idx.tolist(), recs, ptrs)
             left = ~hit if left is None else left & ~hit
         rest = range(n) if left is None else np.flatnonzero(left).tolist()
         single = self.single
@@ -583,6 +653,8 @@ class _Hub:
         with cond:
             try:
                 while p.left:
+                    if self.closed:
+                        break
                     if not self.pumping and self.pump():
                         if self.waiters:
                             cond.notify_all()
@@ -605,6 +677,9 @@ class _Hub:
                 if self.waiters:
                     cond.notify_all()               # leaving: someone else may pump now
         if p.left:
+            if self.closed:
+                raise self.closed_error(f"{p.left} of {p.n} replies ({_tags_of(p)}) "
+                                        "left unfiled")
             if self.gone():
                 raise self.stopped(p.left, p.n, _tags_of(p))
             raise TimeoutError(what())
@@ -617,14 +692,14 @@ class _Hub:
                              f"{self.name!r} (the requests are on sys.error / sys.dropped, or "
                              f"ran and their replies were dropped)")
 
-    def register(self, p, tag=None) -> None:
-        """Await ``p`` (a run when ``tag`` is None); ValueError when its tags are awaited
-        already on this channel (by this client or another one)."""
+    def register(self, p, tag=_RUN) -> None:
+        """Await ``p`` (a run when no ``tag`` is given; a checked one: ``check_tag``);
+        ValueError when its tags are awaited already on this channel (by any client)."""
         with self.lock:
             if self.closed:
                 raise ValueError(f"Client: closed (its reply channel {self.name!r} is "
                                  "unsubscribed)")
-            if tag is None:
+            if tag is _RUN:
                 lo, hi = p.lo, p.lo + p.n
                 clash = next((max(lo, q.lo) for q in self.runs
                               if q.lo < hi and lo < q.lo + q.n), None)
@@ -659,6 +734,8 @@ class _Hub:
     def backoff(self, deadline: float, what) -> None:
         """A request channel is full: take replies meanwhile (that is what drains the
         kernel's side) and let the kernel run; TimeoutError past the deadline."""
+        if self.closed:
+            raise self.closed_error("a request channel was full")
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError(what())
@@ -700,16 +777,20 @@ class Client:
     """Host-side request/reply: publish on ``request`` (a channel name), read replies from a
     host-side subscription of ``reply``; ``reply_tag(meta0, meta1)`` gives a reply's tag
     (``reply_tags(m0s, m1s)``, its column form, lets whole blocks of replies be matched
-    with NumPy). ``call(meta0, meta1, tag=..., payload=...)`` -> (meta0, meta1, payload
-    bytes or None); ``TimeoutError`` after ``timeout`` seconds; ``KernelStopped`` as soon as
-    the system halts (no reply can come). Thread-safe: replies for another thread's tags
-    are kept for it.
+    with NumPy; given alone, it tags single replies too; neither: the tag is meta0).
+    ``call(meta0, meta1, tag=..., payload=...)`` -> (meta0, meta1, payload bytes or None);
+    ``TimeoutError`` after ``timeout`` seconds; ``KernelStopped`` as soon as the system
+    halts (no reply can come). Thread-safe: replies for another thread's tags are kept for
+    it. A tag is an int 0..2**64-1 (0..2**48-1 with KV's tag functions), else ValueError;
+    ``channel=`` (a call's request channel instead of ``request``) is a name or a Channel
+    of this system, else ValueError.
 
-    Every client of one reply channel (with the same tag functions: module-level ones, or
-    the defaults) shares one subscription: whichever waits takes the replies and files them
-    by tag for whoever awaits them, so an idle client holds nothing up. Their tags must
-    therefore be unique across them: take them from :func:`new_tags` (a tag already awaited
-    on the channel raises ValueError). ``close()`` leaves it (the last one unsubscribes).
+    Every client of one reply channel shares one subscription: whichever waits takes the
+    replies and files them by tag for whoever awaits them, so an idle client holds nothing
+    up. So they must pass the same tag functions (module-level ones, or the defaults; other
+    ones raise ValueError), and their tags must be unique across them: take them from
+    :func:`new_tags` (a tag already awaited on the channel raises ValueError). ``close()``
+    leaves it (the last one unsubscribes); a closed client's calls raise ValueError.
 
     ``publish_many`` + ``wait_many`` pipeline a block of requests with consecutive tags:
     one column publish, and the replies matched by tag in bulk.
@@ -733,9 +814,9 @@ class Client:
         self.reply_name = reply
         if reply_tags is None and reply_tag is None:
             reply_tag = reply_tags = _tag_m0        # the default: tag = meta0
-        self.reply_tag = reply_tag or _tag_m0
+        hub = self._hub = _Hub.join(system, reply, reply_tag, reply_tags)
+        self.reply_tag = hub.reply_tag              # (made from reply_tags when not given)
         self.reply_tags = reply_tags
-        hub = self._hub = _Hub.join(system, reply, self.reply_tag, reply_tags)
         # the shared reply side's state, under the names this class always had
         self._cond = hub.cond
         self._lock = hub.lock
@@ -760,6 +841,21 @@ class Client:
     def ignored(self) -> int:
         """Replies taken that nobody awaited (late, or of requests sent by others)."""
         return self._hub.ignored
+
+    def _open(self, who: str, channel=None):
+        """The request channel of a call (``channel``: None, a name or a Channel of this
+        system); ValueError once this client is closed, or for another system's channel."""
+        if self._closed:
+            raise ValueError(f"Client.{who}: this client is closed (close() was called): "
+                             f"make a new one")
+        if channel is None:
+            return self.request
+        if channel.__class__ is str:                # (ChannelError when unknown)
+            return self.system.channel(channel)
+        if getattr(channel, "kernel", None) is not self.request.kernel:
+            raise ValueError(f"Client.{who}: channel={channel!r:.120}: allowed None, a "
+                             f"channel name or a Channel of this client's system")
+        return channel
 
     def _stopped_sending(self, ch, sent: str = ""):
         """The error of a request refused with CHAN_CLOSED."""
@@ -797,9 +893,10 @@ class Client:
 
     def publish(self, meta0=0, meta1=0, *, tag=None, payload=None, type=None, channel=None) -> None:
         """Send a request without waiting for the reply (waits up to ``timeout`` for room)."""
+        ch = self._open("publish", channel)
         if tag is not None:
-            self.expect(tag)
-        ch = channel or self.request
+            tag = self._hub.check_tag("Client.publish", tag)
+            self._hub.register(_One(tag), tag)
         try:
             self._send(ch, meta0, meta1, payload, type,
                        self._try_send(ch, meta0, meta1, payload, type))
@@ -826,7 +923,10 @@ class Client:
                 return
 
     def expect(self, tag) -> None:
-        """Say a reply with ``tag`` is awaited (``publish(..., tag=)`` does it)."""
+        """Say a reply with ``tag`` is awaited (``publish(..., tag=)`` does it). ``tag``: an
+        int 0..2**64-1 (0..2**48-1 for a kv reply channel), else ValueError."""
+        self._open("expect")
+        tag = self._hub.check_tag("Client.expect", tag)
         self._hub.register(_One(tag), tag)
 
     def forget(self, tag) -> None:
@@ -838,6 +938,10 @@ class Client:
 
     def wait(self, tag):
         """The reply for ``tag`` (blocks up to ``timeout`` seconds)."""
+        self._open("wait")
+        return self._wait(self._hub.check_tag("Client.wait", tag))
+
+    def _wait(self, tag):
         with self._lock:
             p = self._single.get(tag)
         if p is None:                    # not announced: wait for it anyway
@@ -857,17 +961,18 @@ class Client:
         its waiting; its reply is then usually in before ``direct`` returns), else the idle
         worker's steps (``hal.help``)."""
         hal = self._hal
+        ch = self._open("call", channel)
+        tag = self._hub.check_tag("Client.call", tag)
         if not hal.helping:
-            self.publish(meta0, meta1, tag=tag, payload=payload, type=type, channel=channel)
-            return self.wait(tag)
-        self.expect(tag)
-        ch = channel or self.request
+            self.publish(meta0, meta1, tag=tag, payload=payload, type=type, channel=ch)
+            return self._wait(tag)
+        self._hub.register(_One(tag), tag)
         direct = self._direct
         try:
             if direct is not None and type is None and meta0.__class__ is int \
                     and meta1.__class__ is int and 0 <= meta0 <= _U64 and 0 <= meta1 <= _U64:
                 if direct(ch, meta0, meta1, payload):   # answered on this thread: file it
-                    return self._hub.filed(tag) or self.wait(tag)
+                    return self._hub.filed(tag) or self._wait(tag)
             sent = []
             hal.help(self._arrived, time.monotonic() + self.timeout,
                      before=lambda: sent.append(self._try_send(ch, meta0, meta1, payload, type)))
@@ -876,7 +981,7 @@ class Client:
         except BaseException:
             self.forget(tag)
             raise
-        return self.wait(tag)
+        return self._wait(tag)
 
     def stream(self, meta0, meta1, lo: int, depth: int, *, channel=None):
         """Many requests with at most ``depth`` in flight: blocks of ``depth``, the next sent
@@ -888,6 +993,7 @@ class Client:
         worker are both Python, so overlapping them only makes them take the GIL from each
         other (a thread asking for it waits up to the 5 ms switch interval) and doubles the
         per-block costs; one block out, one block back keeps each hand-off a clean wake-up."""
+        channel = self._open("stream", channel)
         meta0 = _u64_column("meta0", meta0)
         n = len(meta0)
         meta1 = _u64_column("meta1", meta1, n)
@@ -927,10 +1033,11 @@ class Client:
         meta0 = _u64_column("meta0", meta0)
         n = len(meta0)
         meta1 = _u64_column("meta1", meta1, n)
+        top = self._hub.tag_max                     # (2**48-1 on a kv reply channel)
         if not isinstance(lo, (int, np.integer)) or isinstance(lo, bool) \
-                or not 0 <= int(lo) <= _U64 - n:
-            raise ValueError(f"publish_many: lo must be an int in 0..2**64-1-len(meta0), "
-                             f"got {lo!r}")
+                or not 0 <= int(lo) <= top - max(n - 1, 0):
+            raise ValueError(f"publish_many: lo={lo!r}: allowed an int such that the tags "
+                             f"lo..lo+len(meta0)-1 lie in 0..{top} (len(meta0)={n})")
         p = _Pending(int(lo), n) if _out is None else _Pending(int(lo), n, *_out)
         self._hub.register(p)
         return meta0, meta1, p
@@ -939,8 +1046,9 @@ class Client:
         """Send ``len(meta0)`` requests as columns (one emit per block the channel takes)
         whose replies carry the consecutive tags ``lo, lo + 1, ...``; returns the handle for
         :meth:`wait_many`. Waits for room (taking replies meanwhile) up to ``timeout``."""
+        ch = self._open("publish_many", channel)
         meta0, meta1, p = self._prepare_many(meta0, meta1, lo, _out)
-        self._send_many(p, channel or self.request, meta0, meta1, 0)
+        self._send_many(p, ch, meta0, meta1, 0)
         return p
 
     def _send_many(self, p, ch, meta0, meta1, sent: int) -> None:
@@ -982,10 +1090,10 @@ class Client:
         """``publish_many`` + ``wait_many``. With caller runs (the default), the calling
         thread runs the handlers that answer while a worker is idle (as in :meth:`call`)."""
         hal = self._hal
+        ch = self._open("call_many", channel)
         if not hal.helping:
-            return self.wait_many(self.publish_many(meta0, meta1, lo, channel=channel))
+            return self.wait_many(self.publish_many(meta0, meta1, lo, channel=ch))
         meta0, meta1, p = self._prepare_many(meta0, meta1, lo, None)
-        ch = channel or self.request
         n = len(meta0)
         if n:
             # the borrowed worker is the only one that may drain the request ring (workers=1):
@@ -1007,6 +1115,7 @@ class Client:
     def wait_many(self, p: _Pending) -> tuple:
         """(meta0s, meta1s, data) of a :meth:`publish_many` block, in request order: two
         uint64 columns and None (no reply carried a payload) or a list of bytes/None."""
+        self._open("wait_many")
         self._hub.wait(p, self.timeout,
                        lambda: f"{p.left} of {p.n} replies (tags {p.lo}..{p.lo + p.n - 1}) "
                                f"missing on {self.reply_name!r} after {self.timeout} s")
@@ -1014,7 +1123,8 @@ class Client:
 
     def close(self) -> None:
         """Leave the reply channel's shared subscription (the last client unsubscribes it:
-        what it still holds goes to sys.dropped)."""
+        what it still holds goes to sys.dropped, and the threads still waiting on it raise
+        ValueError at once). This client's calls raise ValueError from now on."""
         with self._plock:
             if self._closed:
                 return
