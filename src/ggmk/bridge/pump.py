@@ -95,6 +95,8 @@ from ggmk.task import ALLOC_FAIL, CHAN_CLOSED, CHAN_FULL, FLAG_CHANNEL_MSG, FLAG
 
 _RX0 = ds.BASE + 0x1000              # ingress record types: RX(0) .. RX(0xFFF)
 _RX1 = ds.BASE + 0x2000
+_MARK0 = ds.BASE + 0x3000             # GPU -> CPU mark record types: MARK(0) .. MARK(0xFFF)
+_MARK1 = ds.BASE + 0x4000
 SYS_ERROR = layout.CH_SYS_ERROR
 SYS_DROPPED = layout.CH_SYS_DROPPED
 _CLEAR_FLAGS = np.uint16(0xFFFF ^ FLAG_CHANNEL_MSG)
@@ -241,6 +243,15 @@ class _In:
     def inflight(self) -> int:
         # a record dropped at the door never runs: it is neither ok nor fail on the device
         return self.pushed - self.done - self.shed
+
+
+def _near(ref: int, low: np.ndarray) -> np.ndarray:
+    """Device channel seqs from their low 32 bits (what a record carries): the values nearest
+    ``ref`` (the next seq expected). What is in flight is a credit window around it, far less
+    than 2**31; comparing the column itself stalled a GPU -> CPU channel for good after 2**32
+    messages (its next seq never came: the record said 0)."""
+    d = (low.astype(np.int64) - ref + (1 << 31)) & 0xFFFF_FFFF
+    return ref + d - (1 << 31)
 
 
 class _Reorder:
@@ -783,7 +794,10 @@ class Bridge:
     def _dispatch(self, recs: np.ndarray) -> None:
         types = recs["type"]
         chans = recs["channel"]
-        sysm = (chans == SYS_ERROR) | (chans == SYS_DROPPED)
+        # (a mark's channel column is its device channel seq, which takes these values too
+        # once in 2**32 messages; the device never dead-letters a mark record)
+        sysm = ((chans == SYS_ERROR) | (chans == SYS_DROPPED)) & \
+            ((types < _MARK0) | (types >= _MARK1))
         if sysm.any():
             self._dead_from_device(T.select(recs, sysm))
             recs = T.select(recs, ~sysm)
@@ -794,7 +808,7 @@ class Bridge:
         utypes = [int(t0)] if (types == t0).all() else np.unique(types).tolist()
         for t in utypes:
             part = recs if len(utypes) == 1 else T.select(recs, types == t)
-            if ds.BASE + 0x3000 <= t < ds.BASE + 0x4000:
+            if _MARK0 <= t < _MARK1:
                 self._marks(self.outs[ds.mark_index(t)], part)
             elif t == ds.ALLOC_REPLY:
                 self._alloc_replies(part)
@@ -803,7 +817,7 @@ class Bridge:
 
     def _marks(self, st: _Out, part: np.ndarray) -> None:
         part = T.copy(part)
-        seqs = part["channel"].astype(np.int64)
+        seqs = _near(st.next_seq, part["channel"])
         part["type"] = st.bc.type_id
         part["channel"] = 0
         part["seq"] = 0
@@ -1112,7 +1126,7 @@ class Bridge:
                 st = self.outs[ds.tx_index(t)]
                 r["type"] = st.bc.type_id
                 r["channel"] = 0
-                seq = int(r["seq"][0])
+                seq = int(_near(st.next_seq, r["seq"])[0])
                 st.dead += 1
                 if where == SYS_ERROR:
                     self._grant(st, 1)    # the egress took its credit before it failed
