@@ -3,6 +3,7 @@ that is not one, tenant ids that are not ints, ``set_tenant`` with no policy, a 
 that crashed before ``halt``, and the halted kernel's stand-in for the enqueue core taking what
 the enqueue core takes (a host publish racing ``halt`` got a TypeError: ``wake=``)."""
 import inspect
+import threading
 
 import numpy as np
 import pytest
@@ -113,3 +114,30 @@ def test_submit_of_many_tasks_with_one_payload_gives_each_a_reference():
         assert s.run(timeout=30)
         assert s.arena.live_count() == 0
         assert not list(s.exceptions)
+
+
+def test_a_failed_module_init_runs_the_fini_of_the_modules_already_up():
+    """A later module's init raises: the earlier ones' fini runs (reverse order) before the
+    error reaches the caller, so what they opened (here a thread) is not left behind; the
+    failing module's own fini does not run (its init did not finish)."""
+    stop, log = threading.Event(), []
+    first, second, bad = ggmk.Module("first"), ggmk.Module("second"), ggmk.Module("bad")
+
+    @first.init
+    def up(system):
+        first.th = threading.Thread(target=stop.wait, daemon=True)
+        first.th.start()
+
+    @first.fini
+    def down(system):
+        log.append("first")
+        stop.set()
+        first.th.join(10)
+
+    second.init(lambda system: None)
+    second.fini(lambda system: log.append("second"))
+    bad.init(lambda system: 1 / 0)
+    bad.fini(lambda system: log.append("bad"))
+    with pytest.raises(ZeroDivisionError):
+        ggmk.boot([first, second, bad], workers=2)
+    assert log == ["second", "first"] and not first.th.is_alive()

@@ -189,13 +189,32 @@ class System:
         self.workers = [Worker(self, w, max_batch) for w in range(workers)]
         self.hal.next_event = self._next_event_ns
         self.t0 = self.clock()
-        for m in self.modules:
-            if m._init:
-                m._init(self)
+        self._init_modules()
         self.hal.start(self.workers)
         self.running = True
 
     # -- boot helpers ---------------------------------------------------------------------------
+    def _init_modules(self) -> None:
+        """Each module's init, in order. When one raises, the fini of those already
+        initialised runs (reverse order) before the error goes on: they may hold sockets,
+        threads or files, and a boot that failed must leave nothing behind (a UDP module's
+        socket and receiver thread outlived a later module's failed init)."""
+        done = []
+        try:
+            for m in self.modules:
+                if m._init:
+                    m._init(self)
+                done.append(m)
+        except BaseException as e:
+            for m in reversed(done):
+                if m._fini:
+                    try:
+                        m._fini(self)
+                    except Exception as fe:  # noqa: BLE001 - the boot error is the news
+                        log.error("ggmk: module %r fini after a failed boot (%s): %r",
+                                  m.name, e, fe)
+            raise
+
     def _register_modules(self) -> None:
         names = set()
         for m in self.modules:
