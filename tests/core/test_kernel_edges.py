@@ -141,3 +141,20 @@ def test_a_failed_module_init_runs_the_fini_of_the_modules_already_up():
     with pytest.raises(ZeroDivisionError):
         ggmk.boot([first, second, bad], workers=2)
     assert log == ["second", "first"] and not first.th.is_alive()
+
+
+def test_a_declaration_problem_names_only_the_manifest_of_the_module_at_fault():
+    """A user module's duplicate handler name was reported "in" echo.toml (every manifest
+    module's file was named, whichever module the problem was in)."""
+    from ggmk.errors import BootError
+    from ggmk.modules import echo
+    m = ggmk.Module("user")
+    m.handler("A", consumes="u.a", name="h")(lambda ctx: None)
+    m.handler("B", consumes="u.b", name="h")(lambda ctx: None)
+    p = ggmk.Module("p")
+    p.produces("u.a", "A")
+    p.produces("u.b", "B")
+    with pytest.raises(BootError) as e:
+        ggmk.boot([echo.module("u.c"), p, m], workers=1)
+    msg = str(e.value)
+    assert "module 'user': handler name 'h' declared twice" in msg and ".toml" not in msg

@@ -337,12 +337,12 @@ class System:
             sp = spec.setdefault(d.name, {})
             sp.setdefault("mode", d.mode or "p2p")
             sp.setdefault("guarantee", d.guarantee or "lossless")
-        tchans, thandlers, problems, sources = [], [], [], []
+        tchans, thandlers, problems, sources = [], [], [], {}
         for m in self.modules:
             if not m.channels:
                 continue
             if m.manifest is not None and m.manifest.path:
-                sources.append(str(m.manifest.path))
+                sources[m.name] = str(m.manifest.path)
             for d in m.channels:
                 where = f"module {m.name!r} channel {d.name!r}"
                 tid = self.type_id(d.type, register=True, where=where)
@@ -371,11 +371,14 @@ class System:
                 if hname[0].isdigit():
                     hname = "_" + hname
                 thandlers.append(h.declaration(type=h.type_id, name=hname))
-        src = ", ".join(sources) or None
         try:
-            validate_declarations(self.types, tchans, thandlers, source=src)
+            validate_declarations(self.types, tchans, thandlers)
         except BootError as e:
             problems = list(getattr(e, "problems", [str(e)])) + problems
+        # the manifests of the modules the problems name (a user module's duplicate handler
+        # name was reported "in" every std module's .toml)
+        src = ", ".join(path for name, path in sources.items()
+                        if any(f"module {name!r}" in p for p in problems)) or None
         raise_boot_problems("channel declarations", problems, src)
         for d in decls:
             sp = spec[d.name]
