@@ -6,7 +6,10 @@ until the gate has ``n`` of them (``n`` per gate: ``sizes={gate: n}``, or ``gate
 then all are released, in arrival (sequence) order, as ``GATE_PASS`` on ``NAME.open``
 (``meta0`` = gate id, ``meta1`` = tag, the payload as it came) and the gate closes again for
 the next round (``m.gate.rounds[gate]`` counts openings). Arrivals past ``n`` in one batch
-belong to the next round.
+belong to the next round. A round's arrivals are released in sequence order even when their
+batches ran on different workers; which arrivals make up a round is the order the batches
+were handled in (with several workers not always their sequence order). ``set_size`` checks
+its arguments as ``sizes=`` is checked at boot (ValueError).
 
 Releases that find ``NAME.open`` full wait in order in the module's outbox (never lost); while
 ``outbox_limit`` of them wait, new arrivals are pushed back with ``WAIT``. At halt, arrivals
@@ -46,6 +49,8 @@ from ggmk.modules import (Outbox, drop_rows, instance_type, slot_key, std_module
 
 __all__ = ["module"]
 
+_M32, _HALF = 0xFFFFFFFF, 1 << 31       # record seq: 32 bits, compared across a wrap
+
 
 def _check_n(n, what="n"):
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -55,6 +60,7 @@ def _check_n(n, what="n"):
 
 class _Gates:
     def __init__(self, name, n, sizes, limit):
+        self.name = name
         self.n = _check_n(n)
         self.sizes = {word_key(k, f"gate {name!r} sizes"): _check_n(v, f"sizes[{k!r}]")
                       for k, v in (sizes or {}).items()}
@@ -65,8 +71,17 @@ class _Gates:
         self.counters = {"arrivals": 0, "released": 0, "opened": 0, "waits": 0, "halted": 0}
 
     def set_size(self, gate: int, n: int) -> None:
+        """Gate ``gate`` opens after ``n`` arrivals. Checked as ``sizes=`` is at boot (int()
+        made 1.7 gate 1, and -1 or 2**70 ids no task can carry): ValueError otherwise."""
+        if isinstance(gate, bool) or not isinstance(gate, (int, np.integer)) \
+                or not 0 <= int(gate) < 1 << 64:
+            raise ValueError(f"{self.name}.set_size: gate={gate!r}: allowed an int 0..2**64-1 "
+                             f"(a gate id, meta0)")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"{self.name}.set_size: n={n!r}: allowed an int >= 1 (arrivals that "
+                             f"open the gate)")
         with self.lock:
-            self.sizes[int(gate)] = _check_n(n)
+            self.sizes[int(gate)] = int(n)
 
     def size(self, gate: int) -> int:
         return self.sizes.get(gate, self.n)
@@ -77,7 +92,11 @@ class _Gates:
             self.counters["waits"] += len(batch)
             return T.WAIT
         recs = batch.records
-        order = np.argsort(recs["seq"], kind="stable")
+        seq = recs["seq"]
+        if len(seq):
+            # seq is 32 bits and wraps: ordered by the distance from the first record
+            seq = (seq.astype(np.int64) - int(seq[0]) + _HALF) & _M32
+        order = np.argsort(seq, kind="stable")
         arena = system.arena
         with self.lock:
             for i in order.tolist():
@@ -87,14 +106,18 @@ class _Gates:
                 if ptr:
                     arena.retain(ptr)           # ours now (the worker releases its own ref)
                 w = self.waiting.setdefault(g, [])
-                w.append((int(r["meta1"]), ptr, ln))
+                w.append((int(r["seq"]), int(r["meta1"]), ptr, ln))
                 self.counters["arrivals"] += 1
                 if len(w) >= self.size(g):
                     del self.waiting[g]
                     self.rounds[g] = self.rounds.get(g, 0) + 1
                     self.counters["opened"] += 1
                     self.counters["released"] += len(w)
-                    for tag, p, n in w:
+                    # batches of one gate run on several workers at once, so w is in
+                    # handling order: released in sequence (arrival) order
+                    s0 = w[0][0]
+                    w.sort(key=lambda a: (a[0] - s0 + _HALF) & _M32)   # (seq wraps)
+                    for _, tag, p, n in w:
                         self.out.put(g, tag, p, n)
         self.out.flush(system)
         return None
@@ -102,7 +125,7 @@ class _Gates:
     def fini(self, system):
         self.out.drop_all(system)
         with self.lock:
-            items = [(g, tag, p) for g, w in self.waiting.items() for tag, p, _ in w]
+            items = [(g, tag, p) for g, w in self.waiting.items() for _, tag, p, _ in w]
             self.waiting.clear()
         self.counters["halted"] += drop_rows(system, system.type_id("GATE_ARRIVE"), items)
 

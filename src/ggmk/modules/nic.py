@@ -28,8 +28,17 @@ datagrams and at halt, so drops after the last datagram read are counted too. A 
 longer than ``max_frame`` is never delivered cut short: it goes there as one NET_RX record
 (meta0 = peer, meta1 = ``max_frame``, the bytes read) with code ``NET_ERROR``, counted in
 ``truncated``. An arena that cannot hold a payload gives ``ALLOC_FAIL`` there.
-``m.nic.stats()`` counts all (UDP: every datagram that reached the socket is one of ``rx``,
-``os_dropped``, ``truncated``).
+A datagram / frame read once the kernel halts (its channels close) goes there too, with
+``CHAN_CLOSED``, counted in ``halt_dropped``; at the module's fini the UDP socket is first
+connected to itself (no other sender's datagram enters it any more), then read empty without
+blocking and only then closed, so what it still held is counted as well. ``m.nic.stats()``
+counts all (UDP: every datagram that reached the socket is one of ``rx``, ``os_dropped``,
+``truncated``, ``halt_dropped``).
+
+Lifecycle: a bind that fails closes its socket and raises OSError naming the address; fini is
+safe whatever boot left and idempotent. A second init (``system.reset_module``) first stops
+the receivers and closes the old socket (a UDP backlog is read and published, as above), then
+binds again, at the same address while it is free: one receiver serves ``m.nic.address``.
 
 Sending: ``NET_TX`` messages are sent by the consuming handler (UDP ``sendto``; TCP the frame,
 length-prefixed, on that connection). A send that fails (unknown connection, peer 0 or a peer word
@@ -127,34 +136,57 @@ class _Nic:
         self.os_seen = 0
         self.ovfl_total = None          # the SO_RXQ_OVFL that came with the last datagram
         self.counters = {"rx": 0, "rx_bytes": 0, "rx_refused": 0, "os_dropped": 0,
-                         "truncated": 0, "alloc_fail": 0, "tx": 0, "tx_bytes": 0, "tx_errors": 0,
-                         "bad_frames": 0, "accepted": 0, "closed": 0}
+                         "truncated": 0, "halt_dropped": 0, "alloc_fail": 0, "tx": 0,
+                         "tx_bytes": 0, "tx_errors": 0, "bad_frames": 0, "accepted": 0,
+                         "closed": 0}
 
     # -- lifecycle ------------------------------------------------------------------------------
     def boot(self, system):
+        # a second init (system.reset_module) must not leave the old socket and receiver
+        # serving beside the new ones: they go first, and a live socket's address is kept
+        prev = self.address if self.sock is not None else None
+        self._shutdown()
+        with self.lock:
+            # a new socket's drop counter starts at 0: the old one's total is no baseline
+            self.os_seen, self.ovfl_total = 0, None
         self.system = system
         self.stop.clear()
-        fam = socket.AF_INET
-        if self.proto == "udp":
-            s = socket.socket(fam, socket.SOCK_DGRAM)
-            try:
-                s.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-                self.ovfl = True
-            except OSError:
-                self.ovfl = False
-        else:
-            s = socket.socket(fam, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.rcvbuf:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-        s.bind(self.bind)
-        if self.proto == "tcp":
-            s.listen(64)
-        s.settimeout(0.05)
-        self.sock = s
-        self.address = s.getsockname()[:2]
+        self.sock = self._open(prev)
+        self.address = self.sock.getsockname()[:2]
         target = self._udp_loop if self.proto == "udp" else self._accept_loop
         self._spawn(target, f"nic-{self.proto}-rx")
+
+    def _open(self, prev) -> socket.socket:
+        """The bound socket: at ``prev`` (the address a reset keeps) if given and free, else
+        at ``bind``; one that fails is closed (no leak), the error names the address."""
+        err = None
+        for where in ([prev] if prev else []) + [self.bind]:
+            if self.proto == "udp":
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            else:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                if self.proto == "udp":
+                    try:
+                        s.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+                        self.ovfl = True
+                    except OSError:
+                        self.ovfl = False
+                else:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self.rcvbuf:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+                s.bind(where)
+                if self.proto == "tcp":
+                    s.listen(64)
+                s.settimeout(0.05)
+            except OSError as e:
+                s.close()
+                err = e
+                continue
+            return s
+        raise OSError(err.errno, f"nic: cannot bind {self.proto} {self.bind}: "
+                                 f"{err.strerror or err}") from err
 
     def _spawn(self, fn, name, *args):
         t = threading.Thread(target=fn, args=args, name=name, daemon=True)
@@ -163,10 +195,21 @@ class _Nic:
             self.threads = [x for x in self.threads if x.is_alive()] + [t]
 
     def halt(self, system):
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Stop the receivers and close the sockets, whatever state boot left (none, a failed
+        boot, already shut: then nothing to do). UDP: sealed first, then read empty, so every
+        datagram that reached the socket is accounted before it closes (at halt:
+        ``halt_dropped``, on sys.dropped with CHAN_CLOSED; at a reset: published)."""
         self.stop.set()
         with self.lock:
             conns = list(self.conns.values())
-            threads = list(self.threads)
+            threads = [t for t in self.threads if t is not threading.current_thread()]
+        sock = self.sock
+        udp = self.proto == "udp" and sock is not None
+        if udp:
+            self._seal(sock)
         for c in conns:
             try:
                 c.shutdown(socket.SHUT_RDWR)
@@ -174,18 +217,51 @@ class _Nic:
                 pass
         for t in threads:
             t.join(timeout=2)
-        if self.proto == "udp" and self.sock is not None:
+        if udp:
+            self._drain(sock)
             self._check_os_drops()      # after the receiver stopped: every drop until now
         for c in conns:
             c.close()
-        if self.sock is not None:
-            self.sock.close()
-        self.conns.clear()
+        if sock is not None:
+            sock.close()
+        self.sock = None
+        with self.lock:
+            self.conns.clear()
+            self.send_locks.clear()
+
+    def _seal(self, sock) -> None:
+        """Connect the UDP socket to itself: from now on no other sender's datagram enters
+        it (the kernel refuses them as for a closed port), so reading it empty accounts for
+        everything it will ever hold. Where that fails, the drain still reads what is there."""
+        host, port = self.address
+        try:
+            sock.connect(("127.0.0.1" if host == "0.0.0.0" else host, port))
+        except OSError:
+            pass
+
+    def _drain(self, sock) -> None:
+        """Read the socket empty without blocking; each datagram handled as the receiver
+        would (the receiver thread is stopped: a close would discard them uncounted)."""
+        anc = socket.CMSG_SPACE(4)
+        try:
+            sock.setblocking(False)
+        except OSError:
+            return
+        while True:
+            try:
+                msg = sock.recvmsg(self.max_frame, anc)
+            except OSError:         # BlockingIOError: empty
+                return
+            self._handle(*msg)
 
     # -- receive --------------------------------------------------------------------------------
     def _publish(self, who: int, data: bytes) -> None:
         system = self.system
-        if system is None or system.halted:
+        if system.halted:
+            # read while the kernel halts (its channels close): counted and dead-lettered,
+            # never dropped unseen
+            self._count("halt_dropped", 1)
+            self._dead(who, len(data), T.CHAN_CLOSED)
             return
         ch = system.channel(self.rx_name)
         self._count("rx", 1, "rx_bytes", len(data))
@@ -196,6 +272,8 @@ class _Nic:
             self._dead(who, len(data), T.ALLOC_FAIL)
             return
         except Exception:   # noqa: BLE001 - the channel closed under us (halt)
+            self._count("rx_refused", 1)
+            self._dead(who, len(data), T.CHAN_CLOSED)
             return
         if code:
             self._count("rx_refused", 1)
@@ -255,23 +333,29 @@ class _Nic:
                 if self.stop.is_set():
                     return
                 continue
-            stamped = False
-            for level, typ, cdata in cmsgs:
-                if level == socket.SOL_SOCKET and typ == SO_RXQ_OVFL and len(cdata) >= 4:
-                    self.ovfl_total = struct.unpack("I", cdata[:4])[0]
-                    stamped = True
-            if flags & MSG_TRUNC:
-                # longer than max_frame: the rest is gone, and a cut datagram must not pass
-                # for a whole one
-                self._count("truncated", 1)
-                self._dead(peer(src), len(data), NET_ERROR)
-            else:
-                self._publish(peer(src), data)
+            stamped = self._handle(data, cmsgs, flags, src)
             k += 1
             if k & 255 == 0:
                 self._check_os_drops()
             elif stamped:
                 self._check_os_drops(live=False)
+
+    def _handle(self, data, cmsgs, flags, src) -> bool:
+        """One datagram read: published, or counted ``truncated``. True when it came with
+        the OS drop count (SO_RXQ_OVFL)."""
+        stamped = False
+        for level, typ, cdata in cmsgs:
+            if level == socket.SOL_SOCKET and typ == SO_RXQ_OVFL and len(cdata) >= 4:
+                self.ovfl_total = struct.unpack("I", cdata[:4])[0]
+                stamped = True
+        if flags & MSG_TRUNC:
+            # longer than max_frame: the rest is gone, and a cut datagram must not pass
+            # for a whole one
+            self._count("truncated", 1)
+            self._dead(peer(src), len(data), NET_ERROR)
+        else:
+            self._publish(peer(src), data)
+        return stamped
 
     def _accept_loop(self):
         s = self.sock
@@ -351,6 +435,9 @@ class _Nic:
         """Send now (host side or from a handler): 0, or NET_ERROR."""
         try:
             if self.proto == "udp":
+                sock = self.sock
+                if sock is None:                # halted, or between a reset's close and bind
+                    raise OSError(_errno.EBADF, "socket closed")
                 if not who:
                     raise OSError(_errno.EDESTADDRREQ, "peer 0")
                 try:
@@ -358,7 +445,7 @@ class _Nic:
                 except ValueError as e:
                     # a bad peer word fails this record only, not the rest of its batch
                     raise OSError(_errno.EINVAL, str(e)) from None
-                self.sock.sendto(data, to)
+                sock.sendto(data, to)
             else:
                 with self.lock:
                     c = self.conns.get(who)
