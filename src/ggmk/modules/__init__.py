@@ -114,17 +114,19 @@ def instance_type(base: str, name: str, default: str) -> str:
     return base if name == default else f"{base}_{name.upper()}"
 
 
-def defer(system, type, meta0=0, meta1=0, *, due: int) -> bool:
-    """``system.submit(type, ..., due=due)`` unless the system is halting (then nothing can
-    be scheduled any more: False). For a module's own deferred tasks (timeouts, timers)."""
+def defer(system, type, meta0=0, meta1=0, *, due: int) -> int:
+    """``system.submit(type, ..., due=due)`` for a module's own deferred tasks (timeouts,
+    timers); returns how many were accepted: the first ones of the columns, the rest were
+    refused (the event queue is full: they are on ``sys.error`` with ``EVENT_FULL``, and the
+    caller must not wait for them). 0 when the system is halting (nothing can be scheduled
+    any more). One task: truthy exactly when it was accepted."""
     if system.halted:
-        return False
+        return 0
     from ggmk.errors import KernelStopped
     try:
-        system.submit(type, meta0=meta0, meta1=meta1, due=due)
+        return int(system.submit(type, meta0=meta0, meta1=meta1, due=due))
     except KernelStopped:
-        return False
-    return True
+        return 0
 
 
 class Outbox:
@@ -212,7 +214,9 @@ class Outbox:
                     break
             left = len(self._q)
             if left and not self._scheduled and not system.halted:
-                self._scheduled = defer(system, self.flush_type, due=system.wall_tick() + 1)
+                # refused (event queue full): not scheduled, the next flush tries again
+                self._scheduled = defer(system, self.flush_type,
+                                        due=system.wall_tick() + 1) > 0
                 self.waits += 1
             return left
 

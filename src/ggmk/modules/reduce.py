@@ -21,15 +21,26 @@ directly (``system.submit("REDUCE_PART", meta0=g, meta1=v)``).
 
 Determinism: each group's values are folded in the order of their sequence numbers (the
 channel sequence for channel messages), whatever the worker count or batch split, so float
-sums, concatenations and custom folds give the same bytes every run. Integer sum/min/max
-are folded as they come (order does not change them).
+sums, concatenations and custom folds give the same bytes every run (the values are kept with
+their sequence numbers and sorted when the group completes). Integer sum/min/max are folded
+as they come (order does not change them).
+
+A bytes result (``concat``, or a custom fold returning bytes) that finds no room in the arena
+(larger than its largest block, or the arena full) is not published: the group is reported
+as a ``REDUCE_RESULT`` record on ``sys.error`` with ``ALLOC_FAIL`` (meta0 = group, meta1 =
+the result's byte length, no payload) and counted in ``stats()["failed"]``.
 
 Timeout: with ``timeout=T`` (ticks), a group that has not got ``n`` partials ``T`` ticks after
 its first one is reported on ``NAME.missing`` and discarded; a partial of it that arrives
-later fails with ``REDUCE_LATE`` (on ``sys.error``: never silently folded into a new round).
-A group id is reusable once its result is out. Each group's check is a task deferred on the
-event queue: until it falls due the system is not idle (``system.run()`` waits for it), so
-pick a timeout in proportion to how long a group takes. A group still open at ``halt`` is
+later fails with ``REDUCE_LATE`` (on ``sys.error``: not folded into a new round; see below).
+A group id is reusable once its result is out. The last ``EXPIRED_KEEP`` (65 536) timed-out
+groups are remembered for ``REDUCE_LATE``: a partial of a group that timed out before them
+(more than 65 536 time-outs ago) opens a new round of that group instead, as after
+``m.reduce.reopen(group)``. Each group's check is a task deferred on the event queue: until
+it falls due the system is not idle (``system.run()`` waits for it), so pick a timeout in
+proportion to how long a group takes. A group whose check the event queue refused (full: the
+check is on ``sys.error`` with ``EVENT_FULL``; or halting) times out at once, at the end of
+the batch that opened it, unless that batch completed it. A group still open at ``halt`` is
 reported on ``sys.dropped`` with ``CHAN_CLOSED`` (a REDUCE_MISSING record: meta0 = group,
 meta1 = partials received; ``stats()["halted"]``).
 
@@ -62,12 +73,13 @@ from ggmk.errors import BootError
 from ggmk.modules import (Outbox, defer, drop_rows, emit_or_later, instance_type, slot_key,
                           std_module, try_lock, unlock)
 
-__all__ = ["module", "REDUCE_LATE", "f64", "as_f64"]
+__all__ = ["module", "REDUCE_LATE", "f64", "as_f64", "EXPIRED_KEEP"]
 
 REDUCE_LATE = T.REDUCE_LATE
 OPS = ("sum", "min", "max", "concat")
 DTYPES = ("u64", "i64", "f64")
 _M64 = (1 << 64) - 1
+EXPIRED_KEEP = 65536      # timed-out groups remembered for REDUCE_LATE (see the docstring)
 
 
 def f64(x: float) -> int:
@@ -103,14 +115,17 @@ class _Reduce:
         self.incremental = op in ("sum", "min", "max") and dtype != "f64"
         self.groups: dict[int, _Group] = {}
         self.expired: dict[int, int] = {}          # group -> its expired round (late parts)
-        self.rounds: dict[int, int] = {}
+        # rounds tell a group's timeout check from a later group of the same id: one counter
+        # for all (no entry per group id ever seen)
+        self.round = 0
+        self.unchecked: list = []                 # (group, round): check refused (see run)
         self.lock = threading.Lock()
         self.flush_type = instance_type("REDUCE_FLUSH", name, "reduce")
         self.check_type = instance_type("REDUCE_CHECK", name, "reduce")
         self.out = Outbox(f"{name}.out", self.flush_type, limit)
         self.missing = Outbox(f"{name}.missing", self.flush_type, limit)
         self.counters = {"partials": 0, "results": 0, "missing": 0, "late": 0, "waits": 0,
-                         "halted": 0}
+                         "halted": 0, "failed": 0}
 
     # values of a batch as Python objects in the dtype's interpretation
     def _values(self, m1: np.ndarray):
@@ -162,17 +177,26 @@ class _Reduce:
                 if concat or (callable(self.op) and int(r["payload_ptr"])):
                     ptr, ln = int(r["payload_ptr"]), int(r["payload_len"])
                     v = bytes(arena.view(ptr, ln)) if ptr else int(r["meta1"]).to_bytes(8, "little")
-                    g.vals.append(v)
+                    g.vals.append((int(r["seq"]), v))
                     g.count += 1
                 elif self.incremental:
                     self._fold_many(g, self._values(recs["meta1"][i:i + 1]))
                 else:
-                    g.vals.append(self._values(recs["meta1"][i:i + 1])[0].item())
+                    g.vals.append((int(r["seq"]), self._values(recs["meta1"][i:i + 1])[0].item()))
                     g.count += 1
                 self.counters["partials"] += 1
                 if g.count == self.n:
                     self._finish(system, gid, g)
+            if self.unchecked:
+                # groups opened here whose timeout check the event queue refused: they would
+                # stay open for ever, so they time out now (unless this batch completed them)
+                for gid, rnd in self.unchecked:
+                    g = self.groups.get(gid)
+                    if g is not None and g.round == rnd:
+                        self._expire(gid, g)
+                self.unchecked.clear()
         self.out.flush(system)
+        self.missing.flush(system)
         return codes if codes.any() else None
 
     def _group(self, ctx, gid):
@@ -181,11 +205,12 @@ class _Reduce:
             return g
         if gid in self.expired:
             return None
-        rnd = self.rounds.get(gid, 0) + 1
-        self.rounds[gid] = rnd
+        self.round += 1
+        rnd = self.round
         g = self.groups[gid] = _Group(rnd, ctx.system.wall_tick())
-        if self.timeout is not None:
-            defer(ctx.system, self.check_type, gid, rnd, due=ctx.system.wall_tick() + self.timeout)
+        if self.timeout is not None and not defer(ctx.system, self.check_type, gid, rnd,
+                                                  due=ctx.system.wall_tick() + self.timeout):
+            self.unchecked.append((gid, rnd))     # (run expires it at the batch's end)
         return g
 
     def halt_open(self, system) -> None:
@@ -213,32 +238,43 @@ class _Reduce:
         g.count += len(vals)
 
     def _finish(self, system, gid, g):
-        del self.groups[gid]
         op = self.op
+        # in seq order across batches (each batch came sorted, but batches of one group may
+        # run on several workers in any order)
+        vals = [v for _, v in sorted(g.vals, key=lambda sv: sv[0])]
         if self.incremental:
             res = g.acc
         elif op == "concat":
-            res = b"".join(g.vals)
+            res = b"".join(vals)
         elif callable(op):
-            res = op(list(g.vals))
+            res = op(vals)
         elif op == "sum":
             res = 0.0
-            for v in g.vals:          # left to right, in seq order
+            for v in vals:            # left to right, in seq order
                 res += v
         elif op == "min":
-            res = min(g.vals)
+            res = min(vals)
         else:
-            res = max(g.vals)
-        self.counters["results"] += 1
+            res = max(vals)
         if isinstance(res, (bytes, bytearray, memoryview)):
             res = bytes(res)
-            p = system.arena.alloc_or_raise(max(len(res), 1))
+            # allocated before anything changes: no room (larger than the arena's largest
+            # block, or the arena full) reports the group instead of raising with it gone
+            p = system.arena.alloc(max(len(res), 1))
+            if not p:
+                del self.groups[gid]
+                self.counters["failed"] += 1
+                system.dead_letter(T.make(1, type=system.type_id("REDUCE_RESULT"), meta0=gid,
+                                          meta1=len(res)), T.ALLOC_FAIL)
+                return
             system.arena.view(p, len(res))[:] = np.frombuffer(res, np.uint8)
             self.out.put(gid, len(res), p, len(res))
         elif isinstance(res, float):
             self.out.put(gid, f64(res))
         else:
             self.out.put(gid, int(res) & _M64)
+        del self.groups[gid]
+        self.counters["results"] += 1
 
     def check(self, ctx):
         gid, rnd = ctx.task.meta0, ctx.task.meta1
@@ -246,13 +282,18 @@ class _Reduce:
             g = self.groups.get(gid)
             if g is None or g.round != rnd:
                 return
-            del self.groups[gid]
-            self.expired[gid] = rnd
-            if len(self.expired) > 65536:
-                self.expired.pop(next(iter(self.expired)))
-            self.counters["missing"] += 1
-            self.missing.put(gid, g.count)
+            self._expire(gid, g)
         self.missing.flush(ctx.system)
+
+    def _expire(self, gid, g) -> None:
+        """Under the lock: group ``gid`` timed out: reported on ``NAME.missing``, and its
+        late partials fail (the last ``EXPIRED_KEEP`` expired groups are remembered)."""
+        del self.groups[gid]
+        self.expired[gid] = g.round
+        if len(self.expired) > EXPIRED_KEEP:
+            self.expired.pop(next(iter(self.expired)))      # the oldest expiry
+        self.counters["missing"] += 1
+        self.missing.put(gid, g.count)
 
     def reopen(self, gid: int) -> None:
         """Accept partials of an expired group again (a new round)."""

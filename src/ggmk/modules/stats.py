@@ -14,6 +14,9 @@ Snapshots: every ``period`` ticks *in which something changed* a snapshot (a dic
 number, counters, gauges, histograms) is taken: kept in ``m.stats.snapshots`` (the last
 ``keep``), passed to ``sink(snapshot)`` when given, and published as ``STATS_SNAPSHOT`` on
 ``NAME.snapshot`` (meta0 = number, meta1 = tick, payload = JSON) when something subscribes.
+At most ``outbox_limit`` published snapshots wait for a slow subscriber; while that many
+wait, a new snapshot is kept but not published (``"unpublished": True`` in it, counted in
+``m.stats.unpublished``).
 Nothing is scheduled while nothing changes, so an idle system stays idle.
 ``m.stats.snapshot()`` takes one now.
 
@@ -122,6 +125,7 @@ class _Stats:
         self.out = Outbox(f"{name}.snapshot", instance_type("STATS_FLUSH", name, "stats"), limit,
                           optional=True)     # (kept in snapshots / the sink as well)
         self.updates = 0
+        self.unpublished = 0      # snapshots not published: the outbox was full (see the doc)
 
     def name(self, mid: int, label: str) -> None:
         with self.lock:
@@ -163,8 +167,10 @@ class _Stats:
             sysm = ctx.system
             now = sysm.wall_tick()
             if not defer(sysm, self.tick_type, due=(now // self.period + 1) * self.period):
+                # refused (the event queue is full) or halting: not scheduled, so the next
+                # update tries again (fini takes the last snapshot)
                 with self.lock:
-                    self.scheduled = False      # halting: fini takes the last snapshot
+                    self.scheduled = False
         return codes
 
     def snapshot(self, tick: int | None = None) -> dict:
@@ -192,7 +198,13 @@ class _Stats:
         if self.sink is not None:
             self.sink(s)
         ch = system.channel(self.out.channel)
-        if ch.subs:
+        if ch.subs and self.out.full:
+            # a stalled consumer: ``outbox_limit`` snapshots already wait; this one is kept
+            # (``snapshots``, the sink) but not published, so the backlog stays bounded
+            with self.lock:
+                self.unpublished += 1
+            s["unpublished"] = True
+        elif ch.subs:
             data = json.dumps(s).encode()
             p = system.arena.alloc(len(data))
             if p:

@@ -27,9 +27,13 @@ done twice); ``waits`` counts those push-backs.
 
 Statuses in acks (``ack_status(meta1)``): ``OK``; ``UNKNOWN`` (cancel of an id never set,
 or already cancelled); ``FIRED`` (cancel of a one-shot timer that already fired); ``EXISTS``
-(set of an id that is armed: cancel it first); ``BAD`` (delay 0 or period too large). Acks
-go out only when something subscribes to ``NAME.ack``. Lateness (tick fired - tick due) is
-kept in ``m.timer.lateness`` (the last 100 000) for measurement.
+(set of an id that is armed: cancel it first); ``BAD`` (delay 0 or period too large);
+``FULL`` (the kernel's event queue refused the timer's tick: that tick is on ``sys.error``
+with ``EVENT_FULL`` and the timer is not armed; set it again later; also while halting). A
+repeating timer whose next tick is refused so stops (a cancel then answers ``FIRED``);
+``stats()["full"]`` counts both. Acks go out only when something subscribes to
+``NAME.ack``. Lateness (tick fired - tick due) is kept in ``m.timer.lateness`` (the last
+100 000) for measurement.
 
 Example::
 
@@ -67,7 +71,7 @@ __all__ = ["module", "arg", "ack_status", "OK", "UNKNOWN", "FIRED", "EXISTS", "B
 
 OK, UNKNOWN, FIRED, EXISTS, BAD, FULL = 0, 1, 2, 3, 4, 5
 STATUS_NAMES = {OK: "OK", UNKNOWN: "UNKNOWN", FIRED: "FIRED", EXISTS: "EXISTS", BAD: "BAD",
-                FULL: "FULL"}      # FULL: the device version's timer table (fixed size)
+                FULL: "FULL"}      # FULL: the event queue (both), the device's timer table
 OP_SET, OP_CANCEL = 1, 2
 _M32 = 0xFFFFFFFF
 _STALE = 10_000     # ticks: a pushed-back set/cancel not run again for this long is gone
@@ -134,7 +138,7 @@ class _Timers:
         self.held: dict[tuple, list] = {}
         self.held_ids: dict[int, dict] = {}
         self.counters = {"set": 0, "cancel": 0, "fires": 0, "skipped": 0, "bad": 0,
-                         "waits": 0}
+                         "waits": 0, "full": 0}
 
     def _room(self, system, out: Outbox) -> int:
         """How many more messages ``out`` may take (under ``self.lock``, which every ``put``
@@ -203,7 +207,8 @@ class _Timers:
         self.ack_out.flush(system)
         ids, m1s = batch.meta0.tolist(), batch.meta1.tolist()
         now = system.wall_tick()
-        arm: dict[int, list] = {}                 # due -> [(id, generation)]
+        arm: dict[int, list] = {}                 # due -> [(id, generation, ack index)]
+        acks = []                                 # [id, status], in batch order
         with self.lock:
             run, wait = self._admit(system, OP_SET, batch, ids, m1s, now)
             for i in run:
@@ -220,14 +225,23 @@ class _Timers:
                     due = now + delay
                     self.armed[tid] = _Timer(self.gen, period, due)
                     self.fired.pop(tid, None)
-                    arm.setdefault(due, []).append((tid, self.gen))
+                    arm.setdefault(due, []).append((tid, self.gen, len(acks)))
                     st = OK
-                self.ack_out.put(tid, OP_SET << 32 | st)
+                acks.append([tid, st])
             # one deferred submission per due tick, under the lock: a cancel that takes a
             # timer out of ``armed`` finds its tick on the event queue (or already popped)
             for due, items in arm.items():
                 a = np.array(items, dtype=np.uint64)
-                defer(system, self.tick_type, a[:, 0], a[:, 1], due=due)
+                k = defer(system, self.tick_type, a[:, 0], a[:, 1], due=due)
+                for tid, gen, j in items[k:]:
+                    # refused (event queue full: that tick is on sys.error) or halting: a
+                    # timer that can never fire is not left armed, and its ack says FULL
+                    if self.armed.get(tid) is not None and self.armed[tid].gen == gen:
+                        del self.armed[tid]
+                    acks[j][1] = FULL
+                    self.counters["full"] += 1
+            for tid, st in acks:
+                self.ack_out.put(tid, OP_SET << 32 | st)
         if run:
             self.ack_out.flush(system)
         return _wait_codes(len(ids), wait)
@@ -295,7 +309,17 @@ class _Timers:
             self.counters["waits"] += len(wait)
             for due, items in again.items():      # under the lock, as in on_set
                 a = np.array(items, dtype=np.uint64)
-                defer(system, self.tick_type, a[:, 0], a[:, 1], due=due)
+                k = defer(system, self.tick_type, a[:, 0], a[:, 1], due=due)
+                for tid, gen in items[k:]:
+                    # no next tick (on sys.error with EVENT_FULL): the timer stops, as the
+                    # device one does; a cancel now answers FIRED
+                    t = self.armed.get(tid)
+                    if t is not None and t.gen == gen:
+                        del self.armed[tid]
+                        self.fired[tid] = True
+                        if len(self.fired) > 65536:
+                            self.fired.popitem(last=False)
+                    self.counters["full"] += 1
         self.fire_out.flush(system)
         return _wait_codes(len(ticks), wait)
 
