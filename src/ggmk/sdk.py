@@ -411,6 +411,9 @@ class _Hub:
         self.closed = False
         self.help = system.hal.help
         self.sub = chan.subscribe(name=f"clients-{id(self):x}", notify=self.wake)
+        # (System.halt lets a waiting client take replies already delivered before it closes
+        # the channel: a reply emitted while the halt drained is still taken)
+        self.sub.awaited = lambda: bool(self.single or self.runs)
 
     @staticmethod
     def join(system, reply: str, reply_tag, reply_tags) -> "_Hub":

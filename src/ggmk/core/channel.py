@@ -101,7 +101,7 @@ class Subscriber:
 
     __slots__ = ("chan", "type_id", "ring", "name", "next", "behind", "degraded", "acked",
                  "delivered", "dropped", "overflows", "drain_lock", "window", "ordered", "busy",
-                 "b_lo", "b_hi", "busy_lock", "after")
+                 "b_lo", "b_hi", "busy_lock", "after", "awaited")
 
     def __init__(self, chan: "Channel", type_id: int, name: str, window: int,
                  ordered: bool = False):
@@ -126,6 +126,9 @@ class Subscriber:
         self.b_lo = self.b_hi = 0
         self.busy_lock = threading.Lock()
         self.after: tuple = ()            # host-side: called after an emit, outside the lock
+        # host-side: a callable, true while a reader waits for messages of this ring (an sdk
+        # client with replies outstanding): halt lets it take them before the close drops them
+        self.awaited = None
 
     @property
     def pull(self) -> bool:
