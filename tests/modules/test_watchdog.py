@@ -40,7 +40,7 @@ class FakeSystem:
         self.reset_reasons = []
         self.fail_reset = fail_reset
 
-    def reset_device(self, reason):
+    def reset_device(self, reason, hung=False):
         self.reset_reasons.append(reason)
         if self.fail_reset:
             raise BootError("no device today")

@@ -203,7 +203,7 @@ class Watchdog:
         log.error("ggmk: watchdog: resetting the GPU kernel: %s", reason)
         self.events.append((time.monotonic(), "reset", reason))
         try:
-            self.sys.reset_device(reason)
+            self.sys.reset_device(reason, hung=True)     # (no stop first: see reset_device)
         except Exception as e:   # noqa: BLE001 - try again at the next threshold
             self.c["failed_resets"] += 1
             self.events.append((time.monotonic(), "reset_failed", f"{type(e).__name__}: {e}"))
