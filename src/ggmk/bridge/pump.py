@@ -245,6 +245,11 @@ class _In:
         return self.pushed - self.done - self.shed
 
 
+def _grant_due(st) -> int:
+    """Credits of a GPU -> CPU channel worth a service record: an eighth of its window."""
+    return max(1, st.window // 8)
+
+
 def _near(ref: int, low: np.ndarray) -> np.ndarray:
     """Device channel seqs from their low 32 bits (what a record carries): the values nearest
     ``ref`` (the next seq expected). What is in flight is a credit window around it, far less
@@ -970,9 +975,15 @@ class Bridge:
             st.grant += n
 
     def _stage_grants(self, force: bool = False) -> None:
+        """Send the credits of GPU -> CPU channels once an eighth of the window is due; on an
+        idle step (``force``) also the ones granted ahead for records held behind a sequence
+        gap (the gap's own message may wait for one). Fewer stay on the host, unsent: the
+        device then still has 7/8 of its window, so it never waits for them; sending each
+        one on an idle step cost a doorbell and a device wake-up per round trip."""
         recs = []
         for st in self.outs.values():
-            if st.grant and (force or st.grant >= max(1, st.window // 8)):
+            if st.grant and (st.grant >= _grant_due(st) or (force and (st.reorder or
+                                                                        st.pregranted))):
                 recs.append((ds.limit_word(st.k), st.grant))
                 self.c["credits_granted"] += st.grant
                 st.grant = 0
@@ -1804,7 +1815,8 @@ class Bridge:
             if fenced and self.det_pending():
                 return False
             for st in self.outs.values():
-                if st.ready or st.uncopied or st.reorder or st.grant:
+                # (credits below _grant_due wait for more: the device never waits for them)
+                if st.ready or st.uncopied or st.reorder or st.grant >= _grant_due(st):
                     return False
             if refresh:
                 self._refresh_done(force=True)
