@@ -18,6 +18,7 @@ import pytest
 from ggmk import task as T
 from ggmk.core.kernel import boot
 from ggmk.core.module import Module
+from tests.core.test_channel_order import _emit_all
 
 DEADLINE = 120.0
 WRAP = 1 << 32
@@ -33,18 +34,6 @@ def _start_near_wrap(ch, before=300):
         if ch.log is not None:
             ch.log.first = start + 1
     return start
-
-
-def _emit_all(s, ch, recs, chunk=64):
-    off = 0
-    end = time.monotonic() + DEADLINE
-    while off < len(recs):
-        assert time.monotonic() < end, f"emitted only {off} of {len(recs)}"
-        m = min(chunk, len(recs) - off)
-        k = ch.emit(recs[off:off + m].copy())
-        off += k
-        if k < m:
-            assert s.run(timeout=DEADLINE)
 
 
 @pytest.mark.parametrize("hal", ["threads", "sim"])
@@ -71,7 +60,7 @@ def test_an_ordered_subscriber_goes_on_past_the_wrap_when_batches_finish_in_piec
     with boot([p, m], hal=hal, workers=2, max_batch=16, **kw) as s:
         ch = s.channel("data.wrap")
         start = _start_near_wrap(ch)
-        _emit_all(s, ch, T.make(n, type=s.type_id("MSG"), meta0=np.arange(n)))
+        _emit_all(s, ch, T.make(n, type=s.type_id("MSG"), meta0=np.arange(n)), chunk=64)
         assert s.run(timeout=DEADLINE), "the ordered subscriber stopped at the wrap"
         st = ch.stats()
         assert len(s.dead_letters("sys.error")[0]) == 0
@@ -101,7 +90,7 @@ def test_a_replay_log_keeps_its_limits_past_the_wrap():
         for t in subs:
             ch.subscribe(t, name=t.lower())
         start = _start_near_wrap(ch, before=1000)
-        _emit_all(s, ch, T.make(n, type=s.type_id("MSG"), meta0=np.arange(n)))
+        _emit_all(s, ch, T.make(n, type=s.type_id("MSG"), meta0=np.arange(n)), chunk=64)
         assert s.run(timeout=DEADLINE)
         st = ch.stats()
         drop, codes = s.dead_letters("sys.dropped")
