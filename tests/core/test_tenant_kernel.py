@@ -245,6 +245,9 @@ def _bursty_run(hal, bore_penalty):
         early = s.stats()["tenants"]
         s.run(2 * secs / 3, until_idle=False)
         late = s.stats()["tenants"]
+        # (the short-burst tenant's tasks done when ``late`` was taken: the halt at the end
+        # of ``with`` runs those still due: 34 in a gate run here)
+        log.done_late = log.done[1]
     return pol, early, late, log
 
 
@@ -263,7 +266,9 @@ def test_a_bursty_tenants_score_rises_and_its_share_drops_against_a_short_burst_
             assert st[1]["burst_score"] < thr and st[1]["penalty"] == 0
         else:   # a worker preempted for a ms or two on a loaded machine looks like a burst
             assert st[1]["burst_score"] < min(st[0]["burst_score"], st[2]["burst_score"]) - 3
-    assert log.done[1] > 200 and late[1]["latency_count"] == log.done[1]
+    # each of its tasks' latency counted once: the count and the handler's tally, read one
+    # after the other while the workers run, differ at most by a batch or two in between
+    assert log.done_late > 200 and abs(late[1]["latency_count"] - log.done_late) <= 4
     plain, _, plain_late, _ = _bursty_run(hal, bore_penalty=0)
     assert plain_late[0]["penalty"] == plain_late[2]["penalty"] == 0
     shares = []
