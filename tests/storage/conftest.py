@@ -6,6 +6,7 @@ import errno
 import os
 import subprocess
 import tempfile
+import threading
 
 import numpy as np
 import pytest
@@ -72,3 +73,27 @@ def _skip_cuda_without_gpu(request):
     if request.node.get_closest_marker("cuda") and not (
             os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")):
         pytest.skip("needs an NVIDIA GPU (cuda marker)")
+
+
+class HeldPath:
+    """A path whose first ``os.fspath`` blocks until ``go`` is set (``entered`` says it got
+    there): holds a storage call right after its closed check, so a test can close the
+    storage in between."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.entered, self.go = threading.Event(), threading.Event()
+        self.calls = 0
+
+    def __fspath__(self):
+        self.calls += 1
+        if self.calls == 1:
+            self.entered.set()
+            self.go.wait(30)
+        return self.path
+
+
+@pytest.fixture
+def held_path():
+    """``held_path(path)``: a :class:`HeldPath`."""
+    return HeldPath

@@ -98,29 +98,18 @@ def test_submit_file_closed_while_queued_never_reads_a_reused_fd(tmp_path):
             fb.close()
 
 
-def test_close_during_submit_cancels_what_it_queues_late(tmp_path):
+def test_close_during_submit_cancels_what_it_queues_late(tmp_path, held_path):
     p = tmp_path / "f.bin"
     np.zeros(1 << 16, np.uint8).tofile(p)
-    entered, go = threading.Event(), threading.Event()
-
-    class SlowPath:                            # holds submit() after its closed check
-        calls = 0
-
-        def __fspath__(self):
-            SlowPath.calls += 1
-            if SlowPath.calls == 1:
-                entered.set()
-                go.wait(30)
-            return str(p)
-
+    slow = held_path(p)                        # holds submit() after its closed check
     st = Storage(workers=2)
     box = {}
     th = threading.Thread(target=lambda: box.setdefault(
-        "b", st.submit([ReadRequest(SlowPath(), i * 4096, 4096) for i in range(50)])))
+        "b", st.submit([ReadRequest(slow, i * 4096, 4096) for i in range(50)])))
     th.start()
-    assert entered.wait(30)
+    assert slow.entered.wait(30)
     st.close(timeout=30)
-    go.set()
+    slow.go.set()
     th.join(30)
     res = box["b"].wait(10)                    # never lost: every I/O completes
     assert {r.status for r in res} == {"cancelled"}

@@ -52,29 +52,18 @@ def test_every_call_after_close_is_the_same_error_and_starts_no_thread(tmp_path,
         st.read(tmp_path / "missing.bin")           # closed first, not the file's not_found
 
 
-def test_read_batch_overtaken_by_close_ends_cancelled_without_threads(tmp_path):
+def test_read_batch_overtaken_by_close_ends_cancelled_without_threads(tmp_path, held_path):
     p, _ = _file(tmp_path)
-    entered, go = threading.Event(), threading.Event()
-
-    class SlowPath:                                 # holds read_batch after its closed check
-        calls = 0
-
-        def __fspath__(self):
-            SlowPath.calls += 1
-            if SlowPath.calls == 1:
-                entered.set()
-                go.wait(30)
-            return str(p)
-
+    slow = held_path(p)                             # holds read_batch after its closed check
     before = _storage_threads()
     st = Storage(workers=1, fast_threads=3)
     box = {}
     th = threading.Thread(target=lambda: box.setdefault(
-        "b", st.read_batch(SlowPath(), [0, 4096, 8192], 4096)))
+        "b", st.read_batch(slow, [0, 4096, 8192], 4096)))
     th.start()
-    assert entered.wait(30)
+    assert slow.entered.wait(30)
     st.close(timeout=30)
-    go.set()
+    slow.go.set()
     th.join(30)
     b = box["b"]
     assert b.done() and (b.status == CANCELLED).all() and (b.nbytes == 0).all()
