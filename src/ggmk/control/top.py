@@ -12,6 +12,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ggmk.control.tables import column
+
 
 def _fmt_bytes(n) -> str:
     n = float(n or 0)
@@ -31,7 +33,7 @@ def render(frame: dict, prev: dict | None = None):
         f"  device {ps.get('device')}  up {ps['uptime_s']:.1f}s  (q quits)")
     kt = Table(title="kernels", expand=True)
     for c in ("kernel", "state", "workers", "tick", "done", "rate/s", "errors", "queued"):
-        kt.add_column(c, justify="right" if c not in ("kernel", "state") else "left")
+        column(kt, c, right=c not in ("kernel", "state"))
     pk = {k["name"]: k for k in (prev or {}).get("kernels", [])}
     for k in frame["kernels"]:
         rate = ""
@@ -42,17 +44,13 @@ def render(frame: dict, prev: dict | None = None):
                    str(k.get("errors", 0)), str(k.get("queued", 0)))
     wt = Table(title="workers", expand=True)
     for c in ("worker", "tasks", "batches", "parks"):
-        wt.add_column(c, justify="right")
+        column(wt, c)
     for w in frame.get("workers", []):
         wt.add_row(str(w["id"]), f"{w['tasks']:,}", f"{w['batches']:,}", f"{w['parks']:,}")
     ct = Table(title="channels", expand=True)
-    chans = frame.get("channels", [])
-    wide = {"channel": max((len(str(c.get("name"))) for c in chans), default=7),
-            "type": max((len(str(c.get("type"))) for c in chans), default=4)}
     pc = {c.get("name"): c for c in (prev or {}).get("channels", [])}
     for c in ("channel", "kernel", "type", "depth", "emitted", "rate/s", "dropped"):
-        ct.add_column(c, justify="left" if c in ("channel", "type", "kernel") else "right",
-                      min_width=wide.get(c), no_wrap=c in wide or c == "kernel")
+        column(ct, c, right=c not in ("channel", "type", "kernel"))
     for c in frame.get("channels", []):
         rate = ""
         p = pc.get(c.get("name"))
@@ -66,8 +64,7 @@ def render(frame: dict, prev: dict | None = None):
     if b:
         bt = Table(title="bridge", expand=True)
         for c in ("channel", "direction", "type", "crossed", "in flight", "dead"):
-            bt.add_column(c, justify="left" if c in ("channel", "direction", "type")
-                          else "right")
+            column(bt, c, right=c not in ("channel", "direction", "type"))
         for name, bc in (b.get("channels") or {}).items():
             bt.add_row(name, str(bc.get("direction")), str(bc.get("type")),
                        f"{bc.get('pushed', bc.get('crossed', 0)):,}",
@@ -80,7 +77,7 @@ def render(frame: dict, prev: dict | None = None):
                           + (f", PAUSED ({b['paused']})" if b.get("paused") else ""))]
     tt = Table(title="types", expand=True)
     for c in ("type", "enqueued", "ok", "fail", "retry", "yield", "dropped"):
-        tt.add_column(c, justify="left" if c == "type" else "right")
+        column(tt, c, right=c != "type")
     for t in frame.get("types", []):
         tt.add_row(t["type"], *(f"{t.get(k, 0):,}" for k in
                                 ("enqueued", "ok", "fail", "retry", "yield", "dropped")))

@@ -17,6 +17,7 @@ from rich.table import Table
 
 import ggmk
 from ggmk import FAIL, OK, RETRY
+from ggmk.control.tables import column
 
 
 def build_modules():
@@ -89,14 +90,16 @@ def run(seconds: float = 3.0, workers: int = 2, seed: int = 1) -> dict:
 
 def render(stats: dict, console: Console) -> None:
     t = Table(title="ggmk demo: tasks per type", title_justify="left")
-    for col in ("type", "enqueued", "ok", "yields", "retries", "failed", "to sys.error"):
-        t.add_column(col, justify="right" if col != "type" else "left", no_wrap=True)
+    for col in ("type", "enqueued", "ok", "yields", "retries", "failed", "sys.error"):
+        column(t, col, right=col != "type")
     for name, c in sorted(stats["types"].items()):
         t.add_row(name, f"{c['enqueued']:,}", f"{c['ok']:,}", f"{c['yield']:,}", f"{c['retry']:,}",
                   f"{c['fail']:,}", f"{c['dropped']:,}")
     console.print(t)
     s = stats["sched"]
     q = Table(title="queues (high watermarks) and arena", title_justify="left", show_header=False)
+    column(q, "what", right=False)
+    column(q, "value", right=False)
     q.add_row("ready queue", f"{s['ready_high_watermark']:,}")
     q.add_row("local queues", ", ".join(f"w{i}: {l['high_watermark']:,}" for i, l in enumerate(s["local"])))
     q.add_row("yield overflow", f"{s['overflow']['high_watermark']:,}")
