@@ -7,15 +7,18 @@ file                what
 ==================  ===========================================================================
 ``NAME.py``         the handlers and a ``module()`` factory (CPU: ``ggmk.Module.from_manifest``;
                     GPU: a ``ggmk.device.Module`` in the numeric subset Numba compiles)
-``module.toml``     name, version, channel and handler declarations (CPU)
+``module.toml``     name, version, channel and handler declarations (the GPU module reads its
+                    channel from it; the CPU one is built from it)
 ``types.toml``      the module's message types, with ids in a block derived from the name
 ``test_NAME.py``    a passing pytest test (CPU: the ``ggmk.testing`` sandbox and a real boot with
-                    workers=2; GPU: the device kernel on the ``cpu`` target, ~1-2 min to compile)
+                    workers=2; GPU: a dual boot, the module on the GPU kernel's ``cpu`` target
+                    fed by a CPU module across the bridge, ~1-2 min to compile)
 ==================  ===========================================================================
 
 The generated module takes ``NAME_REQ`` on channel ``NAME.in`` (meta0 = a number) and answers
-``NAME_OUT`` on ``NAME.out`` with meta0 doubled, waiting (``ctx.wait_``) when that channel is
-full - the pattern to grow from. Type ids: 16 per module starting at
+``NAME_OUT`` on ``NAME.out`` with meta0 doubled, waiting when that channel is full (CPU:
+``ctx.wait_()``; GPU: returns ``WAIT``) - the pattern to grow from. Both read their type ids from
+``types.toml``. Type ids: 16 per module starting at
 ``0x1000 + 16 * (crc32(NAME) % 768)`` (0x1000..0x3FFF, clear of the standard modules' 0x45xx..0x54xx
 and of automatic ids 0x8000..); change them in ``types.toml`` if they clash with yours.
 
@@ -97,7 +100,8 @@ def new_module(name: str, target: str = "cpu", dest_dir=".") -> Path:
         files[f"{name}.py"] = _CPU.format(name=name, up=up)
         files[f"test_{name}.py"] = _CPU_TEST.format(name=name, up=up)
     else:
-        files[f"{name}.py"] = _GPU.format(name=name, up=up, req=base, out=base + 1)
+        files["module.toml"] = _GPU_MANIFEST.format(name=name, up=up)
+        files[f"{name}.py"] = _GPU.format(name=name, up=up)
         files[f"test_{name}.py"] = _GPU_TEST.format(name=name, up=up)
     d.mkdir(parents=True)
     for fn, text in files.items():
@@ -217,41 +221,86 @@ def test_real_kernel():
     assert sorted(got) == [2 * i for i in range(100)]
 '''
 
+_GPU_MANIFEST = '''\
+[module]
+name = "{name}"
+version = "0.1.0"
+description = "doubles numbers on the GPU kernel: {name}.in -> {name}.out"
+
+[[channel]]
+name = "{name}.in"
+direction = "consume"
+type = "{up}_REQ"
+
+[[channel]]
+name = "{name}.out"
+direction = "produce"
+type = "{up}_OUT"
+mode = "fanout"
+guarantee = "lossless"
+
+[[handler]]
+type = "{up}_REQ"
+name = "on_req"
+granularity = "scalar"
+'''
+
 _GPU = '''\
-"""Module "{name}" (GPU kernel): type {up}_REQ (id {req}, meta0 = n) -> {up}_OUT (id {out},
-2n) back to the host.
+\"\"\"Module "{name}" (GPU kernel): {name}.in ({up}_REQ, meta0 = n) -> {name}.out ({up}_OUT,
+2n). Its types come from types.toml and its channels from module.toml, next to this file.
 
 Handlers are compiled by Numba (the numeric subset): integers, floats, arithmetic, ``if``,
-``while``/``for range``, calls to ``ggmk.device.api`` (``g.meta0``, ``g.emit``, ``g.emit_host``,
-``g.emit_chan``, ``g.alloc``, ...) and to other compiled functions. Not allowed: Python
+``while``/``for range``, calls to ``ggmk.device.api`` (``g.meta0``, ``g.emit_chan``,
+``g.emit_host``, ``g.alloc``, ...) and to other compiled functions. Not allowed: Python
 objects (lists, dicts, strings, classes), allocating arrays, exceptions, recursion, I/O,
 closures over Python state. Return a code (0 = OK).
 
-Example::
+Placed on the GPU kernel of a dual system, its channels are bridge channels: CPU modules
+publish on {name}.in and consume {name}.out exactly as if it ran on the CPU kernel.
 
-    import numpy as np
-    import ggmk.device as gd
-    from ggmk import task
+Example (a CPU module on the other side; see test_{name}.py)::
+
+    import ggmk, ggmk.dual
     import {name}
-    with gd.DeviceKernel([{name}.module()], target="cpu") as k:
-        k.push(task.make(3, type={name}.REQ, meta0=np.array([1, 2, 3])))
-        print(sorted(k.pull_until(3, timeout=120)["meta0"].tolist()))    # [2, 4, 6]
-"""
+    client = ggmk.Module("{name}_client")
+    client.produces("{name}.in", "{up}_REQ")
+
+    @client.handler("{up}_CLIENT", batch=True, consumes="{name}.out", message="{up}_OUT")
+    def take(ctx, batch):
+        print(batch.meta0.tolist())                   # [42]
+
+    if __name__ == "__main__":                        # (the GPU kernel's device process)
+        with ggmk.dual.boot([client, {name}.module()], device="auto",
+                            types={name}.TYPES) as system:
+            system.channel("{name}.in").publish(meta0=21)
+            system.run(timeout=60)
+\"\"\"
 from __future__ import annotations
+
+from pathlib import Path
 
 import ggmk.device as gd
 from ggmk.device import api as g
+from ggmk.task import OK, WAIT
+from ggmk.typereg import load_module_manifest, load_types
 
-REQ = {req}
-OUT = {out}
+HERE = Path(__file__).resolve().parent
+TYPES = load_types(str(HERE / "types.toml"))
+MANIFEST = load_module_manifest(str(HERE / "module.toml"))
+REQ = TYPES.info("{up}_REQ").id
+OUT = TYPES.info("{up}_OUT").id
 
-mod = gd.Module("{name}")
+mod = gd.Module(MANIFEST.name)
+_OUT = next(c for c in MANIFEST.channels if c.name == "{name}.out")
+OUT_CH = mod.channel(_OUT.name, message=OUT, mode=_OUT.mode, guarantee=_OUT.guarantee)
 
 
-@mod.handler(REQ)
+@mod.handler(REQ, consumes="{name}.in", message=REQ)
 def on_req(ctx, task):
-    g.emit_host(ctx, OUT, g.meta0(task) * 2, g.meta1(task))
-    return 0
+    \"\"\"One request: emit twice meta0 on {name}.out; when it is full, run again later.\"\"\"
+    if g.emit_chan(ctx, OUT_CH, g.meta0(task) * 2, g.meta1(task)) != 0:
+        return WAIT
+    return OK
 
 
 def module():
@@ -259,24 +308,32 @@ def module():
 '''
 
 _GPU_TEST = '''\
-"""Test of module "{name}" on the device kernel's ``cpu`` target (compiling takes 1-2 min)."""
+\"\"\"Test of module "{name}": on the GPU kernel (the ``cpu`` target where there is no GPU;
+compiling it takes 1-2 min, cached after), fed and read by a CPU module across the bridge.\"\"\"
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-
-import ggmk.device as gd  # noqa: E402
-from ggmk import task  # noqa: E402
+import ggmk  # noqa: E402
+import ggmk.dual  # noqa: E402
 
 import {name}  # noqa: E402
 
 
-def test_doubles_on_the_device_kernel():
-    with gd.DeviceKernel([{name}.module()], target="cpu") as k:
-        k.push(task.make(3, type={name}.REQ, meta0=np.array([1, 2, 3])))
-        out = k.pull_until(3, timeout=300)
-    assert sorted(out["meta0"].tolist()) == [2, 4, 6]
-    assert set(out["type"].tolist()) == {{{name}.OUT}}
+def test_doubles_on_the_gpu_kernel_across_the_bridge():
+    got = []
+    client = ggmk.Module("{name}_client")
+    client.produces("{name}.in", "{up}_REQ")
+
+    @client.handler("{up}_CLIENT", batch=True, consumes="{name}.out", message="{up}_OUT")
+    def take(ctx, batch):
+        got.extend(batch.meta0.tolist())
+
+    with ggmk.dual.boot([client, {name}.module()], device="cpu", workers=2,
+                        types={name}.TYPES) as system:
+        system.channel("{name}.in").publish(meta0=list(range(100)))
+        assert system.run(timeout=120)
+        assert len(system.dead_letters("sys.error")[0]) == 0
+    assert sorted(got) == [2 * i for i in range(100)]
 '''

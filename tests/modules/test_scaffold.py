@@ -1,6 +1,7 @@
 """ggmk.scaffold.new_module: generate into tmp_path, run the generated test in a subprocess."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import py_compile
 import tomllib
@@ -34,11 +35,36 @@ def test_the_relative_path_ggmk_new_prints_runs_the_test(tmp_path, monkeypatch):
 
 def test_gpu_module_is_generated_and_compiles_as_python(tmp_path):
     d = scaffold.new_module("dbl", "gpu", tmp_path)
-    assert sorted(os.listdir(d)) == ["dbl.py", "test_dbl.py", "types.toml"]
+    assert sorted(os.listdir(d)) == ["dbl.py", "module.toml", "test_dbl.py", "types.toml"]
     for f in ("dbl.py", "test_dbl.py"):
         py_compile.compile(str(d / f), doraise=True)
-    text = (d / "dbl.py").read_text()
-    assert "numeric subset" in text and "gd.Module(\"dbl\")" in text
+    assert "numeric subset" in (d / "dbl.py").read_text()
+
+
+def _import_generated(d, name):
+    spec = importlib.util.spec_from_file_location(f"{name}_{id(d)}", d / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_module_takes_its_ids_from_types_toml_and_its_channels_from_module_toml(tmp_path):
+    """The scaffold says to change clashing ids in types.toml; the generated GPU module had
+    them written into its source and never read the file (nor had channels or a manifest)."""
+    d = scaffold.new_module("dbl", "gpu", tmp_path)
+    man = tomllib.loads((d / "module.toml").read_text())
+    assert [c["name"] for c in man["channel"]] == ["dbl.in", "dbl.out"]
+    text = (d / "types.toml").read_text()
+    base = scaffold.type_base("dbl")
+    (d / "types.toml").write_text(text.replace(f"id = {base}\n", "id = 4001\n")
+                                  .replace(f"id = {base + 1}\n", "id = 4002\n"))
+    m = _import_generated(d, "dbl")
+    assert (m.REQ, m.OUT) == (4001, 4002)
+    mod = m.module()
+    assert mod.name == "dbl"
+    (h,) = mod.handlers
+    assert h.type == 4001 and h.consumes == ("dbl.in",)
+    assert [(c.name, c.message) for c in mod.channels] == [("dbl.out", 4002)]
 
 
 @pytest.mark.skipif(not os.environ.get("GGMK_LONG"), reason="compiles a device kernel "
