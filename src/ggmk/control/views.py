@@ -8,9 +8,13 @@ built for ``ggmk stats`` and, at most every ``FULL_STATS_MAX_AGE`` seconds, shar
 """
 from __future__ import annotations
 
+import secrets
+
 import numpy as np
 
 from ggmk.core.metrics import TypeCounter
+from ggmk.core.trace import _Sampler
+from ggmk.events import SAMPLED_BIT
 
 _OK, _FAIL, _DROPPED = int(TypeCounter.OK), int(TypeCounter.FAIL), int(TypeCounter.DROPPED)
 
@@ -47,7 +51,7 @@ def cpu_row(srv) -> dict:
     return {"name": "cpu", "state": srv.state, "workers": cpu.nworkers,
             "hal": type(cpu.hal).__name__, "deterministic": bool(cpu.deterministic),
             "tick": int(cpu.tick), "tasks_done": ok, "errors": fail, "dropped": dropped,
-            "exceptions": len(cpu.exceptions), "queued": int(cpu.sched.outstanding),
+            "exceptions": cpu.exceptions_total, "queued": int(cpu.sched.outstanding),
             "tasks_by_worker": [w.tasks for w in cpu.workers]}
 
 
@@ -143,11 +147,38 @@ def channel_rows(srv, cpu_chans: dict, gm: dict | None, bridge: dict | None) -> 
     return rows
 
 
-def sample_events(chunks, every: int):
-    """Keep 1 of ``every`` events of each worker (``ggmk trace --sample N``)."""
+def sample_events(chunks, every: int, state: dict | None = None):
+    """Keep 1 of ``every`` events of each worker (``ggmk trace --sample N``).
+
+    ``chunks``: ``(worker, events)`` in the order each worker recorded them (the collector
+    makes one chunk per worker every 50 ms, often of fewer than ``every`` events). Each
+    worker's events are one stream across its chunks, sampled as the CPU tracer samples
+    (``core.trace``): one kept at a random position in each block of ``every`` consecutive
+    events, so it cannot alias with periodic patterns (START / END pairs), and each kept one
+    is flagged ``SAMPLED_BIT``: ``scaled_counts(events, every)`` scales counts back (an event
+    the tracer itself sampled at rate R then stands for R * ``every``). Sampling each chunk
+    on its own kept every chunk's first event, far more than 1 in ``every``.
+
+    ``state``: a dict to carry the streams' positions between calls that sample one stream
+    piece by piece (a follower); without it each call starts its streams afresh, at random,
+    so a piece shorter than ``every`` keeps an event with probability len / ``every``.
+    Returns new arrays; the chunks given are not modified."""
     if every <= 1:
         return chunks
-    return [(w, part[::every]) for w, part in chunks]
+    samplers = {} if state is None else state
+    out = []
+    for w, part in chunks:
+        sp = samplers.get(w)
+        if sp is None:
+            sp = samplers[w] = _Sampler(every, secrets.randbits(63),
+                                        w if isinstance(w, int) and w >= 0 else 1 << 20)
+        if not len(part):
+            continue
+        kept = part[sp.many(len(part))]            # (fancy indexing: a copy)
+        if len(kept):
+            kept["event"] |= SAMPLED_BIT
+            out.append((w, kept))
+    return out
 
 
 def filter_events(chunks, type_ids: set | None):

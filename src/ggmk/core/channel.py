@@ -457,6 +457,8 @@ class Channel(ReplayMixin):
                                 sub.next = self.seq + 1
                             done = True
                 if done:
+                    if not self.kernel.tracer.quiet_all:     # (CHAN_EMIT is level all)
+                        self.reg._trace(EventType.CHAN_EMIT, self.type_id, self.id, 1)
                     self._drain_channel()
                     return 0
         recs = T.make(1, type=tid, flags=fl | FLAG_CHANNEL_MSG, tenant=tenant, channel=self.id,
@@ -574,6 +576,8 @@ class Channel(ReplayMixin):
             recs["channel"] = self.id
             recs["flags"] |= FLAG_CHANNEL_MSG
         self.emitted += n
+        if not self.kernel.tracer.quiet_all:     # one CHAN_EMIT per emit call (level all)
+            self.reg._trace(EventType.CHAN_EMIT, self.type_id, self.id, n)
         if not self.det and self.kernel.det is not None and not self.system and np.count_nonzero(
                 recs["flags"] & FLAG_DETERMINISTIC):
             self._det_message(recs)
@@ -764,6 +768,7 @@ class Channel(ReplayMixin):
         """Drain what the ring holds, up to the subscriber's window (holding its drain lock)."""
         total = 0
         ring = sub.ring
+        tr = self.kernel.tracer
         while ring.tail != ring.head:
             credit = (1 << 30) if all_ else sub.window - self._inflight(sub.type_id)
             if credit <= 0:
@@ -774,6 +779,8 @@ class Channel(ReplayMixin):
             n = len(recs)
             if not n:
                 break
+            if not tr.quiet_all:        # one CHAN_DRAIN per batch handed over (level all)
+                self.reg._trace(EventType.CHAN_DRAIN, self.type_id, self.id, n)
             sub.delivered += n
             sub.acked = self.unwrap(int(recs["seq"][-1])) if not self.det else sub.acked + n
             self.kernel.sched.enqueue(recs, Route.CHANNEL)
@@ -827,6 +834,8 @@ class Channel(ReplayMixin):
             if np.count_nonzero(diff):
                 n = int(np.argmax(diff))
                 recs = recs[:n]
+        if not self.kernel.tracer.quiet_all:     # one CHAN_DRAIN per batch (level all)
+            self.reg._trace(EventType.CHAN_DRAIN, self.type_id, self.id, n)
         seq = recs["seq"]
         last = self.unwrap(int(seq[-1]))
         sub.b_lo, sub.b_hi = self.unwrap(int(seq[0])), last
@@ -880,6 +889,8 @@ class Channel(ReplayMixin):
                 self._catch_up(sub)
         recs = sub.ring.pop(max_n)
         if len(recs):
+            if not self.kernel.tracer.quiet_all:     # a host pull is a drained batch too
+                self.reg._trace(EventType.CHAN_DRAIN, self.type_id, self.id, len(recs))
             sub.delivered += len(recs)
             sub.acked = self.unwrap(int(recs["seq"][-1]))
             if self.log is not None:

@@ -127,6 +127,8 @@ class Channels:
         self.by_id: dict[int, Channel] = {}
         self._next_id = 1
         self.lock = threading.Lock()
+        # _rebuild's: taken before ``lock`` (a channel's lock may be held: _det_message)
+        self._rebuild_lock = threading.Lock()
         self._hot: list[Channel] = []        # channels with handler subscribers (drain targets)
         self._det: list[Channel] = []        # deterministic ones, ascending id
         self._ordered: dict[int, Channel] = {}   # id -> channel with ordered handler subscribers
@@ -231,10 +233,17 @@ class Channels:
         self._rebuild()
 
     def _rebuild(self) -> None:
-        chans = sorted((c for c in self.by_name.values() if not c.closed), key=lambda c: c.id)
-        self._hot = [c for c in chans if not c.det and any(s.type_id for s in c.subs)]
-        self._det = [c for c in chans if c.det]
-        self._ordered = {c.id: c for c in chans if c._osubs}
+        """Recompute the drain lists from a snapshot of the table (copied under ``lock``: a
+        thread opening a channel meanwhile changed the dict under the iteration). Rebuilds run
+        one at a time (``_rebuild_lock``), so the last one published took the newest snapshot:
+        two racing ones could otherwise publish the older last and lose a channel."""
+        with self._rebuild_lock:
+            with self.lock:
+                chans = list(self.by_name.values())
+            chans = sorted((c for c in chans if not c.closed), key=lambda c: c.id)
+            self._hot = [c for c in chans if not c.det and any(s.type_id for s in c.subs)]
+            self._det = [c for c in chans if c.det]
+            self._ordered = {c.id: c for c in chans if c._osubs}
 
     # -- dead letters ---------------------------------------------------------------------------
     def to_sys_error(self, recs, code) -> None:
@@ -267,7 +276,7 @@ class Channels:
             try:
                 ch.error_handler(T.select(recs, sel), codes[sel].copy())
             except Exception as e:   # noqa: BLE001 - a broken error handler: fall back to sys.error
-                self.kernel.exceptions.append((ch.name, "error_handler", repr(e), ""))
+                self.kernel.note_exception((ch.name, "error_handler", repr(e), ""))
                 continue
             keep &= ~sel
             p = recs["payload_ptr"][sel]
@@ -371,8 +380,11 @@ class Channels:
             tr.emit(w, event, 0, task_type, cid, arg1 & 0xFFFFFFFF)
 
     def stats(self) -> dict:
-        out = {ch.name: ch.stats() for ch in self.by_name.values()}
-        for ch in self.closed:
+        with self.lock:            # a snapshot: another thread may open or close meanwhile
+            chans = list(self.by_name.values())
+            closed = list(self.closed)
+        out = {ch.name: ch.stats() for ch in chans}
+        for ch in closed:
             out.setdefault(ch.name, ch.stats())
         return out
 

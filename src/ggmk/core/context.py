@@ -19,7 +19,7 @@ from array import array as _array
 import numpy as np
 
 from ggmk.core.emitter import Emitter   # the per-channel emit buffer
-from ggmk.errors import EmitError
+from ggmk.errors import AllocError, EmitError
 from ggmk.task import word
 from ggmk.task import (_U64, CHAN_CLOSED, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC, PRIO_MASK,
                        RECORD_STRUCT, TASK_DTYPE, WAIT, YIELD, Task, TaskBatch, _scalar,
@@ -649,7 +649,15 @@ class Context:
         self._retained.add(self.task._i)
 
     def alloc(self, nbytes: int) -> int:
-        return self.kernel.arena.alloc_or_raise(nbytes)
+        """``nbytes`` from the arena (its address); AllocError when it cannot, traced as
+        ALLOC_FAIL (arg0 = the bytes asked for) on this worker's ring."""
+        try:
+            return self.kernel.arena.alloc_or_raise(nbytes)
+        except AllocError:
+            b = self.batch            # the running handler's type (a batch handler's batch)
+            t = int(b.records["type"][0]) if b is not None and len(b) else self.task._type
+            self.kernel.trace_alloc_fail(self.worker, t, nbytes)
+            raise
 
     def flush(self) -> None:
         """Hand buffered per-message emits to the enqueue core and commit staged channel emits

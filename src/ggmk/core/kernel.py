@@ -32,9 +32,9 @@ from ggmk.core.ring import CodeRing
 from ggmk.core.sched import MAX_TYPES, Route, Scheduler
 from ggmk.core.tenants import (TenantError, check_tenant_id, make_policy, tenant_spec,
                                tenant_weight)
-from ggmk.core.trace import TraceHasher, make_tracer
+from ggmk.core.trace import TraceHasher, check_sample_rate, make_tracer, parse_level
 from ggmk.core.worker import Worker
-from ggmk.errors import BootError, ChannelError, KernelStopped, PayloadError
+from ggmk.errors import AllocError, BootError, ChannelError, KernelStopped, PayloadError
 from ggmk.events import EventType
 from ggmk.hal import make_hal
 from ggmk.typereg import TypeRegistry, raise_boot_problems, validate_declarations
@@ -81,6 +81,15 @@ def _check_policy(policy) -> None:
                           f"{', '.join(missing)})")
 
 
+def _check_trace_level(name: str, value, more: str = ""):
+    """A boot option's trace level (a ``Level``, 0..4 or a name), else BootError naming it."""
+    try:
+        return parse_level(value, name)
+    except ValueError:
+        raise BootError(f"{name}={value!r}: allowed off, error, warn, info, all (or 0..4, a "
+                        f"ggmk.events.Level){more}") from None
+
+
 class System:
     """A booted CPU kernel. Create it with :func:`boot`."""
 
@@ -106,6 +115,15 @@ class System:
         if not (isinstance(tick_hz, (int, float, np.integer, np.floating))
                 and not isinstance(tick_hz, (bool, np.bool_)) and 0 < tick_hz < float("inf")):
             raise BootError(f"tick_hz={tick_hz!r}: allowed a number > 0 (ticks per second)")
+        # the trace options are checked whether or not tracing is on (trace=False used to
+        # accept any level and rate; "yes" turned it on)
+        if trace is not None and not isinstance(trace, (bool, np.bool_)):
+            raise BootError(f"trace={trace!r}: allowed True, False or None (GGMK_TRACE decides)")
+        trace_level = _check_trace_level("trace_level", trace_level)
+        try:
+            sample_rate = check_sample_rate(sample_rate)
+        except ValueError as e:
+            raise BootError(str(e)) from None
         self.modules: list[Module] = list(modules)
         self.nworkers = workers
         self.deterministic = deterministic
@@ -126,6 +144,13 @@ class System:
         self.cpu_clock = self.hal.cpu_clock_ns
         self.tick_ns = max(1, int(1e9 // tick_hz))
         self.tick = 0
+        # tick durations (SPEC §7), determinism mode: a tick of the tick stage lasts from the
+        # boundary that opened it to the one that closes it (``_det_boundary``); without
+        # determinism a tick is tick_ns of the wall clock by definition
+        self._tick_seen = 0               # the tick the last boundary closed
+        self._tick_mark = 0               # ... and when (HAL clock)
+        self.ticks_timed = 0
+        self.tick_last_ns = self.tick_max_ns = self.tick_sum_ns = 0
         self.max_retries = max_retries
         self.max_batch = max_batch
         self.halted = False
@@ -150,6 +175,9 @@ class System:
         self.sys_error = CodeRing(dead_letter_capacity, name="sys.error")
         self.sys_dropped = CodeRing(dead_letter_capacity, name="sys.dropped")
         self.exceptions: deque = deque(maxlen=64)
+        # every exception reported (the deque keeps the newest 64): stats()["exceptions"]
+        self.exceptions_total = 0
+        self._exc_lock = threading.Lock()
         self.poison = PoisonDetector(poison_threshold, poison_window, fraction=poison_fraction)
         self._host_lock = threading.Lock()
         # scheduler
@@ -224,7 +252,9 @@ class System:
                 raise BootError(f"boot: two modules are named {m.name!r}")
             names.add(m.name)
             if m.trace_level is not None:
-                self.tracer.set_level(m.name, m.trace_level)
+                self.tracer.set_level(m.name, _check_trace_level(
+                    f"boot: module {m.name!r} trace_level", m.trace_level,
+                    " or None (the boot's trace_level)"))
             for h in m.handlers:
                 tid = self.type_id(h.type, register=True, where=f"module {m.name!r} handler {h.name!r}")
                 prev = self.handler_of[tid]
@@ -445,6 +475,19 @@ class System:
             self.channels.drain_some(worker)
 
     def _det_boundary(self, tick: int) -> None:
+        """The tick stage closes ``tick`` (under its lock): time it, drain the deterministic
+        channels. A boundary that opens nothing is followed by one closing the same tick
+        again; a new number means the previous boundary opened it."""
+        now = self.clock()
+        if tick != self._tick_seen:
+            d = now - self._tick_mark
+            self.ticks_timed += 1
+            self.tick_last_ns = d
+            self.tick_sum_ns += d
+            if d > self.tick_max_ns:
+                self.tick_max_ns = d
+            self._tick_seen = tick
+        self._tick_mark = now
         if self.channels is not None:
             self.channels.tick_boundary(tick)
 
@@ -568,7 +611,16 @@ class System:
         self._dead(recs, codes, worker, failed=True)
 
     def report_exception(self, handler, exc, tb: str) -> None:
-        self.exceptions.append((handler.module.name, handler.name, repr(exc), tb))
+        self.note_exception((handler.module.name, handler.name, repr(exc), tb))
+
+    def note_exception(self, entry: tuple | None, n: int = 1) -> None:
+        """Count ``n`` exceptions (any thread) and keep ``entry`` (module, handler, repr,
+        traceback) among the newest 64 in ``exceptions``; ``entry=None`` only counts (a batch's
+        older failures the deque would not keep are not formatted at all)."""
+        with self._exc_lock:
+            self.exceptions_total += n
+        if entry is not None:
+            self.exceptions.append(entry)
 
     def account(self, worker: int, recs, elapsed_ns: int, cpu_ns: int | None = None) -> None:
         """After a batch ran on ``worker``: record its wall time (``elapsed_ns``, the handler
@@ -642,9 +694,25 @@ class System:
             raise PayloadError(f"payload for {self.type_name(tid)!r} must be bytes, a NumPy array "
                                f"or a dict, got {type(payload).__name__}")
         n = len(buf)
-        ptr = self.arena.alloc_or_raise(max(n, 1))
+        try:
+            ptr = self.arena.alloc_or_raise(max(n, 1))
+        except AllocError:
+            self.trace_alloc_fail(-1, tid, max(n, 1))
+            raise
         self.arena.view(ptr, n)[:] = buf
         return ptr, n
+
+    def trace_alloc_fail(self, worker: int, task_type: int, nbytes: int) -> None:
+        """An allocation failed: ALLOC_FAIL (level error) on ``worker``'s ring (-1: the
+        calling thread's, its worker's or else the host's), for ``task_type``, arg0 = the
+        bytes asked for (at most 2**32 - 1)."""
+        tr = self.tracer
+        if not tr.enabled:
+            return
+        if worker < 0:
+            worker = self.calling_worker()
+        tr.emit(worker if worker >= 0 else self.nworkers, EventType.ALLOC_FAIL, 0,
+                int(task_type), min(max(int(nbytes), 0), 0xFFFFFFFF), 0)
 
     def payload_view(self, task):
         ptr, n = task.payload_ptr, task.payload_len
@@ -917,7 +985,10 @@ class System:
             "sys_error": self.sys_error.stats(),
             "sys_dropped": self.sys_dropped.stats(),
             "channels": None if self.channels is None else self.channels.stats(),
-            "exceptions": len(self.exceptions),
+            "exceptions": self.exceptions_total,
+            "tick_duration": {"nominal_ns": self.tick_ns, "ticks": self.ticks_timed,
+                              "last_ns": self.tick_last_ns, "max_ns": self.tick_max_ns,
+                              "mean_ns": self.tick_sum_ns // max(1, self.ticks_timed)},
             "histograms": snap.get("histograms", {}),
             "tenants": None if self.sched.policy is None else self.sched.policy.stats(),
             "det": None if self.det is None else {"tick": self.det.tick, "tasks": self.det.tasks_run},

@@ -48,7 +48,7 @@ from ggmk.task import FLAG_EMIT_TRACE, TASK_DTYPE
 
 __all__ = [
     "ENABLED", "Tracer", "NullTracer", "make_tracer", "trace_hash", "TraceHasher",
-    "scaled_counts", "parse_level", "DEFAULT_CAPACITY",
+    "scaled_counts", "parse_level", "check_sample_rate", "DEFAULT_CAPACITY",
 ]
 
 DEFAULT_CAPACITY = 65536
@@ -84,6 +84,36 @@ def parse_level(level, where: str = "level") -> Level:
         except ValueError:
             pass
     raise ValueError(f"{where}: unknown trace level {level!r}; expected a Level, 0..4 or a name")
+
+
+def check_sample_rate(rate, where: str = "sample_rate") -> int:
+    """``rate`` as an int >= 1 (an int or a NumPy integer; a bool is not a rate)."""
+    if isinstance(rate, (int, np.integer)) and not isinstance(rate, (bool, np.bool_)) \
+            and rate >= 1:
+        return int(rate)
+    raise ValueError(f"{where}={rate!r}: allowed an int >= 1 (keep 1 of that many events)")
+
+
+def _check_config(nworkers, capacity, default_level, sample_rate) -> Level:
+    """What ``Tracer`` checks of its configuration (``make_tracer`` checks it for the stripped
+    tracer too); returns the default level."""
+    if (not isinstance(nworkers, (int, np.integer)) or isinstance(nworkers, (bool, np.bool_))
+            or nworkers < 1):
+        raise ValueError(f"Tracer: nworkers must be a positive int, got {nworkers!r}")
+    if (not isinstance(capacity, (int, np.integer)) or isinstance(capacity, (bool, np.bool_))
+            or capacity < 2 or capacity & (capacity - 1)):
+        raise ValueError(f"Tracer: capacity must be a power of two >= 2, got {capacity!r}")
+    check_sample_rate(sample_rate, "Tracer: sample_rate")
+    return parse_level(default_level, "Tracer: default_level")
+
+
+def _check_max_events(max_events) -> None:
+    if max_events is None:
+        return
+    if isinstance(max_events, (int, np.integer)) and not isinstance(
+            max_events, (bool, np.bool_)) and max_events >= 0:
+        return
+    raise ValueError(f"Tracer.drain: max_events={max_events!r}: allowed None or an int >= 0")
 
 
 def _event_level(event, where: str) -> int:
@@ -228,13 +258,7 @@ class Tracer:
     def __init__(self, nworkers: int, capacity: int = DEFAULT_CAPACITY,
                  default_level=Level.WARN, sample_rate: int = 1, seed: int = 0,
                  clock: Callable[[], int] = time.perf_counter_ns, shared: Iterable[int] = ()):
-        if not isinstance(nworkers, (int, np.integer)) or nworkers < 1:
-            raise ValueError(f"Tracer: nworkers must be a positive int, got {nworkers!r}")
-        if (not isinstance(capacity, (int, np.integer)) or capacity < 2
-                or capacity & (capacity - 1)):
-            raise ValueError(f"Tracer: capacity must be a power of two >= 2, got {capacity!r}")
-        if not isinstance(sample_rate, (int, np.integer)) or sample_rate < 1:
-            raise ValueError(f"Tracer: sample_rate must be an int >= 1, got {sample_rate!r}")
+        default = _check_config(nworkers, capacity, default_level, sample_rate)
         self.nworkers = int(nworkers)
         self.capacity = int(capacity)
         self.sample_rate = int(sample_rate)
@@ -253,7 +277,7 @@ class Tracer:
         self._drain_lock = threading.Lock()   # drainers only; writers never take it
         self._drain_start = 0
         self._cfg_lock = threading.Lock()
-        self._default = parse_level(default_level, "Tracer default_level")
+        self._default = default
         self._module_level: dict[str, Level] = {}
         self._type_module: dict[int, str] = {}
         # level per task type; index L (the last slot) stands for every type >= L
@@ -480,8 +504,7 @@ class Tracer:
         Returns a TRACE_DTYPE array sorted by ts (stable: ties keep ring order). With
         ``max_events``, at most that many, oldest first per ring, starting at a rotating ring so
         no worker starves."""
-        if max_events is not None and max_events < 0:
-            raise ValueError(f"Tracer.drain: max_events must be >= 0, got {max_events!r}")
+        _check_max_events(max_events)
         with self._drain_lock:
             chunks = []
             left = max_events
@@ -564,6 +587,7 @@ class NullTracer:
         return 0
 
     def drain(self, max_events=None) -> np.ndarray:
+        _check_max_events(max_events)
         return np.empty(0, dtype=TRACE_DTYPE)
 
     def stats(self) -> dict:
@@ -577,12 +601,17 @@ class NullTracer:
 def make_tracer(enabled: bool | None = None, **kw):
     """A ``Tracer(**kw)``, or a ``NullTracer`` when ``enabled`` is False or the process was
     started with ``GGMK_TRACE=0`` (the environment switch wins). ``enabled=None`` follows the
-    environment alone."""
+    environment alone. The configuration is checked either way: a bad level or rate is an
+    error whether or not tracing is on."""
+    if enabled is not None and not isinstance(enabled, (bool, np.bool_)):
+        raise ValueError(f"make_tracer: enabled={enabled!r}: allowed True, False or None")
     if enabled is None:
         enabled = True
     if enabled and ENABLED:
         return Tracer(**kw)
-    return NullTracer(kw.get("nworkers", 0))
+    _check_config(kw.get("nworkers"), kw.get("capacity", DEFAULT_CAPACITY),
+                  kw.get("default_level", Level.WARN), kw.get("sample_rate", 1))
+    return NullTracer(kw["nworkers"])
 
 
 # -- analysis -------------------------------------------------------------------------------

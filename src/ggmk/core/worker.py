@@ -140,8 +140,23 @@ class Worker:
         # leaves work in the ready queue wakes the next parked worker
         self._parked = getattr(kernel.hal, "parked_list", ())
 
-    def on_park(self) -> None:
+    def on_park(self):
+        """The HAL parks this worker's thread: count it and, when the tracer records level-all
+        events for some type, trace WORKER_PARK (arg0 = the worker; filtered by the default
+        level, task type 0) on the worker's own ring. Returns the hook the HAL calls when
+        the park ends (``on_wake(woken)``), or None when there is nothing to trace: one
+        attribute test per park while no type is traced at level all."""
         self.parks += 1
+        tr = self.kernel.tracer
+        if tr.quiet_all:
+            return None
+        tr.emit(self.id, EventType.WORKER_PARK, 0, 0, self.id, 0)
+        return self.on_wake
+
+    def on_wake(self, woken: bool) -> None:
+        """The park ended: WORKER_WAKE (arg0 = the worker, arg1 = 1 when a wake-up ended it,
+        0 when it timed out)."""
+        self.kernel.tracer.emit(self.id, EventType.WORKER_WAKE, 0, 0, self.id, int(woken))
 
     # -- gather ---------------------------------------------------------------------------------
     def step(self) -> bool:
@@ -396,6 +411,8 @@ class Worker:
         if exc is not None:
             # one entry per failed task; only the newest the bounded deque keeps are formatted
             keep = k.exceptions.maxlen
+            if keep and len(exc) > keep:
+                k.note_exception(None, len(exc) - keep)      # counted, not formatted
             for e in exc[-keep:] if keep else exc:
                 k.report_exception(h, e, "".join(traceback.format_exception(e)))
         if codes is None and one is not None and not traced and cpu is None \
@@ -613,17 +630,18 @@ class Worker:
         recs["yield_count"] += 1
         over = recs["yield_count"] > k.max_yields[t]
         nover = int(over.sum())
-        # a yield past max_yields is a failure (counted in `fail` by kernel.fail), not a yield
-        if len(recs) > nover:
-            k.metrics_shard[self.id].add_type(C.YIELD, t, len(recs) - nover)
-        if k.tracer.enabled:
-            k.tracer.emit_batch(self.id, EventType.TASK_YIELD, recs, arg0=recs["seq"],
-                                arg1=recs["yield_count"])
+        # a yield past max_yields is a failure (counted in `fail` and traced as TASK_FAIL by
+        # kernel.fail), not a yield: neither counted nor traced as one
         if nover:
             k.fail(T.select(recs, over), MAX_YIELDS, t, self.id)
             recs = T.select(recs, ~over)
-        if len(recs):
-            k.sched.enqueue(recs, Route.YIELD, self.id)
+        if not len(recs):
+            return
+        k.metrics_shard[self.id].add_type(C.YIELD, t, len(recs))
+        if k.tracer.enabled:
+            k.tracer.emit_batch(self.id, EventType.TASK_YIELD, recs, arg0=recs["seq"],
+                                arg1=recs["yield_count"])
+        k.sched.enqueue(recs, Route.YIELD, self.id)
 
     def _wait(self, recs, t) -> None:
         """ctx.wait_(): the task waits for room on a full channel. Not a yield (it does not
@@ -638,18 +656,19 @@ class Worker:
     def _retry(self, recs, t) -> None:
         k = self.kernel
         recs["_pad"] += 1     # _pad is the runtime's retry counter
-        if k.tracer.enabled:
-            k.tracer.emit_batch(self.id, EventType.TASK_RETRY, recs, arg0=recs["seq"], arg1=recs["_pad"])
         over = recs["_pad"] > k.max_retries
         nover = int(over.sum())
-        # a retry past max_retries is a failure (counted in `fail` by kernel.fail), not a retry
-        if len(recs) > nover:
-            k.metrics_shard[self.id].add_type(C.RETRY, t, len(recs) - nover)
+        # a retry past max_retries is a failure (counted in `fail` and traced as TASK_FAIL by
+        # kernel.fail), not a retry: neither counted nor traced as one
         if nover:
             k.fail(T.select(recs, over), RETRY_EXHAUSTED, t, self.id)
             recs = T.select(recs, ~over)
         if not len(recs):
             return
+        k.metrics_shard[self.id].add_type(C.RETRY, t, len(recs))
+        if k.tracer.enabled:
+            k.tracer.emit_batch(self.id, EventType.TASK_RETRY, recs, arg0=recs["seq"],
+                                arg1=recs["_pad"])
         if k.det is not None:
             # deterministic tasks back off in the tick stage's ticks; the rest on the wall clock
             det = (recs["flags"] & FLAG_DETERMINISTIC) != 0

@@ -259,9 +259,14 @@ class ThreadsHal:
                     self._unpark(lk)      # work came in after we looked
                     continue
                 self.parks += 1
-                worker.on_park()
-                if not lk.acquire(True, self.park_timeout):
+                on_wake = worker.on_park()   # None, or a hook for the park's end (tracing)
+                if lk.acquire(True, self.park_timeout):
+                    if on_wake is not None:
+                        on_wake(True)
+                else:
                     self._unpark(lk)      # timed out: service events / ticks
+                    if on_wake is not None:
+                        on_wake(False)
         except BaseException as e:   # a runtime bug: surface it on halt instead of dying silently
             self.errors.append(e)
             raise
