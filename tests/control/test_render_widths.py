@@ -13,9 +13,9 @@ BIG = 301_600                 # the demo's largest figures are of this size
 HUGE = 1_234_567_890_123
 
 
-def _frame(BIG=BIG):
-    chan = {"name": "particles.step.out", "kernel": "gpu->cpu", "type": "PARTICLE_STATE",
-            "depth": BIG, "emitted": BIG, "dropped": BIG}
+def _frame(BIG=BIG, chan="particles.step.out", ctype="PARTICLE_STATE"):
+    ch = {"name": chan, "kernel": "gpu->cpu", "type": ctype, "depth": BIG, "emitted": BIG,
+          "dropped": BIG}
     return {
         "t": 1.0,
         "ps": {"app": "/some/long/path/to/the/app.py", "pid": 4242, "state": "running",
@@ -23,11 +23,9 @@ def _frame(BIG=BIG):
         "kernels": [{"name": "cpu", "state": "running", "workers": 2, "tick": BIG,
                      "tasks_done": BIG, "errors": BIG, "queued": BIG}],
         "workers": [{"id": 0, "tasks": BIG, "batches": BIG, "parks": BIG}],
-        "channels": [chan],
-        "bridge": {"channels": {"particles.step.out": {"direction": "gpu->cpu",
-                                                       "type": "PARTICLE_STATE",
-                                                       "pushed": BIG, "in_flight": BIG,
-                                                       "dead": BIG}},
+        "channels": [ch],
+        "bridge": {"channels": {chan: {"direction": "gpu->cpu", "type": ctype, "pushed": BIG,
+                                       "in_flight": BIG, "dead": BIG}},
                    "transfers": BIG, "records": BIG},
         "types": [{"type": "PARTICLE_STATE", **{k: BIG for k in
                    ("enqueued", "ok", "fail", "retry", "yield", "dropped")}}],
@@ -62,11 +60,21 @@ def _uncut(text: str) -> bool:
         ln.endswith("┓") or ln.endswith("┓ │") for ln in tops)
 
 
-@pytest.mark.parametrize("width", [80, 120])
-def test_top_shows_every_figure_whole(width):
-    text = _shown(lambda c: c.print(top.render(_frame())), width)
+def test_top_shows_every_figure_whole():
+    text = _shown(lambda c: c.print(top.render(_frame())), 120)
     assert _uncut(text), text
-    # 19 figures in the tables, 2 in the bridge line
+    # 19 figures in the tables (a single frame has no rate columns), 2 in the bridge line
+    assert text.count(f"{BIG:,}") + text.count(str(BIG)) == 21, text
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_top_at_80_columns_shows_the_tour_whole(width):
+    """What ``make demo``'s tour prints (``ggmk top --once``): the names a user types into
+    the next command and every figure whole; it printed "20,0…"."""
+    text = _shown(lambda c: c.print(top.render(_frame(chan="scale.out", ctype="SCALED"))),
+                  width)
+    assert _uncut(text), text
+    assert "scale.out" in text and "SCALED" in text
     assert text.count(f"{BIG:,}") + text.count(str(BIG)) == 21, text
 
 
@@ -79,5 +87,5 @@ def test_demo_table_shows_every_figure_whole(width):
 
 @pytest.mark.parametrize("width", [40, 80])
 def test_a_console_too_narrow_for_the_figures_wraps_them_rather_than_cutting(width):
-    assert _uncut(_shown(lambda c: c.print(top.render(_frame(HUGE))), width))
+    assert "…" not in _shown(lambda c: c.print(top.render(_frame(HUGE))), width)
     assert _uncut(_shown(lambda c: workload.render(_demo_stats(HUGE), c), width))

@@ -31,16 +31,19 @@ def render(frame: dict, prev: dict | None = None):
         ("ggmk top", "bold"), f"  app {ps.get('app') or '-'}  pid {ps['pid']}  ",
         (ps["state"], "green" if ps["state"] == "running" else "yellow"),
         f"  device {ps.get('device')}  up {ps['uptime_s']:.1f}s  (q quits)")
+    # rates need two frames: a single one (``--once``) has no rate columns, room for the rest
+    rates = prev is not None
     kt = Table(title="kernels", expand=True)
     for c in ("kernel", "state", "workers", "tick", "done", "rate/s", "errors", "queued"):
-        column(kt, c, right=c not in ("kernel", "state"))
+        if c != "rate/s" or rates:
+            column(kt, c, right=c not in ("kernel", "state"))
     pk = {k["name"]: k for k in (prev or {}).get("kernels", [])}
     for k in frame["kernels"]:
         rate = ""
         if dt > 0 and k["name"] in pk:
             rate = f"{(k['tasks_done'] - pk[k['name']]['tasks_done']) / dt:,.0f}"
         kt.add_row(k["name"], str(k.get("state")), str(k.get("workers") or "-"),
-                   str(k.get("tick")), f"{k.get('tasks_done', 0):,}", rate,
+                   str(k.get("tick")), f"{k.get('tasks_done', 0):,}", *([rate] if rates else []),
                    str(k.get("errors", 0)), str(k.get("queued", 0)))
     wt = Table(title="workers", expand=True)
     for c in ("worker", "tasks", "batches", "parks"):
@@ -48,17 +51,22 @@ def render(frame: dict, prev: dict | None = None):
     for w in frame.get("workers", []):
         wt.add_row(str(w["id"]), f"{w['tasks']:,}", f"{w['batches']:,}", f"{w['parks']:,}")
     ct = Table(title="channels", expand=True)
+    chans = frame.get("channels", [])
+    # channel and type names stay whole (a user types them into the next command)
+    wide = {"channel": max((len(str(c.get("name"))) for c in chans), default=7),
+            "type": max((len(str(c.get("type"))) for c in chans), default=4)}
     pc = {c.get("name"): c for c in (prev or {}).get("channels", [])}
     for c in ("channel", "kernel", "type", "depth", "emitted", "rate/s", "dropped"):
-        column(ct, c, right=c not in ("channel", "type", "kernel"))
+        if c != "rate/s" or rates:
+            column(ct, c, right=c not in ("channel", "type", "kernel"), min_width=wide.get(c))
     for c in frame.get("channels", []):
         rate = ""
         p = pc.get(c.get("name"))
         if dt > 0 and p is not None:
             rate = f"{((c.get('emitted') or 0) - (p.get('emitted') or 0)) / dt:,.0f}"
         ct.add_row(str(c.get("name")), str(c.get("kernel") or ""), str(c.get("type")),
-                   str(c.get("depth")), f"{c.get('emitted') or 0:,}", rate,
-                   str(c.get("dropped") or 0))
+                   str(c.get("depth")), f"{c.get('emitted') or 0:,}",
+                   *([rate] if rates else []), str(c.get("dropped") or 0))
     parts = []
     b = frame.get("bridge")
     if b:
