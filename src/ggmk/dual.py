@@ -201,8 +201,13 @@ class DualSystem:
                        f"{[d.get('name') for d in self.device_info.get('devices', [])]}")
             # 3. the GPU kernel (user modules + the bridge's device module)
             inbound, outbound = device_spec(self.plan, bopts.get("window"))
+            dcfg = _options("device_config", device_config)
+            if not self.cpu.tracer.enabled:
+                # tracing stripped (trace=False, GGMK_TRACE=0): from the GPU kernel too, at
+                # build time (DeviceConfig.trace: no trace code compiled in)
+                dcfg["trace"] = False
             self._dev_spec = dict(modules=list(gpu_mods), bridge=(inbound, outbound),
-                                  types=reg, config=_options("device_config", device_config))
+                                  types=reg, config=dcfg)
             # what push_device may send: a type some handler of either kernel takes
             self._device_types = {reg.id(h.type) if isinstance(h.type, str) else int(h.type)
                                   for m in gpu_mods for h in m.handlers}
@@ -212,7 +217,7 @@ class DualSystem:
                 tr = ProcessTransport(self.process)
             else:
                 dmods = list(gpu_mods) + [ds.build_module(inbound, outbound)]
-                self.kernel = self.driver.launch(dmods, types=reg, **(device_config or {}))
+                self.kernel = self.driver.launch(dmods, types=reg, **dcfg)
                 tr = InProcessTransport(self.kernel)
             self.target = self.kernel.target_name
             self._step("gpu_kernel", t0, f"{len(gpu_mods)} module(s) on {self.target}"
@@ -367,6 +372,33 @@ class DualSystem:
         self.bridge.paused = None
         self.bridge.poke()
 
+    # -- GPU trace levels ---------------------------------------------------------------------
+    _gpu_levels: dict = {}              # what set_gpu_trace_level set, in order (for resets)
+
+    def set_gpu_trace_level(self, module: str | None, level) -> dict:
+        """Set the GPU kernel's run-time trace level of device module ``module`` (None:
+        every device module, the bridge's included) while it runs
+        (``DeviceKernel.set_trace_level``: a module's build level is the ceiling; above it
+        for a module named is a ValueError). Kept and set again on the kernel a reset boots.
+        Returns {module: level now in force}."""
+        self._check()
+        with self._reset_lock:           # not while a reset swaps the kernel
+            out = self.kernel.set_trace_level(module, level)
+            levels = {} if module is None else dict(self._gpu_levels)
+            levels.pop(module, None)
+            levels[module] = level
+            self._gpu_levels = levels
+        return out
+
+    def gpu_trace_levels(self) -> dict:
+        """{module: {"level": run-time, "build": build level}} of the GPU kernel."""
+        self._check()
+        return self.kernel.trace_levels()
+
+    def _apply_gpu_levels(self) -> None:
+        for module, level in self._gpu_levels.items():
+            self.kernel.set_trace_level(module, level)
+
     # -- reset (the watchdog) -----------------------------------------------------------------
     def resetting(self) -> bool:
         """The GPU kernel is being reset: bridge channels refuse with CHAN_CLOSED (also after a
@@ -434,6 +466,7 @@ class DualSystem:
             raise
         self.process = new
         self.kernel = new.kernel
+        self._apply_gpu_levels()
         self.transport_base.rewire(new)
         b.end_reset()
         self.resets["last_error"] = None

@@ -1221,22 +1221,45 @@ class ControlServer:
             why = ("deterministic mode (the trace feeds the trace hash)"
                    if getattr(self.cpu, "deterministic", False) else "tracing is off")
             raise ControlError("unsupported", f"no trace to show: {why}")
+        gpu_levels = None
         if level is not None:
+            # a GPU module's level is the GPU kernel's (set at run time, at most the module's
+            # build level: DualSystem.set_gpu_trace_level); no --module: both kernels
+            on_gpu = module is not None and not isinstance(self._find_module(module),
+                                                           ggmk.Module)
             try:
-                if module is not None:
-                    self.tracer.set_level(module, level)
-                else:
+                if self.dual and (module is None or on_gpu):
+                    got = self.system.set_gpu_trace_level(module, level)   # may refuse: first
+                    gpu_levels = {m: lv.name.lower() for m, lv in got.items()}
+                if module is None:
                     self.tracer.set_default_level(level)
+                elif not on_gpu:
+                    self.tracer.set_level(module, level)
             except Exception as e:   # noqa: BLE001
                 raise ControlError("bad_args", str(e)) from None
+            gpu_note = ""
+            if gpu_levels and module is None:
+                gpu_note = ("; GPU kernel: " + ", ".join(f"{m} {v}" for m, v in
+                                                         gpu_levels.items())
+                            + (" (a GPU module's build level is the most it gets at run time)"
+                               if any(v != level for v in gpu_levels.values()) else ""))
+            elif gpu_levels:
+                gpu_note = " (GPU kernel)"
             self.log.add("info", "control", f"trace level set to {level}"
-                         + (f" for module {module}" if module else ""))
+                         + (f" for module {module}" if module else "") + gpu_note)
 
         def view(chunks):
             return views.sample_events(views.filter_events(chunks, keep), sample)
         meta = {"workers": self.tracer.nworkers, "nworkers": self.cpu.nworkers,
                 "types": self._type_names(), "pid": os.getpid(), "app": self.app,
                 **self._gpu_meta()}
+        if self.dual:
+            try:             # the GPU kernel's run-time levels now (all of them)
+                meta["gpu_levels"] = {m: v["level"] for m, v in
+                                      self.system.gpu_trace_levels().items()}
+            except Exception:   # noqa: BLE001 - halted / being reset: what was just set
+                if gpu_levels is not None:
+                    meta["gpu_levels"] = gpu_levels
         if follow:
             q = _TraceFollower()
             with self._trace_lock:

@@ -36,9 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from ggmk import task as taskmod
+from ggmk.core import trace as cpu_trace
 from ggmk.device import codegen, diagnose, layout
 from ggmk.device.targets import get_target, option
 from ggmk.errors import BootError, DeviceError, KernelStopped
+from ggmk.events import Level
 from ggmk.task import TASK_DTYPE
 
 SYS_ERROR = layout.CH_SYS_ERROR
@@ -92,6 +94,10 @@ class DeviceKernel:
         if unknown:
             raise BootError(f"DeviceKernel: unknown config keys {sorted(unknown)}; known: "
                             f"{sorted(layout.DeviceConfig.__dataclass_fields__)}")
+        if "trace" not in config:
+            # SPEC §7's run switch: GGMK_TRACE=0 strips tracing for the whole process (the
+            # CPU kernel's tracer, ggmk.core.trace.ENABLED) and this kernel too
+            base["trace"] = cpu_trace.ENABLED
         base.update(config)
         # the target's own rules (cuda: blocks=0 is one per SM; cpu: its host threads)
         option(self.target, "resolve_config")(base, frozenset(config))
@@ -119,6 +125,8 @@ class DeviceKernel:
         # the device already read: skipped). See ``push``.
         self._rx_lock = threading.Lock()
         self._tx_lock = threading.Lock()
+        self._tl_lock = threading.Lock()
+        self._trace_sw = codegen.trace_switches(self.config, self.handlers)
 
     # ------------------------------------------------------------------ lifecycle
     def build(self):
@@ -157,6 +165,7 @@ class DeviceKernel:
             self._h = {n: hm[o:o + size] for n, (kind, o, size) in offs.items()
                        if kind == "map"}
             self._h["ctl"][layout.C_ARENA_BASE] = self.target.address_of(args[2])
+            self._h["tlv"][:] = self._build_levels()     # run-time trace levels: the builds'
             self._notify = option(self.target, "host_notifier")(self._h["ctl"])
             try:
                 sess.prepare(built.kernel, args, built)
@@ -603,6 +612,71 @@ class DeviceKernel:
             self._tr_cursor = cursor
             self.trace_lost += lost
             return recs
+
+    # ------------------------------------------------------------------ trace levels
+    def _build_levels(self) -> np.ndarray:
+        """The initial run-time level table: each handler type's module's build level, then
+        the worker word (park / wake recorded at ``all``, where compiled in)."""
+        lv = [int(h.module.trace_level) for h in self.handlers]
+        return np.array(lv + [self._worker_level(lv)], np.int64)
+
+    def _worker_level(self, levels) -> int:
+        """The worker word for per-type levels ``levels``: ``all`` (park / wake recorded)
+        while any module traces at ``all`` (with ``trace_tasks``: while any is not off)."""
+        sw = self._trace_sw
+        if not sw["TRACE_WORKER"]:
+            return int(Level.OFF)
+        floor = Level.ERROR if sw["TRACE_TASKS_ALL"] else Level.ALL
+        return int(Level.ALL if any(v >= floor for v in levels) else Level.OFF)
+
+    def trace_levels(self) -> dict:
+        """{module: {"level": run-time level, "build": build level}} (level names) of every
+        module with a handler in this kernel. The build level (``Module(trace_level=)``) is
+        compiled in and is the most a run-time level gives; with tracing stripped
+        (``trace=False``, ``GGMK_TRACE=0``) every run-time level is ``off``."""
+        self._check()
+        tlv = self._h["tlv"]
+        out = {}
+        for ti, h in enumerate(self.handlers):
+            cur = int(tlv[ti]) if self._trace_sw["TRACE_ON"] else 0
+            out.setdefault(h.module.name, {"level": Level(cur).name.lower(),
+                                           "build": Level(h.module.trace_level).name.lower()})
+        return out
+
+    def set_trace_level(self, module: str | None, level) -> dict:
+        """Set the run-time trace level of device module ``module`` (None: every module of
+        this kernel) to ``level`` (a ``Level``, 0..4 or "off" / "error" / "warn" / "info" /
+        "all"), while the kernel runs: the workers read it at their next event (one
+        volatile load of a mapped word). The module's build level is the ceiling: a higher
+        level for a module named is a ValueError (nothing changes: rebuild with
+        ``Module(name, trace_level=...)``); for every module each gets at most its own.
+        Returns {module: the level now in force} (all ``off`` when tracing is stripped).
+        Park / wake records follow: recorded while some module is at ``all``."""
+        self._check()
+        lv = cpu_trace.parse_level(level, f"set_trace_level({module!r})")
+        names = {h.module.name for h in self.handlers}
+        if module is not None and module not in names:
+            raise ValueError(f"set_trace_level: no GPU module {module!r} in this kernel; GPU "
+                             f"modules: {sorted(names)}")
+        if module is not None:
+            build = next(h.module.trace_level for h in self.handlers
+                         if h.module.name == module)
+            if lv > build:
+                raise ValueError(
+                    f"set_trace_level: GPU module {module!r} is built at trace level "
+                    f"{Level(build).name.lower()}: its level is compiled in and a run-time "
+                    f"level can only lower it; boot with gd.Module({module!r}, "
+                    f"trace_level={lv.name.lower()!r}) to trace it at {lv.name.lower()}")
+        on = self._trace_sw["TRACE_ON"]
+        out = {}
+        with self._tl_lock:
+            tlv = self._h["tlv"]
+            for ti, h in enumerate(self.handlers):
+                if module is None or h.module.name == module:
+                    tlv[ti] = min(int(lv), int(h.module.trace_level))
+                    out[h.module.name] = Level(int(tlv[ti]) if on else 0)
+            tlv[len(self.handlers)] = self._worker_level(tlv[:len(self.handlers)].tolist())
+        return out
 
     # ------------------------------------------------------------------ conveniences
     @property

@@ -17,7 +17,8 @@ that already holds
   ``block_smem``;
 * the layout constants (``layout.py``) and the configuration constants (``Plan.constants``);
 * the generated part (``codegen``): ``type_index``, ``type_of_index``, ``type_max_yields``,
-  ``type_level``, ``dispatch_segment``.
+  ``type_level`` (the build trace level: the run-time one, ``tlv``, is at most that),
+  ``dispatch_segment``.
 
 Style ("barrier-phase", ARCHITECTURE.md): a worker iteration is a sequence of block-level
 phases separated by ``syncthreads()``, one function each (``worker_iteration`` sequences
@@ -243,10 +244,18 @@ def trace_event(S, blk, ev, task_type, tenant, a0, a1, n):
 
 
 def trace_if(S, blk, ev, ev_level, w0, a0, a1):
-    ti = type_index(rec_type(w0))
-    if ev_level <= type_level(ti) or (rec_flags(w0) & FLAG_EMIT_TRACE) != 0:
-        trace_event(S, blk, ev, rec_type(w0), rec_tenant(w0), a0, a1, 0)
-        met_add(S[0], blk, M_TRACE_EVENTS, 1)
+    """Record event ``ev`` (recorded at ``ev_level``) of the task with header ``w0`` if its
+    type's level takes it, or the task is flagged emit-trace. Two levels: the build level
+    (``type_level``, the module's, compiled in: the ceiling) and, for an event that passes
+    it, the run-time level (``tlv``, a mapped word per type the host sets:
+    ``DeviceKernel.set_trace_level``), one volatile load. Nothing at all when tracing is
+    stripped (``TRACE_ON``). A type with no handler (-1) has build level off: no load."""
+    if TRACE_ON:
+        ti = type_index(rec_type(w0))
+        if (ev_level <= type_level(ti) and ev_level <= vload(S[1], O_TLV + ti)) or \
+                (rec_flags(w0) & FLAG_EMIT_TRACE) != 0:
+            trace_event(S, blk, ev, rec_type(w0), rec_tenant(w0), a0, a1, 0)
+            met_add(S[0], blk, M_TRACE_EVENTS, 1)
 
 
 def trace_segment(S, blk, ev, ti, cnt):
@@ -256,8 +265,11 @@ def trace_segment(S, blk, ev, ti, cnt):
     every type (``TRACE_TASKS_ALL``, the config option) or for the types whose module traces
     at ``all``. One START/END pair per segment, not per task: the lanes of a segment run at
     once (on ``cuda``), so per-task slices would only overlap on the worker's track, and a
-    pair per task would double the trace traffic of a segment of one record."""
-    if TRACE_TASKS_ALL or type_level(ti) >= LV_ALL:
+    pair per task would double the trace traffic of a segment of one record. The run-time
+    level (``tlv``) turns them off: below ``all`` for a module at ``all``, at ``off`` for
+    the config option."""
+    lv = vload(S[1], O_TLV + ti)
+    if (TRACE_TASKS_ALL and lv > LV_OFF) or (type_level(ti) >= LV_ALL and lv >= LV_ALL):
         trace_event(S, blk, ev, type_of_index(ti), 0, cnt, 0, cnt)
         met_add(S[0], blk, M_TRACE_EVENTS, 1)
 
@@ -1072,8 +1084,12 @@ def publish(S, blk):
 
 
 def trace_worker(S, ev, blk):
+    """A worker's park / wake (level ``all``): compiled in with ``TRACE_WORKER``, recorded
+    while the run-time worker word (``tlv`` at NTYPES, set by the host) says ``all``."""
     if TRACE_WORKER:
-        trace_event(S, blk, ev, 0, 0, blk, 0, 0)
+        if vload(S[1], O_TLV + NTYPES) >= LV_ALL:
+            trace_event(S, blk, ev, 0, 0, blk, 0, 0)
+            met_add(S[0], blk, M_TRACE_EVENTS, 1)
 
 
 def iteration_start(S, blk, sh):

@@ -73,6 +73,9 @@ REGIONS = (
     ("trseq", "map"),    # trace ring per-slot sequence
     ("cpub", "map"),     # published in-flight count per subscriber slot (channel depth)
     ("chpub", "map"),    # published last assigned sequence number per device channel
+    ("tlv", "map"),      # run-time trace levels: one word per handler type index (the host
+                         # writes, ``DeviceKernel.set_trace_level``; at most the build level),
+                         # then the worker events' (park / wake) at index NTYPES
 )
 # kernel arguments, in order: device words, mapped words, arena bytes
 STATE_NAMES = ("dev", "map", "arena")
@@ -267,6 +270,9 @@ class DeviceConfig:
                                       # b % host_threads); the other targets ignore it
     trace_tasks: bool = False         # compile in task slices (TASK_START/END per segment, every
                                       # type) for the Perfetto export; off: no cost at all
+    trace: bool = True                # False strips tracing: no trace code is compiled in (SPEC
+                                      # §7's build switch; DeviceKernel follows GGMK_TRACE=0 and
+                                      # a dual system the CPU kernel's trace=False)
 
     def validate(self) -> "DeviceConfig":
         if self.blocks < 1:
@@ -280,9 +286,10 @@ class DeviceConfig:
         if self.host_threads < 1 or self.host_threads > self.blocks:
             raise BootError(f"device config: host_threads={self.host_threads} must be between "
                             f"1 and blocks={self.blocks}")
-        if not isinstance(self.trace_tasks, bool):
-            raise BootError(f"device config: trace_tasks={self.trace_tasks!r} must be True or "
-                            "False")
+        for name in ("trace_tasks", "trace"):
+            if not isinstance(getattr(self, name), bool):
+                raise BootError(f"device config: {name}={getattr(self, name)!r} must be True "
+                                "or False")
         if self.batch > self.local_cap:
             raise BootError("device config: batch must not exceed local_cap")
         if self.arena_bytes < NBINS * (MIN_BLOCK << (NBINS - 1)) * 2:
@@ -380,7 +387,7 @@ class Plan:
             mpub=c.blocks * self.nmet, tr=c.trace_cap * TW, trseq=c.trace_cap,
             chs=max(self.nchan, 1) * CHS, csub=max(self.nsubs, 1) * CSS,
             cpub=max(self.nsubs, 1), chpub=max(self.nchan, 1),
-            txsp=c.tx_spill_cap * W, txspseq=c.tx_spill_cap,
+            txsp=c.tx_spill_cap * W, txspseq=c.tx_spill_cap, tlv=self.ntypes + 1,
         )
 
 

@@ -24,5 +24,6 @@ The names below are the ones the host side (``host``, ``build``) uses.
 from ggmk.device.codegen.resolve import (ChanSpec, resolve_channels,  # noqa: F401
                                          resolve_handlers, smem_words)
 from ggmk.device.codegen.source import (ENQ_CHANNEL, ENQ_NORMAL, ENQ_SHARED,  # noqa: F401
-                                        ENQ_YIELD, constants, generate, generate_channels)
+                                        ENQ_YIELD, constants, generate, generate_channels,
+                                        trace_switches)
 from ggmk.device.codegen.compiler import Built, build, cache_dir  # noqa: F401

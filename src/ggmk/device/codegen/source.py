@@ -175,10 +175,19 @@ def constants(plan: layout.Plan, handlers) -> dict:
         c["LV_" + lv.name] = int(lv)
     c.update(ENQ_NORMAL=ENQ_NORMAL, ENQ_SHARED=ENQ_SHARED, ENQ_YIELD=ENQ_YIELD,
              ENQ_CHANNEL=ENQ_CHANNEL, CHAN_NO_SUBSCRIBER=CHAN_NO_SUBSCRIBER)
-    c["TRACE_WORKER"] = any(h.module.trace_level >= events.Level.ALL for h in handlers) or \
-        bool(plan.cfg.trace_tasks)
-    # task slices: the device config's ``trace_tasks`` (every type) or a module at ``all``
-    # (its types); compile-time, so the default build pays nothing, and part of the cache key
-    c["TRACE_TASKS_ALL"] = bool(plan.cfg.trace_tasks)
-    c["TRACE_TASKS"] = c["TRACE_WORKER"] or c["TRACE_TASKS_ALL"]
+    c.update(trace_switches(plan.cfg, handlers))
     return c
+
+
+def trace_switches(cfg: layout.DeviceConfig, handlers) -> dict:
+    """The compile-time trace switches: ``TRACE_ON`` (the config's ``trace``: False strips
+    every trace record, nothing of the tracing is compiled in), ``TRACE_WORKER`` (park / wake
+    records), ``TRACE_TASKS_ALL`` and ``TRACE_TASKS`` (task slices). Task slices: the device
+    config's ``trace_tasks`` (every type) or a module at ``all`` (its types); compile-time, so
+    the default build pays nothing, and part of the cache key."""
+    on = bool(cfg.trace)
+    worker = on and (any(h.module.trace_level >= events.Level.ALL for h in handlers)
+                     or bool(cfg.trace_tasks))
+    tasks_all = on and bool(cfg.trace_tasks)
+    return {"TRACE_ON": on, "TRACE_WORKER": worker, "TRACE_TASKS_ALL": tasks_all,
+            "TRACE_TASKS": worker or tasks_all}
