@@ -14,7 +14,8 @@ channel            direction  type              payload
 
 ``file`` is an id from :meth:`NvmeModule.register` (a path the host registers). Responses carry
 ``meta0 = tag`` and ``meta1 = length`` too. ``status`` is 0 or one of the codes below (a
-short read at end of file is status 0 with ``length < requested``); ``errno`` is the OS error.
+short read at end of file is status 0 with ``length < requested``); ``errno`` is the OS error;
+``requested`` is the length asked for (of the part), error responses included.
 
 How requests are served without blocking kernel workers: the batch handler of ``disk.read``
 allocates each response payload in the arena (header + data) and hands every read of the batch
@@ -29,7 +30,11 @@ channel keeps them for the next tick. A read longer than ``PART_MAX`` bytes (the
 arena payload minus the header) comes back in several parts (``part``/``parts``, each with
 its own ``offset``). An arena that cannot hold the data gives a response with status
 ``ALLOC_FAIL`` (if not even the header fits, the request goes to ``sys.error`` with
-ALLOC_FAIL).
+ALLOC_FAIL; so does a ``disk.write`` whose response payload cannot be allocated, the write
+itself done). Every request is answered or accounted for: a storage submission that raises
+(the storage given with ``storage=`` was closed) answers each of its requests with
+``E_CANCELLED`` (``E_IO`` for another failure), and one file that fails fails only its own
+requests.
 
 Example::
 
@@ -49,6 +54,7 @@ Example::
 """
 from __future__ import annotations
 
+import errno as _errno
 import os
 import random
 import threading
@@ -59,8 +65,9 @@ import numpy as np
 from ggmk import task as T
 from ggmk.core.alloc import MAX_ALLOC
 from ggmk.core.module import Module
+from ggmk.errors import AllocError
 from ggmk.storage import ArenaDest, Storage, WriteRequest
-from ggmk.storage.engine import FileHandle
+from ggmk.storage.engine import FileHandle, _not_a_file
 from ggmk.typereg import load_module_manifest
 
 __all__ = ["NvmeModule", "MANIFEST", "PART_MAX", "E_IO", "E_NOFILE", "E_PERM", "E_NOSPACE",
@@ -147,15 +154,41 @@ class NvmeModule(Module):
         self._next_ticket = 1
         self._nonce = random.SystemRandom().randrange(1, 1 << 31) << 32
         self.counters = {"reads": 0, "writes": 0, "responses": 0, "errors": 0,
-                         "waits": 0, "resp_full": 0, "read_batches": 0}
+                         "waits": 0, "resp_full": 0, "read_batches": 0, "resp_alloc_fail": 0}
 
     # ------------------------------------------------------------------ host API
     def register(self, path, *, write: bool = False, create: bool = False,
                  lazy: bool = False) -> int:
         """A file id for requests. The file is opened now (OSError if it cannot be), or with
-        ``lazy=True`` by each batch that uses it (errors then come back as response statuses)."""
-        fh = path if lazy else FileHandle(path, write=write, create=create,
-                                          o_direct=self._options.get("o_direct", "auto"))
+        ``lazy=True`` by each batch that uses it (errors then come back as response statuses),
+        with the same ``write`` (writes to a file registered without it are answered
+        ``E_BADREQ``, errno EBADF, and never reach the file) and ``create`` (the first write
+        creates a missing file). Refused at once: ``path`` not a path (TypeError), one with a
+        NUL byte, or, lazy, an existing FIFO, socket or character device (ValueError);
+        ``write``/``create``/``lazy`` not bools (TypeError)."""
+        for name, v in (("write", write), ("create", create), ("lazy", lazy)):
+            if not isinstance(v, bool):
+                raise TypeError(f"register: {name} must be True or False, got "
+                                f"{type(v).__name__} {v!r}")
+        try:
+            p = os.fspath(path)
+        except TypeError:
+            raise TypeError(f"register: path must be a path (str, bytes, os.PathLike), got "
+                            f"{type(path).__name__} {path!r}") from None
+        if ("\0" if isinstance(p, str) else b"\0") in p:
+            raise ValueError(f"register: the path {p!r} contains a NUL byte")
+        if lazy:
+            try:
+                what = _not_a_file(os.stat(p).st_mode)
+            except OSError:
+                what = None                  # missing now: each batch opens it (or says why)
+            if what is not None:
+                raise ValueError(f"register: {p!r} is {what}, not a regular file or a block "
+                                 f"device")
+            fh = _Lazy(p, write, create)
+        else:
+            fh = FileHandle(p, write=write, create=create,
+                            o_direct=self._options.get("o_direct", "auto"))
         with self._lock:
             fid = self._next_fid
             self._next_fid += 1
@@ -258,13 +291,34 @@ class NvmeModule(Module):
             if reads:
                 self._submit_reads(arena, reads)
             if len(reads) < len(new):
-                self.storage.submit([q for q in new if not isinstance(q, _Part)])
+                self._submit_writes([q for q in new if not isinstance(q, _Part)])
         self.counters["waits"] += int((codes == T.WAIT).sum())
         return codes
 
+    def _failed(self) -> _Synthetic:
+        """The result of a request whose submission to the storage raised: E_CANCELLED if
+        the storage is closed (as a batch close() overtakes), else E_IO."""
+        st = self.storage
+        return _Synthetic(E_CANCELLED if st is None or st._closed else E_IO, 0)
+
+    def _submit_writes(self, writes: list) -> None:
+        try:
+            self.storage.submit(writes)
+        except Exception:  # noqa: BLE001 - every request is answered, none left in flight
+            res = self._failed()
+            for q in writes:
+                t = q.tag
+                t.results[0] = res
+                if t.retained:
+                    self.system.arena.release(t.retained)
+                    t.retained = 0
+                with self._lock:
+                    t.left = 0
+
     def _submit_reads(self, arena, parts: list) -> None:
         """Every read part of a batch as one fast-path batch into the arena (one array per
-        field; the files deduplicated); each part's ticket learns its result at the end."""
+        field; the files deduplicated); each part's ticket learns its result at the end. If
+        the submission raises (the storage closed), every part is answered with an error."""
         files, fidx = [], {}
         ids = np.empty(len(parts), np.int64)
         for i, q in enumerate(parts):
@@ -285,8 +339,16 @@ class NvmeModule(Module):
                 for q in parts:
                     q.ticket.left -= 1
         self.counters["read_batches"] += 1
-        self.storage.read_batch(files, offs, lens, arena.buffer, doffs, file_ids=ids,
-                                wait=False, on_done=done)
+        try:
+            self.storage.read_batch(files, offs, lens, arena.buffer, doffs, file_ids=ids,
+                                    wait=False, on_done=done)
+        except Exception:  # noqa: BLE001 - every request is answered, none left in flight
+            res = self._failed()
+            for q in parts:
+                q.ticket.results[q.k] = res
+            with self._lock:
+                for q in parts:
+                    q.ticket.left -= 1
 
     # ------------------------------------------------------------------ disk.read
     def _on_read(self, ctx, batch):
@@ -320,8 +382,9 @@ class NvmeModule(Module):
             t.parts.append((ptr, off, ln))
         t.results = [None] * nparts
         t.left = nparts
+        src = f.path if isinstance(f, _Lazy) else f
         for k, (ptr, off, ln) in enumerate(t.parts):
-            new.append(_Part(f, off, ln, ptr, t, k))
+            new.append(_Part(src, off, ln, ptr, t, k))
         return 0
 
     def _error_part(self, arena, t: _Ticket, status: int, err: int) -> int:
@@ -329,7 +392,7 @@ class NvmeModule(Module):
         ptr = arena.alloc(DATA_OFF)
         if not ptr:
             return T.ALLOC_FAIL
-        t.parts = [(ptr, t.offset, 0)]
+        t.parts = [(ptr, t.offset, t.length)]          # requested: the length asked for
         res = _Synthetic(status, err)
         t.results = [res]
         t.left = 0
@@ -393,12 +456,18 @@ class NvmeModule(Module):
         if f is None:
             t.results, t.left = [_Synthetic(E_NOFILE, 0)], 0
             return t
+        if not f.writable:                         # registered read-only: never written
+            t.results, t.left = [_Synthetic(E_BADREQ, _errno.EBADF)], 0
+            return t
         arena.retain(ptr)                          # the request payload outlives a halt
         t.retained = ptr
         t.results, t.left = [None], 1
         src = ArenaDest(arena, ptr, dlen, offset=_WDATA_OFF)
-        new.append(WriteRequest(f, t.offset, src, sync=bool(int(q["flags"]) & WRITE_SYNC),
-                                create=False, on_complete=self._done_cb(t, 0)))
+        lazy = isinstance(f, _Lazy)
+        new.append(WriteRequest(f.path if lazy else f, t.offset, src,
+                                sync=bool(int(q["flags"]) & WRITE_SYNC),
+                                create=lazy and f.create, tag=t,
+                                on_complete=self._done_cb(t, 0)))
         return t
 
     def _poll_write(self, ctx, tid: int, t: _Ticket) -> int:
@@ -409,9 +478,17 @@ class NvmeModule(Module):
             self.counters["errors"] += 1
         ch = ctx.system.channel("disk.write.resp")
         if getattr(ch, "subs", True):             # nobody listening: nothing to publish
-            code = ctx.emit(self._write_resp, meta0=t.tag, meta1=nbytes, payload={
-                "tag": t.tag, "offset": t.offset, "file": t.file, "status": status,
-                "errno": err, "length": nbytes})
+            try:
+                code = ctx.emit(self._write_resp, meta0=t.tag, meta1=nbytes, payload={
+                    "tag": t.tag, "offset": t.offset, "file": t.file, "status": status,
+                    "errno": err, "length": nbytes})
+            except AllocError:
+                # no room for the response payload: the request goes to sys.error with
+                # ALLOC_FAIL, as a read whose response header does not fit
+                self.counters["resp_alloc_fail"] += 1
+                with self._lock:
+                    self._tickets.pop(tid, None)
+                return T.ALLOC_FAIL
             if code == T.CHAN_FULL:
                 self.counters["resp_full"] += 1
                 return T.WAIT
@@ -429,6 +506,15 @@ class _Part:
     def __init__(self, file, offset, length, ptr, ticket, k):
         self.file, self.offset, self.length = file, offset, length
         self.ptr, self.ticket, self.k = ptr, ticket, k
+
+
+class _Lazy:
+    """A file registered with ``lazy=True``: opened by each storage batch that uses it."""
+
+    __slots__ = ("path", "writable", "create")
+
+    def __init__(self, path, write: bool, create: bool):
+        self.path, self.writable, self.create = path, write, create
 
 
 class _Synthetic:
@@ -458,6 +544,3 @@ def _status_of(r) -> tuple[int, int, int]:
 def module(**options) -> NvmeModule:
     """``NvmeModule(**options)``."""
     return NvmeModule(**options)
-
-
-del os

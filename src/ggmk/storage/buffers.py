@@ -49,11 +49,16 @@ def aligned_empty(nbytes: int) -> np.ndarray:
     at most ``max_segments`` (254 on virtio-blk) pages, about 1 MiB, so a large read becomes
     many small device requests. Huge pages make each request as large as the device allows
     (``max_sectors_kb``): measured on this VM's virtio disk, 1 GiB of O_DIRECT reads went from
-    1.6-2.1 to 2.4-2.8 GB/s. Where THP is off the advice is ignored (plain pages)."""
-    n = max(int(nbytes), 1)
+    1.6-2.1 to 2.4-2.8 GB/s. Where THP is off the advice is ignored (plain pages).
+
+    ``nbytes`` 0 gives an empty array (one page is still mapped behind it, so its address is
+    aligned), never a byte more than asked for: written as a source, it writes nothing."""
+    n = int(nbytes)
+    if n < 0:
+        raise ValueError(f"aligned_empty: nbytes must be >= 0, got {n}")
     flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
     if n < HUGE or _MADV_HUGEPAGE is None:
-        m = mmap.mmap(-1, align_up(n), flags=flags)
+        m = mmap.mmap(-1, align_up(max(n, 1)), flags=flags)
         return np.frombuffer(m, dtype=np.uint8, count=n)
     m = mmap.mmap(-1, align_up(n, HUGE) + HUGE, flags=flags)
     a = np.frombuffer(m, dtype=np.uint8)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import errno as E
+import fcntl
 import os
+import resource
+import stat as _stat
 import threading
 import time
 from collections import deque
@@ -27,17 +30,73 @@ _INLINE = InlineCopy()
 _MAX_OFF = (1 << 63) - 1                # the largest file offset (off_t), 2**63 - 1
 
 
+def _not_a_file(mode: int) -> str | None:
+    """What a file of this ``st_mode`` is, if storage must not use it (None: a regular file,
+    a block device, or a directory, which fails with EISDIR on its first read as before)."""
+    for test, what in ((_stat.S_ISFIFO, "a FIFO (named pipe)"), (_stat.S_ISSOCK, "a socket"),
+                       (_stat.S_ISCHR, "a character device")):
+        if test(mode):
+            return what
+    return None
+
+
+def _open_file(path: str, flags: int, same: tuple | None = None) -> tuple[int, tuple]:
+    """``os.open`` that never blocks on what is not a file: opened non-blocking (a FIFO's
+    open would otherwise wait for a writer for ever), then refused with ESPIPE (kind
+    ``bad_request``) unless it is a regular file, a block device or a directory; ``same``:
+    the (st_dev, st_ino) it must be (a second descriptor of a file already open: refused if
+    the path was replaced in between). Returns (fd, (st_dev, st_ino))."""
+    fd = os.open(path, flags | os.O_NONBLOCK, 0o644)
+    try:
+        st = os.fstat(fd)
+        what = _not_a_file(st.st_mode)
+        if what is not None:
+            raise OSError(E.ESPIPE, f"not a regular file: {path} is {what}; storage reads and "
+                                    f"writes regular files and block devices", path)
+        ident = (st.st_dev, st.st_ino)
+        if same is not None and ident != same:
+            raise OSError(E.ESTALE, f"{path} was replaced while it was being opened", path)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, ident
+
+
+def _size_of(fd: int) -> int:
+    """The size of an open file: ``st_size``, or a block device's size (its st_size is 0)."""
+    st = os.fstat(fd)
+    if _stat.S_ISBLK(st.st_mode):
+        return os.lseek(fd, 0, os.SEEK_END)
+    return st.st_size
+
+
+def _path_size(path) -> int:
+    """The size of the file at ``path`` (a block device's too, whose st_size is 0)."""
+    st = os.stat(path)
+    if not _stat.S_ISBLK(st.st_mode):
+        return st.st_size
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        return _size_of(fd)
+    finally:
+        os.close(fd)
+
+
 class FileHandle:
     """An open file for storage I/O: a buffered descriptor and, where the file system accepts
     it, an ``O_DIRECT`` one (``direct_refused`` says why not). Reuse one across many requests
-    (a batch of 4 KiB reads); a request naming a path opens and closes its own."""
+    (a batch of 4 KiB reads); a request naming a path opens and closes its own.
+
+    Only regular files and block devices: a FIFO, a socket or a character device is refused
+    at once with OSError ESPIPE (opened non-blocking, so a FIFO never blocks the open)."""
 
     def __init__(self, path, *, write: bool = False, create: bool = False,
                  o_direct: bool | str = "auto"):
         self.path = os.fspath(path)
         self.writable = write
         flags = os.O_CLOEXEC | (os.O_RDWR if write else os.O_RDONLY)
-        self.fd = os.open(self.path, flags | (os.O_CREAT if create else 0), 0o644)
+        self.fd, ident = _open_file(self.path, flags | (os.O_CREAT if create else 0))
         self.fd_direct = None
         self.direct_refused = None
         if o_direct is False:
@@ -46,7 +105,7 @@ class FileHandle:
             self.direct_refused = "no_o_direct"
         else:
             try:
-                self.fd_direct = os.open(self.path, flags | os.O_DIRECT)
+                self.fd_direct, _ = _open_file(self.path, flags | os.O_DIRECT, ident)
             except OSError as e:
                 if e.errno in (E.EINVAL, E.EOPNOTSUPP):
                     self.direct_refused = "fs_refuses_o_direct"     # tmpfs, some FUSE, ...
@@ -63,7 +122,7 @@ class FileHandle:
     def size(self) -> int:
         if not self._fds_open:
             raise OSError(E.EBADF, f"{self.path}: the FileHandle is closed")
-        return os.fstat(self.fd).st_size
+        return _size_of(self.fd)
 
     def _acquire(self) -> bool:
         """One more I/O uses the descriptors (False if the handle is closed): until the
@@ -207,7 +266,11 @@ class IoResult:
 
 class Batch:
     """One submission: results by request index (``wait``) or in completion order
-    (``as_completed``); ``cancel`` cancels every I/O that has not finished."""
+    (``as_completed``); ``cancel`` cancels every I/O that has not finished.
+
+    ``wait`` works from a completion callback too: there the waiting storage thread runs the
+    batch's queued I/Os itself (a callback that reads again never waits for a worker that is
+    busy running it); ``as_completed`` from a callback does not, and may wait for ever."""
 
     def __init__(self, n: int):
         self.results: list[IoResult | None] = [None] * n
@@ -216,6 +279,8 @@ class Batch:
         self._left = n
         self._streaming = 0                 # as_completed() readers waiting
         self._cond = threading.Condition()
+        self._storage = None                # the Storage that runs it (set by submit)
+        self._drop_dests = False            # abandoned: free what the storage allocated
 
     def __len__(self) -> int:
         return len(self.results)
@@ -225,13 +290,31 @@ class Batch:
             self.results[i] = r
             self.order.append(i)
             self._left -= 1
+            drop = self._drop_dests and r.dest is not None
             if self._left == 0 or self._streaming:     # wake waiters only when it matters
                 self._cond.notify_all()
+        if drop:
+            r.dest.release()
+
+    def _abandon(self, release_dests: bool) -> None:
+        """The caller gave up waiting (read()'s timeout): cancel what has not finished and,
+        with ``release_dests`` (every destination was allocated by the storage), free the
+        destinations of the results, now or when they complete: nobody can reach them."""
+        with self._cond:
+            self._drop_dests = release_dests
+            done = [r for r in self.results if r is not None and r.dest is not None]
+        self.cancel()
+        if release_dests:
+            for r in done:
+                r.dest.release()
 
     def done(self) -> bool:
         return self._left == 0
 
     def wait(self, timeout: float | None = None) -> list[IoResult]:
+        st = self._storage
+        if self._left and st is not None and st._is_storage_thread():
+            st._help(self, timeout)              # a callback waiting: run our I/Os here
         with self._cond:
             if not self._cond.wait_for(lambda: self._left == 0, timeout):
                 raise TimeoutError(f"storage batch: {self._left} of {len(self.results)} I/Os "
@@ -302,6 +385,145 @@ class _FileRef:
                 self.fh = None
         if self.given:
             self.fh._release()
+
+
+class _FastFiles:
+    """The files of one :meth:`Storage.read_batch`, per entry of its ``file`` list: paths
+    opened here (closed when their stage ends), a caller's FileHandles held (released when the
+    batch ends); ``fd_d``/``fd_b`` the O_DIRECT / buffered descriptors (-1: none), ``size``
+    the file's size, ``open_err``/``open_msg`` why it did not open, ``closed`` a caller's
+    handle already closed, ``why`` (an index into ``why_reasons``) why O_DIRECT is not used.
+
+    Stages: only the entries some read uses are opened, at most ``per_stage`` paths at once
+    (each takes two descriptors): stage k opens the paths ranked [k * per_stage, (k + 1) *
+    per_stage) among them (FileHandles are stage 0). ``order`` lists the reads stage by stage,
+    ``bounds`` where each stage starts in it. ``release()`` gives back whatever is still open
+    or held (a batch that ends, or one never started)."""
+
+    def __init__(self, storage, files: list, paths: list, fids, per_stage: int):
+        k = len(files)
+        self.o_direct = storage.o_direct
+        self.files, self.paths, self.fids = files, paths, fids
+        self.fd_d = np.full(k, -1, np.int32)
+        self.fd_b = np.full(k, -1, np.int32)
+        self.size = np.zeros(k, np.int64)
+        self.open_err = np.zeros(k, np.int32)
+        self.open_msg: list = [None] * k
+        self.closed = np.zeros(k, bool)
+        self.why = np.zeros(k, np.int8)
+        self.why_reasons: list = [None, "unaligned"]
+        self.owned = False                 # handed to a FastBatch, which releases them
+        self._closes: dict = {}            # entry -> close() of the path opened for it
+        self._holds: list = []             # _release of each caller's FileHandle held
+        used = np.zeros(k, bool)
+        used[fids] = True
+        self.used = used
+        need = used & np.array([not isinstance(f, FileHandle) for f in files], bool)
+        self.stage_of = np.where(need, (np.cumsum(need) - 1) // max(1, per_stage), 0)
+        stage = self.stage_of[fids]
+        nstages = int(stage.max()) + 1 if len(stage) else 1
+        self.order = np.argsort(stage, kind="stable").astype(np.int64)
+        self.bounds = np.searchsorted(stage[self.order], np.arange(nstages + 1)).tolist()
+
+    def open_stage(self, k: int, batch=None) -> None:
+        """Close stage k - 1's paths and open stage k's (stage 0: also hold the caller's
+        FileHandles); with ``batch`` (a later stage, on a pool thread), plan its reads."""
+        for e in [e for e in self._closes if self.stage_of[e] == k - 1]:
+            self._closes.pop(e)()
+        held: dict = {}
+        for e in np.flatnonzero(self.used & (self.stage_of == k)).tolist():
+            f = self.files[e]
+            if isinstance(f, FileHandle):
+                if id(f) not in held:
+                    held[id(f)] = f._acquire()
+                    if held[id(f)]:
+                        self._holds.append(f._release)
+                if not held[id(f)]:
+                    self.open_err[e] = E.EBADF          # closed: refused, never read
+                    self.closed[e] = True
+                    continue
+                fh = f
+            else:
+                try:
+                    fh = FileHandle(self.paths[e], o_direct=self.o_direct)
+                except OSError as ex:
+                    self.open_err[e] = ex.errno or E.EIO
+                    self.open_msg[e] = ex.strerror
+                    continue
+                self._closes[e] = fh.close
+            try:
+                self.size[e] = _size_of(fh.fd)
+            except OSError as ex:
+                self.open_err[e] = ex.errno or E.EIO
+                self.open_msg[e] = f"fstat: {ex.strerror}"
+                continue
+            self.fd_b[e] = fh.fd
+            if fh.fd_direct is not None and self.o_direct is not False:
+                self.fd_d[e] = fh.fd_direct
+            elif self.o_direct is not False:
+                self.why_reasons.append(fh.direct_refused or "no_o_direct")
+                self.why[e] = len(self.why_reasons) - 1
+        if batch is not None:
+            sel = self.order[self.bounds[k]:self.bounds[k + 1]]
+            batch._plan(sel, *self.plan(sel, batch.offsets, batch.lengths,
+                                        batch.dest.address(0) + batch.dest_offsets))
+
+    def plan(self, sel, offs, lens, addr):
+        """For the reads ``sel`` (indexes) whose files are open: (why refused: an _R_ code
+        or 0, O_DIRECT fd or -1, buffered fd, why not O_DIRECT: an index into why_reasons,
+        how many bytes O_DIRECT may land straight in the destination)."""
+        f = self.fids[sel]
+        o, ln, a = offs[sel], lens[sel], addr[sel]
+        code = np.zeros(len(sel), np.int8)
+        code[self.closed[f]] = _fast._R_CLOSED
+        code[(code == 0) & (self.open_err[f] != 0)] = _fast._R_OPEN
+        fdd = self.fd_d[f]
+        aligned = (o % ALIGN == 0) & (ln % ALIGN == 0) & (a % ALIGN == 0)
+        why = np.where(fdd < 0, self.why[f], np.where(aligned, 0, 1)).astype(np.int8)
+        fdd = np.where(why == 0, fdd, -1).astype(np.int32)
+        if self.o_direct is True:
+            code[(code == 0) & (why != 0)] = _fast._R_NODIRECT
+        # O_DIRECT straight into the destination only over the whole blocks before the end of
+        # the file: the block that holds the end would be written whole (zeros past the end)
+        caps = np.clip((self.size[f] - np.maximum(o, 0)) // ALIGN * ALIGN, 0,
+                       np.maximum(ln, 0))
+        return code, fdd, self.fd_b[f], why, np.where(fdd >= 0, caps, ln)
+
+    def release(self) -> None:
+        closes, self._closes = list(self._closes.values()), {}
+        holds, self._holds = self._holds, []
+        for rel in closes + holds:
+            try:
+                rel()
+            except OSError:
+                pass
+
+
+def _files_per_stage() -> int:
+    """How many paths one read_batch opens at once (two descriptors each): an eighth of the
+    soft descriptor limit, so a batch over thousands of files never runs out (EMFILE)."""
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        soft = 1024
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        soft = 1 << 20
+    return max(4, min(4096, soft // 8))
+
+
+def _checked_path(f, name: str):
+    """The path of ``f`` (a FileHandle or a path), or TypeError / ValueError naming ``name``
+    and the value: checked before anything is opened."""
+    if isinstance(f, FileHandle):
+        return f.path
+    try:
+        p = os.fspath(f)
+    except TypeError:
+        raise TypeError(f"{name}: expected a path or FileHandle, got {type(f).__name__} "
+                        f"{f!r}") from None
+    if ("\0" if isinstance(p, str) else b"\0") in p:
+        raise ValueError(f"{name}: the path {p!r} contains a NUL byte (no file name can)")
+    return p
 
 
 class _Io:
@@ -402,6 +624,13 @@ class Storage:
     ``seq_depth`` (the sequential path: a host read on the ``direct`` path is cut into aligned
     chunks of ``seq_chunk`` bytes that ``seq_depth`` fast-path threads read at once, so that
     several large O_DIRECT reads are always in flight; see :class:`~ggmk.storage.fast.ChunkJob`).
+
+    Counts (``workers``, ``max_batch``, ``bounce_count``, ``fast_threads``, ``seq_depth``) are
+    ints >= 1; sizes (``bounce_size``, ``segment_size``, ``direct_chunk``, ``seq_chunk``) are
+    positive multiples of 4096; ``o_direct`` and ``gds`` are ``"auto"``, True or False;
+    ``sparse`` True or False; ``device_target`` ``"cpu"``, ``"sim"`` or ``"cuda"``. Anything
+    else raises (TypeError for the wrong type, ValueError for a value) naming the option, the
+    value and what is allowed: nothing is rounded or coerced.
     """
 
     def __init__(self, *, workers: int = 4, max_batch: int = 256, bounce_size: int = 1 << 20,
@@ -409,34 +638,51 @@ class Storage:
                  o_direct: bool | str = "auto", sparse: bool = True, gds: bool | str = "auto",
                  arena=None, device_target: str = "cpu", chunk_hook: Callable | None = None,
                  fast_threads: int = 16, seq_chunk: int = 4 << 20, seq_depth: int = 16):
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        if segment_size < BLOCK_SIZE or segment_size % BLOCK_SIZE:
-            raise ValueError(f"segment_size must be a positive multiple of {BLOCK_SIZE}")
-        if seq_chunk < ALIGN or seq_chunk % ALIGN:
-            raise ValueError(f"seq_chunk must be a positive multiple of {ALIGN}, got {seq_chunk}")
-        if seq_depth < 1:
-            raise ValueError(f"seq_depth must be >= 1, got {seq_depth}")
-        if o_direct not in ("auto", True, False):
-            raise ValueError(f"o_direct must be 'auto', True or False, got {o_direct!r}")
+        # every option checked before anything is allocated or started; a bad one raises
+        # naming the option, its value and what is allowed (never silently rounded)
+        workers, max_batch, bounce_count, fast_threads, seq_depth = (
+            _count_option(k, v) for k, v in (
+                ("workers", workers), ("max_batch", max_batch), ("bounce_count", bounce_count),
+                ("fast_threads", fast_threads), ("seq_depth", seq_depth)))
+        bounce_size, segment_size, direct_chunk, seq_chunk = (
+            _size_option(k, v) for k, v in (
+                ("bounce_size", bounce_size), ("segment_size", segment_size),
+                ("direct_chunk", direct_chunk), ("seq_chunk", seq_chunk)))
+        for name, v in (("o_direct", o_direct), ("gds", gds)):
+            if not (v is True or v is False or (isinstance(v, str) and v == "auto")):
+                raise ValueError(f"{name} must be 'auto', True or False, got "
+                                 f"{type(v).__name__} {v!r}")
+        if not isinstance(sparse, (bool, np.bool_)):
+            raise TypeError(f"sparse must be True or False, got {type(sparse).__name__} "
+                            f"{sparse!r}")
+        if not isinstance(device_target, str) or device_target not in _DEVICE_TARGETS:
+            raise ValueError(f"device_target must be one of "
+                             f"{', '.join(map(repr, _DEVICE_TARGETS))}, got "
+                             f"{type(device_target).__name__} {device_target!r}")
+        if chunk_hook is not None and not callable(chunk_hook):
+            raise TypeError(f"chunk_hook must be callable or None, got "
+                            f"{type(chunk_hook).__name__} {chunk_hook!r}")
         self.max_batch = max_batch
         self.segment_size = segment_size
-        self.direct_chunk = align_up(max(direct_chunk, ALIGN))
+        self.direct_chunk = direct_chunk
         self.seq_chunk = seq_chunk
         self.seq_depth = seq_depth
         self.bounce_size = bounce_size
         self.bounce_count = bounce_count
         self.o_direct = o_direct
-        self.sparse = sparse
+        self.sparse = bool(sparse)
         self.gds_mode = gds
         self.arena = arena
         self.device_target = device_target
         self.chunk_hook = chunk_hook
         self.stats_ = StorageStats()
         self.callback_errors: deque = deque(maxlen=64)
-        self._pool = BouncePool(bounce_size, bounce_count)
+        try:
+            self._pool = BouncePool(bounce_size, bounce_count)
+        except (OSError, OverflowError, MemoryError) as e:
+            raise MemoryError(f"bounce buffers: bounce_count={bounce_count} x bounce_size="
+                              f"{bounce_size} bytes could not be allocated: "
+                              f"{type(e).__name__}: {e}") from e
         self._fast = _fast.FastPool(fast_threads)
         self._pinned_pool = None
         self._thread_copy = None
@@ -447,6 +693,9 @@ class Storage:
         self._pending: deque = deque()
         self._inflight = 0
         self._fast_inflight = 0                  # fast batches not finished
+        self._live: set = set()                  # I/Os admitted, not finished (cancel_all)
+        self._fast_live: set = set()             # fast batches not finished (cancel_all)
+        self._files_per_stage = 0                # read_batch: paths open at once (0: auto)
         self._closed = False
         self._threads = [threading.Thread(target=self._worker, name=f"ggmk-storage-{i}",
                                           daemon=True) for i in range(workers)]
@@ -461,15 +710,24 @@ class Storage:
     def read(self, file, offset: int = 0, length: int | None = None, dest=None,
              dest_offset: int = 0, timeout: float | None = None) -> IoResult:
         """Read one range and wait; raises StorageError on failure (a short read is not one:
-        see ``result.status`` and ``result.nbytes``)."""
+        see ``result.status`` and ``result.nbytes``). A read not finished after ``timeout``
+        seconds raises TimeoutError and is cancelled; memory it allocated (``dest=None``,
+        ``"arena"``, ``"device"``), which nobody can reach any more, is freed when it ends."""
         self._check_open("read()")                  # before the stat of length=None
         if length is None and _is_int(offset):      # a bad offset is refused by submit
             try:
-                size = file.size() if isinstance(file, FileHandle) else os.stat(file).st_size
+                size = file.size() if isinstance(file, FileHandle) else _path_size(file)
             except OSError as e:                    # the documented StorageError, not_found
                 raise from_oserror(e, "read", _path_of(file), int(offset), 0, "stat") from None
             length = max(size - int(offset), 0)
-        r = self.submit([ReadRequest(file, offset, length, dest, dest_offset)]).wait(timeout)[0]
+        b = self.submit([ReadRequest(file, offset, length, dest, dest_offset)])
+        try:
+            r = b.wait(timeout)[0]
+        except TimeoutError:
+            b._abandon(release_dests=dest is None or isinstance(dest, str))
+            raise TimeoutError(f"storage read of {_path_of(file)} at offset {offset} "
+                               f"({length} bytes) not finished after {timeout} s: cancelled"
+                               ) from None
         return r.raise_for_error()
 
     def write(self, file, offset: int, src, length: int | None = None, *, sync: bool = False,
@@ -496,6 +754,7 @@ class Storage:
                     raise TypeError(f"request {i}: file: expected a path or FileHandle, got "
                                     f"{type(req.file).__name__} {req.file!r}") from None
         batch = Batch(len(reqs))
+        batch._storage = self
         self.stats_.batch(len(reqs))
         refs: dict = {}
         ready = []
@@ -518,17 +777,23 @@ class Storage:
         integer arrays. ``dest``: host memory (a NumPy array, HostDest, ArenaDest) or None for
         fresh page-aligned host memory with the reads packed in order. Returns a
         :class:`~ggmk.storage.fast.FastBatch` (finished unless ``wait=False``) whose arrays
-        hold each I/O's status, bytes, errno and path; a bad request (negative offset, no room
-        in the destination, a file that does not open) fails alone, not the batch.
-        ``on_done(batch)`` runs once when every I/O has finished (in a storage thread, before
-        ``wait`` returns; an exception it raises is kept in ``batch.callback_error``).
+        hold each I/O's status, bytes, errno and path; a bad request (negative offset, a range
+        past 2**63 - 1, no room in the destination, a file that does not open) fails alone,
+        not the batch. An entry of ``file`` that is neither a path nor a FileHandle raises
+        (TypeError naming it) before anything is opened. A read that crosses the end of the
+        file writes nothing past its ``nbytes`` (O_DIRECT reads the block holding the end into
+        a scratch block). ``on_done(batch)`` runs once when every I/O has finished (in a
+        storage thread, before ``wait`` returns; an exception it raises is kept in
+        ``batch.callback_error``); it may read again (see :meth:`FastBatch.wait`).
         A batch that close() overtakes (it ran after this check) ends with every read
         CANCELLED."""
         self._check_open("read_batch()")
         offs = _int_array("offsets", offsets)
         n = len(offs)
         lens = _int_array("lengths", lengths, n)
-        files = list(file) if isinstance(file, (list, tuple)) else [file]
+        many = isinstance(file, (list, tuple))
+        files = list(file) if many else [file]
+        paths = [_checked_path(f, f"file[{k}]" if many else "file") for k, f in enumerate(files)]
         if file_ids is None:
             if len(files) != 1:
                 raise ValueError(f"file: {len(files)} files given without file_ids; pass "
@@ -544,9 +809,9 @@ class Storage:
             # an int64 sum could wrap (to a tiny destination): add in Python past 2**62
             big = float(pos.sum(dtype=np.float64)) >= 2.0 ** 62
             total = int(pos.astype(object).sum()) if big else int(pos.sum())
-            dest = _alloc(_path_of(files[0]) if len(files) == 1 else None, 0, total,
+            dest = _alloc(paths[0] if len(files) == 1 else None, 0, total,
                           f"host memory (dest=None: {n} reads packed in order)",
-                          lambda: HostDest.alloc(max(total, 1)))
+                          lambda: HostDest.alloc(total))
         elif isinstance(dest, str) or not as_destination(dest).host_addressable:
             raise ValueError(f"dest: the fast path reads into host memory (a NumPy array, "
                              f"HostDest, ArenaDest, None), got {dest!r}; use submit() for "
@@ -559,61 +824,46 @@ class Storage:
             doffs = np.cumsum(pos) - pos
         else:
             doffs = _int_array("dest_offsets", dest_offsets, n)
-        # the files: opened once per batch (a path), or the caller's handles
-        # (a caller's handle is held, so that closing it defers closing its descriptors
-        # until this batch finishes: its reads never use a number reused by another file)
-        paths, fd_d, fd_b, releases, why_reasons = [], [], [], [], [None, "unaligned"]
-        open_err = np.zeros(len(files), np.int32)
-        file_closed = np.zeros(len(files), bool)
-        file_why = np.zeros(len(files), np.int8)
-        held: dict = {}
-        for k, f in enumerate(files):
-            paths.append(_path_of(f))
-            fh = f
-            if not isinstance(f, FileHandle):
-                try:
-                    fh = FileHandle(f, o_direct=self.o_direct)
-                except OSError as e:
-                    open_err[k] = e.errno or E.EIO
-                    fd_d.append(-1)
-                    fd_b.append(-1)
-                    continue
-                releases.append(fh.close)
-            elif id(f) not in held:
-                held[id(f)] = f._acquire()
-                if held[id(f)]:
-                    releases.append(f._release)
-            if isinstance(f, FileHandle) and not held[id(f)]:
-                open_err[k] = E.EBADF                  # closed: refused, never read
-                file_closed[k] = True
-                fd_d.append(-1)
-                fd_b.append(-1)
-                continue
-            fd_b.append(fh.fd)
-            fd_d.append(-1 if fh.fd_direct is None or self.o_direct is False else fh.fd_direct)
-            if fd_d[-1] < 0 and self.o_direct is not False:
-                why_reasons.append(fh.direct_refused or "no_o_direct")
-                file_why[k] = len(why_reasons) - 1
-        fd_d, fd_b = np.asarray(fd_d, np.int32)[fids], np.asarray(fd_b, np.int32)[fids]
+        # the files: opened once per batch (a path), or the caller's handles (a caller's
+        # handle is held, so that closing it defers closing its descriptors until this batch
+        # finishes: its reads never use a number reused by another file). Everything above
+        # is checked before the first open; from here on, an exception closes what was opened
+        ff = _FastFiles(self, files, paths, fids, self._files_per_stage or _files_per_stage())
+        try:
+            return self._read_batch_run(ff, fids, offs, lens, dest, doffs, n, wait, timeout,
+                                        on_done)
+        except BaseException:
+            if not ff.owned:                     # not handed to a FastBatch yet
+                ff.release()
+            raise
+
+    def _read_batch_run(self, ff, fids, offs, lens, dest, doffs, n, wait, timeout, on_done):
+        ff.open_stage(0)
         refused = np.zeros(n, np.int8)
         refused[(offs < 0) | (lens < 0) | (doffs < 0)] = _fast._R_BAD
+        # a range past the largest file offset (2**63 - 1) is refused as submit() refuses it
+        # (pread would fail it with EINVAL); lens >= 0 there, so the subtraction cannot wrap
+        refused[(refused == 0) & (offs > _MAX_OFF - np.maximum(lens, 0))] = _fast._R_BAD
         # doffs + lens could wrap in int64: compare with what is left past doffs instead
         room = np.int64(dest.nbytes)
         refused[(refused == 0) & ((lens > room) | (doffs > room - lens))] = _fast._R_DEST
-        refused[(refused == 0) & file_closed[fids]] = _fast._R_CLOSED
-        refused[(refused == 0) & (open_err[fids] != 0)] = _fast._R_OPEN
-        addr = dest.address(0) + doffs
-        aligned = (offs % ALIGN == 0) & (lens % ALIGN == 0) & (addr % ALIGN == 0)
-        why = np.where(fd_d < 0, file_why[fids], np.where(aligned, 0, 1)).astype(np.int8)
-        fd_d = np.where(why == 0, fd_d, -1).astype(np.int32)
-        if self.o_direct is True:
-            refused[(refused == 0) & (why != 0)] = _fast._R_NODIRECT
-        b = _fast.FastBatch(self, paths, fids, fd_d, fd_b, offs, lens, dest, doffs, refused,
-                            open_err[fids], why, why_reasons, releases,
-                            chunk=min(256, max(8, n // (self._fast.n * 8))), on_done=on_done)
+        # the reads of the first stage's files are planned now, the others when they open
+        fd_d, fd_b = np.full(n, -1, np.int32), np.full(n, -1, np.int32)
+        why, caps = np.zeros(n, np.int8), np.zeros(n, np.int64)
+        sel = ff.order[ff.bounds[0]:ff.bounds[1]]
+        code, fd_d[sel], fd_b[sel], why[sel], caps[sel] = ff.plan(
+            sel, offs, lens, dest.address(0) + doffs)
+        refused[sel] = np.where(refused[sel] == 0, code, refused[sel])
+        b = _fast.FastBatch(self, ff.paths, fids, fd_d, fd_b, offs, lens, dest, doffs, refused,
+                            ff.open_err[fids], why, ff.why_reasons, [ff.release],
+                            chunk=min(256, max(8, n // (self._fast.n * 8))), on_done=on_done,
+                            caps=caps, open_msgs=ff.open_msg,
+                            stager=ff if len(ff.bounds) > 2 else None)
+        ff.owned = True                          # the batch releases the files when it ends
         self.stats_.batch(n)
         with self._cond:
             self._fast_inflight += 1
+            self._fast_live.add(b)
         b._start(self._fast)
         return b.wait(timeout) if wait else b
 
@@ -634,30 +884,40 @@ class Storage:
                                f"allowed; open a new Storage")
 
     def cancel_all(self) -> int:
+        """Cancel every I/O not finished, queued or running (running ones stop at their next
+        chunk boundary, as with :meth:`Batch.cancel`), and every fast batch in flight (its
+        reads not started yet end CANCELLED). Returns how many I/Os and fast batches it asked
+        to stop (a fast batch counts once)."""
         with self._cond:
-            ios = list(self._pending) + [it[1] for it in self._work]
-        n = 0
-        for io in ios:
-            n += io.cancel()
-        return n
+            ios = list(self._live)
+            fast = list(self._fast_live)
+        return sum(io.cancel() for io in ios) + sum(b.cancel() for b in fast)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self._inflight == 0 and not self._pending
                                        and self._fast_inflight == 0, timeout)
 
-    def _fast_done(self) -> None:
+    def _fast_done(self, b=None) -> None:
         """A fast batch finished (wait_idle counts them too)."""
         with self._cond:
             self._fast_inflight -= 1
+            self._fast_live.discard(b)
             self._cond.notify_all()
 
+    def _is_storage_thread(self, thread=None) -> bool:
+        """``thread`` (default: this one) is a worker or a fast-pool thread: a callback runs
+        on it."""
+        me = thread or threading.current_thread()
+        return me in self._threads or self._fast.owns(me)
+
     def close(self, cancel: bool = False, timeout: float | None = 30.0) -> None:
-        """Stop: optionally cancel what is queued or running, wait for the rest, stop threads."""
+        """Stop: optionally cancel what is queued or running (:meth:`cancel_all`; also what
+        ``with`` does when its block raised), wait for the rest, stop threads."""
         if self._closed:
             return
         me = threading.current_thread()
-        inside = me in self._threads or self._fast.owns(me)   # from a callback
+        inside = self._is_storage_thread(me)                  # from a callback
         if cancel:
             self.cancel_all()
         if not inside:              # a storage thread would wait for its own I/O (and hang)
@@ -751,6 +1011,11 @@ class Storage:
         request never holds one)."""
         d = req.dest
         path = _path_of(req.file)
+        if doff < 0:
+            raise ValueError(f"dest_offset {doff} must be >= 0")
+        if isinstance(d, str) and doff:
+            raise ValueError(f"dest_offset {doff}: with dest={d!r} (fresh memory of length "
+                             f"bytes) it must be 0")
         if isinstance(d, str):
             if d == "arena":
                 if self.arena is None:
@@ -822,6 +1087,7 @@ class Storage:
             else:
                 late = ()
             for io in ios:
+                self._live.add(io)
                 if self._inflight < self.max_batch and not self._pending:
                     self._inflight += 1
                     self._work.append(("io", io, None))
@@ -836,8 +1102,9 @@ class Storage:
             io.cancel()
             self._finalize(io)               # cancelled while queued (counts _inflight down)
 
-    def _io_done(self) -> None:
+    def _io_done(self, io) -> None:
         with self._cond:
+            self._live.discard(io)
             self._inflight -= 1
             if self._pending and self._inflight < self.max_batch:
                 self._inflight += 1
@@ -851,16 +1118,53 @@ class Storage:
                     self._cond.wait()
                 if not self._work:
                     return
-                kind, io, seg = self._work.popleft()
-            try:
-                if kind == "io":
-                    self._start(io)
-                else:
-                    self._run_seg(io, seg)
-            except BaseException as e:  # noqa: BLE001 - never lose an I/O to a bug here
-                io.fail(io.make_error("io", f"internal error: {e!r}"))
-                if kind == "io" and io.segs_left == 0:
-                    self._finalize(io)
+                item = self._work.popleft()
+            self._run_item(item)
+
+    def _run_item(self, item) -> None:
+        kind, io, seg = item
+        try:
+            if kind == "io":
+                self._start(io)
+            else:
+                self._run_seg(io, seg)
+        except BaseException as e:  # noqa: BLE001 - never lose an I/O to a bug here
+            io.fail(io.make_error("io", f"internal error: {e!r}"))
+            if kind == "io" and io.segs_left == 0:
+                self._finalize(io)
+
+    def _take_for(self, batch: Batch):
+        """(under _cond) A queued work item of ``batch`` taken off the queues, or None: an I/O
+        or segment waiting for a worker, else an I/O waiting behind ``max_batch`` (admitted
+        now, over the limit: its caller holds one of the slots)."""
+        for item in self._work:
+            if item[1].batch is batch:
+                self._work.remove(item)
+                return item
+        for io in self._pending:
+            if io.batch is batch:
+                self._pending.remove(io)
+                self._inflight += 1
+                return ("io", io, None)
+        return None
+
+    def _help(self, batch: Batch, timeout: float | None) -> None:
+        """A storage thread (a callback) waits for ``batch``: it runs the batch's queued work
+        itself instead of waiting for a worker, which may be this very thread (one worker) or
+        busy in callbacks that wait too; what other threads already run, it waits for."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._cond:
+                item = self._take_for(batch)
+                while item is None and batch._left:
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        return                   # Batch.wait raises the TimeoutError
+                    self._cond.wait(left)
+                    item = self._take_for(batch)
+                if item is None:
+                    return
+            self._run_item(item)
 
     # ------------------------------------------------------------------ one I/O
     def _start(self, io: _Io) -> None:
@@ -1135,7 +1439,7 @@ class Storage:
         and reads the unaligned head and tail (under 4 KiB each) through a bounce buffer.
         Results per chunk: the lowest failing chunk fails the I/O (naming its file offset),
         the lowest short one ends it (end of file)."""
-        base = io.dest.address(io.dest_off - io.offset)
+        base = np.uint64(io.dest.address(io.dest_off))   # the address of file offset io.offset
         edges, offs, lens = [], [], []
         step = self.seq_chunk
         for a, b, kind in seg:
@@ -1159,8 +1463,10 @@ class Storage:
             bl.advance(io.blk(c0), io.blk_up(c1), BS.INIT, BS.QUEUED)
         io.cancel_flag = np.zeros(1, np.int32)
         io.check()                               # cancelled before the flag existed
-        job = _fast.ChunkJob(fh.fd_direct, fh.fd, offs, lens, base + offs.astype(np.uint64),
-                             io.cancel_flag)
+        # offsets from the I/O's start, never negative (an address less the file offset could
+        # be, past 2**47, and not fit a uint64)
+        job = _fast.ChunkJob(fh.fd_direct, fh.fd, offs, lens,
+                             base + (offs - io.offset).astype(np.uint64), io.cancel_flag)
         if len(chunks) and not self._fast.dispatch(job, self.seq_depth):
             # close() ran from a callback with this read still queued: this worker finishes
             # the queue, so it reads the chunks itself rather than start the pool again
@@ -1178,6 +1484,9 @@ class Storage:
         except BaseException as e:  # noqa: BLE001 - raised after the chunks are accounted
             edge_error = e
             io.cancel_flag[0] = 1
+        # then read the chunks no pool thread took yet here: the pool's threads may all be in
+        # callbacks that wait for this very read (fast_threads=1, a read from on_done)
+        job._work()
         job.wait()
         got, err = job.got.tolist(), job.err.tolist()
         first_err = first_short = None
@@ -1363,7 +1672,7 @@ class Storage:
         io.cell.to(S.FREE)
         self.stats_.finish(io, io.started)      # counted before any waiter wakes
         io.batch._complete(io.index, r)
-        self._io_done()
+        self._io_done(io)
 
     def _callbacks(self, io: _Io) -> None:
         for cb in getattr(io, "callbacks", ()):
@@ -1380,6 +1689,29 @@ def _path_of(file) -> str:
 def _is_int(v) -> bool:
     """A Python or NumPy integer (a bool is not one: True is no offset)."""
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+_DEVICE_TARGETS = ("cpu", "sim", "cuda")      # the device kernel's targets (dest="device")
+
+
+def _count_option(name: str, v) -> int:
+    """A Storage option that counts something: an int >= 1."""
+    if not _is_int(v):
+        raise TypeError(f"{name} must be an int >= 1, got {type(v).__name__} {v!r}")
+    if v < 1:
+        raise ValueError(f"{name} must be >= 1, got {v}")
+    return int(v)
+
+
+def _size_option(name: str, v) -> int:
+    """A Storage option that is a size in bytes: a positive multiple of 4096."""
+    if not _is_int(v):
+        raise TypeError(f"{name} must be an int, a positive multiple of {ALIGN} bytes, got "
+                        f"{type(v).__name__} {v!r}")
+    if v < ALIGN or v % ALIGN:
+        raise ValueError(f"{name} must be a positive multiple of {ALIGN}, got {v} (allowed: "
+                         f"{ALIGN}, {2 * ALIGN}, ... bytes)")
+    return int(v)
 
 
 def _check_range(offset: int, length: int) -> None:

@@ -18,6 +18,7 @@ _ERRNO_KIND = {
     _errno.EACCES: "permission", _errno.EPERM: "permission", _errno.EROFS: "permission",
     _errno.ENOSPC: "no_space", _errno.EDQUOT: "no_space", _errno.EFBIG: "file_too_large",
     _errno.ECANCELED: "cancelled", _errno.EBADF: "bad_request",
+    _errno.ESPIPE: "bad_request",       # not a file (a FIFO, a socket): FileHandle refuses it
 }
 
 

@@ -147,11 +147,18 @@ class FastBatch:
     ``nbytes``, ``status`` (:data:`OK`, :data:`SHORT`, :data:`ERROR`, :data:`CANCELLED`),
     ``errno`` (0, or the OS error),
     ``direct`` (O_DIRECT used), ``latency_ns``. ``dest`` is the destination (a
-    :class:`~ggmk.storage.HostDest` or :class:`~ggmk.storage.ArenaDest`)."""
+    :class:`~ggmk.storage.HostDest` or :class:`~ggmk.storage.ArenaDest`).
+
+    Stages: a batch over more files than may be open at once (``stager``, see
+    ``Storage.read_batch``) runs in stages, each over the reads of a group of files: the
+    thread that finishes a stage's last read closes its files, opens the next stage's and
+    hands it to the pool. A file of a later stage that does not open fails its reads then
+    (ERROR, naming ``open``), not at submission."""
 
     def __init__(self, storage, paths, file_ids, fd_direct, fd_buffered, offsets, lengths,
                  dest: Destination, dest_offsets, refused, open_errno, why_buffered,
-                 why_reasons, releases, chunk: int, on_done=None):
+                 why_reasons, releases, chunk: int, on_done=None, caps=None, open_msgs=None,
+                 stager=None):
         n = len(offsets)
         self.storage = storage
         self.paths = paths
@@ -171,17 +178,30 @@ class FastBatch:
         # what the native loop reads: refused requests read 0 bytes at 0 (never touched)
         self._run_offs = np.where(acc, offsets, 0).astype(np.int64)
         self._run_lens = np.where(acc, lengths, 0).astype(np.int64)
+        # O_DIRECT straight into the destination only up to the last whole block before the
+        # end of the file (the native loop reads the block holding it through a scratch block)
+        self._caps = self._run_lens.copy() if caps is None else np.minimum(
+            np.ascontiguousarray(caps, np.int64), self._run_lens)
         self._addrs = np.where(acc, dest.address(0) + dest_offsets, 0).astype(np.uint64)
         self._refused = refused                    # int8 per I/O: _R_OK or why refused
         self._open_errno = open_errno
+        self._open_msgs = open_msgs                # per file: the open error's words, or None
         self._releases = releases                  # the files' closes / handle releases
         self._why_buffered = why_buffered          # int8 per I/O: index into why_reasons
         self._why_reasons = why_reasons            # [None (direct), reason, ...]
         self._cancel = np.zeros(1, np.int32)
         self._chunk = max(1, chunk)
-        self._nchunks = -(-n // self._chunk)
-        self._next = itertools.count()
-        self._chunks_done = 0
+        # a read whose file opened only in a later stage and failed there: why (an _R_ code)
+        self._late = np.zeros(n, np.int8)
+        self._late_errno = np.zeros(n, np.int32)
+        self._stager = stager
+        if stager is None:
+            self._idx, self._bounds = np.arange(n, dtype=np.int64), [0, n]
+        else:
+            self._idx, self._bounds = stager.order, stager.bounds
+        self._pool = None
+        self._stage = _Stage(0, self._bounds[0], self._bounds[1], self._chunk)
+        self._nchunks = self._stage.nchunks        # of the stage running (FastPool.dispatch)
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._t0 = time.perf_counter_ns()
@@ -199,6 +219,11 @@ class FastBatch:
         return self._done.is_set()
 
     def wait(self, timeout: float | None = None) -> "FastBatch":
+        """Wait until every read finished. Called from a storage thread (a callback), the
+        caller reads the batch's chunks not started yet itself: the pool's threads may all be
+        running callbacks that wait, this one included."""
+        if not self._done.is_set() and self.storage._is_storage_thread():
+            self._work()
         if not self._done.wait(timeout):
             raise TimeoutError(f"storage fast batch of {len(self)} reads not finished after "
                                f"{timeout} s")
@@ -222,7 +247,7 @@ class FastBatch:
 
     def fallbacks(self) -> dict:
         """Why I/Os that ran did not use O_DIRECT: ``{reason: count}`` (counted in stats)."""
-        ran = (self._refused == _R_OK) & (self.status != CANCELLED)
+        ran = (self._refused == _R_OK) & (self._late == 0) & (self.status != CANCELLED)
         out = {"read_einval": int(self._fell_back[ran].sum())}
         for code, reason in enumerate(self._why_reasons):
             if reason is not None:
@@ -244,10 +269,14 @@ class FastBatch:
         if st == CANCELLED:
             return StorageError("cancelled", "read", path, off, ln,
                                 "the batch was cancelled before this read started")
-        why = int(self._refused[i])
+        why = int(self._refused[i]) or int(self._late[i])
         if why == _R_BAD:
-            return StorageError("bad_request", "read", path, off, ln,
-                                f"offset {off} and length {ln} must be >= 0")
+            doff = int(self.dest_offsets[i])
+            bad = [f"{name} {v} must be >= 0" for name, v in
+                   (("offset", off), ("length", ln), ("dest_offset", doff)) if v < 0]
+            return StorageError("bad_request", "read", path, off, ln, "; ".join(bad) or (
+                f"offset {off} + length {ln} = {off + ln} is past the largest file offset, "
+                f"{(1 << 63) - 1} (2**63 - 1)"))
         if why == _R_DEST:
             room = max(self.dest.nbytes - int(self.dest_offsets[i]), 0)
             return StorageError("dest_too_small", "read", path, off, ln,
@@ -263,8 +292,11 @@ class FastBatch:
             return StorageError("bad_request", "read", path, off, ln,
                                 f"[Errno {e}] the FileHandle is closed", errno=e)
         what = "open" if why == _R_OPEN else f"pread at file offset {off}"
+        words = os.strerror(e)
+        if why == _R_OPEN and self._open_msgs is not None:
+            words = self._open_msgs[int(self.file_ids[i])] or words
         return StorageError(kind_of_errno(e), "read", path, off, ln,
-                            f"{what}: [Errno {e}] {os.strerror(e)}", errno=e)
+                            f"{what}: [Errno {e}] {words}", errno=e)
 
     def errors(self) -> list[tuple[int, StorageError]]:
         return [(int(i), self.error(int(i))) for i in np.flatnonzero(self.status > SHORT)]
@@ -308,6 +340,7 @@ class FastBatch:
         self.blocks.move(BS.QUEUED, bacc)
         self._acc, self._bacc = acc, bacc
         self.storage.stats_.start_many(int(acc.sum()))
+        self._pool = pool
         if self._nchunks == 0 or not acc.any():
             # nothing to read (e.g. only closed FileHandles): done here, no pool thread started
             self._finish()
@@ -318,29 +351,76 @@ class FastBatch:
             self._finish()
 
     def _work(self) -> None:
-        n = len(self)
         while True:
-            c = next(self._next)
-            if c >= self._nchunks:
+            stage = self._stage
+            c = next(stage.next)
+            if c >= stage.nchunks:
                 return
-            a, b = c * self._chunk, min(n, (c + 1) * self._chunk)
+            a = stage.start + c * self._chunk
+            b = min(stage.stop, a + self._chunk)
             try:
                 native().read_range(self._fd_direct, self._fd_buffered, self._run_offs,
-                                    self._run_lens, self._addrs, self.nbytes, self.errno,
-                                    self.latency_ns, self._fell_back, a, b, self._cancel)
+                                    self._run_lens, self._caps, self._addrs, self.nbytes,
+                                    self.errno, self.latency_ns, self._fell_back, self._idx,
+                                    a, b, self._cancel)
             except BaseException as e:  # noqa: BLE001 - never lose an I/O to a bug here
-                self.errno[a:b] = np.where(self.errno[a:b] == 0, E.EIO, self.errno[a:b])
+                ii = self._idx[a:b]
+                self.errno[ii] = np.where(self.errno[ii] == 0, E.EIO, self.errno[ii])
                 self.callback_error = e
             with self._lock:
-                self._chunks_done += 1
-                last = self._chunks_done == self._nchunks
-            if last:
+                stage.done += 1
+                last = stage.done == stage.nchunks
+            if last and not self._next_stage(stage.k + 1):
                 self._finish()
+                return
+
+    def _next_stage(self, k: int) -> bool:
+        """(by the thread that finished stage k - 1) Open stage ``k``'s files and run it:
+        True, or False if there is none (or the batch was cancelled: the reads of the stages
+        not opened end CANCELLED, unread)."""
+        if k + 1 >= len(self._bounds):
+            return False
+        rest = self._idx[self._bounds[k]:]
+        if self._cancel[0]:
+            self.errno[rest] = _CANCEL_MARK
+            return False
+        try:
+            self._stager.open_stage(k, self)
+        except BaseException as e:  # noqa: BLE001 - never lose the batch to a bug here
+            self.errno[rest] = np.where(self.errno[rest] == 0, E.EIO, self.errno[rest])
+            self.callback_error = e
+            return False
+        self._stage = _Stage(k, self._bounds[k], self._bounds[k + 1], self._chunk)
+        self._nchunks = self._stage.nchunks
+        self._pool.dispatch(self)          # closed: this thread reads the stage on its own
+        return True
+
+    def _plan(self, sel, code, fd_direct, fd_buffered, why, caps) -> None:
+        """A later stage's files are open: its reads ``sel`` (indexes) get their descriptors,
+        O_DIRECT choice and end-of-file caps; ``code`` (an _R_ code per read) fails a read
+        whose file did not open (or cannot take O_DIRECT when it is required)."""
+        acc = self._refused[sel] == _R_OK
+        code = np.where(acc, code, 0).astype(np.int8)
+        ok = acc & (code == 0)
+        self._late[sel] = code
+        self._late_errno[sel] = np.where(code == _R_OPEN,
+                                         self._open_errno_of(sel), 0).astype(np.int32)
+        self._fd_direct[sel] = np.where(ok, fd_direct, -1)
+        self._fd_buffered[sel] = np.where(ok, fd_buffered, -1)
+        self._why_buffered[sel] = why
+        self.direct[sel] = ok & (fd_direct >= 0)
+        self._caps[sel] = np.where(ok, np.minimum(caps, self._run_lens[sel]), 0)
+        self._run_lens[sel] = np.where(ok, self._run_lens[sel], 0)
+
+    def _open_errno_of(self, sel):
+        return self._stager.open_err[self.file_ids[sel]]
 
     def _finish(self) -> None:
         acc = self._acc
         cancelled = acc & (self.errno == _CANCEL_MARK)
-        failed = acc & ~cancelled & (self.errno != 0)
+        late = acc & ~cancelled & (self._late != 0)
+        self.errno[late] = self._late_errno[late]
+        failed = acc & ~cancelled & ((self.errno != 0) | late)
         short = acc & ~cancelled & ~failed & (self.nbytes < self._run_lens)
         st = self.status
         st[short] = SHORT
@@ -382,7 +462,20 @@ class FastBatch:
             except BaseException as e:  # noqa: BLE001 - a callback bug must not lose the batch
                 self.callback_error = e
         self._done.set()
-        self.storage._fast_done()
+        self.storage._fast_done(self)
+
+
+class _Stage:
+    """The reads of one stage of a batch: positions [start, stop) of its order, in chunks
+    pulled with ``next`` (an ``itertools.count``), ``done`` counting the chunks finished."""
+
+    __slots__ = ("k", "start", "stop", "nchunks", "next", "done")
+
+    def __init__(self, k: int, start: int, stop: int, chunk: int):
+        self.k, self.start, self.stop = k, int(start), int(stop)
+        self.nchunks = -(-(self.stop - self.start) // chunk)
+        self.next = itertools.count()
+        self.done = 0
 
 
 class ChunkJob:
@@ -414,6 +507,7 @@ class ChunkJob:
         self.failed = False
         self.callback_error: BaseException | None = None
         self._nchunks = n
+        self._idx = np.arange(n, dtype=np.int64)
         self._next = itertools.count()
         self._left = n
         self._lock = threading.Lock()
@@ -435,8 +529,8 @@ class ChunkJob:
                 return
             try:
                 native().read_range(self.fd_direct, self.fd_buffered, self.offs, self.lens,
-                                    self.addrs, self.got, self.err, self.lat, self.fell_back,
-                                    c, c + 1, self.cancel)
+                                    self.lens, self.addrs, self.got, self.err, self.lat,
+                                    self.fell_back, self._idx, c, c + 1, self.cancel)
             except BaseException as e:  # noqa: BLE001 - never lose a chunk to a bug here
                 if self.err[c] <= 0:
                     self.err[c] = E.EIO

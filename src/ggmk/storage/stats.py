@@ -130,7 +130,7 @@ class StorageStats:
         from ggmk.storage.fast import CANCELLED, ERROR, SHORT
         st = b.status
         acc = b._refused == 0
-        ran = acc & (st != CANCELLED)
+        ran = acc & (st != CANCELLED) & (b._late == 0)     # late: its file did not open
         short = st == SHORT
         bad = np.flatnonzero(st >= ERROR)
         kinds: dict = {}
