@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
+from fractions import Fraction
 
 import numpy as np
 
@@ -50,6 +51,10 @@ _REC = T.RECORD_STRUCT
 _M32 = 0xFFFF_FFFF
 
 DEFAULT_MAX_YIELDS = 16
+#: the most ``max_retries`` can be: a task's retry counter (``_pad``) is a u16
+MAX_RETRIES_LIMIT = 0xFFFF
+#: the fastest tick: the tick is counted on the HAL's nanosecond clock
+MAX_TICK_HZ = 10**9
 
 
 def halt_once(owner, on_worker: bool, halt):
@@ -73,7 +78,12 @@ _POLICY_METHODS = ("add_tenant", "set_weight", "wake", "sleep", "pick", "account
 
 def _check_policy(policy) -> None:
     """A tenant policy object must have what the scheduler calls (``TenantPolicy``): one
-    without (``policy=5``) booted, then crashed every worker at its first pick."""
+    without (``policy=5``) booted, then crashed every worker at its first pick. So did a policy
+    class (its methods are there, unbound: ``pick(now)`` lacks its ``self``)."""
+    if isinstance(policy, type):
+        raise TenantError(f"boot: policy={policy!r}: a class, not a policy object: pass an "
+                          f"instance ({policy.__name__}()) or a policy name ('eevdf', "
+                          f"'eevdf-gentle', 'rr', 'wrr')")
     missing = [m for m in _POLICY_METHODS if not callable(getattr(policy, m, None))]
     if missing:
         raise TenantError(f"boot: policy={policy!r}: allowed a policy name ('eevdf', "
@@ -113,8 +123,19 @@ class System:
         max_batch = check_int("max_batch", max_batch, 1, MAX_CAPACITY, err=BootError,
                               what=" (the most tasks one handler call gets)")
         if not (isinstance(tick_hz, (int, float, np.integer, np.floating))
-                and not isinstance(tick_hz, (bool, np.bool_)) and 0 < tick_hz < float("inf")):
-            raise BootError(f"tick_hz={tick_hz!r}: allowed a number > 0 (ticks per second)")
+                and not isinstance(tick_hz, (bool, np.bool_)) and 0 < tick_hz <= MAX_TICK_HZ):
+            # (above 1 GHz the tick was silently clamped to 1 ns)
+            raise BootError(f"tick_hz={tick_hz!r}: allowed a number > 0 and <= 1e9 (ticks per "
+                            f"second: a tick lasts at least the clock's 1 ns)")
+        # (2.5 or None booted, then the first RETRY crashed the worker and lost the task; at
+        # 65535 and up the retry counter wrapped before it ever passed the limit)
+        max_retries = check_int("max_retries", max_retries, 0, MAX_RETRIES_LIMIT, err=BootError,
+                                what=" (retries of a task before it fails with "
+                                     "RETRY_EXHAUSTED; its retry counter is a u16)")
+        try:    # (checked by name: "0.5" was a raw TypeError, True taken for 1)
+            poison = PoisonDetector(poison_threshold, poison_window, fraction=poison_fraction)
+        except ValueError as e:
+            raise BootError(str(e)) from None
         # the trace options are checked whether or not tracing is on (trace=False used to
         # accept any level and rate; "yes" turned it on)
         if trace is not None and not isinstance(trace, (bool, np.bool_)):
@@ -142,7 +163,14 @@ class System:
         self.clock = self.hal.clock_ns
         # what a handler's CPU time is measured with (tenant billing, System.account)
         self.cpu_clock = self.hal.cpu_clock_ns
-        self.tick_ns = max(1, int(1e9 // tick_hz))
+        # the tick runs at exactly tick_hz: a tick lasts _tick_num / _tick_den ns, counted in
+        # integers (1e9 // tick_hz whole ns made 3e8 Hz 333 MHz, and 60 Hz a little fast); a
+        # float rate is taken as the decimal it prints as (60.0, 0.3, 3e8)
+        hz = Fraction(int(tick_hz)) if isinstance(tick_hz, (int, np.integer)) \
+            else Fraction(repr(float(tick_hz)))
+        period = Fraction(10**9) / hz
+        self._tick_num, self._tick_den = period.numerator, period.denominator
+        self.tick_ns = max(1, round(period))   # (nominal: the exact length rounded to a ns)
         self.tick = 0
         # tick durations (SPEC §7), determinism mode: a tick of the tick stage lasts from the
         # boundary that opened it to the one that closes it (``_det_boundary``); without
@@ -178,7 +206,7 @@ class System:
         # every exception reported (the deque keeps the newest 64): stats()["exceptions"]
         self.exceptions_total = 0
         self._exc_lock = threading.Lock()
-        self.poison = PoisonDetector(poison_threshold, poison_window, fraction=poison_fraction)
+        self.poison = poison
         self._host_lock = threading.Lock()
         # scheduler
         self.sched = Scheduler(workers, dead=self._dead, wake=self.hal.wake,
@@ -453,7 +481,7 @@ class System:
         if self.det is not None:
             self.tick = self.det.tick
         else:
-            self.tick = (self.clock() - self.t0) // self.tick_ns
+            self.tick = (self.clock() - self.t0) * self._tick_den // self._tick_num
         return self.tick
 
     def wall_tick(self) -> int:
@@ -461,13 +489,13 @@ class System:
         are not deterministic) runs on it in every mode: in determinism mode the tick stage's
         counter only moves with deterministic work, so a backoff measured in it could wait
         forever."""
-        return (self.clock() - self.t0) // self.tick_ns
+        return (self.clock() - self.t0) * self._tick_den // self._tick_num
 
     def _next_event_ns(self):
         due = self.sched.events.next_due()
         if due is None:
             return None
-        return self.t0 + due * self.tick_ns
+        return self.t0 - (-due * self._tick_num // self._tick_den)   # (its first ns)
 
     def poll_idle(self, worker: int) -> None:
         """Called by an idle worker: give channels a chance to drain."""
@@ -536,10 +564,16 @@ class System:
         They are finished as no-ops (counted dequeued and OK), so nothing waits for them: a
         deferred task cannot be unsubmitted otherwise, and one left there keeps the system
         from idling until it falls due and lands on sys.error (HALTED) at halt. Returns how
-        many were taken back (one already popped runs as usual). What a timer's cancel does."""
+        many were taken back (one already popped runs as usual). What a timer's cancel does.
+        Each task's payload reference is released, as a finished task's is."""
         t = self.type_id(type)
-        n = self.sched.events.withdraw(t, wanted)
+        taken: list = []
+        n = self.sched.events.withdraw(t, wanted, taken)
         if n:
+            for recs in taken:      # (they leaked: the arena kept them live for good)
+                ptrs = recs["payload_ptr"]
+                if ptrs.any():
+                    self.arena.release_many(ptrs)
             with self._host_lock:
                 self.host_shard.add_type(TypeCounter.DEQUEUED, t, n)
                 self.host_shard.add_type(TypeCounter.OK, t, n)
@@ -601,14 +635,26 @@ class System:
         # TASK_FAIL here, for those a channel's error handler takes too: each closes its
         # TASK_START on this worker's track
         self._trace_fail(worker, recs, codes)
-        if self.poison.record(t, len(recs), self.tick):
-            self.tracer.emit(worker, EventType.POISON, 0, t, self.poison.rate(t, self.tick), 0,
+        tick, wall = self.poison_tick(recs)
+        if self.poison.record(t, len(recs), tick, wall):
+            self.tracer.emit(worker, EventType.POISON, 0, t, self.poison.rate(t, tick, wall), 0,
                              force=True)
         if self.channels is not None and (recs["flags"] & T.FLAG_CHANNEL_MSG).any():
             recs, codes = self.channels.route_failures(recs, codes)
             if not len(recs):
                 return
         self._dead(recs, codes, worker, failed=True)
+
+    def poison_tick(self, recs) -> tuple[int, bool]:
+        """(tick, wall) that poison counts the failures and attempts of ``recs`` (one batch, of
+        one type) at: the kernel's tick; in determinism mode, for tasks that are not
+        deterministic, the wall tick (``wall``: their own window, PoisonDetector). The tick
+        stage's tick only moves with deterministic work: counted in it, every failure of such
+        a type fell into one bucket and it was never poisoned. (A batch is all deterministic
+        or none: the enqueue core hands every deterministic record to the tick stage.)"""
+        if self.det is None or recs["flags"][0] & T.FLAG_DETERMINISTIC:
+            return self.tick, False
+        return self.wall_tick(), True
 
     def report_exception(self, handler, exc, tb: str) -> None:
         self.note_exception((handler.module.name, handler.name, repr(exc), tb))

@@ -235,10 +235,11 @@ class EventQueue:
         with self.lock:
             return self.heap[0][0] if self.heap else None
 
-    def withdraw(self, type_id: int, wanted: dict) -> int:
+    def withdraw(self, type_id: int, wanted: dict, out: list | None = None) -> int:
         """Remove the records of type ``type_id`` whose (meta0, meta1) is in ``wanted[due]``
         from the batches due at ``due`` (only those ticks' entries are looked into); returns
-        how many were removed."""
+        how many were removed. ``out``: a list the removed records are appended to (arrays of
+        their own), for a caller that finishes them (their payload references are theirs)."""
         n = 0
         with self.lock:
             heap = self.heap
@@ -254,6 +255,8 @@ class EventQueue:
                     continue
                 keep = np.ones(len(recs), dtype=bool)
                 keep[drop] = False
+                if out is not None:
+                    out.append(recs[~keep])
                 heap[i] = (due, k, recs[keep])        # same key: the heap order holds
                 emptied |= not keep.any()
                 n += len(drop)
@@ -319,12 +322,24 @@ class Scheduler:
     def _rq(self, tenant: int) -> ReadyQueue:
         rq = self.tenants.get(tenant)
         if rq is None:
+            pol = self.policy
+            if pol is not None and tenant not in pol:
+                # first: a policy that raises here leaves no queue behind that it never picks
+                pol.add_tenant(tenant)
             rq = self.tenants[tenant] = ReadyQueue(
                 self.ready_capacity, self.ready_max_capacity,
-                clock=self.clock if self.policy is not None else None)
-            if self.policy is not None and tenant not in self.policy:
-                self.policy.add_tenant(tenant)
+                clock=self.clock if pol is not None else None)
         return rq
+
+    def _policy_wake(self, tenant: int) -> BaseException | None:
+        """``policy.wake`` (under ``lock``), returning what it raises instead of raising it: the
+        records it is about are queued already, and the enqueue core counts them (enqueued,
+        outstanding) before it raises that."""
+        try:
+            self.policy.wake(tenant, self.clock())
+        except BaseException as e:  # noqa: BLE001 - the enqueue core raises it once it counted
+            return e
+        return None
 
     # -- the enqueue core -----------------------------------------------------------------------
     def enqueue(self, recs: np.ndarray, route: Route, worker: int = -1, due: int = 0,
@@ -404,7 +419,7 @@ class Scheduler:
                 s = self.seq
                 self.seq = s + n
             recs["seq"] = np.arange(s + 1, s + n + 1, dtype=np.uint64).astype(np.uint32)
-        accepted, ready = self._route(recs, route, worker, due, one_type)
+        accepted, ready, err = self._route(recs, route, worker, due, one_type)
         if self.on_enqueued is not None and route != Route.EVENT:
             # a due event was counted when it was scheduled (RETRY / DEFER): once per attempt
             self.on_enqueued(recs["type"][:accepted], worker)
@@ -412,6 +427,8 @@ class Scheduler:
             # one parked worker (it wakes the next if it leaves work behind: Worker.step), and
             # last: the woken thread needs the GIL this one holds until it is done here
             self.wake(1)
+        if err is not None:
+            raise err       # the tenant policy's wake, once what it was about is counted
         return accepted + ndet
 
     def _enqueue_one(self, recs: np.ndarray, route: Route, worker: int, wake: bool = True) -> int:
@@ -438,20 +455,36 @@ class Scheduler:
         if route == Route.EMIT and worker >= 0 and self.policy is None \
                 and self.local[worker].push(recs, limit=self.local_limit):
             ready = False
-        elif not self._push_ready_one(recs, t, fl & PRIO_MASK, tn):
-            self.dead(recs, READY_FULL)
-            self._count(-1)
-            return 0
+        else:
+            try:
+                r = self._push_ready_one(recs, t, fl & PRIO_MASK, tn)
+            except BaseException:
+                self._count(-1)   # the tenant policy refused a new tenant: nothing was queued
+                raise
+            if r is not True:
+                if r is False:
+                    self.dead(recs, READY_FULL)
+                    self._count(-1)
+                    return 0
+                # the tenant policy's wake raised, the record queued: counted, then raised
+                if self.on_enqueued is not None and route != Route.EVENT:
+                    self.on_enqueued(t, worker)
+                if wake:
+                    self.wake(1)
+                raise r
         if self.on_enqueued is not None and route != Route.EVENT:
             self.on_enqueued(t, worker)
         if ready and wake:
             self.wake(1)
         return 1
 
-    def _push_ready_one(self, rec: np.ndarray, t: int, p: int, tenant: int) -> bool:
-        """``_push_ready`` for one record whose header is known; False: refused (full). A
-        plain ring with room takes it through ``Ring.push1`` (the round trip's path); a full
-        ring (it grows), a new bucket or a timed ring take the general ``_push_one``."""
+    def _push_ready_one(self, rec: np.ndarray, t: int, p: int,
+                        tenant: int) -> bool | BaseException:
+        """``_push_ready`` for one record whose header is known; True: queued, False: refused
+        (full), an exception: queued, and the tenant policy's ``wake`` raised that. A plain
+        ring with room takes it through ``Ring.push1`` (the round trip's path); a full ring (it
+        grows), a new bucket or a timed ring take the general ``_push_one``. Raises what the
+        policy raises adding a new tenant (nothing queued)."""
         with self.lock:
             rq = self.tenants.get(tenant)
             if rq is None:
@@ -472,7 +505,9 @@ class Scheduler:
                 if rq.rejected:
                     rq.rejected.clear()
             if was_empty and self.policy is not None:
-                self.policy.wake(tenant, self.clock())
+                err = self._policy_wake(tenant)
+                if err is not None and k == 1:
+                    return err
         return k == 1
 
     def _count(self, n: int) -> None:
@@ -480,8 +515,9 @@ class Scheduler:
             self.outstanding += n
 
     def _route(self, recs: np.ndarray, route: Route, worker: int, due: int,
-               one_type: bool = False) -> tuple[int, bool]:
-        """Put ``recs`` where ``route`` says; (accepted, whether any went to a ready queue)."""
+               one_type: bool = False) -> tuple[int, bool, BaseException | None]:
+        """Put ``recs`` where ``route`` says; (accepted, whether any went to a ready queue, what
+        the tenant policy's ``wake`` raised: for the caller to raise once it has counted)."""
         n = len(recs)
         self._count(n)
         if route in (Route.RETRY, Route.DEFER, Route.WAIT):
@@ -489,7 +525,7 @@ class Scheduler:
             if k < n:
                 self.dead(recs[k:], EVENT_FULL)
                 self._count(k - n)
-            return k, False
+            return k, False, None
         if route == Route.YIELD and self.policy is None:
             # a yield runs again soon on the worker that ran it (the local queue's reserve);
             # with a tenant policy it goes to its tenant's ready queue below instead, as an
@@ -503,49 +539,70 @@ class Scheduler:
                     self.dead(recs[k + k2:], YIELD_OVERFLOW)
                     self._count(k + k2 - n)
                 k += k2
-            return k, False
+            return k, False, None
         if route == Route.EMIT and worker >= 0 and self.policy is None:
             # children stay on the emitting worker (cache-warm chains); with a tenant policy they
             # go to their tenant's ready queue instead, so the policy chooses who runs next
             k = self.local[worker].push(recs, limit=self.local_limit)
             if k == n:
-                return n, False
+                return n, False, None
             recs = recs[k:]
         else:
             k = 0
-        refused = self._push_ready(recs, one_type)
+        try:
+            refused, err = self._push_ready(recs, one_type)
+        except BaseException:
+            # the tenant policy refused a new tenant: nothing of recs was queued (they were
+            # counted outstanding above, and nothing would ever finish them)
+            self._count(-len(recs))
+            raise
         if refused is not None:
             # (a yield the ready queue refuses, past its max capacity, did not fit anywhere:
             # the code a yield without room gets)
             self.dead(refused, YIELD_OVERFLOW if route == Route.YIELD else READY_FULL)
             self._count(-len(refused))
-            return n - len(refused), True
-        return n, True
+            return n - len(refused), True, err
+        return n, True, err
 
-    def _push_ready(self, recs: np.ndarray, one_type: bool = False) -> np.ndarray | None:
-        """Push to the tenants' ready queues; return the records refused at capacity, if any."""
+    def _push_ready(self, recs: np.ndarray, one_type: bool = False):
+        """Push to the tenants' ready queues; return (the records refused at capacity or None,
+        what the tenant policy's ``wake`` raised or None). Raises what the policy raises adding
+        a new tenant, with nothing of ``recs`` queued: every tenant's queue is found before
+        anything is pushed, and the policy is woken after."""
         tenants = recs["tenant"]
         t0 = int(tenants[0])
         one_tenant = len(recs) == 1 or not np.count_nonzero(tenants != t0)   # outside the lock
         refused = []
+        err = None
         with self.lock:
             if one_tenant:
-                self._push_tenant(t0, recs, refused, one_type)
+                rq = self._rq(t0)
+                if self._push_tenant(rq, recs, refused, one_type) and self.policy is not None:
+                    err = self._policy_wake(t0)
             else:
-                for t in np.unique(tenants):
-                    self._push_tenant(int(t), T.select(recs, tenants == t), refused, one_type)
-        return T.concat(refused) if refused else None
+                ids = np.unique(tenants).tolist()
+                rqs = [self._rq(t) for t in ids]
+                woken = [t for t, rq in zip(ids, rqs)
+                         if self._push_tenant(rq, T.select(recs, tenants == t), refused,
+                                              one_type)]
+                if self.policy is not None:
+                    for t in woken:
+                        e = self._policy_wake(t)
+                        if err is None:
+                            err = e
+        return (T.concat(refused) if refused else None), err
 
-    def _push_tenant(self, tenant: int, recs: np.ndarray, refused: list,
-                     one_type: bool = False) -> None:
-        rq = self._rq(tenant)
+    @staticmethod
+    def _push_tenant(rq: ReadyQueue, recs: np.ndarray, refused: list,
+                     one_type: bool = False) -> bool:
+        """Push one tenant's ``recs`` to its queue ``rq`` (what it refuses to ``refused``);
+        True when the queue was empty before (the policy is to be woken for it)."""
         was_empty = len(rq) == 0
         rq.push(recs, one_type)
         if rq.rejected:
             refused.extend(rq.rejected)
             rq.rejected.clear()
-        if was_empty and self.policy is not None:
-            self.policy.wake(tenant, self.clock())
+        return was_empty
 
     # -- popping ------------------------------------------------------------------------------
     def pop_ready(self, max_n: int) -> np.ndarray:

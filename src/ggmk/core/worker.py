@@ -600,7 +600,8 @@ class Worker:
         retained.clear()
         pd = k.poison
         if t in pd.counts:        # a type that failed lately: count its attempts (poison rate)
-            pd.attempted(t, n if codes is None else int((codes >= 0).sum()), k.tick)
+            pd.attempted(t, n if codes is None else int((codes >= 0).sum()),
+                          *k.poison_tick(recs))
         if k.sched.policy is None:
             m.observe_int(k.h_batch_ns, elapsed)  # all that account() does without tenants
         else:
@@ -627,8 +628,9 @@ class Worker:
 
     def _yield(self, recs, h, t) -> None:
         k = self.kernel
-        recs["yield_count"] += 1
-        over = recs["yield_count"] > k.max_yields[t]
+        yc = recs["yield_count"]          # (a u16: max_yields may be 65535, its top)
+        over = yc >= k.max_yields[t]      # compared before the bump, which saturates: bumped
+        yc += yc != 0xFFFF                # first, 65535 wrapped to 0 and never passed the limit
         nover = int(over.sum())
         # a yield past max_yields is a failure (counted in `fail` and traced as TASK_FAIL by
         # kernel.fail), not a yield: neither counted nor traced as one
@@ -655,8 +657,9 @@ class Worker:
 
     def _retry(self, recs, t) -> None:
         k = self.kernel
-        recs["_pad"] += 1     # _pad is the runtime's retry counter
-        over = recs["_pad"] > k.max_retries
+        pad = recs["_pad"]                # _pad is the runtime's retry counter (a u16)
+        over = pad >= k.max_retries       # compared before the bump, which saturates (as
+        pad += pad != 0xFFFF              # _yield's): max_retries may be 65535
         nover = int(over.sum())
         # a retry past max_retries is a failure (counted in `fail` and traced as TASK_FAIL by
         # kernel.fail), not a retry: neither counted nor traced as one
