@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import subprocess
 from dataclasses import dataclass
 
 import numpy as np
@@ -692,9 +693,24 @@ class Sandbox:
         return {"live": t["live"], "allocs": t["allocs"], "frees": t["frees"]}
 
 
-def run_module_tests(path, *args: str, timeout: float = 600) -> tuple[int, str]:
+class TestsTimedOut(subprocess.TimeoutExpired):
+    """``run_module_tests``' pytest run did not finish within ``timeout`` seconds (it was
+    stopped); ``output`` is what it printed (a ``subprocess.TimeoutExpired``)."""
+
+    def __str__(self) -> str:
+        return (f"the tests did not finish within {self.timeout:g} s (their pytest run and "
+                "what it started were stopped)")
+
+
+def run_module_tests(path, *args: str, timeout: float | None = 600) -> tuple[int, str]:
     """Run pytest on ``path`` (a generated module's directory or a test file) in a fresh
     interpreter; returns (exit code, output). What ``ggmk new`` users run to check a module.
+
+    The run is a process group of its own: when ``timeout`` seconds pass (None: no limit) it
+    is stopped whole (SIGINT, so pytest prints where it was, then SIGKILL to what is left) and
+    ``TestsTimedOut`` (a ``subprocess.TimeoutExpired``) raised; so is it when the wait is cut
+    short by an exception (Ctrl-C's KeyboardInterrupt, one raised by a signal handler), which
+    is then re-raised. Nothing it started outlives the call that way.
 
     Example::
 
@@ -702,12 +718,50 @@ def run_module_tests(path, *args: str, timeout: float = 600) -> tuple[int, str]:
         assert rc == 0, out
     """
     import os
-    import subprocess
     import sys
+    import tempfile
     # absolute: run in a module's own directory, a relative path would be looked up from
     # there ("widget/widget": what `ggmk new widget` told the user to run failed)
     path = os.path.abspath(str(path))
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        path, *args], capture_output=True, text=True, timeout=timeout,
-                       cwd=path if os.path.isdir(path) else None)
-    return r.returncode, r.stdout + r.stderr
+    # its output goes to files, not pipes: a process the tests leave behind (holding a pipe)
+    # cannot keep this call waiting
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                 path, *args], stdout=out, stderr=err, process_group=0,
+                                cwd=path if os.path.isdir(path) else None)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except BaseException as e:
+            _stop_group(proc)
+            if isinstance(e, subprocess.TimeoutExpired):
+                raise TestsTimedOut(proc.args, timeout, _read_both(out, err)) from None
+            raise
+        return rc, _read_both(out, err)
+
+
+def _stop_group(proc, grace: float = 5.0) -> None:
+    """Stop ``proc``'s process group (``proc`` leads it): SIGINT, then SIGKILL to what is left
+    of it after ``grace`` seconds (or at once, when ``proc`` is gone sooner)."""
+    import os
+    import signal
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _read_both(out, err) -> str:
+    text = []
+    for f in (out, err):
+        f.seek(0)
+        text.append(f.read().decode(errors="replace"))
+    return "".join(text)

@@ -7,17 +7,24 @@ from __future__ import annotations
 import errno
 import functools
 import importlib.util
+import io
 import json
 import os
 import select
+import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 import click
 
 from ggmk.cli.params import FiniteFloatRange
+# the most events one `trace` answer holds (the server refuses more): --max-events' range
+from ggmk.control.protocol import TRACE_CAPACITY
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -81,6 +88,141 @@ class AppArg(click.ParamType):
         return value
 
 
+class _FullWriter(io.RawIOBase):
+    """A file descriptor's bytes, written whole or an error: ``os.write`` until every byte is
+    out. (The BufferedWriter under ``sys.stdout`` or ``open()`` drops the rest of a big write
+    that fails part-way, a file size limit or a full disk, without raising: `ggmk trace
+    --json > f` exited 0 leaving a truncated file.)"""
+
+    def __init__(self, fd: int, *, closefd: bool = False):
+        self._fd = fd
+        self._closefd = closefd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self._fd)
+
+    def write(self, b) -> int:
+        view = memoryview(b).cast("B")
+        n = len(view)
+        while view:
+            try:
+                k = os.write(self._fd, view)
+            except BlockingIOError:          # a non-blocking fd (shared with another process)
+                select.select([], [self._fd], [])
+                continue
+            if k <= 0:
+                raise OSError(errno.EIO, "the write wrote nothing")
+            view = view[k:]
+        return n
+
+    def close(self) -> None:
+        if not self.closed and self._closefd:
+            os.close(self._fd)
+        super().close()
+
+
+class _StdoutWriter(_FullWriter):
+    """stdout's ``_FullWriter``: a closed pipe exits with EXIT_PIPE (as ``_client_errors``
+    does); any other failed write is ``OutputError`` (a message, exit code 1)."""
+
+    def write(self, b) -> int:
+        try:
+            return super().write(b)
+        except BrokenPipeError:
+            _exit_closed_stdout()
+        except OSError as e:
+            raise OutputError(e) from None
+
+
+class OutputError(click.ClickException):
+    """stdout could not be written (a file size limit, a full disk, an I/O error): what was
+    printed is incomplete, so the command failed."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, e: OSError):
+        super().__init__(f"cannot write to stdout: {e.strerror or e}; the output is incomplete")
+
+    def show(self, file=None) -> None:
+        click.echo(f"ggmk: {self.message}", err=True)
+
+
+_OLD_STDOUT: list = []
+
+
+def check_stdout_writes() -> None:
+    """Make ``sys.stdout`` write through ``_StdoutWriter`` (``ggmk``'s entry point calls this;
+    a stdout that is not a file descriptor, such as click's test runner's, is left alone)."""
+    out = sys.stdout
+    try:
+        fd = out.fileno()
+        out.flush()
+    except (AttributeError, OSError, ValueError):
+        return
+    _OLD_STDOUT.append(out)          # kept: its file object must not close fd 1
+    sys.stdout = io.TextIOWrapper(_StdoutWriter(fd), encoding=out.encoding, errors=out.errors,
+                                  write_through=True)
+
+
+def _write_file(path: str, write, *, what: str) -> None:
+    """Write FILE whole or not at all: ``write(f)`` fills (text, utf-8) a temporary file in
+    FILE's directory that then replaces FILE, so a write that fails (a full disk, a file size
+    limit) leaves no partial file and an existing FILE as it was. A FILE that is not a regular
+    file (a device such as /dev/stdout, a FIFO) is written in place. A failure is a message
+    naming FILE and exit code 1 (``what``: the option, for the message)."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        _fail(f"{what}: cannot write {path}: {e.strerror or e}", EXIT_ERROR)
+    tmp = None
+    try:
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            fd = os.open(real, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        else:
+            try:
+                fd, tmp = tempfile.mkstemp(dir=os.path.dirname(real),
+                                           prefix=f".{os.path.basename(real)}.", suffix=".tmp")
+            except PermissionError:
+                if st is None:
+                    raise
+                # a writable FILE in a directory we cannot create files in: in place
+                fd = os.open(real, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        with io.TextIOWrapper(_FullWriter(fd, closefd=True), encoding="utf-8") as f:
+            write(f)
+            f.flush()
+            if tmp is not None:
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask())
+                os.fsync(fd)
+        if tmp is not None:
+            os.replace(tmp, real)
+            tmp = None
+    except OSError as e:
+        _fail(f"{what}: cannot write {path}: {e.strerror or e}"
+              + (f" ({path} is as it was)" if tmp is not None and st is not None else
+                 f" (no {path} written)" if tmp is not None else ""), EXIT_ERROR)
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _umask() -> int:
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
 def _stdout_closed() -> bool:
     """Whether stdout's reader is gone (the write end of a pipe then polls POLLERR): tells a
     closed stdout from a BrokenPipeError of the control socket."""
@@ -109,7 +251,10 @@ def _paths(state_dir):
 
 
 def state_dir_option(fn):
-    return click.option("--state-dir", type=click.Path(file_okay=False), envvar="GGMK_STATE_DIR",
+    # readable=False: a system's state dir is mode 0700, so another user's command is refused
+    # by the socket (exit code 5), not by click's "not readable" (a usage error)
+    return click.option("--state-dir", type=click.Path(file_okay=False, readable=False),
+                        envvar="GGMK_STATE_DIR",
                         default=None, help="Where the control socket lives (default "
                         "$XDG_RUNTIME_DIR/ggmk or /tmp/ggmk-$UID; env GGMK_STATE_DIR).")(fn)
 
@@ -240,7 +385,7 @@ def _boot_options(fn):
 @json_option
 def boot(app, device, workers, hal, deterministic, metrics_port, trace_tasks, foreground,
          boot_timeout, state_dir, as_json):
-    from ggmk.control.client import Client, probe, remove_stale
+    from ggmk.control.client import probe, remove_stale
     if trace_tasks and device == "none":
         raise click.BadParameter("compiles task slices into the GPU kernel: it needs --device "
                                  "auto|cpu|sim|cuda (got --device none)",
@@ -291,9 +436,66 @@ def boot(app, device, workers, hal, deterministic, metrics_port, trace_tasks, fo
         _fail(f"state dir {paths.dir}: cannot write the server log {paths.log} "
               f"({e.strerror or e})", EXIT_ERROR)
     start = log.tell()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, close_fds=True)
-    log.close()
+    # Ctrl-C (or SIGTERM, SIGHUP) while the system boots stops it, as --boot-timeout does: the
+    # server is in a session of its own, so the signal reaches only this process
+    caught: list = []
+    running: list = []
+
+    def on_signal(signum, frame):
+        caught.append(signum)
+        if running:
+            raise _Interrupted(signum)
+    old = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                close_fds=True)
+        running.append(proc)
+        log.close()
+        if caught:
+            raise _Interrupted(caught[0])
+        info = _wait_booted(proc, paths, app, start, boot_timeout)
+    except _Interrupted as e:
+        for sig in _STOP_SIGNALS:          # a second Ctrl-C must not cut the stopping short
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            click.echo(f"ggmk: interrupted: stopping the system being booted (pid {proc.pid})",
+                       err=True)
+        except OSError:                    # SIGHUP: the terminal may be gone
+            pass
+        _stop_booting(proc, paths)
+        _fail(f"interrupted ({signal.Signals(e.signum).name}): stopped the boot of {app} "
+              f"(pid {proc.pid}); log: {paths.log}", 128 + e.signum)
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    if as_json:
+        _echo_json({"pid": info["pid"], "socket": str(paths.sock), "state_dir": str(paths.dir),
+                    "log": str(paths.log), "app": app, "device": device,
+                    "metrics_port": info.get("metrics_port")})
+    else:
+        click.echo(f"ggmk: booted {app} (pid {info['pid']}, device {device})")
+        click.echo(f"control socket: {paths.sock}")
+        if info.get("metrics_port"):
+            click.echo(f"metrics: http://127.0.0.1:{info['metrics_port']}/metrics")
+        click.echo(f"log: {paths.log}")
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Interrupted(BaseException):
+    """A stop signal while ``boot`` waits (a BaseException: no ``except Exception`` takes it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _wait_booted(proc, paths, app, start: int, boot_timeout: float) -> dict:
+    """Wait for the detached server ``proc`` to answer a ping (its answer), to exit (a failed
+    boot: its log's tail, exit code 1 or 4) or ``boot_timeout`` to pass (stopped, exit code 1)."""
+    from ggmk.control.client import Client
     deadline = time.monotonic() + boot_timeout
     while True:
         rc = proc.poll()
@@ -305,25 +507,32 @@ def boot(app, device, workers, hal, deterministic, metrics_port, trace_tasks, fo
         if paths.sock.exists():
             try:
                 with Client(paths, timeout=5) as c:
-                    info = c.call("ping")
-                break
+                    return c.call("ping")
             except Exception:   # noqa: BLE001 - not ready yet
                 pass
         if time.monotonic() > deadline:
-            proc.terminate()
-            _fail(f"boot of {app} did not answer within {boot_timeout:g}s; log: {paths.log}",
-                  EXIT_ERROR)
+            _stop_booting(proc, paths)
+            _fail(f"boot of {app} did not answer within {boot_timeout:g}s (stopped it); log: "
+                  f"{paths.log}", EXIT_ERROR)
         time.sleep(0.02)   # polling with a deadline
-    if as_json:
-        _echo_json({"pid": info["pid"], "socket": str(paths.sock), "state_dir": str(paths.dir),
-                    "log": str(paths.log), "app": app, "device": device,
-                    "metrics_port": info.get("metrics_port")})
-    else:
-        click.echo(f"ggmk: booted {app} (pid {info['pid']}, device {device})")
-        click.echo(f"control socket: {paths.sock}")
-        if info.get("metrics_port"):
-            click.echo(f"metrics: http://127.0.0.1:{info['metrics_port']}/metrics")
-        click.echo(f"log: {paths.log}")
+
+
+def _stop_booting(proc, paths, grace: float = 10.0) -> None:
+    """Stop the server ``boot`` started: SIGINT (while it boots, a failed boot, which removes
+    its pid file; once its system runs, a halt), SIGKILL to its process group when it has not
+    gone within ``grace`` seconds; then the files a killed server leaves."""
+    from ggmk.control.client import probe, remove_stale
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    if probe(paths) == "stale":
+        remove_stale(paths)
 
 
 def _check_port_free(port: int) -> None:
@@ -654,6 +863,66 @@ def _print_log(lines):
         click.echo(f"{ts} {ln['level']:<5} {ln['source']}: {ln['msg']}")
 
 
+def _follow(state_dir, cmd: str, args: dict):
+    """The streamed answers of ``cmd`` (``log -f``, ``trace -f``). While it waits for the next
+    one, a thread watches stdout: when its reader goes away (``ggmk log -f | head -1``: the
+    write end of a pipe polls POLLERR) it shuts the connection, and the command exits with
+    EXIT_PIPE at once instead of at its next line."""
+    from ggmk.control.client import Client
+    from ggmk.control.protocol import ControlError
+    with Client(_paths(state_dir), timeout=None) as c, _StdoutWatch(c.sock) as watch:
+        try:
+            yield from c.stream(cmd, args)
+        except (ControlError, OSError):
+            if watch.fired or _stdout_closed():
+                _exit_closed_stdout()
+            raise
+
+
+class _StdoutWatch:
+    """A thread that shuts ``sock`` down when stdout's reader goes away (POLLERR or POLLHUP on
+    stdout; a regular file or /dev/null never polls either)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.fired = False
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = None
+
+    def __enter__(self):
+        try:
+            fd = sys.stdout.fileno()
+        except (AttributeError, OSError, ValueError):    # not a file descriptor: no watch
+            return self
+        self._thread = threading.Thread(target=self._run, args=(fd,), daemon=True,
+                                        name="ggmk-stdout-watch")
+        self._thread.start()
+        return self
+
+    def _run(self, fd: int) -> None:
+        p = select.poll()
+        p.register(fd, 0)                     # POLLERR, POLLHUP, POLLNVAL: always reported
+        p.register(self._stop_r, select.POLLIN)
+        while True:
+            for f, ev in p.poll():
+                if f == self._stop_r or ev & select.POLLNVAL:
+                    return
+                if ev & (select.POLLERR | select.POLLHUP):
+                    self.fired = True
+                    try:
+                        self.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return
+
+    def __exit__(self, *exc):
+        os.write(self._stop_w, b"x")
+        if self._thread is not None:
+            self._thread.join()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+
 @click.command(help="The system's log (boot, halt, refused clients, handler exceptions, "
                     "warning/error trace events); -f follows it.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
@@ -662,20 +931,18 @@ def _print_log(lines):
 @json_option
 @_client_errors
 def log(follow, lines, state_dir, as_json):
-    from ggmk.control.client import Client
     if not follow:
         res = _call(state_dir, "log", {"lines": lines})["lines"]
         _echo_json(res) if as_json else _print_log(res)
         return
     try:
-        with Client(_paths(state_dir), timeout=None) as c:
-            for data in c.stream("log", {"lines": lines, "follow": True}):
-                if as_json:
-                    for ln in data["lines"]:
-                        click.echo(json.dumps(ln))
-                else:
-                    _print_log(data["lines"])
-                sys.stdout.flush()
+        for data in _follow(state_dir, "log", {"lines": lines, "follow": True}):
+            if as_json:
+                if data["lines"]:
+                    click.echo("\n".join(json.dumps(ln) for ln in data["lines"]))
+            else:
+                _print_log(data["lines"])
+            sys.stdout.flush()
     except KeyboardInterrupt:
         pass
 
@@ -695,7 +962,8 @@ def log(follow, lines, state_dir, as_json):
               help="Stream events as JSON lines (not with --perfetto or --seconds). A line "
                    '{"dropped": N} says N events were lost because this client read slower '
                    "than the trace grew (the server keeps the newest 1024 batches per client).")
-@click.option("--max-events", type=click.IntRange(min=1), default=200_000, show_default=True)
+@click.option("--max-events", type=click.IntRange(1, TRACE_CAPACITY), default=200_000,
+              show_default=True, help="At most this many events (the newest), of each kernel.")
 @click.option("--module", default=None, metavar="M",
               help="Only module M's task types (with --level: set M's level only).")
 @click.option("--type", "type_", default=None, metavar="T", help="Only task type T (name/id).")
@@ -706,7 +974,6 @@ def log(follow, lines, state_dir, as_json):
 @_client_errors
 def trace(perfetto, level, seconds, follow, max_events, module, type_, sample, state_dir,
           as_json):
-    from ggmk.control.client import Client
     from ggmk.events import SAMPLED_BIT, EventType
     args = {"level": level, "seconds": seconds, "max_events": max_events, "module": module,
             "type": type_, "sample": sample}
@@ -719,15 +986,16 @@ def trace(perfetto, level, seconds, follow, max_events, module, type_, sample, s
             raise click.UsageError(f"-f/--follow streams events as they come: it cannot be "
                                    f"combined with {' or '.join(bad)}", ctx)
         try:
-            with Client(_paths(state_dir), timeout=None) as c:
-                for data in c.stream("trace", {**args, "follow": True}):
-                    if data.get("dropped"):          # this client fell behind: events lost
-                        click.echo(json.dumps({"dropped": data["dropped"]}))
-                    for e in data.get("events", []):
-                        click.echo(json.dumps(e))
-                    for e in data.get("gpu_events", []):       # ["gpu", worker, ts, ...]
-                        click.echo(json.dumps(["gpu", *e]))
-                    sys.stdout.flush()
+            for data in _follow(state_dir, "trace", {**args, "follow": True}):
+                out = []
+                if data.get("dropped"):          # this client fell behind: events lost
+                    out.append(json.dumps({"dropped": data["dropped"]}))
+                out += [json.dumps(e) for e in data.get("events", [])]
+                out += [json.dumps(["gpu", *e])                # ["gpu", worker, ts, ...]
+                        for e in data.get("gpu_events", [])]
+                if out:
+                    click.echo("\n".join(out))     # one write per batch
+                sys.stdout.flush()
         except KeyboardInterrupt:
             pass
         return
@@ -735,8 +1003,7 @@ def trace(perfetto, level, seconds, follow, max_events, module, type_, sample, s
     if perfetto:
         from ggmk.control.perfetto import to_chrome
         doc = to_chrome(res)
-        with open(perfetto, "w") as f:
-            json.dump(doc, f)
+        _write_file(perfetto, lambda f: json.dump(doc, f), what="--perfetto")
         click.echo(f"wrote {perfetto}: {len(doc['traceEvents'])} trace events from "
                    f"{len(res['events'])} ggmk events"
                    + (f" and {len(res['gpu_events'])} GPU kernel events"
@@ -811,11 +1078,17 @@ def _check_arch(ctx, param, value):
 @click.argument("app", required=False, type=AppArg())
 @click.option("--kernel", "whole", is_flag=True, help="Also the whole persistent kernel.")
 @click.option("--arch", default="sm_90", show_default=True, callback=_check_arch,
-              help="The GPU architecture (sm_80, sm_90, sm_100).")
+              help="The GPU architecture (sm_80, sm_90, sm_100); with APP only.")
 @state_dir_option
 @json_option
 @_client_errors
 def build(app, whole, arch, state_dir, as_json):
+    ctx = click.get_current_context()
+    if app is None and ctx.get_parameter_source("arch") == click.core.ParameterSource.COMMANDLINE:
+        raise click.BadParameter(f"{arch!r} needs APP: without APP the report is the running "
+                                 "system's GPU kernel, which it compiles for its own GPU "
+                                 "(allowed: --arch with APP, e.g. `ggmk build APP --arch "
+                                 f"{arch}`)", ctx, param_hint="'--arch'")
     if app is None:
         res = _call(state_dir, "kern_info", {"report": True}, timeout=900)
         rep = (res.get("gpu") or {}).get("report")
@@ -866,12 +1139,14 @@ def typegen(types_src, output):
                       "registry)", EXIT_ERROR)
     except Exception as e:   # noqa: BLE001 - TypesError names file, line and field
         _fail(f"typegen: {e}", EXIT_ERROR)
-    src = generate(reg, source=types_src)
+    try:
+        src = generate(reg, source=types_src)
+    except ValueError as e:        # names no Python module can have: the type and the field
+        _fail(f"typegen: {types_src}: {e}", EXIT_ERROR)
     if output is None:
         click.echo(src, nl=False)
         return
-    with open(output, "w") as f:
-        f.write(src)
+    _write_file(output, lambda f: f.write(src), what="--output")
     click.echo(f"wrote {output}: {src.count(chr(10) + 'class ')} payload classes")
 
 

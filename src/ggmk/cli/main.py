@@ -13,7 +13,9 @@ to a running system over its control socket (``ggmk.control``)::
 Every listing takes ``--json``. Exit codes (``EXIT_*`` below): 0 ok, 1 the command failed (the
 system answered with an error: bad payload, unknown type/channel/module...), 2 usage error,
 3 no system is running at the state dir, 4 ``boot``: a system is already running there, 5 not
-allowed (socket permissions or another uid), 6 protocol error (the system did not answer).
+allowed (socket permissions or another uid), 6 protocol error (the system did not answer);
+141 stdout's reader went away (``ggmk chan ls | head -1``), 128 + N signal N stopped ``boot`` (and
+the system it was booting) or ``test`` (and its pytest run).
 The state dir is ``$XDG_RUNTIME_DIR/ggmk`` (else ``/tmp/ggmk-$UID``), or ``--state-dir`` /
 ``$GGMK_STATE_DIR``.
 """
@@ -110,15 +112,49 @@ def new(name: str, target: str, dest: str) -> None:
         path = scaffold.new_module(name, target, dest)
     except (ValueError, FileExistsError) as e:
         raise click.UsageError(str(e)) from None
+    except OSError as e:        # under a file, not writable, ...: the destination is unusable
+        where = f": {e.filename}" if e.filename else ""
+        raise click.BadParameter(f"{dest!r}: cannot create the module directory there "
+                                 f"({e.strerror or e}{where}; allowed: a directory you can "
+                                 "write, created if missing)", param_hint="'--dest'") from None
     click.echo(f"wrote {path} (run its test: ggmk test {path})")
 
 
 @cli.command("test", help="Run a module's tests (a directory made by `ggmk new`, or a test "
-                          "file) in a sandbox: no kernel threads needed.")
+                          "file) in a sandbox: no kernel threads needed. The pytest run is "
+                          "stopped whole at --timeout, Ctrl-C or SIGTERM (exit code 1 for the "
+                          "timeout, 128 + the signal for a signal).")
 @click.argument("path", type=click.Path(exists=True), default=".")
-def test_cmd(path: str) -> None:
-    from ggmk.testing import run_module_tests
-    rc, out = run_module_tests(path)
+@click.option("--timeout", type=FiniteFloatRange(min=0, min_open=True), default=600.0,
+              show_default=True, help="Seconds the tests may take; then they are stopped.")
+def test_cmd(path: str, timeout: float) -> None:
+    import signal
+
+    from ggmk.testing import TestsTimedOut, run_module_tests
+
+    class Stopped(BaseException):
+        pass
+
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def on_signal(signum, frame):
+        for sig in stop_signals:       # stopping the run must not be cut short by a second one
+            signal.signal(sig, signal.SIG_IGN)
+        raise Stopped(signum)
+    old = {sig: signal.signal(sig, on_signal) for sig in stop_signals}
+    try:
+        rc, out = run_module_tests(path, timeout=timeout)
+    except TestsTimedOut as e:
+        click.echo(e.output, nl=False)
+        control_cmds._fail(f"test: the tests in {path} did not finish within --timeout "
+                           f"{e.timeout:g} s: stopped them (a longer --timeout lets them run "
+                           "longer)", control_cmds.EXIT_ERROR)
+    except Stopped as e:
+        control_cmds._fail(f"test: stopped by {signal.Signals(e.args[0]).name}: stopped the "
+                           f"tests in {path}", 128 + e.args[0])
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
     click.echo(out, nl=False)
     # pytest's own codes clash with ggmk's table (5 = refused, 4 = already running): 0 passed,
     # 2 pytest's usage error, 1 anything else (tests failed, none found, interrupted)
@@ -128,6 +164,10 @@ def test_cmd(path: str) -> None:
 
 
 def main() -> None:
+    # what the commands print is written whole or the command fails (the server's stdout is
+    # its log file: left as it is)
+    if sys.argv[1:2] != ["_serve"]:
+        control_cmds.check_stdout_writes()
     cli()
 
 

@@ -133,6 +133,8 @@ def probe(paths: StatePaths) -> str:
         fd = None
     except PermissionError:
         return "running"
+    except OSError:         # a path no lock can be at (under a file, too long, a loop...)
+        fd = None
     held = False
     if fd is not None:
         try:
@@ -156,8 +158,11 @@ def probe(paths: StatePaths) -> str:
             return "running"
     if pid_alive(paths.read_pid()) and _is_server(paths.read_pid()):
         return "booting"
-    if paths.sock.exists() or paths.pid.exists():
-        return "stale"
+    try:
+        if paths.sock.exists() or paths.pid.exists():
+            return "stale"
+    except OSError:         # e.g. a name too long: nothing can be there
+        pass
     return "absent"
 
 

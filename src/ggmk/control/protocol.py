@@ -32,6 +32,7 @@ import numpy as np
 PROTOCOL_VERSION = 1
 MAX_REQUEST = 64 * 1024          # bytes, one request line
 MAX_RESPONSE = 256 * 1024 * 1024 # bytes, one response line (the client refuses more)
+TRACE_CAPACITY = 1 << 18         # trace events a system keeps (oldest dropped); --max-events
 
 COMMANDS = ("ping", "ps", "stats", "emit", "chan_ls", "chan_inspect", "mod_ls", "mod_info",
             "mod_reset", "kern_ls", "kern_info", "kv", "log", "trace", "top", "halt")

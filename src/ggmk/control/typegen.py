@@ -7,6 +7,12 @@ u32 length and the bytes of a variable ``bytes`` field), plus ``TYPE_IDS``. The 
 imports only ``struct``: handlers and tools can use it without the registry, and a typo in a
 field name is an ``AttributeError`` at once instead of a wrong dict key at run time.
 
+Names: the class of POINT_STEP is PointStep (``class_names``: where two types would get the same
+class, A_1_B is A_1B beside A1_B's A1B; TRUE is True_); a field's attribute is its name, or
+``name_`` where the name is a Python keyword, ``self`` or one the class defines (``attr_names``:
+``class`` is ``class_``, ``FIELDS`` is ``FIELDS_``). ``FIELDS`` holds the schema's names (the
+keys of ``to_dict()``, what ``TypeInfo.encode`` takes), ``ATTRS`` the attributes.
+
 Example::
 
     from ggmk.control.typegen import generate
@@ -18,14 +24,72 @@ Example::
 """
 from __future__ import annotations
 
+import keyword
+from collections import Counter
+
 _CODES = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q", "i8": "b", "i16": "h", "i32": "i",
           "i64": "q", "f32": "f", "f64": "d", "bool": "?"}
 _PYTYPE = {"int": "int", "float": "float", "bool": "bool", "bytes": "bytes"}
+# names a generated class defines itself (``self``: ``__init__``'s first parameter): a field
+# of that name (or a Python keyword) is the attribute ``name_`` instead
+_CLASS_NAMES = frozenset({"self", "TYPE_NAME", "TYPE_ID", "FIELDS", "ATTRS", "_S", "FIXED_SIZE",
+                          "encode", "decode", "to_dict"})
 
 
 def class_name(type_name: str) -> str:
     """POINT_STEP -> PointStep."""
     return "".join(p.capitalize() for p in type_name.split("_"))
+
+
+def _distinct_class_name(type_name: str) -> str:
+    """A_1_B -> A_1B: a part starting with a digit keeps its '_' (``class_name`` gives A1B for
+    both A1_B and A_1_B); distinct for distinct type names."""
+    return "".join(("_" if p[:1].isdigit() else "") + p.capitalize()
+                   for p in type_name.split("_"))
+
+
+def class_names(infos) -> dict:
+    """Type id -> the class name of each of ``infos``: ``class_name``, except where two types
+    would get the same one (then those with a part starting with a digit get
+    ``_distinct_class_name``) or a keyword (TRUE -> True_)."""
+    infos = list(infos)
+    plain = Counter(class_name(i.name) for i in infos)
+    names = {}
+    for i in infos:
+        cn = class_name(i.name)
+        if plain[cn] > 1 and any(p[:1].isdigit() for p in i.name.split("_")):
+            cn = _distinct_class_name(i.name)
+        if keyword.iskeyword(cn):
+            cn += "_"
+        names[i.id] = cn
+    seen: dict = {}
+    for i in infos:
+        other = seen.setdefault(names[i.id], i.name)
+        if other != i.name:
+            raise ValueError(f"types {other} and {i.name} would both be the class "
+                             f"{names[i.id]}; rename one of them")
+    return names
+
+
+def attr_names(info) -> list:
+    """The attribute (and ``__init__`` keyword) name of each field of ``info``: the field's
+    name, or ``name_`` (``name__``, ...) for a keyword, ``self`` or a name the class defines.
+    A name starting with '__' (which Python mangles inside a class) is a ValueError."""
+    taken = {f.name for f in info.fields}
+    out = []
+    for f in info.fields:
+        if f.name.startswith("__"):
+            raise ValueError(f"type {info.name}, field {f.name!r}: a name starting with '__' "
+                             "cannot be an attribute of the generated class (Python mangles "
+                             "it); rename the field")
+        a = f.name
+        if keyword.iskeyword(a) or a in _CLASS_NAMES:
+            a += "_"
+            while a in taken or a in _CLASS_NAMES:
+                a += "_"
+            taken.add(a)
+        out.append(a)
+    return out
 
 
 def _fmt(info) -> str:
@@ -37,52 +101,56 @@ def _fmt(info) -> str:
     return fmt
 
 
-def _class(info) -> str:
-    cn = class_name(info.name)
+def _class(info, cn: str) -> str:
+    attrs = attr_names(info)
     names = [f.name for f in info.fields]
-    fixed = [f for f in info.fields if not f.is_var]
-    var = next((f for f in info.fields if f.is_var), None)
-    ann = ", ".join(f"{f.name}: {_PYTYPE[f.category]}" for f in info.fields)
-    doc = (info.doc or f"Payload of {info.name}").replace('"""', "'")
+    fixed = [a for f, a in zip(info.fields, attrs) if not f.is_var]
+    var = next((a for f, a in zip(info.fields, attrs) if f.is_var), None)
+    ann = ", ".join(f"{a}: {_PYTYPE[f.category]}" for f, a in zip(info.fields, attrs))
+    fields = ", ".join(f"{f.name} {f.kind}" + (f" (attribute {a})" if a != f.name else "")
+                       for f, a in zip(info.fields, attrs))
+    doc = f"{info.doc or f'Payload of {info.name}'} (type {info.name}, id {info.id}; " \
+          f"fields: {fields})."
     L = [f"class {cn}:",
-         f'    """{doc} (type {info.name}, id {info.id}; fields: '
-         f'{", ".join(f"{f.name} {f.kind}" for f in info.fields)})."""',
+         f"    {doc!r}",                     # a literal whatever the doc holds
          f"    TYPE_NAME = {info.name!r}",
          f"    TYPE_ID = {info.id}",
-         f"    FIELDS = {tuple(names)!r}",
+         f"    FIELDS = {tuple(names)!r}",    # the schema's names: to_dict()'s keys
+         f"    ATTRS = {tuple(attrs)!r}",     # the attributes (and __init__'s keywords)
          f"    _S = struct.Struct({_fmt(info)!r})",
          f"    FIXED_SIZE = {info.fixed_size}",
-         f"    __slots__ = {tuple(names)!r}",
+         f"    __slots__ = {tuple(attrs)!r}",
          "",
          f"    def __init__(self, {ann}):"]
-    for f in info.fields:
-        L.append(f"        self.{f.name} = {f.name}")
+    for a in attrs:
+        L.append(f"        self.{a} = {a}")
     L += ["",
           "    def encode(self) -> bytes:",
-          f"        fixed = self._S.pack({', '.join(f'self.{f.name}' for f in fixed)})"]
+          f"        fixed = self._S.pack({', '.join(f'self.{a}' for a in fixed)})"]
     if var is None:
         L.append("        return fixed")
     else:
-        L.append(f"        v = bytes(self.{var.name})")
+        L.append(f"        v = bytes(self.{var})")
         L.append("        return fixed + _LEN.pack(len(v)) + v")
     L += ["",
           "    @classmethod",
           f'    def decode(cls, data) -> "{cn}":',
           "        data = bytes(data)"]
+    # _ValueError: a type VALUE_ERROR makes a class ValueError in this module
     if var is None:
         L += ["        if len(data) != cls.FIXED_SIZE:",
-              f"            raise ValueError(f\"{info.name}: payload of {{len(data)}} bytes; the "
-              f"schema has {info.fixed_size}\")",
+              f"            raise _ValueError(f\"{info.name}: payload of {{len(data)}} bytes; "
+              f"the schema has {info.fixed_size}\")",
               "        vals = cls._S.unpack(data)"]
     else:
         L += ["        if len(data) < cls.FIXED_SIZE + 4:",
-              f"            raise ValueError(f\"{info.name}: payload of {{len(data)}} bytes; the "
-              f"schema needs at least {info.fixed_size + 4}\")",
+              f"            raise _ValueError(f\"{info.name}: payload of {{len(data)}} bytes; "
+              f"the schema needs at least {info.fixed_size + 4}\")",
               "        vals = cls._S.unpack_from(data, 0)",
               "        (n,) = _LEN.unpack_from(data, cls.FIXED_SIZE)",
               "        if len(data) != cls.FIXED_SIZE + 4 + n:",
-              f"            raise ValueError(f\"{info.name}: payload of {{len(data)}} bytes; its "
-              f"length prefix says {{cls.FIXED_SIZE + 4 + n}}\")",
+              f"            raise _ValueError(f\"{info.name}: payload of {{len(data)}} bytes; "
+              f"its length prefix says {{cls.FIXED_SIZE + 4 + n}}\")",
               "        var = data[cls.FIXED_SIZE + 4:]"]
     args = []
     i = 0
@@ -95,29 +163,32 @@ def _class(info) -> str:
     L += [f"        return cls({', '.join(args)})",
           "",
           "    def to_dict(self) -> dict:",
-          "        return {k: getattr(self, k) for k in self.FIELDS}",
+          "        return {k: getattr(self, a) for k, a in zip(self.FIELDS, self.ATTRS)}",
           "",
           "    def __eq__(self, other):",
           "        return type(other) is type(self) and self.to_dict() == other.to_dict()",
           "",
           "    def __repr__(self):",
-          f"        return f\"{cn}({{', '.join(f'{{k}}={{getattr(self, k)!r}}' for k in "
-          "self.FIELDS)})\"",
+          f"        return f\"{cn}({{', '.join(f'{{a}}={{getattr(self, a)!r}}' for a in "
+          "self.ATTRS)})\"",
           ""]
     return "\n".join(L)
 
 
 def generate(reg, *, source: str = "types.toml") -> str:
-    """The Python source of the accessors for every type of ``reg`` (a TypeRegistry)."""
+    """The Python source of the accessors for every type of ``reg`` (a TypeRegistry, or
+    TypeInfos). A registry no module can be generated for (see ``class_names`` and
+    ``attr_names``) is a ValueError naming the type and the field."""
     infos = sorted(reg, key=lambda i: i.id)
-    out = [f'"""Typed payload accessors generated by `ggmk typegen` from {source}. Do not '
-           'edit: regenerate."""',
-           "import struct", "", "_LEN = struct.Struct('<I')", "",
+    doc = (f"Typed payload accessors generated by `ggmk typegen` from {source}. Do not edit: "
+           "regenerate.")
+    out = [repr(doc),
+           "import struct", "", "_LEN = struct.Struct('<I')", "_ValueError = ValueError", "",
            "TYPE_IDS = {" + ", ".join(f"{i.name!r}: {i.id}" for i in infos) + "}", "", ""]
     classes = [i for i in infos if i.fields]
+    names = class_names(classes)
     for info in classes:
-        out.append(_class(info))
+        out.append(_class(info, names[info.id]))
         out.append("")
-    out.append("PAYLOADS = {" + ", ".join(f"{i.id}: {class_name(i.name)}" for i in classes)
-               + "}")
+    out.append("PAYLOADS = {" + ", ".join(f"{i.id}: {names[i.id]}" for i in classes) + "}")
     return "\n".join(out) + "\n"
