@@ -95,6 +95,49 @@ def test_mod_reset_clears_poison_and_reruns_init(ops, wait_until):
     assert "module flaky reset" in g("log", "-n", "100").stdout
 
 
+KVB_APP = textwrap.dedent('''
+    from ggmk.modules import kv
+    modules = [kv.module(capacity=16, value_size=32, name="kvb")]
+''')
+
+
+def test_kv_put_of_an_int_into_a_table_of_byte_values_is_confirmed(g, tmp_path):
+    """The put was stored (as its little-endian bytes) but `kv put` compared the table's bytes
+    with the int, waited 10 s, said "not stored" and exited 1; the answer of the module, by
+    tag, is what says so now."""
+    path = tmp_path / "kvb_app.py"
+    path.write_text(KVB_APP)
+    r = g("boot", str(path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        _put_bytes_values(g)
+    finally:
+        g.stop()
+
+
+def _put_bytes_values(g):
+    r = g("kv", "put", "14", "7", "--name", "kvb", timeout=30)
+    assert r.returncode == 0 and "14: ok" in r.stdout, r.stdout + r.stderr
+    got = g.json("kv", "get", "14", "--name", "kvb")
+    assert got["found"] and bytes.fromhex(got["hex"]) == b"\x07" if "hex" in got \
+        else got["found"], got
+    r = g("kv", "put", "15", "--text", "hello", "--name", "kvb")
+    assert r.returncode == 0 and "15: ok" in r.stdout, r.stdout + r.stderr
+
+
+def test_an_unknown_numeric_type_is_refused_and_not_added(ops):
+    """`ggmk emit 4242` was refused but registered TYPE_4242 in the running system for good
+    (and `trace --type 4343` was accepted with 0 events)."""
+    g = ops
+    for args in (("emit", "4242"), ("trace", "--type", "4343")):
+        r = g(*args)
+        assert r.returncode == EXIT_ERROR and "unknown type id" in r.stderr, r.stderr
+    r = g("emit", "NOPE")
+    assert r.returncode == EXIT_ERROR and "TYPE_4242" not in r.stderr \
+        and "TYPE_4343" not in r.stderr, r.stderr
+    assert g("emit", "INIT_MARK").returncode == 0       # a known one still goes
+
+
 def test_kv_put_get_ls_through_the_module(ops):
     g = ops
     r = g("kv", "put", "7", "700")

@@ -26,10 +26,12 @@ from queue import Empty, SimpleQueue
 import numpy as np
 
 import ggmk
+from ggmk import sdk
 from ggmk.control import protocol as P
 from ggmk.control import views
 from ggmk.control.paths import StatePaths
-from ggmk.control.protocol import ControlError
+from ggmk.control.protocol import TRACE_CAPACITY, ControlError
+from ggmk.errors import KernelStopped
 
 PARTIAL_REQUEST_TIMEOUT = 10.0      # seconds a half-sent request may sit idle
 FIRST_REQUEST_TIMEOUT = 10.0        # seconds a new connection may take to send its first byte
@@ -37,7 +39,6 @@ IDLE_CONNECTION_TIMEOUT = 600.0     # seconds a connection may sit idle between 
 EVICT_GRACE = 0.5                   # seconds idle before a connection may be closed for a new one
 KV_PUT_TIMEOUT = 10.0               # seconds `kv put` waits for the module to apply the put
 SEND_TIMEOUT = 10.0                 # seconds a client may take to read a response
-TRACE_CAPACITY = 1 << 18            # trace events kept per system (oldest dropped)
 LOG_CAPACITY = 10_000               # log lines kept
 COLLECT_INTERVAL = 0.05             # seconds between trace collections
 FULL_STATS_MAX_AGE = 0.5            # seconds a full System.stats() is shared by watchers
@@ -169,6 +170,8 @@ class ControlServer:
         self.trace_enabled = bool(getattr(self.tracer, "enabled", False)) and \
             not getattr(self.cpu, "deterministic", False)
         self._trace_lock = threading.Lock()
+        self._kv_lock = threading.Lock()
+        self._kv_clients: dict = {}          # kv module name -> its sdk.KV (``kv put``)
         self._trace_chunks: deque = deque()      # (worker, TRACE_DTYPE array)
         self._trace_n = 0
         self._trace_dropped = 0
@@ -665,10 +668,7 @@ class ControlServer:
     def _emit(self, tname, payload_json, chan, count, meta0, meta1):
         self._check_live()
         cpu = self.cpu
-        try:
-            tid = cpu.type_id(tname) if not tname.isdigit() else cpu.type_id(int(tname))
-        except (KeyError, ValueError, TypeError) as e:
-            raise ControlError("unknown_type", str(e).strip("'\"")) from None
+        tid = self._known_type(tname)
         info = cpu.types.info(tid)
         if chan is None and cpu.handler_of[tid] is None:
             # submitted anyway, every task would land on sys.error (UNKNOWN_TYPE)
@@ -975,48 +975,35 @@ class ControlServer:
         return self._kv_put(m, key, value)
 
     def _kv_put(self, m, key, value):
-        """Through the module's own ``NAME.put`` channel (its handler applies it and answers
-        on NAME.resp), then wait until the handler has run it."""
+        """Put through the module's own ``NAME.put`` channel as an ``sdk.KV`` client does: the
+        module's answer on ``NAME.resp``, matched to this put by its tag, says whether it was
+        stored. (Watching the table for the value mistook an int put into a table of byte
+        values for "not stored", and could not tell a full table from another put of the
+        key.)"""
         st = m.kv
         if isinstance(value, str):
-            data = value.encode()
-            if len(data) > st.value_size:
-                raise ControlError("bad_args", f"text of {len(data)} bytes; kv {m.name!r} keeps "
-                                   f"values of at most {st.value_size} bytes")
+            value = value.encode()
+            if len(value) > st.value_size:
+                raise ControlError("bad_args", f"text of {len(value)} bytes; kv {m.name!r} "
+                                   f"keeps values of at most {st.value_size} bytes")
         elif st.inline and value > st.vmax:
             raise ControlError("bad_args", f"value {value} does not fit kv {m.name!r}'s "
                                f"{st.value_size}-byte values (at most {st.vmax})")
-        want = value if not isinstance(value, str) else \
-            int.from_bytes(value.encode(), "little") if st.inline else value.encode()
-        tab = st.table
-
-        def publish():
-            with tab.lock:
-                full0 = st.counters["full"]
-            ch = self.system.channel(f"{m.name}.put")
-            if isinstance(value, str):
-                return ch.publish(meta0=key, meta1=0, payload=value.encode()), full0
-            return ch.publish(meta0=key, meta1=value), full0
-        r, full0 = self.call(publish)
-        if r != 0:
-            raise ControlError("busy", f"{m.name}.put refused the request: "
-                               f"{ggmk.task.code_name(r)}; try again")
-        # Wait for this put itself: its value in the table. (The module's put counter says
-        # that *a* put ran, perhaps another client's: not this one.) It cannot be stored when
-        # the table is full without the key and a put was refused FULL since ours went in.
-        deadline = time.monotonic() + KV_PUT_TIMEOUT
-        while True:
-            with tab.lock:
-                got = tab.get(key)
-                refused = got is None and len(tab) >= tab.capacity and \
-                    st.counters["full"] > full0
-            stored = got == want
-            if stored or refused or time.monotonic() >= deadline or self._stop.is_set():
-                break
-            self._stop.wait(0.001)      # polling the table, with a deadline
-        status = "ok" if stored else "not stored (table full)" if refused else \
-            f"not stored within {KV_PUT_TIMEOUT:g}s (table full, or another put of the key)"
-        return {"module": m.name, "key": key, "stored": bool(stored), "status": status,
+        with self._kv_lock:
+            client = self._kv_clients.get(m.name)
+            if client is None:
+                client = self._kv_clients[m.name] = sdk.KV(self.system, m.name,
+                                                           timeout=KV_PUT_TIMEOUT)
+        try:
+            client.put(key, value)
+            status = "ok"
+        except sdk.KV.KVError as e:
+            status = f"not stored ({str(e).rsplit(': ', 1)[-1].lower().replace('_', ' ')})"
+        except TimeoutError:
+            status = f"not stored within {KV_PUT_TIMEOUT:g}s (no answer from {m.name}.resp)"
+        except KernelStopped:
+            raise ControlError("halted", "the system halted") from None
+        return {"module": m.name, "key": key, "stored": status == "ok", "status": status,
                 "stats": st.stats()}
 
     def cmd_log(self, conn, rid, args):
@@ -1248,8 +1235,10 @@ class ControlServer:
             self.log.add("info", "control", f"trace level set to {level}"
                          + (f" for module {module}" if module else "") + gpu_note)
 
+        streams: dict = {}      # each worker's sampling position, carried across a follow's reads
+
         def view(chunks):
-            return views.sample_events(views.filter_events(chunks, keep), sample)
+            return views.sample_events(views.filter_events(chunks, keep), sample, streams)
         meta = {"workers": self.tracer.nworkers, "nworkers": self.cpu.nworkers,
                 "types": self._type_names(), "pid": os.getpid(), "app": self.app,
                 **self._gpu_meta()}
@@ -1343,12 +1332,25 @@ class ControlServer:
                 except (KeyError, ValueError, TypeError):
                     pass
         if tname is not None:
-            try:
-                tid = int(self.cpu.type_id(int(tname) if tname.isdigit() else tname))
-            except (KeyError, ValueError, TypeError) as e:
-                raise ControlError("unknown_type", str(e).strip("'\"")) from None
+            tid = self._known_type(tname)
             keep = {tid} if keep is None else keep & {tid}
         return keep
+
+    def _known_type(self, tname: str) -> int:
+        """The id of a type the system knows, by name or id (``emit``, ``trace --type``); an
+        unknown one is an error. (``System.type_id`` registers an unknown *id* as TYPE_<id>:
+        a refused ``ggmk emit 4242`` added that type to the running system for good.)"""
+        cpu = self.cpu
+        try:
+            if tname.isdigit():
+                tid = int(tname)
+                if tid not in cpu.types:
+                    raise KeyError(f"unknown type id {tid}; known: "
+                                   f"{sorted(i.id for i in cpu.types)[:20]}")
+                return tid
+            return int(cpu.type_id(tname))
+        except (KeyError, ValueError, TypeError) as e:
+            raise ControlError("unknown_type", str(e).strip("'\"")) from None
 
     # -- top -----------------------------------------------------------------------------------
     def _frame(self) -> dict:
