@@ -71,8 +71,9 @@ import numpy as np
 from ggmk import task as T
 from ggmk.core.alloc import Arena
 from ggmk.core.context import _PRIORITIES, Context, inherit_columns
+from ggmk.core.det import check_int
 from ggmk.core.faults import backoff_ticks
-from ggmk.core.kernel import System
+from ggmk.core.kernel import MAX_RETRIES_LIMIT, System
 from ggmk.core.worker import _batch_codes, _task_code
 from ggmk.errors import EmitError
 from ggmk.task import (CHAN_FULL, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC, HALTED,
@@ -326,9 +327,10 @@ class Sandbox:
     def __init__(self, modules, *, types: TypeRegistry | None = None, arena_size: int = 8 << 20,
                  raise_exceptions: bool = True, max_steps: int = 100_000, max_retries: int = 8,
                  max_batch: int = 256):
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"sandbox: max_retries={max_retries!r}: allowed an int >= 0 (as "
-                             f"boot's: RETRY_EXHAUSTED after that many retries)")
+        # as boot's: an int 0..65535 (the retry counter is a u16: past it the limit never came)
+        max_retries = check_int("sandbox: max_retries", max_retries, 0, MAX_RETRIES_LIMIT,
+                                what=" (as boot's: RETRY_EXHAUSTED after that many retries; "
+                                     "the retry counter is a u16)")
         # (boot takes any value here: 0 runs nothing, 2.5 crashes a worker; refused up front)
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"sandbox: max_batch={max_batch!r}: allowed an int >= 1 (as "
@@ -629,20 +631,23 @@ class Sandbox:
                 if ptr and not retained[i]:
                     self.arena.release(ptr)
             elif c == YIELD:                  # as Worker._yield: at most max_yields
-                r["yield_count"] += 1
-                if int(r["yield_count"][0]) > self._max_yields[tid]:
+                yc = int(r["yield_count"][0])   # a u16: compared before the bump, which
+                if yc != 0xFFFF:                # saturates (bumped first, 65535 wrapped to 0
+                    r["yield_count"] = yc + 1   # and never passed a max_yields of 65535)
+                if yc >= self._max_yields[tid]:
                     self._fail(name, r, MAX_YIELDS)
                 else:
                     self._push(r, self.tick)
             elif c == WAIT:
                 self._push(r, self.tick + 1)
             elif c == RETRY:                  # as Worker._retry: backoff, at most max_retries
-                r["_pad"] += 1
-                attempt = int(r["_pad"][0])
-                if attempt > self.max_retries:
+                pad = int(r["_pad"][0])         # the retry counter (a u16): as yield_count
+                if pad != 0xFFFF:
+                    r["_pad"] = pad + 1
+                if pad >= self.max_retries:
                     self._fail(name, r, RETRY_EXHAUSTED)
                 else:
-                    self._push(r, self.tick + backoff_ticks(attempt))
+                    self._push(r, self.tick + backoff_ticks(pad + 1))
             else:
                 self._fail(name, r, c)
         return codes

@@ -889,7 +889,13 @@ def finish(S, blk, ti, tick, o, r):
             to_sys(S, blk, CH_SYS_ERROR, RETRY_EXHAUSTED, w0, w1, w2, set_pad(w3, 0), w4, w5)
             settle(S, blk, w0, w1, w2)
             return
-        back = 1 << (n - 1)
+        # backoff 1, 2, 4 .. ticks, at most 64 (core.faults.backoff_ticks): the shift is
+        # capped at 7 (64's bit length), so it never overflows (1 << 63 was negative, and
+        # past 63 x86 masks the shift and a GPU gives 0: no backoff from the 64th retry on)
+        shift = n - 1
+        if shift > 7:
+            shift = 7
+        back = 1 << shift
         if back > 64:
             back = 64
         met_add(D, blk, M_RETRY_SCHEDULED, 1)

@@ -230,6 +230,10 @@ USER_WORDS = 1 << 16           # handler-owned device words (g.user_words)
 EV_DRAIN_MAX = 256             # due events drained per loop (SPEC §3)
 
 
+#: the most ``DeviceConfig.max_retries`` can be: the retry counter (``_pad``) is a u16
+MAX_RETRIES_LIMIT = 0xFFFF
+
+
 def _pow2(n: int, what: str) -> int:
     if n < 1 or n & (n - 1):
         raise BootError(f"device config: {what}={n} must be a power of two")
@@ -275,6 +279,15 @@ class DeviceConfig:
                                       # a dual system the CPU kernel's trace=False)
 
     def validate(self) -> "DeviceConfig":
+        # (never checked before: "8" or 2.5 reached the compiler, and above 65535 the u16
+        # retry counter wraps before it can pass the limit; as boot's max_retries)
+        mr = self.max_retries
+        if not isinstance(mr, (int, np.integer)) or isinstance(mr, (bool, np.bool_)) \
+                or not 0 <= mr <= MAX_RETRIES_LIMIT:
+            raise BootError(f"device config: max_retries={mr!r}: allowed an int "
+                            f"0..{MAX_RETRIES_LIMIT} (retries of a task before it fails with "
+                            f"RETRY_EXHAUSTED; its retry counter is a u16)")
+        self.max_retries = int(mr)      # a compile-time constant: a plain int
         if self.blocks < 1:
             raise BootError(f"device config: blocks={self.blocks} (workers: one per block) "
                             f"must be >= 1")
