@@ -26,6 +26,28 @@ Several instances of one standard module can be booted together: an instance not
 the module (``kv.module(name="cache")``) gets its own channel prefix (``cache.get`` ...) and
 handler types named ``<TYPE>_<NAME>`` (automatic ids); the message types stay the module's.
 
+Device versions (``device_module()``) keep their state in the GPU kernel's 65536 user words
+(``g.user_*``); their default regions are disjoint, so any of them boot together with their
+defaults (``hi`` exclusive; the bridge of a dual boot keeps the top 2048 words, 63488..65535):
+
+=============  ===============  ===============================================================
+module         default words    size
+=============  ===============  ===============================================================
+reduce         1024 .. 1410     ``base=1024``: 2 + 6 per group slot (64 groups)
+timer          4096 .. 4484     ``base=4096``: 4 + 6 per timer slot (64 timers)
+gate           8192 .. 8449     ``base=8192``: 1 + 4 per gate slot (64 gates)
+stats          12288 .. 16900   ``base=12288``: 4 + 72 per metric (64 metrics; up to 227
+                                metrics before log's words)
+log            28672 .. 28681   ``base=28672``: 9 words
+echo           32767            ``rr_word=32767``: the round-robin turn (``round_robin`` only)
+kv             32768 .. 40962   ``base=32768``: 2 + 4 per slot (``2 * capacity`` slots rounded
+                                up to a power of two: 2048 at capacity 1024; at most 2048
+                                keys at this base, ending at 49154)
+=============  ===============  ===============================================================
+
+A larger table or a second instance needs its own ``base`` (``m.user_words`` says where each
+one is).
+
 Shared helpers (for module authors too):
 
 * :func:`std_module` - a ``ggmk.Module`` carrying a ``.toml`` fragment's types.
@@ -36,6 +58,9 @@ Shared helpers (for module authors too):
   try-lock on a user word), :func:`slot_key` (the hash every device table uses),
   :func:`emit_or_later` (a follow-on that must not be lost: the event queue when the run
   queues are full).
+* :func:`device_region` - a device factory's check that its user-word region fits, naming
+  the argument at fault; the factories record the region as ``m.user_words = (lo, hi,
+  what)`` (``hi`` exclusive; ``None``: no user words), so a build can refuse overlaps.
 * :class:`Outbox` - records waiting for room on a lossless channel: a handler that has
   already done its work (a kv put applied, a gate opened) must not lose or redo the answer
   when the channel is full, so the answer waits here in order and is flushed by the next
@@ -57,7 +82,8 @@ from ggmk.core.module import Module
 from ggmk.errors import BootError
 
 __all__ = ["std_module", "Outbox", "instance_type", "check_instance_name", "defer", "RANGES",
-           "registry", "device_api", "emit_or_later", "try_lock", "unlock", "slot_key"]
+           "registry", "device_api", "emit_or_later", "try_lock", "unlock", "slot_key",
+           "device_region"]
 
 _CHUNK = 4096
 RANGES = {"echo": 0x4500, "gate": 0x4700, "nic": 0x4900, "kv": 0x4B00, "log": 0x4C00,
@@ -294,6 +320,30 @@ def device_check(what, value, lo, hi):
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise BootError(f"{what} must be an int in {lo}..{hi}, got {value!r}")
     return value
+
+
+USER_WORDS = 1 << 16          # the device kernel's user words (ggmk.device.layout.USER_WORDS)
+
+
+def device_region(what: str, base, words: int, sized_by: str, allowed=""):
+    """The user words ``base .. base + words - 1`` of a device module, as ``(lo, hi)`` (``hi``
+    exclusive), checked: ``base`` must be a user word (an int 0..65535), and the region must
+    end within the 65536 user words - else a BootError naming ``sized_by`` (the argument(s)
+    that set the size, with their values) and ``allowed`` (what else would fit: a string, or
+    a function of nothing returning one, called only then), so the message
+    blames the argument at fault, not ``base`` when ``base`` is fine."""
+    if isinstance(base, bool) or not isinstance(base, int) or not 0 <= base < USER_WORDS:
+        raise BootError(f"{what}: base must be an int in 0..{USER_WORDS - 1} (the first of "
+                        f"its user words), got {base!r}")
+    if base + words > USER_WORDS:
+        allowed = allowed() if callable(allowed) else allowed
+        fit = [allowed] if allowed else []
+        if words <= USER_WORDS:
+            fit.append(f"base <= {USER_WORDS - words}")
+        raise BootError(f"{what}: {sized_by} needs {words} user words from base={base} (up "
+                        f"to word {base + words - 1}): exceeds the {USER_WORDS} user words; "
+                        f"allowed: {' or '.join(fit)}")
+    return base, base + words
 
 
 def pow2(n: int) -> int:

@@ -170,8 +170,9 @@ def device_module(to, *, mode: str = "route", type: int | None = None,
     """The echo module for the GPU kernel (``ggmk.device``): handles type ``type`` (an id;
     default ``ECHO``'s) and forwards meta0, meta1 and the payload (one more reference per
     copy) on device channels it declares: ``to`` (1..4 names), ``mode`` ``"route"`` or
-    ``"round_robin"`` (the turn is the atomic counter in user word ``rr_word``; a full channel
-    is skipped; all full: ``wait_at`` and try again), a ``tap`` copy (lossy by default), and
+    ``"round_robin"`` (the turn is the atomic counter in user word ``rr_word``, recorded as
+    ``m.user_words``, ``None`` when one output needs no turn; a full channel is skipped; all
+    full: ``wait_at`` and try again), a ``tap`` copy (lossy by default), and
     ``retype`` (the channels' message type id; default the input type). The device channels
     are the module's: consume them with ``handler(..., consumes="name")``. Channel ids are
     fixed at build (``m.echo_channels``: name -> declaration).
@@ -216,8 +217,9 @@ def device_module(to, *, mode: str = "route", type: int | None = None,
                         f"got {to!r}")
     if tap is not None and tap in to:
         raise BootError(f"echo (device): the tap channel {tap!r} is also an output")
-    if not 0 <= rr_word < 65536:
-        raise BootError(f"echo (device): rr_word must be a user word 0..65535, got {rr_word!r}")
+    if isinstance(rr_word, bool) or not isinstance(rr_word, int) or not 0 <= rr_word < 65536:
+        raise BootError(f"echo (device): rr_word must be an int user word 0..65535 (the "
+                        f"round-robin turn), got {rr_word!r}")
     tin = type_id() if type is None else type
     tout = retype if retype is not None else tin
     m = gd.Module(name)
@@ -236,6 +238,9 @@ def device_module(to, *, mode: str = "route", type: int | None = None,
         m.echo_channels[tap] = CT
     NOUT = len(chans)
     RR = rr_word
+    # the one user word it uses (round_robin over several outputs), for overlap checks
+    m.user_words = (RR, RR + 1, f"{name}: echo (device) round-robin turn") if NOUT > 1 \
+        else None
 
     @m.handler(tin, max_yields=60000)
     def forward(ctx, task):

@@ -166,28 +166,35 @@ def type_ids() -> dict[str, int]:
     return {t.name: t.id for t in _manifest(str(Path(__file__).with_name("gate.toml"))).types}
 
 
+def _pow2_floor(n: int) -> int:
+    """The largest power of two <= n (0 for n < 1)."""
+    return 1 << (n.bit_length() - 1) if n >= 1 else 0
+
+
 def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gate",
                   channels: bool = False, capacity: int = 256):
     """The gate module for the GPU kernel (``ggmk.device``): the same types and ids.
 
     A ``GATE_ARRIVE`` task (meta0 = gate id 0..2**31-1, meta1 = tag, any payload) counts
-    itself in and then *waits* (``WAIT``: re-queued behind the work already queued, not
-    counted as a yield, its payload kept) until ``n`` arrivals of its round are in; the
-    ``n``-th one opens the gate, every waiting arrival of that round then sends its
-    ``GATE_PASS`` (meta0 = gate id, meta1 = tag, the payload handed on) and finishes, and the
-    gate is closed again for the next round (reusable: arrivals after the ``n``-th belong to
-    the next round). Out: to the host (``channels=False``; a payload is then the host's to
-    release), or subscribed to ``NAME.arrive`` and published on the device channel
-    ``NAME.open`` (``channels=True``, the CPU version's channels; a full channel makes the
-    arrival wait).
+    itself in and then *waits* (one ``YIELD`` that marks it a waiter, then ``WAIT``: re-queued
+    behind the work already queued, not counted as a yield, its payload kept) until ``n``
+    arrivals of its round are in; the ``n``-th one opens the gate, every waiting arrival of
+    that round then sends its ``GATE_PASS`` (meta0 = gate id, meta1 = tag, the payload handed
+    on) and finishes, and the gate is closed again for the next round (reusable: arrivals
+    after the ``n``-th belong to the next round). Out: to the host (``channels=False``; a
+    payload is then the host's to release), or subscribed to ``NAME.arrive`` and published on
+    the device channel ``NAME.open`` (``channels=True``, the CPU version's channels; a full
+    channel makes the arrival wait).
 
-    State: user words ``base .. base + 1 + 4 * gates`` (a lock, then 4 words per gate slot:
-    state, id, arrivals, round; ``gates`` rounded up to a power of two). A slot stays bound
-    to its gate id (its round counter lives there), so a kernel serves at most ``gates``
-    distinct gate ids. Bad input: ``GATE_BAD_ID`` (an id outside 0..2**31-1: a waiting
-    arrival keeps its round in meta0's high bits, marked by bit 62, so meta0 values with bit
-    62 set are reserved), ``GATE_TABLE_FULL`` (an arrival at one
-    gate id more than ``gates``); both on sys.error.
+    State: user words ``base .. base + 1 + 4 * gates`` (exclusive: a lock, then 4 words per
+    gate slot: state, id, arrivals, round; ``gates`` rounded up to a power of two;
+    ``m.user_words``). A slot stays bound to its gate id (its round counter lives there), so a
+    kernel serves at most ``gates`` distinct gate ids. Bad input: ``GATE_BAD_ID`` (an id
+    outside 0..2**31-1, whatever its high bits: a waiting arrival keeps its round in meta0's
+    high bits, marked by bit 62, but the marker is read only once the handler has parked the
+    task with one ``YIELD``, so an arrival's own meta0 is always checked as an id;
+    ``yield_count`` is the runtime's), ``GATE_TABLE_FULL`` (an arrival at one gate id more
+    than ``gates``); both on sys.error.
 
     What the numeric subset forbids here: keeping the arrivals in a Python list (they wait as
     tasks instead, so the gate needs no storage), per-gate sizes as a dict (one ``n``), and
@@ -209,12 +216,15 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
     """
     global g
     import ggmk.device as gd
-    from ggmk.modules import device_api, device_check, pow2
+    from ggmk.modules import device_api, device_check, device_region, pow2
     g = device_api()
     device_check("gate (device): n", n, 1, 2**31)
     device_check("gate (device): gates", gates, 1, 8192)
     GN = pow2(gates)
-    device_check("gate (device): base", base, 0, 65536 - (1 + 4 * GN))
+    lo, hi = device_region("gate (device)", base, 1 + 4 * GN,
+                           f"gates={gates} (1 + 4 words x {GN} slots)",
+                           lambda: f"gates <= {_pow2_floor((65535 - base) // 4)} at this "
+                                   f"base")
     ids = type_ids()
     ARR, PASS = ids["GATE_ARRIVE"], ids["GATE_PASS"]
     LOCK, T0, GMK, N = base, base + 1, GN - 1, n
@@ -231,10 +241,13 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
         m0 = g.meta0(task)
         gid = m0 & 0x7FFFFFFF
         rnd = 0                                       # 0: a new arrival; r + 1: waits for r
-        if (m0 >> 62) == 1:
+        # the waiting marker (bit 62) is this handler's only after it yielded once (a task's
+        # first run has the meta0 it was sent with: an id, checked, never a marker)
+        parked = g.yield_count(task) > 0
+        if parked and (m0 >> 62) == 1:
             rnd = (m0 >> 32) & 0x3FFFFFFF             # a waiter (bit 62: set by this handler)
         elif m0 != gid:
-            return BADID
+            return BADID                              # an id outside 0..2**31-1
         h = slot_key(gid, GMK)
         if rnd == 0:
             if not try_lock(ctx, LOCK):
@@ -267,6 +280,8 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
                 g.user_set(ctx, found + 2, c)
                 g.set_meta0(task, gid | ((r + 1) << 32) | WAITING)
                 unlock(ctx, LOCK)
+                if not parked:
+                    return YIELD                      # the first park: marks it a waiter
                 return WAITC
             unlock(ctx, LOCK)
             g.set_meta0(task, gid | ((r + 1) << 32) | WAITING)  # passes below, as a waiter
@@ -291,6 +306,8 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
                                 -1) != 0:
                 if ptr != 0:
                     g.release(ctx, ptr)
+                if not parked:
+                    return YIELD                      # (the first park is a yield, above)
                 return WAITC                          # full: pass on the next run
         else:
             ptr = g.payload_ptr(task)
@@ -300,8 +317,11 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
                            0) != 0:
                 if ptr != 0:
                     g.release(ctx, ptr)
+                if not parked:
+                    return YIELD
                 return WAITC                          # queues full: pass on the next run
         return 0
 
     m.gate_layout = {"lock": LOCK, "table": T0, "gates": GN}
+    m.user_words = (lo, hi, f"{name}: gate (device) lock, 4 words x {GN} gate slots")
     return m

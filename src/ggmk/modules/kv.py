@@ -59,7 +59,7 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.errors import BootError
-from ggmk.modules import Outbox, instance_type, slot_key, std_module
+from ggmk.modules import Outbox, emit_or_later, instance_type, slot_key, std_module
 
 __all__ = ["module", "KVTable", "pack", "unpack", "device_module", "type_ids", "batch_encode",
            "batch_decode", "BATCH_ENTRY", "OK", "NOT_FOUND", "FULL", "TOO_BIG",
@@ -447,11 +447,11 @@ def batch_decode(raw) -> np.ndarray:
 
 
 def kv_find(ctx, key, t0, mask, nslot):
-    """The one probe loop of the device table (put, get and del share it): the first word of
-    the slot holding ``key`` (live or a tombstone: the caller reads its state), or -1 when a
-    slot on the chain is claimed but not yet published (the caller yields and looks again),
-    or ``-2 - e`` when ``key`` is absent: ``e`` is the first empty slot of the chain (where a
-    put claims), 0 when every slot was probed (the table is full of other keys)."""
+    """The one lock-free probe loop of the device table (put, get and del start with it): the
+    first word of the slot holding ``key`` (live or a tombstone: the caller reads its state),
+    or -1 when a slot on the chain is locked but not published (being written, or being
+    handed to another key: the caller yields and looks again), or ``-2 - e`` when ``key`` is
+    absent: ``e`` is the first empty slot of the chain, 0 when every slot was probed."""
     h = slot_key(key, mask)
     for probe in range(nslot):
         s = t0 + 4 * ((h + probe) & mask)
@@ -465,7 +465,39 @@ def kv_find(ctx, key, t0, mask, nslot):
     return -2
 
 
-kv_find._ggmk_device_func = True         # what ggmk.device.func marks (without importing it)
+def kv_scan(ctx, key, t0, mask, nslot, mine):
+    """The whole chain of ``key``, for a put of a key that is not live: ``e | k << 16 | t <<
+    32`` with ``e`` the chain's end (its first empty slot, or ``mine``: the empty slot this
+    lane holds; 0: the table has no empty slot), ``k`` the slot holding ``key`` (0: none; at
+    most one does) and ``t`` the first tombstone before the end (0: none); or -1 when a slot
+    on the chain is locked but not published (look again). Slot words are below 65536."""
+    h = slot_key(key, mask)
+    ks = 0
+    tb = 0
+    for probe in range(nslot):
+        s = t0 + 4 * ((h + probe) & mask)
+        st = g.user_get(ctx, s + 1)
+        if st != 0:
+            if ks == 0 and g.user_get(ctx, s + 2) == key:
+                ks = s
+            elif st == 2 and tb == 0:
+                tb = s
+            continue
+        if s != mine and g.user_get(ctx, s) != 0:
+            return -1
+        return s | (ks << 16) | (tb << 32)
+    return (ks << 16) | (tb << 32)
+
+
+def kv_lock(ctx, w):
+    """Take lock word ``w`` (a slot's first word, or the table's lock) with a fetch-add; when
+    another lane holds it, give the add back (bounded tries) and answer False: the caller
+    releases what it holds and looks again later (no lane waits holding a lock)."""
+    for _ in range(16):
+        if g.user_add(ctx, w, 1) == 0:
+            return True
+        g.user_add(ctx, w, -1)
+    return False
 
 
 def kv_reserve(ctx, count, cap):
@@ -478,34 +510,179 @@ def kv_reserve(ctx, count, cap):
     return 1
 
 
-kv_reserve._ggmk_device_func = True
+def kv_put1(ctx, key, val, count, t0, mask, nslot, cap):
+    """Put ``key = val``: ``OK``, ``FULL`` (a key that is not live, with ``cap`` keys in), or
+    -1 (the table changed under this lane: the caller yields and puts again).
+
+    A live key's value is written under its slot's lock. Any other put (a new key, or the
+    tombstone of this one) first locks the chain's end - its first empty slot, which every
+    put of this key needs, so puts of one key never run this part at once; the table's lock
+    when it has no empty slot - then scans the chain again (it must still end there, with no
+    slot being written) and writes the key into its own tombstone, else into the chain's
+    first tombstone (hidden while it changes keys), else into that empty slot."""
+    r = kv_find(ctx, key, t0, mask, nslot)
+    if r == -1:
+        return -1
+    if r >= 0 and g.user_get(ctx, r + 1) == 1:          # live: an update
+        if not kv_lock(ctx, r):
+            return -1
+        live = g.user_get(ctx, r + 1) == 1 and g.user_get(ctx, r + 2) == key
+        if live:
+            g.user_set(ctx, r + 3, val)
+        g.user_add(ctx, r, -1)
+        if live:
+            return OK
+        return -1
+    if g.user_get(ctx, count) >= cap:
+        return FULL
+    p = kv_scan(ctx, key, t0, mask, nslot, 0)
+    if p == -1:
+        return -1
+    e = p & 0xFFFF
+    tk = e
+    if e == 0:
+        tk = count + 1                                  # no empty slot: the table's lock
+    if not kv_lock(ctx, tk):
+        return -1
+    if e != 0 and g.user_get(ctx, e + 1) != 0:          # published meanwhile
+        g.user_add(ctx, tk, -1)
+        return -1
+    q = kv_scan(ctx, key, t0, mask, nslot, e)
+    if q == -1 or (q & 0xFFFF) != e:                    # the chain changed: look again
+        g.user_add(ctx, tk, -1)
+        return -1
+    ks = (q >> 16) & 0xFFFF
+    s = (q >> 32) & 0xFFFF
+    if ks != 0:
+        if g.user_get(ctx, ks + 1) != 2:                # live meanwhile: an update
+            g.user_add(ctx, tk, -1)
+            return -1
+        s = ks                                          # its own tombstone
+    if kv_reserve(ctx, count, cap) == 0:
+        g.user_add(ctx, tk, -1)
+        return FULL
+    if s != 0:
+        if not kv_lock(ctx, s):
+            g.user_add(ctx, count, -1)
+            g.user_add(ctx, tk, -1)
+            return -1
+        if g.user_get(ctx, s + 1) != 2:
+            g.user_add(ctx, s, -1)
+            g.user_add(ctx, count, -1)
+            g.user_add(ctx, tk, -1)
+            return -1
+        if s != ks:
+            g.user_set(ctx, s + 1, 0)                   # unpublished while it changes keys
+            g.user_set(ctx, s + 2, key)
+        g.user_set(ctx, s + 3, val)
+        g.user_set(ctx, s + 1, 1)
+        g.user_add(ctx, s, -1)
+    elif e != 0:
+        g.user_set(ctx, e + 2, key)
+        g.user_set(ctx, e + 3, val)
+        g.user_set(ctx, e + 1, 1)
+    else:                                   # no empty slot, no tombstone: > cap keys (never)
+        g.user_add(ctx, count, -1)
+        g.user_add(ctx, tk, -1)
+        return FULL
+    g.user_add(ctx, tk, -1)
+    return OK
 
 
-def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
+def kv_del1(ctx, key, count, t0, mask, nslot):
+    """Delete ``key``: ``OK``, ``NOT_FOUND``, or -1 (look again). The slot becomes a tombstone
+    under its lock; tombstones just before an empty slot then become empty (probe chains
+    through them end there anyway), taking each next slot's lock first, so the table keeps
+    empty slots to end chains however many keys come and go."""
+    r = kv_find(ctx, key, t0, mask, nslot)
+    if r == -1:
+        return -1
+    if r < 0 or g.user_get(ctx, r + 1) != 1:
+        return NOT_FOUND
+    if not kv_lock(ctx, r):
+        return -1
+    if g.user_get(ctx, r + 2) != key:                   # the slot changed keys: look again
+        g.user_add(ctx, r, -1)
+        return -1
+    if g.user_get(ctx, r + 1) != 1:                     # deleted meanwhile
+        g.user_add(ctx, r, -1)
+        return NOT_FOUND
+    g.user_set(ctx, r + 1, 2)
+    g.user_add(ctx, count, -1)
+    # sweep: while the slot after holds nothing (locked by this lane), this one becomes empty
+    nx = t0 + 4 * (((r - t0) // 4 + 1) & mask)
+    if g.user_get(ctx, nx + 1) != 0 or not kv_lock(ctx, nx):
+        g.user_add(ctx, r, -1)
+        return OK
+    if g.user_get(ctx, nx + 1) != 0:
+        g.user_add(ctx, nx, -1)
+        g.user_add(ctx, r, -1)
+        return OK
+    cur = r
+    for _ in range(nslot):
+        g.user_set(ctx, cur + 1, 0)                     # empty once unlocked
+        g.user_add(ctx, nx, -1)
+        nx = cur
+        cur = t0 + 4 * (((cur - t0) // 4 - 1) & mask)
+        if g.user_get(ctx, cur + 1) != 2 or not kv_lock(ctx, cur):
+            break
+        if g.user_get(ctx, cur + 1) != 2:
+            g.user_add(ctx, cur, -1)
+            break
+    g.user_add(ctx, nx, -1)
+    return OK
+
+
+for _f in (kv_find, kv_scan, kv_lock, kv_reserve, kv_put1, kv_del1):
+    _f._ggmk_device_func = True          # what ggmk.device.func marks (without importing it)
+del _f
+
+
+def _max_capacity(base: int) -> int:
+    """The largest device table capacity whose words fit from ``base`` (0: none)."""
+    n = (65536 - 2 - base) // 4                     # slots that fit
+    return (1 << (n.bit_length() - 1)) // 2 if n >= 1 else 0
+
+
+def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv",
+                  channels: bool = False, resp_capacity: int = 256):
     """The kv module for the GPU kernel (``ggmk.device``): the same types and ids (KV_PUT,
     KV_GET, KV_DEL requests as device tasks, inline values only: meta0 = key, meta1 = value
-    or tag) and the same answers (``KV_RESP`` to the host with ``emit_host``: meta0 =
-    ``pack(status, op, tag)``, meta1 = the value or the key).
+    or tag) and the same answers (``KV_RESP``: meta0 = ``pack(status, op, tag)``, meta1 = the
+    value or the key). Out: to the host with ``emit_host`` (``channels=False``), or
+    subscribed to ``NAME.put``/``NAME.get``/``NAME.del`` and published on the device channel
+    ``NAME.resp`` (``channels=True``: the CPU version's channels, fanout, lossless,
+    ``resp_capacity`` messages; an answer that finds it full is retried by a ``KV_FLUSH``
+    task, the operation is not redone). Batches (below) answer the host either way.
 
     The table lives in the kernel's user words (``g.user_*``, 65536 int64 words): word
-    ``base`` counts the keys, then 4 words per slot (claim, state, key, value) for
-    ``2 * capacity`` slots rounded up to a power of two; ``base + 1 + 4 * slots`` must fit in
-    65536 (``capacity`` <= 2048 at the default base, <= 4096 with ``base=0``). A slot is
-    claimed with an atomic fetch-add on its claim word (the device API has no
-    compare-and-swap on user words), then published by setting its state: a lane that finds
-    a slot claimed but not yet published yields and looks again. Deleted slots are tombstones reused only by the same key, so
-    churning through many distinct keys exhausts the table (``FULL``), never overwrites.
+    ``base`` counts the keys, ``base + 1`` is the table's lock, then 4 words per slot (lock,
+    state, key, value) for ``2 * capacity`` slots rounded up to a power of two;
+    ``base + 2 + 4 * slots`` must fit in 65536 (``capacity`` <= 2048 at the default base,
+    <= 4096 with ``base=0``; ``m.user_words``). The device API has no compare-and-swap on
+    user words: a slot's lock is taken with an atomic fetch-add on its first word (given back
+    when another lane holds it: that lane yields and looks again later). Gets take no lock:
+    a lane that finds a slot locked but not yet published yields and looks again, and a value
+    counts only if the slot still holds the key after it was read. A live key's value is
+    written under its slot's lock; every other put of a key (new, or revived from its
+    tombstone) first locks its probe chain's end (its first empty slot: every put of that key
+    needs it; the table's lock if no slot is empty), checks the rest of the chain again, and
+    then reuses the chain's first tombstone (any key's: deleted slots are reused, so keys
+    can come and go for ever, ``FULL`` only with ``capacity`` keys in) or that empty slot.
+    A delete turns the slot into a tombstone under its lock, and tombstones just before an
+    empty slot become empty again.
 
-    Put, get and del find their slot with one probe loop (:func:`kv_find`, a device
-    function). Batches: a ``KV_BATCH`` task applies many operations from a device buffer in
-    one handler call (payload = ``batch_encode(ops, keys, values, tags)``: 24 bytes per
-    operation; meta0 = their count, meta1 = 0: anything else is ``BAD_REQUEST``, as is a
-    count the payload cannot hold) and answers them in place (``batch_decode`` of the bytes
-    read back: status, op, tag, key, value), then sends ``KV_BATCH_DONE`` (meta0 = the
-    buffer, which the host keeps and reuses; meta1 = the count). Buffers come from
-    ``KV_ALLOC`` (meta0 = bytes, at most 128 KiB: 5461 operations; answered by ``KV_BUFFER``
-    with the address, 0 if the arena is full). One task per operation pays the kernel's
-    per-task path (queue, dispatch, one host record) for each; a batch pays it once.
+    Put and del are device functions (:func:`kv_put1`, :func:`kv_del1`) that the single
+    handlers and ``KV_BATCH`` share. Batches: a ``KV_BATCH`` task applies many operations from
+    a device buffer in one handler call (payload = ``batch_encode(ops, keys, values, tags)``:
+    24 bytes per operation; meta0 = their count, meta1 = 0: anything else is
+    ``BAD_REQUEST``, as is a count the payload cannot hold) and answers them in place
+    (``batch_decode`` of the bytes read back: status, op, tag, key, value), then sends
+    ``KV_BATCH_DONE`` (meta0 = the buffer, which the host keeps and reuses; meta1 = the
+    count). Buffers come from ``KV_ALLOC`` (meta0 = bytes, at most 128 KiB: 5461 operations;
+    answered by ``KV_BUFFER`` with the address, 0 if the arena is full). One task per
+    operation pays the kernel's per-task path (queue, dispatch, one host record) for each; a
+    batch pays it once.
 
     What the numeric subset forbids here (and in every device handler): Python objects
     (dicts, lists, strings, classes), allocating arrays, exceptions, recursion, I/O; values
@@ -530,85 +707,92 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
     """
     global g                       # handlers must see the device API as a global (codegen)
     import ggmk.device as gd
-    from ggmk.modules import device_api
+    from ggmk.modules import device_api, device_check, device_region
     g = device_api()
     if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
-        raise BootError(f"kv: capacity must be a positive int, got {capacity!r}")
+        raise BootError(f"kv (device): capacity must be a positive int, got {capacity!r}")
     slots = 1
     while slots < 2 * capacity:
         slots <<= 1
-    if not isinstance(base, int) or base < 0 or base + 1 + 4 * slots > 65536:
-        raise BootError(f"kv device table: base {base} + 1 + 4 * {slots} slots exceeds the "
-                        f"65536 user words; lower capacity or base")
+    lo, hi = device_region(
+        "kv (device)", base, 2 + 4 * slots,
+        f"capacity={capacity} (2 + 4 words x {slots} slots)",
+        lambda: f"capacity <= {_max_capacity(base)} at this base" if _max_capacity(base)
+        else "")
+    CH = bool(channels)
+    if CH:
+        device_check("kv (device): resp_capacity", resp_capacity, 1, 1 << 20)
     ids = type_ids()
     PUT, GET, DEL, RESP = ids["KV_PUT"], ids["KV_GET"], ids["KV_DEL"], ids["KV_RESP"]
-    COUNT, T0, MASK, CAP, NSLOT = base, base + 1, slots - 1, capacity, slots
+    FLUSH = ids["KV_FLUSH"]
+    COUNT, T0, MASK, CAP, NSLOT = base, base + 2, slots - 1, capacity, slots
     TAGM = TAG_MASK
-    YIELD = T.YIELD
+    YIELD, WAITC = T.YIELD, T.WAIT
     m = gd.Module(name)
+    C_RESP = 0
+    if CH:
+        C_RESP = m.channel(f"{name}.resp", message=RESP, mode="fanout",
+                           capacity=resp_capacity)
 
-    @m.handler(PUT, max_yields=60000)
+    @m.handler(PUT, max_yields=60000, consumes=f"{name}.put" if CH else None)
     def kv_put(ctx, task):
         key = g.meta0(task)
-        val = g.meta1(task)
         if g.payload_ptr(task) != 0:
-            g.emit_host(ctx, RESP, (BAD_REQUEST << 56) | (OP_PUT << 48), key)
-            return 0
-        r = kv_find(ctx, key, T0, MASK, NSLOT)
-        if r == -1:
-            return YIELD                                # a slot on the chain is being written
-        if r >= 0:
-            if g.user_get(ctx, r + 1) == 2:             # a tombstone of this key: revive
-                if kv_reserve(ctx, COUNT, CAP) == 0:
-                    g.emit_host(ctx, RESP, (FULL << 56) | (OP_PUT << 48), key)
-                    return 0
-            g.user_set(ctx, r + 3, val)
-            g.user_set(ctx, r + 1, 1)
-            g.emit_host(ctx, RESP, OP_PUT << 48, key)
-            return 0
-        s = -2 - r
-        if s == 0 or g.user_get(ctx, COUNT) >= CAP:
-            g.emit_host(ctx, RESP, (FULL << 56) | (OP_PUT << 48), key)
-            return 0
-        if g.user_add(ctx, s, 1) != 0:
-            return YIELD                                # another lane claimed it first
-        if kv_reserve(ctx, COUNT, CAP) == 0:
-            g.user_set(ctx, s, 0)                       # unclaim: the slot stays empty
-            g.emit_host(ctx, RESP, (FULL << 56) | (OP_PUT << 48), key)
-            return 0
-        g.user_set(ctx, s + 2, key)
-        g.user_set(ctx, s + 3, val)
-        g.user_set(ctx, s + 1, 1)
-        g.emit_host(ctx, RESP, OP_PUT << 48, key)
+            st = BAD_REQUEST
+        else:
+            st = kv_put1(ctx, key, g.meta1(task), COUNT, T0, MASK, NSLOT, CAP)
+            if st < 0:
+                return YIELD                            # the table changed: put again
+        a0 = (st << 56) | (OP_PUT << 48)
+        if CH:
+            if g.emit_chan(ctx, C_RESP, a0, key) != 0:
+                emit_or_later(ctx, FLUSH, a0, key)      # full: a flush task retries
+        else:
+            g.emit_host(ctx, RESP, a0, key)
         return 0
 
-    @m.handler(GET, max_yields=60000)
+    @m.handler(GET, max_yields=60000, consumes=f"{name}.get" if CH else None)
     def kv_get(ctx, task):
         key = g.meta0(task)
         tag = g.meta1(task) & TAGM
         r = kv_find(ctx, key, T0, MASK, NSLOT)
         if r == -1:
             return YIELD
+        a0 = (NOT_FOUND << 56) | (OP_GET << 48) | tag
+        a1 = key
         if r >= 0 and g.user_get(ctx, r + 1) == 1:
-            g.emit_host(ctx, RESP, (OP_GET << 48) | tag, g.user_get(ctx, r + 3))
+            v = g.user_get(ctx, r + 3)
+            if g.user_get(ctx, r + 2) == key:           # still this key's after the read
+                a0 = (OP_GET << 48) | tag
+                a1 = v
+        if CH:
+            if g.emit_chan(ctx, C_RESP, a0, a1) != 0:
+                emit_or_later(ctx, FLUSH, a0, a1)
         else:
-            g.emit_host(ctx, RESP, (NOT_FOUND << 56) | (OP_GET << 48) | tag, key)
+            g.emit_host(ctx, RESP, a0, a1)
         return 0
 
-    @m.handler(DEL, max_yields=60000)
+    @m.handler(DEL, max_yields=60000, consumes=f"{name}.del" if CH else None)
     def kv_del(ctx, task):
         key = g.meta0(task)
         tag = g.meta1(task) & TAGM
-        r = kv_find(ctx, key, T0, MASK, NSLOT)
-        if r == -1:
+        st = kv_del1(ctx, key, COUNT, T0, MASK, NSLOT)
+        if st < 0:
             return YIELD
-        if r >= 0 and g.user_get(ctx, r + 1) == 1:
-            g.user_set(ctx, r + 1, 2)
-            g.user_add(ctx, COUNT, -1)
-            g.emit_host(ctx, RESP, (OP_DEL << 48) | tag, key)
+        a0 = (st << 56) | (OP_DEL << 48) | tag
+        if CH:
+            if g.emit_chan(ctx, C_RESP, a0, key) != 0:
+                emit_or_later(ctx, FLUSH, a0, key)
         else:
-            g.emit_host(ctx, RESP, (NOT_FOUND << 56) | (OP_DEL << 48) | tag, key)
+            g.emit_host(ctx, RESP, a0, key)
         return 0
+
+    if CH:
+        @m.handler(FLUSH, max_yields=0)
+        def kv_flush(ctx, task):
+            if g.emit_chan(ctx, C_RESP, g.meta0(task), g.meta1(task)) != 0:
+                return WAITC                            # still full: when a credit is back
+            return 0
 
     BATCH, DONE = ids["KV_BATCH"], ids["KV_BATCH_DONE"]
     RESUME = 1 << 62
@@ -640,51 +824,37 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv"):
             w = g.load_i64(ctx, e)
             op = (w >> 48) & 0xFF
             key = g.load_i64(ctx, e + 8)
-            r = kv_find(ctx, key, T0, MASK, NSLOT)
-            if r == -1:
-                g.set_meta1(task, RESUME | i)
-                return YIELD                            # resume at entry i
             st = OK
             if op == OP_GET:
-                if r >= 0 and g.user_get(ctx, r + 1) == 1:
-                    g.store_i64(ctx, e + 16, g.user_get(ctx, r + 3))
+                r = kv_find(ctx, key, T0, MASK, NSLOT)
+                if r == -1:
+                    st = -1
                 else:
                     st = NOT_FOUND
+                    if r >= 0 and g.user_get(ctx, r + 1) == 1:
+                        v = g.user_get(ctx, r + 3)
+                        if g.user_get(ctx, r + 2) == key:
+                            g.store_i64(ctx, e + 16, v)
+                            st = OK
             elif op == OP_PUT:
-                if r >= 0:
-                    if g.user_get(ctx, r + 1) == 2 and kv_reserve(ctx, COUNT, CAP) == 0:
-                        st = FULL
-                    if st == OK:
-                        g.user_set(ctx, r + 3, g.load_i64(ctx, e + 16))
-                        g.user_set(ctx, r + 1, 1)
-                else:
-                    s = -2 - r
-                    if s == 0 or g.user_get(ctx, COUNT) >= CAP:
-                        st = FULL
-                    else:
-                        if g.user_add(ctx, s, 1) != 0:
-                            g.set_meta1(task, RESUME | i)
-                            return YIELD
-                        if kv_reserve(ctx, COUNT, CAP) == 0:
-                            g.user_set(ctx, s, 0)
-                            st = FULL
-                        else:
-                            g.user_set(ctx, s + 2, key)
-                            g.user_set(ctx, s + 3, g.load_i64(ctx, e + 16))
-                            g.user_set(ctx, s + 1, 1)
+                st = kv_put1(ctx, key, g.load_i64(ctx, e + 16), COUNT, T0, MASK, NSLOT, CAP)
             elif op == OP_DEL:
-                if r >= 0 and g.user_get(ctx, r + 1) == 1:
-                    g.user_set(ctx, r + 1, 2)
-                    g.user_add(ctx, COUNT, -1)
-                else:
-                    st = NOT_FOUND
+                st = kv_del1(ctx, key, COUNT, T0, MASK, NSLOT)
             else:
                 st = BAD_REQUEST
+            if st < 0:
+                g.set_meta1(task, RESUME | i)
+                return YIELD                            # resume at entry i
             g.store_i64(ctx, e, (st << 56) | (w & 0xFFFFFFFFFFFFFF))
             i += 1
         g.retain(ctx, ptr, 1)                           # the host's reference: it reuses it
         g.emit_host(ctx, DONE, ptr, n)
         return 0
 
-    m.kv_layout = {"count": COUNT, "table": T0, "slots": NSLOT, "capacity": CAP}
+    m.kv_layout = {"count": COUNT, "lock": COUNT + 1, "table": T0, "slots": NSLOT,
+                   "capacity": CAP}
+    m.user_words = (lo, hi, f"{name}: kv (device) count, lock, 4 words x {NSLOT} slots")
+    if CH:
+        m.kv_channels = {"put": f"{name}.put", "get": f"{name}.get", "del": f"{name}.del",
+                         "resp": f"{name}.resp"}
     return m

@@ -42,7 +42,7 @@ from ggmk import task as T
 from ggmk.modules import instance_type, std_module, try_lock, unlock
 
 __all__ = ["module", "encode", "decode", "DEBUG", "INFO", "WARN", "ERROR", "LEVELS",
-           "device_module", "type_ids"]
+           "device_module", "device_line", "type_ids"]
 
 DEBUG, INFO, WARN, ERROR = 10, 20, 30, 40
 LEVELS = {"debug": DEBUG, "info": INFO, "warn": WARN, "warning": WARN, "error": ERROR}
@@ -214,8 +214,37 @@ def type_ids() -> dict[str, int]:
     return {t.name: t.id for t in _manifest(str(Path(__file__).with_name("log.toml"))).types}
 
 
+def device_line(type_id: int, meta0: int, meta1: int, payload=None) -> tuple[int, str] | None:
+    """(level, line) of a record the device log sent to the host (``channels=False``), formatted
+    as the CPU version writes it: ``LOG_LINE`` (``payload``: its bytes, read from the device
+    arena, e.g. ``DeviceKernel.read_arena``; a malformed one, or a level that was no level, is
+    an ``ERROR`` line saying so) and ``LOG_DROPPED`` (``WARN`` ``log: N lines dropped (rate
+    limit)``); None for any other type."""
+    ids = type_ids()
+    meta0, meta1 = int(meta0) & _U64, int(meta1) & _U64
+    if type_id == ids["LOG_DROPPED"]:
+        return WARN, f"log: {meta0} lines dropped (rate limit)"
+    if type_id != ids["LOG_LINE"]:
+        return None
+    if payload is not None:
+        return decode(payload)
+    if meta0 > 0xFF:                   # the task's meta0 was not a level (the CPU's words)
+        return ERROR, f"{meta1} [bad level {meta0}: allowed 0..255]"
+    return meta0, f"{meta1}"
+
+
+_U64 = (1 << 64) - 1
+_DROP_TEXT = b"log: %d lines dropped (rate limit)"      # the CPU version's drop report
+
+
+def _words(raw: bytes) -> list[int]:
+    """``raw`` as little-endian int64 words (zero-padded), for device stores."""
+    raw = raw + b"\0" * (-len(raw) % 8)
+    return [int.from_bytes(raw[i:i + 8], "little", signed=True) for i in range(0, len(raw), 8)]
+
+
 def device_module(*, level="info", rate: float = 1000.0, burst: int | None = None,
-                  tick_ns: int = 1_000_000, base: int = 16384, name: str = "log",
+                  tick_ns: int = 1_000_000, base: int = 28672, name: str = "log",
                   channels: bool = False, capacity: int = 256, out: str | None = None):
     """The log module for the GPU kernel (``ggmk.device``): filters and rate-limits on the
     device, formats on the host.
@@ -225,17 +254,27 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
     token from a bucket of ``burst`` tokens (default ``rate`` per second, at least 1) refilled
     at ``rate`` lines per second (``tick_ns``: the kernel's tick, to convert). With a token the
     line goes to the host as ``LOG_LINE`` (meta0 = level, meta1 = the number, the payload
-    handed on: :func:`decode` formats it); without one it is dropped and counted, and the next
-    line that passes is preceded by ``LOG_DROPPED`` (meta0 = lines dropped since the last
-    report, meta1 = the total), so a flood costs the host a bounded number of records and the
-    loss is never silent. ``channels=True`` subscribes to ``NAME.in`` and sends the lines that
-    pass, as ``LOG`` records, on the device channel ``out`` (default ``NAME.host``; name it
-    ``"hostlog.in"`` and a CPU ``log.module(name="hostlog")`` formats them through the
-    bridge; a drop report is a ``WARN`` line whose number is the count); a line that finds
-    it full is dropped and counted.
+    handed on); without one it is dropped and counted, and the next line that passes is
+    preceded by ``LOG_DROPPED`` (meta0 = lines dropped since the last report, meta1 = the
+    total), so a flood costs the host a bounded number of records and the loss is never
+    silent. :func:`device_line` formats both records as the CPU version writes its lines.
+    Bad input is an ``ERROR`` line, as on the CPU: a meta0 that is no level (above 255) keeps
+    its value in the ``LOG_LINE``'s meta0 (``device_line``: ``N [bad level L: allowed
+    0..255]``), a payload shorter than a header is handed on as it came (``log: malformed LOG
+    payload (N bytes)``); both are counted in user word ``base + 8``.
 
-    State: user words ``base .. base + 8``: lock, milli-tokens, last refill tick, dropped
-    since the report, dropped total, filtered, lines passed, bucket-initialised flag.
+    ``channels=True`` subscribes to ``NAME.in`` and sends the lines that pass, as they came
+    (``LOG`` records), on the device channel ``out`` (default ``NAME.host``; name it
+    ``"hostlog.in"`` and a CPU ``log.module(name="hostlog")`` formats them through the
+    bridge: a bad level or a malformed payload as the CPU version writes it); a line that
+    finds it full is dropped and counted. A drop report is then a ``LOG`` record whose
+    payload the device builds (``encode(WARN, "log: %d lines dropped (rate limit)", n)``), so
+    the CPU log writes the CPU version's ``log: N lines dropped (rate limit)``; one that finds
+    the arena or the channel full is sent with the next line that passes.
+
+    State: user words ``base .. base + 9`` (exclusive; ``m.user_words``): lock, milli-tokens,
+    last refill tick, dropped since the report, dropped total, filtered, lines passed,
+    bucket-initialised flag, bad lines.
 
     What the numeric subset forbids here: formatting (no strings on the device: the payload
     travels as bytes and the host formats it), Python ``logging``, a sink callable, and the
@@ -255,27 +294,44 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
         print(got["meta1"].tolist())                        # [0, 1]
     """
     global g
+    import math
+
     import ggmk.device as gd
     from ggmk.errors import BootError as _BE
-    from ggmk.modules import device_api, device_check
+    from ggmk.modules import device_api, device_check, device_region
     g = device_api()
     lv = _level(level)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0:
-        raise _BE(f"log (device): rate must be > 0 lines per second, got {rate!r}")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) \
+            or not 0 < rate <= 1e9:
+        raise _BE(f"log (device): rate must be > 0 and finite, at most 1e9 (lines per second), "
+                  f"got {rate!r}")
     device_check("log (device): tick_ns", tick_ns, 1, 10**12)
     milli_per_tick = int(round(rate * tick_ns / 1e6))
     if milli_per_tick < 1:
         raise _BE(f"log (device): rate {rate!r} lines/s is below one line per 1000 ticks of "
                   f"{tick_ns} ns; raise rate")
+    if milli_per_tick > 1 << 50:
+        raise _BE(f"log (device): rate={rate!r} with tick_ns={tick_ns} refills "
+                  f"{milli_per_tick} milli-tokens a tick; allowed at most 2**50: lower rate "
+                  f"or tick_ns")
     bst = burst if burst is not None else max(int(rate), 1)
     device_check("log (device): burst", bst, 1, 2**40)
-    device_check("log (device): base", base, 0, 65536 - 8)
+    lo, hi = device_region("log (device)", base, 9, "its state")
     ids = type_ids()
     LOGT, LINE, DROPT = ids["LOG"], ids["LOG_LINE"], ids["LOG_DROPPED"]
     LOCK, TOK, LAST, PEND, DTOT, FILT, NLINES = (base, base + 1, base + 2, base + 3, base + 4,
                                                  base + 5, base + 6)
+    BADW = base + 8                                   # bad levels and malformed payloads
     LEVEL, RM, CAPM, YIELD = lv, milli_per_tick, bst * 1000, T.YIELD
-    WARNL = WARN
+    DTFULL = (CAPM + RM - 1) // RM                    # ticks that refill a whole bucket
+    WARNL, ERRL, HDR = WARN, ERROR, _HDR.itemsize
+    # the drop report's payload: encode(WARN, _DROP_TEXT, n), built on the device
+    TW = _words(_DROP_TEXT)
+    assert len(TW) == 5
+    TW0, TW1, TW2, TW3, TW4 = TW
+    TLEN = len(_DROP_TEXT)
+    RPT_LEN = HDR + TLEN
+    RPT_ALLOC = HDR + 8 * len(TW)                     # (the last text word is stored whole)
     CH = bool(channels)
     m = gd.Module(name)
     C_HOST = 0
@@ -286,10 +342,19 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
     @m.handler(LOGT, max_yields=60000, consumes=f"{name}.in" if CH else None)
     def log_line(ctx, task):
         ptr = g.payload_ptr(task)
-        if ptr != 0 and g.payload_len(task) > 0:
-            lvl = g.load_u8(ctx, ptr)
+        nb = g.payload_len(task)
+        m0 = g.meta0(task)
+        if ptr != 0:
+            if nb < HDR:                              # malformed: an ERROR line (the host
+                lvl = ERRL                            # writes why), never a level read from
+                g.user_add(ctx, BADW, 1)              # a byte of something else
+            else:
+                lvl = g.load_u8(ctx, ptr)
+        elif m0 < 0 or m0 > 255:                      # not a level: an ERROR line, not
+            lvl = ERRL                                # truncated to its low byte
+            g.user_add(ctx, BADW, 1)
         else:
-            lvl = g.meta0(task) & 0xFF
+            lvl = m0
         if lvl < LEVEL:
             g.user_add(ctx, FILT, 1)
             return 0
@@ -301,6 +366,8 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
         if g.user_get(ctx, INITW) == 0:
             tok = CAPM                                # the first line: a full bucket
             g.user_set(ctx, INITW, 1)
+        elif now - last >= DTFULL:
+            tok = CAPM                                # (no overflow after a long pause)
         elif now > last:
             tok = min(CAPM, tok + (now - last) * RM)
         g.user_set(ctx, LAST, now)
@@ -319,14 +386,31 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
         unlock(ctx, LOCK)
         if not passed:
             return 0
-        nb = g.payload_len(task)
         if CH:
             if pend > 0:
-                if g.emit_chan(ctx, C_HOST, WARNL, pend) != 0:
-                    g.user_add(ctx, PEND, pend)       # full: report it with the next line
+                # the report as the CPU version writes it: a LOG payload built here
+                rp = g.alloc(ctx, RPT_ALLOC)
+                if rp == 0:
+                    g.user_add(ctx, PEND, pend)       # arena full: with the next line
+                else:
+                    g.store_u8(ctx, rp, WARNL)
+                    g.store_u8(ctx, rp + 1, 1)        # one argument: the count
+                    g.store_i64(ctx, rp + 2, pend)
+                    g.store_i64(ctx, rp + 10, 0)
+                    g.store_i64(ctx, rp + 18, 0)
+                    g.store_i64(ctx, rp + 26, 0)
+                    g.store_i64(ctx, rp + 34, TLEN)   # (u32; its high bytes: the text's)
+                    g.store_i64(ctx, rp + HDR, TW0)
+                    g.store_i64(ctx, rp + HDR + 8, TW1)
+                    g.store_i64(ctx, rp + HDR + 16, TW2)
+                    g.store_i64(ctx, rp + HDR + 24, TW3)
+                    g.store_i64(ctx, rp + HDR + 32, TW4)
+                    if g.emit_chan_full(ctx, C_HOST, WARNL, pend, rp, RPT_LEN, -1) != 0:
+                        g.release(ctx, rp)
+                        g.user_add(ctx, PEND, pend)   # full: report it with the next line
             if ptr != 0:
                 g.retain(ctx, ptr, 1)
-            if g.emit_chan_full(ctx, C_HOST, g.meta0(task), g.meta1(task), ptr, nb, -1) != 0:
+            if g.emit_chan_full(ctx, C_HOST, m0, g.meta1(task), ptr, nb, -1) != 0:
                 if ptr != 0:
                     g.release(ctx, ptr)
                 g.user_add(ctx, PEND, 1)              # full: dropped, counted, reported
@@ -337,7 +421,10 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
                 g.emit_host(ctx, DROPT, pend, total)
             if ptr != 0:
                 g.retain(ctx, ptr, 1)
-            if g.emit_full(ctx, LINE, lvl, g.meta1(task), ptr, nb, -1, 0) != 0:
+            lw = lvl
+            if ptr == 0 and lvl != m0:
+                lw = m0                               # a bad level: kept, for device_line
+            if g.emit_full(ctx, LINE, lw, g.meta1(task), ptr, nb, -1, 0) != 0:
                 if ptr != 0:
                     g.release(ctx, ptr)
                 g.user_add(ctx, PEND, 1)              # queues full: dropped, counted, reported
@@ -345,5 +432,7 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
                 g.user_add(ctx, NLINES, -1)
         return 0
 
-    m.log_layout = {"lock": LOCK, "dropped_total": DTOT, "filtered": FILT, "lines": NLINES}
+    m.log_layout = {"lock": LOCK, "dropped_total": DTOT, "filtered": FILT, "lines": NLINES,
+                    "bad": BADW}
+    m.user_words = (lo, hi, f"{name}: log (device) lock, bucket, counters")
     return m

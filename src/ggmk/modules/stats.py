@@ -314,9 +314,10 @@ def device_module(*, period: int = 100, metrics: int = 64, base: int = 12288,
     snapshot dicts. Nothing is scheduled while nothing changes. ``channels=True`` subscribes
     to ``NAME.add``/``NAME.set``/``NAME.obs`` (the CPU version's input channels).
 
-    State: user words ``base .. base + 4 + 72 * metrics`` (a lock, the snapshot number, the
-    schedule flag, then 72 words per metric). Counters and buckets are atomic adds; a
-    histogram's min/max take the lock.
+    State: user words ``base .. base + 4 + 72 * metrics`` (exclusive: a lock, the snapshot
+    number, the schedule flag, then 72 words per metric; ``m.user_words``; the default ends at
+    16900, and up to 227 metrics stay below the log module's default words). Counters and
+    buckets are atomic adds; a histogram's min/max take the lock.
 
     What the numeric subset forbids here: names (strings) and the JSON payload of the CPU
     version's ``NAME.snapshot`` (the device ships numbers; :func:`collect` labels them on
@@ -338,11 +339,14 @@ def device_module(*, period: int = 100, metrics: int = 64, base: int = 12288,
     """
     global g
     import ggmk.device as gd
-    from ggmk.modules import device_api, device_check
+    from ggmk.modules import device_api, device_check, device_region
     g = device_api()
     device_check("stats (device): period", period, 1, 2**31)
     device_check("stats (device): metrics", metrics, 1, 900)
-    device_check("stats (device): base", base, 0, 65536 - (4 + _MW * metrics))
+    lo, hi = device_region("stats (device)", base, 4 + _MW * metrics,
+                           f"metrics={metrics} (4 + {_MW} words per metric)",
+                           lambda: f"metrics <= {max((65536 - 4 - base) // _MW, 0)} at "
+                                   f"this base")
     ids = type_ids()
     ADD, SET, OBS, SNAP, TICK, ROW = (ids["STAT_ADD"], ids["STAT_SET"], ids["STAT_OBS"],
                                       ids["STATS_SNAPSHOT"], ids["STATS_TICK"], ids["STATS_ROW"])
@@ -427,4 +431,6 @@ def device_module(*, period: int = 100, metrics: int = 64, base: int = 12288,
         return 0
 
     m.stats_layout = {"lock": LOCK, "metrics": M0, "words_per_metric": MW}
+    m.user_words = (lo, hi, f"{name}: stats (device) lock, snapshot number, schedule flag, "
+                            f"{MW} words x {metrics} metrics")
     return m
