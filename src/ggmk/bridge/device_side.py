@@ -166,4 +166,8 @@ def build_module(inbound: list, outbound: list) -> "gd.Module":
     m.handler(ALLOC, name="alloc")(_make(_ALLOC, "bridge_alloc", ALLOC_REPLY_T=ALLOC_REPLY))
     m.handler(RELEASE, name="release")(_make(_RELEASE, "bridge_release"))
     m.handler(CREDIT, name="credit")(_make(_CREDIT, "bridge_credit"))
+    if outbound:
+        top = max(k for k, *_ in outbound)
+        m.user_words = (min(sent_word(top), limit_word(top)), layout.USER_WORDS,
+                        f"the credit words of GPU -> CPU bridge channels 0..{top}")
     return m

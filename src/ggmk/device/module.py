@@ -60,6 +60,7 @@ from typing import Callable
 
 from ggmk.core.channel_spec import GUARANTEES as CHAN_GUARANTEES, MAX_FANOUT, MIN_CAPACITY
 from ggmk.core.channel_spec import MODES as CHAN_MODES
+from ggmk.device.layout import USER_WORDS
 from ggmk.errors import BootError, ChannelError
 from ggmk.events import Level
 from ggmk.task import CHAN_TYPE_MISMATCH, CHAN_UNKNOWN
@@ -169,7 +170,13 @@ def _hash_code(h, code, seen) -> None:
 
 
 class Module:
-    """A named set of device handlers. ``trace_level`` filters the module's trace events."""
+    """A named set of device handlers. ``trace_level`` filters the module's trace events.
+
+    ``user_words``: the user words (``g.user_get`` / ``g.user_set``: 65536 int64 words the
+    whole kernel shares) this module keeps its state in, as ``(lo, hi, what)`` (``hi``
+    exclusive) or a list of them; None says nothing. A kernel whose modules claim
+    overlapping words does not build (a BootError names both): two modules writing the same
+    words corrupt each other silently (the default stats and log device modules did)."""
 
     def __init__(self, name: str, version: str = "0.1.0", trace_level: str | int = "warn"):
         if not name or not isinstance(name, str):
@@ -179,6 +186,25 @@ class Module:
         self.trace_level = _level(trace_level, f"module {name!r}")
         self.handlers: list[Handler] = []
         self.channels: list[ChannelDecl] = []
+        self.user_words = None
+
+    def claims(self) -> list[tuple[int, int, str]]:
+        """``user_words`` as a list of ``(lo, hi, what)``, each checked: ints with
+        0 <= lo < hi <= USER_WORDS (BootError naming the module otherwise)."""
+        uw = self.user_words
+        if uw is None:
+            return []
+        items = [uw] if isinstance(uw, tuple) and uw and not isinstance(uw[0], tuple) \
+            else list(uw)
+        out = []
+        for c in items:
+            ok = isinstance(c, tuple) and len(c) in (2, 3) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in c[:2])
+            if not ok or not 0 <= c[0] < c[1] <= USER_WORDS:
+                raise BootError(f"module {self.name!r}: user_words={uw!r}: allowed (lo, hi, "
+                                f"what) or a list of them, ints 0 <= lo < hi <= {USER_WORDS}")
+            out.append((c[0], c[1], str(c[2]) if len(c) == 3 else ""))
+        return out
 
     def channel(self, name: str, message, mode: str = "p2p", guarantee: str = "lossless",
                 capacity: int = 256) -> ChannelDecl:

@@ -35,7 +35,23 @@ def resolve_handlers(modules, types_map=None) -> list[Handler]:
             out.append(h2)
     if not out:
         raise BootError("DeviceKernel: no device handlers registered")
+    check_user_words(modules)
     return out
+
+
+def check_user_words(modules) -> None:
+    """The user words the modules claim (``Module.user_words``) do not overlap: two modules
+    writing the same words corrupt each other with no error anywhere (the default stats and
+    log device modules once did). BootError naming both modules, their ranges and what each
+    keeps there."""
+    claims = sorted((lo, hi, what, m.name) for m in modules for lo, hi, what in m.claims())
+    for a, b in zip(claims, claims[1:]):
+        if b[0] < a[1]:
+            raise BootError(
+                f"device modules {a[3]!r} and {b[3]!r} claim the same user words: "
+                f"{a[3]!r} {a[0]}..{a[1] - 1} ({a[2] or 'its state'}), {b[3]!r} "
+                f"{b[0]}..{b[1] - 1} ({b[2] or 'its state'}); give one of them another base "
+                f"(user words 0..{layout.USER_WORDS - 1})")
 
 
 @dataclass
