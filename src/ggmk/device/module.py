@@ -128,21 +128,32 @@ class Handler(HandlerDecl):
         # entry made before a module was moved or renamed must not be loaded after
         h.update(f"{self.fn.__module__}.{self.fn.__qualname__}".encode())
         _hash_code(h, self.fn.__code__, set())
-        for name in sorted(_global_names(self.fn.__code__)):   # stable across processes
-            v = self.fn.__globals__.get(name)
-            if getattr(v, "_ggmk_device_func", False):
-                h.update(f"{v.__module__}.{v.__qualname__}".encode())
-                _hash_code(h, v.__code__, set())
-            elif isinstance(v, (int, float, bool, str)):
-                h.update(f"{name}={v!r}".encode())
-            elif isinstance(v, Chan):
-                h.update(f"{name}=chan:{v.name}".encode())   # its id is in the generated code
+        _hash_globals(h, self.fn, set())
         for cell in self.fn.__closure__ or ():
             h.update(repr(cell.cell_contents).encode())
         h.update(repr(self.fn.__defaults__).encode())
         h.update(repr((self.granularity, self.shared_bytes, self.phases, self.deterministic,
                        self.max_yields)).encode())
         return h.hexdigest()
+
+
+def _hash_globals(h, fn, seen: set) -> None:
+    """Hash what ``fn``'s code reads from its globals: the device functions it calls (their
+    code, and in turn what *they* read: a helper two calls down changed its kernel too,
+    yet only direct callees were hashed, so an edited inner helper loaded a stale cached
+    kernel) and the constants and channels it uses."""
+    for name in sorted(_global_names(fn.__code__)):   # stable across processes
+        v = fn.__globals__.get(name)
+        if getattr(v, "_ggmk_device_func", False):
+            h.update(f"{name}->{v.__module__}.{v.__qualname__}".encode())
+            if id(v) not in seen:
+                seen.add(id(v))
+                _hash_code(h, v.__code__, set())
+                _hash_globals(h, v, seen)
+        elif isinstance(v, (int, float, bool, str)):
+            h.update(f"{name}={v!r}".encode())
+        elif isinstance(v, Chan):
+            h.update(f"{name}=chan:{v.name}".encode())   # its id is in the generated code
 
 
 def _global_names(code) -> set:
