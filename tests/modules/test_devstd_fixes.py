@@ -719,23 +719,27 @@ def test_log_channels_drop_report_reaches_host_as_cpu_line():
 
 
 def test_default_user_words_are_disjoint_and_recorded():
-    """Every standard device module with its defaults: the ranges (reduce and timer from
-    their layouts) are disjoint and below the bridge's 2048 words."""
+    """Every standard device module with its defaults: the ranges are disjoint, below the
+    bridge's 2048 words, and (reduce, timer) what their layouts use; the kernel's own check
+    (resolve_handlers) takes them all together."""
+    from ggmk.device.codegen import resolve_handlers
     mods = {"kv": kv.device_module(), "gate": gate.device_module(n=2),
             "log": log.device_module(), "stats": stats.device_module(),
-            "echo": echo.device_module(["a.x", "a.y"], mode="round_robin")}
+            "echo": echo.device_module(["a.x", "a.y"], mode="round_robin"),
+            "reduce": reduce.device_module(n=2), "timer": timer.device_module()}
     ranges = {n: m.user_words[:2] for n, m in mods.items()}
     for n, m in mods.items():
         lo, hi, what = m.user_words
         assert 0 <= lo < hi <= 65536 - 2048 and n in what
     assert echo.device_module("a.x").user_words is None      # no round-robin turn
-    rl = reduce.device_module(n=2).reduce_layout
-    ranges["reduce"] = (rl["lock"], rl["table"] + 6 * rl["groups"])
-    tl = timer.device_module().timer_layout
-    ranges["timer"] = (tl["lock"], tl["table"] + 6 * tl["timers"])
+    rl = mods["reduce"].reduce_layout
+    assert ranges["reduce"] == (rl["lock"], rl["table"] + 6 * rl["groups"])
+    tl = mods["timer"].timer_layout
+    assert ranges["timer"] == (tl["lock"], tl["table"] + 6 * tl["timers"])
     spans = sorted(ranges.values())
     for (lo1, hi1), (lo2, hi2) in zip(spans, spans[1:]):
         assert hi1 <= lo2, ranges
+    assert len(resolve_handlers(list(mods.values()))) > len(mods)
     assert ranges["stats"] == (12288, 16900) and ranges["log"] == (28672, 28681)
     assert ranges["kv"] == (32768, 40962) and ranges["gate"] == (8192, 8449)
 

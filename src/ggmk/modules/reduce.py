@@ -412,6 +412,8 @@ def device_module(n: int, op: str = "sum", *, dtype: str = "u64", timeout: int |
                                        T.YIELD, T.WAIT)
     GMASK = _GMASK
     m = gd.Module(name)
+    m.user_words = (base, base + 2 + 6 * G,
+                    f"{name}: reduce (device) lock, round, 6 words x {G} group slots")
     C_OUT = C_MISS = 0
     if CH:
         C_OUT = m.channel(f"{name}.out", message=RES, mode="fanout", capacity=capacity)

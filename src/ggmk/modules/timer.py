@@ -423,6 +423,8 @@ def device_module(*, timers: int = 64, base: int = 4096, name: str = "timer",
     A_SET, A_CAN = OP_SET << 32, OP_CANCEL << 32
     S_OK, S_UNK, S_FIRED, S_EX, S_BAD, S_FULL = OK, UNKNOWN, FIRED, EXISTS, BAD, FULL
     m = gd.Module(name)
+    m.user_words = (base, base + 4 + 6 * TN, f"{name}: timer (device) lock, generation, "
+                    f"lateness, fired, 6 words x {TN} timer slots")
     C_FIRE = C_ACK = 0
     if CH:
         C_FIRE = m.channel(f"{name}.fire", message=FIRE, mode="fanout", capacity=capacity)
