@@ -358,3 +358,16 @@ def test_exit_with_work_left_dead_letters_as_the_kernel_halts():
     assert sb.allocations()["live"] == 0
     with pytest.raises(ValueError, match="which='sys.nope'"):
         sb.system.dead_letter(recs, ggmk.FAIL, which="sys.nope")
+
+
+def test_the_kv_module_answers_single_gets_again_and_again_in_the_sandbox():
+    """kv's one-get path looked up its reply channel's ``kernel``, which a sandbox channel
+    has not: the second single get raised AttributeError."""
+    from ggmk.modules import kv
+    with Sandbox(kv.module(capacity=16)) as sb:
+        assert sb.feed("KV_PUT", meta0=5, meta1=1, payload=b"\x07") == ggmk.OK
+        for tag in (2, 3, 4):
+            assert sb.feed("KV_GET", meta0=5, meta1=tag) == ggmk.OK
+        assert sb.feed("KV_GET", meta0=6, meta1=5) == ggmk.OK
+        got = [(e.meta0 & (2**48 - 1), e.meta1) for e in sb.take("kv.resp")]
+    assert got == [(1, 5), (2, 7), (3, 7), (4, 7), (5, 6)]

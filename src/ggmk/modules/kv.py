@@ -160,6 +160,7 @@ class _KV:
         self.outbox = Outbox(self.resp, instance_type("KV_FLUSH", name, "kv"), outbox_limit,
                              optional=True)
         self._resp_ch = None                # the reply channel (_get_one), looked up once
+        self._resp_sys = None               # ... in this system (a kernel's or a sandbox's)
         self._blk = None                    # the reused block of answers (_get_inline)
         self._one_lock = threading.Lock()
         self.counters = {"put": 0, "get": 0, "del": 0, "hit": 0, "miss": 0, "full": 0,
@@ -356,8 +357,11 @@ class _KV:
         else:
             m0, m1 = pack(OK, OP_GET, tag), v
         ch = self._resp_ch
-        if ch is None or ch.closed or ch.kernel is not system:
+        if ch is None or ch.closed or self._resp_sys is not system:
+            # (keyed by the system, not ch.kernel: a sandbox's channel has none, and the
+            # sandbox's second single get raised AttributeError)
             ch = self._resp_ch = system.channel(self.resp)
+            self._resp_sys = system
         if ch.subs and not ch.closed and not len(self.outbox):
             # (answers waiting go first: behind them in the outbox, below)
             # one record from plain ints (Channel.emit_one: no array, no column passes; a
