@@ -96,11 +96,12 @@ def new_module(name: str, target: str = "cpu", dest_dir=".") -> Path:
     up = name.upper()
     files = {"types.toml": _TYPES.format(name=name, up=up, req=base, out=base + 1)}
     if target == "cpu":
-        files["module.toml"] = _MANIFEST.format(name=name, up=up)
+        files["module.toml"] = _MANIFEST.format(name=name, up=up, where="")
         files[f"{name}.py"] = _CPU.format(name=name, up=up)
         files[f"test_{name}.py"] = _CPU_TEST.format(name=name, up=up)
     else:
-        files["module.toml"] = _GPU_MANIFEST.format(name=name, up=up)
+        files["module.toml"] = _MANIFEST.format(name=name, up=up, where=" on the GPU kernel") \
+            + 'granularity = "scalar"\n'
         files[f"{name}.py"] = _GPU.format(name=name, up=up)
         files[f"test_{name}.py"] = _GPU_TEST.format(name=name, up=up)
     d.mkdir(parents=True)
@@ -127,7 +128,7 @@ _MANIFEST = '''\
 [module]
 name = "{name}"
 version = "0.1.0"
-description = "doubles numbers: {name}.in -> {name}.out"
+description = "doubles numbers{where}: {name}.in -> {name}.out"
 
 [[channel]]
 name = "{name}.in"
@@ -219,30 +220,6 @@ def test_real_kernel():
         assert system.run(timeout=30)
         assert len(system.dead_letters("sys.error")[0]) == 0
     assert sorted(got) == [2 * i for i in range(100)]
-'''
-
-_GPU_MANIFEST = '''\
-[module]
-name = "{name}"
-version = "0.1.0"
-description = "doubles numbers on the GPU kernel: {name}.in -> {name}.out"
-
-[[channel]]
-name = "{name}.in"
-direction = "consume"
-type = "{up}_REQ"
-
-[[channel]]
-name = "{name}.out"
-direction = "produce"
-type = "{up}_OUT"
-mode = "fanout"
-guarantee = "lossless"
-
-[[handler]]
-type = "{up}_REQ"
-name = "on_req"
-granularity = "scalar"
 '''
 
 _GPU = '''\
