@@ -67,7 +67,7 @@ from ggmk.core.alloc import MAX_ALLOC
 from ggmk.core.module import Module
 from ggmk.errors import AllocError
 from ggmk.storage import ArenaDest, Storage, WriteRequest
-from ggmk.storage.engine import FileHandle, _not_a_file
+from ggmk.storage.engine import FileHandle, _checked_path, _not_a_file
 from ggmk.typereg import load_module_manifest
 
 __all__ = ["NvmeModule", "MANIFEST", "PART_MAX", "E_IO", "E_NOFILE", "E_PERM", "E_NOSPACE",
@@ -170,13 +170,7 @@ class NvmeModule(Module):
             if not isinstance(v, bool):
                 raise TypeError(f"register: {name} must be True or False, got "
                                 f"{type(v).__name__} {v!r}")
-        try:
-            p = os.fspath(path)
-        except TypeError:
-            raise TypeError(f"register: path must be a path (str, bytes, os.PathLike), got "
-                            f"{type(path).__name__} {path!r}") from None
-        if ("\0" if isinstance(p, str) else b"\0") in p:
-            raise ValueError(f"register: the path {p!r} contains a NUL byte")
+        p = _checked_path(path, "register: path")     # (the storage's own check)
         if lazy:
             try:
                 what = _not_a_file(os.stat(p).st_mode)
