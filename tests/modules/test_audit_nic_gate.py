@@ -99,6 +99,53 @@ def test_tcp_frame_read_during_halt_is_counted():
     assert drop["type"].tolist() == [system.type_id("NET_RX")]
 
 
+def test_tcp_frames_left_in_the_connection_at_halt_are_counted():
+    n = nic.module("tcp")
+    app = sink("app", "net.rx", "NET_RX")
+    system = ggmk.boot([n, app], workers=2)
+    entered = hold_first_publish(n)
+    c = socket.create_connection(n.nic.address, timeout=5)
+    c.sendall(nic.frame(b"f" * 7))
+    assert entered.wait(10)
+    sent = 100
+    # the receiver is held: these wait in the server's socket (sendall returned), and a cut
+    # frame (its prefix says 9 bytes, 3 came) ends the stream
+    c.sendall(b"".join(nic.frame(b"f" * 7) for _ in range(sent - 1)) + nic.frame(b"x" * 9)[:7])
+    system.halt()
+    c.settimeout(5)
+    assert c.recv(10) == b""                          # closed, not reset: all was read
+    c.close()
+    s = n.nic.stats()
+    drop, codes = system.dead_letters("sys.dropped")
+    closed = codes == T.CHAN_CLOSED
+    # was: 1 of 100 (the frame in hand), the 99 in the socket closed unread
+    assert len(app.got) + int(closed.sum()) == sent, s
+    assert s["halt_dropped"] == int(closed.sum()) and s["rx"] == len(app.got)
+    assert set(drop["meta1"][closed].tolist()) == {7}
+    assert s["partial"] == 1 and codes[~closed].tolist() == [nic.NET_ERROR]
+    assert drop["meta1"][~closed].tolist() == [7]     # the 4-byte prefix and 3 of 9 bytes
+    assert all(not t.is_alive() for t in n.nic.threads)
+
+
+def test_tcp_frames_left_in_the_connection_at_a_reset_are_published(wait_until):
+    n = nic.module("tcp")
+    app = sink("app", "net.rx", "NET_RX")
+    with ggmk.boot([n, app], workers=2) as system:
+        entered = hold_first_publish(n)
+        c = socket.create_connection(n.nic.address, timeout=5)
+        c.sendall(nic.frame(b"f" * 7))
+        assert entered.wait(10)
+        sent = 100
+        c.sendall(b"".join(nic.frame(b"f" * 7) for _ in range(sent - 1)))
+        system.reset_module("nic")
+        c.close()
+        assert system.run(timeout=10)
+        s = n.nic.stats()
+        drop, codes = system.dead_letters("sys.dropped")
+    assert s["rx"] == sent and s["halt_dropped"] == 0 and s["partial"] == 0, s
+    assert len(app.got) + int((codes == ggmk.CHAN_FULL).sum()) == sent
+
+
 def test_failed_bind_closes_its_socket_and_fini_is_safe():
     busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     busy.bind((LOOP, 0))

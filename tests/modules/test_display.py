@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ggmk.drivers.virtio.errors import FrameError
-from ggmk.modules.display import (DisplayError, Mode, decode_png, encode_png)
+from ggmk.drivers.virtio.errors import FrameError, VirtioError
+from ggmk.modules.display import (DisplayError, DisplayModule, Mode, decode_png, encode_png)
 
 
 def noise(shape, seed):
@@ -127,3 +127,53 @@ def test_every_mode_switch_fits_default_guest_memory(open_display):
         disp.present(frame)
         assert disp.snapshot().tobytes() == frame.tobytes()
     assert len(disp.gpu.resources) == 1
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"displays": "320x200"}, r"open\(\): displays='320x200': expected a list of modes"),
+    ({"displays": [(64, 48)] * 17}, r"open\(\): 17 displays; virtio-gpu has at most 16"),
+    ({"mem_size": 0}, r"open\(\): mem_size=0: allowed an int > 0, a multiple of the page size"),
+    ({"mem_size": 12345}, r"open\(\): mem_size=12345: allowed an int > 0"),
+    ({"mem_size": "x"}, r"open\(\): mem_size='x': allowed an int > 0"),
+    ({"mem_size": True}, r"open\(\): mem_size=True: allowed an int > 0"),
+    ({"timeout": "x"}, r"open\(\): timeout='x': allowed a finite number of seconds > 0"),
+    ({"timeout": -1}, r"open\(\): timeout=-1: allowed a finite number of seconds > 0"),
+    ({"timeout": float("inf")}, r"open\(\): timeout=inf: allowed a finite number"),
+])
+def test_open_refuses_bad_arguments_before_starting_the_back_end(tmp_path, kw, match):
+    # a back end that does not exist: reached only if the arguments were not checked first
+    kw = {"displays": [(320, 200)], "binary": tmp_path / "no-backend", **kw}
+    with pytest.raises(VirtioError, match=match):
+        DisplayModule.open(workdir=tmp_path, **kw)
+
+
+@pytest.mark.qemu
+def test_damage_hot_spot_and_display_id_are_checked_not_cast(open_display):
+    disp = open_display([(320, 200), (640, 480)])
+    frame = np.zeros((200, 320, 4), np.uint8)
+    cursor = np.full((16, 16, 4), 255, np.uint8)
+    for damage, match in [((0.9, 0, 10.7, 10), "damage x 0.9: expected an integer"),
+                          ((True,) * 4, "damage x True: expected an integer .*not a bool"),
+                          ("1234", "damage x '1': expected an integer .*got str"),
+                          ((1, 2, 3), r"damage \(1, 2, 3\): expected \(x, y, width, height\)")]:
+        with pytest.raises(FrameError, match=match):
+            disp.present(frame, damage=damage)
+    for hot, match in [((1, 2, 3), r"cursor hot spot \(1, 2, 3\): expected \(x, y\)"),
+                       (None, r"cursor hot spot None: expected \(x, y\)"),
+                       ((1.9, 2.9), "cursor hot spot x 1.9: expected an integer"),
+                       ("12", "cursor hot spot x '1': expected an integer")]:
+        with pytest.raises(FrameError, match=match):
+            disp.set_cursor(cursor, hot=hot)
+    # True was taken for display 1 (whose frames are 640x480)
+    big = np.zeros((480, 640, 4), np.uint8)
+    for call in (lambda: disp.modes(True), lambda: disp.mode(True),
+                 lambda: disp.present(big, display=True), lambda: disp.snapshot(True)):
+        with pytest.raises(FrameError, match="display True: expected an integer .*not a bool"):
+            call()
+    with pytest.raises(FrameError, match="display 1.0: expected an integer .*got float"):
+        disp.present(big, display=1.0)
+    assert disp.counters()["frames_presented"] == 0 and disp.cursor_state().updates == 0
+    assert disp.present(frame, damage=(1, 2, 3, 4)) == 1
+    disp.set_cursor(cursor, hot=(np.int64(3), 4))
+    c = disp.cursor_state()
+    assert (c.hot_x, c.hot_y) == (3, 4) and disp.present(big, display=1) == 2

@@ -1,17 +1,18 @@
 """The nic module with real sockets on 127.0.0.1 only (UDP and length-prefixed TCP)."""
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import struct
 import threading
-
 import time
+import warnings
 
 import pytest
 
 import ggmk
-from ggmk.errors import BootError
+from ggmk.errors import BootError, KernelStopped
 from ggmk.modules import echo, nic
 
 LOOP = "127.0.0.1"
@@ -266,3 +267,111 @@ def test_udp_os_drops_after_the_last_datagram_read_are_counted(wait_until):
     assert s["os_dropped"] > 0                          # it really did overflow
     assert s["rx"] + s["os_dropped"] == 2 * sent, s
     assert int((codes == nic.NET_OS_DROP).sum()) == s["os_dropped"]
+
+
+@pytest.mark.parametrize("address, why", [
+    (("10.0.0.2", 70000), r"port=70000: allowed an int 0\.\.65535"),   # was: 10.0.0.3:4464
+    ((LOOP, 65536), r"port=65536: allowed an int 0\.\.65535"),
+    ((LOOP, -1), r"port=-1: allowed an int 0\.\.65535"),
+    ((LOOP, True), r"port=True: allowed an int 0\.\.65535"),
+    ((LOOP, 5.7), r"port=5\.7: allowed an int 0\.\.65535"),
+    (("localhost", 5), r"host 'localhost': allowed an IPv4 literal"),
+    (("::1", 5), r"host '::1': allowed an IPv4 literal"),
+])
+def test_peer_refuses_what_is_no_ipv4_and_port(address, why):
+    with pytest.raises(ValueError, match=r"nic\.peer: address .*" + why):
+        nic.peer(address)
+    assert nic.addr(nic.peer(("10.0.0.2", 65535))) == ("10.0.0.2", 65535)
+
+
+def test_bad_config_names_rcvbuf_and_refuses_bools():
+    for bad in ("big", 1.5, -1, 0, True, 1 << 31):
+        with pytest.raises(BootError, match=rf"nic: rcvbuf={bad!r}: allowed an int "
+                                            r"1\.\.2147483647 bytes, or None"):
+            nic.module("udp", rcvbuf=bad)
+    with pytest.raises(BootError, match=r"bind must be .*got \('127\.0\.0\.1', True\)"):
+        nic.module("udp", bind=(LOOP, True))
+    with pytest.raises(BootError, match=r"max_frame must be .*got True"):
+        nic.module("udp", max_frame=True)
+
+
+def test_socket_closed_when_open_fails_with_other_than_oserror():
+    n = nic.module("udp")
+    n.nic.rcvbuf = "big"            # past the config check: setsockopt raises TypeError
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(TypeError):
+            ggmk.boot([n], workers=1)
+        gc.collect()                # a socket left open warns when it is collected
+    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaked == [] and n.nic.sock is None
+
+
+def test_same_module_refused_by_a_second_system_while_the_first_holds_it(wait_until):
+    n = nic.module("udp")
+    s1 = ggmk.boot([n], workers=1)
+    addr1, sock1 = n.nic.address, n.nic.sock
+    with pytest.raises(BootError, match="nic: module 'nic' is already booted in another "
+                                        "system; halt that one first"):
+        ggmk.boot([n], workers=1)
+    # the first system keeps its socket and receiver
+    assert n.nic.sock is sock1 and sock1.fileno() != -1 and n.nic.system is s1
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.sendto(b"12345", addr1)
+    assert wait_until(lambda: n.nic.stats()["rx"] == 1, 10)
+    s1.halt()
+    with ggmk.boot([n], workers=1) as s2:           # free again once the first halted
+        assert n.nic.system is s2 and n.nic.sock is not None
+    c.close()
+
+
+def test_connect_refused_before_boot_and_after_halt():
+    srv = socket.socket()
+    srv.bind((LOOP, 0))
+    srv.listen(4)
+    n = nic.module("tcp")
+    with pytest.raises(KernelStopped, match="nic: connect\\(\\): module 'nic' is not "
+                                                 "running"):
+        n.nic.connect(*srv.getsockname())        # was: a receiver thread that crashed
+    system = ggmk.boot([n], workers=1)
+    cid = n.nic.connect(*srv.getsockname())
+    assert cid in n.nic.conns
+    system.halt()
+    with pytest.raises(KernelStopped, match="not running"):
+        n.nic.connect(*srv.getsockname())
+    assert n.nic.conns == {} and all(not t.is_alive() for t in n.nic.threads)
+    srv.close()
+
+
+def test_accept_failing_is_retried_slowly_counted_and_logged_once(wait_until, caplog):
+    resource = pytest.importorskip("resource")
+    n = nic.module("tcp")
+    system = ggmk.boot([n], workers=1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    pending = socket.socket()
+    pending.settimeout(5)
+    dummies = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+        while True:                                # fill the fd table: accept() fails (EMFILE)
+            try:
+                dummies.append(socket.socket())
+            except OSError:
+                break
+        with caplog.at_level("WARNING", logger="ggmk"):
+            pending.connect(n.nic.address)         # the kernel completes it in the backlog
+            assert wait_until(lambda: n.nic.stats()["accept_errors"] >= 1, 10)
+            t0, e0 = time.monotonic(), n.nic.stats()["accept_errors"]
+            assert wait_until(lambda: n.nic.stats()["accept_errors"] >= e0 + 4, 10)
+            # four retries take four waits (was: a busy loop, thousands per second)
+            assert time.monotonic() - t0 >= 3 * 0.05
+    finally:
+        for d in dummies:
+            d.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert wait_until(lambda: n.nic.stats()["accepted"] == 1, 10)   # served once fds are free
+    system.halt()
+    pending.close()
+    logged = [r.getMessage() for r in caplog.records if "accept on" in r.getMessage()]
+    assert len(logged) == 1 and "Too many open files" in logged[0] \
+        and "accept_errors" in logged[0], logged

@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import os
 import struct
@@ -39,9 +40,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ggmk.drivers.virtio.display_socket import CURSOR_SIZE, Monitor
+from ggmk.drivers.virtio.display_socket import CURSOR_SIZE, MAX_SCANOUTS, Monitor
 from ggmk.drivers.virtio.errors import FrameError, VirtioError
-from ggmk.drivers.virtio.gpu import Format, Rect, Resource2D, VirtioGpu, check_u32
+from ggmk.drivers.virtio.gpu import Format, Rect, Resource2D, VirtioGpu, _rect, check_u32
+from ggmk.drivers.virtio.memory import check_size
 
 NAME = "display"
 CHANNEL_IN = "display.frame"
@@ -150,11 +152,24 @@ class DisplayModule:
              binary: str | os.PathLike | None = None, timeout: float = 5.0,
              mem_size: int | None = None) -> "DisplayModule":
         """Start a virtio-gpu back end with one virtual monitor per entry of ``displays`` (its
-        native mode) and return the module; guest memory is sized from the modes if not given."""
+        native mode) and return the module; guest memory is sized from the modes if not given.
+        Bad arguments are refused before the back end starts."""
+        if isinstance(displays, (str, bytes)):
+            raise DisplayError(f"open(): displays={displays!r}: expected a list of modes, e.g. "
+                               f"[{displays!r}], not one string")
         monitors = [Monitor(m.width, m.height) for m in map(Mode.parse, displays)]
         if not monitors:
             raise DisplayError("open(): at least one display is needed")
-        if mem_size is None:
+        if len(monitors) > MAX_SCANOUTS:
+            raise DisplayError(f"open(): {len(monitors)} displays; virtio-gpu has at most "
+                               f"{MAX_SCANOUTS}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not 0 < timeout < math.inf:
+            raise DisplayError(f"open(): timeout={timeout!r}: allowed a finite number of "
+                               "seconds > 0")
+        if mem_size is not None:
+            check_size(mem_size, "open(): mem_size")
+        else:
             # a mode switch holds the old and the new scanout resource at once; the memfd is
             # sparse, so untouched room costs nothing
             fb = sum(m.width * m.height * 4 for m in monitors)
@@ -188,6 +203,7 @@ class DisplayModule:
 
     # ---- displays and modes --------------------------------------------------------------------
     def _display(self, display: int) -> Mode:
+        check_u32(display, "display")           # True would pass for display 1, 0.0 for 0
         if display not in self._preferred:
             raise DisplayError(f"display {display} does not exist (displays: "
                                f"{sorted(self._preferred)})")
@@ -215,6 +231,7 @@ class DisplayModule:
         return out
 
     def mode(self, display: int = 0) -> Mode | None:
+        check_u32(display, "display")
         res = self._res.get(display)
         return Mode(res.width, res.height) if res else None
 
@@ -247,9 +264,9 @@ class DisplayModule:
         """Show ``frame`` on ``display``; with ``damage=(x, y, w, h)`` only that rectangle is
         copied, transferred and flushed. Returns the frame number (1, 2, ...)."""
         t0 = time.perf_counter_ns()
+        self._display(display)
         res = self._res.get(display)
         if res is None:
-            self._display(display)
             raise DisplayError(f"display {display} has no mode set; call set_mode() first")
         _check_frame(frame, res.height, res.width, display)
         if damage is None:
@@ -290,7 +307,11 @@ class DisplayModule:
                 or not (0 < image.shape[1] <= CURSOR_SIZE):
             raise FrameError(f"cursor image must be a uint8 array of shape (h, w, 4) with h, w <= "
                              f"{CURSOR_SIZE}; got {_describe(image)}")
-        hx, hy = (int(v) for v in hot)
+        try:
+            hx, hy = hot
+        except (TypeError, ValueError):
+            raise FrameError(f"cursor hot spot {hot!r}: expected (x, y)") from None
+        hx, hy = check_u32(hx, "cursor hot spot x"), check_u32(hy, "cursor hot spot y")
         if not (0 <= hx < CURSOR_SIZE and 0 <= hy < CURSOR_SIZE):
             raise FrameError(f"cursor hot spot {tuple(hot)} outside the 64x64 cursor")
         if self._cursor_res is None:
@@ -398,11 +419,8 @@ def _check_frame(frame: Any, h: int, w: int, display: int) -> None:
 
 
 def _check_rect(rect: Any, w: int, h: int, what: str) -> tuple[int, int, int, int]:
-    try:
-        x, y, rw, rh = (int(v) for v in rect)
-    except (TypeError, ValueError):
-        raise FrameError(f"{what} {rect!r}: expected (x, y, width, height)") from None
-    if x < 0 or y < 0 or rw < 0 or rh < 0 or x + rw > w or y + rh > h:
+    x, y, rw, rh = _rect(rect, what)
+    if x + rw > w or y + rh > h:
         raise FrameError(f"{what} ({x}, {y}, {rw}, {rh}) is outside the {w}x{h} frame")
     return x, y, rw, rh
 

@@ -31,14 +31,23 @@ longer than ``max_frame`` is never delivered cut short: it goes there as one NET
 A datagram / frame read once the kernel halts (its channels close) goes there too, with
 ``CHAN_CLOSED``, counted in ``halt_dropped``; at the module's fini the UDP socket is first
 connected to itself (no other sender's datagram enters it any more), then read empty without
-blocking and only then closed, so what it still held is counted as well. ``m.nic.stats()``
-counts all (UDP: every datagram that reached the socket is one of ``rx``, ``os_dropped``,
-``truncated``, ``halt_dropped``).
+blocking and only then closed, so what it still held is counted as well. A TCP connection
+is shut for reading and read to EOF (without blocking; for 1 s at most, against a peer that
+keeps sending: what is left then is refused with a reset) before it closes, each frame handled
+the same way. A connection that ends inside a frame (the peer closed or reset mid-frame, or the
+drain) puts one NET_RX record there with ``NET_ERROR`` (meta1 = the bytes read of that frame,
+its length prefix included), counted in ``partial``. An ``accept`` / ``recvmsg`` that fails
+(out of file descriptors: EMFILE) is retried every 0.05 s, counted in ``accept_errors`` /
+``recv_errors`` and logged once per errno. ``m.nic.stats()`` counts all (UDP: every datagram
+that reached the socket is one of ``rx``, ``os_dropped``, ``truncated``, ``halt_dropped``; TCP:
+every frame read is one of ``rx``, ``halt_dropped``, ``partial``).
 
 Lifecycle: a bind that fails closes its socket and raises OSError naming the address; fini is
 safe whatever boot left and idempotent. A second init (``system.reset_module``) first stops
-the receivers and closes the old socket (a UDP backlog is read and published, as above), then
+the receivers and closes the old socket (a backlog is read and published, as above), then
 binds again, at the same address while it is free: one receiver serves ``m.nic.address``.
+The module serves one system at a time: booting it into another while the first still holds
+it raises BootError. ``m.nic.connect`` works while the module runs (else KernelStopped).
 
 Sending: ``NET_TX`` messages are sent by the consuming handler (UDP ``sendto``; TCP the frame,
 length-prefixed, on that connection). A send that fails (unknown connection, peer 0 or a peer word
@@ -67,15 +76,18 @@ from __future__ import annotations
 
 import errno as _errno
 import ipaddress
+import logging
 import os
 import socket
 import struct
 import threading
+import time
 
 import numpy as np
 
 from ggmk import task as T
-from ggmk.errors import AllocError, BootError
+from ggmk.core.det import check_int
+from ggmk.errors import AllocError, BootError, KernelStopped
 from ggmk.modules import instance_type, std_module
 
 __all__ = ["module", "peer", "addr", "NET_ERROR", "NET_OS_DROP", "frame"]
@@ -86,12 +98,22 @@ SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 MSG_TRUNC = getattr(socket, "MSG_TRUNC", 0x20)
 _PROC_UDP = ("/proc/net/udp", "/proc/net/udp6")
 _LEN = struct.Struct(">I")
+_RETRY_S = 0.05         # wait before retrying an accept() / recvmsg() that failed (EMFILE...)
+_DRAIN_S = 1.0          # at most this long reading a connection's backlog at halt / reset
+log = logging.getLogger("ggmk")
 
 
 def peer(address) -> int:
-    """``(ipv4, port)`` -> the peer word ``ipv4 << 16 | port``."""
+    """``(ipv4, port)`` -> the peer word ``ipv4 << 16 | port``; ValueError for anything else
+    (a port out of range would land in the address bits: another host)."""
     host, port = address[0], address[1]
-    return int(ipaddress.IPv4Address(host)) << 16 | int(port)
+    port = check_int(f"nic.peer: address {address!r}: port", port, 0, 65535)
+    try:
+        ip = ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValueError(f"nic.peer: address {address!r}: host {host!r}: allowed an IPv4 "
+                         f"literal such as '127.0.0.1' (no host names, no IPv6)") from None
+    return int(ip) << 16 | port
 
 
 def addr(p: int) -> tuple[str, int]:
@@ -109,15 +131,22 @@ def frame(data: bytes) -> bytes:
 
 
 class _Nic:
-    def __init__(self, proto, bind, prefix, rx_guarantee, max_frame, rcvbuf):
+    def __init__(self, name, proto, bind, prefix, rx_guarantee, max_frame, rcvbuf):
         if proto not in ("udp", "tcp"):
             raise BootError(f"nic: proto must be 'udp' or 'tcp', got {proto!r}")
         if not (isinstance(bind, tuple) and len(bind) == 2 and isinstance(bind[0], str)
-                and isinstance(bind[1], int) and 0 <= bind[1] <= 65535):
+                and isinstance(bind[1], int) and not isinstance(bind[1], bool)
+                and 0 <= bind[1] <= 65535):
             raise BootError(f"nic: bind must be (host, port) with port 0..65535, got {bind!r}")
-        if not isinstance(max_frame, int) or not 1 <= max_frame <= 120 * 1024:
+        if isinstance(max_frame, bool) or not isinstance(max_frame, int) \
+                or not 1 <= max_frame <= 120 * 1024:
             raise BootError(f"nic: max_frame must be 1..122880 bytes (an arena payload), "
                             f"got {max_frame!r}")
+        if rcvbuf is not None:
+            # SO_RCVBUF is a C int; 0 or less would not mean "no buffer" (-1 gives the maximum)
+            check_int("nic: rcvbuf", rcvbuf, 1, (1 << 31) - 1, err=BootError,
+                      what=" bytes, or None (the system default)")
+        self.name = name
         self.proto, self.bind, self.prefix = proto, bind, prefix
         self.rx_name = f"{prefix}.rx"
         self.lossless = rx_guarantee == "lossless"
@@ -137,11 +166,15 @@ class _Nic:
         self.ovfl_total = None          # the SO_RXQ_OVFL that came with the last datagram
         self.counters = {"rx": 0, "rx_bytes": 0, "rx_refused": 0, "os_dropped": 0,
                          "truncated": 0, "halt_dropped": 0, "alloc_fail": 0, "tx": 0,
-                         "tx_bytes": 0, "tx_errors": 0, "bad_frames": 0, "accepted": 0,
-                         "closed": 0}
+                         "tx_bytes": 0, "tx_errors": 0, "bad_frames": 0, "partial": 0,
+                         "accepted": 0, "closed": 0, "accept_errors": 0, "recv_errors": 0}
 
     # -- lifecycle ------------------------------------------------------------------------------
     def boot(self, system):
+        if self.sock is not None and self.system is not system:
+            # the other system's fini would close the socket under this one
+            raise BootError(f"nic: module {self.name!r} is already booted in another system; "
+                            f"halt that one first, or give this system its own nic.module()")
         # a second init (system.reset_module) must not leave the old socket and receiver
         # serving beside the new ones: they go first, and a live socket's address is kept
         prev = self.address if self.sock is not None else None
@@ -184,6 +217,9 @@ class _Nic:
                 s.close()
                 err = e
                 continue
+            except BaseException:
+                s.close()
+                raise
             return s
         raise OSError(err.errno, f"nic: cannot bind {self.proto} {self.bind}: "
                                  f"{err.strerror or err}") from err
@@ -201,7 +237,9 @@ class _Nic:
         """Stop the receivers and close the sockets, whatever state boot left (none, a failed
         boot, already shut: then nothing to do). UDP: sealed first, then read empty, so every
         datagram that reached the socket is accounted before it closes (at halt:
-        ``halt_dropped``, on sys.dropped with CHAN_CLOSED; at a reset: published)."""
+        ``halt_dropped``, on sys.dropped with CHAN_CLOSED; at a reset: published). TCP: each
+        connection is shut for reading and its thread reads the backlog to EOF the same way
+        (``_conn_loop``)."""
         self.stop.set()
         with self.lock:
             conns = list(self.conns.values())
@@ -323,15 +361,17 @@ class _Nic:
         s = self.sock
         anc = socket.CMSG_SPACE(4)
         k = 0
+        seen = set()
         while not self.stop.is_set():
             try:
                 data, cmsgs, flags, src = s.recvmsg(self.max_frame, anc)
             except socket.timeout:
                 self._check_os_drops()
                 continue
-            except OSError:
+            except OSError as e:
                 if self.stop.is_set():
                     return
+                self._os_error("recv_errors", "recvmsg", e, seen)
                 continue
             stamped = self._handle(data, cmsgs, flags, src)
             k += 1
@@ -357,16 +397,28 @@ class _Nic:
             self._publish(peer(src), data)
         return stamped
 
+    def _os_error(self, counter, call, e, seen) -> None:
+        """An accept() / recvmsg() that failed (EMFILE, ENOBUFS...): counted, logged once per
+        errno and loop, retried after a short wait (at once it would spin while it lasts)."""
+        self._count(counter, 1)
+        if e.errno not in seen:
+            seen.add(e.errno)
+            log.warning("ggmk: nic %r: %s on %s failed: %s (counted in %s; retrying every "
+                        "%.2f s)", self.name, call, self.address, e, counter, _RETRY_S)
+        self.stop.wait(_RETRY_S)
+
     def _accept_loop(self):
         s = self.sock
+        seen = set()
         while not self.stop.is_set():
             try:
                 c, _ = s.accept()
             except socket.timeout:
                 continue
-            except OSError:
+            except OSError as e:
                 if self.stop.is_set():
                     return
+                self._os_error("accept_errors", "accept", e, seen)
                 continue
             self._count("accepted", 1)
             self._add_conn(c)
@@ -382,41 +434,61 @@ class _Nic:
         return cid
 
     def connect(self, host: str, port: int) -> int:
-        """Open a TCP connection (proto 'tcp'); its id is the peer for NET_TX / NET_RX."""
+        """Open a TCP connection (proto 'tcp'); its id is the peer for NET_TX / NET_RX. Only
+        while the module is booted (its frames are published into that system)."""
         if self.proto != "tcp":
             raise ValueError("nic: connect() is for proto='tcp'")
+        if self.sock is None or self.stop.is_set():
+            raise KernelStopped(f"nic: connect(): module {self.name!r} is not running (not "
+                                f"booted yet, halted or being reset)")
         return self._add_conn(socket.create_connection((host, port), timeout=5))
 
-    def _read_exact(self, c, n):
-        buf = bytearray()
+    def _read_exact(self, c, n, buf, drain_end) -> bool:
+        """Read into ``buf`` until it holds ``n`` bytes; False at EOF or an error. Once
+        ``stop`` is set the connection is shut for reading: recv then returns what it still
+        holds, then EOF (never blocks), for ``_DRAIN_S`` at most (a peer that keeps sending)."""
         while len(buf) < n:
+            if self.stop.is_set():
+                if not drain_end:
+                    drain_end.append(time.monotonic() + _DRAIN_S)
+                    try:
+                        c.shutdown(socket.SHUT_RD)
+                    except OSError:
+                        pass
+                elif time.monotonic() > drain_end[0]:
+                    return False
             try:
                 chunk = c.recv(n - len(buf))
             except socket.timeout:
-                if self.stop.is_set():
-                    return None
                 continue
             except OSError:
-                return None
+                return False
             if not chunk:
-                return None
+                return False
             buf += chunk
-        return bytes(buf)
+        return True
 
     def _conn_loop(self, cid, c):
         c.settimeout(0.1)
-        while not self.stop.is_set():
-            hdr = self._read_exact(c, 4)
-            if hdr is None:
+        buf = bytearray()
+        drain_end = []          # set once stop is: the deadline for reading the backlog
+        while True:
+            buf.clear()
+            if not self._read_exact(c, 4, buf, drain_end):
                 break
-            n = _LEN.unpack(hdr)[0]
+            n = _LEN.unpack(buf)[0]
             if n > self.max_frame:
                 self._count("bad_frames", 1)
+                buf.clear()
                 break
-            data = self._read_exact(c, n) if n else b""
-            if data is None:
+            if not self._read_exact(c, 4 + n, buf, drain_end):
                 break
-            self._publish(cid, data)
+            self._publish(cid, bytes(buf[4:]))
+        if buf:
+            # the connection ended inside a frame (the peer closed or reset, halt): the bytes
+            # read of it (its length prefix included) are counted, never dropped unseen
+            self._count("partial", 1)
+            self._dead(cid, len(buf), NET_ERROR)
         self._close(cid)
 
     def _close(self, cid):
@@ -496,7 +568,7 @@ def module(proto: str = "udp", *, bind=("127.0.0.1", 0), name: str = "nic",
     if rx_guarantee not in ("lossy", "lossless"):
         raise BootError(f"nic: rx_guarantee must be 'lossy' or 'lossless', got {rx_guarantee!r}")
     m = std_module(name, "nic")
-    st = _Nic(proto, bind, prefix, rx_guarantee, max_frame, rcvbuf)
+    st = _Nic(name, proto, bind, prefix, rx_guarantee, max_frame, rcvbuf)
     m.nic = st
     m.produces(st.rx_name, "NET_RX", mode=rx_mode, guarantee=rx_guarantee,
                capacity=rx_capacity)

@@ -2,7 +2,10 @@
 close during / after use, concurrent callers, out-of-range values. Real vhost-user-gpu back end."""
 from __future__ import annotations
 
+import gc
+import os
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -209,3 +212,33 @@ def test_display_bad_values(open_display, tmp_path):
     with pytest.raises(E.FrameError):
         disp.move_cursor(1.5, 0)
     disp.present(np.zeros((480, 640, 4), np.uint8))
+
+
+# ---- a failed init closes the vhost-user socket (it was left to the GC) --------------------------
+def _socket_fds() -> set:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                out.add(fd)
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"monitors": [Monitor(64, 48)] * 17}, "17 monitors; virtio-gpu has 16 scanouts"),
+    ({"mem_size": 12345}, "size=12345: allowed an int > 0, a multiple of the page size"),
+    ({"mem_size": "x"}, "size='x': allowed an int > 0"),
+    ({"mem_size": True}, "size=True: allowed an int > 0"),
+])
+def test_failed_init_closes_the_vhost_user_socket(tmp_path, kw, match):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        before = _socket_fds()
+        with pytest.raises(E.VirtioError, match=match):
+            VirtioGpu.launch(workdir=tmp_path, **kw)
+        left = _socket_fds() - before
+        gc.collect()                    # a socket left open warns when it is collected
+    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert left == set() and leaked == []

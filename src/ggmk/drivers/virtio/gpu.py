@@ -184,8 +184,6 @@ class VirtioGpu:
         self.timeout = timeout
         self.spin_s = spin_s
         self.monitors = list(monitors) if monitors else [Monitor(1280, 800)]
-        if len(self.monitors) > MAX_SCANOUTS:
-            raise VirtioError(f"{len(self.monitors)} monitors; virtio-gpu has {MAX_SCANOUTS} scanouts")
         self.features = 0
         self.protocol_features = 0
         self.broken: str | None = None
@@ -193,10 +191,14 @@ class VirtioGpu:
         self.errors = 0
         self._next_resource_id = 1
         self.resources: dict[int, Resource2D] = {}
-        self.mem = GuestMemory(mem_size)
+        self.mem: GuestMemory | None = None
         self.display: DisplaySocket | None = None
         self.queues: list[SplitQueue] = []
-        try:
+        try:        # whatever fails closes the front end too (its socket would leak)
+            if len(self.monitors) > MAX_SCANOUTS:
+                raise VirtioError(f"{len(self.monitors)} monitors; virtio-gpu has {MAX_SCANOUTS} "
+                                  "scanouts")
+            self.mem = GuestMemory(mem_size)
             if isinstance(queue_size, bool) or not isinstance(queue_size, int) \
                     or queue_size < MIN_QUEUE_SIZE:
                 raise VirtioError(f"queue_size {queue_size!r}: must be at least {MIN_QUEUE_SIZE} "
@@ -615,7 +617,8 @@ class VirtioGpu:
         for r in self.resources.values():
             r.pixels = None
         self.resources.clear()
-        self.mem.close()
+        if self.mem is not None:
+            self.mem.close()
 
     def __enter__(self) -> "VirtioGpu":
         return self

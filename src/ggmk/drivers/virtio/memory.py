@@ -25,13 +25,21 @@ from .errors import VirtioError
 GPA_BASE = 0x1_0000_0000   # arbitrary, non-zero: a zero address looks like a bug in traces
 
 
+def check_size(size, what: str = "guest memory: size") -> int:
+    """``size`` as a guest memory size: an int > 0 in whole pages (a bool, a float or a string
+    is refused), or a VirtioError naming ``what``."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0 \
+            or size % mmap.PAGESIZE:
+        raise VirtioError(f"{what}={size!r}: allowed an int > 0, a multiple of the page size "
+                          f"{mmap.PAGESIZE}")
+    return int(size)
+
+
 class GuestMemory:
     """A memfd-backed region with a small first-fit allocator (few, large allocations)."""
 
     def __init__(self, size: int, gpa_base: int = GPA_BASE):
-        if size <= 0 or size % mmap.PAGESIZE:
-            raise VirtioError(f"guest memory size {size} must be a positive multiple of "
-                              f"{mmap.PAGESIZE}")
+        size = check_size(size)
         self.size = size
         self.gpa_base = gpa_base
         self.fd = os.memfd_create("ggmk-virtio-guest", os.MFD_CLOEXEC)
