@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -27,6 +28,12 @@ def test_demo_runs_and_prints_summary():
     for word in ("PARTICLE_STEP", "SOLVE", "FETCH", "trace hash", "sys.error", "arena",
                  "all work finished"):
         assert word in out.stdout
+    # the summary's sys.error count is what the queue table lists on sys.error (FETCH fails
+    # every 50th task on purpose: never 0)
+    listed = sum(int(n) for n in re.findall(r"\b[A-Z_]+: (\d+)", out.stdout.split(
+        "sys.error", 2)[2].splitlines()[0]))
+    said = int(re.search(r"([\d,]+) on sys.error with a reason", out.stdout)[1].replace(",", ""))
+    assert listed > 0 and said == listed, out.stdout
 
 
 # -- bad numeric options: a usage error naming the option and the allowed range (exit code 2) --

@@ -141,6 +141,14 @@ def test_build_arch_without_app_is_refused(g):
         assert w in r.stderr, (w, r.stderr)
 
 
+def test_build_of_a_cpu_only_system_names_build_not_kern_info(booted):
+    """Without APP, ``build`` asks the running system for its GPU kernel's report; a system
+    without one answered with kern info's ``--report``, an option the user never typed."""
+    r = booted("build")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "no GPU kernel" in r.stderr and "APP" in r.stderr and "--report" not in r.stderr
+
+
 def test_trace_max_events_range_is_the_servers(g):
     r = g("trace", "--max-events", str(TRACE_CAPACITY + 1))
     assert r.returncode == EXIT_USAGE, (r.returncode, r.stderr)

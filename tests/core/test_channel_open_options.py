@@ -5,7 +5,7 @@ import pytest
 
 import ggmk
 from ggmk import task as T
-from ggmk.errors import ChannelError
+from ggmk.errors import BootError, ChannelError
 
 
 def _allowed_named(msg):
@@ -94,3 +94,20 @@ def test_consumes_takes_window_and_ordered_and_names_anything_else():
         assert sub.window == 2 and sub.ordered is False
         assert s.channel("data.in").publish(meta0=1) == 0
         assert s.run(timeout=30)
+
+
+def test_handler_on_produces_or_open_is_an_error_naming_it():
+    """``handler`` belongs to ``consumes``: on ``produces`` it was taken off the channel's
+    options before their check and ignored without a word; ``System.open`` raised a bare
+    TypeError."""
+    m = ggmk.Module("prod")
+    m.produces("prod.out", "MSG", handler="NOSUCH")
+    with pytest.raises(BootError) as e:
+        ggmk.boot([m], workers=2)
+    assert "'prod'" in str(e.value) and "'prod.out'" in str(e.value) \
+        and "handler='NOSUCH'" in str(e.value) and "consumes" in str(e.value)
+    with ggmk.boot([ggmk.Module("x")], workers=2) as s:
+        with pytest.raises(ChannelError) as e:
+            s.open("data.in", "MSG", handler="MSG")
+        assert "handler='MSG'" in str(e.value)
+        _allowed_named(str(e.value))

@@ -1090,7 +1090,15 @@ def build(app, whole, arch, state_dir, as_json):
                                  "(allowed: --arch with APP, e.g. `ggmk build APP --arch "
                                  f"{arch}`)", ctx, param_hint="'--arch'")
     if app is None:
-        res = _call(state_dir, "kern_info", {"report": True}, timeout=900)
+        from ggmk.control.protocol import ControlError
+        try:
+            res = _call(state_dir, "kern_info", {"report": True}, timeout=900)
+        except ControlError as e:
+            if e.code != "unsupported":
+                raise
+            # (the server's answer names kern info's --report, an option not typed here)
+            _fail("the running system has no GPU kernel: give APP for its GPU modules' "
+                  "report, or boot the system with --device", EXIT_ERROR)
         rep = (res.get("gpu") or {}).get("report")
         if rep is None:
             _fail("the running system has no GPU kernel (boot it with --device)", EXIT_ERROR)

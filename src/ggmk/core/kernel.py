@@ -406,6 +406,13 @@ class System:
                 tid = self.type_id(d.type, register=True, where=where)
                 tchans.append(d.resolved(type=tid, mode=d.mode or spec[d.name]["mode"],
                                          guarantee=d.guarantee or spec[d.name]["guarantee"]))
+                if d.direction == "produce" and "handler" in d.options:
+                    # (the other consumer options reach the channel's own check; this one
+                    # was taken off before it and ignored)
+                    problems.append(
+                        f"module {m.name!r} produces channel {d.name!r} with "
+                        f"handler={d.options['handler']!r}; handler belongs to consumes "
+                        f"(the subscriber's handler type)")
                 if d.direction == "consume":
                     bad = sorted(set(d.options) - set(CONSUME_OPTIONS))
                     if bad:     # (a typo such as capcity=3 was ignored without a word)
@@ -462,14 +469,15 @@ class System:
 
     def open(self, name: str, type, *, mode: str = "p2p", guarantee: str = "lossless",
              capacity: int = 4096, replay: int = 0, error_handler=None, window=None,
-             ordered: bool | None = None):
+             ordered: bool | None = None, **unknown):
         """Open a channel at run time (or return the open one of that name and type).
         ``ordered`` (default: yes) delivers each subscriber's messages one batch at a time, in
-        channel order; ``False`` trades that for parallel batches."""
+        channel order; ``False`` trades that for parallel batches. Any other keyword is the
+        channel registry's ChannelError naming it (with its close match), as in ``produces``."""
         self._check_running()
         return self.channels.open(name, type, mode=mode, guarantee=guarantee, capacity=capacity,
                                   replay=replay, error_handler=error_handler, window=window,
-                                  ordered=ordered)
+                                  ordered=ordered, **unknown)
 
     def close(self, name) -> int:
         """Close a channel; what it still holds goes to sys.dropped (CHAN_CLOSED)."""

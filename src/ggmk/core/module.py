@@ -13,6 +13,10 @@ Example::
     def square(ctx, batch):
         ctx.emit_batch("COUNTER_DONE", meta0=batch.meta0 * batch.meta0)
 
+    @counter.handler("COUNTER_DONE")             # every type emitted has a handler
+    def done(ctx):
+        return ggmk.OK
+
 Types are named by string (resolved through the type registry at boot) or by integer id.
 """
 from __future__ import annotations

@@ -88,13 +88,19 @@ def run(seconds: float = 3.0, workers: int = 2, seed: int = 1) -> dict:
     return stats
 
 
+def _on_sys_error(c: dict) -> int:
+    """A type's tasks on sys.error: the ones its handler failed and the ones dead-lettered
+    without running (``dropped``: refused, poisoned, halted)."""
+    return c["fail"] + c["dropped"]
+
+
 def render(stats: dict, console: Console) -> None:
     t = Table(title="ggmk demo: tasks per type", title_justify="left")
     for col in ("type", "enqueued", "ok", "yields", "retries", "failed", "sys.error"):
         column(t, col, right=col != "type")
     for name, c in sorted(stats["types"].items()):
         t.add_row(name, f"{c['enqueued']:,}", f"{c['ok']:,}", f"{c['yield']:,}", f"{c['retry']:,}",
-                  f"{c['fail']:,}", f"{c['dropped']:,}")
+                  f"{c['fail']:,}", f"{_on_sys_error(c):,}")
     console.print(t)
     s = stats["sched"]
     q = Table(title="queues (high watermarks) and arena", title_justify="left", show_header=False)
@@ -115,7 +121,7 @@ def render(stats: dict, console: Console) -> None:
     types = stats["types"].values()
     halted = stats["halt"]["halted"]
     console.print(f"accounting: {sum(c['ok'] for c in types):,} tasks finished OK, "
-                  f"{sum(c['dropped'] for c in types):,} on sys.error with a reason "
+                  f"{sum(_on_sys_error(c) for c in types):,} on sys.error with a reason "
                   f"({halted:,} of them halted before running); "
                   f"{'all work finished' if stats['drained'] else 'NOT drained within 30 s'}")
 
