@@ -35,7 +35,7 @@ TOCK = gpu.channel("sim.tock", message="SIM_TOCK", mode="p2p", guarantee="lossle
                    capacity=256)
 
 
-@gpu.handler("SIM_GPU", consumes="sim.tick", message="SIM_TICK")
+@gpu.handler("SIM_GPU", consumes="sim.tick", message="SIM_TICK", deterministic=True)
 def sim_gpu(ctx, task):
     x = g.meta0(task)
     x = x ^ (x >> 29)

@@ -74,3 +74,53 @@ def test_smem_words():
     assert resolve.smem_words(hs[:1], 64) == 1
     assert resolve.smem_words(hs[:2], 64) == 2 * (64 // 32)      # per warp x warps
     assert resolve.smem_words(hs, 32) == 10
+
+
+def _registry():
+    from ggmk.typereg import TypeRegistry
+    reg = TypeRegistry()
+    reg.register("STEP", 10, max_yields=4, deterministic=True)
+    reg.register("MSG", 11, lossy=False)
+    return reg
+
+
+def test_max_yields_is_the_handlers_else_the_types_policy_else_16():
+    reg = _registry()
+    m = gd.Module("my")
+    m.handler("STEP", deterministic=True)(_h)
+    m.handler(12)(_h)                                   # no policy: not registered
+    m.handler("MSG", max_yields=7)(_h)
+    hs = resolve.resolve_handlers([m], reg)
+    assert [(h.type, h.max_yields) for h in hs] == [(10, 4), (12, 16), (11, 7)]
+    # a plain {name: id} map has no policies
+    assert [h.max_yields for h in resolve.resolve_handlers([m], {"STEP": 10, "MSG": 11})] == \
+        [16, 16, 7]
+
+
+def test_types_policies_are_checked_like_the_cpu_kernels():
+    """A deterministic type on a handler not declared deterministic, a lossless type on a
+    lossy device channel: boot errors (one BootError naming both), as on the CPU kernel;
+    types the registry does not know (plain ids) are left alone."""
+    reg = _registry()
+    m = gd.Module("pol")
+    m.channel("pol.c", message="MSG", mode="p2p", guarantee="lossy", capacity=8)
+    m.handler("STEP")(_h)
+    m.handler(12, consumes="pol.c")(_h)
+    hs = resolve.resolve_handlers([m], reg)
+    with pytest.raises(BootError) as e:
+        resolve.check_type_policies([m], hs, reg)
+    assert len(e.value.problems) == 2
+    assert "handler '_h' handles deterministic type STEP but is not declared" in str(e.value)
+    assert "channel 'pol.c' is lossy (declared by module 'pol') but type MSG needs lossless" \
+        in str(e.value)
+    resolve.check_type_policies([m], hs, {"STEP": 10, "MSG": 11})      # no policies: fine
+    ok = gd.Module("pol2")
+    ok.channel("pol2.c", message="MSG", guarantee="lossless", capacity=8)
+    ok.handler("STEP", deterministic=True)(_h)
+    ok.handler(12, consumes="pol2.c")(_h)
+    resolve.check_type_policies([ok], resolve.resolve_handlers([ok], reg), reg)
+    # and the DeviceKernel applies them when it is made (nothing compiles)
+    with pytest.raises(BootError, match="2 problems"):
+        gd.DeviceKernel([m], target="cpu", types=reg)
+    k = gd.DeviceKernel([ok], target="cpu", types=reg)
+    assert [h.max_yields for h in k.handlers] == [4, 16]

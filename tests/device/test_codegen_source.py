@@ -52,3 +52,22 @@ def test_constants_are_target_neutral_and_complete():
         assert k in c, k
     # names a target gives its own words are the target's (Target.constants), not here
     assert not {"C_DOORBELL", "C_PARKED", "G_NHOST", "G_HOST_TICKET"} & set(c)
+
+
+def test_handler_exceptions_are_caught_only_where_device_code_has_them():
+    """``catch`` (cpu, sim: ``CATCH_HANDLER_EXCEPTIONS``) wraps every handler call in
+    try/except -> HANDLER_EXCEPTION, warp and block tasks finished after the last phase;
+    without it (cuda) the generated code has no try at all, and finishes in the lane whose
+    return counts, as before."""
+    from ggmk.device.targets import get_target
+    hs, plan = _kernel()
+    caught = ast.parse(source.generate(hs, plan, catch=True))
+    plain = ast.parse(source.generate(hs, plan))
+    tries = [n for n in ast.walk(caught) if isinstance(n, ast.Try)]
+    assert len(tries) == 3 and all(
+        isinstance(t.body[0].value, ast.Call) and t.body[0].value.func.id in ("h_0", "h_1", "h_2")
+        and t.handlers[0].type.id == "Exception" for t in tries)
+    assert not [n for n in ast.walk(plain) if isinstance(n, ast.Try)]
+    assert "HANDLER_EXCEPTION" in source.constants(plan, hs)
+    assert [getattr(get_target(n), "CATCH_HANDLER_EXCEPTIONS", False)
+            for n in ("cpu", "cuda")] == [True, False]

@@ -8,7 +8,7 @@ import ggmk.device as gd
 from ggmk import task as taskmod
 from ggmk.device import host, layout
 from ggmk.device.targets import get_target
-from ggmk.errors import BootError, KernelStopped
+from ggmk.errors import BootError, DeviceError, KernelStopped
 
 m = gd.Module("hosttest")
 
@@ -104,3 +104,71 @@ def test_rx_unpublished_counts_records_taken_in_that_published_metrics_miss():
     assert k.rx_unpublished() == 2
     rows[1, col] = 2
     assert k.rx_unpublished() == 0
+
+
+def _view(launch, **cfg):
+    """A host view over zeroed mapped words (nothing compiles, nothing runs)."""
+    k = gd.DeviceKernel([m], target="cpu", view=True, **cfg)
+    words = np.zeros(layout.offsets(k.plan)["_total"][2], np.int64)
+    return k.attach(words, np.zeros(k.config.arena_bytes, np.uint8), launch)
+
+
+class _Failed(_Launch):
+    """A kernel whose host thread raised while the rest of it still runs."""
+    error = ValueError("boom in the kernel")
+
+
+def test_a_failed_kernel_is_not_alive_and_host_calls_name_the_failure():
+    """Once the kernel failed (Launch.error set), alive() says so at once, and push / an
+    empty pull / pull_until raise naming the error instead of queueing into, or waiting on,
+    a kernel that will never answer."""
+    k = _view(_Failed())
+    assert not k.alive()
+    with pytest.raises(DeviceError, match=r"push: the device kernel \(cpu\) failed: "
+                                          r"ValueError\('boom in the kernel'\)"):
+        k.push(taskmod.make(1, type=1))
+    with pytest.raises(DeviceError, match=r"pull: the device kernel \(cpu\) failed: Value"):
+        k.pull()
+    with pytest.raises(DeviceError, match=r"pull_until: 0/1 records when the device kernel "
+                                          r"\(cpu\) failed: ValueError\('boom in the kernel'\)$"):
+        k.pull_until(1, timeout=30)
+    # a record published before the failure still comes back (the error once there is none)
+    k._h["tx"][:layout.W] = taskmod.make(1, type=5, meta0=7).view(np.int64)
+    k._h["txseq"][0] = 1
+    assert k.pull()["meta0"].tolist() == [7]
+
+
+def test_bad_push_and_pull_arguments_are_named():
+    k = _view(_Launch())
+    recs = taskmod.make(4, type=1)
+    for bad, what in ((np.zeros(3, np.int64), "an array of dtype int64"),
+                      (recs.reshape(2, 2), r"a 2-D array of shape \(2, 2\)"),
+                      (recs[:1].reshape(()), r"a 0-D array of shape \(\)"),
+                      ([1, 2], "list")):
+        with pytest.raises(TypeError, match=r"push: records must be a 1-D TASK_DTYPE array "
+                                            rf"\(ggmk.task.make\), got {what}$"):
+            k.push(bad)
+    for bad in (-1, 2.5, "3", True):
+        with pytest.raises(ValueError, match=rf"pull: max_records={bad!r}: allowed an int >= 0"):
+            k.pull(bad)
+    assert len(k.pull(None)) == 0 and len(k.pull(0)) == 0
+    with pytest.raises(ValueError, match=r"pull_until: count=-3: allowed an int >= 0"):
+        k.pull_until(-3)
+    with pytest.raises(ValueError, match=r"pull_until: timeout=-1: allowed a number of sec"):
+        k.pull_until(1, timeout=-1)
+
+
+class _Exits(_Launch):
+    def wait(self, timeout):
+        return True
+
+
+def test_a_stopped_kernel_does_not_start_again():
+    k = _view(_Exits())
+    k.stop()
+    assert not k.alive()
+    with pytest.raises(BootError, match="this kernel was stopped, and a stopped kernel does "
+                                        "not start again: make a new DeviceKernel"):
+        k.start()
+    with pytest.raises(KernelStopped, match="push: the kernel is stopped"):
+        k.push(taskmod.make(1, type=1))

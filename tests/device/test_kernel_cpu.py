@@ -10,7 +10,8 @@ from ggmk import task as taskmod
 from ggmk.device import api as g
 from ggmk.device.host import SYS_ERROR, error_code
 from ggmk.events import EventType
-from ggmk.task import OK, RETRY, MAX_YIELDS
+from ggmk.task import (BAD_RETURN, CHAN_UNKNOWN, HANDLER_EXCEPTION, MAX_YIELDS, OK, RETRY,
+                       UNKNOWN_TYPE)
 
 feat = gd.Module("feat", trace_level="warn")
 traced = gd.Module("traced", trace_level="all")
@@ -86,6 +87,61 @@ def fanout(ctx, task):
 @traced.handler(210)
 def traced_ok(ctx, task):
     g.metric_add(ctx, 3, 1)
+    return OK
+
+
+@feat.handler(212)
+def raiser(ctx, task):
+    if g.meta0(task) == 1:
+        raise ValueError("handler raised")
+    g.emit_host(ctx, 213, g.meta0(task), 0)
+    return OK
+
+
+@feat.handler(214, granularity="warp")
+def warp_raiser(ctx, task, lane, nlanes, smem, phase):
+    if lane == g.meta1(task):
+        raise ValueError("one lane raised")
+    if lane == 0:
+        g.emit_host(ctx, 215, g.meta0(task), 0)
+    return OK
+
+
+@feat.handler(216, granularity="block", phases=2)
+def block_raiser(ctx, task, lane, nlanes, smem, phase):
+    # meta1: the lane that raises in the last phase (after lane 0 has returned on cpu)
+    if phase == 1 and lane == g.meta1(task):
+        raise ValueError("one lane raised")
+    if lane == 0 and phase == 1:
+        g.emit_host(ctx, 217, g.meta0(task), 0)
+    return OK
+
+
+@feat.handler(218)
+def returns_meta0(ctx, task):
+    return g.meta0(task)
+
+
+@feat.handler(219)
+def emits_to(ctx, task):
+    # meta0: the type id to emit to, meta1: which emit
+    how = g.meta1(task)
+    t = g.meta0(task)
+    if how == 0:
+        r = g.emit(ctx, t, 5, 0)
+    elif how == 1:
+        r = g.emit_full(ctx, t, 5, 0, 0, 0, -1, 0)
+    elif how == 2:
+        r = g.emit_at(ctx, g.tick(ctx), t, 5, 0)
+    else:
+        r = g.emit_host(ctx, t, 5, 0)
+    g.emit_host(ctx, 220, r, how)
+    return OK
+
+
+@feat.handler(221)
+def emits_on_channel(ctx, task):
+    g.emit_host(ctx, 222, g.emit_chan(ctx, g.meta0(task), 9, 0), 0)
     return OK
 
 
@@ -191,6 +247,99 @@ def test_failure_goes_to_sys_error_with_code(kern):
     assert (out["channel"] == SYS_ERROR).all()
     assert error_code(out).tolist() == [-7, -7]
     assert out["type"].tolist() == [204, 204] and out["meta0"].tolist() == [5, 5]
+
+
+def _u64(vals):
+    """int64 values as the u64 meta column holds them (a handler reads them back signed)."""
+    return np.asarray(vals, np.int64).view(np.uint64)
+
+
+def _split(out):
+    err = out[out["channel"] == SYS_ERROR]
+    return err, out[out["channel"] != SYS_ERROR]
+
+
+def test_a_handler_that_raises_fails_its_task_and_the_kernel_goes_on(kern):
+    """SPEC §6: a handler's exception is reported against it on sys.error (HANDLER_EXCEPTION)
+    and never stops a worker: the tasks around it, and later ones, still run."""
+    kern.push(taskmod.make(4, type=212, meta0=np.array([0, 1, 2, 3])))
+    err, ok = _split(kern.pull_until(4, timeout=30))
+    assert err["type"].tolist() == [212] and err["meta0"].tolist() == [1]
+    assert error_code(err).tolist() == [HANDLER_EXCEPTION]
+    assert ok["type"].tolist() == [213] * 3 and sorted(ok["meta0"].tolist()) == [0, 2, 3]
+    assert kern.alive()
+    kern.push(taskmod.make(1, type=212, meta0=7))
+    assert kern.pull_until(1, timeout=30)["meta0"].tolist() == [7]
+
+
+def test_a_lane_that_raises_fails_its_warp_or_block_task(kern):
+    """Whichever lane raises (not only the one whose return counts; on cpu the last lane of
+    the last phase runs after lane 0 returned), the task fails with HANDLER_EXCEPTION."""
+    kern.push(taskmod.make(3, type=214, meta0=np.arange(3), meta1=np.array([99, 5, 0])))
+    kern.push(taskmod.make(3, type=216, meta0=np.arange(3), meta1=np.array([99, 31, 0])))
+    err, ok = _split(kern.pull_until(8, timeout=30))
+    assert sorted(ok["type"].tolist()) == [215, 215, 217, 217]   # lane 0 ran in each task
+    assert sorted(zip(ok["type"].tolist(), ok["meta0"].tolist())) == \
+        [(215, 0), (215, 1), (217, 0), (217, 1)]
+    assert error_code(err).tolist() == [HANDLER_EXCEPTION] * 4
+    assert sorted(zip(err["type"].tolist(), err["meta0"].tolist())) == \
+        [(214, 1), (214, 2), (216, 1), (216, 2)]
+
+
+def test_return_values_the_record_cannot_hold_are_bad_returns(kern):
+    """A failure code travels in the record's int16: one below -32768 arrived as 25536 or 0
+    (OK), and a positive value that is not a code as FAIL; both are BAD_RETURN, as on the
+    CPU kernel. Codes that fit arrive as they are."""
+    vals = [-7, -32768, -32769, -40000, -65536, -(1 << 40), 4, 5, 1 << 40]
+    kern.push(taskmod.make(len(vals), type=218, meta0=_u64(vals)))
+    out = kern.pull_until(len(vals), timeout=30)
+    assert (out["channel"] == SYS_ERROR).all()
+    got = dict(zip(out["meta0"].astype(np.int64).tolist(), error_code(out).tolist()))
+    assert got == {-7: -7, -32768: -32768, **{v: BAD_RETURN for v in vals[2:]}}
+
+
+def test_an_emit_to_a_type_id_out_of_range_is_refused_against_the_emitter(kern):
+    """emit/emit_full/emit_at/emit_host to an id outside 1..2**32-1 schedules nothing (the id
+    was truncated: (1 << 32) + 212 ran handler 212, -1 went to the host as type 2**32-1):
+    UNKNOWN_TYPE to the handler, and a sys.error record with its type."""
+    before = kern.metrics()["types"][212]["run"]
+    bad = [0, -1, 1 << 32, (1 << 32) + 212]
+    t = np.repeat(np.array(bad), 4)
+    how = np.tile(np.arange(4), len(bad))
+    kern.push(taskmod.make(len(t), type=219, meta0=_u64(t), meta1=how))
+    err, ok = _split(kern.pull_until(2 * len(t), timeout=30))
+    assert len(err) == len(t) and (err["type"] == 219).all()
+    assert (error_code(err) == UNKNOWN_TYPE).all() and (err["meta0"] == 5).all()
+    assert sorted(err["seq"].tolist()) == sorted(v & 0xFFFFFFFF for v in t.tolist())
+    assert (ok["type"] == 220).all() and (ok["meta0"].astype(np.int64) == UNKNOWN_TYPE).all()
+    assert sorted(ok["meta1"].tolist()) == sorted(how.tolist())
+    assert kern.metrics()["types"][212]["run"] == before
+
+
+def test_an_unknown_channel_is_reported_against_the_emitter(kern):
+    kern.push(taskmod.make(2, type=221, meta0=_u64([99, -3])))
+    err, ok = _split(kern.pull_until(4, timeout=30))
+    assert err["type"].tolist() == [221, 221]
+    assert error_code(err).tolist() == [CHAN_UNKNOWN] * 2
+    assert sorted(err["seq"].tolist()) == sorted([99, -3 & 0xFFFFFFFF])
+    assert err["meta0"].tolist() == [9, 9]
+    assert ok["meta0"].astype(np.int64).tolist() == [CHAN_UNKNOWN] * 2
+
+
+def test_pull_until_keeps_what_it_took_when_it_gives_up(kern, wait_until):
+    """Records a timed-out pull_until had taken off the ring are not dropped with its error:
+    the next pull returns them first."""
+    base = kern.metrics()["types"][212]["ok"]
+    kern.push(taskmod.make(3, type=212, meta0=np.array([10, 11, 12])))
+    # done (its counters are published once the worker is idle): the 3 records are out
+    assert wait_until(lambda: kern.metrics()["types"][212]["ok"] == base + 3, 30)
+    with pytest.raises(gd.host.DeviceError,
+                       match=r"3/5 records after 0.2 s \(the 3 taken are kept: the next pull"):
+        kern.pull_until(5, timeout=0.2)
+    assert kern.tx_ready()
+    first = kern.pull(2)["meta0"].tolist()
+    assert sorted(first + kern.pull()["meta0"].tolist()) == [10, 11, 12]
+    assert not kern.tx_ready()
 
 
 def test_max_yields_circuit_breaker(kern):

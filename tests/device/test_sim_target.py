@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ggmk.task import HANDLER_EXCEPTION
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 HERE = str(Path(__file__).resolve().parent)           # workloads.py
 
@@ -88,6 +90,74 @@ for t in ts:
     t.join()
 print(json.dumps({"total": arr.v, "max_old": int(bmax(arr, 0, 10 ** 6)), "after": arr.v}))
 '''
+
+
+HANDLER_FAULTS = r'''
+import json, time
+import numpy as np
+import ggmk.device as gd
+from ggmk import task as T
+from ggmk.device import api as g
+from ggmk.device.host import SYS_ERROR, error_code
+
+m = gd.Module("simfault")
+
+@m.handler(30)
+def raiser(ctx, task):
+    if g.meta0(task) == 1:
+        raise ValueError("handler raised")
+    g.emit_host(ctx, 31, g.meta0(task), 0)
+    return 0
+
+@m.handler(32, granularity="block")
+def block_raiser(ctx, task, lane, nlanes, smem, phase):
+    if lane == g.meta1(task):
+        raise ValueError("one lane raised")
+    if lane == 0:
+        g.emit_host(ctx, 33, g.meta0(task), 0)
+    return 0
+
+@m.handler(34)
+def burst(ctx, task):
+    for i in range(g.meta0(task)):
+        g.emit_host(ctx, 35, i, 0)
+    return 0
+
+k = gd.DeviceKernel([m], target="sim", workers=1, threads=32, batch=32, bucket_cap=64,
+                    local_cap=64, overflow_cap=64, event_inbox_cap=64, rx_cap=64, tx_cap=8,
+                    tx_spill_cap=8, event_cap=256, trace_cap=256, arena_bytes=1 << 22)
+k.start(timeout=300)
+k.push(T.make(3, type=30, meta0=np.array([0, 1, 2])))
+k.push(T.make(2, type=32, meta0=np.array([0, 1]), meta1=np.array([99, 5])))
+out = k.pull_until(6, timeout=120)
+alive = k.alive()
+k.push(T.make(1, type=34, meta0=12))          # 8 on the ring, 4 in the spill area
+t_end = time.monotonic() + 120                # (its counters are published once idle)
+while k.metrics()["types"][34]["ok"] == 0 and time.monotonic() < t_end:
+    time.sleep(0.01)
+k.stop(timeout=120)
+spill = []
+while k.tx_ready():
+    spill += k.pull()["meta0"].tolist()
+err = out[out["channel"] == SYS_ERROR]
+ok = out[out["channel"] != SYS_ERROR]
+print(json.dumps({"alive": alive,
+                  "err": sorted(zip(err["type"].tolist(), err["meta0"].tolist(),
+                                    error_code(err).tolist())),
+                  "ok": sorted(zip(ok["type"].tolist(), ok["meta0"].tolist())),
+                  "spill": spill, "tx_lost": k.metrics()["global"]["tx_lost"]}))
+'''
+
+
+def test_sim_a_raising_handler_fails_its_task_and_the_kernel_stops():
+    """On sim a raising lane left the others waiting at the next barrier: the kernel hung,
+    even on stop. Its exception now fails the task (HANDLER_EXCEPTION) and the lanes go on;
+    a block task fails whichever lane raised. Records in the spill area at stop come back."""
+    r = _run(HANDLER_FAULTS)
+    assert r["alive"]
+    assert r["err"] == [[30, 1, HANDLER_EXCEPTION], [32, 1, HANDLER_EXCEPTION]]
+    assert r["ok"] == [[31, 0], [31, 2], [33, 0], [33, 1]]
+    assert r["spill"] == list(range(12)) and r["tx_lost"] == 0
 
 
 def _run(code):

@@ -133,6 +133,28 @@ def test_cpu_host_notifier_rings_the_doorbell_and_wakes_only_when_parked(monkeyp
     assert ctl[cpu.C_DOORBELL] == 2 and woken == [ctl[cpu.C_DOORBELL:].ctypes.data]
 
 
+def test_cpu_launch_is_not_alive_once_a_host_thread_failed(wait_until):
+    """host_threads=2 and one of them raises: the kernel is not alive (its blocks are gone)
+    though the other thread still runs, and ``wait`` still waits for that one to leave."""
+    import threading
+    from types import SimpleNamespace
+    tickets, release = iter(range(2)), threading.Event()
+
+    def kernel():
+        if next(tickets) == 0:
+            raise ValueError("a handler raised")
+        release.wait(60)
+
+    launch = MODULES["cpu"].launch(kernel, (), SimpleNamespace(cfg=SimpleNamespace(
+        host_threads=2)))
+    assert wait_until(lambda: launch.error is not None, 30)
+    assert repr(launch.error) == "ValueError('a handler raised')"
+    assert not launch.alive()
+    assert launch.wait(0.05) is False            # the other thread runs until it is told
+    release.set()
+    assert launch.wait(30) is True and not launch.alive()
+
+
 # ---- primitives in their own files
 
 @pytest.mark.parametrize("name,filename", [("cpu", "cpu_prims.py"), ("cuda", "cuda_prims.py")])

@@ -60,7 +60,34 @@ def test_stop_while_held_back_returns_and_counts_what_was_given_up():
     m = k.metrics()["global"]
     assert not k.alive()
     assert m["tx_lost"] >= 1 and m["tx_held"] >= 1
-    # what was not given up is on the ring or in the spill area: nothing else went missing
-    out = k.pull()
-    assert len(out) == 8 and out["meta0"].tolist() == list(range(8))
+    # what was not given up was on the ring or in the spill area: it all comes back, in
+    # order (the ring's 8, then the spill area's 8), and with what was given up it is all
+    out = _pull_all(k)
+    assert out["meta0"].tolist() == list(range(16))
+    assert len(out) + m["tx_lost"] == 100 and m["to_host"] == len(out)
     assert CHAN_FULL < 0
+
+
+def _pull_all(k):
+    parts = []
+    while k.tx_ready():
+        parts.append(k.pull())
+    return taskmod.concat(parts)
+
+
+def test_stop_delivers_what_the_spill_area_still_holds(wait_until):
+    """Records accepted into the spill area (emit_host returned OK) while the host did not
+    pull are moved out of device memory when the kernel stops: pull returns them after the
+    ring's, in order, none lost and tx_lost 0."""
+    k = gd.DeviceKernel([W.txfull_module()], target="cpu", workers=1, tx_cap=8,
+                        tx_spill_cap=8)                 # the kernel of the test above
+    k.start()
+    k.push(taskmod.make(1, type=W.TX_SPAWN_T, meta0=0, meta1=13))
+    # (its counters are published once the worker is idle)
+    assert wait_until(lambda: k.metrics()["types"][W.TX_SPAWN_T]["ok"] == 1, 120)
+    k.stop(timeout=60)
+    m = k.metrics()["global"]
+    assert m["to_host"] == 13 and m["tx_full"] == 5 and m["tx_lost"] == 0
+    assert k.pull(3)["meta0"].tolist() == [0, 1, 2]
+    assert _pull_all(k)["meta0"].tolist() == list(range(3, 13))
+    assert not k.tx_ready() and len(k.pull()) == 0

@@ -46,7 +46,9 @@ Return codes: ``OK``; ``RETRY`` (re-run later with exponential backoff in ticks)
 handler's ``max_yields``); ``WAIT`` (``wait_at(task, phase)``: not counted as a yield; the task
 runs again once something it may wait for happened, e.g. a channel credit came back: the way
 to wait for a full lossless channel and resume where the handler stopped); anything negative is a failure code and sends the task to ``sys.error`` (on
-the host, ``channel == CH_SYS_ERROR``).
+the host, ``channel == CH_SYS_ERROR``). What is not a code (a positive value other than these,
+or one below -32768: the record holds an int16) sends it there with BAD_RETURN; a handler that
+raises, with HANDLER_EXCEPTION (``cpu`` and ``sim``; ``cuda`` device code has no exceptions).
 """
 
 from ggmk.device.layout import WAIT  # noqa: F401  (3: a device-only handler return code)
@@ -149,13 +151,19 @@ def _child_w0(ctx, type_id, prio):
 
 def emit(ctx, type_id, m0, m1):
     """Schedule a follow-on task of ``type_id`` (a device type: run here; otherwise it goes to
-    the host). Returns OK or CHAN_FULL."""
+    the host). Returns OK or CHAN_FULL; UNKNOWN_TYPE for a ``type_id`` outside 1..2**32-1
+    (nothing is scheduled: a sys.error record with the emitting handler's type says so, the
+    same for every emit below)."""
+    if not type_id_ok(type_id):
+        return emit_refused(ctx[0], ctx[1], ctx[3], type_id, m0, m1)
     return enqueue(ctx[0], ctx[1], _child_w0(ctx, type_id, -1), 0, 0, 0, m0, m1, ENQ_NORMAL)
 
 
 def emit_full(ctx, type_id, m0, m1, ptr, nbytes, prio, chan):
     """``emit`` with a payload (address from ``alloc``), a priority (-1 = inherit) and a
     channel id."""
+    if not type_id_ok(type_id):
+        return emit_refused(ctx[0], ctx[1], ctx[3], type_id, m0, m1)
     return enqueue(ctx[0], ctx[1], _child_w0(ctx, type_id, prio), chan & 0xFFFFFFFF, ptr,
                    nbytes & 0xFFFFFFFF, m0, m1, ENQ_NORMAL)
 
@@ -170,7 +178,8 @@ def emit_chan(ctx, chan, m0, m1):
     Returns OK; CHAN_FULL on a lossless channel when a subscriber has ``capacity`` messages in
     flight (``capacity - capacity // 10`` unless the message has priority 0): nothing was sent,
     come back later (``return g.wait_at(task, i)``, not counted as a yield); CHAN_UNKNOWN
-    for an id that is not a device channel (the message goes to sys.error). On a lossy channel a full subscriber's copy goes
+    for an id that is not a device channel (the message goes to sys.error with the emitting
+    handler's type and the id as its seq). On a lossy channel a full subscriber's copy goes
     to sys.dropped with CHAN_FULL and the emit still returns OK."""
     return emit_channel(ctx[0], ctx[1], chan, ctx[3], _child_w0(ctx, 0, -1), 0, 0, m0, m1)
 
@@ -186,6 +195,8 @@ def emit_chan_full(ctx, chan, m0, m1, ptr, nbytes, prio):
 
 def emit_at(ctx, due_tick, type_id, m0, m1):
     """Schedule a task on the event queue for tick ``due_tick``."""
+    if not type_id_ok(type_id):
+        return emit_refused(ctx[0], ctx[1], ctx[3], type_id, m0, m1)
     return schedule_event(ctx[0], ctx[1], due_tick, _child_w0(ctx, type_id, -1), 0, 0, 0,
                           m0, m1)
 
@@ -195,6 +206,8 @@ def emit_host(ctx, type_id, m0, m1):
     waits in device memory while the tx ring is full, and while that spill area is full too
     this call holds the handler back until the host pulls. CHAN_FULL only if the host stops
     the kernel meanwhile (the record is then not delivered; ``tx_lost`` counts it)."""
+    if not type_id_ok(type_id):
+        return emit_refused(ctx[0], ctx[1], ctx[3], type_id, m0, m1)
     return to_host(ctx[0], ctx[1], _child_w0(ctx, type_id, -1), 0, 0, 0, m0, m1)
 
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from ggmk import task as taskmod
 from ggmk.core import trace as cpu_trace
+from ggmk.core.det import check_int
 from ggmk.device import codegen, diagnose, layout
 from ggmk.device.targets import get_target, option
 from ggmk.errors import BootError, DeviceError, KernelStopped
@@ -85,6 +86,7 @@ class DeviceKernel:
         modules = list(modules)
         self.handlers = codegen.resolve_handlers(modules, types)
         self.chans = codegen.resolve_channels(modules, self.handlers, types)
+        codegen.check_type_policies(modules, self.handlers, types)   # types.toml's, at boot
         base = dict(self.target.DEFAULTS)
         if workers is not None:
             base["blocks"] = workers
@@ -125,6 +127,11 @@ class DeviceKernel:
         # the device already read: skipped). See ``push``.
         self._rx_lock = threading.Lock()
         self._tx_lock = threading.Lock()
+        # records for the host held on the host side, under _tx_lock: _tx_front, taken before
+        # the ring (what a pull_until that gave up had taken), _tx_back, after it (what the
+        # spill area still held when the kernel stopped: ``_settle_tx``)
+        self._tx_front = taskmod.empty(0)
+        self._tx_back = taskmod.empty(0)
         self._tl_lock = threading.Lock()
         self._trace_sw = codegen.trace_switches(self.config, self.handlers)
 
@@ -143,6 +150,9 @@ class DeviceKernel:
         with ``alloc_map(session, image)`` and ``alloc_arena(session, nbytes)``), used in
         place of the target session's own: the device process (``ggmk.bridge.process``)
         puts both in shared memory so its parent reads and writes them directly."""
+        if self._stopped:
+            raise BootError("DeviceKernel.start: this kernel was stopped, and a stopped kernel "
+                            "does not start again: make a new DeviceKernel")
         if self._launch is not None:
             raise BootError("DeviceKernel.start: already started")
         built = self.build()
@@ -214,15 +224,28 @@ class DeviceKernel:
         return self
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Raise the stop flag and wait for every worker to leave the kernel."""
+        """Raise the stop flag and wait for every worker to leave the kernel.
+
+        Not a halt: workers leave at their next iteration and what is still queued stays
+        where it is, unrun and unreported: tasks in the device queues (buckets, local, wait
+        and overflow queues), tasks that returned WAIT, RETRY backoffs and ``emit_at`` timers
+        not yet due, messages on device channels. Their number is in the metrics, final once
+        this returns: per type ``enqueued - (ok + fail + retry + yield + wait)``, and
+        ``events_pushed - events_fired - events_dropped`` for the event queue;
+        ``ggmk.bridge.device_tasks.unfinished_tasks(kernel)`` adds them up. A dual system's
+        ``halt()`` names them on sys.error (HALTED). Records already sent to the host are
+        not lost: what the tx ring and its spill area hold comes back from :meth:`pull`
+        (``tx_lost`` counts what could not be: producers held back when the flag rose)."""
         if self._launch is None or self._stopped:
             return
         self._h["ctl"][layout.C_STOP] = 1
         self._ring()
         done = self._launch.wait(timeout)
         self._stopped = True
-        if done and self._session is not None:
-            self._session.close()       # never while the kernel may still run
+        if done:
+            self._settle_tx()           # (reads device words: before the session goes)
+            if self._session is not None:
+                self._session.close()   # never while the kernel may still run
         err = getattr(self._launch, "error", None)
         if err is not None:
             raise DeviceError(f"device kernel ({self.target_name}) failed: {err!r}") from err
@@ -231,7 +254,60 @@ class DeviceKernel:
                               f"{timeout} s (heartbeats {self.heartbeats().tolist()})")
 
     def alive(self) -> bool:
-        return self._launch is not None and not self._stopped and self._launch.alive()
+        """Whether the kernel runs: started, not stopped, and it has not failed."""
+        return self._launch is not None and not self._stopped and self._launch.alive() \
+            and getattr(self._launch, "error", None) is None
+
+    def _failed(self, what: str) -> None:
+        """DeviceError naming what the kernel failed with, if it failed (a host thread of
+        ``cpu`` that raised: its workers are gone while the kernel's other threads run on)
+        and is not stopped yet (:meth:`stop` reports it then)."""
+        err = getattr(self._launch, "error", None)
+        if err is not None and not self._stopped:
+            raise DeviceError(f"{what}: the device kernel ({self.target_name}) failed: "
+                              f"{err!r}; stop() it") from err
+
+    def _settle_tx(self) -> None:
+        """After the workers left: records still in the tx spill area (device memory: the
+        workers only move them onto the ring while the host pulls) go onto the ring where
+        their slot is free, in position order, the rest to ``_tx_back`` for :meth:`pull`;
+        a position nobody wrote (its producer died mid-way) counts in ``tx_lost``. Nothing
+        for a host view (``attach``): the process running the kernel does it."""
+        dev = self._arrays[0] if self._arrays is not None else None
+        if dev is None:
+            return
+        offs = layout.offsets(self.plan)
+
+        def words(name):
+            _, o, n = offs[name]
+            a = dev[o:o + n]
+            return a if isinstance(a, np.ndarray) else a.copy_to_host()
+        glob, sp, spseq = words("glob"), words("txsp"), words("txspseq")
+        ctl, seq = self._h["ctl"], self._h["txseq"]
+        cap, scap = self.config.tx_cap, self.config.tx_spill_cap
+        ring = self._h["tx"].reshape(cap, layout.W)
+        sp = sp.reshape(scap, layout.W)
+        back, lost = [], 0
+        with self._tx_lock:
+            head = int(ctl[layout.C_TX_HEAD])
+            for p in range(head, int(glob[layout.G_TX_RES])):
+                slot, ss = p & (cap - 1), p & (scap - 1)
+                if seq[slot] == p + 1:              # on the ring
+                    if back:                        # behind one kept here: pulled from here
+                        back.append(ring[slot].copy())
+                elif spseq[ss] != p + 1:
+                    lost += 1
+                elif not back and p - head < cap:   # its ring slot is free (as tx_move does)
+                    ring[slot] = sp[ss]
+                    seq[slot] = p + 1
+                else:
+                    back.append(sp[ss].copy())
+            if back:
+                self._tx_back = np.concatenate(back).view(TASK_DTYPE)
+        if lost:
+            # published counters: the workers are gone, nothing overwrites them now
+            mpub = self._h["mpub"].reshape(self.config.blocks, self.plan.nmet)
+            mpub[0, layout.METRIC_NAMES.index("tx_lost")] += lost
 
     def __enter__(self) -> "DeviceKernel":
         return self.start()
@@ -269,12 +345,17 @@ class DeviceKernel:
         (e.g. the bridge pump and ``DualSystem.push_device``) read the same tail, copy into
         the same slots and publish tail + n twice: a record is silently overwritten, and a
         stale tail published after the device consumed past it hides the next records."""
-        if not isinstance(records, np.ndarray) or records.dtype != TASK_DTYPE:
-            raise TypeError("DeviceKernel.push: records must be a TASK_DTYPE array "
-                            "(ggmk.task.make)")
+        if not isinstance(records, np.ndarray) or records.dtype != TASK_DTYPE \
+                or records.ndim != 1:
+            got = (type(records).__name__ if not isinstance(records, np.ndarray) else
+                   f"an array of dtype {records.dtype}" if records.dtype != TASK_DTYPE else
+                   f"a {records.ndim}-D array of shape {records.shape}")
+            raise TypeError(f"DeviceKernel.push: records must be a 1-D TASK_DTYPE array "
+                            f"(ggmk.task.make), got {got}")
         self._check()
         if self._stopped:
             raise KernelStopped("DeviceKernel.push: the kernel is stopped")
+        self._failed("DeviceKernel.push")
         ctl = self._h["ctl"]
         cap = self.config.rx_cap
         with self._rx_lock:
@@ -327,35 +408,67 @@ class DeviceKernel:
                 time.sleep(0.0001)
 
     def pull(self, max_records: int | None = None) -> np.ndarray:
-        """Take the records the kernel has published so far (at most ``max_records``).
-        Safe from several host threads at once (read C_TX_HEAD, copy, publish C_TX_HEAD is one
-        critical section: two pullers never both take the same records)."""
+        """Take the records the kernel has published so far (at most ``max_records``, an int
+        >= 0; None: what the ring holds, and every record kept on the host side). Safe from
+        several host threads at once (read C_TX_HEAD, copy, publish C_TX_HEAD is one
+        critical section: two pullers never both take the same records). Once the kernel
+        failed, a pull that finds nothing raises a DeviceError naming the failure."""
+        if max_records is not None:
+            max_records = check_int("DeviceKernel.pull: max_records", max_records, 0)
         self._check()
+        with self._tx_lock:
+            out = self._pull_locked(max_records)
+        if not len(out):
+            self._failed("DeviceKernel.pull")
+        return out
+
+    def _pull_locked(self, want):
+        """``pull`` under ``_tx_lock``: the records kept in front of the ring, the ring, and
+        once it has no more (only after a stop), those kept behind it."""
+        if not len(self._tx_front) and not len(self._tx_back):
+            return self._pull_ring(want)
+        parts = []
+        for src in ("_tx_front", "ring", "_tx_back"):
+            if want == 0 or (src == "_tx_back" and self._tx_ready_ring()):
+                break
+            if src == "ring":
+                r = self._pull_ring(want)
+            else:
+                held = getattr(self, src)
+                r = held if want is None else held[:want]
+                setattr(self, src, held[len(r):])
+            if len(r):
+                parts.append(r)
+                want = None if want is None else want - len(r)
+        if len(parts) == 1:
+            return parts[0]
+        return taskmod.concat(parts) if parts else taskmod.empty(0)
+
+    def _pull_ring(self, max_records):
         ctl = self._h["ctl"]
         cap = self.config.tx_cap
         k = cap if max_records is None else min(cap, max_records)
-        with self._tx_lock:
-            head = int(ctl[layout.C_TX_HEAD])
-            # the records at head, head+1, ... are there while their sequence word says so;
-            # the ring as (up to) two slices from head: no index arrays
-            s0 = head & (cap - 1)
-            k1 = min(k, cap - s0)
-            seq = self._h["txseq"]
-            exp = np.arange(head + 1, head + 1 + k, dtype=np.int64)
-            ready = seq[s0:s0 + k1] == exp[:k1]
-            if k1 < k:
-                ready = np.concatenate((ready, seq[:k - k1] == exp[k1:]))
-            n = k if ready.all() else int(np.argmin(ready))
-            out = taskmod.empty(n)
-            if not n:
-                return out
-            dst = out.view(np.int64).reshape(n, layout.W)
-            ring = self._h["tx"].reshape(cap, layout.W)
-            m = min(n, k1)
-            dst[:m] = ring[s0:s0 + m]
-            if m < n:
-                dst[m:] = ring[:n - m]
-            ctl[layout.C_TX_HEAD] = head + n
+        head = int(ctl[layout.C_TX_HEAD])
+        # the records at head, head+1, ... are there while their sequence word says so;
+        # the ring as (up to) two slices from head: no index arrays
+        s0 = head & (cap - 1)
+        k1 = min(k, cap - s0)
+        seq = self._h["txseq"]
+        exp = np.arange(head + 1, head + 1 + k, dtype=np.int64)
+        ready = seq[s0:s0 + k1] == exp[:k1]
+        if k1 < k:
+            ready = np.concatenate((ready, seq[:k - k1] == exp[k1:]))
+        n = k if ready.all() else int(np.argmin(ready))
+        out = taskmod.empty(n)
+        if not n:
+            return out
+        dst = out.view(np.int64).reshape(n, layout.W)
+        ring = self._h["tx"].reshape(cap, layout.W)
+        m = min(n, k1)
+        dst[:m] = ring[s0:s0 + m]
+        if m < n:
+            dst[m:] = ring[:n - m]
+        ctl[layout.C_TX_HEAD] = head + n
         if n == cap or ctl[layout.C_TX_HELD] != 0:
             # the ring was full: records may wait in its spill area (device memory) or
             # producers be held back; wake parked workers to move them now (cpu)
@@ -363,9 +476,13 @@ class DeviceKernel:
         return out
 
     def tx_ready(self) -> bool:
-        """Whether the device published a record the host has not pulled yet (one word read:
-        the cheap check before :meth:`pull`)."""
+        """Whether there is a record for the host that it has not pulled yet (published on
+        the ring, or kept on the host side: a word read and two lengths, the cheap check
+        before :meth:`pull`)."""
         self._check()
+        return len(self._tx_front) > 0 or self._tx_ready_ring() or len(self._tx_back) > 0
+
+    def _tx_ready_ring(self) -> bool:
         head = int(self._h["ctl"][layout.C_TX_HEAD])
         return int(self._h["txseq"][head & (self.config.tx_cap - 1)]) == head + 1
 
@@ -447,23 +564,42 @@ class DeviceKernel:
         return int(self._h["ctl"][layout.C_TX_HELD])
 
     def pull_until(self, count: int, timeout: float = 30.0) -> np.ndarray:
-        """Pull until ``count`` records arrived (or raise after ``timeout``)."""
+        """Pull until ``count`` records arrived (or raise after ``timeout``, or once the
+        kernel stopped or failed: the records taken by then are kept, and the next pull
+        returns them first)."""
+        count = check_int("DeviceKernel.pull_until: count", count, 0)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not timeout >= 0:
+            raise ValueError(f"DeviceKernel.pull_until: timeout={timeout!r}: allowed a number "
+                             f"of seconds >= 0")
         parts, got = [], 0
         t_end = time.monotonic() + timeout
         while got < count:
-            r = self.pull(count - got)
+            try:
+                r = self.pull(count - got)
+            except DeviceError as e:        # the kernel failed (``_failed``)
+                raise self._give_back(parts, got, count, f"when the device kernel "
+                                      f"({self.target_name}) failed: {e.__cause__!r}") from e
             if len(r):
                 parts.append(r)
                 got += len(r)
                 continue
             if not self.alive():
-                raise DeviceError(f"DeviceKernel.pull_until: kernel not running "
-                                  f"({got}/{count} records)")
+                raise self._give_back(parts, got, count, "and the kernel is not running")
             if time.monotonic() > t_end:
-                raise DeviceError(f"DeviceKernel.pull_until: {got}/{count} records after "
-                                  f"{timeout} s; metrics {self.metrics()['global']}")
+                raise self._give_back(parts, got, count, f"after {timeout} s",
+                                      f"; metrics {self.metrics()['global']}")
             time.sleep(0.0002)
         return taskmod.concat(parts) if parts else taskmod.empty(0)
+
+    def _give_back(self, parts, got, count, why, more="") -> DeviceError:
+        """The records a ``pull_until`` took before giving up go back in front of the rest
+        (taken from the ring, they are nowhere else); its error says so."""
+        if parts:
+            with self._tx_lock:
+                self._tx_front = taskmod.concat(parts + [self._tx_front])
+        kept = f" (the {got} taken are kept: the next pull returns them first)" if got else ""
+        return DeviceError(f"DeviceKernel.pull_until: {got}/{count} records {why}{kept}{more}")
 
     # ------------------------------------------------------------------ observability
     def heartbeats(self) -> np.ndarray:

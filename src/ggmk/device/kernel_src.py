@@ -406,6 +406,22 @@ def to_sys(S, blk, chan, code, w0, w1, w2, w3, w4, w5):
     return to_host(S, blk, w0, w1, w2, set_pad(w3, code), w4, w5)
 
 
+def type_id_ok(t):
+    """Whether ``t`` is a type id a task can carry: 1..2**32-1 (0 is never a type: a zeroed
+    record has it)."""
+    return t >= 1 and t <= 0xFFFFFFFF
+
+
+def emit_refused(S, blk, pw0, t, m0, m1):
+    """A handler (header ``pw0``) emitted to ``t``, which is not a type id (``type_id_ok``):
+    nothing is scheduled (not truncated to 32 bits: (1 << 32) + 12 would run handler 12).
+    The emit goes to sys.error with UNKNOWN_TYPE against the emitting handler: its type, the
+    refused id's low 32 bits as seq, the emit's meta. Returns UNKNOWN_TYPE."""
+    to_sys(S, blk, CH_SYS_ERROR, UNKNOWN_TYPE, pw0 & ~(FLAG_CHANNEL_MSG << 32), hi32(t), 0, 0,
+           m0, m1)
+    return UNKNOWN_TYPE
+
+
 # ---------------------------------------------------------------------------------------------
 # THE enqueue core
 
@@ -510,17 +526,21 @@ def emit_channel(S, blk, c, pw0, w0, w2, w3, m0, m1):
     """Emit one message on device channel ``c`` (``w0``: its flags and tenant; the type is the
     channel's). ``pw0``: the producer's header (trace level). Returns OK, CHAN_FULL (lossless
     and a subscriber has no credit left: nothing was taken, the caller keeps its payload) or
-    CHAN_UNKNOWN (no such channel: the message went to sys.error). On a lossy channel the copy
+    CHAN_UNKNOWN (no such channel: the message went to sys.error with the producer's type and
+    ``c`` as its seq). On a lossy channel the copy
     for a full subscriber goes to sys.dropped with CHAN_FULL; a copy the queues cannot take
     goes there with the enqueue's code (on a lossless one it waits in the overflow queue, and
     only a full overflow queue drops it); with no subscriber at all, with
     CHAN_NO_SUBSCRIBER."""
     D = S[0]
-    w0 = (w0 & -4294967296) | (FLAG_CHANNEL_MSG << 32) | chan_msg_type(c)
     if c < 1 or c > NCHAN:
+        # reported against the producer (no channel, no message type): its type, and the id
+        # it used in the seq field
         met_add(D, blk, M_CHAN_UNKNOWN, 1)
-        to_sys(S, blk, CH_SYS_ERROR, CHAN_UNKNOWN, w0, c & 0xFFFFFFFF, 0, w3, m0, m1)
+        to_sys(S, blk, CH_SYS_ERROR, CHAN_UNKNOWN, (w0 & -4294967296) | rec_type(pw0), hi32(c),
+               0, w3, m0, m1)
         return CHAN_UNKNOWN
+    w0 = (w0 & -4294967296) | (FLAG_CHANNEL_MSG << 32) | chan_msg_type(c)
     n = chan_nsubs(c)
     slot0 = chan_slot0(c)
     limit = chan_cap(c)
@@ -904,8 +924,11 @@ def finish(S, blk, ti, tick, o, r):
         return
     met_type(D, blk, ti, PT_FAIL, 1)
     code = r
-    if code >= 0:
-        code = FAIL
+    if code >= 0 or code < -32768:
+        # not a code (a positive value other than OK/RETRY/YIELD/WAIT), or a failure code
+        # the record's int16 cannot hold (-40000 arrived as 25536, -65536 as 0 = OK): as the
+        # CPU kernel does for what is not a code
+        code = BAD_RETURN
     to_sys(S, blk, CH_SYS_ERROR, code, w0, w1, w2, w3, w4, w5)
     settle(S, blk, w0, w1, w2)
 

@@ -108,7 +108,7 @@ class Handler(HandlerDecl):
     shared_bytes: int = 0
     phases: int = 1
     deterministic: bool = False
-    max_yields: int = 16
+    max_yields: int | None = None     # None: the type's types.toml policy (else 16)
     module: "Module | None" = field(default=None, repr=False)
     consumes: tuple = ()              # channel names this handler type subscribes to
     message: "int | str | None" = None   # the message type it expects on them (checked)
@@ -251,14 +251,16 @@ class Module:
         return decl
 
     def handler(self, type, granularity: str = "scalar", shared_bytes: int = 0,
-                deterministic: bool = False, phases: int = 1, max_yields: int = 16,
+                deterministic: bool = False, phases: int = 1, max_yields: int | None = None,
                 name: str | None = None, consumes=None, message=None,
                 waits_together: bool = False):
         """Register ``fn`` as the device handler of ``type`` (an id, or a name resolved
-        through ``DeviceKernel(types=...)``). ``consumes``: a channel (name or declaration,
-        or a tuple of them) this handler type subscribes to; its messages run as tasks of
-        ``type`` with ``g.channel(task)`` = the channel id and ``g.seq(task)`` = the channel
-        sequence number. ``message``: the message type the handler expects on them (a
+        through ``DeviceKernel(types=...)``; 0 is never a type). ``max_yields``: yields
+        before the task fails with MAX_YIELDS; None: its type's types.toml policy when
+        ``DeviceKernel(types=...)`` registers it, else 16. ``consumes``: a channel (name or
+        declaration, or a tuple of them) this handler type subscribes to; its messages run as
+        tasks of ``type`` with ``g.channel(task)`` = the channel id and ``g.seq(task)`` = the
+        channel sequence number. ``message``: the message type the handler expects on them (a
         mismatch with the channel's type is an error at build time). ``waits_together``
         (scalar handlers): every task of this type waits for the same thing (a shared credit,
         one resource), so once one returns WAIT the rest of its batch goes back on a wait
@@ -287,10 +289,15 @@ class Module:
             raise BootError(f"{where}: waits_together is for scalar handlers only")
         if phases < 1 or (phases > 1 and granularity == "scalar"):
             raise BootError(f"{where}: phases must be >= 1 (and 1 for scalar handlers)")
-        if not isinstance(type, (int, str)) or (isinstance(type, int) and not 0 <= type < 2**32):
-            raise BootError(f"{where}: type must be a u32 id or a type name")
-        if not 0 <= max_yields < 65535:
-            raise BootError(f"{where}: max_yields must be in 0..65534")
+        if isinstance(type, bool) or not isinstance(type, (int, str)) or (
+                isinstance(type, int) and not 0 < type < 2**32):
+            raise BootError(f"{where}: type must be a u32 id 1..2**32-1 (0 is never a type: a "
+                            f"zeroed record has type 0) or a type name")
+        if max_yields is not None and (isinstance(max_yields, bool)
+                                       or not isinstance(max_yields, int)
+                                       or not 0 <= max_yields < 65535):
+            raise BootError(f"{where}: max_yields={max_yields!r}: allowed None or an int "
+                            f"0..65534")
 
         def deco(fn):
             if not inspect.isfunction(fn):

@@ -21,8 +21,8 @@ module each):
 
 The names below are the ones the host side (``host``, ``build``) uses.
 """
-from ggmk.device.codegen.resolve import (ChanSpec, resolve_channels,  # noqa: F401
-                                         resolve_handlers, smem_words)
+from ggmk.device.codegen.resolve import (ChanSpec, check_type_policies,  # noqa: F401
+                                         resolve_channels, resolve_handlers, smem_words)
 from ggmk.device.codegen.source import (ENQ_CHANNEL, ENQ_NORMAL, ENQ_SHARED,  # noqa: F401
                                         ENQ_YIELD, constants, generate, generate_channels,
                                         trace_switches)

@@ -62,7 +62,11 @@ def build(handlers: list[Handler], plan: layout.Plan, target, *, noinline=(),
                         f"{plan.nsubs} subscriber(s), got {len(chans)} channel(s)")
     ksrc = (SRC_DIR / "kernel_src.py").read_text()
     asrc = inspect.getsource(api_mod)
-    gsrc = generate(handlers, plan, chans)
+    # a target whose device code has exceptions (cpu, sim) turns a handler's into
+    # HANDLER_EXCEPTION in the generated dispatch (not a member of the Target contract's
+    # required list: absent means no, as on cuda)
+    gsrc = generate(handlers, plan, chans,
+                    catch=bool(getattr(target, "CATCH_HANDLER_EXCEPTIONS", False)))
     consts = constants(plan, handlers)
     consts.update(option(target, "constants")(plan))
     source = "\n\n".join([target.PRIM_SRC, ksrc, asrc, gsrc])

@@ -11,10 +11,13 @@ from ggmk.device.module import (MAX_FANOUT, Chan, ChannelBootError, Handler, Mod
                                 _global_names)
 from ggmk.errors import BootError
 from ggmk.task import CHAN_ALREADY_BOUND, CHAN_TYPE_MISMATCH, CHAN_UNKNOWN
+from ggmk.typereg import DEFAULT_MAX_YIELDS, TypeRegistry, validate_declarations
 
 
 def resolve_handlers(modules, types_map=None) -> list[Handler]:
-    """All handlers of ``modules`` with their type resolved to an id; duplicates are errors."""
+    """All handlers of ``modules`` with their type resolved to an id; duplicates are errors.
+    ``max_yields``: the handler's own, else (``types_map`` a TypeRegistry that has the type)
+    the type's types.toml policy, else DEFAULT_MAX_YIELDS, as on the CPU kernel."""
     out: list[Handler] = []
     seen: dict[int, Handler] = {}
     for m in modules:
@@ -28,15 +31,36 @@ def resolve_handlers(modules, types_map=None) -> list[Handler]:
                 o = seen[tid]
                 raise BootError(f"type {tid}: handled by both {o.module.name}.{o.name} and "
                                 f"{m.name}.{h.name}")
+            my = h.max_yields
+            if my is None:
+                my = types_map.info(tid).max_yields if _registered(types_map, tid) \
+                    else DEFAULT_MAX_YIELDS
             h2 = Handler(tid, h.fn, h.name, h.granularity, h.shared_bytes, h.phases,
-                         h.deterministic, h.max_yields, m, h.consumes, h.message,
-                         h.waits_together)
+                         h.deterministic, my, m, h.consumes, h.message, h.waits_together)
             seen[tid] = h2
             out.append(h2)
     if not out:
         raise BootError("DeviceKernel: no device handlers registered")
     check_user_words(modules)
     return out
+
+
+def _registered(types_map, t) -> bool:
+    return isinstance(types_map, TypeRegistry) and t in types_map
+
+
+def check_type_policies(modules, handlers: list[Handler], types_map) -> None:
+    """The declarations whose types ``types_map`` (a TypeRegistry; anything else has no
+    policies) registers, checked as the CPU kernel checks its modules'
+    (``typereg.validate_declarations``): a lossless type on a lossy channel, a deterministic
+    type on a handler not declared deterministic... one BootError listing every problem.
+    Types it does not register are left alone (a device kernel may use plain ids)."""
+    if not isinstance(types_map, TypeRegistry):
+        return
+    validate_declarations(types_map,
+                          [d for m in modules for d in m.channels if d.type in types_map],
+                          [h for h in handlers if h.type in types_map],
+                          source="DeviceKernel(types=...)")
 
 
 def check_user_words(modules) -> None:

@@ -359,6 +359,13 @@ def namespace() -> dict:
             "np": np, "int64": numba.int64}
 
 
+# A handler that raises fails its task (HANDLER_EXCEPTION on sys.error) and the worker goes
+# on: the generated dispatch catches it (``codegen.source``). Numba's nopython ``try: ...
+# except Exception:`` works without the reference-counted runtime: the callee returns an
+# exception status, the caller branches on it. Without this, the exception left the kernel
+# function, ending that host thread's workers while the kernel looked alive.
+CATCH_HANDLER_EXCEPTIONS = True
+
 # helpers are only ever called from the kernel: no Python-callable wrappers to build
 _DEV_OPTS = dict(error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True, _nrt=False)
 
@@ -461,13 +468,18 @@ class Launch:
         return [t.native_id for t in self._threads]
 
     def alive(self) -> bool:
+        # one host thread that failed took its blocks' workers with it: the kernel as a whole
+        # is not running any more, though its other threads still are (until stop)
+        return self.error is None and self._running()
+
+    def _running(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(deadline - time.monotonic(), 0))
-        return not self.alive()
+        return not self._running()
 
 
 def prepare(kernel, arrays, plan, built=None) -> None:

@@ -38,6 +38,11 @@ PROCESS_ENV = {"NUMBA_ENABLE_CUDASIM": "1"}
 PRIM_SRC = override_source(read_source("cuda_prims.py"), read_source("sim_prims.py"))
 
 
+# a handler that raises fails its task (HANDLER_EXCEPTION) and its lane goes on: otherwise
+# the other lanes wait for it at the next barrier forever and the kernel never stops
+CATCH_HANDLER_EXCEPTIONS = True
+
+
 def namespace() -> dict:
     from numba import cuda, int64, uint32
     return dict(cuda=cuda, int64=int64, uint32=uint32, np=np, _sleep=time.sleep,
