@@ -86,6 +86,9 @@ class Target(Protocol):
     * optional ``constants(plan) -> dict``: compile-time constants only this target's
       primitives use (``cpu``: the names of its words in ``layout``'s target words; default
       none).
+    * optional ``CATCH_HANDLER_EXCEPTIONS``: the target's device code has exceptions
+      (``cpu``, ``sim``: True; ``cuda``: none): the generated dispatch wraps each handler call
+      so a handler that raises fails its task with HANDLER_EXCEPTION (default False).
 
     Host side (``host``, ``layout``):
 
