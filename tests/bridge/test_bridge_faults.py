@@ -1,4 +1,7 @@
 """Bridge transfers under injected faults, and pushing while the GPU kernel is being reset."""
+import time
+
+import numpy as np
 import pytest
 
 from ggmk.bridge import BRIDGE_TRANSFER_FAILED, BridgeError, FaultyTransport
@@ -32,6 +35,57 @@ def test_persistent_failure_sends_the_batch_to_sys_error():
         assert sorted(err["meta0"][mine].tolist()) == list(range(100))
         assert set(codes[mine].tolist()) == {BRIDGE_TRANSFER_FAILED}
         assert s.stats()["bridge"]["failed_transfers"] >= 1
+    finally:
+        s.halt()
+
+
+# a failed send waits 0.2, 0.4, 0.8, 1.6 and 3.2 s between its 6 attempts (6.2 s in all)
+SLOW_RETRIES = {"max_retries": 5, "retry_backoff_us": 200_000}
+
+
+def test_a_failing_send_blocks_neither_publish_nor_run():
+    """The backoff between retries is the pump's to wait, not a sleep: before, it slept under
+    the bridge's lock on the sending thread, so a host publish() (sent from the emitting
+    thread) blocked for the whole retry sequence, and run(timeout=) waited for it too."""
+    wrap = lambda tr: FaultyTransport(tr, fail_send=lambda i: True)   # noqa: E731
+    s = boot(transport_wrap=wrap, bridge=SLOW_RETRIES)
+    try:
+        t0 = time.monotonic()
+        assert s.channel("cpu.in").publish(meta0=1) == 0
+        assert time.monotonic() - t0 < 2.0
+        t0 = time.monotonic()
+        assert not s.run(timeout=1.0)                 # the retries go on meanwhile
+        assert time.monotonic() - t0 < 4.0
+        assert s.stats()["bridge"]["failed_transfers"] == 0
+        assert s.run(timeout=60)                      # given up after max_retries
+        err, codes = s.dead_letters("sys.error")
+        mine = err["type"] == W.TYPES["WORK"]
+        assert err["meta0"][mine].tolist() == [1]
+        assert codes[mine].tolist() == [BRIDGE_TRANSFER_FAILED]
+        st = s.stats()["bridge"]
+        assert st["retries"] == 6 and st["failed_transfers"] == 1
+        assert W.REC.back_n == 0
+    finally:
+        s.halt()
+
+
+def test_a_send_that_fails_for_a_while_is_delivered_once_by_the_pump():
+    """4 failed sends (3 s of backoff), then the pump's retry goes: delivered, once."""
+    wrap = lambda tr: FaultyTransport(tr, fail_send=lambda i: i < 4)   # noqa: E731
+    s = boot(transport_wrap=wrap, bridge=SLOW_RETRIES)
+    try:
+        t0 = time.monotonic()
+        assert s.channel("cpu.in").publish(meta0=np.arange(5, dtype=np.uint64), count=5) == 5
+        assert time.monotonic() - t0 < 2.0
+        t0 = time.monotonic()
+        assert not s.run(timeout=0.5)                 # still retrying
+        assert time.monotonic() - t0 < 2.0
+        assert s.run(timeout=60)
+        assert sorted(b[0] for b in W.REC.back) == list(range(5))
+        st = s.stats()["bridge"]
+        assert st["retries"] == 4 and st["failed_transfers"] == 0
+        err, _ = s.dead_letters("sys.error")
+        assert not (err["type"] == W.TYPES["WORK"]).any()
     finally:
         s.halt()
 

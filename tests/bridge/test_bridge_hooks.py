@@ -8,6 +8,7 @@ import pytest
 
 from ggmk import task as T
 from ggmk.bridge import device_side as ds
+from ggmk.bridge.pump import check_options
 from ggmk.drivers.gpu import open_for_kernel
 from ggmk.errors import BootError, DeviceError
 from tests.bridge.dualkit import boot
@@ -142,20 +143,31 @@ def test_a_bad_arena_reserve_fails_the_boot_naming_it(bad):
 
 
 @pytest.mark.parametrize("name,bad,must", [
-    ("max_retries", -1, "an int >= 0"),      # booted, then sent no batch: every message lost
-    ("max_retries", 1.5, "an int >= 0"),
-    ("batch", "8", "an int >= 1"),            # a raw TypeError from deep inside, before
-    ("batch", 0, "an int >= 1"),
+    ("max_retries", -1, "an int 0..1000"),      # booted, then sent no batch: every message lost
+    ("max_retries", 1.5, "an int 0..1000"),
+    ("max_retries", 10**12, "an int 0..1000"),   # booted, before: retried for ever
+    ("batch", "8", "an int 1..65536"),           # a raw TypeError from deep inside, before
+    ("batch", 0, "an int 1..65536"),
+    ("batch", 2**70, "an int 1..65536"),         # booted, before
+    ("window", 2**70, "None or an int 1..2147483647"),   # failed 18 s later in the GPU compile
+    ("window", 2**31, "None or an int 1..2147483647"),
     ("flush_us", -1, "a finite number >= 0"),        # accepted without a word, before
     ("flush_us", float("nan"), "a finite number >= 0"),
     ("flush_us", float("inf"), "a finite number >= 0"),      # a bare OverflowError, before
-    ("retry_backoff_us", float("inf"), "a finite number >= 0"),   # booted: a retry never ended
-    ("retry_backoff_us", "50", "a finite number >= 0"),
+    ("retry_backoff_us", float("inf"), "a finite number 0..1000000"),   # a retry never ended
+    ("retry_backoff_us", 1e12, "a finite number 0..1000000"),           # (11 days)
+    ("retry_backoff_us", "50", "a finite number 0..1000000"),
     ("pump_helps", "yes", "True or False"),
 ])
 def test_a_bad_bridge_option_fails_the_boot_naming_it(name, bad, must):
     with pytest.raises(BootError, match=rf"bridge: {name} must be {must}.*, got {bad!r}"):
         boot(bridge={name: bad})
+
+
+def test_the_bridge_option_bounds_themselves_are_allowed():
+    check_options({"batch": 65536, "window": 2**31 - 1, "max_retries": 1000,
+                   "retry_backoff_us": 1e6})
+    check_options({"batch": 1, "window": 1, "max_retries": 0, "retry_backoff_us": 0})
 
 
 @pytest.mark.parametrize("name", ["bridge", "device_config"])

@@ -15,12 +15,18 @@ type's count until they fire: they are counted globally (``events_pushed - event
 events_dropped``) and named with type 0. Bridge types are left to the bridge; copies on a
 CPU -> GPU channel's device side the bridge already names (``chan_depth``) are taken off their
 subscriber type's count, so no message is named twice.
+
+Records still on the host -> device ring were never taken in (only GPU worker 0 takes them
+in: a hung worker 0 leaves every later ``push_device`` there), so no counter has them;
+``host_ring_left`` reads them from the ring itself.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ggmk import task as T
 from ggmk.bridge import device_side as ds
+from ggmk.device import layout
 
 _OUTCOMES = ("ok", "fail", "retry", "yield", "wait")
 
@@ -57,3 +63,19 @@ def _sub_depth(kernel, name: str, type_id: int) -> int:
                 return int(kernel.chan_depth(name, type_id))
             return 0
     return 0
+
+
+def host_ring_left(kernel) -> np.ndarray:
+    """The records on ``kernel``'s host -> device ring that it never took in (between
+    ``C_RX_HEAD`` and ``C_RX_TAIL``: mapped words, still readable once the kernel stopped or
+    its process was killed), bridge types left out (the bridge's send log names its own)."""
+    ctl = kernel._h["ctl"]
+    cap = int(kernel.config.rx_cap)
+    head = int(ctl[layout.C_RX_HEAD])
+    n = min(int(ctl[layout.C_RX_TAIL]) - head, cap)
+    if n <= 0:
+        return T.empty(0)
+    slots = (head + np.arange(n, dtype=np.int64)) & (cap - 1)
+    recs = kernel._h["rx"].reshape(cap, layout.W)[slots].view(T.TASK_DTYPE).reshape(n)
+    t = recs["type"]
+    return T.select(recs, (t < ds.BASE) | (t >= ds.BASE + 0x4000))

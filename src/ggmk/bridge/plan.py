@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ggmk.errors import BootError
+from ggmk.core.channel_spec import validate_capacity
+from ggmk.errors import BootError, ChannelError
 
 CPU, GPU = "CPU", "GPU"
 # the device side of a CPU -> GPU channel declared with no capacity holds as many messages as
@@ -237,11 +238,18 @@ def plan(cpu_modules, gpu_modules, types=None, *, types_given: bool = False) -> 
         det = False
         if types is not None and tid is not None and tid in types:
             det = bool(getattr(types.info(tid), "deterministic", False))
-        cap = p.options.get("device_capacity") or p.options.get("capacity")
+        cap = p.options.get("capacity")
         if pkern == CPU:
             # the bridge's own device channel (the proxy): as many as the CPU channel holds,
-            # up to 4096 (the CPU channel's ring is where more wait)
-            cap = min(int(cap or DEFAULT_DEVICE_CAPACITY), 4096)
+            # up to 4096 (the CPU channel's ring is where more wait); the CPU kernel's own
+            # check first (a bare ValueError from int() here, before)
+            if cap is not None:
+                try:
+                    cap = validate_capacity(name, cap)
+                except ChannelError as e:
+                    problems.append(f"CPU module {p.module!r}: {e}")
+                    continue
+            cap = min(cap or DEFAULT_DEVICE_CAPACITY, 4096)
         else:
             cap = int(cap or DEFAULT_DEVICE_CAPACITY)   # the GPU module's declaration as is
         out.append(BridgeChannel(len(out), name, "c2g" if pkern == CPU else "g2c",

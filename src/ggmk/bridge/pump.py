@@ -65,8 +65,9 @@ cannot, so the two directions never wait on each other's memory. On a lossy chan
 message goes to ``sys.error`` with ALLOC_FAIL. Inline-only tasks (``payload_len`` 0) cross
 with no payload copy (``stats()["payload_copies"]`` counts copies).
 
-Transfers that fail are retried (``max_retries`` times, with a short backoff); a batch that
-still fails goes to ``sys.error`` with BRIDGE_TRANSFER_FAILED.
+Transfers that fail are retried (``max_retries`` times, with a short backoff: the batch stays
+staged and the pump sends it again once the backoff passed; no thread sleeps for it); a batch
+that still fails goes to ``sys.error`` with BRIDGE_TRANSFER_FAILED.
 
 Deterministic bridge channels (a deterministic type, in determinism mode) are not pumped: the
 dual system moves them at **tick fences** (:class:`Fences`, ``DualSystem.run``).
@@ -77,6 +78,7 @@ import hashlib
 import math
 import threading
 import time
+import weakref
 from collections import deque
 
 import numpy as np
@@ -368,15 +370,28 @@ def _amount(v) -> bool:
         and math.isfinite(v)
 
 
+# upper bounds: ``batch``: a transfer is at most a ring's worth (the rings hold 16,384 /
+# 32,768 records by default; a bigger batch only moves a prefix); ``window``: the credit
+# window is a compile-time constant the device adds to an int64 credit count (2**70 failed in
+# the GPU compile), and as large as a device channel may be; ``max_retries`` and
+# ``retry_backoff_us``: a failing link is given up on in hours at most, not never
+BATCH_MAX = 1 << 16
+WINDOW_MAX = 2**31 - 1
+MAX_RETRIES_MAX = 1000
+RETRY_BACKOFF_MAX_US = 1_000_000
+
 #: the bridge's tunable options: (what it must be, the check)
 OPTION_RULES = {
-    "batch": ("an int >= 1 (records per transfer)", lambda v: _count(v) and v >= 1),
+    "batch": (f"an int 1..{BATCH_MAX} (records per transfer)",
+              lambda v: _count(v) and 1 <= v <= BATCH_MAX),
     "flush_us": ("a finite number >= 0 (us a partial batch may wait)", lambda v: _amount(v) and v >= 0),
-    "window": ("None or an int >= 1 (credits per bridge channel)",
-               lambda v: v is None or (_count(v) and v >= 1)),
-    "max_retries": ("an int >= 0 (retries of a failed transfer)", lambda v: _count(v) and v >= 0),
-    "retry_backoff_us": ("a finite number >= 0 (us before the first retry)",
-                         lambda v: _amount(v) and v >= 0),
+    "window": (f"None or an int 1..{WINDOW_MAX} (credits per bridge channel)",
+               lambda v: v is None or (_count(v) and 1 <= v <= WINDOW_MAX)),
+    "max_retries": (f"an int 0..{MAX_RETRIES_MAX} (retries of a failed transfer)",
+                    lambda v: _count(v) and 0 <= v <= MAX_RETRIES_MAX),
+    "retry_backoff_us": (f"a finite number 0..{RETRY_BACKOFF_MAX_US} (us before the first "
+                         "retry; doubled per retry, up to 64 times)",
+                         lambda v: _amount(v) and 0 <= v <= RETRY_BACKOFF_MAX_US),
     "pump_helps": ("True or False", lambda v: isinstance(v, bool)),
 }
 
@@ -399,7 +414,9 @@ class Bridge:
 
     ``channels``: the :class:`~ggmk.bridge.plan.BridgeChannel` list. ``batch`` records per
     transfer (default 256), ``flush_us`` the longest a partial batch waits (10), ``window``
-    credits per channel (default: per channel, ``plan.credit_window``), ``max_retries`` per failed transfer. ``pump_helps``:
+    credits per channel (default: per channel, ``plan.credit_window``; a GPU -> CPU channel's
+    is a compile-time constant of the GPU kernel: each value builds one), ``max_retries`` per
+    failed transfer (``retry_backoff_us`` before the first retry). ``pump_helps``:
     the pump runs the CPU handler of what it delivers itself (see ``_helper``; off by
     default: a CPU handler that waits on the bridge would then wait on its own thread).
     ``arena_reserve``: the share of the CPU arena kept for payloads arriving from the GPU.
@@ -459,6 +476,8 @@ class Bridge:
         self._alloc_retry: list = []                  # (bytes, tag): ALLOCs to ask again
         self._cpu_done: list = []                     # CPU blocks of staged payloads
         self._alloc_retry_t = 0.0
+        self._retry_n = 0                  # failed sends of the staged batch in front (_send)
+        self._retry_at = 0.0               # ... and when it may go again (monotonic s)
         self._tag = 0
         self._releases: list[int] = []
         self._counts = {}
@@ -482,6 +501,7 @@ class Bridge:
         self._last_io = 0.0                # monotonic time of the last transfer either way
         self._thread = None
         self._stopped_device = False
+        self._tasks_named = None           # weakref: the GPU kernel whose own tasks were named
         if autostart:
             self.start()
 
@@ -553,14 +573,14 @@ class Bridge:
         ``DIRECT_MAX`` waiting) is left to the pump, which batches: two threads taking turns
         at the lock cost more than they save there. Whenever it does not send (the pump is
         awake; a bulk emit; the lock is busy: another emitter is in a step; paused; the pump's
-        own thread) or something is left (no credit, a full rx ring, payloads waiting for
-        device blocks), the pump is woken, so nothing waits on a wake-up that ``_on_push``
-        skipped."""
+        own thread; a failed batch waits for its retry, which is the pump's) or something is
+        left (no credit, a full rx ring, a failed send, payloads waiting for device blocks),
+        the pump is woken, so nothing waits on a wake-up that ``_on_push`` skipped."""
         ring = st.sub.ring
         if ring.tail == ring.head:
             return                        # taken already (the pump or another emitter)
         if len(ring) > self.DIRECT_MAX or not self._asleep or not self.direct or st.det or \
-                self.paused is not None or self._stop.is_set() or \
+                self.paused is not None or self._stop.is_set() or self._retry_n or \
                 threading.get_ident() == self._pump_ident or not self.lock.acquire(False):
             self._wake.set()
             return
@@ -634,8 +654,9 @@ class Bridge:
 
     def _idle_wait(self, idle, wake, ready) -> None:
         """One wait of the pump between steps that moved nothing."""
-        if self._stage_n:
-            # a partial batch waits at most flush_us (new messages wake the pump sooner)
+        if self._stage_n and not self._retry_n:
+            # a partial batch waits at most flush_us (new messages wake the pump sooner; a
+            # failed one waits for its retry below, the device's output still looked at)
             wake.wait(max(self.flush_ns / 1e9, 1e-6))
         elif self._hot():
             if ready is not None:
@@ -647,8 +668,10 @@ class Bridge:
         else:
             # nothing on its way: CPU -> GPU messages (the subscriber ring's push),
             # push_device, resume and stop wake the pump, and so does the device's bell
-            # where it has one (cpu); the timeout is a safety net
-            wake.wait(0.002, None if ready is None else self._safe_ready)
+            # where it has one (cpu); the timeout is a safety net (and a failed batch's retry)
+            t = 0.002 if not self._retry_n else \
+                min(0.002, max(self._retry_at - time.monotonic(), 1e-6))
+            wake.wait(t, None if ready is None else self._safe_ready)
 
     def _watch(self, ready, wake) -> None:
         """Wait for the device's next record without a whole pump step per look: the next
@@ -1371,6 +1394,8 @@ class Bridge:
             self._stage_alloc_retries()
         if not self._stage_n:
             return False
+        if self._retry_n and time.monotonic() < self._retry_at:
+            return False                     # a failed batch waits for its retry (_send)
         if not force and self._stage_n < self.batch and \
                 time.monotonic_ns() - self._stage_t < self.flush_ns:
             return False
@@ -1387,7 +1412,7 @@ class Bridge:
                 pos += len(chunk)
                 continue
             if sent == 0:
-                break                        # the rx ring is full: the rest waits
+                break                        # the rx ring is full, or a failed send: the rest waits
             did = True
             pos += sent
         if pos < n:
@@ -1398,29 +1423,36 @@ class Bridge:
         return did
 
     def _send(self, chunk: np.ndarray):
-        for attempt in range(self.max_retries + 1):
-            try:
-                k = self.tx.send(chunk)
-            except TransferError as e:
-                self.c["retries"] += 1
-                if attempt < self.max_retries:
-                    time.sleep(self.backoff * (1 << min(attempt, 6)))
-                    continue
-                self._failed_batch(chunk, f"{e}")
-                return None
-            except KernelStopped as e:
-                self._failed_batch(chunk, f"{e}", code=BRIDGE_DEVICE_STOPPED)
-                return None
-            if k:
-                self._log_sent(chunk[:k])
-                self._last_io = time.monotonic()
-                self.c["transfers"] += 1
-                self.c["transfers_out"] += 1
-                self.c["records"] += k
-                self.c["records_out"] += k
-                self.crossings.append((time.perf_counter_ns(), "out", k))
-            return k
-        return None
+        """One attempt to send ``chunk``: how many records went (0: the rx ring is full, or
+        the transfer failed and ``chunk`` stays staged for a retry), or None (on sys.error).
+        A failed transfer is retried after a backoff (``_retry_at``, doubling up to 64
+        times ``retry_backoff_us``) by a later flush, never slept for here: this runs under
+        the bridge's lock, maybe on an emitting thread (a host ``publish``: _after_emit)."""
+        try:
+            k = self.tx.send(chunk)
+        except TransferError as e:
+            self.c["retries"] += 1
+            if self._retry_n < self.max_retries:
+                self._retry_at = time.monotonic() + self.backoff * (1 << min(self._retry_n, 6))
+                self._retry_n += 1
+                return 0
+            self._retry_n = 0
+            self._failed_batch(chunk, f"{e}")
+            return None
+        except KernelStopped as e:
+            self._retry_n = 0
+            self._failed_batch(chunk, f"{e}", code=BRIDGE_DEVICE_STOPPED)
+            return None
+        self._retry_n = 0
+        if k:
+            self._log_sent(chunk[:k])
+            self._last_io = time.monotonic()
+            self.c["transfers"] += 1
+            self.c["transfers_out"] += 1
+            self.c["records"] += k
+            self.c["records_out"] += k
+            self.crossings.append((time.perf_counter_ns(), "out", k))
+        return k
 
     def _log_sent(self, recs: np.ndarray) -> None:
         """Keep the ingress records of a sent batch (see ``_In.sent``): one copy per batch."""
@@ -1539,6 +1571,7 @@ class Bridge:
             self._refresh_done(force=True)
             staged = T.concat(self._stage) if self._stage_n else T.empty(0)
             self._stage, self._stage_n = [], 0
+            self._retry_n = 0             # (the new kernel gets what is kept at once)
             st_types = staged["type"]
             is_rx = (st_types >= _RX0) & (st_types < _RX1)
             kernel = getattr(self.tx, "kernel", None)
@@ -1687,18 +1720,35 @@ class Bridge:
         ``push_device``, emitted by its handlers, on device-only channels: nothing the bridge
         names) go to sys.error with ``code``, one record of its type per task (contents died
         with the kernel; type 0: a task on its event queue), counted in ``acct["lost"]`` and
-        ``acct["device_tasks"]`` ({type: n}). See ``device_tasks.unfinished_tasks``."""
+        ``acct["device_tasks"]`` ({type: n}). See ``device_tasks.unfinished_tasks``. Records
+        still on the host -> device ring (pushed while GPU worker 0, the one that takes them
+        in, was stuck) are named as they are (``device_tasks.host_ring_left``). Once per
+        kernel: a reset tried again after a failed reboot, or a halt after it, finds the same
+        dead kernel and must not name its tasks twice."""
         acct["device_tasks"] = {}
-        if kernel is None:
+        if kernel is None or (self._tasks_named is not None and self._tasks_named() is kernel):
             return
+        self._tasks_named = weakref.ref(kernel)
         try:
             left = device_tasks.unfinished_tasks(kernel, [st.bc.name for st in self.ins])
         except Exception as e:   # noqa: BLE001 - its pages may be unreadable: say so
             self.errors.append(f"bridge: counting the GPU kernel's unfinished tasks: {e!r}")
-            return
+            left = {}
         for t, n in sorted(left.items()):
             self._to_sys_error(T.make(n, type=t), code)
             acct["lost"] += n
+        try:
+            ring = device_tasks.host_ring_left(kernel)
+        except Exception as e:   # noqa: BLE001 - see above
+            self.errors.append(f"bridge: reading the GPU kernel's host -> device ring: {e!r}")
+            ring = T.empty(0)
+        if len(ring):
+            ring["channel"] = 0
+            ring["flags"] &= _CLEAR_FLAGS
+            self._to_sys_error(ring, code)
+            acct["lost"] += len(ring)
+            for t, n in zip(*np.unique(ring["type"], return_counts=True)):
+                left[int(t)] = left.get(int(t), 0) + int(n)
         acct["device_tasks"] = left
 
     # -- deterministic channels (tick fences) ----------------------------------------------------
