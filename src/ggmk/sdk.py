@@ -70,7 +70,6 @@ import operator
 import threading
 import time
 import weakref
-from collections import OrderedDict
 
 import numpy as np
 
@@ -89,46 +88,106 @@ _BLOCK = 4096                      # requests a client's reused emit buffer hold
 _FULL_NAP = 0.002                  # s: longest wait for a reply while a request ring is full
 DEFAULT_DEADLINE = 10_000          # ticks a task may wait on one full channel (10 s at 1 kHz)
 TIMEOUT = T.SDK_TIMEOUT
+_KEEP = 1000                       # ticks (at least) an unrefreshed wait entry is kept
+_KEEP_MAX = 1 << 16                # entries a generation holds before an early turn (a bound)
+_wlock = threading.Lock()          # (only to attach a system's table once)
 
-_waiting: OrderedDict = OrderedDict()     # task identity -> tick of its first WAIT
-_wlock = threading.Lock()
+
+class _Waits:
+    """The tick of each waiting task's first WAIT, for one system (its ``wall_tick``): keyed by
+    the task's type, channel, seq and deterministic flag, which stay with a task that waits,
+    yields or retries (only submit, emit and bridge renumber it), so look-alike tasks do not
+    share a clock. A task may leave without a word to the sdk (it fails, or is halted): two
+    generations, turned every ``keep`` ticks (or at ``_KEEP_MAX`` entries), drop what was not
+    refreshed for a whole turn; a waiting task refreshes its entry every time it runs."""
+
+    __slots__ = ("lock", "cur", "old", "since", "keep")
+
+    def __init__(self, now: int):
+        self.lock = threading.Lock()
+        self.cur: dict = {}
+        self.old: dict = {}
+        self.since = now
+        self.keep = _KEEP
+
+    def waited(self, keys, now: int, deadline: int) -> int:
+        """Ticks the longest waiting of ``keys`` has waited (a new one starts now)."""
+        with self.lock:
+            if deadline > self.keep:
+                # (so only a task not run for longer than its deadline can lose its clock)
+                self.keep = deadline
+            if now - self.since > self.keep or len(self.cur) > _KEEP_MAX:
+                self.old, self.cur, self.since = self.cur, {}, now
+            cur, old = self.cur, self.old
+            first = now
+            for k in keys:
+                t = cur.get(k)
+                if t is None:
+                    t = cur[k] = old.pop(k, now)
+                if t < first:
+                    first = t
+        return now - first
+
+    def drop(self, keys) -> None:
+        with self.lock:
+            for k in keys:
+                self.cur.pop(k, None)
+                self.old.pop(k, None)
 
 
-def _ident(ctx):
-    if getattr(ctx, "batch", None) is not None:
-        return None
-    t = ctx.task
-    # not seq (a re-enqueued task may be renumbered) nor meta1 (the usual resume cursor):
-    # tasks alike in these share one clock, which only makes the bound stricter
-    try:
-        return (t.type, t.channel, t.tenant, t.meta0, t.payload_ptr)
-    except (TypeError, AttributeError, IndexError):
-        return None
+def _waits(system):
+    """``system``'s table (per system: each keeps its own ticks, and it goes with the system)."""
+    w = getattr(system, "_sdk_waits", None)
+    if w is None:
+        with _wlock:
+            w = getattr(system, "_sdk_waits", None)
+            if w is None:
+                w = system._sdk_waits = _Waits(system.wall_tick())
+    return w
+
+
+def _keys(ctx) -> list:
+    """The wait keys of the current task, or of every record of a batch handler's batch (it
+    waits as long as its longest waiting record: records that joined it later do not restart
+    the clock)."""
+    b = getattr(ctx, "batch", None)
+    if b is None:
+        t = ctx.task
+        det = (t.flags & T.FLAG_DETERMINISTIC) << 62
+        return [t.type << 72 | det | t.channel << 32 | t.seq]
+    r = b.records
+    lo = ((r["channel"].astype(np.uint64) << np.uint64(32)) | r["seq"]).tolist()
+    det = (r["flags"] & T.FLAG_DETERMINISTIC).tolist()
+    hi = int(r["type"][0]) << 72
+    return [hi | d << 62 | x for d, x in zip(det, lo)]
 
 
 def _backpressure(ctx, deadline):
-    """CHAN_FULL seen: WAIT, or CHAN_FULL past the deadline."""
-    key = _ident(ctx)
-    if key is None:                 # a batch handler: the caller decides per record
+    """CHAN_FULL seen: WAIT, or CHAN_FULL once the task (a batch: its longest waiting record)
+    has waited longer than ``deadline`` ticks since its first WAIT."""
+    if deadline is None:
         return WAIT
-    now = ctx.system.wall_tick()
-    with _wlock:
-        first = _waiting.setdefault(key, now)
-        _waiting.move_to_end(key)
-        if len(_waiting) > 65536:
-            _waiting.popitem(last=False)
-        if deadline is not None and now - first > deadline:
-            del _waiting[key]
-            return CHAN_FULL
+    w = _waits(ctx.system)
+    keys = _keys(ctx)
+    if w.waited(keys, ctx.system.wall_tick(), deadline) > deadline:
+        w.drop(keys)
+        return CHAN_FULL
     return WAIT
 
 
-def _sent(ctx):
-    if _waiting:
-        key = _ident(ctx)
-        if key is not None:
-            with _wlock:
-                _waiting.pop(key, None)
+def _settled(ctx):
+    """An outcome other than WAIT: the task's clock is done. (In a batch handler one send's
+    outcome is not the batch's: its records' entries age out instead.)"""
+    w = getattr(ctx.system, "_sdk_waits", None)
+    if w is not None and (w.cur or w.old) and getattr(ctx, "batch", None) is None:
+        w.drop(_keys(ctx))
+
+
+def _failed(ctx):
+    """A send failed (not CHAN_FULL): the handler fails its task, or its batch, with it."""
+    w = getattr(ctx.system, "_sdk_waits", None)
+    if w is not None and (w.cur or w.old):
+        w.drop(_keys(ctx))
 
 
 def send(ctx, target, meta0: int = 0, meta1: int = 0, *, payload=None,
@@ -138,34 +197,48 @@ def send(ctx, target, meta0: int = 0, meta1: int = 0, *, payload=None,
     if code == CHAN_FULL:
         return _backpressure(ctx, deadline)
     if code == OK:
-        _sent(ctx)
+        _settled(ctx)
+    else:
+        _failed(ctx)
     return code
 
 
 def send_all(ctx, target, meta0s, meta1s=None, *, deadline: int | None = DEFAULT_DEADLINE) -> int:
     """Emit ``meta0s[i]`` (with ``meta1s[i]``) for i from ``ctx.task.meta1`` on. On a full
     channel the task's meta1 is set to the first one not sent and WAIT comes back: return it,
-    and the task resumes there (so the task's own meta1 is the cursor: start it at 0)."""
+    and the task resumes there (so the task's own meta1 is the cursor: start it at 0). The
+    deadline counts from the last run that sent nothing."""
     start = ctx.task.meta1
     send1 = ctx.emitter(target)
     for i in range(start, len(meta0s)):
         c = send1(int(meta0s[i]), 0 if meta1s is None else int(meta1s[i]))
         if c == CHAN_FULL:
             ctx.task.meta1 = i
+            if i > start:
+                _settled(ctx)          # it moved on: a new wait
             return _backpressure(ctx, deadline)
         if c:
+            _failed(ctx)
             return c
-    _sent(ctx)
+    _settled(ctx)
     return OK
 
 
 # -------------------------------------------------------------------------- request / reply
+_EXPIRED = object()                 # a timed-out tag's outcome, kept for its waiter's poll
+
+
 class Requests:
     """In-kernel request/reply with correlation: ``tag = req.start(ctx)``, send the request
     with the tag; the reply handler calls ``req.complete(tag, value)`` (any value but None:
     ValueError); the waiting task polls ``req.poll(ctx, tag)``: the value, ``None`` (not
-    yet: ``return ctx.wait_()``) or raises nothing but returns :data:`TIMEOUT` after
-    ``timeout`` ticks. Tags are 48-bit.
+    yet: ``return ctx.wait_()``) or :data:`TIMEOUT` once ``timeout`` ticks passed since
+    ``start`` with no reply (counted in ``timeouts``; a reply after that is refused:
+    ``complete`` answers False, counted in ``late``). Polling a tag it does not await (never
+    started here, its outcome already taken, or left untaken ``timeout`` ticks: its waiter is
+    gone) raises ValueError. Nothing is kept for good: ``start``, ``complete`` and
+    ``pending`` also time out what ran out of time and forget outcomes nobody took. Tags are
+    48-bit.
 
     Example::
 
@@ -192,46 +265,83 @@ class Requests:
             raise ValueError(f"Requests: timeout must be a positive tick count, got {timeout!r}")
         self.timeout = timeout
         self._tags = itertools.count(1)
-        self._open: dict[int, int] = {}          # tag -> tick started
-        self._done: dict[int, object] = {}
+        # tag -> (tick started, the clock: its system's wall_tick), in start order
+        self._open: dict[int, tuple] = {}
+        # tag -> (value or _EXPIRED, tick settled, the clock), in settle order
+        self._done: dict[int, tuple] = {}
         self._lock = threading.Lock()
         self.timeouts = 0
         self.late = 0
 
+    def _expire(self) -> None:
+        """(Under the lock.) Time out the oldest open tags whose time ran out and forget the
+        outcomes untaken for ``timeout`` ticks; both stop at the first one still in time."""
+        op, dn = self._open, self._done
+        while op:
+            tag, (t0, clock) = next(iter(op.items()))
+            now = clock()
+            if now - t0 <= self.timeout:
+                break
+            del op[tag]
+            self.timeouts += 1
+            dn[tag] = (_EXPIRED, now, clock)
+        while dn:
+            tag, (_, t1, clock) = next(iter(dn.items()))
+            if clock() - t1 <= self.timeout:
+                break
+            del dn[tag]
+
     def start(self, ctx) -> int:
+        clock = ctx.system.wall_tick
         with self._lock:
+            self._expire()
             tag = next(self._tags) & ((1 << 48) - 1)
-            self._open[tag] = ctx.system.wall_tick()
+            self._open[tag] = (clock(), clock)
         return tag
 
     def complete(self, tag: int, value) -> bool:
-        """Record the reply of ``tag``; False for an unknown or timed-out tag (counted).
-        ``value`` may be anything but None (``poll``'s None means "not yet")."""
+        """Record the reply of ``tag``; False for an unknown or timed-out tag (counted in
+        ``late``). ``value`` may be anything but None (``poll``'s None means "not yet")."""
         if value is None:           # poll would read it as "not yet", then say TIMEOUT
             raise ValueError(f"Requests.complete: tag={tag!r}, value=None: allowed any value "
                              "but None (poll's None means 'not yet'): pass a value of your own")
         with self._lock:
-            if self._open.pop(tag, None) is None:
+            self._expire()
+            t = self._open.pop(tag, None)
+            if t is None:
                 self.late += 1
                 return False
-            self._done[tag] = value
+            t0, clock = t
+            now = clock()
+            if now - t0 > self.timeout:     # ran out of time, not noticed yet
+                self.timeouts += 1
+                self.late += 1
+                self._done[tag] = (_EXPIRED, now, clock)
+                return False
+            self._done[tag] = (value, now, clock)
         return True
 
     def poll(self, ctx, tag: int):
         with self._lock:
-            if tag in self._done:
-                return self._done.pop(tag)
-            t0 = self._open.get(tag)
-            if t0 is None:
-                return TIMEOUT
-            if ctx.system.wall_tick() - t0 > self.timeout:
+            d = self._done.pop(tag, None)
+            if d is not None:
+                return TIMEOUT if d[0] is _EXPIRED else d[0]
+            t = self._open.get(tag)
+            if t is None:
+                raise ValueError(f"Requests.poll: tag={tag!r}: not awaited here: allowed a tag "
+                                 "from this Requests' start() whose outcome (the value or "
+                                 "TIMEOUT) was not taken yet")
+            if ctx.system.wall_tick() - t[0] > self.timeout:
                 del self._open[tag]
                 self.timeouts += 1
                 return TIMEOUT
         return None
 
     def pending(self) -> int:
-        return len(self._open)
+        """Tags awaiting a reply (the ones whose time ran out are timed out first)."""
+        with self._lock:
+            self._expire()
+            return len(self._open)
 
 
 def _u64_column(name: str, v, n: int | None = None) -> np.ndarray:
@@ -1158,6 +1268,11 @@ class KV:
                              reply_tag=_tag48, reply_tags=_tags48, timeout=timeout)
         self.put_ch = system.channel(f"{prefix}.put")
         self.del_ch = system.channel(f"{prefix}.del")
+        # the kv module's state, where this process runs it (a DualSystem: its CPU kernel's)
+        mods = getattr(getattr(system, "cpu", system), "modules", ())
+        st = next((getattr(m, "kv", None) for m in mods if getattr(m, "name", None) == prefix),
+                  None)
+        self._bytes_table = st is not None and not st.inline
 
     def _check(self, m0, what):
         st = int(m0) >> 56
@@ -1166,13 +1281,16 @@ class KV:
         return st
 
     def put(self, key: int, value) -> None:
-        """Store ``value`` (bytes, or an int 0..2**64-1) under ``key``."""
+        """Store ``value`` (bytes, or an int 0..2**64-1) under ``key``. An int in a bytes
+        table (``value_size`` > 8) is stored as its 8 little-endian bytes, as a handler's
+        ``kv_put`` of it is."""
         if isinstance(value, (bytes, bytearray)):
             data = value
         elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) \
                 and 0 <= int(value) < 1 << 64:
-            # the shortest little-endian form: fits any value_size
-            data = int(value).to_bytes(8, "little").rstrip(b"\0") or b"\0"
+            data = int(value).to_bytes(8, "little")
+            if not self._bytes_table:   # a word table: the shortest form fits any value_size
+                data = data.rstrip(b"\0") or b"\0"
         else:                      # (a float or a str was converted: 3.9 came back as 3)
             raise TypeError(f"KV.put: value={value!r}: allowed bytes or an int "
                             f"0..2**64-1")

@@ -19,11 +19,24 @@ order, so a test is deterministic:
   ``payload`` (bytes or None). Emits to a type or channel that a sandboxed module handles are
   also queued for it: ``sb.run()`` runs them (and yields, waits, retries) until nothing is
   left; ``sb.advance(ticks)`` moves the clock, running deferred tasks as they fall due.
-* ``sb.capacity(channel, n)`` makes a channel hold at most ``n`` messages not taken yet:
-  emits past it get ``CHAN_FULL`` (test your backpressure path).
+* Who listens: the test subscribes to every channel (what ``sb.take(channel)`` reads), the
+  sandboxed modules to the channels they consume. ``Sandbox(..., listen=False)`` (or a list
+  of the channel names the test does subscribe to) leaves the rest as a deployment without
+  that subscriber would: a message on a channel that then has no subscriber at all is
+  dropped as the kernel drops it, on ``sb.dropped`` with ``CHAN_NO_SUBSCRIBER`` (the emit
+  still answers OK; a module's ``ch.subs`` sees nobody).
+* An emit (or ``system.submit``) to a type that no sandboxed module handles fails that task
+  with ``UNKNOWN_TYPE`` on ``sb.errors``, as in the kernel (the emit is captured all the
+  same). A test that stands in for the module handling it names the type in ``outside=``
+  (or ``outside=True``: every type): its tasks are then only captured, for ``sb.take``.
+* ``sb.capacity(channel, n)`` makes the test's subscription to a channel hold at most ``n``
+  messages not taken yet: past it, a lossless channel refuses the emit with ``CHAN_FULL``
+  (test your backpressure path); a lossy one accepts it (OK) and drops the test's copy, on
+  ``sb.dropped`` with ``CHAN_FULL``, as the kernel drops a full subscriber's copy.
 * ``sb.trace`` lists ``(event, type name, meta0, code)`` per handler call; ``sb.errors`` the
-  (type, meta0, meta1, code) of failed tasks; ``sb.allocations()`` the arena's live count and
-  totals (a payload your handler leaked shows up there).
+  (type, meta0, meta1, code) of failed tasks (``sb.dropped``: of dropped messages);
+  ``sb.allocations()`` the arena's live count and totals (a payload your handler leaked
+  shows up there).
 * What a handler returns is judged as the kernel judges it (``ggmk.core.worker``): a value
   that is not a code (``5``, ``True``, ``"x"``, a list from a batch handler of one task) fails
   the task with ``BAD_RETURN`` (the ``BadReturn`` is in ``sb.exceptions``); ``RETRY`` backs off
@@ -76,9 +89,9 @@ from ggmk.core.faults import backoff_ticks
 from ggmk.core.kernel import MAX_RETRIES_LIMIT, System
 from ggmk.core.worker import _batch_codes, _task_code
 from ggmk.errors import EmitError
-from ggmk.task import (CHAN_FULL, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC, HALTED,
-                       HANDLER_EXCEPTION, MAX_YIELDS, OK, PRIO_MASK, RETRY, RETRY_EXHAUSTED, WAIT,
-                       YIELD, Task, TaskBatch)
+from ggmk.task import (CHAN_FULL, CHAN_NO_SUBSCRIBER, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC,
+                       HALTED, HANDLER_EXCEPTION, MAX_YIELDS, OK, PRIO_MASK, RETRY,
+                       RETRY_EXHAUSTED, UNKNOWN_TYPE, WAIT, YIELD, Task, TaskBatch)
 from ggmk.typereg import TypeRegistry
 
 __all__ = ["Sandbox", "Emitted", "SandboxContext", "run_module_tests"]
@@ -103,18 +116,23 @@ class _Chan:
         self.held = 0
         self.seq = 0
         self.closed = False
+        self.lossy = False
+        self.listened = True                  # the test subscribes (Sandbox's ``listen``)
         self.consumers: list[int] = []        # handler type ids of sandboxed consumers
 
     @property
     def subs(self):
-        return self.consumers or [None]       # the test itself always listens
+        return self.consumers + [None] if self.listened else self.consumers
 
     def room(self) -> int:
-        return (1 << 30) if self.capacity is None else max(0, self.capacity - self.held)
+        """What the test's subscription can still hold (``capacity`` bounds only it)."""
+        if self.capacity is None or not self.listened:
+            return 1 << 30
+        return max(0, self.capacity - self.held)
 
     def emit(self, recs, *, built: bool = False, prio: int | None = None) -> int:
         """Channel.emit's signature (``built`` / ``prio`` only spare the kernel checks)."""
-        k = min(len(recs), self.room())
+        k = len(recs) if self.lossy else min(len(recs), self.room())
         for r in recs[:k]:
             self.sb._emit_record(self, int(r["type"]) or self.type_id, int(r["meta0"]),
                                  int(r["meta1"]), int(r["payload_ptr"]), int(r["payload_len"]),
@@ -326,7 +344,7 @@ class Sandbox:
 
     def __init__(self, modules, *, types: TypeRegistry | None = None, arena_size: int = 8 << 20,
                  raise_exceptions: bool = True, max_steps: int = 100_000, max_retries: int = 8,
-                 max_batch: int = 256):
+                 max_batch: int = 256, listen=True, outside=()):
         # as boot's: an int 0..65535 (the retry counter is a u16: past it the limit never came)
         max_retries = check_int("sandbox: max_retries", max_retries, 0, MAX_RETRIES_LIMIT,
                                 what=" (as boot's: RETRY_EXHAUSTED after that many retries; "
@@ -362,6 +380,7 @@ class Sandbox:
         self._chans: dict[str, _Chan] = {}
         self._chan_by_id: dict[int, _Chan] = {}
         self._held: dict[str, list] = {}
+        self._seq = 0                       # the enqueue core's seq (submit and emit routes)
         self.handlers: dict[int, object] = {}
         self.system = _System(self)
         for m in self.modules:
@@ -374,9 +393,28 @@ class Sandbox:
         for m in self.modules:
             for d in m.channels:
                 ch = self._chan(d.name, d.type)
+                ch.lossy = ch.lossy or d.guarantee == "lossy"
                 if d.direction == "consume":
                     ch.consumers.append(self.type_id(d.options.get("handler", d.type),
                                                      register=True))
+        if not isinstance(listen, bool):
+            if isinstance(listen, str) or not isinstance(listen, (list, tuple, set, frozenset)) \
+                    or not set(listen) <= set(self._chans):
+                raise ValueError(f"sandbox: listen={listen!r}: allowed True (every channel), "
+                                 f"False (none) or a list of channel names from "
+                                 f"{sorted(self._chans)}")
+            for ch in self._chans.values():
+                ch.listened = ch.name in listen
+        elif not listen:
+            for ch in self._chans.values():
+                ch.listened = False
+        if outside is not True:
+            if isinstance(outside, (str, bool)) or not isinstance(outside,
+                                                                   (list, tuple, set, frozenset)):
+                raise ValueError(f"sandbox: outside={outside!r}: allowed True (every type) or "
+                                 f"a list of type names or ids")
+            outside = {self.type_id(t, register=True, where="sandbox: outside") for t in outside}
+        self.outside = outside
         self.ctx = SandboxContext(self)
         self._entered = False
 
@@ -465,7 +503,7 @@ class Sandbox:
     def _emit(self, t, meta0, meta1, payload, ptr=0, plen=0, *, flags=0, tenant=0) -> int:
         """Emit one message to ``t`` (a resolved target: a _Chan or a type id)."""
         if isinstance(t, _Chan):
-            if t.room() <= 0:
+            if t.room() <= 0 and not t.lossy:
                 return CHAN_FULL
             if payload is not None:
                 ptr, plen = self._store(t.type_id, payload)
@@ -476,21 +514,60 @@ class Sandbox:
         data = bytes(self.arena.view(ptr, plen)) if ptr else None
         self.emitted.append(Emitted(self.type_name(t), self.type_name(t), meta0, meta1, data))
         self.trace.append(("emit", self.type_name(t), meta0, 0))
-        if t in self.handlers:
-            self._push(T.make(1, type=t, flags=flags, tenant=tenant, meta0=meta0, meta1=meta1,
-                              payload_ptr=ptr, payload_len=plen), self.tick)
-        elif ptr:
-            self.arena.release(ptr)
+        self._to_type(T.make(1, type=t, flags=flags, tenant=tenant, meta0=meta0, meta1=meta1,
+                             payload_ptr=ptr, payload_len=plen), self.tick, captured=True)
         return OK
 
+    def _to_type(self, recs, due, *, captured: bool = False) -> int:
+        """Queue tasks of one type with fresh seqs, or, with no handler here, fail them with
+        UNKNOWN_TYPE as the kernel's enqueue core does (a type ``outside`` the sandbox: the
+        test stands in for its handler and reads them from ``emitted``). Returns how many
+        were accepted."""
+        t = int(recs["type"][0])
+        if t not in self.handlers:
+            name = self.type_name(t)
+            n = len(recs)
+            if not (self.outside is True or t in self.outside):
+                self.errors.extend((name, int(r["meta0"]), int(r["meta1"]), UNKNOWN_TYPE)
+                                   for r in recs)
+                n = 0
+            elif not captured:                 # a submit: read like an emit
+                self.emitted.extend(
+                    Emitted(name, name, int(r["meta0"]), int(r["meta1"]),
+                            bytes(self.arena.view(int(r["payload_ptr"]), int(r["payload_len"])))
+                            if r["payload_ptr"] else None) for r in recs)
+            if recs["payload_ptr"].any():
+                self.arena.release_many(recs["payload_ptr"])
+            return n
+        recs["seq"] = self._seqs(len(recs))
+        self._push(recs, due)
+        return len(recs)
+
+    def _seqs(self, n: int) -> np.ndarray:
+        """``n`` fresh seqs (u4: they wrap like the kernel's), as the kernel's submit and
+        emit routes give: what a task keeps while it waits, yields or retries."""
+        s = self._seq
+        self._seq += n
+        return np.arange(s + 1, s + 1 + n, dtype=np.uint64) & 0xFFFF_FFFF
+
     def _emit_record(self, ch, tid, meta0, meta1, ptr, plen, *, flags=0, tenant=0):
+        """One message accepted on ``ch`` (a lossless one had room): captured, then held for
+        the test when it listens (its copy dropped with CHAN_FULL when a lossy channel is
+        full) and queued for the sandboxed consumers; with no subscriber at all, dropped
+        with CHAN_NO_SUBSCRIBER, as the kernel does."""
         ch.seq += 1
         data = bytes(self.arena.view(ptr, plen)) if ptr else None
         e = Emitted(ch.name, self.type_name(tid), meta0, meta1, data, ch.seq)
         self.emitted.append(e)
         self.trace.append(("emit", ch.name, meta0, 0))
-        ch.held += 1
-        self._held.setdefault(ch.name, []).append(e)
+        if not ch.subs:
+            self.dropped.append((self.type_name(tid), meta0, meta1, CHAN_NO_SUBSCRIBER))
+        if ch.listened:
+            if ch.room() <= 0:
+                self.dropped.append((self.type_name(tid), meta0, meta1, CHAN_FULL))
+            else:
+                ch.held += 1
+                self._held.setdefault(ch.name, []).append(e)
         for h in ch.consumers:
             if ptr:
                 self.arena.retain(ptr)
@@ -527,8 +604,7 @@ class Sandbox:
             if n > 1:
                 self.arena.retain(ptr, n - 1)
         recs = T.make(n, type=tid, meta0=meta0, meta1=meta1, payload_ptr=ptr, payload_len=plen)
-        self._push(recs, self.tick if due is None else int(due))
-        return n
+        return self._to_type(recs, self.tick if due is None else int(due))
 
     def _push(self, recs, due):
         for r in recs:
@@ -552,7 +628,8 @@ class Sandbox:
             ptr, plen = self._store(tid, payload)
             if n > 1:
                 self.arena.retain(ptr, n - 1)
-        recs = T.make(n, type=tid, meta0=meta0, meta1=meta1, payload_ptr=ptr, payload_len=plen)
+        recs = T.make(n, type=tid, meta0=meta0, meta1=meta1, payload_ptr=ptr, payload_len=plen,
+                      seq=self._seqs(n))
         codes = self._dispatch(recs)
         return codes[0] if n == 1 else codes
 
@@ -560,7 +637,7 @@ class Sandbox:
         """Emit on ``channel`` as the host would (consumers get it on ``run()``)."""
         ch = self._chan(channel)
         ptr = plen = 0
-        if ch.room() <= 0:
+        if ch.room() <= 0 and not ch.lossy:
             return CHAN_FULL
         if payload is not None:
             ptr, plen = self._store(ch.type_id, payload)

@@ -20,16 +20,17 @@ Tags are 48 bits (``unpack(meta0) -> (status, op, tag)``).
 The table is fixed at boot: ``capacity`` keys (the CPU kernel's is a bounded dict; the
 device table's open addressing over ``2 * capacity`` slots answers the same). A put of a new
 key into a full table answers ``FULL`` and changes nothing (an existing key is always
-updated). Values are at most ``value_size`` bytes: ``value_size <= 8``
-keeps words (inline; a payload value is read little-endian), larger sizes keep bytes; a
-longer value answers ``TOO_BIG``. Statuses: ``OK``, ``NOT_FOUND``, ``FULL``, ``TOO_BIG``,
-``BAD_REQUEST`` (``STATUS_NAMES``).
+updated). Values are at most ``value_size`` bytes: ``value_size <= 8`` keeps words
+(inline; a payload value is read little-endian), larger sizes keep bytes (a word put inline
+is kept as its 8 little-endian bytes); a longer value answers ``TOO_BIG``. Statuses: ``OK``,
+``NOT_FOUND``, ``FULL``, ``TOO_BIG``, ``BAD_REQUEST`` (``STATUS_NAMES``).
 
 Backpressure: a response that finds ``PREFIX.resp`` full waits in the module's outbox (the
 operation is not redone); while ``outbox_limit`` responses wait, new requests are answered
-with ``WAIT`` (they run again later), so nothing is lost and memory stays bounded. Responses
-go out only while something subscribes to ``PREFIX.resp`` (a put nobody awaits is not
-answered; counted in the outbox's ``unheard``).
+with ``WAIT`` (they run again later), and so are gets of bytes values while the arena has
+no room for their answer (both counted in ``waits``), so nothing is lost and memory stays
+bounded. Responses go out only while something subscribes to ``PREFIX.resp`` (a put nobody
+awaits is not answered; counted in the outbox's ``unheard``).
 
 Example::
 
@@ -217,8 +218,19 @@ class _KV:
                         c["too_big"] += 1
                     out.put(pack(st, op, tag), key)
                 elif op == OP_GET:
-                    c["get"] += 1
                     v = tab.get(key)
+                    if v is not None and not self.inline:
+                        p = arena.alloc(max(len(v), 1))
+                        if not p:
+                            # the arena is full for now (answers in flight hold it): push
+                            # back the rest, as a full outbox does; they run once room is back
+                            if codes is None:
+                                codes = np.zeros(n, dtype=np.int32)
+                            codes[i:] = T.WAIT
+                            c["waits"] += n - i
+                            break
+                        arena.view(p, len(v))[:] = np.frombuffer(v, np.uint8)
+                    c["get"] += 1
                     if v is None:
                         c["miss"] += 1
                         out.put(pack(NOT_FOUND, op, m1), key)
@@ -227,11 +239,6 @@ class _KV:
                         out.put(pack(OK, op, m1), v)
                     else:
                         c["hit"] += 1
-                        p = arena.alloc(max(len(v), 1))
-                        if not p:
-                            out.put(pack(TOO_BIG, op, m1), key)
-                            continue
-                        arena.view(p, len(v))[:] = np.frombuffer(v, np.uint8)
                         out.put(pack(OK, op, m1), len(v), p, len(v))
                 else:
                     c["del"] += 1
