@@ -82,7 +82,9 @@ def test_top_at_80_columns_shows_the_tour_whole(width):
 def test_demo_table_shows_every_figure_whole(width):
     text = _shown(lambda c: workload.render(_demo_stats(), c), width)
     assert _uncut(text), text
-    assert text.count(f"{BIG:,}") == 12 + 13, text     # the types table, the queues table
+    # the types table (its sys.error column: failed + dropped, 2 x BIG here), the queues table
+    assert text.count(f"{BIG:,}") == 10 + 13, text
+    assert text.count(f"{2 * BIG:,}") == 2 + 1, text  # (+ the accounting line's OK total)
 
 
 @pytest.mark.parametrize("width", [40, 80])
