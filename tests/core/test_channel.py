@@ -411,3 +411,58 @@ def test_publishing_a_big_column_into_a_small_channel_on_real_threads():
         assert s.run(timeout=60)
     assert calls > 1                                   # the channel was full at times
     assert got == list(range(20_000))
+
+
+def test_a_raising_hook_does_not_fail_a_publish_nor_stop_halt():
+    """A notify hook that raised made ``publish`` raise after the message was accepted (a
+    caller that retried duplicated it) and ``halt`` raise from the close, half way: later
+    channels stayed open with their messages unaccounted, fini never ran and a second halt()
+    returned None. Now the hook's error is reported (system.exceptions), the publish returns
+    OK, halt closes every channel; a hook that is not callable is refused at subscribe."""
+    from ggmk.task import CHAN_CLOSED, OK
+    m = Module("m")
+    fini = []
+    m.fini(lambda system: fini.append(1))
+    s = boot([m], workers=2)
+    a = s.open("a.chan", "A", mode="fanout", capacity=8)
+    b = s.open("b.chan", "B", capacity=8)
+    bsub = b.subscribe()
+    assert all(b.publish(meta0=i) == OK for i in range(3))
+
+    def bad():
+        raise RuntimeError("hook bug")
+
+    with pytest.raises(ChannelError, match=r"channel 'a.chan': notify=5 is not allowed: a "
+                                           r"callable \(called with no arguments"):
+        a.subscribe(notify=5)
+    assert not a.subs                                 # nothing half added
+    sub = a.subscribe(notify=bad)
+    with pytest.raises(ChannelError, match=r"after=5 is not allowed: a callable"):
+        sub.add_after(5)
+    sub.add_after(bad)
+    assert a.publish(meta0=7) == OK
+    assert a.publish(meta0=[8, 9]) == 2
+    assert sub.take()["meta0"].tolist() == [7, 8, 9]
+    assert a.stats()["emitted"] == 3
+    assert s.stats()["exceptions"] >= 4 and all("hook" in e[1] for e in s.exceptions)
+    assert a.publish(meta0=10) == OK                  # left for the close to drop
+    rep = s.halt()
+    assert rep["channel_dropped"] == 4 and a.closed and b.closed and fini == [1]
+    assert s.halt() == rep
+    drops, codes = s.dead_letters("sys.dropped")
+    assert sorted(drops["meta0"].tolist()) == [0, 1, 2, 10]
+    assert set(codes.tolist()) == {CHAN_CLOSED} and bsub.chan is b
+
+
+def test_take_refuses_a_count_that_is_not_an_int():
+    """(before: sub.take('x') was a raw TypeError from inside the ring)"""
+    with boot([], workers=2) as s:
+        ch = s.open("a.chan", "A")
+        sub = ch.subscribe()
+        assert ch.publish(meta0=[1, 2, 3]) == 3
+        for bad in ("x", 1.5, True, -1):
+            with pytest.raises(ValueError, match=rf"max_n={bad!r}: allowed an int >= 0 "
+                                                 rf"\(messages to take from channel 'a.chan'\)"):
+                sub.take(bad)
+        assert sub.take(np.int64(2))["meta0"].tolist() == [1, 2]
+        assert sub.take()["meta0"].tolist() == [3]

@@ -111,3 +111,38 @@ def test_handler_on_produces_or_open_is_an_error_naming_it():
             s.open("data.in", "MSG", handler="MSG")
         assert "handler='MSG'" in str(e.value)
         _allowed_named(str(e.value))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda s: s.open("x.o", "Y", ordered="no"),
+     r"channel 'x.o': ordered='no' is not allowed: True, False or None \(the default\)"),
+    (lambda s: s.open("x.o", "Y", error_handler=5),
+     r"channel 'x.o': error_handler=5 is not allowed: a callable \(called with \(records, "
+     r"codes\) of failed messages\) or None"),
+    (lambda s: s.open("x.o", None),
+     r"channel 'x.o': type=None is not allowed: a channel carries one task type"),
+    (lambda s: s.open("x.o", 0), r"channel 'x.o': type=0 is not allowed"),
+    (lambda s: s.open("x.s", "Y").subscribe("T", ordered="x"),
+     r"channel 'x.s': ordered='x' is not allowed: True, False or None"),
+    (lambda s: s.open("x.s", "Y").subscribe(notify=5),
+     r"channel 'x.s': notify=5 is not allowed: a callable"),
+])
+def test_bad_open_and_subscribe_options_are_named(call, match):
+    """(before: ordered='no' turned ordering on, error_handler=5 and notify=5 were kept and
+    failed at use, open(name, None) opened a user channel of any type ('*', the system
+    channels' wildcard, with no type check).) Nothing is opened or subscribed."""
+    m = ggmk.Module("m")
+
+    @m.handler("T")
+    def t(ctx):
+        pass
+
+    with ggmk.boot([m], workers=2) as s:
+        with pytest.raises(ChannelError, match=match) as e:
+            call(s)
+        assert e.value.code == T.CHAN_UNKNOWN
+        assert "x.o" not in s.channels
+        assert "x.s" not in s.channels or not s.channel("x.s").subs
+        # the system's untyped channels still open and reopen as before
+        assert s.open("host.rx", None, mode="fanout", guarantee="lossy") is s.channel("host.rx")
+        assert s.open("x.ok", "Y", ordered=False, error_handler=lambda r, c: None).ordered is False

@@ -143,3 +143,41 @@ def test_messages_a_handler_staged_before_a_suspension_are_delivered():
         got = sub.take()["meta0"].tolist()
         drops, _ = s.dead_letters("sys.dropped")
     assert got == [1, 2, 3, 4] and len(drops) == 0
+
+
+def test_a_suspended_channel_keeps_draining_when_another_channel_is_opened(wait_until):
+    """Opening, closing or subscribing anywhere rebuilds the registry's drain lists; a channel
+    suspended meanwhile fell out of them (suspend sets ``closed``): run() said idle with its
+    messages still in the ring, its ordered subscriber never got its next batch, and halt
+    dropped them. Suspend, open an unrelated channel, resume, publish: every message is
+    delivered, in order."""
+    import threading
+
+    from ggmk.core.module import Module
+    got = []
+    gate = threading.Event()
+    m = Module("cons")
+
+    @m.handler("SLOW", consumes="data.in", message="MSG")
+    def slow(ctx):
+        gate.wait(30)                 # the first batch holds the rest in the ring
+        got.append(ctx.task.meta0)
+
+    p = Module("prod")
+    p.produces("data.in", "MSG", capacity=16)
+    with boot([m, p], hal="threads", workers=2, max_batch=2, host_helps=False) as s:
+        ch = s.channel("data.in")
+        assert all(ch.publish(meta0=i) == OK for i in range(12))
+        assert wait_until(lambda: ch.stats()["subs"][0]["in_flight"])
+        assert ch.suspend()
+        s.open("other.chan", "OTHER")             # rebuilds the drain lists
+        s.open("other2.chan", "OTHER2").subscribe()   # (a subscribe rebuilds them too)
+        assert ch.resume()
+        assert all(ch.publish(meta0=i) == OK for i in range(12, 16))
+        gate.set()
+        assert s.run(timeout=30)
+        assert got == list(range(16))
+        st = ch.stats()
+        assert st["depth"] == 0 and st["dropped"] == 0 and st["subs"][0]["delivered"] == 16
+        rep = s.halt()
+    assert rep["channel_dropped"] == 0 and len(s.dead_letters("sys.dropped")[0]) == 0

@@ -80,3 +80,46 @@ def test_retry_of_a_non_deterministic_task_runs_in_a_deterministic_system(hal):
         assert st["ok"] == 50 and st["retry"] == 100
         # one enqueue per attempt, like the dequeues (a retry was counted twice)
         assert st["enqueued"] == st["dequeued"] == 150
+
+
+def _due_module(seen):
+    m = ggmk.Module("d")
+
+    @m.handler("STEP", deterministic=True)
+    def step(ctx):
+        seen.append((ctx.tick, ctx.task.meta0 // 1000))
+        if 2000 <= ctx.task.meta0 < 2003:     # a handler defers its next hop (a timer)
+            ctx.system.submit("STEP", meta0=ctx.task.meta0 + 1, deterministic=True,
+                              due=ctx.tick + 2)
+
+    return m
+
+
+def _due_run(hal, workers, wait_until=None):
+    seen = []
+    with ggmk.boot([_due_module(seen)], workers=workers, hal=hal, deterministic=True) as s:
+        s.submit("STEP", meta0=np.arange(3), deterministic=True)
+        s.submit("STEP", meta0=np.arange(1000, 1003), deterministic=True, due=5)
+        s.submit("STEP", meta0=2000, deterministic=True, due=7)
+        opened = False
+        if wait_until is not None:
+            # the host does something else before run(): a worker that could open a tick now
+            # does (it opened tick 5 at once, and run() put the plain input in tick 6)
+            opened = wait_until(lambda: s.det.tick > 0, 0.2)
+        assert s.run(timeout=30)
+        assert s.stats()["sched"]["outstanding"] == 0
+        return s.trace_hash(), sorted(set(seen)), opened
+
+
+def test_host_input_with_a_due_tick_waits_for_run_whatever_the_timing(wait_until):
+    """A host's submit(due=T) went straight to the tick stage: a worker opened tick T before
+    run(), and the plain input run() released then went to tick T+1 instead of tick 1, so the
+    trace hash depended on when the host called run(). Now it waits for run() as plain input
+    does: same hash with or without a pause before run(), on 1, 2 and 3 workers (and on sim).
+    A handler's own deferral (due from inside a tick) still goes to its tick at once."""
+    ref = _due_run("sim", 1)
+    assert ref[1] == [(1, 0), (5, 1), (7, 2), (9, 2), (11, 2), (13, 2)]
+    for workers in (1, 2, 3):
+        h, ticks, opened = _due_run("threads", workers, wait_until)
+        assert not opened and (h, ticks) == ref[:2], workers
+        assert _due_run("threads", workers)[:2] == ref[:2]

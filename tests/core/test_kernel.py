@@ -1,6 +1,7 @@
 """The running system (core/kernel.py): halt() in the middle of work loses nothing accepted;
 one Module object cannot be live in two systems at once."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -225,3 +226,172 @@ def test_halt_goes_on_without_a_handler_that_never_returns(monkeypatch, wait_unt
     assert wait_until(lambda: s.hal.alive_threads() == 0, timeout=10)
     assert len(emitted) == 1 and isinstance(emitted[0], ChannelError)
     assert emitted[0].code == T.CHAN_CLOSED and "halted" in str(emitted[0])
+
+
+def _halting_module(got, n_kids=0):
+    """W tasks record that they ran; STOP (meta0 = a halt timeout in ms) emits ``n_kids`` W
+    tasks, then halts the system from its handler; fini is recorded."""
+    m = ggmk.Module("m")
+    ran = got.setdefault("ran", [])
+    q = m.produces("q.ueue", "Q", capacity=64)
+
+    @m.handler("W")
+    def w(ctx):
+        ran.append(ctx.task.meta0)
+
+    @m.handler("STOP")
+    def stop(ctx):
+        for i in range(n_kids):
+            ctx.emit("W", meta0=10_000 + i)
+        t0 = time.monotonic()
+        got["rep"] = ctx.system.halt(timeout=ctx.task.meta0 / 1000)
+        got["took"] = time.monotonic() - t0
+        got["thread"] = threading.current_thread()
+
+    m.fini(lambda system: got.setdefault("fini", True))
+    return m, q
+
+
+def _halted_meta0(s, type_name):
+    recs, codes = s.dead_letters("sys.error")
+    assert set(codes.tolist()) <= {T.HALTED}
+    return [int(v) for v, t in zip(recs["meta0"], recs["type"]) if t == s.type_id(type_name)]
+
+
+def test_a_handler_on_a_worker_thread_halts_the_system_losing_nothing(wait_until):
+    """halt() from a handler on a worker thread died half way ('cannot join current thread'):
+    the system was marked halted, the queued tasks were neither run nor dead-lettered, the
+    channels stayed open, fini never ran and every later halt() returned None. Now the halt
+    completes without waiting for the calling handler's own step, and accounts: every W task
+    ran or is on sys.error (HALTED), the channel's messages are on sys.dropped (CHAN_CLOSED)."""
+    got = {}
+    m, _ = _halting_module(got)
+    s = ggmk.boot([m], workers=2, host_helps=False)
+    sub = s.channel("q.ueue").subscribe()
+    assert all(s.channel("q.ueue").publish(meta0=i) == OK for i in range(5))
+    n = 3000
+    assert s.submit("W", meta0=np.arange(n)) == n
+    assert s.submit("W", meta0=n, due=10**9) == 1             # deferred: due long after
+    assert s.submit("STOP", meta0=0) == 1
+    assert wait_until(lambda: "took" in got, 30)
+    rep = got["rep"]
+    assert got["thread"].name.startswith("ggmk-worker")
+    assert rep is not None and rep["stuck_workers"] == 0 and rep["channel_dropped"] == 5
+    assert got["took"] < ggmk.System.STUCK_AFTER_S
+    assert s.halt() == rep                                    # a second halt: the report
+    assert got.get("fini") and not s.exceptions
+    assert wait_until(lambda: s.hal.alive_threads() == 0 and s.sched.outstanding == 0, 30)
+    halted = _halted_meta0(s, "W")
+    assert rep["halted"] == len(halted) >= 1                  # (at least the deferred one)
+    assert sorted(got["ran"] + halted) == list(range(n + 1))
+    assert s.stats()["types"]["STOP"]["ok"] == 1
+    drops, codes = s.dead_letters("sys.dropped")
+    assert drops["meta0"].tolist() == list(range(5)) and set(codes.tolist()) == {T.CHAN_CLOSED}
+    assert s.channels.closed and sub.chan.closed
+
+
+def test_a_handler_the_host_runs_by_caller_runs_halts_the_system_losing_nothing(wait_until):
+    """halt() from a handler that the host thread runs by caller runs (run() borrowed the
+    parked worker): the stop joined that worker's thread, which waits for the host to give it
+    back, for STUCK_AFTER_S (5 s), and reported it stuck with its task outstanding. Now halt
+    returns at once (its timeout: nothing else can run what the handler emitted) and accounts:
+    every W the handler emitted ran or is on sys.error (HALTED)."""
+    got = {}
+    m, _ = _halting_module(got, n_kids=20)
+    s = ggmk.boot([m], workers=1, host_helps=True)
+    sub = s.channel("q.ueue").subscribe()
+    assert all(s.channel("q.ueue").publish(meta0=i) == OK for i in range(3))
+    # the worker parks with no timed wake-up (one could take the task before the host does)
+    s.hal.park_timeout = 30.0
+    assert wait_until(lambda: s.hal.parked == 1)
+    s.hal.wake(1)                                             # re-parks with the new timeout
+    assert wait_until(lambda: s.hal.parked == 1)
+    assert s.submit_and_run("STOP", meta0=50, timeout=30)    # halt(timeout=0.05) inside
+    assert got["thread"] is threading.current_thread()        # the host ran the handler
+    rep = got["rep"]
+    assert rep is not None and rep["stuck_workers"] == 0 and rep["channel_dropped"] == 3
+    assert got["took"] < ggmk.System.STUCK_AFTER_S
+    assert s.halt() == rep and got.get("fini") and not s.exceptions
+    assert wait_until(lambda: s.hal.alive_threads() == 0, 30) and s.sched.outstanding == 0
+    halted = _halted_meta0(s, "W")
+    # (what the handler emitted is handed over when it returns, after the halt's report:
+    # dead-lettered then, on sys.error all the same)
+    assert rep["halted"] <= len(halted)
+    assert sorted(got["ran"] + halted) == list(range(10_000, 10_020))
+    assert s.stats()["types"]["STOP"]["ok"] == 1
+    drops, codes = s.dead_letters("sys.dropped")
+    assert drops["meta0"].tolist() == [0, 1, 2] and set(codes.tolist()) == {T.CHAN_CLOSED}
+    assert sub.chan.closed
+
+
+def test_a_handler_halts_a_sim_system_losing_nothing():
+    """On sim the halt's drain steps the workers on the calling thread: it must not step the
+    worker whose handler called it (a step inside its own step), only the others."""
+    got = {}
+    m, _ = _halting_module(got)
+    s = ggmk.boot([m], hal="sim", workers=3, seed=3)
+    n = 2000
+    assert s.submit("W", meta0=np.arange(n)) == n
+    assert s.submit("STOP", meta0=1000) == 1                 # halt(timeout=1) inside
+    assert s.run(timeout=60)
+    rep = got["rep"]
+    assert rep["drained"] and rep["outstanding"] == 1 and s.sched.outstanding == 0
+    assert s.halt() == rep and got.get("fini") and not s.exceptions
+    halted = _halted_meta0(s, "W")
+    assert rep["halted"] == len(halted)
+    assert sorted(got["ran"] + halted) == list(range(n))
+    assert s.stats()["types"]["STOP"]["ok"] == 1
+
+
+def test_halt_closes_every_channel_whatever_one_of_them_does(monkeypatch):
+    """A channel whose close raised stopped the halt there: the channels after it stayed open
+    with their messages never dropped, fini never ran, a second halt() returned None. Now the
+    error is reported (system.exceptions) and halt goes on."""
+    fini = []
+    m = ggmk.Module("m")
+    m.fini(lambda system: fini.append(1))
+    s = ggmk.boot([m], workers=2)
+    chans = [s.open(f"c{i}.chan", f"C{i}") for i in range(3)]
+    subs = [c.subscribe() for c in chans]
+    for c in chans:
+        assert c.publish(meta0=1) == OK
+
+    def broken():
+        raise RuntimeError("close bug")
+
+    monkeypatch.setattr(chans[0], "close", broken)
+    rep = s.halt()
+    assert rep["channel_dropped"] == 2 and chans[1].closed and chans[2].closed
+    assert fini == [1] and s.halt() == rep
+    assert any("close bug" in e[2] and "c0.chan" in e[1] for e in s.exceptions)
+    drops, codes = s.dead_letters("sys.dropped")
+    assert len(drops) == 2 and set(codes.tolist()) == {T.CHAN_CLOSED} and len(subs) == 3
+
+
+def test_an_emit_to_a_channel_closed_with_close_answers_chan_closed():
+    """ctx.emit on a channel closed with system.close() raised ChannelError "not bound in this
+    system" (the task failed with HANDLER_EXCEPTION) on every worker but one whose emitter
+    was cached (CHAN_CLOSED, once). Now every emit answers CHAN_CLOSED, by declaration or by
+    name."""
+    m = ggmk.Module("m")
+    out = m.produces("c.x", "X", capacity=64)
+    res = []
+
+    @m.handler("P")
+    def p(ctx):
+        res.append((ctx.emit(out, meta0=1), ctx.emit("c.x", meta0=2)))
+
+    @m.handler("C", consumes="c.x", message="X")
+    def c(ctx):
+        pass
+
+    with ggmk.boot([m], workers=2, host_helps=False) as s:
+        assert s.submit_and_run("P", timeout=30)             # a worker's emitter is cached
+        assert res == [(OK, OK)]
+        s.close("c.x")
+        n = 40
+        assert s.submit("P", meta0=np.arange(n)) == n
+        assert s.run(timeout=30)
+        assert res[1:] == [(T.CHAN_CLOSED, T.CHAN_CLOSED)] * n
+        assert not s.exceptions and len(s.dead_letters("sys.error")[0]) == 0
+        assert s.stats()["types"]["P"]["ok"] == n + 1

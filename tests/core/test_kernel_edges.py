@@ -158,3 +158,38 @@ def test_a_declaration_problem_names_only_the_manifest_of_the_module_at_fault():
         ggmk.boot([echo.module("u.c"), p, m], workers=1)
     msg = str(e.value)
     assert "module 'user': handler name 'h' declared twice" in msg and ".toml" not in msg
+
+
+@pytest.mark.parametrize("call, err, match", [
+    (lambda s: s.submit("T", trace="yes"), ValueError, r"trace='yes': allowed True or False"),
+    (lambda s: s.submit_batch([1]), TypeError,
+     r"submit_batch: recs must be task records \(a 1-d NumPy array of ggmk.task.TASK_DTYPE, "
+     r"made by ggmk.task.make\), got list \[1\]"),
+    (lambda s: s.submit_batch(np.zeros(3)), TypeError,
+     r"submit_batch: recs must be task records .* got an array of dtype float64 and shape \(3,\)"),
+    (lambda s: s.run(timeout="x"), ValueError,
+     r"run: timeout='x': allowed None or a number of seconds >= 0"),
+    (lambda s: s.run(timeout=-1.0), ValueError, r"run: timeout=-1.0: allowed None or a number"),
+    (lambda s: s.run("x"), ValueError, r"run: seconds='x': allowed None or a number"),
+    (lambda s: s.run(0.01, until_idle="no"), ValueError, r"until_idle='no': allowed True or"),
+    (lambda s: s.submit_and_run("T", timeout="x"), ValueError,
+     r"submit_and_run: timeout='x': allowed None or a number of seconds >= 0"),
+])
+def test_bad_submit_and_run_options_are_named(call, err, match):
+    """(before: trace='yes' flagged the task for tracing; submit_batch([1]) was a raw
+    AttributeError, submit_batch(np.zeros(3)) an IndexError, run(timeout='x') a raw
+    TypeError.) Nothing is submitted; the system stays usable."""
+    m = ggmk.Module("m")
+    ran = []
+
+    @m.handler("T")
+    def t(ctx):
+        ran.append(ctx.task.meta0)
+
+    with ggmk.boot([m], workers=2) as s:
+        with pytest.raises(err, match=match):
+            call(s)
+        assert s.run(timeout=30) and ran == []
+        assert s.submit("T", meta0=1, trace=np.bool_(False)) == 1
+        assert s.submit_batch(T.make(2, type=s.type_id("T"), meta0=[2, 3])) == 2
+        assert s.run(timeout=np.float64(30)) and sorted(ran) == [1, 2, 3]

@@ -107,3 +107,24 @@ def test_head_view_is_in_place_stops_at_the_wrap_and_consume_frees():
     r.consume(len(v))
     assert r.head_view(100)["meta0"].tolist() == [12, 13, 14]
     assert len(r) == 3 and r.popped == 8
+
+
+def test_a_waking_ring_hook_that_raises_is_reported_and_the_push_stands():
+    """A hook runs after the records are in the ring: one that raised escaped into the
+    pusher (a publish that had accepted looked failed) and into ``signal`` (a close)."""
+    from ggmk.core.ring import WakingRing
+    r = WakingRing(8, name="r")
+    failed = []
+    r.hook_failed = lambda h, e: failed.append((h, repr(e)))
+    seen = []
+
+    def bad():
+        raise RuntimeError("hook bug")
+
+    r.hooks = (bad, lambda: seen.append(1))          # the next hook still runs
+    assert r.push(recs(0, 3)) == 3
+    assert r.push1(recs(3, 1).tobytes()) is True
+    r.signal()
+    assert len(r) == 4 and r.ready.is_set() and seen == [1, 1, 1]
+    assert failed == [(bad, "RuntimeError('hook bug')")] * 3
+    assert list(r.pop(8)["seq"]) == [0, 1, 2, 3]

@@ -113,3 +113,38 @@ def test_many_round_trips_lose_no_wake_up():
             s.submit("PING")
             assert done.wait(10)
         assert s.run(timeout=30)
+
+
+def test_stop_called_from_a_workers_own_step_does_not_join_that_thread():
+    """A handler that halts the system stops the HAL from its worker's own thread: joining
+    that thread raised 'cannot join current thread' (the halt died half way). It is skipped,
+    not counted as stuck; the other worker is joined."""
+    hal = ThreadsHal()
+    out = {}
+    done = threading.Event()
+
+    class W:
+        def __init__(self, wid):
+            self.id = wid
+
+        def step(self):
+            if self.id == 0 and not done.is_set():
+                try:
+                    out["stepping"] = hal.stepping()
+                    out["stop"] = hal.stop(join_timeout=10)
+                finally:
+                    done.set()
+                return True
+            return False
+
+        def on_park(self):
+            return None
+
+    ws = [W(0), W(1)]
+    hal.start(ws)
+    assert done.wait(10)
+    assert not hal.errors and out == {"stepping": [ws[0]], "stop": 0}
+    end = time.monotonic() + 10
+    while hal.alive_threads() and time.monotonic() < end:
+        time.sleep(0.001)
+    assert hal.alive_threads() == 0

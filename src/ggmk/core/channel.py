@@ -70,6 +70,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
+import traceback
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -77,7 +78,8 @@ import numpy as np
 from ggmk import task as T
 from ggmk.core.channel_spec import (DEFAULT_CAPACITY, MAX_FANOUT, max_subscribers,
                                     priority_reserve, ring_capacity, validate_channel_spec,
-                                    validate_window)
+                                    validate_hook, validate_ordered, validate_window)
+from ggmk.core.det import check_int
 from ggmk.core.replay import ReplayLog, ReplayMixin
 from ggmk.core.ring import Ring, WakingRing
 from ggmk.core.sched import Route
@@ -110,6 +112,8 @@ class Subscriber:
         self.name = name
         # a host-side subscriber's ring wakes its reader (wait(), notify hooks) on each push
         self.ring = (Ring if type_id else WakingRing)(chan.capacity, name=f"{chan.name}->{name}")
+        if not type_id:
+            self.ring.hook_failed = self.hook_failed
         self.next = chan.committed + 1
         self.behind = False
         self.degraded = False
@@ -160,11 +164,14 @@ class Subscriber:
 
     def add_notify(self, fn) -> None:
         """Host-side subscriber: call ``fn()`` after each delivery into its ring (under the
-        ring's lock: keep it as cheap as ``Event.set``)."""
+        ring's lock: keep it as cheap as ``Event.set``). One that raises is reported
+        (``hook_failed``); the delivery stands."""
         if self.type_id:
             raise ChannelError(f"channel {self.chan.name!r}: subscriber {self.name!r} is "
                                "delivered to a handler; notify hooks are for host-side "
                                "subscribers", CHAN_UNKNOWN)
+        validate_hook(self.chan.name, "notify", fn, "called with no arguments after each "
+                      "delivery")
         self.ring.hooks = self.ring.hooks + (fn,)
 
     def add_after(self, fn) -> None:
@@ -177,7 +184,16 @@ class Subscriber:
             raise ChannelError(f"channel {self.chan.name!r}: subscriber {self.name!r} is "
                                "delivered to a handler; after-emit hooks are for host-side "
                                "subscribers", CHAN_UNKNOWN)
+        validate_hook(self.chan.name, "after", fn, "called with no arguments after an emit")
         self.after = self.after + (fn,)
+
+    def hook_failed(self, fn, exc: Exception) -> None:
+        """A notify or after-emit hook raised: the message it was called for was accepted all
+        the same (a publish that raised then looked failed, and a retry duplicated it), so
+        the error is reported as a handler's is (``system.exceptions``) instead of raised."""
+        self.chan.kernel.note_exception((self.chan.name, f"hook {fn!r} of subscriber "
+                                         f"{self.name!r}", repr(exc),
+                                         "".join(traceback.format_exception(exc))))
 
     def stats(self) -> dict:
         r = self.ring
@@ -226,8 +242,9 @@ class Channel(ReplayMixin):
         self.system = system
         # ordered (default): each handler subscriber sees its messages in channel order, one
         # batch in the scheduler at a time. Deterministic channels keep their tick drain.
+        ordered = validate_ordered(name, ordered)
         self.ordered = (not deterministic and not system) if ordered is None else (
-            bool(ordered) and not deterministic)
+            ordered and not deterministic)
         self._osubs: dict[int, Subscriber] = {}   # ordered handler subscribers by handler type
         self.lock = threading.Lock()
         self.subs: list[Subscriber] = []
@@ -260,6 +277,9 @@ class Channel(ReplayMixin):
         Raises ChannelError(CHAN_ALREADY_BOUND) for a second p2p subscriber or a 33rd fan-out one."""
         k = self.kernel
         window = validate_window(self.name, window)
+        ordered = validate_ordered(self.name, ordered)
+        validate_hook(self.name, "notify", notify, "called with no arguments after each "
+                      "delivery")
         tid = 0
         if type is not None:
             tid = k.type_id(type)
@@ -282,7 +302,7 @@ class Channel(ReplayMixin):
                     f"subscribed to it; a type subscribes to a channel once (deliveries and "
                     f"ordered bookkeeping are per type)", CHAN_ALREADY_BOUND)
             win = window or self.window or max(2 * k.max_batch, 256)
-            ordered = self.ordered if ordered is None else (bool(ordered) and not self.det)
+            ordered = self.ordered if ordered is None else (ordered and not self.det)
             sub = Subscriber(self, tid, name or (k.type_name(tid) if tid else "host"), win,
                              ordered=bool(tid) and ordered)
             if notify is not None:
@@ -714,7 +734,10 @@ class Channel(ReplayMixin):
                 n += self._drain_sub(sub)
             elif sub.after:
                 for fn in sub.after:
-                    fn()
+                    try:
+                        fn()
+                    except Exception as e:  # noqa: BLE001 - reported; the emit stands
+                        sub.hook_failed(fn, e)
         return n
 
     def _inflight(self, t: int) -> int:
@@ -884,6 +907,9 @@ class Channel(ReplayMixin):
             self._drain_ordered(sub, wake=False)      # (see _batch_done)
 
     def _take(self, sub: Subscriber, max_n: int) -> np.ndarray:
+        if max_n.__class__ is not int or max_n < 0:     # ('x' was a raw TypeError)
+            max_n = check_int("max_n", max_n, 0,
+                              what=f" (messages to take from channel {self.name!r})")
         if sub.behind:
             with self.lock:
                 self._catch_up(sub)

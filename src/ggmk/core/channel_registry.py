@@ -32,8 +32,10 @@ import numpy as np
 from ggmk import task as T
 from ggmk.core.channel import Channel
 from ggmk.core.channel_spec import (DEFAULT_CAPACITY, validate_capacity, validate_channel_name,
-                                    validate_channel_spec, validate_replay, validate_window)
+                                    validate_channel_spec, validate_hook, validate_ordered,
+                                    validate_replay, validate_window)
 from ggmk.core.replay import ReplayLog
+from ggmk.core.sched import MAX_TYPES
 from ggmk.errors import ChannelError
 from ggmk.events import EventType
 from ggmk.task import CHAN_CLOSED, CHAN_TYPE_MISMATCH, CHAN_UNKNOWN, FLAG_CHANNEL_MSG
@@ -170,10 +172,19 @@ class Channels:
         window = validate_window(name, window)
         capacity = validate_capacity(name, capacity)
         replay = validate_replay(name, replay, guarantee)
+        ordered = validate_ordered(name, ordered)
+        error_handler = validate_hook(name, "error_handler", error_handler,
+                                      "called with (records, codes) of failed messages")
         k = self.kernel
-        tid = k.type_id(type, register=True, where=f"channel {name!r}") if type else 0
+        untyped = type is None or (type.__class__ is int and type == 0)
+        tid = 0 if untyped else k.type_id(type, register=True, where=f"channel {name!r}")
         with self.lock:
             ch = self.by_name.get(name)
+            if ch is None and untyped and not system:
+                # any type ('*') skips every type check: the system channels' only
+                raise ChannelError(f"channel {name!r}: type={type!r} is not allowed: a channel "
+                                   f"carries one task type (a name, or an id 1..{MAX_TYPES - 1})"
+                                   f"; untyped channels are the system's", CHAN_UNKNOWN)
             if ch is not None:
                 if ch.type_id != tid:
                     raise ChannelError(
@@ -212,6 +223,14 @@ class Channels:
                 + f"; open channels: {', '.join(sorted(self.by_name))}", CHAN_UNKNOWN)
         return ch
 
+    def find(self, name) -> Channel | None:
+        """The open channel ``name``, else the last one of that name that was closed (what an
+        emit to it answers CHAN_CLOSED from), else None."""
+        ch = self.by_name.get(name)
+        if ch is None:
+            ch = next((c for c in reversed(self.closed) if c.name == name), None)
+        return ch
+
     def __contains__(self, name) -> bool:
         return name in self.by_name
 
@@ -240,7 +259,9 @@ class Channels:
         with self._rebuild_lock:
             with self.lock:
                 chans = list(self.by_name.values())
-            chans = sorted((c for c in chans if not c.closed), key=lambda c: c.id)
+            # a suspended channel still drains what it accepted (Channel.suspend): out of
+            # these lists, run() took it for idle and its ordered subscriber stalled for good
+            chans = sorted((c for c in chans if not c.closed or c.suspended), key=lambda c: c.id)
             self._hot = [c for c in chans if not c.det and any(s.type_id for s in c.subs)]
             self._det = [c for c in chans if c.det]
             self._ordered = {c.id: c for c in chans if c._osubs}

@@ -81,7 +81,8 @@ def validate_channel_spec(name, mode, guarantee, *, replay=0,
                            f"{guarantee!r}", CHAN_UNKNOWN)
 
 
-__all__ = ["validate_window", "validate_capacity", "validate_replay", "MAX_CAPACITY", "MODES",
+__all__ = ["validate_window", "validate_capacity", "validate_replay", "validate_ordered",
+           "validate_hook", "MAX_CAPACITY", "MODES",
            "GUARANTEES", "MAX_FANOUT", "DEFAULT_CAPACITY", "MIN_CAPACITY", "RESERVE_FRACTION",
            "max_subscribers", "ring_capacity", "priority_reserve", "validate_channel_name",
            "validate_channel_spec"]
@@ -129,3 +130,22 @@ def validate_window(name, window):
                            "(the default)", CHAN_UNKNOWN)
     return int(window)
 
+
+def validate_ordered(name, ordered):
+    """``ordered=`` (open / subscribe / a declaration): None (the default), True or False;
+    returned as a bool (or None). ChannelError(CHAN_UNKNOWN) naming the channel and the value
+    otherwise (``ordered='no'`` turned ordering on)."""
+    if ordered is None or isinstance(ordered, (bool, np.bool_)):
+        return None if ordered is None else bool(ordered)
+    raise ChannelError(f"channel {name!r}: ordered={ordered!r} is not allowed: True, False or "
+                       f"None (the default)", CHAN_UNKNOWN)
+
+
+def validate_hook(name, option: str, fn, what: str):
+    """A callback option (``error_handler=``, ``notify=``): None or a callable (``what`` says
+    how it is called); ChannelError(CHAN_UNKNOWN) naming the channel, the option and the value
+    otherwise (``notify=5`` was taken, then raised at every delivery)."""
+    if fn is None or callable(fn):
+        return fn
+    raise ChannelError(f"channel {name!r}: {option}={fn!r} is not allowed: a callable ({what}) "
+                       f"or None", CHAN_UNKNOWN)

@@ -518,7 +518,7 @@ class Context:
         meta0 = word("meta0", meta0)
         meta1 = word("meta1", meta1)
         kind, tid, chan = self._resolve(target)
-        if chan is not None and st is None and payload is None:
+        if chan is not None and st is None and payload is None and not chan.closed:
             self._emitters[target] = Emitter(chan)     # next time: the hot path
         elif st is not None:
             st.commit()                              # keep this channel's emit order

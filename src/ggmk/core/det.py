@@ -14,7 +14,8 @@ was submitted between two ``run()`` calls", independent of what the workers were
 the host called ``submit``. This holds when the previous ``run()`` finished (returned True); a
 ``run()`` that timed out leaves the tick counter wherever the workers were. ``submit(...,
 due=T)`` puts input in tick T exactly (or the next tick, if T has already opened; T is
-0..2**63-1).
+0..2**63-1); from the host it is held until ``run()`` too, which places it then (a worker
+that saw it earlier opened tick T before ``run()``, and the plain input went after it).
 
 Poison: the enqueue core lets deterministic records of a poisoned type through; the stage
 refuses them (sys.error, POISONED) when it opens their tick, from the poison flags as of then,
@@ -75,7 +76,10 @@ class DetStage:
         self.pending: dict[int, list[np.ndarray]] = {}
         self.next_emit: list[np.ndarray] = []   # children: seq holds the parent's seq for ordering
         self.next_keep: list[np.ndarray] = []   # yields: keep their seq
-        self.staged: list[np.ndarray] = []    # host submissions since the last run()
+        # host submissions since the last run(): (due tick, or None, records), in order
+        self.staged: list[tuple[int | None, np.ndarray]] = []
+        # () -> whether the calling thread is a host thread (not a handler's): set by the kernel
+        self.from_host = None
         self.seq = 0
         self.ticks_run = 0
         self.tasks_run = 0
@@ -83,6 +87,9 @@ class DetStage:
 
     def take(self, recs: np.ndarray, route: Route, due: int = 0, sched=None) -> None:
         recs = T.copy(recs)
+        # a host's submit(due=T) waits for run() as plain input does; a handler's (a timer
+        # deferring itself) goes to its tick now: it runs inside a tick, run() already called
+        host_due = route == Route.DEFER and self.from_host is not None and self.from_host()
         with self.lock:
             if sched is not None:
                 self.sched = sched          # its poison flags, dead letters and task count
@@ -91,7 +98,9 @@ class DetStage:
             elif route == Route.YIELD or route == Route.WAIT:
                 self.next_keep.append(recs)
             elif route == Route.SUBMIT and not due:
-                self.staged.append(recs)        # host input: opened by release_input()
+                self.staged.append((None, recs))    # host input: opened by release_input()
+            elif host_due:
+                self.staged.append((int(due), recs))
             else:
                 if route not in _KEEP_SEQ:
                     # external input: number it in arrival order (the input stream's order)
@@ -104,20 +113,29 @@ class DetStage:
         """Hand the host's submissions since the last call to the tick stage, in submission
         order, as one tick's input: the tick after the last one opened. ``System.run`` calls
         this, so input given in several ``submit()`` calls before one ``run()`` lands in one
-        tick whatever the workers were doing meanwhile."""
+        tick whatever the workers were doing meanwhile. Input with a due tick goes to that tick
+        (the next one if it has opened already), keeping its seq as a due'd task does."""
         with self.lock:
             if not self.staged:
                 return
-            recs = T.concat(self.staged) if len(self.staged) > 1 else self.staged[0]
+            nxt = self.tick + 1
+            plain = [r for due, r in self.staged if due is None]
+            for due, r in self.staged:
+                if due is not None:
+                    self.pending.setdefault(max(due, nxt), []).append(r)
             self.staged = []
+            if not plain:
+                return
+            recs = T.concat(plain) if len(plain) > 1 else plain[0]
             recs["seq"] = np.arange(self.seq + 1, self.seq + 1 + len(recs)) & 0xFFFFFFFF
             self.seq += len(recs)
-            self.pending.setdefault(self.tick + 1, []).append(recs)
+            self.pending.setdefault(nxt, []).append(recs)
 
     def take_all(self) -> list[np.ndarray]:
         """Remove every record the stage holds and has not handed out (for ``halt``)."""
         with self.lock:
-            out = [self.cur[self.cursor:]] + self.staged + self.next_emit + self.next_keep
+            out = [self.cur[self.cursor:]] + [r for _, r in self.staged] + self.next_emit \
+                + self.next_keep
             out += [r for parts in self.pending.values() for r in parts]
             self.cur = self.cur[:self.cursor]
             self.codes = self.codes[:self.cursor]     # (the hash folds the two side by side)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections import deque
 from fractions import Fraction
 
@@ -91,6 +92,17 @@ def _check_policy(policy) -> None:
                           f"{', '.join(missing)})")
 
 
+def _check_seconds(what: str, name: str, value, none_ok: bool = True):
+    """A time in seconds (``run``'s timeout, ``halt``'s): a number >= 0 (not a bool), or None
+    when ``none_ok``; else ValueError naming ``what``, ``name`` and the value."""
+    if (value is None and none_ok) or (
+            isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_)) and value >= 0):
+        return value
+    raise ValueError(f"{what}: {name}={value!r}: allowed {'None or ' if none_ok else ''}a "
+                     f"number of seconds >= 0")
+
+
 def _check_trace_level(name: str, value, more: str = ""):
     """A boot option's trace level (a ``Level``, 0..4 or a name), else BootError naming it."""
     try:
@@ -98,6 +110,18 @@ def _check_trace_level(name: str, value, more: str = ""):
     except ValueError:
         raise BootError(f"{name}={value!r}: allowed off, error, warn, info, all (or 0..4, a "
                         f"ggmk.events.Level){more}") from None
+
+
+def _check_records(what: str, recs) -> None:
+    """Task records: a 1-d NumPy array of ``TASK_DTYPE`` (``ggmk.task.make``); else TypeError
+    naming ``what`` and the value (a list was a raw AttributeError, a float array an
+    IndexError)."""
+    if isinstance(recs, np.ndarray) and recs.dtype == T.TASK_DTYPE and recs.ndim == 1:
+        return
+    got = (f"an array of dtype {recs.dtype} and shape {recs.shape}"
+           if isinstance(recs, np.ndarray) else f"{type(recs).__name__} {recs!r:.80}")
+    raise TypeError(f"{what}: recs must be task records (a 1-d NumPy array of "
+                    f"ggmk.task.TASK_DTYPE, made by ggmk.task.make), got {got}")
 
 
 class System:
@@ -215,6 +239,8 @@ class System:
         self.sched.on_enqueued = self._count_enqueued
         self.sched.on_idle = self.hal.notify_host
         self.det = DetStage(self.hasher, self._det_boundary) if deterministic else None
+        if self.det is not None:
+            self.det.from_host = lambda: not self.hal.stepping()
         self.sched.det = self.det
         if isinstance(policy, str):
             policy = make_policy(policy)
@@ -362,18 +388,20 @@ class System:
             if self.halted and target.module in self.modules:
                 raise ChannelError(f"channel {target.name!r}: closed, the system has halted "
                                    "(nothing was emitted)", T.CHAN_CLOSED)
-            if target.module not in self.modules or self.channels is None \
-                    or target.name not in self.channels:
+            # (a channel closed with system.close() is still this system's: emitting to it
+            # answers CHAN_CLOSED, as the docs say, instead of "not bound")
+            ch = None if target.module not in self.modules or self.channels is None \
+                else self.channels.find(target.name)
+            if ch is None:
                 raise ChannelError(f"channel {target.name!r} (declared by module "
                                    f"{target.module.name!r}) is not bound in this system: boot "
                                    "it with that module", T.CHAN_UNKNOWN)
-            ch = self.channels.get(target.name)
         elif isinstance(target, str) and "." in target and self.channels is not None:
-            ch = self.channels.get(target)
+            ch = self.channels.find(target)
+            if ch is None:
+                ch = self.channels.get(target)          # (raises, naming the unknown name)
         else:
             return None
-        if ch.closed and isinstance(target, str):
-            ch = self.channels.get(target)
         self._chan_cache[target] = ch
         return ch
 
@@ -792,6 +820,8 @@ class System:
         tid = self.type_id(type, where="submit")
         if deterministic.__class__ is not bool:
             deterministic = check_flag("deterministic", deterministic)
+        if trace.__class__ is not bool:       # ("yes" flagged every task for tracing)
+            trace = check_flag("trace", trace)
         flags = (T.FLAG_DETERMINISTIC if deterministic else 0) | (T.FLAG_EMIT_TRACE if trace else 0)
         if count is None and payload is None and due is None and meta0.__class__ is int \
                 and meta1.__class__ is int and priority.__class__ is int \
@@ -827,6 +857,8 @@ class System:
     def submit_batch(self, recs: np.ndarray, *, due: int | None = None) -> int:
         """Submit prepared records (``ggmk.task.make``); the hot path for feeding the kernel."""
         self._check_running()
+        if recs.__class__ is not np.ndarray or recs.dtype is not T.TASK_DTYPE or recs.ndim != 1:
+            _check_records("submit_batch", recs)
         if due is not None:
             if due.__class__ is not int or not 0 <= due <= MAX_DUE:
                 due = check_int("due", due, 0, MAX_DUE, what=" (a tick number)")
@@ -845,6 +877,12 @@ class System:
         """Let the system work. With ``until_idle`` (default) return True once every accepted task
         has finished, or False after ``timeout`` seconds. With ``seconds`` and ``until_idle=False``,
         run for that long. On the sim HAL this is where the workers are stepped."""
+        if not (seconds is None and until_idle is True and (
+                timeout is None or timeout.__class__ is float and timeout >= 0)):
+            # (the usual call passes the test above: a round trip's run() pays no more)
+            _check_seconds("run", "seconds", seconds)
+            _check_seconds("run", "timeout", timeout)
+            until_idle = check_flag("until_idle", until_idle)
         if self.det is not None:
             self.det.release_input()
             self.hal.wake(self.nworkers)
@@ -874,7 +912,8 @@ class System:
         >>> out
         [49]
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if _check_seconds("submit_and_run", "timeout", timeout) is None \
+            else time.monotonic() + timeout
         self.hal.help(self.idle, deadline,
                       before=lambda: self.submit(type, meta0, meta1, **submit_kw))
         return self.run(timeout=None if deadline is None
@@ -994,6 +1033,7 @@ class System:
         rec = np.frombuffer(bytearray(_REC.pack(t, T.FLAG_CHANNEL_MSG, 0, ch.id, seq, ptr, plen,
                                                 0, 0, meta0, meta1)), T.TASK_DTYPE)
         self.update_tick()
+        worker.in_hand = 1                   # (the step it runs: see Worker.in_hand)
         try:
             worker._dispatch_group(rec)
         except BaseException:
@@ -1071,12 +1111,15 @@ class System:
         forever: counted in ``stuck_workers``, its tasks in ``outstanding`` (they finish if
         the handler ever returns; what it emits then is refused: the channels are closed).
 
+        A handler may call ``halt`` (on a worker thread, or on a host thread that runs a
+        worker's step by caller runs): the halt does not wait for that handler's own step,
+        whose tasks finish once it returns (counted in ``outstanding`` meanwhile; what the
+        handler emitted is handed over then, and dead-lettered HALTED).
+
         ``dead_letters()`` still works after ``halt``. Calling ``halt`` again returns the same
         accounting (a call from another thread while the first runs waits for it).
         """
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-                or not timeout >= 0:
-            raise ValueError(f"halt: timeout={timeout!r}: allowed a number of seconds >= 0")
+        _check_seconds("halt", "timeout", timeout, none_ok=False)
         return halt_once(self, self.on_worker_thread(), lambda: self._halt(timeout))
 
     #: how long halt waits (s, at most; within its timeout) for host readers to take what was
@@ -1109,24 +1152,55 @@ class System:
         self.hal.wait(lambda: not self._awaited_rings(), left)
 
     def on_worker_thread(self) -> bool:
-        """The calling thread is one of this kernel's worker threads."""
-        return threading.current_thread() in getattr(self.hal, "threads", ())
+        """The calling thread runs a step of this kernel's workers: one of its worker threads,
+        or a thread running a borrowed worker's step (caller runs; on sim, the stepping
+        thread). A handler, that is."""
+        return bool(self.hal.stepping())
 
     def _halt(self, timeout: float) -> dict:
         self.halted = True                      # submit() refuses from here on
+        # a handler that halts (on a worker's thread, or on a host thread running a borrowed
+        # worker's step) holds its step's tasks until it returns: the drain cannot wait for
+        # them (it waited out the timeout, then the stop joined the caller's own thread)
+        mine = sum(w.in_hand for w in self.hal.stepping())
+        drained, stuck, worker_error = False, 0, None
+        try:
+            drained, worker_error = self._halt_drain(timeout, mine)
+        finally:
+            # whatever happened above (a KeyboardInterrupt in the wait): stop the workers and
+            # account for everything, or accepted work stayed queued for good and a second
+            # halt() returned None
+            try:
+                stuck = self.hal.stop(join_timeout=self.STUCK_AFTER_S)
+            finally:
+                self._halt_account(drained, stuck, worker_error)
+        return self.halt_report
+
+    def _halt_drain(self, timeout: float, mine: int) -> tuple[bool, str | None]:
+        """``halt``'s wait for the accepted work to finish (all but the calling handler's own
+        ``mine`` tasks): (drained, a crashed worker's error or None)."""
         if self.det is not None:
             self.det.release_input()
             self.hal.wake(self.nworkers)
-        worker_error = None
         t_end = time.monotonic() + timeout
+        if mine:
+            def done():
+                return self.sched.outstanding <= mine and (
+                    self.channels is None or self.channels.idle())
+        else:
+            done = self.idle
         try:
-            drained = self.idle() or (timeout > 0 and self.hal.wait(self.idle, timeout))
+            drained = done() or (timeout > 0 and self.hal.wait(done, timeout))
         except RuntimeError as e:   # a worker thread crashed: halt still accounts everything
-            drained, worker_error = False, repr(e.__cause__ or e)
-            log.error("ggmk: halt: %s", worker_error)
+            log.error("ggmk: halt: %r", e.__cause__ or e)
+            return False, repr(e.__cause__ or e)
         if drained:
             self._let_readers_take(min(self.READERS_S, t_end - time.monotonic()))
-        stuck = self.hal.stop(join_timeout=self.STUCK_AFTER_S)
+        return drained, None
+
+    def _halt_account(self, drained: bool, stuck: int, worker_error: str | None) -> None:
+        """``halt`` once the workers are stopped: dead-letter what is left, close the
+        channels, set ``halt_report``, run module fini."""
         if stuck:
             log.warning("ggmk: halt: %d worker(s) still in a handler that did not return "
                         "within %.1f s; halt goes on without them (their tasks stay "
@@ -1152,7 +1226,11 @@ class System:
         if self.channels is not None:
             for ch in list(self.channels):
                 if ch.name not in ("sys.error", "sys.dropped"):
-                    dropped += ch.close()
+                    try:
+                        dropped += ch.close()
+                    except Exception as e:  # noqa: BLE001 - one channel must not stop the halt
+                        self.note_exception(("kernel", f"halt: close {ch.name!r}", repr(e),
+                                             "".join(traceback.format_exception(e))))
         for recs in self.sched.take_all():   # queued by an enqueue already under way above
             halted += len(recs)
             self._dead(recs, T.HALTED)
@@ -1173,7 +1251,6 @@ class System:
                     errors.append((m.name, e))
         if errors:
             raise RuntimeError(f"module fini failed: {errors}")
-        return self.halt_report
 
     def _enqueue_after_halt(self, recs, route=None, worker: int = -1, due: int = 0,
                             wake: bool = True) -> int:

@@ -13,11 +13,14 @@ Example::
 """
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
 
 from ggmk.task import RECORD_STRUCT as _REC, TASK_DTYPE, empty
+
+log = logging.getLogger("ggmk")
 
 
 _V = np.dtype("V48")
@@ -242,28 +245,44 @@ class WakingRing(Ring):
     """The ring of a host-side channel subscriber: every push sets ``ready`` (what
     :meth:`~ggmk.core.channel.Subscriber.wait` blocks on) and calls the ``hooks`` (cheap
     callables such as ``Event.set``: they run under the ring's lock and often the channel's),
-    so a host reading a channel waits on a real wake-up instead of polling."""
+    so a host reading a channel waits on a real wake-up instead of polling. A hook that raises
+    is reported to ``hook_failed(hook, exc)`` and the push goes on: what was pushed is
+    accepted (a publish that raised after accepting looked failed, and a retry duplicated it;
+    a close that raised stopped halt half way)."""
 
-    __slots__ = ("ready", "hooks")
+    __slots__ = ("ready", "hooks", "hook_failed")
 
     def __init__(self, capacity: int, name: str = ""):
         super().__init__(capacity, name)
         self.ready = threading.Event()
         self.hooks: tuple = ()
+        self.hook_failed = None           # (hook, exception) -> None; None: logged
+
+    def _failed(self, h, e: Exception) -> None:
+        if self.hook_failed is not None:
+            self.hook_failed(h, e)
+        else:
+            log.error("ggmk: ring %r: hook %r raised %r", self.name, h, e)
 
     def _write(self, recs: np.ndarray) -> None:
         Ring._write(self, recs)
         if not self.ready.is_set():       # (set() notifies under a Condition: ~1 us when
             self.ready.set()              # nobody can be waiting, as no one can while set)
         for h in self.hooks:
-            h()
+            try:
+                h()
+            except Exception as e:  # noqa: BLE001 - reported; the push stands
+                self._failed(h, e)
 
     def signal(self) -> None:
         """Wake the reader without a record (its channel closed: nothing more will come)."""
         with self.lock:
             self.ready.set()
             for h in self.hooks:
-                h()
+                try:
+                    h()
+                except Exception as e:  # noqa: BLE001 - reported; the close goes on
+                    self._failed(h, e)
 
     def push1(self, rec) -> bool:
         """``Ring.push1`` that signals like ``_write`` (the reader's Event, the hooks, under
@@ -274,7 +293,10 @@ class WakingRing(Ring):
             if not self.ready.is_set():
                 self.ready.set()
             for h in self.hooks:
-                h()
+                try:
+                    h()
+                except Exception as e:  # noqa: BLE001 - reported; the push stands
+                    self._failed(h, e)
             return True
 
 

@@ -131,6 +131,9 @@ class Worker:
         self.parks = 0
         self.gathers = 0
         self._full = False
+        # the tasks of the step running (outstanding until it ends): what a handler that halts
+        # the system holds, which the halt cannot wait for (kernel._halt)
+        self.in_hand = 0
         # growing the step's follow-on budget (_grow): rounds left, the seq block taken so far
         self._grow_left = 0
         self._grow_base = 0
@@ -190,6 +193,7 @@ class Worker:
                 got = det.pop(B)
                 if got is not None:
                     recs, start = got
+                    self.in_hand = len(recs)
                     k.tick = det.tick   # the pop may have opened a new tick; it can't move while we run
                     codes = self._dispatch_group(recs, want_codes=True)
                     det.finish(start, codes)
@@ -205,7 +209,7 @@ class Worker:
                 k.poll_idle(self.id)
                 self.idle_steps += 1
                 return False
-        n = len(recs)
+        n = self.in_hand = len(recs)
         self._full = n >= B
         if n < B and k.det is None and s.policy is None and loc.tail == loc.head \
                 and ov.tail == ov.head and (self.gathers & 3 or not s.ready_any()):

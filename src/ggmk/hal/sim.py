@@ -19,6 +19,7 @@ class SimHal:
         self.workers = []
         self.max_batch_choices = max_batch_choices
         self.steps = 0
+        self._in_step: list = []     # the workers whose step is running (a handler may wait)
         self.running = False
         self.next_event = None   # set by the kernel: () -> due time in ns of the next timer, or None
 
@@ -46,17 +47,28 @@ class SimHal:
         """Run one worker step; return whether it did any work."""
         i = self.rng.randrange(len(self.workers))
         w = self.workers[i]
+        if w in self._in_step:       # a handler of w waits (halt): w cannot step inside itself
+            return False
         # a drawn limit, never above the one the system was booted with (a handler must not
         # see a bigger batch on sim than it could on threads)
         w.max_batch = min(self.rng.choice(self.max_batch_choices), self._booted_batch[i])
-        self.now += self.step_ns
-        self.steps += 1
-        return w.step()
+        return self._step_worker(w)
 
     def _step_worker(self, w) -> bool:
+        if w in self._in_step:
+            return False
         self.now += self.step_ns
         self.steps += 1
-        return w.step()
+        self._in_step.append(w)
+        try:
+            return w.step()
+        finally:
+            self._in_step.pop()
+
+    def stepping(self) -> list:
+        """The workers whose step is running (on sim, all on the calling thread): what a
+        handler that halts the system is running."""
+        return list(self._in_step)
 
     def help(self, predicate, deadline: float | None = None, before=None) -> bool:
         """Caller runs: ``before()`` (if given), then step the workers (in the seeded order)

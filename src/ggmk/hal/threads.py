@@ -104,7 +104,9 @@ class ThreadsHal:
                                           # host_helps sets it, on by default)
         self.helped = 0                   # steps a host thread ran for a borrowed worker
         self._worker_of: dict = {}        # park lock -> its worker
+        self._thread_of: dict = {}        # park lock -> its worker's thread
         self._lent: dict = {}             # park lock -> whether its thread waits for it back
+        self._borrower: dict = {}         # park lock -> the ident of the thread it is lent to
         self._quiet: set = set()          # threads in help(before=): their wake-ups are moot
 
     clock_ns = staticmethod(time.perf_counter_ns)
@@ -162,10 +164,12 @@ class ThreadsHal:
             if before is not None:
                 before()
             return predicate()
+        me = threading.get_ident()
         with self._plock:
             lk = self._parked.pop() if self._parked else None
             if lk is not None:
                 self._lent[lk] = False
+                self._borrower[lk] = me
         if lk is None:
             if before is not None:
                 before()
@@ -175,13 +179,13 @@ class ThreadsHal:
         guard = _SigintGuard.enter()
         try:
             if before is not None:
-                me = threading.get_ident()
                 self._quiet.add(me)
                 try:
                     before()
                 finally:
                     self._quiet.discard(me)
-            while not predicate() and step():
+            # (running: a handler of a step may halt the system)
+            while not predicate() and self.running and step():
                 self.helped += 1
                 if deadline is not None and time.monotonic() >= deadline:
                     break
@@ -189,6 +193,7 @@ class ThreadsHal:
             seen = self.wake_seq              # a wake-up that found nobody while it was lent
             more = worker.has_work(True)
             with self._plock:
+                del self._borrower[lk]
                 if self._lent.pop(lk) or more or self.wake_seq != seen or not self.running:
                     lk.release()              # its thread runs
                 else:
@@ -211,6 +216,7 @@ class ThreadsHal:
             lk = self._parked.pop() if self._parked and self.running else None
             if lk is not None:
                 self._lent[lk] = False
+                self._borrower[lk] = threading.get_ident()
         if lk is None:
             return None
         worker = self._worker_of[lk]
@@ -224,6 +230,7 @@ class ThreadsHal:
             seen = self.wake_seq
             more = worker.has_work(True)
             with self._plock:
+                del self._borrower[lk]
                 if self._lent.pop(lk) or more or self.wake_seq != seen or not self.running:
                     lk.release()
                 else:
@@ -238,7 +245,9 @@ class ThreadsHal:
         more = getattr(worker, "has_work", None) or (lambda: True)
         lk = threading.Lock()
         lk.acquire()                      # held = "no wake-up pending"
-        self._worker_of[lk] = worker
+        with self._plock:                 # (stepping() reads these under it)
+            self._worker_of[lk] = worker
+            self._thread_of[lk] = threading.current_thread()
         plock = self._plock
         parked = self._parked
         idle = 0
@@ -300,18 +309,36 @@ class ThreadsHal:
             delay = min(delay * 2, longest)
         return True
 
+    def stepping(self) -> list:
+        """The workers whose step the calling thread is running: its own (a worker thread) and
+        those lent to it (``help``, ``lend``); [] for a thread outside any step. What a
+        handler that halts the system is running."""
+        me = threading.current_thread()
+        with self._plock:
+            out = [self._worker_of[lk] for lk, t in self._thread_of.items() if t is me]
+            out += [self._worker_of[lk] for lk, who in self._borrower.items() if who == me.ident]
+        return out
+
     def stop(self, join_timeout: float | None = None) -> int:
+        """Stop and join the worker threads, but the calling thread and the workers lent to it
+        (a handler that halts the system: its own step, which ends once it returns; joining
+        them raised 'cannot join current thread', or waited ``join_timeout`` for a thread that
+        waits for this one). Returns how many others are still running."""
         self.running = False
         _SigintGuard.remove()             # (another system's next help puts it back)
+        me = threading.current_thread()
         with self._plock:
             while self._parked:
                 self._parked.pop().release()
+            mine = {me} | {self._thread_of[lk] for lk, who in self._borrower.items()
+                           if who == me.ident}
         deadline = None if join_timeout is None else time.monotonic() + join_timeout
         for t in self.threads:
-            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if t not in mine:
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         # a worker whose handler never returns stays listed (alive_threads counts it)
         self.threads = [t for t in self.threads if t.is_alive()]
-        return len(self.threads)
+        return sum(t not in mine for t in self.threads)
 
     def alive_threads(self) -> int:
         return sum(t.is_alive() for t in self.threads)
