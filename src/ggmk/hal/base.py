@@ -48,10 +48,16 @@ class Hal(Protocol):
     def sleep(self, seconds: float) -> None:
         """Let the system run for ``seconds`` of HAL-clock time, whatever its state."""
 
+    def stepping(self) -> list:
+        """The workers whose step the calling thread is running (its own worker, the ones lent
+        to it by ``help``/``lend``; on sim, the one being stepped); [] outside any step. A
+        handler that halts the system runs these: ``stop`` does not wait for them."""
+
     def stop(self, join_timeout: float | None = None) -> int:
-        """Stop the workers and join every thread the HAL started, waiting at most
-        ``join_timeout`` seconds in all (None: as long as it takes); returns how many are still
-        running then (a handler that does not return: Python cannot end a thread)."""
+        """Stop the workers and join every thread the HAL started but the calling thread and
+        the workers it is stepping, waiting at most ``join_timeout`` seconds in all (None: as
+        long as it takes); returns how many others are still running then (a handler that
+        does not return: Python cannot end a thread)."""
 
     def alive_threads(self) -> int:
         """OS threads still running (0 on sim)."""
