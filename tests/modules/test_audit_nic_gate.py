@@ -82,14 +82,21 @@ def test_udp_datagrams_read_during_halt_or_left_in_socket_are_counted():
     assert n.nic.stats() == dict(s, connections=0)
 
 
-def test_tcp_frame_read_during_halt_is_counted():
-    n = nic.module("tcp")
-    app = sink("app", "net.rx", "NET_RX")
-    system = ggmk.boot([n, app], workers=2)
+def tcp_held(n):
+    """A client connected to tcp nic ``n`` whose first frame (7 bytes) holds the receiver in
+    its publish (``hold_first_publish``): what the client sends next waits in the socket."""
     entered = hold_first_publish(n)
     c = socket.create_connection(n.nic.address, timeout=5)
     c.sendall(nic.frame(b"f" * 7))
     assert entered.wait(10)
+    return c
+
+
+def test_tcp_frame_read_during_halt_is_counted():
+    n = nic.module("tcp")
+    app = sink("app", "net.rx", "NET_RX")
+    system = ggmk.boot([n, app], workers=2)
+    c = tcp_held(n)
     system.halt()
     c.close()
     s = n.nic.stats()
@@ -103,10 +110,7 @@ def test_tcp_frames_left_in_the_connection_at_halt_are_counted():
     n = nic.module("tcp")
     app = sink("app", "net.rx", "NET_RX")
     system = ggmk.boot([n, app], workers=2)
-    entered = hold_first_publish(n)
-    c = socket.create_connection(n.nic.address, timeout=5)
-    c.sendall(nic.frame(b"f" * 7))
-    assert entered.wait(10)
+    c = tcp_held(n)
     sent = 100
     # the receiver is held: these wait in the server's socket (sendall returned), and a cut
     # frame (its prefix says 9 bytes, 3 came) ends the stream
@@ -131,10 +135,7 @@ def test_tcp_frames_left_in_the_connection_at_a_reset_are_published(wait_until):
     n = nic.module("tcp")
     app = sink("app", "net.rx", "NET_RX")
     with ggmk.boot([n, app], workers=2) as system:
-        entered = hold_first_publish(n)
-        c = socket.create_connection(n.nic.address, timeout=5)
-        c.sendall(nic.frame(b"f" * 7))
-        assert entered.wait(10)
+        c = tcp_held(n)
         sent = 100
         c.sendall(b"".join(nic.frame(b"f" * 7) for _ in range(sent - 1)))
         system.reset_module("nic")
