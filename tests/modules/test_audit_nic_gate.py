@@ -2,8 +2,11 @@
 batches, set_size checks): real threads (workers=2) and real sockets on 127.0.0.1."""
 from __future__ import annotations
 
+import array
+import fcntl
 import gc
 import socket
+import termios
 import threading
 import types
 import warnings
@@ -84,12 +87,25 @@ def test_udp_datagrams_read_during_halt_or_left_in_socket_are_counted():
 
 def tcp_held(n):
     """A client connected to tcp nic ``n`` whose first frame (7 bytes) holds the receiver in
-    its publish (``hold_first_publish``): what the client sends next waits in the socket."""
+    its publish (``hold_first_publish``): what the client sends next waits in the socket.
+    No Nagle: a small send right after the first would wait for its ACK (up to 40 ms) in the
+    client, where no halt or reset of the server can see it."""
     entered = hold_first_publish(n)
     c = socket.create_connection(n.nic.address, timeout=5)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     c.sendall(nic.frame(b"f" * 7))
     assert entered.wait(10)
     return c
+
+
+def server_queued(n) -> int:
+    """Bytes waiting unread in tcp nic ``n``'s connections (what a drain must account)."""
+    total = 0
+    for conn in list(n.nic.conns.values()):
+        buf = array.array("i", [0])
+        fcntl.ioctl(conn.fileno(), termios.FIONREAD, buf)
+        total += buf[0]
+    return total
 
 
 def test_tcp_frame_read_during_halt_is_counted():
@@ -106,7 +122,7 @@ def test_tcp_frame_read_during_halt_is_counted():
     assert drop["type"].tolist() == [system.type_id("NET_RX")]
 
 
-def test_tcp_frames_left_in_the_connection_at_halt_are_counted():
+def test_tcp_frames_left_in_the_connection_at_halt_are_counted(wait_until):
     n = nic.module("tcp")
     app = sink("app", "net.rx", "NET_RX")
     system = ggmk.boot([n, app], workers=2)
@@ -114,7 +130,9 @@ def test_tcp_frames_left_in_the_connection_at_halt_are_counted():
     sent = 100
     # the receiver is held: these wait in the server's socket (sendall returned), and a cut
     # frame (its prefix says 9 bytes, 3 came) ends the stream
-    c.sendall(b"".join(nic.frame(b"f" * 7) for _ in range(sent - 1)) + nic.frame(b"x" * 9)[:7])
+    data = b"".join(nic.frame(b"f" * 7) for _ in range(sent - 1)) + nic.frame(b"x" * 9)[:7]
+    c.sendall(data)
+    assert wait_until(lambda: server_queued(n) >= len(data))     # in the server's socket
     system.halt()
     c.settimeout(5)
     assert c.recv(10) == b""                          # closed, not reset: all was read
@@ -137,7 +155,9 @@ def test_tcp_frames_left_in_the_connection_at_a_reset_are_published(wait_until):
     with ggmk.boot([n, app], workers=2) as system:
         c = tcp_held(n)
         sent = 100
-        c.sendall(b"".join(nic.frame(b"f" * 7) for _ in range(sent - 1)))
+        data = b"".join(nic.frame(b"f" * 7) for _ in range(sent - 1))
+        c.sendall(data)
+        assert wait_until(lambda: server_queued(n) >= len(data))
         system.reset_module("nic")
         c.close()
         assert system.run(timeout=10)

@@ -225,10 +225,20 @@ class _Nic:
                                  f"{err.strerror or err}") from err
 
     def _spawn(self, fn, name, *args):
-        t = threading.Thread(target=fn, args=args, name=name, daemon=True)
-        t.start()
+        """Start ``fn`` on a thread listed in ``threads`` from before it starts until it ends
+        (what ``_shutdown`` joins: a connection's thread reading its backlog at a reset was
+        missed when the list was rebuilt from ``is_alive()`` after the start, and its socket
+        closed under it)."""
+        def run():
+            try:
+                fn(*args)
+            finally:
+                with self.lock:
+                    self.threads.remove(t)
+        t = threading.Thread(target=run, name=name, daemon=True)
         with self.lock:
-            self.threads = [x for x in self.threads if x.is_alive()] + [t]
+            self.threads.append(t)
+        t.start()
 
     def halt(self, system):
         self._shutdown()
