@@ -95,7 +95,12 @@ def _split(modules):
 
 
 def _register_names(reg: TypeRegistry, cpu, gpu) -> None:
-    """Without types.toml, type names get ids on first sight, the same on both kernels."""
+    """The modules' manifest types first (a standard module's ``.toml`` ids, merged as the CPU
+    kernel merges them), then the remaining type names get ids on first sight, the same on
+    both kernels (a given ``types=`` too: the CPU-only boot registers unknown names as well)."""
+    for m in cpu + gpu:
+        if getattr(m, "manifest", None) is not None and len(m.manifest.types):
+            reg.merge(m.manifest.types)
     names = []
     for m in cpu:
         names += [h.type for h in m.handlers] + [d.type for d in m.channels]
@@ -144,6 +149,7 @@ class DualSystem:
         self.resets = dict(resets=0, last_reason=None, last_error=None, lost_in_reset=0,
                            redelivered=0, gpu_to_cpu_gaps=0, reset_s=0.0)
         self._reset_lock = threading.Lock()
+        self._gpu_lock = threading.Lock()    # gpu_metrics' live read vs a reset's fold
         self._resetting = False             # inside reset_device (a failed one ends it too)
         self._halt_lock = threading.RLock()
         wd_cfg = None
@@ -162,8 +168,7 @@ class DualSystem:
         self.device_process = device_process
         types_given = types is not None
         reg = types if types_given else TypeRegistry()
-        if not types_given:
-            _register_names(reg, cpu_mods, gpu_mods)
+        _register_names(reg, cpu_mods, gpu_mods)
         bopts = _options("bridge", bridge)
         unknown = set(bopts) - set(BRIDGE_OPTS)
         if unknown:
@@ -590,22 +595,23 @@ class DualSystem:
     # -- the GPU kernel's counters across resets -------------------------------------------------
     _gpu_base = None                   # the dead kernels' counters, added up (_merge_gpu)
     _gpu_folded = None                 # the last kernel added there (not read again)
-    _last_gpu = None                   # the last metrics kept (halt, a reset) ...
+    _last_gpu = None                   # the last metrics read or kept (halt, a reset) ...
     _last_gpu_kernel = None            # ... and whose they are
 
     def _fold_gpu_metrics(self, kernel) -> None:
         """A reset is about to kill ``kernel``: add its last published counters to the base,
         so ``gpu_metrics()`` (stats()["gpu"], the control plane) never goes back."""
-        if kernel is None or kernel is self._gpu_folded:
-            return
-        try:
-            m = kernel.metrics()
-        except Exception:   # noqa: BLE001 - unreadable: what was kept of it
-            m = self._last_gpu if self._last_gpu_kernel is kernel else None
-        self._gpu_folded = kernel
-        self._last_gpu, self._last_gpu_kernel = m, kernel    # (the dead kernel's own)
-        if m is not None:
-            self._gpu_base = _merge_gpu(self._gpu_base, m)
+        with self._gpu_lock:
+            if kernel is None or kernel is self._gpu_folded:
+                return
+            try:
+                m = kernel.metrics()
+            except Exception:   # noqa: BLE001 - unreadable: what was kept of it
+                m = self._last_gpu if self._last_gpu_kernel is kernel else None
+            self._gpu_folded = kernel
+            self._last_gpu, self._last_gpu_kernel = m, kernel    # (the dead kernel's own)
+            if m is not None:
+                self._gpu_base = _merge_gpu(self._gpu_base, m)
 
     def gpu_metrics(self, *, cumulative: bool = True) -> dict | None:
         """The GPU kernel's published metrics (``DeviceKernel.metrics()``; after halt its
@@ -615,18 +621,25 @@ class DualSystem:
         seen; gauges (channel depths) the live kernel's. Adds ``kernel_resets`` (how many
         kernels were replaced) and ``live_global`` (the live kernel's own global counters:
         what its queue depth and loop count are computed from)."""
-        k = self.kernel
-        live = None
-        if k is not None and k is not self._gpu_folded:
-            try:
-                live = k.metrics() if k.alive() else None
-            except Exception:   # noqa: BLE001 - a stopping kernel: the last kept
-                live = None
-            if live is None and self._last_gpu_kernel is k:
-                live = self._last_gpu
+        # (under the lock: a fold between the live read and the sum would count a kernel
+        # twice, and the next read would go back)
+        with self._gpu_lock:
+            k = self.kernel
+            live = None
+            if k is not None and k is not self._gpu_folded:
+                try:
+                    live = k.metrics() if k.alive() else None
+                except Exception:   # noqa: BLE001 - a stopping kernel: the last kept
+                    live = None
+                if live is not None:
+                    # kept: while a reset or a dead process leaves it unreadable, its last
+                    # counters stand in (the totals never go back)
+                    self._last_gpu, self._last_gpu_kernel = live, k
+                elif self._last_gpu_kernel is k:
+                    live = self._last_gpu
+            base = self._gpu_base
         if not cumulative:
             return live
-        base = self._gpu_base
         if base is None and live is None:
             return None
         out = _merge_gpu(base, live) if base is not None and live is not None else \
@@ -713,11 +726,11 @@ class DualSystem:
         (it publishes them on its way out)."""
         if self.kernel is self._gpu_folded:
             return                          # (a reset whose reboot failed: counted already)
-        try:
-            self._last_gpu = self.kernel.metrics()
-            self._last_gpu_kernel = self.kernel
-        except Exception:   # noqa: BLE001 - unreadable: keep what was kept
-            pass
+        with self._gpu_lock:
+            try:
+                self._last_gpu, self._last_gpu_kernel = self.kernel.metrics(), self.kernel
+            except Exception:   # noqa: BLE001 - unreadable: keep what was kept
+                pass
 
     def _halt_process(self, b) -> dict:
         """Stop the device process (a kernel that does not stop within a few seconds is stuck:

@@ -493,11 +493,12 @@ class _Hub:
     (they fail at once: nothing files their replies any more)."""
 
     def __init__(self, system, chan, key, fns):
-        self.system = system
+        self.system = system                        # (a DualSystem: its halted flag)
+        cpu = getattr(system, "cpu", system)        # (a DualSystem: its CPU kernel's parts)
         self.chan = chan
         self.key = key
         self.name = chan.name
-        self.arena = system.arena
+        self.arena = cpu.arena
         self.fns = fns                              # (reply_tag, reply_tags) as given
         reply_tag, reply_tags = fns
         if reply_tag is None:                       # only the column form: one reply of it
@@ -519,7 +520,7 @@ class _Hub:
         self.ignored = 0
         self.users = 0
         self.closed = False
-        self.help = system.hal.help
+        self.help = cpu.hal.help
         self.sub = chan.subscribe(name=f"clients-{id(self):x}", notify=self.wake)
         # (System.halt lets a waiting client take replies already delivered before it closes
         # the channel: a reply emitted while the halt drained is still taken)
@@ -915,14 +916,19 @@ class Client:
     replies are in it hands the role on (a halt closes the reply channel, which wakes it like
     a delivery). A full request channel is backpressure: the caller keeps taking
     replies (which is what frees the kernel's side) and retries, up to ``timeout`` seconds,
-    then raises ``TimeoutError`` naming CHAN_FULL.
+    then raises ``TimeoutError`` naming CHAN_FULL. A request channel to the GPU kernel that is
+    suspended while that kernel is reset (CHAN_CLOSED, not for good) is waited out the same
+    way. ``system``: a ``System`` or the ``DualSystem`` of ``ggmk.boot(..., device=)``.
     """
 
     def __init__(self, system, request: str, reply: str, *, reply_tag=None, reply_tags=None,
                  timeout: float = 5.0):
         self.timeout = _check_timeout("Client", timeout)
+        # a DualSystem stays the system (its halted flag is set first at halt, its channel()
+        # finds bridge channels); the CPU kernel's parts come from its CPU kernel
         self.system = system
-        self.arena = system.arena
+        cpu = self._cpu = getattr(system, "cpu", system)
+        self.arena = cpu.arena
         self.request = system.channel(request)
         self.reply_name = reply
         if reply_tags is None and reply_tag is None:
@@ -941,9 +947,9 @@ class Client:
         self._rec = None
         self._blk = None                            # the reusable block of requests
         self._closed = False
-        self._hal = system.hal
+        self._hal = cpu.hal
         # the direct request path (System.direct), where the system has one
-        self._direct = getattr(system, "direct", None) if hasattr(system.hal, "lend") else None
+        self._direct = getattr(cpu, "direct", None) if hasattr(cpu.hal, "lend") else None
 
     @property
     def sub(self):
@@ -970,6 +976,16 @@ class Client:
                              f"channel name or a Channel of this client's system")
         return channel
 
+    def _closed_for_good(self, ch) -> bool:
+        """A request channel refusing with CHAN_CLOSED for good (halt), not suspended while
+        the GPU kernel is reset: a suspended one is waited out like a full one."""
+        return not getattr(ch, "suspended", False) or getattr(self.system, "halted", False)
+
+    @staticmethod
+    def _refusal(ch) -> str:
+        return "CHAN_CLOSED (suspended: the GPU kernel is being reset)" if ch.closed \
+            else "CHAN_FULL"
+
     def _stopped_sending(self, ch, sent: str = ""):
         """The error of a request refused with CHAN_CLOSED."""
         if getattr(self.system, "halted", False):
@@ -983,7 +999,7 @@ class Client:
         """One request without a payload through a reused record (no per-call array)."""
         if not ch.type_id:                      # an any-type channel: the general path
             return ch.publish(meta0, meta1)
-        if ch.kernel is self.system:            # one record from plain ints, no array
+        if ch.kernel is self._cpu:              # one record from plain ints, no array
             return ch.emit_one(ch.type_id, 0, 0, 0, 0, meta0, meta1)
         with self._plock:
             rec = self._rec
@@ -1018,19 +1034,19 @@ class Client:
             raise
 
     def _send(self, ch, meta0, meta1, payload, type, code) -> None:
-        """The first attempt answered ``code``: retry while the channel is full (taking
-        replies meanwhile) up to ``timeout``."""
+        """The first attempt answered ``code``: retry while the channel is full or suspended
+        (taking replies meanwhile) up to ``timeout``."""
         if code == OK:
             return
         deadline = time.monotonic() + self.timeout
         while True:
-            if code == T.CHAN_CLOSED:
+            if code == T.CHAN_CLOSED and self._closed_for_good(ch):
                 raise self._stopped_sending(ch)
-            if code != CHAN_FULL:
+            if code != CHAN_FULL and code != T.CHAN_CLOSED:
                 raise TimeoutError(f"request channel {ch.name!r}: "
                                    f"{T.CODE_NAMES.get(code, code)}")
-            self._hub.backoff(deadline, lambda: f"request channel {ch.name!r}: CHAN_FULL for "
-                              f"{self.timeout} s")
+            self._hub.backoff(deadline, lambda: f"request channel {ch.name!r}: "
+                              f"{self._refusal(ch)} for {self.timeout} s")
             code = self._try_send(ch, meta0, meta1, payload, type)
             if code == OK:
                 return
@@ -1173,10 +1189,11 @@ class Client:
             while sent < n:
                 sent += self._send_block(ch, meta0[sent:], meta1[sent:])
                 if sent < n:
-                    if ch.closed:
+                    if ch.closed and self._closed_for_good(ch):
                         raise self._stopped_sending(ch, f"{sent}/{n}")
                     self._hub.backoff(deadline, lambda: f"request channel {ch.name!r}: "
-                                      f"CHAN_FULL for {self.timeout} s ({sent}/{n} sent)")
+                                      f"{self._refusal(ch)} for {self.timeout} s "
+                                      f"({sent}/{n} sent)")
         except BaseException:
             with self._lock:
                 self._hub.unregister(p)
