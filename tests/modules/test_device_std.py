@@ -127,3 +127,27 @@ def test_log_decode():
     assert log.decode(b"\x01")[0] == log.ERROR
 
 
+
+
+@pytest.mark.parametrize("name,make", [
+    ("kv", lambda: kv.device_module(capacity=4, channels=True)),
+    ("timer", lambda: timer.device_module(channels=True)),
+    ("reduce", lambda: reduce.device_module(n=2, channels=True)),
+    ("gate", lambda: gate.device_module(n=2, channels=True)),
+    ("stats", lambda: stats.device_module(channels=True)),
+    ("log", lambda: log.device_module(channels=True))])
+def test_std_device_modules_in_a_device_process_say_they_run_in_process(name, make):
+    """Their handlers are closures, which a device process cannot be sent: the boot error
+    names the module and says what works (not "define their handlers at module level", which
+    a user cannot do for a library module), and the factory's docstring says so too."""
+    import ggmk
+    from ggmk.modules import registry
+    with pytest.raises(BootError) as e:
+        ggmk.boot([make()], device="cpu", workers=1, types=registry(name), watchdog=True)
+    msg = str(e.value)
+    assert f"['{name}']" in msg and "run only in-process" in msg, msg
+    assert "device_process=False" in msg and "watchdog" in msg, msg
+    assert "define their handlers" not in msg, msg
+    mod = {"kv": kv, "timer": timer, "reduce": reduce, "gate": gate, "stats": stats,
+           "log": log}[name]
+    assert "In-process only for now" in mod.device_module.__doc__

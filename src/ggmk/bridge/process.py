@@ -340,6 +340,21 @@ _SPAWN_HINT = ("a script that boots a device process must boot it under "
                "which imports the main script again)")
 
 
+def _picklable(m) -> bool:
+    try:
+        pickle.dumps(m)
+        return True
+    except Exception:   # noqa: BLE001 - any failure means it cannot travel
+        return False
+
+
+def _is_std(m) -> bool:
+    """A module built by a ``ggmk.modules`` ``device_module()`` (its handlers are defined
+    there)."""
+    return any(getattr(h.fn, "__module__", "").startswith("ggmk.modules.")
+               for h in getattr(m, "handlers", ()))
+
+
 class DeviceProcess:
     """A child process owning one GPU kernel; its parent's host view is :attr:`kernel`.
 
@@ -364,11 +379,23 @@ class DeviceProcess:
             self._mods_blob = pickle.dumps(self.modules)
             self._types_blob = _types_blob(types)
         except Exception as e:   # noqa: BLE001 - name the problem
+            bad = [m for m in self.modules if not _picklable(m)] or self.modules
+            # the standard modules' device versions have closure handlers: advice to move
+            # handlers a user did not write would be advice they cannot follow
+            std = [getattr(m, "name", m) for m in bad if _is_std(m)]
+            own = [getattr(m, "name", m) for m in bad if not _is_std(m)]
+            why = []
+            if std:
+                why.append(f"{std}: the standard modules' device versions "
+                           "(ggmk.modules.*.device_module) run only in-process for now: boot "
+                           "with device_process=False and without watchdog")
+            if own:
+                why.append(f"{own}: define their handlers at module level of an importable "
+                           "module, or boot with device_process=False")
             raise BootError(
-                "device process: the device modules "
-                f"{[getattr(m, 'name', m) for m in self.modules]} cannot be sent to the child "
-                f"process ({type(e).__name__}: {e}); define their handlers at module level of "
-                "an importable module, or boot with device_process=False") from e
+                f"device process: the device modules {[getattr(m, 'name', m) for m in bad]} "
+                f"cannot be sent to the child process ({type(e).__name__}: {e}); "
+                + "; ".join(why)) from e
         mods = list(self.modules)
         if bridge is not None:
             mods.append(ds.build_module(*bridge))

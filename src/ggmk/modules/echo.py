@@ -177,6 +177,9 @@ def device_module(to, *, mode: str = "route", type: int | None = None,
     are the module's: consume them with ``handler(..., consumes="name")``. Channel ids are
     fixed at build (``m.echo_channels``: name -> declaration).
 
+    In-process only for now (``device_process=False``, no ``watchdog``): its handlers are
+    closures, which a device process cannot be sent.
+
     The numeric subset: the handler is straight-line integer code over the task's words and
     channel ids; it cannot hold Python lists or dicts of channels (so at most 4 outputs, each
     a closure constant), allocate, raise, or format.

@@ -175,6 +175,9 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
                   channels: bool = False, capacity: int = 256):
     """The gate module for the GPU kernel (``ggmk.device``): the same types and ids.
 
+    In-process only for now (``device_process=False``, no ``watchdog``): its handlers are
+    closures, which a device process cannot be sent.
+
     A ``GATE_ARRIVE`` task (meta0 = gate id 0..2**31-1, meta1 = tag, any payload) counts
     itself in and then *waits* (one ``YIELD`` that marks it a waiter, then ``WAIT``: re-queued
     behind the work already queued, not counted as a yield, its payload kept) until ``n``

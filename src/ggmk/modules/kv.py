@@ -658,13 +658,17 @@ def _max_capacity(base: int) -> int:
 def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv",
                   channels: bool = False, resp_capacity: int = 256):
     """The kv module for the GPU kernel (``ggmk.device``): the same types and ids (KV_PUT,
-    KV_GET, KV_DEL requests as device tasks, inline values only: meta0 = key, meta1 = value
-    or tag) and the same answers (``KV_RESP``: meta0 = ``pack(status, op, tag)``, meta1 = the
+    KV_GET, KV_DEL requests as device tasks, word values: meta0 = key, meta1 = value or tag;
+    a put with a payload: the value's bytes, meta1 = tag, as ``sdk.KV.put`` sends) and the
+    same answers (``KV_RESP``: meta0 = ``pack(status, op, tag)``, meta1 = the
     value or the key). Out: to the host with ``emit_host`` (``channels=False``), or
     subscribed to ``NAME.put``/``NAME.get``/``NAME.del`` and published on the device channel
     ``NAME.resp`` (``channels=True``: the CPU version's channels, fanout, lossless,
     ``resp_capacity`` messages; an answer that finds it full is retried by a ``KV_FLUSH``
     task, the operation is not redone). Batches (below) answer the host either way.
+
+    In-process only for now (``device_process=False``, no ``watchdog``): its handlers are
+    closures, which a device process cannot be sent.
 
     The table lives in the kernel's user words (``g.user_*``, 65536 int64 words): word
     ``base`` counts the keys, ``base + 1`` is the table's lock, then 4 words per slot (lock,
@@ -697,9 +701,10 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv",
 
     What the numeric subset forbids here (and in every device handler): Python objects
     (dicts, lists, strings, classes), allocating arrays, exceptions, recursion, I/O; values
-    longer than a word (a request with a payload is answered ``BAD_REQUEST``). Not yet run
-    on a real GPU: the ordering of the key/value stores before the state store relies on the
-    ``cpu`` target's one host thread per block; on ``cuda`` it needs a memory fence.
+    longer than a word (a put's payload value is at most 8 bytes, read little-endian as the
+    CPU kv reads it: longer answers ``TOO_BIG``; a get's or del's payload is ignored). Not
+    yet run on a real GPU: the ordering of the key/value stores before the state store relies
+    on the ``cpu`` target's one host thread per block; on ``cuda`` it needs a memory fence.
 
     Example::
 
@@ -748,13 +753,28 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv",
     @m.handler(PUT, max_yields=60000, consumes=f"{name}.put" if CH else None)
     def kv_put(ctx, task):
         key = g.meta0(task)
-        if g.payload_ptr(task) != 0:
-            st = BAD_REQUEST
-        else:
+        ptr = g.payload_ptr(task)
+        tag = 0
+        if ptr == 0:
             st = kv_put1(ctx, key, g.meta1(task), COUNT, T0, MASK, NSLOT, CAP)
-            if st < 0:
-                return YIELD                            # the table changed: put again
-        a0 = (st << 56) | (OP_PUT << 48)
+        else:
+            # the CPU kv's rule: payload = the value's little-endian bytes (at most 8), meta1
+            # = the tag, answered in every case (sdk.KV.put sends this form and awaits it);
+            # the payload stays the sender's (a channel message's: the runtime releases it)
+            tag = g.meta1(task) & TAGM
+            nb = g.payload_len(task)
+            if nb > 8:
+                st = TOO_BIG
+            else:
+                # one word read (arena blocks are 64-byte granules: it stays in the block),
+                # the bytes past the payload masked off
+                v = g.load_i64(ctx, ptr)
+                if nb < 8:
+                    v &= (1 << (8 * nb)) - 1
+                st = kv_put1(ctx, key, v, COUNT, T0, MASK, NSLOT, CAP)
+        if st < 0:
+            return YIELD                                # the table changed: put again
+        a0 = (st << 56) | (OP_PUT << 48) | tag
         if CH:
             if g.emit_chan(ctx, C_RESP, a0, key) != 0:
                 emit_or_later(ctx, FLUSH, a0, key)      # full: a flush task retries

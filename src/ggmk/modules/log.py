@@ -249,6 +249,9 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
     """The log module for the GPU kernel (``ggmk.device``): filters and rate-limits on the
     device, formats on the host.
 
+    In-process only for now (``device_process=False``, no ``watchdog``): its handlers are
+    closures, which a device process cannot be sent.
+
     A ``LOG`` task (meta0 = level, meta1 = a number; or a payload from :func:`encode`, whose
     first byte is the level) below ``level`` is counted and dropped; otherwise it takes a
     token from a bucket of ``burst`` tokens (default ``rate`` per second, at least 1) refilled

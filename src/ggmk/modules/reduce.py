@@ -350,6 +350,9 @@ def device_module(n: int, op: str = "sum", *, dtype: str = "u64", timeout: int |
                   channels: bool = False, capacity: int = 256):
     """The reduce module for the GPU kernel (``ggmk.device``): the same types and ids.
 
+    In-process only for now (``device_process=False``, no ``watchdog``): its handlers are
+    closures, which a device process cannot be sent.
+
     ``REDUCE_PART`` tasks (meta0 = group, meta1 = a word) fold into their group; after ``n``
     partials ``REDUCE_RESULT`` (meta0 = group, meta1 = the result) goes out. With
     ``timeout=T`` ticks, a group still short of ``n`` partials T ticks after its first one is

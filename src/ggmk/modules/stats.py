@@ -303,6 +303,9 @@ def device_module(*, period: int = 100, metrics: int = 64, base: int = 12288,
                   name: str = "stats", channels: bool = False):
     """The stats module for the GPU kernel (``ggmk.device``): the same types and ids.
 
+    In-process only for now (``device_process=False``, no ``watchdog``): its handlers are
+    closures, which a device process cannot be sent.
+
     ``STAT_ADD`` (counter += meta1), ``STAT_SET`` (gauge = meta1), ``STAT_OBS`` (histogram:
     65 power-of-two buckets, count, sum, min, max); meta0 = metric id, 0..``metrics``-1. A
     metric used with two kinds fails with ``STATS_KIND``, an id out of range with

@@ -370,6 +370,9 @@ def device_module(*, timers: int = 64, base: int = 4096, name: str = "timer",
                   channels: bool = False, capacity: int = 256):
     """The timer module for the GPU kernel (``ggmk.device``): the same types, ids, statuses.
 
+    In-process only for now (``device_process=False``, no ``watchdog``): its handlers are
+    closures, which a device process cannot be sent.
+
     ``TIMER_SET`` (meta0 = timer id, meta1 = ``arg(delay, period)``) arms a timer on the
     device event queue (``g.emit_at``: a ``TIMER_TICK`` task due at tick now + delay; nothing
     polls); ``TIMER_CANCEL`` (meta0 = id) disarms it. Each firing sends ``TIMER_FIRE``
