@@ -1,5 +1,5 @@
 """Both kernels from the command line: ``ggmk boot examples/dual_app.py --device cpu`` (the GPU
-kernel on its cpu target; its build is cached by source hash, a cold one takes ~100 s), work
+kernel on its cpu target; its build is cached by source hash, a cold one takes ~20 s), work
 sent across the bridge both ways with payloads, and every listing showing the GPU kernel and
 the bridge, through the real executable and socket; halt leaves nothing behind."""
 import json

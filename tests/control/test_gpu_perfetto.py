@@ -1,5 +1,5 @@
 """The GPU kernel in the Perfetto trace (issue 15): ``ggmk boot APP --device cpu
---trace-tasks`` builds the GPU kernel with task slices (one extra cached kernel build, ~100 s
+--trace-tasks`` builds the GPU kernel with task slices (one extra cached kernel build, ~20 s
 cold: this file's module-scoped system is the only one that uses it), work crosses the bridge,
 and ``ggmk trace --perfetto`` draws a "GPU kernel" process with one track per GPU worker,
 task slices (begin <= end, on the worker that ran them, task counts adding up to the tasks

@@ -5,7 +5,7 @@ bridge both ways with payloads, per-kernel and per-bridge-channel output, a Perf
 clean halt, nothing left running.
 
 The GPU kernel's build is cached by source hash (~/.cache/ggmk): the first test pays a cold
-build once per source change (~100 s), which is the dual demo running in CI once; the
+build once per source change (~20 s), which is the dual demo running in CI once; the
 cold-cache form with an empty cache directory is marked slow (GGMK_LONG=1)."""
 import json
 import os
@@ -64,7 +64,7 @@ def test_the_dual_tour_boots_both_kernels_crosses_the_bridge_traces_and_halts():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not LONG, reason="cold GPU kernel build (~100 s): set GGMK_LONG=1")
+@pytest.mark.skipif(not LONG, reason="cold GPU kernel build (~20 s): set GGMK_LONG=1")
 def test_the_dual_tour_from_a_cold_kernel_cache(tmp_path):
     env = {**os.environ, "GGMK_CACHE_DIR": str(tmp_path / "cache")}
     out = _check(_run(env=env, timeout=900))

@@ -427,7 +427,8 @@ def boot(app, device, workers, hal, deterministic, metrics_port, trace_tasks, fo
         argv.append("--trace-tasks")
     if device != "none":
         click.echo(f"ggmk: booting {app} with the GPU kernel (device {device}): building the "
-                   "GPU kernel, cached after the first run (a cold build takes about 100 s)",
+                   "GPU kernel, cached after the first run (a cold build takes about 20 s on 2 "
+                   "cores)",
                    err=True)
     try:
         log = open(paths.log, "ab")

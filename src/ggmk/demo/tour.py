@@ -12,7 +12,7 @@ is usable, else on its ``cpu`` target), then, every step the real ``ggmk`` execu
 * ``ggmk ps`` (per kernel, and per bridge channel), ``ggmk kern info``, ``ggmk chan ls``, three
   seconds of the live ``ggmk top``, ``ggmk trace --perfetto`` and ``ggmk halt``.
 
-A cold GPU kernel build takes about 100 s (cached in ~/.cache/ggmk by source hash, so the next
+A cold GPU kernel build takes about 20 s on a 2-core machine (cached in ~/.cache/ggmk by source hash, so the next
 run boots in a second or two); the boot step says so instead of looking hung. A failing step
 stops the tour with its exit code and halts what it booted.
 """
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
                 print(f"\n$ ggmk {' '.join(args)}", flush=True)
             if args[0] == "boot":
                 print("(building the GPU kernel, cached after the first run: a cold build "
-                      "takes about 100 s, a warm boot a second or two)", flush=True)
+                      "takes about 20 s on 2 cores, a warm boot a second or two)", flush=True)
             if args[0] == "halt":
                 summary(state)
                 print(f"\n$ ggmk {' '.join(args)}", flush=True)
