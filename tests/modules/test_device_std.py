@@ -128,26 +128,74 @@ def test_log_decode():
 
 
 
+@pytest.mark.timeout(900)          # the child builds the kernel: minutes on a cold cache
+def test_std_device_modules_run_in_a_device_process_under_the_watchdog():
+    """Their handlers are closures: each factory records how it was called
+    (``m._ggmk_rebuild``) and the device process calls it again in the child. kv, timer,
+    reduce, gate and log (``channels=True``) in one device process under the watchdog, each
+    with one request / answer round trip across the bridge (kv through ``sdk.KV``); stats and
+    echo are rebuilt from their recipe (their output goes to the host, not to channels)."""
+    import threading
 
-@pytest.mark.parametrize("name,make", [
-    ("kv", lambda: kv.device_module(capacity=4, channels=True)),
-    ("timer", lambda: timer.device_module(channels=True)),
-    ("reduce", lambda: reduce.device_module(n=2, channels=True)),
-    ("gate", lambda: gate.device_module(n=2, channels=True)),
-    ("stats", lambda: stats.device_module(channels=True)),
-    ("log", lambda: log.device_module(channels=True))])
-def test_std_device_modules_in_a_device_process_say_they_run_in_process(name, make):
-    """Their handlers are closures, which a device process cannot be sent: the boot error
-    names the module and says what works (not "define their handlers at module level", which
-    a user cannot do for a library module), and the factory's docstring says so too."""
     import ggmk
-    from ggmk.modules import registry
-    with pytest.raises(BootError) as e:
-        ggmk.boot([make()], device="cpu", workers=1, types=registry(name), watchdog=True)
-    msg = str(e.value)
-    assert f"['{name}']" in msg and "run only in-process" in msg, msg
-    assert "device_process=False" in msg and "watchdog" in msg, msg
-    assert "define their handlers" not in msg, msg
-    mod = {"kv": kv, "timer": timer, "reduce": reduce, "gate": gate, "stats": stats,
-           "log": log}[name]
-    assert "In-process only for now" in mod.device_module.__doc__
+    from ggmk import sdk
+    from ggmk.bridge.process import _rebuild
+    from ggmk.modules import echo, registry
+    got, lock, lines = {}, threading.Lock(), []
+    cpu = [S._app("app_kv", "kv",
+                  [("kv.put", "KV_PUT"), ("kv.get", "KV_GET"), ("kv.del", "KV_DEL")],
+                  [("kv.resp", "KV_RESP")], got, lock),
+           S._app("app_t", "timer",
+                  [("timer.set", "TIMER_SET"), ("timer.cancel", "TIMER_CANCEL")],
+                  [("timer.fire", "TIMER_FIRE"), ("timer.ack", "TIMER_ACK")], got, lock),
+           S._app("app_r", "reduce", [("reduce.in", "REDUCE_PART")],
+                  [("reduce.out", "REDUCE_RESULT")], got, lock),
+           S._app("app_g", "gate", [("gate.arrive", "GATE_ARRIVE")],
+                  [("gate.open", "GATE_PASS")], got, lock),
+           S._app("app_l", "log", [("log.in", "LOG")], [], got, lock),
+           log.module(name="hostlog", level="info", sink=lambda lv, ln: lines.append((lv, ln)))]
+    gpu = [kv.device_module(capacity=4, channels=True), timer.device_module(channels=True),
+           reduce.device_module(n=2, channels=True), gate.device_module(n=2, channels=True),
+           log.device_module(channels=True, out="hostlog.in")]
+    with ggmk.boot(cpu + gpu, device="cpu", workers=2, watchdog=True,
+                   types=registry("kv", "timer", "reduce", "gate", "log")) as s:
+        assert s.process is not None and s.process.alive()
+        cl = sdk.KV(s.cpu, timeout=60.0)
+        cl.put(5, 555)
+        assert cl.get(5) == 555
+        s.channel("timer.set").publish(meta0=9, meta1=timer.arg(2))
+        s.channel("reduce.in").publish(meta0=7, meta1=[3, 4], count=2)
+        s.channel("gate.arrive").publish(meta0=1, meta1=[10, 11], count=2)
+        s.channel("log.in").publish(meta0=log.WARN, meta1=101)
+
+        def have():
+            with lock:
+                return (len(got.get("timer.fire", ())) == 1 and len(got.get("timer.ack", ())) == 1
+                        and len(got.get("reduce.out", ())) == 1
+                        and len(got.get("gate.open", ())) == 2 and len(lines) == 1)
+        assert S._poll(have, 120), (got, lines)
+        assert s.run(timeout=60)
+        assert len(s.dead_letters("sys.error")[0]) == 0
+        assert s.stats()["watchdog"]["resets"] == 0
+    assert got["timer.fire"] == [(9, 1)]
+    assert got["timer.ack"][0][0] == 9 and timer.ack_status(got["timer.ack"][0][1]) == (
+        timer.OP_SET, timer.OK)
+    assert got["reduce.out"] == [(7, 7)]
+    assert sorted(got["gate.open"]) == [(1, 10), (1, 11)]
+    assert lines == [(log.WARN, "101")]
+    # stats and echo: the recipe rebuilds the same module (same handlers, same layout)
+    for m in (stats.device_module(period=5, channels=True),
+              echo.device_module(["d.a", "d.b"], mode="round_robin")):
+        r = _rebuild(*m._ggmk_rebuild)
+        assert [h.name for h in r.handlers] == [h.name for h in m.handlers]
+        assert r.user_words == m.user_words
+
+
+def test_std_device_modules_record_their_recipe():
+    from ggmk.modules import echo
+    m = kv.device_module(capacity=4, channels=True)
+    assert m._ggmk_rebuild == ("ggmk.modules.kv", "device_module",
+                               dict(capacity=4, base=32768, name="kv", channels=True,
+                                    resp_capacity=256))
+    for mod in (kv, timer, reduce, gate, stats, log, echo):
+        assert "In-process only for now" not in mod.device_module.__doc__

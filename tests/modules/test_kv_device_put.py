@@ -87,9 +87,9 @@ def run_device(target: str) -> dict:
     return {"answers": out}
 
 
-def run_dual() -> dict:
+def run_dual(device_process=None) -> dict:
     """sdk.KV against the device kv on channels (a CPU module produces kv.put/get/del and
-    consumes kv.resp, so the bridge carries them)."""
+    consumes kv.resp, so the bridge carries them); ``device_process`` as ``ggmk.boot``'s."""
     import ggmk
     from ggmk import sdk
     from ggmk.modules import registry
@@ -104,7 +104,8 @@ def run_dual() -> dict:
 
     out = {}
     with ggmk.boot([kv.device_module(capacity=CAP, channels=True), host], device="cpu",
-                   workers=2, types=registry("kv")) as s:
+                   workers=2, types=registry("kv"), device_process=device_process) as s:
+        out["process"] = s.process is not None and s.watchdog is None
         cl = sdk.KV(s.cpu, timeout=60.0)
         cl.put(5, 555)
         cl.put(6, U64)
@@ -157,9 +158,20 @@ def test_sdk_kv_put_get_against_the_device_kv():
     assert len(r["heard_puts"]) == 4 and all(tag != 0 for _, _, tag in r["heard_puts"])
 
 
+@pytest.mark.timeout(1500)
+def test_sdk_kv_against_the_device_kv_in_a_device_process():
+    """The device kv's handlers are closures: the child rebuilds it from its factory's
+    arguments (no watchdog here: ``device_process=True`` alone)."""
+    r = _run("dualproc")
+    assert r["process"]
+    assert r["got"] == [555, U64, 0x0201, None]
+    assert "TOO_BIG" in r["too_big"]
+    assert len(r["heard_puts"]) == 4 and all(tag != 0 for _, _, tag in r["heard_puts"])
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "sim":
         os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
     print(json.dumps({"cpu": lambda: run_device("cpu"), "sim": lambda: run_device("sim"),
-                      "dual": run_dual}[mode]()))
+                      "dual": run_dual, "dualproc": lambda: run_dual(True)}[mode]()))

@@ -23,7 +23,9 @@ control pipe carries only lifecycle: build / start (or the child's traceback), s
 
 * ``spawn`` start method: the parent is threaded (CPU workers, bridge pump): a fork would copy
   locks held by other threads. The device modules travel by pickle (module-level handlers,
-  by reference), the bridge's own device module is rebuilt in the child from plain data.
+  by reference); a module a factory made with closure handlers (the standard modules'
+  ``device_module()``: ``m._ggmk_rebuild``) and the bridge's own device module are rebuilt in
+  the child from plain data (the same kernel source: the same kernel cache key).
 * Parent owns the segments: it creates them before the child starts and unlinks them when the
   child is gone (halt, a failed boot, a reset), so a child that dies leaves nothing behind.
   The child watches its parent (pipe EOF, ``getppid``): if the parent dies, the child unlinks
@@ -340,6 +342,31 @@ _SPAWN_HINT = ("a script that boots a device process must boot it under "
                "which imports the main script again)")
 
 
+def _rebuild(path: str, factory: str, kwargs: dict):
+    """In the child: call the factory that made a module again (see :class:`_Rebuild`)."""
+    import importlib
+    return getattr(importlib.import_module(path), factory)(**kwargs)
+
+
+class _Rebuild:
+    """Pickles as a call of the factory that made a module, recorded by it as
+    ``m._ggmk_rebuild = (import path, factory name, keyword arguments)``: its handlers are
+    closures, which pickle cannot send."""
+
+    def __init__(self, how):
+        self.how = how
+
+    def __reduce__(self):
+        return _rebuild, tuple(self.how)
+
+
+def sendable(modules) -> list:
+    """``modules`` as they travel to the child: a module with ``_ggmk_rebuild`` as the recipe
+    to rebuild it there."""
+    return [_Rebuild(m._ggmk_rebuild) if getattr(m, "_ggmk_rebuild", None) else m
+            for m in modules]
+
+
 def _picklable(m) -> bool:
     try:
         pickle.dumps(m)
@@ -376,19 +403,21 @@ class DeviceProcess:
         self.config = dict(config or {})
         self.boot_timeout = float(boot_timeout or self.BOOT_TIMEOUT)
         try:
-            self._mods_blob = pickle.dumps(self.modules)
+            self._mods_blob = pickle.dumps(sendable(self.modules))
             self._types_blob = _types_blob(types)
         except Exception as e:   # noqa: BLE001 - name the problem
-            bad = [m for m in self.modules if not _picklable(m)] or self.modules
-            # the standard modules' device versions have closure handlers: advice to move
-            # handlers a user did not write would be advice they cannot follow
+            bad = [m for m, x in zip(self.modules, sendable(self.modules))
+                   if not _picklable(x)] or self.modules
+            # a standard module without its recipe (or with arguments pickle cannot send):
+            # advice to move handlers a user did not write would be advice they cannot follow
             std = [getattr(m, "name", m) for m in bad if _is_std(m)]
             own = [getattr(m, "name", m) for m in bad if not _is_std(m)]
             why = []
             if std:
-                why.append(f"{std}: the standard modules' device versions "
-                           "(ggmk.modules.*.device_module) run only in-process for now: boot "
-                           "with device_process=False and without watchdog")
+                why.append(f"{std}: a standard module's device version "
+                           "(ggmk.modules.*.device_module) travels as its factory's keyword "
+                           "arguments, which must be picklable; or boot with "
+                           "device_process=False and without watchdog")
             if own:
                 why.append(f"{own}: define their handlers at module level of an importable "
                            "module, or boot with device_process=False")
@@ -616,4 +645,4 @@ class ProcessTransport(InProcessTransport):
         self.target = process.kernel.target_name
 
 
-__all__ = ["DeviceProcess", "ProcessTransport", "shm_exists"]
+__all__ = ["DeviceProcess", "ProcessTransport", "sendable", "shm_exists"]

@@ -177,8 +177,9 @@ def device_module(to, *, mode: str = "route", type: int | None = None,
     are the module's: consume them with ``handler(..., consumes="name")``. Channel ids are
     fixed at build (``m.echo_channels``: name -> declaration).
 
-    In-process only for now (``device_process=False``, no ``watchdog``): its handlers are
-    closures, which a device process cannot be sent.
+    It runs in a device process too (``device_process=True``, ``watchdog``): its handlers are
+    closures, so the child calls this factory again with the same arguments
+    (``m._ggmk_rebuild``).
 
     The numeric subset: the handler is straight-line integer code over the task's words and
     channel ids; it cannot hold Python lists or dicts of channels (so at most 4 outputs, each
@@ -205,6 +206,7 @@ def device_module(to, *, mode: str = "route", type: int | None = None,
             out = k.pull_until(4, timeout=300)
         print(sorted(out["meta0"].tolist()), len(set(out["meta1"].tolist())))   # [0, 1, 2, 3] 2
     """
+    made = dict(locals())             # the arguments: a device process rebuilds it
     global g                       # handlers must see the device API as a global (codegen)
     import ggmk.device as gd
     from ggmk.device import api as g
@@ -281,4 +283,5 @@ def device_module(to, *, mode: str = "route", type: int | None = None,
                 g.release(ctx, ptr)
         return 0
 
+    m._ggmk_rebuild = (__name__, "device_module", made)
     return m

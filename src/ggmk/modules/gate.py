@@ -175,8 +175,9 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
                   channels: bool = False, capacity: int = 256):
     """The gate module for the GPU kernel (``ggmk.device``): the same types and ids.
 
-    In-process only for now (``device_process=False``, no ``watchdog``): its handlers are
-    closures, which a device process cannot be sent.
+    It runs in a device process too (``device_process=True``, ``watchdog``): its handlers are
+    closures, so the child calls this factory again with the same arguments
+    (``m._ggmk_rebuild``).
 
     A ``GATE_ARRIVE`` task (meta0 = gate id 0..2**31-1, meta1 = tag, any payload) counts
     itself in and then *waits* (one ``YIELD`` that marks it a waiter, then ``WAIT``: re-queued
@@ -217,6 +218,7 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
             got = k.pull_until(3, timeout=300)
         print(sorted(got["meta1"].tolist()))      # [10, 11, 12]
     """
+    made = dict(locals())             # the arguments: a device process rebuilds it
     global g
     import ggmk.device as gd
     from ggmk.modules import device_api, device_check, device_region, pow2
@@ -327,4 +329,5 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
 
     m.gate_layout = {"lock": LOCK, "table": T0, "gates": GN}
     m.user_words = (lo, hi, f"{name}: gate (device) lock, 4 words x {GN} gate slots")
+    m._ggmk_rebuild = (__name__, "device_module", made)
     return m

@@ -667,8 +667,9 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv",
     ``resp_capacity`` messages; an answer that finds it full is retried by a ``KV_FLUSH``
     task, the operation is not redone). Batches (below) answer the host either way.
 
-    In-process only for now (``device_process=False``, no ``watchdog``): its handlers are
-    closures, which a device process cannot be sent.
+    It runs in a device process too (``device_process=True``, ``watchdog``): its handlers are
+    closures, so the child calls this factory again with the same arguments
+    (``m._ggmk_rebuild``).
 
     The table lives in the kernel's user words (``g.user_*``, 65536 int64 words): word
     ``base`` counts the keys, ``base + 1`` is the table's lock, then 4 words per slot (lock,
@@ -721,6 +722,7 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv",
             r = k.pull_until(1, timeout=60)
         print(kv.unpack(int(r["meta0"][0])), int(r["meta1"][0]))    # (0, 2, 5) 700
     """
+    made = dict(locals())             # the arguments: a device process rebuilds it
     global g                       # handlers must see the device API as a global (codegen)
     import ggmk.device as gd
     from ggmk.modules import device_api, device_check, device_region
@@ -888,4 +890,5 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv",
     if CH:
         m.kv_channels = {"put": f"{name}.put", "get": f"{name}.get", "del": f"{name}.del",
                          "resp": f"{name}.resp"}
+    m._ggmk_rebuild = (__name__, "device_module", made)
     return m

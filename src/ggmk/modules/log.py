@@ -249,8 +249,9 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
     """The log module for the GPU kernel (``ggmk.device``): filters and rate-limits on the
     device, formats on the host.
 
-    In-process only for now (``device_process=False``, no ``watchdog``): its handlers are
-    closures, which a device process cannot be sent.
+    It runs in a device process too (``device_process=True``, ``watchdog``): its handlers are
+    closures, so the child calls this factory again with the same arguments
+    (``m._ggmk_rebuild``).
 
     A ``LOG`` task (meta0 = level, meta1 = a number; or a payload from :func:`encode`, whose
     first byte is the level) below ``level`` is counted and dropped; otherwise it takes a
@@ -296,6 +297,7 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
             got = k.pull_until(2, timeout=300)             # 2 pass, 3 are dropped
         print(got["meta1"].tolist())                        # [0, 1]
     """
+    made = dict(locals())             # the arguments: a device process rebuilds it
     global g
     import math
 
@@ -438,4 +440,5 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
     m.log_layout = {"lock": LOCK, "dropped_total": DTOT, "filtered": FILT, "lines": NLINES,
                     "bad": BADW}
     m.user_words = (lo, hi, f"{name}: log (device) lock, bucket, counters")
+    m._ggmk_rebuild = (__name__, "device_module", made)
     return m

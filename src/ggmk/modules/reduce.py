@@ -350,8 +350,9 @@ def device_module(n: int, op: str = "sum", *, dtype: str = "u64", timeout: int |
                   channels: bool = False, capacity: int = 256):
     """The reduce module for the GPU kernel (``ggmk.device``): the same types and ids.
 
-    In-process only for now (``device_process=False``, no ``watchdog``): its handlers are
-    closures, which a device process cannot be sent.
+    It runs in a device process too (``device_process=True``, ``watchdog``): its handlers are
+    closures, so the child calls this factory again with the same arguments
+    (``m._ggmk_rebuild``).
 
     ``REDUCE_PART`` tasks (meta0 = group, meta1 = a word) fold into their group; after ``n``
     partials ``REDUCE_RESULT`` (meta0 = group, meta1 = the result) goes out. With
@@ -387,6 +388,7 @@ def device_module(n: int, op: str = "sum", *, dtype: str = "u64", timeout: int |
             r = k.pull_until(1, timeout=300)
         print(int(r["meta0"][0]), int(r["meta1"][0]))      # 9 7
     """
+    made = dict(locals())             # the arguments: a device process rebuilds it
     global g
     import ggmk.device as gd
     from ggmk.modules import device_api, device_check, pow2
@@ -525,4 +527,5 @@ def device_module(n: int, op: str = "sum", *, dtype: str = "u64", timeout: int |
             return 0
 
     m.reduce_layout = {"lock": LOCK, "table": T0, "groups": G}
+    m._ggmk_rebuild = (__name__, "device_module", made)
     return m

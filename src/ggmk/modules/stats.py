@@ -303,8 +303,9 @@ def device_module(*, period: int = 100, metrics: int = 64, base: int = 12288,
                   name: str = "stats", channels: bool = False):
     """The stats module for the GPU kernel (``ggmk.device``): the same types and ids.
 
-    In-process only for now (``device_process=False``, no ``watchdog``): its handlers are
-    closures, which a device process cannot be sent.
+    It runs in a device process too (``device_process=True``, ``watchdog``): its handlers are
+    closures, so the child calls this factory again with the same arguments
+    (``m._ggmk_rebuild``).
 
     ``STAT_ADD`` (counter += meta1), ``STAT_SET`` (gauge = meta1), ``STAT_OBS`` (histogram:
     65 power-of-two buckets, count, sum, min, max); meta0 = metric id, 0..``metrics``-1. A
@@ -340,6 +341,7 @@ def device_module(*, period: int = 100, metrics: int = 64, base: int = 12288,
             got = k.pull_until(2, timeout=300)            # one row, then the snapshot
         print(stats.collect(got, {1: "requests"})[0]["counters"])     # {'requests': 6}
     """
+    made = dict(locals())             # the arguments: a device process rebuilds it
     global g
     import ggmk.device as gd
     from ggmk.modules import device_api, device_check, device_region
@@ -436,4 +438,5 @@ def device_module(*, period: int = 100, metrics: int = 64, base: int = 12288,
     m.stats_layout = {"lock": LOCK, "metrics": M0, "words_per_metric": MW}
     m.user_words = (lo, hi, f"{name}: stats (device) lock, snapshot number, schedule flag, "
                             f"{MW} words x {metrics} metrics")
+    m._ggmk_rebuild = (__name__, "device_module", made)
     return m

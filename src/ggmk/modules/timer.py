@@ -370,8 +370,9 @@ def device_module(*, timers: int = 64, base: int = 4096, name: str = "timer",
                   channels: bool = False, capacity: int = 256):
     """The timer module for the GPU kernel (``ggmk.device``): the same types, ids, statuses.
 
-    In-process only for now (``device_process=False``, no ``watchdog``): its handlers are
-    closures, which a device process cannot be sent.
+    It runs in a device process too (``device_process=True``, ``watchdog``): its handlers are
+    closures, so the child calls this factory again with the same arguments
+    (``m._ggmk_rebuild``).
 
     ``TIMER_SET`` (meta0 = timer id, meta1 = ``arg(delay, period)``) arms a timer on the
     device event queue (``g.emit_at``: a ``TIMER_TICK`` task due at tick now + delay; nothing
@@ -409,6 +410,7 @@ def device_module(*, timers: int = 64, base: int = 4096, name: str = "timer",
             got = k.pull_until(2, timeout=300)             # the ack, then the fire
         print(sorted(int(t) - ids["TIMER_FIRE"] for t in got["type"]))    # [0, 1]
     """
+    made = dict(locals())             # the arguments: a device process rebuilds it
     global g
     import ggmk.device as gd
     from ggmk.modules import device_api, device_check, pow2
@@ -569,4 +571,5 @@ def device_module(*, timers: int = 64, base: int = 4096, name: str = "timer",
 
     m.timer_layout = {"lock": LOCK, "lateness_max": LATE, "fires": NFIRE, "table": T0,
                       "timers": TN}
+    m._ggmk_rebuild = (__name__, "device_module", made)
     return m
