@@ -114,10 +114,12 @@ def _register_names(reg: TypeRegistry, cpu, gpu) -> None:
 
 def _can_send(gpu_mods) -> tuple[bool, str]:
     """Whether the device modules can reach a device process (pickle: handlers defined at
-    module level of an importable module), and if not, why (for the boot log)."""
+    module level of an importable module; a standard module as its factory call), and if
+    not, why (for the boot log)."""
     import pickle
+    from ggmk.bridge.process import sendable
     try:
-        blob = pickle.dumps(list(gpu_mods))
+        blob = pickle.dumps(sendable(gpu_mods))
     except Exception as e:   # noqa: BLE001 - any failure means "not by pickle"
         log.info("ggmk: the GPU kernel runs in this process: its modules cannot be sent to a "
                  "device process (%s: %s)", type(e).__name__, e)

@@ -287,6 +287,10 @@ def test_the_default_is_a_device_process_when_the_modules_can_reach_one():
     ok, why = ggmk.dual._can_send([local])
     assert not ok and "modules not sendable to a device process" in why
     assert ggmk.dual._can_send(WW.modules()[1:]) == (True, "")
+    # a standard module's device version (closures: pickle cannot send them) travels as its
+    # factory call, so it too gets a device process (and the watchdog) by default
+    from ggmk.modules import kv
+    assert ggmk.dual._can_send([kv.device_module(capacity=64)]) == (True, "")
 
 
 def test_a_failed_reboot_keeps_channels_closed_until_a_later_reset_succeeds(monkeypatch):
