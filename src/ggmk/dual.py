@@ -61,7 +61,8 @@ from ggmk.bridge import device_side as ds
 from ggmk.bridge.fences import Fences
 from ggmk.bridge.gpu_drv import open_driver
 from ggmk.bridge.plan import device_spec, ingress_room, plan as plan_bridge
-from ggmk.bridge.pump import Bridge, BridgeError, check_options as check_bridge_options
+from ggmk.bridge.options import check_options as check_bridge_options
+from ggmk.bridge.pump import Bridge, BridgeError
 from ggmk.bridge.process import ProcessTransport
 from ggmk.bridge.transport import InProcessTransport
 from ggmk.core.kernel import System, halt_once

@@ -8,7 +8,7 @@ import pytest
 
 from ggmk import task as T
 from ggmk.bridge import device_side as ds
-from ggmk.bridge.pump import check_options
+from ggmk.bridge.options import check_options
 from ggmk.drivers.gpu import open_for_kernel
 from ggmk.errors import BootError, DeviceError
 from tests.bridge.dualkit import boot

@@ -1,15 +1,15 @@
-"""The bridge's GPU -> CPU order restore (``ggmk.bridge.pump._Reorder``): the device forwards a
+"""The bridge's GPU -> CPU order restore (``ggmk.bridge.flow.Reorder``): the device forwards a
 channel's messages out of order, in batches; the host hands them on in channel-sequence order,
 each once, with messages that died on the device closing their gap (never delivered), all as
 NumPy columns. Random arrival orders against the plain answer."""
 import numpy as np
 
 from ggmk import task as T
-from ggmk.bridge.pump import _Reorder
+from ggmk.bridge.flow import Reorder
 
 
 def _run(order, dead, chunk_sizes):
-    ro = _Reorder()
+    ro = Reorder()
     nxt = 1
     out = []
     pos = 0
@@ -48,7 +48,7 @@ def test_random_arrival_orders_come_out_in_sequence_each_once():
 
 
 def test_a_gap_holds_everything_behind_it_until_it_closes():
-    ro = _Reorder()
+    ro = Reorder()
     recs = T.make(3, type=7, meta0=np.array([2, 3, 4], np.uint64))
     ro.add(recs, np.array([2, 3, 4]))
     run, nxt = ro.pop_run(1)

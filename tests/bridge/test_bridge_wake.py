@@ -1,5 +1,5 @@
-"""The bridge pump's wake-up (``pump._Wake``): host wake-ups (an event) joined with the
-device -> host bell of the ``cpu`` target (``HostBell``, a futex in the ctl words), so one
+"""The bridge pump's wake-up (``ggmk.bridge.wake.PumpWake``): host wake-ups (an event) joined
+with the device -> host bell of the ``cpu`` target (``HostBell``, a futex in the ctl words), so one
 wait ends at once on either. What must hold: no wake-up is lost, whichever thread comes
 first: a lost one leaves the waiter asleep for its whole (long) timeout, which the test's
 deadline catches."""
@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from ggmk.bridge.pump import _Wake
+from ggmk.bridge.wake import PumpWake
 from ggmk.device import layout
 from ggmk.device.targets import cpu
 
@@ -18,7 +18,7 @@ SLEEP_S = 120.0          # a lost wake-up sleeps this long: far past the test's 
 def test_no_wakeup_is_lost_between_host_wakers_and_the_device_bell(wait_until):
     ctl = np.zeros(layout.NCTL, np.int64)
     bell = cpu.host_bell(ctl)
-    wake = _Wake(lambda: bell)
+    wake = PumpWake(lambda: bell)
     cond = threading.Condition()
     sent = {"host": 0, "dev": 0}
     taken = {"host": 0, "dev": 0}
@@ -71,7 +71,7 @@ def test_no_wakeup_is_lost_between_host_wakers_and_the_device_bell(wait_until):
 
 
 def test_without_a_bell_it_is_the_plain_event():
-    wake = _Wake(lambda: None)
+    wake = PumpWake(lambda: None)
     assert not wake.wait(0.0, lambda: True)       # no bell: ready is not looked at
     wake.set()
     assert wake.is_set() and wake.wait(0.0, lambda: False)

@@ -20,7 +20,7 @@ handler of a small delivery itself on a parked worker instead of waking it; afte
 delivery it blocks at once (``_hand_off``) so the thread it woke gets the GIL.
 The device wakes the pump too where the target rings a device -> host bell (``cpu``:
 ``DeviceKernel.tx_bell``, a futex the device rings after a tx publish while the pump says it
-sleeps): host wake-ups and the bell meet in one wait (:class:`_Wake`), so a record the device
+sleeps): host wake-ups and the bell meet in one wait (:class:`PumpWake`), so a record the device
 publishes is taken at once, not at the next look. Without a bell (``sim``, ``cuda``) the device
 publishes into host memory silently, and after any transfer the pump watches the device ->
 host ring closely for ``HOT_S`` (5 ms: waits of 5..100 us between looks at the next slot),
@@ -74,34 +74,33 @@ dual system moves them at **tick fences** (:class:`Fences`, ``DualSystem.run``).
 """
 from __future__ import annotations
 
-import hashlib
-import math
 import threading
 import time
-import weakref
 from collections import deque
 
 import numpy as np
 
 from ggmk import task as T
 from ggmk.bridge import device_side as ds
-from ggmk.bridge import device_tasks
 from ggmk.bridge.codes import (BRIDGE_DEVICE_STOPPED, BRIDGE_PAYLOAD_TOO_LARGE,
                                BRIDGE_TRANSFER_FAILED)
+from ggmk.bridge.det_traffic import DeterministicTraffic
+from ggmk.bridge.flow import (CLEAR_FLAGS, RX0, RX1, Inbound, Outbound, PendingPayload, grant_due,
+                              near_seq)
+from ggmk.bridge.options import check_options
 from ggmk.bridge.plan import credit_window
+from ggmk.bridge.reset import ResetAccounting
 from ggmk.bridge.transport import TransferError
+from ggmk.bridge.wake import PumpWake, no_bell, tight_timer_slack
 from ggmk.core.alloc import MAX_ALLOC
 from ggmk.device import layout
 from ggmk.errors import GgmkError, KernelStopped
-from ggmk.task import ALLOC_FAIL, CHAN_CLOSED, CHAN_FULL, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC
+from ggmk.task import ALLOC_FAIL, CHAN_CLOSED, CHAN_FULL
 
-_RX0 = ds.BASE + 0x1000              # ingress record types: RX(0) .. RX(0xFFF)
-_RX1 = ds.BASE + 0x2000
 _MARK0 = ds.BASE + 0x3000             # GPU -> CPU mark record types: MARK(0) .. MARK(0xFFF)
 _MARK1 = ds.BASE + 0x4000
 SYS_ERROR = layout.CH_SYS_ERROR
 SYS_DROPPED = layout.CH_SYS_DROPPED
-_CLEAR_FLAGS = np.uint16(0xFFFF ^ FLAG_CHANNEL_MSG)
 _REC = T.RECORD_STRUCT
 
 
@@ -112,304 +111,11 @@ def _service(tid: int, pairs) -> np.ndarray:
                                              for a, b in pairs])), T.TASK_DTYPE)
 
 
-def _tight_timer_slack() -> None:
-    """1 us of timer slack for the calling thread (Linux adds up to 50 us to a normal
-    thread's sleep: most of the pump's 5-100 us looks)."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(29, 1000, 0, 0, 0)     # PR_SET_TIMERSLACK
-    except (OSError, AttributeError):
-        pass
-
-
-def _no_bell():
-    return None
-
-
-class _Wake:
-    """The pump's wake-up: a ``threading.Event`` for the host's wakers (CPU -> GPU messages,
-    ``push_device``, resume, stop: ``set``) joined with the device -> host bell where the
-    transport has one (``tx_bell``: the ``cpu`` target), so one wait ends on either, at once.
-
-    No lost wake-up: :meth:`wait` reads the bell, says it sleeps (``_sleeping`` for host
-    wakers, the bell's waiting word for the device), looks at the event and the tx ring once
-    more, and sleeps only while the bell still reads what it read first. A host waker sets
-    the event, then rings the bell if the pump says it sleeps (the GIL orders the two
-    threads' steps); the device adds to the bell after it publishes a record and wakes the
-    sleeper while the waiting word is up."""
-
-    __slots__ = ("_ev", "_bell_of", "_sleeping")
-
-    def __init__(self, bell_of=None):
-        self._ev = threading.Event()
-        self._bell_of = bell_of          # () -> the transport's bell or None
-        self._sleeping = None            # the bell the pump sleeps on right now
-
-    def set(self) -> None:
-        self._ev.set()
-        b = self._sleeping
-        if b is not None:
-            b.ring()
-
-    def clear(self) -> None:
-        self._ev.clear()
-
-    def is_set(self) -> bool:
-        return self._ev.is_set()
-
-    def bell(self):
-        f = self._bell_of
-        if f is None:
-            return None
-        try:
-            return f()
-        except Exception:   # noqa: BLE001 - a stopped kernel: plain event waits
-            return None
-
-    def wait(self, timeout: float, ready=None) -> bool:
-        """Until set, the device rings (when ``ready`` is given: ``ready()`` says a record is
-        there) or ``timeout`` s. Returns whether the event is set."""
-        b = self.bell() if ready is not None else None
-        if b is None:
-            return self._ev.wait(timeout)
-        if self._ev.is_set():
-            return True
-        seen = b.value()
-        self._sleeping = b
-        b.waiting(True)
-        try:
-            if self._ev.is_set() or ready():
-                return self._ev.is_set()
-            b.wait(seen, timeout)
-        finally:
-            b.waiting(False)
-            self._sleeping = None
-        return self._ev.is_set()
-
-
 class BridgeError(GgmkError):
     """Bad use of the bridge (e.g. pushing while the GPU kernel is being reset)."""
 
 
-class _Pay:
-    """A CPU -> GPU message with a payload, waiting for its device block."""
-    __slots__ = ("rec", "cptr", "n", "dptr", "done", "asked")
-
-    def __init__(self, rec, cptr, n):
-        self.rec = rec          # 1-record ingress array
-        self.cptr = cptr
-        self.n = n
-        self.dptr = 0
-        self.done = False
-        self.asked = False      # its block was asked for (see Bridge._ask_blocks)
-
-
-class _In:
-    """A CPU -> GPU bridge channel."""
-
-    def __init__(self, bc, ch, sub, window):
-        self.bc = bc
-        self.k = bc.k
-        self.ch = ch
-        self.sub = sub
-        self.rx_type = ds.RX(bc.k)
-        self.window = window
-        self.fifo: deque = deque()     # ndarray (ready) or _Pay segments, in channel order
-        self.fifo_n = 0                # records in fifo
-        self.waiting = 0               # _Pay entries not resolved
-        self.asked_bytes = 0           # payload bytes of the _Pay entries asked for, unstaged
-        self.unasked = 0               # _Pay entries in fifo not asked for yet
-        # per GPU kernel (credits, in flight; zeroed when a reset boots a new kernel):
-        self.pushed = 0
-        self.done = 0                  # ingress tasks finished on the device (ok + fail)
-        self.shed = 0                  # ingress records the device dropped at its door
-        # what the kernels before the current one did (reset_device adds the dead kernel's
-        # counts here): stats() shows base + current, so its counters never go back
-        self.base_pushed = 0
-        self.base_done = 0
-        self.base_shed = 0
-        self.crossed = 0
-        self.dead = 0
-        self.det = False
-        # deterministic: messages taken off the bridge ring at the CPU kernel's tick
-        # boundaries (``Bridge.det_hold_inbound``), for the next fence, in channel order
-        self.det_held: list = []
-        self.det_held_n = 0
-        # the last records sent to the device (ingress, in send order), kept so that a reset
-        # can name what was inside the GPU kernel: at most window + the device channel's
-        # capacity can be unfinished there (credits), so that many are kept
-        self.sent: deque = deque()
-        self.sent_n = 0
-        self.log_cap = window + max(int(getattr(bc, "capacity", 0) or 0), 64)
-
-    def inflight(self) -> int:
-        # a record dropped at the door never runs: it is neither ok nor fail on the device
-        return self.pushed - self.done - self.shed
-
-
-def _grant_due(st) -> int:
-    """Credits of a GPU -> CPU channel worth a service record: an eighth of its window."""
-    return max(1, st.window // 8)
-
-
-def _near(ref: int, low: np.ndarray) -> np.ndarray:
-    """Device channel seqs from their low 32 bits (what a record carries): the values nearest
-    ``ref`` (the next seq expected). What is in flight is a credit window around it, far less
-    than 2**31; comparing the column itself stalled a GPU -> CPU channel for good after 2**32
-    messages (its next seq never came: the record said 0)."""
-    d = (low.astype(np.int64) - ref + (1 << 31)) & 0xFFFF_FFFF
-    return ref + d - (1 << 31)
-
-
-class _Reorder:
-    """GPU -> CPU records that arrived ahead of a sequence gap, as NumPy columns (the device's
-    workers forward a channel's messages out of order; restoring the order must not cost a
-    Python dict entry per record). Chunks are kept as they come (records, their device channel
-    seqs, live mask: False = the message died on the device, its seq only closes the gap) and
-    sorted together when a run may be complete: one ``argsort`` per batch."""
-
-    __slots__ = ("recs", "seqs", "live", "n")
-
-    def __init__(self):
-        self.clear()
-
-    def clear(self) -> None:
-        self.recs: list = []
-        self.seqs: list = []
-        self.live: list = []
-        self.n = 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def add(self, recs: np.ndarray, seqs: np.ndarray, live: np.ndarray | None = None) -> None:
-        self.recs.append(recs)
-        self.seqs.append(np.asarray(seqs, np.int64))
-        self.live.append(np.ones(len(recs), bool) if live is None else live)
-        self.n += len(recs)
-
-    def live_n(self) -> int:
-        """Live records held (not the dead markers that only close a gap)."""
-        return sum(int(x.sum()) for x in self.live)
-
-    def merged(self):
-        """(records, seqs, live) of everything held, sorted by seq (kept merged)."""
-        if len(self.recs) > 1 or (self.recs and len(self.seqs[0]) > 1
-                                  and (np.diff(self.seqs[0]) < 0).any()):
-            recs = T.concat(self.recs) if len(self.recs) > 1 else self.recs[0]
-            seqs = np.concatenate(self.seqs) if len(self.seqs) > 1 else self.seqs[0]
-            live = np.concatenate(self.live) if len(self.live) > 1 else self.live[0]
-            o = np.argsort(seqs, kind="stable")
-            self.recs, self.seqs, self.live = [T.select(recs, o)], [seqs[o]], [live[o]]
-        if not self.recs:
-            return T.empty(0), np.zeros(0, np.int64), np.zeros(0, bool)
-        return self.recs[0], self.seqs[0], self.live[0]
-
-    def pop_run(self, nxt: int):
-        """Take the run of consecutive seqs starting at ``nxt``: (live records of it, the seq
-        after it). A seq seen twice (cannot happen: the device numbers each message once) would
-        end the run."""
-        recs, seqs, live = self.merged()
-        if not len(seqs) or seqs[0] != nxt:
-            return None, nxt
-        k = len(seqs)
-        bad = np.flatnonzero(seqs != nxt + np.arange(k, dtype=np.int64))
-        if len(bad):
-            k = int(bad[0])
-        run, rl = recs[:k], live[:k]
-        if k == len(seqs):
-            self.clear()
-        else:
-            self.recs, self.seqs, self.live = [recs[k:]], [seqs[k:]], [live[k:]]
-            self.n = len(seqs) - k
-        if not rl.all():
-            run = T.select(run, rl)
-        return run, nxt + k
-
-
-class _Out:
-    """A GPU -> CPU bridge channel."""
-
-    def __init__(self, bc, ch, window):
-        self.bc = bc
-        self.k = bc.k
-        self.ch = ch
-        self.window = window
-        self.next_seq = 1
-        self.reorder = _Reorder()      # ahead of a sequence gap (columns)
-        self.ready: deque = deque()    # arrays in channel order, waiting for room
-        self.ready_n = 0
-        # in channel order, before ``ready``: records whose payloads are still in the device
-        # arena (a lossless channel's, from the first that found no host memory on)
-        self.uncopied: deque = deque()
-        self.uncopied_n = 0
-        self.grant = 0
-        # credits granted ahead for live records held in ``reorder`` (see Bridge._hold_credit)
-        self.pregranted = 0
-        self.crossed = 0
-        self.dead = 0
-        self.full = 0
-        self.det = False
-        self.fence_buf: list = []      # deterministic: this epoch's records (any order)
-
-
-def check_arena_reserve(share) -> None:
-    """The bridge's ``arena_reserve`` option (ValueError naming it unless a share in (0, 1))."""
-    if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 < share < 1:
-        raise ValueError(f"bridge: arena_reserve must be a share of the CPU arena in (0, 1), "
-                         f"got {share!r}")
-
-
-def _count(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _amount(v) -> bool:
-    # finite: an infinite flush_us or retry_backoff_us would wait forever
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
-        and math.isfinite(v)
-
-
-# upper bounds: ``batch``: a transfer is at most a ring's worth (the rings hold 16,384 /
-# 32,768 records by default; a bigger batch only moves a prefix); ``window``: the credit
-# window is a compile-time constant the device adds to an int64 credit count (2**70 failed in
-# the GPU compile), and as large as a device channel may be; ``max_retries`` and
-# ``retry_backoff_us``: a failing link is given up on in hours at most, not never
-BATCH_MAX = 1 << 16
-WINDOW_MAX = 2**31 - 1
-MAX_RETRIES_MAX = 1000
-RETRY_BACKOFF_MAX_US = 1_000_000
-
-#: the bridge's tunable options: (what it must be, the check)
-OPTION_RULES = {
-    "batch": (f"an int 1..{BATCH_MAX} (records per transfer)",
-              lambda v: _count(v) and 1 <= v <= BATCH_MAX),
-    "flush_us": ("a finite number >= 0 (us a partial batch may wait)", lambda v: _amount(v) and v >= 0),
-    "window": (f"None or an int 1..{WINDOW_MAX} (credits per bridge channel)",
-               lambda v: v is None or (_count(v) and 1 <= v <= WINDOW_MAX)),
-    "max_retries": (f"an int 0..{MAX_RETRIES_MAX} (retries of a failed transfer)",
-                    lambda v: _count(v) and 0 <= v <= MAX_RETRIES_MAX),
-    "retry_backoff_us": (f"a finite number 0..{RETRY_BACKOFF_MAX_US} (us before the first "
-                         "retry; doubled per retry, up to 64 times)",
-                         lambda v: _amount(v) and 0 <= v <= RETRY_BACKOFF_MAX_US),
-    "pump_helps": ("True or False", lambda v: isinstance(v, bool)),
-}
-
-
-def check_options(opts: dict) -> None:
-    """ValueError naming the first bridge option whose value is not allowed (the option, the
-    value and what it must be): a bad value must not boot a bridge that then misbehaves (a
-    negative ``max_retries`` sent no batch at all and lost every CPU -> GPU message)."""
-    for name, v in opts.items():
-        if name == "arena_reserve":
-            check_arena_reserve(v)
-            continue
-        rule = OPTION_RULES.get(name)
-        if rule is not None and not rule[1](v):
-            raise ValueError(f"bridge: {name} must be {rule[0]}, got {v!r}")
-
-
-class Bridge:
+class Bridge(ResetAccounting, DeterministicTraffic):
     """The bridge between a booted CPU ``System`` and a GPU kernel behind ``transport``.
 
     ``channels``: the :class:`~ggmk.bridge.plan.BridgeChannel` list. ``batch`` records per
@@ -439,11 +145,11 @@ class Bridge:
         self.backoff = retry_backoff_us * 1e-6
         self.lock = threading.RLock()
         self._det_lock = threading.Lock()  # deterministic bridge rings (det_hold_inbound)
-        self.ins: list[_In] = []
-        self.outs: dict[int, _Out] = {}
+        self.ins: list[Inbound] = []
+        self.outs: dict[int, Outbound] = {}
         self.by_name = {}
         self._stop = threading.Event()
-        self._wake = _Wake(lambda: getattr(self.tx, "tx_bell", _no_bell)())
+        self._wake = PumpWake(lambda: getattr(self.tx, "tx_bell", no_bell)())
         self.direct = self.DIRECT
         self.pump_helps = bool(pump_helps)
         self._pump_ident = None            # the pump thread's ident (see _after_emit)
@@ -452,14 +158,14 @@ class Bridge:
         for bc in channels:
             ch = system.channel(bc.name)
             if bc.direction == "c2g":
-                st = _In(bc, ch, None, credit_window(bc, self.window, ingress_room))
+                st = Inbound(bc, ch, None, credit_window(bc, self.window, ingress_room))
                 st.det = deterministic and bc.deterministic
                 st.sub = ch.subscribe(None, name="bridge->gpu",
                                       notify=lambda st=st: self._on_push(st))
                 st.sub.add_after(lambda st=st: self._after_emit(st))
                 self.ins.append(st)
             else:
-                st = _Out(bc, ch, credit_window(bc, self.window))
+                st = Outbound(bc, ch, credit_window(bc, self.window))
                 st.det = deterministic and bc.deterministic
                 self.outs[bc.k] = st
             self.by_name[bc.name] = st
@@ -472,7 +178,7 @@ class Bridge:
         self._stage: list[np.ndarray] = []
         self._stage_n = 0
         self._stage_t = 0
-        self._pending_alloc: dict[int, tuple] = {}   # tag -> (_In, _Pay)
+        self._pending_alloc: dict[int, tuple] = {}   # tag -> (Inbound, PendingPayload)
         self._alloc_retry: list = []                  # (bytes, tag): ALLOCs to ask again
         self._cpu_done: list = []                     # CPU blocks of staged payloads
         self._alloc_retry_t = 0.0
@@ -554,7 +260,7 @@ class Bridge:
     HELP_S = 0.0002
 
     # -- CPU -> GPU from the emitting thread ------------------------------------------------------
-    def _on_push(self, st: _In) -> None:
+    def _on_push(self, st: Inbound) -> None:
         """The notify hook of a CPU -> GPU channel's bridge ring (under the channel's lock).
         While the pump sleeps, the emitting thread sends the message itself right after the
         emit (``_after_emit``, outside the lock): waking the pump would cost a thread wake-up
@@ -564,7 +270,7 @@ class Bridge:
             return
         self._wake.set()
 
-    def _after_emit(self, st: _In) -> None:
+    def _after_emit(self, st: Inbound) -> None:
         """After an emit into a CPU -> GPU bridge channel, on the emitting thread, outside the
         channel's lock: while the pump sleeps, take the bridge's lock if it is free at once and
         do the pump's host -> device half (take against credits, stage, send: the same code
@@ -599,7 +305,7 @@ class Bridge:
             self._wake.set()
 
     def _loop(self) -> None:
-        _tight_timer_slack()             # its short sleeps (_watch) end on time
+        tight_timer_slack()             # its short sleeps (_watch) end on time
         self._pump_ident = threading.get_ident()
         idle = 0
         wake = self._wake
@@ -843,13 +549,13 @@ class Bridge:
             else:
                 self._foreign(part)
 
-    def _marks(self, st: _Out, part: np.ndarray) -> None:
+    def _marks(self, st: Outbound, part: np.ndarray) -> None:
         part = T.copy(part)
-        seqs = _near(st.next_seq, part["channel"])
+        seqs = near_seq(st.next_seq, part["channel"])
         part["type"] = st.bc.type_id
         part["channel"] = 0
         part["seq"] = 0
-        part["flags"] &= _CLEAR_FLAGS
+        part["flags"] &= CLEAR_FLAGS
         if st.det:
             st.fence_buf.append(part)
             self._grant(st, len(part))
@@ -862,14 +568,14 @@ class Bridge:
         st.reorder.add(part, seqs)
         self._drain_reorder(st)
 
-    def _drain_reorder(self, st: _Out) -> None:
+    def _drain_reorder(self, st: Outbound) -> None:
         arr, st.next_seq = st.reorder.pop_run(st.next_seq)
         if arr is not None and len(arr):
             self._in_order(st, arr)
         if st.reorder and st.bc.lossless:
             self._hold_credit(st)
 
-    def _in_order(self, st: _Out, arr: np.ndarray) -> None:
+    def _in_order(self, st: Outbound, arr: np.ndarray) -> None:
         """GPU -> CPU records now in channel order: to ``ready`` once their payloads are in
         the CPU arena (``_copy_waiting``)."""
         if st.uncopied or arr["payload_len"].any():
@@ -880,7 +586,7 @@ class Bridge:
             st.ready.append(arr)
             st.ready_n += len(arr)
 
-    def _copy_waiting(self, st: _Out, final: int | None = None) -> None:
+    def _copy_waiting(self, st: Outbound, final: int | None = None) -> None:
         """Copy the payloads of ``st.uncopied`` into the CPU arena, in channel order, and move
         the records to ``ready``. Why here, in order, and not as they arrive: host memory is
         then only held by records next in line for the CPU channel, whose handlers free it,
@@ -903,7 +609,7 @@ class Bridge:
                 st.uncopied_n += len(rest)
                 return
 
-    def _hold_credit(self, st: _Out) -> None:
+    def _hold_credit(self, st: Outbound) -> None:
         """Records held for a sequence gap get their credits now, not when the CPU channel
         accepts them. Why: the device's egress tasks take credits out of channel order, so
         the records behind a gap can hold every credit of the window while the gap's own
@@ -918,7 +624,7 @@ class Bridge:
             st.grant += held - st.pregranted
             st.pregranted = held
 
-    def _grant_taken(self, st: _Out, n: int) -> None:
+    def _grant_taken(self, st: Outbound, n: int) -> None:
         """Credits for ``n`` records the CPU channel took (or dropped, closed), less the ones
         granted ahead while they were held for a gap."""
         if st.pregranted and n:
@@ -931,7 +637,7 @@ class Bridge:
                 self._hold_credit(st)
         self._grant(st, n)
 
-    def _copy_in(self, st: _Out, part: np.ndarray, final: int | None):
+    def _copy_in(self, st: Outbound, part: np.ndarray, final: int | None):
         """Copy ``part``'s device payloads into the CPU arena in order (``_copy_waiting``):
         (the records copied, with local addresses; the rest, still uncopied, or None)."""
         arena = self.sys.arena
@@ -993,7 +699,7 @@ class Bridge:
         self.c["service_records"] += m
         self._releases = []
 
-    def _grant(self, st: _Out, n: int) -> None:
+    def _grant(self, st: Outbound, n: int) -> None:
         if st.bc.lossless and n:
             st.grant += n
 
@@ -1005,7 +711,7 @@ class Bridge:
         one on an idle step cost a doorbell and a device wake-up per round trip."""
         recs = []
         for st in self.outs.values():
-            if st.grant and (st.grant >= _grant_due(st) or (force and (st.reorder or
+            if st.grant and (st.grant >= grant_due(st) or (force and (st.reorder or
                                                                         st.pregranted))):
                 recs.append((ds.limit_word(st.k), st.grant))
                 self.c["credits_granted"] += st.grant
@@ -1110,7 +816,7 @@ class Bridge:
             pay.dptr = int(ptr)
             pay.done = True
 
-    def _yield_blocks(self, st: _In) -> None:
+    def _yield_blocks(self, st: Inbound) -> None:
         """A device block request of ``st`` failed (device arena full). Messages behind it in
         channel order that got their blocks cannot go before it, and may hold the very blocks
         it needs: give those blocks back and ask again for them after it (their bytes are
@@ -1141,7 +847,7 @@ class Bridge:
                 not part["payload_len"].any() and not k.halted:
             p = T.copy(part)
             p["channel"] = 0
-            p["flags"] &= _CLEAR_FLAGS
+            p["flags"] &= CLEAR_FLAGS
             k.submit_batch(p)
             return
         self.device_out.append(T.copy(part))
@@ -1160,7 +866,7 @@ class Bridge:
                 st = self.outs[ds.tx_index(t)]
                 r["type"] = st.bc.type_id
                 r["channel"] = 0
-                seq = int(_near(st.next_seq, r["seq"])[0])
+                seq = int(near_seq(st.next_seq, r["seq"])[0])
                 st.dead += 1
                 if where == SYS_ERROR:
                     self._grant(st, 1)    # the egress took its credit before it failed
@@ -1190,7 +896,7 @@ class Bridge:
                 continue
             else:
                 r["channel"] = 0
-            r["flags"] &= _CLEAR_FLAGS
+            r["flags"] &= CLEAR_FLAGS
             if where == SYS_ERROR:
                 self._to_sys_error(r, code)
             else:
@@ -1261,14 +967,14 @@ class Bridge:
                 return False
         return True
 
-    def _admit_in(self, st: _In, recs: np.ndarray) -> None:
+    def _admit_in(self, st: Inbound, recs: np.ndarray) -> None:
         """Turn taken CPU channel messages into ingress records (payloads: ask for blocks)."""
         recs = T.copy(recs)
         plen = recs["payload_len"]
         recs["type"] = st.rx_type
         recs["channel"] = 0
         recs["seq"] = 0
-        recs["flags"] &= _CLEAR_FLAGS
+        recs["flags"] &= CLEAR_FLAGS
         st.fifo_n += len(recs)
         if not plen.any():
             st.fifo.append(recs)
@@ -1291,7 +997,7 @@ class Bridge:
                 st.dead += 1
                 st.fifo_n -= 1
                 continue
-            pay = _Pay(T.copy(recs[i:i + 1]), cptr, n)
+            pay = PendingPayload(T.copy(recs[i:i + 1]), cptr, n)
             pay.rec["payload_ptr"] = 0
             st.waiting += 1
             st.unasked += 1
@@ -1307,7 +1013,7 @@ class Bridge:
     #: copies a message (2 needed); 2.75 with 1 MiB ahead, 2 with 256 KiB
     ASK_AHEAD_BYTES = 256 << 10
 
-    def _ask_blocks(self, st: _In) -> None:
+    def _ask_blocks(self, st: Inbound) -> None:
         """Ask the device for blocks for the next payload messages in channel order, while
         less than ``ASK_AHEAD_BYTES`` of them are asked for and not staged."""
         if not st.unasked:
@@ -1330,7 +1036,7 @@ class Bridge:
             self._stage_add(_service(ds.ALLOC, pairs))
             self.c["service_records"] += len(pairs)
 
-    def _fifo_to_stage(self, st: _In) -> bool:
+    def _fifo_to_stage(self, st: Inbound) -> bool:
         did = asked = False
         fifo = st.fifo
         while fifo:
@@ -1455,13 +1161,13 @@ class Bridge:
         return k
 
     def _log_sent(self, recs: np.ndarray) -> None:
-        """Keep the ingress records of a sent batch (see ``_In.sent``): one copy per batch."""
+        """Keep the ingress records of a sent batch (see ``Inbound.sent``): one copy per batch."""
         t = recs["type"]
         t0 = int(t[0])
-        if _RX0 <= t0 < _RX1 and not np.count_nonzero(t != t0):
+        if RX0 <= t0 < RX1 and not np.count_nonzero(t != t0):
             groups = [(t0, T.copy(recs))]      # the common case: one channel's ingress only
         else:
-            m = (t >= _RX0) & (t < _RX1)
+            m = (t >= RX0) & (t < RX1)
             if not np.count_nonzero(m):
                 return
             part = T.select(recs, m)           # (a copy: kept as it is)
@@ -1512,348 +1218,6 @@ class Bridge:
                         self.outs[k].grant += int(d)       # grant again later
             # RELEASE records: the device keeps those blocks (counted in errors)
 
-    # -- reset of the GPU kernel (the watchdog) --------------------------------------------------
-    def begin_reset(self, reason: str) -> None:
-        """Hold every transfer and make the CPU -> GPU bridge channels refuse new messages with
-        CHAN_CLOSED (their producers retry or report it) until :meth:`end_reset`
-        (``Channel.suspend`` / ``resume``). What the channels already accepted stays queued on
-        the CPU side and crosses afterwards."""
-        self.paused = reason
-        for st in self.ins:                 # (a retried reset keeps the first one's list)
-            if st.ch.suspend():
-                self._suspended.append(st.ch)
-        with self.lock:                  # a pump step in progress finishes first
-            pass
-
-    def end_reset(self) -> None:
-        for ch in self._suspended:
-            ch.resume()
-        self._suspended = []
-        self.paused = None
-        self._last_io = time.monotonic()
-        self.poke()
-
-    def reset_device(self, code: int, *, reset: bool = True) -> dict:
-        """The GPU kernel behind the transport is gone (killed); the transport still reads its
-        last published words. Account for everything that was inside it or on its way:
-
-        * what it published before it died is received and delivered first;
-        * CPU -> GPU: the records it had not finished (ingress tasks not done, plus messages
-          still queued or running on the device channel: ``chan_depth``) go to sys.error with
-          ``code``, named from the send log (the most recent ones: the device finishes out of
-          order, so which ones is exact only when it had finished none of the later ones);
-          their device payloads are gone (``payload_ptr`` 0);
-        * staged, unsent records: inline ingress records are kept and sent to the new kernel
-          (redelivered); ones whose payload was already in the old device arena go to
-          sys.error with ``code``; service records (ALLOC, RELEASE, CREDIT) are dropped and
-          block requests still waiting are asked again of the new kernel;
-        * GPU -> CPU: records waiting for a sequence gap are delivered in order; every seq the
-          device channel assigned (as last published) that the host never received was
-          inside the old kernel: each goes to sys.error with ``code`` as a record carrying
-          its channel seq (``_lost_on_device``; the gaps also counted in ``gaps``); credits
-          start again;
-        * the GPU kernel's own unfinished tasks (``push_device``, follow-ons, device-only
-          channels) go to sys.error with ``code``, one record of their type each
-          (``_lost_tasks_on_device``).
-
-        ``reset=False``: the same accounting when the GPU kernel stopped for good (halt), not
-        counted as a reset. Returns {"lost", "redelivered", "gaps", "per_channel",
-        "device_tasks"}."""
-        acct = {"lost": 0, "redelivered": 0, "gaps": 0, "per_channel": {}}
-        with self.lock:
-            try:
-                for _ in range(8):
-                    if not self._receive():
-                        break
-                self._deliver_out()
-            except Exception as e:   # noqa: BLE001 - the pages may be unreadable: go on
-                self.errors.append(f"bridge: reading the reset kernel's ring: {e!r}")
-            self._refresh_done(force=True)
-            staged = T.concat(self._stage) if self._stage_n else T.empty(0)
-            self._stage, self._stage_n = [], 0
-            self._retry_n = 0             # (the new kernel gets what is kept at once)
-            st_types = staged["type"]
-            is_rx = (st_types >= _RX0) & (st_types < _RX1)
-            kernel = getattr(self.tx, "kernel", None)
-            for st in self.ins:
-                mine = is_rx & (st_types == st.rx_type)
-                n_staged = int(mine.sum())
-                sent_total = st.pushed - n_staged
-                depth = 0
-                if kernel is not None:
-                    try:
-                        depth = kernel.chan_depth(st.bc.name)
-                    except Exception:   # noqa: BLE001
-                        depth = 0
-                lost = max(0, sent_total - st.done - st.shed) + max(0, depth)
-                lost = min(lost, max(0, sent_total))
-                named = min(lost, st.sent_n)
-                if named:
-                    log = T.copy(T.concat(list(st.sent))[-named:])
-                    log["type"] = st.bc.type_id
-                    log["payload_ptr"] = 0
-                    self._to_sys_error(log, code)
-                if lost > named:
-                    self.errors.append(
-                        f"bridge channel {st.bc.name!r}: {lost - named} record(s) lost in the "
-                        f"GPU kernel reset could not be named (older than the send log)")
-                st.dead += lost
-                acct["lost"] += named
-                acct["per_channel"][st.bc.name] = {"lost": lost, "named": named}
-                st.sent.clear()
-                st.sent_n = 0
-                # the dead kernel's counts go to the cumulative base; the new kernel's
-                # bookkeeping (credits, in flight) starts from 0
-                st.base_pushed += max(0, sent_total)
-                st.base_done += st.done
-                st.base_shed += st.shed
-                st.done = 0
-                st.shed = 0
-                st.pushed = 0
-            if len(staged):
-                keep = ~is_rx.copy()
-                plen = staged["payload_len"]
-                keep[:] = False
-                for st in self.ins:
-                    mine = is_rx & (st_types == st.rx_type)
-                    ok = mine & (plen == 0)
-                    bad = mine & (plen != 0)
-                    keep |= ok
-                    st.pushed += int(ok.sum())
-                    if bad.any():
-                        r = T.select(staged, bad)
-                        r["type"] = st.bc.type_id
-                        self._to_sys_error(r, code)
-                        st.dead += len(r)
-                        acct["lost"] += len(r)
-                    acct["redelivered"] += int(ok.sum())
-                if keep.any():
-                    rest = T.select(staged, keep)
-                    self._stage = [rest]
-                    self._stage_n = len(rest)
-                    self._stage_t = time.monotonic_ns() - self.flush_ns
-            # payload messages: block requests are asked again; blocks of the old arena too
-            for st in self.ins:
-                for x in st.fifo:
-                    if isinstance(x, np.ndarray) or x.rec is None or not x.done:
-                        continue
-                    x.dptr = 0
-                    x.rec["payload_ptr"] = 0
-                    x.done = False
-                    st.waiting += 1
-                    self._tag += 1
-                    self._pending_alloc[self._tag] = (st, x)
-            self._alloc_retry = [(pay.n, tag) for tag, (st, pay)
-                                 in sorted(self._pending_alloc.items())]
-            self._alloc_retry_t = 0.0
-            for st in self.outs.values():
-                seen = st.next_seq - 1         # the last channel seq delivered in order
-                missing: list = []
-                if st.reorder:
-                    recs, keys, live = st.reorder.merged()
-                    # the gaps before the records that wait for them were inside the old kernel
-                    missing = sorted(set(range(st.next_seq, int(keys[-1]) + 1))
-                                     - set(keys.tolist()))
-                    acct["gaps"] += len(missing)
-                    seen = int(keys[-1])
-                    st.reorder.clear()
-                    arr = recs[live]
-                    if len(arr):
-                        st.uncopied.append(arr)
-                        st.uncopied_n += len(arr)
-                self._lost_on_device(st, missing, seen, kernel, code, acct)
-                # payloads still in the old device arena: copied now or on sys.error
-                dead0 = st.dead
-                self._copy_waiting(st, final=code)
-                st.fence_buf = [self._copy_in(st, a, code)[0] for a in st.fence_buf]
-                acct["lost"] += st.dead - dead0
-                st.next_seq = 1
-                st.grant = 0
-                st.pregranted = 0
-            self._releases = []           # (blocks of the old device arena)
-            self._counts_t = 0.0
-            self._lost_tasks_on_device(kernel, code, acct)
-            if reset:                     # (halt uses the same accounting, with HALTED)
-                self.c["resets"] += 1
-                self.c["reset_lost"] += acct["lost"]
-                self.c["reset_redelivered"] += acct["redelivered"]
-        return acct
-
-    def _lost_on_device(self, st: _Out, missing: list, seen: int, kernel, code: int,
-                        acct: dict) -> None:
-        """``reset_device``'s GPU -> CPU part: messages the old GPU kernel had accepted on the
-        device channel but never forwarded are gone with it: every seq up to the channel's
-        last assigned one (``chan_seq``, as the kernel last published it) or the highest the
-        host received (``seen``), whichever is higher, that the host never received: the gaps
-        (``missing``) and the seqs after ``seen``. Each of them was assigned and none was
-        received: no message is counted twice. Seqs assigned after the last publication and
-        never forwarded cannot be known (a killed kernel publishes every few loops): they are
-        missed; once the kernel stopped (halt) the publication is final and this is exact.
-        Deterministic channels keep no seqs on the host: their egress depth is counted
-        instead. Their contents are gone; each goes to sys.error with ``code`` as a record of
-        the channel's type carrying its seq, so every one is accounted."""
-        top = seen
-        extra = []
-        if kernel is not None:
-            try:
-                if st.det:
-                    # (fence_buf holds their records unnumbered: ``seen`` is not theirs)
-                    depth = max(0, kernel.chan_depth(st.bc.name, ds.TX(st.k)))
-                    extra = list(range(seen + 1, seen + 1 + max(0, depth - len(missing))))
-                else:
-                    top = max(seen, kernel.chan_seq(st.bc.name))
-            except Exception:   # noqa: BLE001 - the pages may be unreadable: count the gaps
-                top = seen
-        seqs = list(missing) + extra + list(range(seen + 1, top + 1))
-        if not seqs:
-            return
-        recs = T.make(len(seqs), type=st.bc.type_id,
-                      seq=np.array(seqs, np.int64) & 0xFFFFFFFF)
-        self._to_sys_error(recs, code)
-        st.dead += len(seqs)
-        acct["lost"] += len(seqs)
-        acct["per_channel"][st.bc.name] = {"lost": len(seqs), "named": len(seqs),
-                                           "gaps": len(missing)}
-
-    def _lost_tasks_on_device(self, kernel, code: int, acct: dict) -> None:
-        """``reset_device``'s last part: the old GPU kernel's own unfinished tasks (given with
-        ``push_device``, emitted by its handlers, on device-only channels: nothing the bridge
-        names) go to sys.error with ``code``, one record of its type per task (contents died
-        with the kernel; type 0: a task on its event queue), counted in ``acct["lost"]`` and
-        ``acct["device_tasks"]`` ({type: n}). See ``device_tasks.unfinished_tasks``. Records
-        still on the host -> device ring (pushed while GPU worker 0, the one that takes them
-        in, was stuck) are named as they are (``device_tasks.host_ring_left``). Once per
-        kernel: a reset tried again after a failed reboot, or a halt after it, finds the same
-        dead kernel and must not name its tasks twice."""
-        acct["device_tasks"] = {}
-        if kernel is None or (self._tasks_named is not None and self._tasks_named() is kernel):
-            return
-        self._tasks_named = weakref.ref(kernel)
-        try:
-            left = device_tasks.unfinished_tasks(kernel, [st.bc.name for st in self.ins])
-        except Exception as e:   # noqa: BLE001 - its pages may be unreadable: say so
-            self.errors.append(f"bridge: counting the GPU kernel's unfinished tasks: {e!r}")
-            left = {}
-        for t, n in sorted(left.items()):
-            self._to_sys_error(T.make(n, type=t), code)
-            acct["lost"] += n
-        try:
-            ring = device_tasks.host_ring_left(kernel)
-        except Exception as e:   # noqa: BLE001 - see above
-            self.errors.append(f"bridge: reading the GPU kernel's host -> device ring: {e!r}")
-            ring = T.empty(0)
-        if len(ring):
-            ring["channel"] = 0
-            ring["flags"] &= _CLEAR_FLAGS
-            self._to_sys_error(ring, code)
-            acct["lost"] += len(ring)
-            for t, n in zip(*np.unique(ring["type"], return_counts=True)):
-                left[int(t)] = left.get(int(t), 0) + int(n)
-        acct["device_tasks"] = left
-
-    # -- deterministic channels (tick fences) ----------------------------------------------------
-    def det_hold_inbound(self) -> int:
-        """At a CPU kernel tick boundary (``DualSystem`` hooks it into the tick stage's
-        boundary, after the CPU channels delivered the tick): take what deterministic CPU ->
-        GPU channels' bridge rings hold and keep it for the next fence, in channel order. The
-        ring has room again, so a producer that found it full (CHAN_FULL, ``wait_``) gets in on
-        a later CPU tick instead of keeping the CPU kernel busy forever; which messages are
-        held depends only on the CPU's deterministic ticks. Returns how many were taken."""
-        n = 0
-        with self._det_lock:
-            for st in self.ins:
-                if st.det:
-                    recs = st.sub.take()
-                    if len(recs):
-                        st.det_held.append(T.copy(recs))
-                        st.det_held_n += len(recs)
-                        n += len(recs)
-        return n
-
-    def det_take_inbound(self) -> list:
-        """Every message waiting on deterministic CPU -> GPU channels (held at CPU tick
-        boundaries, then what the bridge ring holds), in (channel, seq) order, as
-        [(channel, records)]."""
-        out = []
-        with self.lock, self._det_lock:
-            for st in self.ins:
-                if st.det:
-                    parts, st.det_held, st.det_held_n = st.det_held, [], 0
-                    recs = st.sub.take()
-                    if len(recs):
-                        parts.append(T.copy(recs))
-                    if parts:
-                        out.append((st, T.concat(parts) if len(parts) > 1 else parts[0]))
-        return out
-
-    def det_push(self, batches) -> int:
-        n = 0
-        with self.lock:
-            for st, recs in batches:
-                self._admit_in(st, recs)
-                n += len(recs)
-        return n
-
-    def det_pump_inbound(self) -> None:
-        with self.lock:
-            for st in self.ins:
-                if st.det:
-                    self._fifo_to_stage(st)
-            self._flush(True)
-
-    def det_digests(self, recs: np.ndarray, *, device: bool) -> np.ndarray:
-        """A 64-bit digest of each record's payload bytes (0: none), read from the GPU
-        kernel's arena (``device``: a GPU -> CPU record not copied in yet) or the CPU
-        kernel's: what the fences sort and hash by, besides the inline words. A payload that
-        cannot be read digests as its length only (the bridge names it when it copies)."""
-        out = np.zeros(len(recs), np.uint64)
-        lens = recs["payload_len"]
-        ptrs = recs["payload_ptr"]
-        for i in np.flatnonzero(lens).tolist():
-            n, ptr = int(lens[i]), int(ptrs[i])
-            try:
-                b = bytes(self.tx.read_payload(ptr, n) if device
-                          else self.sys.arena.view(ptr, n))
-            except Exception:   # noqa: BLE001 - unreadable: the copy names it
-                b = b""
-            out[i] = int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little")
-        return out
-
-    def det_take_outbound(self) -> list:
-        """This epoch's records of deterministic GPU -> CPU channels, per channel, sorted by
-        content, payload bytes included (the device's own order depends on its worker
-        interleaving), as [(channel, records, payload digests)]."""
-        out = []
-        with self.lock:
-            for st in self.outs.values():
-                if st.det and st.fence_buf:
-                    recs = T.concat(st.fence_buf)
-                    st.fence_buf = []
-                    dig = self.det_digests(recs, device=True)
-                    order = np.lexsort((dig, recs["payload_len"], recs["tenant"],
-                                        recs["flags"] & 3, recs["meta1"], recs["meta0"]))
-                    out.append((st, recs[order], dig[order]))
-        return out
-
-    def det_pending(self) -> bool:
-        """Deterministic traffic waits for a fence: messages on a deterministic CPU -> GPU
-        channel's bridge ring or held at a CPU tick boundary, or GPU output of a deterministic
-        GPU -> CPU channel not delivered yet."""
-        for st in self.ins:
-            if st.det and (st.det_held_n or st.sub.ring.tail != st.sub.ring.head):
-                return True
-        return any(st.det and st.fence_buf for st in self.outs.values())
-
-    def det_deliver(self, st: _Out, recs: np.ndarray) -> int:
-        """Emit a fence's records into the CPU channel in the given order (canonical)."""
-        recs = T.copy(recs)
-        recs["seq"] = np.arange(len(recs), dtype=np.int64)
-        recs["flags"] |= FLAG_DETERMINISTIC
-        with self.lock:
-            self._in_order(st, recs)
-            self._deliver_out()
-        return len(recs)
-
     # -- state ----------------------------------------------------------------------------------
     def idle(self, *, refresh: bool = True, fenced: bool = True) -> bool:
         """Nothing on its way in either direction (device-side work aside). ``fenced``
@@ -1865,8 +1229,8 @@ class Bridge:
             if fenced and self.det_pending():
                 return False
             for st in self.outs.values():
-                # (credits below _grant_due wait for more: the device never waits for them)
-                if st.ready or st.uncopied or st.reorder or st.grant >= _grant_due(st):
+                # (credits below grant_due wait for more: the device never waits for them)
+                if st.ready or st.uncopied or st.reorder or st.grant >= grant_due(st):
                     return False
             if refresh:
                 self._refresh_done(force=True)
