@@ -141,7 +141,7 @@ def test_other_tag_functions_on_a_shared_reply_channel_are_refused(helps):
         other.close()
         idle.close()
         # every client gone: the channel may be taken with other functions
-        c = sdk.Client(system, "kv.get", "kv.resp", reply_tag=sdk._tag48)
+        c = sdk.Client(system, "kv.get", "kv.resp", reply_tag=sdk.tags._tag48)
         c.close()
 
 

@@ -156,7 +156,7 @@ def test_the_clock_table_stays_small():
         sb.advance(1)                             # they leave (CHAN_CLOSED)
         assert [e[3] for e in sb.errors] == [T.CHAN_CLOSED] * 3000
         for i in range(3):                        # a later waiter now and then
-            sb.advance(sdk._KEEP + 1)
+            sb.advance(sdk.sends._KEEP + 1)
             sb.feed("PROD", meta0=5000 + i)
         assert len(w.cur) + len(w.old) == 1       # the last one's
         assert [e[:2] for e in sb.errors[3000:]] == [("PROD", 5000), ("PROD", 5001)]
