@@ -136,7 +136,11 @@ def test_two_saturating_tenants_with_weights_2_to_1_get_2_to_1_handler_time(hal)
     """Both tenants keep a backlog for the whole run; their handler time splits 2:1 (5%)."""
     secs = 4.0 if hal == THREADS else 10.0
     log = Log()
-    with boot([work_module(log)], hal=hal, workers=2, max_batch=8, policy="eevdf",
+    pol = EevdfBorePolicy()
+    # (batch_limit: max_batch decides, 8 tasks a batch, as the overhead bound below assumes;
+    # at the default 100 us a batch holds one 100 us task, and the Python around it is ~30%)
+    pol.batch_ns = 2 * MS
+    with boot([work_module(log)], hal=hal, workers=2, max_batch=8, policy=pol,
               tenants={0: {"weight": 2048}, 1: {"weight": 1024}}) as s:
         per_tenant = int(secs * 2 * 1e6 / 100)        # more than 2 workers can do in secs
         flood(s, {0: per_tenant, 1: per_tenant}, task_us=100)
@@ -232,6 +236,7 @@ def _bursty_run(hal, bore_penalty):
     deadline, which is where BORE's penalty acts, only matters with three or more."""
     secs = 1.5 if hal == THREADS else 3.0
     pol = Recorder(1, bore_penalty=bore_penalty)
+    pol.batch_ns = 400 * US      # (batch_limit: up to 4 flood tasks a batch, as max_batch)
     log = Log()
     with boot([work_module(log)], hal=hal, workers=2, max_batch=4, policy=pol,
               tenants={0: 0, 1: 0, 2: 0}, tick_hz=1000) as s:
@@ -386,6 +391,33 @@ def test_a_tenant_id_out_of_range_fails_the_boot_naming_the_key(tid):
     with pytest.raises(TenantError, match=rf"boot: tenants key {tid}: allowed an int tenant "
                                           r"id 0\.\.65535"):
         boot([], workers=1, tenants={tid: 0})
+
+
+def test_a_policy_object_serves_one_system_and_a_second_boot_says_so():
+    """A policy holds one system's tenant state and is called under that system's lock: a
+    second boot with it failed only at tenants= ("eevdf.add_tenant: tenant 0 is already
+    added"), and without tenants= it booted, two systems sharing one policy."""
+    pol = EevdfBorePolicy()
+    with boot([], workers=1, policy=pol, tenants={0: 0}) as s:
+        assert s.sched.policy is pol
+        s.sched.policy = pol                  # its own system again: fine
+    want = (r"boot: policy= \(a 'eevdf' policy object\) already serves another system \(its "
+            r"tenants: \[0\]\): a policy object serves one system; pass a new one "
+            r"\(make_policy\('eevdf', \.\.\.\)\) or the policy name \(policy='eevdf'\), "
+            r"with its tenants in tenants=")
+    for kw in ({"tenants": {0: 0}}, {}):
+        with pytest.raises(TenantError, match=want):
+            boot([], workers=1, policy=pol, **kw)
+    with boot([], workers=1, policy="eevdf", tenants={0: 0}) as s:    # a name: a new policy
+        assert s.sched.policy is not pol
+
+
+@pytest.mark.parametrize("name", ["EEVDF", "", "fifo", " rr"])
+def test_an_unknown_policy_name_fails_the_boot_naming_policy_and_every_name(name):
+    with pytest.raises(TenantError, match=re.escape(
+            f"boot's policy=: unknown policy {name!r}: allowed 'eevdf', 'eevdf-gentle', 'rr', "
+            f"'wrr'")):
+        boot([], workers=1, policy=name)
 
 
 def test_good_tenant_specs_boot_with_their_weights():

@@ -62,3 +62,20 @@ def test_bad_latency_arrays_are_refused_naming_the_call():
         pol.observe_latency(2, np.array(["a"]))
     pol.observe_latency(2, [5, 6])                 # a plain list is accepted
     assert pol.stats()[2]["latency_count"] == 2
+
+
+@pytest.mark.parametrize("n", [1, 20])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e30, 2.0**63, np.uint64(2**63),
+                                 np.uint64(2**64 - 1)])
+def test_non_finite_or_huge_latencies_are_refused_naming_the_argument(bad, n):
+    """(NaN and inf were counted as 0 ns with a RuntimeWarning; 1e30 was a raw IndexError.)"""
+    pol = make_policy("eevdf")
+    pol.add_tenant(3)
+    lat = np.full(n, bad)
+    with pytest.raises(TenantError, match=r"eevdf.observe_latency\(3\): latencies_ns holds "
+                                          r".*: allowed finite values < 2\*\*63 ns"):
+        pol.observe_latency(3, lat)
+    assert pol.stats()[3]["latency_count"] == 0
+    pol.observe_latency(3, np.full(n, 2.0**63 - 1024))          # the largest float below
+    pol.observe_latency(3, np.full(n, 2**63 - 1, dtype=np.uint64))
+    assert pol.stats()[3]["latency_count"] == 2 * n

@@ -73,6 +73,30 @@ def test_bad_config_values_are_named(options, option, words):
     assert isinstance(e, ValueError)
 
 
+def _discovery(ngpus: int):
+    from ggmk.drivers.gpu.discovery import Discovery, GpuInfo
+    return Discovery(gpus=[GpuInfo(index=i, name=f"NVIDIA H200 #{i}") for i in range(ngpus)],
+                     virtio_gpus=[], nvml={}, notes=[])
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu"])
+def test_a_device_index_discovery_did_not_find_is_refused_on_the_cpu_backend_too(backend):
+    """(With no GPU found, or backend='cpu', any index fell back to the cpu backend silently.)"""
+    from ggmk.drivers.gpu import cuda
+    if cuda.available(0)[0]:
+        pytest.skip("a GPU is usable here: auto takes cuda, which checks the index itself")
+    for ngpus, device, found in ((0, 5, "0 found"), (0, 1, "0 found"),
+                                 (1, 1, "1 found: 0: NVIDIA H200 #0")):
+        with pytest.raises(GpuConfigError) as ei:
+            GpuDriver(backend=backend, device=device, discovery=_discovery(ngpus), display=None)
+        e = ei.value
+        assert (e.option, e.value) == ("device", device)
+        assert str(e) == f"gpu_drv config: device={device}: no such GPU ({found})"
+    for ngpus in (0, 1):            # device 0, the default: the first GPU, or none
+        with GpuDriver(backend=backend, discovery=_discovery(ngpus), display=None) as d:
+            assert d.backend.name == "cpu" and d.config.device == 0
+
+
 def test_reservation_larger_than_the_device_is_named():
     with pytest.raises(GpuConfigError, match="memory_reservation=.*exceeds the memory of host CPU"):
         GpuDriver(backend="cpu", memory_reservation="1024T", display=None)
@@ -117,6 +141,16 @@ def test_discovery_from_pci_sysfs_without_nvml(tmp_path):
                          "name": "pci", "link": "pci", "driver_version": "sysfs"}
     assert g.memory_total is None and any("memory unknown" in n for n in g.notes)
     assert d.nvml["used"] is False and "disabled" in d.nvml["why_not"]
+
+
+def test_discovery_notes_a_gpu_that_does_not_respond(tmp_path):
+    # config space reading all ones (a GPU fallen off the bus): sysfs's cached ids still say
+    # GPU, so it is listed, but not as if it were fine
+    root, modroot = _fake_sysfs(tmp_path)
+    (root / "0000:41:00.0" / "config").write_bytes(b"\xff" * 256)
+    d = gpu.discover(str(root), nvml=None, module_root=str(modroot), proc_root=str(tmp_path))
+    (g,) = d.gpus
+    assert any(n.startswith("not responding") for n in g.notes), g.notes
 
 
 def _fake_nvml(fail_init=False):

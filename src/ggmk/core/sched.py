@@ -48,6 +48,9 @@ AGING_INTERVAL = 64
 EVENT_CAPACITY = 64 * 1024
 EVENT_DRAIN_MAX = 256
 MAX_TYPES = 1 << 16
+# the most tasks one batch takes, once a second tenant has had work, from a tenant policy
+# without ``batch_limit`` (the built-in ones size batches by handler time)
+SHARED_BATCH = 16
 
 
 class Route(IntEnum):
@@ -284,12 +287,28 @@ class EventQueue:
             return out[0] if len(out) == 1 else T.concat(out)
 
 
+class _PolicySlot:
+    """``Scheduler.policy``. Setting it binds the policy to the scheduler (``bind``, which the
+    built-in policies have): one reused for a second boot ran on the first system's tenant
+    state, under another lock, and failed only at ``tenants=`` with "tenant 0 is already
+    added". Reading it is a plain instance attribute (no ``__get__``: the hot paths read it)."""
+
+    def __set__(self, sched, policy) -> None:
+        bind = getattr(policy, "bind", None)
+        if bind is not None:
+            bind(sched)
+        sched.__dict__["policy"] = policy
+        sched._batch_limit = getattr(policy, "batch_limit", None)
+
+
 class Scheduler:
     """Queues plus THE enqueue core. One per CPU kernel.
 
     ``dead(recs, code)`` sends records to ``sys.error``; ``wake(n)`` wakes parked workers;
     ``det`` (optional) is the determinism stage that takes deterministic records.
     """
+
+    policy = _PolicySlot()
 
     def __init__(self, nworkers: int, *, local_capacity: int = 4096, overflow_capacity: int = 8192,
                  ready_capacity: int = 4096, ready_max_capacity: int = 1 << 22, policy=None,
@@ -298,6 +317,8 @@ class Scheduler:
         self.nworkers = nworkers
         self.lock = threading.Lock()
         self.tenants: dict[int, ReadyQueue] = {}
+        self._rqs: list[ReadyQueue] = []    # the tenant queues in order, for the rotation
+        self._rr = 0                        # without a policy: the next tenant queue to look at
         self.ready_capacity = ready_capacity
         self.ready_max_capacity = ready_max_capacity
         self.policy = policy
@@ -329,6 +350,7 @@ class Scheduler:
             rq = self.tenants[tenant] = ReadyQueue(
                 self.ready_capacity, self.ready_max_capacity,
                 clock=self.clock if pol is not None else None)
+            self._rqs.append(rq)
         return rq
 
     def _policy_wake(self, tenant: int) -> BaseException | None:
@@ -606,12 +628,23 @@ class Scheduler:
 
     # -- popping ------------------------------------------------------------------------------
     def pop_ready(self, max_n: int) -> np.ndarray:
-        """Pop one homogeneous batch from the tenant the policy picks (or the only tenant)."""
+        """Pop one homogeneous batch from the tenant the policy picks; without a policy, from
+        the next tenant queue with work in turn (one pop each)."""
         with self.lock:
             pol = self.policy
             if pol is None:
-                for rq in self.tenants.values():
+                rqs = self._rqs
+                n = len(rqs)
+                if n == 1:
+                    rq = rqs[0]
+                    return rq.pop(max_n) if rq.size else _NO_RECS
+                # taking turns: the first queue with work, in creation order, starved every
+                # later tenant for as long as one tenant's flood lasted
+                i = self._rr
+                for k in range(n):
+                    rq = rqs[(i + k) % n]
                     if rq.size:
+                        self._rr = (i + k + 1) % n
                         return rq.pop(max_n)
                 return _NO_RECS
             now = self.clock()
@@ -619,6 +652,17 @@ class Scheduler:
             if tenant is None:
                 return _NO_RECS
             rq = self.tenants[tenant]
+            if max_n > 1:
+                # tenants share the workers: a batch of about the policy's batch time of this
+                # tenant's handler time, not max_n tasks whatever they cost (a flood's 256
+                # tasks of 200 us held both workers 50 ms). Capped whether or not another
+                # tenant has work queued now: one whose task arrives while the batch runs
+                # waits for it
+                lim = self._batch_limit
+                if lim is not None:
+                    max_n = min(max_n, lim(tenant))
+                elif len(self._rqs) > 1:
+                    max_n = min(max_n, SHARED_BATCH)
             recs = rq.pop(max_n)
             if len(recs):
                 pol.observe_latency(tenant, rq.last_waited)

@@ -73,7 +73,11 @@ GPU kernel can adopt either later:
     sleep cannot turn its low score into a *rate* advantage, which would be banking credit by
     another name. What the penalty changes is the order among eligible tenants: once a light
     tenant is eligible, its deadline beats any flood's, so a flood cannot push a light tenant's
-    queueing latency much past one in-flight batch plus its half-min-slice wake lag.
+    queueing latency much past one in-flight batch plus its half-min-slice wake lag. An
+    in-flight batch is short because of its size: with more than one tenant added, the
+    scheduler pops at most :meth:`~EevdfBorePolicy.batch_limit` tasks of a tenant, about
+    ``min_slice`` of its handler time at its recent cost per task (``max_batch`` tasks of 200
+    µs each held both workers ~50 ms).
 
 ``WeightedRoundRobinPolicy`` (``make_policy("rr")``)
     Deficit round robin in handler time, for comparison: runnable tenants take turns in wake
@@ -124,6 +128,7 @@ from __future__ import annotations
 
 import math
 import types
+import weakref
 from collections import deque
 from typing import Protocol, runtime_checkable
 
@@ -162,6 +167,7 @@ _MAX_PENALTY_POINTS = 39       # BORE's MAX_BURST_PENALTY, in points (bits)
 # Latency histogram: bucket 0 holds 0 ns; then 8 log-spaced buckets per octave (~9% wide).
 _SUB = 8
 _NBUCKETS = 1 + 64 * _SUB
+MAX_BATCH_LIMIT = 1 << 31      # batch_limit of a tenant whose tasks measured 0 ns (no limit)
 
 
 class TenantError(GgmkError, ValueError):
@@ -264,7 +270,12 @@ def _positive(name: str, value, *, allow_zero: bool = False) -> float:
 
 @runtime_checkable
 class TenantPolicy(Protocol):
-    """What the scheduler calls (under its lock, once per popped batch)."""
+    """What the scheduler calls (under its lock, once per popped batch).
+
+    Two calls are optional (the built-in policies have them): ``bind(scheduler)`` when a
+    scheduler takes the policy (it refuses a second one), and ``batch_limit(tenant)``, the most
+    tasks of ``tenant`` one batch may take (without it: 16 once a second tenant has work).
+    """
 
     name: str
 
@@ -301,8 +312,8 @@ class _Tenant:
     """One tenant's scheduling state and metrics (one object per tenant, not per task)."""
 
     __slots__ = ("id", "weight", "nice", "state", "v", "vd", "burst", "score", "slept_at",
-                 "deficit", "tasks", "batches", "picks", "handler_ns", "hist", "lat_n",
-                 "lat_sum", "lat_max")
+                 "deficit", "tasks", "batches", "picks", "handler_ns", "cost", "hist",
+                 "lat_n", "lat_sum", "lat_max")
 
     IDLE, ACTIVE, DELAYED = "idle", "active", "delayed"
 
@@ -321,6 +332,7 @@ class _Tenant:
         self.batches = 0
         self.picks = 0
         self.handler_ns = 0
+        self.cost = None      # recent handler ns per task (batch_limit); None: none measured
         self.hist = np.zeros(_NBUCKETS, dtype=np.int64)
         self.lat_n = 0
         self.lat_sum = 0
@@ -357,9 +369,24 @@ class _PolicyBase:
     """Tenant table, argument checks and the per-tenant metrics both policies share."""
 
     name = "base"
+    #: the handler time (ns) a batch is sized to while tenants share the workers (batch_limit)
+    batch_ns = 100_000.0
 
     def __init__(self) -> None:
         self._t: dict[int, _Tenant] = {}
+        self._owner = None     # a weak reference to the scheduler served (bind)
+
+    def bind(self, owner) -> None:
+        """Serve ``owner``, the scheduler that takes this policy (``Scheduler.policy = ...``):
+        a policy holds one system's tenant state and is called under that system's lock, so
+        it serves one system. A second one is refused, even once the first has halted."""
+        if self._owner is not None and self._owner() is not owner:
+            raise TenantError(
+                f"boot: policy= (a {self.name!r} policy object) already serves another system "
+                f"(its tenants: {sorted(self._t)}): a policy object serves one system; pass a "
+                f"new one (make_policy({self.name!r}, ...)) or the policy name "
+                f"(policy={self.name!r}), with its tenants in tenants={{id: nice, ...}}")
+        self._owner = weakref.ref(owner)
 
     # -- tenants ----------------------------------------------------------------------------------
     @property
@@ -419,12 +446,29 @@ class _PolicyBase:
         t.tasks += ntasks
         t.batches += 1
         t.handler_ns += runtime_ns
+        if ntasks:
+            # rises at once, falls by 1/8 a batch: a batch of a tenant's costly tasks is not
+            # sized by the cheap ones it ran just before
+            c = runtime_ns / ntasks
+            t.cost = c if t.cost is None or c >= t.cost else t.cost + (c - t.cost) / 8
+
+    def batch_limit(self, tenant: int) -> int:
+        """The most tasks of ``tenant`` one batch may take: with more than one tenant added,
+        ``batch_ns`` of handler time at its recent cost per task, at least 1 (1 until a batch
+        of it was measured); with one, no limit. The scheduler asks at each pop (``max_batch``
+        bounds it too), so a tenant that wakes waits about one such batch for an in-flight
+        one, whether the other tenants had work queued at that pop or not."""
+        c = self._get(tenant, "batch_limit").cost
+        if len(self._t) < 2 or c == 0:
+            return MAX_BATCH_LIMIT
+        return 1 if c is None else max(1, int(self.batch_ns / c))
 
     # -- latency ----------------------------------------------------------------------------------
     def observe_latency(self, tenant: int, latencies_ns: np.ndarray) -> None:
         """Add a popped batch's queueing latencies (ns, enqueue -> pop) to ``tenant``'s histogram.
 
-        Negative values (clock skew between threads) count as 0; fractions of a ns are dropped.
+        Negative values (clock skew between threads) count as 0; fractions of a ns are dropped;
+        NaN, infinities and values of 2**63 ns or more raise TenantError.
         Called once per popped batch, so it is cheap: integer log2 on the few values of a small
         batch (~1 µs for one), a vectorised pass over only the buckets touched for a large one.
         """
@@ -438,6 +482,14 @@ class _PolicyBase:
         n = lat.shape[0]
         if n == 0:
             return
+        if lat.dtype.kind != "i":
+            # (a NaN or inf became 0 ns with a RuntimeWarning; 2**63 and up crashed the lookup)
+            bad = (lat >= 2**63 if lat.dtype.kind == "u"
+                   else ~np.isfinite(lat) | (lat >= 2.0**63))
+            if bad.any():
+                v = lat[bad][0].item()
+                raise TenantError(f"{self.name}.observe_latency({tenant}): latencies_ns "
+                                  f"holds {v!r}: allowed finite values < 2**63 ns")
         hist = t.hist
         if n <= _SMALL_BATCH:
             mx = t.lat_max
@@ -530,6 +582,7 @@ class EevdfBorePolicy(_PolicyBase):
         super().__init__()
         self.slice_ns = _positive("slice_us", slice_us) * 1000.0
         self.min_slice_ns = _positive("min_slice_us", min_slice_us) * 1000.0
+        self.batch_ns = self.min_slice_ns     # batch_limit: a batch of about min_slice
         self.bore_threshold = _positive("bore_threshold", bore_threshold, allow_zero=True)
         self.bore_penalty = _positive("bore_penalty", bore_penalty, allow_zero=True)
         self.burst_unit_ns = _positive("burst_unit_us", burst_unit_us) * 1000.0
@@ -782,6 +835,7 @@ class WeightedRoundRobinPolicy(_PolicyBase):
 
 
 POLICIES = ("eevdf", "eevdf-gentle", "rr")
+_NAMES = POLICIES + ("wrr",)       # every name make_policy takes ("wrr": "rr")
 
 
 def make_policy(name: str = "eevdf", **kw) -> EevdfBorePolicy | WeightedRoundRobinPolicy:
@@ -797,4 +851,5 @@ def make_policy(name: str = "eevdf", **kw) -> EevdfBorePolicy | WeightedRoundRob
         return EevdfBorePolicy.gentle(**kw)
     if name in ("rr", "wrr"):
         return WeightedRoundRobinPolicy(**kw)
-    raise TenantError(f"make_policy: unknown policy {name!r}; choose one of {POLICIES}")
+    raise TenantError(f"make_policy / boot's policy=: unknown policy {name!r}: allowed "
+                      f"{', '.join(map(repr, _NAMES))} (boot also takes a policy object)")

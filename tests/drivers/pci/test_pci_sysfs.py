@@ -315,3 +315,48 @@ def test_out_of_range_ids_are_noted_and_shown_as_read(fake_sysfs):
     ok = pci.read_function(str(fake_sysfs / "0000:00:03.0"))
     assert not any("out of range" in n for n in ok.notes)
     assert "[0200]: virtio net (modern) [1af4:1041] (rev 01)" in pci.lspci_like([ok])
+
+
+def test_an_id_attribute_that_is_not_a_number_is_a_note(fake_sysfs):
+    """(A vendor file holding 'garbage' became vendor 0xffff with no word said.)"""
+    d = fake_sysfs / "0000:00:02.0"
+    (d / "vendor").write_text("garbage\n")
+    (d / "irq").write_text("none\n")
+    blk = _listed(fake_sysfs)["0000:00:02.0"]
+    assert blk.vendor == 0x1AF4 and blk.irq is None      # from config space / unknown
+    assert "vendor: 'garbage' is not a number, ignored" in blk.notes, blk.notes
+    assert "irq: 'none' is not a number, ignored" in blk.notes, blk.notes
+    (d / "config").unlink()                               # no config to fall back on
+    fn = pci.read_function(str(d))
+    assert fn.vendor == 0xFFFF and "vendor: 'garbage' is not a number, ignored" in fn.notes
+
+
+def test_entries_that_are_not_directories_are_no_functions(fake_sysfs):
+    """A plain file and a broken link named like an address were listed as functions
+    ``Non-VGA unclassified device [ffff:ffff]``."""
+    (fake_sysfs / "0000:00:0b.0").write_text("x")
+    (fake_sysfs / "0000:00:0c.0").symlink_to(fake_sysfs / "absent" / "0000:00:0c.0")
+    by = _listed(fake_sysfs)
+    assert "0000:00:0b.0" not in by and "0000:00:0c.0" not in by
+    assert "[ffff:ffff]" not in pci.lspci_like(sysfs_root=str(fake_sysfs))
+    # a link to a function's directory, as sysfs has them, is listed
+    real = fake_sysfs.parent / "pci0000:00" / "0000:00:0d.0"
+    real.parent.mkdir()
+    (fake_sysfs / "0000:00:02.0").rename(real)
+    (fake_sysfs / "0000:00:0d.0").symlink_to(real)
+    assert pci.read_function(str(fake_sysfs / "0000:00:0d.0")).name == "virtio block (modern)"
+    assert "0000:00:0d.0" in {str(f.address) for f in pci.list_functions(str(fake_sysfs))}
+
+
+def test_a_gpu_whose_config_space_reads_all_ones_is_not_responding(fake_sysfs):
+    d = fake_sysfs / "0000:41:00.0"
+    assert pci.read_function(str(d)).responding
+    (d / "config").write_bytes(b"\xff" * 256)
+    fn = pci.read_function(str(d))
+    assert not fn.responding and fn.is_nvidia_gpu        # sysfs's cached ids still say GPU
+    assert fn.notes == ("not responding: config space reads vendor id 0xffff (the device fell "
+                        "off the bus, is powered down or in reset)",), fn.notes
+    assert fn.to_dict()["responding"] is False
+    assert "\tNote: not responding: " in pci.lspci_like([fn], verbose=True)
+    with pytest.raises(PciParseError, match="0xffff"):
+        pci.read_function(str(d), strict=True)

@@ -198,6 +198,9 @@ def discover(sysfs_root: str = SYSFS_PCI_DEVICES, *, nvml="auto", module_root: s
         g.set("device_id", f.device, "pci")
         g.set("name", f.name, "pci")
         g.set("kernel_driver", f.driver, "pci")
+        if not getattr(f, "responding", True):
+            g.notes.append("not responding: config space reads vendor id 0xffff (fallen off "
+                           "the bus?); the facts above are sysfs's cached ones")
         link = {"speed_gts": f.link_speed_gts, "width": f.link_width,
                 "max_speed_gts": f.max_link_speed_gts, "max_width": f.max_link_width}
         if any(v is not None for v in link.values()):

@@ -584,27 +584,37 @@ def gpu_present() -> bool:
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
 
 
+def _check_device(cfg: GpuConfig, disc: Discovery, *, fallback: bool) -> None:
+    """Refuse a ``device`` index discovery did not find. ``fallback``: the cpu backend is
+    chosen, where only device 0 (the default) stands for no GPU; otherwise an index is checked
+    only when discovery found GPUs (cuda may see one that sysfs and NVML hide)."""
+    n = len(disc.gpus)
+    if not n and not fallback:
+        return
+    if cfg.device >= max(n, 1):
+        found = ": " + ", ".join(f"{g.index}: {g.name}" for g in disc.gpus) if n else ""
+        raise GpuConfigError("device", cfg.device, f"no such GPU ({n} found{found})")
+
+
 def _choose_backend(cfg: GpuConfig, disc: Discovery) -> tuple[Backend, str]:
     from .cpu import CpuBackend
     if cfg.backend == "cpu":
+        _check_device(cfg, disc, fallback=True)
         return CpuBackend(), "backend='cpu' requested"
     from . import cuda as cuda_backend
+    _check_device(cfg, disc, fallback=False)
     if cfg.backend == "cuda":
-        if disc.gpus and cfg.device >= len(disc.gpus):
-            raise GpuConfigError("device", cfg.device,
-                                 f"no such GPU ({len(disc.gpus)} found: "
-                                 + ", ".join(f"{g.index}: {g.name}" for g in disc.gpus) + ")")
         ok, why = cuda_backend.available(cfg.device)
         if not ok:
             raise GpuDriverError(f"gpu_drv: backend 'cuda' requested but not usable: {why}")
         return cuda_backend.CudaBackend(cfg.device), "backend='cuda' requested"
-    # auto
+    # auto (a device index the cpu backend would ignore was accepted silently)
     if not disc.gpus and not gpu_present():
+        _check_device(cfg, disc, fallback=True)
         return CpuBackend(), "no NVIDIA GPU found (PCI, NVML, /dev/nvidia0): cpu backend"
-    if disc.gpus and cfg.device >= len(disc.gpus):
-        raise GpuConfigError("device", cfg.device, f"no such GPU ({len(disc.gpus)} found)")
     ok, why = cuda_backend.available(cfg.device)
     if not ok:
+        _check_device(cfg, disc, fallback=True)
         return CpuBackend(), f"an NVIDIA GPU is present but cuda is not usable ({why}): cpu backend"
     return cuda_backend.CudaBackend(cfg.device), "NVIDIA GPU found and cuda usable"
 

@@ -114,12 +114,16 @@ def _read_text(path: str, notes: list[str] | None = None) -> str | None:
 
 
 def _read_int(path: str, base: int = 0, notes: list[str] | None = None) -> int | None:
+    """A sysfs attribute as an int; None when missing, unreadable or not a number (given
+    ``notes``, the last two say so there: a garbage vendor file became vendor 0xffff)."""
     text = _read_text(path, notes)
     if text is None or text == "":
         return None
     try:
         return int(text, base)
     except ValueError:
+        if notes is not None:
+            notes.append(f"{os.path.basename(path)}: {text[:32]!r} is not a number, ignored")
         return None
 
 
@@ -160,8 +164,10 @@ class PciFunction(_CapabilityShortcuts):
     vendor + class); ``config`` is the decoded :class:`ConfigSpace` (None when unreadable);
     ``config_error`` holds the :class:`PciParseError` message when config space was malformed
     (``list_functions(strict=True)`` raises instead); ``notes`` say what else was odd (config
-    space unreadable or short, a bad ``resource`` line, an attribute that is not text, an id out
-    of range - kept as read).
+    space unreadable or short, a bad ``resource`` line, an attribute that is not text or not a
+    number, an id out of range - kept as read). ``responding`` is False when config space reads
+    vendor id 0xffff: nothing answers at the address (the device fell off the bus, is powered
+    down or in reset); its ids and class are then sysfs's, cached from before.
     """
 
     address: PciAddress
@@ -192,6 +198,7 @@ class PciFunction(_CapabilityShortcuts):
     config_error: str | None = None
     sysfs_path: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    responding: bool = True
 
     # -- names ------------------------------------------------------------------------------
     @property
@@ -309,6 +316,7 @@ class PciFunction(_CapabilityShortcuts):
                 "device_type": self.virtio.device_type, "type_name": self.virtio.type_name,
                 "transitional": self.virtio.transitional, "modern": self.virtio.modern},
             "config_error": self.config_error, "notes": list(self.notes),
+            "responding": self.responding,
         }
 
     # -- construction -----------------------------------------------------------------------
@@ -357,7 +365,11 @@ class PciFunction(_CapabilityShortcuts):
             dtype, transitional = ids.virtio_device_type(device, sub_device)
             virtio = VirtioInfo(device_type=dtype, transitional=transitional)
         notes = list(cs.notes) if cs else []
-        if error:
+        responding = s.get("responding", True)
+        if not responding:
+            notes.append("not responding: config space reads vendor id 0xffff (the device fell "
+                         "off the bus, is powered down or in reset)")
+        elif error:
             notes.append(f"config space malformed: {error}")
         notes.extend(sysfs_notes or ())
         return cls(
@@ -373,7 +385,7 @@ class PciFunction(_CapabilityShortcuts):
             link_speed_gts=link_speed, link_width=link_width,
             max_link_speed_gts=max_speed, max_link_width=max_width,
             virtio=virtio, config=cs, config_error=error, sysfs_path=s.get("sysfs_path"),
-            notes=tuple(notes))
+            notes=tuple(notes), responding=responding)
 
 
 def read_function(path: str, *, strict: bool = False) -> PciFunction:
@@ -383,8 +395,9 @@ def read_function(path: str, *, strict: bool = False) -> PciFunction:
     :class:`PciParseError`. Otherwise the function is still returned: a malformed config space
     sets ``config_error`` (ids, driver, BAR sizes come from sysfs); an unreadable one leaves
     ``config`` None with a "config space unreadable" note; a malformed ``resource`` line, an
-    attribute that is not text, an id out of range (class 24 bits, ids 16, revision 8 - kept as
-    read) or a device number above 0x1f in the name become ``notes``.
+    attribute that is not text or not a number, an id out of range (class 24 bits, ids 16,
+    revision 8 - kept as read) or a device number above 0x1f in the name become ``notes``; a
+    config space that reads vendor id 0xffff sets ``responding`` False, with a note.
     """
     name = os.path.basename(os.path.normpath(path))
     notes: list[str] = []
@@ -438,6 +451,7 @@ def read_function(path: str, *, strict: bool = False) -> PciFunction:
         notes.append(f"config space unreadable: {j('config')}: {exc.strerror or exc}")
     if raw:
         s["config_length"] = len(raw)
+        s["responding"] = raw[:2] != b"\xff\xff"
         try:
             cs = parse_config(raw)
         except PciParseError as exc:
@@ -452,7 +466,8 @@ def list_functions(sysfs_root: str = SYSFS_PCI_DEVICES, *, strict: bool = False
     """Every PCI function under ``sysfs_root``, sorted by address; [] when there is none.
 
     Non-strict (the default), one odd function does not stop the walk: what is wrong with it is
-    in its ``notes`` / ``config_error`` (see :func:`read_function`).
+    in its ``notes`` / ``config_error`` (see :func:`read_function`). An entry that is not a
+    directory (a plain file, a broken link) is no function and is skipped.
 
     >>> [str(f.address) for f in list_functions()]      # doctest: +SKIP
     ['0000:00:00.0', '0000:00:01.0', '0000:00:02.0']
@@ -463,9 +478,11 @@ def list_functions(sysfs_root: str = SYSFS_PCI_DEVICES, *, strict: bool = False
         return []
     out = []
     for name in entries:
-        if not _ADDR_RE.match(name):
+        path = os.path.join(sysfs_root, name)
+        # (a plain file or a broken link named like an address was listed as [ffff:ffff])
+        if not _ADDR_RE.match(name) or not os.path.isdir(path):
             continue
-        out.append(read_function(os.path.join(sysfs_root, name), strict=strict))
+        out.append(read_function(path, strict=strict))
     out.sort(key=lambda f: f.address)
     return out
 
