@@ -98,7 +98,8 @@ def _split(modules):
 def _register_names(reg: TypeRegistry, cpu, gpu) -> None:
     """The modules' manifest types first (a standard module's ``.toml`` ids, merged as the CPU
     kernel merges them), then the remaining type names get ids on first sight, the same on
-    both kernels (a given ``types=`` too: the CPU-only boot registers unknown names as well)."""
+    both kernels (a given ``types=`` too: the CPU-only boot registers unknown names as well).
+    ``reg`` is changed in place: the boot passes its own copy of the caller's registry."""
     for m in cpu + gpu:
         if getattr(m, "manifest", None) is not None and len(m.manifest.types):
             reg.merge(m.manifest.types)
@@ -170,7 +171,12 @@ class DualSystem:
             device_process, self._process_note = _can_send(gpu_mods)
         self.device_process = device_process
         types_given = types is not None
-        reg = types if types_given else TypeRegistry()
+        if types_given and not isinstance(types, TypeRegistry):
+            raise BootError(f"types={types!r:.80}: allowed a TypeRegistry (ggmk.load_types) "
+                            f"or None")
+        # a copy: the names registered here must not land in the caller's registry (booted
+        # again, its auto ids clashed with a manifest's); System copies it once more
+        reg = types.copy() if types_given else TypeRegistry()
         _register_names(reg, cpu_mods, gpu_mods)
         bopts = _options("bridge", bridge)
         unknown = set(bopts) - set(BRIDGE_OPTS)

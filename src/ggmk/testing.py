@@ -45,7 +45,8 @@ order, so a test is deterministic:
   ``MAX_YIELDS``. ``ctx.emit`` refuses what the kernel refuses (an unknown type name:
   KeyError; a bad priority, tenant or flags: EmitError).
 * A handler that raises propagates the exception (``raise_exceptions=False`` records it as
-  ``HANDLER_EXCEPTION`` instead). ``init`` runs on enter; on exit (``with Sandbox(...)``),
+  ``HANDLER_EXCEPTION`` instead; ``ALLOC_FAIL`` for an ``AllocError``, as the kernel's
+  worker does). ``init`` runs on enter; on exit (``with Sandbox(...)``),
   as a halting kernel does, tasks still queued go to ``sb.errors`` with ``HALTED`` (not run)
   and every ``fini`` runs in reverse order (what a module still holds lands on ``sb.dropped`` /
   ``sb.errors`` through ``system.dead_letter``).
@@ -83,14 +84,15 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.core.alloc import Arena
-from ggmk.core.context import _PRIORITIES, Context, inherit_columns
+from ggmk.core.context import (Context, _check_payloads, check_priority, inherit_columns,
+                               retain_payload)
 from ggmk.core.det import check_int
 from ggmk.core.faults import backoff_ticks
-from ggmk.core.kernel import MAX_RETRIES_LIMIT, System
-from ggmk.core.worker import _batch_codes, _task_code
+from ggmk.core.kernel import MAX_RETRIES_LIMIT, System, check_raw_payload
+from ggmk.core.worker import _batch_codes, _exc_code, _task_code
 from ggmk.errors import EmitError
 from ggmk.task import (CHAN_FULL, CHAN_NO_SUBSCRIBER, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC,
-                       HALTED, HANDLER_EXCEPTION, MAX_YIELDS, OK, PRIO_MASK, RETRY,
+                       HALTED, MAX_YIELDS, OK, PRIO_MASK, RETRY,
                        RETRY_EXHAUSTED, UNKNOWN_TYPE, WAIT, YIELD, Task, TaskBatch)
 from ggmk.typereg import TypeRegistry
 
@@ -117,6 +119,7 @@ class _Chan:
         self.seq = 0
         self.closed = False
         self.lossy = False
+        self.fanout = False
         self.listened = True                  # the test subscribes (Sandbox's ``listen``)
         self.consumers: list[int] = []        # handler type ids of sandboxed consumers
 
@@ -204,6 +207,26 @@ class _System:
     def payload_view(self, task):
         return self._sb._view(task)
 
+    def withdraw_deferred(self, type, wanted: dict) -> int:
+        """``System.withdraw_deferred``: take back the queued tasks of ``type`` whose (meta0,
+        meta1) is in ``wanted[due]`` (a timer's cancel: its tick is left neither to run nor to
+        land on ``sb.errors`` at exit); their payloads are released. Returns how many."""
+        t = self.type_id(type)
+        q = self._sb._queue
+        keep, gone = [], []
+        for e in q:                                 # (due, n, one record)
+            r = e[2][0]
+            hit = int(r["type"]) == t and (int(r["meta0"]), int(r["meta1"])) in \
+                wanted.get(e[0], ())
+            (gone if hit else keep).append(e)
+        if gone:
+            q[:] = keep
+            heapq.heapify(q)
+            ptrs = np.array([int(e[2]["payload_ptr"][0]) for e in gone], np.uint64)
+            if ptrs.any():
+                self.arena.release_many(ptrs[ptrs != 0])
+        return len(gone)
+
     def dead_letter(self, recs, code, *, which: str = "sys.error", count_on=None) -> int:
         """``System.dead_letter``: records that leave unfinished (what a module holds at
         halt, say) go to ``which`` with the reason ``code`` - here ``sb.errors`` (sys.error)
@@ -235,7 +258,6 @@ class SandboxContext:
         self.task = Task()
         self.batch = None
         self.module = None
-        self._retain = False
         self.worker = 0
 
     tick = property(lambda s: s._sb.tick)
@@ -280,8 +302,8 @@ class SandboxContext:
         same header (the parent's priority and tenant unless given, its deterministic flag)."""
         meta0, meta1 = T.word("meta0", meta0), T.word("meta1", meta1)
         t = self._sb._target(target)        # an unknown type name: KeyError, as the kernel's
-        if priority is not None and priority not in _PRIORITIES:
-            raise EmitError(f"priority={priority!r}: allowed 0 (highest), 1, 2, 3 (lowest)")
+        if priority is not None:
+            priority = check_priority(priority)
         if tenant is not None and (tenant.__class__ is not int or not 0 <= tenant <= 0xFFFF):
             raise EmitError(f"tenant={tenant!r}: allowed an integer in 0..65535")
         if flags.__class__ is not int or not 0 <= flags <= 0xFFFF:
@@ -313,6 +335,7 @@ class SandboxContext:
                       priority=0 if priority is None else priority,
                       tenant=0 if tenant is None else tenant, payload_ptr=payload_ptr,
                       payload_len=payload_len, meta0=meta0, meta1=meta1)
+        _check_payloads(sb.system, recs)
         if isinstance(t, _Chan):
             return t.emit(recs)
         for r in recs:
@@ -332,8 +355,9 @@ class SandboxContext:
             self.task.meta1 = meta1
         return WAIT
 
-    def retain(self) -> None:
-        self._retain = True
+    def retain(self, i: int | None = None) -> int:
+        """``Context.retain``: one more reference to the payload, yours to release."""
+        return retain_payload(self._sb.arena, self.batch, self.task, i)
 
     def alloc(self, nbytes: int) -> int:
         return self._sb.arena.alloc_or_raise(nbytes)
@@ -394,6 +418,7 @@ class Sandbox:
             for d in m.channels:
                 ch = self._chan(d.name, d.type)
                 ch.lossy = ch.lossy or d.guarantee == "lossy"
+                ch.fanout = ch.fanout or d.mode == "fanout"
                 if d.direction == "consume":
                     ch.consumers.append(self.type_id(d.options.get("handler", d.type),
                                                      register=True))
@@ -468,13 +493,17 @@ class Sandbox:
         self._chan(channel).capacity = n
 
     # -- payloads -------------------------------------------------------------------------------
-    def _store(self, tid, payload):
+    def _store(self, tid, payload, sender: bool = True):
+        """``System.store_payload``: a sender's raw bytes are checked against the type's
+        schema; what ``feed`` hands a handler (an arrival: a device's, say) is not."""
         if isinstance(payload, dict):
             data = self.types.info(tid).encode(payload)
         elif isinstance(payload, np.ndarray):
             data = np.ascontiguousarray(payload).tobytes()
         else:
             data = bytes(payload)
+        if sender and not isinstance(payload, dict):
+            check_raw_payload(self.types.info(tid), np.frombuffer(data, np.uint8))
         ptr = self.arena.alloc_or_raise(max(len(data), 1))
         self.arena.view(ptr, len(data))[:] = np.frombuffer(data, np.uint8)
         return ptr, len(data)
@@ -485,9 +514,12 @@ class Sandbox:
             return None
         raw = self.arena.view(ptr, n)
         info = self.types.info(task.type)
-        if not info.fields and task.channel:
-            ch = self._chan_by_id.get(task.channel)
-            if ch is not None:
+        ch = self._chan_by_id.get(task.channel) if task.channel else None
+        if ch is not None:
+            if ch.fanout:                     # shared read-only, as System.payload_view's
+                raw = raw.view()
+                raw.flags.writeable = False
+            if not info.fields:
                 info = self.types.info(ch.type_id)
         return info.view(raw, n) if info.fields else raw
 
@@ -613,7 +645,8 @@ class Sandbox:
     def feed(self, type, meta0=0, meta1=0, *, payload=None):
         """Run the handler of ``type`` on these task(s) now; returns the code (a list for
         several). Follow-on work (emits to sandboxed handlers, yields, waits) is queued:
-        ``run()``."""
+        ``run()``. The payload arrives as given: raw bytes that do not fit the type's schema
+        (what a sender is refused, but a device may bring) test the handler's own check."""
         try:
             tid = self.type_id(type)
         except KeyError:
@@ -625,7 +658,7 @@ class Sandbox:
         n = T.check_count(None, meta0, meta1)
         ptr = plen = 0
         if payload is not None:
-            ptr, plen = self._store(tid, payload)
+            ptr, plen = self._store(tid, payload, sender=False)
             if n > 1:
                 self.arena.retain(ptr, n - 1)
         recs = T.make(n, type=tid, meta0=meta0, meta1=meta1, payload_ptr=ptr, payload_len=plen,
@@ -684,11 +717,9 @@ class Sandbox:
                 codes = arr.tolist()
                 if err is not None:
                     self.exceptions.append(err)
-        retained = [False] * len(recs)        # per task: ctx.retain() of that task only
         if not h.batch:
             for i in range(len(recs)):
                 ctx.task._r = recs[i]
-                ctx._retain = False
                 self.trace.append(("start", name, int(recs["meta0"][i]), 1))
                 r = self._call(h.fn, ctx)
                 if r is None:
@@ -698,14 +729,13 @@ class Sandbox:
                     if err is not None:
                         self.exceptions.append(err)
                 codes.append(c)
-                retained[i] = ctx._retain
         ctx.task._r = None
         for i, c in enumerate(codes):
             r = recs[i:i + 1]
             self.trace.append(("end", name, int(r["meta0"][0]), c))
             ptr = int(r["payload_ptr"][0])
             if c == OK:
-                if ptr and not retained[i]:
+                if ptr:                       # (ctx.retain() took a reference of its own)
                     self.arena.release(ptr)
             elif c == YIELD:                  # as Worker._yield: at most max_yields
                 yc = int(r["yield_count"][0])   # a u16: compared before the bump, which
@@ -742,7 +772,7 @@ class Sandbox:
             if self.raise_exceptions:
                 raise
             self.exceptions.append(e)
-            return HANDLER_EXCEPTION
+            return _exc_code(e)               # (ALLOC_FAIL when the arena ran out)
 
     # -- running --------------------------------------------------------------------------------
     def pending(self) -> int:

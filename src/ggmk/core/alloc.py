@@ -9,7 +9,7 @@ region        share   what it holds
 ============  ======  ==========================================================================
 slab          10 %    fixed 64-byte slots: a 16-byte header + 48 payload bytes
 block         68 %    12 bins, payload capacity 64 B .. 128 KiB, each bin 1/12 of the region
-bump          20 %    transient allocations, 16-byte aligned, no header, reset each tick
+bump          20 %    transient allocations, 16-byte aligned, no header, reset by bump_reset
 reserved      ~2 %    unused (the seed's trace slab; traces have their own rings here)
 ============  ======  ==========================================================================
 
@@ -41,7 +41,17 @@ bridge reserves host memory for payloads arriving from the GPU this way (see ``s
 Reference counts. ``alloc(n, refs=k)`` starts the count at ``k``; ``retain`` adds, ``release``
 subtracts and frees at zero; ``set_refs`` overwrites it (fan-out sets it to the number of
 subscribers that received the task; 0 frees). Releasing more references than are held raises
-:class:`~ggmk.errors.DoubleFree` and changes nothing.
+:class:`~ggmk.errors.DoubleFree` and changes nothing. ``check_refs`` checks, without changing
+anything, what a sender of task records must own (a reference per record naming a payload);
+``release_valid`` is the kernel's recovery path when a batch's ``release_many`` raised.
+
+Bump. ``bump_alloc`` hands out transient memory from one shared region until ``bump_reset``
+drops it all. The CPU kernel never resets it by itself: SPEC §4 says "reset each tick", but
+wall ticks advance while handlers run on other workers, so a reset at a tick boundary would
+free memory a handler that started in the previous tick may still be using (and hand it out
+again). Reset it yourself when nothing uses bump memory. (The GPU kernel gives each worker
+block its own bump region and resets it at that worker's iteration start, where none of its
+handlers runs.)
 
 Debug canary (``debug=True``). A freed payload is filled with ``POISON`` (0xDB) and its header
 marked DEAD; ``view``/``retain``/``refcount`` of it raise :class:`~ggmk.errors.UseAfterFree`, a
@@ -86,7 +96,8 @@ import threading
 
 import numpy as np
 
-from ggmk.errors import AllocError, DoubleFree, InvalidPointer, UseAfterFree
+from ggmk.core.det import check_flag, check_int
+from ggmk.errors import AllocError, DoubleFree, GgmkError, InvalidPointer, UseAfterFree
 
 __all__ = [
     "Arena", "HEADER_SIZE", "SLAB_SLOT", "SLAB_PAYLOAD", "NUM_BINS", "BIN_SIZES", "MAX_ALLOC",
@@ -117,6 +128,14 @@ _CAPACITY = (SLAB_PAYLOAD,) + BIN_SIZES
 _STRIDE = tuple(c + HEADER_SIZE for c in _CAPACITY)
 
 
+def _int(name: str, value, lo: int, hi: int | None = None) -> int:
+    """An int argument (``check_int``'s): TypeError naming it for a bool, a float or a string
+    (True was taken as 1, 1.5 raised an error naming nothing), ValueError out of range."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        check_int(name, value, lo, hi, TypeError)
+    return check_int(name, value, lo, hi)
+
+
 def size_class(nbytes: int) -> int:
     """Class that serves ``nbytes``: 0 = slab, 1..12 = bins of 64 B..128 KiB, 13 = too large."""
     if nbytes <= SLAB_PAYLOAD:
@@ -139,7 +158,7 @@ class Arena:
     def __init__(self, size: int = DEFAULT_SIZE, *, buffer: np.ndarray | None = None,
                  debug: bool = False):
         if buffer is None:
-            size = operator.index(size)
+            size = _int("Arena: size", size, 0)
             if size < MIN_SIZE:
                 raise ValueError(f"Arena size {size} is below the minimum {MIN_SIZE} bytes "
                                  f"(every block bin needs at least one {MAX_ALLOC}-byte slot)")
@@ -162,7 +181,7 @@ class Arena:
                 raise ValueError(f"Arena buffer has {usable} usable bytes (after aligning to 64), "
                                  f"below the minimum {MIN_SIZE}")
         usable &= ~63
-        self.debug = bool(debug)
+        self.debug = check_flag("Arena: debug", debug)
         self.size = usable
         self._owner = buffer                       # keeps a caller's memory alive
         self.buffer = buffer[pad:pad + usable]     # the managed bytes, origin 64-byte aligned
@@ -366,8 +385,9 @@ class Arena:
         returns 0; it never raises except for bad arguments or, in debug mode, a detected
         write-after-free.
         """
-        if nbytes.__class__ is not int or refs.__class__ is not int:
-            nbytes, refs = operator.index(nbytes), operator.index(refs)
+        if nbytes.__class__ is not int or refs.__class__ is not int:   # (True is not 1 byte)
+            nbytes = _int("alloc: nbytes", nbytes, 0)
+            refs = _int("alloc: refs", refs, 1, _M32)
         if nbytes <= SLAB_PAYLOAD:
             if nbytes < 0:
                 raise ValueError(f"alloc: nbytes must be >= 0, got {nbytes}")
@@ -432,7 +452,9 @@ class Arena:
         Returns a ``uint64`` array of addresses, 0 where it failed (successes come first).
         Same placement and accounting as ``count`` calls to :meth:`alloc`.
         """
-        nbytes, count, refs = operator.index(nbytes), operator.index(count), operator.index(refs)
+        nbytes = _int("alloc_many: nbytes", nbytes, 0)
+        count = _int("alloc_many: count", count, 0)
+        refs = _int("alloc_many: refs", refs, 1, _M32)
         if nbytes < 0 or count < 0:
             raise ValueError(f"alloc_many: nbytes and count must be >= 0, got {nbytes}, {count}")
         if refs < 1 or refs > _M32:
@@ -486,9 +508,7 @@ class Arena:
     # ------------------------------------------------------------------ reference counts
     def retain(self, ptr: int, n: int = 1) -> int:
         """Add ``n`` references to a live payload; returns the new count."""
-        ptr, n = operator.index(ptr), operator.index(n)
-        if n < 1:
-            raise ValueError(f"retain: n must be >= 1, got {n}")
+        ptr, n = operator.index(ptr), _int("retain: n", n, 1)
         with self._lock:
             off, k = self._locate(ptr, "retain")
             h = (off - HEADER_SIZE) >> 3
@@ -504,7 +524,7 @@ class Arena:
     def release(self, ptr: int, n: int = 1) -> bool:
         """Drop ``n`` references; frees the payload when the count reaches zero (returns True)."""
         if ptr.__class__ is not int or n.__class__ is not int:
-            ptr, n = operator.index(ptr), operator.index(n)
+            ptr, n = operator.index(ptr), _int("release: n", n, 1)
         if n < 1:
             raise ValueError(f"release: n must be >= 1, got {n}")
         # inlined address check (see _locate) and free: the scalar hot path
@@ -557,6 +577,49 @@ class Arena:
         self._push(k, off)
         self._account_free(k, 1)
 
+    def _addresses(self, ptrs, what: str) -> np.ndarray:
+        """The nonzero entries of ``ptrs`` (integers) as a flat array."""
+        p = np.asarray(ptrs)
+        if p.size and p.dtype.kind not in "iu":
+            raise TypeError(f"{what}: addresses must be integers, got dtype {p.dtype}")
+        p = p.ravel()
+        return p[p != 0]
+
+    def _held(self, p: np.ndarray, what: str, used: str) -> tuple:
+        """Check (under the lock) that every address of ``p`` is a live allocation holding at
+        least as many references as ``p`` names it; raise naming the first bad one, changing
+        nothing. ``used``: "released" (a release) or "named" (a check), for the message. Returns
+        (unique offsets, first index of each, counts, classes, header indexes, header words,
+        references held)."""
+        offs = p.astype(np.int64) - np.int64(self.base)
+        ok = (offs >= HEADER_SIZE) & (offs < self._managed_end) & ((offs & 15) == 0)
+        ks = np.searchsorted(self._starts_np, offs - HEADER_SIZE, side="right") - 1
+        ks = np.clip(ks, 0, NUM_CLASSES - 1)
+        rel = offs - HEADER_SIZE - self._starts_np[ks]
+        ok &= (rel < self._span_np[ks]) & (rel % self._stride_np[ks] == 0)
+        if not ok.all():
+            i = int(np.argmin(ok))
+            self._locate(int(p[i]), what)             # raises with the right message
+            raise InvalidPointer(f"{what}: 0x{int(p[i]):x} is not an allocation")
+        uniq, first, counts = np.unique(offs, return_index=True, return_counts=True)
+        hdr = (uniq - HEADER_SIZE) >> 3
+        q0 = self._q[hdr]
+        state = q0 & np.uint64(_M32)
+        live = state == MAGIC_LIVE
+        if not live.all():
+            i = int(np.argmin(live))
+            self._not_live(int(p[first[i]]), int(state[i]),
+                           "release" if used == "released" else what)
+        refs = (q0 >> np.uint64(32)).astype(np.int64)
+        if (counts > refs).any():
+            i = int(np.argmax(counts > refs))
+            if used == "released":
+                raise DoubleFree(f"{what}: 0x{int(p[first[i]]):x} released {counts[i]} "
+                                 f"times but only {refs[i]} references held")
+            raise DoubleFree(f"{what}: 0x{int(p[first[i]]):x} is {used} by {counts[i]} "
+                             f"records but holds {refs[i]} reference(s)")
+        return uniq, first, counts, ks[first], hdr, q0, refs
+
     def release_many(self, ptrs) -> int:
         """Release one reference per entry of ``ptrs`` (0 entries ignored; repeats allowed).
 
@@ -564,62 +627,84 @@ class Arena:
         batch raises (naming the first bad address) and leaves the arena untouched.
         Returns how many payloads were freed.
         """
-        p = np.asarray(ptrs)
+        p = self._addresses(ptrs, "release_many")
         if p.size == 0:
             return 0
-        if p.dtype.kind not in "iu":
-            raise TypeError(f"release_many: addresses must be integers, got dtype {p.dtype}")
-        p = p.ravel()
-        p = p[p != 0]
-        if p.size == 0:
-            return 0
-        offs = p.astype(np.int64) - np.int64(self.base)
         with self._lock:
-            ok = (offs >= HEADER_SIZE) & (offs < self._managed_end) & ((offs & 15) == 0)
-            ks = np.searchsorted(self._starts_np, offs - HEADER_SIZE, side="right") - 1
-            ks = np.clip(ks, 0, NUM_CLASSES - 1)
-            rel = offs - HEADER_SIZE - self._starts_np[ks]
-            ok &= (rel < self._span_np[ks]) & (rel % self._stride_np[ks] == 0)
-            if not ok.all():
-                i = int(np.argmin(ok))
-                self._locate(int(p[i]), "release_many")   # raises with the right message
-                raise InvalidPointer(f"release_many: 0x{int(p[i]):x} is not an allocation")
-            uniq, first, counts = np.unique(offs, return_index=True, return_counts=True)
-            hdr = (uniq - HEADER_SIZE) >> 3
-            q0 = self._q[hdr]
-            state = q0 & np.uint64(_M32)
-            live = state == MAGIC_LIVE
-            if not live.all():
-                i = int(np.argmin(live))
-                self._not_live(int(p[first[i]]), int(state[i]), "release")
-            refs = (q0 >> np.uint64(32)).astype(np.int64)
-            if (counts > refs).any():
-                i = int(np.argmax(counts > refs))
-                raise DoubleFree(f"release_many: 0x{int(p[first[i]]):x} released {counts[i]} "
-                                 f"times but only {refs[i]} references held")
-            left = refs - counts
-            self._q[hdr] = q0 - (counts.astype(np.uint64) << np.uint64(32))
-            dead = left == 0
-            nfreed = int(dead.sum())
-            if nfreed:
-                foffs, fk = uniq[dead], ks[first[dead]]
-                self._q[hdr[dead]] = MAGIC_DEAD if self.debug else MAGIC_FREE
-                per_class = np.bincount(fk, minlength=NUM_CLASSES)
-                for k in np.flatnonzero(per_class):
-                    k = int(k)
-                    ko = foffs[fk == k]
-                    if self.debug:
-                        for off in ko.tolist():
-                            self._poison(off, k)
-                    self._push_many(k, ko)
-                    self._account_free(k, int(per_class[k]))
-            return nfreed
+            uniq, _, counts, ks, hdr, q0, refs = self._held(p, "release_many", "released")
+            return self._drop_refs(uniq, counts, ks, hdr, q0, refs)
+
+    def _drop_refs(self, uniq, counts, ks, hdr, q0, refs) -> int:
+        """Drop ``counts`` references of the checked allocations (``_held``'s answer; under
+        the lock); free those that reach zero. Returns how many were freed."""
+        left = refs - counts
+        self._q[hdr] = q0 - (counts.astype(np.uint64) << np.uint64(32))
+        dead = left == 0
+        nfreed = int(dead.sum())
+        if nfreed:
+            foffs, fk = uniq[dead], ks[dead]
+            self._q[hdr[dead]] = MAGIC_DEAD if self.debug else MAGIC_FREE
+            per_class = np.bincount(fk, minlength=NUM_CLASSES)
+            for k in np.flatnonzero(per_class):
+                k = int(k)
+                ko = foffs[fk == k]
+                if self.debug:
+                    for off in ko.tolist():
+                        self._poison(off, k)
+                self._push_many(k, ko)
+                self._account_free(k, int(per_class[k]))
+        return nfreed
+
+    def check_refs(self, ptrs, what: str = "check_refs", err=ValueError) -> None:
+        """Raise ``err`` unless every nonzero address of ``ptrs`` is a live allocation holding
+        at least as many references as ``ptrs`` names it: what a sender of task records
+        (``payload_ptr``) must own, since each record's consumer releases one. Changes nothing;
+        ``what`` names the argument in the message."""
+        p = self._addresses(ptrs, what)
+        if p.size == 0:
+            return
+        try:
+            with self._lock:
+                self._held(p, what, "named")
+        except GgmkError as e:
+            raise err(f"{e} (each record owns one reference to its payload: n records sharing "
+                      f"one need n, arena.retain(ptr, n - 1))") from None
+
+    def release_valid(self, ptrs) -> tuple[int, int, GgmkError | None]:
+        """What a finished batch whose ``release_many`` raised still owes the arena: release
+        the references of ``ptrs`` that are held (one lock acquisition; a payload named more
+        often than it has references loses all it has) and skip the rest. Returns (references
+        released, references not released, the first error). The kernel's recovery path: one
+        bad pointer must not keep the good ones of its batch alive for good."""
+        p = self._addresses(ptrs, "release_valid")
+        skipped, first = 0, None
+        with self._lock:
+            for ptr, c in zip(*(a.tolist() for a in np.unique(p, return_counts=True))):
+                try:
+                    off, k = self._locate(ptr, "release")
+                    h = (off - HEADER_SIZE) >> 3
+                    q0 = self._q.item(h)
+                    if q0 & _M32 != MAGIC_LIVE:
+                        self._not_live(ptr, q0 & _M32, "release")
+                except GgmkError as e:
+                    first = first or e
+                    skipped += c
+                    continue
+                refs = q0 >> 32
+                if c > refs:
+                    first = first or DoubleFree(f"release: 0x{ptr:x} released {c} times but "
+                                                f"only {refs} references held")
+                    skipped += c - refs
+                    c = refs
+                if c == refs:
+                    self._free(off, k, h)
+                else:
+                    self._q[h] = q0 - (c << 32)
+        return len(p) - skipped, skipped, first
 
     def set_refs(self, ptr: int, n: int) -> bool:
         """Overwrite the reference count (fan-out: number of receivers). 0 frees; returns freed."""
-        ptr, n = operator.index(ptr), operator.index(n)
-        if n < 0 or n > _M32:
-            raise ValueError(f"set_refs: n must be in 0..{_M32}, got {n}")
+        ptr, n = operator.index(ptr), _int("set_refs: n", n, 0, _M32)
         with self._lock:
             off, k = self._locate(ptr, "set_refs")
             h = (off - HEADER_SIZE) >> 3
@@ -654,7 +739,8 @@ class Arena:
         if self.bump_start <= off < self.bump_start + self.bump_size:
             if length is None:
                 raise ValueError(f"view: 0x{ptr:x} is a bump allocation (no header); pass length")
-            if length < 0 or off + length > self.bump_start + self._bump_top:
+            length = _int("view: length", length, 0)
+            if off + length > self.bump_start + self._bump_top:
                 raise ValueError(f"view: 0x{ptr:x}+{length} runs past the bump allocations "
                                  f"handed out since the last reset")
             return self.buffer[off:off + length]
@@ -665,9 +751,12 @@ class Arena:
             self._not_live(ptr, q0 & _M32, "view")
         if length is None:
             length = self._q.item(h + 1) & _M32
-        elif length < 0 or length > _CAPACITY[k]:
-            raise ValueError(f"view: length {length} of 0x{ptr:x} is outside 0..{_CAPACITY[k]} "
-                             f"(the {_class_name(k)} capacity)")
+        else:
+            if length.__class__ is not int:          # (True was 1 byte, 1.5 a slice error)
+                length = _int("view: length", length, 0)
+            if length < 0 or length > _CAPACITY[k]:
+                raise ValueError(f"view: length {length} of 0x{ptr:x} is outside "
+                                 f"0..{_CAPACITY[k]} (the {_class_name(k)} capacity)")
         return self.buffer[off:off + length]
 
     def size_of(self, ptr: int) -> int:
@@ -699,11 +788,10 @@ class Arena:
     def bump_alloc(self, nbytes: int) -> int:
         """Transient allocation (16-byte aligned, no header, no refcount); 0 when full.
 
-        Valid until the next :meth:`bump_reset` (the kernel resets once per tick).
+        Valid until the next :meth:`bump_reset`, which is the caller's to make: the CPU kernel
+        does not reset the region (see the module docstring, "Bump").
         """
-        nbytes = operator.index(nbytes)
-        if nbytes < 0:
-            raise ValueError(f"bump_alloc: nbytes must be >= 0, got {nbytes}")
+        nbytes = _int("bump_alloc: nbytes", nbytes, 0)
         a = (max(nbytes, 1) + 15) & ~15
         with self._lock:
             top = self._bump_top

@@ -38,7 +38,8 @@ interleave). Host-side subscribers (``take``) always pull in order.
 
 Channels of deterministic types (in determinism mode) hold their messages until the tick
 boundary, then sort them by their parent's sequence, number them and drain them whole
-(:meth:`Channel.tick_boundary`; the registry calls it in ascending channel id order). A
+(:meth:`Channel.tick_boundary`; the registry calls it in ascending channel id order); a host
+thread's publishes wait for the next ``System.run()`` first (host input, see ``core/det.py``). A
 channel of another type becomes one at the first deterministic task's message on it (see
 :meth:`Channel._det_message`).
 
@@ -252,6 +253,9 @@ class Channel(ReplayMixin):
         self.committed = 0
         self.granted = 0                     # emit credit handed to worker emitters
         self.held: list[np.ndarray] = []     # deterministic: waiting for the tick boundary
+        # deterministic, a host thread's publishes: waiting for System.run() (DetStage.
+        # release_input), then held; counted in held_n (the room they take) meanwhile
+        self.host_held: list[np.ndarray] = []
         self.held_n = 0
         self.closed = False
         self.suspended = False               # closed by suspend(), reopened by resume()
@@ -602,8 +606,22 @@ class Channel(ReplayMixin):
                 recs["flags"] & FLAG_DETERMINISTIC):
             self._det_message(recs)
         if self.det:
-            self.held.append(T.copy(recs))       # seq: the parent's, for canonical order
             self.held_n += n
+            det = self.kernel.det
+            if det is not None and det.from_host is not None and not np.count_nonzero(
+                    recs["flags"] & FLAG_DETERMINISTIC) and det.from_host():
+                # host input: which tick it belongs to is run()'s, not the first idle
+                # worker's to open a boundary (the hash then depended on the HAL and timing).
+                # (Flagged records come from deterministic work, placed already: the
+                # bridge's fence delivery, on whatever thread the pump emits them)
+                recs = T.copy(recs)
+                recs["seq"] = 0                  # no parent: publish order
+                if not self.host_held:
+                    with det.staged_lock:
+                        det.staged_chans.append(self)
+                self.host_held.append(recs)
+                return
+            self.held.append(T.copy(recs))       # seq: the parent's, for canonical order
             return
         s = self.seq
         # (the u4 column keeps the low 32 bits, as the int64 column's cast does)
@@ -924,6 +942,15 @@ class Channel(ReplayMixin):
                     self._log_evict(force=False)
         return recs
 
+    def release_host(self) -> None:
+        """Deterministic channel: what host threads published since the last ``run()`` joins
+        the held messages, for the next tick boundary (``DetStage.release_input``, under the
+        stage's lock)."""
+        with self.lock:
+            if self.host_held:
+                self.held.extend(self.host_held)
+                self.host_held = []
+
     def tick_boundary(self) -> None:
         """Deterministic channel: number what this tick emitted in canonical order (parent seq,
         then emit order) and move it all into the scheduler.
@@ -944,7 +971,7 @@ class Channel(ReplayMixin):
             if self.held:
                 recs = T.concat(self.held) if len(self.held) > 1 else self.held[0]
                 self.held = []
-                self.held_n = 0
+                self.held_n -= len(recs)        # (the host's, not released yet, stay counted)
                 recs = recs[np.argsort(recs["seq"], kind="stable")]
                 s = self.seq
                 recs["seq"] = np.arange(s + 1, s + len(recs) + 1, dtype=np.int64)
@@ -1014,18 +1041,23 @@ class Channel(ReplayMixin):
     # -- closing --------------------------------------------------------------------------------
     def close(self) -> int:
         """Close the channel: later emits get CHAN_CLOSED; every message it still holds goes to
-        sys.dropped with CHAN_CLOSED (payload references released). Returns how many. A
-        suspended channel is closed for good (no resume)."""
+        sys.dropped with CHAN_CLOSED (payload references released). Returns how many records
+        that put on sys.dropped: one per subscriber copy not delivered (a message of a fan-out
+        channel still held for two subscribers counts 2; one held without any subscriber, on
+        sys.dropped once with CHAN_NO_SUBSCRIBER, counts 1), what halt's ``channel_dropped``
+        adds up. A suspended channel is closed for good (no resume)."""
         with self.lock:
             if self.closed and not self.suspended:
                 return 0
             self.suspended = False
             self.closed = True
             n = 0
-            if self.held:
-                recs = T.concat(self.held)
-                self.held, self.held_n = [], 0
-                n += len(recs)
+            if self.held or self.host_held:
+                recs = T.concat(self.held + self.host_held)
+                self.held, self.host_held, self.held_n = [], [], 0
+                # copies, as the subscribers' rings below count: one a subscriber (one for a
+                # message without any), each a record on sys.dropped
+                n += len(recs) * max(1, len(self.subs))
                 # never delivered: each subscriber's copy is dropped; one reference to release
                 for sub in self.subs or [None]:
                     self._drop(recs, CHAN_CLOSED if self.subs else CHAN_NO_SUBSCRIBER, sub,

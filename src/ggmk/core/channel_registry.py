@@ -2,8 +2,8 @@
 channels, dead letters, draining and per-channel metrics.
 
 :class:`Channels` (``system.channels``) opens a channel once per name (opening it again with
-another type, mode, guarantee or ``ordered`` is an error) and hands out ids in opening order.
-It owns the system channels, opened at boot:
+another type, mode, guarantee, or another value of an option given, is an error) and hands
+out ids in opening order. It owns the system channels, opened at boot:
 
 * ``sys.error`` and ``sys.dropped`` (:class:`SysChannel`): dead letters. Failed tasks go to
   ``sys.error`` (or to their channel's ``error_handler``, see :meth:`Channels.route_failures`);
@@ -31,10 +31,9 @@ import numpy as np
 
 from ggmk import task as T
 from ggmk.core.channel import Channel
-from ggmk.core.channel_spec import (DEFAULT_CAPACITY, validate_capacity, validate_channel_name,
-                                    validate_channel_spec, validate_hook, validate_ordered,
-                                    validate_replay, validate_window)
-from ggmk.core.replay import ReplayLog
+from ggmk.core.channel_spec import (DEFAULT_CAPACITY, ring_capacity, validate_capacity,
+                                    validate_channel_name, validate_channel_spec, validate_hook,
+                                    validate_ordered, validate_replay, validate_window)
 from ggmk.core.sched import MAX_TYPES
 from ggmk.errors import ChannelError
 from ggmk.events import EventType
@@ -155,11 +154,15 @@ class Channels:
 
     # -- registry -------------------------------------------------------------------------------
     def open(self, name: str, type=0, *, mode: str = "p2p", guarantee: str = "lossless",
-             capacity: int = DEFAULT_CAPACITY, replay: int = 0, error_handler=None,
+             capacity: int | None = None, replay: int | None = None, error_handler=None,
              window: int | None = None, system: bool = False, ordered: bool | None = None,
              **unknown) -> Channel:
         """Open (or return the already open) channel ``name`` carrying ``type``. Opening an
-        existing name with a different type, mode, guarantee or ``ordered`` raises ChannelError.
+        existing name with a different type, mode, guarantee, or a different value of an option
+        the call gives (``capacity``, ``replay``, ``error_handler``, ``window``, ``ordered``;
+        None: as the channel has it) raises ChannelError. ``capacity`` defaults to
+        DEFAULT_CAPACITY, ``replay`` to 0 (no log). A lossy channel of a type that needs
+        lossless delivery (``lossy = false``) is refused, as in a module's declaration.
         ``ordered`` (default True; ignored on a deterministic channel): each handler subscriber
         gets its messages in channel order, one batch of at most ``max_batch`` in flight at a
         time; False lets several batches of one subscriber run at once, on several workers
@@ -170,8 +173,10 @@ class Channels:
             # a typo such as capcity=16 would otherwise open a channel the caller did not ask for
             raise ChannelError(_unknown_options(name, unknown), CHAN_UNKNOWN)
         window = validate_window(name, window)
-        capacity = validate_capacity(name, capacity)
-        replay = validate_replay(name, replay, guarantee)
+        if capacity is not None:
+            capacity = validate_capacity(name, capacity)
+        if replay is not None:
+            replay = validate_replay(name, replay, guarantee)
         ordered = validate_ordered(name, ordered)
         error_handler = validate_hook(name, "error_handler", error_handler,
                                       "called with (records, codes) of failed messages")
@@ -194,14 +199,23 @@ class Channels:
                     if v is not None and not (attr == "ordered" and ch.det) and getattr(ch, attr) != v:
                         raise ChannelError(f"channel {name!r} is {getattr(ch, attr)}, cannot "
                                            f"open it as {v}", CHAN_TYPE_MISMATCH)
-                if error_handler is not None:
-                    ch.error_handler = error_handler
-                if replay and ch.log is None:
-                    ch.replay = replay
-                    ch.log = ReplayLog.sized(replay)
+                # any other option given must be the channel's too (a second capacity was
+                # ignored, a replay log bolted on unchecked, an error handler swapped)
+                for attr, v, has in (("capacity", capacity, ch.capacity),
+                                     ("replay", replay, ch.replay), ("window", window, ch.window),
+                                     ("error_handler", error_handler, ch.error_handler)):
+                    if v is not None and (ring_capacity(v) if attr == "capacity" else v) != has:
+                        raise ChannelError(f"channel {name!r} is open with {attr}={has!r}, "
+                                           f"cannot open it with {attr}={v!r}",
+                                           CHAN_TYPE_MISMATCH)
                 return ch
+            capacity = DEFAULT_CAPACITY if capacity is None else capacity
+            replay = replay or 0
             det = bool(tid) and k.det is not None and k.types.info(tid).deterministic
             validate_channel_spec(name, mode, guarantee, replay=replay, deterministic=det)
+            if guarantee == "lossy" and tid and not system and not k.types.info(tid).lossy:
+                raise ChannelError(f"channel {name!r} is lossy but type {k.type_name(tid)} needs "
+                                   f"lossless delivery (lossy = false)", CHAN_TYPE_MISMATCH)
             ch = self._add(Channel(self, self._take_id(), name, tid, mode=mode,
                                    guarantee=guarantee, capacity=capacity, replay=replay,
                                    error_handler=error_handler, window=window,
@@ -355,7 +369,8 @@ class Channels:
                     n += ch._drain_sub(sub)
         if self._det:
             det = self.kernel.det
-            if det is not None and any(c.held_n for c in self._det) and not det.has_work():
+            # (``held``, not ``held_n``: a host's publishes wait for run(), see DetStage)
+            if det is not None and any(c.held for c in self._det) and not det.has_work():
                 with det.lock:   # nothing runs this tick: open the boundary ourselves
                     if not det.has_work() and not det.inflight:
                         self.tick_boundary(det.tick)

@@ -18,6 +18,7 @@ from array import array as _array
 
 import numpy as np
 
+from ggmk.core.det import check_int
 from ggmk.core.emitter import Emitter   # the per-channel emit buffer
 from ggmk.errors import AllocError, EmitError
 from ggmk.task import word
@@ -259,6 +260,43 @@ class TaskRow(Task):
         self._dirty = False
 
 
+def check_priority(priority) -> int:
+    """An emit's ``priority`` (not None) as an int 0..3, else EmitError naming it: True passed
+    as 1 (True == 1), a float or NumPy bool failed later with an error naming nothing."""
+    if isinstance(priority, (bool, np.bool_)) or not isinstance(priority, (int, np.integer)) \
+            or priority not in _PRIORITIES:
+        raise EmitError(f"priority={priority!r}: allowed 0 (highest), 1, 2, 3 (lowest), an int")
+    return int(priority)
+
+
+def _check_payloads(kernel, recs) -> None:
+    """emit_batch's records hand their consumers one payload reference each: the handler must
+    own that many (else the consumer's release killed its worker)."""
+    ptrs = recs["payload_ptr"]
+    if np.count_nonzero(ptrs):
+        kernel.arena.check_refs(ptrs, "emit_batch: payload_ptr", EmitError)
+
+
+def retain_payload(arena, batch, task, i) -> int:
+    """``ctx.retain(i)`` (the kernel's and ggmk.testing's): one more reference to the payload
+    of the current task (per-task handler, ``i`` None) or of task ``i`` of ``batch``."""
+    if batch is not None:
+        if i is None:
+            raise TypeError("ctx.retain(): a batch handler names the task whose payload to "
+                            "keep: ctx.retain(i), i = its index in the batch")
+        i = check_int("ctx.retain: i", i, 0, len(batch) - 1,
+                      what=" (the task's index in the batch)")
+        ptr = int(batch.records["payload_ptr"][i])
+    elif i is not None:
+        raise TypeError(f"ctx.retain(i={i!r}): a per-task handler keeps its current task's "
+                        f"payload: ctx.retain()")
+    else:
+        ptr = task.payload_ptr
+    if ptr:
+        arena.retain(ptr)
+    return ptr
+
+
 def inherit_columns(parent, priority, tenant, flags: int):
     """A batch emit's header from its parent batch, one child per parent record: what is not
     given is the parent's priority and tenant (columns), and the deterministic flag always
@@ -272,7 +310,7 @@ def inherit_columns(parent, priority, tenant, flags: int):
 
 class Context:
     __slots__ = ("kernel", "worker", "task", "batch", "module", "_ek", "_e0", "_e1",
-                 "_retained", "_det", "_det_on", "_resolve", "_emitters",
+                 "_det", "_det_on", "_resolve", "_emitters",
                  "_emitters_active", "_pi", "_phdr", "_bhdr", "_types", "_inl_t", "_sched",
                  "_km0", "_klim", "emit", "_general", "_room", "_q0", "_qkey", "_grow")
 
@@ -294,7 +332,6 @@ class Context:
         # [the worker's _grow] while the step may grow its follow-on budget, else [None]
         self._grow = [None]
         self._e1: list = []
-        self._retained: set[int] = set()
         self._det_on = kernel.deterministic
         self._resolve = kernel.resolve_target
         # target -> type id for targets that are types (the kernel's own cache: resolve_target
@@ -522,8 +559,8 @@ class Context:
             self._emitters[target] = Emitter(chan)     # next time: the hot path
         elif st is not None:
             st.commit()                              # keep this channel's emit order
-        if priority is not None and priority not in _PRIORITIES:
-            raise EmitError(f"priority={priority!r}: allowed 0 (highest), 1, 2, 3 (lowest)")
+        if priority is not None and (priority.__class__ is not int or priority not in _PRIORITIES):
+            priority = check_priority(priority)
         if tenant is not None and (tenant.__class__ is not int or not 0 <= tenant <= 0xFFFF):
             raise EmitError(f"tenant={tenant!r}: allowed an integer in 0..65535")
         if flags.__class__ is not int or not 0 <= flags <= 0xFFFF:
@@ -608,11 +645,13 @@ class Context:
                         tenant=0 if tenant is None else tenant, channel=chan.id, seq=seq,
                         payload_ptr=payload_ptr, payload_len=payload_len, meta0=meta0,
                         meta1=meta1)
+            _check_payloads(self.kernel, recs)
             uniform = isinstance(priority, (int, np.integer))
             return chan.emit(recs, built=True, prio=int(priority) & PRIO_MASK if uniform else None)
         recs = make(n, type=tid, flags=flags, priority=priority,
                     tenant=0 if tenant is None else tenant, seq=seq, payload_ptr=payload_ptr,
                     payload_len=payload_len, meta0=meta0, meta1=meta1)
+        _check_payloads(self.kernel, recs)
         self.flush()   # keep emit order: earlier per-message emits go first
         return self.kernel.sched.enqueue(recs, self.kernel.ROUTE_EMIT, self.worker)
 
@@ -644,9 +683,13 @@ class Context:
             self.task.meta1 = meta1
         return WAIT
 
-    def retain(self) -> None:
-        """Keep the current task's payload alive past the handler (release it later yourself)."""
-        self._retained.add(self.task._i)
+    def retain(self, i: int | None = None) -> int:
+        """Keep the current task's payload alive past the handler: one more reference, yours
+        to release (``ctx.arena.release(ptr)``) whatever the task's outcome (OK, a failure, a
+        yield, a retry, a wait: its own reference is released as usual). A batch handler
+        names the task by its index in the batch, ``ctx.retain(i)``. Returns the payload's
+        address (0, and nothing kept, for a task without one)."""
+        return retain_payload(self.kernel.arena, self.batch, self.task, i)
 
     def alloc(self, nbytes: int) -> int:
         """``nbytes`` from the arena (its address); AllocError when it cannot, traced as

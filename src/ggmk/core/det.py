@@ -15,7 +15,11 @@ the host called ``submit``. This holds when the previous ``run()`` finished (ret
 ``run()`` that timed out leaves the tick counter wherever the workers were. ``submit(...,
 due=T)`` puts input in tick T exactly (or the next tick, if T has already opened; T is
 0..2**63-1); from the host it is held until ``run()`` too, which places it then (a worker
-that saw it earlier opened tick T before ``run()``, and the plain input went after it).
+that saw it earlier opened tick T before ``run()``, and the plain input went after it). A host
+thread's publish on a deterministic channel is host input as well: the channel keeps it apart
+(admitted against its room, not drained) until ``run()``, whose tick its subscribers' tasks
+run in, beside that ``run()``'s submissions, the messages in publish order. (Records flagged
+deterministic are not host input: the bridge's tick fences deliver those, already placed.)
 
 Poison: the enqueue core lets deterministic records of a poisoned type through; the stage
 refuses them (sys.error, POISONED) when it opens their tick, from the poison flags as of then,
@@ -78,6 +82,11 @@ class DetStage:
         self.next_keep: list[np.ndarray] = []   # yields: keep their seq
         # host submissions since the last run(): (due tick, or None, records), in order
         self.staged: list[tuple[int | None, np.ndarray]] = []
+        # deterministic channels a host thread published on since the last run(), in call
+        # order (Channel._stamp_commit): appended under the channel's lock, so a lock of its own
+        # (the channel lock is taken after ``lock``, never before it)
+        self.staged_chans: list = []
+        self.staged_lock = threading.Lock()
         # () -> whether the calling thread is a host thread (not a handler's): set by the kernel
         self.from_host = None
         self.seq = 0
@@ -114,8 +123,17 @@ class DetStage:
         order, as one tick's input: the tick after the last one opened. ``System.run`` calls
         this, so input given in several ``submit()`` calls before one ``run()`` lands in one
         tick whatever the workers were doing meanwhile. Input with a due tick goes to that tick
-        (the next one if it has opened already), keeping its seq as a due'd task does."""
+        (the next one if it has opened already), keeping its seq as a due'd task does. What the
+        host published on deterministic channels meanwhile is released to them too: their
+        subscribers' tasks run in that same tick."""
         with self.lock:
+            # host publishes on deterministic channels first, under the lock: they join the
+            # channel's held messages, drained by the boundary that opens the same tick as
+            # the submissions below (a worker cannot open one in between)
+            with self.staged_lock:
+                chans, self.staged_chans = self.staged_chans, []
+            for ch in chans:
+                ch.release_host()
             if not self.staged:
                 return
             nxt = self.tick + 1

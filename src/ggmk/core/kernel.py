@@ -36,7 +36,8 @@ from ggmk.core.tenants import (TenantError, check_tenant_id, make_policy, tenant
                                tenant_weight)
 from ggmk.core.trace import TraceHasher, check_sample_rate, make_tracer, parse_level
 from ggmk.core.worker import Worker
-from ggmk.errors import AllocError, BootError, ChannelError, KernelStopped, PayloadError
+from ggmk.errors import (AllocError, BootError, ChannelError, InvalidPointer, KernelStopped,
+                         PayloadError, UseAfterFree)
 from ggmk.events import EventType
 from ggmk.hal import make_hal
 from ggmk.typereg import TypeRegistry, raise_boot_problems, validate_declarations
@@ -112,6 +113,18 @@ def _check_trace_level(name: str, value, more: str = ""):
                         f"ggmk.events.Level){more}") from None
 
 
+def check_raw_payload(info, buf) -> None:
+    """A raw payload (bytes, an array: ``buf`` as uint8) of a type with a schema (``info``)
+    must match it: checked at the sender, or the consumer's ``ctx.payload`` failed (blamed on
+    the consumer, counted toward its poison). PayloadError naming the type and both sizes."""
+    if info.fields:
+        try:
+            info._check_len(buf, len(buf))
+        except PayloadError as e:
+            raise PayloadError(f"{e}: a raw payload must match the type's schema (a dict "
+                               f"payload is encoded to it)") from None
+
+
 def _check_records(what: str, recs) -> None:
     """Task records: a 1-d NumPy array of ``TASK_DTYPE`` (``ggmk.task.make``); else TypeError
     naming ``what`` and the value (a list was a raw AttributeError, a float array an
@@ -142,6 +155,7 @@ class System:
                  dead_letter_capacity: int = 1 << 16, host_helps: bool = True):
         workers = check_int("workers", workers, 1, err=BootError)
         deterministic = check_flag("deterministic", deterministic, BootError)
+        debug = check_flag("debug", debug, BootError)     # ("no" turned the canary on)
         seed = check_int("seed", seed, 0, err=BootError)
         # (0 ran nothing, run() never returned; 2.5 crashed a worker thread)
         max_batch = check_int("max_batch", max_batch, 1, MAX_CAPACITY, err=BootError,
@@ -212,7 +226,12 @@ class System:
         # arena
         self.arena = Arena(arena_size, debug=debug)
         # types
-        self.types = types if types is not None else TypeRegistry()
+        if types is not None and not isinstance(types, TypeRegistry):
+            raise BootError(f"types={types!r:.80}: allowed a TypeRegistry (ggmk.load_types) "
+                            f"or None")
+        # a copy: the boot registers names (the modules', the system channels'), and the
+        # caller's registry, booted again, clashed with them (an auto id taken twice)
+        self.types = types.copy() if types is not None else TypeRegistry()
         self.max_yields = np.full(MAX_TYPES, DEFAULT_MAX_YIELDS, dtype=np.int64)
         # observability
         self.metrics = Metrics(workers + 1, max_types=MAX_TYPES)
@@ -407,26 +426,33 @@ class System:
 
     # -- channels -------------------------------------------------------------------------------
     def _bind_channels(self) -> None:
-        """Validate every module's channel declarations, open the channels, subscribe consumers."""
+        """Validate every module's handler and channel declarations (also when no module
+        declares a channel), open the channels, subscribe consumers."""
         decls = [d for m in self.modules for d in m.channels]
-        if not decls:
-            return
         spec: dict[str, dict] = {}
+        given: dict[tuple, list] = {}          # (channel, option) -> [(module, value)]
         for d in decls:
             if d.direction == "produce":
                 sp = spec.setdefault(d.name, {})
                 sp.setdefault("mode", d.mode)
                 sp.setdefault("guarantee", d.guarantee)
                 for k, v in d.options.items():
-                    sp.setdefault(k, v)
+                    if v is not None:             # (None: the default, as for open)
+                        sp.setdefault(k, v)
+                        given.setdefault((d.name, k), []).append((d.module_name, v))
         for d in decls:
             sp = spec.setdefault(d.name, {})
             sp.setdefault("mode", d.mode or "p2p")
             sp.setdefault("guarantee", d.guarantee or "lossless")
         tchans, thandlers, problems, sources = [], [], [], {}
+        # producers must agree on each option they give (the first one's won without a word);
+        # one a producer leaves out is the others' (mode and guarantee: validate_declarations)
+        for (name, k), vals in given.items():
+            if any(v != vals[0][1] for _, v in vals[1:]):
+                who = ", ".join(f"module {mn!r} declares {k}={v!r}" for mn, v in vals)
+                problems.append(f"channel {name!r}: conflicting {k}: {who}")
+        p2p_subs: dict[str, list] = {}         # p2p channel -> [(module, its handler, named)]
         for m in self.modules:
-            if not m.channels:
-                continue
             if m.manifest is not None and m.manifest.path:
                 sources[m.name] = str(m.manifest.path)
             for d in m.channels:
@@ -459,11 +485,28 @@ class System:
                         problems.append(f"module {m.name!r}: handler {h.name!r} consumes "
                                         f"deterministic type {self.type_name(tid)} on channel "
                                         f"{d.name!r} but is not declared deterministic")
+                    if h is not None and h.module is m and spec[d.name]["mode"] == "p2p":
+                        p2p_subs.setdefault(d.name, []).append(
+                            (m.name, f"'{m.name}.{h.name}' ({self.type_name(htid)})"))
+            names: set = set()
             for h in m.handlers:
                 hname = "".join(c if c.isalnum() or c == "_" else "_" for c in h.name) or "h"
                 if hname[0].isdigit():
                     hname = "_" + hname
+                if hname in names and h.name == getattr(h.fn, "__name__", None):
+                    # handlers made in a loop share their function's name (no name= given):
+                    # told apart by type; only names a user gave must differ
+                    hname = f"{hname}_{h.type_id}"
+                names.add(hname)
                 thandlers.append(h.declaration(type=h.type_id, name=hname))
+        # validate_declarations counts the modules consuming a p2p channel; one module's second
+        # handler on it was a raw ChannelError from subscribe, naming neither it nor its type
+        for name, subs in p2p_subs.items():
+            if len(subs) > 1 and len({mn for mn, _ in subs}) == 1:
+                problems.append(f"channel {name!r} is p2p but module {subs[0][0]!r} consumes it "
+                                f"{len(subs)} times, with handlers "
+                                f"{', '.join(w for _, w in subs)} (p2p allows one subscriber; "
+                                f"declare mode = \"fanout\")")
         try:
             validate_declarations(self.types, tchans, thandlers)
         except BootError as e:
@@ -472,7 +515,7 @@ class System:
         # name was reported "in" every std module's .toml)
         src = ", ".join(path for name, path in sources.items()
                         if any(f"module {name!r}" in p for p in problems)) or None
-        raise_boot_problems("channel declarations", problems, src)
+        raise_boot_problems("module declarations", problems, src)
         for d in decls:
             sp = spec[d.name]
             opts = {k: v for k, v in sp.items() if k not in ("mode", "guarantee", "handler")}
@@ -496,9 +539,11 @@ class System:
         return self.channels.get(name)
 
     def open(self, name: str, type, *, mode: str = "p2p", guarantee: str = "lossless",
-             capacity: int = 4096, replay: int = 0, error_handler=None, window=None,
-             ordered: bool | None = None, **unknown):
-        """Open a channel at run time (or return the open one of that name and type).
+             capacity: int | None = None, replay: int | None = None, error_handler=None,
+             window=None, ordered: bool | None = None, **unknown):
+        """Open a channel at run time (or return the open one of that name and type: an option
+        given that differs from the open channel's is a ChannelError, see ``Channels.open``;
+        ``capacity`` defaults to 4096, ``replay`` to 0).
         ``ordered`` (default: yes) delivers each subscriber's messages one batch at a time, in
         channel order; ``False`` trades that for parallel batches. Any other keyword is the
         channel registry's ChannelError naming it (with its close match), as in ``produces``."""
@@ -577,7 +622,9 @@ class System:
             return
         ptrs = recs["payload_ptr"]
         if ptrs.any():   # the dead copy does not keep the payload alive
-            self.arena.release_many(ptrs)
+            # (failed: one batch of one type, whose handler a bad pointer is reported against)
+            self.release_payloads(ptrs, self.handler_of[int(recs["type"][0])] if failed
+                                  else None)
             recs = T.copy(recs)
             recs["payload_ptr"] = 0
         if worker is None:
@@ -593,6 +640,25 @@ class System:
             self.channels.to_sys_error(recs, code)
         else:
             self.sys_error.push_coded(recs, code)
+
+    def release_payloads(self, ptrs, handler=None) -> None:
+        """Release the payload reference of each finished or dead-lettered task (``ptrs``, 0
+        for none). A pointer its sender did not own (freed, foreign, shared by more records
+        than it has references; senders are checked, but a handler may release its task's
+        payload itself) must not kill the worker or leave its batch unaccounted: the
+        references held are released, the error is reported against ``handler`` (else the
+        kernel) in ``exceptions``."""
+        try:
+            self.arena.release_many(ptrs)
+        except (InvalidPointer, UseAfterFree):       # (DoubleFree is a UseAfterFree)
+            _, skipped, e = self.arena.release_valid(ptrs)
+            if e is None:                # (made good meanwhile by another thread)
+                return
+            msg = f"{skipped} payload reference(s) not released: {e}"
+            if handler is not None:
+                self.report_exception(handler, e, msg)
+            else:
+                self.note_exception(("kernel", "payload release", repr(e), msg))
 
     def withdraw_deferred(self, type, wanted: dict) -> int:
         """Take back deferred tasks (``submit(..., due=tick)``) not yet due: those of
@@ -764,7 +830,8 @@ class System:
 
     # -- payloads -------------------------------------------------------------------------------
     def store_payload(self, tid: int, payload) -> tuple[int, int]:
-        """Copy ``payload`` (bytes, NumPy array, or dict for typed payloads) into the arena."""
+        """Copy ``payload`` (bytes, NumPy array, or dict for typed payloads) into the arena;
+        raw bytes of a type with a schema must fit it (``check_raw_payload``)."""
         if isinstance(payload, dict):
             data = self.types.info(tid).encode(payload)
             buf = np.frombuffer(data, dtype=np.uint8)
@@ -776,6 +843,8 @@ class System:
             raise PayloadError(f"payload for {self.type_name(tid)!r} must be bytes, a NumPy array "
                                f"or a dict, got {type(payload).__name__}")
         n = len(buf)
+        if not isinstance(payload, dict):
+            check_raw_payload(self.types.info(tid), buf)
         try:
             ptr = self.arena.alloc_or_raise(max(n, 1))
         except AllocError:
@@ -797,15 +866,24 @@ class System:
                 int(task_type), min(max(int(nbytes), 0), 0xFFFFFFFF), 0)
 
     def payload_view(self, task):
+        """``ctx.payload``: a typed view when the type has a schema, else the arena bytes;
+        read-only for a message from a fan-out channel. None without a payload."""
         ptr, n = task.payload_ptr, task.payload_len
         if not ptr:
             return None
         raw = self.arena.view(ptr, n)
         info = self.types.info(task.type)
-        if task.channel and not info.fields and self.channels is not None:
-            ch = self.channels.by_id.get(task.channel)     # delivered retyped: use the
-            if ch is not None and ch.type_id:              # channel's message schema
-                info = self.types.info(ch.type_id)
+        cid = task.channel
+        if cid and self.channels is not None:
+            ch = self.channels.by_id.get(cid)
+            if ch is not None:
+                if ch.mode == "fanout":
+                    # SPEC §5: a fan-out payload is shared read-only (one subscriber's write
+                    # was every other's copy); a p2p or direct task's is its handler's own
+                    raw = raw.view()
+                    raw.flags.writeable = False
+                if ch.type_id and not info.fields:         # delivered retyped: use the
+                    info = self.types.info(ch.type_id)     # channel's message schema
         if info.fields:
             return info.view(raw, n)
         return raw
@@ -859,6 +937,11 @@ class System:
         self._check_running()
         if recs.__class__ is not np.ndarray or recs.dtype is not T.TASK_DTYPE or recs.ndim != 1:
             _check_records("submit_batch", recs)
+        ptrs = recs["payload_ptr"]
+        if ptrs[0] if len(ptrs) == 1 else np.count_nonzero(ptrs):
+            # each record hands its consumer a reference: a pointer not owned that often
+            # killed the worker that released it
+            self.arena.check_refs(ptrs, "submit_batch: payload_ptr")
         if due is not None:
             if due.__class__ is not int or not 0 <= due <= MAX_DUE:
                 due = check_int("due", due, 0, MAX_DUE, what=" (a tick number)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ggmk.core.det import check_flag
 from ggmk.errors import BootError
 from ggmk.events import Level
 from ggmk.typereg.decls import ChannelDecl, HandlerDecl
@@ -84,6 +85,10 @@ class Module:
                                       or max_batch < 1):
             raise BootError(f"module {self.name!r}: handler {type!r}: max_batch must be a "
                             f"positive int, got {max_batch!r}")
+        # (batch="no" was taken as true: the per-task function was called as a batch handler)
+        batch = check_flag(f"module {self.name!r}: handler {type!r}: batch", batch, BootError)
+        deterministic = check_flag(f"module {self.name!r}: handler {type!r}: deterministic",
+                                   deterministic, BootError)
 
         def deco(fn):
             if not callable(fn):
@@ -109,12 +114,22 @@ class Module:
         """Declare that this module consumes ``type`` from ``channel``; its messages are
         delivered to the handler of ``handler`` (default: of ``type``). ``options``: the
         subscription's ``window`` and ``ordered`` (see ``Channel.subscribe``); any other is a
-        boot error naming it."""
+        boot error naming it. Declaring the same subscription again returns the first
+        declaration; again with another type or option is a BootError naming both."""
         if handler is not None:
             options["handler"] = handler
         for d in self.channels:
             if (d.name == channel and d.direction == "consume"
                     and d.options.get("handler") == options.get("handler")):
+                # (the second declaration's type and options were dropped without a word)
+                for what, old, new in (("type", d.type, type), ("mode", d.mode, mode),
+                                       ("guarantee", d.guarantee, guarantee),
+                                       *((k, d.options.get(k), options.get(k))
+                                         for k in {**d.options, **options})):
+                    if old != new:
+                        raise BootError(f"module {self.name!r} already consumes channel "
+                                        f"{channel!r} with {what} {old!r}, cannot consume it "
+                                        f"again with {what} {new!r}")
                 return d
         d = ChannelDecl(channel, "consume", type, mode, guarantee, self, options, check=False)
         self.channels.append(d)

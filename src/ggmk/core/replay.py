@@ -6,22 +6,26 @@ a :class:`ReplayLog`: a subscriber whose ring is full falls *behind* and is fed 
 it drains (:meth:`ReplayMixin._catch_up`); the log evicts what every subscriber has
 acknowledged (drained into the scheduler, or taken), and emit is refused when the log is full
 of unacknowledged messages. A subscriber far behind the others (by half the log or more, while
-every other subscriber has caught up: acknowledged everything) no longer holds them back: the
-producer goes on, and what gets past its reach (its ring plus the log) is evicted past it: it
-degrades to lossy (those copies go to ``sys.dropped`` with CHAN_REPLAY_OVERFLOW, a
-REPLAY_OVERFLOW event is traced) until it catches up. Only that subscriber degrades: what every
-other one has not acknowledged stays in the log. While any other subscriber still has a
-backlog, the producer waits instead (subscribers that lag together, or by a scheduling hiccup,
-are not "far behind the others").
+every other subscriber has caught up: acknowledged everything; a handler subscriber also
+stalled: its acknowledgement has not moved for ``STALL_NS`` across refused admissions) no
+longer holds them back: the producer goes on, and what gets past its reach (its ring plus the
+log) is evicted past it: it degrades to lossy (those copies go to ``sys.dropped`` with
+CHAN_REPLAY_OVERFLOW, a REPLAY_OVERFLOW event is traced) until it catches up. Only that
+subscriber degrades: what every other one has not acknowledged stays in the log. While any
+other subscriber still has a backlog, or the slowest still makes progress, the producer waits
+instead (subscribers that lag together, a slower one that keeps going, or one whose batch waits
+for a worker, are not "far behind the others": under backpressure every subscriber moves at
+the slowest's pace, so only a stall tells them apart).
 
 :class:`ReplayMixin` is the channel's half that runs the log: admission against it
 (``_log_room``), appending, eviction (acknowledged entries; forced past a far-behind
 subscriber) and catching a behind subscriber up. It is mixed into
 :class:`ggmk.core.channel.Channel` and works on the channel's state: ``log``, ``subs`` (each
 with ``acked``, ``next``, ``behind``, ``degraded``, ``overflows``, ``ring``), ``committed``,
-``granted``, ``held_n``, ``lock``, ``kernel`` (its arena), ``reg`` (tracing), ``_drop`` and
-``unwrap`` (sequence numbers here are the channel's unbounded ones; a record's ``seq`` column
-holds their low 32 bits). Every method but ``_log_evict_acked`` runs under the channel lock.
+``granted``, ``held_n``, ``lock``, ``kernel`` (its arena and clock), ``reg`` (tracing),
+``_drop`` and ``unwrap`` (sequence numbers here are the channel's unbounded ones; a record's
+``seq`` column holds their low 32 bits). Every method but ``_log_evict_acked`` runs under the
+channel lock.
 """
 from __future__ import annotations
 
@@ -84,8 +88,17 @@ class ReplayLog:
         return out
 
 
+# how long (HAL clock: wall time on threads, virtual on sim) a handler subscriber's
+# acknowledgement must stand still, across refused admissions, before it counts as far behind
+STALL_NS = 100_000_000
+
+
 class ReplayMixin:
     """The replay-log half of a channel (see the module docstring)."""
+
+    # the far-behind handler subscriber the last refused admission saw: (subscriber, its
+    # acked, HAL clock then); see _log_room
+    _stall: tuple | None = None
 
     def _log_room(self, res: int) -> int:
         """Messages the channel can accept now with ``res`` ring slots reserved (under the
@@ -113,12 +126,27 @@ class ReplayMixin:
         committed = self.committed
         if committed - lo < cap // 2 or len(acks) < 2:
             return room
-        behind = 0
-        for a in acks:
-            if a != committed:
-                behind += 1
-                if behind > 1:
+        slow = None
+        for sub in self.subs:
+            if sub.acked != committed:
+                if slow is not None:
                     return room
+                slow = sub
+        if slow is not None and slow.type_id:
+            # A handler subscriber's acknowledgement also waits for the workers: its batch
+            # may sit in the ready queue behind the others' (more subscribers than workers),
+            # or the worker running it may be descheduled, and one snapshot took that for
+            # far behind (equally fast subscribers were degraded, several in one run). So its
+            # acknowledgement must not have moved across refused admissions for STALL_NS: a
+            # subscriber still making progress, however slowly, makes the producer wait. A
+            # host-side subscriber's waits for its reader alone: one look decides.
+            st = self._stall
+            now = self.kernel.clock()
+            if st is None or st[0] is not slow or st[1] != slow.acked:
+                self._stall = (slow, slow.acked, now)
+                return room
+            if now - st[2] < STALL_NS:
+                return room
         return base + committed
 
     def _log_append(self, recs: np.ndarray) -> None:

@@ -11,10 +11,10 @@ the same step as further rows of the batch (the worker would pop it from its loc
 anyway), up to the batch budget and never on the ready queue's turn, nor with a tenant policy
 or in determinism mode; those follow-ons become records once per step (``_follow_ons``) and are
 counted, traced and finished like any task of the batch. When every task of the step returned
-OK, none is traced and none retained a payload, nothing would read those records: they are
-counted without being built (``_count_follow_ons``). A one-task batch (a round trip) is read
-with one ``struct`` call, and the tracer's ``quiet_all`` lets a batch skip TASK_START/TASK_END
-offers when no type is traced at that level and no task is flagged FLAG_EMIT_TRACE.
+OK and none is traced, nothing would read those records: they are counted without being
+built (``_count_follow_ons``). A one-task batch (a round trip) is read with one ``struct``
+call, and the tracer's ``quiet_all`` lets a batch skip TASK_START/TASK_END offers when no type
+is traced at that level and no task is flagged FLAG_EMIT_TRACE.
 
 Per-type outcome counters: each run of a task (``dequeued``) counts once in ``ok``, ``fail``
 (it failed for good: a failure code, a retry past max_retries, a yield past max_yields; counted
@@ -36,10 +36,11 @@ from ggmk.core.context import Context, u64
 from ggmk.core.faults import backoff_ticks
 from ggmk.core.metrics import TypeCounter as C
 from ggmk.core.sched import EVENT_DRAIN_MAX, Route
+from ggmk.errors import AllocError
 from ggmk.events import EventType
-from ggmk.task import (BAD_RETURN, FAIL, FLAG_DETERMINISTIC, FLAG_EMIT_TRACE, HANDLER_EXCEPTION,
-                       MAX_YIELDS, OK, RECORD_STRUCT, RETRY, RETRY_EXHAUSTED, TASK_DTYPE, WAIT,
-                       YIELD, TaskBatch)
+from ggmk.task import (ALLOC_FAIL, BAD_RETURN, FAIL, FLAG_DETERMINISTIC, FLAG_EMIT_TRACE,
+                       HANDLER_EXCEPTION, MAX_YIELDS, OK, RECORD_STRUCT, RETRY, RETRY_EXHAUSTED,
+                       TASK_DTYPE, WAIT, YIELD, TaskBatch)
 
 
 _CODE_MIN = -(1 << 31)
@@ -80,6 +81,13 @@ def _batch_codes(r, n: int):
         return np.array([c for c, _ in pairs], dtype=np.int32), err
     code, err = _task_code(r)
     return np.full(n, code, dtype=np.int32), err
+
+
+def _exc_code(e: Exception) -> int:
+    """The code of a task whose handler raised ``e``: ALLOC_FAIL when the arena ran out
+    (``ctx.alloc``, a payload emit: memory pressure, not a handler bug), else
+    HANDLER_EXCEPTION."""
+    return ALLOC_FAIL if isinstance(e, AllocError) else HANDLER_EXCEPTION
 
 
 def _keep(excs, e) -> list:
@@ -309,7 +317,7 @@ class Worker:
             try:
                 r = h.fn(ctx, batch)
             except Exception as e:  # noqa: BLE001 - a handler bug must not kill the worker
-                r, exc = HANDLER_EXCEPTION, [e]
+                r, exc = _exc_code(e), [e]
             ctx.batch = None
             if r is not None and not (r.__class__ is int and r == OK):
                 codes, bad_return = _batch_codes(r, n)
@@ -343,7 +351,7 @@ class Worker:
                 try:
                     r = fn(ctx)
                 except Exception as e:  # noqa: BLE001
-                    r, exc = HANDLER_EXCEPTION, _keep(exc, e)
+                    r, exc = _exc_code(e), _keep(exc, e)
                 if r is not None and (r.__class__ is not int or r):
                     e = _note_code(bad, i, r)
                     if e is not None:
@@ -372,7 +380,7 @@ class Worker:
                     try:
                         r = fn(ctx)
                     except Exception as e:  # noqa: BLE001
-                        r, exc = HANDLER_EXCEPTION, _keep(exc, e)
+                        r, exc = _exc_code(e), _keep(exc, e)
                     if r is not None and (r.__class__ is not int or r):
                         e = _note_code(bad, i, r)
                         if e is not None:
@@ -395,7 +403,7 @@ class Worker:
                     with k.sched.count_lock:
                         if k.sched.seq == base + seqs:
                             k.sched.seq = base + used
-                if bad or traced or ctx._retained:
+                if bad or traced:
                     recs = self._follow_ons(recs, task, t, traced)
                     one = None
                 else:
@@ -420,7 +428,7 @@ class Worker:
             for e in exc[-keep:] if keep else exc:
                 k.report_exception(h, e, "".join(traceback.format_exception(e)))
         if codes is None and one is not None and not traced and cpu is None \
-                and not (one[5] or ctx._retained) and t not in k.poison.counts:
+                and not one[5] and t not in k.poison.counts:
             # one task (and its counted follow-ons) finished OK, untraced, no payload, no
             # tenants: what _finish does for it, without its general checks (this runs
             # between the handler and the park, while a host the handler woke may be
@@ -533,9 +541,9 @@ class Worker:
         return out
 
     def _count_follow_ons(self, task, t: int, nk: int) -> int:
-        """``_follow_ons`` for a batch whose tasks all returned OK, untraced, nothing
-        retained: the ``nk`` follow-ons are counted as emitted (route, per-type enqueue
-        counter, the tracer's filtered count) but no record is built: nothing would read it.
+        """``_follow_ons`` for a batch whose tasks all returned OK, untraced: the ``nk``
+        follow-ons are counted as emitted (route, per-type enqueue counter, the tracer's
+        filtered count) but no record is built: nothing would read it.
         Their seqs were taken all the same, so later tasks are numbered as if they had been
         built. Returns ``nk``."""
         k = self.kernel
@@ -562,7 +570,6 @@ class Worker:
         k = self.kernel
         n = len(recs) + extra
         m = k.metrics_shard[self.id]
-        retained = self.ctx._retained
         if codes is None:
             tv = m.tv                     # t is a dispatched type: in range, no check needed
             tv[_DEQ, t] += n
@@ -571,8 +578,8 @@ class Worker:
                 k.tracer.emit_batch(self.id, EventType.TASK_END, recs, arg0=recs["seq"])
             elif k.tracer.enabled:
                 k.tracer.skipped(self.id, n)
-            if one is None or one[5] or retained:    # (follow-ons carry no payload)
-                self._release(recs, None, retained)
+            if one is None or one[5]:    # (follow-ons carry no payload)
+                self._release(recs, None, h)
         else:
             m.add_type(C.DEQUEUED, t, n)
             ok = codes == OK
@@ -600,8 +607,7 @@ class Worker:
                 self._retry(T.select(recs, rt), t)
             if fail.any():            # (kernel.fail counts them in `fail`)
                 k.fail(T.select(recs, fail), codes[fail], t, self.id)
-            self._release(recs, ok, retained)   # failed ones: released by kernel.fail
-        retained.clear()
+            self._release(recs, ok, h)   # failed ones: released by kernel.fail
         pd = k.poison
         if t in pd.counts:        # a type that failed lately: count its attempts (poison rate)
             pd.attempted(t, n if codes is None else int((codes >= 0).sum()),
@@ -619,16 +625,15 @@ class Worker:
             # nothing to do, and no column pass, without ordered channels)
             k.channels.on_batch_done(recs if n0 is None or n0 == n else recs[:n0])
 
-    def _release(self, recs, mask, retained) -> None:
+    def _release(self, recs, mask, h) -> None:
+        """The payload references of the tasks that finished (``mask``: which; None: all);
+        a bad one is reported against ``h``, the worker and the accounting go on."""
         ptrs = recs["payload_ptr"]
         if mask is not None:
             ptrs = np.where(mask, ptrs, 0)
         if not np.count_nonzero(ptrs):   # (~4x cheaper than .any() on a short column)
             return
-        if retained:
-            ptrs = ptrs.copy()
-            ptrs[list(retained)] = 0
-        self.kernel.arena.release_many(ptrs)
+        self.kernel.release_payloads(ptrs, h)
 
     def _yield(self, recs, h, t) -> None:
         k = self.kernel
