@@ -165,6 +165,7 @@ from pathlib import Path
 
 import ggmk
 from ggmk import OK
+from ggmk.typereg import load_types
 
 HERE = Path(__file__).resolve().parent
 
@@ -177,10 +178,11 @@ def on_req(ctx):
 
 
 def module() -> ggmk.Module:
-    """The module, from module.toml and types.toml next to this file."""
-    text = (HERE / "module.toml").read_text() + "\\n" + (HERE / "types.toml").read_text()
-    return ggmk.Module.from_manifest(text, sys.modules[__name__],
-                                     source=str(HERE / "module.toml"))
+    """The module, from module.toml and types.toml next to this file (each read on its own,
+    so that an error names its file and line)."""
+    m = ggmk.Module.from_manifest(HERE / "module.toml", sys.modules[__name__])
+    m.manifest.types.merge(load_types(HERE / "types.toml"))
+    return m
 '''
 
 _CPU_TEST = '''\

@@ -65,7 +65,8 @@ Shared helpers (for module authors too):
   already done its work (a kv put applied, a gate opened) must not lose or redo the answer
   when the channel is full, so the answer waits here in order and is flushed by the next
   handler call or a deferred flush task; while it is non-empty the system is not idle, and at
-  halt what is left goes to ``sys.dropped`` with ``CHAN_CLOSED`` (never silently lost).
+  halt what is left goes to ``sys.dropped`` with ``CHAN_CLOSED``, as records of the channel's
+  type with their payloads (never silently lost).
 """
 from __future__ import annotations
 
@@ -124,13 +125,14 @@ def word_key(k, what: str) -> int:
 
 def drop_rows(system, type_id: int, rows, code: int = T.CHAN_CLOSED) -> int:
     """What a module still holds at halt, as records on ``sys.dropped`` with ``code``:
-    ``rows`` of (meta0, meta1[, payload_ptr]) of type ``type_id`` (the payloads are released
-    by the dead letter). Returns how many."""
+    ``rows`` of (meta0, meta1[, payload_ptr[, payload_len]]) of type ``type_id`` (the payloads
+    are released by the dead letter). Returns how many."""
     if not rows:
         return 0
     a = np.array(rows, dtype=np.uint64)
     recs = T.make(len(a), type=type_id, meta0=a[:, 0], meta1=a[:, 1],
-                  payload_ptr=a[:, 2] if a.shape[1] > 2 else 0)
+                  payload_ptr=a[:, 2] if a.shape[1] > 2 else 0,
+                  payload_len=a[:, 3].astype(np.uint32) if a.shape[1] > 3 else 0)
     return system.dead_letter(recs, code, which="sys.dropped")
 
 
@@ -182,6 +184,9 @@ class Outbox:
         self._q: deque = deque()
         self._lock = threading.Lock()
         self._scheduled = False
+        # the channel's message type, kept by flush: at halt drop_all can no longer ask the
+        # channel (halt closes the channels before module fini)
+        self.type_id = 0
         self.published = 0
         self.waits = 0
         self.unheard = 0            # messages nobody subscribed to (see the class doc)
@@ -208,6 +213,7 @@ class Outbox:
             if not self._q:
                 return 0
             ch = system.channel(self.channel)
+            self.type_id = ch.type_id
             if not ch.subs and not ch.closed:         # nobody listening (see the class doc)
                 a = np.array(self._q, dtype=np.uint64)
                 self.unheard += len(self._q)
@@ -254,14 +260,16 @@ class Outbox:
 
     def drop_all(self, system) -> int:
         with self._lock:
-            items = [(m0, m1, p) for m0, m1, p, _ in self._q]
+            items = list(self._q)
             self._q.clear()
         if not items:
             return 0
-        try:
-            tid = system.channel(self.channel).type_id
-        except Exception:   # noqa: BLE001 - the channel is gone: keep the record's type 0
-            tid = 0
+        tid = self.type_id
+        if not tid:         # no flush ran (each put is followed by one): ask the channel
+            try:
+                tid = system.channel(self.channel).type_id
+            except Exception:   # noqa: BLE001 - closed: type 0 rather than lose them
+                tid = 0
         return drop_rows(system, tid, items)
 
 

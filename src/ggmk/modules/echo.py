@@ -60,7 +60,9 @@ def module(to, *, mode: str = "route", name: str = "echo", type: str = "ECHO",
     """A configured echo ``ggmk.Module``.
 
     ``to``: output channel name(s). ``type``: the input type when tasks are submitted
-    directly (its handler); ``consumes``/``message``: take the input from a channel carrying
+    directly (its handler; by default ``ECHO``, and ``ECHO_<NAME>`` for an instance not named
+    ``echo``: ``system.submit("ECHO_FWD", ...)`` for ``name="fwd"``, its output still of
+    type ``ECHO``); ``consumes``/``message``: take the input from a channel carrying
     ``message`` instead (the handler type is then ``ECHO_<NAME>`` unless ``type`` is given).
     ``retype``: the output type (default: the input's message type). ``capacity``,
     ``out_mode``, ``guarantee``: how the output channels are declared. ``m.echo``: counters.
@@ -85,7 +87,9 @@ def module(to, *, mode: str = "route", name: str = "echo", type: str = "ECHO",
         htype = type if type != "ECHO" else instance_type("ECHO", name, "")
     else:
         msg = type
-        htype = type
+        # a named instance gets its own handler type, as every standard module's does (two
+        # instances on ECHO could not boot together); its messages stay ECHO
+        htype = instance_type(type, name, "echo") if type == "ECHO" else type
     out_type = retype or msg
     outs = [m.produces(c, out_type, mode=out_mode, guarantee=guarantee, capacity=capacity)
             for c in to]

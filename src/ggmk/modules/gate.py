@@ -125,7 +125,7 @@ class _Gates:
     def fini(self, system):
         self.out.drop_all(system)
         with self.lock:
-            items = [(g, tag, p) for g, w in self.waiting.items() for _, tag, p, _ in w]
+            items = [(g, tag, p, n) for g, w in self.waiting.items() for _, tag, p, n in w]
             self.waiting.clear()
         self.counters["halted"] += drop_rows(system, system.type_id("GATE_ARRIVE"), items)
 

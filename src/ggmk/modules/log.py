@@ -73,7 +73,12 @@ def encode(level, fmt: str | bytes, *args) -> bytes:
                 not -(1 << 63) <= int(x) < 1 << 63:
             raise ValueError(f"log: argument {i} must be an int64, got {x!r}")
         a[i] = int(x)
-    text = fmt.encode() if isinstance(fmt, str) else bytes(fmt)
+    if isinstance(fmt, str):
+        text = fmt.encode()
+    elif isinstance(fmt, (bytes, bytearray, memoryview)):
+        text = bytes(fmt)
+    else:                       # (bytes(5) made a line of 5 NUL bytes)
+        raise TypeError(f"log: fmt={fmt!r}: allowed a str or bytes (the %-format)")
     h = np.zeros(1, _HDR)
     h[0] = (lv, len(args), a, len(text))
     return h.tobytes() + text
@@ -107,6 +112,9 @@ class _Log:
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
             raise BootError(f"log: keep must be an int >= 0 (lines kept in m.log.lines), "
                             f"got {keep!r}")
+        if sink is not None and not callable(sink):
+            raise BootError(f"log: sink must be None or a callable (sink(level, line)), got "
+                            f"{sink!r}")
         self.rate = float(rate)
         self.burst = float(burst if burst is not None else max(rate, 1))
         self.tokens = self.burst

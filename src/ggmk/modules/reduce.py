@@ -20,15 +20,19 @@ of a float64; the result is returned as f64 bits too). Partials may also be subm
 directly (``system.submit("REDUCE_PART", meta0=g, meta1=v)``).
 
 Determinism: each group's values are folded in the order of their sequence numbers (the
-channel sequence for channel messages), whatever the worker count or batch split, so float
-sums, concatenations and custom folds give the same bytes every run (the values are kept with
-their sequence numbers and sorted when the group completes). Integer sum/min/max are folded
-as they come (order does not change them).
+channel sequence for channel messages; 32 bits, ordered across their wrap), whatever the
+worker count or batch split, so float sums, concatenations and custom folds give the same
+bytes every run (the values are kept with their sequence numbers and sorted when the group
+completes). Integer sum/min/max are folded as they come (order does not change them).
 
 A bytes result (``concat``, or a custom fold returning bytes) that finds no room in the arena
 (larger than its largest block, or the arena full) is not published: the group is reported
 as a ``REDUCE_RESULT`` record on ``sys.error`` with ``ALLOC_FAIL`` (meta0 = group, meta1 =
-the result's byte length, no payload) and counted in ``stats()["failed"]``.
+the result's byte length, no payload) and counted in ``stats()["failed"]``. So is a group
+whose custom fold raised or returned something else (a str, None): one ``REDUCE_RESULT``
+record on ``sys.error`` with ``HANDLER_EXCEPTION`` (meta0 = group, meta1 = partials folded;
+the exception is kept with the system's, ``system.exceptions``); its partials are not failed
+a second time, and later partials of its id start a new group.
 
 Timeout: with ``timeout=T`` (ticks), a group that has not got ``n`` partials ``T`` ticks after
 its first one is reported on ``NAME.missing`` and discarded; a partial of it that arrives
@@ -65,6 +69,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import traceback
 
 import numpy as np
 
@@ -79,6 +84,7 @@ REDUCE_LATE = T.REDUCE_LATE
 OPS = ("sum", "min", "max", "concat")
 DTYPES = ("u64", "i64", "f64")
 _M64 = (1 << 64) - 1
+_M32, _HALF = 0xFFFFFFFF, 1 << 31       # record seq: 32 bits, compared across a wrap
 EXPIRED_KEEP = 65536      # timed-out groups remembered for REDUCE_LATE (see the docstring)
 
 
@@ -111,7 +117,7 @@ class _Reduce:
                                     or timeout < 1):
             raise BootError(f"reduce: timeout must be a positive tick count or None, "
                             f"got {timeout!r}")
-        self.n, self.op, self.dtype, self.timeout = n, op, dtype, timeout
+        self.name, self.n, self.op, self.dtype, self.timeout = name, n, op, dtype, timeout
         self.incremental = op in ("sum", "min", "max") and dtype != "f64"
         self.groups: dict[int, _Group] = {}
         self.expired: dict[int, int] = {}          # group -> its expired round (late parts)
@@ -142,7 +148,11 @@ class _Reduce:
             self.counters["waits"] += len(batch)
             return T.WAIT
         recs = batch.records
-        order = np.argsort(recs["seq"], kind="stable")
+        seq = recs["seq"]
+        if len(seq):
+            # seq is 32 bits and wraps: ordered by the distance from the first record
+            seq = (seq.astype(np.int64) - int(seq[0]) + _HALF) & _M32
+        order = np.argsort(seq, kind="stable")
         recs = T.select(recs, order)        # fold in seq order (a copy: codes re-ordered)
         n = len(recs)
         codes = np.zeros(n, dtype=np.int32)
@@ -238,43 +248,62 @@ class _Reduce:
         g.count += len(vals)
 
     def _finish(self, system, gid, g):
+        # the group goes first: a fold that fails must not leave it open at n partials, where
+        # no later partial of its id could ever complete it
+        del self.groups[gid]
         op = self.op
-        # in seq order across batches (each batch came sorted, but batches of one group may
-        # run on several workers in any order)
-        vals = [v for _, v in sorted(g.vals, key=lambda sv: sv[0])]
-        if self.incremental:
-            res = g.acc
-        elif op == "concat":
-            res = b"".join(vals)
-        elif callable(op):
-            res = op(vals)
-        elif op == "sum":
-            res = 0.0
-            for v in vals:            # left to right, in seq order
-                res += v
-        elif op == "min":
-            res = min(vals)
-        else:
-            res = max(vals)
+        try:
+            if self.incremental:
+                res = g.acc
+            else:
+                # in seq order across batches (each batch came sorted, but batches of one
+                # group may run on several workers in any order); seq wraps, as in run
+                s0 = g.vals[0][0]
+                vals = [v for _, v in sorted(g.vals,
+                                             key=lambda sv: (sv[0] - s0 + _HALF) & _M32)]
+                if op == "concat":
+                    res = b"".join(vals)
+                elif callable(op):
+                    res = op(vals)
+                elif op == "sum":
+                    res = 0.0
+                    for v in vals:            # left to right, in seq order
+                        res += v
+                elif op == "min":
+                    res = min(vals)
+                else:
+                    res = max(vals)
+            if not isinstance(res, (bytes, bytearray, memoryview, float, np.floating, int,
+                                    np.integer)):
+                raise TypeError(f"{self.name}: op={op!r} returned {res!r}: allowed int | "
+                                f"float | bytes")
+        except Exception as e:  # noqa: BLE001 - the user's fold: reported, never jams the id
+            note = getattr(system, "note_exception", None)      # (the sandbox keeps none)
+            if note is not None:
+                note((self.name, "op", repr(e), traceback.format_exc()))
+            self._failed(system, gid, g.count, T.HANDLER_EXCEPTION)
+            return
         if isinstance(res, (bytes, bytearray, memoryview)):
             res = bytes(res)
-            # allocated before anything changes: no room (larger than the arena's largest
-            # block, or the arena full) reports the group instead of raising with it gone
+            # no room (larger than the arena's largest block, or the arena full) reports the
+            # group instead of raising
             p = system.arena.alloc(max(len(res), 1))
             if not p:
-                del self.groups[gid]
-                self.counters["failed"] += 1
-                system.dead_letter(T.make(1, type=system.type_id("REDUCE_RESULT"), meta0=gid,
-                                          meta1=len(res)), T.ALLOC_FAIL)
+                self._failed(system, gid, len(res), T.ALLOC_FAIL)
                 return
             system.arena.view(p, len(res))[:] = np.frombuffer(res, np.uint8)
             self.out.put(gid, len(res), p, len(res))
-        elif isinstance(res, float):
+        elif isinstance(res, (float, np.floating)):
             self.out.put(gid, f64(res))
         else:
             self.out.put(gid, int(res) & _M64)
-        del self.groups[gid]
         self.counters["results"] += 1
+
+    def _failed(self, system, gid, meta1, code) -> None:
+        """Group ``gid`` gives no result: one REDUCE_RESULT record on sys.error with ``code``."""
+        self.counters["failed"] += 1
+        system.dead_letter(T.make(1, type=system.type_id("REDUCE_RESULT"), meta0=gid,
+                                  meta1=meta1), code)
 
     def check(self, ctx):
         gid, rnd = ctx.task.meta0, ctx.task.meta1

@@ -7,6 +7,14 @@ observation of meta1); ``meta0`` is the metric id. Names are optional: ``m.stats
 words (u64; a counter wraps at 2**64). A metric id used with two kinds is refused: that
 record fails with ``STATS_KIND`` (on ``sys.error``).
 
+Gauges keep the last set applied. Sets through ``NAME.set`` are applied in the order they
+were published (its handler is an ordered subscriber: one batch at a time, in channel order),
+so the last one published sticks. Sets submitted directly (``system.submit("STAT_SET",
+...)``) have no such order: the kernel orders only a channel's messages for its subscriber,
+and direct submits run in parallel batches on any worker, so of two sets submitted one after
+the other the older can be applied last. Set a gauge whose last value matters through
+``NAME.set``.
+
 Histograms: 65 power-of-two buckets (bucket ``b`` counts values in ``[2**(b-1), 2**b)``,
 bucket 0 the zeros), plus count, sum, min and max; ``quantile(h, q)`` estimates from buckets.
 
@@ -42,6 +50,7 @@ from collections import deque
 import numpy as np
 
 from ggmk import task as T
+from ggmk.core.det import check_int
 from ggmk.errors import BootError
 from ggmk.modules import Outbox, defer, instance_type, std_module, try_lock, unlock, word_key
 
@@ -107,6 +116,11 @@ class _Stats:
     def __init__(self, name, period, names, sink, keep, limit):
         if not isinstance(period, int) or isinstance(period, bool) or period < 1:
             raise BootError(f"stats: period must be a positive tick count, got {period!r}")
+        check_int("stats: keep", keep, 0, err=BootError, what=" (snapshots kept in "
+                  "m.stats.snapshots)")
+        if sink is not None and not callable(sink):
+            raise BootError(f"stats: sink must be None or a callable (sink(snapshot)), got "
+                            f"{sink!r}")
         self.period = period
         self.names = {word_key(k, f"stats {name!r} names"): str(v)
                       for k, v in (names or {}).items()}
@@ -128,8 +142,11 @@ class _Stats:
         self.unpublished = 0      # snapshots not published: the outbox was full (see the doc)
 
     def name(self, mid: int, label: str) -> None:
+        """Show metric ``mid`` as ``label``; ``mid`` is checked as a metric id (int() made
+        1.7 metric 1, and -1 named an id no task can carry): ValueError otherwise."""
+        mid = check_int("stats.name: mid", mid, 0, _M64, what=" (a metric id, meta0)")
         with self.lock:
-            self.names[int(mid)] = str(label)
+            self.names[mid] = str(label)
 
     def _label(self, mid):
         return self.names.get(mid, f"#{mid}")

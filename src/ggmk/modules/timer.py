@@ -26,7 +26,10 @@ fire, would go past it is pushed back with ``WAIT`` and runs again later, as it 
 done twice); ``waits`` counts those push-backs.
 
 Statuses in acks (``ack_status(meta1)``): ``OK``; ``UNKNOWN`` (cancel of an id never set,
-or already cancelled); ``FIRED`` (cancel of a one-shot timer that already fired); ``EXISTS``
+or already cancelled); ``FIRED`` (cancel of a one-shot timer that already fired; the last
+``fired_keep`` fired ones, 65 536 by default, are remembered for it: a cancel of a timer that
+fired before them answers ``UNKNOWN``, as the device version forgets a fired timer once a new
+one needs its slot); ``EXISTS``
 (set of an id that is armed: cancel it first); ``BAD`` (delay 0 or period too large);
 ``FULL`` (the kernel's event queue refused the timer's tick: that tick is on ``sys.error``
 with ``EVENT_FULL`` and the timer is not armed; set it again later; also while halting). A
@@ -63,11 +66,14 @@ from collections import OrderedDict, deque
 import numpy as np
 
 from ggmk import task as T
+from ggmk.core.det import check_int
+from ggmk.errors import BootError
 from ggmk.modules import (Outbox, defer, emit_or_later, instance_type, slot_key, std_module,
                           try_lock, unlock)
 
 __all__ = ["module", "arg", "ack_status", "OK", "UNKNOWN", "FIRED", "EXISTS", "BAD",
-           "STATUS_NAMES", "OP_SET", "OP_CANCEL", "FULL", "device_module", "type_ids"]
+           "STATUS_NAMES", "OP_SET", "OP_CANCEL", "FULL", "FIRED_KEEP", "device_module",
+           "type_ids"]
 
 OK, UNKNOWN, FIRED, EXISTS, BAD, FULL = 0, 1, 2, 3, 4, 5
 STATUS_NAMES = {OK: "OK", UNKNOWN: "UNKNOWN", FIRED: "FIRED", EXISTS: "EXISTS", BAD: "BAD",
@@ -75,6 +81,7 @@ STATUS_NAMES = {OK: "OK", UNKNOWN: "UNKNOWN", FIRED: "FIRED", EXISTS: "EXISTS", 
 OP_SET, OP_CANCEL = 1, 2
 _M32 = 0xFFFFFFFF
 _STALE = 10_000     # ticks: a pushed-back set/cancel not run again for this long is gone
+FIRED_KEEP = 65536  # fired one-shot timers remembered for FIRED (see the docstring)
 
 
 def arg(delay: int, period: int = 0) -> int:
@@ -109,7 +116,7 @@ def _withdraw(system, tick_type: str, gone: dict) -> int:
     (``System.withdraw_deferred``): left on the event queue, one keeps the system from idling
     until its due tick (hours, for a long timeout) and lands on sys.error with HALTED at halt.
     A tick not found was already popped: it runs, finds no armed timer of its generation and
-    is dropped. The ``ggmk.testing`` sandbox has no event queue: its clock runs the tick."""
+    is dropped. The ``ggmk.testing`` sandbox takes it off its queue the same way."""
     withdraw = getattr(system, "withdraw_deferred", None)
     return withdraw(tick_type, gone) if withdraw is not None else 0
 
@@ -122,10 +129,12 @@ class _Timer:
 
 
 class _Timers:
-    def __init__(self, name, limit):
+    def __init__(self, name, limit, fired_keep=FIRED_KEEP):
         self.name = name
         self.armed: dict[int, _Timer] = {}
-        self.fired: OrderedDict = OrderedDict()      # one-shot ids that fired (bounded)
+        self.fired: OrderedDict = OrderedDict()      # one-shot ids that fired (the last keep)
+        self.fired_keep = check_int("timer: fired_keep", fired_keep, 0, err=BootError,
+                                    what=" (fired one-shot timers remembered for FIRED)")
         self.gen = 0
         self.lock = threading.Lock()
         self.tick_type = instance_type("TIMER_TICK", name, "timer")
@@ -303,9 +312,7 @@ class _Timers:
                     again.setdefault(nxt, []).append((tid, gen))
                 else:
                     del self.armed[tid]
-                    self.fired[tid] = True
-                    if len(self.fired) > 65536:
-                        self.fired.popitem(last=False)
+                    self._fired(tid)
             self.counters["waits"] += len(wait)
             for due, items in again.items():      # under the lock, as in on_set
                 a = np.array(items, dtype=np.uint64)
@@ -316,22 +323,29 @@ class _Timers:
                     t = self.armed.get(tid)
                     if t is not None and t.gen == gen:
                         del self.armed[tid]
-                        self.fired[tid] = True
-                        if len(self.fired) > 65536:
-                            self.fired.popitem(last=False)
+                        self._fired(tid)
                     self.counters["full"] += 1
         self.fire_out.flush(system)
         return _wait_codes(len(ticks), wait)
+
+    def _fired(self, tid) -> None:
+        """Under the lock: timer ``tid`` is done; a cancel answers FIRED (the last
+        ``fired_keep``: the oldest is forgotten)."""
+        self.fired[tid] = True
+        if len(self.fired) > self.fired_keep:
+            self.fired.popitem(last=False)
 
     def stats(self) -> dict:
         return dict(self.counters, armed=len(self.armed),
                     waiting=len(self.fire_out) + len(self.ack_out))
 
 
-def module(*, name: str = "timer", capacity: int = 1024, outbox_limit: int = 4096):
-    """A configured timer ``ggmk.Module`` (see the module docstring); ``m.timer``: state."""
+def module(*, name: str = "timer", capacity: int = 1024, outbox_limit: int = 4096,
+           fired_keep: int = FIRED_KEEP):
+    """A configured timer ``ggmk.Module`` (see the module docstring; ``fired_keep``: how many
+    fired one-shot timers a cancel still answers ``FIRED`` for); ``m.timer``: state."""
     m = std_module(name, "timer")
-    st = _Timers(name, outbox_limit)
+    st = _Timers(name, outbox_limit, fired_keep)
     m.timer = st
     m.produces(f"{name}.fire", "TIMER_FIRE", mode="fanout", capacity=capacity)
     m.produces(f"{name}.ack", "TIMER_ACK", mode="fanout", capacity=capacity)
