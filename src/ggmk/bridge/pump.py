@@ -681,6 +681,17 @@ class Bridge(ResetAccounting, DeterministicTraffic):
                 self._release_device(dptr)
         return (part if dead is None else T.select(part, ~dead)), None
 
+    def _ask_again(self, st: Inbound, x: PendingPayload) -> int:
+        """Payload message ``x`` gives up its device block (or a dead kernel's) and waits for a
+        new one: a fresh ALLOC tag, returned."""
+        x.dptr = 0
+        x.rec["payload_ptr"] = 0
+        x.done = False
+        st.waiting += 1
+        self._tag += 1
+        self._pending_alloc[self._tag] = (st, x)
+        return self._tag
+
     def _release_device(self, dptr: int) -> None:
         if dptr:
             self._releases.append(dptr)
@@ -830,13 +841,7 @@ class Bridge(ResetAccounting, DeterministicTraffic):
                 continue
             if behind and x.rec is not None and x.dptr:
                 self._release_device(x.dptr)
-                x.dptr = 0
-                x.rec["payload_ptr"] = 0
-                x.done = False
-                st.waiting += 1
-                self._tag += 1
-                self._pending_alloc[self._tag] = (st, x)
-                self._alloc_retry.append((x.n, self._tag))
+                self._alloc_retry.append((x.n, self._ask_again(st, x)))
 
     def _foreign(self, part: np.ndarray) -> None:
         """Device records for the host that are not bridge traffic: tasks for a CPU handler go

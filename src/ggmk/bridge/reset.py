@@ -140,12 +140,7 @@ class ResetAccounting:
                 for x in st.fifo:
                     if isinstance(x, np.ndarray) or x.rec is None or not x.done:
                         continue
-                    x.dptr = 0
-                    x.rec["payload_ptr"] = 0
-                    x.done = False
-                    st.waiting += 1
-                    self._tag += 1
-                    self._pending_alloc[self._tag] = (st, x)
+                    self._ask_again(st, x)
             self._alloc_retry = [(pay.n, tag) for tag, (st, pay)
                                  in sorted(self._pending_alloc.items())]
             self._alloc_retry_t = 0.0
