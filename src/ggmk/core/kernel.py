@@ -404,13 +404,15 @@ class System:
             # a declaration names a channel of *this* system: one Module object may be booted
             # in several live systems, and each emits into its own channel (``handle`` is only
             # the most recent boot's)
-            if self.halted and target.module in self.modules:
-                raise ChannelError(f"channel {target.name!r}: closed, the system has halted "
-                                   "(nothing was emitted)", T.CHAN_CLOSED)
             # (a channel closed with system.close() is still this system's: emitting to it
-            # answers CHAN_CLOSED, as the docs say, instead of "not bound")
+            # answers CHAN_CLOSED, as the docs say, instead of "not bound"; once halt closed
+            # it, an emit is refused as below, but while halt drains, a handler's first emit
+            # to a declaration is accepted work)
             ch = None if target.module not in self.modules or self.channels is None \
                 else self.channels.find(target.name)
+            if self.halted and target.module in self.modules and (ch is None or ch.closed):
+                raise ChannelError(f"channel {target.name!r}: closed, the system has halted "
+                                   "(nothing was emitted)", T.CHAN_CLOSED)
             if ch is None:
                 raise ChannelError(f"channel {target.name!r} (declared by module "
                                    f"{target.module.name!r}) is not bound in this system: boot "

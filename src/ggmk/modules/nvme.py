@@ -147,6 +147,7 @@ class NvmeModule(Module):
         self._options = {"workers": 4, **storage_options}
         self.storage: Storage | None = None
         self.system = None
+        self._resp_ch: dict = {}           # response channel name -> this boot's Channel
         self._files: dict[int, object] = {}
         self._next_fid = 1
         self._lock = threading.Lock()
@@ -202,8 +203,17 @@ class NvmeModule(Module):
 
     # ------------------------------------------------------------------ lifecycle
     def _boot(self, system) -> None:
+        # reset_module (``ggmk mod reset``) runs init again in the same system: keep the pool
+        # (a second one left the first one's threads and buffers running for good)
+        again = system is self.system and self.storage is not None and not self.storage._closed
         self.system = system
-        self.storage = self._given_storage or Storage(arena=system.arena, **self._options)
+        # the response channels, resolved now: an emit that names the declaration resolves it
+        # on first use, and a first use while halt() drains was refused ("closed, the system
+        # has halted"), failing every request published just before the halt
+        self._resp_ch = {d.name: system.channel(d.name) for d in (self._read_resp,
+                                                                  self._write_resp)}
+        if not again:
+            self.storage = self._given_storage or Storage(arena=system.arena, **self._options)
 
     def _halt(self, system) -> None:
         st = self.storage
@@ -405,8 +415,8 @@ class NvmeModule(Module):
                                                           _RESP_DTYPE)[0]["length"])
                              for p, _, _ in parts], dtype=np.uint32)
             m1 = lens.astype(np.uint64) - DATA_OFF
-            acc = ctx.emit_batch(self._read_resp, meta0=t.tag, meta1=m1, payload_ptr=ptrs,
-                                 payload_len=lens)
+            acc = ctx.emit_batch(self._resp_ch["disk.read.resp"], meta0=t.tag, meta1=m1,
+                                 payload_ptr=ptrs, payload_len=lens)
             t.emitted += acc
             self.counters["responses"] += acc
             if t.emitted < len(t.parts):
@@ -470,10 +480,10 @@ class NvmeModule(Module):
         status, err, nbytes = _status_of(t.results[0])
         if status:
             self.counters["errors"] += 1
-        ch = ctx.system.channel("disk.write.resp")
+        ch = self._resp_ch["disk.write.resp"]
         if getattr(ch, "subs", True):             # nobody listening: nothing to publish
             try:
-                code = ctx.emit(self._write_resp, meta0=t.tag, meta1=nbytes, payload={
+                code = ctx.emit(ch, meta0=t.tag, meta1=nbytes, payload={
                     "tag": t.tag, "offset": t.offset, "file": t.file, "status": status,
                     "errno": err, "length": nbytes})
             except AllocError:

@@ -714,6 +714,7 @@ class Storage:
         seconds raises TimeoutError and is cancelled; memory it allocated (``dest=None``,
         ``"arena"``, ``"device"``), which nobody can reach any more, is freed when it ends."""
         self._check_open("read()")                  # before the stat of length=None
+        _timeout_arg("read()", timeout)
         if length is None and _is_int(offset):      # a bad offset is refused by submit
             try:
                 size = file.size() if isinstance(file, FileHandle) else _path_size(file)
@@ -734,6 +735,7 @@ class Storage:
               create: bool = True, timeout: float | None = None) -> IoResult:
         """Write one range and wait; raises StorageError on failure."""
         self._check_open("write()")
+        _timeout_arg("write()", timeout)
         req = WriteRequest(file, offset, src, length, create=create, sync=sync)
         return self.submit([req]).wait(timeout)[0].raise_for_error()
 
@@ -788,6 +790,13 @@ class Storage:
         A batch that close() overtakes (it ran after this check) ends with every read
         CANCELLED."""
         self._check_open("read_batch()")
+        # (wait="no" waited; on_done=5 failed in a storage thread, kept as callback_error)
+        _timeout_arg("read_batch()", timeout)
+        if not isinstance(wait, (bool, np.bool_)):
+            raise TypeError(f"read_batch(): wait={wait!r}: allowed True or False")
+        if on_done is not None and not callable(on_done):
+            raise TypeError(f"read_batch(): on_done must be callable or None, got "
+                            f"{type(on_done).__name__} {on_done!r}")
         offs = _int_array("offsets", offsets)
         n = len(offs)
         lens = _int_array("lengths", lengths, n)
@@ -1712,6 +1721,15 @@ def _size_option(name: str, v) -> int:
         raise ValueError(f"{name} must be a positive multiple of {ALIGN}, got {v} (allowed: "
                          f"{ALIGN}, {2 * ALIGN}, ... bytes)")
     return int(v)
+
+
+def _timeout_arg(what: str, v):
+    """A call's ``timeout``: None or a number of seconds >= 0 (not a bool), checked before
+    any I/O starts (a bad one raised only after the I/O had started, and ran on)."""
+    if v is None or (isinstance(v, (int, float, np.integer, np.floating))
+                     and not isinstance(v, (bool, np.bool_)) and v >= 0):
+        return v
+    raise ValueError(f"{what}: timeout={v!r}: allowed None or a number of seconds >= 0")
 
 
 def _check_range(offset: int, length: int) -> None:
