@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import struct
 import threading
-import time
 import traceback
 from typing import TYPE_CHECKING
 
@@ -259,7 +258,8 @@ class Channel(ReplayMixin):
         self.held_n = 0
         self.closed = False
         self.suspended = False               # closed by suspend(), reopened by resume()
-        self.t_open = time.monotonic()
+        # the kernel's clock (virtual on the sim HAL: the same seed, the same stats)
+        self.t_open = self.kernel.clock()
         # metrics
         self.emitted = 0
         self.full = 0
@@ -1098,7 +1098,7 @@ class Channel(ReplayMixin):
     def stats(self) -> dict:
         if self.log is not None:
             self._log_evict_acked(wait=True)
-        dt = max(time.monotonic() - self.t_open, 1e-9)
+        dt = max((self.kernel.clock() - self.t_open) / 1e9, 1e-9)
         subs = [s.stats() for s in self.subs]
         return {
             "id": self.id, "name": self.name,

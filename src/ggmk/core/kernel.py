@@ -187,6 +187,8 @@ class System:
         self.nworkers = workers
         self.deterministic = deterministic
         self.seed = seed
+        if hal not in ("threads", "sim"):    # (a str check: hal=["sim"] raised TypeError)
+            raise BootError(f"hal={hal!r}: allowed 'threads' or 'sim'")
         self.hal = make_hal(hal, seed=seed)
         # caller runs (host_helps, on by default): a host thread that waits on the system
         # (run(), submit_and_run, an sdk reply) first runs an idle worker's steps itself
@@ -239,8 +241,10 @@ class System:
         self.host_shard = self.metrics_shard[workers]
         self.h_batch_ns = self.metrics.histogram("handler_batch_ns")
         # ring `workers` is the host's: every thread that is not a worker writes it (its lock)
+        # (timestamps from the HAL's clock: virtual on sim, so a seed's trace is its own)
         self.tracer = make_tracer(trace, nworkers=workers + 1, default_level=trace_level,
-                                  sample_rate=sample_rate, seed=seed, shared=(workers,))
+                                  sample_rate=sample_rate, seed=seed, shared=(workers,),
+                                  clock=self.clock)
         self.hasher = TraceHasher()
         # dead letters (sys.error / sys.dropped until channels take them over)
         self.sys_error = CodeRing(dead_letter_capacity, name="sys.error")
@@ -1001,6 +1005,10 @@ class System:
             else time.monotonic() + timeout
         self.hal.help(self.idle, deadline,
                       before=lambda: self.submit(type, meta0, meta1, **submit_kw))
+        if self.hal.name == "sim":
+            # a virtual clock: run's timeout is virtual seconds; what wall time the help
+            # took must not decide when the run ends (the same seed, the same run)
+            return self.run(timeout=timeout)
         return self.run(timeout=None if deadline is None
                         else max(0.0, deadline - time.monotonic()))
 

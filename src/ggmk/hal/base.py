@@ -40,7 +40,7 @@ class Hal(Protocol):
              before: Callable[[], object] | None = None) -> bool:
         """Caller runs: a host thread about to wait lends a hand, running an idle worker's
         steps itself while they find work and ``predicate()`` is false (``deadline``: a
-        time.monotonic() bound, threads only); return ``predicate()``. ``before()`` is called
+        time.monotonic() bound, on both HALs); return ``predicate()``. ``before()`` is called
         exactly once, first (e.g. the publish of a request: no worker is woken for what the
         helping thread will run itself). Threads: only with ``helping`` set (boot's
         ``host_helps``, on by default) and a worker parked; sim: always (nothing else steps its workers)."""

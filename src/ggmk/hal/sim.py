@@ -1,10 +1,16 @@
 """One thread steps every worker in a seeded, reproducible interleaving: same seed, same
 schedule. Each step picks a worker and a batch limit from the seeded RNG and advances a virtual
 clock, so determinism tests, schedule exploration and replay of a failing seed need no threads.
-A failing run is reproduced by running again with the seed it reports."""
+A failing run is reproduced by running again with the seed it reports.
+
+Other host threads (a second thread's ``run()``, an sdk client, a halt from a signal thread)
+take turns with it: one step at a time runs, under a lock, and ``stepping()`` answers for
+the calling thread only."""
 from __future__ import annotations
 
 import random
+import threading
+import time
 
 
 class SimHal:
@@ -20,6 +26,13 @@ class SimHal:
         self.max_batch_choices = max_batch_choices
         self.steps = 0
         self._in_step: list = []     # the workers whose step is running (a handler may wait)
+        # one step at a time, whichever host thread runs it: two threads stepping at once saw
+        # each other's worker as idle (run() returned False at once and jumped the clock to
+        # its timeout) and popped each other's _in_step entries. Re-entrant: a handler that
+        # halts steps the other workers from inside its own step.
+        self._lock = threading.RLock()
+        self._stepper = None         # the thread holding _lock: the one stepping() answers
+        self._depth = 0
         self.running = False
         self.next_event = None   # set by the kernel: () -> due time in ns of the next timer, or None
 
@@ -43,40 +56,68 @@ class SimHal:
         self._booted_batch = [w.max_batch for w in self.workers]
         self.running = True
 
+    def _enter(self, timeout: float = -1) -> bool:
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._depth += 1
+        self._stepper = threading.get_ident()
+        return True
+
+    def _leave(self) -> None:
+        self._depth -= 1
+        if not self._depth:
+            self._stepper = None
+        self._lock.release()
+
     def step(self) -> bool:
         """Run one worker step; return whether it did any work."""
-        i = self.rng.randrange(len(self.workers))
-        w = self.workers[i]
-        if w in self._in_step:       # a handler of w waits (halt): w cannot step inside itself
-            return False
-        # a drawn limit, never above the one the system was booted with (a handler must not
-        # see a bigger batch on sim than it could on threads)
-        w.max_batch = min(self.rng.choice(self.max_batch_choices), self._booted_batch[i])
-        return self._step_worker(w)
+        self._enter()
+        try:
+            i = self.rng.randrange(len(self.workers))
+            w = self.workers[i]
+            if w in self._in_step:   # a handler of w waits (halt): w cannot step inside itself
+                return False
+            # a drawn limit, never above the one the system was booted with (a handler must
+            # not see a bigger batch on sim than it could on threads)
+            w.max_batch = min(self.rng.choice(self.max_batch_choices), self._booted_batch[i])
+            return self._step_worker(w)
+        finally:
+            self._leave()
 
     def _step_worker(self, w) -> bool:
-        if w in self._in_step:
-            return False
-        self.now += self.step_ns
-        self.steps += 1
-        self._in_step.append(w)
+        self._enter()
         try:
-            return w.step()
+            if w in self._in_step:
+                return False
+            self.now += self.step_ns
+            self.steps += 1
+            self._in_step.append(w)
+            try:
+                return w.step()
+            finally:
+                self._in_step.pop()
         finally:
-            self._in_step.pop()
+            self._leave()
 
     def stepping(self) -> list:
-        """The workers whose step is running (on sim, all on the calling thread): what a
-        handler that halts the system is running."""
+        """The workers whose step the calling thread is running: what a handler that halts
+        the system is running. [] on any other thread (a host thread that halts or submits
+        while another one steps is not inside a handler)."""
+        if self._stepper != threading.get_ident():
+            return []
         return list(self._in_step)
 
     def help(self, predicate, deadline: float | None = None, before=None) -> bool:
         """Caller runs: ``before()`` (if given), then step the workers (in the seeded order)
-        while one finds work and ``predicate()`` is false. ``deadline`` is ignored: virtual
-        time has no wall clock."""
+        while one finds work and ``predicate()`` is false, until ``deadline`` (time.monotonic):
+        without it, work that never ends (a task that re-emits itself) held a caller's
+        timeout (``submit_and_run``, an sdk call) for good. A run that ends before its
+        deadline is unaffected: the same seed still gives the same steps."""
         if before is not None:
             before()
         while not predicate():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             if not (self.step() or any(self._step_worker(w) for w in self.workers)):
                 break
         return predicate()
