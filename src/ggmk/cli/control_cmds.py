@@ -276,7 +276,7 @@ def _client_errors(fn):
                 _exit_closed_stdout()
             _fail("protocol error: the system closed the connection", EXIT_PROTOCOL)
         except NotRunning as e:
-            _fail(f"not running: {e}", EXIT_NOT_RUNNING)
+            _fail(_not_running(e, kw.get("state_dir")), EXIT_NOT_RUNNING)
         except Refused as e:
             _fail(f"refused: {e}", EXIT_REFUSED)
         except ControlError as e:
@@ -286,6 +286,21 @@ def _client_errors(fn):
         except (TimeoutError, ConnectionError) as e:
             _fail(f"protocol error: the system did not answer: {e}", EXIT_PROTOCOL)
     return wrapper
+
+
+def _not_running(e, state_dir) -> str:
+    """The message for a system that does not answer: one still booting says so (``ggmk
+    halt`` during a boot said "no system is running", and the system then came up)."""
+    from ggmk.control.client import SocketPathTooLong, probe
+    from ggmk.control.paths import pid_alive
+    if not isinstance(e, SocketPathTooLong):
+        paths = _paths(state_dir)
+        pid = paths.read_pid()
+        # (a halting server holds the lock too, but has removed its pid file)
+        if pid_alive(pid) and probe(paths) == "booting":
+            return (f"not running yet: a system is booting at {paths.dir} (pid {pid}; it "
+                    "does not answer yet): try again once its `ggmk boot` has finished")
+    return f"not running: {e}"
 
 
 def _show(state_dir, cmd, args=None, *, as_json: bool, key: str | None = None,

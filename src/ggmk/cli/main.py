@@ -15,7 +15,8 @@ system answered with an error: bad payload, unknown type/channel/module...), 2 u
 3 no system is running at the state dir, 4 ``boot``: a system is already running there, 5 not
 allowed (socket permissions or another uid), 6 protocol error (the system did not answer);
 141 stdout's reader went away (``ggmk chan ls | head -1``), 128 + N signal N stopped ``boot`` (and
-the system it was booting) or ``test`` (and its pytest run).
+the system it was booting) or ``test`` (and its pytest run); SIGTERM / SIGHUP end ``top`` (terminal
+restored) with 128 + N too.
 The state dir is ``$XDG_RUNTIME_DIR/ggmk`` (else ``/tmp/ggmk-$UID``), or ``--state-dir`` /
 ``$GGMK_STATE_DIR``.
 """

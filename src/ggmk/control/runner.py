@@ -60,6 +60,23 @@ def serve(app: str, paths: StatePaths, *, device: str = "none", workers=None, ha
     tmp.write_text(f"{os.getpid()}\n")
     os.replace(tmp, paths.pid)
     server = None
+    # SIGINT / SIGTERM: while the app boots they stop the boot (exit code 128 + the signal,
+    # the pid file removed; SIGTERM used to kill the process there, leaving a stale pid file
+    # and skipping the modules' fini); between the boot and the socket they are kept for
+    # the halt; once the socket serves, they halt the system
+    stage = ["boot"]
+    caught: list = []
+
+    def on_signal(signum, frame):
+        if stage[0] == "serve":
+            server.request_halt()
+            return
+        caught.append(signum)
+        if stage[0] == "boot":
+            raise _Interrupted(signum)
+
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, on_signal)
     try:
         modules, options = app_mod.load(app)
         if workers is not None:
@@ -74,13 +91,19 @@ def serve(app: str, paths: StatePaths, *, device: str = "none", workers=None, ha
             options["device_config"] = {**(options.get("device_config") or {}),
                                         "trace_tasks": True}
         system = boot_system(modules, options, device)
+        stage[0] = "wire"
     except BaseException as e:   # noqa: BLE001 - a boot failure is reported, not a traceback
         # (an app's sys.exit(4) or KeyboardInterrupt too: its code must not read as
         # EXIT_ALREADY, and the pid file must go)
+        stage[0] = "stopped"
+        _unlink(paths.pid)
+        if caught:       # (an app's own import wraps the signal's exception: the signal tells)
+            name = signal.Signals(caught[0]).name
+            print(f"ggmk: boot of {app} interrupted by {name}: stopped it", file=sys.stderr)
+            return 128 + caught[0]
         msg = str(e)
         print(f"ggmk: boot failed: {type(e).__name__}" + (f": {msg}" if msg else ""),
               file=sys.stderr)
-        _unlink(paths.pid)
         return 1
     try:
         server = ControlServer(system, paths, modules=modules, app=app, device=device,
@@ -100,18 +123,26 @@ def serve(app: str, paths: StatePaths, *, device: str = "none", workers=None, ha
         _unlink(paths.sock)
         _unlink(paths.pid)
         return 1
-
-    def on_signal(signum, frame):
+    stage[0] = "serve"
+    if caught:           # a signal while the socket was set up: halt at once
         server.request_halt()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     print(f"ggmk: system running (pid {os.getpid()}); control socket {paths.sock}",
           file=out, flush=True)
     rep = server.serve()
     print(f"ggmk: halted: {rep}", file=out, flush=True)
     server._cleanup_files()
     return 0
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Interrupted(BaseException):
+    """A stop signal while the app boots (a BaseException: no ``except Exception`` takes it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _unlink(p) -> None:

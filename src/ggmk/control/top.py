@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import sys
 import threading
 import time
@@ -122,6 +123,18 @@ def run_live(client, interval: float, console, seconds: float | None = None) -> 
     threading.Thread(target=reader, daemon=True).start()
     fd = sys.stdin.fileno() if sys.stdin.isatty() else None
     old = None
+    # SIGTERM / SIGHUP unwind like q does (then exit code 128 + the signal): killed by their
+    # default action, top left the terminal without echo and line editing (and the cursor
+    # hidden)
+    stopped: list = []
+
+    def on_signal(signum, frame):
+        stopped.append(signum)
+        if not done.is_set():        # (once the view closes, the cleanup must not be cut)
+            raise _Stopped(signum)
+    old_handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        old_handlers = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
     if fd is not None:
         import termios
         import tty
@@ -147,13 +160,24 @@ def run_live(client, interval: float, console, seconds: float | None = None) -> 
                             break
                 else:
                     done.wait(0.1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped):
         pass
     finally:
         done.set()
         if old is not None:
             import termios
             termios.tcsetattr(fd, termios.TCSADRAIN, old)
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
         client.close()
+    if stopped:
+        sys.exit(128 + stopped[0])
     if err:
         raise err[0]
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class _Stopped(BaseException):
+    """SIGTERM / SIGHUP while ``top`` runs (a BaseException: no ``except Exception`` takes it)."""
