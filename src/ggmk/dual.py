@@ -442,6 +442,11 @@ class DualSystem:
         kernel to stop made it worse: its live workers published final counts beside the
         stuck one's stale ones (3 messages counted twice in a run in 15 of
         ``test_bridge_reset_exact``)."""
+        if not isinstance(reason, str):
+            raise ValueError(f"reset_device: reason={reason!r}: allowed a string")
+        for name, v in (("graceful", graceful), ("hung", hung)):
+            if not isinstance(v, bool):     # ("no" was taken as True)
+                raise ValueError(f"reset_device: {name}={v!r}: allowed True or False")
         self._check()
         if self.process is None:
             raise BridgeError("reset_device: the GPU kernel runs in this process "
@@ -824,6 +829,10 @@ def _options(name: str, value) -> dict:
     if not isinstance(value, dict):
         raise BootError(f"boot: {name}={value!r}: allowed None or a dict of options "
                         f"(e.g. {name}={{...}})")
+    bad = [k for k in value if not isinstance(k, str)]
+    if bad:
+        # (named here: sorting mixed names for the unknown-option message raised a TypeError)
+        raise BootError(f"boot: {name}={{...}}: option names must be strings, got {bad[0]!r}")
     return dict(value)
 
 

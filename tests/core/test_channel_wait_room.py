@@ -80,3 +80,34 @@ def test_closed_channel_and_bad_timeouts():
                 ch.wait_room(timeout=bad)
         s.close("data.in")
         assert ch.wait_room(timeout=5) is False
+
+
+def test_a_suspended_channel_is_waited_out_not_taken_for_closed():
+    """The bridge suspends its CPU -> GPU channels while the GPU kernel is reset: a producer
+    in wait_room gets room once the channel resumes (it got False at once: the loop above
+    raised on every reset, and one that went on spun on CHAN_CLOSED)."""
+    mods, got = _sink()
+    with ggmk.boot(mods, workers=2) as s:
+        ch = s.channel("data.in")
+        assert ch.suspend()
+        assert ch.wait_room(timeout=0) is False           # suspended, no wait: no room now
+        started, res = threading.Event(), []
+
+        def producer():
+            started.set()
+            res.append(ch.wait_room(timeout=60))
+        th = threading.Thread(target=producer)
+        th.start()
+        assert started.wait(10)
+        assert th.is_alive() or res == [True]
+        assert ch.resume()
+        th.join(60)
+        assert res == [True]
+        assert ch.publish(meta0=1) == 0 and s.run(timeout=60) and got == [1]
+        # suspended, then closed for good: the waiter is told at once
+        assert ch.suspend()
+        th = threading.Thread(target=lambda: res.append(ch.wait_room(timeout=60)))
+        th.start()
+        s.close("data.in")
+        th.join(60)
+        assert res[-1] is False

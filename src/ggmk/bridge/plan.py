@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ggmk.core.channel_spec import validate_capacity
+from ggmk.core.channel_spec import MAX_FANOUT, validate_capacity
 from ggmk.errors import BootError, ChannelError
 
 CPU, GPU = "CPU", "GPU"
@@ -215,6 +215,12 @@ def plan(cpu_modules, gpu_modules, types=None, *, types_given: bool = False) -> 
             names = ", ".join(f"{e.kernel} module {e.module!r}" for e in cons)
             problems.append(f"channel {name!r} is p2p but has {len(cons)} subscribers across "
                             f"kernels ({names}) (CHAN_ALREADY_BOUND; declare mode='fanout')")
+        if mode == "fanout" and len(cons) > MAX_FANOUT:
+            # (each kernel counts only its own: 31 CPU + 2 GPU subscribers booted)
+            nk = {k: sum(e.kernel == k for e in cons) for k in (CPU, GPU)}
+            problems.append(f"channel {name!r} is fanout with {len(cons)} subscribers across "
+                            f"kernels ({nk[CPU]} CPU, {nk[GPU]} GPU): fan-out allows at most "
+                            f"{MAX_FANOUT} (CHAN_ALREADY_BOUND)")
         # the type must be known on both kernels
         tname, tid = None, None
         if isinstance(p.type, str):

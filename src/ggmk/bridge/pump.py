@@ -88,7 +88,7 @@ from ggmk.bridge.det_traffic import DeterministicTraffic
 from ggmk.bridge.flow import (CLEAR_FLAGS, RX0, RX1, Inbound, Outbound, PendingPayload, grant_due,
                               near_seq)
 from ggmk.bridge.options import check_options
-from ggmk.bridge.plan import credit_window
+from ggmk.bridge.plan import GPU, credit_window
 from ggmk.bridge.reset import ResetAccounting
 from ggmk.bridge.transport import TransferError
 from ggmk.bridge.wake import PumpWake, no_bell, tight_timer_slack
@@ -204,6 +204,7 @@ class Bridge(ResetAccounting, DeterministicTraffic):
                       resets=0, reset_lost=0, reset_redelivered=0, direct_sends=0, helped=0,
                       halt_leftovers=0)
         self._rx_types = [st.rx_type for st in self.ins]
+        self._fail_to = self._failure_channels(system)
         self._last_io = 0.0                # monotonic time of the last transfer either way
         self._thread = None
         self._stopped_device = False
@@ -857,6 +858,24 @@ class Bridge(ResetAccounting, DeterministicTraffic):
             return
         self.device_out.append(T.copy(part))
 
+    def _failure_channels(self, system) -> dict:
+        """{GPU handler type id: the CPU -> GPU channel it alone consumes}: a GPU consumer's
+        failure goes to that channel's ``error_handler`` as a CPU consumer's does (the channel
+        is declared once, on the CPU side; before, the failure went to sys.error)."""
+        out: dict = {}
+        for st in self.ins:
+            for e in st.bc.consumers:
+                ht = (e.options or {}).get("handler_type")
+                if e.kernel != GPU or ht is None:
+                    continue
+                try:
+                    t = system.type_id(ht)
+                except Exception:   # noqa: BLE001 - not routable: sys.error as before
+                    continue
+                # (a handler consuming two channels: which one failed is not known)
+                out[t] = st if t not in out else None
+        return {t: st for t, st in out.items() if st is not None}
+
     def _dead_from_device(self, recs: np.ndarray) -> None:
         codes = recs["_pad"].astype(np.int16).astype(np.int64)
         for i in range(len(recs)):
@@ -901,6 +920,17 @@ class Bridge(ResetAccounting, DeterministicTraffic):
                 continue
             else:
                 r["channel"] = 0
+                st = self._fail_to.get(t)
+                if where == SYS_ERROR and st is not None and st.ch.error_handler is not None \
+                        and self.sys.channels is not None:
+                    # a GPU consumer's failure: its channel's error handler, if it has one
+                    r["channel"] = st.ch.id
+                    r["flags"] = (r["flags"] & CLEAR_FLAGS) | T.FLAG_CHANNEL_MSG
+                    r, left = self.sys.channels.route_failures(r, code)
+                    if not len(r):
+                        continue
+                    r["channel"] = 0
+                    code = int(left[0])
             r["flags"] &= CLEAR_FLAGS
             if where == SYS_ERROR:
                 self._to_sys_error(r, code)

@@ -351,7 +351,10 @@ class Channel(ReplayMixin):
 
     def wait_room(self, timeout: float | None = None) -> bool:
         """Block until the channel could accept a priority-0 message: True; False when
-        ``timeout`` seconds passed first or the channel is closed. What a host producer with a
+        ``timeout`` seconds passed first or the channel is closed for good. A suspended channel
+        (the bridge's, while the GPU kernel is reset) is waited out: its producers get room
+        again once it resumes (it answered False at once, and the documented loop below
+        raised on every reset while a loop that went on spun). What a host producer with a
         backlog does on CHAN_FULL instead of polling with sleeps: each pop from a subscriber
         ring wakes it (``Ring.on_free``, then the HAL's host wait, which also runs a parked
         worker's steps on this thread while the system is idle and steps the workers on
@@ -368,14 +371,15 @@ class Channel(ReplayMixin):
                 timeout, (int, float)) or not timeout >= 0):
             raise ValueError(f"channel {self.name!r}: wait_room(timeout={timeout!r}): allowed "
                              f"None or a number of seconds >= 0")
-        if self.closed:
+        if self.closed and not self.suspended:
             return False
-        if self.room() > 0:
+        if not self.closed and self.room() > 0:
             return True
         hal = self.kernel.hal
         for sub in self.subs:       # (left set: from now on a pop costs one call more)
             sub.ring.on_free = hal.notify_host
-        return hal.wait(lambda: self.closed or self.room() > 0, timeout) and not self.closed
+        return hal.wait(lambda: (not self.suspended if self.closed else self.room() > 0),
+                        timeout) and not self.closed
 
     def _check_types(self, recs: np.ndarray) -> None:
         # (one record, a round trip's: an index instead of a ~1.5 us .any())
@@ -1036,7 +1040,8 @@ class Channel(ReplayMixin):
                 return False
             self.suspended = False
             self.closed = False
-            return True
+        self.kernel.hal.notify_host()       # (a producer in wait_room waits for this)
+        return True
 
     # -- closing --------------------------------------------------------------------------------
     def close(self) -> int:

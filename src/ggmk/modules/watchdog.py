@@ -61,7 +61,8 @@ def config(cfg) -> dict:
                         f"{sorted(DEFAULTS)}")
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
-        raise BootError(f"watchdog: unknown option(s) {sorted(unknown)}; allowed: "
+        # (sorted by repr: an int among the names failed to sort, a TypeError)
+        raise BootError(f"watchdog: unknown option(s) {sorted(unknown, key=repr)}; allowed: "
                         f"{sorted(DEFAULTS)}")
     out = dict(DEFAULTS) | cfg
     iv = out["interval_s"]
