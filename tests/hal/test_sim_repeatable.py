@@ -1,7 +1,8 @@
 """The sim HAL: one seed, one run, in everything a user reads (audit s17, sim): a channel's
-``emit_rate`` divided by wall time, trace timestamps came from the wall clock, and
-``submit_and_run(timeout=)`` ended its run by the wall time the help took; a bad ``hal=`` was
-a ValueError from make_hal (or a TypeError) naming no argument."""
+``emit_rate`` divided by wall time and trace timestamps came from the wall clock; a bad
+``hal=`` was a ValueError from make_hal (or a TypeError) naming no argument. (A run that
+reaches its timeout is another matter: ``submit_and_run(timeout=)`` gives ``run`` the wall
+time left, so where such a run stops in virtual time depends on the wall clock.)"""
 from __future__ import annotations
 
 import pytest

@@ -1005,10 +1005,6 @@ class System:
             else time.monotonic() + timeout
         self.hal.help(self.idle, deadline,
                       before=lambda: self.submit(type, meta0, meta1, **submit_kw))
-        if self.hal.name == "sim":
-            # a virtual clock: run's timeout is virtual seconds; what wall time the help
-            # took must not decide when the run ends (the same seed, the same run)
-            return self.run(timeout=timeout)
         return self.run(timeout=None if deadline is None
                         else max(0.0, deadline - time.monotonic()))
 
