@@ -72,3 +72,15 @@ def test_no_system_still_says_not_running(env):
     r = subprocess.run([GGMK, "halt"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == EXIT_NOT_RUNNING
     assert "not running: no system is running" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("cmd", [["stats", "--prometheus", "--json"],
+                                 ["trace", "--perfetto", "t.json", "--json"]])
+def test_an_output_format_and_json_together_are_a_usage_error(tmp_path, env, cmd):
+    """(--json was silently ignored: text, exit 0.) Refused before anything is asked of a
+    system: none runs here."""
+    r = subprocess.run([GGMK, *cmd], env=env, capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "cannot be combined with --json" in r.stderr
+    assert not (tmp_path / "t.json").exists()

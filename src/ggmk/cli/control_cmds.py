@@ -666,6 +666,9 @@ def _print_bridge(b):
 @json_option
 @_client_errors
 def stats(prometheus, state_dir, as_json):
+    if prometheus and as_json:       # (--json was ignored: Prometheus text, exit 0)
+        raise click.UsageError("--prometheus prints the Prometheus text format: it cannot be "
+                               "combined with --json")
     if prometheus:
         click.echo(_call(state_dir, "stats", {"format": "prometheus"})["text"], nl=False)
         return
@@ -991,6 +994,9 @@ def log(follow, lines, state_dir, as_json):
 def trace(perfetto, level, seconds, follow, max_events, module, type_, sample, state_dir,
           as_json):
     from ggmk.events import SAMPLED_BIT, EventType
+    if perfetto and as_json:         # (--json was ignored: the file was written, a text line)
+        raise click.UsageError("--perfetto writes FILE in the Chrome trace format: it cannot "
+                               "be combined with --json")
     args = {"level": level, "seconds": seconds, "max_events": max_events, "module": module,
             "type": type_, "sample": sample}
     if follow:
