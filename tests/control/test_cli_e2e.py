@@ -198,6 +198,26 @@ def test_foreground_and_sigint(g, wait_until):
             p.kill()
 
 
+def test_foreground_json_lines(g, wait_until):
+    """``boot --foreground --json``: the running and halted lines are JSON objects (they
+    were text, --json ignored)."""
+    p = subprocess.Popen([GGMK, "boot", DEMO_APP, "--foreground", "--json"], env=g.env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        running = json.loads(p.stdout.readline())
+        assert running["event"] == "running" and running["pid"] == p.pid
+        assert running["socket"] == str(g.sock) and running["device"] == "none"
+        assert g.json("ps")["pid"] == p.pid
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+        halted = json.loads(out)
+        assert halted["event"] == "halted" and isinstance(halted["report"], dict)
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
 def test_not_running_everywhere(g):
     for args in (["ps"], ["halt"], ["stats"], ["emit", "WORK"], ["chan", "ls"], ["top", "--once"],
                  ["log"], ["trace"], ["kern", "ls"], ["mod", "ls"]):

@@ -427,7 +427,7 @@ def boot(app, device, workers, hal, deterministic, metrics_port, trace_tasks, fo
         from ggmk.control.runner import serve
         sys.exit(serve(app, paths, device=device, workers=workers, hal=hal,
                        deterministic=deterministic, metrics_port=metrics_port,
-                       trace_tasks=trace_tasks))
+                       trace_tasks=trace_tasks, as_json=as_json))
     argv = [sys.executable, "-m", "ggmk.cli.main", "_serve", app, "--state-dir",
             str(paths.dir), "--device", device]
     if workers is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import sys
@@ -37,9 +38,14 @@ def boot_system(modules, options: dict, device: str):
 
 
 def serve(app: str, paths: StatePaths, *, device: str = "none", workers=None, hal=None,
-          deterministic=None, metrics_port=None, trace_tasks=False, out=sys.stdout) -> int:
+          deterministic=None, metrics_port=None, trace_tasks=False, out=sys.stdout,
+          as_json: bool = False) -> int:
     """Returns the exit code. Holds the state dir's lock for the process's lifetime.
-    ``trace_tasks``: the GPU kernel is built with task slices (``DeviceConfig.trace_tasks``)."""
+    ``trace_tasks``: the GPU kernel is built with task slices (``DeviceConfig.trace_tasks``).
+    ``as_json`` (``ggmk boot --foreground --json``): the running and halted lines on ``out``
+    are JSON objects, one a line (``"event": "running"`` with what a detached ``boot
+    --json`` prints, then ``"event": "halted"`` with the halt accounting); errors stay text
+    on stderr."""
     try:
         paths.ensure()
         lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -126,15 +132,29 @@ def serve(app: str, paths: StatePaths, *, device: str = "none", workers=None, ha
     stage[0] = "serve"
     if caught:           # a signal while the socket was set up: halt at once
         server.request_halt()
-    print(f"ggmk: system running (pid {os.getpid()}); control socket {paths.sock}",
-          file=out, flush=True)
+    if as_json:
+        _json_line(out, {"event": "running", "pid": os.getpid(), "socket": str(paths.sock),
+                         "state_dir": str(paths.dir), "log": None, "app": app,
+                         "device": device, "metrics_port": server.metrics_port})
+    else:
+        print(f"ggmk: system running (pid {os.getpid()}); control socket {paths.sock}",
+              file=out, flush=True)
     rep = server.serve()
-    print(f"ggmk: halted: {rep}", file=out, flush=True)
+    if as_json:
+        _json_line(out, {"event": "halted", "report": rep})
+    else:
+        print(f"ggmk: halted: {rep}", file=out, flush=True)
     server._cleanup_files()
     return 0
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _json_line(out, obj) -> None:
+    """One JSON object on one line (the control protocol's encoding: NumPy values too)."""
+    from ggmk.control.protocol import dumps
+    print(json.dumps(json.loads(dumps(obj))), file=out, flush=True)
 
 
 class _Interrupted(BaseException):
