@@ -1,8 +1,9 @@
 """nvme and halt() (audit s17): requests published just before halt() are drained by it and
-answered. The module resolves its response channels at boot: a handler's first emit that
-names a channel declaration while halt drains was refused ("closed, the system has halted"),
-so every read and write published right before the halt went to sys.error with
-HANDLER_EXCEPTION instead of being answered."""
+answered. A handler's first emit that names a channel declaration while halt drains was
+refused ("closed, the system has halted"), so every read and write published right before the
+halt went to sys.error with HANDLER_EXCEPTION instead of being answered. The kernel now
+resolves such a first emit (``System._resolve_channel``) and nvme emits to its declarations
+(it no longer looks its response channels up at boot): this test guards the kernel's fix."""
 from __future__ import annotations
 
 import numpy as np

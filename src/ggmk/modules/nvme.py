@@ -15,7 +15,9 @@ channel            direction  type              payload
 ``file`` is an id from :meth:`NvmeModule.register` (a path the host registers). Responses carry
 ``meta0 = tag`` and ``meta1 = length`` too. ``status`` is 0 or one of the codes below (a
 short read at end of file is status 0 with ``length < requested``); ``errno`` is the OS error;
-``requested`` is the length asked for (of the part), error responses included.
+``requested`` is the length asked for (of the part), error responses included. A write that
+fails part way (``E_NOSPACE`` after some bytes, say) answers with ``length`` = the bytes from
+``offset`` on that reached the file.
 
 How requests are served without blocking kernel workers: the batch handler of ``disk.read``
 allocates each response payload in the arena (header + data) and hands every read of the batch
@@ -147,7 +149,6 @@ class NvmeModule(Module):
         self._options = {"workers": 4, **storage_options}
         self.storage: Storage | None = None
         self.system = None
-        self._resp_ch: dict = {}           # response channel name -> this boot's Channel
         self._files: dict[int, object] = {}
         self._next_fid = 1
         self._lock = threading.Lock()
@@ -207,11 +208,6 @@ class NvmeModule(Module):
         # (a second one left the first one's threads and buffers running for good)
         again = system is self.system and self.storage is not None and not self.storage._closed
         self.system = system
-        # the response channels, resolved now: an emit that names the declaration resolves it
-        # on first use, and a first use while halt() drains was refused ("closed, the system
-        # has halted"), failing every request published just before the halt
-        self._resp_ch = {d.name: system.channel(d.name) for d in (self._read_resp,
-                                                                  self._write_resp)}
         if not again:
             self.storage = self._given_storage or Storage(arena=system.arena, **self._options)
 
@@ -415,8 +411,8 @@ class NvmeModule(Module):
                                                           _RESP_DTYPE)[0]["length"])
                              for p, _, _ in parts], dtype=np.uint32)
             m1 = lens.astype(np.uint64) - DATA_OFF
-            acc = ctx.emit_batch(self._resp_ch["disk.read.resp"], meta0=t.tag, meta1=m1,
-                                 payload_ptr=ptrs, payload_len=lens)
+            acc = ctx.emit_batch(self._read_resp, meta0=t.tag, meta1=m1, payload_ptr=ptrs,
+                                 payload_len=lens)
             t.emitted += acc
             self.counters["responses"] += acc
             if t.emitted < len(t.parts):
@@ -480,10 +476,10 @@ class NvmeModule(Module):
         status, err, nbytes = _status_of(t.results[0])
         if status:
             self.counters["errors"] += 1
-        ch = self._resp_ch["disk.write.resp"]
+        ch = ctx.system.channel(self._write_resp.name)
         if getattr(ch, "subs", True):             # nobody listening: nothing to publish
             try:
-                code = ctx.emit(ch, meta0=t.tag, meta1=nbytes, payload={
+                code = ctx.emit(self._write_resp, meta0=t.tag, meta1=nbytes, payload={
                     "tag": t.tag, "offset": t.offset, "file": t.file, "status": status,
                     "errno": err, "length": nbytes})
             except AllocError:
@@ -540,8 +536,8 @@ def _status_of(r) -> tuple[int, int, int]:
         if err is not None:
             return STATUS_OF_KIND.get(err.kind, E_IO), int(err.errno or 0), 0
         return 0, 0, int(b.nbytes[i])
-    if r.error is not None:
-        return STATUS_OF_KIND.get(r.error.kind, E_IO), int(r.error.errno or 0), 0
+    if r.error is not None:         # a write that failed part way: the bytes it did write
+        return STATUS_OF_KIND.get(r.error.kind, E_IO), int(r.error.errno or 0), int(r.nbytes)
     return 0, 0, int(r.nbytes)
 
 

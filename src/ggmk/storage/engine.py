@@ -219,7 +219,12 @@ class WriteRequest:
 class IoResult:
     """What one I/O did. ``status``: ``ok``, ``short`` (the file ended first: ``nbytes`` <
     ``requested``; nothing past ``nbytes`` was written to the destination), ``error`` or
-    ``cancelled`` (``error`` holds the StorageError naming file and range)."""
+    ``cancelled`` (``error`` holds the StorageError naming file and range).
+
+    A write's ``nbytes`` counts the bytes from ``offset`` on that reached the file, also when
+    it failed or was cancelled part way (``error.written`` says the same); ``regions`` lists
+    every range it wrote as ``(offset, length, "written")`` (segments run on several workers,
+    so a failed write may have written ranges past a gap)."""
     op: str
     path: str | None
     offset: int
@@ -558,6 +563,7 @@ class _Io:
         self.engine = _INLINE
         self.pool: BouncePool | None = None
         self.cancel_flag: np.ndarray | None = None   # the sequential path's ChunkJob flag
+        self.written: list = []          # a write's file ranges [a, b) that reached the file
         self.t0 = time.perf_counter_ns()
         self.result = IoResult(op, fref.path if fref else None, offset, length, index=index,
                                tag=getattr(req, "tag", None), dest=dest)
@@ -584,6 +590,11 @@ class _Io:
 
     def make_os_error(self, e: OSError, what: str = "") -> StorageError:
         return from_oserror(e, self.op, self.fref.path, self.offset, self.length, what)
+
+    def wrote(self, a: int, b: int) -> None:
+        if b > a:
+            with self.lock:
+                self.written.append((a, b))
 
     def mark_short(self, at: int) -> None:
         with self.lock:
@@ -787,6 +798,11 @@ class Storage:
         a scratch block). ``on_done(batch)`` runs once when every I/O has finished (in a
         storage thread, before ``wait`` returns; an exception it raises is kept in
         ``batch.callback_error``); it may read again (see :meth:`FastBatch.wait`).
+        With ``wait=True``, a batch not finished after ``timeout`` seconds raises TimeoutError
+        once it is over: the reads not started end CANCELLED (naming the timeout), the ones
+        already running (at most ``fast_threads``, one ``pread`` each) are waited for, so
+        nothing writes into ``dest`` afterwards; the error's ``batch`` is the finished
+        FastBatch, every read's outcome in it (``on_done`` has run, perhaps in this thread).
         A batch that close() overtakes (it ran after this check) ends with every read
         CANCELLED."""
         self._check_open("read_batch()")
@@ -874,7 +890,21 @@ class Storage:
             self._fast_inflight += 1
             self._fast_live.add(b)
         b._start(self._fast)
-        return b.wait(timeout) if wait else b
+        if not wait:
+            return b
+        try:
+            return b.wait(timeout)
+        except TimeoutError:
+            # never left running behind the caller's back (it would write into a buffer the
+            # caller may reuse, its outcome known to nobody): cancelled, finished, handed back
+            b._expire(f"read_batch(wait=True) timed out after {timeout} s: cancelled")
+            err = TimeoutError(
+                f"storage read_batch of {n} reads not finished after {timeout} s: "
+                f"{b.count(_fast.CANCELLED)} not started were cancelled, the reads already "
+                f"running finished first (nothing writes into the destination any more); "
+                f"every read's outcome is in the batch (this error's .batch)")
+            err.batch = b
+            raise err from None
 
     def warm_up(self) -> "Storage":
         """Start the fast pool's threads and load (or compile) its native read loop now;
@@ -1603,12 +1633,27 @@ class Storage:
                     fd = fh.fd
                     continue
                 e.ggmk_pos = pos + done
+                io.wrote(pos, pos + done)        # what a short write put there before
                 raise
             if n == 0:
                 err = OSError(E.EIO, "write returned 0 bytes")
                 err.ggmk_pos = pos + done
+                io.wrote(pos, pos + done)
                 raise err
             done += n
+        io.wrote(pos, pos + done)
+
+    def _gds_write_all(self, io: _Io, fh: FileHandle, soff: int, n: int, pos: int) -> None:
+        """cuFile may write fewer bytes than asked (it returns the count): write the rest."""
+        done = 0
+        while done < n:
+            got = fh.gds().write(io.dest, soff + done, n - done, pos + done)
+            io.wrote(pos + done, pos + done + got)
+            if got <= 0:
+                err = OSError(E.EIO, "GPUDirect write returned 0 bytes")
+                err.ggmk_pos = pos + done
+                raise err
+            done += got
 
     def _write_seg(self, io: _Io, fh: FileHandle, seg) -> None:
         first, last = io.blk(seg[0][0]), io.blk_up(seg[-1][1])
@@ -1622,7 +1667,7 @@ class Storage:
                     self._queue_blocks(io, pos, pos + n)
                     soff = io.dest_off + pos - io.offset
                     if io.result.io_path == "gds":
-                        fh.gds().write(io.dest, soff, n, pos)
+                        self._gds_write_all(io, fh, soff, n, pos)
                     elif io.dest.host_addressable:
                         self._pwrite_all(io, fh, io.dest.view(soff, n), pos)
                     else:
@@ -1663,6 +1708,8 @@ class Storage:
             end = io.limit if io.short_at is None else min(io.limit, io.short_at)
             r.nbytes = max(end - io.offset, 0)
             r.status = "ok" if r.nbytes == io.length else "short"
+        if io.op == "write" and io.started:
+            self._account_written(io)
         if io.blocks is not None:
             bl = io.blocks
             bl.move_where(BS.DMA_START, BS.DMA_ERROR)   # only if a copy never completed
@@ -1682,6 +1729,29 @@ class Storage:
         self.stats_.finish(io, io.started)      # counted before any waiter wakes
         io.batch._complete(io.index, r)
         self._io_done(io)
+
+    def _account_written(self, io: _Io) -> None:
+        """A write's ``regions`` (the ranges that reached the file); one that failed or was
+        cancelled part way gets ``nbytes`` = the bytes from its offset on that did, and an
+        error that says so (its bytes are in the file: 0 would tell a caller nothing was)."""
+        r = io.result
+        spans: list = []
+        for a, b in sorted(io.written):
+            if spans and a <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], b)
+            else:
+                spans.append([a, b])
+        r.regions = [(a, b - a, "written") for a, b in spans]
+        e = r.error
+        if e is None:
+            return
+        r.nbytes = spans[0][1] - io.offset if spans and spans[0][0] == io.offset else 0
+        total = sum(b - a for a, b in spans)
+        where = ", ".join(f"[{a}, {b})" for a, b in spans)
+        words = (f"{total} of its {io.length} bytes reached the file: {where}" if total
+                 else f"none of its {io.length} bytes reached the file")
+        r.error = StorageError(e.kind, e.op, e.path, e.offset, e.length, f"{e.detail}; {words}",
+                               errno=e.errno, code=e.code, written=r.nbytes)
 
     def _callbacks(self, io: _Io) -> None:
         for cb in getattr(io, "callbacks", ()):

@@ -29,11 +29,17 @@ def kind_of_errno(e: int | None) -> str:
 class StorageError(GgmkError):
     """A storage operation failed. ``kind`` is one of :data:`KINDS`; ``op`` is ``read`` or
     ``write``; ``path``, ``offset``, ``length`` the request; ``errno`` the OS error number (or
-    None); ``code`` a ggmk code where one applies (``ALLOC_FAIL`` for an arena that is full)."""
+    None); ``code`` a ggmk code where one applies (``ALLOC_FAIL`` for an arena that is full);
+    ``written`` (a write that failed or was cancelled after it started): how many bytes from
+    ``offset`` on reached the file before it stopped (the message names every byte range that
+    did), else None."""
 
     def __init__(self, kind: str, op: str, path, offset: int, length: int, detail: str,
-                 errno: int | None = None, code: int | None = None):
+                 errno: int | None = None, code: int | None = None,
+                 written: int | None = None):
         self.kind = kind
+        self.detail = detail
+        self.written = written
         self.op = op
         self.path = os.fspath(path) if path is not None else None
         self.offset = int(offset)

@@ -210,6 +210,7 @@ class FastBatch:
         self.blocks = StateVector("block", int(self.blocks_per_io.sum()))
         self.callback_error: BaseException | None = None
         self._on_done = on_done
+        self._cancel_why = "the batch was cancelled"    # a cancelled read's error says why
 
     # ------------------------------------------------------------------ public
     def __len__(self) -> int:
@@ -268,7 +269,7 @@ class FastBatch:
         off, ln = int(self.offsets[i]), int(self.lengths[i])
         if st == CANCELLED:
             return StorageError("cancelled", "read", path, off, ln,
-                                "the batch was cancelled before this read started")
+                                f"{self._cancel_why} before this read started")
         why = int(self._refused[i]) or int(self._late[i])
         if why == _R_BAD:
             doff = int(self.dest_offsets[i])
@@ -327,6 +328,20 @@ class FastBatch:
         return r
 
     # ------------------------------------------------------------------ internal
+    def _expire(self, why: str) -> None:
+        """``read_batch(wait=True)`` timed out: the reads not started end CANCELLED (their
+        error says ``why``), this thread takes the chunks no pool thread has taken (their
+        reads end at once, unread: the pool may be busy for long), and it waits for the
+        reads already running (one ``pread`` each, at most ``fast_threads``). When it returns
+        the batch is finished: every read has its outcome and none writes into the
+        destination any more (which the caller may reuse)."""
+        if not self._done.is_set():
+            self._cancel_why = why
+            self.cancel()
+        self._work()
+        while not self._done.wait(0.05):     # a stage opened meanwhile: take its chunks too
+            self._work()
+
     def _start(self, pool: FastPool) -> None:
         acc = self._refused == _R_OK
         self.ios.move(S.INIT)

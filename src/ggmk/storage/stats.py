@@ -92,6 +92,8 @@ class StorageStats:
             self.ops[io.op] += 1
             if r.error is not None:
                 self.errors[r.error.kind] = self.errors.get(r.error.kind, 0) + 1
+                if io.op == "write":        # what a failed write put in the file before
+                    self.bytes["written"] += sum(n for _, n, _ in r.regions)
             else:
                 self.bytes["read" if io.op == "read" else "written"] += r.nbytes
                 self.bytes["zero_filled"] += r.hole_bytes
