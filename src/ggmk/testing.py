@@ -2,7 +2,8 @@
 
 :class:`Sandbox` takes one or more ``ggmk.Module`` objects and gives their handlers a context
 with the kernel's API (``ctx.task``, ``ctx.batch``, ``ctx.emit``, ``ctx.emitter``,
-``ctx.emit_batch``, ``ctx.yield_``, ``ctx.wait_``, ``ctx.retain``, ``ctx.payload``,
+``ctx.emit_batch``, ``ctx.yield_``, ``ctx.wait_``, ``ctx.retain``, ``ctx.bump_alloc`` (reset
+before each batch, as a worker resets it at each step), ``ctx.payload``,
 ``ctx.reason``, ``ctx.flush``, ``ctx.system.submit(..., due=)``, ``ctx.system.channel(name)``,
 ``ctx.system.dead_letter``, the arena). Everything runs on the calling thread, in a fixed
 order, so a test is deterministic:
@@ -259,6 +260,7 @@ class SandboxContext:
         self.batch = None
         self.module = None
         self.worker = 0
+        self._bump = sb.arena.worker_bump(0, 1)     # the one worker's bump region
 
     tick = property(lambda s: s._sb.tick)
     arena = property(lambda s: s._sb.arena)
@@ -361,6 +363,8 @@ class SandboxContext:
 
     def alloc(self, nbytes: int) -> int:
         return self._sb.arena.alloc_or_raise(nbytes)
+
+    bump_alloc = Context.bump_alloc       # (reset before each batch, as a worker's step)
 
 
 class Sandbox:
@@ -701,6 +705,8 @@ class Sandbox:
         tid = int(recs["type"][0])
         h = self.handlers[tid]
         ctx = self.ctx
+        if ctx._bump.top:                     # a worker's step start (ctx.bump_alloc)
+            ctx._bump.reset()
         ctx.module = h.module
         name = self.type_name(tid)
         codes = []

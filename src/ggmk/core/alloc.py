@@ -9,7 +9,8 @@ region        share   what it holds
 ============  ======  ==========================================================================
 slab          10 %    fixed 64-byte slots: a 16-byte header + 48 payload bytes
 block         68 %    12 bins, payload capacity 64 B .. 128 KiB, each bin 1/12 of the region
-bump          20 %    transient allocations, 16-byte aligned, no header, reset by bump_reset
+bump          20 %    transient allocations, 16-byte aligned, no header: a shared region
+                      (bump_alloc / bump_reset) and, once a kernel asks, one region per worker
 reserved      ~2 %    unused (the seed's trace slab; traces have their own rings here)
 ============  ======  ==========================================================================
 
@@ -45,13 +46,22 @@ subscribers that received the task; 0 frees). Releasing more references than are
 anything, what a sender of task records must own (a reference per record naming a payload);
 ``release_valid`` is the kernel's recovery path when a batch's ``release_many`` raised.
 
-Bump. ``bump_alloc`` hands out transient memory from one shared region until ``bump_reset``
-drops it all. The CPU kernel never resets it by itself: SPEC §4 says "reset each tick", but
-wall ticks advance while handlers run on other workers, so a reset at a tick boundary would
-free memory a handler that started in the previous tick may still be using (and hand it out
-again). Reset it yourself when nothing uses bump memory. (The GPU kernel gives each worker
-block its own bump region and resets it at that worker's iteration start, where none of its
-handlers runs.)
+Bump. Transient memory, 16-byte aligned, without header or reference count, dropped all at
+once by a reset (poisoned in debug mode). SPEC §4's "reset each tick" is per worker, as on the
+GPU kernel (each worker block resets its own region at its iteration start): a wall tick moves
+while handlers run on other workers, so one region reset at a tick boundary would free memory a
+handler still uses. So the bump area has two parts:
+
+* per worker (upper half): ``worker_bump(wid, nworkers)`` splits it, on the kernel's first
+  call, into ``nworkers`` equal :class:`BumpRegion` s. Only its worker allocates from one
+  (``ctx.bump_alloc``) and resets it, at the start of each of its steps (the worker's tick),
+  where none of its handlers runs; so neither takes the arena's lock. A handler's bump memory
+  is valid until its worker's next step begins (a host that borrowed the worker for a direct
+  request: until the worker is given back).
+* shared (the rest: the whole area while no worker region exists): ``bump_alloc`` /
+  ``bump_reset``, under the lock. No kernel resets it: reset it yourself when nothing uses it.
+
+``stats()["bump"]`` sums both parts (the worker regions' detail under ``workers``).
 
 Debug canary (``debug=True``). A freed payload is filled with ``POISON`` (0xDB) and its header
 marked DEAD; ``view``/``retain``/``refcount`` of it raise :class:`~ggmk.errors.UseAfterFree`, a
@@ -71,6 +81,8 @@ Statistics. ``stats()`` reports, for ``slab``, ``block`` (with per-bin detail), 
 ever), ``allocs``, ``frees``, ``fails``. Slab and block bytes count whole slots, header included
 (a slab allocation uses 64 bytes, a 100-byte request in the 128-byte bin uses 144); bump bytes
 count the 16-byte-rounded sizes, and ``frees`` for bump counts allocations dropped by resets.
+The worker bump regions count without the lock: their ``high_watermark`` is the sum of each
+region's own peak (an upper bound of the area's), which ``total`` adds to its own.
 
 Example::
 
@@ -100,7 +112,7 @@ from ggmk.core.det import check_flag, check_int
 from ggmk.errors import AllocError, DoubleFree, GgmkError, InvalidPointer, UseAfterFree
 
 __all__ = [
-    "Arena", "HEADER_SIZE", "SLAB_SLOT", "SLAB_PAYLOAD", "NUM_BINS", "BIN_SIZES", "MAX_ALLOC",
+    "Arena", "BumpRegion", "HEADER_SIZE", "SLAB_SLOT", "SLAB_PAYLOAD", "NUM_BINS", "BIN_SIZES", "MAX_ALLOC",
     "DEFAULT_SIZE", "MIN_SIZE", "POISON", "size_class",
 ]
 
@@ -145,6 +157,61 @@ def size_class(nbytes: int) -> int:
 
 def _class_name(k: int) -> str:
     return "slab" if k == 0 else f"block bin {_CAPACITY[k]} B"
+
+
+class BumpRegion:
+    """One worker's bump region (``Arena.worker_bump``; see the module docstring, "Bump").
+
+    Only its worker's thread (or a host that borrowed the worker) calls ``alloc`` and
+    ``reset``, so they take no lock; other threads only read the counters (``Arena.stats``).
+    """
+
+    __slots__ = ("arena", "index", "start", "size", "top", "hw", "allocs", "frees", "fails",
+                 "live", "resets")
+
+    def __init__(self, arena: "Arena", index: int, start: int, size: int):
+        self.arena = arena
+        self.index = index                 # the worker
+        self.start = start                 # offset in the arena
+        self.size = size
+        self.top = 0                       # bytes handed out since the last reset
+        self.hw = self.allocs = self.frees = self.fails = self.live = self.resets = 0
+
+    def alloc(self, nbytes: int) -> int:
+        """``nbytes`` of transient memory (``Arena.bump_alloc``'s rules): its address, or 0
+        (counted in ``fails``) when the region is full."""
+        if nbytes.__class__ is not int or nbytes < 0:
+            nbytes = _int("ctx.bump_alloc: nbytes", nbytes, 0)
+        a = (max(nbytes, 1) + 15) & ~15
+        top = self.top
+        if top + a > self.size:
+            self.fails += 1
+            return 0
+        self.top = t = top + a
+        if t > self.hw:
+            self.hw = t
+        self.allocs += 1
+        self.live += 1
+        return self.arena.base + self.start + top
+
+    def reset(self) -> int:
+        """Drop every allocation (poisoned in debug mode); returns how many were dropped."""
+        if self.arena.debug and self.top:
+            self.arena.buffer[self.start:self.start + self.top] = POISON
+        dropped = self.live
+        self.frees += dropped
+        self.live = 0
+        self.resets += 1
+        self.top = 0
+        return dropped
+
+    def stats(self) -> dict:
+        return {"worker": self.index, "total_bytes": self.size, "used_bytes": self.top,
+                "high_watermark": self.hw, "allocs": self.allocs, "frees": self.frees,
+                "fails": self.fails, "live": self.live, "resets": self.resets}
+
+    def __repr__(self) -> str:
+        return f"BumpRegion(worker={self.index}, size={self.size}, used={self.top})"
 
 
 class Arena:
@@ -207,6 +274,10 @@ class Arena:
         self._managed_end = pos                    # end of slab + block
         self.bump_start = pos
         self.bump_size = (int(usable * BUMP_FRACTION)) & ~15
+        self._bump_cap = self.bump_size            # the shared region's (worker_bump halves it)
+        self._regions: list[BumpRegion] = []       # the worker regions, after the shared one
+        self._wbump_start = self.bump_start + self.bump_size
+        self._wbump_size = 0
         self.reserved_bytes = usable - self.bump_start - self.bump_size
         self._starts_np = np.array(starts, dtype=np.int64)
         self._stride_np = np.array(_STRIDE, dtype=np.int64)
@@ -261,7 +332,8 @@ class Arena:
     def _bad_address(self, ptr: int, off: int, what: str):
         if self.bump_start <= off < self.bump_start + self.bump_size:
             raise InvalidPointer(f"{what}: 0x{ptr:x} is a bump allocation; bump memory has no "
-                                 f"header and is freed only by bump_reset()")
+                                 f"header and is freed only by a reset (bump_reset(), or its "
+                                 f"worker's next step)")
         if 0 <= off < self.size:
             raise InvalidPointer(f"{what}: 0x{ptr:x} is not the start of an allocation in "
                                  f"this arena (offset {off})")
@@ -740,7 +812,13 @@ class Arena:
             if length is None:
                 raise ValueError(f"view: 0x{ptr:x} is a bump allocation (no header); pass length")
             length = _int("view: length", length, 0)
-            if off + length > self.bump_start + self._bump_top:
+            if off < self._wbump_start:
+                end = self.bump_start + self._bump_top
+            else:
+                i = (off - self._wbump_start) // self._wbump_size
+                r = self._regions[i] if i < len(self._regions) else None
+                end = r.start + r.top if r is not None else 0
+            if off + length > end:
                 raise ValueError(f"view: 0x{ptr:x}+{length} runs past the bump allocations "
                                  f"handed out since the last reset")
             return self.buffer[off:off + length]
@@ -785,17 +863,45 @@ class Arena:
         return off
 
     # ------------------------------------------------------------------ bump
-    def bump_alloc(self, nbytes: int) -> int:
-        """Transient allocation (16-byte aligned, no header, no refcount); 0 when full.
+    def worker_bump(self, wid: int, nworkers: int) -> BumpRegion:
+        """Worker ``wid``'s own bump region, one of ``nworkers`` (see the module docstring,
+        "Bump"). The first call splits the upper half of the bump area into ``nworkers``
+        equal regions (the shared region keeps the rest); later calls answer from them."""
+        nworkers = _int("worker_bump: nworkers", nworkers, 1)
+        wid = _int("worker_bump: wid", wid, 0, nworkers - 1)
+        with self._lock:
+            regs = self._regions
+            if not regs:
+                shared = (self.bump_size // 2) & ~15
+                each = ((self.bump_size - shared) // nworkers) & ~15
+                if each < 16:
+                    raise ValueError(f"worker_bump: nworkers {nworkers} leaves less than 16 "
+                                     f"bytes per worker of the {self.bump_size}-byte bump area")
+                if self._bump_top > shared:
+                    raise ValueError(f"worker_bump: the shared bump region holds "
+                                     f"{self._bump_top} bytes, past the {shared} it keeps once "
+                                     f"split (bump_reset() first)")
+                self._bump_cap = shared
+                self._wbump_start = ws = self.bump_start + shared
+                self._wbump_size = each
+                regs.extend(BumpRegion(self, i, ws + i * each, each) for i in range(nworkers))
+            elif len(regs) != nworkers:
+                raise ValueError(f"worker_bump: nworkers {nworkers}, but the bump area is split "
+                                 f"into {len(regs)} worker regions already")
+            return regs[wid]
 
-        Valid until the next :meth:`bump_reset`, which is the caller's to make: the CPU kernel
-        does not reset the region (see the module docstring, "Bump").
+    def bump_alloc(self, nbytes: int) -> int:
+        """Transient allocation (16-byte aligned, no header, no refcount) from the shared
+        bump region; 0 when full.
+
+        Valid until the next :meth:`bump_reset`, which is the caller's to make: no kernel
+        resets the shared region (handlers have their worker's: ``ctx.bump_alloc``).
         """
         nbytes = _int("bump_alloc: nbytes", nbytes, 0)
         a = (max(nbytes, 1) + 15) & ~15
         with self._lock:
             top = self._bump_top
-            if top + a > self.bump_size:
+            if top + a > self._bump_cap:
                 self._bump_fails += 1
                 return 0
             self._bump_top = t = top + a
@@ -810,7 +916,8 @@ class Arena:
             return self.base + self.bump_start + top
 
     def bump_reset(self) -> int:
-        """Drop every bump allocation (poisoned in debug mode); returns how many were dropped."""
+        """Drop every allocation of the shared bump region (poisoned in debug mode; the
+        worker regions are their workers' to reset); returns how many were dropped."""
         with self._lock:
             if self.debug and self._bump_top:
                 self.buffer[self.bump_start:self.bump_start + self._bump_top] = POISON
@@ -860,17 +967,29 @@ class Arena:
                 "fails": sum(self._fails[1:]) + self._oversize, "oversize": self._oversize,
                 "live": sum(self._used[1:]), "spills": sum(self._spills[1:]), "bins": bins,
             }
+            # the worker regions' counters are read without their owners' cooperation: each
+            # is a whole int, their sum a snapshot taken a little apart
+            regs = [r.stats() for r in self._regions]
+            wsum = {key: sum(r[key] for r in regs) for key in
+                    ("used_bytes", "high_watermark", "allocs", "frees", "fails", "live", "resets")}
+            bused = self._bump_top + wsum["used_bytes"]
             bump = {
-                "total_bytes": self.bump_size, "used_bytes": self._bump_top,
-                "free_bytes": self.bump_size - self._bump_top, "high_watermark": self._bump_hw,
-                "allocs": self._bump_allocs, "frees": self._bump_frees,
-                "fails": self._bump_fails, "live": self._bump_live, "resets": self._bump_resets,
+                "total_bytes": self.bump_size, "used_bytes": bused,
+                "free_bytes": self.bump_size - bused,
+                "high_watermark": self._bump_hw + wsum["high_watermark"],
+                "allocs": self._bump_allocs + wsum["allocs"],
+                "frees": self._bump_frees + wsum["frees"],
+                "fails": self._bump_fails + wsum["fails"], "live": self._bump_live + wsum["live"],
+                "resets": self._bump_resets + wsum["resets"],
+                "shared_bytes": self._bump_cap, "workers": regs,
             }
             parts = (slab, block, bump)
             total_bytes = sum(d["total_bytes"] for d in parts)
+            tused = self._total_used + wsum["used_bytes"]
             total = {
-                "total_bytes": total_bytes, "used_bytes": self._total_used,
-                "free_bytes": total_bytes - self._total_used, "high_watermark": self._total_hw,
+                "total_bytes": total_bytes, "used_bytes": tused,
+                "free_bytes": total_bytes - tused,
+                "high_watermark": self._total_hw + wsum["high_watermark"],
                 "allocs": sum(d["allocs"] for d in parts), "frees": sum(d["frees"] for d in parts),
                 "fails": sum(d["fails"] for d in parts), "live": sum(d["live"] for d in parts),
                 "arena_bytes": self.size, "reserved_bytes": self.reserved_bytes,

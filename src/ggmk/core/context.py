@@ -312,7 +312,7 @@ class Context:
     __slots__ = ("kernel", "worker", "task", "batch", "module", "_ek", "_e0", "_e1",
                  "_det", "_det_on", "_resolve", "_emitters",
                  "_emitters_active", "_pi", "_phdr", "_bhdr", "_types", "_inl_t", "_sched",
-                 "_km0", "_klim", "emit", "_general", "_room", "_q0", "_qkey", "_grow")
+                 "_km0", "_klim", "emit", "_general", "_room", "_q0", "_qkey", "_grow", "_bump")
 
     def __init__(self, kernel, worker: int):
         self.kernel = kernel
@@ -353,6 +353,8 @@ class Context:
         self._general = self._emit
         self.emit = self._general
         self._room = [0]
+        # this worker's own bump region (ctx.bump_alloc), reset at each of its steps' start
+        self._bump = kernel.arena.worker_bump(worker, kernel.sched.nworkers)
 
     @property
     def _index(self) -> int:
@@ -701,6 +703,15 @@ class Context:
             t = int(b.records["type"][0]) if b is not None and len(b) else self.task._type
             self.kernel.trace_alloc_fail(self.worker, t, nbytes)
             raise
+
+    def bump_alloc(self, nbytes: int) -> int:
+        """``nbytes`` of transient memory (16-byte aligned, no header, nothing to release)
+        from this worker's bump region: its address (``ctx.arena.view(ptr, nbytes)``), or 0
+        when the region is full (counted in ``arena.stats()["bump"]["fails"]``). Valid until
+        this worker's next step begins, where the worker resets its region (SPEC §4's tick,
+        per worker; poisoned in debug mode): scratch for this handler call and the rest of
+        the step, never for a payload or anything kept."""
+        return self._bump.alloc(nbytes)
 
     def flush(self) -> None:
         """Hand buffered per-message emits to the enqueue core and commit staged channel emits

@@ -5,6 +5,11 @@
 (top priority), the worker's local queue, due events (at most 256 per round, re-enqueued through
 the core), the deterministic tick stage, then the ready queue.
 
+A step is the worker's tick for its bump region (SPEC §4 "bump (transient, reset each tick)"):
+it starts by resetting the region when a handler took from it (``ctx.bump_alloc``; one
+integer test otherwise), since none of the worker's handlers runs then. A host that borrowed
+the worker (``help``, a direct request) resets it as it gives the worker back (``has_work``).
+
 Per-task handlers see their batch as plain Python values (``ctx.task`` is a ``TaskRow`` over
 the columns read once with ``.tolist()``), and what they ``ctx.emit`` to their own type runs in
 the same step as further rows of the batch (the worker would pop it from its local queue next
@@ -131,6 +136,7 @@ class Worker:
         self.id = wid
         self.max_batch = max_batch
         self.ctx = Context(kernel, wid)
+        self._bump = self.ctx._bump       # this worker's bump region (ctx.bump_alloc)
         self.sched = kernel.sched
         self.local = kernel.sched.local[wid]
         self.tasks = 0
@@ -171,6 +177,10 @@ class Worker:
 
     # -- gather ---------------------------------------------------------------------------------
     def step(self) -> bool:
+        # the worker's tick for its bump region (SPEC §4 "reset each tick", per worker): no
+        # handler of this worker runs between steps, so what they took is dropped here
+        if self._bump.top:
+            self._bump.reset()
         k = self.kernel
         s = self.sched
         tick = k.update_tick()
@@ -238,7 +248,13 @@ class Worker:
         whose step did work and that sees nothing more, without an empty step first. Due
         events are seen when due; later ones wake the worker by its park timeout. Channels
         with handler subscribers count as work unless ``exact`` (then: if one has messages
-        pending; what the HAL asks before it parks a worker a host borrowed)."""
+        pending; what the HAL asks before it parks a worker a host borrowed).
+
+        ``exact`` is also where a host gives back a worker it borrowed (``help``, ``lend``):
+        its run is over, so its bump region is reset here as its next step would; a direct
+        request (``System._direct_run``) runs a handler outside any step."""
+        if exact and self._bump.top:
+            self._bump.reset()
         if self._full:                    # the last batch was a full one: likely more
             return True
         s = self.sched
