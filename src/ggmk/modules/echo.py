@@ -171,8 +171,10 @@ def device_module(to, *, mode: str = "route", type: int | None = None,
                   retype: int | None = None, tap: str | None = None,
                   tap_guarantee: str = "lossy", name: str = "echo", capacity: int = 256,
                   out_mode: str = "p2p", rr_word: int = 32767):
-    """The echo module for the GPU kernel (``ggmk.device``): handles type ``type`` (an id;
-    default ``ECHO``'s) and forwards meta0, meta1 and the payload (one more reference per
+    """The echo module for the GPU kernel (``ggmk.device``): handles type ``type`` (an id or
+    a type name; default ``ECHO``'s id, and for an instance not named ``echo`` the type name
+    ``ECHO_<NAME>``, as the CPU version: a kernel given ``types=``, as a dual boot is, resolves
+    it) and forwards meta0, meta1 and the payload (one more reference per
     copy) on device channels it declares: ``to`` (1..4 names), ``mode`` ``"route"`` or
     ``"round_robin"`` (the turn is the atomic counter in user word ``rr_word``, recorded as
     ``m.user_words``, ``None`` when one output needs no turn; a full channel is skipped; all
@@ -229,8 +231,12 @@ def device_module(to, *, mode: str = "route", type: int | None = None,
     if isinstance(rr_word, bool) or not isinstance(rr_word, int) or not 0 <= rr_word < 65536:
         raise BootError(f"echo (device): rr_word must be an int user word 0..65535 (the "
                         f"round-robin turn), got {rr_word!r}")
-    tin = type_id() if type is None else type
-    tout = retype if retype is not None else tin
+    # the CPU version's handler types: ECHO for the default instance, ECHO_<NAME> (a type
+    # name the boot registers) for a named one, so two instances can share a kernel and an
+    # instance answers to the same type on either kernel; the output stays ECHO
+    tin = (type_id() if name == "echo" else instance_type("ECHO", name, "echo")) \
+        if type is None else type
+    tout = retype if retype is not None else (type_id() if type is None else type)
     m = gd.Module(name)
     chans = [m.channel(c, message=tout, mode=out_mode, guarantee="lossless", capacity=capacity)
              for c in to]

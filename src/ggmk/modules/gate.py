@@ -203,8 +203,12 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
     What the numeric subset forbids here: keeping the arrivals in a Python list (they wait as
     tasks instead, so the gate needs no storage), per-gate sizes as a dict (one ``n``), and
     the CPU version's release in sequence order (each waiter passes when it next runs, in
-    queue order). A task still waiting at kernel stop is not reported (the device kernel has
-    no drain of waiting tasks to sys.dropped).
+    queue order). A waiting arrival is a task the GPU kernel keeps running, so a round short
+    of ``n`` keeps it busy: a dual system's ``run(timeout=T)`` waits out T and answers False
+    (``run()`` with no timeout does not return), where the CPU version's waiting arrivals
+    leave the system idle. At halt of a dual system, each arrival still waiting that came
+    through the bridge is named on sys.error with ``HALTED`` (the CPU version: sys.dropped,
+    ``CHAN_CLOSED``); a ``DeviceKernel`` of its own has no drain of waiting tasks.
 
     Example::
 

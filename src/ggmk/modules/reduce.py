@@ -403,7 +403,11 @@ def device_module(n: int, op: str = "sum", *, dtype: str = "u64", timeout: int |
     Python objects, no calls the compiler cannot see), and f64 (folding on arrival is not in
     sequence order, so float sums would differ run to run); integer sum (wrapping), min and
     max of u64 or i64 words are order-free, so the result is deterministic anyway. Group ids
-    are 0..2**62-1 (``REDUCE_BAD_GROUP`` otherwise: the top bits tag retried outputs).
+    are 0..2**62-1 (``REDUCE_BAD_GROUP`` otherwise: the top bits tag retried outputs). No
+    report of a group still open at halt: its partials are folded into user words, which the
+    host does not read at halt (the CPU version puts it on sys.dropped as ``REDUCE_MISSING``,
+    meta1 = partials received); with ``timeout=``, its pending check is counted on sys.error
+    with ``HALTED`` as a device task, without its group.
 
     Example::
 
