@@ -50,6 +50,7 @@ Example::
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import mmap
 import multiprocessing as mp
@@ -61,6 +62,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 
 import numpy as np
 
@@ -74,6 +76,20 @@ _FUTEX_WAIT, _FUTEX_WAKE = 0, 1          # shared (not _PRIVATE): they cross pro
 RELAY_WORDS = 8                           # one 64-byte line after the layout's mapped words
 
 _libc = None
+
+# device processes started and not yet killed: at interpreter exit, a system never halted
+# must not leave its segments to the resource tracker (a "leaked shared_memory objects"
+# warning on every such exit) nor its child to multiprocessing's own exit hook
+_LIVE: "weakref.WeakSet[DeviceProcess]" = weakref.WeakSet()
+_at_exit = False
+
+
+def _kill_live() -> None:
+    for p in list(_LIVE):
+        try:
+            p.kill()
+        except Exception:   # noqa: BLE001 - exiting: kill the others
+            pass
 
 
 def _sys():
@@ -470,6 +486,11 @@ class DeviceProcess:
             from ggmk import _devproc
             self.proc = ctx.Process(target=_devproc.main, args=(child, spec),
                                     name=f"ggmk-device-{self.target_name}", daemon=True)
+            global _at_exit
+            if not _at_exit:        # (registered after multiprocessing's: it runs first)
+                atexit.register(_kill_live)
+                _at_exit = True
+            _LIVE.add(self)
             try:
                 self.proc.start()
             except Exception as e:  # noqa: BLE001 - any spawn failure is a boot failure
@@ -616,6 +637,7 @@ class DeviceProcess:
                     pass
             self._segs = []
             self._closed = True
+            _LIVE.discard(self)
             if p is not None and hasattr(p, "close") and not p.is_alive():
                 try:
                     p.close()
