@@ -224,7 +224,11 @@ class IoResult:
     A write's ``nbytes`` counts the bytes from ``offset`` on that reached the file, also when
     it failed or was cancelled part way (``error.written`` says the same); ``regions`` lists
     every range it wrote as ``(offset, length, "written")`` (segments run on several workers,
-    so a failed write may have written ranges past a gap)."""
+    so a failed write may have written ranges past a gap). A read that failed or was
+    cancelled part way has ``nbytes`` = the bytes from ``offset`` on that landed in the
+    destination (``error.written`` too; the error names every range that landed; a failing
+    O_DIRECT ``pread`` reports no partial count, so its own range is not counted); its
+    ``regions`` stay the file's data and holes."""
     op: str
     path: str | None
     offset: int
@@ -285,7 +289,7 @@ class Batch:
         self._streaming = 0                 # as_completed() readers waiting
         self._cond = threading.Condition()
         self._storage = None                # the Storage that runs it (set by submit)
-        self._drop_dests = False            # abandoned: free what the storage allocated
+        self._cancel_why: str | None = None     # a cancelled I/O's error says why
 
     def __len__(self) -> int:
         return len(self.results)
@@ -295,28 +299,17 @@ class Batch:
             self.results[i] = r
             self.order.append(i)
             self._left -= 1
-            drop = self._drop_dests and r.dest is not None
             if self._left == 0 or self._streaming:     # wake waiters only when it matters
                 self._cond.notify_all()
-        if drop:
-            r.dest.release()
-
-    def _abandon(self, release_dests: bool) -> None:
-        """The caller gave up waiting (read()'s timeout): cancel what has not finished and,
-        with ``release_dests`` (every destination was allocated by the storage), free the
-        destinations of the results, now or when they complete: nobody can reach them."""
-        with self._cond:
-            self._drop_dests = release_dests
-            done = [r for r in self.results if r is not None and r.dest is not None]
-        self.cancel()
-        if release_dests:
-            for r in done:
-                r.dest.release()
 
     def done(self) -> bool:
         return self._left == 0
 
     def wait(self, timeout: float | None = None) -> list[IoResult]:
+        """The results, once every I/O has finished. A TimeoutError here leaves the I/Os
+        running (the batch is the caller's: ``cancel`` stops them at their next chunk
+        boundary); the blocking calls :meth:`Storage.read` and :meth:`Storage.write` end
+        theirs before they raise."""
         st = self._storage
         if self._left and st is not None and st._is_storage_thread():
             st._help(self, timeout)              # a callback waiting: run our I/Os here
@@ -563,7 +556,10 @@ class _Io:
         self.engine = _INLINE
         self.pool: BouncePool | None = None
         self.cancel_flag: np.ndarray | None = None   # the sequential path's ChunkJob flag
-        self.written: list = []          # a write's file ranges [a, b) that reached the file
+        # file ranges [a, b) that reached the file (a write) or landed in the destination (a
+        # read); landed_bytes: their total, once finished (stats count a failed I/O's)
+        self.written: list = []
+        self.landed_bytes = 0
         self.t0 = time.perf_counter_ns()
         self.result = IoResult(op, fref.path if fref else None, offset, length, index=index,
                                tag=getattr(req, "tag", None), dest=dest)
@@ -721,9 +717,16 @@ class Storage:
     def read(self, file, offset: int = 0, length: int | None = None, dest=None,
              dest_offset: int = 0, timeout: float | None = None) -> IoResult:
         """Read one range and wait; raises StorageError on failure (a short read is not one:
-        see ``result.status`` and ``result.nbytes``). A read not finished after ``timeout``
-        seconds raises TimeoutError and is cancelled; memory it allocated (``dest=None``,
-        ``"arena"``, ``"device"``), which nobody can reach any more, is freed when it ends."""
+        see ``result.status`` and ``result.nbytes``; one that fails part way has ``nbytes``
+        = the bytes from ``offset`` on that landed in the destination, see IoResult).
+
+        A read not finished after ``timeout`` seconds is cancelled and ended before the
+        TimeoutError is raised: not started, it ends CANCELLED (its error names the
+        timeout); running, it stops at its next chunk boundary (the chunks in flight, one
+        ``pread`` each, are waited for). So nothing writes into ``dest`` after the call, and
+        the error's ``result`` is the finished IoResult (``ok``, ``short``, ``error`` or
+        ``cancelled``, ``nbytes`` the bytes that landed). Memory the read allocated
+        (``dest=None``, ``"arena"``, ``"device"``) is freed (``result.dest`` is None)."""
         self._check_open("read()")                  # before the stat of length=None
         _timeout_arg("read()", timeout)
         if length is None and _is_int(offset):      # a bad offset is refused by submit
@@ -736,19 +739,52 @@ class Storage:
         try:
             r = b.wait(timeout)[0]
         except TimeoutError:
-            b._abandon(release_dests=dest is None or isinstance(dest, str))
-            raise TimeoutError(f"storage read of {_path_of(file)} at offset {offset} "
-                               f"({length} bytes) not finished after {timeout} s: cancelled"
-                               ) from None
+            err = self._timed_out(b, "read()", timeout)
+            r = err.result
+            if r.dest is not None and (dest is None or isinstance(dest, str)):
+                r.dest.release()            # ours, and the caller gave up on it: not leaked
+                r.dest = None
+            raise err from None
         return r.raise_for_error()
 
     def write(self, file, offset: int, src, length: int | None = None, *, sync: bool = False,
               create: bool = True, timeout: float | None = None) -> IoResult:
-        """Write one range and wait; raises StorageError on failure."""
+        """Write one range and wait; raises StorageError on failure (``error.written``: the
+        bytes from ``offset`` on that reached the file).
+
+        A write not finished after ``timeout`` seconds is cancelled and ended before the
+        TimeoutError is raised: not started, it ends CANCELLED (its error names the timeout)
+        and writes nothing; running, it stops at its next chunk boundary (the ``pwrite`` in
+        flight is waited for). So nothing reads ``src`` after the call (the caller may reuse
+        it), and the error's ``result`` is the finished IoResult: ``nbytes`` and ``regions``
+        say what reached the file."""
         self._check_open("write()")
         _timeout_arg("write()", timeout)
         req = WriteRequest(file, offset, src, length, create=create, sync=sync)
-        return self.submit([req]).wait(timeout)[0].raise_for_error()
+        b = self.submit([req])
+        try:
+            r = b.wait(timeout)[0]
+        except TimeoutError:
+            raise self._timed_out(b, "write()", timeout) from None
+        return r.raise_for_error()
+
+    def _timed_out(self, b: Batch, call: str, timeout) -> TimeoutError:
+        """``call`` (read() or write(), one I/O) timed out: cancel it (its error names the
+        timeout), end it here if it is still queued (the workers may be busy for long), wait
+        for it to stop at its next chunk boundary if it runs. The TimeoutError to raise,
+        with the finished result (``.result``): nothing touches the caller's buffer after."""
+        b._cancel_why = f"{call} timed out after {timeout} s: cancelled"
+        b.cancel()
+        self._help(b, None)
+        r = b.wait()[0]
+        where = "reached the file" if r.op == "write" else "landed in the destination"
+        err = TimeoutError(
+            f"storage {r.op} of {r.path} [{r.offset}, {r.offset + r.requested}) not finished "
+            f"after {timeout} s: cancelled, and ended before this error ({r.status}, "
+            f"{r.nbytes} bytes from offset {r.offset} {where}; nothing touches the buffer "
+            f"any more); the outcome is this error's .result")
+        err.result = r
+        return err
 
     def submit(self, requests, on_complete: Callable | None = None) -> Batch:
         """Submit many requests at once; returns a :class:`Batch` at once. Each I/O completes
@@ -804,7 +840,9 @@ class Storage:
         nothing writes into ``dest`` afterwards; the error's ``batch`` is the finished
         FastBatch, every read's outcome in it (``on_done`` has run, perhaps in this thread).
         A batch that close() overtakes (it ran after this check) ends with every read
-        CANCELLED."""
+        CANCELLED. A read that fails part way (ERROR) keeps in ``nbytes`` the bytes from its
+        offset on that landed before the error (its error's ``written``; a failing O_DIRECT
+        ``pread`` reports no partial count, so its own range is not counted)."""
         self._check_open("read_batch()")
         # (wait="no" waited; on_done=5 failed in a storage thread, kept as callback_error)
         _timeout_arg("read_batch()", timeout)
@@ -1190,7 +1228,8 @@ class Storage:
     def _help(self, batch: Batch, timeout: float | None) -> None:
         """A storage thread (a callback) waits for ``batch``: it runs the batch's queued work
         itself instead of waiting for a worker, which may be this very thread (one worker) or
-        busy in callbacks that wait too; what other threads already run, it waits for."""
+        busy in callbacks that wait too; what other threads already run, it waits for. Also
+        a caller whose read() / write() timed out, for its cancelled I/O (see _timed_out)."""
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._cond:
@@ -1340,7 +1379,9 @@ class Storage:
                     except OSError as e:
                         if e.errno != E.ENXIO:
                             raise
-                        d = limit                   # no data after pos: a hole to the end
+                        # no data after pos: a hole to the end of the file, which may have
+                        # been cut since it was sized (truncated: a short read, not zeros)
+                        d = limit = io.limit = min(limit, max(pos, _size_of(fh.fd)))
                     d = min(d, limit)
                     if d > pos:
                         out.append((pos, d, "hole"))
@@ -1403,7 +1444,8 @@ class Storage:
                 return
             for a, b, kind in seg:
                 if kind == "hole":
-                    fences.append(io.engine.zero(io.dest, io.dest_off + a - io.offset, b - a))
+                    fences.append((io.engine.zero(io.dest, io.dest_off + a - io.offset, b - a),
+                                   a, b))
                     holes.append((io.blk_up(a), io.blk(b) if b < io.limit else io.blk_up(b)))
                     continue
                 path = io.result.io_path
@@ -1417,11 +1459,13 @@ class Storage:
                     break
         finally:
             err = None
-            for f in fences:
+            for f, a, b in fences:               # (copy or zero fill, the file range it lands)
                 try:
                     f.wait()
                 except BaseException as e:  # noqa: BLE001
                     err = err or e
+                else:
+                    io.wrote(a, b)
             bl = io.blocks
             if err is not None:
                 bl.advance(first, last, BS.DMA_START, BS.DMA_ERROR)
@@ -1458,6 +1502,7 @@ class Storage:
             n = min(self.direct_chunk, b - pos)
             self._queue_blocks(io, pos, pos + n)
             got = read(pos, n)
+            io.wrote(pos, pos + got)
             pos += got
             if got < n:
                 io.mark_short(pos)
@@ -1514,7 +1559,8 @@ class Storage:
         try:
             for a, b, kind in seg:               # holes and edges while the chunks run
                 if kind == "hole":
-                    fences.append(io.engine.zero(io.dest, io.dest_off + a - io.offset, b - a))
+                    fences.append((io.engine.zero(io.dest, io.dest_off + a - io.offset, b - a),
+                                   a, b))
                     holes.append((io.blk_up(a), io.blk(b) if b < io.limit else io.blk_up(b)))
             for a, b in edges:
                 if io.check_quiet():
@@ -1533,6 +1579,7 @@ class Storage:
             e = err[k]
             if e < 0:
                 continue                         # not started (cancelled / after a failure)
+            io.wrote(c0, c0 + got[k])            # a failed chunk's bytes before the error too
             f, l_ = io.blk(c0), io.blk_up(c1)
             bl.advance(f, l_, BS.QUEUED, BS.DMA_START)
             if e == 0:
@@ -1581,7 +1628,7 @@ class Storage:
                 if useful:
                     fence = eng.to_dest(io.dest, io.dest_off + pos - io.offset,
                                         buf[skip:skip + useful])
-                    fences.append(fence)
+                    fences.append((fence, pos, pos + useful))
             finally:
                 pool.release(i, fence)
             pos += useful
@@ -1700,16 +1747,17 @@ class Storage:
                 io.fail(io.make_os_error(e, "fdatasync"))
         if cancelled:
             r.status = "cancelled"
-            r.error = io.make_error("cancelled", "the I/O was cancelled"
-                               + (" while queued" if not io.started else " mid-flight"))
+            r.error = io.make_error("cancelled", (io.batch._cancel_why or "the I/O was "
+                                    "cancelled") + (" while queued" if not io.started
+                                                    else " mid-flight"))
         elif io.error is not None:
             r.status, r.error = "error", io.error
         else:
             end = io.limit if io.short_at is None else min(io.limit, io.short_at)
             r.nbytes = max(end - io.offset, 0)
             r.status = "ok" if r.nbytes == io.length else "short"
-        if io.op == "write" and io.started:
-            self._account_written(io)
+        if io.started:
+            self._account_landed(io)
         if io.blocks is not None:
             bl = io.blocks
             bl.move_where(BS.DMA_START, BS.DMA_ERROR)   # only if a copy never completed
@@ -1730,10 +1778,11 @@ class Storage:
         io.batch._complete(io.index, r)
         self._io_done(io)
 
-    def _account_written(self, io: _Io) -> None:
-        """A write's ``regions`` (the ranges that reached the file); one that failed or was
-        cancelled part way gets ``nbytes`` = the bytes from its offset on that did, and an
-        error that says so (its bytes are in the file: 0 would tell a caller nothing was)."""
+    def _account_landed(self, io: _Io) -> None:
+        """A write's ``regions`` (the ranges that reached the file); a write or read that
+        failed or was cancelled part way gets ``nbytes`` = the bytes from its offset on that
+        reached the file / landed in the destination, and an error that says so and names
+        every range (they are there: 0 would tell a caller nothing was)."""
         r = io.result
         spans: list = []
         for a, b in sorted(io.written):
@@ -1741,15 +1790,17 @@ class Storage:
                 spans[-1][1] = max(spans[-1][1], b)
             else:
                 spans.append([a, b])
-        r.regions = [(a, b - a, "written") for a, b in spans]
+        total = io.landed_bytes = sum(b - a for a, b in spans)
+        if io.op == "write":
+            r.regions = [(a, b - a, "written") for a, b in spans]
         e = r.error
         if e is None:
             return
         r.nbytes = spans[0][1] - io.offset if spans and spans[0][0] == io.offset else 0
-        total = sum(b - a for a, b in spans)
         where = ", ".join(f"[{a}, {b})" for a, b in spans)
-        words = (f"{total} of its {io.length} bytes reached the file: {where}" if total
-                 else f"none of its {io.length} bytes reached the file")
+        there = "reached the file" if io.op == "write" else "landed in the destination"
+        words = (f"{total} of its {io.length} bytes {there}: {where}" if total
+                 else f"none of its {io.length} bytes {there}")
         r.error = StorageError(e.kind, e.op, e.path, e.offset, e.length, f"{e.detail}; {words}",
                                errno=e.errno, code=e.code, written=r.nbytes)
 

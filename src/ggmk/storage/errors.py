@@ -30,9 +30,9 @@ class StorageError(GgmkError):
     """A storage operation failed. ``kind`` is one of :data:`KINDS`; ``op`` is ``read`` or
     ``write``; ``path``, ``offset``, ``length`` the request; ``errno`` the OS error number (or
     None); ``code`` a ggmk code where one applies (``ALLOC_FAIL`` for an arena that is full);
-    ``written`` (a write that failed or was cancelled after it started): how many bytes from
-    ``offset`` on reached the file before it stopped (the message names every byte range that
-    did), else None."""
+    ``written`` (a write or read that failed or was cancelled after it started): how many
+    bytes from ``offset`` on reached the file (a write) or landed in the destination (a read)
+    before it stopped (the message names every byte range that did), else None."""
 
     def __init__(self, kind: str, op: str, path, offset: int, length: int, detail: str,
                  errno: int | None = None, code: int | None = None,

@@ -11,7 +11,8 @@ once (the device's queue depth is what makes random reads fast). Validation, the
 machines, the statistics and the results are updated once per batch, vectorized.
 
 Results and errors stay per I/O (arrays indexed like the request arrays): ``nbytes`` (a short
-read at end of file has ``nbytes < length``; nothing past it is written), ``status`` (``OK``,
+read at end of file has ``nbytes < length``; nothing past it is written; a read that failed
+part way: the bytes from its offset on that landed before the error), ``status`` (``OK``,
 ``SHORT``, ``ERROR``, ``CANCELLED``), ``errno``, ``direct`` (O_DIRECT used), ``latency_ns``;
 :meth:`FastBatch.error` builds the :class:`StorageError` naming the file and the range.
 
@@ -222,7 +223,9 @@ class FastBatch:
     def wait(self, timeout: float | None = None) -> "FastBatch":
         """Wait until every read finished. Called from a storage thread (a callback), the
         caller reads the batch's chunks not started yet itself: the pool's threads may all be
-        running callbacks that wait, this one included."""
+        running callbacks that wait, this one included. A TimeoutError here leaves the batch
+        running (it is the caller's: ``cancel`` stops the reads not started); read_batch with
+        ``wait=True`` ends it before it raises."""
         if not self._done.is_set() and self.storage._is_storage_thread():
             self._work()
         if not self._done.wait(timeout):
@@ -292,12 +295,18 @@ class FastBatch:
         if why == _R_CLOSED:        # the words read() and submit() use for a closed handle
             return StorageError("bad_request", "read", path, off, ln,
                                 f"[Errno {e}] the FileHandle is closed", errno=e)
-        what = "open" if why == _R_OPEN else f"pread at file offset {off}"
         words = os.strerror(e)
-        if why == _R_OPEN and self._open_msgs is not None:
-            words = self._open_msgs[int(self.file_ids[i])] or words
+        if why == _R_OPEN:
+            if self._open_msgs is not None:
+                words = self._open_msgs[int(self.file_ids[i])] or words
+            return StorageError(kind_of_errno(e), "read", path, off, ln,
+                                f"open: [Errno {e}] {words}", errno=e)
+        got = int(self.nbytes[i])          # what landed before the error (the loop is in order)
+        there = (f"{got} of its {ln} bytes landed in the destination: [{off}, {off + got})"
+                 if got else f"none of its {ln} bytes landed in the destination")
         return StorageError(kind_of_errno(e), "read", path, off, ln,
-                            f"{what}: [Errno {e}] {words}", errno=e)
+                            f"pread at file offset {off + got}: [Errno {e}] {words}; {there}",
+                            errno=e, written=got)
 
     def errors(self) -> list[tuple[int, StorageError]]:
         return [(int(i), self.error(int(i))) for i in np.flatnonzero(self.status > SHORT)]
@@ -442,7 +451,7 @@ class FastBatch:
         st[failed] = ERROR
         st[cancelled] = CANCELLED
         st[~acc] = ERROR
-        self.nbytes[~acc | failed | cancelled] = 0
+        self.nbytes[~acc | cancelled] = 0         # a failed read keeps what landed before
         self.errno[cancelled] = 0
         self.errno[~acc] = np.where(np.isin(self._refused[~acc], (_R_OPEN, _R_CLOSED)),
                                     self._open_errno[~acc], 0)
@@ -456,10 +465,12 @@ class FastBatch:
         self.ios.move(S.CALLBACK_REQ, acc)
         b_ran = np.repeat(ran, bpi)
         self.blocks.move(BS.DMA_START, b_ran)
-        # a block is DONE when its bytes arrived (a short read's tail blocks: DMA_ERROR)
+        # a block is DONE when its bytes arrived (a short read's tail blocks, and a failed
+        # read's from the one the error cut: DMA_ERROR)
         first = np.repeat(np.cumsum(bpi) - bpi, bpi)
         rel = np.arange(len(first), dtype=np.int64) - first
-        b_done = b_ran & (rel < np.repeat(-(-self.nbytes // BLOCK_SIZE), bpi))
+        nb = np.where(failed, self.nbytes // BLOCK_SIZE, -(-self.nbytes // BLOCK_SIZE))
+        b_done = b_ran & (rel < np.repeat(nb, bpi))
         self.blocks.move(BS.DONE, b_done)
         self.blocks.move(BS.DMA_ERROR, b_ran & ~b_done)
         self.blocks.move(BS.FREE, np.repeat(acc, bpi))

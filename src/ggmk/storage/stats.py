@@ -92,8 +92,8 @@ class StorageStats:
             self.ops[io.op] += 1
             if r.error is not None:
                 self.errors[r.error.kind] = self.errors.get(r.error.kind, 0) + 1
-                if io.op == "write":        # what a failed write put in the file before
-                    self.bytes["written"] += sum(n for _, n, _ in r.regions)
+                # what a failed I/O put in the file / the destination before it stopped
+                self.bytes["written" if io.op == "write" else "read"] += io.landed_bytes
             else:
                 self.bytes["read" if io.op == "read" else "written"] += r.nbytes
                 self.bytes["zero_filled"] += r.hole_bytes
@@ -140,8 +140,7 @@ class StorageStats:
             for i in bad:                       # errors are few; their kinds one by one
                 k = b.error(int(i)).kind
                 kinds[k] = kinds.get(k, 0) + 1
-        good = st <= SHORT
-        nbytes = int(b.nbytes[good].sum())
+        nbytes = int(b.nbytes.sum())       # a failed read's: what landed before the error
         n_direct = int((b.direct & ran).sum())
         n_buf = int(ran.sum()) - n_direct
         fallbacks = b.fallbacks()
