@@ -111,6 +111,18 @@ def _service(tid: int, pairs) -> np.ndarray:
                                              for a, b in pairs])), T.TASK_DTYPE)
 
 
+class _Kept(deque):
+    """A bounded deque (the newest ``maxlen`` kept) that counts every append in ``total``."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.total = len(self)
+
+    def append(self, x) -> None:
+        super().append(x)
+        self.total += 1
+
+
 class BridgeError(GgmkError):
     """Bad use of the bridge (e.g. pushing while the GPU kernel is being reset)."""
 
@@ -190,7 +202,9 @@ class Bridge(ResetAccounting, DeterministicTraffic):
         self._counts_t = 0.0
         # host records from the device that are not bridge traffic
         self.device_out: deque = deque()
-        self.errors: deque = deque(maxlen=256)
+        # the newest 256 messages kept; stats()["errors"] counts every one (a persistent
+        # fault must not leave the count stuck at the bound), "errors_kept" what is held
+        self.errors: _Kept = _Kept(maxlen=256)
         self.paused = None                 # a reason while the GPU kernel is being reset
         self._suspended: list = []         # CPU channels closed by begin_reset
         self.failed = None
@@ -1304,7 +1318,8 @@ class Bridge(ResetAccounting, DeterministicTraffic):
                     "fence_held": sum(len(a) for a in st.fence_buf)}
             d["channels"] = chans
             d["device_out"] = sum(len(x) for x in self.device_out)
-            d["errors"] = len(self.errors)
+            d["errors"] = self.errors.total
+            d["errors_kept"] = len(self.errors)
             d["paused"] = self.paused
             return d
 
