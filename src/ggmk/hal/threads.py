@@ -189,6 +189,8 @@ class ThreadsHal:
                 self.helped += 1
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+                if guard is not None and guard.pending is not None:
+                    break                     # Ctrl-C waited for this step only: raise it now
         finally:
             seen = self.wake_seq              # a wake-up that found nobody while it was lent
             more = worker.has_work(True)
