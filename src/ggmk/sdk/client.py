@@ -22,7 +22,10 @@ class Client:
     with NumPy; given alone, it tags single replies too; neither: the tag is meta0).
     ``call(meta0, meta1, tag=..., payload=...)`` -> (meta0, meta1, payload bytes or None);
     ``TimeoutError`` after ``timeout`` seconds; ``KernelStopped`` as soon as the system
-    halts (no reply can come). Thread-safe: replies for another thread's tags are kept for
+    halts (no reply can come). With caller runs (boot's ``host_helps``, the default) the
+    calling thread may run the answering handler itself, and a handler cannot be cut short:
+    a slow one returns its reply up to one handler run past ``timeout`` instead of a
+    TimeoutError (``host_helps=False``: the timeout holds to the wait). Thread-safe: replies for another thread's tags are kept for
     it. A tag is an int 0..2**64-1 (0..2**48-1 with KV's tag functions), else ValueError;
     ``channel=`` (a call's request channel instead of ``request``) is a name or a Channel
     of this system, else ValueError.
