@@ -8,16 +8,9 @@ import sys
 from pathlib import Path
 
 from ggmk.bridge import process as P
+from tests.bridge.test_process import _gone
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 _NOT_HALTED = r"""
