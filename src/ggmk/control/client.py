@@ -5,6 +5,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from typing import Iterator
 
 from ggmk.control import protocol as P
@@ -40,20 +41,35 @@ class Client:
                                     f"path {self.paths.sock} is {n} bytes, longer than the "
                                     f"{SOCK_PATH_MAX} a Unix socket allows; use a shorter "
                                     "--state-dir")
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(str(self.paths.sock))
-        except (FileNotFoundError, ConnectionRefusedError) as e:
-            s.close()
-            raise NotRunning(f"no system is running at {self.paths.dir} ({e.strerror})") from None
-        except PermissionError as e:
-            s.close()
-            raise Refused(f"not allowed to connect to {self.paths.sock}: {e.strerror}") from None
-        except OSError as e:      # not a socket, a bad path component, ...: nothing answers
-            s.close()
-            raise NotRunning(f"no system is running at {self.paths.dir} (connecting to "
-                             f"{self.paths.sock}: {e.strerror or e})") from None
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(self.timeout)
+            try:
+                s.connect(str(self.paths.sock))
+                break
+            except BlockingIOError:
+                # EAGAIN: the server's listen queue is full (a flood of connections): it
+                # runs, so wait for room (this is not "no system is running")
+                s.close()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ControlError("busy", f"the system at {self.paths.dir} accepts no "
+                                       "connection: its listen queue stayed full for "
+                                       f"{self.timeout:g}s (too many clients connecting)"
+                                       ) from None
+                time.sleep(0.01)     # polling with a deadline
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                s.close()
+                raise NotRunning(f"no system is running at {self.paths.dir} "
+                                 f"({e.strerror})") from None
+            except PermissionError as e:
+                s.close()
+                raise Refused(f"not allowed to connect to {self.paths.sock}: "
+                              f"{e.strerror}") from None
+            except OSError as e:  # not a socket, a bad path component, ...: nothing answers
+                s.close()
+                raise NotRunning(f"no system is running at {self.paths.dir} (connecting to "
+                                 f"{self.paths.sock}: {e.strerror or e})") from None
         self.sock = s
         self.rfile = s.makefile("rb")
         return self

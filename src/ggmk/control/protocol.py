@@ -18,7 +18,8 @@ between requests); when every client slot is taken, the connection waiting longe
 request (never-used ones first) is closed to serve a new one.
 
 Error codes: ``bad_json``, ``bad_request``, ``bad_version``, ``too_large`` (the connection is
-closed after it), ``timeout`` (a partial request sat idle; closed), ``unknown_command``,
+closed after it), ``timeout`` (a request not ended by its newline within 10 s of its
+first byte; closed), ``unknown_command``,
 ``bad_args``, ``unknown_type``, ``unknown_channel``, ``unknown_module``, ``payload`` (the
 payload does not fit the type: the message names the field), ``halted``, ``busy`` (too many
 clients: closed; or, for ``kv`` put, the module's put channel is full: try again), ``permission_denied`` (another uid; closed), ``unsupported``, ``internal``.

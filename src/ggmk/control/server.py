@@ -33,11 +33,12 @@ from ggmk.control.paths import StatePaths
 from ggmk.control.protocol import TRACE_CAPACITY, ControlError
 from ggmk.errors import KernelStopped
 
-PARTIAL_REQUEST_TIMEOUT = 10.0      # seconds a half-sent request may sit idle
+PARTIAL_REQUEST_TIMEOUT = 10.0      # seconds a request may take, from its first byte
 FIRST_REQUEST_TIMEOUT = 10.0        # seconds a new connection may take to send its first byte
 IDLE_CONNECTION_TIMEOUT = 600.0     # seconds a connection may sit idle between requests
 EVICT_GRACE = 0.5                   # seconds idle before a connection may be closed for a new one
 KV_PUT_TIMEOUT = 10.0               # seconds `kv put` waits for the module to apply the put
+MAX_REFUSING = 16                   # connections answered `busy` (lingering) at once
 SEND_TIMEOUT = 10.0                 # seconds a client may take to read a response
 LOG_CAPACITY = 10_000               # log lines kept
 COLLECT_INTERVAL = 0.05             # seconds between trace collections
@@ -158,6 +159,7 @@ class ControlServer:
         self._sock = None
         self._threads: set = set()
         self._nclients = 0
+        self._nrefusing = 0                  # threads answering `busy` (_refuse_busy)
         self._clients_lock = threading.Lock()
         # connections waiting for their next request: conn -> (never used, since); when every
         # slot is taken, the oldest of these is closed to make room (never-used ones first),
@@ -387,8 +389,7 @@ class ControlServer:
                 except OSError:
                     pass
             elif full:
-                self._refuse(conn, "busy", f"too many clients (at most {self.max_clients}, "
-                             "all of them busy with a request)")
+                self._refuse_busy(conn)
                 continue
             self._spawn(self._serve_conn, "ggmk-control-conn", conn)
 
@@ -404,6 +405,34 @@ class ControlServer:
         conn = min(idle)[3]
         del self._waiting[conn]
         return conn
+
+    def _refuse_busy(self, conn) -> None:
+        """Answer ``busy`` off the accept thread (at most MAX_REFUSING at once, past that
+        without lingering): lingering there, up to 0.5 s a refusal, stalled every accept
+        behind a flood of connections until the listen queue filled and clients' connects
+        failed (EAGAIN: "no system is running")."""
+        msg = f"too many clients (at most {self.max_clients}, all of them busy with a request)"
+        with self._clients_lock:
+            spare = self._nrefusing < MAX_REFUSING
+            if spare:
+                self._nrefusing += 1
+        if not spare:
+            try:
+                conn.setblocking(False)     # a new socket's send buffer takes the line
+                conn.send(P.error(None, "busy", msg))
+            except OSError:
+                pass
+            conn.close()
+            return
+
+        def refuse():
+            try:
+                self._refuse(conn, "busy", msg)
+            finally:
+                with self._clients_lock:
+                    self._nrefusing -= 1
+                self._threads.discard(threading.current_thread())
+        self._spawn(refuse, "ggmk-control-refuse")
 
     def _refuse(self, conn, code, msg) -> None:
         try:
@@ -469,6 +498,10 @@ class ControlServer:
 
     def _read_line_waiting(self, conn, buf: bytes, used: bool, last: float):
         waiting = False
+        # when this request's first byte came: a request must end within
+        # PARTIAL_REQUEST_TIMEOUT of it (timed from the last byte, a client trickling a byte
+        # every few seconds held its slot forever, and enough of them locked out `ggmk halt`)
+        begun = last if buf.strip() else None
         while True:
             if not buf.strip() and not waiting:
                 with self._clients_lock:
@@ -496,6 +529,11 @@ class ControlServer:
                 return None, b"", True
             r, _, _ = select.select([conn], [], [], 0.2)
             now = time.monotonic()
+            if begun is not None and now - begun > PARTIAL_REQUEST_TIMEOUT:
+                self._send(conn, P.error(None, "timeout", "incomplete request (no newline "
+                                         f"within {PARTIAL_REQUEST_TIMEOUT:g}s)"))
+                self._linger(conn)
+                return None, b"", True
             if not r:
                 limit = PARTIAL_REQUEST_TIMEOUT if buf else \
                     IDLE_CONNECTION_TIMEOUT if used else FIRST_REQUEST_TIMEOUT
@@ -514,6 +552,8 @@ class ControlServer:
                 return (buf, b"", True) if buf.strip() else (None, b"", True)
             buf += data
             last = now
+            if begun is None and buf.strip():
+                begun = now
 
     def _linger(self, conn, seconds: float = 1.0, limit: int = 4 << 20) -> None:
         """Before closing on an error: stop writing and discard what the client still sends
