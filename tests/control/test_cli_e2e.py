@@ -17,6 +17,7 @@ def test_documented_sequence_end_to_end(booted, wait_until, tmp_path):
     st = os.stat(g.sock)
     assert oct(st.st_mode & 0o777) == "0o600"
     assert oct(os.stat(g.dir).st_mode & 0o777) == "0o700"
+    assert oct(os.stat(os.path.join(g.dir, "ggmk.pid")).st_mode & 0o777) == "0o600"
     # a second boot of the running system says so and fails
     r = g("boot", DEMO_APP)
     assert r.returncode == EXIT_ALREADY and "already running" in r.stderr

@@ -115,3 +115,32 @@ def test_a_flood_past_the_slots_does_not_stall_accepting(served):
     while srv._nrefusing:
         assert time.monotonic() < deadline, srv._nrefusing
         time.sleep(0.01)
+
+
+def test_a_missing_name_is_named_as_missing(booted):
+    """mod info / mod reset / chan inspect without a name: 'missing argument', not 'no module
+    None'."""
+    from ggmk.control.client import Client
+    from ggmk.control.paths import StatePaths
+    from ggmk.control.protocol import ControlError
+    with Client(StatePaths.resolve(booted.dir), timeout=10) as c:
+        for cmd in ("mod_info", "mod_reset", "chan_inspect"):
+            with pytest.raises(ControlError) as e:
+                c.call(cmd, {})
+            assert e.value.code == "bad_args" and "missing argument 'name'" in str(e.value), cmd
+
+
+def test_boot_waits_for_its_own_server_not_another_one(booted):
+    """Two `ggmk boot` at once on one state dir: the one whose server lost the race must not
+    report the winner's system as the one it booted (exit 0, the winner's pid)."""
+    import subprocess
+    import sys
+    from ggmk.cli.control_cmds import EXIT_ALREADY, _wait_booted
+    from ggmk.control.paths import StatePaths
+    paths = StatePaths.resolve(booted.dir)
+    # a server that loses: it exits "already running" shortly, while the winner answers
+    loser = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(0.5); "
+                              "sys.exit(4)"])
+    with pytest.raises(SystemExit) as e:
+        _wait_booted(loser, paths, "app.py", 0, 30)
+    assert e.value.code == EXIT_ALREADY

@@ -523,7 +523,11 @@ def _wait_booted(proc, paths, app, start: int, boot_timeout: float) -> dict:
         if paths.sock.exists():
             try:
                 with Client(paths, timeout=5) as c:
-                    return c.call("ping")
+                    info = c.call("ping")
+                # ours, not a system another `ggmk boot` started there meanwhile (ours then
+                # exits "already running", which the poll above reports)
+                if info.get("pid") == proc.pid:
+                    return info
             except Exception:   # noqa: BLE001 - not ready yet
                 pass
         if time.monotonic() > deadline:

@@ -63,7 +63,11 @@ def serve(app: str, paths: StatePaths, *, device: str = "none", workers=None, ha
         return EXIT_ALREADY
     os.set_inheritable(lock_fd, False)
     tmp = paths.pid.with_suffix(".pid.tmp")
-    tmp.write_text(f"{os.getpid()}\n")
+    # the owner's only, as the socket, lock and log are (write_text made it 0644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)               # (a stale tmp file keeps its mode through O_CREAT)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
     os.replace(tmp, paths.pid)
     server = None
     # SIGINT / SIGTERM: while the app boots they stop the boot (exit code 128 + the signal,

@@ -38,6 +38,7 @@ FIRST_REQUEST_TIMEOUT = 10.0        # seconds a new connection may take to send 
 IDLE_CONNECTION_TIMEOUT = 600.0     # seconds a connection may sit idle between requests
 EVICT_GRACE = 0.5                   # seconds idle before a connection may be closed for a new one
 KV_PUT_TIMEOUT = 10.0               # seconds `kv put` waits for the module to apply the put
+REQUIRED = object()                 # _arg's default for an argument a command cannot go without
 MAX_REFUSING = 16                   # connections answered `busy` (lingering) at once
 SEND_TIMEOUT = 10.0                 # seconds a client may take to read a response
 LOG_CAPACITY = 10_000               # log lines kept
@@ -626,7 +627,9 @@ class ControlServer:
     @staticmethod
     def _arg(args, name, kind, default=None, *, lo=None, hi=None):
         v = args.get(name, default)
-        if v is None:
+        if v is None or v is REQUIRED:
+            if default is REQUIRED:
+                raise ControlError("bad_args", f"missing argument {name!r}")
             return default
         if kind is int and (isinstance(v, bool) or not isinstance(v, int)):
             raise ControlError("bad_args", f"{name!r} must be an integer, got {v!r}")
@@ -803,7 +806,7 @@ class ControlServer:
         return {"channels": self._chans()}
 
     def cmd_chan_inspect(self, conn, rid, args):
-        name = self._arg(args, "name", str)
+        name = self._arg(args, "name", str, REQUIRED)
         rows = self._chans()
         for c in rows:
             if c.get("name") == name:
@@ -856,7 +859,7 @@ class ControlServer:
         return {"modules": [self._module_row(m) for m in self.modules]}
 
     def cmd_mod_info(self, conn, rid, args):
-        name = self._arg(args, "name", str)
+        name = self._arg(args, "name", str, REQUIRED)
         for m in self.modules:
             if m.name == name:
                 row = self._module_row(m)
@@ -889,7 +892,7 @@ class ControlServer:
                            f"{[m.name for m in self.modules]}")
 
     def cmd_mod_reset(self, conn, rid, args):
-        name = self._arg(args, "name", str)
+        name = self._arg(args, "name", str, REQUIRED)
         self._check_live()
         m = self._find_module(name)
         if not isinstance(m, ggmk.Module):
