@@ -10,6 +10,7 @@ import struct
 
 import numpy as np
 
+from ggmk.core import bigbuf
 from ggmk.errors import EmitError, GgmkError
 
 TASK_DTYPE = np.dtype(
@@ -137,6 +138,11 @@ def _aligned(n: int, alloc) -> np.ndarray:
 def empty(n: int) -> np.ndarray:
     """A zeroed, 16-byte aligned array of ``n`` task records."""
     return _aligned(n, np.zeros)
+
+
+def empty_big(n: int) -> np.ndarray:
+    """``empty(n)`` for a long-lived buffer (a ring's): its own memory map when big."""
+    return _aligned(n, bigbuf.zeros)
 
 
 _RAW = np.dtype("V48")

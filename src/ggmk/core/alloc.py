@@ -108,6 +108,7 @@ import threading
 
 import numpy as np
 
+from ggmk.core import bigbuf
 from ggmk.core.det import check_flag, check_int
 from ggmk.errors import AllocError, DoubleFree, GgmkError, InvalidPointer, UseAfterFree
 
@@ -229,7 +230,7 @@ class Arena:
             if size < MIN_SIZE:
                 raise ValueError(f"Arena size {size} is below the minimum {MIN_SIZE} bytes "
                                  f"(every block bin needs at least one {MAX_ALLOC}-byte slot)")
-            buffer = np.zeros(size + 64, dtype=np.uint8)  # +64: room to align the origin
+            buffer = bigbuf.zeros(size + 64)      # +64: room to align the origin
             usable = size
             fresh = True
         else:
@@ -289,9 +290,9 @@ class Arena:
         for k in range(NUM_CLASSES):
             offs = starts[k] + HEADER_SIZE + _STRIDE[k] * np.arange(nslots[k], dtype=np.int64)
             # LIFO hands out the tail first: store descending so both modes start at low addresses
-            self._rings.append(offs if self.debug else offs[::-1].copy())
+            self._rings.append(bigbuf.copy(offs if self.debug else offs[::-1]))
             if not fresh:
-                # a caller's memory may hold anything: mark every slot FREE. Our own np.zeros
+                # a caller's memory may hold anything: mark every slot FREE. Our own zeroed
                 # buffer is left untouched (a zero header means "never allocated"), so its pages
                 # are only faulted in when used: boot stays fast for a 64 MiB arena.
                 hdr = (offs - HEADER_SIZE) >> 3

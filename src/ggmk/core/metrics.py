@@ -32,6 +32,8 @@ import threading
 
 import numpy as np
 
+from ggmk.core import bigbuf
+
 __all__ = ["Metrics", "MetricsShard", "TypeCounter", "TYPE_COUNTERS", "NBUCKETS",
            "bucket_of", "bucket_bounds", "percentile_from_buckets"]
 
@@ -101,10 +103,10 @@ class MetricsShard:
     def __init__(self, metrics: "Metrics", worker: int):
         self._m = metrics
         self.worker = worker
-        self.types = np.zeros((len(TypeCounter), metrics.max_types), dtype=np.int64)
+        self.types = bigbuf.zeros((len(TypeCounter), metrics.max_types), np.int64)
         self.counters = np.zeros(metrics.max_names, dtype=np.int64)
         self.gauges = np.zeros(metrics.max_names, dtype=np.float64)
-        self.hist = np.zeros((metrics.max_names, NBUCKETS), dtype=np.int64)
+        self.hist = bigbuf.zeros((metrics.max_names, NBUCKETS), np.int64)
         self.hist_sum = np.zeros(metrics.max_names, dtype=np.int64)
         self.hist_max = np.zeros(metrics.max_names, dtype=np.int64)
         # the same arrays as memoryviews: an element read or add through one is plain Python

@@ -18,7 +18,8 @@ import threading
 
 import numpy as np
 
-from ggmk.task import RECORD_STRUCT as _REC, TASK_DTYPE, empty
+from ggmk.core import bigbuf
+from ggmk.task import RECORD_STRUCT as _REC, TASK_DTYPE, empty, empty_big
 
 log = logging.getLogger("ggmk")
 
@@ -42,7 +43,7 @@ class Ring:
     def __init__(self, capacity: int, name: str = ""):
         self.capacity = _pow2(capacity)
         self.mask = self.capacity - 1
-        self.buf = empty(self.capacity)
+        self.buf = empty_big(self.capacity)
         self.raw = self.buf.view(_V)      # made once: a view of a structured array costs ~1 us
         self.mv = memoryview(self.buf.view(np.uint8))    # one record in or out as bytes
         self.head = 0  # next pop position (monotonic)
@@ -189,7 +190,7 @@ class Ring:
                 return cap - depth >= min_free
             live = self._read(depth) if depth else self.buf[:0]
             self.popped -= depth
-            self.buf = empty(cap)
+            self.buf = empty_big(cap)
             self.raw = self.buf.view(_V)
             self.mv = memoryview(self.buf.view(np.uint8))
             self.buf[:depth] = live
@@ -307,7 +308,7 @@ class TimedRing(Ring):
 
     def __init__(self, capacity: int, name: str = "", clock=None):
         super().__init__(capacity, name)
-        self.stamps = np.zeros(self.capacity, dtype=np.int64)
+        self.stamps = bigbuf.zeros(self.capacity, np.int64)
         self.clock = clock
 
     def _write(self, recs: np.ndarray) -> None:
@@ -337,7 +338,7 @@ class TimedRing(Ring):
         ok = super().grow(min_free, max_capacity)
         with self.lock:
             if len(self.stamps) != self.capacity:
-                self.stamps = np.zeros(self.capacity, dtype=np.int64)
+                self.stamps = bigbuf.zeros(self.capacity, np.int64)
                 self.stamps[:depth] = stamps
         return ok
 
@@ -349,7 +350,7 @@ class CodeRing(Ring):
 
     def __init__(self, capacity: int, name: str = ""):
         super().__init__(capacity, name)
-        self.codes = np.zeros(self.capacity, dtype=np.int32)
+        self.codes = bigbuf.zeros(self.capacity, np.int32)
 
     def push_coded(self, recs: np.ndarray, codes) -> int:
         with self.lock:

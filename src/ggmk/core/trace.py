@@ -43,6 +43,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ggmk.core import bigbuf
 from ggmk.events import EVENT_LEVEL, SAMPLED_BIT, TRACE_DTYPE, EventType, Level
 from ggmk.task import FLAG_EMIT_TRACE, TASK_DTYPE
 
@@ -136,7 +137,7 @@ class _Ring:
     __slots__ = ("buf", "raw", "cap", "mask", "tail", "reserved", "head", "lost")
 
     def __init__(self, capacity: int):
-        self.buf = np.zeros(capacity, dtype=TRACE_DTYPE)
+        self.buf = bigbuf.zeros(capacity, TRACE_DTYPE)
         self.raw = self.buf.view(_RAW)
         self.cap = capacity
         self.mask = capacity - 1

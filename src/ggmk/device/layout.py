@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, asdict
 
 import numpy as np
 
+from ggmk.core import bigbuf
 from ggmk.errors import BootError
 
 W = 6                      # int64 words per task record
@@ -459,7 +460,7 @@ def images(p: Plan, init=None) -> dict:
     """Initial contents of every region (host NumPy arrays); ``init(p, images)`` (the target's
     ``init_images``) sets the target's own words."""
     sizes = p.sizes()
-    im = {name: np.zeros(sizes[name], np.int64) for name, _ in REGIONS}
+    im = {name: bigbuf.zeros(sizes[name], np.int64) for name, _ in REGIONS}
     for _, base, cap in p.queues:
         im["qseq"][base:base + cap] = np.arange(cap, dtype=np.int64)
     for qi, (_, base, cap) in enumerate(p.queues):
@@ -486,8 +487,8 @@ def allocate(p: Plan, dev_alloc, map_alloc, arena_alloc, init=None) -> tuple:
     offs = offsets(p)
     im = images(p, init)
     _, ndev, nmap = offs["_total"]
-    dev = np.zeros(ndev, np.int64)
-    mp = np.zeros(nmap, np.int64)
+    dev = bigbuf.zeros(ndev, np.int64)     # MiBs: freed, they go back to the OS at once
+    mp = bigbuf.zeros(nmap, np.int64)
     for name, kind in REGIONS:
         _, o, n = offs[name]
         (dev if kind == "dev" else mp)[o:o + n] = im[name]

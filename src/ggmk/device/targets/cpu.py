@@ -33,6 +33,7 @@ from numba.core import cgutils
 from numba.core.registry import CPUDispatcher
 from numba.extending import intrinsic
 
+from ggmk.core import bigbuf
 from ggmk.device import layout
 from ggmk.device.targets import ModuleSession, read_source
 
@@ -409,14 +410,14 @@ def handler_fn(fn, noinline=False):
 
 
 def alloc_dev(image: np.ndarray) -> np.ndarray:
-    return image.copy()
+    return bigbuf.copy(image)
 
 
 alloc_map = alloc_dev
 
 
 def alloc_arena(nbytes: int) -> np.ndarray:
-    return np.zeros(nbytes, np.uint8)
+    return bigbuf.zeros(nbytes)
 
 
 def host_view(arr) -> np.ndarray:

@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from ggmk.core import bigbuf
 from ggmk.device.targets import ModuleSession, override_source, read_source
 
 NAME = "sim"
@@ -85,14 +86,14 @@ def _fake(ary):
 
 
 def alloc_dev(image):
-    return _fake(image.copy())
+    return _fake(bigbuf.copy(image))
 
 
 alloc_map = alloc_dev
 
 
 def alloc_arena(nbytes):
-    return _fake(np.zeros(nbytes, np.uint8))
+    return _fake(bigbuf.zeros(nbytes))
 
 
 def host_view(arr):
