@@ -12,7 +12,8 @@ or a wait is placed again, counted again), so per type
 is what was queued or running when it stopped (exact once the kernel stopped; the last
 publication if it was killed). Retried tasks waiting on the device's event queue are not in a
 type's count until they fire: they are counted globally (``events_pushed - events_fired -
-events_dropped``) and named with type 0. Bridge types are left to the bridge; copies on a
+events_dropped``); their records (type, meta words) are read by ``pending_events`` where
+this process can read the kernel's device words, else they are named with type 0. Bridge types are left to the bridge; copies on a
 CPU -> GPU channel's device side the bridge already names (``chan_depth``) are taken off their
 subscriber type's count, so no message is named twice.
 
@@ -52,6 +53,48 @@ def unfinished_tasks(kernel, bridged_channels=()) -> dict[int, int]:
     if events > 0:
         out[0] = events
     return out
+
+
+def pending_events(kernel) -> np.ndarray | None:
+    """The records on a stopped ``kernel``'s event queue (``emit_at`` timers and RETRY backoffs
+    not yet due: the heap, then the inbox not yet moved into it), as the kernel holds them:
+    their own type and meta words, so an armed timer's tick or a reduce's timeout check is
+    named, not counted as type 0. None when this process cannot read the kernel's device
+    words (a kernel in a device process: its device memory is the child's) and no one handed
+    them over as ``kernel.held_events`` (the device process, at stop)."""
+    held = getattr(kernel, "held_events", None)
+    if isinstance(held, np.ndarray):
+        return held
+    dev = _dev_words(kernel)
+    if dev is None:
+        return None
+    offs = layout.offsets(kernel.plan)
+    W = layout.W
+
+    def region(name):
+        return dev[offs[name][1]:offs[name][1] + offs[name][2]]
+    n = int(region("glob")[layout.G_EV_SIZE])
+    heap = region("evr")[:max(0, n) * W]
+    qi = [q[0] for q in kernel.plan.queues].index("evinbox")
+    _, base, cap = kernel.plan.queues[qi]
+    qc = region("qc")[qi * layout.QCS:]
+    head, tail = int(qc[layout.QC_HEAD]), int(qc[layout.QC_TAIL])
+    slots = base + ((head + np.arange(max(0, min(tail - head, cap)), dtype=np.int64))
+                    & (cap - 1))
+    inbox = region("q").reshape(-1, W)[slots].reshape(-1)
+    return np.concatenate([heap, inbox]).astype(np.int64).view(T.TASK_DTYPE).copy()
+
+
+def _dev_words(kernel):
+    """``kernel``'s device words readable here (NumPy), or None."""
+    arrays = getattr(kernel, "_arrays", None)
+    dev = arrays[0] if arrays is not None else None
+    if dev is None or isinstance(dev, np.ndarray):
+        return dev
+    try:
+        return dev.copy_to_host()          # (cuda: the device memory is kept with the kernel)
+    except Exception:   # noqa: BLE001 - unreadable: counted as type 0 instead
+        return None
 
 
 def _sub_depth(kernel, name: str, type_id: int) -> int:

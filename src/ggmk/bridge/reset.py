@@ -217,8 +217,11 @@ class ResetAccounting:
         """``reset_device``'s last part: the old GPU kernel's own unfinished tasks (given with
         ``push_device``, emitted by its handlers, on device-only channels: nothing the bridge
         names) go to sys.error with ``code``, one record of its type per task (contents died
-        with the kernel; type 0: a task on its event queue), counted in ``acct["lost"]`` and
-        ``acct["device_tasks"]`` ({type: n}). See ``device_tasks.unfinished_tasks``. Records
+        with the kernel), counted in ``acct["lost"]`` and
+        ``acct["device_tasks"]`` ({type: n}). See ``device_tasks.unfinished_tasks``. A task on
+        its event queue (an ``emit_at`` timer, a RETRY backoff) is named as the kernel holds it
+        (``device_tasks.pending_events``: type, meta0, meta1) where this process can read the
+        kernel's device words; where not (a device process) it is one record of type 0. Records
         still on the host -> device ring (pushed while GPU worker 0, the one that takes them
         in, was stuck) are named as they are (``device_tasks.host_ring_left``). Once per
         kernel: a reset tried again after a failed reboot, or a halt after it, finds the same
@@ -232,9 +235,31 @@ class ResetAccounting:
         except Exception as e:   # noqa: BLE001 - its pages may be unreadable: say so
             self.errors.append(f"bridge: counting the GPU kernel's unfinished tasks: {e!r}")
             left = {}
+        ev = None
+        if left.get(0):
+            try:
+                ev = device_tasks.pending_events(kernel)
+            except Exception as e:   # noqa: BLE001 - see above
+                self.errors.append(f"bridge: reading the GPU kernel's event queue: {e!r}")
+        if ev is not None and len(ev):
+            # the pending events as the kernel held them, with their type and meta words (an
+            # armed timer's tick, a reduce's timeout check); any rest stays counted as type 0
+            ev = ev[:left[0]]
+            ev["channel"] = 0
+            ev["flags"] &= CLEAR_FLAGS
+            ev["payload_ptr"] = 0          # (the device arena is gone: no payload to name)
+            ev["payload_len"] = 0
+            self._to_sys_error(ev, code)
+            acct["lost"] += len(ev)
+            left[0] -= len(ev)
         for t, n in sorted(left.items()):
-            self._to_sys_error(T.make(n, type=t), code)
-            acct["lost"] += n
+            if n > 0:
+                self._to_sys_error(T.make(n, type=t), code)
+                acct["lost"] += n
+        left = {t: n for t, n in left.items() if n > 0}
+        if ev is not None:
+            for t, n in zip(*np.unique(ev["type"], return_counts=True)):
+                left[int(t)] = left.get(int(t), 0) + int(n)
         try:
             ring = device_tasks.host_ring_left(kernel)
         except Exception as e:   # noqa: BLE001 - see above
