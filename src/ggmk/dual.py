@@ -65,7 +65,9 @@ from ggmk.bridge.options import check_options as check_bridge_options
 from ggmk.bridge.pump import Bridge, BridgeError
 from ggmk.bridge.process import ProcessTransport
 from ggmk.bridge.transport import InProcessTransport
+from ggmk.core.det import check_flag, check_int
 from ggmk.core.kernel import System, halt_once
+from ggmk.device.targets import NAMES as TARGETS
 from ggmk.core.module import Module as CpuModule
 from ggmk.errors import BootError, DeviceError, KernelStopped
 from ggmk.typereg import TypeRegistry
@@ -147,6 +149,16 @@ class DualSystem:
                             "kernel in a child process that can be reset), False (in this "
                             "process) or None (a child process when the device modules can "
                             "be sent to one)")
+        if transport_wrap is not None and not callable(transport_wrap):
+            # (called only once the GPU kernel ran: a raw "'int' object is not callable")
+            raise BootError(f"boot: transport_wrap={transport_wrap!r:.80}: allowed None or a "
+                            "callable taking the bridge's transport and returning the one to "
+                            "use")
+        if not isinstance(device, str) or device not in ("auto",) + TARGETS:
+            raise BootError(f"boot: device={device!r:.80}: allowed 'auto', "
+                            + ", ".join(repr(t) for t in TARGETS)
+                            + " or None (the CPU kernel alone)")
+        dcfg = _device_config(device_config)
         self._process_note = ""
         self.process = None
         self.watchdog = None
@@ -191,13 +203,14 @@ class DualSystem:
         # 0. the declarations of both kernels, checked together before anything boots
         self.plan = plan_bridge(cpu_mods, gpu_mods, reg, types_given=types_given)
         self._step("check", t0, f"{len(self.plan)} bridge channel(s)")
-        # a CPU-side producer declaration for every GPU -> CPU channel (mode, guarantee)
+        # a CPU-side producer declaration for every GPU -> CPU channel (mode, guarantee), and
+        # the CPU channel of a CPU -> GPU one no CPU module declares (the host publishes on it)
         extra = []
-        g2c = [b for b in self.plan if b.direction == "g2c"]
-        if g2c:
+        decl = [b for b in self.plan if b.direction == "g2c" or b.host]
+        if decl:
             bm = CpuModule("bridge", version="0.1.0")
-            for b in g2c:
-                opts = {"capacity": max(4096, b.capacity)}
+            for b in decl:
+                opts = {"capacity": max(4096, b.capacity)} if b.direction == "g2c" else {}
                 bm.produces(b.name, b.type_id, mode=b.mode, guarantee=b.guarantee, **opts)
             extra.append(bm)
         # 1. the CPU kernel
@@ -215,7 +228,6 @@ class DualSystem:
                        f"{[d.get('name') for d in self.device_info.get('devices', [])]}")
             # 3. the GPU kernel (user modules + the bridge's device module)
             inbound, outbound = device_spec(self.plan, bopts.get("window"))
-            dcfg = _options("device_config", device_config)
             if not self.cpu.tracer.enabled:
                 # tracing stripped (trace=False, GGMK_TRACE=0): from the GPU kernel too, at
                 # build time (DeviceConfig.trace: no trace code compiled in)
@@ -834,6 +846,27 @@ def _options(name: str, value) -> dict:
         # (named here: sorting mixed names for the unknown-option message raised a TypeError)
         raise BootError(f"boot: {name}={{...}}: option names must be strings, got {bad[0]!r}")
     return dict(value)
+
+
+def _device_config(value) -> dict:
+    """``device_config=``: names and value types checked before anything boots (the GPU
+    kernel checked them only after the CPU kernel booted, and ``blocks="2"`` was a raw
+    TypeError there); the ranges stay the GPU kernel's (``DeviceConfig.validate``, after the
+    target's own rules: cuda's ``blocks=0`` is one per SM)."""
+    from ggmk.device.layout import DeviceConfig
+    dcfg = _options("device_config", value)
+    fields = DeviceConfig.__dataclass_fields__
+    known = sorted(fields) + ["threads", "workers"]       # (DeviceKernel's own keywords)
+    unknown = sorted(set(dcfg) - set(known))
+    if unknown:
+        raise BootError(f"boot: unknown device_config options {unknown}; known: {known}")
+    for k, v in dcfg.items():
+        name = f"boot: device_config={{...}}: {k}"
+        if k in fields and isinstance(fields[k].default, bool):
+            check_flag(name, v, err=BootError)
+        else:
+            check_int(name, v, 0, err=BootError)
+    return dcfg
 
 
 def _check_timeout(what: str, value, *, none_ok: bool, name: str = "timeout") -> None:

@@ -5,7 +5,10 @@ declarations of each one consistent?
 kernel: CPU producers (``Module.produces``), CPU consumers (``consumes`` / ``handler(...,
 consumes=)``), GPU producers (``ggmk.device.Module.channel``) and GPU consumers (device
 ``handler(..., consumes=)``). A channel whose producer lives on one kernel and which has a
-consumer on the other is a **bridge channel**; it is declared exactly like a local one.
+consumer on the other is a **bridge channel**; it is declared exactly like a local one. A
+device channel no other module declares is the host's, as a CPU kernel's is: consumed only on
+the GPU, it is a CPU -> GPU bridge channel the host publishes on (``system.channel(name)``, the
+consumer's type); produced only there, a GPU -> CPU one the host may subscribe to.
 
 Every conflict is a boot error naming both modules, their kernels, the channel and the types:
 a producer and a consumer on different kernels with different message types, producers on
@@ -94,6 +97,8 @@ class BridgeChannel:
     producer: End
     consumers: list
     deterministic: bool = False
+    # no CPU module declares it: the dual boot opens its CPU channel for the host
+    host: bool = False
 
     @property
     def lossless(self) -> bool:
@@ -173,23 +178,35 @@ def plan(cpu_modules, gpu_modules, types=None, *, types_given: bool = False) -> 
                             f"{a.module!r} and GPU module {b.module!r} (a channel's producer "
                             "lives on one kernel)")
             continue
+        # a device channel no other module declares is the host's, as a CPU kernel's is
+        # (a standard module goes on either kernel): consumed only on the GPU, the host
+        # publishes on it; produced only there, the host subscribes to it
+        host = False
         if pk:
             pkern = pk.pop()
+            host = pkern == GPU and not cons
         elif CPU in ck and GPU in ck:
             pkern = CPU                     # published by the host into the CPU channel
+        elif ck == {GPU}:
+            pkern, host = CPU, True
         else:
             continue
         far = [e for e in cons if e.kernel != pkern]
-        mixed_kernels = bool(far)
         # producer spec (mode, guarantee, capacity, type)
         if prods:
             p = prods[0]
-        else:
+        elif CPU in ck:
             c0 = next(e for e in cons if e.kernel == CPU)
             p = End(CPU, c0.module, c0.type, "consumes", c0.mode, c0.guarantee, {})
+        else:
+            # the type the GPU consumers expect (``message=``), else the handler's own
+            # type, as a CPU consumer's channel carries its handler's type by default
+            c0 = cons[0]
+            t = next((e.type for e in cons if e.type is not None), c0.options["handler_type"])
+            p = End(GPU, c0.module, t, "consumes", None, None, {})
         mode = p.mode or "p2p"
         guarantee = p.guarantee or "lossless"
-        if not mixed_kernels:
+        if not far and not host:
             continue
         # types: every end's declared type must be the producer's
         pt = _resolve(types, p.type)
@@ -261,7 +278,7 @@ def plan(cpu_modules, gpu_modules, types=None, *, types_given: bool = False) -> 
         out.append(BridgeChannel(len(out), name, "c2g" if pkern == CPU else "g2c",
                                  tid if tid is not None else -1, tname or f"TYPE_{tid}",
                                  mode, guarantee, cap, p,
-                                 list(cons), det))
+                                 list(cons), det, host))
     if problems:
         e = BootError("boot: cross-kernel channel wiring failed:\n  " + "\n  ".join(problems))
         e.problems = problems

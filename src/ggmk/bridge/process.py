@@ -58,11 +58,13 @@ import multiprocessing.connection
 import os
 import pickle
 import platform
+import signal
 import sys
 import threading
 import time
 import traceback
 import weakref
+from pathlib import Path
 
 import numpy as np
 
@@ -358,6 +360,41 @@ _SPAWN_HINT = ("a script that boots a device process must boot it under "
                "which imports the main script again)")
 
 
+def _main_unguarded() -> bool:
+    """The main script (which a spawn child imports again) has no ``__name__ == "__main__"``
+    test anywhere; False when there is no script (-c, interactive) or it cannot be read."""
+    import ast
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except Exception:   # noqa: BLE001 - no script, or not readable: nothing to say
+        return False
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Compare):
+            ops = [n.left, *n.comparators]
+            if any(isinstance(o, ast.Name) and o.id == "__name__" for o in ops) and any(
+                    isinstance(o, ast.Constant) and o.value == "__main__" for o in ops):
+                return False
+    return True
+
+
+def _died_in_boot(code) -> str:
+    """Why a device process that ended before reporting did so, as far as the parent can
+    tell: its exit code or signal, and the spawn hint only for a script without a guard (a
+    guarded one got it even when the child was killed)."""
+    how = f"exit code {code}"
+    why = "its traceback, if it wrote one, is on this process's stderr (the child shares it)"
+    if code is not None and code < 0:
+        try:
+            how = f"killed by signal {signal.Signals(-code).name} ({-code})"
+        except ValueError:
+            how = f"killed by signal {-code}"
+        why += "; the signal came from outside it (a kill, the out-of-memory killer)"
+    if _main_unguarded():
+        why = _SPAWN_HINT
+    return f"the device process exited during boot ({how}) without a report; {why}"
+
+
 def _rebuild(path: str, factory: str, kwargs: dict):
     """In the child: call the factory that made a module again (see :class:`_Rebuild`)."""
     import importlib
@@ -494,8 +531,12 @@ class DeviceProcess:
             try:
                 self.proc.start()
             except Exception as e:  # noqa: BLE001 - any spawn failure is a boot failure
+                # (the hint only where it can apply: multiprocessing refuses a spawn child
+                # that imports the main script again with a RuntimeError; an OSError, out
+                # of processes or memory, has nothing to do with the guard)
+                hint = f"; {_SPAWN_HINT}" if isinstance(e, RuntimeError) else ""
                 raise DeviceError(f"device process ({self.target_name}) could not be started: "
-                                  f"{e}; {_SPAWN_HINT}") from e
+                                  f"{e}{hint}") from e
             child.close()
             msg = self._await_boot()
             if msg[0] != "started":
@@ -533,8 +574,7 @@ class DeviceProcess:
                         return self.conn.recv()
                     except (EOFError, OSError):
                         pass
-                return ("error", f"the device process exited during boot (exit code "
-                                 f"{self.proc.exitcode}) without a report; {_SPAWN_HINT}")
+                return ("error", _died_in_boot(self.proc.exitcode))
             if time.monotonic() > t_end:
                 return ("error", f"boot timed out after {self.boot_timeout} s")
 
