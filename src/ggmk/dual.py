@@ -53,11 +53,13 @@ import hashlib
 import logging
 import threading
 import time
+import weakref
 
 import numpy as np
 
 from ggmk import task as T
 from ggmk.bridge import device_side as ds
+from ggmk.bridge import device_tasks
 from ggmk.bridge.fences import Fences
 from ggmk.bridge.gpu_drv import open_driver
 from ggmk.bridge.plan import device_spec, ingress_room, plan as plan_bridge
@@ -237,6 +239,10 @@ class DualSystem:
             # what push_device may send: a type some handler of either kernel takes
             self._device_types = {reg.id(h.type) if isinstance(h.type, str) else int(h.type)
                                   for m in gpu_mods for h in m.handlers}
+            # what submit sends to the GPU kernel: a type no CPU handler takes
+            self._gpu_only = frozenset(t for t in self._device_types
+                                       if t >= len(self.cpu.handler_of)
+                                       or self.cpu.handler_of[t] is None)
             if device_process:
                 self.process = self._boot_process()
                 self.kernel = self.process.kernel
@@ -327,12 +333,48 @@ class DualSystem:
         if self.halted:
             raise KernelStopped("the system is halted; boot a new one")
 
-    def submit(self, type, *a, **kw) -> int:
+    def submit(self, type, meta0=0, meta1=0, **kw) -> int:
+        """Submit tasks of ``type`` (``System.submit``'s arguments); returns how many were
+        accepted. A type only a GPU handler takes goes to the GPU kernel (``push_device``):
+        this is one system, and a user submitting a type expects its handler to run wherever
+        it is (the CPU kernel alone had no handler: UNKNOWN_TYPE on sys.error). Accounting as
+        ``push_device``: the count that fitted on the host -> device ring (a full ring takes
+        fewer, nothing of the rest is queued or dead-lettered: submit it again); ``payload=``
+        and ``due=`` cannot travel that way (ValueError, nothing submitted)."""
         self._check()
-        return self.cpu.submit(type, *a, **kw)
+        if self._gpu_only:
+            tid = self.cpu.type_id(type, where="submit")
+            if tid in self._gpu_only:
+                return self._submit_device(tid, meta0, meta1, **kw)
+        return self.cpu.submit(type, meta0, meta1, **kw)
+
+    def _submit_device(self, tid: int, meta0, meta1, *, payload=None, priority: int = 0,
+                       tenant: int = 0, deterministic: bool = False, trace: bool = False,
+                       due: int | None = None, count: int | None = None) -> int:
+        for name, v in (("payload", payload), ("due", due)):
+            if v is not None:
+                raise ValueError(f"submit: {name}={v!r:.40}: type {tid} "
+                                 f"({self.cpu.types.name(tid)}) is taken only by a GPU handler "
+                                 f"and goes to the GPU kernel (push_device), which takes no "
+                                 f"{name} from the host; allowed None")
+        flags = (T.FLAG_DETERMINISTIC if check_flag("deterministic", deterministic) else 0) | \
+            (T.FLAG_EMIT_TRACE if check_flag("trace", trace) else 0)
+        n = T.check_count(count, meta0, meta1)
+        return self.push_device(T.make(n, type=tid, flags=flags, priority=priority,
+                                       tenant=tenant, meta0=meta0, meta1=meta1))
 
     def submit_batch(self, recs, **kw) -> int:
+        """``System.submit_batch``; records of a type only a GPU handler takes are refused
+        (ValueError, nothing submitted): ``push_device(records)`` sends them (a batch is not
+        split between the kernels behind the caller's back)."""
         self._check()
+        if self._gpu_only and isinstance(recs, np.ndarray) and recs.dtype == T.TASK_DTYPE:
+            gpu = np.isin(recs["type"], list(self._gpu_only))
+            if gpu.any():
+                t = int(recs["type"][gpu][0])
+                raise ValueError(f"submit_batch: type {t} ({self.cpu.types.name(t)}) is taken "
+                                 f"only by a GPU handler: push_device(records) sends it to the "
+                                 f"GPU kernel; nothing was submitted")
         return self.cpu.submit_batch(recs, **kw)
 
     def channel(self, name):
@@ -483,6 +525,7 @@ class DualSystem:
         self._fold_gpu_metrics(self.kernel)     # (after a stop: its final counts)
         old.kill()                          # a stuck kernel cannot stop: SIGKILL
         acct = b.reset_device(T.BRIDGE_RESET)
+        acct["device_held"] = self._drop_held(self.kernel, T.BRIDGE_RESET)
         self.resets["resets"] += 1
         self.resets["last_reason"] = reason
         self.resets["lost_in_reset"] += acct["lost"]
@@ -695,7 +738,9 @@ class DualSystem:
         kernel had not finished when it stopped), ``device_halted`` (the messages and tasks
         inside the stopped GPU kernel, each named on sys.error with HALTED) and
         ``device_tasks`` (of those, the GPU kernel's own tasks per type: see
-        ``Bridge._lost_tasks_on_device``). A second call, from any
+        ``Bridge._lost_tasks_on_device``) and ``device_held`` (state the GPU kernel's modules
+        held in its user words, on sys.dropped with CHAN_CLOSED: see :meth:`_drop_held`). A
+        second call, from any
         thread, waits for the first and returns its accounting."""
         _check_timeout("halt", timeout, none_ok=False)
         return halt_once(self, self.cpu.on_worker_thread(), lambda: self._halt(timeout))
@@ -729,6 +774,7 @@ class DualSystem:
             acct = b.reset_device(T.HALTED, reset=False)
             rep_dev = {"unfinished": unfinished, "named": acct["lost"],
                        "tasks": acct["device_tasks"]}
+        held = self._drop_held(self.kernel, T.CHAN_CLOSED)
         unfinished = rep_dev["unfinished"]
         left = b.drain_leftovers(T.HALTED)
         rep = dict(self.cpu.halt(timeout=max(0.0, t_end - time.monotonic())))
@@ -737,6 +783,7 @@ class DualSystem:
         rep["device_unfinished"] = unfinished
         rep["device_halted"] = rep_dev["named"]
         rep["device_tasks"] = rep_dev["tasks"]
+        rep["device_held"] = held
         if self.process is not None:
             rep["device_killed"] = rep_dev["killed"]
         self.halt_report = rep
@@ -757,6 +804,49 @@ class DualSystem:
                 self._last_gpu, self._last_gpu_kernel = self.kernel.metrics(), self.kernel
             except Exception:   # noqa: BLE001 - unreadable: keep what was kept
                 pass
+
+    _held_named = None                 # weakref: the GPU kernel whose held state was named
+
+    def _drop_held(self, kernel, code: int) -> int:
+        """State the stopped GPU kernel's modules held in its user words (a device reduce's
+        open groups: partials folded there, no task left to name them) goes to sys.dropped
+        with ``code`` (CHAN_CLOSED at halt, as the CPU modules' halt reports theirs;
+        BRIDGE_RESET at a reset): a device module may define a host-side hook
+        ``m.halt_records(words) -> records`` (``words``: the kernel's user words, read-only,
+        read after it stopped: in a device process handed back with its stop reply). A kernel
+        killed instead (hung) cannot be read: said in the bridge's errors. Once per kernel
+        (a halt after a failed reset finds the same one). Returns how many records."""
+        mods = [m for m in self._dev_spec["modules"]
+                if callable(getattr(m, "halt_records", None))]
+        if not mods or kernel is None or \
+                (self._held_named is not None and self._held_named() is kernel):
+            return 0
+        self._held_named = weakref.ref(kernel)
+        names = [m.name for m in mods]
+        try:
+            words = device_tasks.user_words(kernel)
+        except Exception as e:   # noqa: BLE001 - its pages may be unreadable: say so
+            words = None
+            self.bridge.errors.append(f"reading the GPU kernel's user words: {e!r}")
+        if words is None:
+            self.bridge.errors.append(f"device modules {names}: the state they held in the GPU "
+                                      "kernel's user words is not named (the kernel was "
+                                      "killed, not stopped)")
+            return 0
+        words.setflags(write=False)
+        n = 0
+        for m in mods:
+            try:
+                recs = m.halt_records(words)
+            except Exception as e:   # noqa: BLE001 - a user's hook: reported, halt goes on
+                self.bridge.errors.append(f"device module {m.name!r}: halt_records: {e!r}")
+                continue
+            if recs is not None and len(recs):
+                recs = T.copy(recs)
+                recs["payload_ptr"] = 0      # (the device arena's: not the CPU's to release)
+                recs["payload_len"] = 0
+                n += self.cpu.dead_letter(recs, code, which="sys.dropped")
+        return n
 
     def _halt_process(self, b) -> dict:
         """Stop the device process (a kernel that does not stop within a few seconds is stuck:

@@ -13,7 +13,8 @@ is what was queued or running when it stopped (exact once the kernel stopped; th
 publication if it was killed). Retried tasks waiting on the device's event queue are not in a
 type's count until they fire: they are counted globally (``events_pushed - events_fired -
 events_dropped``); their records (type, meta words) are read by ``pending_events`` where
-this process can read the kernel's device words, else they are named with type 0. Bridge types are left to the bridge; copies on a
+this process can read the kernel's device words or a device process handed them back at a
+normal stop; a kernel killed unread (hung) leaves them named with type 0. Bridge types are left to the bridge; copies on a
 CPU -> GPU channel's device side the bridge already names (``chan_depth``) are taken off their
 subscriber type's count, so no message is named twice.
 
@@ -83,6 +84,20 @@ def pending_events(kernel) -> np.ndarray | None:
                     & (cap - 1))
     inbox = region("q").reshape(-1, W)[slots].reshape(-1)
     return np.concatenate([heap, inbox]).astype(np.int64).view(T.TASK_DTYPE).copy()
+
+
+def user_words(kernel) -> np.ndarray | None:
+    """A copy of a stopped ``kernel``'s user words (``g.user_get``: ``layout.USER_WORDS``
+    int64), for the device modules' ``halt_records`` hooks; the device process's hand-back
+    (``kernel.held_user_words``) where this process cannot read them, else None."""
+    held = getattr(kernel, "held_user_words", None)
+    if isinstance(held, np.ndarray):
+        return held
+    dev = _dev_words(kernel)
+    if dev is None:
+        return None
+    _, o, n = layout.offsets(kernel.plan)["user"]
+    return np.array(dev[o:o + n], dtype=np.int64)
 
 
 def _dev_words(kernel):

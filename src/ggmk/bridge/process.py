@@ -320,12 +320,17 @@ def _child_main(conn, spec: dict) -> None:
             except (EOFError, OSError):
                 parent_gone()
             if cmd[0] == "stop":
-                err = None
+                err = held = None
                 try:
                     kernel.stop(timeout=cmd[1])
                 except BaseException:   # noqa: BLE001
                     err = traceback.format_exc()
-                conn.send(("stopped", err))
+                else:
+                    try:
+                        held = _held(kernel, mods)
+                    except Exception:   # noqa: BLE001 - unread: the parent counts type 0
+                        held = None
+                conn.send(("stopped", err, held))
                 break
             if cmd[0] == "ping":
                 conn.send(("pong", kernel.alive()))
@@ -335,6 +340,17 @@ def _child_main(conn, spec: dict) -> None:
             conn.close()
         finally:
             os._exit(rc)        # stuck kernel threads (nogil machine code) must not hold exit
+
+
+def _held(kernel, mods) -> dict:
+    """What the stopped kernel holds in its device words, which die with this process: the
+    records on its event queue (``device_tasks.pending_events``) and, when a module has a
+    host-side ``halt_records`` hook, the user words it reads (``device_tasks.user_words``).
+    The parent sets them on its view (``held_events``, ``held_user_words``)."""
+    from ggmk.bridge import device_tasks
+    need = any(callable(getattr(m, "halt_records", None)) for m in mods)
+    return {"events": device_tasks.pending_events(kernel),
+            "user": device_tasks.user_words(kernel) if need else None}
 
 
 # ------------------------------------------------------------------------------ the parent
@@ -637,6 +653,12 @@ class DeviceProcess:
                         msg = self.conn.recv()
                         if msg[0] == "stopped":
                             err = msg[1]
+                            # (a kernel killed instead, stuck, hands nothing back: its
+                            # events stay counted as type 0)
+                            held = msg[2] if len(msg) > 2 else None
+                            if held:
+                                self.kernel.held_events = held["events"]
+                                self.kernel.held_user_words = held["user"]
                             break
             except (EOFError, OSError, BrokenPipeError):
                 pass

@@ -221,7 +221,9 @@ class ResetAccounting:
         ``acct["device_tasks"]`` ({type: n}). See ``device_tasks.unfinished_tasks``. A task on
         its event queue (an ``emit_at`` timer, a RETRY backoff) is named as the kernel holds it
         (``device_tasks.pending_events``: type, meta0, meta1) where this process can read the
-        kernel's device words; where not (a device process) it is one record of type 0. Records
+        kernel's device words or a device process handed them back with its stop reply (a halt,
+        a requested reset); a kernel killed instead (hung: its device memory died unread)
+        leaves one record of type 0 per event. Records
         still on the host -> device ring (pushed while GPU worker 0, the one that takes them
         in, was stuck) are named as they are (``device_tasks.host_ring_left``). Once per
         kernel: a reset tried again after a failed reboot, or a halt after it, finds the same

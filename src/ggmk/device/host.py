@@ -101,6 +101,7 @@ class DeviceKernel:
             # CPU kernel's tracer, ggmk.core.trace.ENABLED) and this kernel too
             base["trace"] = cpu_trace.ENABLED
         base.update(config)
+        base.update(layout.check_sizes(base))     # (before the target's rules compute with them)
         # the target's own rules (cuda: blocks=0 is one per SM; cpu: its host threads)
         option(self.target, "resolve_config")(base, frozenset(config))
         self.config = layout.DeviceConfig(**base).validate()

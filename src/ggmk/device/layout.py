@@ -19,11 +19,12 @@ The state travels through the kernel as one tuple ``S``; ``S[SQ]`` is the queue 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, fields, asdict
 
 import numpy as np
 
 from ggmk.core import bigbuf
+from ggmk.core.det import check_int
 from ggmk.errors import BootError
 
 W = 6                      # int64 words per task record
@@ -241,6 +242,17 @@ def _pow2(n: int, what: str) -> int:
     return n
 
 
+def check_sizes(cfg: dict) -> dict:
+    """The int fields of ``DeviceConfig`` in ``cfg`` (keyword arguments) as plain ints >= 0:
+    BootError naming the field and the value otherwise (a string or a float was a raw
+    TypeError in the range checks; a bool is refused, not taken for 0 or 1). Returns
+    {name: int}; ``max_retries`` is ``validate``'s own check."""
+    ints = [f.name for f in fields(DeviceConfig)
+            if f.type in (int, "int") and f.name != "max_retries" and f.name in cfg]
+    return {name: check_int(f"device config: {name}", cfg[name], 0, err=BootError)
+            for name in ints}
+
+
 @dataclass
 class DeviceConfig:
     """Sizes of the device kernel. Every field becomes a compile-time constant.
@@ -289,6 +301,8 @@ class DeviceConfig:
                             f"0..{MAX_RETRIES_LIMIT} (retries of a task before it fails with "
                             f"RETRY_EXHAUSTED; its retry counter is a u16)")
         self.max_retries = int(mr)      # a compile-time constant: a plain int
+        for name, v in check_sizes(asdict(self)).items():
+            setattr(self, name, v)
         if self.blocks < 1:
             raise BootError(f"device config: blocks={self.blocks} (workers: one per block) "
                             f"must be >= 1")

@@ -403,11 +403,13 @@ def device_module(n: int, op: str = "sum", *, dtype: str = "u64", timeout: int |
     Python objects, no calls the compiler cannot see), and f64 (folding on arrival is not in
     sequence order, so float sums would differ run to run); integer sum (wrapping), min and
     max of u64 or i64 words are order-free, so the result is deterministic anyway. Group ids
-    are 0..2**62-1 (``REDUCE_BAD_GROUP`` otherwise: the top bits tag retried outputs). No
-    report of a group still open at halt: its partials are folded into user words, which the
-    host does not read at halt (the CPU version puts it on sys.dropped as ``REDUCE_MISSING``,
-    meta1 = partials received); with ``timeout=``, its pending check is counted on sys.error
-    with ``HALTED`` as a device task, without its group.
+    are 0..2**62-1 (``REDUCE_BAD_GROUP`` otherwise: the top bits tag retried outputs). A
+    group still open at a dual system's halt is reported as the CPU version does, on
+    sys.dropped with ``CHAN_CLOSED`` as ``REDUCE_MISSING`` (meta0 = group, meta1 = partials
+    received): its partials are folded into user words, which the host hook
+    ``m.halt_records(words)`` reads from the stopped kernel (a kernel killed because it hung
+    cannot be read: the bridge's errors say so); with ``timeout=``, its pending check is on
+    sys.error with ``HALTED`` (REDUCE_CHECK, meta0 = group, meta1 = round).
 
     Example::
 
@@ -559,6 +561,16 @@ def device_module(n: int, op: str = "sum", *, dtype: str = "u64", timeout: int |
                 return WAITC                          # still full: come back, meta kept
             return 0
 
+    def halt_records(words):
+        """Host side, at halt (``DualSystem``): each group still open in the stopped kernel's
+        user ``words`` as the CPU version reports it, a REDUCE_MISSING record (meta0 = group,
+        meta1 = partials received) for sys.dropped."""
+        tab = np.asarray(words[T0:T0 + 6 * G], np.int64).reshape(G, 6)
+        live = tab[:, 0] == 1
+        return T.make(int(live.sum()), type=MISS, meta0=tab[live, 1].astype(np.uint64),
+                      meta1=tab[live, 2].astype(np.uint64))
+
+    m.halt_records = halt_records
     m.reduce_layout = {"lock": LOCK, "table": T0, "groups": G}
     m._ggmk_rebuild = (__name__, "device_module", made)
     return m
