@@ -920,13 +920,19 @@ class Channel(ReplayMixin):
     def _batch_done1(self, sub: Subscriber, seq: int) -> None:
         """``_batch_done`` for one record of this channel with channel seq ``seq`` (as the
         record carries it: its low 32 bits)."""
-        if not sub.b_lo <= self.unwrap(seq) <= sub.b_hi:
+        top = self.seq                  # (unwrap's int case, inline: once per round trip)
+        if not sub.b_lo <= top - ((top - seq) & _M32) <= sub.b_hi:
             return                      # not of the batch in flight
         with sub.busy_lock:
             left = sub.busy - 1
             sub.busy = left if left > 0 else 0
         if left <= 0:
-            self._drain_ordered(sub, wake=False)      # (see _batch_done)
+            r = sub.ring
+            # nothing behind it (the usual round trip: the ring empty, not behind): the drain
+            # would take the drain lock only to find nothing. A message pushed after this look
+            # is drained by its emitter, which finds the subscriber no longer busy
+            if r.tail != r.head or sub.behind:
+                self._drain_ordered(sub, wake=False)      # (see _batch_done)
 
     def _take(self, sub: Subscriber, max_n: int) -> np.ndarray:
         if max_n.__class__ is not int or max_n < 0:     # ('x' was a raw TypeError)

@@ -396,7 +396,8 @@ class Channels:
                     r = s.ring
                     if r.tail != r.head or (s.behind and ch.committed >= s.next):
                         return False
-        return not any(c.held_n for c in self._det)
+        det = self._det                 # (usually none: no generator built for nothing)
+        return not det or not any(c.held_n for c in det)
 
     def _trace(self, event, task_type: int, cid: int, arg1: int, recs=None,
                worker: int | None = None) -> None:

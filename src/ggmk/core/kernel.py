@@ -51,6 +51,7 @@ _ENQ = int(TypeCounter.ENQUEUED)
 _DEQ = int(TypeCounter.DEQUEUED)
 _REC = T.RECORD_STRUCT
 _M32 = 0xFFFF_FFFF
+_R_CHANNEL = int(Route.CHANNEL)     # (route_counts is a list: an int index, no enum look-up)
 
 DEFAULT_MAX_YIELDS = 16
 #: the most ``max_retries`` can be: a task's retry counter (``_pad``) is a u16
@@ -1113,18 +1114,21 @@ class System:
             sub.delivered += 1
             sub.acked = cseq
         # accepted: a channel delivery into the enqueue core, counted as one
-        s.route_counts[Route.CHANNEL] += 1
+        s.route_counts[_R_CHANNEL] += 1
         with s.count_lock:
             s.outstanding += 1
             self.direct_runs += 1
-        if s.on_enqueued is not None:
-            s.on_enqueued(t, worker.id)
-        rec = np.frombuffer(bytearray(_REC.pack(t, T.FLAG_CHANNEL_MSG, 0, ch.id, seq, ptr, plen,
-                                                0, 0, meta0, meta1)), T.TASK_DTYPE)
+        oe = s.on_enqueued
+        if oe is not None:
+            oe(t, worker.id)
+        # the record, and its fields as the worker would read them back (one struct call
+        # saved: _dispatch_group's ``one``)
+        one = (t, T.FLAG_CHANNEL_MSG, 0, ch.id, seq, ptr, plen, 0, 0, meta0, meta1)
+        rec = np.frombuffer(bytearray(_REC.pack(*one)), T.TASK_DTYPE)
         self.update_tick()
         worker.in_hand = 1                   # (the step it runs: see Worker.in_hand)
         try:
-            worker._dispatch_group(rec)
+            worker._dispatch_group(rec, one=one)
         except BaseException:
             # a runtime error around the handler (the handler's own are caught and fail the
             # task): an ordered subscriber must not stay marked busy with this batch

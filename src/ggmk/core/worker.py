@@ -290,12 +290,13 @@ class Worker:
             self._dispatch_group(g)
 
     # -- dispatch -------------------------------------------------------------------------------
-    def _dispatch_group(self, recs: np.ndarray, want_codes: bool = False, budget: int = 0):
+    def _dispatch_group(self, recs: np.ndarray, want_codes: bool = False, budget: int = 0,
+                        one: tuple | None = None):
         k = self.kernel
         n = len(recs)
         # one task (a round trip, a lone chain): its fields as plain ints from one struct call
-        one = None
-        if n == 1:
+        # (``one``: given by a caller that built the record from them, System._direct_run)
+        if n == 1 and one is None:
             try:
                 one = _REC.unpack_from(recs)
             except (BufferError, TypeError, ValueError):   # a strided 1-record view

@@ -82,6 +82,9 @@ def pack(status: int, op: int, tag: int) -> int:
     return (status & 0xFF) << 56 | (op & 0xFF) << 48 | (tag & TAG_MASK)
 
 
+_GET_HIT, _GET_MISS = pack(OK, OP_GET, 0), pack(NOT_FOUND, OP_GET, 0)   # (_get_one)
+
+
 def unpack(meta0: int) -> tuple[int, int, int]:
     """(status, op, tag) of a response's meta0."""
     meta0 = int(meta0)
@@ -171,7 +174,9 @@ class _KV:
     def _run(self, ctx, batch, op):
         system = ctx.system
         out = self.outbox
-        if out.flush(system) and out.full:
+        # (an empty outbox's flush only takes its lock to find nothing: a put meanwhile is
+        # the same race either way)
+        if out._q and out.flush(system) and out.full:
             self.counters["waits"] += len(batch)
             return T.WAIT
         recs = batch.records
@@ -359,17 +364,17 @@ class _KV:
                 c["miss"] += 1
             else:
                 c["hit"] += 1
-        if v is None:
-            m0, m1 = pack(NOT_FOUND, OP_GET, tag), key
+        if v is None:                                  # (pack(), its constant part made once)
+            m0, m1 = _GET_MISS | tag & TAG_MASK, key
         else:
-            m0, m1 = pack(OK, OP_GET, tag), v
+            m0, m1 = _GET_HIT | tag & TAG_MASK, v
         ch = self._resp_ch
         if ch is None or ch.closed or self._resp_sys is not system:
             # (keyed by the system, not ch.kernel: a sandbox's channel has none, and the
             # sandbox's second single get raised AttributeError)
             ch = self._resp_ch = system.channel(self.resp)
             self._resp_sys = system
-        if ch.subs and not ch.closed and not len(self.outbox):
+        if ch.subs and not ch.closed and not self.outbox._q:
             # (answers waiting go first: behind them in the outbox, below)
             # one record from plain ints (Channel.emit_one: no array, no column passes; a
             # channel without it, e.g. ggmk.testing's sandbox, takes the record)

@@ -221,18 +221,22 @@ class Client:
         its waiting; its reply is then usually in before ``direct`` returns), else the idle
         worker's steps (``hal.help``)."""
         hal = self._hal
-        ch = self._open("call", channel)
-        tag = self._hub.check_tag("Client.call", tag)
+        hub = self._hub
+        # (the usual call, an open client's own channel and a plain int tag in range, is
+        # checked inline; anything else gets the checks that name the problem)
+        ch = self.request if channel is None and not self._closed else self._open("call", channel)
+        if tag.__class__ is not int or not 0 <= tag <= hub.tag_max:
+            tag = hub.check_tag("Client.call", tag)
         if not hal.helping:
             self.publish(meta0, meta1, tag=tag, payload=payload, type=type, channel=ch)
             return self._wait(tag)
-        self._hub.register(_One(tag), tag)
+        hub.register(_One(tag), tag)
         direct = self._direct
         try:
             if direct is not None and type is None and meta0.__class__ is int \
                     and meta1.__class__ is int and 0 <= meta0 <= _U64 and 0 <= meta1 <= _U64:
                 if direct(ch, meta0, meta1, payload):   # answered on this thread: file it
-                    return self._hub.filed(tag) or self._wait(tag)
+                    return hub.filed(tag) or self._wait(tag)
             sent = []
             hal.help(self._arrived, time.monotonic() + self.timeout,
                      before=lambda: sent.append(self._try_send(ch, meta0, meta1, payload, type)))

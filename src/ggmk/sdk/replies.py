@@ -333,10 +333,9 @@ class _Hub:
     def filed(self, tag):
         """The reply of ``tag`` if it is in already: one pump under the lock, none of
         ``wait``'s waiting. None: not in."""
-        cond = self.cond
-        with cond:
+        with self.lock:                             # (cond's own lock, without its wrapper)
             if not self.pumping and self.pump() and self.waiters:
-                cond.notify_all()                   # others' replies may have come too
+                self.cond.notify_all()              # others' replies may have come too
             p = self.single.get(tag)
             if p is None or p.left:
                 return None
