@@ -753,7 +753,7 @@ def test_default_user_words_are_disjoint_and_recorded():
         assert hi1 <= lo2, ranges
     assert len(resolve_handlers(list(mods.values()))) > len(mods)
     assert ranges["stats"] == (12288, 16900) and ranges["log"] == (28672, 28681)
-    assert ranges["kv"] == (32768, 40962) and ranges["gate"] == (8192, 8449)
+    assert ranges["kv"] == (32768, 40962) and ranges["gate"] == (8192, 8769)
 
 
 @pytest.mark.parametrize("make, words", [
@@ -768,8 +768,8 @@ def test_default_user_words_are_disjoint_and_recorded():
     (lambda: kv.device_module(channels=True, resp_capacity=0), ["resp_capacity", "0"]),
     (lambda: stats.device_module(metrics=800), ["metrics=800", "metrics <= 739",
                                                 "base <= 7932"]),
-    (lambda: gate.device_module(n=2, gates=8192, base=40000), ["gates=8192", "gates <= 4096",
-                                                              "base <= 32767"]),
+    (lambda: gate.device_module(n=2, gates=8192, base=40000), ["n=2, gates=8192",
+                                                              "gates <= 2048 at n=2"]),
     (lambda: log.device_module(base=65530), ["base=65530", "base <= 65527"]),
 ])
 def test_factory_errors_name_argument_value_and_allowed(make, words):

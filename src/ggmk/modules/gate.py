@@ -171,6 +171,22 @@ def _pow2_floor(n: int) -> int:
     return 1 << (n.bit_length() - 1) if n >= 1 else 0
 
 
+_HDR = 6          # device gate slot header: state, id, held, round, release index, releaser pos
+
+
+def _gate_fit(n: int, gates: int, slots: int, base: int) -> str:
+    """What would fit the user words from ``base`` (a device gate's region too big)."""
+    room = (1 << 16) - 1 - base                   # (the lock word first)
+    fit = []
+    n_max = (room // slots - _HDR) // 3 + 1
+    if n_max >= 1:
+        fit.append(f"n <= {n_max} at gates={gates}")
+    g_max = _pow2_floor(room // (_HDR + 3 * (n - 1)))
+    if g_max >= 1:
+        fit.append(f"gates <= {g_max} at n={n}")
+    return " or ".join(fit)
+
+
 def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gate",
                   channels: bool = False, capacity: int = 256):
     """The gate module for the GPU kernel (``ggmk.device``): the same types and ids.
@@ -179,36 +195,43 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
     closures, so the child calls this factory again with the same arguments
     (``m._ggmk_rebuild``).
 
-    A ``GATE_ARRIVE`` task (meta0 = gate id 0..2**31-1, meta1 = tag, any payload) counts
-    itself in and then *waits* (one ``YIELD`` that marks it a waiter, then ``WAIT``: re-queued
-    behind the work already queued, not counted as a yield, its payload kept) until ``n``
-    arrivals of its round are in; the ``n``-th one opens the gate, every waiting arrival of
-    that round then sends its ``GATE_PASS`` (meta0 = gate id, meta1 = tag, the payload handed
-    on) and finishes, and the gate is closed again for the next round (reusable: arrivals
-    after the ``n``-th belong to the next round). Out: to the host (``channels=False``; a
-    payload is then the host's to release), or subscribed to ``NAME.arrive`` and published on
-    the device channel ``NAME.open`` (``channels=True``, the CPU version's channels; a full
-    channel makes the arrival wait).
+    A ``GATE_ARRIVE`` task (meta0 = gate id 0..2**31-1, meta1 = tag, any payload) short of
+    ``n`` in its round is held as the CPU version holds it, in module state: its tag, payload
+    (retained) and length go into its gate's slot in user words and the task finishes OK, so
+    a round short of ``n`` leaves the kernel idle (a dual system's ``run(timeout=T)`` answers
+    True). The ``n``-th arrival opens the gate: it sends the held arrivals and itself as
+    ``GATE_PASS`` (meta0 = gate id, meta1 = tag, the payload handed on) in arrival order
+    (their ``NAME.arrive`` seq, as the CPU version; tasks pushed without one in the order
+    handled), and the gate is closed again for the next round (reusable). Out: to the host
+    (``channels=False``; a payload is then the host's to release), or subscribed to
+    ``NAME.arrive`` and published on the device channel ``NAME.open`` (``channels=True``, the
+    CPU version's channels). Where
+    the output is full the opening arrival waits (one ``YIELD`` that marks it the releaser in
+    meta0 bit 62, then ``WAIT``) and goes on where it stopped, nothing lost or sent twice;
+    arrivals at that gate meanwhile wait (``WAIT``) until the release is done.
 
-    State: user words ``base .. base + 1 + 4 * gates`` (exclusive: a lock, then 4 words per
-    gate slot: state, id, arrivals, round; ``gates`` rounded up to a power of two;
-    ``m.user_words``). A slot stays bound to its gate id (its round counter lives there), so a
-    kernel serves at most ``gates`` distinct gate ids. Bad input: ``GATE_BAD_ID`` (an id
-    outside 0..2**31-1, whatever its high bits: a waiting arrival keeps its round in meta0's
-    high bits, marked by bit 62, but the marker is read only once the handler has parked the
-    task with one ``YIELD``, so an arrival's own meta0 is always checked as an id;
-    ``yield_count`` is the runtime's), ``GATE_TABLE_FULL`` (an arrival at one gate id more
-    than ``gates``); both on sys.error.
+    State: user words ``base .. base + 1 + gates * (6 + 3 * (n - 1))`` (exclusive: a lock,
+    then per gate slot a header - state, id, arrivals held, round, release index, the
+    releaser's place - and (tag, payload, seq << 32 | length) per held arrival; ``gates``
+    rounded up to a power of two; ``m.user_words``, ``m.gate_layout``): ``n`` is bounded by
+    the 65536 user words (a BootError names what fits). A slot stays bound to its gate id (its
+    round counter lives there), so a kernel serves at most ``gates`` distinct gate ids. Bad
+    input: ``GATE_BAD_ID`` (an id outside 0..2**31-1), ``GATE_TABLE_FULL`` (an arrival at one
+    gate id more than ``gates``); both on sys.error.
 
-    What the numeric subset forbids here: keeping the arrivals in a Python list (they wait as
-    tasks instead, so the gate needs no storage), per-gate sizes as a dict (one ``n``), and
-    the CPU version's release in sequence order (each waiter passes when it next runs, in
-    queue order). A waiting arrival is a task the GPU kernel keeps running, so a round short
-    of ``n`` keeps it busy: a dual system's ``run(timeout=T)`` waits out T and answers False
-    (``run()`` with no timeout does not return), where the CPU version's waiting arrivals
-    leave the system idle. At halt of a dual system, each arrival still waiting that came
-    through the bridge is named on sys.error with ``HALTED`` (the CPU version: sys.dropped,
-    ``CHAN_CLOSED``); a ``DeviceKernel`` of its own has no drain of waiting tasks.
+    At a dual system's halt the arrivals still held are on sys.dropped with ``CHAN_CLOSED``
+    as the CPU version's (``GATE_ARRIVE``, meta0 = gate id, meta1 = tag): the host hook
+    ``m.halt_records(words)`` reads them from the stopped kernel's user words (a device
+    process hands them back; a kernel killed because it hung cannot be read: the bridge's
+    errors say so). Their payloads were in the device arena, gone with the kernel: the records
+    carry none. Of a release stopped half-way, the held arrivals not yet sent are named so;
+    the opening arrival itself is a task still waiting (on sys.error with ``HALTED``, as any).
+    A ``DeviceKernel`` of its own names nothing at stop (``halt_records`` of
+    ``ggmk.bridge.device_tasks.user_words(kernel)`` does).
+
+    What the numeric subset forbids here: keeping the arrivals in a Python list (a fixed
+    table in user words instead, hence the bound on ``n``), per-gate sizes as a dict (one
+    ``n``).
 
     Example::
 
@@ -230,16 +253,16 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
     device_check("gate (device): n", n, 1, 2**31)
     device_check("gate (device): gates", gates, 1, 8192)
     GN = pow2(gates)
-    lo, hi = device_region("gate (device)", base, 1 + 4 * GN,
-                           f"gates={gates} (1 + 4 words x {GN} slots)",
-                           lambda: f"gates <= {_pow2_floor((65535 - base) // 4)} at this "
-                                   f"base")
+    SW = _HDR + 3 * (n - 1)                       # one slot's words
+    lo, hi = device_region("gate (device)", base, 1 + GN * SW,
+                           f"n={n}, gates={gates} (1 + {SW} words x {GN} slots: {_HDR} + 3 "
+                           f"per held arrival)", lambda: _gate_fit(n, gates, GN, base))
     ids = type_ids()
     ARR, PASS = ids["GATE_ARRIVE"], ids["GATE_PASS"]
-    LOCK, T0, GMK, N = base, base + 1, GN - 1, n
+    LOCK, T0, GMK, N, HDR = base, base + 1, GN - 1, n, _HDR
     CH = bool(channels)
     YIELD, WAITC, BADID, FULLC = T.YIELD, T.WAIT, T.GATE_BAD_ID, T.GATE_TABLE_FULL
-    WAITING = 1 << 62
+    RELEASER, M32, HALF = 1 << 62, _M32, _HALF
     m = gd.Module(name)
     C_OPEN = 0
     if CH:
@@ -249,89 +272,127 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
     def gate_arrive(ctx, task):
         m0 = g.meta0(task)
         gid = m0 & 0x7FFFFFFF
-        rnd = 0                                       # 0: a new arrival; r + 1: waits for r
-        # the waiting marker (bit 62) is this handler's only after it yielded once (a task's
+        # the releaser marker (bit 62) is this handler's only after it yielded once (a task's
         # first run has the meta0 it was sent with: an id, checked, never a marker)
         parked = g.yield_count(task) > 0
-        if parked and (m0 >> 62) == 1:
-            rnd = (m0 >> 32) & 0x3FFFFFFF             # a waiter (bit 62: set by this handler)
-        elif m0 != gid:
+        releasing = parked and (m0 >> 62) == 1
+        if not releasing and m0 != gid:
             return BADID                              # an id outside 0..2**31-1
         h = slot_key(gid, GMK)
-        if rnd == 0:
+        if releasing:
+            s = -1                                    # its slot: bound, never unbound
+            for p in range(GN):
+                s = T0 + SW * ((h + p) & GMK)
+                if g.user_get(ctx, s + 1) == gid and g.user_get(ctx, s) != 0:
+                    break
+        else:
             if not try_lock(ctx, LOCK):
                 return YIELD
-            found = -1
-            free = -1
+            s = -1
             for p in range(GN):
-                s = T0 + 4 * ((h + p) & GMK)
-                st = g.user_get(ctx, s)
-                if st == 0:
-                    if free < 0:
-                        free = s
-                elif g.user_get(ctx, s + 1) == gid:
-                    found = s
+                q = T0 + SW * ((h + p) & GMK)
+                if g.user_get(ctx, q) == 0:           # slots are never freed: not bound
+                    s = q
+                    g.user_set(ctx, s + 1, gid)
+                    g.user_set(ctx, s + 2, 0)
+                    g.user_set(ctx, s, 1)
                     break
-            if found < 0:
-                found = free
-                if found < 0:
-                    unlock(ctx, LOCK)
-                    return FULLC
-                g.user_set(ctx, found + 1, gid)
-                g.user_set(ctx, found + 2, 0)
-                g.user_set(ctx, found, 1)
-            r = g.user_get(ctx, found + 3)
-            c = g.user_get(ctx, found + 2) + 1
-            if c >= N:
-                g.user_set(ctx, found + 2, 0)
-                g.user_set(ctx, found + 3, r + 1)     # open: round r's waiters pass
-            else:
-                g.user_set(ctx, found + 2, c)
-                g.set_meta0(task, gid | ((r + 1) << 32) | WAITING)
+                if g.user_get(ctx, q + 1) == gid:
+                    s = q
+                    break
+            if s < 0:
                 unlock(ctx, LOCK)
-                if not parked:
-                    return YIELD                      # the first park: marks it a waiter
-                return WAITC
+                return FULLC
+            if g.user_get(ctx, s) == 2:
+                unlock(ctx, LOCK)
+                return WAITC                          # its gate is releasing: woken after
+            c = g.user_get(ctx, s + 2)
+            sq = g.seq(task)
+            pos = c                                   # its place in arrival (seq) order
+            for j in range(c):
+                sj = (g.user_get(ctx, s + HDR + 3 * j + 2) >> 32) & M32
+                if ((sq - sj) & M32) >= HALF:         # before j (seq wraps)
+                    pos = j
+                    break
+            if c + 1 < N:                             # held: state, not a waiting task
+                for j in range(c - 1, pos - 1, -1):
+                    w = s + HDR + 3 * j
+                    g.user_set(ctx, w + 3, g.user_get(ctx, w))
+                    g.user_set(ctx, w + 4, g.user_get(ctx, w + 1))
+                    g.user_set(ctx, w + 5, g.user_get(ctx, w + 2))
+                w = s + HDR + 3 * pos
+                ptr = g.payload_ptr(task)
+                if ptr != 0:
+                    g.retain(ctx, ptr, 1)             # the gate's (the task's is released)
+                g.user_set(ctx, w, g.meta1(task))
+                g.user_set(ctx, w + 1, ptr)
+                g.user_set(ctx, w + 2, (sq << 32) | g.payload_len(task))
+                g.user_set(ctx, s + 2, c + 1)
+                unlock(ctx, LOCK)
+                return 0
+            g.user_set(ctx, s + 4, 0)                 # the n-th: it releases the round
+            g.user_set(ctx, s + 5, pos)
+            g.user_set(ctx, s, 2)
             unlock(ctx, LOCK)
-            g.set_meta0(task, gid | ((r + 1) << 32) | WAITING)  # passes below, as a waiter
-        else:
-            # waiting for round rnd - 1 to open: the round word of its slot moved past it
-            r = rnd - 1
-            opened = False
-            for p in range(GN):
-                s = T0 + 4 * ((h + p) & GMK)
-                if g.user_get(ctx, s) == 0:
-                    break
-                if g.user_get(ctx, s + 1) == gid:
-                    opened = g.user_get(ctx, s + 3) > r
-                    break
-            if not opened:
+            g.set_meta0(task, gid | RELEASER)
+        i = g.user_get(ctx, s + 4)
+        me = g.user_get(ctx, s + 5)
+        while i < N:
+            if i == me:
+                ptr = g.payload_ptr(task)
+                if ptr != 0:
+                    g.retain(ctx, ptr, 1)
+                tag = g.meta1(task)
+                ln = g.payload_len(task)
+            else:
+                w = s + HDR + 3 * (i if i < me else i - 1)
+                tag = g.user_get(ctx, w)
+                ptr = g.user_get(ctx, w + 1)          # the gate's reference, handed on
+                ln = g.user_get(ctx, w + 2) & M32
+            if CH:
+                r = g.emit_chan_full(ctx, C_OPEN, gid, tag, ptr, ln, -1)
+            else:
+                r = g.emit_full(ctx, PASS, gid, tag, ptr, ln, -1, 0)
+            if r != 0:
+                if i == me and ptr != 0:
+                    g.release(ctx, ptr)
+                g.user_set(ctx, s + 4, i)             # full: go on from i
+                if not parked:
+                    return YIELD                      # the first park marks the releaser
                 return WAITC
-        if CH:
-            ptr = g.payload_ptr(task)
-            if ptr != 0:
-                g.retain(ctx, ptr, 1)
-            if g.emit_chan_full(ctx, C_OPEN, gid, g.meta1(task), ptr, g.payload_len(task),
-                                -1) != 0:
-                if ptr != 0:
-                    g.release(ctx, ptr)
-                if not parked:
-                    return YIELD                      # (the first park is a yield, above)
-                return WAITC                          # full: pass on the next run
-        else:
-            ptr = g.payload_ptr(task)
-            if ptr != 0:
-                g.retain(ctx, ptr, 1)
-            if g.emit_full(ctx, PASS, gid, g.meta1(task), ptr, g.payload_len(task), -1,
-                           0) != 0:
-                if ptr != 0:
-                    g.release(ctx, ptr)
-                if not parked:
-                    return YIELD
-                return WAITC                          # queues full: pass on the next run
+            i += 1
+        g.user_set(ctx, s + 4, i)
+        if not try_lock(ctx, LOCK):
+            return YIELD                              # (all sent: only the close is left)
+        g.user_set(ctx, s + 2, 0)
+        g.user_set(ctx, s + 3, g.user_get(ctx, s + 3) + 1)
+        g.user_set(ctx, s, 1)                         # closed: the next round
+        unlock(ctx, LOCK)
+        g.wake_waiters(ctx)                           # arrivals that waited for the release
         return 0
 
-    m.gate_layout = {"lock": LOCK, "table": T0, "gates": GN}
-    m.user_words = (lo, hi, f"{name}: gate (device) lock, 4 words x {GN} gate slots")
+    def halt_records(words):
+        """Host side, at halt (``DualSystem``): the arrivals each slot of the stopped kernel's
+        user ``words`` still holds, in arrival order, as GATE_ARRIVE records (meta0 = gate
+        id, meta1 = tag; their payloads died with the kernel) for sys.dropped."""
+        tab = np.asarray(words[T0:T0 + GN * SW], np.int64).reshape(GN, SW)
+        gids, tags = [], []
+        for row in tab:
+            if row[0] == 1:
+                held = range(int(row[2]))
+            elif row[0] == 2:                         # a release stopped half-way
+                me = int(row[5])
+                held = [i if i < me else i - 1 for i in range(int(row[4]), N) if i != me]
+            else:
+                continue
+            for j in held:
+                gids.append(int(row[1]))
+                tags.append(row[HDR + 3 * j])
+        return T.make(len(gids), type=ARR, meta0=np.array(gids, np.uint64),
+                      meta1=np.array(tags, np.int64).view(np.uint64))
+
+    m.halt_records = halt_records
+    m.gate_layout = {"lock": LOCK, "table": T0, "gates": GN, "slot_words": SW, "header": HDR}
+    m.user_words = (lo, hi, f"{name}: gate (device) lock, {SW} words x {GN} gate slots")
     m._ggmk_rebuild = (__name__, "device_module", made)
     return m
