@@ -68,7 +68,7 @@ from ggmk.bridge.pump import Bridge, BridgeError
 from ggmk.bridge.process import ProcessTransport
 from ggmk.bridge.transport import InProcessTransport
 from ggmk.core.det import check_flag, check_int
-from ggmk.core.kernel import System, halt_once
+from ggmk.core.kernel import _UNHALTED, System, halt_once, warn_unhalted
 from ggmk.device.targets import NAMES as TARGETS
 from ggmk.core.module import Module as CpuModule
 from ggmk.errors import BootError, DeviceError, KernelStopped
@@ -274,6 +274,17 @@ class DualSystem:
             self.watchdog.start()
         self._step("ready", t0, f"system ready: CPU kernel + GPU kernel ({self.target}), "
                    f"{len(self.plan)} bridge channel(s)")
+        # dropped without halt (collected, or alive at exit): a ResourceWarning naming what
+        # keeps running (see warn_unhalted for why it does not halt); it covers the CPU
+        # kernel's own warning at exit. The callback must not hold self.
+        running = (f"its CPU kernel's {self.cpu.nworkers} worker thread(s), the bridge thread"
+                   + ("" if self.process is None else
+                      f", the device process (pid {self.process.pid})")
+                   + ("" if self.watchdog is None else ", the watchdog thread"))
+        self._unhalted = weakref.finalize(
+            self, warn_unhalted, f"ggmk DualSystem at {id(self):#x} (GPU kernel on "
+                                 f"{self.target})", running)
+        _UNHALTED.discard(self.cpu)
         log.info("ggmk: system ready (CPU kernel, GPU kernel on %s, %d bridge channel(s))",
                  self.target, len(self.plan))
 
@@ -746,6 +757,9 @@ class DualSystem:
         return halt_once(self, self.cpu.on_worker_thread(), lambda: self._halt(timeout))
 
     def _halt(self, timeout: float) -> dict:
+        unhalted = getattr(self, "_unhalted", None)   # (set once the boot completed)
+        if unhalted is not None:
+            unhalted.detach()
         t_end = time.monotonic() + max(timeout, 0)
         if self.watchdog is not None:
             self.watchdog.stop()

@@ -13,10 +13,13 @@ Example::
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
 import traceback
+import warnings
+import weakref
 from collections import deque
 from fractions import Fraction
 
@@ -73,6 +76,32 @@ def halt_once(owner, on_worker: bool, halt):
         return halt()
     finally:
         owner._halt_lock.release()
+
+
+def warn_unhalted(name: str, running: str) -> None:
+    """The ResourceWarning of a system never halted (Python's "unclosed ..." one: shown with
+    ``-W default`` or ``python -X dev``). Only a warning: halting here (a finalizer, an
+    atexit hook) would run on whatever thread happened to collect it, maybe one inside a
+    handler of this very system or inside a kernel lock the halt takes (a deadlock), and
+    would wait for handlers to return (up to ``STUCK_AFTER_S`` per system) at exit."""
+    warnings.warn(f"unhalted {name}: {running} still running until the interpreter exits; "
+                  f"call halt() (or boot it in a with block)", ResourceWarning, stacklevel=2)
+
+
+#: CPU systems not halted yet. Their running workers hold them (never collected while they
+#: run), so a dropped one is warned about at interpreter exit (``_warn_unhalted_at_exit``),
+#: not when the user's last reference goes; a DualSystem warns for its own when collected.
+_UNHALTED: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _warn_unhalted_at_exit() -> None:
+    for s in list(_UNHALTED):
+        if not s.halted:
+            alive = getattr(s.hal, "alive_threads", lambda: 0)()
+            warn_unhalted(f"ggmk System at {id(s):#x} (modules "
+                          f"{', '.join(repr(m.name) for m in s.modules)})",
+                          f"{alive} worker thread(s)")
 
 
 _POLICY_METHODS = ("add_tenant", "set_weight", "wake", "sleep", "pick", "account",
@@ -298,6 +327,7 @@ class System:
         self._init_modules()
         self.hal.start(self.workers)
         self.running = True
+        _UNHALTED.add(self)
 
     # -- boot helpers ---------------------------------------------------------------------------
     def _init_modules(self) -> None:
@@ -1205,12 +1235,28 @@ class System:
         the handler ever returns; what it emits then is refused: the channels are closed).
 
         A handler may call ``halt`` (on a worker thread, or on a host thread that runs a
-        worker's step by caller runs): the halt does not wait for that handler's own step,
-        whose tasks finish once it returns (counted in ``outstanding`` meanwhile; what the
-        handler emitted is handed over then, and dead-lettered HALTED).
+        worker's step by caller runs, ``run()`` or a reply's wait): the halt does not wait for
+        that handler's own step, whose tasks finish once it returns (what the handler emitted
+        is handed over then, and dead-lettered HALTED). The report then has
+        ``"in_caller_step"``: those tasks, counted in ``outstanding`` too (``outstanding -
+        in_caller_step`` are the stuck workers'). So does a signal handler's halt that
+        interrupts the main thread inside such a step. The thread of a worker whose step a
+        host thread runs is parked meanwhile (it waits to be given back, so the halt cannot
+        join it): it runs no more steps; the host thread gives it back when the step ends
+        and joins it before its wait returns, so no worker thread outlives ``run()``.
+
+        Do not call ``halt`` from a signal handler: Python runs one between two bytecodes of
+        the main thread, which may be inside the kernel holding a lock the halt takes (a
+        ``submit``'s enqueue: the halt then waits for good). Let the handler raise (SIGINT's
+        KeyboardInterrupt is held until a step ends) or set a flag, and halt after ``run``
+        returns, or halt from another thread.
 
         ``dead_letters()`` still works after ``halt``. Calling ``halt`` again returns the same
         accounting (a call from another thread while the first runs waits for it).
+
+        A system never halted keeps its worker threads (and what its modules started) until
+        the interpreter exits, and its running workers keep it from being collected: at exit
+        it is named in a ResourceWarning (``warn_unhalted``; not halted for you there).
         """
         _check_seconds("halt", "timeout", timeout, none_ok=False)
         return halt_once(self, self.on_worker_thread(), lambda: self._halt(timeout))
@@ -1252,10 +1298,12 @@ class System:
 
     def _halt(self, timeout: float) -> dict:
         self.halted = True                      # submit() refuses from here on
+        _UNHALTED.discard(self)
         # a handler that halts (on a worker's thread, or on a host thread running a borrowed
         # worker's step) holds its step's tasks until it returns: the drain cannot wait for
         # them (it waited out the timeout, then the stop joined the caller's own thread)
-        mine = sum(w.in_hand for w in self.hal.stepping())
+        stepping = self.hal.stepping()
+        mine = sum(w.in_hand for w in stepping)
         drained, stuck, worker_error = False, 0, None
         try:
             drained, worker_error = self._halt_drain(timeout, mine)
@@ -1266,7 +1314,8 @@ class System:
             try:
                 stuck = self.hal.stop(join_timeout=self.STUCK_AFTER_S)
             finally:
-                self._halt_account(drained, stuck, worker_error)
+                self._halt_account(drained, stuck, worker_error,
+                                   mine if stepping else None)
         return self.halt_report
 
     def _halt_drain(self, timeout: float, mine: int) -> tuple[bool, str | None]:
@@ -1291,9 +1340,11 @@ class System:
             self._let_readers_take(min(self.READERS_S, t_end - time.monotonic()))
         return drained, None
 
-    def _halt_account(self, drained: bool, stuck: int, worker_error: str | None) -> None:
+    def _halt_account(self, drained: bool, stuck: int, worker_error: str | None,
+                      mine: int | None = None) -> None:
         """``halt`` once the workers are stopped: dead-letter what is left, close the
-        channels, set ``halt_report``, run module fini."""
+        channels, set ``halt_report`` (``mine``: the tasks of the calling step, None for a
+        halt from outside any step), run module fini."""
         if stuck:
             log.warning("ggmk: halt: %d worker(s) still in a handler that did not return "
                         "within %.1f s; halt goes on without them (their tasks stay "
@@ -1330,6 +1381,8 @@ class System:
         self.halt_report = {"drained": bool(drained), "halted": halted,
                             "channel_dropped": dropped, "outstanding": self.sched.outstanding,
                             "stuck_workers": stuck}
+        if mine is not None:
+            self.halt_report["in_caller_step"] = mine
         if worker_error is not None:
             # (a crashed worker's batch in hand stays outstanding: its records are gone)
             self.halt_report["worker_errors"] = [repr(e) for e in

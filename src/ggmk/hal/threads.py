@@ -200,6 +200,8 @@ class ThreadsHal:
                     lk.release()              # its thread runs
                 else:
                     self._parked.append(lk)   # parked again, no wake-up
+            if not self.running:
+                self._join_lent(lk)
             if guard is not None:
                 guard.leave()
         return predicate()
@@ -237,6 +239,8 @@ class ThreadsHal:
                     lk.release()
                 else:
                     self._parked.append(lk)
+            if not self.running:
+                self._join_lent(lk)
             if guard is not None:
                 guard.leave()
 
@@ -325,7 +329,8 @@ class ThreadsHal:
         """Stop and join the worker threads, but the calling thread and the workers lent to it
         (a handler that halts the system: its own step, which ends once it returns; joining
         them raised 'cannot join current thread', or waited ``join_timeout`` for a thread that
-        waits for this one). Returns how many others are still running."""
+        waits for this one: a lent worker's thread ends once given back, joined then by
+        ``_join_lent``). Returns how many others are still running."""
         self.running = False
         _SigintGuard.remove()             # (another system's next help puts it back)
         me = threading.current_thread()
@@ -341,6 +346,16 @@ class ThreadsHal:
         # a worker whose handler never returns stays listed (alive_threads counts it)
         self.threads = [t for t in self.threads if t.is_alive()]
         return sum(t not in mine for t in self.threads)
+
+    def _join_lent(self, lk) -> None:
+        """Given back after a stop (``help``, ``lend``): ``stop`` did not join the lent
+        worker's thread when this thread halted from inside its step (it waited to be given
+        back); released, it leaves its park and ends at once (it waits for nothing else).
+        Joined here, so it does not outlive the step that halted."""
+        t = self._thread_of[lk]
+        if t is not threading.current_thread():
+            t.join(5.0)               # (bounded: it ends at once, see above)
+        self.threads = [t for t in self.threads if t.is_alive()]
 
     def alive_threads(self) -> int:
         return sum(t.is_alive() for t in self.threads)
