@@ -852,14 +852,24 @@ class DualSystem:
         for m in mods:
             try:
                 recs = m.halt_records(words)
-            except Exception as e:   # noqa: BLE001 - a user's hook: reported, halt goes on
-                self.bridge.errors.append(f"device module {m.name!r}: halt_records: {e!r}")
-                continue
-            if recs is not None and len(recs):
+                if recs is None:
+                    continue
+                # (checked here: bad records raised out of halt before the CPU kernel halted,
+                # and out of a reset after the old kernel was killed, before the new booted)
+                if not isinstance(recs, np.ndarray) or recs.dtype != T.TASK_DTYPE or \
+                        recs.ndim != 1:
+                    raise TypeError(f"returned {type(recs).__name__} "
+                                    f"{getattr(recs, 'dtype', '')}: allowed None or a 1-d "
+                                    f"array of task records (ggmk.task.make)")
+                if not len(recs):
+                    continue
                 recs = T.copy(recs)
                 recs["payload_ptr"] = 0      # (the device arena's: not the CPU's to release)
                 recs["payload_len"] = 0
-                n += self.cpu.dead_letter(recs, code, which="sys.dropped")
+            except Exception as e:   # noqa: BLE001 - a user's hook: reported, halt goes on
+                self.bridge.errors.append(f"device module {m.name!r}: halt_records: {e!r}")
+                continue
+            n += self.cpu.dead_letter(recs, code, which="sys.dropped")
         return n
 
     def _halt_process(self, b) -> dict:
