@@ -1180,9 +1180,14 @@ class System:
 
     def trace_hash(self) -> str:
         """The run's identity in determinism mode (ts = tick); see ggmk.core.det."""
-        if self.det is not None:
-            self.det.flush()
-        return self.hasher.hexdigest()
+        det = self.det
+        if det is None:
+            return self.hasher.hexdigest()
+        # under the tick stage's lock: the workers fold finished ticks into the hasher under
+        # it, and a read racing a fold lost or double-hashed a tick (a wrong digest)
+        with det.lock:
+            det.flush()
+            return self.hasher.hexdigest()
 
     def stats(self) -> dict:
         snap = self.metrics.snapshot()
