@@ -28,6 +28,16 @@ CHILD = textwrap.dedent("""
             ggmk.boot([c], workers=2).halt()
             with ggmk.boot([c], workers=1):
                 pass
+        elif case == "cpu-fork":
+            # a child forked from a process with a running system inherits the object, not
+            # its threads: only the parent, which boots and halts it, has anything to say
+            import os
+            s = ggmk.boot([c], workers=2)
+            pid = os.fork()
+            if pid == 0:
+                sys.exit(0)                   # the child's normal exit runs the atexit hooks
+            os.waitpid(pid, 0)
+            s.halt()
         elif case.startswith("dual"):
             s = ggmk.dual.boot([c, dev], device="cpu", workers=2,
                                device_process=case.endswith("proc"))
@@ -75,4 +85,9 @@ def test_a_dropped_dual_system_is_named_when_collected(tmp_path, proc):
 @pytest.mark.parametrize("case", ["cpu-halted", "dual-halted", "dual-halted-proc"])
 def test_a_halted_system_says_nothing(tmp_path, case):
     out, err = _run(tmp_path, case)
+    assert out == "collected\n" and "ResourceWarning" not in err, err[-2000:]
+
+
+def test_a_forked_child_says_nothing_of_its_parents_system(tmp_path):
+    out, err = _run(tmp_path, "cpu-fork")
     assert out == "collected\n" and "ResourceWarning" not in err, err[-2000:]

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 import weakref
@@ -283,7 +284,7 @@ class DualSystem:
                    + ("" if self.watchdog is None else ", the watchdog thread"))
         self._unhalted = weakref.finalize(
             self, warn_unhalted, f"ggmk DualSystem at {id(self):#x} (GPU kernel on "
-                                 f"{self.target})", running)
+                                 f"{self.target})", running, os.getpid())
         _UNHALTED.discard(self.cpu)
         log.info("ggmk: system ready (CPU kernel, GPU kernel on %s, %d bridge channel(s))",
                  self.target, len(self.plan))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 import traceback
@@ -78,12 +79,16 @@ def halt_once(owner, on_worker: bool, halt):
         owner._halt_lock.release()
 
 
-def warn_unhalted(name: str, running: str) -> None:
+def warn_unhalted(name: str, running: str, pid: int | None = None) -> None:
     """The ResourceWarning of a system never halted (Python's "unclosed ..." one: shown with
     ``-W default`` or ``python -X dev``). Only a warning: halting here (a finalizer, an
     atexit hook) would run on whatever thread happened to collect it, maybe one inside a
     handler of this very system or inside a kernel lock the halt takes (a deadlock), and
-    would wait for handlers to return (up to ``STUCK_AFTER_S`` per system) at exit."""
+    would wait for handlers to return (up to ``STUCK_AFTER_S`` per system) at exit. ``pid``:
+    the process that booted it (a child forked from it inherits the object, not its threads:
+    nothing to say there)."""
+    if pid is not None and pid != os.getpid():
+        return
     warnings.warn(f"unhalted {name}: {running} still running until the interpreter exits; "
                   f"call halt() (or boot it in a with block)", ResourceWarning, stacklevel=2)
 
@@ -97,7 +102,7 @@ _UNHALTED: weakref.WeakSet = weakref.WeakSet()
 @atexit.register
 def _warn_unhalted_at_exit() -> None:
     for s in list(_UNHALTED):
-        if not s.halted:
+        if not s.halted and s._boot_pid == os.getpid():
             alive = getattr(s.hal, "alive_threads", lambda: 0)()
             warn_unhalted(f"ggmk System at {id(s):#x} (modules "
                           f"{', '.join(repr(m.name) for m in s.modules)})",
@@ -327,6 +332,7 @@ class System:
         self._init_modules()
         self.hal.start(self.workers)
         self.running = True
+        self._boot_pid = os.getpid()          # (a forked child's exit says nothing of it)
         _UNHALTED.add(self)
 
     # -- boot helpers ---------------------------------------------------------------------------
