@@ -102,3 +102,41 @@ def test_push_while_the_gpu_kernel_is_reset_is_refused_and_nothing_lost():
         assert W.REC.back_n == 200
     finally:
         s.halt()
+
+
+class _Raising(FaultyTransport):
+    """A transport whose send raises something other than TransferError (a bug in it)."""
+
+    def __init__(self, inner, fail):
+        super().__init__(inner)
+        self._fail = fail
+
+    def send(self, records, *a, **kw):
+        i = self.sends
+        self.sends += 1
+        if self._fail(i):
+            raise RuntimeError(f"transport bug (attempt {i})")
+        return self.inner.send(records, *a, **kw)
+
+
+def test_a_send_that_raises_anything_is_a_failed_transfer_nothing_lost():
+    # (it lost the staged batch: _flush had taken it off the stage before the raise)
+    s = boot(transport_wrap=lambda tr: _Raising(tr, lambda i: i % 3 == 1))
+    try:
+        publish_all(s, "cpu.in", 3000)
+        assert s.run(timeout=120)
+        assert sorted(b[0] for b in W.REC.back) == list(range(3000))
+        assert s.stats()["bridge"]["retries"] > 0
+    finally:
+        s.halt()
+    s = boot(transport_wrap=lambda tr: _Raising(tr, lambda i: True),
+             bridge={"max_retries": 2, "retry_backoff_us": 1})
+    try:
+        publish_all(s, "cpu.in", 100)
+        assert s.run(timeout=60)
+        err, codes = s.dead_letters("sys.error")
+        mine = err["type"] == W.TYPES["WORK"]
+        assert sorted(err["meta0"][mine].tolist()) == list(range(100))
+        assert set(codes[mine].tolist()) == {BRIDGE_TRANSFER_FAILED}
+    finally:
+        s.halt()

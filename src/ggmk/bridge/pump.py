@@ -102,6 +102,24 @@ _MARK1 = ds.BASE + 0x4000
 SYS_ERROR = layout.CH_SYS_ERROR
 SYS_DROPPED = layout.CH_SYS_DROPPED
 _REC = T.RECORD_STRUCT
+_CLEAR = int(CLEAR_FLAGS)           # (a plain int for struct packing)
+
+
+def _fields(recs: np.ndarray):
+    """The fields of a 1-record array as plain ints (``_REC`` order), or None for a view
+    the buffer protocol cannot read at once (strided): the caller takes its array path."""
+    try:
+        return _REC.unpack_from(recs)
+    except (BufferError, TypeError, ValueError):
+        return None
+
+
+def _record(t, f) -> np.ndarray:
+    """One record with fields ``f`` (``_REC`` order) as a bridge hop rewrites it: type ``t``,
+    no channel, no seq, FLAG_CHANNEL_MSG cleared (what ``_admit_in`` and ``_marks`` do with
+    column sets on a copy, ~5 us for one record)."""
+    return np.frombuffer(bytearray(_REC.pack(t, f[1] & _CLEAR, f[2], 0, 0, f[5], f[6], f[7],
+                                             f[8], f[9], f[10])), T.TASK_DTYPE)
 
 
 def _service(tid: int, pairs) -> np.ndarray:
@@ -167,6 +185,10 @@ class Bridge(ResetAccounting, DeterministicTraffic):
         self._pump_ident = None            # the pump thread's ident (see _after_emit)
         self._asleep = False               # the pump waits (it is not in a step)
         self._handoff = 0                  # messages the last step emitted into CPU channels
+        # the emitting thread's sends ring the device's doorbell after the bridge's lock is let
+        # go (see _after_emit) where the transport can (``RING_LATER``); _ring_due: one is owed
+        self._defer_ring = False
+        self._ring_due = False
         for bc in channels:
             ch = system.channel(bc.name)
             if bc.direction == "c2g":
@@ -307,13 +329,26 @@ class Bridge(ResetAccounting, DeterministicTraffic):
             return
         try:
             if self.paused is None:
+                # the doorbell (a futex wake: ~5-40 us here, longer when the woken device
+                # thread takes this core) is rung once the lock is let go: the pump, woken by
+                # the reply, must not wait for this thread to take the lock back
+                # (looked up each time: ``tx`` may be swapped, e.g. for a wrapper without it)
+                self._defer_ring = getattr(type(self.tx), "RING_LATER", False) is True
                 self._take_in()
                 self._flush(self._drained())
                 self.c["direct_sends"] += 1
         except Exception as e:   # noqa: BLE001 - the emit was accepted: the pump goes on
             self.errors.append(f"bridge: sending from the emitting thread: {e!r}")
         finally:
+            self._defer_ring = False
+            due, self._ring_due = self._ring_due, False
             self.lock.release()
+        if due:
+            try:
+                self.tx.ring()
+            except Exception as e:   # noqa: BLE001 - a stopped kernel: the pump reports it
+                self.errors.append(f"bridge: ringing the GPU kernel from the emitting thread: "
+                                   f"{e!r}")
         if self._stage_n or ring.tail != ring.head or self._pending_alloc or \
                 self._wake.bell() is None:
             # without a device -> host bell the pump must watch the ring for the reply
@@ -363,13 +398,14 @@ class Bridge(ResetAccounting, DeterministicTraffic):
         by every GPU -> CPU round trip. So block now, for ``HANDOFF_S`` at most (the device's
         bell or a host waker ends it sooner), unless a device record is already waiting
         (throughput: no sleep then)."""
-        if ready is None or wake.bell() is None or self._safe_ready():
+        b = None if ready is None else wake.bell()
+        if b is None or self._safe_ready():
             # (no device -> host bell: sim, cuda: a sleep here would not end when the device
             # publishes, so the pump goes on as before)
             return
         self._asleep = True
         try:
-            wake.wait(self.HANDOFF_S, self._safe_ready)
+            wake.wait(self.HANDOFF_S, self._safe_ready, b)
         finally:
             self._asleep = False
 
@@ -408,9 +444,10 @@ class Bridge(ResetAccounting, DeterministicTraffic):
         # announces (CPU channel room for waiting GPU -> CPU records, finished ingress credits)
         # the pause grows across calls and starts again at 5 us after a step that moved
         # something (_loop): a long wait on the device costs a look per 100 us, not 40 per ms
-        if wake.bell() is not None:
+        b = wake.bell()
+        if b is not None:
             # the device rings when it publishes: one sleep, no looks in between
-            wake.wait(self.BELL_SPAN_S, self._safe_ready)
+            wake.wait(self.BELL_SPAN_S, self._safe_ready, b)
             return
         end = time.monotonic() + self.WATCH_SPAN_S
         pause = self._pause
@@ -541,6 +578,12 @@ class Bridge(ResetAccounting, DeterministicTraffic):
         return did
 
     def _dispatch(self, recs: np.ndarray) -> None:
+        if len(recs) == 1:
+            f = _fields(recs)
+            if f is not None and _MARK0 <= f[0] < _MARK1:
+                # (a mark is never dead-lettered by the device: see below)
+                self._mark1(self.outs[ds.mark_index(f[0])], f)
+                return
         types = recs["type"]
         chans = recs["channel"]
         # (a mark's channel column is its device channel seq, which takes these values too
@@ -583,6 +626,23 @@ class Bridge(ResetAccounting, DeterministicTraffic):
         st.reorder.add(part, seqs)
         self._drain_reorder(st)
 
+    def _mark1(self, st: Outbound, f) -> None:
+        """``_marks`` of one record given as its fields: plain int work (near_seq's arithmetic
+        on one seq; the record rebuilt packed), the same outcome."""
+        ref = st.next_seq
+        seq = ref + ((f[3] - ref + (1 << 31)) & 0xFFFF_FFFF) - (1 << 31)
+        part = _record(st.bc.type_id, f)
+        if st.det:
+            st.fence_buf.append(part)
+            self._grant(st, 1)
+            return
+        if not st.reorder and seq == ref:
+            self._in_order(st, part, f[6] != 0)
+            st.next_seq = seq + 1
+            return
+        st.reorder.add(part, np.array([seq], np.int64))
+        self._drain_reorder(st)
+
     def _drain_reorder(self, st: Outbound) -> None:
         arr, st.next_seq = st.reorder.pop_run(st.next_seq)
         if arr is not None and len(arr):
@@ -590,10 +650,10 @@ class Bridge(ResetAccounting, DeterministicTraffic):
         if st.reorder and st.bc.lossless:
             self._hold_credit(st)
 
-    def _in_order(self, st: Outbound, arr: np.ndarray) -> None:
+    def _in_order(self, st: Outbound, arr: np.ndarray, payload: bool | None = None) -> None:
         """GPU -> CPU records now in channel order: to ``ready`` once their payloads are in
-        the CPU arena (``_copy_waiting``)."""
-        if st.uncopied or arr["payload_len"].any():
+        the CPU arena (``_copy_waiting``). ``payload``: whether any has one, if known."""
+        if st.uncopied or (arr["payload_len"].any() if payload is None else payload):
             st.uncopied.append(arr)
             st.uncopied_n += len(arr)
             self._copy_waiting(st)
@@ -761,8 +821,9 @@ class Bridge(ResetAccounting, DeterministicTraffic):
                 st.ready.append(arr)
             while st.ready:
                 arr = st.ready[0]
+                f = _fields(arr) if len(arr) == 1 else None
                 try:
-                    acc = self._emit(st.ch, arr)
+                    acc = self._emit(st.ch, arr, f)
                 except GgmkError as e:
                     self.errors.append(f"bridge: channel {st.bc.name!r}: {e}")
                     acc = 0
@@ -780,7 +841,8 @@ class Bridge(ResetAccounting, DeterministicTraffic):
                     did = True
                     self._handoff += acc
                     st.crossed += acc
-                    self.c["inline_crossings"] += int((arr["payload_len"][:acc] == 0).sum())
+                    self.c["inline_crossings"] += (0 if f[6] else 1) if f is not None else \
+                        int((arr["payload_len"][:acc] == 0).sum())
                     self._grant_taken(st, acc)
                 if acc < len(arr):
                     st.ready[0] = T.copy(arr[acc:])
@@ -793,15 +855,13 @@ class Bridge(ResetAccounting, DeterministicTraffic):
         return did
 
     @staticmethod
-    def _emit(ch, arr: np.ndarray) -> int:
+    def _emit(ch, arr: np.ndarray, f=None) -> int:
         """Emit GPU -> CPU records into their CPU channel; the accepted count (a prefix).
         One record (a round trip's) goes as plain ints through ``emit_one``: no NumPy
-        column passes (~20-40 us of a round trip here)."""
+        column passes (~20-40 us of a round trip here). ``f``: its fields, if read."""
         if len(arr) == 1:
-            try:
-                f = _REC.unpack_from(arr)
-            except (BufferError, TypeError, ValueError):   # (a strided view)
-                f = None
+            if f is None:
+                f = _fields(arr)
             if f is not None and not f[7]:                  # (no yield count to carry)
                 return 1 if ch.emit_one(f[0], f[1], f[2], f[5], f[6], f[9], f[10]) == 0 else 0
         return ch.emit(arr)
@@ -1018,6 +1078,12 @@ class Bridge(ResetAccounting, DeterministicTraffic):
 
     def _admit_in(self, st: Inbound, recs: np.ndarray) -> None:
         """Turn taken CPU channel messages into ingress records (payloads: ask for blocks)."""
+        if len(recs) == 1:
+            f = _fields(recs)
+            if f is not None and not f[6]:       # one inline message (a round trip's)
+                st.fifo.append(_record(st.rx_type, f))
+                st.fifo_n += 1
+                return
         recs = T.copy(recs)
         plen = recs["payload_len"]
         recs["type"] = st.rx_type
@@ -1161,7 +1227,7 @@ class Bridge(ResetAccounting, DeterministicTraffic):
         n = len(allrec)
         did = False
         while pos < n:
-            chunk = allrec[pos:pos + self.batch]
+            chunk = allrec if pos == 0 and n <= self.batch else allrec[pos:pos + self.batch]
             sent = self._send(chunk)
             if sent is None:                 # persistent failure: dead-lettered
                 pos += len(chunk)
@@ -1184,7 +1250,11 @@ class Bridge(ResetAccounting, DeterministicTraffic):
         times ``retry_backoff_us``) by a later flush, never slept for here: this runs under
         the bridge's lock, maybe on an emitting thread (a host ``publish``: _after_emit)."""
         try:
-            k = self.tx.send(chunk)
+            if self._defer_ring:
+                k = self.tx.send(chunk, doorbell=False)
+                self._ring_due |= k > 0
+            else:
+                k = self.tx.send(chunk)
         except TransferError as e:
             self.c["retries"] += 1
             if self._retry_n < self.max_retries:
@@ -1198,9 +1268,21 @@ class Bridge(ResetAccounting, DeterministicTraffic):
             self._retry_n = 0
             self._failed_batch(chunk, f"{e}", code=BRIDGE_DEVICE_STOPPED)
             return None
+        except Exception as e:   # noqa: BLE001 - a transport's bug: the staged batch was
+            # already taken off the stage (_flush), so a raise lost it unaccounted: it is a
+            # failed transfer (a send that raises moved nothing): retried, then sys.error
+            self.c["retries"] += 1
+            self.errors.append(f"bridge: send raised {e!r}; retried as a failed transfer")
+            if self._retry_n < self.max_retries:
+                self._retry_at = time.monotonic() + self.backoff * (1 << min(self._retry_n, 6))
+                self._retry_n += 1
+                return 0
+            self._retry_n = 0
+            self._failed_batch(chunk, f"send raised {e!r}")
+            return None
         self._retry_n = 0
         if k:
-            self._log_sent(chunk[:k])
+            self._log_sent(chunk if k == len(chunk) else chunk[:k])
             self._last_io = time.monotonic()
             self.c["transfers"] += 1
             self.c["transfers_out"] += 1
@@ -1211,6 +1293,13 @@ class Bridge(ResetAccounting, DeterministicTraffic):
 
     def _log_sent(self, recs: np.ndarray) -> None:
         """Keep the ingress records of a sent batch (see ``Inbound.sent``): one copy per batch."""
+        if len(recs) == 1:
+            b = recs.tobytes()                 # (one record: its type and copy from bytes)
+            tid = int.from_bytes(b[:4], "little")
+            if not RX0 <= tid < RX1:
+                return
+            self._log_group(tid, np.frombuffer(bytearray(b), T.TASK_DTYPE))
+            return
         t = recs["type"]
         t0 = int(t[0])
         if RX0 <= t0 < RX1 and not np.count_nonzero(t != t0):
@@ -1224,13 +1313,16 @@ class Bridge(ResetAccounting, DeterministicTraffic):
             groups = [(int(pt[0]), part)] if not np.count_nonzero(pt != pt[0]) else \
                 [(int(u), T.select(part, pt == u)) for u in np.unique(pt).tolist()]
         for tid, g in groups:
-            st = self._in_by_k.get(ds.rx_index(tid))
-            if st is None:
-                continue
-            st.sent.append(g)
-            st.sent_n += len(g)
-            while st.sent_n - len(st.sent[0]) >= st.log_cap:
-                st.sent_n -= len(st.sent.popleft())
+            self._log_group(tid, g)
+
+    def _log_group(self, tid: int, g: np.ndarray) -> None:
+        st = self._in_by_k.get(ds.rx_index(tid))
+        if st is None:
+            return
+        st.sent.append(g)
+        st.sent_n += len(g)
+        while st.sent_n - len(st.sent[0]) >= st.log_cap:
+            st.sent_n -= len(st.sent.popleft())
 
     def _failed_batch(self, chunk: np.ndarray, why: str, code: int = BRIDGE_TRANSFER_FAILED):
         """A batch that could not be sent: its messages go to sys.error with ``code``."""

@@ -68,16 +68,26 @@ class InProcessTransport:
     payload hooks ``write_arena`` / ``read_arena``: plain memory copies on the ``cpu`` and
     ``sim`` targets, copies on a non-blocking stream of their own on ``cuda``)."""
 
+    #: ``send(records, doorbell=False)`` leaves the device's doorbell to :meth:`ring` (the bridge
+    #: rings it once it let go of its lock; looked up on the class, so a wrapper without it
+    #: sends as before)
+    RING_LATER = True
+
     def __init__(self, kernel):
         self.kernel = kernel
         self.target = kernel.target_name
 
     # -- records ---------------------------------------------------------------------------------
-    def send(self, records: np.ndarray) -> int:
+    def send(self, records: np.ndarray, doorbell: bool = True) -> int:
         k = self.kernel
         if not k.alive():
             raise KernelStopped(f"bridge: the GPU kernel ({self.target}) is not running")
-        return k.push(records)
+        return k.push(records, doorbell)
+
+    def ring(self) -> None:
+        """Wake the GPU kernel's parked workers for what ``send(..., doorbell=False)`` put on the
+        host -> device ring."""
+        self.kernel._ring()
 
     def recv(self, max_records: int) -> np.ndarray:
         k = self.kernel

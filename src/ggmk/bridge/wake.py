@@ -58,10 +58,11 @@ class PumpWake:
         except Exception:   # noqa: BLE001 - a stopped kernel: plain event waits
             return None
 
-    def wait(self, timeout: float, ready=None) -> bool:
+    def wait(self, timeout: float, ready=None, bell=None) -> bool:
         """Until set, the device rings (when ``ready`` is given: ``ready()`` says a record is
-        there) or ``timeout`` s. Returns whether the event is set."""
-        b = self.bell() if ready is not None else None
+        there) or ``timeout`` s. Returns whether the event is set. ``bell``: :meth:`bell`'s
+        answer when the caller just asked it (not asked twice)."""
+        b = None if ready is None else bell if bell is not None else self.bell()
         if b is None:
             return self._ev.wait(timeout)
         if self._ev.is_set():

@@ -60,6 +60,25 @@ def error_code(records: np.ndarray) -> np.ndarray:
     return records["_pad"].astype(np.int16).astype(np.int64)
 
 
+_REC_BYTES = TASK_DTYPE.itemsize
+
+
+class _Words:
+    """The ring words as plain memoryviews (``DeviceKernel._words``): an int64 word read or
+    written through one is a plain int, ~3x cheaper than a NumPy scalar index, and a record
+    slot is a 48-byte slice."""
+
+    __slots__ = ("ctl", "txseq", "rx", "tx", "rx_cap", "tx_cap")
+
+    def __init__(self, h, config):
+        self.ctl = memoryview(h["ctl"]).cast("B").cast("q")
+        self.txseq = memoryview(h["txseq"]).cast("B").cast("q")
+        self.rx = memoryview(h["rx"]).cast("B")
+        self.tx = memoryview(h["tx"]).cast("B")
+        self.rx_cap = config.rx_cap
+        self.tx_cap = config.tx_cap
+
+
 class DeviceKernel:
     """The persistent device kernel for ``modules`` on ``target`` ("auto", "cpu", "sim",
     "cuda"). ``workers`` is the number of worker blocks; any other :class:`DeviceConfig` field
@@ -175,6 +194,7 @@ class DeviceKernel:
             offs = layout.offsets(self.plan)
             self._h = {n: hm[o:o + size] for n, (kind, o, size) in offs.items()
                        if kind == "map"}
+            self.__dict__.pop("_wv", None)     # (_words' views are of the old words)
             self._h["ctl"][layout.C_ARENA_BASE] = self.target.address_of(args[2])
             self._h["tlv"][:] = self._build_levels()     # run-time trace levels: the builds'
             self._notify = option(self.target, "host_notifier")(self._h["ctl"])
@@ -215,6 +235,7 @@ class DeviceKernel:
         offs = layout.offsets(self.plan)
         self._h = {n: map_words[o:o + size] for n, (kind, o, size) in offs.items()
                    if kind == "map"}
+        self.__dict__.pop("_wv", None)     # (_words' views are of the old words)
         self._notify = notify
         self._launch = launch
         if built is not None:
@@ -333,7 +354,7 @@ class DeviceKernel:
             raise KernelStopped("DeviceKernel: not started (call start() or use `with`)")
 
     # ------------------------------------------------------------------ rings
-    def push(self, records: np.ndarray) -> int:
+    def push(self, records: np.ndarray, doorbell: bool = True) -> int:
         """Put task records on the host -> device ring; returns how many fitted (the rest
         are for a later call: the ring is bounded and this never waits). The kernel takes
         them in as tasks of their types; one that finds its type's bucket full then is
@@ -345,8 +366,12 @@ class DeviceKernel:
         the records, publish C_RX_TAIL) is one critical section. Without it two threads
         (e.g. the bridge pump and ``DualSystem.push_device``) read the same tail, copy into
         the same slots and publish tail + n twice: a record is silently overwritten, and a
-        stale tail published after the device consumed past it hides the next records."""
-        if not isinstance(records, np.ndarray) or records.dtype != TASK_DTYPE \
+        stale tail published after the device consumed past it hides the next records.
+
+        ``doorbell=False``: the doorbell that wakes parked workers is not rung; the caller
+        rings it (``_ring``) soon after (the bridge: once it let go of its own lock)."""
+        if not isinstance(records, np.ndarray) or (records.dtype is not TASK_DTYPE and
+                                                   records.dtype != TASK_DTYPE) \
                 or records.ndim != 1:
             got = (type(records).__name__ if not isinstance(records, np.ndarray) else
                    f"an array of dtype {records.dtype}" if records.dtype != TASK_DTYPE else
@@ -357,6 +382,21 @@ class DeviceKernel:
         if self._stopped:
             raise KernelStopped("DeviceKernel.push: the kernel is stopped")
         self._failed("DeviceKernel.push")
+        if len(records) == 1:
+            # one record (a round trip's): its 48 bytes into the slot, the words read and
+            # published as plain ints; no array views (~1 us each for a structured dtype)
+            v = self._words()
+            ctl, cap = v.ctl, v.rx_cap
+            with self._rx_lock:
+                tail = ctl[layout.C_RX_TAIL]
+                if tail - ctl[layout.C_RX_HEAD] >= cap:
+                    return 0
+                o = (tail & (cap - 1)) * _REC_BYTES
+                v.rx[o:o + _REC_BYTES] = records.tobytes()
+                ctl[layout.C_RX_TAIL] = tail + 1    # after the record (see below)
+            if doorbell:
+                self._ring()
+            return 1
         ctl = self._h["ctl"]
         cap = self.config.rx_cap
         with self._rx_lock:
@@ -373,8 +413,17 @@ class DeviceKernel:
             if k < n:
                 ring[:n - k] = words[k:]
             ctl[layout.C_RX_TAIL] = tail + n    # after the records: the device reads tail first
-        self._ring()
+        if doorbell:
+            self._ring()
         return n
+
+    def _words(self) -> "_Words":
+        """Plain memoryviews of the ring words (made once: the mapped words of a started or
+        attached kernel never move) for the one-record paths of push / pull / tx_ready."""
+        v = self.__dict__.get("_wv")
+        if v is None:
+            v = self._wv = _Words(self._h, self.config)
+        return v
 
     def tx_bell(self):
         """The host's end of the device -> host bell (the target's ``host_bell``: ``cpu``), or
@@ -414,13 +463,32 @@ class DeviceKernel:
         several host threads at once (read C_TX_HEAD, copy, publish C_TX_HEAD is one
         critical section: two pullers never both take the same records). Once the kernel
         failed, a pull that finds nothing raises a DeviceError naming the failure."""
-        if max_records is not None:
+        if max_records is not None and (max_records.__class__ is not int or max_records < 0):
             max_records = check_int("DeviceKernel.pull: max_records", max_records, 0)
         self._check()
         with self._tx_lock:
-            out = self._pull_locked(max_records)
+            out = self._pull1() if max_records != 0 and not len(self._tx_front) and \
+                not len(self._tx_back) else None
+            if out is None:
+                out = self._pull_locked(max_records)
         if not len(out):
             self._failed("DeviceKernel.pull")
+        return out
+
+    def _pull1(self):
+        """``pull`` of a lone record on the ring (a round trip's), under ``_tx_lock``: the
+        record as its 48 bytes, the words as plain ints; None when the ring holds none or
+        more than one (the general path)."""
+        v = self._words()
+        ctl, seq, mask = v.ctl, v.txseq, v.tx_cap - 1
+        head = ctl[layout.C_TX_HEAD]
+        if seq[head & mask] != head + 1 or seq[(head + 1) & mask] == head + 2:
+            return None
+        o = (head & mask) * _REC_BYTES
+        out = np.frombuffer(bytearray(v.tx[o:o + _REC_BYTES]), TASK_DTYPE)
+        ctl[layout.C_TX_HEAD] = head + 1
+        if v.tx_cap == 1 or ctl[layout.C_TX_HELD] != 0:
+            self._ring()                 # (as _pull_ring: spilled records, held producers)
         return out
 
     def _pull_locked(self, want):
@@ -481,7 +549,11 @@ class DeviceKernel:
         the ring, or kept on the host side: a word read and two lengths, the cheap check
         before :meth:`pull`)."""
         self._check()
-        return len(self._tx_front) > 0 or self._tx_ready_ring() or len(self._tx_back) > 0
+        if len(self._tx_front) or len(self._tx_back):
+            return True
+        v = self._words()
+        head = v.ctl[layout.C_TX_HEAD]
+        return v.txseq[head & (v.tx_cap - 1)] == head + 1
 
     def _tx_ready_ring(self) -> bool:
         head = int(self._h["ctl"][layout.C_TX_HEAD])
