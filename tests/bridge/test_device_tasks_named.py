@@ -6,25 +6,8 @@ import threading
 import ggmk
 import ggmk.dual
 from ggmk import task as T
-from ggmk.modules import reduce, registry, std_module, timer
-
-
-def _app(got, lock):
-    app = std_module("app", "timer")
-    app.produces("timer.set", "TIMER_SET")
-    app.produces("timer.cancel", "TIMER_CANCEL")
-    app.produces("reduce.in", "REDUCE_PART")
-
-    def on(ctx, b):
-        with lock:
-            got.extend(b.records["meta0"].tolist())
-    app.handler("APP_ACK", batch=True, consumes="timer.ack", message="TIMER_ACK",
-                name="ack")(on)
-    for ch, msg in (("timer.fire", "TIMER_FIRE"), ("reduce.out", "REDUCE_RESULT"),
-                    ("reduce.missing", "REDUCE_MISSING")):
-        app.handler(f"APP_{msg}", batch=True, consumes=ch, message=msg,
-                    name=msg.lower())(lambda ctx, b: None)
-    return app
+from ggmk.modules import reduce, registry, timer
+from tests.bridge.test_halt_handback import _app
 
 
 def test_pending_device_events_named_at_halt():

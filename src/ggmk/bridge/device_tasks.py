@@ -63,12 +63,9 @@ def pending_events(kernel) -> np.ndarray | None:
     named, not counted as type 0. None when this process cannot read the kernel's device
     words (a kernel in a device process: its device memory is the child's) and no one handed
     them over as ``kernel.held_events`` (the device process, at stop)."""
-    held = getattr(kernel, "held_events", None)
-    if isinstance(held, np.ndarray):
-        return held
-    dev = _dev_words(kernel)
+    held, dev = _held_or_words(kernel, "held_events")
     if dev is None:
-        return None
+        return held
     offs = layout.offsets(kernel.plan)
     W = layout.W
 
@@ -90,14 +87,20 @@ def user_words(kernel) -> np.ndarray | None:
     """A copy of a stopped ``kernel``'s user words (``g.user_get``: ``layout.USER_WORDS``
     int64), for the device modules' ``halt_records`` hooks; the device process's hand-back
     (``kernel.held_user_words``) where this process cannot read them, else None."""
-    held = getattr(kernel, "held_user_words", None)
-    if isinstance(held, np.ndarray):
-        return held
-    dev = _dev_words(kernel)
+    held, dev = _held_or_words(kernel, "held_user_words")
     if dev is None:
-        return None
+        return held
     _, o, n = layout.offsets(kernel.plan)["user"]
     return np.array(dev[o:o + n], dtype=np.int64)
+
+
+def _held_or_words(kernel, attr: str):
+    """(what the device process handed back as ``kernel.<attr>``, None) when it did, else
+    (None, the kernel's device words readable here, or None)."""
+    held = getattr(kernel, attr, None)
+    if isinstance(held, np.ndarray):
+        return held, None
+    return None, _dev_words(kernel)
 
 
 def _dev_words(kernel):
