@@ -101,6 +101,11 @@ def test_hw_json_gpu_drv_section():
     assert isinstance(plain, list) and len(plain) == len(d["pci"])   # the old shape is kept
 
 
+def test_hw_gpu_drv_without_json_is_a_usage_error():
+    r = CliRunner().invoke(cli, ["hw", "--gpu-drv"])
+    assert r.exit_code == 2 and "--gpu-drv goes with --json" in r.output, r.output
+
+
 @pytest.mark.parametrize("args", [["hw"], ["hw", "-v"], ["hw", "--json"],
                                   ["hw", "--json", "--gpu-drv"]])
 def test_hw_reports_a_pci_discovery_failure_without_a_traceback(monkeypatch, args):

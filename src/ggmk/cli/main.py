@@ -65,6 +65,8 @@ def demo(seconds: float, workers: int, seed: int) -> None:
               help="With --json: print {\"pci\": [...], \"gpu_drv\": {...}} instead of the "
                    "PCI list alone.")
 def hw(as_json: bool, verbose: bool, gpu_drv_json: bool) -> None:
+    if gpu_drv_json and not as_json:     # (the text output has the gpu_drv section already)
+        raise click.UsageError("--gpu-drv goes with --json: ggmk hw --json --gpu-drv")
     from ggmk.drivers import pci
     try:
         fns = pci.list_functions()

@@ -31,6 +31,7 @@ import functools
 import math
 import operator
 import os
+import re
 import struct
 import time
 import zlib
@@ -59,6 +60,8 @@ class DisplayError(VirtioError):
 
 
 MAX_MODE = 16384       # largest width / height of a virtio-gpu 2D resource
+# 'WIDTHxHEIGHT' in ASCII digits: int() alone would also take '+800', '1_024' and non-ASCII digits
+_MODE_RE = re.compile(r"\s*([0-9]+)\s*[xX]\s*([0-9]+)\s*")
 
 
 def _api(method):
@@ -99,7 +102,10 @@ class Mode:
             return value
         try:
             if isinstance(value, str):
-                w, h = (int(v) for v in value.lower().split("x"))
+                m = _MODE_RE.fullmatch(value)
+                if m is None:
+                    raise ValueError(value)
+                w, h = int(m.group(1)), int(m.group(2))
             else:
                 w, h = value
                 if isinstance(w, bool) or isinstance(h, bool):

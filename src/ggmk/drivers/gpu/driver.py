@@ -26,16 +26,20 @@ def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def _timeout(value, default: float, what: str) -> float:
+def _timeout(value, default: float, what: str, name: str = "timeout",
+             positive: bool = False) -> float:
     """``value`` (seconds) checked, or ``default`` when None. Above ``threading.TIMEOUT_MAX``
-    (about 292 years) the platform's waits overflow, so such a value is refused, not capped."""
+    (about 292 years) the platform's waits overflow, so such a value is refused, not capped.
+    ``name``: the argument the error names; ``positive``: 0 is refused too (a kernel start
+    never completes in 0 s)."""
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value) or value < 0:
-        raise GpuDriverError(f"{what}: timeout={value!r} must be a finite number of seconds >= 0")
+            or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise GpuDriverError(f"{what}: {name}={value!r} must be a finite number of seconds "
+                             f"{'> 0' if positive else '>= 0'}")
     if value > threading.TIMEOUT_MAX:
-        raise GpuDriverError(f"{what}: timeout={value!r} is too large: must be at most "
+        raise GpuDriverError(f"{what}: {name}={value!r} is too large: must be at most "
                              f"{threading.TIMEOUT_MAX:g} s (threading.TIMEOUT_MAX)")
     return float(value)
 
@@ -193,12 +197,19 @@ class PayloadPool:
         if not isinstance(slot, PoolSlot) or slot.pool is not self:
             raise GpuDriverError(f"payload pool {self.name!r}: {slot!r} is not a slot of this pool")
         with self._lock:
-            if not self._used[slot.index] or self._gen[slot.index] != slot.generation:
-                raise GpuDriverError(f"payload pool {self.name!r}: slot {slot.index} is not "
-                                     f"allocated (double free?)")
-            self._used[slot.index] = False
-            self._free.append(slot.index)
-            self.frees += 1
+            if self.destroyed:      # the slot went with the pool's memory: not a free
+                raise GpuDriverError(f"payload pool {self.name!r}: destroyed; slot "
+                                     f"{slot.index} went with it (nothing to free)")
+            self._release(slot)
+
+    def _release(self, slot: PoolSlot) -> None:
+        """Give ``slot`` back (the caller holds ``_lock``)."""
+        if not self._used[slot.index] or self._gen[slot.index] != slot.generation:
+            raise GpuDriverError(f"payload pool {self.name!r}: slot {slot.index} is not "
+                                 f"allocated (double free?)")
+        self._used[slot.index] = False
+        self._free.append(slot.index)
+        self.frees += 1
 
     def put(self, data) -> PoolSlot:
         """Take a slot and upload ``data`` (bytes or an array) into it with a Write command;
@@ -208,7 +219,9 @@ class PayloadPool:
         try:
             slot.fence = self.context.submit([C.Write(self.mem, raw, slot.offset)])
         except BaseException:
-            self.free(slot)
+            with self._lock:
+                if not self.destroyed:  # else the context went meanwhile: nothing to give back
+                    self._release(slot)
             raise
         return slot
 
@@ -736,6 +749,8 @@ class GpuDriver:
         this backend's target; returns the running :class:`ggmk.device.DeviceKernel`."""
         if self.closed:
             raise GpuDriverError("launch: the driver is closed")
+        # checked here: the kernel's own start fails late and unnamed on a bad timeout
+        timeout = _timeout(timeout, 600.0, "launch", positive=True)
         if not self.config.enable_compute:
             raise GpuDriverError("launch: compute is disabled (config enable_compute=False)")
         from ggmk.device import DeviceKernel
@@ -760,6 +775,7 @@ class GpuDriver:
         return self._kernel
 
     def stop_kernel(self, timeout: float = 60.0) -> None:
+        timeout = _timeout(timeout, None, "stop_kernel")     # None: as the kernel takes it
         with self._klock:
             if self._kernel is not None:
                 self._kernel.stop(timeout)
@@ -770,6 +786,10 @@ class GpuDriver:
         options; returns the new DeviceKernel. ``last_reset`` says how the stop went."""
         if self.closed:
             raise GpuDriverError("reset: the driver is closed")
+        # both checked before the kernel is touched: a bad value must not stop (or abandon) a
+        # running kernel and then fail to start the new one
+        timeout = _timeout(timeout, None, "reset")
+        start_timeout = _timeout(start_timeout, 600.0, "reset", "start_timeout", positive=True)
         from ggmk.device import DeviceKernel
         with self._klock:
             if self.closed:
@@ -790,7 +810,9 @@ class GpuDriver:
             return k
 
     # -- displays -------------------------------------------------------------------------------
-    def _display_module(self):
+    def _display_module(self, what: str):
+        if self.closed:     # an owned display was closed with the driver
+            raise GpuDriverError(f"{what}: the driver is closed")
         if not self.config.enable_display:
             self.display_note = "disabled (config enable_display=False)"
             return None
@@ -819,12 +841,12 @@ class GpuDriver:
 
     def displays(self) -> list:
         """The displays of the virtio-gpu device (``DisplayInfo``); [] when there is none."""
-        mod = self._display_module()
+        mod = self._display_module("displays")
         return [] if mod is None else mod.displays()
 
     def set_mode(self, display: int, mode) -> None:
         """Set ``display`` to ``mode`` (``"1024x768"``, ``(w, h)`` or a ``Mode``)."""
-        mod = self._display_module()
+        mod = self._display_module("set_mode")
         if mod is None:
             raise GpuDriverError(f"set_mode: no display to set ({self.display_note}); "
                                  f"displays() is empty")

@@ -46,6 +46,11 @@ class KernelDriver:
                                     **options)
         except GpuDriverError as e:
             raise BootError(f"gpu_drv: device target {self.target!r}: {e}") from e
+        if target != self.target:   # 'auto': say why this target, not "backend='cpu' requested"
+            self.driver.backend_reason = (
+                f"device={target!r} chose the {self.target!r} target (the {self.target} "
+                f"backend): " + ("a usable CUDA GPU" if self.target == "cuda"
+                                 else "no usable CUDA GPU"))
         self.kernel = None
 
     def describe(self) -> dict:

@@ -431,6 +431,9 @@ def read_function(path: str, *, strict: bool = False) -> PciFunction:
     s["max_link_speed_gts"] = _parse_speed(_read_text(j("max_link_speed")))
     for key, fname in (("link_width", "current_link_width"), ("max_link_width", "max_link_width")):
         w = _read_int(j(fname), 10)
+        if w is not None and w < 0:     # was listed as "x-4"
+            notes.append(f"{fname}: {w} is not a link width, ignored")
+            w = None
         s[key] = w if w else None  # 0 = no link trained
 
     resources: list[tuple[int, int, int]] = []
