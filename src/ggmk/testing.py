@@ -828,7 +828,9 @@ def run_module_tests(path, *args: str, timeout: float | None = 600) -> tuple[int
     is stopped whole (SIGINT, so pytest prints where it was, then SIGKILL to what is left) and
     ``TestsTimedOut`` (a ``subprocess.TimeoutExpired``) raised; so is it when the wait is cut
     short by an exception (Ctrl-C's KeyboardInterrupt, one raised by a signal handler), which
-    is then re-raised. Nothing it started outlives the call that way.
+    is then re-raised. Nothing it started outlives the call that way, even an exception that
+    cuts the start itself short (after the fork, before ``Popen`` returned): the child waits
+    at a gate until this call holds it, and otherwise leaves without starting pytest.
 
     Example::
 
@@ -836,25 +838,73 @@ def run_module_tests(path, *args: str, timeout: float | None = 600) -> tuple[int
         assert rc == 0, out
     """
     import os
+    import socket
     import sys
     import tempfile
     # absolute: run in a module's own directory, a relative path would be looked up from
     # there ("widget/widget": what `ggmk new widget` told the user to run failed)
     path = os.path.abspath(str(path))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path, *args]
     # its output goes to files, not pipes: a process the tests leave behind (holding a pipe)
     # cannot keep this call waiting
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                 path, *args], stdout=out, stderr=err, process_group=0,
-                                cwd=path if os.path.isdir(path) else None)
+        gate, child_end = socket.socketpair()
+        proc = None
         try:
+            with child_end:
+                fd = child_end.fileno()
+                proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _GATE, str(fd), *cmd],
+                                        stdout=out, stderr=err, process_group=0, pass_fds=(fd,),
+                                        cwd=path if os.path.isdir(path) else None)
+            try:
+                gate.sendall(b"1")           # held: the child becomes the pytest run
+            except OSError:
+                pass                         # it is gone already: its exit code says why
             rc = proc.wait(timeout=timeout)
         except BaseException as e:
-            _stop_group(proc)
+            if proc is None:
+                _reap_unstarted(gate)
+            else:
+                _stop_group(proc)
             if isinstance(e, subprocess.TimeoutExpired):
-                raise TestsTimedOut(proc.args, timeout, _read_both(out, err)) from None
+                raise TestsTimedOut(cmd, timeout, _read_both(out, err)) from None
             raise
+        finally:
+            gate.close()
         return rc, _read_both(out, err)
+
+
+# What ``run_module_tests`` starts: it waits for the parent's b"1" on the socket ``argv[1]``,
+# then becomes the pytest run (``exec``: the same process, its group's leader). A gate closed
+# without it (``Popen`` cut short: its pid lost to the parent) makes it say its pid, to be
+# reaped, and exit, pytest never started.
+_GATE = ("import os, sys\n"
+         "fd = int(sys.argv[1])\n"
+         "if os.read(fd, 1) == b'1':\n"
+         "    os.close(fd)\n"
+         "    os.execv(sys.argv[2], sys.argv[2:])\n"
+         "os.write(fd, str(os.getpid()).encode())\n")
+
+
+def _reap_unstarted(gate, grace: float = 5.0) -> None:
+    """``Popen`` did not return: close the gate (a child that forked leaves, pytest not
+    started) and reap the child by the pid it sends back (none: it never ran, or Popen
+    reaped it)."""
+    import os
+    import socket
+    gate.shutdown(socket.SHUT_WR)
+    gate.settimeout(grace)
+    said = b""
+    try:
+        while part := gate.recv(32):
+            said += part
+    except OSError:                          # (a timeout: it did not answer; it exits anyway)
+        pass
+    if said.isdigit():
+        try:
+            os.waitpid(int(said), 0)
+        except ChildProcessError:
+            pass
 
 
 def _stop_group(proc, grace: float = 5.0) -> None:

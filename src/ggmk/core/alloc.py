@@ -110,11 +110,12 @@ import numpy as np
 
 from ggmk.core import bigbuf
 from ggmk.core.det import check_flag, check_int
-from ggmk.errors import AllocError, DoubleFree, GgmkError, InvalidPointer, UseAfterFree
+from ggmk.errors import (AllocError, BootError, DoubleFree, GgmkError, InvalidPointer,
+                         UseAfterFree)
 
 __all__ = [
     "Arena", "BumpRegion", "HEADER_SIZE", "SLAB_SLOT", "SLAB_PAYLOAD", "NUM_BINS", "BIN_SIZES", "MAX_ALLOC",
-    "DEFAULT_SIZE", "MIN_SIZE", "POISON", "size_class",
+    "DEFAULT_SIZE", "MIN_SIZE", "POISON", "size_class", "ArenaTooSmall",
 ]
 
 HEADER_SIZE = 16
@@ -154,6 +155,28 @@ def size_class(nbytes: int) -> int:
     if nbytes <= SLAB_PAYLOAD:
         return 0
     return min(max((nbytes - 1).bit_length() - 5, 1), NUM_CLASSES)
+
+
+class ArenaTooSmall(BootError, ValueError):
+    """The arena is too small for what is asked of it: below ``MIN_SIZE``, or a bump area
+    that cannot give each worker a region (``worker_bump``, which each worker of a booting
+    kernel calls). A BootError, as boot raises it; a ValueError, like the arena's other
+    argument errors."""
+
+
+def _worker_half(bump_size: int) -> int:
+    """The bytes ``worker_bump`` splits among the workers: the bump area less the shared
+    region it keeps."""
+    return bump_size - ((bump_size // 2) & ~15)
+
+
+def _arena_size_for(nworkers: int) -> int:
+    """The smallest arena size (a multiple of 64) whose bump area gives ``nworkers`` workers
+    16 bytes each (the workers' half is about 10 % of the arena)."""
+    size = max(MIN_SIZE, (nworkers * 160 - 1024) & ~63)     # (just below the first that fits)
+    while _worker_half(int(size * BUMP_FRACTION) & ~15) < 16 * nworkers:
+        size += 64
+    return size
 
 
 def _class_name(k: int) -> str:
@@ -228,8 +251,9 @@ class Arena:
         if buffer is None:
             size = _int("Arena: size", size, 0)
             if size < MIN_SIZE:
-                raise ValueError(f"Arena size {size} is below the minimum {MIN_SIZE} bytes "
-                                 f"(every block bin needs at least one {MAX_ALLOC}-byte slot)")
+                raise ArenaTooSmall(f"Arena size {size} (boot's arena_size) is below the "
+                                    f"minimum {MIN_SIZE} bytes (every block bin needs at least "
+                                    f"one {MAX_ALLOC}-byte slot)")
             buffer = bigbuf.zeros(size + 64)      # +64: room to align the origin
             usable = size
             fresh = True
@@ -873,11 +897,17 @@ class Arena:
         with self._lock:
             regs = self._regions
             if not regs:
-                shared = (self.bump_size // 2) & ~15
-                each = ((self.bump_size - shared) // nworkers) & ~15
+                half = _worker_half(self.bump_size)
+                shared = self.bump_size - half
+                each = (half // nworkers) & ~15
                 if each < 16:
-                    raise ValueError(f"worker_bump: nworkers {nworkers} leaves less than 16 "
-                                     f"bytes per worker of the {self.bump_size}-byte bump area")
+                    # (named as boot names them: a raw ValueError out of boot named neither)
+                    raise ArenaTooSmall(
+                        f"worker_bump: workers={nworkers} do not fit arena_size={self.size}: "
+                        f"each worker needs a bump region of at least 16 bytes, and the "
+                        f"{half}-byte workers' half of this arena's bump area holds at most "
+                        f"{half // 16}; {nworkers} workers need arena_size="
+                        f"{_arena_size_for(nworkers)} or more")
                 if self._bump_top > shared:
                     raise ValueError(f"worker_bump: the shared bump region holds "
                                      f"{self._bump_top} bytes, past the {shared} it keeps once "

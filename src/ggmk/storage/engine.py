@@ -218,8 +218,11 @@ class WriteRequest:
 @dataclass
 class IoResult:
     """What one I/O did. ``status``: ``ok``, ``short`` (the file ended first: ``nbytes`` <
-    ``requested``; nothing past ``nbytes`` was written to the destination), ``error`` or
-    ``cancelled`` (``error`` holds the StorageError naming file and range).
+    ``requested``, the file's length; nothing past ``nbytes`` was written to the destination,
+    unless the file was cut while it was read: then its own destination range past ``nbytes``
+    may hold zeros, from an O_DIRECT transfer the kernel filled past the new end or a hole's
+    zero fill, either landed before the end was seen), ``error`` or ``cancelled`` (``error``
+    holds the StorageError naming file and range).
 
     A write's ``nbytes`` counts the bytes from ``offset`` on that reached the file, also when
     it failed or was cancelled part way (``error.written`` says the same); ``regions`` lists
@@ -831,9 +834,12 @@ class Storage:
         not the batch. An entry of ``file`` that is neither a path nor a FileHandle raises
         (TypeError naming it) before anything is opened. A read that crosses the end of the
         file writes nothing past its ``nbytes`` (O_DIRECT reads the block holding the end into
-        a scratch block). ``on_done(batch)`` runs once when every I/O has finished (in a
-        storage thread, before ``wait`` returns; an exception it raises is kept in
-        ``batch.callback_error``); it may read again (see :meth:`FastBatch.wait`).
+        a scratch block; a file cut after the batch sized it: the read is ``short`` with the
+        file's length, and its own destination range past that may hold zeros, which the
+        kernel puts in an O_DIRECT transfer past the new end). ``on_done(batch)`` runs once
+        when every I/O has finished (in a storage thread, before ``wait`` returns; an
+        exception it raises is kept in ``batch.callback_error``); it may read again (see
+        :meth:`FastBatch.wait`).
         With ``wait=True``, a batch not finished after ``timeout`` seconds raises TimeoutError
         once it is over: the reads not started end CANCELLED (naming the timeout), the ones
         already running (at most ``fast_threads``, one ``pread`` each) are waited for, so
@@ -1754,6 +1760,15 @@ class Storage:
             r.status, r.error = "error", io.error
         else:
             end = io.limit if io.short_at is None else min(io.limit, io.short_at)
+            if io.short_at is not None:
+                # the file ended before the size it had at the start: it was cut while read,
+                # maybe inside a hole zero-filled before a later read found the end (the end
+                # that read saw, at a data region's start, is not the file's): it ends where
+                # the file ends now
+                try:
+                    end = min(end, _size_of(io.fref.fh.fd))
+                except OSError:
+                    pass
             r.nbytes = max(end - io.offset, 0)
             r.status = "ok" if r.nbytes == io.length else "short"
         if io.started:

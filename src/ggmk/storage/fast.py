@@ -11,7 +11,8 @@ once (the device's queue depth is what makes random reads fast). Validation, the
 machines, the statistics and the results are updated once per batch, vectorized.
 
 Results and errors stay per I/O (arrays indexed like the request arrays): ``nbytes`` (a short
-read at end of file has ``nbytes < length``; nothing past it is written; a read that failed
+read at end of file has ``nbytes < length``; nothing past it is written (a file cut after the
+batch sized it: O_DIRECT may have put zeros there, in the read's own range); a read that failed
 part way: the bytes from its offset on that landed before the error), ``status`` (``OK``,
 ``SHORT``, ``ERROR``, ``CANCELLED``), ``errno``, ``direct`` (O_DIRECT used), ``latency_ns``;
 :meth:`FastBatch.error` builds the :class:`StorageError` naming the file and the range.
