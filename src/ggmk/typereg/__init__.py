@@ -13,7 +13,10 @@ uses (SPEC §6, §11).
 
 ``types.toml``
 --------------
-One table per type under ``[types]``; the only top-level key is ``types``::
+One table per type under ``[types]``; the only other top-level table is ``[registry]``::
+
+    [registry]
+    strict = true             # default false: see below
 
     [types.PHYS_STEP]
     id = 10                   # required: 1 .. 65535 (0xFFFF), unique
@@ -22,6 +25,14 @@ One table per type under ``[types]``; the only top-level key is ``types``::
     max_yields = 8            # policy, default 16 (0 .. 65535): the yield circuit breaker
     doc = "one physics step"  # optional free text
     payload = { x = "f64", y = "f64", n = "u32", tag = "bytes[8]", blob = "bytes" }
+
+A module whose handler or channel names a type that no types.toml, module fragment or
+``register`` call defines gets it at an automatic id (scripts need no types.toml); with
+``strict = true`` (or ``load_types(path, strict=True)``) that is a BootError naming the module,
+the handler or channel, the name and the closest defined names, and without it a name close to
+a defined one is a warning on the ``ggmk`` log (a misspelt handler type never sees the defined
+type's tasks). A module instance's own ``<TYPE>_<MODULE>`` types (``kv.module(name="cache")``:
+``KV_GET_CACHE``) are allowed either way; ``reg.auto_registered()`` lists the bare names.
 
 ``payload`` may also be written as a sub-table (``[types.PHYS_STEP.payload]``); field order is the
 TOML order either way. A type without ``payload`` has an empty payload (inline-only tasks).

@@ -29,12 +29,24 @@ class TypeRegistry:
     >>> ping = reg.register("PING", payload={"n": "u32"}, max_yields=4)   # auto id 0x8000
     >>> reg.id("PING"), reg.name(ping.id), "PING" in reg
     (32768, 'PING', True)
+
+    ``strict`` (``[registry] strict = true`` in types.toml, ``load_types(..., strict=True)``):
+    a boot refuses a module whose handler or channel names a type the registry does not
+    define (``validate_declarations``), instead of giving the name an automatic id. Names a
+    boot registers itself (``register(name)`` with nothing but the name, or ``TYPE_<id>``) are
+    ``auto_registered()``.
     """
 
-    def __init__(self, types: Iterable[TypeInfo] = ()):
+    def __init__(self, types: Iterable[TypeInfo] = (), *, strict: bool = False):
+        if not isinstance(strict, bool):
+            raise TypesError(f"TypeRegistry: strict={strict!r}: allowed True or False")
         self._by_name: dict[str, TypeInfo] = {}
         self._by_id: dict[int, TypeInfo] = {}
         self.sources: list[str] = []
+        self.strict = strict
+        # names registered with nothing but a name (what a boot does for a name it does not
+        # know): a strict registry's boot refuses them, and a misspelt one is told apart
+        self._implicit: set[str] = set()
         for t in types:
             self._check_free(t)
             self._add(t)
@@ -99,12 +111,22 @@ class TypeRegistry:
     def names(self) -> list[str]:
         return [t.name for t in self]
 
+    def auto_registered(self) -> list[str]:
+        """Names registered with nothing but a name (``register("X")``, ``TYPE_<id>``), as a
+        boot registers a name no types.toml or module defines: in id order."""
+        return [t.name for t in self if t.name in self._implicit]
+
+    def defined_names(self) -> list[str]:
+        """Names with a definition (types.toml, a module's types, ``register`` with an id, a
+        payload or a policy): ``names()`` less ``auto_registered()``."""
+        return [t.name for t in self if t.name not in self._implicit]
+
     def ids(self) -> list[int]:
         return sorted(self._by_id)
 
     def __repr__(self) -> str:
         return f"<TypeRegistry {len(self)} types: {', '.join(self.names()[:8])}" \
-               f"{', ...' if len(self) > 8 else ''}>"
+               f"{', ...' if len(self) > 8 else ''}{', strict' if self.strict else ''}>"
 
     # -- changes -------------------------------------------------------------------------------
     def register(self, name: str, id: int | None = None,
@@ -129,9 +151,14 @@ class TypeRegistry:
                          deterministic=t.deterministic, lossy=t.lossy,
                          max_yields=t.max_yields, doc=t.doc, source=source)
         self._check_free(t)
+        bare = payload is None and not policies and (id is None or name == f"TYPE_{id}")
         if existing is not None:
+            if not bare:
+                self._implicit.discard(name)   # defined now, the same as it was
             return existing
         self._add(t)
+        if bare:
+            self._implicit.add(t.name)
         return t
 
     def _free_auto_id(self) -> int:
@@ -160,18 +187,26 @@ class TypeRegistry:
         for t in other:
             if t.name not in self._by_name:
                 self._add(t)
+                if t.name in other._implicit:
+                    self._implicit.add(t.name)
+            elif t.name not in other._implicit:
+                self._implicit.discard(t.name)    # (defined there: no longer a bare name)
         self.sources.extend(s for s in other.sources if s not in self.sources)
+        self.strict = self.strict or other.strict   # a strict file stays strict when merged
         return self
 
     def copy(self) -> "TypeRegistry":
-        r = TypeRegistry(self)
+        r = TypeRegistry(self, strict=self.strict)
         r.sources = list(self.sources)
+        r._implicit = set(self._implicit)
         return r
 
     # -- output --------------------------------------------------------------------------------
     def to_toml(self) -> str:
         """The registry as ``types.toml`` text; ``load_types`` of it gives equal types."""
         out = ["# ggmk type registry (TypeRegistry.to_toml)"]
+        if self.strict:
+            out += ["", "[registry]", "strict = true"]
         for t in self:
             out += ["", f"[types.{t.name}]", f"id = {t.id}",
                     f"deterministic = {'true' if t.deterministic else 'false'}",

@@ -317,7 +317,8 @@ class TypeInfo:
             except UnicodeDecodeError as e:
                 raise PayloadError(f"{self.name}: payload JSON is not UTF-8: {e}") from None
         try:
-            obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+            obj = json.loads(text, object_pairs_hook=_no_duplicate_keys,
+                             parse_float=_json_float)
         except _DuplicateKey as e:
             raise PayloadError(f"{self.name}: field {e.args[0]!r} appears twice in the JSON"
                                " payload") from None
@@ -343,6 +344,9 @@ class TypeInfo:
             elif f.category == "int" and isinstance(v, float):
                 raise PayloadError(f"{self.name}: field {k!r} ({f.kind}): expected an integer,"
                                    f" got {v!r}")
+            elif isinstance(v, _JsonOverflow):
+                raise PayloadError(f"{self.name}: field {k!r} ({f.kind}): {v!r} is out of"
+                                   f" range for {f.kind} (write Infinity for an infinity)")
             values[k] = v
         return self.encode(values)
 
@@ -416,6 +420,24 @@ class _DuplicateKey(Exception):
     pass
 
 
+class _JsonOverflow(float):
+    """A JSON number too large for a float (``1e400``): json made it infinity without a word,
+    where f32's 1e39 was refused; kept as its text for the message."""
+
+    def __new__(cls, text: str):
+        self = super().__new__(cls, text)
+        self.text = text
+        return self
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _json_float(text: str) -> float:
+    v = float(text)
+    return _JsonOverflow(text) if v in (float("inf"), float("-inf")) else v
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     d: dict = {}
     for k, v in pairs:
@@ -427,7 +449,8 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
 
 def _short(v: Any) -> str:
     r = repr(v)
-    return f"{type(v).__name__} {r if len(r) <= 40 else r[:37] + '...'}"
+    kind = "float" if isinstance(v, _JsonOverflow) else type(v).__name__
+    return f"{kind} {r if len(r) <= 40 else r[:37] + '...'}"
 
 
 def _as_u8(buf: Any, tname: str) -> np.ndarray:

@@ -108,8 +108,26 @@ def _types_from_table(table: Any, text: str, src: str, probs: _Problems) -> list
     return out
 
 
-def load_types(path_or_text: str | os.PathLike | bytes, *, source: str | None = None
-               ) -> TypeRegistry:
+def _registry_table(table: Any, text: str, probs: _Problems) -> bool:
+    """The ``[registry]`` table's ``strict`` (default false); problems name its line."""
+    m = re.search(r"^[ \t]*(?:\[[ \t]*registry[ \t]*\]|registry[ \t]*\.)", text, re.M)
+    line = _line_of(text, m.start()) if m else None
+    if not isinstance(table, Mapping):
+        probs.add(f"'registry' must be a table ([registry] strict = true), got {table!r}",
+                  line=line)
+        return False
+    for k in table:
+        if k != "strict":
+            probs.add(f"[registry]: unknown key {k!r}; allowed: strict", line=line)
+    strict = table.get("strict", False)
+    if not isinstance(strict, bool):
+        probs.add(f"[registry]: 'strict' must be true or false, got {strict!r}", line=line)
+        return False
+    return strict
+
+
+def load_types(path_or_text: str | os.PathLike | bytes, *, source: str | None = None,
+               strict: bool | None = None) -> TypeRegistry:
     """Load a ``types.toml`` (a path, or the TOML text itself) into a TypeRegistry.
 
     ``os.PathLike`` is a path and bytes are TOML text. A str is TOML text when it contains a
@@ -119,18 +137,29 @@ def load_types(path_or_text: str | os.PathLike | bytes, *, source: str | None = 
     Every problem in the file is reported in one TypesError naming the file, the line where it
     can be found, the type and the field or policy.
 
+    ``strict`` (default: the file's ``[registry] strict``, else false): a boot with this
+    registry refuses a module whose handler or channel names a type the registry does not
+    define (a BootError naming the module, the handler or channel, the name and the closest
+    defined names) instead of registering the name at an automatic id. ``True``/``False``
+    overrides the file.
+
     >>> reg = load_types("types.toml"); reg.id("PHYS_STEP")
     10
     """
+    if strict is not None and not isinstance(strict, bool):
+        raise TypesError(f"load_types: strict={strict!r}: allowed True, False or None (the "
+                         "file's [registry] strict)")
     text, src, path = _read_source(path_or_text, source)
     data = _parse_toml(text, src, maybe_path=_maybe_path(path_or_text, path))
     probs = _Problems(src)
     for k in data:
-        if k != "types":
-            probs.add(f"unknown top-level key {k!r}: types go under [types.NAME]")
+        if k not in ("types", "registry"):
+            probs.add(f"unknown top-level key {k!r}: types go under [types.NAME] (and the "
+                      "registry's options under [registry])")
+    file_strict = _registry_table(data.get("registry", {}), text, probs)
     types = _types_from_table(data.get("types", {}), text, src, probs)
     probs.raise_if_any()
-    reg = TypeRegistry()
+    reg = TypeRegistry(strict=file_strict if strict is None else strict)
     for t in types:
         reg._add(t)
     reg.sources.append(src)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,6 +11,7 @@ from ggmk.typereg.decls import ChannelDecl, HandlerDecl
 from ggmk.typereg.manifest import ModuleManifest
 from ggmk.typereg.registry import TypeRegistry
 
+log = logging.getLogger("ggmk")
 
 # --------------------------------------------------------------------------------------------
 # boot-time validation
@@ -50,10 +52,11 @@ def validate_declarations(reg: TypeRegistry, channel_decls: Iterable[ChannelDecl
     """Check every module's declarations against the registry and each other; raise one
     BootError listing every problem (``err.problems`` holds them one per string):
 
-    unknown type names; modules disagreeing on a channel's type, mode or guarantee; a lossless
-    type (``lossy = false``) on a lossy channel; a deterministic type handled by a handler not
-    declared deterministic; a p2p channel consumed by two modules; a handler name used twice in
-    one module; a declaration of ``sys.error`` / ``sys.dropped`` (system channels carrying every
+    unknown type names (in a strict registry also the names a boot registered itself,
+    ``reg.auto_registered()``: see ``_undefined_problems``); modules disagreeing on a
+    channel's type, mode or guarantee; a lossless type (``lossy = false``) on a lossy channel;
+    a deterministic type handled by a handler not declared deterministic; a p2p channel
+    consumed by two modules; a handler name used twice in one module; a declaration of ``sys.error`` / ``sys.dropped`` (system channels carrying every
     type, see ``ANY_TYPE_CHANNELS``).
 
     >>> validate_declarations(reg, counter.channels + printer.channels, counter.handlers)
@@ -86,6 +89,7 @@ def validate_declarations(reg: TypeRegistry, channel_decls: Iterable[ChannelDecl
     for h in handlers:
         if h.type not in reg:
             problems.append(f"module {h.module_name!r}: handler {h.name!r}: {unknown(h.type)}")
+    problems += _undefined_problems(reg, chans, handlers)
 
     by_chan: dict[str, list[ChannelDecl]] = {}
     for d in chans:
@@ -125,6 +129,54 @@ def validate_declarations(reg: TypeRegistry, channel_decls: Iterable[ChannelDecl
                             f" type {tname(h.type)} but is not declared deterministic")
 
     raise_boot_problems("declarations", problems, source)
+
+
+def _undefined_problems(reg: TypeRegistry, chans: list[ChannelDecl],
+                        handlers: list[HandlerDecl]) -> list[str]:
+    """The declarations naming a type the registry holds only because a boot registered the
+    bare name (``reg.auto_registered()``): problems in a strict registry; else a warning on
+    the ``ggmk`` log for each that looks like a misspelt defined name (a registry read from a
+    file), since its handler would never see the defined type's tasks.
+
+    A module instance's own type, ``<TYPE>_<MODULE>`` after a defined TYPE (as the standard
+    modules name a second instance's handler types: ``kv.module(name="cache")`` handles
+    ``KV_GET_CACHE``), is allowed."""
+    auto = set(reg.auto_registered())
+    if not auto:
+        return []
+    defined = reg.defined_names()
+    out: list[str] = []
+    seen: set = set()
+    for d in [*handlers, *chans]:
+        if d.type not in reg:
+            continue                                  # (unknown: reported already)
+        name = reg.name(d.type) if not isinstance(d.type, str) else d.type
+        if name not in auto:
+            continue
+        suffix = "_" + d.module_name.upper()
+        if name.endswith(suffix) and name[:-len(suffix)] in defined:
+            continue
+        what = (f"handler {d.name!r}" if isinstance(d, HandlerDecl)
+                else f"channel {d.name!r} ({d.direction})")
+        if (d.module_name, what, name) in seen:
+            continue
+        seen.add((d.module_name, what, name))
+        tid = reg.id(name)
+        said = (f"type id {tid} is not in the registry" if name == f"TYPE_{tid}" else
+                f"type {name!r} is not in the registry")
+        close = difflib.get_close_matches(name, defined, n=3)
+        hint = f" (closest: {', '.join(close)})" if close else ""
+        files = ", ".join(reg.sources) or "the registry"
+        if reg.strict:
+            out.append(f"module {d.module_name!r}: {what}: {said}{hint}; the registry is "
+                       f"strict ({files}): define it there (or register it with "
+                       f"reg.register(name, id=...) before the boot)")
+        elif close and reg.sources:
+            log.warning("ggmk: module %r: %s: %s (did you mean %s?): it was given the "
+                        "automatic id %d and sees no task of a type in %s ([registry] strict "
+                        "= true in types.toml makes this a boot error)", d.module_name, what,
+                        said, " or ".join(close), tid, files)
+    return out
 
 
 def raise_boot_problems(what: str, problems: list[str], source: str | None = None) -> None:
