@@ -69,7 +69,7 @@ from ggmk.core.alloc import MAX_ALLOC
 from ggmk.core.module import Module
 from ggmk.errors import AllocError
 from ggmk.storage import ArenaDest, Storage, WriteRequest
-from ggmk.storage.engine import FileHandle, _checked_path, _not_a_file
+from ggmk.storage.files import FileHandle, _checked_path, _not_a_file
 from ggmk.typereg import load_module_manifest
 
 __all__ = ["NvmeModule", "MANIFEST", "PART_MAX", "E_IO", "E_NOFILE", "E_PERM", "E_NOSPACE",

@@ -171,6 +171,9 @@ class InlineCopy:
         pass
 
 
+INLINE_COPY = InlineCopy()          # (stateless: one serves every host copy)
+
+
 class ThreadCopy:
     """A copy thread with a FIFO of copies: the generic pipelined engine (a stand-in for a DMA
     engine / CUDA stream when the "device" is host memory). Copies complete in submission
