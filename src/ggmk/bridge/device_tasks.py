@@ -13,16 +13,20 @@ is what was queued or running when it stopped (exact once the kernel stopped; th
 publication if it was killed). Retried tasks waiting on the device's event queue are not in a
 type's count until they fire: they are counted globally (``events_pushed - events_fired -
 events_dropped``); their records (type, meta words) are read by ``pending_events`` where
-this process can read the kernel's device words or a device process handed them back at a
-normal stop; a kernel killed unread (hung) leaves them named with type 0. Bridge types are left to the bridge; copies on a
-CPU -> GPU channel's device side the bridge already names (``chan_depth``) are taken off their
-subscriber type's count, so no message is named twice.
+this process can read the kernel's device words or a device process handed them back (at a
+normal stop, or asked just before a hung kernel is killed: read while its live workers ran and
+its stuck one may have been mid-write, see ``_settled``); a kernel killed unread (a device
+process that did not answer in time) leaves them named with type 0. Bridge types are left to
+the bridge; copies on a CPU -> GPU channel's device side the bridge already names
+(``chan_depth``) are taken off their subscriber type's count, so no message is named twice.
 
 Records still on the host -> device ring were never taken in (only GPU worker 0 takes them
 in: a hung worker 0 leaves every later ``push_device`` there), so no counter has them;
 ``host_ring_left`` reads them from the ring itself.
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -31,6 +35,13 @@ from ggmk.bridge import device_side as ds
 from ggmk.device import layout
 
 _OUTCOMES = ("ok", "fail", "retry", "yield", "wait")
+
+#: reads of words a kernel that did not stop may still be writing are repeated until two in a
+#: row agree (see ``_settled``), at most this many times
+SETTLE_TRIES = 20
+#: seconds a copy of a ``cuda`` kernel's device words may take while the kernel still runs
+#: (hung): the copy may wait behind the resident kernel forever; not waited for longer
+CUDA_READ_S = 2.0
 
 
 def unfinished_tasks(kernel, bridged_channels=()) -> dict[int, int]:
@@ -71,16 +82,23 @@ def pending_events(kernel) -> np.ndarray | None:
 
     def region(name):
         return dev[offs[name][1]:offs[name][1] + offs[name][2]]
-    n = int(region("glob")[layout.G_EV_SIZE])
-    heap = region("evr")[:max(0, n) * W]
+    glob, qseq = region("glob"), region("qseq")
     qi = [q[0] for q in kernel.plan.queues].index("evinbox")
     _, base, cap = kernel.plan.queues[qi]
     qc = region("qc")[qi * layout.QCS:]
-    head, tail = int(qc[layout.QC_HEAD]), int(qc[layout.QC_TAIL])
-    slots = base + ((head + np.arange(max(0, min(tail - head, cap)), dtype=np.int64))
-                    & (cap - 1))
-    inbox = region("q").reshape(-1, W)[slots].reshape(-1)
-    return np.concatenate([heap, inbox]).astype(np.int64).view(T.TASK_DTYPE).copy()
+
+    def read():
+        n = int(glob[layout.G_EV_SIZE])
+        heap = region("evr")[:max(0, min(n, offs["evk"][2])) * W]
+        head, tail = int(qc[layout.QC_HEAD]), int(qc[layout.QC_TAIL])
+        pos = head + np.arange(max(0, min(tail - head, cap)), dtype=np.int64)
+        slots = base + (pos & (cap - 1))
+        # (a slot reserved whose producer has not written it yet holds an old record)
+        slots = slots[qseq[slots] == pos + 1]
+        inbox = region("q").reshape(-1, W)[slots].reshape(-1)
+        return np.concatenate([heap, inbox]).astype(np.int64)
+    # (the heap moves under the event lock: a read while a live worker held it may be torn)
+    return _settled(read, lambda: int(glob[layout.G_EV_LOCK]) == 0).view(T.TASK_DTYPE).copy()
 
 
 def user_words(kernel) -> np.ndarray | None:
@@ -91,7 +109,28 @@ def user_words(kernel) -> np.ndarray | None:
     if dev is None:
         return held
     _, o, n = layout.offsets(kernel.plan)["user"]
-    return np.array(dev[o:o + n], dtype=np.int64)
+    return _settled(lambda: np.array(dev[o:o + n], dtype=np.int64))
+
+
+def _settled(read, free=lambda: True) -> np.ndarray:
+    """``read()`` of device words. A stopped kernel's do not change: the first two reads agree.
+    A kernel that did not stop (hung: its device process reads them just before it is
+    killed; in-process, a halt whose stop timed out) has live workers still writing them and
+    a stuck one that may be mid-write: read again until two reads in a row agree with
+    ``free()`` (its lock not held) around each, at most ``SETTLE_TRIES`` times, else the last
+    read as it is. Either way what is named is a snapshot: a record being written may be torn
+    (wrong meta words), one being moved may show twice or not at all. How many events are
+    named never comes from it (the published counters say: ``Bridge._lost_tasks_on_device``);
+    a ``halt_records`` hook names what the snapshot of the user words shows."""
+    last = cur = None
+    for _ in range(SETTLE_TRIES):
+        ok = free()
+        cur = read()
+        ok = ok and free()
+        if ok and last is not None and np.array_equal(cur, last):
+            return cur
+        last = cur if ok else None
+    return cur
 
 
 def _held_or_words(kernel, attr: str):
@@ -109,10 +148,30 @@ def _dev_words(kernel):
     dev = arrays[0] if arrays is not None else None
     if dev is None or isinstance(dev, np.ndarray):
         return dev
+    launch = getattr(kernel, "_launch", None)
     try:
-        return dev.copy_to_host()          # (cuda: the device memory is kept with the kernel)
+        if launch is None or not launch.alive():
+            return dev.copy_to_host()      # (cuda: the device memory is kept with the kernel)
     except Exception:   # noqa: BLE001 - unreadable: counted as type 0 instead
         return None
+    # still running (hung): the copy may wait behind the resident kernel forever; a helper
+    # thread (in the kernel's context) does it, waited for CUDA_READ_S at most
+    out = []
+
+    def copy():
+        ctx = getattr(getattr(dev, "gpu_data", None), "context", None)
+        try:
+            if ctx is not None:
+                ctx.push()
+            out.append(dev.copy_to_host())
+            if ctx is not None:
+                ctx.pop()
+        except Exception:   # noqa: BLE001 - unreadable: counted as type 0 instead
+            pass
+    th = threading.Thread(target=copy, name="ggmk-dev-words", daemon=True)
+    th.start()
+    th.join(CUDA_READ_S)
+    return out[0] if out else None
 
 
 def _sub_depth(kernel, name: str, type_id: int) -> int:

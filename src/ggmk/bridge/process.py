@@ -85,11 +85,17 @@ _libc = None
 _LIVE: "weakref.WeakSet[DeviceProcess]" = weakref.WeakSet()
 _at_exit = False
 
+#: seconds a device process about to be killed (its kernel hung) gets to read and hand back
+#: what the kernel holds (``DeviceProcess.kill``); the parent waits a little longer for the
+#: reply, then kills it anyway
+HANDBACK_S = 0.5
+_PIPE_S = 0.25
+
 
 def _kill_live() -> None:
     for p in list(_LIVE):
         try:
-            p.kill()
+            p.kill(handback=False)          # (exiting: nobody would account for it)
         except Exception:   # noqa: BLE001 - exiting: kill the others
             pass
 
@@ -320,17 +326,20 @@ def _child_main(conn, spec: dict) -> None:
             except (EOFError, OSError):
                 parent_gone()
             if cmd[0] == "stop":
-                err = held = None
+                err = None
                 try:
                     kernel.stop(timeout=cmd[1])
                 except BaseException:   # noqa: BLE001
                     err = traceback.format_exc()
-                else:
-                    try:
-                        held = _held(kernel, mods)
-                    except Exception:   # noqa: BLE001 - unread: the parent counts type 0
-                        held = None
+                # (one that did not stop, stuck, is read as it is, within a bound: see _held)
+                held = _held(kernel, mods, None if err is None else HANDBACK_S)
                 conn.send(("stopped", err, held))
+                break
+            if cmd[0] == "handback":
+                # a hung kernel about to be killed: what it holds, read while it runs; then
+                # exit at once (the parent kills this process next: its live workers would
+                # only move on from what was read)
+                conn.send(("handback", _held(kernel, mods, cmd[1])))
                 break
             if cmd[0] == "ping":
                 conn.send(("pong", kernel.alive()))
@@ -342,15 +351,32 @@ def _child_main(conn, spec: dict) -> None:
             os._exit(rc)        # stuck kernel threads (nogil machine code) must not hold exit
 
 
-def _held(kernel, mods) -> dict:
-    """What the stopped kernel holds in its device words, which die with this process: the
-    records on its event queue (``device_tasks.pending_events``) and, when a module has a
-    host-side ``halt_records`` hook, the user words it reads (``device_tasks.user_words``).
-    The parent sets them on its view (``held_events``, ``held_user_words``)."""
+def _held(kernel, mods, bound: float | None = None) -> dict | None:
+    """What the kernel holds in its device words, which die with this process: the records on
+    its event queue (``device_tasks.pending_events``) and, when a module has a host-side
+    ``halt_records`` hook, the user words it reads (``device_tasks.user_words``). The parent
+    sets them on its view (``held_events``, ``held_user_words``). None when they could not be
+    read (the parent counts type 0): read in a try of its own, so an unreadable word never
+    turns a clean stop into a failed one. ``bound``: a kernel that did not stop (hung) is read
+    as it is (``device_tasks._settled``) by a helper thread, waited for ``bound`` seconds at
+    most (on ``cuda`` a copy may wait behind the stuck kernel forever)."""
     from ggmk.bridge import device_tasks
     need = any(callable(getattr(m, "halt_records", None)) for m in mods)
-    return {"events": device_tasks.pending_events(kernel),
-            "user": device_tasks.user_words(kernel) if need else None}
+    out = []
+
+    def read():
+        try:
+            out.append({"events": device_tasks.pending_events(kernel),
+                        "user": device_tasks.user_words(kernel) if need else None})
+        except Exception:   # noqa: BLE001 - unread: the parent counts type 0
+            pass
+    if bound is None:
+        read()
+    else:
+        th = threading.Thread(target=read, name="ggmk-devproc-held", daemon=True)
+        th.start()
+        th.join(max(0.0, bound))
+    return out[0] if out else None
 
 
 # ------------------------------------------------------------------------------ the parent
@@ -515,6 +541,11 @@ class DeviceProcess:
         self.exit_info = None
         self._direct = None
         self._exited = False              # set by the exit watcher the moment the child ends
+        #: seconds a hung kernel's child gets to hand back what it holds before :meth:`kill`
+        #: kills it (0: killed unread)
+        self.handback_s = HANDBACK_S
+        self._stop_sent = False           # the child serves no other command after "stop"
+        self._handed = False              # its held state came back (stop or hand-back)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> "DeviceProcess":
@@ -647,19 +678,13 @@ class DeviceProcess:
             err = None
             try:
                 self.conn.send(("stop", float(timeout)))
+                self._stop_sent = True
                 t_end = time.monotonic() + timeout + 1
-                while time.monotonic() < t_end and p.is_alive():
-                    if self.conn.poll(0.05):
-                        msg = self.conn.recv()
-                        if msg[0] == "stopped":
-                            err = msg[1]
-                            # (a kernel killed instead, stuck, hands nothing back: its
-                            # events stay counted as type 0)
-                            held = msg[2] if len(msg) > 2 else None
-                            if held:
-                                self.kernel.held_events = held["events"]
-                                self.kernel.held_user_words = held["user"]
-                            break
+                for msg in self._replies(p, t_end, 0.05):
+                    if msg[0] == "stopped":
+                        err = msg[1]
+                        self._take_held(msg[2] if len(msg) > 2 else None)
+                        break
             except (EOFError, OSError, BrokenPipeError):
                 pass
             p.join(max(1.0, timeout))
@@ -677,11 +702,69 @@ class DeviceProcess:
         finally:
             self.kill()
 
-    def kill(self) -> None:
-        """SIGKILL the child (a stuck kernel cannot stop), reap it, unlink the pages."""
+    def _replies(self, p, t_end: float, step: float):
+        """The child's messages until ``t_end``, or until it is gone and none is left in the
+        pipe (it exits right after its last reply: that reply is still read)."""
+        while time.monotonic() < t_end:
+            if self.conn.poll(step) or not p.is_alive() and self.conn.poll(0):
+                yield self.conn.recv()
+            elif not p.is_alive():
+                return
+
+    def _take_held(self, held) -> None:
+        self._handed = True
+        if held:
+            self.kernel.held_events = held["events"]
+            self.kernel.held_user_words = held["user"]
+
+    def _handback(self) -> None:
+        """Before a kill (lock held): a child whose kernel runs still (hung: the watchdog's
+        reset; a halt or reset whose stop timed out) is asked for what a normal stop hands
+        back (``_held``: read while it runs), waited for ``handback_s`` (+ the pipe) at most.
+        Its Python control loop still answers while a kernel worker is stuck (the ``cpu``
+        target's workers are ``nogil`` machine code; ``sim``'s give up the GIL). One that does
+        not answer in time (stopped, busy, a ``cuda`` copy waiting behind the stuck kernel) is
+        killed unread: ``kernel.held_note`` says so (the bridge puts it in its errors)."""
+        p = self.proc
+        if self._handed or getattr(self, "launch", None) is None or p is None or \
+                not p.is_alive():
+            return                          # (stopped and handed back, never started, gone)
+        why = None
+        if self.handback_s <= 0:
+            why = f"handback_s={self.handback_s}"
+        else:
+            try:
+                if not self._stop_sent:     # (else the stop's reply is still to come)
+                    self.conn.send(("handback", float(self.handback_s)))
+                t_end = time.monotonic() + self.handback_s + _PIPE_S
+                for msg in self._replies(p, t_end, 0.02):
+                    if msg[0] in ("handback", "stopped"):
+                        self._take_held(msg[-1])
+                        break
+                    if msg[0] == "exited":
+                        self.exit_info = msg[1]
+            except (EOFError, OSError, BrokenPipeError) as e:
+                why = f"the control pipe failed: {e!r}"
+            if not self._handed and why is None:
+                why = (f"no answer within {self.handback_s + _PIPE_S:.2f} s"
+                       if p.is_alive() else f"it exited first (exit code {p.exitcode})")
+        if why is None and getattr(self.kernel, "held_events", None) is None:
+            why = "it could not read its kernel's words in time"
+        if why is not None:
+            self.kernel.held_note = (
+                f"device process {getattr(self, 'pid', None)}: killed without handing back "
+                f"what its GPU kernel held ({why}): its pending events are counted as type 0 "
+                "and its modules' state in user words is not named")
+
+    def kill(self, handback: bool = True) -> None:
+        """SIGKILL the child (a stuck kernel cannot stop), reap it, unlink the pages. A child
+        whose kernel still runs is first asked for what it holds (``handback``: see
+        :meth:`_handback`)."""
         with self._lock:
             if self._closed:
                 return
+            if handback:
+                self._handback()
             p = self.proc
             if p is not None and p.pid is not None:     # (None: start() itself failed)
                 if p.is_alive():

@@ -221,9 +221,12 @@ class ResetAccounting:
         ``acct["device_tasks"]`` ({type: n}). See ``device_tasks.unfinished_tasks``. A task on
         its event queue (an ``emit_at`` timer, a RETRY backoff) is named as the kernel holds it
         (``device_tasks.pending_events``: type, meta0, meta1) where this process can read the
-        kernel's device words or a device process handed them back with its stop reply (a halt,
-        a requested reset); a kernel killed instead (hung: its device memory died unread)
-        leaves one record of type 0 per event. Records
+        kernel's device words or a device process handed them back: with its stop reply (a halt,
+        a requested reset) or, its kernel hung, just before it was killed (read while the
+        kernel ran: which records are named is a snapshot, how many comes from the counters;
+        see ``device_tasks._settled``); a device process killed unread (it did not answer
+        within ``DeviceProcess.handback_s``: ``kernel.held_note``, put in ``errors``) leaves
+        one record of type 0 per event. Records
         still on the host -> device ring (pushed while GPU worker 0, the one that takes them
         in, was stuck) are named as they are (``device_tasks.host_ring_left``). Once per
         kernel: a reset tried again after a failed reboot, or a halt after it, finds the same
@@ -232,6 +235,9 @@ class ResetAccounting:
         if kernel is None or (self._tasks_named is not None and self._tasks_named() is kernel):
             return
         self._tasks_named = weakref.ref(kernel)
+        note = getattr(kernel, "held_note", None)
+        if note:                            # (killed unread: why its events are type 0)
+            self.errors.append(f"bridge: {note}")
         try:
             left = device_tasks.unfinished_tasks(kernel, [st.bc.name for st in self.ins])
         except Exception as e:   # noqa: BLE001 - its pages may be unreadable: say so
