@@ -309,3 +309,15 @@ def test_kernel_driver_close_stops_kernel_once_when_driver_owns_it(monkeypatch, 
     assert kd.driver.kernel is k
     kd.close()
     assert not k.alive() and kd.driver.closed
+
+
+def test_config_takes_numpy_sizes_as_alloc_does():
+    """Sizes computed with NumPy (np.int64) are ints to the config too, not refused."""
+    import numpy as np
+    from ggmk.drivers.gpu.config import GpuConfig
+    c = GpuConfig.make(None, memory_reservation=np.int64(1 << 20), payload_slots=np.int32(4),
+                       payload_slot_size=np.int64(64), device=np.int64(0))
+    assert (c.memory_reservation, c.payload_slots, c.payload_slot_size, c.device) == \
+        (1 << 20, 4, 64, 0)
+    assert all(type(v) is int for v in (c.memory_reservation, c.payload_slots,
+                                         c.payload_slot_size, c.device))

@@ -18,6 +18,8 @@ import re
 import threading
 from dataclasses import dataclass
 
+import numpy as np
+
 from .errors import GpuConfigError
 
 BACKENDS = ("auto", "cpu", "cuda")
@@ -32,8 +34,8 @@ def parse_size(option: str, value) -> int:
     """Bytes from an int or a string such as ``"512M"``, ``"2G"``, ``"4096"`` (binary units)."""
     if isinstance(value, bool):
         raise GpuConfigError(option, value, "must be a number of bytes (int, or '512M', '2G')")
-    if isinstance(value, int):
-        return value
+    if isinstance(value, (int, np.integer)):     # (a NumPy size, as alloc takes one)
+        return int(value)
     if isinstance(value, str):
         m = _SIZE_RE.match(value)
         if m:
@@ -55,11 +57,11 @@ def _same(a, b) -> bool:
 
 
 def _int(option: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise GpuConfigError(option, value, f"must be an integer >= {minimum}")
     if value < minimum:
         raise GpuConfigError(option, value, f"must be an integer >= {minimum}")
-    return value
+    return int(value)
 
 
 @dataclass(frozen=True)
