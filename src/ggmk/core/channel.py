@@ -11,7 +11,10 @@ declared with, and their validation, in ``core/channel_spec.py`` (p2p / fan-out,
 lossy, the priority-0 reserve); the replay log of a lossless channel in ``core/replay.py``; the
 registry (names to ids, the system channels, dead letters, draining every channel) in
 ``core/channel_registry.py``; the per-message emit buffer behind ``ctx.emitter`` in
-``core/emitter.py``. ``ggmk.core.chan`` re-exports them all.
+``core/emitter.py``; a subscriber in ``core/subscriber.py``; delivery into the subscribers'
+rings and draining them into the scheduler in ``core/delivery.py`` (a mixin of ``Channel``,
+which keeps the producer side: subscribe, emit, publish, admission, sequencing, close).
+``ggmk.core.chan`` re-exports them all.
 
 Every accepted message is delivered to every subscriber or appears on ``sys.dropped`` with a
 reason (CHAN_FULL, CHAN_CLOSED, CHAN_REPLAY_OVERFLOW, CHAN_NO_SUBSCRIBER).
@@ -70,24 +73,22 @@ from __future__ import annotations
 
 import struct
 import threading
-import traceback
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ggmk import task as T
-from ggmk.core.channel_spec import (DEFAULT_CAPACITY, MAX_FANOUT, max_subscribers,
-                                    priority_reserve, ring_capacity, validate_channel_spec,
-                                    validate_hook, validate_ordered, validate_window)
-from ggmk.core.det import check_int
+from ggmk.core.channel_spec import (DEFAULT_CAPACITY, MAX_FANOUT, max_subscribers, priority_reserve,
+                                    ring_capacity, validate_channel_spec, validate_hook,
+                                    validate_ordered, validate_window)
+from ggmk.core.delivery import Delivery
 from ggmk.core.replay import ReplayLog, ReplayMixin
-from ggmk.core.ring import Ring, WakingRing
-from ggmk.core.sched import Route
+from ggmk.core.subscriber import Subscriber
 from ggmk.errors import ChannelError
 from ggmk.events import EventType
 from ggmk.task import (CHAN_ALREADY_BOUND, CHAN_CLOSED, CHAN_FULL, CHAN_NO_SUBSCRIBER,
-                       CHAN_REPLAY_OVERFLOW, CHAN_TYPE_MISMATCH, CHAN_UNKNOWN, FLAG_CHANNEL_MSG,
-                       FLAG_DETERMINISTIC, PRIO_MASK, check_count)
+                       CHAN_TYPE_MISMATCH, CHAN_UNKNOWN, FLAG_CHANNEL_MSG, FLAG_DETERMINISTIC,
+                       PRIO_MASK, check_count)
 
 _REC = T.RECORD_STRUCT            # one record as plain ints (emit_one)
 _U32 = struct.Struct("<I")        # a record's type (offset 0) or seq (offset 12)
@@ -97,114 +98,7 @@ if TYPE_CHECKING:
     from ggmk.core.channel_registry import Channels
 
 
-class Subscriber:
-    """One subscriber of a channel: its ring, its handler type (0 = pulled by the host with
-    :meth:`take`), and its position for replay (``next``: the next sequence its ring needs)."""
-
-    __slots__ = ("chan", "type_id", "ring", "name", "next", "behind", "degraded", "acked",
-                 "delivered", "dropped", "overflows", "drain_lock", "window", "ordered", "busy",
-                 "b_lo", "b_hi", "busy_lock", "after", "awaited")
-
-    def __init__(self, chan: "Channel", type_id: int, name: str, window: int,
-                 ordered: bool = False):
-        self.chan = chan
-        self.type_id = type_id
-        self.name = name
-        # a host-side subscriber's ring wakes its reader (wait(), notify hooks) on each push
-        self.ring = (Ring if type_id else WakingRing)(chan.capacity, name=f"{chan.name}->{name}")
-        if not type_id:
-            self.ring.hook_failed = self.hook_failed
-        self.next = chan.committed + 1
-        self.behind = False
-        self.degraded = False
-        self.acked = chan.committed
-        self.delivered = 0
-        self.dropped = 0
-        self.overflows = 0
-        self.drain_lock = threading.Lock()
-        self.window = validate_window(name, window)
-        # ordered delivery: at most one delivered batch in the scheduler at a time; ``busy``
-        # counts its messages not finished yet, ``b_lo``..``b_hi`` its channel seqs
-        self.ordered = ordered
-        self.busy = 0
-        self.b_lo = self.b_hi = 0
-        self.busy_lock = threading.Lock()
-        self.after: tuple = ()            # host-side: called after an emit, outside the lock
-        # host-side: a callable, true while a reader waits for messages of this ring (an sdk
-        # client with replies outstanding): halt lets it take them before the close drops them
-        self.awaited = None
-
-    @property
-    def pull(self) -> bool:
-        return self.type_id == 0
-
-    def take(self, max_n: int = 1 << 30) -> np.ndarray:
-        """Pull up to ``max_n`` messages (host-side subscriber); acknowledges them."""
-        return self.chan._take(self, max_n)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Host-side subscriber: block until :meth:`take` has something (True) or ``timeout``
-        seconds passed (False). A real wake-up on delivery, not a poll::
-
-            sub = system.channel("results").subscribe()
-            while sub.wait(1.0):
-                handle(sub.take())
-        """
-        r = self.ring
-        if self.type_id:
-            raise ChannelError(f"channel {self.chan.name!r}: subscriber {self.name!r} is "
-                               "delivered to a handler; only a host-side subscriber waits",
-                               CHAN_UNKNOWN)
-        if r.tail != r.head or self.behind:
-            return True
-        r.ready.clear()
-        if r.tail != r.head or self.behind:       # a push between the check and the clear
-            return True
-        return r.ready.wait(timeout) or r.tail != r.head or self.behind
-
-    def add_notify(self, fn) -> None:
-        """Host-side subscriber: call ``fn()`` after each delivery into its ring (under the
-        ring's lock: keep it as cheap as ``Event.set``). One that raises is reported
-        (``hook_failed``); the delivery stands."""
-        if self.type_id:
-            raise ChannelError(f"channel {self.chan.name!r}: subscriber {self.name!r} is "
-                               "delivered to a handler; notify hooks are for host-side "
-                               "subscribers", CHAN_UNKNOWN)
-        validate_hook(self.chan.name, "notify", fn, "called with no arguments after each "
-                      "delivery")
-        self.ring.hooks = self.ring.hooks + (fn,)
-
-    def add_after(self, fn) -> None:
-        """Host-side subscriber: call ``fn()`` on the emitting thread once an emit (or a
-        handler's emitter commit) has delivered and let go of the channel's lock. Why: a
-        notify hook runs under the lock, so it can only wake a reader; this one may do the
-        reader's work itself (the bridge sends the message to the GPU kernel from the
-        publisher's thread instead of waking its pump: one thread wake-up less)."""
-        if self.type_id:
-            raise ChannelError(f"channel {self.chan.name!r}: subscriber {self.name!r} is "
-                               "delivered to a handler; after-emit hooks are for host-side "
-                               "subscribers", CHAN_UNKNOWN)
-        validate_hook(self.chan.name, "after", fn, "called with no arguments after an emit")
-        self.after = self.after + (fn,)
-
-    def hook_failed(self, fn, exc: Exception) -> None:
-        """A notify or after-emit hook raised: the message it was called for was accepted all
-        the same (a publish that raised then looked failed, and a retry duplicated it), so
-        the error is reported as a handler's is (``system.exceptions``) instead of raised."""
-        self.chan.kernel.note_exception((self.chan.name, f"hook {fn!r} of subscriber "
-                                         f"{self.name!r}", repr(exc),
-                                         "".join(traceback.format_exception(exc))))
-
-    def stats(self) -> dict:
-        r = self.ring
-        return {"name": self.name, "type": self.type_id, "depth": len(r),
-                "high_watermark": r.high_watermark, "delivered": self.delivered,
-                "dropped": self.dropped, "acked": self.acked, "behind": self.behind,
-                "degraded": self.degraded, "replay_overflows": self.overflows,
-                "ordered": self.ordered, "in_flight": self.busy if self.ordered else None}
-
-
-class Channel(ReplayMixin):
+class Channel(Delivery, ReplayMixin):
     """A named, typed channel; see the module docstring. Create with ``system.open(...)`` or a
     module's ``produces``/``consumes`` declarations.
 
@@ -654,303 +548,6 @@ class Channel(ReplayMixin):
             sub.busy = 0
         self._osubs = {}
         self.reg._rebuild()
-
-    def _deliver(self, recs: np.ndarray) -> None:
-        """Copy stamped, sequenced records into every subscriber's ring (under the lock)."""
-        n = len(recs)
-        self.committed = self.unwrap(int(recs["seq"][-1]))
-        subs = self.subs
-        if not subs:
-            self._drop(recs, CHAN_NO_SUBSCRIBER, None, release=True)
-            return
-        k = self.kernel
-        plan = []
-        for sub in subs:
-            if sub.behind:
-                plan.append(0)
-                continue
-            free = sub.ring.capacity - len(sub.ring)
-            if self.lossy:
-                m = self._lossy_fit(recs, free)
-            else:
-                m = min(n, free)
-            plan.append(m)
-        ptrs = recs["payload_ptr"]
-        if (ptrs[0] if n == 1 else np.count_nonzero(ptrs)):
-            # references first, pushes second: a subscriber may run and release at once
-            copies = np.zeros(n, dtype=np.int64)
-            for m in plan:
-                if isinstance(m, np.ndarray):
-                    copies += m
-                else:
-                    copies[:m] += 1
-            if self.log is not None:
-                copies += 1
-            arena = k.arena
-            for j in np.flatnonzero(ptrs):
-                c = int(copies[j])
-                if c > 1:
-                    arena.retain(int(ptrs[j]), c - 1)
-                elif c == 0:
-                    arena.release(int(ptrs[j]))
-        for sub, m in zip(subs, plan):
-            if isinstance(m, np.ndarray):
-                got, lost = T.select(recs, m), T.select(recs, ~m)
-            else:
-                got, lost = (recs if m == n else recs[:m]), recs[m:]
-            if len(got):
-                if sub.type_id and sub.type_id != got["type"][0]:
-                    got = T.copy(got)
-                    got["type"] = sub.type_id
-                sub.ring.push(got)
-                if not sub.behind:
-                    sub.next = self.unwrap(int(got["seq"][-1])) + 1
-            if len(lost):
-                if self.log is not None and not self.lossy:
-                    sub.behind = True      # the log holds its copies; it catches up on drain
-                else:
-                    self._drop(lost, CHAN_FULL, sub, release=False)
-        if self.log is not None:
-            self._log_append(recs)
-
-    def _lossy_fit(self, recs: np.ndarray, free: int):
-        """Drop-slow admission for one ring: an int prefix when simple, else a bool mask."""
-        n = len(recs)
-        pr = recs["flags"] & PRIO_MASK
-        if not pr.any():
-            return min(n, free)
-        lim_hi = free - self.reserve
-        if (pr != 0).all():
-            return max(0, min(n, lim_hi))
-        mask = np.zeros(n, dtype=bool)
-        used = 0
-        for j, p in enumerate(pr.tolist()):
-            if used < (free if p == 0 else lim_hi):
-                mask[j] = True
-                used += 1
-        return mask
-
-    def _drop(self, recs: np.ndarray, code: int, sub: Subscriber | None, *, release: bool) -> None:
-        """Copies that will not be delivered: sys.dropped with ``code`` (payload ref released
-        when ``release``; a copy that never got a reference passes release=False)."""
-        n = len(recs)
-        if n == 0:
-            return
-        out = T.copy(recs)
-        if sub is not None:
-            sub.dropped += n
-            if sub.type_id:
-                out["type"] = sub.type_id     # whose copy it was
-        if release and out["payload_ptr"].any():
-            self.kernel.arena.release_many(out["payload_ptr"])
-        out["payload_ptr"] = 0
-        self.reg.to_sys_dropped(out, code, count_on=self)
-        ev = EventType.REPLAY_OVERFLOW if code == CHAN_REPLAY_OVERFLOW else EventType.CHAN_DROP
-        self.reg._trace(ev, self.type_id, self.id, code & 0xFFFFFFFF, recs=out)
-
-    # -- draining -------------------------------------------------------------------------------
-    def _drain_channel(self) -> int:
-        n = 0
-        for sub in self.subs:
-            if sub.type_id:
-                n += self._drain_sub(sub)
-            elif sub.after:
-                for fn in sub.after:
-                    try:
-                        fn()
-                    except Exception as e:  # noqa: BLE001 - reported; the emit stands
-                        sub.hook_failed(fn, e)
-        return n
-
-    def _inflight(self, t: int) -> int:
-        n = 0
-        for rq in self.kernel.sched.tenants.values():
-            b = rq.buckets.get(t)
-            if b is not None:
-                n += b.size
-        return n
-
-    def _drain_sub(self, sub: Subscriber, all_: bool = False) -> int:
-        """Move a subscriber's messages into the enqueue core (FIFO: one drainer at a time).
-
-        A drainer never waits for the channel lock: a busy producer retakes it again and again,
-        and Python's locks are not fair, so a worker waiting for it (holding the subscriber's
-        drain lock, as it used to) could wait for milliseconds. Nobody could drain that
-        subscriber meanwhile; it fell a whole log behind subscribers just as fast as it and was
-        degraded. So a behind subscriber is fed from the log only when the lock is free (see
-        :meth:`_feed`), and acknowledged log entries are evicted the same way."""
-        if sub.ordered:
-            return self._drain_ordered(sub)
-        total = 0
-        while True:
-            if sub.behind:
-                self._feed(sub)
-            if not sub.drain_lock.acquire(False):
-                break
-            try:
-                n = self._drain_ring(sub, all_)
-            finally:
-                sub.drain_lock.release()
-            total += n
-            if not n or not sub.behind:
-                break                   # behind: more is waiting in the log
-        if total and self.log is not None:
-            self._log_evict_acked()
-        return total
-
-    def _feed(self, sub: Subscriber) -> None:
-        """Feed a behind subscriber's ring from the log if the channel lock is free. When it is
-        not, its holder is an emitter, which drains every subscriber after its emit (or a
-        drainer, which will release it soon: an idle worker drains again within a step)."""
-        if self.lock.acquire(False):
-            try:
-                if sub.behind:
-                    self._catch_up(sub)
-            finally:
-                self.lock.release()
-
-    def _drain_ring(self, sub: Subscriber, all_: bool) -> int:
-        """Drain what the ring holds, up to the subscriber's window (holding its drain lock)."""
-        total = 0
-        ring = sub.ring
-        tr = self.kernel.tracer
-        while ring.tail != ring.head:
-            credit = (1 << 30) if all_ else sub.window - self._inflight(sub.type_id)
-            if credit <= 0:
-                break
-            # in place: the enqueue core copies them into the ready queue, then they are
-            # consumed (one copy per delivery instead of two)
-            recs = ring.head_view(credit)
-            n = len(recs)
-            if not n:
-                break
-            if not tr.quiet_all:        # one CHAN_DRAIN per batch handed over (level all)
-                self.reg._trace(EventType.CHAN_DRAIN, self.type_id, self.id, n)
-            sub.delivered += n
-            sub.acked = self.unwrap(int(recs["seq"][-1])) if not self.det else sub.acked + n
-            self.kernel.sched.enqueue(recs, Route.CHANNEL)
-            ring.consume(n)
-            total += n
-            if n >= credit:
-                break                   # else: the view stopped at the buffer's end
-        return total
-
-    def _drain_ordered(self, sub: Subscriber, wake: bool = True) -> int:
-        """Ordered subscriber: hand the scheduler one batch (at most ``max_batch`` messages,
-        one tenant and priority, so the ready queue keeps it whole and one worker pops it), and
-        the next only once ``on_batch_done`` says that one is finished. Two workers can then
-        never run two of its batches at once, so its handler sees channel-sequence order."""
-        total = 0
-        if sub.behind and sub.busy:
-            self._feed(sub)             # fill its ring meanwhile: the log is forced past it later
-        while not sub.busy:
-            if sub.behind:
-                self._feed(sub)
-            if not sub.drain_lock.acquire(False):
-                break
-            n = 0
-            try:
-                if not sub.busy:
-                    n = self._deliver_one(sub, wake)
-            finally:
-                sub.drain_lock.release()
-            total += n
-            # loop: a batch that finished while we held the drain lock could not deliver the
-            # next one (its worker's try-acquire failed), so look again unless the ring is
-            # empty (behind with the channel lock taken: its holder drains, see _feed)
-            if not n and sub.ring.tail == sub.ring.head:
-                break
-        if total and self.log is not None:
-            self._log_evict_acked()
-        return total
-
-    def _deliver_one(self, sub: Subscriber, wake: bool = True) -> int:
-        ring = sub.ring
-        if ring.tail == ring.head:
-            return 0
-        recs = ring.head_view(min(self.kernel.max_batch, sub.window))
-        n = len(recs)
-        if n > 1:
-            # one tenant and one priority: the ready queue splits a batch by those, and two
-            # pieces could run on two workers at once
-            ten = recs["tenant"]
-            pri = recs["flags"] & PRIO_MASK
-            diff = (ten != ten[0]) | (pri != pri[0])
-            if np.count_nonzero(diff):
-                n = int(np.argmax(diff))
-                recs = recs[:n]
-        if not self.kernel.tracer.quiet_all:     # one CHAN_DRAIN per batch (level all)
-            self.reg._trace(EventType.CHAN_DRAIN, self.type_id, self.id, n)
-        seq = recs["seq"]
-        last = self.unwrap(int(seq[-1]))
-        sub.b_lo, sub.b_hi = self.unwrap(int(seq[0])), last
-        sub.busy = n                    # before the enqueue: a worker may finish it at once
-        sub.delivered += n
-        sub.acked = last
-        acc = self.kernel.sched.enqueue(recs, Route.CHANNEL, wake=wake)
-        ring.consume(n)
-        if acc < n:                     # refused ones went to sys.error: they never finish
-            with sub.busy_lock:
-                sub.busy = max(0, sub.busy - (n - acc))
-        return n
-
-    def _batch_done(self, sub: Subscriber, recs: np.ndarray) -> None:
-        """``recs`` (one worker batch of ``sub``'s handler type from this channel) finished."""
-        n = len(recs)
-        seq = recs["seq"]
-        lo, hi = sub.b_lo, sub.b_hi
-        if n == sub.busy and int(seq[0]) == lo & _M32 and int(seq[-1]) == hi & _M32:
-            done = n                    # the usual case: the whole in-flight batch
-        else:                           # a piece of it, or other messages of the same type
-            seq = self.unwrap(seq)
-            done = int(((recs["channel"] == self.id) & (seq >= lo) & (seq <= hi)).sum())
-            if not done:
-                return
-        with sub.busy_lock:
-            left = sub.busy - done
-            sub.busy = left if left > 0 else 0
-        if left <= 0:
-            # the next batch, without waking a parked worker: this thread runs worker steps
-            # and looks for work right after (the worker loop's has_work, or the give-back of
-            # a borrowed worker), and the subscriber has one batch in flight at a time: a
-            # woken worker would only race it for that batch (a futex wake-up, a GIL hand-off
-            # and a park per batch)
-            self._drain_ordered(sub, wake=False)
-
-    def _batch_done1(self, sub: Subscriber, seq: int) -> None:
-        """``_batch_done`` for one record of this channel with channel seq ``seq`` (as the
-        record carries it: its low 32 bits)."""
-        top = self.seq                  # (unwrap's int case, inline: once per round trip)
-        if not sub.b_lo <= top - ((top - seq) & _M32) <= sub.b_hi:
-            return                      # not of the batch in flight
-        with sub.busy_lock:
-            left = sub.busy - 1
-            sub.busy = left if left > 0 else 0
-        if left <= 0:
-            r = sub.ring
-            # nothing behind it (the usual round trip: the ring empty, not behind): the drain
-            # would take the drain lock only to find nothing. A message pushed after this look
-            # is drained by its emitter, which finds the subscriber no longer busy
-            if r.tail != r.head or sub.behind:
-                self._drain_ordered(sub, wake=False)      # (see _batch_done)
-
-    def _take(self, sub: Subscriber, max_n: int) -> np.ndarray:
-        if max_n.__class__ is not int or max_n < 0:     # ('x' was a raw TypeError)
-            max_n = check_int("max_n", max_n, 0,
-                              what=f" (messages to take from channel {self.name!r})")
-        if sub.behind:
-            with self.lock:
-                self._catch_up(sub)
-        recs = sub.ring.pop(max_n)
-        if len(recs):
-            if not self.kernel.tracer.quiet_all:     # a host pull is a drained batch too
-                self.reg._trace(EventType.CHAN_DRAIN, self.type_id, self.id, len(recs))
-            sub.delivered += len(recs)
-            sub.acked = self.unwrap(int(recs["seq"][-1]))
-            if self.log is not None:
-                with self.lock:
-                    self._log_evict(force=False)
-        return recs
 
     def release_host(self) -> None:
         """Deterministic channel: what host threads published since the last ``run()`` joins
