@@ -868,7 +868,12 @@ def finish(S, blk, ti, tick, o, r):
         return
     if r == YIELD:
         y = rec_yields(w3) + 1
-        w3 = (w3 & ~(0xFFFF << 32)) | ((y & 0xFFFF) << 32)
+        # the u16 count saturates, as the CPU kernel's (worker._yield): at max_yields 65535
+        # the yield past it stored 65536 & 0xFFFF = 0 on its sys.error record
+        yc = y
+        if yc > 0xFFFF:
+            yc = 0xFFFF
+        w3 = (w3 & ~(0xFFFF << 32)) | (yc << 32)
         met_type(D, blk, ti, PT_YIELD, 1)
         trace_if(S, blk, EV_TASK_YIELD, LV_INFO, w0, y, 0)
         if y > type_max_yields(ti):

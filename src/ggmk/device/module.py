@@ -187,7 +187,8 @@ class Module:
     whole kernel shares) this module keeps its state in, as ``(lo, hi, what)`` (``hi``
     exclusive) or a list of them; None says nothing. A kernel whose modules claim
     overlapping words does not build (a BootError names both): two modules writing the same
-    words corrupt each other silently (the default stats and log device modules did)."""
+    words corrupt each other silently (the default stats and log device modules did).
+    A region the build may move instead is marked with :meth:`movable`."""
 
     def __init__(self, name: str, version: str = "0.1.0", trace_level: str | int = "warn"):
         if not name or not isinstance(name, str):
@@ -198,6 +199,21 @@ class Module:
         self.handlers: list[Handler] = []
         self.channels: list[ChannelDecl] = []
         self.user_words = None
+        self._place = None            # movable(): (place, the region asked for)
+
+    def movable(self, place: Callable[[int], None]) -> None:
+        """Let the build place this module's one region (``user_words``, as ``(lo, hi,
+        what)``: where it would like to be): it stays there when that overlaps no other
+        claim, else it moves to free words (``codegen.resolve_handlers``), and
+        ``user_words`` then says where. ``place(lo)`` moves it: it rebinds the words the
+        handlers use (closure variables, frozen when the kernel compiles). A standard
+        ``device_module()`` not given ``base=`` is movable: two of them, or one sized
+        past its neighbour's default words, still boot together."""
+        c = self.claims()
+        if len(c) != 1:
+            raise BootError(f"module {self.name!r}: movable() needs one user_words region "
+                            f"(lo, hi, what), got {self.user_words!r}")
+        self._place = (place, c[0])
 
     def claims(self) -> list[tuple[int, int, str]]:
         """``user_words`` as a list of ``(lo, hi, what)``, each checked: ints with

@@ -28,16 +28,21 @@ handler types named ``<TYPE>_<NAME>`` (automatic ids); the message types stay th
 
 Device versions (``device_module()``) keep their state in the GPU kernel's 65536 user words
 (``g.user_*``); their default regions are disjoint, so any of them boot together with their
-defaults (``hi`` exclusive; the bridge of a dual boot keeps the top 2048 words, 63488..65535):
+defaults (``hi`` exclusive; the bridge of a dual boot keeps the top 2048 words, 63488..65535).
+A region made without ``base=`` (``rr_word=`` for echo; not kv's, below) is placed by the
+kernel's build: at its default words when they are free, else (a second instance, or sizes
+that grow it into a neighbour's words) at free words elsewhere (``ggmk.device.Module.movable``;
+``m.user_words`` says where once the kernel is made); an explicit ``base=`` stays put, and
+regions that do not fit the user words together are a BootError naming each module and its
+size:
 
 =============  ===============  ===============================================================
 module         default words    size
 =============  ===============  ===============================================================
 reduce         1024 .. 1410     ``base=1024``: 2 + 6 per group slot (64 groups)
 timer          4096 .. 4484     ``base=4096``: 4 + 6 per timer slot (64 timers)
-gate           8192 .. 8449     ``base=8192``: 1 + 4 per gate slot (64 gates)
-stats          12288 .. 16900   ``base=12288``: 4 + 72 per metric (64 metrics; up to 227
-                                metrics before log's words)
+gate           8192 .. 8769     ``base=8192``: 1 + 6 + 3 (n - 1) per gate slot (64 gates; n=2)
+stats          12288 .. 16900   ``base=12288``: 4 + 72 per metric (64 metrics)
 log            28672 .. 28681   ``base=28672``: 9 words
 echo           32767            ``rr_word=32767``: the round-robin turn (``round_robin`` only)
 kv             32768 .. 40962   ``base=32768``: 2 + 4 per slot (``2 * capacity`` slots rounded
@@ -45,8 +50,8 @@ kv             32768 .. 40962   ``base=32768``: 2 + 4 per slot (``2 * capacity``
                                 keys at this base, ending at 49154)
 =============  ===============  ===============================================================
 
-A larger table or a second instance needs its own ``base`` (``m.user_words`` says where each
-one is).
+kv's ``base`` stays where it is given (32768 by default): a larger kv table or a second kv
+instance needs its own ``base``.
 
 Shared helpers (for module authors too):
 
@@ -60,7 +65,9 @@ Shared helpers (for module authors too):
   queues are full).
 * :func:`device_region` - a device factory's check that its user-word region fits, naming
   the argument at fault; the factories record the region as ``m.user_words = (lo, hi,
-  what)`` (``hi`` exclusive; ``None``: no user words), so a build can refuse overlaps.
+  what)`` (``hi`` exclusive; ``None``: no user words), so a build can refuse overlaps, and
+  one made without ``base=`` as ``m.movable(place)`` (``place(lo)`` rebinds the words its
+  handlers use), so the build can move it to free words instead.
 * :class:`Outbox` - records waiting for room on a lossless channel: a handler that has
   already done its work (a kv put applied, a gate opened) must not lose or redo the answer
   when the channel is full, so the answer waits here in order and is flushed by the next

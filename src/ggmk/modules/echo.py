@@ -170,15 +170,17 @@ def type_id(name: str = "ECHO") -> int:
 def device_module(to, *, mode: str = "route", type: int | None = None,
                   retype: int | None = None, tap: str | None = None,
                   tap_guarantee: str = "lossy", name: str = "echo", capacity: int = 256,
-                  out_mode: str = "p2p", rr_word: int = 32767):
+                  out_mode: str = "p2p", rr_word: int | None = None):
     """The echo module for the GPU kernel (``ggmk.device``): handles type ``type`` (an id or
     a type name; default ``ECHO``'s id, and for an instance not named ``echo`` the type name
     ``ECHO_<NAME>``, as the CPU version: a kernel given ``types=``, as a dual boot is, resolves
     it) and forwards meta0, meta1 and the payload (one more reference per
     copy) on device channels it declares: ``to`` (1..4 names), ``mode`` ``"route"`` or
     ``"round_robin"`` (the turn is the atomic counter in user word ``rr_word``, recorded as
-    ``m.user_words``, ``None`` when one output needs no turn; a full channel is skipped; all
-    full: ``wait_at`` and try again), a ``tap`` copy (lossy by default), and
+    ``m.user_words``, ``None`` when one output needs no turn; without ``rr_word`` 32767, or a
+    free word the kernel's build finds when another module has that one, as a second
+    instance's: ``m.user_words`` says which once the kernel is made; a full channel is
+    skipped; all full: ``wait_at`` and try again), a ``tap`` copy (lossy by default), and
     ``retype`` (the channels' message type id; default the input type). The device channels
     are the module's: consume them with ``handler(..., consumes="name")``. Channel ids are
     fixed at build (``m.echo_channels``: name -> declaration).
@@ -228,6 +230,9 @@ def device_module(to, *, mode: str = "route", type: int | None = None,
                         f"got {to!r}")
     if tap is not None and tap in to:
         raise BootError(f"echo (device): the tap channel {tap!r} is also an output")
+    movable = rr_word is None         # the build places it (gd.Module.movable)
+    if movable:
+        rr_word = 32767
     if isinstance(rr_word, bool) or not isinstance(rr_word, int) or not 0 <= rr_word < 65536:
         raise BootError(f"echo (device): rr_word must be an int user word 0..65535 (the "
                         f"round-robin turn), got {rr_word!r}")
@@ -256,6 +261,12 @@ def device_module(to, *, mode: str = "route", type: int | None = None,
     # the one user word it uses (round_robin over several outputs), for overlap checks
     m.user_words = (RR, RR + 1, f"{name}: echo (device) round-robin turn") if NOUT > 1 \
         else None
+
+    def place(b):
+        nonlocal RR
+        RR = b
+    if movable and NOUT > 1:
+        m.movable(place)
 
     @m.handler(tin, max_yields=60000)
     def forward(ctx, task):

@@ -187,7 +187,7 @@ def _gate_fit(n: int, gates: int, slots: int, base: int) -> str:
     return " or ".join(fit)
 
 
-def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gate",
+def device_module(n: int, *, gates: int = 64, base: int | None = None, name: str = "gate",
                   channels: bool = False, capacity: int = 256):
     """The gate module for the GPU kernel (``ggmk.device``): the same types and ids.
 
@@ -214,10 +214,12 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
     then per gate slot a header - state, id, arrivals held, round, release index, the
     releaser's place - and (tag, payload, seq << 32 | length) per held arrival; ``gates``
     rounded up to a power of two; ``m.user_words``, ``m.gate_layout``): ``n`` is bounded by
-    the 65536 user words (a BootError names what fits). A slot stays bound to its gate id (its
-    round counter lives there), so a kernel serves at most ``gates`` distinct gate ids. Bad
-    input: ``GATE_BAD_ID`` (an id outside 0..2**31-1), ``GATE_TABLE_FULL`` (an arrival at one
-    gate id more than ``gates``); both on sys.error.
+    the 65536 user words (a BootError names what fits). Without ``base`` the region starts
+    at 8192, or where the kernel's build finds free words when other modules' words are
+    there (``m.user_words`` says where once the kernel is made). A slot stays bound to its
+    gate id (its round counter lives there), so a kernel serves at most ``gates`` distinct
+    gate ids. Bad input: ``GATE_BAD_ID`` (an id outside 0..2**31-1), ``GATE_TABLE_FULL`` (an
+    arrival at one gate id more than ``gates``); both on sys.error.
 
     At a dual system's halt the arrivals still held are on sys.dropped with ``CHAN_CLOSED``
     as the CPU version's (``GATE_ARRIVE``, meta0 = gate id, meta1 = tag): the host hook
@@ -252,6 +254,9 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
     g = device_api()
     device_check("gate (device): n", n, 1, 2**31)
     device_check("gate (device): gates", gates, 1, 8192)
+    movable = base is None            # the build places it (gd.Module.movable)
+    if movable:
+        base = 8192
     GN = pow2(gates)
     SW = _HDR + 3 * (n - 1)                       # one slot's words
     lo, hi = device_region("gate (device)", base, 1 + GN * SW,
@@ -259,11 +264,20 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
                            f"per held arrival)", lambda: _gate_fit(n, gates, GN, base))
     ids = type_ids()
     ARR, PASS = ids["GATE_ARRIVE"], ids["GATE_PASS"]
-    LOCK, T0, GMK, N, HDR = base, base + 1, GN - 1, n, _HDR
+    GMK, N, HDR = GN - 1, n, _HDR
     CH = bool(channels)
     YIELD, WAITC, BADID, FULLC = T.YIELD, T.WAIT, T.GATE_BAD_ID, T.GATE_TABLE_FULL
     RELEASER, M32, HALF = 1 << 62, _M32, _HALF
     m = gd.Module(name)
+    LOCK = T0 = 0
+
+    def place(b):
+        """The words the handlers use, from ``b`` (again where the build moves the region)."""
+        nonlocal LOCK, T0
+        LOCK, T0 = b, b + 1
+        m.gate_layout = {"lock": LOCK, "table": T0, "gates": GN, "slot_words": SW,
+                         "header": HDR}
+    place(base)
     C_OPEN = 0
     if CH:
         C_OPEN = m.channel(f"{name}.open", message=PASS, mode="fanout", capacity=capacity)
@@ -392,7 +406,8 @@ def device_module(n: int, *, gates: int = 64, base: int = 8192, name: str = "gat
                       meta1=np.array(tags, np.int64).view(np.uint64))
 
     m.halt_records = halt_records
-    m.gate_layout = {"lock": LOCK, "table": T0, "gates": GN, "slot_words": SW, "header": HDR}
     m.user_words = (lo, hi, f"{name}: gate (device) lock, {SW} words x {GN} gate slots")
+    if movable:
+        m.movable(place)
     m._ggmk_rebuild = (__name__, "device_module", made)
     return m

@@ -252,7 +252,7 @@ def _words(raw: bytes) -> list[int]:
 
 
 def device_module(*, level="info", rate: float = 1000.0, burst: int | None = None,
-                  tick_ns: int = 1_000_000, base: int = 28672, name: str = "log",
+                  tick_ns: int = 1_000_000, base: int | None = None, name: str = "log",
                   channels: bool = False, capacity: int = 256, out: str | None = None):
     """The log module for the GPU kernel (``ggmk.device``): filters and rate-limits on the
     device, formats on the host.
@@ -286,7 +286,9 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
 
     State: user words ``base .. base + 9`` (exclusive; ``m.user_words``): lock, milli-tokens,
     last refill tick, dropped since the report, dropped total, filtered, lines passed,
-    bucket-initialised flag, bad lines.
+    bucket-initialised flag, bad lines. Without ``base`` from 28672, or where the kernel's
+    build finds free words when other modules' words are there (``m.user_words`` says where
+    once the kernel is made).
 
     What the numeric subset forbids here: formatting (no strings on the device: the payload
     travels as bytes and the host formats it), Python ``logging``, a sink callable, and the
@@ -329,12 +331,12 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
                   f"or tick_ns")
     bst = burst if burst is not None else max(int(rate), 1)
     device_check("log (device): burst", bst, 1, 2**40)
+    movable = base is None            # the build places it (gd.Module.movable)
+    if movable:
+        base = 28672
     lo, hi = device_region("log (device)", base, 9, "its state")
     ids = type_ids()
     LOGT, LINE, DROPT = ids["LOG"], ids["LOG_LINE"], ids["LOG_DROPPED"]
-    LOCK, TOK, LAST, PEND, DTOT, FILT, NLINES = (base, base + 1, base + 2, base + 3, base + 4,
-                                                 base + 5, base + 6)
-    BADW = base + 8                                   # bad levels and malformed payloads
     LEVEL, RM, CAPM, YIELD = lv, milli_per_tick, bst * 1000, T.YIELD
     DTFULL = (CAPM + RM - 1) // RM                    # ticks that refill a whole bucket
     WARNL, ERRL, HDR = WARN, ERROR, _HDR.itemsize
@@ -347,10 +349,20 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
     RPT_ALLOC = HDR + 8 * len(TW)                     # (the last text word is stored whole)
     CH = bool(channels)
     m = gd.Module(name)
+    LOCK = TOK = LAST = PEND = DTOT = FILT = NLINES = INITW = BADW = 0
+
+    def place(b):
+        """The words the handlers use, from ``b`` (again where the build moves the region):
+        INITW is 1 once the bucket was filled, BADW counts bad levels and malformed
+        payloads."""
+        nonlocal LOCK, TOK, LAST, PEND, DTOT, FILT, NLINES, INITW, BADW
+        LOCK, TOK, LAST, PEND, DTOT, FILT, NLINES, INITW, BADW = range(b, b + 9)
+        m.log_layout = {"lock": LOCK, "dropped_total": DTOT, "filtered": FILT,
+                        "lines": NLINES, "bad": BADW}
+    place(base)
     C_HOST = 0
     if CH:
         C_HOST = m.channel(out or f"{name}.host", message=LOGT, mode="p2p", capacity=capacity)
-    INITW = base + 7                                  # 1 once the bucket was filled
 
     @m.handler(LOGT, max_yields=60000, consumes=f"{name}.in" if CH else None)
     def log_line(ctx, task):
@@ -445,8 +457,8 @@ def device_module(*, level="info", rate: float = 1000.0, burst: int | None = Non
                 g.user_add(ctx, NLINES, -1)
         return 0
 
-    m.log_layout = {"lock": LOCK, "dropped_total": DTOT, "filtered": FILT, "lines": NLINES,
-                    "bad": BADW}
     m.user_words = (lo, hi, f"{name}: log (device) lock, bucket, counters")
+    if movable:
+        m.movable(place)
     m._ggmk_rebuild = (__name__, "device_module", made)
     return m

@@ -375,7 +375,7 @@ def type_ids() -> dict[str, int]:
 
 
 def device_module(n: int, op: str = "sum", *, dtype: str = "u64", timeout: int | None = None,
-                  groups: int = 64, base: int = 1024, name: str = "reduce",
+                  groups: int = 64, base: int | None = None, name: str = "reduce",
                   channels: bool = False, capacity: int = 256):
     """The reduce module for the GPU kernel (``ggmk.device``): the same types and ids.
 
@@ -395,9 +395,11 @@ def device_module(n: int, op: str = "sum", *, dtype: str = "u64", timeout: int |
     reduce on either kernel and the bridge carries them.
 
     State: user words ``base .. base + 2 + 6 * groups`` (a lock, a round counter, 6 words per
-    group slot; ``groups`` rounded up to a power of two): at most ``groups`` groups open at
-    once; a partial of one more fails with ``REDUCE_TABLE_FULL`` (sys.error). Timed-out groups
-    are remembered (for ``REDUCE_LATE``) until their slot is needed.
+    group slot; ``groups`` rounded up to a power of two; without ``base`` from 1024, or where
+    the kernel's build finds free words when other modules' words are there: ``m.user_words``
+    says where once the kernel is made): at most ``groups`` groups open at once; a partial of
+    one more fails with ``REDUCE_TABLE_FULL`` (sys.error). Timed-out groups are remembered
+    (for ``REDUCE_LATE``) until their slot is needed.
 
     What the numeric subset forbids here: ``concat`` and custom Python reducers (no bytes, no
     Python objects, no calls the compiler cannot see), and f64 (folding on arrival is not in
@@ -438,12 +440,15 @@ def device_module(n: int, op: str = "sum", *, dtype: str = "u64", timeout: int |
         device_check("reduce (device): timeout", timeout, 1, 2**31)
     device_check("reduce (device): groups", groups, 1, 4096)
     G = pow2(groups)
+    movable = base is None            # the build places it (gd.Module.movable)
+    if movable:
+        base = 1024
     device_check("reduce (device): base", base, 0, 65536 - (2 + 6 * G))
     ids = type_ids()
     PART, RES, MISS, CHECK, FLUSH = (ids["REDUCE_PART"], ids["REDUCE_RESULT"],
                                      ids["REDUCE_MISSING"], ids["REDUCE_CHECK"],
                                      ids["REDUCE_FLUSH"])
-    LOCK, GEN, T0, GM, N = base, base + 1, base + 2, G - 1, n
+    GM, N = G - 1, n
     OPK = DEVICE_OPS.index(op)
     SIGN = -(1 << 63) if dtype == "u64" else 0    # u64 order: compare with the sign bit flipped
     TMO = timeout or 0
@@ -452,6 +457,14 @@ def device_module(n: int, op: str = "sum", *, dtype: str = "u64", timeout: int |
                                        T.YIELD, T.WAIT)
     GMASK = _GMASK
     m = gd.Module(name)
+    LOCK = GEN = T0 = 0
+
+    def place(b):
+        """The words the handlers use, from ``b`` (again where the build moves the region)."""
+        nonlocal LOCK, GEN, T0
+        LOCK, GEN, T0 = b, b + 1, b + 2
+        m.reduce_layout = {"lock": LOCK, "table": T0, "groups": G}
+    place(base)
     m.user_words = (base, base + 2 + 6 * G,
                     f"{name}: reduce (device) lock, round, 6 words x {G} group slots")
     C_OUT = C_MISS = 0
@@ -571,6 +584,7 @@ def device_module(n: int, op: str = "sum", *, dtype: str = "u64", timeout: int |
                       meta1=tab[live, 2].astype(np.uint64))
 
     m.halt_records = halt_records
-    m.reduce_layout = {"lock": LOCK, "table": T0, "groups": G}
+    if movable:
+        m.movable(place)
     m._ggmk_rebuild = (__name__, "device_module", made)
     return m

@@ -316,7 +316,7 @@ def collect(records, names: dict | None = None) -> list[dict]:
     return out
 
 
-def device_module(*, period: int = 100, metrics: int = 64, base: int = 12288,
+def device_module(*, period: int = 100, metrics: int = 64, base: int | None = None,
                   name: str = "stats", channels: bool = False):
     """The stats module for the GPU kernel (``ggmk.device``): the same types and ids.
 
@@ -336,9 +336,11 @@ def device_module(*, period: int = 100, metrics: int = 64, base: int = 12288,
     to ``NAME.add``/``NAME.set``/``NAME.obs`` (the CPU version's input channels).
 
     State: user words ``base .. base + 4 + 72 * metrics`` (exclusive: a lock, the snapshot
-    number, the schedule flag, then 72 words per metric; ``m.user_words``; the default ends at
-    16900, and up to 227 metrics stay below the log module's default words). Counters and
-    buckets are atomic adds; a histogram's min/max take the lock.
+    number, the schedule flag, then 72 words per metric; ``m.user_words``). Without ``base``
+    the region starts at 12288 (ending at 16900 at 64 metrics), or where the kernel's build
+    finds free words when other modules' words are there (``m.user_words`` says where once
+    the kernel is made). Counters and buckets are atomic adds; a histogram's min/max take the
+    lock.
 
     What the numeric subset forbids here: names (strings) and the JSON payload of the CPU
     version's ``NAME.snapshot`` (the device ships numbers; :func:`collect` labels them on
@@ -365,6 +367,9 @@ def device_module(*, period: int = 100, metrics: int = 64, base: int = 12288,
     g = device_api()
     device_check("stats (device): period", period, 1, 2**31)
     device_check("stats (device): metrics", metrics, 1, 900)
+    movable = base is None            # the build places it (gd.Module.movable)
+    if movable:
+        base = 12288
     lo, hi = device_region("stats (device)", base, 4 + _MW * metrics,
                            f"metrics={metrics} (4 + {_MW} words per metric)",
                            lambda: f"metrics <= {max((65536 - 4 - base) // _MW, 0)} at "
@@ -372,10 +377,18 @@ def device_module(*, period: int = 100, metrics: int = 64, base: int = 12288,
     ids = type_ids()
     ADD, SET, OBS, SNAP, TICK, ROW = (ids["STAT_ADD"], ids["STAT_SET"], ids["STAT_OBS"],
                                       ids["STATS_SNAPSHOT"], ids["STATS_TICK"], ids["STATS_ROW"])
-    LOCK, NUM, SCHED, M0, NM, MW, P = base, base + 1, base + 2, base + 4, metrics, _MW, period
+    NM, MW, P = metrics, _MW, period
     KINDC, BADM, YIELD = STATS_KIND, T.STATS_BAD_METRIC, T.YIELD
     CH = bool(channels)
     m = gd.Module(name)
+    LOCK = NUM = SCHED = M0 = 0
+
+    def place(b):
+        """The words the handlers use, from ``b`` (again where the build moves the region)."""
+        nonlocal LOCK, NUM, SCHED, M0
+        LOCK, NUM, SCHED, M0 = b, b + 1, b + 2, b + 4
+        m.stats_layout = {"lock": LOCK, "metrics": M0, "words_per_metric": MW}
+    place(base)
 
     def make(kind, verb):
         K = KIND_CODES[kind]
@@ -452,8 +465,9 @@ def device_module(*, period: int = 100, metrics: int = 64, base: int = 12288,
         g.emit_host(ctx, SNAP, num, g.tick(ctx))
         return 0
 
-    m.stats_layout = {"lock": LOCK, "metrics": M0, "words_per_metric": MW}
     m.user_words = (lo, hi, f"{name}: stats (device) lock, snapshot number, schedule flag, "
                             f"{MW} words x {metrics} metrics")
+    if movable:
+        m.movable(place)
     m._ggmk_rebuild = (__name__, "device_module", made)
     return m

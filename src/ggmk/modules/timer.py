@@ -380,7 +380,7 @@ def type_ids() -> dict[str, int]:
     return {t.name: t.id for t in _manifest(str(Path(__file__).with_name("timer.toml"))).types}
 
 
-def device_module(*, timers: int = 64, base: int = 4096, name: str = "timer",
+def device_module(*, timers: int = 64, base: int | None = None, name: str = "timer",
                   channels: bool = False, capacity: int = 256):
     """The timer module for the GPU kernel (``ggmk.device``): the same types, ids, statuses.
 
@@ -405,7 +405,9 @@ def device_module(*, timers: int = 64, base: int = 4096, name: str = "timer",
 
     State: user words ``base .. base + 4 + 6 * timers`` (a lock, a generation counter, the
     largest lateness seen, the fire count, then 6 words per slot; ``timers`` rounded up to a
-    power of two). A fired one-shot slot is remembered (for ``FIRED``) until a new timer
+    power of two; without ``base`` from 4096, or where the kernel's build finds free words
+    when other modules' words are there: ``m.user_words`` says where once the kernel is
+    made). A fired one-shot slot is remembered (for ``FIRED``) until a new timer
     needs it. Lateness (tick fired - tick due) is in user word ``base + 2`` (the maximum).
 
     What the numeric subset forbids here: nothing a timer needs, but the table is fixed at
@@ -431,17 +433,29 @@ def device_module(*, timers: int = 64, base: int = 4096, name: str = "timer",
     g = device_api()
     device_check("timer (device): timers", timers, 1, 4096)
     TN = pow2(timers)
+    movable = base is None            # the build places it (gd.Module.movable)
+    if movable:
+        base = 4096
     device_check("timer (device): base", base, 0, 65536 - (4 + 6 * TN))
     ids = type_ids()
     SET, CAN, FIRE, ACK, TICK, FLUSH = (ids["TIMER_SET"], ids["TIMER_CANCEL"], ids["TIMER_FIRE"],
                                         ids["TIMER_ACK"], ids["TIMER_TICK"], ids["TIMER_FLUSH"])
-    LOCK, GEN, LATE, NFIRE, T0, TM = base, base + 1, base + 2, base + 3, base + 4, TN - 1
+    TM = TN - 1
     IDM = _IDMASK
     CH = bool(channels)
     YIELD, WAITC = T.YIELD, T.WAIT
     A_SET, A_CAN = OP_SET << 32, OP_CANCEL << 32
     S_OK, S_UNK, S_FIRED, S_EX, S_BAD, S_FULL = OK, UNKNOWN, FIRED, EXISTS, BAD, FULL
     m = gd.Module(name)
+    LOCK = GEN = LATE = NFIRE = T0 = 0
+
+    def place(b):
+        """The words the handlers use, from ``b`` (again where the build moves the region)."""
+        nonlocal LOCK, GEN, LATE, NFIRE, T0
+        LOCK, GEN, LATE, NFIRE, T0 = b, b + 1, b + 2, b + 3, b + 4
+        m.timer_layout = {"lock": LOCK, "lateness_max": LATE, "fires": NFIRE, "table": T0,
+                          "timers": TN}
+    place(base)
     m.user_words = (base, base + 4 + 6 * TN, f"{name}: timer (device) lock, generation, "
                     f"lateness, fired, 6 words x {TN} timer slots")
     C_FIRE = C_ACK = 0
@@ -583,7 +597,7 @@ def device_module(*, timers: int = 64, base: int = 4096, name: str = "timer",
                 return WAITC
             return 0
 
-    m.timer_layout = {"lock": LOCK, "lateness_max": LATE, "fires": NFIRE, "table": T0,
-                      "timers": TN}
+    if movable:
+        m.movable(place)
     m._ggmk_rebuild = (__name__, "device_module", made)
     return m

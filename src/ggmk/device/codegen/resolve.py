@@ -41,6 +41,7 @@ def resolve_handlers(modules, types_map=None) -> list[Handler]:
             out.append(h2)
     if not out:
         raise BootError("DeviceKernel: no device handlers registered")
+    place_user_words(modules)
     check_user_words(modules)
     return out
 
@@ -61,6 +62,76 @@ def check_type_policies(modules, handlers: list[Handler], types_map) -> None:
                           [d for m in modules for d in m.channels if d.type in types_map],
                           [h for h in handlers if h.type in types_map],
                           source="DeviceKernel(types=...)")
+
+
+def _gaps(taken) -> list[tuple[int, int]]:
+    """The free user words between the ``(lo, hi)`` regions ``taken``, as ``(lo, hi)``."""
+    out, at = [], 0
+    for lo, hi in sorted(taken):
+        if lo > at:
+            out.append((at, lo))
+        at = max(at, hi)
+    if at < layout.USER_WORDS:
+        out.append((at, layout.USER_WORDS))
+    return out
+
+
+def _first_fit(taken, items) -> dict | None:
+    """``{id(module): lo}`` for ``items`` ``(module, words)``, largest first, each at the
+    lowest free words that hold it; None when one does not fit."""
+    taken, out = list(taken), {}
+    for m, words in sorted(items, key=lambda x: -x[1]):
+        lo = next((a for a, b in _gaps(taken) if b - a >= words), None)
+        if lo is None:
+            return None
+        taken.append((lo, lo + words))
+        out[id(m)] = lo
+    return out
+
+
+def place_user_words(modules) -> None:
+    """Place the regions of the movable modules (``Module.movable``: a standard
+    ``device_module()`` not given ``base=``) where they overlap nothing: each where it asked
+    to be when that is free, the others at the lowest free words, largest first; failing
+    that, all of them packed afresh. The claims of the other modules (an explicit
+    ``base=``, a user's module, the bridge's words) never move. Decided from the asked-for
+    regions alone, so the same modules in the same order are placed alike in every build (a
+    device process's child and its parent's view agree). A BootError naming every module
+    and size when they do not fit the user words together."""
+    movable = [m for m in modules if getattr(m, "_place", None)]
+    if not movable:
+        return
+    fixed = [(lo, hi) for m in modules if not getattr(m, "_place", None)
+             for lo, hi, _ in m.claims()]
+    taken, where, rest = list(fixed), {}, []
+    for m in movable:
+        lo, hi, _ = m._place[1]
+        if all(hi <= a or b <= lo for a, b in taken):
+            taken.append((lo, hi))
+            where[id(m)] = lo
+        else:
+            rest.append((m, hi - lo))
+    more = _first_fit(taken, rest)
+    if more is None:
+        more, where = _first_fit(fixed, [(m, m._place[1][1] - m._place[1][0])
+                                         for m in movable]), {}
+    if more is None:
+        need = ", ".join(f"{m.name!r} {hi - lo} words ({what})"
+                         for m in movable for lo, hi, what in [m._place[1]])
+        others = ", ".join(f"{m.name!r} {lo}..{hi - 1}" for m in modules
+                           if not getattr(m, "_place", None) for lo, hi, _ in m.claims())
+        free = ", ".join(f"{a}..{b - 1} ({b - a} words)" for a, b in _gaps(fixed))
+        raise BootError(
+            f"device modules do not fit the {layout.USER_WORDS} user words together: {need}; "
+            + (f"fixed: {others}; " if others else "")
+            + f"free: {free or 'none'}: give them smaller sizes")
+    where.update(more)
+    for m in movable:
+        place, (lo, hi, what) = m._place
+        at = where[id(m)]
+        if m.claims()[0][0] != at:
+            place(at)
+            m.user_words = (at, at + hi - lo, what)
 
 
 def check_user_words(modules) -> None:
