@@ -24,10 +24,17 @@ def test_handler_type_range_ends():
     assert [h.type for h in m.handlers] == [1, 2**32 - 1, "NAMED"]
 
 
-@pytest.mark.parametrize("bad", [-1, 65535, True, 2.0, "4"])
+@pytest.mark.parametrize("bad", [-1, 65536, True, 2.0, "4"])
 def test_max_yields_must_be_none_or_an_int_in_range(bad):
-    with pytest.raises(BootError, match=r"max_yields=.*: allowed None or an int 0\.\.65534"):
+    with pytest.raises(BootError, match=r"max_yields=.*: allowed None or an int 0\.\.65535"):
         gd.Module("mt").handler(1, max_yields=bad)
+
+
+def test_max_yields_may_be_65535_as_in_types_toml():
+    """The top of the u16 count (the kernel saturates it: tests/device/test_kernel_src_max_yields)."""
+    m = gd.Module("mt")
+    m.handler(1, max_yields=65535)(_h)
+    assert m.handlers[0].max_yields == 65535
 
 
 def test_max_yields_unset_is_none_until_resolved():

@@ -311,9 +311,9 @@ class Module:
                             f"zeroed record has type 0) or a type name")
         if max_yields is not None and (isinstance(max_yields, bool)
                                        or not isinstance(max_yields, int)
-                                       or not 0 <= max_yields < 65535):
+                                       or not 0 <= max_yields <= 65535):
             raise BootError(f"{where}: max_yields={max_yields!r}: allowed None or an int "
-                            f"0..65534")
+                            f"0..65535 (as types.toml)")
 
         def deco(fn):
             if not inspect.isfunction(fn):
