@@ -191,12 +191,27 @@ def test_modules_that_cannot_fit_together_fail_naming_each_and_its_size():
     big_gate = gate.device_module(n=297)                 # 57217 words: alone it fits
     big_stats = stats.device_module(metrics=739)         # 53212 words: alone it fits
     with pytest.raises(BootError) as e:
-        gd.DeviceKernel([big_gate, big_stats, kv.device_module(capacity=4)], target="cpu")
+        gd.DeviceKernel([big_gate, big_stats, kv.device_module(capacity=4, base=32768)],
+                        target="cpu")
     msg = str(e.value)
     for w in ("do not fit the 65536 user words together", "'gate' 57217 words",
               "'stats' 53212 words", "fixed: 'kv' 32768..", "free: 0..32767 (32768 words)",
               "smaller sizes"):
         assert w in msg, (w, msg)
+
+
+def test_a_kv_without_base_moves_out_of_a_fixed_claim_on_its_default_words():
+    """kv's default words (32768..) taken by an explicit claim: the build moves the table and
+    its layout says where (the host reads the table through ``m.kv_layout``)."""
+    from ggmk.device.codegen.resolve import resolve_handlers
+    other = gd.Module("other")
+    other.handler(5)(lambda ctx, task: 0)
+    other.user_words = (32768, 32800, "other: a user's own words")
+    k = kv.device_module(capacity=4)
+    resolve_handlers([other, k])                         # (where the build places regions)
+    lo, hi, _ = k.user_words
+    assert (hi <= 32768 or lo >= 32800) and k.kv_layout["count"] == lo
+    assert k.kv_layout["table"] == lo + 2
 
 
 if __name__ == "__main__":

@@ -660,7 +660,7 @@ def _max_capacity(base: int) -> int:
     return (1 << (n.bit_length() - 1)) // 2 if n >= 1 else 0
 
 
-def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv",
+def device_module(capacity: int = 1024, *, base: int | None = None, name: str = "kv",
                   channels: bool = False, resp_capacity: int = 256):
     """The kv module for the GPU kernel (``ggmk.device``): the same types and ids (KV_PUT,
     KV_GET, KV_DEL requests as device tasks, word values: meta0 = key, meta1 = value or tag;
@@ -680,7 +680,9 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv",
     ``base`` counts the keys, ``base + 1`` is the table's lock, then 4 words per slot (lock,
     state, key, value) for ``2 * capacity`` slots rounded up to a power of two;
     ``base + 2 + 4 * slots`` must fit in 65536 (``capacity`` <= 2048 at the default base,
-    <= 4096 with ``base=0``; ``m.user_words``). The device API has no compare-and-swap on
+    <= 4096 with ``base=0``; ``m.user_words``). Without ``base`` the table starts at 32768, or
+    where the kernel's build finds free words when other modules' words are there
+    (``m.user_words`` and ``m.kv_layout`` say where once the kernel is made). The device API has no compare-and-swap on
     user words: a slot's lock is taken with an atomic fetch-add on its first word (given back
     when another lane holds it: that lane yields and looks again later). Gets take no lock:
     a lane that finds a slot locked but not yet published yields and looks again, and a value
@@ -737,6 +739,9 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv",
     slots = 1
     while slots < 2 * capacity:
         slots <<= 1
+    movable = base is None            # the build places it (gd.Module.movable)
+    if movable:
+        base = 32768
     lo, hi = device_region(
         "kv (device)", base, 2 + 4 * slots,
         f"capacity={capacity} (2 + 4 words x {slots} slots)",
@@ -748,10 +753,19 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv",
     ids = type_ids()
     PUT, GET, DEL, RESP = ids["KV_PUT"], ids["KV_GET"], ids["KV_DEL"], ids["KV_RESP"]
     FLUSH = ids["KV_FLUSH"]
-    COUNT, T0, MASK, CAP, NSLOT = base, base + 2, slots - 1, capacity, slots
+    MASK, CAP, NSLOT = slots - 1, capacity, slots
     TAGM = TAG_MASK
     YIELD, WAITC = T.YIELD, T.WAIT
     m = gd.Module(name)
+    COUNT = T0 = 0
+
+    def place(b):
+        """The words the handlers use, from ``b`` (again where the build moves the region)."""
+        nonlocal COUNT, T0
+        COUNT, T0 = b, b + 2
+        m.kv_layout = {"count": COUNT, "lock": COUNT + 1, "table": T0, "slots": NSLOT,
+                       "capacity": CAP}
+    place(base)
     C_RESP = 0
     if CH:
         C_RESP = m.channel(f"{name}.resp", message=RESP, mode="fanout",
@@ -889,9 +903,9 @@ def device_module(capacity: int = 1024, *, base: int = 32768, name: str = "kv",
         g.emit_host(ctx, DONE, ptr, n)
         return 0
 
-    m.kv_layout = {"count": COUNT, "lock": COUNT + 1, "table": T0, "slots": NSLOT,
-                   "capacity": CAP}
     m.user_words = (lo, hi, f"{name}: kv (device) count, lock, 4 words x {NSLOT} slots")
+    if movable:
+        m.movable(place)
     if CH:
         m.kv_channels = {"put": f"{name}.put", "get": f"{name}.get", "del": f"{name}.del",
                          "resp": f"{name}.resp"}
