@@ -69,7 +69,8 @@ from ggmk.bridge.pump import Bridge, BridgeError
 from ggmk.bridge.process import ProcessTransport
 from ggmk.bridge.transport import InProcessTransport
 from ggmk.core.det import check_flag, check_int
-from ggmk.core.kernel import _UNHALTED, System, halt_once, warn_unhalted
+from ggmk.core.kernel import (_UNHALTED, System, halt_once, signal_in_kernel,
+                              warn_unhalted)
 from ggmk.device.targets import NAMES as TARGETS
 from ggmk.core.module import Module as CpuModule
 from ggmk.errors import BootError, DeviceError, KernelStopped
@@ -752,9 +753,15 @@ class DualSystem:
         ``device_tasks`` (of those, the GPU kernel's own tasks per type: see
         ``Bridge._lost_tasks_on_device``) and ``device_held`` (state the GPU kernel's modules
         held in its user words, on sys.dropped with CHAN_CLOSED: see :meth:`_drop_held`). A
-        second call, from any
-        thread, waits for the first and returns its accounting."""
+        second call, from any thread, waits for the first and returns its accounting.
+
+        From a signal handler, as ``System.halt``: one that interrupted the main thread inside
+        ggmk's code (the CPU kernel's, the bridge's, this object's) is deferred to a thread of
+        its own and returns None at once (``halted`` turns True once that halt has drained,
+        as at once); ``halt()`` called again outside the handler returns its report."""
         _check_timeout("halt", timeout, none_ok=False)
+        if signal_in_kernel():      # (first: on_worker_thread takes a lock the signal may hold)
+            return halt_once(self, False, lambda: self._halt(timeout), defer=True)
         return halt_once(self, self.cpu.on_worker_thread(), lambda: self._halt(timeout))
 
     def _halt(self, timeout: float) -> dict:

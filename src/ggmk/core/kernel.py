@@ -13,9 +13,13 @@ Example::
 """
 from __future__ import annotations
 
+import _signal          # (the C module: signal.getsignal's enum wrapping costs 2 us a signal)
+import _thread
 import atexit
+import functools
 import logging
 import os
+import sys
 import threading
 import time
 import traceback
@@ -64,19 +68,127 @@ MAX_RETRIES_LIMIT = 0xFFFF
 MAX_TICK_HZ = 10**9
 
 
-def halt_once(owner, on_worker: bool, halt):
+def halt_once(owner, on_worker: bool, halt, defer: bool = False):
     """Run ``halt()`` for ``owner`` (a ``System`` or ``DualSystem``: its ``_halt_lock``,
-    ``halted``, ``halt_report``) once: a later call, from any thread, waits for the first and
-    returns its report. A call from a kernel worker (a handler) does not wait: the halt
-    running waits for that worker, so waiting here would hold both up."""
+    ``halt_report``) once: a later call, from any thread, waits for the first and returns its
+    report. A call from a kernel worker (a handler) does not wait: the halt running waits for
+    that worker, so waiting here would hold both up.
+
+    ``defer`` (``signal_in_kernel()``: a signal handler interrupted the main thread inside
+    ggmk code, maybe holding a lock the halt takes): neither wait nor halt here; the halt runs
+    on a thread of its own (``_start_deferred``), which takes those locks once the main thread
+    has left the code the signal interrupted. Returns the report if a halt already finished,
+    else None."""
+    if defer:
+        if not getattr(owner, "_halt_started", False) and \
+                not getattr(owner, "_halt_deferred", None):
+            owner._halt_deferred = halt
+            _DEFERRED.add(owner)
+            # (the C function: threading.Thread.start takes threading's own locks, which the
+            # interrupted code may hold, and waits for the new thread)
+            _thread.start_new_thread(_start_deferred, (owner, halt))
+        return owner.halt_report
     if not owner._halt_lock.acquire(blocking=not on_worker):
         return owner.halt_report
     try:
-        if owner.halted:
+        if getattr(owner, "_halt_started", False):    # done, or under way on this thread
             return owner.halt_report
-        return halt()
+        owner._halt_started = True
+        try:
+            return halt()
+        except BaseException:
+            if owner.halt_report is None:      # it never got to account: a later call retries
+                owner._halt_started = False
+            raise
     finally:
         owner._halt_lock.release()
+
+
+#: owners whose halt a signal handler deferred (``halt_once``), until that halt is done; at
+#: exit the ones still under way are finished first (``_warn_unhalted_at_exit``)
+_DEFERRED: set = set()
+
+
+def _start_deferred(owner, halt) -> None:
+    threading.Thread(target=_finish_deferred, args=(owner, halt), name="ggmk-halt",
+                     daemon=True).start()
+
+
+def _finish_deferred(owner, halt) -> None:
+    try:
+        halt_once(owner, False, halt)
+    except BaseException as e:  # noqa: BLE001 - nobody to raise it to: logged (fini failed)
+        log.error("ggmk: deferred halt: %r", e)
+    finally:
+        _DEFERRED.discard(owner)
+
+
+_MAIN_ID = threading.main_thread().ident
+#: the ggmk package's folder, as its modules' code objects name their files
+_PKG_DIR = os.path.dirname(os.path.dirname(__file__)) + os.sep
+#: where a worker's step calls a handler (no kernel lock is held around that call: the
+#: handler's emits take them)
+_HANDLER_CALL = Worker._dispatch_group.__code__
+
+
+def _code_of(fn):
+    """The code object a call of ``fn`` runs (a function, a bound method, a partial, an
+    object with ``__call__``); None for a builtin."""
+    for _ in range(4):
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            return code
+        fn = fn.func if isinstance(fn, functools.partial) else \
+            getattr(type(fn), "__call__", None)
+    return None
+
+
+def signal_in_kernel() -> bool:
+    """Whether the calling thread runs a Python signal handler that interrupted ggmk code.
+    Python runs signal handlers on the main thread, between two bytecodes of whatever it was
+    running: maybe kernel code holding a (non-reentrant) lock that a halt takes. Told by the
+    stack, only when called (no cost on any other path): the frame of an installed signal
+    handler, then, from the frame it interrupted outwards, the first one of ggmk's code. None
+    (the main thread was in the caller's own code), or a worker's step calling a handler (the
+    main thread runs it by caller runs: ``_HANDLER_CALL``): no kernel lock held. Anything
+    else, kernel code: True."""
+    if threading.get_ident() != _MAIN_ID:
+        return False
+    codes = set()
+    for sig in _signal.valid_signals():
+        h = _signal.getsignal(sig)
+        if callable(h):
+            codes.add(_code_of(h))
+    codes.discard(None)
+    f = sys._getframe(1)
+    while f is not None and f.f_code not in codes:
+        f = f.f_back
+    if f is None:
+        return False                        # not inside a signal handler
+    handler, inner, f = f, f, f.f_back
+    while f is not None:
+        if f.f_code.co_filename.startswith(_PKG_DIR):
+            return f.f_code is not _HANDLER_CALL or inner is handler
+        inner, f = f, f.f_back
+    return False
+
+
+#: the scheduler's enqueue core: a thread in one of these has records not queued yet
+_ENQUEUE_CODES = frozenset(f.__code__ for f in (
+    Scheduler.enqueue, Scheduler._enqueue_one, Scheduler._route, Scheduler._push_ready,
+    Scheduler._push_ready_one))
+
+
+def _enqueue_under_way() -> bool:
+    """Whether a thread other than the caller is inside the enqueue core."""
+    me = threading.get_ident()
+    for tid, f in sys._current_frames().items():
+        if tid != me:
+            while f is not None:
+                if f.f_code in _ENQUEUE_CODES:
+                    return True
+                f = f.f_back
+    return False
 
 
 def warn_unhalted(name: str, running: str, pid: int | None = None) -> None:
@@ -101,6 +213,11 @@ _UNHALTED: weakref.WeakSet = weakref.WeakSet()
 
 @atexit.register
 def _warn_unhalted_at_exit() -> None:
+    for owner in list(_DEFERRED):     # a signal handler's halt still under way: finished first
+        try:
+            halt_once(owner, False, owner._halt_deferred)
+        except Exception as e:  # noqa: BLE001 - (its thread logs it too)
+            log.error("ggmk: deferred halt: %r", e)
     for s in list(_UNHALTED):
         if not s.halted and s._boot_pid == os.getpid():
             alive = getattr(s.hal, "alive_threads", lambda: 0)()
@@ -1251,25 +1368,40 @@ class System:
         is handed over then, and dead-lettered HALTED). The report then has
         ``"in_caller_step"``: those tasks, counted in ``outstanding`` too (``outstanding -
         in_caller_step`` are the stuck workers'). So does a signal handler's halt that
-        interrupts the main thread inside such a step. The thread of a worker whose step a
-        host thread runs is parked meanwhile (it waits to be given back, so the halt cannot
-        join it): it runs no more steps; the host thread gives it back when the step ends
-        and joins it before its wait returns, so no worker thread outlives ``run()``.
+        interrupts the main thread inside such a step's handler. The thread of a worker whose
+        step a host thread runs is parked meanwhile (it waits to be given back, so the halt
+        cannot join it): it runs no more steps; the host thread gives it back when the step
+        ends and joins it before its wait returns, so no worker thread outlives ``run()``.
 
-        Do not call ``halt`` from a signal handler: Python runs one between two bytecodes of
-        the main thread, which may be inside the kernel holding a lock the halt takes (a
-        ``submit``'s enqueue: the halt then waits for good). Let the handler raise (SIGINT's
-        KeyboardInterrupt is held until a step ends) or set a flag, and halt after ``run``
-        returns, or halt from another thread.
+        A signal handler may call ``halt`` (``signal.signal(SIGTERM, lambda *a:
+        system.halt())``); it never waits for good. Python runs the handler on the main
+        thread between two bytecodes, maybe inside the kernel holding a lock the halt takes
+        (a ``submit``'s enqueue). ``halt`` looks where the signal landed (the main thread's
+        stack, read only then: ``signal_in_kernel``). In the program's own code, or in a
+        handler the main thread runs by caller runs (above): the halt runs at once and
+        returns its report. Inside ggmk's code: the halt is *deferred*, ``halt`` returns None
+        at once and the halt runs on a thread of its own (``ggmk-halt``), taking those locks
+        once the main thread has left the code the signal interrupted (the handler must
+        return for that: it must not wait for the halt). Either way ``halted`` is True from
+        the call on (``submit`` raises KernelStopped) and nothing is lost: the deferred halt
+        waits for a step the main thread runs to end and for an enqueue under way to queue
+        its records (at most ``STUCK_AFTER_S`` each), then accounts as above (no
+        ``in_caller_step``). ``halt()`` called again outside the signal handler (a ``with``
+        block's exit) waits for it and returns its report; one still under way at exit is
+        finished before the interpreter goes (module fini included).
 
         ``dead_letters()`` still works after ``halt``. Calling ``halt`` again returns the same
-        accounting (a call from another thread while the first runs waits for it).
+        accounting (a call from another thread while the first runs waits for it; one from a
+        handler or a signal handler while it runs returns None).
 
         A system never halted keeps its worker threads (and what its modules started) until
         the interpreter exits, and its running workers keep it from being collected: at exit
         it is named in a ResourceWarning (``warn_unhalted``; not halted for you there).
         """
         _check_seconds("halt", "timeout", timeout, none_ok=False)
+        if signal_in_kernel():      # (first: on_worker_thread takes a lock the signal may hold)
+            self.halted = True      # submit() refuses from here on, as for a halt at once
+            return halt_once(self, False, lambda: self._halt(timeout), defer=True)
         return halt_once(self, self.on_worker_thread(), lambda: self._halt(timeout))
 
     #: how long halt waits (s, at most; within its timeout) for host readers to take what was
@@ -1386,7 +1518,13 @@ class System:
                     except Exception as e:  # noqa: BLE001 - one channel must not stop the halt
                         self.note_exception(("kernel", f"halt: close {ch.name!r}", repr(e),
                                              "".join(traceback.format_exception(e))))
-        for recs in self.sched.take_all():   # queued by an enqueue already under way above
+        # an enqueue already under way on another thread (a host thread's submit racing the
+        # halt; the main thread, where a signal handler deferred this halt) queues its records
+        # after the take above: let it finish (bounded, as a stuck worker is), then take them
+        t_end = time.monotonic() + self.STUCK_AFTER_S
+        while _enqueue_under_way() and time.monotonic() < t_end:
+            time.sleep(0.0002)
+        for recs in self.sched.take_all():
             halted += len(recs)
             self._dead(recs, T.HALTED)
         self.halt_report = {"drained": bool(drained), "halted": halted,

@@ -19,9 +19,10 @@ for the GIL. The borrower takes the worker's park lock off the parked list (no w
 reach it, and its thread cannot leave its park: the lock's token is what it waits for) and
 gives it back parked, or released when its thread must run (its park timed out meanwhile, or
 work is left in its local queue, or a wake-up found nobody). While the main thread helps,
-SIGINT is held back and raised when the step is over: a KeyboardInterrupt inside a step would
-leave a batch half finished (``_SigintGuard``: installed around the handler in place at the
-first help, forwarding to it, and put back at ``stop``)."""
+SIGINT is held back and raised when the step is over (the outer one, for a help nested in a
+handler of a step: a handler's sdk call): a KeyboardInterrupt inside a step would leave a batch
+half finished (``_SigintGuard``: installed around the handler in place at the first help,
+forwarding to it, and put back at ``stop``)."""
 from __future__ import annotations
 
 import _signal          # the C module: signal.signal's enum wrapping costs 3 us a call
@@ -189,8 +190,10 @@ class ThreadsHal:
                 self.helped += 1
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                if guard is not None and guard.pending is not None:
-                    break                     # Ctrl-C waited for this step only: raise it now
+                if guard is not None and guard.pending is not None and guard.held == 1:
+                    # Ctrl-C waited for this step only: raise it now. A help nested in a
+                    # handler of an outer step goes on: the interrupt waits for that step
+                    break
         finally:
             seen = self.wake_seq              # a wake-up that found nobody while it was lent
             more = worker.has_work(True)
