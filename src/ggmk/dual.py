@@ -144,6 +144,11 @@ def _can_send(gpu_mods) -> tuple[bool, str]:
 class DualSystem:
     """A CPU kernel and a GPU kernel joined by the bridge. Create with :func:`boot`."""
 
+    #: seconds halt gives the GPU kernel to stop: a healthy one stops in milliseconds, one
+    #: that does not is stuck (a handler that never returns); it is then accounted for as it
+    #: is (its device process killed; in this process its threads are left behind)
+    STOP_S = 3.0
+
     def __init__(self, modules, *, device: str = "auto", types=None, bridge: dict | None = None,
                  device_config: dict | None = None, transport_wrap=None,
                  device_process: bool | None = None, watchdog=None, **cpu_kw):
@@ -334,7 +339,7 @@ class DualSystem:
             self.bridge.stop()
         if self.kernel is not None:
             try:
-                self.kernel.stop()
+                self.kernel.stop(timeout=self.STOP_S)     # (60 s by default: a hung one)
             except Exception:   # noqa: BLE001 - already failing
                 pass
         if self.process is not None:
@@ -784,7 +789,7 @@ class DualSystem:
                 rep_dev = self._halt_process(b)
         else:
             try:
-                self.kernel.stop()
+                self.kernel.stop(timeout=self.STOP_S)     # (60 s by default: a hung one)
                 self._keep_gpu_metrics()
             except Exception as e:   # noqa: BLE001 - report it after the CPU halted
                 err = e
@@ -886,7 +891,7 @@ class DualSystem:
         with HALTED: named records on sys.error, nothing silently gone."""
         killed = False
         try:
-            self.kernel.stop(timeout=3.0)
+            self.kernel.stop(timeout=self.STOP_S)
             self._keep_gpu_metrics()
         except Exception as e:   # noqa: BLE001 - stuck or dead: killed below
             killed = True
