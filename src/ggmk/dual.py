@@ -69,8 +69,8 @@ from ggmk.bridge.pump import Bridge, BridgeError
 from ggmk.bridge.process import ProcessTransport
 from ggmk.bridge.transport import InProcessTransport
 from ggmk.core.det import check_flag, check_int
-from ggmk.core.kernel import (_UNHALTED, System, halt_once, signal_in_kernel,
-                              warn_unhalted)
+from ggmk.core.halt import _UNHALTED, halt_once, signal_in_kernel, warn_unhalted
+from ggmk.core.kernel import System
 from ggmk.device.targets import NAMES as TARGETS
 from ggmk.core.module import Module as CpuModule
 from ggmk.errors import BootError, DeviceError, KernelStopped
