@@ -41,3 +41,20 @@ def test_boot_with_an_arena_below_the_minimum_is_a_boot_error():
         boot([], workers=1, arena_size=MIN_SIZE - 64)
     with pytest.raises(ValueError):                    # Arena's own callers: as before
         Arena(MIN_SIZE - 64)
+
+
+@pytest.mark.parametrize("bad", ["64M", 2.0**26, True, -1, None])
+def test_boot_names_a_bad_arena_size(bad):
+    with pytest.raises(BootError, match=r"arena_size=.*: allowed an int >= 1"):
+        boot([], workers=1, arena_size=bad)
+
+
+def test_too_many_workers_fail_before_the_kernel_is_built(monkeypatch):
+    """Said at the arena, not in worker 0's context after the metrics, tracer and scheduler
+    were made for every worker (~2 s at 26k workers)."""
+    import ggmk.core.kernel as K
+    made = []
+    monkeypatch.setattr(K, "Metrics", lambda *a, **kw: made.append(1))
+    with pytest.raises(BootError, match="do not fit arena_size"):
+        boot([], workers=FIT // 16 + 1, arena_size=MIN_SIZE)
+    assert made == []

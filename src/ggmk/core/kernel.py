@@ -213,8 +213,11 @@ class System:
         self.halt_report = None
         self._halt_lock = threading.RLock()     # (a handler or fini may call halt itself)
         self.running = False
-        # arena
+        # arena (its size checked by name: a bad one was "Arena: size", and workers it cannot
+        # give a bump region each failed only in worker 0's context, after everything else)
+        arena_size = check_int("arena_size", arena_size, 1, err=BootError, what=" (bytes)")
         self.arena = Arena(arena_size, debug=debug)
+        self.arena.worker_bump(0, workers)          # (splits the bump area: ArenaTooSmall)
         # types
         if types is not None and not isinstance(types, TypeRegistry):
             raise BootError(f"types={types!r:.80}: allowed a TypeRegistry (ggmk.load_types) "
