@@ -339,7 +339,7 @@ class DualSystem:
             self.bridge.stop()
         if self.kernel is not None:
             try:
-                self.kernel.stop(timeout=self.STOP_S)     # (60 s by default: a hung one)
+                self.kernel.stop(timeout=self.STOP_S)     # (not stop()'s 60 s for a hung one)
             except Exception:   # noqa: BLE001 - already failing
                 pass
         if self.process is not None:
@@ -510,8 +510,10 @@ class DualSystem:
         ``STOP_GRACE_S``) and killed after: a kernel that still answers publishes its final
         counts when it stops, so the accounting is exact (no message both delivered and on
         sys.error, none missed). ``hung`` (the watchdog's reset: missed heartbeats, or the
-        child died): killed at once, accounted from the counts last published. Asking a hung
-        kernel to stop made it worse: its live workers published final counts beside the
+        child died): not asked to stop; its device process is asked for what the kernel holds
+        (pending events, user words: ``DeviceProcess.kill``, at most ``handback_s``), then
+        killed, and accounted from the counts last published. Asking a hung kernel to stop
+        made it worse: its live workers published final counts beside the
         stuck one's stale ones (3 messages counted twice in a run in 15 of
         ``test_bridge_reset_exact``)."""
         if not isinstance(reason, str):
@@ -789,7 +791,7 @@ class DualSystem:
                 rep_dev = self._halt_process(b)
         else:
             try:
-                self.kernel.stop(timeout=self.STOP_S)     # (60 s by default: a hung one)
+                self.kernel.stop(timeout=self.STOP_S)     # (not stop()'s 60 s for a hung one)
                 self._keep_gpu_metrics()
             except Exception as e:   # noqa: BLE001 - report it after the CPU halted
                 err = e

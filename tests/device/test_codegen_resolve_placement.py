@@ -102,3 +102,10 @@ def test_movable_needs_one_region(words):
     m.user_words = words
     with pytest.raises(BootError, match="module 'm'"):
         m.movable(lambda lo: None)
+
+
+def test_movable_needs_a_function_to_move_the_region():
+    m = gd.Module("x")
+    m.user_words = (0, 4, "x: its state")
+    with pytest.raises(BootError, match=r"movable\(place=42\): allowed a function place\(lo\)"):
+        m.movable(42)

@@ -2,9 +2,12 @@
 
 This module gathers the channel names other code imports; each concept lives in its own module:
 
-* ``core/channel.py``: :class:`Channel` and :class:`Subscriber`: emit, admission (lossless
-  backpressure, the priority-0 reserve, lossy drop-slow), delivery into the subscribers' rings,
-  draining into the scheduler (ordered delivery), close, metrics. Its docstring is the overview.
+* ``core/channel.py``: :class:`Channel`, the producer side: subscribe, emit, admission
+  (lossless backpressure, the priority-0 reserve, lossy drop-slow), close, metrics. Its
+  docstring is the overview.
+* ``core/subscriber.py``: :class:`Subscriber` (its ring, handler type, replay position).
+* ``core/delivery.py``: delivery into the subscribers' rings and draining them into the
+  scheduler (ordered delivery): a mixin of ``Channel``.
 * ``core/channel_spec.py``: the modes (p2p, fan-out), guarantees (lossless, lossy) and limits
   (``MAX_FANOUT``, capacities, the reserve) a channel is declared with, and their validation;
   shared with the device kernel's declarations.

@@ -209,6 +209,9 @@ class Module:
         handlers use (closure variables, frozen when the kernel compiles). A standard
         ``device_module()`` not given ``base=`` is movable: two of them, or one sized
         past its neighbour's default words, still boot together."""
+        if not callable(place):
+            raise BootError(f"module {self.name!r}: movable(place={place!r}): allowed a "
+                            f"function place(lo) that moves the region to word lo")
         c = self.claims()
         if len(c) != 1:
             raise BootError(f"module {self.name!r}: movable() needs one user_words region "
