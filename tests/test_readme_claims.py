@@ -126,7 +126,9 @@ def test_standard_device_modules_without_base_are_placed_by_the_build():
     g, s = gate.device_module(n=64), stats.device_module(base=12288)
     resolve_handlers([g, s])
     assert s.user_words[:2] == (12288, 16900) and g.user_words[0] != 8192
-    # the size bound at making still assumes the default words
+    # a movable module's size is bounded by the user words, a given base's from that base
     assert kv.device_module(capacity=4096, base=0).user_words[:2] == (0, 32770)
-    with pytest.raises(BootError, match="capacity <= 2048"):
-        kv.device_module(capacity=4096)
+    assert kv.device_module(capacity=4096).user_words[1] == 65536
+    assert gate.device_module(n=340).user_words[1] == 65536
+    with pytest.raises(BootError, match="capacity <= 2048 at this base"):
+        kv.device_module(capacity=4096, base=32768)

@@ -216,3 +216,14 @@ def test_a_kv_without_base_moves_out_of_a_fixed_claim_on_its_default_words():
 
 if __name__ == "__main__":
     print(json.dumps({n: list(w) for n, w in run(sys.argv[1]).items()}))
+
+
+def test_a_movable_module_is_bounded_by_the_user_words_not_its_default_place():
+    """Made without base=, a region too large to fit from its default words asks for lower
+    ones (``default_base``): kv capacity 4096 and stats metrics 900 fit the 65536 words."""
+    k = kv.device_module(capacity=4096)
+    assert k.user_words[1] == 65536 and k.kv_layout["count"] == k.user_words[0]
+    s = stats.device_module(metrics=900)
+    assert s.user_words[1] == 65536
+    with pytest.raises(BootError, match=r"capacity <= 2048 at this base"):
+        kv.device_module(capacity=4096, base=32768)     # a given base still bounds it

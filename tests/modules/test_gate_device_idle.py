@@ -170,14 +170,18 @@ def test_halt_records_of_a_release_stopped_half_way():
 
 
 @pytest.mark.parametrize("kw, words", [
-    (dict(n=298), ["n=298", "n <= 297 at gates=64", "gates <= 32 at n=298"]),
+    (dict(n=298, base=8192), ["n=298", "n <= 297 at gates=64", "gates <= 32 at n=298"]),
+    (dict(n=341), ["n=341", "n <= 340 at gates=64", "gates <= 32 at n=341"]),
     (dict(n=5, gates=4096, base=0), ["n=5", "gates=4096", "n <= 4 at gates=4096",
                                      "gates <= 2048 at n=5"]),
-    (dict(n=2**31), ["n=2147483648", "n <= 297 at gates=64"]),
+    (dict(n=2**31), ["n=2147483648", "n <= 340 at gates=64"]),
 ])
 def test_n_is_bounded_by_the_user_words(kw, words):
     with pytest.raises(BootError) as e:
         gate.device_module(**kw)
     for w in words:
         assert w in str(e.value), (w, str(e.value))
-    gate.device_module(n=297)                            # the largest at the defaults
+    assert "base=" not in str(e.value) or "base" in kw   # (a base the user never gave)
+    gate.device_module(n=297, base=8192)                 # the largest from the default place
+    m = gate.device_module(n=340)                        # the largest without base=: lower down
+    assert m.user_words[1] == 65536

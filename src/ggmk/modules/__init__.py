@@ -340,25 +340,36 @@ def device_check(what, value, lo, hi):
 USER_WORDS = 1 << 16          # the device kernel's user words (ggmk.device.layout.USER_WORDS)
 
 
-def device_region(what: str, base, words: int, sized_by: str, allowed=""):
+def device_region(what: str, base, words: int, sized_by: str, allowed="", given: bool = True):
     """The user words ``base .. base + words - 1`` of a device module, as ``(lo, hi)`` (``hi``
     exclusive), checked: ``base`` must be a user word (an int 0..65535), and the region must
     end within the 65536 user words - else a BootError naming ``sized_by`` (the argument(s)
     that set the size, with their values) and ``allowed`` (what else would fit: a string, or
     a function of nothing returning one, called only then), so the message
-    blames the argument at fault, not ``base`` when ``base`` is fine."""
+    blames the argument at fault, not ``base`` when ``base`` is fine. ``given``: False for a
+    movable module's own default ``base`` (``default_base``: too large for any place, so the
+    message names neither the place nor ``base``)."""
     if isinstance(base, bool) or not isinstance(base, int) or not 0 <= base < USER_WORDS:
         raise BootError(f"{what}: base must be an int in 0..{USER_WORDS - 1} (the first of "
                         f"its user words), got {base!r}")
     if base + words > USER_WORDS:
         allowed = allowed() if callable(allowed) else allowed
         fit = [allowed] if allowed else []
-        if words <= USER_WORDS:
+        if words <= USER_WORDS and given:
             fit.append(f"base <= {USER_WORDS - words}")
-        raise BootError(f"{what}: {sized_by} needs {words} user words from base={base} (up "
-                        f"to word {base + words - 1}): exceeds the {USER_WORDS} user words; "
-                        f"allowed: {' or '.join(fit)}")
+        where = f" from base={base} (up to word {base + words - 1})" if given else ""
+        raise BootError(f"{what}: {sized_by} needs {words} user words{where}: exceeds the "
+                        f"{USER_WORDS} user words; allowed: {' or '.join(fit)}")
     return base, base + words
+
+
+def default_base(default: int, words: int) -> int:
+    """The first user word a movable device module (made without ``base=``) asks for: its
+    ``default``, or lower where a region of ``words`` would run past the user words from there
+    (the build moves it anyway when other modules' words are in the way), so its size is
+    bounded by the user words, not by its default's place. A region larger than all of them
+    keeps the default: ``device_region`` names what fits."""
+    return min(default, USER_WORDS - words) if words <= USER_WORDS else default
 
 
 def pow2(n: int) -> int:

@@ -250,18 +250,20 @@ def device_module(n: int, *, gates: int = 64, base: int | None = None, name: str
     made = dict(locals())             # the arguments: a device process rebuilds it
     global g
     import ggmk.device as gd
-    from ggmk.modules import device_api, device_check, device_region, pow2
+    from ggmk.modules import default_base, device_api, device_check, device_region, pow2
     g = device_api()
     device_check("gate (device): n", n, 1, 2**31)
     device_check("gate (device): gates", gates, 1, 8192)
-    movable = base is None            # the build places it (gd.Module.movable)
-    if movable:
-        base = 8192
     GN = pow2(gates)
     SW = _HDR + 3 * (n - 1)                       # one slot's words
+    movable = base is None            # the build places it (gd.Module.movable)
+    if movable:
+        base = default_base(8192, 1 + GN * SW)
     lo, hi = device_region("gate (device)", base, 1 + GN * SW,
                            f"n={n}, gates={gates} (1 + {SW} words x {GN} slots: {_HDR} + 3 "
-                           f"per held arrival)", lambda: _gate_fit(n, gates, GN, base))
+                           f"per held arrival)",
+                           lambda: _gate_fit(n, gates, GN, 0 if movable else base),
+                           given=not movable)
     ids = type_ids()
     ARR, PASS = ids["GATE_ARRIVE"], ids["GATE_PASS"]
     GMK, N, HDR = GN - 1, n, _HDR

@@ -679,11 +679,11 @@ def device_module(capacity: int = 1024, *, base: int | None = None, name: str = 
     The table lives in the kernel's user words (``g.user_*``, 65536 int64 words): word
     ``base`` counts the keys, ``base + 1`` is the table's lock, then 4 words per slot (lock,
     state, key, value) for ``2 * capacity`` slots rounded up to a power of two;
-    ``base + 2 + 4 * slots`` must fit in 65536 (``capacity`` <= 2048 at the default base,
-    <= 4096 with ``base=0``; ``m.user_words``). Without ``base`` the table starts at 32768, or
-    where the kernel's build finds free words when other modules' words are there
-    (``m.user_words`` and ``m.kv_layout`` say where once the kernel is made). The device API has no compare-and-swap on
-    user words: a slot's lock is taken with an atomic fetch-add on its first word (given back
+    ``base + 2 + 4 * slots`` must fit in 65536 (``capacity`` <= 2048 from ``base=32768``,
+    <= 4096 from ``base=0``; ``m.user_words``). Without ``base`` the table starts at 32768
+    (lower when it would not fit from there), or where the kernel's build finds free words
+    when other modules' words are there (``m.user_words`` and ``m.kv_layout`` say where once
+    the kernel is made). The device API has no compare-and-swap on user words: a slot's lock is taken with an atomic fetch-add on its first word (given back
     when another lane holds it: that lane yields and looks again later). Gets take no lock:
     a lane that finds a slot locked but not yet published yields and looks again, and a value
     counts only if the slot still holds the key after it was read. A live key's value is
@@ -732,7 +732,7 @@ def device_module(capacity: int = 1024, *, base: int | None = None, name: str = 
     made = dict(locals())             # the arguments: a device process rebuilds it
     global g                       # handlers must see the device API as a global (codegen)
     import ggmk.device as gd
-    from ggmk.modules import device_api, device_check, device_region
+    from ggmk.modules import default_base, device_api, device_check, device_region
     g = device_api()
     if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
         raise BootError(f"kv (device): capacity must be a positive int, got {capacity!r}")
@@ -741,12 +741,13 @@ def device_module(capacity: int = 1024, *, base: int | None = None, name: str = 
         slots <<= 1
     movable = base is None            # the build places it (gd.Module.movable)
     if movable:
-        base = 32768
+        base = default_base(32768, 2 + 4 * slots)
+    at = 0 if movable else base       # (where a movable one's bound is: the whole words)
     lo, hi = device_region(
         "kv (device)", base, 2 + 4 * slots,
         f"capacity={capacity} (2 + 4 words x {slots} slots)",
-        lambda: f"capacity <= {_max_capacity(base)} at this base" if _max_capacity(base)
-        else "")
+        lambda: f"capacity <= {_max_capacity(at)}" + ("" if movable else " at this base")
+        if _max_capacity(at) else "", given=not movable)
     CH = bool(channels)
     if CH:
         device_check("kv (device): resp_capacity", resp_capacity, 1, 1 << 20)

@@ -363,17 +363,18 @@ def device_module(*, period: int = 100, metrics: int = 64, base: int | None = No
     made = dict(locals())             # the arguments: a device process rebuilds it
     global g
     import ggmk.device as gd
-    from ggmk.modules import device_api, device_check, device_region
+    from ggmk.modules import default_base, device_api, device_check, device_region
     g = device_api()
     device_check("stats (device): period", period, 1, 2**31)
     device_check("stats (device): metrics", metrics, 1, 900)
     movable = base is None            # the build places it (gd.Module.movable)
     if movable:
-        base = 12288
+        base = default_base(12288, 4 + _MW * metrics)
+    at = 0 if movable else base       # (where a movable one's bound is: the whole words)
     lo, hi = device_region("stats (device)", base, 4 + _MW * metrics,
                            f"metrics={metrics} (4 + {_MW} words per metric)",
-                           lambda: f"metrics <= {max((65536 - 4 - base) // _MW, 0)} at "
-                                   f"this base")
+                           lambda: f"metrics <= {max((65536 - 4 - at) // _MW, 0)}"
+                                   + ("" if movable else " at this base"), given=not movable)
     ids = type_ids()
     ADD, SET, OBS, SNAP, TICK, ROW = (ids["STAT_ADD"], ids["STAT_SET"], ids["STAT_OBS"],
                                       ids["STATS_SNAPSHOT"], ids["STATS_TICK"], ids["STATS_ROW"])
