@@ -139,6 +139,10 @@ class Channels:
                                                 kernel.sys_dropped))
         for name in SYS_CHANNELS[2:]:
             tname = _SYS_TYPES.get(name)
+            if tname and tname not in kernel.types:
+                # defined here (a doc), not registered on sight: types.auto_registered() lists
+                # the names a module used that nothing defines, not the kernel's own
+                kernel.types.register(tname, doc=f"the kernel's {name} channel")
             tid = kernel.type_id(tname, register=True) if tname else 0
             self.open(name, tid, mode="fanout", guarantee="lossy", system=True)
 
