@@ -65,6 +65,17 @@ def check_int(name: str, value, lo: int, hi: int | None = None, err=ValueError,
     raise err(f"{name}={value!r}: allowed {rng}{what}")
 
 
+def check_seconds(what: str, name: str, value, none_ok: bool = True):
+    """A time in seconds (``run``'s timeout, ``halt``'s): a number >= 0 (not a bool), or None
+    when ``none_ok``; else ValueError naming ``what``, ``name`` and the value."""
+    if (value is None and none_ok) or (
+            isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_)) and value >= 0):
+        return value
+    raise ValueError(f"{what}: {name}={value!r}: allowed {'None or ' if none_ok else ''}a "
+                     f"number of seconds >= 0")
+
+
 class DetStage:
     def __init__(self, hasher, on_boundary=None):
         # re-entrant: the boundary hook drains deterministic channels through the enqueue core,

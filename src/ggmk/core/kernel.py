@@ -17,7 +17,6 @@ import logging
 import os
 import threading
 import time
-import traceback
 from collections import deque
 from fractions import Fraction
 
@@ -27,9 +26,9 @@ from ggmk import task as T
 from ggmk.core.alloc import Arena
 from ggmk.core.chan import Channels
 from ggmk.core.channel_spec import MAX_CAPACITY
-from ggmk.core.det import MAX_DUE, DetStage, check_flag, check_int
+from ggmk.core.det import MAX_DUE, DetStage, check_flag, check_int, check_seconds
 from ggmk.core.faults import PoisonDetector
-from ggmk.core.halt import _UNHALTED, _enqueue_under_way, halt_once, signal_in_kernel
+from ggmk.core.halt import _UNHALTED, Halting
 from ggmk.core.metrics import Metrics, TypeCounter
 from ggmk.core.module import Module
 from ggmk.core.ring import CodeRing
@@ -81,17 +80,6 @@ def _check_policy(policy) -> None:
                           f"{', '.join(missing)})")
 
 
-def _check_seconds(what: str, name: str, value, none_ok: bool = True):
-    """A time in seconds (``run``'s timeout, ``halt``'s): a number >= 0 (not a bool), or None
-    when ``none_ok``; else ValueError naming ``what``, ``name`` and the value."""
-    if (value is None and none_ok) or (
-            isinstance(value, (int, float, np.integer, np.floating))
-            and not isinstance(value, (bool, np.bool_)) and value >= 0):
-        return value
-    raise ValueError(f"{what}: {name}={value!r}: allowed {'None or ' if none_ok else ''}a "
-                     f"number of seconds >= 0")
-
-
 def _check_trace_level(name: str, value, more: str = ""):
     """A boot option's trace level (a ``Level``, 0..4 or a name), else BootError naming it."""
     try:
@@ -125,7 +113,7 @@ def _check_records(what: str, recs) -> None:
                     f"ggmk.task.TASK_DTYPE, made by ggmk.task.make), got {got}")
 
 
-class System:
+class System(Halting):
     """A booted CPU kernel. Create it with :func:`boot`."""
 
     ROUTE_EMIT = Route.EMIT
@@ -962,8 +950,8 @@ class System:
         if not (seconds is None and until_idle is True and (
                 timeout is None or timeout.__class__ is float and timeout >= 0)):
             # (the usual call passes the test above: a round trip's run() pays no more)
-            _check_seconds("run", "seconds", seconds)
-            _check_seconds("run", "timeout", timeout)
+            check_seconds("run", "seconds", seconds)
+            check_seconds("run", "timeout", timeout)
             until_idle = check_flag("until_idle", until_idle)
         if self.det is not None:
             self.det.release_input()
@@ -994,7 +982,7 @@ class System:
         >>> out
         [49]
         """
-        deadline = None if _check_seconds("submit_and_run", "timeout", timeout) is None \
+        deadline = None if check_seconds("submit_and_run", "timeout", timeout) is None \
             else time.monotonic() + timeout
         self.hal.help(self.idle, deadline,
                       before=lambda: self.submit(type, meta0, meta1, **submit_kw))
@@ -1178,222 +1166,6 @@ class System:
             "det": None if self.det is None else {"tick": self.det.tick, "tasks": self.det.tasks_run},
             "direct_runs": self.direct_runs,
         }
-
-    # -- shutdown -------------------------------------------------------------------------------
-    def halt(self, timeout: float = 5.0) -> dict:
-        """Stop the system without losing anything it accepted.
-
-        From the call on, ``submit`` raises KernelStopped. The workers go on for up to
-        ``timeout`` seconds while accepted work remains (what handlers emit meanwhile is
-        accepted work too), then stop and are joined (a host reader waiting for what was
-        already delivered to it, an sdk client's reply, gets up to ``READERS_S`` to take it
-        before the channels close). Whatever is still queued then (ready,
-        local, overflow, event and tick-stage queues) goes to ``sys.error`` with ``HALTED``;
-        what channels still hold goes to ``sys.dropped`` with ``CHAN_CLOSED``. Module fini
-        runs last, in reverse order. Returns the accounting::
-
-            {"drained": True/False, "halted": tasks dead-lettered with HALTED,
-             "channel_dropped": channel messages dropped, "outstanding": 0,
-             "stuck_workers": 0}
-
-        A worker still inside a handler ``STUCK_AFTER_S`` seconds after the stop (a handler
-        that never returns: Python cannot end a thread) is left behind instead of waited for
-        forever: counted in ``stuck_workers``, its tasks in ``outstanding`` (they finish if
-        the handler ever returns; what it emits then is refused: the channels are closed).
-
-        A handler may call ``halt`` (on a worker thread, or on a host thread that runs a
-        worker's step by caller runs, ``run()`` or a reply's wait): the halt does not wait for
-        that handler's own step, whose tasks finish once it returns (what the handler emitted
-        is handed over then, and dead-lettered HALTED). The report then has
-        ``"in_caller_step"``: those tasks, counted in ``outstanding`` too (``outstanding -
-        in_caller_step`` are the stuck workers'). So does a signal handler's halt that
-        interrupts the main thread inside such a step's handler. The thread of a worker whose
-        step a host thread runs is parked meanwhile (it waits to be given back, so the halt
-        cannot join it): it runs no more steps; the host thread gives it back when the step
-        ends and joins it before its wait returns, so no worker thread outlives ``run()``.
-
-        A signal handler may call ``halt`` (``signal.signal(SIGTERM, lambda *a:
-        system.halt())``); it never waits for good. Python runs the handler on the main
-        thread between two bytecodes, maybe inside the kernel holding a lock the halt takes
-        (a ``submit``'s enqueue). ``halt`` looks where the signal landed (the main thread's
-        stack, read only then: ``signal_in_kernel``). In the program's own code, or in a
-        handler the main thread runs by caller runs (above): the halt runs at once and
-        returns its report. Inside ggmk's code: the halt is *deferred*, ``halt`` returns None
-        at once and the halt runs on a thread of its own (``ggmk-halt``), taking those locks
-        once the main thread has left the code the signal interrupted (the handler must
-        return for that: it must not wait for the halt). Either way ``halted`` is True from
-        the call on (``submit`` raises KernelStopped) and nothing is lost: the deferred halt
-        waits for a step the main thread runs to end and for an enqueue under way to queue
-        its records (at most ``STUCK_AFTER_S`` each), then accounts as above (no
-        ``in_caller_step``). ``halt()`` called again outside the signal handler (a ``with``
-        block's exit) waits for it and returns its report; one still under way at exit is
-        finished before the interpreter goes (module fini included).
-
-        ``dead_letters()`` still works after ``halt``. Calling ``halt`` again returns the same
-        accounting (a call from another thread while the first runs waits for it; one from a
-        handler or a signal handler while it runs returns None).
-
-        A system never halted keeps its worker threads (and what its modules started) until
-        the interpreter exits, and its running workers keep it from being collected: at exit
-        it is named in a ResourceWarning (``warn_unhalted``; not halted for you there).
-        """
-        _check_seconds("halt", "timeout", timeout, none_ok=False)
-        if signal_in_kernel():      # (first: on_worker_thread takes a lock the signal may hold)
-            self.halted = True      # submit() refuses from here on, as for a halt at once
-            return halt_once(self, False, lambda: self._halt(timeout), defer=True)
-        return halt_once(self, self.on_worker_thread(), lambda: self._halt(timeout))
-
-    #: how long halt waits (s, at most; within its timeout) for host readers to take what was
-    #: delivered to them while it drained (``_let_readers_take``)
-    READERS_S = 1.0
-
-    def _awaited_rings(self) -> list:
-        """The rings of host-side subscribers whose reader waits for them (``awaited``) and
-        that hold something."""
-        out = []
-        for ch in self.channels or ():
-            for sub in ch.subs:
-                if not sub.type_id and sub.awaited is not None and sub.ring.tail != \
-                        sub.ring.head and sub.awaited():
-                    out.append(sub.ring)
-        return out
-
-    def _let_readers_take(self, left: float) -> None:
-        """After the drain, before the channels close (which drops what their rings hold on
-        sys.dropped): a host reader waiting for messages already in its ring (an sdk client
-        whose reply a handler emitted while the halt drained) takes them first, for at most
-        ``left`` s. Woken by the ring's pops (``Ring.on_free``). On a starved machine the
-        close came first: the reply went to sys.dropped and the caller got KernelStopped
-        (3 runs in 12 with the test pinned to one busy core)."""
-        rings = self._awaited_rings()
-        if not rings or left <= 0:
-            return
-        for r in rings:
-            r.on_free = self.hal.notify_host
-        self.hal.wait(lambda: not self._awaited_rings(), left)
-
-    def on_worker_thread(self) -> bool:
-        """The calling thread runs a step of this kernel's workers: one of its worker threads,
-        or a thread running a borrowed worker's step (caller runs; on sim, the stepping
-        thread). A handler, that is."""
-        return bool(self.hal.stepping())
-
-    def _halt(self, timeout: float) -> dict:
-        self.halted = True                      # submit() refuses from here on
-        _UNHALTED.discard(self)
-        # a handler that halts (on a worker's thread, or on a host thread running a borrowed
-        # worker's step) holds its step's tasks until it returns: the drain cannot wait for
-        # them (it waited out the timeout, then the stop joined the caller's own thread)
-        stepping = self.hal.stepping()
-        mine = sum(w.in_hand for w in stepping)
-        drained, stuck, worker_error = False, 0, None
-        try:
-            drained, worker_error = self._halt_drain(timeout, mine)
-        finally:
-            # whatever happened above (a KeyboardInterrupt in the wait): stop the workers and
-            # account for everything, or accepted work stayed queued for good and a second
-            # halt() returned None
-            try:
-                stuck = self.hal.stop(join_timeout=self.STUCK_AFTER_S)
-            finally:
-                self._halt_account(drained, stuck, worker_error,
-                                   mine if stepping else None)
-        return self.halt_report
-
-    def _halt_drain(self, timeout: float, mine: int) -> tuple[bool, str | None]:
-        """``halt``'s wait for the accepted work to finish (all but the calling handler's own
-        ``mine`` tasks): (drained, a crashed worker's error or None)."""
-        if self.det is not None:
-            self.det.release_input()
-            self.hal.wake(self.nworkers)
-        t_end = time.monotonic() + timeout
-        if mine:
-            def done():
-                return self.sched.outstanding <= mine and (
-                    self.channels is None or self.channels.idle())
-        else:
-            done = self.idle
-        try:
-            drained = done() or (timeout > 0 and self.hal.wait(done, timeout))
-        except RuntimeError as e:   # a worker thread crashed: halt still accounts everything
-            log.error("ggmk: halt: %r", e.__cause__ or e)
-            return False, repr(e.__cause__ or e)
-        if drained:
-            self._let_readers_take(min(self.READERS_S, t_end - time.monotonic()))
-        return drained, None
-
-    def _halt_account(self, drained: bool, stuck: int, worker_error: str | None,
-                      mine: int | None = None) -> None:
-        """``halt`` once the workers are stopped: dead-letter what is left, close the
-        channels, set ``halt_report`` (``mine``: the tasks of the calling step, None for a
-        halt from outside any step), run module fini."""
-        if stuck:
-            log.warning("ggmk: halt: %d worker(s) still in a handler that did not return "
-                        "within %.1f s; halt goes on without them (their tasks stay "
-                        "outstanding, what they emit later is refused)", stuck,
-                        self.STUCK_AFTER_S)
-        self.running = False
-        # nothing runs the queues from here on: what a host thread still delivers (a publish
-        # its channel admitted just before the channels close below, a caller of
-        # sdk.Client racing the halt) is dead-lettered HALTED at once instead of queued
-        # where nobody would run it (it would stay outstanding for good)
-        self.sched.enqueue = self._enqueue_after_halt
-        left = self.sched.take_all()
-        if self.det is not None:
-            det_left = self.det.take_all()
-            with self.sched.count_lock:
-                self.sched.outstanding -= sum(len(r) for r in det_left)
-            left += det_left
-        halted = 0
-        for recs in left:
-            halted += len(recs)
-            self._dead(recs, T.HALTED)
-        dropped = 0
-        if self.channels is not None:
-            for ch in list(self.channels):
-                if ch.name not in ("sys.error", "sys.dropped"):
-                    try:
-                        dropped += ch.close()
-                    except Exception as e:  # noqa: BLE001 - one channel must not stop the halt
-                        self.note_exception(("kernel", f"halt: close {ch.name!r}", repr(e),
-                                             "".join(traceback.format_exception(e))))
-        # an enqueue already under way on another thread (a host thread's submit racing the
-        # halt; the main thread, where a signal handler deferred this halt) queues its records
-        # after the take above: let it finish (bounded, as a stuck worker is), then take them
-        t_end = time.monotonic() + self.STUCK_AFTER_S
-        while _enqueue_under_way() and time.monotonic() < t_end:
-            time.sleep(0.0002)
-        for recs in self.sched.take_all():
-            halted += len(recs)
-            self._dead(recs, T.HALTED)
-        self.halt_report = {"drained": bool(drained), "halted": halted,
-                            "channel_dropped": dropped, "outstanding": self.sched.outstanding,
-                            "stuck_workers": stuck}
-        if mine is not None:
-            self.halt_report["in_caller_step"] = mine
-        if worker_error is not None:
-            # (a crashed worker's batch in hand stays outstanding: its records are gone)
-            self.halt_report["worker_errors"] = [repr(e) for e in
-                                                 getattr(self.hal, "errors", ())] or \
-                [worker_error]
-        errors = []
-        for m in reversed(self.modules):
-            if m._fini:
-                try:
-                    m._fini(self)
-                except Exception as e:  # noqa: BLE001 - run every fini, then report
-                    errors.append((m.name, e))
-        if errors:
-            raise RuntimeError(f"module fini failed: {errors}")
-
-    def _enqueue_after_halt(self, recs, route=None, worker: int = -1, due: int = 0,
-                            wake: bool = True) -> int:
-        """``sched.enqueue`` once the workers are stopped (see ``halt``): every record goes
-        to sys.error with HALTED; 0 accepted (the enqueue core's word for "the rest went to
-        sys.error with a reason")."""
-        if len(recs):
-            self._dead(T.copy(recs), T.HALTED)
-        return 0
 
     def __enter__(self):
         return self
