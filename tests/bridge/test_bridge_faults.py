@@ -24,16 +24,22 @@ def test_failed_transfers_are_retried_nothing_lost():
         s.halt()
 
 
+
+def _all_100_fail_to_sys_error(s):
+    """Publish 100 messages over a bridge whose sends always fail: each one ends on
+    sys.error with BRIDGE_TRANSFER_FAILED, none lost, none delivered."""
+    publish_all(s, "cpu.in", 100)
+    assert s.run(timeout=60)
+    err, codes = s.dead_letters("sys.error")
+    mine = err["type"] == W.TYPES["WORK"]
+    assert sorted(err["meta0"][mine].tolist()) == list(range(100))
+    assert set(codes[mine].tolist()) == {BRIDGE_TRANSFER_FAILED}
+
 def test_persistent_failure_sends_the_batch_to_sys_error():
     wrap = lambda tr: FaultyTransport(tr, fail_send=lambda i: True)   # noqa: E731
     s = boot(transport_wrap=wrap, bridge={"max_retries": 2, "retry_backoff_us": 1})
     try:
-        publish_all(s, "cpu.in", 100)
-        assert s.run(timeout=60)
-        err, codes = s.dead_letters("sys.error")
-        mine = err["type"] == W.TYPES["WORK"]
-        assert sorted(err["meta0"][mine].tolist()) == list(range(100))
-        assert set(codes[mine].tolist()) == {BRIDGE_TRANSFER_FAILED}
+        _all_100_fail_to_sys_error(s)
         assert s.stats()["bridge"]["failed_transfers"] >= 1
     finally:
         s.halt()
@@ -132,11 +138,6 @@ def test_a_send_that_raises_anything_is_a_failed_transfer_nothing_lost():
     s = boot(transport_wrap=lambda tr: _Raising(tr, lambda i: True),
              bridge={"max_retries": 2, "retry_backoff_us": 1})
     try:
-        publish_all(s, "cpu.in", 100)
-        assert s.run(timeout=60)
-        err, codes = s.dead_letters("sys.error")
-        mine = err["type"] == W.TYPES["WORK"]
-        assert sorted(err["meta0"][mine].tolist()) == list(range(100))
-        assert set(codes[mine].tolist()) == {BRIDGE_TRANSFER_FAILED}
+        _all_100_fail_to_sys_error(s)
     finally:
         s.halt()
