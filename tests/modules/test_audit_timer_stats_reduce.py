@@ -280,7 +280,11 @@ def test_stats_outbox_stays_bounded_with_a_stalled_subscriber(wait_until):
         try:                                      # every update in, no snapshot due
             assert wait_until(lambda: st.stats.updates == 60 and not st.stats.scheduled,
                               timeout=30)
-            assert len(st.stats.out) <= 4 and st.stats.unpublished > 0
+            # the outbox stays at its limit; past what the stalled subscriber holds (1 in its
+            # handler, 2 in its ring) and the outbox's 4, snapshots are counted unpublished (on
+            # a loaded machine the 60 ticks' updates may fold into 7 snapshots or fewer)
+            assert len(st.stats.out) <= 4
+            assert st.stats.unpublished > 0 or st.stats.number <= 7, vars(st.stats)
         finally:
             gate.set()
         assert system.run(timeout=30)
