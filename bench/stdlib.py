@@ -17,15 +17,17 @@
   pushed with ``push_all`` while the answers are pulled, compile time excluded (the kernel is
   started and warmed first), one task per operation. Ratio ``kv_device_task_vs_dict``.
 * ``kv_reqreply_per_s``: synchronous request/reply through ``ggmk.sdk.KV.get`` (one request
-  in flight; a round trip through the kernel's channels and workers). Peer: an asyncio
+  in flight; a round trip through the kernel's channels). Peer: an asyncio
   request/reply loop in the same process (client awaits a future, server task answers from
   a dict through an ``asyncio.Queue``) - ``asyncio_reqreply_per_s``; ratio
-  ``kv_reqreply_vs_asyncio``. Booted as a user boots (caller runs on): the request takes the
-  direct request path (``System.direct``: it runs on the calling thread as a borrowed
-  worker's one-record batch, no ring, gather or hand-off); ``kv_reqreply_direct_share``: the
-  share of calls that took it. Without caller runs one request crosses two OS threads (two
-  wake-ups) where the asyncio loop stays in one, so the figure is also set against the
-  wake-up floor:
+  ``kv_reqreply_vs_asyncio``. Booted as a user boots (caller runs on): a get takes the call
+  lane (``ggmk.core.lane``: the request accepted on ``kv.get`` and its reply emitted on
+  ``kv.resp`` and taken by the client's subscription, every count kept, on the calling
+  thread without the general dispatch); ``kv_reqreply_lane_share``: the share of calls that
+  took it, ``kv_reqreply_direct_share`` the share run on the caller's thread at all (the
+  lane or the direct request path, ``System.direct``). Without caller runs one request
+  crosses two OS threads (two wake-ups) where the asyncio loop stays in one, so the figure
+  is also set against the wake-up floor:
   ``wakeup_floor_us`` (p50 round trip of a token between two threads through plain locks,
   the primitive both ends sleep on), ``kv_reqreply_us`` (mean per request) and
   ``kv_reqreply_nohelp_vs_floor`` (floor / per-request time without caller runs: 1.0 = only
@@ -284,6 +286,7 @@ def bench_reqreply(calls, workers, helps=False):
             assert cl.get(i % 100) == (i % 100) * 7
         rate = calls / (time.perf_counter() - t0)
         bench_reqreply.direct = (system.direct_runs - d0) / calls
+        bench_reqreply.lane = (cl._lane.runs if cl._lane is not None else 0) / calls
         cl.close()
 
     async def run():
@@ -360,6 +363,7 @@ def main():
     # the headline keys boot as a user does (caller runs on); *_nohelp_*: host_helps=False
     rr, arr = bench_reqreply(a.calls, a.workers, helps=True)
     direct = getattr(bench_reqreply, "direct", 0.0)
+    lane = getattr(bench_reqreply, "lane", 0.0)
     floor_us = wakeup_floor_us()
     prr, parr = bench_reqreply_pipelined(20 * a.calls, a.workers, 100, helps=True)
     prr1k, parr1k = bench_reqreply_pipelined(40 * a.calls, a.workers, 1000, helps=True)
@@ -385,7 +389,7 @@ def main():
         "kv_reqreply_pipelined_1k_per_s": round(prr1k),
         "asyncio_pipelined_1k_per_s": round(parr1k),
         "kv_reqreply_pipelined_1k_vs_asyncio": round(prr1k / parr1k, 4),
-        "kv_reqreply_direct_share": round(direct, 4),
+        "kv_reqreply_direct_share": round(direct, 4), "kv_reqreply_lane_share": round(lane, 4),
         "kv_reqreply_nohelp_per_s": round(nrr), "kv_reqreply_nohelp_us": round(1e6 / nrr, 1),
         "kv_reqreply_nohelp_vs_asyncio": round(nrr / arr, 4),
         "kv_reqreply_pipelined_nohelp_vs_asyncio": round(nprr / parr, 4),

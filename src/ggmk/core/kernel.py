@@ -719,8 +719,13 @@ class System(Halting):
         """A handler failed these tasks of type ``t`` for good (a failure code, exhausted
         retries, too many yields), on ``worker`` (its metrics shard and trace ring): count them
         in ``fail`` (once: not in ``dropped`` too) and toward poison, then the channel's error
-        handler (channel messages on a channel that has one), else sys.error."""
-        self.metrics_shard[worker].add_type(TypeCounter.FAIL, t, len(recs))
+        handler (channel messages on a channel that has one), else sys.error. ``worker`` may be
+        ``nworkers``: the host's shard and trace slot (a call lane's request)."""
+        if worker == self.nworkers:
+            with self._host_lock:
+                self.host_shard.add_type(TypeCounter.FAIL, t, len(recs))
+        else:
+            self.metrics_shard[worker].add_type(TypeCounter.FAIL, t, len(recs))
         # TASK_FAIL here, for those a channel's error handler takes too: each closes its
         # TASK_START on this worker's track
         self._trace_fail(worker, recs, codes)

@@ -209,6 +209,10 @@ class ThreadsHal:
                 guard.leave()
         return predicate()
 
+    # the caller-runs SIGINT guard, held (main thread) or None: a host thread running kernel
+    # work that must not be cut short (the call lane, ggmk.core.lane); ``.leave()`` it
+    sigint_guard = staticmethod(_SigintGuard.enter)
+
     def lend(self, fn, *args):
         """Caller runs, for one call: borrow a parked worker, run ``fn(worker, *args)`` on this
         thread as that worker (its context, metrics shard, trace slot and local queue: its

@@ -1,11 +1,14 @@
 """The host-side client of a kv module."""
 from __future__ import annotations
 
+import threading
 
 import numpy as np
 
+from ggmk.core.lane import SENT as _SENT
 from ggmk.sdk.client import Client
-from ggmk.sdk.tags import TAG_MASK, _check_timeout, _tag48, _tags48, _u64_column, new_tags
+from ggmk.sdk.tags import (TAG_MASK, _U64, _check_timeout, _tag48, _tags48, _u64_column,
+                           new_tags)
 
 
 class KV:
@@ -15,7 +18,11 @@ class KV:
     bytes. A status other than OK/NOT_FOUND raises ``KVError``; no reply within ``timeout``
     seconds raises ``TimeoutError``; a halt, ``KernelStopped``. Thread-safe (several threads
     may share one client); any number of clients may share one kv module (their tags come
-    from :func:`new_tags`, their replies from one shared subscription)."""
+    from :func:`new_tags`, their replies from one shared subscription).
+
+    A ``get`` of a word table on this process's CPU kernel first takes the call lane
+    (``ggmk.core.lane``: the request and its reply counted as channel messages, run on the
+    calling thread while a worker is idle), else the client's normal path."""
 
     class KVError(RuntimeError):
         pass
@@ -36,6 +43,23 @@ class KV:
         st = next((getattr(m, "kv", None) for m in mods if getattr(m, "name", None) == prefix),
                   None)
         self._bytes_table = st is not None and not st.inline
+        self._lane = self._make_lane(st)
+        self._lane_tag = threading.local()
+
+    def _make_lane(self, st):
+        """The call lane of this client's gets (``ggmk.core.lane``), where the kv module is
+        an inline table on this process's CPU kernel and that kernel can run one; else None
+        (every get takes the client's normal path)."""
+        cpu = getattr(self.system, "cpu", self.system)
+        req = self.client.request
+        if st is None or not st.inline or getattr(req, "kernel", None) is not cpu:
+            return None
+        from ggmk.core.lane import CallLane
+        from ggmk.modules import instance_type
+        resp = cpu.channel(f"{self.prefix}.resp")
+        t = cpu.type_id(instance_type("KV_GET", self.prefix, "kv"))
+        lane = CallLane(cpu, req, resp, t, self.client._hub, self._kv.GetReplier(st, cpu))
+        return lane if lane.usable() else None
 
     def _check(self, m0, what):
         st = int(m0) >> 56
@@ -62,6 +86,21 @@ class KV:
         self._check(m0, f"put {key}")
 
     def get(self, key: int, default=None):
+        lane = self._lane
+        if lane is not None and key.__class__ is int and 0 <= key <= _U64 \
+                and not self.client._closed:
+            # the call lane (ggmk.core.lane): no tag unless its reply goes the normal way
+            r = lane.call(key, 0, self._expect)
+            if r is not None:
+                if r is _SENT:          # answered, its reply sent the normal way
+                    m0, m1, data = self.client._wait(self._lane_tag.tag)
+                else:
+                    m0, m1 = r
+                    data = None
+                st = m0 >> 56
+                if st and self._check(m0, f"get {key}") != self._kv.OK:
+                    return default
+                return data if data is not None else m1
         tag = new_tags()
         m0, m1, data = self.client.call(key, tag, tag=tag)
         st = m0 >> 56
@@ -69,6 +108,13 @@ class KV:
             if self._check(m0, f"get {key}") != self._kv.OK:
                 return default
         return data if data is not None else m1
+
+    def _expect(self, m0: int) -> int:
+        """The lane's reply goes out the normal way: await a new tag (kept per thread for
+        the wait) and return the reply's meta0 carrying it."""
+        tag = self._lane_tag.tag = new_tags()
+        self.client.expect(tag)
+        return m0 & ~TAG_MASK | tag
 
     def delete(self, key: int) -> bool:
         tag = new_tags()
