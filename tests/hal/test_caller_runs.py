@@ -88,7 +88,7 @@ def test_on_by_default_off_on_request_and_in_determinism_mode():
         assert not system.hal.helping
 
 
-def test_a_busy_system_is_waited_on_not_helped():
+def test_a_busy_system_is_waited_on_not_helped(wait_until):
     gate = threading.Event()
     srv = echo_server(block=gate)
     with ggmk.boot([srv], workers=1, host_helps=True) as system:
@@ -102,6 +102,10 @@ def test_a_busy_system_is_waited_on_not_helped():
         out = []
         t = threading.Thread(target=lambda: out.append(cl.call(5, 50, tag=50)))
         t.start()
+        # the call is published before the worker is let go: released earlier, the worker
+        # could finish and park before the call began, and the caller would rightly help
+        ask = system.channel("echo.ask")
+        assert wait_until(lambda: ask.seq == 1, 60)
         gate.set()                    # the worker finishes the first, then runs the call's
         t.join(60)
         assert out == [(50, 6, None)]
