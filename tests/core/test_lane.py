@@ -271,3 +271,21 @@ def test_ctrl_c_inside_the_lane_waits_for_the_request_to_be_counted():
             st["channels"]["kv.resp"]["emitted"] == 2          # the put's answer, the get's
         assert cl.get(4) == 44
         cl.close()
+
+
+def test_the_lane_runs_on_the_cpu_kernel_of_a_dual_system():
+    """``ggmk.boot(..., device=)``: a CPU kv module of the dual system's CPU kernel, its
+    client given the DualSystem, takes the lane like on a CPU-only system."""
+    from ggmk.modules import echo, registry
+
+    with ggmk.boot([kv.module(capacity=64), echo.device_module(["echo.out"])], device="cpu",
+                   workers=2,
+                   types=registry("kv", "echo"), device_process=False) as dual:
+        cl = sdk.KV(dual)
+        assert cl._lane is not None and cl._lane.k is dual.cpu
+        cl.put(8, 88)
+        assert [cl.get(8) for _ in range(10)] == [88] * 10
+        assert cl._lane.runs >= 8
+        g = dual.stats()["cpu"]["types"]["KV_GET"]
+        assert g["enqueued"] == g["ok"] == 10
+        cl.close()
