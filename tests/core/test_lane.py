@@ -289,3 +289,15 @@ def test_the_lane_runs_on_the_cpu_kernel_of_a_dual_system():
         g = dual.stats()["cpu"]["types"]["KV_GET"]
         assert g["enqueued"] == g["ok"] == 10
         cl.close()
+
+
+def test_a_bytes_table_takes_the_normal_path():
+    store = kv.module(capacity=8, value_size=16)
+    with ggmk.boot([store], workers=2) as system:
+        cl = sdk.KV(system)
+        assert cl._lane is None
+        cl.put(1, b"sixteen bytes!!!")
+        assert cl.get(1) == b"sixteen bytes!!!"
+        with pytest.raises(ValueError, match="inline"):
+            kv.GetReplier(store.kv, system)
+        cl.close()

@@ -63,8 +63,8 @@ from ggmk import task as T
 from ggmk.errors import BootError
 from ggmk.modules import Outbox, emit_or_later, instance_type, slot_key, std_module
 
-__all__ = ["module", "KVTable", "GetReplier", "pack", "unpack", "device_module", "type_ids", "batch_encode",
-           "batch_decode", "BATCH_ENTRY", "OK", "NOT_FOUND", "FULL", "TOO_BIG",
+__all__ = ["module", "KVTable", "GetReplier", "pack", "unpack", "device_module", "type_ids",
+           "batch_encode", "batch_decode", "BATCH_ENTRY", "OK", "NOT_FOUND", "FULL", "TOO_BIG",
            "BAD_REQUEST", "STATUS_NAMES", "OP_PUT", "OP_GET", "OP_DEL", "TAG_MASK"]
 
 OK, NOT_FOUND, FULL, TOO_BIG, BAD_REQUEST = 0, 1, 2, 3, 4
@@ -421,7 +421,8 @@ class _KV:
 
 class GetReplier:
     """The call lane's side (``ggmk.core.lane.Replier``) of a kv module's gets of an inline
-    table on ``system``: what ``sdk.KV.get`` runs its gets through."""
+    table: what ``sdk.KV.get`` runs its gets through. ``kv``: the module's state
+    (``module().kv``); ``system``: the kernel it runs on (its reply channel for ``send``)."""
 
     __slots__ = ("answer", "ready", "taken", "send")
 

@@ -87,22 +87,18 @@ class KV:
 
     def get(self, key: int, default=None):
         lane = self._lane
+        r = None
         if lane is not None and key.__class__ is int and 0 <= key <= _U64 \
                 and not self.client._closed:
             # the call lane (ggmk.core.lane): no tag unless its reply goes the normal way
             r = lane.call(key, 0, self._expect)
-            if r is not None:
-                if r is _SENT:          # answered, its reply sent the normal way
-                    m0, m1, data = self.client._wait(self._lane_tag.tag)
-                else:
-                    m0, m1 = r
-                    data = None
-                st = m0 >> 56
-                if st and self._check(m0, f"get {key}") != self._kv.OK:
-                    return default
-                return data if data is not None else m1
-        tag = new_tags()
-        m0, m1, data = self.client.call(key, tag, tag=tag)
+        if r is None:
+            tag = new_tags()
+            m0, m1, data = self.client.call(key, tag, tag=tag)
+        elif r is _SENT:                # answered, its reply sent the normal way
+            m0, m1, data = self.client._wait(self._lane_tag.tag)
+        else:
+            (m0, m1), data = r, None
         st = m0 >> 56
         if st:                                  # (the message is built only when needed)
             if self._check(m0, f"get {key}") != self._kv.OK:
