@@ -158,11 +158,12 @@ def test_two_saturating_tenants_with_weights_2_to_1_get_2_to_1_handler_time(hal)
     assert c0 / c1 == pytest.approx(2.0, rel=0.05)
     # the kernel's own measure (what it charged the policy) agrees with the handlers'; on
     # threads the kernel's window also holds the Python around the handler body (batch view,
-    # call, log), ~10% of these mostly GIL-waiting batches' CPU
+    # call, log), ~10% of these mostly GIL-waiting batches' CPU (up to ~31% seen on a slow,
+    # loaded 2-core VM: the bound allows 50%)
     k0, k1 = st[0]["handler_time_ns"], st[1]["handler_time_ns"]
     assert k0 / k1 == pytest.approx(2.0, rel=0.05)
     if hal == THREADS:
-        assert c0 <= k0 <= 1.3 * c0 and c1 <= k1 <= 1.3 * c1
+        assert c0 <= k0 <= 1.5 * c0 and c1 <= k1 <= 1.5 * c1
     else:
         assert k0 == c0 and k1 == c1
     assert st[0]["weight"] == 2048 and st[1]["weight"] == 1024

@@ -8,7 +8,7 @@ next tick (``ggmk.modules.emit_or_later``; where that is full as well, it lands 
 with the result in its words). The kernel here is sized so one batch of partials overflows
 the worker's local queue and the flush type's bucket: 200 groups of one partial each, an
 8-message channel, a consumer that waits until the host says go; every result must arrive
-exactly once (or be on sys.error), none silently gone."""
+exactly once or be on sys.error with its group and value, none silently gone."""
 from __future__ import annotations
 
 import time
@@ -75,8 +75,11 @@ def test_reduce_results_survive_full_run_queues():
                     got[gid] = int(rec["meta1"])
             time.sleep(0.001)
         flushes = k.metrics()["types"]
-    # every result exactly once; a result the queues could not hold is on sys.error with
-    # its group and value (none expected at these sizes: the event queue holds them)
-    assert errors == [], errors
-    assert got == {gid: gid * 3 for gid in range(GROUPS)}, \
-        f"{GROUPS - len(got)} results lost ({flushes})"
+    # every result exactly once: delivered, or - where the event queue was full too when it
+    # waited (a slow machine's timing: seen for the last few groups under load) - on sys.error
+    # with its group and value; none silently gone, none twice
+    dead = {m0: m1 for _, m0, m1 in errors}
+    assert len(dead) == len(errors), f"a result on sys.error twice: {errors}"
+    assert not set(dead) & set(got), f"a result both delivered and on sys.error: {errors}"
+    assert {**got, **dead} == {gid: gid * 3 for gid in range(GROUPS)}, \
+        f"{GROUPS - len(got) - len(dead)} results lost ({flushes})"
