@@ -75,22 +75,18 @@ def test_every_subscriber_of_the_reply_channel_sees_every_reply():
         cl.close()
 
 
-class _JoinsMidCall:
-    """A replier whose answer lets a second subscriber join the reply channel between the
-    request's acceptance and its reply (what another thread may do): the reply must go out
-    the normal way, to both subscribers."""
+class _Wrapped:
+    """A replier around kv's whose answer first runs ``before()``."""
 
-    def __init__(self, inner, system):
+    def __init__(self, inner, before):
         self.inner = inner
-        self.system = system
-        self.sub = None
+        self.before = before
         self.ready = inner.ready
         self.taken = inner.taken
         self.send = inner.send
 
     def answer(self, m0, m1):
-        if self.sub is None:
-            self.sub = self.system.channel("kv.resp").subscribe(name="late")
+        self.before()
         return self.inner.answer(m0, m1)
 
 
@@ -100,10 +96,18 @@ def test_reply_goes_the_normal_way_when_the_reply_channel_changed():
         cl = sdk.KV(system)
         cl.put(9, 99)
         lane = cl._lane
-        lane.replier = joins = _JoinsMidCall(lane.replier, system)
+        late_subs = []
+
+        def join():
+            # a second subscriber joins the reply channel between the request's acceptance
+            # and its reply (what another thread may do): the reply must go out the normal
+            # way, to both subscribers
+            if not late_subs:
+                late_subs.append(system.channel("kv.resp").subscribe(name="late"))
+        lane.replier = _Wrapped(lane.replier, join)
         assert cl.get(9) == 99                   # the hub filed it by its tag
         assert lane.runs == 1
-        late = joins.sub.take(10)
+        late = late_subs[0].take(10)
         assert len(late) == 1 and int(late["meta1"][0]) == 99
         st = system.stats()
         assert st["types"]["KV_GET"]["ok"] == 1 and st["channels"]["kv.resp"]["emitted"] == 2
@@ -203,21 +207,6 @@ def test_no_lane_without_caller_runs_on_threads(hal):
         cl = sdk.KV(system)
         assert cl._lane is None
         cl.close()
-
-
-class _Wrapped:
-    """A replier around kv's whose answer first runs ``before()``."""
-
-    def __init__(self, inner, before):
-        self.inner = inner
-        self.before = before
-        self.ready = inner.ready
-        self.taken = inner.taken
-        self.send = inner.send
-
-    def answer(self, m0, m1):
-        self.before()
-        return self.inner.answer(m0, m1)
 
 
 def test_a_replier_that_raises_fails_the_request_onto_sys_error():
