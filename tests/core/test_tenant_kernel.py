@@ -198,9 +198,10 @@ def test_a_tenant_that_sleeps_and_wakes_gets_no_more_than_its_share(hal):
     gets its equal share (half the handler time) until it drains, never a catch-up burst for
     the time it slept."""
     log, wakes, work = _sleep_wake_run(hal, "eevdf")
-    # banking would give tenant 1 nearly all of both workers (share ~1.0) until drained; on
-    # threads allow for preemption on a loaded 2-core machine (windows are ~0.5 s)
-    tol = 0.1 if hal == THREADS else 0.03
+    # banking would give tenant 1 nearly all of both workers (share ~1.0, > 0.8 in the control
+    # below) until drained; on threads allow for preemption on a loaded 2-core machine
+    # (windows are ~0.5 s; a slow 2-core VM gave 0.60-0.62, the tree before and after alike)
+    tol = 0.15 if hal == THREADS else 0.03
     got = total = 0
     for i, at in enumerate(wakes):
         # tenant 1's busy period after this wake: up to its last batch before the next wake
