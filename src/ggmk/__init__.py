@@ -20,13 +20,32 @@ Example::
         system.submit("COUNTER_INC", meta0=41)
         system.run(until_idle=True)
 """
-from ggmk.core.kernel import System, boot  # noqa: F401
-from ggmk.core.module import Module  # noqa: F401
-from ggmk.errors import EmitError  # noqa: F401
-from ggmk.task import (  # noqa: F401
-    ALLOC_FAIL, BAD_RETURN, CHAN_ALREADY_BOUND, CHAN_CLOSED, CHAN_FULL, CHAN_TYPE_MISMATCH, FAIL,
-    HALTED, OK, RETRY, TASK_DTYPE, WAIT, YIELD, Task, TaskBatch, TaskTypeError, TaskValueError,
-)
-from ggmk.typereg import TypeRegistry, load_types  # noqa: F401
+# The names below load on first use (PEP 562): ``import ggmk.cli`` (every ``ggmk`` command)
+# or ``ggmk.control.client`` needs none of the kernel, and importing it (NumPy, Numba's
+# dispatch tables) cost each short-lived CLI process ~0.4 s.
+_LAZY = {
+    "System": "ggmk.core.kernel", "boot": "ggmk.core.kernel", "Module": "ggmk.core.module",
+    "EmitError": "ggmk.errors", "TypeRegistry": "ggmk.typereg", "load_types": "ggmk.typereg",
+    **{n: "ggmk.task" for n in (
+        "ALLOC_FAIL", "BAD_RETURN", "CHAN_ALREADY_BOUND", "CHAN_CLOSED", "CHAN_FULL",
+        "CHAN_TYPE_MISMATCH", "FAIL", "HALTED", "OK", "RETRY", "TASK_DTYPE", "WAIT", "YIELD",
+        "Task", "TaskBatch", "TaskTypeError", "TaskValueError")},
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'ggmk' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value                # (looked up once)
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"

@@ -127,22 +127,46 @@ def test_perfetto_trace_draws_bridge_crossings_as_flows(dual, wait_until, tmp_pa
     assert dirs == {("bridge", "host.rx (CPU -> GPU)"), ("host.tx (GPU -> CPU)", "bridge")}
 
 
-def test_build_report_of_the_running_gpu_kernel(dual):
-    """``ggmk build`` without APP and ``ggmk kern info --report``: the ptxas report of the GPU
-    kernel the system runs (its modules plus the bridge's), compiled once and kept."""
+def _need_ptxas():
     from ggmk.device.build import ToolchainMissing, find_ptxas
     try:
         find_ptxas()
     except ToolchainMissing as e:
         pytest.skip(f"no ptxas here: {e}")
+
+
+def test_build_report_of_the_running_gpu_kernel(dual):
+    """``ggmk build`` without APP and ``ggmk kern info --report``: the ptxas report of the GPU
+    kernel the system runs (its modules plus the bridge's), compiled once and kept; its
+    handlers (the whole persistent kernel with --kernel: the long form below)."""
+    _need_ptxas()
     g = dual
     r = g("build", "--json", timeout=900)
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     names = {h["module"] + "." + h["name"] for h in rep["handlers"]}
-    assert "gpu_scale.scale" in names and rep["kernel"]["registers"] > 0
+    assert "gpu_scale.scale" in names and any(n.startswith("bridge.") for n in names)
+    assert all(h["registers"] > 0 for h in rep["handlers"]) and rep["kernel"] == {}
     info = g.json("kern", "info")                    # kept: no second compile
     assert info["gpu"]["report"]["handlers"] == rep["handlers"]
+    r = g("kern", "info", "--kernel")
+    assert r.returncode == 2 and "give --report too" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(os.environ.get("GGMK_LONG") != "1",
+                    reason="compiles the whole persistent kernel (~3 min): set GGMK_LONG=1")
+def test_build_report_of_the_running_persistent_kernel(dual):
+    """``--kernel``: the whole persistent kernel too, after a handlers-only report (which it
+    replaces: one with the kernel serves both)."""
+    _need_ptxas()
+    g = dual
+    r = g("build", "--kernel", "--json", timeout=900)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["kernel"]["registers"] > 0
+    assert g.json("kern", "info")["gpu"]["report"]["kernel"] == rep["kernel"]
     assert "(persistent kernel)" in g("kern", "info").stdout
 
 

@@ -116,7 +116,9 @@ def test_unsubscribe_churn_delivered_xor_dropped():
         th = threading.Thread(target=pub)
         th.start()
         try:
-            for _ in range(300):
+            # (60 rounds: each takes several GIL hand-offs against a publisher that never
+            # waits, ~600 publishes a round; 300 rounds took 20-45 s in a full run)
+            for _ in range(60):
                 b = ch.subscribe("B", name="B")
                 time.sleep(0.001)
                 ch.unsubscribe(b)

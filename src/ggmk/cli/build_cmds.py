@@ -42,7 +42,8 @@ def build(app, whole, arch, state_dir, as_json):
     if app is None:
         from ggmk.control.protocol import ControlError
         try:
-            res = _call(state_dir, "kern_info", {"report": True}, timeout=900)
+            res = _call(state_dir, "kern_info", {"report": True, "kernel": whole},
+                        timeout=900)
         except ControlError as e:
             if e.code != "unsupported":
                 raise

@@ -229,13 +229,21 @@ listing(kern, "ls", "kern_ls", "List the kernels (cpu, and gpu when dual).", key
 @kern.command("info", help="Both kernels: options, gpu_drv's device facts, the GPU kernel's boot "
                            "steps and build (--report: the ptxas register/spill report; exit "
                            "code 1 when it failed or there is no GPU kernel).")
-@click.option("--report", is_flag=True, help="Compile the GPU kernel's ptxas report (tens of "
-              "seconds, in the system's process: it slows the system meanwhile; kept after).")
+@click.option("--report", is_flag=True, help="Compile the GPU kernel's ptxas report of its "
+              "handlers (tens of seconds, in the system's process: it slows the system "
+              "meanwhile; kept after).")
+@click.option("--kernel", "whole", is_flag=True, help="With --report: the whole persistent "
+              "kernel too (minutes more).")
 @state_dir_option
 @json_option
 @_client_errors
-def kern_info(report, state_dir, as_json):
-    _show(state_dir, "kern_info", {"report": report}, as_json=as_json, text=_kern_info,
+def kern_info(report, whole, state_dir, as_json):
+    if whole and not report:
+        raise click.BadParameter("--kernel is part of the build report: give --report too "
+                                 "(`ggmk kern info --report --kernel`)",
+                                 param_hint="'--kernel'")
+    _show(state_dir, "kern_info", {"report": report, "kernel": whole}, as_json=as_json,
+          text=_kern_info,
           timeout=900 if report else 30.0,
           fail_if=lambda r: report and "error" in ((r.get("gpu") or {}).get("report") or {}))
 

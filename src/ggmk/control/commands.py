@@ -312,17 +312,25 @@ class Commands:
     def cmd_kern_info(self, conn, rid, args):
         self._check_live()
         want = self._arg(args, "report", bool, False)
+        whole = self._arg(args, "kernel", bool, False)
+        if whole and not want:
+            raise ControlError("bad_args", "kernel: the whole persistent kernel is part of the "
+                               "build report; ask for it with report (`ggmk kern info "
+                               "--report --kernel`)")
         if want and not self.dual:
             raise ControlError("unsupported", "--report: this system has no GPU kernel (booted "
                                f"with --device {self.device}): there is no ptxas report to "
                                "build; boot with --device auto|cpu|sim|cuda, or use `ggmk "
                                "build APP`")
-        if want and self._build_report is None:
+        have = self._build_report
+        if want and (have is None or whole and "error" not in have and not have.get("kernel")):
             # the ptxas report of the running GPU kernel: compiled on this connection's thread
-            # (it touches no kernel state), once per system
+            # (it touches no kernel state), once per system: its handlers, and the whole
+            # persistent kernel when asked (minutes more: a report with it serves both)
             from ggmk.control import buildinfo
             try:
-                self._build_report = buildinfo.report(self.modules, self._types_opts())
+                self._build_report = buildinfo.report(self.modules, self._types_opts(),
+                                                      whole_kernel=whole)
             except Exception as e:   # noqa: BLE001 - no toolchain: say so, do not fail kern info
                 self._build_report = {"error": f"{type(e).__name__}: {e}"}
         return self._kern_info()

@@ -27,8 +27,7 @@ clients: closed; or, for ``kv`` put, the module's put channel is full: try again
 from __future__ import annotations
 
 import json
-
-import numpy as np
+import sys
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST = 64 * 1024          # bytes, one request line
@@ -49,13 +48,17 @@ class ControlError(Exception):
 
 
 def _default(o):
-    if isinstance(o, np.integer):
+    # (NumPy values exist only where NumPy is loaded: a CLI client never imports it)
+    np = sys.modules.get("numpy")
+    if np is None:
+        pass
+    elif isinstance(o, np.integer):
         return int(o)
-    if isinstance(o, np.floating):
+    elif isinstance(o, np.floating):
         return float(o)
-    if isinstance(o, np.bool_):
+    elif isinstance(o, np.bool_):
         return bool(o)
-    if isinstance(o, np.ndarray):
+    elif isinstance(o, np.ndarray):
         return o.tolist()
     if isinstance(o, (bytes, bytearray)):
         return bytes(o).hex()
