@@ -197,3 +197,17 @@ def test_threads_hammer_shards_while_another_snapshots():
     deq = final["types"]["dequeued"]
     assert deq == {str(t): nworkers * rounds for t in types.tolist()}
     assert final["types"]["ok"] == {str(w): 2 * rounds for w in range(nworkers)}
+
+
+def test_an_added_shard_is_summed_by_every_reader():
+    """``add_shard``: a writer that is no worker (the call lanes of one reply channel) keeps its
+    own shard; every reader sums it with the workers'."""
+    m = Metrics(2)
+    h = m.histogram("h")
+    m.shard(0).add_type(TypeCounter.OK, 5, 2)
+    extra = m.add_shard()
+    extra.add_type(TypeCounter.OK, 5, 3)
+    extra.observe_int(h, 7)
+    assert int(m.type_counts(TypeCounter.OK)[5]) == 5
+    assert int(m.histogram_buckets("h").sum()) == 1
+    assert m.snapshot()["histograms"]["h"]["count"] == 1

@@ -623,3 +623,16 @@ def test_kernel_traces_failures_and_channel_drops_on_the_workers_own_ring():
     workers = np.concatenate([code(r) for r in per_ring[:nw]])
     assert int((workers == E.TASK_FAIL).sum()) == 200
     assert dropped > 0 and int((workers == E.CHAN_DROP).sum()) == dropped
+
+
+def test_a_tally_is_added_to_its_slot_in_stats():
+    """``tally``: counts kept under another lock (the call lanes of one reply channel) are
+    added to their slot's by ``stats``, as if the slot had counted them."""
+    from ggmk.core.trace import Tracer
+    tr = Tracer(nworkers=3, capacity=64, shared=(2,))
+    tr.skipped(2, 1)
+    t = tr.tally(2)
+    t[2] += 4
+    st = tr.stats()
+    assert st["workers"][2]["filtered"] == 5 and st["total"]["filtered"] == 5
+    assert st["workers"][0]["filtered"] == 0

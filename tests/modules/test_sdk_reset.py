@@ -72,6 +72,7 @@ def test_client_calls_wait_out_a_reset_and_stop_at_halt():
     bad, fast_timeouts, slow_stops, timed_out_tags = [], [], [], []
     lock = threading.Lock()
     calls_done = [0]
+    halt_at = [None]
 
     def caller(w):
         cl = sdk.Client(s, "rsvc.req", "rsvc.resp", timeout=timeout)
@@ -92,8 +93,11 @@ def test_client_calls_wait_out_a_reset_and_stop_at_halt():
                         fast_timeouts.append((round(time.monotonic() - t0, 3), str(e)))
             except KernelStopped:
                 r = "stopped"
-                if time.monotonic() - t0 > timeout / 2:
-                    slow_stops.append(round(time.monotonic() - t0, 3))
+                # (from the halt's start, or the call's if later: a call that waited out the
+                # reset may have begun long before the halt, 4.1 s on a loaded machine)
+                since = time.monotonic() - max(t0, halt_at[0] or t0)
+                if since > timeout / 2:
+                    slow_stops.append(round(since, 3))
                 stop.set()
             with lock:
                 res[r] += 1
@@ -109,6 +113,7 @@ def test_client_calls_wait_out_a_reset_and_stop_at_halt():
         n0 = res["ok"]
         wait_for(lambda: res["ok"] >= n0 + 200, 60, "calls after the reset")
     finally:
+        halt_at[0] = time.monotonic()
         rep = s.halt(timeout=2.0)
         stop.set()
         for t in ths:

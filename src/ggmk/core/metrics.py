@@ -239,6 +239,15 @@ class Metrics:
         self._hists: dict[str, int] = {}
         self._shards = [MetricsShard(self, w) for w in range(self.nworkers)]
 
+    def add_shard(self) -> MetricsShard:
+        """One more shard, for a writer that is no worker (its writes serialized by a lock of
+        its own: e.g. the call lanes answering on one reply channel, ``ggmk.core.lane``);
+        summed with the others by every reader."""
+        with self._lock:
+            sh = MetricsShard(self, len(self._shards))
+            self._shards = self._shards + [sh]   # (a new list: readers iterate the old one)
+            return sh
+
     def shard(self, worker: int) -> MetricsShard:
         """Worker ``worker``'s shard (only that worker may write it)."""
         if not 0 <= worker < self.nworkers:

@@ -269,6 +269,8 @@ class Tracer:
         self._samplers = [_Sampler(self.sample_rate, self.seed, w) for w in range(self.nworkers)]
         # per worker: [emitted, sampled_out, filtered]; each list is written by its worker only
         self._counts = [[0, 0, 0] for _ in range(self.nworkers)]
+        # counts kept outside the rings' locks, added to a slot's by ``stats``: (slot, list)
+        self._tallies: list = []
         # rings written by several threads: a lock each (the ring, its counts and its sampler)
         self._locks: list = [None] * self.nworkers
         for w in shared:
@@ -340,6 +342,14 @@ class Tracer:
         # FLAG_EMIT_TRACE can be recorded, so the kernel checks that flag once per batch and
         # skips the call (``skipped``) instead of paying emit_batch's checks twice a batch
         self.quiet_all = int(Level.ALL) > self._max_level
+
+    def tally(self, worker: int) -> list:
+        """A count list like a slot's ``[emitted, sampled_out, filtered]``, added to slot
+        ``worker``'s in ``stats``; its writer keeps it under a lock of its own (the call
+        lanes of one reply channel: ``ggmk.core.lane``) instead of the slot's."""
+        t = [0, 0, 0]
+        self._tallies = self._tallies + [(worker, t)]
+        return t
 
     def skipped(self, worker: int, n: int) -> None:
         """Count ``n`` level-ALL events the kernel did not offer to ``emit_batch`` because
@@ -538,6 +548,9 @@ class Tracer:
             pending_lost = max(0, ring.tail - ring.head - ring.cap)
             workers.append({"emitted": cnt[0], "sampled_out": cnt[1], "filtered": cnt[2],
                             "overwritten": ring.lost + pending_lost})
+        for w, t in self._tallies:
+            for key, v in zip(("emitted", "sampled_out", "filtered"), t):
+                workers[w][key] += v
         total = {k: sum(w[k] for w in workers) for k in _STAT_KEYS}
         return {"workers": workers, "total": total}
 
@@ -570,6 +583,9 @@ class NullTracer:
 
     def set_level(self, module: str, level) -> None:
         pass
+
+    def tally(self, worker: int) -> list:
+        return [0, 0, 0]
 
     def skipped(self, worker: int, n: int) -> None:
         pass
