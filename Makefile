@@ -31,9 +31,11 @@ demo: $(VENV)/.installed
 	$(PY) -m ggmk.demo.tour
 
 # two test processes (pytest-xdist), each taking whole files (module fixtures stay shared):
-# the suite is mostly one busy thread at a time, so on 2 cores this halves its time
+# the suite is mostly one busy thread at a time, so on 2 cores this halves its time; then the
+# files marked `serial` (CPU shares between real threads) alone
 test: $(VENV)/.installed system-deps
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=20
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not serial" --durations=20
+	$(PY) -m pytest -q -m serial --durations=5
 
 bench: $(VENV)/.installed
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

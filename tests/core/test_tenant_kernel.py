@@ -26,6 +26,9 @@ from ggmk.core.module import Module
 from ggmk.core.tenants import EevdfBorePolicy, TenantError
 from test_tenants import KeepVruntime  # the shared control policy
 
+# CPU shares between real threads: `make test` runs this file after the parallel pass, alone
+pytestmark = pytest.mark.serial
+
 US = 1_000
 MS = 1_000_000
 THREADS = "threads"

@@ -21,6 +21,9 @@ from ggmk import task as T
 from ggmk.core.kernel import boot
 from ggmk.core.module import Module
 
+# CPU shares between real threads: `make test` runs this file after the parallel pass, alone
+pytestmark = pytest.mark.serial
+
 US = 1_000
 MS = 1_000_000
 SLEEPER, BURNER = 0, 1

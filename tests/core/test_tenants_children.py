@@ -20,6 +20,9 @@ from ggmk.core.kernel import boot
 from ggmk.core.module import Module
 from ggmk.core.tenants import EevdfBorePolicy
 
+# CPU shares between real threads: `make test` runs this file after the parallel pass, alone
+pytestmark = pytest.mark.serial
+
 US = 1_000
 CHAINS = 64      # chains in flight: enough that the tenant's queue never runs dry
 

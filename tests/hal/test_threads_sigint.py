@@ -7,6 +7,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+# the main thread helps only while a worker is parked (timing): `make test` runs this file
+# after the parallel pass, alone
+pytestmark = pytest.mark.serial
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CHILD = textwrap.dedent("""
