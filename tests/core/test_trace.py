@@ -636,3 +636,5 @@ def test_a_tally_is_added_to_its_slot_in_stats():
     st = tr.stats()
     assert st["workers"][2]["filtered"] == 5 and st["total"]["filtered"] == 5
     assert st["workers"][0]["filtered"] == 0
+    with pytest.raises(IndexError, match="Tracer.tally: worker 3 out of range 0..2"):
+        tr.tally(3)

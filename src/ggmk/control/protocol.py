@@ -50,16 +50,15 @@ class ControlError(Exception):
 def _default(o):
     # (NumPy values exist only where NumPy is loaded: a CLI client never imports it)
     np = sys.modules.get("numpy")
-    if np is None:
-        pass
-    elif isinstance(o, np.integer):
-        return int(o)
-    elif isinstance(o, np.floating):
-        return float(o)
-    elif isinstance(o, np.bool_):
-        return bool(o)
-    elif isinstance(o, np.ndarray):
-        return o.tolist()
+    if np is not None:
+        if isinstance(o, np.integer):
+            return int(o)
+        if isinstance(o, np.floating):
+            return float(o)
+        if isinstance(o, np.bool_):
+            return bool(o)
+        if isinstance(o, np.ndarray):
+            return o.tolist()
     if isinstance(o, (bytes, bytearray)):
         return bytes(o).hex()
     if isinstance(o, (set, frozenset, tuple)):

@@ -239,6 +239,9 @@ class _Sampler:
         return keep[lo:hi]
 
 
+_TALLY_LOCK = threading.Lock()     # registration of tallies only (rare)
+
+
 class Tracer:
     """Per-worker trace rings with level filtering, sampling and forced tracing.
 
@@ -347,8 +350,12 @@ class Tracer:
         """A count list like a slot's ``[emitted, sampled_out, filtered]``, added to slot
         ``worker``'s in ``stats``; its writer keeps it under a lock of its own (the call
         lanes of one reply channel: ``ggmk.core.lane``) instead of the slot's."""
+        if not 0 <= worker < self.nworkers:
+            raise IndexError(f"Tracer.tally: worker {worker!r} out of range "
+                             f"0..{self.nworkers - 1}")
         t = [0, 0, 0]
-        self._tallies = self._tallies + [(worker, t)]
+        with _TALLY_LOCK:            # (a new list: stats iterates the old one unlocked)
+            self._tallies = self._tallies + [(worker, t)]
         return t
 
     def skipped(self, worker: int, n: int) -> None:
